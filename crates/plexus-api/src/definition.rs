@@ -1,0 +1,1 @@
+//! HCL/JSON definition files.

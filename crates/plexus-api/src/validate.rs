@@ -1,0 +1,1 @@
+//! Registration → catalog records: defaults, checks, sidecar expansion. Pure; no I/O.

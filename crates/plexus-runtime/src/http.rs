@@ -1,0 +1,369 @@
+//! HTTP plumbing for the JSON APIs: the one error shape, a bounded JSON body extractor, blocking
+//! queries (`?index=N&wait=30s`) and the serve loop with graceful shutdown.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::response::{IntoResponse, Response};
+use http::request::Parts;
+use http::{HeaderValue, StatusCode};
+use plexus_api::{ErrorBody, GoDuration};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Largest request body accepted by the JSON APIs.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Longest blocking-query wait; longer requests are clamped (Consul's limit).
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+/// Blocking-query wait when `wait` is not given (Consul's default).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+
+/// An error response: a status code and the shared JSON error body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// JSON body.
+    pub body: ErrorBody,
+}
+
+impl ApiError {
+    /// Any status, code and message.
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ErrorBody::new(code, message, None),
+        }
+    }
+
+    /// Names the field at fault.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.body.error.field = Some(field.into());
+        self
+    }
+
+    /// 400 `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 400 `invalid_field` naming the field.
+    pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_field", message).with_field(field)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 409 `conflict`.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// 500 `internal`; log the cause before building this, the client only gets `message`.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// 503 `unavailable`.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+/// Router fallback: every unknown path answers 404 in the JSON error shape.
+pub async fn not_found_fallback(request: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no endpoint {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+/// A JSON request body of at most [`MAX_BODY_BYTES`], UTF-8, decoded into `T`.
+///
+/// Rejections: 413 when too large, 400 when empty, not UTF-8, not JSON, or not of `T`'s shape (the
+/// error names the field path, e.g. `Connect.SidecarService.Port`).
+#[derive(Debug, Clone)]
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(req).await?;
+        decode_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`] (413 beyond).
+pub async fn read_body(req: Request) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        })
+}
+
+/// Decodes a JSON body, naming the field at fault on error.
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("request body is empty; expected JSON"));
+    }
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(ApiError::bad_request(format!(
+            "request body is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        )));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = format!("invalid request body: {inner}");
+        if path == "." || path.is_empty() {
+            ApiError::bad_request(message)
+        } else {
+            ApiError::invalid_field(path, message)
+        }
+    })
+}
+
+/// A JSON response carrying `X-Consul-Index` (and the other headers Consul clients look for).
+pub fn indexed_json<T: Serialize>(index: u64, value: &T) -> Response {
+    let mut response = axum::Json(value).into_response();
+    let headers = response.headers_mut();
+    headers.insert("x-consul-index", HeaderValue::from(index.max(1)));
+    headers.insert("x-consul-knownleader", HeaderValue::from_static("true"));
+    headers.insert("x-consul-lastcontact", HeaderValue::from_static("0"));
+    response
+}
+
+/// Query parameters as a map, for endpoints that take flags like `?passing`.
+#[derive(Debug, Clone, Default)]
+pub struct QueryParams(pub HashMap<String, String>);
+
+impl QueryParams {
+    /// Consul-style flag: present with no value, `true` or `1`.
+    pub fn flag(&self, name: &str) -> bool {
+        matches!(self.0.get(name).map(String::as_str), Some("" | "true" | "1"))
+    }
+
+    /// A parameter's value.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(QueryParams(parse_query(parts.uri.query().unwrap_or(""))))
+    }
+}
+
+fn parse_query(query: &str) -> HashMap<String, String> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(pair), String::new()),
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `?index=N&wait=D`: a Consul blocking query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockingQuery {
+    /// Block until the index moves past this (absent or 0: answer at once).
+    pub index: Option<u64>,
+    /// The longest time to block (clamped to [`MAX_WAIT`]).
+    pub wait: Duration,
+}
+
+impl BlockingQuery {
+    /// Parses `index` and `wait` from query parameters. Bad values are 400 naming the parameter.
+    pub fn from_params(params: &QueryParams) -> Result<Self, ApiError> {
+        let index = match params.get("index") {
+            None | Some("") => None,
+            Some(text) => Some(text.parse::<u64>().map_err(|_| {
+                ApiError::invalid_field(
+                    "index",
+                    format!("invalid index {text:?}: expected a non-negative integer"),
+                )
+            })?),
+        };
+        let wait = match params.get("wait") {
+            None | Some("") => DEFAULT_WAIT,
+            Some(text) => GoDuration::parse(text)
+                .map_err(|e| ApiError::invalid_field("wait", e.to_string()))?
+                .get()
+                .min(MAX_WAIT),
+        };
+        Ok(Self { index, wait })
+    }
+
+    /// Waits until the watched index is past `index`, or `wait` (plus up to 1/16 jitter, as
+    /// Consul does) has passed. Returns at once without an index.
+    pub async fn block(&self, mut indexes: watch::Receiver<u64>) {
+        let Some(min) = self.index.filter(|i| *i > 0) else {
+            return;
+        };
+        let jitter = jitter(self.wait / 16);
+        let deadline = tokio::time::Instant::now() + self.wait + jitter;
+        let _ = tokio::time::timeout_at(deadline, indexes.wait_for(|current| *current > min)).await;
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for BlockingQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let params = QueryParams::from_request_parts(parts, state).await?;
+        Self::from_params(&params)
+    }
+}
+
+fn jitter(max: Duration) -> Duration {
+    let nanos = max.as_nanos() as u64;
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    // No need for a CSPRNG: spreading wake-ups only.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    Duration::from_nanos(seed % nanos)
+}
+
+/// Serves `router` on an already-bound listener until `shutdown` is cancelled, then stops accepting
+/// and lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_flags_and_decoding() {
+        let q = QueryParams(parse_query("passing&wait=30s&name=a%2Fb&x=1+2"));
+        assert!(q.flag("passing"));
+        assert!(!q.flag("stale"));
+        assert_eq!(q.get("name"), Some("a/b"));
+        assert_eq!(q.get("x"), Some("1 2"));
+        assert_eq!(q.get("wait"), Some("30s"));
+    }
+
+    #[test]
+    fn blocking_query_rejects_bad_wait_and_index() {
+        let bad_wait = QueryParams(parse_query("index=5&wait=soon"));
+        let err = BlockingQuery::from_params(&bad_wait).unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert_eq!(err.body.error.field.as_deref(), Some("wait"));
+        let bad_index = QueryParams(parse_query("index=-1"));
+        let err = BlockingQuery::from_params(&bad_index).unwrap_err();
+        assert_eq!(err.body.error.field.as_deref(), Some("index"));
+        let long = QueryParams(parse_query("index=1&wait=1h"));
+        assert_eq!(BlockingQuery::from_params(&long).unwrap().wait, MAX_WAIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn blocking_query_wakes_on_index_change_and_times_out() {
+        let (tx, rx) = watch::channel(5u64);
+        let q = BlockingQuery {
+            index: Some(5),
+            wait: Duration::from_secs(30),
+        };
+        let waiter = tokio::spawn({
+            let rx = rx.clone();
+            async move { q.block(rx).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        tx.send_replace(6);
+        waiter.await.unwrap();
+
+        let started = tokio::time::Instant::now();
+        q.block(rx.clone()).await; // index 6 > 5 already: immediate
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        let stale = BlockingQuery {
+            index: Some(6),
+            wait: Duration::from_secs(30),
+        };
+        stale.block(rx).await;
+        assert!(started.elapsed() >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Body {
+            #[serde(rename = "Port")]
+            port: u16,
+        }
+        let err = decode_json::<Body>(br#"{"Port": "x"}"#).unwrap_err();
+        assert_eq!(err.body.error.field.as_deref(), Some("Port"));
+        let err = decode_json::<Body>(b"\xff\xfe").unwrap_err();
+        assert!(err.body.error.message.contains("UTF-8"), "{err:?}");
+        let err = decode_json::<Body>(b"").unwrap_err();
+        assert!(err.body.error.message.contains("empty"));
+    }
+}

@@ -1,0 +1,13 @@
+//! Process plumbing shared by every Plexus daemon: tracing set-up, shutdown, the HTTP serving loop,
+//! the JSON error shape and blocking-query helpers.
+//!
+//! Main types: [`shutdown::Shutdown`] (cancellation token + task tracker + signals),
+//! [`http::ApiError`] (the one error response shape), [`http::JsonBody`] (a bounded JSON body
+//! extractor whose errors name the field), [`http::BlockingQuery`] (`?index=&wait=`).
+//! It does not know about services, checks or proxies.
+
+pub mod http;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use shutdown::Shutdown;
