@@ -89,10 +89,10 @@ impl fmt::Display for GoDuration {
         if nanos == 0 {
             return f.write_str("0s");
         }
-        if nanos % 1_000_000_000 != 0 {
-            return if nanos % 1_000_000 == 0 {
+        if !nanos.is_multiple_of(1_000_000_000) {
+            return if nanos.is_multiple_of(1_000_000) {
                 write!(f, "{}ms", nanos / 1_000_000)
-            } else if nanos % 1_000 == 0 {
+            } else if nanos.is_multiple_of(1_000) {
                 write!(f, "{}us", nanos / 1_000)
             } else {
                 write!(f, "{nanos}ns")

@@ -301,7 +301,7 @@ pub struct HealthCheck {
     #[serde(rename = "ServiceTags")]
     pub service_tags: Vec<String>,
     /// `http`, `tcp`, `grpc`, `ttl`, `alias`.
-    #[serde(rename = "Type")]
+    #[serde(rename = "Type", with = "check_type_text")]
     pub check_type: Option<CheckType>,
     /// Interval, shown as Consul does at top level.
     #[serde(rename = "Interval", skip_serializing_if = "String::is_empty")]
@@ -510,4 +510,30 @@ pub struct AgentSelfConfig {
     /// Primary datacenter.
     #[serde(rename = "PrimaryDatacenter")]
     pub primary_datacenter: String,
+}
+
+/// `Type` as Consul writes it: the kind's word, or `""` when unknown.
+mod check_type_text {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::CheckType;
+
+    pub fn serialize<S: Serializer>(value: &Option<CheckType>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(kind) => kind.serialize(s),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CheckType>, D::Error> {
+        let text = Option::<String>::deserialize(d)?.unwrap_or_default();
+        Ok(match text.as_str() {
+            "http" => Some(CheckType::Http),
+            "tcp" => Some(CheckType::Tcp),
+            "grpc" => Some(CheckType::Grpc),
+            "ttl" => Some(CheckType::Ttl),
+            "alias" => Some(CheckType::Alias),
+            _ => None,
+        })
+    }
 }

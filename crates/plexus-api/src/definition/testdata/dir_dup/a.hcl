@@ -1,0 +1,8 @@
+services {
+  name = "web"
+  port = 80
+}
+services {
+  name = "echo"
+  port = 9090
+}

@@ -1,0 +1,4 @@
+service {
+  name = "client"
+  port = 8080
+}
