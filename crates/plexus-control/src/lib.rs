@@ -1,1 +1,77 @@
-//! plexus-control
+//! The Plexus control plane: the service catalog and its health, over a revisioned store, served
+//! through an HTTP API shaped like Consul's.
+//!
+//! ```text
+//!  HTTP (api/) ──► StoreCatalog (catalog/) ──► Store (store/): embedded redb file, later etcd
+//!        ▲                                          │
+//!        └──── blocking queries ◄── revision watch ─┘
+//! ```
+//!
+//! - [`ControlPlane`] wires a store, the catalog and the router together.
+//! - [`store::Store`]: revisioned keys, compare-and-set transactions, a revision watch; implemented
+//!   by [`store::EmbeddedStore`].
+//! - [`catalog::StoreCatalog`]: implements [`plexus_api::Catalog`] (the agent writes through it) and
+//!   the read views of the HTTP API.
+//! - [`api::router`]: `/v1/catalog/*`, `/v1/health/*`, `/v1/status/*`.
+//!
+//! Not here (yet): the agent's `/v1/agent/*` endpoints (plexus-agent), KV, config entries,
+//! intentions, the CA, leases, xDS. This crate never binds sockets: the binary merges
+//! [`ControlPlane::router`] with the agent's router and serves it with
+//! `plexus_runtime::http::serve`.
+
+pub mod api;
+pub mod catalog;
+pub mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use api::ServerInfo;
+pub use catalog::StoreCatalog;
+pub use store::{EmbeddedStore, Store, StoreError};
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The store could not be opened.
+    #[error("cannot open the control plane store")]
+    Store(#[source] StoreError),
+}
+
+/// The control plane: a store, the catalog over it and the HTTP API.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    catalog: Arc<StoreCatalog>,
+    info: ServerInfo,
+}
+
+impl ControlPlane {
+    /// A control plane over the embedded store in `data_dir` (created if missing).
+    ///
+    /// Blocking (opens and may create the database file): call it at start-up.
+    pub fn open_embedded(data_dir: &Path, info: ServerInfo) -> Result<Self, ControlError> {
+        let store = EmbeddedStore::open(data_dir).map_err(ControlError::Store)?;
+        Ok(Self::with_store(Arc::new(store), info))
+    }
+
+    /// A control plane over any store.
+    pub fn with_store(store: Arc<dyn Store>, info: ServerInfo) -> Self {
+        let catalog = Arc::new(StoreCatalog::new(store, info.datacenter.clone()));
+        Self { catalog, info }
+    }
+
+    /// The catalog; also usable as `Arc<dyn plexus_api::Catalog>`.
+    pub fn catalog(&self) -> Arc<StoreCatalog> {
+        Arc::clone(&self.catalog)
+    }
+
+    /// This server's identity.
+    pub fn info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    /// The HTTP API routes (catalog, health, status) with the JSON 404 fallback.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.catalog(), self.info.clone())
+    }
+}

@@ -1,0 +1,100 @@
+//! `GET /v1/health/*`: instances with their checks, checks by service and by state. All are
+//! blocking queries.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use plexus_api::{Catalog, CheckStatus};
+use plexus_runtime::http::{ApiError, BlockingQuery, QueryParams, indexed_json};
+
+use super::{ApiState, catalog_error, path_error};
+use crate::catalog::HealthFilter;
+
+fn filter(params: &QueryParams) -> HealthFilter {
+    HealthFilter {
+        tag: params.get("tag").map(str::to_owned),
+        passing: params.flag("passing"),
+    }
+}
+
+/// `GET /v1/health/service/{name}[?passing][&tag=]`: `[ServiceEntry]`.
+pub async fn service(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+    query: BlockingQuery,
+    params: QueryParams,
+) -> Result<Response, ApiError> {
+    let Path(name) = name.map_err(path_error)?;
+    query.block(state.catalog.index_watch()).await;
+    let entries = state
+        .catalog
+        .service_health(&name, &filter(&params))
+        .await
+        .map_err(catalog_error)?;
+    Ok(indexed_json(entries.index, &entries.value))
+}
+
+/// `GET /v1/health/connect/{name}[?passing][&tag=]`: `[ServiceEntry]` of the proxies (and
+/// mesh-native instances) serving `name`.
+pub async fn connect(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+    query: BlockingQuery,
+    params: QueryParams,
+) -> Result<Response, ApiError> {
+    let Path(name) = name.map_err(path_error)?;
+    query.block(state.catalog.index_watch()).await;
+    let entries = state
+        .catalog
+        .connect_health(&name, &filter(&params))
+        .await
+        .map_err(catalog_error)?;
+    Ok(indexed_json(entries.index, &entries.value))
+}
+
+/// `GET /v1/health/checks/{service}`: `[HealthCheck]`.
+pub async fn checks(
+    State(state): State<ApiState>,
+    service: Result<Path<String>, PathRejection>,
+    query: BlockingQuery,
+) -> Result<Response, ApiError> {
+    let Path(service) = service.map_err(path_error)?;
+    query.block(state.catalog.index_watch()).await;
+    let checks = state
+        .catalog
+        .service_checks(&service)
+        .await
+        .map_err(catalog_error)?;
+    Ok(indexed_json(checks.index, &checks.value))
+}
+
+/// Parses the `{state}` segment: `any` or a status other than `maintenance`.
+fn parse_state(text: &str) -> Result<Option<CheckStatus>, ApiError> {
+    match text {
+        "any" => Ok(None),
+        "passing" => Ok(Some(CheckStatus::Passing)),
+        "warning" => Ok(Some(CheckStatus::Warning)),
+        "critical" => Ok(Some(CheckStatus::Critical)),
+        other => Err(ApiError::invalid_field(
+            "state",
+            format!("invalid state {other:?}: expected any, passing, warning or critical"),
+        )),
+    }
+}
+
+/// `GET /v1/health/state/{state}`: `[HealthCheck]` in that state (`any`: all).
+pub async fn state(
+    State(api): State<ApiState>,
+    state: Result<Path<String>, PathRejection>,
+    query: BlockingQuery,
+) -> Result<Response, ApiError> {
+    let Path(state) = state.map_err(path_error)?;
+    let wanted = parse_state(&state)?;
+    query.block(api.catalog.index_watch()).await;
+    let checks = api
+        .catalog
+        .checks_in_state(wanted)
+        .await
+        .map_err(catalog_error)?;
+    Ok(indexed_json(checks.index, &checks.value))
+}

@@ -1,0 +1,121 @@
+//! The control plane's HTTP API, with Consul's paths, JSON shapes and status codes.
+//!
+//! - [`catalog`]: `/v1/catalog/services`, `/v1/catalog/service/{name}`, `/v1/catalog/nodes`
+//! - [`health`]: `/v1/health/service/{name}`, `/v1/health/connect/{name}`,
+//!   `/v1/health/checks/{service}`, `/v1/health/state/{state}`
+//! - [`status`]: `/v1/status/leader`, `/v1/status/peers`
+//!
+//! Catalog and health reads are blocking queries (`?index=N&wait=D`) answering with
+//! `X-Consul-Index`. Every error, including unknown paths, is the shared JSON error shape.
+//! `/v1/agent/*` is served by the agent's router, which the binary merges with this one.
+
+pub mod catalog;
+pub mod health;
+pub mod status;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::extract::rejection::PathRejection;
+use axum::routing::get;
+use http::StatusCode;
+use plexus_api::CatalogError;
+use plexus_runtime::http::{ApiError, not_found_fallback};
+
+use crate::catalog::StoreCatalog;
+
+/// Who this server is, as the status endpoints and responses show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// Datacenter name (`dc1` by default in Consul).
+    pub datacenter: String,
+    /// This server's node name.
+    pub node_name: String,
+    /// The leader's RPC address as `GET /v1/status/leader` shows it, e.g. `127.0.0.1:8300`.
+    pub leader_addr: String,
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// The catalog.
+    pub catalog: Arc<StoreCatalog>,
+    /// This server.
+    pub info: Arc<ServerInfo>,
+}
+
+/// The control plane's routes (catalog, health, status) with the JSON 404 fallback.
+pub fn router(catalog: Arc<StoreCatalog>, info: ServerInfo) -> Router {
+    let state = ApiState {
+        catalog,
+        info: Arc::new(info),
+    };
+    Router::new()
+        .route("/v1/catalog/services", get(catalog::services))
+        .route("/v1/catalog/service/{name}", get(catalog::service))
+        .route("/v1/catalog/nodes", get(catalog::nodes))
+        .route("/v1/health/service/{name}", get(health::service))
+        .route("/v1/health/connect/{name}", get(health::connect))
+        .route("/v1/health/checks/{service}", get(health::checks))
+        .route("/v1/health/state/{state}", get(health::state))
+        .route("/v1/status/leader", get(status::leader))
+        .route("/v1/status/peers", get(status::peers))
+        .fallback(not_found_fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// A known path with a method it does not serve: 405 in the shared JSON shape.
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not supported on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Maps a catalog failure to its response, logging failures of our own.
+pub(crate) fn catalog_error(error: CatalogError) -> ApiError {
+    match error {
+        CatalogError::NotFound { .. } => ApiError::not_found(error.to_string()),
+        CatalogError::Conflict { message, field } => {
+            let error = ApiError::conflict(message);
+            match field {
+                Some(field) => error.with_field(field),
+                None => error,
+            }
+        }
+        CatalogError::Store(_) => {
+            tracing::warn!(error = %ErrorChain(&error), "catalog read failed");
+            ApiError::internal("the catalog store is unavailable")
+        }
+    }
+}
+
+/// A path segment that did not decode: 400 in the shared shape.
+pub(crate) fn path_error(rejection: PathRejection) -> ApiError {
+    ApiError::bad_request(rejection.body_text())
+}
+
+/// Displays an error with its chain of causes, for logs.
+pub(crate) struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

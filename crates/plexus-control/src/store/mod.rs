@@ -1,0 +1,139 @@
+//! The control plane's state: revisioned keys with etcd's semantics.
+//!
+//! Every committed write gets one new, strictly increasing store revision; every key remembers the
+//! revision that created it and the one that last changed it. Writes are [`Txn`]s: compare-and-set
+//! guards plus a list of operations applied atomically. Readers learn about commits through
+//! [`Store::revision_watch`].
+//!
+//! Backends: [`embedded::EmbeddedStore`] (one durable file, the default). An etcd backend can
+//! implement the same trait because nothing here goes beyond what etcd's KV API offers.
+
+pub mod embedded;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+pub use embedded::EmbeddedStore;
+
+/// A boxed error from a store backend.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One stored key with its value and revisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: String,
+    /// The value, opaque to the store.
+    pub value: Vec<u8>,
+    /// The revision of the write that created the key.
+    pub create_revision: u64,
+    /// The revision of the last write that changed the key.
+    pub mod_revision: u64,
+}
+
+/// A guard of a [`Txn`]: the transaction's operations run only when every compare holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    /// The key's `mod_revision` equals `revision`; revision 0 means the key must not exist.
+    ModRevision {
+        /// The key to compare.
+        key: String,
+        /// The expected `mod_revision` (0: absent).
+        revision: u64,
+    },
+}
+
+/// One write of a [`Txn`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Creates or replaces a key.
+    Put {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: Vec<u8>,
+    },
+    /// Removes a key (nothing happens when it is absent).
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Removes every key starting with `prefix`.
+    DeletePrefix {
+        /// The prefix.
+        prefix: String,
+    },
+}
+
+/// An atomic, guarded write: when all `compares` hold, all `ops` are applied under one new revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Txn {
+    /// Guards; all must hold.
+    pub compares: Vec<Compare>,
+    /// Writes, applied in order.
+    pub ops: Vec<Op>,
+}
+
+/// The outcome of a [`Txn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnResult {
+    /// True when the compares held (and the ops were applied).
+    pub succeeded: bool,
+    /// The store revision after the transaction: the new one when ops were applied, otherwise the
+    /// unchanged current one.
+    pub revision: u64,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be opened or created.
+    #[error("cannot open store at {path}")]
+    Open {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+    /// The backend failed to read or write.
+    #[error("store backend failed")]
+    Backend {
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+    /// A stored record is not in the store's own format.
+    #[error("stored record {key:?} is malformed")]
+    Corrupt {
+        /// The key of the record, or the name of the metadata entry.
+        key: String,
+    },
+    /// The task running the operation panicked or was cancelled.
+    #[error("store task did not complete")]
+    Task {
+        /// The cause.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// Revisioned key-value storage with compare-and-set transactions.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads one key.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+
+    /// Reads every key starting with `prefix`, sorted by key, with the store revision the read
+    /// reflects.
+    async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64), StoreError>;
+
+    /// Applies a transaction atomically. When a compare fails nothing is written and the revision
+    /// does not move; when `ops` is empty the revision does not move either.
+    async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError>;
+
+    /// The latest committed revision.
+    fn revision_watch(&self) -> watch::Receiver<u64>;
+}
