@@ -1,1 +1,134 @@
-//! plexus-agent
+//! The Plexus node agent: Consul's `/v1/agent/*` API and the health checks of one node.
+//!
+//! The agent registers its node, validates service registrations (from definition files or
+//! `PUT /v1/agent/service/register`), writes them through an [`Arc<dyn Catalog>`](Catalog) and runs
+//! the checks of every service on its node, reporting each result back to the catalog.
+//!
+//! ```text
+//!  API body / definition file ─► Agent::register ─► validate ─► ports (assign, clash) ─► Catalog
+//!                                                                                          │
+//!             check::Supervisor ◄── index_watch ◄──────────────────────────────────────────┘
+//!               ├─ http / tcp / grpc runners (every interval, bounded by timeout)
+//!               ├─ ttl runners (expire unless /v1/agent/check/pass|warn|fail resets them)
+//!               └─ alias runners (driven by the index watch)          ─► Catalog::update_check
+//! ```
+//!
+//! Main types: [`Agent`] (cheap to clone), [`AgentConfig`], [`AgentError`].
+//!
+//! It does not: store anything itself (the catalog is the only state besides TTL timers), start
+//! sidecar processes, keep a node lease, or run HTTPS/TLS probes (those report `critical`).
+
+mod api;
+mod check;
+mod error;
+mod ports;
+mod service;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use plexus_api::validate::Defaults;
+use plexus_api::{Catalog, Node, Registration};
+use plexus_runtime::Shutdown;
+
+pub use error::AgentError;
+
+use check::ttl::TtlTimers;
+
+/// What the agent needs to know about itself.
+#[derive(Debug, Clone, Default)]
+pub struct AgentConfig {
+    /// This node: name, address, datacenter and id (registered in the catalog at start).
+    pub node: Node,
+    /// Whether this agent runs inside a server (shown by `/v1/agent/self`).
+    pub server: bool,
+}
+
+/// The node agent. Cheap to clone: every clone shares one state.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("node", &self.inner.config.node.node)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: AgentConfig,
+    catalog: Arc<dyn Catalog>,
+    defaults: Defaults,
+    ttl: Arc<TtlTimers>,
+    /// Serialises registrations so port assignment and clash checks see a stable node.
+    writes: tokio::sync::Mutex<()>,
+    /// Service ids this agent registered (deregistered by [`Agent::deregister_all`]).
+    registered: Mutex<BTreeSet<String>>,
+}
+
+impl Agent {
+    /// Registers the node in the catalog and starts the check supervisor (spawned through
+    /// `shutdown`, stopped by its token).
+    pub async fn start(
+        config: AgentConfig,
+        catalog: Arc<dyn Catalog>,
+        shutdown: &Shutdown,
+    ) -> Result<Agent, AgentError> {
+        catalog
+            .register(Registration {
+                node: config.node.clone(),
+                services: Vec::new(),
+                checks: Vec::new(),
+            })
+            .await?;
+        let ttl = Arc::new(TtlTimers::default());
+        let supervisor = check::Supervisor::new(
+            catalog.clone(),
+            config.node.node.clone(),
+            ttl.clone(),
+            shutdown.clone(),
+        );
+        shutdown.spawn(supervisor.run());
+        tracing::info!(node = %config.node.node, "agent started");
+        let defaults = Defaults {
+            datacenter: config.node.datacenter.clone(),
+            node: config.node.node.clone(),
+        };
+        Ok(Agent {
+            inner: Arc::new(Inner {
+                config,
+                catalog,
+                defaults,
+                ttl,
+                writes: tokio::sync::Mutex::new(()),
+                registered: Mutex::new(BTreeSet::new()),
+            }),
+        })
+    }
+
+    /// The `/v1/agent/*` routes (no fallback: the binary sets one).
+    pub fn router(&self) -> axum::Router {
+        api::router(self.clone())
+    }
+
+    /// This agent's node name.
+    pub fn node(&self) -> &str {
+        &self.inner.config.node.node
+    }
+
+    fn registered(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        // A poisoned set is still a valid set of ids.
+        self.inner
+            .registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod test_catalog;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,98 @@
+//! `/v1/agent/checks` and the TTL updates `/v1/agent/check/{pass,warn,fail,update}/{id}`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use plexus_api::{CheckStatus, HealthCheck};
+use plexus_runtime::http::{ApiError, JsonBody, QueryParams, indexed_json};
+use serde::Deserialize;
+
+use super::ok_empty;
+use crate::{Agent, AgentError};
+
+/// `GET /v1/agent/checks`: `{ check_id: HealthCheck }`.
+pub(super) async fn list(State(agent): State<Agent>) -> Result<Response, ApiError> {
+    let checks = agent
+        .inner
+        .catalog
+        .node_checks(agent.node())
+        .await
+        .map_err(AgentError::from)?;
+    let body: BTreeMap<String, HealthCheck> = checks
+        .value
+        .into_iter()
+        .map(|c| (c.check_id.clone(), c))
+        .collect();
+    Ok(indexed_json(checks.index, &body))
+}
+
+/// `PUT /v1/agent/check/pass/{id}?note=`.
+pub(super) async fn pass(
+    agent: State<Agent>,
+    id: Path<String>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    set(agent, id, query, CheckStatus::Passing).await
+}
+
+/// `PUT /v1/agent/check/warn/{id}?note=`.
+pub(super) async fn warn(
+    agent: State<Agent>,
+    id: Path<String>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    set(agent, id, query, CheckStatus::Warning).await
+}
+
+/// `PUT /v1/agent/check/fail/{id}?note=`.
+pub(super) async fn fail(
+    agent: State<Agent>,
+    id: Path<String>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    set(agent, id, query, CheckStatus::Critical).await
+}
+
+async fn set(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+    query: QueryParams,
+    status: CheckStatus,
+) -> Result<Response, ApiError> {
+    let note = query.get("note").unwrap_or("");
+    agent.update_ttl(&id, status, note).await?;
+    Ok(ok_empty())
+}
+
+/// Body of `PUT /v1/agent/check/update/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CheckUpdate {
+    #[serde(rename = "Status", default)]
+    status: String,
+    #[serde(rename = "Output", default)]
+    output: String,
+}
+
+/// `PUT /v1/agent/check/update/{id}` with `{"Status": "passing|warning|critical", "Output": ".."}`.
+pub(super) async fn update(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<CheckUpdate>,
+) -> Result<Response, ApiError> {
+    let status = match body.status.parse::<CheckStatus>() {
+        Ok(s @ (CheckStatus::Passing | CheckStatus::Warning | CheckStatus::Critical)) => s,
+        _ => {
+            return Err(ApiError::invalid_field(
+                "Status",
+                format!(
+                    "invalid check status {:?} (expected passing, warning or critical)",
+                    body.status
+                ),
+            ));
+        }
+    };
+    agent.update_ttl(&id, status, &body.output).await?;
+    Ok(ok_empty())
+}

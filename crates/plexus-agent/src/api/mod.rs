@@ -1,0 +1,60 @@
+//! `/v1/agent/*`: Consul's agent endpoints, same paths, JSON field names and status codes.
+//!
+//! Writes answer 200 with an empty body, as Consul does; errors use the shared JSON shape.
+
+mod check;
+mod service;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use plexus_api::{AgentSelf, AgentSelfConfig};
+
+use crate::Agent;
+
+/// The agent's routes, with the agent as state.
+pub(crate) fn router(agent: Agent) -> Router {
+    Router::new()
+        .route("/v1/agent/self", get(agent_self))
+        .route("/v1/agent/services", get(service::list))
+        .route("/v1/agent/service/{id}", get(service::get))
+        .route("/v1/agent/service/register", put(service::register))
+        .route(
+            "/v1/agent/service/deregister/{id}",
+            put(service::deregister),
+        )
+        .route("/v1/agent/checks", get(check::list))
+        .route("/v1/agent/check/pass/{id}", put(check::pass))
+        .route("/v1/agent/check/warn/{id}", put(check::warn))
+        .route("/v1/agent/check/fail/{id}", put(check::fail))
+        .route("/v1/agent/check/update/{id}", put(check::update))
+        .with_state(agent)
+}
+
+/// `GET /v1/agent/self`.
+async fn agent_self(State(agent): State<Agent>) -> Response {
+    let config = &agent.inner.config;
+    let node = &config.node;
+    let body = AgentSelf {
+        config: AgentSelfConfig {
+            datacenter: node.datacenter.clone(),
+            node_name: node.node.clone(),
+            node_id: node.id.clone(),
+            server: config.server,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            primary_datacenter: node.datacenter.clone(),
+        },
+        member: serde_json::json!({
+            "Name": node.node,
+            "Addr": node.address,
+            "Status": 1,
+        }),
+    };
+    axum::Json(body).into_response()
+}
+
+/// The empty 200 Consul answers writes with.
+fn ok_empty() -> Response {
+    http::StatusCode::OK.into_response()
+}

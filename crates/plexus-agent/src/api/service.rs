@@ -1,0 +1,81 @@
+//! `/v1/agent/services`, `/v1/agent/service/{id}`, `/v1/agent/service/register` and
+//! `/v1/agent/service/deregister/{id}`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use plexus_api::{AgentService, ServiceRegistration};
+use plexus_runtime::http::{ApiError, BlockingQuery, JsonBody, QueryParams, indexed_json};
+
+use super::ok_empty;
+use crate::{Agent, AgentError};
+
+/// `GET /v1/agent/services` (blocking with `?index=&wait=`): `{ id: AgentService }`.
+pub(super) async fn list(
+    State(agent): State<Agent>,
+    query: BlockingQuery,
+) -> Result<Response, ApiError> {
+    let catalog = &agent.inner.catalog;
+    query.block(catalog.index_watch()).await;
+    let services = catalog
+        .node_services(agent.node())
+        .await
+        .map_err(AgentError::from)?;
+    let body: BTreeMap<String, AgentService> = services
+        .value
+        .into_iter()
+        .map(|s| (s.id.clone(), agent_view(s)))
+        .collect();
+    Ok(indexed_json(services.index, &body))
+}
+
+/// `GET /v1/agent/service/{id}` (blocking with `?index=&wait=`).
+pub(super) async fn get(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+    query: BlockingQuery,
+) -> Result<Response, ApiError> {
+    let catalog = &agent.inner.catalog;
+    query.block(catalog.index_watch()).await;
+    let services = catalog
+        .node_services(agent.node())
+        .await
+        .map_err(AgentError::from)?;
+    let service = services
+        .value
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or(AgentError::NotFound {
+            kind: "service",
+            id,
+        })?;
+    Ok(indexed_json(services.index, &agent_view(service)))
+}
+
+/// `PUT /v1/agent/service/register` (`?replace-existing-checks` is accepted: replacing is what
+/// registration always does).
+pub(super) async fn register(
+    State(agent): State<Agent>,
+    _query: QueryParams,
+    JsonBody(reg): JsonBody<ServiceRegistration>,
+) -> Result<Response, ApiError> {
+    agent.register(&reg).await?;
+    Ok(ok_empty())
+}
+
+/// `PUT /v1/agent/service/deregister/{id}`: the service and its sidecar.
+pub(super) async fn deregister(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    agent.deregister(&id).await?;
+    Ok(ok_empty())
+}
+
+/// The agent endpoints show services without catalog indexes, as Consul does.
+fn agent_view(mut service: AgentService) -> AgentService {
+    service.create_index = None;
+    service.modify_index = None;
+    service
+}

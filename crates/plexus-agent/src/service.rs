@@ -1,0 +1,203 @@
+//! Registering and deregistering services on this node, and TTL check updates.
+
+use plexus_api::validate::validate_service;
+use plexus_api::{
+    AgentService, Catalog, CatalogError, CheckStatus, CheckType, Registration, ServiceRegistration,
+};
+
+use crate::ports::{self, Clash};
+use crate::{Agent, AgentError};
+
+/// Longest check output kept (Consul's default `check_output_max_size`).
+pub(crate) const MAX_OUTPUT_BYTES: usize = 4096;
+
+impl Agent {
+    /// Validates and registers a service and its sidecar (with their checks). Re-registering an id
+    /// replaces it. Returns the ids written, the service's first.
+    ///
+    /// A sidecar without a port gets the lowest free one in 21000–21255 (its previous port when
+    /// re-registered). Fails with [`AgentError::Conflict`] when a proxy port or an upstream
+    /// listener is already used by another service on this node.
+    pub async fn register(&self, reg: &ServiceRegistration) -> Result<Vec<String>, AgentError> {
+        let inner = &self.inner;
+        let node = inner.config.node.node.as_str();
+        let _writes = inner.writes.lock().await;
+
+        let existing = inner.catalog.node_services(node).await?.value;
+        let (id, sidecar_id) = ports::registration_ids(reg);
+        let replaced = ports::replaced_ids(&existing, &id, sidecar_id.as_deref());
+        let others: Vec<&AgentService> = existing
+            .iter()
+            .filter(|s| !replaced.contains(&s.id))
+            .collect();
+        let previous_port = existing
+            .iter()
+            .find(|s| Some(&s.id) == sidecar_id.as_ref())
+            .map(|s| s.port);
+        let reserved = ports::own_ports(reg);
+        let mut next_port = || ports::next_free_port(&others, &reserved, previous_port);
+        let validated =
+            validate_service(reg, &inner.defaults, &mut next_port).map_err(AgentError::Invalid)?;
+        if let Some(Clash { field, message }) = ports::find_clash(&validated, &others) {
+            return Err(AgentError::Conflict { field, message });
+        }
+
+        let ids: Vec<String> = validated.iter().map(|v| v.service.id.clone()).collect();
+        let mut registration = Registration {
+            node: inner.config.node.clone(),
+            ..Registration::default()
+        };
+        for v in validated {
+            registration.services.push(v.service);
+            registration.checks.extend(v.checks);
+        }
+        inner.catalog.register(registration).await?;
+        self.registered().extend(ids.iter().cloned());
+
+        // A sidecar re-registered under another id replaces the old one.
+        for stale in replaced.iter().filter(|r| !ids.contains(r)) {
+            if !existing.iter().any(|s| &s.id == stale) {
+                continue;
+            }
+            // The registration itself succeeded; a leftover proxy is logged, not an error.
+            match remove(inner.catalog.as_ref(), node, stale).await {
+                Ok(()) => {
+                    self.registered().remove(stale);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, node, service_id = %stale, "removing replaced sidecar failed");
+                }
+            }
+        }
+        tracing::info!(node, service_id = %id, services = ids.len(), "service registered");
+        Ok(ids)
+    }
+
+    /// Deregisters a service and the sidecar registered with it (any connect-proxy whose
+    /// destination is this instance). [`AgentError::NotFound`] when it is not on this node.
+    pub async fn deregister(&self, service_id: &str) -> Result<(), AgentError> {
+        let inner = &self.inner;
+        let node = inner.config.node.node.as_str();
+        let _writes = inner.writes.lock().await;
+        let removed = deregister_with_sidecars(inner.catalog.as_ref(), node, service_id).await?;
+        let mut registered = self.registered();
+        for id in &removed {
+            registered.remove(id);
+        }
+        drop(registered);
+        tracing::info!(
+            node,
+            service_id,
+            removed = removed.len(),
+            "service deregistered"
+        );
+        Ok(())
+    }
+
+    /// Deregisters every service this agent registered (best effort: failures are logged).
+    pub async fn deregister_all(&self) {
+        let ids: Vec<String> = self.registered().iter().cloned().collect();
+        for id in ids {
+            match self.deregister(&id).await {
+                // Already gone, e.g. removed with its parent.
+                Ok(()) | Err(AgentError::NotFound { .. }) => {}
+                Err(error) => {
+                    tracing::warn!(%error, service_id = %id, "deregister on shutdown failed");
+                }
+            }
+        }
+    }
+
+    /// Sets a TTL check's status and output and restarts its TTL. [`AgentError::NotFound`] for an
+    /// unknown check, [`AgentError::NotTtl`] for a check of another kind.
+    pub async fn update_ttl(
+        &self,
+        check_id: &str,
+        status: CheckStatus,
+        output: &str,
+    ) -> Result<(), AgentError> {
+        let inner = &self.inner;
+        let node = inner.config.node.node.as_str();
+        let checks = inner.catalog.node_checks(node).await?.value;
+        let check = checks
+            .iter()
+            .find(|c| c.check_id == check_id)
+            .ok_or_else(|| AgentError::NotFound {
+                kind: "check",
+                id: check_id.to_owned(),
+            })?;
+        if check.check_type != Some(CheckType::Ttl) {
+            return Err(AgentError::NotTtl {
+                check_id: check_id.to_owned(),
+            });
+        }
+        // Reset the timer first, so an expiry racing with this update cannot win.
+        inner.ttl.touch(check_id);
+        let output = truncate_output(output);
+        inner
+            .catalog
+            .update_check(node, check_id, status, output)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Removes a service and every connect-proxy fronting it. Returns the ids removed.
+pub(crate) async fn deregister_with_sidecars(
+    catalog: &dyn Catalog,
+    node: &str,
+    service_id: &str,
+) -> Result<Vec<String>, AgentError> {
+    let existing = catalog.node_services(node).await?.value;
+    if !existing.iter().any(|s| s.id == service_id) {
+        return Err(AgentError::NotFound {
+            kind: "service",
+            id: service_id.to_owned(),
+        });
+    }
+    let mut removed = vec![service_id.to_owned()];
+    removed.extend(
+        existing
+            .iter()
+            .filter(|s| ports::is_sidecar_of(s, service_id))
+            .map(|s| s.id.clone()),
+    );
+    for id in &removed {
+        remove(catalog, node, id).await?;
+    }
+    Ok(removed)
+}
+
+/// Removes one instance; one already gone counts as removed.
+async fn remove(catalog: &dyn Catalog, node: &str, id: &str) -> Result<(), AgentError> {
+    match catalog.deregister_service(node, id).await {
+        Ok(_) | Err(CatalogError::NotFound { .. }) => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// At most [`MAX_OUTPUT_BYTES`] of `output`, cut at a character boundary.
+pub(crate) fn truncate_output(output: &str) -> &str {
+    if output.len() <= MAX_OUTPUT_BYTES {
+        return output;
+    }
+    let mut end = MAX_OUTPUT_BYTES;
+    while !output.is_char_boundary(end) {
+        end -= 1;
+    }
+    &output[..end]
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_cut_at_a_char_boundary() {
+        assert_eq!(truncate_output("ok"), "ok");
+        let long = "é".repeat(MAX_OUTPUT_BYTES);
+        let cut = truncate_output(&long);
+        assert!(cut.len() <= MAX_OUTPUT_BYTES && cut.len() >= MAX_OUTPUT_BYTES - 1);
+    }
+}
