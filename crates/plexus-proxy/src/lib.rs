@@ -1,1 +1,214 @@
-//! plexus-proxy
+//! The sidecar data path: `plexus proxy -sidecar-for <service id>`, at L4 (TCP).
+//!
+//! The proxy finds its own `connect-proxy` registration on the control plane, then runs:
+//!
+//! - an **inbound** listener on the sidecar's port, forwarding to the local app;
+//! - one **outbound** listener per upstream on `LocalBindAddress:LocalBindPort`, balancing new
+//!   connections round-robin over the sidecars in front of the upstream's healthy instances;
+//! - an **admin** HTTP server: `/ready`, `/metrics` (`/stats`), `/config`.
+//!
+//! Registration and endpoints are followed with blocking queries, so changes apply as soon as the
+//! control plane sees them. If the control plane goes away, the proxy keeps serving its last good
+//! configuration (static stability) and resyncs when it is back.
+//!
+//! ```text
+//!             control plane (HTTP API, blocking queries)
+//!               │ /v1/agent/service/:sidecar        │ /v1/health/connect/:upstream?passing
+//!               ▼                                   ▼
+//!   discovery::watch_sidecar ─► SidecarConfig   discovery::watch_endpoints ─► watch<EndpointSet>
+//!               │                                   │
+//!               ▼                                   ▼
+//!   listener::Listeners::apply ─► listener (accept) ─► balance (round robin) ─► endpoint (dial + splice)
+//!               │
+//!               ▼
+//!   admin (/ready, /metrics, /config)      metrics: one explicit registry, passed down
+//! ```
+//!
+//! Stages are modules: `discovery/`, `listener/`, `balance/`, `endpoint/`, plus `admin` and
+//! `metrics`. [`run`] assembles them; read it first.
+//!
+//! Not yet: mTLS between sidecars and intention checks (next issue), L7 routing, retries, circuit
+//! breaking. The stage boundaries are where they will go (`tls/` between `endpoint` and the
+//! socket, `route/` between `listener` and `balance`).
+//!
+//! Main types: [`ProxyConfig`], [`run`], [`ProxyError`].
+
+mod admin;
+mod balance;
+mod discovery;
+mod endpoint;
+mod error;
+mod listener;
+mod metrics;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexus_runtime::{http, telemetry};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+pub use discovery::RegistrationError;
+pub use error::{ListenerName, ProxyError};
+
+use discovery::{EndpointSet, SidecarConfig};
+use listener::{Context, Limits, Listeners, OnBindError, Resolve};
+use metrics::Metrics;
+
+/// Connections one listener serves at once; more wait in the kernel's accept backlog.
+pub const MAX_CONNECTIONS_PER_LISTENER: usize = 10_000;
+/// Longest wait for an endpoint (or the local app) to accept a connection before trying the next.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What [`run`] needs. The binary builds it from its flags.
+#[derive(Debug)]
+pub struct ProxyConfig {
+    /// The control plane's HTTP API.
+    pub control: plexus_api::client::Client,
+    /// The app's service id (like `consul connect proxy -sidecar-for web`).
+    pub sidecar_for: String,
+    /// The admin listener, already bound (`--admin-addr`; port 0 allowed).
+    pub admin_listener: tokio::net::TcpListener,
+    /// How long in-flight connections may continue after shutdown starts.
+    pub drain_grace: Duration,
+}
+
+/// Runs the sidecar until `shutdown` is cancelled, then stops accepting on every listener, lets
+/// in-flight connections finish for up to `drain_grace`, and returns `Ok(())`.
+///
+/// Fails only at start-up: [`ProxyError::NoSidecar`] when the control plane has no sidecar for
+/// `sidecar_for`, [`ProxyError::InvalidRegistration`], [`ProxyError::Bind`] when a listener of
+/// the first configuration cannot be bound, or [`ProxyError::AdminListener`]. While the control
+/// plane is unreachable it retries with backoff (100 ms doubling to 5 s, jittered) instead; a
+/// shutdown during that wait returns `Ok(())`.
+pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(), ProxyError> {
+    let ProxyConfig {
+        control,
+        sidecar_for,
+        admin_listener,
+        drain_grace,
+    } = config;
+    let tasks = TaskTracker::new();
+    // `stop` ends accepting everywhere (shutdown, or a start-up error); `kill` ends in-flight
+    // connections once the drain grace period is over.
+    let stop = shutdown.child_token();
+    let kill = CancellationToken::new();
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+
+    // Admin first, so readiness probes get 503 (not a refused connection) while we start.
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| ProxyError::AdminListener { source })?;
+    telemetry::listening("admin", admin_addr);
+    let (applied_tx, applied_rx) = watch::channel(None);
+    let router = admin::router(Arc::new(registry), applied_rx);
+    tasks.spawn({
+        let (stop, kill) = (stop.clone(), kill.clone());
+        async move {
+            tokio::select! {
+                served = http::serve(admin_listener, router, stop) => {
+                    if let Err(error) = served {
+                        error!(%error, addr = %admin_addr, "admin server failed");
+                    }
+                }
+                _ = kill.cancelled() => {}
+            }
+        }
+    });
+
+    let serving = async {
+        // discovery: our own registration (retried while the control plane is unreachable).
+        let Some(registration) = discovery::find_sidecar(&control, &sidecar_for, &stop).await?
+        else {
+            return Ok(()); // shut down before the control plane answered
+        };
+        let initial = SidecarConfig::from_registration(&registration).map_err(|source| {
+            ProxyError::InvalidRegistration {
+                sidecar_id: registration.value.id.clone(),
+                source,
+            }
+        })?;
+        info!(sidecar_id = %initial.sidecar_id, revision = initial.revision, "found sidecar registration");
+
+        // listener → balance → endpoint, with endpoints discovered per upstream.
+        let resolve: Resolve = {
+            let (control, tasks, metrics) = (control.clone(), tasks.clone(), metrics.clone());
+            Arc::new(move |destination: &str, stop: CancellationToken| {
+                let (tx, rx) = watch::channel(Arc::new(EndpointSet::default()));
+                let gauge = metrics.endpoints(destination);
+                let destination = destination.to_owned();
+                tasks.spawn(discovery::watch_endpoints(
+                    control.clone(),
+                    destination,
+                    tx,
+                    gauge,
+                    stop,
+                ));
+                rx
+            })
+        };
+        let mut listeners = Listeners::new(Context {
+            tasks: tasks.clone(),
+            stop: stop.clone(),
+            kill: kill.clone(),
+            metrics: metrics.clone(),
+            limits: Limits {
+                max_connections: MAX_CONNECTIONS_PER_LISTENER,
+                connect_timeout: CONNECT_TIMEOUT,
+            },
+            resolve,
+        });
+        listeners.apply(&initial, OnBindError::Fail).await?;
+        applied_tx.send_replace(Some(Arc::new(listeners.snapshot(&initial))));
+        info!(revision = initial.revision, "ready");
+
+        // Follow the registration; later failures are logged, never fatal.
+        let initial = Arc::new(initial);
+        let (config_tx, mut config_rx) = watch::channel(Arc::clone(&initial));
+        tasks.spawn(discovery::watch_sidecar(
+            control.clone(),
+            initial,
+            config_tx,
+            stop.clone(),
+        ));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = config_rx.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let config = Arc::clone(&config_rx.borrow_and_update());
+                    listeners.apply(&config, OnBindError::Skip).await?;
+                    applied_tx.send_replace(Some(Arc::new(listeners.snapshot(&config))));
+                    info!(revision = config.revision, "applied sidecar registration");
+                }
+            }
+        }
+        Ok(())
+    };
+    let outcome = serving.await;
+
+    // Shutdown (or a start-up error): stop accepting, drain, then cut what is left.
+    stop.cancel();
+    tasks.close();
+    if outcome.is_ok() {
+        info!(grace = ?drain_grace, "draining connections");
+    }
+    if tokio::time::timeout(drain_grace, tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(grace = ?drain_grace, "drain grace period over; closing remaining connections");
+        kill.cancel();
+        tasks.wait().await;
+    }
+    outcome
+}

@@ -1,0 +1,129 @@
+//! Why [`run`](crate::run) stopped, and the listener names errors and logs use.
+
+use std::error::Error;
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::discovery::RegistrationError;
+
+/// Why the proxy could not start (or stopped).
+///
+/// Only start-up problems are fatal: once the first configuration is applied, control-plane outages,
+/// deregistration and bind failures of later changes are logged and the proxy keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The control plane answered, but no `connect-proxy` service fronts the given service id.
+    #[error("no sidecar proxy is registered for service {service_id:?}")]
+    NoSidecar {
+        /// The app's service id (`sidecar_for`).
+        service_id: String,
+    },
+    /// The sidecar registration cannot be turned into listeners.
+    #[error("sidecar registration {sidecar_id:?} is invalid")]
+    InvalidRegistration {
+        /// The sidecar's service id.
+        sidecar_id: String,
+        /// What is wrong with it.
+        #[source]
+        source: RegistrationError,
+    },
+    /// A listener of the first configuration could not be bound.
+    #[error("cannot bind {listener} listener on {addr}")]
+    Bind {
+        /// Which listener.
+        listener: ListenerName,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin listener handed in by the caller is unusable.
+    #[error("admin listener is unusable")]
+    AdminListener {
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The name of one of the proxy's listeners.
+///
+/// `Display` is the phrase errors use (`inbound`, `upstream "echo"`); [`ListenerName::log_name`] is
+/// the name `listening` lines, spans and metrics use (`inbound`, `upstream:echo`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ListenerName {
+    /// The sidecar's public port, forwarding to the local app.
+    Inbound,
+    /// The local port through which the app reaches an upstream service.
+    Upstream(String),
+}
+
+impl ListenerName {
+    /// `inbound` or `upstream:<destination>`.
+    pub fn log_name(&self) -> String {
+        match self {
+            ListenerName::Inbound => "inbound".to_owned(),
+            ListenerName::Upstream(destination) => format!("upstream:{destination}"),
+        }
+    }
+}
+
+impl fmt::Display for ListenerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenerName::Inbound => f.write_str("inbound"),
+            ListenerName::Upstream(destination) => write!(f, "upstream \"{destination}\""),
+        }
+    }
+}
+
+/// Displays an error and its `source()` chain, `outer: inner: root`, for log fields.
+pub(crate) struct Report<'a>(pub &'a dyn Error);
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_error_names_the_listener_and_address() {
+        let error = ProxyError::Bind {
+            listener: ListenerName::Upstream("echo".into()),
+            addr: "127.0.0.1:9191".parse().unwrap(),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        assert_eq!(
+            error.to_string(),
+            "cannot bind upstream \"echo\" listener on 127.0.0.1:9191"
+        );
+        assert!(Report(&error).to_string().starts_with(&error.to_string()));
+        assert!(Report(&error).to_string().len() > error.to_string().len());
+        assert_eq!(
+            ListenerName::Upstream("echo".into()).log_name(),
+            "upstream:echo"
+        );
+    }
+
+    #[test]
+    fn no_sidecar_names_the_service() {
+        let error = ProxyError::NoSidecar {
+            service_id: "x".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "no sidecar proxy is registered for service \"x\""
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! One listener's accept loop and the life of each connection it accepts:
+//! accept → (balance) → endpoint dial → splice.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::balance::RoundRobin;
+use crate::discovery::EndpointSet;
+use crate::endpoint::{self, ByteCounters, ConnectError};
+use crate::error::{ListenerName, Report};
+use crate::metrics::ListenerMetrics;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Per-listener bounds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Connections served at once by one listener; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Longest wait for one endpoint to accept a connection.
+    pub connect_timeout: Duration,
+}
+
+/// Where a listener's connections go.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// Inbound: the local app (its address can change without rebinding the listener).
+    Local(watch::Receiver<SocketAddr>),
+    /// Outbound: an upstream's endpoints, in round-robin order.
+    Balanced {
+        /// The latest endpoint set.
+        endpoints: watch::Receiver<Arc<EndpointSet>>,
+        /// Shared by every connection of the listener.
+        picker: Arc<RoundRobin>,
+    },
+}
+
+/// A bound listener, ready to run.
+#[derive(Debug)]
+pub(crate) struct Accept {
+    /// Used in spans and logs.
+    pub name: ListenerName,
+    /// Already bound.
+    pub listener: TcpListener,
+    /// Where connections go.
+    pub target: Target,
+    /// This listener's metrics.
+    pub metrics: ListenerMetrics,
+    /// Bounds.
+    pub limits: Limits,
+    /// Connection tasks are spawned here so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Cuts in-flight connections (the drain grace period is over).
+    pub kill: CancellationToken,
+}
+
+impl Accept {
+    /// Accepts connections until `stop` fires, then drops the listener. Connections already
+    /// accepted keep running until they end or `kill` fires.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        let log_name = self.name.log_name();
+        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
+        loop {
+            let permit = tokio::select! {
+                _ = stop.cancelled() => break,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_closed) => break,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                _ = stop.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        warn!(%error, listener = %log_name, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            self.metrics.connections.inc();
+            let span = info_span!("connection", listener = %log_name, %peer);
+            let connection = serve(
+                stream,
+                self.target.clone(),
+                self.metrics.clone(),
+                self.limits.connect_timeout,
+            );
+            let kill = self.kill.clone();
+            self.tasks.spawn(
+                async move {
+                    let _permit = permit;
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = kill.cancelled() => debug!("connection cut: drain grace period is over"),
+                    }
+                }
+                .instrument(span),
+            );
+        }
+        debug!(listener = %log_name, "listener stopped accepting");
+    }
+}
+
+/// Counts a connection as active while alive.
+struct Active(Gauge);
+
+impl Active {
+    fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Serves one accepted connection: find an endpoint that accepts, then copy until both sides end.
+async fn serve(
+    downstream: TcpStream,
+    mut target: Target,
+    metrics: ListenerMetrics,
+    connect_timeout: Duration,
+) {
+    let _active = Active::new(metrics.active.clone());
+    let (upstream, endpoint) = match connect(&mut target, connect_timeout).await {
+        Ok(connected) => connected,
+        Err(error) => {
+            metrics.connect_errors.inc();
+            warn!(error = %Report(&error), "connect failed; closing the connection");
+            return;
+        }
+    };
+    debug!(%endpoint, "connected");
+    let bytes = ByteCounters {
+        sent: metrics.bytes_sent.clone(),
+        received: metrics.bytes_received.clone(),
+    };
+    match endpoint::splice(downstream, upstream, bytes).await {
+        Ok((received, sent)) => debug!(%endpoint, received, sent, "connection closed"),
+        Err(error) => debug!(%endpoint, %error, "connection ended with an error"),
+    }
+}
+
+async fn connect(
+    target: &mut Target,
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    match target {
+        Target::Local(app) => {
+            let addr = *app.borrow();
+            endpoint::dial(addr, timeout)
+                .await
+                .map(|stream| (stream, addr))
+                .map_err(|last| ConnectError::Unreachable { attempts: 1, last })
+        }
+        Target::Balanced { endpoints, picker } => {
+            // Right after start-up the control plane's first answer may still be on its way.
+            let _ =
+                tokio::time::timeout(timeout, endpoints.wait_for(|set| set.is_resolved())).await;
+            let set = Arc::clone(&endpoints.borrow());
+            endpoint::dial_first(picker.order(&set.addrs), timeout).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An echo server that first says its one-letter name.
+    async fn echo_server(name: u8) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    socket.write_all(&[name]).await.unwrap();
+                    let (mut read, mut write) = socket.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+            }
+        });
+        (addr, task)
+    }
+
+    /// Starts an outbound listener over `endpoints`; returns its address and metrics.
+    async fn outbound(
+        endpoints: watch::Receiver<Arc<EndpointSet>>,
+        stop: CancellationToken,
+    ) -> (SocketAddr, ListenerMetrics) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = ListenerMetrics::default();
+        let accept = Accept {
+            name: ListenerName::Upstream("echo".into()),
+            listener,
+            target: Target::Balanced {
+                endpoints,
+                picker: Arc::default(),
+            },
+            metrics: metrics.clone(),
+            limits: Limits {
+                max_connections: 16,
+                connect_timeout: Duration::from_secs(1),
+            },
+            tasks: TaskTracker::new(),
+            kill: CancellationToken::new(),
+        };
+        tokio::spawn(accept.run(stop));
+        (addr, metrics)
+    }
+
+    /// Connects through the proxy and returns the name of the server reached (None: closed).
+    async fn reached(proxy: SocketAddr) -> (Option<u8>, TcpStream) {
+        let mut client = TcpStream::connect(proxy).await.unwrap();
+        let mut name = [0u8; 1];
+        let n = client.read(&mut name).await.unwrap();
+        ((n == 1).then_some(name[0]), client)
+    }
+
+    #[tokio::test]
+    async fn connections_alternate_and_move_to_the_survivor() {
+        let (a, server_a) = echo_server(b'a').await;
+        let (b, _server_b) = echo_server(b'b').await;
+        let (tx, rx) = watch::channel(Arc::new(EndpointSet::resolved(vec![a, b])));
+        let stop = CancellationToken::new();
+        let (proxy, metrics) = outbound(rx, stop.clone()).await;
+
+        let mut names = Vec::new();
+        for _ in 0..4 {
+            names.push(reached(proxy).await.0);
+        }
+        assert_eq!(names, [Some(b'a'), Some(b'b'), Some(b'a'), Some(b'b')]);
+
+        // An established connection survives its endpoint leaving the set.
+        let (name, mut established) = reached(proxy).await;
+        assert_eq!(name, Some(b'a'));
+        tx.send_replace(Arc::new(EndpointSet::resolved(vec![b])));
+        established.write_all(b"still here").await.unwrap();
+        let mut echoed = [0u8; 10];
+        established.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"still here");
+
+        // Server a dies while still listed: every new connection skips to b.
+        tx.send_replace(Arc::new(EndpointSet::resolved(vec![a, b])));
+        server_a.abort();
+        let _ = server_a.await;
+        for _ in 0..4 {
+            assert_eq!(reached(proxy).await.0, Some(b'b'));
+        }
+        assert_eq!(metrics.connect_errors.get(), 0);
+        assert_eq!(metrics.connections.get(), 9);
+        drop(established);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn no_endpoints_closes_the_connection_and_counts_an_error() {
+        let (tx, rx) = watch::channel(Arc::new(EndpointSet::resolved(Vec::new())));
+        let stop = CancellationToken::new();
+        let (proxy, metrics) = outbound(rx, stop.clone()).await;
+        assert_eq!(reached(proxy).await.0, None);
+        assert_eq!(metrics.connect_errors.get(), 1);
+        drop(tx);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn stop_closes_the_listener() {
+        let (_tx, rx) = watch::channel(Arc::new(EndpointSet::resolved(Vec::new())));
+        let stop = CancellationToken::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = Accept {
+            name: ListenerName::Inbound,
+            listener,
+            target: Target::Balanced {
+                endpoints: rx,
+                picker: Arc::default(),
+            },
+            metrics: ListenerMetrics::default(),
+            limits: Limits {
+                max_connections: 1,
+                connect_timeout: Duration::from_secs(1),
+            },
+            tasks: TaskTracker::new(),
+            kill: CancellationToken::new(),
+        };
+        let task = tokio::spawn(accept.run(stop.clone()));
+        stop.cancel();
+        task.await.unwrap();
+        assert!(TcpStream::connect(addr).await.is_err());
+    }
+}

@@ -1,0 +1,272 @@
+//! Listener: the inbound listener and one outbound listener per upstream, opened and closed as the
+//! sidecar's registration changes.
+//!
+//! [`Listeners::apply`] takes the running set to a [`SidecarConfig`] ([`diff::plan`] decides
+//! what changes). Closing a listener stops accepting; connections it accepted keep running.
+
+mod accept;
+mod diff;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use plexus_runtime::telemetry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+pub(crate) use accept::Limits;
+use accept::{Accept, Target};
+use diff::InboundChange;
+
+use crate::admin::{Snapshot, UpstreamView};
+use crate::discovery::{EndpointSet, InboundSpec, SidecarConfig, UpstreamSpec};
+use crate::error::{ListenerName, ProxyError, Report};
+use crate::metrics::{Direction, LOCAL_APP, ListenerMetrics, Metrics};
+
+/// Starts following an upstream's endpoints until the token fires; returns the latest set.
+pub(crate) type Resolve =
+    Arc<dyn Fn(&str, CancellationToken) -> watch::Receiver<Arc<EndpointSet>> + Send + Sync>;
+
+/// What every listener shares.
+#[derive(Clone)]
+pub(crate) struct Context {
+    /// Accept loops and connections are spawned here.
+    pub tasks: TaskTracker,
+    /// Stops every listener (shutdown); each listener has a child token.
+    pub stop: CancellationToken,
+    /// Cuts in-flight connections once the drain grace period is over.
+    pub kill: CancellationToken,
+    /// Where listeners find their metrics.
+    pub metrics: Metrics,
+    /// Per-listener bounds.
+    pub limits: Limits,
+    /// Endpoint discovery for outbound listeners.
+    pub resolve: Resolve,
+}
+
+/// What to do when a listener cannot be bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnBindError {
+    /// Return the error (the first configuration: the proxy cannot start).
+    Fail,
+    /// Log it and carry on without that listener (later changes); the next change retries it.
+    Skip,
+}
+
+/// The running listeners.
+pub(crate) struct Listeners {
+    ctx: Context,
+    inbound: Option<Inbound>,
+    upstreams: BTreeMap<String, Upstream>,
+}
+
+struct Running {
+    bound: SocketAddr,
+    stop: CancellationToken,
+    accept: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting and waits until the socket is closed.
+    async fn close(self, name: &ListenerName) {
+        self.stop.cancel();
+        let _ = self.accept.await;
+        info!(listener = %name.log_name(), addr = %self.bound, "listener closed");
+    }
+}
+
+struct Inbound {
+    spec: InboundSpec,
+    app: watch::Sender<SocketAddr>,
+    running: Running,
+}
+
+struct Upstream {
+    spec: UpstreamSpec,
+    endpoints: watch::Receiver<Arc<EndpointSet>>,
+    running: Running,
+}
+
+impl Listeners {
+    /// No listeners yet.
+    pub(crate) fn new(ctx: Context) -> Self {
+        Self {
+            ctx,
+            inbound: None,
+            upstreams: BTreeMap::new(),
+        }
+    }
+
+    /// Opens, closes and re-targets listeners so they match `config`.
+    pub(crate) async fn apply(
+        &mut self,
+        config: &SidecarConfig,
+        on_bind_error: OnBindError,
+    ) -> Result<(), ProxyError> {
+        let running: BTreeMap<String, UpstreamSpec> = self
+            .upstreams
+            .iter()
+            .map(|(name, upstream)| (name.clone(), upstream.spec.clone()))
+            .collect();
+        let plan = diff::plan(self.inbound.as_ref().map(|i| &i.spec), &running, config);
+        if plan.is_empty() {
+            return Ok(());
+        }
+        for destination in plan.close {
+            if let Some(upstream) = self.upstreams.remove(&destination) {
+                self.ctx.metrics.forget_endpoints(&destination);
+                upstream
+                    .running
+                    .close(&ListenerName::Upstream(destination))
+                    .await;
+            }
+        }
+        match plan.inbound {
+            InboundChange::Keep => {}
+            InboundChange::Retarget(app) => {
+                if let Some(inbound) = self.inbound.as_mut() {
+                    info!(local_app = %app, "inbound listener now forwards to a new local app address");
+                    inbound.spec.local_app = app;
+                    inbound.app.send_replace(app);
+                }
+            }
+            InboundChange::Bind(spec) => {
+                if let Some(old) = self.inbound.take() {
+                    old.running.close(&ListenerName::Inbound).await;
+                }
+                match self.open_inbound(spec).await {
+                    Ok(inbound) => self.inbound = Some(inbound),
+                    Err(error) => on_bind_error.handle(error)?,
+                }
+            }
+        }
+        for spec in plan.open {
+            let destination = spec.destination.clone();
+            match self.open_upstream(spec).await {
+                Ok(upstream) => {
+                    self.upstreams.insert(destination, upstream);
+                }
+                Err(error) => on_bind_error.handle(error)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// What the admin server shows for `config`, applied.
+    pub(crate) fn snapshot(&self, config: &SidecarConfig) -> Snapshot {
+        Snapshot {
+            service: config.sidecar_id.clone(),
+            destination: config.destination.clone(),
+            revision: config.revision,
+            inbound: self
+                .inbound
+                .as_ref()
+                .map(|inbound| (inbound.running.bound, inbound.spec.local_app)),
+            upstreams: self
+                .upstreams
+                .values()
+                .map(|upstream| UpstreamView {
+                    destination: upstream.spec.destination.clone(),
+                    bind: upstream.running.bound,
+                    endpoints: upstream.endpoints.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    async fn open_inbound(&self, spec: InboundSpec) -> Result<Inbound, ProxyError> {
+        let name = ListenerName::Inbound;
+        let (listener, bound) = bind(&name, spec.bind).await?;
+        let (app, app_rx) = watch::channel(spec.local_app);
+        let metrics = self.ctx.metrics.listener(Direction::Inbound, LOCAL_APP);
+        // The local app is the inbound direction's one endpoint.
+        self.ctx.metrics.endpoints(LOCAL_APP).set(1);
+        let stop = self.ctx.stop.child_token();
+        let accept = self.accept(name, listener, Target::Local(app_rx), metrics);
+        let running = self.spawn(accept, bound, stop);
+        Ok(Inbound { spec, app, running })
+    }
+
+    async fn open_upstream(&self, spec: UpstreamSpec) -> Result<Upstream, ProxyError> {
+        let name = ListenerName::Upstream(spec.destination.clone());
+        let (listener, bound) = bind(&name, spec.bind).await?;
+        let metrics = self
+            .ctx
+            .metrics
+            .listener(Direction::Outbound, &spec.destination);
+        // The endpoint watch stops with the listener.
+        let stop = self.ctx.stop.child_token();
+        let endpoints = (self.ctx.resolve)(&spec.destination, stop.clone());
+        let target = Target::Balanced {
+            endpoints: endpoints.clone(),
+            picker: Arc::default(),
+        };
+        let accept = self.accept(name, listener, target, metrics);
+        let running = self.spawn(accept, bound, stop);
+        Ok(Upstream {
+            spec,
+            endpoints,
+            running,
+        })
+    }
+
+    fn accept(
+        &self,
+        name: ListenerName,
+        listener: TcpListener,
+        target: Target,
+        metrics: ListenerMetrics,
+    ) -> Accept {
+        Accept {
+            name,
+            listener,
+            target,
+            metrics,
+            limits: self.ctx.limits,
+            tasks: self.ctx.tasks.clone(),
+            kill: self.ctx.kill.clone(),
+        }
+    }
+
+    fn spawn(&self, accept: Accept, bound: SocketAddr, stop: CancellationToken) -> Running {
+        let handle = self.ctx.tasks.spawn(accept.run(stop.clone()));
+        Running {
+            bound,
+            stop,
+            accept: handle,
+        }
+    }
+}
+
+/// Binds `addr` and logs the listener's one `listening` line with the address actually bound.
+async fn bind(
+    name: &ListenerName,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), ProxyError> {
+    let error = |source| ProxyError::Bind {
+        listener: name.clone(),
+        addr,
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let bound = listener.local_addr().map_err(error)?;
+    telemetry::listening(&name.log_name(), bound);
+    Ok((listener, bound))
+}
+
+impl OnBindError {
+    fn handle(self, error: ProxyError) -> Result<(), ProxyError> {
+        match self {
+            OnBindError::Fail => Err(error),
+            OnBindError::Skip => {
+                error!(error = %Report(&error), "cannot open listener; skipping it until the next configuration change");
+                Ok(())
+            }
+        }
+    }
+}
