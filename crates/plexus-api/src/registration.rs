@@ -61,7 +61,8 @@ pub struct ServiceRegistration {
     pub meta: BTreeMap<String, String>,
     /// Consul's tagged addresses; stored as given.
     #[serde(
-        rename = "TaggedAddresses", alias = "taggedaddresses",
+        rename = "TaggedAddresses",
+        alias = "taggedaddresses",
         alias = "tagged_addresses",
         default,
         skip_serializing_if = "Option::is_none"
@@ -76,7 +77,12 @@ pub struct ServiceRegistration {
     )]
     pub weights: Option<Weights>,
     /// Consul's anti-entropy tag override flag; stored as given.
-    #[serde(rename = "EnableTagOverride", alias = "enabletagoverride", alias = "enable_tag_override", default)]
+    #[serde(
+        rename = "EnableTagOverride",
+        alias = "enabletagoverride",
+        alias = "enable_tag_override",
+        default
+    )]
     pub enable_tag_override: bool,
     /// A single check.
     #[serde(
@@ -143,7 +149,8 @@ impl Default for Weights {
 pub struct ConnectDefinition {
     /// Expands into a separate `<name>-sidecar-proxy` service.
     #[serde(
-        rename = "SidecarService", alias = "sidecarservice",
+        rename = "SidecarService",
+        alias = "sidecarservice",
         alias = "sidecar_service",
         default,
         skip_serializing_if = "Option::is_none"
@@ -239,7 +246,8 @@ pub struct SidecarServiceDefinition {
 pub struct ProxyDefinition {
     /// The service this proxy fronts (set automatically for sidecars).
     #[serde(
-        rename = "DestinationServiceName", alias = "destinationservicename",
+        rename = "DestinationServiceName",
+        alias = "destinationservicename",
         alias = "destination_service_name",
         default,
         skip_serializing_if = "Option::is_none"
@@ -247,7 +255,8 @@ pub struct ProxyDefinition {
     pub destination_service_name: Option<String>,
     /// The instance this proxy fronts (set automatically for sidecars).
     #[serde(
-        rename = "DestinationServiceID", alias = "destinationserviceid",
+        rename = "DestinationServiceID",
+        alias = "destinationserviceid",
         alias = "destination_service_id",
         default,
         skip_serializing_if = "Option::is_none"
@@ -255,7 +264,8 @@ pub struct ProxyDefinition {
     pub destination_service_id: Option<String>,
     /// Where the proxy reaches the app; default `127.0.0.1`.
     #[serde(
-        rename = "LocalServiceAddress", alias = "localserviceaddress",
+        rename = "LocalServiceAddress",
+        alias = "localserviceaddress",
         alias = "local_service_address",
         default,
         skip_serializing_if = "Option::is_none"
@@ -263,7 +273,8 @@ pub struct ProxyDefinition {
     pub local_service_address: Option<String>,
     /// Where the proxy reaches the app; default: the parent's port.
     #[serde(
-        rename = "LocalServicePort", alias = "localserviceport",
+        rename = "LocalServicePort",
+        alias = "localserviceport",
         alias = "local_service_port",
         default,
         skip_serializing_if = "Option::is_none"
@@ -293,14 +304,20 @@ pub struct ProxyDefinition {
 pub struct UpstreamDefinition {
     /// Only `service` is supported (Consul also has `prepared_query`).
     #[serde(
-        rename = "DestinationType", alias = "destinationtype",
+        rename = "DestinationType",
+        alias = "destinationtype",
         alias = "destination_type",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub destination_type: Option<String>,
     /// The upstream service name (required).
-    #[serde(rename = "DestinationName", alias = "destinationname", alias = "destination_name", default)]
+    #[serde(
+        rename = "DestinationName",
+        alias = "destinationname",
+        alias = "destination_name",
+        default
+    )]
     pub destination_name: String,
     /// Datacenter of the upstream; default: local.
     #[serde(
@@ -312,7 +329,8 @@ pub struct UpstreamDefinition {
     pub datacenter: Option<String>,
     /// Local listener address; default `127.0.0.1`.
     #[serde(
-        rename = "LocalBindAddress", alias = "localbindaddress",
+        rename = "LocalBindAddress",
+        alias = "localbindaddress",
         alias = "local_bind_address",
         default,
         skip_serializing_if = "Option::is_none"
@@ -320,7 +338,8 @@ pub struct UpstreamDefinition {
     pub local_bind_address: Option<String>,
     /// Local listener port (required, 1–65535).
     #[serde(
-        rename = "LocalBindPort", alias = "localbindport",
+        rename = "LocalBindPort",
+        alias = "localbindport",
         alias = "local_bind_port",
         default,
         skip_serializing_if = "Option::is_none"
@@ -343,7 +362,8 @@ pub struct UpstreamDefinition {
 pub struct CheckDefinition {
     /// Check id; default `service:<service id>` (`:<n>` appended when a service has several).
     #[serde(
-        rename = "CheckID", alias = "checkid",
+        rename = "CheckID",
+        alias = "checkid",
         alias = "check_id",
         alias = "ID",
         alias = "id",
@@ -378,7 +398,8 @@ pub struct CheckDefinition {
     pub status: Option<String>,
     /// For a check registered on its own: the service it belongs to.
     #[serde(
-        rename = "ServiceID", alias = "serviceid",
+        rename = "ServiceID",
+        alias = "serviceid",
         alias = "service_id",
         default,
         skip_serializing_if = "Option::is_none"
@@ -418,7 +439,12 @@ pub struct CheckDefinition {
     )]
     pub body: Option<String>,
     /// Skip TLS verification for HTTPS checks.
-    #[serde(rename = "TLSSkipVerify", alias = "tlsskipverify", alias = "tls_skip_verify", default)]
+    #[serde(
+        rename = "TLSSkipVerify",
+        alias = "tlsskipverify",
+        alias = "tls_skip_verify",
+        default
+    )]
     pub tls_skip_verify: bool,
     /// TCP check: `host:port` to connect to.
     #[serde(
@@ -439,7 +465,12 @@ pub struct CheckDefinition {
     )]
     pub grpc: Option<String>,
     /// Use TLS for the gRPC check.
-    #[serde(rename = "GRPCUseTLS", alias = "grpcusetls", alias = "grpc_use_tls", default)]
+    #[serde(
+        rename = "GRPCUseTLS",
+        alias = "grpcusetls",
+        alias = "grpc_use_tls",
+        default
+    )]
     pub grpc_use_tls: bool,
     /// TTL check: critical unless updated within this long.
     #[serde(
@@ -452,7 +483,8 @@ pub struct CheckDefinition {
     pub ttl: Option<GoDuration>,
     /// Alias check: mirrors the health of this service on the same node.
     #[serde(
-        rename = "AliasService", alias = "aliasservice",
+        rename = "AliasService",
+        alias = "aliasservice",
         alias = "alias_service",
         default,
         skip_serializing_if = "Option::is_none"
@@ -476,7 +508,8 @@ pub struct CheckDefinition {
     pub timeout: Option<GoDuration>,
     /// Deregister the service after it has been critical this long.
     #[serde(
-        rename = "DeregisterCriticalServiceAfter", alias = "deregistercriticalserviceafter",
+        rename = "DeregisterCriticalServiceAfter",
+        alias = "deregistercriticalserviceafter",
         alias = "deregister_critical_service_after",
         default,
         skip_serializing_if = "Option::is_none"

@@ -10,6 +10,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderValue, StatusCode};
+use http_body_util::BodyExt;
 use plexus_api::{ErrorBody, GoDuration};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -19,6 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Largest request body accepted by the JSON APIs.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How much of an oversized body is read and discarded so the client gets its 413.
+pub const MAX_DRAIN_BYTES: usize = 64 * 1024 * 1024;
+/// How long an oversized body is drained at most.
+pub const DRAIN_TIME: Duration = Duration::from_secs(10);
 /// Longest blocking-query wait; longer requests are clamped (Consul's limit).
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
 /// Blocking-query wait when `wait` is not given (Consul's default).
@@ -115,22 +120,59 @@ where
 }
 
 /// Reads a request body of at most [`MAX_BODY_BYTES`] (413 beyond).
+///
+/// An oversized body is read on and thrown away (up to [`MAX_DRAIN_BYTES`], for at most
+/// [`DRAIN_TIME`]) before answering, so that a client still writing it receives the 413 instead of a
+/// broken connection.
 pub async fn read_body(req: Request) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-            )
-        })
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let mut body = req.into_body();
+    let mut kept: Vec<u8> = Vec::new();
+    let mut seen: usize = 0;
+    let drain_deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    loop {
+        let frame = if seen > MAX_BODY_BYTES {
+            match tokio::time::timeout_at(drain_deadline, body.frame()).await {
+                Ok(frame) => frame,
+                Err(_) => return Err(too_large()),
+            }
+        } else {
+            body.frame().await
+        };
+        let Some(frame) = frame else { break };
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= MAX_BODY_BYTES {
+            kept.extend_from_slice(&data);
+        } else {
+            kept = Vec::new();
+            if seen > MAX_DRAIN_BYTES {
+                return Err(too_large());
+            }
+        }
+    }
+    if seen > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    Ok(Bytes::from(kept))
 }
 
 /// Decodes a JSON body, naming the field at fault on error.
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("request body is empty; expected JSON"));
+        return Err(ApiError::bad_request(
+            "request body is empty; expected JSON",
+        ));
     }
     if let Err(e) = std::str::from_utf8(bytes) {
         return Err(ApiError::bad_request(format!(
@@ -168,7 +210,10 @@ pub struct QueryParams(pub HashMap<String, String>);
 impl QueryParams {
     /// Consul-style flag: present with no value, `true` or `1`.
     pub fn flag(&self, name: &str) -> bool {
-        matches!(self.0.get(name).map(String::as_str), Some("" | "true" | "1"))
+        matches!(
+            self.0.get(name).map(String::as_str),
+            Some("" | "true" | "1")
+        )
     }
 
     /// A parameter's value.

@@ -48,7 +48,9 @@ impl Shutdown {
     /// period ran out first.
     pub async fn drain(&self, grace: Duration) -> bool {
         self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+        tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
     }
 
     /// Triggers shutdown on SIGINT or SIGTERM (spawned; returns immediately).
