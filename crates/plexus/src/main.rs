@@ -1,1 +1,76 @@
-fn main() {}
+//! `plexus`: the one binary. Parses arguments, initialises tracing, runs one subcommand, maps its
+//! result to an exit code. Each subcommand lives in its own file under `cmd/`.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 usage error (from clap), 64 invalid configuration.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod output;
+
+/// Plexus: a service mesh in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "plexus", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a control plane and a local agent in one process (embedded store).
+    Dev(cmd::dev::Args),
+    /// Run a sidecar proxy for one service instance.
+    Proxy(cmd::proxy::Args),
+    /// Register, deregister and list services on the local agent.
+    #[command(subcommand)]
+    Services(cmd::services::Command),
+    /// Read the service catalog.
+    #[command(subcommand)]
+    Catalog(cmd::catalog::Command),
+    /// Show the health of a service's instances.
+    Health(cmd::health::Args),
+    /// Check service definition files (HCL/JSON) without registering anything.
+    Validate(cmd::validate::Args),
+    /// Run a self-contained demo scenario.
+    #[command(subcommand)]
+    Demo(cmd::demo::Command),
+    /// A tiny TCP echo server (used by the demo and the docs).
+    EchoServer(cmd::echo_server::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    plexus_runtime::telemetry::init("info");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => cmd::dev::run(args).await,
+            Command::Proxy(args) => cmd::proxy::run(args).await,
+            Command::Services(command) => cmd::services::run(command).await,
+            Command::Catalog(command) => cmd::catalog::run(command).await,
+            Command::Health(args) => cmd::health::run(args).await,
+            Command::Validate(args) => cmd::validate::run(args),
+            Command::Demo(command) => cmd::demo::run(command).await,
+            Command::EchoServer(args) => cmd::echo_server::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

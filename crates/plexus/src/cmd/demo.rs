@@ -1,0 +1,293 @@
+//! `plexus demo echo`: Consul Connect's TCP echo quick start, end to end, in one process.
+//!
+//! 1. A dev control plane, an echo service and the two definitions (client → echo via 9191).
+//! 2. Both sidecars; lines sent through 127.0.0.1:9191 come back through two proxies.
+//! 3. A second echo instance: connections spread across both.
+//! 4. The first instance dies: its check goes critical and every new connection reaches the
+//!    survivor.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use plexus_runtime::Shutdown;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::dev::DevServer;
+
+/// How long each step may take before the demo gives up.
+const STEP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// `plexus demo ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// The TCP echo scenario: client → sidecar → sidecar → echo, then round robin and failover.
+    Echo(EchoArgs),
+}
+
+/// `plexus demo echo`
+#[derive(Debug, clap::Args)]
+pub struct EchoArgs {
+    /// Leave everything running after the scenario (Ctrl-C to stop).
+    #[arg(long)]
+    pub keep_running: bool,
+    /// The client's local port for the echo upstream.
+    #[arg(long, default_value_t = 9191)]
+    pub upstream_port: u16,
+    /// HTTP API address of the demo's control plane (port 0 picks a free one).
+    #[arg(long = "http-addr", default_value = "127.0.0.1:0")]
+    pub http_addr: String,
+}
+
+/// Runs a demo.
+pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Echo(args) => echo(args).await,
+    }
+}
+
+/// One echo instance run by the demo.
+struct EchoInstance {
+    id: String,
+    port: u16,
+    served: Arc<AtomicUsize>,
+    stop: CancellationToken,
+}
+
+impl EchoInstance {
+    async fn start(id: &str, shutdown: &Shutdown) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let served = Arc::new(AtomicUsize::new(0));
+        let stop = shutdown.token().child_token();
+        shutdown.spawn(super::echo_server::serve(
+            listener,
+            stop.clone(),
+            served.clone(),
+        ));
+        Ok(Self {
+            id: id.to_owned(),
+            port,
+            served,
+            stop,
+        })
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+}
+
+fn definitions(echo_port: u16, upstream_port: u16) -> String {
+    format!(
+        r#"services {{
+  name = "client"
+  port = 8080
+  connect {{
+    sidecar_service {{
+      proxy {{
+        upstreams {{
+          destination_name = "echo"
+          local_bind_port  = {upstream_port}
+        }}
+      }}
+    }}
+  }}
+}}
+services {{
+  name = "echo"
+  port = {echo_port}
+  check {{
+    tcp      = "127.0.0.1:{echo_port}"
+    interval = "1s"
+    timeout  = "500ms"
+  }}
+  connect {{
+    sidecar_service {{}}
+  }}
+}}
+"#
+    )
+}
+
+fn second_echo(id: &str, port: u16) -> String {
+    format!(
+        r#"service {{
+  id   = "{id}"
+  name = "echo"
+  port = {port}
+  check {{
+    tcp      = "127.0.0.1:{port}"
+    interval = "1s"
+    timeout  = "500ms"
+  }}
+  connect {{
+    sidecar_service {{}}
+  }}
+}}
+"#
+    )
+}
+
+fn parse(text: &str) -> anyhow::Result<Vec<plexus_api::ServiceRegistration>> {
+    plexus_api::definition::parse_str(&PathBuf::from("demo.hcl"), text).map_err(|errors| {
+        let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("demo definitions are invalid: {}", all.join("; "))
+    })
+}
+
+/// A sidecar run in-process by the demo.
+struct DemoSidecar {
+    admin: SocketAddr,
+    task: tokio::task::JoinHandle<Result<(), plexus_proxy::ProxyError>>,
+}
+
+impl DemoSidecar {
+    async fn start(control: &str, service_id: &str, shutdown: &Shutdown) -> anyhow::Result<Self> {
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let admin = admin_listener.local_addr()?;
+        let config = plexus_proxy::ProxyConfig {
+            control: plexus_api::client::Client::new(control)?,
+            sidecar_for: service_id.to_owned(),
+            admin_listener,
+            drain_grace: Duration::from_secs(2),
+        };
+        let task = tokio::spawn(plexus_proxy::run(config, shutdown.token()));
+        Ok(Self { admin, task })
+    }
+
+    /// Waits until the proxy is ready and uses exactly `want` endpoints for `upstream`.
+    async fn wait_endpoints(&self, upstream: &str, want: usize) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            if self.task.is_finished() {
+                bail!("the sidecar stopped; see the log above");
+            }
+            if matches!(self.endpoints(upstream).await, Ok(n) if n == want) {
+                return Ok(());
+            }
+            if started.elapsed() > STEP_DEADLINE {
+                bail!(
+                    "upstream {upstream:?} did not reach {want} endpoint(s) within {STEP_DEADLINE:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn endpoints(&self, upstream: &str) -> anyhow::Result<usize> {
+        let ready = reqwest::get(format!("http://{}/ready", self.admin)).await?;
+        if !ready.status().is_success() {
+            return Ok(usize::MAX);
+        }
+        let config: serde_json::Value = reqwest::get(format!("http://{}/config", self.admin))
+            .await?
+            .json()
+            .await?;
+        let count = config["upstreams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|u| u["destination"] == upstream)
+            .map(|u| u["endpoints"].as_array().map_or(0, Vec::len))
+            .sum();
+        Ok(count)
+    }
+}
+
+/// Sends one line through `addr` and returns what came back.
+async fn round_trip(addr: SocketAddr, line: &str) -> anyhow::Result<String> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .context("connect timed out")??;
+    let (read, mut write) = stream.into_split();
+    write.write_all(format!("{line}\n").as_bytes()).await?;
+    let mut reply = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        BufReader::new(read).read_line(&mut reply),
+    )
+    .await
+    .context("no reply within 5s")??;
+    Ok(reply.trim_end().to_owned())
+}
+
+async fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    let upstream: SocketAddr = ([127, 0, 0, 1], args.upstream_port).into();
+
+    println!("== 1. control plane, echo service, definitions");
+    let echo1 = EchoInstance::start("echo", &shutdown).await?;
+    let text = definitions(echo1.port, args.upstream_port);
+    println!("{text}");
+    let regs = parse(&text)?;
+    let defs: Vec<(PathBuf, _)> = regs
+        .into_iter()
+        .map(|r| (PathBuf::from("demo.hcl"), r))
+        .collect();
+    let listener = TcpListener::bind(&args.http_addr)
+        .await
+        .with_context(|| format!("cannot bind the HTTP API on {}", args.http_addr))?;
+    let dev = DevServer::start(listener, None, "plexus-demo", "dc1", &defs, &shutdown).await?;
+    let control = dev.http_addr.to_string();
+    println!("control plane: http://{control}  (try: curl http://{control}/v1/agent/services)");
+
+    println!("== 2. sidecars; lines through {upstream}");
+    let client_sidecar = DemoSidecar::start(&control, "client", &shutdown).await?;
+    let _echo_sidecar = DemoSidecar::start(&control, "echo", &shutdown).await?;
+    client_sidecar.wait_endpoints("echo", 1).await?;
+    for line in ["hello", "from", "plexus"] {
+        let reply = round_trip(upstream, line).await?;
+        println!("sent {line:?} -> got {reply:?}");
+        if reply != line {
+            bail!("echo mismatch: sent {line:?}, got {reply:?}");
+        }
+    }
+
+    println!("== 3. a second echo instance: round robin");
+    let echo2 = EchoInstance::start("echo-2", &shutdown).await?;
+    for reg in parse(&second_echo(&echo2.id, echo2.port))? {
+        dev.agent.register(&reg).await?;
+    }
+    let _echo2_sidecar = DemoSidecar::start(&control, &echo2.id, &shutdown).await?;
+    client_sidecar.wait_endpoints("echo", 2).await?;
+    let (before1, before2) = (echo1.served(), echo2.served());
+    for i in 0..6 {
+        round_trip(upstream, &format!("spread {i}")).await?;
+    }
+    let (n1, n2) = (echo1.served() - before1, echo2.served() - before2);
+    println!("6 connections: {} -> {n1}, {} -> {n2}", echo1.id, echo2.id);
+    if n1 == 0 || n2 == 0 {
+        bail!("connections were not spread across both instances");
+    }
+
+    println!("== 4. {} dies: failover", echo1.id);
+    echo1.stop.cancel();
+    client_sidecar.wait_endpoints("echo", 1).await?;
+    let (before1, before2) = (echo1.served(), echo2.served());
+    for i in 0..4 {
+        round_trip(upstream, &format!("failover {i}")).await?;
+    }
+    let (n1, n2) = (echo1.served() - before1, echo2.served() - before2);
+    println!("4 connections: {} -> {n1}, {} -> {n2}", echo1.id, echo2.id);
+    if n1 != 0 || n2 != 4 {
+        bail!("connections did not all reach the survivor");
+    }
+    println!("demo passed");
+
+    if args.keep_running {
+        println!("still running (Ctrl-C to stop): echo at {upstream}, API at http://{control}");
+        shutdown.token().cancelled().await;
+    }
+    shutdown.trigger();
+    dev.stop(Duration::from_secs(2)).await;
+    shutdown.drain(Duration::from_secs(5)).await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,261 @@
+//! `plexus dev`: control plane + local agent in one process, on the embedded durable store.
+//!
+//! Start-up order: load and validate every definition (exit 64 on any error, before binding) →
+//! bind the HTTP listener → open the store → start the agent → register the definitions → serve.
+//! Shutdown (SIGINT/SIGTERM): deregister what the agent registered → stop accepting → let
+//! in-flight requests finish within the grace period.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use plexus_agent::{Agent, AgentConfig};
+use plexus_api::{Node, ServiceRegistration};
+use plexus_control::{ControlPlane, ServerInfo};
+use plexus_runtime::Shutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{EXIT_CONFIG, parse_duration};
+
+/// The datacenter name when none is given (Consul's).
+pub const DEFAULT_DATACENTER: &str = "dc1";
+
+/// `plexus dev`
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// HTTP API address; port 0 picks a free port (the bound address is logged).
+    #[arg(long = "http-addr", default_value = "127.0.0.1:8500")]
+    pub http_addr: String,
+    /// Where the embedded store keeps its file (default: a fresh temporary directory).
+    #[arg(long = "data-dir")]
+    pub data_dir: Option<PathBuf>,
+    /// A service definition file to load at start (HCL or JSON); repeatable.
+    #[arg(long = "config-file")]
+    pub config_files: Vec<PathBuf>,
+    /// A directory of `.hcl`/`.json` definition files to load at start; repeatable.
+    #[arg(long = "config-dir")]
+    pub config_dirs: Vec<PathBuf>,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Datacenter name.
+    #[arg(long, default_value = DEFAULT_DATACENTER)]
+    pub datacenter: String,
+    /// How long in-flight requests may take to finish at shutdown.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub grace: Duration,
+}
+
+/// The host name, or `plexus-dev` when it cannot be read.
+pub fn default_node_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "plexus-dev".to_owned())
+}
+
+/// Expands `--config-file`/`--config-dir` arguments (and plain paths, files or directories)
+/// into a sorted list of definition files.
+pub fn collect_definition_files(
+    paths: &[PathBuf],
+    dirs: &[PathBuf],
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths.iter().chain(dirs) {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading config directory {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("hcl" | "json")))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else if dirs.contains(path) {
+            anyhow::bail!("config directory {} is not a directory", path.display());
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Runs the dev control plane until a signal arrives.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let node_name = args.node.clone().unwrap_or_else(default_node_name);
+    let defaults = plexus_api::validate::Defaults {
+        datacenter: args.datacenter.clone(),
+        node: node_name.clone(),
+    };
+    // Configuration first: nothing is bound when it is invalid.
+    let definitions = match load_definitions(&args, &defaults) {
+        Ok(definitions) => definitions,
+        Err(code) => return Ok(code),
+    };
+    let listener = TcpListener::bind(&args.http_addr)
+        .await
+        .with_context(|| format!("cannot bind the HTTP API on {}", args.http_addr))?;
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    let dev = DevServer::start(
+        listener,
+        args.data_dir.clone(),
+        &node_name,
+        &args.datacenter,
+        &definitions,
+        &shutdown,
+    )
+    .await?;
+    shutdown.token().cancelled().await;
+    dev.stop(args.grace).await;
+    if !shutdown.drain(args.grace).await {
+        warn!("background tasks did not finish within the grace period");
+    }
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A running control plane + agent, as `plexus dev` and `plexus demo` use it.
+pub struct DevServer {
+    /// The bound HTTP API address.
+    pub http_addr: SocketAddr,
+    /// The local agent.
+    pub agent: Agent,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop_serving: CancellationToken,
+    _temp_dir: Option<tempfile::TempDir>,
+}
+
+impl DevServer {
+    /// Opens the store (a fresh temporary one without `data_dir`), starts the agent, registers
+    /// `definitions` and serves the HTTP API on `listener`.
+    pub async fn start(
+        listener: TcpListener,
+        data_dir: Option<PathBuf>,
+        node_name: &str,
+        datacenter: &str,
+        definitions: &[(PathBuf, ServiceRegistration)],
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Self> {
+        let http_addr = listener.local_addr()?;
+        let temporary = data_dir.is_none();
+        let (data_dir, temp_dir) = match data_dir {
+            Some(dir) => (dir, None),
+            None => {
+                let temp = tempfile::Builder::new().prefix("plexus-dev-").tempdir()?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        info!(data_dir = %data_dir.display(), temporary, "using embedded store");
+        warn!("dev mode: the API is open to anyone who can reach it (no ACLs)");
+        let info = ServerInfo {
+            datacenter: datacenter.to_owned(),
+            node_name: node_name.to_owned(),
+            leader_addr: http_addr.to_string(),
+        };
+        let control = ControlPlane::open_embedded(&data_dir, info)
+            .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        let catalog: Arc<dyn plexus_api::Catalog> = control.catalog();
+        let node = Node {
+            id: node_id(node_name),
+            node: node_name.to_owned(),
+            address: "127.0.0.1".to_owned(),
+            datacenter: datacenter.to_owned(),
+            ..Node::default()
+        };
+        let agent = Agent::start(AgentConfig { node, server: true }, catalog, shutdown)
+            .await
+            .context("starting the agent")?;
+        for (file, registration) in definitions {
+            agent.register(registration).await.with_context(|| {
+                format!(
+                    "registering {:?} from {}",
+                    registration.name,
+                    file.display()
+                )
+            })?;
+            info!(service = %registration.name, file = %file.display(), "registered from definition");
+        }
+        let router = control
+            .router()
+            .merge(agent.router())
+            .fallback(plexus_runtime::http::not_found_fallback);
+        plexus_runtime::telemetry::listening("http", http_addr);
+        let stop_serving = CancellationToken::new();
+        let server = tokio::spawn(plexus_runtime::http::serve(
+            listener,
+            router,
+            stop_serving.clone(),
+        ));
+        Ok(Self {
+            http_addr,
+            agent,
+            server,
+            stop_serving,
+            _temp_dir: temp_dir,
+        })
+    }
+
+    /// Deregisters what the agent registered, stops accepting, and lets in-flight requests
+    /// finish within `grace`.
+    pub async fn stop(self, grace: Duration) {
+        self.agent.deregister_all().await;
+        self.stop_serving.cancel();
+        match tokio::time::timeout(grace, self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => warn!(%error, "HTTP server failed"),
+            Ok(Err(error)) => warn!(%error, "HTTP server task failed"),
+            Err(_) => warn!(
+                ?grace,
+                "in-flight requests did not finish within the grace period"
+            ),
+        }
+    }
+}
+
+fn load_definitions(
+    args: &Args,
+    defaults: &plexus_api::validate::Defaults,
+) -> Result<Vec<(PathBuf, ServiceRegistration)>, ExitCode> {
+    let files = match collect_definition_files(&args.config_files, &args.config_dirs) {
+        Ok(files) => files,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    plexus_api::definition::check_files(&files, defaults).map_err(|errors| {
+        for error in &errors {
+            eprintln!("error: {error}");
+        }
+        eprintln!("{} configuration error(s); not starting.", errors.len());
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// A stable node id derived from the node name (UUID-shaped, as Consul shows node ids).
+fn node_id(name: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut a = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut a);
+    let x = a.finish();
+    let mut b = std::collections::hash_map::DefaultHasher::new();
+    (name, 1u8).hash(&mut b);
+    let y = b.finish();
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        x >> 32,
+        (x >> 16) & 0xffff,
+        x & 0xffff,
+        y >> 48,
+        y & 0xffff_ffff_ffff
+    )
+}

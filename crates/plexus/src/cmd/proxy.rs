@@ -1,0 +1,50 @@
+//! `plexus proxy --sidecar-for SERVICE_ID`: the sidecar data plane for one service instance.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use plexus_runtime::Shutdown;
+use tokio::net::TcpListener;
+
+use super::{ControlArgs, EXIT_CONFIG, parse_duration};
+
+/// `plexus proxy`
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The id of the service instance this sidecar fronts.
+    #[arg(long = "sidecar-for")]
+    pub sidecar_for: String,
+    /// Admin listener (`/ready`, `/metrics`, `/stats`, `/config`); port 0 picks a free port.
+    #[arg(long = "admin-addr", default_value = "127.0.0.1:19000")]
+    pub admin_addr: String,
+    /// How long in-flight connections may take to finish at shutdown.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub grace: Duration,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// Runs the proxy until a signal arrives.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let control = match args.control.client() {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let admin_listener = TcpListener::bind(&args.admin_addr)
+        .await
+        .with_context(|| format!("cannot bind the admin listener on {}", args.admin_addr))?;
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    let config = plexus_proxy::ProxyConfig {
+        control,
+        sidecar_for: args.sidecar_for,
+        admin_listener,
+        drain_grace: args.grace,
+    };
+    plexus_proxy::run(config, shutdown.token()).await?;
+    Ok(ExitCode::SUCCESS)
+}
