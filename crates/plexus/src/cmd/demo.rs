@@ -162,23 +162,45 @@ impl DemoSidecar {
         Ok(Self { admin, task })
     }
 
-    /// Waits until the proxy is ready and uses exactly `want` endpoints for `upstream`.
-    async fn wait_endpoints(&self, upstream: &str, want: usize) -> anyhow::Result<()> {
+    /// Checks `done` every 50 ms until it holds; fails when the sidecar stops or after
+    /// [`STEP_DEADLINE`], saying `what` did not happen.
+    async fn poll_until(
+        &self,
+        what: &str,
+        mut done: impl AsyncFnMut() -> bool,
+    ) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
             if self.task.is_finished() {
                 bail!("the sidecar stopped; see the log above");
             }
-            if matches!(self.endpoints(upstream).await, Ok(n) if n == want) {
+            if done().await {
                 return Ok(());
             }
             if started.elapsed() > STEP_DEADLINE {
-                bail!(
-                    "upstream {upstream:?} did not reach {want} endpoint(s) within {STEP_DEADLINE:?}"
-                );
+                bail!("{what} within {STEP_DEADLINE:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits until the proxy's listeners are bound (`/ready`).
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        self.poll_until("the sidecar was not ready", async || {
+            let ready = reqwest::get(format!("http://{}/ready", self.admin)).await;
+            ready.is_ok_and(|r| r.status().is_success())
+        })
+        .await
+    }
+
+    /// Waits until the proxy is ready and uses exactly `want` endpoints for `upstream`.
+    async fn wait_endpoints(&self, upstream: &str, want: usize) -> anyhow::Result<()> {
+        let what = format!("upstream {upstream:?} did not reach {want} endpoint(s)");
+        self.poll_until(
+            &what,
+            async || matches!(self.endpoints(upstream).await, Ok(n) if n == want),
+        )
+        .await
     }
 
     async fn endpoints(&self, upstream: &str) -> anyhow::Result<usize> {
@@ -241,7 +263,8 @@ async fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
 
     println!("== 2. sidecars; lines through {upstream}");
     let client_sidecar = DemoSidecar::start(&control, "client", &shutdown).await?;
-    let _echo_sidecar = DemoSidecar::start(&control, "echo", &shutdown).await?;
+    let echo_sidecar = DemoSidecar::start(&control, "echo", &shutdown).await?;
+    echo_sidecar.wait_ready().await?;
     client_sidecar.wait_endpoints("echo", 1).await?;
     for line in ["hello", "from", "plexus"] {
         let reply = round_trip(upstream, line).await?;
@@ -256,7 +279,8 @@ async fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
     for reg in parse(&second_echo(&echo2.id, echo2.port))? {
         dev.agent.register(&reg).await?;
     }
-    let _echo2_sidecar = DemoSidecar::start(&control, &echo2.id, &shutdown).await?;
+    let echo2_sidecar = DemoSidecar::start(&control, &echo2.id, &shutdown).await?;
+    echo2_sidecar.wait_ready().await?;
     client_sidecar.wait_endpoints("echo", 2).await?;
     let (before1, before2) = (echo1.served(), echo2.served());
     for i in 0..6 {

@@ -123,3 +123,33 @@ fn version_help_and_unreachable_control_plane() {
         "names the address it tried: {err}"
     );
 }
+
+#[tokio::test]
+async fn services_register_with_a_bad_file_registers_nothing() {
+    let dev = dev(&[]).await;
+    let (_d1, good) = write_file("good.hcl", "service {\n  name = \"fine\"\n  port = 1\n}\n");
+    let (_d2, bad) = write_file(
+        "bad.json",
+        "{\"service\": {\"name\": \"broken\", \"port\": \"x\"}}",
+    );
+    let (code, out, err) = dev
+        .cli(&[
+            "services",
+            "register",
+            good.to_str().unwrap(),
+            bad.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert_eq!(code, 64, "{out}{err}");
+    assert!(err.contains("bad.json") && err.contains("port"), "{err}");
+    assert!(
+        dev.client.agent_services().await.unwrap().is_empty(),
+        "all or nothing"
+    );
+
+    let (code, _, err) = dev
+        .cli(&["services", "register", "/nonexistent/x.hcl"])
+        .unwrap();
+    assert_eq!(code, 64);
+    assert!(err.contains("/nonexistent/x.hcl"), "{err}");
+}
