@@ -16,10 +16,12 @@
 //!
 //! HCL is parsed with hcl-rs and converted to JSON by `hcl_body`, which is stricter than hcl-rs's
 //! own deserialiser: attribute values must be literals, only `services`, `checks` and
-//! `upstreams` blocks may repeat, blocks take no labels. HCL itself allows one attribute per line,
-//! and a one-line block holds at most one attribute and no nested block.
+//! `upstreams` blocks may repeat, blocks take no labels. Consul's one-line blocks
+//! (`check { tcp = "x"  interval = "1s" }`), which HCL 2 does not allow, are laid out first
+//! (`layout`).
 
 mod hcl_body;
+mod layout;
 mod locate;
 #[cfg(test)]
 mod tests;
@@ -364,10 +366,14 @@ fn parse_entries(file: &Path, text: &str) -> Result<Vec<Entry>, Vec<DefinitionEr
 }
 
 fn parse_hcl(file: &Path, text: &str) -> Result<RawFile, Vec<DefinitionError>> {
-    let body = hcl::parse(text).map_err(|e| {
+    let (laid_out, written_line) = layout::relayout(text);
+    let body = hcl::parse(&laid_out).map_err(|e| {
         let err = match e {
             hcl::Error::Parse(p) => DefinitionError {
-                line: Some(p.location().line()),
+                line: written_line
+                    .get(p.location().line().saturating_sub(1))
+                    .copied()
+                    .or(Some(p.location().line())),
                 ..DefinitionError::new(
                     file,
                     format!(
