@@ -170,3 +170,23 @@ mod tests {
         assert_eq!(GoDuration::parse("90s").unwrap().to_string(), "1m30s");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::GoDuration;
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,24}") {
+            let _ = GoDuration::parse(&text);
+        }
+
+        #[test]
+        fn display_round_trips(nanos in 0u64..(1u64 << 50)) {
+            let d = GoDuration(std::time::Duration::from_nanos(nanos));
+            prop_assert_eq!(GoDuration::parse(&d.to_string()).unwrap(), d);
+        }
+    }
+}

@@ -506,3 +506,70 @@ fn json_lone_objects_are_item_zero() {
     .unwrap();
     assert_eq!(regs[0].checks.len(), 1);
 }
+
+mod never_panics {
+    //! Definition files come from users: no text may panic the parser (a stand-in for a fuzz
+    //! target until the toolchain here has one).
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const PIECES: &[&str] = &[
+        "services",
+        "service",
+        "check",
+        "connect",
+        "sidecar_service",
+        "proxy",
+        "upstreams",
+        "name",
+        "port",
+        "tcp",
+        "interval",
+        "{",
+        "}",
+        "[",
+        "]",
+        "=",
+        "\"",
+        "\"x\"",
+        "1",
+        "70000",
+        "\n",
+        " ",
+        "<<EOF\n",
+        "EOF\n",
+        "#",
+        "//",
+        "/*",
+        "*/",
+        "${",
+        ",",
+        ":",
+        "-1",
+        "1.5",
+        "\\",
+    ];
+
+    fn hcl_like() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(PIECES), 0..60).prop_map(|p| p.join(""))
+    }
+
+    proptest! {
+        #[test]
+        fn hcl_never_panics(text in hcl_like()) {
+            let _ = parse("p.hcl", &text);
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in any::<String>()) {
+            let _ = parse("p.hcl", &text);
+            let _ = parse("p.json", &text);
+        }
+
+        #[test]
+        fn json_like_never_panics(text in "[{}\\[\\]\":,a-z0-9 \n]{0,80}") {
+            let _ = parse("p.json", &text);
+        }
+    }
+}
