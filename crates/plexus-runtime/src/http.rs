@@ -266,13 +266,22 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// `?index=N&wait=D`: a Consul blocking query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Served through [`serve`], a blocked request also ends when the server starts shutting down, so
+/// a long wait never holds up shutdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockingQuery {
     /// Block until the index moves past this (absent or 0: answer at once).
     pub index: Option<u64>,
     /// The longest time to block (clamped to [`MAX_WAIT`]).
     pub wait: Duration,
+    /// Ends the wait early: the server's shutdown, when served through [`serve`].
+    pub shutdown: Option<CancellationToken>,
 }
+
+/// The serving loop's shutdown token, as a request extension (see [`serve`]).
+#[derive(Debug, Clone)]
+struct ServerShutdown(CancellationToken);
 
 impl BlockingQuery {
     /// Parses `index` and `wait` from query parameters. Bad values are 400 naming the parameter.
@@ -293,7 +302,11 @@ impl BlockingQuery {
                 .get()
                 .min(MAX_WAIT),
         };
-        Ok(Self { index, wait })
+        Ok(Self {
+            index,
+            wait,
+            shutdown: None,
+        })
     }
 
     /// Waits until the watched index is past `index`, or `wait` (plus up to 1/16 jitter, as
@@ -302,9 +315,21 @@ impl BlockingQuery {
         let Some(min) = self.index.filter(|i| *i > 0) else {
             return;
         };
+        tracing::debug!(index = min, wait = ?self.wait, "blocking query waiting");
         let jitter = jitter(self.wait / 16);
         let deadline = tokio::time::Instant::now() + self.wait + jitter;
-        let _ = tokio::time::timeout_at(deadline, indexes.wait_for(|current| *current > min)).await;
+        let moved = tokio::time::timeout_at(deadline, indexes.wait_for(|current| *current > min));
+        match &self.shutdown {
+            Some(token) => {
+                tokio::select! {
+                    _ = moved => {}
+                    _ = token.cancelled() => {}
+                }
+            }
+            None => {
+                let _ = moved.await;
+            }
+        }
     }
 }
 
@@ -313,7 +338,12 @@ impl<S: Send + Sync> FromRequestParts<S> for BlockingQuery {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let params = QueryParams::from_request_parts(parts, state).await?;
-        Self::from_params(&params)
+        let mut query = Self::from_params(&params)?;
+        query.shutdown = parts
+            .extensions
+            .get::<ServerShutdown>()
+            .map(|s| s.0.clone());
+        Ok(query)
     }
 }
 
@@ -331,12 +361,13 @@ fn jitter(max: Duration) -> Duration {
 }
 
 /// Serves `router` on an already-bound listener until `shutdown` is cancelled, then stops accepting
-/// and lets in-flight requests finish.
+/// and lets in-flight requests finish; blocked [`BlockingQuery`] requests answer at once.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let router = router.layer(axum::Extension(ServerShutdown(shutdown.clone())));
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
@@ -375,9 +406,11 @@ mod tests {
         let q = BlockingQuery {
             index: Some(5),
             wait: Duration::from_secs(30),
+            shutdown: None,
         };
         let waiter = tokio::spawn({
             let rx = rx.clone();
+            let q = q.clone();
             async move { q.block(rx).await }
         });
         tokio::task::yield_now().await;
@@ -391,9 +424,24 @@ mod tests {
         let stale = BlockingQuery {
             index: Some(6),
             wait: Duration::from_secs(30),
+            shutdown: None,
         };
-        stale.block(rx).await;
+        stale.block(rx.clone()).await;
         assert!(started.elapsed() >= Duration::from_secs(30));
+
+        // Shutdown ends a wait at once.
+        let token = CancellationToken::new();
+        let stopping = BlockingQuery {
+            shutdown: Some(token.clone()),
+            ..stale
+        };
+        let waiter = tokio::spawn(async move { stopping.block(rx).await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let before = tokio::time::Instant::now();
+        token.cancel();
+        waiter.await.unwrap();
+        assert_eq!(before.elapsed(), Duration::ZERO);
     }
 
     #[test]

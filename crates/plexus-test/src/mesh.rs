@@ -35,6 +35,17 @@ impl Dev {
 
     /// Starts `plexus dev` on an existing data directory (for restart tests).
     pub async fn start_in(bin: &Path, data_dir: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_with_env(bin, data_dir, extra, &[]).await
+    }
+
+    /// Starts `plexus dev` on an existing data directory with extra environment variables
+    /// (e.g. `RUST_LOG` to see debug lines a test waits for).
+    pub async fn start_with_env(
+        bin: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Self> {
         let mut args = vec!["dev".to_owned()];
         if !extra.contains(&"--http-addr") {
             args.extend(["--http-addr".to_owned(), "127.0.0.1:0".to_owned()]);
@@ -46,7 +57,7 @@ impl Dev {
             "test-node".to_owned(),
         ]);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let process = Process::spawn("dev", bin, &args, &[])?;
+        let process = Process::spawn("dev", bin, &args, envs)?;
         let http = process.listening("http").await?;
         let client = Client::new(&http.to_string())?;
         Ok(Self {

@@ -178,3 +178,36 @@ async fn blocking_query_wakes_on_change() {
             .contains_key("late")
     );
 }
+
+#[tokio::test]
+async fn config_dir_loads_every_definition_and_default_data_dir_is_temporary() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.hcl"),
+        "service {\n  name = \"alpha\"\n  port = 1\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.json"),
+        r#"{"service": {"Name": "beta", "Port": 2}}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a definition").unwrap();
+    let args = [
+        "dev",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--node",
+        "n1",
+        "--config-dir",
+        dir.path().to_str().unwrap(),
+    ]
+    .map(str::to_owned);
+    let process = plexus_test::Process::spawn("dev", crate::bin(), &args, &[]).unwrap();
+    let line = process.wait_for_line("using embedded store").await.unwrap();
+    assert!(line.contains("temporary=true"), "{line}");
+    let http = process.listening("http").await.unwrap();
+    let client = plexus_api::client::Client::new(&http.to_string()).unwrap();
+    let services = client.agent_services().await.unwrap();
+    assert_eq!(services.keys().collect::<Vec<_>>(), ["alpha", "beta"]);
+}
