@@ -99,6 +99,19 @@ pub async fn not_found_fallback(request: Request) -> ApiError {
     ))
 }
 
+/// Router fallback for a known path with a method it does not serve: 405 in the JSON error shape.
+pub async fn method_not_allowed_fallback(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not supported on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
 /// A JSON request body of at most [`MAX_BODY_BYTES`], UTF-8, decoded into `T`.
 ///
 /// Rejections: 413 when too large, 400 when empty, not UTF-8, not JSON, or not of `T`'s shape (the

@@ -16,12 +16,10 @@ pub mod status;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::Request;
 use axum::extract::rejection::PathRejection;
 use axum::routing::get;
-use http::StatusCode;
 use plexus_api::CatalogError;
-use plexus_runtime::http::{ApiError, not_found_fallback};
+use plexus_runtime::http::{ApiError, method_not_allowed_fallback, not_found_fallback};
 
 use crate::catalog::StoreCatalog;
 
@@ -62,21 +60,8 @@ pub fn router(catalog: Arc<StoreCatalog>, info: ServerInfo) -> Router {
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .fallback(not_found_fallback)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed_fallback)
         .with_state(state)
-}
-
-/// A known path with a method it does not serve: 405 in the shared JSON shape.
-async fn method_not_allowed(request: Request) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!(
-            "{} is not supported on {}",
-            request.method(),
-            request.uri().path()
-        ),
-    )
 }
 
 /// Maps a catalog failure to its response, logging failures of our own.

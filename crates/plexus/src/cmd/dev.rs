@@ -184,7 +184,8 @@ impl DevServer {
         let router = control
             .router()
             .merge(agent.router())
-            .fallback(plexus_runtime::http::not_found_fallback);
+            .fallback(plexus_runtime::http::not_found_fallback)
+            .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
         plexus_runtime::telemetry::listening("http", http_addr);
         let stop_serving = CancellationToken::new();
         let server = tokio::spawn(plexus_runtime::http::serve(

@@ -123,6 +123,17 @@ async fn blocking_query_with_a_bad_wait_is_a_400() {
     assert_eq!(status, 400, "{body}");
     let (status, _, _) = http("GET", &format!("http://{}/v1/nope", dev.http), None).await;
     assert_eq!(status, 404);
+    for (method, path) in [
+        ("POST", "/v1/agent/services"),
+        ("DELETE", "/v1/catalog/services"),
+    ] {
+        let (status, body, _) = http(method, &format!("http://{}{path}", dev.http), None).await;
+        assert_eq!(status, 405, "{method} {path}");
+        assert_eq!(
+            body["error"]["code"], "method_not_allowed",
+            "{method} {path}: {body}"
+        );
+    }
     keeper_survives(&dev).await;
 }
 
