@@ -11,17 +11,22 @@ use plexus_runtime::http::{ApiError, BlockingQuery, JsonBody, QueryParams, index
 use super::ok_empty;
 use crate::{Agent, AgentError};
 
+/// This node's services, read once the blocking query (if any) has returned.
+async fn node_services_after(
+    agent: &Agent,
+    query: &BlockingQuery,
+) -> Result<plexus_api::Indexed<Vec<AgentService>>, AgentError> {
+    let catalog = &agent.inner.catalog;
+    query.block(catalog.index_watch()).await;
+    Ok(catalog.node_services(agent.node()).await?)
+}
+
 /// `GET /v1/agent/services` (blocking with `?index=&wait=`): `{ id: AgentService }`.
 pub(super) async fn list(
     State(agent): State<Agent>,
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
-    let catalog = &agent.inner.catalog;
-    query.block(catalog.index_watch()).await;
-    let services = catalog
-        .node_services(agent.node())
-        .await
-        .map_err(AgentError::from)?;
+    let services = node_services_after(&agent, &query).await?;
     let body: BTreeMap<String, AgentService> = services
         .value
         .into_iter()
@@ -36,12 +41,7 @@ pub(super) async fn get(
     Path(id): Path<String>,
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
-    let catalog = &agent.inner.catalog;
-    query.block(catalog.index_watch()).await;
-    let services = catalog
-        .node_services(agent.node())
-        .await
-        .map_err(AgentError::from)?;
+    let services = node_services_after(&agent, &query).await?;
     let service = services
         .value
         .into_iter()
