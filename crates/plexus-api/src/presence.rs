@@ -15,6 +15,26 @@ use serde::{Deserialize, Serialize};
 /// Largest presence frame either side accepts (bytes).
 pub const MAX_FRAME_BYTES: usize = 256 * 1024;
 
+/// True when `name` is a valid route name: lowercase letters, digits, `.`, `-` and `_`, at most
+/// 128 bytes, with at least one dot and no empty segment (`hello.world`).
+pub fn valid_route_name(name: &str) -> bool {
+    name.len() <= 128
+        && name.contains('.')
+        && name.split('.').all(|segment| !segment.is_empty())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
+}
+
+/// True when `origin` is a valid instance id: 1 to 64 ASCII letters, digits, `-` or `_`.
+pub fn valid_origin(origin: &str) -> bool {
+    !origin.is_empty()
+        && origin.len() <= 64
+        && origin
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
 /// One app instance as every peer sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {

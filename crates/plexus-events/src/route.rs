@@ -24,15 +24,7 @@ pub enum RouteError {
 
 /// Checks a route name.
 pub fn validate_route(name: &str) -> Result<(), RouteError> {
-    let ok = name.len() <= 128
-        && name.contains('.')
-        && !name.starts_with('.')
-        && !name.ends_with('.')
-        && !name.contains("..")
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
-        });
-    if ok {
+    if plexus_api::presence::valid_route_name(name) {
         Ok(())
     } else {
         Err(RouteError::Name(name.to_owned()))
@@ -41,11 +33,7 @@ pub fn validate_route(name: &str) -> Result<(), RouteError> {
 
 /// Checks an origin (an instance id).
 pub fn validate_origin(origin: &str) -> bool {
-    !origin.is_empty()
-        && origin.len() <= 64
-        && origin
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+    plexus_api::presence::valid_origin(origin)
 }
 
 /// A parsed destination.
