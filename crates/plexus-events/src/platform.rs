@@ -106,6 +106,7 @@ struct Inner {
     inbox: Mutex<HashMap<String, oneshot::Sender<EventEnvelope>>>,
     table: Mutex<RoutingTable>,
     connector: RwLock<Option<Arc<dyn Connector>>>,
+    topic: RwLock<Option<String>>,
     reassembly: Mutex<Reassembler>,
     public_routes: watch::Sender<Vec<String>>,
     stats: Stats,
@@ -139,6 +140,7 @@ impl Platform {
                 inbox: Mutex::default(),
                 table: Mutex::default(),
                 connector: RwLock::default(),
+                topic: RwLock::default(),
                 reassembly: Mutex::default(),
                 public_routes: watch::channel(Vec::new()).0,
                 stats: Stats::default(),
@@ -173,6 +175,24 @@ impl Platform {
             .connector
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Some(connector);
+    }
+
+    /// Records the topic-partition presence assigned to this instance.
+    pub fn set_topic(&self, topic: Option<String>) {
+        *self
+            .inner
+            .topic
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = topic;
+    }
+
+    /// The topic-partition this instance consumes, once assigned.
+    pub fn topic(&self) -> Option<String> {
+        self.inner
+            .topic
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The attached connector.

@@ -4,6 +4,7 @@
 //! and reassembles. Each instance consumes its own subject (NATS) or topic-partition (Kafka);
 //! incoming bytes go to [`crate::Platform::receive`].
 
+pub mod kafka;
 pub mod nats;
 
 use futures::future::BoxFuture;

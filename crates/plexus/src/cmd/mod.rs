@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod demo;
 pub mod dev;
 pub mod echo_server;
+pub mod events_app;
 pub mod health;
 pub mod proxy;
 pub mod services;

@@ -1,0 +1,187 @@
+//! `plexus events-app` (hidden): one example event-mode app, as the events demo and the tests run
+//! it. Each `--routes` entry is served by an example function that answers with the route, the app
+//! name and the origin that served it, echoing the request body; `--private-routes` are the same
+//! but private. A body of `"panic"` makes the function panic (to show the 500 path).
+//!
+//! Start-up: check config (exit 64 when invalid, before any socket) → bind the actuator → connect
+//! the cloud connector → announce to the presence monitor → serve until SIGINT/SIGTERM.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use plexus_events::connector::ConnectorKind;
+use plexus_events::connector::kafka::KafkaConnector;
+use plexus_events::connector::nats::NatsConnector;
+use plexus_events::presence::PresenceClient;
+use plexus_events::{EventEnvelope, Fault, Platform, Value, Visibility, actuator};
+use plexus_runtime::Shutdown;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use super::EXIT_CONFIG;
+
+/// `plexus events-app`
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Application name.
+    #[arg(long)]
+    pub name: String,
+    /// Public routes to serve (comma-separated), e.g. `hello.world,hello.pojo`.
+    #[arg(long, value_delimiter = ',')]
+    pub routes: Vec<String>,
+    /// Private routes to serve (comma-separated).
+    #[arg(long = "private-routes", value_delimiter = ',')]
+    pub private_routes: Vec<String>,
+    /// Workers per route (the route's bulkhead).
+    #[arg(long, default_value_t = 10)]
+    pub workers: usize,
+    /// `cloud.connector`: none, nats or kafka.
+    #[arg(
+        long = "cloud-connector",
+        env = "PLEXUS_CLOUD_CONNECTOR",
+        default_value = "none"
+    )]
+    pub connector: ConnectorKind,
+    /// NATS server URL (with `--cloud-connector nats`).
+    #[arg(long = "nats-url", env = "PLEXUS_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Kafka bootstrap broker `host:port` (with `--cloud-connector kafka`).
+    #[arg(long = "kafka-bootstrap", env = "PLEXUS_KAFKA_BOOTSTRAP")]
+    pub kafka_bootstrap: Option<String>,
+    /// Control plane (presence monitor) `host:port`; required with a connector.
+    #[arg(long = "control", env = "PLEXUS_HTTP_ADDR")]
+    pub control: Option<String>,
+    /// Presence group.
+    #[arg(long, default_value = "default")]
+    pub group: String,
+    /// Actuator HTTP address.
+    #[arg(long = "http-addr", default_value = "127.0.0.1:0")]
+    pub http_addr: String,
+}
+
+fn check(args: &Args) -> Vec<String> {
+    let mut problems = Vec::new();
+    for route in args.routes.iter().chain(&args.private_routes) {
+        if let Err(error) = plexus_events::route::validate_route(route) {
+            problems.push(format!("--routes: {error}"));
+        }
+    }
+    if args.workers == 0 {
+        problems.push("--workers: must be at least 1".to_owned());
+    }
+    match args.connector {
+        ConnectorKind::None => {}
+        ConnectorKind::Nats if args.nats_url.is_none() => {
+            problems.push("--nats-url: required with --cloud-connector nats".to_owned());
+        }
+        ConnectorKind::Kafka if args.kafka_bootstrap.is_none() => {
+            problems.push("--kafka-bootstrap: required with --cloud-connector kafka".to_owned());
+        }
+        _ => {}
+    }
+    if args.connector != ConnectorKind::None && args.control.is_none() {
+        problems.push("--control: a connector needs the presence monitor's address".to_owned());
+    }
+    problems
+}
+
+/// Registers the example function under `route`.
+fn serve_route(
+    platform: &Platform,
+    route: &str,
+    workers: usize,
+    visibility: Visibility,
+) -> Result<(), Fault> {
+    let me = platform.clone();
+    let name = route.to_owned();
+    platform.register(route, workers, visibility, move |event: EventEnvelope| {
+        let (me, name) = (me.clone(), name.clone());
+        async move {
+            if event.body == Value::from("panic") {
+                panic!("example function asked to panic");
+            }
+            Ok(Value::Map(vec![
+                (Value::from("route"), Value::from(name)),
+                (Value::from("app"), Value::from(me.app())),
+                (Value::from("origin"), Value::from(me.origin())),
+                (Value::from("body"), event.body),
+            ]))
+        }
+    })
+}
+
+/// Runs the example app until a signal arrives.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let problems = check(&args);
+    if !problems.is_empty() {
+        for problem in problems {
+            eprintln!("error: {problem}");
+        }
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+    let listener = TcpListener::bind(&args.http_addr)
+        .await
+        .with_context(|| format!("cannot bind the actuator on {}", args.http_addr))?;
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    let platform = Platform::new(args.name.clone());
+    info!(app = %args.name, origin = %platform.origin(), "event app starting");
+    for route in &args.routes {
+        serve_route(&platform, route, args.workers, Visibility::Public)?;
+    }
+    for route in &args.private_routes {
+        serve_route(&platform, route, args.workers, Visibility::Private)?;
+    }
+    let presence = args.control.as_ref().map(|control| {
+        PresenceClient::start(
+            platform.clone(),
+            control.clone(),
+            args.group.clone(),
+            shutdown.token(),
+        )
+    });
+    match args.connector {
+        ConnectorKind::None => {}
+        ConnectorKind::Nats => {
+            let url = args.nats_url.clone().unwrap_or_default();
+            NatsConnector::start(&url, &platform).await?;
+        }
+        ConnectorKind::Kafka => {
+            let bootstrap = args.kafka_bootstrap.clone().unwrap_or_default();
+            let presence = presence
+                .clone()
+                .context("the Kafka connector needs presence for its topic-partition")?;
+            let connector = KafkaConnector::start(&bootstrap, &platform, presence).await?;
+            platform.set_connector(Arc::clone(&connector) as _);
+        }
+    }
+    if let Some(presence) = &presence {
+        match presence.connected(Duration::from_secs(30)).await {
+            Some(topic) => info!(%topic, "joined the event mesh"),
+            None => tracing::warn!("not yet connected to the presence monitor; still trying"),
+        }
+    }
+    let mut config = BTreeMap::new();
+    config.insert(
+        "cloud.connector".to_owned(),
+        format!("{:?}", args.connector).to_lowercase(),
+    );
+    config.insert("presence.group".to_owned(), args.group.clone());
+    if let Some(control) = &args.control {
+        config.insert("presence.control".to_owned(), control.clone());
+    }
+    let router = actuator::router(actuator::Actuator {
+        platform: platform.clone(),
+        presence,
+        config,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    });
+    let addr = listener.local_addr()?;
+    plexus_runtime::telemetry::listening("actuator", addr);
+    plexus_runtime::http::serve(listener, router, shutdown.token()).await?;
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
