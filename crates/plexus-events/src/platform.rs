@@ -583,9 +583,13 @@ impl Platform {
         let connector = self
             .connector()
             .ok_or_else(|| Fault::new(503, "no cloud connector to reach other instances"))?;
-        let topic = lock(&self.inner.table)
-            .peer(origin)
-            .map(|p| p.topic.clone());
+        let topic = if origin == self.origin() {
+            self.topic()
+        } else {
+            lock(&self.inner.table)
+                .peer(origin)
+                .map(|p| p.topic.clone())
+        };
         for part in segment::split(event.to_bytes(), connector.max_payload()) {
             connector
                 .send(origin, topic.as_deref(), part)

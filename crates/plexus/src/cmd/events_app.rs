@@ -1,7 +1,8 @@
 //! `plexus events-app` (hidden): one example event-mode app, as the events demo and the tests run
 //! it. Each `--routes` entry is served by an example function that answers with the route, the app
 //! name and the origin that served it, echoing the request body; `--private-routes` are the same
-//! but private. A body of `"panic"` makes the function panic (to show the 500 path).
+//! but private. A body of `"panic"` makes the function panic (to show the 500 path); `"sleep"`
+//! makes it take 5 s (to show in-flight failures).
 //!
 //! Start-up: check config (exit 64 when invalid, before any socket) → bind the actuator → connect
 //! the cloud connector → announce to the presence monitor → serve until SIGINT/SIGTERM.
@@ -102,6 +103,10 @@ fn serve_route(
         async move {
             if event.body == Value::from("panic") {
                 panic!("example function asked to panic");
+            }
+            if event.body == Value::from("sleep") {
+                info!(route = %name, "example function sleeping");
+                tokio::time::sleep(Duration::from_secs(5)).await;
             }
             Ok(Value::Map(vec![
                 (Value::from("route"), Value::from(name)),
