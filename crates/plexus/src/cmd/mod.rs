@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod demo;
+pub mod demo_events;
 pub mod dev;
 pub mod echo_server;
 pub mod events_app;
