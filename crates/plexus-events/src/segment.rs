@@ -95,15 +95,15 @@ impl Reassembler {
         let Value::Binary(part) = segment.body else {
             return Err(SegmentError::Malformed("body is not binary"));
         };
-        if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(&id) {
-            if let Some(oldest) = self
+        if self.pending.len() >= MAX_PENDING
+            && !self.pending.contains_key(&id)
+            && let Some(oldest) = self
                 .pending
                 .iter()
                 .min_by_key(|(_, p)| p.started)
                 .map(|(k, _)| k.clone())
-            {
-                self.pending.remove(&oldest);
-            }
+        {
+            self.pending.remove(&oldest);
         }
         let entry = self.pending.entry(id.clone()).or_insert_with(|| Pending {
             parts: Vec::new(),

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use plexus_events::connector::kafka::KafkaConnector;
 use plexus_events::connector::nats::NatsConnector;
 use plexus_events::presence::PresenceClient;
 use plexus_events::{EventEnvelope, Platform, Value};
@@ -31,13 +32,50 @@ fn served_by(reply: &EventEnvelope) -> String {
 
 /// This test process as an app on the mesh (NATS), to drive many requests through the library.
 async fn test_app(dev: &Dev, nats: &NatsServer) -> (Platform, CancellationToken) {
+    test_app_on(dev, &Broker::Nats(nats.url())).await
+}
+
+async fn test_app_on(dev: &Dev, broker: &Broker) -> (Platform, CancellationToken) {
     let platform = Platform::new("tester");
-    NatsConnector::start(&nats.url(), &platform).await.unwrap();
     let stop = CancellationToken::new();
-    let presence =
-        PresenceClient::start(platform.clone(), dev.addr(), "default".into(), stop.clone());
+    let presence = PresenceClient::start(platform.clone(), dev.addr(), "default".into(), stop.clone());
+    match broker {
+        Broker::Nats(url) => {
+            NatsConnector::start(url, &platform).await.unwrap();
+        }
+        Broker::Kafka(bootstrap) => {
+            let kafka = KafkaConnector::start(bootstrap, &platform, presence.clone()).await.unwrap();
+            platform.set_connector(kafka);
+        }
+    }
     presence.connected(T).await.expect("tester joins");
     (platform, stop)
+}
+
+/// A 3 MB body each way: over the broker's message limit (NATS 1 MB, Kafka 900 KB here).
+async fn large_events(broker: Broker) {
+    let dev = dev(&[]).await;
+    let b = app(&dev, &broker, "hello-b", "hello.pojo", &[]).await;
+    let (tester, stop) = test_app_on(&dev, &broker).await;
+    eventually!(tester.exists("hello.pojo"));
+    let big: String = (0..3 * 1024 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let reply = tester.request(EventEnvelope::to("hello.pojo", big.as_str()), T).await;
+    assert_eq!(served_by(&reply), b.origin);
+    assert_eq!(reply.body["body"].as_str().map(str::len), Some(big.len()));
+    assert!(reply.body["body"] == Value::from(big.as_str()));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn large_events_are_segmented_over_nats() {
+    let nats = NatsServer::start().await.unwrap();
+    large_events(Broker::Nats(nats.url())).await;
+}
+
+#[tokio::test]
+async fn large_events_are_segmented_over_kafka() {
+    let kafka = Tansu::start().await.unwrap();
+    large_events(Broker::Kafka(kafka.bootstrap())).await;
 }
 
 async fn scenario(broker: Broker, dev: Dev) {
@@ -192,7 +230,8 @@ async fn event_over_http_bad_input_and_faults() {
         &["--private-routes", "demo.secret"],
     )
     .await;
-    let cases: Vec<(Vec<u8>, Vec<(&str, &str)>, u16, &str)> = vec![
+    type Case<'a> = (Vec<u8>, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![], vec![], 400, "empty body"),
         (
             b"not msgpack".to_vec(),
