@@ -79,6 +79,10 @@ impl NatsConnector {
                     subject: subject.clone(),
                     source,
                 })?;
+        // Make sure the server has the subscription before anyone is told about this instance.
+        if let Err(error) = client.flush().await {
+            tracing::warn!(%error, "NATS flush after subscribe failed");
+        }
         let consumer = platform.clone();
         tokio::spawn(async move {
             while let Some(message) = subscription.next().await {

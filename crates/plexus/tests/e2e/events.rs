@@ -38,13 +38,16 @@ async fn test_app(dev: &Dev, nats: &NatsServer) -> (Platform, CancellationToken)
 async fn test_app_on(dev: &Dev, broker: &Broker) -> (Platform, CancellationToken) {
     let platform = Platform::new("tester");
     let stop = CancellationToken::new();
-    let presence = PresenceClient::start(platform.clone(), dev.addr(), "default".into(), stop.clone());
+    let presence =
+        PresenceClient::start(platform.clone(), dev.addr(), "default".into(), stop.clone());
     match broker {
         Broker::Nats(url) => {
             NatsConnector::start(url, &platform).await.unwrap();
         }
         Broker::Kafka(bootstrap) => {
-            let kafka = KafkaConnector::start(bootstrap, &platform, presence.clone()).await.unwrap();
+            let kafka = KafkaConnector::start(bootstrap, &platform, presence.clone())
+                .await
+                .unwrap();
             platform.set_connector(kafka);
         }
     }
@@ -58,8 +61,12 @@ async fn large_events(broker: Broker) {
     let b = app(&dev, &broker, "hello-b", "hello.pojo", &[]).await;
     let (tester, stop) = test_app_on(&dev, &broker).await;
     eventually!(tester.exists("hello.pojo"));
-    let big: String = (0..3 * 1024 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
-    let reply = tester.request(EventEnvelope::to("hello.pojo", big.as_str()), T).await;
+    let big: String = (0..3 * 1024 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let reply = tester
+        .request(EventEnvelope::to("hello.pojo", big.as_str()), T)
+        .await;
     assert_eq!(served_by(&reply), b.origin);
     assert_eq!(reply.body["body"].as_str().map(str::len), Some(big.len()));
     assert!(reply.body["body"] == Value::from(big.as_str()));
