@@ -17,6 +17,7 @@
 pub mod actuator;
 pub mod connector;
 pub mod envelope;
+pub mod mesh;
 pub mod platform;
 pub mod presence;
 pub mod route;
@@ -24,5 +25,6 @@ pub mod routing;
 pub mod segment;
 
 pub use envelope::EventEnvelope;
+pub use mesh::{EventMesh, MeshConfig};
 pub use platform::{Fault, Platform, Visibility};
 pub use rmpv::Value;

@@ -36,7 +36,8 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    /// Adds or replaces a peer; returns the changes.
+    /// Adds or replaces a peer; returns the changes. A new peer resets every dispatch count, so
+    /// load is shared evenly from then on.
     pub fn join(&mut self, peer: Peer) -> Vec<Change> {
         let mut changes = Vec::new();
         let old = self.peers.remove(&peer.origin);
@@ -46,6 +47,9 @@ impl RoutingTable {
             .unwrap_or_default();
         if old.is_none() {
             changes.push(Change::Joined(peer.clone()));
+            // A newcomer starts even with everyone: without this it would take every request
+            // until its count caught up with the peers' history.
+            self.dispatched.values_mut().for_each(|n| *n = 0);
         }
         changes.extend(route_diff(&peer.origin, &old_routes, &peer.routes));
         self.dispatched.entry(peer.origin.clone()).or_insert(0);
@@ -163,6 +167,18 @@ mod tests {
         let c = t.leave("a");
         assert!(matches!(c.last(), Some(Change::Left(_))));
         assert!(t.pick("hello.pojo").is_none());
+    }
+
+    #[test]
+    fn a_newcomer_does_not_take_everything() {
+        let mut t = RoutingTable::default();
+        t.join(peer("a", &["r.x"]));
+        for _ in 0..100 {
+            t.pick("r.x");
+        }
+        t.join(peer("b", &["r.x"]));
+        let picks: Vec<String> = (0..4).map(|_| t.pick("r.x").unwrap().origin).collect();
+        assert_eq!(picks, ["a", "b", "a", "b"]);
     }
 
     proptest! {

@@ -82,8 +82,8 @@ pub struct KafkaConnector {
 }
 
 impl KafkaConnector {
-    /// Connects, waits for presence to assign this instance its topic-partition, and consumes it
-    /// (following reassignments after a presence reconnect).
+    /// Connects, waits for presence to assign this instance its topic-partition, consumes it
+    /// (following reassignments after a presence reconnect) and attaches itself to `platform`.
     pub async fn start(
         bootstrap: &str,
         platform: &Platform,
@@ -107,6 +107,7 @@ impl KafkaConnector {
             .await
             .ok_or(KafkaError::NoTopic)?;
         let consumer = connector.consume(&topic, platform.clone()).await?;
+        platform.set_connector(Arc::clone(&connector) as Arc<dyn Connector>);
         tracing::info!(%topic, bootstrap, "Kafka connector ready");
         let follower = Arc::clone(&connector);
         let platform = platform.clone();

@@ -8,16 +8,14 @@
 //! the cloud connector → announce to the presence monitor → serve until SIGINT/SIGTERM.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use plexus_events::connector::ConnectorKind;
-use plexus_events::connector::kafka::KafkaConnector;
-use plexus_events::connector::nats::NatsConnector;
-use plexus_events::presence::PresenceClient;
-use plexus_events::{EventEnvelope, Fault, Platform, Value, Visibility, actuator};
+use plexus_events::{
+    EventEnvelope, EventMesh, Fault, MeshConfig, Platform, Value, Visibility, actuator,
+};
 use plexus_runtime::Shutdown;
 use tokio::net::TcpListener;
 use tracing::info;
@@ -39,28 +37,63 @@ pub struct Args {
     /// Workers per route (the route's bulkhead).
     #[arg(long, default_value_t = 10)]
     pub workers: usize,
+    /// Event mesh settings file (properties: `cloud.connector = nats`, `nats.url = ...`, see
+    /// `plexus_events::mesh`); the `PLEXUS_*` environment overrides it, flags override both.
+    #[arg(long = "config")]
+    pub config: Option<PathBuf>,
     /// `cloud.connector`: none, nats or kafka.
-    #[arg(
-        long = "cloud-connector",
-        env = "PLEXUS_CLOUD_CONNECTOR",
-        default_value = "none"
-    )]
-    pub connector: ConnectorKind,
+    #[arg(long = "cloud-connector")]
+    pub connector: Option<String>,
     /// NATS server URL (with `--cloud-connector nats`).
-    #[arg(long = "nats-url", env = "PLEXUS_NATS_URL")]
+    #[arg(long = "nats-url")]
     pub nats_url: Option<String>,
     /// Kafka bootstrap broker `host:port` (with `--cloud-connector kafka`).
-    #[arg(long = "kafka-bootstrap", env = "PLEXUS_KAFKA_BOOTSTRAP")]
+    #[arg(long = "kafka-bootstrap")]
     pub kafka_bootstrap: Option<String>,
     /// Control plane (presence monitor) `host:port`; required with a connector.
-    #[arg(long = "control", env = "PLEXUS_HTTP_ADDR")]
+    #[arg(long = "control")]
     pub control: Option<String>,
     /// Presence group.
-    #[arg(long, default_value = "default")]
-    pub group: String,
+    #[arg(long)]
+    pub group: Option<String>,
     /// Actuator HTTP address.
     #[arg(long = "http-addr", default_value = "127.0.0.1:0")]
     pub http_addr: String,
+}
+
+/// The mesh settings: file, then environment, then flags; every problem reported.
+fn mesh_config(args: &Args) -> Result<MeshConfig, Vec<String>> {
+    let config = match &args.config {
+        Some(path) => MeshConfig::from_file(path).map_err(|e| e.0)?,
+        None => MeshConfig::default(),
+    };
+    let mut config = config.with_env().map_err(|e| e.0)?;
+    let mut problems = Vec::new();
+    for (key, flag, value) in [
+        ("cloud.connector", "--cloud-connector", &args.connector),
+        ("nats.url", "--nats-url", &args.nats_url),
+        (
+            "kafka.bootstrap",
+            "--kafka-bootstrap",
+            &args.kafka_bootstrap,
+        ),
+        ("presence.control", "--control", &args.control),
+        ("presence.group", "--group", &args.group),
+    ] {
+        if let Some(value) = value
+            && let Err(e) = config.set(key, value, flag)
+        {
+            problems.push(e);
+        }
+    }
+    if let Err(e) = config.validate() {
+        problems.extend(e.0);
+    }
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
 }
 
 fn check(args: &Args) -> Vec<String> {
@@ -73,18 +106,8 @@ fn check(args: &Args) -> Vec<String> {
     if args.workers == 0 {
         problems.push("--workers: must be at least 1".to_owned());
     }
-    match args.connector {
-        ConnectorKind::None => {}
-        ConnectorKind::Nats if args.nats_url.is_none() => {
-            problems.push("--nats-url: required with --cloud-connector nats".to_owned());
-        }
-        ConnectorKind::Kafka if args.kafka_bootstrap.is_none() => {
-            problems.push("--kafka-bootstrap: required with --cloud-connector kafka".to_owned());
-        }
-        _ => {}
-    }
-    if args.connector != ConnectorKind::None && args.control.is_none() {
-        problems.push("--control: a connector needs the presence monitor's address".to_owned());
+    if let Err(more) = mesh_config(args) {
+        problems.extend(more);
     }
     problems
 }
@@ -140,42 +163,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for route in &args.private_routes {
         serve_route(&platform, route, args.workers, Visibility::Private)?;
     }
-    let presence = args.control.as_ref().map(|control| {
-        PresenceClient::start(
-            platform.clone(),
-            control.clone(),
-            args.group.clone(),
-            shutdown.token(),
-        )
-    });
-    match args.connector {
-        ConnectorKind::None => {}
-        ConnectorKind::Nats => {
-            let url = args.nats_url.clone().unwrap_or_default();
-            NatsConnector::start(&url, &platform).await?;
-        }
-        ConnectorKind::Kafka => {
-            let bootstrap = args.kafka_bootstrap.clone().unwrap_or_default();
-            let presence = presence
-                .clone()
-                .context("the Kafka connector needs presence for its topic-partition")?;
-            let connector = KafkaConnector::start(&bootstrap, &platform, presence).await?;
-            platform.set_connector(Arc::clone(&connector) as _);
-        }
-    }
-    if let Some(presence) = &presence {
-        match presence.connected(Duration::from_secs(30)).await {
-            Some(topic) => info!(%topic, "joined the event mesh"),
-            None => tracing::warn!("not yet connected to the presence monitor; still trying"),
-        }
-    }
+    let mesh_config = match mesh_config(&args) {
+        Ok(config) => config,
+        Err(_) => return Ok(ExitCode::from(EXIT_CONFIG)),
+    };
+    let mesh = EventMesh::start(platform.clone(), &mesh_config)
+        .await
+        .context("joining the event mesh")?;
+    let presence = mesh.presence.clone();
     let mut config = BTreeMap::new();
     config.insert(
         "cloud.connector".to_owned(),
-        format!("{:?}", args.connector).to_lowercase(),
+        format!("{:?}", mesh_config.connector).to_lowercase(),
     );
-    config.insert("presence.group".to_owned(), args.group.clone());
-    if let Some(control) = &args.control {
+    config.insert("presence.group".to_owned(), mesh_config.group.clone());
+    if let Some(control) = &mesh_config.control {
         config.insert("presence.control".to_owned(), control.clone());
     }
     let router = actuator::router(actuator::Actuator {
@@ -187,6 +189,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     plexus_runtime::telemetry::listening("actuator", addr);
     plexus_runtime::http::serve(listener, router, shutdown.token()).await?;
+    mesh.stop();
     info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -5,14 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use plexus_events::connector::kafka::KafkaConnector;
-use plexus_events::connector::nats::NatsConnector;
-use plexus_events::presence::PresenceClient;
-use plexus_events::{EventEnvelope, Platform, Value};
+use plexus_events::{EventEnvelope, EventMesh, MeshConfig, Platform, Value};
 use plexus_test::brokers::{NatsServer, Tansu};
 use plexus_test::events::{Broker, EventsApp};
 use plexus_test::{Dev, eventually};
-use tokio_util::sync::CancellationToken;
 
 use crate::{bin, dev};
 
@@ -31,28 +27,33 @@ fn served_by(reply: &EventEnvelope) -> String {
 }
 
 /// This test process as an app on the mesh (NATS), to drive many requests through the library.
-async fn test_app(dev: &Dev, nats: &NatsServer) -> (Platform, CancellationToken) {
+async fn test_app(dev: &Dev, nats: &NatsServer) -> (Platform, EventMesh) {
     test_app_on(dev, &Broker::Nats(nats.url())).await
 }
 
-async fn test_app_on(dev: &Dev, broker: &Broker) -> (Platform, CancellationToken) {
-    let platform = Platform::new("tester");
-    let stop = CancellationToken::new();
-    let presence =
-        PresenceClient::start(platform.clone(), dev.addr(), "default".into(), stop.clone());
+async fn test_app_on(dev: &Dev, broker: &Broker) -> (Platform, EventMesh) {
+    let mut config = MeshConfig {
+        control: Some(dev.addr()),
+        ..MeshConfig::default()
+    };
     match broker {
-        Broker::Nats(url) => {
-            NatsConnector::start(url, &platform).await.unwrap();
-        }
-        Broker::Kafka(bootstrap) => {
-            let kafka = KafkaConnector::start(bootstrap, &platform, presence.clone())
-                .await
-                .unwrap();
-            platform.set_connector(kafka);
-        }
+        Broker::Nats(url) => config
+            .set("cloud.connector", "nats", "test")
+            .and_then(|()| config.set("nats.url", url, "test")),
+        Broker::Kafka(bootstrap) => config
+            .set("cloud.connector", "kafka", "test")
+            .and_then(|()| config.set("kafka.bootstrap", bootstrap, "test")),
     }
-    presence.connected(T).await.expect("tester joins");
-    (platform, stop)
+    .unwrap();
+    let platform = Platform::new("tester");
+    let mesh = EventMesh::start(platform.clone(), &config).await.unwrap();
+    mesh.presence
+        .as_ref()
+        .unwrap()
+        .connected(T)
+        .await
+        .expect("tester joins");
+    (platform, mesh)
 }
 
 /// A 3 MB body each way: over the broker's message limit (NATS 1 MB, Kafka 900 KB here).
@@ -70,7 +71,7 @@ async fn large_events(broker: Broker) {
     assert_eq!(served_by(&reply), b.origin);
     assert_eq!(reply.body["body"].as_str().map(str::len), Some(big.len()));
     assert!(reply.body["body"] == Value::from(big.as_str()));
-    stop.cancel();
+    stop.stop();
 }
 
 #[tokio::test]
@@ -193,7 +194,7 @@ async fn load_is_shared_within_ten_percent_and_nothing_is_lost() {
         let n = counts.get(origin).copied().unwrap_or(0);
         assert!((450..=550).contains(&n), "{origin} served {n}: {counts:?}");
     }
-    stop.cancel();
+    stop.stop();
 }
 
 #[tokio::test]
@@ -423,7 +424,7 @@ async fn broker_restart_fails_in_flight_requests_then_recovers() {
             .status
             == 200
     );
-    stop.cancel();
+    stop.stop();
 }
 
 #[tokio::test]
@@ -464,10 +465,15 @@ async fn presence_loss_clears_remote_routes_then_reannounces() {
 
 #[test]
 fn events_app_config_errors_exit_64_naming_the_flag() {
+    let (_dir, file) = crate::write_file(
+        "app.properties",
+        "# mesh\ncloud.connector = nats\nbogus.key = 1\n",
+    );
+    let file = file.display().to_string();
     for (args, flag) in [
         (
             vec!["--cloud-connector", "nats", "--control", "127.0.0.1:1"],
-            "--nats-url",
+            "nats.url: required with cloud.connector = nats",
         ),
         (vec!["--routes", "NoDot"], "invalid route name"),
         (
@@ -477,9 +483,17 @@ fn events_app_config_errors_exit_64_naming_the_flag() {
                 "--nats-url",
                 "nats://127.0.0.1:1",
             ],
-            "--control",
+            "presence.control",
         ),
         (vec!["--workers", "0"], "--workers"),
+        (
+            vec!["--cloud-connector", "rabbit"],
+            "--cloud-connector: cloud.connector: expected none, nats or kafka",
+        ),
+        (
+            vec!["--config", &file],
+            "app.properties:3: unknown key \"bogus.key\"",
+        ),
     ] {
         let mut all = vec!["events-app", "--name", "x"];
         all.extend(args);
@@ -487,4 +501,44 @@ fn events_app_config_errors_exit_64_naming_the_flag() {
         assert_eq!(code, 64, "{all:?}: {err}");
         assert!(err.contains(flag), "{all:?}: {err}");
     }
+}
+
+#[tokio::test]
+async fn events_app_joins_from_a_properties_file() {
+    let nats = NatsServer::start().await.unwrap();
+    let dev = dev(&[]).await;
+    let text = format!(
+        "cloud.connector = nats\nnats.url = {}\npresence.control = {}\n",
+        nats.url(),
+        dev.addr()
+    );
+    let (_dir, file) = crate::write_file("app.properties", &text);
+    let file = file.display().to_string();
+    let args = [
+        "events-app",
+        "--name",
+        "from-file",
+        "--routes",
+        "file.route",
+        "--config",
+        &file,
+    ]
+    .map(str::to_owned);
+    let app = plexus_test::Process::spawn("from-file", bin(), &args, &[]).unwrap();
+    app.wait_for_line("joined the event mesh").await.unwrap();
+    let addr = app.listening("actuator").await.unwrap();
+    let env: serde_json::Value = reqwest::get(format!("http://{addr}/env"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(env["config"]["cloud.connector"], "nats", "{env}");
+    let (_, apps, _) = crate::http(
+        "GET",
+        &format!("http://{}/v1/events/apps", dev.addr()),
+        None,
+    )
+    .await;
+    assert_eq!(apps[0]["routes"][0], "file.route", "{apps}");
 }
