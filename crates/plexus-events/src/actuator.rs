@@ -140,7 +140,14 @@ fn libraries() -> BTreeMap<String, String> {
         if let (Some(name), Some(version)) = (field("name"), field("version"))
             && direct.contains(&name.as_str())
         {
-            found.insert(name, version);
+            // Several versions of one package may be locked; list them all.
+            found
+                .entry(name)
+                .and_modify(|v: &mut String| {
+                    v.push_str(", ");
+                    v.push_str(&version);
+                })
+                .or_insert(version);
         }
     }
     found

@@ -1,5 +1,5 @@
 //! Presence over HTTP: the websocket `/ws/presence/{origin}` (one session per app instance) and
-//! the read API `GET /v1/events/apps`, `GET /v1/events/topics`.
+//! the read API `GET /v1/events/apps`, `GET /v1/events/topics`, `GET /v1/events/info`.
 //!
 //! A session: read `Hello` (within [`HELLO_TIMEOUT`]) → claim → `Welcome` → then, concurrently,
 //! forward group events, apply `Routes` frames, ping every interval and drop the app when it stays
@@ -31,6 +31,7 @@ pub fn router(presence: Presence) -> Router {
         .route("/ws/presence/{origin}", get(upgrade))
         .route("/v1/events/apps", get(apps))
         .route("/v1/events/topics", get(topics))
+        .route("/v1/events/info", get(info))
         .with_state(presence)
 }
 
@@ -42,6 +43,35 @@ async fn apps(State(presence): State<Presence>) -> Response {
             ApiError::internal("the presence store is unavailable").into_response()
         }
     }
+}
+
+/// The presence monitor's own view: this replica, its open connections, every topic with its
+/// owner (origin and app).
+async fn info(State(presence): State<Presence>) -> Response {
+    let (apps, topics) = match (presence.apps().await, presence.topics().await) {
+        (Ok(apps), Ok(topics)) => (apps, topics),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::warn!(%error, "presence: cannot read state");
+            return ApiError::internal("the presence store is unavailable").into_response();
+        }
+    };
+    let owners: serde_json::Map<String, serde_json::Value> = topics
+        .into_iter()
+        .map(|(topic, origin)| {
+            let app = apps
+                .iter()
+                .find(|a| a.peer.origin == origin)
+                .map(|a| a.peer.app.clone());
+            (topic, serde_json::json!({ "origin": origin, "app": app }))
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "replica": presence.replica(),
+        "connections": presence.inner.sessions.load(Ordering::SeqCst),
+        "apps": apps.len(),
+        "topics": owners,
+    }))
+    .into_response()
 }
 
 async fn topics(State(presence): State<Presence>) -> Response {

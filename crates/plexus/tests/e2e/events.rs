@@ -130,6 +130,17 @@ async fn scenario(broker: Broker, dev: Dev) {
         "{topics:?}"
     );
     assert_ne!(topics[0], topics[1]);
+    let (_, info, _) = crate::http(
+        "GET",
+        &format!("http://{}/v1/events/info", dev.addr()),
+        None,
+    )
+    .await;
+    assert_eq!(info["connections"], 2, "{info}");
+    let owner = info["topics"][&topics[0]]["app"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(owner == "hello-a" || owner == "hello-b", "{info}");
     // A second instance of app B shares the load.
     let mut b2 = app(&dev, &broker, "hello-b", "hello.world,hello.pojo", &[]).await;
     a.process
@@ -182,6 +193,14 @@ async fn load_is_shared_within_ten_percent_and_nothing_is_lost() {
     let (tester, stop) = test_app(&dev, &nats).await;
     eventually!(tester.search("hello.pojo").len() == 2);
     // 1,000 concurrent requests, 10 workers per route on each instance.
+    let mut traced = EventEnvelope::to("hello.pojo", "traced");
+    traced.trace_id = Some("trace-42".into());
+    traced.trace_path = Some("GET /api/demo".into());
+    let reply = tester.request(traced, T).await;
+    assert_eq!(reply.trace_id.as_deref(), Some("trace-42"), "{reply:?}");
+    assert_eq!(reply.trace_path.as_deref(), Some("GET /api/demo"));
+    assert_eq!(reply.from.as_deref(), Some("hello.pojo"));
+    assert!(reply.round_trip.is_some() && reply.exec_time.is_some());
     let calls = (0..1000).map(|i| tester.request(EventEnvelope::to("hello.pojo", i), T));
     let replies = futures::future::join_all(calls).await;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
