@@ -91,6 +91,13 @@ impl KafkaConnector {
     ) -> Result<Arc<Self>, KafkaError> {
         let client = ClientBuilder::new(vec![bootstrap.to_owned()])
             .client_id(format!("plexus-events-{}", platform.origin()))
+            // Surface broker trouble as errors (503 to callers) instead of retrying forever.
+            .backoff_config(rskafka::BackoffConfig {
+                init_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_secs(1),
+                base: 2.0,
+                deadline: Some(Duration::from_secs(5)),
+            })
             .build()
             .await
             .map_err(|source| KafkaError::Connect {

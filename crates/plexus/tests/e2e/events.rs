@@ -561,3 +561,55 @@ async fn events_app_joins_from_a_properties_file() {
     .await;
     assert_eq!(apps[0]["routes"][0], "file.route", "{apps}");
 }
+
+#[tokio::test]
+async fn malformed_kafka_records_are_dropped_and_counted() {
+    let kafka = Tansu::start().await.unwrap();
+    let dev = dev(&[]).await;
+    let broker = Broker::Kafka(kafka.bootstrap());
+    let b = app(&dev, &broker, "hello-b", "hello.pojo", &[]).await;
+    let (tester, mesh) = test_app_on(&dev, &broker).await;
+    eventually!(tester.exists("hello.pojo"));
+    let (_, info) = b.get("/info").await.unwrap();
+    let topic = info["topic"].as_str().unwrap().to_owned();
+    let (name, partition) = plexus_events::connector::kafka::split_topic(&topic).unwrap();
+    let client = rskafka::client::ClientBuilder::new(vec![kafka.bootstrap()])
+        .build()
+        .await
+        .unwrap();
+    let partition = client
+        .partition_client(
+            name,
+            partition,
+            rskafka::client::partition::UnknownTopicHandling::Retry,
+        )
+        .await
+        .unwrap();
+    let good = EventEnvelope::to("hello.pojo", "x").to_bytes();
+    let records = [
+        b"garbage".to_vec(),
+        good[..good.len() / 2].to_vec(),
+        vec![0xc1],
+    ]
+    .into_iter()
+    .map(|value| rskafka::record::Record {
+        key: None,
+        value: Some(value),
+        headers: Default::default(),
+        timestamp: rskafka::chrono::DateTime::from_timestamp_millis(0).unwrap(),
+    })
+    .collect();
+    partition
+        .produce(
+            records,
+            rskafka::client::partition::Compression::NoCompression,
+        )
+        .await
+        .unwrap();
+    eventually!(b.get("/info").await.unwrap().1["malformed_messages"] == 3);
+    let reply = tester
+        .request(EventEnvelope::to("hello.pojo", "still"), T)
+        .await;
+    assert_eq!(served_by(&reply), b.origin);
+    mesh.stop();
+}
