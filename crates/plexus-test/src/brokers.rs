@@ -70,7 +70,19 @@ pub struct Tansu {
 impl Tansu {
     /// Starts `tansu broker` on a free port with in-memory storage.
     pub async fn start() -> Result<Self> {
-        let port = crate::free_port();
+        Self::start_on(crate::free_port()).await
+    }
+
+    /// Stops the broker (SIGKILL; its in-memory topics are gone) and starts a new one on the
+    /// same port.
+    pub async fn restart(self) -> Result<Self> {
+        let port = self.port;
+        drop(self);
+        Self::start_on(port).await
+    }
+
+    /// Starts it on a given port.
+    pub async fn start_on(port: u16) -> Result<Self> {
         let url = format!("tcp://127.0.0.1:{port}");
         let args = [
             "broker",

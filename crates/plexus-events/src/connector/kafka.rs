@@ -181,33 +181,59 @@ impl KafkaConnector {
         Ok(client)
     }
 
+    /// Drops a cached partition client (after a failure: the next use re-creates the topic if
+    /// the broker lost it, e.g. after a restart with in-memory storage).
+    fn forget(&self, topic: &str, partition: i32) {
+        self.partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(topic.to_owned(), partition));
+    }
+
+    /// Consumes `name` from the latest offset until aborted; after a failure, waits, reopens the
+    /// partition (re-creating the topic when needed) and consumes from the latest offset again.
     async fn consume(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         platform: Platform,
     ) -> Result<tokio::task::JoinHandle<()>, KafkaError> {
         let (topic, partition) =
             split_topic(name).ok_or_else(|| KafkaError::BadTopic(name.to_owned()))?;
-        let client = self.partition(&topic, partition).await?;
-        let connected = Arc::clone(&self.connected);
-        let mut stream = StreamConsumerBuilder::new(client, StartOffset::Latest)
-            .with_max_wait_ms(100)
-            .build();
+        let mut client = self.partition(&topic, partition).await?;
+        let this = Arc::clone(self);
         Ok(tokio::spawn(async move {
-            while let Some(next) = stream.next().await {
-                match next {
-                    Ok((record, _)) => {
-                        connected.store(true, Ordering::Relaxed);
-                        if let Some(value) = record.record.value {
-                            platform.receive(&value).await;
+            loop {
+                let mut stream =
+                    StreamConsumerBuilder::new(Arc::clone(&client), StartOffset::Latest)
+                        .with_max_wait_ms(100)
+                        .build();
+                while let Some(next) = stream.next().await {
+                    match next {
+                        Ok((record, _)) => {
+                            this.connected.store(true, Ordering::Relaxed);
+                            if let Some(value) = record.record.value {
+                                platform.receive(&value).await;
+                            }
+                        }
+                        Err(error) => {
+                            if this.connected.swap(false, Ordering::Relaxed) {
+                                tracing::warn!(%error, "Kafka consumer failed; reconnecting");
+                                platform.fail_pending(503, "connector lost its broker connection; the request may not have completed");
+                            }
+                            break;
                         }
                     }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                this.forget(&topic, partition);
+                match this.partition(&topic, partition).await {
+                    Ok(reopened) => {
+                        client = reopened;
+                        this.connected.store(true, Ordering::Relaxed);
+                        tracing::info!(%topic, partition, "Kafka consumer reconnected");
+                    }
                     Err(error) => {
-                        if connected.swap(false, Ordering::Relaxed) {
-                            tracing::warn!(%error, "Kafka consumer failed; retrying");
-                            platform.fail_pending(503, "connector lost its broker connection; the request may not have completed");
-                        }
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        tracing::debug!(error = %crate::actuator::chain(&error), "Kafka partition not reachable yet");
                     }
                 }
             }
@@ -248,10 +274,13 @@ impl Connector for KafkaConnector {
                 headers: Default::default(),
                 timestamp: now(),
             };
-            client
+            if let Err(error) = client
                 .produce(vec![record], Compression::NoCompression)
                 .await
-                .map_err(|e| ConnectorError::Unavailable(Box::new(e)))?;
+            {
+                self.forget(&topic, partition);
+                return Err(ConnectorError::Unavailable(Box::new(error)));
+            }
             Ok(())
         })
     }

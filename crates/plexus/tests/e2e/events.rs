@@ -613,3 +613,34 @@ async fn malformed_kafka_records_are_dropped_and_counted() {
     assert_eq!(served_by(&reply), b.origin);
     mesh.stop();
 }
+
+#[tokio::test]
+async fn kafka_broker_restart_recovers() {
+    let kafka = Tansu::start().await.unwrap();
+    let dev = dev(&[]).await;
+    let broker = Broker::Kafka(kafka.bootstrap());
+    let b = app(&dev, &broker, "hello-b", "hello.pojo", &[]).await;
+    let (tester, mesh) = test_app_on(&dev, &broker).await;
+    eventually!(tester.exists("hello.pojo"));
+    assert_eq!(
+        served_by(
+            &tester
+                .request(EventEnvelope::to("hello.pojo", "x"), T)
+                .await
+        ),
+        b.origin
+    );
+    // The broker restarts empty (in-memory storage): topics are re-created, consumers reopened.
+    let _kafka = kafka.restart().await.unwrap();
+    eventually!(
+        tester
+            .request(
+                EventEnvelope::to("hello.pojo", "again"),
+                Duration::from_secs(2)
+            )
+            .await
+            .status
+            == 200
+    );
+    mesh.stop();
+}
