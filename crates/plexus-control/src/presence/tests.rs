@@ -241,3 +241,37 @@ async fn bad_hello_frames_are_refused_naming_the_cause() {
     let response = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/presence/a.b")).await;
     assert!(response.is_err());
 }
+
+#[tokio::test]
+async fn a_silent_app_is_dropped_and_its_topic_released() {
+    let (_dir, store) = store();
+    let config = PresenceConfig {
+        ping_interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(300),
+        ..PresenceConfig::default()
+    };
+    let presence = Presence::new(store, config);
+    let addr = serve(presence.clone()).await;
+    let mut watcher = connect(addr, "watcher").await;
+    hello(&mut watcher, &[], None).await;
+    assert!(matches!(
+        next_frame(&mut watcher).await,
+        ServerFrame::Welcome { .. }
+    ));
+    // This app says hello, then never reads again: it never answers the server's pings.
+    let mut silent = connect(addr, "silent").await;
+    hello(&mut silent, &["hello.world"], None).await;
+    let ServerFrame::Join { peer } = next_frame(&mut watcher).await else {
+        panic!("expected join")
+    };
+    assert_eq!(peer.origin, "silent");
+    assert_eq!(
+        next_frame(&mut watcher).await,
+        ServerFrame::Leave {
+            origin: "silent".into()
+        }
+    );
+    let topics = presence.topics().await.unwrap();
+    assert_eq!(topics.len(), 1, "{topics:?}");
+    drop(silent);
+}
