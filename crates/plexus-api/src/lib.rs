@@ -8,6 +8,7 @@
 //! - [`definition`]: loads HCL/JSON definition files, with errors naming file, line and field.
 //! - [`model`]: the catalog's records, serialised exactly as Consul's HTTP API shows them.
 //! - [`catalog`]: the [`Catalog`] trait through which the agent writes and reads the catalog.
+//! - [`presence`]: the event mesh's presence protocol (app ↔ control plane frames).
 //! - [`client`] (feature `client`): a typed HTTP client for the API.
 //!
 //! ```text
@@ -26,6 +27,7 @@ pub mod duration;
 pub mod error;
 pub mod model;
 pub mod one_or_many;
+pub mod presence;
 pub mod registration;
 pub mod validate;
 

@@ -13,6 +13,7 @@
 //! - [`catalog::StoreCatalog`]: implements [`plexus_api::Catalog`] (the agent writes through it) and
 //!   the read views of the HTTP API.
 //! - [`api::router`]: `/v1/catalog/*`, `/v1/health/*`, `/v1/status/*`.
+//! - [`presence`]: the event mesh's presence monitor (`/ws/presence/{origin}`, `/v1/events/*`).
 //!
 //! Not here (yet): the agent's `/v1/agent/*` endpoints (plexus-agent), KV, config entries,
 //! intentions, the CA, leases, xDS. This crate never binds sockets: the binary merges
@@ -21,6 +22,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod presence;
 pub mod store;
 
 use std::path::Path;
@@ -28,6 +30,7 @@ use std::sync::Arc;
 
 pub use api::ServerInfo;
 pub use catalog::StoreCatalog;
+pub use presence::{Presence, PresenceConfig};
 pub use store::{EmbeddedStore, Store, StoreError};
 
 /// Why the control plane could not start.
@@ -42,6 +45,7 @@ pub enum ControlError {
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
     catalog: Arc<StoreCatalog>,
+    presence: Presence,
     info: ServerInfo,
 }
 
@@ -56,8 +60,13 @@ impl ControlPlane {
 
     /// A control plane over any store.
     pub fn with_store(store: Arc<dyn Store>, info: ServerInfo) -> Self {
+        let presence = Presence::new(Arc::clone(&store), PresenceConfig::default());
         let catalog = Arc::new(StoreCatalog::new(store, info.datacenter.clone()));
-        Self { catalog, info }
+        Self {
+            catalog,
+            presence,
+            info,
+        }
     }
 
     /// The catalog; also usable as `Arc<dyn plexus_api::Catalog>`.
@@ -70,8 +79,14 @@ impl ControlPlane {
         &self.info
     }
 
-    /// The HTTP API routes (catalog, health, status) with the JSON 404 fallback.
+    /// The event mesh's presence monitor.
+    pub fn presence(&self) -> Presence {
+        self.presence.clone()
+    }
+
+    /// The HTTP API routes (catalog, health, status, event-mesh presence) with the JSON 404
+    /// fallback.
     pub fn router(&self) -> axum::Router {
-        api::router(self.catalog(), self.info.clone())
+        api::router(self.catalog(), self.info.clone()).merge(presence::ws::router(self.presence()))
     }
 }

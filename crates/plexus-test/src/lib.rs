@@ -7,6 +7,8 @@
 //! with a client), [`mesh::Sidecar`] (a `plexus proxy`), [`upstream::TcpEcho`],
 //! [`upstream::HttpStub`], [`upstream::GrpcHealthStub`].
 
+pub mod brokers;
+pub mod events;
 pub mod mesh;
 pub mod ports;
 pub mod process;

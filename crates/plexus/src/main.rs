@@ -39,6 +39,9 @@ enum Command {
     Demo(cmd::demo::Command),
     /// A tiny TCP echo server (used by the demo and the docs).
     EchoServer(cmd::echo_server::Args),
+    /// Run one example event-mode app (used by `demo events` and the tests).
+    #[command(hide = true)]
+    EventsApp(cmd::events_app::Args),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
             Command::Validate(args) => cmd::validate::run(args),
             Command::Demo(command) => cmd::demo::run(command).await,
             Command::EchoServer(args) => cmd::echo_server::run(args).await,
+            Command::EventsApp(args) => cmd::events_app::run(args).await,
         }
     });
     match result {

@@ -29,6 +29,8 @@ const STEP_DEADLINE: Duration = Duration::from_secs(30);
 pub enum Command {
     /// The TCP echo scenario: client → sidecar → sidecar → echo, then round robin and failover.
     Echo(EchoArgs),
+    /// The event mesh scenario over NATS: two apps discover each other, call, share load, leave.
+    Events(super::demo_events::EventsArgs),
 }
 
 /// `plexus demo echo`
@@ -49,6 +51,7 @@ pub struct EchoArgs {
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Echo(args) => echo(args).await,
+        Command::Events(args) => super::demo_events::run(args).await,
     }
 }
 

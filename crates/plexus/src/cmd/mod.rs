@@ -2,8 +2,10 @@
 
 pub mod catalog;
 pub mod demo;
+pub mod demo_events;
 pub mod dev;
 pub mod echo_server;
+pub mod events_app;
 pub mod health;
 pub mod proxy;
 pub mod services;

@@ -22,3 +22,37 @@ fn demo_echo_runs_end_to_end() {
     );
     assert!(out.contains("demo passed"), "{out}");
 }
+
+#[test]
+fn demo_events_runs_end_to_end() {
+    let nats = plexus_test::brokers::tools_bin().join("nats-server");
+    assert!(
+        nats.exists(),
+        "{} missing: run scripts/setup-test-env.sh",
+        nats.display()
+    );
+    let nats = nats.display().to_string();
+    let (code, out, err) =
+        run_cli(bin(), &["demo", "events", "--nats-server", &nats], &[]).unwrap();
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    for needle in [
+        " joins (hello-b)",
+        "hello.pojo (",
+        ") registered",
+        "hello.pojo served by hello-b",
+        "peer ",
+        " left (hello-b)",
+        ") unregistered",
+        "demo passed",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing from:\n{out}");
+    }
+    let shares = out
+        .lines()
+        .find(|l| l.starts_with("10 requests:"))
+        .expect("load line");
+    assert!(
+        shares.contains("-> 5,") && shares.ends_with("-> 5"),
+        "{shares}"
+    );
+}

@@ -8,6 +8,7 @@ mod checks;
 mod cli;
 mod consul_client;
 mod demo;
+mod events;
 mod registration;
 mod shutdown;
 mod sidecar;
