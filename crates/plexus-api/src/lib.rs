@@ -24,6 +24,7 @@ pub mod client;
 pub mod definition;
 pub mod duration;
 pub mod error;
+pub mod kv;
 pub mod model;
 pub mod one_or_many;
 pub mod registration;
@@ -32,6 +33,7 @@ pub mod validate;
 pub use catalog::{Catalog, CatalogError, Indexed, Registration};
 pub use duration::GoDuration;
 pub use error::{ErrorBody, ErrorDetail};
+pub use kv::{KvExportEntry, KvPair};
 pub use model::{
     AgentProxy, AgentSelf, AgentSelfConfig, AgentService, AgentUpstream, CatalogService,
     CheckStatus, CheckType, HealthCheck, HealthCheckDefinition, Node, ServiceEntry, ServiceKind,

@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod kv;
 pub mod store;
 
 use std::path::Path;
@@ -39,10 +40,19 @@ pub enum ControlError {
 }
 
 /// The control plane: a store, the catalog over it and the HTTP API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ControlPlane {
     catalog: Arc<StoreCatalog>,
+    store: Arc<dyn Store>,
     info: ServerInfo,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ControlPlane {
@@ -56,8 +66,15 @@ impl ControlPlane {
 
     /// A control plane over any store.
     pub fn with_store(store: Arc<dyn Store>, info: ServerInfo) -> Self {
-        let catalog = Arc::new(StoreCatalog::new(store, info.datacenter.clone()));
-        Self { catalog, info }
+        let catalog = Arc::new(StoreCatalog::new(
+            Arc::clone(&store),
+            info.datacenter.clone(),
+        ));
+        Self {
+            catalog,
+            store,
+            info,
+        }
     }
 
     /// The catalog; also usable as `Arc<dyn plexus_api::Catalog>`.
@@ -65,13 +82,19 @@ impl ControlPlane {
         Arc::clone(&self.catalog)
     }
 
+    /// The store under everything.
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
     /// This server's identity.
     pub fn info(&self) -> &ServerInfo {
         &self.info
     }
 
-    /// The HTTP API routes (catalog, health, status) with the JSON 404 fallback.
+    /// The HTTP API routes (catalog, health, status, KV) with the JSON 404 fallback.
     pub fn router(&self) -> axum::Router {
         api::router(self.catalog(), self.info.clone())
+            .merge(kv::api::router(kv::Kv::new(self.store())))
     }
 }

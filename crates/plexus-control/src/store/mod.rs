@@ -126,6 +126,16 @@ pub trait Store: Send + Sync + 'static {
     /// Reads one key.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
 
+    /// Reads one key with the store revision the read reflects (at least the key's
+    /// `mod_revision`). Backends whose reads carry a revision (etcd) override this so that an index
+    /// taken from one replica is never ahead of what another replica's read shows.
+    async fn get_at(&self, key: &str) -> Result<(Option<KeyValue>, u64), StoreError> {
+        let revision = *self.revision_watch().borrow();
+        let record = self.get(key).await?;
+        let at_least = record.as_ref().map_or(0, |kv| kv.mod_revision);
+        Ok((record, revision.max(at_least)))
+    }
+
     /// Reads every key starting with `prefix`, sorted by key, with the store revision the read
     /// reflects.
     async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64), StoreError>;
