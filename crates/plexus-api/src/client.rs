@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 
 use crate::catalog::Indexed;
 use crate::error::ErrorBody;
+use crate::kv::KvPair;
 use crate::model::{
     AgentSelf, AgentService, CatalogService, CheckStatus, HealthCheck, Node, ServiceEntry,
 };
@@ -301,6 +302,126 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/kv/:key`: one key, `None` when absent (the index is still the store's, so a
+    /// blocking query can wait for the key to appear).
+    pub async fn kv_get(
+        &self,
+        key: &str,
+        query: QueryOptions,
+    ) -> Result<Indexed<Option<KvPair>>, ClientError> {
+        let path = format!("/v1/kv/{}", encode_key(key));
+        let found = self.get_optional::<Vec<KvPair>>(&path, query, &[]).await?;
+        Ok(Indexed {
+            index: found.index,
+            value: found.value.and_then(|pairs| pairs.into_iter().next()),
+        })
+    }
+
+    /// `GET /v1/kv/:prefix?recurse`: every key under `prefix` (empty when none).
+    pub async fn kv_list(
+        &self,
+        prefix: &str,
+        query: QueryOptions,
+    ) -> Result<Indexed<Vec<KvPair>>, ClientError> {
+        let path = format!("/v1/kv/{}", encode_key(prefix));
+        let found = self
+            .get_optional::<Vec<KvPair>>(&path, query, &["recurse"])
+            .await?;
+        Ok(Indexed {
+            index: found.index,
+            value: found.value.unwrap_or_default(),
+        })
+    }
+
+    /// `GET /v1/kv/:prefix?keys[&separator=]`: key names under `prefix` (empty when none).
+    pub async fn kv_keys(
+        &self,
+        prefix: &str,
+        separator: Option<&str>,
+    ) -> Result<Vec<String>, ClientError> {
+        let path = format!("/v1/kv/{}", encode_key(prefix));
+        let separator = separator.map(|s| format!("separator={}", encode(s)));
+        let mut flags = vec!["keys"];
+        if let Some(separator) = &separator {
+            flags.push(separator);
+        }
+        match self
+            .get::<Vec<String>>(&path, QueryOptions::default(), &flags)
+            .await
+        {
+            Ok(keys) => Ok(keys.value),
+            Err(ClientError::Status { status: 404, .. }) => Ok(Vec::new()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// `PUT /v1/kv/:key[?flags=][&cas=]`: true when written (false: the `cas` did not hold).
+    pub async fn kv_put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        flags: u64,
+        cas: Option<u64>,
+    ) -> Result<bool, ClientError> {
+        let mut path = format!("/v1/kv/{}?flags={flags}", encode_key(key));
+        if let Some(cas) = cas {
+            path.push_str(&format!("&cas={cas}"));
+        }
+        self.send_bool(reqwest::Method::PUT, &path, value).await
+    }
+
+    /// `DELETE /v1/kv/:key[?recurse][&cas=]`: true when deleted (false: the `cas` did not hold).
+    pub async fn kv_delete(
+        &self,
+        key: &str,
+        recurse: bool,
+        cas: Option<u64>,
+    ) -> Result<bool, ClientError> {
+        let mut params = Vec::new();
+        if recurse {
+            params.push("recurse".to_owned());
+        }
+        if let Some(cas) = cas {
+            params.push(format!("cas={cas}"));
+        }
+        let mut path = format!("/v1/kv/{}", encode_key(key));
+        if !params.is_empty() {
+            path.push('?');
+            path.push_str(&params.join("&"));
+        }
+        self.send_bool(reqwest::Method::DELETE, &path, Vec::new())
+            .await
+    }
+
+    async fn send_bool(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<bool, ClientError> {
+        let method_name = if method == reqwest::Method::PUT {
+            "PUT"
+        } else {
+            "DELETE"
+        };
+        let response = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .timeout(REQUEST_TIMEOUT)
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                addr: self.base.clone(),
+                source,
+            })?;
+        let response = check_status(method_name, path, response).await?;
+        response.json().await.map_err(|source| ClientError::Decode {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
     /// `GET /v1/status/leader`.
     pub async fn status_leader(&self) -> Result<String, ClientError> {
         Ok(self
@@ -315,6 +436,54 @@ impl Client {
         query: QueryOptions,
         flags: &[&str],
     ) -> Result<Indexed<T>, ClientError> {
+        let response = self.send_get(path, query, flags).await?;
+        let response = check_status("GET", path, response).await?;
+        let index = index_of(&response);
+        let value = response
+            .json()
+            .await
+            .map_err(|source| ClientError::Decode {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Indexed { index, value })
+    }
+
+    /// Like `get`, with 404 as `None` (and the index the 404 carried).
+    async fn get_optional<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: QueryOptions,
+        flags: &[&str],
+    ) -> Result<Indexed<Option<T>>, ClientError> {
+        let response = self.send_get(path, query, flags).await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Indexed {
+                index: index_of(&response),
+                value: None,
+            });
+        }
+        let response = check_status("GET", path, response).await?;
+        let index = index_of(&response);
+        let value = response
+            .json()
+            .await
+            .map_err(|source| ClientError::Decode {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Indexed {
+            index,
+            value: Some(value),
+        })
+    }
+
+    async fn send_get(
+        &self,
+        path: &str,
+        query: QueryOptions,
+        flags: &[&str],
+    ) -> Result<reqwest::Response, ClientError> {
         let mut url = format!("{}{}", self.base, path);
         let mut params: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
         if let Some(index) = query.index {
@@ -329,8 +498,7 @@ impl Client {
             url.push(if url.contains('?') { '&' } else { '?' });
             url.push_str(&params.join("&"));
         }
-        let response = self
-            .http
+        self.http
             .get(&url)
             .timeout(timeout)
             .send()
@@ -338,22 +506,7 @@ impl Client {
             .map_err(|source| ClientError::Unreachable {
                 addr: self.base.clone(),
                 source,
-            })?;
-        let response = check_status("GET", path, response).await?;
-        let index = response
-            .headers()
-            .get("x-consul-index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let value = response
-            .json()
-            .await
-            .map_err(|source| ClientError::Decode {
-                path: path.to_owned(),
-                source,
-            })?;
-        Ok(Indexed { index, value })
+            })
     }
 
     async fn send_put<B: serde::Serialize>(
@@ -400,6 +553,20 @@ async fn check_status(
         message,
         field,
     })
+}
+
+fn index_of(response: &reqwest::Response) -> u64 {
+    response
+        .headers()
+        .get("x-consul-index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Percent-encodes a KV key, keeping `/` as the path separator it is.
+fn encode_key(key: &str) -> String {
+    key.split('/').map(encode).collect::<Vec<_>>().join("/")
 }
 
 fn encode(segment: &str) -> String {

@@ -7,11 +7,13 @@
 //! with a client), [`mesh::Sidecar`] (a `plexus proxy`), [`upstream::TcpEcho`],
 //! [`upstream::HttpStub`], [`upstream::GrpcHealthStub`].
 
+pub mod etcd;
 pub mod mesh;
 pub mod ports;
 pub mod process;
 pub mod upstream;
 
+pub use etcd::EtcdCluster;
 pub use mesh::{Dev, Sidecar};
 pub use ports::free_port;
 pub use process::Process;

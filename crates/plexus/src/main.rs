@@ -32,6 +32,9 @@ enum Command {
     Catalog(cmd::catalog::Command),
     /// Show the health of a service's instances.
     Health(cmd::health::Args),
+    /// Read and write the KV store.
+    #[command(subcommand)]
+    Kv(cmd::kv::Command),
     /// Check service definition files (HCL/JSON) without registering anything.
     Validate(cmd::validate::Args),
     /// Run a self-contained demo scenario.
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
             Command::Catalog(command) => cmd::catalog::run(command).await,
             Command::Health(args) => cmd::health::run(args).await,
             Command::Validate(args) => cmd::validate::run(args),
+            Command::Kv(command) => cmd::kv::run(command).await,
             Command::Demo(command) => cmd::demo::run(command).await,
             Command::EchoServer(args) => cmd::echo_server::run(args).await,
         }

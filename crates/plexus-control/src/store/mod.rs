@@ -5,10 +5,12 @@
 //! guards plus a list of operations applied atomically. Readers learn about commits through
 //! [`Store::revision_watch`].
 //!
-//! Backends: [`embedded::EmbeddedStore`] (one durable file, the default). An etcd backend can
-//! implement the same trait because nothing here goes beyond what etcd's KV API offers.
+//! Backends: [`embedded::EmbeddedStore`] (one durable file, the default) and [`etcd::EtcdStore`]
+//! (an etcd cluster shared by several server replicas). Nothing here goes beyond what etcd's KV
+//! API offers; a transaction must not name one key twice (etcd refuses it).
 
 pub mod embedded;
+pub mod etcd;
 
 use std::path::PathBuf;
 
@@ -16,6 +18,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 pub use embedded::EmbeddedStore;
+pub use etcd::EtcdStore;
 
 /// A boxed error from a store backend.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -147,3 +150,6 @@ pub trait Store: Send + Sync + 'static {
     /// The latest committed revision.
     fn revision_watch(&self) -> watch::Receiver<u64>;
 }
+
+#[cfg(test)]
+mod conformance;

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod dev;
 pub mod echo_server;
 pub mod health;
+pub mod kv;
 pub mod proxy;
 pub mod services;
 pub mod validate;
