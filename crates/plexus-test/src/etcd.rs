@@ -41,6 +41,14 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Starts `n` members and waits until all are healthy.
     pub async fn start(n: usize) -> Result<Self> {
+        let mut cluster = Self::prepare(n)?;
+        cluster.start_all().await?;
+        Ok(cluster)
+    }
+
+    /// Picks ports and a directory for `n` members without starting any (to test a client that
+    /// starts before etcd does).
+    pub fn prepare(n: usize) -> Result<Self> {
         let bin = etcd_bin()?;
         let dir = tempfile::Builder::new().prefix("plexus-etcd-").tempdir()?;
         let members = (0..n)
@@ -56,19 +64,25 @@ impl EtcdCluster {
             std::process::id(),
             dir.path().display().to_string().len() + n
         );
-        let mut cluster = Self {
+        Ok(Self {
             members,
             dir,
             token,
             bin,
-        };
-        for i in 0..n {
-            cluster.spawn(i)?;
+        })
+    }
+
+    /// Starts every member that is not running and waits until all are healthy.
+    pub async fn start_all(&mut self) -> Result<()> {
+        for i in 0..self.members.len() {
+            if self.members[i].process.is_none() {
+                self.spawn(i)?;
+            }
         }
-        for i in 0..n {
-            cluster.wait_healthy(i).await?;
+        for i in 0..self.members.len() {
+            self.wait_healthy(i).await?;
         }
-        Ok(cluster)
+        Ok(())
     }
 
     fn spawn(&mut self, i: usize) -> Result<()> {

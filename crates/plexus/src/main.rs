@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run a control plane and a local agent in one process (embedded store).
     Dev(cmd::dev::Args),
+    /// Run a control-plane replica (embedded store, or etcd shared with other replicas).
+    Server(cmd::server::Args),
     /// Run a sidecar proxy for one service instance.
     Proxy(cmd::proxy::Args),
     /// Register, deregister and list services on the local agent.
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => cmd::dev::run(args).await,
+            Command::Server(args) => cmd::server::run(args).await,
             Command::Proxy(args) => cmd::proxy::run(args).await,
             Command::Services(command) => cmd::services::run(command).await,
             Command::Catalog(command) => cmd::catalog::run(command).await,

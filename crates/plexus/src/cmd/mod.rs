@@ -7,6 +7,7 @@ pub mod echo_server;
 pub mod health;
 pub mod kv;
 pub mod proxy;
+pub mod server;
 pub mod services;
 pub mod validate;
 

@@ -8,6 +8,8 @@ mod checks;
 mod cli;
 mod consul_client;
 mod demo;
+mod durable;
+mod kv;
 mod registration;
 mod shutdown;
 mod sidecar;
