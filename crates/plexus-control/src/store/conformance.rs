@@ -162,9 +162,20 @@ async fn etcd_revision_watch_follows_writes_of_another_replica_through_compactio
     .expect("b's watch moved after compaction")
     .unwrap();
 
-    // Kill the member b watches through: b fails over and keeps following.
+    // Kill the member b watches through: b fails over and keeps following. A write during the
+    // election may be refused (503): the writer tries again, as a client of the API would.
     cluster.kill(1).unwrap();
-    let written = a.txn(ops(vec![put("k", "3")])).await.unwrap();
+    let mut written = None;
+    for _ in 0..50 {
+        match a.txn(ops(vec![put("k", "3")])).await {
+            Ok(result) => {
+                written = Some(result);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let written = written.expect("a write succeeds once a new leader is elected");
     tokio::time::timeout(
         Duration::from_secs(20),
         seen.wait_for(|r| *r >= written.revision),
@@ -193,4 +204,247 @@ async fn etcd_unreachable_is_a_clear_error() {
             .to_string()
             .contains("invalid etcd endpoint")
     );
+}
+
+/// A watcher that keeps a copy of everything under a prefix: lists, then applies watch events;
+/// re-lists when told the history is compacted. Counts what it saw.
+struct Mirror {
+    copy: std::collections::BTreeMap<String, Vec<u8>>,
+    revision: u64,
+    relists: usize,
+    revisions_seen: std::collections::BTreeSet<u64>,
+}
+
+impl Mirror {
+    async fn list(store: &dyn Store, prefix: &str) -> Self {
+        let (kvs, revision) = store.range(prefix).await.unwrap();
+        Self {
+            copy: kvs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+            revision,
+            relists: 0,
+            revisions_seen: Default::default(),
+        }
+    }
+
+    fn apply(&mut self, changes: Vec<Change>) {
+        for change in changes {
+            assert!(
+                change.revision() > self.revision
+                    || self.revisions_seen.contains(&change.revision()),
+                "change at {} after {}",
+                change.revision(),
+                self.revision
+            );
+            self.revisions_seen.insert(change.revision());
+            self.revision = self.revision.max(change.revision());
+            match change {
+                Change::Put(kv) => {
+                    self.copy.insert(kv.key, kv.value);
+                }
+                Change::Delete { key, .. } => {
+                    self.copy.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Follows the store until its copy reflects `until` (or later), re-listing on compaction.
+    async fn follow(&mut self, store: &dyn Store, prefix: &str, until: u64) {
+        let mut watch = store.watch(prefix, self.revision).await.unwrap();
+        while self.revision < until {
+            let event = tokio::time::timeout(Duration::from_secs(20), watch.recv())
+                .await
+                .expect("a watch event within the deadline")
+                .expect("the watch stays open");
+            match event {
+                WatchEvent::Changes(changes) => self.apply(changes),
+                WatchEvent::Compacted { .. } => {
+                    let relists = self.relists + 1;
+                    *self = Mirror {
+                        relists,
+                        ..Mirror::list(store, prefix).await
+                    };
+                    watch = store.watch(prefix, self.revision).await.unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// Writes puts and deletes under `w/`; returns the revision of the last one.
+async fn churn(store: &dyn Store, from: usize, count: usize) -> u64 {
+    let mut last = 0;
+    for i in from..from + count {
+        let op = if i % 5 == 4 {
+            Op::Delete {
+                key: format!("w/{}", (i - 1) % 7),
+            }
+        } else {
+            put(&format!("w/{}", i % 7), &format!("v{i}"))
+        };
+        last = store
+            .txn(ops(vec![op, put("other", "x")]))
+            .await
+            .unwrap()
+            .revision;
+    }
+    last
+}
+
+/// Every change is seen (in order, once) by a live watcher; a watcher resuming from a revision
+/// the store no longer keeps is told so and re-lists. Either way its copy ends equal to the store.
+async fn watch_suite(store: &dyn Store, compact: impl AsyncFnOnce(u64)) {
+    let mut mirror = Mirror::list(store, "w/").await;
+    let start = mirror.revision;
+    let mut watch = store.watch("w/", start).await.unwrap();
+    let last = churn(store, 0, 40).await;
+    while mirror.revision < last {
+        let event = tokio::time::timeout(Duration::from_secs(20), watch.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let WatchEvent::Changes(changes) = event else {
+            panic!("unexpected {event:?}");
+        };
+        mirror.apply(changes);
+    }
+    drop(watch);
+    // Live: every revision that touched w/ was seen (each write above did, except deletes of
+    // absent keys), and the copy is exact.
+    assert_eq!(mirror.relists, 0);
+    assert!(
+        mirror.revisions_seen.len() >= 30,
+        "{:?}",
+        mirror.revisions_seen.len()
+    );
+    assert_eq!(mirror.copy, Mirror::list(store, "w/").await.copy);
+
+    // Away: more writes while not watching, then the history is compacted under the watcher.
+    let last = churn(store, 40, 60).await;
+    compact(last).await;
+    mirror.follow(store, "w/", last).await;
+    assert_eq!(
+        mirror.relists, 1,
+        "resuming from compacted history re-lists"
+    );
+    assert_eq!(mirror.copy, Mirror::list(store, "w/").await.copy);
+}
+
+#[tokio::test]
+async fn embedded_watch_sees_every_change_or_relists() {
+    let dir = tempfile::tempdir().unwrap();
+    // Keeps 45 revisions: the live phase (40 writes) fits, the away phase (60) does not.
+    let store = EmbeddedStore::open_keeping(dir.path(), 45).unwrap();
+    watch_suite(&store, async |_| {}).await;
+}
+
+#[tokio::test]
+async fn etcd_watch_sees_every_change_or_relists_after_compaction() {
+    let cluster = EtcdCluster::start(1).await.unwrap();
+    let store = EtcdStore::connect(&cluster.endpoints(), "watch/")
+        .await
+        .unwrap();
+    watch_suite(&store, async |revision| {
+        cluster.compact(revision).await.unwrap()
+    })
+    .await;
+}
+
+/// Leases: a bound key lives while the lease is kept alive, vanishes when it is not (the watch
+/// shows the delete), and revocation deletes at once.
+async fn lease_suite(store: &dyn Store) {
+    let lease = store.lease_grant(Duration::from_secs(1)).await.unwrap();
+    let written = store
+        .txn(ops(vec![Op::PutLeased {
+            key: "l/a".to_owned(),
+            value: b"1".to_vec(),
+            lease,
+        }]))
+        .await
+        .unwrap();
+    let mut watch = store.watch("l/", written.revision).await.unwrap();
+    assert!(store.lease_keep_alive(lease).await.unwrap().is_some());
+    // Not renewed any more: the key is deleted by the store.
+    let event = tokio::time::timeout(Duration::from_secs(20), watch.recv())
+        .await
+        .expect("expiry within the deadline")
+        .unwrap();
+    let WatchEvent::Changes(changes) = event else {
+        panic!("{event:?}")
+    };
+    assert!(
+        matches!(&changes[..], [Change::Delete { key, .. }] if key == "l/a"),
+        "{changes:?}"
+    );
+    assert_eq!(store.get("l/a").await.unwrap(), None);
+    assert_eq!(store.lease_keep_alive(lease).await.unwrap(), None);
+
+    // Revoke: keys go at once; revoking again is fine.
+    let lease = store.lease_grant(Duration::from_secs(60)).await.unwrap();
+    store
+        .txn(ops(vec![Op::PutLeased {
+            key: "l/b".to_owned(),
+            value: b"2".to_vec(),
+            lease,
+        }]))
+        .await
+        .unwrap();
+    store.lease_revoke(lease).await.unwrap();
+    assert_eq!(store.get("l/b").await.unwrap(), None);
+    store.lease_revoke(lease).await.unwrap();
+    // A put naming an unknown lease fails and writes nothing.
+    let refused = store
+        .txn(ops(vec![Op::PutLeased {
+            key: "l/c".to_owned(),
+            value: b"3".to_vec(),
+            lease,
+        }]))
+        .await;
+    assert!(refused.is_err());
+    assert_eq!(store.get("l/c").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn embedded_leases_expire_and_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    lease_suite(&EmbeddedStore::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn etcd_leases_expire_and_revoke() {
+    let cluster = EtcdCluster::start(1).await.unwrap();
+    let store = EtcdStore::connect(&cluster.endpoints(), "lease/")
+        .await
+        .unwrap();
+    lease_suite(&store).await;
+}
+
+/// Embedded restart rule: a stored lease gets a full TTL from the reopen, then expires if nobody
+/// renews it; its keys are deleted then, not before.
+#[tokio::test]
+async fn embedded_leases_survive_a_restart_for_one_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let lease = {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let lease = store.lease_grant(Duration::from_secs(1)).await.unwrap();
+        store
+            .txn(ops(vec![Op::PutLeased {
+                key: "n/x".to_owned(),
+                value: b"1".to_vec(),
+                lease,
+            }]))
+            .await
+            .unwrap();
+        lease
+    };
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert!(store.get("n/x").await.unwrap().is_some());
+    assert!(store.lease_keep_alive(lease).await.unwrap().is_some());
+    let mut revisions = store.revision_watch();
+    let before = *revisions.borrow_and_update();
+    tokio::time::timeout(Duration::from_secs(20), revisions.wait_for(|r| *r > before))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.get("n/x").await.unwrap(), None);
 }

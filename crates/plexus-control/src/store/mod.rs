@@ -11,8 +11,11 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod history;
+pub mod lease;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -68,7 +71,72 @@ pub enum Op {
         /// The prefix.
         prefix: String,
     },
+    /// Creates or replaces a key bound to a lease: the key is deleted when the lease expires or
+    /// is revoked. A plain [`Op::Put`] of the key later unbinds it.
+    PutLeased {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: Vec<u8>,
+        /// The lease (from [`Store::lease_grant`]).
+        lease: LeaseId,
+    },
 }
+
+/// A lease: keys bound to it vanish when its holder stops renewing it.
+pub type LeaseId = i64;
+
+/// One change to a key, as a watch reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The key was created or replaced.
+    Put(KeyValue),
+    /// The key was deleted at `revision`.
+    Delete {
+        /// The key.
+        key: String,
+        /// The revision of the delete.
+        revision: u64,
+    },
+}
+
+impl Change {
+    /// The key changed.
+    pub fn key(&self) -> &str {
+        match self {
+            Change::Put(kv) => &kv.key,
+            Change::Delete { key, .. } => key,
+        }
+    }
+
+    /// The revision of the change.
+    pub fn revision(&self) -> u64 {
+        match self {
+            Change::Put(kv) => kv.mod_revision,
+            Change::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
+/// What a watch delivers. Every change after the start revision arrives exactly once and in
+/// order, unless the watch reports [`WatchEvent::Compacted`]: then the changes in between are gone
+/// and the watcher must re-list (a [`Store::range`]) and watch again from the listed revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Changes of one or more revisions, in revision order.
+    Changes(Vec<Change>),
+    /// The history the watch needed is gone: re-list. The watch ends after this event.
+    Compacted {
+        /// The oldest revision the store can still replay from.
+        compact_revision: u64,
+    },
+}
+
+/// A running watch: events until the store goes away, or a [`WatchEvent::Compacted`].
+pub type Watch = tokio::sync::mpsc::Receiver<WatchEvent>;
+
+/// How many events a watch buffers before the store stops reading for it.
+pub const WATCH_BUFFER: usize = 256;
 
 /// An atomic, guarded write: when all `compares` hold, all `ops` are applied under one new revision.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -149,6 +217,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// The latest committed revision.
     fn revision_watch(&self) -> watch::Receiver<u64>;
+
+    /// Watches every key starting with `prefix` for changes after `after_revision` (0: from now).
+    /// See [`WatchEvent`] for the resume protocol.
+    async fn watch(&self, prefix: &str, after_revision: u64) -> Result<Watch, StoreError> {
+        let _ = (prefix, after_revision);
+        Err(unsupported("watch"))
+    }
+
+    /// Grants a lease that expires `ttl` after its last keep-alive.
+    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let _ = ttl;
+        Err(unsupported("leases"))
+    }
+
+    /// Renews a lease; `None` when it has expired or never existed (its keys are gone).
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Option<Duration>, StoreError> {
+        let _ = lease;
+        Err(unsupported("leases"))
+    }
+
+    /// Revokes a lease now, deleting its keys (nothing happens for an unknown lease).
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let _ = lease;
+        Err(unsupported("leases"))
+    }
+}
+
+fn unsupported(what: &str) -> StoreError {
+    StoreError::Backend {
+        source: format!("this store does not support {what}").into(),
+    }
 }
 
 #[cfg(test)]

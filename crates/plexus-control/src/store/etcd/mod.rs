@@ -33,13 +33,18 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxError, Compare, KeyValue, Op, Store, StoreError, Txn, TxnResult};
+use super::{
+    BoxError, Change, Compare, KeyValue, LeaseId, Op, Store, StoreError, Txn, TxnResult,
+    WATCH_BUFFER, Watch, WatchEvent,
+};
 use wire::{b64, prefix_end, unb64};
 
 /// The namespace prefix when none is given.
 pub const DEFAULT_PREFIX: &str = "plexus/";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many times a read is repeated while etcd is unavailable (about 5 s in all).
+const READ_RETRIES: usize = 8;
 
 /// Why an etcd request failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +85,18 @@ pub enum EtcdError {
     /// A key or value in an answer is not base64 or not UTF-8.
     #[error("etcd answered with a malformed key or value")]
     Malformed,
+}
+
+impl EtcdError {
+    /// True for failures that go away by themselves: no endpoint reachable, a leader election,
+    /// a request timed out inside etcd.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EtcdError::Unreachable { .. } | EtcdError::Request { .. } => true,
+            EtcdError::Answer { status, .. } => *status >= 500,
+            EtcdError::BadEndpoint(_) | EtcdError::Malformed => false,
+        }
+    }
 }
 
 fn backend(error: EtcdError) -> StoreError {
@@ -217,6 +234,29 @@ impl EtcdStore {
         call(&self.inner, path, body).await.map_err(backend)
     }
 
+    /// A read (or other request safe to repeat): retried with backoff for a few seconds while
+    /// etcd is electing a leader or no endpoint answers.
+    async fn call_idempotent<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &'static str,
+        body: &B,
+    ) -> Result<T, StoreError> {
+        let mut backoff = Duration::from_millis(50);
+        let mut attempts = 0;
+        loop {
+            match call(&self.inner, path, body).await {
+                Ok(answer) => return Ok(answer),
+                Err(error) if attempts < READ_RETRIES && error.is_transient() => {
+                    tracing::debug!(%error, path, "etcd busy; retrying the read");
+                    attempts += 1;
+                    tokio::time::sleep(jittered(backoff)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(error) => return Err(backend(error)),
+            }
+        }
+    }
+
     /// Range read: `(keys, header revision)`. `serializable` reads from the member's local state.
     async fn range_raw(
         &self,
@@ -231,7 +271,7 @@ impl EtcdStore {
         if count_only {
             body["count_only"] = json!(true);
         }
-        let answer: wire::RangeResponse = self.call("/v3/kv/range", &body).await?;
+        let answer: wire::RangeResponse = self.call_idempotent("/v3/kv/range", &body).await?;
         Ok((answer.kvs, answer.header.revision))
     }
 
@@ -532,6 +572,11 @@ impl Store for EtcdStore {
                     "key": b64(&self.full_key(key)),
                     "value": b64(value),
                 }}),
+                Op::PutLeased { key, value, lease } => json!({"request_put": {
+                    "key": b64(&self.full_key(key)),
+                    "value": b64(value),
+                    "lease": lease.to_string(),
+                }}),
                 Op::Delete { key } => json!({"request_delete_range": {
                     "key": b64(&self.full_key(key)),
                 }}),
@@ -560,4 +605,184 @@ impl Store for EtcdStore {
     fn revision_watch(&self) -> watch::Receiver<u64> {
         self.inner.revision.subscribe()
     }
+
+    async fn watch(&self, prefix: &str, after_revision: u64) -> Result<Watch, StoreError> {
+        let cursor = if after_revision == 0 {
+            // From now: the current revision is the resume point.
+            let (_, revision) = self.range_raw(b"\0", Some(vec![0]), true).await?;
+            revision
+        } else {
+            after_revision
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(watch_prefix(
+            Arc::downgrade(&self.inner),
+            prefix.to_owned(),
+            cursor,
+            tx,
+        ));
+        Ok(rx)
+    }
+
+    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let seconds = ttl.as_secs_f64().ceil().max(1.0) as i64;
+        let answer: wire::LeaseResponse = self
+            .call("/v3/lease/grant", &json!({"TTL": seconds.to_string()}))
+            .await?;
+        Ok(answer.id)
+    }
+
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Option<Duration>, StoreError> {
+        let answer: wire::KeepAliveMessage = self
+            .call_idempotent("/v3/lease/keepalive", &json!({"ID": lease.to_string()}))
+            .await?;
+        let ttl = answer.result.map_or(0, |r| r.ttl);
+        Ok((ttl > 0).then(|| Duration::from_secs(ttl.unsigned_abs())))
+    }
+
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let revoked = call::<_, wire::HeaderOnly>(
+            &self.inner,
+            "/v3/lease/revoke",
+            &json!({"ID": lease.to_string()}),
+        )
+        .await;
+        match revoked {
+            Ok(answer) => {
+                self.advance(answer.header.revision);
+                Ok(())
+            }
+            Err(EtcdError::Answer { message, .. }) if message.contains("lease not found") => Ok(()),
+            Err(error) => Err(backend(error)),
+        }
+    }
+}
+
+/// One watch for a caller: streams the namespace's `prefix` from `cursor + 1`, reconnecting (to
+/// the next endpoint) from the last delivered revision when the stream breaks, until the receiver
+/// is dropped or the history is compacted.
+async fn watch_prefix(
+    inner: std::sync::Weak<Inner>,
+    prefix: String,
+    mut cursor: u64,
+    tx: tokio::sync::mpsc::Sender<WatchEvent>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let stop = strong.stop.clone();
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tx.closed() => return,
+            outcome = stream_changes(&strong, &prefix, &mut cursor, &tx) => outcome,
+        };
+        match outcome {
+            Ok(Some(compact_revision)) => {
+                let _ = tx.send(WatchEvent::Compacted { compact_revision }).await;
+                return;
+            }
+            Ok(None) => backoff = Duration::from_millis(100),
+            Err(error) => {
+                tracing::debug!(%error, cursor, "etcd watch broke; resuming");
+                let count = strong.endpoints.len();
+                let next = (strong.current.load(Ordering::Relaxed) + 1) % count;
+                strong.current.store(next, Ordering::Relaxed);
+            }
+        }
+        drop(strong);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(jittered(backoff)) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Streams changes after `cursor` into `tx`, moving `cursor` with each delivered revision.
+/// `Some(compact_revision)` when the start was compacted; `None` when the stream ended.
+async fn stream_changes(
+    inner: &Inner,
+    prefix: &str,
+    cursor: &mut u64,
+    tx: &tokio::sync::mpsc::Sender<WatchEvent>,
+) -> Result<Option<u64>, EtcdError> {
+    let count = inner.endpoints.len();
+    let endpoint = &inner.endpoints[inner.current.load(Ordering::Relaxed) % count];
+    let key = format!("{}{prefix}", inner.prefix).into_bytes();
+    let body = json!({"create_request": {
+        "key": b64(&key),
+        "range_end": b64(&prefix_end(&key)),
+        "start_revision": (*cursor + 1).to_string(),
+    }});
+    let request_error = |source| EtcdError::Request {
+        endpoint: endpoint.clone(),
+        path: "/v3/watch",
+        source,
+    };
+    let mut response = inner
+        .http
+        .post(format!("{endpoint}/v3/watch"))
+        .json(&body)
+        .send()
+        .await
+        .map_err(request_error)?;
+    let mut buffer: Vec<u8> = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(request_error)? {
+        buffer.extend_from_slice(&chunk);
+        while let Some(at) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=at).collect();
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let message: wire::WatchMessage =
+                serde_json::from_slice(&line).map_err(|_| EtcdError::Malformed)?;
+            let Some(result) = message.result else {
+                return Err(EtcdError::Answer {
+                    path: "/v3/watch",
+                    status: 200,
+                    message: message.error.map(|e| e.to_string()).unwrap_or_default(),
+                });
+            };
+            if result.compact_revision > 0 {
+                return Ok(Some(result.compact_revision));
+            }
+            if result.canceled {
+                return Ok(None);
+            }
+            let mut changes = Vec::with_capacity(result.events.len());
+            for event in result.events {
+                let revision = event.kv.mod_revision;
+                if revision <= *cursor {
+                    continue;
+                }
+                let full = unb64(&event.kv.key)
+                    .and_then(|k| String::from_utf8(k).ok())
+                    .ok_or(EtcdError::Malformed)?;
+                let key = full
+                    .strip_prefix(&inner.prefix)
+                    .ok_or(EtcdError::Malformed)?
+                    .to_owned();
+                let change = if event.kind.as_deref() == Some("DELETE") {
+                    Change::Delete { key, revision }
+                } else {
+                    Change::Put(KeyValue {
+                        key,
+                        value: unb64(&event.kv.value).ok_or(EtcdError::Malformed)?,
+                        create_revision: event.kv.create_revision,
+                        mod_revision: revision,
+                    })
+                };
+                changes.push(change);
+            }
+            if let Some(last) = changes.last().map(Change::revision) {
+                if tx.send(WatchEvent::Changes(changes)).await.is_err() {
+                    return Ok(None);
+                }
+                *cursor = last;
+            }
+        }
+    }
+    Ok(None)
 }

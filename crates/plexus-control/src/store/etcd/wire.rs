@@ -183,6 +183,14 @@ pub struct LeaseResponse {
     pub ttl: i64,
 }
 
+/// `/v3/lease/keepalive` answer (one message of the stream).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct KeepAliveMessage {
+    /// The keep-alive response.
+    #[serde(default)]
+    pub result: Option<LeaseResponse>,
+}
+
 /// A member of the etcd cluster.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct Member {
