@@ -122,30 +122,129 @@ pub fn resolve_addr(flag: Option<&str>) -> String {
         .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned())
 }
 
-/// A client of one control plane.
+/// A client of the control plane: one server, or several with failover.
+///
+/// Requests go to the server that last answered. When a connection cannot be made the next
+/// server is tried at once (a request that may have reached a server is never repeated
+/// elsewhere); callers back off (jittered) after an [`ClientError::Unreachable`]. While no server
+/// answers, [`Client::stale_since`] says since when: proxies show it on their admin endpoint.
 #[derive(Debug, Clone)]
 pub struct Client {
-    base: String,
+    servers: std::sync::Arc<Servers>,
     http: reqwest::Client,
+}
+
+#[derive(Debug)]
+struct Servers {
+    bases: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
+    stale_since: std::sync::Mutex<Option<std::time::SystemTime>>,
 }
 
 impl Client {
     /// A client for `addr` (`host:port` or `http://host:port`).
     pub fn new(addr: &str) -> Result<Self, ClientError> {
-        let base = base_url(addr)?;
+        Self::with_servers(&[addr])
+    }
+
+    /// A client for several servers (each `host:port` or `http://host:port`), with failover.
+    pub fn with_servers<S: AsRef<str>>(addrs: &[S]) -> Result<Self, ClientError> {
+        let bases = addrs
+            .iter()
+            .map(|a| base_url(a.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if bases.is_empty() {
+            return Err(ClientError::BadAddress(String::new()));
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|source| ClientError::Unreachable {
-                addr: base.clone(),
+                addr: bases.join(","),
                 source,
             })?;
-        Ok(Self { base, http })
+        Ok(Self {
+            servers: std::sync::Arc::new(Servers {
+                bases,
+                current: std::sync::atomic::AtomicUsize::new(0),
+                stale_since: std::sync::Mutex::new(None),
+            }),
+            http,
+        })
     }
 
-    /// The base URL this client talks to.
+    /// The base URL of the server requests currently go to.
     pub fn base(&self) -> &str {
-        &self.base
+        let index = self
+            .servers
+            .current
+            .load(std::sync::atomic::Ordering::Relaxed);
+        &self.servers.bases[index % self.servers.bases.len()]
+    }
+
+    /// Every server's base URL.
+    pub fn servers(&self) -> &[String] {
+        &self.servers.bases
+    }
+
+    /// Since when no server has answered (`None` while the last request got an answer).
+    pub fn stale_since(&self) -> Option<std::time::SystemTime> {
+        *self
+            .servers
+            .stale_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_stale(&self, stale: bool) {
+        let mut since = self
+            .servers
+            .stale_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (stale, since.is_some()) {
+            (true, false) => *since = Some(std::time::SystemTime::now()),
+            (false, true) => *since = None,
+            _ => {}
+        }
+    }
+
+    /// Sends the request `build` makes for a server's base URL, failing over to the next server
+    /// while connections cannot be made.
+    async fn send(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        use std::sync::atomic::Ordering;
+        let count = self.servers.bases.len();
+        let start = self.servers.current.load(Ordering::Relaxed);
+        let mut step = 0;
+        loop {
+            let index = (start + step) % count;
+            let base = &self.servers.bases[index];
+            match build(base).send().await {
+                Ok(response) => {
+                    self.servers.current.store(index, Ordering::Relaxed);
+                    self.set_stale(false);
+                    return Ok(response);
+                }
+                Err(source) if source.is_connect() && step + 1 < count => {
+                    tracing::debug!(server = %base, error = %source, "server unreachable; trying the next");
+                    step += 1;
+                }
+                Err(source) => {
+                    // Start with the next server next time.
+                    self.servers
+                        .current
+                        .store((index + 1) % count, Ordering::Relaxed);
+                    self.set_stale(true);
+                    return Err(ClientError::Unreachable {
+                        addr: base.clone(),
+                        source,
+                    });
+                }
+            }
+        }
     }
 
     /// `PUT /v1/agent/service/register`.
@@ -405,16 +504,13 @@ impl Client {
             "DELETE"
         };
         let response = self
-            .http
-            .request(method, format!("{}{}", self.base, path))
-            .timeout(REQUEST_TIMEOUT)
-            .body(body)
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                addr: self.base.clone(),
-                source,
-            })?;
+            .send(|base| {
+                self.http
+                    .request(method.clone(), format!("{base}{path}"))
+                    .timeout(REQUEST_TIMEOUT)
+                    .body(body.clone())
+            })
+            .await?;
         let response = check_status(method_name, path, response).await?;
         response.json().await.map_err(|source| ClientError::Decode {
             path: path.to_owned(),
@@ -484,7 +580,7 @@ impl Client {
         query: QueryOptions,
         flags: &[&str],
     ) -> Result<reqwest::Response, ClientError> {
-        let mut url = format!("{}{}", self.base, path);
+        let mut url = path.to_owned();
         let mut params: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
         if let Some(index) = query.index {
             params.push(format!("index={index}"));
@@ -498,15 +594,8 @@ impl Client {
             url.push(if url.contains('?') { '&' } else { '?' });
             url.push_str(&params.join("&"));
         }
-        self.http
-            .get(&url)
-            .timeout(timeout)
-            .send()
+        self.send(|base| self.http.get(format!("{base}{url}")).timeout(timeout))
             .await
-            .map_err(|source| ClientError::Unreachable {
-                addr: self.base.clone(),
-                source,
-            })
     }
 
     async fn send_put<B: serde::Serialize>(
@@ -514,20 +603,18 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<(), ClientError> {
-        let mut request = self
-            .http
-            .put(format!("{}{}", self.base, path))
-            .timeout(REQUEST_TIMEOUT);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                addr: self.base.clone(),
-                source,
-            })?;
+        let response = self
+            .send(|base| {
+                let request = self
+                    .http
+                    .put(format!("{base}{path}"))
+                    .timeout(REQUEST_TIMEOUT);
+                match body {
+                    Some(body) => request.json(body),
+                    None => request,
+                }
+            })
+            .await?;
         check_status("PUT", path, response).await.map(|_| ())
     }
 }
@@ -596,6 +683,42 @@ mod tests {
         for bad in ["", "8500", "host:", "host:99999", "http://h:1/x", ":80"] {
             assert!(base_url(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn fails_over_to_the_next_server_and_tracks_staleness() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = live.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let body = "\"10.0.0.1:8300\"";
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+        let client = Client::with_servers(&[dead.as_str(), live_addr.as_str()]).unwrap();
+        assert_eq!(client.status_leader().await.unwrap(), "10.0.0.1:8300");
+        assert_eq!(client.base(), format!("http://{live_addr}"));
+        assert_eq!(client.stale_since(), None);
+
+        let lonely = Client::with_servers(&[dead.as_str()]).unwrap();
+        let error = lonely.status_leader().await.unwrap_err();
+        assert!(error.is_unreachable(), "{error}");
+        let since = lonely.stale_since().unwrap();
+        // Still stale after another failure: the time of the first one is kept.
+        let _ = lonely.status_leader().await;
+        assert_eq!(lonely.stale_since(), Some(since));
+        assert!(Client::with_servers::<&str>(&[]).is_err());
     }
 
     #[test]

@@ -40,6 +40,7 @@ mod endpoint;
 mod error;
 mod listener;
 mod metrics;
+mod staleness;
 #[cfg(test)]
 mod tests;
 
@@ -108,7 +109,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         .map_err(|source| ProxyError::AdminListener { source })?;
     telemetry::listening("admin", admin_addr);
     let (applied_tx, applied_rx) = watch::channel(None);
-    let router = admin::router(Arc::new(registry), applied_rx);
+    let router = admin::router(Arc::new(registry), applied_rx, control.clone());
     tasks.spawn({
         let (stop, kill) = (stop.clone(), kill.clone());
         async move {

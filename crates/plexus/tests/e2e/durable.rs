@@ -343,3 +343,144 @@ async fn writes_through_random_replicas_survive_killed_etcd_members_and_replicas
         );
     }
 }
+
+/// One line through `addr` and back; false on any failure (connect, write, read, wrong echo).
+async fn echo_once(addr: std::net::SocketAddr, line: &str) -> bool {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let attempt = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let (read, mut write) = stream.into_split();
+        write.write_all(format!("{line}\n").as_bytes()).await.ok()?;
+        let mut reply = String::new();
+        BufReader::new(read).read_line(&mut reply).await.ok()?;
+        Some(reply.trim_end() == line)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), attempt).await,
+        Ok(Some(true))
+    )
+}
+
+/// Acceptance (c): the control plane is stopped (`kill -9`) for 60 s while traffic flows through
+/// two sidecars: not one request fails, the sidecars say `stale since …`, and they resync when
+/// the control plane is back. The client sidecar is given two servers, the first of them dead,
+/// so it also shows `--server` failover.
+#[tokio::test]
+async fn sidecar_traffic_flows_with_zero_failures_while_the_control_plane_is_down_for_60s() {
+    let echo = plexus_test::TcpEcho::start().await.unwrap();
+    let upstream_port = plexus_test::free_port();
+    let (_dir, file) = crate::write_file(
+        "mesh.hcl",
+        &crate::client_echo_hcl_with_sidecar_ports(echo.port(), upstream_port),
+    );
+    let data = tempfile::tempdir().unwrap();
+    let control = format!("127.0.0.1:{}", plexus_test::free_port());
+    let dev_args = [
+        "--config-file",
+        file.to_str().unwrap(),
+        "--http-addr",
+        &control,
+    ];
+    let dev = plexus_test::Dev::start_in(bin(), data.path(), &dev_args)
+        .await
+        .unwrap();
+    let dead = format!("127.0.0.1:{}", plexus_test::free_port());
+    let client_args = [
+        "proxy",
+        "--sidecar-for",
+        "client",
+        "--server",
+        &format!("{dead},{control}"),
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]
+    .map(str::to_owned);
+    let client_process = Process::spawn("proxy:client", bin(), &client_args, &[]).unwrap();
+    let client_admin = client_process.listening("admin").await.unwrap();
+    let client_sidecar = plexus_test::Sidecar {
+        process: client_process,
+        admin: client_admin,
+    };
+    let echo_sidecar = dev.sidecar("echo").await.unwrap();
+    eventually!(echo_sidecar.is_ready().await);
+    eventually!(
+        client_sidecar.is_ready().await
+            && client_sidecar
+                .endpoints("echo")
+                .await
+                .is_ok_and(|e| e.len() == 1)
+    );
+    let upstream: std::net::SocketAddr = ([127, 0, 0, 1], upstream_port).into();
+    assert!(echo_once(upstream, "before").await);
+
+    // Steady traffic, one new connection every 20 ms, counted.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut i = 0u64;
+            while !stop.is_cancelled() {
+                if echo_once(upstream, &format!("req {i}")).await {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed)
+        }
+    });
+
+    // The whole control plane goes away, without a chance to deregister anything.
+    let mut dev = dev;
+    dev.process.signal("KILL").unwrap();
+    dev.process.wait_exit().await.unwrap();
+    eventually!(
+        client_sidecar
+            .admin_get("/ready")
+            .await
+            .is_ok_and(|(status, body)| status == 200 && body.contains("stale since"))
+    );
+    let (_, config) = client_sidecar.admin_get("/config").await.unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert!(config["stale_since"].is_string(), "{config}");
+    assert_eq!(
+        config["upstreams"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // The scenario itself: 60 s without a control plane, traffic running.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let down_for = 60;
+
+    // Back on the same address and data: the sidecars resync.
+    let _dev = plexus_test::Dev::start_in(bin(), data.path(), &dev_args)
+        .await
+        .unwrap();
+    eventually!(
+        client_sidecar
+            .admin_get("/ready")
+            .await
+            .is_ok_and(|(status, body)| status == 200 && body == "ready")
+    );
+    eventually!(
+        echo_sidecar
+            .admin_get("/config")
+            .await
+            .is_ok_and(|(_, body)| body.contains("\"stale_since\":null"))
+    );
+    stop.cancel();
+    let (ok, failed) = traffic.await.unwrap();
+    eprintln!("control plane down {down_for}s: {ok} requests served, {failed} failed");
+    assert_eq!(
+        failed, 0,
+        "requests failed while the control plane was down"
+    );
+    assert!(ok > 100, "traffic kept flowing: {ok}");
+    assert!(echo_once(upstream, "after").await);
+}
