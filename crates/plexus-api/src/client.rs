@@ -526,7 +526,7 @@ impl Client {
             .value)
     }
 
-    async fn get<T: DeserializeOwned>(
+    pub(crate) async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
         query: QueryOptions,
@@ -598,7 +598,7 @@ impl Client {
             .await
     }
 
-    async fn send_put<B: serde::Serialize>(
+    pub(crate) async fn send_put<B: serde::Serialize>(
         &self,
         path: &str,
         body: Option<&B>,
@@ -616,6 +616,56 @@ impl Client {
             })
             .await?;
         check_status("PUT", path, response).await.map(|_| ())
+    }
+
+    /// `PUT path` with an optional JSON body, decoding the JSON answer.
+    pub(crate) async fn put_json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let response = self
+            .send(|base| {
+                let request = self
+                    .http
+                    .put(format!("{base}{path}"))
+                    .timeout(REQUEST_TIMEOUT);
+                match body {
+                    Some(body) => request.json(body),
+                    None => request,
+                }
+            })
+            .await?;
+        let response = check_status("PUT", path, response).await?;
+        response.json().await.map_err(|source| ClientError::Decode {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Sends any request (`path_and_query` as given) to the servers with failover and returns
+    /// the answer as it is, whatever its status: for agents passing requests on to servers.
+    /// Waits long enough for the longest blocking query.
+    pub async fn forward(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response, ClientError> {
+        const LONGEST: Duration = Duration::from_secs(11 * 60);
+        self.send(|base| {
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{base}{path_and_query}"))
+                .timeout(LONGEST)
+                .body(body.clone());
+            if let Some(content_type) = content_type {
+                request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+            }
+            request
+        })
+        .await
     }
 }
 
@@ -656,7 +706,7 @@ fn encode_key(key: &str) -> String {
     key.split('/').map(encode).collect::<Vec<_>>().join("/")
 }
 
-fn encode(segment: &str) -> String {
+pub(crate) fn encode(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for b in segment.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {

@@ -28,6 +28,9 @@ pub mod kv;
 pub mod model;
 pub mod one_or_many;
 pub mod registration;
+pub mod remote;
+#[cfg(feature = "client")]
+pub mod remote_catalog;
 pub mod validate;
 
 pub use catalog::{Catalog, CatalogError, Indexed, Registration};

@@ -22,6 +22,7 @@
 pub mod api;
 pub mod catalog;
 pub mod kv;
+pub mod remote;
 pub mod store;
 
 use std::path::Path;
@@ -87,6 +88,11 @@ impl ControlPlane {
         Arc::clone(&self.store)
     }
 
+    /// Runs the agent-liveness reaper until `stop` fires (servers run it; see [`remote`]).
+    pub async fn run_liveness(&self, stop: tokio_util::sync::CancellationToken) {
+        remote::reaper::run(self.catalog(), stop).await;
+    }
+
     /// This server's identity.
     pub fn info(&self) -> &ServerInfo {
         &self.info
@@ -96,5 +102,6 @@ impl ControlPlane {
     pub fn router(&self) -> axum::Router {
         api::router(self.catalog(), self.info.clone())
             .merge(kv::api::router(kv::Kv::new(self.store())))
+            .merge(remote::api::router(self.catalog()))
     }
 }

@@ -24,6 +24,8 @@ enum Command {
     Dev(cmd::dev::Args),
     /// Run a control-plane replica (embedded store, or etcd shared with other replicas).
     Server(cmd::server::Args),
+    /// Run a node agent that talks to servers over HTTP (`--server a,b,c`).
+    Agent(cmd::agent::Args),
     /// Run a sidecar proxy for one service instance.
     Proxy(cmd::proxy::Args),
     /// Register, deregister and list services on the local agent.
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Dev(args) => cmd::dev::run(args).await,
             Command::Server(args) => cmd::server::run(args).await,
+            Command::Agent(args) => cmd::agent::run(args).await,
             Command::Proxy(args) => cmd::proxy::run(args).await,
             Command::Services(command) => cmd::services::run(command).await,
             Command::Catalog(command) => cmd::catalog::run(command).await,

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod agent;
 pub mod catalog;
 pub mod demo;
 pub mod dev;

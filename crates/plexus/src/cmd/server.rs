@@ -4,7 +4,8 @@
 //!
 //! Start-up order: check the configuration (exit 64 on an unknown `--store`, a missing or malformed
 //! `--etcd-endpoints`) → bind the HTTP listener → open the store (etcd: retried with jittered
-//! backoff while no endpoint answers, saying so in the log) → start the agent → serve.
+//! backoff while no endpoint answers, saying so in the log) → start the agent and the liveness
+//! reaper (remote agents' leases, see `plexus_control::remote`) → serve.
 //! Shutdown (SIGINT/SIGTERM): deregister what the agent registered → stop accepting → drain.
 
 use std::path::PathBuf;
@@ -117,6 +118,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         leader_addr: http_addr.to_string(),
     };
     let control = ControlPlane::with_store(store, info);
+    shutdown.spawn({
+        let (control, stop) = (control.clone(), shutdown.token());
+        async move { control.run_liveness(stop).await }
+    });
     let node = Node {
         id: format!("server-{node_name}"),
         node: node_name.clone(),
