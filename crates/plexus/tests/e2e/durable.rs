@@ -231,19 +231,72 @@ async fn replicas_over_etcd_share_writes_and_a_blocking_query_wakes_on_another_r
     assert!(latency < Duration::from_secs(1), "woke after {latency:?}");
 }
 
-/// Acceptance (a), the parts built so far: a steady writer puts KV keys through a random replica
-/// while one etcd member and one server replica are killed and restarted several times.
-/// Afterwards every acknowledged write is present exactly once with its value, and the indexes a
-/// reader saw through random replicas never went backwards.
+/// Acceptance (a): 3 etcd members, 3 server replicas, an agent (talking to all three) with two
+/// sidecars carrying traffic. A writer registers services and writes KV keys through a random
+/// replica at a steady rate while one etcd member and one server replica are killed (SIGKILL) and
+/// restarted three times. Afterwards: every acknowledged write is present exactly once, the
+/// indexes a reader saw through random replicas never went backwards, and not one proxied request
+/// failed.
 #[tokio::test]
-async fn writes_through_random_replicas_survive_killed_etcd_members_and_replicas() {
+async fn acceptance_replicas_etcd_members_killed_under_writes_and_traffic() {
     let mut r = replicas(3).await;
+    let servers: Vec<String> = r.servers.iter().map(Server::addr).collect();
     let clients: Vec<Client> = r.servers.iter().map(|s| s.client.clone()).collect();
-    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+
+    // The data plane: an agent on its own node, two sidecars talking to the agent.
+    let echo = plexus_test::TcpEcho::start().await.unwrap();
+    let upstream_port = plexus_test::free_port();
+    let (_defs, file) = crate::write_file(
+        "mesh.hcl",
+        &crate::client_echo_hcl_with_sidecar_ports(echo.port(), upstream_port),
+    );
+    let (_agent, agent_client) = crate::agent::agent(
+        "edge",
+        &servers.join(","),
+        &["--config-file", file.to_str().unwrap()],
+    )
+    .await;
+    let agent_addr = agent_client.base().trim_start_matches("http://").to_owned();
+    let client_sidecar = plexus_test::Sidecar::start(bin(), &agent_addr, "client")
+        .await
+        .unwrap();
+    let echo_sidecar = plexus_test::Sidecar::start(bin(), &agent_addr, "echo")
+        .await
+        .unwrap();
+    eventually!(echo_sidecar.is_ready().await);
+    eventually!(
+        client_sidecar.is_ready().await
+            && client_sidecar
+                .endpoints("echo")
+                .await
+                .is_ok_and(|e| e.len() == 1)
+    );
+    let upstream: std::net::SocketAddr = ([127, 0, 0, 1], upstream_port).into();
+    assert!(echo_once(upstream, "first").await);
+
     let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut i = 0u64;
+            while !stop.is_cancelled() {
+                if echo_once(upstream, &format!("t{i}")).await {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed)
+        }
+    });
+    let acked_kv: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let acked_services: Arc<Mutex<Vec<String>>> = Arc::default();
     let writer = tokio::spawn({
         let clients = clients.clone();
-        let acked = acked.clone();
+        let (acked_kv, acked_services) = (acked_kv.clone(), acked_services.clone());
         let stop = stop.clone();
         async move {
             let mut i = 0u64;
@@ -252,17 +305,42 @@ async fn writes_through_random_replicas_survive_killed_etcd_members_and_replicas
                 let client = &clients[rand::random::<u32>() as usize % clients.len()];
                 let key = format!("chaos/{i:06}");
                 let value = format!("v{i}");
-                match client
+                let written = client
                     .kv_put(&key, value.clone().into_bytes(), 0, Some(0))
+                    .await;
+                let service = format!("svc-{i:05}");
+                // A catalog registration for the writer's own node, through whichever replica:
+                // the same id again replaces it, so a retry cannot duplicate it.
+                let registration = plexus_api::remote::NodeRegistration {
+                    node: plexus_api::Node {
+                        node: "writer".to_owned(),
+                        address: "127.0.0.1".to_owned(),
+                        ..Default::default()
+                    },
+                    services: vec![plexus_api::AgentService {
+                        id: service.clone(),
+                        service: service.clone(),
+                        port: 10_000 + (i % 1000) as u16,
+                        ..Default::default()
+                    }],
+                    checks: Vec::new(),
+                };
+                let registered = reqwest::Client::new()
+                    .put(format!("{}/v1/internal/node/register", client.base()))
+                    .json(&registration)
+                    .send()
                     .await
-                {
-                    Ok(true) => {
-                        acked.lock().unwrap().insert(key, value);
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .ok_or(());
+                match (written, registered) {
+                    // cas=0 and false: an earlier unacknowledged try did land.
+                    (Ok(_), Ok(_)) => {
+                        acked_kv.lock().unwrap().insert(key, value);
+                        acked_services.lock().unwrap().push(service);
                         i += 1;
                     }
-                    // cas=0 and false: an earlier unacknowledged try did land; count it once.
-                    Ok(false) => i += 1,
-                    Err(_) => failed += 1,
+                    _ => failed += 1,
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -280,7 +358,7 @@ async fn writes_through_random_replicas_survive_killed_etcd_members_and_replicas
                 if let Ok(got) = client.kv_list("chaos/", QueryOptions::default()).await {
                     assert!(
                         got.index >= last,
-                        "index went backwards: {last} -> {}",
+                        "KV index went backwards: {last} -> {}",
                         got.index
                     );
                     last = got.index;
@@ -299,48 +377,75 @@ async fn writes_through_random_replicas_survive_killed_etcd_members_and_replicas
             reads
         }
     });
+    let progress = |n: usize| {
+        let acked = acked_kv.clone();
+        async move {
+            let before = acked.lock().unwrap().len();
+            eventually!(acked.lock().unwrap().len() >= before + n);
+        }
+    };
     for round in 0..3 {
-        let before = acked.lock().unwrap().len();
-        eventually!(acked.lock().unwrap().len() >= before + 20);
+        progress(15).await;
         let member = round % 3;
         r.cluster.kill(member).unwrap();
         r.servers[1].kill9().unwrap();
-        let before = acked.lock().unwrap().len();
-        eventually!(acked.lock().unwrap().len() >= before + 20);
+        progress(15).await;
         r.cluster.restart(member).await.unwrap();
         r.servers[1].restart().await.unwrap();
     }
-    let before = acked.lock().unwrap().len();
-    eventually!(acked.lock().unwrap().len() >= before + 20);
+    progress(15).await;
     stop.cancel();
-    let failed = writer.await.unwrap();
+    let write_failures = writer.await.unwrap();
     let reads = reader.await.unwrap();
+    let (served, failed) = traffic.await.unwrap();
+    let acked_kv = acked_kv.lock().unwrap().clone();
+    let acked_services = acked_services.lock().unwrap().clone();
     eprintln!(
-        "acknowledged writes: {}, failed attempts: {failed}, monotonic reads: {reads}",
-        acked.lock().unwrap().len()
+        "acknowledged: {} KV writes and {} registrations ({write_failures} failed attempts); \
+         {reads} monotonic reads; proxied: {served} served, {failed} failed",
+        acked_kv.len(),
+        acked_services.len()
     );
-    let acked = acked.lock().unwrap().clone();
-    let stored = r.servers[0]
-        .client
-        .kv_list("chaos/", QueryOptions::default())
-        .await
-        .unwrap();
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for pair in &stored.value {
-        *seen.entry(pair.key.clone()).or_default() += 1;
-    }
-    assert!(seen.values().all(|n| *n == 1), "a key listed twice");
-    let values: BTreeMap<String, Vec<u8>> = stored
-        .value
-        .into_iter()
-        .map(|p| (p.key.clone(), decode(p.value.as_deref())))
-        .collect();
-    for (key, value) in &acked {
-        assert_eq!(
-            values.get(key),
-            Some(&value.clone().into_bytes()),
-            "{key} lost"
-        );
+    assert_eq!(failed, 0, "proxied requests failed");
+
+    // Every acknowledged write, exactly once, through every replica.
+    for client in &clients {
+        let stored = client
+            .kv_list("chaos/", QueryOptions::default())
+            .await
+            .unwrap();
+        let keys: Vec<&String> = stored.value.iter().map(|p| &p.key).collect();
+        let unique: std::collections::BTreeSet<&String> = keys.iter().copied().collect();
+        assert_eq!(keys.len(), unique.len(), "a key listed twice");
+        let values: BTreeMap<String, Vec<u8>> = stored
+            .value
+            .iter()
+            .map(|p| (p.key.clone(), decode(p.value.as_deref())))
+            .collect();
+        for (key, value) in &acked_kv {
+            assert_eq!(
+                values.get(key),
+                Some(&value.clone().into_bytes()),
+                "{key} lost"
+            );
+        }
+        let services = client
+            .catalog_services(QueryOptions::default())
+            .await
+            .unwrap()
+            .value;
+        for service in &acked_services {
+            assert!(services.contains_key(service), "{service} lost");
+            let instances = client
+                .catalog_service(service, QueryOptions::default())
+                .await
+                .unwrap();
+            assert_eq!(
+                instances.value.len(),
+                1,
+                "{service} registered more than once"
+            );
+        }
     }
 }
 
