@@ -518,6 +518,23 @@ impl Client {
         })
     }
 
+    /// `GET /v1/operator/plexus`: servers, store and members, proxies' acknowledged revisions.
+    pub async fn operator(&self) -> Result<crate::operator::OperatorView, ClientError> {
+        Ok(self
+            .get("/v1/operator/plexus", QueryOptions::default(), &[])
+            .await?
+            .value)
+    }
+
+    /// `PUT /v1/internal/proxy/:id/ack?revision=N`: this proxy applied configuration `revision`.
+    pub async fn proxy_ack(&self, proxy_id: &str, revision: u64) -> Result<(), ClientError> {
+        let path = format!(
+            "/v1/internal/proxy/{}/ack?revision={revision}",
+            encode(proxy_id)
+        );
+        self.send_put::<()>(&path, None).await
+    }
+
     /// `GET /v1/status/leader`.
     pub async fn status_leader(&self) -> Result<String, ClientError> {
         Ok(self

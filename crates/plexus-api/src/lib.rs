@@ -27,6 +27,7 @@ pub mod error;
 pub mod kv;
 pub mod model;
 pub mod one_or_many;
+pub mod operator;
 pub mod registration;
 pub mod remote;
 #[cfg(feature = "client")]

@@ -22,6 +22,7 @@
 pub mod api;
 pub mod catalog;
 pub mod kv;
+pub mod operator;
 pub mod remote;
 pub mod store;
 
@@ -103,5 +104,6 @@ impl ControlPlane {
         api::router(self.catalog(), self.info.clone())
             .merge(kv::api::router(kv::Kv::new(self.store())))
             .merge(remote::api::router(self.catalog()))
+            .merge(operator::router(self.store(), self.info.node_name.clone()))
     }
 }

@@ -551,6 +551,14 @@ impl Store for EmbeddedStore {
         Ok(rx)
     }
 
+    async fn status(&self) -> super::StoreStatus {
+        super::StoreStatus {
+            backend: "embedded".to_owned(),
+            location: self.path.display().to_string(),
+            members: Vec::new(),
+        }
+    }
+
     async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let ttl = ttl.max(Duration::from_millis(1));
         let id = self

@@ -135,6 +135,32 @@ pub enum WatchEvent {
 /// A running watch: events until the store goes away, or a [`WatchEvent::Compacted`].
 pub type Watch = tokio::sync::mpsc::Receiver<WatchEvent>;
 
+/// What a store says about itself, for operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStatus {
+    /// `embedded` or `etcd`.
+    pub backend: String,
+    /// The file, or the endpoints.
+    pub location: String,
+    /// The etcd members (empty for the embedded store).
+    pub members: Vec<MemberStatus>,
+}
+
+/// One etcd member as the operator view shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemberStatus {
+    /// The member's name.
+    pub name: String,
+    /// Its client URL.
+    pub endpoint: String,
+    /// True when it answered a status request.
+    pub healthy: bool,
+    /// True when it is the raft leader.
+    pub leader: bool,
+    /// Its etcd version (empty when it did not answer).
+    pub version: String,
+}
+
 /// How many events a watch buffers before the store stops reading for it.
 pub const WATCH_BUFFER: usize = 256;
 
@@ -217,6 +243,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// The latest committed revision.
     fn revision_watch(&self) -> watch::Receiver<u64>;
+
+    /// What the store says about itself (backend, location, members and their health).
+    async fn status(&self) -> StoreStatus {
+        StoreStatus {
+            backend: "unknown".to_owned(),
+            ..StoreStatus::default()
+        }
+    }
 
     /// Watches every key starting with `prefix` for changes after `after_revision` (0: from now).
     /// See [`WatchEvent`] for the resume protocol.

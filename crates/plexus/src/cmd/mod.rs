@@ -7,6 +7,7 @@ pub mod dev;
 pub mod echo_server;
 pub mod health;
 pub mod kv;
+pub mod operator;
 pub mod proxy;
 pub mod server;
 pub mod services;

@@ -117,7 +117,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         node_name: node_name.clone(),
         leader_addr: http_addr.to_string(),
     };
+    let backend = store.status().await.backend;
     let control = ControlPlane::with_store(store, info);
+    shutdown.spawn(plexus_control::operator::announce(
+        control.store(),
+        plexus_api::operator::ServerRecord {
+            node: node_name.clone(),
+            http_addr: http_addr.to_string(),
+            store: backend,
+        },
+        shutdown.token(),
+    ));
     shutdown.spawn({
         let (control, stop) = (control.clone(), shutdown.token());
         async move { control.run_liveness(stop).await }

@@ -447,6 +447,79 @@ async fn acceptance_replicas_etcd_members_killed_under_writes_and_traffic() {
             );
         }
     }
+
+    // The operator view: three replicas, etcd with three healthy members and a leader, both
+    // proxies with the revision they last applied.
+    let (code, out, err) = plexus_test::mesh::run_cli(
+        bin(),
+        &["operator", "--json", "--http-addr", &servers[0]],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let view: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let nodes: Vec<&str> = view["Servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["replica-0", "replica-1", "replica-2"], "{view}");
+    assert_eq!(view["Store"]["Backend"], "etcd");
+    let members = view["Store"]["Members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{view}");
+    assert!(members.iter().all(|m| m["Healthy"] == true), "{view}");
+    assert_eq!(
+        members.iter().filter(|m| m["Leader"] == true).count(),
+        1,
+        "{view}"
+    );
+    let proxies: Vec<&str> = view["Proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["Revision"].as_u64().unwrap_or(0) > 0)
+        .map(|p| p["ID"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        proxies,
+        ["client-sidecar-proxy", "echo-sidecar-proxy"],
+        "{view}"
+    );
+}
+
+#[tokio::test]
+async fn operator_shows_an_unreachable_etcd_member_and_a_stopped_replica_leaves_the_list() {
+    let mut r = replicas(2).await;
+    let view = r.servers[0].client.operator().await.unwrap();
+    assert_eq!(view.servers.len(), 2);
+    assert_eq!(view.answered_by, "replica-0");
+    r.cluster.kill(2).unwrap();
+    let client = r.servers[0].client.clone();
+    eventually!(client.operator().await.is_ok_and(|v| {
+        v.store.members.iter().filter(|m| !m.healthy).count() == 1
+            && v.store.members.iter().filter(|m| m.healthy).count() == 2
+    }));
+    let (code, out, _) = plexus_test::mesh::run_cli(
+        bin(),
+        &["operator", "--http-addr", &r.servers[0].addr()],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("unreachable") && out.contains("healthy"),
+        "{out}"
+    );
+    // A replica stopped gracefully withdraws its announcement.
+    r.servers[1]
+        .process
+        .as_mut()
+        .unwrap()
+        .terminate()
+        .await
+        .unwrap();
+    eventually!(client.operator().await.is_ok_and(|v| v.servers.len() == 1));
 }
 
 /// One line through `addr` and back; false on any failure (connect, write, read, wrong echo).

@@ -624,6 +624,33 @@ impl Store for EtcdStore {
         Ok(rx)
     }
 
+    async fn status(&self) -> super::StoreStatus {
+        let mut members = Vec::new();
+        match self.members().await {
+            Ok(listed) => {
+                for member in listed {
+                    let endpoint = member.client_urls.first().cloned().unwrap_or_default();
+                    let status = self.endpoint_status(&endpoint).await;
+                    members.push(super::MemberStatus {
+                        name: member.name,
+                        endpoint,
+                        healthy: status.is_some(),
+                        leader: status.as_ref().is_some_and(|s| s.leader == member.id),
+                        version: status.map(|s| s.version).unwrap_or_default(),
+                    });
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %crate::api::ErrorChain(&error), "cannot list etcd members");
+            }
+        }
+        super::StoreStatus {
+            backend: "etcd".to_owned(),
+            location: self.inner.endpoints.join(","),
+            members,
+        }
+    }
+
     async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let seconds = ttl.as_secs_f64().ceil().max(1.0) as i64;
         let answer: wire::LeaseResponse = self
