@@ -8,14 +8,18 @@
 //! ```
 //!
 //! - [`ControlPlane`] wires a store, the catalog and the router together.
-//! - [`store::Store`]: revisioned keys, compare-and-set transactions, a revision watch; implemented
-//!   by [`store::EmbeddedStore`].
+//! - [`store::Store`]: revisioned keys, compare-and-set transactions, a revision watch, leases and
+//!   resumable prefix watches.
 //! - [`catalog::StoreCatalog`]: implements [`plexus_api::Catalog`] (the agent writes through it) and
 //!   the read views of the HTTP API.
 //! - [`api::router`]: `/v1/catalog/*`, `/v1/health/*`, `/v1/status/*`.
+//! - [`kv`]: Consul's `/v1/kv/*`.
+//! - [`remote`]: the endpoints remote agents write their node through, and node liveness by lease.
+//! - [`operator`]: servers, store backend and members, proxies' acknowledged revisions.
+//! - Store backends: [`store::EmbeddedStore`] (one file) and [`store::EtcdStore`] (etcd cluster).
 //!
-//! Not here (yet): the agent's `/v1/agent/*` endpoints (plexus-agent), KV, config entries,
-//! intentions, the CA, leases, xDS. This crate never binds sockets: the binary merges
+//! Not here (yet): the agent's `/v1/agent/*` endpoints (plexus-agent), config entries,
+//! intentions, the CA, xDS. This crate never binds sockets: the binary merges
 //! [`ControlPlane::router`] with the agent's router and serves it with
 //! `plexus_runtime::http::serve`.
 
