@@ -2,7 +2,7 @@
 //! through an HTTP API shaped like Consul's.
 //!
 //! ```text
-//!  HTTP (api/) ──► StoreCatalog (catalog/) ──► Store (store/): embedded redb file, later etcd
+//!  HTTP (api/) ──► StoreCatalog (catalog/) ──► Store (store/): embedded redb file or etcd
 //!        ▲                                          │
 //!        └──── blocking queries ◄── revision watch ─┘
 //! ```

@@ -27,11 +27,15 @@ pub async fn agent(name: &str, servers: &str, extra: &[&str]) -> (Process, Clien
     (process, Client::new(&http.to_string()).unwrap())
 }
 
-async fn web_passing(server: &Client) -> bool {
+async fn web_passing_on(server: &Client, node: &str) -> bool {
     server
         .health_service("web", true, QueryOptions::default())
         .await
-        .is_ok_and(|e| e.value.len() == 1 && e.value[0].node.node == "edge-1")
+        .is_ok_and(|e| e.value.len() == 1 && e.value[0].node.node == node)
+}
+
+async fn web_passing(server: &Client) -> bool {
+    web_passing_on(server, "edge-1").await
 }
 
 async fn web_registered(server: &Client) -> bool {
@@ -132,4 +136,141 @@ async fn agent_flags_are_checked_before_anything_starts() {
     .unwrap();
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("--lease-ttl"), "{err}");
+}
+
+/// Servers away: the agent keeps running its checks and reports the results when a server is
+/// back. Here the app dies while the only server is down (`kill -9`); after the server restarts
+/// on its data, the agent writes the critical result it kept.
+#[tokio::test]
+async fn an_agent_reports_check_results_from_while_the_servers_were_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let mut server = Server::start(
+        bin(),
+        "server-1",
+        &["--store", "embedded", "--data-dir", &data],
+    )
+    .await
+    .unwrap();
+    let app = TcpEcho::start().await.unwrap();
+    let definition = format!(
+        r#"service {{
+  name = "web"
+  port = {port}
+  check {{
+    tcp      = "127.0.0.1:{port}"
+    interval = "300ms"
+    timeout  = "200ms"
+  }}
+}}"#,
+        port = app.port()
+    );
+    let (_defs, file) = crate::write_file("web.hcl", &definition);
+    let (agent, _local) = agent(
+        "edge-2",
+        &server.addr(),
+        &[
+            "--lease-ttl",
+            "30s",
+            "--config-file",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    eventually!(web_passing_on(&server.client, "edge-2").await);
+    server.kill9().unwrap();
+    agent
+        .wait_for_line("cannot renew the node's lease")
+        .await
+        .unwrap();
+    // The check now fails, with no server to tell: the agent runs it and keeps the result.
+    let unsent = || agent.output().matches("check result not written").count();
+    let before = unsent();
+    drop(app);
+    eventually!(unsent() > before);
+    server.restart().await.unwrap();
+    agent
+        .wait_for_line("servers reachable again")
+        .await
+        .unwrap();
+    eventually!(
+        server
+            .client
+            .health_checks("web", QueryOptions::default())
+            .await
+            .is_ok_and(|c| c
+                .value
+                .iter()
+                .any(|c| c.status == plexus_api::CheckStatus::Critical))
+    );
+}
+
+/// Bad input on the endpoints agents and proxies use: clear 400s naming the field, nothing
+/// written, the server stays up.
+#[tokio::test]
+async fn internal_endpoints_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let server = Server::start(
+        bin(),
+        "server-1",
+        &["--store", "embedded", "--data-dir", &data],
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", server.addr());
+    for (method, path, body, field) in [
+        ("PUT", "/v1/internal/node/n1/lease?ttl=0s", None, "ttl"),
+        ("PUT", "/v1/internal/node/n1/lease?ttl=1h", None, "ttl"),
+        ("PUT", "/v1/internal/node/n1/lease?ttl=soon", None, "ttl"),
+        (
+            "PUT",
+            "/v1/internal/node/register",
+            Some(r#"{"Node":{"Node":""}}"#),
+            "Node.Node",
+        ),
+        (
+            "PUT",
+            "/v1/internal/node/register",
+            Some(r#"{"Node":{"Node":"x"},"Extra":1}"#),
+            "",
+        ),
+        (
+            "PUT",
+            "/v1/internal/proxy/p1/ack?revision=-2",
+            None,
+            "revision",
+        ),
+    ] {
+        let (status, json, _) = crate::http(
+            method,
+            &format!("{base}{path}"),
+            body.map(|b| b.as_bytes().to_vec()),
+        )
+        .await;
+        assert_eq!(status, 400, "{path}: {json}");
+        if !field.is_empty() {
+            assert_eq!(json["error"]["field"], field, "{path}: {json}");
+        }
+        assert!(json["error"]["message"].is_string(), "{path}: {json}");
+    }
+    let (status, _, _) = crate::http(
+        "PUT",
+        &format!("{base}/v1/internal/node/n1/lease/12345"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "renewing an unknown lease");
+    let nodes = server
+        .client
+        .catalog_nodes(QueryOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        nodes.value.len(),
+        1,
+        "only the server's own node: nothing was written"
+    );
+    let view = server.client.operator().await.unwrap();
+    assert!(view.proxies.is_empty());
 }

@@ -74,6 +74,15 @@ async fn embedded_store_keeps_every_acknowledged_write_across_kill_9() {
         }
     });
     eventually!(acked.lock().unwrap().len() >= 40);
+    // Registrations through the server's agent, acknowledged before the kill too.
+    for i in 0..5 {
+        let registration = plexus_api::ServiceRegistration {
+            name: format!("kept-{i}"),
+            port: Some(9000 + i),
+            ..Default::default()
+        };
+        server.client.register_service(&registration).await.unwrap();
+    }
     server.kill9().unwrap();
     let attempted = writer.await.unwrap();
     server.restart().await.unwrap();
@@ -94,6 +103,17 @@ async fn embedded_store_keeps_every_acknowledged_write_across_kill_9() {
             stored.get(key),
             Some(&value.clone().into_bytes()),
             "{key} lost"
+        );
+    }
+    let services = server
+        .client
+        .catalog_services(QueryOptions::default())
+        .await
+        .unwrap();
+    for i in 0..5 {
+        assert!(
+            services.value.contains_key(&format!("kept-{i}")),
+            "kept-{i} lost"
         );
     }
 }
