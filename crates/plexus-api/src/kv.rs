@@ -80,6 +80,17 @@ pub fn check_key(key: &str, allow_empty: bool) -> Result<(), KeyError> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any text: the check never panics, and what passes is within the limits.
+        #[test]
+        fn key_check_never_panics_and_passing_keys_are_within_limits(key in ".{0,600}") {
+            if check_key(&key, true).is_ok() {
+                proptest::prop_assert!(key.len() <= MAX_KEY_BYTES);
+                proptest::prop_assert!(!key.contains('\0') && !key.contains(".."));
+            }
+        }
+    }
+
     #[test]
     fn keys_are_checked() {
         assert_eq!(check_key("a/b", false), Ok(()));

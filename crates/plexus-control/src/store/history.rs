@@ -122,6 +122,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::store::KeyValue;
+    use proptest::prelude::*;
 
     fn put(key: &str, revision: u64) -> Change {
         Change::Put(KeyValue {
@@ -143,6 +144,34 @@ mod tests {
         assert_eq!(changes, vec![put("b", 5), put("a", 6)]);
         assert_eq!(*history.contiguous().borrow(), 6);
         assert_eq!(history.since("a", 4).unwrap().0, vec![put("a", 6)]);
+    }
+
+    proptest! {
+        /// For any order in which commits are recorded and any resume point, a watcher gets either
+        /// exactly the revisions after its resume point, in order and contiguous, or "compacted".
+        #[test]
+        fn any_recording_order_yields_contiguous_changes_or_compacted(
+            order in proptest::sample::subsequence((1u64..=40).collect::<Vec<_>>(), 40)
+                .prop_shuffle(),
+            capacity in 1usize..50,
+            after in 0u64..45,
+        ) {
+            let history = History::new(0, capacity);
+            for revision in &order {
+                history.record(*revision, vec![put("k", *revision)]);
+            }
+            match history.since("", after) {
+                Ok((changes, newest)) => {
+                    let revisions: Vec<u64> = changes.iter().map(Change::revision).collect();
+                    let expected: Vec<u64> = (after + 1..=newest).collect();
+                    prop_assert_eq!(revisions, expected);
+                    prop_assert!(newest <= after.max(40));
+                }
+                Err(Compacted { compact_revision }) => {
+                    prop_assert!(after + 1 < compact_revision);
+                }
+            }
+        }
     }
 
     #[test]
