@@ -109,6 +109,9 @@ fn backend(error: EtcdError) -> StoreError {
 #[derive(Clone)]
 pub struct EtcdStore {
     inner: Arc<Inner>,
+    /// Stops the background watches once the last clone is dropped (they hold `inner` while
+    /// streaming, so `inner` alone would never drop).
+    _stop_on_drop: Arc<tokio_util::sync::DropGuard>,
 }
 
 struct Inner {
@@ -126,12 +129,6 @@ impl std::fmt::Debug for EtcdStore {
             .field("endpoints", &self.inner.endpoints)
             .field("prefix", &self.inner.prefix)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 
@@ -170,6 +167,7 @@ impl EtcdStore {
                     source,
                 })
             })?;
+        let stop = CancellationToken::new();
         let store = Self {
             inner: Arc::new(Inner {
                 endpoints,
@@ -177,8 +175,9 @@ impl EtcdStore {
                 http,
                 prefix: prefix.to_owned(),
                 revision: watch::channel(0).0,
-                stop: CancellationToken::new(),
+                stop: stop.clone(),
             }),
+            _stop_on_drop: Arc::new(stop.drop_guard()),
         };
         let status: wire::Status = store.call("/v3/maintenance/status", &json!({})).await?;
         tracing::info!(version = %status.version, revision = status.header.revision, "connected to etcd");
