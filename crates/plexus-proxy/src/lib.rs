@@ -169,7 +169,13 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         });
         listeners.apply(&initial, OnBindError::Fail).await?;
         applied_tx.send_replace(Some(Arc::new(listeners.snapshot(&initial))));
-        acknowledge::report(&tasks, &control, &initial.sidecar_id, initial.revision);
+        acknowledge::report(
+            &tasks,
+            &stop,
+            &control,
+            &initial.sidecar_id,
+            initial.revision,
+        );
         info!(revision = initial.revision, "ready");
 
         // Follow the registration; later failures are logged, never fatal.
@@ -191,7 +197,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
                     let config = Arc::clone(&config_rx.borrow_and_update());
                     listeners.apply(&config, OnBindError::Skip).await?;
                     applied_tx.send_replace(Some(Arc::new(listeners.snapshot(&config))));
-                    acknowledge::report(&tasks, &control, &config.sidecar_id, config.revision);
+                    acknowledge::report(&tasks, &stop, &control, &config.sidecar_id, config.revision);
                     info!(revision = config.revision, "applied sidecar registration");
                 }
             }
