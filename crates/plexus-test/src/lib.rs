@@ -8,15 +8,19 @@
 //! [`upstream::HttpStub`], [`upstream::GrpcHealthStub`].
 
 pub mod brokers;
+pub mod etcd;
 pub mod events;
 pub mod mesh;
 pub mod ports;
 pub mod process;
+pub mod server;
 pub mod upstream;
 
+pub use etcd::EtcdCluster;
 pub use mesh::{Dev, Sidecar};
 pub use ports::free_port;
 pub use process::Process;
+pub use server::Server;
 pub use upstream::TcpEcho;
 
 /// How long harness waits (readiness lines, conditions) may take before a test fails.

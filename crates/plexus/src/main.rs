@@ -22,6 +22,10 @@ struct Cli {
 enum Command {
     /// Run a control plane and a local agent in one process (embedded store).
     Dev(cmd::dev::Args),
+    /// Run a control-plane replica (embedded store, or etcd shared with other replicas).
+    Server(cmd::server::Args),
+    /// Run a node agent that talks to servers over HTTP (`--server a,b,c`).
+    Agent(cmd::agent::Args),
     /// Run a sidecar proxy for one service instance.
     Proxy(cmd::proxy::Args),
     /// Register, deregister and list services on the local agent.
@@ -32,6 +36,11 @@ enum Command {
     Catalog(cmd::catalog::Command),
     /// Show the health of a service's instances.
     Health(cmd::health::Args),
+    /// Read and write the KV store.
+    #[command(subcommand)]
+    Kv(cmd::kv::Command),
+    /// Show servers, the store and its members, and proxies' acknowledged revisions.
+    Operator(cmd::operator::Args),
     /// Check service definition files (HCL/JSON) without registering anything.
     Validate(cmd::validate::Args),
     /// Run a self-contained demo scenario.
@@ -60,11 +69,15 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => cmd::dev::run(args).await,
+            Command::Server(args) => cmd::server::run(args).await,
+            Command::Agent(args) => cmd::agent::run(args).await,
             Command::Proxy(args) => cmd::proxy::run(args).await,
             Command::Services(command) => cmd::services::run(command).await,
             Command::Catalog(command) => cmd::catalog::run(command).await,
             Command::Health(args) => cmd::health::run(args).await,
             Command::Validate(args) => cmd::validate::run(args),
+            Command::Kv(command) => cmd::kv::run(command).await,
+            Command::Operator(args) => cmd::operator::run(args).await,
             Command::Demo(command) => cmd::demo::run(command).await,
             Command::EchoServer(args) => cmd::echo_server::run(args).await,
             Command::EventsApp(args) => cmd::events_app::run(args).await,

@@ -5,17 +5,23 @@
 //! guards plus a list of operations applied atomically. Readers learn about commits through
 //! [`Store::revision_watch`].
 //!
-//! Backends: [`embedded::EmbeddedStore`] (one durable file, the default). An etcd backend can
-//! implement the same trait because nothing here goes beyond what etcd's KV API offers.
+//! Backends: [`embedded::EmbeddedStore`] (one durable file, the default) and [`etcd::EtcdStore`]
+//! (an etcd cluster shared by several server replicas). Nothing here goes beyond what etcd's KV
+//! API offers; a transaction must not name one key twice (etcd refuses it).
 
 pub mod embedded;
+pub mod etcd;
+pub mod history;
+pub mod lease;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 
 pub use embedded::EmbeddedStore;
+pub use etcd::EtcdStore;
 
 /// A boxed error from a store backend.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -65,7 +71,98 @@ pub enum Op {
         /// The prefix.
         prefix: String,
     },
+    /// Creates or replaces a key bound to a lease: the key is deleted when the lease expires or
+    /// is revoked. A plain [`Op::Put`] of the key later unbinds it.
+    PutLeased {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: Vec<u8>,
+        /// The lease (from [`Store::lease_grant`]).
+        lease: LeaseId,
+    },
 }
+
+/// A lease: keys bound to it vanish when its holder stops renewing it.
+pub type LeaseId = i64;
+
+/// One change to a key, as a watch reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The key was created or replaced.
+    Put(KeyValue),
+    /// The key was deleted at `revision`.
+    Delete {
+        /// The key.
+        key: String,
+        /// The revision of the delete.
+        revision: u64,
+    },
+}
+
+impl Change {
+    /// The key changed.
+    pub fn key(&self) -> &str {
+        match self {
+            Change::Put(kv) => &kv.key,
+            Change::Delete { key, .. } => key,
+        }
+    }
+
+    /// The revision of the change.
+    pub fn revision(&self) -> u64 {
+        match self {
+            Change::Put(kv) => kv.mod_revision,
+            Change::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
+/// What a watch delivers. Every change after the start revision arrives exactly once and in
+/// order, unless the watch reports [`WatchEvent::Compacted`]: then the changes in between are gone
+/// and the watcher must re-list (a [`Store::range`]) and watch again from the listed revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Changes of one or more revisions, in revision order.
+    Changes(Vec<Change>),
+    /// The history the watch needed is gone: re-list. The watch ends after this event.
+    Compacted {
+        /// The oldest revision the store can still replay from.
+        compact_revision: u64,
+    },
+}
+
+/// A running watch: events until the store goes away, or a [`WatchEvent::Compacted`].
+pub type Watch = tokio::sync::mpsc::Receiver<WatchEvent>;
+
+/// What a store says about itself, for operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStatus {
+    /// `embedded` or `etcd`.
+    pub backend: String,
+    /// The file, or the endpoints.
+    pub location: String,
+    /// The etcd members (empty for the embedded store).
+    pub members: Vec<MemberStatus>,
+}
+
+/// One etcd member as the operator view shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemberStatus {
+    /// The member's name.
+    pub name: String,
+    /// Its client URL.
+    pub endpoint: String,
+    /// True when it answered a status request.
+    pub healthy: bool,
+    /// True when it is the raft leader.
+    pub leader: bool,
+    /// Its etcd version (empty when it did not answer).
+    pub version: String,
+}
+
+/// How many events a watch buffers before the store stops reading for it.
+pub const WATCH_BUFFER: usize = 256;
 
 /// An atomic, guarded write: when all `compares` hold, all `ops` are applied under one new revision.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -126,6 +223,16 @@ pub trait Store: Send + Sync + 'static {
     /// Reads one key.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
 
+    /// Reads one key with the store revision the read reflects (at least the key's
+    /// `mod_revision`). Backends whose reads carry a revision (etcd) override this so that an index
+    /// taken from one replica is never ahead of what another replica's read shows.
+    async fn get_at(&self, key: &str) -> Result<(Option<KeyValue>, u64), StoreError> {
+        let revision = *self.revision_watch().borrow();
+        let record = self.get(key).await?;
+        let at_least = record.as_ref().map_or(0, |kv| kv.mod_revision);
+        Ok((record, revision.max(at_least)))
+    }
+
     /// Reads every key starting with `prefix`, sorted by key, with the store revision the read
     /// reflects.
     async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64), StoreError>;
@@ -136,4 +243,46 @@ pub trait Store: Send + Sync + 'static {
 
     /// The latest committed revision.
     fn revision_watch(&self) -> watch::Receiver<u64>;
+
+    /// What the store says about itself (backend, location, members and their health).
+    async fn status(&self) -> StoreStatus {
+        StoreStatus {
+            backend: "unknown".to_owned(),
+            ..StoreStatus::default()
+        }
+    }
+
+    /// Watches every key starting with `prefix` for changes after `after_revision` (0: from now).
+    /// See [`WatchEvent`] for the resume protocol.
+    async fn watch(&self, prefix: &str, after_revision: u64) -> Result<Watch, StoreError> {
+        let _ = (prefix, after_revision);
+        Err(unsupported("watch"))
+    }
+
+    /// Grants a lease that expires `ttl` after its last keep-alive.
+    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let _ = ttl;
+        Err(unsupported("leases"))
+    }
+
+    /// Renews a lease; `None` when it has expired or never existed (its keys are gone).
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Option<Duration>, StoreError> {
+        let _ = lease;
+        Err(unsupported("leases"))
+    }
+
+    /// Revokes a lease now, deleting its keys (nothing happens for an unknown lease).
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let _ = lease;
+        Err(unsupported("leases"))
+    }
 }
+
+fn unsupported(what: &str) -> StoreError {
+    StoreError::Backend {
+        source: format!("this store does not support {what}").into(),
+    }
+}
+
+#[cfg(test)]
+mod conformance;

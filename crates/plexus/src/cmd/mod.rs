@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod agent;
 pub mod catalog;
 pub mod demo;
 pub mod demo_events;
@@ -7,7 +8,10 @@ pub mod dev;
 pub mod echo_server;
 pub mod events_app;
 pub mod health;
+pub mod kv;
+pub mod operator;
 pub mod proxy;
+pub mod server;
 pub mod services;
 pub mod validate;
 

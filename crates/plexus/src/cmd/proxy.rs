@@ -21,13 +21,21 @@ pub struct Args {
     /// How long in-flight connections may take to finish at shutdown.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// Control-plane servers to fail over between, comma-separated (instead of --http-addr).
+    #[arg(long = "server", value_delimiter = ',')]
+    pub servers: Vec<String>,
     #[command(flatten)]
     pub control: ControlArgs,
 }
 
 /// Runs the proxy until a signal arrives.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let control = match args.control.client() {
+    let control = if args.servers.is_empty() {
+        args.control.client()
+    } else {
+        plexus_api::client::Client::with_servers(&args.servers).map_err(anyhow::Error::from)
+    };
+    let control = match control {
         Ok(client) => client,
         Err(error) => {
             eprintln!("error: {error:#}");

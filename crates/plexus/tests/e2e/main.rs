@@ -3,12 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test binary: a failed unwrap is a failed test
 
+mod agent;
 mod bad_input;
 mod checks;
 mod cli;
 mod consul_client;
 mod demo;
+mod durable;
 mod events;
+mod kv;
 mod registration;
 mod shutdown;
 mod sidecar;

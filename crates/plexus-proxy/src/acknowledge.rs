@@ -1,0 +1,28 @@
+//! Acknowledging applied configuration: after each applied registration the proxy tells the
+//! control plane which revision it runs, so `plexus operator` can show stale proxies. Best effort:
+//! a failed report is logged and the next applied revision reports again.
+
+use plexus_api::client::Client;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Reports `revision` for `sidecar_id` in the background (given up when `stop` fires).
+pub(crate) fn report(
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+    control: &Client,
+    sidecar_id: &str,
+    revision: u64,
+) {
+    let (control, sidecar_id, stop) = (control.clone(), sidecar_id.to_owned(), stop.clone());
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            sent = control.proxy_ack(&sidecar_id, revision) => {
+                if let Err(error) = sent {
+                    tracing::debug!(%error, sidecar_id, revision, "cannot acknowledge the applied revision");
+                }
+            }
+        }
+    });
+}
