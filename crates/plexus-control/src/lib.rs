@@ -20,6 +20,7 @@
 //! `plexus_runtime::http::serve`.
 
 pub mod api;
+pub mod ca;
 pub mod catalog;
 pub mod store;
 
@@ -43,6 +44,7 @@ pub enum ControlError {
 pub struct ControlPlane {
     catalog: Arc<StoreCatalog>,
     info: ServerInfo,
+    ca: Arc<ca::CertificateAuthority>,
 }
 
 impl ControlPlane {
@@ -56,13 +58,25 @@ impl ControlPlane {
 
     /// A control plane over any store.
     pub fn with_store(store: Arc<dyn Store>, info: ServerInfo) -> Self {
-        let catalog = Arc::new(StoreCatalog::new(store, info.datacenter.clone()));
-        Self { catalog, info }
+        let catalog = Arc::new(StoreCatalog::new(
+            Arc::clone(&store),
+            info.datacenter.clone(),
+        ));
+        let ca = Arc::new(ca::CertificateAuthority::new(
+            store,
+            info.datacenter.clone(),
+        ));
+        Self { catalog, info, ca }
     }
 
     /// The catalog; also usable as `Arc<dyn plexus_api::Catalog>`.
     pub fn catalog(&self) -> Arc<StoreCatalog> {
         Arc::clone(&self.catalog)
+    }
+
+    /// The built-in certificate authority.
+    pub fn ca(&self) -> Arc<ca::CertificateAuthority> {
+        Arc::clone(&self.ca)
     }
 
     /// This server's identity.
@@ -72,6 +86,6 @@ impl ControlPlane {
 
     /// The HTTP API routes (catalog, health, status) with the JSON 404 fallback.
     pub fn router(&self) -> axum::Router {
-        api::router(self.catalog(), self.info.clone())
+        api::router(self.catalog(), self.info.clone()).merge(ca::api::router(self.ca()))
     }
 }
