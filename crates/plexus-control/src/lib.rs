@@ -13,15 +13,18 @@
 //! - [`catalog::StoreCatalog`]: implements [`plexus_api::Catalog`] (the agent writes through it) and
 //!   the read views of the HTTP API.
 //! - [`api::router`]: `/v1/catalog/*`, `/v1/health/*`, `/v1/status/*`.
+//! - [`ca`]: the built-in CA (`/v1/connect/ca/*`, `/v1/agent/connect/ca/leaf/*`).
+//! - [`intentions`]: `/v1/connect/intentions*`, `/v1/agent/connect/authorize`.
 //!
-//! Not here (yet): the agent's `/v1/agent/*` endpoints (plexus-agent), KV, config entries,
-//! intentions, the CA, leases, xDS. This crate never binds sockets: the binary merges
+//! Not here (yet): the agent's `/v1/agent/*` endpoints (plexus-agent, except the two connect
+//! ones above), KV, config entries, leases, xDS. This crate never binds sockets: the binary merges
 //! [`ControlPlane::router`] with the agent's router and serves it with
 //! `plexus_runtime::http::serve`.
 
 pub mod api;
 pub mod ca;
 pub mod catalog;
+pub mod intentions;
 pub mod store;
 
 use std::path::Path;
@@ -45,6 +48,7 @@ pub struct ControlPlane {
     catalog: Arc<StoreCatalog>,
     info: ServerInfo,
     ca: Arc<ca::CertificateAuthority>,
+    intentions: Arc<intentions::Intentions>,
 }
 
 impl ControlPlane {
@@ -63,10 +67,20 @@ impl ControlPlane {
             info.datacenter.clone(),
         ));
         let ca = Arc::new(ca::CertificateAuthority::new(
-            store,
+            Arc::clone(&store),
             info.datacenter.clone(),
         ));
-        Self { catalog, info, ca }
+        // Production default; `plexus dev` sets allow.
+        let intentions = Arc::new(intentions::Intentions::new(
+            store,
+            plexus_api::connect::DefaultPolicy::Deny,
+        ));
+        Self {
+            catalog,
+            info,
+            ca,
+            intentions,
+        }
     }
 
     /// The catalog; also usable as `Arc<dyn plexus_api::Catalog>`.
@@ -79,6 +93,11 @@ impl ControlPlane {
         Arc::clone(&self.ca)
     }
 
+    /// The intentions.
+    pub fn intentions(&self) -> Arc<intentions::Intentions> {
+        Arc::clone(&self.intentions)
+    }
+
     /// This server's identity.
     pub fn info(&self) -> &ServerInfo {
         &self.info
@@ -86,6 +105,11 @@ impl ControlPlane {
 
     /// The HTTP API routes (catalog, health, status) with the JSON 404 fallback.
     pub fn router(&self) -> axum::Router {
-        api::router(self.catalog(), self.info.clone()).merge(ca::api::router(self.ca()))
+        api::router(self.catalog(), self.info.clone())
+            .merge(ca::api::router(self.ca()))
+            .merge(intentions::api::router(intentions::api::IntentionState {
+                intentions: self.intentions(),
+                ca: self.ca(),
+            }))
     }
 }

@@ -257,7 +257,16 @@ async fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("cannot bind the HTTP API on {}", args.http_addr))?;
-    let dev = DevServer::start(listener, None, "plexus-demo", "dc1", &defs, &shutdown).await?;
+    let dev = DevServer::start(
+        listener,
+        None,
+        "plexus-demo",
+        "dc1",
+        &defs,
+        super::dev::ConnectSettings::default(),
+        &shutdown,
+    )
+    .await?;
     let control = dev.http_addr.to_string();
     println!("control plane: http://{control}  (try: curl http://{control}/v1/agent/services)");
 
