@@ -12,6 +12,9 @@ use crate::model::{
 };
 use crate::registration::ServiceRegistration;
 
+mod connect;
+pub use connect::IntentionSet;
+
 /// Where clients look for the control plane when nothing else is said.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 /// The environment variable naming the control plane's HTTP address.
@@ -315,8 +318,22 @@ impl Client {
         query: QueryOptions,
         flags: &[&str],
     ) -> Result<Indexed<T>, ClientError> {
+        let mut path_with_flags = path.to_owned();
+        if !flags.is_empty() {
+            path_with_flags.push(if path.contains('?') { '&' } else { '?' });
+            path_with_flags.push_str(&flags.join("&"));
+        }
+        let (indexed, _) = self.get_with_headers(&path_with_flags, query).await?;
+        Ok(indexed)
+    }
+
+    async fn get_with_headers<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: QueryOptions,
+    ) -> Result<(Indexed<T>, reqwest::header::HeaderMap), ClientError> {
         let mut url = format!("{}{}", self.base, path);
-        let mut params: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+        let mut params: Vec<String> = Vec::new();
         if let Some(index) = query.index {
             params.push(format!("index={index}"));
         }
@@ -339,9 +356,10 @@ impl Client {
                 addr: self.base.clone(),
                 source,
             })?;
+        let path = path.split('?').next().unwrap_or(path);
         let response = check_status("GET", path, response).await?;
-        let index = response
-            .headers()
+        let headers = response.headers().clone();
+        let index = headers
             .get("x-consul-index")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
@@ -353,7 +371,7 @@ impl Client {
                 path: path.to_owned(),
                 source,
             })?;
-        Ok(Indexed { index, value })
+        Ok((Indexed { index, value }, headers))
     }
 
     async fn send_put<B: serde::Serialize>(

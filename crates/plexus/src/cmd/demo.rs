@@ -157,6 +157,7 @@ impl DemoSidecar {
             sidecar_for: service_id.to_owned(),
             admin_listener,
             drain_grace: Duration::from_secs(2),
+            close_denied: false,
         };
         let task = tokio::spawn(plexus_proxy::run(config, shutdown.token()));
         Ok(Self { admin, task })

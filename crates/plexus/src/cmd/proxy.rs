@@ -21,6 +21,10 @@ pub struct Args {
     /// How long in-flight connections may take to finish at shutdown.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// Close open inbound connections as soon as an intention change denies them (by default
+    /// a change applies to new connections only).
+    #[arg(long = "close-denied")]
+    pub close_denied: bool,
     #[command(flatten)]
     pub control: ControlArgs,
 }
@@ -44,6 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         sidecar_for: args.sidecar_for,
         admin_listener,
         drain_grace: args.grace,
+        close_denied: args.close_denied,
     };
     plexus_proxy::run(config, shutdown.token()).await?;
     Ok(ExitCode::SUCCESS)
