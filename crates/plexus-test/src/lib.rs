@@ -8,6 +8,7 @@
 //! [`upstream::HttpStub`], [`upstream::GrpcHealthStub`].
 
 pub mod mesh;
+pub mod pki;
 pub mod ports;
 pub mod process;
 pub mod upstream;
