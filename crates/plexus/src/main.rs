@@ -39,6 +39,12 @@ enum Command {
     Demo(cmd::demo::Command),
     /// A tiny TCP echo server (used by the demo and the docs).
     EchoServer(cmd::echo_server::Args),
+    /// Manage intentions (who may connect to whom).
+    #[command(subcommand)]
+    Intention(cmd::intention::Command),
+    /// Service mesh identity: the certificate authority.
+    #[command(subcommand)]
+    Connect(cmd::connect::Command),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +70,8 @@ fn main() -> ExitCode {
             Command::Validate(args) => cmd::validate::run(args),
             Command::Demo(command) => cmd::demo::run(command).await,
             Command::EchoServer(args) => cmd::echo_server::run(args).await,
+            Command::Intention(command) => cmd::intention::run(command).await,
+            Command::Connect(command) => cmd::connect::run(command).await,
         }
     });
     match result {

@@ -1,10 +1,12 @@
 //! One module per subcommand.
 
 pub mod catalog;
+pub mod connect;
 pub mod demo;
 pub mod dev;
 pub mod echo_server;
 pub mod health;
+pub mod intention;
 pub mod proxy;
 pub mod services;
 pub mod validate;
