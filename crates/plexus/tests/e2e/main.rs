@@ -8,6 +8,7 @@ mod checks;
 mod cli;
 mod consul_client;
 mod demo;
+mod identity;
 mod registration;
 mod shutdown;
 mod sidecar;
