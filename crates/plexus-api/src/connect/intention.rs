@@ -72,11 +72,11 @@ pub struct Intention {
     /// Server-assigned id (a UUID-shaped string).
     #[serde(rename = "ID", default)]
     pub id: String,
-    /// Source service name or `*`.
-    #[serde(rename = "SourceName")]
+    /// Source service name or `*` (required; absent is reported by validation, naming it).
+    #[serde(rename = "SourceName", default)]
     pub source_name: String,
-    /// Destination service name or `*`.
-    #[serde(rename = "DestinationName")]
+    /// Destination service name or `*` (required, like `SourceName`).
+    #[serde(rename = "DestinationName", default)]
     pub destination_name: String,
     /// Always `default`.
     #[serde(rename = "SourceNS", default = "default_ns")]

@@ -9,6 +9,7 @@ mod cli;
 mod consul_client;
 mod demo;
 mod identity;
+mod intentions;
 mod registration;
 mod shutdown;
 mod sidecar;
