@@ -418,7 +418,18 @@ impl CertificateAuthority {
         self.state().await.map(|_| ())
     }
 
+    /// Like [`CertificateAuthority::bootstrap`], and sets the leaf TTL: a new CA starts with it
+    /// (so its roots never need to outlive the 72 h default), an existing one is reconfigured.
+    pub async fn bootstrap_with_leaf_ttl(&self, ttl: Duration) -> Result<(), CaError> {
+        self.create_with(ttl).await?;
+        self.set_leaf_ttl(ttl).await
+    }
+
     async fn state(&self) -> Result<(CaState, Revisions), CaError> {
+        self.create_with(policy::DEFAULT_LEAF_TTL).await
+    }
+
+    async fn create_with(&self, leaf_ttl: Duration) -> Result<(CaState, Revisions), CaError> {
         for _ in 0..MAX_ATTEMPTS {
             if let Some(found) = self.read().await? {
                 return Ok(found);
@@ -426,8 +437,8 @@ impl CertificateAuthority {
             let trust_domain = random_trust_domain();
             let root = new_root(&trust_domain, None, 1)?;
             let state = CaState {
-                leaf_ttl_secs: policy::DEFAULT_LEAF_TTL.as_secs(),
-                set: RootSet::new(root.id.clone(), policy::DEFAULT_LEAF_TTL.as_secs()),
+                leaf_ttl_secs: leaf_ttl.as_secs(),
+                set: RootSet::new(root.id.clone(), leaf_ttl.as_secs()),
                 roots: vec![root],
                 trust_domain,
             };

@@ -202,10 +202,11 @@ impl DevServer {
             .with_context(|| format!("opening the store in {}", data_dir.display()))?;
         // Identity: the CA root exists before anything can ask for a certificate.
         let ca = control.ca();
-        ca.bootstrap().await.context("creating the CA")?;
-        if let Some(ttl) = connect.leaf_ttl {
-            ca.set_leaf_ttl(ttl).await.context("setting the leaf TTL")?;
+        match connect.leaf_ttl {
+            Some(ttl) => ca.bootstrap_with_leaf_ttl(ttl).await,
+            None => ca.bootstrap().await,
         }
+        .context("creating the CA")?;
         control
             .intentions()
             .set_default_policy(connect.default_policy);

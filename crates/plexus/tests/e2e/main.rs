@@ -9,6 +9,7 @@ mod cli;
 mod consul_client;
 mod demo;
 mod identity;
+mod identity_long;
 mod intentions;
 mod registration;
 mod shutdown;
