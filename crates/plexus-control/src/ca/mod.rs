@@ -779,9 +779,9 @@ impl CertificateAuthority {
 /// Formats a duration as Go does for whole units (`72h0m0s` → `72h`, `2m`, `90s`).
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs();
-    if secs % 3600 == 0 && secs > 0 {
+    if secs.is_multiple_of(3600) && secs > 0 {
         format!("{}h", secs / 3600)
-    } else if secs % 60 == 0 && secs > 0 {
+    } else if secs.is_multiple_of(60) && secs > 0 {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")
