@@ -609,3 +609,37 @@ async fn the_ca_refuses_foreign_identities_long_lifetimes_and_floods() {
     assert_eq!(roots["Roots"].as_array().unwrap().len(), 1);
     mesh.still_serves().await;
 }
+
+#[test]
+fn dev_refuses_a_leaf_ttl_out_of_bounds_before_binding() {
+    for ttl in ["10s", "87601h"] {
+        let (code, _, err) = plexus_test::mesh::run_cli(
+            crate::bin(),
+            &[
+                "dev",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--connect-leaf-ttl",
+                ttl,
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(code, 64, "{err}");
+        assert!(
+            err.contains("--connect-leaf-ttl must be between 1m and 8760h"),
+            "{err}"
+        );
+    }
+    let (code, _, err) = plexus_test::mesh::run_cli(
+        crate::bin(),
+        &["dev", "--default-intention-policy", "maybe"],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("default intention policy must be \"allow\" or \"deny\""),
+        "{err}"
+    );
+}

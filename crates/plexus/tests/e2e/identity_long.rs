@@ -126,6 +126,7 @@ async fn two_minute_leaves_renew_under_five_minutes_of_traffic_without_a_failed_
     assert!(ok > 1000, "only {ok} connections");
     for sidecar in [&mesh.client, &mesh.echo_sidecar] {
         let renewals = sidecar.metric(RENEWALS).await.unwrap();
+        println!("{ok} connections, 0 failed; {renewals} renewals");
         assert!(renewals >= 2.0, "{renewals} renewals");
         assert!(sidecar.process.output().contains("renewal=true"));
     }
@@ -180,6 +181,7 @@ async fn root_rotation_under_traffic_without_a_failed_connection() {
     eventually!(traffic.ok() >= after_rotation + 20);
     long_lived.echo("across the rotation").await;
     let (ok, failed) = traffic.finish().await;
+    println!("rotation: {ok} connections, {failed} failed");
     assert_eq!(failed, 0, "{failed} of {} connections failed", ok + failed);
     assert_eq!(
         try_round_trip(mesh.upstream, "after").await.as_deref(),
