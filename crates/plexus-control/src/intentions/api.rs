@@ -147,6 +147,12 @@ struct ExactBody {
     description: String,
     #[serde(rename = "Meta", default)]
     meta: BTreeMap<String, String>,
+    /// Only `consul` (what Consul clients send).
+    #[serde(rename = "SourceType", default)]
+    source_type: String,
+    /// L7 permissions: refused with a clear message (L4 only for now).
+    #[serde(rename = "Permissions", default)]
+    permissions: Option<serde_json::Value>,
 }
 
 async fn put_exact(
@@ -157,13 +163,19 @@ async fn put_exact(
     let source = required(&params, "source")?.to_owned();
     let destination = required(&params, "destination")?.to_owned();
     let JsonBody(body) = body?;
+    if body.permissions.is_some() {
+        return Err(ApiError::invalid_field(
+            "Permissions",
+            "L7 permissions are not supported yet; use Action (allow or deny)",
+        ));
+    }
     let intention = Intention {
         id: String::new(),
         source_name: source.clone(),
         destination_name: destination.clone(),
         source_ns: String::new(),
         destination_ns: String::new(),
-        source_type: String::new(),
+        source_type: body.source_type,
         action: body.action,
         description: body.description,
         meta: body.meta,

@@ -339,3 +339,53 @@ async fn the_intention_api_in_consuls_shape_and_bad_input() {
     assert_eq!(list, json!([]));
     mesh.still_serves().await;
 }
+
+const PY_CONSUL: &str = r#"
+import sys, consul
+c = consul.Consul(host="127.0.0.1", port=int(sys.argv[1]))
+roots = c.connect.ca.roots()
+assert roots["ActiveRootID"] == roots["Roots"][0]["ID"], roots
+assert roots["Roots"][0]["RootCert"].startswith("-----BEGIN CERTIFICATE-----"), roots
+config = c.connect.ca.configuration()
+assert config["Config"]["LeafCertTTL"] == "72h", config
+assert c.connect.intentions.upsert("client", "echo", action="deny")
+assert c.connect.intentions.check("client", "echo") is False
+intention = c.connect.intentions.read("client", "echo")
+assert intention["Action"] == "deny" and intention["Precedence"] == 9, intention
+matched = c.connect.intentions.match("destination", "echo")
+assert matched["echo"][0]["SourceName"] == "client", matched
+assert c.connect.intentions.delete("client", "echo")
+assert c.connect.intentions.check("client", "echo") is True
+print("py-consul connect OK", roots["TrustDomain"])
+"#;
+
+#[tokio::test]
+async fn py_consul_reads_the_ca_and_manages_intentions() {
+    let python = crate::consul_client::python();
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup-test-env.sh",
+        python.display()
+    );
+    let mesh = Mesh::start(&[], &[]).await;
+    let out = tokio::process::Command::new(&python)
+        .args(["-c", PY_CONSUL, &mesh.dev.http.port().to_string()])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "py-consul connect OK {}",
+            mesh.trust_domain().await
+        )),
+        "{stdout}"
+    );
+    // The intention is gone again: the mesh serves.
+    mesh.still_serves().await;
+}
