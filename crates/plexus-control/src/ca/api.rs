@@ -1,6 +1,7 @@
 //! `/v1/connect/ca/*` and `/v1/agent/connect/ca/leaf/{service}`.
 //!
-//! - `GET /v1/connect/ca/roots` (blocking query): the trusted roots, Consul's shape.
+//! - `GET /v1/connect/ca/roots` (blocking query; also at `/v1/agent/connect/ca/roots`): the
+//!   trusted roots, Consul's shape; `?pem=true` answers the PEM bundle instead.
 //! - `GET /v1/connect/ca/configuration`, `PUT` it: leaf TTL; `"RotateRoot": true` rotates.
 //! - `POST /v1/connect/ca/rotate`: rotates (what `plexus connect ca rotate` calls).
 //! - `POST /v1/connect/ca/sign`: a sidecar's CSR, signed for its destination service.
@@ -16,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use plexus_api::GoDuration;
 use plexus_api::connect::{CaConfiguration, SignRequest};
-use plexus_runtime::http::{ApiError, BlockingQuery, JsonBody, indexed_json};
+use plexus_runtime::http::{ApiError, BlockingQuery, JsonBody, QueryParams, indexed_json};
 use tracing::{info, warn};
 
 use super::{CaError, CertificateAuthority};
@@ -26,6 +27,7 @@ use crate::api::{ErrorChain, path_error};
 pub fn router(ca: Arc<CertificateAuthority>) -> Router {
     Router::new()
         .route("/v1/connect/ca/roots", get(roots))
+        .route("/v1/agent/connect/ca/roots", get(roots))
         .route(
             "/v1/connect/ca/configuration",
             get(configuration).put(set_configuration),
@@ -84,9 +86,27 @@ fn ca_error(error: CaError) -> Response {
     }
 }
 
-async fn roots(State(ca): State<Arc<CertificateAuthority>>, query: BlockingQuery) -> Response {
+async fn roots(
+    State(ca): State<Arc<CertificateAuthority>>,
+    query: BlockingQuery,
+    params: QueryParams,
+) -> Response {
     query.block(ca.revision_watch()).await;
     match ca.roots().await {
+        Ok(roots) if params.flag("pem") => {
+            let bundle: String = roots
+                .value
+                .roots
+                .iter()
+                .map(|r| r.root_cert.as_str())
+                .collect();
+            let mut response = bundle.into_response();
+            response.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/pem-certificate-chain"),
+            );
+            response
+        }
         Ok(roots) => indexed_json(roots.index, &roots.value),
         Err(error) => ca_error(error),
     }

@@ -139,6 +139,20 @@ async fn echo_through_two_mtls_sidecars_and_the_ca_api() {
             .starts_with("-----BEGIN CERTIFICATE-----")
     );
 
+    // Consul's agent alias and the PEM bundle.
+    let (status, alias, _) = http("GET", &format!("{base}/v1/agent/connect/ca/roots"), None).await;
+    assert_eq!(
+        (status, &alias["ActiveRootID"]),
+        (200, &roots["ActiveRootID"])
+    );
+    let bundle = reqwest::get(format!("{base}/v1/connect/ca/roots?pem=true"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(bundle, roots["Roots"][0]["RootCert"].as_str().unwrap());
+
     // Both sidecars hold a leaf for their own service; the data path really is TLS: the echo
     // sidecar counted an authorized decision from `client`.
     let allowed = "plexus_proxy_intention_decisions_total{source=\"client\",destination=\"echo\",result=\"allow\"}";
