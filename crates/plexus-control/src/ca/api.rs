@@ -6,6 +6,7 @@
 //! - `POST /v1/connect/ca/rotate`: rotates (what `plexus connect ca rotate` calls).
 //! - `POST /v1/connect/ca/sign`: a sidecar's CSR, signed for its destination service.
 //! - `GET /v1/agent/connect/ca/leaf/{service}`: key + leaf, for Consul-compatible clients.
+//! - `GET /v1/connect/ca/metrics`: the CA's counters, Prometheus text.
 
 use std::sync::Arc;
 
@@ -35,11 +36,27 @@ pub fn router(ca: Arc<CertificateAuthority>) -> Router {
         .route("/v1/connect/ca/rotate", post(rotate))
         .route("/v1/connect/ca/sign", post(sign))
         .route("/v1/agent/connect/ca/leaf/{service}", get(leaf))
+        .route("/v1/connect/ca/metrics", get(metrics))
         .with_state(ca)
 }
 
+/// Like [`ca_error`], for signing requests: also counts the refusal by reason.
+fn sign_error(ca: &CertificateAuthority, error: CaError) -> Response {
+    let reason = match &error {
+        CaError::Refused(refusal) => Some(refusal.reason()),
+        CaError::RateLimited { .. } => Some("rate_limited"),
+        CaError::BadRequest { .. } => Some("bad_request"),
+        CaError::NotFound(_) => Some("not_found"),
+        _ => None,
+    };
+    if let Some(reason) = reason {
+        ca.metrics().refused(reason);
+    }
+    ca_error(ca, error)
+}
+
 /// Maps a CA failure to its response; refusals are logged (they are attacks or bugs).
-fn ca_error(error: CaError) -> Response {
+fn ca_error(_ca: &CertificateAuthority, error: CaError) -> Response {
     match error {
         CaError::BadRequest { message, field } => {
             info!(%message, field, "CA request refused");
@@ -108,14 +125,14 @@ async fn roots(
             response
         }
         Ok(roots) => indexed_json(roots.index, &roots.value),
-        Err(error) => ca_error(error),
+        Err(error) => ca_error(&ca, error),
     }
 }
 
 async fn configuration(State(ca): State<Arc<CertificateAuthority>>) -> Response {
     match ca.configuration().await {
         Ok(config) => indexed_json(config.modify_index, &config),
-        Err(error) => ca_error(error),
+        Err(error) => ca_error(&ca, error),
     }
 }
 
@@ -158,13 +175,13 @@ async fn set_configuration(
             }
         };
         if let Err(error) = ca.set_leaf_ttl(ttl).await {
-            return ca_error(error);
+            return ca_error(&ca, error);
         }
     }
     if config.config.rotate_root
         && let Err(error) = ca.rotate().await
     {
-        return ca_error(error);
+        return ca_error(&ca, error);
     }
     axum::Json(true).into_response()
 }
@@ -173,9 +190,9 @@ async fn rotate(State(ca): State<Arc<CertificateAuthority>>) -> Response {
     match ca.rotate().await {
         Ok(_) => match ca.roots().await {
             Ok(roots) => indexed_json(roots.index, &roots.value),
-            Err(error) => ca_error(error),
+            Err(error) => ca_error(&ca, error),
         },
-        Err(error) => ca_error(error),
+        Err(error) => ca_error(&ca, error),
     }
 }
 
@@ -189,12 +206,24 @@ async fn sign(
     };
     let ttl = match request.ttl.as_deref().map(GoDuration::parse).transpose() {
         Ok(ttl) => ttl.map(GoDuration::get),
-        Err(error) => return ApiError::invalid_field("TTL", error.to_string()).into_response(),
+        Err(error) => {
+            ca.metrics().refused("bad_request");
+            return ApiError::invalid_field("TTL", error.to_string()).into_response();
+        }
     };
     match ca.sign(&request.proxy_id, &request.csr, ttl).await {
         Ok(cert) => indexed_json(cert.index, &cert.value),
-        Err(error) => ca_error(error),
+        Err(error) => sign_error(&ca, error),
     }
+}
+
+async fn metrics(State(ca): State<Arc<CertificateAuthority>>) -> Response {
+    let mut response = ca.metrics().encode().into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
 }
 
 async fn leaf(
@@ -207,6 +236,6 @@ async fn leaf(
     };
     match ca.leaf_for_service(&service).await {
         Ok(cert) => indexed_json(cert.index, &cert.value),
-        Err(error) => ca_error(error),
+        Err(error) => sign_error(&ca, error),
     }
 }

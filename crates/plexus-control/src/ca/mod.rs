@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod limit;
+pub mod metrics;
 pub mod policy;
 pub mod rotation;
 #[cfg(test)]
@@ -155,6 +156,7 @@ pub struct CertificateAuthority {
     store: Arc<dyn Store>,
     datacenter: String,
     limiter: Mutex<limit::Limiter>,
+    metrics: metrics::CaMetrics,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -385,7 +387,13 @@ impl CertificateAuthority {
             store,
             datacenter: datacenter.into(),
             limiter: Mutex::new(limit::Limiter::new(SIGN_BURST, SIGN_PER_SECOND)),
+            metrics: metrics::CaMetrics::default(),
         }
+    }
+
+    /// The CA's metrics.
+    pub fn metrics(&self) -> &metrics::CaMetrics {
+        &self.metrics
     }
 
     /// The store's revision watch (blocking queries on the roots wake on it).
@@ -585,6 +593,7 @@ impl CertificateAuthority {
                 Ok(Some(next))
             })
             .await?;
+        self.metrics.rotations.inc();
         info!(root_id = %state.set.active, retiring = state.set.retiring.len(), "CA root rotated");
         Ok(state.set.active)
     }
@@ -755,6 +764,7 @@ impl CertificateAuthority {
         if let Some(cross) = &active.cross_signed_pem {
             cert_pem.push_str(cross);
         }
+        self.metrics.signed.inc();
         info!(service, spiffe_id = %grant.spiffe_id, ttl = %format_duration(grant.ttl), root_id = %active.id, "signed a leaf certificate");
         Ok(Indexed {
             index,

@@ -617,6 +617,23 @@ async fn the_ca_refuses_foreign_identities_long_lifetimes_and_floods() {
         .await
         .unwrap();
 
+    // Every refusal counted by reason.
+    let metrics = reqwest::get(format!("{base}/v1/connect/ca/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "plexus_ca_sign_refusals_total{reason=\"not_entitled\"} 1".to_owned(),
+        "plexus_ca_sign_refusals_total{reason=\"ttl_too_long\"} 1".to_owned(),
+        "plexus_ca_sign_refusals_total{reason=\"several_identities\"} 1".to_owned(),
+        "plexus_ca_sign_refusals_total{reason=\"not_found\"} 1".to_owned(),
+        format!("plexus_ca_sign_refusals_total{{reason=\"rate_limited\"}} {limited}"),
+    ] {
+        assert!(metrics.contains(&series), "missing {series} in\n{metrics}");
+    }
+
     // The control plane is up, its root unchanged, and the mesh still serves.
     let (status, roots, _) = http("GET", &format!("{base}/v1/connect/ca/roots"), None).await;
     assert_eq!(status, 200);
