@@ -176,6 +176,25 @@ pub fn csr(uris: &[&str]) -> Result<(String, KeyPair)> {
     Ok((params.serialize_request(&key)?.pem()?, key))
 }
 
+/// A CSR for `uris` that also asks for basic constraints `CA:TRUE` (an attacker asking the CA
+/// to make it a CA).
+pub fn csr_asking_for_ca(uris: &[&str]) -> Result<String> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = uris
+        .iter()
+        .map(|u| Ok(SanType::URI((*u).to_owned().try_into()?)))
+        .collect::<Result<_, rcgen::Error>>()?;
+    // basicConstraints (2.5.29.19): SEQUENCE { BOOLEAN TRUE }
+    let mut extension = rcgen::CustomExtension::from_oid_content(
+        &[2, 5, 29, 19],
+        vec![0x30, 0x03, 0x01, 0x01, 0xff],
+    );
+    extension.set_criticality(true);
+    params.custom_extensions = vec![extension];
+    Ok(params.serialize_request(&key)?.pem()?)
+}
+
 /// Accepts any server certificate: the tests play a client that only cares whether the server
 /// lets it in.
 #[derive(Debug)]

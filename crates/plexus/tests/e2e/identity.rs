@@ -553,6 +553,7 @@ async fn the_ca_refuses_foreign_identities_long_lifetimes_and_floods() {
     };
     let (echo_csr, _) = pki::csr(&[&mesh.spiffe("echo").await]).unwrap();
     let (client_csr, _) = pki::csr(&[&mesh.spiffe("client").await]).unwrap();
+    let as_ca = pki::csr_asking_for_ca(&[&mesh.spiffe("client").await]).unwrap();
     let (two, _) = pki::csr(&[&mesh.spiffe("client").await, &mesh.spiffe("echo").await]).unwrap();
 
     // The client's sidecar may have the client's identity, for up to the leaf TTL.
@@ -571,6 +572,11 @@ async fn the_ca_refuses_foreign_identities_long_lifetimes_and_floods() {
             json!({"ProxyID": "client-sidecar-proxy", "CSR": client_csr, "TTL": "87600h"}),
             400,
             "ttl_too_long",
+        ),
+        (
+            json!({"ProxyID": "client-sidecar-proxy", "CSR": as_ca}),
+            400,
+            "wants_ca",
         ),
         (
             json!({"ProxyID": "client-sidecar-proxy", "CSR": two}),
