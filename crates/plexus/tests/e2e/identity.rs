@@ -492,13 +492,22 @@ async fn openssl_s_client_shows_what_the_inbound_port_demands() {
         "{transcript}"
     );
 
-    // Without a client certificate: the server demands one.
-    let out = tokio::process::Command::new(openssl)
+    // Without a client certificate: the server demands one. Stdin stays open so that s_client
+    // waits for the server's answer (the alert) instead of closing first.
+    let mut child = tokio::process::Command::new(openssl)
         .args(["s_client", "-connect", &target, "-tls1_3"])
-        .stdin(Stdio::null())
-        .output()
-        .await
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
         .unwrap();
+    let stdin = child.stdin.take(); // wait_with_output would close it
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("s_client ends when the server refuses")
+        .unwrap();
+    drop(stdin);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
