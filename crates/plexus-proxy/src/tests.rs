@@ -1,4 +1,5 @@
-//! [`run`] against a small in-process stand-in for the control plane's HTTP API.
+//! [`run`] against a small in-process stand-in for the control plane's HTTP API, with a stand-in
+//! CA (trust domain `td`) that signs whatever it is asked.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -8,10 +9,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use plexus_api::client::Client;
 use plexus_api::{AgentService, AgentUpstream, Node, ServiceEntry};
 use plexus_runtime::http::{ApiError, BlockingQuery, indexed_json};
+use plexus_test::pki::{self, Issued, LeafSpec, Pki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -31,15 +33,31 @@ struct Catalog {
 struct Control {
     catalog: Arc<Mutex<Catalog>>,
     index: watch::Sender<u64>,
+    ca: Arc<Pki>,
+}
+
+const TD: &str = "td";
+
+fn spiffe(service: &str) -> String {
+    plexus_api::connect::service_spiffe_id(TD, "dc1", service)
 }
 
 impl Control {
     async fn start(catalog: Catalog) -> (Self, Client) {
+        Self::start_with_ca(catalog, Arc::new(Pki::new("stand-in").unwrap())).await
+    }
+
+    async fn start_with_ca(catalog: Catalog, ca: Arc<Pki>) -> (Self, Client) {
         let control = Control {
             catalog: Arc::new(Mutex::new(catalog)),
             index: watch::Sender::new(1),
+            ca,
         };
         let router = Router::new()
+            .route("/v1/agent/self", get(agent_self))
+            .route("/v1/connect/ca/roots", get(roots))
+            .route("/v1/connect/ca/sign", post(sign))
+            .route("/v1/connect/intentions/match", get(intentions))
             .route("/v1/agent/services", get(services))
             .route("/v1/agent/service/{id}", get(service))
             .route("/v1/health/connect/{name}", get(connect))
@@ -54,6 +72,49 @@ impl Control {
         edit(&mut self.catalog.lock().unwrap());
         self.index.send_modify(|i| *i += 1);
     }
+}
+
+async fn agent_self() -> Response {
+    axum::Json(serde_json::json!({"Config": {"Datacenter": "dc1", "NodeName": "n1"}, "Member": {}}))
+        .into_response()
+}
+
+async fn roots(State(c): State<Control>, q: BlockingQuery) -> Response {
+    q.block(c.index.subscribe()).await;
+    let root = serde_json::json!({
+        "ID": "root-1", "Name": "stand-in", "SerialNumber": 1, "SigningKeyID": "root-1",
+        "ExternalTrustDomain": TD, "NotBefore": "", "NotAfter": "", "RootCert": c.ca.root_pem(),
+        "IntermediateCerts": [], "Active": true, "PrivateKeyType": "ec", "PrivateKeyBits": 256,
+    });
+    let body = serde_json::json!({"ActiveRootID": "root-1", "TrustDomain": TD, "Roots": [root]});
+    indexed_json(*c.index.borrow(), &body)
+}
+
+async fn sign(
+    State(c): State<Control>,
+    axum::Json(request): axum::Json<plexus_api::connect::SignRequest>,
+) -> Response {
+    let cert = c.ca.sign_csr(&request.csr).unwrap();
+    let not_after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    axum::Json(serde_json::json!({
+        "SerialNumber": "01", "CertPEM": cert, "Service": "web", "ServiceURI": spiffe("web"),
+        "ValidAfter": "", "ValidBefore": "", "ValidBeforeUnix": not_after, "RootID": "root-1",
+    }))
+    .into_response()
+}
+
+async fn intentions(State(c): State<Control>, q: BlockingQuery) -> Response {
+    q.block(c.index.subscribe()).await;
+    let mut response = indexed_json(*c.index.borrow(), &serde_json::json!({"web": []}));
+    response.headers_mut().insert(
+        "x-plexus-default-intention-policy",
+        axum::http::HeaderValue::from_static("allow"),
+    );
+    response
 }
 
 async fn services(State(control): State<Control>) -> Response {
@@ -115,6 +176,32 @@ async fn named_server(name: u8) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A stand-in for an upstream sidecar: TLS with an `echo` leaf from `ca`, then says its name
+/// and echoes.
+async fn tls_named_server(name: u8, ca: &Pki) -> SocketAddr {
+    let leaf = ca.leaf(&LeafSpec::service(&spiffe("echo"))).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Pki::server_config(&leaf).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let mut socket = acceptor.accept(socket).await?;
+                socket.write_all(&[name]).await?;
+                let (mut read, mut write) = tokio::io::split(socket);
+                tokio::io::copy(&mut read, &mut write).await
+            });
+        }
+    });
+    addr
+}
+
+/// A client leaf for `service` from `ca`.
+fn client_leaf(ca: &Pki, service: &str) -> Issued {
+    ca.leaf(&LeafSpec::service(&spiffe(service))).unwrap()
 }
 
 async fn reached(addr: SocketAddr) -> (Option<u8>, TcpStream) {
@@ -179,6 +266,7 @@ async fn start_proxy(
         sidecar_for: "web".into(),
         admin_listener,
         drain_grace: Duration::from_millis(200),
+        close_denied: false,
     };
     let proxy = tokio::spawn(run(config, shutdown.clone()));
     (admin, shutdown, proxy)
@@ -186,17 +274,18 @@ async fn start_proxy(
 
 #[tokio::test]
 async fn proxy_follows_the_control_plane_and_drains() {
+    let ca = Arc::new(Pki::new("stand-in").unwrap());
     let (app, b, c) = (
         named_server(b'a').await,
-        named_server(b'b').await,
-        named_server(b'c').await,
+        tls_named_server(b'b', &ca).await,
+        tls_named_server(b'c', &ca).await,
     );
     let mut catalog = Catalog::default();
     catalog
         .services
         .insert("web-sidecar-proxy".into(), web_sidecar(app, &[("echo", 0)]));
     catalog.connect.insert("echo".into(), vec![endpoint(b)]);
-    let (control, client) = Control::start(catalog).await;
+    let (control, client) = Control::start_with_ca(catalog, Arc::clone(&ca)).await;
     let (admin, shutdown, proxy) = start_proxy(client).await;
 
     let config = config_until(admin, |c| {
@@ -210,7 +299,15 @@ async fn proxy_follows_the_control_plane_and_drains() {
     assert_eq!(config["destination"], "web");
     assert_eq!(config["revision"], 1);
     let inbound: SocketAddr = config["inbound"]["bind"].as_str().unwrap().parse().unwrap();
-    assert_eq!(reached(inbound).await.0, Some(b'a'));
+    // Inbound is mTLS: a client of our CA gets through, plaintext does not.
+    pki::connect(inbound, Some(&client_leaf(&ca, "api")))
+        .await
+        .unwrap();
+    let mut plain = TcpStream::connect(inbound).await.unwrap();
+    plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = plain.read_to_end(&mut rest).await;
+    assert!(!rest.contains(&b'a'), "plaintext reached the app");
     let echo = upstream_bind(&config, "echo").unwrap();
     assert_eq!(reached(echo).await.0, Some(b'b'));
 
@@ -256,10 +353,17 @@ async fn proxy_follows_the_control_plane_and_drains() {
     );
     assert!(
         text.contains(
-            r#"plexus_proxy_connections_total{direction="inbound",upstream="local_app"} 1"#
+            r#"plexus_proxy_connections_total{direction="inbound",upstream="local_app"} 2"#
         )
     );
     assert!(text.contains(r#"plexus_proxy_endpoints{upstream="local_app"} 1"#));
+    assert!(
+        text.contains(r#"plexus_proxy_tls_refusals_total{direction="inbound",reason="not_tls"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(
+        r#"plexus_proxy_intention_decisions_total{source="api",destination="web",result="allow"} 1"#
+    ));
 
     // Shutdown with a connection still open: it is cut after the grace period.
     shutdown.cancel();

@@ -11,6 +11,7 @@ pub mod brokers;
 pub mod etcd;
 pub mod events;
 pub mod mesh;
+pub mod pki;
 pub mod ports;
 pub mod process;
 pub mod server;

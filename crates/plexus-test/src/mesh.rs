@@ -80,6 +80,11 @@ impl Dev {
         Sidecar::start(&self.bin, &self.addr(), service_id).await
     }
 
+    /// The same with extra `plexus proxy` arguments (e.g. `--close-denied`).
+    pub async fn sidecar_with(&self, service_id: &str, extra: &[&str]) -> Result<Sidecar> {
+        Sidecar::start_with(&self.bin, &self.addr(), service_id, extra).await
+    }
+
     /// Runs a CLI command against this control plane and returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> Result<(i32, String, String)> {
         run_cli(
@@ -120,7 +125,17 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts a sidecar for `service_id` and waits until its admin listener is up.
     pub async fn start(bin: &Path, control: &str, service_id: &str) -> Result<Self> {
-        let args = [
+        Self::start_with(bin, control, service_id, &[]).await
+    }
+
+    /// Starts a sidecar with extra arguments.
+    pub async fn start_with(
+        bin: &Path,
+        control: &str,
+        service_id: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut args: Vec<String> = [
             "proxy",
             "--sidecar-for",
             service_id,
@@ -129,7 +144,9 @@ impl Sidecar {
             "--admin-addr",
             "127.0.0.1:0",
         ]
-        .map(str::to_owned);
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
         let process = Process::spawn(&format!("proxy:{service_id}"), bin, &args, &[])?;
         let admin = process.listening("admin").await?;
         Ok(Self { process, admin })
@@ -139,6 +156,18 @@ impl Sidecar {
     pub async fn admin_get(&self, path: &str) -> Result<(u16, String)> {
         let response = reqwest::get(format!("http://{}{}", self.admin, path)).await?;
         Ok((response.status().as_u16(), response.text().await?))
+    }
+
+    /// The value of the metric sample `series` (name with labels exactly as `/metrics` prints
+    /// them, e.g. `plexus_proxy_leaf_renewals_total`); 0 when absent.
+    pub async fn metric(&self, series: &str) -> Result<f64> {
+        let (_, text) = self.admin_get("/metrics").await?;
+        Ok(text
+            .lines()
+            .filter_map(|line| line.strip_prefix(series))
+            .filter_map(|rest| rest.strip_prefix(' '))
+            .filter_map(|value| value.trim().parse::<f64>().ok())
+            .sum())
     }
 
     /// True once `/ready` answers 200.

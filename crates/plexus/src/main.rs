@@ -51,6 +51,12 @@ enum Command {
     /// Run one example event-mode app (used by `demo events` and the tests).
     #[command(hide = true)]
     EventsApp(cmd::events_app::Args),
+    /// Manage intentions (who may connect to whom).
+    #[command(subcommand)]
+    Intention(cmd::intention::Command),
+    /// Service mesh identity: the certificate authority.
+    #[command(subcommand)]
+    Connect(cmd::connect::Command),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +87,8 @@ fn main() -> ExitCode {
             Command::Demo(command) => cmd::demo::run(command).await,
             Command::EchoServer(args) => cmd::echo_server::run(args).await,
             Command::EventsApp(args) => cmd::events_app::run(args).await,
+            Command::Intention(command) => cmd::intention::run(command).await,
+            Command::Connect(command) => cmd::connect::run(command).await,
         }
     });
     match result {

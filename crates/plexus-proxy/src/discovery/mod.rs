@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use plexus_api::{AgentService, Indexed, ServiceKind};
 
 pub(crate) use endpoints::{EndpointSet, watch_endpoints};
-pub(crate) use watch::{find_sidecar, watch_sidecar};
+pub(crate) use watch::{BLOCKING_WAIT, Backoff, find_sidecar, watch_sidecar};
 
 /// Inbound bind address when the registration's `Address` is empty.
 const DEFAULT_INBOUND_IP: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);

@@ -100,11 +100,15 @@ pub(crate) struct ByteCounters {
 
 /// Copies bytes between `downstream` and `upstream` until both directions have ended (half-closes
 /// are passed on). Returns `(received from downstream, sent to downstream)`.
-pub(crate) async fn splice(
-    downstream: TcpStream,
-    mut upstream: TcpStream,
+pub(crate) async fn splice<D, U>(
+    downstream: D,
+    mut upstream: U,
     bytes: ByteCounters,
-) -> io::Result<(u64, u64)> {
+) -> io::Result<(u64, u64)>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let mut downstream = Counted {
         inner: downstream,
         bytes,

@@ -12,11 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::authorize::Authorizer;
 use crate::balance::RoundRobin;
 use crate::discovery::EndpointSet;
 use crate::endpoint::{self, ByteCounters, ConnectError};
 use crate::error::{ListenerName, Report};
 use crate::metrics::ListenerMetrics;
+use crate::tls;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -34,14 +36,31 @@ pub(crate) struct Limits {
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
     /// Inbound: the local app (its address can change without rebinding the listener).
-    Local(watch::Receiver<SocketAddr>),
+    Local {
+        /// The app's address.
+        app: watch::Receiver<SocketAddr>,
+        /// mTLS and intentions (always set by the proxy; unit tests of the plain data path
+        /// leave it out).
+        security: Option<InboundSecurity>,
+    },
     /// Outbound: an upstream's endpoints, in round-robin order.
     Balanced {
         /// The latest endpoint set.
         endpoints: watch::Receiver<Arc<EndpointSet>>,
         /// Shared by every connection of the listener.
         picker: Arc<RoundRobin>,
+        /// mTLS to the upstream's sidecars (always set by the proxy).
+        tls: Option<tls::Outbound>,
     },
+}
+
+/// What the inbound listener demands of every connection.
+#[derive(Debug, Clone)]
+pub(crate) struct InboundSecurity {
+    /// The TLS server side.
+    pub tls: tls::Inbound,
+    /// The intention check.
+    pub authorizer: Authorizer,
 }
 
 /// A bound listener, ready to run.
@@ -93,6 +112,7 @@ impl Accept {
             let span = info_span!("connection", listener = %log_name, %peer);
             let connection = serve(
                 stream,
+                peer,
                 self.target.clone(),
                 self.metrics.clone(),
                 self.limits.connect_timeout,
@@ -129,14 +149,47 @@ impl Drop for Active {
     }
 }
 
-/// Serves one accepted connection: find an endpoint that accepts, then copy until both sides end.
+/// Serves one accepted connection: (inbound) TLS handshake and authorization, find an endpoint
+/// that accepts, (outbound) TLS handshake, then copy until both sides end.
 async fn serve(
     downstream: TcpStream,
+    peer: SocketAddr,
     mut target: Target,
     metrics: ListenerMetrics,
     connect_timeout: Duration,
 ) {
     let _active = Active::new(metrics.active.clone());
+    let bytes = ByteCounters {
+        sent: metrics.bytes_sent.clone(),
+        received: metrics.bytes_received.clone(),
+    };
+    if let Target::Local {
+        security: Some(security),
+        ..
+    } = &target
+    {
+        let security = security.clone();
+        let Some((downstream, source)) = security.tls.accept(downstream, peer).await else {
+            return;
+        };
+        if !security.authorizer.check(&source.service).allowed {
+            return;
+        }
+        let (upstream, endpoint) = match connect(&mut target, connect_timeout).await {
+            Ok(connected) => connected,
+            Err(error) => {
+                metrics.connect_errors.inc();
+                warn!(error = %Report(&error), "connect failed; closing the connection");
+                return;
+            }
+        };
+        debug!(%endpoint, source = %source.service, "connected");
+        tokio::select! {
+            spliced = endpoint::splice(downstream, upstream, bytes) => log_end(endpoint, spliced),
+            _ = security.authorizer.denied_later(&source.service) => {}
+        }
+        return;
+    }
     let (upstream, endpoint) = match connect(&mut target, connect_timeout).await {
         Ok(connected) => connected,
         Err(error) => {
@@ -146,11 +199,26 @@ async fn serve(
         }
     };
     debug!(%endpoint, "connected");
-    let bytes = ByteCounters {
-        sent: metrics.bytes_sent.clone(),
-        received: metrics.bytes_received.clone(),
-    };
-    match endpoint::splice(downstream, upstream, bytes).await {
+    match &target {
+        Target::Balanced { tls: Some(tls), .. } => {
+            let Ok(upstream) = tls.connect(upstream, endpoint).await else {
+                metrics.connect_errors.inc();
+                return;
+            };
+            log_end(
+                endpoint,
+                endpoint::splice(downstream, upstream, bytes).await,
+            );
+        }
+        _ => log_end(
+            endpoint,
+            endpoint::splice(downstream, upstream, bytes).await,
+        ),
+    }
+}
+
+fn log_end(endpoint: SocketAddr, spliced: std::io::Result<(u64, u64)>) {
+    match spliced {
         Ok((received, sent)) => debug!(%endpoint, received, sent, "connection closed"),
         Err(error) => debug!(%endpoint, %error, "connection ended with an error"),
     }
@@ -161,14 +229,16 @@ async fn connect(
     timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
     match target {
-        Target::Local(app) => {
+        Target::Local { app, .. } => {
             let addr = *app.borrow();
             endpoint::dial(addr, timeout)
                 .await
                 .map(|stream| (stream, addr))
                 .map_err(|last| ConnectError::Unreachable { attempts: 1, last })
         }
-        Target::Balanced { endpoints, picker } => {
+        Target::Balanced {
+            endpoints, picker, ..
+        } => {
             // Right after start-up the control plane's first answer may still be on its way.
             let _ =
                 tokio::time::timeout(timeout, endpoints.wait_for(|set| set.is_resolved())).await;
@@ -214,6 +284,7 @@ mod tests {
             target: Target::Balanced {
                 endpoints,
                 picker: Arc::default(),
+                tls: None,
             },
             metrics: metrics.clone(),
             limits: Limits {
@@ -294,6 +365,7 @@ mod tests {
             target: Target::Balanced {
                 endpoints: rx,
                 picker: Arc::default(),
+                tls: None,
             },
             metrics: ListenerMetrics::default(),
             limits: Limits {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
+pub(crate) use accept::InboundSecurity;
 pub(crate) use accept::Limits;
 use accept::{Accept, Target};
 use diff::InboundChange;
@@ -27,6 +28,7 @@ use crate::admin::{Snapshot, UpstreamView};
 use crate::discovery::{EndpointSet, InboundSpec, SidecarConfig, UpstreamSpec};
 use crate::error::{ListenerName, ProxyError, Report};
 use crate::metrics::{Direction, LOCAL_APP, ListenerMetrics, Metrics};
+use crate::tls::{self, Identity, TlsMetrics};
 
 /// Starts following an upstream's endpoints until the token fires; returns the latest set.
 pub(crate) type Resolve =
@@ -47,6 +49,19 @@ pub(crate) struct Context {
     pub limits: Limits,
     /// Endpoint discovery for outbound listeners.
     pub resolve: Resolve,
+    /// mTLS and intentions.
+    pub security: Security,
+}
+
+/// What secures the listeners: this sidecar's identity and the inbound demands.
+#[derive(Debug, Clone)]
+pub(crate) struct Security {
+    /// The identity (leaf, roots).
+    pub identity: Arc<Identity>,
+    /// TLS metrics.
+    pub metrics: TlsMetrics,
+    /// The inbound TLS server and intention check.
+    pub inbound: InboundSecurity,
 }
 
 /// What to do when a listener cannot be bound.
@@ -187,7 +202,11 @@ impl Listeners {
         // The local app is the inbound direction's one endpoint.
         self.ctx.metrics.endpoints(LOCAL_APP).set(1);
         let stop = self.ctx.stop.child_token();
-        let accept = self.accept(name, listener, Target::Local(app_rx), metrics);
+        let target = Target::Local {
+            app: app_rx,
+            security: Some(self.ctx.security.inbound.clone()),
+        };
+        let accept = self.accept(name, listener, target, metrics);
         let running = self.spawn(accept, bound, stop);
         Ok(Inbound { spec, app, running })
     }
@@ -202,9 +221,16 @@ impl Listeners {
         // The endpoint watch stops with the listener.
         let stop = self.ctx.stop.child_token();
         let endpoints = (self.ctx.resolve)(&spec.destination, stop.clone());
+        let tls = tls::Outbound::new(
+            &self.ctx.security.identity,
+            &spec.destination,
+            self.ctx.security.metrics.clone(),
+        )
+        .map_err(ProxyError::Tls)?;
         let target = Target::Balanced {
             endpoints: endpoints.clone(),
             picker: Arc::default(),
+            tls: Some(tls),
         };
         let accept = self.accept(name, listener, target, metrics);
         let running = self.spawn(accept, bound, stop);

@@ -5,6 +5,10 @@
 //! 3. A second echo instance: connections spread across both.
 //! 4. The first instance dies: its check goes critical and every new connection reaches the
 //!    survivor.
+//!
+//! Sidecar to sidecar traffic is mTLS throughout. With `--deny`, step 3 instead creates a deny
+//! intention `client => echo`, shows the client being refused, then deletes it and shows the
+//! client getting through again.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +49,9 @@ pub struct EchoArgs {
     /// HTTP API address of the demo's control plane (port 0 picks a free one).
     #[arg(long = "http-addr", default_value = "127.0.0.1:0")]
     pub http_addr: String,
+    /// Show a deny intention stopping the client (instead of round robin and failover).
+    #[arg(long)]
+    pub deny: bool,
 }
 
 /// Runs a demo.
@@ -160,6 +167,7 @@ impl DemoSidecar {
             sidecar_for: service_id.to_owned(),
             admin_listener,
             drain_grace: Duration::from_secs(2),
+            close_denied: false,
         };
         let task = tokio::spawn(plexus_proxy::run(config, shutdown.token()));
         Ok(Self { admin, task })
@@ -226,6 +234,53 @@ impl DemoSidecar {
     }
 }
 
+/// Step 3 of `--deny`: a deny intention stops the client; deleting it lets the client back in.
+async fn deny_scenario(
+    api: &plexus_api::client::Client,
+    upstream: SocketAddr,
+) -> anyhow::Result<()> {
+    use plexus_api::connect::{Intention, IntentionAction};
+    println!("== 3. intention: client => echo (deny)");
+    let intention: Intention = serde_json::from_value(serde_json::json!({
+        "SourceName": "client", "DestinationName": "echo", "Action": IntentionAction::Deny,
+        "Description": "plexus demo echo --deny",
+    }))?;
+    let id = api.create_intention(&intention).await?;
+    println!("created deny intention {id}");
+    let started = Instant::now();
+    loop {
+        let reply = round_trip(upstream, "knock knock").await;
+        match reply {
+            Ok(reply) if reply == "knock knock" => {}
+            Ok(_) | Err(_) => {
+                println!(
+                    "sent \"knock knock\" -> connection closed: the echo sidecar denied client => echo"
+                );
+                break;
+            }
+        }
+        if started.elapsed() > STEP_DEADLINE {
+            bail!("the deny intention did not stop the client");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("== 4. delete the intention: the default policy (allow) applies again");
+    api.delete_intention(&id).await?;
+    let started = Instant::now();
+    loop {
+        if let Ok(reply) = round_trip(upstream, "hello again").await
+            && reply == "hello again"
+        {
+            println!("sent \"hello again\" -> got {reply:?}");
+            return Ok(());
+        }
+        if started.elapsed() > STEP_DEADLINE {
+            bail!("the client was still refused after the intention was deleted");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Sends one line through `addr` and returns what came back.
 async fn round_trip(addr: SocketAddr, line: &str) -> anyhow::Result<String> {
     let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
@@ -260,7 +315,16 @@ async fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("cannot bind the HTTP API on {}", args.http_addr))?;
-    let dev = DevServer::start(listener, None, "plexus-demo", "dc1", &defs, &shutdown).await?;
+    let dev = DevServer::start(
+        listener,
+        None,
+        "plexus-demo",
+        "dc1",
+        &defs,
+        super::dev::ConnectSettings::default(),
+        &shutdown,
+    )
+    .await?;
     let control = dev.http_addr.to_string();
     println!("control plane: http://{control}  (try: curl http://{control}/v1/agent/services)");
 
@@ -269,12 +333,28 @@ async fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
     let echo_sidecar = DemoSidecar::start(&control, "echo", &shutdown).await?;
     echo_sidecar.wait_ready().await?;
     client_sidecar.wait_endpoints("echo", 1).await?;
+    let api = plexus_api::client::Client::new(&control)?;
+    let roots = api
+        .connect_ca_roots(plexus_api::client::QueryOptions::default())
+        .await?
+        .value;
+    println!(
+        "sidecar to sidecar is mTLS (TLS 1.3): {} -> {}",
+        plexus_api::connect::service_spiffe_id(&roots.trust_domain, "dc1", "client"),
+        plexus_api::connect::service_spiffe_id(&roots.trust_domain, "dc1", "echo"),
+    );
     for line in ["hello", "from", "plexus"] {
         let reply = round_trip(upstream, line).await?;
         println!("sent {line:?} -> got {reply:?}");
         if reply != line {
             bail!("echo mismatch: sent {line:?}, got {reply:?}");
         }
+    }
+
+    if args.deny {
+        deny_scenario(&api, upstream).await?;
+        println!("demo passed");
+        return finish(args.keep_running, upstream, &control, shutdown, dev).await;
     }
 
     println!("== 3. a second echo instance: round robin");
@@ -308,8 +388,18 @@ async fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
         bail!("connections did not all reach the survivor");
     }
     println!("demo passed");
+    finish(args.keep_running, upstream, &control, shutdown, dev).await
+}
 
-    if args.keep_running {
+/// Keeps running if asked, then stops everything.
+async fn finish(
+    keep_running: bool,
+    upstream: SocketAddr,
+    control: &str,
+    shutdown: Shutdown,
+    dev: DevServer,
+) -> anyhow::Result<ExitCode> {
+    if keep_running {
         println!("still running (Ctrl-C to stop): echo at {upstream}, API at http://{control}");
         shutdown.token().cancelled().await;
     }

@@ -240,7 +240,16 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
     println!("nats: {nats_url}");
     let shutdown = Shutdown::new();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let dev = DevServer::start(listener, None, "plexus-demo", "dc1", &[], &shutdown).await?;
+    let dev = DevServer::start(
+        listener,
+        None,
+        "plexus-demo",
+        "dc1",
+        &[],
+        super::dev::ConnectSettings::default(),
+        &shutdown,
+    )
+    .await?;
     let control = dev.http_addr.to_string();
     println!("control plane: http://{control}  (try: curl http://{control}/v1/events/apps)");
 

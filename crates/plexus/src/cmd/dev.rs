@@ -49,6 +49,32 @@ pub struct Args {
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// Lifetime of the leaf certificates the CA signs (`connect.ca_config.leaf_cert_ttl`), from
+    /// 1m to 8760h. Default: the stored setting (72h on a new store).
+    #[arg(long = "connect-leaf-ttl", value_parser = parse_duration)]
+    pub connect_leaf_ttl: Option<Duration>,
+    /// What happens when no intention matches (`connect.default_intention_policy`): `allow`
+    /// (the dev default) or `deny` (a production server's default).
+    #[arg(long = "default-intention-policy", default_value = "allow")]
+    pub default_intention_policy: plexus_api::connect::DefaultPolicy,
+}
+
+/// The identity settings of a dev server.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectSettings {
+    /// Leaf TTL to configure at start (`None`: keep the stored one).
+    pub leaf_ttl: Option<Duration>,
+    /// Default intention policy.
+    pub default_policy: plexus_api::connect::DefaultPolicy,
+}
+
+impl Default for ConnectSettings {
+    fn default() -> Self {
+        Self {
+            leaf_ttl: None,
+            default_policy: plexus_api::connect::DefaultPolicy::Allow,
+        }
+    }
 }
 
 /// The host name, or `plexus-dev` when it cannot be read.
@@ -97,6 +123,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(definitions) => definitions,
         Err(code) => return Ok(code),
     };
+    if let Some(ttl) = args.connect_leaf_ttl {
+        let bounds =
+            plexus_control::ca::policy::MIN_LEAF_TTL..=plexus_control::ca::policy::MAX_LEAF_TTL;
+        if !bounds.contains(&ttl) {
+            eprintln!("error: --connect-leaf-ttl must be between 1m and 8760h, not {ttl:?}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    }
+    let connect = ConnectSettings {
+        leaf_ttl: args.connect_leaf_ttl,
+        default_policy: args.default_intention_policy,
+    };
     let listener = TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("cannot bind the HTTP API on {}", args.http_addr))?;
@@ -108,6 +146,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         &node_name,
         &args.datacenter,
         &definitions,
+        connect,
         &shutdown,
     )
     .await?;
@@ -140,6 +179,7 @@ impl DevServer {
         node_name: &str,
         datacenter: &str,
         definitions: &[(PathBuf, ServiceRegistration)],
+        connect: ConnectSettings,
         shutdown: &Shutdown,
     ) -> anyhow::Result<Self> {
         let http_addr = listener.local_addr()?;
@@ -160,6 +200,22 @@ impl DevServer {
         };
         let control = ControlPlane::open_embedded(&data_dir, info)
             .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        // Identity: the CA root exists before anything can ask for a certificate.
+        let ca = control.ca();
+        match connect.leaf_ttl {
+            Some(ttl) => ca.bootstrap_with_leaf_ttl(ttl).await,
+            None => ca.bootstrap().await,
+        }
+        .context("creating the CA")?;
+        control
+            .intentions()
+            .set_default_policy(connect.default_policy);
+        info!(
+            trust_domain = %ca.trust_domain().await.context("reading the CA")?,
+            default_intention_policy = %connect.default_policy,
+            "connect CA ready"
+        );
+        shutdown.spawn(ca.run_retirement(shutdown.token().cancelled_owned()));
         let catalog: Arc<dyn plexus_api::Catalog> = control.catalog();
         let node = Node {
             id: node_id(node_name),

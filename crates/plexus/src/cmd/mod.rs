@@ -2,12 +2,14 @@
 
 pub mod agent;
 pub mod catalog;
+pub mod connect;
 pub mod demo;
 pub mod demo_events;
 pub mod dev;
 pub mod echo_server;
 pub mod events_app;
 pub mod health;
+pub mod intention;
 pub mod kv;
 pub mod operator;
 pub mod proxy;

@@ -24,6 +24,10 @@ pub struct Args {
     /// Control-plane servers to fail over between, comma-separated (instead of --http-addr).
     #[arg(long = "server", value_delimiter = ',')]
     pub servers: Vec<String>,
+    /// Close open inbound connections as soon as an intention change denies them (by default
+    /// a change applies to new connections only).
+    #[arg(long = "close-denied")]
+    pub close_denied: bool,
     #[command(flatten)]
     pub control: ControlArgs,
 }
@@ -52,6 +56,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         sidecar_for: args.sidecar_for,
         admin_listener,
         drain_grace: args.grace,
+        close_denied: args.close_denied,
     };
     plexus_proxy::run(config, shutdown.token()).await?;
     Ok(ExitCode::SUCCESS)

@@ -54,6 +54,14 @@ pub struct Args {
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// Lifetime of the leaf certificates the CA signs (`connect.ca_config.leaf_cert_ttl`), from
+    /// 1m to 8760h. Default: the stored setting (72h on a new store).
+    #[arg(long = "connect-leaf-ttl", value_parser = parse_duration)]
+    pub connect_leaf_ttl: Option<Duration>,
+    /// What happens when no intention matches (`connect.default_intention_policy`): `deny`
+    /// (a production server's default) or `allow`.
+    #[arg(long = "default-intention-policy", default_value = "deny")]
+    pub default_intention_policy: plexus_api::connect::DefaultPolicy,
 }
 
 /// The validated store choice.
@@ -101,6 +109,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    if let Some(ttl) = args.connect_leaf_ttl {
+        let bounds =
+            plexus_control::ca::policy::MIN_LEAF_TTL..=plexus_control::ca::policy::MAX_LEAF_TTL;
+        if !bounds.contains(&ttl) {
+            eprintln!("error: --connect-leaf-ttl must be between 1m and 8760h, not {ttl:?}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    }
     let node_name = args.node.clone().unwrap_or_else(default_node_name);
     let listener = TcpListener::bind(&args.http_addr)
         .await
@@ -119,6 +135,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let backend = store.status().await.backend;
     let control = ControlPlane::with_store(store, info);
+    // Identity: the CA root exists before anything can ask for a certificate. Creation is a
+    // compare-and-set, so replicas starting together agree on one root.
+    let ca = control.ca();
+    match args.connect_leaf_ttl {
+        Some(ttl) => ca.bootstrap_with_leaf_ttl(ttl).await,
+        None => ca.bootstrap().await,
+    }
+    .context("creating the CA")?;
+    control
+        .intentions()
+        .set_default_policy(args.default_intention_policy);
+    info!(
+        trust_domain = %ca.trust_domain().await.context("reading the CA")?,
+        default_intention_policy = %args.default_intention_policy,
+        "connect CA ready"
+    );
+    shutdown.spawn(ca.run_retirement(shutdown.token().cancelled_owned()));
     shutdown.spawn(plexus_control::operator::announce(
         control.store(),
         plexus_api::operator::ServerRecord {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::dev;
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     if let Ok(p) = std::env::var("PLEXUS_TEST_PYTHON") {
         return PathBuf::from(p);
     }

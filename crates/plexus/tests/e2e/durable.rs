@@ -262,6 +262,12 @@ async fn acceptance_replicas_etcd_members_killed_under_writes_and_traffic() {
     let mut r = replicas(3).await;
     let servers: Vec<String> = r.servers.iter().map(Server::addr).collect();
     let clients: Vec<Client> = r.servers.iter().map(|s| s.client.clone()).collect();
+    // A server's default intention policy is deny: allow client → echo as an operator would.
+    let allow: plexus_api::connect::Intention = serde_json::from_value(serde_json::json!({
+        "SourceName": "client", "DestinationName": "echo", "Action": "allow"
+    }))
+    .unwrap();
+    clients[0].create_intention(&allow).await.unwrap();
 
     // The data plane: an agent on its own node, two sidecars talking to the agent.
     let echo = plexus_test::TcpEcho::start().await.unwrap();

@@ -1,0 +1,94 @@
+//! Intention storage over a real embedded store: unwrap is the assertion.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use plexus_api::connect::{DefaultPolicy, Intention, IntentionAction};
+
+use super::*;
+use crate::store::EmbeddedStore;
+
+fn intention(source: &str, destination: &str, action: IntentionAction) -> Intention {
+    serde_json::from_value(serde_json::json!({
+        "SourceName": source, "DestinationName": destination, "Action": action,
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn crud_uniqueness_and_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let intentions = Intentions::new(store, DefaultPolicy::Deny);
+    assert!(!intentions.check("web", "db").await.unwrap().allowed);
+
+    let created = intentions
+        .create(intention("web", "db", IntentionAction::Allow))
+        .await
+        .unwrap();
+    assert_eq!(created.precedence, 9);
+    assert!(intentions.check("web", "db").await.unwrap().allowed);
+    let duplicate = intentions
+        .create(intention("web", "db", IntentionAction::Deny))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(duplicate, IntentionError::Duplicate { .. }),
+        "{duplicate}"
+    );
+
+    intentions
+        .create(intention("*", "db", IntentionAction::Deny))
+        .await
+        .unwrap();
+    assert!(!intentions.check("api", "db").await.unwrap().allowed);
+    assert!(intentions.check("web", "db").await.unwrap().allowed);
+    let list = intentions.list().await.unwrap().value;
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].id, created.id, "exact first");
+
+    // Update flips the action; the pair may move to a free one only.
+    let mut denied = intention("web", "db", IntentionAction::Deny);
+    denied.id = created.id.clone();
+    intentions.update(&created.id, denied).await.unwrap();
+    assert!(!intentions.check("web", "db").await.unwrap().allowed);
+    let clash = intentions
+        .update(&created.id, intention("*", "db", IntentionAction::Deny))
+        .await
+        .unwrap_err();
+    assert!(matches!(clash, IntentionError::Duplicate { .. }), "{clash}");
+
+    assert_eq!(intentions.exact("web", "db").await.unwrap().id, created.id);
+    intentions.delete(&created.id).await.unwrap();
+    assert!(matches!(
+        intentions.exact("web", "db").await.unwrap_err(),
+        IntentionError::NotFound(_)
+    ));
+    // The pair is free again.
+    intentions
+        .create(intention("web", "db", IntentionAction::Allow))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn invalid_intentions_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let intentions = Intentions::new(store, DefaultPolicy::Allow);
+    for (source, destination, field) in [
+        ("", "db", "SourceName"),
+        ("web", "", "DestinationName"),
+        ("we*", "db", "SourceName"),
+        ("web", "d/b", "DestinationName"),
+    ] {
+        match intentions
+            .create(intention(source, destination, IntentionAction::Allow))
+            .await
+        {
+            Err(IntentionError::Invalid { field: got, .. }) => assert_eq!(got, field),
+            other => panic!("{source:?} {destination:?}: {other:?}"),
+        }
+    }
+    assert!(intentions.list().await.unwrap().value.is_empty());
+}

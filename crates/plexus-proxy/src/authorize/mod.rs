@@ -1,0 +1,222 @@
+//! Authorize: the inbound sidecar's intention check on every new connection, from a local copy
+//! of the intentions that can apply to its service, followed by blocking query.
+//!
+//! The decision is [`plexus_api::connect::decide`], the same pure function the control plane's
+//! `/v1/connect/intentions/check` uses. A change reaches this cache as soon as the blocking
+//! query returns (well within a second), so it applies to the next connection. With
+//! `close_denied`, connections already open are re-checked on every change and closed when now
+//! denied.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexus_api::client::{Client, QueryOptions};
+use plexus_api::connect::{Decision, DefaultPolicy, IntentionInput, decide};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::discovery::{BLOCKING_WAIT, Backoff};
+use crate::error::Report;
+
+/// The intentions that can apply to this sidecar's service, with the default policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Policy {
+    /// Matching intentions.
+    pub intentions: Vec<IntentionInput>,
+    /// When none matches. A server that does not say is taken as `deny`.
+    pub default: DefaultPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DecisionLabels {
+    source: String,
+    destination: String,
+    result: &'static str,
+}
+
+/// Decision metrics.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AuthorizeMetrics {
+    decisions: Family<DecisionLabels, Counter>,
+    closed: Counter,
+}
+
+impl AuthorizeMetrics {
+    /// Registers under `plexus_proxy_`.
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        let sub = registry.sub_registry_with_prefix("plexus_proxy");
+        sub.register(
+            "intention_decisions",
+            "Inbound connections authorized or denied, by source, destination and result",
+            metrics.decisions.clone(),
+        );
+        sub.register(
+            "intention_closed_connections",
+            "Open connections closed because an intention change denies them now",
+            metrics.closed.clone(),
+        );
+        metrics
+    }
+}
+
+/// Decides for one destination service.
+#[derive(Debug, Clone)]
+pub(crate) struct Authorizer {
+    /// This sidecar's service.
+    pub destination: String,
+    /// The latest policy.
+    pub policy: watch::Receiver<Arc<Policy>>,
+    /// Close open connections that a change denies.
+    pub close_denied: bool,
+    metrics: AuthorizeMetrics,
+}
+
+impl Authorizer {
+    /// Decides, counts and logs a new connection from `source`.
+    pub(crate) fn check(&self, source: &str) -> Decision {
+        let policy = Arc::clone(&self.policy.borrow());
+        let decision = decide(
+            &policy.intentions,
+            source,
+            &self.destination,
+            policy.default,
+        );
+        let result = if decision.allowed { "allow" } else { "deny" };
+        self.metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                source: source.to_owned(),
+                destination: self.destination.clone(),
+                result,
+            })
+            .inc();
+        if decision.allowed {
+            tracing::debug!(source, destination = %self.destination, reason = %decision.reason, "connection authorized");
+        } else {
+            info!(source, destination = %self.destination, reason = %decision.reason, "connection denied by intention");
+        }
+        decision
+    }
+
+    /// Resolves when a policy change denies `source` (only with `close_denied`; otherwise never).
+    pub(crate) async fn denied_later(&self, source: &str) {
+        if !self.close_denied {
+            return std::future::pending().await;
+        }
+        let mut policy = self.policy.clone();
+        loop {
+            if policy.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let current = Arc::clone(&policy.borrow_and_update());
+            let decision = decide(
+                &current.intentions,
+                source,
+                &self.destination,
+                current.default,
+            );
+            if !decision.allowed {
+                self.metrics.closed.inc();
+                info!(source, destination = %self.destination, reason = %decision.reason, "closing a connection that an intention now denies");
+                return;
+            }
+        }
+    }
+}
+
+async fn fetch(
+    client: &Client,
+    destination: &str,
+    index: u64,
+) -> Result<(Policy, u64), plexus_api::client::ClientError> {
+    let query = if index == 0 {
+        QueryOptions::default()
+    } else {
+        QueryOptions::blocking(index, BLOCKING_WAIT)
+    };
+    let set = client
+        .intentions_for_destination(destination, query)
+        .await?;
+    let policy = Policy {
+        intentions: set.intentions.iter().map(IntentionInput::from).collect(),
+        default: set.default_policy.unwrap_or(DefaultPolicy::Deny),
+    };
+    Ok((policy, set.index))
+}
+
+/// Fetches the policy for `destination` once (retrying with backoff), then follows it until
+/// `stop`. `None` when stopped before the first answer.
+pub(crate) async fn start(
+    client: Client,
+    destination: String,
+    close_denied: bool,
+    metrics: AuthorizeMetrics,
+    tasks: &tokio_util::task::TaskTracker,
+    stop: CancellationToken,
+) -> Option<Authorizer> {
+    let mut backoff = Backoff::default();
+    let (policy, index) = loop {
+        match fetch(&client, &destination, 0).await {
+            Ok(found) => break found,
+            Err(error) => {
+                warn!(error = %Report(&error), "cannot read intentions yet; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+    };
+    info!(destination, intentions = policy.intentions.len(), default = %policy.default, "intentions loaded");
+    let (tx, rx) = watch::channel(Arc::new(policy));
+    tasks.spawn({
+        let (client, destination) = (client.clone(), destination.clone());
+        async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = follow(client, destination, index, tx) => {}
+            }
+        }
+    });
+    Some(Authorizer {
+        destination,
+        policy: rx,
+        close_denied,
+        metrics,
+    })
+}
+
+async fn follow(
+    client: Client,
+    destination: String,
+    mut index: u64,
+    tx: watch::Sender<Arc<Policy>>,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        match fetch(&client, &destination, index.max(1)).await {
+            Ok((policy, new_index)) => {
+                backoff.reset();
+                if new_index == index {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                index = if new_index < index { 0 } else { new_index };
+                if **tx.borrow() != policy {
+                    info!(destination, intentions = policy.intentions.len(), default = %policy.default, "intentions changed");
+                    tx.send_replace(Arc::new(policy));
+                }
+            }
+            Err(error) => {
+                warn!(error = %Report(&error), "intentions watch failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
