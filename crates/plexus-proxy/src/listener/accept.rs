@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::balance::RoundRobin;
 use crate::discovery::EndpointSet;
@@ -67,7 +67,7 @@ impl Accept {
     /// Accepts connections until `stop` fires, then drops the listener. Connections already
     /// accepted keep running until they end or `kill` fires.
     pub(crate) async fn run(self, stop: CancellationToken) {
-        let log_name = self.name.log_name();
+        let log_name: Arc<str> = Arc::from(self.name.log_name());
         let permits = Arc::new(Semaphore::new(self.limits.max_connections));
         loop {
             let permit = tokio::select! {
@@ -90,9 +90,16 @@ impl Accept {
             };
             let _ = stream.set_nodelay(true);
             self.metrics.connections.inc();
-            let span = info_span!("connection", listener = %log_name, %peer);
+            // A debug-level span: at the default `info` level it is disabled, so polling the
+            // connection does not enter and leave a span on every wake-up (measured in
+            // docs/benchmarks.md); warnings carry the listener and peer themselves.
+            let span = debug_span!("connection", listener = %log_name, %peer);
             let connection = serve(
                 stream,
+                Peer {
+                    listener: Arc::clone(&log_name),
+                    addr: peer,
+                },
                 self.target.clone(),
                 self.metrics.clone(),
                 self.limits.connect_timeout,
@@ -129,9 +136,16 @@ impl Drop for Active {
     }
 }
 
+/// Who a connection's warnings are about.
+struct Peer {
+    listener: Arc<str>,
+    addr: SocketAddr,
+}
+
 /// Serves one accepted connection: find an endpoint that accepts, then copy until both sides end.
 async fn serve(
     downstream: TcpStream,
+    peer: Peer,
     mut target: Target,
     metrics: ListenerMetrics,
     connect_timeout: Duration,
@@ -141,7 +155,12 @@ async fn serve(
         Ok(connected) => connected,
         Err(error) => {
             metrics.connect_errors.inc();
-            warn!(error = %Report(&error), "connect failed; closing the connection");
+            warn!(
+                error = %Report(&error),
+                listener = %peer.listener,
+                peer = %peer.addr,
+                "connect failed; closing the connection"
+            );
             return;
         }
     };
