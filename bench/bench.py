@@ -310,6 +310,7 @@ def main() -> None:
                    help="measure the Plexus L7 HTTP/1.1 and h2c rows (once issue 4 has landed)")
     args = p.parse_args()
     ARGS = args
+    args.out = args.out.resolve()  # nginx and the proxies get absolute paths
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out / "work"
     work.mkdir(exist_ok=True)

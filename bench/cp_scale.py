@@ -137,6 +137,7 @@ def main() -> int:
     p.add_argument("--watchers", type=int, default=1000)
     p.add_argument("--changes", type=int, default=20)
     args = p.parse_args()
+    args.out = args.out.resolve()
     work = args.out / "work" / "cp"
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
