@@ -49,6 +49,14 @@ mod staleness;
 mod tests;
 mod tls;
 
+/// The hot pure functions, reachable by the criterion micro-benchmarks in `benches/`
+/// (`cargo bench -p plexus-proxy`). Not a stable API.
+#[doc(hidden)]
+pub mod hot {
+    pub use crate::balance::RoundRobin;
+    pub use crate::discovery::EndpointSet;
+}
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -60,6 +60,7 @@ pub enum RecordError {
 pub struct StoreCatalog {
     store: Arc<dyn Store>,
     datacenter: String,
+    snapshots: view::SnapshotCache,
 }
 
 impl std::fmt::Debug for StoreCatalog {
@@ -191,6 +192,7 @@ impl StoreCatalog {
         Self {
             store,
             datacenter: datacenter.into(),
+            snapshots: view::SnapshotCache::default(),
         }
     }
 

@@ -362,3 +362,40 @@ fn keys_escape_separators() {
     );
     assert_eq!(keys::unescape(&keys::escape("%2F/%")), "%2F/%");
 }
+
+/// Reads share one snapshot per revision; a write moves the revision, so the next read is a
+/// fresh load that shows it (and reads at an unchanged revision keep showing the same data).
+#[tokio::test]
+async fn a_read_after_a_write_sees_it_despite_the_shared_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog(dir.path());
+    let filter = HealthFilter::default();
+    let first = catalog
+        .register(registration(
+            "n1",
+            vec![service("web-1", "web", &[])],
+            vec![],
+        ))
+        .await
+        .unwrap();
+    let before = catalog.service_health("web", &filter).await.unwrap();
+    let again = catalog.service_health("web", &filter).await.unwrap();
+    assert_eq!((before.index, before.value.len()), (first, 1));
+    assert_eq!((again.index, again.value.len()), (first, 1));
+    for i in 2..=5 {
+        let index = catalog
+            .register(registration(
+                &format!("n{i}"),
+                vec![service(&format!("web-{i}"), "web", &[])],
+                vec![],
+            ))
+            .await
+            .unwrap();
+        let after = catalog.service_health("web", &filter).await.unwrap();
+        assert_eq!((after.index, after.value.len()), (index, i));
+    }
+    catalog.deregister_service("n1", "web-1").await.unwrap();
+    let gone = catalog.service_health("web", &filter).await.unwrap();
+    assert!(gone.value.iter().all(|e| e.service.id != "web-1"));
+    assert_eq!(gone.value.len(), 4);
+}

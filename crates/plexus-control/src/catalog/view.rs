@@ -3,8 +3,10 @@
 //!
 //! Each read loads the whole `catalog/` prefix at one store revision and filters in memory; the
 //! revision is returned as the index. Results are sorted by node, then service or check id.
+//! The last load is kept and shared by every read at the same revision ([`SnapshotCache`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use plexus_api::model::aggregate;
 use plexus_api::{
@@ -12,7 +14,15 @@ use plexus_api::{
     ServiceEntry, ServiceKind,
 };
 
-use super::{StoreCatalog, decode, fill_check, keys};
+use super::{StoreCatalog, decode, fill_check, keys, store_error};
+
+/// The last catalog snapshot, shared by every read at the same store revision. One change wakes
+/// every blocking query at once (a thousand proxies watching one service); without this each of
+/// them decoded the whole catalog again (100,000 instances: a second of CPU per change per
+/// watcher, see docs/benchmarks.md). The lock also makes concurrent readers at a new revision
+/// wait for one load instead of each doing its own.
+#[derive(Default)]
+pub(crate) struct SnapshotCache(tokio::sync::Mutex<Option<Arc<Snapshot>>>);
 
 /// Filters of `GET /v1/health/service/:name` and `/v1/health/connect/:name`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,7 +111,22 @@ fn is_proxy_for(service: &AgentService, name: &str) -> bool {
 }
 
 impl StoreCatalog {
-    async fn snapshot(&self) -> Result<Snapshot, CatalogError> {
+    /// The catalog at the store's current revision: the cached snapshot when it is at that
+    /// revision, else a fresh load. The current revision comes from `get_at` (a linearizable read
+    /// on etcd; the committed revision, published before a write returns, on the embedded store),
+    /// so a read after a write always sees it.
+    async fn snapshot(&self) -> Result<Arc<Snapshot>, CatalogError> {
+        let (_, current) = self.store.get_at(keys::ROOT).await.map_err(store_error)?;
+        let mut cached = self.snapshots.0.lock().await;
+        if let Some(snapshot) = cached.as_ref().filter(|s| s.index == current) {
+            return Ok(Arc::clone(snapshot));
+        }
+        let fresh = Arc::new(self.load_snapshot().await?);
+        *cached = Some(Arc::clone(&fresh));
+        Ok(fresh)
+    }
+
+    async fn load_snapshot(&self) -> Result<Snapshot, CatalogError> {
         let (kvs, index) = self.range(keys::ROOT).await?;
         let mut snapshot = Snapshot {
             index,
@@ -201,7 +226,7 @@ impl StoreCatalog {
         let snapshot = self.snapshot().await?;
         Ok(Indexed {
             index: snapshot.index,
-            value: snapshot.nodes.into_values().collect(),
+            value: snapshot.nodes.values().cloned().collect(),
         })
     }
 
@@ -266,8 +291,9 @@ impl StoreCatalog {
         let snapshot = self.snapshot().await?;
         let value = snapshot
             .checks
-            .into_iter()
+            .iter()
             .filter(|c| state.is_none_or(|s| c.status == s))
+            .cloned()
             .collect();
         Ok(Indexed {
             index: snapshot.index,

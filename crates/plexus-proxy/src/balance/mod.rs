@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A round-robin picker shared by all connections of one outbound listener.
 #[derive(Debug, Default)]
-pub(crate) struct RoundRobin {
+pub struct RoundRobin {
     next: AtomicUsize,
 }
 
 impl RoundRobin {
     /// The order in which to try `endpoints` for one new connection: the next one in turn first,
     /// then the rest, each exactly once. Empty when `endpoints` is.
-    pub(crate) fn order<'a, T>(&self, endpoints: &'a [T]) -> impl Iterator<Item = &'a T> + 'a {
+    pub fn order<'a, T>(&self, endpoints: &'a [T]) -> impl Iterator<Item = &'a T> + 'a {
         let len = endpoints.len();
         let start = if len == 0 {
             0

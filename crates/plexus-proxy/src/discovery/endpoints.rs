@@ -15,7 +15,7 @@ use crate::error::Report;
 
 /// The endpoints of one upstream at one moment, as the balancer sees them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct EndpointSet {
+pub struct EndpointSet {
     /// `X-Consul-Index` of the answer; `None` until the first answer arrived.
     pub revision: Option<u64>,
     /// Sorted, without duplicates.
@@ -40,7 +40,7 @@ impl EndpointSet {
     /// Builds the set from `/v1/health/connect/:name` rows: address = `Service.Address`, else
     /// `Node.Address`; port = `Service.Port`. Rows that are not passing, or whose address is not
     /// an IP or whose port is 0, are left out and returned separately by instance id.
-    pub(crate) fn from_entries(revision: u64, entries: &[ServiceEntry]) -> (Self, Vec<String>) {
+    pub fn from_entries(revision: u64, entries: &[ServiceEntry]) -> (Self, Vec<String>) {
         let mut addrs = Vec::with_capacity(entries.len());
         let mut skipped = Vec::new();
         for entry in entries {

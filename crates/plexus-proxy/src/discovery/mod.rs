@@ -16,7 +16,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use plexus_api::{AgentService, Indexed, ServiceKind};
 
-pub(crate) use endpoints::{EndpointSet, watch_endpoints};
+pub use endpoints::EndpointSet;
+pub(crate) use endpoints::watch_endpoints;
 pub(crate) use watch::{BLOCKING_WAIT, Backoff, find_sidecar, watch_sidecar};
 
 /// Inbound bind address when the registration's `Address` is empty.
@@ -37,6 +38,19 @@ pub(crate) struct SidecarConfig {
     pub inbound: InboundSpec,
     /// One outbound listener per upstream, unique by destination.
     pub upstreams: BTreeMap<String, UpstreamSpec>,
+}
+
+impl SidecarConfig {
+    /// Whether `other` asks for different listeners. The revision alone moving is not a change:
+    /// every write to the store moves it, including this proxy's own acknowledgement, so treating
+    /// it as one made each acknowledgement trigger the next (an endless ack loop that kept the
+    /// proxy and the control plane busy; found by profiling, see docs/benchmarks.md).
+    pub(crate) fn differs_from(&self, other: &Self) -> bool {
+        self.sidecar_id != other.sidecar_id
+            || self.destination != other.destination
+            || self.inbound != other.inbound
+            || self.upstreams != other.upstreams
+    }
 }
 
 /// The inbound listener: accept on `bind`, forward to `local_app`.
@@ -232,6 +246,25 @@ pub(crate) mod tests {
             config.upstreams["echo"].bind,
             "127.0.0.1:9191".parse().unwrap()
         );
+    }
+
+    #[test]
+    fn only_a_listener_change_is_a_change_not_the_revision_alone() {
+        let config =
+            SidecarConfig::from_registration(&indexed(sidecar(&[("echo", 9191)]))).unwrap();
+        let later = SidecarConfig::from_registration(&Indexed {
+            index: 8,
+            value: sidecar(&[("echo", 9191)]),
+        })
+        .unwrap();
+        assert_eq!(later.revision, 8);
+        assert!(!config.differs_from(&later));
+        let moved = SidecarConfig::from_registration(&indexed(sidecar(&[("echo", 9192)]))).unwrap();
+        assert!(config.differs_from(&moved));
+        let more =
+            SidecarConfig::from_registration(&indexed(sidecar(&[("echo", 9191), ("db", 9300)])))
+                .unwrap();
+        assert!(config.differs_from(&more));
     }
 
     #[test]

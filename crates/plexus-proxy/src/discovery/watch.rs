@@ -129,7 +129,7 @@ pub(crate) async fn watch_sidecar(
     {
         Ok(config) => {
             tx.send_if_modified(|current| {
-                let changed = **current != config;
+                let changed = current.differs_from(&config);
                 if changed {
                     info!(sidecar_id = %config.sidecar_id, revision = config.revision, "sidecar registration changed");
                     *current = Arc::new(config);

@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::authorize::Authorizer;
 use crate::balance::RoundRobin;
@@ -109,7 +109,10 @@ impl Accept {
             };
             let _ = stream.set_nodelay(true);
             self.metrics.connections.inc();
-            let span = info_span!("connection", listener = %log_name, %peer);
+            // A debug-level span: at the default `info` level it is disabled, so polling the
+            // connection does not enter and leave a span on every wake-up (measured in
+            // docs/benchmarks.md); warnings carry the peer themselves.
+            let span = debug_span!("connection", listener = %log_name, %peer);
             let connection = serve(
                 stream,
                 peer,
@@ -179,7 +182,7 @@ async fn serve(
             Ok(connected) => connected,
             Err(error) => {
                 metrics.connect_errors.inc();
-                warn!(error = %Report(&error), "connect failed; closing the connection");
+                warn!(error = %Report(&error), %peer, "connect failed; closing the connection");
                 return;
             }
         };
@@ -194,7 +197,11 @@ async fn serve(
         Ok(connected) => connected,
         Err(error) => {
             metrics.connect_errors.inc();
-            warn!(error = %Report(&error), "connect failed; closing the connection");
+            warn!(
+                error = %Report(&error),
+                %peer,
+                "connect failed; closing the connection"
+            );
             return;
         }
     };

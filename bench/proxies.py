@@ -1,0 +1,463 @@
+"""The systems under test: how to start nginx (the upstream), Plexus, Envoy and HAProxy on
+loopback in each topology, each proxy process pinned to the proxy core."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOADGEN_CORE = "0"  # oha, nginx and the Plexus control plane
+PROXY_CORE = "1"  # every proxy process under test
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, deadline_s: float = 30.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {deadline_s}s")
+
+
+def wait_http(url: str, deadline_s: float = 30.0) -> None:
+    end = time.monotonic() + deadline_s
+    last = None
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception as e:  # noqa: BLE001 - retried until the deadline
+            last = e
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {deadline_s}s: {last}")
+
+
+@dataclass
+class Running:
+    """Processes of one system under test; `proxies` are the ones measured (CPU, RSS)."""
+
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    proxies: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, argv: list[str], core: str, log: Path, proxy: bool) -> subprocess.Popen:
+        out = open(log, "ab")
+        p = subprocess.Popen(
+            ["taskset", "-c", core, *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self.procs.append(p)
+        if proxy:
+            self.proxies.append(p)
+        return p
+
+    def check_alive(self) -> None:
+        for p in self.procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{p.args} exited with {p.returncode}")
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+class Nginx:
+    """The upstream: one worker on the load-generator core, `return 200` on an h1 and an h2c port."""
+
+    def __init__(self, work: Path):
+        self.dir = work / "nginx"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.h1 = free_port()
+        self.h2 = free_port()
+        conf = self.dir / "nginx.conf"
+        conf.write_text(
+            f"""worker_processes 1;
+worker_rlimit_nofile 19000;
+daemon off;
+pid {self.dir}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 8000; }}
+http {{
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 600s;
+  client_body_temp_path {self.dir}/body;
+  proxy_temp_path {self.dir}/proxy;
+  fastcgi_temp_path {self.dir}/fastcgi;
+  uwsgi_temp_path {self.dir}/uwsgi;
+  scgi_temp_path {self.dir}/scgi;
+  server {{ listen 127.0.0.1:{self.h1}; location / {{ return 200 "hello from nginx\\n"; }} }}
+  server {{ listen 127.0.0.1:{self.h2} http2; location / {{ return 200 "hello from nginx\\n"; }} }}
+}}
+"""
+        )
+        self.run = Running()
+        self.run.start(
+            ["nginx", "-p", str(self.dir), "-e", "stderr", "-c", str(conf)],
+            LOADGEN_CORE,
+            self.dir / "nginx.log",
+            proxy=False,
+        )
+        wait_port(self.h1)
+        wait_port(self.h2)
+
+    def port(self, proto: str) -> int:
+        return self.h2 if proto == "h2" else self.h1
+
+    def stop(self) -> None:
+        self.run.stop()
+
+
+@dataclass
+class Setup:
+    """A started system: where the load generator points, and the processes to measure."""
+
+    front_port: int
+    running: Running
+
+
+# --------------------------------------------------------------------------------------- Plexus
+
+
+def start_plexus(
+    plexus: str, work: Path, upstream: int, hops: int, extra_proxy_args: list[str]
+) -> Setup:
+    """`plexus dev` with two services, `client` (upstream `web`) and `web` (nginx), and one
+    `plexus proxy` per service. One hop: the load goes to web's inbound sidecar port. Two hops:
+    to client's upstream listener → web's inbound sidecar → nginx."""
+    d = work / f"plexus-{hops}"
+    d.mkdir(parents=True, exist_ok=True)
+    http = free_port()
+    client_sidecar, web_sidecar, local_bind = free_port(), free_port(), free_port()
+    client_app = free_port()
+    (d / "mesh.hcl").write_text(
+        f"""services {{
+  name = "client"
+  port = {client_app}
+  connect {{
+    sidecar_service {{
+      port = {client_sidecar}
+      proxy {{
+        upstreams {{
+          destination_name = "web"
+          local_bind_port  = {local_bind}
+        }}
+      }}
+    }}
+  }}
+}}
+services {{
+  name = "web"
+  port = {upstream}
+  connect {{
+    sidecar_service {{
+      port = {web_sidecar}
+    }}
+  }}
+}}
+"""
+    )
+    run = Running()
+    env_addr = f"127.0.0.1:{http}"
+    run.start(
+        [
+            plexus,
+            "dev",
+            "--http-addr",
+            env_addr,
+            "--data-dir",
+            str(d / "data"),
+            "--config-file",
+            str(d / "mesh.hcl"),
+        ],
+        LOADGEN_CORE,
+        d / "dev.log",
+        proxy=False,
+    )
+    wait_port(http)
+    sidecars = [("web", free_port())]
+    if hops == 2:
+        sidecars.append(("client", free_port()))
+    for service, admin in sidecars:
+        run.start(
+            [
+                plexus,
+                "proxy",
+                "--sidecar-for",
+                service,
+                "--admin-addr",
+                f"127.0.0.1:{admin}",
+                "--http-addr",
+                env_addr,
+                *extra_proxy_args,
+            ],
+            PROXY_CORE,
+            d / f"proxy-{service}.log",
+            proxy=True,
+        )
+    for _, admin in sidecars:
+        wait_http(f"http://127.0.0.1:{admin}/ready")
+    front = local_bind if hops == 2 else web_sidecar
+    return Setup(front, run)
+
+
+# ---------------------------------------------------------------------------------------- Envoy
+
+_BASE_ID = [100]
+
+
+def _envoy_listener(port: int, proto: str, cluster: str, mtls_server: Path | None) -> str:
+    if proto == "tcp":
+        filters = f"""
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: {cluster}"""
+    else:
+        filters = f"""
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: http
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: {cluster}, timeout: 0s }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"""
+    tls = ""
+    if mtls_server is not None:
+        tls = f"""
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{ filename: {mtls_server}/server.crt }}
+              private_key: {{ filename: {mtls_server}/server.key }}
+            validation_context:
+              trusted_ca: {{ filename: {mtls_server}/ca.crt }}"""
+    return f"""
+  - name: l{port}
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:{filters}{tls}
+"""
+
+
+def _envoy_cluster(name: str, port: int, proto: str, mtls_client: Path | None) -> str:
+    h2 = ""
+    if proto == "h2":
+        h2 = """
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}"""
+    tls = ""
+    if mtls_client is not None:
+        tls = f"""
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: web
+        common_tls_context:
+          tls_certificates:
+          - certificate_chain: {{ filename: {mtls_client}/client.crt }}
+            private_key: {{ filename: {mtls_client}/client.key }}
+          validation_context:
+            trusted_ca: {{ filename: {mtls_client}/ca.crt }}"""
+    return f"""
+  - name: {name}
+    type: STATIC
+    connect_timeout: 5s
+    circuit_breakers:
+      thresholds:
+      - max_connections: 100000
+        max_pending_requests: 100000
+        max_requests: 100000
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}{h2}{tls}
+"""
+
+
+def _start_envoy(envoy: str, run: Running, d: Path, name: str, listener: str, cluster: str) -> None:
+    admin = free_port()
+    conf = d / f"{name}.yaml"
+    conf.write_text(
+        f"""admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:{listener}
+  clusters:{cluster}
+"""
+    )
+    _BASE_ID[0] += 1
+    run.start(
+        [
+            envoy,
+            "-c",
+            str(conf),
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "--base-id",
+            str(_BASE_ID[0]),
+            "-l",
+            "warning",
+        ],
+        PROXY_CORE,
+        d / f"{name}.log",
+        proxy=True,
+    )
+    wait_http(f"http://127.0.0.1:{admin}/ready")
+
+
+def make_certs(d: Path) -> Path:
+    """A CA and a server and a client certificate, made with openssl, for the mTLS hop."""
+    certs = d / "certs"
+    if (certs / "client.crt").exists():
+        return certs
+    certs.mkdir(parents=True, exist_ok=True)
+
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=certs, check=True, capture_output=True)
+
+    ossl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key")
+    ossl("req", "-x509", "-new", "-key", "ca.key", "-days", "30", "-subj", "/CN=bench-ca", "-out", "ca.crt")
+    for who in ("server", "client"):
+        ossl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{who}.key")
+        ossl("req", "-new", "-key", f"{who}.key", "-subj", f"/CN={who}", "-out", f"{who}.csr")
+        (certs / f"{who}.ext").write_text("subjectAltName=DNS:web,DNS:client\n")
+        ossl(
+            "x509", "-req", "-in", f"{who}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "30", "-extfile", f"{who}.ext", "-out", f"{who}.crt",
+        )
+    return certs
+
+
+def start_envoy(envoy: str, work: Path, upstream: int, hops: int, proto: str, mtls: bool) -> Setup:
+    """One hop: listener → nginx. Two hops: outbound Envoy → inbound Envoy → nginx, the middle hop
+    in mTLS when asked (the same chain Envoy runs as a sidecar pair)."""
+    d = work / f"envoy-{hops}-{proto}-{'mtls' if mtls else 'plain'}"
+    d.mkdir(parents=True, exist_ok=True)
+    certs = make_certs(work) if mtls else None
+    run = Running()
+    inbound = free_port()
+    _start_envoy(
+        envoy, run, d, "inbound",
+        _envoy_listener(inbound, proto, "app", certs),
+        _envoy_cluster("app", upstream, proto, None),
+    )
+    if hops == 1:
+        return Setup(inbound, run)
+    outbound = free_port()
+    _start_envoy(
+        envoy, run, d, "outbound",
+        _envoy_listener(outbound, proto, "peer", None),
+        _envoy_cluster("peer", inbound, proto, certs),
+    )
+    return Setup(outbound, run)
+
+
+# -------------------------------------------------------------------------------------- HAProxy
+
+
+def _start_haproxy(run: Running, d: Path, name: str, port: int, target: int, proto: str) -> None:
+    mode = "tcp" if proto == "tcp" else "http"
+    h2 = " proto h2" if proto == "h2" else ""
+    conf = d / f"{name}.cfg"
+    conf.write_text(
+        f"""global
+  nbthread 1
+  maxconn 5000
+defaults
+  mode {mode}
+  timeout connect 5s
+  timeout client 600s
+  timeout server 600s
+  maxconn 5000
+frontend front
+  bind 127.0.0.1:{port}{h2}
+  default_backend back
+backend back
+  http-reuse always
+  server s1 127.0.0.1:{target}{h2}
+""".replace("  http-reuse always\n", "  http-reuse always\n" if mode == "http" else "")
+    )
+    run.start(["haproxy", "-db", "-f", str(conf)], PROXY_CORE, d / f"{name}.log", proxy=True)
+    wait_port(port)
+
+
+def start_haproxy(work: Path, upstream: int, hops: int, proto: str) -> Setup:
+    d = work / f"haproxy-{hops}-{proto}"
+    d.mkdir(parents=True, exist_ok=True)
+    run = Running()
+    inbound = free_port()
+    _start_haproxy(run, d, "inbound", inbound, upstream, proto)
+    if hops == 1:
+        return Setup(inbound, run)
+    outbound = free_port()
+    _start_haproxy(run, d, "outbound", outbound, inbound, proto)
+    return Setup(outbound, run)
+
+
+def which(name: str, fallback: Path) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    if fallback.exists():
+        return str(fallback)
+    raise SystemExit(f"{name} not found: run bench/run.sh, which installs it")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # fields[0] is state (field 3); utime is field 14, stime field 15 (1-based).
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_mem_kib(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            key, value = line.split(":", 1)
+            out[key] = int(value.split()[0])
+    return out
