@@ -9,7 +9,7 @@
 //! | `cloud.connector` | `PLEXUS_CLOUD_CONNECTOR` | `none` (default), `nats` or `kafka` |
 //! | `nats.url` | `PLEXUS_NATS_URL` | NATS server URL |
 //! | `kafka.bootstrap` | `PLEXUS_KAFKA_BOOTSTRAP` | Kafka bootstrap `host:port` |
-//! | `presence.control` | `PLEXUS_PRESENCE_CONTROL` | control plane `host:port` (needed with a connector) |
+//! | `presence.control` | `PLEXUS_PRESENCE_CONTROL` | control plane `host:port`, or several replicas `host:port,host:port` tried in turn (needed with a connector) |
 //! | `presence.group` | `PLEXUS_PRESENCE_GROUP` | presence group (default `default`) |
 //!
 //! A properties file has one `key = value` per line; `#` and `!` start comments. Unknown keys are
