@@ -161,12 +161,27 @@ impl MeshConfig {
                 "presence.control: a connector needs the presence monitor's address".to_owned(),
             );
         }
+        if let Some(control) = &self.control {
+            let addresses: Vec<&str> = control.split(',').map(str::trim).collect();
+            if let Some(bad) = addresses.iter().find(|a| !valid_control_address(a)) {
+                errors.push(format!(
+                    "presence.control: invalid address {bad:?} in {control:?} (expected host:port, several comma-separated)"
+                ));
+            }
+        }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(ConfigError(errors))
         }
     }
+}
+
+/// True for `host:port` with a non-empty host and a numeric port.
+fn valid_control_address(address: &str) -> bool {
+    address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 /// Why joining the mesh failed.
@@ -283,5 +298,29 @@ mod tests {
             e.to_string().contains("kafka.bootstrap") && e.to_string().contains("presence.control"),
             "{e}"
         );
+        for (control, ok) in [
+            ("127.0.0.1:8500", true),
+            ("a:1,b:2", true),
+            (" a:1 , b:2 ", true),
+            ("a:1,", false),
+            ("a:1,nope", false),
+            (":1", false),
+            ("a:port", false),
+        ] {
+            let config = MeshConfig {
+                control: Some(control.to_owned()),
+                ..MeshConfig::default()
+            };
+            match config.validate() {
+                Ok(()) => assert!(ok, "{control:?} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{control:?}: {e}");
+                    assert!(
+                        e.0[0].starts_with("presence.control: invalid address"),
+                        "{e}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -506,6 +506,10 @@ fn events_app_config_errors_exit_64_naming_the_flag() {
         ),
         (vec!["--workers", "0"], "--workers"),
         (
+            vec!["--control", "127.0.0.1:8500,nowhere"],
+            "presence.control: invalid address \"nowhere\"",
+        ),
+        (
             vec!["--cloud-connector", "rabbit"],
             "--cloud-connector: cloud.connector: expected none, nats or kafka",
         ),
