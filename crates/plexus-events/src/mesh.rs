@@ -212,6 +212,12 @@ impl EventMesh {
     pub async fn start(platform: Platform, config: &MeshConfig) -> Result<Self, MeshError> {
         config.validate()?;
         let stop = CancellationToken::new();
+        // NATS first: the instance's subject must be subscribed before presence announces it, or a
+        // peer's first request can reach the broker before anyone listens (lost, then a 408).
+        if config.connector == ConnectorKind::Nats {
+            let url = config.nats_url.clone().unwrap_or_default();
+            NatsConnector::start(&url, &platform).await?;
+        }
         let presence = config.control.as_ref().map(|control| {
             PresenceClient::start(
                 platform.clone(),
@@ -220,16 +226,9 @@ impl EventMesh {
                 stop.clone(),
             )
         });
-        match (config.connector, &presence) {
-            (ConnectorKind::Nats, _) => {
-                let url = config.nats_url.clone().unwrap_or_default();
-                NatsConnector::start(&url, &platform).await?;
-            }
-            (ConnectorKind::Kafka, Some(presence)) => {
-                let bootstrap = config.kafka_bootstrap.clone().unwrap_or_default();
-                KafkaConnector::start(&bootstrap, &platform, presence.clone()).await?;
-            }
-            _ => {}
+        if let (ConnectorKind::Kafka, Some(presence)) = (config.connector, &presence) {
+            let bootstrap = config.kafka_bootstrap.clone().unwrap_or_default();
+            KafkaConnector::start(&bootstrap, &platform, presence.clone()).await?;
         }
         if let Some(presence) = &presence {
             match presence.connected(PRESENCE_WAIT).await {

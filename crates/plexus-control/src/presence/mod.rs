@@ -37,9 +37,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use plexus_api::{AgentService, CheckStatus, HealthCheck};
-
 use plexus_api::presence::Peer;
+use plexus_api::{AgentService, CheckStatus, HealthCheck};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, broadcast};
 

@@ -3,7 +3,8 @@
 //!
 //! A session: read `Hello` (within [`HELLO_TIMEOUT`]) → claim → `Welcome` → then, concurrently,
 //! forward group events, apply `Routes` frames, ping every interval and drop the app when it stays
-//! silent, renew the session's lease (dropping the app if it expired) → release the claim. Bad frames get a `Refused` frame naming the problem, then a close.
+//! silent, renew the session's lease (dropping the app if it expired) → release the claim (revoke
+//! the lease). Bad frames get a `Refused` frame naming the problem, then a close.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
