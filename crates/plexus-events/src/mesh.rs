@@ -9,7 +9,7 @@
 //! | `cloud.connector` | `PLEXUS_CLOUD_CONNECTOR` | `none` (default), `nats` or `kafka` |
 //! | `nats.url` | `PLEXUS_NATS_URL` | NATS server URL |
 //! | `kafka.bootstrap` | `PLEXUS_KAFKA_BOOTSTRAP` | Kafka bootstrap `host:port` |
-//! | `presence.control` | `PLEXUS_PRESENCE_CONTROL` | control plane `host:port` (needed with a connector) |
+//! | `presence.control` | `PLEXUS_PRESENCE_CONTROL` | control plane `host:port`, or several replicas `host:port,host:port` tried in turn (needed with a connector) |
 //! | `presence.group` | `PLEXUS_PRESENCE_GROUP` | presence group (default `default`) |
 //!
 //! A properties file has one `key = value` per line; `#` and `!` start comments. Unknown keys are
@@ -161,12 +161,27 @@ impl MeshConfig {
                 "presence.control: a connector needs the presence monitor's address".to_owned(),
             );
         }
+        if let Some(control) = &self.control {
+            let addresses: Vec<&str> = control.split(',').map(str::trim).collect();
+            if let Some(bad) = addresses.iter().find(|a| !valid_control_address(a)) {
+                errors.push(format!(
+                    "presence.control: invalid address {bad:?} in {control:?} (expected host:port, several comma-separated)"
+                ));
+            }
+        }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(ConfigError(errors))
         }
     }
+}
+
+/// True for `host:port` with a non-empty host and a numeric port.
+fn valid_control_address(address: &str) -> bool {
+    address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 /// Why joining the mesh failed.
@@ -197,6 +212,12 @@ impl EventMesh {
     pub async fn start(platform: Platform, config: &MeshConfig) -> Result<Self, MeshError> {
         config.validate()?;
         let stop = CancellationToken::new();
+        // NATS first: the instance's subject must be subscribed before presence announces it, or a
+        // peer's first request can reach the broker before anyone listens (lost, then a 408).
+        if config.connector == ConnectorKind::Nats {
+            let url = config.nats_url.clone().unwrap_or_default();
+            NatsConnector::start(&url, &platform).await?;
+        }
         let presence = config.control.as_ref().map(|control| {
             PresenceClient::start(
                 platform.clone(),
@@ -205,16 +226,9 @@ impl EventMesh {
                 stop.clone(),
             )
         });
-        match (config.connector, &presence) {
-            (ConnectorKind::Nats, _) => {
-                let url = config.nats_url.clone().unwrap_or_default();
-                NatsConnector::start(&url, &platform).await?;
-            }
-            (ConnectorKind::Kafka, Some(presence)) => {
-                let bootstrap = config.kafka_bootstrap.clone().unwrap_or_default();
-                KafkaConnector::start(&bootstrap, &platform, presence.clone()).await?;
-            }
-            _ => {}
+        if let (ConnectorKind::Kafka, Some(presence)) = (config.connector, &presence) {
+            let bootstrap = config.kafka_bootstrap.clone().unwrap_or_default();
+            KafkaConnector::start(&bootstrap, &platform, presence.clone()).await?;
         }
         if let Some(presence) = &presence {
             match presence.connected(PRESENCE_WAIT).await {
@@ -283,5 +297,29 @@ mod tests {
             e.to_string().contains("kafka.bootstrap") && e.to_string().contains("presence.control"),
             "{e}"
         );
+        for (control, ok) in [
+            ("127.0.0.1:8500", true),
+            ("a:1,b:2", true),
+            (" a:1 , b:2 ", true),
+            ("a:1,", false),
+            ("a:1,nope", false),
+            (":1", false),
+            ("a:port", false),
+        ] {
+            let config = MeshConfig {
+                control: Some(control.to_owned()),
+                ..MeshConfig::default()
+            };
+            match config.validate() {
+                Ok(()) => assert!(ok, "{control:?} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{control:?}: {e}");
+                    assert!(
+                        e.0[0].starts_with("presence.control: invalid address"),
+                        "{e}"
+                    );
+                }
+            }
+        }
     }
 }

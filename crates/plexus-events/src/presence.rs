@@ -6,6 +6,11 @@
 //! the routing table, and sends `Routes` whenever local public routes change. When the connection
 //! is lost (or silent for [`SILENCE`]), it clears every remote route, reconnects with jittered
 //! exponential backoff and announces itself again.
+//!
+//! `control` may list several control-plane replicas (`host:port,host:port`): each reconnect goes
+//! to the next address in turn, so an app whose replica died re-announces through another one
+//! (asking for the topic it held: its old records, still bound to the dead replica's lease, are
+//! taken over by the new session).
 
 use std::time::Duration;
 
@@ -54,8 +59,8 @@ enum SessionError {
 }
 
 impl PresenceClient {
-    /// Starts announcing `platform` to the control plane at `control` (`host:port`) in `group`,
-    /// until `shutdown` is cancelled.
+    /// Starts announcing `platform` to the control plane at `control` (`host:port`, or several
+    /// replicas comma-separated, tried in turn) in `group`, until `shutdown` is cancelled.
     pub fn start(
         platform: Platform,
         control: String,
@@ -92,8 +97,12 @@ async fn run(
     state: watch::Sender<PresenceState>,
     shutdown: CancellationToken,
 ) {
+    let addresses = control_addresses(&control);
+    let mut next = 0;
     let mut backoff = BACKOFF_START;
     loop {
+        let control = addresses[next % addresses.len()].clone();
+        next += 1;
         let outcome = tokio::select! {
             outcome = session(&platform, &control, &group, &state, &mut backoff) => outcome,
             () = shutdown.cancelled() => Ok(()),
@@ -120,6 +129,22 @@ async fn run(
             () = shutdown.cancelled() => return,
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// The replicas of a `host:port[,host:port…]` list (never empty: a blank list stays one entry,
+/// so the connect error names it).
+fn control_addresses(control: &str) -> Vec<String> {
+    let addresses: Vec<String> = control
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if addresses.is_empty() {
+        vec![control.to_owned()]
+    } else {
+        addresses
     }
 }
 
@@ -198,4 +223,16 @@ where
     ws.send(Message::text(text))
         .await
         .map_err(SessionError::Socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::control_addresses;
+
+    #[test]
+    fn control_lists_every_replica_in_order() {
+        assert_eq!(control_addresses("a:1"), ["a:1"]);
+        assert_eq!(control_addresses(" a:1, b:2 ,,"), ["a:1", "b:2"]);
+        assert_eq!(control_addresses(""), [""]);
+    }
 }

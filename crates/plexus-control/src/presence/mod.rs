@@ -8,19 +8,23 @@
 //! | --- | --- |
 //! | `presence/apps/<origin>` | [`AppRecord`] (JSON): the peer and the replica holding its connection |
 //! | `presence/topics/<topic>` | the owning origin |
-//! | `presence/replicas/<id>` | [`ReplicaRecord`] (JSON): when that replica last said it was alive |
+//! | `catalog/services/event-mesh/<origin>` | the app as a catalog service instance (see [`catalog_service`]) |
+//! | `catalog/checks/event-mesh/presence:<origin>` | a passing check: "connected to the presence monitor" |
 //!
 //! Every write is a compare-and-set transaction on `ModRevision`, so two replicas can never hand
 //! one topic to two apps: the second create of `presence/topics/<t>` fails its compare and that
 //! replica picks another topic.
 //!
-//! Liveness (until the store has leases): an app is alive while its websocket is open and answers
-//! pings (a closed socket, as after `kill -9`, is noticed at once; a silent one after
-//! [`PresenceConfig::timeout`]); its records are removed when the session ends. A replica that
-//! holds sessions rewrites its own record every [`PresenceConfig::heartbeat`]; every replica
-//! removes the app records of replicas that stayed silent longer than
-//! [`PresenceConfig::replica_timeout`] (a crashed replica, or the previous run of this one).
-//! Once the store has leases, each app record can be bound to a lease instead.
+//! Liveness is a store lease **per session**: the claim grants a lease of
+//! [`PresenceConfig::lease_ttl`] and writes all of the app's records with [`Op::PutLeased`]; the
+//! session renews it every third of the TTL while the app answers pings. Keep-alives are not writes
+//! (the store revision, every catalog blocking query's index, does not move). A clean leave revokes
+//! the lease (one write deleting every record); a `kill -9` of the app closes its socket and does
+//! the same at once; a crashed replica stops renewing, so its apps' records vanish one TTL later and
+//! their topics are free again. A lease per session rather than per replica: records die with
+//! exactly the connection that owns them, a takeover by a reconnect (a put under the new session's
+//! lease) unbinds them from the old one, and a replica never has to find and delete other
+//! replicas' leftovers. The cost is one keep-alive per app per third of a TTL.
 //!
 //! Each replica turns store changes into [`GroupEvent`]s with one watcher task (re-read on every
 //! revision, diffed against the last view); sessions subscribe to those.
@@ -34,14 +38,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use plexus_api::presence::Peer;
+use plexus_api::{AgentService, CheckStatus, HealthCheck};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, broadcast};
 
-use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn};
+use crate::catalog::keys;
+use crate::store::{Compare, KeyValue, LeaseId, Op, Store, StoreError, Txn};
 
 const APPS: &str = "presence/apps/";
 const TOPICS: &str = "presence/topics/";
-const REPLICAS: &str = "presence/replicas/";
+/// The catalog node every event app is listed under.
+pub const CATALOG_NODE: &str = "event-mesh";
+/// `Meta["plexus-kind"]` of an event app's catalog service.
+pub const EVENT_APP_KIND: &str = "event-app";
 
 /// Timings of the presence monitor.
 #[derive(Debug, Clone, Copy)]
@@ -50,10 +59,9 @@ pub struct PresenceConfig {
     pub ping_interval: Duration,
     /// An app that sent nothing (not even a pong) for this long is dropped (default 3 s).
     pub timeout: Duration,
-    /// How often a replica holding sessions refreshes its record (default 2 s).
-    pub heartbeat: Duration,
-    /// A replica silent for this long has its apps removed (default 10 s).
-    pub replica_timeout: Duration,
+    /// TTL of each session's lease: how long an app's records outlive a crashed replica
+    /// (default 5 s; renewed every third of it).
+    pub lease_ttl: Duration,
 }
 
 impl Default for PresenceConfig {
@@ -61,9 +69,15 @@ impl Default for PresenceConfig {
         Self {
             ping_interval: Duration::from_secs(1),
             timeout: Duration::from_secs(3),
-            heartbeat: Duration::from_secs(2),
-            replica_timeout: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(5),
         }
+    }
+}
+
+impl PresenceConfig {
+    /// How often a session renews its lease.
+    pub fn keep_alive_interval(&self) -> Duration {
+        (self.lease_ttl / 3).max(Duration::from_millis(10))
     }
 }
 
@@ -75,13 +89,6 @@ pub struct AppRecord {
     pub peer: Peer,
     /// The control-plane replica holding its connection.
     pub replica: String,
-}
-
-/// A replica's liveness record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplicaRecord {
-    /// Milliseconds since the Unix epoch of the last refresh.
-    pub alive_at_ms: u64,
 }
 
 /// A change in the set of apps, for the sessions of one replica.
@@ -106,11 +113,14 @@ pub enum PresenceError {
     Store(#[from] StoreError),
 }
 
-/// What a session holds after a successful claim: the revisions of the records it wrote.
+/// What a session holds after a successful claim: its lease and the revisions of the records it
+/// wrote.
 #[derive(Debug, Clone)]
 pub struct Claim {
     /// The record as stored.
     pub record: AppRecord,
+    /// The session's lease; every record of the app is bound to it.
+    pub lease: LeaseId,
     /// `mod_revision` of `presence/apps/<origin>`.
     pub app_revision: u64,
     /// `mod_revision` of `presence/topics/<topic>`.
@@ -202,15 +212,13 @@ impl Presence {
             .collect())
     }
 
-    /// Starts this replica's watcher and heartbeat tasks once; later calls return at once.
+    /// Starts this replica's watcher task once; later calls return at once.
     async fn ensure_started(&self) -> Result<(), StoreError> {
         self.inner
             .started
             .get_or_try_init(|| async {
                 let view = self.view().await?;
-                let weak = Arc::downgrade(&self.inner);
-                tokio::spawn(watch_apps(weak.clone(), view));
-                tokio::spawn(heartbeat(weak));
+                tokio::spawn(watch_apps(Arc::downgrade(&self.inner), view));
                 Ok::<(), StoreError>(())
             })
             .await
@@ -226,23 +234,25 @@ impl Presence {
             .collect())
     }
 
-    async fn refresh_replica(&self) -> Result<(), StoreError> {
-        let record = ReplicaRecord {
-            alive_at_ms: now_ms(),
-        };
-        let txn = Txn {
-            compares: vec![],
-            ops: vec![Op::Put {
-                key: format!("{REPLICAS}{}", self.inner.replica),
-                value: encode(&record),
-            }],
-        };
-        self.inner.store.txn(txn).await.map(|_| ())
+    /// Registers `peer` (its `topic` is the wanted one, or empty to have one assigned): checks the
+    /// claimed topic, assigns the lowest free one otherwise, grants the session's lease and writes
+    /// every record of the app atomically under it.
+    pub async fn claim(&self, peer: Peer) -> Result<Claim, PresenceError> {
+        let lease = self
+            .inner
+            .store
+            .lease_grant(self.inner.config.lease_ttl)
+            .await?;
+        let claimed = self.claim_with(peer, lease).await;
+        if claimed.is_err()
+            && let Err(error) = self.inner.store.lease_revoke(lease).await
+        {
+            tracing::warn!(%error, lease, "presence: cannot revoke the lease of a refused claim");
+        }
+        claimed
     }
 
-    /// Registers `peer` (its `topic` is the wanted one, or empty to have one assigned): checks the
-    /// claimed topic, assigns the lowest free one otherwise, and writes both records atomically.
-    pub async fn claim(&self, mut peer: Peer) -> Result<Claim, PresenceError> {
+    async fn claim_with(&self, mut peer: Peer, lease: LeaseId) -> Result<Claim, PresenceError> {
         let app_key = format!("{APPS}{}", peer.origin);
         let claimed = std::mem::take(&mut peer.topic);
         for _ in 0..32 {
@@ -287,16 +297,12 @@ impl Presence {
                 peer: peer.clone(),
                 replica: self.inner.replica.clone(),
             };
-            let mut ops = vec![
-                Op::Put {
-                    key: topic_key.clone(),
-                    value: peer.origin.clone().into_bytes(),
-                },
-                Op::Put {
-                    key: app_key.clone(),
-                    value: encode(&record),
-                },
-            ];
+            let mut ops = vec![Op::PutLeased {
+                key: topic_key.clone(),
+                value: peer.origin.clone().into_bytes(),
+                lease,
+            }];
+            ops.extend(record_ops(&record, lease));
             if let Some(old) = previous.filter(|r| r.peer.topic != topic) {
                 let old_key = format!("{TOPICS}{}", old.peer.topic);
                 if owners
@@ -323,6 +329,7 @@ impl Presence {
             if result.succeeded {
                 return Ok(Claim {
                     record,
+                    lease,
                     app_revision: result.revision,
                     topic_revision: result.revision,
                 });
@@ -345,13 +352,10 @@ impl Presence {
         let key = format!("{APPS}{}", record.peer.origin);
         let txn = Txn {
             compares: vec![Compare::ModRevision {
-                key: key.clone(),
+                key,
                 revision: claim.app_revision,
             }],
-            ops: vec![Op::Put {
-                key,
-                value: encode(&record),
-            }],
+            ops: record_ops(&record, claim.lease),
         };
         let result = self.inner.store.txn(txn).await?;
         if !result.succeeded {
@@ -364,93 +368,86 @@ impl Presence {
         Ok(())
     }
 
-    /// Removes a claim's records (only those still as the claim wrote them) and frees the topic.
-    pub async fn release(&self, claim: &Claim) -> Result<(), StoreError> {
-        let app_key = format!("{APPS}{}", claim.record.peer.origin);
-        let topic_key = format!("{TOPICS}{}", claim.record.peer.topic);
-        let both = Txn {
-            compares: vec![
-                Compare::ModRevision {
-                    key: app_key.clone(),
-                    revision: claim.app_revision,
-                },
-                Compare::ModRevision {
-                    key: topic_key.clone(),
-                    revision: claim.topic_revision,
-                },
-            ],
-            ops: vec![Op::Delete { key: app_key }, Op::Delete { key: topic_key }],
-        };
-        self.inner.store.txn(both).await?;
-        Ok(())
+    /// Renews a claim's lease (not a write: the store revision does not move); false when the
+    /// lease has expired and the app's records are gone.
+    pub async fn keep_alive(&self, claim: &Claim) -> Result<bool, StoreError> {
+        Ok(self
+            .inner
+            .store
+            .lease_keep_alive(claim.lease)
+            .await?
+            .is_some())
     }
 
-    /// Removes the apps of replicas silent for longer than the replica timeout.
-    async fn reap(&self) -> Result<(), StoreError> {
-        let (replica_kvs, _) = self.inner.store.range(REPLICAS).await?;
-        let limit =
-            u64::try_from(self.inner.config.replica_timeout.as_millis()).unwrap_or(u64::MAX);
-        let now = now_ms();
-        let mut live = BTreeMap::new();
-        let mut stale = BTreeMap::new();
-        for kv in &replica_kvs {
-            let id = kv.key.trim_start_matches(REPLICAS).to_owned();
-            let alive = decode::<ReplicaRecord>(kv).map_or(0, |r| r.alive_at_ms);
-            if now.saturating_sub(alive) > limit && id != self.inner.replica {
-                stale.insert(id, kv.mod_revision);
-            } else {
-                live.insert(id, kv.mod_revision);
-            }
-        }
-        let (app_kvs, _) = self.inner.store.range(APPS).await?;
-        for kv in &app_kvs {
-            let Ok(record) = decode::<AppRecord>(kv) else {
-                continue;
-            };
-            if live.contains_key(&record.replica) {
-                continue;
-            }
-            let replica_key = format!("{REPLICAS}{}", record.replica);
-            let topic_key = format!("{TOPICS}{}", record.peer.topic);
-            let mut compares = vec![
-                Compare::ModRevision {
-                    key: kv.key.clone(),
-                    revision: kv.mod_revision,
-                },
-                Compare::ModRevision {
-                    key: replica_key,
-                    revision: stale.get(&record.replica).copied().unwrap_or(0),
-                },
-            ];
-            let mut ops = vec![Op::Delete {
-                key: kv.key.clone(),
-            }];
-            if let Some(topic) = self.inner.store.get(&topic_key).await?
-                && topic.value == record.peer.origin.as_bytes()
-            {
-                compares.push(Compare::ModRevision {
-                    key: topic_key.clone(),
-                    revision: topic.mod_revision,
-                });
-                ops.push(Op::Delete { key: topic_key });
-            }
-            let result = self.inner.store.txn(Txn { compares, ops }).await?;
-            if result.succeeded {
-                tracing::info!(origin = %record.peer.origin, replica = %record.replica, "removed app of a silent control-plane replica");
-            }
-        }
-        for (id, revision) in stale {
-            let key = format!("{REPLICAS}{id}");
-            let txn = Txn {
-                compares: vec![Compare::ModRevision {
-                    key: key.clone(),
-                    revision,
-                }],
-                ops: vec![Op::Delete { key }],
-            };
-            self.inner.store.txn(txn).await?;
-        }
-        Ok(())
+    /// Removes a claim's records (only those still bound to its lease: a reconnect that took them
+    /// over keeps them) and frees the topic, by revoking the lease.
+    pub async fn release(&self, claim: &Claim) -> Result<(), StoreError> {
+        self.inner.store.lease_revoke(claim.lease).await
+    }
+}
+
+/// The writes of an app's own records under `lease`: its presence record, its catalog service
+/// instance and its presence check.
+fn record_ops(record: &AppRecord, lease: LeaseId) -> Vec<Op> {
+    let origin = &record.peer.origin;
+    let check = HealthCheck {
+        node: CATALOG_NODE.to_owned(),
+        check_id: format!("presence:{origin}"),
+        name: "Event mesh presence".to_owned(),
+        status: CheckStatus::Passing,
+        output: format!(
+            "connected to presence monitor {}, topic {}",
+            record.replica, record.peer.topic
+        ),
+        service_id: origin.clone(),
+        service_name: record.peer.app.clone(),
+        service_tags: catalog_service(record).tags,
+        ..HealthCheck::default()
+    };
+    vec![
+        Op::PutLeased {
+            key: format!("{APPS}{origin}"),
+            value: encode(record),
+            lease,
+        },
+        Op::PutLeased {
+            key: keys::service(CATALOG_NODE, origin),
+            value: encode(&catalog_service(record)),
+            lease,
+        },
+        Op::PutLeased {
+            key: keys::check(CATALOG_NODE, &check.check_id),
+            value: encode(&check),
+            lease,
+        },
+    ]
+}
+
+/// An event app as a catalog service instance: the service is named after the app, the instance
+/// id is its origin (one instance per running app), `Meta` marks it as an event app
+/// (`plexus-kind = event-app`) and lists its group, topic, routes (comma-separated) and the
+/// replica holding its connection; tags are `event-app` and its routes.
+pub fn catalog_service(record: &AppRecord) -> AgentService {
+    let peer = &record.peer;
+    let meta = [
+        ("plexus-kind", EVENT_APP_KIND.to_owned()),
+        ("group", peer.group.clone()),
+        ("topic", peer.topic.clone()),
+        ("routes", peer.routes.join(",")),
+        ("origin", peer.origin.clone()),
+        ("replica", record.replica.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut tags = vec![EVENT_APP_KIND.to_owned()];
+    tags.extend(peer.routes.iter().cloned());
+    AgentService {
+        id: peer.origin.clone(),
+        service: peer.app.clone(),
+        tags,
+        meta,
+        ..AgentService::default()
     }
 }
 
@@ -488,29 +485,6 @@ async fn watch_apps(inner: std::sync::Weak<Inner>, mut view: BTreeMap<String, Pe
             }
         }
         view = next;
-    }
-}
-
-/// Refreshes this replica's record while it holds sessions and reaps silent replicas' apps.
-async fn heartbeat(inner: std::sync::Weak<Inner>) {
-    let Some(period) = inner.upgrade().map(|i| i.config.heartbeat) else {
-        return;
-    };
-    let mut tick = tokio::time::interval(period);
-    loop {
-        tick.tick().await;
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        let presence = Presence { inner: strong };
-        if presence.inner.sessions.load(Ordering::SeqCst) > 0
-            && let Err(error) = presence.refresh_replica().await
-        {
-            tracing::warn!(%error, "presence: cannot refresh this replica's record");
-        }
-        if let Err(error) = presence.reap().await {
-            tracing::warn!(%error, "presence: cannot reap silent replicas");
-        }
     }
 }
 

@@ -5,6 +5,8 @@ use std::collections::BTreeSet;
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use plexus_api::CheckStatus;
+
 use super::*;
 use crate::EmbeddedStore;
 
@@ -69,40 +71,95 @@ async fn claiming_an_owned_topic_is_refused_and_released_topics_are_reused() {
     assert_eq!(p.apps().await.unwrap().len(), 2);
 }
 
+fn short_lease() -> PresenceConfig {
+    PresenceConfig {
+        lease_ttl: Duration::from_millis(300),
+        ..PresenceConfig::default()
+    }
+}
+
 #[tokio::test]
-async fn apps_of_a_silent_replica_are_reaped() {
+async fn apps_of_a_crashed_replica_vanish_with_their_lease_and_free_the_topic() {
     let (_dir, store) = store();
-    let old = AppRecord {
-        peer: peer("ghost", "multiplex.0001-005"),
-        replica: "gone".into(),
-    };
-    let txn = Txn {
-        compares: vec![],
-        ops: vec![
-            Op::Put {
-                key: format!("{REPLICAS}gone"),
-                value: encode(&ReplicaRecord { alive_at_ms: 1 }),
-            },
-            Op::Put {
-                key: format!("{APPS}ghost"),
-                value: encode(&old),
-            },
-            Op::Put {
-                key: format!("{TOPICS}multiplex.0001-005"),
-                value: b"ghost".to_vec(),
-            },
-        ],
-    };
-    store.txn(txn).await.unwrap();
+    let catalog = crate::StoreCatalog::new(store.clone(), "dc1");
+    // A replica that claims an app, then dies: nobody renews the session's lease.
+    let crashed = Presence::new(store.clone(), short_lease());
+    let ghost = crashed.claim(peer("ghost", "")).await.unwrap();
+    assert_eq!(ghost.record.peer.topic, "multiplex.0001-000");
+    drop(crashed);
+    let live = Presence::new(store.clone(), PresenceConfig::default());
+    // While the lease lives the topic stays taken.
+    let other = live.claim(peer("alive", "")).await.unwrap();
+    assert_eq!(other.record.peer.topic, "multiplex.0001-001");
+    plexus_test::eventually!(live.apps().await.unwrap().len() == 1);
+    assert_eq!(live.apps().await.unwrap()[0].peer.origin, "alive");
+    assert!(
+        !live
+            .topics()
+            .await
+            .unwrap()
+            .contains_key("multiplex.0001-000")
+    );
+    let listed = catalog.service_nodes("app", None).await.unwrap().value;
+    assert_eq!(
+        listed
+            .iter()
+            .map(|s| s.service_id.as_str())
+            .collect::<Vec<_>>(),
+        ["alive"],
+        "the ghost's catalog instance went with its lease"
+    );
+    let third = live.claim(peer("third", "")).await.unwrap();
+    assert_eq!(
+        third.record.peer.topic, "multiplex.0001-000",
+        "topic reused"
+    );
+}
+
+#[tokio::test]
+async fn a_connected_app_is_a_catalog_service_until_it_leaves() {
+    let (_dir, store) = store();
+    let catalog = crate::StoreCatalog::new(store.clone(), "dc1");
     let p = Presence::new(store, PresenceConfig::default());
-    let live = p.claim(peer("alive", "")).await.unwrap();
-    p.refresh_replica().await.unwrap();
-    p.reap().await.unwrap();
-    let apps = p.apps().await.unwrap();
-    assert_eq!(apps.len(), 1);
-    assert_eq!(apps[0].peer.origin, "alive");
-    assert_eq!(live.record.peer.topic, "multiplex.0001-000");
-    assert!(!p.topics().await.unwrap().contains_key("multiplex.0001-005"));
+    let mut claim = p.claim(peer("one", "")).await.unwrap();
+    let names = catalog.service_names().await.unwrap().value;
+    assert_eq!(
+        names.get("app"),
+        Some(&vec!["event-app".to_owned(), "hello.world".to_owned()])
+    );
+    p.update_routes(&mut claim, vec!["hello.pojo".into(), "hello.world".into()])
+        .await
+        .unwrap();
+    let health = catalog
+        .service_health(
+            "app",
+            &crate::catalog::HealthFilter {
+                passing: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(health.len(), 1);
+    let entry = &health[0];
+    assert_eq!(entry.node.node, CATALOG_NODE);
+    assert_eq!(entry.service.id, "one");
+    assert_eq!(entry.service.meta["plexus-kind"], "event-app");
+    assert_eq!(entry.service.meta["topic"], "multiplex.0001-000");
+    assert_eq!(entry.service.meta["routes"], "hello.pojo,hello.world");
+    assert_eq!(entry.checks.len(), 1);
+    assert_eq!(entry.checks[0].status, CheckStatus::Passing);
+    p.release(&claim).await.unwrap();
+    assert!(catalog.service_names().await.unwrap().value.is_empty());
+    assert!(
+        catalog
+            .service_health("app", &Default::default())
+            .await
+            .unwrap()
+            .value
+            .is_empty()
+    );
 }
 
 type Ws =
@@ -274,4 +331,69 @@ async fn a_silent_app_is_dropped_and_its_topic_released() {
     let topics = presence.topics().await.unwrap();
     assert_eq!(topics.len(), 1, "{topics:?}");
     drop(silent);
+}
+
+#[tokio::test]
+async fn a_connected_app_does_not_wake_catalog_blocking_queries() {
+    use plexus_api::Catalog;
+    let (_dir, store) = store();
+    let catalog = crate::StoreCatalog::new(store.clone(), "dc1");
+    let config = PresenceConfig {
+        ping_interval: Duration::from_millis(50),
+        timeout: Duration::from_secs(2),
+        lease_ttl: Duration::from_millis(300),
+    };
+    let presence = Presence::new(store.clone(), config);
+    let addr = serve(presence.clone()).await;
+    let mut app = connect(addr, "steady").await;
+    hello(&mut app, &["hello.world"], None).await;
+    assert!(matches!(
+        next_frame(&mut app).await,
+        ServerFrame::Welcome { .. }
+    ));
+    let before = catalog.service_names().await.unwrap();
+    assert!(before.value.contains_key("demo"));
+    // A blocking query parked at the current index.
+    let mut index = catalog.index_watch();
+    index.mark_unchanged();
+    let woken = tokio::spawn(async move { index.changed().await.is_ok() });
+    // 40 pings at 50 ms: well over five lease TTLs, so the lease was renewed many times (or
+    // the app's records would be gone and the index would have moved).
+    let mut pings = 0;
+    while pings < 40 {
+        let message = tokio::time::timeout(Duration::from_secs(10), app.next())
+            .await
+            .expect("a ping within 10 s")
+            .expect("stream open")
+            .expect("frame read");
+        if matches!(message, WsMessage::Ping(_)) {
+            pings += 1;
+        }
+    }
+    let after = catalog.service_names().await.unwrap();
+    assert_eq!(
+        after.index, before.index,
+        "the catalog index moved while the app stayed"
+    );
+    assert!(after.value.contains_key("demo"));
+    assert!(
+        !woken.is_finished(),
+        "a blocking query was woken for nothing"
+    );
+    // Control: the app leaving does wake it.
+    drop(app);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), woken)
+            .await
+            .unwrap()
+            .unwrap()
+    );
+    plexus_test::eventually!(
+        !catalog
+            .service_names()
+            .await
+            .unwrap()
+            .value
+            .contains_key("demo")
+    );
 }

@@ -3,7 +3,8 @@
 //!
 //! A session: read `Hello` (within [`HELLO_TIMEOUT`]) → claim → `Welcome` → then, concurrently,
 //! forward group events, apply `Routes` frames, ping every interval and drop the app when it stays
-//! silent → release the claim. Bad frames get a `Refused` frame naming the problem, then a close.
+//! silent, renew the session's lease (dropping the app if it expired) → release the claim (revoke
+//! the lease). Bad frames get a `Refused` frame naming the problem, then a close.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -180,11 +181,7 @@ async fn session(presence: Presence, origin: String, mut socket: WebSocket) {
         Err(reason) => return refuse(&mut socket, &origin, reason).await,
     };
     presence.inner.sessions.fetch_add(1, Ordering::SeqCst);
-    let claim = match presence.refresh_replica().await {
-        Ok(()) => presence.claim(peer).await,
-        Err(error) => Err(PresenceError::Store(error)),
-    };
-    match claim {
+    match presence.claim(peer).await {
         Ok(mut claim) => {
             tracing::info!(%origin, app = %claim.record.peer.app, topic = %claim.record.peer.topic, "presence: app connected");
             run(&presence, &mut claim, &mut socket).await;
@@ -228,8 +225,21 @@ async fn run(presence: &Presence, claim: &mut Claim, socket: &mut WebSocket) {
     let config = presence.config();
     let mut ping = tokio::time::interval(config.ping_interval);
     let mut last_heard = Instant::now();
+    let mut keep_alive = tokio::time::interval(config.keep_alive_interval());
     loop {
         tokio::select! {
+            _ = keep_alive.tick() => {
+                match presence.keep_alive(claim).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        // The records are gone (the store was out of reach for a whole TTL): the
+                        // app reconnects and claims again.
+                        tracing::warn!(origin = %me.origin, lease = claim.lease, "presence: lease expired, dropping the app");
+                        return;
+                    }
+                    Err(error) => tracing::warn!(%error, origin = %me.origin, "presence: lease keep-alive failed; retrying"),
+                }
+            }
             message = socket.recv() => {
                 last_heard = Instant::now();
                 match message {

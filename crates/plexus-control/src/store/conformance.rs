@@ -363,7 +363,14 @@ async fn lease_suite(store: &dyn Store) {
         .await
         .unwrap();
     let mut watch = store.watch("l/", written.revision).await.unwrap();
-    assert!(store.lease_keep_alive(lease).await.unwrap().is_some());
+    // Keep-alives renew the lease without a write: the revision (every blocking query's index)
+    // does not move.
+    let (_, before) = store.range("l/").await.unwrap();
+    for _ in 0..3 {
+        assert!(store.lease_keep_alive(lease).await.unwrap().is_some());
+    }
+    let (_, after) = store.range("l/").await.unwrap();
+    assert_eq!(before, after, "a keep-alive moved the store revision");
     // Not renewed any more: the key is deleted by the store.
     let event = tokio::time::timeout(Duration::from_secs(20), watch.recv())
         .await

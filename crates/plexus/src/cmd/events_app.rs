@@ -50,7 +50,8 @@ pub struct Args {
     /// Kafka bootstrap broker `host:port` (with `--cloud-connector kafka`).
     #[arg(long = "kafka-bootstrap")]
     pub kafka_bootstrap: Option<String>,
-    /// Control plane (presence monitor) `host:port`; required with a connector.
+    /// Control plane (presence monitor) `host:port`, or several replicas comma-separated (tried in
+    /// turn on reconnect); required with a connector.
     #[arg(long = "control")]
     pub control: Option<String>,
     /// Presence group.

@@ -506,6 +506,10 @@ fn events_app_config_errors_exit_64_naming_the_flag() {
         ),
         (vec!["--workers", "0"], "--workers"),
         (
+            vec!["--control", "127.0.0.1:8500,nowhere"],
+            "presence.control: invalid address \"nowhere\"",
+        ),
+        (
             vec!["--cloud-connector", "rabbit"],
             "--cloud-connector: cloud.connector: expected none, nats or kafka",
         ),
@@ -643,4 +647,189 @@ async fn kafka_broker_restart_recovers() {
             == 200
     );
     mesh.stop();
+}
+
+/// GETs a control-plane path as JSON.
+async fn get_json(addr: &str, path: &str) -> serde_json::Value {
+    let (status, json, _) = crate::http("GET", &format!("http://{addr}{path}"), None).await;
+    assert_eq!(status, 200, "GET {path}: {json}");
+    json
+}
+
+/// `/v1/events/apps` as origin → replica id.
+async fn apps_by_replica(addr: &str) -> BTreeMap<String, String> {
+    get_json(addr, "/v1/events/apps")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["origin"].as_str().unwrap().to_owned(),
+                a["replica"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_event_app_is_in_the_catalog_while_connected() {
+    let nats = NatsServer::start().await.unwrap();
+    let dev = dev(&[]).await;
+    let broker = Broker::Nats(nats.url());
+    let mut a = app(&dev, &broker, "hello-a", "hello.world,hello.pojo", &[]).await;
+    let services = get_json(&dev.addr(), "/v1/catalog/services").await;
+    assert_eq!(
+        services["hello-a"],
+        serde_json::json!(["event-app", "hello.pojo", "hello.world"]),
+        "{services}"
+    );
+    let instances = get_json(&dev.addr(), "/v1/catalog/service/hello-a").await;
+    let instances = instances.as_array().unwrap();
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    let instance = &instances[0];
+    assert_eq!(instance["ServiceID"], a.origin.as_str());
+    assert_eq!(instance["Node"], "event-mesh");
+    assert_eq!(instance["ServiceMeta"]["plexus-kind"], "event-app");
+    assert_eq!(instance["ServiceMeta"]["routes"], "hello.pojo,hello.world");
+    let (_, info) = a.get("/info").await.unwrap();
+    assert_eq!(instance["ServiceMeta"]["topic"], info["topic"], "{info}");
+    let health = get_json(&dev.addr(), "/v1/health/service/hello-a?passing=true").await;
+    let health = health.as_array().unwrap();
+    assert_eq!(health.len(), 1, "{health:?}");
+    assert_eq!(health[0]["Service"]["ID"], a.origin.as_str());
+    assert_eq!(health[0]["Checks"][0]["Status"], "passing");
+    // A clean stop removes it from every view.
+    a.process.terminate().await.unwrap();
+    eventually!(
+        get_json(&dev.addr(), "/v1/catalog/services")
+            .await
+            .get("hello-a")
+            .is_none()
+    );
+    assert_eq!(
+        get_json(&dev.addr(), "/v1/health/service/hello-a").await,
+        serde_json::json!([])
+    );
+}
+
+#[tokio::test]
+async fn presence_over_two_replicas_on_etcd_survives_kill_9_of_one() {
+    use plexus_test::{EtcdCluster, Server};
+    let nats = NatsServer::start().await.unwrap();
+    let cluster = EtcdCluster::start(3).await.unwrap();
+    let endpoints = cluster.endpoints_arg();
+    let store = ["--store", "etcd", "--etcd-endpoints", &endpoints];
+    let mut one = Server::start(bin(), "replica-1", &store).await.unwrap();
+    let two = Server::start(bin(), "replica-2", &store).await.unwrap();
+    let (one_addr, two_addr) = (one.addr(), two.addr());
+    let one_id = get_json(&one_addr, "/v1/events/info").await["replica"].clone();
+    let two_id = get_json(&two_addr, "/v1/events/info").await["replica"].clone();
+    let (one_id, two_id) = (
+        one_id.as_str().unwrap().to_owned(),
+        two_id.as_str().unwrap().to_owned(),
+    );
+    assert_ne!(one_id, two_id);
+
+    // Throughout: every topic listed by either replica has one owner, and no app two topics.
+    let watching = tokio_util::sync::CancellationToken::new();
+    let watcher = tokio::spawn({
+        let watching = watching.clone();
+        let addrs = [one_addr.clone(), two_addr.clone()];
+        async move {
+            let mut seen: BTreeMap<String, String> = BTreeMap::new();
+            let mut reads = 0;
+            while !watching.is_cancelled() {
+                for addr in &addrs {
+                    let url = format!("http://{addr}/v1/events/topics");
+                    let Ok(response) = reqwest::get(&url).await else {
+                        continue; // that replica was killed
+                    };
+                    let Ok(topics) = response.json::<BTreeMap<String, String>>().await else {
+                        continue;
+                    };
+                    reads += 1;
+                    let mut owners = std::collections::BTreeSet::new();
+                    for (topic, origin) in topics {
+                        assert!(owners.insert(origin.clone()), "{origin} owns two topics");
+                        let first = seen.entry(topic.clone()).or_insert(origin.clone());
+                        assert_eq!(*first, origin, "topic {topic} handed to two apps");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            reads
+        }
+    });
+
+    let broker = Broker::Nats(nats.url());
+    // a: replica 1 first, replica 2 as fallback; b: replica 2 only; c: replica 1 only.
+    let both = format!("{one_addr},{two_addr}");
+    let a = EventsApp::start(bin(), "hello-a", "hello.world", &broker, &both, &[])
+        .await
+        .unwrap();
+    let b = EventsApp::start(bin(), "hello-b", "hello.pojo", &broker, &two_addr, &[])
+        .await
+        .unwrap();
+    let c = EventsApp::start(bin(), "hello-c", "hello.echo", &broker, &one_addr, &[])
+        .await
+        .unwrap();
+    let expected: BTreeMap<String, String> = [
+        (a.origin.clone(), one_id.clone()),
+        (b.origin.clone(), two_id.clone()),
+        (c.origin.clone(), one_id.clone()),
+    ]
+    .into();
+    for addr in [&one_addr, &two_addr] {
+        assert_eq!(apps_by_replica(addr).await, expected);
+    }
+    let mut topics = std::collections::BTreeSet::new();
+    for app in [&a, &b, &c] {
+        let (_, info) = app.get("/info").await.unwrap();
+        assert!(
+            topics.insert(info["topic"].as_str().unwrap().to_owned()),
+            "{info}"
+        );
+    }
+    // Apps on different replicas see each other's routes and call each other over NATS.
+    eventually!(a.serving("hello.pojo").await == vec![b.origin.clone()]);
+    eventually!(b.serving("hello.world").await == vec![a.origin.clone()]);
+    eventually!(b.serving("hello.echo").await == vec![c.origin.clone()]);
+    assert_eq!(
+        served_by(&a.request("hello.pojo", "x", T).await.unwrap()),
+        b.origin
+    );
+    assert_eq!(
+        served_by(&b.request("hello.echo", "x", T).await.unwrap()),
+        c.origin
+    );
+    let (_, a_info) = a.get("/info").await.unwrap();
+
+    one.kill9().unwrap();
+    // c knew only replica 1: its records vanish when its lease (5 s) expires; a fails over to
+    // replica 2 and re-announces with the topic it held.
+    eventually!(
+        !apps_by_replica(&two_addr).await.contains_key(&c.origin),
+        Duration::from_secs(15)
+    );
+    eventually!(apps_by_replica(&two_addr).await.get(&a.origin) == Some(&two_id));
+    eventually!(b.serving("hello.echo").await.is_empty());
+    eventually!(b.serving("hello.world").await == vec![a.origin.clone()]);
+    eventually!(a.serving("hello.pojo").await == vec![b.origin.clone()]);
+    let (_, a_after) = a.get("/info").await.unwrap();
+    assert_eq!(a_after["topic"], a_info["topic"]);
+    assert_eq!(
+        served_by(&b.request("hello.world", "after", T).await.unwrap()),
+        a.origin
+    );
+    let catalog = get_json(&two_addr, "/v1/catalog/services").await;
+    assert!(catalog.get("hello-c").is_none(), "{catalog}");
+    assert!(catalog.get("hello-a").is_some(), "{catalog}");
+    let topics = get_json(&two_addr, "/v1/events/topics").await;
+    assert_eq!(topics.as_object().unwrap().len(), 2, "{topics}");
+
+    watching.cancel();
+    let reads = watcher.await.expect("no topic was ever owned twice");
+    assert!(reads > 0);
+    drop(cluster);
 }
