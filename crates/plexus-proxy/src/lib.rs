@@ -42,6 +42,7 @@ mod balance;
 mod discovery;
 mod endpoint;
 mod error;
+mod l7;
 mod listener;
 mod metrics;
 mod staleness;
@@ -113,6 +114,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
     let metrics = Metrics::register(&mut registry);
     let tls_metrics = tls::TlsMetrics::register(&mut registry);
     let authorize_metrics = authorize::AuthorizeMetrics::register(&mut registry);
+    let http_metrics = l7::HttpMetrics::register(&mut registry);
 
     // Admin first, so readiness probes get 503 (not a refused connection) while we start.
     let admin_addr = admin_listener
@@ -225,6 +227,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
             },
             resolve,
             security,
+            http_metrics,
         });
         listeners.apply(&initial, OnBindError::Fail).await?;
         applied_tx.send_replace(Some(Arc::new(listeners.snapshot(&initial))));

@@ -46,6 +46,58 @@ pub(crate) struct InboundSpec {
     pub bind: SocketAddr,
     /// `Proxy.LocalServiceAddress` (default `127.0.0.1`) : `Proxy.LocalServicePort`.
     pub local_app: SocketAddr,
+    /// What the local app speaks: `Proxy.Config.protocol` (default `tcp`).
+    pub protocol: Protocol,
+}
+
+/// The protocol a service speaks (Consul's `protocol` proxy configuration key).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Protocol {
+    /// Opaque bytes (the L4 path).
+    #[default]
+    Tcp,
+    /// HTTP/1.1 (the app may also speak h2c to its outbound listener).
+    Http,
+    /// HTTP/2 without TLS (h2c) to the app.
+    Http2,
+    /// gRPC: HTTP/2 to the app, errors as gRPC statuses.
+    Grpc,
+}
+
+impl Protocol {
+    /// Parses Consul's spelling; `None` for anything else.
+    pub(crate) fn parse(value: &str) -> Option<Self> {
+        match value {
+            "tcp" => Some(Self::Tcp),
+            "http" => Some(Self::Http),
+            "http2" => Some(Self::Http2),
+            "grpc" => Some(Self::Grpc),
+            _ => None,
+        }
+    }
+
+    /// True for the HTTP-aware protocols.
+    pub(crate) fn is_http(self) -> bool {
+        self != Self::Tcp
+    }
+
+    /// The `protocol` key of an opaque `Config` block (absent: `tcp`).
+    fn from_config(
+        config: Option<&serde_json::Value>,
+        field: &str,
+    ) -> Result<Self, RegistrationError> {
+        let Some(value) = config.and_then(|config| config.get("protocol")) else {
+            return Ok(Self::Tcp);
+        };
+        value
+            .as_str()
+            .and_then(|text| Self::parse(&text.to_ascii_lowercase()))
+            .ok_or_else(|| RegistrationError::Protocol {
+                field: field.to_owned(),
+                value: value.to_string(),
+            })
+    }
 }
 
 /// One outbound listener.
@@ -55,6 +107,8 @@ pub(crate) struct UpstreamSpec {
     pub destination: String,
     /// `LocalBindAddress` (default `127.0.0.1`) : `LocalBindPort`.
     pub bind: SocketAddr,
+    /// What the upstream speaks: the upstream's `Config.protocol` (default `tcp`).
+    pub protocol: Protocol,
 }
 
 /// Why a sidecar registration cannot be used. Each names the field at fault.
@@ -82,6 +136,14 @@ pub enum RegistrationError {
     EmptyDestination {
         /// Field path.
         field: String,
+    },
+    /// A `protocol` key is not one of `tcp`, `http`, `http2`, `grpc`.
+    #[error("{field}: {value} is not a protocol (expected \"tcp\", \"http\", \"http2\" or \"grpc\")")]
+    Protocol {
+        /// Field path, e.g. `Proxy.Config.protocol`.
+        field: String,
+        /// The value found (JSON).
+        value: String,
     },
     /// Two upstreams name the same destination.
     #[error("{field}: upstream {destination:?} is listed twice")]
@@ -131,6 +193,7 @@ impl SidecarConfig {
                 )?,
                 nonzero(proxy.local_service_port, "Proxy.LocalServicePort")?,
             ),
+            protocol: Protocol::from_config(proxy.config.as_ref(), "Proxy.Config.protocol")?,
         };
         let mut upstreams = BTreeMap::new();
         let mut seen = BTreeSet::new();
@@ -154,7 +217,16 @@ impl SidecarConfig {
                 &field("LocalBindAddress"),
             )?;
             let bind = SocketAddr::new(ip, upstream.local_bind_port);
-            upstreams.insert(destination.clone(), UpstreamSpec { destination, bind });
+            let protocol =
+                Protocol::from_config(upstream.config.as_ref(), &field("Config.protocol"))?;
+            upstreams.insert(
+                destination.clone(),
+                UpstreamSpec {
+                    destination,
+                    bind,
+                    protocol,
+                },
+            );
         }
         Ok(SidecarConfig {
             sidecar_id: service.id.clone(),

@@ -15,6 +15,7 @@ mod identity;
 mod identity_long;
 mod intentions;
 mod kv;
+mod l7;
 mod registration;
 mod shutdown;
 mod sidecar;

@@ -1,0 +1,323 @@
+//! The L7 data path through real `plexus proxy` processes: HTTP/1.1 (reqwest) and h2c (curl)
+//! through two mTLS sidecars over one pooled HTTP/2 connection, intentions per request, gRPC
+//! unary and server-streaming with Google's Python gRPC client, and the errors the sidecar makes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use plexus_test::upstream::{GrpcHealthStub, HttpStub};
+use plexus_test::{Dev, Sidecar, eventually, free_port};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::{dev, write_file};
+
+/// `client → <name>` with both sides declaring `protocol` (Consul's proxy `config` key).
+fn mesh_hcl(name: &str, app_port: u16, upstream_port: u16, protocol: &str) -> String {
+    let (client_port, app_sidecar_port) = (free_port(), free_port());
+    format!(
+        r#"
+services {{
+  name = "client"
+  port = 8080
+  connect {{
+    sidecar_service {{
+      port = {client_port}
+      proxy {{
+        upstreams {{
+          destination_name = "{name}"
+          local_bind_port  = {upstream_port}
+          config = {{ protocol = "{protocol}" }}
+        }}
+      }}
+    }}
+  }}
+}}
+services {{
+  name = "{name}"
+  port = {app_port}
+  check {{
+    tcp      = "127.0.0.1:{app_port}"
+    interval = "1s"
+    timeout  = "500ms"
+  }}
+  connect {{
+    sidecar_service {{
+      port = {app_sidecar_port}
+      proxy {{
+        config = {{ protocol = "{protocol}" }}
+      }}
+    }}
+  }}
+}}
+"#
+    )
+}
+
+/// A dev server, the two sidecars, and the client's upstream address.
+struct L7Mesh {
+    dev: Dev,
+    client: Sidecar,
+    server: Sidecar,
+    upstream: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl L7Mesh {
+    async fn start(name: &str, app_port: u16, protocol: &str) -> L7Mesh {
+        let upstream_port = free_port();
+        let (dir, file) = write_file(
+            "mesh.hcl",
+            &mesh_hcl(name, app_port, upstream_port, protocol),
+        );
+        let dev = dev(&["--config-file", file.to_str().unwrap()]).await;
+        let client = dev.sidecar("client").await.unwrap();
+        let server = dev.sidecar(name).await.unwrap();
+        eventually!(server.is_ready().await);
+        eventually!(
+            client.is_ready().await
+                && client.endpoints(name).await.map(|e| e.len()).unwrap_or(0) == 1
+        );
+        L7Mesh {
+            dev,
+            client,
+            server,
+            upstream: ([127, 0, 0, 1], upstream_port).into(),
+            _dir: dir,
+        }
+    }
+}
+
+fn requests(direction: &str, upstream: &str, class: &str, grpc_status: &str) -> String {
+    format!(
+        "plexus_proxy_http_requests_total{{direction=\"{direction}\",upstream=\"{upstream}\",route=\"default\",class=\"{class}\",grpc_status=\"{grpc_status}\"}}"
+    )
+}
+
+const CONNECTIONS: &str =
+    "plexus_proxy_http_upstream_connections_total{direction=\"outbound\",upstream=\"web\"}";
+
+#[tokio::test]
+async fn http1_and_h2c_through_two_mtls_sidecars_share_one_pooled_connection() {
+    let web = HttpStub::start_named("v1").await.unwrap();
+    let mesh = L7Mesh::start("web", web.addr.port(), "http").await;
+    let url = format!("http://{}/hello?x=1", mesh.upstream);
+
+    // HTTP/1.1 keep-alive from the app; the web app sees HTTP/1.1 and a new traceparent.
+    let http1 = reqwest::Client::new();
+    for _ in 0..20 {
+        let response = http1.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-version"], "v1");
+        assert_eq!(response.text().await.unwrap(), "v1");
+    }
+    assert_eq!(web.requests(), 20);
+    assert_eq!(web.last_version(), "HTTP/1.1");
+    let created = web.last_traceparent().expect("a traceparent is created");
+    assert!(
+        created.starts_with("00-") && created.len() == 55,
+        "{created}"
+    );
+    // An existing traceparent is passed on unchanged.
+    let mine = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = http1
+        .get(&url)
+        .header("traceparent", mine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(web.last_traceparent().as_deref(), Some(mine));
+
+    // h2c from the app (curl, prior knowledge).
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "-D", "-", &url])
+        .output()
+        .await
+        .expect("curl runs (Debian package curl)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("HTTP/2 200"), "{text}");
+    assert!(text.ends_with("v1"), "{text}");
+    assert_eq!(web.requests(), 22);
+
+    // Metrics match the traffic: 22 requests each way, over one connection between sidecars.
+    let outbound = mesh
+        .client
+        .metric(&requests("outbound", "web", "2xx", ""))
+        .await
+        .unwrap();
+    assert_eq!(outbound, 22.0);
+    let inbound = mesh
+        .server
+        .metric(&requests("inbound", "local_app", "2xx", ""))
+        .await
+        .unwrap();
+    assert_eq!(inbound, 22.0);
+    assert_eq!(mesh.client.metric(CONNECTIONS).await.unwrap(), 1.0);
+    assert_eq!(
+        mesh.client
+            .metric("plexus_proxy_http_request_duration_seconds_count{direction=\"outbound\",upstream=\"web\"}")
+            .await
+            .unwrap(),
+        22.0
+    );
+
+    // Intentions decide every request on the pooled connection: a deny answers 403
+    // `x-plexus-error: denied` without reaching the app; an allow restores.
+    let (code, _, err) = mesh
+        .dev
+        .cli(&["intention", "create", "--deny", "client", "web"])
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    eventually!(
+        http1
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 403 && r.headers()["x-plexus-error"] == "denied")
+    );
+    let served = web.requests();
+    let (code, _, err) = mesh
+        .dev
+        .cli(&["intention", "delete", "client", "web"])
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    eventually!(
+        http1
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    );
+    assert_eq!(web.requests(), served + 1);
+    assert!(
+        mesh.server
+            .metric("plexus_proxy_http_local_responses_total{direction=\"inbound\",upstream=\"local_app\",reason=\"denied\"}")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    assert_eq!(mesh.client.metric(CONNECTIONS).await.unwrap(), 1.0);
+
+    // The app goes away: the web sidecar answers 502 `upstream_connect_failure` (until the
+    // health check takes the instance out, then the client sidecar says 503
+    // `no_healthy_endpoints`).
+    drop(web);
+    let mut reasons = Vec::new();
+    eventually!({
+        let response = http1.get(&url).send().await.unwrap();
+        let reason = response
+            .headers()
+            .get("x-plexus-error")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let status = response.status().as_u16();
+        if let Some(reason) = &reason
+            && !reasons.contains(&(status, reason.clone()))
+        {
+            reasons.push((status, reason.clone()));
+        }
+        reason.as_deref() == Some("no_healthy_endpoints")
+    });
+    assert!(
+        reasons.contains(&(503, "no_healthy_endpoints".to_owned())),
+        "{reasons:?}"
+    );
+    for (status, reason) in &reasons {
+        assert!(
+            matches!(
+                (*status, reason.as_str()),
+                (502, "upstream_connect_failure") | (503, "no_healthy_endpoints")
+            ),
+            "{reasons:?}"
+        );
+    }
+}
+
+/// The venv's Python with grpcio (installed by `scripts/setup-test-env.sh`).
+fn python() -> PathBuf {
+    let python = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../.tools/venv/bin/python"
+    ));
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import grpc, grpc_health.v1.health_pb2_grpc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "Python grpcio is missing: run scripts/setup-test-env.sh (looked in {})",
+        python.display()
+    );
+    python
+}
+
+/// A unary Check, then a server-streaming Watch that prints each status it receives and waits
+/// for a line on stdin before reading the next.
+const GRPC_CLIENT: &str = r#"
+import sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+channel = grpc.insecure_channel(sys.argv[1])
+stub = health_pb2_grpc.HealthStub(channel)
+reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+print("check", health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status), flush=True)
+try:
+    stub.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=10)
+except grpc.RpcError as error:
+    print("unknown", error.code().name, flush=True)
+watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=20)
+for update in watch:
+    print("watch", health_pb2.HealthCheckResponse.ServingStatus.Name(update.status), flush=True)
+    if sys.stdin.readline().strip() == "done":
+        break
+"#;
+
+#[tokio::test]
+async fn grpc_unary_and_server_streaming_through_two_mtls_sidecars_with_grpcio() {
+    let python = python();
+    let grpc = GrpcHealthStub::start().await.unwrap();
+    let mesh = L7Mesh::start("health", grpc.addr.port(), "grpc").await;
+
+    let mut child = tokio::process::Command::new(python)
+        .args(["-c", GRPC_CLIENT, &mesh.upstream.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("grpc client answers within 20 s")
+            .unwrap()
+            .unwrap_or_default()
+    };
+    assert_eq!(next().await, "check SERVING");
+    assert_eq!(next().await, "unknown NOT_FOUND");
+    assert_eq!(next().await, "watch SERVING");
+    // The stream stays open through both sidecars and carries the next update.
+    grpc.set_serving(false).await;
+    stdin.write_all(b"more\n").await.unwrap();
+    assert_eq!(next().await, "watch NOT_SERVING");
+    stdin.write_all(b"done\n").await.unwrap();
+    let status = child.wait().await.unwrap();
+    assert!(status.success());
+
+    // Every call was a 200; the NOT_FOUND came as a trailers-only response, so its gRPC status
+    // is in the labels (statuses sent in trailers after a body are not).
+    let plain = mesh
+        .client
+        .metric(&requests("outbound", "health", "2xx", ""))
+        .await
+        .unwrap();
+    let not_found = mesh
+        .client
+        .metric(&requests("outbound", "health", "2xx", "5"))
+        .await
+        .unwrap();
+    assert_eq!((plain, not_found), (2.0, 1.0));
+}
