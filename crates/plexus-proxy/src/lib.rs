@@ -38,12 +38,14 @@
 mod acknowledge;
 mod admin;
 mod authorize;
-mod balance;
+pub mod balance;
 mod discovery;
 mod endpoint;
 mod error;
 mod listener;
 mod metrics;
+pub mod resilience;
+pub mod route;
 mod staleness;
 #[cfg(test)]
 mod tests;
