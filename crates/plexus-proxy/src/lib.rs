@@ -38,13 +38,15 @@
 mod acknowledge;
 mod admin;
 mod authorize;
-mod balance;
+pub mod balance;
 mod discovery;
 mod endpoint;
 mod error;
 mod l7;
 mod listener;
 mod metrics;
+pub mod resilience;
+pub mod route;
 mod staleness;
 #[cfg(test)]
 mod tests;
