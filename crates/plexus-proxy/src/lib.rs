@@ -218,6 +218,19 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
                 rx
             })
         };
+        let chains: listener::ResolveChain = {
+            let (control, tasks) = (control.clone(), tasks.clone());
+            Arc::new(move |destination: &str, stop: CancellationToken| {
+                let (tx, rx) = watch::channel(None);
+                tasks.spawn(discovery::watch_chain(
+                    control.clone(),
+                    destination.to_owned(),
+                    tx,
+                    stop,
+                ));
+                rx
+            })
+        };
         let mut listeners = Listeners::new(Context {
             tasks: tasks.clone(),
             stop: stop.clone(),
@@ -230,6 +243,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
             resolve,
             security,
             http_metrics,
+            chains,
         });
         listeners.apply(&initial, OnBindError::Fail).await?;
         applied_tx.send_replace(Some(Arc::new(listeners.snapshot(&initial))));

@@ -207,7 +207,12 @@ async fn answer(
     };
     let code = axum::http::StatusCode::from_u16(code)
         .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-    (code, [("x-version", state.name.clone())], state.name.clone()).into_response()
+    (
+        code,
+        [("x-version", state.name.clone())],
+        state.name.clone(),
+    )
+        .into_response()
 }
 
 impl Drop for HttpStub {

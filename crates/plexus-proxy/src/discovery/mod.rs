@@ -8,6 +8,7 @@
 //! Registrations are validated here, at the wire boundary: the rest of the proxy sees only
 //! [`SidecarConfig`] with parsed socket addresses.
 
+mod chain;
 mod endpoints;
 mod watch;
 
@@ -16,6 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use plexus_api::{AgentService, Indexed, ServiceKind};
 
+pub(crate) use chain::watch_chain;
 pub(crate) use endpoints::{EndpointSet, watch_endpoints};
 pub(crate) use watch::{BLOCKING_WAIT, Backoff, find_sidecar, watch_sidecar};
 
@@ -138,7 +140,9 @@ pub enum RegistrationError {
         field: String,
     },
     /// A `protocol` key is not one of `tcp`, `http`, `http2`, `grpc`.
-    #[error("{field}: {value} is not a protocol (expected \"tcp\", \"http\", \"http2\" or \"grpc\")")]
+    #[error(
+        "{field}: {value} is not a protocol (expected \"tcp\", \"http\", \"http2\" or \"grpc\")"
+    )]
     Protocol {
         /// Field path, e.g. `Proxy.Config.protocol`.
         field: String,

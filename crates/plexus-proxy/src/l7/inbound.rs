@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::metrics::Finished;
-use crate::authorize::Authorizer;
 use super::{Body, HttpMetrics, LocalError};
+use crate::authorize::Authorizer;
 use crate::discovery::Protocol;
 use crate::metrics::{Direction, LOCAL_APP};
 

@@ -6,6 +6,11 @@
 //! | `plexus_proxy_http_request_duration_seconds` (histogram) | `direction`, `upstream` |
 //! | `plexus_proxy_http_local_responses_total` (made by the sidecar) | `direction`, `upstream`, `reason` |
 //! | `plexus_proxy_http_upstream_connections_total` (connections opened to forward requests) | `direction`, `upstream` |
+//! | `plexus_proxy_http_retries_total` | `direction`, `upstream` |
+//! | `plexus_proxy_http_retry_budget_exhausted_total` | `direction`, `upstream` |
+//! | `plexus_proxy_http_faults_injected_total` | `upstream`, `kind` (`delay`, `abort`) |
+//!
+//! Rejections (rate limit, concurrency limit, timeouts, …) are `local_responses_total` by reason.
 //!
 //! `upstream` is the destination service (or `local_app`), `route` the route name (`default`
 //! until routes exist), `class` `1xx`…`5xx`, `grpc_status` a gRPC status code or empty, `reason`
@@ -55,6 +60,15 @@ pub(crate) struct HttpMetrics {
     duration: HistogramFamily,
     local: Family<ReasonLabels, Counter>,
     connections: Family<TrafficLabels, Counter>,
+    retries: Family<TrafficLabels, Counter>,
+    budget_exhausted: Family<TrafficLabels, Counter>,
+    faults: Family<FaultLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FaultLabels {
+    upstream: String,
+    kind: &'static str,
 }
 
 impl Default for HttpMetrics {
@@ -64,6 +78,9 @@ impl Default for HttpMetrics {
             duration: Family::new_with_constructor(latency_histogram),
             local: Family::default(),
             connections: Family::default(),
+            retries: Family::default(),
+            budget_exhausted: Family::default(),
+            faults: Family::default(),
         }
     }
 }
@@ -110,7 +127,51 @@ impl HttpMetrics {
             "Connections opened to forward HTTP requests (few: they are pooled)",
             metrics.connections.clone(),
         );
+        sub.register(
+            "retries",
+            "Retries sent to an upstream",
+            metrics.retries.clone(),
+        );
+        sub.register(
+            "retry_budget_exhausted",
+            "Retries not sent because the retry budget was used up",
+            metrics.budget_exhausted.clone(),
+        );
+        sub.register(
+            "faults_injected",
+            "Faults injected, by kind (delay, abort)",
+            metrics.faults.clone(),
+        );
         metrics
+    }
+
+    fn outbound(upstream: &str) -> TrafficLabels {
+        TrafficLabels {
+            direction: Direction::Outbound,
+            upstream: upstream.to_owned(),
+        }
+    }
+
+    /// Counts a retry.
+    pub(crate) fn retry(&self, upstream: &str) {
+        self.retries.get_or_create(&Self::outbound(upstream)).inc();
+    }
+
+    /// Counts a retry the budget refused.
+    pub(crate) fn budget_exhausted(&self, upstream: &str) {
+        self.budget_exhausted
+            .get_or_create(&Self::outbound(upstream))
+            .inc();
+    }
+
+    /// Counts an injected fault.
+    pub(crate) fn fault(&self, upstream: &str, kind: &'static str) {
+        self.faults
+            .get_or_create(&FaultLabels {
+                upstream: upstream.to_owned(),
+                kind,
+            })
+            .inc();
     }
 
     /// Counts a finished request.

@@ -13,6 +13,7 @@
 pub(crate) mod inbound;
 mod metrics;
 pub(crate) mod outbound;
+mod policy;
 
 use std::time::Duration;
 
@@ -46,6 +47,12 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// A response the sidecar makes itself, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LocalError {
+    /// The local rate limit refused the request.
+    RateLimited,
+    /// `max_concurrent_requests` requests are already in flight to the upstream.
+    ConcurrencyLimit,
+    /// Fault injection aborted the request with this status.
+    FaultInjected(u16),
     /// No healthy endpoint is known for the upstream.
     NoHealthyEndpoints,
     /// Every endpoint refused the connection (or the TLS handshake failed).
@@ -56,8 +63,7 @@ pub(crate) enum LocalError {
     Denied,
     /// The request cannot be forwarded as it is (e.g. an unusable host).
     BadRequest,
-    /// The request took longer than its timeout.
-    #[allow(dead_code)] // answered once per-route timeouts are wired
+    /// The request took longer than its route's timeout.
     Timeout,
 }
 
@@ -65,6 +71,9 @@ impl LocalError {
     /// The value of `x-plexus-error` (and the `reason` metric label).
     pub(crate) fn reason(self) -> &'static str {
         match self {
+            Self::RateLimited => "rate_limited",
+            Self::ConcurrencyLimit => "concurrency_limit",
+            Self::FaultInjected(_) => "fault_injected",
             Self::NoHealthyEndpoints => "no_healthy_endpoints",
             Self::UpstreamConnectFailure => "upstream_connect_failure",
             Self::UpstreamReset => "upstream_reset",
@@ -77,6 +86,11 @@ impl LocalError {
     /// The HTTP status.
     pub(crate) fn status(self) -> StatusCode {
         match self {
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::ConcurrencyLimit => StatusCode::SERVICE_UNAVAILABLE,
+            Self::FaultInjected(status) => {
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
             Self::NoHealthyEndpoints => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnectFailure | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
             Self::Denied => StatusCode::FORBIDDEN,
@@ -88,8 +102,21 @@ impl LocalError {
     /// The gRPC status code used for gRPC requests.
     pub(crate) fn grpc_status(self) -> u8 {
         match self {
+            // RESOURCE_EXHAUSTED
+            Self::RateLimited => 8,
+            Self::FaultInjected(status) => match status {
+                429 => 8,
+                504 => 4,
+                403 => 7,
+                // UNAVAILABLE for 5xx, UNKNOWN otherwise
+                500..=599 => 14,
+                _ => 2,
+            },
             // UNAVAILABLE
-            Self::NoHealthyEndpoints | Self::UpstreamConnectFailure | Self::UpstreamReset => 14,
+            Self::ConcurrencyLimit
+            | Self::NoHealthyEndpoints
+            | Self::UpstreamConnectFailure
+            | Self::UpstreamReset => 14,
             // PERMISSION_DENIED
             Self::Denied => 7,
             // DEADLINE_EXCEEDED
@@ -109,7 +136,10 @@ impl LocalError {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/grpc"),
             );
-            headers.insert("grpc-status", HeaderValue::from(u16::from(self.grpc_status())));
+            headers.insert(
+                "grpc-status",
+                HeaderValue::from(u16::from(self.grpc_status())),
+            );
             headers.insert("grpc-message", reason.clone());
             response
         } else {
@@ -224,10 +254,16 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed_and_te_trailers_kept() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-hop"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-hop"),
+        );
         headers.insert("x-hop", HeaderValue::from_static("1"));
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
         headers.insert("x-end", HeaderValue::from_static("2"));
         strip_hop_by_hop(&mut headers);
@@ -245,7 +281,10 @@ mod tests {
         let created = headers[TRACEPARENT].to_str().unwrap().to_owned();
         let parts: Vec<&str> = created.split('-').collect();
         assert_eq!(parts.len(), 4);
-        assert_eq!((parts[0], parts[1].len(), parts[2].len(), parts[3]), ("00", 32, 16, "01"));
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "01")
+        );
         ensure_traceparent(&mut headers);
         assert_eq!(headers[TRACEPARENT], created.as_str());
     }

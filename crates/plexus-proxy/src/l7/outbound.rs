@@ -8,32 +8,41 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use http::header;
 use http::{Request, Response, Uri, Version};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use plexus_api::Indexed;
+use plexus_api::config_entry::chain::{DiscoveryChain, RetryPolicy};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::metrics::Finished;
+use super::policy::{Policy, View, lock};
 use super::{Body, HttpMetrics, LocalError};
 use crate::balance::RoundRobin;
 use crate::discovery::EndpointSet;
 use crate::endpoint;
 use crate::error::Report;
 use crate::metrics::Direction;
+use crate::resilience::fault;
+use crate::resilience::retry::{self, Outcome, RetryBudget};
 use crate::tls;
 
-/// The route label until routes exist.
+/// The route label when the upstream has no chain (yet).
 const DEFAULT_ROUTE: &str = "default";
+/// Largest request body buffered so that it can be retried.
+pub const MAX_RETRY_BODY: usize = 1024 * 1024;
 
 type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
 
@@ -50,6 +59,8 @@ pub(crate) struct Outbound {
     /// One HTTP/2 connection per endpoint; the slot's lock is held while opening it, so
     /// concurrent first requests share one connection.
     pool: Mutex<HashMap<SocketAddr, Slot>>,
+    /// The policy of the latest chain (none until the control plane answered).
+    policy: Arc<ArcSwapOption<Policy>>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -76,12 +87,22 @@ pub(crate) struct OutboundParts {
     pub tasks: TaskTracker,
     /// Cuts pooled connections when the drain grace period is over.
     pub kill: CancellationToken,
+    /// The upstream's compiled discovery chain (`None`: none yet; requests go straight to the
+    /// endpoints).
+    pub chain: watch::Receiver<Option<Arc<Indexed<DiscoveryChain>>>>,
 }
 
 impl Outbound {
     /// A listener's state with an empty pool.
     pub(crate) fn new(parts: OutboundParts) -> Self {
+        let policy = Arc::new(ArcSwapOption::empty());
+        parts.tasks.spawn(follow_chain(
+            parts.chain,
+            Arc::clone(&policy),
+            parts.destination.clone(),
+        ));
         Self {
+            policy,
             destination: parts.destination,
             endpoints: parts.endpoints,
             picker: RoundRobin::default(),
@@ -119,7 +140,9 @@ impl Outbound {
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let grpc = super::is_grpc(&request);
-        let response = match self.forward(request).await {
+        let policy = self.policy.load_full();
+        let (route, outcome) = self.apply(request, policy.as_deref()).await;
+        let response = match outcome {
             Ok(response) => response,
             Err(error) => {
                 self.metrics
@@ -130,7 +153,7 @@ impl Outbound {
         self.metrics.finished(Finished {
             direction: Direction::Outbound,
             upstream: &self.destination,
-            route: DEFAULT_ROUTE,
+            route: &route,
             status: response.status(),
             grpc_status: super::grpc_status_label(&response),
             seconds: started.elapsed().as_secs_f64(),
@@ -138,7 +161,125 @@ impl Outbound {
         response
     }
 
-    async fn forward(&self, request: Request<Incoming>) -> Result<Response<Body>, LocalError> {
+    /// Route match → rate limit (429) → concurrency limit (503) → fault injection → the
+    /// route's timeout (504) around retries with budget and backoff. Returns the route name.
+    async fn apply(
+        &self,
+        request: Request<Incoming>,
+        policy: Option<&Policy>,
+    ) -> (String, Result<Response<Body>, LocalError>) {
+        let request = match self.prepare(request) {
+            Ok(request) => request,
+            Err(error) => return (DEFAULT_ROUTE.to_owned(), Err(error)),
+        };
+        let Some(policy) = policy else {
+            return (
+                DEFAULT_ROUTE.to_owned(),
+                self.send(request.map(BodyExt::boxed)).await,
+            );
+        };
+        let Some((index, route)) = policy.routes.find(&View(&request)) else {
+            return (
+                DEFAULT_ROUTE.to_owned(),
+                self.send(request.map(BodyExt::boxed)).await,
+            );
+        };
+        let name = route.name.clone();
+        if !policy.admit() {
+            return (name, Err(LocalError::RateLimited));
+        }
+        let Some(_permit) = policy.concurrency.try_acquire() else {
+            return (name, Err(LocalError::ConcurrencyLimit));
+        };
+        if let Some(fault) = &policy.fault {
+            let headers = request.headers();
+            let decision = fault::decide(
+                fault,
+                |name| headers.get(name).and_then(|value| value.to_str().ok()),
+                rand::random::<f64>() * 100.0,
+                rand::random::<f64>() * 100.0,
+            );
+            if let Some(delay) = decision.delay {
+                self.metrics.fault(&self.destination, "delay");
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(status) = decision.abort {
+                self.metrics.fault(&self.destination, "abort");
+                return (name, Err(LocalError::FaultInjected(status)));
+            }
+        }
+        let budget = &policy.budgets[index];
+        let work = self.with_retries(request, &route.retry, budget);
+        let outcome = match route.request_timeout {
+            Some(timeout) => tokio::time::timeout(timeout.0, work)
+                .await
+                .unwrap_or(Err(LocalError::Timeout)),
+            None => work.await,
+        };
+        (name, outcome)
+    }
+
+    /// Sends `request`, and again on a retriable outcome while attempts and budget allow
+    /// (the body is buffered, up to [`MAX_RETRY_BODY`], only when the route retries).
+    async fn with_retries(
+        &self,
+        request: Request<Incoming>,
+        retry: &RetryPolicy,
+        budget: &std::sync::Mutex<RetryBudget>,
+    ) -> Result<Response<Body>, LocalError> {
+        if retry.num_retries == 0 {
+            return self.send(request.map(BodyExt::boxed)).await;
+        }
+        let (parts, body) = request.into_parts();
+        let body = Limited::new(body, MAX_RETRY_BODY)
+            .collect()
+            .await
+            .map_err(|_| LocalError::BadRequest)?
+            .to_bytes();
+        let _live = BudgetRequest::start(budget);
+        let mut retrying: Option<BudgetRetry<'_>> = None;
+        let mut attempt = 0;
+        loop {
+            let result = self.send(rebuild(&parts, body.clone())).await;
+            drop(retrying.take());
+            let outcome = match &result {
+                Ok(response) => Outcome::Response {
+                    status: response.status().as_u16(),
+                    grpc_status: response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|value| value.to_str().ok())
+                        .and_then(|value| value.parse().ok()),
+                },
+                Err(LocalError::UpstreamConnectFailure | LocalError::NoHealthyEndpoints) => {
+                    Outcome::ConnectFailure
+                }
+                Err(LocalError::UpstreamReset) => Outcome::Reset,
+                Err(_) => return result,
+            };
+            if attempt >= retry.num_retries || !retry::should_retry(retry, outcome) {
+                return result;
+            }
+            let Some(started) = BudgetRetry::start(budget) else {
+                self.metrics.budget_exhausted(&self.destination);
+                return result;
+            };
+            retrying = Some(started);
+            self.metrics.retry(&self.destination);
+            let pause = retry::backoff(
+                retry.backoff_base.0,
+                retry.backoff_max.0,
+                attempt,
+                rand::random::<f64>(),
+            );
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+        }
+    }
+
+    /// Makes the app's request fit for HTTP/2 between sidecars: hop-by-hop headers removed,
+    /// `traceparent` ensured, the host moved into an absolute URI.
+    fn prepare(&self, request: Request<Incoming>) -> Result<Request<Incoming>, LocalError> {
         let (mut parts, body) = request.into_parts();
         super::strip_hop_by_hop(&mut parts.headers);
         super::ensure_traceparent(&mut parts.headers);
@@ -162,8 +303,11 @@ impl Outbound {
             .to_owned();
         parts.uri = absolute(host.as_deref(), &self.destination, &path)?;
         parts.version = Version::HTTP_2;
-        let request = Request::from_parts(parts, body.boxed());
+        Ok(Request::from_parts(parts, body))
+    }
 
+    /// One attempt: a pooled connection to the next endpoint, the request, the response.
+    async fn send(&self, request: Request<Body>) -> Result<Response<Body>, LocalError> {
         let mut sender = self.sender().await?;
         let response = sender.send_request(request).await.map_err(|error| {
             debug!(%error, upstream = %self.destination, "upstream request failed");
@@ -264,6 +408,72 @@ impl Outbound {
             }
         });
         Ok(sender)
+    }
+}
+
+/// Rebuilds the policy whenever the chain changes, until the chain's watch ends.
+async fn follow_chain(
+    mut chain: watch::Receiver<Option<Arc<Indexed<DiscoveryChain>>>>,
+    policy: Arc<ArcSwapOption<Policy>>,
+    destination: String,
+) {
+    loop {
+        let current = chain.borrow_and_update().clone();
+        if let Some(current) = current {
+            match Policy::new(Arc::new(current.value.clone())) {
+                Ok(built) => {
+                    info!(upstream = %destination, revision = current.index, routes = built.chain.routes.len(), "policy applied");
+                    policy.store(Some(Arc::new(built)));
+                }
+                Err(error) => {
+                    warn!(%error, upstream = %destination, "cannot compile the chain's routes; keeping the previous policy");
+                }
+            }
+        }
+        if chain.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A copy of a buffered request for one more attempt.
+fn rebuild(parts: &http::request::Parts, body: Bytes) -> Request<Body> {
+    let mut request = Request::new(super::full(body));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request
+}
+
+/// A request counted as live in the retry budget while it runs.
+struct BudgetRequest<'a>(&'a std::sync::Mutex<RetryBudget>);
+
+impl<'a> BudgetRequest<'a> {
+    fn start(budget: &'a std::sync::Mutex<RetryBudget>) -> Self {
+        lock(budget).request_started();
+        Self(budget)
+    }
+}
+
+impl Drop for BudgetRequest<'_> {
+    fn drop(&mut self) {
+        lock(self.0).request_finished();
+    }
+}
+
+/// A retry counted in flight in the retry budget while it runs.
+struct BudgetRetry<'a>(&'a std::sync::Mutex<RetryBudget>);
+
+impl<'a> BudgetRetry<'a> {
+    fn start(budget: &'a std::sync::Mutex<RetryBudget>) -> Option<Self> {
+        lock(budget).try_start_retry().then_some(Self(budget))
+    }
+}
+
+impl Drop for BudgetRetry<'_> {
+    fn drop(&mut self) {
+        lock(self.0).retry_finished();
     }
 }
 

@@ -35,6 +35,17 @@ use crate::tls::{self, Identity, TlsMetrics};
 pub(crate) type Resolve =
     Arc<dyn Fn(&str, CancellationToken) -> watch::Receiver<Arc<EndpointSet>> + Send + Sync>;
 
+/// Starts following an HTTP upstream's discovery chain until the token fires.
+pub(crate) type ResolveChain = Arc<
+    dyn Fn(
+            &str,
+            CancellationToken,
+        ) -> watch::Receiver<
+            Option<Arc<plexus_api::Indexed<plexus_api::config_entry::chain::DiscoveryChain>>>,
+        > + Send
+        + Sync,
+>;
+
 /// What every listener shares.
 #[derive(Clone)]
 pub(crate) struct Context {
@@ -54,6 +65,8 @@ pub(crate) struct Context {
     pub security: Security,
     /// HTTP request metrics.
     pub http_metrics: HttpMetrics,
+    /// Discovery chains for HTTP upstreams.
+    pub chains: ResolveChain,
 }
 
 /// What secures the listeners: this sidecar's identity and the inbound demands.
@@ -253,6 +266,7 @@ impl Listeners {
                     connect_timeout: self.ctx.limits.connect_timeout,
                     tasks: self.ctx.tasks.clone(),
                     kill: self.ctx.kill.clone(),
+                    chain: (self.ctx.chains)(&spec.destination, stop.clone()),
                 },
             )))
         } else {

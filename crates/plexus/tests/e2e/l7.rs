@@ -137,7 +137,11 @@ async fn http1_and_h2c_through_two_mtls_sidecars_share_one_pooled_connection() {
         .await
         .expect("curl runs (Debian package curl)");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.starts_with("HTTP/2 200"), "{text}");
     assert!(text.ends_with("v1"), "{text}");
     assert_eq!(web.requests(), 22);
@@ -320,4 +324,153 @@ async fn grpc_unary_and_server_streaming_through_two_mtls_sidecars_with_grpcio()
         .await
         .unwrap();
     assert_eq!((plain, not_found), (2.0, 1.0));
+}
+
+/// Writes a config entry through `/v1/config` and checks it was stored.
+async fn write_entry(dev: &Dev, entry: serde_json::Value) {
+    let (status, body, _) = crate::http(
+        "PUT",
+        &format!("http://{}/v1/config", dev.addr()),
+        Some(entry.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Waits until the client sidecar has applied the chain of `service` as the control plane
+/// has it now (a "policy applied" line with at least the chain's current index).
+async fn applied(dev: &Dev, client: &Sidecar, service: &str) {
+    let (status, _, headers) = crate::http(
+        "GET",
+        &format!("http://{}/v1/discovery-chain/{service}", dev.addr()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let index: u64 = headers["x-consul-index"].to_str().unwrap().parse().unwrap();
+    eventually!(client.process.output().lines().any(|line| {
+        line.contains("policy applied")
+            && line
+                .split("revision=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n >= index)
+    }));
+}
+
+/// (status, x-plexus-error) of one GET.
+async fn get(http: &reqwest::Client, url: &str) -> (u16, String) {
+    let response = http.get(url).send().await.unwrap();
+    let reason = response
+        .headers()
+        .get("x-plexus-error")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (response.status().as_u16(), reason)
+}
+
+#[tokio::test]
+async fn policies_from_config_entries_apply_live_fault_rate_limit_retries_timeout() {
+    let web = HttpStub::start_named("v1").await.unwrap();
+    let mesh = L7Mesh::start("web", web.addr.port(), "http").await;
+    let url = format!("http://{}/api", mesh.upstream);
+    let http = reqwest::Client::new();
+
+    // 50 % abort fault: 50 ± 5 % errors over 2,000 requests, each saying why.
+    write_entry(
+        &mesh.dev,
+        serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http",
+            "FaultInjection": {"Abort": {"HttpStatus": 503, "Percent": 50}}}),
+    )
+    .await;
+    applied(&mesh.dev, &mesh.client, "web").await;
+    let before = web.requests();
+    let mut aborted = 0u32;
+    for _ in 0..2000 {
+        match get(&http, &url).await {
+            (200, reason) if reason.is_empty() => {}
+            (503, reason) if reason == "fault_injected" => aborted += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!((900..=1100).contains(&aborted), "{aborted} of 2000 aborted");
+    assert_eq!(web.requests() - before, 2000 - aborted as usize);
+    assert_eq!(
+        mesh.client
+            .metric("plexus_proxy_http_faults_injected_total{upstream=\"web\",kind=\"abort\"}")
+            .await
+            .unwrap(),
+        f64::from(aborted)
+    );
+
+    // Rate limit: 5/s with a burst of 5. Of 40 requests sent at once-ish, no more than the
+    // burst plus what refilled while they ran get through; the rest are 429 `rate_limited`.
+    write_entry(
+        &mesh.dev,
+        serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http",
+            "RateLimits": {"InstanceLevel": {"RequestsPerSecond": 5, "RequestsMaxBurst": 5}}}),
+    )
+    .await;
+    applied(&mesh.dev, &mesh.client, "web").await;
+    let started = std::time::Instant::now();
+    let (mut ok, mut limited) = (0u32, 0u32);
+    for _ in 0..40 {
+        match get(&http, &url).await {
+            (200, _) => ok += 1,
+            (429, reason) if reason == "rate_limited" => limited += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let allowed = 5.0 + 5.0 * started.elapsed().as_secs_f64() + 1.0;
+    assert!(
+        ok >= 5 && f64::from(ok) <= allowed,
+        "{ok} passed, {allowed} allowed"
+    );
+    assert_eq!(ok + limited, 40);
+
+    // Retries: a 1-in-3 failing upstream, 2 retries on 503: every request succeeds.
+    write_entry(
+        &mesh.dev,
+        serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"}),
+    )
+    .await;
+    write_entry(
+        &mesh.dev,
+        serde_json::json!({"Kind": "service-router", "Name": "web", "Routes": [
+            {"Match": {"HTTP": {"PathPrefix": "/slow"}},
+             "Destination": {"RequestTimeout": "200ms"}},
+            {"Match": {"HTTP": {"PathPrefix": "/"}},
+             "Destination": {"NumRetries": 2, "RetryOnStatusCodes": [503]}}]}),
+    )
+    .await;
+    applied(&mesh.dev, &mesh.client, "web").await;
+    web.fail_every(3);
+    let before = web.requests();
+    for _ in 0..300 {
+        assert_eq!(get(&http, &url).await, (200, String::new()));
+    }
+    let served = web.requests() - before;
+    let retries = mesh
+        .client
+        .metric("plexus_proxy_http_retries_total{direction=\"outbound\",upstream=\"web\"}")
+        .await
+        .unwrap();
+    assert_eq!(served as f64, 300.0 + retries);
+    assert!(retries >= 100.0, "{retries}");
+
+    // Per-route timeout: 504 `timeout` from the route that has one.
+    web.fail_every(0);
+    web.set_delay(Duration::from_secs(2));
+    assert_eq!(
+        get(&http, &format!("http://{}/slow", mesh.upstream)).await,
+        (504, "timeout".to_owned())
+    );
+    assert!(
+        mesh.client
+            .metric("plexus_proxy_http_local_responses_total{direction=\"outbound\",upstream=\"web\",reason=\"timeout\"}")
+            .await
+            .unwrap()
+            >= 1.0
+    );
 }
