@@ -200,7 +200,7 @@ async fn answer(
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
     let every = state.fail_every.load(Ordering::SeqCst);
-    let code = if every > 0 && n % every == 0 {
+    let code = if every > 0 && n.is_multiple_of(every) {
         503
     } else {
         status.load(Ordering::SeqCst)

@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::header;
+use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -140,14 +141,39 @@ impl Outbound {
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let grpc = super::is_grpc(&request);
+        let http1 = request.version() < Version::HTTP_2;
+        // A request body hyper cannot decode (e.g. an invalid chunk size) must end in 400 and a
+        // closed connection, not in an upstream error: remember that it happened. (A client
+        // that goes away mid-body lands here too; it gets the same answer, unread.)
+        let malformed = Arc::new(AtomicBool::new(false));
+        let request = request.map(|body| {
+            let malformed = Arc::clone(&malformed);
+            body.map_err(move |error| {
+                debug!(%error, "cannot read the request body");
+                malformed.store(true, Ordering::SeqCst);
+                error
+            })
+            .boxed()
+        });
         let policy = self.policy.load_full();
         let (route, outcome) = self.apply(request, policy.as_deref()).await;
+        let outcome = if malformed.load(Ordering::SeqCst) {
+            Err(LocalError::BadRequest)
+        } else {
+            outcome
+        };
         let response = match outcome {
             Ok(response) => response,
             Err(error) => {
                 self.metrics
                     .local(Direction::Outbound, &self.destination, error.reason());
-                error.response(grpc)
+                let mut response = error.response(grpc);
+                if error == LocalError::BadRequest && http1 {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
             }
         };
         self.metrics.finished(Finished {
@@ -165,7 +191,7 @@ impl Outbound {
     /// route's timeout (504) around retries with budget and backoff. Returns the route name.
     async fn apply(
         &self,
-        request: Request<Incoming>,
+        request: Request<Body>,
         policy: Option<&Policy>,
     ) -> (String, Result<Response<Body>, LocalError>) {
         let request = match self.prepare(request) {
@@ -173,16 +199,10 @@ impl Outbound {
             Err(error) => return (DEFAULT_ROUTE.to_owned(), Err(error)),
         };
         let Some(policy) = policy else {
-            return (
-                DEFAULT_ROUTE.to_owned(),
-                self.send(request.map(BodyExt::boxed)).await,
-            );
+            return (DEFAULT_ROUTE.to_owned(), self.send(request).await);
         };
         let Some((index, route)) = policy.routes.find(&View(&request)) else {
-            return (
-                DEFAULT_ROUTE.to_owned(),
-                self.send(request.map(BodyExt::boxed)).await,
-            );
+            return (DEFAULT_ROUTE.to_owned(), self.send(request).await);
         };
         let name = route.name.clone();
         if !policy.admit() {
@@ -223,12 +243,12 @@ impl Outbound {
     /// (the body is buffered, up to [`MAX_RETRY_BODY`], only when the route retries).
     async fn with_retries(
         &self,
-        request: Request<Incoming>,
+        request: Request<Body>,
         retry: &RetryPolicy,
         budget: &std::sync::Mutex<RetryBudget>,
     ) -> Result<Response<Body>, LocalError> {
         if retry.num_retries == 0 {
-            return self.send(request.map(BodyExt::boxed)).await;
+            return self.send(request).await;
         }
         let (parts, body) = request.into_parts();
         let body = Limited::new(body, MAX_RETRY_BODY)
@@ -279,7 +299,7 @@ impl Outbound {
 
     /// Makes the app's request fit for HTTP/2 between sidecars: hop-by-hop headers removed,
     /// `traceparent` ensured, the host moved into an absolute URI.
-    fn prepare(&self, request: Request<Incoming>) -> Result<Request<Incoming>, LocalError> {
+    fn prepare(&self, request: Request<Body>) -> Result<Request<Body>, LocalError> {
         let (mut parts, body) = request.into_parts();
         super::strip_hop_by_hop(&mut parts.headers);
         super::ensure_traceparent(&mut parts.headers);

@@ -474,3 +474,84 @@ async fn policies_from_config_entries_apply_live_fault_rate_limit_retries_timeou
             >= 1.0
     );
 }
+
+/// Sends raw bytes on a fresh connection; returns what the sidecar answered and whether it
+/// closed the connection (within 5 s: a connection still open then counts as not closed).
+async fn raw(addr: SocketAddr, request: &[u8]) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&answer).into_owned(), closed)
+}
+
+#[tokio::test]
+async fn http1_smuggling_attempts_are_refused_or_defused_and_big_headers_get_431() {
+    let web = HttpStub::start_named("v1").await.unwrap();
+    let mesh = L7Mesh::start("web", web.addr.port(), "http").await;
+    let cases: [(&str, &[u8]); 4] = [
+        (
+            "two different content-lengths",
+            b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        ),
+        (
+            "invalid chunk size",
+            b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "bare CR in a header",
+            b"GET / HTTP/1.1\r\nHost: web\r\nX-A: a\rb\r\n\r\n",
+        ),
+        (
+            "obs-fold",
+            b"GET / HTTP/1.1\r\nHost: web\r\nX-A: a\r\n b\r\n\r\n",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, request) in cases {
+        let (answer, closed) = raw(mesh.upstream, request).await;
+        let statuses = answer.matches("HTTP/1.1 ").count();
+        if !answer.starts_with("HTTP/1.1 400") || statuses != 1 || !closed {
+            failures.push(format!("{name}: closed={closed} {answer:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(web.requests(), 0, "nothing reached the app");
+
+    // Content-Length with Transfer-Encoding: hyper reads the body as chunked (the
+    // Content-Length is dropped), answers that one request and closes the connection, so the
+    // request hidden behind it is never read.
+    let (answer, closed) = raw(
+        mesh.upstream,
+        b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: web\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer:?}");
+    assert!(closed && answer.contains("connection: close"), "{answer:?}");
+    assert_eq!(
+        web.requests(),
+        1,
+        "the smuggled request never reached the app"
+    );
+
+    // Headers above 64 KiB: 431.
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: web\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let (answer, closed) = raw(mesh.upstream, big.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431") && closed, "{answer:?}");
+    // The sidecar is unharmed.
+    let response = reqwest::get(format!("http://{}/", mesh.upstream))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
