@@ -31,7 +31,8 @@
 //! plane's CA, renewed at about half-life); the inbound listener authorizes every connection
 //! against the intentions (`authorize/`). Apps see plain TCP on 127.0.0.1.
 //!
-//! Not yet: L7 routing, retries, circuit breaking (`route/` between `listener` and `balance`).
+//! HTTP-aware upstreams and the inbound HTTP/2 path: `l7/` (policies from the compiled discovery
+//! chain, `route/` and `resilience/`); see docs/architecture.md, "L7 data path".
 //!
 //! Main types: [`ProxyConfig`], [`run`], [`ProxyError`].
 

@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use plexus_api::Indexed;
-use plexus_api::config_entry::chain::{DiscoveryChain, RetryPolicy};
+use plexus_api::config_entry::chain::{ChainTarget, DiscoveryChain, RetryPolicy, filter_matches};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -38,6 +38,7 @@ use crate::error::Report;
 use crate::metrics::Direction;
 use crate::resilience::fault;
 use crate::resilience::retry::{self, Outcome, RetryBudget};
+use crate::route;
 use crate::tls;
 
 /// The route label when the upstream has no chain (yet).
@@ -199,10 +200,10 @@ impl Outbound {
             Err(error) => return (DEFAULT_ROUTE.to_owned(), Err(error)),
         };
         let Some(policy) = policy else {
-            return (DEFAULT_ROUTE.to_owned(), self.send(request).await);
+            return (DEFAULT_ROUTE.to_owned(), self.send(request, None).await);
         };
         let Some((index, route)) = policy.routes.find(&View(&request)) else {
-            return (DEFAULT_ROUTE.to_owned(), self.send(request).await);
+            return (DEFAULT_ROUTE.to_owned(), self.send(request, None).await);
         };
         let name = route.name.clone();
         if !policy.admit() {
@@ -228,8 +229,18 @@ impl Outbound {
                 return (name, Err(LocalError::FaultInjected(status)));
             }
         }
+        // Split: a weighted pick among the route's targets (subsets of this upstream).
+        let target = route::pick_split(&route.splits, rand::random::<f64>())
+            .and_then(|split| policy.chain.targets.get(&split.target));
+        if let Some(target) = target
+            && target.service != self.destination
+        {
+            // Routing to another service needs that service's endpoints; not done yet.
+            warn!(upstream = %self.destination, target = %target.service, "route to another service is not supported; using this upstream's endpoints");
+        }
+        let target = target.filter(|target| target.service == self.destination);
         let budget = &policy.budgets[index];
-        let work = self.with_retries(request, &route.retry, budget);
+        let work = self.with_retries(request, target, &route.retry, budget);
         let outcome = match route.request_timeout {
             Some(timeout) => tokio::time::timeout(timeout.0, work)
                 .await
@@ -244,11 +255,12 @@ impl Outbound {
     async fn with_retries(
         &self,
         request: Request<Body>,
+        target: Option<&ChainTarget>,
         retry: &RetryPolicy,
         budget: &std::sync::Mutex<RetryBudget>,
     ) -> Result<Response<Body>, LocalError> {
         if retry.num_retries == 0 {
-            return self.send(request).await;
+            return self.send(request, target).await;
         }
         let (parts, body) = request.into_parts();
         let body = Limited::new(body, MAX_RETRY_BODY)
@@ -260,7 +272,7 @@ impl Outbound {
         let mut retrying: Option<BudgetRetry<'_>> = None;
         let mut attempt = 0;
         loop {
-            let result = self.send(rebuild(&parts, body.clone())).await;
+            let result = self.send(rebuild(&parts, body.clone()), target).await;
             drop(retrying.take());
             let outcome = match &result {
                 Ok(response) => Outcome::Response {
@@ -327,8 +339,12 @@ impl Outbound {
     }
 
     /// One attempt: a pooled connection to the next endpoint, the request, the response.
-    async fn send(&self, request: Request<Body>) -> Result<Response<Body>, LocalError> {
-        let mut sender = self.sender().await?;
+    async fn send(
+        &self,
+        request: Request<Body>,
+        target: Option<&ChainTarget>,
+    ) -> Result<Response<Body>, LocalError> {
+        let mut sender = self.sender(target).await?;
         let response = sender.send_request(request).await.map_err(|error| {
             debug!(%error, upstream = %self.destination, "upstream request failed");
             LocalError::UpstreamReset
@@ -341,7 +357,7 @@ impl Outbound {
 
     /// A ready HTTP/2 connection to the next endpoint in turn (opened if needed; endpoints that
     /// refuse are skipped).
-    async fn sender(&self) -> Result<SendRequest<Body>, LocalError> {
+    async fn sender(&self, target: Option<&ChainTarget>) -> Result<SendRequest<Body>, LocalError> {
         let mut endpoints = self.endpoints.clone();
         // Right after start-up the control plane's first answer may still be on its way.
         let _ = tokio::time::timeout(
@@ -350,10 +366,24 @@ impl Outbound {
         )
         .await;
         let set = Arc::clone(&endpoints.borrow());
-        if set.addrs.is_empty() {
+        // A subset target keeps the endpoints its filter matches (tags and meta).
+        let candidates: Vec<SocketAddr> = match target {
+            Some(target) if !target.filter.is_empty() => set
+                .addrs
+                .iter()
+                .filter(|addr| {
+                    set.labels.get(addr).is_some_and(|labels| {
+                        filter_matches(&target.filter, &labels.tags, &labels.meta)
+                    })
+                })
+                .copied()
+                .collect(),
+            _ => set.addrs.clone(),
+        };
+        if candidates.is_empty() {
             return Err(LocalError::NoHealthyEndpoints);
         }
-        for addr in self.picker.order(&set.addrs) {
+        for addr in self.picker.order(&candidates) {
             let slot = self.slot(*addr);
             let mut pooled = slot.lock().await;
             if let Some(sender) = pooled.as_ref().filter(|sender| !sender.is_closed()) {

@@ -555,3 +555,113 @@ async fn http1_smuggling_attempts_are_refused_or_defused_and_big_headers_get_431
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+/// `client → web` with two web instances, `v1` and `v2` (meta `version`), each with a sidecar.
+fn two_versions_hcl(v1: u16, v2: u16, upstream_port: u16) -> String {
+    let instance = |id: &str, version: &str, port: u16| {
+        let sidecar_port = free_port();
+        format!(
+            r#"
+services {{
+  id   = "{id}"
+  name = "web"
+  port = {port}
+  meta = {{ version = "{version}" }}
+  check {{
+    tcp      = "127.0.0.1:{port}"
+    interval = "1s"
+    timeout  = "500ms"
+  }}
+  connect {{
+    sidecar_service {{
+      port = {sidecar_port}
+      proxy {{
+        config = {{ protocol = "http" }}
+      }}
+    }}
+  }}
+}}
+"#
+        )
+    };
+    let client_port = free_port();
+    format!(
+        r#"
+services {{
+  name = "client"
+  port = 8080
+  connect {{
+    sidecar_service {{
+      port = {client_port}
+      proxy {{
+        upstreams {{
+          destination_name = "web"
+          local_bind_port  = {upstream_port}
+          config = {{ protocol = "http" }}
+        }}
+      }}
+    }}
+  }}
+}}
+{}
+{}
+"#,
+        instance("web-1", "v1", v1),
+        instance("web-2", "v2", v2)
+    )
+}
+
+#[tokio::test]
+async fn split_90_10_over_2000_requests_and_header_routing_to_the_canary() {
+    let (v1, v2) = (
+        HttpStub::start_named("v1").await.unwrap(),
+        HttpStub::start_named("v2").await.unwrap(),
+    );
+    let upstream_port = free_port();
+    let (_dir, file) = write_file(
+        "mesh.hcl",
+        &two_versions_hcl(v1.addr.port(), v2.addr.port(), upstream_port),
+    );
+    let dev = dev(&["--config-file", file.to_str().unwrap()]).await;
+    let client = dev.sidecar("client").await.unwrap();
+    let web1 = dev.sidecar("web-1").await.unwrap();
+    let web2 = dev.sidecar("web-2").await.unwrap();
+    eventually!(web1.is_ready().await && web2.is_ready().await);
+    eventually!(
+        client.is_ready().await && client.endpoints("web").await.map(|e| e.len()).unwrap_or(0) == 2
+    );
+    for entry in [
+        serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"}),
+        serde_json::json!({"Kind": "service-resolver", "Name": "web", "DefaultSubset": "v1",
+            "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"},
+                        "v2": {"Filter": "Service.Meta.version == v2"}}}),
+        serde_json::json!({"Kind": "service-splitter", "Name": "web",
+            "Splits": [{"Weight": 90, "ServiceSubset": "v1"}, {"Weight": 10, "ServiceSubset": "v2"}]}),
+        serde_json::json!({"Kind": "service-router", "Name": "web", "Routes": [
+            {"Match": {"HTTP": {"Header": [{"Name": "x-canary", "Exact": "1"}]}},
+             "Destination": {"ServiceSubset": "v2"}}]}),
+    ] {
+        write_entry(&dev, entry).await;
+    }
+    applied(&dev, &client, "web").await;
+
+    let url = format!("http://127.0.0.1:{upstream_port}/");
+    let http = reqwest::Client::new();
+    let mut to_v2 = 0;
+    for _ in 0..2000 {
+        let response = http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        if response.headers()["x-version"] == "v2" {
+            to_v2 += 1;
+        }
+    }
+    // 10 % ± 3 % of 2,000.
+    assert!((140..=260).contains(&to_v2), "{to_v2} of 2000 went to v2");
+    assert_eq!(v1.requests() + v2.requests(), 2000);
+
+    // The header route sends every canary request to v2.
+    for _ in 0..50 {
+        let response = http.get(&url).header("x-canary", "1").send().await.unwrap();
+        assert_eq!(response.headers()["x-version"], "v2");
+    }
+}
