@@ -74,8 +74,8 @@ impl std::fmt::Display for Kind {
     }
 }
 
-/// Any config entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Any config entry. Deserialises through [`ConfigEntry::from_json`] (`Kind` picks the type).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ConfigEntry {
     /// `service-defaults`.
@@ -86,6 +86,13 @@ pub enum ConfigEntry {
     ServiceSplitter(ServiceSplitter),
     /// `service-router`.
     ServiceRouter(ServiceRouter),
+}
+
+impl<'de> Deserialize<'de> for ConfigEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        Self::from_json(value).map_err(serde::de::Error::custom)
+    }
 }
 
 impl ConfigEntry {
