@@ -22,6 +22,28 @@ LoadBalancer = {
 }
 "#;
 
+/// Consul's own HCL style: blocks inside list elements.
+const ROUTER_HCL: &str = r#"
+Kind = "service-router"
+Name = "web"
+Routes = [
+  {
+    Match {
+      HTTP {
+        Header = [
+          { Name = "x-canary", Exact = "1" },
+        ]
+      }
+    }
+    Destination {
+      ServiceSubset = "v2"
+      NumRetries    = 3
+      RetryOn       = ["5xx", "unavailable"]
+    }
+  },
+]
+"#;
+
 const SPLITTER_JSON: &str = r#"{
   "Kind": "service-splitter",
   "Name": "web",
@@ -64,6 +86,11 @@ async fn cli_writes_hcl_and_json_reads_lists_and_deletes() {
         .cli(&["config", "write", splitter.to_str().unwrap()])
         .unwrap();
     assert_eq!(code, 0, "{err}");
+    let (_d3, router) = write_file("router.hcl", ROUTER_HCL);
+    let (code, _, err) = dev
+        .cli(&["config", "write", router.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
 
     let (code, out, _) = dev
         .cli(&[
@@ -97,7 +124,20 @@ async fn cli_writes_hcl_and_json_reads_lists_and_deletes() {
     .await;
     assert_eq!(status, 200, "{chain}");
     assert!(index > 0);
-    let splits = &chain["routes"][0]["splits"];
+    assert_eq!(
+        chain["routes"][0]["matcher"]["headers"][0]["name"],
+        "x-canary"
+    );
+    assert_eq!(
+        chain["routes"][0]["splits"],
+        json!([{"weight": 100.0, "target": "v2.web"}])
+    );
+    assert_eq!(
+        chain["routes"][0]["retry"]["retry_on"],
+        json!(["5xx", "unavailable"])
+    );
+    assert_eq!(chain["routes"][1]["name"], "default");
+    let splits = &chain["routes"][1]["splits"];
     assert_eq!(splits[0], json!({"weight": 90.0, "target": "v1.web"}));
     assert_eq!(splits[1], json!({"weight": 10.0, "target": "v2.web"}));
     assert_eq!(
@@ -122,7 +162,7 @@ async fn cli_writes_hcl_and_json_reads_lists_and_deletes() {
         .unwrap();
     assert_eq!(code, 1);
     assert!(err.contains("still needs it"), "{err}");
-    for kind in ["service-splitter", "service-resolver"] {
+    for kind in ["service-router", "service-splitter", "service-resolver"] {
         let (code, _, err) = dev
             .cli(&["config", "delete", "--kind", kind, "--name", "web"])
             .unwrap();
@@ -158,7 +198,7 @@ async fn cli_refuses_invalid_files_naming_the_field() {
         ),
         (
             "regex.hcl",
-            "Kind = \"service-router\"\nName = \"web\"\nRoutes = [ { Match = { HTTP = { PathRegex = \"(oops\" } } } ]\n",
+            "Kind = \"service-router\"\nName = \"web\"\nRoutes = [ { Match { HTTP { PathRegex = \"(oops\" } } } ]\n",
             "Routes[0].Match.HTTP.PathRegex",
         ),
         (
