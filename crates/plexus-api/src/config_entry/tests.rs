@@ -260,3 +260,12 @@ fn hcl1_rewrite_leaves_strings_comments_and_attributes_alone() {
         "A = \"x {\" # B {\nC = { D = { E = 1 } }\n"
     );
 }
+
+#[test]
+fn names_must_be_service_names() {
+    let e = entry(json!({"Kind": "service-splitter", "Name": "web/x",
+        "Splits": [{"Weight": 100, "Service": "a b"}]}));
+    assert_eq!(fields(&e, &[]), ["Name", "Splits[0].Service"]);
+    let e = entry(json!({"Kind": "service-defaults", "Name": ""}));
+    assert_eq!(fields(&e, &[]), ["Name"]);
+}
