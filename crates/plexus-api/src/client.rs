@@ -13,7 +13,7 @@ use crate::model::{
 };
 use crate::registration::ServiceRegistration;
 
-mod chain;
+mod config;
 mod connect;
 pub use connect::IntentionSet;
 

@@ -15,6 +15,7 @@ pub mod chain;
 pub mod compile;
 pub mod entries;
 pub mod filter;
+mod hcl1;
 #[cfg(test)]
 mod tests;
 pub mod validate;
@@ -74,8 +75,8 @@ impl std::fmt::Display for Kind {
     }
 }
 
-/// Any config entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Any config entry. Deserialises through [`ConfigEntry::from_json`] (`Kind` picks the type).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ConfigEntry {
     /// `service-defaults`.
@@ -86,6 +87,13 @@ pub enum ConfigEntry {
     ServiceSplitter(ServiceSplitter),
     /// `service-router`.
     ServiceRouter(ServiceRouter),
+}
+
+impl<'de> Deserialize<'de> for ConfigEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        Self::from_json(value).map_err(serde::de::Error::custom)
+    }
 }
 
 impl ConfigEntry {
@@ -173,8 +181,8 @@ impl ConfigEntry {
     }
 
     /// Parses a config entry file's text: HCL (`.hcl`) or JSON (`.json`), by `file`'s extension.
-    /// HCL is Consul's config-entry style (`Kind = "service-router"`, `Routes = [ { ... } ]`,
-    /// blocks such as `Match { HTTP { ... } }`).
+    /// HCL is Consul's config-entry style (`Kind = "service-router"`, `Routes = [ { ... } ]`),
+    /// HCL 1 blocks inside objects (`Match { HTTP { ... } }`) included.
     pub fn parse_file_text(file: &Path, text: &str) -> Result<Self, EntryError> {
         let ext = file
             .extension()
@@ -183,9 +191,8 @@ impl ConfigEntry {
         let value: serde_json::Value = match ext.as_deref() {
             Some("json") => serde_json::from_str(text)
                 .map_err(|e| EntryError::new("", format!("invalid JSON: {e}")))?,
-            Some("hcl") => {
-                hcl::from_str(text).map_err(|e| EntryError::new("", format!("invalid HCL: {e}")))?
-            }
+            Some("hcl") => hcl::from_str(&hcl1::blocks_to_attributes(text))
+                .map_err(|e| EntryError::new("", format!("invalid HCL: {e}")))?,
             _ => {
                 return Err(EntryError::new(
                     "",

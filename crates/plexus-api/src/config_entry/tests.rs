@@ -216,3 +216,56 @@ fn compile_expands_router_splitter_resolver() {
     assert_eq!(bare.routes.len(), 1);
     assert_eq!(bare.routes[0].splits[0].target, "db");
 }
+
+#[test]
+fn consul_style_hcl_with_nested_blocks_parses() {
+    let hcl = r#"
+Kind = "service-router"
+Name = "web"
+Routes = [
+  {
+    Match {
+      HTTP {
+        PathPrefix = "/admin"
+        Header = [
+          { Name = "x-debug", Present = true },
+        ]
+      }
+    }
+    Destination {
+      Service     = "admin"
+      RetryOn     = ["5xx", "gateway-error"]
+    }
+  },
+]
+"#;
+    let e = ConfigEntry::parse_file_text(Path::new("r.hcl"), hcl).unwrap();
+    let ConfigEntry::ServiceRouter(r) = e else {
+        panic!("{e:?}")
+    };
+    let http = r.routes[0].r#match.as_ref().unwrap().http.as_ref().unwrap();
+    assert_eq!(http.path_prefix.as_deref(), Some("/admin"));
+    assert!(http.header[0].present);
+    assert_eq!(
+        r.routes[0].destination.as_ref().unwrap().retry_on,
+        ["5xx", "gateway-error"]
+    );
+}
+
+#[test]
+fn hcl1_rewrite_leaves_strings_comments_and_attributes_alone() {
+    let text = "A = \"x {\" # B {\nC = { D { E = 1 } }\n";
+    assert_eq!(
+        super::hcl1::blocks_to_attributes(text),
+        "A = \"x {\" # B {\nC = { D = { E = 1 } }\n"
+    );
+}
+
+#[test]
+fn names_must_be_service_names() {
+    let e = entry(json!({"Kind": "service-splitter", "Name": "web/x",
+        "Splits": [{"Weight": 100, "Service": "a b"}]}));
+    assert_eq!(fields(&e, &[]), ["Name", "Splits[0].Service"]);
+    let e = entry(json!({"Kind": "service-defaults", "Name": ""}));
+    assert_eq!(fields(&e, &[]), ["Name"]);
+}

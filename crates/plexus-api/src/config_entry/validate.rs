@@ -93,6 +93,21 @@ impl Errs {
             self.push(field, format!("invalid regex: {e}"));
         }
     }
+    fn service_name(&mut self, field: &str, name: &str) {
+        let ok = !name.is_empty()
+            && name.len() <= 256
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            self.push(
+                field,
+                format!(
+                    "{name:?} is not a service name (letters, digits, '-', '_', '.'; at most 256)"
+                ),
+            );
+        }
+    }
     fn finish(self) -> Result<(), EntryErrors> {
         if self.0.is_empty() {
             Ok(())
@@ -109,6 +124,8 @@ pub fn validate(entry: &ConfigEntry) -> Result<(), EntryErrors> {
         e.push("Name", "is required");
     } else if entry.name() == "*" {
         e.push("Name", "wildcard entries are not supported");
+    } else {
+        e.service_name("Name", entry.name());
     }
     match entry {
         ConfigEntry::ServiceDefaults(d) => defaults(d, &mut e),
@@ -147,6 +164,8 @@ fn defaults(d: &ServiceDefaults, e: &mut Errs) {
             e.push("Mirror.Service", "is required");
         } else if m.service == d.name {
             e.push("Mirror.Service", "a service cannot mirror to itself");
+        } else {
+            e.service_name("Mirror.Service", &m.service);
         }
         if let Some(p) = m.percent {
             e.percent("Mirror.Percent", p);
@@ -372,6 +391,9 @@ fn splitter(s: &ServiceSplitter, e: &mut Errs) {
     let mut sum = 0.0;
     for (i, split) in s.splits.iter().enumerate() {
         e.percent(&format!("Splits[{i}].Weight"), split.weight);
+        if let Some(service) = &split.service {
+            e.service_name(&format!("Splits[{i}].Service"), service);
+        }
         sum += split.weight;
     }
     if !s.splits.is_empty() && (sum - 100.0).abs() > 0.01 {
@@ -470,6 +492,9 @@ fn query(base: &str, q: &QueryParamMatch, e: &mut Errs) {
 }
 
 fn destination(base: &str, d: &RouteDestination, e: &mut Errs) {
+    if let Some(service) = &d.service {
+        e.service_name(&format!("{base}.Service"), service);
+    }
     e.non_negative(&format!("{base}.NumRetries"), d.num_retries);
     for (i, cond) in d.retry_on.iter().enumerate() {
         if chain::RetryOn::parse(cond).is_none() {

@@ -7,6 +7,7 @@ mod agent;
 mod bad_input;
 mod checks;
 mod cli;
+mod config_entries;
 mod consul_client;
 mod demo;
 mod durable;
