@@ -332,6 +332,33 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn protocols_come_from_proxy_and_upstream_config_and_bad_ones_are_named() {
+        let mut service = sidecar(&[("db", 9000), ("api", 9001)]);
+        let proxy = service.proxy.as_mut().unwrap();
+        proxy.config = Some(serde_json::json!({"protocol": "grpc"}));
+        proxy.upstreams[1].config = Some(serde_json::json!({"protocol": "HTTP"}));
+        let config = SidecarConfig::from_registration(&indexed(service.clone())).unwrap();
+        assert_eq!(config.inbound.protocol, Protocol::Grpc);
+        assert_eq!(config.upstreams["db"].protocol, Protocol::Tcp);
+        assert_eq!(config.upstreams["api"].protocol, Protocol::Http);
+
+        let proxy = service.proxy.as_mut().unwrap();
+        proxy.upstreams[0].config = Some(serde_json::json!({"protocol": "ftp"}));
+        let err = SidecarConfig::from_registration(&indexed(service.clone())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Proxy.Upstreams[0].Config.protocol: \"ftp\" is not a protocol (expected \"tcp\", \"http\", \"http2\" or \"grpc\")"
+        );
+        let proxy = service.proxy.as_mut().unwrap();
+        proxy.config = Some(serde_json::json!({"protocol": 2}));
+        let err = SidecarConfig::from_registration(&indexed(service)).unwrap_err();
+        assert!(
+            err.to_string().starts_with("Proxy.Config.protocol: 2 is not a protocol"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn picks_the_proxy_fronting_the_app() {
         let mut services = BTreeMap::new();
         let app = AgentService {
