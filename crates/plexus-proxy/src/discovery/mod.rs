@@ -353,7 +353,8 @@ pub(crate) mod tests {
         proxy.config = Some(serde_json::json!({"protocol": 2}));
         let err = SidecarConfig::from_registration(&indexed(service)).unwrap_err();
         assert!(
-            err.to_string().starts_with("Proxy.Config.protocol: 2 is not a protocol"),
+            err.to_string()
+                .starts_with("Proxy.Config.protocol: 2 is not a protocol"),
             "{err}"
         );
     }
