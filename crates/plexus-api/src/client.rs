@@ -13,6 +13,7 @@ use crate::model::{
 };
 use crate::registration::ServiceRegistration;
 
+mod config;
 mod connect;
 pub use connect::IntentionSet;
 

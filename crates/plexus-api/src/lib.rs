@@ -11,6 +11,8 @@
 //! - [`presence`]: the event mesh's presence protocol (app ↔ control plane frames).
 //! - [`connect`]: CA roots, leaf certificates, SPIFFE ids and intentions (with the pure decision
 //!   of which intention applies).
+//! - [`config_entry`]: L7 config entries (service-defaults/resolver/splitter/router), their
+//!   validation, and the compiled discovery chain a sidecar consumes.
 //! - [`client`] (feature `client`): a typed HTTP client for the API.
 //!
 //! ```text
@@ -24,6 +26,7 @@
 pub mod catalog;
 #[cfg(feature = "client")]
 pub mod client;
+pub mod config_entry;
 pub mod connect;
 pub mod definition;
 pub mod duration;

@@ -30,6 +30,7 @@
 pub mod api;
 pub mod ca;
 pub mod catalog;
+pub mod config;
 pub mod intentions;
 pub mod kv;
 pub mod operator;
@@ -155,5 +156,8 @@ impl ControlPlane {
                 intentions: self.intentions(),
                 ca: self.ca(),
             }))
+            .merge(config::api::router(std::sync::Arc::new(
+                config::ConfigEntries::new(self.store()),
+            )))
     }
 }

@@ -31,19 +31,23 @@
 //! plane's CA, renewed at about half-life); the inbound listener authorizes every connection
 //! against the intentions (`authorize/`). Apps see plain TCP on 127.0.0.1.
 //!
-//! Not yet: L7 routing, retries, circuit breaking (`route/` between `listener` and `balance`).
+//! HTTP-aware upstreams and the inbound HTTP/2 path: `l7/` (policies from the compiled discovery
+//! chain, `route/` and `resilience/`); see docs/architecture.md, "L7 data path".
 //!
 //! Main types: [`ProxyConfig`], [`run`], [`ProxyError`].
 
 mod acknowledge;
 mod admin;
 mod authorize;
-mod balance;
+pub mod balance;
 mod discovery;
 mod endpoint;
 mod error;
+mod l7;
 mod listener;
 mod metrics;
+pub mod resilience;
+pub mod route;
 mod staleness;
 #[cfg(test)]
 mod tests;
@@ -121,6 +125,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
     let metrics = Metrics::register(&mut registry);
     let tls_metrics = tls::TlsMetrics::register(&mut registry);
     let authorize_metrics = authorize::AuthorizeMetrics::register(&mut registry);
+    let http_metrics = l7::HttpMetrics::register(&mut registry);
 
     // Admin first, so readiness probes get 503 (not a refused connection) while we start.
     let admin_addr = admin_listener
@@ -222,6 +227,19 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
                 rx
             })
         };
+        let chains: listener::ResolveChain = {
+            let (control, tasks) = (control.clone(), tasks.clone());
+            Arc::new(move |destination: &str, stop: CancellationToken| {
+                let (tx, rx) = watch::channel(None);
+                tasks.spawn(discovery::watch_chain(
+                    control.clone(),
+                    destination.to_owned(),
+                    tx,
+                    stop,
+                ));
+                rx
+            })
+        };
         let mut listeners = Listeners::new(Context {
             tasks: tasks.clone(),
             stop: stop.clone(),
@@ -233,6 +251,8 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
             },
             resolve,
             security,
+            http_metrics,
+            chains,
         });
         listeners.apply(&initial, OnBindError::Fail).await?;
         applied_tx.send_replace(Some(Arc::new(listeners.snapshot(&initial))));

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::Result;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -79,28 +79,50 @@ impl Drop for TcpEcho {
     }
 }
 
-/// An HTTP server answering every request with a settable status code.
+/// An HTTP server (HTTP/1.1 and h2c) answering every request with a settable status code and
+/// its name (`x-version` header and body), so tests can tell versions apart. Modes: flaky
+/// (every n-th request answers 503) and slow (each answer waits). It records the requests it
+/// served, the last `traceparent` it saw and the HTTP version of the last request.
 pub struct HttpStub {
     /// Where it listens.
     pub addr: SocketAddr,
     status: Arc<AtomicU16>,
+    state: Arc<StubState>,
     task: JoinHandle<()>,
 }
 
+#[derive(Default)]
+struct StubState {
+    name: String,
+    requests: AtomicUsize,
+    fail_every: AtomicUsize,
+    delay_ms: AtomicU64,
+    last: std::sync::Mutex<(Option<String>, String)>,
+}
+
 impl HttpStub {
-    /// Starts the stub answering `status`.
+    /// Starts the stub answering `status`, named `stub`.
     pub async fn start(status: u16) -> Result<Self> {
+        Self::start_with(status, "stub").await
+    }
+
+    /// Starts the stub answering 200 with `name` (e.g. `v1`).
+    pub async fn start_named(name: &str) -> Result<Self> {
+        Self::start_with(200, name).await
+    }
+
+    async fn start_with(status: u16, name: &str) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(AtomicU16::new(status));
-        let current = shared.clone();
-        let app = axum::Router::new().fallback(move || {
-            let current = current.clone();
-            async move {
-                let code = current.load(Ordering::SeqCst);
-                axum::http::StatusCode::from_u16(code)
-                    .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
-            }
+        let state = Arc::new(StubState {
+            name: name.to_owned(),
+            ..StubState::default()
+        });
+        let (current, served) = (shared.clone(), state.clone());
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let (current, state) = (current.clone(), served.clone());
+            async move { answer(&current, &state, request).await }
         });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -108,6 +130,7 @@ impl HttpStub {
         Ok(Self {
             addr,
             status: shared,
+            state,
             task,
         })
     }
@@ -117,10 +140,79 @@ impl HttpStub {
         self.status.store(status, Ordering::SeqCst);
     }
 
+    /// Flaky mode: every `n`-th request answers 503 (0: never).
+    pub fn fail_every(&self, n: usize) {
+        self.state.fail_every.store(n, Ordering::SeqCst);
+    }
+
+    /// Slow mode: each answer waits `delay` first.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Requests served so far.
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// The `traceparent` of the last request (if it had one).
+    pub fn last_traceparent(&self) -> Option<String> {
+        self.last().0
+    }
+
+    /// The HTTP version of the last request (`HTTP/1.1`, `HTTP/2.0`).
+    pub fn last_version(&self) -> String {
+        self.last().1
+    }
+
+    fn last(&self) -> (Option<String>, String) {
+        self.state
+            .last
+            .lock()
+            .map(|last| last.clone())
+            .unwrap_or_default()
+    }
+
     /// The URL of its root.
     pub fn url(&self) -> String {
         format!("http://{}/health", self.addr)
     }
+}
+
+async fn answer(
+    status: &AtomicU16,
+    state: &StubState,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let n = state.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    if let Ok(mut last) = state.last.lock() {
+        *last = (traceparent, format!("{:?}", request.version()));
+    }
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    let every = state.fail_every.load(Ordering::SeqCst);
+    let code = if every > 0 && n.is_multiple_of(every) {
+        503
+    } else {
+        status.load(Ordering::SeqCst)
+    };
+    let code = axum::http::StatusCode::from_u16(code)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        code,
+        [("x-version", state.name.clone())],
+        state.name.clone(),
+    )
+        .into_response()
 }
 
 impl Drop for HttpStub {

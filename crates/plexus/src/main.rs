@@ -39,6 +39,9 @@ enum Command {
     /// Read and write the KV store.
     #[command(subcommand)]
     Kv(cmd::kv::Command),
+    /// Write, read, list and delete L7 config entries (service-defaults/resolver/splitter/router).
+    #[command(subcommand)]
+    Config(cmd::config::Command),
     /// Show servers, the store and its members, and proxies' acknowledged revisions.
     Operator(cmd::operator::Args),
     /// Check service definition files (HCL/JSON) without registering anything.
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
             Command::Health(args) => cmd::health::run(args).await,
             Command::Validate(args) => cmd::validate::run(args),
             Command::Kv(command) => cmd::kv::run(command).await,
+            Command::Config(command) => cmd::config::run(command).await,
             Command::Operator(args) => cmd::operator::run(args).await,
             Command::Demo(command) => cmd::demo::run(command).await,
             Command::EchoServer(args) => cmd::echo_server::run(args).await,

@@ -3,8 +3,16 @@
 //! [`RoundRobin`] is pure decision logic (no I/O, no clock): each call to [`RoundRobin::order`]
 //! starts one endpoint further along and then visits every other endpoint once, so a caller that
 //! moves on after a failed connect skips dead endpoints without starving the live ones.
+//!
+//! L7 policies (`service-resolver` `LoadBalancer`), equally pure:
+//! - [`p2c`]: `least_request` and `peak_ewma` (power of two choices);
+//! - [`hash`]: `ring_hash` ([`hash::Ring`]) and `maglev` ([`hash::Maglev`]) keyed by
+//!   [`hash::hash_key`] of a header, cookie, query parameter or source IP.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub mod hash;
+pub mod p2c;
 
 /// A round-robin picker shared by all connections of one outbound listener.
 #[derive(Debug, Default)]

@@ -1,5 +1,6 @@
 //! Endpoints of one upstream: the sidecars in front of its healthy instances.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -20,6 +21,17 @@ pub struct EndpointSet {
     pub revision: Option<u64>,
     /// Sorted, without duplicates.
     pub addrs: Vec<SocketAddr>,
+    /// Tags and meta of each endpoint (a sidecar inherits its app's), for subset filters.
+    pub labels: BTreeMap<SocketAddr, Labels>,
+}
+
+/// An endpoint's tags and meta.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels {
+    /// Service tags.
+    pub tags: Vec<String>,
+    /// Service meta.
+    pub meta: BTreeMap<String, String>,
 }
 
 impl EndpointSet {
@@ -29,6 +41,7 @@ impl EndpointSet {
         Self {
             revision: Some(0),
             addrs,
+            labels: BTreeMap::new(),
         }
     }
 
@@ -43,13 +56,22 @@ impl EndpointSet {
     pub fn from_entries(revision: u64, entries: &[ServiceEntry]) -> (Self, Vec<String>) {
         let mut addrs = Vec::with_capacity(entries.len());
         let mut skipped = Vec::new();
+        let mut labels = BTreeMap::new();
         for entry in entries {
             if entry.aggregated_status() != CheckStatus::Passing {
                 continue;
             }
             match entry.dial_address().parse::<IpAddr>() {
                 Ok(ip) if entry.service.port != 0 => {
-                    addrs.push(SocketAddr::new(ip, entry.service.port))
+                    let addr = SocketAddr::new(ip, entry.service.port);
+                    addrs.push(addr);
+                    labels.insert(
+                        addr,
+                        Labels {
+                            tags: entry.service.tags.clone(),
+                            meta: entry.service.meta.clone(),
+                        },
+                    );
                 }
                 _ => skipped.push(entry.service.id.clone()),
             }
@@ -59,6 +81,7 @@ impl EndpointSet {
         let set = Self {
             revision: Some(revision),
             addrs,
+            labels,
         };
         (set, skipped)
     }
@@ -82,7 +105,8 @@ pub(crate) async fn watch_endpoints(
         }
         gauge.set(i64::try_from(set.addrs.len()).unwrap_or(i64::MAX));
         tx.send_if_modified(|current| {
-            let changed = current.addrs != set.addrs || !current.is_resolved();
+            let changed =
+                current.addrs != set.addrs || current.labels != set.labels || !current.is_resolved();
             if changed {
                 info!(upstream = %destination, endpoints = set.addrs.len(), revision = update.index, "endpoints changed");
                 *current = Arc::new(set);

@@ -8,6 +8,7 @@
 //! Registrations are validated here, at the wire boundary: the rest of the proxy sees only
 //! [`SidecarConfig`] with parsed socket addresses.
 
+mod chain;
 mod endpoints;
 mod watch;
 
@@ -16,6 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use plexus_api::{AgentService, Indexed, ServiceKind};
 
+pub(crate) use chain::watch_chain;
 pub use endpoints::EndpointSet;
 pub(crate) use endpoints::watch_endpoints;
 pub(crate) use watch::{BLOCKING_WAIT, Backoff, find_sidecar, watch_sidecar};
@@ -60,6 +62,58 @@ pub(crate) struct InboundSpec {
     pub bind: SocketAddr,
     /// `Proxy.LocalServiceAddress` (default `127.0.0.1`) : `Proxy.LocalServicePort`.
     pub local_app: SocketAddr,
+    /// What the local app speaks: `Proxy.Config.protocol` (default `tcp`).
+    pub protocol: Protocol,
+}
+
+/// The protocol a service speaks (Consul's `protocol` proxy configuration key).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Protocol {
+    /// Opaque bytes (the L4 path).
+    #[default]
+    Tcp,
+    /// HTTP/1.1 (the app may also speak h2c to its outbound listener).
+    Http,
+    /// HTTP/2 without TLS (h2c) to the app.
+    Http2,
+    /// gRPC: HTTP/2 to the app, errors as gRPC statuses.
+    Grpc,
+}
+
+impl Protocol {
+    /// Parses Consul's spelling; `None` for anything else.
+    pub(crate) fn parse(value: &str) -> Option<Self> {
+        match value {
+            "tcp" => Some(Self::Tcp),
+            "http" => Some(Self::Http),
+            "http2" => Some(Self::Http2),
+            "grpc" => Some(Self::Grpc),
+            _ => None,
+        }
+    }
+
+    /// True for the HTTP-aware protocols.
+    pub(crate) fn is_http(self) -> bool {
+        self != Self::Tcp
+    }
+
+    /// The `protocol` key of an opaque `Config` block (absent: `tcp`).
+    fn from_config(
+        config: Option<&serde_json::Value>,
+        field: &str,
+    ) -> Result<Self, RegistrationError> {
+        let Some(value) = config.and_then(|config| config.get("protocol")) else {
+            return Ok(Self::Tcp);
+        };
+        value
+            .as_str()
+            .and_then(|text| Self::parse(&text.to_ascii_lowercase()))
+            .ok_or_else(|| RegistrationError::Protocol {
+                field: field.to_owned(),
+                value: value.to_string(),
+            })
+    }
 }
 
 /// One outbound listener.
@@ -69,6 +123,8 @@ pub(crate) struct UpstreamSpec {
     pub destination: String,
     /// `LocalBindAddress` (default `127.0.0.1`) : `LocalBindPort`.
     pub bind: SocketAddr,
+    /// What the upstream speaks: the upstream's `Config.protocol` (default `tcp`).
+    pub protocol: Protocol,
 }
 
 /// Why a sidecar registration cannot be used. Each names the field at fault.
@@ -96,6 +152,16 @@ pub enum RegistrationError {
     EmptyDestination {
         /// Field path.
         field: String,
+    },
+    /// A `protocol` key is not one of `tcp`, `http`, `http2`, `grpc`.
+    #[error(
+        "{field}: {value} is not a protocol (expected \"tcp\", \"http\", \"http2\" or \"grpc\")"
+    )]
+    Protocol {
+        /// Field path, e.g. `Proxy.Config.protocol`.
+        field: String,
+        /// The value found (JSON).
+        value: String,
     },
     /// Two upstreams name the same destination.
     #[error("{field}: upstream {destination:?} is listed twice")]
@@ -145,6 +211,7 @@ impl SidecarConfig {
                 )?,
                 nonzero(proxy.local_service_port, "Proxy.LocalServicePort")?,
             ),
+            protocol: Protocol::from_config(proxy.config.as_ref(), "Proxy.Config.protocol")?,
         };
         let mut upstreams = BTreeMap::new();
         let mut seen = BTreeSet::new();
@@ -168,7 +235,16 @@ impl SidecarConfig {
                 &field("LocalBindAddress"),
             )?;
             let bind = SocketAddr::new(ip, upstream.local_bind_port);
-            upstreams.insert(destination.clone(), UpstreamSpec { destination, bind });
+            let protocol =
+                Protocol::from_config(upstream.config.as_ref(), &field("Config.protocol"))?;
+            upstreams.insert(
+                destination.clone(),
+                UpstreamSpec {
+                    destination,
+                    bind,
+                    protocol,
+                },
+            );
         }
         Ok(SidecarConfig {
             sidecar_id: service.id.clone(),
@@ -286,6 +362,34 @@ pub(crate) mod tests {
         service.kind = ServiceKind::Typical;
         let err = SidecarConfig::from_registration(&indexed(service)).unwrap_err();
         assert_eq!(err, RegistrationError::NotAProxy);
+    }
+
+    #[test]
+    fn protocols_come_from_proxy_and_upstream_config_and_bad_ones_are_named() {
+        let mut service = sidecar(&[("db", 9000), ("api", 9001)]);
+        let proxy = service.proxy.as_mut().unwrap();
+        proxy.config = Some(serde_json::json!({"protocol": "grpc"}));
+        proxy.upstreams[1].config = Some(serde_json::json!({"protocol": "HTTP"}));
+        let config = SidecarConfig::from_registration(&indexed(service.clone())).unwrap();
+        assert_eq!(config.inbound.protocol, Protocol::Grpc);
+        assert_eq!(config.upstreams["db"].protocol, Protocol::Tcp);
+        assert_eq!(config.upstreams["api"].protocol, Protocol::Http);
+
+        let proxy = service.proxy.as_mut().unwrap();
+        proxy.upstreams[0].config = Some(serde_json::json!({"protocol": "ftp"}));
+        let err = SidecarConfig::from_registration(&indexed(service.clone())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Proxy.Upstreams[0].Config.protocol: \"ftp\" is not a protocol (expected \"tcp\", \"http\", \"http2\" or \"grpc\")"
+        );
+        let proxy = service.proxy.as_mut().unwrap();
+        proxy.config = Some(serde_json::json!({"protocol": 2}));
+        let err = SidecarConfig::from_registration(&indexed(service)).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("Proxy.Config.protocol: 2 is not a protocol"),
+            "{err}"
+        );
     }
 
     #[test]

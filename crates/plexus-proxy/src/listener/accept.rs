@@ -17,6 +17,7 @@ use crate::balance::RoundRobin;
 use crate::discovery::EndpointSet;
 use crate::endpoint::{self, ByteCounters, ConnectError};
 use crate::error::{ListenerName, Report};
+use crate::l7;
 use crate::metrics::ListenerMetrics;
 use crate::tls;
 
@@ -42,7 +43,11 @@ pub(crate) enum Target {
         /// mTLS and intentions (always set by the proxy; unit tests of the plain data path
         /// leave it out).
         security: Option<InboundSecurity>,
+        /// Serves peers that negotiate HTTP/2 (ALPN `plexus-h2`).
+        http: Arc<l7::inbound::Inbound>,
     },
+    /// Outbound HTTP: each request balanced over pooled HTTP/2 connections.
+    Http(Arc<l7::outbound::Outbound>),
     /// Outbound: an upstream's endpoints, in round-robin order.
     Balanced {
         /// The latest endpoint set.
@@ -119,6 +124,7 @@ impl Accept {
                 self.target.clone(),
                 self.metrics.clone(),
                 self.limits.connect_timeout,
+                stop.clone(),
             );
             let kill = self.kill.clone();
             self.tasks.spawn(
@@ -160,14 +166,20 @@ async fn serve(
     mut target: Target,
     metrics: ListenerMetrics,
     connect_timeout: Duration,
+    stop: CancellationToken,
 ) {
     let _active = Active::new(metrics.active.clone());
+    if let Target::Http(outbound) = target {
+        outbound.serve(downstream, stop).await;
+        return;
+    }
     let bytes = ByteCounters {
         sent: metrics.bytes_sent.clone(),
         received: metrics.bytes_received.clone(),
     };
     if let Target::Local {
         security: Some(security),
+        http,
         ..
     } = &target
     {
@@ -175,6 +187,13 @@ async fn serve(
         let Some((downstream, source)) = security.tls.accept(downstream, peer).await else {
             return;
         };
+        if downstream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
+            // HTTP between sidecars: intentions decide each request (403 `x-plexus-error:
+            // denied`), since the connection is pooled and outlives intention changes.
+            let authorize = Some((security.authorizer.clone(), source.service.clone()));
+            Arc::clone(http).serve(downstream, authorize, stop).await;
+            return;
+        }
         if !security.authorizer.check(&source.service).allowed {
             return;
         }
@@ -243,6 +262,7 @@ async fn connect(
                 .map(|stream| (stream, addr))
                 .map_err(|last| ConnectError::Unreachable { attempts: 1, last })
         }
+        Target::Http(_) => Err(ConnectError::NoEndpoints), // served above
         Target::Balanced {
             endpoints, picker, ..
         } => {

@@ -13,7 +13,7 @@ pub(crate) enum InboundChange {
     Keep,
     /// Same bind address, new local app address: no rebinding needed.
     Retarget(SocketAddr),
-    /// (Re)bind: none is running, or its bind address changed.
+    /// (Re)bind: none is running, or its bind address or protocol changed.
     Bind(InboundSpec),
 }
 
@@ -43,7 +43,11 @@ pub(crate) fn plan(
     desired: &SidecarConfig,
 ) -> Plan {
     let inbound = match inbound {
-        Some(current) if current.bind != desired.inbound.bind => {
+        // A new protocol changes how connections are served: rebind.
+        Some(current)
+            if current.bind != desired.inbound.bind
+                || current.protocol != desired.inbound.protocol =>
+        {
             InboundChange::Bind(desired.inbound)
         }
         Some(current) if current.local_app != desired.inbound.local_app => {
@@ -78,6 +82,7 @@ mod tests {
         let spec = UpstreamSpec {
             destination: name.to_owned(),
             bind: SocketAddr::from(([127, 0, 0, 1], port)),
+            protocol: crate::discovery::Protocol::Tcp,
         };
         (name.to_owned(), spec)
     }
@@ -90,6 +95,7 @@ mod tests {
             inbound: InboundSpec {
                 bind: SocketAddr::from(([0, 0, 0, 0], 21000)),
                 local_app: SocketAddr::from(([127, 0, 0, 1], app_port)),
+                protocol: crate::discovery::Protocol::Tcp,
             },
             upstreams: upstreams.iter().map(|(n, p)| upstream(n, *p)).collect(),
         }

@@ -27,12 +27,24 @@ use diff::InboundChange;
 use crate::admin::{Snapshot, UpstreamView};
 use crate::discovery::{EndpointSet, InboundSpec, SidecarConfig, UpstreamSpec};
 use crate::error::{ListenerName, ProxyError, Report};
+use crate::l7::{self, HttpMetrics};
 use crate::metrics::{Direction, LOCAL_APP, ListenerMetrics, Metrics};
 use crate::tls::{self, Identity, TlsMetrics};
 
 /// Starts following an upstream's endpoints until the token fires; returns the latest set.
 pub(crate) type Resolve =
     Arc<dyn Fn(&str, CancellationToken) -> watch::Receiver<Arc<EndpointSet>> + Send + Sync>;
+
+/// Starts following an HTTP upstream's discovery chain until the token fires.
+pub(crate) type ResolveChain = Arc<
+    dyn Fn(
+            &str,
+            CancellationToken,
+        ) -> watch::Receiver<
+            Option<Arc<plexus_api::Indexed<plexus_api::config_entry::chain::DiscoveryChain>>>,
+        > + Send
+        + Sync,
+>;
 
 /// What every listener shares.
 #[derive(Clone)]
@@ -51,6 +63,10 @@ pub(crate) struct Context {
     pub resolve: Resolve,
     /// mTLS and intentions.
     pub security: Security,
+    /// HTTP request metrics.
+    pub http_metrics: HttpMetrics,
+    /// Discovery chains for HTTP upstreams.
+    pub chains: ResolveChain,
 }
 
 /// What secures the listeners: this sidecar's identity and the inbound demands.
@@ -202,9 +218,16 @@ impl Listeners {
         // The local app is the inbound direction's one endpoint.
         self.ctx.metrics.endpoints(LOCAL_APP).set(1);
         let stop = self.ctx.stop.child_token();
+        let http = Arc::new(l7::inbound::Inbound::new(
+            app_rx.clone(),
+            spec.protocol,
+            self.ctx.http_metrics.clone(),
+            self.ctx.limits.connect_timeout,
+        ));
         let target = Target::Local {
             app: app_rx,
             security: Some(self.ctx.security.inbound.clone()),
+            http,
         };
         let accept = self.accept(name, listener, target, metrics);
         let running = self.spawn(accept, bound, stop);
@@ -221,16 +244,37 @@ impl Listeners {
         // The endpoint watch stops with the listener.
         let stop = self.ctx.stop.child_token();
         let endpoints = (self.ctx.resolve)(&spec.destination, stop.clone());
-        let tls = tls::Outbound::new(
+        let alpn = if spec.protocol.is_http() {
+            tls::ALPN_H2
+        } else {
+            tls::ALPN
+        };
+        let tls = tls::Outbound::with_alpn(
             &self.ctx.security.identity,
             &spec.destination,
             self.ctx.security.metrics.clone(),
+            alpn,
         )
         .map_err(ProxyError::Tls)?;
-        let target = Target::Balanced {
-            endpoints: endpoints.clone(),
-            picker: Arc::default(),
-            tls: Some(tls),
+        let target = if spec.protocol.is_http() {
+            Target::Http(Arc::new(l7::outbound::Outbound::new(
+                l7::outbound::OutboundParts {
+                    destination: spec.destination.clone(),
+                    endpoints: endpoints.clone(),
+                    tls: Some(tls),
+                    metrics: self.ctx.http_metrics.clone(),
+                    connect_timeout: self.ctx.limits.connect_timeout,
+                    tasks: self.ctx.tasks.clone(),
+                    kill: self.ctx.kill.clone(),
+                    chain: (self.ctx.chains)(&spec.destination, stop.clone()),
+                },
+            )))
+        } else {
+            Target::Balanced {
+                endpoints: endpoints.clone(),
+                picker: Arc::default(),
+                tls: Some(tls),
+            }
         };
         let accept = self.accept(name, listener, target, metrics);
         let running = self.spawn(accept, bound, stop);

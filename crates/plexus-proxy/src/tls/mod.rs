@@ -44,6 +44,9 @@ pub(crate) use peer::PeerRefusal;
 
 /// The ALPN protocol both sidecars speak: raw TCP inside TLS.
 pub const ALPN: &[u8] = b"plexus-tcp/1";
+/// The ALPN protocol of HTTP traffic between sidecars: HTTP/2 inside TLS, every request of
+/// every downstream connection multiplexed over pooled connections.
+pub const ALPN_H2: &[u8] = b"plexus-h2";
 /// Longest time a peer may take to complete a handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -219,7 +222,8 @@ impl Inbound {
                 .map_err(TlsConfigError)?
                 .with_client_cert_verifier(verifier)
                 .with_cert_resolver(Arc::new(verify::LeafResolver(Arc::clone(identity))));
-        config.alpn_protocols = vec![ALPN.to_vec()];
+        // Both: the client's offer (one of them) decides.
+        config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN.to_vec()];
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             metrics,
@@ -285,11 +289,13 @@ impl std::fmt::Debug for Outbound {
 }
 
 impl Outbound {
-    /// A client for connections to `destination` (service name).
-    pub(crate) fn new(
+    /// A client for connections to `destination` (service name) offering the ALPN protocol
+    /// `alpn` only ([`ALPN`] for raw TCP, [`ALPN_H2`] for HTTP).
+    pub(crate) fn with_alpn(
         identity: &Arc<Identity>,
         destination: &str,
         metrics: TlsMetrics,
+        alpn: &[u8],
     ) -> Result<Self, TlsConfigError> {
         let expected = plexus_api::connect::service_spiffe_id(
             &identity.service.trust_domain,
@@ -307,7 +313,7 @@ impl Outbound {
                 .dangerous()
                 .with_custom_certificate_verifier(verifier)
                 .with_client_cert_resolver(Arc::new(verify::LeafResolver(Arc::clone(identity))));
-        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
             metrics,

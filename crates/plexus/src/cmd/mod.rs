@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod catalog;
+pub mod config;
 pub mod connect;
 pub mod demo;
 pub mod demo_events;

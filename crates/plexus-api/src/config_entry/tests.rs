@@ -1,0 +1,271 @@
+use std::path::Path;
+
+use serde_json::json;
+
+use super::chain::{FilterClause, RetryOn};
+use super::compile::compile;
+use super::validate::{check_references, validate};
+use super::{ConfigEntry, Kind};
+
+fn entry(v: serde_json::Value) -> ConfigEntry {
+    ConfigEntry::from_json(v).unwrap()
+}
+
+fn fields(e: &ConfigEntry, stored: &[ConfigEntry]) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Err(errs) = validate(e) {
+        out.extend(errs.0.into_iter().map(|e| e.field));
+    }
+    if let Err(errs) = check_references(e, stored) {
+        out.extend(errs.0.into_iter().map(|e| e.field));
+    }
+    out
+}
+
+#[test]
+fn unknown_kind_and_unknown_field_name_the_field() {
+    let err = ConfigEntry::from_json(json!({"Kind": "service-nope", "Name": "web"})).unwrap_err();
+    assert_eq!(err.field, "Kind");
+    assert!(err.message.contains("service-nope"), "{err}");
+    let err = ConfigEntry::from_json(
+        json!({"Kind": "service-splitter", "Name": "web", "Splits": [{"Wieght": 1}]}),
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "Splits[0].Wieght");
+    assert!(err.message.contains("Wieght"), "{err}");
+}
+
+#[test]
+fn snake_case_and_pascal_case_are_both_accepted() {
+    let a = entry(
+        json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http",
+        "Limits": {"MaxConcurrentRequests": 3}}),
+    );
+    let b = entry(
+        json!({"kind": "service-defaults", "name": "web", "protocol": "http",
+        "limits": {"max_concurrent_requests": 3}}),
+    );
+    assert_eq!(a, b);
+    assert_eq!(a.kind(), Kind::ServiceDefaults);
+}
+
+#[test]
+fn splitter_weights_must_sum_to_100() {
+    let e = entry(json!({"Kind": "service-splitter", "Name": "web",
+        "Splits": [{"Weight": 90}, {"Weight": 9.5}]}));
+    assert_eq!(fields(&e, &[]), ["Splits"]);
+    let ok = entry(json!({"Kind": "service-splitter", "Name": "web",
+        "Splits": [{"Weight": 90.005}, {"Weight": 9.995}]}));
+    assert!(fields(&ok, &[]).is_empty());
+    let neg = entry(json!({"Kind": "service-splitter", "Name": "web",
+        "Splits": [{"Weight": 110}, {"Weight": -10}]}));
+    assert_eq!(fields(&neg, &[]), ["Splits[0].Weight", "Splits[1].Weight"]);
+}
+
+#[test]
+fn router_errors_name_their_field() {
+    let e = entry(json!({"Kind": "service-router", "Name": "web", "Routes": [
+        {"Match": {"HTTP": {"PathRegex": "(unclosed"}}},
+        {"Match": {"HTTP": {"Header": [{"Name": "x", "Regex": "[z"}]}},
+         "Destination": {"RetryOn": ["5xx", "sometimes"], "RetryOnStatusCodes": [503, 42]}}
+    ]}));
+    assert_eq!(
+        fields(&e, &[]),
+        [
+            "Routes[0].Match.HTTP.PathRegex",
+            "Routes[1].Match.HTTP.Header[0].Regex",
+            "Routes[1].Destination.RetryOn[1]",
+            "Routes[1].Destination.RetryOnStatusCodes[1]"
+        ]
+    );
+}
+
+#[test]
+fn percentages_outside_0_100_are_refused() {
+    let e = entry(json!({"Kind": "service-defaults", "Name": "web",
+        "FaultInjection": {"Abort": {"HttpStatus": 503, "Percent": 101}, "Delay": {"Duration": "1s", "Percent": -1}},
+        "Mirror": {"Service": "shadow", "Percent": 200},
+        "PassiveHealthCheck": {"MaxEjectionPercent": 150}}));
+    let mut f = fields(&e, &[]);
+    f.sort();
+    assert_eq!(
+        f,
+        [
+            "FaultInjection.Abort.Percent",
+            "FaultInjection.Delay.Percent",
+            "Mirror.Percent",
+            "PassiveHealthCheck.MaxEjectionPercent"
+        ]
+    );
+}
+
+#[test]
+fn unknown_subset_is_refused_against_stored_resolver() {
+    let resolver = entry(json!({"Kind": "service-resolver", "Name": "web",
+        "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"Filter": "Service.Meta.version == \"v2\""}}}));
+    let split = entry(json!({"Kind": "service-splitter", "Name": "web",
+        "Splits": [{"Weight": 50, "ServiceSubset": "v1"}, {"Weight": 50, "ServiceSubset": "v3"}]}));
+    assert_eq!(
+        fields(&split, std::slice::from_ref(&resolver)),
+        ["Splits[1].ServiceSubset"]
+    );
+    assert_eq!(
+        fields(&split, &[]),
+        ["Splits[0].ServiceSubset", "Splits[1].ServiceSubset"]
+    );
+    let router = entry(json!({"Kind": "service-router", "Name": "web", "Routes": [
+        {"Destination": {"ServiceSubset": "v9"}}]}));
+    assert_eq!(
+        fields(&router, std::slice::from_ref(&resolver)),
+        ["Routes[0].Destination.ServiceSubset"]
+    );
+    // A resolver that drops a subset a stored splitter uses is refused too.
+    let ok_split = entry(json!({"Kind": "service-splitter", "Name": "web",
+        "Splits": [{"Weight": 100, "ServiceSubset": "v2"}]}));
+    let shrunk = entry(json!({"Kind": "service-resolver", "Name": "web",
+        "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}}}));
+    assert_eq!(fields(&shrunk, &[resolver, ok_split]), ["Subsets"]);
+}
+
+#[test]
+fn filters_parse_into_clauses_and_bad_ones_are_refused() {
+    let e = entry(json!({"Kind": "service-resolver", "Name": "web",
+        "Subsets": {"c": {"Filter": "\"canary\" in Service.Tags and Service.Meta.zone != b"},
+                    "bad": {"Filter": "Service.Port > 3"}}}));
+    assert_eq!(fields(&e, &[]), ["Subsets.bad.Filter"]);
+    assert_eq!(
+        super::filter::parse("\"canary\" in Service.Tags and Service.Meta.zone != b").unwrap(),
+        [
+            FilterClause::HasTag {
+                tag: "canary".into()
+            },
+            FilterClause::MetaNotEquals {
+                key: "zone".into(),
+                value: "b".into()
+            }
+        ]
+    );
+    assert!(super::filter::parse("").unwrap().is_empty());
+}
+
+#[test]
+fn hcl_and_json_files_parse_to_the_same_entry() {
+    let hcl = r#"
+Kind = "service-router"
+Name = "web"
+Routes = [
+  {
+    Match = { HTTP = { PathPrefix = "/admin", Methods = ["GET"] } }
+    Destination = { Service = "admin", NumRetries = 2, RetryOn = ["5xx"] }
+  },
+]
+"#;
+    let json = r#"{"Kind": "service-router", "Name": "web", "Routes": [
+      {"Match": {"HTTP": {"PathPrefix": "/admin", "Methods": ["GET"]}},
+       "Destination": {"Service": "admin", "NumRetries": 2, "RetryOn": ["5xx"]}}]}"#;
+    let a = ConfigEntry::parse_file_text(Path::new("r.hcl"), hcl).unwrap();
+    let b = ConfigEntry::parse_file_text(Path::new("r.json"), json).unwrap();
+    assert_eq!(a, b);
+    assert!(ConfigEntry::parse_file_text(Path::new("r.yaml"), json).is_err());
+}
+
+#[test]
+fn compile_expands_router_splitter_resolver() {
+    let stored = vec![
+        entry(
+            json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http",
+            "RateLimits": {"InstanceLevel": {"RequestsPerSecond": 5}}}),
+        ),
+        entry(
+            json!({"Kind": "service-resolver", "Name": "web", "DefaultSubset": "v1",
+            "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"Filter": "Service.Meta.version == v2"}},
+            "Failover": {"v2": {"ServiceSubset": "v1"}},
+            "LoadBalancer": {"Policy": "ring_hash", "HashPolicies": [{"Field": "header", "FieldValue": "X-User"}]}}),
+        ),
+        entry(json!({"Kind": "service-splitter", "Name": "web",
+            "Splits": [{"Weight": 90, "ServiceSubset": "v1"}, {"Weight": 10, "ServiceSubset": "v2"}]})),
+        entry(json!({"Kind": "service-router", "Name": "web", "Routes": [
+            {"Name": "canary", "Match": {"HTTP": {"Header": [{"Name": "X-Canary", "Exact": "1"}]}},
+             "Destination": {"ServiceSubset": "v2", "NumRetries": 3, "RetryOnConnectFailure": true, "RequestTimeout": "2s"}}]})),
+    ];
+    let chain = compile("web", &stored);
+    assert_eq!(chain.protocol, super::chain::Protocol::Http);
+    assert_eq!(chain.routes.len(), 2);
+    assert_eq!(chain.routes[0].name, "canary");
+    assert_eq!(chain.routes[0].matcher.headers[0].name, "x-canary");
+    assert_eq!(chain.routes[0].splits.len(), 1);
+    assert_eq!(chain.routes[0].splits[0].target, "v2.web");
+    assert_eq!(chain.routes[0].retry.num_retries, 3);
+    assert_eq!(chain.routes[0].retry.retry_on, [RetryOn::ConnectFailure]);
+    assert_eq!(chain.routes[1].name, "default");
+    let weights: Vec<(f64, &str)> = chain.routes[1]
+        .splits
+        .iter()
+        .map(|s| (s.weight, s.target.as_str()))
+        .collect();
+    assert_eq!(weights, [(90.0, "v1.web"), (10.0, "v2.web")]);
+    assert_eq!(chain.targets["v2.web"].failover, ["v1.web"]);
+    assert_eq!(
+        chain.targets["v1.web"].filter_expression,
+        "Service.Meta.version == v1"
+    );
+    assert_eq!(chain.policy.rate_limit.unwrap().burst, 5);
+    // Without entries: tcp, one default route to the whole service.
+    let bare = compile("db", &stored);
+    assert_eq!(bare.protocol, super::chain::Protocol::Tcp);
+    assert_eq!(bare.routes.len(), 1);
+    assert_eq!(bare.routes[0].splits[0].target, "db");
+}
+
+#[test]
+fn consul_style_hcl_with_nested_blocks_parses() {
+    let hcl = r#"
+Kind = "service-router"
+Name = "web"
+Routes = [
+  {
+    Match {
+      HTTP {
+        PathPrefix = "/admin"
+        Header = [
+          { Name = "x-debug", Present = true },
+        ]
+      }
+    }
+    Destination {
+      Service     = "admin"
+      RetryOn     = ["5xx", "gateway-error"]
+    }
+  },
+]
+"#;
+    let e = ConfigEntry::parse_file_text(Path::new("r.hcl"), hcl).unwrap();
+    let ConfigEntry::ServiceRouter(r) = e else {
+        panic!("{e:?}")
+    };
+    let http = r.routes[0].r#match.as_ref().unwrap().http.as_ref().unwrap();
+    assert_eq!(http.path_prefix.as_deref(), Some("/admin"));
+    assert!(http.header[0].present);
+    assert_eq!(
+        r.routes[0].destination.as_ref().unwrap().retry_on,
+        ["5xx", "gateway-error"]
+    );
+}
+
+#[test]
+fn hcl1_rewrite_leaves_strings_comments_and_attributes_alone() {
+    let text = "A = \"x {\" # B {\nC = { D { E = 1 } }\n";
+    assert_eq!(
+        super::hcl1::blocks_to_attributes(text),
+        "A = \"x {\" # B {\nC = { D = { E = 1 } }\n"
+    );
+}
+
+#[test]
+fn names_must_be_service_names() {
+    let e = entry(json!({"Kind": "service-splitter", "Name": "web/x",
+        "Splits": [{"Weight": 100, "Service": "a b"}]}));
+    assert_eq!(fields(&e, &[]), ["Name", "Splits[0].Service"]);
+    let e = entry(json!({"Kind": "service-defaults", "Name": ""}));
+    assert_eq!(fields(&e, &[]), ["Name"]);
+}

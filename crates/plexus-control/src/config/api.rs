@@ -1,0 +1,154 @@
+//! `/v1/config*` (Consul's config entry API) and `/v1/discovery-chain/:service` (the compiled
+//! chain, Plexus-shaped: [`plexus_api::config_entry::chain::DiscoveryChain`]).
+//!
+//! Reads are blocking queries on the config index: `?index=N` waits until a config write moves
+//! the index past `N` (or `wait` passes).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use plexus_api::config_entry::{ConfigEntry, Kind};
+use plexus_runtime::http::{ApiError, BlockingQuery, QueryParams, decode_json, indexed_json};
+use tracing::warn;
+
+use super::{ConfigEntries, ConfigError};
+use crate::api::{ErrorChain, path_error};
+
+/// The config entry routes.
+pub fn router(config: Arc<ConfigEntries>) -> Router {
+    Router::new()
+        .route("/v1/config", put(write))
+        .route("/v1/config/{kind}", get(list))
+        .route("/v1/config/{kind}/{name}", get(read).delete(delete))
+        .route("/v1/discovery-chain/{service}", get(chain))
+        .with_state(config)
+}
+
+fn error(error: ConfigError) -> ApiError {
+    match error {
+        ConfigError::Invalid(errs) => {
+            let field = errs.0.first().map(|e| e.field.clone()).unwrap_or_default();
+            let api = ApiError::bad_request(format!("invalid config entry: {errs}"));
+            if field.is_empty() {
+                api
+            } else {
+                ApiError::invalid_field(field, format!("invalid config entry: {errs}"))
+            }
+        }
+        ConfigError::NotFound { .. } => ApiError::not_found(error.to_string()),
+        ConfigError::Contended => ApiError::conflict(error.to_string()),
+        other => {
+            warn!(error = %ErrorChain(&other), "config entry operation failed");
+            ApiError::internal("the config store is unavailable")
+        }
+    }
+}
+
+fn kind(text: &str) -> Result<Kind, ApiError> {
+    Kind::parse(text).ok_or_else(|| {
+        ApiError::invalid_field(
+            "kind",
+            format!(
+                "unknown config entry kind {text:?}; expected one of service-defaults, service-resolver, service-splitter, service-router"
+            ),
+        )
+    })
+}
+
+/// Waits until the config index passes the query's `index`, or its `wait` ends.
+async fn block(config: &ConfigEntries, query: &BlockingQuery) -> Result<(), ApiError> {
+    let Some(min) = query.index.filter(|i| *i > 0) else {
+        return Ok(());
+    };
+    let deadline = tokio::time::Instant::now() + query.wait;
+    let mut revisions = config.revision_watch();
+    loop {
+        if config.index().await.map_err(error)? > min {
+            return Ok(());
+        }
+        let shutdown = query.shutdown.clone().unwrap_or_default();
+        tokio::select! {
+            changed = revisions.changed() => if changed.is_err() { return Ok(()) },
+            _ = tokio::time::sleep_until(deadline) => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+async fn write(
+    State(config): State<Arc<ConfigEntries>>,
+    params: QueryParams,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let cas = match params.get("cas") {
+        None | Some("") => None,
+        Some(text) => Some(text.parse::<u64>().map_err(|_| {
+            ApiError::invalid_field(
+                "cas",
+                format!("invalid cas {text:?}: expected a non-negative integer"),
+            )
+        })?),
+    };
+    let value: serde_json::Value = decode_json(&body)?;
+    let entry = ConfigEntry::from_json(value).map_err(|e| {
+        let message = format!("invalid config entry: {e}");
+        if e.field.is_empty() {
+            ApiError::bad_request(message)
+        } else {
+            ApiError::invalid_field(e.field, message)
+        }
+    })?;
+    let stored = config.put(entry, cas).await.map_err(error)?;
+    Ok((StatusCode::OK, axum::Json(stored)).into_response())
+}
+
+async fn list(
+    State(config): State<Arc<ConfigEntries>>,
+    path: Result<Path<String>, PathRejection>,
+    query: BlockingQuery,
+) -> Result<Response, ApiError> {
+    let Path(kind_text) = path.map_err(path_error)?;
+    let kind = kind(&kind_text)?;
+    block(&config, &query).await?;
+    let list = config.list(kind).await.map_err(error)?;
+    Ok(indexed_json(list.index, &list.value))
+}
+
+async fn read(
+    State(config): State<Arc<ConfigEntries>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: BlockingQuery,
+) -> Result<Response, ApiError> {
+    let Path((kind_text, name)) = path.map_err(path_error)?;
+    let kind = kind(&kind_text)?;
+    block(&config, &query).await?;
+    let entry = config.get(kind, &name).await.map_err(error)?;
+    Ok(indexed_json(entry.index, &entry.value))
+}
+
+async fn delete(
+    State(config): State<Arc<ConfigEntries>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((kind_text, name)) = path.map_err(path_error)?;
+    let kind = kind(&kind_text)?;
+    config.delete(kind, &name).await.map_err(error)?;
+    Ok(axum::Json(true).into_response())
+}
+
+async fn chain(
+    State(config): State<Arc<ConfigEntries>>,
+    path: Result<Path<String>, PathRejection>,
+    query: BlockingQuery,
+) -> Result<Response, ApiError> {
+    let Path(service) = path.map_err(path_error)?;
+    block(&config, &query).await?;
+    let chain = config.chain(&service).await.map_err(error)?;
+    Ok(indexed_json(chain.index, &chain.value))
+}

@@ -1,0 +1,42 @@
+//! The compiled discovery chain of one HTTP upstream, followed with a blocking query on
+//! `/v1/discovery-chain/<upstream>`: a config entry change reaches the sidecar as soon as the
+//! control plane commits it.
+
+use std::sync::Arc;
+
+use plexus_api::Indexed;
+use plexus_api::client::{Client, ClientError};
+use plexus_api::config_entry::chain::DiscoveryChain;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::watch::follow;
+use crate::error::Report;
+
+/// Follows the chain of `service` until `stop` fires, publishing each new one on `tx`. While the
+/// control plane cannot be reached the last chain stays in force.
+pub(crate) async fn watch_chain(
+    client: Client,
+    service: String,
+    tx: watch::Sender<Option<Arc<Indexed<DiscoveryChain>>>>,
+    stop: CancellationToken,
+) {
+    let fetch = |query| client.discovery_chain(&service, query);
+    let on_update = |update: Indexed<DiscoveryChain>| {
+        tx.send_if_modified(|current| {
+            let changed = current
+                .as_deref()
+                .is_none_or(|current| current.value != update.value);
+            if changed {
+                info!(upstream = %service, revision = update.index, routes = update.value.routes.len(), "discovery chain changed");
+                *current = Some(Arc::new(update));
+            }
+            changed
+        });
+    };
+    let on_error = |error: &ClientError| {
+        warn!(error = %Report(error), upstream = %service, "discovery chain watch failed; keeping the last chain");
+    };
+    follow(0, &stop, fetch, on_update, on_error).await;
+}

@@ -1,0 +1,216 @@
+//! HTTP metrics (registered under `plexus_proxy_http_`).
+//!
+//! | metric | labels |
+//! | --- | --- |
+//! | `plexus_proxy_http_requests_total` | `direction`, `upstream`, `route`, `class`, `grpc_status` |
+//! | `plexus_proxy_http_request_duration_seconds` (histogram) | `direction`, `upstream` |
+//! | `plexus_proxy_http_local_responses_total` (made by the sidecar) | `direction`, `upstream`, `reason` |
+//! | `plexus_proxy_http_upstream_connections_total` (connections opened to forward requests) | `direction`, `upstream` |
+//! | `plexus_proxy_http_retries_total` | `direction`, `upstream` |
+//! | `plexus_proxy_http_retry_budget_exhausted_total` | `direction`, `upstream` |
+//! | `plexus_proxy_http_faults_injected_total` | `upstream`, `kind` (`delay`, `abort`) |
+//!
+//! Rejections (rate limit, concurrency limit, timeouts, …) are `local_responses_total` by reason.
+//!
+//! `upstream` is the destination service (or `local_app`), `route` the route name (`default`
+//! until routes exist), `class` `1xx`…`5xx`, `grpc_status` a gRPC status code or empty, `reason`
+//! an `x-plexus-error` value: all bounded.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::metrics::Direction;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    direction: Direction,
+    upstream: String,
+    route: String,
+    class: &'static str,
+    grpc_status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TrafficLabels {
+    direction: Direction,
+    upstream: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    direction: Direction,
+    upstream: String,
+    reason: &'static str,
+}
+
+type HistogramFamily = Family<TrafficLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The HTTP metric families. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: HistogramFamily,
+    local: Family<ReasonLabels, Counter>,
+    connections: Family<TrafficLabels, Counter>,
+    retries: Family<TrafficLabels, Counter>,
+    budget_exhausted: Family<TrafficLabels, Counter>,
+    faults: Family<FaultLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FaultLabels {
+    upstream: String,
+    kind: &'static str,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            local: Family::default(),
+            connections: Family::default(),
+            retries: Family::default(),
+            budget_exhausted: Family::default(),
+            faults: Family::default(),
+        }
+    }
+}
+
+/// One finished request, as the metrics see it.
+#[derive(Debug)]
+pub(crate) struct Finished<'a> {
+    /// Which way.
+    pub direction: Direction,
+    /// Upstream service or `local_app`.
+    pub upstream: &'a str,
+    /// Route name.
+    pub route: &'a str,
+    /// Response status.
+    pub status: http::StatusCode,
+    /// `grpc-status` when known from the response headers.
+    pub grpc_status: String,
+    /// Time to the response headers.
+    pub seconds: f64,
+}
+
+impl HttpMetrics {
+    /// Registers the families under `plexus_proxy_http`.
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        let sub = registry.sub_registry_with_prefix("plexus_proxy_http");
+        sub.register(
+            "requests",
+            "HTTP requests by direction, upstream, route, response class and gRPC status",
+            metrics.requests.clone(),
+        );
+        sub.register(
+            "request_duration_seconds",
+            "Time from request to response headers",
+            metrics.duration.clone(),
+        );
+        sub.register(
+            "local_responses",
+            "Responses the sidecar made itself, by x-plexus-error reason",
+            metrics.local.clone(),
+        );
+        sub.register(
+            "upstream_connections",
+            "Connections opened to forward HTTP requests (few: they are pooled)",
+            metrics.connections.clone(),
+        );
+        sub.register(
+            "retries",
+            "Retries sent to an upstream",
+            metrics.retries.clone(),
+        );
+        sub.register(
+            "retry_budget_exhausted",
+            "Retries not sent because the retry budget was used up",
+            metrics.budget_exhausted.clone(),
+        );
+        sub.register(
+            "faults_injected",
+            "Faults injected, by kind (delay, abort)",
+            metrics.faults.clone(),
+        );
+        metrics
+    }
+
+    fn outbound(upstream: &str) -> TrafficLabels {
+        TrafficLabels {
+            direction: Direction::Outbound,
+            upstream: upstream.to_owned(),
+        }
+    }
+
+    /// Counts a retry.
+    pub(crate) fn retry(&self, upstream: &str) {
+        self.retries.get_or_create(&Self::outbound(upstream)).inc();
+    }
+
+    /// Counts a retry the budget refused.
+    pub(crate) fn budget_exhausted(&self, upstream: &str) {
+        self.budget_exhausted
+            .get_or_create(&Self::outbound(upstream))
+            .inc();
+    }
+
+    /// Counts an injected fault.
+    pub(crate) fn fault(&self, upstream: &str, kind: &'static str) {
+        self.faults
+            .get_or_create(&FaultLabels {
+                upstream: upstream.to_owned(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// Counts a finished request.
+    pub(crate) fn finished(&self, request: Finished<'_>) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction: request.direction,
+                upstream: request.upstream.to_owned(),
+                route: request.route.to_owned(),
+                class: super::class(request.status),
+                grpc_status: request.grpc_status,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&TrafficLabels {
+                direction: request.direction,
+                upstream: request.upstream.to_owned(),
+            })
+            .observe(request.seconds);
+    }
+
+    /// Counts a response the sidecar made itself.
+    pub(crate) fn local(&self, direction: Direction, upstream: &str, reason: &'static str) {
+        self.local
+            .get_or_create(&ReasonLabels {
+                direction,
+                upstream: upstream.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Counts a connection opened to forward requests.
+    pub(crate) fn connection_opened(&self, direction: Direction, upstream: &str) {
+        self.connections
+            .get_or_create(&TrafficLabels {
+                direction,
+                upstream: upstream.to_owned(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,307 @@
+//! The L7 (HTTP) data path, used for services whose protocol is `http`, `http2` or `grpc`.
+//!
+//! ```text
+//!  app ──HTTP/1.1 or h2c──► outbound listener (hyper auto server)
+//!        each request: balance ─► pooled HTTP/2 connection per endpoint, inside mTLS (ALPN plexus-h2)
+//!  peer sidecar ──h2 over mTLS──► inbound listener (hyper h2 server, intentions per connection)
+//!        each request ─► local app (hyper-util pool: HTTP/1.1 keep-alive, or h2c for http2/grpc)
+//! ```
+//!
+//! Anything the sidecar answers itself carries `x-plexus-error: <reason>` ([`LocalError`]); a
+//! gRPC request gets a trailers-only response with a `grpc-status` instead.
+
+pub(crate) mod inbound;
+mod metrics;
+pub(crate) mod outbound;
+mod policy;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+
+pub(crate) use metrics::HttpMetrics;
+
+/// Bodies of every request and response the sidecar forwards or makes.
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The header naming the rule behind a response the sidecar made itself.
+pub const ERROR_HEADER: &str = "x-plexus-error";
+/// The W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Largest request or response header block accepted (HTTP/1 buffer and HTTP/2 header list);
+/// larger HTTP/1 headers get 431.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// HTTP/2 streams one connection may have open at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Streams a client may reset before they are accepted (rapid reset) before the connection is
+/// closed with GOAWAY.
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 32;
+/// Idle HTTP/2 connections are pinged this often; an unanswered ping closes the connection.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A response the sidecar makes itself, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LocalError {
+    /// The local rate limit refused the request.
+    RateLimited,
+    /// `max_concurrent_requests` requests are already in flight to the upstream.
+    ConcurrencyLimit,
+    /// Fault injection aborted the request with this status.
+    FaultInjected(u16),
+    /// No healthy endpoint is known for the upstream.
+    NoHealthyEndpoints,
+    /// Every endpoint refused the connection (or the TLS handshake failed).
+    UpstreamConnectFailure,
+    /// The connection to the upstream broke before a response arrived.
+    UpstreamReset,
+    /// The intentions deny the caller.
+    Denied,
+    /// The request cannot be forwarded as it is (e.g. an unusable host).
+    BadRequest,
+    /// The request took longer than its route's timeout.
+    Timeout,
+}
+
+impl LocalError {
+    /// The value of `x-plexus-error` (and the `reason` metric label).
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::ConcurrencyLimit => "concurrency_limit",
+            Self::FaultInjected(_) => "fault_injected",
+            Self::NoHealthyEndpoints => "no_healthy_endpoints",
+            Self::UpstreamConnectFailure => "upstream_connect_failure",
+            Self::UpstreamReset => "upstream_reset",
+            Self::Denied => "denied",
+            Self::Timeout => "timeout",
+            Self::BadRequest => "bad_request",
+        }
+    }
+
+    /// The HTTP status.
+    pub(crate) fn status(self) -> StatusCode {
+        match self {
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::ConcurrencyLimit => StatusCode::SERVICE_UNAVAILABLE,
+            Self::FaultInjected(status) => {
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            Self::NoHealthyEndpoints => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamConnectFailure | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Self::Denied => StatusCode::FORBIDDEN,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The gRPC status code used for gRPC requests.
+    pub(crate) fn grpc_status(self) -> u8 {
+        match self {
+            // RESOURCE_EXHAUSTED
+            Self::RateLimited => 8,
+            Self::FaultInjected(status) => match status {
+                429 => 8,
+                504 => 4,
+                403 => 7,
+                // UNAVAILABLE for 5xx, UNKNOWN otherwise
+                500..=599 => 14,
+                _ => 2,
+            },
+            // UNAVAILABLE
+            Self::ConcurrencyLimit
+            | Self::NoHealthyEndpoints
+            | Self::UpstreamConnectFailure
+            | Self::UpstreamReset => 14,
+            // PERMISSION_DENIED
+            Self::Denied => 7,
+            // DEADLINE_EXCEEDED
+            Self::Timeout => 4,
+            // INVALID_ARGUMENT
+            Self::BadRequest => 3,
+        }
+    }
+
+    /// The response: plain text with `x-plexus-error`, or a gRPC trailers-only response.
+    pub(crate) fn response(self, grpc: bool) -> Response<Body> {
+        let reason = HeaderValue::from_static(self.reason());
+        let mut response = if grpc {
+            let mut response = Response::new(empty());
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert(
+                "grpc-status",
+                HeaderValue::from(u16::from(self.grpc_status())),
+            );
+            headers.insert("grpc-message", reason.clone());
+            response
+        } else {
+            let mut response = Response::new(full(format!("plexus: {}\n", self.reason())));
+            *response.status_mut() = self.status();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            response
+        };
+        response.headers_mut().insert(ERROR_HEADER, reason);
+        response
+    }
+}
+
+/// A body of `bytes`.
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An empty body.
+pub(crate) fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// True for a gRPC request (`content-type: application/grpc…`).
+pub(crate) fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"))
+}
+
+/// Removes the connection-specific headers (RFC 9110 §7.6.1), including any named in
+/// `Connection`: they describe one hop and are not allowed in HTTP/2. `te: trailers` is kept
+/// (gRPC needs it).
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    let trailers_only = headers
+        .get(header::TE)
+        .is_none_or(|value| value.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !trailers_only {
+        headers.remove(header::TE);
+    }
+}
+
+/// Adds a W3C `traceparent` (version 00, sampled) when the request has none, so the trace
+/// starts here; an existing one is passed on unchanged.
+pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
+    if headers.contains_key(TRACEPARENT) {
+        return;
+    }
+    let trace: u128 = rand::random::<u128>().max(1);
+    let span: u64 = rand::random::<u64>().max(1);
+    let value = format!("00-{trace:032x}-{span:016x}-01");
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(TRACEPARENT, value);
+    }
+}
+
+/// The response class label: `1xx` … `5xx`.
+pub(crate) fn class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The `grpc-status` of a response known from its headers (trailers-only responses); `""` when
+/// not a gRPC response or the status comes in trailers.
+pub(crate) fn grpc_status_label<B>(response: &Response<B>) -> String {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| value.len() <= 2 && value.bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_owned)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_te_trailers_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-hop"),
+        );
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert("x-end", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["te", "x-end"]);
+        headers.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut headers);
+        assert!(!headers.contains_key(header::TE));
+    }
+
+    #[test]
+    fn traceparent_is_created_when_absent_and_kept_when_present() {
+        let mut headers = HeaderMap::new();
+        ensure_traceparent(&mut headers);
+        let created = headers[TRACEPARENT].to_str().unwrap().to_owned();
+        let parts: Vec<&str> = created.split('-').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "01")
+        );
+        ensure_traceparent(&mut headers);
+        assert_eq!(headers[TRACEPARENT], created.as_str());
+    }
+
+    #[test]
+    fn local_errors_say_why_in_http_and_in_grpc() {
+        let response = LocalError::NoHealthyEndpoints.response(false);
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()[ERROR_HEADER], "no_healthy_endpoints");
+        let response = LocalError::UpstreamConnectFailure.response(true);
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["grpc-status"], "14");
+        assert_eq!(response.headers()[ERROR_HEADER], "upstream_connect_failure");
+        assert_eq!(grpc_status_label(&response), "14");
+        assert_eq!(LocalError::Denied.response(false).status(), 403);
+        assert_eq!(LocalError::Timeout.response(false).status(), 504);
+        assert_eq!(class(StatusCode::IM_A_TEAPOT), "4xx");
+    }
+}
