@@ -7,14 +7,13 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use plexus_api::config_entry::{ConfigEntry, Kind};
-use plexus_runtime::http::{ApiError, BlockingQuery, QueryParams, decode_json, indexed_json};
+use plexus_runtime::http::{ApiError, BlockingQuery, JsonBody, QueryParams, indexed_json};
 use tracing::warn;
 
 use super::{ConfigEntries, ConfigError};
@@ -84,7 +83,7 @@ async fn block(config: &ConfigEntries, query: &BlockingQuery) -> Result<(), ApiE
 async fn write(
     State(config): State<Arc<ConfigEntries>>,
     params: QueryParams,
-    body: Bytes,
+    body: Result<JsonBody<serde_json::Value>, ApiError>,
 ) -> Result<Response, ApiError> {
     let cas = match params.get("cas") {
         None | Some("") => None,
@@ -95,7 +94,7 @@ async fn write(
             )
         })?),
     };
-    let value: serde_json::Value = decode_json(&body)?;
+    let JsonBody(value) = body?;
     let entry = ConfigEntry::from_json(value).map_err(|e| {
         let message = format!("invalid config entry: {e}");
         if e.field.is_empty() {
