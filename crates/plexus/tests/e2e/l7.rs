@@ -497,14 +497,10 @@ async fn raw(addr: SocketAddr, request: &[u8]) -> (String, bool) {
 async fn http1_smuggling_attempts_are_refused_or_defused_and_big_headers_get_431() {
     let web = HttpStub::start_named("v1").await.unwrap();
     let mesh = L7Mesh::start("web", web.addr.port(), "http").await;
-    let cases: [(&str, &[u8]); 4] = [
+    let cases: [(&str, &[u8]); 3] = [
         (
             "two different content-lengths",
             b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
-        ),
-        (
-            "invalid chunk size",
-            b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
         ),
         (
             "bare CR in a header",
@@ -526,6 +522,24 @@ async fn http1_smuggling_attempts_are_refused_or_defused_and_big_headers_get_431
     assert!(failures.is_empty(), "{failures:#?}");
     assert_eq!(web.requests(), 0, "nothing reached the app");
 
+    // An invalid chunk size is only seen once the body streams: the request head may already
+    // be on its way to the app (as with any streaming proxy), but the sidecar answers 400,
+    // closes, and what follows the bad chunk is never read as a request.
+    let (answer, closed) = raw(
+        mesh.upstream,
+        b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: web\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.matches("HTTP/1.1 ").count() == 1 && closed,
+        "invalid chunk size: closed={closed} {answer:?}"
+    );
+    assert!(
+        web.requests() <= 1,
+        "at most the cut-off request reached the app"
+    );
+    let before_smuggling_checks = web.requests();
+
     // Content-Length with Transfer-Encoding: hyper reads the body as chunked (the
     // Content-Length is dropped), answers that one request and closes the connection, so the
     // request hidden behind it is never read.
@@ -538,7 +552,7 @@ async fn http1_smuggling_attempts_are_refused_or_defused_and_big_headers_get_431
     assert!(closed && answer.contains("connection: close"), "{answer:?}");
     assert_eq!(
         web.requests(),
-        1,
+        before_smuggling_checks + 1,
         "the smuggled request never reached the app"
     );
 
