@@ -522,6 +522,22 @@ async fn http1_smuggling_attempts_are_refused_or_defused_and_big_headers_get_431
     assert!(failures.is_empty(), "{failures:#?}");
     assert_eq!(web.requests(), 0, "nothing reached the app");
 
+    // Content-Length with Transfer-Encoding: hyper reads the body as chunked (the
+    // Content-Length is dropped), answers that one request and closes the connection, so the
+    // request hidden behind it is never read.
+    let (answer, closed) = raw(
+        mesh.upstream,
+        b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: web\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer:?}");
+    assert!(closed && answer.contains("connection: close"), "{answer:?}");
+    assert_eq!(
+        web.requests(),
+        1,
+        "the smuggled request never reached the app"
+    );
+
     // An invalid chunk size is only seen once the body streams: the request head may already
     // be on its way to the app (as with any streaming proxy), but the sidecar answers 400,
     // closes, and what follows the bad chunk is never read as a request.
@@ -535,25 +551,8 @@ async fn http1_smuggling_attempts_are_refused_or_defused_and_big_headers_get_431
         "invalid chunk size: closed={closed} {answer:?}"
     );
     assert!(
-        web.requests() <= 1,
+        web.requests() <= 2,
         "at most the cut-off request reached the app"
-    );
-    let before_smuggling_checks = web.requests();
-
-    // Content-Length with Transfer-Encoding: hyper reads the body as chunked (the
-    // Content-Length is dropped), answers that one request and closes the connection, so the
-    // request hidden behind it is never read.
-    let (answer, closed) = raw(
-        mesh.upstream,
-        b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: web\r\n\r\n",
-    )
-    .await;
-    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer:?}");
-    assert!(closed && answer.contains("connection: close"), "{answer:?}");
-    assert_eq!(
-        web.requests(),
-        before_smuggling_checks + 1,
-        "the smuggled request never reached the app"
     );
 
     // Headers above 64 KiB: 431.
