@@ -59,6 +59,44 @@ pub struct Args {
     pub default_intention_policy: plexus_api::connect::DefaultPolicy,
 }
 
+/// Creates (or loads) the CA with `connect`'s leaf TTL, sets the default intention policy and
+/// starts root retirement. Creation is a compare-and-set, so replicas starting together agree on
+/// one root; the root exists before anything can ask for a certificate.
+pub async fn start_identity(
+    control: &plexus_control::ControlPlane,
+    connect: ConnectSettings,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let ca = control.ca();
+    match connect.leaf_ttl {
+        Some(ttl) => ca.bootstrap_with_leaf_ttl(ttl).await,
+        None => ca.bootstrap().await,
+    }
+    .context("creating the CA")?;
+    control
+        .intentions()
+        .set_default_policy(connect.default_policy);
+    info!(
+        trust_domain = %ca.trust_domain().await.context("reading the CA")?,
+        default_intention_policy = %connect.default_policy,
+        "connect CA ready"
+    );
+    shutdown.spawn(ca.run_retirement(shutdown.token().cancelled_owned()));
+    Ok(())
+}
+
+/// `Err(message)` when a `--connect-leaf-ttl` is outside what the CA accepts.
+pub fn check_leaf_ttl(ttl: Option<Duration>) -> Result<(), String> {
+    let bounds =
+        plexus_control::ca::policy::MIN_LEAF_TTL..=plexus_control::ca::policy::MAX_LEAF_TTL;
+    match ttl {
+        Some(ttl) if !bounds.contains(&ttl) => Err(format!(
+            "--connect-leaf-ttl must be between 1m and 8760h, not {ttl:?}"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The identity settings of a dev server.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectSettings {
@@ -123,13 +161,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(definitions) => definitions,
         Err(code) => return Ok(code),
     };
-    if let Some(ttl) = args.connect_leaf_ttl {
-        let bounds =
-            plexus_control::ca::policy::MIN_LEAF_TTL..=plexus_control::ca::policy::MAX_LEAF_TTL;
-        if !bounds.contains(&ttl) {
-            eprintln!("error: --connect-leaf-ttl must be between 1m and 8760h, not {ttl:?}");
-            return Ok(ExitCode::from(EXIT_CONFIG));
-        }
+    if let Err(message) = check_leaf_ttl(args.connect_leaf_ttl) {
+        eprintln!("error: {message}");
+        return Ok(ExitCode::from(EXIT_CONFIG));
     }
     let connect = ConnectSettings {
         leaf_ttl: args.connect_leaf_ttl,
@@ -200,22 +234,7 @@ impl DevServer {
         };
         let control = ControlPlane::open_embedded(&data_dir, info)
             .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-        // Identity: the CA root exists before anything can ask for a certificate.
-        let ca = control.ca();
-        match connect.leaf_ttl {
-            Some(ttl) => ca.bootstrap_with_leaf_ttl(ttl).await,
-            None => ca.bootstrap().await,
-        }
-        .context("creating the CA")?;
-        control
-            .intentions()
-            .set_default_policy(connect.default_policy);
-        info!(
-            trust_domain = %ca.trust_domain().await.context("reading the CA")?,
-            default_intention_policy = %connect.default_policy,
-            "connect CA ready"
-        );
-        shutdown.spawn(ca.run_retirement(shutdown.token().cancelled_owned()));
+        start_identity(&control, connect, shutdown).await?;
         let catalog: Arc<dyn plexus_api::Catalog> = control.catalog();
         let node = Node {
             id: node_id(node_name),

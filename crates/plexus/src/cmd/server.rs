@@ -24,7 +24,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::dev::{DEFAULT_DATACENTER, default_node_name};
+use super::dev::{
+    ConnectSettings, DEFAULT_DATACENTER, check_leaf_ttl, default_node_name, start_identity,
+};
 use super::{EXIT_CONFIG, parse_duration};
 
 /// `plexus server`
@@ -109,13 +111,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    if let Some(ttl) = args.connect_leaf_ttl {
-        let bounds =
-            plexus_control::ca::policy::MIN_LEAF_TTL..=plexus_control::ca::policy::MAX_LEAF_TTL;
-        if !bounds.contains(&ttl) {
-            eprintln!("error: --connect-leaf-ttl must be between 1m and 8760h, not {ttl:?}");
-            return Ok(ExitCode::from(EXIT_CONFIG));
-        }
+    if let Err(message) = check_leaf_ttl(args.connect_leaf_ttl) {
+        eprintln!("error: {message}");
+        return Ok(ExitCode::from(EXIT_CONFIG));
     }
     let node_name = args.node.clone().unwrap_or_else(default_node_name);
     let listener = TcpListener::bind(&args.http_addr)
@@ -135,23 +133,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let backend = store.status().await.backend;
     let control = ControlPlane::with_store(store, info);
-    // Identity: the CA root exists before anything can ask for a certificate. Creation is a
-    // compare-and-set, so replicas starting together agree on one root.
-    let ca = control.ca();
-    match args.connect_leaf_ttl {
-        Some(ttl) => ca.bootstrap_with_leaf_ttl(ttl).await,
-        None => ca.bootstrap().await,
-    }
-    .context("creating the CA")?;
-    control
-        .intentions()
-        .set_default_policy(args.default_intention_policy);
-    info!(
-        trust_domain = %ca.trust_domain().await.context("reading the CA")?,
-        default_intention_policy = %args.default_intention_policy,
-        "connect CA ready"
-    );
-    shutdown.spawn(ca.run_retirement(shutdown.token().cancelled_owned()));
+    start_identity(
+        &control,
+        ConnectSettings {
+            leaf_ttl: args.connect_leaf_ttl,
+            default_policy: args.default_intention_policy,
+        },
+        &shutdown,
+    )
+    .await?;
     shutdown.spawn(plexus_control::operator::announce(
         control.store(),
         plexus_api::operator::ServerRecord {
