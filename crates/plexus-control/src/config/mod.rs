@@ -103,14 +103,18 @@ impl ConfigEntries {
     }
 
     async fn snapshot(&self) -> Result<Snapshot, ConfigError> {
-        let (records, _) = self.store.range(ENTRIES).await?;
-        let entries = records.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        // The index is read before the entries: a write landing between the two reads then
+        // gives entries newer than their label (the next blocking query returns at once and
+        // reads them again), never a label newer than the entries (a watcher would block on
+        // the new index while holding the old entries until the next write).
         let index_rev = self
             .store
             .get(INDEX)
             .await?
             .map(|kv| kv.mod_revision)
             .unwrap_or(0);
+        let (records, _) = self.store.range(ENTRIES).await?;
+        let entries = records.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         Ok(Snapshot { entries, index_rev })
     }
 

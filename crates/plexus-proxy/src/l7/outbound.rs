@@ -472,8 +472,10 @@ async fn follow_chain(
         if let Some(current) = current {
             match Policy::new(Arc::new(current.value.clone())) {
                 Ok(built) => {
-                    info!(upstream = %destination, revision = current.index, routes = built.chain.routes.len(), "policy applied");
+                    let routes = built.chain.routes.len();
+                    // In force before it is announced: "policy applied" means new requests see it.
                     policy.store(Some(Arc::new(built)));
+                    info!(upstream = %destination, revision = current.index, routes, "policy applied");
                 }
                 Err(error) => {
                     warn!(%error, upstream = %destination, "cannot compile the chain's routes; keeping the previous policy");

@@ -205,9 +205,10 @@ async fn http1_and_h2c_through_two_mtls_sidecars_share_one_pooled_connection() {
     );
     assert_eq!(mesh.client.metric(CONNECTIONS).await.unwrap(), 1.0);
 
-    // The app goes away: the web sidecar answers 502 `upstream_connect_failure` (until the
-    // health check takes the instance out, then the client sidecar says 503
-    // `no_healthy_endpoints`).
+    // The app goes away: the web sidecar answers 502 `upstream_connect_failure` (or
+    // `upstream_reset` for a request sent on a pooled keep-alive connection the app closed as
+    // it went) until the health check takes the instance out; then the client sidecar says 503
+    // `no_healthy_endpoints`.
     drop(web);
     let mut reasons = Vec::new();
     eventually!({
@@ -232,7 +233,8 @@ async fn http1_and_h2c_through_two_mtls_sidecars_share_one_pooled_connection() {
         assert!(
             matches!(
                 (*status, reason.as_str()),
-                (502, "upstream_connect_failure") | (503, "no_healthy_endpoints")
+                (502, "upstream_connect_failure" | "upstream_reset")
+                    | (503, "no_healthy_endpoints")
             ),
             "{reasons:?}"
         );
