@@ -23,16 +23,22 @@ pub(crate) async fn watch_chain(
     stop: CancellationToken,
 ) {
     let fetch = |query| client.discovery_chain(&service, query);
+    // Subscribers hear of a new chain, and of a newer index with the same chain (a config write
+    // that did not touch this upstream, or one already seen), so that the policy's revision
+    // always says which config index is in force.
     let on_update = |update: Indexed<DiscoveryChain>| {
         tx.send_if_modified(|current| {
-            let changed = current
-                .as_deref()
-                .is_none_or(|current| current.value != update.value);
+            let (changed, advanced) = match current.as_deref() {
+                None => (true, true),
+                Some(current) => (current.value != update.value, update.index > current.index),
+            };
             if changed {
                 info!(upstream = %service, revision = update.index, routes = update.value.routes.len(), "discovery chain changed");
+            }
+            if changed || advanced {
                 *current = Some(Arc::new(update));
             }
-            changed
+            changed || advanced
         });
     };
     let on_error = |error: &ClientError| {

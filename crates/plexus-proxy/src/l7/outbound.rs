@@ -461,7 +461,8 @@ impl Outbound {
     }
 }
 
-/// Rebuilds the policy whenever the chain changes, until the chain's watch ends.
+/// Rebuilds the policy whenever the chain changes, until the chain's watch ends. A newer index
+/// with the same chain keeps the policy in force (and its counters) and is only announced.
 async fn follow_chain(
     mut chain: watch::Receiver<Option<Arc<Indexed<DiscoveryChain>>>>,
     policy: Arc<ArcSwapOption<Policy>>,
@@ -470,15 +471,24 @@ async fn follow_chain(
     loop {
         let current = chain.borrow_and_update().clone();
         if let Some(current) = current {
-            match Policy::new(Arc::new(current.value.clone())) {
-                Ok(built) => {
-                    let routes = built.chain.routes.len();
-                    // In force before it is announced: "policy applied" means new requests see it.
-                    policy.store(Some(Arc::new(built)));
-                    info!(upstream = %destination, revision = current.index, routes, "policy applied");
-                }
-                Err(error) => {
-                    warn!(%error, upstream = %destination, "cannot compile the chain's routes; keeping the previous policy");
+            let unchanged = policy
+                .load()
+                .as_deref()
+                .is_some_and(|applied| *applied.chain == current.value);
+            if unchanged {
+                info!(upstream = %destination, revision = current.index, changed = false, "policy applied");
+            } else {
+                match Policy::new(Arc::new(current.value.clone())) {
+                    Ok(built) => {
+                        let routes = built.chain.routes.len();
+                        // In force before it is announced: "policy applied" means new requests
+                        // see it.
+                        policy.store(Some(Arc::new(built)));
+                        info!(upstream = %destination, revision = current.index, routes, "policy applied");
+                    }
+                    Err(error) => {
+                        warn!(%error, upstream = %destination, "cannot compile the chain's routes; keeping the previous policy");
+                    }
                 }
             }
         }
