@@ -51,6 +51,8 @@ impl Agent {
             registration.services.push(v.service);
             registration.checks.extend(v.checks);
         }
+        let current = inner.catalog.node_checks(node).await?.value;
+        keep_current_status(&mut registration.checks, &current);
         inner.catalog.register(registration).await?;
         self.registered().extend(ids.iter().cloned());
 
@@ -199,5 +201,31 @@ mod tests {
         let long = "é".repeat(MAX_OUTPUT_BYTES);
         let cut = truncate_output(&long);
         assert!(cut.len() <= MAX_OUTPUT_BYTES && cut.len() >= MAX_OUTPUT_BYTES - 1);
+    }
+}
+
+/// A check re-registered unchanged (same id, service, type and definition) keeps its current
+/// status and output instead of starting over as critical, as Consul's agent does: restarting
+/// the agent or re-sending a registration must not take healthy instances out of the mesh
+/// until their checks run again. A status the registration sets explicitly (passing, warning)
+/// still applies.
+fn keep_current_status(
+    checks: &mut [plexus_api::HealthCheck],
+    current: &[plexus_api::HealthCheck],
+) {
+    for check in checks
+        .iter_mut()
+        .filter(|c| c.status == CheckStatus::Critical)
+    {
+        let same = current.iter().find(|old| {
+            old.check_id == check.check_id
+                && old.service_id == check.service_id
+                && old.check_type == check.check_type
+                && old.definition == check.definition
+        });
+        if let Some(old) = same {
+            check.status = old.status;
+            check.output.clone_from(&old.output);
+        }
     }
 }

@@ -391,3 +391,49 @@ async fn sidecar_under_a_new_id_replaces_the_old_one() {
     assert!(!catalog.has_service(NODE, "web1-sidecar-proxy"));
     assert!(catalog.has_service(NODE, "web1-proxy"));
 }
+
+#[tokio::test]
+async fn re_registering_an_unchanged_check_keeps_its_status() {
+    let (agent, catalog, _shutdown) = agent().await;
+    let register = |body: Value| {
+        call(
+            &agent,
+            Method::PUT,
+            "/v1/agent/service/register",
+            Some(body),
+        )
+    };
+    let (status, _) = register(web("web1", 8080, 9191)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        catalog.check(NODE, "service:web1").unwrap().status,
+        CheckStatus::Critical
+    );
+    let (status, _) = call(
+        &agent,
+        Method::PUT,
+        "/v1/agent/check/pass/service:web1?note=up",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The same registration again (an agent restart re-reads its definitions): still passing.
+    let (status, _) = register(web("web1", 8080, 9191)).await;
+    assert_eq!(status, StatusCode::OK);
+    let check = catalog.check(NODE, "service:web1").unwrap();
+    assert_eq!(
+        (check.status, check.output.as_str()),
+        (CheckStatus::Passing, "up")
+    );
+
+    // A changed check definition starts over as critical.
+    let mut changed = web("web1", 8080, 9191);
+    changed["Check"] = json!({ "TTL": "45s" });
+    let (status, _) = register(changed).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        catalog.check(NODE, "service:web1").unwrap().status,
+        CheckStatus::Critical
+    );
+}
