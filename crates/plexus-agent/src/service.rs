@@ -190,20 +190,6 @@ pub(crate) fn truncate_output(output: &str) -> &str {
     &output[..end]
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn output_is_cut_at_a_char_boundary() {
-        assert_eq!(truncate_output("ok"), "ok");
-        let long = "é".repeat(MAX_OUTPUT_BYTES);
-        let cut = truncate_output(&long);
-        assert!(cut.len() <= MAX_OUTPUT_BYTES && cut.len() >= MAX_OUTPUT_BYTES - 1);
-    }
-}
-
 /// A check re-registered unchanged (same id, service, type and definition) keeps its current
 /// status and output instead of starting over as critical, as Consul's agent does: restarting
 /// the agent or re-sending a registration must not take healthy instances out of the mesh
@@ -227,5 +213,19 @@ fn keep_current_status(
             check.status = old.status;
             check.output.clone_from(&old.output);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_cut_at_a_char_boundary() {
+        assert_eq!(truncate_output("ok"), "ok");
+        let long = "é".repeat(MAX_OUTPUT_BYTES);
+        let cut = truncate_output(&long);
+        assert!(cut.len() <= MAX_OUTPUT_BYTES && cut.len() >= MAX_OUTPUT_BYTES - 1);
     }
 }
