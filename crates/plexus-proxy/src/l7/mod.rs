@@ -10,10 +10,12 @@
 //! Anything the sidecar answers itself carries `x-plexus-error: <reason>` ([`LocalError`]); a
 //! gRPC request gets a trailers-only response with a `grpc-status` instead.
 
+mod balancer;
 pub(crate) mod inbound;
 mod metrics;
 pub(crate) mod outbound;
 mod policy;
+pub(crate) mod targets;
 
 use std::time::Duration;
 
