@@ -13,6 +13,7 @@
 mod balancer;
 pub(crate) mod inbound;
 mod metrics;
+mod mirror;
 pub(crate) mod outbound;
 mod policy;
 pub(crate) mod targets;

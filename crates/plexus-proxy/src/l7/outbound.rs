@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use plexus_api::Indexed;
-use plexus_api::config_entry::chain::{DiscoveryChain, RetryPolicy};
+use plexus_api::config_entry::chain::{ChainTarget, DiscoveryChain, RetryPolicy};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 
 use super::balancer::{HashInput, request_hash};
 use super::metrics::Finished;
+use super::mirror::{self, Tee};
 use super::policy::{Policy, View, lock};
 use super::targets::{Remote, Selection, Service, Targets};
 use super::{Body, HttpMetrics, LocalError};
@@ -63,6 +64,8 @@ pub(crate) struct Outbound {
     pool: Mutex<HashMap<SocketAddr, Slot>>,
     /// The policy of the latest chain (none until the control plane answered).
     policy: Arc<ArcSwapOption<Policy>>,
+    /// Mirror copies in flight (bounded: see [`mirror::MAX_IN_FLIGHT`]).
+    mirrors: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -126,6 +129,7 @@ impl Outbound {
             tasks: parts.tasks,
             kill: parts.kill,
             pool: Mutex::new(HashMap::new()),
+            mirrors: Arc::new(tokio::sync::Semaphore::new(mirror::MAX_IN_FLIGHT)),
         }
     }
 
@@ -158,7 +162,7 @@ impl Outbound {
     }
 
     async fn handle(
-        &self,
+        self: &Arc<Self>,
         request: Request<Incoming>,
         source: Option<std::net::IpAddr>,
     ) -> Response<Body> {
@@ -213,7 +217,7 @@ impl Outbound {
     /// Route match → rate limit (429) → concurrency limit (503) → fault injection → the
     /// route's timeout (504) around retries with budget and backoff. Returns the route name.
     async fn apply(
-        &self,
+        self: &Arc<Self>,
         request: Request<Body>,
         policy: Option<&Policy>,
         source: Option<std::net::IpAddr>,
@@ -258,6 +262,25 @@ impl Outbound {
                 return (name, Err(LocalError::FaultInjected(status)));
             }
         }
+        let request = match &policy.chain.policy.mirror {
+            None => request,
+            Some(policy_mirror) => {
+                match mirror::tee(request, policy_mirror.percent, rand::random::<f64>() * 100.0)
+                    .await
+                {
+                    Ok(Tee::Skip(request)) => request,
+                    Ok(Tee::TooLarge(request)) => {
+                        self.metrics.mirrored(&self.destination, "dropped");
+                        request
+                    }
+                    Ok(Tee::Copy(request, copy)) => {
+                        self.mirror(copy, &policy_mirror.service, &policy.chain);
+                        request
+                    }
+                    Err(error) => return (name, Err(error)),
+                }
+            }
+        };
         // Split: a weighted pick among the route's targets (a subset of this or another
         // service); each attempt picks an endpoint of that target, or of its failover targets.
         let target = route::pick_split(&route.splits, rand::random::<f64>())
@@ -284,6 +307,40 @@ impl Outbound {
             None => work.await,
         };
         (name, outcome)
+    }
+
+    /// Sends `copy` to an endpoint of `service` in the background, unless
+    /// [`mirror::MAX_IN_FLIGHT`] copies are already in flight; its response is drained and
+    /// dropped.
+    fn mirror(self: &Arc<Self>, copy: Request<Body>, service: &str, chain: &Arc<DiscoveryChain>) {
+        let Ok(permit) = Arc::clone(&self.mirrors).try_acquire_owned() else {
+            self.metrics.mirrored(&self.destination, "dropped");
+            return;
+        };
+        self.metrics.mirrored(&self.destination, "sent");
+        let (this, chain) = (Arc::clone(self), Arc::clone(chain));
+        let target = ChainTarget {
+            service: service.to_owned(),
+            ..ChainTarget::default()
+        };
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            let selection = Selection {
+                target: Some((&target, &chain)),
+                hash: None,
+            };
+            let work = async {
+                match this.send(copy, selection).await {
+                    Ok(response) => {
+                        let _ = response.into_body().collect().await;
+                    }
+                    Err(error) => {
+                        debug!(upstream = %this.destination, mirror = %target.service, reason = error.reason(), "mirrored request failed");
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(mirror::MIRROR_TIMEOUT, work).await;
+        });
     }
 
     /// Sends `request`, and again on a retriable outcome while attempts and budget allow
@@ -530,7 +587,7 @@ async fn follow_chain(
 }
 
 /// A copy of a buffered request for one more attempt.
-fn rebuild(parts: &http::request::Parts, body: Bytes) -> Request<Body> {
+pub(super) fn rebuild(parts: &http::request::Parts, body: Bytes) -> Request<Body> {
     let mut request = Request::new(super::full(body));
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();

@@ -1,7 +1,7 @@
 //! L7 endpoint selection through real `plexus proxy` processes: load-balancer policies
 //! (`ring_hash` by header, `least_request`), outlier detection ejecting a failing instance and
 //! readmitting it, routes to another service, failover when the primary has no healthy
-//! instance, and mirroring to a second service.
+//! instance, and mirroring to a second service (fire and forget).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -255,7 +255,7 @@ async fn ring_hash_least_request_and_outlier_ejection_then_readmission() {
 }
 
 #[tokio::test]
-async fn routes_reach_another_service_and_failover_serves_when_the_primary_is_gone() {
+async fn routes_and_mirrors_reach_another_service_and_failover_serves_when_the_primary_is_gone() {
     let v1 = HttpStub::start_named("v1").await.unwrap();
     let v2 = HttpStub::start_named("v2").await.unwrap();
     let mesh = Mesh::start(&[
@@ -280,6 +280,25 @@ async fn routes_reach_another_service_and_failover_serves_when_the_primary_is_go
         assert_eq!(mesh.call(&http, "/", &[]).await, (200, "v1".to_owned()));
     }
     assert_eq!((v1.requests(), v2.requests()), (20, 20));
+
+    // Mirror 100 % to web-v2: it sees a copy of every request, the client only web's answers.
+    mesh.configure(&[defaults(
+        serde_json::json!({"Mirror": {"Service": "web-v2", "Percent": 100}}),
+    )])
+    .await;
+    for _ in 0..30 {
+        assert_eq!(mesh.call(&http, "/", &[]).await, (200, "v1".to_owned()));
+    }
+    assert_eq!(v1.requests(), 50);
+    eventually!(v2.requests() == 50);
+    assert_eq!(
+        mesh.client
+            .metric("plexus_proxy_http_mirrored_total{upstream=\"web\",result=\"sent\"}")
+            .await
+            .unwrap(),
+        30.0
+    );
+    mesh.configure(&[defaults(serde_json::json!({}))]).await;
 
     // web's only instance stops: its check goes critical and web fails over to web-v2.
     drop(v1);
