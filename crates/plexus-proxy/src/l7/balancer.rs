@@ -233,6 +233,7 @@ fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use plexus_api::config_entry::chain::HashKey;
+    use proptest::prelude::*;
 
     use super::*;
 
@@ -277,7 +278,10 @@ mod tests {
         let all = addrs(2);
         let _busy = balancer.start(all[0]);
         for _ in 0..50 {
-            assert_eq!(balancer.order(&policy(LbAlgorithm::LeastRequest), None, &all)[0], all[1]);
+            assert_eq!(
+                balancer.order(&policy(LbAlgorithm::LeastRequest), None, &all)[0],
+                all[1]
+            );
         }
     }
 
@@ -303,7 +307,10 @@ mod tests {
                 }
                 seen.insert(first);
             }
-            assert!(seen.len() > 1, "{algorithm:?}: 40 users all on one endpoint");
+            assert!(
+                seen.len() > 1,
+                "{algorithm:?}: 40 users all on one endpoint"
+            );
         }
     }
 
@@ -326,7 +333,10 @@ mod tests {
             };
             request_hash(&policy, &input)
         };
-        assert_eq!(key(vec![(HashSource::Header("x-none".into()), false)]), None);
+        assert_eq!(
+            key(vec![(HashSource::Header("x-none".into()), false)]),
+            None
+        );
         let cookie = key(vec![(HashSource::Cookie("session".into()), false)]);
         assert_eq!(cookie, Some(hash::hash_key(b"abc\0")));
         assert_eq!(
@@ -345,5 +355,30 @@ mod tests {
             ]),
             cookie
         );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Through the balancer's cached tables: the same key keeps its endpoint while the set
+        /// is unchanged, and removing an endpoint moves (ring hash) only the keys it had.
+        #[test]
+        fn hash_picks_are_consistent_and_removal_moves_only_the_removed_keys(
+            n in 2u16..8, removed in 0usize..8, keys in proptest::collection::vec(any::<u64>(), 1..100),
+        ) {
+            let balancer = Balancer::default();
+            let all = addrs(n);
+            let removed = all[removed % all.len()];
+            let rest: Vec<SocketAddr> = all.iter().copied().filter(|a| *a != removed).collect();
+            let ring = policy(LbAlgorithm::RingHash);
+            for key in keys {
+                let before = balancer.order(&ring, Some(key), &all)[0];
+                prop_assert_eq!(balancer.order(&ring, Some(key), &all)[0], before);
+                let after = balancer.order(&ring, Some(key), &rest)[0];
+                if before != removed {
+                    prop_assert_eq!(after, before);
+                }
+            }
+        }
     }
 }

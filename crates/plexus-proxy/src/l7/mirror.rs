@@ -29,12 +29,16 @@ pub(crate) enum Tee {
     /// Not mirrored because its body may be larger than [`MAX_BODY`].
     TooLarge(Request<Body>),
     /// The request for the primary and its copy for the mirror.
-    Copy(Request<Body>, Request<Body>),
+    Copy(Request<Body>, Box<Request<Body>>),
 }
 
 /// Splits `request` into the primary and a copy when `draw` (in `[0, 100)`) is below
 /// `percent` and its body is small enough; the body is buffered for both.
-pub(crate) async fn tee(request: Request<Body>, percent: f64, draw: f64) -> Result<Tee, LocalError> {
+pub(crate) async fn tee(
+    request: Request<Body>,
+    percent: f64,
+    draw: f64,
+) -> Result<Tee, LocalError> {
     if draw >= percent {
         return Ok(Tee::Skip(request));
     }
@@ -55,7 +59,7 @@ pub(crate) async fn tee(request: Request<Body>, percent: f64, draw: f64) -> Resu
         .to_bytes();
     Ok(Tee::Copy(
         super::outbound::rebuild(&parts, body.clone()),
-        super::outbound::rebuild(&parts, body),
+        Box::new(super::outbound::rebuild(&parts, body)),
     ))
 }
 
@@ -82,13 +86,19 @@ mod tests {
             tee(request("b"), 50.0, 50.0).await,
             Ok(Tee::Skip(_))
         ));
-        assert!(matches!(tee(request("b"), 0.0, 0.0).await, Ok(Tee::Skip(_))));
+        assert!(matches!(
+            tee(request("b"), 0.0, 0.0).await,
+            Ok(Tee::Skip(_))
+        ));
         let Ok(Tee::Copy(primary, copy)) = tee(request("body"), 100.0, 99.9).await else {
             panic!("expected a copy");
         };
         assert_eq!(copy.headers()["x-a"], "1");
         assert_eq!(copy.uri(), primary.uri());
-        assert_eq!((text(primary).await, text(copy).await), ("body".into(), "body".into()));
+        assert_eq!(
+            (text(primary).await, text(*copy).await),
+            ("body".into(), "body".into())
+        );
     }
 
     #[tokio::test]

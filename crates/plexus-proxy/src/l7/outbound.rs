@@ -265,8 +265,12 @@ impl Outbound {
         let request = match &policy.chain.policy.mirror {
             None => request,
             Some(policy_mirror) => {
-                match mirror::tee(request, policy_mirror.percent, rand::random::<f64>() * 100.0)
-                    .await
+                match mirror::tee(
+                    request,
+                    policy_mirror.percent,
+                    rand::random::<f64>() * 100.0,
+                )
+                .await
                 {
                     Ok(Tee::Skip(request)) => request,
                     Ok(Tee::TooLarge(request)) => {
@@ -274,7 +278,7 @@ impl Outbound {
                         request
                     }
                     Ok(Tee::Copy(request, copy)) => {
-                        self.mirror(copy, &policy_mirror.service, &policy.chain);
+                        self.mirror(*copy, &policy_mirror.service, &policy.chain);
                         request
                     }
                     Err(error) => return (name, Err(error)),

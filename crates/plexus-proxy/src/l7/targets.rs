@@ -260,7 +260,12 @@ impl Targets {
             let Some(detector) = outlier.detector(&set) else {
                 return;
             };
-            detector.record(&addr, outcome, Instant::now(), rand::random::<f64>() * 100.0)
+            detector.record(
+                &addr,
+                outcome,
+                Instant::now(),
+                rand::random::<f64>() * 100.0,
+            )
         };
         if let Verdict::Ejected(until) = verdict {
             warn!(upstream = %self.destination, service = %service.name, endpoint = %addr, seconds = until.saturating_duration_since(Instant::now()).as_secs_f64(), "endpoint ejected by outlier detection");
@@ -341,9 +346,10 @@ impl Service {
             .iter()
             .filter(|addr| {
                 filter.is_empty()
-                    || set.labels.get(addr).is_some_and(|labels| {
-                        filter_matches(filter, &labels.tags, &labels.meta)
-                    })
+                    || set
+                        .labels
+                        .get(addr)
+                        .is_some_and(|labels| filter_matches(filter, &labels.tags, &labels.meta))
             })
             .filter(|addr| !detector.as_ref().is_some_and(|d| d.is_ejected(addr, now)))
             .copied()
@@ -357,5 +363,153 @@ impl Service {
             .detector(&set)
             .map(|detector| detector.ejected(now))
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use plexus_api::GoDuration;
+    use plexus_api::config_entry::chain::FilterClause;
+
+    use super::*;
+    use crate::discovery::Labels;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// A set of endpoints with a `version` meta each.
+    fn set(endpoints: &[(u16, &str)]) -> Arc<EndpointSet> {
+        let mut set = EndpointSet::resolved(endpoints.iter().map(|(p, _)| addr(*p)).collect());
+        for (port, version) in endpoints {
+            set.labels.insert(
+                addr(*port),
+                Labels {
+                    tags: Vec::new(),
+                    meta: BTreeMap::from([("version".to_owned(), (*version).to_owned())]),
+                },
+            );
+        }
+        Arc::new(set)
+    }
+
+    fn target(service: &str, version: Option<&str>, failover: &[&str]) -> ChainTarget {
+        ChainTarget {
+            service: service.into(),
+            subset: version.map(str::to_owned),
+            filter: version
+                .map(|v| {
+                    vec![FilterClause::MetaEquals {
+                        key: "version".into(),
+                        value: v.into(),
+                    }]
+                })
+                .unwrap_or_default(),
+            failover: failover.iter().map(|f| (*f).to_owned()).collect(),
+            ..ChainTarget::default()
+        }
+    }
+
+    /// `web` (v1 on 1001, v2 on 1002) and `other` (2001), resolved from fixed channels.
+    fn targets(
+        web: &watch::Sender<Arc<EndpointSet>>,
+        other: Arc<EndpointSet>,
+    ) -> (Arc<Targets>, DiscoveryChain) {
+        let other = watch::channel(other).1;
+        let resolve: Resolve = Arc::new(move |_: &str, _| other.clone());
+        let targets = Arc::new(Targets::new(
+            "web",
+            web.subscribe(),
+            None,
+            Remote { resolve, tls: None },
+            HttpMetrics::default(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        ));
+        let mut chain = DiscoveryChain {
+            targets: BTreeMap::from([
+                (
+                    "v1.web".to_owned(),
+                    target("web", Some("v1"), &["v2.web", "other"]),
+                ),
+                ("v2.web".to_owned(), target("web", Some("v2"), &[])),
+                ("other".to_owned(), target("other", None, &[])),
+            ]),
+            ..DiscoveryChain::default()
+        };
+        chain.policy.outlier = Some(OutlierPolicy {
+            interval: GoDuration(Duration::from_secs(1)),
+            consecutive_5xx: 2,
+            consecutive_gateway_errors: 0,
+            enforcing_percent: 100.0,
+            max_ejection_percent: 100.0,
+            base_ejection_time: GoDuration(Duration::from_secs(60)),
+        });
+        targets.sync(&chain);
+        (targets, chain)
+    }
+
+    async fn pick(
+        targets: &Targets,
+        chain: &DiscoveryChain,
+        id: &str,
+    ) -> Option<(String, Vec<SocketAddr>)> {
+        let target = chain.targets.get(id)?;
+        targets
+            .candidates(Some((target, chain)), Duration::from_millis(10))
+            .await
+            .map(|c| (c.service.name.clone(), c.addrs))
+    }
+
+    const FAIL: Outcome = Outcome::Response {
+        status: 500,
+        grpc_status: None,
+    };
+
+    #[tokio::test]
+    async fn subsets_filter_failover_goes_in_order_and_ejected_endpoints_are_skipped() {
+        let web = watch::channel(set(&[(1001, "v1"), (1002, "v2")])).0;
+        let (targets, chain) = targets(&web, set(&[(2001, "x")]));
+        assert_eq!(
+            pick(&targets, &chain, "v1.web").await,
+            Some(("web".into(), vec![addr(1001)]))
+        );
+        assert_eq!(
+            pick(&targets, &chain, "other").await,
+            Some(("other".into(), vec![addr(2001)]))
+        );
+
+        // v1's instance ejected (2 consecutive 5xx): v1 fails over to v2 first.
+        let service = targets.service("web").unwrap();
+        targets.record(&service, addr(1001), FAIL);
+        targets.record(&service, addr(1001), FAIL);
+        assert_eq!(*targets.ejected().borrow(), vec![addr(1001)]);
+        assert_eq!(
+            pick(&targets, &chain, "v1.web").await,
+            Some(("web".into(), vec![addr(1002)]))
+        );
+
+        // v2 gone too: the next failover target, another service.
+        web.send_replace(set(&[(1001, "v1")]));
+        assert_eq!(
+            pick(&targets, &chain, "v1.web").await,
+            Some(("other".into(), vec![addr(2001)]))
+        );
+        // v2 has no failover of its own.
+        assert_eq!(pick(&targets, &chain, "v2.web").await, None);
+        assert!(targets.is_live(&addr(2001)) && !targets.is_live(&addr(1002)));
+    }
+
+    #[tokio::test]
+    async fn services_no_chain_names_are_dropped() {
+        let web = watch::channel(set(&[(1001, "v1")])).0;
+        let (targets, _) = targets(&web, set(&[(2001, "x")]));
+        assert!(targets.service("other").is_some());
+        targets.sync(&DiscoveryChain::default());
+        assert!(targets.service("other").is_none());
+        assert!(targets.service("web").is_some());
     }
 }

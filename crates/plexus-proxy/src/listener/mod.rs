@@ -261,20 +261,18 @@ impl Listeners {
         .map_err(ProxyError::Tls)?;
         let mut ejected = watch::channel(Vec::new()).1;
         let target = if spec.protocol.is_http() {
-            let outbound = Arc::new(l7::outbound::Outbound::new(
-                l7::outbound::OutboundParts {
-                    destination: spec.destination.clone(),
-                    endpoints: endpoints.clone(),
-                    tls: Some(tls),
-                    metrics: self.ctx.http_metrics.clone(),
-                    connect_timeout: self.ctx.limits.connect_timeout,
-                    tasks: self.ctx.tasks.clone(),
-                    kill: self.ctx.kill.clone(),
-                    chain: (self.ctx.chains)(&spec.destination, stop.clone()),
-                    remote: self.remote(),
-                    stop: stop.clone(),
-                },
-            ));
+            let outbound = Arc::new(l7::outbound::Outbound::new(l7::outbound::OutboundParts {
+                destination: spec.destination.clone(),
+                endpoints: endpoints.clone(),
+                tls: Some(tls),
+                metrics: self.ctx.http_metrics.clone(),
+                connect_timeout: self.ctx.limits.connect_timeout,
+                tasks: self.ctx.tasks.clone(),
+                kill: self.ctx.kill.clone(),
+                chain: (self.ctx.chains)(&spec.destination, stop.clone()),
+                remote: self.remote(),
+                stop: stop.clone(),
+            }));
             ejected = outbound.ejected();
             Target::Http(outbound)
         } else {

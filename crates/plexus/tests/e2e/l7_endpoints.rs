@@ -89,7 +89,10 @@ impl Mesh {
         for sidecar in &sidecars {
             eventually!(sidecar.is_ready().await);
         }
-        let web = instances.iter().filter(|(_, name, _)| *name == "web").count();
+        let web = instances
+            .iter()
+            .filter(|(_, name, _)| *name == "web")
+            .count();
         eventually!(
             client.is_ready().await
                 && client.endpoints("web").await.map(|e| e.len()).unwrap_or(0) == web
@@ -146,7 +149,8 @@ impl Mesh {
 }
 
 fn defaults(extra: serde_json::Value) -> serde_json::Value {
-    let mut entry = serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"});
+    let mut entry =
+        serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"});
     if let (Some(entry), Some(extra)) = (entry.as_object_mut(), extra.as_object()) {
         entry.extend(extra.clone());
     }
@@ -217,7 +221,10 @@ async fn ring_hash_least_request_and_outlier_ejection_then_readmission() {
         worker.await.unwrap();
     }
     let slow = stubs[2].requests() - before;
-    assert!(slow < 180 / 6, "the slow instance got {slow} of 180 requests");
+    assert!(
+        slow < 180 / 6,
+        "the slow instance got {slow} of 180 requests"
+    );
     stubs[2].set_delay(Duration::ZERO);
 
     // Outlier detection: 3 consecutive 5xx eject an instance (at most 50 % of them) for 4 s.
