@@ -32,7 +32,7 @@ use super::balancer::{HashInput, request_hash};
 use super::metrics::Finished;
 use super::mirror::{self, Tee};
 use super::policy::{Policy, View, lock};
-use super::targets::{Remote, Selection, Service, Targets};
+use super::targets::{Attempt, Remote, Selection, Service, Targets};
 use super::{Body, HttpMetrics, LocalError};
 use crate::discovery::EndpointSet;
 use crate::endpoint;
@@ -289,7 +289,9 @@ impl Outbound {
         // service); each attempt picks an endpoint of that target, or of its failover targets.
         let target = route::pick_split(&route.splits, rand::random::<f64>())
             .and_then(|split| policy.chain.targets.get(&split.target));
+        let attempt = Attempt::default();
         let selection = Selection {
+            attempt: Some(&attempt),
             target: target.map(|target| (target, &*policy.chain)),
             hash: target.and_then(|target| {
                 request_hash(
@@ -305,9 +307,21 @@ impl Outbound {
         let budget = &policy.budgets[index];
         let work = self.with_retries(request, selection, &route.retry, budget);
         let outcome = match route.request_timeout {
-            Some(timeout) => tokio::time::timeout(timeout.0, work)
-                .await
-                .unwrap_or(Err(LocalError::Timeout)),
+            Some(timeout) => match tokio::time::timeout(timeout.0, work).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    // The endpoint that did not answer in time: a gateway error (504) to
+                    // outlier detection.
+                    if let Some((service, addr)) = lock(&attempt).take() {
+                        let timeout = Outcome::Response {
+                            status: 504,
+                            grpc_status: None,
+                        };
+                        self.targets.record(&service, addr, timeout);
+                    }
+                    Err(LocalError::Timeout)
+                }
+            },
             None => work.await,
         };
         (name, outcome)
@@ -332,6 +346,7 @@ impl Outbound {
             let selection = Selection {
                 target: Some((&target, &chain)),
                 hash: None,
+                attempt: None,
             };
             let work = async {
                 match this.send(copy, selection).await {
@@ -444,7 +459,14 @@ impl Outbound {
     ) -> Result<Response<Body>, LocalError> {
         let (service, addr, mut sender) = self.sender(selection).await?;
         let in_flight = service.balancer.start(addr);
-        let response = match sender.send_request(request).await {
+        if let Some(attempt) = selection.attempt {
+            *lock(attempt) = Some((Arc::clone(&service), addr));
+        }
+        let response = sender.send_request(request).await;
+        if let Some(attempt) = selection.attempt {
+            lock(attempt).take();
+        }
+        let response = match response {
             Ok(response) => response,
             Err(error) => {
                 debug!(%error, upstream = %self.destination, endpoint = %addr, "upstream request failed");

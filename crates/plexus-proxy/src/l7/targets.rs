@@ -101,7 +101,13 @@ pub(crate) struct Selection<'a> {
     pub target: Option<(&'a ChainTarget, &'a DiscoveryChain)>,
     /// The request's key for `ring_hash` / `maglev`.
     pub hash: Option<u64>,
+    /// Where the attempt awaiting its response went (so that a route timeout can be blamed on
+    /// that endpoint).
+    pub attempt: Option<&'a Attempt>,
 }
+
+/// The endpoint an attempt awaits a response from, if any.
+pub(crate) type Attempt = Mutex<Option<(Arc<Service>, SocketAddr)>>;
 
 /// Every service one HTTP upstream's chain may send requests to.
 pub(crate) struct Targets {
@@ -307,6 +313,12 @@ impl Targets {
             }
             changed
         });
+    }
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("name", &self.name).finish()
     }
 }
 

@@ -259,6 +259,28 @@ async fn ring_hash_least_request_and_outlier_ejection_then_readmission() {
         let _ = mesh.call(&http, "/", &[]).await;
         stubs[2].requests() > before
     });
+
+    // A route timeout counts against the endpoint that did not answer in time: the slow
+    // instance is ejected, and then every request is served in time by the others.
+    mesh.configure(&[
+        defaults(serde_json::json!({"PassiveHealthCheck": {"MaxFailures": 2,
+            "MaxEjectionPercent": 50, "BaseEjectionTime": "60s"}})),
+        serde_json::json!({"Kind": "service-router", "Name": "web", "Routes": [
+            {"Match": {"HTTP": {"PathPrefix": "/"}}, "Destination": {"RequestTimeout": "300ms"}}]}),
+    ])
+    .await;
+    stubs[1].set_delay(Duration::from_secs(5));
+    let ejections = mesh.client.metric(EJECTIONS).await.unwrap();
+    eventually!({
+        let _ = mesh.call(&http, "/", &[]).await;
+        mesh.client.metric(EJECTIONS).await.unwrap() > ejections
+    });
+    let before = stubs[1].requests();
+    for _ in 0..10 {
+        let (status, version) = mesh.call(&http, "/", &[]).await;
+        assert_eq!((status, version == "web-2"), (200, false));
+    }
+    assert_eq!(stubs[1].requests(), before);
 }
 
 #[tokio::test]
@@ -305,6 +327,15 @@ async fn routes_and_mirrors_reach_another_service_and_failover_serves_when_the_p
             .unwrap(),
         30.0
     );
+
+    // A mirror service without instances costs the primary nothing.
+    mesh.configure(&[defaults(
+        serde_json::json!({"Mirror": {"Service": "nowhere", "Percent": 100}}),
+    )])
+    .await;
+    for _ in 0..10 {
+        assert_eq!(mesh.call(&http, "/", &[]).await, (200, "v1".to_owned()));
+    }
     mesh.configure(&[defaults(serde_json::json!({}))]).await;
 
     // web's only instance stops: its check goes critical and web fails over to web-v2.
