@@ -73,7 +73,8 @@ impl Balancer {
                 }
                 for addr in addrs {
                     ewma.entry(*addr)
-                        .or_insert_with(|| p2c::PeakEwma::new(EWMA_INITIAL, EWMA_DECAY, now));
+                        .or_insert_with(|| p2c::PeakEwma::new(EWMA_INITIAL, EWMA_DECAY, now))
+                        .decay(now);
                 }
                 let loads: Vec<(&p2c::PeakEwma, u32)> = addrs
                     .iter()

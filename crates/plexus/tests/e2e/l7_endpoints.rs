@@ -1,5 +1,5 @@
 //! L7 endpoint selection through real `plexus proxy` processes: load-balancer policies
-//! (`ring_hash` by header, `least_request`), outlier detection ejecting a failing instance and
+//! (`ring_hash` by header, `least_request`, `peak_ewma`), outlier detection ejecting a failing instance and
 //! readmitting it, routes to another service, failover when the primary has no healthy
 //! instance, and mirroring to a second service (fire and forget).
 
@@ -165,7 +165,7 @@ const EJECTIONS: &str = "plexus_proxy_http_outlier_ejections_total{upstream=\"we
 const EJECTED: &str = "plexus_proxy_http_outlier_ejected{upstream=\"web\"}";
 
 #[tokio::test]
-async fn ring_hash_least_request_and_outlier_ejection_then_readmission() {
+async fn ring_hash_least_request_peak_ewma_and_outlier_ejection_then_readmission() {
     let stubs = [
         HttpStub::start_named("web-1").await.unwrap(),
         HttpStub::start_named("web-2").await.unwrap(),
@@ -205,7 +205,7 @@ async fn ring_hash_least_request_and_outlier_ejection_then_readmission() {
     // round-robin third.
     mesh.configure(&[resolver(serde_json::json!({"Policy": "least_request"}))])
         .await;
-    stubs[2].set_delay(Duration::from_millis(300));
+    stubs[2].set_delay(Duration::from_secs(1));
     let before = stubs[2].requests();
     let mut workers = Vec::new();
     for _ in 0..6 {
@@ -221,10 +221,23 @@ async fn ring_hash_least_request_and_outlier_ejection_then_readmission() {
         worker.await.unwrap();
     }
     let slow = stubs[2].requests() - before;
+    eprintln!("least_request: the slow instance got {slow} of 180 requests");
     assert!(
         slow < 180 / 6,
         "the slow instance got {slow} of 180 requests"
     );
+
+    // peak_ewma: latency-aware, so even one request at a time avoids the slow instance once
+    // it has answered slowly (round robin would send it a third: 20).
+    mesh.configure(&[resolver(serde_json::json!({"Policy": "peak_ewma"}))])
+        .await;
+    let before = stubs[2].requests();
+    for _ in 0..60 {
+        assert_eq!(mesh.call(&http, "/", &[]).await.0, 200);
+    }
+    let slow = stubs[2].requests() - before;
+    eprintln!("peak_ewma: the slow instance got {slow} of 60 requests");
+    assert!(slow <= 6, "the slow instance got {slow} of 60 requests");
     stubs[2].set_delay(Duration::ZERO);
 
     // Outlier detection: 3 consecutive 5xx eject an instance (at most 50 % of them) for 4 s.
