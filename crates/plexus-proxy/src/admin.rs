@@ -52,6 +52,8 @@ pub(crate) struct UpstreamView {
     pub bind: SocketAddr,
     /// The upstream's latest endpoints.
     pub endpoints: watch::Receiver<Arc<EndpointSet>>,
+    /// Endpoints ejected by outlier detection now (of any service its chain names).
+    pub ejected: watch::Receiver<Vec<SocketAddr>>,
 }
 
 #[derive(Clone)]
@@ -123,6 +125,8 @@ struct UpstreamJson {
     destination: String,
     bind: SocketAddr,
     endpoints: Vec<SocketAddr>,
+    /// Ejected by outlier detection.
+    ejected: Vec<SocketAddr>,
 }
 
 async fn config(State(state): State<AdminState>) -> Response {
@@ -143,6 +147,7 @@ async fn config(State(state): State<AdminState>) -> Response {
                 destination: upstream.destination.clone(),
                 bind: upstream.bind,
                 endpoints: upstream.endpoints.borrow().addrs.clone(),
+                ejected: upstream.ejected.borrow().clone(),
             })
             .collect(),
         stale_since: crate::staleness::stale_since(&state.control),

@@ -32,7 +32,9 @@
 //! against the intentions (`authorize/`). Apps see plain TCP on 127.0.0.1.
 //!
 //! HTTP-aware upstreams and the inbound HTTP/2 path: `l7/` (policies from the compiled discovery
-//! chain, `route/` and `resilience/`); see docs/architecture.md, "L7 data path".
+//! chain, `route/` and `resilience/`; per-request endpoint selection over each chain target's
+//! own service, with failover, the resolver's load balancer, outlier ejection and mirroring in
+//! `l7/targets.rs`, `l7/balancer.rs`, `l7/mirror.rs`); see docs/architecture.md, "L7 data path".
 //!
 //! Main types: [`ProxyConfig`], [`run`], [`ProxyError`].
 

@@ -60,6 +60,15 @@ impl PeakEwma {
         self.stamp = self.stamp.max(now);
     }
 
+    /// Lets the estimate decay towards zero for the time since its last update (as tower's and
+    /// Linkerd's peak EWMA do when the load is read): without it, an endpoint that answered
+    /// slowly once would never be picked again, so its estimate would never come down.
+    pub fn decay(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.stamp).as_secs_f64();
+        self.cost_ns *= (-dt / self.decay.as_secs_f64()).exp();
+        self.stamp = self.stamp.max(now);
+    }
+
     /// The current latency estimate in nanoseconds.
     pub fn latency_ns(&self) -> f64 {
         self.cost_ns
@@ -123,5 +132,19 @@ mod tests {
         for (r1, r2) in [(0, 0), (1, 0)] {
             assert_eq!(peak_ewma_pick(&[(&e, 0), (&fast, 0)], r1, r2), Some(1));
         }
+    }
+
+    #[test]
+    fn an_endpoint_not_picked_any_more_becomes_cheap_again_with_time() {
+        let t0 = Instant::now();
+        let mut slow = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(10), t0);
+        slow.observe(Duration::from_millis(300), t0);
+        slow.decay(t0);
+        assert_eq!(slow.latency_ns(), 300e6);
+        slow.decay(t0 + Duration::from_secs(10));
+        let after = slow.latency_ns();
+        assert!((after - 300e6 / std::f64::consts::E).abs() < 1e3, "{after}");
+        slow.decay(t0 + Duration::from_secs(60));
+        assert!(slow.latency_ns() < 1e6, "{}", slow.latency_ns());
     }
 }

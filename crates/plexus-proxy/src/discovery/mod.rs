@@ -19,6 +19,8 @@ use plexus_api::{AgentService, Indexed, ServiceKind};
 
 pub(crate) use chain::watch_chain;
 pub use endpoints::EndpointSet;
+#[cfg(test)]
+pub(crate) use endpoints::Labels;
 pub(crate) use endpoints::watch_endpoints;
 pub(crate) use watch::{BLOCKING_WAIT, Backoff, find_sidecar, watch_sidecar};
 

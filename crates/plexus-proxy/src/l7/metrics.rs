@@ -9,6 +9,9 @@
 //! | `plexus_proxy_http_retries_total` | `direction`, `upstream` |
 //! | `plexus_proxy_http_retry_budget_exhausted_total` | `direction`, `upstream` |
 //! | `plexus_proxy_http_faults_injected_total` | `upstream`, `kind` (`delay`, `abort`) |
+//! | `plexus_proxy_http_outlier_ejections_total` | `upstream` |
+//! | `plexus_proxy_http_outlier_ejected` (gauge: endpoints ejected now) | `upstream` |
+//! | `plexus_proxy_http_mirrored_total` | `upstream`, `result` (`sent`, `dropped`) |
 //!
 //! Rejections (rate limit, concurrency limit, timeouts, …) are `local_responses_total` by reason.
 //!
@@ -19,6 +22,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -63,6 +67,20 @@ pub(crate) struct HttpMetrics {
     retries: Family<TrafficLabels, Counter>,
     budget_exhausted: Family<TrafficLabels, Counter>,
     faults: Family<FaultLabels, Counter>,
+    ejections: Family<UpstreamLabel, Counter>,
+    ejected: Family<UpstreamLabel, Gauge>,
+    mirrored: Family<MirrorLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct MirrorLabels {
+    upstream: String,
+    result: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -81,6 +99,9 @@ impl Default for HttpMetrics {
             retries: Family::default(),
             budget_exhausted: Family::default(),
             faults: Family::default(),
+            ejections: Family::default(),
+            ejected: Family::default(),
+            mirrored: Family::default(),
         }
     }
 }
@@ -142,6 +163,21 @@ impl HttpMetrics {
             "Faults injected, by kind (delay, abort)",
             metrics.faults.clone(),
         );
+        sub.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection",
+            metrics.ejections.clone(),
+        );
+        sub.register(
+            "outlier_ejected",
+            "Endpoints ejected by outlier detection now",
+            metrics.ejected.clone(),
+        );
+        sub.register(
+            "mirrored",
+            "Request copies sent to the mirror service, or dropped (too many in flight)",
+            metrics.mirrored.clone(),
+        );
         metrics
     }
 
@@ -170,6 +206,34 @@ impl HttpMetrics {
             .get_or_create(&FaultLabels {
                 upstream: upstream.to_owned(),
                 kind,
+            })
+            .inc();
+    }
+
+    /// Counts an outlier ejection.
+    pub(crate) fn outlier_ejection(&self, upstream: &str) {
+        self.ejections
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets how many endpoints are ejected now.
+    pub(crate) fn set_outlier_ejected(&self, upstream: &str, ejected: usize) {
+        self.ejected
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.to_owned(),
+            })
+            .set(i64::try_from(ejected).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a mirrored request (`sent` or `dropped`).
+    pub(crate) fn mirrored(&self, upstream: &str, result: &'static str) {
+        self.mirrored
+            .get_or_create(&MirrorLabels {
+                upstream: upstream.to_owned(),
+                result,
             })
             .inc();
     }

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //!  app ──HTTP/1.1 or h2c──► outbound listener (hyper auto server)
-//!        each request: balance ─► pooled HTTP/2 connection per endpoint, inside mTLS (ALPN plexus-h2)
+//!        each request: policy ─► target (targets.rs: its service's endpoints, subset, failover,
+//!        outlier ejection) ─► balancer.rs ─► pooled HTTP/2 connection per endpoint, inside mTLS
+//!        (ALPN plexus-h2); mirror.rs copies requests to a mirror service
 //!  peer sidecar ──h2 over mTLS──► inbound listener (hyper h2 server, intentions per connection)
 //!        each request ─► local app (hyper-util pool: HTTP/1.1 keep-alive, or h2c for http2/grpc)
 //! ```
@@ -10,10 +12,13 @@
 //! Anything the sidecar answers itself carries `x-plexus-error: <reason>` ([`LocalError`]); a
 //! gRPC request gets a trailers-only response with a `grpc-status` instead.
 
+mod balancer;
 pub(crate) mod inbound;
 mod metrics;
+mod mirror;
 pub(crate) mod outbound;
 mod policy;
+pub(crate) mod targets;
 
 use std::time::Duration;
 

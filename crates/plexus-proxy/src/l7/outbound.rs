@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use plexus_api::Indexed;
-use plexus_api::config_entry::chain::{ChainTarget, DiscoveryChain, RetryPolicy, filter_matches};
+use plexus_api::config_entry::chain::{ChainTarget, DiscoveryChain, RetryPolicy};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -28,10 +28,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::balancer::{HashInput, request_hash};
 use super::metrics::Finished;
+use super::mirror::{self, Tee};
 use super::policy::{Policy, View, lock};
+use super::targets::{Attempt, Remote, Selection, Service, Targets};
 use super::{Body, HttpMetrics, LocalError};
-use crate::balance::RoundRobin;
 use crate::discovery::EndpointSet;
 use crate::endpoint;
 use crate::error::Report;
@@ -51,9 +53,8 @@ type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
 /// One outbound HTTP listener's shared state: endpoints, balancer, connection pool.
 pub(crate) struct Outbound {
     destination: String,
-    endpoints: watch::Receiver<Arc<EndpointSet>>,
-    picker: RoundRobin,
-    tls: Option<tls::Outbound>,
+    /// Every service the chain may send to: endpoints, mTLS, outlier and balancer state.
+    targets: Arc<Targets>,
     metrics: HttpMetrics,
     connect_timeout: Duration,
     tasks: TaskTracker,
@@ -63,6 +64,8 @@ pub(crate) struct Outbound {
     pool: Mutex<HashMap<SocketAddr, Slot>>,
     /// The policy of the latest chain (none until the control plane answered).
     policy: Arc<ArcSwapOption<Policy>>,
+    /// Mirror copies in flight (bounded: see [`mirror::MAX_IN_FLIGHT`]).
+    mirrors: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -92,37 +95,51 @@ pub(crate) struct OutboundParts {
     /// The upstream's compiled discovery chain (`None`: none yet; requests go straight to the
     /// endpoints).
     pub chain: watch::Receiver<Option<Arc<Indexed<DiscoveryChain>>>>,
+    /// How to reach the other services the chain names.
+    pub remote: Remote,
+    /// Stops the endpoint watches of those services (the listener's token).
+    pub stop: CancellationToken,
 }
 
 impl Outbound {
     /// A listener's state with an empty pool.
     pub(crate) fn new(parts: OutboundParts) -> Self {
         let policy = Arc::new(ArcSwapOption::empty());
+        let targets = Arc::new(Targets::new(
+            &parts.destination,
+            parts.endpoints,
+            parts.tls,
+            parts.remote,
+            parts.metrics.clone(),
+            parts.tasks.clone(),
+            parts.stop,
+        ));
         parts.tasks.spawn(follow_chain(
             parts.chain,
             Arc::clone(&policy),
+            Arc::clone(&targets),
             parts.destination.clone(),
         ));
         Self {
             policy,
             destination: parts.destination,
-            endpoints: parts.endpoints,
-            picker: RoundRobin::default(),
-            tls: parts.tls,
+            targets,
             metrics: parts.metrics,
             connect_timeout: parts.connect_timeout,
             tasks: parts.tasks,
             kill: parts.kill,
             pool: Mutex::new(HashMap::new()),
+            mirrors: Arc::new(tokio::sync::Semaphore::new(mirror::MAX_IN_FLIGHT)),
         }
     }
 
     /// Serves one connection from the app until it ends; when `stop` fires, in-flight requests
     /// finish and the connection is closed (HTTP/1: after the current response; HTTP/2: GOAWAY).
     pub(crate) async fn serve(self: Arc<Self>, stream: TcpStream, stop: CancellationToken) {
+        let source = stream.peer_addr().ok().map(|addr| addr.ip());
         let service = service_fn(move |request| {
             let this = Arc::clone(&self);
-            async move { Ok::<_, Infallible>(this.handle(request).await) }
+            async move { Ok::<_, Infallible>(this.handle(request, source).await) }
         });
         let builder = server_builder();
         let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -139,7 +156,16 @@ impl Outbound {
         }
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    /// The endpoints ejected by outlier detection now (admin `/config`).
+    pub(crate) fn ejected(&self) -> watch::Receiver<Vec<SocketAddr>> {
+        self.targets.ejected()
+    }
+
+    async fn handle(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        source: Option<std::net::IpAddr>,
+    ) -> Response<Body> {
         let started = Instant::now();
         let grpc = super::is_grpc(&request);
         let http1 = request.version() < Version::HTTP_2;
@@ -157,7 +183,7 @@ impl Outbound {
             .boxed()
         });
         let policy = self.policy.load_full();
-        let (route, outcome) = self.apply(request, policy.as_deref()).await;
+        let (route, outcome) = self.apply(request, policy.as_deref(), source).await;
         let outcome = if malformed.load(Ordering::SeqCst) {
             Err(LocalError::BadRequest)
         } else {
@@ -191,19 +217,26 @@ impl Outbound {
     /// Route match → rate limit (429) → concurrency limit (503) → fault injection → the
     /// route's timeout (504) around retries with budget and backoff. Returns the route name.
     async fn apply(
-        &self,
+        self: &Arc<Self>,
         request: Request<Body>,
         policy: Option<&Policy>,
+        source: Option<std::net::IpAddr>,
     ) -> (String, Result<Response<Body>, LocalError>) {
         let request = match self.prepare(request) {
             Ok(request) => request,
             Err(error) => return (DEFAULT_ROUTE.to_owned(), Err(error)),
         };
         let Some(policy) = policy else {
-            return (DEFAULT_ROUTE.to_owned(), self.send(request, None).await);
+            return (
+                DEFAULT_ROUTE.to_owned(),
+                self.send(request, Selection::default()).await,
+            );
         };
         let Some((index, route)) = policy.routes.find(&View(&request)) else {
-            return (DEFAULT_ROUTE.to_owned(), self.send(request, None).await);
+            return (
+                DEFAULT_ROUTE.to_owned(),
+                self.send(request, Selection::default()).await,
+            );
         };
         let name = route.name.clone();
         if !policy.admit() {
@@ -229,25 +262,104 @@ impl Outbound {
                 return (name, Err(LocalError::FaultInjected(status)));
             }
         }
-        // Split: a weighted pick among the route's targets (subsets of this upstream).
+        let request = match &policy.chain.policy.mirror {
+            None => request,
+            Some(policy_mirror) => {
+                match mirror::tee(
+                    request,
+                    policy_mirror.percent,
+                    rand::random::<f64>() * 100.0,
+                )
+                .await
+                {
+                    Ok(Tee::Skip(request)) => request,
+                    Ok(Tee::TooLarge(request)) => {
+                        self.metrics.mirrored(&self.destination, "dropped");
+                        request
+                    }
+                    Ok(Tee::Copy(request, copy)) => {
+                        self.mirror(*copy, &policy_mirror.service, &policy.chain);
+                        request
+                    }
+                    Err(error) => return (name, Err(error)),
+                }
+            }
+        };
+        // Split: a weighted pick among the route's targets (a subset of this or another
+        // service); each attempt picks an endpoint of that target, or of its failover targets.
         let target = route::pick_split(&route.splits, rand::random::<f64>())
             .and_then(|split| policy.chain.targets.get(&split.target));
-        if let Some(target) = target
-            && target.service != self.destination
-        {
-            // Routing to another service needs that service's endpoints; not done yet.
-            warn!(upstream = %self.destination, target = %target.service, "route to another service is not supported; using this upstream's endpoints");
-        }
-        let target = target.filter(|target| target.service == self.destination);
+        let attempt = Attempt::default();
+        let selection = Selection {
+            attempt: Some(&attempt),
+            target: target.map(|target| (target, &*policy.chain)),
+            hash: target.and_then(|target| {
+                request_hash(
+                    &target.load_balancer,
+                    &HashInput {
+                        headers: request.headers(),
+                        query: request.uri().query(),
+                        source,
+                    },
+                )
+            }),
+        };
         let budget = &policy.budgets[index];
-        let work = self.with_retries(request, target, &route.retry, budget);
+        let work = self.with_retries(request, selection, &route.retry, budget);
         let outcome = match route.request_timeout {
-            Some(timeout) => tokio::time::timeout(timeout.0, work)
-                .await
-                .unwrap_or(Err(LocalError::Timeout)),
+            Some(timeout) => match tokio::time::timeout(timeout.0, work).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    // The endpoint that did not answer in time: a gateway error (504) to
+                    // outlier detection.
+                    if let Some((service, addr)) = lock(&attempt).take() {
+                        let timeout = Outcome::Response {
+                            status: 504,
+                            grpc_status: None,
+                        };
+                        self.targets.record(&service, addr, timeout);
+                    }
+                    Err(LocalError::Timeout)
+                }
+            },
             None => work.await,
         };
         (name, outcome)
+    }
+
+    /// Sends `copy` to an endpoint of `service` in the background, unless
+    /// [`mirror::MAX_IN_FLIGHT`] copies are already in flight; its response is drained and
+    /// dropped.
+    fn mirror(self: &Arc<Self>, copy: Request<Body>, service: &str, chain: &Arc<DiscoveryChain>) {
+        let Ok(permit) = Arc::clone(&self.mirrors).try_acquire_owned() else {
+            self.metrics.mirrored(&self.destination, "dropped");
+            return;
+        };
+        self.metrics.mirrored(&self.destination, "sent");
+        let (this, chain) = (Arc::clone(self), Arc::clone(chain));
+        let target = ChainTarget {
+            service: service.to_owned(),
+            ..ChainTarget::default()
+        };
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            let selection = Selection {
+                target: Some((&target, &chain)),
+                hash: None,
+                attempt: None,
+            };
+            let work = async {
+                match this.send(copy, selection).await {
+                    Ok(response) => {
+                        let _ = response.into_body().collect().await;
+                    }
+                    Err(error) => {
+                        debug!(upstream = %this.destination, mirror = %target.service, reason = error.reason(), "mirrored request failed");
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(mirror::MIRROR_TIMEOUT, work).await;
+        });
     }
 
     /// Sends `request`, and again on a retriable outcome while attempts and budget allow
@@ -255,12 +367,12 @@ impl Outbound {
     async fn with_retries(
         &self,
         request: Request<Body>,
-        target: Option<&ChainTarget>,
+        selection: Selection<'_>,
         retry: &RetryPolicy,
         budget: &std::sync::Mutex<RetryBudget>,
     ) -> Result<Response<Body>, LocalError> {
         if retry.num_retries == 0 {
-            return self.send(request, target).await;
+            return self.send(request, selection).await;
         }
         let (parts, body) = request.into_parts();
         let body = Limited::new(body, MAX_RETRY_BODY)
@@ -272,7 +384,7 @@ impl Outbound {
         let mut retrying: Option<BudgetRetry<'_>> = None;
         let mut attempt = 0;
         loop {
-            let result = self.send(rebuild(&parts, body.clone()), target).await;
+            let result = self.send(rebuild(&parts, body.clone()), selection).await;
             drop(retrying.take());
             let outcome = match &result {
                 Ok(response) => Outcome::Response {
@@ -338,65 +450,78 @@ impl Outbound {
         Ok(Request::from_parts(parts, body))
     }
 
-    /// One attempt: a pooled connection to the next endpoint, the request, the response.
+    /// One attempt: a pooled connection to the balancer's pick, the request, the response
+    /// (its outcome fed to outlier detection).
     async fn send(
         &self,
         request: Request<Body>,
-        target: Option<&ChainTarget>,
+        selection: Selection<'_>,
     ) -> Result<Response<Body>, LocalError> {
-        let mut sender = self.sender(target).await?;
-        let response = sender.send_request(request).await.map_err(|error| {
-            debug!(%error, upstream = %self.destination, "upstream request failed");
-            LocalError::UpstreamReset
-        })?;
+        let (service, addr, mut sender) = self.sender(selection).await?;
+        let in_flight = service.balancer.start(addr);
+        if let Some(attempt) = selection.attempt {
+            *lock(attempt) = Some((Arc::clone(&service), addr));
+        }
+        let response = sender.send_request(request).await;
+        if let Some(attempt) = selection.attempt {
+            lock(attempt).take();
+        }
+        let response = match response {
+            Ok(response) => response,
+            Err(error) => {
+                debug!(%error, upstream = %self.destination, endpoint = %addr, "upstream request failed");
+                self.targets.record(&service, addr, Outcome::Reset);
+                return Err(LocalError::UpstreamReset);
+            }
+        };
+        in_flight.responded();
+        drop(in_flight);
+        self.targets.record(
+            &service,
+            addr,
+            Outcome::Response {
+                status: response.status().as_u16(),
+                grpc_status: None,
+            },
+        );
         let (mut parts, body) = response.into_parts();
         super::strip_hop_by_hop(&mut parts.headers);
         parts.version = Version::HTTP_11;
         Ok(Response::from_parts(parts, body.boxed()))
     }
 
-    /// A ready HTTP/2 connection to the next endpoint in turn (opened if needed; endpoints that
-    /// refuse are skipped).
-    async fn sender(&self, target: Option<&ChainTarget>) -> Result<SendRequest<Body>, LocalError> {
-        let mut endpoints = self.endpoints.clone();
-        // Right after start-up the control plane's first answer may still be on its way.
-        let _ = tokio::time::timeout(
-            self.connect_timeout,
-            endpoints.wait_for(|set| set.is_resolved()),
-        )
-        .await;
-        let set = Arc::clone(&endpoints.borrow());
-        // A subset target keeps the endpoints its filter matches (tags and meta).
-        let candidates: Vec<SocketAddr> = match target {
-            Some(target) if !target.filter.is_empty() => set
-                .addrs
-                .iter()
-                .filter(|addr| {
-                    set.labels.get(addr).is_some_and(|labels| {
-                        filter_matches(&target.filter, &labels.tags, &labels.meta)
-                    })
-                })
-                .copied()
-                .collect(),
-            _ => set.addrs.clone(),
-        };
-        if candidates.is_empty() {
-            return Err(LocalError::NoHealthyEndpoints);
-        }
-        for addr in self.picker.order(&candidates) {
-            let slot = self.slot(*addr);
+    /// A ready HTTP/2 connection to an endpoint of the selected target (or of its failover
+    /// targets), in the balancer's order (opened if needed; endpoints that refuse are skipped
+    /// and count as connect failures for outlier detection).
+    async fn sender(
+        &self,
+        selection: Selection<'_>,
+    ) -> Result<(Arc<Service>, SocketAddr, SendRequest<Body>), LocalError> {
+        let candidates = self
+            .targets
+            .candidates(selection.target, self.connect_timeout)
+            .await
+            .ok_or(LocalError::NoHealthyEndpoints)?;
+        let service = candidates.service;
+        let order =
+            service
+                .balancer
+                .order(&candidates.load_balancer, selection.hash, &candidates.addrs);
+        for addr in order {
+            let slot = self.slot(addr);
             let mut pooled = slot.lock().await;
             if let Some(sender) = pooled.as_ref().filter(|sender| !sender.is_closed()) {
-                return Ok(sender.clone());
+                return Ok((service, addr, sender.clone()));
             }
             *pooled = None;
-            match self.open(*addr).await {
+            match self.open(&service, addr).await {
                 Ok(sender) => {
                     *pooled = Some(sender.clone());
-                    return Ok(sender);
+                    return Ok((service, addr, sender));
                 }
                 Err(error) => {
-                    warn!(error = %error, endpoint = %addr, upstream = %self.destination, "cannot open an HTTP/2 connection; trying the next endpoint");
+                    warn!(error = %error, endpoint = %addr, upstream = %self.destination, service = %service.name, "cannot open an HTTP/2 connection; trying the next endpoint");
+                    self.targets.record(&service, addr, Outcome::ConnectFailure);
                 }
             }
         }
@@ -408,18 +533,17 @@ impl Outbound {
             .pool
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Endpoints that left the set are dropped from the pool (their connections close
-        // once their last request ends).
-        let live = self.endpoints.borrow();
-        pool.retain(|addr, _| live.addrs.contains(addr));
+        // Endpoints that left every followed set are dropped from the pool (their connections
+        // close once their last request ends).
+        pool.retain(|addr, _| self.targets.is_live(addr));
         Arc::clone(pool.entry(addr).or_default())
     }
 
-    async fn open(&self, addr: SocketAddr) -> Result<SendRequest<Body>, String> {
+    async fn open(&self, service: &Service, addr: SocketAddr) -> Result<SendRequest<Body>, String> {
         let stream = endpoint::dial(addr, self.connect_timeout)
             .await
             .map_err(|error| Report(&error).to_string())?;
-        let sender = match &self.tls {
+        let sender = match &service.tls {
             Some(tls) => {
                 let stream = tls
                     .connect(stream, addr)
@@ -466,6 +590,7 @@ impl Outbound {
 async fn follow_chain(
     mut chain: watch::Receiver<Option<Arc<Indexed<DiscoveryChain>>>>,
     policy: Arc<ArcSwapOption<Policy>>,
+    targets: Arc<Targets>,
     destination: String,
 ) {
     loop {
@@ -481,6 +606,7 @@ async fn follow_chain(
                 match Policy::new(Arc::new(current.value.clone())) {
                     Ok(built) => {
                         let routes = built.chain.routes.len();
+                        targets.sync(&built.chain);
                         // In force before it is announced: "policy applied" means new requests
                         // see it.
                         policy.store(Some(Arc::new(built)));
@@ -499,7 +625,7 @@ async fn follow_chain(
 }
 
 /// A copy of a buffered request for one more attempt.
-fn rebuild(parts: &http::request::Parts, body: Bytes) -> Request<Body> {
+pub(super) fn rebuild(parts: &http::request::Parts, body: Bytes) -> Request<Body> {
     let mut request = Request::new(super::full(body));
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();

@@ -120,6 +120,8 @@ struct Inbound {
 struct Upstream {
     spec: UpstreamSpec,
     endpoints: watch::Receiver<Arc<EndpointSet>>,
+    /// Endpoints ejected by outlier detection (HTTP upstreams; always empty for TCP).
+    ejected: watch::Receiver<Vec<SocketAddr>>,
     running: Running,
 }
 
@@ -205,6 +207,7 @@ impl Listeners {
                     destination: upstream.spec.destination.clone(),
                     bind: upstream.running.bound,
                     endpoints: upstream.endpoints.clone(),
+                    ejected: upstream.ejected.clone(),
                 })
                 .collect(),
         }
@@ -256,19 +259,22 @@ impl Listeners {
             alpn,
         )
         .map_err(ProxyError::Tls)?;
+        let mut ejected = watch::channel(Vec::new()).1;
         let target = if spec.protocol.is_http() {
-            Target::Http(Arc::new(l7::outbound::Outbound::new(
-                l7::outbound::OutboundParts {
-                    destination: spec.destination.clone(),
-                    endpoints: endpoints.clone(),
-                    tls: Some(tls),
-                    metrics: self.ctx.http_metrics.clone(),
-                    connect_timeout: self.ctx.limits.connect_timeout,
-                    tasks: self.ctx.tasks.clone(),
-                    kill: self.ctx.kill.clone(),
-                    chain: (self.ctx.chains)(&spec.destination, stop.clone()),
-                },
-            )))
+            let outbound = Arc::new(l7::outbound::Outbound::new(l7::outbound::OutboundParts {
+                destination: spec.destination.clone(),
+                endpoints: endpoints.clone(),
+                tls: Some(tls),
+                metrics: self.ctx.http_metrics.clone(),
+                connect_timeout: self.ctx.limits.connect_timeout,
+                tasks: self.ctx.tasks.clone(),
+                kill: self.ctx.kill.clone(),
+                chain: (self.ctx.chains)(&spec.destination, stop.clone()),
+                remote: self.remote(),
+                stop: stop.clone(),
+            }));
+            ejected = outbound.ejected();
+            Target::Http(outbound)
         } else {
             Target::Balanced {
                 endpoints: endpoints.clone(),
@@ -281,8 +287,24 @@ impl Listeners {
         Ok(Upstream {
             spec,
             endpoints,
+            ejected,
             running,
         })
+    }
+
+    /// How an HTTP upstream reaches the other services its chain names: their endpoint
+    /// watches and an mTLS client (ALPN `plexus-h2`) verifying each one's identity.
+    fn remote(&self) -> l7::targets::Remote {
+        let (identity, metrics) = (
+            Arc::clone(&self.ctx.security.identity),
+            self.ctx.security.metrics.clone(),
+        );
+        l7::targets::Remote {
+            resolve: Arc::clone(&self.ctx.resolve),
+            tls: Some(Arc::new(move |service: &str| {
+                tls::Outbound::with_alpn(&identity, service, metrics.clone(), tls::ALPN_H2)
+            })),
+        }
     }
 
     fn accept(

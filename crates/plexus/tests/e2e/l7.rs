@@ -329,7 +329,7 @@ async fn grpc_unary_and_server_streaming_through_two_mtls_sidecars_with_grpcio()
 }
 
 /// Writes a config entry through `/v1/config` and checks it was stored.
-async fn write_entry(dev: &Dev, entry: serde_json::Value) {
+pub(crate) async fn write_entry(dev: &Dev, entry: serde_json::Value) {
     let (status, body, _) = crate::http(
         "PUT",
         &format!("http://{}/v1/config", dev.addr()),
@@ -341,7 +341,7 @@ async fn write_entry(dev: &Dev, entry: serde_json::Value) {
 
 /// Waits until the client sidecar has applied the chain of `service` as the control plane
 /// has it now (a "policy applied" line with at least the chain's current index).
-async fn applied(dev: &Dev, client: &Sidecar, service: &str) {
+pub(crate) async fn applied(dev: &Dev, client: &Sidecar, service: &str) {
     let (status, _, headers) = crate::http(
         "GET",
         &format!("http://{}/v1/discovery-chain/{service}", dev.addr()),
@@ -362,7 +362,7 @@ async fn applied(dev: &Dev, client: &Sidecar, service: &str) {
 }
 
 /// (status, x-plexus-error) of one GET.
-async fn get(http: &reqwest::Client, url: &str) -> (u16, String) {
+pub(crate) async fn get(http: &reqwest::Client, url: &str) -> (u16, String) {
     let response = http.get(url).send().await.unwrap();
     let reason = response
         .headers()
