@@ -82,7 +82,7 @@ impl Drop for TcpEcho {
 /// An HTTP server (HTTP/1.1 and h2c) answering every request with a settable status code and
 /// its name (`x-version` header and body), so tests can tell versions apart. Modes: flaky
 /// (every n-th request answers 503) and slow (each answer waits). It records the requests it
-/// served, the last `traceparent` it saw and the HTTP version of the last request.
+/// served, the last `traceparent` it saw, the HTTP version and the path of the last request.
 pub struct HttpStub {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -98,6 +98,7 @@ struct StubState {
     fail_every: AtomicUsize,
     delay_ms: AtomicU64,
     last: std::sync::Mutex<(Option<String>, String)>,
+    last_path: std::sync::Mutex<String>,
 }
 
 impl HttpStub {
@@ -166,6 +167,15 @@ impl HttpStub {
         self.last().1
     }
 
+    /// The path and query of the last request (`/a?b=c`).
+    pub fn last_path(&self) -> String {
+        self.state
+            .last_path
+            .lock()
+            .map(|path| path.clone())
+            .unwrap_or_default()
+    }
+
     fn last(&self) -> (Option<String>, String) {
         self.state
             .last
@@ -194,6 +204,13 @@ async fn answer(
         .map(str::to_owned);
     if let Ok(mut last) = state.last.lock() {
         *last = (traceparent, format!("{:?}", request.version()));
+    }
+    if let Ok(mut path) = state.last_path.lock() {
+        *path = request
+            .uri()
+            .path_and_query()
+            .map(|path| path.as_str().to_owned())
+            .unwrap_or_default();
     }
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {

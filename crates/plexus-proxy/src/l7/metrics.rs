@@ -9,6 +9,7 @@
 //! | `plexus_proxy_http_retries_total` | `direction`, `upstream` |
 //! | `plexus_proxy_http_retry_budget_exhausted_total` | `direction`, `upstream` |
 //! | `plexus_proxy_http_faults_injected_total` | `upstream`, `kind` (`delay`, `abort`) |
+//! | `plexus_proxy_http_bulkhead_rejections_total` | `upstream`, `limit` (`max_concurrent_requests`, `max_pending_requests`, `max_connections`) |
 //!
 //! Rejections (rate limit, concurrency limit, timeouts, …) are `local_responses_total` by reason.
 //!
@@ -46,6 +47,12 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabels {
+    upstream: String,
+    limit: &'static str,
+}
+
 type HistogramFamily = Family<TrafficLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -63,6 +70,7 @@ pub(crate) struct HttpMetrics {
     retries: Family<TrafficLabels, Counter>,
     budget_exhausted: Family<TrafficLabels, Counter>,
     faults: Family<FaultLabels, Counter>,
+    bulkhead_rejections: Family<LimitLabels, Counter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -81,6 +89,7 @@ impl Default for HttpMetrics {
             retries: Family::default(),
             budget_exhausted: Family::default(),
             faults: Family::default(),
+            bulkhead_rejections: Family::default(),
         }
     }
 }
@@ -142,6 +151,11 @@ impl HttpMetrics {
             "Faults injected, by kind (delay, abort)",
             metrics.faults.clone(),
         );
+        sub.register(
+            "bulkhead_rejections",
+            "Requests refused by a bulkhead limit of the upstream (503 concurrency_limit)",
+            metrics.bulkhead_rejections.clone(),
+        );
         metrics
     }
 
@@ -161,6 +175,16 @@ impl HttpMetrics {
     pub(crate) fn budget_exhausted(&self, upstream: &str) {
         self.budget_exhausted
             .get_or_create(&Self::outbound(upstream))
+            .inc();
+    }
+
+    /// Counts a request a bulkhead limit refused.
+    pub(crate) fn bulkhead_rejected(&self, upstream: &str, limit: &'static str) {
+        self.bulkhead_rejections
+            .get_or_create(&LimitLabels {
+                upstream: upstream.to_owned(),
+                limit,
+            })
             .inc();
     }
 

@@ -10,10 +10,14 @@
 //! Anything the sidecar answers itself carries `x-plexus-error: <reason>` ([`LocalError`]); a
 //! gRPC request gets a trailers-only response with a `grpc-status` instead.
 
+mod bulkhead;
+mod idle;
 pub(crate) mod inbound;
 mod metrics;
 pub(crate) mod outbound;
 mod policy;
+mod rewrite;
+mod route_limit;
 
 use std::time::Duration;
 

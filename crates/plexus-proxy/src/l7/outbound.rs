@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 
 use super::metrics::Finished;
 use super::policy::{Policy, View, lock};
+use super::bulkhead::{ConnectionBudget, ConnectionPermit, Limit};
 use super::{Body, HttpMetrics, LocalError};
 use crate::balance::RoundRobin;
 use crate::discovery::EndpointSet;
@@ -63,6 +64,8 @@ pub(crate) struct Outbound {
     pool: Mutex<HashMap<SocketAddr, Slot>>,
     /// The policy of the latest chain (none until the control plane answered).
     policy: Arc<ArcSwapOption<Policy>>,
+    /// Pooled connections open, against the policy's `MaxConnections`.
+    connections: Arc<ConnectionBudget>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -114,6 +117,7 @@ impl Outbound {
             tasks: parts.tasks,
             kill: parts.kill,
             pool: Mutex::new(HashMap::new()),
+            connections: Arc::default(),
         }
     }
 
@@ -122,7 +126,7 @@ impl Outbound {
     pub(crate) async fn serve(self: Arc<Self>, stream: TcpStream, stop: CancellationToken) {
         let service = service_fn(move |request| {
             let this = Arc::clone(&self);
-            async move { Ok::<_, Infallible>(this.handle(request).await) }
+            async move { Ok::<_, Infallible>(super::idle::served(this.handle(request).await)) }
         });
         let builder = server_builder();
         let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -188,8 +192,8 @@ impl Outbound {
         response
     }
 
-    /// Route match → rate limit (429) → concurrency limit (503) → fault injection → the
-    /// route's timeout (504) around retries with budget and backoff. Returns the route name.
+    /// Route match → rate limit (429) → bulkhead (503) → fault injection → prefix rewrite →
+    /// the route's timeout (504) around retries with budget and backoff. Returns the route name.
     async fn apply(
         &self,
         request: Request<Body>,
@@ -206,11 +210,13 @@ impl Outbound {
             return (DEFAULT_ROUTE.to_owned(), self.send(request, None).await);
         };
         let name = route.name.clone();
-        if !policy.admit() {
+        if !policy.admit(request.uri().path()) {
             return (name, Err(LocalError::RateLimited));
         }
-        let Some(_permit) = policy.concurrency.try_acquire() else {
-            return (name, Err(LocalError::ConcurrencyLimit));
+        let admitted = policy.bulkhead.admit(route.request_timeout, &self.metrics, &self.destination);
+        let _slot = match admitted.await {
+            Ok(slot) => slot,
+            Err(error) => return (name, Err(error)),
         };
         if let Some(fault) = &policy.fault {
             let headers = request.headers();
@@ -229,6 +235,10 @@ impl Outbound {
                 return (name, Err(LocalError::FaultInjected(status)));
             }
         }
+        let mut request = request;
+        if let Some(uri) = super::rewrite::prefix_rewrite(route, request.uri()) {
+            *request.uri_mut() = uri;
+        }
         // Split: a weighted pick among the route's targets (subsets of this upstream).
         let target = route::pick_split(&route.splits, rand::random::<f64>())
             .and_then(|split| policy.chain.targets.get(&split.target));
@@ -241,6 +251,7 @@ impl Outbound {
         let target = target.filter(|target| target.service == self.destination);
         let budget = &policy.budgets[index];
         let work = self.with_retries(request, target, &route.retry, budget);
+        let work = super::idle::headers_within(route.idle_timeout.map(|idle| idle.0), work);
         let outcome = match route.request_timeout {
             Some(timeout) => tokio::time::timeout(timeout.0, work)
                 .await
@@ -383,6 +394,12 @@ impl Outbound {
         if candidates.is_empty() {
             return Err(LocalError::NoHealthyEndpoints);
         }
+        let max_connections = self
+            .policy
+            .load()
+            .as_ref()
+            .and_then(|policy| policy.chain.policy.limits.max_connections);
+        let mut at_max_connections = false;
         for addr in self.picker.order(&candidates) {
             let slot = self.slot(*addr);
             let mut pooled = slot.lock().await;
@@ -390,7 +407,12 @@ impl Outbound {
                 return Ok(sender.clone());
             }
             *pooled = None;
-            match self.open(*addr).await {
+            // `MaxConnections` open to other endpoints: use one of theirs instead.
+            let Some(permit) = self.connections.try_open(max_connections) else {
+                at_max_connections = true;
+                continue;
+            };
+            match self.open(*addr, permit).await {
                 Ok(sender) => {
                     *pooled = Some(sender.clone());
                     return Ok(sender);
@@ -399,6 +421,11 @@ impl Outbound {
                     warn!(error = %error, endpoint = %addr, upstream = %self.destination, "cannot open an HTTP/2 connection; trying the next endpoint");
                 }
             }
+        }
+        if at_max_connections {
+            self.metrics
+                .bulkhead_rejected(&self.destination, Limit::MaxConnections.label());
+            return Err(LocalError::ConcurrencyLimit);
         }
         Err(LocalError::UpstreamConnectFailure)
     }
@@ -415,7 +442,11 @@ impl Outbound {
         Arc::clone(pool.entry(addr).or_default())
     }
 
-    async fn open(&self, addr: SocketAddr) -> Result<SendRequest<Body>, String> {
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        permit: ConnectionPermit,
+    ) -> Result<SendRequest<Body>, String> {
         let stream = endpoint::dial(addr, self.connect_timeout)
             .await
             .map_err(|error| Report(&error).to_string())?;
@@ -425,9 +456,9 @@ impl Outbound {
                     .connect(stream, addr)
                     .await
                     .map_err(|error| format!("TLS: {error}"))?;
-                self.handshake(stream).await
+                self.handshake(stream, permit).await
             }
-            None => self.handshake(stream).await,
+            None => self.handshake(stream, permit).await,
         }
         .map_err(|error| format!("HTTP/2 handshake: {error}"))?;
         self.metrics
@@ -436,7 +467,11 @@ impl Outbound {
         Ok(sender)
     }
 
-    async fn handshake<I>(&self, io: I) -> Result<SendRequest<Body>, hyper::Error>
+    async fn handshake<I>(
+        &self,
+        io: I,
+        permit: ConnectionPermit,
+    ) -> Result<SendRequest<Body>, hyper::Error>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -448,6 +483,8 @@ impl Outbound {
             .await?;
         let kill = self.kill.clone();
         self.tasks.spawn(async move {
+            // Counted against `MaxConnections` until the connection ends.
+            let _permit = permit;
             tokio::select! {
                 ended = connection => {
                     if let Err(error) = ended {
@@ -517,7 +554,9 @@ struct BudgetRetry<'a>(&'a std::sync::Mutex<RetryBudget>);
 
 impl<'a> BudgetRetry<'a> {
     fn start(budget: &'a std::sync::Mutex<RetryBudget>) -> Option<Self> {
-        lock(budget).try_start_retry().then_some(Self(budget))
+        // The guard is released before a `Self` exists: dropping one locks the budget again.
+        let started = lock(budget).try_start_retry();
+        started.then(|| Self(budget))
     }
 }
 

@@ -327,7 +327,7 @@ async fn grpc_unary_and_server_streaming_through_two_mtls_sidecars_with_grpcio()
 }
 
 /// Writes a config entry through `/v1/config` and checks it was stored.
-async fn write_entry(dev: &Dev, entry: serde_json::Value) {
+pub(crate) async fn write_entry(dev: &Dev, entry: serde_json::Value) {
     let (status, body, _) = crate::http(
         "PUT",
         &format!("http://{}/v1/config", dev.addr()),
@@ -360,7 +360,7 @@ async fn applied(dev: &Dev, client: &Sidecar, service: &str) {
 }
 
 /// (status, x-plexus-error) of one GET.
-async fn get(http: &reqwest::Client, url: &str) -> (u16, String) {
+pub(crate) async fn get(http: &reqwest::Client, url: &str) -> (u16, String) {
     let response = http.get(url).send().await.unwrap();
     let reason = response
         .headers()
