@@ -81,7 +81,8 @@ impl Drop for TcpEcho {
 
 /// An HTTP server (HTTP/1.1 and h2c) answering every request with a settable status code and
 /// its name (`x-version` header and body), so tests can tell versions apart. Modes: flaky
-/// (every n-th request answers 503) and slow (each answer waits). It records the requests it
+/// (every n-th request answers 503), slow (each answer waits) and stalling (the body pauses
+/// half-way). It records the requests it
 /// served, the last `traceparent` it saw, the HTTP version and the path of the last request.
 pub struct HttpStub {
     /// Where it listens.
@@ -97,6 +98,7 @@ struct StubState {
     requests: AtomicUsize,
     fail_every: AtomicUsize,
     delay_ms: AtomicU64,
+    stall_ms: AtomicU64,
     last: std::sync::Mutex<(Option<String>, String)>,
     last_path: std::sync::Mutex<String>,
 }
@@ -150,6 +152,13 @@ impl HttpStub {
     pub fn set_delay(&self, delay: std::time::Duration) {
         let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.state.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Stalling mode: each body sends `<name>-first` at once and `-rest` after `stall`
+    /// (zero: a whole body at once).
+    pub fn set_body_stall(&self, stall: std::time::Duration) {
+        let ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX);
+        self.state.stall_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Requests served so far.
@@ -224,6 +233,18 @@ async fn answer(
     };
     let code = axum::http::StatusCode::from_u16(code)
         .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let stall = state.stall_ms.load(Ordering::SeqCst);
+    if stall > 0 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(2);
+        let first = format!("{}-first", state.name);
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(first.into())).await;
+            tokio::time::sleep(std::time::Duration::from_millis(stall)).await;
+            let _ = tx.send(Ok(axum::body::Bytes::from_static(b"-rest"))).await;
+        });
+        let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        return (code, [("x-version", state.name.clone())], body).into_response();
+    }
     (
         code,
         [("x-version", state.name.clone())],

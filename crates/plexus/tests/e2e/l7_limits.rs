@@ -1,6 +1,6 @@
 //! Limits and route features of the L7 path through real `plexus proxy` processes: bulkheads
 //! per upstream (`MaxConcurrentRequests`, `MaxPendingRequests`), the retry budget capping the
-//! load on a failing upstream, per-route rate limits and `PrefixRewrite`.
+//! load on a failing upstream, per-route rate limits, `PrefixRewrite` and `IdleTimeout`.
 
 use std::sync::Arc;
 
@@ -392,4 +392,41 @@ async fn prefix_rewrite_changes_the_path_the_upstream_sees() {
         );
         assert_eq!(web.last_path(), seen, "for {sent}");
     }
+}
+
+#[tokio::test]
+async fn idle_timeout_cuts_a_stalled_body_and_ends_a_silent_request() {
+    let web = HttpStub::start_named("web").await.unwrap();
+    let port = free_port();
+    let mesh = Mesh::start(&[("web", web.addr.port(), port)]).await;
+    mesh.configure(
+        "web",
+        &[
+            serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"}),
+            serde_json::json!({"Kind": "service-router", "Name": "web", "Routes": [
+                {"Match": {"HTTP": {"PathPrefix": "/idle"}},
+                 "Destination": {"IdleTimeout": "1s"}}]}),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+
+    // The body pauses 3 s after its first chunk: cut on the idle route, whole elsewhere.
+    web.set_body_stall(std::time::Duration::from_secs(3));
+    let response = http.get(format!("{base}/idle/body")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let cut = response.bytes().await;
+    assert!(cut.is_err(), "the stalled body was not cut: {cut:?}");
+    let response = http.get(format!("{base}/other")).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "web-first-rest");
+
+    // No response at all for 3 s: the idle route ends the request with 504 `timeout`.
+    web.set_body_stall(std::time::Duration::ZERO);
+    web.set_delay(std::time::Duration::from_secs(3));
+    assert_eq!(
+        get(&http, &format!("{base}/idle/headers")).await,
+        (504, "timeout".to_owned())
+    );
+    assert_eq!(mesh.metric(&local_responses("web", "timeout")).await, 1.0);
 }
