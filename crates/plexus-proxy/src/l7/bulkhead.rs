@@ -28,20 +28,20 @@ use super::{HttpMetrics, LocalError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Limit {
     /// `MaxConcurrentRequests` with no queue.
-    MaxConcurrentRequests,
+    ConcurrentRequests,
     /// `MaxPendingRequests` already waiting.
-    MaxPendingRequests,
+    PendingRequests,
     /// `MaxConnections` open and none usable.
-    MaxConnections,
+    Connections,
 }
 
 impl Limit {
     /// The metric label.
     pub(crate) fn label(self) -> &'static str {
         match self {
-            Self::MaxConcurrentRequests => "max_concurrent_requests",
-            Self::MaxPendingRequests => "max_pending_requests",
-            Self::MaxConnections => "max_connections",
+            Self::ConcurrentRequests => "max_concurrent_requests",
+            Self::PendingRequests => "max_pending_requests",
+            Self::Connections => "max_connections",
         }
     }
 }
@@ -85,14 +85,14 @@ impl Bulkhead {
             });
         }
         if self.max_pending == 0 {
-            return Err(Limit::MaxConcurrentRequests);
+            return Err(Limit::ConcurrentRequests);
         }
         let max = self.max_pending;
         self.pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
-            .map_err(|_| Limit::MaxPendingRequests)?;
+            .map_err(|_| Limit::PendingRequests)?;
         let _waiting = Waiting(&self.pending);
         // The semaphore is never closed, so this only ends with a permit.
         Arc::clone(slots)
@@ -101,7 +101,7 @@ impl Bulkhead {
             .map(|permit| RequestSlot {
                 _permit: Some(permit),
             })
-            .map_err(|_| Limit::MaxConcurrentRequests)
+            .map_err(|_| Limit::ConcurrentRequests)
     }
 
     /// [`Bulkhead::acquire`] for a request to `upstream`, the wait bounded by the route's
@@ -199,7 +199,7 @@ mod tests {
         assert!(a.is_ok() && b.is_ok());
         assert_eq!(
             bulkhead.acquire().await.unwrap_err(),
-            Limit::MaxConcurrentRequests
+            Limit::ConcurrentRequests
         );
         drop(a);
         assert!(bulkhead.acquire().await.is_ok());
@@ -241,7 +241,7 @@ mod tests {
         // The queue is full: refused at once.
         assert_eq!(
             bulkhead.acquire().await.unwrap_err(),
-            Limit::MaxPendingRequests
+            Limit::PendingRequests
         );
         drop(first);
         assert_eq!(rx.recv().await, Some((0, true)));

@@ -28,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::bulkhead::{ConnectionBudget, ConnectionPermit, Limit};
 use super::metrics::Finished;
 use super::policy::{Policy, View, lock};
-use super::bulkhead::{ConnectionBudget, ConnectionPermit, Limit};
 use super::{Body, HttpMetrics, LocalError};
 use crate::balance::RoundRobin;
 use crate::discovery::EndpointSet;
@@ -213,7 +213,10 @@ impl Outbound {
         if !policy.admit(request.uri().path()) {
             return (name, Err(LocalError::RateLimited));
         }
-        let admitted = policy.bulkhead.admit(route.request_timeout, &self.metrics, &self.destination);
+        let admitted =
+            policy
+                .bulkhead
+                .admit(route.request_timeout, &self.metrics, &self.destination);
         let _slot = match admitted.await {
             Ok(slot) => slot,
             Err(error) => return (name, Err(error)),
@@ -424,7 +427,7 @@ impl Outbound {
         }
         if at_max_connections {
             self.metrics
-                .bulkhead_rejected(&self.destination, Limit::MaxConnections.label());
+                .bulkhead_rejected(&self.destination, Limit::Connections.label());
             return Err(LocalError::ConcurrencyLimit);
         }
         Err(LocalError::UpstreamConnectFailure)

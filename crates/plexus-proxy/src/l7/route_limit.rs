@@ -104,7 +104,10 @@ mod tests {
             now,
         )
         .unwrap();
-        assert_eq!((0..10).filter(|_| limits.admit("/limited/a", now)).count(), 2);
+        assert_eq!(
+            (0..10).filter(|_| limits.admit("/limited/a", now)).count(),
+            2
+        );
         assert!((0..100).all(|_| limits.admit("/other", now)));
     }
 

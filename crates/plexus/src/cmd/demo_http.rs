@@ -29,9 +29,9 @@ use super::demo::{DemoSidecar, parse};
 use super::dev::DevServer;
 
 /// The route timeout; the slow instance answers after [`SLOW`].
-const ROUTE_TIMEOUT: &str = "500ms";
+const ROUTE_TIMEOUT: &str = "1s";
 /// How long the slow instance takes to answer.
-const SLOW: Duration = Duration::from_secs(2);
+const SLOW: Duration = Duration::from_secs(3);
 /// How long the demo waits for the chain to reach the client sidecar.
 const APPLY_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -261,11 +261,30 @@ async fn metric(admin: SocketAddr, family: &str) -> anyhow::Result<f64> {
         .filter(|line| line.starts_with(&prefix) && line.contains("upstream=\"web\""))
         .filter_map(|line| line.rsplit(' ').next())
         .filter_map(|value| value.parse::<f64>().ok())
-        .sum())
+        .fold(0.0, |sum, value| sum + value))
 }
 
 fn count(outcomes: &[(u16, String)], status: u16) -> usize {
     outcomes.iter().filter(|(s, _)| *s == status).count()
+}
+
+/// `503 x2, 504 x1` for the outcomes that were not 200 (`none` when all were).
+fn failures(outcomes: &[(u16, String)]) -> String {
+    let mut by_status = std::collections::BTreeMap::<u16, usize>::new();
+    for (status, _) in outcomes.iter().filter(|(s, _)| *s != 200) {
+        *by_status.entry(*status).or_default() += 1;
+    }
+    if by_status.is_empty() {
+        return "none".to_owned();
+    }
+    let parts: Vec<String> = by_status
+        .iter()
+        .map(|(status, n)| match status {
+            0 => format!("no answer x{n}"),
+            _ => format!("{status} x{n}"),
+        })
+        .collect();
+    parts.join(", ")
 }
 
 fn percent(part: usize, whole: usize) -> f64 {
@@ -356,26 +375,36 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<ExitCode> {
     );
     let canary = send(&http, &url, 20, 4, true).await;
     let canary_v2 = canary.iter().filter(|(_, v)| v == "v2").count();
-    println!("canary: {} requests with x-canary: 1: v2 {canary_v2}", canary.len());
+    println!(
+        "canary: {} requests with x-canary: 1: v2 {canary_v2}",
+        canary.len()
+    );
 
     println!("== 4. web-2 turns flaky (every third request fails with 503): retries hide it");
     web[1].state.fail_every.store(3, Ordering::SeqCst);
     let retries_before = metric(client.admin, "plexus_proxy_http_retries_total").await?;
     let served_before = web[1].served();
-    let outcomes = send(&http, &url, 300, 8, false).await;
+    // One at a time: round robin then sends each retry to the next instance, never back to
+    // the one that just failed (concurrent requests could, as Plexus has no "other host" retry
+    // predicate yet).
+    let outcomes = send(&http, &url, 300, 1, false).await;
     let ok = count(&outcomes, 200);
     let retries = metric(client.admin, "plexus_proxy_http_retries_total").await? - retries_before;
+    let refused = metric(
+        client.admin,
+        "plexus_proxy_http_retry_budget_exhausted_total",
+    )
+    .await?;
     println!(
-        "flaky: {} requests: success {ok} ({:.1}%); web-2 served {}; retries {retries}",
+        "flaky: {} requests: success {ok} ({:.1}%); failed: {}; web-2 served {}; retries {retries}; retries refused by the budget {refused}",
         outcomes.len(),
         percent(ok, outcomes.len()),
+        failures(&outcomes),
         web[1].served() - served_before
     );
     web[1].state.fail_every.store(0, Ordering::SeqCst);
 
-    println!(
-        "== 5. web-3 turns slow ({SLOW:?}, route timeout {ROUTE_TIMEOUT}): outlier detection"
-    );
+    println!("== 5. web-3 turns slow ({SLOW:?}, route timeout {ROUTE_TIMEOUT}): outlier detection");
     web[2].state.delay_ms.store(
         u64::try_from(SLOW.as_millis()).unwrap_or(u64::MAX),
         Ordering::SeqCst,
@@ -388,7 +417,9 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<ExitCode> {
         count(&outcomes, 504)
     );
     let ejections = metric(client.admin, "plexus_proxy_http_outlier_ejections_total").await?;
-    println!("ejections: {ejections} (plexus_proxy_http_outlier_ejections_total{{upstream=\"web\"}})");
+    println!(
+        "ejections: {ejections} (plexus_proxy_http_outlier_ejections_total{{upstream=\"web\"}})"
+    );
     let outcomes = send(&http, &url, 100, 10, false).await;
     println!(
         "after: {} requests: success {}, timed out (504) {}",

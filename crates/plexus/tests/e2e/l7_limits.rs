@@ -173,8 +173,10 @@ async fn a_saturated_bulkhead_on_one_upstream_does_not_slow_another() {
     .await;
     mesh.configure(
         "slow",
-        &[serde_json::json!({"Kind": "service-defaults", "Name": "slow", "Protocol": "http",
-            "Limits": {"MaxConcurrentRequests": 2}})],
+        &[
+            serde_json::json!({"Kind": "service-defaults", "Name": "slow", "Protocol": "http",
+            "Limits": {"MaxConcurrentRequests": 2}}),
+        ],
     )
     .await;
     mesh.configure(
@@ -215,7 +217,11 @@ async fn a_saturated_bulkhead_on_one_upstream_does_not_slow_another() {
         assert_eq!(get(&http, &fast_url).await, (200, String::new()));
     }
     assert_eq!(fast.requests(), 100);
-    assert_eq!(mesh.metric(&local_responses("fast", "concurrency_limit")).await, 0.0);
+    assert_eq!(
+        mesh.metric(&local_responses("fast", "concurrency_limit"))
+            .await,
+        0.0
+    );
     assert_eq!(
         mesh.metric(&bulkhead_rejections("fast", "max_concurrent_requests"))
             .await,
@@ -234,8 +240,10 @@ async fn a_saturated_bulkhead_on_one_upstream_does_not_slow_another() {
     slow.set_delay(std::time::Duration::from_secs(1));
     mesh.configure(
         "slow",
-        &[serde_json::json!({"Kind": "service-defaults", "Name": "slow", "Protocol": "http",
-            "Limits": {"MaxConcurrentRequests": 2, "MaxPendingRequests": 3}})],
+        &[
+            serde_json::json!({"Kind": "service-defaults", "Name": "slow", "Protocol": "http",
+            "Limits": {"MaxConcurrentRequests": 2, "MaxPendingRequests": 3}}),
+        ],
     )
     .await;
     let (mut ok, mut queue_full) = (0, 0);
@@ -304,7 +312,9 @@ async fn the_retry_budget_caps_the_load_on_a_failing_upstream() {
             "plexus_proxy_http_retry_budget_exhausted_total{direction=\"outbound\",upstream=\"web\"}",
         )
         .await;
-    eprintln!("retry budget: {sent} requests, upstream saw {seen}, {retries} retries, {exhausted} refused");
+    eprintln!(
+        "retry budget: {sent} requests, upstream saw {seen}, {retries} retries, {exhausted} refused"
+    );
     // The stub saw each request once plus every retry the sidecar counted.
     assert_eq!(seen, sent + retries);
     // Retries in flight ≤ 20 % of live requests (at least 3): with 40 clients at most 8 wait
@@ -331,9 +341,11 @@ async fn a_route_rate_limit_only_affects_its_route() {
     // 1 request/s with a burst of 3 on /limited; nothing on the rest.
     mesh.configure(
         "web",
-        &[serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http",
+        &[
+            serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http",
             "RateLimits": {"InstanceLevel": {"Routes": [
-                {"PathPrefix": "/limited", "RequestsPerSecond": 1, "RequestsMaxBurst": 3}]}}})],
+                {"PathPrefix": "/limited", "RequestsPerSecond": 1, "RequestsMaxBurst": 3}]}}}),
+        ],
     )
     .await;
     let http = reqwest::Client::new();
@@ -352,7 +364,10 @@ async fn a_route_rate_limit_only_affects_its_route() {
         );
     }
     let allowed = 3.0 + started.elapsed().as_secs_f64() + 1.0;
-    assert!(ok >= 3 && f64::from(ok) <= allowed, "{ok} passed, {allowed} allowed");
+    assert!(
+        ok >= 3 && f64::from(ok) <= allowed,
+        "{ok} passed, {allowed} allowed"
+    );
     assert_eq!(ok + limited, 30);
     assert_eq!(
         mesh.metric(&local_responses("web", "rate_limited")).await,

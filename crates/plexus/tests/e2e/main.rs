@@ -10,6 +10,7 @@ mod cli;
 mod config_entries;
 mod consul_client;
 mod demo;
+mod demo_http;
 mod durable;
 mod events;
 mod identity;
