@@ -1,6 +1,7 @@
 //! Limits and route features of the L7 path through real `plexus proxy` processes: bulkheads
-//! per upstream (`MaxConcurrentRequests`, `MaxPendingRequests`), the retry budget capping the
-//! load on a failing upstream, per-route rate limits, `PrefixRewrite` and `IdleTimeout`.
+//! per upstream (`MaxConcurrentRequests`, `MaxPendingRequests`, `MaxConnections`), the retry
+//! budget capping the load on a failing upstream, per-route rate limits, `PrefixRewrite` and
+//! `IdleTimeout`, and bad entries for them refused.
 
 use std::sync::Arc;
 
@@ -407,6 +408,181 @@ async fn prefix_rewrite_changes_the_path_the_upstream_sees() {
         );
         assert_eq!(web.last_path(), seen, "for {sent}");
     }
+
+    // Bad entries for these features are refused, naming the field; the running policy stays.
+    for (entry, field) in [
+        (
+            serde_json::json!({"Kind": "service-router", "Name": "web", "Routes": [
+                {"Match": {"HTTP": {"PathPrefix": "/api/"}},
+                 "Destination": {"PrefixRewrite": "v2/"}}]}),
+            "Routes[0].Destination.PrefixRewrite",
+        ),
+        (
+            serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http",
+                "Limits": {"MaxConcurrentRequests": 2, "MaxPendingRequests": -1}}),
+            "Limits.MaxPendingRequests",
+        ),
+        (
+            serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http",
+                "RateLimits": {"InstanceLevel": {"Routes": [
+                    {"PathPrefix": "/a", "RequestsPerSecond": 0}]}}}),
+            "RateLimits.InstanceLevel.Routes[0].RequestsPerSecond",
+        ),
+    ] {
+        let (status, body, _) = crate::http(
+            "PUT",
+            &format!("http://{}/v1/config", mesh.dev.addr()),
+            Some(entry.to_string().into_bytes()),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
+    let (status, _, _) = crate::http(
+        "PUT",
+        &format!("http://{}/v1/config", mesh.dev.addr()),
+        Some(
+            serde_json::json!({"Kind": "service-router", "Name": "web", "Routes": [
+                {"Match": {"HTTP": {"PathPrefix": "/api/"}},
+                 "Destination": {"IdleTimeout": "soon"}}]})
+            .to_string()
+            .into_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        get(&http, &format!("{base}/api/v1/again")).await,
+        (200, String::new())
+    );
+    assert_eq!(web.last_path(), "/again");
+}
+
+/// `client → web` with two `web` instances (`web-1`, `web-2`).
+fn two_instances_hcl(ports: [u16; 2], upstream_port: u16) -> String {
+    let instance = |i: usize| {
+        format!(
+            r#"
+services {{
+  id   = "web-{i}"
+  name = "web"
+  port = {port}
+  check {{
+    tcp      = "127.0.0.1:{port}"
+    interval = "1s"
+    timeout  = "500ms"
+  }}
+  connect {{
+    sidecar_service {{
+      port = {sidecar}
+      proxy {{
+        config = {{ protocol = "http" }}
+      }}
+    }}
+  }}
+}}"#,
+            port = ports[i - 1],
+            sidecar = free_port()
+        )
+    };
+    format!(
+        r#"
+services {{
+  name = "client"
+  port = 8080
+  connect {{
+    sidecar_service {{
+      port = {client}
+      proxy {{
+        upstreams {{
+          destination_name = "web"
+          local_bind_port  = {upstream_port}
+          config = {{ protocol = "http" }}
+        }}
+      }}
+    }}
+  }}
+}}
+{}
+{}
+"#,
+        instance(1),
+        instance(2),
+        client = free_port()
+    )
+}
+
+#[tokio::test]
+async fn max_connections_caps_the_pooled_connections_to_an_upstream() {
+    let (a, b) = (
+        HttpStub::start_named("a").await.unwrap(),
+        HttpStub::start_named("b").await.unwrap(),
+    );
+    let port = free_port();
+    let (_dir, file) = write_file(
+        "mesh.hcl",
+        &two_instances_hcl([a.addr.port(), b.addr.port()], port),
+    );
+    let dev = dev(&["--config-file", file.to_str().unwrap()]).await;
+    let client = dev.sidecar("client").await.unwrap();
+    let (web1, web2) = (
+        dev.sidecar("web-1").await.unwrap(),
+        dev.sidecar("web-2").await.unwrap(),
+    );
+    eventually!(web1.is_ready().await && web2.is_ready().await);
+    eventually!(
+        client.is_ready().await && client.endpoints("web").await.map(|e| e.len()).unwrap_or(0) == 2
+    );
+    let mesh = Mesh {
+        dev,
+        client,
+        _sidecars: vec![web1, web2],
+        _dir,
+    };
+    mesh.configure(
+        "web",
+        &[
+            serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http",
+            "Limits": {"MaxConnections": 1}}),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/");
+    // One connection at most: every request goes over it, to one of the two instances.
+    for _ in 0..20 {
+        assert_eq!(get(&http, &url).await, (200, String::new()));
+    }
+    assert!(
+        (a.requests() == 20 && b.requests() == 0) || (a.requests() == 0 && b.requests() == 20),
+        "a {} b {}",
+        a.requests(),
+        b.requests()
+    );
+    let connections =
+        "plexus_proxy_http_upstream_connections_total{direction=\"outbound\",upstream=\"web\"}";
+    assert_eq!(mesh.metric(connections).await, 1.0);
+    assert_eq!(
+        mesh.metric(&bulkhead_rejections("web", "max_connections"))
+            .await,
+        0.0
+    );
+
+    // Two allowed: round robin reaches both again.
+    mesh.configure(
+        "web",
+        &[
+            serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http",
+            "Limits": {"MaxConnections": 2}}),
+        ],
+    )
+    .await;
+    let (a0, b0) = (a.requests(), b.requests());
+    for _ in 0..20 {
+        assert_eq!(get(&http, &url).await, (200, String::new()));
+    }
+    assert_eq!((a.requests() - a0, b.requests() - b0), (10, 10));
+    assert_eq!(mesh.metric(connections).await, 2.0);
 }
 
 #[tokio::test]
