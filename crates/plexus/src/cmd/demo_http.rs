@@ -29,9 +29,9 @@ use super::demo::{DemoSidecar, parse};
 use super::dev::DevServer;
 
 /// The route timeout; the slow instance answers after [`SLOW`].
-const ROUTE_TIMEOUT: &str = "1s";
+const ROUTE_TIMEOUT: &str = "2s";
 /// How long the slow instance takes to answer.
-const SLOW: Duration = Duration::from_secs(3);
+const SLOW: Duration = Duration::from_secs(5);
 /// How long the demo waits for the chain to reach the client sidecar.
 const APPLY_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -409,7 +409,7 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<ExitCode> {
         u64::try_from(SLOW.as_millis()).unwrap_or(u64::MAX),
         Ordering::SeqCst,
     );
-    let outcomes = send(&http, &url, 150, 10, false).await;
+    let outcomes = send(&http, &url, 100, 10, false).await;
     println!(
         "slow: {} requests: success {}, timed out (504) {}",
         outcomes.len(),
@@ -420,7 +420,7 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<ExitCode> {
     println!(
         "ejections: {ejections} (plexus_proxy_http_outlier_ejections_total{{upstream=\"web\"}})"
     );
-    let outcomes = send(&http, &url, 100, 10, false).await;
+    let outcomes = send(&http, &url, 50, 10, false).await;
     println!(
         "after: {} requests: success {}, timed out (504) {}",
         outcomes.len(),

@@ -596,15 +596,15 @@ async fn idle_timeout_cuts_a_stalled_body_and_ends_a_silent_request() {
             serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"}),
             serde_json::json!({"Kind": "service-router", "Name": "web", "Routes": [
                 {"Match": {"HTTP": {"PathPrefix": "/idle"}},
-                 "Destination": {"IdleTimeout": "1s"}}]}),
+                 "Destination": {"IdleTimeout": "2s"}}]}),
         ],
     )
     .await;
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
 
-    // The body pauses 3 s after its first chunk: cut on the idle route, whole elsewhere.
-    web.set_body_stall(std::time::Duration::from_secs(3));
+    // The body pauses 5 s after its first chunk: cut on the idle route, whole elsewhere.
+    web.set_body_stall(std::time::Duration::from_secs(5));
     let response = http.get(format!("{base}/idle/body")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let cut = response.bytes().await;
@@ -612,9 +612,9 @@ async fn idle_timeout_cuts_a_stalled_body_and_ends_a_silent_request() {
     let response = http.get(format!("{base}/other")).send().await.unwrap();
     assert_eq!(response.text().await.unwrap(), "web-first-rest");
 
-    // No response at all for 3 s: the idle route ends the request with 504 `timeout`.
+    // No response at all for 5 s: the idle route ends the request with 504 `timeout`.
     web.set_body_stall(std::time::Duration::ZERO);
-    web.set_delay(std::time::Duration::from_secs(3));
+    web.set_delay(std::time::Duration::from_secs(5));
     assert_eq!(
         get(&http, &format!("{base}/idle/headers")).await,
         (504, "timeout".to_owned())
