@@ -61,3 +61,14 @@ fn demo_http_runs_end_to_end_and_reports_split_canary_retries() {
     // assert!(ejections >= 1.0, "no ejection:\n{out}");
     assert!(out.contains("demo finished"), "{out}");
 }
+
+#[test]
+fn demo_http_refuses_an_unusable_api_address() {
+    let (code, out, err) =
+        run_cli(bin(), &["demo", "http", "--http-addr", "nowhere:x"], &[]).unwrap();
+    assert_ne!(code, 0, "stdout:\n{out}");
+    assert!(
+        err.contains("cannot bind the HTTP API on nowhere:x"),
+        "stderr:\n{err}"
+    );
+}
