@@ -81,8 +81,9 @@ impl Drop for TcpEcho {
 
 /// An HTTP server (HTTP/1.1 and h2c) answering every request with a settable status code and
 /// its name (`x-version` header and body), so tests can tell versions apart. Modes: flaky
-/// (every n-th request answers 503) and slow (each answer waits). It records the requests it
-/// served, the last `traceparent` it saw and the HTTP version of the last request.
+/// (every n-th request answers 503), slow (each answer waits) and stalling (the body pauses
+/// half-way). It records the requests it
+/// served, the last `traceparent` it saw, the HTTP version and the path of the last request.
 pub struct HttpStub {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -97,7 +98,9 @@ struct StubState {
     requests: AtomicUsize,
     fail_every: AtomicUsize,
     delay_ms: AtomicU64,
+    stall_ms: AtomicU64,
     last: std::sync::Mutex<(Option<String>, String)>,
+    last_path: std::sync::Mutex<String>,
 }
 
 impl HttpStub {
@@ -151,6 +154,13 @@ impl HttpStub {
         self.state.delay_ms.store(ms, Ordering::SeqCst);
     }
 
+    /// Stalling mode: each body sends `<name>-first` at once and `-rest` after `stall`
+    /// (zero: a whole body at once).
+    pub fn set_body_stall(&self, stall: std::time::Duration) {
+        let ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX);
+        self.state.stall_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// Requests served so far.
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
@@ -164,6 +174,15 @@ impl HttpStub {
     /// The HTTP version of the last request (`HTTP/1.1`, `HTTP/2.0`).
     pub fn last_version(&self) -> String {
         self.last().1
+    }
+
+    /// The path and query of the last request (`/a?b=c`).
+    pub fn last_path(&self) -> String {
+        self.state
+            .last_path
+            .lock()
+            .map(|path| path.clone())
+            .unwrap_or_default()
     }
 
     fn last(&self) -> (Option<String>, String) {
@@ -195,6 +214,13 @@ async fn answer(
     if let Ok(mut last) = state.last.lock() {
         *last = (traceparent, format!("{:?}", request.version()));
     }
+    if let Ok(mut path) = state.last_path.lock() {
+        *path = request
+            .uri()
+            .path_and_query()
+            .map(|path| path.as_str().to_owned())
+            .unwrap_or_default();
+    }
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
@@ -207,6 +233,18 @@ async fn answer(
     };
     let code = axum::http::StatusCode::from_u16(code)
         .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let stall = state.stall_ms.load(Ordering::SeqCst);
+    if stall > 0 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(2);
+        let first = format!("{}-first", state.name);
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(first.into())).await;
+            tokio::time::sleep(std::time::Duration::from_millis(stall)).await;
+            let _ = tx.send(Ok(axum::body::Bytes::from_static(b"-rest"))).await;
+        });
+        let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        return (code, [("x-version", state.name.clone())], body).into_response();
+    }
     (
         code,
         [("x-version", state.name.clone())],

@@ -12,6 +12,7 @@
 //! | `plexus_proxy_http_outlier_ejections_total` | `upstream` |
 //! | `plexus_proxy_http_outlier_ejected` (gauge: endpoints ejected now) | `upstream` |
 //! | `plexus_proxy_http_mirrored_total` | `upstream`, `result` (`sent`, `dropped`) |
+//! | `plexus_proxy_http_bulkhead_rejections_total` | `upstream`, `limit` (`max_concurrent_requests`, `max_pending_requests`, `max_connections`) |
 //!
 //! Rejections (rate limit, concurrency limit, timeouts, …) are `local_responses_total` by reason.
 //!
@@ -50,6 +51,12 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabels {
+    upstream: String,
+    limit: &'static str,
+}
+
 type HistogramFamily = Family<TrafficLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -67,6 +74,7 @@ pub(crate) struct HttpMetrics {
     retries: Family<TrafficLabels, Counter>,
     budget_exhausted: Family<TrafficLabels, Counter>,
     faults: Family<FaultLabels, Counter>,
+    bulkhead_rejections: Family<LimitLabels, Counter>,
     ejections: Family<UpstreamLabel, Counter>,
     ejected: Family<UpstreamLabel, Gauge>,
     mirrored: Family<MirrorLabels, Counter>,
@@ -102,6 +110,7 @@ impl Default for HttpMetrics {
             ejections: Family::default(),
             ejected: Family::default(),
             mirrored: Family::default(),
+            bulkhead_rejections: Family::default(),
         }
     }
 }
@@ -178,6 +187,11 @@ impl HttpMetrics {
             "Request copies sent to the mirror service, or dropped (too many in flight)",
             metrics.mirrored.clone(),
         );
+        sub.register(
+            "bulkhead_rejections",
+            "Requests refused by a bulkhead limit of the upstream (503 concurrency_limit)",
+            metrics.bulkhead_rejections.clone(),
+        );
         metrics
     }
 
@@ -197,6 +211,16 @@ impl HttpMetrics {
     pub(crate) fn budget_exhausted(&self, upstream: &str) {
         self.budget_exhausted
             .get_or_create(&Self::outbound(upstream))
+            .inc();
+    }
+
+    /// Counts a request a bulkhead limit refused.
+    pub(crate) fn bulkhead_rejected(&self, upstream: &str, limit: &'static str) {
+        self.bulkhead_rejections
+            .get_or_create(&LimitLabels {
+                upstream: upstream.to_owned(),
+                limit,
+            })
             .inc();
     }
 

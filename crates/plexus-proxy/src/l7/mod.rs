@@ -13,11 +13,15 @@
 //! gRPC request gets a trailers-only response with a `grpc-status` instead.
 
 mod balancer;
+mod bulkhead;
+mod idle;
 pub(crate) mod inbound;
 mod metrics;
 mod mirror;
 pub(crate) mod outbound;
 mod policy;
+mod rewrite;
+mod route_limit;
 pub(crate) mod targets;
 
 use std::time::Duration;

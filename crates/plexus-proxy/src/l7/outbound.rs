@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::balancer::{HashInput, request_hash};
+use super::bulkhead::{ConnectionBudget, ConnectionPermit, Limit};
 use super::metrics::Finished;
 use super::mirror::{self, Tee};
 use super::policy::{Policy, View, lock};
@@ -66,6 +67,8 @@ pub(crate) struct Outbound {
     policy: Arc<ArcSwapOption<Policy>>,
     /// Mirror copies in flight (bounded: see [`mirror::MAX_IN_FLIGHT`]).
     mirrors: Arc<tokio::sync::Semaphore>,
+    /// Pooled connections open, against the policy's `MaxConnections`.
+    connections: Arc<ConnectionBudget>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -130,6 +133,7 @@ impl Outbound {
             kill: parts.kill,
             pool: Mutex::new(HashMap::new()),
             mirrors: Arc::new(tokio::sync::Semaphore::new(mirror::MAX_IN_FLIGHT)),
+            connections: Arc::default(),
         }
     }
 
@@ -139,7 +143,7 @@ impl Outbound {
         let source = stream.peer_addr().ok().map(|addr| addr.ip());
         let service = service_fn(move |request| {
             let this = Arc::clone(&self);
-            async move { Ok::<_, Infallible>(this.handle(request, source).await) }
+            async move { Ok::<_, Infallible>(super::idle::served(this.handle(request, source).await)) }
         });
         let builder = server_builder();
         let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -214,8 +218,8 @@ impl Outbound {
         response
     }
 
-    /// Route match → rate limit (429) → concurrency limit (503) → fault injection → the
-    /// route's timeout (504) around retries with budget and backoff. Returns the route name.
+    /// Route match → rate limit (429) → bulkhead (503) → fault injection → prefix rewrite →
+    /// the route's timeout (504) around retries with budget and backoff. Returns the route name.
     async fn apply(
         self: &Arc<Self>,
         request: Request<Body>,
@@ -239,11 +243,16 @@ impl Outbound {
             );
         };
         let name = route.name.clone();
-        if !policy.admit() {
+        if !policy.admit(request.uri().path()) {
             return (name, Err(LocalError::RateLimited));
         }
-        let Some(_permit) = policy.concurrency.try_acquire() else {
-            return (name, Err(LocalError::ConcurrencyLimit));
+        let admitted =
+            policy
+                .bulkhead
+                .admit(route.request_timeout, &self.metrics, &self.destination);
+        let _slot = match admitted.await {
+            Ok(slot) => slot,
+            Err(error) => return (name, Err(error)),
         };
         if let Some(fault) = &policy.fault {
             let headers = request.headers();
@@ -261,6 +270,10 @@ impl Outbound {
                 self.metrics.fault(&self.destination, "abort");
                 return (name, Err(LocalError::FaultInjected(status)));
             }
+        }
+        let mut request = request;
+        if let Some(uri) = super::rewrite::prefix_rewrite(route, request.uri()) {
+            *request.uri_mut() = uri;
         }
         let request = match &policy.chain.policy.mirror {
             None => request,
@@ -306,6 +319,7 @@ impl Outbound {
         };
         let budget = &policy.budgets[index];
         let work = self.with_retries(request, selection, &route.retry, budget);
+        let work = super::idle::headers_within(route.idle_timeout.map(|idle| idle.0), work);
         let outcome = match route.request_timeout {
             Some(timeout) => match tokio::time::timeout(timeout.0, work).await {
                 Ok(outcome) => outcome,
@@ -507,6 +521,12 @@ impl Outbound {
             service
                 .balancer
                 .order(&candidates.load_balancer, selection.hash, &candidates.addrs);
+        let max_connections = self
+            .policy
+            .load()
+            .as_ref()
+            .and_then(|policy| policy.chain.policy.limits.max_connections);
+        let mut at_max_connections = false;
         for addr in order {
             let slot = self.slot(addr);
             let mut pooled = slot.lock().await;
@@ -514,7 +534,12 @@ impl Outbound {
                 return Ok((service, addr, sender.clone()));
             }
             *pooled = None;
-            match self.open(&service, addr).await {
+            // `MaxConnections` open to other endpoints: use one of theirs instead.
+            let Some(permit) = self.connections.try_open(max_connections) else {
+                at_max_connections = true;
+                continue;
+            };
+            match self.open(&service, addr, permit).await {
                 Ok(sender) => {
                     *pooled = Some(sender.clone());
                     return Ok((service, addr, sender));
@@ -524,6 +549,11 @@ impl Outbound {
                     self.targets.record(&service, addr, Outcome::ConnectFailure);
                 }
             }
+        }
+        if at_max_connections {
+            self.metrics
+                .bulkhead_rejected(&self.destination, Limit::Connections.label());
+            return Err(LocalError::ConcurrencyLimit);
         }
         Err(LocalError::UpstreamConnectFailure)
     }
@@ -539,7 +569,12 @@ impl Outbound {
         Arc::clone(pool.entry(addr).or_default())
     }
 
-    async fn open(&self, service: &Service, addr: SocketAddr) -> Result<SendRequest<Body>, String> {
+    async fn open(
+        &self,
+        service: &Service,
+        addr: SocketAddr,
+        permit: ConnectionPermit,
+    ) -> Result<SendRequest<Body>, String> {
         let stream = endpoint::dial(addr, self.connect_timeout)
             .await
             .map_err(|error| Report(&error).to_string())?;
@@ -549,9 +584,9 @@ impl Outbound {
                     .connect(stream, addr)
                     .await
                     .map_err(|error| format!("TLS: {error}"))?;
-                self.handshake(stream).await
+                self.handshake(stream, permit).await
             }
-            None => self.handshake(stream).await,
+            None => self.handshake(stream, permit).await,
         }
         .map_err(|error| format!("HTTP/2 handshake: {error}"))?;
         self.metrics
@@ -560,7 +595,11 @@ impl Outbound {
         Ok(sender)
     }
 
-    async fn handshake<I>(&self, io: I) -> Result<SendRequest<Body>, hyper::Error>
+    async fn handshake<I>(
+        &self,
+        io: I,
+        permit: ConnectionPermit,
+    ) -> Result<SendRequest<Body>, hyper::Error>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -572,6 +611,8 @@ impl Outbound {
             .await?;
         let kill = self.kill.clone();
         self.tasks.spawn(async move {
+            // Counted against `MaxConnections` until the connection ends.
+            let _permit = permit;
             tokio::select! {
                 ended = connection => {
                     if let Err(error) = ended {
@@ -655,7 +696,9 @@ struct BudgetRetry<'a>(&'a std::sync::Mutex<RetryBudget>);
 
 impl<'a> BudgetRetry<'a> {
     fn start(budget: &'a std::sync::Mutex<RetryBudget>) -> Option<Self> {
-        lock(budget).try_start_retry().then_some(Self(budget))
+        // The guard is released before a `Self` exists: dropping one locks the budget again.
+        let started = lock(budget).try_start_retry();
+        started.then(|| Self(budget))
     }
 }
 

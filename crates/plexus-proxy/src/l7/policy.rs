@@ -1,5 +1,5 @@
 //! The policy state of one HTTP upstream, built from its compiled discovery chain: route table,
-//! retry budgets (one per route), concurrency limiter, rate limiter and fault policy. Rebuilt
+//! retry budgets (one per route), bulkhead, rate limits and fault policy. Rebuilt
 //! whenever the chain changes (a new chain starts with fresh counters).
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use plexus_api::config_entry::chain::{DiscoveryChain, FaultPolicy};
 
-use crate::resilience::concurrency::ConcurrencyLimiter;
-use crate::resilience::rate::TokenBucket;
+use super::bulkhead::Bulkhead;
+use super::route_limit::RateLimits;
 use crate::resilience::retry::RetryBudget;
 use crate::route::{RequestView, RouteTable};
 
@@ -21,10 +21,10 @@ pub(crate) struct Policy {
     pub routes: RouteTable,
     /// One retry budget per route (same order as the chain's routes).
     pub budgets: Vec<Mutex<RetryBudget>>,
-    /// `max_concurrent_requests` (bulkhead).
-    pub concurrency: Arc<ConcurrencyLimiter>,
-    /// Whole-service local rate limit.
-    pub rate: Option<Mutex<TokenBucket>>,
+    /// `max_concurrent_requests` with its `max_pending_requests` queue.
+    pub bulkhead: Bulkhead,
+    /// Per-route and whole-service local rate limits.
+    pub rate: RateLimits,
     /// Fault injection.
     pub fault: Option<FaultPolicy>,
 }
@@ -48,21 +48,20 @@ impl Policy {
         Ok(Self {
             routes,
             budgets,
-            concurrency: ConcurrencyLimiter::new(policy.limits.max_concurrent_requests),
-            rate: policy
-                .rate_limit
-                .as_ref()
-                .map(|bucket| Mutex::new(TokenBucket::new(bucket, Instant::now()))),
+            bulkhead: Bulkhead::new(&policy.limits),
+            rate: RateLimits::new(
+                policy.rate_limit.as_ref(),
+                &policy.route_rate_limits,
+                Instant::now(),
+            )?,
             fault: policy.fault.clone(),
             chain: Arc::clone(&chain),
         })
     }
 
-    /// Takes a rate-limit token (true when there is no limit).
-    pub(crate) fn admit(&self) -> bool {
-        self.rate
-            .as_ref()
-            .is_none_or(|bucket| lock(bucket).try_acquire(Instant::now()))
+    /// Takes a rate-limit token for a request to `path` (true when no limit applies).
+    pub(crate) fn admit(&self, path: &str) -> bool {
+        self.rate.admit(path, Instant::now())
     }
 }
 

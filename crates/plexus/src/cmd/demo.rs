@@ -35,6 +35,9 @@ pub enum Command {
     Echo(EchoArgs),
     /// The event mesh scenario over NATS: two apps discover each other, call, share load, leave.
     Events(super::demo_events::EventsArgs),
+    /// The HTTP scenario: two versions behind a 90/10 split, a header-routed canary, a flaky
+    /// instance that retries hide and a slow one for the outlier detector.
+    Http(super::demo_http::HttpArgs),
 }
 
 /// `plexus demo echo`
@@ -59,6 +62,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Echo(args) => echo(args).await,
         Command::Events(args) => super::demo_events::run(args).await,
+        Command::Http(args) => super::demo_http::run(args).await,
     }
 }
 
@@ -145,7 +149,7 @@ fn second_echo(id: &str, port: u16) -> String {
     )
 }
 
-fn parse(text: &str) -> anyhow::Result<Vec<plexus_api::ServiceRegistration>> {
+pub(super) fn parse(text: &str) -> anyhow::Result<Vec<plexus_api::ServiceRegistration>> {
     plexus_api::definition::parse_str(&PathBuf::from("demo.hcl"), text).map_err(|errors| {
         let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("demo definitions are invalid: {}", all.join("; "))
@@ -153,13 +157,17 @@ fn parse(text: &str) -> anyhow::Result<Vec<plexus_api::ServiceRegistration>> {
 }
 
 /// A sidecar run in-process by the demo.
-struct DemoSidecar {
-    admin: SocketAddr,
+pub(super) struct DemoSidecar {
+    pub(super) admin: SocketAddr,
     task: tokio::task::JoinHandle<Result<(), plexus_proxy::ProxyError>>,
 }
 
 impl DemoSidecar {
-    async fn start(control: &str, service_id: &str, shutdown: &Shutdown) -> anyhow::Result<Self> {
+    pub(super) async fn start(
+        control: &str,
+        service_id: &str,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Self> {
         let admin_listener = TcpListener::bind("127.0.0.1:0").await?;
         let admin = admin_listener.local_addr()?;
         let config = plexus_proxy::ProxyConfig {
@@ -196,7 +204,7 @@ impl DemoSidecar {
     }
 
     /// Waits until the proxy's listeners are bound (`/ready`).
-    async fn wait_ready(&self) -> anyhow::Result<()> {
+    pub(super) async fn wait_ready(&self) -> anyhow::Result<()> {
         self.poll_until("the sidecar was not ready", async || {
             let ready = reqwest::get(format!("http://{}/ready", self.admin)).await;
             ready.is_ok_and(|r| r.status().is_success())
@@ -205,7 +213,7 @@ impl DemoSidecar {
     }
 
     /// Waits until the proxy is ready and uses exactly `want` endpoints for `upstream`.
-    async fn wait_endpoints(&self, upstream: &str, want: usize) -> anyhow::Result<()> {
+    pub(super) async fn wait_endpoints(&self, upstream: &str, want: usize) -> anyhow::Result<()> {
         let what = format!("upstream {upstream:?} did not reach {want} endpoint(s)");
         self.poll_until(
             &what,

@@ -6,6 +6,7 @@ pub mod config;
 pub mod connect;
 pub mod demo;
 pub mod demo_events;
+pub mod demo_http;
 pub mod dev;
 pub mod echo_server;
 pub mod events_app;

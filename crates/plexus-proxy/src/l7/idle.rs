@@ -1,0 +1,195 @@
+//! A route's `IdleTimeout`: the longest time without activity on a request. Before the
+//! response, waiting for its headers counts as inactivity (the request ends in 504 `timeout`);
+//! after, the response body is cut (the stream is reset / the HTTP/1 connection closed, so the
+//! app sees an incomplete response, never a silently truncated one) when no frame arrives
+//! from upstream for that long. A client reading slowly does not count: only a body that has
+//! nothing to give is idle.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use super::{Body, LocalError};
+
+/// Errors a body served to the app may end with.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body as served to the app (the idle cut adds an error hyper cannot make).
+pub(crate) type ServedBody = BoxBody<Bytes, BoxError>;
+
+/// Marks a response whose body is cut after this long without a frame.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdleTimeout(pub Duration);
+
+/// The error a cut body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("no response data from upstream for {0:?} (route idle timeout)")]
+pub(crate) struct Idle(Duration);
+
+/// `work` (an exchange up to the response headers), ended with `Timeout` after `idle`.
+pub(crate) async fn headers_within<F>(
+    idle: Option<Duration>,
+    work: F,
+) -> Result<Response<Body>, LocalError>
+where
+    F: Future<Output = Result<Response<Body>, LocalError>>,
+{
+    let Some(idle) = idle else {
+        return work.await;
+    };
+    let mut response = tokio::time::timeout(idle, work)
+        .await
+        .unwrap_or(Err(LocalError::Timeout))?;
+    response.extensions_mut().insert(IdleTimeout(idle));
+    Ok(response)
+}
+
+/// The response as served to the app: its body cut when idle if it was marked so.
+pub(crate) fn served(response: Response<Body>) -> Response<ServedBody> {
+    let idle = response.extensions().get::<IdleTimeout>().copied();
+    response.map(|body| match idle {
+        Some(IdleTimeout(idle)) => IdleBody::new(body, idle).boxed(),
+        None => body.map_err(BoxError::from).boxed(),
+    })
+}
+
+/// A body that fails with [`Idle`] when its inner body has had nothing for `idle`.
+struct IdleBody {
+    inner: Body,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl IdleBody {
+    fn new(inner: Body, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl HttpBody for IdleBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = Instant::now() + this.idle;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(frame.map(|frame| frame.map_err(BoxError::from)))
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    tracing::debug!(idle = ?this.idle, "response body idle; cutting it");
+                    Poll::Ready(Some(Err(Box::new(Idle(this.idle)))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// "first" at once, then "rest" after 10 s.
+    struct Stalling {
+        sent: u8,
+        stall: Pin<Box<Sleep>>,
+    }
+
+    impl HttpBody for Stalling {
+        type Data = Bytes;
+        type Error = hyper::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+            match self.sent {
+                0 => {
+                    self.sent = 1;
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"first")))))
+                }
+                1 => match self.stall.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.sent = 2;
+                        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"rest")))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                },
+                _ => Poll::Ready(None),
+            }
+        }
+    }
+
+    fn stalling() -> Body {
+        Stalling {
+            sent: 0,
+            stall: Box::pin(tokio::time::sleep(Duration::from_secs(10))),
+        }
+        .boxed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_is_cut_after_the_idle_time_and_a_lively_one_is_not() {
+        let response = Response::new(stalling());
+        let mut response = response;
+        response
+            .extensions_mut()
+            .insert(IdleTimeout(Duration::from_secs(1)));
+        let mut body = served(response).into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"first"));
+        let cut = body.frame().await.unwrap();
+        assert!(cut.unwrap_err().to_string().contains("idle timeout"));
+
+        // Without the mark the same body waits for the rest.
+        let mut body = served(Response::new(stalling())).into_body();
+        let _ = body.frame().await.unwrap().unwrap();
+        let rest = body.frame().await.unwrap().unwrap();
+        assert_eq!(rest.into_data().unwrap(), Bytes::from_static(b"rest"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_headers_counts_as_idle() {
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(Response::new(super::super::empty()))
+        };
+        assert_eq!(
+            headers_within(Some(Duration::from_secs(1)), slow)
+                .await
+                .unwrap_err(),
+            LocalError::Timeout
+        );
+        let quick = async { Ok(Response::new(super::super::empty())) };
+        let response = headers_within(Some(Duration::from_secs(1)), quick)
+            .await
+            .unwrap();
+        assert!(response.extensions().get::<IdleTimeout>().is_some());
+    }
+}
