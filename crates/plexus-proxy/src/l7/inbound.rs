@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::metrics::Finished;
@@ -35,6 +36,9 @@ pub(crate) struct Inbound {
     http2: bool,
     metrics: HttpMetrics,
     client: Client<HttpConnector, Body>,
+    connect_timeout: Duration,
+    /// WebSocket / `CONNECT` tunnels to the app (`l7::upgrade`).
+    tunnels: TaskTracker,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -70,6 +74,8 @@ impl Inbound {
             http2,
             metrics,
             client,
+            connect_timeout,
+            tunnels: TaskTracker::new(),
         }
     }
 
@@ -104,6 +110,7 @@ impl Inbound {
             .max_header_list_size(super::MAX_HEADER_BYTES as u32)
             .max_pending_accept_reset_streams(super::MAX_PENDING_ACCEPT_RESET_STREAMS)
             .keep_alive_interval(super::KEEP_ALIVE_INTERVAL)
+            .enable_connect_protocol()
             .serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
         let result = tokio::select! {
@@ -147,6 +154,11 @@ impl Inbound {
 
     async fn forward(&self, request: Request<Incoming>) -> Result<Response<Body>, LocalError> {
         let app = *self.app.borrow();
+        if let Some(tunnel) = super::upgrade::Tunnel::of_h2(&request) {
+            let request = request.map(BodyExt::boxed);
+            let (timeout, tasks) = (self.connect_timeout, &self.tunnels);
+            return super::upgrade::inbound(request, tunnel, app, timeout, tasks).await;
+        }
         let (mut parts, body) = request.into_parts();
         super::strip_hop_by_hop(&mut parts.headers);
         super::ensure_traceparent(&mut parts.headers);

@@ -125,7 +125,8 @@ impl Outbound {
             async move { Ok::<_, Infallible>(this.handle(request).await) }
         });
         let builder = server_builder();
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        // With upgrades: WebSocket and CONNECT tunnels (`l7::upgrade`).
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,
@@ -195,6 +196,12 @@ impl Outbound {
         request: Request<Body>,
         policy: Option<&Policy>,
     ) -> (String, Result<Response<Body>, LocalError>) {
+        if let Some(tunnel) = super::upgrade::Tunnel::of(&request) {
+            let sender = self.sender(None).await;
+            let (destination, tasks) = (&self.destination, &self.tasks);
+            let outcome = super::upgrade::outbound(request, tunnel, destination, sender, tasks);
+            return (DEFAULT_ROUTE.to_owned(), outcome.await);
+        }
         let request = match self.prepare(request) {
             Ok(request) => request,
             Err(error) => return (DEFAULT_ROUTE.to_owned(), Err(error)),

@@ -17,6 +17,7 @@ mod identity_long;
 mod intentions;
 mod kv;
 mod l7;
+mod l7_protocols;
 mod registration;
 mod shutdown;
 mod sidecar;
