@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use plexus_test::{Dev, Sidecar, eventually, free_port};
@@ -321,4 +322,215 @@ async fn websocket_and_connect_tunnels_cross_two_mtls_sidecars_over_http2() {
             if response.status() == 403 && response.headers()["x-plexus-error"] == "denied"
     ));
     assert_eq!(app.seen.lock().unwrap().len(), 3);
+}
+
+/// Hand-written HTTP/2 frames (RFC 9113 §4.1) for the flood tests.
+mod frames {
+    /// The client connection preface followed by an empty SETTINGS frame.
+    pub fn preface() -> Vec<u8> {
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend(frame(SETTINGS, 0, 0, &[]));
+        bytes
+    }
+
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
+    pub const GOAWAY: u8 = 0x7;
+    pub const CONTINUATION: u8 = 0x9;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    /// GOAWAY / RST_STREAM error code ENHANCE_YOUR_CALM.
+    pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+    /// `GET /` with `:authority: web`, in HPACK: three static-table entries and a literal.
+    pub const GET_ROOT: &[u8] = &[0x82, 0x86, 0x84, 0x01, 0x03, b'w', b'e', b'b'];
+    /// One literal header `x-a: b` (without indexing, new name).
+    pub const ONE_HEADER: &[u8] = &[0x00, 0x03, b'x', b'-', b'a', 0x01, b'b'];
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut bytes = vec![len[1], len[2], len[3], kind, flags];
+        bytes.extend((stream & 0x7fff_ffff).to_be_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+}
+
+/// How a flooding connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The sidecar sent GOAWAY with this error code.
+    GoAway(u32),
+    /// The connection closed without a GOAWAY.
+    Closed,
+}
+
+/// Reads frames until a GOAWAY (its error code) or the end of the connection.
+async fn read_until_goaway(mut read: tokio::net::tcp::OwnedReadHalf) -> Ended {
+    loop {
+        let mut head = [0u8; 9];
+        if read.read_exact(&mut head).await.is_err() {
+            return Ended::Closed;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if read.read_exact(&mut payload).await.is_err() {
+            return Ended::Closed;
+        }
+        if head[3] == frames::GOAWAY && payload.len() >= 8 {
+            return Ended::GoAway(u32::from_be_bytes([
+                payload[4], payload[5], payload[6], payload[7],
+            ]));
+        }
+    }
+}
+
+/// Opens an h2c connection to `addr` and writes `first`, then `round(n)` for n = 0, 1, … until
+/// the sidecar ends the connection or `max_rounds` were written. Returns how it ended and the
+/// rounds written.
+async fn flood(
+    addr: SocketAddr,
+    first: Vec<u8>,
+    max_rounds: usize,
+    round: impl Fn(usize) -> Vec<u8>,
+) -> (Ended, usize) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let reader = tokio::spawn(read_until_goaway(read));
+    let mut bytes = frames::preface();
+    bytes.extend(first);
+    write.write_all(&bytes).await.unwrap();
+    let mut written = 0;
+    while written < max_rounds && !reader.is_finished() {
+        if write.write_all(&round(written)).await.is_err() {
+            break;
+        }
+        written += 1;
+    }
+    let ended = tokio::time::timeout(plexus_test::DEADLINE, reader)
+        .await
+        .expect("the sidecar ends the flooding connection within the deadline")
+        .unwrap();
+    (ended, written)
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn http2_floods_are_bounded_and_spare_a_well_behaved_connection() {
+    use frames::*;
+    let web = plexus_test::upstream::HttpStub::start_named("v1")
+        .await
+        .unwrap();
+    let mesh = Mesh::start("web", web.addr.port(), Some("http")).await;
+    let url = format!("http://{}/ok", mesh.upstream);
+
+    // A well-behaved keep-alive connection runs all along.
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calm = {
+        let (http, url, stop) = (http.clone(), url.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match http.get(&url).send().await {
+                    Ok(response) if response.status() == 200 => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let pid = mesh.client.process.pid();
+    let rss_before = rss_kib(pid);
+
+    // Rapid reset (CVE-2023-44487): HEADERS then RST_STREAM, 50 streams a write. Reset
+    // streams that pile up unaccepted end the connection with GOAWAY ENHANCE_YOUR_CALM.
+    let (ended, rounds) = flood(mesh.upstream, Vec::new(), 4_000, |round| {
+        let mut bytes = Vec::new();
+        for i in 0..50 {
+            let stream = u32::try_from(1 + 2 * (round * 50 + i)).unwrap();
+            bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, stream, GET_ROOT));
+            bytes.extend(frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+        }
+        bytes
+    })
+    .await;
+    assert_eq!(
+        ended,
+        Ended::GoAway(ENHANCE_YOUR_CALM),
+        "after {rounds} rounds"
+    );
+    assert!(rounds < 4_000, "{rounds}");
+    eprintln!("rapid reset: GOAWAY after {rounds} rounds of 50 streams");
+
+    // CONTINUATION flood (CVE-2024-27316 family): a header block that never ends.
+    let first = frame(HEADERS, 0, 1, GET_ROOT);
+    let (ended, rounds) = flood(mesh.upstream, first, 100_000, |_| {
+        let mut bytes = Vec::new();
+        for _ in 0..100 {
+            bytes.extend(frame(CONTINUATION, 0, 1, ONE_HEADER));
+        }
+        bytes
+    })
+    .await;
+    assert_eq!(
+        ended,
+        Ended::GoAway(ENHANCE_YOUR_CALM),
+        "after {rounds} rounds"
+    );
+    assert!(rounds < 100_000, "{rounds}");
+    eprintln!("CONTINUATION flood: GOAWAY after {rounds} rounds of 100 frames");
+
+    // SETTINGS and PING floods from a client that never reads the ACKs: the sidecar keeps at
+    // most one ACK pending and stops reading until it is written, so the flood stalls on TCP
+    // backpressure. Bound: the bytes the sidecar lets in before a write stalls for 2 s.
+    for (name, unit) in [
+        ("SETTINGS", frame(SETTINGS, 0, 0, &[])),
+        ("PING", frame(PING, 0, 0, &[7; 8])),
+    ] {
+        let mut stream = TcpStream::connect(mesh.upstream).await.unwrap();
+        stream.write_all(&preface()).await.unwrap();
+        let chunk: Vec<u8> = unit
+            .iter()
+            .copied()
+            .cycle()
+            .take(unit.len() * 4096)
+            .collect();
+        let limit = 256 * 1024 * 1024;
+        let mut accepted = 0usize;
+        while accepted < limit {
+            match tokio::time::timeout(Duration::from_secs(2), stream.write_all(&chunk)).await {
+                Ok(Ok(())) => accepted += chunk.len(),
+                // Stalled (backpressure) or closed: bounded either way.
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        assert!(accepted < limit, "{name} flood: {accepted} bytes accepted");
+        eprintln!("{name} flood: stalled after {accepted} bytes");
+    }
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = calm.await.unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok >= 1);
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    let rss_after = rss_kib(pid);
+    eprintln!("calm connection: {ok} requests; RSS {rss_before} → {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
 }
