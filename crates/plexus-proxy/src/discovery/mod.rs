@@ -125,6 +125,10 @@ pub(crate) struct UpstreamSpec {
     pub bind: SocketAddr,
     /// What the upstream speaks: the upstream's `Config.protocol` (default `tcp`).
     pub protocol: Protocol,
+    /// True when the registration names the protocol (it wins, as in Consul); otherwise the
+    /// upstream's discovery chain (`service-defaults` `Protocol`) decides for each new
+    /// connection.
+    pub explicit: bool,
 }
 
 /// Why a sidecar registration cannot be used. Each names the field at fault.
@@ -237,12 +241,17 @@ impl SidecarConfig {
             let bind = SocketAddr::new(ip, upstream.local_bind_port);
             let protocol =
                 Protocol::from_config(upstream.config.as_ref(), &field("Config.protocol"))?;
+            let explicit = upstream
+                .config
+                .as_ref()
+                .is_some_and(|config| config.get("protocol").is_some());
             upstreams.insert(
                 destination.clone(),
                 UpstreamSpec {
                     destination,
                     bind,
                     protocol,
+                    explicit,
                 },
             );
         }
@@ -374,6 +383,8 @@ pub(crate) mod tests {
         assert_eq!(config.inbound.protocol, Protocol::Grpc);
         assert_eq!(config.upstreams["db"].protocol, Protocol::Tcp);
         assert_eq!(config.upstreams["api"].protocol, Protocol::Http);
+        // Only a named protocol wins over the discovery chain's.
+        assert!(!config.upstreams["db"].explicit && config.upstreams["api"].explicit);
 
         let proxy = service.proxy.as_mut().unwrap();
         proxy.upstreams[0].config = Some(serde_json::json!({"protocol": "ftp"}));

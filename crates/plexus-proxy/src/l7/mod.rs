@@ -26,6 +26,21 @@ use http_body_util::{BodyExt, Full};
 
 pub(crate) use metrics::HttpMetrics;
 
+/// The latest discovery chain of an upstream (`None` until the control plane answered).
+pub(crate) type ChainWatch = tokio::sync::watch::Receiver<
+    Option<std::sync::Arc<plexus_api::Indexed<plexus_api::config_entry::chain::DiscoveryChain>>>,
+>;
+
+/// True when the chain declares an HTTP-aware protocol (`service-defaults` `Protocol` `http`,
+/// `http2` or `grpc`); `tcp`, and no chain yet, keep the L4 path.
+pub(crate) fn chain_is_http(chain: &ChainWatch) -> bool {
+    use plexus_api::config_entry::chain::Protocol;
+    chain
+        .borrow()
+        .as_ref()
+        .is_some_and(|chain| chain.value.protocol != Protocol::Tcp)
+}
+
 /// Bodies of every request and response the sidecar forwards or makes.
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 

@@ -83,6 +83,7 @@ mod tests {
             destination: name.to_owned(),
             bind: SocketAddr::from(([127, 0, 0, 1], port)),
             protocol: crate::discovery::Protocol::Tcp,
+            explicit: false,
         };
         (name.to_owned(), spec)
     }

@@ -256,24 +256,47 @@ impl Listeners {
             alpn,
         )
         .map_err(ProxyError::Tls)?;
+        let http = |tls, chain| {
+            Arc::new(l7::outbound::Outbound::new(l7::outbound::OutboundParts {
+                destination: spec.destination.clone(),
+                endpoints: endpoints.clone(),
+                tls: Some(tls),
+                metrics: self.ctx.http_metrics.clone(),
+                connect_timeout: self.ctx.limits.connect_timeout,
+                tasks: self.ctx.tasks.clone(),
+                kill: self.ctx.kill.clone(),
+                chain,
+            }))
+        };
         let target = if spec.protocol.is_http() {
-            Target::Http(Arc::new(l7::outbound::Outbound::new(
-                l7::outbound::OutboundParts {
-                    destination: spec.destination.clone(),
-                    endpoints: endpoints.clone(),
-                    tls: Some(tls),
-                    metrics: self.ctx.http_metrics.clone(),
-                    connect_timeout: self.ctx.limits.connect_timeout,
-                    tasks: self.ctx.tasks.clone(),
-                    kill: self.ctx.kill.clone(),
-                    chain: (self.ctx.chains)(&spec.destination, stop.clone()),
-                },
-            )))
-        } else {
+            Target::Http(http(
+                tls,
+                (self.ctx.chains)(&spec.destination, stop.clone()),
+            ))
+        } else if spec.explicit {
             Target::Balanced {
                 endpoints: endpoints.clone(),
                 picker: Arc::default(),
                 tls: Some(tls),
+            }
+        } else {
+            // No protocol in the registration: the chain decides per connection.
+            let chain = (self.ctx.chains)(&spec.destination, stop.clone());
+            let h2 = tls::Outbound::with_alpn(
+                &self.ctx.security.identity,
+                &spec.destination,
+                self.ctx.security.metrics.clone(),
+                tls::ALPN_H2,
+            )
+            .map_err(ProxyError::Tls)?;
+            Target::ByChain {
+                http: http(h2, chain.clone()),
+                l4: Box::new(Target::Balanced {
+                    endpoints: endpoints.clone(),
+                    picker: Arc::default(),
+                    tls: Some(tls),
+                }),
+                chain,
             }
         };
         let accept = self.accept(name, listener, target, metrics);

@@ -534,3 +534,72 @@ async fn http2_floods_are_bounded_and_spare_a_well_behaved_connection() {
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
 }
+
+/// One GET on a new connection: (status, whether the app saw a `traceparent` the sidecar made,
+/// which only the L7 path does).
+async fn get_fresh(url: &str, web: &plexus_test::upstream::HttpStub) -> (u16, bool) {
+    let before = web.requests();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let status = http.get(url).send().await.unwrap().status().as_u16();
+    assert_eq!(web.requests(), before + 1);
+    (status, web.last_traceparent().is_some())
+}
+
+#[tokio::test]
+async fn service_defaults_protocol_switches_the_outbound_listener_live() {
+    let web = plexus_test::upstream::HttpStub::start_named("v1")
+        .await
+        .unwrap();
+    // No protocol anywhere in the registrations.
+    let mesh = Mesh::start("web", web.addr.port(), None).await;
+    let url = format!("http://{}/x", mesh.upstream);
+    let counted = requests("outbound", "web", "2xx");
+
+    // No service-defaults: the L4 path (bytes spliced, no traceparent added, no HTTP metrics).
+    assert_eq!(get_fresh(&url, &web).await, (200, false));
+    assert_eq!(mesh.client.metric(&counted).await.unwrap(), 0.0);
+
+    // Protocol = "http": new connections take the L7 path.
+    let defaults = |protocol: &str| serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": protocol});
+    write_entry(&mesh.dev, defaults("http")).await;
+    eventually!(get_fresh(&url, &web).await == (200, true));
+    let l7 = mesh.client.metric(&counted).await.unwrap();
+    assert!(l7 >= 1.0, "{l7}");
+    // A keep-alive connection opened now stays on the L7 path…
+    let kept = reqwest::Client::new();
+    assert_eq!(kept.get(&url).send().await.unwrap().status(), 200);
+    assert!(web.last_traceparent().is_some());
+
+    // …and Protocol = "tcp" takes new connections back to L4.
+    write_entry(&mesh.dev, defaults("tcp")).await;
+    eventually!(get_fresh(&url, &web).await == (200, false));
+    let l4 = mesh.client.metric(&counted).await.unwrap();
+    assert_eq!(get_fresh(&url, &web).await, (200, false));
+    assert_eq!(mesh.client.metric(&counted).await.unwrap(), l4);
+
+    // A bad Protocol is refused with the field named, and the running protocol is kept.
+    let (status, body, _) = crate::http(
+        "PUT",
+        &format!("http://{}/v1/config", mesh.dev.addr()),
+        Some(defaults("smtp").to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "Protocol", "{body}");
+    assert_eq!(get_fresh(&url, &web).await, (200, false));
+    assert!(mesh.client.is_ready().await && mesh.server.is_ready().await);
+}
+
+/// Writes a config entry through `/v1/config` and checks it was stored.
+async fn write_entry(dev: &Dev, entry: serde_json::Value) {
+    let (status, body, _) = crate::http(
+        "PUT",
+        &format!("http://{}/v1/config", dev.addr()),
+        Some(entry.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
