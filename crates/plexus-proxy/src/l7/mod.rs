@@ -14,6 +14,7 @@ pub(crate) mod inbound;
 mod metrics;
 pub(crate) mod outbound;
 mod policy;
+mod trailers;
 mod upgrade;
 
 use std::time::Duration;
