@@ -97,11 +97,11 @@ impl Inbound {
             let this = Arc::clone(&self);
             let authorize = Arc::clone(&authorize);
             async move {
-                let allowed = authorize
-                    .as_ref()
-                    .as_ref()
-                    .is_none_or(|(authorizer, source)| authorizer.check(source).allowed);
-                Ok::<_, Infallible>(this.handle(request, allowed).await)
+                let authorize = authorize.as_ref().as_ref();
+                let allowed =
+                    authorize.is_none_or(|(authorizer, source)| authorizer.check(source).allowed);
+                let peer = authorize.map(|(_, source)| source.clone());
+                Ok::<_, Infallible>(this.handle(request, allowed, peer).await)
             }
         });
         let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -125,8 +125,15 @@ impl Inbound {
         }
     }
 
-    async fn handle(&self, request: Request<Incoming>, allowed: bool) -> Response<Body> {
+    async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        allowed: bool,
+        peer: Option<String>,
+    ) -> Response<Body> {
         let started = Instant::now();
+        super::trace_hop(request.headers_mut());
+        let info = super::RequestInfo::of(&request, peer);
         let grpc = super::is_grpc(&request);
         let outcome = if allowed {
             self.forward(request).await
@@ -141,15 +148,10 @@ impl Inbound {
                 error.response(grpc)
             }
         };
-        self.metrics.finished(Finished {
-            direction: Direction::Inbound,
-            upstream: LOCAL_APP,
-            route: "default",
-            status: response.status(),
-            grpc_status: super::grpc_status_label(&response),
-            seconds: started.elapsed().as_secs_f64(),
-        });
-        response
+        let seconds = started.elapsed().as_secs_f64();
+        let route = "default".to_owned();
+        let finished = Finished::new(Direction::Inbound, LOCAL_APP, route, seconds, info);
+        super::record(&self.metrics, response, finished)
     }
 
     async fn forward(&self, request: Request<Incoming>) -> Result<Response<Body>, LocalError> {

@@ -140,8 +140,10 @@ impl Outbound {
         }
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
+        super::trace_hop(request.headers_mut());
+        let info = super::RequestInfo::of(&request, None);
         let grpc = super::is_grpc(&request);
         let http1 = request.version() < Version::HTTP_2;
         // A request body hyper cannot decode (e.g. an invalid chunk size) must end in 400 and a
@@ -178,15 +180,9 @@ impl Outbound {
                 response
             }
         };
-        self.metrics.finished(Finished {
-            direction: Direction::Outbound,
-            upstream: &self.destination,
-            route: &route,
-            status: response.status(),
-            grpc_status: super::grpc_status_label(&response),
-            seconds: started.elapsed().as_secs_f64(),
-        });
-        response
+        let seconds = started.elapsed().as_secs_f64();
+        let finished = Finished::new(Direction::Outbound, &self.destination, route, seconds, info);
+        super::record(&self.metrics, response, finished)
     }
 
     /// Route match → rate limit (429) → concurrency limit (503) → fault injection → the

@@ -72,15 +72,15 @@ pub(crate) struct Mesh {
 
 impl Mesh {
     pub(crate) async fn start(name: &str, app_port: u16, protocol: Option<&str>) -> Mesh {
-        Self::start_with(name, app_port, protocol, &[]).await
+        Self::start_with(name, app_port, protocol, [&[], &[]]).await
     }
 
-    /// The same, with extra `plexus proxy` arguments for both sidecars.
+    /// The same, with extra `plexus proxy` arguments for the client's and the app's sidecar.
     pub(crate) async fn start_with(
         name: &str,
         app_port: u16,
         protocol: Option<&str>,
-        proxy_args: &[&str],
+        [client_args, server_args]: [&[&str]; 2],
     ) -> Mesh {
         let upstream_port = free_port();
         let (dir, file) = write_file(
@@ -88,8 +88,8 @@ impl Mesh {
             &mesh_hcl(name, app_port, upstream_port, protocol),
         );
         let dev = dev(&["--config-file", file.to_str().unwrap()]).await;
-        let client = dev.sidecar_with("client", proxy_args).await.unwrap();
-        let server = dev.sidecar_with(name, proxy_args).await.unwrap();
+        let client = dev.sidecar_with("client", client_args).await.unwrap();
+        let server = dev.sidecar_with(name, server_args).await.unwrap();
         eventually!(server.is_ready().await);
         eventually!(
             client.is_ready().await
@@ -106,8 +106,12 @@ impl Mesh {
 }
 
 fn requests(direction: &str, upstream: &str, class: &str) -> String {
+    grpc_requests(direction, upstream, class, "")
+}
+
+fn grpc_requests(direction: &str, upstream: &str, class: &str, grpc_status: &str) -> String {
     format!(
-        "plexus_proxy_http_requests_total{{direction=\"{direction}\",upstream=\"{upstream}\",route=\"default\",class=\"{class}\",grpc_status=\"\"}}"
+        "plexus_proxy_http_requests_total{{direction=\"{direction}\",upstream=\"{upstream}\",route=\"default\",class=\"{class}\",grpc_status=\"{grpc_status}\"}}"
     )
 }
 
@@ -610,4 +614,282 @@ async fn write_entry(dev: &Dev, entry: serde_json::Value) {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// A grpcio server with raw-bytes methods: `Ok` answers, `Unavailable` sends its headers and
+/// then fails UNAVAILABLE, `Stream` sends one message and then fails NOT_FOUND (both statuses
+/// in trailers after the headers, not trailers-only).
+const GRPC_SERVER: &str = r#"
+import grpc
+from concurrent import futures
+def ok(request, context):
+    return b"pong"
+def unavailable(request, context):
+    context.send_initial_metadata((("x-stage", "headers"),))
+    context.abort(grpc.StatusCode.UNAVAILABLE, "backend gone")
+def stream(request, context):
+    yield b"one"
+    context.abort(grpc.StatusCode.NOT_FOUND, "no more")
+handler = grpc.method_handlers_generic_handler("plexus.Test", {
+    "Ok": grpc.unary_unary_rpc_method_handler(ok),
+    "Unavailable": grpc.unary_unary_rpc_method_handler(unavailable),
+    "Stream": grpc.unary_stream_rpc_method_handler(stream),
+})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers((handler,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print("listening", port, flush=True)
+server.wait_for_termination()
+"#;
+
+const GRPC_CALLS: &str = r#"
+import sys, grpc
+channel = grpc.insecure_channel(sys.argv[1])
+print("ok", channel.unary_unary("/plexus.Test/Ok")(b"ping", timeout=10).decode(), flush=True)
+try:
+    channel.unary_unary("/plexus.Test/Unavailable")(b"x", timeout=10)
+except grpc.RpcError as error:
+    print("unary", error.code().name, flush=True)
+got = []
+try:
+    for message in channel.unary_stream("/plexus.Test/Stream")(b"x", timeout=10):
+        got.append(message.decode())
+except grpc.RpcError as error:
+    print("stream", ",".join(got), error.code().name, flush=True)
+"#;
+
+#[tokio::test]
+async fn grpc_status_sent_in_trailers_after_data_is_in_the_request_metric() {
+    use tokio::io::AsyncBufReadExt;
+    let python = crate::l7::python();
+    let mut server = tokio::process::Command::new(&python)
+        .args(["-c", GRPC_SERVER])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(plexus_test::DEADLINE, lines.next_line())
+        .await
+        .expect("the grpc server starts")
+        .unwrap()
+        .unwrap();
+    let port: u16 = line.strip_prefix("listening ").unwrap().parse().unwrap();
+    let mesh = Mesh::start("svc", port, Some("grpc")).await;
+
+    let out = tokio::process::Command::new(&python)
+        .args(["-c", GRPC_CALLS, &mesh.upstream.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["ok pong", "unary UNAVAILABLE", "stream one NOT_FOUND"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each call's status, wherever it came, labels its request on both sidecars.
+    for (sidecar, direction, upstream) in [
+        (&mesh.client, "outbound", "svc"),
+        (&mesh.server, "inbound", "local_app"),
+    ] {
+        for status in ["0", "14", "5"] {
+            let series = grpc_requests(direction, upstream, "2xx", status);
+            assert_eq!(sidecar.metric(&series).await.unwrap(), 1.0, "{series}");
+        }
+        let unlabelled = grpc_requests(direction, upstream, "2xx", "");
+        assert_eq!(
+            sidecar.metric(&unlabelled).await.unwrap(),
+            0.0,
+            "{unlabelled}"
+        );
+    }
+}
+
+/// The JSON lines of an access log file.
+fn access_log(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each access log line is JSON"))
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_and_access_logs_match_a_known_mix_and_trace_context_is_carried() {
+    let web = plexus_test::upstream::HttpStub::start_named("v1")
+        .await
+        .unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (client_log, server_log) = (
+        logs.path().join("client.log"),
+        logs.path().join("server.log"),
+    );
+    let client_args = ["--access-log", client_log.to_str().unwrap()];
+    let server_args = ["--access-log", server_log.to_str().unwrap()];
+    let mesh = Mesh::start_with(
+        "web",
+        web.addr.port(),
+        Some("http"),
+        [&client_args, &server_args],
+    )
+    .await;
+    let url = format!("http://{}/mix?secret=1", mesh.upstream);
+    let http = reqwest::Client::new();
+    // Requests carrying `x-fault: 1` are aborted with 503 by the client's sidecar.
+    write_entry(
+        &mesh.dev,
+        serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http",
+            "FaultInjection": {"Abort": {"HttpStatus": 503, "Percent": 100},
+                               "Header": {"Name": "x-fault", "Value": "1"}}}),
+    )
+    .await;
+    let mut seen: std::collections::BTreeMap<u16, u32> = Default::default();
+    let mut send = async |fault: bool, traceparent: Option<&str>| {
+        let mut request = http.get(&url);
+        if fault {
+            request = request.header("x-fault", "1");
+        }
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let local = response.headers().get("x-plexus-error").is_some();
+        *seen.entry(status).or_default() += 1;
+        (status, local)
+    };
+    // K local 503s (waiting for the policy to arrive counts what it sees too).
+    let mut local = 0;
+    while local < 10 {
+        let (status, by_sidecar) = send(true, None).await;
+        if by_sidecar {
+            assert_eq!(status, 503);
+            local += 1;
+        } else {
+            assert_eq!(status, 200, "before the fault policy arrived");
+        }
+    }
+    // N 2xx, one without and one with a traceparent.
+    for _ in 0..18 {
+        assert_eq!(send(false, None).await, (200, false));
+    }
+    assert_eq!(send(false, None).await, (200, false));
+    let created = web.last_traceparent().expect("a traceparent is created");
+    let parts: Vec<&str> = created.split('-').collect();
+    assert_eq!(parts.len(), 4, "{created}");
+    assert_eq!(
+        (parts[0], parts[1].len(), parts[2].len()),
+        ("00", 32, 16),
+        "{created}"
+    );
+    let mine = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    assert_eq!(send(false, Some(mine)).await, (200, false));
+    let carried = web.last_traceparent().unwrap();
+    assert!(
+        carried.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{carried}"
+    );
+    assert!(carried.ends_with("-01") && carried != mine, "{carried}");
+    // M 5xx from the app.
+    web.set_status(500);
+    for _ in 0..7 {
+        assert_eq!(send(false, None).await, (500, false));
+    }
+
+    let count = |status: u16| f64::from(seen.get(&status).copied().unwrap_or(0));
+    let total: u32 = seen.values().sum();
+    let expected_outbound = [("2xx", count(200)), ("5xx", count(500) + count(503))];
+    let expected_inbound = [("2xx", count(200)), ("5xx", count(500))];
+    for (class, expected) in expected_outbound {
+        let series = requests("outbound", "web", class);
+        assert_eq!(
+            mesh.client.metric(&series).await.unwrap(),
+            expected,
+            "{series}"
+        );
+    }
+    for (class, expected) in expected_inbound {
+        let series = requests("inbound", "local_app", class);
+        assert_eq!(
+            mesh.server.metric(&series).await.unwrap(),
+            expected,
+            "{series}"
+        );
+    }
+    assert_eq!(count(503), 10.0);
+    assert_eq!(
+        mesh.client
+            .metric("plexus_proxy_http_local_responses_total{direction=\"outbound\",upstream=\"web\",reason=\"fault_injected\"}")
+            .await
+            .unwrap(),
+        10.0
+    );
+
+    // The access logs have one line per request, each side's own.
+    let outbound = access_log(&client_log);
+    assert_eq!(outbound.len(), total as usize);
+    let inbound = access_log(&server_log);
+    assert_eq!(inbound.len(), (total - 10) as usize);
+    for line in &outbound {
+        assert_eq!(line["direction"], "outbound", "{line}");
+        assert_eq!(line["upstream"], "web", "{line}");
+        assert_eq!(
+            (&line["method"], &line["path"]),
+            (&"GET".into(), &"/mix".into()),
+            "{line}"
+        );
+        assert!(
+            line["trace_id"].as_str().is_some_and(|id| id.len() == 32),
+            "{line}"
+        );
+        assert!(
+            line["duration_ms"].as_f64().is_some() && line["time"].is_string(),
+            "{line}"
+        );
+        let local = line["status"] == 503;
+        assert_eq!(line["error"] == "fault_injected", local, "{line}");
+    }
+    for line in &inbound {
+        assert_eq!(
+            (&line["direction"], &line["peer"]),
+            (&"inbound".into(), &"client".into())
+        );
+    }
+    let mine_logged = |lines: &[serde_json::Value]| {
+        lines
+            .iter()
+            .filter(|line| line["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736")
+            .count()
+    };
+    assert_eq!((mine_logged(&outbound), mine_logged(&inbound)), (1, 1));
+    let statuses = |lines: &[serde_json::Value], status: u16| {
+        lines.iter().filter(|line| line["status"] == status).count() as f64
+    };
+    assert_eq!(statuses(&outbound, 500), count(500));
+    assert_eq!(statuses(&inbound, 200), count(200));
+}
+
+#[tokio::test]
+async fn an_access_log_that_cannot_be_opened_stops_the_proxy_with_its_path() {
+    let out = std::process::Command::new(crate::bin())
+        .args([
+            "proxy",
+            "--sidecar-for",
+            "web",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--access-log",
+            "/nonexistent-dir/access.log",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--access-log /nonexistent-dir/access.log"),
+        "{stderr}"
+    );
 }
