@@ -9,6 +9,10 @@
 //!
 //! Anything the sidecar answers itself carries `x-plexus-error: <reason>` ([`LocalError`]); a
 //! gRPC request gets a trailers-only response with a `grpc-status` instead.
+//!
+//! Also here: WebSocket/`CONNECT` tunnels over extended CONNECT (`upgrade`), recording a request
+//! when its response ends (`trailers`: gRPC status from trailers) in the metrics and the JSON
+//! access log (`access_log`), and the W3C trace hop ([`trace_hop`]).
 
 pub(crate) mod access_log;
 pub(crate) mod inbound;
