@@ -64,6 +64,9 @@ pub(crate) struct InboundSpec {
     pub local_app: SocketAddr,
     /// What the local app speaks: `Proxy.Config.protocol` (default `tcp`).
     pub protocol: Protocol,
+    /// True when the registration names the protocol; otherwise the service's discovery chain
+    /// (`service-defaults` `Protocol`) decides.
+    pub explicit: bool,
 }
 
 /// The protocol a service speaks (Consul's `protocol` proxy configuration key).
@@ -216,6 +219,10 @@ impl SidecarConfig {
                 nonzero(proxy.local_service_port, "Proxy.LocalServicePort")?,
             ),
             protocol: Protocol::from_config(proxy.config.as_ref(), "Proxy.Config.protocol")?,
+            explicit: proxy
+                .config
+                .as_ref()
+                .is_some_and(|config| config.get("protocol").is_some()),
         };
         let mut upstreams = BTreeMap::new();
         let mut seen = BTreeSet::new();

@@ -34,8 +34,13 @@ const APP_POOL_IDLE: Duration = Duration::from_secs(90);
 pub(crate) struct Inbound {
     app: watch::Receiver<SocketAddr>,
     http2: bool,
+    /// Set when the registration names no protocol: the local service's chain
+    /// (`service-defaults` `Protocol`) decides between HTTP/1.1 and h2c for each request.
+    chain: Option<super::ChainWatch>,
     metrics: HttpMetrics,
     client: Client<HttpConnector, Body>,
+    /// The h2c pool, used when the chain says `http2`/`grpc`.
+    h2c: Client<HttpConnector, Body>,
     connect_timeout: Duration,
     /// WebSocket / `CONNECT` tunnels to the app (`l7::upgrade`).
     tunnels: TaskTracker,
@@ -51,29 +56,35 @@ impl std::fmt::Debug for Inbound {
 
 impl Inbound {
     /// Requests to the app at `app` in `protocol` (`tcp` is treated as `http`: a peer sending
-    /// HTTP to a service declared `tcp` reaches it as HTTP/1.1).
+    /// HTTP to a service declared `tcp` reaches it as HTTP/1.1). With `chain` (the registration
+    /// names no protocol) the local service's chain decides instead, request by request.
     pub(crate) fn new(
         app: watch::Receiver<SocketAddr>,
         protocol: Protocol,
+        chain: Option<super::ChainWatch>,
         metrics: HttpMetrics,
         connect_timeout: Duration,
     ) -> Self {
         let http2 = matches!(protocol, Protocol::Http2 | Protocol::Grpc);
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .http2_only(http2)
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(APP_POOL_IDLE)
-            .http2_max_header_list_size(super::MAX_HEADER_BYTES as u32)
-            .build(connector);
+        let pool = |http2: bool| {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(connect_timeout));
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .http2_only(http2)
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(APP_POOL_IDLE)
+                .http2_max_header_list_size(super::MAX_HEADER_BYTES as u32)
+                .build(connector)
+        };
         Self {
             app,
             http2,
+            chain,
             metrics,
-            client,
+            client: pool(http2),
+            h2c: pool(true),
             connect_timeout,
             tunnels: TaskTracker::new(),
         }
@@ -169,7 +180,11 @@ impl Inbound {
             .path_and_query()
             .map_or("/", |path| path.as_str())
             .to_owned();
-        if self.http2 {
+        let http2 = match &self.chain {
+            Some(chain) => super::chain_is_http2(chain),
+            None => self.http2,
+        };
+        if http2 {
             parts.version = Version::HTTP_2;
         } else {
             // HTTP/1.1: the caller's :authority becomes Host again.
@@ -187,7 +202,8 @@ impl Inbound {
             .build()
             .map_err(|_| LocalError::BadRequest)?;
         let request = Request::from_parts(parts, body.boxed());
-        let response = self.client.request(request).await.map_err(|error| {
+        let client = if http2 { &self.h2c } else { &self.client };
+        let response = client.request(request).await.map_err(|error| {
             debug!(%error, %app, "request to the local app failed");
             if error.is_connect() {
                 LocalError::UpstreamConnectFailure

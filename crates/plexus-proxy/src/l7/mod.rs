@@ -343,6 +343,15 @@ fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
     valid.then_some((trace, flags))
 }
 
+/// True when the chain says the app speaks HTTP/2 (`http2` or `grpc`).
+pub(crate) fn chain_is_http2(chain: &ChainWatch) -> bool {
+    use plexus_api::config_entry::chain::Protocol;
+    chain
+        .borrow()
+        .as_ref()
+        .is_some_and(|chain| matches!(chain.value.protocol, Protocol::Http2 | Protocol::Grpc))
+}
+
 /// The response class label: `1xx` … `5xx`.
 pub(crate) fn class(status: StatusCode) -> &'static str {
     match status.as_u16() {

@@ -170,7 +170,7 @@ impl Listeners {
                 if let Some(old) = self.inbound.take() {
                     old.running.close(&ListenerName::Inbound).await;
                 }
-                match self.open_inbound(spec).await {
+                match self.open_inbound(spec, &config.destination).await {
                     Ok(inbound) => self.inbound = Some(inbound),
                     Err(error) => on_bind_error.handle(error)?,
                 }
@@ -210,7 +210,7 @@ impl Listeners {
         }
     }
 
-    async fn open_inbound(&self, spec: InboundSpec) -> Result<Inbound, ProxyError> {
+    async fn open_inbound(&self, spec: InboundSpec, service: &str) -> Result<Inbound, ProxyError> {
         let name = ListenerName::Inbound;
         let (listener, bound) = bind(&name, spec.bind).await?;
         let (app, app_rx) = watch::channel(spec.local_app);
@@ -218,9 +218,12 @@ impl Listeners {
         // The local app is the inbound direction's one endpoint.
         self.ctx.metrics.endpoints(LOCAL_APP).set(1);
         let stop = self.ctx.stop.child_token();
+        // No protocol in the registration: the service's own chain decides.
+        let chain = (!spec.explicit).then(|| (self.ctx.chains)(service, stop.clone()));
         let http = Arc::new(l7::inbound::Inbound::new(
             app_rx.clone(),
             spec.protocol,
+            chain,
             self.ctx.http_metrics.clone(),
             self.ctx.limits.connect_timeout,
         ));

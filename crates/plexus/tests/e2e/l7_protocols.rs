@@ -661,21 +661,8 @@ except grpc.RpcError as error:
 
 #[tokio::test]
 async fn grpc_status_sent_in_trailers_after_data_is_in_the_request_metric() {
-    use tokio::io::AsyncBufReadExt;
     let python = crate::l7::python();
-    let mut server = tokio::process::Command::new(&python)
-        .args(["-c", GRPC_SERVER])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(plexus_test::DEADLINE, lines.next_line())
-        .await
-        .expect("the grpc server starts")
-        .unwrap()
-        .unwrap();
-    let port: u16 = line.strip_prefix("listening ").unwrap().parse().unwrap();
+    let (_server, port) = grpc_server(&python).await;
     let mesh = Mesh::start("svc", port, Some("grpc")).await;
 
     let out = tokio::process::Command::new(&python)
@@ -892,4 +879,60 @@ async fn an_access_log_that_cannot_be_opened_stops_the_proxy_with_its_path() {
         stderr.contains("--access-log /nonexistent-dir/access.log"),
         "{stderr}"
     );
+}
+
+/// Starts [`GRPC_SERVER`]; returns the process and its port.
+async fn grpc_server(python: &std::path::Path) -> (tokio::process::Child, u16) {
+    use tokio::io::AsyncBufReadExt;
+    let mut server = tokio::process::Command::new(python)
+        .args(["-c", GRPC_SERVER])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(plexus_test::DEADLINE, lines.next_line())
+        .await
+        .expect("the grpc server starts")
+        .unwrap()
+        .unwrap();
+    let port = line.strip_prefix("listening ").unwrap().parse().unwrap();
+    (server, port)
+}
+
+#[tokio::test]
+async fn service_defaults_grpc_makes_both_sidecars_speak_grpc_to_an_unannotated_service() {
+    let python = crate::l7::python();
+    let (_server, port) = grpc_server(&python).await;
+    let mesh = Mesh::start("svc", port, None).await;
+    let call = async || {
+        let out = tokio::process::Command::new(&python)
+            .args([
+                "-c",
+                "import sys, grpc; print(grpc.insecure_channel(sys.argv[1]).unary_unary('/plexus.Test/Ok')(b'ping', timeout=10).decode())",
+                &mesh.upstream.to_string(),
+            ])
+            .output()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let ok_out = grpc_requests("outbound", "svc", "2xx", "0");
+    let ok_in = grpc_requests("inbound", "local_app", "2xx", "0");
+    // Without an entry the bytes go through L4 (gRPC works, no HTTP metrics).
+    assert_eq!(call().await, "pong");
+    assert_eq!(mesh.client.metric(&ok_out).await.unwrap(), 0.0);
+
+    // Protocol = "grpc": the client's sidecar takes the HTTP/2 path and the app's sidecar
+    // reaches the app over h2c (HTTP/1.1 would fail the call).
+    write_entry(
+        &mesh.dev,
+        serde_json::json!({"Kind": "service-defaults", "Name": "svc", "Protocol": "grpc"}),
+    )
+    .await;
+    eventually!(call().await == "pong" && mesh.client.metric(&ok_out).await.unwrap() >= 1.0);
+    let before = mesh.server.metric(&ok_in).await.unwrap();
+    assert!(before >= 1.0, "{before}");
+    assert_eq!(call().await, "pong");
+    assert_eq!(mesh.server.metric(&ok_in).await.unwrap(), before + 1.0);
 }
