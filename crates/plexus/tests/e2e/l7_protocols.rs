@@ -17,8 +17,14 @@ use crate::{dev, write_file};
 
 /// `client → <name>`; `protocol` in both registrations when given (Consul's proxy `config`
 /// key), none at all otherwise.
-fn mesh_hcl(name: &str, app_port: u16, upstream_port: u16, protocol: Option<&str>) -> String {
-    let (client_port, app_sidecar_port) = (free_port(), free_port());
+fn mesh_hcl(
+    name: &str,
+    app_port: u16,
+    upstream_port: u16,
+    app_sidecar_port: u16,
+    protocol: Option<&str>,
+) -> String {
+    let client_port = free_port();
     let config = protocol
         .map(|protocol| format!("config = {{ protocol = \"{protocol}\" }}"))
         .unwrap_or_default();
@@ -67,6 +73,8 @@ pub(crate) struct Mesh {
     pub client: Sidecar,
     pub server: Sidecar,
     pub upstream: SocketAddr,
+    /// The app's sidecar's inbound (mTLS) listener.
+    pub inbound: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -82,10 +90,10 @@ impl Mesh {
         protocol: Option<&str>,
         [client_args, server_args]: [&[&str]; 2],
     ) -> Mesh {
-        let upstream_port = free_port();
+        let (upstream_port, inbound_port) = (free_port(), free_port());
         let (dir, file) = write_file(
             "mesh.hcl",
-            &mesh_hcl(name, app_port, upstream_port, protocol),
+            &mesh_hcl(name, app_port, upstream_port, inbound_port, protocol),
         );
         let dev = dev(&["--config-file", file.to_str().unwrap()]).await;
         let client = dev.sidecar_with("client", client_args).await.unwrap();
@@ -100,6 +108,7 @@ impl Mesh {
             client,
             server,
             upstream: ([127, 0, 0, 1], upstream_port).into(),
+            inbound: ([127, 0, 0, 1], inbound_port).into(),
             _dir: dir,
         }
     }
@@ -379,8 +388,33 @@ enum Ended {
     Closed,
 }
 
+/// A byte stream to flood: h2c over TCP, or h2 inside mTLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// Where a flood goes.
+enum FloodTarget {
+    /// The outbound listener (h2c from the app).
+    H2c(SocketAddr),
+    /// The inbound listener: mTLS with a certificate of the mesh, ALPN `plexus-h2`.
+    Mtls(SocketAddr, plexus_test::pki::Issued),
+}
+
+impl FloodTarget {
+    async fn open(&self) -> Box<dyn Io> {
+        match self {
+            FloodTarget::H2c(addr) => Box::new(TcpStream::connect(addr).await.unwrap()),
+            FloodTarget::Mtls(addr, leaf) => Box::new(
+                plexus_test::pki::connect_with_alpn(*addr, leaf, b"plexus-h2")
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+}
+
 /// Reads frames until a GOAWAY (its error code) or the end of the connection.
-async fn read_until_goaway(mut read: tokio::net::tcp::OwnedReadHalf) -> Ended {
+async fn read_until_goaway(mut read: impl tokio::io::AsyncRead + Unpin) -> Ended {
     loop {
         let mut head = [0u8; 9];
         if read.read_exact(&mut head).await.is_err() {
@@ -399,17 +433,16 @@ async fn read_until_goaway(mut read: tokio::net::tcp::OwnedReadHalf) -> Ended {
     }
 }
 
-/// Opens an h2c connection to `addr` and writes `first`, then `round(n)` for n = 0, 1, … until
-/// the sidecar ends the connection or `max_rounds` were written. Returns how it ended and the
-/// rounds written.
+/// Opens an HTTP/2 connection to `target` and writes `first`, then `round(n)` for n = 0, 1, …
+/// until the sidecar ends the connection or `max_rounds` were written. Returns how it ended and
+/// the rounds written.
 async fn flood(
-    addr: SocketAddr,
+    target: &FloodTarget,
     first: Vec<u8>,
     max_rounds: usize,
     round: impl Fn(usize) -> Vec<u8>,
 ) -> (Ended, usize) {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(target.open().await);
     let reader = tokio::spawn(read_until_goaway(read));
     let mut bytes = frames::preface();
     bytes.extend(first);
@@ -441,7 +474,6 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test]
 async fn http2_floods_are_bounded_and_spare_a_well_behaved_connection() {
-    use frames::*;
     let web = plexus_test::upstream::HttpStub::start_named("v1")
         .await
         .unwrap();
@@ -466,11 +498,43 @@ async fn http2_floods_are_bounded_and_spare_a_well_behaved_connection() {
         })
     };
     let pid = mesh.client.process.pid();
-    let rss_before = rss_kib(pid);
+    let server_pid = mesh.server.process.pid();
+    let rss_before = (rss_kib(pid), rss_kib(server_pid));
 
+    run_floods("outbound h2c", &FloodTarget::H2c(mesh.upstream)).await;
+    // The same against the app's sidecar's inbound listener, inside mTLS with a certificate of
+    // the mesh (the peer a sidecar trusts).
+    let issued = mesh.dev.client.agent_connect_leaf("client").await.unwrap();
+    let der = |pem: &str| ::pem::parse(pem).unwrap().contents().to_vec();
+    let leaf = plexus_test::pki::Issued {
+        cert_der: der(&issued.cert_pem),
+        key_der: der(&issued.private_key_pem),
+        cert_pem: issued.cert_pem,
+        key_pem: issued.private_key_pem,
+    };
+    run_floods("inbound mTLS", &FloodTarget::Mtls(mesh.inbound, leaf)).await;
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = calm.await.unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok >= 1);
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    let rss_after = (rss_kib(pid), rss_kib(server_pid));
+    eprintln!(
+        "calm connection: {ok} requests; RSS (client, server) {rss_before:?} → {rss_after:?} KiB"
+    );
+    assert!(
+        rss_after.0 < rss_before.0 + 64 * 1024 && rss_after.1 < rss_before.1 + 64 * 1024,
+        "RSS grew from {rss_before:?} KiB to {rss_after:?} KiB"
+    );
+}
+
+/// Rapid reset, CONTINUATION, SETTINGS and PING floods against one listener.
+async fn run_floods(name: &str, target: &FloodTarget) {
+    use frames::*;
     // Rapid reset (CVE-2023-44487): HEADERS then RST_STREAM, 50 streams a write. Reset
     // streams that pile up unaccepted end the connection with GOAWAY ENHANCE_YOUR_CALM.
-    let (ended, rounds) = flood(mesh.upstream, Vec::new(), 4_000, |round| {
+    let (ended, rounds) = flood(target, Vec::new(), 4_000, |round| {
         let mut bytes = Vec::new();
         for i in 0..50 {
             let stream = u32::try_from(1 + 2 * (round * 50 + i)).unwrap();
@@ -486,11 +550,11 @@ async fn http2_floods_are_bounded_and_spare_a_well_behaved_connection() {
         "after {rounds} rounds"
     );
     assert!(rounds < 4_000, "{rounds}");
-    eprintln!("rapid reset: GOAWAY after {rounds} rounds of 50 streams");
+    eprintln!("{name}: rapid reset: GOAWAY after {rounds} rounds of 50 streams");
 
     // CONTINUATION flood (CVE-2024-27316 family): a header block that never ends.
     let first = frame(HEADERS, 0, 1, GET_ROOT);
-    let (ended, rounds) = flood(mesh.upstream, first, 100_000, |_| {
+    let (ended, rounds) = flood(target, first, 100_000, |_| {
         let mut bytes = Vec::new();
         for _ in 0..100 {
             bytes.extend(frame(CONTINUATION, 0, 1, ONE_HEADER));
@@ -504,16 +568,17 @@ async fn http2_floods_are_bounded_and_spare_a_well_behaved_connection() {
         "after {rounds} rounds"
     );
     assert!(rounds < 100_000, "{rounds}");
-    eprintln!("CONTINUATION flood: GOAWAY after {rounds} rounds of 100 frames");
+    eprintln!("{name}: CONTINUATION flood: GOAWAY after {rounds} rounds of 100 frames");
 
     // SETTINGS and PING floods from a client that never reads the ACKs: the sidecar keeps at
     // most one ACK pending and stops reading until it is written, so the flood stalls on TCP
-    // backpressure. Bound: the bytes the sidecar lets in before a write stalls for 2 s.
+    // backpressure. Bound: the bytes the sidecar lets in before a write stalls for 1 s.
+    let label = name;
     for (name, unit) in [
         ("SETTINGS", frame(SETTINGS, 0, 0, &[])),
         ("PING", frame(PING, 0, 0, &[7; 8])),
     ] {
-        let mut stream = TcpStream::connect(mesh.upstream).await.unwrap();
+        let mut stream = target.open().await;
         stream.write_all(&preface()).await.unwrap();
         let chunk: Vec<u8> = unit
             .iter()
@@ -524,27 +589,15 @@ async fn http2_floods_are_bounded_and_spare_a_well_behaved_connection() {
         let limit = 256 * 1024 * 1024;
         let mut accepted = 0usize;
         while accepted < limit {
-            match tokio::time::timeout(Duration::from_secs(2), stream.write_all(&chunk)).await {
+            match tokio::time::timeout(Duration::from_secs(1), stream.write_all(&chunk)).await {
                 Ok(Ok(())) => accepted += chunk.len(),
                 // Stalled (backpressure) or closed: bounded either way.
                 Ok(Err(_)) | Err(_) => break,
             }
         }
         assert!(accepted < limit, "{name} flood: {accepted} bytes accepted");
-        eprintln!("{name} flood: stalled after {accepted} bytes");
+        eprintln!("{label}: {name} flood: stalled after {accepted} bytes");
     }
-
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (ok, failed) = calm.await.unwrap();
-    assert!(failed.is_empty(), "{failed:?}");
-    assert!(ok >= 1);
-    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
-    let rss_after = rss_kib(pid);
-    eprintln!("calm connection: {ok} requests; RSS {rss_before} → {rss_after} KiB");
-    assert!(
-        rss_after < rss_before + 64 * 1024,
-        "RSS grew from {rss_before} KiB to {rss_after} KiB"
-    );
 }
 
 /// One GET on a new connection: (status, whether the app saw a `traceparent` the sidecar made,
