@@ -122,7 +122,10 @@ impl Inbound {
             .max_pending_accept_reset_streams(super::MAX_PENDING_ACCEPT_RESET_STREAMS)
             .keep_alive_interval(super::KEEP_ALIVE_INTERVAL)
             .enable_connect_protocol()
-            .serve_connection(TokioIo::new(io), service);
+            .serve_connection(
+                TokioIo::new(super::flood::ControlFrameLimit::new(io)),
+                service,
+            );
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,

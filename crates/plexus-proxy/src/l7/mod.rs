@@ -15,6 +15,7 @@
 //! access log (`access_log`), and the W3C trace hop ([`trace_hop`]).
 
 pub(crate) mod access_log;
+mod flood;
 pub(crate) mod inbound;
 mod metrics;
 pub(crate) mod outbound;

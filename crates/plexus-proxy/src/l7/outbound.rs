@@ -126,6 +126,7 @@ impl Outbound {
         });
         let builder = server_builder();
         // With upgrades: WebSocket and CONNECT tunnels (`l7::upgrade`).
+        let stream = super::flood::ControlFrameLimit::new(stream);
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(connection);
         let result = tokio::select! {

@@ -570,22 +570,23 @@ async fn run_floods(name: &str, target: &FloodTarget) {
     assert!(rounds < 100_000, "{rounds}");
     eprintln!("{name}: CONTINUATION flood: GOAWAY after {rounds} rounds of 100 frames");
 
-    // SETTINGS and PING floods from a client that never reads the ACKs: the sidecar keeps at
-    // most one ACK pending and stops reading until it is written, so the flood stalls on TCP
-    // backpressure. Bound: the bytes the sidecar lets in before a write stalls for 1 s.
+    // SETTINGS and PING floods: past the control-frame budget (1,000 at once, then 100/s)
+    // the sidecar closes the connection, whether the client reads its ACKs or not.
     let label = name;
     for (name, unit) in [
         ("SETTINGS", frame(SETTINGS, 0, 0, &[])),
         ("PING", frame(PING, 0, 0, &[7; 8])),
     ] {
+        // Reading the ACKs: closed after a bounded number of frames.
+        let (ended, rounds) = flood(target, Vec::new(), 100_000, |_| unit.repeat(100)).await;
+        assert_eq!(ended, Ended::Closed, "{label}: {name}");
+        assert!(rounds < 100_000, "{label}: {name}: {rounds}");
+        eprintln!("{label}: {name} flood (reading): closed after {rounds} rounds of 100 frames");
+
+        // Not reading them: the sidecar lets a bounded number of bytes in, then closes.
         let mut stream = target.open().await;
         stream.write_all(&preface()).await.unwrap();
-        let chunk: Vec<u8> = unit
-            .iter()
-            .copied()
-            .cycle()
-            .take(unit.len() * 4096)
-            .collect();
+        let chunk = unit.repeat(4096);
         let limit = 256 * 1024 * 1024;
         let mut accepted = 0usize;
         while accepted < limit {
@@ -595,8 +596,22 @@ async fn run_floods(name: &str, target: &FloodTarget) {
                 Ok(Err(_)) | Err(_) => break,
             }
         }
-        assert!(accepted < limit, "{name} flood: {accepted} bytes accepted");
-        eprintln!("{label}: {name} flood: stalled after {accepted} bytes");
+        assert!(
+            accepted < limit,
+            "{label}: {name} flood: {accepted} bytes accepted"
+        );
+        // Closed: reading what the sidecar sent before ends in EOF or a reset.
+        let mut sink = vec![0u8; 64 * 1024];
+        let closed = tokio::time::timeout(plexus_test::DEADLINE, async {
+            while let Ok(n) = stream.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "{label}: {name}: the connection stays open");
+        eprintln!("{label}: {name} flood (not reading): closed after {accepted} bytes");
     }
 }
 
