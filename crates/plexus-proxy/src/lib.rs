@@ -75,6 +75,7 @@ use tracing::{error, info, warn};
 
 pub use discovery::RegistrationError;
 pub use error::{ListenerName, ProxyError};
+pub use l7::access_log::AccessLog;
 
 use discovery::{EndpointSet, SidecarConfig};
 use listener::{Context, Limits, Listeners, OnBindError, Resolve};
@@ -99,6 +100,8 @@ pub struct ProxyConfig {
     /// Close open inbound connections as soon as an intention change denies them (otherwise
     /// a change applies to new connections only).
     pub close_denied: bool,
+    /// The JSON access log (`--access-log`): one line per HTTP request; `None`: no log.
+    pub access_log: Option<AccessLog>,
 }
 
 /// Runs the sidecar until `shutdown` is cancelled, then stops accepting on every listener, lets
@@ -116,6 +119,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         admin_listener,
         drain_grace,
         close_denied,
+        access_log,
     } = config;
     let tasks = TaskTracker::new();
     // `stop` ends accepting everywhere (shutdown, or a start-up error); `kill` ends in-flight
@@ -127,7 +131,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
     let metrics = Metrics::register(&mut registry);
     let tls_metrics = tls::TlsMetrics::register(&mut registry);
     let authorize_metrics = authorize::AuthorizeMetrics::register(&mut registry);
-    let http_metrics = l7::HttpMetrics::register(&mut registry);
+    let http_metrics = l7::HttpMetrics::register(&mut registry).with_access_log(access_log);
 
     // Admin first, so readiness probes get 503 (not a refused connection) while we start.
     let admin_addr = admin_listener

@@ -267,6 +267,7 @@ async fn start_proxy(
         admin_listener,
         drain_grace: Duration::from_millis(200),
         close_denied: false,
+        access_log: None,
     };
     let proxy = tokio::spawn(run(config, shutdown.clone()));
     (admin, shutdown, proxy)

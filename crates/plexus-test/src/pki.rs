@@ -245,6 +245,32 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
+/// Opens a TLS 1.3 connection to `addr` presenting `client` and offering `alpn`, and returns it
+/// right after the handshake (nothing written: e.g. for an HTTP/2 preface).
+pub async fn connect_with_alpn(
+    addr: SocketAddr,
+    client: &Issued,
+    alpn: &[u8],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_client_auth_cert(
+            vec![CertificateDer::from(client.cert_der.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(client.key_der.clone())),
+        )?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::IpAddress(addr.ip().into());
+    tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .context("handshake timed out")?
+        .context("TLS handshake")
+}
+
 /// Opens a TLS 1.3 connection to `addr` presenting `client` (or no certificate), then writes a
 /// byte and reads the answer: a sidecar only lets a client in after verifying it, so `Ok` means
 /// the data path is open. The returned stream is usable for more traffic.

@@ -66,6 +66,9 @@ pub(crate) struct InboundSpec {
     pub local_app: SocketAddr,
     /// What the local app speaks: `Proxy.Config.protocol` (default `tcp`).
     pub protocol: Protocol,
+    /// True when the registration names the protocol; otherwise the service's discovery chain
+    /// (`service-defaults` `Protocol`) decides.
+    pub explicit: bool,
 }
 
 /// The protocol a service speaks (Consul's `protocol` proxy configuration key).
@@ -127,6 +130,10 @@ pub(crate) struct UpstreamSpec {
     pub bind: SocketAddr,
     /// What the upstream speaks: the upstream's `Config.protocol` (default `tcp`).
     pub protocol: Protocol,
+    /// True when the registration names the protocol (it wins, as in Consul); otherwise the
+    /// upstream's discovery chain (`service-defaults` `Protocol`) decides for each new
+    /// connection.
+    pub explicit: bool,
 }
 
 /// Why a sidecar registration cannot be used. Each names the field at fault.
@@ -214,6 +221,10 @@ impl SidecarConfig {
                 nonzero(proxy.local_service_port, "Proxy.LocalServicePort")?,
             ),
             protocol: Protocol::from_config(proxy.config.as_ref(), "Proxy.Config.protocol")?,
+            explicit: proxy
+                .config
+                .as_ref()
+                .is_some_and(|config| config.get("protocol").is_some()),
         };
         let mut upstreams = BTreeMap::new();
         let mut seen = BTreeSet::new();
@@ -239,12 +250,17 @@ impl SidecarConfig {
             let bind = SocketAddr::new(ip, upstream.local_bind_port);
             let protocol =
                 Protocol::from_config(upstream.config.as_ref(), &field("Config.protocol"))?;
+            let explicit = upstream
+                .config
+                .as_ref()
+                .is_some_and(|config| config.get("protocol").is_some());
             upstreams.insert(
                 destination.clone(),
                 UpstreamSpec {
                     destination,
                     bind,
                     protocol,
+                    explicit,
                 },
             );
         }
@@ -376,6 +392,8 @@ pub(crate) mod tests {
         assert_eq!(config.inbound.protocol, Protocol::Grpc);
         assert_eq!(config.upstreams["db"].protocol, Protocol::Tcp);
         assert_eq!(config.upstreams["api"].protocol, Protocol::Http);
+        // Only a named protocol wins over the discovery chain's.
+        assert!(!config.upstreams["db"].explicit && config.upstreams["api"].explicit);
 
         let proxy = service.proxy.as_mut().unwrap();
         proxy.upstreams[0].config = Some(serde_json::json!({"protocol": "ftp"}));

@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::metrics::Finished;
@@ -33,8 +34,16 @@ const APP_POOL_IDLE: Duration = Duration::from_secs(90);
 pub(crate) struct Inbound {
     app: watch::Receiver<SocketAddr>,
     http2: bool,
+    /// Set when the registration names no protocol: the local service's chain
+    /// (`service-defaults` `Protocol`) decides between HTTP/1.1 and h2c for each request.
+    chain: Option<super::ChainWatch>,
     metrics: HttpMetrics,
     client: Client<HttpConnector, Body>,
+    /// The h2c pool, used when the chain says `http2`/`grpc`.
+    h2c: Client<HttpConnector, Body>,
+    connect_timeout: Duration,
+    /// WebSocket / `CONNECT` tunnels to the app (`l7::upgrade`).
+    tunnels: TaskTracker,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -47,29 +56,37 @@ impl std::fmt::Debug for Inbound {
 
 impl Inbound {
     /// Requests to the app at `app` in `protocol` (`tcp` is treated as `http`: a peer sending
-    /// HTTP to a service declared `tcp` reaches it as HTTP/1.1).
+    /// HTTP to a service declared `tcp` reaches it as HTTP/1.1). With `chain` (the registration
+    /// names no protocol) the local service's chain decides instead, request by request.
     pub(crate) fn new(
         app: watch::Receiver<SocketAddr>,
         protocol: Protocol,
+        chain: Option<super::ChainWatch>,
         metrics: HttpMetrics,
         connect_timeout: Duration,
     ) -> Self {
         let http2 = matches!(protocol, Protocol::Http2 | Protocol::Grpc);
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .http2_only(http2)
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(APP_POOL_IDLE)
-            .http2_max_header_list_size(super::MAX_HEADER_BYTES as u32)
-            .build(connector);
+        let pool = |http2: bool| {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(connect_timeout));
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .http2_only(http2)
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(APP_POOL_IDLE)
+                .http2_max_header_list_size(super::MAX_HEADER_BYTES as u32)
+                .build(connector)
+        };
         Self {
             app,
             http2,
+            chain,
             metrics,
-            client,
+            client: pool(http2),
+            h2c: pool(true),
+            connect_timeout,
+            tunnels: TaskTracker::new(),
         }
     }
 
@@ -91,11 +108,11 @@ impl Inbound {
             let this = Arc::clone(&self);
             let authorize = Arc::clone(&authorize);
             async move {
-                let allowed = authorize
-                    .as_ref()
-                    .as_ref()
-                    .is_none_or(|(authorizer, source)| authorizer.check(source).allowed);
-                Ok::<_, Infallible>(this.handle(request, allowed).await)
+                let authorize = authorize.as_ref().as_ref();
+                let allowed =
+                    authorize.is_none_or(|(authorizer, source)| authorizer.check(source).allowed);
+                let peer = authorize.map(|(_, source)| source.clone());
+                Ok::<_, Infallible>(this.handle(request, allowed, peer).await)
             }
         });
         let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -104,7 +121,11 @@ impl Inbound {
             .max_header_list_size(super::MAX_HEADER_BYTES as u32)
             .max_pending_accept_reset_streams(super::MAX_PENDING_ACCEPT_RESET_STREAMS)
             .keep_alive_interval(super::KEEP_ALIVE_INTERVAL)
-            .serve_connection(TokioIo::new(io), service);
+            .enable_connect_protocol()
+            .serve_connection(
+                TokioIo::new(super::flood::ControlFrameLimit::new(io)),
+                service,
+            );
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,
@@ -118,8 +139,15 @@ impl Inbound {
         }
     }
 
-    async fn handle(&self, request: Request<Incoming>, allowed: bool) -> Response<Body> {
+    async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        allowed: bool,
+        peer: Option<String>,
+    ) -> Response<Body> {
         let started = Instant::now();
+        super::trace_hop(request.headers_mut());
+        let info = super::RequestInfo::of(&request, peer);
         let grpc = super::is_grpc(&request);
         let outcome = if allowed {
             self.forward(request).await
@@ -134,19 +162,19 @@ impl Inbound {
                 error.response(grpc)
             }
         };
-        self.metrics.finished(Finished {
-            direction: Direction::Inbound,
-            upstream: LOCAL_APP,
-            route: "default",
-            status: response.status(),
-            grpc_status: super::grpc_status_label(&response),
-            seconds: started.elapsed().as_secs_f64(),
-        });
-        response
+        let seconds = started.elapsed().as_secs_f64();
+        let route = "default".to_owned();
+        let finished = Finished::new(Direction::Inbound, LOCAL_APP, route, seconds, info);
+        super::record(&self.metrics, response, finished)
     }
 
     async fn forward(&self, request: Request<Incoming>) -> Result<Response<Body>, LocalError> {
         let app = *self.app.borrow();
+        if let Some(tunnel) = super::upgrade::Tunnel::of_h2(&request) {
+            let request = request.map(BodyExt::boxed);
+            let (timeout, tasks) = (self.connect_timeout, &self.tunnels);
+            return super::upgrade::inbound(request, tunnel, app, timeout, tasks).await;
+        }
         let (mut parts, body) = request.into_parts();
         super::strip_hop_by_hop(&mut parts.headers);
         super::ensure_traceparent(&mut parts.headers);
@@ -155,7 +183,11 @@ impl Inbound {
             .path_and_query()
             .map_or("/", |path| path.as_str())
             .to_owned();
-        if self.http2 {
+        let http2 = match &self.chain {
+            Some(chain) => super::chain_is_http2(chain),
+            None => self.http2,
+        };
+        if http2 {
             parts.version = Version::HTTP_2;
         } else {
             // HTTP/1.1: the caller's :authority becomes Host again.
@@ -173,7 +205,8 @@ impl Inbound {
             .build()
             .map_err(|_| LocalError::BadRequest)?;
         let request = Request::from_parts(parts, body.boxed());
-        let response = self.client.request(request).await.map_err(|error| {
+        let client = if http2 { &self.h2c } else { &self.client };
+        let response = client.request(request).await.map_err(|error| {
             debug!(%error, %app, "request to the local app failed");
             if error.is_connect() {
                 LocalError::UpstreamConnectFailure

@@ -27,6 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::access_log::{AccessLog, Entry};
 use crate::metrics::Direction;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -74,6 +75,7 @@ pub(crate) struct HttpMetrics {
     retries: Family<TrafficLabels, Counter>,
     budget_exhausted: Family<TrafficLabels, Counter>,
     faults: Family<FaultLabels, Counter>,
+    access_log: Option<AccessLog>,
     bulkhead_rejections: Family<LimitLabels, Counter>,
     ejections: Family<UpstreamLabel, Counter>,
     ejected: Family<UpstreamLabel, Gauge>,
@@ -111,25 +113,55 @@ impl Default for HttpMetrics {
             ejected: Family::default(),
             mirrored: Family::default(),
             bulkhead_rejections: Family::default(),
+            access_log: None,
         }
     }
 }
 
-/// One finished request, as the metrics see it.
+/// One finished request, as the metrics and the access log see it.
 #[derive(Debug)]
-pub(crate) struct Finished<'a> {
+pub(crate) struct Finished {
     /// Which way.
     pub direction: Direction,
     /// Upstream service or `local_app`.
-    pub upstream: &'a str,
+    pub upstream: String,
     /// Route name.
-    pub route: &'a str,
+    pub route: String,
     /// Response status.
     pub status: http::StatusCode,
-    /// `grpc-status` when known from the response headers.
+    /// `grpc-status` (from the headers or the trailers), or empty.
     pub grpc_status: String,
     /// Time to the response headers.
     pub seconds: f64,
+    /// What the access log says about the request.
+    pub request: super::RequestInfo,
+    /// `x-plexus-error` when the sidecar answered itself.
+    pub error: Option<String>,
+    /// Response body length when known in advance.
+    pub response_bytes: Option<u64>,
+}
+
+impl Finished {
+    /// A request whose response (status, error, grpc status) is filled in later.
+    pub(crate) fn new(
+        direction: Direction,
+        upstream: &str,
+        route: String,
+        seconds: f64,
+        request: super::RequestInfo,
+    ) -> Self {
+        Self {
+            direction,
+            upstream: upstream.to_owned(),
+            route,
+            status: http::StatusCode::OK,
+            grpc_status: String::new(),
+            seconds,
+            request,
+            error: None,
+            response_bytes: None,
+        }
+    }
 }
 
 impl HttpMetrics {
@@ -262,23 +294,50 @@ impl HttpMetrics {
             .inc();
     }
 
-    /// Counts a finished request.
-    pub(crate) fn finished(&self, request: Finished<'_>) {
+    /// Counts a finished request, and writes its access log line when there is a log.
+    pub(crate) fn finished(&self, request: Finished) {
+        if let Some(log) = &self.access_log {
+            let info = &request.request;
+            log.write(&Entry {
+                time: super::access_log::now(),
+                direction: match request.direction {
+                    Direction::Inbound => "inbound",
+                    Direction::Outbound => "outbound",
+                },
+                upstream: &request.upstream,
+                route: &request.route,
+                method: &info.method,
+                path: &info.path,
+                status: request.status.as_u16(),
+                grpc_status: Some(request.grpc_status.as_str()).filter(|s| !s.is_empty()),
+                duration_ms: request.seconds * 1000.0,
+                response_bytes: request.response_bytes,
+                error: request.error.as_deref(),
+                trace_id: info.trace_id.as_deref(),
+                peer: info.peer.as_deref(),
+            });
+        }
+        self.duration
+            .get_or_create(&TrafficLabels {
+                direction: request.direction,
+                upstream: request.upstream.clone(),
+            })
+            .observe(request.seconds);
         self.requests
             .get_or_create(&RequestLabels {
                 direction: request.direction,
-                upstream: request.upstream.to_owned(),
-                route: request.route.to_owned(),
+                upstream: request.upstream,
+                route: request.route,
                 class: super::class(request.status),
                 grpc_status: request.grpc_status,
             })
             .inc();
-        self.duration
-            .get_or_create(&TrafficLabels {
-                direction: request.direction,
-                upstream: request.upstream.to_owned(),
-            })
-            .observe(request.seconds);
+    }
+
+    /// The same families, also writing `log`.
+    pub(crate) fn with_access_log(mut self, log: Option<AccessLog>) -> Self {
+        self.access_log = log;
+        self
     }
 
     /// Counts a response the sidecar made itself.

@@ -11,9 +11,15 @@
 //!
 //! Anything the sidecar answers itself carries `x-plexus-error: <reason>` ([`LocalError`]); a
 //! gRPC request gets a trailers-only response with a `grpc-status` instead.
+//!
+//! Also here: WebSocket/`CONNECT` tunnels over extended CONNECT (`upgrade`), recording a request
+//! when its response ends (`trailers`: gRPC status from trailers) in the metrics and the JSON
+//! access log (`access_log`), and the W3C trace hop ([`trace_hop`]).
 
+pub(crate) mod access_log;
 mod balancer;
 mod bulkhead;
+mod flood;
 mod idle;
 pub(crate) mod inbound;
 mod metrics;
@@ -23,6 +29,8 @@ mod policy;
 mod rewrite;
 mod route_limit;
 pub(crate) mod targets;
+mod trailers;
+mod upgrade;
 
 use std::time::Duration;
 
@@ -33,6 +41,21 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
 pub(crate) use metrics::HttpMetrics;
+
+/// The latest discovery chain of an upstream (`None` until the control plane answered).
+pub(crate) type ChainWatch = tokio::sync::watch::Receiver<
+    Option<std::sync::Arc<plexus_api::Indexed<plexus_api::config_entry::chain::DiscoveryChain>>>,
+>;
+
+/// True when the chain declares an HTTP-aware protocol (`service-defaults` `Protocol` `http`,
+/// `http2` or `grpc`); `tcp`, and no chain yet, keep the L4 path.
+pub(crate) fn chain_is_http(chain: &ChainWatch) -> bool {
+    use plexus_api::config_entry::chain::Protocol;
+    chain
+        .borrow()
+        .as_ref()
+        .is_some_and(|chain| chain.value.protocol != Protocol::Tcp)
+}
 
 /// Bodies of every request and response the sidecar forwards or makes.
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
@@ -233,6 +256,112 @@ pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
     }
 }
 
+/// What the access log records about a request, taken when it arrives.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RequestInfo {
+    /// Method.
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// The W3C trace id it carries.
+    pub trace_id: Option<String>,
+    /// The calling service (inbound).
+    pub peer: Option<String>,
+}
+
+impl RequestInfo {
+    /// The method, path and trace id of `request`; `peer` is the caller's service.
+    pub(crate) fn of<B>(request: &Request<B>, peer: Option<String>) -> Self {
+        let trace_id = request
+            .headers()
+            .get(TRACEPARENT)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split('-').nth(1))
+            .filter(|id| id.len() == 32)
+            .map(str::to_owned);
+        Self {
+            method: request.method().as_str().to_owned(),
+            path: request.uri().path().to_owned(),
+            trace_id,
+            peer,
+        }
+    }
+}
+
+/// Records `finished` (metrics, access log) with what `response` says, when the response ends:
+/// at once, or, for a gRPC response whose status comes in trailers, when its body ends.
+pub(crate) fn record(
+    metrics: &HttpMetrics,
+    response: Response<Body>,
+    mut finished: metrics::Finished,
+) -> Response<Body> {
+    finished.status = response.status();
+    finished.error = response
+        .headers()
+        .get(ERROR_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    finished.response_bytes = hyper::body::Body::size_hint(response.body()).exact();
+    let metrics = metrics.clone();
+    trailers::on_end(
+        response,
+        Box::new(move |grpc_status| {
+            finished.grpc_status = grpc_status;
+            metrics.finished(finished);
+        }),
+    )
+}
+
+/// One hop of the W3C trace: a request without a valid `traceparent` gets a new one (version
+/// 00, random trace and span ids, sampled); one with a valid `traceparent` keeps its trace id
+/// and flags and gets a new parent id (this sidecar's span), so the next hop sees this hop as
+/// its parent.
+pub(crate) fn trace_hop(headers: &mut HeaderMap) {
+    let kept = headers
+        .get(TRACEPARENT)
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_traceparent);
+    let span: u64 = rand::random::<u64>().max(1);
+    let value = match kept {
+        Some((trace, flags)) => format!("00-{trace}-{span:016x}-{flags}"),
+        None => {
+            let trace: u128 = rand::random::<u128>().max(1);
+            format!("00-{trace:032x}-{span:016x}-01")
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(TRACEPARENT, value);
+    }
+}
+
+/// The trace id and flags of a valid version-00 `traceparent` (lowercase hex, ids not all
+/// zero).
+fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |text: &str, len: usize| {
+        text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let valid = parts.next().is_none()
+        && version == "00"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0');
+    valid.then_some((trace, flags))
+}
+
+/// True when the chain says the app speaks HTTP/2 (`http2` or `grpc`).
+pub(crate) fn chain_is_http2(chain: &ChainWatch) -> bool {
+    use plexus_api::config_entry::chain::Protocol;
+    chain
+        .borrow()
+        .as_ref()
+        .is_some_and(|chain| matches!(chain.value.protocol, Protocol::Http2 | Protocol::Grpc))
+}
+
 /// The response class label: `1xx` … `5xx`.
 pub(crate) fn class(status: StatusCode) -> &'static str {
     match status.as_u16() {
@@ -242,18 +371,6 @@ pub(crate) fn class(status: StatusCode) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
-}
-
-/// The `grpc-status` of a response known from its headers (trailers-only responses); `""` when
-/// not a gRPC response or the status comes in trailers.
-pub(crate) fn grpc_status_label<B>(response: &Response<B>) -> String {
-    response
-        .headers()
-        .get("grpc-status")
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| value.len() <= 2 && value.bytes().all(|b| b.is_ascii_digit()))
-        .map(str::to_owned)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -300,6 +417,33 @@ mod tests {
     }
 
     #[test]
+    fn a_trace_hop_keeps_the_trace_id_with_a_new_parent_and_replaces_invalid_ones() {
+        let mine = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_static(mine));
+        trace_hop(&mut headers);
+        let next = headers[TRACEPARENT].to_str().unwrap().to_owned();
+        assert!(
+            next.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{next}"
+        );
+        assert!(next.ends_with("-01") && next.len() == 55, "{next}");
+        assert_ne!(next, mine);
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "zz",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        ] {
+            headers.insert(TRACEPARENT, HeaderValue::from_static(bad));
+            trace_hop(&mut headers);
+            let fresh = headers[TRACEPARENT].to_str().unwrap().to_owned();
+            assert!(parse_traceparent(&fresh).is_some(), "{fresh}");
+            assert!(!fresh.contains("4bf92f"), "{bad} → {fresh}");
+        }
+    }
+
+    #[test]
     fn local_errors_say_why_in_http_and_in_grpc() {
         let response = LocalError::NoHealthyEndpoints.response(false);
         assert_eq!(response.status(), 503);
@@ -308,7 +452,10 @@ mod tests {
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["grpc-status"], "14");
         assert_eq!(response.headers()[ERROR_HEADER], "upstream_connect_failure");
-        assert_eq!(grpc_status_label(&response), "14");
+        assert_eq!(
+            trailers::grpc_status(response.headers()).as_deref(),
+            Some("14")
+        );
         assert_eq!(LocalError::Denied.response(false).status(), 403);
         assert_eq!(LocalError::Timeout.response(false).status(), 504);
         assert_eq!(class(StatusCode::IM_A_TEAPOT), "4xx");

@@ -146,7 +146,9 @@ impl Outbound {
             async move { Ok::<_, Infallible>(super::idle::served(this.handle(request, source).await)) }
         });
         let builder = server_builder();
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        // With upgrades: WebSocket and CONNECT tunnels (`l7::upgrade`).
+        let stream = super::flood::ControlFrameLimit::new(stream);
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,
@@ -167,10 +169,12 @@ impl Outbound {
 
     async fn handle(
         self: &Arc<Self>,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         source: Option<std::net::IpAddr>,
     ) -> Response<Body> {
         let started = Instant::now();
+        super::trace_hop(request.headers_mut());
+        let info = super::RequestInfo::of(&request, None);
         let grpc = super::is_grpc(&request);
         let http1 = request.version() < Version::HTTP_2;
         // A request body hyper cannot decode (e.g. an invalid chunk size) must end in 400 and a
@@ -207,15 +211,9 @@ impl Outbound {
                 response
             }
         };
-        self.metrics.finished(Finished {
-            direction: Direction::Outbound,
-            upstream: &self.destination,
-            route: &route,
-            status: response.status(),
-            grpc_status: super::grpc_status_label(&response),
-            seconds: started.elapsed().as_secs_f64(),
-        });
-        response
+        let seconds = started.elapsed().as_secs_f64();
+        let finished = Finished::new(Direction::Outbound, &self.destination, route, seconds, info);
+        super::record(&self.metrics, response, finished)
     }
 
     /// Route match → rate limit (429) → bulkhead (503) → fault injection → prefix rewrite →
@@ -226,6 +224,16 @@ impl Outbound {
         policy: Option<&Policy>,
         source: Option<std::net::IpAddr>,
     ) -> (String, Result<Response<Body>, LocalError>) {
+        if let Some(tunnel) = super::upgrade::Tunnel::of(&request) {
+            // A tunnel goes to the upstream's own endpoints, balanced, without routes.
+            let sender = self
+                .sender(Selection::default())
+                .await
+                .map(|(_, _, sender)| sender);
+            let (destination, tasks) = (&self.destination, &self.tasks);
+            let outcome = super::upgrade::outbound(request, tunnel, destination, sender, tasks);
+            return (DEFAULT_ROUTE.to_owned(), outcome.await);
+        }
         let request = match self.prepare(request) {
             Ok(request) => request,
             Err(error) => return (DEFAULT_ROUTE.to_owned(), Err(error)),

@@ -48,6 +48,16 @@ pub(crate) enum Target {
     },
     /// Outbound HTTP: each request balanced over pooled HTTP/2 connections.
     Http(Arc<l7::outbound::Outbound>),
+    /// Outbound, protocol not in the registration: each new connection takes the HTTP path
+    /// when the upstream's discovery chain says `http`/`http2`/`grpc`, else the L4 one.
+    ByChain {
+        /// The HTTP path.
+        http: Arc<l7::outbound::Outbound>,
+        /// The L4 path (a [`Target::Balanced`]).
+        l4: Box<Target>,
+        /// The upstream's chain.
+        chain: l7::ChainWatch,
+    },
     /// Outbound: an upstream's endpoints, in round-robin order.
     Balanced {
         /// The latest endpoint set.
@@ -169,6 +179,13 @@ async fn serve(
     stop: CancellationToken,
 ) {
     let _active = Active::new(metrics.active.clone());
+    if let Target::ByChain { http, l4, chain } = target {
+        target = if l7::chain_is_http(&chain) {
+            Target::Http(http)
+        } else {
+            *l4
+        };
+    }
     if let Target::Http(outbound) = target {
         outbound.serve(downstream, stop).await;
         return;
@@ -262,7 +279,8 @@ async fn connect(
                 .map(|stream| (stream, addr))
                 .map_err(|last| ConnectError::Unreachable { attempts: 1, last })
         }
-        Target::Http(_) => Err(ConnectError::NoEndpoints), // served above
+        // Served above.
+        Target::Http(_) | Target::ByChain { .. } => Err(ConnectError::NoEndpoints),
         Target::Balanced {
             endpoints, picker, ..
         } => {

@@ -46,7 +46,8 @@ pub(crate) fn plan(
         // A new protocol changes how connections are served: rebind.
         Some(current)
             if current.bind != desired.inbound.bind
-                || current.protocol != desired.inbound.protocol =>
+                || current.protocol != desired.inbound.protocol
+                || current.explicit != desired.inbound.explicit =>
         {
             InboundChange::Bind(desired.inbound)
         }
@@ -83,6 +84,7 @@ mod tests {
             destination: name.to_owned(),
             bind: SocketAddr::from(([127, 0, 0, 1], port)),
             protocol: crate::discovery::Protocol::Tcp,
+            explicit: false,
         };
         (name.to_owned(), spec)
     }
@@ -96,6 +98,7 @@ mod tests {
                 bind: SocketAddr::from(([0, 0, 0, 0], 21000)),
                 local_app: SocketAddr::from(([127, 0, 0, 1], app_port)),
                 protocol: crate::discovery::Protocol::Tcp,
+                explicit: false,
             },
             upstreams: upstreams.iter().map(|(n, p)| upstream(n, *p)).collect(),
         }

@@ -172,7 +172,7 @@ impl Listeners {
                 if let Some(old) = self.inbound.take() {
                     old.running.close(&ListenerName::Inbound).await;
                 }
-                match self.open_inbound(spec).await {
+                match self.open_inbound(spec, &config.destination).await {
                     Ok(inbound) => self.inbound = Some(inbound),
                     Err(error) => on_bind_error.handle(error)?,
                 }
@@ -213,7 +213,7 @@ impl Listeners {
         }
     }
 
-    async fn open_inbound(&self, spec: InboundSpec) -> Result<Inbound, ProxyError> {
+    async fn open_inbound(&self, spec: InboundSpec, service: &str) -> Result<Inbound, ProxyError> {
         let name = ListenerName::Inbound;
         let (listener, bound) = bind(&name, spec.bind).await?;
         let (app, app_rx) = watch::channel(spec.local_app);
@@ -221,9 +221,12 @@ impl Listeners {
         // The local app is the inbound direction's one endpoint.
         self.ctx.metrics.endpoints(LOCAL_APP).set(1);
         let stop = self.ctx.stop.child_token();
+        // No protocol in the registration: the service's own chain decides.
+        let chain = (!spec.explicit).then(|| (self.ctx.chains)(service, stop.clone()));
         let http = Arc::new(l7::inbound::Inbound::new(
             app_rx.clone(),
             spec.protocol,
+            chain,
             self.ctx.http_metrics.clone(),
             self.ctx.limits.connect_timeout,
         ));
@@ -259,9 +262,8 @@ impl Listeners {
             alpn,
         )
         .map_err(ProxyError::Tls)?;
-        let mut ejected = watch::channel(Vec::new()).1;
-        let target = if spec.protocol.is_http() {
-            let outbound = Arc::new(l7::outbound::Outbound::new(l7::outbound::OutboundParts {
+        let http = |tls, chain| {
+            Arc::new(l7::outbound::Outbound::new(l7::outbound::OutboundParts {
                 destination: spec.destination.clone(),
                 endpoints: endpoints.clone(),
                 tls: Some(tls),
@@ -269,17 +271,42 @@ impl Listeners {
                 connect_timeout: self.ctx.limits.connect_timeout,
                 tasks: self.ctx.tasks.clone(),
                 kill: self.ctx.kill.clone(),
-                chain: (self.ctx.chains)(&spec.destination, stop.clone()),
+                chain,
                 remote: self.remote(),
                 stop: stop.clone(),
-            }));
+            }))
+        };
+        let mut ejected = watch::channel(Vec::new()).1;
+        let target = if spec.protocol.is_http() {
+            let outbound = http(tls, (self.ctx.chains)(&spec.destination, stop.clone()));
             ejected = outbound.ejected();
             Target::Http(outbound)
-        } else {
+        } else if spec.explicit {
             Target::Balanced {
                 endpoints: endpoints.clone(),
                 picker: Arc::default(),
                 tls: Some(tls),
+            }
+        } else {
+            // No protocol in the registration: the chain decides per connection.
+            let chain = (self.ctx.chains)(&spec.destination, stop.clone());
+            let h2 = tls::Outbound::with_alpn(
+                &self.ctx.security.identity,
+                &spec.destination,
+                self.ctx.security.metrics.clone(),
+                tls::ALPN_H2,
+            )
+            .map_err(ProxyError::Tls)?;
+            let outbound = http(h2, chain.clone());
+            ejected = outbound.ejected();
+            Target::ByChain {
+                http: outbound,
+                l4: Box::new(Target::Balanced {
+                    endpoints: endpoints.clone(),
+                    picker: Arc::default(),
+                    tls: Some(tls),
+                }),
+                chain,
             }
         };
         let accept = self.accept(name, listener, target, metrics);

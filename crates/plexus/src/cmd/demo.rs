@@ -176,6 +176,7 @@ impl DemoSidecar {
             admin_listener,
             drain_grace: Duration::from_secs(2),
             close_denied: false,
+            access_log: None,
         };
         let task = tokio::spawn(plexus_proxy::run(config, shutdown.token()));
         Ok(Self { admin, task })

@@ -28,6 +28,10 @@ pub struct Args {
     /// a change applies to new connections only).
     #[arg(long = "close-denied")]
     pub close_denied: bool,
+    /// Write a JSON line per HTTP request to this file (appended; created if missing), or to
+    /// standard output with `-`.
+    #[arg(long = "access-log", value_name = "PATH|-")]
+    pub access_log: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub control: ControlArgs,
 }
@@ -46,6 +50,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    let access_log = match args.access_log.as_deref() {
+        None => None,
+        Some(path) if path.as_os_str() == "-" => Some(plexus_proxy::AccessLog::stdout()),
+        Some(path) => match plexus_proxy::AccessLog::open(path) {
+            Ok(log) => Some(log),
+            Err(error) => {
+                eprintln!("error: --access-log {}: {error}", path.display());
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
+        },
+    };
     let admin_listener = TcpListener::bind(&args.admin_addr)
         .await
         .with_context(|| format!("cannot bind the admin listener on {}", args.admin_addr))?;
@@ -57,6 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         admin_listener,
         drain_grace: args.grace,
         close_denied: args.close_denied,
+        access_log,
     };
     plexus_proxy::run(config, shutdown.token()).await?;
     Ok(ExitCode::SUCCESS)

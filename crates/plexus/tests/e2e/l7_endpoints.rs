@@ -205,7 +205,11 @@ async fn ring_hash_least_request_peak_ewma_and_outlier_ejection_then_readmission
     // round-robin third.
     mesh.configure(&[resolver(serde_json::json!({"Policy": "least_request"}))])
         .await;
-    stubs[2].set_delay(Duration::from_secs(1));
+    // Six closed-loop workers keep six requests in flight, and least_request evens out the
+    // in-flight counts: the slow instance holds its share for as long as it is slow. With a
+    // delay far above the others' latency (even on a loaded machine) that share is a few
+    // requests for the whole run.
+    stubs[2].set_delay(Duration::from_secs(4));
     let before = stubs[2].requests();
     let mut workers = Vec::new();
     for _ in 0..6 {
@@ -231,6 +235,7 @@ async fn ring_hash_least_request_peak_ewma_and_outlier_ejection_then_readmission
     // it has answered slowly (round robin would send it a third: 20).
     mesh.configure(&[resolver(serde_json::json!({"Policy": "peak_ewma"}))])
         .await;
+    stubs[2].set_delay(Duration::from_secs(1));
     let before = stubs[2].requests();
     for _ in 0..60 {
         assert_eq!(mesh.call(&http, "/", &[]).await.0, 200);

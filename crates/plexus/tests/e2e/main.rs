@@ -20,6 +20,7 @@ mod kv;
 mod l7;
 mod l7_endpoints;
 mod l7_limits;
+mod l7_protocols;
 mod registration;
 mod shutdown;
 mod sidecar;
