@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use plexus_api::AgentProxy;
+use plexus_api::{AgentProxy, Node};
 
 use super::*;
 use crate::store::EmbeddedStore;
