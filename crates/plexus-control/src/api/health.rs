@@ -42,9 +42,9 @@ pub async fn connect(
 }
 
 /// A blocking query on one service: wakes only when that service's answer changed (its own
-/// modify index), answers with the store revision as `X-Consul-Index` (never lower than the
-/// index the client sent, so clients see it move forward) and a body serialised once per change
-/// and shared by every waiting query.
+/// modify index), answers with the store revision as `X-Consul-Index` (as before, so the index a
+/// client holds only moves forward) and a body serialised once per change of the service and
+/// shared by every waiting query.
 async fn answer(
     state: &ApiState,
     answer: Answer,
