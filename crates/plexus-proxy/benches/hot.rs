@@ -9,6 +9,7 @@
 //!   and the catch-all route, seen through `http::Request` as the L7 path sees them;
 //! - header handling of the L7 path: hop-by-hop removal and the `traceparent` check, on a
 //!   browser-like request's headers.
+//!
 //! Run: `cargo bench -p plexus-proxy --bench hot`.
 
 #![allow(missing_docs, clippy::unwrap_used)]
