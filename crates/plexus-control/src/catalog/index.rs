@@ -523,6 +523,7 @@ async fn follow(
                         tracing::debug!(compact_revision, "catalog watch compacted; re-listing");
                         break;
                     }
+                    None if store.strong_count() == 0 => return,
                     None => {
                         tracing::warn!("catalog watch ended; re-listing");
                         break;
