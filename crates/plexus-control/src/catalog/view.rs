@@ -15,7 +15,7 @@ use plexus_api::{
 use tokio::sync::watch;
 
 use super::index::{Answer, Shared, has_tag};
-use super::{StoreCatalog, keys, store_error};
+use super::{StoreCatalog, store_error};
 
 /// Filters of `GET /v1/health/service/:name` and `/v1/health/connect/:name`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -41,10 +41,11 @@ impl StoreCatalog {
     }
 
     /// The index once it has applied the store's current revision. The current revision comes
-    /// from `get_at` (a linearizable read on etcd; the committed revision, published before a
-    /// write returns, on the embedded store), so a read after a write always sees it.
+    /// from `current_revision` (a linearizable read on etcd; the committed revision, published
+    /// before a write returns, on the embedded store, without a storage read), so a read after a
+    /// write always sees it.
     async fn current(&self) -> Result<&Arc<Shared>, CatalogError> {
-        let (_, current) = self.store.get_at(keys::ROOT).await.map_err(store_error)?;
+        let current = self.store.current_revision().await.map_err(store_error)?;
         let index = self.index().await?;
         index.catch_up(&*self.store, current).await?;
         Ok(index)
