@@ -61,6 +61,16 @@ mod tls;
 pub mod hot {
     pub use crate::balance::RoundRobin;
     pub use crate::discovery::EndpointSet;
+
+    /// The L7 path's removal of hop-by-hop headers, as each proxied request and response gets it.
+    pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+        crate::l7::strip_hop_by_hop(headers);
+    }
+
+    /// The L7 path's `traceparent` check (and creation when absent), once per request.
+    pub fn ensure_traceparent(headers: &mut http::HeaderMap) {
+        crate::l7::ensure_traceparent(headers);
+    }
 }
 
 use std::sync::Arc;

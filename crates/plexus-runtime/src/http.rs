@@ -324,14 +324,28 @@ impl BlockingQuery {
 
     /// Waits until the watched index is past `index`, or `wait` (plus up to 1/16 jitter, as
     /// Consul does) has passed. Returns at once without an index.
-    pub async fn block(&self, mut indexes: watch::Receiver<u64>) {
+    pub async fn block(&self, indexes: watch::Receiver<u64>) {
+        self.block_until(indexes, |current| *current).await;
+    }
+
+    /// Like [`BlockingQuery::block`] for an answer with its own modify index: waits until
+    /// `index_of` (re-evaluated each time `changes` moves) is past `index`. A query on one service
+    /// then wakes only when that service changed, not on every write to the store.
+    pub async fn block_until<T>(
+        &self,
+        mut changes: watch::Receiver<T>,
+        mut index_of: impl FnMut(&T) -> u64,
+    ) {
         let Some(min) = self.index.filter(|i| *i > 0) else {
             return;
         };
         tracing::debug!(index = min, wait = ?self.wait, "blocking query waiting");
         let jitter = jitter(self.wait / 16);
         let deadline = tokio::time::Instant::now() + self.wait + jitter;
-        let moved = tokio::time::timeout_at(deadline, indexes.wait_for(|current| *current > min));
+        let moved = tokio::time::timeout_at(
+            deadline,
+            changes.wait_for(move |current| index_of(current) > min),
+        );
         match &self.shutdown {
             Some(token) => {
                 tokio::select! {
@@ -389,6 +403,25 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A query on an answer with its own index sleeps through changes that leave that index
+    /// alone and wakes on the first that moves it (paused time: the timeouts are virtual).
+    #[tokio::test(start_paused = true)]
+    async fn block_until_wakes_only_when_its_own_index_moves() {
+        let query = BlockingQuery {
+            index: Some(5),
+            wait: Duration::from_secs(60),
+            shutdown: None,
+        };
+        let (tx, rx) = watch::channel((10_u64, 5_u64));
+        let mut blocked = Box::pin(query.block_until(rx, |(_, own)| *own));
+        tx.send_replace((11, 5));
+        let still = tokio::time::timeout(Duration::from_secs(30), &mut blocked).await;
+        assert!(still.is_err(), "woke although its own index did not move");
+        tx.send_replace((12, 6));
+        let woke = tokio::time::timeout(Duration::from_secs(1), &mut blocked).await;
+        assert!(woke.is_ok());
+    }
 
     #[test]
     fn query_flags_and_decoding() {

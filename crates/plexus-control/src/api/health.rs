@@ -1,6 +1,7 @@
 //! `GET /v1/health/*`: instances with their checks, checks by service and by state. All are
 //! blocking queries.
 
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -8,7 +9,7 @@ use plexus_api::{Catalog, CheckStatus};
 use plexus_runtime::http::{ApiError, BlockingQuery, QueryParams, indexed_json};
 
 use super::{ApiState, catalog_error, path_error};
-use crate::catalog::HealthFilter;
+use crate::catalog::{Answer, HealthFilter};
 
 fn filter(params: &QueryParams) -> HealthFilter {
     HealthFilter {
@@ -25,13 +26,7 @@ pub async fn service(
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     let Path(name) = name.map_err(path_error)?;
-    query.block(state.catalog.index_watch()).await;
-    let entries = state
-        .catalog
-        .service_health(&name, &filter(&params))
-        .await
-        .map_err(catalog_error)?;
-    Ok(indexed_json(entries.index, &entries.value))
+    answer(&state, Answer::Health, &name, &query, &params).await
 }
 
 /// `GET /v1/health/connect/{name}[?passing][&tag=]`: `[ServiceEntry]` of the proxies (and
@@ -43,13 +38,39 @@ pub async fn connect(
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     let Path(name) = name.map_err(path_error)?;
-    query.block(state.catalog.index_watch()).await;
-    let entries = state
+    answer(&state, Answer::Connect, &name, &query, &params).await
+}
+
+/// A blocking query on one service: wakes only when that service's answer changed (its own
+/// modify index), answers with the store revision as `X-Consul-Index` (as before, so the index a
+/// client holds only moves forward) and a body serialised once per change of the service and
+/// shared by every waiting query.
+async fn answer(
+    state: &ApiState,
+    answer: Answer,
+    name: &str,
+    query: &BlockingQuery,
+    params: &QueryParams,
+) -> Result<Response, ApiError> {
+    let (changes, index_of) = state
         .catalog
-        .connect_health(&name, &filter(&params))
+        .service_watch(answer, name)
         .await
         .map_err(catalog_error)?;
-    Ok(indexed_json(entries.index, &entries.value))
+    query.block_until(changes, |_| index_of()).await;
+    let body = state
+        .catalog
+        .health_json(answer, name, &filter(params))
+        .await
+        .map_err(catalog_error)?;
+    Ok(indexed_body(body.index, body.value))
+}
+
+/// A JSON body already serialised, with the headers of [`indexed_json`].
+fn indexed_body(index: u64, body: Bytes) -> Response {
+    let mut response = indexed_json(index, &());
+    *response.body_mut() = Body::from(body);
+    response
 }
 
 /// `GET /v1/health/checks/{service}`: `[HealthCheck]`.

@@ -11,8 +11,10 @@
 //! Records are stored without indexes; `CreateIndex`/`ModifyIndex` are filled on read from the
 //! store's create and mod revisions. Writes that depend on what they read are guarded by
 //! compare-and-set on the node record (every registration rewrites it) and retried on conflict.
-//! Reads for the HTTP API live in [`view`].
+//! Reads for the HTTP API live in [`view`], served from an in-memory [`index`] that the store's
+//! watch keeps current.
 
+mod index;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -20,14 +22,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use plexus_api::{
-    AgentService, Catalog, CatalogError, CheckStatus, HealthCheck, Indexed, Node, Registration,
+    AgentService, Catalog, CatalogError, CheckStatus, HealthCheck, Indexed, Registration,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::store::{Compare, KeyValue, Op, Store, Txn};
 
+pub use index::Answer;
 pub use view::HealthFilter;
 
 /// How many times a write re-reads and retries when a concurrent write got in first.
@@ -60,7 +64,11 @@ pub enum RecordError {
 pub struct StoreCatalog {
     store: Arc<dyn Store>,
     datacenter: String,
-    snapshots: view::SnapshotCache,
+    /// The in-memory catalog, started on first read.
+    index: tokio::sync::OnceCell<Arc<index::Shared>>,
+    /// Stops the index's watch task.
+    stop: CancellationToken,
+    _stop_on_drop: DropGuard,
 }
 
 impl std::fmt::Debug for StoreCatalog {
@@ -189,10 +197,13 @@ fn mod_revision(key: &str, kv: Option<&KeyValue>) -> Compare {
 impl StoreCatalog {
     /// A catalog over `store`; records without a datacenter are shown in `datacenter`.
     pub fn new(store: Arc<dyn Store>, datacenter: impl Into<String>) -> Self {
+        let stop = CancellationToken::new();
         Self {
             store,
             datacenter: datacenter.into(),
-            snapshots: view::SnapshotCache::default(),
+            index: tokio::sync::OnceCell::new(),
+            _stop_on_drop: stop.clone().drop_guard(),
+            stop,
         }
     }
 
@@ -437,25 +448,12 @@ impl Catalog for StoreCatalog {
 
 impl StoreCatalog {
     fn fill_service(&self, service: &mut AgentService, kv: &KeyValue) {
-        service.create_index = Some(kv.create_revision);
-        service.modify_index = Some(kv.mod_revision);
-        if service.datacenter.is_empty() {
-            service.datacenter.clone_from(&self.datacenter);
-        }
-    }
-
-    fn fill_node(&self, node: &mut Node, kv: &KeyValue) {
-        node.create_index = kv.create_revision;
-        node.modify_index = kv.mod_revision;
-        if node.datacenter.is_empty() {
-            node.datacenter.clone_from(&self.datacenter);
-        }
+        index::fill_service(service, kv, &self.datacenter);
     }
 }
 
 fn fill_check(check: &mut HealthCheck, kv: &KeyValue) {
-    check.create_index = kv.create_revision;
-    check.modify_index = kv.mod_revision;
+    index::fill_check(check, kv);
 }
 
 #[cfg(test)]

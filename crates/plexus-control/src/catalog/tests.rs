@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use plexus_api::AgentProxy;
+use plexus_api::{AgentProxy, Node};
 
 use super::*;
 use crate::store::EmbeddedStore;
@@ -363,10 +363,11 @@ fn keys_escape_separators() {
     assert_eq!(keys::unescape(&keys::escape("%2F/%")), "%2F/%");
 }
 
-/// Reads share one snapshot per revision; a write moves the revision, so the next read is a
-/// fresh load that shows it (and reads at an unchanged revision keep showing the same data).
+/// Reads come from the in-memory index; a write moves the revision, and the next read waits for
+/// the index to apply it, so it shows the write (and reads at an unchanged revision keep showing
+/// the same data).
 #[tokio::test]
-async fn a_read_after_a_write_sees_it_despite_the_shared_snapshot() {
+async fn a_read_after_a_write_sees_it_despite_the_in_memory_index() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = catalog(dir.path());
     let filter = HealthFilter::default();

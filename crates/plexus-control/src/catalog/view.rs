@@ -1,31 +1,24 @@
 //! Catalog reads for the HTTP API: services by name, instances with their node and checks,
 //! checks by service or state, nodes, and connect-capable instances.
 //!
-//! Each read loads the whole `catalog/` prefix at one store revision and filters in memory; the
-//! revision is returned as the index. Results are sorted by node, then service or check id.
-//! The last load is kept and shared by every read at the same revision ([`SnapshotCache`]).
+//! Reads come from the in-memory [`index`](super::index), once it has applied the store's current
+//! revision (so a read after a write sees it); that revision is returned as the index. Results are
+//! sorted by node, then service or check id.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use plexus_api::model::aggregate;
+use axum::body::Bytes;
 use plexus_api::{
-    AgentService, CatalogError, CatalogService, CheckStatus, HealthCheck, Indexed, Node,
-    ServiceEntry, ServiceKind,
+    CatalogError, CatalogService, CheckStatus, HealthCheck, Indexed, Node, ServiceEntry,
 };
+use tokio::sync::watch;
 
-use super::{StoreCatalog, decode, fill_check, keys, store_error};
-
-/// The last catalog snapshot, shared by every read at the same store revision. One change wakes
-/// every blocking query at once (a thousand proxies watching one service); without this each of
-/// them decoded the whole catalog again (100,000 instances: a second of CPU per change per
-/// watcher, see docs/benchmarks.md). The lock also makes concurrent readers at a new revision
-/// wait for one load instead of each doing its own.
-#[derive(Default)]
-pub(crate) struct SnapshotCache(tokio::sync::Mutex<Option<Arc<Snapshot>>>);
+use super::index::{Answer, Shared, has_tag};
+use super::{StoreCatalog, store_error};
 
 /// Filters of `GET /v1/health/service/:name` and `/v1/health/connect/:name`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct HealthFilter {
     /// Keep only instances carrying this tag.
     pub tag: Option<String>,
@@ -33,138 +26,66 @@ pub struct HealthFilter {
     pub passing: bool,
 }
 
-/// Every catalog record at one revision.
-struct Snapshot {
-    index: u64,
-    nodes: BTreeMap<String, Node>,
-    /// `(node, service)`, sorted by node then service id.
-    services: Vec<(String, AgentService)>,
-    /// Sorted by node then check id.
-    checks: Vec<HealthCheck>,
-}
-
-impl Snapshot {
-    fn node(&self, name: &str) -> Node {
-        self.nodes.get(name).cloned().unwrap_or_else(|| Node {
-            node: name.to_owned(),
-            ..Node::default()
-        })
-    }
-
-    /// Node checks of `node` and the checks of instance `service_id` there.
-    fn checks_of(&self, node: &str, service_id: &str) -> Vec<HealthCheck> {
-        let mut checks: Vec<HealthCheck> = self
-            .checks
-            .iter()
-            .filter(|c| c.node == node && (c.service_id.is_empty() || c.service_id == service_id))
-            .cloned()
-            .collect();
-        // Node checks first, as Consul lists them.
-        checks.sort_by(|a, b| {
-            (!a.service_id.is_empty(), &a.check_id).cmp(&(!b.service_id.is_empty(), &b.check_id))
-        });
-        checks
-    }
-
-    fn entries(
-        &self,
-        filter: &HealthFilter,
-        include: impl Fn(&AgentService) -> bool,
-    ) -> Vec<ServiceEntry> {
-        self.services
-            .iter()
-            .filter(|(_, s)| include(s))
-            .filter(|(_, s)| has_tag(s, filter.tag.as_deref()))
-            .map(|(node, service)| ServiceEntry {
-                node: self.node(node),
-                service: service.clone(),
-                checks: self.checks_of(node, &service.id),
-            })
-            .filter(|e| {
-                !filter.passing
-                    || aggregate(e.checks.iter().map(|c| c.status)) == CheckStatus::Passing
-            })
-            .collect()
-    }
-}
-
-fn has_tag(service: &AgentService, tag: Option<&str>) -> bool {
-    tag.is_none_or(|tag| service.tags.iter().any(|t| t == tag))
-}
-
-fn is_native(service: &AgentService, name: &str) -> bool {
-    service.service == name
-        && service
-            .connect
-            .as_ref()
-            .and_then(|c| c.get("Native"))
-            .and_then(serde_json::Value::as_bool)
-            == Some(true)
-}
-
-fn is_proxy_for(service: &AgentService, name: &str) -> bool {
-    service.kind == ServiceKind::ConnectProxy
-        && service
-            .proxy
-            .as_ref()
-            .is_some_and(|p| p.destination_service_name == name)
-}
-
 impl StoreCatalog {
-    /// The catalog at the store's current revision: the cached snapshot when it is at that
-    /// revision, else a fresh load. The current revision comes from `get_at` (a linearizable read
-    /// on etcd; the committed revision, published before a write returns, on the embedded store),
-    /// so a read after a write always sees it.
-    async fn snapshot(&self) -> Result<Arc<Snapshot>, CatalogError> {
-        let (_, current) = self.store.get_at(keys::ROOT).await.map_err(store_error)?;
-        let mut cached = self.snapshots.0.lock().await;
-        if let Some(snapshot) = cached.as_ref().filter(|s| s.index == current) {
-            return Ok(Arc::clone(snapshot));
-        }
-        let fresh = Arc::new(self.load_snapshot().await?);
-        *cached = Some(Arc::clone(&fresh));
-        Ok(fresh)
+    /// The index, started on first use.
+    async fn index(&self) -> Result<&Arc<Shared>, CatalogError> {
+        self.index
+            .get_or_try_init(|| {
+                Shared::start(
+                    Arc::clone(&self.store),
+                    self.datacenter.clone(),
+                    self.stop.clone(),
+                )
+            })
+            .await
     }
 
-    async fn load_snapshot(&self) -> Result<Snapshot, CatalogError> {
-        let (kvs, index) = self.range(keys::ROOT).await?;
-        let mut snapshot = Snapshot {
-            index,
-            nodes: BTreeMap::new(),
-            services: Vec::new(),
-            checks: Vec::new(),
-        };
-        for kv in &kvs {
-            if kv.key.starts_with(keys::NODES) {
-                let mut node: Node = decode(kv)?;
-                self.fill_node(&mut node, kv);
-                snapshot.nodes.insert(node.node.clone(), node);
-            } else if let Some(node) = keys::node_of(keys::SERVICES, &kv.key) {
-                let mut service: AgentService = decode(kv)?;
-                self.fill_service(&mut service, kv);
-                snapshot.services.push((node, service));
-            } else if kv.key.starts_with(keys::CHECKS) {
-                let mut check: HealthCheck = decode(kv)?;
-                fill_check(&mut check, kv);
-                snapshot.checks.push(check);
-            }
-        }
-        snapshot
-            .services
-            .sort_by(|(an, a), (bn, b)| (an, &a.id).cmp(&(bn, &b.id)));
-        snapshot
-            .checks
-            .sort_by(|a, b| (&a.node, &a.check_id).cmp(&(&b.node, &b.check_id)));
-        Ok(snapshot)
+    /// The index once it has applied the store's current revision. The current revision comes
+    /// from `current_revision` (a linearizable read on etcd; the committed revision, published
+    /// before a write returns, on the embedded store, without a storage read), so a read after a
+    /// write always sees it.
+    async fn current(&self) -> Result<&Arc<Shared>, CatalogError> {
+        let current = self.store.current_revision().await.map_err(store_error)?;
+        let index = self.index().await?;
+        index.catch_up(&*self.store, current).await?;
+        Ok(index)
+    }
+
+    /// The revision the catalog index has applied, as a watch, and a function giving the last
+    /// revision at which `answer` for service `name` changed: what a blocking query on that
+    /// service waits on.
+    pub async fn service_watch(
+        &self,
+        answer: Answer,
+        name: &str,
+    ) -> Result<(watch::Receiver<u64>, impl Fn() -> u64 + use<>), CatalogError> {
+        let index = Arc::clone(self.index().await?);
+        let name = name.to_owned();
+        let applied = index.applied();
+        Ok((applied, move || index.read().index_of(answer, &name)))
+    }
+
+    /// The JSON of `GET /v1/health/service/:name` (`Answer::Health`) or
+    /// `/v1/health/connect/:name` (`Answer::Connect`), serialised once per change of the service
+    /// and shared by every reader.
+    pub async fn health_json(
+        &self,
+        answer: Answer,
+        name: &str,
+        filter: &HealthFilter,
+    ) -> Result<Indexed<Bytes>, CatalogError> {
+        let (index, value) = self.current().await?.answer(answer, name, filter)?;
+        Ok(Indexed { index, value })
     }
 
     /// `GET /v1/catalog/services`: each service name with the sorted union of its tags.
     pub async fn service_names(
         &self,
     ) -> Result<Indexed<BTreeMap<String, Vec<String>>>, CatalogError> {
-        let snapshot = self.snapshot().await?;
+        let index = self.current().await?;
+        let state = index.read();
         let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (_, service) in &snapshot.services {
+        for service in state.services.values() {
             names
                 .entry(service.service.clone())
                 .or_default()
@@ -175,7 +96,7 @@ impl StoreCatalog {
             tags.dedup();
         }
         Ok(Indexed {
-            index: snapshot.index,
+            index: state.revision,
             value: names,
         })
     }
@@ -186,13 +107,13 @@ impl StoreCatalog {
         name: &str,
         tag: Option<&str>,
     ) -> Result<Indexed<Vec<CatalogService>>, CatalogError> {
-        let snapshot = self.snapshot().await?;
-        let value = snapshot
-            .services
-            .iter()
-            .filter(|(_, s)| s.service == name && has_tag(s, tag))
-            .map(|(node, s)| {
-                let node = snapshot.node(node);
+        let index = self.current().await?;
+        let state = index.read();
+        let value = state
+            .instances(name)
+            .filter(|(_, s)| has_tag(s, tag))
+            .map(|((node, _), s)| {
+                let node = state.node(node);
                 CatalogService {
                     id: node.id,
                     node: node.node,
@@ -216,17 +137,18 @@ impl StoreCatalog {
             })
             .collect();
         Ok(Indexed {
-            index: snapshot.index,
+            index: state.revision,
             value,
         })
     }
 
     /// `GET /v1/catalog/nodes`: every node, sorted by name.
     pub async fn nodes(&self) -> Result<Indexed<Vec<Node>>, CatalogError> {
-        let snapshot = self.snapshot().await?;
+        let index = self.current().await?;
+        let state = index.read();
         Ok(Indexed {
-            index: snapshot.index,
-            value: snapshot.nodes.values().cloned().collect(),
+            index: state.revision,
+            value: state.nodes.values().cloned().collect(),
         })
     }
 
@@ -236,12 +158,7 @@ impl StoreCatalog {
         name: &str,
         filter: &HealthFilter,
     ) -> Result<Indexed<Vec<ServiceEntry>>, CatalogError> {
-        let snapshot = self.snapshot().await?;
-        let value = snapshot.entries(filter, |s| s.service == name);
-        Ok(Indexed {
-            index: snapshot.index,
-            value,
-        })
+        self.entries(Answer::Health, name, filter).await
     }
 
     /// `GET /v1/health/connect/:name`: the mesh entry points of a service: `connect-proxy`
@@ -251,11 +168,20 @@ impl StoreCatalog {
         name: &str,
         filter: &HealthFilter,
     ) -> Result<Indexed<Vec<ServiceEntry>>, CatalogError> {
-        let snapshot = self.snapshot().await?;
-        let value = snapshot.entries(filter, |s| is_proxy_for(s, name) || is_native(s, name));
+        self.entries(Answer::Connect, name, filter).await
+    }
+
+    async fn entries(
+        &self,
+        answer: Answer,
+        name: &str,
+        filter: &HealthFilter,
+    ) -> Result<Indexed<Vec<ServiceEntry>>, CatalogError> {
+        let index = self.current().await?;
+        let state = index.read();
         Ok(Indexed {
-            index: snapshot.index,
-            value,
+            index: state.revision,
+            value: state.entries(answer, name, filter),
         })
     }
 
@@ -264,21 +190,20 @@ impl StoreCatalog {
         &self,
         name: &str,
     ) -> Result<Indexed<Vec<HealthCheck>>, CatalogError> {
-        let snapshot = self.snapshot().await?;
-        let instances: std::collections::HashSet<(&str, &str)> = snapshot
-            .services
-            .iter()
-            .filter(|(_, s)| s.service == name)
-            .map(|(node, s)| (node.as_str(), s.id.as_str()))
+        let index = self.current().await?;
+        let state = index.read();
+        let instances: std::collections::HashSet<(&str, &str)> = state
+            .instances(name)
+            .map(|((node, _), s)| (node.as_str(), s.id.as_str()))
             .collect();
-        let value = snapshot
+        let value = state
             .checks
-            .iter()
+            .values()
             .filter(|c| instances.contains(&(c.node.as_str(), c.service_id.as_str())))
             .cloned()
             .collect();
         Ok(Indexed {
-            index: snapshot.index,
+            index: state.revision,
             value,
         })
     }
@@ -288,15 +213,16 @@ impl StoreCatalog {
         &self,
         state: Option<CheckStatus>,
     ) -> Result<Indexed<Vec<HealthCheck>>, CatalogError> {
-        let snapshot = self.snapshot().await?;
-        let value = snapshot
+        let index = self.current().await?;
+        let catalog = index.read();
+        let value = catalog
             .checks
-            .iter()
+            .values()
             .filter(|c| state.is_none_or(|s| c.status == s))
             .cloned()
             .collect();
         Ok(Indexed {
-            index: snapshot.index,
+            index: catalog.revision,
             value,
         })
     }

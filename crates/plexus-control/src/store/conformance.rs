@@ -51,6 +51,8 @@ async fn suite(store: Arc<dyn Store>) {
     let (got, at) = store.get_at("a/1").await.unwrap();
     assert_eq!(got.as_ref(), Some(&a1));
     assert!(at >= first.revision);
+    // A read after the write sees at least its revision, without naming a key.
+    assert!(store.current_revision().await.unwrap() >= first.revision);
     assert_eq!(store.get("missing").await.unwrap(), None);
 
     // Range: prefix only, sorted, with a revision at least the last write.

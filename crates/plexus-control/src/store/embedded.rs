@@ -508,6 +508,11 @@ impl Store for EmbeddedStore {
         self.revision.subscribe()
     }
 
+    async fn current_revision(&self) -> Result<u64, StoreError> {
+        // Published (`committed`) before `txn` returns, so a read after a write sees it.
+        Ok(*self.revision.borrow())
+    }
+
     async fn watch(&self, prefix: &str, after_revision: u64) -> Result<Watch, StoreError> {
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         let history = Arc::clone(&self.history);

@@ -233,6 +233,14 @@ pub trait Store: Send + Sync + 'static {
         Ok((record, revision.max(at_least)))
     }
 
+    /// The store's current revision as a read issued now would see it: a read after a write
+    /// that returned gets at least that write's revision. The default asks the backend (a
+    /// linearizable read on etcd); a backend whose revision watch is published before a write
+    /// returns (the embedded store) answers from it without touching storage.
+    async fn current_revision(&self) -> Result<u64, StoreError> {
+        Ok(self.get_at("").await?.1)
+    }
+
     /// Reads every key starting with `prefix`, sorted by key, with the store revision the read
     /// reflects.
     async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64), StoreError>;

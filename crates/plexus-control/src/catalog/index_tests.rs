@@ -1,0 +1,168 @@
+//! Tests of the in-memory catalog index: per-service modify indexes, shared answers, catching
+//! up with writes it did not make.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use plexus_api::{Catalog, CheckStatus};
+
+use super::Answer;
+use crate::catalog::tests::fixtures::*;
+use crate::catalog::{HealthFilter, StoreCatalog};
+use crate::store::{EmbeddedStore, Op, Store, Txn};
+
+/// The health and connect indexes of `name`, read after the index caught up with the store.
+async fn indexes(catalog: &StoreCatalog, name: &str) -> (u64, u64) {
+    let filter = HealthFilter::default();
+    catalog.service_health(name, &filter).await.unwrap();
+    let (_, health) = catalog.service_watch(Answer::Health, name).await.unwrap();
+    let (_, connect) = catalog.service_watch(Answer::Connect, name).await.unwrap();
+    (health(), connect())
+}
+
+#[tokio::test]
+async fn a_service_index_moves_only_when_its_answer_may_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog(dir.path());
+    let web_check = check("web-1-alive", "web-1", CheckStatus::Passing);
+    let first = catalog
+        .register(registration(
+            "n1",
+            vec![service("web-1", "web", &[])],
+            vec![web_check],
+        ))
+        .await
+        .unwrap();
+    let (web, web_connect) = indexes(&catalog, "web").await;
+    assert!(web > 0 && web <= first, "{web} {first}");
+
+    // Another service changing moves the store revision, not web's index.
+    let api = catalog
+        .register(registration(
+            "n2",
+            vec![service("api-1", "api", &[])],
+            vec![],
+        ))
+        .await
+        .unwrap();
+    assert!(api > first);
+    assert_eq!(indexes(&catalog, "web").await, (web, web_connect));
+    assert_eq!(indexes(&catalog, "api").await.0, api);
+
+    // Its check, its node, a proxy for it, its removal: each moves it.
+    let checked = catalog
+        .update_check("n1", "web-1-alive", CheckStatus::Critical, "down")
+        .await
+        .unwrap();
+    assert_eq!(indexes(&catalog, "web").await.0, checked);
+    let proxied = catalog
+        .register(registration("n3", vec![proxy("web-proxy", "web")], vec![]))
+        .await
+        .unwrap();
+    let (health, connect) = indexes(&catalog, "web").await;
+    assert_eq!((health, connect), (checked, proxied));
+    let gone = catalog.deregister_service("n1", "web-1").await.unwrap();
+    assert_eq!(indexes(&catalog, "web").await.0, gone);
+    let answer = catalog
+        .service_health("web", &HealthFilter::default())
+        .await
+        .unwrap();
+    assert!(answer.value.is_empty());
+    // A service never seen waits for its first instance.
+    assert_eq!(
+        indexes(&catalog, "nothing").await.0,
+        indexes(&catalog, "nothing").await.0
+    );
+}
+
+#[tokio::test]
+async fn one_serialised_answer_is_shared_until_the_service_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog(dir.path());
+    catalog
+        .register(registration(
+            "n1",
+            vec![service("web-1", "web", &[])],
+            vec![],
+        ))
+        .await
+        .unwrap();
+    let filter = HealthFilter::default();
+    let a = catalog
+        .health_json(Answer::Health, "web", &filter)
+        .await
+        .unwrap();
+    catalog
+        .register(registration(
+            "n2",
+            vec![service("api-1", "api", &[])],
+            vec![],
+        ))
+        .await
+        .unwrap();
+    let b = catalog
+        .health_json(Answer::Health, "web", &filter)
+        .await
+        .unwrap();
+    // The same bytes (not a copy), under the newer store revision.
+    assert_eq!(a.value.as_ptr(), b.value.as_ptr());
+    assert!(b.index > a.index);
+    let decoded: Vec<plexus_api::ServiceEntry> = serde_json::from_slice(&b.value).unwrap();
+    assert_eq!(decoded.len(), 1);
+    catalog
+        .register(registration(
+            "n3",
+            vec![service("web-3", "web", &[])],
+            vec![],
+        ))
+        .await
+        .unwrap();
+    let c = catalog
+        .health_json(Answer::Health, "web", &filter)
+        .await
+        .unwrap();
+    let decoded: Vec<plexus_api::ServiceEntry> = serde_json::from_slice(&c.value).unwrap();
+    let ids: Vec<&str> = decoded.iter().map(|e| e.service.id.as_str()).collect();
+    assert_eq!(ids, ["web-1", "web-3"]);
+}
+
+/// Writes the index did not make (another server over the same store) and a revision that
+/// carried no change (the watch has nothing to deliver: the read re-lists) are both seen.
+#[tokio::test]
+async fn reads_see_writes_of_another_catalog_and_revisions_without_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let ours = StoreCatalog::new(Arc::clone(&store), "dc1");
+    let theirs = StoreCatalog::new(Arc::clone(&store), "dc1");
+    let filter = HealthFilter::default();
+    assert!(
+        ours.service_health("web", &filter)
+            .await
+            .unwrap()
+            .value
+            .is_empty()
+    );
+    let index = theirs
+        .register(registration(
+            "n1",
+            vec![service("web-1", "web", &[])],
+            vec![],
+        ))
+        .await
+        .unwrap();
+    let read = ours.service_health("web", &filter).await.unwrap();
+    assert_eq!((read.index, read.value.len()), (index, 1));
+
+    let empty = store
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![Op::Delete {
+                key: "absent".to_owned(),
+            }],
+        })
+        .await
+        .unwrap();
+    assert!(empty.revision > index);
+    let read = ours.service_health("web", &filter).await.unwrap();
+    assert_eq!((read.index, read.value.len()), (empty.revision, 1));
+}
