@@ -49,21 +49,16 @@ class Case:
 
 
 def cases(args: argparse.Namespace) -> list[Case]:
-    mtls_why = "" if args.plexus_mtls else "not yet available (issue 3: mTLS between sidecars)"
-    l7_why = "" if args.plexus_l7 else "not yet available (issue 4: L7 HTTP/1.1, HTTP/2, gRPC proxy)"
+    # Every hop between Plexus sidecars is mutual TLS and an inbound sidecar accepts nothing
+    # else, so Plexus has no plaintext rows: its sidecar path is the two-hop mTLS chain.
+    no_plaintext = "n/a: Plexus sidecars only speak mTLS to each other (see the two-hop mTLS row)"
     out = [Case("direct", 0, "http1"), Case("direct", 0, "h2")]
-    for hops in (1, 2):
-        out.append(Case("plexus", hops, "tcp"))
-        out.append(Case("envoy", hops, "tcp"))
-        out.append(Case("haproxy", hops, "tcp"))
-    out.append(Case("plexus", 2, "tcp", mtls=True, unavailable=mtls_why))
-    out.append(Case("envoy", 2, "tcp", mtls=True))
-    for proto in ("http1", "h2"):
+    for proto in ("tcp", "http1", "h2"):
         for hops in (1, 2):
-            out.append(Case("plexus", hops, proto, unavailable=l7_why))
+            out.append(Case("plexus", hops, proto, unavailable=no_plaintext))
             out.append(Case("envoy", hops, proto))
             out.append(Case("haproxy", hops, proto))
-        out.append(Case("plexus", 2, proto, mtls=True, unavailable=l7_why or mtls_why))
+        out.append(Case("plexus", 2, proto, mtls=True))
         out.append(Case("envoy", 2, proto, mtls=True))
     if args.only:
         out = [c for c in out if any(o in c.name for o in args.only)]
@@ -98,8 +93,7 @@ def start(case: Case, args: argparse.Namespace, nginx: Nginx, work: Path) -> Set
     if case.system == "direct":
         return Setup(upstream, proxies.Running())
     if case.system == "plexus":
-        extra = args.plexus_mtls_args.split() if case.mtls else []
-        return proxies.start_plexus(args.plexus, work, upstream, case.hops, extra)
+        return proxies.start_plexus(args.plexus, work, upstream, case.hops, case.proto)
     if case.system == "envoy":
         return proxies.start_envoy(args.envoy, work, upstream, case.hops, case.proto, case.mtls)
     if case.system == "haproxy":
@@ -302,12 +296,6 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=2000, help="req/s of the latency run")
     p.add_argument("--latency-connections", type=int, default=16)
     p.add_argument("--only", action="append", help="run only rows whose name contains this")
-    p.add_argument("--plexus-mtls", action="store_true",
-                   help="measure the Plexus mTLS rows (once issue 3 has landed)")
-    p.add_argument("--plexus-mtls-args", default="",
-                   help="extra `plexus proxy` arguments that turn mTLS on, if any")
-    p.add_argument("--plexus-l7", action="store_true",
-                   help="measure the Plexus L7 HTTP/1.1 and h2c rows (once issue 4 has landed)")
     args = p.parse_args()
     ARGS = args
     args.out = args.out.resolve()  # nginx and the proxies get absolute paths

@@ -142,13 +142,15 @@ class Setup:
 # --------------------------------------------------------------------------------------- Plexus
 
 
-def start_plexus(
-    plexus: str, work: Path, upstream: int, hops: int, extra_proxy_args: list[str]
-) -> Setup:
+def start_plexus(plexus: str, work: Path, upstream: int, hops: int, proto: str) -> Setup:
     """`plexus dev` with two services, `client` (upstream `web`) and `web` (nginx), and one
-    `plexus proxy` per service. One hop: the load goes to web's inbound sidecar port. Two hops:
-    to client's upstream listener → web's inbound sidecar → nginx."""
-    d = work / f"plexus-{hops}"
+    `plexus proxy` per service, the hop between them mTLS. Two hops: the load goes to client's
+    upstream listener → web's inbound sidecar → nginx. (One hop, straight to web's inbound
+    sidecar, only answers a peer sidecar's mTLS.) `proto` picks the protocol both sidecars
+    declare: tcp (L4), http1 (`http`: HTTP/1.1 to the apps, pooled HTTP/2 between the
+    sidecars) or h2 (`http2`: h2c to the apps)."""
+    protocol = {"tcp": "tcp", "http1": "http", "h2": "http2"}[proto]
+    d = work / f"plexus-{hops}-{proto}"
     d.mkdir(parents=True, exist_ok=True)
     http = free_port()
     client_sidecar, web_sidecar, local_bind = free_port(), free_port(), free_port()
@@ -164,6 +166,7 @@ def start_plexus(
         upstreams {{
           destination_name = "web"
           local_bind_port  = {local_bind}
+          config = {{ protocol = "{protocol}" }}
         }}
       }}
     }}
@@ -175,6 +178,9 @@ services {{
   connect {{
     sidecar_service {{
       port = {web_sidecar}
+      proxy {{
+        config = {{ protocol = "{protocol}" }}
+      }}
     }}
   }}
 }}
@@ -212,7 +218,6 @@ services {{
                 f"127.0.0.1:{admin}",
                 "--http-addr",
                 env_addr,
-                *extra_proxy_args,
             ],
             PROXY_CORE,
             d / f"proxy-{service}.log",
@@ -264,6 +269,7 @@ def _envoy_listener(port: int, proto: str, cluster: str, mtls_server: Path | Non
           "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
           require_client_certificate: true
           common_tls_context:
+            tls_params: {{ tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3 }}
             tls_certificates:
             - certificate_chain: {{ filename: {mtls_server}/server.crt }}
               private_key: {{ filename: {mtls_server}/server.key }}
@@ -295,6 +301,7 @@ def _envoy_cluster(name: str, port: int, proto: str, mtls_client: Path | None) -
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
         sni: web
         common_tls_context:
+          tls_params: {{ tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3 }}
           tls_certificates:
           - certificate_chain: {{ filename: {mtls_client}/client.crt }}
             private_key: {{ filename: {mtls_client}/client.key }}

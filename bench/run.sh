@@ -7,8 +7,6 @@
 #   bench/run.sh --quick         # 1 repetition, 2 s runs: checks the harness works
 #   bench/run.sh --skip-cp       # data plane only;  --cp-only: control plane only
 #   bench/run.sh --only envoy    # rows whose name contains "envoy" (repeatable)
-#   bench/run.sh --plexus-mtls [--plexus-mtls-args "..."]  # Plexus mTLS rows (issue 3)
-#   bench/run.sh --plexus-l7     # Plexus L7 HTTP/1.1 and h2c rows (issue 4)
 #
 # Needs: Rust, python3, root for apt-get (Debian), 2+ cores. Pins the load generator and the
 # upstream to core 0 and every proxy to core 1.
