@@ -113,8 +113,19 @@ where
         inner: downstream,
         bytes,
     };
-    tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
+    tokio::io::copy_bidirectional_with_sizes(
+        &mut downstream,
+        &mut upstream,
+        COPY_BUFFER,
+        COPY_BUFFER,
+    )
+    .await
 }
+
+/// Bytes buffered per direction of a spliced connection, allocated for the connection's whole
+/// life (tokio's default is 8 KiB). Request/response traffic fits in one buffer either way;
+/// a sidecar holding 1,000 connections keeps 8 MiB less with 4 KiB.
+const COPY_BUFFER: usize = 4 * 1024;
 
 /// A stream that adds what it reads and writes to counters as it goes, so metrics of long-lived
 /// connections move while they are open.
