@@ -327,6 +327,7 @@ def main() -> None:
             try:
                 r = measure(case, args, nginx, work)
             except Exception as e:  # noqa: BLE001 - a failed row is reported, the run goes on
+                proxies.stop_all()
                 print(f"   FAILED: {e}", flush=True)
                 results.append({"case": case.__dict__, "name": case.name, "unavailable": f"FAILED: {e}"})
                 continue

@@ -16,10 +16,19 @@ LOADGEN_CORE = "0"  # oha, nginx and the Plexus control plane
 PROXY_CORE = "1"  # every proxy process under test
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before in this run: the kernel may offer a port again
+    once its probe socket is closed, before the process it was meant for has bound it."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_port(port: int, deadline_s: float = 30.0) -> None:
@@ -47,7 +56,7 @@ def wait_http(url: str, deadline_s: float = 30.0) -> None:
     raise RuntimeError(f"{url} not ready after {deadline_s}s: {last}")
 
 
-@dataclass
+@dataclass(eq=False)  # identity: `_LIVE` holds these
 class Running:
     """Processes of one system under test; `proxies` are the ones measured (CPU, RSS)."""
 
@@ -55,6 +64,8 @@ class Running:
     proxies: list[subprocess.Popen] = field(default_factory=list)
 
     def start(self, argv: list[str], core: str, log: Path, proxy: bool) -> subprocess.Popen:
+        if self not in _LIVE:
+            _LIVE.append(self)
         out = open(log, "ab")
         p = subprocess.Popen(
             ["taskset", "-c", core, *argv],
@@ -73,6 +84,8 @@ class Running:
                 raise RuntimeError(f"{p.args} exited with {p.returncode}")
 
     def stop(self) -> None:
+        if self in _LIVE:
+            _LIVE.remove(self)
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.terminate()
@@ -82,6 +95,16 @@ class Running:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+_LIVE: list[Running] = []
+
+
+def stop_all() -> None:
+    """Stops whatever a set-up that failed half-way left running (its Setup never reached the
+    caller, so nothing else would stop it)."""
+    for run in list(_LIVE):
+        run.stop()
 
 
 class Nginx:
@@ -151,6 +174,7 @@ def start_plexus(plexus: str, work: Path, upstream: int, hops: int, proto: str) 
     sidecars) or h2 (`http2`: h2c to the apps)."""
     protocol = {"tcp": "tcp", "http1": "http", "h2": "http2"}[proto]
     d = work / f"plexus-{hops}-{proto}"
+    shutil.rmtree(d / "data", ignore_errors=True)  # a fresh control plane every time
     d.mkdir(parents=True, exist_ok=True)
     http = free_port()
     client_sidecar, web_sidecar, local_bind = free_port(), free_port(), free_port()
