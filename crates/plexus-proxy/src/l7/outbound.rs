@@ -33,7 +33,7 @@ use super::bulkhead::{ConnectionBudget, ConnectionPermit, Limit};
 use super::metrics::Finished;
 use super::mirror::{self, Tee};
 use super::policy::{Policy, View, lock};
-use super::targets::{Attempt, Remote, Selection, Service, Targets};
+use super::targets::{Attempt, Remote, Selection, Service, Targets, Tried, untried_first};
 use super::{Body, HttpMetrics, LocalError};
 use crate::discovery::EndpointSet;
 use crate::endpoint;
@@ -324,6 +324,7 @@ impl Outbound {
                     },
                 )
             }),
+            tried: None,
         };
         let budget = &policy.budgets[index];
         let work = self.with_retries(request, selection, &route.retry, budget);
@@ -367,8 +368,7 @@ impl Outbound {
             let _permit = permit;
             let selection = Selection {
                 target: Some((&target, &chain)),
-                hash: None,
-                attempt: None,
+                ..Selection::default()
             };
             let work = async {
                 match this.send(copy, selection).await {
@@ -403,6 +403,11 @@ impl Outbound {
             .map_err(|_| LocalError::BadRequest)?
             .to_bytes();
         let _live = BudgetRequest::start(budget);
+        let tried = Tried::default();
+        let selection = Selection {
+            tried: Some(&tried),
+            ..selection
+        };
         let mut retrying: Option<BudgetRetry<'_>> = None;
         let mut attempt = 0;
         loop {
@@ -480,6 +485,9 @@ impl Outbound {
         selection: Selection<'_>,
     ) -> Result<Response<Body>, LocalError> {
         let (service, addr, mut sender) = self.sender(selection).await?;
+        if let Some(tried) = selection.tried {
+            lock(tried).push(addr);
+        }
         let in_flight = service.balancer.start(addr);
         if let Some(attempt) = selection.attempt {
             *lock(attempt) = Some((Arc::clone(&service), addr));
@@ -529,6 +537,10 @@ impl Outbound {
             service
                 .balancer
                 .order(&candidates.load_balancer, selection.hash, &candidates.addrs);
+        let order = match selection.tried {
+            Some(tried) => untried_first(order, &lock(tried)),
+            None => order,
+        };
         let max_connections = self
             .policy
             .load()

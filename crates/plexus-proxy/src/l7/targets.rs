@@ -104,6 +104,22 @@ pub(crate) struct Selection<'a> {
     /// Where the attempt awaiting its response went (so that a route timeout can be blamed on
     /// that endpoint).
     pub attempt: Option<&'a Attempt>,
+    /// Endpoints earlier attempts of the same request went to: a retry tries the others first
+    /// (Envoy's `previous_hosts` retry predicate).
+    pub tried: Option<&'a Tried>,
+}
+
+/// The endpoints a request's attempts have gone to so far.
+pub(crate) type Tried = Mutex<Vec<SocketAddr>>;
+
+/// `order` with the endpoints in `tried` moved to the end (each part keeping its order), so a
+/// retry goes to an endpoint not tried yet while there is one, and still has somewhere to go when
+/// every endpoint was tried.
+pub(crate) fn untried_first(mut order: Vec<SocketAddr>, tried: &[SocketAddr]) -> Vec<SocketAddr> {
+    if !tried.is_empty() {
+        order.sort_by_key(|addr| tried.contains(addr));
+    }
+    order
 }
 
 /// The endpoint an attempt awaits a response from, if any.
@@ -391,6 +407,29 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn untried_endpoints_come_first_and_none_is_lost(
+            ports in proptest::collection::vec(1u16..40, 0..12),
+            tried_ports in proptest::collection::vec(1u16..40, 0..6),
+        ) {
+            let mut order: Vec<SocketAddr> = ports.iter().map(|p| addr(*p)).collect();
+            order.dedup();
+            let tried: Vec<SocketAddr> = tried_ports.iter().map(|p| addr(*p)).collect();
+            let out = untried_first(order.clone(), &tried);
+            // The same endpoints, untried ones first, each part in the balancer's order.
+            let mut sorted_in = order.clone();
+            let mut sorted_out = out.clone();
+            sorted_in.sort();
+            sorted_out.sort();
+            proptest::prop_assert_eq!(sorted_in, sorted_out);
+            let first_tried = out.iter().position(|a| tried.contains(a)).unwrap_or(out.len());
+            proptest::prop_assert!(out[first_tried..].iter().all(|a| tried.contains(a)));
+            let untried: Vec<_> = order.iter().filter(|a| !tried.contains(a)).copied().collect();
+            proptest::prop_assert_eq!(&out[..first_tried], &untried[..]);
+        }
     }
 
     /// A set of endpoints with a `version` meta each.

@@ -384,10 +384,9 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<ExitCode> {
     web[1].state.fail_every.store(3, Ordering::SeqCst);
     let retries_before = metric(client.admin, "plexus_proxy_http_retries_total").await?;
     let served_before = web[1].served();
-    // One at a time: round robin then sends each retry to the next instance, never back to
-    // the one that just failed (concurrent requests could, as Plexus has no "other host" retry
-    // predicate yet).
-    let outcomes = send(&http, &url, 300, 1, false).await;
+    // Eight at a time: a retry goes to an instance the request has not tried yet, so it never
+    // lands on web-2 again.
+    let outcomes = send(&http, &url, 300, 8, false).await;
     let ok = count(&outcomes, 200);
     let retries = metric(client.admin, "plexus_proxy_http_retries_total").await? - retries_before;
     let refused = metric(
