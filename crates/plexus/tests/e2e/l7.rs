@@ -13,9 +13,12 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::{dev, write_file};
 
-/// `client → <name>` with both sides declaring `protocol` (Consul's proxy `config` key).
-fn mesh_hcl(name: &str, app_port: u16, upstream_port: u16, protocol: &str) -> String {
-    let (client_port, app_sidecar_port) = (free_port(), free_port());
+/// The `client` service: its sidecar has one upstream, `destination`, on `upstream_port`, with
+/// `protocol` in the upstream's `config` when given (Consul's key).
+pub(crate) fn client_hcl(destination: &str, upstream_port: u16, protocol: Option<&str>) -> String {
+    let config = protocol
+        .map(|protocol| format!("config = {{ protocol = \"{protocol}\" }}"))
+        .unwrap_or_default();
     format!(
         r#"
 services {{
@@ -26,33 +29,60 @@ services {{
       port = {client_port}
       proxy {{
         upstreams {{
-          destination_name = "{name}"
+          destination_name = "{destination}"
           local_bind_port  = {upstream_port}
-          config = {{ protocol = "{protocol}" }}
+          {config}
         }}
       }}
     }}
   }}
 }}
+"#,
+        client_port = free_port()
+    )
+}
+
+/// One app instance `id` of service `name` on `port`, with a TCP check on the port (so stopping
+/// the app makes the instance critical), `extra` lines (e.g. `meta`), and a sidecar on
+/// `sidecar_port` declaring `protocol` when given.
+pub(crate) fn app_hcl(
+    (id, name, port): (&str, &str, u16),
+    extra: &str,
+    sidecar_port: u16,
+    protocol: Option<&str>,
+) -> String {
+    let config = protocol
+        .map(|protocol| format!("config = {{ protocol = \"{protocol}\" }}"))
+        .unwrap_or_default();
+    format!(
+        r#"
 services {{
+  id   = "{id}"
   name = "{name}"
-  port = {app_port}
+  port = {port}
+  {extra}
   check {{
-    tcp      = "127.0.0.1:{app_port}"
+    tcp      = "127.0.0.1:{port}"
     interval = "1s"
     timeout  = "500ms"
   }}
   connect {{
     sidecar_service {{
-      port = {app_sidecar_port}
+      port = {sidecar_port}
       proxy {{
-        config = {{ protocol = "{protocol}" }}
+        {config}
       }}
     }}
   }}
 }}
 "#
     )
+}
+
+/// `client → <name>` with both sides declaring `protocol` (Consul's proxy `config` key).
+fn mesh_hcl(name: &str, app_port: u16, upstream_port: u16, protocol: &str) -> String {
+    client_hcl(name, upstream_port, Some(protocol))
+        + &app_hcl((name, name, app_port), "", free_port(), Some(protocol))
 }
 
 /// A dev server, the two sidecars, and the client's upstream address.
@@ -577,56 +607,12 @@ async fn http1_smuggling_attempts_are_refused_or_defused_and_big_headers_get_431
 /// `client → web` with two web instances, `v1` and `v2` (meta `version`), each with a sidecar.
 fn two_versions_hcl(v1: u16, v2: u16, upstream_port: u16) -> String {
     let instance = |id: &str, version: &str, port: u16| {
-        let sidecar_port = free_port();
-        format!(
-            r#"
-services {{
-  id   = "{id}"
-  name = "web"
-  port = {port}
-  meta = {{ version = "{version}" }}
-  check {{
-    tcp      = "127.0.0.1:{port}"
-    interval = "1s"
-    timeout  = "500ms"
-  }}
-  connect {{
-    sidecar_service {{
-      port = {sidecar_port}
-      proxy {{
-        config = {{ protocol = "http" }}
-      }}
-    }}
-  }}
-}}
-"#
-        )
+        let meta = format!("meta = {{ version = \"{version}\" }}");
+        app_hcl((id, "web", port), &meta, free_port(), Some("http"))
     };
-    let client_port = free_port();
-    format!(
-        r#"
-services {{
-  name = "client"
-  port = 8080
-  connect {{
-    sidecar_service {{
-      port = {client_port}
-      proxy {{
-        upstreams {{
-          destination_name = "web"
-          local_bind_port  = {upstream_port}
-          config = {{ protocol = "http" }}
-        }}
-      }}
-    }}
-  }}
-}}
-{}
-{}
-"#,
-        instance("web-1", "v1", v1),
-        instance("web-2", "v2", v2)
-    )
+    client_hcl("web", upstream_port, Some("http"))
+        + &instance("web-1", "v1", v1)
+        + &instance("web-2", "v2", v2)
 }
 
 #[tokio::test]

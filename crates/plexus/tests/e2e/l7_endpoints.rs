@@ -9,7 +9,7 @@ use std::time::Duration;
 use plexus_test::upstream::HttpStub;
 use plexus_test::{Dev, Sidecar, eventually, free_port};
 
-use crate::l7::{applied, get, write_entry};
+use crate::l7::{app_hcl, applied, client_hcl, get, write_entry};
 use crate::{dev, write_file};
 
 /// One app instance: (instance id, service name, app port).
@@ -18,53 +18,10 @@ type Instance<'a> = (&'a str, &'a str, u16);
 /// `client → web` (HTTP) plus the instances, each with an HTTP sidecar and a TCP check on its
 /// app port (so stopping an app makes its instance critical).
 fn mesh_hcl(instances: &[Instance<'_>], upstream_port: u16) -> String {
-    let mut hcl = format!(
-        r#"
-services {{
-  name = "client"
-  port = 8080
-  connect {{
-    sidecar_service {{
-      port = {client_port}
-      proxy {{
-        upstreams {{
-          destination_name = "web"
-          local_bind_port  = {upstream_port}
-          config = {{ protocol = "http" }}
-        }}
-      }}
-    }}
-  }}
-}}
-"#,
-        client_port = free_port()
-    );
-    for (id, name, port) in instances {
-        hcl.push_str(&format!(
-            r#"
-services {{
-  id   = "{id}"
-  name = "{name}"
-  port = {port}
-  check {{
-    tcp      = "127.0.0.1:{port}"
-    interval = "1s"
-    timeout  = "500ms"
-  }}
-  connect {{
-    sidecar_service {{
-      port = {sidecar_port}
-      proxy {{
-        config = {{ protocol = "http" }}
-      }}
-    }}
-  }}
-}}
-"#,
-            sidecar_port = free_port()
-        ));
-    }
-    hcl
+    instances.iter().fold(
+        client_hcl("web", upstream_port, Some("http")),
+        |hcl, instance| hcl + &app_hcl(*instance, "", free_port(), Some("http")),
+    )
 }
 
 /// A dev server, the client's sidecar and one sidecar per instance.

@@ -9,7 +9,7 @@ use plexus_test::upstream::HttpStub;
 use plexus_test::{Dev, Sidecar, eventually, free_port};
 use tokio::task::JoinSet;
 
-use crate::l7::{get, write_entry};
+use crate::l7::{app_hcl, client_hcl, get, write_entry};
 use crate::{dev, write_file};
 
 /// `client` with one upstream per `(name, app port, local bind port)`, each service with its
@@ -461,55 +461,14 @@ async fn prefix_rewrite_changes_the_path_the_upstream_sees() {
 /// `client → web` with two `web` instances (`web-1`, `web-2`).
 fn two_instances_hcl(ports: [u16; 2], upstream_port: u16) -> String {
     let instance = |i: usize| {
-        format!(
-            r#"
-services {{
-  id   = "web-{i}"
-  name = "web"
-  port = {port}
-  check {{
-    tcp      = "127.0.0.1:{port}"
-    interval = "1s"
-    timeout  = "500ms"
-  }}
-  connect {{
-    sidecar_service {{
-      port = {sidecar}
-      proxy {{
-        config = {{ protocol = "http" }}
-      }}
-    }}
-  }}
-}}"#,
-            port = ports[i - 1],
-            sidecar = free_port()
+        app_hcl(
+            (&format!("web-{i}"), "web", ports[i - 1]),
+            "",
+            free_port(),
+            Some("http"),
         )
     };
-    format!(
-        r#"
-services {{
-  name = "client"
-  port = 8080
-  connect {{
-    sidecar_service {{
-      port = {client}
-      proxy {{
-        upstreams {{
-          destination_name = "web"
-          local_bind_port  = {upstream_port}
-          config = {{ protocol = "http" }}
-        }}
-      }}
-    }}
-  }}
-}}
-{}
-{}
-"#,
-        instance(1),
-        instance(2),
-        client = free_port()
-    )
+    client_hcl("web", upstream_port, Some("http")) + &instance(1) + &instance(2)
 }
 
 #[tokio::test]

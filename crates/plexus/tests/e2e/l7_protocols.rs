@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 
+use crate::l7::{app_hcl, client_hcl};
 use crate::{dev, write_file};
 
 /// `client → <name>`; `protocol` in both registrations when given (Consul's proxy `config`
@@ -24,47 +25,8 @@ fn mesh_hcl(
     app_sidecar_port: u16,
     protocol: Option<&str>,
 ) -> String {
-    let client_port = free_port();
-    let config = protocol
-        .map(|protocol| format!("config = {{ protocol = \"{protocol}\" }}"))
-        .unwrap_or_default();
-    format!(
-        r#"
-services {{
-  name = "client"
-  port = 8080
-  connect {{
-    sidecar_service {{
-      port = {client_port}
-      proxy {{
-        upstreams {{
-          destination_name = "{name}"
-          local_bind_port  = {upstream_port}
-          {config}
-        }}
-      }}
-    }}
-  }}
-}}
-services {{
-  name = "{name}"
-  port = {app_port}
-  check {{
-    tcp      = "127.0.0.1:{app_port}"
-    interval = "1s"
-    timeout  = "500ms"
-  }}
-  connect {{
-    sidecar_service {{
-      port = {app_sidecar_port}
-      proxy {{
-        {config}
-      }}
-    }}
-  }}
-}}
-"#
-    )
+    client_hcl(name, upstream_port, protocol)
+        + &app_hcl((name, name, app_port), "", app_sidecar_port, protocol)
 }
 
 /// A dev server, the two sidecars, and the client's upstream address.
