@@ -223,26 +223,23 @@ async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Polls `/config` until `check` accepts it (deadline 5 s).
+/// Waits until `/config` is one `check` accepts (the harness's deadline) and returns it.
 async fn config_until(
     admin: SocketAddr,
     check: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, body) = admin_get(admin, "/config").await;
-        if status == 200 {
-            let config: serde_json::Value = serde_json::from_str(&body).unwrap();
-            if check(&config) {
-                return config;
+    let mut config = serde_json::Value::Null;
+    plexus_test::eventually!(
+        {
+            let (status, body) = admin_get(admin, "/config").await;
+            status == 200 && {
+                config = serde_json::from_str(&body).unwrap();
+                check(&config)
             }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "config never matched: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        },
+        plexus_test::DEADLINE
+    );
+    config
 }
 
 fn upstream_bind(config: &serde_json::Value, name: &str) -> Option<SocketAddr> {
