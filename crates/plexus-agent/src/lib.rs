@@ -42,6 +42,9 @@ pub struct AgentConfig {
     pub node: Node,
     /// Whether this agent runs inside a server (shown by `/v1/agent/self`).
     pub server: bool,
+    /// How requests' tokens become authorizers at the agent API's edge (default: ACLs
+    /// disabled). A server's agent shares the control plane's; a remote agent asks a server.
+    pub acl: plexus_runtime::acl::Resolver,
 }
 
 /// The node agent. Cheap to clone: every clone shares one state.
@@ -109,9 +112,9 @@ impl Agent {
         })
     }
 
-    /// The `/v1/agent/*` routes (no fallback: the binary sets one).
+    /// The `/v1/agent/*` routes (no fallback: the binary sets one), behind the ACL edge.
     pub fn router(&self) -> axum::Router {
-        api::router(self.clone())
+        plexus_runtime::acl::layer(api::router(self.clone()), self.inner.config.acl.clone())
     }
 
     /// This agent's node name.

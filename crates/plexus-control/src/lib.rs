@@ -63,6 +63,7 @@ pub struct ControlPlane {
     info: ServerInfo,
     ca: Arc<ca::CertificateAuthority>,
     intentions: Arc<intentions::Intentions>,
+    resolver: plexus_runtime::acl::Resolver,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -105,7 +106,18 @@ impl ControlPlane {
             info,
             ca,
             intentions,
+            resolver: plexus_runtime::acl::Resolver::default(),
         }
+    }
+
+    /// Sets how requests' tokens become authorizers (default: ACLs disabled, everything allowed).
+    pub fn set_resolver(&mut self, resolver: plexus_runtime::acl::Resolver) {
+        self.resolver = resolver;
+    }
+
+    /// How requests' tokens become authorizers (the agent of the same process shares it).
+    pub fn resolver(&self) -> plexus_runtime::acl::Resolver {
+        self.resolver.clone()
     }
 
     /// The catalog; also usable as `Arc<dyn plexus_api::Catalog>`.
@@ -144,8 +156,13 @@ impl ControlPlane {
     }
 
     /// The HTTP API routes (catalog, health, status, KV, CA, intentions, event-mesh presence,
-    /// remote agents, operator) with the JSON 404 fallback.
+    /// remote agents, operator) with the JSON 404 fallback, behind the ACL edge: every request's
+    /// token is resolved once into the `Authorizer` handlers take (`plexus_runtime::acl::Authz`).
     pub fn router(&self) -> axum::Router {
+        plexus_runtime::acl::layer(self.routes(), self.resolver())
+    }
+
+    fn routes(&self) -> axum::Router {
         api::router(self.catalog(), self.info.clone())
             .merge(presence::ws::router(self.presence()))
             .merge(kv::api::router(kv::Kv::new(self.store())))

@@ -4,8 +4,10 @@
 //! Main types: [`shutdown::Shutdown`] (cancellation token + task tracker + signals),
 //! [`http::ApiError`] (the one error response shape), [`http::JsonBody`] (a bounded JSON body
 //! extractor whose errors name the field), [`http::BlockingQuery`] (`?index=&wait=`).
+//! [`acl`] is the ACL edge: one authorizer per request, resolved before any handler runs.
 //! It does not know about services, checks or proxies.
 
+pub mod acl;
 pub mod http;
 pub mod shutdown;
 pub mod telemetry;

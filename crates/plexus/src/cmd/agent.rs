@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::dev::{DEFAULT_DATACENTER, collect_definition_files, default_node_name};
-use super::{EXIT_CONFIG, parse_duration};
+use super::{EXIT_CONFIG, TokenArgs, parse_duration};
 
 /// `plexus agent`
 #[derive(Debug, clap::Args)]
@@ -63,6 +63,9 @@ pub struct Args {
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// The agent's own token, for its node's registration, checks and lease.
+    #[command(flatten)]
+    pub token: TokenArgs,
 }
 
 /// Runs the agent until a signal arrives.
@@ -72,8 +75,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         datacenter: args.datacenter.clone(),
         node: node_name.clone(),
     };
+    let token = match args.token.resolve() {
+        Ok(token) => token,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let client = match Client::with_servers(&args.servers) {
-        Ok(client) => client,
+        Ok(client) => client.with_token(token),
         Err(error) => {
             eprintln!("error: --server: {error}");
             return Ok(ExitCode::from(EXIT_CONFIG));
@@ -165,6 +175,7 @@ async fn start_agent(node: Node, catalog: &Arc<HttpCatalog>, shutdown: &Shutdown
         let config = AgentConfig {
             node: node.clone(),
             server: false,
+            acl: Default::default(),
         };
         let dyn_catalog: Arc<dyn plexus_api::Catalog> = catalog.clone();
         match Agent::start(config, dyn_catalog, shutdown).await {
@@ -224,6 +235,8 @@ async fn forward(client: Client, request: Request) -> Response {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // The caller's own token goes on to the server (none: anonymous), never the agent's.
+    let token = plexus_runtime::acl::token_of(request.headers(), None);
     let body = match read_body(request).await {
         Ok(body) => body,
         Err(error) => return error.into_response(),
@@ -232,7 +245,13 @@ async fn forward(client: Client, request: Request) -> Response {
         return ApiError::bad_request("unsupported method").into_response();
     };
     let answer = match client
-        .forward(method, &path, content_type.as_deref(), body.to_vec())
+        .forward(
+            method,
+            &path,
+            content_type.as_deref(),
+            body.to_vec(),
+            token.as_ref(),
+        )
         .await
     {
         Ok(answer) => answer,
@@ -246,6 +265,7 @@ async fn forward(client: Client, request: Request) -> Response {
     let mut headers = http::HeaderMap::new();
     for name in [
         "content-type",
+        plexus_api::acl::FILTERED_HEADER,
         "x-consul-index",
         "x-consul-knownleader",
         "x-consul-lastcontact",

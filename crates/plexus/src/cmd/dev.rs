@@ -243,9 +243,17 @@ impl DevServer {
             datacenter: datacenter.to_owned(),
             ..Node::default()
         };
-        let agent = Agent::start(AgentConfig { node, server: true }, catalog, shutdown)
-            .await
-            .context("starting the agent")?;
+        let agent = Agent::start(
+            AgentConfig {
+                node,
+                server: true,
+                acl: control.resolver(),
+            },
+            catalog,
+            shutdown,
+        )
+        .await
+        .context("starting the agent")?;
         for (file, registration) in definitions {
             agent.register(registration).await.with_context(|| {
                 format!(

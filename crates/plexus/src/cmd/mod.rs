@@ -19,21 +19,53 @@ pub mod server;
 pub mod services;
 pub mod validate;
 
+use plexus_api::acl::SecretId;
 use plexus_api::client::{Client, DEFAULT_HTTP_ADDR, HTTP_ADDR_ENV};
 
 /// How client commands find the control plane: `--http-addr`, else `PLEXUS_HTTP_ADDR`, else
-/// `127.0.0.1:8500`; `host:port` and `http://host:port` both work.
+/// `127.0.0.1:8500`; `host:port` and `http://host:port` both work. The ACL token: `--token`,
+/// else `--token-file`, else `PLEXUS_HTTP_TOKEN`, `PLEXUS_HTTP_TOKEN_FILE`, `CONSUL_HTTP_TOKEN`,
+/// `CONSUL_HTTP_TOKEN_FILE`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlArgs {
     /// Control-plane HTTP address (host:port or http://host:port).
     #[arg(long = "http-addr", env = HTTP_ADDR_ENV, default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+/// The ACL token flags every client command, `plexus proxy` and `plexus agent` take.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TokenArgs {
+    /// ACL token sent with every request (X-Consul-Token). Default: PLEXUS_HTTP_TOKEN, then
+    /// CONSUL_HTTP_TOKEN; none means the anonymous token. Prefer --token-file: a flag shows in
+    /// the process list.
+    #[arg(long = "token", value_parser = parse_secret, value_name = "SECRET")]
+    pub token: Option<SecretId>,
+    /// A file holding the ACL token (instead of --token).
+    #[arg(long = "token-file", value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token to send, from the flags or the environment (`None`: anonymous).
+    pub fn resolve(&self) -> anyhow::Result<Option<SecretId>> {
+        Ok(plexus_api::client::resolve_token(
+            self.token.as_ref(),
+            self.token_file.as_deref(),
+        )?)
+    }
+}
+
+fn parse_secret(text: &str) -> Result<SecretId, String> {
+    Ok(SecretId::new(text.trim()))
 }
 
 impl ControlArgs {
-    /// A client for the control plane.
+    /// A client for the control plane, sending the ACL token.
     pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(&self.http_addr)?)
+        Ok(Client::new(&self.http_addr)?.with_token(self.token.resolve()?))
     }
 }
 

@@ -41,7 +41,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let control = if args.servers.is_empty() {
         args.control.client()
     } else {
-        plexus_api::client::Client::with_servers(&args.servers).map_err(anyhow::Error::from)
+        plexus_api::client::Client::with_servers(&args.servers)
+            .map_err(anyhow::Error::from)
+            .and_then(|client| Ok(client.with_token(args.control.token.resolve()?)))
     };
     let control = match control {
         Ok(client) => client,

@@ -163,9 +163,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ..Node::default()
     };
     let catalog: Arc<dyn plexus_api::Catalog> = control.catalog();
-    let agent = Agent::start(AgentConfig { node, server: true }, catalog, &shutdown)
-        .await
-        .context("starting the server's agent")?;
+    let agent = Agent::start(
+        AgentConfig {
+            node,
+            server: true,
+            acl: control.resolver(),
+        },
+        catalog,
+        &shutdown,
+    )
+    .await
+    .context("starting the server's agent")?;
     let router = control
         .router()
         .merge(agent.router())
