@@ -9,8 +9,10 @@
 //!
 //! - [`access`]: [`Access`] (`read`/`list`/`write`/`deny`) and [`Resource`] kinds.
 //! - [`rules`]: a policy's [`Rules`] and Consul's templated identity policies.
+//! - [`parse`]: Consul's rule language (HCL or JSON) into [`Rules`], errors with lines.
 //! - [`authorizer`]: [`Authorizer`] (exact beats prefix, longest prefix wins, deny wins ties,
 //!   default policy last) and [`Denied`], Consul's 403 message.
+//! - [`model`]: [`model::Token`], [`model::Policy`], [`model::Role`] in Consul's JSON shape.
 //! - [`secret`]: [`SecretId`], a token secret that never prints and compares in constant time.
 //!
 //! This module does no I/O: the store and endpoints live in `plexus-control::acl`, the edge
@@ -18,11 +20,14 @@
 
 pub mod access;
 pub mod authorizer;
+pub mod model;
+pub mod parse;
 pub mod rules;
 pub mod secret;
 
 pub use access::{Access, Resource};
 pub use authorizer::{Authorizer, DefaultPolicy, Denied};
+pub use parse::{RuleError, RuleErrors, parse_rules};
 pub use rules::{Rules, SegmentRule};
 pub use secret::SecretId;
 
