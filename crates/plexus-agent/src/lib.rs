@@ -13,11 +13,13 @@
 //!               └─ alias runners (driven by the index watch)          ─► Catalog::update_check
 //! ```
 //!
-//! Main types: [`Agent`] (cheap to clone), [`AgentConfig`], [`AgentError`].
+//! Main types: [`Agent`] (cheap to clone), [`AgentConfig`], [`AgentError`];
+//! [`acl::RemoteResolver`] (a remote agent's token resolution through a server, cached).
 //!
 //! It does not: store anything itself (the catalog is the only state besides TTL timers), start
 //! sidecar processes, keep a node lease, or run HTTPS/TLS probes (those report `critical`).
 
+pub mod acl;
 mod api;
 mod check;
 mod error;

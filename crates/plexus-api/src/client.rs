@@ -14,6 +14,7 @@ use crate::model::{
 };
 use crate::registration::ServiceRegistration;
 
+mod acl;
 mod config;
 mod connect;
 pub use connect::IntentionSet;
@@ -596,7 +597,7 @@ impl Client {
             .await
     }
 
-    async fn send_bool(
+    pub(crate) async fn send_bool(
         &self,
         method: reqwest::Method,
         path: &str,

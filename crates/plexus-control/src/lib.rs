@@ -21,12 +21,15 @@
 //!
 //! - [`ca`]: the built-in CA (`/v1/connect/ca/*`, `/v1/agent/connect/ca/leaf/*`).
 //! - [`intentions`]: `/v1/connect/intentions*`, `/v1/agent/connect/authorize`.
+//! - [`acl`]: tokens, policies and roles in the store, token resolution for the ACL edge,
+//!   `/v1/acl/*`.
 //!
 //! Not here (yet): the agent's `/v1/agent/*` endpoints (plexus-agent, except the two connect
 //! ones above), config entries, xDS. This crate never binds sockets: the binary merges
 //! [`ControlPlane::router`] with the agent's router and serves it with
 //! `plexus_runtime::http::serve`.
 
+pub mod acl;
 pub mod api;
 pub mod ca;
 pub mod catalog;
@@ -63,6 +66,7 @@ pub struct ControlPlane {
     info: ServerInfo,
     ca: Arc<ca::CertificateAuthority>,
     intentions: Arc<intentions::Intentions>,
+    acl: Arc<acl::Acl>,
     resolver: plexus_runtime::acl::Resolver,
 }
 
@@ -99,6 +103,7 @@ impl ControlPlane {
             Arc::clone(&store),
             plexus_api::connect::DefaultPolicy::Deny,
         ));
+        let acl = Arc::new(acl::Acl::new(Arc::clone(&store), acl::AclConfig::default()));
         Self {
             catalog,
             presence,
@@ -106,8 +111,22 @@ impl ControlPlane {
             info,
             ca,
             intentions,
-            resolver: plexus_runtime::acl::Resolver::default(),
+            resolver: plexus_runtime::acl::Resolver(acl.clone()),
+            acl,
         }
+    }
+
+    /// Replaces the ACL settings (before serving; default: ACLs disabled). Requests' tokens
+    /// are then resolved by this ACL system; call [`acl::Acl::start`] on [`ControlPlane::acl`]
+    /// before serving.
+    pub fn configure_acl(&mut self, config: acl::AclConfig) {
+        self.acl = Arc::new(acl::Acl::new(self.store(), config));
+        self.resolver = plexus_runtime::acl::Resolver(self.acl.clone());
+    }
+
+    /// The ACL system.
+    pub fn acl(&self) -> Arc<acl::Acl> {
+        Arc::clone(&self.acl)
     }
 
     /// Sets how requests' tokens become authorizers (default: ACLs disabled, everything allowed).
@@ -176,5 +195,6 @@ impl ControlPlane {
             .merge(config::api::router(std::sync::Arc::new(
                 config::ConfigEntries::new(self.store()),
             )))
+            .merge(acl::api::router(self.acl()))
     }
 }

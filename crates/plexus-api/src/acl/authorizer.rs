@@ -270,6 +270,27 @@ impl Authorizer {
         }
     }
 
+    /// Whether the token may read every name of `resource` (no rule grants less than read and
+    /// the rest is covered by a `""` prefix rule or the default): lets a read skip filtering.
+    pub fn can_read_all(&self, resource: Resource) -> bool {
+        match &self.inner.kind {
+            Kind::Disabled => true,
+            Kind::Rules { table, default } => {
+                let Some(segments) = table.segments.get(&resource) else {
+                    return default.access(resource).allows(Access::Read);
+                };
+                let all_read = segments.exact.values().all(|a| a.allows(Access::Read))
+                    && segments
+                        .prefixes
+                        .iter()
+                        .all(|(_, a)| a.allows(Access::Read));
+                let covered = segments.prefixes.iter().any(|(p, _)| p.is_empty())
+                    || default.access(resource).allows(Access::Read);
+                all_read && covered
+            }
+        }
+    }
+
     /// Whether the token may do `wanted` on `resource`/`segment`.
     pub fn allows(&self, resource: Resource, segment: &str, wanted: Access) -> bool {
         self.access(resource, segment).allows(wanted)

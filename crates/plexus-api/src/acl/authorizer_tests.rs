@@ -83,6 +83,26 @@ fn identities_are_templated_as_consul_does() {
 }
 
 #[test]
+fn read_all_needs_every_rule_to_read() {
+    let svc = authz(&[Rules::service_identity("web")], DefaultPolicy::Deny);
+    assert!(svc.can_read_all(Resource::Node));
+    assert!(svc.can_read_all(Resource::Service));
+    let narrow = authz(
+        &[Rules::default().with(Resource::Node, "n1", false, Access::Read)],
+        DefaultPolicy::Deny,
+    );
+    assert!(!narrow.can_read_all(Resource::Node));
+    let denied = authz(
+        &[Rules::default()
+            .with(Resource::Node, "", true, Access::Read)
+            .with(Resource::Node, "secret", false, Access::Deny)],
+        DefaultPolicy::Deny,
+    );
+    assert!(!denied.can_read_all(Resource::Node));
+    assert!(authz(&[], DefaultPolicy::Allow).can_read_all(Resource::Key));
+}
+
+#[test]
 fn recursive_key_write_needs_write_below_the_prefix() {
     let rules = Rules::default()
         .with(Resource::Key, "app/", true, Access::Write)

@@ -32,11 +32,7 @@ pub struct ServiceIdentity {
     #[serde(rename = "ServiceName")]
     pub service_name: String,
     /// Datacenters it applies in (empty: all).
-    #[serde(
-        rename = "Datacenters",
-        default,
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(rename = "Datacenters", default, skip_serializing_if = "Vec::is_empty")]
     pub datacenters: Vec<String>,
 }
 
@@ -110,7 +106,11 @@ impl Token {
 #[serde(deny_unknown_fields)]
 pub struct TokenWrite {
     /// Given to update (in the path) or to create with a chosen id.
-    #[serde(rename = "AccessorID", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "AccessorID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub accessor_id: String,
     /// A chosen secret (a UUID is generated otherwise).
     #[serde(

@@ -63,9 +63,14 @@ pub struct Args {
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
-    /// The agent's own token, for its node's registration, checks and lease.
+    /// The agent's own token, for its node's registration, checks and lease (it needs
+    /// `node:write` on its node and `service:write` on the services it registers).
     #[command(flatten)]
     pub token: TokenArgs,
+    /// How long the agent trusts what a server said about a caller's token (Consul's
+    /// `acl.token_ttl`): a deleted token may still work here for that long.
+    #[arg(long = "acl-token-ttl", default_value = "30s", value_parser = parse_duration)]
+    pub acl_token_ttl: Duration,
 }
 
 /// Runs the agent until a signal arrives.
@@ -130,7 +135,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         datacenter: args.datacenter.clone(),
         ..Node::default()
     };
-    let Some(agent) = start_agent(node, &catalog, &shutdown).await else {
+    let resolver = plexus_runtime::acl::Resolver(Arc::new(plexus_agent::acl::RemoteResolver::new(
+        client.clone(),
+        args.acl_token_ttl,
+    )));
+    let Some(agent) = start_agent(node, &catalog, resolver, &shutdown).await else {
         return Ok(ExitCode::SUCCESS);
     };
     for (file, registration) in &definitions {
@@ -169,13 +178,18 @@ fn shutdown_pending(shutdown: &Shutdown) -> bool {
 }
 
 /// Registers the node (starting the agent), retrying with backoff while no server answers.
-async fn start_agent(node: Node, catalog: &Arc<HttpCatalog>, shutdown: &Shutdown) -> Option<Agent> {
+async fn start_agent(
+    node: Node,
+    catalog: &Arc<HttpCatalog>,
+    acl: plexus_runtime::acl::Resolver,
+    shutdown: &Shutdown,
+) -> Option<Agent> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let config = AgentConfig {
             node: node.clone(),
             server: false,
-            acl: Default::default(),
+            acl: acl.clone(),
         };
         let dyn_catalog: Arc<dyn plexus_api::Catalog> = catalog.clone();
         match Agent::start(config, dyn_catalog, shutdown).await {

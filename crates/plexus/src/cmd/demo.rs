@@ -331,6 +331,7 @@ async fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
         "dc1",
         &defs,
         super::dev::ConnectSettings::default(),
+        super::dev::AclSettings::default(),
         &shutdown,
     )
     .await?;

@@ -247,6 +247,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
         "dc1",
         &[],
         super::dev::ConnectSettings::default(),
+        super::dev::AclSettings::default(),
         &shutdown,
     )
     .await?;

@@ -325,6 +325,7 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<ExitCode> {
         "dc1",
         &defs,
         super::dev::ConnectSettings::default(),
+        super::dev::AclSettings::default(),
         &shutdown,
     )
     .await?;

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod acl;
 pub mod agent;
 pub mod catalog;
 pub mod config;

@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::dev::{
-    ConnectSettings, DEFAULT_DATACENTER, check_leaf_ttl, default_node_name, start_identity,
+    AclArgs, ConnectSettings, DEFAULT_DATACENTER, check_leaf_ttl, default_node_name, start_acl,
+    start_identity,
 };
 use super::{EXIT_CONFIG, parse_duration};
 
@@ -64,6 +65,11 @@ pub struct Args {
     /// (a production server's default) or `allow`.
     #[arg(long = "default-intention-policy", default_value = "deny")]
     pub default_intention_policy: plexus_api::connect::DefaultPolicy,
+    /// Enforce ACL tokens (`acl.enabled`; on by default for a server).
+    #[arg(long = "acl-enabled", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub acl_enabled: bool,
+    #[command(flatten)]
+    pub acl: AclArgs,
 }
 
 /// The validated store choice.
@@ -115,6 +121,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("error: {message}");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
+    let acl = match args.acl.settings(args.acl_enabled, Some(&args.data_dir)) {
+        Ok(acl) => acl,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let node_name = args.node.clone().unwrap_or_else(default_node_name);
     let listener = TcpListener::bind(&args.http_addr)
         .await
@@ -132,7 +145,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         leader_addr: http_addr.to_string(),
     };
     let backend = store.status().await.backend;
-    let control = ControlPlane::with_store(store, info);
+    let mut control = ControlPlane::with_store(store, info);
+    start_acl(&mut control, acl).await?;
     start_identity(
         &control,
         ConnectSettings {
