@@ -3,7 +3,7 @@
 //! | endpoint | needs |
 //! | --- | --- |
 //! | `PUT /v1/acl/bootstrap` | nothing (once; then 403 with the reset index) |
-//! | `GET /v1/acl/token/self` | a valid token (answers that token, secret included) |
+//! | `GET /v1/acl/token/self` | a valid token (answers that token, its secret hidden) |
 //! | `GET /v1/acl/token/:id`, `/tokens`, `/policy/:id`, `/policy/name/:name`, `/policies`, `/role/:id`, `/role/name/:name`, `/roles` | `acl:read` (token secrets shown only with `acl:write`) |
 //! | `PUT`/`DELETE` of tokens, policies, roles | `acl:write` |
 //! | `GET /v1/internal/acl/authorizer` | a valid token (answers what it may do) |
@@ -113,7 +113,8 @@ async fn token_self(
     enabled(&acl)?;
     let secret = token_of(&headers, uri.query());
     let token = acl.token_for(secret.as_ref()).await?;
-    Ok(indexed_json(token.modify_index, &token))
+    // The caller holds the secret already; answers carry no secret they need not.
+    Ok(indexed_json(token.modify_index, &token.hidden()))
 }
 
 async fn create_token(

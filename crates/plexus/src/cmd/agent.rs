@@ -139,7 +139,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         client.clone(),
         args.acl_token_ttl,
     )));
-    let Some(agent) = start_agent(node, &catalog, resolver, &shutdown).await else {
+    let Some(agent) = start_agent(node, &catalog, resolver, &shutdown).await? else {
         return Ok(ExitCode::SUCCESS);
     };
     for (file, registration) in &definitions {
@@ -183,7 +183,7 @@ async fn start_agent(
     catalog: &Arc<HttpCatalog>,
     acl: plexus_runtime::acl::Resolver,
     shutdown: &Shutdown,
-) -> Option<Agent> {
+) -> anyhow::Result<Option<Agent>> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let config = AgentConfig {
@@ -193,7 +193,12 @@ async fn start_agent(
         };
         let dyn_catalog: Arc<dyn plexus_api::Catalog> = catalog.clone();
         match Agent::start(config, dyn_catalog, shutdown).await {
-            Ok(agent) => return Some(agent),
+            Ok(agent) => return Ok(Some(agent)),
+            Err(error) if forbidden(&error) => {
+                return Err(anyhow::Error::new(error).context(
+                    "the servers refused this agent's token: cannot register this node (give the agent a token with node:write on it: --token, --token-file or PLEXUS_HTTP_TOKEN)",
+                ));
+            }
             Err(error) => warn!(
                 error = %format!("{:#}", anyhow::Error::new(error)),
                 retry_in = ?backoff,
@@ -202,11 +207,25 @@ async fn start_agent(
         }
         let token = shutdown.token();
         tokio::select! {
-            _ = token.cancelled() => return None,
+            _ = token.cancelled() => return Ok(None),
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Whether a server answered 403 somewhere down `error`'s chain.
+fn forbidden(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(current) = next {
+        if let Some(client) = current.downcast_ref::<plexus_api::client::ClientError>()
+            && client.status() == Some(403)
+        {
+            return true;
+        }
+        next = current.source();
+    }
+    false
 }
 
 async fn serve(

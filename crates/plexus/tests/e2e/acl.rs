@@ -2,10 +2,8 @@
 //! through the API, and every endpoint family answering each kind of token with the exact
 //! status; today's attacks refused with nothing changed; bootstrap once and its reset file.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use plexus_test::secrets::SecretLedger;
 use plexus_test::{Process, eventually};
 use serde_json::{Value, json};
 

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test binary: a failed unwrap is a failed test
 
 mod acl;
+mod acl_mesh;
 mod agent;
 mod bad_input;
 mod checks;
