@@ -77,7 +77,10 @@ async fn tokens_resolve_through_policies_roles_and_identities() {
     assert!(authz.require_service_write("db").is_err());
     // No token: the anonymous token, which has nothing (default deny).
     let anonymous = acl.resolve(None).await.unwrap();
-    assert_eq!(anonymous.accessor_id(), plexus_api::acl::ANONYMOUS_ACCESSOR_ID);
+    assert_eq!(
+        anonymous.accessor_id(),
+        plexus_api::acl::ANONYMOUS_ACCESSOR_ID
+    );
     assert!(!anonymous.can_read_service("web"));
     // Unknown secrets are not found.
     assert!(matches!(
@@ -85,7 +88,14 @@ async fn tokens_resolve_through_policies_roles_and_identities() {
         Err(ResolveError::NotFound)
     ));
     // Deleting the policy takes its grant away from every token linking it.
-    let policy = acl.reload().await.unwrap().policy_by_name("kv").unwrap().id.clone();
+    let policy = acl
+        .reload()
+        .await
+        .unwrap()
+        .policy_by_name("kv")
+        .unwrap()
+        .id
+        .clone();
     write::delete_policy(&acl, &policy).await.unwrap();
     let authz = acl.resolve(Some(&token.secret_id)).await.unwrap();
     assert!(authz.require_key_write("app/x").is_err());
@@ -147,7 +157,13 @@ async fn replicas_agree_on_builtins_bootstrap_and_the_initial_management_token()
         .count();
     assert_eq!(managers, 1);
     assert_eq!(snapshot.policies.len(), 1);
-    assert!(a.resolve(Some(&secret)).await.unwrap().require_acl_write().is_ok());
+    assert!(
+        a.resolve(Some(&secret))
+            .await
+            .unwrap()
+            .require_acl_write()
+            .is_ok()
+    );
     // The initial management token counts as the bootstrap.
     assert!(matches!(
         write::bootstrap(&b).await,
@@ -168,7 +184,10 @@ async fn two_bootstraps_at_once_make_one_token() {
     let (ra, rb) = tokio::join!(write::bootstrap(&a), write::bootstrap(&b));
     assert_eq!(ra.is_ok() as u8 + rb.is_ok() as u8, 1, "{ra:?} {rb:?}");
     let message = ra.err().or(rb.err()).unwrap().to_string();
-    assert!(message.contains("ACL bootstrap no longer allowed (reset index: "), "{message}");
+    assert!(
+        message.contains("ACL bootstrap no longer allowed (reset index: "),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -179,7 +198,10 @@ async fn disabled_acls_allow_everything_and_refuse_acl_endpoints() {
     acl.start(None).await.unwrap();
     let authz = acl.resolve(Some(&SecretId::new("anything"))).await.unwrap();
     assert!(!authz.enforcing());
-    assert!(matches!(write::bootstrap(&acl).await, Err(AclError::Disabled)));
+    assert!(matches!(
+        write::bootstrap(&acl).await,
+        Err(AclError::Disabled)
+    ));
 }
 
 #[test]
