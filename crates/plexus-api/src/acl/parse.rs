@@ -212,6 +212,7 @@ pub fn parse_hcl(text: &str) -> Result<Rules, RuleErrors> {
                         continue;
                     };
                     let name = attr.key.as_str();
+                    policy_written |= name == "policy";
                     let at = RuleError {
                         line: inner_line,
                         field: format!("{field}.{name}"),
@@ -225,10 +226,7 @@ pub fn parse_hcl(text: &str) -> Result<Rules, RuleErrors> {
                         continue;
                     };
                     match name {
-                        "policy" => match {
-                            policy_written = true;
-                            access_for(resource, text)
-                        } {
+                        "policy" => match access_for(resource, text) {
                             Ok(access) => policy = Some(access),
                             Err(message) => errors.push(RuleError { message, ..at }),
                         },
@@ -346,16 +344,14 @@ pub fn parse_json(text: &str) -> Result<Rules, RuleErrors> {
                 let mut policy_written = false;
                 let mut intentions = None;
                 for (attr, value) in rule {
+                    policy_written |= attr == "policy";
                     let at = format!("{field}.{attr}");
                     let Some(text) = value.as_str() else {
                         errors.push(fail(at, "expected a string".to_owned()));
                         continue;
                     };
                     match attr.as_str() {
-                        "policy" => match {
-                            policy_written = true;
-                            access_for(resource, text)
-                        } {
+                        "policy" => match access_for(resource, text) {
                             Ok(a) => policy = Some(a),
                             Err(m) => errors.push(fail(at, m)),
                         },

@@ -324,8 +324,7 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<ExitCode> {
         "plexus-demo",
         "dc1",
         &defs,
-        super::dev::ConnectSettings::default(),
-        super::dev::AclSettings::default(),
+        super::dev::DevSettings::default(),
         &shutdown,
     )
     .await?;

@@ -76,6 +76,15 @@ impl AclArgs {
     }
 }
 
+/// What a dev control plane is configured with besides its address, store and definitions.
+#[derive(Debug, Clone, Default)]
+pub struct DevSettings {
+    /// Identity (leaf TTL, default intention policy).
+    pub connect: ConnectSettings,
+    /// Access control.
+    pub acl: AclSettings,
+}
+
 /// Validated ACL settings.
 #[derive(Debug, Clone, Default)]
 pub struct AclSettings {
@@ -273,8 +282,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         &node_name,
         &args.datacenter,
         &definitions,
-        connect,
-        acl,
+        DevSettings { connect, acl },
         &shutdown,
     )
     .await?;
@@ -307,10 +315,10 @@ impl DevServer {
         node_name: &str,
         datacenter: &str,
         definitions: &[(PathBuf, ServiceRegistration)],
-        connect: ConnectSettings,
-        acl: AclSettings,
+        settings: DevSettings,
         shutdown: &Shutdown,
     ) -> anyhow::Result<Self> {
+        let DevSettings { connect, acl } = settings;
         let http_addr = listener.local_addr()?;
         let temporary = data_dir.is_none();
         let (data_dir, temp_dir) = match data_dir {

@@ -568,7 +568,8 @@ async fn todays_attacks_are_refused_and_nothing_changes() {
     let db_id = plexus_api::connect::service_spiffe_id(&trust_domain, "dc1", "db");
     let (db_csr, _) = plexus_test::pki::csr(&[&db_id]).unwrap();
 
-    let attacks: Vec<(&str, &str, String, Option<&str>, Option<Value>)> = vec![
+    type Attack<'a> = (&'a str, &'a str, String, Option<&'a str>, Option<Value>);
+    let attacks: Vec<Attack> = vec![
         (
             "leaf and key without a token",
             "GET",
