@@ -879,3 +879,113 @@ async fn acl_bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
         "global-management"
     );
 }
+
+#[tokio::test]
+async fn each_mode_says_so_at_start_and_bad_acl_flags_exit_64_naming_the_flag() {
+    let server = AclServer::start(&[], &[]).await;
+    server.process.wait_for_line("ACLs enabled").await.unwrap();
+    let dev = crate::dev(&[]).await;
+    dev.process
+        .wait_for_line("ACLs disabled: the API is open")
+        .await
+        .unwrap();
+    let guarded = crate::dev(&["--acl", "--acl-default-policy", "deny"]).await;
+    guarded.process.wait_for_line("ACLs enabled").await.unwrap();
+    let (status, answer, _) = call(
+        &format!("http://{}/v1/kv/x", guarded.addr()),
+        "PUT",
+        None,
+        Some(json!("v")),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    let allow = crate::dev(&["--acl", "--acl-default-policy", "allow"]).await;
+    let (status, _, _) = call(
+        &format!("http://{}/v1/kv/x", allow.addr()),
+        "PUT",
+        None,
+        Some(json!("v")),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "default allow lets the anonymous token write KV"
+    );
+    let (status, _, _) = call(
+        &format!("http://{}/v1/acl/tokens", allow.addr()),
+        "GET",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "but not manage ACLs");
+
+    for (args, code, text) in [
+        (
+            vec!["server", "--acl-default-policy", "maybe"],
+            2,
+            "invalid default policy \"maybe\"",
+        ),
+        (
+            vec![
+                "server",
+                "--acl-initial-management-token-file",
+                "/nonexistent/m",
+            ],
+            64,
+            "/nonexistent/m",
+        ),
+        (
+            vec!["server", "--acl-token-min-expiration-ttl", "48h"],
+            64,
+            "--acl-token-min-expiration-ttl",
+        ),
+        (
+            vec!["server", "--acl-enabled", "perhaps"],
+            2,
+            "--acl-enabled",
+        ),
+        (
+            vec![
+                "dev",
+                "--acl-initial-management-token-file",
+                "/nonexistent/d",
+            ],
+            64,
+            "/nonexistent/d",
+        ),
+        (
+            vec![
+                "proxy",
+                "--sidecar-for",
+                "web",
+                "--token-file",
+                "/nonexistent/p",
+            ],
+            64,
+            "/nonexistent/p",
+        ),
+        (
+            vec![
+                "agent",
+                "--server",
+                "127.0.0.1:1",
+                "--token-file",
+                "/nonexistent/a",
+            ],
+            64,
+            "/nonexistent/a",
+        ),
+    ] {
+        let mut all = args.clone();
+        let control = if matches!(args[0], "server" | "dev") {
+            "127.0.0.1:0"
+        } else {
+            "127.0.0.1:1"
+        };
+        all.extend(["--http-addr", control]);
+        let (got, _, err) = plexus_test::mesh::run_cli(bin(), &all, &[]).unwrap();
+        assert_eq!(got, code, "{args:?}: {err}");
+        assert!(err.contains(text), "{args:?}: {err}");
+    }
+}
