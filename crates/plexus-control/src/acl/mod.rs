@@ -184,6 +184,7 @@ impl Snapshot {
 pub struct Acl {
     store: Arc<dyn Store>,
     config: AclConfig,
+    anonymous: SecretId,
     snapshot: RwLock<Arc<Snapshot>>,
     refresh: tokio::sync::Mutex<()>,
 }
@@ -237,6 +238,7 @@ impl Acl {
         Self {
             store,
             config,
+            anonymous: SecretId::new(plexus_api::acl::ANONYMOUS_SECRET_ID),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             refresh: tokio::sync::Mutex::new(()),
         }
@@ -319,8 +321,7 @@ impl Acl {
     /// The token a secret belongs to (`None`: the anonymous token), unexpired.
     pub(crate) async fn token_for(&self, secret: Option<&SecretId>) -> Result<Token, ResolveError> {
         let unavailable = |e: AclError| ResolveError::Unavailable(e.to_string());
-        let anonymous = SecretId::new(plexus_api::acl::ANONYMOUS_SECRET_ID);
-        let secret = secret.unwrap_or(&anonymous);
+        let secret = secret.unwrap_or(&self.anonymous);
         let mut snapshot = self.fresh().await.map_err(unavailable)?;
         let mut found = snapshot.by_secret(secret).cloned();
         if found.is_none() {
@@ -396,14 +397,27 @@ impl Acl {
 
 #[async_trait::async_trait]
 impl Resolve for Acl {
+    /// The hot path of every request: no allocation when the token is known and its
+    /// authorizer compiled (the common case), one snapshot re-read when the store moved.
     async fn resolve(&self, token: Option<&SecretId>) -> Result<Authorizer, ResolveError> {
         if !self.config.enabled {
             return Ok(Authorizer::allow_all());
         }
-        let found = self.token_for(token).await?;
-        // The snapshot the token was found in (or a newer one).
-        let snapshot = self.current();
-        Ok(self.authorizer(&snapshot, &found))
+        let unavailable = |e: AclError| ResolveError::Unavailable(e.to_string());
+        let secret = token.unwrap_or(&self.anonymous);
+        let mut snapshot = self.fresh().await.map_err(unavailable)?;
+        if snapshot.by_secret(secret).is_none() {
+            // Written through another replica a moment ago?
+            snapshot = self.reload().await.map_err(unavailable)?;
+        }
+        match snapshot.by_secret(secret) {
+            Some(found) if !expired(found, unix_now()) => Ok(self.authorizer(&snapshot, found)),
+            Some(found) => {
+                tracing::debug!(accessor_id = %found.accessor_id, "expired token refused");
+                Err(ResolveError::NotFound)
+            }
+            None => Err(ResolveError::NotFound),
+        }
     }
 }
 
