@@ -29,11 +29,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 pub use accept::{AcceptError, HANDSHAKE_TIMEOUT, PLAINTEXT_ANSWER, PeerCertificates, accept};
 pub use serve::{CLIENT_CERT_REQUIRED, serve};
@@ -99,9 +101,15 @@ pub enum TlsError {
         #[source]
         source: rustls::Error,
     },
-    /// The client-certificate verifier could not be built (e.g. no roots).
-    #[error("cannot verify client certificates")]
+    /// A certificate verifier could not be built (e.g. no roots).
+    #[error("cannot verify certificates")]
     Verifier(#[source] rustls::server::VerifierBuilderError),
+    /// `--tls-server-name` is not a DNS name or an IP address.
+    #[error("TLS server name {name:?} is not a DNS name or an IP address")]
+    ServerName {
+        /// As given.
+        name: String,
+    },
 }
 
 /// A certificate chain (leaf first) and its private key.
@@ -283,16 +291,35 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// A client configuration trusting exactly `roots`, presenting `identity` when given. ALPN is
-/// left to the HTTP client.
-pub fn client_config(roots: &Roots, identity: Option<&Identity>) -> Result<ClientConfig, TlsError> {
+/// A client configuration trusting exactly `roots`, presenting `identity` when given, and
+/// checking the server's certificate against `server_name` instead of the address dialled when
+/// one is given (`--tls-server-name`). ALPN is left to the HTTP client.
+pub fn client_config(
+    roots: &Roots,
+    identity: Option<&Identity>,
+    server_name: Option<&str>,
+) -> Result<ClientConfig, TlsError> {
+    let roots = Arc::new(roots.store("CA file")?);
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|source| TlsError::Rustls {
             what: "TLS protocol versions".to_owned(),
             source,
-        })?
-        .with_root_certificates(roots.store("CA file")?);
+        })?;
+    let builder = match server_name {
+        None => builder.with_root_certificates(roots),
+        Some(name) => {
+            let name = ServerName::try_from(name.to_owned()).map_err(|_| TlsError::ServerName {
+                name: name.to_owned(),
+            })?;
+            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(TlsError::Verifier)?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NamedVerifier { inner, name }))
+        }
+    };
     match identity {
         None => Ok(builder.with_no_client_auth()),
         Some(identity) => builder
@@ -301,6 +328,49 @@ pub fn client_config(roots: &Roots, identity: Option<&Identity>) -> Result<Clien
                 what: "the client certificate is not usable".to_owned(),
                 source,
             }),
+    }
+}
+
+/// The standard verification, against a fixed server name rather than the address dialled.
+#[derive(Debug)]
+struct NamedVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for NamedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _dialled: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

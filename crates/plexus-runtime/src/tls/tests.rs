@@ -79,7 +79,7 @@ async fn start(tls: TlsServer) -> (std::net::SocketAddr, CancellationToken) {
 
 fn client(roots: &Roots, identity: Option<&Identity>) -> reqwest::Client {
     reqwest::Client::builder()
-        .use_preconfigured_tls(client_config(roots, identity).unwrap())
+        .use_preconfigured_tls(client_config(roots, identity, None).unwrap())
         .build()
         .unwrap()
 }
