@@ -29,12 +29,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 pub use accept::{AcceptError, HANDSHAKE_TIMEOUT, PLAINTEXT_ANSWER, PeerCertificates, accept};
@@ -169,15 +170,13 @@ impl Identity {
 
     /// Checks that the key is usable and belongs to the leaf.
     fn check(&self, what: &str) -> Result<(), TlsError> {
-        let certified = rustls::sign::CertifiedKey::from_der(
-            self.chain.clone(),
-            self.key.clone_key(),
-            &provider(),
-        )
-        .map_err(|source| TlsError::Rustls {
-            what: format!("{what}: the key does not match the certificate"),
-            source,
-        })?;
+        let certified =
+            CertifiedKey::from_der(self.chain.clone(), self.key.clone_key(), &provider()).map_err(
+                |source| TlsError::Rustls {
+                    what: format!("{what}: the key does not match the certificate"),
+                    source,
+                },
+            )?;
         certified.keys_match().map_err(|source| TlsError::Rustls {
             what: format!("{what}: the key does not match the certificate"),
             source,
@@ -291,12 +290,82 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// A certificate and key that can be replaced while in use (renewal): clients present, and
+/// servers serve, whatever it holds at each handshake.
+pub struct CertSlot(ArcSwap<CertifiedKey>);
+
+impl std::fmt::Debug for CertSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertSlot(<certificate and key>)")
+    }
+}
+
+impl CertSlot {
+    /// A slot holding `identity`.
+    pub fn new(identity: &Identity) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(Self(ArcSwap::from_pointee(certified(identity)?))))
+    }
+
+    /// Replaces the certificate for the next handshakes.
+    pub fn replace(&self, identity: &Identity) -> Result<(), TlsError> {
+        self.0.store(Arc::new(certified(identity)?));
+        Ok(())
+    }
+}
+
+fn certified(identity: &Identity) -> Result<CertifiedKey, TlsError> {
+    CertifiedKey::from_der(
+        identity.chain.clone(),
+        identity.key.clone_key(),
+        &provider(),
+    )
+    .map_err(|source| TlsError::Rustls {
+        what: "the certificate is not usable".to_owned(),
+        source,
+    })
+}
+
+impl ResolvesClientCert for CertSlot {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The certificate a client presents.
+#[derive(Debug, Clone, Copy)]
+pub enum ClientIdentity<'a> {
+    /// None.
+    None,
+    /// A fixed one (`--client-cert`/`--client-key`).
+    Fixed(&'a Identity),
+    /// Whatever the slot holds at each handshake (a renewed `auto_encrypt` certificate).
+    Slot(&'a Arc<CertSlot>),
+}
+
 /// A client configuration trusting exactly `roots`, presenting `identity` when given, and
 /// checking the server's certificate against `server_name` instead of the address dialled when
 /// one is given (`--tls-server-name`). ALPN is left to the HTTP client.
 pub fn client_config(
     roots: &Roots,
     identity: Option<&Identity>,
+    server_name: Option<&str>,
+) -> Result<ClientConfig, TlsError> {
+    let identity = identity.map_or(ClientIdentity::None, ClientIdentity::Fixed);
+    client_config_with(roots, identity, server_name)
+}
+
+/// [`client_config`] with any [`ClientIdentity`].
+pub fn client_config_with(
+    roots: &Roots,
+    identity: ClientIdentity<'_>,
     server_name: Option<&str>,
 ) -> Result<ClientConfig, TlsError> {
     let roots = Arc::new(roots.store("CA file")?);
@@ -321,13 +390,17 @@ pub fn client_config(
         }
     };
     match identity {
-        None => Ok(builder.with_no_client_auth()),
-        Some(identity) => builder
+        ClientIdentity::None => Ok(builder.with_no_client_auth()),
+        ClientIdentity::Fixed(identity) => builder
             .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
             .map_err(|source| TlsError::Rustls {
                 what: "the client certificate is not usable".to_owned(),
                 source,
             }),
+        ClientIdentity::Slot(slot) => {
+            let resolver: Arc<dyn ResolvesClientCert> = Arc::clone(slot) as _;
+            Ok(builder.with_client_cert_resolver(resolver))
+        }
     }
 }
 
