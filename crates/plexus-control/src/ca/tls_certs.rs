@@ -146,7 +146,20 @@ pub enum AgentRefusal {
     WantsCa,
 }
 
-/// The agent-certificate decision: the names to sign, or why not.
+/// Whether two agent SPIFFE ids name the same agent, whatever their trust domains: an agent
+/// does not know the trust domain before its first certificate, so (as Consul's agents do) it
+/// asks with a placeholder, and the certificate carries the real one.
+fn same_agent(requested: &str, expected: &str) -> bool {
+    let path = |uri: &str| {
+        uri.strip_prefix("spiffe://")
+            .and_then(|rest| rest.split_once('/'))
+            .map(|(_, path)| path.to_owned())
+    };
+    matches!((path(requested), path(expected)), (Some(a), Some(b)) if a == b)
+}
+
+/// The agent-certificate decision: the names to sign, or why not. The agent SPIFFE id may be
+/// asked for under any trust domain; the certificate carries `expected_uri`.
 pub fn decide_agent(
     csr: &AgentCsr,
     expected_uri: &str,
@@ -156,7 +169,7 @@ pub fn decide_agent(
         return Err(AgentRefusal::WantsCa);
     }
     match csr.uris.as_slice() {
-        [one] if one == expected_uri => {}
+        [one] if same_agent(one, expected_uri) => {}
         [one] => {
             return Err(AgentRefusal::NotEntitled {
                 requested: one.clone(),
@@ -425,6 +438,17 @@ mod tests {
     fn an_agent_gets_its_own_identity_and_names_only() {
         let names = decide_agent(&csr(&[ID], &["n1.example"]), ID, SERVER).unwrap();
         assert_eq!(names.dns, ["n1.example"]);
+        // A placeholder trust domain is fine: the agent cannot know the real one yet.
+        let placeholder = "spiffe://placeholder.invalid/agent/client/dc/dc1/id/n1";
+        assert!(decide_agent(&csr(&[placeholder], &[]), ID, SERVER).is_ok());
+        assert!(
+            decide_agent(
+                &csr(&["https://td/agent/client/dc/dc1/id/n1"], &[]),
+                ID,
+                SERVER
+            )
+            .is_err()
+        );
         assert!(matches!(
             decide_agent(
                 &csr(&["spiffe://td/agent/client/dc/dc1/id/n2"], &[]),
@@ -471,7 +495,8 @@ mod tests {
         ) {
             let request = AgentCsr { uris: uris.clone(), dns: dns.clone(), ..AgentCsr::default() };
             if let Ok(names) = decide_agent(&request, ID, SERVER) {
-                prop_assert_eq!(uris, vec![ID.to_owned()]);
+                prop_assert_eq!(uris.len(), 1);
+                prop_assert!(uris[0].ends_with("/agent/client/dc/dc1/id/n1"));
                 prop_assert!(names.dns.iter().all(|d| !d.ends_with(SERVER)));
             }
         }

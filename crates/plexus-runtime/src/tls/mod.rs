@@ -34,7 +34,7 @@ use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
@@ -269,16 +269,7 @@ pub fn server_config(
         })?;
     let builder = match client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
-        ClientAuth::Optional(roots) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots.store("client CA")?),
-                provider(),
-            )
-            .allow_unauthenticated()
-            .build()
-            .map_err(TlsError::Verifier)?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        ClientAuth::Optional(roots) => builder.with_client_cert_verifier(client_verifier(roots)?),
     };
     let mut config = builder
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
@@ -337,6 +328,43 @@ impl ResolvesClientCert for CertSlot {
     fn has_certs(&self) -> bool {
         true
     }
+}
+
+impl ResolvesServerCert for CertSlot {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// A server configuration for the HTTP API presenting whatever `slot` holds at each handshake
+/// (an agent's renewed `auto_encrypt` certificate).
+pub fn server_config_with_slot(
+    slot: &Arc<CertSlot>,
+    client_auth: &ClientAuth,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rustls {
+            what: "TLS protocol versions".to_owned(),
+            source,
+        })?;
+    let builder = match client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Optional(roots) => builder.with_client_cert_verifier(client_verifier(roots)?),
+    };
+    let resolver: Arc<dyn ResolvesServerCert> = Arc::clone(slot) as _;
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = HTTP_ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+fn client_verifier(
+    roots: &Roots,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots.store("client CA")?), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(TlsError::Verifier)
 }
 
 /// The certificate a client presents.

@@ -30,8 +30,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::auto_encrypt::AgentRequest;
 use super::dev::{DEFAULT_DATACENTER, collect_definition_files, default_node_name};
+use super::tls::{
+    CertSource, EXEMPT_FROM_CLIENT_CERT, HttpsArgs, SERVER_NAME_ENV, env_first, serve_https,
+    server_tls,
+};
 use super::{EXIT_CONFIG, parse_duration};
+use plexus_api::client::ClientOptions;
+use plexus_runtime::tls::{
+    CertSlot, ClientAuth, ClientIdentity, Identity, Roots, TlsServer, client_config_with,
+    server_config_with_slot,
+};
 
 /// `plexus agent`
 #[derive(Debug, clap::Args)]
@@ -63,6 +73,89 @@ pub struct Args {
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
+    #[command(flatten)]
+    pub https: HttpsArgs,
+    /// Talk to servers over verified TLS: bare `host:port` server addresses mean `https://`
+    /// (`tls { defaults { verify_outgoing = true } }`); needs --ca-file.
+    #[arg(long = "verify-outgoing")]
+    pub verify_outgoing: bool,
+    /// Verify servers' certificates against this name (e.g. `server.dc1.consul`) instead of
+    /// the address dialled [env: PLEXUS_TLS_SERVER_NAME, CONSUL_TLS_SERVER_NAME].
+    #[arg(long = "tls-server-name", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// Obtain this agent's TLS certificate from a server (`auto_encrypt { tls = true }`): only
+    /// --ca-file and the agent's token are needed.
+    #[arg(long = "auto-encrypt")]
+    pub auto_encrypt: bool,
+}
+
+/// How the agent talks to servers, checked before anything is bound.
+struct ServerTls {
+    roots: Option<Roots>,
+    identity: Option<Identity>,
+    server_name: Option<String>,
+    https: bool,
+}
+
+fn server_tls_plan(args: &Args) -> Result<ServerTls, String> {
+    let server_name = args
+        .tls_server_name
+        .clone()
+        .or_else(|| env_first(&SERVER_NAME_ENV));
+    let roots = match &args.https.ca_file {
+        Some(file) => {
+            Some(Roots::from_file(file).map_err(|e| format!("{:#}", anyhow::Error::new(e)))?)
+        }
+        None => None,
+    };
+    let identity = match (&args.https.cert_file, &args.https.key_file) {
+        (Some(cert), Some(key)) => Some(
+            Identity::from_files(cert, key).map_err(|e| format!("{:#}", anyhow::Error::new(e)))?,
+        ),
+        _ => None,
+    };
+    let https = args.verify_outgoing || args.servers.iter().any(|s| s.starts_with("https://"));
+    if roots.is_none() && (https || args.auto_encrypt) {
+        let why = if args.auto_encrypt {
+            "--auto-encrypt"
+        } else {
+            "TLS to the servers (https:// or --verify-outgoing)"
+        };
+        return Err(format!("{why} needs --ca-file to verify the servers"));
+    }
+    Ok(ServerTls {
+        roots,
+        identity,
+        server_name,
+        https,
+    })
+}
+
+impl ServerTls {
+    fn client(&self, servers: &[String], slot: Option<&Arc<CertSlot>>) -> anyhow::Result<Client> {
+        let tls = match &self.roots {
+            None => None,
+            Some(roots) => {
+                let identity = match (slot, &self.identity) {
+                    (Some(slot), _) => ClientIdentity::Slot(slot),
+                    (None, Some(identity)) => ClientIdentity::Fixed(identity),
+                    (None, None) => ClientIdentity::None,
+                };
+                Some(client_config_with(
+                    roots,
+                    identity,
+                    self.server_name.as_deref(),
+                )?)
+            }
+        };
+        Ok(Client::with_options(
+            servers,
+            ClientOptions {
+                tls,
+                https: self.https,
+            },
+        )?)
+    }
 }
 
 /// Runs the agent until a signal arrives.
@@ -72,10 +165,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         datacenter: args.datacenter.clone(),
         node: node_name.clone(),
     };
-    let client = match Client::with_servers(&args.servers) {
+    let (tls_plan, https_plan) = match (
+        server_tls_plan(&args),
+        args.https.plan(false, args.auto_encrypt),
+    ) {
+        (Ok(tls), Ok(https)) => (tls, https),
+        (Err(message), _) | (_, Err(message)) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let bootstrap_client = match tls_plan.client(&args.servers, None) {
         Ok(client) => client,
         Err(error) => {
-            eprintln!("error: --server: {error}");
+            eprintln!("error: --server: {error:#}");
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
@@ -106,12 +209,58 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let listener = TcpListener::bind(&args.http_addr)
-        .await
-        .with_context(|| format!("cannot bind the agent API on {}", args.http_addr))?;
-    let http_addr = listener.local_addr()?;
+    let listener = if args.https.https_only {
+        None
+    } else {
+        Some(
+            TcpListener::bind(&args.http_addr)
+                .await
+                .with_context(|| format!("cannot bind the agent API on {}", args.http_addr))?,
+        )
+    };
+    let https = match https_plan {
+        Some(plan) => Some((
+            TcpListener::bind(&plan.addr)
+                .await
+                .with_context(|| format!("cannot bind the agent's HTTPS API on {}", plan.addr))?,
+            plan,
+        )),
+        None => None,
+    };
+    let http_addr = match (&listener, &https) {
+        (Some(listener), _) => listener.local_addr()?,
+        (None, Some((listener, _))) => listener.local_addr()?,
+        (None, None) => anyhow::bail!("no API listener"),
+    };
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
+    let (client, slot) = if args.auto_encrypt {
+        let request = AgentRequest {
+            node: node_name.clone(),
+            datacenter: args.datacenter.clone(),
+            address: args.address.clone(),
+        };
+        let cert = match request.obtain(&bootstrap_client, &shutdown.token()).await {
+            Ok(Some(cert)) => cert,
+            Ok(None) => return Ok(ExitCode::SUCCESS),
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        let slot = CertSlot::new(&cert.identity)?;
+        let client = tls_plan.client(&args.servers, Some(&slot))?;
+        shutdown.spawn(request.run_renewal(
+            client.clone(),
+            Arc::clone(&slot),
+            cert.not_before,
+            cert.not_after,
+            shutdown.token(),
+        ));
+        (client, Some(slot))
+    } else {
+        (bootstrap_client, None)
+    };
     let catalog = Arc::new(HttpCatalog::new(client.clone(), &node_name));
     let node = Node {
         id: format!("agent-{node_name}"),
@@ -149,8 +298,48 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .router()
         .fallback(move |request: Request| forward(client.clone(), request))
         .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
-    plexus_runtime::telemetry::listening("http", http_addr);
-    serve(listener, router, http_addr, &agent, &shutdown, args.grace).await;
+    let stop_serving = CancellationToken::new();
+    let mut servers = Vec::new();
+    if let Some((https_listener, plan)) = https {
+        let tls = match (&plan.cert, &slot) {
+            (CertSource::AutoEncrypt, Some(slot)) => {
+                let client_auth = match &plan.client_roots {
+                    Some(roots) if plan.verify_incoming => ClientAuth::Optional(roots.clone()),
+                    _ => ClientAuth::None,
+                };
+                let tls = TlsServer::new(server_config_with_slot(slot, &client_auth)?);
+                if plan.verify_incoming {
+                    tls.require_client_cert(&EXEMPT_FROM_CLIENT_CERT)
+                } else {
+                    tls
+                }
+            }
+            _ => server_tls(&plan, None, |_, _| Default::default(), &shutdown).await?,
+        };
+        servers.push(serve_https(
+            https_listener,
+            tls,
+            router.clone(),
+            stop_serving.clone(),
+        )?);
+    }
+    if let Some(listener) = listener {
+        plexus_runtime::telemetry::listening("http", http_addr);
+        servers.push(tokio::spawn(plexus_runtime::http::serve(
+            listener,
+            router,
+            stop_serving.clone(),
+        )));
+    }
+    serve(
+        servers,
+        stop_serving,
+        http_addr,
+        &agent,
+        &shutdown,
+        args.grace,
+    )
+    .await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -185,25 +374,22 @@ async fn start_agent(node: Node, catalog: &Arc<HttpCatalog>, shutdown: &Shutdown
 }
 
 async fn serve(
-    listener: TcpListener,
-    router: axum::Router,
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    stop_serving: CancellationToken,
     http_addr: SocketAddr,
     agent: &Agent,
     shutdown: &Shutdown,
     grace: Duration,
 ) {
-    let stop_serving = CancellationToken::new();
-    let server = tokio::spawn(plexus_runtime::http::serve(
-        listener,
-        router,
-        stop_serving.clone(),
-    ));
     info!(%http_addr, "agent serving");
     shutdown.token().cancelled().await;
     agent.deregister_all().await;
     stop_serving.cancel();
-    if tokio::time::timeout(grace, server).await.is_err() {
-        warn!(?grace, "in-flight requests did not finish in time");
+    let deadline = tokio::time::Instant::now() + grace;
+    for server in servers {
+        if tokio::time::timeout_at(deadline, server).await.is_err() {
+            warn!(?grace, "in-flight requests did not finish in time");
+        }
     }
     if !shutdown.drain(grace).await {
         warn!("background tasks did not finish within the grace period");

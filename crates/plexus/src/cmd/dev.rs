@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::tls::{HttpsPlan, ServerTlsArgs, serve_https, server_names, server_tls};
 use super::{EXIT_CONFIG, parse_duration};
 
 /// The datacenter name when none is given (Consul's).
@@ -57,6 +58,8 @@ pub struct Args {
     /// (the dev default) or `deny` (a production server's default).
     #[arg(long = "default-intention-policy", default_value = "allow")]
     pub default_intention_policy: plexus_api::connect::DefaultPolicy,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
 }
 
 /// Creates (or loads) the CA with `connect`'s leaf TTL, sets the default intention policy and
@@ -169,13 +172,40 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         leaf_ttl: args.connect_leaf_ttl,
         default_policy: args.default_intention_policy,
     };
-    let listener = TcpListener::bind(&args.http_addr)
-        .await
-        .with_context(|| format!("cannot bind the HTTP API on {}", args.http_addr))?;
+    let (https, kek) = match (args.tls.https.plan(true, false), args.tls.kek()) {
+        (Ok(https), Ok(kek)) => (https, kek),
+        (Err(message), _) | (_, Err(message)) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let http = if args.tls.https.https_only {
+        None
+    } else {
+        Some(
+            TcpListener::bind(&args.http_addr)
+                .await
+                .with_context(|| format!("cannot bind the HTTP API on {}", args.http_addr))?,
+        )
+    };
+    let https = match https {
+        Some(plan) => Some((
+            TcpListener::bind(&plan.addr)
+                .await
+                .with_context(|| format!("cannot bind the HTTPS API on {}", plan.addr))?,
+            plan,
+        )),
+        None => None,
+    };
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
-    let dev = DevServer::start(
-        listener,
+    let security = DevSecurity {
+        kek,
+        auto_encrypt: args.tls.auto_encrypt(),
+    };
+    let dev = DevServer::start_secured(
+        DevListeners { http, https },
+        security,
         args.data_dir.clone(),
         &node_name,
         &args.datacenter,
@@ -195,13 +225,30 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// A running control plane + agent, as `plexus dev` and `plexus demo` use it.
 pub struct DevServer {
-    /// The bound HTTP API address.
+    /// The bound API address: the HTTP listener's, or the HTTPS one's with `--https-only`.
     pub http_addr: SocketAddr,
     /// The local agent.
     pub agent: Agent,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     stop_serving: CancellationToken,
     _temp_dir: Option<tempfile::TempDir>,
+}
+
+/// The API listeners of a dev server (at least one).
+pub struct DevListeners {
+    /// Plain HTTP (`None` with `--https-only`).
+    pub http: Option<TcpListener>,
+    /// HTTPS, with its plan.
+    pub https: Option<(TcpListener, HttpsPlan)>,
+}
+
+/// Secrets and TLS settings of a dev server.
+#[derive(Default)]
+pub struct DevSecurity {
+    /// Wraps the CA's keys in the store.
+    pub kek: Option<plexus_control::ca::wrap::KeyEncryptionKey>,
+    /// Whether agents may have their certificates signed.
+    pub auto_encrypt: plexus_control::ca::auto_encrypt::AutoEncrypt,
 }
 
 impl DevServer {
@@ -216,12 +263,57 @@ impl DevServer {
         connect: ConnectSettings,
         shutdown: &Shutdown,
     ) -> anyhow::Result<Self> {
-        let http_addr = listener.local_addr()?;
+        let listeners = DevListeners {
+            http: Some(listener),
+            https: None,
+        };
+        Self::start_secured(
+            listeners,
+            DevSecurity::default(),
+            data_dir,
+            node_name,
+            datacenter,
+            definitions,
+            connect,
+            shutdown,
+        )
+        .await
+    }
+
+    /// [`DevServer::start`] with an HTTPS listener (and possibly no HTTP one), a key-encryption
+    /// key for the CA and auto-encrypt settings.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_secured(
+        listeners: DevListeners,
+        security: DevSecurity,
+        data_dir: Option<PathBuf>,
+        node_name: &str,
+        datacenter: &str,
+        definitions: &[(PathBuf, ServiceRegistration)],
+        connect: ConnectSettings,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Self> {
+        let https_addr = match &listeners.https {
+            Some((listener, _)) => Some(listener.local_addr()?),
+            None => None,
+        };
+        let http_addr = match (&listeners.http, https_addr) {
+            (Some(listener), _) => listener.local_addr()?,
+            (None, Some(addr)) => addr,
+            (None, None) => anyhow::bail!("no API listener"),
+        };
         let temporary = data_dir.is_none();
         let (data_dir, temp_dir) = match data_dir {
             Some(dir) => (dir, None),
             None => {
                 let temp = tempfile::Builder::new().prefix("plexus-dev-").tempdir()?;
+                // Private: the store in it holds the CA's keys.
+                std::fs::set_permissions(
+                    temp.path(),
+                    std::os::unix::fs::PermissionsExt::from_mode(
+                        plexus_runtime::private_fs::DIR_MODE,
+                    ),
+                )?;
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
@@ -232,8 +324,12 @@ impl DevServer {
             node_name: node_name.to_owned(),
             leader_addr: http_addr.to_string(),
         };
-        let control = ControlPlane::open_embedded(&data_dir, info)
-            .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        let mut control = ControlPlane::open_embedded(&data_dir, info)
+            .with_context(|| format!("opening the store in {}", data_dir.display()))?
+            .with_auto_encrypt(security.auto_encrypt.clone());
+        if let Some(kek) = security.kek {
+            control = control.with_ca_key_encryption(kek);
+        }
         start_identity(&control, connect, shutdown).await?;
         let catalog: Arc<dyn plexus_api::Catalog> = control.catalog();
         let node = Node {
@@ -261,17 +357,32 @@ impl DevServer {
             .merge(agent.router())
             .fallback(plexus_runtime::http::not_found_fallback)
             .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
-        plexus_runtime::telemetry::listening("http", http_addr);
         let stop_serving = CancellationToken::new();
-        let server = tokio::spawn(plexus_runtime::http::serve(
-            listener,
-            router,
-            stop_serving.clone(),
-        ));
+        let mut servers = Vec::new();
+        if let Some((listener, plan)) = listeners.https {
+            let names = server_names(datacenter, &security.auto_encrypt.domain, https_addr);
+            let tls = server_tls(&plan, Some(control.ca()), names, shutdown).await?;
+            servers.push(serve_https(
+                listener,
+                tls,
+                router.clone(),
+                stop_serving.clone(),
+            )?);
+        } else {
+            info!("no HTTPS listener: API traffic is plaintext (see --https-addr)");
+        }
+        if let Some(listener) = listeners.http {
+            plexus_runtime::telemetry::listening("http", http_addr);
+            servers.push(tokio::spawn(plexus_runtime::http::serve(
+                listener,
+                router,
+                stop_serving.clone(),
+            )));
+        }
         Ok(Self {
             http_addr,
             agent,
-            server,
+            servers,
             stop_serving,
             _temp_dir: temp_dir,
         })
@@ -282,16 +393,34 @@ impl DevServer {
     pub async fn stop(self, grace: Duration) {
         self.agent.deregister_all().await;
         self.stop_serving.cancel();
-        match tokio::time::timeout(grace, self.server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => warn!(%error, "HTTP server failed"),
-            Ok(Err(error)) => warn!(%error, "HTTP server task failed"),
+        let all = futures_join_all(self.servers);
+        match tokio::time::timeout(grace, all).await {
+            Ok(results) => {
+                for result in results {
+                    match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => warn!(%error, "HTTP server failed"),
+                        Err(error) => warn!(%error, "HTTP server task failed"),
+                    }
+                }
+            }
             Err(_) => warn!(
                 ?grace,
                 "in-flight requests did not finish within the grace period"
             ),
         }
     }
+}
+
+/// Waits for every task, in order.
+async fn futures_join_all<T>(
+    handles: Vec<tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut results = Vec::with_capacity(handles.len());
+    for handle in handles {
+        results.push(handle.await);
+    }
+    results
 }
 
 fn load_definitions(

@@ -24,6 +24,7 @@ mod l7_protocols;
 mod registration;
 mod shutdown;
 mod sidecar;
+mod tls;
 
 use std::path::{Path, PathBuf};
 
