@@ -25,6 +25,7 @@
 //!
 //! This crate does no I/O except in [`client`] and [`definition`] (reading files).
 
+pub mod agent_config;
 pub mod auto_encrypt;
 pub mod catalog;
 #[cfg(feature = "client")]
