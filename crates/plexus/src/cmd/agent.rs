@@ -31,12 +31,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::auto_encrypt::AgentRequest;
-use super::dev::{DEFAULT_DATACENTER, collect_definition_files, default_node_name};
+use super::config_file::{self, Given};
+use super::dev::{DEFAULT_DATACENTER, default_node_name};
 use super::tls::{
     CertSource, EXEMPT_FROM_CLIENT_CERT, HttpsArgs, SERVER_NAME_ENV, env_first, serve_https,
     server_tls,
 };
 use super::{EXIT_CONFIG, parse_duration};
+use plexus_api::agent_config::Role;
 use plexus_api::client::ClientOptions;
 use plexus_runtime::tls::{
     CertSlot, ClientAuth, ClientIdentity, Identity, Roots, TlsServer, client_config_with,
@@ -46,8 +48,9 @@ use plexus_runtime::tls::{
 /// `plexus agent`
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Servers to talk to, comma-separated (`host:port`); failover between them.
-    #[arg(long = "server", value_delimiter = ',', required = true)]
+    /// Servers to talk to, comma-separated (`host:port` or `https://host:port`); failover
+    /// between them. Default: `retry_join` from the configuration file.
+    #[arg(long = "server", value_delimiter = ',')]
     pub servers: Vec<String>,
     /// Agent API address; port 0 picks a free port (the bound address is logged).
     #[arg(long = "http-addr", default_value = "127.0.0.1:8500")]
@@ -61,10 +64,11 @@ pub struct Args {
     /// Datacenter name.
     #[arg(long, default_value = DEFAULT_DATACENTER)]
     pub datacenter: String,
-    /// A service definition file to load at start (HCL or JSON); repeatable.
+    /// A configuration file in Consul's format (HCL or JSON): agent keys and/or service
+    /// definitions; repeatable, later files win. Flags override it.
     #[arg(long = "config-file")]
     pub config_files: Vec<PathBuf>,
-    /// A directory of `.hcl`/`.json` definition files to load at start; repeatable.
+    /// A directory of `.hcl`/`.json` configuration files, read in name order; repeatable.
     #[arg(long = "config-dir")]
     pub config_dirs: Vec<PathBuf>,
     /// Time to live of the node's liveness lease (1s to 5m).
@@ -159,12 +163,46 @@ impl ServerTls {
 }
 
 /// Runs the agent until a signal arrives.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let node_name = args.node.clone().unwrap_or_else(default_node_name);
-    let defaults = plexus_api::validate::Defaults {
-        datacenter: args.datacenter.clone(),
-        node: node_name.clone(),
+pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
+    let files = match config_file::load(
+        &args.config_files,
+        &args.config_dirs,
+        Role::Agent,
+        &given,
+        &args.datacenter,
+        args.node.as_deref(),
+    ) {
+        Ok(files) => files,
+        Err(code) => return Ok(code),
     };
+    let config = &files.agent;
+    args.datacenter = config_file::datacenter(config, &given, &args.datacenter);
+    if args.node.is_none() {
+        args.node.clone_from(&config.node_name);
+    }
+    config_file::apply_listeners(config, &given, &mut args.http_addr, &mut args.https);
+    if args.servers.is_empty() {
+        args.servers.clone_from(&config.retry_join);
+    }
+    if !given.flag("address")
+        && let Some(ip) = config_file::advertised(config)
+    {
+        args.address = ip.to_string();
+    }
+    if !given.flag("verify_outgoing") {
+        args.verify_outgoing = config.tls.verify_outgoing.unwrap_or(false);
+    }
+    if !given.flag("auto_encrypt") {
+        args.auto_encrypt = config.auto_encrypt.tls.unwrap_or(false);
+    }
+    if args.servers.is_empty() {
+        eprintln!(
+            "error: no servers to talk to: give --server a,b,c (or retry_join in the configuration file)"
+        );
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+    config_file::announce(config);
+    let node_name = args.node.clone().unwrap_or_else(default_node_name);
     let (tls_plan, https_plan) = match (
         server_tls_plan(&args),
         args.https.plan(false, args.auto_encrypt),
@@ -186,29 +224,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("error: --lease-ttl must be between 1s and 5m");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
-    let definitions = {
-        let files = match collect_definition_files(&args.config_files, &args.config_dirs) {
-            Ok(files) => files,
-            Err(error) => {
-                eprintln!("error: {error:#}");
-                return Ok(ExitCode::from(EXIT_CONFIG));
-            }
-        };
-        if files.is_empty() {
-            Vec::new()
-        } else {
-            match plexus_api::definition::check_files(&files, &defaults) {
-                Ok(definitions) => definitions,
-                Err(errors) => {
-                    for error in &errors {
-                        eprintln!("error: {error}");
-                    }
-                    eprintln!("{} configuration error(s); not starting.", errors.len());
-                    return Ok(ExitCode::from(EXIT_CONFIG));
-                }
-            }
-        }
-    };
+    let definitions = files.services;
     let listener = if args.https.https_only {
         None
     } else {

@@ -20,8 +20,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::config_file::{self, Given};
 use super::tls::{HttpsPlan, ServerTlsArgs, serve_https, server_names, server_tls};
 use super::{EXIT_CONFIG, parse_duration};
+use plexus_api::agent_config::Role;
 
 /// The datacenter name when none is given (Consul's).
 pub const DEFAULT_DATACENTER: &str = "dc1";
@@ -35,10 +37,11 @@ pub struct Args {
     /// Where the embedded store keeps its file (default: a fresh temporary directory).
     #[arg(long = "data-dir")]
     pub data_dir: Option<PathBuf>,
-    /// A service definition file to load at start (HCL or JSON); repeatable.
+    /// A configuration file in Consul's format (HCL or JSON): agent keys and/or service
+    /// definitions; repeatable, later files win. Flags override it.
     #[arg(long = "config-file")]
     pub config_files: Vec<PathBuf>,
-    /// A directory of `.hcl`/`.json` definition files to load at start; repeatable.
+    /// A directory of `.hcl`/`.json` configuration files, read in name order; repeatable.
     #[arg(long = "config-dir")]
     pub config_dirs: Vec<PathBuf>,
     /// This node's name (default: the host name).
@@ -153,17 +156,34 @@ pub fn collect_definition_files(
 }
 
 /// Runs the dev control plane until a signal arrives.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let node_name = args.node.clone().unwrap_or_else(default_node_name);
-    let defaults = plexus_api::validate::Defaults {
-        datacenter: args.datacenter.clone(),
-        node: node_name.clone(),
-    };
+pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     // Configuration first: nothing is bound when it is invalid.
-    let definitions = match load_definitions(&args, &defaults) {
-        Ok(definitions) => definitions,
+    let files = match config_file::load(
+        &args.config_files,
+        &args.config_dirs,
+        Role::Dev,
+        &given,
+        &args.datacenter,
+        args.node.as_deref(),
+    ) {
+        Ok(files) => files,
         Err(code) => return Ok(code),
     };
+    let config = &files.agent;
+    config_file::apply_server(
+        config,
+        &given,
+        &mut args.datacenter,
+        &mut args.node,
+        &mut args.tls,
+    );
+    config_file::apply_listeners(config, &given, &mut args.http_addr, &mut args.tls.https);
+    if args.data_dir.is_none() {
+        args.data_dir.clone_from(&config.data_dir);
+    }
+    config_file::announce(config);
+    let node_name = args.node.clone().unwrap_or_else(default_node_name);
+    let definitions = files.services;
     if let Err(message) = check_leaf_ttl(args.connect_leaf_ttl) {
         eprintln!("error: {message}");
         return Ok(ExitCode::from(EXIT_CONFIG));
@@ -421,29 +441,6 @@ async fn futures_join_all<T>(
         results.push(handle.await);
     }
     results
-}
-
-fn load_definitions(
-    args: &Args,
-    defaults: &plexus_api::validate::Defaults,
-) -> Result<Vec<(PathBuf, ServiceRegistration)>, ExitCode> {
-    let files = match collect_definition_files(&args.config_files, &args.config_dirs) {
-        Ok(files) => files,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            return Err(ExitCode::from(EXIT_CONFIG));
-        }
-    };
-    if files.is_empty() {
-        return Ok(Vec::new());
-    }
-    plexus_api::definition::check_files(&files, defaults).map_err(|errors| {
-        for error in &errors {
-            eprintln!("error: {error}");
-        }
-        eprintln!("{} configuration error(s); not starting.", errors.len());
-        ExitCode::from(EXIT_CONFIG)
-    })
 }
 
 /// A stable node id derived from the node name (UUID-shaped, as Consul shows node ids).

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod auto_encrypt;
 pub mod catalog;
 pub mod config;
+pub mod config_file;
 pub mod connect;
 pub mod demo;
 pub mod demo_events;

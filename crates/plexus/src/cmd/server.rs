@@ -24,11 +24,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::config_file::{self, Given};
 use super::dev::{
     ConnectSettings, DEFAULT_DATACENTER, check_leaf_ttl, default_node_name, start_identity,
 };
 use super::tls::{ServerTlsArgs, serve_https, server_names, server_tls};
 use super::{EXIT_CONFIG, parse_duration};
+use plexus_api::agent_config::Role;
 
 /// `plexus server`
 #[derive(Debug, clap::Args)]
@@ -67,6 +69,13 @@ pub struct Args {
     pub default_intention_policy: plexus_api::connect::DefaultPolicy,
     #[command(flatten)]
     pub tls: ServerTlsArgs,
+    /// A configuration file in Consul's format (HCL or JSON): agent keys and/or service
+    /// definitions; repeatable, later files win. Flags override it.
+    #[arg(long = "config-file")]
+    pub config_files: Vec<PathBuf>,
+    /// A directory of `.hcl`/`.json` configuration files, read in name order; repeatable.
+    #[arg(long = "config-dir")]
+    pub config_dirs: Vec<PathBuf>,
 }
 
 /// The validated store choice.
@@ -106,7 +115,35 @@ fn store_choice(args: &Args) -> Result<StoreChoice, String> {
 }
 
 /// Runs one server replica until a signal arrives.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
+    let files = match config_file::load(
+        &args.config_files,
+        &args.config_dirs,
+        Role::Server,
+        &given,
+        &args.datacenter,
+        args.node.as_deref(),
+    ) {
+        Ok(files) => files,
+        Err(code) => return Ok(code),
+    };
+    let config = &files.agent;
+    config_file::apply_server(
+        config,
+        &given,
+        &mut args.datacenter,
+        &mut args.node,
+        &mut args.tls,
+    );
+    config_file::apply_listeners(config, &given, &mut args.http_addr, &mut args.tls.https);
+    if !given.flag("data_dir")
+        && let Some(dir) = &config.data_dir
+    {
+        args.data_dir.clone_from(dir);
+    }
+    let advertised = config_file::advertised(config);
+    config_file::announce(config);
+    let definitions = files.services;
     let choice = match store_choice(&args) {
         Ok(choice) => choice,
         Err(message) => {
@@ -195,7 +232,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let node = Node {
         id: format!("server-{node_name}"),
         node: node_name.clone(),
-        address: http_addr.ip().to_string(),
+        address: advertised.unwrap_or(http_addr.ip()).to_string(),
         datacenter: args.datacenter.clone(),
         ..Node::default()
     };
@@ -203,6 +240,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let agent = Agent::start(AgentConfig { node, server: true }, catalog, &shutdown)
         .await
         .context("starting the server's agent")?;
+    for (file, registration) in &definitions {
+        agent.register(registration).await.with_context(|| {
+            format!(
+                "registering {:?} from {}",
+                registration.name,
+                file.display()
+            )
+        })?;
+        info!(service = %registration.name, file = %file.display(), "registered from definition");
+    }
     let router = control
         .router()
         .merge(agent.router())

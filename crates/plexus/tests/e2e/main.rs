@@ -8,6 +8,7 @@ mod bad_input;
 mod checks;
 mod cli;
 mod config_entries;
+mod config_file;
 mod consul_client;
 mod demo;
 mod demo_http;
