@@ -282,10 +282,7 @@ pub fn load_files(
         }
     }
     let defaults = defaults(&agent);
-    let services = match definition::check_loaded(loaded, errors, &defaults) {
-        Ok(services) => services,
-        Err(errors) => return Err(errors),
-    };
+    let services = definition::check_loaded(loaded, errors, &defaults)?;
     Ok(ConfigFiles { agent, services })
 }
 
