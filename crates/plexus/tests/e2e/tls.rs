@@ -685,3 +685,64 @@ async fn the_ca_key_is_wrapped_with_the_key_encryption_key() {
     server.wait_for_line("connect CA ready").await.unwrap();
     assert!(!server.output().contains("7Jq1x0mVQbq0"));
 }
+
+/// `--https-only` opens no plain-HTTP listener at all; the HTTPS one serves.
+#[tokio::test]
+async fn https_only_opens_no_plain_http_listener() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Process::spawn(
+        "server:https-only",
+        bin(),
+        &[
+            "server",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--https-addr",
+            "127.0.0.1:0",
+            "--https-only",
+            "--node",
+            "s-only",
+        ]
+        .map(str::to_owned),
+        &[],
+    )
+    .unwrap();
+    let https = server.listening("https").await.unwrap();
+    server.wait_for_line("connect CA ready").await.unwrap();
+    assert!(
+        !server.output().contains("listener=\"http\""),
+        "{}",
+        server.output()
+    );
+    // The CA's roots over TLS, trusting the server's own certificate chain as the CA file.
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let pem = client
+        .get(format!(
+            "https://127.0.0.1:{}/v1/connect/ca/roots?pem=true",
+            https.port()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let files = Files::new();
+    let ca = files.write("ca.pem", &pem);
+    let (code, out, err) = cli(
+        &[
+            "catalog",
+            "nodes",
+            "--http-addr",
+            &format!("https://localhost:{}", https.port()),
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("s-only"), "{out}");
+}
