@@ -277,6 +277,19 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     } else {
         (bootstrap_client, None)
     };
+    // Fail fast on what retrying cannot fix: TLS that does not verify, a refused client
+    // certificate. Unreachable servers are waited for below.
+    match client.status_leader().await {
+        Err(error @ plexus_api::client::ClientError::Tls { .. }) => {
+            eprintln!("error: {error}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(error @ plexus_api::client::ClientError::Status { status: 403, .. }) => {
+            eprintln!("error: {error}");
+            return Ok(ExitCode::FAILURE);
+        }
+        _ => {}
+    }
     let catalog = Arc::new(HttpCatalog::new(client.clone(), &node_name));
     let node = Node {
         id: format!("agent-{node_name}"),

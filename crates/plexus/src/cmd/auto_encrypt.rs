@@ -95,10 +95,14 @@ impl AgentRequest {
                     return Ok(Some(cert));
                 }
                 Err(error) => {
+                    // A refusal or a TLS failure (wrong CA, …) will not heal by retrying.
                     let refused = error
                         .downcast_ref::<plexus_api::client::ClientError>()
-                        .and_then(|e| e.status())
-                        .is_some_and(|status| (400..500).contains(&status));
+                        .is_some_and(|e| {
+                            matches!(e, plexus_api::client::ClientError::Tls { .. })
+                                || e.status()
+                                    .is_some_and(|status| (400..500).contains(&status))
+                        });
                     if refused {
                         return Err(
                             error.context("the server refused the agent's certificate request")

@@ -281,6 +281,28 @@ async fn tls_failures_are_fast_and_clear() {
         ],
         "the server's certificate has expired",
     );
+    // An agent fails fast too: a wrong CA, no client certificate.
+    for (extra, needle) in [
+        (
+            vec!["--ca-file", rogue_ca.to_str().unwrap()],
+            "not signed by the CA in --ca-file",
+        ),
+        (vec!["--ca-file", ca], "requires a client certificate"),
+    ] {
+        let mut args = vec![
+            "agent",
+            "--server",
+            &url,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--node",
+            "n-bad",
+        ];
+        args.extend(extra);
+        let (code, _, err) = cli(&args, &[]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
     // Bad auto-encrypt requests: 400 naming the field, or 403 for another identity.
     let sign = format!("http://{}/v1/internal/auto-encrypt/sign", dev.http);
     for (body, status, field) in [
