@@ -157,6 +157,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let platform = Platform::new(args.name.clone());
+    platform.set_advertise(listener.local_addr()?);
     info!(app = %args.name, origin = %platform.origin(), "event app starting");
     for route in &args.routes {
         serve_route(&platform, route, args.workers, Visibility::Public)?;

@@ -690,6 +690,9 @@ async fn an_event_app_is_in_the_catalog_while_connected() {
     let instance = &instances[0];
     assert_eq!(instance["ServiceID"], a.origin.as_str());
     assert_eq!(instance["Node"], "event-mesh");
+    // Listed with its actuator's address and port.
+    assert_eq!(instance["ServiceAddress"], a.actuator.ip().to_string());
+    assert_eq!(instance["ServicePort"], a.actuator.port());
     assert_eq!(instance["ServiceMeta"]["plexus-kind"], "event-app");
     assert_eq!(instance["ServiceMeta"]["routes"], "hello.pojo,hello.world");
     let (_, info) = a.get("/info").await.unwrap();
