@@ -47,6 +47,8 @@ pub struct Actuator {
     pub config: BTreeMap<String, String>,
     /// The app's version.
     pub version: String,
+    /// Who may post events (`POST /api/event`).
+    pub auth: crate::node::NodeAuth,
 }
 
 /// The actuator routes.

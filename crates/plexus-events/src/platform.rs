@@ -228,8 +228,7 @@ impl Platform {
 
     /// `route` when this instance serves it or a peer does, else `unknown` (a bounded label).
     fn route_label(&self, route: &str) -> String {
-        if self.local_route(route).is_some() || !lock(&self.inner.table).serving(route).is_empty()
-        {
+        if self.local_route(route).is_some() || !lock(&self.inner.table).serving(route).is_empty() {
             route.to_owned()
         } else {
             "unknown".to_owned()
@@ -507,7 +506,10 @@ impl Platform {
             }
             Ok(origin) => match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(reply)) => (Some(origin), reply),
-                Ok(Err(_)) => (Some(origin), Fault::new(500, "request abandoned").into_envelope()),
+                Ok(Err(_)) => (
+                    Some(origin),
+                    Fault::new(500, "request abandoned").into_envelope(),
+                ),
                 Err(_) => {
                     lock(&self.inner.inbox).remove(&key);
                     let fault = Fault::new(408, format!("Timeout for {} ms", timeout.as_millis()));

@@ -204,11 +204,17 @@ mod tests {
             .into_iter()
             .map(|p| r.add(EventEnvelope::from_bytes(&p).unwrap(), now))
             .collect();
-        assert!(outcome.contains(&Err(SegmentError::TooLarge)), "{outcome:?}");
+        assert!(
+            outcome.contains(&Err(SegmentError::TooLarge)),
+            "{outcome:?}"
+        );
         // Many partial events: the total stays under the bound.
         let mut r = Reassembler::with_limits(100_000, 10_000);
         for _ in 0..20 {
-            let parts = split(EventEnvelope::to("a.b", Value::Binary(vec![2u8; 3000])).to_bytes(), 1024);
+            let parts = split(
+                EventEnvelope::to("a.b", Value::Binary(vec![2u8; 3000])).to_bytes(),
+                1024,
+            );
             let first = EventEnvelope::from_bytes(&parts[0]).unwrap();
             assert_eq!(r.add(first, now), Ok(None));
         }

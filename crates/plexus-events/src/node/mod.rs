@@ -36,9 +36,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -138,7 +138,10 @@ impl Node {
     }
 
     fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, String)>> {
-        self.inner.owners.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .owners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The WebSocket endpoint `/ws/events`.

@@ -243,7 +243,10 @@ impl Fields {
         match self.get(name) {
             None => Ok(false),
             Some(Value::Boolean(b)) => Ok(*b),
-            Some(_) => Err(self.fail(format!("{} frame: {name}: expected true or false", self.kind))),
+            Some(_) => Err(self.fail(format!(
+                "{} frame: {name}: expected true or false",
+                self.kind
+            ))),
         }
     }
 
@@ -272,7 +275,10 @@ pub fn decode(bytes: &[u8]) -> Result<ClientFrame, FrameError> {
     let value = rmpv::decode::read_value_with_max_depth(&mut reader, 8)
         .map_err(|e| bad(None, format!("frame is not MsgPack: {e}")))?;
     if !reader.is_empty() {
-        return Err(bad(None, format!("{} trailing bytes after the frame", reader.len())));
+        return Err(bad(
+            None,
+            format!("{} trailing bytes after the frame", reader.len()),
+        ));
     }
     let Value::Map(entries) = value else {
         return Err(bad(None, "a frame must be a MsgPack map with a type"));
@@ -496,29 +502,73 @@ mod tests {
     #[test]
     fn refusals_name_the_field_and_keep_the_ref() {
         for (entries, expected) in [
-            (vec![("type", Value::from("bogus")), ("ref", 1.into())], "unknown frame type \"bogus\""),
-            (vec![("ref", 1.into())], "type is required"),
-            (vec![("type", "register".into()), ("ref", 1.into())], "register frame: route is required"),
             (
-                vec![("type", "register".into()), ("ref", 1.into()), ("route", "a.b".into()), ("workers", 0.into())],
+                vec![("type", Value::from("bogus")), ("ref", 1.into())],
+                "unknown frame type \"bogus\"",
+            ),
+            (vec![("ref", 1.into())], "type is required"),
+            (
+                vec![("type", "register".into()), ("ref", 1.into())],
+                "register frame: route is required",
+            ),
+            (
+                vec![
+                    ("type", "register".into()),
+                    ("ref", 1.into()),
+                    ("route", "a.b".into()),
+                    ("workers", 0.into()),
+                ],
                 "workers: expected an integer from 1 to 1000",
             ),
-            (vec![("type", "send".into()), ("ref", 1.into()), ("event", "text".into())], "event: expected binary"),
             (
-                vec![("type", "request".into()), ("ref", 1.into()), ("event", Value::Binary(vec![])), ("timeout_ms", (-1).into())],
+                vec![
+                    ("type", "send".into()),
+                    ("ref", 1.into()),
+                    ("event", "text".into()),
+                ],
+                "event: expected binary",
+            ),
+            (
+                vec![
+                    ("type", "request".into()),
+                    ("ref", 1.into()),
+                    ("event", Value::Binary(vec![])),
+                    ("timeout_ms", (-1).into()),
+                ],
                 "timeout_ms",
             ),
-            (vec![("type", "hello".into()), ("protocol", 9.into()), ("app", "x".into())], "protocol 1"),
+            (
+                vec![
+                    ("type", "hello".into()),
+                    ("protocol", 9.into()),
+                    ("app", "x".into()),
+                ],
+                "protocol 1",
+            ),
         ] {
             let error = decode(&frame(&entries)).unwrap_err();
-            assert!(error.message.contains(expected), "{} vs {expected}", error.message);
+            assert!(
+                error.message.contains(expected),
+                "{} vs {expected}",
+                error.message
+            );
             assert_eq!(error.status, 400);
             if expected != "protocol 1" {
                 assert_eq!(error.reference, Some(Ref::Int(1)), "{expected}");
             }
         }
-        assert!(decode(b"\x82\xa1").unwrap_err().message.contains("not MsgPack"));
-        assert!(decode(&[0x91, 0x01]).unwrap_err().message.contains("MsgPack map"));
+        assert!(
+            decode(b"\x82\xa1")
+                .unwrap_err()
+                .message
+                .contains("not MsgPack")
+        );
+        assert!(
+            decode(&[0x91, 0x01])
+                .unwrap_err()
+                .message
+                .contains("MsgPack map")
+        );
     }
 
     #[test]

@@ -75,7 +75,10 @@ async fn hello(node: &Node, socket: &mut WebSocket) -> Result<String, (u16, Stri
     };
     match protocol::decode(&bytes) {
         Ok(ClientFrame::Hello { app, token }) => {
-            node.config().auth.check(token.as_deref()).map_err(|m| (401, m))?;
+            node.config()
+                .auth
+                .check(token.as_deref())
+                .map_err(|m| (401, m))?;
             Ok(app)
         }
         Ok(_) => Err((400, "the first frame must be hello".into())),
@@ -312,9 +315,10 @@ impl Session {
                     Err(e) => Err(Fault::new(400, format!("event: not an envelope: {e}"))),
                 }
             }
-            Err(segment::SegmentError::TooLarge) => {
-                Err(Fault::new(413, format!("segmented event exceeds max_event_bytes ({max})")))
-            }
+            Err(segment::SegmentError::TooLarge) => Err(Fault::new(
+                413,
+                format!("segmented event exceeds max_event_bytes ({max})"),
+            )),
             Err(e) => Err(Fault::new(400, format!("event: {e}"))),
         }
     }
