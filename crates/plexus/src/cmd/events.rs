@@ -247,13 +247,13 @@ async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         .context("joining the event mesh")?;
     let auth = node_config.auth.clone();
     let node = Node::new(platform.clone(), node_config);
-    let router = actuator::router(actuator::Actuator {
-        platform: platform.clone(),
-        presence: mesh.presence.clone(),
-        config: MeshArgs::shown(&mesh_config),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+    let router = actuator::router(actuator::Actuator::new(
+        platform.clone(),
+        mesh.presence.clone(),
+        MeshArgs::shown(&mesh_config),
+        env!("CARGO_PKG_VERSION"),
         auth,
-    })
+    ))
     .merge(node.router())
     .route(
         "/metrics",

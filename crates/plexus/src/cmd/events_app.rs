@@ -117,13 +117,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("joining the event mesh")?;
     let presence = mesh.presence.clone();
     let config = super::events::MeshArgs::shown(&mesh_config);
-    let router = actuator::router(actuator::Actuator {
-        platform: platform.clone(),
+    let router = actuator::router(actuator::Actuator::new(
+        platform.clone(),
         presence,
         config,
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        auth: plexus_events::node::NodeAuth::Open,
-    });
+        env!("CARGO_PKG_VERSION"),
+        plexus_events::node::NodeAuth::Open,
+    ));
     let addr = listener.local_addr()?;
     plexus_runtime::telemetry::listening("actuator", addr);
     plexus_runtime::http::serve(listener, router, shutdown.token()).await?;
