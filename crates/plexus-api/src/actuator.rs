@@ -268,6 +268,36 @@ pub fn timestamp(at: SystemTime) -> String {
     )
 }
 
+/// The packages a crate depends on directly, as sorted `name-version` entries, from the text of
+/// its `Cargo.toml` (the `[dependencies]` table) and of the workspace's `Cargo.lock`.
+pub fn libraries(manifest: &str, lock: &str) -> Vec<String> {
+    let direct: Vec<&str> = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .and_then(|rest| rest.split("\n[").next())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(['.', ' ', '=']).next())
+        .filter(|name| !name.is_empty())
+        .collect();
+    let mut found = Vec::new();
+    for package in lock.split("[[package]]") {
+        let field = |key: &str| {
+            package
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim_matches([' ', '=', '"']).to_owned())
+        };
+        if let (Some(name), Some(version)) = (field("name"), field("version"))
+            && direct.contains(&name.as_str())
+        {
+            found.push(format!("{name}-{version}"));
+        }
+    }
+    found.sort();
+    found
+}
+
 /// `1234567` → `1,234,567`.
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();

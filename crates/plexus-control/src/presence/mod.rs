@@ -29,6 +29,7 @@
 //! Each replica turns store changes into [`GroupEvent`]s with one watcher task (re-read on every
 //! revision, diffed against the last view); sessions subscribe to those.
 
+pub mod actuator;
 pub mod topics;
 pub mod ws;
 
@@ -146,6 +147,8 @@ struct Inner {
     events: broadcast::Sender<GroupEvent>,
     sessions: AtomicUsize,
     started: OnceCell<()>,
+    since: SystemTime,
+    healthy: std::sync::atomic::AtomicBool,
 }
 
 /// The presence monitor of one control-plane replica. Cheap to clone.
@@ -192,6 +195,8 @@ impl Presence {
                 events: broadcast::channel(1024).0,
                 sessions: AtomicUsize::new(0),
                 started: OnceCell::new(),
+                since: SystemTime::now(),
+                healthy: std::sync::atomic::AtomicBool::new(true),
             }),
         }
     }

@@ -208,33 +208,10 @@ async fn routes(State(a): State<Actuator>) -> axum::Json<RoutesInfo> {
 
 /// The packages this crate depends on directly, as `name-version`, from the workspace lock file.
 fn libraries() -> Vec<String> {
-    let manifest = include_str!("../../Cargo.toml");
-    let lock = include_str!("../../../../Cargo.lock");
-    let direct: Vec<&str> = manifest
-        .split("[dependencies]")
-        .nth(1)
-        .and_then(|rest| rest.split("\n[").next())
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(['.', ' ', '=']).next())
-        .filter(|name| !name.is_empty())
-        .collect();
-    let mut found = Vec::new();
-    for package in lock.split("[[package]]") {
-        let field = |key: &str| {
-            package
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(|v| v.trim_matches([' ', '=', '"']).to_owned())
-        };
-        if let (Some(name), Some(version)) = (field("name"), field("version"))
-            && direct.contains(&name.as_str())
-        {
-            found.push(format!("{name}-{version}"));
-        }
-    }
-    found.sort();
-    found
+    shapes::libraries(
+        include_str!("../../Cargo.toml"),
+        include_str!("../../../../Cargo.lock"),
+    )
 }
 
 async fn lib(State(a): State<Actuator>) -> axum::Json<LibInfo> {

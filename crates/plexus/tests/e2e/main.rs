@@ -14,6 +14,7 @@ mod demo_http;
 mod durable;
 mod events;
 mod events_lang;
+mod events_mercury;
 mod identity;
 mod identity_long;
 mod intentions;
