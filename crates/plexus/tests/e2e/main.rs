@@ -13,6 +13,7 @@ mod demo;
 mod demo_http;
 mod durable;
 mod events;
+mod events_connector;
 mod events_lang;
 mod events_mercury;
 mod identity;
