@@ -138,14 +138,28 @@ pub(super) async fn run(node: Node, mut socket: WebSocket) {
     tracing::info!(%app, session = id, "events node: app disconnected");
 }
 
-/// Writes queued frames, cutting events larger than a frame into segments.
+/// Writes queued frames, cutting events larger than a frame into segments, and pings the app
+/// every [`PING_INTERVAL`] (its pongs keep an idle connection alive).
 async fn write(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut queue: mpsc::Receiver<ServerFrame>,
     max_frame_bytes: usize,
 ) {
     let chunk = max_frame_bytes.saturating_sub(FRAME_OVERHEAD).max(1024);
-    while let Some(frame) = queue.recv().await {
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    loop {
+        let frame = tokio::select! {
+            frame = queue.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
         let parts = match frame.event() {
             Some(event) if event.len() > chunk => segment::split(event.to_vec(), chunk)
                 .into_iter()
@@ -170,12 +184,12 @@ impl Session {
     }
 
     async fn read(&mut self, mut stream: futures::stream::SplitStream<WebSocket>) {
-        let mut ping = tokio::time::interval(PING_INTERVAL);
+        let mut check = tokio::time::interval(PING_INTERVAL);
         let mut last_heard = Instant::now();
         loop {
             let message = tokio::select! {
                 message = stream.next() => message,
-                _ = ping.tick() => {
+                _ = check.tick() => {
                     if last_heard.elapsed() > SILENCE {
                         tracing::info!(app = %self.app, session = self.id, "events node: app silent, closing");
                         return;

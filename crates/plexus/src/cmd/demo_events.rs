@@ -109,7 +109,9 @@ fn find_python(given: Option<PathBuf>) -> anyhow::Result<(PathBuf, PathBuf)> {
         })?,
     };
     let app = find_upward("clients/python/examples/mesh_app.py").ok_or_else(|| {
-        anyhow::anyhow!("clients/python/examples/mesh_app.py not found: run the demo from the repository")
+        anyhow::anyhow!(
+            "clients/python/examples/mesh_app.py not found: run the demo from the repository"
+        )
     })?;
     Ok((python, app))
 }
@@ -135,8 +137,29 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &str, program: &Path, args: &[String], echo: bool) -> anyhow::Result<Self> {
+        Self::spawn_env(name, program, args, echo, &[])
+    }
+
+    /// A quiet process with extra environment variables.
+    fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::spawn_env(name, program, args, false, env)
+    }
+
+    fn spawn_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        echo: bool,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -244,9 +267,16 @@ impl Broker {
 }
 
 impl App {
-    async fn start(name: &str, routes: &str, broker: &Broker, control: &str) -> anyhow::Result<Self> {
+    async fn start(
+        name: &str,
+        routes: &str,
+        broker: &Broker,
+        control: &str,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating the plexus binary")?;
-        let mut args = ["events-app", "--name", name, "--routes", routes].map(str::to_owned).to_vec();
+        let mut args = ["events-app", "--name", name, "--routes", routes]
+            .map(str::to_owned)
+            .to_vec();
         args.extend(broker.args(control));
         let mut proc = Proc::spawn(name, &exe, &args, true)?;
         let line = proc.wait_for("event app starting").await?;
@@ -333,7 +363,8 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
             "memory://tansu/",
         ]
         .map(str::to_owned);
-        let mut proc = Proc::spawn("tansu", &tansu, &tansu_args, false)?;
+        // Quiet: Tansu logs every request's spans at info, and the demo keeps its lines.
+        let mut proc = Proc::spawn_with_env("tansu", &tansu, &tansu_args, &[("RUST_LOG", "warn")])?;
         proc.wait_for("ready in").await?;
         _broker_proc = Some(proc);
         Broker {
@@ -448,9 +479,16 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
 
     println!("== 6. a Python app joins through an event node and serves hello.pojo too");
     let exe = std::env::current_exe().context("locating the plexus binary")?;
-    let mut node_args = ["events", "node", "--name", "py-node", "--http-addr", "127.0.0.1:0"]
-        .map(str::to_owned)
-        .to_vec();
+    let mut node_args = [
+        "events",
+        "node",
+        "--name",
+        "py-node",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]
+    .map(str::to_owned)
+    .to_vec();
     node_args.extend(broker.args(&control));
     let mut node = Proc::spawn("py-node", &exe, &node_args, true)?;
     let line = node.wait_for("events node starting").await?;
@@ -484,7 +522,9 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
     }
 
     println!("== 7. the Python app calls hello.world, which the Rust apps serve");
-    let load = a.request_body("py.load", r#"{"route": "hello.world", "count": 10}"#).await?;
+    let load = a
+        .request_body("py.load", r#"{"route": "hello.world", "count": 10}"#)
+        .await?;
     println!("py-app called hello.world 10 times: {load}");
     let outcome: serde_json::Value = serde_json::from_str(&load)?;
     if outcome["ok"] != 10 {

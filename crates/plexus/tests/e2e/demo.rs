@@ -24,7 +24,11 @@ fn demo_echo_runs_end_to_end() {
 }
 
 fn demo_events(broker: &str) -> String {
-    let tool = if broker == "kafka" { "tansu" } else { "nats-server" };
+    let tool = if broker == "kafka" {
+        "tansu"
+    } else {
+        "nats-server"
+    };
     let path = plexus_test::brokers::tools_bin().join(tool);
     assert!(
         path.exists(),
@@ -32,13 +36,19 @@ fn demo_events(broker: &str) -> String {
         path.display()
     );
     let path = path.display().to_string();
-    let flag = if broker == "kafka" { "--tansu" } else { "--nats-server" };
+    let flag = if broker == "kafka" {
+        "--tansu"
+    } else {
+        "--nats-server"
+    };
     // The demo finds .tools/venv/bin/python and clients/python from the repository root.
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let python = format!("{root}/.tools/venv/bin/python");
     let (code, out, err) = run_cli(
         bin(),
-        &["demo", "events", "--broker", broker, flag, &path, "--python", &python],
+        &[
+            "demo", "events", "--broker", broker, flag, &path, "--python", &python,
+        ],
         &[],
     )
     .unwrap();
