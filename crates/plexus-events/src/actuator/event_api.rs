@@ -87,7 +87,7 @@ fn reply_traceparent(trace_id: Option<&str>) -> Option<String> {
 }
 
 fn timeout(headers: &HeaderMap) -> Result<Duration, (String, String)> {
-    for name in ["x-timeout", "x-ttl"] {
+    for name in ["X-Timeout", "x-ttl"] {
         if let Some(text) = header_text(headers, name) {
             return match text.trim().parse::<u64>() {
                 Ok(ms) if (1..=600_000).contains(&ms) => Ok(Duration::from_millis(ms)),

@@ -565,7 +565,7 @@ async fn events_app_joins_from_a_properties_file() {
         .json()
         .await
         .unwrap();
-    assert_eq!(env["config"]["cloud.connector"], "nats", "{env}");
+    assert_eq!(env["env"]["properties"]["cloud.connector"], "nats", "{env}");
     let (_, apps, _) = crate::http(
         "GET",
         &format!("http://{}/v1/events/apps", dev.addr()),
