@@ -517,7 +517,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
         *shares.entry(app).or_default() += 1;
     }
     println!("10 requests to hello.pojo, by app: {shares:?}");
-    if shares.get("hello-b").is_none() || shares.get("py-app").is_none() {
+    if !shares.contains_key("hello-b") || !shares.contains_key("py-app") {
         bail!("hello.pojo was not shared between Rust (hello-b) and Python (py-app)");
     }
 
