@@ -167,6 +167,7 @@ impl ControlPlane {
     pub fn router(&self) -> axum::Router {
         api::router(self.catalog(), self.info.clone())
             .merge(presence::ws::router(self.presence()))
+            .merge(presence::actuator::router(self.presence()))
             .merge(kv::api::router(kv::Kv::new(self.store())))
             .merge(remote::api::router(self.catalog()))
             .merge(operator::router(self.store(), self.info.node_name.clone()))

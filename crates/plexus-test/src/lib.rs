@@ -10,6 +10,7 @@
 pub mod brokers;
 pub mod etcd;
 pub mod events;
+pub mod golden;
 pub mod mesh;
 pub mod pki;
 pub mod ports;

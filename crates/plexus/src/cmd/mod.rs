@@ -11,6 +11,7 @@ pub mod demo_events;
 pub mod demo_http;
 pub mod dev;
 pub mod echo_server;
+pub mod events;
 pub mod events_app;
 pub mod health;
 pub mod intention;
