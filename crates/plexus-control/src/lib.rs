@@ -21,6 +21,7 @@
 //!
 //! - [`ca`]: the built-in CA (`/v1/connect/ca/*`, `/v1/agent/connect/ca/leaf/*`).
 //! - [`intentions`]: `/v1/connect/intentions*`, `/v1/agent/connect/authorize`.
+//! - [`dns`]: the DNS interface (Consul's names) over the catalog index.
 //!
 //! Not here (yet): the agent's `/v1/agent/*` endpoints (plexus-agent, except the two connect
 //! ones above), config entries, xDS. This crate never binds sockets: the binary merges
@@ -31,6 +32,7 @@ pub mod api;
 pub mod ca;
 pub mod catalog;
 pub mod config;
+pub mod dns;
 pub mod intentions;
 pub mod kv;
 pub mod operator;

@@ -57,6 +57,9 @@ pub struct Args {
     /// (the dev default) or `deny` (a production server's default).
     #[arg(long = "default-intention-policy", default_value = "allow")]
     pub default_intention_policy: plexus_api::connect::DefaultPolicy,
+    /// DNS interface.
+    #[command(flatten)]
+    pub dns: super::dns::DnsArgs,
 }
 
 /// Creates (or loads) the CA with `connect`'s leaf TTL, sets the default intention policy and
@@ -165,6 +168,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("error: {message}");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
+    let dns_config = match args.dns.config(&args.datacenter) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let connect = ConnectSettings {
         leaf_ttl: args.connect_leaf_ttl,
         default_policy: args.default_intention_policy,
@@ -172,6 +182,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("cannot bind the HTTP API on {}", args.http_addr))?;
+    let dns_sockets = args.dns.bind().await?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let dev = DevServer::start(
@@ -184,6 +195,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         &shutdown,
     )
     .await?;
+    super::dns::serve(dev.control.catalog(), dns_config, dns_sockets, &shutdown)?;
     shutdown.token().cancelled().await;
     dev.stop(args.grace).await;
     if !shutdown.drain(args.grace).await {
@@ -199,6 +211,8 @@ pub struct DevServer {
     pub http_addr: SocketAddr,
     /// The local agent.
     pub agent: Agent,
+    /// The control plane.
+    pub control: ControlPlane,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     stop_serving: CancellationToken,
     _temp_dir: Option<tempfile::TempDir>,
@@ -271,6 +285,7 @@ impl DevServer {
         Ok(Self {
             http_addr,
             agent,
+            control,
             server,
             stop_serving,
             _temp_dir: temp_dir,

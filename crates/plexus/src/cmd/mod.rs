@@ -8,6 +8,7 @@ pub mod demo;
 pub mod demo_events;
 pub mod demo_http;
 pub mod dev;
+pub mod dns;
 pub mod echo_server;
 pub mod events_app;
 pub mod health;

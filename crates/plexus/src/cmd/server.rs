@@ -64,6 +64,9 @@ pub struct Args {
     /// (a production server's default) or `allow`.
     #[arg(long = "default-intention-policy", default_value = "deny")]
     pub default_intention_policy: plexus_api::connect::DefaultPolicy,
+    /// DNS interface.
+    #[command(flatten)]
+    pub dns: super::dns::DnsArgs,
 }
 
 /// The validated store choice.
@@ -115,10 +118,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("error: {message}");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
+    let dns_config = match args.dns.config(&args.datacenter) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let node_name = args.node.clone().unwrap_or_else(default_node_name);
     let listener = TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("cannot bind the HTTP API on {}", args.http_addr))?;
+    let dns_sockets = args.dns.bind().await?;
     let http_addr = listener.local_addr()?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
@@ -171,6 +182,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .merge(agent.router())
         .fallback(plexus_runtime::http::not_found_fallback)
         .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
+    super::dns::serve(control.catalog(), dns_config, dns_sockets, &shutdown)?;
     plexus_runtime::telemetry::listening("http", http_addr);
     let stop_serving = CancellationToken::new();
     let server = tokio::spawn(plexus_runtime::http::serve(
