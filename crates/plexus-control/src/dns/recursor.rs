@@ -1,5 +1,6 @@
 //! Names outside the domain go to the configured recursors, in order, over the transport the
-//! client used; the first answer whose id matches is relayed unchanged. None answering: SERVFAIL.
+//! client used; the first answer whose id matches is relayed (with RA set). None answering:
+//! SERVFAIL.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,7 +23,11 @@ pub async fn forward(
     for recursor in recursors {
         let asked = tokio::time::timeout(timeout, ask(query, *recursor, transport)).await;
         match asked {
-            Ok(Ok(answer)) if answer.get(..2) == Some(&id.to_be_bytes()[..]) => {
+            Ok(Ok(mut answer))
+                if answer.len() >= 12 && answer.get(..2) == Some(&id.to_be_bytes()[..]) =>
+            {
+                // We did recurse, whatever the recursor says of itself: set RA.
+                answer[3] |= 0x80;
                 return Some(answer);
             }
             Ok(Ok(_)) => tracing::debug!(%recursor, "recursor answered another id"),

@@ -11,6 +11,7 @@ mod config_entries;
 mod consul_client;
 mod demo;
 mod demo_http;
+mod dns;
 mod durable;
 mod events;
 mod identity;
