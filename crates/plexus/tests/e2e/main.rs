@@ -25,6 +25,7 @@ mod l7_protocols;
 mod registration;
 mod shutdown;
 mod sidecar;
+mod ui;
 
 use std::path::{Path, PathBuf};
 
