@@ -155,3 +155,44 @@ async fn topology_lists_services_and_declared_edges_without_traffic() {
         "no admin address reported yet"
     );
 }
+
+#[tokio::test]
+async fn acknowledgements_carry_the_admin_address_and_a_bad_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Arc::new(catalog(dir.path()));
+    let mut side = proxy("client-1-sidecar-proxy", "client");
+    side.port = 21000;
+    catalog
+        .register(registration(
+            "n1",
+            vec![service("client-1", "client", &[]), side],
+            Vec::new(),
+        ))
+        .await
+        .unwrap();
+    let store = Arc::clone(catalog.store());
+    let router = crate::operator::router(Arc::clone(&store), "n1".to_owned())
+        .merge(super::router(catalog, store));
+    let put = |uri: &str| {
+        let request = Request::put(uri).body(Body::empty()).unwrap();
+        router.clone().oneshot(request)
+    };
+    let refused = put("/v1/internal/proxy/client-1-sidecar-proxy/ack?revision=3&admin=nope")
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let body = refused.into_body().collect().await.unwrap().to_bytes();
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["field"], "admin", "{error}");
+    // Port 1 on loopback: nothing listens, so the scrape fails fast and says why.
+    let accepted =
+        put("/v1/internal/proxy/client-1-sidecar-proxy/ack?revision=3&admin=127.0.0.1:1")
+            .await
+            .unwrap();
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let (_, _, body) = get(&router, "/v1/mesh/topology").await;
+    let view: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(view["Sidecars"][0]["Admin"], "127.0.0.1:1", "{view}");
+    let error = view["Sidecars"][0]["Error"].as_str().unwrap();
+    assert!(error.contains("cannot reach 127.0.0.1:1"), "{error}");
+}
