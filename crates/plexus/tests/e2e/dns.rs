@@ -368,3 +368,33 @@ fn bad_dns_flags_exit_64_naming_the_flag_before_binding() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("dns-service-ttl"), "{err}");
 }
+
+#[tokio::test]
+async fn plexus_server_answers_dns_too() {
+    let data = tempfile::tempdir().unwrap();
+    let server = plexus_test::Server::start(
+        bin(),
+        "dns-server",
+        &[
+            "--store",
+            "embedded",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--dns-node-ttl",
+            "30s",
+        ],
+    )
+    .await
+    .unwrap();
+    let out = dig(server.dns, &["dns-server.node.consul", "+noall", "+answer"]).await;
+    assert!(
+        out.contains("dns-server.node.consul. 30 IN A 127.0.0.1"),
+        "{out}"
+    );
+    let tcp = dig(
+        server.dns,
+        &["dns-server.node.dc1.consul", "+tcp", "+short"],
+    )
+    .await;
+    assert_eq!(tcp.trim(), "127.0.0.1");
+}
