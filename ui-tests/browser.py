@@ -202,11 +202,18 @@ def config_errors_show_at_the_field(driver, base):
     text = driver.find_element(By.ID, "entry-error").text
     if "line 4" not in text or editor.get_attribute("aria-invalid") != "true":
         sys.exit(f"the field error does not point at the line: {text!r}")
+    # A valid entry is saved and listed.
+    editor.clear()
+    editor.send_keys('{\n  "Kind": "service-defaults",\n  "Name": "api",\n  "Protocol": "http"\n}')
+    driver.find_element(By.CSS_SELECTOR, "#config-editor button[type='submit']").click()
+    wait(driver, lambda d: css(d, "[data-entry='service-defaults/api']"), "the saved entry in the list")
+    if driver.find_element(By.ID, "entry-error").text:
+        sys.exit("the error stayed after a valid save")
     # The browser logs the refused PUT (a 400 this step asked for); nothing else may be logged.
     logged = [e for e in console_errors(driver) if not ("/v1/config " in e and "400" in e)]
     if logged:
         sys.exit(f"config page logged console errors: {logged}")
-    step(f"config: a bad entry is refused at its field ({text})")
+    step(f"config: a bad entry is refused at its field ({text}); a good one is saved and listed")
 
 
 def service_turns_critical_live(driver, base, check_id):

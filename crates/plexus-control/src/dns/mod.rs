@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 
@@ -318,11 +318,6 @@ fn to_vec(message: &Message) -> Option<Vec<u8>> {
             None
         }
     }
-}
-
-/// The query of a packet, for logs and tests.
-pub fn first_query(packet: &[u8]) -> Option<Query> {
-    Message::from_vec(packet).ok()?.queries.into_iter().next()
 }
 
 #[cfg(test)]

@@ -104,5 +104,13 @@ async fn every_page_works_in_chromium_forms_write_and_views_update_live() {
     )
     .await;
     assert_eq!(code, 404);
+    let (code, entry, _) = http(
+        "GET",
+        &format!("http://{}/v1/config/service-defaults/api", dev.http),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{entry}");
+    assert_eq!(entry["Protocol"], "http");
     assert!(web.requests() >= 40, "the traffic went through the mesh");
 }

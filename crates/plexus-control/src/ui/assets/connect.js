@@ -151,8 +151,9 @@ export function configPage(main, _params, signal) {
 
   const byKind = {};
   const draw = () => {
-    fill(lists, KINDS.map((kind) => section(kind, table(`${kind} entries`, ['Name', 'Modify index', ''],
-      (byKind[kind] || []).map((entry) => {
+    const entries = KINDS.flatMap((kind) => (byKind[kind] || []).map((entry) => [kind, entry]));
+    fill(lists, table('Config entries by kind', ['Kind', 'Name', 'Modify index', ''],
+      entries.map(([kind, entry]) => {
         const edit = h('button', { type: 'button', class: 'secondary', 'aria-label': `Edit ${kind} ${entry.Name}` }, 'Edit');
         edit.addEventListener('click', () => {
           const shown = { ...entry };
@@ -172,8 +173,8 @@ export function configPage(main, _params, signal) {
           }
         });
         return { attrs: { dataset: { entry: `${kind}/${entry.Name}` } },
-          cells: [entry.Name, String(entry.ModifyIndex), h('span', {}, edit, ' ', remove)] };
-      }), 'None.'))));
+          cells: [kind, entry.Name, String(entry.ModifyIndex), h('span', {}, edit, ' ', remove)] };
+      }), `No entries (${KINDS.join(', ')}).`));
   };
   for (const kind of KINDS) {
     live(`/v1/config/${kind}`, signal, (rows) => { byKind[kind] = rows || []; draw(); },
