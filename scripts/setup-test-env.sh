@@ -6,6 +6,8 @@
 #   - openssl (Debian package), whose s_client shows what a sidecar's inbound port demands;
 #   - websockets + msgpack (PyPI) and Node.js + npm (Debian) with clients/node's lock file, for the
 #     event mesh's Python and Node.js clients.
+#   - dig and dnsperf (Debian dnsutils, dnsperf) and dnspython, for the DNS interface;
+#   - Chromium and its WebDriver (Debian chromium, chromium-driver) with Selenium, for the web UI.
 # Later issues add Envoy, ... here, from the package registries only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -76,5 +78,27 @@ fi
 if [ ! -d "$root/clients/node/node_modules/ws" ] || [ ! -d "$root/clients/node/node_modules/@msgpack/msgpack" ] \
    || [ "$root/clients/node/package-lock.json" -nt "$root/clients/node/node_modules" ]; then
   (cd "$root/clients/node" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+# The DNS interface: BIND's dig and dnsperf (Debian), and dnspython, a resolver library in
+# another language. The web UI: headless Chromium driven through chromedriver by Selenium.
+# Selenium is always given /usr/bin/chromedriver, so it never tries to download a driver.
+for pkg in "selenium==4.43.0" "dnspython==2.8.0"; do
+  name="${pkg%%==*}"; want="${pkg##*==}"
+  have=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null || true)
+  if [ "$have" != "$want" ]; then
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$pkg"
+  fi
+done
+missing=()
+for cmd_pkg in dig:dnsutils dnsperf:dnsperf chromium:chromium chromedriver:chromium-driver; do
+  command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || missing+=("${cmd_pkg##*:}")
+done
+# A font for the UI's screenshots (Chromium only recommends one).
+dpkg -s fonts-liberation >/dev/null 2>&1 || missing+=(fonts-liberation)
+if [ "${#missing[@]}" -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  }
 fi
 echo "test environment ready in $tools"

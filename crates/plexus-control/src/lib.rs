@@ -21,6 +21,8 @@
 //!
 //! - [`ca`]: the built-in CA (`/v1/connect/ca/*`, `/v1/agent/connect/ca/leaf/*`).
 //! - [`intentions`]: `/v1/connect/intentions*`, `/v1/agent/connect/authorize`.
+//! - [`dns`]: the DNS interface (Consul's names) over the catalog index.
+//! - [`ui`]: the web UI at `/ui/`, `/v1/mesh/services` and `/v1/mesh/topology`.
 //!
 //! Not here (yet): the agent's `/v1/agent/*` endpoints (plexus-agent, except the two connect
 //! ones above), config entries, xDS. This crate never binds sockets: the binary merges
@@ -31,12 +33,14 @@ pub mod api;
 pub mod ca;
 pub mod catalog;
 pub mod config;
+pub mod dns;
 pub mod intentions;
 pub mod kv;
 pub mod operator;
 pub mod presence;
 pub mod remote;
 pub mod store;
+pub mod ui;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -183,5 +187,6 @@ impl ControlPlane {
             .merge(config::api::router(std::sync::Arc::new(
                 config::ConfigEntries::new(self.store()),
             )))
+            .merge(ui::router(self.catalog(), self.store()))
     }
 }

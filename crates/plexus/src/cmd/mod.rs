@@ -10,6 +10,7 @@ pub mod demo;
 pub mod demo_events;
 pub mod demo_http;
 pub mod dev;
+pub mod dns;
 pub mod echo_server;
 pub mod events;
 pub mod events_app;

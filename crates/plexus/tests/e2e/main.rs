@@ -12,6 +12,7 @@ mod config_file;
 mod consul_client;
 mod demo;
 mod demo_http;
+mod dns;
 mod durable;
 mod events;
 mod events_connector;
@@ -29,6 +30,7 @@ mod registration;
 mod shutdown;
 mod sidecar;
 mod tls;
+mod ui;
 
 use std::path::{Path, PathBuf};
 
