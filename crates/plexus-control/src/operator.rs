@@ -3,7 +3,8 @@
 //! acknowledged.
 //!
 //! - `GET /v1/operator/plexus`: [`OperatorView`].
-//! - `PUT /v1/internal/proxy/{id}/ack?revision=N`: a proxy says it applied revision `N`.
+//! - `PUT /v1/internal/proxy/{id}/ack?revision=N[&admin=ADDR]`: a proxy says it applied revision
+//!   `N` (and where its admin listener, with its metrics, is).
 //!
 //! ACLs: the view needs `operator:read`; an acknowledgement `service:write` on the proxy
 //! service (a sidecar's own token has it).
@@ -124,7 +125,17 @@ async fn ack(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no service {id:?} is registered")))?;
     authz.require_service_write(&name)?;
+    let admin_addr = match params.get("admin") {
+        None | Some("") => String::new(),
+        Some(admin) => admin
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| {
+                ApiError::invalid_field("admin", format!("admin {admin:?} is not ip:port"))
+            })?
+            .to_string(),
+    };
     let record = ProxyAck {
+        admin_addr,
         id: id.clone(),
         revision,
         acknowledged_at: SystemTime::now()

@@ -38,6 +38,8 @@ pub struct Server {
     pub process: Option<Process>,
     /// The HTTP API address of the current run.
     pub http: SocketAddr,
+    /// The DNS address (UDP and TCP) of the current run.
+    pub dns: SocketAddr,
     /// A client for it, sending the management token.
     pub client: Client,
     name: String,
@@ -60,12 +62,17 @@ impl Server {
             name.into(),
         ];
         args.extend(store_args.iter().map(|s| (*s).to_owned()));
+        if !store_args.contains(&"--dns-addr") {
+            args.extend(["--dns-addr".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
         let process = Process::spawn(&format!("server:{name}"), bin, &args, &server_env())?;
         let http = process.listening("http").await?;
+        let dns = process.listening("dns-udp").await?;
         let client = management_client(&http.to_string())?;
         Ok(Self {
             process: Some(process),
             http,
+            dns,
             client,
             name: name.to_owned(),
             bin: bin.to_path_buf(),
@@ -103,6 +110,7 @@ impl Server {
             &server_env(),
         )?;
         self.http = process.listening("http").await?;
+        self.dns = process.listening("dns-udp").await?;
         self.client = management_client(&self.http.to_string())?;
         self.process = Some(process);
         Ok(())

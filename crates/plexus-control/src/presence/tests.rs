@@ -203,6 +203,8 @@ impl ClientFrameJson {
             group: String::new(),
             routes: self.routes.clone(),
             topic: self.topic.clone(),
+            address: None,
+            port: None,
         })
         .unwrap()
     }

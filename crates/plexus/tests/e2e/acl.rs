@@ -25,6 +25,8 @@ impl AclServer {
             "server",
             "--http-addr",
             "127.0.0.1:0",
+            "--dns-addr",
+            "127.0.0.1:0",
             "--node",
             "acl-node",
             "--data-dir",
@@ -443,6 +445,20 @@ acl = "read"
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Each join above closed its session: wait until the last app has left the catalog.
+    plexus_test::eventually!(
+        server
+            .call(
+                "GET",
+                "/v1/health/service/web",
+                Some(&server.management),
+                None
+            )
+            .await
+            .1
+            .as_array()
+            .is_some_and(|instances| instances.len() == 2)
+    );
 
     // Filtered lists: each token sees what it may, and is told when something was left out.
     let names = |v: &Value| {
@@ -681,6 +697,8 @@ async fn bootstrap_works_once_then_again_only_after_the_reset_file() {
     let args = [
         "server",
         "--http-addr",
+        "127.0.0.1:0",
+        "--dns-addr",
         "127.0.0.1:0",
         "--node",
         "boot",
