@@ -4,6 +4,7 @@
 #   - nats-server and tansu (Kafka protocol) for the event mesh, linked into .tools/bin;
 #   - etcd (Debian's etcd-server), for the etcd store backend's tests (real 3-member clusters).
 #   - openssl (Debian package), whose s_client shows what a sidecar's inbound port demands.
+#   - iproute2 (Debian package), for the multi-host tests in network namespaces.
 # Later issues add Envoy, ... here, from the package registries only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -50,6 +51,12 @@ if ! command -v etcd >/dev/null 2>&1; then
   apt-get install -y -qq etcd-server >/dev/null 2>&1 || {
     apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null
   }
+fi
+
+# iproute2 (`ip`): network namespaces, veths and a bridge, for the tests that run several hosts
+# on one machine (crates/plexus-test/src/hosts.rs; they run as root, as CI does).
+if ! command -v ip >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq iproute2
 fi
 
 # openssl: a TLS client nobody here wrote, for the identity tests (s_client against a sidecar).

@@ -1,5 +1,5 @@
-//! `plexus server` replicas: start one on an ephemeral port with a store, kill it (`SIGKILL`) and
-//! start it again with the same arguments.
+//! `plexus server` replicas: start one on an ephemeral port with a store (or on a test host, see
+//! [`crate::hosts`]), kill it (`SIGKILL`) and start it again with the same arguments.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use plexus_api::client::Client;
 
+use crate::hosts::Host;
 use crate::process::Process;
 
 /// A running `plexus server`.
@@ -20,6 +21,7 @@ pub struct Server {
     name: String,
     bin: PathBuf,
     args: Vec<String>,
+    host: Option<Host>,
 }
 
 impl Server {
@@ -37,8 +39,21 @@ impl Server {
             name.into(),
         ];
         args.extend(store_args.iter().map(|s| (*s).to_owned()));
-        let process = Process::spawn(&format!("server:{name}"), bin, &args, &[])?;
-        let http = process.listening("http").await?;
+        Self::launch(bin, name, args, None).await
+    }
+
+    /// Starts `plexus server --node NAME` plus `args` inside `host` (which chooses its own
+    /// addresses: pass `--http-addr` in `args` or let the server's defaults apply). A server
+    /// listening on `0.0.0.0` is reached at the host's address.
+    pub async fn start_on(host: &Host, bin: &Path, name: &str, args: &[&str]) -> Result<Self> {
+        let mut all: Vec<String> = vec!["server".into(), "--node".into(), name.into()];
+        all.extend(args.iter().map(|s| (*s).to_owned()));
+        Self::launch(bin, name, all, Some(host.clone())).await
+    }
+
+    async fn launch(bin: &Path, name: &str, args: Vec<String>, host: Option<Host>) -> Result<Self> {
+        let process = spawn(&host, bin, name, &args)?;
+        let http = reach(&host, process.listening("http").await?);
         let client = Client::new(&http.to_string())?;
         Ok(Self {
             process: Some(process),
@@ -47,10 +62,11 @@ impl Server {
             name: name.to_owned(),
             bin: bin.to_path_buf(),
             args,
+            host,
         })
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `127.0.0.1:PORT` (or the host's address).
     pub fn addr(&self) -> String {
         self.http.to_string()
     }
@@ -67,10 +83,34 @@ impl Server {
 
     /// Starts the replica again with the same arguments and waits until it listens.
     pub async fn restart(&mut self) -> Result<()> {
-        let process = Process::spawn(&format!("server:{}", self.name), &self.bin, &self.args, &[])?;
-        self.http = process.listening("http").await?;
+        let process = spawn(&self.host, &self.bin, &self.name, &self.args)?;
+        self.http = reach(&self.host, process.listening("http").await?);
         self.client = Client::new(&self.http.to_string())?;
         self.process = Some(process);
         Ok(())
+    }
+
+    /// The host it runs on (`None`: this machine's loopback).
+    pub fn host(&self) -> Option<&Host> {
+        self.host.as_ref()
+    }
+}
+
+fn spawn(host: &Option<Host>, bin: &Path, name: &str, args: &[String]) -> Result<Process> {
+    let label = format!("server:{name}");
+    match host {
+        Some(host) => host.spawn(&label, bin, args, &[]),
+        None => Process::spawn(&label, bin, args, &[]),
+    }
+}
+
+/// Where clients reach a listener that reported `addr`: an unspecified address is the host's.
+pub(crate) fn reach(host: &Option<Host>, addr: SocketAddr) -> SocketAddr {
+    if !addr.ip().is_unspecified() {
+        return addr;
+    }
+    match host {
+        Some(host) => host.addr(addr.port()),
+        None => SocketAddr::from(([127, 0, 0, 1], addr.port())),
     }
 }
