@@ -143,6 +143,14 @@ async fn fetch(
     let set = client
         .intentions_for_destination(destination, query)
         .await?;
+    if set.default_policy.is_none() {
+        // Fail closed, but say so: a proxy between us and the server that drops the header
+        // would otherwise turn an `allow` server into a silent `deny`.
+        warn!(
+            destination,
+            "the control plane did not say its default intention policy; denying what no intention allows"
+        );
+    }
     let policy = Policy {
         intentions: set.intentions.iter().map(IntentionInput::from).collect(),
         default: set.default_policy.unwrap_or(DefaultPolicy::Deny),

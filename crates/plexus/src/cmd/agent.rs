@@ -211,6 +211,39 @@ async fn serve(
     info!("stopped");
 }
 
+/// Headers that describe one connection, not the answer: never passed on (RFC 9110 §7.6.1), nor
+/// `content-length`, which the agent's own server sets for the body it sends.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// Every header of a server's answer that is about the answer itself: index, known leader and
+/// every server-side setting a client obeys (e.g. `X-Plexus-Default-Intention-Policy`), so a
+/// sidecar behind an agent sees exactly what the server said. The agent has no policy of its own.
+fn end_to_end_headers(from: &reqwest::header::HeaderMap) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::with_capacity(from.len());
+    for (name, value) in from {
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_str().as_bytes()),
+            http::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    headers
+}
+
 /// Passes a request the agent does not serve itself on to a server, answer and all.
 async fn forward(client: Client, request: Request) -> Response {
     let method = request.method().clone();
@@ -243,19 +276,7 @@ async fn forward(client: Client, request: Request) -> Response {
     };
     let status = http::StatusCode::from_u16(answer.status().as_u16())
         .unwrap_or(http::StatusCode::BAD_GATEWAY);
-    let mut headers = http::HeaderMap::new();
-    for name in [
-        "content-type",
-        "x-consul-index",
-        "x-consul-knownleader",
-        "x-consul-lastcontact",
-    ] {
-        if let Some(value) = answer.headers().get(name)
-            && let Ok(value) = http::HeaderValue::from_bytes(value.as_bytes())
-        {
-            headers.insert(name, value);
-        }
-    }
+    let headers = end_to_end_headers(answer.headers());
     let bytes = match answer.bytes().await {
         Ok(bytes) => bytes,
         Err(error) => {
@@ -267,4 +288,38 @@ async fn forward(client: Client, request: Request) -> Response {
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_keep_their_own_headers_and_drop_the_connections() {
+        let mut from = reqwest::header::HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/json"),
+            ("x-consul-index", "42"),
+            ("x-plexus-default-intention-policy", "allow"),
+            ("connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "12"),
+        ] {
+            from.insert(
+                reqwest::header::HeaderName::from_static(name),
+                reqwest::header::HeaderValue::from_static(value),
+            );
+        }
+        let kept = end_to_end_headers(&from);
+        let mut names: Vec<&str> = kept.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "content-type",
+                "x-consul-index",
+                "x-plexus-default-intention-policy"
+            ]
+        );
+    }
 }

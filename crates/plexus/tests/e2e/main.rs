@@ -13,6 +13,7 @@ mod demo;
 mod demo_http;
 mod durable;
 mod events;
+mod hosts;
 mod identity;
 mod identity_long;
 mod intentions;
