@@ -22,7 +22,17 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 /// The environment variable naming the control plane's HTTP address.
 pub const HTTP_ADDR_ENV: &str = "PLEXUS_HTTP_ADDR";
 
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a server to accept a connection before the next server is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for a server's answer to a request that does not block. A blocking query may
+/// take its `wait`, plus the sixteenth the server may add, plus this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive probes on idle connections: a connection whose server vanished (a partition, a
+/// host gone) is closed by the kernel after about `idle + interval × retries` (16 s) instead of
+/// holding a blocking query or a pooled request until its timeout.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_RETRIES: u32 = 3;
 
 /// Why an API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -160,10 +170,8 @@ impl Client {
         if bases.is_empty() {
             return Err(ClientError::BadAddress(String::new()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|source| ClientError::Unreachable {
+        let http =
+            http_client(true, CONNECT_TIMEOUT).map_err(|source| ClientError::Unreachable {
                 addr: bases.join(","),
                 source,
             })?;
@@ -173,6 +181,21 @@ impl Client {
                 current: std::sync::atomic::AtomicUsize::new(0),
                 stale_since: std::sync::Mutex::new(None),
             }),
+            http,
+        })
+    }
+
+    /// The same servers (and failover state), through a client that opens a new connection for
+    /// every request and waits at most `connect_timeout` for it: for requests that must never
+    /// wait on a pooled connection that died silently (an agent's lease renewals).
+    pub fn with_fresh_connections(&self, connect_timeout: Duration) -> Result<Self, ClientError> {
+        let http =
+            http_client(false, connect_timeout).map_err(|source| ClientError::Unreachable {
+                addr: self.servers.bases.join(","),
+                source,
+            })?;
+        Ok(Self {
+            servers: std::sync::Arc::clone(&self.servers),
             http,
         })
     }
@@ -666,12 +689,19 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        self.put_json_within(path, body, REQUEST_TIMEOUT).await
+    }
+
+    /// [`Client::put_json`] with its own request timeout.
+    pub(crate) async fn put_json_within<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
         let response = self
             .send(|base| {
-                let request = self
-                    .http
-                    .put(format!("{base}{path}"))
-                    .timeout(REQUEST_TIMEOUT);
+                let request = self.http.put(format!("{base}{path}")).timeout(timeout);
                 match body {
                     Some(body) => request.json(body),
                     None => request,
@@ -687,7 +717,7 @@ impl Client {
 
     /// Sends any request (`path_and_query` as given) to the servers with failover and returns
     /// the answer as it is, whatever its status: for agents passing requests on to servers.
-    /// Waits long enough for the longest blocking query.
+    /// Waits as long as the request may take ([`forward_timeout`]).
     pub async fn forward(
         &self,
         method: reqwest::Method,
@@ -695,12 +725,12 @@ impl Client {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Result<reqwest::Response, ClientError> {
-        const LONGEST: Duration = Duration::from_secs(11 * 60);
+        let timeout = forward_timeout(path_and_query);
         self.send(|base| {
             let mut request = self
                 .http
                 .request(method.clone(), format!("{base}{path_and_query}"))
-                .timeout(LONGEST)
+                .timeout(timeout)
                 .body(body.clone());
             if let Some(content_type) = content_type {
                 request = request.header(reqwest::header::CONTENT_TYPE, content_type);
@@ -708,6 +738,54 @@ impl Client {
             request
         })
         .await
+    }
+}
+
+/// The reqwest client every [`Client`] uses: bounded connects, keep-alive probes; `pooled`
+/// false opens a new connection per request.
+fn http_client(pooled: bool, connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    let builder = reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .tcp_keepalive(KEEPALIVE_IDLE)
+        .tcp_keepalive_interval(KEEPALIVE_INTERVAL)
+        .tcp_keepalive_retries(KEEPALIVE_RETRIES);
+    if pooled {
+        builder.build()
+    } else {
+        builder.pool_max_idle_per_host(0).build()
+    }
+}
+
+/// Longest `wait` a blocking query may ask for (Consul's limit).
+const LONGEST_WAIT: Duration = Duration::from_secs(600);
+/// `wait` when a blocking query names none (Consul's default).
+const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+
+/// How long a forwarded request may take: a blocking query (`index=` in the query) its `wait`
+/// (default 5 min, at most 10 min) plus a sixteenth plus [`REQUEST_TIMEOUT`]; anything else
+/// [`REQUEST_TIMEOUT`].
+pub fn forward_timeout(path_and_query: &str) -> Duration {
+    let Some((_, query)) = path_and_query.split_once('?') else {
+        return REQUEST_TIMEOUT;
+    };
+    let mut blocking = false;
+    let mut wait = DEFAULT_WAIT;
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "index" => blocking = true,
+            "wait" => {
+                if let Ok(parsed) = crate::GoDuration::parse(value) {
+                    wait = parsed.get().min(LONGEST_WAIT);
+                }
+            }
+            _ => {}
+        }
+    }
+    if blocking {
+        wait + wait / 16 + REQUEST_TIMEOUT
+    } else {
+        REQUEST_TIMEOUT
     }
 }
 
@@ -811,6 +889,105 @@ mod tests {
         let _ = lonely.status_leader().await;
         assert_eq!(lonely.stale_since(), Some(since));
         assert!(Client::with_servers::<&str>(&[]).is_err());
+    }
+
+    /// What lease renewals rely on: a fresh-connection client opens a new connection for every
+    /// request (a pooled one that died silently is never reused), and a server that accepts but
+    /// never answers costs one request timeout, not more.
+    #[tokio::test]
+    async fn fresh_connections_are_new_every_time_and_bounded() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let answer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        tokio::spawn({
+            let (accepted, answer) = (accepted.clone(), answer.clone());
+            async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let answer = answer.load(Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 4096];
+                        loop {
+                            if stream.read(&mut buf).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if answer {
+                                let body = r#"{"ID":1,"TTL":3}"#;
+                                let reply = format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                                    body.len()
+                                );
+                                let _ = stream.write_all(reply.as_bytes()).await;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        let pooled = Client::new(&addr).unwrap();
+        let fresh = pooled
+            .with_fresh_connections(Duration::from_millis(500))
+            .unwrap();
+        let timeout = Duration::from_millis(300);
+        for _ in 0..3 {
+            let lease: crate::remote::NodeLease = fresh
+                .put_json_within::<(), _>("/x", None, timeout)
+                .await
+                .unwrap();
+            assert_eq!(lease.id, 1);
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            3,
+            "one connection per request"
+        );
+        for _ in 0..2 {
+            let _: crate::remote::NodeLease = pooled.put_json::<(), _>("/x", None).await.unwrap();
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            4,
+            "the shared client pools"
+        );
+
+        answer.store(false, Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let error = fresh
+            .put_json_within::<(), crate::remote::NodeLease>("/x", None, timeout)
+            .await
+            .unwrap_err();
+        assert!(error.is_unreachable(), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn forwarded_requests_wait_as_long_as_they_may_take() {
+        let secs = |s: u64| Duration::from_secs(s);
+        assert_eq!(forward_timeout("/v1/agent/services"), REQUEST_TIMEOUT);
+        assert_eq!(forward_timeout("/v1/kv/a?recurse"), REQUEST_TIMEOUT);
+        assert_eq!(
+            forward_timeout("/v1/health/service/web?index=7&wait=16s"),
+            secs(17) + REQUEST_TIMEOUT
+        );
+        assert_eq!(
+            forward_timeout("/v1/health/service/web?index=7"),
+            secs(300) + secs(300) / 16 + REQUEST_TIMEOUT
+        );
+        assert_eq!(
+            forward_timeout("/v1/catalog/nodes?index=1&wait=2h"),
+            secs(600) + secs(600) / 16 + REQUEST_TIMEOUT
+        );
+        assert_eq!(
+            forward_timeout("/v1/catalog/nodes?index=1&wait=soon"),
+            secs(300) + secs(300) / 16 + REQUEST_TIMEOUT
+        );
     }
 
     #[test]

@@ -93,18 +93,19 @@ async fn an_agent_whose_lease_expires_loses_its_services_and_reregisters_them_wh
         .unwrap();
     assert!(kv_through_agent);
 
-    // Freeze the agent: its lease runs out, the server marks its checks critical and then
-    // deregisters the service (deregister_critical_service_after = 2s).
+    // Freeze the agent: its lease runs out, the server marks the node's lease check critical
+    // (so web is too) and then deregisters the service (deregister_critical_service_after = 2s).
     agent.signal("STOP").unwrap();
     eventually!(
         server
             .client
-            .health_checks("web", QueryOptions::default())
+            .health_service("web", false, QueryOptions::default())
             .await
-            .is_ok_and(|c| c
-                .value
+            .is_ok_and(|e| e.value.iter().any(|e| e
+                .checks
                 .iter()
-                .any(|c| c.output.contains("agent lease expired")))
+                .any(|c| c.check_id == plexus_api::remote::LEASE_CHECK_ID
+                    && c.output.contains("agent lease expired"))))
             || !web_registered(&server.client).await
     );
     eventually!(!web_registered(&server.client).await);
@@ -240,6 +241,27 @@ async fn internal_endpoints_refuse_bad_input() {
             "/v1/internal/proxy/p1/ack?revision=-2",
             None,
             "revision",
+        ),
+        // The lease check is the servers': no agent writes it.
+        (
+            "PUT",
+            "/v1/internal/node/n1/check/plexus-lease",
+            Some(r#"{"Status":"passing"}"#),
+            "CheckID",
+        ),
+        (
+            "PUT",
+            "/v1/internal/node/n1/check/plexus-lease/deregister",
+            None,
+            "CheckID",
+        ),
+        (
+            "PUT",
+            "/v1/internal/node/register",
+            Some(
+                r#"{"Node":{"Node":"n1"},"Checks":[{"CheckID":"plexus-lease","Status":"passing"}]}"#,
+            ),
+            "Checks[0].CheckID",
         ),
     ] {
         let (status, json, _) = crate::http(
