@@ -22,6 +22,10 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 /// The environment variable naming the control plane's HTTP address.
 pub const HTTP_ADDR_ENV: &str = "PLEXUS_HTTP_ADDR";
 
+/// Set (to `true`) on a 503 from an agent that could not reach any server for a request it
+/// passes on: a client behind an agent counts that as no server answering ([`Client::stale_since`]).
+pub const SERVERS_UNREACHABLE_HEADER: &str = "x-plexus-servers-unreachable";
+
 /// Longest wait for a server to accept a connection before the next server is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for a server's answer to a request that does not block. A blocking query may
@@ -152,7 +156,7 @@ pub struct Client {
 struct Servers {
     bases: Vec<String>,
     current: std::sync::atomic::AtomicUsize,
-    stale_since: std::sync::Mutex<Option<std::time::SystemTime>>,
+    stale_since: tokio::sync::watch::Sender<Option<std::time::SystemTime>>,
 }
 
 impl Client {
@@ -179,7 +183,7 @@ impl Client {
             servers: std::sync::Arc::new(Servers {
                 bases,
                 current: std::sync::atomic::AtomicUsize::new(0),
-                stale_since: std::sync::Mutex::new(None),
+                stale_since: tokio::sync::watch::Sender::new(None),
             }),
             http,
         })
@@ -214,26 +218,28 @@ impl Client {
         &self.servers.bases
     }
 
-    /// Since when no server has answered (`None` while the last request got an answer).
+    /// Since when no server has answered (`None` while the last request got an answer). An
+    /// agent in between that answers "no server is reachable" counts as no answer.
     pub fn stale_since(&self) -> Option<std::time::SystemTime> {
-        *self
-            .servers
-            .stale_since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self.servers.stale_since.borrow()
+    }
+
+    /// [`Client::stale_since`] as it changes (shared by every clone of this client, including
+    /// [`Client::with_fresh_connections`]'s): an agent answers the requests it passes on as soon
+    /// as its own calls find the servers gone, instead of waiting on dead connections.
+    pub fn stale_watch(&self) -> tokio::sync::watch::Receiver<Option<std::time::SystemTime>> {
+        self.servers.stale_since.subscribe()
     }
 
     fn set_stale(&self, stale: bool) {
-        let mut since = self
-            .servers
-            .stale_since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match (stale, since.is_some()) {
-            (true, false) => *since = Some(std::time::SystemTime::now()),
-            (false, true) => *since = None,
-            _ => {}
-        }
+        self.servers.stale_since.send_if_modified(|since| {
+            match (stale, since.is_some()) {
+                (true, false) => *since = Some(std::time::SystemTime::now()),
+                (false, true) => *since = None,
+                _ => return false,
+            }
+            true
+        });
     }
 
     /// Sends the request `build` makes for a server's base URL, failing over to the next server
@@ -252,7 +258,10 @@ impl Client {
             match build(base).send().await {
                 Ok(response) => {
                     self.servers.current.store(index, Ordering::Relaxed);
-                    self.set_stale(false);
+                    let relayed_outage = response.status()
+                        == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                        && response.headers().contains_key(SERVERS_UNREACHABLE_HEADER);
+                    self.set_stale(relayed_outage);
                     return Ok(response);
                 }
                 Err(source) if source.is_connect() && step + 1 < count => {
@@ -889,6 +898,26 @@ mod tests {
         let _ = lonely.status_leader().await;
         assert_eq!(lonely.stale_since(), Some(since));
         assert!(Client::with_servers::<&str>(&[]).is_err());
+
+        // An agent that reaches no server says so; its clients are stale too.
+        let agent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let agent_addr = agent.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = agent.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let body = r#"{"error":{"code":"unavailable","message":"no server is reachable"}}"#;
+                let reply = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\n{SERVERS_UNREACHABLE_HEADER}: true\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+        let behind_agent = Client::new(&agent_addr).unwrap();
+        let error = behind_agent.status_leader().await.unwrap_err();
+        assert_eq!(error.status(), Some(503), "{error}");
+        assert!(behind_agent.stale_since().is_some());
     }
 
     /// What lease renewals rely on: a fresh-connection client opens a new connection for every

@@ -28,7 +28,7 @@ use plexus_runtime::Shutdown;
 use plexus_runtime::http::{ApiError, read_body};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::dev::{DEFAULT_DATACENTER, collect_definition_files, default_node_name};
 use super::{EXIT_CONFIG, parse_duration};
@@ -244,6 +244,17 @@ fn end_to_end_headers(from: &reqwest::header::HeaderMap) -> http::HeaderMap {
     headers
 }
 
+/// 503 "no server is reachable", said in a header too, so a sidecar behind this agent knows its
+/// configuration is stale (static stability), not merely that one request failed.
+fn no_server() -> Response {
+    let mut response = ApiError::unavailable("no server is reachable").into_response();
+    response.headers_mut().insert(
+        plexus_api::client::SERVERS_UNREACHABLE_HEADER,
+        http::HeaderValue::from_static("true"),
+    );
+    response
+}
+
 /// Passes a request the agent does not serve itself on to a server, answer and all.
 async fn forward(client: Client, request: Request) -> Response {
     let method = request.method().clone();
@@ -264,14 +275,23 @@ async fn forward(client: Client, request: Request) -> Response {
     let Ok(method) = reqwest::Method::from_bytes(method.as_str().as_bytes()) else {
         return ApiError::bad_request("unsupported method").into_response();
     };
-    let answer = match client
-        .forward(method, &path, content_type.as_deref(), body.to_vec())
-        .await
-    {
+    // The agent's own calls (its lease renewals every third of the TTL, on fresh connections)
+    // notice first when the servers are gone; a request passed on meanwhile (a sidecar's
+    // blocking query on a connection that died silently) is answered then, not minutes later.
+    let mut stale = client.stale_watch();
+    let forwarded = client.forward(method, &path, content_type.as_deref(), body.to_vec());
+    let answer = tokio::select! {
+        answer = forwarded => answer,
+        _ = stale.wait_for(Option::is_some) => {
+            debug!(path, "servers unreachable; answering a forwarded request");
+            return no_server();
+        }
+    };
+    let answer = match answer {
         Ok(answer) => answer,
         Err(error) => {
             warn!(%error, path, "no server answered a forwarded request");
-            return ApiError::unavailable("no server is reachable").into_response();
+            return no_server();
         }
     };
     let status = http::StatusCode::from_u16(answer.status().as_u16())

@@ -159,42 +159,177 @@ pub async fn passing_echo_nodes(server: &Server) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A server and two agents on three hosts: a line sent through host a's client sidecar reaches
-/// the echo app on host b, across the bridge, over mTLS.
-#[tokio::test]
-async fn a_line_crosses_hosts_through_both_sidecars() {
+/// What runs on a [`Cluster`]'s hosts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spec<'a> {
+    /// Extra `plexus server` arguments.
+    pub server_args: &'a [&'a str],
+    /// Extra `plexus agent` arguments (both agents).
+    pub agent_args: &'a [&'a str],
+    /// (echo, client) on host a.
+    pub a: (bool, bool),
+    /// (echo, client) on host b.
+    pub b: (bool, bool),
+    /// `deregister_critical_service_after` of the echo check.
+    pub deregister_after: Option<&'a str>,
+}
+
+/// A server on host `server` (embedded store) and agents on hosts `a` and `b`, everything
+/// registered, passing and known to the client sidecars.
+pub struct Cluster {
+    /// The server.
+    pub server: Server,
+    /// Host a.
+    pub a: Node,
+    /// Host b.
+    pub b: Node,
+    _data: tempfile::TempDir,
+    /// The hosts (dropped last: namespaces go after the processes).
+    pub _network: Network,
+}
+
+/// Starts a [`Cluster`] with a client on a and echo on b.
+pub async fn cluster(server_args: &[&str]) -> Cluster {
+    cluster_with(Spec {
+        server_args,
+        a: (false, true),
+        b: (true, false),
+        ..Spec::default()
+    })
+    .await
+}
+
+/// Starts a [`Cluster`] as `spec` says and waits until every echo instance passes and every
+/// client sidecar knows them all.
+pub async fn cluster_with(spec: Spec<'_>) -> Cluster {
     let network = Network::start(&["server", "a", "b"]).unwrap();
     let data = tempfile::tempdir().unwrap();
     let server_host = network.host("server");
-    let server = Server::start_on(
-        server_host,
-        bin(),
-        "server",
-        &[
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--http-addr",
-            &server_host.addr(8500).to_string(),
-            "--default-intention-policy",
-            "allow",
-        ],
-    )
-    .await
-    .unwrap();
+    let mut args = vec![
+        "--data-dir".to_owned(),
+        data.path().display().to_string(),
+        "--http-addr".to_owned(),
+        server_host.addr(8500).to_string(),
+    ];
+    args.extend(spec.server_args.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start_on(server_host, bin(), "server", &args)
+        .await
+        .unwrap();
     let servers = server.addr();
-    let (a, b) = (network.host("a"), network.host("b"));
-    let a_ip = a.ip().to_string();
-    let b_ip = b.ip().to_string();
-    let node_a = node(a, &servers, false, true, None, &["--address", &a_ip]).await;
-    let node_b = node(b, &servers, true, false, None, &["--address", &b_ip]).await;
-    eventually!(passing_echo_nodes(&server).await == ["b"]);
-    let client = node_a.client_sidecar.as_ref().unwrap();
+    let mut nodes = Vec::new();
+    for (name, (echo, client)) in [("a", spec.a), ("b", spec.b)] {
+        let host = network.host(name);
+        let ip = host.ip().to_string();
+        let mut agent_args = vec!["--address", ip.as_str()];
+        agent_args.extend_from_slice(spec.agent_args);
+        nodes.push(
+            node(
+                host,
+                &servers,
+                echo,
+                client,
+                spec.deregister_after,
+                &agent_args,
+            )
+            .await,
+        );
+    }
+    let b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    let mut echo_nodes = Vec::new();
+    let mut echo_endpoints = Vec::new();
+    for node in [&a, &b] {
+        if node.echo.is_some() {
+            echo_nodes.push(node.host.name().to_owned());
+            echo_endpoints.push(node.host.addr(21000).to_string());
+        }
+    }
+    eventually!(passing_echo_nodes(&server).await == echo_nodes);
+    for client in [&a, &b].iter().filter_map(|n| n.client_sidecar.as_ref()) {
+        eventually!(
+            client
+                .endpoints("echo")
+                .await
+                .is_ok_and(|e| e == echo_endpoints)
+        );
+    }
+    Cluster {
+        server,
+        a,
+        b,
+        _data: data,
+        _network: network,
+    }
+}
+
+/// A server and two agents on three hosts: with the server's default intention policy `allow`
+/// and no intention, a line sent through host a's client sidecar reaches the echo app on host b,
+/// across the bridge, over mTLS (the policy reached the sidecar behind b's agent).
+#[tokio::test]
+async fn a_line_crosses_hosts_through_both_sidecars() {
+    let cluster = cluster(&["--default-intention-policy", "allow"]).await;
+    echo_through(&cluster.a.host, "hello across hosts")
+        .await
+        .unwrap();
+    assert_eq!(cluster.b.echo.as_ref().unwrap().connections(), 1);
+}
+
+/// With a production server's default (deny) and no intention, the *client* sidecar sees the
+/// denial: it logs it with the destination's reason and counts it; the app's connection closes.
+/// An allow intention then lets the next connection through.
+#[tokio::test]
+async fn a_denial_is_logged_and_counted_by_the_client_sidecar() {
+    let cluster = cluster(&[]).await;
+    let client = cluster.a.client_sidecar.as_ref().unwrap();
+    let error = echo_through(&cluster.a.host, "knock knock")
+        .await
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("got \"\""), "{error:#}");
+    let line = client
+        .process
+        .wait_for_line("connection denied by the destination's intentions")
+        .await
+        .unwrap();
+    assert!(
+        line.contains("default intention policy: deny") && line.contains("svc/echo"),
+        "{line}"
+    );
     eventually!(
         client
-            .endpoints("echo")
+            .metric(r#"plexus_proxy_upstream_denied_total{upstream="echo"}"#)
             .await
-            .is_ok_and(|e| e == [b.addr(21000).to_string()])
+            .is_ok_and(|n| n == 1.0)
     );
-    echo_through(a, "hello across hosts").await.unwrap();
-    assert_eq!(node_b.echo.as_ref().unwrap().connections(), 1);
+    assert_eq!(cluster.b.echo.as_ref().unwrap().connections(), 0);
+
+    let (code, out, err) = plexus_test::mesh::run_cli(
+        bin(),
+        &[
+            "intention",
+            "create",
+            "--allow",
+            "client",
+            "echo",
+            "--http-addr",
+            &cluster.server.addr(),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let echo_sidecar = cluster.b.echo_sidecar.as_ref().unwrap();
+    echo_sidecar
+        .process
+        .wait_for_line("intentions changed")
+        .await
+        .unwrap();
+    echo_through(&cluster.a.host, "let me in").await.unwrap();
+    assert_eq!(
+        client
+            .metric(r#"plexus_proxy_upstream_denied_total{upstream="echo"}"#)
+            .await
+            .unwrap(),
+        1.0
+    );
 }

@@ -22,6 +22,7 @@ mod l7;
 mod l7_endpoints;
 mod l7_limits;
 mod l7_protocols;
+mod partition;
 mod registration;
 mod shutdown;
 mod sidecar;
