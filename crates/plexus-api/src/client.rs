@@ -22,9 +22,7 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 /// The environment variable naming the control plane's HTTP address.
 pub const HTTP_ADDR_ENV: &str = "PLEXUS_HTTP_ADDR";
 
-/// Set (to `true`) on a 503 from an agent that could not reach any server for a request it
-/// passes on: a client behind an agent counts that as no server answering ([`Client::stale_since`]).
-pub const SERVERS_UNREACHABLE_HEADER: &str = "x-plexus-servers-unreachable";
+pub use crate::error::{NO_QUORUM_HEADER, SERVERS_UNREACHABLE_HEADER};
 
 /// Longest wait for a server to accept a connection before the next server is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -142,9 +140,9 @@ pub fn resolve_addr(flag: Option<&str>) -> String {
 
 /// A client of the control plane: one server, or several with failover.
 ///
-/// Requests go to the server that last answered. When a connection cannot be made the next
-/// server is tried at once (a request that may have reached a server is never repeated
-/// elsewhere); callers back off (jittered) after an [`ClientError::Unreachable`]. While no server
+/// Requests go to the server that last answered. When a connection cannot be made, or a server
+/// refuses for want of a store quorum ([`NO_QUORUM_HEADER`]), the next server is tried at once (a
+/// request that may have reached a server's store is never repeated elsewhere); callers back off (jittered) after an [`ClientError::Unreachable`]. While no server
 /// answers, [`Client::stale_since`] says since when: proxies show it on their admin endpoint.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -256,6 +254,15 @@ impl Client {
             let index = (start + step) % count;
             let base = &self.servers.bases[index];
             match build(base).send().await {
+                // Refused before anything was read or written: the next server may have quorum.
+                Ok(response)
+                    if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                        && response.headers().contains_key(NO_QUORUM_HEADER)
+                        && step + 1 < count =>
+                {
+                    tracing::debug!(server = %base, "server without store quorum; trying the next");
+                    step += 1;
+                }
                 Ok(response) => {
                     self.servers.current.store(index, Ordering::Relaxed);
                     let relayed_outage = response.status()

@@ -5,7 +5,9 @@
 //! Start-up order: check the configuration (exit 64 on an unknown `--store`, a missing or malformed
 //! `--etcd-endpoints`) → bind the HTTP listener → open the store (etcd: retried with jittered
 //! backoff while no endpoint answers, saying so in the log) → start the agent and the liveness
-//! reaper (remote agents' leases, see `plexus_control::remote`) → serve.
+//! reaper (remote agents' leases, see `plexus_control::remote`) and the store-quorum monitor
+//! (requests are refused with 503 `no_quorum` while the store cannot be reached, see
+//! `plexus_control::quorum`) → serve.
 //! Shutdown (SIGINT/SIGTERM): deregister what the agent registered → stop accepting → drain.
 
 use std::path::PathBuf;
@@ -166,11 +168,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let agent = Agent::start(AgentConfig { node, server: true }, catalog, &shutdown)
         .await
         .context("starting the server's agent")?;
+    // While the store has no quorum (an etcd minority), every request is refused at once.
+    let (quorum_tx, quorum) =
+        tokio::sync::watch::channel(plexus_control::quorum::Quorum::default());
+    shutdown.spawn(plexus_control::quorum::monitor(
+        control.store(),
+        quorum_tx,
+        shutdown.token(),
+    ));
     let router = control
         .router()
         .merge(agent.router())
         .fallback(plexus_runtime::http::not_found_fallback)
-        .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
+        .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            quorum,
+            plexus_control::quorum::refuse_without_quorum,
+        ));
     plexus_runtime::telemetry::listening("http", http_addr);
     let stop_serving = CancellationToken::new();
     let server = tokio::spawn(plexus_runtime::http::serve(
