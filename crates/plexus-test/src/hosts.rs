@@ -276,20 +276,35 @@ impl Host {
     /// `GET path` (HTTP/1.0) to `addr` from inside this host: (status, body). Works while the host
     /// is partitioned, for addresses of the host itself.
     pub async fn http_get(&self, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-        let target = path.to_owned();
+        self.http(addr, "GET", path, &[]).await
+    }
+
+    /// Any request (HTTP/1.0, `body` as given) to `addr` from inside this host: (status, body).
+    pub async fn http(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(u16, String)> {
+        let head = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
         self.inside(move || {
-            let path = target;
             let mut stream = std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
             stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
             stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
-            write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+            stream.write_all(&request)?;
             let mut answer = Vec::new();
             stream.read_to_end(&mut answer)?;
             Ok(answer)
         })
         .await
         .and_then(|answer| parse_http(&answer))
-        .with_context(|| format!("GET http://{addr}{path}"))
+        .with_context(|| format!("{method} http://{addr}{path}"))
     }
 }
 

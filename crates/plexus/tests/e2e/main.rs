@@ -23,6 +23,7 @@ mod l7_endpoints;
 mod l7_limits;
 mod l7_protocols;
 mod partition;
+mod quorum;
 mod registration;
 mod shutdown;
 mod sidecar;
