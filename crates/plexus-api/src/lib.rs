@@ -14,6 +14,8 @@
 //! - [`config_entry`]: L7 config entries (service-defaults/resolver/splitter/router), their
 //!   validation, and the compiled discovery chain a sidecar consumes.
 //! - [`client`] (feature `client`): a typed HTTP client for the API.
+//! - [`auto_encrypt`]: an agent's request for its TLS certificate, and the answer.
+//! - [`agent_config`]: the agent/server configuration file in Consul's format.
 //!
 //! ```text
 //!  HCL/JSON file ─┐
@@ -23,6 +25,8 @@
 //!
 //! This crate does no I/O except in [`client`] and [`definition`] (reading files).
 
+pub mod agent_config;
+pub mod auto_encrypt;
 pub mod catalog;
 #[cfg(feature = "client")]
 pub mod client;

@@ -65,6 +65,7 @@ pub struct ControlPlane {
     info: ServerInfo,
     ca: Arc<ca::CertificateAuthority>,
     intentions: Arc<intentions::Intentions>,
+    auto_encrypt: ca::auto_encrypt::AutoEncrypt,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -107,7 +108,25 @@ impl ControlPlane {
             info,
             ca,
             intentions,
+            auto_encrypt: ca::auto_encrypt::AutoEncrypt::default(),
         }
+    }
+
+    /// Keeps the CA's private keys wrapped under `kek` in the store. Call before anything else
+    /// (it replaces the CA, which nothing holds yet).
+    pub fn with_ca_key_encryption(mut self, kek: ca::wrap::KeyEncryptionKey) -> Self {
+        self.ca = Arc::new(
+            ca::CertificateAuthority::new(Arc::clone(&self.store), self.info.datacenter.clone())
+                .with_key_encryption(kek),
+        );
+        self
+    }
+
+    /// Sets whether agents may have their TLS certificates signed (`auto_encrypt.allow_tls`)
+    /// and the domain of server names.
+    pub fn with_auto_encrypt(mut self, settings: ca::auto_encrypt::AutoEncrypt) -> Self {
+        self.auto_encrypt = settings;
+        self
     }
 
     /// The catalog; also usable as `Arc<dyn plexus_api::Catalog>`.
@@ -154,6 +173,10 @@ impl ControlPlane {
             .merge(remote::api::router(self.catalog()))
             .merge(operator::router(self.store(), self.info.node_name.clone()))
             .merge(ca::api::router(self.ca()))
+            .merge(ca::auto_encrypt::router(
+                self.ca(),
+                self.auto_encrypt.clone(),
+            ))
             .merge(intentions::api::router(intentions::api::IntentionState {
                 intentions: self.intentions(),
                 ca: self.ca(),

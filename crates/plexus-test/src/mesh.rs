@@ -102,6 +102,9 @@ pub fn run_cli(bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<(i32,
     command
         .args(args)
         .env_remove(plexus_api::client::HTTP_ADDR_ENV);
+    for name in crate::CLIENT_ENV {
+        command.env_remove(name);
+    }
     for (k, v) in envs {
         command.env(k, v);
     }

@@ -63,8 +63,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    // Which flags were given (a configuration file fills in the others).
+    let given = cmd::config_file::Given::new(matches.subcommand().map(|(_, m)| m.clone()));
     plexus_runtime::telemetry::init("info");
+    plexus_runtime::tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,9 +84,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Dev(args) => cmd::dev::run(args).await,
-            Command::Server(args) => cmd::server::run(args).await,
-            Command::Agent(args) => cmd::agent::run(args).await,
+            Command::Dev(args) => cmd::dev::run(args, given).await,
+            Command::Server(args) => cmd::server::run(args, given).await,
+            Command::Agent(args) => cmd::agent::run(args, given).await,
             Command::Proxy(args) => cmd::proxy::run(args).await,
             Command::Services(command) => cmd::services::run(command).await,
             Command::Catalog(command) => cmd::catalog::run(command).await,

@@ -8,6 +8,7 @@ mod bad_input;
 mod checks;
 mod cli;
 mod config_entries;
+mod config_file;
 mod consul_client;
 mod demo;
 mod demo_http;
@@ -27,6 +28,7 @@ mod quorum;
 mod registration;
 mod shutdown;
 mod sidecar;
+mod tls;
 
 use std::path::{Path, PathBuf};
 
