@@ -22,8 +22,9 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `plexus agent --node NODE --server SERVERS --http-addr 127.0.0.1:0` plus `extra`
-    /// inside `host` and waits until its API listens.
+    /// Starts `plexus agent --node NODE --server SERVERS` plus `extra` inside `host` (its API on
+    /// the host's `127.0.0.1:8500` unless `extra` says `--http-addr`) and waits until its API
+    /// listens.
     pub async fn start_on(
         host: &Host,
         bin: &Path,
@@ -31,17 +32,9 @@ impl Agent {
         servers: &str,
         extra: &[&str],
     ) -> Result<Self> {
-        let mut args: Vec<String> = [
-            "agent",
-            "--node",
-            node,
-            "--server",
-            servers,
-            "--http-addr",
-            "127.0.0.1:0",
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        let mut args: Vec<String> = ["agent", "--node", node, "--server", servers]
+            .map(str::to_owned)
+            .to_vec();
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let process = host.spawn(&format!("agent:{node}"), bin, &args, &[])?;
         let http = process.listening("http").await?;

@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::addresses::{self, AddressArgs};
 use super::auto_encrypt::AgentRequest;
 use super::config_file::{self, Given};
 use super::dev::{DEFAULT_DATACENTER, default_node_name};
@@ -48,8 +49,9 @@ use plexus_runtime::tls::{
 /// `plexus agent`
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Servers to talk to, comma-separated (`host:port` or `https://host:port`); failover
-    /// between them. Default: `retry_join` from the configuration file.
+    /// Servers to talk to, comma-separated (`host`, `host:port` or `https://host:port`; the
+    /// port defaults to 8500); failover between them. Default: `retry_join` from the
+    /// configuration file.
     #[arg(long = "server", value_delimiter = ',')]
     pub servers: Vec<String>,
     /// Agent API address; port 0 picks a free port (the bound address is logged).
@@ -58,9 +60,8 @@ pub struct Args {
     /// This node's name (default: the host name).
     #[arg(long)]
     pub node: Option<String>,
-    /// This node's address as others dial it.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub address: String,
+    #[command(flatten)]
+    pub addresses: AddressArgs,
     /// Datacenter name.
     #[arg(long, default_value = DEFAULT_DATACENTER)]
     pub datacenter: String,
@@ -184,10 +185,23 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     if args.servers.is_empty() {
         args.servers.clone_from(&config.retry_join);
     }
-    if !given.flag("address")
-        && let Some(ip) = config_file::advertised(config)
+    args.servers = args
+        .servers
+        .iter()
+        .map(|s| addresses::with_default_port(s))
+        .collect();
+    let address_settings = match addresses::settings(&args.addresses, config) {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    if args.addresses.client_addr.is_some()
+        && !given.flag("http_addr")
+        && let Some(ip) = address_settings.client
     {
-        args.address = ip.to_string();
+        args.http_addr = addresses::with_ip(&args.http_addr, ip);
     }
     if !given.flag("verify_outgoing") {
         args.verify_outgoing = config.tls.verify_outgoing.unwrap_or(false);
@@ -224,6 +238,15 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         eprintln!("error: --lease-ttl must be between 1s and 5m");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
+    let addresses = match address_settings.resolve(addresses::Role::Agent {
+        servers: bootstrap_client.servers(),
+    }) {
+        Ok(addresses) => addresses,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let definitions = files.services;
     let listener = if args.https.https_only {
         None
@@ -254,7 +277,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         let request = AgentRequest {
             node: node_name.clone(),
             datacenter: args.datacenter.clone(),
-            address: args.address.clone(),
+            address: addresses.advertised.addr.to_string(),
         };
         let cert = match request.obtain(&bootstrap_client, &shutdown.token()).await {
             Ok(Some(cert)) => cert,
@@ -294,8 +317,9 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     let node = Node {
         id: format!("agent-{node_name}"),
         node: node_name.clone(),
-        address: args.address.clone(),
+        address: addresses.advertised.addr.to_string(),
         datacenter: args.datacenter.clone(),
+        tagged_addresses: addresses.tagged(),
         ..Node::default()
     };
     let Some(agent) = start_agent(node, &catalog, &shutdown).await else {

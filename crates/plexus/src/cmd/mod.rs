@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod addresses;
 pub mod agent;
 pub mod auto_encrypt;
 pub mod catalog;

@@ -10,6 +10,7 @@
 //! `plexus_control::quorum`) → serve.
 //! Shutdown (SIGINT/SIGTERM): deregister what the agent registered → stop accepting → drain.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::addresses::{self, AddressArgs};
 use super::config_file::{self, Given};
 use super::dev::{
     ConnectSettings, DEFAULT_DATACENTER, check_leaf_ttl, default_node_name, start_identity,
@@ -49,9 +51,13 @@ pub struct Args {
     /// Key prefix of this cluster's records in etcd.
     #[arg(long = "etcd-prefix", default_value = DEFAULT_PREFIX)]
     pub etcd_prefix: String,
-    /// HTTP API address; port 0 picks a free port (the bound address is logged).
-    #[arg(long = "http-addr", default_value = "127.0.0.1:8500")]
+    /// HTTP API address; port 0 picks a free port (the bound address is logged). Default:
+    /// `client_addr`, else `bind_addr`, else `0.0.0.0`, port 8500: a server's API is also where
+    /// agents on other hosts reach it.
+    #[arg(long = "http-addr", default_value = "0.0.0.0:8500")]
     pub http_addr: String,
+    #[command(flatten)]
+    pub addresses: AddressArgs,
     /// This server's node name (default: the host name).
     #[arg(long)]
     pub node: Option<String>,
@@ -137,13 +143,42 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         &mut args.node,
         &mut args.tls,
     );
-    config_file::apply_listeners(config, &given, &mut args.http_addr, &mut args.tls.https);
+    let address_settings = match addresses::settings(&args.addresses, config) {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    // The API listens on client_addr, else bind_addr, else every interface.
+    let mut listeners = config.clone();
+    listeners.client_addr = Some(
+        address_settings
+            .client
+            .or(address_settings.bind)
+            .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+    );
+    config_file::apply_listeners(&listeners, &given, &mut args.http_addr, &mut args.tls.https);
     if !given.flag("data_dir")
         && let Some(dir) = &config.data_dir
     {
         args.data_dir.clone_from(dir);
     }
-    let advertised = config_file::advertised(config);
+    let api_ip = if args.tls.https.https_only {
+        args.tls.https.https_addr.as_deref()
+    } else {
+        Some(args.http_addr.as_str())
+    }
+    .and_then(|addr| addr.parse::<SocketAddr>().ok())
+    .map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
+    let addresses = match address_settings.resolve(addresses::Role::Server { listener: api_ip }) {
+        Ok(addresses) => addresses,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let advertised = addresses.advertised.addr;
     config_file::announce(config);
     let definitions = files.services;
     let choice = match store_choice(&args) {
@@ -198,10 +233,12 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         info!("stopped before the store was reachable");
         return Ok(ExitCode::SUCCESS);
     };
+    // Where others reach this server: the advertised address, the API's port.
+    let reach = SocketAddr::new(advertised, http_addr.port());
     let info = ServerInfo {
         datacenter: args.datacenter.clone(),
         node_name: node_name.clone(),
-        leader_addr: http_addr.to_string(),
+        leader_addr: reach.to_string(),
     };
     let backend = store.status().await.backend;
     let mut control =
@@ -222,7 +259,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         control.store(),
         plexus_api::operator::ServerRecord {
             node: node_name.clone(),
-            http_addr: http_addr.to_string(),
+            http_addr: reach.to_string(),
             store: backend,
         },
         shutdown.token(),
@@ -234,8 +271,9 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     let node = Node {
         id: format!("server-{node_name}"),
         node: node_name.clone(),
-        address: advertised.unwrap_or(http_addr.ip()).to_string(),
+        address: advertised.to_string(),
         datacenter: args.datacenter.clone(),
+        tagged_addresses: addresses.tagged(),
         ..Node::default()
     };
     let catalog: Arc<dyn plexus_api::Catalog> = control.catalog();

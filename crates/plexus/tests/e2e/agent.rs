@@ -123,12 +123,19 @@ async fn an_agent_whose_lease_expires_loses_its_services_and_reregisters_them_wh
 async fn agent_flags_are_checked_before_anything_starts() {
     let (code, _, err) = plexus_test::mesh::run_cli(
         bin(),
-        &["agent", "--server", "nowhere", "--http-addr", "127.0.0.1:0"],
+        // A host without a port means port 8500; a port that is not one is refused.
+        &[
+            "agent",
+            "--server",
+            "nowhere:99999",
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
         &[],
     )
     .unwrap();
     assert_eq!(code, 64, "{err}");
-    assert!(err.contains("nowhere"), "{err}");
+    assert!(err.contains("nowhere:99999"), "{err}");
     let (code, _, err) = plexus_test::mesh::run_cli(
         bin(),
         &["agent", "--server", "127.0.0.1:1", "--lease-ttl", "0s"],
@@ -137,6 +144,36 @@ async fn agent_flags_are_checked_before_anything_starts() {
     .unwrap();
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("--lease-ttl"), "{err}");
+    for (command, flag) in [
+        ("agent", "--advertise-addr"),
+        ("agent", "--bind-addr"),
+        ("agent", "--client-addr"),
+        ("server", "--bind-addr"),
+        ("server", "--advertise-addr-wan"),
+    ] {
+        let (code, _, err) = plexus_test::mesh::run_cli(
+            bin(),
+            &[
+                command,
+                "--server",
+                "127.0.0.1:1",
+                flag,
+                "not-an-ip",
+                "--http-addr",
+                "127.0.0.1:0",
+            ]
+            .into_iter()
+            .filter(|a| command == "agent" || !["--server", "127.0.0.1:1"].contains(a))
+            .collect::<Vec<_>>(),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(code, 64, "{command} {flag}: {err}");
+        assert!(
+            err.contains(&format!("{flag}: \"not-an-ip\" is not an IP address")),
+            "{command} {flag}: {err}"
+        );
+    }
 }
 
 /// Servers away: the agent keeps running its checks and reports the results when a server is

@@ -205,35 +205,20 @@ pub async fn cluster_with(spec: Spec<'_>) -> Cluster {
     let network = Network::start(&["server", "a", "b"]).unwrap();
     let data = tempfile::tempdir().unwrap();
     let server_host = network.host("server");
-    let mut args = vec![
-        "--data-dir".to_owned(),
-        data.path().display().to_string(),
-        "--http-addr".to_owned(),
-        server_host.addr(8500).to_string(),
-    ];
+    // No address flags anywhere: the server listens on 0.0.0.0:8500 and advertises its host's
+    // private address; agents are told the server's host and advertise their own.
+    let mut args = vec!["--data-dir".to_owned(), data.path().display().to_string()];
     args.extend(spec.server_args.iter().map(|a| (*a).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let server = Server::start_on(server_host, bin(), "server", &args)
         .await
         .unwrap();
-    let servers = server.addr();
+    let servers = server_host.ip().to_string();
     let mut nodes = Vec::new();
     for (name, (echo, client)) in [("a", spec.a), ("b", spec.b)] {
         let host = network.host(name);
-        let ip = host.ip().to_string();
-        let mut agent_args = vec!["--address", ip.as_str()];
-        agent_args.extend_from_slice(spec.agent_args);
-        nodes.push(
-            node(
-                host,
-                &servers,
-                echo,
-                client,
-                spec.deregister_after,
-                &agent_args,
-            )
-            .await,
-        );
+        let deregister = spec.deregister_after;
+        nodes.push(node(host, &servers, echo, client, deregister, spec.agent_args).await);
     }
     let b = nodes.pop().unwrap();
     let a = nodes.pop().unwrap();
@@ -263,16 +248,72 @@ pub async fn cluster_with(spec: Spec<'_>) -> Cluster {
     }
 }
 
-/// A server and two agents on three hosts: with the server's default intention policy `allow`
-/// and no intention, a line sent through host a's client sidecar reaches the echo app on host b,
-/// across the bridge, over mTLS (the policy reached the sidecar behind b's agent).
+/// A server and two agents on three hosts with no address flags: every node advertises its
+/// host's address (with `lan`/`wan` tagged addresses), services and sidecars carry their node's,
+/// and with the server's default intention policy `allow` and no intention, a line sent through
+/// host a's client sidecar reaches the echo app on host b, across the bridge, over mTLS (the
+/// policy reached the sidecar behind b's agent).
 #[tokio::test]
 async fn a_line_crosses_hosts_through_both_sidecars() {
     let cluster = cluster(&["--default-intention-policy", "allow"]).await;
+    let client = &cluster.server.client;
+    let nodes = client.catalog_nodes(QueryOptions::default()).await.unwrap();
+    for node in &nodes.value {
+        let ip = cluster._network.host(&node.node).ip().to_string();
+        assert_eq!(node.address, ip, "{node:?}");
+        assert_eq!(node.tagged_addresses["lan"], ip, "{node:?}");
+        assert_eq!(node.tagged_addresses["wan"], ip, "{node:?}");
+        assert_eq!(node.tagged_addresses["lan_ipv4"], ip, "{node:?}");
+    }
+    assert_eq!(nodes.value.len(), 3);
+    let b_ip = cluster.b.host.ip().to_string();
+    for name in ["echo", "echo-sidecar-proxy"] {
+        let rows = client
+            .catalog_service(name, QueryOptions::default())
+            .await
+            .unwrap()
+            .value;
+        assert_eq!(rows.len(), 1, "{name}: {rows:?}");
+        assert_eq!(rows[0].service_address, b_ip, "{name}");
+        let tagged = rows[0].service_tagged_addresses.clone().unwrap_or_default();
+        assert_eq!(tagged["lan"]["address"], b_ip, "{name}: {tagged}");
+        assert_eq!(tagged["wan"]["address"], b_ip, "{name}: {tagged}");
+        assert_eq!(
+            tagged["lan"]["port"], rows[0].service_port,
+            "{name}: {tagged}"
+        );
+    }
+    assert_eq!(
+        client.status_leader().await.unwrap(),
+        cluster.server.addr(),
+        "the leader is the server's advertised address"
+    );
     echo_through(&cluster.a.host, "hello across hosts")
         .await
         .unwrap();
     assert_eq!(cluster.b.echo.as_ref().unwrap().connections(), 1);
+
+    // An agent told to advertise loopback while its server is not on loopback is warned.
+    let misled = Agent::start_on(
+        &cluster.a.host,
+        bin(),
+        "a-loopback",
+        &cluster.server.addr(),
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--advertise-addr",
+            "127.0.0.1",
+        ],
+    )
+    .await
+    .unwrap();
+    let warning = misled
+        .process
+        .wait_for_line("advertising a loopback address while the servers are not on loopback")
+        .await
+        .unwrap();
+    assert!(warning.contains("--advertise-addr"), "{warning}");
 }
 
 /// With a production server's default (deny) and no intention, the *client* sidecar sees the

@@ -66,7 +66,6 @@ async fn a_partitioned_replica_refuses_and_no_acknowledged_write_is_lost() {
     let endpoints = etcd.endpoints_arg();
     let mut servers = Vec::new();
     for host in &hosts {
-        let http = host.addr(8500).to_string();
         let server = Server::start_on(
             host,
             bin(),
@@ -76,8 +75,6 @@ async fn a_partitioned_replica_refuses_and_no_acknowledged_write_is_lost() {
                 "etcd",
                 "--etcd-endpoints",
                 &endpoints,
-                "--http-addr",
-                &http,
                 "--default-intention-policy",
                 "allow",
             ],
@@ -107,21 +104,16 @@ async fn a_partitioned_replica_refuses_and_no_acknowledged_write_is_lost() {
   }
 }"#,
     );
-    let server_list = format!("{},{},{}", s3.addr(), s1.addr(), servers[1].addr());
-    let edge_ip = edge.ip().to_string();
+    // Hosts without a port: 8500.
+    let server_list = ["s3", "s1", "s2"]
+        .map(|n| network.host(n).ip().to_string())
+        .join(",");
     let agent = plexus_test::Agent::start_on(
         edge,
         bin(),
         "edge",
         &server_list,
-        &[
-            "--lease-ttl",
-            "3s",
-            "--address",
-            &edge_ip,
-            "--config-file",
-            file.to_str().unwrap(),
-        ],
+        &["--lease-ttl", "3s", "--config-file", file.to_str().unwrap()],
     )
     .await
     .unwrap();
