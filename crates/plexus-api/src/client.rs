@@ -647,6 +647,22 @@ impl Client {
         self.send_put::<()>(&path, None).await
     }
 
+    /// `PUT /v1/internal/proxy/:id/ack?revision=N&admin=ADDR`: this proxy applied configuration
+    /// `revision`, and serves its metrics on `admin`.
+    pub async fn proxy_ack_with_admin(
+        &self,
+        proxy_id: &str,
+        revision: u64,
+        admin: std::net::SocketAddr,
+    ) -> Result<(), ClientError> {
+        let path = format!(
+            "/v1/internal/proxy/{}/ack?revision={revision}&admin={}",
+            encode(proxy_id),
+            encode(&admin.to_string())
+        );
+        self.send_put::<()>(&path, None).await
+    }
+
     /// `GET /v1/status/leader`.
     pub async fn status_leader(&self) -> Result<String, ClientError> {
         Ok(self

@@ -22,6 +22,8 @@
 //!
 //! - [`ca`]: the built-in CA (`/v1/connect/ca/*`, `/v1/agent/connect/ca/leaf/*`).
 //! - [`intentions`]: `/v1/connect/intentions*`, `/v1/agent/connect/authorize`.
+//! - [`dns`]: the DNS interface (Consul's names) over the catalog index.
+//! - [`ui`]: the web UI at `/ui/`, `/v1/mesh/services` and `/v1/mesh/topology`.
 //!
 //! Not here (yet): the agent's `/v1/agent/*` endpoints (plexus-agent, except the two connect
 //! ones above), config entries, xDS. This crate never binds sockets: the binary merges
@@ -32,6 +34,7 @@ pub mod api;
 pub mod ca;
 pub mod catalog;
 pub mod config;
+pub mod dns;
 pub mod intentions;
 pub mod kv;
 pub mod operator;
@@ -39,6 +42,7 @@ pub mod presence;
 pub mod quorum;
 pub mod remote;
 pub mod store;
+pub mod ui;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -169,6 +173,7 @@ impl ControlPlane {
     pub fn router(&self) -> axum::Router {
         api::router(self.catalog(), self.info.clone())
             .merge(presence::ws::router(self.presence()))
+            .merge(presence::actuator::router(self.presence()))
             .merge(kv::api::router(kv::Kv::new(self.store())))
             .merge(remote::api::router(self.catalog()))
             .merge(operator::router(self.store(), self.info.node_name.clone()))
@@ -184,5 +189,6 @@ impl ControlPlane {
             .merge(config::api::router(std::sync::Arc::new(
                 config::ConfigEntries::new(self.store()),
             )))
+            .merge(ui::router(self.catalog(), self.store()))
     }
 }

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod brokers;
 pub mod etcd;
 pub mod events;
+pub mod golden;
 pub mod hosts;
 pub mod mesh;
 pub mod pki;

@@ -16,6 +16,8 @@ pub struct Server {
     pub process: Option<Process>,
     /// The HTTP API address of the current run.
     pub http: SocketAddr,
+    /// The DNS address (UDP and TCP) of the current run.
+    pub dns: SocketAddr,
     /// A client for it.
     pub client: Client,
     name: String,
@@ -51,13 +53,23 @@ impl Server {
         Self::launch(bin, name, all, Some(host.clone())).await
     }
 
-    async fn launch(bin: &Path, name: &str, args: Vec<String>, host: Option<Host>) -> Result<Self> {
+    async fn launch(
+        bin: &Path,
+        name: &str,
+        mut args: Vec<String>,
+        host: Option<Host>,
+    ) -> Result<Self> {
+        if !args.iter().any(|a| a == "--dns-addr") {
+            args.extend(["--dns-addr".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
         let process = spawn(&host, bin, name, &args)?;
         let http = reach(&host, process.listening("http").await?);
+        let dns = reach(&host, process.listening("dns-udp").await?);
         let client = Client::new(&http.to_string())?;
         Ok(Self {
             process: Some(process),
             http,
+            dns,
             client,
             name: name.to_owned(),
             bin: bin.to_path_buf(),
@@ -85,6 +97,7 @@ impl Server {
     pub async fn restart(&mut self) -> Result<()> {
         let process = spawn(&self.host, &self.bin, &self.name, &self.args)?;
         self.http = reach(&self.host, process.listening("http").await?);
+        self.dns = reach(&self.host, process.listening("dns-udp").await?);
         self.client = Client::new(&self.http.to_string())?;
         self.process = Some(process);
         Ok(())

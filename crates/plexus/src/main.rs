@@ -51,6 +51,9 @@ enum Command {
     Demo(cmd::demo::Command),
     /// A tiny TCP echo server (used by the demo and the docs).
     EchoServer(cmd::echo_server::Args),
+    /// The event mesh: `events node` runs the language connector for apps in any language.
+    #[command(subcommand)]
+    Events(cmd::events::Command),
     /// Run one example event-mode app (used by `demo events` and the tests).
     #[command(hide = true)]
     EventsApp(cmd::events_app::Args),
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
             Command::Operator(args) => cmd::operator::run(args).await,
             Command::Demo(command) => cmd::demo::run(command).await,
             Command::EchoServer(args) => cmd::echo_server::run(args).await,
+            Command::Events(command) => cmd::events::run(command).await,
             Command::EventsApp(args) => cmd::events_app::run(args).await,
             Command::Intention(command) => cmd::intention::run(command).await,
             Command::Connect(command) => cmd::connect::run(command).await,

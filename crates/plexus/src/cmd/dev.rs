@@ -63,6 +63,9 @@ pub struct Args {
     pub default_intention_policy: plexus_api::connect::DefaultPolicy,
     #[command(flatten)]
     pub tls: ServerTlsArgs,
+    /// DNS interface.
+    #[command(flatten)]
+    pub dns: super::dns::DnsArgs,
 }
 
 /// Creates (or loads) the CA with `connect`'s leaf TTL, sets the default intention policy and
@@ -188,6 +191,13 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         eprintln!("error: {message}");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
+    let dns_config = match args.dns.config(&args.datacenter) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let connect = ConnectSettings {
         leaf_ttl: args.connect_leaf_ttl,
         default_policy: args.default_intention_policy,
@@ -217,6 +227,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         )),
         None => None,
     };
+    let dns_sockets = args.dns.bind().await?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let security = DevSecurity {
@@ -234,6 +245,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         &shutdown,
     )
     .await?;
+    super::dns::serve(dev.control.catalog(), dns_config, dns_sockets, &shutdown)?;
     shutdown.token().cancelled().await;
     dev.stop(args.grace).await;
     if !shutdown.drain(args.grace).await {
@@ -249,6 +261,8 @@ pub struct DevServer {
     pub http_addr: SocketAddr,
     /// The local agent.
     pub agent: Agent,
+    /// The control plane.
+    pub control: ControlPlane,
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     stop_serving: CancellationToken,
     _temp_dir: Option<tempfile::TempDir>,
@@ -402,6 +416,7 @@ impl DevServer {
         Ok(Self {
             http_addr,
             agent,
+            control,
             servers,
             stop_serving,
             _temp_dir: temp_dir,

@@ -84,6 +84,9 @@ pub struct Args {
     /// A directory of `.hcl`/`.json` configuration files, read in name order; repeatable.
     #[arg(long = "config-dir")]
     pub config_dirs: Vec<PathBuf>,
+    /// DNS interface.
+    #[command(flatten)]
+    pub dns: super::dns::DnsArgs,
 }
 
 /// The validated store choice.
@@ -192,6 +195,13 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         eprintln!("error: {message}");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
+    let dns_config = match args.dns.config(&args.datacenter) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let (https, kek) = match (args.tls.https.plan(true, false), args.tls.kek()) {
         (Ok(https), Ok(kek)) => (https, kek),
         (Err(message), _) | (_, Err(message)) => {
@@ -227,6 +237,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         (None, Some(addr)) => addr,
         (None, None) => anyhow::bail!("no API listener"),
     };
+    let dns_sockets = args.dns.bind().await?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let Some(store) = open_store(&choice, &shutdown.token()).await? else {
@@ -307,6 +318,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             quorum,
             plexus_control::quorum::refuse_without_quorum,
         ));
+    super::dns::serve(control.catalog(), dns_config, dns_sockets, &shutdown)?;
     let stop_serving = CancellationToken::new();
     let mut servers = Vec::new();
     if let Some((https_listener, plan)) = https {

@@ -12,8 +12,12 @@ mod config_file;
 mod consul_client;
 mod demo;
 mod demo_http;
+mod dns;
 mod durable;
 mod events;
+mod events_connector;
+mod events_lang;
+mod events_mercury;
 mod hosts;
 mod identity;
 mod identity_long;
@@ -29,6 +33,7 @@ mod registration;
 mod shutdown;
 mod sidecar;
 mod tls;
+mod ui;
 
 use std::path::{Path, PathBuf};
 
