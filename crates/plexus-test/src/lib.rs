@@ -5,8 +5,9 @@
 //!
 //! Main types: [`process::Process`] (a child `plexus` with its log), [`mesh::Dev`] (a `plexus dev`
 //! with a client), [`mesh::Sidecar`] (a `plexus proxy`), [`upstream::TcpEcho`],
-//! [`upstream::HttpStub`], [`upstream::GrpcHealthStub`]. Several hosts on one machine (network
-//! namespaces on a bridge, partitions): [`hosts::Network`], [`hosts::Host`], [`agent::Agent`].
+//! [`upstream::HttpStub`], [`upstream::GrpcHealthStub`]; [`secrets::SecretLedger`] (no secret in
+//! any log line or answer). Several hosts on one machine (network namespaces on a bridge,
+//! partitions): [`hosts::Network`], [`hosts::Host`], [`agent::Agent`].
 
 pub mod agent;
 pub mod brokers;
@@ -18,6 +19,7 @@ pub mod mesh;
 pub mod pki;
 pub mod ports;
 pub mod process;
+pub mod secrets;
 pub mod server;
 pub mod upstream;
 
@@ -27,7 +29,7 @@ pub use hosts::{Host, Network};
 pub use mesh::{Dev, Sidecar};
 pub use ports::free_port;
 pub use process::Process;
-pub use server::Server;
+pub use server::{Server, management_token};
 pub use upstream::TcpEcho;
 
 /// Environment variables that steer how `plexus` finds and trusts the control plane; children

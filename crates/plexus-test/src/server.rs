@@ -1,5 +1,10 @@
 //! `plexus server` replicas: start one on an ephemeral port with a store (or on a test host, see
 //! [`crate::hosts`]), kill it (`SIGKILL`) and start it again with the same arguments.
+//!
+//! Servers enforce ACLs (default deny). Every server a test binary starts gets the same initial
+//! management token ([`management_token`], random per test run, through
+//! `PLEXUS_ACL_INITIAL_MANAGEMENT_TOKEN`), and [`Server::client`] sends it; processes a test
+//! starts against a server are handed a token explicitly ([`Server::token_env`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +15,24 @@ use plexus_api::client::Client;
 use crate::hosts::Host;
 use crate::process::Process;
 
+/// A random UUID from the kernel (tests only).
+pub fn random_uuid() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| format!("00000000-0000-4000-8000-{:012x}", std::process::id()))
+}
+
+/// The management token every server of this test run starts with.
+pub fn management_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(random_uuid)
+}
+
+/// The environment that gives a server its initial management token.
+pub fn server_env() -> [(&'static str, &'static str); 1] {
+    [("PLEXUS_ACL_INITIAL_MANAGEMENT_TOKEN", management_token())]
+}
+
 /// A running `plexus server`.
 pub struct Server {
     /// The child process (`None` while killed).
@@ -18,7 +41,7 @@ pub struct Server {
     pub http: SocketAddr,
     /// The DNS address (UDP and TCP) of the current run.
     pub dns: SocketAddr,
-    /// A client for it.
+    /// A client for it, sending the management token.
     pub client: Client,
     name: String,
     bin: PathBuf,
@@ -65,7 +88,7 @@ impl Server {
         let process = spawn(&host, bin, name, &args)?;
         let http = reach(&host, process.listening("http").await?);
         let dns = reach(&host, process.listening("dns-udp").await?);
-        let client = Client::new(&http.to_string())?;
+        let client = management_client(&http.to_string())?;
         Ok(Self {
             process: Some(process),
             http,
@@ -83,6 +106,48 @@ impl Server {
         self.http.to_string()
     }
 
+    /// `PLEXUS_HTTP_TOKEN` set to the management token, for a CLI, agent or proxy a test runs
+    /// against this server (tests about ACLs give narrower tokens instead).
+    pub fn token_env() -> [(&'static str, &'static str); 1] {
+        [("PLEXUS_HTTP_TOKEN", management_token())]
+    }
+
+    /// Creates (with the management token) a token holding the node identity of `node` in
+    /// datacenter `dc1`, if given, and the service identities of `services`, and writes its
+    /// secret to a new file in `dir`: what an agent (its node and the services it registers) or
+    /// a sidecar (its service) runs with, as `--token-file`. Returns the file.
+    pub async fn identity_token_file(
+        &self,
+        dir: &Path,
+        node: Option<&str>,
+        services: &[&str],
+    ) -> Result<PathBuf> {
+        use plexus_api::acl::model::{NodeIdentity, ServiceIdentity, TokenWrite};
+        let request = TokenWrite {
+            description: format!("test: node {node:?}, services {services:?}"),
+            node_identities: node
+                .map(|node| NodeIdentity {
+                    node_name: node.to_owned(),
+                    datacenter: "dc1".to_owned(),
+                })
+                .into_iter()
+                .collect(),
+            service_identities: services
+                .iter()
+                .map(|service| ServiceIdentity {
+                    service_name: (*service).to_owned(),
+                    datacenters: Vec::new(),
+                })
+                .collect(),
+            ..TokenWrite::default()
+        };
+        let token = self.client.acl_token_create(&request).await?;
+        let name = format!("token-{}-{}", node.unwrap_or("service"), services.join("-"));
+        let path = dir.join(name);
+        std::fs::write(&path, token.secret_id.expose())?;
+        Ok(path)
+    }
+
     /// Kills the replica with SIGKILL (no shutdown steps run).
     pub fn kill9(&mut self) -> Result<()> {
         if let Some(process) = self.process.take() {
@@ -98,7 +163,7 @@ impl Server {
         let process = spawn(&self.host, &self.bin, &self.name, &self.args)?;
         self.http = reach(&self.host, process.listening("http").await?);
         self.dns = reach(&self.host, process.listening("dns-udp").await?);
-        self.client = Client::new(&self.http.to_string())?;
+        self.client = management_client(&self.http.to_string())?;
         self.process = Some(process);
         Ok(())
     }
@@ -112,8 +177,8 @@ impl Server {
 fn spawn(host: &Option<Host>, bin: &Path, name: &str, args: &[String]) -> Result<Process> {
     let label = format!("server:{name}");
     match host {
-        Some(host) => host.spawn(&label, bin, args, &[]),
-        None => Process::spawn(&label, bin, args, &[]),
+        Some(host) => host.spawn(&label, bin, args, &server_env()),
+        None => Process::spawn(&label, bin, args, &server_env()),
     }
 }
 
@@ -126,4 +191,9 @@ pub(crate) fn reach(host: &Option<Host>, addr: SocketAddr) -> SocketAddr {
         Some(host) => host.addr(addr.port()),
         None => SocketAddr::from(([127, 0, 0, 1], addr.port())),
     }
+}
+
+/// A client for `addr` sending the management token.
+pub fn management_client(addr: &str) -> Result<Client> {
+    Ok(Client::new(addr)?.with_token(Some(plexus_api::acl::SecretId::new(management_token()))))
 }
