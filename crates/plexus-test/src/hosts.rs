@@ -276,19 +276,25 @@ impl Host {
     /// `GET path` (HTTP/1.0) to `addr` from inside this host: (status, body). Works while the host
     /// is partitioned, for addresses of the host itself.
     pub async fn http_get(&self, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-        self.http(addr, "GET", path, &[]).await
+        self.http(addr, "GET", path, &[], &[]).await
     }
 
-    /// Any request (HTTP/1.0, `body` as given) to `addr` from inside this host: (status, body).
+    /// Any request (HTTP/1.0, `body` and extra `headers` as given, e.g. `X-Consul-Token`) to
+    /// `addr` from inside this host: (status, body).
     pub async fn http(
         &self,
         addr: SocketAddr,
         method: &str,
         path: &str,
         body: &[u8],
+        headers: &[(&str, &str)],
     ) -> Result<(u16, String)> {
+        let extra: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
         let head = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\n\r\n",
             body.len()
         );
         let mut request = head.into_bytes();

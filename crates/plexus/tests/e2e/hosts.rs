@@ -101,8 +101,11 @@ pub struct Node {
 }
 
 /// Starts an agent on `host` (node named after the host) with the given services, their apps and
-/// sidecars; `extra` goes to `plexus agent`.
+/// sidecars; `extra` goes to `plexus agent`. The server enforces ACLs (its default: deny): the
+/// agent holds a token with its node's identity and its services' identities, each sidecar one
+/// with its service's identity.
 pub async fn node(
+    server: &Server,
     host: &Host,
     servers: &str,
     echo: bool,
@@ -112,7 +115,32 @@ pub async fn node(
 ) -> Node {
     let (dir, file) =
         crate::write_file("services.hcl", &definitions(echo, client, deregister_after));
-    let mut args = vec!["--config-file", file.to_str().unwrap()];
+    let mut services = Vec::new();
+    if echo {
+        services.push("echo");
+    }
+    if client {
+        services.push("client");
+    }
+    let agent_token = server
+        .identity_token_file(dir.path(), Some(host.name()), &services)
+        .await
+        .unwrap();
+    let sidecar_token = |service: &'static str| {
+        let dir = dir.path().to_owned();
+        async move {
+            server
+                .identity_token_file(&dir, None, &[service])
+                .await
+                .unwrap()
+        }
+    };
+    let mut args = vec![
+        "--config-file",
+        file.to_str().unwrap(),
+        "--token-file",
+        agent_token.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let agent = Agent::start_on(host, bin(), host.name(), servers, &args)
         .await
@@ -127,12 +155,26 @@ pub async fn node(
         None
     };
     let echo_sidecar = if echo {
-        Some(agent.sidecar("echo", &[]).await.unwrap())
+        let token = sidecar_token("echo").await;
+        let token = token.to_str().unwrap();
+        Some(
+            agent
+                .sidecar("echo", &["--token-file", token])
+                .await
+                .unwrap(),
+        )
     } else {
         None
     };
     let client_sidecar = if client {
-        Some(agent.sidecar("client", &[]).await.unwrap())
+        let token = sidecar_token("client").await;
+        let token = token.to_str().unwrap();
+        Some(
+            agent
+                .sidecar("client", &["--token-file", token])
+                .await
+                .unwrap(),
+        )
     } else {
         None
     };
@@ -218,7 +260,18 @@ pub async fn cluster_with(spec: Spec<'_>) -> Cluster {
     for (name, (echo, client)) in [("a", spec.a), ("b", spec.b)] {
         let host = network.host(name);
         let deregister = spec.deregister_after;
-        nodes.push(node(host, &servers, echo, client, deregister, spec.agent_args).await);
+        nodes.push(
+            node(
+                &server,
+                host,
+                &servers,
+                echo,
+                client,
+                deregister,
+                spec.agent_args,
+            )
+            .await,
+        );
     }
     let b = nodes.pop().unwrap();
     let a = nodes.pop().unwrap();
@@ -252,7 +305,8 @@ pub async fn cluster_with(spec: Spec<'_>) -> Cluster {
 /// host's address (with `lan`/`wan` tagged addresses), services and sidecars carry their node's,
 /// and with the server's default intention policy `allow` and no intention, a line sent through
 /// host a's client sidecar reaches the echo app on host b, across the bridge, over mTLS (the
-/// policy reached the sidecar behind b's agent).
+/// policy reached the sidecar behind b's agent). ACLs are the server's default (on, deny): agents
+/// and sidecars hold identity tokens.
 #[tokio::test]
 async fn a_line_crosses_hosts_through_both_sidecars() {
     let cluster = cluster(&["--default-intention-policy", "allow"]).await;
@@ -266,6 +320,14 @@ async fn a_line_crosses_hosts_through_both_sidecars() {
         assert_eq!(node.tagged_addresses["lan_ipv4"], ip, "{node:?}");
     }
     assert_eq!(nodes.value.len(), 3);
+    // With the server's defaults (ACLs on, deny), an anonymous read from another host sees none.
+    let (status, body) = cluster
+        .a
+        .host
+        .http_get(cluster.server.http, "/v1/catalog/nodes")
+        .await
+        .unwrap();
+    assert_eq!((status, body.trim()), (200, "[]"));
     let b_ip = cluster.b.host.ip().to_string();
     for name in ["echo", "echo-sidecar-proxy"] {
         let rows = client
@@ -294,6 +356,12 @@ async fn a_line_crosses_hosts_through_both_sidecars() {
     assert_eq!(cluster.b.echo.as_ref().unwrap().connections(), 1);
 
     // An agent told to advertise loopback while its server is not on loopback is warned.
+    let tokens = tempfile::tempdir().unwrap();
+    let token = cluster
+        .server
+        .identity_token_file(tokens.path(), Some("a-loopback"), &[])
+        .await
+        .unwrap();
     let misled = Agent::start_on(
         &cluster.a.host,
         bin(),
@@ -304,6 +372,8 @@ async fn a_line_crosses_hosts_through_both_sidecars() {
             "127.0.0.1:0",
             "--advertise-addr",
             "127.0.0.1",
+            "--token-file",
+            token.to_str().unwrap(),
         ],
     )
     .await
@@ -355,7 +425,7 @@ async fn a_denial_is_logged_and_counted_by_the_client_sidecar() {
             "--http-addr",
             &cluster.server.addr(),
         ],
-        &[],
+        &Server::token_env(),
     )
     .unwrap();
     assert_eq!(code, 0, "{out}{err}");

@@ -22,6 +22,11 @@ struct Writes {
     failed: Vec<(bool, u16, String)>,
 }
 
+/// The header carrying the servers' management token (servers enforce ACLs, default deny).
+fn management() -> [(&'static str, &'static str); 1] {
+    [("X-Consul-Token", plexus_test::management_token())]
+}
+
 /// PUTs `w/<name>/<n>` = `<n>` one after another through the server at `addr`, from inside `host`
 /// (so it keeps writing through a replica that is cut off, as a client on that host would).
 fn writer(
@@ -39,7 +44,13 @@ fn writer(
             let value = n.to_string();
             let during = *cut.lock().unwrap();
             match host
-                .http(addr, "PUT", &format!("/v1/kv/{key}"), value.as_bytes())
+                .http(
+                    addr,
+                    "PUT",
+                    &format!("/v1/kv/{key}"),
+                    value.as_bytes(),
+                    &management(),
+                )
                 .await
             {
                 Ok((200, body)) if body.trim() == "true" => {
@@ -92,7 +103,7 @@ async fn a_partitioned_replica_refuses_and_no_acknowledged_write_is_lost() {
         .tcp_echo(std::net::SocketAddr::from(([127, 0, 0, 1], 9090)))
         .await
         .unwrap();
-    let (_defs, file) = crate::write_file(
+    let (defs, file) = crate::write_file(
         "web.hcl",
         r#"service {
   name = "web"
@@ -104,6 +115,11 @@ async fn a_partitioned_replica_refuses_and_no_acknowledged_write_is_lost() {
   }
 }"#,
     );
+    // The agent's token: its node's identity and web's.
+    let token = s1
+        .identity_token_file(defs.path(), Some("edge"), &["web"])
+        .await
+        .unwrap();
     // Hosts without a port: 8500.
     let server_list = ["s3", "s1", "s2"]
         .map(|n| network.host(n).ip().to_string())
@@ -113,7 +129,14 @@ async fn a_partitioned_replica_refuses_and_no_acknowledged_write_is_lost() {
         bin(),
         "edge",
         &server_list,
-        &["--lease-ttl", "3s", "--config-file", file.to_str().unwrap()],
+        &[
+            "--lease-ttl",
+            "3s",
+            "--config-file",
+            file.to_str().unwrap(),
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
     )
     .await
     .unwrap();
@@ -147,7 +170,10 @@ async fn a_partitioned_replica_refuses_and_no_acknowledged_write_is_lost() {
         .collect();
     let probe = |host: &Host, path: &str| {
         let (host, path) = (host.clone(), path.to_owned());
-        async move { host.http_get(host.addr(8500), &path).await }
+        async move {
+            host.http(host.addr(8500), "GET", &path, &[], &management())
+                .await
+        }
     };
     eventually!(
         probe(minority, "/v1/kv/w/s3/1")
@@ -212,7 +238,13 @@ async fn a_partitioned_replica_refuses_and_no_acknowledged_write_is_lost() {
     let healed_at = Instant::now();
     let minority_writes_ok = || async {
         minority
-            .http(minority.addr(8500), "PUT", "/v1/kv/after/heal", b"1")
+            .http(
+                minority.addr(8500),
+                "PUT",
+                "/v1/kv/after/heal",
+                b"1",
+                &management(),
+            )
             .await
             .is_ok_and(|(s, body)| s == 200 && body.trim() == "true")
     };
@@ -254,7 +286,10 @@ async fn a_partitioned_replica_refuses_and_no_acknowledged_write_is_lost() {
         for (key, value) in &writes.acked {
             acked += 1;
             for server in [s1, s3] {
-                let got = reqwest::get(format!("http://{}/v1/kv/{key}?raw", server.addr()))
+                let got = reqwest::Client::new()
+                    .get(format!("http://{}/v1/kv/{key}?raw", server.addr()))
+                    .header("X-Consul-Token", plexus_test::management_token())
+                    .send()
                     .await
                     .unwrap();
                 assert_eq!(got.status().as_u16(), 200, "{key} acknowledged but lost");
