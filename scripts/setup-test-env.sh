@@ -7,6 +7,7 @@
 #   - websockets + msgpack (PyPI) and Node.js + npm (Debian) with clients/node's lock file, for the
 #     event mesh's Python and Node.js clients.
 #   - dig and dnsperf (Debian dnsutils, dnsperf) and dnspython, for the DNS interface;
+#   - iproute2 (Debian package), for the multi-host tests in network namespaces;
 #   - Chromium and its WebDriver (Debian chromium, chromium-driver) with Selenium, for the web UI.
 # Later issues add Envoy, ... here, from the package registries only.
 set -euo pipefail
@@ -63,6 +64,12 @@ if ! command -v etcd >/dev/null 2>&1; then
   apt-get install -y -qq etcd-server >/dev/null 2>&1 || {
     apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null
   }
+fi
+
+# iproute2 (`ip`): network namespaces, veths and a bridge, for the tests that run several hosts
+# on one machine (crates/plexus-test/src/hosts.rs; they run as root, as CI does).
+if ! command -v ip >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq iproute2
 fi
 
 # openssl: a TLS client nobody here wrote, for the identity tests (s_client against a sidecar).

@@ -47,8 +47,11 @@ impl Agent {
             .map(|s| s.port);
         let reserved = ports::own_ports(reg);
         let mut next_port = || ports::next_free_port(&others, &reserved, previous_port);
-        let validated =
+        let mut validated =
             validate_service(reg, &inner.defaults, &mut next_port).map_err(AgentError::Invalid)?;
+        for v in &mut validated {
+            fill_addresses(&mut v.service, &inner.config.node);
+        }
         for v in &validated {
             authz.require_service_write(&v.service.service)?;
             if let Some(proxy) = &v.service.proxy
@@ -237,6 +240,42 @@ async fn remove(catalog: &dyn Catalog, node: &str, id: &str) -> Result<(), Agent
     }
 }
 
+/// A service (or sidecar) without an address of its own gets its node's, and `lan`/`wan` tagged
+/// addresses (`{"address", "port"}`, as Consul's services carry them) unless it names them:
+/// `lan` is its address, `wan` its own address when it has one, else the node's `wan`.
+pub(crate) fn fill_addresses(service: &mut AgentService, node: &plexus_api::Node) {
+    let own = !service.address.is_empty();
+    if !own {
+        service.address.clone_from(&node.address);
+    }
+    if service.address.is_empty() {
+        return;
+    }
+    let wan = if own {
+        service.address.clone()
+    } else {
+        node.tagged_addresses
+            .get("wan")
+            .cloned()
+            .unwrap_or_else(|| service.address.clone())
+    };
+    let mut tagged = match service.tagged_addresses.take() {
+        Some(serde_json::Value::Object(map)) => map,
+        // Validation accepts only an object; anything else is left as it was.
+        Some(other) => {
+            service.tagged_addresses = Some(other);
+            return;
+        }
+        None => serde_json::Map::new(),
+    };
+    for (tag, address) in [("lan", service.address.clone()), ("wan", wan)] {
+        tagged
+            .entry(tag)
+            .or_insert_with(|| serde_json::json!({"address": address, "port": service.port}));
+    }
+    service.tagged_addresses = Some(serde_json::Value::Object(tagged));
+}
+
 /// At most [`MAX_OUTPUT_BYTES`] of `output`, cut at a character boundary.
 pub(crate) fn truncate_output(output: &str) -> &str {
     if output.len() <= MAX_OUTPUT_BYTES {
@@ -279,6 +318,47 @@ fn keep_current_status(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn services_without_an_address_get_their_nodes() {
+        let mut node = plexus_api::Node {
+            address: "10.0.0.5".into(),
+            ..plexus_api::Node::default()
+        };
+        node.tagged_addresses
+            .insert("wan".into(), "203.0.113.5".into());
+        let mut service = AgentService {
+            port: 9090,
+            ..AgentService::default()
+        };
+        fill_addresses(&mut service, &node);
+        assert_eq!(service.address, "10.0.0.5");
+        assert_eq!(
+            service.tagged_addresses,
+            Some(serde_json::json!({
+                "lan": {"address": "10.0.0.5", "port": 9090},
+                "wan": {"address": "203.0.113.5", "port": 9090},
+            }))
+        );
+        // An address of its own, and a tagged address it names, are kept.
+        let mut own = AgentService {
+            address: "10.0.0.9".into(),
+            port: 80,
+            tagged_addresses: Some(
+                serde_json::json!({"wan": {"address": "198.51.100.1", "port": 443}}),
+            ),
+            ..AgentService::default()
+        };
+        fill_addresses(&mut own, &node);
+        assert_eq!(own.address, "10.0.0.9");
+        assert_eq!(
+            own.tagged_addresses,
+            Some(serde_json::json!({
+                "lan": {"address": "10.0.0.9", "port": 80},
+                "wan": {"address": "198.51.100.1", "port": 443},
+            }))
+        );
+    }
 
     #[test]
     fn output_is_cut_at_a_char_boundary() {

@@ -33,7 +33,19 @@ pub const CONSUL_HTTP_TOKEN_ENV: &str = "CONSUL_HTTP_TOKEN";
 /// Consul's name for [`HTTP_TOKEN_FILE_ENV`], also read.
 pub const CONSUL_HTTP_TOKEN_FILE_ENV: &str = "CONSUL_HTTP_TOKEN_FILE";
 
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::error::{NO_QUORUM_HEADER, SERVERS_UNREACHABLE_HEADER};
+
+/// Longest wait for a server to accept a connection before the next server is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for a server's answer to a request that does not block. A blocking query may
+/// take its `wait`, plus the sixteenth the server may add, plus this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive probes on idle connections: a connection whose server vanished (a partition, a
+/// host gone) is closed by the kernel after about `idle + interval × retries` (16 s) instead of
+/// holding a blocking query or a pooled request until its timeout.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_RETRIES: u32 = 3;
 
 /// Why an API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -240,9 +252,9 @@ pub struct ClientOptions {
 
 /// A client of the control plane: one server, or several with failover.
 ///
-/// Requests go to the server that last answered. When a connection cannot be made the next
-/// server is tried at once (a request that may have reached a server is never repeated
-/// elsewhere); callers back off (jittered) after an [`ClientError::Unreachable`]. While no server
+/// Requests go to the server that last answered. When a connection cannot be made, or a server
+/// refuses for want of a store quorum ([`NO_QUORUM_HEADER`]), the next server is tried at once (a
+/// request that may have reached a server's store is never repeated elsewhere); callers back off (jittered) after an [`ClientError::Unreachable`]. While no server
 /// answers, [`Client::stale_since`] says since when: proxies show it on their admin endpoint.
 ///
 /// With a token ([`Client::with_token`]) every request carries it in `X-Consul-Token`.
@@ -250,6 +262,9 @@ pub struct ClientOptions {
 pub struct Client {
     servers: std::sync::Arc<Servers>,
     http: reqwest::Client,
+    /// The TLS configuration `http` was built with (for clients made from this one).
+    tls: Option<rustls::ClientConfig>,
+    /// The token sent with every request (`None`: anonymous).
     token: Option<SecretId>,
 }
 
@@ -257,7 +272,7 @@ pub struct Client {
 struct Servers {
     bases: Vec<String>,
     current: std::sync::atomic::AtomicUsize,
-    stale_since: std::sync::Mutex<Option<std::time::SystemTime>>,
+    stale_since: tokio::sync::watch::Sender<Option<std::time::SystemTime>>,
 }
 
 impl Client {
@@ -285,29 +300,46 @@ impl Client {
         if bases.is_empty() {
             return Err(ClientError::BadAddress(String::new()));
         }
-        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
-        match options.tls {
-            Some(tls) => builder = builder.use_preconfigured_tls(tls),
-            None => {
-                if let Some(https) = bases.iter().find(|b| b.starts_with("https://")) {
-                    return Err(ClientError::NoCaFile {
-                        addr: https.clone(),
-                    });
-                }
-            }
+        if options.tls.is_none()
+            && let Some(https) = bases.iter().find(|b| b.starts_with("https://"))
+        {
+            return Err(ClientError::NoCaFile {
+                addr: https.clone(),
+            });
         }
-        let http = builder.build().map_err(|source| ClientError::Unreachable {
-            addr: bases.join(","),
-            source,
+        let http = http_client(true, CONNECT_TIMEOUT, options.tls.clone()).map_err(|source| {
+            ClientError::Unreachable {
+                addr: bases.join(","),
+                source,
+            }
         })?;
         Ok(Self {
             servers: std::sync::Arc::new(Servers {
                 bases,
                 current: std::sync::atomic::AtomicUsize::new(0),
-                stale_since: std::sync::Mutex::new(None),
+                stale_since: tokio::sync::watch::Sender::new(None),
             }),
             http,
+            tls: options.tls,
             token: None,
+        })
+    }
+
+    /// The same servers (and failover state), through a client that opens a new connection for
+    /// every request and waits at most `connect_timeout` for it: for requests that must never
+    /// wait on a pooled connection that died silently (an agent's lease renewals).
+    pub fn with_fresh_connections(&self, connect_timeout: Duration) -> Result<Self, ClientError> {
+        let http = http_client(false, connect_timeout, self.tls.clone()).map_err(|source| {
+            ClientError::Unreachable {
+                addr: self.servers.bases.join(","),
+                source,
+            }
+        })?;
+        Ok(Self {
+            servers: std::sync::Arc::clone(&self.servers),
+            http,
+            tls: self.tls.clone(),
+            token: self.token.clone(),
         })
     }
 
@@ -336,26 +368,28 @@ impl Client {
         &self.servers.bases
     }
 
-    /// Since when no server has answered (`None` while the last request got an answer).
+    /// Since when no server has answered (`None` while the last request got an answer). An
+    /// agent in between that answers "no server is reachable" counts as no answer.
     pub fn stale_since(&self) -> Option<std::time::SystemTime> {
-        *self
-            .servers
-            .stale_since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self.servers.stale_since.borrow()
+    }
+
+    /// [`Client::stale_since`] as it changes (shared by every clone of this client, including
+    /// [`Client::with_fresh_connections`]'s): an agent answers the requests it passes on as soon
+    /// as its own calls find the servers gone, instead of waiting on dead connections.
+    pub fn stale_watch(&self) -> tokio::sync::watch::Receiver<Option<std::time::SystemTime>> {
+        self.servers.stale_since.subscribe()
     }
 
     fn set_stale(&self, stale: bool) {
-        let mut since = self
-            .servers
-            .stale_since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match (stale, since.is_some()) {
-            (true, false) => *since = Some(std::time::SystemTime::now()),
-            (false, true) => *since = None,
-            _ => {}
-        }
+        self.servers.stale_since.send_if_modified(|since| {
+            match (stale, since.is_some()) {
+                (true, false) => *since = Some(std::time::SystemTime::now()),
+                (false, true) => *since = None,
+                _ => return false,
+            }
+            true
+        });
     }
 
     /// Sends the request `build` makes for a server's base URL, failing over to the next server
@@ -385,9 +419,21 @@ impl Client {
             let index = (start + step) % count;
             let base = &self.servers.bases[index];
             match build(base).send().await {
+                // Refused before anything was read or written: the next server may have quorum.
+                Ok(response)
+                    if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                        && response.headers().contains_key(NO_QUORUM_HEADER)
+                        && step + 1 < count =>
+                {
+                    tracing::debug!(server = %base, "server without store quorum; trying the next");
+                    step += 1;
+                }
                 Ok(response) => {
                     self.servers.current.store(index, Ordering::Relaxed);
-                    self.set_stale(false);
+                    let relayed_outage = response.status()
+                        == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                        && response.headers().contains_key(SERVERS_UNREACHABLE_HEADER);
+                    self.set_stale(relayed_outage);
                     return Ok(response);
                 }
                 Err(source) if source.is_connect() && step + 1 < count => {
@@ -847,12 +893,19 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        self.put_json_within(path, body, REQUEST_TIMEOUT).await
+    }
+
+    /// [`Client::put_json`] with its own request timeout.
+    pub(crate) async fn put_json_within<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
         let response = self
             .send(|base| {
-                let request = self
-                    .http
-                    .put(format!("{base}{path}"))
-                    .timeout(REQUEST_TIMEOUT);
+                let request = self.http.put(format!("{base}{path}")).timeout(timeout);
                 match body {
                     Some(body) => request.json(body),
                     None => request,
@@ -868,8 +921,8 @@ impl Client {
 
     /// Sends any request (`path_and_query` as given) to the servers with failover and returns
     /// the answer as it is, whatever its status: for agents passing requests on to servers.
-    /// Waits long enough for the longest blocking query. The request carries `token` (the
-    /// caller's, not this client's own; `None`: anonymous).
+    /// Waits as long as the request may take ([`forward_timeout`]). The request carries `token`
+    /// (the caller's, not this client's own; `None`: anonymous).
     pub async fn forward(
         &self,
         method: reqwest::Method,
@@ -878,12 +931,12 @@ impl Client {
         body: Vec<u8>,
         token: Option<&SecretId>,
     ) -> Result<reqwest::Response, ClientError> {
-        const LONGEST: Duration = Duration::from_secs(11 * 60);
+        let timeout = forward_timeout(path_and_query);
         self.send_as(token, |base| {
             let mut request = self
                 .http
                 .request(method.clone(), format!("{base}{path_and_query}"))
-                .timeout(LONGEST)
+                .timeout(timeout)
                 .body(body.clone());
             if let Some(content_type) = content_type {
                 request = request.header(reqwest::header::CONTENT_TYPE, content_type);
@@ -891,6 +944,61 @@ impl Client {
             request
         })
         .await
+    }
+}
+
+/// The reqwest client every [`Client`] uses: bounded connects, keep-alive probes, TLS when
+/// given; `pooled` false opens a new connection per request.
+fn http_client(
+    pooled: bool,
+    connect_timeout: Duration,
+    tls: Option<rustls::ClientConfig>,
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .tcp_keepalive(KEEPALIVE_IDLE)
+        .tcp_keepalive_interval(KEEPALIVE_INTERVAL)
+        .tcp_keepalive_retries(KEEPALIVE_RETRIES);
+    if let Some(tls) = tls {
+        builder = builder.use_preconfigured_tls(tls);
+    }
+    if pooled {
+        builder.build()
+    } else {
+        builder.pool_max_idle_per_host(0).build()
+    }
+}
+
+/// Longest `wait` a blocking query may ask for (Consul's limit).
+const LONGEST_WAIT: Duration = Duration::from_secs(600);
+/// `wait` when a blocking query names none (Consul's default).
+const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+
+/// How long a forwarded request may take: a blocking query (`index=` in the query) its `wait`
+/// (default 5 min, at most 10 min) plus a sixteenth plus [`REQUEST_TIMEOUT`]; anything else
+/// [`REQUEST_TIMEOUT`].
+pub fn forward_timeout(path_and_query: &str) -> Duration {
+    let Some((_, query)) = path_and_query.split_once('?') else {
+        return REQUEST_TIMEOUT;
+    };
+    let mut blocking = false;
+    let mut wait = DEFAULT_WAIT;
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "index" => blocking = true,
+            "wait" => {
+                if let Ok(parsed) = crate::GoDuration::parse(value) {
+                    wait = parsed.get().min(LONGEST_WAIT);
+                }
+            }
+            _ => {}
+        }
+    }
+    if blocking {
+        wait + wait / 16 + REQUEST_TIMEOUT
+    } else {
+        REQUEST_TIMEOUT
     }
 }
 
@@ -994,6 +1102,125 @@ mod tests {
         let _ = lonely.status_leader().await;
         assert_eq!(lonely.stale_since(), Some(since));
         assert!(Client::with_servers::<&str>(&[]).is_err());
+
+        // An agent that reaches no server says so; its clients are stale too.
+        let agent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let agent_addr = agent.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = agent.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let body = r#"{"error":{"code":"unavailable","message":"no server is reachable"}}"#;
+                let reply = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\n{SERVERS_UNREACHABLE_HEADER}: true\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+        let behind_agent = Client::new(&agent_addr).unwrap();
+        let error = behind_agent.status_leader().await.unwrap_err();
+        assert_eq!(error.status(), Some(503), "{error}");
+        assert!(behind_agent.stale_since().is_some());
+    }
+
+    /// What lease renewals rely on: a fresh-connection client opens a new connection for every
+    /// request (a pooled one that died silently is never reused), and a server that accepts but
+    /// never answers costs one request timeout, not more.
+    #[tokio::test]
+    async fn fresh_connections_are_new_every_time_and_bounded() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let answer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        tokio::spawn({
+            let (accepted, answer) = (accepted.clone(), answer.clone());
+            async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let answer = answer.load(Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 4096];
+                        loop {
+                            if stream.read(&mut buf).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if answer {
+                                let body = r#"{"ID":1,"TTL":3}"#;
+                                let reply = format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                                    body.len()
+                                );
+                                let _ = stream.write_all(reply.as_bytes()).await;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        let pooled = Client::new(&addr).unwrap();
+        let fresh = pooled
+            .with_fresh_connections(Duration::from_millis(500))
+            .unwrap();
+        let timeout = Duration::from_millis(300);
+        for _ in 0..3 {
+            let lease: crate::remote::NodeLease = fresh
+                .put_json_within::<(), _>("/x", None, timeout)
+                .await
+                .unwrap();
+            assert_eq!(lease.id, 1);
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            3,
+            "one connection per request"
+        );
+        for _ in 0..2 {
+            let _: crate::remote::NodeLease = pooled.put_json::<(), _>("/x", None).await.unwrap();
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            4,
+            "the shared client pools"
+        );
+
+        answer.store(false, Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let error = fresh
+            .put_json_within::<(), crate::remote::NodeLease>("/x", None, timeout)
+            .await
+            .unwrap_err();
+        assert!(error.is_unreachable(), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn forwarded_requests_wait_as_long_as_they_may_take() {
+        let secs = |s: u64| Duration::from_secs(s);
+        assert_eq!(forward_timeout("/v1/agent/services"), REQUEST_TIMEOUT);
+        assert_eq!(forward_timeout("/v1/kv/a?recurse"), REQUEST_TIMEOUT);
+        assert_eq!(
+            forward_timeout("/v1/health/service/web?index=7&wait=16s"),
+            secs(17) + REQUEST_TIMEOUT
+        );
+        assert_eq!(
+            forward_timeout("/v1/health/service/web?index=7"),
+            secs(300) + secs(300) / 16 + REQUEST_TIMEOUT
+        );
+        assert_eq!(
+            forward_timeout("/v1/catalog/nodes?index=1&wait=2h"),
+            secs(600) + secs(600) / 16 + REQUEST_TIMEOUT
+        );
+        assert_eq!(
+            forward_timeout("/v1/catalog/nodes?index=1&wait=soon"),
+            secs(300) + secs(300) / 16 + REQUEST_TIMEOUT
+        );
     }
 
     #[test]

@@ -2,6 +2,16 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Set (to `true`) on a 503 `no_quorum` from a server that cannot reach a quorum of its store:
+/// the request was refused before anything was read or written, so a client with several
+/// servers tries the next one.
+pub const NO_QUORUM_HEADER: &str = "x-plexus-no-quorum";
+
+/// Set (to `true`) on a 503 from an agent that could not reach any server for a request it
+/// passes on: a client behind the agent counts that as no server answering (its configuration
+/// is stale), not as one failed request.
+pub const SERVERS_UNREACHABLE_HEADER: &str = "x-plexus-servers-unreachable";
+
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

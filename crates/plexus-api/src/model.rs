@@ -409,6 +409,12 @@ pub struct CatalogService {
     /// Service address.
     #[serde(rename = "ServiceAddress")]
     pub service_address: String,
+    /// Service tagged addresses (`{"lan": {"address", "port"}, "wan": …}`).
+    #[serde(
+        rename = "ServiceTaggedAddresses",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub service_tagged_addresses: Option<serde_json::Value>,
     /// Service weights.
     #[serde(rename = "ServiceWeights")]
     pub service_weights: Weights,

@@ -5,6 +5,15 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::Registration;
 use crate::model::{AgentService, CheckStatus, HealthCheck, Node};
 
+/// The check id of a node's lease check: a node-level check the servers keep (Consul's agents
+/// have `serfHealth`). `passing` while the node's agent holds its lease, `critical` from the
+/// moment the lease lapses until a new one is granted. Node checks count for every instance on
+/// the node, so no check write of the agent can make a node without a lease look healthy; the
+/// agent cannot write this check itself.
+pub const LEASE_CHECK_ID: &str = "plexus-lease";
+/// The lease check's name.
+pub const LEASE_CHECK_NAME: &str = "Agent lease";
+
 /// `PUT /v1/internal/node/register`: a node with services and checks, written in one revision.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]

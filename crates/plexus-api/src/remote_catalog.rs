@@ -130,14 +130,33 @@ impl HttpCatalog {
     /// Holds this node's liveness lease of `ttl` for as long as the future runs: renews it every
     /// third of `ttl`; takes a new one when it expired; re-registers the owned state after every
     /// new lease and after every spell without servers. Never returns.
+    ///
+    /// Grants and renewals go over a new connection each (never a pooled one that may have died
+    /// silently, e.g. in a partition), with a connect timeout and a request timeout of a third
+    /// of `ttl` (between 500 ms and 10 s): a renewal that cannot get through fails in time for
+    /// the next attempt before the lease runs out.
     pub async fn hold_lease(&self, ttl: Duration) {
         let ttl_text = format!("{}ms", ttl.as_millis());
         let grant_path = format!("{}?ttl={ttl_text}", self.node_path("/lease"));
+        let timeout = (ttl / 3).clamp(Duration::from_millis(500), crate::client::REQUEST_TIMEOUT);
+        let lease_client = match self
+            .client
+            .with_fresh_connections(timeout.min(crate::client::CONNECT_TIMEOUT))
+        {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::warn!(%error, "no client for lease renewals; using the shared one");
+                self.client.clone()
+            }
+        };
         let mut backoff = Duration::from_millis(200);
         loop {
-            let granted: Result<NodeLease, ClientError> = self
-                .client
-                .put_json::<(), NodeLease>(&grant_path, None)
+            // What this node owns is written back *before* the lease (which makes the node pass
+            // again): instances come back with the statuses of now, never with those from before
+            // a spell away.
+            let mut unsynced = self.resync().await.is_err();
+            let granted: Result<NodeLease, ClientError> = lease_client
+                .put_json_within::<(), NodeLease>(&grant_path, None, timeout)
                 .await;
             let lease = match granted {
                 Ok(lease) => lease,
@@ -150,17 +169,21 @@ impl HttpCatalog {
             };
             backoff = Duration::from_millis(200);
             tracing::info!(node = %self.node, lease = lease.id, "holding the node's lease");
-            if let Err(error) = self.resync().await {
-                tracing::warn!(%error, "re-registration failed; trying again after the next renewal");
+            if unsynced {
+                if let Err(error) = self.resync().await {
+                    tracing::warn!(%error, "re-registration failed; trying again after the next renewal");
+                } else {
+                    unsynced = false;
+                }
             }
             let renew_path = self.node_path(&format!("/lease/{}", lease.id));
-            let mut away = false;
+            // While set, the next successful renewal is followed by a re-registration.
+            let mut away = unsynced;
             loop {
                 let pause = if away { backoff } else { ttl / 3 };
                 tokio::time::sleep(pause + jitter(pause / 4)).await;
-                match self
-                    .client
-                    .put_json::<(), NodeLease>(&renew_path, None)
+                match lease_client
+                    .put_json_within::<(), NodeLease>(&renew_path, None, timeout)
                     .await
                 {
                     Ok(_) => {

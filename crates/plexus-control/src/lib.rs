@@ -17,6 +17,7 @@
 //! - [`kv`]: Consul's `/v1/kv/*`.
 //! - [`remote`]: the endpoints remote agents write their node through, and node liveness by lease.
 //! - [`operator`]: servers, store backend and members, proxies' acknowledged revisions.
+//! - [`quorum`]: whether this server reaches a quorum of its store; refusing requests while not.
 //! - Store backends: [`store::EmbeddedStore`] (one file) and [`store::EtcdStore`] (etcd cluster).
 //!
 //! - [`ca`]: the built-in CA (`/v1/connect/ca/*`, `/v1/agent/connect/ca/leaf/*`).
@@ -41,6 +42,7 @@ pub mod intentions;
 pub mod kv;
 pub mod operator;
 pub mod presence;
+pub mod quorum;
 pub mod remote;
 pub mod store;
 pub mod ui;

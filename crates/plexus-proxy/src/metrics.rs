@@ -7,6 +7,7 @@
 //! | `plexus_proxy_bytes_sent_total` (to the downstream peer) | `direction`, `upstream` |
 //! | `plexus_proxy_bytes_received_total` (from the downstream peer) | `direction`, `upstream` |
 //! | `plexus_proxy_connect_errors_total` | `upstream` |
+//! | `plexus_proxy_upstream_denied_total` (outbound connections the destination's intentions denied) | `upstream` |
 //! | `plexus_proxy_endpoints` | `upstream` |
 //!
 //! `upstream` is the destination service name, or `local_app` for the inbound direction. Both are
@@ -60,6 +61,7 @@ pub(crate) struct Metrics {
     bytes_sent: Family<TrafficLabels, Counter>,
     bytes_received: Family<TrafficLabels, Counter>,
     connect_errors: Family<UpstreamLabels, Counter>,
+    denied: Family<UpstreamLabels, Counter>,
     endpoints: Family<UpstreamLabels, Gauge>,
 }
 
@@ -76,6 +78,8 @@ pub(crate) struct ListenerMetrics {
     pub bytes_received: Counter,
     /// Connections closed because no endpoint accepted them.
     pub connect_errors: Counter,
+    /// Outbound connections the destination's intentions denied (its verdict said so).
+    pub denied: Counter,
 }
 
 impl Metrics {
@@ -109,6 +113,11 @@ impl Metrics {
             metrics.connect_errors.clone(),
         );
         sub.register(
+            "upstream_denied",
+            "Outbound connections the destination sidecar denied by intention",
+            metrics.denied.clone(),
+        );
+        sub.register(
             "endpoints",
             "Endpoints known for an upstream",
             metrics.endpoints.clone(),
@@ -131,6 +140,7 @@ impl Metrics {
             bytes_sent: self.bytes_sent.get_or_create(&traffic).clone(),
             bytes_received: self.bytes_received.get_or_create(&traffic).clone(),
             connect_errors: self.connect_errors.get_or_create(&by_upstream).clone(),
+            denied: self.denied.get_or_create(&by_upstream).clone(),
         }
     }
 
@@ -169,10 +179,9 @@ mod tests {
         let inbound = metrics.listener(Direction::Inbound, LOCAL_APP);
         inbound.connections.inc();
         inbound.bytes_received.inc_by(5);
-        metrics
-            .listener(Direction::Outbound, "echo")
-            .connect_errors
-            .inc();
+        let outbound = metrics.listener(Direction::Outbound, "echo");
+        outbound.connect_errors.inc();
+        outbound.denied.inc();
         metrics.endpoints("echo").set(2);
         let text = encode(&registry).unwrap();
         for line in [
@@ -181,6 +190,7 @@ mod tests {
             r#"plexus_proxy_connections_active{direction="outbound",upstream="echo"} 0"#,
             r#"plexus_proxy_bytes_sent_total{direction="outbound",upstream="echo"} 0"#,
             r#"plexus_proxy_connect_errors_total{upstream="echo"} 1"#,
+            r#"plexus_proxy_upstream_denied_total{upstream="echo"} 1"#,
             r#"plexus_proxy_endpoints{upstream="echo"} 2"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");

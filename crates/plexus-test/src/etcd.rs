@@ -2,14 +2,17 @@
 //!
 //! [`EtcdCluster::start`] runs `n` members of Debian's `etcd` (installed by
 //! `scripts/setup-test-env.sh`) on ephemeral 127.0.0.1 ports in a temporary directory and waits until
-//! every member answers `/health`. Members can be killed (`SIGKILL`) and restarted on the same data
-//! directory and ports. Everything is killed on drop.
+//! every member answers `/health`. [`EtcdCluster::start_on`] runs one member on each of several
+//! test hosts ([`crate::hosts`]), on the host's address and etcd's usual ports. Members can be
+//! killed (`SIGKILL`) and restarted on the same data directory and ports. Everything is killed
+//! on drop.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::hosts::Host;
 use crate::process::Process;
 use crate::{DEADLINE, free_port};
 
@@ -25,8 +28,10 @@ pub fn etcd_bin() -> Result<PathBuf> {
 
 struct Member {
     name: String,
+    ip: String,
     client_port: u16,
     peer_port: u16,
+    host: Option<Host>,
     process: Option<Process>,
 }
 
@@ -54,8 +59,10 @@ impl EtcdCluster {
         let members = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
+                ip: "127.0.0.1".to_owned(),
                 client_port: free_port(),
                 peer_port: free_port(),
+                host: None,
                 process: None,
             })
             .collect();
@@ -70,6 +77,20 @@ impl EtcdCluster {
             token,
             bin,
         })
+    }
+
+    /// Starts one member on each host (client port 2379, peer port 2380 on the host's address)
+    /// and waits until all are healthy.
+    pub async fn start_on(hosts: &[Host]) -> Result<Self> {
+        let mut cluster = Self::prepare(hosts.len())?;
+        for (member, host) in cluster.members.iter_mut().zip(hosts) {
+            member.ip = host.ip().to_string();
+            member.client_port = 2379;
+            member.peer_port = 2380;
+            member.host = Some(host.clone());
+        }
+        cluster.start_all().await?;
+        Ok(cluster)
     }
 
     /// Starts every member that is not running and waits until all are healthy.
@@ -89,11 +110,11 @@ impl EtcdCluster {
         let initial: Vec<String> = self
             .members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}=http://{}:{}", m.name, m.ip, m.peer_port))
             .collect();
         let member = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", member.client_port);
-        let peer = format!("http://127.0.0.1:{}", member.peer_port);
+        let client = format!("http://{}:{}", member.ip, member.client_port);
+        let peer = format!("http://{}:{}", member.ip, member.peer_port);
         let data = self.dir.path().join(&member.name);
         let args: Vec<String> = [
             "--name",
@@ -123,14 +144,20 @@ impl EtcdCluster {
         .map(|s| (*s).to_owned())
         .collect();
         let name = format!("etcd:{}", member.name);
-        let process = Process::spawn(&name, &self.bin, &args, &[])?;
+        let process = match &member.host {
+            Some(host) => host.spawn(&name, &self.bin, &args, &[])?,
+            None => Process::spawn(&name, &self.bin, &args, &[])?,
+        };
         self.members[i].process = Some(process);
         Ok(())
     }
 
     /// Waits until member `i` answers `/health` with `"health":"true"`.
     pub async fn wait_healthy(&self, i: usize) -> Result<()> {
-        let url = format!("http://127.0.0.1:{}/health", self.members[i].client_port);
+        let url = format!(
+            "http://{}:{}/health",
+            self.members[i].ip, self.members[i].client_port
+        );
         let started = Instant::now();
         loop {
             if let Ok(response) = reqwest::get(&url).await
@@ -151,11 +178,11 @@ impl EtcdCluster {
         }
     }
 
-    /// The client endpoints, `127.0.0.1:PORT`, in member order.
+    /// The client endpoints, `127.0.0.1:PORT` (or the host's address), in member order.
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{}:{}", m.ip, m.client_port))
             .collect()
     }
 

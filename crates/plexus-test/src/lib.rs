@@ -6,12 +6,15 @@
 //! Main types: [`process::Process`] (a child `plexus` with its log), [`mesh::Dev`] (a `plexus dev`
 //! with a client), [`mesh::Sidecar`] (a `plexus proxy`), [`upstream::TcpEcho`],
 //! [`upstream::HttpStub`], [`upstream::GrpcHealthStub`]; [`secrets::SecretLedger`] (no secret in
-//! any log line or answer).
+//! any log line or answer). Several hosts on one machine (network namespaces on a bridge,
+//! partitions): [`hosts::Network`], [`hosts::Host`], [`agent::Agent`].
 
+pub mod agent;
 pub mod brokers;
 pub mod etcd;
 pub mod events;
 pub mod golden;
+pub mod hosts;
 pub mod mesh;
 pub mod pki;
 pub mod ports;
@@ -20,7 +23,9 @@ pub mod secrets;
 pub mod server;
 pub mod upstream;
 
+pub use agent::Agent;
 pub use etcd::EtcdCluster;
+pub use hosts::{Host, Network};
 pub use mesh::{Dev, Sidecar};
 pub use ports::free_port;
 pub use process::Process;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use plexus_api::client::Client;
 
+use crate::hosts::Host;
 use crate::process::Process;
 
 /// A running `plexus dev` (control plane + agent) and a client for it.
@@ -130,6 +131,9 @@ pub struct Sidecar {
     pub process: Process,
     /// Its admin address.
     pub admin: SocketAddr,
+    /// The test host it runs on (`None`: this machine); its admin endpoint is then read from
+    /// inside the host, which works while the host is partitioned.
+    pub host: Option<Host>,
 }
 
 impl Sidecar {
@@ -159,11 +163,48 @@ impl Sidecar {
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let process = Process::spawn(&format!("proxy:{service_id}"), bin, &args, &[])?;
         let admin = process.listening("admin").await?;
-        Ok(Self { process, admin })
+        Ok(Self {
+            process,
+            admin,
+            host: None,
+        })
+    }
+
+    /// Starts `plexus proxy --sidecar-for <service_id> --http-addr <control>` inside `host`, its
+    /// admin listener on the host's `127.0.0.1:0`.
+    pub async fn start_on(
+        host: &Host,
+        bin: &Path,
+        control: &str,
+        service_id: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut args: Vec<String> = [
+            "proxy",
+            "--sidecar-for",
+            service_id,
+            "--http-addr",
+            control,
+            "--admin-addr",
+            "127.0.0.1:0",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let process = host.spawn(&format!("proxy:{service_id}"), bin, &args, &[])?;
+        let admin = process.listening("admin").await?;
+        Ok(Self {
+            process,
+            admin,
+            host: Some(host.clone()),
+        })
     }
 
     /// GETs an admin path and returns (status, body).
     pub async fn admin_get(&self, path: &str) -> Result<(u16, String)> {
+        if let Some(host) = &self.host {
+            return host.http_get(self.admin, path).await;
+        }
         let response = reqwest::get(format!("http://{}{}", self.admin, path)).await?;
         Ok((response.status().as_u16(), response.text().await?))
     }

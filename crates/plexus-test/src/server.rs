@@ -1,5 +1,5 @@
-//! `plexus server` replicas: start one on an ephemeral port with a store, kill it (`SIGKILL`) and
-//! start it again with the same arguments.
+//! `plexus server` replicas: start one on an ephemeral port with a store (or on a test host, see
+//! [`crate::hosts`]), kill it (`SIGKILL`) and start it again with the same arguments.
 //!
 //! Servers enforce ACLs (default deny). Every server a test binary starts gets the same initial
 //! management token ([`management_token`], random per test run, through
@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use plexus_api::client::Client;
 
+use crate::hosts::Host;
 use crate::process::Process;
 
 /// A random UUID from the kernel (tests only).
@@ -45,6 +46,7 @@ pub struct Server {
     name: String,
     bin: PathBuf,
     args: Vec<String>,
+    host: Option<Host>,
 }
 
 impl Server {
@@ -62,12 +64,30 @@ impl Server {
             name.into(),
         ];
         args.extend(store_args.iter().map(|s| (*s).to_owned()));
-        if !store_args.contains(&"--dns-addr") {
+        Self::launch(bin, name, args, None).await
+    }
+
+    /// Starts `plexus server --node NAME` plus `args` inside `host` (which chooses its own
+    /// addresses: pass `--http-addr` in `args` or let the server's defaults apply). A server
+    /// listening on `0.0.0.0` is reached at the host's address.
+    pub async fn start_on(host: &Host, bin: &Path, name: &str, args: &[&str]) -> Result<Self> {
+        let mut all: Vec<String> = vec!["server".into(), "--node".into(), name.into()];
+        all.extend(args.iter().map(|s| (*s).to_owned()));
+        Self::launch(bin, name, all, Some(host.clone())).await
+    }
+
+    async fn launch(
+        bin: &Path,
+        name: &str,
+        mut args: Vec<String>,
+        host: Option<Host>,
+    ) -> Result<Self> {
+        if !args.iter().any(|a| a == "--dns-addr") {
             args.extend(["--dns-addr".to_owned(), "127.0.0.1:0".to_owned()]);
         }
-        let process = Process::spawn(&format!("server:{name}"), bin, &args, &server_env())?;
-        let http = process.listening("http").await?;
-        let dns = process.listening("dns-udp").await?;
+        let process = spawn(&host, bin, name, &args)?;
+        let http = reach(&host, process.listening("http").await?);
+        let dns = reach(&host, process.listening("dns-udp").await?);
         let client = management_client(&http.to_string())?;
         Ok(Self {
             process: Some(process),
@@ -77,10 +97,11 @@ impl Server {
             name: name.to_owned(),
             bin: bin.to_path_buf(),
             args,
+            host,
         })
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `127.0.0.1:PORT` (or the host's address).
     pub fn addr(&self) -> String {
         self.http.to_string()
     }
@@ -89,6 +110,42 @@ impl Server {
     /// against this server (tests about ACLs give narrower tokens instead).
     pub fn token_env() -> [(&'static str, &'static str); 1] {
         [("PLEXUS_HTTP_TOKEN", management_token())]
+    }
+
+    /// Creates (with the management token) a token holding the node identity of `node` in
+    /// datacenter `dc1`, if given, and the service identities of `services`, and writes its
+    /// secret to a new file in `dir`: what an agent (its node and the services it registers) or
+    /// a sidecar (its service) runs with, as `--token-file`. Returns the file.
+    pub async fn identity_token_file(
+        &self,
+        dir: &Path,
+        node: Option<&str>,
+        services: &[&str],
+    ) -> Result<PathBuf> {
+        use plexus_api::acl::model::{NodeIdentity, ServiceIdentity, TokenWrite};
+        let request = TokenWrite {
+            description: format!("test: node {node:?}, services {services:?}"),
+            node_identities: node
+                .map(|node| NodeIdentity {
+                    node_name: node.to_owned(),
+                    datacenter: "dc1".to_owned(),
+                })
+                .into_iter()
+                .collect(),
+            service_identities: services
+                .iter()
+                .map(|service| ServiceIdentity {
+                    service_name: (*service).to_owned(),
+                    datacenters: Vec::new(),
+                })
+                .collect(),
+            ..TokenWrite::default()
+        };
+        let token = self.client.acl_token_create(&request).await?;
+        let name = format!("token-{}-{}", node.unwrap_or("service"), services.join("-"));
+        let path = dir.join(name);
+        std::fs::write(&path, token.secret_id.expose())?;
+        Ok(path)
     }
 
     /// Kills the replica with SIGKILL (no shutdown steps run).
@@ -103,17 +160,36 @@ impl Server {
 
     /// Starts the replica again with the same arguments and waits until it listens.
     pub async fn restart(&mut self) -> Result<()> {
-        let process = Process::spawn(
-            &format!("server:{}", self.name),
-            &self.bin,
-            &self.args,
-            &server_env(),
-        )?;
-        self.http = process.listening("http").await?;
-        self.dns = process.listening("dns-udp").await?;
+        let process = spawn(&self.host, &self.bin, &self.name, &self.args)?;
+        self.http = reach(&self.host, process.listening("http").await?);
+        self.dns = reach(&self.host, process.listening("dns-udp").await?);
         self.client = management_client(&self.http.to_string())?;
         self.process = Some(process);
         Ok(())
+    }
+
+    /// The host it runs on (`None`: this machine's loopback).
+    pub fn host(&self) -> Option<&Host> {
+        self.host.as_ref()
+    }
+}
+
+fn spawn(host: &Option<Host>, bin: &Path, name: &str, args: &[String]) -> Result<Process> {
+    let label = format!("server:{name}");
+    match host {
+        Some(host) => host.spawn(&label, bin, args, &server_env()),
+        None => Process::spawn(&label, bin, args, &server_env()),
+    }
+}
+
+/// Where clients reach a listener that reported `addr`: an unspecified address is the host's.
+pub(crate) fn reach(host: &Option<Host>, addr: SocketAddr) -> SocketAddr {
+    if !addr.ip().is_unspecified() {
+        return addr;
+    }
+    match host {
+        Some(host) => host.addr(addr.port()),
+        None => SocketAddr::from(([127, 0, 0, 1], addr.port())),
     }
 }
 

@@ -27,7 +27,11 @@ impl TcpEcho {
 
     /// Starts an echo server on `addr`.
     pub async fn start_on(addr: &str) -> Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        Self::serve(TcpListener::bind(addr).await?)
+    }
+
+    /// Echoes on an already-bound listener (e.g. one bound inside a test host).
+    pub fn serve(listener: TcpListener) -> Result<Self> {
         let addr = listener.local_addr()?;
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = connections.clone();

@@ -16,6 +16,7 @@
 //! order: a later file's setting replaces an earlier one's; `retry_join` lists add up. Every
 //! field is optional: the commands' flags override the file, and defaults are the flags'.
 
+pub mod advertise;
 mod raw;
 pub mod sockaddr;
 #[cfg(test)]
@@ -186,6 +187,8 @@ pub struct AgentConfig {
     pub bind_addr: Option<IpAddr>,
     /// `advertise_addr`: the address others reach this node at.
     pub advertise_addr: Option<IpAddr>,
+    /// `advertise_addr_wan`: the node's `wan` tagged address (default: the advertised one).
+    pub advertise_addr_wan: Option<IpAddr>,
     /// `ports`.
     pub ports: Ports,
     /// `connect.enabled`.
@@ -448,12 +451,14 @@ fn validate_file(
         ("client_addr", raw.client_addr),
         ("bind_addr", raw.bind_addr),
         ("advertise_addr", raw.advertise_addr),
+        ("advertise_addr_wan", raw.advertise_addr_wan),
     ] {
         let Some(text) = value else { continue };
         let address = address(&mut check, key, &text, interfaces);
         match key {
             "client_addr" => config.client_addr = address,
             "bind_addr" => config.bind_addr = address,
+            "advertise_addr_wan" => config.advertise_addr_wan = address,
             _ => config.advertise_addr = address,
         }
     }
@@ -674,51 +679,46 @@ fn address(
     text: &str,
     interfaces: &mut dyn FnMut() -> Result<Vec<IfAddr>, String>,
 ) -> Option<IpAddr> {
-    let rendered = if sockaddr::is_template(text) {
-        let list = match interfaces() {
-            Ok(list) => list,
-            Err(e) => {
-                check.fail(
-                    key,
-                    format!("cannot list network interfaces for the template: {e}"),
-                );
-                return None;
-            }
-        };
-        match sockaddr::render(text, &list) {
-            Ok(rendered) => rendered,
-            Err(e) => {
-                check.fail(key, format!("template {text:?}: {e}"));
-                return None;
-            }
+    match resolve_address(text, interfaces) {
+        Ok(ip) => Some(ip),
+        Err(message) => {
+            check.fail(key, message);
+            None
         }
+    }
+}
+
+/// One IP address from an address setting: an address, or a go-sockaddr template that resolves
+/// to exactly one (`{{ GetPrivateIP }}`). The error is a sentence about `text`.
+pub fn resolve_address(
+    text: &str,
+    interfaces: &mut dyn FnMut() -> Result<Vec<IfAddr>, String>,
+) -> Result<IpAddr, String> {
+    let rendered = if sockaddr::is_template(text) {
+        let list = interfaces()
+            .map_err(|e| format!("cannot list network interfaces for the template: {e}"))?;
+        sockaddr::render(text, &list).map_err(|e| format!("template {text:?}: {e}"))?
     } else {
         text.to_owned()
     };
     let parts: Vec<&str> = rendered.split_whitespace().collect();
     match parts.as_slice() {
-        [] => check.fail(key, format!("{text:?} resolved to no address")),
+        [] => Err(format!("{text:?} resolved to no address")),
         [one] => match one.parse() {
-            Ok(ip) => return Some(ip),
-            Err(_) if rendered == text => check.fail(
-                key,
-                format!("{text:?} is not an IP address or a go-sockaddr template"),
-            ),
-            Err(_) => check.fail(
-                key,
-                format!("{text:?} resolved to {one:?}, which is not an IP address"),
-            ),
+            Ok(ip) => Ok(ip),
+            Err(_) if rendered == text => Err(format!(
+                "{text:?} is not an IP address or a go-sockaddr template"
+            )),
+            Err(_) => Err(format!(
+                "{text:?} resolved to {one:?}, which is not an IP address"
+            )),
         },
-        many => check.fail(
-            key,
-            format!(
-                "{text:?} resolved to {} addresses ({}); Plexus needs exactly one",
-                many.len(),
-                many.join(" ")
-            ),
-        ),
+        many => Err(format!(
+            "{text:?} resolved to {} addresses ({}); Plexus needs exactly one",
+            many.len(),
+            many.join(" ")
+        )),
     }
-    None
 }
 
 impl AgentConfig {
@@ -737,6 +737,7 @@ impl AgentConfig {
         or(&mut self.client_addr, later.client_addr);
         or(&mut self.bind_addr, later.bind_addr);
         or(&mut self.advertise_addr, later.advertise_addr);
+        or(&mut self.advertise_addr_wan, later.advertise_addr_wan);
         or(&mut self.ports.http, later.ports.http);
         or(&mut self.ports.https, later.ports.https);
         or(&mut self.ports.grpc, later.ports.grpc);

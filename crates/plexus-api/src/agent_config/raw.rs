@@ -19,6 +19,7 @@ pub(super) struct RawAgentConfig {
     pub client_addr: Option<String>,
     pub bind_addr: Option<String>,
     pub advertise_addr: Option<String>,
+    pub advertise_addr_wan: Option<String>,
     pub ports: Option<RawPorts>,
     pub connect: Option<RawConnect>,
     pub acl: Option<RawAcl>,
@@ -108,7 +109,7 @@ pub(super) struct RawAutoEncrypt {
 
 /// The top-level keys this module owns (a file's other keys are service definitions or
 /// unknown).
-pub(super) const AGENT_KEYS: [&str; 21] = [
+pub(super) const AGENT_KEYS: [&str; 22] = [
     "datacenter",
     "data_dir",
     "node_name",
@@ -120,6 +121,7 @@ pub(super) const AGENT_KEYS: [&str; 21] = [
     "client_addr",
     "bind_addr",
     "advertise_addr",
+    "advertise_addr_wan",
     "ports",
     "connect",
     "acl",

@@ -209,6 +209,7 @@ client_addr = "{{ GetPrivateIp }}"
 bind_addr = "{{ GetAllInterfaces | include \"type\" \"IPv4\" | join \"address\" \" \" }}"
 advertise_addr = "not-an-ip"
 log_level = "loud"
+advertise_addr_wan = "wan?"
 "#;
     let found = errors(&[("values.hcl", hcl)], Role::Server);
     let expected = [
@@ -220,6 +221,7 @@ log_level = "loud"
         "values.hcl:10: bind_addr: \"{{ GetAllInterfaces | include \\\"type\\\" \\\"IPv4\\\" | join \\\"address\\\" \\\" \\\" }}\" resolved to 2 addresses (127.0.0.1 10.0.0.5)",
         "values.hcl:11: advertise_addr: \"not-an-ip\" is not an IP address or a go-sockaddr template",
         "values.hcl:12: log_level: \"loud\": expected trace, debug, info, warn or err",
+        "values.hcl:13: advertise_addr_wan: \"wan?\" is not an IP address or a go-sockaddr template",
     ];
     assert_eq!(found.len(), expected.len(), "{}", found.join("\n"));
     for needle in expected {

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use plexus_api::{
     AgentService, Catalog, CatalogError, CheckStatus, HealthCheck, Indexed, Registration,
+    ServiceKind,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -187,6 +188,15 @@ impl Writes {
     }
 }
 
+/// True when `service` is a connect-proxy in front of the instance `id` (its sidecar).
+fn fronts(service: &AgentService, id: &str) -> bool {
+    service.kind == ServiceKind::ConnectProxy
+        && service
+            .proxy
+            .as_ref()
+            .is_some_and(|p| p.destination_service_id == id)
+}
+
 fn mod_revision(key: &str, kv: Option<&KeyValue>) -> Compare {
     Compare::ModRevision {
         key: key.to_owned(),
@@ -299,7 +309,10 @@ impl StoreCatalog {
         self.commit(writes, compares).await
     }
 
-    /// One attempt of [`Catalog::deregister_service`].
+    /// One attempt of [`Catalog::deregister_service`]: the instance, its checks, and every
+    /// connect-proxy on the same node fronting it (`Proxy.DestinationServiceID`) with their
+    /// checks, in one transaction, so no path (the agent API, `deregister_critical_service_after`,
+    /// an expired agent lease) leaves an orphaned `*-sidecar-proxy` behind.
     async fn try_deregister_service(
         &self,
         node: &str,
@@ -308,25 +321,44 @@ impl StoreCatalog {
         let node_key = keys::node(node);
         let node_kv = self.get(&node_key).await?;
         let service_key = keys::service(node, id);
-        let Some(service_kv) = self.get(&service_key).await? else {
+        let (services, _) = self.range(&keys::services_of(node)).await?;
+        let Some(service_kv) = services.iter().find(|kv| kv.key == service_key) else {
             return Err(CatalogError::NotFound {
                 kind: "service",
                 id: id.to_owned(),
             });
         };
+        let mut removed: HashSet<String> = HashSet::from([id.to_owned()]);
+        let mut compares = vec![
+            mod_revision(&node_key, node_kv.as_ref()),
+            mod_revision(&service_key, Some(service_kv)),
+        ];
         let mut writes = Writes::default();
+        writes.delete(service_key.clone());
+        for kv in &services {
+            let service: AgentService = decode(kv)?;
+            if fronts(&service, id) {
+                compares.push(mod_revision(&kv.key, Some(kv)));
+                writes.delete(kv.key.clone());
+                removed.insert(service.id);
+            }
+        }
         let (checks, _) = self.range(&keys::checks_of(node)).await?;
         for kv in &checks {
-            if decode::<HealthCheck>(kv)?.service_id == id {
+            if removed.contains(&decode::<HealthCheck>(kv)?.service_id) {
                 writes.delete(kv.key.clone());
             }
         }
-        writes.delete(service_key.clone());
-        let compares = vec![
-            mod_revision(&node_key, node_kv.as_ref()),
-            mod_revision(&service_key, Some(&service_kv)),
-        ];
-        self.commit(writes, compares).await
+        let written = self.commit(writes, compares).await?;
+        if written.is_some() && removed.len() > 1 {
+            tracing::debug!(
+                node,
+                service_id = id,
+                removed = removed.len(),
+                "deregistered with its sidecar"
+            );
+        }
+        Ok(written)
     }
 
     /// Reads a node's records under `prefix`, sorted by `sort_key`, with indexes filled in.

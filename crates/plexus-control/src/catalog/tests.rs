@@ -162,6 +162,57 @@ async fn re_register_replaces_the_service_checks_only() {
     );
 }
 
+/// Catalog hygiene: a service leaves with its sidecar (and the sidecar's checks) in one write,
+/// whoever deregisters it; a proxy fronting another instance, or another node's, stays.
+#[tokio::test]
+async fn deregister_service_takes_its_sidecar_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog(dir.path());
+    let fronting = |id: &str, instance: &str, name: &str| {
+        let mut proxy = proxy(id, name);
+        if let Some(p) = proxy.proxy.as_mut() {
+            p.destination_service_id = instance.to_owned();
+        }
+        proxy
+    };
+    for node in ["n1", "n2"] {
+        catalog
+            .register(registration(
+                node,
+                vec![
+                    service("web-1", "web", &[]),
+                    service("web-2", "web", &[]),
+                    fronting("web-1-sidecar-proxy", "web-1", "web"),
+                    fronting("web-2-sidecar-proxy", "web-2", "web"),
+                ],
+                vec![
+                    check("web-1-tcp", "web-1", CheckStatus::Passing),
+                    check("web-1-alias", "web-1-sidecar-proxy", CheckStatus::Passing),
+                    check("web-2-alias", "web-2-sidecar-proxy", CheckStatus::Passing),
+                ],
+            ))
+            .await
+            .unwrap();
+    }
+    let before = catalog.node_services("n1").await.unwrap().index;
+    let index = catalog.deregister_service("n1", "web-1").await.unwrap();
+    assert_eq!(index, before + 1, "one write");
+    let left: Vec<String> = catalog
+        .node_services("n1")
+        .await
+        .unwrap()
+        .value
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(left, ["web-2", "web-2-sidecar-proxy"]);
+    assert_eq!(
+        ids(&catalog.node_checks("n1").await.unwrap().value),
+        ["web-2-alias"]
+    );
+    assert_eq!(catalog.node_services("n2").await.unwrap().value.len(), 4);
+}
+
 #[tokio::test]
 async fn deregister_service_removes_its_checks_and_reports_absence() {
     let dir = tempfile::tempdir().unwrap();

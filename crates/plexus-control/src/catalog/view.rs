@@ -126,6 +126,7 @@ impl StoreCatalog {
                     service_name: s.service.clone(),
                     service_tags: s.tags.clone(),
                     service_address: s.address.clone(),
+                    service_tagged_addresses: s.tagged_addresses.clone(),
                     service_weights: s.weights,
                     service_meta: s.meta.clone(),
                     service_port: s.port,

@@ -12,7 +12,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use plexus_api::remote::{CheckUpdate, NodeLease, NodeRegistration, WriteIndex};
+use plexus_api::remote::{CheckUpdate, LEASE_CHECK_ID, NodeLease, NodeRegistration, WriteIndex};
 use plexus_api::{Catalog, GoDuration};
 use plexus_runtime::acl::Authz;
 use plexus_runtime::http::{ApiError, BlockingQuery, JsonBody, QueryParams, indexed_json};
@@ -46,6 +46,20 @@ pub fn router(catalog: Arc<StoreCatalog>) -> Router {
 
 type Catalogue = State<Arc<StoreCatalog>>;
 
+/// The lease check is the servers' to write: no agent can make a node without a lease look
+/// healthy.
+fn servers_own(check_id: &str, field: &str) -> Result<(), ApiError> {
+    if check_id == LEASE_CHECK_ID {
+        return Err(ApiError::invalid_field(
+            field,
+            format!(
+                "check {LEASE_CHECK_ID:?} is kept by the servers from the node's lease; agents cannot write it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 async fn register(
     State(catalog): Catalogue,
     authz: Authz,
@@ -61,6 +75,12 @@ async fn register(
     for service in &body.services {
         authz.require_service_write(&service.service)?;
     }
+    for (i, check) in body.checks.iter().enumerate() {
+        servers_own(&check.check_id, &format!("Checks[{i}].CheckID"))?;
+    }
+    super::await_lease(&catalog, &body.node.node)
+        .await
+        .map_err(catalog_error)?;
     let index = catalog.register(body.into()).await.map_err(catalog_error)?;
     Ok(axum::Json(WriteIndex { index }).into_response())
 }
@@ -86,6 +106,7 @@ async fn deregister_check(
 ) -> Result<Response, ApiError> {
     let Path((node, id)) = path.map_err(path_error)?;
     authz.require_node_write(&node)?;
+    servers_own(&id, "CheckID")?;
     let index = catalog
         .deregister_check(&node, &id)
         .await
@@ -101,6 +122,7 @@ async fn update_check(
 ) -> Result<Response, ApiError> {
     let Path((node, id)) = path.map_err(path_error)?;
     authz.require_node_write(&node)?;
+    servers_own(&id, "CheckID")?;
     let index = catalog
         .update_check(&node, &id, body.status, &body.output)
         .await

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus_api::{Catalog, CatalogError, CheckStatus};
+use plexus_api::{Catalog, CatalogError};
 use tokio_util::sync::CancellationToken;
 
 use super::{LIVE_PREFIX, OWNED_PREFIX, mark_critical};
@@ -120,16 +120,23 @@ fn spawn_expiry(
     token
 }
 
-/// A node's agent lease expired: its checks turn critical, and each service with
-/// `deregister_critical_service_after` is deregistered once that has passed (unless `cancel`
-/// fires first: the agent is back).
+/// A node's agent lease expired: its lease check turns critical (so every instance on it is),
+/// and each service with `deregister_critical_service_after` on one of its checks is deregistered,
+/// with its sidecar, once that has passed (unless `cancel` fires first: the agent is back).
 pub async fn expire_node(catalog: Arc<StoreCatalog>, node: String, cancel: CancellationToken) {
     tracing::warn!(
         node,
-        "agent lease expired; marking the node's checks critical"
+        "agent lease expired; the node is critical until it is back"
     );
-    if let Err(error) = mark_critical(&catalog, &node).await {
-        tracing::warn!(error = %crate::api::ErrorChain(&error), node, "cannot mark checks critical");
+    match mark_critical(&catalog, &node).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(node, "agent lease held again; nothing to mark");
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(error = %crate::api::ErrorChain(&error), node, "cannot mark the node critical")
+        }
     }
     let checks = match catalog.node_checks(&node).await {
         Ok(checks) => checks.value,
@@ -138,10 +145,11 @@ pub async fn expire_node(catalog: Arc<StoreCatalog>, node: String, cancel: Cance
             return;
         }
     };
-    // The shortest deregister_critical_service_after of each service's checks.
+    // The shortest deregister_critical_service_after of each service's checks: with the lease
+    // gone every instance on the node is critical, whatever its own checks last said.
     let mut due: BTreeMap<String, Duration> = BTreeMap::new();
     for check in checks {
-        if check.service_id.is_empty() || check.status != CheckStatus::Critical {
+        if check.service_id.is_empty() {
             continue;
         }
         if let Some(after) = check.definition.deregister_critical_service_after {

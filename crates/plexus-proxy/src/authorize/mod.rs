@@ -5,7 +5,7 @@
 //! `/v1/connect/intentions/check` uses. A change reaches this cache as soon as the blocking
 //! query returns (well within a second), so it applies to the next connection. With
 //! `close_denied`, connections already open are re-checked on every change and closed when now
-//! denied.
+//! denied. [`verdict`] tells the calling sidecar the decision (and the reason for a denial).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +19,8 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+pub(crate) mod verdict;
 
 use crate::discovery::{BLOCKING_WAIT, Backoff};
 use crate::error::Report;
@@ -143,6 +145,14 @@ async fn fetch(
     let set = client
         .intentions_for_destination(destination, query)
         .await?;
+    if set.default_policy.is_none() {
+        // Fail closed, but say so: a proxy between us and the server that drops the header
+        // would otherwise turn an `allow` server into a silent `deny`.
+        warn!(
+            destination,
+            "the control plane did not say its default intention policy; denying what no intention allows"
+        );
+    }
     let policy = Policy {
         intentions: set.intentions.iter().map(IntentionInput::from).collect(),
         default: set.default_policy.unwrap_or(DefaultPolicy::Deny),

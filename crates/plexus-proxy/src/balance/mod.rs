@@ -4,6 +4,8 @@
 //! starts one endpoint further along and then visits every other endpoint once, so a caller that
 //! moves on after a failed connect skips dead endpoints without starving the live ones.
 //!
+//! [`recent`] moves endpoints whose connect just failed to the back of the L4 order for a while.
+//!
 //! L7 policies (`service-resolver` `LoadBalancer`), equally pure:
 //! - [`p2c`]: `least_request` and `peak_ewma` (power of two choices);
 //! - [`hash`]: `ring_hash` ([`hash::Ring`]) and `maglev` ([`hash::Maglev`]) keyed by
@@ -13,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub mod hash;
 pub mod p2c;
+pub(crate) mod recent;
 
 /// A round-robin picker shared by all connections of one outbound listener.
 #[derive(Debug, Default)]

@@ -66,18 +66,24 @@ pub(crate) async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStrea
     }
 }
 
-/// Dials `candidates` in order and returns the first connection that succeeds.
+/// Dials `candidates` in order and returns the first connection that succeeds; `outcome` hears
+/// of every attempt (endpoint, connected).
 pub(crate) async fn dial_first<'a>(
     candidates: impl IntoIterator<Item = &'a SocketAddr>,
     timeout: Duration,
+    mut outcome: impl FnMut(&SocketAddr, bool),
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
     let mut attempts = 0;
     let mut last = None;
     for addr in candidates {
         attempts += 1;
         match dial(*addr, timeout).await {
-            Ok(stream) => return Ok((stream, *addr)),
+            Ok(stream) => {
+                outcome(addr, true);
+                return Ok((stream, *addr));
+            }
             Err(error) => {
+                outcome(addr, false);
                 debug!(error = %Report(&error), endpoint = %addr, "endpoint connect failed; trying the next");
                 last = Some(error);
             }
@@ -186,12 +192,18 @@ mod tests {
         let live_addr = live.local_addr().unwrap();
         let dead = closed_port().await;
         let timeout = Duration::from_secs(1);
-        let (_, chosen) = dial_first(&[dead, live_addr], timeout).await.unwrap();
+        let mut seen = Vec::new();
+        let (_, chosen) = dial_first(&[dead, live_addr], timeout, |a, ok| seen.push((*a, ok)))
+            .await
+            .unwrap();
         assert_eq!(chosen, live_addr);
-        let err = dial_first(&[dead, dead], timeout).await.unwrap_err();
+        assert_eq!(seen, [(dead, false), (live_addr, true)]);
+        let err = dial_first(&[dead, dead], timeout, |_, _| {})
+            .await
+            .unwrap_err();
         assert!(matches!(err, ConnectError::Unreachable { attempts: 2, .. }));
         assert!(Report(&err).to_string().contains(&dead.to_string()));
-        let err = dial_first(&[], timeout).await.unwrap_err();
+        let err = dial_first(&[], timeout, |_, _| {}).await.unwrap_err();
         assert!(matches!(err, ConnectError::NoEndpoints));
     }
 

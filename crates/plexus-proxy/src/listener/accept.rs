@@ -3,17 +3,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
-use crate::authorize::Authorizer;
+use crate::authorize::{Authorizer, verdict};
 use crate::balance::RoundRobin;
+use crate::balance::recent::RecentFailures;
 use crate::discovery::EndpointSet;
 use crate::endpoint::{self, ByteCounters, ConnectError};
 use crate::error::{ListenerName, Report};
@@ -64,6 +66,8 @@ pub(crate) enum Target {
         endpoints: watch::Receiver<Arc<EndpointSet>>,
         /// Shared by every connection of the listener.
         picker: Arc<RoundRobin>,
+        /// Endpoints whose connect just failed, tried after the others for a while.
+        failures: Arc<RecentFailures<SocketAddr>>,
         /// mTLS to the upstream's sidecars (always set by the proxy).
         tls: Option<tls::Outbound>,
     },
@@ -211,7 +215,14 @@ async fn serve(
             Arc::clone(http).serve(downstream, authorize, stop).await;
             return;
         }
-        if !security.authorizer.check(&source.service).allowed {
+        // `plexus-tcp/2` peers get the verdict as the first bytes; `/1` peers a bare close.
+        let tells_verdict = downstream.get_ref().1.alpn_protocol() == Some(tls::ALPN_TCP);
+        let mut downstream = downstream;
+        let decision = security.authorizer.check(&source.service);
+        if !decision.allowed {
+            if tells_verdict {
+                verdict::deny(&mut downstream, &decision.reason).await;
+            }
             return;
         }
         let (upstream, endpoint) = match connect(&mut target, connect_timeout).await {
@@ -222,6 +233,9 @@ async fn serve(
                 return;
             }
         };
+        if tells_verdict && downstream.write_all(&verdict::ALLOW_FRAME).await.is_err() {
+            return;
+        }
         debug!(%endpoint, source = %source.service, "connected");
         tokio::select! {
             spliced = endpoint::splice(downstream, upstream, bytes) => log_end(endpoint, spliced),
@@ -248,10 +262,29 @@ async fn serve(
                 metrics.connect_errors.inc();
                 return;
             };
-            log_end(
-                endpoint,
-                endpoint::splice(downstream, upstream, bytes).await,
-            );
+            if upstream.get_ref().1.alpn_protocol() != Some(tls::ALPN_TCP) {
+                // An older sidecar (`plexus-tcp/1`): no verdict, a denial is a bare close.
+                log_end(
+                    endpoint,
+                    endpoint::splice(downstream, upstream, bytes).await,
+                );
+                return;
+            }
+            let spliced =
+                endpoint::splice(downstream, verdict::VerdictStream::new(upstream), bytes).await;
+            if let Err(error) = &spliced
+                && let Some(denied) = verdict::denied(error)
+            {
+                metrics.denied.inc();
+                warn!(
+                    %endpoint,
+                    destination = %tls.expected(),
+                    reason = %denied.reason,
+                    "connection denied by the destination's intentions"
+                );
+                return;
+            }
+            log_end(endpoint, spliced);
         }
         _ => log_end(
             endpoint,
@@ -282,13 +315,24 @@ async fn connect(
         // Served above.
         Target::Http(_) | Target::ByChain { .. } => Err(ConnectError::NoEndpoints),
         Target::Balanced {
-            endpoints, picker, ..
+            endpoints,
+            picker,
+            failures,
+            ..
         } => {
             // Right after start-up the control plane's first answer may still be on its way.
             let _ =
                 tokio::time::timeout(timeout, endpoints.wait_for(|set| set.is_resolved())).await;
             let set = Arc::clone(&endpoints.borrow());
-            endpoint::dial_first(picker.order(&set.addrs), timeout).await
+            let order = failures.reorder(picker.order(&set.addrs), Instant::now());
+            endpoint::dial_first(order, timeout, |addr, connected| {
+                if connected {
+                    failures.record_success(addr);
+                } else {
+                    failures.record_failure(addr, Instant::now());
+                }
+            })
+            .await
         }
     }
 }
@@ -329,6 +373,7 @@ mod tests {
             target: Target::Balanced {
                 endpoints,
                 picker: Arc::default(),
+                failures: Arc::default(),
                 tls: None,
             },
             metrics: metrics.clone(),
@@ -410,6 +455,7 @@ mod tests {
             target: Target::Balanced {
                 endpoints: rx,
                 picker: Arc::default(),
+                failures: Arc::default(),
                 tls: None,
             },
             metrics: ListenerMetrics::default(),

@@ -250,17 +250,15 @@ impl Listeners {
         // The endpoint watch stops with the listener.
         let stop = self.ctx.stop.child_token();
         let endpoints = (self.ctx.resolve)(&spec.destination, stop.clone());
-        let alpn = if spec.protocol.is_http() {
-            tls::ALPN_H2
-        } else {
-            tls::ALPN
-        };
-        let tls = tls::Outbound::with_alpn(
+        let (identity, tls_metrics) = (
             &self.ctx.security.identity,
-            &spec.destination,
             self.ctx.security.metrics.clone(),
-            alpn,
-        )
+        );
+        let tls = if spec.protocol.is_http() {
+            tls::Outbound::with_alpn(identity, &spec.destination, tls_metrics, tls::ALPN_H2)
+        } else {
+            tls::Outbound::tcp(identity, &spec.destination, tls_metrics)
+        }
         .map_err(ProxyError::Tls)?;
         let http = |tls, chain| {
             Arc::new(l7::outbound::Outbound::new(l7::outbound::OutboundParts {
@@ -285,6 +283,7 @@ impl Listeners {
             Target::Balanced {
                 endpoints: endpoints.clone(),
                 picker: Arc::default(),
+                failures: Arc::default(),
                 tls: Some(tls),
             }
         } else {
@@ -304,6 +303,7 @@ impl Listeners {
                 l4: Box::new(Target::Balanced {
                     endpoints: endpoints.clone(),
                     picker: Arc::default(),
+                    failures: Arc::default(),
                     tls: Some(tls),
                 }),
                 chain,

@@ -42,8 +42,12 @@ use tracing::{info, warn};
 
 pub(crate) use peer::PeerRefusal;
 
-/// The ALPN protocol both sidecars speak: raw TCP inside TLS.
+/// The ALPN protocol of raw TCP between sidecars, version 1 (no verdict frame: a denied
+/// connection is just closed). Still accepted from, and offered to, older sidecars.
 pub const ALPN: &[u8] = b"plexus-tcp/1";
+/// Raw TCP between sidecars, version 2: the inbound's first bytes are its verdict
+/// (`authorize::verdict`), so the calling sidecar can tell a denial from a network error.
+pub const ALPN_TCP: &[u8] = b"plexus-tcp/2";
 /// The ALPN protocol of HTTP traffic between sidecars: HTTP/2 inside TLS, every request of
 /// every downstream connection multiplexed over pooled connections.
 pub const ALPN_H2: &[u8] = b"plexus-h2";
@@ -222,8 +226,8 @@ impl Inbound {
                 .map_err(TlsConfigError)?
                 .with_client_cert_verifier(verifier)
                 .with_cert_resolver(Arc::new(verify::LeafResolver(Arc::clone(identity))));
-        // Both: the client's offer (one of them) decides.
-        config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN.to_vec()];
+        // Every one: the client's offer decides, the first of ours it offers wins.
+        config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_TCP.to_vec(), ALPN.to_vec()];
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             metrics,
@@ -290,12 +294,36 @@ impl std::fmt::Debug for Outbound {
 
 impl Outbound {
     /// A client for connections to `destination` (service name) offering the ALPN protocol
-    /// `alpn` only ([`ALPN`] for raw TCP, [`ALPN_H2`] for HTTP).
+    /// `alpn` only ([`ALPN_H2`] for HTTP).
     pub(crate) fn with_alpn(
         identity: &Arc<Identity>,
         destination: &str,
         metrics: TlsMetrics,
         alpn: &[u8],
+    ) -> Result<Self, TlsConfigError> {
+        Self::with_alpns(identity, destination, metrics, &[alpn])
+    }
+
+    /// A client for raw TCP to `destination`: offers [`ALPN_TCP`] (with the inbound's verdict),
+    /// then [`ALPN`] for older sidecars.
+    pub(crate) fn tcp(
+        identity: &Arc<Identity>,
+        destination: &str,
+        metrics: TlsMetrics,
+    ) -> Result<Self, TlsConfigError> {
+        Self::with_alpns(identity, destination, metrics, &[ALPN_TCP, ALPN])
+    }
+
+    /// The SPIFFE id the upstream must present.
+    pub(crate) fn expected(&self) -> &str {
+        &self.expected
+    }
+
+    fn with_alpns(
+        identity: &Arc<Identity>,
+        destination: &str,
+        metrics: TlsMetrics,
+        alpns: &[&[u8]],
     ) -> Result<Self, TlsConfigError> {
         let expected = plexus_api::connect::service_spiffe_id(
             &identity.service.trust_domain,
@@ -313,7 +341,7 @@ impl Outbound {
                 .dangerous()
                 .with_custom_certificate_verifier(verifier)
                 .with_client_cert_resolver(Arc::new(verify::LeafResolver(Arc::clone(identity))));
-        config.alpn_protocols = vec![alpn.to_vec()];
+        config.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
             metrics,

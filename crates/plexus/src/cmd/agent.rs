@@ -29,8 +29,9 @@ use plexus_runtime::Shutdown;
 use plexus_runtime::http::{ApiError, read_body};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use super::addresses::{self, AddressArgs};
 use super::auto_encrypt::AgentRequest;
 use super::config_file::{self, Given};
 use super::dev::{DEFAULT_DATACENTER, default_node_name};
@@ -49,8 +50,9 @@ use plexus_runtime::tls::{
 /// `plexus agent`
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Servers to talk to, comma-separated (`host:port` or `https://host:port`); failover
-    /// between them. Default: `retry_join` from the configuration file.
+    /// Servers to talk to, comma-separated (`host`, `host:port` or `https://host:port`; the
+    /// port defaults to 8500); failover between them. Default: `retry_join` from the
+    /// configuration file.
     #[arg(long = "server", value_delimiter = ',')]
     pub servers: Vec<String>,
     /// Agent API address; port 0 picks a free port (the bound address is logged).
@@ -59,9 +61,8 @@ pub struct Args {
     /// This node's name (default: the host name).
     #[arg(long)]
     pub node: Option<String>,
-    /// This node's address as others dial it.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub address: String,
+    #[command(flatten)]
+    pub addresses: AddressArgs,
     /// Datacenter name.
     #[arg(long, default_value = DEFAULT_DATACENTER)]
     pub datacenter: String,
@@ -211,10 +212,23 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     if args.servers.is_empty() {
         args.servers.clone_from(&config.retry_join);
     }
-    if !given.flag("address")
-        && let Some(ip) = config_file::advertised(config)
+    args.servers = args
+        .servers
+        .iter()
+        .map(|s| addresses::with_default_port(s))
+        .collect();
+    let address_settings = match addresses::settings(&args.addresses, config) {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    if args.addresses.client_addr.is_some()
+        && !given.flag("http_addr")
+        && let Some(ip) = address_settings.client
     {
-        args.address = ip.to_string();
+        args.http_addr = addresses::with_ip(&args.http_addr, ip);
     }
     if !given.flag("verify_outgoing") {
         args.verify_outgoing = config.tls.verify_outgoing.unwrap_or(false);
@@ -251,6 +265,15 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         eprintln!("error: --lease-ttl must be between 1s and 5m");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
+    let addresses = match address_settings.resolve(addresses::Role::Agent {
+        servers: bootstrap_client.servers(),
+    }) {
+        Ok(addresses) => addresses,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let definitions = files.services;
     let listener = if args.https.https_only {
         None
@@ -281,7 +304,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         let request = AgentRequest {
             node: node_name.clone(),
             datacenter: args.datacenter.clone(),
-            address: args.address.clone(),
+            address: addresses.advertised.addr.to_string(),
         };
         let cert = match request.obtain(&bootstrap_client, &shutdown.token()).await {
             Ok(Some(cert)) => cert,
@@ -323,8 +346,9 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     let node = Node {
         id: format!("agent-{node_name}"),
         node: node_name.clone(),
-        address: args.address.clone(),
+        address: addresses.advertised.addr.to_string(),
         datacenter: args.datacenter.clone(),
+        tagged_addresses: addresses.tagged(),
         ..Node::default()
     };
     let resolver = plexus_runtime::acl::Resolver(Arc::new(plexus_agent::acl::RemoteResolver::new(
@@ -488,6 +512,50 @@ async fn serve(
     info!("stopped");
 }
 
+/// Headers that describe one connection, not the answer: never passed on (RFC 9110 §7.6.1), nor
+/// `content-length`, which the agent's own server sets for the body it sends.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// Every header of a server's answer that is about the answer itself: index, known leader and
+/// every server-side setting a client obeys (e.g. `X-Plexus-Default-Intention-Policy`), so a
+/// sidecar behind an agent sees exactly what the server said. The agent has no policy of its own.
+fn end_to_end_headers(from: &reqwest::header::HeaderMap) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::with_capacity(from.len());
+    for (name, value) in from {
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_str().as_bytes()),
+            http::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    headers
+}
+
+/// 503 "no server is reachable", said in a header too, so a sidecar behind this agent knows its
+/// configuration is stale (static stability), not merely that one request failed.
+fn no_server() -> Response {
+    let mut response = ApiError::unavailable("no server is reachable").into_response();
+    response.headers_mut().insert(
+        plexus_api::client::SERVERS_UNREACHABLE_HEADER,
+        http::HeaderValue::from_static("true"),
+    );
+    response
+}
+
 /// Passes a request the agent does not serve itself on to a server, answer and all.
 async fn forward(client: Client, default_token: Option<SecretId>, request: Request) -> Response {
     let method = request.method().clone();
@@ -514,38 +582,34 @@ async fn forward(client: Client, default_token: Option<SecretId>, request: Reque
     let Ok(method) = reqwest::Method::from_bytes(method.as_str().as_bytes()) else {
         return ApiError::bad_request("unsupported method").into_response();
     };
-    let answer = match client
-        .forward(
-            method,
-            &path,
-            content_type.as_deref(),
-            body.to_vec(),
-            token.as_ref(),
-        )
-        .await
-    {
+    // The agent's own calls (its lease renewals every third of the TTL, on fresh connections)
+    // notice first when the servers are gone; a request passed on meanwhile (a sidecar's
+    // blocking query on a connection that died silently) is answered then, not minutes later.
+    let mut stale = client.stale_watch();
+    let forwarded = client.forward(
+        method,
+        &path,
+        content_type.as_deref(),
+        body.to_vec(),
+        token.as_ref(),
+    );
+    let answer = tokio::select! {
+        answer = forwarded => answer,
+        _ = stale.wait_for(Option::is_some) => {
+            debug!(path, "servers unreachable; answering a forwarded request");
+            return no_server();
+        }
+    };
+    let answer = match answer {
         Ok(answer) => answer,
         Err(error) => {
             warn!(%error, path, "no server answered a forwarded request");
-            return ApiError::unavailable("no server is reachable").into_response();
+            return no_server();
         }
     };
     let status = http::StatusCode::from_u16(answer.status().as_u16())
         .unwrap_or(http::StatusCode::BAD_GATEWAY);
-    let mut headers = http::HeaderMap::new();
-    for name in [
-        "content-type",
-        plexus_api::acl::FILTERED_HEADER,
-        "x-consul-index",
-        "x-consul-knownleader",
-        "x-consul-lastcontact",
-    ] {
-        if let Some(value) = answer.headers().get(name)
-            && let Ok(value) = http::HeaderValue::from_bytes(value.as_bytes())
-        {
-            headers.insert(name, value);
-        }
-    }
+    let headers = end_to_end_headers(answer.headers());
     let bytes = match answer.bytes().await {
         Ok(bytes) => bytes,
         Err(error) => {
@@ -557,4 +621,38 @@ async fn forward(client: Client, default_token: Option<SecretId>, request: Reque
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_keep_their_own_headers_and_drop_the_connections() {
+        let mut from = reqwest::header::HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/json"),
+            ("x-consul-index", "42"),
+            ("x-plexus-default-intention-policy", "allow"),
+            ("connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "12"),
+        ] {
+            from.insert(
+                reqwest::header::HeaderName::from_static(name),
+                reqwest::header::HeaderValue::from_static(value),
+            );
+        }
+        let kept = end_to_end_headers(&from);
+        let mut names: Vec<&str> = kept.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "content-type",
+                "x-consul-index",
+                "x-plexus-default-intention-policy"
+            ]
+        );
+    }
 }

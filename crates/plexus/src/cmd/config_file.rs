@@ -180,13 +180,6 @@ pub fn listener(
     }
 }
 
-/// The address others reach this node at: `advertise_addr`, else a specific `bind_addr`.
-pub fn advertised(config: &AgentConfig) -> Option<IpAddr> {
-    config
-        .advertise_addr
-        .or(config.bind_addr.filter(|ip| !ip.is_unspecified()))
-}
-
 /// The datacenter a command runs in, for commands that have no other use for [`Given`].
 pub fn datacenter(config: &AgentConfig, given: &Given, flag: &str) -> String {
     match &config.datacenter {

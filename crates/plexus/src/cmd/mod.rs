@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod acl;
+pub mod addresses;
 pub mod agent;
 pub mod auto_encrypt;
 pub mod catalog;

@@ -5,9 +5,12 @@
 //! Start-up order: check the configuration (exit 64 on an unknown `--store`, a missing or malformed
 //! `--etcd-endpoints`) → bind the HTTP listener → open the store (etcd: retried with jittered
 //! backoff while no endpoint answers, saying so in the log) → start the agent and the liveness
-//! reaper (remote agents' leases, see `plexus_control::remote`) → serve.
+//! reaper (remote agents' leases, see `plexus_control::remote`) and the store-quorum monitor
+//! (requests are refused with 503 `no_quorum` while the store cannot be reached, see
+//! `plexus_control::quorum`) → serve.
 //! Shutdown (SIGINT/SIGTERM): deregister what the agent registered → stop accepting → drain.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::addresses::{self, AddressArgs};
 use super::config_file::{self, Given};
 use super::dev::{
     AclArgs, ConnectSettings, DEFAULT_DATACENTER, check_leaf_ttl, default_node_name, start_acl,
@@ -48,9 +52,13 @@ pub struct Args {
     /// Key prefix of this cluster's records in etcd.
     #[arg(long = "etcd-prefix", default_value = DEFAULT_PREFIX)]
     pub etcd_prefix: String,
-    /// HTTP API address; port 0 picks a free port (the bound address is logged).
-    #[arg(long = "http-addr", default_value = "127.0.0.1:8500")]
+    /// HTTP API address; port 0 picks a free port (the bound address is logged). Default:
+    /// `client_addr`, else `bind_addr`, else `0.0.0.0`, port 8500: a server's API is also where
+    /// agents on other hosts reach it.
+    #[arg(long = "http-addr", default_value = "0.0.0.0:8500")]
     pub http_addr: String,
+    #[command(flatten)]
+    pub addresses: AddressArgs,
     /// This server's node name (default: the host name).
     #[arg(long)]
     pub node: Option<String>,
@@ -144,13 +152,42 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         &mut args.node,
         &mut args.tls,
     );
-    config_file::apply_listeners(config, &given, &mut args.http_addr, &mut args.tls.https);
+    let address_settings = match addresses::settings(&args.addresses, config) {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    // The API listens on client_addr, else bind_addr, else every interface.
+    let mut listeners = config.clone();
+    listeners.client_addr = Some(
+        address_settings
+            .client
+            .or(address_settings.bind)
+            .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+    );
+    config_file::apply_listeners(&listeners, &given, &mut args.http_addr, &mut args.tls.https);
     if !given.flag("data_dir")
         && let Some(dir) = &config.data_dir
     {
         args.data_dir.clone_from(dir);
     }
-    let advertised = config_file::advertised(config);
+    let api_ip = if args.tls.https.https_only {
+        args.tls.https.https_addr.as_deref()
+    } else {
+        Some(args.http_addr.as_str())
+    }
+    .and_then(|addr| addr.parse::<SocketAddr>().ok())
+    .map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
+    let addresses = match address_settings.resolve(addresses::Role::Server { listener: api_ip }) {
+        Ok(addresses) => addresses,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let advertised = addresses.advertised.addr;
     config_file::announce(config);
     let definitions = files.services;
     let choice = match store_choice(&args) {
@@ -235,10 +272,12 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         info!("stopped before the store was reachable");
         return Ok(ExitCode::SUCCESS);
     };
+    // Where others reach this server: the advertised address, the API's port.
+    let reach = SocketAddr::new(advertised, http_addr.port());
     let info = ServerInfo {
         datacenter: args.datacenter.clone(),
         node_name: node_name.clone(),
-        leader_addr: http_addr.to_string(),
+        leader_addr: reach.to_string(),
     };
     let backend = store.status().await.backend;
     let mut control =
@@ -260,7 +299,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         control.store(),
         plexus_api::operator::ServerRecord {
             node: node_name.clone(),
-            http_addr: http_addr.to_string(),
+            http_addr: reach.to_string(),
             store: backend,
         },
         shutdown.token(),
@@ -272,8 +311,9 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     let node = Node {
         id: format!("server-{node_name}"),
         node: node_name.clone(),
-        address: advertised.unwrap_or(http_addr.ip()).to_string(),
+        address: advertised.to_string(),
         datacenter: args.datacenter.clone(),
+        tagged_addresses: addresses.tagged(),
         ..Node::default()
     };
     let catalog: Arc<dyn plexus_api::Catalog> = control.catalog();
@@ -298,11 +338,23 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         })?;
         info!(service = %registration.name, file = %file.display(), "registered from definition");
     }
+    // While the store has no quorum (an etcd minority), every request is refused at once.
+    let (quorum_tx, quorum) =
+        tokio::sync::watch::channel(plexus_control::quorum::Quorum::default());
+    shutdown.spawn(plexus_control::quorum::monitor(
+        control.store(),
+        quorum_tx,
+        shutdown.token(),
+    ));
     let router = control
         .router()
         .merge(agent.router())
         .fallback(plexus_runtime::http::not_found_fallback)
-        .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
+        .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            quorum,
+            plexus_control::quorum::refuse_without_quorum,
+        ));
     super::dns::serve(
         control.catalog(),
         control.resolver(),

@@ -98,18 +98,19 @@ async fn an_agent_whose_lease_expires_loses_its_services_and_reregisters_them_wh
         .unwrap();
     assert!(kv_through_agent);
 
-    // Freeze the agent: its lease runs out, the server marks its checks critical and then
-    // deregisters the service (deregister_critical_service_after = 2s).
+    // Freeze the agent: its lease runs out, the server marks the node's lease check critical
+    // (so web is too) and then deregisters the service (deregister_critical_service_after = 2s).
     agent.signal("STOP").unwrap();
     eventually!(
         server
             .client
-            .health_checks("web", QueryOptions::default())
+            .health_service("web", false, QueryOptions::default())
             .await
-            .is_ok_and(|c| c
-                .value
+            .is_ok_and(|e| e.value.iter().any(|e| e
+                .checks
                 .iter()
-                .any(|c| c.output.contains("agent lease expired")))
+                .any(|c| c.check_id == plexus_api::remote::LEASE_CHECK_ID
+                    && c.output.contains("agent lease expired"))))
             || !web_registered(&server.client).await
     );
     eventually!(!web_registered(&server.client).await);
@@ -127,12 +128,19 @@ async fn an_agent_whose_lease_expires_loses_its_services_and_reregisters_them_wh
 async fn agent_flags_are_checked_before_anything_starts() {
     let (code, _, err) = plexus_test::mesh::run_cli(
         bin(),
-        &["agent", "--server", "nowhere", "--http-addr", "127.0.0.1:0"],
+        // A host without a port means port 8500; a port that is not one is refused.
+        &[
+            "agent",
+            "--server",
+            "nowhere:99999",
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
         &[],
     )
     .unwrap();
     assert_eq!(code, 64, "{err}");
-    assert!(err.contains("nowhere"), "{err}");
+    assert!(err.contains("nowhere:99999"), "{err}");
     let (code, _, err) = plexus_test::mesh::run_cli(
         bin(),
         &["agent", "--server", "127.0.0.1:1", "--lease-ttl", "0s"],
@@ -141,6 +149,36 @@ async fn agent_flags_are_checked_before_anything_starts() {
     .unwrap();
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("--lease-ttl"), "{err}");
+    for (command, flag) in [
+        ("agent", "--advertise-addr"),
+        ("agent", "--bind-addr"),
+        ("agent", "--client-addr"),
+        ("server", "--bind-addr"),
+        ("server", "--advertise-addr-wan"),
+    ] {
+        let (code, _, err) = plexus_test::mesh::run_cli(
+            bin(),
+            &[
+                command,
+                "--server",
+                "127.0.0.1:1",
+                flag,
+                "not-an-ip",
+                "--http-addr",
+                "127.0.0.1:0",
+            ]
+            .into_iter()
+            .filter(|a| command == "agent" || !["--server", "127.0.0.1:1"].contains(a))
+            .collect::<Vec<_>>(),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(code, 64, "{command} {flag}: {err}");
+        assert!(
+            err.contains(&format!("{flag}: \"not-an-ip\" is not an IP address")),
+            "{command} {flag}: {err}"
+        );
+    }
 }
 
 /// Servers away: the agent keeps running its checks and reports the results when a server is
@@ -245,6 +283,27 @@ async fn internal_endpoints_refuse_bad_input() {
             "/v1/internal/proxy/p1/ack?revision=-2",
             None,
             "revision",
+        ),
+        // The lease check is the servers': no agent writes it.
+        (
+            "PUT",
+            "/v1/internal/node/n1/check/plexus-lease",
+            Some(r#"{"Status":"passing"}"#),
+            "CheckID",
+        ),
+        (
+            "PUT",
+            "/v1/internal/node/n1/check/plexus-lease/deregister",
+            None,
+            "CheckID",
+        ),
+        (
+            "PUT",
+            "/v1/internal/node/register",
+            Some(
+                r#"{"Node":{"Node":"n1"},"Checks":[{"CheckID":"plexus-lease","Status":"passing"}]}"#,
+            ),
+            "Checks[0].CheckID",
         ),
     ] {
         let (status, json, _) = crate::http(

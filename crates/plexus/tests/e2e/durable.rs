@@ -614,6 +614,7 @@ async fn sidecar_traffic_flows_with_zero_failures_while_the_control_plane_is_dow
     let client_sidecar = plexus_test::Sidecar {
         process: client_process,
         admin: client_admin,
+        host: None,
     };
     let echo_sidecar = dev.sidecar("echo").await.unwrap();
     eventually!(echo_sidecar.is_ready().await);
