@@ -201,7 +201,10 @@ impl ControlPlane {
     /// remote agents, operator) with the JSON 404 fallback, behind the ACL edge: every request's
     /// token is resolved once into the `Authorizer` handlers take (`plexus_runtime::acl::Authz`).
     pub fn router(&self) -> axum::Router {
-        plexus_runtime::acl::layer(self.routes(), self.resolver())
+        api::meta::layer(
+            plexus_runtime::acl::layer(self.routes(), self.resolver()),
+            self.store.revision_watch(),
+        )
     }
 
     fn routes(&self) -> axum::Router {

@@ -8,9 +8,11 @@
 //! Catalog and health reads are blocking queries (`?index=N&wait=D`) answering with
 //! `X-Consul-Index`. Every error, including unknown paths, is the shared JSON error shape.
 //! `/v1/agent/*` is served by the agent's router, which the binary merges with this one.
+//! [`meta`] adds Consul's query-meta headers to every read answer, 404s included.
 
 pub mod catalog;
 pub mod health;
+pub mod meta;
 pub mod status;
 
 use std::sync::Arc;

@@ -224,3 +224,39 @@ async fn catalog_survives_reopen() {
     assert_eq!(after.index, before.index);
     assert_eq!(after.body, before.body);
 }
+
+#[tokio::test]
+async fn every_read_answer_carries_query_meta_headers_404s_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = plane_with_web(dir.path()).await;
+    let router = plane.router();
+    let revision = *plane.store().revision_watch().borrow();
+    for (uri, status) in [
+        ("/v1/catalog/services", StatusCode::OK),
+        ("/v1/kv/missing", StatusCode::NOT_FOUND),
+        ("/v1/kv/missing?recurse", StatusCode::NOT_FOUND),
+        ("/v1/no/such/endpoint", StatusCode::NOT_FOUND),
+        ("/v1/health/state/bogus", StatusCode::BAD_REQUEST),
+        ("/v1/acl/token/self", StatusCode::UNAUTHORIZED),
+    ] {
+        let request = Request::get(uri).body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), status, "{uri}");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .unwrap_or_else(|| panic!("{uri} lacks {name}"))
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        let index: u64 = header("x-consul-index").parse().unwrap();
+        assert!(
+            index >= revision.max(1),
+            "{uri}: index {index} < {revision}"
+        );
+        assert_eq!(header("x-consul-knownleader"), "true", "{uri}");
+        assert_eq!(header("x-consul-lastcontact"), "0", "{uri}");
+    }
+}
