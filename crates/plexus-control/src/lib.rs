@@ -14,7 +14,8 @@
 //!   the read views of the HTTP API.
 //! - [`api::router`]: `/v1/catalog/*`, `/v1/health/*`, `/v1/status/*`.
 //! - [`presence`]: the event mesh's presence monitor (`/ws/presence/{origin}`, `/v1/events/*`).
-//! - [`kv`]: Consul's `/v1/kv/*`.
+//! - [`kv`]: Consul's `/v1/kv/*`, with locks.
+//! - [`session`]: `/v1/session/*` and the reaper that ends sessions and their locks.
 //! - [`remote`]: the endpoints remote agents write their node through, and node liveness by lease.
 //! - [`operator`]: servers, store backend and members, proxies' acknowledged revisions.
 //! - Store backends: [`store::EmbeddedStore`] (one file) and [`store::EtcdStore`] (etcd cluster).
@@ -42,6 +43,7 @@ pub mod kv;
 pub mod operator;
 pub mod presence;
 pub mod remote;
+pub mod session;
 pub mod store;
 pub mod ui;
 
@@ -177,6 +179,17 @@ impl ControlPlane {
         remote::reaper::run(self.catalog(), stop).await;
     }
 
+    /// Runs the session reaper until `stop` fires: ends the locks of sessions that vanished
+    /// (destroyed, TTL expired) and the sessions of nodes whose lease was lost.
+    pub async fn run_sessions(&self, stop: tokio_util::sync::CancellationToken) {
+        session::reaper::run(self.sessions(), stop).await;
+    }
+
+    /// The sessions.
+    pub fn sessions(&self) -> session::Sessions {
+        session::Sessions::new(self.store())
+    }
+
     /// The built-in certificate authority.
     pub fn ca(&self) -> Arc<ca::CertificateAuthority> {
         Arc::clone(&self.ca)
@@ -212,6 +225,11 @@ impl ControlPlane {
             .merge(presence::ws::router(self.presence()))
             .merge(presence::actuator::router(self.presence()))
             .merge(kv::api::router(kv::Kv::new(self.store())))
+            .merge(session::api::router(session::api::SessionState {
+                sessions: self.sessions(),
+                catalog: self.catalog(),
+                node_name: self.info.node_name.clone(),
+            }))
             .merge(remote::api::router(self.catalog()))
             .merge(operator::router(self.store(), self.info.node_name.clone()))
             .merge(ca::api::router(self.ca()))
