@@ -18,6 +18,7 @@ pub mod events_app;
 pub mod health;
 pub mod intention;
 pub mod kv;
+pub mod lock;
 pub mod operator;
 pub mod proxy;
 pub mod server;

@@ -28,6 +28,7 @@ mod l7;
 mod l7_endpoints;
 mod l7_limits;
 mod l7_protocols;
+mod lock;
 mod registration;
 mod shutdown;
 mod sidecar;
