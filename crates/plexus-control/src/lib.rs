@@ -15,6 +15,7 @@
 //! - [`api::router`]: `/v1/catalog/*`, `/v1/health/*`, `/v1/status/*`.
 //! - [`presence`]: the event mesh's presence monitor (`/ws/presence/{origin}`, `/v1/events/*`).
 //! - [`kv`]: Consul's `/v1/kv/*`, with locks.
+//! - [`txn`]: `/v1/txn`, KV transactions all or nothing.
 //! - [`session`]: `/v1/session/*` and the reaper that ends sessions and their locks.
 //! - [`remote`]: the endpoints remote agents write their node through, and node liveness by lease.
 //! - [`operator`]: servers, store backend and members, proxies' acknowledged revisions.
@@ -45,6 +46,7 @@ pub mod presence;
 pub mod remote;
 pub mod session;
 pub mod store;
+pub mod txn;
 pub mod ui;
 
 use std::path::Path;
@@ -225,6 +227,7 @@ impl ControlPlane {
             .merge(presence::ws::router(self.presence()))
             .merge(presence::actuator::router(self.presence()))
             .merge(kv::api::router(kv::Kv::new(self.store())))
+            .merge(txn::api::router(self.store()))
             .merge(session::api::router(session::api::SessionState {
                 sessions: self.sessions(),
                 catalog: self.catalog(),

@@ -81,7 +81,7 @@ impl Entry {
     }
 }
 
-fn decode(record: KeyValue) -> Result<Entry, KvError> {
+pub(crate) fn decode(record: KeyValue) -> Result<Entry, KvError> {
     let key = record
         .key
         .strip_prefix(PREFIX)
@@ -111,7 +111,7 @@ impl Entry {
     }
 }
 
-fn encode(flags: u64, value: &[u8]) -> Vec<u8> {
+pub(crate) fn encode(flags: u64, value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(FLAGS_LEN + value.len());
     out.extend_from_slice(&flags.to_be_bytes());
     out.extend_from_slice(value);
