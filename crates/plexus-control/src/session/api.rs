@@ -80,6 +80,41 @@ struct CreateBody {
     _namespace: String,
 }
 
+/// The field names of a create body, as Consul spells them.
+const CREATE_FIELDS: [&str; 9] = [
+    "Name",
+    "Node",
+    "LockDelay",
+    "Checks",
+    "NodeChecks",
+    "ServiceChecks",
+    "Behavior",
+    "TTL",
+    "Namespace",
+];
+
+/// Consul decodes bodies with Go's case-insensitive field matching (py-consul sends `lockdelay`,
+/// `ttl`): top-level keys are mapped onto Consul's spelling before decoding.
+fn canonical_keys(bytes: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let value: serde_json::Value = decode_json(bytes)?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(ApiError::bad_request(
+            "invalid request body: expected a JSON object",
+        ));
+    };
+    let map: serde_json::Map<String, serde_json::Value> = map
+        .into_iter()
+        .map(|(key, value)| {
+            let canonical = CREATE_FIELDS
+                .iter()
+                .find(|f| f.eq_ignore_ascii_case(&key))
+                .map_or(key, |f| (*f).to_owned());
+            (canonical, value)
+        })
+        .collect();
+    Ok(serde_json::Value::Object(map).to_string().into_bytes())
+}
+
 async fn create(
     State(state): State<SessionState>,
     authz: Authz,
@@ -89,7 +124,7 @@ async fn create(
     let body: CreateBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         CreateBody::default()
     } else {
-        decode_json(&bytes)?
+        decode_json(&canonical_keys(&bytes)?)?
     };
     let node = if body.node.is_empty() {
         state.node_name.clone()

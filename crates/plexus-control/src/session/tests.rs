@@ -125,6 +125,21 @@ async fn sessions_are_created_read_renewed_and_destroyed_in_consul_shape() {
     );
     assert_eq!(s["LockDelay"], 5_000_000_000u64);
     assert_eq!(s["NodeChecks"], json!(["disk"]));
+    // Field names match case-insensitively, as Go's decoder does (py-consul sends lower case).
+    let lower = create(
+        &router,
+        r#"{"lockdelay":"3s","ttl":"20s","behavior":"delete"}"#,
+    )
+    .await;
+    let s = &get(&router, &format!("/v1/session/info/{lower}"))
+        .await
+        .body[0];
+    assert_eq!(
+        (&s["LockDelay"], &s["TTL"]),
+        (&json!(3_000_000_000u64), &json!("20s"))
+    );
+    assert_eq!(s["Behavior"], "delete");
+    put(&router, &format!("/v1/session/destroy/{lower}"), "").await;
     let list = get(&router, "/v1/session/list").await;
     assert_eq!(list.body.as_array().unwrap().len(), 2);
     assert!(list.index.unwrap() > 0);

@@ -12,6 +12,7 @@ mod cli;
 mod config_entries;
 mod config_file;
 mod consul_client;
+mod consul_compat;
 mod demo;
 mod demo_http;
 mod dns;
