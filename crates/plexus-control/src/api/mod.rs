@@ -3,6 +3,8 @@
 //! - [`catalog`]: `/v1/catalog/services`, `/v1/catalog/service/{name}`, `/v1/catalog/nodes`
 //! - [`health`]: `/v1/health/service/{name}`, `/v1/health/connect/{name}`,
 //!   `/v1/health/checks/{service}`, `/v1/health/state/{state}`
+//! - [`node`]: `/v1/catalog/node/{node}`, `/v1/catalog/node-services/{node}`,
+//!   `/v1/health/node/{node}`, `/v1/catalog/datacenters`
 //! - [`status`]: `/v1/status/leader`, `/v1/status/peers`
 //!
 //! Catalog and health reads are blocking queries (`?index=N&wait=D`) answering with
@@ -13,6 +15,7 @@
 pub mod catalog;
 pub mod health;
 pub mod meta;
+pub mod node;
 pub mod status;
 
 use std::sync::Arc;
@@ -55,6 +58,10 @@ pub fn router(catalog: Arc<StoreCatalog>, info: ServerInfo) -> Router {
         .route("/v1/catalog/services", get(catalog::services))
         .route("/v1/catalog/service/{name}", get(catalog::service))
         .route("/v1/catalog/nodes", get(catalog::nodes))
+        .route("/v1/catalog/node/{node}", get(node::node))
+        .route("/v1/catalog/node-services/{node}", get(node::node_services))
+        .route("/v1/catalog/datacenters", get(node::datacenters))
+        .route("/v1/health/node/{node}", get(node::health))
         .route("/v1/health/service/{name}", get(health::service))
         .route("/v1/health/connect/{name}", get(health::connect))
         .route("/v1/health/checks/{service}", get(health::checks))

@@ -241,6 +241,35 @@ impl StoreCatalog {
         })
     }
 
+    /// `GET /v1/catalog/node/:node`, `/node-services/:node`, `/v1/health/node/:node`: the node
+    /// with its services and checks (`None`: no such node).
+    pub async fn node_view(
+        &self,
+        name: &str,
+    ) -> Result<Indexed<Option<NodeRecords>>, CatalogError> {
+        let index = self.current().await?;
+        let state = index.read();
+        let value = state.nodes.get(name).map(|node| NodeRecords {
+            node: node.clone(),
+            services: state
+                .services
+                .iter()
+                .filter(|((n, _), _)| n == name)
+                .map(|(_, s)| s.clone())
+                .collect(),
+            checks: state
+                .checks
+                .iter()
+                .filter(|((n, _), _)| n == name)
+                .map(|(_, c)| c.clone())
+                .collect(),
+        });
+        Ok(Indexed {
+            index: state.revision,
+            value,
+        })
+    }
+
     /// `GET /v1/health/state/:state`: every check in `state` (`None`: any state).
     pub async fn checks_in_state(
         &self,
@@ -259,4 +288,15 @@ impl StoreCatalog {
             value,
         })
     }
+}
+
+/// A node with its service instances and checks.
+#[derive(Debug, Clone)]
+pub struct NodeRecords {
+    /// The node.
+    pub node: plexus_api::Node,
+    /// Its service instances, by id.
+    pub services: Vec<plexus_api::AgentService>,
+    /// Its checks (node and service checks).
+    pub checks: Vec<plexus_api::HealthCheck>,
 }
