@@ -17,10 +17,12 @@ use crate::registration::ServiceRegistration;
 mod acl;
 mod config;
 mod connect;
+mod event;
 mod session;
 mod tls;
 
 pub use connect::IntentionSet;
+pub use event::EventFilters;
 pub use session::SessionCreate;
 
 /// Where clients look for the control plane when nothing else is said.

@@ -15,6 +15,7 @@
 //! - [`api::router`]: `/v1/catalog/*`, `/v1/health/*`, `/v1/status/*`.
 //! - [`presence`]: the event mesh's presence monitor (`/ws/presence/{origin}`, `/v1/events/*`).
 //! - [`kv`]: Consul's `/v1/kv/*`, with locks.
+//! - [`user_event`]: `/v1/event/fire/{name}`, `/v1/event/list`.
 //! - [`txn`]: `/v1/txn`, KV transactions all or nothing.
 //! - [`session`]: `/v1/session/*` and the reaper that ends sessions and their locks.
 //! - [`remote`]: the endpoints remote agents write their node through, and node liveness by lease.
@@ -48,6 +49,7 @@ pub mod session;
 pub mod store;
 pub mod txn;
 pub mod ui;
+pub mod user_event;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -228,6 +230,7 @@ impl ControlPlane {
             .merge(presence::actuator::router(self.presence()))
             .merge(kv::api::router(kv::Kv::new(self.store())))
             .merge(txn::api::router(self.store()))
+            .merge(user_event::router(self.store()))
             .merge(session::api::router(session::api::SessionState {
                 sessions: self.sessions(),
                 catalog: self.catalog(),

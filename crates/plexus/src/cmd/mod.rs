@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod server;
 pub mod services;
 pub mod tls;
+pub mod user_event;
 pub mod validate;
 
 use plexus_api::acl::SecretId;

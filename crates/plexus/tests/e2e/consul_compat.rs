@@ -66,6 +66,16 @@ assert missing is None, missing
 index, nothing = c.kv.get("py/no-such-key")
 assert nothing is None and int(index) > 0, index
 c.session.destroy(s1)
+
+# User events, watchable by index; node reads.
+fired = c.event.fire("py-deploy", "v2", service="web")
+assert fired["Name"] == "py-deploy" and fired["ServiceFilter"] == "web", fired
+index, events = c.event.list(name="py-deploy")
+assert [e["ID"] for e in events] == [fired["ID"]] and events[0]["Payload"] == b"v2", events
+_, node_info = c.catalog.node(node)
+assert node_info is None or node_info["Node"]["Node"] == node, node_info
+_, checks = c.health.node(node)
+assert isinstance(checks, list), checks
 print("py-consul sessions locks txn OK")
 "#;
 
@@ -124,6 +134,13 @@ const b64 = (s) => Buffer.from(s).toString('base64');
 
   await consul.session.destroy(s1);
   await consul.session.destroy(s2);
+
+  const fired = await consul.event.fire({ name: 'js-deploy', payload: 'v3' });
+  assert.strictEqual(fired.Name, 'js-deploy');
+  const events = await consul.event.list({ name: 'js-deploy' });
+  assert.deepStrictEqual(events.map((e) => e.ID), [fired.ID]);
+  assert.strictEqual(events[0].Payload, 'v3');
+  assert.deepStrictEqual(await consul.catalog.datacenters(), ['dc1']);
   console.log('npm consul sessions locks txn OK');
 })().catch((e) => {
   console.error(e);
@@ -178,4 +195,51 @@ async fn npm_consul_drives_sessions_locks_transactions_and_headers() {
     let node = PathBuf::from("node");
     let out = run(&node, &["-e", JS, library.to_str().unwrap(), &port]).await;
     assert!(out.contains("npm consul sessions locks txn OK"), "{out}");
+}
+
+#[tokio::test]
+async fn plexus_event_fires_a_user_event_the_list_shows() {
+    let dev = dev(&[]).await;
+    let addr = format!("127.0.0.1:{}", dev.http.port());
+    let out = tokio::process::Command::new(crate::bin())
+        .args([
+            "event",
+            "--http-addr",
+            &addr,
+            "--service",
+            "web",
+            "deploy",
+            "v9",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = stdout.trim().strip_prefix("Event ID: ").unwrap().to_owned();
+    let events: serde_json::Value =
+        reqwest::get(format!("http://{addr}/v1/event/list?name=deploy"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(events[0]["ID"], id.as_str());
+    assert_eq!(events[0]["ServiceFilter"], "web");
+    // Bad input: the server's refusal, named.
+    let out = tokio::process::Command::new(crate::bin())
+        .args(["event", "--http-addr", &addr, "--tag", "v1", "deploy"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tag filter without service filter"),
+        "{stderr}"
+    );
 }
