@@ -1,6 +1,7 @@
 //! The control plane's HTTP API, with Consul's paths, JSON shapes and status codes.
 //!
-//! - [`catalog`]: `/v1/catalog/services`, `/v1/catalog/service/{name}`, `/v1/catalog/nodes`
+//! - [`catalog`]: `/v1/catalog/services`, `/v1/catalog/service/{name}`, `/v1/catalog/nodes`,
+//!   `/v1/catalog/connect/{name}`
 //! - [`health`]: `/v1/health/service/{name}`, `/v1/health/connect/{name}`,
 //!   `/v1/health/checks/{service}`, `/v1/health/state/{state}`
 //! - [`node`]: `/v1/catalog/node/{node}`, `/v1/catalog/node-services/{node}`,
@@ -61,6 +62,7 @@ pub fn router(catalog: Arc<StoreCatalog>, info: ServerInfo) -> Router {
         .route("/v1/catalog/node/{node}", get(node::node))
         .route("/v1/catalog/node-services/{node}", get(node::node_services))
         .route("/v1/catalog/datacenters", get(node::datacenters))
+        .route("/v1/catalog/connect/{name}", get(catalog::connect))
         .route("/v1/health/node/{node}", get(node::health))
         .route("/v1/health/service/{name}", get(health::service))
         .route("/v1/health/connect/{name}", get(health::connect))

@@ -296,6 +296,16 @@ async fn node_reads_show_a_node_with_its_services_and_checks() {
     assert!(unknown.index.is_some());
     let unknown = get(&router, "/v1/health/node/nowhere").await;
     assert_eq!(unknown.body, json!([]));
+    let connect = get(&router, "/v1/catalog/connect/web").await;
+    let ids: Vec<&str> = connect
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ServiceID"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["web-1-sidecar-proxy"], "{}", connect.body);
+    assert_eq!(connect.body[0]["Node"], "n1");
     let dcs = get(&router, "/v1/catalog/datacenters").await;
     assert_eq!(dcs.body, json!(["dc1"]));
 }
