@@ -9,6 +9,8 @@
 #   - dig and dnsperf (Debian dnsutils, dnsperf) and dnspython, for the DNS interface;
 #   - iproute2 (Debian package), for the multi-host tests in network namespaces;
 #   - Chromium and its WebDriver (Debian chromium, chromium-driver) with Selenium, for the web UI.
+#   - the `consul` package from npm (.tools/npm-consul), a second Consul client library in another
+#     language, for the Consul API compatibility suite.
 # Later issues add Envoy, ... here, from the package registries only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -81,6 +83,14 @@ fi
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+fi
+# The npm `consul` package (a Consul client nobody here wrote, in JavaScript), pinned.
+want_npm_consul="2.0.1"
+have=$(node -p "require('$tools/npm-consul/node_modules/consul/package.json').version" 2>/dev/null || true)
+if [ "$have" != "$want_npm_consul" ]; then
+  mkdir -p "$tools/npm-consul"
+  [ -f "$tools/npm-consul/package.json" ] || echo '{"name":"plexus-npm-consul","private":true}' > "$tools/npm-consul/package.json"
+  (cd "$tools/npm-consul" && npm install --no-audit --no-fund --loglevel=error "consul@$want_npm_consul")
 fi
 if [ ! -d "$root/clients/node/node_modules/ws" ] || [ ! -d "$root/clients/node/node_modules/@msgpack/msgpack" ] \
    || [ "$root/clients/node/package-lock.json" -nt "$root/clients/node/node_modules" ]; then

@@ -17,8 +17,13 @@ use crate::registration::ServiceRegistration;
 mod acl;
 mod config;
 mod connect;
+mod event;
+mod session;
 mod tls;
+
 pub use connect::IntentionSet;
+pub use event::EventFilters;
+pub use session::SessionCreate;
 
 /// Where clients look for the control plane when nothing else is said.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";

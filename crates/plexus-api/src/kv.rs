@@ -14,7 +14,7 @@ pub const MAX_VALUE_BYTES: usize = 512 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct KvPair {
-    /// Always 0: sessions and locks are not implemented.
+    /// How many times the key's lock was acquired.
     pub lock_index: u64,
     /// The key.
     pub key: String,
@@ -26,6 +26,9 @@ pub struct KvPair {
     pub create_index: u64,
     /// The index that last changed the key; the `cas` to give for the next write.
     pub modify_index: u64,
+    /// The session holding the key's lock, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// One entry of `plexus kv export` / `import` (the shape `consul kv export` writes).

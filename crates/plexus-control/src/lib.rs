@@ -14,7 +14,10 @@
 //!   the read views of the HTTP API.
 //! - [`api::router`]: `/v1/catalog/*`, `/v1/health/*`, `/v1/status/*`.
 //! - [`presence`]: the event mesh's presence monitor (`/ws/presence/{origin}`, `/v1/events/*`).
-//! - [`kv`]: Consul's `/v1/kv/*`.
+//! - [`kv`]: Consul's `/v1/kv/*`, with locks.
+//! - [`user_event`]: `/v1/event/fire/{name}`, `/v1/event/list`.
+//! - [`txn`]: `/v1/txn`, KV transactions all or nothing.
+//! - [`session`]: `/v1/session/*` and the reaper that ends sessions and their locks.
 //! - [`remote`]: the endpoints remote agents write their node through, and node liveness by lease.
 //! - [`operator`]: servers, store backend and members, proxies' acknowledged revisions.
 //! - [`quorum`]: whether this server reaches a quorum of its store; refusing requests while not.
@@ -44,8 +47,11 @@ pub mod operator;
 pub mod presence;
 pub mod quorum;
 pub mod remote;
+pub mod session;
 pub mod store;
+pub mod txn;
 pub mod ui;
+pub mod user_event;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -179,6 +185,17 @@ impl ControlPlane {
         remote::reaper::run(self.catalog(), stop).await;
     }
 
+    /// Runs the session reaper until `stop` fires: ends the locks of sessions that vanished
+    /// (destroyed, TTL expired) and the sessions of nodes whose lease was lost.
+    pub async fn run_sessions(&self, stop: tokio_util::sync::CancellationToken) {
+        session::reaper::run(self.sessions(), stop).await;
+    }
+
+    /// The sessions.
+    pub fn sessions(&self) -> session::Sessions {
+        session::Sessions::new(self.store())
+    }
+
     /// The built-in certificate authority.
     pub fn ca(&self) -> Arc<ca::CertificateAuthority> {
         Arc::clone(&self.ca)
@@ -203,7 +220,10 @@ impl ControlPlane {
     /// remote agents, operator) with the JSON 404 fallback, behind the ACL edge: every request's
     /// token is resolved once into the `Authorizer` handlers take (`plexus_runtime::acl::Authz`).
     pub fn router(&self) -> axum::Router {
-        plexus_runtime::acl::layer(self.routes(), self.resolver())
+        api::meta::layer(
+            plexus_runtime::acl::layer(self.routes(), self.resolver()),
+            self.store.revision_watch(),
+        )
     }
 
     fn routes(&self) -> axum::Router {
@@ -211,6 +231,13 @@ impl ControlPlane {
             .merge(presence::ws::router(self.presence()))
             .merge(presence::actuator::router(self.presence()))
             .merge(kv::api::router(kv::Kv::new(self.store())))
+            .merge(txn::api::router(self.store()))
+            .merge(user_event::router(self.store()))
+            .merge(session::api::router(session::api::SessionState {
+                sessions: self.sessions(),
+                catalog: self.catalog(),
+                node_name: self.info.node_name.clone(),
+            }))
             .merge(remote::api::router(self.catalog()))
             .merge(operator::router(self.store(), self.info.node_name.clone()))
             .merge(ca::api::router(self.ca()))

@@ -39,6 +39,10 @@ enum Command {
     /// Read and write the KV store.
     #[command(subcommand)]
     Kv(cmd::kv::Command),
+    /// Fire a user event (`consul event`); `GET /v1/event/list` lists them.
+    Event(cmd::user_event::Args),
+    /// Run a command while holding a lock (`consul lock`): leader election over KV sessions.
+    Lock(cmd::lock::Args),
     /// Write, read, list and delete L7 config entries (service-defaults/resolver/splitter/router).
     #[command(subcommand)]
     Config(cmd::config::Command),
@@ -99,6 +103,8 @@ fn main() -> ExitCode {
             Command::Health(args) => cmd::health::run(args).await,
             Command::Validate(args) => cmd::validate::run(args),
             Command::Kv(command) => cmd::kv::run(command).await,
+            Command::Lock(args) => cmd::lock::run(args).await,
+            Command::Event(args) => cmd::user_event::run(args).await,
             Command::Config(command) => cmd::config::run(command).await,
             Command::Operator(args) => cmd::operator::run(args).await,
             Command::Demo(command) => cmd::demo::run(command).await,

@@ -65,3 +65,27 @@ pub async fn nodes(
     mark_filtered(&mut response, filtered);
     Ok(response)
 }
+
+/// `GET /v1/catalog/connect/{name}`: `[CatalogService]` of the proxies (and mesh-native
+/// instances) serving `name`, filtered as `/v1/catalog/service/{name}`.
+pub async fn connect(
+    State(state): State<ApiState>,
+    authz: Authz,
+    name: Result<Path<String>, PathRejection>,
+    query: BlockingQuery,
+) -> Result<Response, ApiError> {
+    let Path(name) = name.map_err(path_error)?;
+    query.block(state.catalog.index_watch()).await;
+    let mut rows = state
+        .catalog
+        .connect_nodes(&name)
+        .await
+        .map_err(catalog_error)?;
+    let readable = authz.can_read_service(&name);
+    let filtered = filter(&mut rows.value, |row| {
+        readable && authz.can_read_node(&row.node)
+    });
+    let mut response = indexed_json(rows.index, &rows.value);
+    mark_filtered(&mut response, filtered);
+    Ok(response)
+}

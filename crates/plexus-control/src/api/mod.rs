@@ -1,16 +1,22 @@
 //! The control plane's HTTP API, with Consul's paths, JSON shapes and status codes.
 //!
-//! - [`catalog`]: `/v1/catalog/services`, `/v1/catalog/service/{name}`, `/v1/catalog/nodes`
+//! - [`catalog`]: `/v1/catalog/services`, `/v1/catalog/service/{name}`, `/v1/catalog/nodes`,
+//!   `/v1/catalog/connect/{name}`
 //! - [`health`]: `/v1/health/service/{name}`, `/v1/health/connect/{name}`,
 //!   `/v1/health/checks/{service}`, `/v1/health/state/{state}`
+//! - [`node`]: `/v1/catalog/node/{node}`, `/v1/catalog/node-services/{node}`,
+//!   `/v1/health/node/{node}`, `/v1/catalog/datacenters`
 //! - [`status`]: `/v1/status/leader`, `/v1/status/peers`
 //!
 //! Catalog and health reads are blocking queries (`?index=N&wait=D`) answering with
 //! `X-Consul-Index`. Every error, including unknown paths, is the shared JSON error shape.
 //! `/v1/agent/*` is served by the agent's router, which the binary merges with this one.
+//! [`meta`] adds Consul's query-meta headers to every read answer, 404s included.
 
 pub mod catalog;
 pub mod health;
+pub mod meta;
+pub mod node;
 pub mod status;
 
 use std::sync::Arc;
@@ -53,6 +59,11 @@ pub fn router(catalog: Arc<StoreCatalog>, info: ServerInfo) -> Router {
         .route("/v1/catalog/services", get(catalog::services))
         .route("/v1/catalog/service/{name}", get(catalog::service))
         .route("/v1/catalog/nodes", get(catalog::nodes))
+        .route("/v1/catalog/node/{node}", get(node::node))
+        .route("/v1/catalog/node-services/{node}", get(node::node_services))
+        .route("/v1/catalog/datacenters", get(node::datacenters))
+        .route("/v1/catalog/connect/{name}", get(catalog::connect))
+        .route("/v1/health/node/{node}", get(node::health))
         .route("/v1/health/service/{name}", get(health::service))
         .route("/v1/health/connect/{name}", get(health::connect))
         .route("/v1/health/checks/{service}", get(health::checks))

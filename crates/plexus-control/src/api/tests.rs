@@ -224,3 +224,88 @@ async fn catalog_survives_reopen() {
     assert_eq!(after.index, before.index);
     assert_eq!(after.body, before.body);
 }
+
+#[tokio::test]
+async fn every_read_answer_carries_query_meta_headers_404s_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = plane_with_web(dir.path()).await;
+    let router = plane.router();
+    let revision = *plane.store().revision_watch().borrow();
+    for (uri, status) in [
+        ("/v1/catalog/services", StatusCode::OK),
+        ("/v1/kv/missing", StatusCode::NOT_FOUND),
+        ("/v1/kv/missing?recurse", StatusCode::NOT_FOUND),
+        ("/v1/no/such/endpoint", StatusCode::NOT_FOUND),
+        ("/v1/health/state/bogus", StatusCode::BAD_REQUEST),
+        ("/v1/acl/token/self", StatusCode::UNAUTHORIZED),
+    ] {
+        let request = Request::get(uri).body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), status, "{uri}");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .unwrap_or_else(|| panic!("{uri} lacks {name}"))
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        let index: u64 = header("x-consul-index").parse().unwrap();
+        assert!(
+            index >= revision.max(1),
+            "{uri}: index {index} < {revision}"
+        );
+        assert_eq!(header("x-consul-knownleader"), "true", "{uri}");
+        assert_eq!(header("x-consul-lastcontact"), "0", "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn node_reads_show_a_node_with_its_services_and_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = plane_with_web(dir.path()).await.router();
+    let node = get(&router, "/v1/catalog/node/n1").await;
+    assert_eq!(node.status, StatusCode::OK);
+    assert!(node.index.unwrap() > 0);
+    assert_eq!(node.body["Node"]["Node"], "n1");
+    let services = node.body["Services"].as_object().unwrap();
+    let mut ids: Vec<&String> = services.keys().collect();
+    ids.sort();
+    assert_eq!(ids, ["web-1", "web-1-sidecar-proxy"]);
+    assert_eq!(services["web-1"]["Service"], "web");
+    let listed = get(&router, "/v1/catalog/node-services/n1").await;
+    assert_eq!(listed.body["Node"]["Node"], "n1");
+    assert_eq!(listed.body["Services"].as_array().unwrap().len(), 2);
+    let checks = get(&router, "/v1/health/node/n1").await;
+    let mut names: Vec<&str> = checks
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["CheckID"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["serf", "web-alive"]);
+    // Unknown nodes: null / [] with the index, as Consul answers.
+    let unknown = get(&router, "/v1/catalog/node/nowhere").await;
+    assert_eq!(
+        (unknown.status, &unknown.body),
+        (StatusCode::OK, &Value::Null)
+    );
+    assert!(unknown.index.is_some());
+    let unknown = get(&router, "/v1/health/node/nowhere").await;
+    assert_eq!(unknown.body, json!([]));
+    let connect = get(&router, "/v1/catalog/connect/web").await;
+    let ids: Vec<&str> = connect
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ServiceID"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["web-1-sidecar-proxy"], "{}", connect.body);
+    assert_eq!(connect.body[0]["Node"], "n1");
+    let dcs = get(&router, "/v1/catalog/datacenters").await;
+    assert_eq!(dcs.body, json!(["dc1"]));
+}

@@ -112,30 +112,7 @@ impl StoreCatalog {
         let value = state
             .instances(name)
             .filter(|(_, s)| has_tag(s, tag))
-            .map(|((node, _), s)| {
-                let node = state.node(node);
-                CatalogService {
-                    id: node.id,
-                    node: node.node,
-                    address: node.address,
-                    datacenter: node.datacenter,
-                    tagged_addresses: node.tagged_addresses,
-                    node_meta: node.meta,
-                    service_kind: s.kind,
-                    service_id: s.id.clone(),
-                    service_name: s.service.clone(),
-                    service_tags: s.tags.clone(),
-                    service_address: s.address.clone(),
-                    service_tagged_addresses: s.tagged_addresses.clone(),
-                    service_weights: s.weights,
-                    service_meta: s.meta.clone(),
-                    service_port: s.port,
-                    service_enable_tag_override: s.enable_tag_override,
-                    service_proxy: s.proxy.clone(),
-                    create_index: s.create_index.unwrap_or_default(),
-                    modify_index: s.modify_index.unwrap_or_default(),
-                }
-            })
+            .map(|((node, _), s)| catalog_row(state.node(node), s))
             .collect();
         Ok(Indexed {
             index: state.revision,
@@ -143,6 +120,50 @@ impl StoreCatalog {
         })
     }
 
+    /// `GET /v1/catalog/connect/:name`: the mesh entry points of `name` (its proxies and
+    /// mesh-native instances) in the catalog's row shape.
+    pub async fn connect_nodes(
+        &self,
+        name: &str,
+    ) -> Result<Indexed<Vec<CatalogService>>, CatalogError> {
+        let entries = self.connect_health(name, &HealthFilter::default()).await?;
+        Ok(Indexed {
+            index: entries.index,
+            value: entries
+                .value
+                .into_iter()
+                .map(|e| catalog_row(e.node, &e.service))
+                .collect(),
+        })
+    }
+}
+
+/// One catalog row: an instance with its node.
+fn catalog_row(node: Node, s: &plexus_api::AgentService) -> CatalogService {
+    CatalogService {
+        id: node.id,
+        node: node.node,
+        address: node.address,
+        datacenter: node.datacenter,
+        tagged_addresses: node.tagged_addresses,
+        node_meta: node.meta,
+        service_kind: s.kind,
+        service_id: s.id.clone(),
+        service_name: s.service.clone(),
+        service_tags: s.tags.clone(),
+        service_address: s.address.clone(),
+        service_tagged_addresses: s.tagged_addresses.clone(),
+        service_weights: s.weights,
+        service_meta: s.meta.clone(),
+        service_port: s.port,
+        service_enable_tag_override: s.enable_tag_override,
+        service_proxy: s.proxy.clone(),
+        create_index: s.create_index.unwrap_or_default(),
+        modify_index: s.modify_index.unwrap_or_default(),
+    }
+}
+
+impl StoreCatalog {
     /// `GET /v1/catalog/nodes`: every node, sorted by name.
     pub async fn nodes(&self) -> Result<Indexed<Vec<Node>>, CatalogError> {
         let index = self.current().await?;
@@ -242,6 +263,35 @@ impl StoreCatalog {
         })
     }
 
+    /// `GET /v1/catalog/node/:node`, `/node-services/:node`, `/v1/health/node/:node`: the node
+    /// with its services and checks (`None`: no such node).
+    pub async fn node_view(
+        &self,
+        name: &str,
+    ) -> Result<Indexed<Option<NodeRecords>>, CatalogError> {
+        let index = self.current().await?;
+        let state = index.read();
+        let value = state.nodes.get(name).map(|node| NodeRecords {
+            node: node.clone(),
+            services: state
+                .services
+                .iter()
+                .filter(|((n, _), _)| n == name)
+                .map(|(_, s)| s.clone())
+                .collect(),
+            checks: state
+                .checks
+                .iter()
+                .filter(|((n, _), _)| n == name)
+                .map(|(_, c)| c.clone())
+                .collect(),
+        });
+        Ok(Indexed {
+            index: state.revision,
+            value,
+        })
+    }
+
     /// `GET /v1/health/state/:state`: every check in `state` (`None`: any state).
     pub async fn checks_in_state(
         &self,
@@ -260,4 +310,15 @@ impl StoreCatalog {
             value,
         })
     }
+}
+
+/// A node with its service instances and checks.
+#[derive(Debug, Clone)]
+pub struct NodeRecords {
+    /// The node.
+    pub node: plexus_api::Node,
+    /// Its service instances, by id.
+    pub services: Vec<plexus_api::AgentService>,
+    /// Its checks (node and service checks).
+    pub checks: Vec<plexus_api::HealthCheck>,
 }

@@ -5,6 +5,8 @@
 //!   (`?index=&wait=`) and `X-Consul-Index` as everywhere.
 //! - `PUT` with the raw value as the body, `?flags=`, `?cas=` (0: create only): answers `true` or
 //!   `false` (a failed compare leaves the value unchanged).
+//! - `PUT ?acquire=<session>` / `?release=<session>`: takes or frees the key's lock for a session
+//!   (see [`super::lock`]), writing the value; answers `true` or `false`. An unknown session is 400.
 //! - `DELETE`, `?recurse`, `?cas=`: answers `true` or `false`.
 //!
 //! Bad input: keys over 512 bytes, with NUL or `..` are 400 naming the cause; values over
@@ -184,6 +186,43 @@ async fn write(
                 body.len()
             ),
         ));
+    }
+    let lock = match (params.get("acquire"), params.get("release")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "acquire",
+                "acquire and release cannot be combined",
+            ));
+        }
+        (Some(session), None) => Some((true, session)),
+        (None, Some(session)) => Some((false, session)),
+        (None, None) => None,
+    };
+    if let Some((acquire, session)) = lock {
+        let field = if acquire { "acquire" } else { "release" };
+        if session.is_empty() {
+            return Err(ApiError::invalid_field(
+                field,
+                format!("{field} needs a session ID"),
+            ));
+        }
+        if cas.is_some() {
+            return Err(ApiError::invalid_field(
+                "cas",
+                format!("cas cannot be combined with {field}"),
+            ));
+        }
+        let (done, index) = if acquire {
+            kv.acquire(&key, &body, flags, session)
+                .await
+                .map_err(kv_error)?
+                .map_err(|e| ApiError::invalid_field("acquire", e.to_string()))?
+        } else {
+            kv.release(&key, &body, flags, session)
+                .await
+                .map_err(kv_error)?
+        };
+        return Ok(indexed_json(index, &done));
     }
     let (done, index) = kv.put(&key, &body, flags, cas).await.map_err(kv_error)?;
     if !done {

@@ -3,9 +3,11 @@
 //! Each key is one store key `kv/<key>` whose record is the writer's flags (8 bytes, big-endian)
 //! followed by the value. `CreateIndex`/`ModifyIndex` are the store's create and mod revisions, so
 //! `?cas=<ModifyIndex>` is a compare on the key's mod revision (`cas=0`: the key must not exist).
-//! HTTP handlers live in [`api`].
+//! HTTP handlers live in [`api`]; locks (`?acquire=`/`?release=`, a record beside the key) in
+//! [`lock`].
 
 pub mod api;
+pub mod lock;
 
 use std::sync::Arc;
 
@@ -46,6 +48,10 @@ pub struct Entry {
     pub create_index: u64,
     /// Last modifying revision.
     pub modify_index: u64,
+    /// How many times the key's lock was acquired.
+    pub lock_index: u64,
+    /// The session holding the lock (`None`: free).
+    pub session: Option<String>,
 }
 
 impl Entry {
@@ -53,7 +59,8 @@ impl Entry {
     pub fn to_pair(&self) -> KvPair {
         use base64::Engine;
         KvPair {
-            lock_index: 0,
+            lock_index: self.lock_index,
+            session: self.session.clone(),
             key: self.key.clone(),
             flags: self.flags,
             value: (!self.value.is_empty())
@@ -74,7 +81,7 @@ impl Entry {
     }
 }
 
-fn decode(record: KeyValue) -> Result<Entry, KvError> {
+pub(crate) fn decode(record: KeyValue) -> Result<Entry, KvError> {
     let key = record
         .key
         .strip_prefix(PREFIX)
@@ -89,10 +96,22 @@ fn decode(record: KeyValue) -> Result<Entry, KvError> {
         value: value.to_vec(),
         create_index: record.create_revision,
         modify_index: record.mod_revision,
+        lock_index: 0,
+        session: None,
     })
 }
 
-fn encode(flags: u64, value: &[u8]) -> Vec<u8> {
+impl Entry {
+    fn with_lock(mut self, state: Option<&lock::LockState>) -> Self {
+        if let Some(state) = state {
+            self.lock_index = state.lock_index;
+            self.session = (!state.session.is_empty()).then(|| state.session.clone());
+        }
+        self
+    }
+}
+
+pub(crate) fn encode(flags: u64, value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(FLAGS_LEN + value.len());
     out.extend_from_slice(&flags.to_be_bytes());
     out.extend_from_slice(value);
@@ -146,13 +165,31 @@ impl Kv {
     /// One key, with the store revision the read reflects.
     pub async fn get(&self, key: &str) -> Result<(Option<Entry>, u64), KvError> {
         let (record, revision) = self.store.get_at(&format!("{PREFIX}{key}")).await?;
-        Ok((record.map(decode).transpose()?, revision))
+        let Some(record) = record else {
+            return Ok((None, revision));
+        };
+        let lock = self.store.get(&lock::lock_key(key)).await?;
+        let state = lock.as_ref().and_then(lock::decode_lock).map(|(_, s)| s);
+        let revision = revision.max(lock.map_or(0, |l| l.mod_revision));
+        Ok((Some(decode(record)?.with_lock(state.as_ref())), revision))
     }
 
     /// Every key starting with `prefix`, sorted, with the revision the read reflects.
     pub async fn list(&self, prefix: &str) -> Result<(Vec<Entry>, u64), KvError> {
         let (records, revision) = self.store.range(&format!("{PREFIX}{prefix}")).await?;
-        let entries = records.into_iter().map(decode).collect::<Result<_, _>>()?;
+        let (locks, values): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .partition(|r| r.key.ends_with(lock::LOCK_SUFFIX));
+        let locks: std::collections::HashMap<String, lock::LockState> =
+            locks.iter().filter_map(lock::decode_lock).collect();
+        let entries = values
+            .into_iter()
+            .map(|record| {
+                let entry = decode(record)?;
+                let state = locks.get(&entry.key);
+                Ok(entry.with_lock(state))
+            })
+            .collect::<Result<_, KvError>>()?;
         Ok((entries, revision))
     }
 
@@ -195,25 +232,29 @@ impl Kv {
         cas: Option<u64>,
     ) -> Result<(bool, u64), KvError> {
         let store_key = format!("{PREFIX}{key}");
-        let op = if recurse {
-            Op::DeletePrefix { prefix: store_key }
+        // A prefix delete takes the keys' lock records along (they start with the key).
+        let ops = if recurse {
+            vec![Op::DeletePrefix {
+                prefix: store_key.clone(),
+            }]
         } else {
-            Op::Delete { key: store_key }
+            vec![
+                Op::Delete {
+                    key: store_key.clone(),
+                },
+                Op::Delete {
+                    key: lock::lock_key(key),
+                },
+            ]
         };
-        let compares = match (cas, &op) {
-            (Some(revision), Op::Delete { key }) => vec![Compare::ModRevision {
-                key: key.clone(),
+        let compares = match cas {
+            Some(revision) if !recurse => vec![Compare::ModRevision {
+                key: store_key,
                 revision,
             }],
             _ => Vec::new(),
         };
-        let result = self
-            .store
-            .txn(Txn {
-                compares,
-                ops: vec![op],
-            })
-            .await?;
+        let result = self.store.txn(Txn { compares, ops }).await?;
         Ok((result.succeeded, result.revision))
     }
 }

@@ -68,6 +68,8 @@ fn empty_values_show_as_null_and_others_as_base64() {
         value: Vec::new(),
         create_index: 1,
         modify_index: 1,
+        lock_index: 0,
+        session: None,
     };
     assert_eq!(entry.to_pair().value, None);
     let entry = Entry {

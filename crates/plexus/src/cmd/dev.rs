@@ -504,6 +504,10 @@ impl DevServer {
         }
         start_acl(&mut control, acl).await?;
         start_identity(&control, connect, shutdown).await?;
+        shutdown.spawn({
+            let (control, stop) = (control.clone(), shutdown.token());
+            async move { control.run_sessions(stop).await }
+        });
         let catalog: Arc<dyn plexus_api::Catalog> = control.catalog();
         let node = Node {
             id: node_id(node_name),

@@ -19,11 +19,13 @@ pub mod events_app;
 pub mod health;
 pub mod intention;
 pub mod kv;
+pub mod lock;
 pub mod operator;
 pub mod proxy;
 pub mod server;
 pub mod services;
 pub mod tls;
+pub mod user_event;
 pub mod validate;
 
 use plexus_api::acl::SecretId;

@@ -1,0 +1,245 @@
+//! Compatibility suite: two Consul client libraries nobody here wrote, in two languages
+//! (py-consul from PyPI in `.tools/venv`, the `consul` package from npm in `.tools/npm-consul`,
+//! both installed by `scripts/setup-test-env.sh`), drive sessions, locks, transactions and the
+//! query-meta headers of `plexus dev`. A missing library fails the test naming it.
+
+use std::path::PathBuf;
+
+use crate::consul_client::python;
+use crate::dev;
+
+const PY: &str = r#"
+import sys, base64, consul
+host, port = sys.argv[1], int(sys.argv[2])
+c = consul.Consul(host=host, port=port)
+
+# Sessions: create (lower-case fields, as py-consul sends them), info, node, list, renew.
+s1 = c.session.create(name="py-leader", lock_delay=1, ttl=20)
+s2 = c.session.create(name="py-other", behavior="delete")
+index, info = c.session.info(s1)
+assert int(index) > 0 and info["ID"] == s1 and info["TTL"] == "20s", info
+assert info["LockDelay"] == 1_000_000_000, info
+node = info["Node"]
+_, on_node = c.session.node(node)
+assert {s["ID"] for s in on_node} >= {s1, s2}, on_node
+_, everything = c.session.list()
+assert {s["ID"] for s in everything} >= {s1, s2}, everything
+assert c.session.renew(s1)["ID"] == s1
+
+# Locks: one holder, the holder re-acquires, release frees.
+assert c.kv.put("py/lock", "a", acquire=s1) is True
+assert c.kv.put("py/lock", "b", acquire=s2) is False
+_, item = c.kv.get("py/lock")
+assert item["Session"] == s1 and item["LockIndex"] == 1 and item["Value"] == b"a", item
+assert c.kv.put("py/lock", "c", release=s1) is True
+_, item = c.kv.get("py/lock")
+assert "Session" not in item, item
+# Behavior delete: destroying the holder deletes the key.
+assert c.kv.put("py/ephemeral", "x", acquire=s2) is True
+assert c.session.destroy(s2) is True
+_, gone = c.kv.get("py/ephemeral")
+assert gone is None, gone
+_, none = c.session.info(s2)
+assert none is None, none
+
+# Transactions: all or nothing.
+b64 = lambda s: base64.b64encode(s.encode()).decode()
+r = c.txn.put([
+    {"KV": {"Verb": "set", "Key": "py/t/a", "Value": b64("1")}},
+    {"KV": {"Verb": "set", "Key": "py/t/b", "Value": b64("2")}},
+    {"KV": {"Verb": "get", "Key": "py/lock"}},
+])
+assert len(r["Results"]) == 3 and r["Errors"] is None, r
+assert r["Results"][0]["KV"]["ModifyIndex"] == r["Results"][1]["KV"]["ModifyIndex"], r
+try:
+    c.txn.put([
+        {"KV": {"Verb": "set", "Key": "py/t/c", "Value": b64("3")}},
+        {"KV": {"Verb": "check-not-exists", "Key": "py/t/a"}},
+    ])
+    raise AssertionError("a failed check must not commit")
+except consul.ConsulException as e:
+    assert "409" in str(e) or "check" in str(e).lower() or "exists" in str(e), e
+_, missing = c.kv.get("py/t/c")
+assert missing is None, missing
+
+# A 404 still carries the index (py-consul reads X-Consul-Index from it).
+index, nothing = c.kv.get("py/no-such-key")
+assert nothing is None and int(index) > 0, index
+c.session.destroy(s1)
+
+# User events, watchable by index; node reads.
+fired = c.event.fire("py-deploy", "v2", service="web")
+assert fired["Name"] == "py-deploy" and fired["ServiceFilter"] == "web", fired
+index, events = c.event.list(name="py-deploy")
+assert [e["ID"] for e in events] == [fired["ID"]] and events[0]["Payload"] == b"v2", events
+_, node_info = c.catalog.node(node)
+assert node_info is None or node_info["Node"]["Node"] == node, node_info
+_, checks = c.health.node(node)
+assert isinstance(checks, list), checks
+print("py-consul sessions locks txn OK")
+"#;
+
+const JS: &str = r#"
+const assert = require('assert');
+const Consul = require(process.argv[1]);
+const port = Number(process.argv[2]);
+const consul = new Consul({ host: '127.0.0.1', port });
+const b64 = (s) => Buffer.from(s).toString('base64');
+(async () => {
+  const s1 = (await consul.session.create({ name: 'js-leader', ttl: '15s', lockdelay: '1s' })).ID;
+  const s2 = (await consul.session.create({ name: 'js-other', behavior: 'delete' })).ID;
+  const info = await consul.session.info(s1);
+  assert.strictEqual(info.ID, s1);
+  assert.strictEqual(info.TTL, '15s');
+  const onNode = await consul.session.node(info.Node);
+  assert(onNode.some((s) => s.ID === s2));
+  assert((await consul.session.list()).length >= 2);
+  const renewed = await consul.session.renew(s1);
+  assert.strictEqual(renewed[0].ID, s1);
+
+  assert.strictEqual(await consul.kv.set({ key: 'js/lock', value: 'a', acquire: s1 }), true);
+  // The library turns a `false` body into undefined.
+  assert(!(await consul.kv.set({ key: 'js/lock', value: 'b', acquire: s2 })));
+  const held = await consul.kv.get('js/lock');
+  assert.strictEqual(held.Session, s1);
+  assert.strictEqual(held.LockIndex, 1);
+  assert.strictEqual(held.Value, 'a');
+  assert.strictEqual(await consul.kv.set({ key: 'js/lock', value: 'c', release: s1 }), true);
+  assert.strictEqual((await consul.kv.get('js/lock')).Session, undefined);
+
+  const done = await consul.transaction.create([
+    { KV: { Verb: 'set', Key: 'js/t/a', Value: b64('1') } },
+    { KV: { Verb: 'cas', Key: 'js/t/b', Value: b64('2'), Index: 0 } },
+  ]);
+  assert.strictEqual(done.Results.length, 2);
+  let refused = null;
+  try {
+    await consul.transaction.create([
+      { KV: { Verb: 'set', Key: 'js/t/c', Value: b64('3') } },
+      { KV: { Verb: 'cas', Key: 'js/t/b', Value: b64('x'), Index: 0 } },
+    ]);
+  } catch (e) {
+    refused = e;
+  }
+  assert(refused, 'a stale cas must fail the transaction');
+  assert.strictEqual(refused.message, 'conflict');
+  assert.strictEqual(await consul.kv.get('js/t/c'), undefined);
+
+  // Query meta on a 404 and on a read.
+  const res = await fetch(`http://127.0.0.1:${port}/v1/kv/js/no-such-key`);
+  assert.strictEqual(res.status, 404);
+  assert(Number(res.headers.get('x-consul-index')) > 0);
+  assert.strictEqual(res.headers.get('x-consul-knownleader'), 'true');
+  assert.strictEqual(res.headers.get('x-consul-lastcontact'), '0');
+
+  await consul.session.destroy(s1);
+  await consul.session.destroy(s2);
+
+  const fired = await consul.event.fire({ name: 'js-deploy', payload: 'v3' });
+  assert.strictEqual(fired.Name, 'js-deploy');
+  const events = await consul.event.list({ name: 'js-deploy' });
+  assert.deepStrictEqual(events.map((e) => e.ID), [fired.ID]);
+  assert.strictEqual(events[0].Payload, 'v3');
+  assert.deepStrictEqual(await consul.catalog.datacenters(), ['dc1']);
+  console.log('npm consul sessions locks txn OK');
+})().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
+"#;
+
+fn npm_consul() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/npm-consul/node_modules/consul")
+}
+
+async fn run(program: &std::path::Path, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{} failed\nstdout: {stdout}\nstderr: {}",
+        program.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn py_consul_drives_sessions_locks_transactions_and_headers() {
+    let python = python();
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup-test-env.sh (the README's test command does)",
+        python.display()
+    );
+    let dev = dev(&[]).await;
+    let port = dev.http.port().to_string();
+    let out = run(&python, &["-c", PY, "127.0.0.1", &port]).await;
+    assert!(out.contains("py-consul sessions locks txn OK"), "{out}");
+}
+
+#[tokio::test]
+async fn npm_consul_drives_sessions_locks_transactions_and_headers() {
+    let library = npm_consul();
+    assert!(
+        library.join("package.json").exists(),
+        "{} is missing: run scripts/setup-test-env.sh (the README's test command does)",
+        library.display()
+    );
+    let dev = dev(&[]).await;
+    let port = dev.http.port().to_string();
+    let node = PathBuf::from("node");
+    let out = run(&node, &["-e", JS, library.to_str().unwrap(), &port]).await;
+    assert!(out.contains("npm consul sessions locks txn OK"), "{out}");
+}
+
+#[tokio::test]
+async fn plexus_event_fires_a_user_event_the_list_shows() {
+    let dev = dev(&[]).await;
+    let addr = format!("127.0.0.1:{}", dev.http.port());
+    let out = tokio::process::Command::new(crate::bin())
+        .args([
+            "event",
+            "--http-addr",
+            &addr,
+            "--service",
+            "web",
+            "deploy",
+            "v9",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = stdout.trim().strip_prefix("Event ID: ").unwrap().to_owned();
+    let events: serde_json::Value =
+        reqwest::get(format!("http://{addr}/v1/event/list?name=deploy"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(events[0]["ID"], id.as_str());
+    assert_eq!(events[0]["ServiceFilter"], "web");
+    // Bad input: the server's refusal, named.
+    let out = tokio::process::Command::new(crate::bin())
+        .args(["event", "--http-addr", &addr, "--tag", "v1", "deploy"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tag filter without service filter"),
+        "{stderr}"
+    );
+}
