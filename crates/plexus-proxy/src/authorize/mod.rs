@@ -20,8 +20,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::discovery::{BLOCKING_WAIT, Backoff};
-use crate::error::Report;
+use crate::discovery::BLOCKING_WAIT;
+use plexus_runtime::Backoff;
+use plexus_runtime::ErrorChain;
 
 /// The intentions that can apply to this sidecar's service, with the default policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +166,7 @@ pub(crate) async fn start(
         match fetch(&client, &destination, 0).await {
             Ok(found) => break found,
             Err(error) => {
-                warn!(error = %Report(&error), "cannot read intentions yet; retrying");
+                warn!(error = %ErrorChain(&error), "cannot read intentions yet; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => return None,
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -214,7 +215,7 @@ async fn follow(
                 }
             }
             Err(error) => {
-                warn!(error = %Report(&error), "intentions watch failed; retrying");
+                warn!(error = %ErrorChain(&error), "intentions watch failed; retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::error::Report;
+use plexus_runtime::ErrorChain;
 
 /// Why one endpoint could not be dialed.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +78,7 @@ pub(crate) async fn dial_first<'a>(
         match dial(*addr, timeout).await {
             Ok(stream) => return Ok((stream, *addr)),
             Err(error) => {
-                debug!(error = %Report(&error), endpoint = %addr, "endpoint connect failed; trying the next");
+                debug!(error = %ErrorChain(&error), endpoint = %addr, "endpoint connect failed; trying the next");
                 last = Some(error);
             }
         }
@@ -190,7 +190,7 @@ mod tests {
         assert_eq!(chosen, live_addr);
         let err = dial_first(&[dead, dead], timeout).await.unwrap_err();
         assert!(matches!(err, ConnectError::Unreachable { attempts: 2, .. }));
-        assert!(Report(&err).to_string().contains(&dead.to_string()));
+        assert!(ErrorChain(&err).to_string().contains(&dead.to_string()));
         let err = dial_first(&[], timeout).await.unwrap_err();
         assert!(matches!(err, ConnectError::NoEndpoints));
     }

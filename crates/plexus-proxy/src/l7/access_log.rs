@@ -59,10 +59,7 @@ impl AccessLog {
             }
         };
         line.push(b'\n');
-        let mut out = self
-            .out
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = plexus_runtime::lock::lock(&self.out);
         if let Err(error) = out.write_all(&line).and_then(|()| out.flush()) {
             warn!(%error, "cannot write the access log");
         }

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use plexus_api::config_entry::chain::{HashSource, LbAlgorithm, LoadBalancerPolicy};
 
-use super::policy::lock;
 use crate::balance::hash::{self, Maglev, Ring};
 use crate::balance::{RoundRobin, p2c};
 use crate::route::query_value;
+use plexus_runtime::lock::lock;
 
 /// Latency assumed for an endpoint without a sample yet (`peak_ewma`).
 const EWMA_INITIAL: Duration = Duration::from_millis(1);

@@ -32,17 +32,18 @@ use super::balancer::{HashInput, request_hash};
 use super::bulkhead::{ConnectionBudget, ConnectionPermit, Limit};
 use super::metrics::Finished;
 use super::mirror::{self, Tee};
-use super::policy::{Policy, View, lock};
+use super::policy::{Policy, View};
 use super::targets::{Attempt, Remote, Selection, Service, Targets, Tried, untried_first};
 use super::{Body, HttpMetrics, LocalError};
 use crate::discovery::EndpointSet;
 use crate::endpoint;
-use crate::error::Report;
 use crate::metrics::Direction;
 use crate::resilience::fault;
 use crate::resilience::retry::{self, Outcome, RetryBudget};
 use crate::route;
 use crate::tls;
+use plexus_runtime::ErrorChain;
+use plexus_runtime::lock::lock;
 
 /// The route label when the upstream has no chain (yet).
 const DEFAULT_ROUTE: &str = "default";
@@ -579,10 +580,7 @@ impl Outbound {
     }
 
     fn slot(&self, addr: SocketAddr) -> Slot {
-        let mut pool = self
-            .pool
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pool = lock(&self.pool);
         // Endpoints that left every followed set are dropped from the pool (their connections
         // close once their last request ends).
         pool.retain(|addr, _| self.targets.is_live(addr));
@@ -597,7 +595,7 @@ impl Outbound {
     ) -> Result<SendRequest<Body>, String> {
         let stream = endpoint::dial(addr, self.connect_timeout)
             .await
-            .map_err(|error| Report(&error).to_string())?;
+            .map_err(|error| ErrorChain(&error).to_string())?;
         let sender = match &service.tls {
             Some(tls) => {
                 let stream = tls

@@ -2,7 +2,7 @@
 //! retry budgets (one per route), bulkhead, rate limits and fault policy. Rebuilt
 //! whenever the chain changes (a new chain starts with fresh counters).
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use plexus_api::config_entry::chain::{DiscoveryChain, FaultPolicy};
@@ -63,11 +63,6 @@ impl Policy {
     pub(crate) fn admit(&self, path: &str) -> bool {
         self.rate.admit(path, Instant::now())
     }
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked (counters only).
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// An HTTP request as the route matcher sees it.

@@ -9,8 +9,8 @@ use std::time::Instant;
 use plexus_api::config_entry::chain::{PathMatch, RouteRateLimit, TokenBucketPolicy};
 use regex::Regex;
 
-use super::policy::lock;
 use crate::resilience::rate::TokenBucket;
+use plexus_runtime::lock::lock;
 
 /// A compiled path criterion.
 #[derive(Debug)]

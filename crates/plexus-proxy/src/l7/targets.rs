@@ -29,12 +29,12 @@ use tracing::{info, warn};
 
 use super::HttpMetrics;
 use super::balancer::Balancer;
-use super::policy::lock;
 use crate::discovery::EndpointSet;
 use crate::listener::Resolve;
 use crate::resilience::outlier::{OutlierDetector, Verdict};
 use crate::resilience::retry::Outcome;
 use crate::tls;
+use plexus_runtime::lock::lock;
 
 /// Makes the mTLS client for connections to a service's sidecars (ALPN `plexus-h2`, the peer
 /// must prove that service's identity).

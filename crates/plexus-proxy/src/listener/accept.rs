@@ -16,10 +16,11 @@ use crate::authorize::Authorizer;
 use crate::balance::RoundRobin;
 use crate::discovery::EndpointSet;
 use crate::endpoint::{self, ByteCounters, ConnectError};
-use crate::error::{ListenerName, Report};
+use crate::error::ListenerName;
 use crate::l7;
 use crate::metrics::ListenerMetrics;
 use crate::tls;
+use plexus_runtime::ErrorChain;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -218,7 +219,7 @@ async fn serve(
             Ok(connected) => connected,
             Err(error) => {
                 metrics.connect_errors.inc();
-                warn!(error = %Report(&error), %peer, "connect failed; closing the connection");
+                warn!(error = %ErrorChain(&error), %peer, "connect failed; closing the connection");
                 return;
             }
         };
@@ -234,7 +235,7 @@ async fn serve(
         Err(error) => {
             metrics.connect_errors.inc();
             warn!(
-                error = %Report(&error),
+                error = %ErrorChain(&error),
                 %peer,
                 "connect failed; closing the connection"
             );

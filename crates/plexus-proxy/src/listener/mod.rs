@@ -26,10 +26,11 @@ use diff::InboundChange;
 
 use crate::admin::{Snapshot, UpstreamView};
 use crate::discovery::{EndpointSet, InboundSpec, SidecarConfig, UpstreamSpec};
-use crate::error::{ListenerName, ProxyError, Report};
+use crate::error::{ListenerName, ProxyError};
 use crate::l7::{self, HttpMetrics};
 use crate::metrics::{Direction, LOCAL_APP, ListenerMetrics, Metrics};
 use crate::tls::{self, Identity, TlsMetrics};
+use plexus_runtime::ErrorChain;
 
 /// Starts following an upstream's endpoints until the token fires; returns the latest set.
 pub(crate) type Resolve =
@@ -383,7 +384,7 @@ impl OnBindError {
         match self {
             OnBindError::Fail => Err(error),
             OnBindError::Skip => {
-                error!(error = %Report(&error), "cannot open listener; skipping it until the next configuration change");
+                error!(error = %ErrorChain(&error), "cannot open listener; skipping it until the next configuration change");
                 Ok(())
             }
         }

@@ -79,11 +79,7 @@ fn matches(cond: RetryOn, outcome: Outcome) -> bool {
 /// Delay before retry number `retry` (0 for the first retry): full jitter over
 /// `min(max, base × 2^retry)`, scaled by `draw` in `[0, 1)`.
 pub fn backoff(base: Duration, max: Duration, retry: u32, draw: f64) -> Duration {
-    let ceiling = base
-        .checked_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX))
-        .unwrap_or(max)
-        .min(max);
-    ceiling.mul_f64(draw.clamp(0.0, 1.0))
+    plexus_runtime::backoff::exponential(base, max, retry).mul_f64(draw.clamp(0.0, 1.0))
 }
 
 /// Caps retries in flight at `max(min_concurrency, percent/100 × active requests)`.

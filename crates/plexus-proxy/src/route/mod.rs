@@ -10,6 +10,7 @@ use plexus_api::config_entry::chain::{
     CompiledRoute, HeaderCriterion, PathMatch, QueryCriterion, RequestMatch, ValueMatch,
     WeightedTarget,
 };
+use plexus_runtime::http::form_decode;
 use regex::Regex;
 
 /// What routing needs to know about a request.
@@ -161,33 +162,8 @@ impl Matcher {
 pub fn query_value(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode(k) == name).then(|| decode(v))
+        (form_decode(k) == name).then(|| form_decode(v).into_owned())
     })
-}
-
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
 }
 
 /// Compiled routes of one chain.
