@@ -13,15 +13,18 @@
 //!               └─ alias runners (driven by the index watch)          ─► Catalog::update_check
 //! ```
 //!
-//! Main types: [`Agent`] (cheap to clone), [`AgentConfig`], [`AgentError`].
+//! Main types: [`Agent`] (cheap to clone), [`AgentConfig`], [`AgentError`], and
+//! [`remote_catalog::HttpCatalog`], the catalog of an agent on a machine without a server (over
+//! the servers' HTTP API, holding the node's liveness lease).
 //!
 //! It does not: store anything itself (the catalog is the only state besides TTL timers), start
-//! sidecar processes, keep a node lease, or run HTTPS/TLS probes (those report `critical`).
+//! sidecar processes, or run HTTPS/TLS probes (those report `critical`).
 
 mod api;
 mod check;
 mod error;
 mod ports;
+pub mod remote_catalog;
 mod service;
 
 use std::collections::BTreeSet;
@@ -121,10 +124,7 @@ impl Agent {
 
     fn registered(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
         // A poisoned set is still a valid set of ids.
-        self.inner
-            .registered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        plexus_runtime::lock::lock(&self.inner.registered)
     }
 }
 

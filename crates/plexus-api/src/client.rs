@@ -142,7 +142,9 @@ pub struct Client {
 struct Servers {
     bases: Vec<String>,
     current: std::sync::atomic::AtomicUsize,
-    stale_since: std::sync::Mutex<Option<std::time::SystemTime>>,
+    /// Nanoseconds since the Unix epoch of the first failure of the current spell, 0 while the
+    /// last request got an answer (an atomic: every request sets it).
+    stale_since: std::sync::atomic::AtomicU64,
 }
 
 impl Client {
@@ -171,7 +173,7 @@ impl Client {
             servers: std::sync::Arc::new(Servers {
                 bases,
                 current: std::sync::atomic::AtomicUsize::new(0),
-                stale_since: std::sync::Mutex::new(None),
+                stale_since: std::sync::atomic::AtomicU64::new(0),
             }),
             http,
         })
@@ -193,23 +195,26 @@ impl Client {
 
     /// Since when no server has answered (`None` while the last request got an answer).
     pub fn stale_since(&self) -> Option<std::time::SystemTime> {
-        *self
+        let nanos = self
             .servers
             .stale_since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (nanos != 0).then(|| std::time::UNIX_EPOCH + Duration::from_nanos(nanos))
     }
 
     fn set_stale(&self, stale: bool) {
-        let mut since = self
-            .servers
-            .stale_since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match (stale, since.is_some()) {
-            (true, false) => *since = Some(std::time::SystemTime::now()),
-            (false, true) => *since = None,
-            _ => {}
+        use std::sync::atomic::Ordering;
+        let since = &self.servers.stale_since;
+        if !stale {
+            since.store(0, Ordering::Relaxed);
+        } else if since.load(Ordering::Relaxed) == 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| {
+                    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+                });
+            // Only the first failure of a spell sets it.
+            let _ = since.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
@@ -547,7 +552,9 @@ impl Client {
             .value)
     }
 
-    pub(crate) async fn get<T: DeserializeOwned>(
+    /// `GET path` (`path` already encoded, e.g. with [`encode`]) with blocking-query options and
+    /// bare flags (`passing`), decoding the JSON answer and its index.
+    pub async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
         query: QueryOptions,
@@ -661,7 +668,7 @@ impl Client {
     }
 
     /// `PUT path` with an optional JSON body, decoding the JSON answer.
-    pub(crate) async fn put_json<B: serde::Serialize, T: DeserializeOwned>(
+    pub async fn put_json<B: serde::Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: Option<&B>,
@@ -743,21 +750,23 @@ fn index_of(response: &reqwest::Response) -> u64 {
         .unwrap_or(0)
 }
 
+/// What stays as it is in a path segment: letters, digits and `-_.~:`.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b':');
+
 /// Percent-encodes a KV key, keeping `/` as the path separator it is.
 fn encode_key(key: &str) -> String {
-    key.split('/').map(encode).collect::<Vec<_>>().join("/")
+    const KEY: &percent_encoding::AsciiSet = &SEGMENT.remove(b'/');
+    percent_encoding::utf8_percent_encode(key, KEY).to_string()
 }
 
-pub(crate) fn encode(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+/// Percent-encodes one path segment (a service, node or check name).
+pub fn encode(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string()
 }
 
 #[cfg(test)]
@@ -817,5 +826,7 @@ mod tests {
     fn path_segments_are_encoded() {
         assert_eq!(encode("web-1"), "web-1");
         assert_eq!(encode("a b/c"), "a%20b%2Fc");
+        assert_eq!(encode("é:~%"), "%C3%A9:~%25");
+        assert_eq!(encode_key("app/a b/"), "app/a%20b/");
     }
 }

@@ -14,10 +14,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::catalog::{Catalog, CatalogError, Indexed, Registration};
-use crate::client::{Client, ClientError, QueryOptions, encode};
-use crate::model::{AgentService, CheckStatus, HealthCheck, Node};
-use crate::remote::{CheckUpdate, NodeLease, NodeRegistration, WriteIndex};
+use plexus_api::catalog::{Catalog, CatalogError, Indexed, Registration};
+use plexus_api::client::{Client, ClientError, QueryOptions, encode};
+use plexus_api::model::{AgentService, CheckStatus, HealthCheck, Node};
+use plexus_api::remote::{CheckUpdate, NodeLease, NodeRegistration, WriteIndex};
+use plexus_runtime::Backoff;
+use plexus_runtime::backoff::spread;
 
 /// What this node has registered, as last written.
 #[derive(Debug, Default, Clone)]
@@ -67,15 +69,6 @@ fn catalog_error(kind: &'static str, id: &str, error: ClientError) -> CatalogErr
     }
 }
 
-fn jitter(max: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::from(d.subsec_nanos()))
-        .unwrap_or(0);
-    let max = max.as_millis().max(1) as u64;
-    Duration::from_millis(nanos % max)
-}
-
 impl HttpCatalog {
     /// A catalog for `node` through `client`; starts following the node's index (needs a tokio
     /// runtime).
@@ -92,9 +85,7 @@ impl HttpCatalog {
     }
 
     fn owned(&self) -> std::sync::MutexGuard<'_, Owned> {
-        self.owned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        plexus_runtime::lock::lock(&self.owned)
     }
 
     fn advance(&self, index: u64) {
@@ -133,7 +124,8 @@ impl HttpCatalog {
     pub async fn hold_lease(&self, ttl: Duration) {
         let ttl_text = format!("{}ms", ttl.as_millis());
         let grant_path = format!("{}?ttl={ttl_text}", self.node_path("/lease"));
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut away_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
         loop {
             let granted: Result<NodeLease, ClientError> = self
                 .client
@@ -142,13 +134,13 @@ impl HttpCatalog {
             let lease = match granted {
                 Ok(lease) => lease,
                 Err(error) => {
-                    tracing::warn!(error = %error, retry_in = ?backoff, "cannot take the node's lease; retrying");
-                    tokio::time::sleep(backoff + jitter(backoff / 2)).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %error, retry_in = ?delay, "cannot take the node's lease; retrying");
+                    tokio::time::sleep(delay).await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(200);
+            backoff.reset();
             tracing::info!(node = %self.node, lease = lease.id, "holding the node's lease");
             if let Err(error) = self.resync().await {
                 tracing::warn!(%error, "re-registration failed; trying again after the next renewal");
@@ -156,15 +148,19 @@ impl HttpCatalog {
             let renew_path = self.node_path(&format!("/lease/{}", lease.id));
             let mut away = false;
             loop {
-                let pause = if away { backoff } else { ttl / 3 };
-                tokio::time::sleep(pause + jitter(pause / 4)).await;
+                let pause = if away {
+                    away_backoff.next_delay()
+                } else {
+                    spread(ttl / 3, 0.25)
+                };
+                tokio::time::sleep(pause).await;
                 match self
                     .client
                     .put_json::<(), NodeLease>(&renew_path, None)
                     .await
                 {
                     Ok(_) => {
-                        backoff = Duration::from_millis(200);
+                        away_backoff.reset();
                         if away {
                             away = false;
                             tracing::info!(node = %self.node, "servers reachable again; reporting");
@@ -183,7 +179,6 @@ impl HttpCatalog {
                             tracing::warn!(error = %error, "cannot renew the node's lease; retrying");
                         }
                         away = true;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
             }
@@ -205,7 +200,7 @@ fn advance(sender: &watch::Sender<u64>, index: u64) {
 async fn follow(client: Client, node: String, index: Arc<watch::Sender<u64>>) {
     let path = format!("/v1/internal/node/{}/checks", encode(&node));
     let mut at = 0u64;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
         let query = if at == 0 {
             QueryOptions::default()
@@ -214,15 +209,14 @@ async fn follow(client: Client, node: String, index: Arc<watch::Sender<u64>>) {
         };
         match client.get::<Vec<HealthCheck>>(&path, query, &[]).await {
             Ok(answer) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 // An index that went backwards (a restored store): start over.
                 at = if answer.index < at { 0 } else { answer.index };
                 advance(&index, answer.index);
             }
             Err(_) => {
                 at = 0;
-                tokio::time::sleep(backoff + jitter(backoff / 2)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }
