@@ -63,18 +63,6 @@ pub fn router(actuator: Actuator) -> Router {
         .with_state(actuator)
 }
 
-/// An error and its causes on one line.
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 fn error(status: StatusCode, code: &str, message: String, field: Option<&str>) -> Response {
     let body = ErrorBody::new(code, message, field.map(str::to_owned));
     (status, axum::Json(body)).into_response()

@@ -11,12 +11,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use plexus_api::presence::Peer;
+use plexus_runtime::lock::{lock, read, write};
 use rmpv::Value;
 use tokio::sync::{Semaphore, oneshot, watch};
 
@@ -118,10 +119,6 @@ pub struct Platform {
     inner: Arc<Inner>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Platform {
     /// A platform for app `app` with a fresh origin (instance id).
     pub fn new(app: impl Into<String>) -> Self {
@@ -170,38 +167,22 @@ impl Platform {
 
     /// Attaches the cloud connector (replacing any previous one).
     pub fn set_connector(&self, connector: Arc<dyn Connector>) {
-        *self
-            .inner
-            .connector
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(connector);
+        *write(&self.inner.connector) = Some(connector);
     }
 
     /// Records the topic-partition presence assigned to this instance.
     pub fn set_topic(&self, topic: Option<String>) {
-        *self
-            .inner
-            .topic
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = topic;
+        *write(&self.inner.topic) = topic;
     }
 
     /// The topic-partition this instance consumes, once assigned.
     pub fn topic(&self) -> Option<String> {
-        self.inner
-            .topic
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        read(&self.inner.topic).clone()
     }
 
     /// The attached connector.
     pub fn connector(&self) -> Option<Arc<dyn Connector>> {
-        self.inner
-            .connector
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        read(&self.inner.connector).clone()
     }
 
     /// Registers `function` under `route` with `workers` concurrent workers.
@@ -230,11 +211,7 @@ impl Platform {
             visibility,
             permits: Arc::new(Semaphore::new(workers)),
         };
-        self.inner
-            .local
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(route.to_owned(), entry);
+        write(&self.inner.local).insert(route.to_owned(), entry);
         tracing::info!(route, workers, ?visibility, "route registered");
         self.publish_routes();
         Ok(())
@@ -242,12 +219,7 @@ impl Platform {
 
     /// Removes a local route.
     pub fn release(&self, route: &str) {
-        let removed = self
-            .inner
-            .local
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(route);
+        let removed = write(&self.inner.local).remove(route);
         if removed.is_some() {
             self.publish_routes();
         }
@@ -270,10 +242,7 @@ impl Platform {
 
     /// The local routes.
     pub fn local_routes(&self) -> Vec<RouteInfo> {
-        self.inner
-            .local
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        read(&self.inner.local)
             .iter()
             .map(|(route, r)| RouteInfo {
                 route: route.clone(),
@@ -284,12 +253,7 @@ impl Platform {
     }
 
     fn local_route(&self, route: &str) -> Option<LocalRoute> {
-        self.inner
-            .local
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(route)
-            .cloned()
+        read(&self.inner.local).get(route).cloned()
     }
 
     /// True when `route` is public here (callable from other instances and over HTTP); `None`
