@@ -254,6 +254,15 @@ fn parse_query(query: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// The first value of query parameter `name` in `query` (keys and values form-decoded), e.g.
+/// for a route's query criteria.
+pub fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (form_decode(k) == name).then(|| form_decode(v).into_owned())
+    })
+}
+
 /// Decodes one key or value of a query string (`application/x-www-form-urlencoded`): `+` is a
 /// space, `%XX` a byte (with the `percent-encoding` crate); invalid UTF-8 becomes U+FFFD and a
 /// `%` not followed by two hex digits stays as it is.
@@ -409,6 +418,17 @@ mod tests {
         assert_eq!(q.get("name"), Some("a/b"));
         assert_eq!(q.get("x"), Some("1 2"));
         assert_eq!(q.get("wait"), Some("30s"));
+    }
+
+    #[test]
+    fn query_values_are_found_by_decoded_name() {
+        assert_eq!(
+            query_value(Some("a=1&b%20c=2+3&b c=x"), "b c").as_deref(),
+            Some("2 3")
+        );
+        assert_eq!(query_value(Some("flag&x=1"), "flag").as_deref(), Some(""));
+        assert_eq!(query_value(Some("x=1"), "y"), None);
+        assert_eq!(query_value(None, "x"), None);
     }
 
     #[test]
