@@ -31,10 +31,10 @@
 //! plane's CA, renewed at about half-life); the inbound listener authorizes every connection
 //! against the intentions (`authorize/`). Apps see plain TCP on 127.0.0.1.
 //!
-//! HTTP-aware upstreams and the inbound HTTP/2 path: `l7/` (policies from the compiled discovery
-//! chain, `route/` and `resilience/`; per-request endpoint selection over each chain target's
-//! own service, with failover, the resolver's load balancer, outlier ejection and mirroring in
-//! `l7/targets.rs`, `l7/balancer.rs`, `l7/mirror.rs`); see docs/architecture.md, "L7 data path".
+//! HTTP-aware upstreams and the inbound HTTP/2 path: `http/`, whose `http/stack.rs` assembles
+//! the per-request path from named tower layers (route, rate limit, bulkhead, fault, rewrite,
+//! mirror, split, timeout, retry, balance, endpoint pool); see docs/architecture.md, "L7 data
+//! path". The listener only detects the protocol and hands HTTP connections to it.
 //!
 //! Main types: [`ProxyConfig`], [`run`], [`ProxyError`].
 
@@ -45,11 +45,9 @@ pub mod balance;
 mod discovery;
 mod endpoint;
 mod error;
-mod l7;
+mod http;
 mod listener;
 mod metrics;
-pub mod resilience;
-pub mod route;
 mod staleness;
 #[cfg(test)]
 mod tests;
@@ -61,22 +59,24 @@ mod tls;
 pub mod hot {
     pub use crate::balance::RoundRobin;
     pub use crate::discovery::EndpointSet;
+    pub use crate::http::route::table::{RequestView, RouteTable};
+    pub use plexus_runtime::http::query_value;
 
     /// The L7 path's removal of hop-by-hop headers, as each proxied request and response gets it.
-    pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-        crate::l7::strip_hop_by_hop(headers);
+    pub fn strip_hop_by_hop(headers: &mut ::http::HeaderMap) {
+        crate::http::strip_hop_by_hop(headers);
     }
 
     /// The L7 path's `traceparent` check (and creation when absent), once per request.
-    pub fn ensure_traceparent(headers: &mut http::HeaderMap) {
-        crate::l7::ensure_traceparent(headers);
+    pub fn ensure_traceparent(headers: &mut ::http::HeaderMap) {
+        crate::http::ensure_traceparent(headers);
     }
 }
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus_runtime::{http, telemetry};
+use plexus_runtime::telemetry;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -85,10 +85,10 @@ use tracing::{error, info, warn};
 
 pub use discovery::RegistrationError;
 pub use error::{ListenerName, ProxyError};
-pub use l7::access_log::AccessLog;
+pub use http::access_log::AccessLog;
 
-use discovery::{EndpointSet, SidecarConfig};
-use listener::{Context, Limits, Listeners, OnBindError, Resolve};
+use discovery::{EndpointSet, Resolve, ResolveChain, SidecarConfig};
+use listener::{Context, Limits, Listeners, OnBindError};
 use metrics::Metrics;
 
 /// Connections one listener serves at once; more wait in the kernel's accept backlog.
@@ -141,7 +141,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
     let metrics = Metrics::register(&mut registry);
     let tls_metrics = tls::TlsMetrics::register(&mut registry);
     let authorize_metrics = authorize::AuthorizeMetrics::register(&mut registry);
-    let http_metrics = l7::HttpMetrics::register(&mut registry).with_access_log(access_log);
+    let http_metrics = http::HttpMetrics::register(&mut registry).with_access_log(access_log);
 
     // Admin first, so readiness probes get 503 (not a refused connection) while we start.
     let admin_addr = admin_listener
@@ -154,7 +154,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         let (stop, kill) = (stop.clone(), kill.clone());
         async move {
             tokio::select! {
-                served = http::serve(admin_listener, router, stop) => {
+                served = plexus_runtime::http::serve(admin_listener, router, stop) => {
                     if let Err(error) = served {
                         error!(%error, addr = %admin_addr, "admin server failed");
                     }
@@ -243,7 +243,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
                 rx
             })
         };
-        let chains: listener::ResolveChain = {
+        let chains: ResolveChain = {
             let (control, tasks) = (control.clone(), tasks.clone());
             Arc::new(move |destination: &str, stop: CancellationToken| {
                 let (tx, rx) = watch::channel(None);
@@ -319,7 +319,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         .await
         .is_err()
     {
-        warn!(grace = ?drain_grace, "drain grace period over; closing remaining connections");
+        warn!(grace = ?drain_grace, left = tasks.len(), "drain grace period over; closing remaining connections");
         kill.cancel();
         tasks.wait().await;
     }

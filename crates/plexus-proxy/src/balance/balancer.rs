@@ -6,13 +6,15 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use plexus_api::config_entry::chain::{HashSource, LbAlgorithm, LoadBalancerPolicy};
 
 use crate::balance::hash::{self, Maglev, Ring};
 use crate::balance::{RoundRobin, p2c};
-use crate::route::query_value;
+use plexus_runtime::http::query_value;
 use plexus_runtime::lock::lock;
 
 /// Latency assumed for an endpoint without a sample yet (`peak_ewma`).

@@ -17,12 +17,17 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use http::{Request, Response};
 use plexus_api::config_entry::chain::LimitsPolicy;
-use plexus_api::duration::GoDuration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Layer, Service};
 
-use super::{HttpMetrics, LocalError};
+use super::metrics::Observe;
+use super::stack::{AnswerFuture, HttpService, take};
+use super::{Body, HttpError, Reason};
 
 /// Which limit refused a request (the `limit` metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,23 +109,22 @@ impl Bulkhead {
             .map_err(|_| Limit::ConcurrentRequests)
     }
 
-    /// [`Bulkhead::acquire`] for a request to `upstream`, the wait bounded by the route's
-    /// `timeout`; a refusal is counted and becomes 503 `concurrency_limit`.
+    /// [`Bulkhead::acquire`], the wait bounded by the route's `timeout` (504); a refusal is
+    /// counted and becomes 503 `concurrency_limit`.
     pub(crate) async fn admit(
         &self,
-        timeout: Option<GoDuration>,
-        metrics: &HttpMetrics,
-        upstream: &str,
-    ) -> Result<RequestSlot, LocalError> {
+        timeout: Option<Duration>,
+        observe: &Observe,
+    ) -> Result<RequestSlot, HttpError> {
         let acquired = match timeout {
-            Some(timeout) => tokio::time::timeout(timeout.0, self.acquire())
+            Some(timeout) => tokio::time::timeout(timeout, self.acquire())
                 .await
-                .map_err(|_| LocalError::Timeout)?,
+                .map_err(|_| HttpError::new(Reason::Timeout))?,
             None => self.acquire().await,
         };
         acquired.map_err(|limit| {
-            metrics.bulkhead_rejected(upstream, limit.label());
-            LocalError::ConcurrencyLimit
+            observe.bulkhead_rejected(limit.label());
+            HttpError::new(Reason::ConcurrencyLimit)
         })
     }
 
@@ -140,12 +144,86 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// A request's way through the upstream's bulkhead (set by the route layer when the policy has
+/// `MaxConcurrentRequests`).
+#[derive(Debug, Clone)]
+pub(crate) struct Admission {
+    /// The upstream's bulkhead.
+    pub bulkhead: Arc<Bulkhead>,
+    /// The longest wait in its queue: the route's `RequestTimeout`.
+    pub wait: Option<Duration>,
+}
+
+/// Adds [`Bulkheaded`].
+#[derive(Debug, Clone)]
+pub(crate) struct BulkheadLayer {
+    observe: Observe,
+}
+
+impl BulkheadLayer {
+    /// Rejections counted in `observe`'s metrics.
+    pub(crate) fn new(observe: Observe) -> Self {
+        Self { observe }
+    }
+}
+
+impl<S> Layer<S> for BulkheadLayer {
+    type Service = Bulkheaded<S>;
+    fn layer(&self, inner: S) -> Bulkheaded<S> {
+        Bulkheaded {
+            inner,
+            observe: self.observe.clone(),
+        }
+    }
+}
+
+/// Holds a slot of the bulkhead for the request (with an [`Admission`]) until its response
+/// headers arrive.
+#[derive(Debug, Clone)]
+pub(crate) struct Bulkheaded<S> {
+    inner: S,
+    observe: Observe,
+}
+
+impl<S: HttpService> Service<Request<Body>> for Bulkheaded<S> {
+    type Response = Response<Body>;
+    type Error = HttpError;
+    type Future = AnswerFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> AnswerFuture {
+        let Some(admission) = request.extensions_mut().remove::<Admission>() else {
+            return self.inner.call(request);
+        };
+        let mut inner = take(&mut self.inner);
+        let observe = self.observe.clone();
+        Box::pin(async move {
+            let _slot = admission.bulkhead.admit(admission.wait, &observe).await?;
+            inner.call(request).await
+        })
+    }
+}
+
 /// `MaxConnections`: open pooled connections to the upstream's endpoints, counted from the
 /// moment one is being opened until it has closed. Shared by every policy of the upstream
 /// (connections outlive a chain change); the maximum is the current policy's.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ConnectionBudget {
     open: AtomicU32,
+    /// `u32::MAX`: no limit.
+    max: AtomicU32,
+}
+
+impl Default for ConnectionBudget {
+    fn default() -> Self {
+        Self {
+            open: AtomicU32::new(0),
+            max: AtomicU32::new(u32::MAX),
+        }
+    }
 }
 
 /// One counted connection; dropping it (when the connection ends, or its opening failed)
@@ -160,9 +238,14 @@ impl Drop for ConnectionPermit {
 }
 
 impl ConnectionBudget {
-    /// Counts one more connection if fewer than `max` are open (`None`: no limit).
-    pub(crate) fn try_open(self: &Arc<Self>, max: Option<u32>) -> Option<ConnectionPermit> {
-        let max = max.unwrap_or(u32::MAX);
+    /// Sets the maximum from the current policy (`None`: no limit).
+    pub(crate) fn set_max(&self, max: Option<u32>) {
+        self.max.store(max.unwrap_or(u32::MAX), Ordering::Release);
+    }
+
+    /// Counts one more connection if fewer than the maximum are open.
+    pub(crate) fn try_open(self: &Arc<Self>) -> Option<ConnectionPermit> {
+        let max = self.max.load(Ordering::Acquire);
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
@@ -269,12 +352,26 @@ mod tests {
     #[test]
     fn connection_budget_counts_open_connections() {
         let budget = Arc::new(ConnectionBudget::default());
-        let a = budget.try_open(Some(2)).unwrap();
-        let _b = budget.try_open(Some(2)).unwrap();
-        assert!(budget.try_open(Some(2)).is_none());
+        budget.set_max(Some(2));
+        let a = budget.try_open().unwrap();
+        let _b = budget.try_open().unwrap();
+        assert!(budget.try_open().is_none());
         assert_eq!(budget.open(), 2);
         drop(a);
-        assert!(budget.try_open(Some(2)).is_some());
-        assert!(budget.try_open(None).is_some());
+        let _c = budget.try_open().unwrap();
+        budget.set_max(None);
+        assert!(budget.try_open().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_waits_at_most_the_route_timeout() {
+        let bulkhead = Bulkhead::new(&limits(Some(1), Some(1)));
+        let observe = Observe::new(super::super::HttpMetrics::default(), "web");
+        let _held = bulkhead.acquire().await.unwrap();
+        let started = tokio::time::Instant::now();
+        let waited = bulkhead.admit(Some(Duration::from_secs(2)), &observe).await;
+        assert_eq!(waited.unwrap_err().reason(), Reason::Timeout);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(bulkhead.pending(), 0);
     }
 }

@@ -1,8 +1,20 @@
-//! Fault injection: whether to delay and/or abort one request, from random draws.
+//! Fault injection (`service-defaults` `FaultInjection`): delay and/or abort a share of the
+//! requests, optionally only those carrying a header.
+//!
+//! [`decide`] is the pure decision (random draws in); the layer applies it to requests with a
+//! [`Fault`] (set by the route layer), counting each fault by kind.
 
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::{Request, Response};
 use plexus_api::config_entry::chain::FaultPolicy;
+use tower::{Layer, Service};
+
+use super::metrics::Observe;
+use super::stack::{AnswerFuture, HttpService, fail, take};
+use super::{Body, HttpError, Reason};
 
 /// What to do to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,6 +49,82 @@ pub fn decide<'a>(
             .abort
             .filter(|(_, pct)| abort_draw < *pct)
             .map(|(s, _)| s),
+    }
+}
+
+/// The upstream's fault policy (set by the route layer when there is one).
+#[derive(Debug, Clone)]
+pub(crate) struct Fault(pub Arc<FaultPolicy>);
+
+/// Adds [`Faults`].
+#[derive(Debug, Clone)]
+pub(crate) struct FaultLayer {
+    observe: Observe,
+}
+
+impl FaultLayer {
+    /// Faults counted in `observe`'s metrics.
+    pub(crate) fn new(observe: Observe) -> Self {
+        Self { observe }
+    }
+}
+
+impl<S> Layer<S> for FaultLayer {
+    type Service = Faults<S>;
+    fn layer(&self, inner: S) -> Faults<S> {
+        Faults {
+            inner,
+            observe: self.observe.clone(),
+        }
+    }
+}
+
+/// Delays and/or aborts a request with a [`Fault`] as its draws decide.
+#[derive(Debug, Clone)]
+pub(crate) struct Faults<S> {
+    inner: S,
+    observe: Observe,
+}
+
+impl<S: HttpService> Service<Request<Body>> for Faults<S> {
+    type Response = Response<Body>;
+    type Error = HttpError;
+    type Future = AnswerFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> AnswerFuture {
+        let Some(Fault(policy)) = request.extensions_mut().remove::<Fault>() else {
+            return self.inner.call(request);
+        };
+        let headers = request.headers();
+        let decision = decide(
+            &policy,
+            |name| headers.get(name).and_then(|value| value.to_str().ok()),
+            rand::random::<f64>() * 100.0,
+            rand::random::<f64>() * 100.0,
+        );
+        let abort = decision.abort.map(|status| {
+            self.observe.fault("abort");
+            HttpError::new(Reason::FaultInjected(status))
+        });
+        let Some(delay) = decision.delay else {
+            return match abort {
+                Some(error) => fail(error),
+                None => self.inner.call(request),
+            };
+        };
+        self.observe.fault("delay");
+        let mut inner = take(&mut self.inner);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            match abort {
+                Some(error) => Err(error),
+                None => inner.call(request).await,
+            }
+        })
     }
 }
 

@@ -118,6 +118,48 @@ impl Default for HttpMetrics {
     }
 }
 
+/// The HTTP metrics of one upstream: what the layers count, with its label. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Observe {
+    metrics: HttpMetrics,
+    upstream: std::sync::Arc<str>,
+}
+
+impl Observe {
+    /// Counts for `upstream` in `metrics`.
+    pub(crate) fn new(metrics: HttpMetrics, upstream: &str) -> Self {
+        Self {
+            metrics,
+            upstream: std::sync::Arc::from(upstream),
+        }
+    }
+
+    /// Counts a retry.
+    pub(crate) fn retry(&self) {
+        self.metrics.retry(&self.upstream);
+    }
+
+    /// Counts a retry the budget refused.
+    pub(crate) fn budget_exhausted(&self) {
+        self.metrics.budget_exhausted(&self.upstream);
+    }
+
+    /// Counts a request a bulkhead limit refused.
+    pub(crate) fn bulkhead_rejected(&self, limit: &'static str) {
+        self.metrics.bulkhead_rejected(&self.upstream, limit);
+    }
+
+    /// Counts an injected fault (`delay`, `abort`).
+    pub(crate) fn fault(&self, kind: &'static str) {
+        self.metrics.fault(&self.upstream, kind);
+    }
+
+    /// Counts a mirrored request (`sent` or `dropped`).
+    pub(crate) fn mirrored(&self, result: &'static str) {
+        self.metrics.mirrored(&self.upstream, result);
+    }
+}
+
 /// One finished request, as the metrics and the access log see it.
 #[derive(Debug)]
 pub(crate) struct Finished {

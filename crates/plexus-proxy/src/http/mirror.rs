@@ -6,14 +6,24 @@
 //! counted), each lasts at most [`MIRROR_TIMEOUT`], and only requests whose body is known to be
 //! at most [`MAX_BODY`] bytes are copied (the body is buffered once for both).
 
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
+use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body as _;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tower::{Layer, Service, ServiceExt};
+use tracing::debug;
 
-use super::{Body, LocalError};
+use super::balance::Selected;
+use super::metrics::Observe;
+use super::retry::rebuild;
+use super::stack::{AnswerFuture, HttpService, take};
+use super::{Body, HttpError, Reason};
 
 /// Copies in flight per upstream before further copies are dropped.
 pub(crate) const MAX_IN_FLIGHT: usize = 64;
@@ -34,11 +44,7 @@ pub(crate) enum Tee {
 
 /// Splits `request` into the primary and a copy when `draw` (in `[0, 100)`) is below
 /// `percent` and its body is small enough; the body is buffered for both.
-pub(crate) async fn tee(
-    request: Request<Body>,
-    percent: f64,
-    draw: f64,
-) -> Result<Tee, LocalError> {
+pub(crate) async fn tee(request: Request<Body>, percent: f64, draw: f64) -> Result<Tee, HttpError> {
     if draw >= percent {
         return Ok(Tee::Skip(request));
     }
@@ -55,12 +61,120 @@ pub(crate) async fn tee(
     let body: Bytes = Limited::new(body, limit)
         .collect()
         .await
-        .map_err(|_| LocalError::BadRequest)?
+        .map_err(|_| HttpError::new(Reason::BadRequest))?
         .to_bytes();
     Ok(Tee::Copy(
-        super::outbound::rebuild(&parts, body.clone()),
-        Box::new(super::outbound::rebuild(&parts, body)),
+        rebuild(&parts, body.clone()),
+        Box::new(rebuild(&parts, body)),
     ))
+}
+
+/// The upstream's mirror (set by the route layer when the policy has one).
+#[derive(Debug, Clone)]
+pub(crate) struct Mirror {
+    /// The share of requests copied, 0–100.
+    pub percent: f64,
+    /// Where copies go: the mirror service, unfiltered.
+    pub to: Selected,
+}
+
+/// Adds [`Mirroring`]; copies are sent through `concrete` (balance and endpoint only).
+#[derive(Clone)]
+pub(crate) struct MirrorLayer<C> {
+    concrete: C,
+    observe: Observe,
+    tasks: TaskTracker,
+    in_flight: Arc<Semaphore>,
+}
+
+impl<C> MirrorLayer<C> {
+    /// Copies sent through `concrete` as tasks in `tasks`, counted in `observe`.
+    pub(crate) fn new(concrete: C, observe: Observe, tasks: TaskTracker) -> Self {
+        Self {
+            concrete,
+            observe,
+            tasks,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        }
+    }
+}
+
+impl<S, C: Clone> Layer<S> for MirrorLayer<C> {
+    type Service = Mirroring<S, C>;
+    fn layer(&self, inner: S) -> Mirroring<S, C> {
+        Mirroring {
+            inner,
+            copies: self.clone(),
+        }
+    }
+}
+
+/// Copies a share of the requests with a [`Mirror`] to the mirror service.
+#[derive(Clone)]
+pub(crate) struct Mirroring<S, C> {
+    inner: S,
+    copies: MirrorLayer<C>,
+}
+
+impl<S: HttpService, C: HttpService> Service<Request<Body>> for Mirroring<S, C> {
+    type Response = Response<Body>;
+    type Error = HttpError;
+    type Future = AnswerFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> AnswerFuture {
+        let Some(mirror) = request.extensions_mut().remove::<Mirror>() else {
+            return self.inner.call(request);
+        };
+        let mut inner = take(&mut self.inner);
+        let copies = self.copies.clone();
+        Box::pin(async move {
+            let request = match tee(request, mirror.percent, rand::random::<f64>() * 100.0).await? {
+                Tee::Skip(request) => request,
+                Tee::TooLarge(request) => {
+                    copies.observe.mirrored("dropped");
+                    request
+                }
+                Tee::Copy(request, copy) => {
+                    copies.send(*copy, mirror.to);
+                    request
+                }
+            };
+            inner.call(request).await
+        })
+    }
+}
+
+impl<C: HttpService> MirrorLayer<C> {
+    /// Sends `copy` to `to` in the background, unless [`MAX_IN_FLIGHT`] copies are already in
+    /// flight; its response is drained and dropped.
+    fn send(&self, mut copy: Request<Body>, to: Selected) {
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            self.observe.mirrored("dropped");
+            return;
+        };
+        self.observe.mirrored("sent");
+        let service = to.target.service.clone();
+        copy.extensions_mut().insert(to);
+        let concrete = self.concrete.clone();
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            let work = async {
+                match concrete.oneshot(copy).await {
+                    Ok(response) => {
+                        let _ = response.into_body().collect().await;
+                    }
+                    Err(error) => {
+                        debug!(mirror = %service, reason = error.label(), "mirrored request failed");
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(MIRROR_TIMEOUT, work).await;
+        });
+    }
 }
 
 #[cfg(test)]

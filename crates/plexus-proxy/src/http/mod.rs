@@ -1,51 +1,69 @@
-//! The L7 (HTTP) data path, used for services whose protocol is `http`, `http2` or `grpc`.
+//! The HTTP data path, for services whose protocol is `http`, `http2` or `grpc`.
+//!
+//! Read [`stack`] first: it assembles the per-request path of an upstream listener from named
+//! tower layers, top-down, and the inbound path of the sidecar's public listener.
 //!
 //! ```text
-//!  app ──HTTP/1.1 or h2c──► outbound listener (hyper auto server)
-//!        each request: policy ─► target (targets.rs: its service's endpoints, subset, failover,
-//!        outlier ejection) ─► balancer.rs ─► pooled HTTP/2 connection per endpoint, inside mTLS
-//!        (ALPN plexus-h2); mirror.rs copies requests to a mirror service
-//!  peer sidecar ──h2 over mTLS──► inbound listener (hyper h2 server, intentions per connection)
-//!        each request ─► local app (hyper-util pool: HTTP/1.1 keep-alive, or h2c for http2/grpc)
+//!  app ──HTTP/1.1 or h2c──► server (edge) ─► tunnel ─► normalize ─► route ─► rate limit ─► bulkhead
+//!      ─► fault ─► rewrite ─► mirror ─► split ─► timeout ─► retry ─► balance ─► endpoint pool
+//!      ──one pooled HTTP/2 connection per endpoint, inside mTLS (ALPN plexus-h2)──► peer sidecar
+//!  peer sidecar ──h2 over mTLS──► server (edge) ─► authorize ─► tunnel ─► local app (pooled)
 //! ```
 //!
-//! Anything the sidecar answers itself carries `x-plexus-error: <reason>` ([`LocalError`]); a
-//! gRPC request gets a trailers-only response with a `grpc-status` instead.
+//! Modules, by stage:
+//! - the edge: [`server`] (hyper connections, graceful shutdown, error → response, metrics and
+//!   access log per request: [`metrics`], [`access_log`], [`trailers`]), [`flood`] (HTTP/2
+//!   control-frame limit), [`error`] (the one error type, with blame and retryable);
+//! - logical (per request, from the upstream's discovery chain): [`upgrade`] (WebSocket and
+//!   `CONNECT` tunnels), [`normalize`], [`route`] (the route table and the policy built from the
+//!   chain), [`rate_limit`], [`bulkhead`], [`fault`], [`rewrite`], [`mirror`], [`split`],
+//!   [`timeout`], [`retry`];
+//! - concrete (per target service): [`balance`] (candidates and order, with `crate::balance`),
+//!   [`targets`] (each chain target's endpoints, subset and failover), [`outlier`];
+//! - endpoint: [`endpoint`] (the pool of HTTP/2 connections and the attempt itself);
+//! - inbound: [`inbound`] (intentions per request, the local app's connection pool).
 //!
-//! Also here: WebSocket/`CONNECT` tunnels over extended CONNECT (`upgrade`), recording a request
-//! when its response ends (`trailers`: gRPC status from trailers) in the metrics and the JSON
-//! access log (`access_log`), and the W3C trace hop ([`trace_hop`]).
+//! Each layer module holds its pure decision code next to the state it keeps and the tower
+//! layer that applies it, with its unit tests. A layer reads what the route layer programmed
+//! into the request's extensions (its own types) and passes requests without them through.
 
 pub(crate) mod access_log;
-mod balancer;
-mod bulkhead;
-mod flood;
-mod idle;
+pub(crate) mod balance;
+pub(crate) mod bulkhead;
+pub(crate) mod endpoint;
+pub(crate) mod error;
+pub(crate) mod fault;
+pub(crate) mod flood;
 pub(crate) mod inbound;
-mod metrics;
-mod mirror;
-pub(crate) mod outbound;
-mod policy;
-mod rewrite;
-mod route_limit;
+pub(crate) mod metrics;
+pub(crate) mod mirror;
+pub(crate) mod normalize;
+pub(crate) mod outlier;
+pub(crate) mod rate_limit;
+pub(crate) mod retry;
+pub(crate) mod rewrite;
+pub(crate) mod route;
+pub(crate) mod server;
+pub(crate) mod split;
+pub(crate) mod stack;
 pub(crate) mod targets;
-mod trailers;
-mod upgrade;
+pub(crate) mod timeout;
+pub(crate) mod trailers;
+pub(crate) mod upgrade;
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
+pub(crate) use error::{HttpError, Reason};
 pub(crate) use metrics::HttpMetrics;
+pub(crate) use stack::{Inbound, Outbound};
 
-/// The latest discovery chain of an upstream (`None` until the control plane answered).
-pub(crate) type ChainWatch = tokio::sync::watch::Receiver<
-    Option<std::sync::Arc<plexus_api::Indexed<plexus_api::config_entry::chain::DiscoveryChain>>>,
->;
+use crate::discovery::ChainWatch;
 
 /// True when the chain declares an HTTP-aware protocol (`service-defaults` `Protocol` `http`,
 /// `http2` or `grpc`); `tcp`, and no chain yet, keep the L4 path.
@@ -75,118 +93,6 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 32;
 /// Idle HTTP/2 connections are pinged this often; an unanswered ping closes the connection.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
-
-/// A response the sidecar makes itself, and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LocalError {
-    /// The local rate limit refused the request.
-    RateLimited,
-    /// `max_concurrent_requests` requests are already in flight to the upstream.
-    ConcurrencyLimit,
-    /// Fault injection aborted the request with this status.
-    FaultInjected(u16),
-    /// No healthy endpoint is known for the upstream.
-    NoHealthyEndpoints,
-    /// Every endpoint refused the connection (or the TLS handshake failed).
-    UpstreamConnectFailure,
-    /// The connection to the upstream broke before a response arrived.
-    UpstreamReset,
-    /// The intentions deny the caller.
-    Denied,
-    /// The request cannot be forwarded as it is (e.g. an unusable host).
-    BadRequest,
-    /// The request took longer than its route's timeout.
-    Timeout,
-}
-
-impl LocalError {
-    /// The value of `x-plexus-error` (and the `reason` metric label).
-    pub(crate) fn reason(self) -> &'static str {
-        match self {
-            Self::RateLimited => "rate_limited",
-            Self::ConcurrencyLimit => "concurrency_limit",
-            Self::FaultInjected(_) => "fault_injected",
-            Self::NoHealthyEndpoints => "no_healthy_endpoints",
-            Self::UpstreamConnectFailure => "upstream_connect_failure",
-            Self::UpstreamReset => "upstream_reset",
-            Self::Denied => "denied",
-            Self::Timeout => "timeout",
-            Self::BadRequest => "bad_request",
-        }
-    }
-
-    /// The HTTP status.
-    pub(crate) fn status(self) -> StatusCode {
-        match self {
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Self::ConcurrencyLimit => StatusCode::SERVICE_UNAVAILABLE,
-            Self::FaultInjected(status) => {
-                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
-            }
-            Self::NoHealthyEndpoints => StatusCode::SERVICE_UNAVAILABLE,
-            Self::UpstreamConnectFailure | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
-            Self::Denied => StatusCode::FORBIDDEN,
-            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::BadRequest => StatusCode::BAD_REQUEST,
-        }
-    }
-
-    /// The gRPC status code used for gRPC requests.
-    pub(crate) fn grpc_status(self) -> u8 {
-        match self {
-            // RESOURCE_EXHAUSTED
-            Self::RateLimited => 8,
-            Self::FaultInjected(status) => match status {
-                429 => 8,
-                504 => 4,
-                403 => 7,
-                // UNAVAILABLE for 5xx, UNKNOWN otherwise
-                500..=599 => 14,
-                _ => 2,
-            },
-            // UNAVAILABLE
-            Self::ConcurrencyLimit
-            | Self::NoHealthyEndpoints
-            | Self::UpstreamConnectFailure
-            | Self::UpstreamReset => 14,
-            // PERMISSION_DENIED
-            Self::Denied => 7,
-            // DEADLINE_EXCEEDED
-            Self::Timeout => 4,
-            // INVALID_ARGUMENT
-            Self::BadRequest => 3,
-        }
-    }
-
-    /// The response: plain text with `x-plexus-error`, or a gRPC trailers-only response.
-    pub(crate) fn response(self, grpc: bool) -> Response<Body> {
-        let reason = HeaderValue::from_static(self.reason());
-        let mut response = if grpc {
-            let mut response = Response::new(empty());
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            headers.insert(
-                "grpc-status",
-                HeaderValue::from(u16::from(self.grpc_status())),
-            );
-            headers.insert("grpc-message", reason.clone());
-            response
-        } else {
-            let mut response = Response::new(full(format!("plexus: {}\n", self.reason())));
-            *response.status_mut() = self.status();
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            response
-        };
-        response.headers_mut().insert(ERROR_HEADER, reason);
-        response
-    }
-}
 
 /// A body of `bytes`.
 pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
@@ -286,30 +192,6 @@ impl RequestInfo {
             peer,
         }
     }
-}
-
-/// Records `finished` (metrics, access log) with what `response` says, when the response ends:
-/// at once, or, for a gRPC response whose status comes in trailers, when its body ends.
-pub(crate) fn record(
-    metrics: &HttpMetrics,
-    response: Response<Body>,
-    mut finished: metrics::Finished,
-) -> Response<Body> {
-    finished.status = response.status();
-    finished.error = response
-        .headers()
-        .get(ERROR_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
-    finished.response_bytes = hyper::body::Body::size_hint(response.body()).exact();
-    let metrics = metrics.clone();
-    trailers::on_end(
-        response,
-        Box::new(move |grpc_status| {
-            finished.grpc_status = grpc_status;
-            metrics.finished(finished);
-        }),
-    )
 }
 
 /// One hop of the W3C trace: a request without a valid `traceparent` gets a new one (version
@@ -441,23 +323,5 @@ mod tests {
             assert!(parse_traceparent(&fresh).is_some(), "{fresh}");
             assert!(!fresh.contains("4bf92f"), "{bad} → {fresh}");
         }
-    }
-
-    #[test]
-    fn local_errors_say_why_in_http_and_in_grpc() {
-        let response = LocalError::NoHealthyEndpoints.response(false);
-        assert_eq!(response.status(), 503);
-        assert_eq!(response.headers()[ERROR_HEADER], "no_healthy_endpoints");
-        let response = LocalError::UpstreamConnectFailure.response(true);
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.headers()["grpc-status"], "14");
-        assert_eq!(response.headers()[ERROR_HEADER], "upstream_connect_failure");
-        assert_eq!(
-            trailers::grpc_status(response.headers()).as_deref(),
-            Some("14")
-        );
-        assert_eq!(LocalError::Denied.response(false).status(), 403);
-        assert_eq!(LocalError::Timeout.response(false).status(), 504);
-        assert_eq!(class(StatusCode::IM_A_TEAPOT), "4xx");
     }
 }

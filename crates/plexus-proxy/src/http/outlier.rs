@@ -1,15 +1,22 @@
-//! Outlier detection: an endpoint that fails `consecutive_5xx` (or `consecutive_gateway_errors`)
-//! times in a row is ejected for `base_ejection_time × times ejected`, unless that would take the
-//! share of ejected endpoints above `max_ejection_percent`. It is readmitted once the time is up
-//! (checked on [`OutlierDetector::is_ejected`] and [`OutlierDetector::ejected`] with the
-//! caller's `now`).
+//! Outlier detection (`service-defaults` `PassiveHealthCheck`): an endpoint that fails
+//! `consecutive_5xx` (or `consecutive_gateway_errors`) times in a row is ejected for
+//! `base_ejection_time × times ejected`, unless that would take the share of ejected endpoints
+//! above `max_ejection_percent`. It is readmitted once the time is up (checked on [`OutlierDetector::is_ejected`]
+//! and [`OutlierDetector::ejected`] with the caller's `now`).
+//!
+//! [`OutlierDetector`] is the pure decision (time passed in); [`Outlier`] is one service's
+//! state: its policy and detector, kept across chain changes while the policy is the same.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use plexus_api::config_entry::chain::OutlierPolicy;
+use tokio::time::Instant;
 
 use super::retry::Outcome;
+use crate::discovery::EndpointSet;
 
 #[derive(Debug, Clone, Default)]
 struct HostState {
@@ -134,6 +141,40 @@ impl<K: Ord + Clone> OutlierDetector<K> {
             .values()
             .filter(|s| s.ejected_until.is_some_and(|t| t > now))
             .count()
+    }
+}
+
+/// One service's outlier state.
+#[derive(Debug, Default)]
+pub(crate) struct Outlier {
+    policy: Option<OutlierPolicy>,
+    detector: Option<OutlierDetector<SocketAddr>>,
+    /// The endpoint set the detector's hosts were last set from.
+    synced: Option<Arc<EndpointSet>>,
+}
+
+impl Outlier {
+    /// Applies a chain's policy: a different one starts a fresh detector (or none: off), the
+    /// same one keeps the ejections in force.
+    pub(crate) fn apply(&mut self, policy: Option<&OutlierPolicy>) {
+        if self.policy.as_ref() != policy {
+            self.policy = policy.copied();
+            self.detector = policy.map(OutlierDetector::new);
+            self.synced = None;
+        }
+    }
+
+    /// The detector, its hosts brought up to `set` (`None` when outlier detection is off).
+    pub(crate) fn detector(
+        &mut self,
+        set: &Arc<EndpointSet>,
+    ) -> Option<&mut OutlierDetector<SocketAddr>> {
+        let detector = self.detector.as_mut()?;
+        if !self.synced.as_ref().is_some_and(|s| Arc::ptr_eq(s, set)) {
+            detector.set_hosts(set.addrs.iter().copied());
+            self.synced = Some(Arc::clone(set));
+        }
+        Some(detector)
     }
 }
 

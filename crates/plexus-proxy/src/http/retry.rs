@@ -1,8 +1,32 @@
-//! Retry decisions: classification, backoff, budget.
+//! Retry: `NumRetries` more attempts on the outcomes `RetryOn` / `RetryOnStatusCodes` name, with
+//! full-jitter backoff, within the route's retry budget.
+//!
+//! The decisions are pure: [`should_retry`] (which outcomes may be retried), [`backoff`] (the
+//! delay before retry `n`, from a random draw) and [`RetryBudget`] (counting only: retries in
+//! flight ≤ `max(MinRetryConcurrency, Percent × live requests)`). The layer applies them: the
+//! request body is buffered (up to [`MAX_RETRY_BODY`]) only when the route retries; each attempt
+//! tells the balance layer which endpoints earlier ones went to ([`Tried`]); a retry the budget
+//! refuses is counted and the last answer goes back to the client.
 
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Limited};
 use plexus_api::config_entry::chain::{RetryOn, RetryPolicy};
+use tower::{Layer, Service};
+
+use super::balance::Tried;
+use super::endpoint::Served;
+use super::metrics::Observe;
+use super::stack::{Answer, AnswerFuture, HttpService, take};
+use super::{Body, HttpError, Reason};
+use plexus_runtime::lock::lock;
+
+/// Largest request body buffered so that it can be retried.
+pub const MAX_RETRY_BODY: usize = 1024 * 1024;
 
 /// What one attempt at an upstream produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,7 +35,9 @@ pub enum Outcome {
     ConnectFailure,
     /// The connection was reset or closed before a response.
     Reset,
-    /// HTTP/2 REFUSED_STREAM.
+    /// HTTP/2 REFUSED_STREAM (the endpoint does not tell it apart from a reset yet: hyper does
+    /// not expose the stream error's code).
+    #[allow(dead_code)]
     RefusedStream,
     /// A response arrived: its HTTP status, and the gRPC status when it is a gRPC response
     /// (`grpc-status` header or trailer).
@@ -24,11 +50,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// A response that is a success (not 5xx, gRPC OK or absent).
-    pub fn is_success(self) -> bool {
-        matches!(self, Self::Response { status, grpc_status } if status < 500 && grpc_status.unwrap_or(0) == 0)
-    }
-
     /// A 5xx response or a connection-level failure (what outlier detection counts as a 5xx).
     pub fn is_5xx(self) -> bool {
         match self {
@@ -139,8 +160,184 @@ impl RetryBudget {
     }
 
     /// Retries in flight.
+    #[cfg(test)]
     pub fn active_retries(&self) -> u32 {
         self.active_retries
+    }
+}
+
+/// A route's retry policy and budget (set by the route layer for routes with `NumRetries > 0`).
+#[derive(Debug, Clone)]
+pub(crate) struct Retry {
+    /// What may be retried, how often, with which backoff.
+    pub policy: Arc<RetryPolicy>,
+    /// The route's budget, shared by its requests.
+    pub budget: Arc<Mutex<RetryBudget>>,
+}
+
+/// Adds [`Retries`].
+#[derive(Debug, Clone)]
+pub(crate) struct RetryLayer {
+    observe: Observe,
+}
+
+impl RetryLayer {
+    /// Retries counted in `observe`'s metrics.
+    pub(crate) fn new(observe: Observe) -> Self {
+        Self { observe }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retries<S>;
+    fn layer(&self, inner: S) -> Retries<S> {
+        Retries {
+            inner,
+            observe: self.observe.clone(),
+        }
+    }
+}
+
+/// Sends a request with a [`Retry`] again while its policy, attempts and budget allow.
+#[derive(Debug, Clone)]
+pub(crate) struct Retries<S> {
+    inner: S,
+    observe: Observe,
+}
+
+impl<S: HttpService> Service<Request<Body>> for Retries<S> {
+    type Response = Response<Body>;
+    type Error = HttpError;
+    type Future = AnswerFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> AnswerFuture {
+        let Some(retry) = request.extensions_mut().remove::<Retry>() else {
+            return self.inner.call(request);
+        };
+        let inner = take(&mut self.inner);
+        let observe = self.observe.clone();
+        Box::pin(retrying(inner, request, retry, observe))
+    }
+}
+
+/// The attempts of one request.
+async fn retrying<S: HttpService>(
+    mut inner: S,
+    request: Request<Body>,
+    retry: Retry,
+    observe: Observe,
+) -> Answer {
+    let (parts, body) = request.into_parts();
+    let body = Limited::new(body, MAX_RETRY_BODY)
+        .collect()
+        .await
+        .map_err(|_| HttpError::new(Reason::BadRequest))?
+        .to_bytes();
+    let budget = &*retry.budget;
+    let policy = &*retry.policy;
+    let _live = BudgetRequest::start(budget);
+    let mut tried = Tried::default();
+    let mut retrying: Option<BudgetRetry<'_>> = None;
+    let mut attempt = 0;
+    loop {
+        let mut request = rebuild(&parts, body.clone());
+        if !tried.0.is_empty() {
+            request.extensions_mut().insert(tried.clone());
+        }
+        std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+        let result = inner.call(request).await;
+        drop(retrying.take());
+        let (outcome, endpoint) = match &result {
+            Ok(response) => (
+                Outcome::Response {
+                    status: response.status().as_u16(),
+                    grpc_status: response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|value| value.to_str().ok())
+                        .and_then(|value| value.parse().ok()),
+                },
+                response.extensions().get::<Served>().map(|s| s.0),
+            ),
+            Err(error) if error.retryable() => (
+                if error.reason() == Reason::UpstreamReset {
+                    Outcome::Reset
+                } else {
+                    Outcome::ConnectFailure
+                },
+                error.endpoint(),
+            ),
+            Err(_) => return result,
+        };
+        if let Some(endpoint) = endpoint {
+            tried.0.push(endpoint);
+        }
+        if attempt >= policy.num_retries || !should_retry(policy, outcome) {
+            return result;
+        }
+        let Some(started) = BudgetRetry::start(budget) else {
+            observe.budget_exhausted();
+            return result;
+        };
+        retrying = Some(started);
+        observe.retry();
+        let pause = backoff(
+            policy.backoff_base.0,
+            policy.backoff_max.0,
+            attempt,
+            rand::random::<f64>(),
+        );
+        tokio::time::sleep(pause).await;
+        attempt += 1;
+    }
+}
+
+/// A copy of a buffered request for one more attempt (extensions included: what the layers
+/// above programmed holds for every attempt).
+pub(crate) fn rebuild(parts: &http::request::Parts, body: Bytes) -> Request<Body> {
+    let mut request = Request::new(super::full(body));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    *request.extensions_mut() = parts.extensions.clone();
+    request
+}
+
+/// A request counted as live in the retry budget while it runs.
+struct BudgetRequest<'a>(&'a Mutex<RetryBudget>);
+
+impl<'a> BudgetRequest<'a> {
+    fn start(budget: &'a Mutex<RetryBudget>) -> Self {
+        lock(budget).request_started();
+        Self(budget)
+    }
+}
+
+impl Drop for BudgetRequest<'_> {
+    fn drop(&mut self) {
+        lock(self.0).request_finished();
+    }
+}
+
+/// A retry counted in flight in the retry budget while it runs.
+struct BudgetRetry<'a>(&'a Mutex<RetryBudget>);
+
+impl<'a> BudgetRetry<'a> {
+    fn start(budget: &'a Mutex<RetryBudget>) -> Option<Self> {
+        // The guard is released before a `Self` exists: dropping one locks the budget again.
+        let started = lock(budget).try_start_retry();
+        started.then(|| Self(budget))
+    }
+}
+
+impl Drop for BudgetRetry<'_> {
+    fn drop(&mut self) {
+        lock(self.0).retry_finished();
     }
 }
 

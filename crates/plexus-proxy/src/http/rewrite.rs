@@ -3,21 +3,46 @@
 //! whole path, with no path criterion the leading `/`. A route matching by `PathRegex` keeps
 //! the path (Consul requires a prefix or exact match for a rewrite). The query is kept.
 
-use http::Uri;
-use http::uri::PathAndQuery;
-use plexus_api::config_entry::chain::{CompiledRoute, PathMatch};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-/// The request's URI after the route's rewrite (`None`: unchanged).
-pub(crate) fn prefix_rewrite(route: &CompiledRoute, uri: &Uri) -> Option<Uri> {
-    let replacement = route.prefix_rewrite.as_deref()?;
-    let path = uri.path();
-    let matched = match &route.matcher.path {
-        Some(PathMatch::Prefix(prefix)) => prefix.as_str(),
-        Some(PathMatch::Exact(exact)) => exact.as_str(),
-        Some(PathMatch::Regex(_)) => return None,
-        None => "/",
-    };
-    let rest = path.strip_prefix(matched)?;
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri};
+use plexus_api::config_entry::chain::{CompiledRoute, PathMatch};
+use tower::{Layer, Service};
+
+use super::stack::{AnswerFuture, HttpService};
+use super::{Body, HttpError};
+
+/// A route's rewrite: the part of the path it matched and what replaces it (set by the route
+/// layer for routes with a `PrefixRewrite`).
+#[derive(Debug, Clone)]
+pub(crate) struct PrefixRewrite(Arc<(String, String)>);
+
+impl PrefixRewrite {
+    /// The rewrite of `route` (`None`: it has none, or matches by regex).
+    pub(crate) fn of(route: &CompiledRoute) -> Option<Self> {
+        let replacement = route.prefix_rewrite.as_deref()?;
+        let matched = match &route.matcher.path {
+            Some(PathMatch::Prefix(prefix)) => prefix.as_str(),
+            Some(PathMatch::Exact(exact)) => exact.as_str(),
+            Some(PathMatch::Regex(_)) => return None,
+            None => "/",
+        };
+        Some(Self(Arc::new((matched.to_owned(), replacement.to_owned()))))
+    }
+
+    /// `uri` after the rewrite (`None`: unchanged).
+    pub(crate) fn apply(&self, uri: &Uri) -> Option<Uri> {
+        let (matched, replacement) = &*self.0;
+        prefix_rewrite(matched, replacement, uri)
+    }
+}
+
+/// The URI with `matched` (a prefix of its path) replaced by `replacement` (`None`: the path
+/// does not start with it).
+fn prefix_rewrite(matched: &str, replacement: &str, uri: &Uri) -> Option<Uri> {
+    let rest = uri.path().strip_prefix(matched)?;
     let mut rewritten = format!("{replacement}{rest}");
     if rewritten.is_empty() {
         rewritten.push('/');
@@ -29,6 +54,42 @@ pub(crate) fn prefix_rewrite(route: &CompiledRoute, uri: &Uri) -> Option<Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(PathAndQuery::try_from(rewritten).ok()?);
     Uri::from_parts(parts).ok()
+}
+
+/// Adds [`Rewrite`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RewriteLayer;
+
+impl<S> Layer<S> for RewriteLayer {
+    type Service = Rewrite<S>;
+    fn layer(&self, inner: S) -> Rewrite<S> {
+        Rewrite { inner }
+    }
+}
+
+/// Rewrites the path of a request with a [`PrefixRewrite`].
+#[derive(Debug, Clone)]
+pub(crate) struct Rewrite<S> {
+    inner: S,
+}
+
+impl<S: HttpService> Service<Request<Body>> for Rewrite<S> {
+    type Response = Response<Body>;
+    type Error = HttpError;
+    type Future = AnswerFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> AnswerFuture {
+        if let Some(rewrite) = request.extensions_mut().remove::<PrefixRewrite>()
+            && let Some(uri) = rewrite.apply(request.uri())
+        {
+            *request.uri_mut() = uri;
+        }
+        self.inner.call(request)
+    }
 }
 
 #[cfg(test)]
@@ -53,7 +114,9 @@ mod tests {
     }
 
     fn rewrite(route: &CompiledRoute, uri: &str) -> Option<String> {
-        prefix_rewrite(route, &uri.parse().unwrap()).map(|uri| uri.to_string())
+        PrefixRewrite::of(route)?
+            .apply(&uri.parse().unwrap())
+            .map(|uri| uri.to_string())
     }
 
     #[test]

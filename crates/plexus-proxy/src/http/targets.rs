@@ -14,25 +14,23 @@
 //! does any more. Outlier detectors live here too, one per service, so a new chain with the same
 //! outlier policy keeps the ejections in force.
 
+use plexus_api::config_entry::chain::{
+    ChainTarget, DiscoveryChain, LoadBalancerPolicy, filter_matches,
+};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
-
-use plexus_api::config_entry::chain::{
-    ChainTarget, DiscoveryChain, LoadBalancerPolicy, OutlierPolicy, filter_matches,
-};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::HttpMetrics;
-use super::balancer::Balancer;
-use crate::discovery::EndpointSet;
-use crate::listener::Resolve;
-use crate::resilience::outlier::{OutlierDetector, Verdict};
-use crate::resilience::retry::Outcome;
+use super::outlier::{Outlier, Verdict};
+use super::retry::Outcome;
+use crate::balance::Balancer;
+use crate::discovery::{EndpointSet, Resolve};
 use crate::tls;
 use plexus_runtime::lock::lock;
 
@@ -63,26 +61,6 @@ pub(crate) struct Service {
     pub balancer: Balancer,
 }
 
-#[derive(Default)]
-struct Outlier {
-    policy: Option<OutlierPolicy>,
-    detector: Option<OutlierDetector<SocketAddr>>,
-    /// The endpoint set the detector's hosts were last set from.
-    synced: Option<Arc<EndpointSet>>,
-}
-
-impl Outlier {
-    /// The detector, its hosts brought up to `set` (`None` when outlier detection is off).
-    fn detector(&mut self, set: &Arc<EndpointSet>) -> Option<&mut OutlierDetector<SocketAddr>> {
-        let detector = self.detector.as_mut()?;
-        if !self.synced.as_ref().is_some_and(|s| Arc::ptr_eq(s, set)) {
-            detector.set_hosts(set.addrs.iter().copied());
-            self.synced = Some(Arc::clone(set));
-        }
-        Some(detector)
-    }
-}
-
 /// The candidate endpoints of one request: the service they belong to and the endpoints.
 pub(crate) struct Candidates {
     /// The service (the target's, or a failover target's).
@@ -92,38 +70,6 @@ pub(crate) struct Candidates {
     /// The load-balancer policy of the target that supplied them.
     pub load_balancer: LoadBalancerPolicy,
 }
-
-/// What one request was routed to: the split's target (with the chain holding its failover
-/// targets; `None`: the destination, unfiltered) and its hash key for consistent hashing.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Selection<'a> {
-    /// The target and its chain.
-    pub target: Option<(&'a ChainTarget, &'a DiscoveryChain)>,
-    /// The request's key for `ring_hash` / `maglev`.
-    pub hash: Option<u64>,
-    /// Where the attempt awaiting its response went (so that a route timeout can be blamed on
-    /// that endpoint).
-    pub attempt: Option<&'a Attempt>,
-    /// Endpoints earlier attempts of the same request went to: a retry tries the others first
-    /// (Envoy's `previous_hosts` retry predicate).
-    pub tried: Option<&'a Tried>,
-}
-
-/// The endpoints a request's attempts have gone to so far.
-pub(crate) type Tried = Mutex<Vec<SocketAddr>>;
-
-/// `order` with the endpoints in `tried` moved to the end (each part keeping its order), so a
-/// retry goes to an endpoint not tried yet while there is one, and still has somewhere to go when
-/// every endpoint was tried.
-pub(crate) fn untried_first(mut order: Vec<SocketAddr>, tried: &[SocketAddr]) -> Vec<SocketAddr> {
-    if !tried.is_empty() {
-        order.sort_by_key(|addr| tried.contains(addr));
-    }
-    order
-}
-
-/// The endpoint an attempt awaits a response from, if any.
-pub(crate) type Attempt = Mutex<Option<(Arc<Service>, SocketAddr)>>;
 
 /// Every service one HTTP upstream's chain may send requests to.
 pub(crate) struct Targets {
@@ -209,12 +155,7 @@ impl Targets {
             );
         }
         for service in services.values() {
-            let mut outlier = lock(&service.outlier);
-            if outlier.policy != chain.policy.outlier {
-                outlier.policy = chain.policy.outlier;
-                outlier.detector = chain.policy.outlier.as_ref().map(OutlierDetector::new);
-                outlier.synced = None;
-            }
+            lock(&service.outlier).apply(chain.policy.outlier.as_ref());
         }
         drop(services);
         self.refresh_ejected();
@@ -297,7 +238,7 @@ impl Targets {
             let (stop, this) = (self.stop.clone(), Arc::downgrade(self));
             self.tasks.spawn(async move {
                 tokio::select! {
-                    () = tokio::time::sleep_until(tokio::time::Instant::from_std(until)) => {
+                    () = tokio::time::sleep_until(until) => {
                         if let Some(this) = this.upgrade() {
                             this.refresh_ejected();
                         }
@@ -400,36 +341,13 @@ mod tests {
     use std::time::Duration;
 
     use plexus_api::GoDuration;
-    use plexus_api::config_entry::chain::FilterClause;
+    use plexus_api::config_entry::chain::{FilterClause, OutlierPolicy};
 
     use super::*;
     use crate::discovery::Labels;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn untried_endpoints_come_first_and_none_is_lost(
-            ports in proptest::collection::vec(1u16..40, 0..12),
-            tried_ports in proptest::collection::vec(1u16..40, 0..6),
-        ) {
-            let mut order: Vec<SocketAddr> = ports.iter().map(|p| addr(*p)).collect();
-            order.dedup();
-            let tried: Vec<SocketAddr> = tried_ports.iter().map(|p| addr(*p)).collect();
-            let out = untried_first(order.clone(), &tried);
-            // The same endpoints, untried ones first, each part in the balancer's order.
-            let mut sorted_in = order.clone();
-            let mut sorted_out = out.clone();
-            sorted_in.sort();
-            sorted_out.sort();
-            proptest::prop_assert_eq!(sorted_in, sorted_out);
-            let first_tried = out.iter().position(|a| tried.contains(a)).unwrap_or(out.len());
-            proptest::prop_assert!(out[first_tried..].iter().all(|a| tried.contains(a)));
-            let untried: Vec<_> = order.iter().filter(|a| !tried.contains(a)).copied().collect();
-            proptest::prop_assert_eq!(&out[..first_tried], &untried[..]);
-        }
     }
 
     /// A set of endpoints with a `version` meta each.

@@ -1,22 +1,89 @@
-//! A route's `IdleTimeout`: the longest time without activity on a request. Before the
-//! response, waiting for its headers counts as inactivity (the request ends in 504 `timeout`);
-//! after, the response body is cut (the stream is reset / the HTTP/1 connection closed, so the
-//! app sees an incomplete response, never a silently truncated one) when no frame arrives
-//! from upstream for that long. A client reading slowly does not count: only a body that has
-//! nothing to give is idle.
+//! Timeouts of a route.
+//!
+//! - `RequestTimeout`: the whole request up to the response headers, retries and their backoff
+//!   included (504 `timeout`). The deadline is also handed down ([`Deadline`]): an attempt still
+//!   awaiting its endpoint when it passes blames that endpoint (a 504 to outlier detection).
+//! - `IdleTimeout`: the longest time without activity on a request. Before the response,
+//!   waiting for its headers counts as inactivity (504 `timeout`); after, the response body is
+//!   cut (the stream is reset / the HTTP/1 connection closed, so the app sees an incomplete
+//!   response, never a silently truncated one) when no frame arrives from upstream for that
+//!   long. A client reading slowly does not count: only a body that has nothing to give is idle.
+//!
+//! Time is tokio's clock, so paused-time tests drive both.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Response;
+use http::{Request, Response};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
+use tower::{Layer, Service};
 
-use super::{Body, LocalError};
+use super::stack::{Answer, AnswerFuture, HttpService};
+use super::{Body, HttpError, Reason};
+
+/// A route's timeouts (set by the route layer when it has one).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Timeouts {
+    /// `RequestTimeout`.
+    pub request: Option<Duration>,
+    /// `IdleTimeout`.
+    pub idle: Option<Duration>,
+}
+
+/// When the request's time is up (set by this layer, read by the endpoint attempt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deadline(pub Instant);
+
+/// Adds [`Timeout`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TimeoutLayer;
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout { inner }
+    }
+}
+
+/// Holds a request with [`Timeouts`] to them.
+#[derive(Debug, Clone)]
+pub(crate) struct Timeout<S> {
+    inner: S,
+}
+
+impl<S: HttpService> Service<Request<Body>> for Timeout<S> {
+    type Response = Response<Body>;
+    type Error = HttpError;
+    type Future = AnswerFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> AnswerFuture {
+        let Some(timeouts) = request.extensions_mut().remove::<Timeouts>() else {
+            return self.inner.call(request);
+        };
+        let deadline = timeouts.request.map(|timeout| Instant::now() + timeout);
+        if let Some(deadline) = deadline {
+            request.extensions_mut().insert(Deadline(deadline));
+        }
+        let work = headers_within(timeouts.idle, self.inner.call(request));
+        Box::pin(async move {
+            match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, work)
+                    .await
+                    .unwrap_or(Err(HttpError::new(Reason::Timeout))),
+                None => work.await,
+            }
+        })
+    }
+}
 
 /// Errors a body served to the app may end with.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,19 +101,16 @@ pub(crate) struct IdleTimeout(pub Duration);
 pub(crate) struct Idle(Duration);
 
 /// `work` (an exchange up to the response headers), ended with `Timeout` after `idle`.
-pub(crate) async fn headers_within<F>(
-    idle: Option<Duration>,
-    work: F,
-) -> Result<Response<Body>, LocalError>
+pub(crate) async fn headers_within<F>(idle: Option<Duration>, work: F) -> Answer
 where
-    F: Future<Output = Result<Response<Body>, LocalError>>,
+    F: Future<Output = Answer>,
 {
     let Some(idle) = idle else {
         return work.await;
     };
     let mut response = tokio::time::timeout(idle, work)
         .await
-        .unwrap_or(Err(LocalError::Timeout))?;
+        .unwrap_or(Err(HttpError::new(Reason::Timeout)))?;
     response.extensions_mut().insert(IdleTimeout(idle));
     Ok(response)
 }
@@ -183,8 +247,9 @@ mod tests {
         assert_eq!(
             headers_within(Some(Duration::from_secs(1)), slow)
                 .await
-                .unwrap_err(),
-            LocalError::Timeout
+                .unwrap_err()
+                .reason(),
+            Reason::Timeout
         );
         let quick = async { Ok(Response::new(super::super::empty())) };
         let response = headers_within(Some(Duration::from_secs(1)), quick)

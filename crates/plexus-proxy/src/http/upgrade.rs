@@ -15,20 +15,30 @@
 //! 200 to the app) and splices the bytes; anything else is passed back as a normal response.
 //! A `CONNECT` goes to the destination service's app (which must act on it, like an HTTP
 //! proxy would), never to the `host:port` it names: the sidecar is not an open proxy.
+//!
+//! Tunnels skip the route policy: outbound, the tunnel layer sends them straight to the
+//! concrete part of the stack (the destination's endpoints, balanced). An open tunnel is a task
+//! of the proxy: at shutdown it may go on for the drain grace period, then it is cut (`kill`),
+//! so a WebSocket left open never holds the process.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::client::conn::http2::SendRequest;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::{Layer, Service, ServiceExt};
 use tracing::debug;
 
-use super::{Body, LocalError};
+use super::stack::{Answer, AnswerFuture, HttpService};
+use super::{Body, HttpError, Reason};
 
 /// What kind of tunnel a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,16 +115,108 @@ fn end_to_end(mut headers: HeaderMap) -> HeaderMap {
     headers
 }
 
+/// Where tunnels run: their tasks, cut when the drain grace period is over.
+#[derive(Debug, Clone)]
+pub(crate) struct Tunnels {
+    tasks: TaskTracker,
+    kill: CancellationToken,
+}
+
+impl Tunnels {
+    /// Tunnels spawned in `tasks`, cut when `kill` fires.
+    pub(crate) fn new(tasks: TaskTracker, kill: CancellationToken) -> Self {
+        Self { tasks, kill }
+    }
+
+    fn splice(&self, a: OnUpgrade, b: OnUpgrade, direction: &'static str) {
+        let kill = self.kill.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = splice(a, b, direction) => {}
+                () = kill.cancelled() => debug!(direction, "tunnel cut: drain grace period is over"),
+            }
+        });
+    }
+}
+
+/// Adds [`Tunneling`]: tunnels go through `concrete` (balance and endpoint only).
+#[derive(Clone)]
+pub(crate) struct TunnelLayer<C> {
+    concrete: C,
+    destination: Arc<str>,
+    tunnels: Tunnels,
+}
+
+impl<C> TunnelLayer<C> {
+    /// Tunnels to `destination` through `concrete`, run in `tasks` until done or `kill`.
+    pub(crate) fn new(
+        concrete: C,
+        destination: Arc<str>,
+        tasks: TaskTracker,
+        kill: CancellationToken,
+    ) -> Self {
+        Self {
+            concrete,
+            destination,
+            tunnels: Tunnels::new(tasks, kill),
+        }
+    }
+}
+
+impl<S, C: Clone> Layer<S> for TunnelLayer<C> {
+    type Service = Tunneling<S, C>;
+    fn layer(&self, inner: S) -> Tunneling<S, C> {
+        Tunneling {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Takes an app's tunnel request (WebSocket, `CONNECT`) off the request path.
+#[derive(Clone)]
+pub(crate) struct Tunneling<S, C> {
+    inner: S,
+    layer: TunnelLayer<C>,
+}
+
+impl<S: HttpService, C: HttpService> Service<Request<Body>> for Tunneling<S, C> {
+    type Response = Response<Body>;
+    type Error = HttpError;
+    type Future = AnswerFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> AnswerFuture {
+        let Some(tunnel) = Tunnel::of(&request) else {
+            return self.inner.call(request);
+        };
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            outbound(
+                request,
+                tunnel,
+                &layer.destination,
+                layer.concrete,
+                &layer.tunnels,
+            )
+            .await
+        })
+    }
+}
+
 /// Outbound: sends the app's tunnel request as a (extended) `CONNECT` on a pooled HTTP/2
 /// connection; when the far end agrees, answers the app (101 or 200) and splices the app's
 /// connection with the stream.
-pub(crate) async fn outbound(
+async fn outbound<C: HttpService>(
     mut request: Request<Body>,
     tunnel: Tunnel,
     destination: &str,
-    sender: Result<SendRequest<Body>, LocalError>,
-    tasks: &TaskTracker,
-) -> Result<Response<Body>, LocalError> {
+    concrete: C,
+    tunnels: &Tunnels,
+) -> Answer {
     let downstream = hyper::upgrade::on(&mut request);
     let host = authority(&request);
     let path = request
@@ -134,7 +236,7 @@ pub(crate) async fn outbound(
             *out.uri_mut() = host
                 .as_deref()
                 .and_then(|host| Uri::builder().authority(host).build().ok())
-                .ok_or(LocalError::BadRequest)?;
+                .ok_or(HttpError::new(Reason::BadRequest))?;
         }
         Tunnel::Upgrade(protocol) => {
             let authority = host.as_deref().unwrap_or(destination);
@@ -143,25 +245,15 @@ pub(crate) async fn outbound(
                 .authority(authority)
                 .path_and_query(path)
                 .build()
-                .map_err(|_| LocalError::BadRequest)?;
+                .map_err(|_| HttpError::new(Reason::BadRequest))?;
             out.extensions_mut()
                 .insert(hyper::ext::Protocol::from(protocol.as_str()));
         }
     }
-    let mut sender = sender?;
-    let mut response = sender.send_request(out).await.map_err(|error| {
-        debug!(%error, upstream = %destination, "tunnel request failed");
-        LocalError::UpstreamReset
-    })?;
+    let mut response = concrete.oneshot(out).await?;
     if !response.status().is_success() {
         // Refused (by the far sidecar or the app): an ordinary response.
-        let (mut parts, body) = response.into_parts();
-        super::strip_hop_by_hop(&mut parts.headers);
-        parts.version = Version::HTTP_11;
-        return Ok(Response::from_parts(
-            parts,
-            http_body_util::BodyExt::boxed(body),
-        ));
+        return Ok(response);
     }
     let upstream = hyper::upgrade::on(&mut response);
     let mut reply = Response::new(super::empty());
@@ -170,25 +262,88 @@ pub(crate) async fn outbound(
         Tunnel::Connect => *reply.status_mut() = StatusCode::OK,
         Tunnel::Upgrade(protocol) => {
             *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            let protocol = HeaderValue::from_str(protocol).map_err(|_| LocalError::BadRequest)?;
+            let protocol =
+                HeaderValue::from_str(protocol).map_err(|_| HttpError::new(Reason::BadRequest))?;
             let headers = reply.headers_mut();
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol);
         }
     }
-    tasks.spawn(splice(downstream, upstream, "outbound"));
+    tunnels.splice(downstream, upstream, "outbound");
     Ok(reply)
+}
+
+/// Adds [`InboundTunneling`].
+#[derive(Debug, Clone)]
+pub(crate) struct InboundTunnelLayer {
+    app: watch::Receiver<SocketAddr>,
+    connect_timeout: Duration,
+    tunnels: Tunnels,
+}
+
+impl InboundTunnelLayer {
+    /// Tunnels to the app at `app`, run in `tasks` until done or `kill`.
+    pub(crate) fn new(
+        app: watch::Receiver<SocketAddr>,
+        connect_timeout: Duration,
+        tasks: TaskTracker,
+        kill: CancellationToken,
+    ) -> Self {
+        Self {
+            app,
+            connect_timeout,
+            tunnels: Tunnels::new(tasks, kill),
+        }
+    }
+}
+
+impl<S> Layer<S> for InboundTunnelLayer {
+    type Service = InboundTunneling<S>;
+    fn layer(&self, inner: S) -> InboundTunneling<S> {
+        InboundTunneling {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Takes a peer's tunnel request (an extended or plain `CONNECT`) to the app.
+#[derive(Debug, Clone)]
+pub(crate) struct InboundTunneling<S> {
+    inner: S,
+    layer: InboundTunnelLayer,
+}
+
+impl<S: HttpService> Service<Request<Body>> for InboundTunneling<S> {
+    type Response = Response<Body>;
+    type Error = HttpError;
+    type Future = AnswerFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> AnswerFuture {
+        let Some(tunnel) = Tunnel::of_h2(&request) else {
+            return self.inner.call(request);
+        };
+        let layer = self.layer.clone();
+        let app = *layer.app.borrow();
+        Box::pin(async move {
+            inbound(request, tunnel, app, layer.connect_timeout, &layer.tunnels).await
+        })
+    }
 }
 
 /// Inbound: replays a peer's (extended) `CONNECT` to the app on a new HTTP/1.1 connection; when
 /// the app agrees (101 / 2xx), answers 200 on the stream and splices the two.
-pub(crate) async fn inbound(
+async fn inbound(
     mut request: Request<Body>,
     tunnel: Tunnel,
     app: SocketAddr,
     connect_timeout: Duration,
-    tasks: &TaskTracker,
-) -> Result<Response<Body>, LocalError> {
+    tunnels: &Tunnels,
+) -> Answer {
     let peer = hyper::upgrade::on(&mut request);
     let host = authority(&request).unwrap_or_else(|| app.to_string());
     let path = request
@@ -201,7 +356,7 @@ pub(crate) async fn inbound(
     super::ensure_traceparent(&mut headers);
     headers.insert(
         header::HOST,
-        HeaderValue::from_str(&host).map_err(|_| LocalError::BadRequest)?,
+        HeaderValue::from_str(&host).map_err(|_| HttpError::new(Reason::BadRequest))?,
     );
     let mut out = Request::new(super::empty());
     *out.version_mut() = Version::HTTP_11;
@@ -211,14 +366,16 @@ pub(crate) async fn inbound(
             *out.uri_mut() = Uri::builder()
                 .authority(host.as_str())
                 .build()
-                .map_err(|_| LocalError::BadRequest)?;
+                .map_err(|_| HttpError::new(Reason::BadRequest))?;
         }
         Tunnel::Upgrade(protocol) => {
-            *out.uri_mut() = path.parse().map_err(|_| LocalError::BadRequest)?;
+            *out.uri_mut() = path
+                .parse()
+                .map_err(|_| HttpError::new(Reason::BadRequest))?;
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(
                 header::UPGRADE,
-                HeaderValue::from_str(protocol).map_err(|_| LocalError::BadRequest)?,
+                HeaderValue::from_str(protocol).map_err(|_| HttpError::new(Reason::BadRequest))?,
             );
         }
     }
@@ -226,23 +383,29 @@ pub(crate) async fn inbound(
 
     let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(app))
         .await
-        .map_err(|_| LocalError::UpstreamConnectFailure)?
+        .map_err(|_| HttpError::new(Reason::UpstreamConnectFailure))?
         .map_err(|error| {
             debug!(%error, %app, "cannot connect to the local app for a tunnel");
-            LocalError::UpstreamConnectFailure
+            HttpError::new(Reason::UpstreamConnectFailure)
         })?;
     let _ = stream.set_nodelay(true);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|_| LocalError::UpstreamConnectFailure)?;
-    tasks.spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            debug!(%error, "tunnel connection to the local app ended with an error");
+        .map_err(|_| HttpError::new(Reason::UpstreamConnectFailure))?;
+    let kill = tunnels.kill.clone();
+    tunnels.tasks.spawn(async move {
+        tokio::select! {
+            ended = connection.with_upgrades() => {
+                if let Err(error) = ended {
+                    debug!(%error, "tunnel connection to the local app ended with an error");
+                }
+            }
+            () = kill.cancelled() => {}
         }
     });
     let mut response = sender.send_request(out).await.map_err(|error| {
         debug!(%error, %app, "tunnel request to the local app failed");
-        LocalError::UpstreamReset
+        HttpError::new(Reason::UpstreamReset)
     })?;
     let agreed = match tunnel {
         Tunnel::Connect => response.status().is_success(),
@@ -252,7 +415,7 @@ pub(crate) async fn inbound(
         if response.status().is_success() {
             // A 2xx would read as "tunnel open" on the HTTP/2 hop; the app ignored the upgrade.
             debug!(%app, status = %response.status(), "the local app did not switch protocols");
-            return Err(LocalError::UpstreamReset);
+            return Err(HttpError::new(Reason::UpstreamReset));
         }
         let (mut parts, body) = response.into_parts();
         super::strip_hop_by_hop(&mut parts.headers);
@@ -264,7 +427,7 @@ pub(crate) async fn inbound(
     let app_side = hyper::upgrade::on(&mut response);
     let mut reply = Response::new(super::empty());
     *reply.headers_mut() = end_to_end(response.into_parts().0.headers);
-    tasks.spawn(splice(peer, app_side, "inbound"));
+    tunnels.splice(peer, app_side, "inbound");
     Ok(reply)
 }
 

@@ -1,6 +1,5 @@
-//! Request routing, sans-IO: which compiled route a request takes ([`RouteTable::find`], first
-//! match wins like Consul; the chain's last route matches everything), and which weighted target
-//! it goes to ([`pick_split`], from a uniform random draw).
+//! The route table, sans-IO: which compiled route a request takes ([`RouteTable::find`], first
+//! match wins like Consul; the chain's last route matches everything).
 //!
 //! Regexes are compiled once, when the table is built from a
 //! [`plexus_api::config_entry::chain::DiscoveryChain`]'s routes. Requests are seen through the
@@ -8,9 +7,8 @@
 
 use plexus_api::config_entry::chain::{
     CompiledRoute, HeaderCriterion, PathMatch, QueryCriterion, RequestMatch, ValueMatch,
-    WeightedTarget,
 };
-use plexus_runtime::http::form_decode;
+use plexus_runtime::http::query_value;
 use regex::Regex;
 
 /// What routing needs to know about a request.
@@ -25,7 +23,8 @@ pub trait RequestView {
     fn header(&self, name: &str) -> Option<&str>;
 }
 
-/// A plain request, for tests and simple callers.
+/// A plain request, for tests.
+#[cfg(test)]
 #[derive(Debug, Clone, Default)]
 pub struct SimpleRequest {
     /// Method.
@@ -38,6 +37,7 @@ pub struct SimpleRequest {
     pub headers: Vec<(String, String)>,
 }
 
+#[cfg(test)]
 impl RequestView for SimpleRequest {
     fn method(&self) -> &str {
         &self.method
@@ -158,14 +158,6 @@ impl Matcher {
     }
 }
 
-/// First value of query parameter `name` (percent-decoded, `+` as space).
-pub fn query_value(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (form_decode(k) == name).then(|| form_decode(v).into_owned())
-    })
-}
-
 /// Compiled routes of one chain.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
@@ -193,25 +185,3 @@ impl RouteTable {
             .map(|(i, (r, _))| (i, r))
     }
 }
-
-/// Picks a split with probability proportional to its weight; `draw` is uniform in `[0, 1)`.
-/// `None` when `splits` is empty or every weight is 0.
-pub fn pick_split(splits: &[WeightedTarget], draw: f64) -> Option<&WeightedTarget> {
-    let total: f64 = splits.iter().map(|s| s.weight.max(0.0)).sum();
-    if total <= 0.0 {
-        return None;
-    }
-    let mut point = draw.clamp(0.0, 1.0) * total;
-    let mut last = None;
-    for s in splits.iter().filter(|s| s.weight > 0.0) {
-        if point < s.weight {
-            return Some(s);
-        }
-        point -= s.weight;
-        last = Some(s);
-    }
-    last
-}
-
-#[cfg(test)]
-mod tests;

@@ -3,7 +3,7 @@ use plexus_api::config_entry::compile::compile;
 use proptest::prelude::*;
 use serde_json::json;
 
-use super::*;
+use super::table::{RouteTable, SimpleRequest};
 
 fn req(method: &str, path: &str, query: Option<&str>, headers: &[(&str, &str)]) -> SimpleRequest {
     SimpleRequest {
@@ -69,49 +69,7 @@ fn first_match_wins_across_criteria() {
     assert_eq!(name(&t, &req("GET", "/", None, &[])), "default");
 }
 
-fn splits(weights: &[f64]) -> Vec<WeightedTarget> {
-    weights
-        .iter()
-        .enumerate()
-        .map(|(i, w)| WeightedTarget {
-            weight: *w,
-            target: format!("t{i}"),
-        })
-        .collect()
-}
-
-#[test]
-fn pick_split_edges() {
-    let s = splits(&[90.0, 0.0, 10.0]);
-    assert_eq!(pick_split(&s, 0.0).unwrap().target, "t0");
-    assert_eq!(pick_split(&s, 0.8999).unwrap().target, "t0");
-    assert_eq!(pick_split(&s, 0.9).unwrap().target, "t2");
-    assert_eq!(pick_split(&s, 1.0).unwrap().target, "t2");
-    assert!(pick_split(&splits(&[0.0]), 0.5).is_none());
-    assert!(pick_split(&[], 0.5).is_none());
-}
-
 proptest! {
-    #[test]
-    fn splits_converge_to_weights(raw in proptest::collection::vec(0u32..100, 1..6)) {
-        prop_assume!(raw.iter().any(|w| *w > 0));
-        let total: u32 = raw.iter().sum();
-        let weights: Vec<f64> = raw.iter().map(|w| f64::from(*w) * 100.0 / f64::from(total)).collect();
-        let s = splits(&weights);
-        // Evenly spaced draws: each target's share is its weight within one step.
-        let n = 10_000u32;
-        let mut counts = vec![0u32; s.len()];
-        for i in 0..n {
-            let t = pick_split(&s, (f64::from(i) + 0.5) / f64::from(n)).unwrap();
-            let idx: usize = t.target[1..].parse().unwrap();
-            counts[idx] += 1;
-        }
-        for (i, w) in weights.iter().enumerate() {
-            let share = f64::from(counts[i]) * 100.0 / f64::from(n);
-            prop_assert!((share - w).abs() <= 0.02 + 1e-9, "target {} share {} weight {}", i, share, w);
-        }
-    }
-
     #[test]
     fn prefix_route_matches_exactly_the_paths_with_the_prefix(prefix in "/[a-z]{1,4}", path in "/[a-z/]{0,8}") {
         let router = ConfigEntry::from_json(json!({"Kind": "service-router", "Name": "web", "Routes": [
