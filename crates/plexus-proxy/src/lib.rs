@@ -95,6 +95,9 @@ use metrics::Metrics;
 pub const MAX_CONNECTIONS_PER_LISTENER: usize = 10_000;
 /// Longest wait for an endpoint (or the local app) to accept a connection before trying the next.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// After the drain grace period, how long connections and tunnels that were cut get to close
+/// their sockets before [`run`] returns without them.
+pub const CUT_WAIT: Duration = Duration::from_secs(1);
 
 /// What [`run`] needs. The binary builds it from its flags.
 #[derive(Debug)]
@@ -115,7 +118,9 @@ pub struct ProxyConfig {
 }
 
 /// Runs the sidecar until `shutdown` is cancelled, then stops accepting on every listener, lets
-/// in-flight connections finish for up to `drain_grace`, and returns `Ok(())`.
+/// in-flight connections, requests and tunnels (WebSocket, `CONNECT`) finish for up to
+/// `drain_grace`, cuts what is left (waiting at most [`CUT_WAIT`] for it to close), and returns
+/// `Ok(())`. Nothing holds shutdown past that.
 ///
 /// Fails only at start-up: [`ProxyError::NoSidecar`] when the control plane has no sidecar for
 /// `sidecar_for`, [`ProxyError::InvalidRegistration`], [`ProxyError::Bind`] when a listener of
@@ -321,7 +326,12 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
     {
         warn!(grace = ?drain_grace, left = tasks.len(), "drain grace period over; closing remaining connections");
         kill.cancel();
-        tasks.wait().await;
+        if tokio::time::timeout(CUT_WAIT, tasks.wait()).await.is_err() {
+            warn!(
+                left = tasks.len(),
+                "tasks still running after the cut; exiting without them"
+            );
+        }
     }
     outcome
 }
