@@ -1,7 +1,9 @@
 //! Outlier detection (`service-defaults` `PassiveHealthCheck`): an endpoint that fails
 //! `consecutive_5xx` (or `consecutive_gateway_errors`) times in a row is ejected for
 //! `base_ejection_time × times ejected`, unless that would take the share of ejected endpoints
-//! above `max_ejection_percent`. It is readmitted once the time is up (checked on [`OutlierDetector::is_ejected`]
+//! above `max_ejection_percent` — except that one endpoint may always be ejected when none is,
+//! as Consul documents and Envoy does (with two endpoints and the 10 % default, a failing one is
+//! ejected). It is readmitted once the time is up (checked on [`OutlierDetector::is_ejected`]
 //! and [`OutlierDetector::ejected`] with the caller's `now`).
 //!
 //! [`OutlierDetector`] is the pure decision (time passed in); [`Outlier`] is one service's
@@ -108,8 +110,8 @@ impl<K: Ord + Clone> OutlierDetector<K> {
         }
         state.consecutive_5xx = 0;
         state.consecutive_gateway = 0;
-        let within_max =
-            (ejected_now + 1) as f64 * 100.0 <= self.max_ejection_percent * total as f64;
+        let within_max = ejected_now == 0
+            || (ejected_now + 1) as f64 * 100.0 <= self.max_ejection_percent * total as f64;
         if !within_max || enforce_draw >= self.enforcing_percent {
             return Verdict::Spared;
         }
@@ -237,9 +239,35 @@ mod tests {
         assert_eq!(d.ejected(t1), vec!["a"]);
     }
 
+    #[test]
+    fn one_endpoint_may_always_be_ejected_whatever_the_max_percent() {
+        // Two endpoints, the 10 % default: the failing one is ejected, a second one is not.
+        let mut d = OutlierDetector::new(&policy(2, 10.0));
+        d.set_hosts(["a", "b"]);
+        let t0 = Instant::now();
+        d.record(&"a", FAIL, t0, 0.0);
+        assert_eq!(
+            d.record(&"a", FAIL, t0, 0.0),
+            Verdict::Ejected(t0 + Duration::from_secs(10))
+        );
+        d.record(&"b", FAIL, t0, 0.0);
+        assert_eq!(d.record(&"b", FAIL, t0, 0.0), Verdict::Spared);
+        assert_eq!(d.ejected(t0), vec!["a"]);
+        // Even 0 % allows one; the enforcing draw still applies.
+        let mut d = OutlierDetector::new(&policy(1, 0.0));
+        d.set_hosts(["a"]);
+        assert!(matches!(d.record(&"a", FAIL, t0, 0.0), Verdict::Ejected(_)));
+        let mut d = OutlierDetector::new(&OutlierPolicy {
+            enforcing_percent: 50.0,
+            ..policy(1, 100.0)
+        });
+        d.set_hosts(["a"]);
+        assert_eq!(d.record(&"a", FAIL, t0, 50.0), Verdict::Spared);
+    }
+
     proptest! {
         #[test]
-        fn never_ejects_above_max_percent(
+        fn never_ejects_above_max_percent_but_always_one(
             hosts in 1usize..12, max_pct in 0.0f64..=100.0,
             events in proptest::collection::vec((0usize..12, any::<bool>(), 0u64..40), 0..400),
         ) {
@@ -252,7 +280,7 @@ mod tests {
                 let now = t0 + Duration::from_secs(elapsed / 10);
                 d.record(&(h % hosts), if fail { FAIL } else { OK }, now, 0.0);
                 let ejected = d.ejected(now).len() as f64;
-                prop_assert!(ejected * 100.0 <= max_pct * hosts as f64 + 1e-9);
+                prop_assert!(ejected <= 1.0 || ejected * 100.0 <= max_pct * hosts as f64 + 1e-9);
             }
         }
     }
