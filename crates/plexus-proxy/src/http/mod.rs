@@ -46,6 +46,8 @@ pub(crate) mod route;
 pub(crate) mod server;
 pub(crate) mod split;
 pub(crate) mod stack;
+#[cfg(test)]
+mod stack_tests;
 pub(crate) mod targets;
 pub(crate) mod timeout;
 pub(crate) mod trailers;

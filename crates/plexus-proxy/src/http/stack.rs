@@ -120,6 +120,9 @@ pub(crate) struct Outbound {
     pub(super) stack: BoxStack,
     pub(super) metrics: HttpMetrics,
     targets: Arc<Targets>,
+    /// The policy in force (read by the unit tests).
+    #[cfg(test)]
+    policy: Arc<ArcSwapOption<Policy>>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -216,12 +219,20 @@ impl Outbound {
             stack: BoxStack::new(stack),
             metrics: parts.metrics,
             targets,
+            #[cfg(test)]
+            policy,
         }
     }
 
     /// The endpoints ejected by outlier detection now (admin `/config`).
     pub(crate) fn ejected(&self) -> watch::Receiver<Vec<SocketAddr>> {
         self.targets.ejected()
+    }
+
+    /// Whether a policy from the chain is in force.
+    #[cfg(test)]
+    pub(crate) fn has_policy(&self) -> bool {
+        self.policy.load().is_some()
     }
 }
 
