@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Request;
-use plexus_api::config_entry::chain::{ChainTarget, DiscoveryChain};
+use plexus_api::config_entry::chain::{ChainTarget, DiscoveryChain, LbAlgorithm};
 use tower::{Layer, Service};
 
 use super::endpoint::Picked;
@@ -106,14 +106,25 @@ impl<S: HttpService> Service<Request<Body>> for Balance<S> {
                 .ok_or(HttpError::new(Reason::NoHealthyEndpoints))?;
             let hash = selected.as_ref().and_then(|s| s.hash);
             let service = candidates.service;
+            let load_balancer = candidates.load_balancer;
             let order = service
                 .balancer
-                .order(&candidates.load_balancer, hash, &candidates.addrs);
+                .order(&load_balancer, hash, &candidates.addrs);
+            let report = tried.is_some();
             let order = match tried {
                 Some(tried) => untried_first(order, &tried.0),
                 None => order,
             };
-            request.extensions_mut().insert(Picked { service, order });
+            let tracks_load = matches!(
+                load_balancer.policy,
+                LbAlgorithm::LeastRequest | LbAlgorithm::PeakEwma
+            );
+            request.extensions_mut().insert(Picked {
+                service,
+                order,
+                tracks_load,
+                report,
+            });
             inner.call(request).await
         })
     }

@@ -90,6 +90,11 @@ pub(crate) struct Picked {
     pub service: Arc<Target>,
     /// Try the first; move on when a connection cannot be had.
     pub order: Vec<SocketAddr>,
+    /// The load balancer counts requests in flight and their latency (`least_request`,
+    /// `peak_ewma`).
+    pub tracks_load: bool,
+    /// Say which endpoint answered ([`Served`]): the retry layer wants to know.
+    pub report: bool,
 }
 
 /// The endpoint an answer came from (response extension, for the retry layer).
@@ -149,7 +154,9 @@ impl Pool {
             deadline,
             answered: false,
         };
-        let in_flight = picked.service.balancer.start(addr);
+        let in_flight = picked
+            .tracks_load
+            .then(|| picked.service.balancer.start(addr));
         let response = sender.send_request(request).await;
         awaited.answered = true;
         let response = match response {
@@ -160,8 +167,9 @@ impl Pool {
                 return Err(HttpError::new(Reason::UpstreamReset).at(addr));
             }
         };
-        in_flight.responded();
-        drop(in_flight);
+        if let Some(in_flight) = in_flight {
+            in_flight.responded();
+        }
         self.targets.record(
             &picked.service,
             addr,
@@ -173,7 +181,9 @@ impl Pool {
         let (mut parts, body) = response.into_parts();
         super::strip_hop_by_hop(&mut parts.headers);
         parts.version = Version::HTTP_11;
-        parts.extensions.insert(Served(addr));
+        if picked.report {
+            parts.extensions.insert(Served(addr));
+        }
         Ok(Response::from_parts(parts, body.boxed()))
     }
 
@@ -186,11 +196,18 @@ impl Pool {
         let mut at_max_connections = false;
         for &addr in order {
             let slot = self.slot(addr);
+            // Nearly always: an open connection, and nobody opening one.
+            if let Ok(pooled) = slot.try_lock()
+                && let Some(sender) = pooled.as_ref().filter(|sender| !sender.is_closed())
+            {
+                return Ok((addr, sender.clone()));
+            }
             let mut pooled = slot.lock().await;
             if let Some(sender) = pooled.as_ref().filter(|sender| !sender.is_closed()) {
                 return Ok((addr, sender.clone()));
             }
             *pooled = None;
+            self.prune();
             // `MaxConnections` open to other endpoints: use one of theirs instead.
             let Some(permit) = self.connections.try_open() else {
                 at_max_connections = true;
@@ -216,11 +233,13 @@ impl Pool {
     }
 
     fn slot(&self, addr: SocketAddr) -> Slot {
-        let mut slots = lock(&self.slots);
-        // Endpoints that left every followed set are dropped from the pool (their connections
-        // close once their last request ends).
-        slots.retain(|addr, _| self.targets.is_live(addr));
-        Arc::clone(slots.entry(addr).or_default())
+        Arc::clone(lock(&self.slots).entry(addr).or_default())
+    }
+
+    /// Drops the slots of endpoints that left every followed set (their connections close once
+    /// their last request ends). Done when a connection is opened, not per request.
+    fn prune(&self) {
+        lock(&self.slots).retain(|addr, _| self.targets.is_live(addr));
     }
 
     async fn open(

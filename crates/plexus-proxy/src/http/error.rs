@@ -240,8 +240,8 @@ mod tests {
         assert_eq!(response.headers()["grpc-status"], "14");
         assert_eq!(response.headers()[ERROR_HEADER], "upstream_connect_failure");
         assert_eq!(
-            super::super::trailers::grpc_status(response.headers()).as_deref(),
-            Some("14")
+            super::super::trailers::grpc_status(response.headers()),
+            Some(14)
         );
         assert_eq!(HttpError::new(Reason::Denied).response(false).status(), 403);
         assert_eq!(

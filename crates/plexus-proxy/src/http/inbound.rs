@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
+use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
@@ -21,13 +22,20 @@ use tracing::debug;
 
 use super::stack::{AnswerFuture, HttpService, fail};
 use super::{Body, HttpError, Reason};
-use crate::authorize::Authorizer;
 use crate::discovery::{ChainWatch, Protocol};
 
 /// The calling service of a request and the intentions that decide it (set by the edge for
-/// every request of a connection whose peer proved its identity).
+/// every request of a connection whose peer proved its identity; one per connection, so a
+/// decision is made once per intentions change and then only counted).
 #[derive(Debug, Clone)]
-pub(crate) struct Caller(pub Arc<(Authorizer, String)>);
+pub(crate) struct Caller(pub Arc<crate::authorize::Caller>);
+
+impl Caller {
+    /// The calling service.
+    pub(crate) fn source(&self) -> &str {
+        self.0.source()
+    }
+}
 
 /// Adds [`Authorize`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -59,7 +67,7 @@ impl<S: HttpService> Service<Request<Body>> for Authorize<S> {
         let allowed = request
             .extensions()
             .get::<Caller>()
-            .is_none_or(|Caller(caller)| caller.0.check(&caller.1).allowed);
+            .is_none_or(|Caller(caller)| caller.allowed());
         if allowed {
             self.inner.call(request)
         } else {
@@ -86,6 +94,8 @@ struct App {
     client: Client<HttpConnector, Body>,
     /// The h2c pool, used when the chain says `http2`/`grpc`.
     h2c: Client<HttpConnector, Body>,
+    /// The app's address as a URI authority.
+    authority: std::sync::Mutex<Option<(SocketAddr, Authority)>>,
 }
 
 impl AppClient {
@@ -118,6 +128,7 @@ impl AppClient {
                 chain,
                 client: pool(http2),
                 h2c: pool(true),
+                authority: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -139,6 +150,20 @@ impl Service<Request<Body>> for AppClient {
 }
 
 impl App {
+    /// `app` as a URI authority, formatted once per address.
+    fn authority(&self, app: SocketAddr) -> Result<Authority, HttpError> {
+        let mut known = plexus_runtime::lock::lock(&self.authority);
+        if let Some((addr, authority)) = &*known
+            && *addr == app
+        {
+            return Ok(authority.clone());
+        }
+        let authority =
+            Authority::try_from(app.to_string()).map_err(|_| HttpError::new(Reason::BadRequest))?;
+        *known = Some((app, authority.clone()));
+        Ok(authority)
+    }
+
     async fn forward(&self, request: Request<Body>) -> Result<Response<Body>, HttpError> {
         let app = *self.app.borrow();
         let (mut parts, body) = request.into_parts();
@@ -147,8 +172,8 @@ impl App {
         let path = parts
             .uri
             .path_and_query()
-            .map_or("/", |path| path.as_str())
-            .to_owned();
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let http2 = match &self.chain {
             Some(chain) => super::chain_is_http2(chain),
             None => self.http2,
@@ -164,12 +189,11 @@ impl App {
             }
             parts.version = Version::HTTP_11;
         }
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(app.to_string())
-            .path_and_query(path)
-            .build()
-            .map_err(|_| HttpError::new(Reason::BadRequest))?;
+        let mut uri = uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(self.authority(app)?);
+        uri.path_and_query = Some(path);
+        parts.uri = Uri::from_parts(uri).map_err(|_| HttpError::new(Reason::BadRequest))?;
         let request = Request::from_parts(parts, body);
         let client = if http2 { &self.h2c } else { &self.client };
         let response = client.request(request).await.map_err(|error| {

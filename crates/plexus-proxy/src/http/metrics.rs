@@ -20,7 +20,10 @@
 //! until routes exist), `class` `1xx`…`5xx`, `grpc_status` a gRPC status code or empty, `reason`
 //! an `x-plexus-error` value: all bounded.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -30,19 +33,56 @@ use prometheus_client::registry::Registry;
 use super::access_log::{AccessLog, Entry};
 use crate::metrics::Direction;
 
+/// A label value shared rather than copied (service and route names): counting a request
+/// clones an `Arc`, it allocates nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Label(pub Arc<str>);
+
+impl From<&str> for Label {
+    fn from(value: &str) -> Self {
+        Self(Arc::from(value))
+    }
+}
+
+impl std::ops::Deref for Label {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+/// The `grpc_status` label: a gRPC status code, or empty when none was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub(crate) struct GrpcLabel(pub Option<u8>);
+
+impl EncodeLabelValue for GrpcLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        match self.0 {
+            Some(code) => write!(encoder, "{code}"),
+            None => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
     direction: Direction,
-    upstream: String,
-    route: String,
+    upstream: Label,
+    route: Label,
     class: &'static str,
-    grpc_status: String,
+    grpc_status: GrpcLabel,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TrafficLabels {
     direction: Direction,
-    upstream: String,
+    upstream: Label,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -118,45 +158,40 @@ impl Default for HttpMetrics {
     }
 }
 
-/// The HTTP metrics of one upstream: what the layers count, with its label. Cheap to clone.
+/// The HTTP metrics of one upstream: what the layers count, with its label. Cheap to clone
+/// (one `Arc`: the stack is cloned for every request).
 #[derive(Debug, Clone)]
-pub(crate) struct Observe {
-    metrics: HttpMetrics,
-    upstream: std::sync::Arc<str>,
-}
+pub(crate) struct Observe(Arc<(HttpMetrics, String)>);
 
 impl Observe {
     /// Counts for `upstream` in `metrics`.
     pub(crate) fn new(metrics: HttpMetrics, upstream: &str) -> Self {
-        Self {
-            metrics,
-            upstream: std::sync::Arc::from(upstream),
-        }
+        Self(Arc::new((metrics, upstream.to_owned())))
     }
 
     /// Counts a retry.
     pub(crate) fn retry(&self) {
-        self.metrics.retry(&self.upstream);
+        self.0.0.retry(&self.0.1);
     }
 
     /// Counts a retry the budget refused.
     pub(crate) fn budget_exhausted(&self) {
-        self.metrics.budget_exhausted(&self.upstream);
+        self.0.0.budget_exhausted(&self.0.1);
     }
 
     /// Counts a request a bulkhead limit refused.
     pub(crate) fn bulkhead_rejected(&self, limit: &'static str) {
-        self.metrics.bulkhead_rejected(&self.upstream, limit);
+        self.0.0.bulkhead_rejected(&self.0.1, limit);
     }
 
     /// Counts an injected fault (`delay`, `abort`).
     pub(crate) fn fault(&self, kind: &'static str) {
-        self.metrics.fault(&self.upstream, kind);
+        self.0.0.fault(&self.0.1, kind);
     }
 
     /// Counts a mirrored request (`sent` or `dropped`).
     pub(crate) fn mirrored(&self, result: &'static str) {
-        self.metrics.mirrored(&self.upstream, result);
+        self.0.0.mirrored(&self.0.1, result);
     }
 }
 
@@ -166,18 +201,18 @@ pub(crate) struct Finished {
     /// Which way.
     pub direction: Direction,
     /// Upstream service or `local_app`.
-    pub upstream: String,
+    pub upstream: Label,
     /// Route name.
-    pub route: String,
+    pub route: Label,
     /// Response status.
     pub status: http::StatusCode,
-    /// `grpc-status` (from the headers or the trailers), or empty.
-    pub grpc_status: String,
+    /// `grpc-status` (from the headers or the trailers), if any.
+    pub grpc_status: GrpcLabel,
     /// Time to the response headers.
     pub seconds: f64,
-    /// What the access log says about the request.
-    pub request: super::RequestInfo,
-    /// `x-plexus-error` when the sidecar answered itself.
+    /// What the access log says about the request (`None`: no access log).
+    pub request: Option<super::RequestInfo>,
+    /// `x-plexus-error` when the sidecar answered itself (kept for the access log only).
     pub error: Option<String>,
     /// Response body length when known in advance.
     pub response_bytes: Option<u64>,
@@ -187,17 +222,17 @@ impl Finished {
     /// A request whose response (status, error, grpc status) is filled in later.
     pub(crate) fn new(
         direction: Direction,
-        upstream: &str,
-        route: String,
+        upstream: Label,
+        route: Label,
         seconds: f64,
-        request: super::RequestInfo,
+        request: Option<super::RequestInfo>,
     ) -> Self {
         Self {
             direction,
-            upstream: upstream.to_owned(),
+            upstream,
             route,
             status: http::StatusCode::OK,
-            grpc_status: String::new(),
+            grpc_status: GrpcLabel::default(),
             seconds,
             request,
             error: None,
@@ -272,7 +307,7 @@ impl HttpMetrics {
     fn outbound(upstream: &str) -> TrafficLabels {
         TrafficLabels {
             direction: Direction::Outbound,
-            upstream: upstream.to_owned(),
+            upstream: Label::from(upstream),
         }
     }
 
@@ -338,8 +373,8 @@ impl HttpMetrics {
 
     /// Counts a finished request, and writes its access log line when there is a log.
     pub(crate) fn finished(&self, request: Finished) {
-        if let Some(log) = &self.access_log {
-            let info = &request.request;
+        if let (Some(log), Some(info)) = (&self.access_log, &request.request) {
+            let grpc_status = request.grpc_status.0.map(|code| code.to_string());
             log.write(&Entry {
                 time: super::access_log::now(),
                 direction: match request.direction {
@@ -351,7 +386,7 @@ impl HttpMetrics {
                 method: &info.method,
                 path: &info.path,
                 status: request.status.as_u16(),
-                grpc_status: Some(request.grpc_status.as_str()).filter(|s| !s.is_empty()),
+                grpc_status: grpc_status.as_deref(),
                 duration_ms: request.seconds * 1000.0,
                 response_bytes: request.response_bytes,
                 error: request.error.as_deref(),
@@ -376,6 +411,11 @@ impl HttpMetrics {
             .inc();
     }
 
+    /// Whether requests are written to an access log (what it needs is collected only then).
+    pub(crate) fn logs_requests(&self) -> bool {
+        self.access_log.is_some()
+    }
+
     /// The same families, also writing `log`.
     pub(crate) fn with_access_log(mut self, log: Option<AccessLog>) -> Self {
         self.access_log = log;
@@ -398,7 +438,7 @@ impl HttpMetrics {
         self.connections
             .get_or_create(&TrafficLabels {
                 direction,
-                upstream: upstream.to_owned(),
+                upstream: Label::from(upstream),
             })
             .inc();
     }

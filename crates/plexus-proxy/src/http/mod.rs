@@ -121,15 +121,24 @@ pub(crate) fn is_grpc<B>(request: &Request<B>) -> bool {
 /// `Connection`: they describe one hop and are not allowed in HTTP/2. `te: trailers` is kept
 /// (gRPC needs it).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        // The usual tokens name no header (or one removed below): nothing to collect then.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .filter(|token| {
+                !["keep-alive", "close", "upgrade"]
+                    .iter()
+                    .any(|usual| token.eq_ignore_ascii_case(usual))
+            })
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
     for name in [
         header::CONNECTION,

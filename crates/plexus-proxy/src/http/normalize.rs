@@ -6,67 +6,61 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header;
+use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use tower::{Layer, Service};
 
 use super::stack::{AnswerFuture, HttpService, fail};
 use super::{Body, HttpError, Reason};
 
-/// The request in HTTP/2 form for `destination`.
+/// The request in HTTP/2 form for `destination` (its name as an authority; `None`: not a
+/// usable one). Nothing is formatted: the authority and path are the request's own, shared.
 pub(crate) fn prepare(
     request: Request<Body>,
-    destination: &str,
+    destination: Option<&Authority>,
 ) -> Result<Request<Body>, HttpError> {
     let (mut parts, body) = request.into_parts();
     super::strip_hop_by_hop(&mut parts.headers);
     super::ensure_traceparent(&mut parts.headers);
     // HTTP/2 carries the host in :authority.
-    let host = parts
-        .uri
-        .authority()
-        .map(|authority| authority.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned)
-        });
+    let host = match parts.uri.authority() {
+        Some(authority) => Some(authority.clone()),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .and_then(|value| Authority::try_from(value.as_bytes()).ok()),
+    };
     parts.headers.remove(header::HOST);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |path| path.as_str())
-        .to_owned();
-    parts.uri = absolute(host.as_deref(), destination, &path)?;
+    let authority = host
+        .or_else(|| destination.cloned())
+        .ok_or(HttpError::new(Reason::BadRequest))?;
+    let mut uri = uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    parts.uri = Uri::from_parts(uri).map_err(|_| HttpError::new(Reason::BadRequest))?;
     parts.version = Version::HTTP_2;
     Ok(Request::from_parts(parts, body))
-}
-
-/// `http://<host><path>`; the destination name stands in for a missing or unusable host.
-fn absolute(host: Option<&str>, destination: &str, path: &str) -> Result<Uri, HttpError> {
-    let build = |authority: &str| {
-        Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(path)
-            .build()
-    };
-    host.and_then(|host| build(host).ok())
-        .map_or_else(|| build(destination), Ok)
-        .map_err(|_| HttpError::new(Reason::BadRequest))
 }
 
 /// Adds [`Normalize`].
 #[derive(Debug, Clone)]
 pub(crate) struct NormalizeLayer {
-    destination: Arc<str>,
+    destination: Arc<Option<Authority>>,
 }
 
 impl NormalizeLayer {
     /// Requests to `destination`.
-    pub(crate) fn new(destination: Arc<str>) -> Self {
-        Self { destination }
+    pub(crate) fn new(destination: &str) -> Self {
+        Self {
+            destination: Arc::new(Authority::try_from(destination).ok()),
+        }
     }
 }
 
@@ -84,7 +78,7 @@ impl<S> Layer<S> for NormalizeLayer {
 #[derive(Debug, Clone)]
 pub(crate) struct Normalize<S> {
     inner: S,
-    destination: Arc<str>,
+    destination: Arc<Option<Authority>>,
 }
 
 impl<S: HttpService> Service<Request<Body>> for Normalize<S> {
@@ -97,7 +91,7 @@ impl<S: HttpService> Service<Request<Body>> for Normalize<S> {
     }
 
     fn call(&mut self, request: Request<Body>) -> AnswerFuture {
-        match prepare(request, &self.destination) {
+        match prepare(request, self.destination.as_ref().as_ref()) {
             Ok(request) => self.inner.call(request),
             Err(error) => fail(error),
         }
@@ -107,6 +101,11 @@ impl<S: HttpService> Service<Request<Body>> for Normalize<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn web() -> Option<&'static Authority> {
+        static WEB: std::sync::OnceLock<Authority> = std::sync::OnceLock::new();
+        Some(WEB.get_or_init(|| Authority::from_static("web")))
+    }
 
     fn request(uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
         let mut builder = Request::builder().uri(uri).version(Version::HTTP_11);
@@ -127,7 +126,7 @@ mod tests {
                     ("x-a", "1"),
                 ],
             ),
-            "web",
+            web(),
         )
         .unwrap();
         assert_eq!(prepared.uri(), "http://web.local:8080/a?b=1");
@@ -140,11 +139,13 @@ mod tests {
 
     #[test]
     fn the_destination_stands_in_for_a_missing_or_unusable_host() {
-        let prepared = prepare(request("/x", &[]), "web").unwrap();
+        let prepared = prepare(request("/x", &[]), web()).unwrap();
         assert_eq!(prepared.uri(), "http://web/x");
-        let prepared = prepare(request("/x", &[("host", "bad host")]), "web").unwrap();
+        let prepared = prepare(request("/x", &[("host", "bad host")]), web()).unwrap();
         assert_eq!(prepared.uri(), "http://web/x");
-        let absolute = prepare(request("http://other:1/y", &[]), "web").unwrap();
+        let absolute = prepare(request("http://other:1/y", &[]), web()).unwrap();
         assert_eq!(absolute.uri(), "http://other:1/y");
+        let nowhere = prepare(request("/x", &[]), None).unwrap_err();
+        assert_eq!(nowhere.reason(), Reason::BadRequest);
     }
 }

@@ -245,9 +245,8 @@ async fn retrying<S: HttpService>(
     let mut attempt = 0;
     loop {
         let mut request = rebuild(&parts, body.clone());
-        if !tried.0.is_empty() {
-            request.extensions_mut().insert(tried.clone());
-        }
+        // Always (empty at first): it also asks the endpoint to say where the answer came from.
+        request.extensions_mut().insert(tried.clone());
         std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
         let result = inner.call(request).await;
         drop(retrying.take());

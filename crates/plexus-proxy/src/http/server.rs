@@ -29,16 +29,16 @@ use tracing::debug;
 
 use super::balance::ClientAddr;
 use super::inbound::Caller;
-use super::metrics::Finished;
+use super::metrics::{Finished, Label};
 use super::route::RouteLabel;
 use super::stack::{Answer, BoxStack, Inbound, Outbound};
 use super::timeout::served;
 use super::{Body, HttpError, HttpMetrics, Reason};
 use crate::authorize::Authorizer;
-use crate::metrics::{Direction, LOCAL_APP};
+use crate::metrics::Direction;
 
 /// The route label of a request no route took.
-const DEFAULT_ROUTE: &str = "default";
+pub(crate) const DEFAULT_ROUTE: &str = "default";
 
 impl Outbound {
     /// Serves one connection from the app until it ends; when `stop` fires, in-flight requests
@@ -80,7 +80,10 @@ impl Outbound {
     ) -> Response<Body> {
         let started = Instant::now();
         super::trace_hop(request.headers_mut());
-        let info = super::RequestInfo::of(&request, None);
+        let info = self
+            .metrics
+            .logs_requests()
+            .then(|| super::RequestInfo::of(&request, None));
         let grpc = super::is_grpc(&request);
         let http1 = request.version() < Version::HTTP_2;
         // A request body hyper cannot decode (e.g. an invalid chunk size) must end in 400 and a
@@ -98,7 +101,7 @@ impl Outbound {
         });
         request.extensions_mut().insert(ClientAddr(source));
         let answer = call(&self.stack, request).await;
-        let route = route_of(&answer);
+        let route = route_of(&answer, &self.labels.1);
         let answer = if malformed.load(Ordering::SeqCst) {
             Err(HttpError::new(Reason::BadRequest))
         } else {
@@ -109,7 +112,7 @@ impl Outbound {
             Err(error) => {
                 let mut response = local(
                     &self.metrics,
-                    &self.destination,
+                    &self.labels.0,
                     &error,
                     Direction::Outbound,
                     grpc,
@@ -123,7 +126,8 @@ impl Outbound {
             }
         };
         let seconds = started.elapsed().as_secs_f64();
-        let finished = Finished::new(Direction::Outbound, &self.destination, route, seconds, info);
+        let upstream = self.labels.0.clone();
+        let finished = Finished::new(Direction::Outbound, upstream, route, seconds, info);
         record(&self.metrics, response, finished)
     }
 }
@@ -140,7 +144,8 @@ impl Inbound {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let caller = caller.map(|caller| Caller(Arc::new(caller)));
+        let caller =
+            caller.map(|(authorizer, source)| Caller(Arc::new(authorizer.for_source(&source))));
         let service = service_fn(move |request| {
             let this = Arc::clone(&self);
             let caller = caller.clone();
@@ -178,8 +183,10 @@ impl Inbound {
     ) -> Response<Body> {
         let started = Instant::now();
         super::trace_hop(request.headers_mut());
-        let peer = caller.as_ref().map(|Caller(caller)| caller.1.clone());
-        let info = super::RequestInfo::of(&request, peer);
+        let info = self.metrics.logs_requests().then(|| {
+            let peer = caller.as_ref().map(|caller| caller.source().to_owned());
+            super::RequestInfo::of(&request, peer)
+        });
         let grpc = super::is_grpc(&request);
         let mut request = request.map(BodyExt::boxed);
         if let Some(caller) = caller {
@@ -187,11 +194,17 @@ impl Inbound {
         }
         let response = match call(&self.stack, request).await {
             Ok(response) => response,
-            Err(error) => local(&self.metrics, LOCAL_APP, &error, Direction::Inbound, grpc),
+            Err(error) => local(
+                &self.metrics,
+                &self.labels.0,
+                &error,
+                Direction::Inbound,
+                grpc,
+            ),
         };
         let seconds = started.elapsed().as_secs_f64();
-        let route = DEFAULT_ROUTE.to_owned();
-        let finished = Finished::new(Direction::Inbound, LOCAL_APP, route, seconds, info);
+        let (upstream, route) = self.labels.clone();
+        let finished = Finished::new(Direction::Inbound, upstream, route, seconds, info);
         record(&self.metrics, response, finished)
     }
 }
@@ -201,13 +214,21 @@ async fn call(stack: &BoxStack, request: Request<Body>) -> Answer {
     stack.clone().oneshot(request).await
 }
 
-/// The route a request took, for the metrics label.
-fn route_of(answer: &Answer) -> String {
+/// The route a request took, for the metrics label (`default`: none).
+fn route_of(answer: &Answer, default: &Label) -> Label {
     let route = match answer {
-        Ok(response) => response.extensions().get::<RouteLabel>().map(|l| &*l.0),
-        Err(error) => error.route().map(|route| &**route),
+        Ok(response) => response
+            .extensions()
+            .get::<RouteLabel>()
+            .map(|l| Label(Arc::clone(&l.0))),
+        Err(error) => error.route().map(|route| Label(Arc::clone(route))),
     };
-    route.unwrap_or(DEFAULT_ROUTE).to_owned()
+    route.unwrap_or_else(|| default.clone())
+}
+
+/// The `upstream` and default `route` labels of one direction's requests, made once.
+pub(crate) fn labels(upstream: &str) -> (Label, Label) {
+    (Label::from(upstream), Label::from(DEFAULT_ROUTE))
 }
 
 /// The response to a request the sidecar answers itself (counted by reason).
@@ -231,20 +252,19 @@ fn record(
     mut finished: Finished,
 ) -> Response<Body> {
     finished.status = response.status();
-    finished.error = response
-        .headers()
-        .get(super::ERROR_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
-    finished.response_bytes = hyper::body::Body::size_hint(response.body()).exact();
+    if finished.request.is_some() {
+        finished.error = response
+            .headers()
+            .get(super::ERROR_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        finished.response_bytes = hyper::body::Body::size_hint(response.body()).exact();
+    }
     let metrics = metrics.clone();
-    super::trailers::on_end(
-        response,
-        Box::new(move |grpc_status| {
-            finished.grpc_status = grpc_status;
-            metrics.finished(finished);
-        }),
-    )
+    super::trailers::on_end(response, move |grpc_status| {
+        finished.grpc_status = grpc_status;
+        metrics.finished(finished);
+    })
 }
 
 /// The HTTP/1.1 + h2c server for connections from the app, configured strictly.

@@ -29,6 +29,7 @@ use super::bulkhead::{BulkheadLayer, ConnectionBudget};
 use super::endpoint::{Connect, Endpoint, Pool, TcpTls};
 use super::fault::FaultLayer;
 use super::inbound::{AppClient, AuthorizeLayer};
+use super::metrics::Label;
 use super::mirror::MirrorLayer;
 use super::normalize::NormalizeLayer;
 use super::rate_limit::RateLimitLayer;
@@ -116,9 +117,11 @@ pub(crate) struct OutboundParts {
 
 /// One outbound HTTP upstream: its request path and the state it shares across connections.
 pub(crate) struct Outbound {
-    pub(super) destination: Arc<str>,
+    destination: Arc<str>,
     pub(super) stack: BoxStack,
     pub(super) metrics: HttpMetrics,
+    /// The `upstream` and default `route` metric labels.
+    pub(super) labels: (Label, Label),
     targets: Arc<Targets>,
     /// The policy in force (read by the unit tests).
     #[cfg(test)]
@@ -190,7 +193,7 @@ impl Outbound {
                 parts.kill.clone(),
             ))
             // HTTP/2 form: hop-by-hop headers off, traceparent, absolute URI.
-            .layer(NormalizeLayer::new(Arc::clone(&destination)))
+            .layer(NormalizeLayer::new(&destination))
             // First matching route of the current policy; programs the layers below.
             .layer(RouteLayer::new(Arc::clone(&policy)))
             // Local token buckets (429).
@@ -215,6 +218,7 @@ impl Outbound {
             .layer(RetryLayer::new(observe))
             .service(concrete);
         Self {
+            labels: super::server::labels(&destination),
             destination,
             stack: BoxStack::new(stack),
             metrics: parts.metrics,
@@ -240,6 +244,8 @@ impl Outbound {
 pub(crate) struct Inbound {
     pub(super) stack: BoxStack,
     pub(super) metrics: HttpMetrics,
+    /// The `upstream` (`local_app`) and `route` metric labels.
+    pub(super) labels: (Label, Label),
 }
 
 impl std::fmt::Debug for Inbound {
@@ -276,6 +282,7 @@ impl Inbound {
         Self {
             stack: BoxStack::new(stack),
             metrics,
+            labels: super::server::labels(crate::metrics::LOCAL_APP),
         }
     }
 }

@@ -74,6 +74,8 @@ pub(crate) struct Candidates {
 /// Every service one HTTP upstream's chain may send requests to.
 pub(crate) struct Targets {
     destination: String,
+    /// The destination's own service (never dropped: the listener owns its watch).
+    own: Arc<Service>,
     remote: Remote,
     services: Mutex<HashMap<String, Arc<Service>>>,
     metrics: HttpMetrics,
@@ -97,6 +99,7 @@ impl Targets {
         let own = Arc::new(Service::new(destination, endpoints, tls, None));
         Self {
             destination: destination.to_owned(),
+            own: Arc::clone(&own),
             remote,
             services: Mutex::new(HashMap::from([(destination.to_owned(), own)])),
             metrics,
@@ -163,6 +166,9 @@ impl Targets {
 
     /// The service called `name`, if a chain names it (or it is the destination).
     pub(crate) fn service(&self, name: &str) -> Option<Arc<Service>> {
+        if name == self.destination {
+            return Some(Arc::clone(&self.own));
+        }
         lock(&self.services).get(name).cloned()
     }
 
@@ -303,11 +309,11 @@ impl Service {
         filter: &[plexus_api::config_entry::chain::FilterClause],
         wait: std::time::Duration,
     ) -> Vec<SocketAddr> {
-        let mut endpoints = self.endpoints.clone();
-        if !endpoints.borrow().is_resolved() {
+        if !self.endpoints.borrow().is_resolved() {
+            let mut endpoints = self.endpoints.clone();
             let _ = tokio::time::timeout(wait, endpoints.wait_for(|set| set.is_resolved())).await;
         }
-        let set = Arc::clone(&endpoints.borrow());
+        let set = Arc::clone(&self.endpoints.borrow());
         let now = Instant::now();
         let mut outlier = lock(&self.outlier);
         let detector = outlier.detector(&set);

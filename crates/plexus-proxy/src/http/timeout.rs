@@ -17,8 +17,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
@@ -88,8 +86,45 @@ impl<S: HttpService> Service<Request<Body>> for Timeout<S> {
 /// Errors a body served to the app may end with.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A response body as served to the app (the idle cut adds an error hyper cannot make).
-pub(crate) type ServedBody = BoxBody<Bytes, BoxError>;
+/// A response body as served to the app: as it came, or cut when idle (which adds an error
+/// hyper cannot make). An enum, not one more box per response.
+pub(crate) enum ServedBody {
+    /// No idle timeout.
+    Plain(Body),
+    /// Cut after the route's idle timeout without a frame.
+    Idle(IdleBody),
+}
+
+impl HttpBody for ServedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Plain(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(BoxError::from))),
+            Self::Idle(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Plain(body) => body.is_end_stream(),
+            Self::Idle(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Plain(body) => body.size_hint(),
+            Self::Idle(body) => body.size_hint(),
+        }
+    }
+}
 
 /// Marks a response whose body is cut after this long without a frame.
 #[derive(Debug, Clone, Copy)]
@@ -119,13 +154,13 @@ where
 pub(crate) fn served(response: Response<Body>) -> Response<ServedBody> {
     let idle = response.extensions().get::<IdleTimeout>().copied();
     response.map(|body| match idle {
-        Some(IdleTimeout(idle)) => IdleBody::new(body, idle).boxed(),
-        None => body.map_err(BoxError::from).boxed(),
+        Some(IdleTimeout(idle)) => ServedBody::Idle(IdleBody::new(body, idle)),
+        None => ServedBody::Plain(body),
     })
 }
 
 /// A body that fails with [`Idle`] when its inner body has had nothing for `idle`.
-struct IdleBody {
+pub(crate) struct IdleBody {
     inner: Body,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
@@ -177,6 +212,8 @@ impl HttpBody for IdleBody {
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt;
+
     use super::*;
 
     /// "first" at once, then "rest" after 10 s.

@@ -11,37 +11,45 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 
 use super::Body;
+use super::metrics::GrpcLabel;
 
-/// Called once when a response is done, with its `grpc-status` (`""` when none was seen).
-pub(crate) type OnEnd = Box<dyn FnOnce(String) + Send + Sync>;
+/// Called once when a response is done, with its `grpc-status` (none when none was seen).
+type OnEnd = Box<dyn FnOnce(GrpcLabel) + Send + Sync>;
 
-/// The `grpc-status` in `headers`, when it is a plausible status code.
-pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<String> {
+/// The `grpc-status` in `headers`, when it is a plausible status code (one or two digits).
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u8> {
     headers
         .get("grpc-status")
-        .and_then(|value| value.to_str().ok())
+        .map(|value| value.as_bytes())
         .filter(|value| {
-            !value.is_empty() && value.len() <= 2 && value.bytes().all(|b| b.is_ascii_digit())
+            !value.is_empty() && value.len() <= 2 && value.iter().all(u8::is_ascii_digit)
         })
-        .map(str::to_owned)
+        .map(|value| {
+            value
+                .iter()
+                .fold(0, |code, digit| code * 10 + (digit - b'0'))
+        })
 }
 
 /// Calls `on_end` now when the status is already known (trailers-only gRPC response, or not
 /// gRPC at all), else when the response body ends, with the status from its trailers.
-pub(crate) fn on_end(response: Response<Body>, on_end: OnEnd) -> Response<Body> {
+pub(crate) fn on_end(
+    response: Response<Body>,
+    on_end: impl FnOnce(GrpcLabel) + Send + Sync + 'static,
+) -> Response<Body> {
     if let Some(status) = grpc_status(response.headers()) {
-        on_end(status);
+        on_end(GrpcLabel(Some(status)));
         return response;
     }
     if !is_grpc_response(&response) {
-        on_end(String::new());
+        on_end(GrpcLabel(None));
         return response;
     }
     response.map(|inner| {
         Observed {
             inner,
             status: None,
-            on_end: Some(on_end),
+            on_end: Some(Box::new(on_end)),
         }
         .boxed()
     })
@@ -58,14 +66,14 @@ fn is_grpc_response<B>(response: &Response<B>) -> bool {
 /// A response body that reports its trailers' `grpc-status` when it ends.
 struct Observed {
     inner: Body,
-    status: Option<String>,
+    status: Option<u8>,
     on_end: Option<OnEnd>,
 }
 
 impl Observed {
     fn finish(&mut self) {
         if let Some(on_end) = self.on_end.take() {
-            on_end(self.status.take().unwrap_or_default());
+            on_end(GrpcLabel(self.status.take()));
         }
     }
 }
@@ -121,7 +129,10 @@ mod tests {
         let push = Arc::clone(&seen);
         (
             seen,
-            Box::new(move |status| push.lock().unwrap().push(status)),
+            Box::new(move |status: GrpcLabel| {
+                let text = status.0.map(|code| code.to_string()).unwrap_or_default();
+                push.lock().unwrap().push(text)
+            }),
         )
     }
 
