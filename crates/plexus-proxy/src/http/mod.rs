@@ -140,14 +140,16 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
+        &header::CONNECTION,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
     ] {
         headers.remove(name);
     }
@@ -162,14 +164,39 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Adds a W3C `traceparent` (version 00, sampled) when the request has none, so the trace
 /// starts here; an existing one is passed on unchanged.
 pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
-    if headers.contains_key(TRACEPARENT) {
+    if headers.contains_key(&TRACEPARENT_NAME) {
         return;
     }
-    let trace: u128 = rand::random::<u128>().max(1);
-    let span: u64 = rand::random::<u64>().max(1);
-    let value = format!("00-{trace:032x}-{span:016x}-01");
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(TRACEPARENT, value);
+    set_traceparent(headers, None);
+}
+
+/// The `traceparent` header's name, parsed once.
+const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
+
+/// Writes `traceparent: 00-<trace>-<new span>-<flags>`: `kept` trace id and flags, else a new
+/// trace (random id, sampled). Hex is written by hand into a fixed buffer (no formatting), and
+/// the value is marked sensitive: it changes with every request, so HTTP/2's header compression
+/// must not fill its table with it.
+fn set_traceparent(headers: &mut HeaderMap, kept: Option<([u8; 32], [u8; 2])>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    fn hex(out: &mut [u8], mut value: u128) {
+        for digit in out.iter_mut().rev() {
+            *digit = HEX[(value & 0xf) as usize];
+            value >>= 4;
+        }
+    }
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    match kept {
+        Some((trace, flags)) => {
+            value[3..35].copy_from_slice(&trace);
+            value[53..55].copy_from_slice(&flags);
+        }
+        None => hex(&mut value[3..35], rand::random::<u128>().max(1)),
+    }
+    hex(&mut value[36..52], u128::from(rand::random::<u64>().max(1)));
+    if let Ok(mut value) = HeaderValue::from_bytes(&value) {
+        value.set_sensitive(true);
+        headers.insert(TRACEPARENT_NAME, value);
     }
 }
 
@@ -211,20 +238,16 @@ impl RequestInfo {
 /// its parent.
 pub(crate) fn trace_hop(headers: &mut HeaderMap) {
     let kept = headers
-        .get(TRACEPARENT)
+        .get(&TRACEPARENT_NAME)
         .and_then(|value| value.to_str().ok())
-        .and_then(parse_traceparent);
-    let span: u64 = rand::random::<u64>().max(1);
-    let value = match kept {
-        Some((trace, flags)) => format!("00-{trace}-{span:016x}-{flags}"),
-        None => {
-            let trace: u128 = rand::random::<u128>().max(1);
-            format!("00-{trace:032x}-{span:016x}-01")
-        }
-    };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(TRACEPARENT, value);
-    }
+        .and_then(parse_traceparent)
+        .and_then(|(trace, flags)| {
+            Some((
+                <[u8; 32]>::try_from(trace.as_bytes()).ok()?,
+                <[u8; 2]>::try_from(flags.as_bytes()).ok()?,
+            ))
+        });
+    set_traceparent(headers, kept);
 }
 
 /// The trace id and flags of a valid version-00 `traceparent` (lowercase hex, ids not all
@@ -299,6 +322,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         ensure_traceparent(&mut headers);
         let created = headers[TRACEPARENT].to_str().unwrap().to_owned();
+        assert!(headers[TRACEPARENT].is_sensitive());
         let parts: Vec<&str> = created.split('-').collect();
         assert_eq!(parts.len(), 4);
         assert_eq!(
