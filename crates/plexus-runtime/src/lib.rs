@@ -7,14 +7,19 @@
 //! extractor whose errors name the field), [`http::BlockingQuery`] (`?index=&wait=`),
 //! [`Backoff`] (bounded, jittered exponential retry delays), [`ErrorChain`] (an error and its
 //! causes on one line), [`lock`] (`std::sync` locks without poison).
+//! [`private_fs`] creates data directories `0700` and files `0600`.
+//! [`tls`] builds rustls configurations (aws-lc-rs) from PEM files or CA-issued material and
+//! serves the HTTP API over TLS.
 //! It does not know about services, checks or proxies.
 
 pub mod backoff;
 pub mod error_chain;
 pub mod http;
 pub mod lock;
+pub mod private_fs;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use backoff::Backoff;
 pub use error_chain::ErrorChain;
