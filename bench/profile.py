@@ -80,7 +80,9 @@ def callgrind(args: argparse.Namespace, nginx: Nginx) -> dict:
         requests(args, setup, 200, args.concurrency)
         subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True)
         requests(args, setup, 200, args.concurrency)  # instrumented code warmed up
-        subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+        # `-d` dumps and zeroes, and waits until the dump is written (`-z` does not wait, so a
+        # zeroing could land after the measured requests): the second dump holds them alone.
+        subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
         n = requests(args, setup, args.requests, args.concurrency)
         subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
     finally:
