@@ -13,13 +13,15 @@
 //!               └─ alias runners (driven by the index watch)          ─► Catalog::update_check
 //! ```
 //!
-//! Main types: [`Agent`] (cheap to clone), [`AgentConfig`], [`AgentError`], and
+//! Main types: [`Agent`] (cheap to clone), [`AgentConfig`], [`AgentError`];
 //! [`remote_catalog::HttpCatalog`], the catalog of an agent on a machine without a server (over
-//! the servers' HTTP API, holding the node's liveness lease).
+//! the servers' HTTP API, holding the node's liveness lease); [`acl::RemoteResolver`] (a remote
+//! agent's token resolution through a server, cached).
 //!
 //! It does not: store anything itself (the catalog is the only state besides TTL timers), start
 //! sidecar processes, or run HTTPS/TLS probes (those report `critical`).
 
+pub mod acl;
 mod api;
 mod check;
 mod error;
@@ -45,6 +47,9 @@ pub struct AgentConfig {
     pub node: Node,
     /// Whether this agent runs inside a server (shown by `/v1/agent/self`).
     pub server: bool,
+    /// How requests' tokens become authorizers at the agent API's edge (default: ACLs
+    /// disabled). A server's agent shares the control plane's; a remote agent asks a server.
+    pub acl: plexus_runtime::acl::Resolver,
 }
 
 /// The node agent. Cheap to clone: every clone shares one state.
@@ -112,9 +117,9 @@ impl Agent {
         })
     }
 
-    /// The `/v1/agent/*` routes (no fallback: the binary sets one).
+    /// The `/v1/agent/*` routes (no fallback: the binary sets one), behind the ACL edge.
     pub fn router(&self) -> axum::Router {
-        api::router(self.clone())
+        plexus_runtime::acl::layer(api::router(self.clone()), self.inner.config.acl.clone())
     }
 
     /// This agent's node name.

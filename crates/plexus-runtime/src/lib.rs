@@ -7,11 +7,13 @@
 //! extractor whose errors name the field), [`http::BlockingQuery`] (`?index=&wait=`),
 //! [`Backoff`] (bounded, jittered exponential retry delays), [`ErrorChain`] (an error and its
 //! causes on one line), [`lock`] (`std::sync` locks without poison).
+//! [`acl`] is the ACL edge: one authorizer per request, resolved before any handler runs.
 //! [`private_fs`] creates data directories `0700` and files `0600`.
 //! [`tls`] builds rustls configurations (aws-lc-rs) from PEM files or CA-issued material and
 //! serves the HTTP API over TLS.
 //! It does not know about services, checks or proxies.
 
+pub mod acl;
 pub mod backoff;
 pub mod error_chain;
 pub mod http;
