@@ -10,6 +10,8 @@ nginx), with figures that do not depend on what else runs on the machine where p
   --tool cpu         CPU seconds of both sidecars per 100k requests from /proc: saturated
                      (oha -c 32) and at a fixed rate (--rate, default 1,000 req/s)
   --tool rss         RSS of each sidecar idle (after a warm-up) and with 1,000 open connections
+  --system haproxy   (cpu, rss) the same figures for two HAProxy processes, the middle hop mTLS
+  --loadgen h2load   nghttp2's h2load instead of oha (its --rps is per connection)
 
   bench/profile.py --plexus target/release/plexus --oha .tools/bin/oha --tool callgrind \\
       --side client --proto http1 --requests 2000
@@ -38,16 +40,39 @@ from proxies import Nginx
 
 def start(args: argparse.Namespace, nginx: Nginx, wrap: dict[str, list[str]] | None = None):
     upstream = nginx.port("h2" if args.proto == "h2" else "http1")
+    if args.system == "haproxy":
+        # The like-for-like anchor: two HAProxy processes, the middle hop in mTLS.
+        setup = proxies.start_haproxy(args.work, upstream, 2, args.proto, mtls=True)
+        return setup, {"web": setup.running.proxies[0].pid, "client": setup.running.proxies[1].pid}
     setup = proxies.start_plexus(args.plexus, args.work, upstream, 2, args.proto, wrap=wrap)
     # proxies: [web's sidecar, client's sidecar]
     pids = {"web": setup.running.proxies[0].pid, "client": setup.running.proxies[1].pid}
     return setup, pids
 
 
-def load(args: argparse.Namespace, setup, extra: list[str]) -> dict:
+def load(args: argparse.Namespace, setup, connections: int, seconds: int, rate: int | None = None) -> tuple[int, float]:
+    """`connections` keep-alive connections for `seconds`, as fast as they go or at `rate` req/s
+    in all; returns (successful requests, elapsed seconds). oha, or h2load (`--loadgen h2load`,
+    its `--rps` is per connection)."""
     url = f"http://127.0.0.1:{setup.front_port}/"
-    proto = "h2" if args.proto == "h2" else "http1"
-    return oha(url, proto, extra, args.oha)
+    if args.loadgen == "h2load":
+        argv = ["taskset", "-c", proxies.LOADGEN_CORE, "h2load", "-c", str(connections),
+                "-D", str(seconds), url]
+        if rate:
+            argv.insert(-1, f"--rps={max(rate / connections, 0.1):g}")
+        if args.proto != "h2":
+            argv.insert(-1, "--h1")
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        # Answered requests ("done" less "errored" and "timeout"): h2load counts an HTTP/1.1
+        # status line without a reason phrase (HAProxy's, translating from h2) as no status, so
+        # its "succeeded" would read 0 for the HAProxy rows.
+        done, errored, timeout = (int(x) for x in re.search(
+            r"(\d+) done, \d+ succeeded, \d+ failed, (\d+) errored, (\d+) timeout", out).groups())
+        took = float(re.search(r"finished in ([\d.]+)s", out).group(1))
+        return done - errored - timeout, took
+    extra = ["-z", f"{seconds}s", "-c", str(connections)] + (["-q", str(rate)] if rate else [])
+    result = oha(url, "h2" if args.proto == "h2" else "http1", extra, args.oha)
+    return ok_count(result), result["summary"]["total"]
 
 
 def requests(args: argparse.Namespace, setup, n: int, concurrency: int) -> int:
@@ -57,11 +82,14 @@ def requests(args: argparse.Namespace, setup, n: int, concurrency: int) -> int:
         if args.proto != "h2":
             argv.insert(4, "--h1")
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-        done = int(re.search(r"(\d+) succeeded", out).group(1))
+        done, errored, timeout = (int(x) for x in re.search(
+            r"(\d+) done, \d+ succeeded, \d+ failed, (\d+) errored, (\d+) timeout", out).groups())
+        done -= errored + timeout
         if done < n:
             raise RuntimeError(f"only {done} of {n} requests succeeded:\n{out}")
         return done
-    result = load(args, setup, ["-n", str(n), "-c", str(concurrency)])
+    url = f"http://127.0.0.1:{setup.front_port}/"
+    result = oha(url, "h2" if args.proto == "h2" else "http1", ["-n", str(n), "-c", str(concurrency)], args.oha)
     done = ok_count(result)
     if done < n:
         raise RuntimeError(f"only {done} of {n} requests succeeded: {result.get('errorDistribution')}")
@@ -178,20 +206,21 @@ def cpu(args: argparse.Namespace, nginx: Nginx) -> dict:
         requests(args, setup, 2000, 8)
         time.sleep(1)
         c0 = seconds()
-        saturated = load(args, setup, ["-z", f"{args.duration}s", "-c", "32"])
+        saturated, took = load(args, setup, 32, args.duration)
         c1 = seconds()
         time.sleep(1)
         c2 = seconds()
-        fixed = load(args, setup, ["-z", f"{args.duration}s", "-c", "16", "-q", str(args.rate)])
+        fixed, _ = load(args, setup, 16, args.duration, args.rate)
         c3 = seconds()
         time.sleep(args.duration)
         c4 = seconds()
     finally:
         setup.running.stop()
-    return {"tool": "cpu", "proto": args.proto,
-            "saturated_cpu_s_per_100k": round((c1 - c0) / ok_count(saturated) * 100_000, 3),
-            "saturated_rps": round(ok_count(saturated) / saturated["summary"]["total"]),
-            f"cpu_s_per_100k_at_{args.rate}": round((c3 - c2) / ok_count(fixed) * 100_000, 3),
+    return {"tool": "cpu", "system": args.system, "proto": args.proto,
+            "saturated_cpu_s_per_100k": round((c1 - c0) / saturated * 100_000, 3),
+            "saturated_rps": round(saturated / took),
+            f"cpu_s_per_100k_at_{args.rate}": round((c3 - c2) / fixed * 100_000, 3),
+            f"requests_at_{args.rate}": fixed,
             "idle_cpu_s_per_s": round((c4 - c3) / args.duration, 4)}
 
 
@@ -213,13 +242,13 @@ def rss(args: argparse.Namespace, nginx: Nginx) -> dict:
         sampler = threading.Thread(target=sample)
         sampler.start()
         try:
-            load(args, setup, ["-z", "4s", "-c", "1000", "-q", "2000"])
+            load(args, setup, 1000, 4, 2000)
         finally:
             stop.set()
             sampler.join()
     finally:
         setup.running.stop()
-    return {"tool": "rss", "proto": args.proto,
+    return {"tool": "rss", "system": args.system, "proto": args.proto,
             "idle_mib": {side: round(kib / 1024, 1) for side, kib in idle.items()},
             "with_1000_connections_mib": {side: round(kib / 1024, 1) for side, kib in peak.items()}}
 
@@ -227,7 +256,7 @@ def rss(args: argparse.Namespace, nginx: Nginx) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plexus", required=True)
-    p.add_argument("--oha", required=True)
+    p.add_argument("--oha", default=str(Path(__file__).resolve().parent.parent / ".tools" / "bin" / "oha"))
     p.add_argument("--tool", required=True, choices=["callgrind", "strace", "heaptrack", "cpu", "rss"])
     p.add_argument("--side", default="client", choices=["client", "web"])
     p.add_argument("--proto", default="http1", choices=["tcp", "http1", "h2"])
@@ -236,7 +265,9 @@ def main() -> int:
     p.add_argument("--duration", type=int, default=5)
     p.add_argument("--rate", type=int, default=1000)
     p.add_argument("--loadgen", default="oha", choices=["oha", "h2load"],
-                   help="load generator of the counted runs (callgrind, strace, heaptrack)")
+                   help="load generator (oha, or nghttp2's h2load)")
+    p.add_argument("--system", default="plexus", choices=["plexus", "haproxy"],
+                   help="the two-hop mTLS chain measured by --tool cpu|rss (haproxy: the anchor)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "profile")
     args = p.parse_args()
     args.out = args.out.resolve()
