@@ -43,7 +43,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use plexus_runtime::lock::lock;
 
-pub use auth::{NodeAuth, Secret};
+pub use auth::{AppAuthority, AuthorityFuture, NodeAuth, Refusal, Secret};
 
 use crate::platform::Platform;
 
