@@ -60,6 +60,7 @@ def cases(args: argparse.Namespace) -> list[Case]:
             out.append(Case("haproxy", hops, proto))
         out.append(Case("plexus", 2, proto, mtls=True))
         out.append(Case("envoy", 2, proto, mtls=True))
+        out.append(Case("haproxy", 2, proto, mtls=True))
     if args.only:
         out = [c for c in out if any(o in c.name for o in args.only)]
     return out
@@ -97,7 +98,7 @@ def start(case: Case, args: argparse.Namespace, nginx: Nginx, work: Path) -> Set
     if case.system == "envoy":
         return proxies.start_envoy(args.envoy, work, upstream, case.hops, case.proto, case.mtls)
     if case.system == "haproxy":
-        return proxies.start_haproxy(work, upstream, case.hops, case.proto)
+        return proxies.start_haproxy(work, upstream, case.hops, case.proto, case.mtls)
     raise ValueError(case.system)
 
 
@@ -132,10 +133,22 @@ def measure(case: Case, args: argparse.Namespace, nginx: Nginx, work: Path) -> d
                 args.oha,
             )
             pct = lat["latencyPercentiles"]
+            # CPU per request at a fixed, low rate (what a service at a few hundred req/s pays:
+            # wake-ups, timers, per-connection tasks), next to the saturated figure above.
+            cpu2 = cpu_of(setup)
+            fixed = oha(
+                url, case.load_proto,
+                ["-z", f"{args.duration}s", "-c", str(args.latency_connections), "-q", str(args.fixed_rate)],
+                args.oha,
+            )
+            cpu3 = cpu_of(setup)
+            fixed_requests = ok_count(fixed)
             reps.append({
                 "rps": requests / tput["summary"]["total"],
-                "errors": error_count(tput) + error_count(lat),
+                "errors": error_count(tput) + error_count(lat) + error_count(fixed),
                 "cpu_s_per_100k": (cpu1 - cpu0) / requests * 100_000 if setup.running.proxies else None,
+                "cpu_s_per_100k_fixed": (cpu3 - cpu2) / fixed_requests * 100_000
+                if setup.running.proxies and fixed_requests else None,
                 "p50_us": pct["p50"] * 1e6,
                 "p99_us": pct["p99"] * 1e6,
                 "p999_us": pct["p99.9"] * 1e6,
@@ -182,8 +195,8 @@ def med(values: list[float]) -> float:
 def summarise(result: dict, direct: dict[str, dict]) -> dict:
     reps = result["reps"]
     out = {}
-    for key in ("rps", "p50_us", "p99_us", "p999_us", "cpu_s_per_100k"):
-        vals = [r[key] for r in reps if r[key] is not None]
+    for key in ("rps", "p50_us", "p99_us", "p999_us", "cpu_s_per_100k", "cpu_s_per_100k_fixed"):
+        vals = [r[key] for r in reps if r.get(key) is not None]
         if vals:
             out[key] = (med(vals), min(vals), max(vals))
     out["errors"] = sum(r["errors"] for r in reps)
@@ -208,12 +221,13 @@ def write_report(results: list[dict], meta: dict, out: Path) -> None:
             direct[r["case"]["proto"]] = summarise(r, {})
     lines = [
         "| Row | Throughput req/s (c={c}) | p50 µs | p99 µs | p99.9 µs | added p50 / p99 µs | "
-        "proxy CPU s / 100k req | RSS idle MiB | RSS 1,000 conns MiB |".format(c=meta["concurrency"]),
-        "|---|---|---|---|---|---|---|---|---|",
+        "proxy CPU s / 100k req (saturated) | proxy CPU s / 100k req at {r:,} req/s | RSS idle MiB | "
+        "RSS 1,000 conns MiB |".format(c=meta["concurrency"], r=meta["fixed_rate"]),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if not r.get("reps"):
-            lines.append(f"| {r['name']} | {r['unavailable']} | | | | | | | |")
+            lines.append(f"| {r['name']} | {r['unavailable']} | | | | | | | | |")
             continue
         s = summarise(r, direct)
         added = (f"{s['added_p50_us']:,.0f} / {s['added_p99_us']:,.0f}" if "added_p50_us" in s else "–")
@@ -223,7 +237,8 @@ def write_report(results: list[dict], meta: dict, out: Path) -> None:
         lines.append(
             f"| {r['name']}{errs} | {fmt_triplet(s['rps'])} | {fmt_triplet(s['p50_us'])} | "
             f"{fmt_triplet(s['p99_us'])} | {fmt_triplet(s['p999_us'])} | {added} | "
-            f"{fmt_triplet(s.get('cpu_s_per_100k'), 2)} | {idle} | {conn} |"
+            f"{fmt_triplet(s.get('cpu_s_per_100k'), 2)} | {fmt_triplet(s.get('cpu_s_per_100k_fixed'), 2)} | "
+            f"{idle} | {conn} |"
         )
     table = "\n".join(lines) + "\n"
     (out / "results.md").write_text(
@@ -295,6 +310,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=32, help="connections for the throughput run")
     p.add_argument("--rate", type=int, default=2000, help="req/s of the latency run")
     p.add_argument("--latency-connections", type=int, default=16)
+    p.add_argument("--fixed-rate", type=int, default=1000, help="req/s of the fixed-rate CPU run")
     p.add_argument("--only", action="append", help="run only rows whose name contains this")
     args = p.parse_args()
     ARGS = args
@@ -309,10 +325,12 @@ def main() -> None:
         f"{args.concurrency} connections, keep-alive. Latency: {args.duration} s at a constant "
         f"{args.rate} req/s over {args.latency_connections} connections, oha --latency-correction "
         "(coordinated-omission corrected). CPU: utime+stime of the proxy processes (both, for two hops) "
-        "over the throughput run, per 100k requests. RSS idle: after a 2,000-request warm-up; "
+        "over the throughput run, per 100k requests, and likewise over a run at a fixed "
+        f"{args.fixed_rate} req/s ({args.duration} s, {args.latency_connections} connections). RSS idle: after a 2,000-request warm-up; "
         "with 1,000 connections: highest VmRSS sampled every 50 ms during a 4 s run of oha -c 1000 -q 2000."
     )
     meta = {"started": started, "settings": settings, "concurrency": args.concurrency,
+            "fixed_rate": args.fixed_rate,
             "machine": machine()}
     nginx = Nginx(work)
     results = []

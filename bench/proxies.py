@@ -63,7 +63,9 @@ class Running:
     procs: list[subprocess.Popen] = field(default_factory=list)
     proxies: list[subprocess.Popen] = field(default_factory=list)
 
-    def start(self, argv: list[str], core: str, log: Path, proxy: bool) -> subprocess.Popen:
+    def start(
+        self, argv: list[str], core: str, log: Path, proxy: bool, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         if self not in _LIVE:
             _LIVE.append(self)
         out = open(log, "ab")
@@ -72,6 +74,7 @@ class Running:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, **env} if env else None,
         )
         self.procs.append(p)
         if proxy:
@@ -165,13 +168,22 @@ class Setup:
 # --------------------------------------------------------------------------------------- Plexus
 
 
-def start_plexus(plexus: str, work: Path, upstream: int, hops: int, proto: str) -> Setup:
+def start_plexus(
+    plexus: str,
+    work: Path,
+    upstream: int,
+    hops: int,
+    proto: str,
+    wrap: dict[str, list[str]] | None = None,
+    env: dict[str, str] | None = None,
+) -> Setup:
     """`plexus dev` with two services, `client` (upstream `web`) and `web` (nginx), and one
     `plexus proxy` per service, the hop between them mTLS. Two hops: the load goes to client's
     upstream listener → web's inbound sidecar → nginx. (One hop, straight to web's inbound
     sidecar, only answers a peer sidecar's mTLS.) `proto` picks the protocol both sidecars
     declare: tcp (L4), http1 (`http`: HTTP/1.1 to the apps, pooled HTTP/2 between the
-    sidecars) or h2 (`http2`: h2c to the apps)."""
+    sidecars) or h2 (`http2`: h2c to the apps). `wrap` puts a command in front of a sidecar
+    (by service: a profiler); `env` is added to the sidecars' environment."""
     protocol = {"tcp": "tcp", "http1": "http", "h2": "http2"}[proto]
     d = work / f"plexus-{hops}-{proto}"
     shutil.rmtree(d / "data", ignore_errors=True)  # a fresh control plane every time
@@ -236,6 +248,7 @@ services {{
     for service, admin in sidecars:
         run.start(
             [
+                *(wrap or {}).get(service, []),
                 plexus,
                 "proxy",
                 "--sidecar-for",
@@ -248,9 +261,10 @@ services {{
             PROXY_CORE,
             d / f"proxy-{service}.log",
             proxy=True,
+            env=env,
         )
     for _, admin in sidecars:
-        wait_http(f"http://127.0.0.1:{admin}/ready")
+        wait_http(f"http://127.0.0.1:{admin}/ready", deadline_s=300 if wrap else 30)
     front = local_bind if hops == 2 else web_sidecar
     return Setup(front, run)
 
@@ -261,6 +275,8 @@ _BASE_ID = [100]
 
 
 def _envoy_listener(port: int, proto: str, cluster: str, mtls_server: Path | None) -> str:
+    """A listener; with `mtls_server` it is the inbound end of the mTLS hop (TLS 1.3, client
+    certificate required, ALPN h2 offered for the HTTP rows)."""
     if proto == "tcp":
         filters = f"""
       - name: envoy.filters.network.tcp_proxy
@@ -287,6 +303,8 @@ def _envoy_listener(port: int, proto: str, cluster: str, mtls_server: Path | Non
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"""
     tls = ""
+    alpn = "" if proto == "tcp" else """
+            alpn_protocols: ["h2", "http/1.1"]"""
     if mtls_server is not None:
         tls = f"""
       transport_socket:
@@ -295,7 +313,7 @@ def _envoy_listener(port: int, proto: str, cluster: str, mtls_server: Path | Non
           "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
           require_client_certificate: true
           common_tls_context:
-            tls_params: {{ tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3 }}
+            tls_params: {{ tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3 }}{alpn}
             tls_certificates:
             - certificate_chain: {{ filename: {mtls_server}/server.crt }}
               private_key: {{ filename: {mtls_server}/server.key }}
@@ -310,8 +328,10 @@ def _envoy_listener(port: int, proto: str, cluster: str, mtls_server: Path | Non
 
 
 def _envoy_cluster(name: str, port: int, proto: str, mtls_client: Path | None) -> str:
+    """A cluster; with `mtls_client` it is the outbound end of the mTLS hop, which speaks
+    HTTP/2 (ALPN h2) for the HTTP rows, as Plexus's sidecars and HAProxy's `alpn h2` do."""
     h2 = ""
-    if proto == "h2":
+    if proto == "h2" or (mtls_client is not None and proto != "tcp"):
         h2 = """
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
@@ -319,6 +339,8 @@ def _envoy_cluster(name: str, port: int, proto: str, mtls_client: Path | None) -
         explicit_http_config:
           http2_protocol_options: {}"""
     tls = ""
+    alpn = "" if proto == "tcp" else """
+          alpn_protocols: ["h2"]"""
     if mtls_client is not None:
         tls = f"""
     transport_socket:
@@ -327,7 +349,7 @@ def _envoy_cluster(name: str, port: int, proto: str, mtls_client: Path | None) -
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
         sni: web
         common_tls_context:
-          tls_params: {{ tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3 }}
+          tls_params: {{ tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3 }}{alpn}
           tls_certificates:
           - certificate_chain: {{ filename: {mtls_client}/client.crt }}
             private_key: {{ filename: {mtls_client}/client.key }}
@@ -385,7 +407,7 @@ static_resources:
 def make_certs(d: Path) -> Path:
     """A CA and a server and a client certificate, made with openssl, for the mTLS hop."""
     certs = d / "certs"
-    if (certs / "client.crt").exists():
+    if (certs / "client.pem").exists():
         return certs
     certs.mkdir(parents=True, exist_ok=True)
 
@@ -402,6 +424,8 @@ def make_certs(d: Path) -> Path:
             "x509", "-req", "-in", f"{who}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
             "-CAcreateserial", "-days", "30", "-extfile", f"{who}.ext", "-out", f"{who}.crt",
         )
+        # HAProxy reads the certificate and its key from one file.
+        (certs / f"{who}.pem").write_text((certs / f"{who}.crt").read_text() + (certs / f"{who}.key").read_text())
     return certs
 
 
@@ -432,14 +456,37 @@ def start_envoy(envoy: str, work: Path, upstream: int, hops: int, proto: str, mt
 # -------------------------------------------------------------------------------------- HAProxy
 
 
-def _start_haproxy(run: Running, d: Path, name: str, port: int, target: int, proto: str) -> None:
+def _start_haproxy(
+    run: Running,
+    d: Path,
+    name: str,
+    port: int,
+    target: int,
+    proto: str,
+    bind_tls: Path | None = None,
+    server_tls: Path | None = None,
+) -> None:
+    """One HAProxy process. `bind_tls`: the inbound end of the mTLS hop (its listener demands a
+    client certificate); `server_tls`: the outbound end (it presents one and verifies the
+    server's). Both TLS 1.3 only, ECDSA P-256 certificates, `verify required`; the HTTP rows
+    speak HTTP/2 between the hops (`alpn h2`), as Plexus's sidecars do."""
     mode = "tcp" if proto == "tcp" else "http"
     h2 = " proto h2" if proto == "h2" else ""
+    alpn = " alpn h2" if mode == "http" else ""
+    bind = h2
+    if bind_tls is not None:
+        bind = f" ssl crt {bind_tls}/server.pem ca-file {bind_tls}/ca.crt verify required{alpn}"
+    server = h2
+    if server_tls is not None:
+        server = (f" ssl crt {server_tls}/client.pem ca-file {server_tls}/ca.crt verify required"
+                  f" sni str(web){alpn}")
     conf = d / f"{name}.cfg"
     conf.write_text(
         f"""global
   nbthread 1
   maxconn 5000
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+  ssl-default-server-options ssl-min-ver TLSv1.3
 defaults
   mode {mode}
   timeout connect 5s
@@ -447,27 +494,30 @@ defaults
   timeout server 600s
   maxconn 5000
 frontend front
-  bind 127.0.0.1:{port}{h2}
+  bind 127.0.0.1:{port}{bind}
   default_backend back
 backend back
   http-reuse always
-  server s1 127.0.0.1:{target}{h2}
+  server s1 127.0.0.1:{target}{server}
 """.replace("  http-reuse always\n", "  http-reuse always\n" if mode == "http" else "")
     )
     run.start(["haproxy", "-db", "-f", str(conf)], PROXY_CORE, d / f"{name}.log", proxy=True)
     wait_port(port)
 
 
-def start_haproxy(work: Path, upstream: int, hops: int, proto: str) -> Setup:
-    d = work / f"haproxy-{hops}-{proto}"
+def start_haproxy(work: Path, upstream: int, hops: int, proto: str, mtls: bool = False) -> Setup:
+    """One hop: frontend → nginx. Two hops: outbound HAProxy → inbound HAProxy → nginx, the
+    middle hop in mTLS when asked."""
+    d = work / f"haproxy-{hops}-{proto}-{'mtls' if mtls else 'plain'}"
     d.mkdir(parents=True, exist_ok=True)
+    certs = make_certs(work) if mtls else None
     run = Running()
     inbound = free_port()
-    _start_haproxy(run, d, "inbound", inbound, upstream, proto)
+    _start_haproxy(run, d, "inbound", inbound, upstream, proto, bind_tls=certs)
     if hops == 1:
         return Setup(inbound, run)
     outbound = free_port()
-    _start_haproxy(run, d, "outbound", outbound, inbound, proto)
+    _start_haproxy(run, d, "outbound", outbound, inbound, proto, server_tls=certs)
     return Setup(outbound, run)
 
 

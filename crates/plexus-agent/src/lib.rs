@@ -14,16 +14,19 @@
 //! ```
 //!
 //! Main types: [`Agent`] (cheap to clone), [`AgentConfig`], [`AgentError`];
-//! [`acl::RemoteResolver`] (a remote agent's token resolution through a server, cached).
+//! [`remote_catalog::HttpCatalog`], the catalog of an agent on a machine without a server (over
+//! the servers' HTTP API, holding the node's liveness lease); [`acl::RemoteResolver`] (a remote
+//! agent's token resolution through a server, cached).
 //!
 //! It does not: store anything itself (the catalog is the only state besides TTL timers), start
-//! sidecar processes, keep a node lease, or run HTTPS/TLS probes (those report `critical`).
+//! sidecar processes, or run HTTPS/TLS probes (those report `critical`).
 
 pub mod acl;
 mod api;
 mod check;
 mod error;
 mod ports;
+pub mod remote_catalog;
 mod service;
 
 use std::collections::BTreeSet;
@@ -126,10 +129,7 @@ impl Agent {
 
     fn registered(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
         // A poisoned set is still a valid set of ids.
-        self.inner
-            .registered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        plexus_runtime::lock::lock(&self.inner.registered)
     }
 }
 

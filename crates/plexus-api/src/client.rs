@@ -779,7 +779,9 @@ impl Client {
             .value)
     }
 
-    pub(crate) async fn get<T: DeserializeOwned>(
+    /// `GET path` (`path` already encoded, e.g. with [`encode`]) with blocking-query options and
+    /// bare flags (`passing`), decoding the JSON answer and its index.
+    pub async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
         query: QueryOptions,
@@ -893,7 +895,7 @@ impl Client {
     }
 
     /// `PUT path` with an optional JSON body, decoding the JSON answer.
-    pub(crate) async fn put_json<B: serde::Serialize, T: DeserializeOwned>(
+    pub async fn put_json<B: serde::Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: Option<&B>,
@@ -902,7 +904,7 @@ impl Client {
     }
 
     /// [`Client::put_json`] with its own request timeout.
-    pub(crate) async fn put_json_within<B: serde::Serialize, T: DeserializeOwned>(
+    pub async fn put_json_within<B: serde::Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: Option<&B>,
@@ -1039,21 +1041,23 @@ fn index_of(response: &reqwest::Response) -> u64 {
         .unwrap_or(0)
 }
 
+/// What stays as it is in a path segment: letters, digits and `-_.~:`.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b':');
+
 /// Percent-encodes a KV key, keeping `/` as the path separator it is.
 fn encode_key(key: &str) -> String {
-    key.split('/').map(encode).collect::<Vec<_>>().join("/")
+    const KEY: &percent_encoding::AsciiSet = &SEGMENT.remove(b'/');
+    percent_encoding::utf8_percent_encode(key, KEY).to_string()
 }
 
-pub(crate) fn encode(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+/// Percent-encodes one path segment (a service, node or check name).
+pub fn encode(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string()
 }
 
 #[cfg(test)]
@@ -1232,5 +1236,7 @@ mod tests {
     fn path_segments_are_encoded() {
         assert_eq!(encode("web-1"), "web-1");
         assert_eq!(encode("a b/c"), "a%20b%2Fc");
+        assert_eq!(encode("é:~%"), "%C3%A9:~%25");
+        assert_eq!(encode_key("app/a b/"), "app/a%20b/");
     }
 }

@@ -46,8 +46,6 @@ pub mod operator;
 pub mod presence;
 pub mod registration;
 pub mod remote;
-#[cfg(feature = "client")]
-pub mod remote_catalog;
 pub mod validate;
 
 pub use catalog::{Catalog, CatalogError, Indexed, Registration};

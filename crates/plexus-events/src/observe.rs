@@ -24,9 +24,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, LineWriter, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use plexus_runtime::lock::lock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -241,7 +242,7 @@ impl Observer for AccessLog {
             }
         };
         line.push(b'\n');
-        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = lock(&self.out);
         if let Err(error) = out.write_all(&line).and_then(|()| out.flush()) {
             tracing::warn!(%error, "cannot write the access log");
         }

@@ -12,12 +12,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use plexus_api::presence::Peer;
+use plexus_runtime::lock::{lock, read, write};
 use rmpv::Value;
 use tokio::sync::{Semaphore, oneshot, watch};
 
@@ -123,10 +124,6 @@ pub struct Platform {
     inner: Arc<Inner>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Platform {
     /// A platform for app `app` with a fresh origin (instance id).
     pub fn new(app: impl Into<String>) -> Self {
@@ -177,20 +174,11 @@ impl Platform {
 
     /// Reports every handled event and every request to `observer` (metrics, access log).
     pub fn set_observer(&self, observer: Arc<dyn Observer>) {
-        *self
-            .inner
-            .observer
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(observer);
+        *write(&self.inner.observer) = Some(observer);
     }
 
     fn observe(&self, record: impl FnOnce() -> Record) {
-        let observer = self
-            .inner
-            .observer
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let observer = read(&self.inner.observer).clone();
         if let Some(observer) = observer {
             observer.record(&record());
         }
@@ -199,20 +187,12 @@ impl Platform {
     /// Sets the address this instance's actuator listens on; presence announces it and the
     /// catalog lists the app with it.
     pub fn set_advertise(&self, address: SocketAddr) {
-        *self
-            .inner
-            .advertise
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(address);
+        *write(&self.inner.advertise) = Some(address);
     }
 
     /// The actuator address presence announces, once set.
     pub fn advertise(&self) -> Option<SocketAddr> {
-        *self
-            .inner
-            .advertise
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        *read(&self.inner.advertise)
     }
 
     /// The app name of instance `origin` (this one or a known peer), `unknown` otherwise.
@@ -237,38 +217,22 @@ impl Platform {
 
     /// Attaches the cloud connector (replacing any previous one).
     pub fn set_connector(&self, connector: Arc<dyn Connector>) {
-        *self
-            .inner
-            .connector
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(connector);
+        *write(&self.inner.connector) = Some(connector);
     }
 
     /// Records the topic-partition presence assigned to this instance.
     pub fn set_topic(&self, topic: Option<String>) {
-        *self
-            .inner
-            .topic
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = topic;
+        *write(&self.inner.topic) = topic;
     }
 
     /// The topic-partition this instance consumes, once assigned.
     pub fn topic(&self) -> Option<String> {
-        self.inner
-            .topic
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        read(&self.inner.topic).clone()
     }
 
     /// The attached connector.
     pub fn connector(&self) -> Option<Arc<dyn Connector>> {
-        self.inner
-            .connector
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        read(&self.inner.connector).clone()
     }
 
     /// Registers `function` under `route` with `workers` concurrent workers.
@@ -328,11 +292,7 @@ impl Platform {
             visibility,
             permits: Arc::new(Semaphore::new(workers)),
         };
-        self.inner
-            .local
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(route.to_owned(), entry);
+        write(&self.inner.local).insert(route.to_owned(), entry);
         tracing::info!(route, workers, ?visibility, "route registered");
         self.publish_routes();
         Ok(())
@@ -340,12 +300,7 @@ impl Platform {
 
     /// Removes a local route.
     pub fn release(&self, route: &str) {
-        let removed = self
-            .inner
-            .local
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(route);
+        let removed = write(&self.inner.local).remove(route);
         if removed.is_some() {
             self.publish_routes();
         }
@@ -368,10 +323,7 @@ impl Platform {
 
     /// The local routes.
     pub fn local_routes(&self) -> Vec<RouteInfo> {
-        self.inner
-            .local
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        read(&self.inner.local)
             .iter()
             .map(|(route, r)| RouteInfo {
                 route: route.clone(),
@@ -382,12 +334,7 @@ impl Platform {
     }
 
     fn local_route(&self, route: &str) -> Option<LocalRoute> {
-        self.inner
-            .local
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(route)
-            .cloned()
+        read(&self.inner.local).get(route).cloned()
     }
 
     /// True when `route` is public here (callable from other instances and over HTTP); `None`

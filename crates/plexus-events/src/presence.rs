@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use plexus_api::presence::{ClientFrame, MAX_FRAME_BYTES, ServerFrame};
-use rand::Rng;
+use plexus_runtime::{Backoff, ErrorChain};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -26,8 +26,10 @@ use crate::platform::Platform;
 
 /// A connection that carried nothing (the server pings every second) for this long is dropped.
 pub const SILENCE: Duration = Duration::from_secs(10);
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(3);
+/// Reconnect delays: 100 ms doubling to 3 s, jittered.
+fn reconnect_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(3))
+}
 
 /// The state of presence, as the app sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -112,7 +114,7 @@ async fn run(
 ) {
     let addresses = control_addresses(&control);
     let mut next = 0;
-    let mut backoff = BACKOFF_START;
+    let mut backoff = reconnect_backoff();
     loop {
         let control = addresses[next % addresses.len()].clone();
         next += 1;
@@ -132,16 +134,14 @@ async fn run(
                 state.send_modify(|s| s.topic = None);
             }
             Err(error) => {
-                let error = crate::actuator::chain(&error);
+                let error = ErrorChain(&error);
                 tracing::warn!(%control, %error, "presence connection lost; reconnecting");
             }
         }
-        let jitter = rand::rng().random_range(0.5..1.0);
         tokio::select! {
-            () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
             () = shutdown.cancelled() => return,
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -167,7 +167,7 @@ async fn session(
     group: &str,
     token: Option<&plexus_api::acl::SecretId>,
     state: &watch::Sender<PresenceState>,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
 ) -> Result<(), SessionError> {
     let url = format!("ws://{control}/ws/presence/{}", platform.origin());
     let config = WebSocketConfig::default().max_message_size(Some(MAX_FRAME_BYTES));
@@ -230,7 +230,7 @@ async fn session(
                     connected: true,
                     topic: Some(topic),
                 });
-                *backoff = BACKOFF_START;
+                backoff.reset();
             }
             ServerFrame::Refused { reason } => return Err(SessionError::Refused(reason)),
             ServerFrame::Join { peer } => platform.update_table(|t| t.join(peer)),

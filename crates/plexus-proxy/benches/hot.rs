@@ -25,7 +25,7 @@ use plexus_api::config_entry::chain::{
     WeightedTarget,
 };
 use plexus_proxy::hot::{EndpointSet, RoundRobin};
-use plexus_proxy::route::{RequestView, RouteTable, query_value};
+use plexus_proxy::hot::{RequestView, RouteTable, query_value};
 
 fn addrs(n: usize) -> Vec<SocketAddr> {
     (0..n)

@@ -1,6 +1,5 @@
 //! Why [`run`](crate::run) stopped, and the listener names errors and logs use.
 
-use std::error::Error;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -92,24 +91,10 @@ impl fmt::Display for ListenerName {
     }
 }
 
-/// Displays an error and its `source()` chain, `outer: inner: root`, for log fields.
-pub(crate) struct Report<'a>(pub &'a dyn Error);
-
-impl fmt::Display for Report<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use plexus_runtime::ErrorChain;
 
     #[test]
     fn bind_error_names_the_listener_and_address() {
@@ -122,8 +107,12 @@ mod tests {
             error.to_string(),
             "cannot bind upstream \"echo\" listener on 127.0.0.1:9191"
         );
-        assert!(Report(&error).to_string().starts_with(&error.to_string()));
-        assert!(Report(&error).to_string().len() > error.to_string().len());
+        assert!(
+            ErrorChain(&error)
+                .to_string()
+                .starts_with(&error.to_string())
+        );
+        assert!(ErrorChain(&error).to_string().len() > error.to_string().len());
         assert_eq!(
             ListenerName::Upstream("echo".into()).log_name(),
             "upstream:echo"

@@ -31,10 +31,10 @@
 //! plane's CA, renewed at about half-life); the inbound listener authorizes every connection
 //! against the intentions (`authorize/`). Apps see plain TCP on 127.0.0.1.
 //!
-//! HTTP-aware upstreams and the inbound HTTP/2 path: `l7/` (policies from the compiled discovery
-//! chain, `route/` and `resilience/`; per-request endpoint selection over each chain target's
-//! own service, with failover, the resolver's load balancer, outlier ejection and mirroring in
-//! `l7/targets.rs`, `l7/balancer.rs`, `l7/mirror.rs`); see docs/architecture.md, "L7 data path".
+//! HTTP-aware upstreams and the inbound HTTP/2 path: `http/`, whose `http/stack.rs` assembles
+//! the per-request path from named tower layers (route, rate limit, bulkhead, fault, rewrite,
+//! mirror, split, timeout, retry, balance, endpoint pool); see docs/architecture.md, "L7 data
+//! path". The listener only detects the protocol and hands HTTP connections to it.
 //!
 //! Main types: [`ProxyConfig`], [`run`], [`ProxyError`].
 
@@ -45,11 +45,9 @@ pub mod balance;
 mod discovery;
 mod endpoint;
 mod error;
-mod l7;
+mod http;
 mod listener;
 mod metrics;
-pub mod resilience;
-pub mod route;
 mod staleness;
 #[cfg(test)]
 mod tests;
@@ -61,22 +59,24 @@ mod tls;
 pub mod hot {
     pub use crate::balance::RoundRobin;
     pub use crate::discovery::EndpointSet;
+    pub use crate::http::route::table::{RequestView, RouteTable};
+    pub use plexus_runtime::http::query_value;
 
     /// The L7 path's removal of hop-by-hop headers, as each proxied request and response gets it.
-    pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-        crate::l7::strip_hop_by_hop(headers);
+    pub fn strip_hop_by_hop(headers: &mut ::http::HeaderMap) {
+        crate::http::strip_hop_by_hop(headers);
     }
 
     /// The L7 path's `traceparent` check (and creation when absent), once per request.
-    pub fn ensure_traceparent(headers: &mut http::HeaderMap) {
-        crate::l7::ensure_traceparent(headers);
+    pub fn ensure_traceparent(headers: &mut ::http::HeaderMap) {
+        crate::http::ensure_traceparent(headers);
     }
 }
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus_runtime::{http, telemetry};
+use plexus_runtime::telemetry;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -85,16 +85,19 @@ use tracing::{error, info, warn};
 
 pub use discovery::RegistrationError;
 pub use error::{ListenerName, ProxyError};
-pub use l7::access_log::AccessLog;
+pub use http::access_log::AccessLog;
 
-use discovery::{EndpointSet, SidecarConfig};
-use listener::{Context, Limits, Listeners, OnBindError, Resolve};
+use discovery::{EndpointSet, Resolve, ResolveChain, SidecarConfig};
+use listener::{Context, Limits, Listeners, OnBindError};
 use metrics::Metrics;
 
 /// Connections one listener serves at once; more wait in the kernel's accept backlog.
 pub const MAX_CONNECTIONS_PER_LISTENER: usize = 10_000;
 /// Longest wait for an endpoint (or the local app) to accept a connection before trying the next.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// After the drain grace period, how long connections and tunnels that were cut get to close
+/// their sockets before [`run`] returns without them.
+pub const CUT_WAIT: Duration = Duration::from_secs(1);
 
 /// What [`run`] needs. The binary builds it from its flags.
 #[derive(Debug)]
@@ -115,7 +118,9 @@ pub struct ProxyConfig {
 }
 
 /// Runs the sidecar until `shutdown` is cancelled, then stops accepting on every listener, lets
-/// in-flight connections finish for up to `drain_grace`, and returns `Ok(())`.
+/// in-flight connections, requests and tunnels (WebSocket, `CONNECT`) finish for up to
+/// `drain_grace`, cuts what is left (waiting at most [`CUT_WAIT`] for it to close), and returns
+/// `Ok(())`. Nothing holds shutdown past that.
 ///
 /// Fails only at start-up: [`ProxyError::NoSidecar`] when the control plane has no sidecar for
 /// `sidecar_for`, [`ProxyError::InvalidRegistration`], [`ProxyError::Bind`] when a listener of
@@ -141,7 +146,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
     let metrics = Metrics::register(&mut registry);
     let tls_metrics = tls::TlsMetrics::register(&mut registry);
     let authorize_metrics = authorize::AuthorizeMetrics::register(&mut registry);
-    let http_metrics = l7::HttpMetrics::register(&mut registry).with_access_log(access_log);
+    let http_metrics = http::HttpMetrics::register(&mut registry).with_access_log(access_log);
 
     // Admin first, so readiness probes get 503 (not a refused connection) while we start.
     let admin_addr = admin_listener
@@ -154,7 +159,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         let (stop, kill) = (stop.clone(), kill.clone());
         async move {
             tokio::select! {
-                served = http::serve(admin_listener, router, stop) => {
+                served = plexus_runtime::http::serve(admin_listener, router, stop) => {
                     if let Err(error) = served {
                         error!(%error, addr = %admin_addr, "admin server failed");
                     }
@@ -243,7 +248,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
                 rx
             })
         };
-        let chains: listener::ResolveChain = {
+        let chains: ResolveChain = {
             let (control, tasks) = (control.clone(), tasks.clone());
             Arc::new(move |destination: &str, stop: CancellationToken| {
                 let (tx, rx) = watch::channel(None);
@@ -320,9 +325,14 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         .await
         .is_err()
     {
-        warn!(grace = ?drain_grace, "drain grace period over; closing remaining connections");
+        warn!(grace = ?drain_grace, left = tasks.len(), "drain grace period over; closing remaining connections");
         kill.cancel();
-        tasks.wait().await;
+        if tokio::time::timeout(CUT_WAIT, tasks.wait()).await.is_err() {
+            warn!(
+                left = tasks.len(),
+                "tasks still running after the cut; exiting without them"
+            );
+        }
     }
     outcome
 }

@@ -252,35 +252,36 @@ fn parse_query(query: &str) -> HashMap<String, String> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
-        .map(|pair| match pair.split_once('=') {
-            Some((k, v)) => (percent_decode(k), percent_decode(v)),
-            None => (percent_decode(pair), String::new()),
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (form_decode(k).into_owned(), form_decode(v).into_owned())
         })
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
+/// The first value of query parameter `name` in `query` (keys and values form-decoded), e.g.
+/// for a route's query criteria.
+pub fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (form_decode(k) == name).then(|| form_decode(v).into_owned())
+    })
+}
+
+/// Decodes one key or value of a query string (`application/x-www-form-urlencoded`): `+` is a
+/// space, `%XX` a byte (with the `percent-encoding` crate); invalid UTF-8 becomes U+FFFD and a
+/// `%` not followed by two hex digits stays as it is.
+pub fn form_decode(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('+') {
+        let spaced = text.replace('+', " ");
+        std::borrow::Cow::Owned(
+            percent_encoding::percent_decode_str(&spaced)
+                .decode_utf8_lossy()
+                .into_owned(),
+        )
+    } else {
+        percent_encoding::percent_decode_str(text).decode_utf8_lossy()
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `?index=N&wait=D`: a Consul blocking query.
@@ -345,8 +346,7 @@ impl BlockingQuery {
             return;
         };
         tracing::debug!(index = min, wait = ?self.wait, "blocking query waiting");
-        let jitter = jitter(self.wait / 16);
-        let deadline = tokio::time::Instant::now() + self.wait + jitter;
+        let deadline = tokio::time::Instant::now() + crate::backoff::spread(self.wait, 1.0 / 16.0);
         let moved = tokio::time::timeout_at(
             deadline,
             changes.wait_for(move |current| index_of(current) > min),
@@ -377,19 +377,6 @@ impl<S: Send + Sync> FromRequestParts<S> for BlockingQuery {
             .map(|s| s.0.clone());
         Ok(query)
     }
-}
-
-fn jitter(max: Duration) -> Duration {
-    let nanos = max.as_nanos() as u64;
-    if nanos == 0 {
-        return Duration::ZERO;
-    }
-    // No need for a CSPRNG: spreading wake-ups only.
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    Duration::from_nanos(seed % nanos)
 }
 
 /// Gives every request `shutdown` so blocked queries answer at once when serving stops.
@@ -441,6 +428,31 @@ mod tests {
         assert_eq!(q.get("name"), Some("a/b"));
         assert_eq!(q.get("x"), Some("1 2"));
         assert_eq!(q.get("wait"), Some("30s"));
+    }
+
+    #[test]
+    fn query_values_are_found_by_decoded_name() {
+        assert_eq!(
+            query_value(Some("a=1&b%20c=2+3&b c=x"), "b c").as_deref(),
+            Some("2 3")
+        );
+        assert_eq!(query_value(Some("flag&x=1"), "flag").as_deref(), Some(""));
+        assert_eq!(query_value(Some("x=1"), "y"), None);
+        assert_eq!(query_value(None, "x"), None);
+    }
+
+    #[test]
+    fn form_decoding_edges() {
+        // A escape at the very end decodes (the hand-written decoder this replaced missed it).
+        assert_eq!(form_decode("a%2F"), "a/");
+        assert_eq!(form_decode("%2B+%2b"), "+ +");
+        assert_eq!(form_decode("100%"), "100%");
+        assert_eq!(form_decode("%zz%4"), "%zz%4");
+        assert_eq!(form_decode("%FF"), "\u{FFFD}");
+        assert!(matches!(
+            form_decode("plain"),
+            std::borrow::Cow::Borrowed("plain")
+        ));
     }
 
     #[test]

@@ -10,7 +10,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::{Outcome, error_chain};
+use super::Outcome;
+use plexus_runtime::ErrorChain;
 
 /// The status a health response maps to.
 pub(crate) fn status_for(serving: i32) -> CheckStatus {
@@ -41,7 +42,7 @@ impl GrpcProbe {
         } else {
             Endpoint::from_shared(format!("http://{address}"))
                 .map(|e| e.connect_timeout(timeout).timeout(timeout).connect_lazy())
-                .map_err(|e| format!("invalid target: {}", error_chain(&e)))
+                .map_err(|e| format!("invalid target: {}", ErrorChain(&e)))
         };
         Self {
             target: def.grpc.clone(),

@@ -11,8 +11,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use plexus_api::{CheckStatus, HealthCheckDefinition};
 
-use super::{Outcome, error_chain};
+use super::Outcome;
 use crate::service::MAX_OUTPUT_BYTES;
+use plexus_runtime::ErrorChain;
 
 /// The status an HTTP response code maps to (Consul's rule).
 pub(crate) fn status_for(code: StatusCode) -> CheckStatus {
@@ -74,7 +75,7 @@ impl HttpProbe {
         };
         let response = match self.client.request(request).await {
             Ok(response) => response,
-            Err(error) => return Outcome::critical(format!("{target}: {}", error_chain(&error))),
+            Err(error) => return Outcome::critical(format!("{target}: {}", ErrorChain(&error))),
         };
         let code = response.status();
         let body = read_prefix(response.into_body(), MAX_OUTPUT_BYTES).await;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plexus_api::{Catalog, CheckType, HealthCheck, HealthCheckDefinition};
+use plexus_runtime::Backoff;
 use plexus_runtime::Shutdown;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +17,8 @@ use super::ttl::TtlTimers;
 use super::{RunnerContext, run};
 use crate::service::deregister_with_sidecars;
 
-/// First delay before re-listing after a failed catalog read; doubles up to [`MAX_RETRY`].
+/// First delay ceiling before re-listing after a failed catalog read; doubles (jittered) up to
+/// [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
@@ -103,7 +105,7 @@ impl Supervisor {
     pub(crate) async fn run(mut self) {
         let token = self.shutdown.token();
         let mut index = self.ctx.catalog.index_watch();
-        let mut retry_delay = FIRST_RETRY;
+        let mut retry = Backoff::new(FIRST_RETRY, MAX_RETRY);
         loop {
             index.borrow_and_update();
             let mut retry_at = None;
@@ -111,12 +113,12 @@ impl Supervisor {
                 Ok(checks) => {
                     self.reconcile(&checks.value, &token);
                     self.critical.observe(&checks.value, Instant::now());
-                    retry_delay = FIRST_RETRY;
+                    retry.reset();
                 }
                 Err(error) => {
-                    tracing::warn!(%error, node = %self.ctx.node, retry_in = ?retry_delay, "listing checks failed");
-                    retry_at = Some(Instant::now() + retry_delay);
-                    retry_delay = (retry_delay * 2).min(MAX_RETRY);
+                    let delay = retry.next_delay();
+                    tracing::warn!(%error, node = %self.ctx.node, retry_in = ?delay, "listing checks failed");
+                    retry_at = Some(Instant::now() + delay);
                 }
             }
             let deregister_at = self.critical.next_deadline();

@@ -54,9 +54,7 @@ impl TtlTimers {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<Option<Instant>>>> {
         // The map stays consistent even if a holder panicked.
-        self.updates
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        plexus_runtime::lock::lock(&self.updates)
     }
 }
 

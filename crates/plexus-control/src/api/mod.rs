@@ -98,20 +98,8 @@ pub(crate) fn path_error(rejection: PathRejection) -> ApiError {
     ApiError::bad_request(rejection.body_text())
 }
 
-/// Displays an error with its chain of causes, for logs.
-pub(crate) struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
-}
+/// Displays an error with its chain of causes, for logs (the one in `plexus-runtime`).
+pub(crate) use plexus_runtime::ErrorChain;
 
 #[cfg(test)]
 mod tests;

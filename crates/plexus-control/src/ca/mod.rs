@@ -528,10 +528,7 @@ impl CertificateAuthority {
     }
 
     fn limit(&self, caller: &str) -> Result<(), CaError> {
-        let mut limiter = self.limiter.lock().map_err(|_| CaError::Corrupt {
-            what: "limiter lock poisoned",
-        })?;
-        limiter
+        plexus_runtime::lock::lock(&self.limiter)
             .take(caller, Instant::now())
             .map_err(|retry_after| CaError::RateLimited {
                 caller: caller.to_owned(),

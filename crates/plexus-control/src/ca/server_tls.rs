@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use plexus_runtime::Backoff;
 use plexus_runtime::tls::{ClientAuth, Identity, Roots, TlsError, TlsServer, server_config};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -92,7 +93,7 @@ impl CaServerTls {
         stop: CancellationToken,
     ) {
         let mut revisions = self.ca.revision_watch();
-        let mut retry = Duration::from_secs(5);
+        let mut retry = Backoff::new(Duration::from_secs(5), Duration::from_secs(60));
         loop {
             let due = current.renew_at().saturating_sub(unix_now() as i64).max(0) as u64;
             tokio::select! {
@@ -119,15 +120,14 @@ impl CaServerTls {
                     tls.replace(config);
                     info!(root_id = %cert.root_id, not_after = cert.not_after, "renewed the HTTPS server certificate");
                     current = cert;
-                    retry = Duration::from_secs(5);
+                    retry.reset();
                 }
                 Err(error) => {
-                    warn!(error = %crate::api::ErrorChain(&error), ?retry, "renewing the HTTPS server certificate failed; retrying");
+                    warn!(error = %crate::api::ErrorChain(&error), retry_in = ?retry.next_ceiling(), "renewing the HTTPS server certificate failed; retrying");
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(retry) => {}
+                        _ = tokio::time::sleep(retry.next_delay()) => {}
                     }
-                    retry = (retry * 2).min(Duration::from_secs(60));
                 }
             }
         }

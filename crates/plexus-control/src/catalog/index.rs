@@ -384,15 +384,11 @@ impl Shared {
     /// The state, for reading (never held across an await).
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
         // Every mutation leaves the state usable, so a panicked writer does not poison it.
-        self.state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        plexus_runtime::lock::read(&self.state)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        plexus_runtime::lock::write(&self.state)
     }
 
     /// The applied revision, as a watch: it moves on every applied change.
@@ -472,10 +468,7 @@ impl Shared {
             name: name.to_owned(),
             filter: filter.clone(),
         };
-        let mut answers = self
-            .answers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut answers = plexus_runtime::lock::lock(&self.answers);
         if let Some((at, body)) = answers.get(&key)
             && *at == index
         {

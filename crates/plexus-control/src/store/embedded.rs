@@ -60,9 +60,7 @@ struct Leases {
 
 impl Leases {
     fn table(&self) -> std::sync::MutexGuard<'_, LeaseTable> {
-        self.table
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        plexus_runtime::lock::lock(&self.table)
     }
 }
 

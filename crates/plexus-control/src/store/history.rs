@@ -57,9 +57,7 @@ impl History {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // The data stays consistent even if a holder panicked: every mutation is one step.
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        plexus_runtime::lock::lock(&self.inner)
     }
 
     /// Records the changes of one committed revision.

@@ -97,18 +97,6 @@ pub fn router(actuator: Actuator) -> Router {
         .with_state(actuator)
 }
 
-/// An error and its causes on one line.
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Memory of this process and machine (Linux `/proc`; zeros elsewhere).
 pub fn memory() -> shapes::Memory {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();

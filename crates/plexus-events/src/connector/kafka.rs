@@ -8,11 +8,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use plexus_runtime::ErrorChain;
+use plexus_runtime::lock::lock;
 use rskafka::client::consumer::{StartOffset, StreamConsumerBuilder};
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
@@ -134,7 +136,7 @@ impl KafkaConnector {
                 match follower.consume(&next, platform.clone()).await {
                     Ok(task) => current = (next, task),
                     Err(error) => {
-                        tracing::warn!(error = %crate::actuator::chain(&error), "cannot consume the new topic-partition");
+                        tracing::warn!(error = %ErrorChain(&error), "cannot consume the new topic-partition");
                     }
                 }
             }
@@ -148,12 +150,7 @@ impl KafkaConnector {
         partition: i32,
     ) -> Result<Arc<PartitionClient>, KafkaError> {
         let key = (topic.to_owned(), partition);
-        if let Some(found) = self
-            .partitions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
+        if let Some(found) = lock(&self.partitions).get(&key) {
             return Ok(Arc::clone(found));
         }
         let error = |source| KafkaError::Partition {
@@ -176,20 +173,14 @@ impl KafkaConnector {
             .await
             .map_err(error)?;
         let client = Arc::new(client);
-        self.partitions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, Arc::clone(&client));
+        lock(&self.partitions).insert(key, Arc::clone(&client));
         Ok(client)
     }
 
     /// Drops a cached partition client (after a failure: the next use re-creates the topic if
     /// the broker lost it, e.g. after a restart with in-memory storage).
     fn forget(&self, topic: &str, partition: i32) {
-        self.partitions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(topic.to_owned(), partition));
+        lock(&self.partitions).remove(&(topic.to_owned(), partition));
     }
 
     /// Consumes `name` from the latest offset until aborted; after a failure, waits, reopens the
@@ -235,7 +226,7 @@ impl KafkaConnector {
                         tracing::info!(%topic, partition, "Kafka consumer reconnected");
                     }
                     Err(error) => {
-                        tracing::debug!(error = %crate::actuator::chain(&error), "Kafka partition not reachable yet");
+                        tracing::debug!(error = %ErrorChain(&error), "Kafka partition not reachable yet");
                     }
                 }
             }

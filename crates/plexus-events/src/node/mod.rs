@@ -32,7 +32,7 @@ mod session;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -41,6 +41,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use plexus_runtime::lock::lock;
 
 pub use auth::{AppAuthority, AuthorityFuture, NodeAuth, Refusal, Secret};
 
@@ -138,10 +139,7 @@ impl Node {
     }
 
     fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, String)>> {
-        self.inner
-            .owners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.inner.owners)
     }
 
     /// The WebSocket endpoint `/ws/events`.

@@ -8,11 +8,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{SinkExt, StreamExt};
+use plexus_runtime::lock::lock;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::Node;
@@ -276,11 +277,7 @@ impl Session {
             ClientFrame::Result { id, event } => match self.whole(event) {
                 Ok(None) => {}
                 Ok(Some(reply)) => {
-                    let waiting = self
-                        .deliveries
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&id);
+                    let waiting = lock(&self.deliveries).remove(&id);
                     match waiting {
                         Some(tx) => {
                             let _ = tx.send(reply);
@@ -441,10 +438,7 @@ impl Session {
             self.release(&route);
         }
         // Dropping the senders fails every delivery still waiting (503).
-        self.deliveries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        lock(&self.deliveries).clear();
     }
 }
 
@@ -463,10 +457,7 @@ fn deliver(
         Box::pin(async move {
             let id = new_id();
             let (tx, rx) = oneshot::channel();
-            deliveries
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(id.clone(), tx);
+            lock(&deliveries).insert(id.clone(), tx);
             let gone = || Fault::new(503, format!("the app serving {route} disconnected"));
             let frame = ServerFrame::Deliver {
                 id: id.clone(),
@@ -474,20 +465,14 @@ fn deliver(
                 event: event.to_bytes(),
             };
             if out.send(frame).await.is_err() {
-                deliveries
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&id);
+                lock(&deliveries).remove(&id);
                 return Err(gone());
             }
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(reply)) => Ok(reply),
                 Ok(Err(_)) => Err(gone()),
                 Err(_) => {
-                    deliveries
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&id);
+                    lock(&deliveries).remove(&id);
                     Err(Fault::new(
                         504,
                         format!(

@@ -22,8 +22,9 @@ use tracing::{info, warn};
 
 pub(crate) mod verdict;
 
-use crate::discovery::{BLOCKING_WAIT, Backoff};
-use crate::error::Report;
+use crate::discovery::BLOCKING_WAIT;
+use plexus_runtime::Backoff;
+use plexus_runtime::ErrorChain;
 
 /// The intentions that can apply to this sidecar's service, with the default policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +107,17 @@ impl Authorizer {
         decision
     }
 
+    /// The decisions for the requests of one connection from `source`: decided once per policy
+    /// (again when the intentions change), each request still counted.
+    pub(crate) fn for_source(&self, source: &str) -> Caller {
+        Caller {
+            authorizer: self.clone(),
+            source: source.to_owned(),
+            counters: Default::default(),
+            decided: std::sync::Mutex::new(None),
+        }
+    }
+
     /// Resolves when a policy change denies `source` (only with `close_denied`; otherwise never).
     pub(crate) async fn denied_later(&self, source: &str) {
         if !self.close_denied {
@@ -129,6 +141,63 @@ impl Authorizer {
                 return;
             }
         }
+    }
+}
+
+/// One caller's decisions (per connection between sidecars, whose requests the intentions
+/// decide one by one).
+#[derive(Debug)]
+pub(crate) struct Caller {
+    authorizer: Authorizer,
+    source: String,
+    /// `deny`, `allow` (each made on first use).
+    counters: [std::sync::OnceLock<Counter>; 2],
+    /// The policy last decided on, and the decision.
+    decided: std::sync::Mutex<Option<(Arc<Policy>, bool)>>,
+}
+
+impl Caller {
+    /// The calling service.
+    pub(crate) fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the intentions allow a request from this caller now; counted.
+    pub(crate) fn allowed(&self) -> bool {
+        let policy = Arc::clone(&self.authorizer.policy.borrow());
+        let mut decided = plexus_runtime::lock::lock(&self.decided);
+        let allowed = match &*decided {
+            Some((known, allowed)) if Arc::ptr_eq(known, &policy) => *allowed,
+            _ => {
+                let decision = decide(
+                    &policy.intentions,
+                    &self.source,
+                    &self.authorizer.destination,
+                    policy.default,
+                );
+                if decision.allowed {
+                    tracing::debug!(source = %self.source, destination = %self.authorizer.destination, reason = %decision.reason, "requests authorized");
+                } else {
+                    info!(source = %self.source, destination = %self.authorizer.destination, reason = %decision.reason, "requests denied by intention");
+                }
+                *decided = Some((policy, decision.allowed));
+                decision.allowed
+            }
+        };
+        self.counters[usize::from(allowed)]
+            .get_or_init(|| {
+                self.authorizer
+                    .metrics
+                    .decisions
+                    .get_or_create(&DecisionLabels {
+                        source: self.source.clone(),
+                        destination: self.authorizer.destination.clone(),
+                        result: if allowed { "allow" } else { "deny" },
+                    })
+                    .clone()
+            })
+            .inc();
+        allowed
     }
 }
 
@@ -175,7 +244,7 @@ pub(crate) async fn start(
         match fetch(&client, &destination, 0).await {
             Ok(found) => break found,
             Err(error) => {
-                warn!(error = %Report(&error), "cannot read intentions yet; retrying");
+                warn!(error = %ErrorChain(&error), "cannot read intentions yet; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => return None,
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -224,7 +293,7 @@ async fn follow(
                 }
             }
             Err(error) => {
-                warn!(error = %Report(&error), "intentions watch failed; retrying");
+                warn!(error = %ErrorChain(&error), "intentions watch failed; retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }

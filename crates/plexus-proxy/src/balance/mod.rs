@@ -10,12 +10,18 @@
 //! - [`p2c`]: `least_request` and `peak_ewma` (power of two choices);
 //! - [`hash`]: `ring_hash` ([`hash::Ring`]) and `maglev` ([`hash::Maglev`]) keyed by
 //!   [`hash::hash_key`] of a header, cookie, query parameter or source IP.
+//!
+//! Their stateful counterpart, one per service of an HTTP upstream: `Balancer` (requests in
+//! flight, latency estimates, hash tables), used by the HTTP stack's balance layer.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod balancer;
 pub mod hash;
 pub mod p2c;
 pub(crate) mod recent;
+
+pub(crate) use balancer::{Balancer, HashInput, request_hash};
 
 /// A round-robin picker shared by all connections of one outbound listener.
 #[derive(Debug, Default)]

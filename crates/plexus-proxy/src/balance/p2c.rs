@@ -6,7 +6,9 @@
 //!
 //! Pure: the caller supplies random indices, loads and the time.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Two distinct candidate indices in `0..len` from two random numbers (`r2` picks among the
 /// others). `None` when `len == 0`; the same index twice when `len == 1`.

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::watch::follow;
-use crate::error::Report;
+use plexus_runtime::ErrorChain;
 
 /// Follows the chain of `service` until `stop` fires, publishing each new one on `tx`. While the
 /// control plane cannot be reached the last chain stays in force.
@@ -42,7 +42,7 @@ pub(crate) async fn watch_chain(
         });
     };
     let on_error = |error: &ClientError| {
-        warn!(error = %Report(error), upstream = %service, "discovery chain watch failed; keeping the last chain");
+        warn!(error = %ErrorChain(error), upstream = %service, "discovery chain watch failed; keeping the last chain");
     };
     follow(0, &stop, fetch, on_update, on_error).await;
 }

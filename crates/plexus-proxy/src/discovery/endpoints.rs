@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::watch::follow;
-use crate::error::Report;
+use plexus_runtime::ErrorChain;
 
 /// The endpoints of one upstream at one moment, as the balancer sees them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -115,7 +115,7 @@ pub(crate) async fn watch_endpoints(
         });
     };
     let on_error = |error: &ClientError| {
-        warn!(error = %Report(error), upstream = %destination, "endpoint watch failed; keeping the last endpoints");
+        warn!(error = %ErrorChain(error), upstream = %destination, "endpoint watch failed; keeping the last endpoints");
     };
     follow(0, &stop, fetch, on_update, on_error).await;
 }

@@ -22,7 +22,26 @@ pub use endpoints::EndpointSet;
 #[cfg(test)]
 pub(crate) use endpoints::Labels;
 pub(crate) use endpoints::watch_endpoints;
-pub(crate) use watch::{BLOCKING_WAIT, Backoff, find_sidecar, watch_sidecar};
+pub(crate) use watch::{BLOCKING_WAIT, find_sidecar, watch_sidecar};
+
+/// Starts following an upstream's endpoints until the token fires; returns the latest set.
+pub(crate) type Resolve = std::sync::Arc<
+    dyn Fn(
+            &str,
+            tokio_util::sync::CancellationToken,
+        ) -> tokio::sync::watch::Receiver<std::sync::Arc<EndpointSet>>
+        + Send
+        + Sync,
+>;
+
+/// The latest discovery chain of an upstream (`None` until the control plane answered).
+pub(crate) type ChainWatch = tokio::sync::watch::Receiver<
+    Option<std::sync::Arc<Indexed<plexus_api::config_entry::chain::DiscoveryChain>>>,
+>;
+
+/// Starts following an upstream's discovery chain until the token fires.
+pub(crate) type ResolveChain =
+    std::sync::Arc<dyn Fn(&str, tokio_util::sync::CancellationToken) -> ChainWatch + Send + Sync>;
 
 /// Inbound bind address when the registration's `Address` is empty.
 const DEFAULT_INBOUND_IP: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);

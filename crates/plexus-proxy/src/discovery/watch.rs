@@ -6,58 +6,20 @@ use std::time::Duration;
 
 use plexus_api::client::{Client, ClientError, QueryOptions};
 use plexus_api::{AgentService, Indexed};
-use rand::Rng;
+use plexus_runtime::Backoff;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{SidecarConfig, pick_sidecar};
-use crate::error::{ProxyError, Report};
+use crate::error::ProxyError;
+use plexus_runtime::ErrorChain;
 
 /// How long one blocking query may wait on the server (Consul's default).
 pub(crate) const BLOCKING_WAIT: Duration = Duration::from_secs(300);
 /// Pause before re-asking when an answer did not move the index (guards against servers that do
 /// not block). Short enough that changes still apply well within a second.
 const UNCHANGED_PAUSE: Duration = Duration::from_millis(50);
-/// First retry delay after a failure.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest retry delay after repeated failures.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// Bounded, jittered exponential backoff: attempt `n` waits between half and all of
-/// `min(100ms * 2^n, 5s)`.
-#[derive(Debug, Default)]
-pub(crate) struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    /// The delay before the next retry.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let unit: f64 = rand::rng().random_range(0.0..=1.0);
-        let delay = jittered(ceiling(self.attempt), unit);
-        self.attempt = self.attempt.saturating_add(1);
-        delay
-    }
-
-    /// Forgets past failures.
-    pub(crate) fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-/// The upper bound of attempt `n`'s delay.
-fn ceiling(attempt: u32) -> Duration {
-    let factor = 1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX);
-    BACKOFF_MIN.saturating_mul(factor).min(BACKOFF_MAX)
-}
-
-/// `ceiling/2 + unit * ceiling/2` for `unit` in `[0, 1]`.
-fn jittered(ceiling: Duration, unit: f64) -> Duration {
-    let half = ceiling / 2;
-    half + half.mul_f64(unit.clamp(0.0, 1.0))
-}
-
 /// Sleeps for `delay` unless `stop` fires first; false when stopped.
 async fn pause(delay: Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
@@ -108,7 +70,7 @@ pub(crate) async fn find_sidecar(
             Err(error) => {
                 let delay = backoff.next_delay();
                 warn!(
-                    error = %Report(&error),
+                    error = %ErrorChain(&error),
                     service_id = app_id,
                     retry_in = ?delay,
                     "cannot look up the sidecar registration; retrying"
@@ -161,7 +123,7 @@ pub(crate) async fn watch_sidecar(
             });
         }
         Err(error) => error!(
-            error = %Report(&error),
+            error = %ErrorChain(&error),
             sidecar_id = %update.value.id,
             revision = update.index,
             "ignoring invalid sidecar registration; serving the last good config"
@@ -171,7 +133,7 @@ pub(crate) async fn watch_sidecar(
         if error.status() == Some(404) {
             warn!(sidecar_id = %initial.sidecar_id, "sidecar registration is gone; serving the last good config");
         } else {
-            warn!(error = %Report(error), sidecar_id = %initial.sidecar_id, "sidecar watch failed; retrying");
+            warn!(error = %ErrorChain(error), sidecar_id = %initial.sidecar_id, "sidecar watch failed; retrying");
         }
     };
     follow(initial.revision, &stop, fetch, on_update, on_error).await;
@@ -242,25 +204,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_to_its_cap_and_stays_within_bounds() {
-        assert_eq!(ceiling(0), Duration::from_millis(100));
-        assert_eq!(ceiling(1), Duration::from_millis(200));
-        assert_eq!(ceiling(5), Duration::from_millis(3200));
-        assert_eq!(ceiling(6), BACKOFF_MAX);
-        assert_eq!(ceiling(u32::MAX), BACKOFF_MAX);
-        assert_eq!(jittered(ceiling(0), 0.0), Duration::from_millis(50));
-        assert_eq!(jittered(ceiling(0), 1.0), Duration::from_millis(100));
-        let mut backoff = Backoff::default();
-        for attempt in 0..40 {
-            let delay = backoff.next_delay();
-            assert!(delay >= ceiling(attempt) / 2 && delay <= ceiling(attempt));
-            assert!(delay <= BACKOFF_MAX);
-        }
-        backoff.reset();
-        assert!(backoff.next_delay() <= BACKOFF_MIN);
-    }
-
-    #[test]
     fn index_rules() {
         assert_eq!(next_index(0, 5), (5, true));
         assert_eq!(next_index(0, 0), (0, true));
@@ -313,6 +256,6 @@ mod tests {
         assert_eq!(asked, [None, Some(1), None, Some(2), Some(3)]);
         assert_eq!(seen, ["a", "b", "c"]);
         assert_eq!(errors, 1);
-        assert!(started.elapsed() >= BACKOFF_MIN / 2);
+        assert!(started.elapsed() >= Backoff::default().ceiling(0) / 2);
     }
 }

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::error::Report;
+use plexus_runtime::ErrorChain;
 
 /// Why one endpoint could not be dialed.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +84,7 @@ pub(crate) async fn dial_first<'a>(
             }
             Err(error) => {
                 outcome(addr, false);
-                debug!(error = %Report(&error), endpoint = %addr, "endpoint connect failed; trying the next");
+                debug!(error = %ErrorChain(&error), endpoint = %addr, "endpoint connect failed; trying the next");
                 last = Some(error);
             }
         }
@@ -202,7 +202,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ConnectError::Unreachable { attempts: 2, .. }));
-        assert!(Report(&err).to_string().contains(&dead.to_string()));
+        assert!(ErrorChain(&err).to_string().contains(&dead.to_string()));
         let err = dial_first(&[], timeout, |_, _| {}).await.unwrap_err();
         assert!(matches!(err, ConnectError::NoEndpoints));
     }

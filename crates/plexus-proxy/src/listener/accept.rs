@@ -18,10 +18,11 @@ use crate::balance::RoundRobin;
 use crate::balance::recent::RecentFailures;
 use crate::discovery::EndpointSet;
 use crate::endpoint::{self, ByteCounters, ConnectError};
-use crate::error::{ListenerName, Report};
-use crate::l7;
+use crate::error::ListenerName;
+use crate::http;
 use crate::metrics::ListenerMetrics;
 use crate::tls;
+use plexus_runtime::ErrorChain;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -46,19 +47,19 @@ pub(crate) enum Target {
         /// leave it out).
         security: Option<InboundSecurity>,
         /// Serves peers that negotiate HTTP/2 (ALPN `plexus-h2`).
-        http: Arc<l7::inbound::Inbound>,
+        http: Arc<http::Inbound>,
     },
     /// Outbound HTTP: each request balanced over pooled HTTP/2 connections.
-    Http(Arc<l7::outbound::Outbound>),
+    Http(Arc<http::Outbound>),
     /// Outbound, protocol not in the registration: each new connection takes the HTTP path
     /// when the upstream's discovery chain says `http`/`http2`/`grpc`, else the L4 one.
     ByChain {
         /// The HTTP path.
-        http: Arc<l7::outbound::Outbound>,
+        http: Arc<http::Outbound>,
         /// The L4 path (a [`Target::Balanced`]).
         l4: Box<Target>,
         /// The upstream's chain.
-        chain: l7::ChainWatch,
+        chain: crate::discovery::ChainWatch,
     },
     /// Outbound: an upstream's endpoints, in round-robin order.
     Balanced {
@@ -184,14 +185,14 @@ async fn serve(
 ) {
     let _active = Active::new(metrics.active.clone());
     if let Target::ByChain { http, l4, chain } = target {
-        target = if l7::chain_is_http(&chain) {
+        target = if http::chain_is_http(&chain) {
             Target::Http(http)
         } else {
             *l4
         };
     }
     if let Target::Http(outbound) = target {
-        outbound.serve(downstream, stop).await;
+        outbound.serve(downstream, Some(peer.ip()), stop).await;
         return;
     }
     let bytes = ByteCounters {
@@ -229,7 +230,7 @@ async fn serve(
             Ok(connected) => connected,
             Err(error) => {
                 metrics.connect_errors.inc();
-                warn!(error = %Report(&error), %peer, "connect failed; closing the connection");
+                warn!(error = %ErrorChain(&error), %peer, "connect failed; closing the connection");
                 return;
             }
         };
@@ -248,7 +249,7 @@ async fn serve(
         Err(error) => {
             metrics.connect_errors.inc();
             warn!(
-                error = %Report(&error),
+                error = %ErrorChain(&error),
                 %peer,
                 "connect failed; closing the connection"
             );

@@ -26,25 +26,12 @@ use diff::InboundChange;
 
 use crate::admin::{Snapshot, UpstreamView};
 use crate::discovery::{EndpointSet, InboundSpec, SidecarConfig, UpstreamSpec};
-use crate::error::{ListenerName, ProxyError, Report};
-use crate::l7::{self, HttpMetrics};
+use crate::discovery::{Resolve, ResolveChain};
+use crate::error::{ListenerName, ProxyError};
+use crate::http::{self, HttpMetrics};
 use crate::metrics::{Direction, LOCAL_APP, ListenerMetrics, Metrics};
 use crate::tls::{self, Identity, TlsMetrics};
-
-/// Starts following an upstream's endpoints until the token fires; returns the latest set.
-pub(crate) type Resolve =
-    Arc<dyn Fn(&str, CancellationToken) -> watch::Receiver<Arc<EndpointSet>> + Send + Sync>;
-
-/// Starts following an HTTP upstream's discovery chain until the token fires.
-pub(crate) type ResolveChain = Arc<
-    dyn Fn(
-            &str,
-            CancellationToken,
-        ) -> watch::Receiver<
-            Option<Arc<plexus_api::Indexed<plexus_api::config_entry::chain::DiscoveryChain>>>,
-        > + Send
-        + Sync,
->;
+use plexus_runtime::ErrorChain;
 
 /// What every listener shares.
 #[derive(Clone)]
@@ -223,12 +210,14 @@ impl Listeners {
         let stop = self.ctx.stop.child_token();
         // No protocol in the registration: the service's own chain decides.
         let chain = (!spec.explicit).then(|| (self.ctx.chains)(service, stop.clone()));
-        let http = Arc::new(l7::inbound::Inbound::new(
+        let http = Arc::new(http::Inbound::new(
             app_rx.clone(),
             spec.protocol,
             chain,
             self.ctx.http_metrics.clone(),
             self.ctx.limits.connect_timeout,
+            self.ctx.tasks.clone(),
+            self.ctx.kill.clone(),
         ));
         let target = Target::Local {
             app: app_rx,
@@ -261,7 +250,7 @@ impl Listeners {
         }
         .map_err(ProxyError::Tls)?;
         let http = |tls, chain| {
-            Arc::new(l7::outbound::Outbound::new(l7::outbound::OutboundParts {
+            Arc::new(http::Outbound::new(http::stack::OutboundParts {
                 destination: spec.destination.clone(),
                 endpoints: endpoints.clone(),
                 tls: Some(tls),
@@ -272,6 +261,7 @@ impl Listeners {
                 chain,
                 remote: self.remote(),
                 stop: stop.clone(),
+                connect: None,
             }))
         };
         let mut ejected = watch::channel(Vec::new()).1;
@@ -321,12 +311,12 @@ impl Listeners {
 
     /// How an HTTP upstream reaches the other services its chain names: their endpoint
     /// watches and an mTLS client (ALPN `plexus-h2`) verifying each one's identity.
-    fn remote(&self) -> l7::targets::Remote {
+    fn remote(&self) -> http::targets::Remote {
         let (identity, metrics) = (
             Arc::clone(&self.ctx.security.identity),
             self.ctx.security.metrics.clone(),
         );
-        l7::targets::Remote {
+        http::targets::Remote {
             resolve: Arc::clone(&self.ctx.resolve),
             tls: Some(Arc::new(move |service: &str| {
                 tls::Outbound::with_alpn(&identity, service, metrics.clone(), tls::ALPN_H2)
@@ -383,7 +373,7 @@ impl OnBindError {
         match self {
             OnBindError::Fail => Err(error),
             OnBindError::Skip => {
-                error!(error = %Report(&error), "cannot open listener; skipping it until the next configuration change");
+                error!(error = %ErrorChain(&error), "cannot open listener; skipping it until the next configuration change");
                 Ok(())
             }
         }

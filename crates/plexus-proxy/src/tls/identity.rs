@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Identity, Leaf, Roots, TlsMetrics, log_leaf, renew};
-use crate::discovery::{BLOCKING_WAIT, Backoff};
-use crate::error::Report;
+use crate::discovery::BLOCKING_WAIT;
+use plexus_runtime::Backoff;
+use plexus_runtime::ErrorChain;
 
 /// Why a leaf or the roots could not be obtained.
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +181,7 @@ pub(crate) async fn obtain(
             }
             Err(error) => {
                 metrics.renewal_failures.inc();
-                warn!(error = %Report(&error), "cannot obtain a leaf certificate yet; retrying");
+                warn!(error = %ErrorChain(&error), "cannot obtain a leaf certificate yet; retrying");
                 let delay = backoff.next_delay();
                 tokio::select! {
                     _ = stop.cancelled() => return None,
@@ -254,11 +255,11 @@ async fn watch_roots(
                             rotated.notify_one();
                         }
                     }
-                    Err(error) => warn!(error = %Report(&error), "ignoring unusable CA roots"),
+                    Err(error) => warn!(error = %ErrorChain(&error), "ignoring unusable CA roots"),
                 }
             }
             Err(error) => {
-                warn!(error = %Report(&error), "CA roots watch failed; retrying");
+                warn!(error = %ErrorChain(&error), "CA roots watch failed; retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
@@ -309,7 +310,7 @@ async fn renew_leaves(
                     attempt += 1;
                     metrics.renewal_failures.inc();
                     let delay = renew::retry_after(attempt, unix_now(), leaf.not_after);
-                    warn!(error = %Report(&error), attempt, retry_in_secs = delay, "leaf renewal failed");
+                    warn!(error = %ErrorChain(&error), attempt, retry_in_secs = delay, "leaf renewal failed");
                     tokio::time::sleep(Duration::from_secs_f64(delay)).await;
                 }
             }

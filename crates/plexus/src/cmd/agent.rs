@@ -20,13 +20,13 @@ use anyhow::Context;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use plexus_agent::remote_catalog::HttpCatalog;
 use plexus_agent::{Agent, AgentConfig};
 use plexus_api::Node;
 use plexus_api::acl::SecretId;
 use plexus_api::client::Client;
-use plexus_api::remote_catalog::HttpCatalog;
-use plexus_runtime::Shutdown;
 use plexus_runtime::http::{ApiError, read_body};
+use plexus_runtime::{ErrorChain, Shutdown};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -368,7 +368,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
                 Ok(_) => break,
                 Err(_) if shutdown_pending(&shutdown) => return Ok(ExitCode::SUCCESS),
                 Err(error) => {
-                    warn!(error = %format!("{:#}", anyhow::Error::new(error)), file = %file.display(), "cannot register; retrying");
+                    warn!(error = %ErrorChain(&error), file = %file.display(), "cannot register; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
@@ -444,7 +444,8 @@ async fn start_agent(
     acl: plexus_runtime::acl::Resolver,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Option<Agent>> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff =
+        plexus_runtime::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         let config = AgentConfig {
             node: node.clone(),
@@ -452,6 +453,7 @@ async fn start_agent(
             acl: acl.clone(),
         };
         let dyn_catalog: Arc<dyn plexus_api::Catalog> = catalog.clone();
+        let delay = backoff.next_delay();
         match Agent::start(config, dyn_catalog, shutdown).await {
             Ok(agent) => return Ok(Some(agent)),
             Err(error) if forbidden(&error) => {
@@ -460,17 +462,16 @@ async fn start_agent(
                 ));
             }
             Err(error) => warn!(
-                error = %format!("{:#}", anyhow::Error::new(error)),
-                retry_in = ?backoff,
+                error = %ErrorChain(&error),
+                retry_in = ?delay,
                 "cannot reach a server to register this node; retrying"
             ),
         }
         let token = shutdown.token();
         tokio::select! {
             _ = token.cancelled() => return Ok(None),
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

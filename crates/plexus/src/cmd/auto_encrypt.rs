@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use plexus_api::auto_encrypt::{SignRequest, SignResponse, agent_spiffe_id};
 use plexus_api::client::Client;
+use plexus_runtime::Backoff;
 use plexus_runtime::tls::{CertSlot, Identity};
 use rcgen::{CertificateParams, KeyPair, SanType};
 use tokio_util::sync::CancellationToken;
@@ -87,7 +88,7 @@ impl AgentRequest {
         client: &Client,
         stop: &CancellationToken,
     ) -> anyhow::Result<Option<AgentCertificate>> {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             match self.sign(client).await {
                 Ok(cert) => {
@@ -108,14 +109,13 @@ impl AgentRequest {
                             error.context("the server refused the agent's certificate request")
                         );
                     }
-                    warn!(error = %format!("{error:#}"), retry_in = ?backoff, "cannot obtain the agent certificate; retrying");
+                    warn!(error = %format!("{error:#}"), retry_in = ?backoff.next_ceiling(), "cannot obtain the agent certificate; retrying");
                 }
             }
             tokio::select! {
                 _ = stop.cancelled() => return Ok(None),
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -129,7 +129,7 @@ impl AgentRequest {
         mut not_after: i64,
         stop: CancellationToken,
     ) {
-        let mut retry = Duration::from_secs(1);
+        let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         loop {
             let renew_at = not_before + (not_after - not_before) / 2;
             let wait = u64::try_from(renew_at - unix_now()).unwrap_or(0);
@@ -142,20 +142,19 @@ impl AgentRequest {
                     Ok(()) => {
                         info!(node = %self.node, not_after = cert.not_after, "renewed the agent certificate");
                         (not_before, not_after) = (cert.not_before, cert.not_after);
-                        retry = Duration::from_secs(1);
+                        retry.reset();
                         continue;
                     }
                     Err(error) => warn!(%error, "the renewed agent certificate is not usable"),
                 },
                 Err(error) => {
-                    warn!(error = %format!("{error:#}"), ?retry, "renewing the agent certificate failed; retrying")
+                    warn!(error = %format!("{error:#}"), retry_in = ?retry.next_ceiling(), "renewing the agent certificate failed; retrying")
                 }
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(retry) => {}
+                _ = tokio::time::sleep(retry.next_delay()) => {}
             }
-            retry = (retry * 2).min(Duration::from_secs(60));
         }
     }
 }

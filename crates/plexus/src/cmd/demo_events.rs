@@ -179,9 +179,7 @@ impl Proc {
                     if echo {
                         println!("  [{name}] {line}");
                     }
-                    if let Ok(mut l) = lines.lock() {
-                        l.push(line);
-                    }
+                    plexus_runtime::lock::lock(&lines).push(line);
                 }
             });
         }
@@ -196,11 +194,10 @@ impl Proc {
     async fn wait_for(&mut self, needle: &str) -> anyhow::Result<String> {
         let started = Instant::now();
         loop {
-            let found = self
-                .lines
-                .lock()
-                .ok()
-                .and_then(|l| l.iter().find(|line| line.contains(needle)).cloned());
+            let found = plexus_runtime::lock::lock(&self.lines)
+                .iter()
+                .find(|line| line.contains(needle))
+                .cloned();
             if let Some(line) = found {
                 return Ok(line);
             }

@@ -239,12 +239,12 @@ async fn watch(key: &str, control: &ControlArgs) -> anyhow::Result<()> {
     let client = control.client()?;
     let mut index = 0;
     let mut last: Option<u64> = None;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = plexus_runtime::Backoff::default();
     loop {
         let query = QueryOptions::blocking(index, Duration::from_secs(300));
         match client.kv_get(key, query).await {
             Ok(found) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 // An index that went backwards (store restored): start over.
                 index = if found.index < index { 0 } else { found.index };
                 let modify = found.value.as_ref().map(|p| p.modify_index);
@@ -259,9 +259,9 @@ async fn watch(key: &str, control: &ControlArgs) -> anyhow::Result<()> {
                 }
             }
             Err(error) if error.is_unreachable() => {
-                tracing::warn!(%error, ?backoff, "control plane unreachable; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in = ?delay, "control plane unreachable; retrying");
+                tokio::time::sleep(delay).await;
             }
             Err(error) => return Err(error.into()),
         }

@@ -422,8 +422,10 @@ async fn open_store(
             Ok(Some(Arc::new(store)))
         }
         StoreChoice::Etcd { endpoints, prefix } => {
-            let mut backoff = Duration::from_millis(200);
+            let mut backoff =
+                plexus_runtime::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
             loop {
+                let delay = backoff.next_delay();
                 match EtcdStore::connect(endpoints, prefix).await {
                     Ok(store) => {
                         info!(endpoints = %endpoints.join(","), %prefix, "using etcd store");
@@ -431,19 +433,17 @@ async fn open_store(
                     }
                     Err(error) => {
                         warn!(
-                            error = %format!("{:#}", anyhow::Error::new(error)),
+                            error = %plexus_runtime::ErrorChain(&error),
                             endpoints = %endpoints.join(","),
-                            retry_in = ?backoff,
+                            retry_in = ?delay,
                             "cannot reach etcd; retrying"
                         );
                     }
                 }
-                let jitter = Duration::from_millis(rand::random::<u64>() % 100);
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(backoff + jitter) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -258,6 +258,44 @@ async fn ring_hash_least_request_peak_ewma_and_outlier_ejection_then_readmission
     assert_eq!(stubs[1].requests(), before);
 }
 
+/// Envoy's and Consul's rule: one endpoint may always be ejected, whatever
+/// `MaxEjectionPercent` says. Two instances and the 10 % default: the failing one is ejected
+/// (10 % of two is less than one), and a second failing one is not.
+#[tokio::test]
+async fn with_two_instances_and_the_default_max_ejection_percent_a_failing_one_is_ejected() {
+    let stubs = [
+        HttpStub::start_named("web-1").await.unwrap(),
+        HttpStub::start_named("web-2").await.unwrap(),
+    ];
+    let mesh = Mesh::start(&[
+        ("web-1", "web", stubs[0].addr.port()),
+        ("web-2", "web", stubs[1].addr.port()),
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    mesh.configure(&[defaults(serde_json::json!({"PassiveHealthCheck": {
+        "MaxFailures": 3, "BaseEjectionTime": "60s"}}))])
+        .await;
+    stubs[1].set_status(500);
+    eventually!({
+        let _ = mesh.call(&http, "/", &[]).await;
+        mesh.client.metric(EJECTED).await.unwrap() == 1.0
+    });
+    assert_eq!(mesh.ejected().await.len(), 1);
+    let before = stubs[1].requests();
+    for _ in 0..10 {
+        assert_eq!(mesh.call(&http, "/", &[]).await, (200, "web-1".to_owned()));
+    }
+    assert_eq!(stubs[1].requests(), before);
+    // The survivor failing too is not ejected: one of two is already past 10 %.
+    stubs[0].set_status(500);
+    for _ in 0..10 {
+        assert_eq!(mesh.call(&http, "/", &[]).await.0, 500);
+    }
+    assert_eq!(mesh.client.metric(EJECTED).await.unwrap(), 1.0);
+    assert_eq!(mesh.client.metric(EJECTIONS).await.unwrap(), 1.0);
+}
+
 #[tokio::test]
 async fn routes_and_mirrors_reach_another_service_and_failover_serves_when_the_primary_is_gone() {
     let v1 = HttpStub::start_named("v1").await.unwrap();

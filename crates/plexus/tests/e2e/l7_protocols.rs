@@ -192,6 +192,66 @@ async fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8(head).unwrap()
 }
 
+/// Sends `text` on `socket` and waits for the app's echo.
+async fn echo(
+    socket: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    text: &str,
+) {
+    socket.send(Message::text(text.to_owned())).await.unwrap();
+    let reply = tokio::time::timeout(plexus_test::DEADLINE, socket.next())
+        .await
+        .expect("an echo within the deadline")
+        .expect("the socket is open")
+        .unwrap();
+    assert_eq!(reply, Message::text(format!("echo: {text}")));
+}
+
+/// Shutdown with a WebSocket open through both sidecars: the tunnel keeps carrying messages
+/// through the drain grace period, then it is cut and `plexus proxy` exits (an open tunnel used
+/// to hold it forever). The inbound side first, then, with a new app sidecar, the outbound one.
+#[tokio::test]
+async fn an_open_websocket_does_not_hold_a_sidecar_past_its_grace_period() {
+    let app = TunnelApp::start().await;
+    let grace: &[&str] = &["--grace", "2s"];
+    let mut mesh = Mesh::start_with("chat", app.addr.port(), Some("http"), [grace, grace]).await;
+    let url = format!("ws://{}/chat", mesh.upstream);
+    for side in ["inbound", "outbound"] {
+        let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        echo(&mut socket, "before").await;
+        let sidecar = match side {
+            "inbound" => &mut mesh.server,
+            _ => &mut mesh.client,
+        };
+        sidecar.process.signal("TERM").unwrap();
+        echo(&mut socket, "while draining").await;
+        let started = std::time::Instant::now();
+        // `wait_exit` gives up after plexus_test::DEADLINE (30 s): far past the 2 s grace.
+        let status = sidecar.process.wait_exit().await.unwrap();
+        eprintln!(
+            "{side} sidecar exited {:?} after SIGTERM",
+            started.elapsed()
+        );
+        let output = sidecar.process.output();
+        assert!(status.success(), "{side}: {status:?}\n{output}");
+        assert!(
+            output.contains("drain grace period over"),
+            "{side}: the tunnel was open at the end of the grace period\n{output}"
+        );
+        // The tunnel was cut: the client's socket ends instead of echoing.
+        let end = tokio::time::timeout(plexus_test::DEADLINE, socket.next())
+            .await
+            .expect("the socket ends within the deadline");
+        assert!(
+            !matches!(end, Some(Ok(Message::Text(_)))),
+            "{side}: still echoing: {end:?}"
+        );
+        if side == "inbound" {
+            mesh.server = mesh.dev.sidecar_with("chat", grace).await.unwrap();
+            eventually!(tokio_tungstenite::connect_async(&url).await.is_ok());
+        }
+    }
+}
+
 #[tokio::test]
 async fn websocket_and_connect_tunnels_cross_two_mtls_sidecars_over_http2() {
     let app = TunnelApp::start().await;

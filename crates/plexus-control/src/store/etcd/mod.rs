@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use plexus_runtime::Backoff;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -240,7 +241,7 @@ impl EtcdStore {
         path: &'static str,
         body: &B,
     ) -> Result<T, StoreError> {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         let mut attempts = 0;
         loop {
             match call(&self.inner, path, body).await {
@@ -248,8 +249,7 @@ impl EtcdStore {
                 Err(error) if attempts < READ_RETRIES && error.is_transient() => {
                     tracing::debug!(%error, path, "etcd busy; retrying the read");
                     attempts += 1;
-                    tokio::time::sleep(jittered(backoff)).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(error) => return Err(backend(error)),
             }
@@ -379,7 +379,7 @@ async fn call<B: Serialize, T: DeserializeOwned>(
 /// last revision seen when the stream breaks; re-reads the current revision when that revision was
 /// compacted. Ends when the store is dropped.
 async fn follow(inner: std::sync::Weak<Inner>, mut seen: u64) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -411,7 +411,7 @@ async fn follow(inner: std::sync::Weak<Inner>, mut seen: u64) {
                     }
                     Err(error) => tracing::warn!(%error, "etcd re-read after compaction failed"),
                 }
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 continue;
             }
             Ok(WatchEnd::Closed(last)) => {
@@ -419,7 +419,7 @@ async fn follow(inner: std::sync::Weak<Inner>, mut seen: u64) {
                 tracing::debug!(seen, "etcd watch stream ended; resuming");
             }
             Err(error) => {
-                tracing::warn!(%error, seen, ?backoff, "etcd watch failed; resuming on the next endpoint");
+                tracing::warn!(%error, seen, retry_within = ?backoff.next_ceiling(), "etcd watch failed; resuming on the next endpoint");
                 let count = strong.endpoints.len();
                 let next = (strong.current.load(Ordering::Relaxed) + 1) % count;
                 strong.current.store(next, Ordering::Relaxed);
@@ -428,9 +428,8 @@ async fn follow(inner: std::sync::Weak<Inner>, mut seen: u64) {
         drop(strong);
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(jittered(backoff)) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -510,15 +509,6 @@ async fn watch_once(inner: &Inner, seen: u64) -> Result<WatchEnd, EtcdError> {
         }
     }
     Ok(WatchEnd::Closed(last))
-}
-
-/// `base` plus up to 50% jitter.
-fn jittered(base: Duration) -> Duration {
-    let spread = base.as_millis() as u64 / 2;
-    if spread == 0 {
-        return base;
-    }
-    base + Duration::from_millis(rand::random::<u64>() % spread)
 }
 
 #[async_trait]
@@ -693,7 +683,7 @@ async fn watch_prefix(
     mut cursor: u64,
     tx: tokio::sync::mpsc::Sender<WatchEvent>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -709,7 +699,7 @@ async fn watch_prefix(
                 let _ = tx.send(WatchEvent::Compacted { compact_revision }).await;
                 return;
             }
-            Ok(None) => backoff = Duration::from_millis(100),
+            Ok(None) => backoff.reset(),
             Err(error) => {
                 tracing::debug!(%error, cursor, "etcd watch broke; resuming");
                 let count = strong.endpoints.len();
@@ -720,9 +710,8 @@ async fn watch_prefix(
         drop(strong);
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(jittered(backoff)) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use plexus_api::operator::ProxyAck;
 use plexus_api::{CatalogError, ServiceKind};
+use plexus_runtime::lock::lock;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -165,11 +166,7 @@ impl MeshMetrics {
 
     /// The latest view as a watch, after making sure the scraper runs and has read once.
     pub async fn watch(&self) -> watch::Receiver<Arc<MeshView>> {
-        *self
-            .inner
-            .last_read
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        *lock(&self.inner.last_read) = Instant::now();
         if !self.inner.running.swap(true, Ordering::SeqCst) {
             tokio::spawn(run(Arc::downgrade(&self.inner)));
         }

@@ -1,0 +1,187 @@
+//! The route table, sans-IO: which compiled route a request takes ([`RouteTable::find`], first
+//! match wins like Consul; the chain's last route matches everything).
+//!
+//! Regexes are compiled once, when the table is built from a
+//! [`plexus_api::config_entry::chain::DiscoveryChain`]'s routes. Requests are seen through the
+//! [`RequestView`] trait so the data path can hand in `http::request::Parts` (or anything else).
+
+use plexus_api::config_entry::chain::{
+    CompiledRoute, HeaderCriterion, PathMatch, QueryCriterion, RequestMatch, ValueMatch,
+};
+use plexus_runtime::http::query_value;
+use regex::Regex;
+
+/// What routing needs to know about a request.
+pub trait RequestView {
+    /// Method, e.g. `GET` (compared case-sensitively with uppercase route methods).
+    fn method(&self) -> &str;
+    /// Path without the query string.
+    fn path(&self) -> &str;
+    /// Raw query string (after `?`), if any.
+    fn query(&self) -> Option<&str>;
+    /// First value of a header, by lowercase name.
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+/// A plain request, for tests.
+#[cfg(test)]
+#[derive(Debug, Clone, Default)]
+pub struct SimpleRequest {
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Query string.
+    pub query: Option<String>,
+    /// Headers, lowercase names.
+    pub headers: Vec<(String, String)>,
+}
+
+#[cfg(test)]
+impl RequestView for SimpleRequest {
+    fn method(&self) -> &str {
+        &self.method
+    }
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A path, header or query test with its regex compiled.
+#[derive(Debug, Clone)]
+enum Test {
+    Present,
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Regex(Regex),
+}
+
+impl Test {
+    fn new(v: &ValueMatch) -> Result<Self, regex::Error> {
+        Ok(match v {
+            ValueMatch::Present => Self::Present,
+            ValueMatch::Exact(s) => Self::Exact(s.clone()),
+            ValueMatch::Prefix(s) => Self::Prefix(s.clone()),
+            ValueMatch::Suffix(s) => Self::Suffix(s.clone()),
+            ValueMatch::Regex(r) => Self::Regex(whole(r)?),
+        })
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Self::Present => true,
+            Self::Exact(s) => value == s,
+            Self::Prefix(s) => value.starts_with(s.as_str()),
+            Self::Suffix(s) => value.ends_with(s.as_str()),
+            Self::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// Anchored: the regex must match the whole value.
+fn whole(re: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&format!("^(?:{re})$"))
+}
+
+#[derive(Debug, Clone)]
+struct Matcher {
+    path: Option<Test>,
+    headers: Vec<(String, Test, bool)>,
+    query: Vec<(String, Test)>,
+    methods: Vec<String>,
+}
+
+impl Matcher {
+    fn new(m: &RequestMatch) -> Result<Self, regex::Error> {
+        let path = match &m.path {
+            None => None,
+            Some(PathMatch::Exact(p)) => Some(Test::Exact(p.clone())),
+            Some(PathMatch::Prefix(p)) => Some(Test::Prefix(p.clone())),
+            Some(PathMatch::Regex(r)) => Some(Test::Regex(whole(r)?)),
+        };
+        let headers = m
+            .headers
+            .iter()
+            .map(
+                |HeaderCriterion {
+                     name,
+                     value,
+                     invert,
+                 }| { Ok((name.to_ascii_lowercase(), Test::new(value)?, *invert)) },
+            )
+            .collect::<Result<_, regex::Error>>()?;
+        let query = m
+            .query
+            .iter()
+            .map(|QueryCriterion { name, value }| Ok((name.clone(), Test::new(value)?)))
+            .collect::<Result<_, regex::Error>>()?;
+        Ok(Self {
+            path,
+            headers,
+            query,
+            methods: m.methods.clone(),
+        })
+    }
+
+    fn matches(&self, req: &impl RequestView) -> bool {
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == req.method()) {
+            return false;
+        }
+        if let Some(p) = &self.path
+            && !p.matches(req.path())
+        {
+            return false;
+        }
+        for (name, test, invert) in &self.headers {
+            let hit = req.header(name).is_some_and(|v| test.matches(v));
+            if hit == *invert {
+                return false;
+            }
+        }
+        for (name, test) in &self.query {
+            let hit = query_value(req.query(), name).is_some_and(|v| test.matches(&v));
+            if !hit {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Compiled routes of one chain.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    routes: Vec<(CompiledRoute, Matcher)>,
+}
+
+impl RouteTable {
+    /// Compiles `routes` (a chain's, in order). Fails only on a regex the control plane should
+    /// have refused.
+    pub fn new(routes: &[CompiledRoute]) -> Result<Self, regex::Error> {
+        let routes = routes
+            .iter()
+            .map(|r| Ok((r.clone(), Matcher::new(&r.matcher)?)))
+            .collect::<Result<_, regex::Error>>()?;
+        Ok(Self { routes })
+    }
+
+    /// The first route `req` matches, with its index; `None` only when no route matches (a
+    /// compiled chain always ends with a catch-all).
+    pub fn find(&self, req: &impl RequestView) -> Option<(usize, &CompiledRoute)> {
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, (_, m))| m.matches(req))
+            .map(|(i, (r, _))| (i, r))
+    }
+}
