@@ -4,6 +4,8 @@
 //!
 //! - `GET /v1/operator/plexus`: [`OperatorView`].
 //! - `PUT /v1/internal/proxy/{id}/ack?revision=N`: a proxy says it applied revision `N`.
+//! - `PUT /v1/internal/proxies/xds`: an xDS server reports what its Envoys accepted and
+//!   rejected (a list of [`ProxyAck`] with `DataPlane` and `Xds`), in one store transaction.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use plexus_api::operator::{MemberView, OperatorView, ProxyAck, ServerRecord, StoreView};
-use plexus_runtime::http::{ApiError, QueryParams};
+use plexus_runtime::http::{ApiError, JsonBody, QueryParams};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ErrorChain, path_error};
@@ -39,6 +41,7 @@ pub fn router(store: Arc<dyn Store>, node: String) -> Router {
     Router::new()
         .route("/v1/operator/plexus", get(view))
         .route("/v1/internal/proxy/{id}/ack", put(ack))
+        .route("/v1/internal/proxies/xds", put(xds_status))
         .with_state(OperatorState { store, node })
 }
 
@@ -106,6 +109,7 @@ async fn ack(
         acknowledged_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        ..ProxyAck::default()
     };
     let value = serde_json::to_vec(&record)
         .map_err(|_| ApiError::internal("cannot encode the acknowledgement"))?;
@@ -120,6 +124,65 @@ async fn ack(
         })
         .await
         .map_err(unavailable)?;
+    Ok(axum::Json(true).into_response())
+}
+
+/// Most proxies one xDS status report may carry.
+const MAX_XDS_REPORT: usize = 10_000;
+
+async fn xds_status(
+    State(state): State<OperatorState>,
+    JsonBody(reports): JsonBody<Vec<ProxyAck>>,
+) -> Result<Response, ApiError> {
+    if reports.len() > MAX_XDS_REPORT {
+        return Err(ApiError::invalid_field(
+            "body",
+            format!("at most {MAX_XDS_REPORT} proxies per report"),
+        ));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut ops = Vec::with_capacity(reports.len());
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, mut report) in reports.into_iter().enumerate() {
+        if report.id.is_empty() {
+            return Err(ApiError::invalid_field(
+                &format!("[{i}].ID"),
+                "a proxy id is required",
+            ));
+        }
+        if report.xds.is_none() {
+            return Err(ApiError::invalid_field(
+                &format!("[{i}].Xds"),
+                "an xDS status is required",
+            ));
+        }
+        if !seen.insert(report.id.clone()) {
+            return Err(ApiError::invalid_field(
+                &format!("[{i}].ID"),
+                format!("proxy {:?} is listed twice", report.id),
+            ));
+        }
+        report.acknowledged_at = now;
+        report.data_plane.get_or_insert_with(|| "envoy".to_owned());
+        let value = serde_json::to_vec(&report)
+            .map_err(|_| ApiError::internal("cannot encode the xDS status"))?;
+        ops.push(Op::Put {
+            key: format!("{PROXIES_PREFIX}{}", escape(&report.id)),
+            value,
+        });
+    }
+    if !ops.is_empty() {
+        state
+            .store
+            .txn(Txn {
+                compares: Vec::new(),
+                ops,
+            })
+            .await
+            .map_err(unavailable)?;
+    }
     Ok(axum::Json(true).into_response())
 }
 
