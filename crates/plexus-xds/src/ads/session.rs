@@ -1,0 +1,325 @@
+//! One ADS stream's protocol state, without I/O: what Envoy subscribed to, what it has, which
+//! response awaits its ACK, and what to send next. The same machine serves both variants:
+//! state of the world (every response carries every subscribed resource of its type) and delta
+//! (responses carry what changed and what was removed, with a version per resource).
+//!
+//! Rules:
+//! - A request whose `response_nonce` is not the last one sent for its type is stale and is
+//!   ignored (Envoy sends a fresh one after it processed the newer response).
+//! - A request answering the pending nonce is an ACK, or a NACK when it carries an error: the
+//!   rejected content is not sent again (Envoy keeps its last accepted config); the next change
+//!   is.
+//! - One response in flight per stream: a type is sent only when no response (of any type) waits
+//!   for its ACK, types in the order of [`TypeUrl::ALL`] — clusters, then endpoints, then
+//!   listeners, then routes, then secrets. So a route never names a cluster Envoy has not
+//!   accepted, and a stuck Envoy only ever holds up its own stream.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::resources::{Resource, Resources, TypeUrl};
+
+/// Which protocol variant a stream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// State of the world.
+    Sotw,
+    /// Incremental.
+    Delta,
+}
+
+/// A request, converted from the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Request {
+    /// Its type.
+    pub type_url: TypeUrl,
+    /// The nonce of the response it answers (empty: none).
+    pub nonce: String,
+    /// State of the world: the version Envoy has of this type.
+    pub version: String,
+    /// A NACK's error detail.
+    pub error: Option<String>,
+    /// The subscription.
+    pub names: Names,
+}
+
+/// How a request names resources.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Names {
+    /// State of the world: the complete list (empty for LDS/CDS: all).
+    Sotw(Vec<String>),
+    /// Delta: changes to the subscription, and (first request only) what Envoy already has.
+    Delta {
+        /// Names to add (`*`: wildcard).
+        subscribe: Vec<String>,
+        /// Names to drop.
+        unsubscribe: Vec<String>,
+        /// Resources Envoy has from an earlier stream, with their versions.
+        initial: BTreeMap<String, String>,
+    },
+}
+
+/// A response to send.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Response {
+    /// Its type.
+    pub type_url: TypeUrl,
+    /// State of the world: the version of the whole set; delta: a system version.
+    pub version: String,
+    /// Its nonce.
+    pub nonce: String,
+    /// Resources (all subscribed for SotW, the changed ones for delta).
+    pub resources: Vec<Arc<Resource>>,
+    /// Delta: names Envoy must forget.
+    pub removed: Vec<String>,
+}
+
+/// What a request meant, for logs and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// A first request or a subscription change (no nonce).
+    Subscribed,
+    /// Envoy accepted `version`.
+    Ack {
+        /// The accepted version.
+        version: String,
+    },
+    /// Envoy rejected `version`.
+    Nack {
+        /// The rejected version.
+        version: String,
+        /// Envoy's error detail.
+        error: String,
+    },
+    /// The nonce was not the pending one: ignored.
+    Stale,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TypeState {
+    requested: bool,
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What Envoy has (delta) or was last sent (SotW): name → version.
+    known: BTreeMap<String, String>,
+    /// SotW: version of the last set sent.
+    sent_version: Option<String>,
+    /// Delta: names subscribed since the last response (answered even when they do not exist).
+    unanswered: BTreeSet<String>,
+    must_respond: bool,
+    pending: Option<(String, String)>,
+    acked: Option<String>,
+}
+
+/// The state of one stream.
+#[derive(Debug)]
+pub(crate) struct Session {
+    mode: Mode,
+    types: BTreeMap<TypeUrl, TypeState>,
+    nonces: u64,
+}
+
+impl Session {
+    /// A new stream.
+    pub(crate) fn new(mode: Mode) -> Self {
+        Self {
+            mode,
+            types: TypeUrl::ALL
+                .into_iter()
+                .map(|t| (t, TypeState::default()))
+                .collect(),
+            nonces: 0,
+        }
+    }
+
+    /// The last version Envoy accepted of each type.
+    #[cfg(test)]
+    pub(crate) fn acked(&self) -> BTreeMap<TypeUrl, String> {
+        self.types
+            .iter()
+            .filter_map(|(t, s)| s.acked.clone().map(|v| (*t, v)))
+            .collect()
+    }
+
+    /// Applies a request.
+    pub(crate) fn on_request(&mut self, request: Request) -> Outcome {
+        let mode = self.mode;
+        let state = self.types.entry(request.type_url).or_default();
+        let mut outcome = Outcome::Subscribed;
+        if !request.nonce.is_empty() {
+            match &state.pending {
+                Some((nonce, version)) if *nonce == request.nonce => {
+                    let version = version.clone();
+                    state.pending = None;
+                    outcome = match request.error {
+                        Some(error) => Outcome::Nack { version, error },
+                        None => {
+                            state.acked = Some(version.clone());
+                            Outcome::Ack { version }
+                        }
+                    };
+                }
+                _ => return Outcome::Stale,
+            }
+        }
+        match request.names {
+            Names::Sotw(list) => {
+                let wildcard = request.type_url.is_wildcard_type()
+                    && (list.is_empty() || list.iter().any(|n| n == "*"));
+                let names: BTreeSet<String> = list.into_iter().filter(|n| n != "*").collect();
+                if !state.requested || wildcard != state.wildcard || names != state.names {
+                    state.must_respond = true;
+                }
+                state.requested = true;
+                state.wildcard = wildcard;
+                state.names = names;
+            }
+            Names::Delta {
+                subscribe,
+                unsubscribe,
+                initial,
+            } => {
+                if !state.requested {
+                    state.requested = true;
+                    state.must_respond = true;
+                    state.wildcard = request.type_url.is_wildcard_type() && subscribe.is_empty();
+                    state.known = initial;
+                }
+                for name in subscribe {
+                    if name == "*" {
+                        state.wildcard = true;
+                        state.must_respond = true;
+                    } else if state.names.insert(name.clone()) {
+                        state.unanswered.insert(name);
+                    }
+                }
+                for name in unsubscribe {
+                    if name == "*" {
+                        state.wildcard = false;
+                    } else {
+                        state.names.remove(&name);
+                        state.unanswered.remove(&name);
+                        state.known.remove(&name);
+                    }
+                }
+                if mode == Mode::Delta && !state.wildcard {
+                    state.known.retain(|name, _| state.names.contains(name));
+                }
+            }
+        }
+        outcome
+    }
+
+    /// The next response to send given the current `resources`, if any may be sent now.
+    pub(crate) fn next_response(&mut self, resources: &Resources) -> Option<Response> {
+        if self.types.values().any(|s| s.pending.is_some()) {
+            return None;
+        }
+        for type_url in TypeUrl::ALL {
+            let state = self.types.get(&type_url)?;
+            if !state.requested {
+                continue;
+            }
+            let wanted: BTreeMap<&String, &Arc<Resource>> = resources
+                .of(type_url)
+                .iter()
+                .filter(|(name, _)| state.wildcard || state.names.contains(*name))
+                .collect();
+            let response = match self.mode {
+                Mode::Sotw => self.sotw(type_url, wanted),
+                Mode::Delta => self.delta(type_url, wanted),
+            };
+            if response.is_some() {
+                return response;
+            }
+        }
+        None
+    }
+
+    fn nonce(&mut self) -> String {
+        self.nonces += 1;
+        self.nonces.to_string()
+    }
+
+    fn sotw(
+        &mut self,
+        type_url: TypeUrl,
+        wanted: BTreeMap<&String, &Arc<Resource>>,
+    ) -> Option<Response> {
+        let version = Resources::version_of(wanted.values().copied());
+        let state = self.types.get(&type_url)?;
+        if !state.must_respond && state.sent_version.as_deref() == Some(version.as_str()) {
+            return None;
+        }
+        let nonce = self.nonce();
+        let state = self.types.get_mut(&type_url)?;
+        state.must_respond = false;
+        state.sent_version = Some(version.clone());
+        state.known = wanted
+            .iter()
+            .map(|(name, r)| ((*name).clone(), r.version.clone()))
+            .collect();
+        state.pending = Some((nonce.clone(), version.clone()));
+        Some(Response {
+            type_url,
+            version,
+            nonce,
+            resources: wanted.into_values().cloned().collect(),
+            removed: Vec::new(),
+        })
+    }
+
+    fn delta(
+        &mut self,
+        type_url: TypeUrl,
+        wanted: BTreeMap<&String, &Arc<Resource>>,
+    ) -> Option<Response> {
+        let state = self.types.get(&type_url)?;
+        let updated: Vec<Arc<Resource>> = wanted
+            .iter()
+            .filter(|(name, r)| state.known.get(**name) != Some(&r.version))
+            .map(|(_, r)| Arc::clone(r))
+            .collect();
+        let mut removed: BTreeSet<String> = state
+            .known
+            .keys()
+            .filter(|name| !wanted.contains_key(name))
+            .cloned()
+            .collect();
+        removed.extend(
+            state
+                .unanswered
+                .iter()
+                .filter(|name| !wanted.contains_key(name))
+                .cloned(),
+        );
+        if updated.is_empty() && removed.is_empty() && !state.must_respond {
+            return None;
+        }
+        let version = Resources::version_of(wanted.values().copied());
+        let nonce = self.nonce();
+        let state = self.types.get_mut(&type_url)?;
+        state.must_respond = false;
+        state.unanswered.clear();
+        for resource in &updated {
+            state
+                .known
+                .insert(resource.name.clone(), resource.version.clone());
+        }
+        for name in &removed {
+            state.known.remove(name);
+        }
+        state.pending = Some((nonce.clone(), version.clone()));
+        Some(Response {
+            type_url,
+            version,
+            nonce,
+            resources: updated,
+            removed: removed.into_iter().collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;
