@@ -18,6 +18,12 @@ pub enum ProxyError {
         /// The app's service id (`sidecar_for`).
         service_id: String,
     },
+    /// The control plane answered, but `--proxy-id` names no `connect-proxy` service.
+    #[error("no connect-proxy service with id {proxy_id:?} is registered")]
+    NoProxy {
+        /// The proxy's service id (`proxy_id`).
+        proxy_id: String,
+    },
     /// The sidecar registration cannot be turned into listeners.
     #[error("sidecar registration {sidecar_id:?} is invalid")]
     InvalidRegistration {

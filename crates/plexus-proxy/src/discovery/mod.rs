@@ -22,7 +22,7 @@ pub use endpoints::EndpointSet;
 #[cfg(test)]
 pub(crate) use endpoints::Labels;
 pub(crate) use endpoints::watch_endpoints;
-pub(crate) use watch::{BLOCKING_WAIT, Backoff, find_sidecar, watch_sidecar};
+pub(crate) use watch::{BLOCKING_WAIT, Backoff, find_proxy, find_sidecar, watch_sidecar};
 
 /// Inbound bind address when the registration's `Address` is empty.
 const DEFAULT_INBOUND_IP: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
