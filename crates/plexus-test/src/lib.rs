@@ -8,6 +8,7 @@
 //! [`upstream::HttpStub`], [`upstream::GrpcHealthStub`].
 
 pub mod brokers;
+pub mod envoy;
 pub mod etcd;
 pub mod events;
 pub mod mesh;
@@ -17,6 +18,7 @@ pub mod process;
 pub mod server;
 pub mod upstream;
 
+pub use envoy::Envoy;
 pub use etcd::EtcdCluster;
 pub use mesh::{Dev, Sidecar};
 pub use ports::free_port;

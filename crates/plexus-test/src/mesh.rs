@@ -50,6 +50,9 @@ impl Dev {
         if !extra.contains(&"--http-addr") {
             args.extend(["--http-addr".to_owned(), "127.0.0.1:0".to_owned()]);
         }
+        if !extra.contains(&"--grpc-addr") {
+            args.extend(["--grpc-addr".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
         args.extend([
             "--data-dir".to_owned(),
             data_dir.display().to_string(),
@@ -73,6 +76,11 @@ impl Dev {
     /// The address in the form clients take (`127.0.0.1:PORT`).
     pub fn addr(&self) -> String {
         self.http.to_string()
+    }
+
+    /// The xDS (gRPC) address Envoys connect to, from its `listening` line.
+    pub async fn grpc(&self) -> Result<SocketAddr> {
+        self.process.listening("grpc").await
     }
 
     /// Starts `plexus proxy --sidecar-for <service_id>` against this control plane.

@@ -35,6 +35,8 @@ impl Server {
             format!("127.0.0.1:{port}"),
             "--node".into(),
             name.into(),
+            "--grpc-addr".into(),
+            "127.0.0.1:0".into(),
         ];
         args.extend(store_args.iter().map(|s| (*s).to_owned()));
         let process = Process::spawn(&format!("server:{name}"), bin, &args, &[])?;

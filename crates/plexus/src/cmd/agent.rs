@@ -63,6 +63,8 @@ pub struct Args {
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
+    #[command(flatten)]
+    pub grpc: super::grpc::GrpcArgs,
 }
 
 /// Runs the agent until a signal arrives.
@@ -83,6 +85,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("error: --lease-ttl must be between 1s and 5m");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
+    let grpc = match args.grpc.listen() {
+        Ok(listen) => listen,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let definitions = {
         let files = match collect_definition_files(&args.config_files, &args.config_dirs) {
             Ok(files) => files,
@@ -110,6 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot bind the agent API on {}", args.http_addr))?;
     let http_addr = listener.local_addr()?;
+    let grpc = super::grpc::bind(grpc).await?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let catalog = Arc::new(HttpCatalog::new(client.clone(), &node_name));
@@ -150,6 +160,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .fallback(move |request: Request| forward(client.clone(), request))
         .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
     plexus_runtime::telemetry::listening("http", http_addr);
+    if let Some(grpc) = grpc {
+        super::grpc::start(grpc, http_addr, &node_name, &shutdown)?;
+    }
     serve(listener, router, http_addr, &agent, &shutdown, args.grace).await;
     Ok(ExitCode::SUCCESS)
 }
@@ -246,6 +259,7 @@ async fn forward(client: Client, request: Request) -> Response {
     let mut headers = http::HeaderMap::new();
     for name in [
         "content-type",
+        "x-plexus-default-intention-policy",
         "x-consul-index",
         "x-consul-knownleader",
         "x-consul-lastcontact",

@@ -57,6 +57,8 @@ pub struct Args {
     /// (the dev default) or `deny` (a production server's default).
     #[arg(long = "default-intention-policy", default_value = "allow")]
     pub default_intention_policy: plexus_api::connect::DefaultPolicy,
+    #[command(flatten)]
+    pub grpc: super::grpc::GrpcArgs,
 }
 
 /// Creates (or loads) the CA with `connect`'s leaf TTL, sets the default intention policy and
@@ -169,9 +171,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         leaf_ttl: args.connect_leaf_ttl,
         default_policy: args.default_intention_policy,
     };
+    let grpc = match args.grpc.listen() {
+        Ok(listen) => listen,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let listener = TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("cannot bind the HTTP API on {}", args.http_addr))?;
+    let grpc = super::grpc::bind(grpc).await?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let dev = DevServer::start(
@@ -184,6 +194,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         &shutdown,
     )
     .await?;
+    if let Some(grpc) = grpc {
+        super::grpc::start(grpc, dev.http_addr, &node_name, &shutdown)?;
+    }
     shutdown.token().cancelled().await;
     dev.stop(args.grace).await;
     if !shutdown.drain(args.grace).await {

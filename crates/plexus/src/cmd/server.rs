@@ -64,6 +64,8 @@ pub struct Args {
     /// (a production server's default) or `allow`.
     #[arg(long = "default-intention-policy", default_value = "deny")]
     pub default_intention_policy: plexus_api::connect::DefaultPolicy,
+    #[command(flatten)]
+    pub grpc: super::grpc::GrpcArgs,
 }
 
 /// The validated store choice.
@@ -115,11 +117,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("error: {message}");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
+    let grpc = match args.grpc.listen() {
+        Ok(listen) => listen,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let node_name = args.node.clone().unwrap_or_else(default_node_name);
     let listener = TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("cannot bind the HTTP API on {}", args.http_addr))?;
     let http_addr = listener.local_addr()?;
+    let grpc = super::grpc::bind(grpc).await?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let Some(store) = open_store(&choice, &shutdown.token()).await? else {
@@ -178,6 +188,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         router,
         stop_serving.clone(),
     ));
+    if let Some(grpc) = grpc {
+        super::grpc::start(grpc, http_addr, &node_name, &shutdown)?;
+    }
     shutdown.token().cancelled().await;
     agent.deregister_all().await;
     stop_serving.cancel();
