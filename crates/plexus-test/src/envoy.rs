@@ -109,7 +109,7 @@ impl Envoy {
             .lines()
             .filter_map(|line| line.split_once(": "))
             .filter(|(key, _)| *key == name)
-            .filter_map(|(_, value)| value.trim().parse().ok())
+            .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
             .sum())
     }
 

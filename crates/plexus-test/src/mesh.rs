@@ -160,6 +160,24 @@ impl Sidecar {
         Ok(Self { process, admin })
     }
 
+    /// Starts `plexus proxy --proxy-id <proxy_id>` for an explicitly registered connect-proxy.
+    pub async fn start_proxy_id(bin: &Path, control: &str, proxy_id: &str) -> Result<Self> {
+        let args: Vec<String> = [
+            "proxy",
+            "--proxy-id",
+            proxy_id,
+            "--http-addr",
+            control,
+            "--admin-addr",
+            "127.0.0.1:0",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let process = Process::spawn(&format!("proxy:{proxy_id}"), bin, &args, &[])?;
+        let admin = process.listening("admin").await?;
+        Ok(Self { process, admin })
+    }
+
     /// GETs an admin path and returns (status, body).
     pub async fn admin_get(&self, path: &str) -> Result<(u16, String)> {
         let response = reqwest::get(format!("http://{}{}", self.admin, path)).await?;

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
-use envoy_types::pb::envoy::config::rbac::v3::{Rbac, rbac};
+use envoy_types::pb::envoy::config::rbac::v3::{Rbac, principal, rbac};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher;
 use plexus_api::GoDuration;
 use plexus_api::client::IntentionSet;
 use plexus_api::config_entry::chain::{
@@ -399,10 +400,19 @@ fn default_deny_allows_only_the_allowed_sources() {
     let rules = network_rules(&resources);
     assert_eq!(rules.action, rbac::Action::Allow as i32);
     let policy = &rules.policies["intention i3: allow client => web"];
-    let principal = format!("{:?}", policy.principals[0]);
-    assert!(
-        principal.contains(r"^spiffe://td\.plexus/ns/[^/]+/dc/[^/]+/svc/client$"),
-        "{principal}"
+    let Some(principal::Identifier::Authenticated(who)) = &policy.principals[0].identifier else {
+        panic!("an authenticated principal");
+    };
+    let Some(string_matcher::MatchPattern::SafeRegex(regex)) = who
+        .principal_name
+        .as_ref()
+        .and_then(|m| m.match_pattern.as_ref())
+    else {
+        panic!("a regex");
+    };
+    assert_eq!(
+        regex.regex,
+        r"^spiffe://td\.plexus/ns/[^/]+/dc/[^/]+/svc/client$"
     );
 }
 
