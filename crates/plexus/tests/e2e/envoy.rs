@@ -18,8 +18,9 @@ pub(crate) async fn try_round_trip(addr: SocketAddr, line: &str) -> Option<Strin
         let (read, mut write) = stream.into_split();
         write.write_all(format!("{line}\n").as_bytes()).await.ok()?;
         let mut reply = String::new();
-        BufReader::new(read).read_line(&mut reply).await.ok()?;
-        Some(reply.trim_end().to_owned())
+        let read = BufReader::new(read).read_line(&mut reply).await.ok()?;
+        // End of stream before a line: the connection was closed (e.g. refused by RBAC).
+        (read > 0).then(|| reply.trim_end().to_owned())
     };
     tokio::time::timeout(Duration::from_secs(5), attempt)
         .await

@@ -13,6 +13,7 @@ mod demo;
 mod demo_http;
 mod durable;
 mod envoy;
+mod envoy_l7;
 mod events;
 mod identity;
 mod identity_long;
