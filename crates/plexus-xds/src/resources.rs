@@ -65,6 +65,12 @@ impl TypeUrl {
         }
     }
 
+    /// Whether a response of this type must be ACKed before later types are sent (clusters and
+    /// their endpoints: routes and listeners must never name a cluster Envoy has not warmed).
+    pub fn blocks_later_types(self) -> bool {
+        matches!(self, TypeUrl::Cluster | TypeUrl::Endpoint)
+    }
+
     /// Whether an empty subscription means "everything" (LDS and CDS), as xDS defines it.
     pub fn is_wildcard_type(self) -> bool {
         matches!(self, TypeUrl::Cluster | TypeUrl::Listener)

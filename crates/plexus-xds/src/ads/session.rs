@@ -9,10 +9,14 @@
 //! - A request answering the pending nonce is an ACK, or a NACK when it carries an error: the
 //!   rejected content is not sent again (Envoy keeps its last accepted config); the next change
 //!   is.
-//! - One response in flight per stream: a type is sent only when no response (of any type) waits
-//!   for its ACK, types in the order of [`TypeUrl::ALL`] — clusters, then endpoints, then
-//!   listeners, then routes, then secrets. So a route never names a cluster Envoy has not
-//!   accepted, and a stuck Envoy only ever holds up its own stream.
+//! - Types go out in the order of [`TypeUrl::ALL`] — clusters, endpoints, listeners, routes,
+//!   secrets — one response in flight per type. Clusters and endpoints must be ACKed before
+//!   anything later is sent, so a route never names a cluster Envoy has not accepted and fed
+//!   with endpoints (Envoy warms a new cluster until its endpoints arrive). Listeners, routes
+//!   and secrets are pipelined behind them: Envoy applies one stream's responses in order and
+//!   warms a new listener until the routes it names arrive, so an intention change (L4 rules
+//!   in LDS, L7 rules in RDS) reaches both without waiting for a round trip in between.
+//!   A stuck Envoy only ever holds up its own stream.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -212,11 +216,14 @@ impl Session {
 
     /// The next response to send given the current `resources`, if any may be sent now.
     pub(crate) fn next_response(&mut self, resources: &Resources) -> Option<Response> {
-        if self.types.values().any(|s| s.pending.is_some()) {
-            return None;
-        }
         for type_url in TypeUrl::ALL {
             let state = self.types.get(&type_url)?;
+            if state.pending.is_some() {
+                if type_url.blocks_later_types() {
+                    return None;
+                }
+                continue;
+            }
             if !state.requested {
                 continue;
             }

@@ -125,6 +125,20 @@ fn stale_nonces_are_ignored() {
 }
 
 #[test]
+fn listeners_routes_and_secrets_are_pipelined_behind_acked_clusters() {
+    let mut s = Session::new(Mode::Sotw);
+    let mut w = world(&[], &["l"]);
+    w.insert(TypeUrl::Route, listener("r"));
+    s.on_request(sotw(TypeUrl::Listener, "", &[]));
+    s.on_request(sotw(TypeUrl::Route, "", &["r"]));
+    let first = s.next_response(&w).expect("listeners");
+    assert_eq!(first.type_url, TypeUrl::Listener);
+    let second = s.next_response(&w).expect("routes without waiting");
+    assert_eq!(second.type_url, TypeUrl::Route);
+    assert!(s.next_response(&w).is_none(), "one in flight per type");
+}
+
+#[test]
 fn clusters_go_first_and_one_response_is_in_flight() {
     let mut s = Session::new(Mode::Sotw);
     let w = world(&[("a", 1)], &["l"]);

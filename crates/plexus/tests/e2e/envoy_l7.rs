@@ -339,10 +339,21 @@ services {{
     // already up, too).
     let _open = TcpStream::connect(echo_addr).await.unwrap();
 
-    let (code, _, err) = dev
-        .cli(&["intention", "create", "--deny", "client", "*"])
-        .unwrap();
-    assert_eq!(code, 0, "{err}");
+    let deny = plexus_api::connect::Intention {
+        id: String::new(),
+        source_name: "client".into(),
+        destination_name: "*".into(),
+        source_ns: "default".into(),
+        destination_ns: "default".into(),
+        source_type: "consul".into(),
+        action: plexus_api::connect::IntentionAction::Deny,
+        description: String::new(),
+        meta: Default::default(),
+        precedence: 0,
+        create_index: 0,
+        modify_index: 0,
+    };
+    let id = dev.client.create_intention(&deny).await.unwrap();
     let denied_at = Instant::now();
     eventually!(
         try_round_trip(echo_addr, "after").await.is_none()
@@ -363,8 +374,7 @@ services {{
             >= 1
     );
 
-    let (code, _, err) = dev.cli(&["intention", "delete", "client", "*"]).unwrap();
-    assert_eq!(code, 0, "{err}");
+    dev.client.delete_intention(&id).await.unwrap();
     echoes(echo_addr, "allowed again").await;
     eventually!(http.get(&url).send().await.is_ok_and(|r| r.status() == 200));
 }
