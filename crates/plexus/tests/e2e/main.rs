@@ -14,6 +14,7 @@ mod demo_http;
 mod durable;
 mod envoy;
 mod envoy_l7;
+mod envoy_xds;
 mod events;
 mod identity;
 mod identity_long;
