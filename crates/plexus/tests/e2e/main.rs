@@ -13,6 +13,7 @@ mod demo;
 mod demo_http;
 mod durable;
 mod envoy;
+mod envoy_certs;
 mod envoy_l7;
 mod envoy_xds;
 mod events;
