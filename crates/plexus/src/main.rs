@@ -57,9 +57,12 @@ enum Command {
     /// Manage intentions (who may connect to whom).
     #[command(subcommand)]
     Intention(cmd::intention::Command),
-    /// Service mesh identity: the certificate authority.
+    /// Service mesh identity: the certificate authority; Envoy sidecars.
     #[command(subcommand)]
     Connect(cmd::connect::Command),
+    /// The xDS scale benchmark's load client (simulated Envoys).
+    #[command(hide = true)]
+    XdsLoad(cmd::xds_load::Args),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
             Command::EventsApp(args) => cmd::events_app::run(args).await,
             Command::Intention(command) => cmd::intention::run(command).await,
             Command::Connect(command) => cmd::connect::run(command).await,
+            Command::XdsLoad(args) => cmd::xds_load::run(args).await,
         }
     });
     match result {

@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod server;
 pub mod services;
 pub mod validate;
+pub mod xds_load;
 
 use plexus_api::client::{Client, DEFAULT_HTTP_ADDR, HTTP_ADDR_ENV};
 
