@@ -255,6 +255,7 @@ impl Hub {
                         |query| client.health_connect(&service, true, query),
                         |update| {
                             let endpoints = endpoints_from(&update.value);
+                            debug!(%service, index = update.index, endpoints = endpoints.len(), "endpoints answer");
                             tx.send_if_modified(|current| {
                                 let changed = current
                                     .as_ref()

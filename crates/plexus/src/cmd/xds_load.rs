@@ -171,6 +171,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for change in 0..args.changes {
         let extra = format!("{TARGET}-proxy-extra");
         let t0 = Instant::now();
+        tracing::debug!(change, "changing the target's endpoints");
         let expect = if change % 2 == 0 {
             register(
                 &client,
