@@ -148,19 +148,19 @@ async fn xds_status(
     for (i, mut report) in reports.into_iter().enumerate() {
         if report.id.is_empty() {
             return Err(ApiError::invalid_field(
-                &format!("[{i}].ID"),
+                format!("[{i}].ID"),
                 "a proxy id is required",
             ));
         }
         if report.xds.is_none() {
             return Err(ApiError::invalid_field(
-                &format!("[{i}].Xds"),
+                format!("[{i}].Xds"),
                 "an xDS status is required",
             ));
         }
         if !seen.insert(report.id.clone()) {
             return Err(ApiError::invalid_field(
-                &format!("[{i}].ID"),
+                format!("[{i}].ID"),
                 format!("proxy {:?} is listed twice", report.id),
             ));
         }

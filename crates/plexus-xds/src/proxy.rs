@@ -102,8 +102,10 @@ pub(crate) async fn run(
                 .collect();
             chains.retain(|name, _| wanted.contains(name.as_str()));
             for name in wanted {
-                if !chains.contains_key(name) {
-                    chains.insert(name.to_owned(), hub.chains.subscribe(name));
+                if let std::collections::btree_map::Entry::Vacant(slot) =
+                    chains.entry(name.to_owned())
+                {
+                    slot.insert(hub.chains.subscribe(name));
                 }
             }
             let known: Vec<Arc<plexus_api::Indexed<DiscoveryChain>>> = chains
@@ -113,9 +115,9 @@ pub(crate) async fn run(
             let reached = services_reached(known.iter().map(|c| &c.value));
             endpoints.retain(|name, _| reached.contains(name));
             for name in reached {
-                if !endpoints.contains_key(&name) {
-                    let sub = hub.endpoints.subscribe(&name);
-                    endpoints.insert(name, sub);
+                if let std::collections::btree_map::Entry::Vacant(slot) = endpoints.entry(name) {
+                    let sub = hub.endpoints.subscribe(slot.key());
+                    slot.insert(sub);
                 }
             }
         }

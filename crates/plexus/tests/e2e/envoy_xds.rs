@@ -312,6 +312,27 @@ async fn bad_input_on_the_xds_port_is_answered_per_the_protocol_and_the_server_k
         rss_after < rss_before + 32 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
+    // The status report endpoint refuses bad reports, naming the entry at fault.
+    let report_url = format!("http://{}/v1/internal/proxies/xds", dev.http);
+    for (body, field) in [
+        (serde_json::json!([{"ID": "", "Xds": {}}]), "[0].ID"),
+        (
+            serde_json::json!([{"ID": "a", "Xds": {}}, {"ID": "b"}]),
+            "[1].Xds",
+        ),
+        (
+            serde_json::json!([{"ID": "a", "Xds": {}}, {"ID": "a", "Xds": {}}]),
+            "[1].ID",
+        ),
+    ] {
+        let (status, reply, _) =
+            crate::http("PUT", &report_url, Some(body.to_string().into_bytes())).await;
+        assert_eq!(status, 400, "{body}: {reply}");
+        assert_eq!(reply["error"]["field"], field, "{reply}");
+    }
+    let (status, _, _) = crate::http("PUT", &report_url, Some(b"not json".to_vec())).await;
+    assert_eq!(status, 400);
+
     // A new stream is still served.
     let (tx, mut responses) = open(&ch).await;
     tx.send(request("client-sidecar-proxy", CLUSTERS, ""))
