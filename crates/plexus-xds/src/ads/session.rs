@@ -108,6 +108,9 @@ struct TypeState {
     known: BTreeMap<String, String>,
     /// SotW: version of the last set sent.
     sent_version: Option<String>,
+    /// The resources last sent (whole set): a cluster being removed is kept from them until
+    /// no listener or route names it any more.
+    sent: BTreeMap<String, Arc<Resource>>,
     /// Delta: names subscribed since the last response (answered even when they do not exist).
     unanswered: BTreeSet<String>,
     must_respond: bool,
@@ -227,11 +230,24 @@ impl Session {
             if !state.requested {
                 continue;
             }
-            let wanted: BTreeMap<&String, &Arc<Resource>> = resources
+            let mut wanted: BTreeMap<String, Arc<Resource>> = resources
                 .of(type_url)
                 .iter()
                 .filter(|(name, _)| state.wildcard || state.names.contains(*name))
+                .map(|(name, r)| (name.clone(), Arc::clone(r)))
                 .collect();
+            // Removals go in reverse order: a cluster stays until no listener or route that
+            // Envoy may still hold names it.
+            if type_url == TypeUrl::Cluster
+                && !(self.settled(TypeUrl::Listener, resources)
+                    && self.settled(TypeUrl::Route, resources))
+            {
+                for (name, resource) in &state.sent {
+                    wanted
+                        .entry(name.clone())
+                        .or_insert_with(|| Arc::clone(resource));
+                }
+            }
             let response = match self.mode {
                 Mode::Sotw => self.sotw(type_url, wanted),
                 Mode::Delta => self.delta(type_url, wanted),
@@ -243,6 +259,29 @@ impl Session {
         None
     }
 
+    /// Whether Envoy has (or was sent and has not answered about) exactly what it should have
+    /// of `type_url`: nothing in flight and nothing left to send.
+    fn settled(&self, type_url: TypeUrl, resources: &Resources) -> bool {
+        let Some(state) = self.types.get(&type_url) else {
+            return true;
+        };
+        if !state.requested {
+            return true;
+        }
+        if state.pending.is_some() {
+            return false;
+        }
+        let wanted: Vec<(&String, &Arc<Resource>)> = resources
+            .of(type_url)
+            .iter()
+            .filter(|(name, _)| state.wildcard || state.names.contains(*name))
+            .collect();
+        wanted.len() == state.known.len()
+            && wanted
+                .iter()
+                .all(|(name, r)| state.known.get(*name) == Some(&r.version))
+    }
+
     fn nonce(&mut self) -> String {
         self.nonces += 1;
         self.nonces.to_string()
@@ -251,9 +290,9 @@ impl Session {
     fn sotw(
         &mut self,
         type_url: TypeUrl,
-        wanted: BTreeMap<&String, &Arc<Resource>>,
+        wanted: BTreeMap<String, Arc<Resource>>,
     ) -> Option<Response> {
-        let version = Resources::version_of(wanted.values().copied());
+        let version = Resources::version_of(wanted.values());
         let state = self.types.get(&type_url)?;
         if !state.must_respond && state.sent_version.as_deref() == Some(version.as_str()) {
             return None;
@@ -264,14 +303,15 @@ impl Session {
         state.sent_version = Some(version.clone());
         state.known = wanted
             .iter()
-            .map(|(name, r)| ((*name).clone(), r.version.clone()))
+            .map(|(name, r)| (name.clone(), r.version.clone()))
             .collect();
+        state.sent = wanted.clone();
         state.pending = Some((nonce.clone(), version.clone()));
         Some(Response {
             type_url,
             version,
             nonce,
-            resources: wanted.into_values().cloned().collect(),
+            resources: wanted.into_values().collect(),
             removed: Vec::new(),
         })
     }
@@ -279,35 +319,36 @@ impl Session {
     fn delta(
         &mut self,
         type_url: TypeUrl,
-        wanted: BTreeMap<&String, &Arc<Resource>>,
+        wanted: BTreeMap<String, Arc<Resource>>,
     ) -> Option<Response> {
         let state = self.types.get(&type_url)?;
         let updated: Vec<Arc<Resource>> = wanted
             .iter()
-            .filter(|(name, r)| state.known.get(**name) != Some(&r.version))
+            .filter(|(name, r)| state.known.get(*name) != Some(&r.version))
             .map(|(_, r)| Arc::clone(r))
             .collect();
         let mut removed: BTreeSet<String> = state
             .known
             .keys()
-            .filter(|name| !wanted.contains_key(name))
+            .filter(|name| !wanted.contains_key(*name))
             .cloned()
             .collect();
         removed.extend(
             state
                 .unanswered
                 .iter()
-                .filter(|name| !wanted.contains_key(name))
+                .filter(|name| !wanted.contains_key(*name))
                 .cloned(),
         );
         if updated.is_empty() && removed.is_empty() && !state.must_respond {
             return None;
         }
-        let version = Resources::version_of(wanted.values().copied());
+        let version = Resources::version_of(wanted.values());
         let nonce = self.nonce();
         let state = self.types.get_mut(&type_url)?;
         state.must_respond = false;
         state.unanswered.clear();
+        state.sent = wanted;
         for resource in &updated {
             state
                 .known

@@ -242,3 +242,57 @@ fn delta_resumes_from_the_versions_envoy_already_has() {
     assert_eq!(names(&first), ["b"]);
     assert_eq!(first.removed, ["old"]);
 }
+
+fn route(name: &str, cluster: &str) -> Resource {
+    Resource::new(
+        name,
+        &envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
+            name: name.into(),
+            request_headers_to_remove: vec![cluster.into()],
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn a_cluster_is_removed_only_after_the_routes_that_named_it_are_replaced() {
+    for mode in [Mode::Sotw, Mode::Delta] {
+        let mut s = Session::new(mode);
+        let mut before = world(&[("a", 1), ("b", 1)], &[]);
+        before.insert(TypeUrl::Route, route("r", "b"));
+        s.on_request(match mode {
+            Mode::Sotw => sotw(TypeUrl::Cluster, "", &[]),
+            Mode::Delta => delta(TypeUrl::Cluster, "", &[], &[]),
+        });
+        s.on_request(match mode {
+            Mode::Sotw => sotw(TypeUrl::Route, "", &["r"]),
+            Mode::Delta => delta(TypeUrl::Route, "", &["r"], &[]),
+        });
+        let ack = |s: &mut Session, r: &Response, names: &[&str]| {
+            s.on_request(match mode {
+                Mode::Sotw => sotw(r.type_url, &r.nonce, names),
+                Mode::Delta => delta(r.type_url, &r.nonce, &[], &[]),
+            })
+        };
+        let c = s.next_response(&before).expect("clusters");
+        ack(&mut s, &c, &[]);
+        let r = s.next_response(&before).expect("routes");
+        ack(&mut s, &r, &["r"]);
+        // The route stops naming b and b goes away: the route first, b's removal after.
+        let mut after = world(&[("a", 1)], &[]);
+        after.insert(TypeUrl::Route, route("r", "a"));
+        let first = s.next_response(&after).expect("a response");
+        assert_eq!(first.type_url, TypeUrl::Route, "{mode:?}");
+        assert!(
+            s.next_response(&after).is_none(),
+            "{mode:?}: b stays until the ACK"
+        );
+        ack(&mut s, &first, &["r"]);
+        let removal = s.next_response(&after).expect("the removal");
+        assert_eq!(removal.type_url, TypeUrl::Cluster);
+        match mode {
+            Mode::Sotw => assert_eq!(names(&removal), ["a"]),
+            Mode::Delta => assert_eq!(removal.removed, ["b"]),
+        }
+    }
+}

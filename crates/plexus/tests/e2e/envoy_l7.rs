@@ -378,3 +378,111 @@ services {{
     echoes(echo_addr, "allowed again").await;
     eventually!(http.get(&url).send().await.is_ok_and(|r| r.status() == 200));
 }
+
+#[tokio::test]
+async fn clusters_come_before_the_routes_naming_them_and_go_after_under_traffic() {
+    let stubs = [
+        HttpStub::start_named("web-1").await.unwrap(),
+        HttpStub::start_named("web-2").await.unwrap(),
+    ];
+    let web_local = free_port();
+    let mut hcl = crate::l7::client_hcl("web", web_local, None);
+    for (i, stub) in stubs.iter().enumerate() {
+        hcl += &app_hcl(
+            (&format!("web-{}", i + 1), "web", stub.addr.port()),
+            &format!("meta {{ version = \"v{}\" }}", i + 1),
+            free_port(),
+            None,
+        );
+    }
+    let (_dir, file) = write_file("mesh.hcl", &hcl);
+    let dev = dev(&["--config-file", file.to_str().unwrap()]).await;
+    write_entry(
+        &dev,
+        serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"}),
+    )
+    .await;
+    let _web1 = envoy(&dev, &["-sidecar-for", "web-1"], &[]).await;
+    let web2 = dev.sidecar("web-2").await.unwrap();
+    eventually!(web2.is_ready().await);
+    let client = envoy(&dev, &["-sidecar-for", "client"], &[]).await;
+    let url = format!("http://127.0.0.1:{web_local}/");
+    let http = reqwest::Client::new();
+    eventually!(http.get(&url).send().await.is_ok_and(|r| r.status() == 200));
+
+    // Steady traffic from four clients while clusters appear and disappear.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, url, stop) = (http.clone(), url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0usize, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match http.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failed.push(format!(
+                            "{} {:?}",
+                            r.status(),
+                            r.headers().get("x-plexus-error")
+                        )),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let versions = |n: usize| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..n {
+                if let Ok(r) = http.get(&url).send().await
+                    && let Some(v) = r.headers().get("x-version")
+                {
+                    seen.insert(v.to_str().unwrap_or_default().to_owned());
+                }
+            }
+            seen
+        }
+    };
+    // New clusters (v1.web, v2.web) and a split naming them.
+    write_entry(
+        &dev,
+        serde_json::json!({"Kind": "service-resolver", "Name": "web", "DefaultSubset": "v1",
+            "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"},
+                        "v2": {"Filter": "Service.Meta.version == v2"}}}),
+    )
+    .await;
+    write_entry(
+        &dev,
+        serde_json::json!({"Kind": "service-splitter", "Name": "web",
+            "Splits": [{"Weight": 50, "ServiceSubset": "v1"}, {"Weight": 50, "ServiceSubset": "v2"}]}),
+    )
+    .await;
+    eventually!(versions(20).await.len() == 2);
+    // Back to one cluster: the split goes, then the subset clusters.
+    for kind in ["service-splitter", "service-resolver"] {
+        let (status, reply, _) = crate::http(
+            "DELETE",
+            &format!("http://{}/v1/config/{kind}/web", dev.http),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    eventually!(
+        client
+            .config_dump()
+            .await
+            .is_ok_and(|d| !d.to_string().contains("\"v2.web\""))
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for task in loops {
+        let (ok, failed) = task.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 100, "only {total} requests");
+}
