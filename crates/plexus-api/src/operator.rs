@@ -78,7 +78,7 @@ pub struct ProxyAck {
 
 /// What an Envoy accepted (ACK) and last rejected (NACK), per resource type.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 pub struct XdsStatus {
     /// The xDS server's node (which agent or server feeds it).
     pub served_by: String,

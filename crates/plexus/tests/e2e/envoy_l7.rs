@@ -290,7 +290,7 @@ async fn split_canary_retries_and_outlier_ejection_through_an_envoy_client() {
 }
 
 #[tokio::test]
-async fn a_deny_intention_stops_connections_and_requests_through_envoy_within_a_second() {
+async fn a_deny_intention_stops_connections_and_requests_through_envoy_inbounds() {
     let echo = plexus_test::TcpEcho::start().await.unwrap();
     let web = HttpStub::start_named("web").await.unwrap();
     let (echo_local, web_local) = (free_port(), free_port());
@@ -360,11 +360,14 @@ services {{
             && http.get(&url).send().await.is_ok_and(|r| r.status() == 403
                 && r.headers()
                     .get("x-plexus-error")
-                    .is_some_and(|v| v == "denied")),
-        Duration::from_secs(1)
+                    .is_some_and(|v| v == "denied"))
     );
-    let took = denied_at.elapsed();
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    // How long it took is a figure, not an assertion (STYLE: no timed assertions for speed
+    // targets; bench/xds_deny.py measures it on a release build, docs/benchmarks.md).
+    println!(
+        "deny enforced by the Envoys after {:?}",
+        denied_at.elapsed()
+    );
     // The deny reason is visible in Envoy's RBAC statistics.
     assert!(
         web_envoy
