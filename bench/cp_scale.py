@@ -144,7 +144,8 @@ def main() -> int:
     log = open(work / "server.log", "wb")
     server = subprocess.Popen(
         [args.plexus, "server", "--store", "embedded", "--data-dir", str(work / f"data-{port}"),
-         "--http-addr", f"127.0.0.1:{port}", "--node", "bench-server"],
+         "--http-addr", f"127.0.0.1:{port}", "--dns-addr", "127.0.0.1:0",
+         "--node", "bench-server"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:

@@ -66,7 +66,9 @@ pub struct ProxyAck {
     pub id: String,
     /// The configuration revision it applied.
     pub revision: u64,
-    /// When it said so (Unix seconds, server clock).
+    /// When it said so (Unix seconds, server clock: stamped by the server, so a report may
+    /// leave it out).
+    #[serde(default)]
     pub acknowledged_at: u64,
     /// `envoy` for a proxy fed over xDS; absent for `plexus proxy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,6 +76,10 @@ pub struct ProxyAck {
     /// For an Envoy: what it accepted and rejected over xDS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xds: Option<XdsStatus>,
+    /// The proxy's admin listener (`host:port`), where the control plane reads its metrics for
+    /// the UI's golden metrics and topology; empty when it did not say.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub admin_addr: String,
 }
 
 /// What an Envoy accepted (ACK) and last rejected (NACK), per resource type.

@@ -387,6 +387,11 @@ fn jitter(max: Duration) -> Duration {
     Duration::from_nanos(seed % nanos)
 }
 
+/// Gives every request `shutdown` so blocked queries answer at once when serving stops.
+pub(crate) fn with_shutdown(router: Router, shutdown: CancellationToken) -> Router {
+    router.layer(axum::Extension(ServerShutdown(shutdown)))
+}
+
 /// Serves `router` on an already-bound listener until `shutdown` is cancelled, then stops accepting
 /// and lets in-flight requests finish; blocked [`BlockingQuery`] requests answer at once.
 pub async fn serve(
@@ -394,7 +399,7 @@ pub async fn serve(
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let router = router.layer(axum::Extension(ServerShutdown(shutdown.clone())));
+    let router = with_shutdown(router, shutdown.clone());
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

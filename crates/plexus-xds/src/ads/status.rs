@@ -104,6 +104,7 @@ impl StatusBook {
             revision: entry.revision,
             acknowledged_at: 0,
             data_plane: Some("envoy".to_owned()),
+            admin_addr: String::new(),
             xds: Some(XdsStatus {
                 served_by: self.served_by.clone(),
                 acked: entry

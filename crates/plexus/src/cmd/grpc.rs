@@ -37,17 +37,27 @@ pub enum GrpcListen {
 }
 
 impl GrpcArgs {
-    /// Checks the flag; `Err` names the problem (exit 64).
-    pub fn listen(&self) -> Result<GrpcListen, String> {
+    /// Checks the flag; `Err` names the problem (exit 64). The xDS server reads the catalog
+    /// through this process's plain-HTTP API on loopback, so `--https-only` turns the default
+    /// listener off and refuses an explicit one.
+    pub fn listen(&self, https_only: bool) -> Result<GrpcListen, String> {
         match self.grpc_addr.as_deref() {
+            Some("off") => Ok(GrpcListen::Off),
+            None if https_only => Ok(GrpcListen::Off),
             None => DEFAULT_GRPC_ADDR
                 .parse()
                 .map(GrpcListen::Default)
                 .map_err(|e| format!("default --grpc-addr: {e}")),
-            Some("off") => Ok(GrpcListen::Off),
-            Some(text) => text.parse().map(GrpcListen::Explicit).map_err(|_| {
-                format!("--grpc-addr {text:?} is not an ip:port address (or \"off\")")
-            }),
+            Some(text) => match text.parse() {
+                Err(_) => Err(format!(
+                    "--grpc-addr {text:?} is not an ip:port address (or \"off\")"
+                )),
+                Ok(_) if https_only => Err(format!(
+                    "--grpc-addr {text:?} needs the plain HTTP API, which --https-only turns off \
+                     (use --grpc-addr off)"
+                )),
+                Ok(addr) => Ok(GrpcListen::Explicit(addr)),
+            },
         }
     }
 }
@@ -103,17 +113,34 @@ mod tests {
             grpc_addr: v.map(str::to_owned),
         };
         assert_eq!(
-            args(None).listen(),
+            args(None).listen(false),
             Ok(GrpcListen::Default("127.0.0.1:8502".parse().expect("addr")))
         );
-        assert_eq!(args(Some("off")).listen(), Ok(GrpcListen::Off));
+        assert_eq!(args(Some("off")).listen(false), Ok(GrpcListen::Off));
         assert_eq!(
-            args(Some("127.0.0.1:0")).listen(),
+            args(Some("127.0.0.1:0")).listen(false),
             Ok(GrpcListen::Explicit("127.0.0.1:0".parse().expect("addr")))
         );
         assert_eq!(
-            args(Some("localhost:8502")).listen(),
+            args(Some("localhost:8502")).listen(false),
             Err("--grpc-addr \"localhost:8502\" is not an ip:port address (or \"off\")".to_owned())
+        );
+    }
+
+    #[test]
+    fn https_only_turns_the_default_off_and_refuses_an_explicit_address() {
+        let args = |v: Option<&str>| GrpcArgs {
+            grpc_addr: v.map(str::to_owned),
+        };
+        assert_eq!(args(None).listen(true), Ok(GrpcListen::Off));
+        assert_eq!(args(Some("off")).listen(true), Ok(GrpcListen::Off));
+        assert_eq!(
+            args(Some("127.0.0.1:0")).listen(true),
+            Err(
+                "--grpc-addr \"127.0.0.1:0\" needs the plain HTTP API, which --https-only turns \
+                 off (use --grpc-addr off)"
+                    .to_owned()
+            )
         );
     }
 }

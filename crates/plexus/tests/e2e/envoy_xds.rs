@@ -315,15 +315,20 @@ async fn bad_input_on_the_xds_port_is_answered_per_the_protocol_and_the_server_k
     // The status report endpoint refuses bad reports, naming the entry at fault.
     let report_url = format!("http://{}/v1/internal/proxies/xds", dev.http);
     for (body, field) in [
-        (serde_json::json!([{"ID": "", "Xds": {}}]), "[0].ID"),
         (
-            serde_json::json!([{"ID": "a", "Xds": {}}, {"ID": "b"}]),
+            serde_json::json!([{"ID": "", "Revision": 1, "Xds": {}}]),
+            "[0].ID",
+        ),
+        (
+            serde_json::json!([{"ID": "a", "Revision": 1, "Xds": {}}, {"ID": "b", "Revision": 1}]),
             "[1].Xds",
         ),
         (
-            serde_json::json!([{"ID": "a", "Xds": {}}, {"ID": "a", "Xds": {}}]),
+            serde_json::json!([{"ID": "a", "Revision": 1, "Xds": {}}, {"ID": "a", "Revision": 1, "Xds": {}}]),
             "[1].ID",
         ),
+        // A missing required field names the entry (serde's message names the field).
+        (serde_json::json!([{"ID": "a", "Xds": {}}]), "[0]"),
     ] {
         let (status, reply, _) =
             crate::http("PUT", &report_url, Some(body.to_string().into_bytes())).await;
