@@ -300,7 +300,7 @@ services {{
     env_addr = f"127.0.0.1:{http}"
     run.start(
         [plexus, "dev", "--http-addr", env_addr, "--grpc-addr", f"127.0.0.1:{grpc}",
-         "--data-dir", str(d / "data"), "--config-file", str(d / "mesh.hcl")],
+         "--dns-addr", "127.0.0.1:0", "--data-dir", str(d / "data"), "--config-file", str(d / "mesh.hcl")],
         LOADGEN_CORE,
         d / "dev.log",
         proxy=False,

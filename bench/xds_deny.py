@@ -105,7 +105,7 @@ services {{
         )
         start(
             [args.plexus, "dev", "--http-addr", f"127.0.0.1:{http}", "--grpc-addr",
-             f"127.0.0.1:{grpc}", "--data-dir", str(work / "data"), "--config-file",
+             f"127.0.0.1:{grpc}", "--dns-addr", "127.0.0.1:0", "--data-dir", str(work / "data"), "--config-file",
              str(work / "mesh.hcl")],
             "dev.log",
         )

@@ -18,7 +18,7 @@ work="$(mktemp -d)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 http="$(free_port)"; grpc="$(free_port)"
 RUST_LOG=warn "$plexus" dev --http-addr "127.0.0.1:$http" --grpc-addr "127.0.0.1:$grpc" \
-  --data-dir "$work/data" >"$work/dev.log" 2>&1 &
+  --dns-addr 127.0.0.1:0 --data-dir "$work/data" >"$work/dev.log" 2>&1 &
 dev=$!
 trap 'kill $dev 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 100); do

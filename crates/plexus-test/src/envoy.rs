@@ -26,13 +26,13 @@ pub struct Envoy {
 
 impl Envoy {
     /// Runs `plexus connect envoy <target...>` against `dev` (e.g. `["-sidecar-for", "web"]`),
-    /// with `options` before `--` (e.g. `["--xds", "sotw"]`), and waits for Envoy's admin
+    /// with `options` before `--` (e.g. `["--xds", "sotw"]`; `--grpc-addr` replaces the dev's
+    /// plain xDS listener), and waits for Envoy's admin
     /// listener. Envoy runs with one worker, no hot restart, and an admin port of its choosing.
     pub async fn start(bin: &Path, dev: &Dev, target: &[&str], options: &[&str]) -> Result<Self> {
         let envoy = envoy_bin()?;
         let dir = tempfile::TempDir::new()?;
         let admin_path = dir.path().join("admin-address");
-        let grpc = dev.grpc().await?;
         let mut args: Vec<String> = vec!["connect".into(), "envoy".into()];
         args.extend(target.iter().map(|s| (*s).to_owned()));
         args.extend(
@@ -41,13 +41,15 @@ impl Envoy {
                 "127.0.0.1:0",
                 "--http-addr",
                 &dev.addr(),
-                "--grpc-addr",
-                &grpc.to_string(),
                 "--envoy-binary",
                 &envoy.display().to_string(),
             ]
             .map(str::to_owned),
         );
+        // The dev's plain xDS listener, unless the options name another.
+        if !options.contains(&"--grpc-addr") {
+            args.extend(["--grpc-addr".to_owned(), dev.grpc().await?.to_string()]);
+        }
         args.extend(options.iter().map(|s| (*s).to_owned()));
         args.extend(
             [

@@ -21,9 +21,10 @@
 //! What it does not do: serve proxies registered on another node (Envoy talks to its own node's
 //! agent or server, as with Consul), ECDS/VHDS/scoped routes, or any resource type but the five.
 //!
-//! Main items: [`XdsConfig`], [`serve`], [`translate::translate`], [`model::ProxySpec`].
+//! Main items: [`XdsConfig`], [`XdsListeners`], [`serve`], [`translate::translate`], [`model::ProxySpec`].
 
 pub mod ads;
+mod incoming;
 pub mod model;
 mod proxy;
 pub mod resources;
@@ -60,10 +61,18 @@ pub enum XdsError {
     Serve(#[source] tonic::transport::Error),
 }
 
-/// Serves ADS on `listener` (already bound) until `shutdown` is cancelled; open streams are
-/// then ended.
+/// The xDS server's listeners, already bound (at least one).
+#[derive(Debug, Default)]
+pub struct XdsListeners {
+    /// Plain gRPC (`--grpc-addr`).
+    pub plain: Option<TcpListener>,
+    /// gRPC over TLS (`--grpc-tls-addr`), with the HTTPS API's certificate.
+    pub tls: Option<(TcpListener, plexus_runtime::tls::TlsServer)>,
+}
+
+/// Serves ADS on `listeners` until `shutdown` is cancelled; open streams are then ended.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: XdsListeners,
     config: XdsConfig,
     shutdown: CancellationToken,
 ) -> Result<(), XdsError> {
@@ -87,7 +96,12 @@ pub async fn serve(
     let service = AggregatedDiscoveryServiceServer::new(ads::Ads::new(registry))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming::accept_all(
+        listeners.plain,
+        listeners.tls,
+        &tasks,
+        shutdown.clone(),
+    ));
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))

@@ -227,7 +227,10 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         eprintln!("error: --lease-ttl must be between 1s and 5m");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
-    let grpc = match args.grpc.listen(args.https.https_only) {
+    let grpc = match args
+        .grpc
+        .listen(args.https.https_only, args.https.https_addr.is_some())
+    {
         Ok(listen) => listen,
         Err(message) => {
             eprintln!("error: {message}");
@@ -340,6 +343,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
     let stop_serving = CancellationToken::new();
     let mut servers = Vec::new();
+    let mut https_tls = None;
     if let Some((https_listener, plan)) = https {
         let tls = match (&plan.cert, &slot) {
             (CertSource::AutoEncrypt, Some(slot)) => {
@@ -356,6 +360,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             }
             _ => server_tls(&plan, None, |_, _| Default::default(), &shutdown).await?,
         };
+        https_tls = Some(tls.clone());
         servers.push(serve_https(
             https_listener,
             tls,
@@ -371,9 +376,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             stop_serving.clone(),
         )));
     }
-    if let Some(grpc) = grpc {
-        super::grpc::start(grpc, http_addr, &node_name, &shutdown)?;
-    }
+    super::grpc::start(grpc, https_tls, http_addr, &node_name, &shutdown)?;
     serve(
         servers,
         stop_serving,

@@ -249,6 +249,7 @@ mod tests {
         };
         let mut args = super::super::grpc::GrpcArgs {
             grpc_addr: flag.map(str::to_owned),
+            grpc_tls_addr: None,
         };
         apply_grpc(&config, &mut args);
         args.grpc_addr

@@ -205,7 +205,10 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         leaf_ttl: args.connect_leaf_ttl,
         default_policy: args.default_intention_policy,
     };
-    let grpc = match args.grpc.listen(args.tls.https.https_only) {
+    let grpc = match args.grpc.listen(
+        args.tls.https.https_only,
+        args.tls.https.https_addr.is_some(),
+    ) {
         Ok(listen) => listen,
         Err(message) => {
             eprintln!("error: {message}");
@@ -256,9 +259,13 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         &shutdown,
     )
     .await?;
-    if let Some(grpc) = grpc {
-        super::grpc::start(grpc, dev.http_addr, &node_name, &shutdown)?;
-    }
+    super::grpc::start(
+        grpc,
+        dev.https_tls.clone(),
+        dev.http_addr,
+        &node_name,
+        &shutdown,
+    )?;
     super::dns::serve(dev.control.catalog(), dns_config, dns_sockets, &shutdown)?;
     shutdown.token().cancelled().await;
     dev.stop(args.grace).await;
@@ -277,6 +284,8 @@ pub struct DevServer {
     pub agent: Agent,
     /// The control plane.
     pub control: ControlPlane,
+    /// The HTTPS listener's TLS (certificate renewed in place), shared with `--grpc-tls-addr`.
+    pub https_tls: Option<plexus_runtime::tls::TlsServer>,
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     stop_serving: CancellationToken,
     _temp_dir: Option<tempfile::TempDir>,
@@ -407,9 +416,11 @@ impl DevServer {
             .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
         let stop_serving = CancellationToken::new();
         let mut servers = Vec::new();
+        let mut https_tls = None;
         if let Some((listener, plan)) = listeners.https {
             let names = server_names(datacenter, &security.auto_encrypt.domain, https_addr);
             let tls = server_tls(&plan, Some(control.ca()), names, shutdown).await?;
+            https_tls = Some(tls.clone());
             servers.push(serve_https(
                 listener,
                 tls,
@@ -431,6 +442,7 @@ impl DevServer {
             http_addr,
             agent,
             control,
+            https_tls,
             servers,
             stop_serving,
             _temp_dir: temp_dir,

@@ -49,8 +49,11 @@ pub struct Args {
     /// ACL token Envoy presents to the xDS server (gRPC metadata `x-consul-token`).
     #[arg(long, env = "PLEXUS_HTTP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// The xDS server (`ip:port`): this node's agent, server or dev process.
-    #[arg(long = "grpc-addr", env = GRPC_ADDR_ENV, default_value = DEFAULT_XDS_ADDR)]
+    /// The xDS server: this node's agent, server or dev process. `ip:port` (or `http://ip:port`)
+    /// for plain gRPC; `https://ip:port` for its `--grpc-tls-addr`, verified with --ca-file
+    /// (and --tls-server-name, else the IP address), presenting --client-cert/--client-key when
+    /// given [env: PLEXUS_GRPC_ADDR, CONSUL_GRPC_ADDR].
+    #[arg(long = "grpc-addr", env = GRPC_ADDR_ENV, default_value_t = default_grpc_addr(), hide_env = true)]
     pub grpc_addr: String,
     /// xDS protocol variant: `delta` (incremental) or `sotw` (state of the world).
     #[arg(long = "xds", default_value = "delta", value_parser = ["delta", "sotw"])]
@@ -87,6 +90,75 @@ pub fn consul_style_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsStri
     out
 }
 
+/// `CONSUL_GRPC_ADDR`, else Consul's gRPC port (`PLEXUS_GRPC_ADDR` and the flag come first).
+fn default_grpc_addr() -> String {
+    super::tls::env_first(&["CONSUL_GRPC_ADDR"]).unwrap_or_else(|| DEFAULT_XDS_ADDR.to_owned())
+}
+
+/// Where Envoy reaches the xDS server, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsTarget {
+    /// The server's address.
+    pub addr: SocketAddr,
+    /// TLS to it (`https://`).
+    pub tls: Option<XdsTls>,
+}
+
+/// TLS from Envoy to the xDS server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsTls {
+    /// CA certificates (PEM file) that verify the server.
+    pub ca_file: PathBuf,
+    /// The name the server's certificate must carry (else its IP address).
+    pub server_name: Option<String>,
+    /// Envoy's client certificate and key (PEM files), for `verify_incoming`.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl XdsTarget {
+    /// Parses `--grpc-addr` with the command's TLS flags; `Err` names the problem.
+    pub fn parse(text: &str, tls: &super::tls::ClientTlsArgs) -> Result<Self, String> {
+        let (https, rest) = match text.split_once("://") {
+            Some(("https", rest)) => (true, rest),
+            Some(("http", rest)) => (false, rest),
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "--grpc-addr {text:?}: unknown scheme {scheme:?} (http or https)"
+                ));
+            }
+            None => (false, text),
+        };
+        let addr: SocketAddr = rest.trim_end_matches('/').parse().map_err(|_| {
+            format!(
+                "--grpc-addr {text:?} is not an ip:port address (optionally http:// or https://)"
+            )
+        })?;
+        if !https {
+            return Ok(Self { addr, tls: None });
+        }
+        let tls = tls.resolved();
+        let absolute = |path: &PathBuf| std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        let ca_file = tls.ca_file.as_ref().map(absolute).ok_or_else(|| {
+            format!(
+                "--grpc-addr {text:?} needs --ca-file (or PLEXUS_CACERT) to verify the xDS server"
+            )
+        })?;
+        let client = match (&tls.client_cert, &tls.client_key) {
+            (Some(cert), Some(key)) => Some((absolute(cert), absolute(key))),
+            (None, None) => None,
+            _ => return Err("--client-cert and --client-key go together".to_owned()),
+        };
+        Ok(Self {
+            addr,
+            tls: Some(XdsTls {
+                ca_file,
+                server_name: tls.tls_server_name,
+                client,
+            }),
+        })
+    }
+}
+
 /// Runs the command: looks the proxy up, writes the bootstrap, execs Envoy.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let admin: SocketAddr = match args.admin_bind.parse() {
@@ -99,13 +171,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let xds: SocketAddr = match args.grpc_addr.parse() {
-        Ok(addr) => addr,
-        Err(_) => {
-            eprintln!(
-                "error: --grpc-addr {:?} is not an ip:port address",
-                args.grpc_addr
-            );
+    let xds = match XdsTarget::parse(&args.grpc_addr, &args.control.tls) {
+        Ok(target) => target,
+        Err(message) => {
+            eprintln!("error: {message}");
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
@@ -128,7 +197,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
-    let bootstrap = bootstrap(&spec, admin, xds, &args.xds, args.token.as_deref());
+    let bootstrap = bootstrap(&spec, admin, &xds, &args.xds, args.token.as_deref());
     let text = serde_json::to_string_pretty(&bootstrap)?;
     if args.bootstrap {
         println!("{text}");
@@ -173,6 +242,36 @@ async fn find_proxy(
         })
 }
 
+/// The xDS cluster's TLS: the server's certificate verified against the CA file and its name
+/// (or IP address), ALPN h2, Envoy's client certificate when given.
+fn xds_tls(tls: &XdsTls, addr: SocketAddr) -> Value {
+    let san = match &tls.server_name {
+        Some(name) => json!({"san_type": "DNS", "matcher": {"exact": name}}),
+        None => json!({"san_type": "IP_ADDRESS", "matcher": {"exact": addr.ip().to_string()}}),
+    };
+    let mut common = json!({
+        "alpn_protocols": ["h2"],
+        "validation_context": {
+            "trusted_ca": {"filename": tls.ca_file},
+            "match_typed_subject_alt_names": [san]
+        }
+    });
+    if let Some((cert, key)) = &tls.client {
+        common["tls_certificates"] = json!([{
+            "certificate_chain": {"filename": cert},
+            "private_key": {"filename": key}
+        }]);
+    }
+    let mut context = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": common
+    });
+    if let Some(name) = &tls.server_name {
+        context["sni"] = json!(name);
+    }
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": context})
+}
+
 fn socket(addr: SocketAddr) -> Value {
     json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}})
 }
@@ -181,7 +280,7 @@ fn socket(addr: SocketAddr) -> Value {
 pub fn bootstrap(
     spec: &ProxySpec,
     admin: SocketAddr,
-    xds: SocketAddr,
+    xds: &XdsTarget,
     variant: &str,
     token: Option<&str>,
 ) -> Value {
@@ -210,7 +309,11 @@ pub fn bootstrap(
         }
         cluster
     };
-    let mut clusters = vec![static_cluster(XDS_CLUSTER, xds, true)];
+    let mut xds_cluster = static_cluster(XDS_CLUSTER, xds.addr, true);
+    if let Some(tls) = &xds.tls {
+        xds_cluster["transport_socket"] = xds_tls(tls, xds.addr);
+    }
+    let mut clusters = vec![xds_cluster];
     let mut listeners = Vec::new();
     if let Some(prometheus) = spec.prometheus_bind {
         clusters.push(static_cluster(SELF_ADMIN_CLUSTER, admin, false));
@@ -362,8 +465,11 @@ mod tests {
         };
         let spec = ProxySpec::from_service(&service).expect("valid");
         let admin = "127.0.0.1:19000".parse().expect("addr");
-        let xds = "127.0.0.1:8502".parse().expect("addr");
-        let b = bootstrap(&spec, admin, xds, "sotw", Some("secret"));
+        let xds = XdsTarget {
+            addr: "127.0.0.1:8502".parse().expect("addr"),
+            tls: None,
+        };
+        let b = bootstrap(&spec, admin, &xds, "sotw", Some("secret"));
         assert_eq!(b["node"]["id"], "web-sidecar-proxy");
         assert_eq!(b["node"]["cluster"], "web");
         assert_eq!(b["dynamic_resources"]["ads_config"]["api_type"], "GRPC");
@@ -375,10 +481,73 @@ mod tests {
             b["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"],
             9102
         );
-        let delta = bootstrap(&spec, admin, xds, "delta", None);
+        assert!(
+            b["static_resources"]["clusters"][0]
+                .get("transport_socket")
+                .is_none()
+        );
+        let delta = bootstrap(&spec, admin, &xds, "delta", None);
         assert_eq!(
             delta["dynamic_resources"]["ads_config"]["api_type"],
             "DELTA_GRPC"
         );
+    }
+
+    #[test]
+    fn an_https_grpc_addr_means_a_verified_tls_xds_cluster() {
+        let flags = |ca: Option<&str>, cert: Option<&str>, key: Option<&str>| {
+            super::super::tls::ClientTlsArgs {
+                ca_file: ca.map(PathBuf::from),
+                client_cert: cert.map(PathBuf::from),
+                client_key: key.map(PathBuf::from),
+                tls_server_name: None,
+            }
+        };
+        assert_eq!(
+            XdsTarget::parse("http://127.0.0.1:8502", &flags(None, None, None)),
+            Ok(XdsTarget {
+                addr: "127.0.0.1:8502".parse().expect("addr"),
+                tls: None
+            })
+        );
+        let target = XdsTarget::parse(
+            "https://127.0.0.1:8503",
+            &flags(Some("/ca.pem"), Some("/c.pem"), Some("/k.pem")),
+        )
+        .expect("valid");
+        let tls = target.tls.clone().expect("tls");
+        assert_eq!(tls.ca_file, PathBuf::from("/ca.pem"));
+        let socket = xds_tls(&tls, target.addr);
+        let common = &socket["typed_config"]["common_tls_context"];
+        assert_eq!(
+            common["validation_context"]["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+            "127.0.0.1"
+        );
+        assert_eq!(
+            common["tls_certificates"][0]["private_key"]["filename"],
+            "/k.pem"
+        );
+        assert_eq!(common["alpn_protocols"][0], "h2");
+        for (text, flags, error) in [
+            (
+                "https://127.0.0.1:8503",
+                flags(None, None, None),
+                "needs --ca-file",
+            ),
+            (
+                "ftp://127.0.0.1:8503",
+                flags(None, None, None),
+                "unknown scheme",
+            ),
+            ("127.0.0.1", flags(None, None, None), "not an ip:port"),
+            (
+                "https://127.0.0.1:8503",
+                flags(Some("/ca.pem"), Some("/c.pem"), None),
+                "go together",
+            ),
+        ] {
+            let refused = XdsTarget::parse(text, &flags).expect_err(text);
+            assert!(refused.contains(error), "{text}: {refused}");
+        }
     }
 }

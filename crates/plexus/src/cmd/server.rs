@@ -168,7 +168,10 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let grpc = match args.grpc.listen(args.tls.https.https_only) {
+    let grpc = match args.grpc.listen(
+        args.tls.https.https_only,
+        args.tls.https.https_addr.is_some(),
+    ) {
         Ok(listen) => listen,
         Err(message) => {
             eprintln!("error: {message}");
@@ -280,9 +283,11 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     super::dns::serve(control.catalog(), dns_config, dns_sockets, &shutdown)?;
     let stop_serving = CancellationToken::new();
     let mut servers = Vec::new();
+    let mut https_tls = None;
     if let Some((https_listener, plan)) = https {
         let names = server_names(&args.datacenter, &args.tls.domain, https_addr);
         let tls = server_tls(&plan, Some(control.ca()), names, &shutdown).await?;
+        https_tls = Some(tls.clone());
         servers.push(serve_https(
             https_listener,
             tls,
@@ -298,9 +303,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             stop_serving.clone(),
         )));
     }
-    if let Some(grpc) = grpc {
-        super::grpc::start(grpc, http_addr, &node_name, &shutdown)?;
-    }
+    super::grpc::start(grpc, https_tls, http_addr, &node_name, &shutdown)?;
     shutdown.token().cancelled().await;
     agent.deregister_all().await;
     stop_serving.cancel();

@@ -107,6 +107,114 @@ async fn quick_start_through_two_envoys_and_mixed_with_plexus_sidecars() {
     );
 }
 
+/// Envoys fetch their configuration over TLS (`--grpc-tls-addr`, the HTTPS API's certificate,
+/// verified by Envoy against the CA file and the IP address) with client certificates
+/// (`--verify-incoming`); an Envoy without one is closed out and gets no configuration.
+#[tokio::test]
+async fn envoys_fetch_their_configuration_over_tls_with_client_certificates() {
+    let echo = TcpEcho::start().await.unwrap();
+    let upstream_port = free_port();
+    let (_dir, file) = write_file(
+        "mesh.hcl",
+        &client_echo_hcl_with_sidecar_ports(echo.port(), upstream_port),
+    );
+    let dev = dev(&[
+        "--config-file",
+        file.to_str().unwrap(),
+        "--https-addr",
+        "127.0.0.1:0",
+        "--verify-incoming",
+        // Signs the client certificate the test gives Envoy.
+        "--auto-encrypt-allow-tls",
+        "--grpc-addr",
+        "off",
+        "--grpc-tls-addr",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let grpc_tls = dev.process.listening("grpc_tls").await.unwrap();
+    assert!(!dev.process.output().contains("listener=\"grpc\""));
+    let files = crate::tls::Files::new();
+    let ca = files.write("ca.pem", &crate::tls::roots_pem(dev.http).await);
+    let (cert, key) = crate::tls::client_cert(dev.http, "envoy").await;
+    let (cert, key) = (
+        files.write("envoy.pem", &cert),
+        files.write("envoy-key.pem", &key),
+    );
+    let url = format!("https://127.0.0.1:{}", grpc_tls.port());
+    let (ca, cert, key) = (
+        ca.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    );
+    let with_cert = [
+        "--grpc-addr",
+        &url,
+        "--ca-file",
+        ca,
+        "--client-cert",
+        cert,
+        "--client-key",
+        key,
+    ];
+    let _echo_envoy = envoy(&dev, &["-sidecar-for", "echo"], &with_cert).await;
+    let client_envoy = envoy(&dev, &["-sidecar-for", "client"], &with_cert).await;
+    echoes(([127, 0, 0, 1], upstream_port).into(), "over tls").await;
+    assert!(
+        client_envoy
+            .stat("cluster.plexus_xds.ssl.handshake")
+            .await
+            .unwrap()
+            >= 1
+    );
+    drop(client_envoy);
+
+    // Without a client certificate the handshake completes but the server closes the
+    // connection: Envoy gets no listener.
+    // (It never initialises, so the test does not wait for it to be live.)
+    let no_cert = Envoy::start(
+        bin(),
+        &dev,
+        &["-sidecar-for", "client"],
+        &["--grpc-addr", &url, "--ca-file", ca],
+    )
+    .await
+    .unwrap();
+    eventually!(
+        no_cert
+            .stat("cluster.plexus_xds.upstream_cx_destroy_remote")
+            .await
+            .unwrap_or(0)
+            >= 1
+    );
+    assert_eq!(
+        no_cert
+            .stat("listener_manager.total_listeners_active")
+            .await
+            .unwrap(),
+        0
+    );
+    // `https://` without a CA file is refused before Envoy starts.
+    let (code, _, err) = plexus_test::mesh::run_cli(
+        bin(),
+        &[
+            "connect",
+            "envoy",
+            "-sidecar-for",
+            "client",
+            "--http-addr",
+            &dev.addr(),
+            "--grpc-addr",
+            &url,
+            "-bootstrap",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("needs --ca-file"), "{err}");
+}
+
 /// An app `name` on `app_port` and a connect-proxy registered on its own (not as a sidecar
 /// block), with upstreams `(destination, local port)`.
 fn explicit_proxy(
