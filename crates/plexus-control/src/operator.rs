@@ -7,6 +7,9 @@
 //!   `N` (and where its admin listener, with its metrics, is).
 //! - `PUT /v1/internal/proxies/xds`: an xDS server reports what its Envoys accepted and
 //!   rejected (a list of [`ProxyAck`] with `DataPlane` and `Xds`), in one store transaction.
+//!
+//! ACLs: the view needs `operator:read`; an acknowledgement, and each proxy of an xDS report,
+//! `service:write` on the proxy service (a sidecar's own token has it).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,6 +20,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use plexus_api::operator::{MemberView, OperatorView, ProxyAck, ServerRecord, StoreView};
+use plexus_runtime::acl::Authz;
 use plexus_runtime::http::{ApiError, JsonBody, QueryParams};
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +55,8 @@ fn unavailable(error: crate::StoreError) -> ApiError {
     ApiError::unavailable("the store is unavailable")
 }
 
-async fn view(State(state): State<OperatorState>) -> Result<Response, ApiError> {
+async fn view(State(state): State<OperatorState>, authz: Authz) -> Result<Response, ApiError> {
+    authz.require_operator_read()?;
     let (servers, _) = state
         .store
         .range(SERVERS_PREFIX)
@@ -92,8 +97,23 @@ async fn view(State(state): State<OperatorState>) -> Result<Response, ApiError> 
     Ok(axum::Json(view).into_response())
 }
 
+/// The service name of the registered service instance `id` (any node).
+async fn service_name_of(store: &dyn Store, id: &str) -> Result<Option<String>, ApiError> {
+    let (records, _) = store
+        .range(crate::catalog::keys::SERVICES)
+        .await
+        .map_err(unavailable)?;
+    Ok(records.iter().find_map(|kv| {
+        serde_json::from_slice::<plexus_api::AgentService>(&kv.value)
+            .ok()
+            .filter(|s| s.id == id)
+            .map(|s| s.service)
+    }))
+}
+
 async fn ack(
     State(state): State<OperatorState>,
+    authz: Authz,
     id: Result<Path<String>, PathRejection>,
     params: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -104,6 +124,10 @@ async fn ack(
         .ok_or_else(|| {
             ApiError::invalid_field("revision", "revision must be a non-negative integer")
         })?;
+    let name = service_name_of(state.store.as_ref(), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no service {id:?} is registered")))?;
+    authz.require_service_write(&name)?;
     let admin_addr = match params.get("admin") {
         None | Some("") => String::new(),
         Some(admin) => admin
@@ -141,8 +165,24 @@ async fn ack(
 /// Most proxies one xDS status report may carry.
 const MAX_XDS_REPORT: usize = 10_000;
 
+/// The service names of registered instances by id (any node), read once per report.
+async fn service_names(
+    store: &dyn Store,
+) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    let (records, _) = store
+        .range(crate::catalog::keys::SERVICES)
+        .await
+        .map_err(unavailable)?;
+    Ok(records
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<plexus_api::AgentService>(&kv.value).ok())
+        .map(|s| (s.id, s.service))
+        .collect())
+}
+
 async fn xds_status(
     State(state): State<OperatorState>,
+    authz: Authz,
     JsonBody(reports): JsonBody<Vec<ProxyAck>>,
 ) -> Result<Response, ApiError> {
     if reports.len() > MAX_XDS_REPORT {
@@ -151,6 +191,12 @@ async fn xds_status(
             format!("at most {MAX_XDS_REPORT} proxies per report"),
         ));
     }
+    // As an acknowledgement: `service:write` on each proxy service reported.
+    let names = if authz.enforcing() {
+        Some(service_names(state.store.as_ref()).await?)
+    } else {
+        None
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -168,6 +214,15 @@ async fn xds_status(
                 format!("[{i}].Xds"),
                 "an xDS status is required",
             ));
+        }
+        if let Some(names) = &names {
+            let name = names.get(&report.id).ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "[{i}].ID: no service {:?} is registered",
+                    report.id
+                ))
+            })?;
+            authz.require_service_write(name)?;
         }
         if !seen.insert(report.id.clone()) {
             return Err(ApiError::invalid_field(

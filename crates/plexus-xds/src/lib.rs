@@ -51,6 +51,9 @@ pub struct XdsConfig {
     pub control: plexus_api::client::Client,
     /// This node's name (shown as the server of each Envoy's status).
     pub node: String,
+    /// Resolves the ACL token each Envoy presents (`x-consul-token`); the process's own
+    /// resolver (allow-all with ACLs off).
+    pub resolver: plexus_runtime::acl::Resolver,
 }
 
 /// Why the gRPC server stopped.
@@ -77,7 +80,6 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), XdsError> {
     let tasks = TaskTracker::new();
-    let hub = source::Hub::new(config.control.clone(), tasks.clone());
     let status = Arc::new(ads::StatusBook::new(&config.node));
     tasks.spawn({
         let (status, client, stop) = (
@@ -88,7 +90,8 @@ pub async fn serve(
         async move { status.report(client, stop).await }
     });
     let registry = Arc::new(ads::Registry::new(
-        hub,
+        config.control.clone(),
+        config.resolver.clone(),
         tasks.clone(),
         shutdown.clone(),
         status,

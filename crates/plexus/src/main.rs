@@ -66,6 +66,9 @@ enum Command {
     /// The xDS scale benchmark's load client (simulated Envoys).
     #[command(hide = true)]
     XdsLoad(cmd::xds_load::Args),
+    /// ACL tokens, policies and roles (`bootstrap` creates the first management token).
+    #[command(subcommand)]
+    Acl(cmd::acl::Command),
 }
 
 fn main() -> ExitCode {
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
             Command::Intention(command) => cmd::intention::run(command).await,
             Command::Connect(command) => cmd::connect::run(command).await,
             Command::XdsLoad(args) => cmd::xds_load::run(args).await,
+            Command::Acl(command) => cmd::acl::run(command).await,
         }
     });
     match result {

@@ -29,6 +29,10 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request as TonicRequest, Response as TonicResponse, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use plexus_api::acl::SecretId;
+use plexus_api::client::Client;
+use plexus_runtime::acl::{ResolveError, Resolver};
+
 use crate::model::ProxySpec;
 use crate::proxy::{self, Built};
 use crate::source::Hub;
@@ -47,10 +51,17 @@ pub const TOKEN_METADATA: &str = "x-consul-token";
 
 /// The proxies this server serves, each built once and shared by its streams.
 pub(crate) struct Registry {
-    hub: Hub,
+    /// The control plane's API, without a token.
+    client: Client,
+    /// Resolves the tokens Envoys present.
+    resolver: Resolver,
+    /// What is followed for each token Envoys present (`""`: no token), so every read is made
+    /// with the proxy's own token, as Consul does; proxies with the same token share it.
+    hubs: Mutex<HashMap<String, Hub>>,
     tasks: TaskTracker,
     stop: CancellationToken,
-    proxies: Mutex<HashMap<String, Weak<Attached>>>,
+    /// By proxy id and token.
+    proxies: Mutex<HashMap<(String, String), Weak<Attached>>>,
     pub(crate) status: Arc<StatusBook>,
 }
 
@@ -68,13 +79,16 @@ impl Drop for Attached {
 
 impl Registry {
     pub(crate) fn new(
-        hub: Hub,
+        client: Client,
+        resolver: Resolver,
         tasks: TaskTracker,
         stop: CancellationToken,
         status: Arc<StatusBook>,
     ) -> Self {
         Self {
-            hub,
+            client,
+            resolver,
+            hubs: Mutex::new(HashMap::new()),
             tasks,
             stop,
             proxies: Mutex::new(HashMap::new()),
@@ -82,10 +96,40 @@ impl Registry {
         }
     }
 
+    /// The followed inputs read with `token`.
+    fn hub_for(&self, token: Option<&SecretId>) -> Hub {
+        let key = token.map(|t| t.expose().to_owned()).unwrap_or_default();
+        let mut hubs = self.hubs.lock().unwrap_or_else(PoisonError::into_inner);
+        hubs.entry(key)
+            .or_insert_with(|| {
+                Hub::new(
+                    self.client.clone().with_token(token.cloned()),
+                    self.tasks.clone(),
+                )
+            })
+            .clone()
+    }
+
     /// The configuration of `proxy_id`, which must be a valid connect-proxy registered on this
-    /// node.
-    pub(crate) async fn attach(&self, proxy_id: &str) -> Result<Arc<Attached>, Status> {
-        let mut services = self.hub.node_services.subscribe("");
+    /// node that `token` may run: `service:write` on its service, as for its leaf.
+    pub(crate) async fn attach(
+        &self,
+        proxy_id: &str,
+        token: Option<&SecretId>,
+    ) -> Result<Arc<Attached>, Status> {
+        let authz = self
+            .resolver
+            .0
+            .resolve(token)
+            .await
+            .map_err(|error| match error {
+                ResolveError::NotFound => Status::permission_denied("ACL not found"),
+                ResolveError::Unavailable(_) => {
+                    Status::unavailable("cannot resolve the stream's token; retry")
+                }
+            })?;
+        let hub = self.hub_for(token);
+        let mut services = hub.node_services.subscribe("");
         let known = tokio::time::timeout(REGISTRATIONS_TIMEOUT, async {
             loop {
                 if let Some(latest) = services.rx.borrow_and_update().clone() {
@@ -101,8 +145,13 @@ impl Registry {
         .flatten()
         .ok_or_else(|| Status::unavailable("the control plane has not answered yet; retry"))?;
         let Some(service) = known.value.get(proxy_id) else {
+            let visible = if authz.enforcing() {
+                " (that this stream's token may read: x-consul-token)"
+            } else {
+                ""
+            };
             return Err(Status::not_found(format!(
-                "node.id {proxy_id:?} names no connect-proxy service registered on this node"
+                "node.id {proxy_id:?} names no connect-proxy service registered on this node{visible}"
             )));
         };
         if let Err(error) = ProxySpec::from_service(service) {
@@ -110,24 +159,28 @@ impl Registry {
                 "proxy {proxy_id:?} cannot be served: {error}"
             )));
         }
+        authz
+            .require_service_write(&service.service)
+            .map_err(|denied| Status::permission_denied(denied.to_string()))?;
+        self.status.set_token(proxy_id, token);
+        let key = (
+            proxy_id.to_owned(),
+            token.map(|t| t.expose().to_owned()).unwrap_or_default(),
+        );
         let mut proxies = self.proxies.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(attached) = proxies.get(proxy_id).and_then(Weak::upgrade) {
+        if let Some(attached) = proxies.get(&key).and_then(Weak::upgrade) {
             return Ok(attached);
         }
         proxies.retain(|_, weak| weak.strong_count() > 0);
         let (tx, rx) = watch::channel(None);
         let stop = self.stop.child_token();
-        self.tasks.spawn(proxy::run(
-            proxy_id.to_owned(),
-            self.hub.clone(),
-            tx,
-            stop.clone(),
-        ));
+        self.tasks
+            .spawn(proxy::run(proxy_id.to_owned(), hub, tx, stop.clone()));
         let attached = Arc::new(Attached {
             resources: rx,
             stop,
         });
-        proxies.insert(proxy_id.to_owned(), Arc::downgrade(&attached));
+        proxies.insert(key, Arc::downgrade(&attached));
         Ok(attached)
     }
 }
@@ -148,17 +201,20 @@ impl Ads {
         request: TonicRequest<Streaming<W::Req>>,
     ) -> ReceiverStream<Result<W::Resp, Status>> {
         let peer = request.remote_addr();
-        // Read, never logged; checked against ACLs once they exist.
-        let _token = request
+        // Never logged: resolved against ACLs when the stream attaches to its proxy.
+        let token = request
             .metadata()
             .get(TOKEN_METADATA)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(SecretId::new);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let registry = Arc::clone(&self.registry);
         let stop = registry.stop.clone();
         registry.tasks.clone().spawn(async move {
-            run_stream::<W>(mode, request.into_inner(), tx, registry, stop, peer).await;
+            let stream = StreamStart { mode, token, peer };
+            run_stream::<W>(stream, request.into_inner(), tx, registry, stop).await;
         });
         ReceiverStream::new(rx)
     }
@@ -188,14 +244,22 @@ impl AggregatedDiscoveryService for Ads {
     }
 }
 
-async fn run_stream<W: Wire>(
+/// What a stream brought along besides its requests.
+struct StreamStart {
     mode: Mode,
+    /// `x-consul-token`.
+    token: Option<SecretId>,
+    peer: Option<std::net::SocketAddr>,
+}
+
+async fn run_stream<W: Wire>(
+    stream: StreamStart,
     mut requests: Streaming<W::Req>,
     out: mpsc::Sender<Result<W::Resp, Status>>,
     registry: Arc<Registry>,
     stop: CancellationToken,
-    peer: Option<std::net::SocketAddr>,
 ) {
+    let StreamStart { mode, token, peer } = stream;
     let peer = peer.map(|p| p.to_string()).unwrap_or_default();
     let first = tokio::select! {
         _ = stop.cancelled() => return,
@@ -234,7 +298,7 @@ async fn run_stream<W: Wire>(
             .await;
         return;
     };
-    let attached = match registry.attach(&proxy_id).await {
+    let attached = match registry.attach(&proxy_id, token.as_ref()).await {
         Ok(attached) => attached,
         Err(status) => {
             warn!(%peer, proxy_id, reason = %status.message(), "refusing xDS stream");

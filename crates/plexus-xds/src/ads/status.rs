@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use plexus_api::acl::SecretId;
 use plexus_api::client::Client;
 use plexus_api::operator::{ProxyAck, XdsNack, XdsStatus};
 use tokio::sync::Notify;
@@ -23,7 +24,13 @@ struct Entry {
     revision: u64,
     acked: BTreeMap<TypeUrl, String>,
     nack: Option<XdsNack>,
+    /// The token its Envoy presented: the report about it carries that token (`service:write`
+    /// on the proxy service, as its acknowledgement would).
+    token: Option<SecretId>,
 }
+
+/// Reports to send, grouped by the token each is sent with.
+type Batches = Vec<(Option<SecretId>, Vec<ProxyAck>)>;
 
 /// Per-proxy xDS status, and which proxies changed since the last report.
 #[derive(Debug, Default)]
@@ -50,6 +57,12 @@ impl StatusBook {
             dirty.insert(proxy_id.to_owned());
             self.changed.notify_one();
         }
+    }
+
+    /// The token `proxy_id`'s Envoy presented (reports about it are sent with it).
+    pub(crate) fn set_token(&self, proxy_id: &str, token: Option<&SecretId>) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0.entry(proxy_id.to_owned()).or_default().token = token.cloned();
     }
 
     /// Envoy accepted `version` of `type_url` (built from registration `revision`).
@@ -117,6 +130,7 @@ impl StatusBook {
         }
     }
 
+    #[cfg(test)]
     fn take_dirty(&self) -> Vec<ProxyAck> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let (entries, dirty) = &mut *state;
@@ -124,6 +138,25 @@ impl StatusBook {
         ids.iter()
             .filter_map(|id| entries.get(id).map(|entry| self.to_report(id, entry)))
             .collect()
+    }
+
+    /// The changed proxies' reports, grouped by token.
+    fn take_batches(&self) -> Batches {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (entries, dirty) = &mut *state;
+        let ids = std::mem::take(dirty);
+        let mut batches: Batches = Vec::new();
+        for id in &ids {
+            let Some(entry) = entries.get(id) else {
+                continue;
+            };
+            let report = self.to_report(id, entry);
+            match batches.iter_mut().find(|(token, _)| *token == entry.token) {
+                Some((_, batch)) => batch.push(report),
+                None => batches.push((entry.token.clone(), vec![report])),
+            }
+        }
+        batches
     }
 
     fn mark_dirty(&self, reports: &[ProxyAck]) {
@@ -142,23 +175,29 @@ impl StatusBook {
             if !pause(REPORT_INTERVAL, &stop).await {
                 return;
             }
-            let batch = self.take_dirty();
-            if batch.is_empty() {
-                continue;
-            }
-            match client.proxies_xds_status(&batch).await {
-                Ok(()) => {
-                    backoff.reset();
-                    debug!(proxies = batch.len(), "xDS status reported");
-                }
-                Err(error) => {
-                    warn!(error = %Chain(&error), proxies = batch.len(), "cannot report xDS status; retrying");
-                    self.mark_dirty(&batch);
-                    self.changed.notify_one();
-                    if !pause(backoff.next_delay(), &stop).await {
-                        return;
+            let mut failed = false;
+            for (token, batch) in self.take_batches() {
+                let sent = client
+                    .clone()
+                    .with_token(token)
+                    .proxies_xds_status(&batch)
+                    .await;
+                match sent {
+                    Ok(()) => debug!(proxies = batch.len(), "xDS status reported"),
+                    Err(error) => {
+                        warn!(error = %Chain(&error), proxies = batch.len(), "cannot report xDS status; retrying");
+                        self.mark_dirty(&batch);
+                        failed = true;
                     }
                 }
+            }
+            if failed {
+                self.changed.notify_one();
+                if !pause(backoff.next_delay(), &stop).await {
+                    return;
+                }
+            } else {
+                backoff.reset();
             }
         }
     }

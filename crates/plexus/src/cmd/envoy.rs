@@ -46,9 +46,6 @@ pub struct Args {
     /// The Envoy executable.
     #[arg(long = "envoy-binary", default_value = "envoy")]
     pub envoy_binary: PathBuf,
-    /// ACL token Envoy presents to the xDS server (gRPC metadata `x-consul-token`).
-    #[arg(long, env = "PLEXUS_HTTP_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
     /// The xDS server: this node's agent, server or dev process. `ip:port` (or `http://ip:port`)
     /// for plain gRPC; `https://ip:port` for its `--grpc-tls-addr`, verified with --ca-file
     /// (and --tls-server-name, else the IP address), presenting --client-cert/--client-key when
@@ -197,7 +194,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
-    let bootstrap = bootstrap(&spec, admin, &xds, &args.xds, args.token.as_deref());
+    // The command's token (--token, --token-file, PLEXUS_HTTP_TOKEN, CONSUL_HTTP_TOKEN) is also
+    // the one Envoy presents to the xDS server (gRPC metadata `x-consul-token`).
+    let token = args.control.token.resolve()?;
+    let bootstrap = bootstrap(
+        &spec,
+        admin,
+        &xds,
+        &args.xds,
+        token.as_ref().map(|t| t.expose()),
+    );
     let text = serde_json::to_string_pretty(&bootstrap)?;
     if args.bootstrap {
         println!("{text}");

@@ -140,12 +140,14 @@ pub async fn bind(plan: GrpcPlan) -> anyhow::Result<GrpcBound> {
 }
 
 /// Serves xDS on the bound listeners for the control plane at `http_addr` until shutdown;
-/// `https_tls` is the HTTPS listener's TLS, which `--grpc-tls-addr` shares.
+/// `https_tls` is the HTTPS listener's TLS, which `--grpc-tls-addr` shares; `resolver` is the
+/// API's, for the tokens Envoys present.
 pub fn start(
     bound: GrpcBound,
     https_tls: Option<TlsServer>,
     http_addr: SocketAddr,
     node: &str,
+    resolver: plexus_runtime::acl::Resolver,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let tls = match (bound.tls, https_tls) {
@@ -166,6 +168,7 @@ pub fn start(
     let config = plexus_xds::XdsConfig {
         control,
         node: node.to_owned(),
+        resolver,
     };
     let listeners = plexus_xds::XdsListeners {
         plain: bound.plain,

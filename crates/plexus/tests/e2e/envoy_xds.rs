@@ -345,3 +345,126 @@ async fn bad_input_on_the_xds_port_is_answered_per_the_protocol_and_the_server_k
         .unwrap();
     assert!(responses.message().await.unwrap().is_some());
 }
+
+/// The status a stream presenting `token` ends with after `first`.
+async fn refusal_with_token(
+    channel: &tonic::transport::Channel,
+    token: &str,
+    first: DiscoveryRequest,
+) -> tonic::Status {
+    let (tx, rx) = mpsc::channel(8);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("x-consul-token", token.parse().unwrap());
+    tx.send(first).await.unwrap();
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel.clone())
+        .stream_aggregated_resources(request)
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(15), responses.message())
+        .await
+        .expect("an answer in time")
+        .expect_err("the stream ends with a status")
+}
+
+/// With ACLs enforced (default deny) each Envoy runs with its service's token: the xDS server
+/// reads the proxy's inputs with that token and refuses a stream whose token lacks
+/// `service:write` on the proxy service, or is unknown, saying why.
+#[tokio::test]
+async fn envoys_need_a_token_with_service_write_on_their_service() {
+    let echo = plexus_test::TcpEcho::start().await.unwrap();
+    let upstream_port = free_port();
+    let (_defs, file) = write_file(
+        "mesh.hcl",
+        &crate::client_echo_hcl_with_sidecar_ports(echo.port(), upstream_port),
+    );
+    let data = tempfile::tempdir().unwrap();
+    let management = plexus_test::server::random_uuid();
+    let dev = Dev::start_with_env(
+        crate::bin(),
+        data.path(),
+        &[
+            "--acl",
+            "--acl-default-policy",
+            "deny",
+            "--config-file",
+            file.to_str().unwrap(),
+        ],
+        &[("PLEXUS_ACL_INITIAL_MANAGEMENT_TOKEN", management.as_str())],
+    )
+    .await
+    .unwrap();
+    let token_for = |service: &'static str| {
+        let (url, management) = (
+            format!("http://{}/v1/acl/token", dev.http),
+            management.clone(),
+        );
+        async move {
+            let (status, token, _) = crate::acl::call(
+                &url,
+                "PUT",
+                Some(&management),
+                Some(serde_json::json!({"ServiceIdentities": [{"ServiceName": service}]})),
+            )
+            .await;
+            assert_eq!(status, 200, "{token}");
+            token["SecretID"].as_str().unwrap().to_owned()
+        }
+    };
+    let (echo_token, client_token) = (token_for("echo").await, token_for("client").await);
+    let _echo_envoy = envoy(&dev, &["-sidecar-for", "echo"], &["--token", &echo_token]).await;
+    let _client_envoy = envoy(
+        &dev,
+        &["-sidecar-for", "client"],
+        &["--token", &client_token],
+    )
+    .await;
+    let upstream: SocketAddr = ([127, 0, 0, 1], upstream_port).into();
+    crate::envoy::echoes(upstream, "with tokens").await;
+    // Each status report went out with its proxy's token.
+    let operator = dev
+        .client
+        .clone()
+        .with_token(Some(plexus_api::acl::SecretId::new(management.as_str())));
+    eventually!(operator.operator().await.is_ok_and(|view| {
+        ["echo-sidecar-proxy", "client-sidecar-proxy"]
+            .iter()
+            .all(|id| {
+                view.proxies.iter().any(|p| {
+                    p.id == *id && p.xds.as_ref().is_some_and(|x| x.acked.contains_key("CDS"))
+                })
+            })
+    }));
+
+    let ch = channel(dev.grpc().await.unwrap()).await;
+    let first = request("client-sidecar-proxy", CLUSTERS, "");
+    // Another service's token: Consul's permission-denied text.
+    let status = refusal_with_token(&ch, &echo_token, first.clone()).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("lacks permission 'service:write' on \"client-sidecar-proxy\""),
+        "{status:?}"
+    );
+    // A token that does not exist.
+    let status =
+        refusal_with_token(&ch, "8a0c1f7e-0000-4000-8000-000000000000", first.clone()).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(status.message(), "ACL not found");
+    // No token: the anonymous token sees no registration.
+    let status = refusal(&ch, first).await;
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(
+        dev.process.output().contains("refusing xDS stream"),
+        "refusals are logged"
+    );
+    assert!(
+        !dev.process.output().contains(&echo_token),
+        "a token was logged"
+    );
+    // The server keeps serving the Envoys.
+    crate::envoy::echoes(upstream, "still served").await;
+}
