@@ -55,6 +55,7 @@ pub(crate) async fn run(
     let mut endpoints: BTreeMap<String, Sub<Vec<Endpoint>>> = BTreeMap::new();
     let mut spec: Option<(ProxySpec, u64)> = None;
     let mut missing_logged = false;
+    let mut last_inputs: Option<(ProxySpec, Vec<AnyLatest>)> = None;
     loop {
         // 1. The registration (the last valid one stays in force).
         if let Some(latest) = services.rx.borrow().clone() {
@@ -121,8 +122,24 @@ pub(crate) async fn run(
                 }
             }
         }
-        // 3. Translate once everything is known.
-        if let (Some((spec, revision)), Some(own)) = (&spec, &own)
+        // 3. Translate once everything is known, and only when an input moved: a change to
+        //    another proxy's registration on this node wakes this one too, and costs nothing.
+        let moved = match (&spec, &own) {
+            (Some((spec, _)), Some(own)) => {
+                let now = (
+                    spec.clone(),
+                    snapshot(own, &roots, &datacenter, &chains, &endpoints),
+                );
+                let moved = last_inputs
+                    .as_ref()
+                    .is_none_or(|last| !same_inputs(last, &now));
+                last_inputs = Some(now);
+                moved
+            }
+            _ => true,
+        };
+        if moved
+            && let (Some((spec, revision)), Some(own)) = (&spec, &own)
             && let Some(inputs) = gather(spec, own, &roots, &datacenter, &chains, &endpoints)
         {
             let built = Built {
@@ -176,6 +193,47 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// One followed value as last read (each update is a new `Arc`, so identity tells change).
+type AnyLatest = Option<Arc<dyn std::any::Any + Send + Sync>>;
+
+fn any<V: Send + Sync + 'static>(sub: &Sub<V>) -> AnyLatest {
+    sub.rx
+        .borrow()
+        .clone()
+        .map(|latest| latest as Arc<dyn std::any::Any + Send + Sync>)
+}
+
+/// The current value of every input, by identity. Holding them keeps their addresses from being
+/// reused, so an equal snapshot means nothing moved.
+fn snapshot(
+    own: &Own,
+    roots: &Sub<plexus_api::connect::CaRoots>,
+    datacenter: &Sub<String>,
+    chains: &BTreeMap<String, Sub<DiscoveryChain>>,
+    endpoints: &BTreeMap<String, Sub<Vec<Endpoint>>>,
+) -> Vec<AnyLatest> {
+    let mut all = vec![
+        any(roots),
+        any(datacenter),
+        any(&own.leaf),
+        any(&own.chain),
+        any(&own.intentions),
+    ];
+    all.extend(chains.values().map(any));
+    all.extend(endpoints.values().map(any));
+    all
+}
+
+fn same_inputs(a: &(ProxySpec, Vec<AnyLatest>), b: &(ProxySpec, Vec<AnyLatest>)) -> bool {
+    a.0 == b.0
+        && a.1.len() == b.1.len()
+        && a.1.iter().zip(&b.1).all(|pair| match pair {
+            (Some(x), Some(y)) => std::ptr::addr_eq(Arc::as_ptr(x), Arc::as_ptr(y)),
+            (None, None) => true,
+            _ => false,
+        })
 }
 
 fn changed<V: Send + Sync + 'static>(
