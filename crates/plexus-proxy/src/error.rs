@@ -17,6 +17,12 @@ pub enum ProxyError {
         /// The app's service id (`sidecar_for`).
         service_id: String,
     },
+    /// The control plane answered, but `--proxy-id` names no `connect-proxy` service.
+    #[error("no connect-proxy service with id {proxy_id:?} is registered")]
+    NoProxy {
+        /// The proxy's service id (`proxy_id`).
+        proxy_id: String,
+    },
     /// The control plane refused this sidecar's token (403): no token against a server whose
     /// default policy denies, a token without `service:write` on the service, or an unknown one.
     #[error(

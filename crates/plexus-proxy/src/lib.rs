@@ -106,6 +106,9 @@ pub struct ProxyConfig {
     pub control: plexus_api::client::Client,
     /// The app's service id (like `consul connect proxy -sidecar-for web`).
     pub sidecar_for: String,
+    /// The id of an explicitly registered `connect-proxy` service to run as
+    /// (`plexus proxy --proxy-id`); when set, `sidecar_for` is not used.
+    pub proxy_id: Option<String>,
     /// The admin listener, already bound (`--admin-addr`; port 0 allowed).
     pub admin_listener: tokio::net::TcpListener,
     /// How long in-flight connections may continue after shutdown starts.
@@ -131,6 +134,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
     let ProxyConfig {
         control,
         sidecar_for,
+        proxy_id,
         admin_listener,
         drain_grace,
         close_denied,
@@ -171,8 +175,11 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
 
     let serving = async {
         // discovery: our own registration (retried while the control plane is unreachable).
-        let Some(registration) = discovery::find_sidecar(&control, &sidecar_for, &stop).await?
-        else {
+        let found = match &proxy_id {
+            Some(proxy_id) => discovery::find_proxy(&control, proxy_id, &stop).await?,
+            None => discovery::find_sidecar(&control, &sidecar_for, &stop).await?,
+        };
+        let Some(registration) = found else {
             return Ok(()); // shut down before the control plane answered
         };
         let initial = SidecarConfig::from_registration(&registration).map_err(|source| {

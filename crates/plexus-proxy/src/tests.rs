@@ -261,6 +261,7 @@ async fn start_proxy(
     let config = ProxyConfig {
         control: client,
         sidecar_for: "web".into(),
+        proxy_id: None,
         admin_listener,
         drain_grace: Duration::from_millis(200),
         close_denied: false,

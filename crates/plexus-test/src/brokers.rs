@@ -13,7 +13,7 @@ pub fn tools_bin() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.tools/bin"))
 }
 
-fn tool(name: &str) -> Result<PathBuf> {
+pub(crate) fn tool(name: &str) -> Result<PathBuf> {
     let path = tools_bin().join(name);
     if !path.exists() {
         bail!(

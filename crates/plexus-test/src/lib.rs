@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod brokers;
+pub mod envoy;
 pub mod etcd;
 pub mod events;
 pub mod golden;
@@ -24,6 +25,7 @@ pub mod server;
 pub mod upstream;
 
 pub use agent::Agent;
+pub use envoy::Envoy;
 pub use etcd::EtcdCluster;
 pub use hosts::{Host, Network};
 pub use mesh::{Dev, Sidecar};

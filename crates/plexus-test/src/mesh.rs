@@ -53,6 +53,9 @@ impl Dev {
         if !extra.contains(&"--http-addr") {
             args.extend(["--http-addr".to_owned(), "127.0.0.1:0".to_owned()]);
         }
+        if !extra.contains(&"--grpc-addr") {
+            args.extend(["--grpc-addr".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
         if !extra.contains(&"--dns-addr") {
             args.extend(["--dns-addr".to_owned(), "127.0.0.1:0".to_owned()]);
         }
@@ -81,6 +84,11 @@ impl Dev {
     /// The address in the form clients take (`127.0.0.1:PORT`).
     pub fn addr(&self) -> String {
         self.http.to_string()
+    }
+
+    /// The xDS (gRPC) address Envoys connect to, from its `listening` line.
+    pub async fn grpc(&self) -> Result<SocketAddr> {
+        self.process.listening("grpc").await
     }
 
     /// Starts `plexus proxy --sidecar-for <service_id>` against this control plane.
@@ -197,6 +205,28 @@ impl Sidecar {
             process,
             admin,
             host: Some(host.clone()),
+        })
+    }
+
+    /// Starts `plexus proxy --proxy-id <proxy_id>` for an explicitly registered connect-proxy.
+    pub async fn start_proxy_id(bin: &Path, control: &str, proxy_id: &str) -> Result<Self> {
+        let args: Vec<String> = [
+            "proxy",
+            "--proxy-id",
+            proxy_id,
+            "--http-addr",
+            control,
+            "--admin-addr",
+            "127.0.0.1:0",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let process = Process::spawn(&format!("proxy:{proxy_id}"), bin, &args, &[])?;
+        let admin = process.listening("admin").await?;
+        Ok(Self {
+            process,
+            admin,
+            host: None,
         })
     }
 

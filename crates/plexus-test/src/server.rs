@@ -62,6 +62,8 @@ impl Server {
             format!("127.0.0.1:{port}"),
             "--node".into(),
             name.into(),
+            "--grpc-addr".into(),
+            "127.0.0.1:0".into(),
         ];
         args.extend(store_args.iter().map(|s| (*s).to_owned()));
         Self::launch(bin, name, args, None).await

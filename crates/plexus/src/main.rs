@@ -64,16 +64,20 @@ enum Command {
     /// Manage intentions (who may connect to whom).
     #[command(subcommand)]
     Intention(cmd::intention::Command),
-    /// Service mesh identity: the certificate authority.
+    /// Service mesh identity: the certificate authority; Envoy sidecars.
     #[command(subcommand)]
     Connect(cmd::connect::Command),
+    /// The xDS scale benchmark's load client (simulated Envoys).
+    #[command(hide = true)]
+    XdsLoad(cmd::xds_load::Args),
     /// ACL tokens, policies and roles (`bootstrap` creates the first management token).
     #[command(subcommand)]
     Acl(cmd::acl::Command),
 }
 
 fn main() -> ExitCode {
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let matches = <Cli as clap::CommandFactory>::command()
+        .get_matches_from(cmd::envoy::consul_style_args(std::env::args_os()));
     let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(error) => error.exit(),
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
             Command::EventsApp(args) => cmd::events_app::run(args).await,
             Command::Intention(command) => cmd::intention::run(command).await,
             Command::Connect(command) => cmd::connect::run(command).await,
+            Command::XdsLoad(args) => cmd::xds_load::run(args).await,
             Command::Acl(command) => cmd::acl::run(command).await,
         }
     });

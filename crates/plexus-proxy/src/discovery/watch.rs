@@ -83,6 +83,51 @@ pub(crate) async fn find_sidecar(
     }
 }
 
+/// Finds the explicitly registered `connect-proxy` service `proxy_id` (`plexus proxy
+/// --proxy-id`), retrying while the control plane cannot be reached. `Ok(None)` when `stop`
+/// fires first.
+pub(crate) async fn find_proxy(
+    client: &Client,
+    proxy_id: &str,
+    stop: &CancellationToken,
+) -> Result<Option<Indexed<AgentService>>, ProxyError> {
+    let mut backoff = Backoff::default();
+    loop {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            result = client.agent_service(proxy_id, QueryOptions::default()) => result,
+        };
+        match result {
+            Ok(found) if found.value.kind == plexus_api::ServiceKind::ConnectProxy => {
+                return Ok(Some(found));
+            }
+            Ok(_) => {
+                return Err(ProxyError::NoProxy {
+                    proxy_id: proxy_id.to_owned(),
+                });
+            }
+            Err(error) if error.status() == Some(404) => {
+                return Err(ProxyError::NoProxy {
+                    proxy_id: proxy_id.to_owned(),
+                });
+            }
+            Err(error) if error.status() == Some(403) => return Err(denied(client, &error)),
+            Err(error) => {
+                let delay = backoff.next_delay();
+                warn!(
+                    error = %ErrorChain(&error),
+                    proxy_id,
+                    retry_in = ?delay,
+                    "cannot look up the proxy registration; retrying"
+                );
+                if !pause(delay, stop).await {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
 /// The start-up error for a 403 from the control plane.
 fn denied(client: &Client, error: &plexus_api::client::ClientError) -> ProxyError {
     let message = match error {

@@ -92,6 +92,8 @@ pub struct Args {
     #[command(flatten)]
     pub default_token: super::DefaultTokenArgs,
     #[command(flatten)]
+    pub grpc: super::grpc::GrpcArgs,
+    #[command(flatten)]
     pub https: HttpsArgs,
     /// Talk to servers over verified TLS: bare `host:port` server addresses mean `https://`
     /// (`tls { defaults { verify_outgoing = true } }`); needs --ca-file.
@@ -209,6 +211,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         args.node.clone_from(&config.node_name);
     }
     config_file::apply_listeners(config, &given, &mut args.http_addr, &mut args.https);
+    config_file::apply_grpc(config, &mut args.grpc);
     if args.servers.is_empty() {
         args.servers.clone_from(&config.retry_join);
     }
@@ -274,6 +277,16 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    let grpc = match args
+        .grpc
+        .listen(args.https.https_only, args.https.https_addr.is_some())
+    {
+        Ok(listen) => listen,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let definitions = files.services;
     let listener = if args.https.https_only {
         None
@@ -298,6 +311,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         (None, Some((listener, _))) => listener.local_addr()?,
         (None, None) => anyhow::bail!("no API listener"),
     };
+    let grpc = super::grpc::bind(grpc).await?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let (client, slot) = if args.auto_encrypt {
@@ -359,7 +373,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     if default_token.is_some() {
         info!("a default token is configured: requests without a token are resolved as it");
     }
-    let Some(agent) = start_agent(node, &catalog, resolver, &shutdown).await? else {
+    let Some(agent) = start_agent(node, &catalog, resolver.clone(), &shutdown).await? else {
         return Ok(ExitCode::SUCCESS);
     };
     for (file, registration) in &definitions {
@@ -390,6 +404,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
     let stop_serving = CancellationToken::new();
     let mut servers = Vec::new();
+    let mut https_tls = None;
     if let Some((https_listener, plan)) = https {
         let tls = match (&plan.cert, &slot) {
             (CertSource::AutoEncrypt, Some(slot)) => {
@@ -406,6 +421,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             }
             _ => server_tls(&plan, None, |_, _| Default::default(), &shutdown).await?,
         };
+        https_tls = Some(tls.clone());
         servers.push(serve_https(
             https_listener,
             tls,
@@ -421,6 +437,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             stop_serving.clone(),
         )));
     }
+    super::grpc::start(grpc, https_tls, http_addr, &node_name, resolver, &shutdown)?;
     serve(
         servers,
         stop_serving,

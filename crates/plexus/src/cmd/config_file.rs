@@ -218,6 +218,19 @@ pub fn apply_listeners(
     }
 }
 
+/// Applies `ports { grpc }` to `--grpc-addr` when the flag is not given: a port on
+/// `client_addr` (default 127.0.0.1), `-1` = off.
+pub fn apply_grpc(config: &AgentConfig, grpc: &mut super::grpc::GrpcArgs) {
+    if grpc.grpc_addr.is_some() || config.ports.grpc.is_none() {
+        return;
+    }
+    grpc.grpc_addr = match listener(config, config.ports.grpc, 8502) {
+        Some(Some(addr)) => Some(addr),
+        Some(None) => Some("off".to_owned()),
+        None => None,
+    };
+}
+
 fn fill<T: Clone>(flag: &mut Option<T>, file: &Option<T>) {
     if flag.is_none() {
         flag.clone_from(file);
@@ -241,5 +254,46 @@ pub fn apply_server(
     }
     if !given.flag("auto_encrypt_allow_tls") {
         tls.auto_encrypt_allow_tls = config.auto_encrypt.allow_tls.unwrap_or(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_api::agent_config::Ports;
+
+    fn grpc_from(ports_grpc: Option<Port>, flag: Option<&str>) -> Option<String> {
+        let config = AgentConfig {
+            client_addr: Some(IpAddr::from([127, 0, 0, 2])),
+            ports: Ports {
+                grpc: ports_grpc,
+                ..Ports::default()
+            },
+            ..AgentConfig::default()
+        };
+        let mut args = super::super::grpc::GrpcArgs {
+            grpc_addr: flag.map(str::to_owned),
+            grpc_tls_addr: None,
+        };
+        apply_grpc(&config, &mut args);
+        args.grpc_addr
+    }
+
+    #[test]
+    fn ports_grpc_fills_the_grpc_flag_unless_it_is_given() {
+        assert_eq!(
+            grpc_from(Some(Port::Number(8602)), None).as_deref(),
+            Some("127.0.0.2:8602")
+        );
+        assert_eq!(
+            grpc_from(Some(Port::Disabled), None).as_deref(),
+            Some("off")
+        );
+        // No `ports.grpc`: the flag's default stays (127.0.0.1:8502, forgiving when taken).
+        assert_eq!(grpc_from(None, None), None);
+        assert_eq!(
+            grpc_from(Some(Port::Number(8602)), Some("127.0.0.1:0")).as_deref(),
+            Some("127.0.0.1:0")
+        );
     }
 }

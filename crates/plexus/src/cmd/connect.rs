@@ -1,4 +1,5 @@
-//! `plexus connect ca roots|rotate|get-config|set-config`: the built-in CA.
+//! `plexus connect ca roots|rotate|get-config|set-config`: the built-in CA;
+//! `plexus connect envoy`: run Envoy as a sidecar (see `envoy.rs`).
 
 use std::process::ExitCode;
 
@@ -14,6 +15,9 @@ pub enum Command {
     /// The certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Run Envoy as the sidecar of a service instance (`-sidecar-for ID`) or of an explicitly
+    /// registered connect-proxy (`-proxy-id ID`), configured over xDS.
+    Envoy(super::envoy::Args),
 }
 
 /// `plexus connect ca ...`
@@ -76,7 +80,10 @@ fn print_roots(roots: &CaRoots) {
 
 /// Runs the subcommand.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
-    let Command::Ca(command) = command;
+    let command = match command {
+        Command::Ca(command) => command,
+        Command::Envoy(args) => return super::envoy::run(args).await,
+    };
     match command {
         CaCommand::Roots { json, control } => {
             let roots = control

@@ -173,6 +173,7 @@ impl DemoSidecar {
         let config = plexus_proxy::ProxyConfig {
             control: plexus_api::client::Client::new(control)?,
             sidecar_for: service_id.to_owned(),
+            proxy_id: None,
             admin_listener,
             drain_grace: Duration::from_secs(2),
             close_denied: false,

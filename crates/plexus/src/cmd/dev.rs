@@ -174,6 +174,8 @@ pub struct Args {
     #[command(flatten)]
     pub acl_args: AclArgs,
     #[command(flatten)]
+    pub grpc: super::grpc::GrpcArgs,
+    #[command(flatten)]
     pub tls: ServerTlsArgs,
     /// DNS interface.
     #[command(flatten)]
@@ -293,6 +295,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         &mut args.tls,
     );
     config_file::apply_listeners(config, &given, &mut args.http_addr, &mut args.tls.https);
+    config_file::apply_grpc(config, &mut args.grpc);
     if args.data_dir.is_none() {
         args.data_dir.clone_from(&config.data_dir);
     }
@@ -313,6 +316,16 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     let connect = ConnectSettings {
         leaf_ttl: args.connect_leaf_ttl,
         default_policy: args.default_intention_policy,
+    };
+    let grpc = match args.grpc.listen(
+        args.tls.https.https_only,
+        args.tls.https.https_addr.is_some(),
+    ) {
+        Ok(listen) => listen,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
     };
     config_file::apply_acl(config, &given, "acl", &mut args.acl, &mut args.acl_args);
     let mut acl = match args.acl_args.settings(args.acl, args.data_dir.as_deref()) {
@@ -356,6 +369,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let dns_sockets = args.dns.bind().await?;
+    let grpc = super::grpc::bind(grpc).await?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let security = DevSecurity {
@@ -373,6 +387,14 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         &shutdown,
     )
     .await?;
+    super::grpc::start(
+        grpc,
+        dev.https_tls.clone(),
+        dev.http_addr,
+        &node_name,
+        dev.control.resolver(),
+        &shutdown,
+    )?;
     super::dns::serve(
         dev.control.catalog(),
         dev.control.resolver(),
@@ -397,6 +419,8 @@ pub struct DevServer {
     pub agent: Agent,
     /// The control plane.
     pub control: ControlPlane,
+    /// The HTTPS listener's TLS (certificate renewed in place), shared with `--grpc-tls-addr`.
+    pub https_tls: Option<plexus_runtime::tls::TlsServer>,
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     stop_serving: CancellationToken,
     _temp_dir: Option<tempfile::TempDir>,
@@ -544,9 +568,11 @@ impl DevServer {
             .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
         let stop_serving = CancellationToken::new();
         let mut servers = Vec::new();
+        let mut https_tls = None;
         if let Some((listener, plan)) = listeners.https {
             let names = server_names(datacenter, &security.auto_encrypt.domain, https_addr);
             let tls = server_tls(&plan, Some(control.ca()), names, shutdown).await?;
+            https_tls = Some(tls.clone());
             servers.push(serve_https(
                 listener,
                 tls,
@@ -568,6 +594,7 @@ impl DevServer {
             http_addr,
             agent,
             control,
+            https_tls,
             servers,
             stop_serving,
             _temp_dir: temp_dir,

@@ -14,8 +14,10 @@ pub mod demo_http;
 pub mod dev;
 pub mod dns;
 pub mod echo_server;
+pub mod envoy;
 pub mod events;
 pub mod events_app;
+pub mod grpc;
 pub mod health;
 pub mod intention;
 pub mod kv;
@@ -27,6 +29,7 @@ pub mod services;
 pub mod tls;
 pub mod user_event;
 pub mod validate;
+pub mod xds_load;
 
 use plexus_api::acl::SecretId;
 use plexus_api::client::{Client, DEFAULT_HTTP_ADDR, HTTP_ADDR_ENV};

@@ -57,11 +57,34 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|p| {
             vec![
                 p.id.clone(),
+                p.data_plane.clone().unwrap_or_else(|| "plexus".to_owned()),
                 p.revision.to_string(),
                 p.acknowledged_at.to_string(),
+                xds_summary(p),
             ]
         })
         .collect();
-    output::table(&["PROXY", "ACKED REVISION", "AT (UNIX)"], &rows);
+    output::table(
+        &["PROXY", "DATA PLANE", "ACKED REVISION", "AT (UNIX)", "XDS"],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// An Envoy's xDS state in one cell: the accepted types, or the last rejection.
+fn xds_summary(proxy: &plexus_api::operator::ProxyAck) -> String {
+    let Some(xds) = &proxy.xds else {
+        return String::new();
+    };
+    match &xds.nack {
+        Some(nack) => format!(
+            "NACK {} {}: {} (last accepted config in force)",
+            nack.type_url, nack.version, nack.error
+        ),
+        None => format!(
+            "accepted {} (via {})",
+            xds.acked.keys().cloned().collect::<Vec<_>>().join(","),
+            xds.served_by
+        ),
+    }
 }

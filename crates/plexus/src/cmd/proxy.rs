@@ -1,4 +1,5 @@
-//! `plexus proxy --sidecar-for SERVICE_ID`: the sidecar data plane for one service instance.
+//! `plexus proxy --sidecar-for SERVICE_ID`: the sidecar data plane for one service instance;
+//! `plexus proxy --proxy-id ID`: the same for an explicitly registered `connect-proxy` service.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,8 +14,15 @@ use super::{ControlArgs, EXIT_CONFIG, parse_duration};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The id of the service instance this sidecar fronts.
-    #[arg(long = "sidecar-for")]
-    pub sidecar_for: String,
+    #[arg(
+        long = "sidecar-for",
+        required_unless_present = "proxy_id",
+        conflicts_with = "proxy_id"
+    )]
+    pub sidecar_for: Option<String>,
+    /// The id of an explicitly registered `connect-proxy` service (Consul's `-proxy-id`).
+    #[arg(long = "proxy-id")]
+    pub proxy_id: Option<String>,
     /// Admin listener (`/ready`, `/metrics`, `/stats`, `/config`); port 0 picks a free port.
     #[arg(long = "admin-addr", default_value = "127.0.0.1:19000")]
     pub admin_addr: String,
@@ -68,7 +76,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     shutdown.trigger_on_signals();
     let config = plexus_proxy::ProxyConfig {
         control,
-        sidecar_for: args.sidecar_for,
+        sidecar_for: args.sidecar_for.unwrap_or_default(),
+        proxy_id: args.proxy_id,
         admin_listener,
         drain_grace: args.grace,
         close_denied: args.close_denied,

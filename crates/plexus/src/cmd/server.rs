@@ -82,6 +82,8 @@ pub struct Args {
     #[command(flatten)]
     pub acl: AclArgs,
     #[command(flatten)]
+    pub grpc: super::grpc::GrpcArgs,
+    #[command(flatten)]
     pub tls: ServerTlsArgs,
     /// A configuration file in Consul's format (HCL or JSON): agent keys and/or service
     /// definitions; repeatable, later files win. Flags override it.
@@ -168,6 +170,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             .unwrap_or(IpAddr::from([0, 0, 0, 0])),
     );
     config_file::apply_listeners(&listeners, &given, &mut args.http_addr, &mut args.tls.https);
+    config_file::apply_grpc(config, &mut args.grpc);
     if !given.flag("data_dir")
         && let Some(dir) = &config.data_dir
     {
@@ -230,6 +233,16 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    let grpc = match args.grpc.listen(
+        args.tls.https.https_only,
+        args.tls.https.https_addr.is_some(),
+    ) {
+        Ok(listen) => listen,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let (https, kek) = match (args.tls.https.plan(true, false), args.tls.kek()) {
         (Ok(https), Ok(kek)) => (https, kek),
         (Err(message), _) | (_, Err(message)) => {
@@ -266,6 +279,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         (None, None) => anyhow::bail!("no API listener"),
     };
     let dns_sockets = args.dns.bind().await?;
+    let grpc = super::grpc::bind(grpc).await?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let Some(store) = open_store(&choice, &shutdown.token()).await? else {
@@ -368,9 +382,11 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     )?;
     let stop_serving = CancellationToken::new();
     let mut servers = Vec::new();
+    let mut https_tls = None;
     if let Some((https_listener, plan)) = https {
         let names = server_names(&args.datacenter, &args.tls.domain, https_addr);
         let tls = server_tls(&plan, Some(control.ca()), names, &shutdown).await?;
+        https_tls = Some(tls.clone());
         servers.push(serve_https(
             https_listener,
             tls,
@@ -386,6 +402,14 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             stop_serving.clone(),
         )));
     }
+    super::grpc::start(
+        grpc,
+        https_tls,
+        http_addr,
+        &node_name,
+        control.resolver(),
+        &shutdown,
+    )?;
     shutdown.token().cancelled().await;
     agent.deregister_all().await;
     stop_serving.cancel();

@@ -24,7 +24,7 @@ bind_addr = "0.0.0.0"
 ports {{
   http  = 0
   https = 0
-  grpc  = 8502
+  grpc  = 0
 }}
 connect {{
   enabled = true
@@ -68,10 +68,12 @@ async fn a_consul_server_config_loads_and_flags_override_it() {
         &[],
     )
     .unwrap();
-    // The template resolved to loopback; ports = 0 picked free ports; https came from ports.
+    // The template resolved to loopback; ports = 0 picked free ports; https and grpc (xDS) came
+    // from ports.
     let http = server.listening("http").await.unwrap();
     let https = server.listening("https").await.unwrap();
-    assert!(http.ip().is_loopback() && https.ip().is_loopback());
+    let grpc = server.listening("grpc").await.unwrap();
+    assert!(http.ip().is_loopback() && https.ip().is_loopback() && grpc.ip().is_loopback());
     // The file's acl block is applied: ACLs on, default deny, its initial management token.
     let anonymous = plexus_api::client::Client::new(&http.to_string()).unwrap();
     assert_eq!(

@@ -14,7 +14,7 @@ use crate::http;
 use crate::identity::{Mesh, try_round_trip};
 
 /// New connections through the mesh, one after another, until stopped; counts both outcomes.
-struct Traffic {
+pub(crate) struct Traffic {
     ok: Arc<AtomicUsize>,
     failed: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
@@ -22,7 +22,7 @@ struct Traffic {
 }
 
 impl Traffic {
-    fn start(upstream: SocketAddr) -> Self {
+    pub(crate) fn start(upstream: SocketAddr) -> Self {
         let (ok, failed, stop) = (
             Arc::new(AtomicUsize::new(0)),
             Arc::new(AtomicUsize::new(0)),
@@ -53,15 +53,15 @@ impl Traffic {
         }
     }
 
-    fn ok(&self) -> usize {
+    pub(crate) fn ok(&self) -> usize {
         self.ok.load(Ordering::Relaxed)
     }
 
-    fn failed(&self) -> usize {
+    pub(crate) fn failed(&self) -> usize {
         self.failed.load(Ordering::Relaxed)
     }
 
-    async fn finish(self) -> (usize, usize) {
+    pub(crate) async fn finish(self) -> (usize, usize) {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap();
         (
@@ -72,13 +72,13 @@ impl Traffic {
 }
 
 /// A connection kept open through everything; proves certificate swaps never touch it.
-struct LongLived {
+pub(crate) struct LongLived {
     read: BufReader<tokio::net::tcp::OwnedReadHalf>,
     write: tokio::net::tcp::OwnedWriteHalf,
 }
 
 impl LongLived {
-    async fn open(upstream: SocketAddr) -> Self {
+    pub(crate) async fn open(upstream: SocketAddr) -> Self {
         let (read, write) = TcpStream::connect(upstream).await.unwrap().into_split();
         let mut this = Self {
             read: BufReader::new(read),
@@ -88,7 +88,7 @@ impl LongLived {
         this
     }
 
-    async fn echo(&mut self, text: &str) {
+    pub(crate) async fn echo(&mut self, text: &str) {
         self.write
             .write_all(format!("{text}\n").as_bytes())
             .await

@@ -12,14 +12,14 @@ use rcgen::{CertificateParams, KeyPair, SanType};
 use crate::{bin, dev};
 
 /// A directory of PEM files for one test.
-struct Files(tempfile::TempDir);
+pub(crate) struct Files(tempfile::TempDir);
 
 impl Files {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(tempfile::tempdir().unwrap())
     }
 
-    fn write(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.0.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
@@ -31,7 +31,7 @@ impl Files {
 }
 
 /// The built-in CA's roots, read over the plain HTTP listener.
-async fn roots_pem(http: SocketAddr) -> String {
+pub(crate) async fn roots_pem(http: SocketAddr) -> String {
     reqwest::get(format!("http://{http}/v1/connect/ca/roots?pem=true"))
         .await
         .unwrap()
@@ -42,7 +42,7 @@ async fn roots_pem(http: SocketAddr) -> String {
 
 /// A client certificate from the built-in CA, obtained as an agent would (auto-encrypt), over
 /// the plain HTTP listener.
-async fn client_cert(http: SocketAddr, node: &str) -> (String, String) {
+pub(crate) async fn client_cert(http: SocketAddr, node: &str) -> (String, String) {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = CertificateParams::default();
     let uri = format!("spiffe://x.invalid/agent/client/dc/dc1/id/{node}");

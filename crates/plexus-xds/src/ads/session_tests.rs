@@ -1,0 +1,298 @@
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+
+use super::*;
+
+fn cluster(name: &str, timeout_secs: i64) -> Resource {
+    Resource::new(
+        name,
+        &Cluster {
+            name: name.into(),
+            connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: timeout_secs,
+                nanos: 0,
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+fn listener(name: &str) -> Resource {
+    Resource::new(
+        name,
+        &Listener {
+            name: name.into(),
+            ..Default::default()
+        },
+    )
+}
+
+fn world(clusters: &[(&str, i64)], listeners: &[&str]) -> Resources {
+    let mut r = Resources::default();
+    for (name, t) in clusters {
+        r.insert(TypeUrl::Cluster, cluster(name, *t));
+    }
+    for name in listeners {
+        r.insert(TypeUrl::Listener, listener(name));
+    }
+    r
+}
+
+fn sotw(type_url: TypeUrl, nonce: &str, names: &[&str]) -> Request {
+    Request {
+        type_url,
+        nonce: nonce.into(),
+        version: String::new(),
+        error: None,
+        names: Names::Sotw(names.iter().map(|s| (*s).to_owned()).collect()),
+    }
+}
+
+fn names(response: &Response) -> Vec<&str> {
+    response.resources.iter().map(|r| r.name.as_str()).collect()
+}
+
+#[test]
+fn sotw_sends_everything_then_only_changes() {
+    let mut s = Session::new(Mode::Sotw);
+    let w = world(&[("a", 1), ("b", 1)], &[]);
+    assert_eq!(
+        s.on_request(sotw(TypeUrl::Cluster, "", &[])),
+        Outcome::Subscribed
+    );
+    let first = s.next_response(&w).expect("initial response");
+    assert_eq!(names(&first), ["a", "b"]);
+    // Nothing else until Envoy answers.
+    assert!(s.next_response(&w).is_none());
+    let ack = s.on_request(sotw(TypeUrl::Cluster, &first.nonce, &[]));
+    assert_eq!(
+        ack,
+        Outcome::Ack {
+            version: first.version.clone()
+        }
+    );
+    assert_eq!(s.acked()[&TypeUrl::Cluster], first.version);
+    assert!(s.next_response(&w).is_none(), "no change, nothing sent");
+    let changed = world(&[("a", 1), ("b", 2)], &[]);
+    let second = s.next_response(&changed).expect("a change is pushed");
+    assert_eq!(names(&second), ["a", "b"], "SotW carries the whole set");
+    assert_ne!(second.version, first.version);
+    assert_ne!(second.nonce, first.nonce);
+}
+
+#[test]
+fn a_nack_keeps_the_last_accepted_version_and_is_not_resent() {
+    let mut s = Session::new(Mode::Sotw);
+    let good = world(&[("a", 1)], &[]);
+    s.on_request(sotw(TypeUrl::Cluster, "", &[]));
+    let first = s.next_response(&good).expect("first");
+    s.on_request(sotw(TypeUrl::Cluster, &first.nonce, &[]));
+    let bad = world(&[("a", 99)], &[]);
+    let rejected = s.next_response(&bad).expect("bad one sent");
+    let mut nack = sotw(TypeUrl::Cluster, &rejected.nonce, &[]);
+    nack.error = Some("invalid cluster".into());
+    assert_eq!(
+        s.on_request(nack),
+        Outcome::Nack {
+            version: rejected.version.clone(),
+            error: "invalid cluster".into()
+        }
+    );
+    assert_eq!(s.acked()[&TypeUrl::Cluster], first.version);
+    assert!(
+        s.next_response(&bad).is_none(),
+        "the rejected set is not resent"
+    );
+    let fixed = world(&[("a", 2)], &[]);
+    assert!(s.next_response(&fixed).is_some(), "the next change is sent");
+}
+
+#[test]
+fn stale_nonces_are_ignored() {
+    let mut s = Session::new(Mode::Sotw);
+    let w = world(&[("a", 1)], &[]);
+    s.on_request(sotw(TypeUrl::Cluster, "", &[]));
+    let first = s.next_response(&w).expect("first");
+    assert_eq!(
+        s.on_request(sotw(TypeUrl::Cluster, "not-a-nonce", &[])),
+        Outcome::Stale
+    );
+    assert!(s.next_response(&w).is_none(), "still waiting for the ACK");
+    assert!(matches!(
+        s.on_request(sotw(TypeUrl::Cluster, &first.nonce, &[])),
+        Outcome::Ack { .. }
+    ));
+}
+
+#[test]
+fn listeners_routes_and_secrets_are_pipelined_behind_acked_clusters() {
+    let mut s = Session::new(Mode::Sotw);
+    let mut w = world(&[], &["l"]);
+    w.insert(TypeUrl::Route, listener("r"));
+    s.on_request(sotw(TypeUrl::Listener, "", &[]));
+    s.on_request(sotw(TypeUrl::Route, "", &["r"]));
+    let first = s.next_response(&w).expect("listeners");
+    assert_eq!(first.type_url, TypeUrl::Listener);
+    let second = s.next_response(&w).expect("routes without waiting");
+    assert_eq!(second.type_url, TypeUrl::Route);
+    assert!(s.next_response(&w).is_none(), "one in flight per type");
+}
+
+#[test]
+fn clusters_go_first_and_one_response_is_in_flight() {
+    let mut s = Session::new(Mode::Sotw);
+    let w = world(&[("a", 1)], &["l"]);
+    s.on_request(sotw(TypeUrl::Listener, "", &[]));
+    s.on_request(sotw(TypeUrl::Cluster, "", &[]));
+    let first = s.next_response(&w).expect("first");
+    assert_eq!(first.type_url, TypeUrl::Cluster);
+    assert!(
+        s.next_response(&w).is_none(),
+        "listeners wait for the clusters' ACK"
+    );
+    s.on_request(sotw(TypeUrl::Cluster, &first.nonce, &[]));
+    let second = s.next_response(&w).expect("second");
+    assert_eq!(second.type_url, TypeUrl::Listener);
+    s.on_request(sotw(TypeUrl::Listener, &second.nonce, &[]));
+    // A change to both: clusters again first.
+    let both = world(&[("a", 2)], &["l", "m"]);
+    assert_eq!(
+        s.next_response(&both).map(|r| r.type_url),
+        Some(TypeUrl::Cluster)
+    );
+}
+
+#[test]
+fn sotw_named_types_answer_subscription_changes() {
+    let mut s = Session::new(Mode::Sotw);
+    let mut w = Resources::default();
+    w.insert(TypeUrl::Endpoint, cluster("a", 1));
+    w.insert(TypeUrl::Endpoint, cluster("b", 1));
+    s.on_request(sotw(TypeUrl::Endpoint, "", &["a"]));
+    let first = s.next_response(&w).expect("first");
+    assert_eq!(names(&first), ["a"]);
+    s.on_request(sotw(TypeUrl::Endpoint, &first.nonce, &["a", "b"]));
+    let second = s.next_response(&w).expect("b added");
+    assert_eq!(names(&second), ["a", "b"]);
+}
+
+fn delta(type_url: TypeUrl, nonce: &str, subscribe: &[&str], unsubscribe: &[&str]) -> Request {
+    Request {
+        type_url,
+        nonce: nonce.into(),
+        version: String::new(),
+        error: None,
+        names: Names::Delta {
+            subscribe: subscribe.iter().map(|s| (*s).to_owned()).collect(),
+            unsubscribe: unsubscribe.iter().map(|s| (*s).to_owned()).collect(),
+            initial: BTreeMap::new(),
+        },
+    }
+}
+
+#[test]
+fn delta_sends_changes_and_removals() {
+    let mut s = Session::new(Mode::Delta);
+    s.on_request(delta(TypeUrl::Cluster, "", &[], &[]));
+    let first = s
+        .next_response(&world(&[("a", 1), ("b", 1)], &[]))
+        .expect("first");
+    assert_eq!(names(&first), ["a", "b"]);
+    s.on_request(delta(TypeUrl::Cluster, &first.nonce, &[], &[]));
+    let second = s
+        .next_response(&world(&[("a", 2), ("c", 1)], &[]))
+        .expect("second");
+    assert_eq!(names(&second), ["a", "c"], "only what changed");
+    assert_eq!(second.removed, ["b"]);
+}
+
+#[test]
+fn delta_answers_names_that_do_not_exist_and_forgets_unsubscribed_ones() {
+    let mut s = Session::new(Mode::Delta);
+    let mut w = Resources::default();
+    w.insert(TypeUrl::Endpoint, cluster("a", 1));
+    s.on_request(delta(TypeUrl::Endpoint, "", &["a", "ghost"], &[]));
+    let first = s.next_response(&w).expect("first");
+    assert_eq!(names(&first), ["a"]);
+    assert_eq!(
+        first.removed,
+        ["ghost"],
+        "a missing resource is said to be gone"
+    );
+    s.on_request(delta(TypeUrl::Endpoint, &first.nonce, &[], &["a"]));
+    assert!(s.next_response(&w).is_none(), "nothing subscribed changed");
+    s.on_request(delta(TypeUrl::Endpoint, "", &["a"], &[]));
+    let again = s.next_response(&w).expect("re-subscribed");
+    assert_eq!(names(&again), ["a"]);
+}
+
+#[test]
+fn delta_resumes_from_the_versions_envoy_already_has() {
+    let mut s = Session::new(Mode::Delta);
+    let w = world(&[("a", 1), ("b", 1)], &[]);
+    let has_a = w.of(TypeUrl::Cluster)["a"].version.clone();
+    let mut request = delta(TypeUrl::Cluster, "", &["*"], &[]);
+    request.names = Names::Delta {
+        subscribe: vec!["*".into()],
+        unsubscribe: Vec::new(),
+        initial: BTreeMap::from([("a".to_owned(), has_a), ("old".to_owned(), "x".into())]),
+    };
+    s.on_request(request);
+    let first = s.next_response(&w).expect("first");
+    assert_eq!(names(&first), ["b"]);
+    assert_eq!(first.removed, ["old"]);
+}
+
+fn route(name: &str, cluster: &str) -> Resource {
+    Resource::new(
+        name,
+        &envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
+            name: name.into(),
+            request_headers_to_remove: vec![cluster.into()],
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn a_cluster_is_removed_only_after_the_routes_that_named_it_are_replaced() {
+    for mode in [Mode::Sotw, Mode::Delta] {
+        let mut s = Session::new(mode);
+        let mut before = world(&[("a", 1), ("b", 1)], &[]);
+        before.insert(TypeUrl::Route, route("r", "b"));
+        s.on_request(match mode {
+            Mode::Sotw => sotw(TypeUrl::Cluster, "", &[]),
+            Mode::Delta => delta(TypeUrl::Cluster, "", &[], &[]),
+        });
+        s.on_request(match mode {
+            Mode::Sotw => sotw(TypeUrl::Route, "", &["r"]),
+            Mode::Delta => delta(TypeUrl::Route, "", &["r"], &[]),
+        });
+        let ack = |s: &mut Session, r: &Response, names: &[&str]| {
+            s.on_request(match mode {
+                Mode::Sotw => sotw(r.type_url, &r.nonce, names),
+                Mode::Delta => delta(r.type_url, &r.nonce, &[], &[]),
+            })
+        };
+        let c = s.next_response(&before).expect("clusters");
+        ack(&mut s, &c, &[]);
+        let r = s.next_response(&before).expect("routes");
+        ack(&mut s, &r, &["r"]);
+        // The route stops naming b and b goes away: the route first, b's removal after.
+        let mut after = world(&[("a", 1)], &[]);
+        after.insert(TypeUrl::Route, route("r", "a"));
+        let first = s.next_response(&after).expect("a response");
+        assert_eq!(first.type_url, TypeUrl::Route, "{mode:?}");
+        assert!(
+            s.next_response(&after).is_none(),
+            "{mode:?}: b stays until the ACK"
+        );
+        ack(&mut s, &first, &["r"]);
+        let removal = s.next_response(&after).expect("the removal");
+        assert_eq!(removal.type_url, TypeUrl::Cluster);
+        match mode {
+            Mode::Sotw => assert_eq!(names(&removal), ["a"]),
+            Mode::Delta => assert_eq!(removal.removed, ["b"]),
+        }
+    }
+}
