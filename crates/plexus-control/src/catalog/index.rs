@@ -50,6 +50,35 @@ pub enum Answer {
     Connect,
 }
 
+/// What a blocking query's answer is made of: it wakes only when that may have changed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// `GET /v1/health/service/:name` and `/v1/health/checks/:name`: the service's instances,
+    /// their checks and their nodes.
+    Health(String),
+    /// `GET /v1/health/connect/:name`: also the proxies for it.
+    Connect(String),
+    /// `GET /v1/catalog/service/:name`: the service's instances and their nodes (not checks).
+    Service(String),
+    /// `GET /v1/internal/node/:node/*`: the node and every record on it.
+    Node(String),
+    /// `GET /v1/catalog/services`: any service record.
+    Services,
+    /// `GET /v1/catalog/nodes`: any node record.
+    Nodes,
+    /// `GET /v1/health/state/:state`: any check.
+    Checks,
+}
+
+impl From<(Answer, &str)> for Topic {
+    fn from((answer, name): (Answer, &str)) -> Self {
+        match answer {
+            Answer::Health => Topic::Health(name.to_owned()),
+            Answer::Connect => Topic::Connect(name.to_owned()),
+        }
+    }
+}
+
 /// Every catalog record, decoded, at one store revision, with lookups by service name.
 #[derive(Default)]
 pub(super) struct State {
@@ -64,6 +93,11 @@ pub(super) struct State {
     by_destination: HashMap<String, BTreeSet<RecordId>>,
     health_changed: HashMap<String, u64>,
     connect_changed: HashMap<String, u64>,
+    service_changed: HashMap<String, u64>,
+    node_changed: HashMap<String, u64>,
+    services_changed: u64,
+    nodes_changed: u64,
+    checks_changed: u64,
 }
 
 impl State {
@@ -78,6 +112,21 @@ impl State {
             .copied()
             .unwrap_or(0)
             .max(self.relisted_at)
+    }
+
+    /// The last revision at which an answer made of `topic` may have changed.
+    pub fn topic_index(&self, topic: &Topic) -> u64 {
+        let of = |map: &HashMap<String, u64>, name: &str| map.get(name).copied().unwrap_or(0);
+        let changed = match topic {
+            Topic::Health(name) => of(&self.health_changed, name),
+            Topic::Connect(name) => of(&self.connect_changed, name),
+            Topic::Service(name) => of(&self.service_changed, name),
+            Topic::Node(name) => of(&self.node_changed, name),
+            Topic::Services => self.services_changed,
+            Topic::Nodes => self.nodes_changed,
+            Topic::Checks => self.checks_changed,
+        };
+        changed.max(self.relisted_at)
     }
 
     /// The instances an answer lists, before filters, sorted by node then id.
@@ -161,6 +210,15 @@ impl State {
         }
     }
 
+    /// A service record of `service` on `node` changed (put or delete).
+    fn touch_record(&mut self, node: &str, service: &AgentService, revision: u64) {
+        self.touch(service, revision);
+        self.service_changed
+            .insert(service.service.clone(), revision);
+        self.node_changed.insert(node.to_owned(), revision);
+        self.services_changed = revision;
+    }
+
     fn touch_node(&mut self, node: &str, revision: u64) {
         let on_node: Vec<AgentService> = Self::on_node(&self.services, node)
             .map(|(_, s)| s.clone())
@@ -168,6 +226,19 @@ impl State {
         for service in &on_node {
             self.touch(service, revision);
         }
+    }
+
+    /// The node record of `node` changed: everything listing it.
+    fn touch_node_record(&mut self, node: &str, revision: u64) {
+        self.touch_node(node, revision);
+        let names: BTreeSet<String> = Self::on_node(&self.services, node)
+            .map(|(_, s)| s.service.clone())
+            .collect();
+        for name in names {
+            self.service_changed.insert(name, revision);
+        }
+        self.node_changed.insert(node.to_owned(), revision);
+        self.nodes_changed = revision;
     }
 
     fn touch_instance(&mut self, node: &str, service_id: &str, revision: u64) {
@@ -225,16 +296,16 @@ impl State {
                     self.nodes.remove(&name);
                 }
             }
-            self.touch_node(&name, revision);
+            self.touch_node_record(&name, revision);
         } else if let Some(id) = record_id(keys::SERVICES, key) {
             if let Some(old) = self.remove_service(&id) {
-                self.touch(&old, revision);
+                self.touch_record(&id.0, &old, revision);
             }
             if let Change::Put(kv) = change
                 && let Some(mut service) = decode::<AgentService>(kv)
             {
                 fill_service(&mut service, kv, datacenter);
-                self.touch(&service, revision);
+                self.touch_record(&id.0, &service, revision);
                 self.insert_service(id, service);
             }
         } else if let Some(id) = record_id(keys::CHECKS, key) {
@@ -246,8 +317,10 @@ impl State {
             {
                 fill_check(&mut check, kv);
                 self.touch_instance(&id.0, &check.service_id, revision);
-                self.checks.insert(id, check);
+                self.checks.insert(id.clone(), check);
             }
+            self.node_changed.insert(id.0, revision);
+            self.checks_changed = revision;
         }
     }
 
@@ -259,6 +332,8 @@ impl State {
         }
         state.health_changed.clear();
         state.connect_changed.clear();
+        state.service_changed.clear();
+        state.node_changed.clear();
         state.revision = revision;
         state.relisted_at = revision;
         state
@@ -345,11 +420,30 @@ struct AnswerKey {
     filter: HealthFilter,
 }
 
+/// How far the index has caught up with the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The newest revision whose changes are applied (or listed).
+    pub events: u64,
+    /// The newest revision the watch said it had delivered everything up to (etcd progress
+    /// notifications: revisions written outside the namespace carried nothing for us).
+    pub progress: u64,
+}
+
+impl Applied {
+    /// The store revision the index reflects.
+    pub fn revision(&self) -> u64 {
+        self.events.max(self.progress)
+    }
+}
+
 /// What the catalog's readers and its watch task share.
 pub(super) struct Shared {
     state: RwLock<State>,
-    /// The revision `state` is at.
-    applied: watch::Sender<u64>,
+    /// How far `state` has caught up; moves on every applied change and progress answer.
+    applied: watch::Sender<Applied>,
+    /// Asks the watch task for a progress answer.
+    ask_progress: Arc<tokio::sync::Notify>,
     /// Serialised answers with the service index they were built at.
     answers: Mutex<HashMap<AnswerKey, (u64, Bytes)>>,
     /// Makes concurrent re-lists wait for one.
@@ -366,7 +460,8 @@ impl Shared {
     ) -> Result<Arc<Self>, CatalogError> {
         let shared = Arc::new(Self {
             state: RwLock::new(State::default()),
-            applied: watch::channel(0).0,
+            applied: watch::channel(Applied::default()).0,
+            ask_progress: Arc::new(tokio::sync::Notify::new()),
             answers: Mutex::new(HashMap::new()),
             relisting: tokio::sync::Mutex::new(()),
             datacenter,
@@ -395,16 +490,26 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The applied revision, as a watch: it moves on every applied change.
-    pub fn applied(&self) -> watch::Receiver<u64> {
+    /// How far the index has caught up, as a watch: it moves on every applied change.
+    pub fn applied(&self) -> watch::Receiver<Applied> {
         self.applied.subscribe()
     }
 
     fn publish(&self, revision: u64) {
         self.applied.send_if_modified(|current| {
-            let newer = revision > *current;
+            let newer = revision > current.events;
             if newer {
-                *current = revision;
+                current.events = revision;
+            }
+            newer
+        });
+    }
+
+    fn progressed(&self, revision: u64) {
+        self.applied.send_if_modified(|current| {
+            let newer = revision > current.progress;
+            if newer {
+                current.progress = revision;
             }
             newer
         });
@@ -442,16 +547,27 @@ impl Shared {
         self.publish(revision);
     }
 
-    /// Waits until the state has applied `revision` (the store's current one), re-listing when
-    /// the watch does not get there in time.
+    /// Waits until the state reflects `revision` (the store's current one): its changes are
+    /// applied, or the watch said (progress) that nothing up to it touched the namespace, as
+    /// happens when other users of a shared etcd write outside it. This replica's own writes
+    /// up to `revision` must have arrived as changes either way (an old etcd may send progress
+    /// ahead of events). Re-lists when the watch does not get there in time.
     pub async fn catch_up(&self, store: &dyn Store, revision: u64) -> Result<(), CatalogError> {
+        let own = store.last_write_revision().min(revision);
+        let ready = |a: &Applied| a.revision() >= revision && a.events >= own;
         let mut applied = self.applied();
-        let caught_up = tokio::time::timeout(CATCH_UP, applied.wait_for(|r| *r >= revision));
+        if ready(&applied.borrow_and_update()) {
+            return Ok(());
+        }
+        // Events normally arrive by themselves; progress is only needed after foreign writes,
+        // and asking costs one small message on the watch stream.
+        self.ask_progress.notify_one();
+        let caught_up = tokio::time::timeout(CATCH_UP, applied.wait_for(ready));
         if matches!(caught_up.await, Ok(Ok(_))) {
             return Ok(());
         }
         let _one = self.relisting.lock().await;
-        if *self.applied.borrow() >= revision {
+        if ready(&self.applied.borrow()) {
             return Ok(());
         }
         tracing::debug!(revision, "catalog index behind the store; re-listing");
@@ -505,10 +621,17 @@ async fn follow(
         };
         let watch = strong.watch("", after).await;
         drop(strong);
+        let Some(ask) = shared.upgrade().map(|s| Arc::clone(&s.ask_progress)) else {
+            return;
+        };
         match watch {
             Ok(mut events) => loop {
                 let event = tokio::select! {
                     _ = stop.cancelled() => return,
+                    () = ask.notified() => {
+                        events.request_progress();
+                        continue;
+                    }
                     event = events.recv() => event,
                 };
                 let Some(shared) = shared.upgrade() else {
@@ -517,8 +640,9 @@ async fn follow(
                 match event {
                     Some(WatchEvent::Changes(changes)) => {
                         shared.apply(&changes);
-                        after = *shared.applied.borrow();
+                        after = shared.applied.borrow().events;
                     }
+                    Some(WatchEvent::Progress { revision }) => shared.progressed(revision),
                     Some(WatchEvent::Compacted { compact_revision }) => {
                         tracing::debug!(compact_revision, "catalog watch compacted; re-listing");
                         break;

@@ -14,7 +14,7 @@ use plexus_api::{
 };
 use tokio::sync::watch;
 
-use super::index::{Answer, Shared, has_tag};
+use super::index::{Answer, Applied, Shared, Topic, has_tag};
 use super::{StoreCatalog, store_error};
 
 /// Filters of `GET /v1/health/service/:name` and `/v1/health/connect/:name`.
@@ -51,18 +51,26 @@ impl StoreCatalog {
         Ok(index)
     }
 
-    /// The revision the catalog index has applied, as a watch, and a function giving the last
+    /// How far the catalog index has caught up, as a watch, and a function giving the last
     /// revision at which `answer` for service `name` changed: what a blocking query on that
     /// service waits on.
     pub async fn service_watch(
         &self,
         answer: Answer,
         name: &str,
-    ) -> Result<(watch::Receiver<u64>, impl Fn() -> u64 + use<>), CatalogError> {
+    ) -> Result<(watch::Receiver<Applied>, impl Fn() -> u64 + use<>), CatalogError> {
+        self.topic_watch(Topic::from((answer, name))).await
+    }
+
+    /// Like [`StoreCatalog::service_watch`] for any [`Topic`]: what a blocking catalog query
+    /// waits on, so that it wakes only when its own answer may have changed.
+    pub async fn topic_watch(
+        &self,
+        topic: Topic,
+    ) -> Result<(watch::Receiver<Applied>, impl Fn() -> u64 + use<>), CatalogError> {
         let index = Arc::clone(self.index().await?);
-        let name = name.to_owned();
         let applied = index.applied();
-        Ok((applied, move || index.read().index_of(answer, &name)))
+        Ok((applied, move || index.read().topic_index(&topic)))
     }
 
     /// The JSON of `GET /v1/health/service/:name` (`Answer::Health`) or

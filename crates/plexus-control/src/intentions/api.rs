@@ -78,7 +78,9 @@ fn required<'a>(params: &'a QueryParams, name: &'static str) -> Result<&'a str, 
 }
 
 async fn list(State(s): State<IntentionState>, query: BlockingQuery) -> Result<Response, ApiError> {
-    query.block(s.intentions.revision_watch()).await;
+    if query.index.is_some_and(|index| index > 0) {
+        query.block(s.intentions.changes().await).await;
+    }
     let list = s.intentions.list().await.map_err(error)?;
     Ok(with_default(
         indexed_json(list.index, &list.value),
@@ -237,7 +239,9 @@ async fn matching(
             format!("by must be \"source\" or \"destination\", not {by:?}"),
         ));
     }
-    query.block(s.intentions.revision_watch()).await;
+    if query.index.is_some_and(|index| index > 0) {
+        query.block(s.intentions.changes().await).await;
+    }
     let found = if by == "source" {
         s.intentions.matching_source(&name).await
     } else {

@@ -13,7 +13,7 @@ use plexus_api::{Catalog, GoDuration};
 use plexus_runtime::http::{ApiError, BlockingQuery, JsonBody, QueryParams, indexed_json};
 
 use crate::api::{catalog_error, path_error};
-use crate::catalog::StoreCatalog;
+use crate::catalog::{StoreCatalog, Topic};
 
 /// Shortest and longest lease TTL an agent may ask for.
 pub const LEASE_TTL_RANGE: (Duration, Duration) =
@@ -98,7 +98,7 @@ async fn services(
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
     let Path(node) = node.map_err(path_error)?;
-    query.block(catalog.index_watch()).await;
+    crate::api::block_on(&catalog, Topic::Node(node.clone()), &query).await?;
     let found = catalog.node_services(&node).await.map_err(catalog_error)?;
     Ok(indexed_json(found.index, &found.value))
 }
@@ -109,7 +109,7 @@ async fn checks(
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
     let Path(node) = node.map_err(path_error)?;
-    query.block(catalog.index_watch()).await;
+    crate::api::block_on(&catalog, Topic::Node(node.clone()), &query).await?;
     let found = catalog.node_checks(&node).await.map_err(catalog_error)?;
     Ok(indexed_json(found.index, &found.value))
 }

@@ -93,6 +93,7 @@ pub async fn run(catalog: Arc<StoreCatalog>, stop: CancellationToken) {
                         }
                     }
                 }
+                Some(WatchEvent::Progress { .. }) => {}
                 Some(WatchEvent::Compacted { .. }) | None => continue 'relist,
             }
         }

@@ -260,6 +260,7 @@ impl Mirror {
                 .expect("the watch stays open");
             match event {
                 WatchEvent::Changes(changes) => self.apply(changes),
+                WatchEvent::Progress { .. } => {}
                 WatchEvent::Compacted { .. } => {
                     let relists = self.relists + 1;
                     *self = Mirror {
@@ -348,6 +349,78 @@ async fn etcd_watch_sees_every_change_or_relists_after_compaction() {
         .unwrap();
     watch_suite(&store, async |revision| {
         cluster.compact(revision).await.unwrap()
+    })
+    .await;
+}
+
+/// Progress: a watcher asking for it learns the store's revision after writes it does not watch
+/// (on etcd, writes of other users outside the namespace), without a change event, and only
+/// after every change it watches up to there.
+async fn progress_suite(store: &dyn Store, foreign_write: impl AsyncFn() -> u64) {
+    let (_, start) = store.range("p/").await.unwrap();
+    let mut watch = store.watch("p/", start).await.unwrap();
+    let ours = store
+        .txn(ops(vec![put("p/a", "1")]))
+        .await
+        .unwrap()
+        .revision;
+    let foreign = foreign_write().await;
+    assert!(foreign > ours);
+    assert!(store.current_revision().await.unwrap() >= foreign);
+    watch.request_progress();
+    let mut seen_ours = false;
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.recv())
+            .await
+            .expect("a progress answer within the deadline")
+            .expect("the watch stays open");
+        match event {
+            WatchEvent::Changes(changes) => {
+                assert!(changes.iter().all(|c| c.key() == "p/a"), "{changes:?}");
+                seen_ours = true;
+            }
+            WatchEvent::Progress { revision } if revision >= foreign => {
+                assert!(seen_ours, "progress past our write before its event");
+                break;
+            }
+            // An answer to an earlier request (or from before the foreign write reached the
+            // member): ask again.
+            WatchEvent::Progress { .. } => watch.request_progress(),
+            WatchEvent::Compacted { .. } => panic!("{event:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn embedded_watch_reports_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    progress_suite(&store, async || {
+        store
+            .txn(ops(vec![put("elsewhere", "x")]))
+            .await
+            .unwrap()
+            .revision
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn etcd_watch_reports_progress_past_foreign_writes() {
+    let cluster = EtcdCluster::start(1).await.unwrap();
+    let store = EtcdStore::connect(&cluster.endpoints(), "ours/")
+        .await
+        .unwrap();
+    // Another etcd user, outside our prefix.
+    let foreign = EtcdStore::connect(&cluster.endpoints(), "theirs/")
+        .await
+        .unwrap();
+    progress_suite(&store, async || {
+        foreign
+            .txn(ops(vec![put("k", "x")]))
+            .await
+            .unwrap()
+            .revision
     })
     .await;
 }

@@ -515,6 +515,8 @@ impl Store for EmbeddedStore {
 
     async fn watch(&self, prefix: &str, after_revision: u64) -> Result<Watch, StoreError> {
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        let progress = Arc::new(tokio::sync::Notify::new());
+        let asked = Arc::clone(&progress);
         let history = Arc::clone(&self.history);
         let prefix = prefix.to_owned();
         let mut contiguous = history.contiguous();
@@ -524,6 +526,8 @@ impl Store for EmbeddedStore {
             after_revision
         };
         tokio::spawn(async move {
+            // Set when asked for progress: answered after delivering what is recorded by then.
+            let mut answer = false;
             loop {
                 match history.since(&prefix, cursor) {
                     Err(compacted) => {
@@ -543,17 +547,26 @@ impl Store for EmbeddedStore {
                         }
                     }
                 }
+                if std::mem::take(&mut answer)
+                    && tx
+                        .send(WatchEvent::Progress { revision: cursor })
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
                 tokio::select! {
                     changed = contiguous.wait_for(|r| *r > cursor) => {
                         if changed.is_err() {
                             return;
                         }
                     }
+                    () = asked.notified() => answer = true,
                     _ = tx.closed() => return,
                 }
             }
         });
-        Ok(rx)
+        Ok(Watch::new(rx, progress))
     }
 
     async fn status(&self) -> super::StoreStatus {

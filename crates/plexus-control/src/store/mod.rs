@@ -9,12 +9,14 @@
 //! (an etcd cluster shared by several server replicas). Nothing here goes beyond what etcd's KV
 //! API offers; a transaction must not name one key twice (etcd refuses it).
 
+pub mod changes;
 pub mod embedded;
 pub mod etcd;
 pub mod history;
 pub mod lease;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -125,6 +127,13 @@ impl Change {
 pub enum WatchEvent {
     /// Changes of one or more revisions, in revision order.
     Changes(Vec<Change>),
+    /// Every change of the watched keys up to `revision` has been delivered: the revisions after
+    /// the last change were writes to other keys (on etcd possibly outside the namespace, by
+    /// other users of the cluster). Sent when asked with [`Watch::request_progress`].
+    Progress {
+        /// The store revision the watch has caught up with.
+        revision: u64,
+    },
     /// The history the watch needed is gone: re-list. The watch ends after this event.
     Compacted {
         /// The oldest revision the store can still replay from.
@@ -133,7 +142,33 @@ pub enum WatchEvent {
 }
 
 /// A running watch: events until the store goes away, or a [`WatchEvent::Compacted`].
-pub type Watch = tokio::sync::mpsc::Receiver<WatchEvent>;
+#[derive(Debug)]
+pub struct Watch {
+    events: tokio::sync::mpsc::Receiver<WatchEvent>,
+    progress: Arc<tokio::sync::Notify>,
+}
+
+impl Watch {
+    /// A watch reading `events`; `progress` is notified when the watcher asks for a
+    /// [`WatchEvent::Progress`] (the backend answers once it has delivered everything before it).
+    pub fn new(
+        events: tokio::sync::mpsc::Receiver<WatchEvent>,
+        progress: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        Self { events, progress }
+    }
+
+    /// The next event; `None` once the watch has ended.
+    pub async fn recv(&mut self) -> Option<WatchEvent> {
+        self.events.recv().await
+    }
+
+    /// Asks for a [`WatchEvent::Progress`] naming the store's current revision, after every
+    /// change up to it. Requests made before the answer arrives are answered together.
+    pub fn request_progress(&self) {
+        self.progress.notify_one();
+    }
+}
 
 /// What a store says about itself, for operators.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -239,6 +274,14 @@ pub trait Store: Send + Sync + 'static {
     /// returns (the embedded store) answers from it without touching storage.
     async fn current_revision(&self) -> Result<u64, StoreError> {
         Ok(self.get_at("").await?.1)
+    }
+
+    /// The revision of the newest write committed through this handle (0: none yet). A watcher
+    /// that takes a [`WatchEvent::Progress`] as proof of being current also waits for the events
+    /// of its own writes: etcd before 3.4.25/3.5.8 could send a requested progress notification
+    /// ahead of events it had not sent yet.
+    fn last_write_revision(&self) -> u64 {
+        0
     }
 
     /// Reads every key starting with `prefix`, sorted by key, with the store revision the read
