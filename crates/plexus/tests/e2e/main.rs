@@ -12,6 +12,7 @@ mod consul_client;
 mod demo;
 mod demo_http;
 mod durable;
+mod etcd;
 mod events;
 mod identity;
 mod identity_long;

@@ -105,16 +105,26 @@ impl std::fmt::Display for Cause {
 
 impl std::error::Error for Cause {}
 
-/// The error with its whole source chain, lower-cased, for classification.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
+/// Appends `part` to `text` unless `text` already says it (transport errors repeat their
+/// causes in their own messages).
+fn push(text: &mut String, part: &str) {
+    if part.is_empty() || text.contains(part) {
+        return;
+    }
+    if !text.is_empty() {
+        text.push_str(": ");
+    }
+    text.push_str(part);
+}
+
+/// The error with its source chain, each message once.
+fn chain(text: &mut String, error: &(dyn std::error::Error + 'static)) {
+    push(text, &error.to_string());
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        push(text, &cause.to_string());
         source = cause.source();
     }
-    text
 }
 
 impl Cause {
@@ -122,14 +132,18 @@ impl Cause {
     pub fn of(error: &ClientError) -> Self {
         match error {
             ClientError::GRpcStatus(status) => {
-                let mut text = format!("{:?}: {}", status.code(), status.message());
+                let mut text = format!("{:?}", status.code());
+                push(&mut text, status.message());
                 if let Some(source) = std::error::Error::source(status) {
-                    text.push_str(": ");
-                    text.push_str(&chain(source));
+                    chain(&mut text, source);
                 }
                 Self::classify(text, Some(status.code()))
             }
-            ClientError::TransportError(error) => Self::classify(chain(error), None),
+            ClientError::TransportError(error) => {
+                let mut text = String::new();
+                chain(&mut text, error);
+                Self::classify(text, None)
+            }
             other => Self::classify(other.to_string(), None),
         }
     }
