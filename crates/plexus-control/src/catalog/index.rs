@@ -170,6 +170,16 @@ impl State {
             .filter_map(|id| Some((id, self.services.get(id)?)))
     }
 
+    /// What a registration of `node` needs to know, as this index last saw it: the node
+    /// record's mod revision (0: absent) and its checks with their store keys.
+    pub fn node_view(&self, node: &str) -> (u64, Vec<(String, HealthCheck)>) {
+        let revision = self.nodes.get(node).map_or(0, |n| n.modify_index);
+        let checks = Self::on_node(&self.checks, node)
+            .map(|((node, id), check)| (keys::check(node, id), check.clone()))
+            .collect();
+        (revision, checks)
+    }
+
     /// Node `name`, or a bare record naming it when the node record is missing.
     pub fn node(&self, name: &str) -> Node {
         self.nodes.get(name).cloned().unwrap_or_else(|| Node {

@@ -168,3 +168,48 @@ async fn reads_see_writes_of_another_catalog_and_revisions_without_changes() {
     let read = ours.service_health("web", &filter).await.unwrap();
     assert_eq!((read.index, read.value.len()), (index, 1));
 }
+
+/// A registration takes the node's revision and checks from the index (no store read); when
+/// the index lags a write another replica made, the compare fails and the next attempt reads
+/// the store, so nothing the other replica wrote is lost or left behind.
+#[tokio::test]
+async fn a_registration_through_a_lagging_index_still_lands_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let ours = StoreCatalog::new(Arc::clone(&store), "dc1");
+    let theirs = StoreCatalog::new(Arc::clone(&store), "dc1");
+    let filter = HealthFilter::default();
+    ours.service_health("a", &filter).await.unwrap();
+    for round in 0..20 {
+        let a = format!("a-{round}");
+        theirs
+            .register(registration(
+                "n1",
+                vec![service(&a, "a", &[])],
+                vec![check(&format!("{a}-alive"), &a, CheckStatus::Passing)],
+            ))
+            .await
+            .unwrap();
+        // At once, before our index may have seen it: re-register a-{round} without its check
+        // (which must delete it) and add b-{round}.
+        ours.register(registration(
+            "n1",
+            vec![
+                service(&a, "a", &[]),
+                service(&format!("b-{round}"), "b", &[]),
+            ],
+            vec![],
+        ))
+        .await
+        .unwrap();
+        let a_now = ours.service_health("a", &filter).await.unwrap().value;
+        let ids: Vec<&str> = a_now.iter().map(|e| e.service.id.as_str()).collect();
+        assert!(ids.contains(&a.as_str()), "{ids:?}");
+        let this = a_now.iter().find(|e| e.service.id == a).unwrap();
+        assert!(this.checks.is_empty(), "{:?}", this.checks);
+        assert_eq!(
+            ours.service_health("b", &filter).await.unwrap().value.len(),
+            round + 1
+        );
+    }
+}

@@ -28,7 +28,7 @@ pub struct HealthFilter {
 
 impl StoreCatalog {
     /// The index, started on first use.
-    async fn index(&self) -> Result<&Arc<Shared>, CatalogError> {
+    pub(super) async fn index(&self) -> Result<&Arc<Shared>, CatalogError> {
         self.index
             .get_or_try_init(|| {
                 Shared::start(
