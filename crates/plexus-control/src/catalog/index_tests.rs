@@ -213,3 +213,67 @@ async fn a_registration_through_a_lagging_index_still_lands_whole() {
         );
     }
 }
+
+/// The catalog-wide topics move for their own kind of record: a check update moves the checks
+/// and that service's health, not the service list, the node list or the catalog view of the
+/// service; a new service moves the service list, not the checks.
+#[tokio::test]
+async fn catalog_topics_move_for_their_own_records() {
+    use super::Topic;
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog(dir.path());
+    catalog
+        .register(registration(
+            "n1",
+            vec![service("web-1", "web", &[])],
+            vec![check("web-1-alive", "web-1", CheckStatus::Passing)],
+        ))
+        .await
+        .unwrap();
+    let topics = [
+        Topic::Services,
+        Topic::Nodes,
+        Topic::Checks,
+        Topic::Service("web".to_owned()),
+        Topic::Health("web".to_owned()),
+        Topic::Node("n1".to_owned()),
+    ];
+    let read = async || {
+        catalog.nodes().await.unwrap();
+        let mut indexes = Vec::new();
+        for topic in &topics {
+            let (_, index_of) = catalog.topic_watch(topic.clone()).await.unwrap();
+            indexes.push(index_of());
+        }
+        indexes
+    };
+    let before = read().await;
+    let checked = catalog
+        .update_check("n1", "web-1-alive", CheckStatus::Critical, "down")
+        .await
+        .unwrap();
+    let after = read().await;
+    assert_eq!(
+        after[..2],
+        before[..2],
+        "services or nodes moved for a check"
+    );
+    assert_eq!(after[3], before[3], "the catalog view moved for a check");
+    assert_eq!((after[2], after[4], after[5]), (checked, checked, checked));
+
+    let added = catalog
+        .register(registration(
+            "n2",
+            vec![service("api-1", "api", &[])],
+            vec![],
+        ))
+        .await
+        .unwrap();
+    let later = read().await;
+    assert_eq!((later[0], later[1]), (added, added));
+    assert_eq!(later[2], checked, "checks moved without a check");
+    assert_eq!(
+        (later[3], later[4], later[5]),
+        (after[3], after[4], after[5])
+    );
+}
