@@ -556,7 +556,10 @@ impl Store for EtcdStore {
                 )
             })
             .collect();
-        let writes = !txn.ops.is_empty();
+        let puts = txn
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::Put { .. } | Op::PutLeased { .. }));
         let ops: Vec<TxnOp> = txn
             .ops
             .into_iter()
@@ -584,7 +587,14 @@ impl Store for EtcdStore {
             .map_err(backend)?;
         let revision = answer.header().map_or(0, |h| unrev(h.revision()));
         self.advance(revision);
-        if writes && answer.succeeded() {
+        // Only a transaction that changed something made a revision of ours (deleting absent
+        // keys does not move etcd's revision: the header then names someone else's).
+        let changed = puts
+            || answer
+                .op_responses()
+                .iter()
+                .any(|op| matches!(op, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0));
+        if changed && answer.succeeded() {
             self.inner.last_write.fetch_max(revision, Ordering::Relaxed);
         }
         Ok(TxnResult {
@@ -676,9 +686,8 @@ impl Store for EtcdStore {
             .await;
         match revoked {
             Ok(answer) => {
-                let revision = answer.header().map_or(0, |h| unrev(h.revision()));
-                self.advance(revision);
-                self.inner.last_write.fetch_max(revision, Ordering::Relaxed);
+                // Not a `last_write`: a lease without keys moves no revision.
+                self.advance(answer.header().map_or(0, |h| unrev(h.revision())));
                 Ok(())
             }
             Err(EtcdError::Request { source, .. })
