@@ -430,30 +430,11 @@ struct AnswerKey {
     filter: HealthFilter,
 }
 
-/// How far the index has caught up with the store.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Applied {
-    /// The newest revision whose changes are applied (or listed).
-    pub events: u64,
-    /// The newest revision the watch said it had delivered everything up to (etcd progress
-    /// notifications: revisions written outside the namespace carried nothing for us).
-    pub progress: u64,
-}
-
-impl Applied {
-    /// The store revision the index reflects.
-    pub fn revision(&self) -> u64 {
-        self.events.max(self.progress)
-    }
-}
-
 /// What the catalog's readers and its watch task share.
 pub(super) struct Shared {
     state: RwLock<State>,
-    /// How far `state` has caught up; moves on every applied change and progress answer.
-    applied: watch::Sender<Applied>,
-    /// Asks the watch task for a progress answer.
-    ask_progress: Arc<tokio::sync::Notify>,
+    /// The revision `state` is at.
+    applied: watch::Sender<u64>,
     /// Serialised answers with the service index they were built at.
     answers: Mutex<HashMap<AnswerKey, (u64, Bytes)>>,
     /// Makes concurrent re-lists wait for one.
@@ -470,8 +451,7 @@ impl Shared {
     ) -> Result<Arc<Self>, CatalogError> {
         let shared = Arc::new(Self {
             state: RwLock::new(State::default()),
-            applied: watch::channel(Applied::default()).0,
-            ask_progress: Arc::new(tokio::sync::Notify::new()),
+            applied: watch::channel(0).0,
             answers: Mutex::new(HashMap::new()),
             relisting: tokio::sync::Mutex::new(()),
             datacenter,
@@ -500,26 +480,16 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// How far the index has caught up, as a watch: it moves on every applied change.
-    pub fn applied(&self) -> watch::Receiver<Applied> {
+    /// The applied revision, as a watch: it moves on every applied change.
+    pub fn applied(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
     }
 
     fn publish(&self, revision: u64) {
         self.applied.send_if_modified(|current| {
-            let newer = revision > current.events;
+            let newer = revision > *current;
             if newer {
-                current.events = revision;
-            }
-            newer
-        });
-    }
-
-    fn progressed(&self, revision: u64) {
-        self.applied.send_if_modified(|current| {
-            let newer = revision > current.progress;
-            if newer {
-                current.progress = revision;
+                *current = revision;
             }
             newer
         });
@@ -557,27 +527,19 @@ impl Shared {
         self.publish(revision);
     }
 
-    /// Waits until the state reflects `revision` (the store's current one): its changes are
-    /// applied, or the watch said (progress) that nothing up to it touched the namespace, as
-    /// happens when other users of a shared etcd write outside it. This replica's own writes
-    /// up to `revision` must have arrived as changes either way (an old etcd may send progress
-    /// ahead of events). Re-lists when the watch does not get there in time.
-    pub async fn catch_up(&self, store: &dyn Store, revision: u64) -> Result<(), CatalogError> {
-        let own = store.last_write_revision().min(revision);
-        let ready = |a: &Applied| a.revision() >= revision && a.events >= own;
+    /// Waits until the state has applied `written` (the store's newest write to its keys, see
+    /// [`Store::written_revision`]): every write acknowledged before the read is in, and
+    /// revisions other users of a shared etcd wrote outside the namespace are never waited for.
+    /// Re-lists when the watch does not get there in time.
+    pub async fn catch_up(&self, store: &dyn Store, written: u64) -> Result<(), CatalogError> {
+        let revision = written;
         let mut applied = self.applied();
-        if ready(&applied.borrow_and_update()) {
-            return Ok(());
-        }
-        // Events normally arrive by themselves; progress is only needed after foreign writes,
-        // and asking costs one small message on the watch stream.
-        self.ask_progress.notify_one();
-        let caught_up = tokio::time::timeout(CATCH_UP, applied.wait_for(ready));
+        let caught_up = tokio::time::timeout(CATCH_UP, applied.wait_for(|r| *r >= revision));
         if matches!(caught_up.await, Ok(Ok(_))) {
             return Ok(());
         }
         let _one = self.relisting.lock().await;
-        if ready(&self.applied.borrow()) {
+        if *self.applied.borrow() >= revision {
             return Ok(());
         }
         tracing::debug!(revision, "catalog index behind the store; re-listing");
@@ -631,17 +593,10 @@ async fn follow(
         };
         let watch = strong.watch("", after).await;
         drop(strong);
-        let Some(ask) = shared.upgrade().map(|s| Arc::clone(&s.ask_progress)) else {
-            return;
-        };
         match watch {
             Ok(mut events) => loop {
                 let event = tokio::select! {
                     _ = stop.cancelled() => return,
-                    () = ask.notified() => {
-                        events.request_progress();
-                        continue;
-                    }
                     event = events.recv() => event,
                 };
                 let Some(shared) = shared.upgrade() else {
@@ -650,9 +605,8 @@ async fn follow(
                 match event {
                     Some(WatchEvent::Changes(changes)) => {
                         shared.apply(&changes);
-                        after = shared.applied.borrow().events;
+                        after = *shared.applied.borrow();
                     }
-                    Some(WatchEvent::Progress { revision }) => shared.progressed(revision),
                     Some(WatchEvent::Compacted { compact_revision }) => {
                         tracing::debug!(compact_revision, "catalog watch compacted; re-listing");
                         break;

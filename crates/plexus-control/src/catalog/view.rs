@@ -14,7 +14,7 @@ use plexus_api::{
 };
 use tokio::sync::watch;
 
-use super::index::{Answer, Applied, Shared, Topic, has_tag};
+use super::index::{Answer, Shared, Topic, has_tag};
 use super::{StoreCatalog, store_error};
 
 /// Filters of `GET /v1/health/service/:name` and `/v1/health/connect/:name`.
@@ -40,25 +40,24 @@ impl StoreCatalog {
             .await
     }
 
-    /// The index once it has applied the store's current revision. The current revision comes
-    /// from `current_revision` (a linearizable read on etcd; the committed revision, published
-    /// before a write returns, on the embedded store, without a storage read), so a read after a
-    /// write always sees it.
+    /// The index once it has applied the store's newest write (`written_revision`: a
+    /// linearizable read on etcd; published before a write returns on the embedded store), so a
+    /// read after a write, through any replica, always sees it.
     async fn current(&self) -> Result<&Arc<Shared>, CatalogError> {
-        let current = self.store.current_revision().await.map_err(store_error)?;
+        let current = self.store.written_revision().await.map_err(store_error)?;
         let index = self.index().await?;
         index.catch_up(&*self.store, current).await?;
         Ok(index)
     }
 
-    /// How far the catalog index has caught up, as a watch, and a function giving the last
+    /// The revision the catalog index has applied, as a watch, and a function giving the last
     /// revision at which `answer` for service `name` changed: what a blocking query on that
     /// service waits on.
     pub async fn service_watch(
         &self,
         answer: Answer,
         name: &str,
-    ) -> Result<(watch::Receiver<Applied>, impl Fn() -> u64 + use<>), CatalogError> {
+    ) -> Result<(watch::Receiver<u64>, impl Fn() -> u64 + use<>), CatalogError> {
         self.topic_watch(Topic::from((answer, name))).await
     }
 
@@ -67,7 +66,7 @@ impl StoreCatalog {
     pub async fn topic_watch(
         &self,
         topic: Topic,
-    ) -> Result<(watch::Receiver<Applied>, impl Fn() -> u64 + use<>), CatalogError> {
+    ) -> Result<(watch::Receiver<u64>, impl Fn() -> u64 + use<>), CatalogError> {
         let index = Arc::clone(self.index().await?);
         let applied = index.applied();
         Ok((applied, move || index.read().topic_index(&topic)))

@@ -93,7 +93,6 @@ pub async fn run(catalog: Arc<StoreCatalog>, stop: CancellationToken) {
                         }
                     }
                 }
-                Some(WatchEvent::Progress { .. }) => {}
                 Some(WatchEvent::Compacted { .. }) | None => continue 'relist,
             }
         }

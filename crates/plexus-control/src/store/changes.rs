@@ -311,7 +311,6 @@ async fn follow(
                         state.revision = state.revision.max(newest);
                         after = state.revision;
                     }
-                    Some(WatchEvent::Progress { .. }) => {}
                     Some(WatchEvent::Compacted { compact_revision }) => {
                         tracing::debug!(compact_revision, %root, "change watch compacted; re-listing");
                         break;

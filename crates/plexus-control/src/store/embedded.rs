@@ -513,10 +513,13 @@ impl Store for EmbeddedStore {
         Ok(*self.revision.borrow())
     }
 
+    async fn written_revision(&self) -> Result<u64, StoreError> {
+        // Recorded before `txn` returns, like the revision.
+        Ok(self.history.written())
+    }
+
     async fn watch(&self, prefix: &str, after_revision: u64) -> Result<Watch, StoreError> {
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
-        let progress = Arc::new(tokio::sync::Notify::new());
-        let asked = Arc::clone(&progress);
         let history = Arc::clone(&self.history);
         let prefix = prefix.to_owned();
         let mut contiguous = history.contiguous();
@@ -526,8 +529,6 @@ impl Store for EmbeddedStore {
             after_revision
         };
         tokio::spawn(async move {
-            // Set when asked for progress: answered after delivering what is recorded by then.
-            let mut answer = false;
             loop {
                 match history.since(&prefix, cursor) {
                     Err(compacted) => {
@@ -547,26 +548,17 @@ impl Store for EmbeddedStore {
                         }
                     }
                 }
-                if std::mem::take(&mut answer)
-                    && tx
-                        .send(WatchEvent::Progress { revision: cursor })
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
                 tokio::select! {
                     changed = contiguous.wait_for(|r| *r > cursor) => {
                         if changed.is_err() {
                             return;
                         }
                     }
-                    () = asked.notified() => answer = true,
                     _ = tx.closed() => return,
                 }
             }
         });
-        Ok(Watch::new(rx, progress))
+        Ok(rx)
     }
 
     async fn status(&self) -> super::StoreStatus {

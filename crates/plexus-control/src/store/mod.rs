@@ -16,7 +16,6 @@ pub mod history;
 pub mod lease;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -127,13 +126,6 @@ impl Change {
 pub enum WatchEvent {
     /// Changes of one or more revisions, in revision order.
     Changes(Vec<Change>),
-    /// Every change of the watched keys up to `revision` has been delivered: the revisions after
-    /// the last change were writes to other keys (on etcd possibly outside the namespace, by
-    /// other users of the cluster). Sent when asked with [`Watch::request_progress`].
-    Progress {
-        /// The store revision the watch has caught up with.
-        revision: u64,
-    },
     /// The history the watch needed is gone: re-list. The watch ends after this event.
     Compacted {
         /// The oldest revision the store can still replay from.
@@ -142,33 +134,7 @@ pub enum WatchEvent {
 }
 
 /// A running watch: events until the store goes away, or a [`WatchEvent::Compacted`].
-#[derive(Debug)]
-pub struct Watch {
-    events: tokio::sync::mpsc::Receiver<WatchEvent>,
-    progress: Arc<tokio::sync::Notify>,
-}
-
-impl Watch {
-    /// A watch reading `events`; `progress` is notified when the watcher asks for a
-    /// [`WatchEvent::Progress`] (the backend answers once it has delivered everything before it).
-    pub fn new(
-        events: tokio::sync::mpsc::Receiver<WatchEvent>,
-        progress: Arc<tokio::sync::Notify>,
-    ) -> Self {
-        Self { events, progress }
-    }
-
-    /// The next event; `None` once the watch has ended.
-    pub async fn recv(&mut self) -> Option<WatchEvent> {
-        self.events.recv().await
-    }
-
-    /// Asks for a [`WatchEvent::Progress`] naming the store's current revision, after every
-    /// change up to it. Requests made before the answer arrives are answered together.
-    pub fn request_progress(&self) {
-        self.progress.notify_one();
-    }
-}
+pub type Watch = tokio::sync::mpsc::Receiver<WatchEvent>;
 
 /// What a store says about itself, for operators.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -276,12 +242,15 @@ pub trait Store: Send + Sync + 'static {
         Ok(self.get_at("").await?.1)
     }
 
-    /// The revision of the newest write committed through this handle (0: none yet). A watcher
-    /// that takes a [`WatchEvent::Progress`] as proof of being current also waits for the events
-    /// of its own writes: etcd before 3.4.25/3.5.8 could send a requested progress notification
-    /// ahead of events it had not sent yet.
-    fn last_write_revision(&self) -> u64 {
-        0
+    /// The revision of the newest write that changed this store's keys, as a read issued now
+    /// would see it: a watcher of every key that has applied it reflects every write
+    /// acknowledged before the call. On a store shared with others (etcd, outside the
+    /// namespace) the store's revision runs ahead of it, and so does a revision that changed
+    /// nothing (a delete of absent keys); a watcher waiting for those would wait for events that
+    /// never come. Expiring leases (the store's own deletes) may be newer. The default is the
+    /// current revision.
+    async fn written_revision(&self) -> Result<u64, StoreError> {
+        self.current_revision().await
     }
 
     /// Reads every key starting with `prefix`, sorted by key, with the store revision the read

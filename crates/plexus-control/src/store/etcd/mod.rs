@@ -14,11 +14,17 @@
 //!   reached etcd, so the store never applies one twice.
 //! - **Revisions** are etcd's: reads are linearizable and return the header revision, so an index
 //!   read through one replica is never ahead of what another replica reads next.
-//!   [`Store::current_revision`] reads are batched: callers arriving while one is in flight share
-//!   the next one, which starts after they asked (1,000 woken blocking queries: one or two reads).
-//! - **Watches** are gRPC watch streams ([`watch`]) that resume from the last delivered revision
-//!   and answer progress requests, so a watcher of the namespace learns that foreign writes
-//!   carried nothing for it. [`Store::revision_watch`] is fed by one such watch.
+//! - **Written revision.** Every transaction that writes also puts [`WRITTEN_KEY`] under the
+//!   prefix, so that key's mod revision is the newest Plexus write in the namespace, whoever made
+//!   it. [`Store::written_revision`] reads it: a watcher of the namespace that has applied it
+//!   reflects every acknowledged write, while revisions written outside the namespace (other
+//!   users of a shared etcd) are never waited for. (etcd's progress notifications could say the
+//!   same, but etcd before 3.4.25/3.5.8, Debian's 3.4.23 included, may send one ahead of events
+//!   it has not sent yet; the marker holds on every version.) Revision reads are batched: callers
+//!   arriving while one is in flight share the next one, which starts after they asked (1,000
+//!   woken blocking queries: one or two reads).
+//! - **Watches** are gRPC watch streams ([`watch`]) that resume from the last delivered
+//!   revision. [`Store::revision_watch`] is fed by one such watch on the namespace.
 //! - **Listings** are paged (1,000 keys per request) at one pinned revision: a consistent
 //!   snapshot without one huge response.
 //!
@@ -30,7 +36,6 @@ pub mod options;
 mod watch;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -63,6 +68,9 @@ const RETRIES: usize = 8;
 const PAGE: i64 = 1_000;
 /// Largest response accepted (a page of large KV values).
 const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+/// Put (empty) by every writing transaction: its mod revision is the newest write in the
+/// namespace. No Plexus key starts with a dot.
+pub const WRITTEN_KEY: &str = ".written";
 
 fn backend(error: EtcdError) -> StoreError {
     StoreError::Backend {
@@ -113,12 +121,17 @@ struct Inner {
     client: Client,
     options: EtcdOptions,
     revision: tokio_watch::Sender<u64>,
-    /// The revision of this handle's newest write.
-    last_write: AtomicU64,
-    /// Callers of `current_revision` waiting for the next read.
-    revision_waiters: Mutex<Vec<oneshot::Sender<Result<u64, Cause>>>>,
+    /// Callers of `current_revision`/`written_revision` waiting for the next read.
+    revision_waiters: Mutex<Vec<oneshot::Sender<Result<Revisions, Cause>>>>,
     revision_asked: Notify,
     stop: CancellationToken,
+}
+
+/// One read of the store's revision and of the newest Plexus write in it.
+#[derive(Debug, Clone, Copy)]
+struct Revisions {
+    current: u64,
+    written: u64,
 }
 
 impl Inner {
@@ -226,7 +239,6 @@ impl EtcdStore {
                 client,
                 options,
                 revision: tokio_watch::channel(revision).0,
-                last_write: AtomicU64::new(0),
                 revision_waiters: Mutex::new(Vec::new()),
                 revision_asked: Notify::new(),
                 stop: stop.clone(),
@@ -352,6 +364,29 @@ impl EtcdStore {
         advance(&self.inner.revision, revision);
     }
 
+    /// The store's revision and the newest Plexus write in it, from a read shared with the
+    /// callers that asked while another was in flight (see [`read_revisions`]).
+    async fn revisions(&self) -> Result<Revisions, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .revision_waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(tx);
+        self.inner.revision_asked.notify_one();
+        match rx.await {
+            Ok(Ok(revisions)) => Ok(revisions),
+            Ok(Err(source)) => Err(backend(EtcdError::Request {
+                op: "range",
+                source,
+            })),
+            Err(_) => Err(backend(EtcdError::Request {
+                op: "range",
+                source: Cause::of(&etcd_client::Error::Internal("the store is closing".into())),
+            })),
+        }
+    }
+
     /// etcd's status as a member reports it, and the member list.
     async fn members(&self) -> Result<Vec<MemberStatus>, EtcdError> {
         let listed = self
@@ -409,13 +444,20 @@ async fn read_revisions(inner: Weak<Inner>) {
         if waiters.is_empty() {
             continue;
         }
-        let key = strong.options.prefix.as_bytes().to_vec();
-        let read = strong.client.kv_client().get(key, None).await;
+        let read = strong
+            .client
+            .kv_client()
+            .get(strong.full_key(WRITTEN_KEY), None)
+            .await;
         let answer = match read {
             Ok(response) => {
-                let revision = response.header().map_or(0, |h| unrev(h.revision()));
-                advance(&strong.revision, revision);
-                Ok(revision)
+                let current = response.header().map_or(0, |h| unrev(h.revision()));
+                let written = response
+                    .kvs()
+                    .first()
+                    .map_or(0, |kv| unrev(kv.mod_revision()));
+                advance(&strong.revision, current);
+                Ok(Revisions { current, written })
             }
             Err(error) => Err(Cause::of(&error)),
         };
@@ -431,13 +473,7 @@ async fn read_revisions(inner: Weak<Inner>) {
 async fn follow(inner: Weak<Inner>, mut seen: u64) {
     loop {
         let (tx, mut rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(watch::run(
-            inner.clone(),
-            String::new(),
-            seen,
-            tx,
-            Arc::new(Notify::new()),
-        ));
+        tokio::spawn(watch::run(inner.clone(), String::new(), seen, tx));
         while let Some(event) = rx.recv().await {
             let Some(strong) = inner.upgrade() else {
                 return;
@@ -449,7 +485,6 @@ async fn follow(inner: Weak<Inner>, mut seen: u64) {
                         advance(&strong.revision, seen);
                     }
                 }
-                WatchEvent::Progress { revision } => advance(&strong.revision, revision),
                 WatchEvent::Compacted { compact_revision } => {
                     tracing::info!(
                         from = seen + 1,
@@ -514,28 +549,11 @@ impl Store for EtcdStore {
     }
 
     async fn current_revision(&self) -> Result<u64, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .revision_waiters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(tx);
-        self.inner.revision_asked.notify_one();
-        match rx.await {
-            Ok(Ok(revision)) => Ok(revision),
-            Ok(Err(source)) => Err(backend(EtcdError::Request {
-                op: "range",
-                source,
-            })),
-            Err(_) => Err(backend(EtcdError::Request {
-                op: "range",
-                source: Cause::of(&etcd_client::Error::Internal("the store is closing".into())),
-            })),
-        }
+        Ok(self.revisions().await?.current)
     }
 
-    fn last_write_revision(&self) -> u64 {
-        self.inner.last_write.load(Ordering::Relaxed)
+    async fn written_revision(&self) -> Result<u64, StoreError> {
+        Ok(self.revisions().await?.written)
     }
 
     async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64), StoreError> {
@@ -556,11 +574,8 @@ impl Store for EtcdStore {
                 )
             })
             .collect();
-        let puts = txn
-            .ops
-            .iter()
-            .any(|op| matches!(op, Op::Put { .. } | Op::PutLeased { .. }));
-        let ops: Vec<TxnOp> = txn
+        let writes = !txn.ops.is_empty();
+        let mut ops: Vec<TxnOp> = txn
             .ops
             .into_iter()
             .map(|op| match op {
@@ -577,6 +592,13 @@ impl Store for EtcdStore {
                 ),
             })
             .collect();
+        if writes {
+            ops.push(TxnOp::put(
+                self.inner.full_key(WRITTEN_KEY),
+                Vec::new(),
+                None,
+            ));
+        }
         let request = EtcdTxn::new().when(compares).and_then(ops);
         let answer = self
             .retry("txn", true, |client| {
@@ -587,16 +609,6 @@ impl Store for EtcdStore {
             .map_err(backend)?;
         let revision = answer.header().map_or(0, |h| unrev(h.revision()));
         self.advance(revision);
-        // Only a transaction that changed something made a revision of ours (deleting absent
-        // keys does not move etcd's revision: the header then names someone else's).
-        let changed = puts
-            || answer
-                .op_responses()
-                .iter()
-                .any(|op| matches!(op, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0));
-        if changed && answer.succeeded() {
-            self.inner.last_write.fetch_max(revision, Ordering::Relaxed);
-        }
         Ok(TxnResult {
             succeeded: answer.succeeded(),
             revision,
@@ -615,15 +627,13 @@ impl Store for EtcdStore {
             after_revision
         };
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
-        let progress = Arc::new(Notify::new());
         tokio::spawn(watch::run(
             Arc::downgrade(&self.inner),
             prefix.to_owned(),
             cursor,
             tx,
-            Arc::clone(&progress),
         ));
-        Ok(Watch::new(rx, progress))
+        Ok(rx)
     }
 
     async fn status(&self) -> StoreStatus {
@@ -686,8 +696,18 @@ impl Store for EtcdStore {
             .await;
         match revoked {
             Ok(answer) => {
-                // Not a `last_write`: a lease without keys moves no revision.
                 self.advance(answer.header().map_or(0, |h| unrev(h.revision())));
+                // The revoke deleted keys without the marker: move it, so a read after it (on
+                // any replica) waits for those deletes. Best effort: the deletes arrive anyway.
+                let marked = self
+                    .inner
+                    .client
+                    .kv_client()
+                    .put(self.inner.full_key(WRITTEN_KEY), Vec::new(), None)
+                    .await;
+                if let Err(error) = marked {
+                    tracing::debug!(error = %Cause::of(&error), "etcd written marker not moved after a revoke");
+                }
                 Ok(())
             }
             Err(EtcdError::Request { source, .. })

@@ -2,17 +2,15 @@
 //! resumed from the last delivered revision when it breaks (the balanced channel picks a member
 //! that answers), ended with [`WatchEvent::Compacted`] when etcd no longer has the history.
 //!
-//! Progress: when the watcher asks ([`crate::store::Watch::request_progress`]), a progress request
-//! goes down the stream and etcd's answer (a response without events) becomes
-//! [`WatchEvent::Progress`]: every change of the watched keys up to that revision has been sent.
-//! That is how a reader learns that revisions written outside the namespace (other etcd users)
-//! carried nothing for it, without waiting for events that never come.
+//! Responses without events (etcd's progress notifications) are skipped: etcd before
+//! 3.4.25/3.5.8 could send one ahead of events it had not sent yet, so nothing here relies on
+//! them (readers use [`Store::written_revision`](crate::store::Store::written_revision) instead).
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 use etcd_client::WatchOptions;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use super::{Inner, rev, unrev};
 use crate::store::{Change, KeyValue, WatchEvent};
@@ -40,7 +38,6 @@ pub(super) async fn run(
     prefix: String,
     mut cursor: u64,
     tx: mpsc::Sender<WatchEvent>,
-    progress: Arc<Notify>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -51,7 +48,7 @@ pub(super) async fn run(
         let end = tokio::select! {
             _ = stop.cancelled() => return,
             _ = tx.closed() => return,
-            end = stream(&strong, &prefix, &mut cursor, &tx, &progress) => end,
+            end = stream(&strong, &prefix, &mut cursor, &tx) => end,
         };
         drop(strong);
         match end {
@@ -71,13 +68,12 @@ pub(super) async fn run(
     }
 }
 
-/// One stream: creates the watch, forwards events and progress until it ends.
+/// One stream: creates the watch, forwards events until it ends.
 async fn stream(
     inner: &Inner,
     prefix: &str,
     cursor: &mut u64,
     tx: &mpsc::Sender<WatchEvent>,
-    progress: &Notify,
 ) -> End {
     let key = format!("{}{prefix}", inner.options.prefix).into_bytes();
     let options = WatchOptions::new()
@@ -94,19 +90,10 @@ async fn stream(
             return End::Broken;
         }
     };
-    let (mut requests, mut responses) = watch.split();
+    // The request half stays alive with the stream (dropping it would end the watch).
+    let (_requests, mut responses) = watch.split();
     loop {
-        let message = tokio::select! {
-            () = progress.notified() => {
-                if let Err(error) = requests.request_progress().await {
-                    tracing::debug!(error = %super::Cause::of(&error), "etcd progress request failed");
-                    return End::Broken;
-                }
-                continue;
-            }
-            message = responses.message() => message,
-        };
-        let response = match message {
+        let response = match responses.message().await {
             Ok(Some(response)) => response,
             Ok(None) => {
                 tracing::debug!(
@@ -134,11 +121,6 @@ async fn stream(
             continue;
         }
         if response.events.is_empty() {
-            // A progress notification: everything up to the header revision was sent.
-            let revision = response.header.map_or(0, |h| unrev(h.revision));
-            if revision >= *cursor && tx.send(WatchEvent::Progress { revision }).await.is_err() {
-                return End::Stop;
-            }
             continue;
         }
         let mut changes = Vec::with_capacity(response.events.len());
