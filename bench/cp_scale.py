@@ -150,6 +150,7 @@ def start_etcd(work: Path, members: int, log) -> tuple[list[subprocess.Popen], s
     binary = shutil.which("etcd") or "/usr/bin/etcd"
     ports = [(free_port(), free_port()) for _ in range(members)]
     initial = ",".join(f"m{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))
+    token = f"cp-scale-{ports[0][0]}"
     procs = []
     for i, (client, peer) in enumerate(ports):
         data = work / f"etcd-{client}-m{i}"
@@ -160,14 +161,19 @@ def start_etcd(work: Path, members: int, log) -> tuple[list[subprocess.Popen], s
              "--listen-peer-urls", f"http://127.0.0.1:{peer}",
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
              "--initial-cluster", initial, "--initial-cluster-state", "new",
-             "--initial-cluster-token", f"cp-scale-{client}",
+             "--initial-cluster-token", token,
              # Room for 100,000 instances and their history (the 2 GiB default is tight).
              "--quota-backend-bytes", str(8 * 1024**3),
              "--logger", "zap", "--log-level", "warn"],
             stdout=log, stderr=subprocess.STDOUT,
         ))
-    for client, _ in ports:
-        wait_http(f"http://127.0.0.1:{client}/health")
+    try:
+        for client, _ in ports:
+            wait_http(f"http://127.0.0.1:{client}/health")
+    except Exception:
+        for proc in procs:
+            proc.terminate()
+        raise
     return procs, ",".join(f"127.0.0.1:{client}" for client, _ in ports)
 
 
