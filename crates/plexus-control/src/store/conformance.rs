@@ -130,6 +130,61 @@ async fn etcd_store_conforms() {
     suite(Arc::new(store)).await;
 }
 
+/// Concurrent guarded writes each get their own answer (etcd merges concurrent transactions on
+/// disjoint keys into one; a compare that fails there must fail only its own transaction): of
+/// 48 create-only writes on 12 keys, exactly 12 succeed, and each success's revision is its key's.
+async fn concurrent_suite(store: Arc<dyn Store>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..48 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let key = format!("c/{}", i % 12);
+            let result = store
+                .txn(Txn {
+                    compares: vec![absent(&key)],
+                    ops: vec![put(&key, &i.to_string()), put(&format!("c-own/{i}"), "x")],
+                })
+                .await
+                .unwrap();
+            (key, i, result)
+        });
+    }
+    let mut winners = std::collections::BTreeMap::new();
+    while let Some(done) = tasks.join_next().await {
+        let (key, i, result) = done.unwrap();
+        let own = store.get(&format!("c-own/{i}")).await.unwrap();
+        if result.succeeded {
+            assert!(winners.insert(key.clone(), (i, result.revision)).is_none());
+            assert_eq!(own.map(|kv| kv.mod_revision), Some(result.revision));
+        } else {
+            assert_eq!(own, None, "a refused write wrote its other key");
+        }
+    }
+    assert_eq!(winners.len(), 12);
+    for (key, (i, revision)) in winners {
+        let kv = store.get(&key).await.unwrap().unwrap();
+        assert_eq!(
+            (kv.value, kv.mod_revision),
+            (i.to_string().into_bytes(), revision)
+        );
+    }
+}
+
+#[tokio::test]
+async fn embedded_concurrent_writes_get_their_own_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_suite(Arc::new(EmbeddedStore::open(dir.path()).unwrap())).await;
+}
+
+#[tokio::test]
+async fn etcd_concurrent_writes_get_their_own_answers() {
+    let cluster = EtcdCluster::start(1).await.unwrap();
+    let store = EtcdStore::connect(&cluster.endpoints(), "concurrent/")
+        .await
+        .unwrap();
+    concurrent_suite(Arc::new(store)).await;
+}
+
 /// Two replicas over one cluster: a write through one moves the other's revision watch (the watch,
 /// not a poll), also after the history under the watch was compacted, and with a member killed.
 #[tokio::test]

@@ -25,12 +25,15 @@
 //!   woken blocking queries: one or two reads).
 //! - **Watches** are gRPC watch streams ([`watch`]) that resume from the last delivered
 //!   revision. [`Store::revision_watch`] is fed by one such watch on the namespace.
+//! - **Group commit** ([`batch`]): transactions that queue while etcd is busy with others go to
+//!   it as one when their keys do not overlap.
 //! - **Listings** are paged (1,000 keys per request) at one pinned revision: a consistent
 //!   snapshot without one huge response.
 //!
 //! etcd refuses a transaction that names one key twice (or puts inside a range it deletes):
 //! writers build transactions with one operation per key, as the catalog does.
 
+mod batch;
 pub mod error;
 pub mod options;
 mod watch;
@@ -124,6 +127,8 @@ struct Inner {
     /// Callers of `current_revision`/`written_revision` waiting for the next read.
     revision_waiters: Mutex<Vec<oneshot::Sender<Result<Revisions, Cause>>>>,
     revision_asked: Notify,
+    /// Group commit of concurrent transactions.
+    batcher: batch::Batcher,
     stop: CancellationToken,
 }
 
@@ -241,6 +246,7 @@ impl EtcdStore {
                 revision: tokio_watch::channel(revision).0,
                 revision_waiters: Mutex::new(Vec::new()),
                 revision_asked: Notify::new(),
+                batcher: batch::Batcher::new(),
                 stop: stop.clone(),
             }),
             _stop_on_drop: Arc::new(stop.drop_guard()),
@@ -362,6 +368,60 @@ impl EtcdStore {
 
     fn advance(&self, revision: u64) {
         advance(&self.inner.revision, revision);
+    }
+
+    /// One etcd transaction (with the written marker when it writes).
+    async fn txn_direct(&self, txn: Txn) -> Result<TxnResult, StoreError> {
+        let compares: Vec<EtcdCompare> = txn
+            .compares
+            .iter()
+            .map(|Compare::ModRevision { key, revision }| {
+                EtcdCompare::mod_revision(
+                    self.inner.full_key(key),
+                    CompareOp::Equal,
+                    rev(*revision),
+                )
+            })
+            .collect();
+        let writes = !txn.ops.is_empty();
+        let mut ops: Vec<TxnOp> = txn
+            .ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Put { key, value } => TxnOp::put(self.inner.full_key(&key), value, None),
+                Op::PutLeased { key, value, lease } => TxnOp::put(
+                    self.inner.full_key(&key),
+                    value,
+                    Some(PutOptions::new().with_lease(lease)),
+                ),
+                Op::Delete { key } => TxnOp::delete(self.inner.full_key(&key), None),
+                Op::DeletePrefix { prefix } => TxnOp::delete(
+                    self.inner.full_key(&prefix),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
+            })
+            .collect();
+        if writes {
+            ops.push(TxnOp::put(
+                self.inner.full_key(WRITTEN_KEY),
+                Vec::new(),
+                None,
+            ));
+        }
+        let request = EtcdTxn::new().when(compares).and_then(ops);
+        let answer = self
+            .retry("txn", true, |client| {
+                let request = request.clone();
+                async move { client.kv_client().txn(request).await }
+            })
+            .await
+            .map_err(backend)?;
+        let revision = answer.header().map_or(0, |h| unrev(h.revision()));
+        self.advance(revision);
+        Ok(TxnResult {
+            succeeded: answer.succeeded(),
+            revision,
+        })
     }
 
     /// The store's revision and the newest Plexus write in it, from a read shared with the
@@ -563,56 +623,11 @@ impl Store for EtcdStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
-        let compares: Vec<EtcdCompare> = txn
-            .compares
-            .iter()
-            .map(|Compare::ModRevision { key, revision }| {
-                EtcdCompare::mod_revision(
-                    self.inner.full_key(key),
-                    CompareOp::Equal,
-                    rev(*revision),
-                )
-            })
-            .collect();
-        let writes = !txn.ops.is_empty();
-        let mut ops: Vec<TxnOp> = txn
-            .ops
-            .into_iter()
-            .map(|op| match op {
-                Op::Put { key, value } => TxnOp::put(self.inner.full_key(&key), value, None),
-                Op::PutLeased { key, value, lease } => TxnOp::put(
-                    self.inner.full_key(&key),
-                    value,
-                    Some(PutOptions::new().with_lease(lease)),
-                ),
-                Op::Delete { key } => TxnOp::delete(self.inner.full_key(&key), None),
-                Op::DeletePrefix { prefix } => TxnOp::delete(
-                    self.inner.full_key(&prefix),
-                    Some(DeleteOptions::new().with_prefix()),
-                ),
-            })
-            .collect();
-        if writes {
-            ops.push(TxnOp::put(
-                self.inner.full_key(WRITTEN_KEY),
-                Vec::new(),
-                None,
-            ));
+        if batch::batchable(&txn) {
+            self.txn_batched(txn).await
+        } else {
+            self.txn_direct(txn).await
         }
-        let request = EtcdTxn::new().when(compares).and_then(ops);
-        let answer = self
-            .retry("txn", true, |client| {
-                let request = request.clone();
-                async move { client.kv_client().txn(request).await }
-            })
-            .await
-            .map_err(backend)?;
-        let revision = answer.header().map_or(0, |h| unrev(h.revision()));
-        self.advance(revision);
-        Ok(TxnResult {
-            succeeded: answer.succeeded(),
-            revision,
-        })
     }
 
     fn revision_watch(&self) -> tokio_watch::Receiver<u64> {
