@@ -206,7 +206,8 @@ def main() -> int:
         store = ["--store", "embedded", "--data-dir", str(work / f"data-{port}")]
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     server = subprocess.Popen(
-        [args.plexus, "server", *store, "--http-addr", f"127.0.0.1:{port}", "--node", "bench-server"],
+        [args.plexus, "server", *store, "--http-addr", f"127.0.0.1:{port}",
+         "--dns-addr", "127.0.0.1:0", "--node", "bench-server"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:

@@ -218,6 +218,8 @@ services {{
             "dev",
             "--http-addr",
             env_addr,
+            "--dns-addr",
+            "127.0.0.1:0",
             "--data-dir",
             str(d / "data"),
             "--config-file",

@@ -15,6 +15,7 @@ use crate::registration::ServiceRegistration;
 
 mod config;
 mod connect;
+mod tls;
 pub use connect::IntentionSet;
 
 /// Where clients look for the control plane when nothing else is said.
@@ -53,6 +54,24 @@ pub enum ClientError {
         /// The field at fault, when the server named one.
         field: Option<String>,
     },
+    /// The TLS handshake with the control plane failed (wrong CA, expired or misnamed
+    /// certificate, a refused client certificate, a plaintext port).
+    #[error("TLS with the control plane at {addr} failed: {reason}")]
+    Tls {
+        /// Base URL.
+        addr: String,
+        /// What went wrong, in words, with what to check.
+        reason: String,
+        /// Cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// An `https://` address without a CA to verify the server with.
+    #[error("{addr}: HTTPS needs a CA file to verify the server: --ca-file or PLEXUS_CACERT")]
+    NoCaFile {
+        /// The address.
+        addr: String,
+    },
     /// The response was not of the expected shape.
     #[error("{path}: unexpected response body")]
     Decode {
@@ -73,9 +92,13 @@ impl ClientError {
         }
     }
 
-    /// True when the server could not be reached at all (worth retrying with backoff).
+    /// True when no answer came: the server could not be reached, or the TLS handshake failed
+    /// (worth retrying with backoff; a TLS failure is also logged as such).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, ClientError::Unreachable { .. })
+        matches!(
+            self,
+            ClientError::Unreachable { .. } | ClientError::Tls { .. }
+        )
     }
 }
 
@@ -100,6 +123,12 @@ impl QueryOptions {
 
 /// Normalises `host:port` or `http://host:port` to a base URL without a trailing slash.
 pub fn base_url(addr: &str) -> Result<String, ClientError> {
+    base_url_with_scheme(addr, "http")
+}
+
+/// Like [`base_url`], with `scheme` for bare `host:port` addresses (`https` when
+/// `CONSUL_HTTP_SSL` says so).
+pub fn base_url_with_scheme(addr: &str, scheme: &str) -> Result<String, ClientError> {
     let trimmed = addr.trim().trim_end_matches('/');
     let rest = trimmed
         .strip_prefix("http://")
@@ -115,7 +144,7 @@ pub fn base_url(addr: &str) -> Result<String, ClientError> {
     if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
         Ok(trimmed.to_owned())
     } else {
-        Ok(format!("http://{trimmed}"))
+        Ok(format!("{scheme}://{trimmed}"))
     }
 }
 
@@ -124,6 +153,16 @@ pub fn resolve_addr(flag: Option<&str>) -> String {
     flag.map(str::to_owned)
         .or_else(|| std::env::var(HTTP_ADDR_ENV).ok().filter(|v| !v.is_empty()))
         .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned())
+}
+
+/// How a client reaches the control plane beyond its addresses.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// TLS for `https://` servers: trusted roots, the client certificate, the server name
+    /// (built by `plexus_runtime::tls`). Required when an address is `https://`.
+    pub tls: Option<rustls::ClientConfig>,
+    /// Bare `host:port` addresses mean `https://` (`PLEXUS_HTTP_SSL`, `CONSUL_HTTP_SSL`).
+    pub https: bool,
 }
 
 /// A client of the control plane: one server, or several with failover.
@@ -153,20 +192,38 @@ impl Client {
 
     /// A client for several servers (each `host:port` or `http://host:port`), with failover.
     pub fn with_servers<S: AsRef<str>>(addrs: &[S]) -> Result<Self, ClientError> {
+        Self::with_options(addrs, ClientOptions::default())
+    }
+
+    /// A client for several servers (`host:port`, `http://host:port` or `https://host:port`)
+    /// with failover, talking TLS as `options` say.
+    pub fn with_options<S: AsRef<str>>(
+        addrs: &[S],
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let scheme = if options.https { "https" } else { "http" };
         let bases = addrs
             .iter()
-            .map(|a| base_url(a.as_ref()))
+            .map(|a| base_url_with_scheme(a.as_ref(), scheme))
             .collect::<Result<Vec<_>, _>>()?;
         if bases.is_empty() {
             return Err(ClientError::BadAddress(String::new()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|source| ClientError::Unreachable {
-                addr: bases.join(","),
-                source,
-            })?;
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        match options.tls {
+            Some(tls) => builder = builder.use_preconfigured_tls(tls),
+            None => {
+                if let Some(https) = bases.iter().find(|b| b.starts_with("https://")) {
+                    return Err(ClientError::NoCaFile {
+                        addr: https.clone(),
+                    });
+                }
+            }
+        }
+        let http = builder.build().map_err(|source| ClientError::Unreachable {
+            addr: bases.join(","),
+            source,
+        })?;
         Ok(Self {
             servers: std::sync::Arc::new(Servers {
                 bases,
@@ -242,6 +299,13 @@ impl Client {
                         .current
                         .store((index + 1) % count, Ordering::Relaxed);
                     self.set_stale(true);
+                    if let Some(reason) = tls::failure(&source) {
+                        return Err(ClientError::Tls {
+                            addr: base.clone(),
+                            reason,
+                            source,
+                        });
+                    }
                     return Err(ClientError::Unreachable {
                         addr: base.clone(),
                         source,
@@ -535,6 +599,22 @@ impl Client {
         let path = format!(
             "/v1/internal/proxy/{}/ack?revision={revision}",
             encode(proxy_id)
+        );
+        self.send_put::<()>(&path, None).await
+    }
+
+    /// `PUT /v1/internal/proxy/:id/ack?revision=N&admin=ADDR`: this proxy applied configuration
+    /// `revision`, and serves its metrics on `admin`.
+    pub async fn proxy_ack_with_admin(
+        &self,
+        proxy_id: &str,
+        revision: u64,
+        admin: std::net::SocketAddr,
+    ) -> Result<(), ClientError> {
+        let path = format!(
+            "/v1/internal/proxy/{}/ack?revision={revision}&admin={}",
+            encode(proxy_id),
+            encode(&admin.to_string())
         );
         self.send_put::<()>(&path, None).await
     }

@@ -22,7 +22,7 @@
 
 mod hcl_body;
 mod layout;
-mod locate;
+pub(crate) mod locate;
 #[cfg(test)]
 mod tests;
 
@@ -96,7 +96,7 @@ struct Entry {
 }
 
 /// A file read and parsed; the text is kept to place later errors.
-struct Loaded {
+pub(crate) struct Loaded {
     path: PathBuf,
     text: String,
     entries: Vec<Entry>,
@@ -184,8 +184,17 @@ pub fn check_files(
     paths: &[PathBuf],
     defaults: &validate::Defaults,
 ) -> Result<Vec<(PathBuf, ServiceRegistration)>, Vec<DefinitionError>> {
-    let (loaded, mut errors) = load_all(paths);
+    let (loaded, errors) = load_all(paths);
+    check_loaded(loaded, errors, defaults)
+}
 
+/// [`check_files`] over files already parsed (the agent configuration loader splits a file's
+/// service blocks from its agent keys), adding to `errors`.
+pub(crate) fn check_loaded(
+    loaded: Vec<Loaded>,
+    mut errors: Vec<DefinitionError>,
+    defaults: &validate::Defaults,
+) -> Result<Vec<(PathBuf, ServiceRegistration)>, Vec<DefinitionError>> {
     let written: BTreeSet<u16> = loaded
         .iter()
         .flat_map(|f| &f.entries)
@@ -340,7 +349,10 @@ fn parse_entries(file: &Path, text: &str) -> Result<Vec<Entry>, Vec<DefinitionEr
         Format::Hcl => parse_hcl(file, text)?,
         Format::Json => parse_json(file, text).map_err(|e| vec![e])?,
     };
+    entries_of(file, text, raw)
+}
 
+fn entries_of(file: &Path, text: &str, raw: RawFile) -> Result<Vec<Entry>, Vec<DefinitionError>> {
     if raw.service.len() > 1 {
         let field = vec![Seg::Key("service".to_owned()), Seg::Index(1)];
         return Err(vec![DefinitionError {
@@ -365,7 +377,41 @@ fn parse_entries(file: &Path, text: &str) -> Result<Vec<Entry>, Vec<DefinitionEr
     Ok(single.chain(many).collect())
 }
 
+/// A file's text as the JSON value it stands for (HCL converted strictly), for loaders that
+/// look at its keys before decoding.
+pub(crate) fn parse_value(
+    file: &Path,
+    text: &str,
+) -> Result<serde_json::Value, Vec<DefinitionError>> {
+    match format_of(file).map_err(|e| vec![e])? {
+        Format::Hcl => hcl_value(file, text),
+        Format::Json => {
+            serde_json::from_str(text).map_err(|e| vec![json_error(file, text, &e, &[])])
+        }
+    }
+}
+
+/// Decodes the `service`/`services` part of a file's value (see [`parse_value`]).
+pub(crate) fn loaded_from_value(
+    file: &Path,
+    text: &str,
+    value: serde_json::Value,
+) -> Result<Loaded, Vec<DefinitionError>> {
+    let raw = decode_value(file, text, value)?;
+    let entries = entries_of(file, text, raw)?;
+    Ok(Loaded {
+        path: file.to_owned(),
+        text: text.to_owned(),
+        entries,
+    })
+}
+
 fn parse_hcl(file: &Path, text: &str) -> Result<RawFile, Vec<DefinitionError>> {
+    let value = hcl_value(file, text)?;
+    decode_value(file, text, value)
+}
+
+fn hcl_value(file: &Path, text: &str) -> Result<serde_json::Value, Vec<DefinitionError>> {
     let (laid_out, written_line) = layout::relayout(text);
     let body = hcl::parse(&laid_out).map_err(|e| {
         let err = match e {
@@ -387,7 +433,7 @@ fn parse_hcl(file: &Path, text: &str) -> Result<RawFile, Vec<DefinitionError>> {
         };
         vec![err]
     })?;
-    let value = hcl_body::to_json(&body).map_err(|errors| {
+    hcl_body::to_json(&body).map_err(|errors| {
         errors
             .into_iter()
             .map(|e| DefinitionError {
@@ -397,7 +443,14 @@ fn parse_hcl(file: &Path, text: &str) -> Result<RawFile, Vec<DefinitionError>> {
                 message: e.message,
             })
             .collect::<Vec<_>>()
-    })?;
+    })
+}
+
+fn decode_value(
+    file: &Path,
+    text: &str,
+    value: serde_json::Value,
+) -> Result<RawFile, Vec<DefinitionError>> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = field_path(e.path());
         vec![DefinitionError {
@@ -437,7 +490,7 @@ fn json_error(file: &Path, text: &str, err: &serde_json::Error, path: &[Seg]) ->
 }
 
 /// The decoder's path as segments, with `[0]` after a list written as a lone item.
-fn field_path(path: &serde_path_to_error::Path) -> Vec<Seg> {
+pub(crate) fn field_path(path: &serde_path_to_error::Path) -> Vec<Seg> {
     let segs: Vec<Seg> = path
         .iter()
         .filter_map(|s| match s {
@@ -460,7 +513,7 @@ fn field_path(path: &serde_path_to_error::Path) -> Vec<Seg> {
 }
 
 /// Shortens serde's "unknown field" message: the file spellings only, and a suggestion.
-fn tidy(message: &str) -> String {
+pub(crate) fn tidy(message: &str) -> String {
     let Some(rest) = message.strip_prefix("unknown field `") else {
         return message.to_owned();
     };
@@ -491,7 +544,7 @@ fn tidy(message: &str) -> String {
     }
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

@@ -9,11 +9,14 @@
 //! - [`model`]: the catalog's records, serialised exactly as Consul's HTTP API shows them.
 //! - [`catalog`]: the [`Catalog`] trait through which the agent writes and reads the catalog.
 //! - [`presence`]: the event mesh's presence protocol (app ↔ control plane frames).
+//! - [`actuator`]: the actuator documents of event apps and the presence monitor (Mercury's shapes).
 //! - [`connect`]: CA roots, leaf certificates, SPIFFE ids and intentions (with the pure decision
 //!   of which intention applies).
 //! - [`config_entry`]: L7 config entries (service-defaults/resolver/splitter/router), their
 //!   validation, and the compiled discovery chain a sidecar consumes.
 //! - [`client`] (feature `client`): a typed HTTP client for the API.
+//! - [`auto_encrypt`]: an agent's request for its TLS certificate, and the answer.
+//! - [`agent_config`]: the agent/server configuration file in Consul's format.
 //!
 //! ```text
 //!  HCL/JSON file ─┐
@@ -23,6 +26,9 @@
 //!
 //! This crate does no I/O except in [`client`] and [`definition`] (reading files).
 
+pub mod actuator;
+pub mod agent_config;
+pub mod auto_encrypt;
 pub mod catalog;
 #[cfg(feature = "client")]
 pub mod client;

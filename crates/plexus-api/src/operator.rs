@@ -67,4 +67,8 @@ pub struct ProxyAck {
     pub revision: u64,
     /// When it said so (Unix seconds, server clock).
     pub acknowledged_at: u64,
+    /// The proxy's admin listener (`host:port`), where the control plane reads its metrics for
+    /// the UI's golden metrics and topology; empty when it did not say.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub admin_addr: String,
 }

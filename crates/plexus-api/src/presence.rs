@@ -67,6 +67,12 @@ pub enum ClientFrame {
         /// A topic the app wants to keep (after a reconnect); the server assigns one when absent.
         #[serde(default)]
         topic: Option<String>,
+        /// The host of the app's actuator (HTTP endpoints), listed in the catalog.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+        /// The port of the app's actuator, listed in the catalog.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
     },
     /// The app's public routes changed.
     Routes {

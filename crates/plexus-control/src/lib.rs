@@ -21,6 +21,8 @@
 //!
 //! - [`ca`]: the built-in CA (`/v1/connect/ca/*`, `/v1/agent/connect/ca/leaf/*`).
 //! - [`intentions`]: `/v1/connect/intentions*`, `/v1/agent/connect/authorize`.
+//! - [`dns`]: the DNS interface (Consul's names) over the catalog index.
+//! - [`ui`]: the web UI at `/ui/`, `/v1/mesh/services` and `/v1/mesh/topology`.
 //!
 //! Not here (yet): the agent's `/v1/agent/*` endpoints (plexus-agent, except the two connect
 //! ones above), config entries, xDS. This crate never binds sockets: the binary merges
@@ -31,12 +33,14 @@ pub mod api;
 pub mod ca;
 pub mod catalog;
 pub mod config;
+pub mod dns;
 pub mod intentions;
 pub mod kv;
 pub mod operator;
 pub mod presence;
 pub mod remote;
 pub mod store;
+pub mod ui;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -63,6 +67,7 @@ pub struct ControlPlane {
     info: ServerInfo,
     ca: Arc<ca::CertificateAuthority>,
     intentions: Arc<intentions::Intentions>,
+    auto_encrypt: ca::auto_encrypt::AutoEncrypt,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -105,7 +110,25 @@ impl ControlPlane {
             info,
             ca,
             intentions,
+            auto_encrypt: ca::auto_encrypt::AutoEncrypt::default(),
         }
+    }
+
+    /// Keeps the CA's private keys wrapped under `kek` in the store. Call before anything else
+    /// (it replaces the CA, which nothing holds yet).
+    pub fn with_ca_key_encryption(mut self, kek: ca::wrap::KeyEncryptionKey) -> Self {
+        self.ca = Arc::new(
+            ca::CertificateAuthority::new(Arc::clone(&self.store), self.info.datacenter.clone())
+                .with_key_encryption(kek),
+        );
+        self
+    }
+
+    /// Sets whether agents may have their TLS certificates signed (`auto_encrypt.allow_tls`)
+    /// and the domain of server names.
+    pub fn with_auto_encrypt(mut self, settings: ca::auto_encrypt::AutoEncrypt) -> Self {
+        self.auto_encrypt = settings;
+        self
     }
 
     /// The catalog; also usable as `Arc<dyn plexus_api::Catalog>`.
@@ -148,10 +171,15 @@ impl ControlPlane {
     pub fn router(&self) -> axum::Router {
         api::router(self.catalog(), self.info.clone())
             .merge(presence::ws::router(self.presence()))
+            .merge(presence::actuator::router(self.presence()))
             .merge(kv::api::router(kv::Kv::new(self.store())))
             .merge(remote::api::router(self.catalog()))
             .merge(operator::router(self.store(), self.info.node_name.clone()))
             .merge(ca::api::router(self.ca()))
+            .merge(ca::auto_encrypt::router(
+                self.ca(),
+                self.auto_encrypt.clone(),
+            ))
             .merge(intentions::api::router(intentions::api::IntentionState {
                 intentions: self.intentions(),
                 ca: self.ca(),
@@ -159,5 +187,6 @@ impl ControlPlane {
             .merge(config::api::router(std::sync::Arc::new(
                 config::ConfigEntries::new(self.store()),
             )))
+            .merge(ui::router(self.catalog(), self.store()))
     }
 }

@@ -3,7 +3,8 @@
 //! acknowledged.
 //!
 //! - `GET /v1/operator/plexus`: [`OperatorView`].
-//! - `PUT /v1/internal/proxy/{id}/ack?revision=N`: a proxy says it applied revision `N`.
+//! - `PUT /v1/internal/proxy/{id}/ack?revision=N[&admin=ADDR]`: a proxy says it applied revision
+//!   `N` (and where its admin listener, with its metrics, is).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -100,7 +101,17 @@ async fn ack(
         .ok_or_else(|| {
             ApiError::invalid_field("revision", "revision must be a non-negative integer")
         })?;
+    let admin_addr = match params.get("admin") {
+        None | Some("") => String::new(),
+        Some(admin) => admin
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| {
+                ApiError::invalid_field("admin", format!("admin {admin:?} is not ip:port"))
+            })?
+            .to_string(),
+    };
     let record = ProxyAck {
+        admin_addr,
         id: id.clone(),
         revision,
         acknowledged_at: SystemTime::now()

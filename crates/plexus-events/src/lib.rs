@@ -38,6 +38,8 @@ pub mod actuator;
 pub mod connector;
 pub mod envelope;
 pub mod mesh;
+pub mod node;
+pub mod observe;
 pub mod platform;
 pub mod presence;
 pub mod route;

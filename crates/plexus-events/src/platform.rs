@@ -3,13 +3,14 @@
 //!
 //! ```text
 //! send/request ─► route_event ─┬─ local route? ─► worker pool ─► function ─► reply to reply_to
-//!                              ├─ inbox@me ─────► the waiting request
+//!                              ├─ inbox.<key>@me ► the waiting request
 //!                              └─ routing table ─► pick peer ─► segment ─► connector ─► broker
 //! connector ─► receive ─► reassemble ─► decode ─► route_event (as above)
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -22,7 +23,8 @@ use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::connector::Connector;
 use crate::envelope::EventEnvelope;
-use crate::route::{Address, RouteError, validate_route};
+use crate::observe::{Kind, Observer, Record};
+use crate::route::{Address, RouteError, inbox_address, is_reserved, validate_route};
 use crate::routing::{Change, RoutingTable};
 use crate::segment::{self, Reassembler};
 
@@ -66,7 +68,8 @@ pub enum Visibility {
     Private,
 }
 
-type Handler = Arc<dyn Fn(EventEnvelope) -> BoxFuture<'static, Result<Value, Fault>> + Send + Sync>;
+type Handler =
+    Arc<dyn Fn(EventEnvelope) -> BoxFuture<'static, Result<EventEnvelope, Fault>> + Send + Sync>;
 
 #[derive(Clone)]
 struct LocalRoute {
@@ -110,6 +113,8 @@ struct Inner {
     reassembly: Mutex<Reassembler>,
     public_routes: watch::Sender<Vec<String>>,
     stats: Stats,
+    observer: RwLock<Option<Arc<dyn Observer>>>,
+    advertise: RwLock<Option<SocketAddr>>,
 }
 
 /// One app instance's event platform: local routes, routing table, connector. Cheap to clone.
@@ -144,6 +149,8 @@ impl Platform {
                 reassembly: Mutex::default(),
                 public_routes: watch::channel(Vec::new()).0,
                 stats: Stats::default(),
+                observer: RwLock::default(),
+                advertise: RwLock::default(),
             }),
         }
     }
@@ -166,6 +173,66 @@ impl Platform {
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
+    }
+
+    /// Reports every handled event and every request to `observer` (metrics, access log).
+    pub fn set_observer(&self, observer: Arc<dyn Observer>) {
+        *self
+            .inner
+            .observer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(observer);
+    }
+
+    fn observe(&self, record: impl FnOnce() -> Record) {
+        let observer = self
+            .inner
+            .observer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(observer) = observer {
+            observer.record(&record());
+        }
+    }
+
+    /// Sets the address this instance's actuator listens on; presence announces it and the
+    /// catalog lists the app with it.
+    pub fn set_advertise(&self, address: SocketAddr) {
+        *self
+            .inner
+            .advertise
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(address);
+    }
+
+    /// The actuator address presence announces, once set.
+    pub fn advertise(&self) -> Option<SocketAddr> {
+        *self
+            .inner
+            .advertise
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The app name of instance `origin` (this one or a known peer), `unknown` otherwise.
+    pub fn app_of(&self, origin: Option<&str>) -> String {
+        match origin {
+            Some(o) if o == self.origin() => self.app().to_owned(),
+            Some(o) => lock(&self.inner.table)
+                .peer(o)
+                .map_or_else(|| "unknown".to_owned(), |p| p.app.clone()),
+            None => "unknown".to_owned(),
+        }
+    }
+
+    /// `route` when this instance serves it or a peer does, else `unknown` (a bounded label).
+    fn route_label(&self, route: &str) -> String {
+        if self.local_route(route).is_some() || !lock(&self.inner.table).serving(route).is_empty() {
+            route.to_owned()
+        } else {
+            "unknown".to_owned()
+        }
     }
 
     /// Attaches the cloud connector (replacing any previous one).
@@ -216,7 +283,38 @@ impl Platform {
         F: Fn(EventEnvelope) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Value, Fault>> + Send + 'static,
     {
+        let function = Arc::new(function);
+        self.register_replying(route, workers, visibility, move |event| {
+            let call = function(event);
+            async move {
+                call.await.map(|body| EventEnvelope {
+                    body,
+                    ..EventEnvelope::default()
+                })
+            }
+        })
+    }
+
+    /// Like [`Platform::register`] for a function that answers with a whole envelope (status,
+    /// headers, body, …); the platform fills in the addressing and tracing fields of the reply.
+    pub fn register_replying<F, Fut>(
+        &self,
+        route: &str,
+        workers: usize,
+        visibility: Visibility,
+        function: F,
+    ) -> Result<(), Fault>
+    where
+        F: Fn(EventEnvelope) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<EventEnvelope, Fault>> + Send + 'static,
+    {
         validate_route(route)?;
+        if is_reserved(route) {
+            return Err(Fault::new(
+                400,
+                format!("route {route}: names starting with inbox are reserved"),
+            ));
+        }
         if workers == 0 {
             return Err(Fault::new(
                 400,
@@ -338,7 +436,7 @@ impl Platform {
 
     /// Sends an event without waiting for a reply.
     pub async fn send(&self, event: EventEnvelope) -> Result<(), Fault> {
-        self.route_event(event, false).await
+        self.route_event(event, false).await.map(drop)
     }
 
     /// Like [`Platform::request`] for an event from outside this instance (event over HTTP):
@@ -386,27 +484,56 @@ impl Platform {
 
     /// Sends an event and waits up to `timeout` for the reply. Every failure comes back as an
     /// error envelope: 404 unknown route, 408 timeout, 500 function failure, 503 connector down.
+    ///
+    /// The event keeps its `cid` (the caller's business correlation id, copied into the reply);
+    /// the reply finds its way back through a per-request inbox address in `reply_to`.
     pub async fn request(&self, mut event: EventEnvelope, timeout: Duration) -> EventEnvelope {
-        let cid = crate::envelope::new_id();
-        event.cid = Some(cid.clone());
-        event.reply_to = Some(format!("inbox@{}", self.origin()));
+        let key = crate::envelope::new_id();
+        event.reply_to = Some(inbox_address(&key, self.origin()));
         let (tx, rx) = oneshot::channel();
-        lock(&self.inner.inbox).insert(cid.clone(), tx);
+        lock(&self.inner.inbox).insert(key.clone(), tx);
         let started = Instant::now();
-        if let Err(fault) = self.route_event(event, false).await {
-            lock(&self.inner.inbox).remove(&cid);
-            return fault.into_envelope();
-        }
-        let mut reply = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => Fault::new(500, "request abandoned").into_envelope(),
-            Err(_) => {
-                lock(&self.inner.inbox).remove(&cid);
-                Fault::new(408, format!("Timeout for {} ms", timeout.as_millis())).into_envelope()
+        let (id, trace_id, cid) = (event.id.clone(), event.trace_id.clone(), event.cid.clone());
+        let route = event
+            .to
+            .as_deref()
+            .map(|to| to.split('@').next().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        let mut reply = match self.route_event(event, false).await {
+            Err(fault) => {
+                lock(&self.inner.inbox).remove(&key);
+                (None, fault.into_envelope())
             }
+            Ok(origin) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(reply)) => (Some(origin), reply),
+                Ok(Err(_)) => (
+                    Some(origin),
+                    Fault::new(500, "request abandoned").into_envelope(),
+                ),
+                Err(_) => {
+                    lock(&self.inner.inbox).remove(&key);
+                    let fault = Fault::new(408, format!("Timeout for {} ms", timeout.as_millis()));
+                    (Some(origin), fault.into_envelope())
+                }
+            },
         };
-        reply.round_trip = Some(started.elapsed().as_secs_f32() * 1000.0);
-        reply
+        let elapsed = started.elapsed();
+        reply.1.round_trip = Some(elapsed.as_secs_f32() * 1000.0);
+        if reply.1.cid.is_none() {
+            reply.1.cid.clone_from(&cid);
+        }
+        self.observe(|| Record {
+            kind: Kind::Request,
+            route: self.route_label(&route),
+            origin_app: self.app_of(reply.0.as_deref()),
+            origin: reply.0,
+            status: reply.1.status,
+            duration: elapsed,
+            id,
+            trace_id,
+            cid,
+        });
+        reply.1
     }
 
     /// Fork-join: sends every event at once and waits up to `timeout` for all replies, returned in
@@ -443,10 +570,8 @@ impl Platform {
     /// Fails every request waiting for a reply (e.g. the connector lost its broker).
     pub fn fail_pending(&self, status: u16, message: &str) {
         let waiting: Vec<_> = lock(&self.inner.inbox).drain().collect();
-        for (cid, tx) in waiting {
-            let mut e = EventEnvelope::error(status, message);
-            e.cid = Some(cid);
-            let _ = tx.send(e);
+        for (_, tx) in waiting {
+            let _ = tx.send(EventEnvelope::error(status, message));
         }
     }
 
@@ -455,12 +580,11 @@ impl Platform {
         if self.connector().is_none() {
             return Err(Fault::new(503, "no cloud connector"));
         }
-        let cid = crate::envelope::new_id();
+        let key = crate::envelope::new_id();
         let (tx, rx) = oneshot::channel();
-        lock(&self.inner.inbox).insert(cid.clone(), tx);
+        lock(&self.inner.inbox).insert(key.clone(), tx);
         let event = EventEnvelope {
-            to: Some(format!("inbox@{}", self.origin())),
-            cid: Some(cid.clone()),
+            to: Some(inbox_address(&key, self.origin())),
             ..EventEnvelope::default()
         };
         let started = Instant::now();
@@ -477,7 +601,7 @@ impl Platform {
                 Err(_) => Err(Fault::new(408, "loopback timed out")),
             },
         };
-        lock(&self.inner.inbox).remove(&cid);
+        lock(&self.inner.inbox).remove(&key);
         outcome
     }
 
@@ -523,9 +647,9 @@ impl Platform {
         tracing::warn!(%error, total, "malformed message from the broker dropped");
     }
 
-    /// Delivers an event: local function, waiting inbox, or a peer through the connector.
-    /// `from_outside` events may not reach private routes.
-    async fn route_event(&self, event: EventEnvelope, from_outside: bool) -> Result<(), Fault> {
+    /// Delivers an event: local function, waiting inbox, or a peer through the connector; returns
+    /// the origin it went to. `from_outside` events may not reach private routes.
+    async fn route_event(&self, event: EventEnvelope, from_outside: bool) -> Result<String, Fault> {
         let to = event
             .to
             .clone()
@@ -533,15 +657,16 @@ impl Platform {
         let address = Address::parse(&to)?;
         let mine = address.origin.as_deref().is_none_or(|o| o == self.origin());
         if address.is_inbox() {
+            let origin = address.origin.clone().unwrap_or_default();
             if mine {
-                let cid = event.cid.clone().unwrap_or_default();
-                if let Some(tx) = lock(&self.inner.inbox).remove(&cid) {
+                let key = address.inbox_key().unwrap_or_default();
+                if let Some(tx) = lock(&self.inner.inbox).remove(key) {
                     let _ = tx.send(event);
                 }
-                return Ok(());
+                return Ok(origin);
             }
-            let origin = address.origin.unwrap_or_default();
-            return self.transmit(&origin, event).await;
+            self.transmit(&origin, event).await?;
+            return Ok(origin);
         }
         if mine {
             if let Some(route) = self.local_route(&address.route) {
@@ -552,7 +677,7 @@ impl Platform {
                     ));
                 }
                 self.run_local(&address.route, route, event);
-                return Ok(());
+                return Ok(self.origin().to_owned());
             }
             if address.origin.is_some() {
                 return Err(Fault::new(
@@ -575,7 +700,8 @@ impl Platform {
         };
         let mut event = event;
         event.to = Some(format!("{}@{peer}", address.route));
-        self.transmit(&peer, event).await
+        self.transmit(&peer, event).await?;
+        Ok(peer)
     }
 
     /// Encodes, segments and sends an event to `origin` through the connector.
@@ -616,20 +742,37 @@ impl Platform {
             let cid = event.cid.clone();
             let trace_id = event.trace_id.clone();
             let trace_path = event.trace_path.clone();
+            let id = event.id.clone();
+            let sender = reply_to
+                .as_deref()
+                .and_then(|r| Address::parse(r).ok())
+                .and_then(|a| a.origin);
             let started = Instant::now();
             let outcome = tokio::spawn((route.handler)(event)).await;
-            let exec_time = started.elapsed().as_secs_f32() * 1000.0;
+            let elapsed = started.elapsed();
+            let exec_time = elapsed.as_secs_f32() * 1000.0;
             let mut reply = match outcome {
-                Ok(Ok(body)) => EventEnvelope {
-                    body,
-                    ..EventEnvelope::default()
-                },
+                Ok(Ok(mut reply)) => {
+                    reply.id = crate::envelope::new_id();
+                    reply
+                }
                 Ok(Err(fault)) => fault.into_envelope(),
                 Err(error) => {
                     tracing::warn!(route = %name, %error, "function failed");
                     Fault::new(500, format!("route {name} failed: {error}")).into_envelope()
                 }
             };
+            platform.observe(|| Record {
+                kind: Kind::Handled,
+                route: name.clone(),
+                origin_app: platform.app_of(sender.as_deref()),
+                origin: sender,
+                status: reply.status,
+                duration: elapsed,
+                id,
+                trace_id: trace_id.clone(),
+                cid: cid.clone(),
+            });
             let Some(reply_to) = reply_to else {
                 if reply.is_error() {
                     tracing::debug!(route = %name, status = reply.status, "event without reply_to failed");

@@ -48,6 +48,61 @@ async fn request_reply_carries_trace_and_caller() {
 }
 
 #[tokio::test]
+async fn the_callers_cid_is_preserved_and_concurrent_requests_with_one_cid_do_not_mix() {
+    let p = platform();
+    let metrics = crate::observe::EventMetrics::new();
+    p.set_observer(Arc::new(metrics.clone()));
+    let calls = (0..50).map(|i| {
+        let mut e = EventEnvelope::to("hello.world", i);
+        e.cid = Some("order-42".into());
+        p.request(e, T)
+    });
+    for (i, reply) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(reply.cid.as_deref(), Some("order-42"));
+        assert_eq!(reply.body["echo"], Value::from(i));
+    }
+    // No cid in, none invented.
+    let reply = p.request(EventEnvelope::to("hello.world", 1), T).await;
+    assert_eq!(reply.cid, None);
+    let text = metrics.encode();
+    assert!(
+        text.contains(
+            r#"plexus_events_requests_total{route="hello.world",origin_app="test",status="2xx"} 51"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"plexus_events_handled_total{route="hello.world",origin_app="test",status="2xx"} 51"#
+        ),
+        "{text}"
+    );
+    let reply = p.request(EventEnvelope::to("no.such", 1), T).await;
+    assert_eq!(reply.status, 404);
+    assert!(metrics.encode().contains(
+        r#"plexus_events_requests_total{route="unknown",origin_app="unknown",status="4xx"} 1"#
+    ));
+}
+
+#[test]
+fn inbox_routes_are_reserved() {
+    let p = Platform::with_origin("test", "me");
+    let error = p
+        .register(
+            "inbox.mine",
+            1,
+            Visibility::Public,
+            |_e: EventEnvelope| async move { Ok(Value::Nil) },
+        )
+        .unwrap_err();
+    assert!(error.message.contains("reserved"), "{error}");
+}
+
+#[tokio::test]
 async fn unknown_route_is_404_not_a_timeout() {
     let p = platform();
     let reply = p.request(EventEnvelope::to("no.such", 1), T).await;

@@ -166,6 +166,8 @@ async fn session(
         group: group.to_owned(),
         routes: routes.borrow_and_update().clone(),
         topic: state.borrow().topic.clone(),
+        address: platform.advertise().map(|a| a.ip().to_string()),
+        port: platform.advertise().map(|a| a.port()),
     };
     send(&mut ws, &hello).await?;
     loop {

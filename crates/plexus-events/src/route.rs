@@ -2,12 +2,24 @@
 //!
 //! A route name is lowercase letters, digits, `.`, `-` and `_`, with at least one dot, not starting
 //! or ending with a dot (`hello.world`). An address is `route` (any instance, local first),
-//! `route@origin` (that instance) or `inbox@origin` (the RPC inbox of an instance).
+//! `route@origin` (that instance) or `inbox.<key>@origin` (the reply inbox of one waiting request
+//! of an instance; the key matches the reply to its request, so the envelope's `cid` stays the
+//! caller's own). Route names starting with `inbox` are reserved.
 
 use std::fmt;
 
-/// The reserved route name of an instance's reply inbox.
+/// The reserved route name of an instance's reply inbox (`inbox.<key>@origin`).
 pub const INBOX: &str = "inbox";
+
+/// The reply address of the request waiting under `key` on instance `origin`.
+pub fn inbox_address(key: &str, origin: &str) -> String {
+    format!("{INBOX}.{key}@{origin}")
+}
+
+/// True for route names an app may not register (`inbox`, `inbox.*`).
+pub fn is_reserved(route: &str) -> bool {
+    route == INBOX || route.starts_with("inbox.")
+}
 
 /// Why a route name or address is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,7 +58,7 @@ pub struct Address {
 }
 
 impl Address {
-    /// Parses `route`, `route@origin` or `inbox@origin`.
+    /// Parses `route`, `route@origin` or `inbox[.<key>]@origin`.
     pub fn parse(text: &str) -> Result<Self, RouteError> {
         let (route, origin) = match text.split_once('@') {
             Some((route, origin)) => {
@@ -57,9 +69,12 @@ impl Address {
             }
             None => (text, None),
         };
-        if route == INBOX {
+        if is_reserved(route) {
             if origin.is_none() {
                 return Err(RouteError::Origin(text.to_owned()));
+            }
+            if route != INBOX {
+                validate_route(route)?;
             }
         } else {
             validate_route(route)?;
@@ -70,9 +85,17 @@ impl Address {
         })
     }
 
-    /// True for `inbox@origin`.
+    /// True for an inbox address.
     pub fn is_inbox(&self) -> bool {
-        self.route == INBOX
+        is_reserved(&self.route)
+    }
+
+    /// The waiting request's key of an inbox address (`""` for a bare `inbox@origin`).
+    pub fn inbox_key(&self) -> Option<&str> {
+        if self.route == INBOX {
+            return Some("");
+        }
+        self.route.strip_prefix("inbox.")
     }
 }
 
@@ -116,6 +139,10 @@ mod tests {
         assert_eq!(a.route, "hello.world");
         assert_eq!(a.origin.as_deref(), Some("o1"));
         assert!(Address::parse("inbox@o1").unwrap().is_inbox());
+        let inbox = Address::parse(&inbox_address("k1", "o1")).unwrap();
+        assert_eq!(inbox.inbox_key(), Some("k1"));
+        assert!(Address::parse("inbox.k1").is_err());
+        assert!(is_reserved("inbox.x") && !is_reserved("inboxes.x"));
         assert!(Address::parse("inbox").is_err());
         assert!(Address::parse("hello.world@").is_err());
         assert!(Address::parse("hello.world@a.b").is_err());

@@ -63,12 +63,29 @@ struct Pending {
 }
 
 /// Collects segments until an event is complete.
-#[derive(Default)]
 pub struct Reassembler {
     pending: HashMap<String, Pending>,
+    max_event: usize,
+    max_total: usize,
+}
+
+impl Default for Reassembler {
+    fn default() -> Self {
+        Self::with_limits(MAX_ENVELOPE_BYTES, 8 * MAX_ENVELOPE_BYTES)
+    }
 }
 
 impl Reassembler {
+    /// A reassembler holding events of at most `max_event` bytes, and at most `max_total` bytes
+    /// of partly received events at once (the oldest are dropped first).
+    pub fn with_limits(max_event: usize, max_total: usize) -> Self {
+        Self {
+            pending: HashMap::new(),
+            max_event: max_event.min(MAX_ENVELOPE_BYTES),
+            max_total,
+        }
+    }
+
     /// True when `event` is a segment.
     pub fn is_segment(event: &EventEnvelope) -> bool {
         event.tags.contains_key("_seg")
@@ -89,13 +106,14 @@ impl Reassembler {
             .ok_or(SegmentError::Malformed("no _seg tag"))?;
         let n: usize = tag_number(&segment, "_n")?;
         let of: usize = tag_number(&segment, "_of")?;
-        if of == 0 || n >= of || of > MAX_ENVELOPE_BYTES {
+        if of == 0 || n >= of || of > self.max_event {
             return Err(SegmentError::Malformed("index out of range"));
         }
         let Value::Binary(part) = segment.body else {
             return Err(SegmentError::Malformed("body is not binary"));
         };
-        if self.pending.len() >= MAX_PENDING
+        while (self.pending.len() >= MAX_PENDING
+            || self.pending.values().map(|p| p.bytes).sum::<usize>() + part.len() > self.max_total)
             && !self.pending.contains_key(&id)
             && let Some(oldest) = self
                 .pending
@@ -112,7 +130,7 @@ impl Reassembler {
             started: now,
         });
         if entry.parts.is_empty() {
-            entry.parts = vec![None; of.min(MAX_ENVELOPE_BYTES / SEGMENT_OVERHEAD + 1)];
+            entry.parts = vec![None; of.min(self.max_event / SEGMENT_OVERHEAD + 1)];
         }
         if entry.parts.len() != of {
             self.pending.remove(&id);
@@ -123,7 +141,7 @@ impl Reassembler {
             entry.received += 1;
             entry.parts[n] = Some(part);
         }
-        if entry.bytes > MAX_ENVELOPE_BYTES {
+        if entry.bytes > self.max_event {
             self.pending.remove(&id);
             return Err(SegmentError::TooLarge);
         }
@@ -174,6 +192,33 @@ mod tests {
     fn small_events_are_not_split() {
         let e = EventEnvelope::to("a.b", 1).to_bytes();
         assert_eq!(split(e.clone(), 1024), vec![e]);
+    }
+
+    #[test]
+    fn limits_bound_one_event_and_all_pending_bytes() {
+        let big = EventEnvelope::to("a.b", Value::Binary(vec![1u8; 5000])).to_bytes();
+        let parts = split(big, 1024);
+        let mut r = Reassembler::with_limits(4000, 100_000);
+        let now = Instant::now();
+        let outcome: Vec<_> = parts
+            .into_iter()
+            .map(|p| r.add(EventEnvelope::from_bytes(&p).unwrap(), now))
+            .collect();
+        assert!(
+            outcome.contains(&Err(SegmentError::TooLarge)),
+            "{outcome:?}"
+        );
+        // Many partial events: the total stays under the bound.
+        let mut r = Reassembler::with_limits(100_000, 10_000);
+        for _ in 0..20 {
+            let parts = split(
+                EventEnvelope::to("a.b", Value::Binary(vec![2u8; 3000])).to_bytes(),
+                1024,
+            );
+            let first = EventEnvelope::from_bytes(&parts[0]).unwrap();
+            assert_eq!(r.add(first, now), Ok(None));
+        }
+        assert!(r.pending.values().map(|p| p.bytes).sum::<usize>() <= 10_000);
     }
 
     #[test]

@@ -278,6 +278,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
             &control,
             &initial.sidecar_id,
             initial.revision,
+            admin_addr,
         );
         info!(revision = initial.revision, "ready");
 
@@ -300,7 +301,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
                     let config = Arc::clone(&config_rx.borrow_and_update());
                     listeners.apply(&config, OnBindError::Skip).await?;
                     applied_tx.send_replace(Some(Arc::new(listeners.snapshot(&config))));
-                    acknowledge::report(&tasks, &stop, &control, &config.sidecar_id, config.revision);
+                    acknowledge::report(&tasks, &stop, &control, &config.sidecar_id, config.revision, admin_addr);
                     info!(revision = config.revision, "applied sidecar registration");
                 }
             }

@@ -387,6 +387,11 @@ fn jitter(max: Duration) -> Duration {
     Duration::from_nanos(seed % nanos)
 }
 
+/// Gives every request `shutdown` so blocked queries answer at once when serving stops.
+pub(crate) fn with_shutdown(router: Router, shutdown: CancellationToken) -> Router {
+    router.layer(axum::Extension(ServerShutdown(shutdown)))
+}
+
 /// Serves `router` on an already-bound listener until `shutdown` is cancelled, then stops accepting
 /// and lets in-flight requests finish; blocked [`BlockingQuery`] requests answer at once.
 pub async fn serve(
@@ -398,9 +403,7 @@ pub async fn serve(
     // every accepted connection (`Router::with_state` rebuilds the route table: ~19 KiB a
     // connection, most of what an open blocking query cost); through `into_make_service` a
     // connection only clones an `Arc`.
-    let router = router
-        .layer(axum::Extension(ServerShutdown(shutdown.clone())))
-        .with_state(());
+    let router = with_shutdown(router, shutdown.clone()).with_state(());
     axum::serve(listener, router.into_make_service())
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

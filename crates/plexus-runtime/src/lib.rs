@@ -4,10 +4,15 @@
 //! Main types: [`shutdown::Shutdown`] (cancellation token + task tracker + signals),
 //! [`http::ApiError`] (the one error response shape), [`http::JsonBody`] (a bounded JSON body
 //! extractor whose errors name the field), [`http::BlockingQuery`] (`?index=&wait=`).
+//! [`private_fs`] creates data directories `0700` and files `0600`.
+//! [`tls`] builds rustls configurations (aws-lc-rs) from PEM files or CA-issued material and
+//! serves the HTTP API over TLS.
 //! It does not know about services, checks or proxies.
 
 pub mod http;
+pub mod private_fs;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use shutdown::Shutdown;

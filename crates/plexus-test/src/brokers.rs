@@ -94,7 +94,9 @@ impl Tansu {
             "memory://tansu/",
         ]
         .map(str::to_owned);
-        let process = Process::spawn("tansu", &tool("tansu")?, &args, &[])?;
+        // Tansu logs every request's spans at info: under load that is gigabytes of lines held
+        // by the harness. Warnings are enough.
+        let process = Process::spawn("tansu", &tool("tansu")?, &args, &[("RUST_LOG", "warn")])?;
         process.wait_for_line("ready in").await?;
         Ok(Self { process, port })
     }

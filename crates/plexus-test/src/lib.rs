@@ -10,6 +10,7 @@
 pub mod brokers;
 pub mod etcd;
 pub mod events;
+pub mod golden;
 pub mod mesh;
 pub mod pki;
 pub mod ports;
@@ -23,6 +24,24 @@ pub use ports::free_port;
 pub use process::Process;
 pub use server::Server;
 pub use upstream::TcpEcho;
+
+/// Environment variables that steer how `plexus` finds and trusts the control plane; children
+/// start without them (from the test's own environment), so only what a test passes counts.
+pub const CLIENT_ENV: [&str; 13] = [
+    "PLEXUS_HTTP_ADDR",
+    "CONSUL_HTTP_ADDR",
+    "PLEXUS_CACERT",
+    "CONSUL_CACERT",
+    "PLEXUS_CLIENT_CERT",
+    "CONSUL_CLIENT_CERT",
+    "PLEXUS_CLIENT_KEY",
+    "CONSUL_CLIENT_KEY",
+    "PLEXUS_TLS_SERVER_NAME",
+    "CONSUL_TLS_SERVER_NAME",
+    "PLEXUS_HTTP_SSL",
+    "CONSUL_HTTP_SSL",
+    "PLEXUS_CA_KEY",
+];
 
 /// How long harness waits (readiness lines, conditions) may take before a test fails.
 pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);

@@ -15,6 +15,8 @@ pub struct Dev {
     pub process: Process,
     /// The HTTP API address.
     pub http: SocketAddr,
+    /// The DNS address (UDP and TCP).
+    pub dns: SocketAddr,
     /// A client for the HTTP API.
     pub client: Client,
     /// Its data directory (removed on drop unless kept by the test).
@@ -50,6 +52,9 @@ impl Dev {
         if !extra.contains(&"--http-addr") {
             args.extend(["--http-addr".to_owned(), "127.0.0.1:0".to_owned()]);
         }
+        if !extra.contains(&"--dns-addr") {
+            args.extend(["--dns-addr".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
         args.extend([
             "--data-dir".to_owned(),
             data_dir.display().to_string(),
@@ -59,10 +64,12 @@ impl Dev {
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let process = Process::spawn("dev", bin, &args, envs)?;
         let http = process.listening("http").await?;
+        let dns = process.listening("dns-udp").await?;
         let client = Client::new(&http.to_string())?;
         Ok(Self {
             process,
             http,
+            dns,
             client,
             data_dir: data_dir.to_path_buf(),
             _data_guard: None,
@@ -101,6 +108,9 @@ pub fn run_cli(bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<(i32,
     command
         .args(args)
         .env_remove(plexus_api::client::HTTP_ADDR_ENV);
+    for name in crate::CLIENT_ENV {
+        command.env_remove(name);
+    }
     for (k, v) in envs {
         command.env(k, v);
     }

@@ -45,6 +45,10 @@ pub struct LeafSpec {
     pub not_before: i64,
     /// Valid until (relative to now).
     pub not_after: i64,
+    /// DNS SANs (a server certificate's names).
+    pub dns: Vec<String>,
+    /// IP SANs.
+    pub ips: Vec<std::net::IpAddr>,
 }
 
 impl LeafSpec {
@@ -55,6 +59,18 @@ impl LeafSpec {
             is_ca: false,
             not_before: -60,
             not_after: 3600,
+            dns: Vec::new(),
+            ips: Vec::new(),
+        }
+    }
+
+    /// A TLS server (or client) certificate for `localhost` and 127.0.0.1, valid for an hour.
+    pub fn localhost() -> Self {
+        Self {
+            uris: Vec::new(),
+            dns: vec!["localhost".to_owned()],
+            ips: vec![std::net::IpAddr::from([127, 0, 0, 1])],
+            ..Self::service("spiffe://unused")
         }
     }
 }
@@ -109,6 +125,12 @@ impl Pki {
             .uris
             .iter()
             .map(|u| Ok(SanType::URI(u.clone().try_into()?)))
+            .chain(
+                spec.dns
+                    .iter()
+                    .map(|d| Ok(SanType::DnsName(d.clone().try_into()?))),
+            )
+            .chain(spec.ips.iter().map(|ip| Ok(SanType::IpAddress(*ip))))
             .collect::<Result<_, rcgen::Error>>()?;
         params.is_ca = if spec.is_ca {
             IsCa::Ca(BasicConstraints::Unconstrained)

@@ -32,6 +32,9 @@ impl Process {
                 std::env::var("PLEXUS_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env_remove(plexus_api::client::HTTP_ADDR_ENV);
+        for name in crate::CLIENT_ENV {
+            command.env_remove(name);
+        }
         for (k, v) in envs {
             command.env(k, v);
         }

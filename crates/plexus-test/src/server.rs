@@ -15,6 +15,8 @@ pub struct Server {
     pub process: Option<Process>,
     /// The HTTP API address of the current run.
     pub http: SocketAddr,
+    /// The DNS address (UDP and TCP) of the current run.
+    pub dns: SocketAddr,
     /// A client for it.
     pub client: Client,
     name: String,
@@ -37,12 +39,17 @@ impl Server {
             name.into(),
         ];
         args.extend(store_args.iter().map(|s| (*s).to_owned()));
+        if !store_args.contains(&"--dns-addr") {
+            args.extend(["--dns-addr".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
         let process = Process::spawn(&format!("server:{name}"), bin, &args, &[])?;
         let http = process.listening("http").await?;
+        let dns = process.listening("dns-udp").await?;
         let client = Client::new(&http.to_string())?;
         Ok(Self {
             process: Some(process),
             http,
+            dns,
             client,
             name: name.to_owned(),
             bin: bin.to_path_buf(),
@@ -69,6 +76,7 @@ impl Server {
     pub async fn restart(&mut self) -> Result<()> {
         let process = Process::spawn(&format!("server:{}", self.name), &self.bin, &self.args, &[])?;
         self.http = process.listening("http").await?;
+        self.dns = process.listening("dns-udp").await?;
         self.client = Client::new(&self.http.to_string())?;
         self.process = Some(process);
         Ok(())

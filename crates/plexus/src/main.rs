@@ -51,6 +51,9 @@ enum Command {
     Demo(cmd::demo::Command),
     /// A tiny TCP echo server (used by the demo and the docs).
     EchoServer(cmd::echo_server::Args),
+    /// The event mesh: `events node` runs the language connector for apps in any language.
+    #[command(subcommand)]
+    Events(cmd::events::Command),
     /// Run one example event-mode app (used by `demo events` and the tests).
     #[command(hide = true)]
     EventsApp(cmd::events_app::Args),
@@ -63,8 +66,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    // Which flags were given (a configuration file fills in the others).
+    let given = cmd::config_file::Given::new(matches.subcommand().map(|(_, m)| m.clone()));
     plexus_runtime::telemetry::init("info");
+    plexus_runtime::tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,9 +87,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Dev(args) => cmd::dev::run(args).await,
-            Command::Server(args) => cmd::server::run(args).await,
-            Command::Agent(args) => cmd::agent::run(args).await,
+            Command::Dev(args) => cmd::dev::run(args, given).await,
+            Command::Server(args) => cmd::server::run(args, given).await,
+            Command::Agent(args) => cmd::agent::run(args, given).await,
             Command::Proxy(args) => cmd::proxy::run(args).await,
             Command::Services(command) => cmd::services::run(command).await,
             Command::Catalog(command) => cmd::catalog::run(command).await,
@@ -90,6 +100,7 @@ fn main() -> ExitCode {
             Command::Operator(args) => cmd::operator::run(args).await,
             Command::Demo(command) => cmd::demo::run(command).await,
             Command::EchoServer(args) => cmd::echo_server::run(args).await,
+            Command::Events(command) => cmd::events::run(command).await,
             Command::EventsApp(args) => cmd::events_app::run(args).await,
             Command::Intention(command) => cmd::intention::run(command).await,
             Command::Connect(command) => cmd::connect::run(command).await,

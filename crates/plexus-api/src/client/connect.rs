@@ -95,6 +95,15 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/internal/auto-encrypt/sign`: an agent's certificate (`auto_encrypt`).
+    pub async fn auto_encrypt_sign(
+        &self,
+        request: &crate::auto_encrypt::SignRequest,
+    ) -> Result<crate::auto_encrypt::SignResponse, ClientError> {
+        self.call(Method::POST, crate::auto_encrypt::SIGN_PATH, Some(request))
+            .await
+    }
+
     /// `GET /v1/agent/connect/ca/leaf/:service`.
     pub async fn agent_connect_leaf(&self, service: &str) -> Result<IssuedCert, ClientError> {
         Ok(self

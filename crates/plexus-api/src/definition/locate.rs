@@ -7,7 +7,7 @@
 
 /// One step of a field path: `services`, `[1]`, `port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Seg {
+pub(crate) enum Seg {
     /// An object key or block name.
     Key(String),
     /// A position in a list (or among repeated blocks).
@@ -15,7 +15,7 @@ pub(super) enum Seg {
 }
 
 /// Splits `services[1].checks[0].tcp` into segments.
-pub(super) fn parse_path(path: &str) -> Vec<Seg> {
+pub(crate) fn parse_path(path: &str) -> Vec<Seg> {
     let mut out = Vec::new();
     for part in path.split('.') {
         let (key, mut rest) = part.split_once('[').map_or((part, ""), |(k, r)| (k, r));
@@ -33,7 +33,7 @@ pub(super) fn parse_path(path: &str) -> Vec<Seg> {
 }
 
 /// Renders segments back as `services[1].port`.
-pub(super) fn render_path(segs: &[Seg]) -> String {
+pub(crate) fn render_path(segs: &[Seg]) -> String {
     let mut out = String::new();
     for seg in segs {
         match seg {
@@ -67,7 +67,7 @@ enum Tok {
 }
 
 /// The 1-based line of the key `path` leads to, or of the deepest key on the way.
-pub(super) fn line_of(text: &str, path: &[Seg]) -> Option<usize> {
+pub(crate) fn line_of(text: &str, path: &[Seg]) -> Option<usize> {
     let toks = tokenize(text);
     let mut range = 0..toks.len();
     let mut line = None;

@@ -8,17 +8,30 @@
 //! - [`limit`]: per-caller token buckets (a CSR flood gets 429).
 //! - [`api`]: `/v1/connect/ca/*` and `/v1/agent/connect/ca/leaf/:service`.
 //!
+//! - [`auto_encrypt`]: `POST /v1/internal/auto-encrypt/sign`.
+//! - [`tls_certs`]: HTTPS certificates for servers and (`auto_encrypt`) agents.
+//! - [`server_tls`]: a server's HTTPS listener configuration from this CA, renewed.
+//! - [`wrap`]: the roots' private keys at rest, wrapped under a key-encryption key when one is
+//!   given.
+//!
 //! Everything lives under one store key, `connect/ca/state`, written with compare-and-set. The
-//! roots' private keys are in that record and nowhere else: they are wrapped in [`SecretPem`],
-//! whose `Debug` redacts, and no API response type has a field for them.
+//! roots' private keys are in that record and nowhere else: as PEM, or wrapped with AES-256-GCM
+//! under a key-encryption key kept outside the store ([`wrap`]); in memory they are held in
+//! [`SecretPem`], whose `Debug` redacts, and no API response type has a field for them.
 
 pub mod api;
+pub mod auto_encrypt;
 pub mod limit;
 pub mod metrics;
 pub mod policy;
 pub mod rotation;
+pub mod server_tls;
 #[cfg(test)]
 mod tests;
+pub mod tls_certs;
+#[cfg(test)]
+mod tls_tests;
+pub mod wrap;
 mod x509;
 
 use std::sync::{Arc, Mutex};
@@ -57,7 +70,7 @@ pub const SIGN_PER_SECOND: f64 = 1.0;
 /// A PEM private key: serialised into the store, never shown (`Debug` redacts).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct SecretPem(String);
+pub struct SecretPem(pub(crate) String);
 
 impl std::fmt::Debug for SecretPem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,7 +86,7 @@ struct StoredRoot {
     serial: u64,
     common_name: String,
     cert_pem: String,
-    key: SecretPem,
+    key: wrap::StoredKey,
     not_before: i64,
     not_after: i64,
     /// This root's certificate signed by the root that was active before it (a rotation).
@@ -124,6 +137,24 @@ pub enum CaError {
     /// Certificate generation failed.
     #[error("certificate generation failed")]
     Crypto(#[source] rcgen::Error),
+    /// The stored keys are wrapped and no key-encryption key was given.
+    #[error(
+        "the CA's private keys in the store are wrapped with a key-encryption key: start with --ca-key-file or PLEXUS_CA_KEY"
+    )]
+    KeyWrapped,
+    /// The stored keys were wrapped with another key-encryption key.
+    #[error(
+        "the CA key-encryption key (id {given}) is not the one the CA's private keys were wrapped with (id {stored})"
+    )]
+    WrongKek {
+        /// The id stored with the wrapped key.
+        stored: String,
+        /// The id of the key given.
+        given: String,
+    },
+    /// An agent's CSR was refused (`auto_encrypt`).
+    #[error(transparent)]
+    Agent(#[from] tls_certs::AgentRefusal),
     /// Concurrent writers kept changing the state.
     #[error("the CA state kept changing during the write; try again")]
     Contended,
@@ -158,6 +189,7 @@ pub struct CertificateAuthority {
     datacenter: String,
     limiter: Mutex<limit::Limiter>,
     metrics: metrics::CaMetrics,
+    kek: Option<wrap::KeyEncryptionKey>,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -178,7 +210,25 @@ impl CertificateAuthority {
             datacenter: datacenter.into(),
             limiter: Mutex::new(limit::Limiter::new(SIGN_BURST, SIGN_PER_SECOND)),
             metrics: metrics::CaMetrics::default(),
+            kek: None,
         }
+    }
+
+    /// Keeps the roots' private keys wrapped under `kek` in the store (plaintext keys found at
+    /// [`CertificateAuthority::bootstrap`] are wrapped then).
+    pub fn with_key_encryption(mut self, kek: wrap::KeyEncryptionKey) -> Self {
+        self.kek = Some(kek);
+        self
+    }
+
+    /// The datacenter it signs for.
+    pub fn datacenter(&self) -> &str {
+        &self.datacenter
+    }
+
+    /// Whether a key-encryption key was given.
+    pub fn wraps_keys(&self) -> bool {
+        self.kek.is_some()
     }
 
     /// The CA's metrics.
@@ -220,14 +270,46 @@ impl CertificateAuthority {
 
     /// Reads the state, creating the trust domain and first root when there is none yet. Replicas
     /// starting together agree: only one creation commits; the others read it.
+    ///
+    /// Then checks that the roots' keys can be read (a wrapped key needs the key-encryption key
+    /// it was wrapped with: [`CaError::KeyWrapped`], [`CaError::WrongKek`]) and, with a
+    /// key-encryption key, wraps keys still stored in plaintext.
     pub async fn bootstrap(&self) -> Result<(), CaError> {
-        self.state().await.map(|_| ())
+        self.state().await?;
+        self.check_keys().await
+    }
+
+    async fn check_keys(&self) -> Result<(), CaError> {
+        let kek = self.kek.as_ref();
+        let (state, _) = self.state().await?;
+        for root in &state.roots {
+            root.key.open(&root.id, kek)?;
+        }
+        if kek.is_none() || state.roots.iter().all(|r| r.key.is_wrapped()) {
+            return Ok(());
+        }
+        let state = self
+            .update(|state| {
+                if state.roots.iter().all(|r| r.key.is_wrapped()) {
+                    return Ok(None);
+                }
+                let mut next = state.clone();
+                for root in &mut next.roots {
+                    let pem = root.key.open(&root.id, kek)?;
+                    root.key = wrap::StoredKey::seal(pem, &root.id, kek)?;
+                }
+                Ok(Some(next))
+            })
+            .await?;
+        info!(roots = state.roots.len(), kek_id = %kek.map(|k| k.id()).unwrap_or_default(), "wrapped the CA's private keys with the key-encryption key");
+        Ok(())
     }
 
     /// Like [`CertificateAuthority::bootstrap`], and sets the leaf TTL: a new CA starts with it
     /// (so its roots never need to outlive the 72 h default), an existing one is reconfigured.
     pub async fn bootstrap_with_leaf_ttl(&self, ttl: Duration) -> Result<(), CaError> {
         self.create_with(ttl).await?;
+        self.check_keys().await?;
         self.set_leaf_ttl(ttl).await
     }
 
@@ -241,7 +323,7 @@ impl CertificateAuthority {
                 return Ok(found);
             }
             let trust_domain = random_trust_domain();
-            let root = new_root(&trust_domain, None, 1)?;
+            let root = new_root(&trust_domain, None, 1, self.kek.as_ref())?;
             let state = CaState {
                 leaf_ttl_secs: leaf_ttl.as_secs(),
                 set: RootSet::new(root.id.clone(), leaf_ttl.as_secs()),
@@ -382,7 +464,12 @@ impl CertificateAuthority {
         let state = self
             .update(|state| {
                 let active = state.active()?;
-                let root = new_root(&state.trust_domain, Some(active), state.roots.len() + 1)?;
+                let root = new_root(
+                    &state.trust_domain,
+                    Some(active),
+                    state.roots.len() + 1,
+                    self.kek.as_ref(),
+                )?;
                 let mut next = state.clone();
                 next.set = state.set.rotate(root.id.clone(), unix_now());
                 next.roots.push(root);
@@ -553,7 +640,7 @@ impl CertificateAuthority {
         private_key_pem: String,
     ) -> Result<Indexed<IssuedCert>, CaError> {
         let active = state.active()?;
-        let by = issuer(active, &state.trust_domain)?;
+        let by = issuer(active, &state.trust_domain, self.kek.as_ref())?;
         let (params, not_before, not_after, serial) = leaf_params(grant, service)?;
         let cert = params
             .signed_by(public_key, &by.cert, &by.key)

@@ -183,6 +183,8 @@ async fn no_private_key_in_any_response_or_debug_output() {
     for root in &state.roots {
         let key_body: String = root
             .key
+            .open(&root.id, None)
+            .unwrap()
             .0
             .lines()
             .filter(|l| !l.starts_with("-----"))

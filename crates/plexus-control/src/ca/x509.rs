@@ -10,6 +10,7 @@ use rcgen::{
 use time::OffsetDateTime;
 
 use super::policy::{CsrRequest, Grant, Refusal};
+use super::wrap::{KeyEncryptionKey, StoredKey};
 use super::{CaError, LEAF_BACKDATE, ROOT_VALIDITY, SecretPem, StoredRoot};
 
 pub(super) fn unix_now() -> u64 {
@@ -92,8 +93,13 @@ pub(super) struct Issuer {
     pub(super) key: KeyPair,
 }
 
-pub(super) fn issuer(root: &StoredRoot, trust_domain: &str) -> Result<Issuer, CaError> {
-    let key = KeyPair::from_pem(&root.key.0).map_err(|_| CaError::Corrupt {
+pub(super) fn issuer(
+    root: &StoredRoot,
+    trust_domain: &str,
+    kek: Option<&KeyEncryptionKey>,
+) -> Result<Issuer, CaError> {
+    let pem = root.key.open(&root.id, kek)?;
+    let key = KeyPair::from_pem(&pem.0).map_err(|_| CaError::Corrupt {
         what: "a root private key",
     })?;
     let cert = root_params(root, trust_domain)?
@@ -107,6 +113,7 @@ pub(super) fn new_root(
     trust_domain: &str,
     previous: Option<&StoredRoot>,
     index: usize,
+    kek: Option<&KeyEncryptionKey>,
 ) -> Result<StoredRoot, CaError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Crypto)?;
     let now = unix_now() as i64;
@@ -117,7 +124,7 @@ pub(super) fn new_root(
         serial,
         common_name: format!("Plexus CA {index} {serial:x}"),
         cert_pem: String::new(),
-        key: SecretPem(key.serialize_pem()),
+        key: StoredKey::Plain(SecretPem(String::new())),
         not_before: now - LEAF_BACKDATE.as_secs() as i64,
         not_after: now + ROOT_VALIDITY.as_secs() as i64,
         cross_signed_pem: None,
@@ -126,8 +133,9 @@ pub(super) fn new_root(
     let cert = params.clone().self_signed(&key).map_err(CaError::Crypto)?;
     root.id = colon_hex(&cert.key_identifier());
     root.cert_pem = cert.pem();
+    root.key = StoredKey::seal(SecretPem(key.serialize_pem()), &root.id, kek)?;
     if let Some(previous) = previous {
-        let by = issuer(previous, trust_domain)?;
+        let by = issuer(previous, trust_domain, kek)?;
         let mut cross = params;
         cross.use_authority_key_identifier_extension = true;
         let cross = cross
@@ -176,15 +184,12 @@ pub(super) fn parse_csr(pem: &str) -> Result<(CsrRequest, rcgen::PublicKey), CaE
     Ok((request, public_key))
 }
 
-mod pem_der_impl {
-    /// The DER inside the first PEM block labelled `CERTIFICATE REQUEST`.
-    pub fn pem_der(pem: &str) -> Option<Vec<u8>> {
-        let parsed = ::pem::parse(pem).ok()?;
-        (parsed.tag() == "CERTIFICATE REQUEST" || parsed.tag() == "NEW CERTIFICATE REQUEST")
-            .then(|| parsed.contents().to_vec())
-    }
+/// The DER inside the first PEM block labelled `CERTIFICATE REQUEST`.
+pub(super) fn pem_der(pem: &str) -> Option<Vec<u8>> {
+    let parsed = ::pem::parse(pem).ok()?;
+    (parsed.tag() == "CERTIFICATE REQUEST" || parsed.tag() == "NEW CERTIFICATE REQUEST")
+        .then(|| parsed.contents().to_vec())
 }
-use pem_der_impl::pem_der;
 
 pub(super) fn leaf_params(
     grant: &Grant,

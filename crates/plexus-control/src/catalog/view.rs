@@ -192,6 +192,39 @@ impl StoreCatalog {
         })
     }
 
+    /// For DNS: the instances of `name` (or its mesh entry points, `Answer::Connect`) carrying
+    /// `tag`, as the index holds them now. Unlike the HTTP reads this does not first wait for the
+    /// store's current revision (on etcd a read of its own per query), so an answer may trail a
+    /// write by the watch's latency, as Consul's DNS does by default (`allow_stale`).
+    pub async fn instances_stale(
+        &self,
+        answer: Answer,
+        name: &str,
+        tag: Option<&str>,
+    ) -> Result<Vec<ServiceEntry>, CatalogError> {
+        let index = self.index().await?;
+        let state = index.read();
+        let filter = HealthFilter {
+            tag: tag.map(str::to_owned),
+            passing: false,
+        };
+        Ok(state.entries(answer, name, &filter))
+    }
+
+    /// For DNS: node `name` (ASCII case ignored, as DNS does) as the index holds it now (see
+    /// [`Self::instances_stale`]).
+    pub async fn node_stale(&self, name: &str) -> Result<Option<Node>, CatalogError> {
+        let index = self.index().await?;
+        let state = index.read();
+        let found = state.nodes.get(name).or_else(|| {
+            state
+                .nodes
+                .values()
+                .find(|n| n.node.eq_ignore_ascii_case(name))
+        });
+        Ok(found.cloned())
+    }
+
     /// `GET /v1/health/checks/:service`: the checks of every instance of a service.
     pub async fn service_checks(
         &self,

@@ -29,6 +29,7 @@
 //! Each replica turns store changes into [`GroupEvent`]s with one watcher task (re-read on every
 //! revision, diffed against the last view); sessions subscribe to those.
 
+pub mod actuator;
 pub mod topics;
 pub mod ws;
 
@@ -89,6 +90,18 @@ pub struct AppRecord {
     pub peer: Peer,
     /// The control-plane replica holding its connection.
     pub replica: String,
+    /// Where the app's actuator listens, as it announced it (host and port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
+}
+
+/// An app's actuator address, as announced in its hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Host (an IP address or name).
+    pub address: String,
+    /// TCP port.
+    pub port: u16,
 }
 
 /// A change in the set of apps, for the sessions of one replica.
@@ -134,6 +147,8 @@ struct Inner {
     events: broadcast::Sender<GroupEvent>,
     sessions: AtomicUsize,
     started: OnceCell<()>,
+    since: SystemTime,
+    healthy: std::sync::atomic::AtomicBool,
 }
 
 /// The presence monitor of one control-plane replica. Cheap to clone.
@@ -180,6 +195,8 @@ impl Presence {
                 events: broadcast::channel(1024).0,
                 sessions: AtomicUsize::new(0),
                 started: OnceCell::new(),
+                since: SystemTime::now(),
+                healthy: std::sync::atomic::AtomicBool::new(true),
             }),
         }
     }
@@ -238,12 +255,22 @@ impl Presence {
     /// claimed topic, assigns the lowest free one otherwise, grants the session's lease and writes
     /// every record of the app atomically under it.
     pub async fn claim(&self, peer: Peer) -> Result<Claim, PresenceError> {
+        self.claim_at(peer, None).await
+    }
+
+    /// Like [`Presence::claim`], recording where the app's actuator listens (the catalog lists
+    /// the app at that address and port).
+    pub async fn claim_at(
+        &self,
+        peer: Peer,
+        endpoint: Option<Endpoint>,
+    ) -> Result<Claim, PresenceError> {
         let lease = self
             .inner
             .store
             .lease_grant(self.inner.config.lease_ttl)
             .await?;
-        let claimed = self.claim_with(peer, lease).await;
+        let claimed = self.claim_with(peer, endpoint, lease).await;
         if claimed.is_err()
             && let Err(error) = self.inner.store.lease_revoke(lease).await
         {
@@ -252,7 +279,12 @@ impl Presence {
         claimed
     }
 
-    async fn claim_with(&self, mut peer: Peer, lease: LeaseId) -> Result<Claim, PresenceError> {
+    async fn claim_with(
+        &self,
+        mut peer: Peer,
+        endpoint: Option<Endpoint>,
+        lease: LeaseId,
+    ) -> Result<Claim, PresenceError> {
         let app_key = format!("{APPS}{}", peer.origin);
         let claimed = std::mem::take(&mut peer.topic);
         for _ in 0..32 {
@@ -296,6 +328,7 @@ impl Presence {
             let record = AppRecord {
                 peer: peer.clone(),
                 replica: self.inner.replica.clone(),
+                endpoint: endpoint.clone(),
             };
             let mut ops = vec![Op::PutLeased {
                 key: topic_key.clone(),
@@ -424,7 +457,8 @@ fn record_ops(record: &AppRecord, lease: LeaseId) -> Vec<Op> {
 }
 
 /// An event app as a catalog service instance: the service is named after the app, the instance
-/// id is its origin (one instance per running app), `Meta` marks it as an event app
+/// id is its origin (one instance per running app), address and port are its actuator's (when it
+/// announced one), `Meta` marks it as an event app
 /// (`plexus-kind = event-app`) and lists its group, topic, routes (comma-separated) and the
 /// replica holding its connection; tags are `event-app` and its routes.
 pub fn catalog_service(record: &AppRecord) -> AgentService {
@@ -447,6 +481,12 @@ pub fn catalog_service(record: &AppRecord) -> AgentService {
         service: peer.app.clone(),
         tags,
         meta,
+        address: record
+            .endpoint
+            .as_ref()
+            .map(|e| e.address.clone())
+            .unwrap_or_default(),
+        port: record.endpoint.as_ref().map_or(0, |e| e.port),
         ..AgentService::default()
     }
 }

@@ -197,6 +197,8 @@ impl ClientFrameJson {
             group: String::new(),
             routes: self.routes.clone(),
             topic: self.topic.clone(),
+            address: None,
+            port: None,
         })
         .unwrap()
     }

@@ -21,7 +21,7 @@ use plexus_api::presence::{
 use plexus_runtime::http::ApiError;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{Claim, GroupEvent, Presence, PresenceError};
+use super::{Claim, Endpoint, GroupEvent, Presence, PresenceError};
 
 /// How long an app has to send its `Hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -134,7 +134,10 @@ fn check_routes(routes: &[String]) -> Result<(), String> {
 }
 
 /// Reads the first frame: it must be a valid `Hello`.
-async fn read_hello(socket: &mut WebSocket, origin: &str) -> Result<Peer, String> {
+async fn read_hello(
+    socket: &mut WebSocket,
+    origin: &str,
+) -> Result<(Peer, Option<Endpoint>), String> {
     let message = tokio::time::timeout(HELLO_TIMEOUT, socket.recv())
         .await
         .map_err(|_| format!("no hello within {HELLO_TIMEOUT:?}"))?;
@@ -150,6 +153,8 @@ async fn read_hello(socket: &mut WebSocket, origin: &str) -> Result<Peer, String
         group,
         routes,
         topic,
+        address,
+        port,
     } = frame
     else {
         return Err("the first frame must be hello".into());
@@ -158,7 +163,14 @@ async fn read_hello(socket: &mut WebSocket, origin: &str) -> Result<Peer, String
         return Err("app: must not be empty".into());
     }
     check_routes(&routes)?;
-    Ok(Peer {
+    let endpoint = match (address, port) {
+        (None, None) => None,
+        (Some(address), Some(port)) if !address.trim().is_empty() && port != 0 => {
+            Some(Endpoint { address, port })
+        }
+        _ => return Err("address and port: give both (the actuator's host and a port from 1 to 65535), or neither".into()),
+    };
+    let peer = Peer {
         origin: origin.to_owned(),
         app,
         group: if group.is_empty() {
@@ -168,7 +180,8 @@ async fn read_hello(socket: &mut WebSocket, origin: &str) -> Result<Peer, String
         },
         topic: topic.unwrap_or_default(),
         routes,
-    })
+    };
+    Ok((peer, endpoint))
 }
 
 async fn session(presence: Presence, origin: String, mut socket: WebSocket) {
@@ -176,12 +189,12 @@ async fn session(presence: Presence, origin: String, mut socket: WebSocket) {
         tracing::warn!(%error, "presence: cannot start");
         return refuse(&mut socket, &origin, "presence is unavailable".into()).await;
     }
-    let peer = match read_hello(&mut socket, &origin).await {
-        Ok(peer) => peer,
+    let (peer, endpoint) = match read_hello(&mut socket, &origin).await {
+        Ok(hello) => hello,
         Err(reason) => return refuse(&mut socket, &origin, reason).await,
     };
     presence.inner.sessions.fetch_add(1, Ordering::SeqCst);
-    match presence.claim(peer).await {
+    match presence.claim_at(peer, endpoint).await {
         Ok(mut claim) => {
             tracing::info!(%origin, app = %claim.record.peer.app, topic = %claim.record.peer.topic, "presence: app connected");
             run(&presence, &mut claim, &mut socket).await;

@@ -85,7 +85,8 @@ impl EmbeddedStore {
 
     /// Like [`EmbeddedStore::open`], keeping `kept_revisions` revisions for resuming watches.
     pub fn open_keeping(dir: &Path, kept_revisions: usize) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+        // The file holds secrets (the CA's keys unless wrapped): 0700 directory, 0600 file.
+        plexus_runtime::private_fs::create_dir(dir).map_err(|e| StoreError::Open {
             path: dir.to_owned(),
             source: e.into(),
         })?;
@@ -94,6 +95,7 @@ impl EmbeddedStore {
             path: path.clone(),
             source,
         };
+        plexus_runtime::private_fs::create_file(&path).map_err(|e| open_error(e.into()))?;
         let db = Database::create(&path).map_err(|e| open_error(boxed(e)))?;
         let (revision, stored_leases) = init_tables(&db).map_err(open_error)?;
         tracing::debug!(path = %path.display(), revision, leases = stored_leases.len(), "store opened");

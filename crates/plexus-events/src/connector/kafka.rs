@@ -79,6 +79,7 @@ pub struct KafkaConnector {
     client: Client,
     partitions: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
     connected: Arc<AtomicBool>,
+    bootstrap: String,
 }
 
 impl KafkaConnector {
@@ -108,6 +109,7 @@ impl KafkaConnector {
             client,
             partitions: Mutex::default(),
             connected: Arc::new(AtomicBool::new(true)),
+            bootstrap: bootstrap.to_owned(),
         });
         let topic = presence
             .connected(Duration::from_secs(30))
@@ -252,6 +254,10 @@ impl Connector for KafkaConnector {
 
     fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    fn href(&self) -> String {
+        format!("kafka://{}", self.bootstrap)
     }
 
     fn send<'a>(

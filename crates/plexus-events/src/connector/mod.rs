@@ -53,6 +53,8 @@ pub trait Connector: Send + Sync + 'static {
     fn max_payload(&self) -> usize;
     /// True while connected to the broker.
     fn is_connected(&self) -> bool;
+    /// Where the broker is (for `/health`; never with credentials).
+    fn href(&self) -> String;
     /// Sends one message to the instance `origin` (consuming `topic`, when known).
     fn send<'a>(
         &'a self,

@@ -43,6 +43,7 @@ pub enum NatsError {
 /// A connector over core NATS.
 pub struct NatsConnector {
     client: async_nats::Client,
+    href: String,
 }
 
 impl NatsConnector {
@@ -91,7 +92,10 @@ impl NatsConnector {
             tracing::debug!("NATS subscription ended");
         });
         tracing::info!(%subject, url, "NATS connector ready");
-        let connector = Arc::new(Self { client });
+        let href = url
+            .rsplit_once('@')
+            .map_or_else(|| url.to_owned(), |(_, host)| format!("nats://{host}"));
+        let connector = Arc::new(Self { client, href });
         platform.set_connector(connector.clone());
         Ok(connector)
     }
@@ -113,6 +117,10 @@ impl Connector for NatsConnector {
 
     fn is_connected(&self) -> bool {
         self.client.connection_state() == State::Connected
+    }
+
+    fn href(&self) -> String {
+        self.href.clone()
     }
 
     fn send<'a>(

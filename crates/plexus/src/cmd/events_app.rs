@@ -7,15 +7,11 @@
 //! Start-up: check config (exit 64 when invalid, before any socket) → bind the actuator → connect
 //! the cloud connector → announce to the presence monitor → serve until SIGINT/SIGTERM.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use plexus_events::{
-    EventEnvelope, EventMesh, Fault, MeshConfig, Platform, Value, Visibility, actuator,
-};
+use plexus_events::{EventEnvelope, EventMesh, Fault, Platform, Value, Visibility, actuator};
 use plexus_runtime::Shutdown;
 use tokio::net::TcpListener;
 use tracing::info;
@@ -37,64 +33,11 @@ pub struct Args {
     /// Workers per route (the route's bulkhead).
     #[arg(long, default_value_t = 10)]
     pub workers: usize,
-    /// Event mesh settings file (properties: `cloud.connector = nats`, `nats.url = ...`, see
-    /// `plexus_events::mesh`); the `PLEXUS_*` environment overrides it, flags override both.
-    #[arg(long = "config")]
-    pub config: Option<PathBuf>,
-    /// `cloud.connector`: none, nats or kafka.
-    #[arg(long = "cloud-connector")]
-    pub connector: Option<String>,
-    /// NATS server URL (with `--cloud-connector nats`).
-    #[arg(long = "nats-url")]
-    pub nats_url: Option<String>,
-    /// Kafka bootstrap broker `host:port` (with `--cloud-connector kafka`).
-    #[arg(long = "kafka-bootstrap")]
-    pub kafka_bootstrap: Option<String>,
-    /// Control plane (presence monitor) `host:port`, or several replicas comma-separated (tried in
-    /// turn on reconnect); required with a connector.
-    #[arg(long = "control")]
-    pub control: Option<String>,
-    /// Presence group.
-    #[arg(long)]
-    pub group: Option<String>,
+    #[command(flatten)]
+    pub mesh: super::events::MeshArgs,
     /// Actuator HTTP address.
     #[arg(long = "http-addr", default_value = "127.0.0.1:0")]
     pub http_addr: String,
-}
-
-/// The mesh settings: file, then environment, then flags; every problem reported.
-fn mesh_config(args: &Args) -> Result<MeshConfig, Vec<String>> {
-    let config = match &args.config {
-        Some(path) => MeshConfig::from_file(path).map_err(|e| e.0)?,
-        None => MeshConfig::default(),
-    };
-    let mut config = config.with_env().map_err(|e| e.0)?;
-    let mut problems = Vec::new();
-    for (key, flag, value) in [
-        ("cloud.connector", "--cloud-connector", &args.connector),
-        ("nats.url", "--nats-url", &args.nats_url),
-        (
-            "kafka.bootstrap",
-            "--kafka-bootstrap",
-            &args.kafka_bootstrap,
-        ),
-        ("presence.control", "--control", &args.control),
-        ("presence.group", "--group", &args.group),
-    ] {
-        if let Some(value) = value
-            && let Err(e) = config.set(key, value, flag)
-        {
-            problems.push(e);
-        }
-    }
-    if let Err(e) = config.validate() {
-        problems.extend(e.0);
-    }
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(problems)
-    }
 }
 
 fn check(args: &Args) -> Vec<String> {
@@ -107,7 +50,7 @@ fn check(args: &Args) -> Vec<String> {
     if args.workers == 0 {
         problems.push("--workers: must be at least 1".to_owned());
     }
-    if let Err(more) = mesh_config(args) {
+    if let Err(more) = args.mesh.mesh_config() {
         problems.extend(more);
     }
     problems
@@ -157,6 +100,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let platform = Platform::new(args.name.clone());
+    platform.set_advertise(listener.local_addr()?);
     info!(app = %args.name, origin = %platform.origin(), "event app starting");
     for route in &args.routes {
         serve_route(&platform, route, args.workers, Visibility::Public)?;
@@ -164,7 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for route in &args.private_routes {
         serve_route(&platform, route, args.workers, Visibility::Private)?;
     }
-    let mesh_config = match mesh_config(&args) {
+    let mesh_config = match args.mesh.mesh_config() {
         Ok(config) => config,
         Err(_) => return Ok(ExitCode::from(EXIT_CONFIG)),
     };
@@ -172,21 +116,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .context("joining the event mesh")?;
     let presence = mesh.presence.clone();
-    let mut config = BTreeMap::new();
-    config.insert(
-        "cloud.connector".to_owned(),
-        format!("{:?}", mesh_config.connector).to_lowercase(),
-    );
-    config.insert("presence.group".to_owned(), mesh_config.group.clone());
-    if let Some(control) = &mesh_config.control {
-        config.insert("presence.control".to_owned(), control.clone());
-    }
-    let router = actuator::router(actuator::Actuator {
-        platform: platform.clone(),
+    let config = super::events::MeshArgs::shown(&mesh_config);
+    let router = actuator::router(actuator::Actuator::new(
+        platform.clone(),
         presence,
         config,
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-    });
+        env!("CARGO_PKG_VERSION"),
+        plexus_events::node::NodeAuth::Open,
+    ));
     let addr = listener.local_addr()?;
     plexus_runtime::telemetry::listening("actuator", addr);
     plexus_runtime::http::serve(listener, router, shutdown.token()).await?;

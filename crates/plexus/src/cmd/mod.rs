@@ -1,14 +1,18 @@
 //! One module per subcommand.
 
 pub mod agent;
+pub mod auto_encrypt;
 pub mod catalog;
 pub mod config;
+pub mod config_file;
 pub mod connect;
 pub mod demo;
 pub mod demo_events;
 pub mod demo_http;
 pub mod dev;
+pub mod dns;
 pub mod echo_server;
+pub mod events;
 pub mod events_app;
 pub mod health;
 pub mod intention;
@@ -17,23 +21,38 @@ pub mod operator;
 pub mod proxy;
 pub mod server;
 pub mod services;
+pub mod tls;
 pub mod validate;
 
 use plexus_api::client::{Client, DEFAULT_HTTP_ADDR, HTTP_ADDR_ENV};
 
 /// How client commands find the control plane: `--http-addr`, else `PLEXUS_HTTP_ADDR`, else
-/// `127.0.0.1:8500`; `host:port` and `http://host:port` both work.
+/// `CONSUL_HTTP_ADDR`, else `127.0.0.1:8500`; `host:port`, `http://host:port` and
+/// `https://host:port` work. TLS settings: [`tls::ClientTlsArgs`].
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlArgs {
-    /// Control-plane HTTP address (host:port or http://host:port).
-    #[arg(long = "http-addr", env = HTTP_ADDR_ENV, default_value = DEFAULT_HTTP_ADDR)]
+    /// Control-plane address (host:port, http://host:port or https://host:port)
+    /// [env: PLEXUS_HTTP_ADDR, CONSUL_HTTP_ADDR].
+    #[arg(long = "http-addr", env = HTTP_ADDR_ENV, default_value_t = default_http_addr(), hide_env = true)]
     pub http_addr: String,
+    #[command(flatten)]
+    pub tls: tls::ClientTlsArgs,
+}
+
+/// `CONSUL_HTTP_ADDR`, else `127.0.0.1:8500` (`PLEXUS_HTTP_ADDR` and the flag come first).
+fn default_http_addr() -> String {
+    tls::env_first(&["CONSUL_HTTP_ADDR"]).unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned())
 }
 
 impl ControlArgs {
     /// A client for the control plane.
     pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(&self.http_addr)?)
+        self.client_for(std::slice::from_ref(&self.http_addr))
+    }
+
+    /// A client for these servers (failover), with this command's TLS settings.
+    pub fn client_for(&self, servers: &[String]) -> anyhow::Result<Client> {
+        Ok(Client::with_options(servers, self.tls.options()?)?)
     }
 }
 

@@ -41,7 +41,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let control = if args.servers.is_empty() {
         args.control.client()
     } else {
-        plexus_api::client::Client::with_servers(&args.servers).map_err(anyhow::Error::from)
+        args.control.client_for(&args.servers)
     };
     let control = match control {
         Ok(client) => client,

@@ -28,10 +28,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::config_file::{self, Given};
 use super::dev::{
     ConnectSettings, DEFAULT_DATACENTER, check_leaf_ttl, default_node_name, start_identity,
 };
+use super::tls::{ServerTlsArgs, serve_https, server_names, server_tls};
 use super::{EXIT_CONFIG, parse_duration};
+use plexus_api::agent_config::Role;
 
 /// `plexus server`
 #[derive(Debug, clap::Args)]
@@ -85,6 +88,18 @@ pub struct Args {
     /// (a production server's default) or `allow`.
     #[arg(long = "default-intention-policy", default_value = "deny")]
     pub default_intention_policy: plexus_api::connect::DefaultPolicy,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+    /// A configuration file in Consul's format (HCL or JSON): agent keys and/or service
+    /// definitions; repeatable, later files win. Flags override it.
+    #[arg(long = "config-file")]
+    pub config_files: Vec<PathBuf>,
+    /// A directory of `.hcl`/`.json` configuration files, read in name order; repeatable.
+    #[arg(long = "config-dir")]
+    pub config_dirs: Vec<PathBuf>,
+    /// DNS interface.
+    #[command(flatten)]
+    pub dns: super::dns::DnsArgs,
 }
 
 /// The environment variable holding the etcd password (when no file is named).
@@ -150,7 +165,35 @@ fn store_choice(args: &Args) -> Result<StoreChoice, String> {
 }
 
 /// Runs one server replica until a signal arrives.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
+    let files = match config_file::load(
+        &args.config_files,
+        &args.config_dirs,
+        Role::Server,
+        &given,
+        &args.datacenter,
+        args.node.as_deref(),
+    ) {
+        Ok(files) => files,
+        Err(code) => return Ok(code),
+    };
+    let config = &files.agent;
+    config_file::apply_server(
+        config,
+        &given,
+        &mut args.datacenter,
+        &mut args.node,
+        &mut args.tls,
+    );
+    config_file::apply_listeners(config, &given, &mut args.http_addr, &mut args.tls.https);
+    if !given.flag("data_dir")
+        && let Some(dir) = &config.data_dir
+    {
+        args.data_dir.clone_from(dir);
+    }
+    let advertised = config_file::advertised(config);
+    config_file::announce(config);
+    let definitions = files.services;
     let choice = match store_choice(&args) {
         Ok(choice) => choice,
         Err(message) => {
@@ -162,11 +205,49 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("error: {message}");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
+    let dns_config = match args.dns.config(&args.datacenter) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let (https, kek) = match (args.tls.https.plan(true, false), args.tls.kek()) {
+        (Ok(https), Ok(kek)) => (https, kek),
+        (Err(message), _) | (_, Err(message)) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let node_name = args.node.clone().unwrap_or_else(default_node_name);
-    let listener = TcpListener::bind(&args.http_addr)
-        .await
-        .with_context(|| format!("cannot bind the HTTP API on {}", args.http_addr))?;
-    let http_addr = listener.local_addr()?;
+    let listener = if args.tls.https.https_only {
+        None
+    } else {
+        Some(
+            TcpListener::bind(&args.http_addr)
+                .await
+                .with_context(|| format!("cannot bind the HTTP API on {}", args.http_addr))?,
+        )
+    };
+    let https = match https {
+        Some(plan) => {
+            let listener = TcpListener::bind(&plan.addr)
+                .await
+                .with_context(|| format!("cannot bind the HTTPS API on {}", plan.addr))?;
+            Some((listener, plan))
+        }
+        None => None,
+    };
+    let https_addr = match &https {
+        Some((listener, _)) => Some(listener.local_addr()?),
+        None => None,
+    };
+    let http_addr = match (&listener, https_addr) {
+        (Some(listener), _) => listener.local_addr()?,
+        (None, Some(addr)) => addr,
+        (None, None) => anyhow::bail!("no API listener"),
+    };
+    let dns_sockets = args.dns.bind().await?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let Some(store) = open_store(&choice, &shutdown.token()).await? else {
@@ -179,7 +260,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         leader_addr: http_addr.to_string(),
     };
     let backend = store.status().await.backend;
-    let control = ControlPlane::with_store(store, info);
+    let mut control =
+        ControlPlane::with_store(store, info).with_auto_encrypt(args.tls.auto_encrypt());
+    if let Some(kek) = kek {
+        control = control.with_ca_key_encryption(kek);
+    }
     start_identity(
         &control,
         ConnectSettings {
@@ -205,7 +290,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let node = Node {
         id: format!("server-{node_name}"),
         node: node_name.clone(),
-        address: http_addr.ip().to_string(),
+        address: advertised.unwrap_or(http_addr.ip()).to_string(),
         datacenter: args.datacenter.clone(),
         ..Node::default()
     };
@@ -213,26 +298,53 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let agent = Agent::start(AgentConfig { node, server: true }, catalog, &shutdown)
         .await
         .context("starting the server's agent")?;
+    for (file, registration) in &definitions {
+        agent.register(registration).await.with_context(|| {
+            format!(
+                "registering {:?} from {}",
+                registration.name,
+                file.display()
+            )
+        })?;
+        info!(service = %registration.name, file = %file.display(), "registered from definition");
+    }
     let router = control
         .router()
         .merge(agent.router())
         .fallback(plexus_runtime::http::not_found_fallback)
         .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
-    plexus_runtime::telemetry::listening("http", http_addr);
+    super::dns::serve(control.catalog(), dns_config, dns_sockets, &shutdown)?;
     let stop_serving = CancellationToken::new();
-    let server = tokio::spawn(plexus_runtime::http::serve(
-        listener,
-        router,
-        stop_serving.clone(),
-    ));
+    let mut servers = Vec::new();
+    if let Some((https_listener, plan)) = https {
+        let names = server_names(&args.datacenter, &args.tls.domain, https_addr);
+        let tls = server_tls(&plan, Some(control.ca()), names, &shutdown).await?;
+        servers.push(serve_https(
+            https_listener,
+            tls,
+            router.clone(),
+            stop_serving.clone(),
+        )?);
+    }
+    if let Some(listener) = listener {
+        plexus_runtime::telemetry::listening("http", http_addr);
+        servers.push(tokio::spawn(plexus_runtime::http::serve(
+            listener,
+            router,
+            stop_serving.clone(),
+        )));
+    }
     shutdown.token().cancelled().await;
     agent.deregister_all().await;
     stop_serving.cancel();
-    match tokio::time::timeout(args.grace, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(error))) => warn!(%error, "HTTP server failed"),
-        Ok(Err(error)) => warn!(%error, "HTTP server task failed"),
-        Err(_) => warn!(grace = ?args.grace, "in-flight requests did not finish in time"),
+    let deadline = tokio::time::Instant::now() + args.grace;
+    for server in servers {
+        match tokio::time::timeout_at(deadline, server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => warn!(%error, "HTTP server failed"),
+            Ok(Err(error)) => warn!(%error, "HTTP server task failed"),
+            Err(_) => warn!(grace = ?args.grace, "in-flight requests did not finish in time"),
+        }
     }
     if !shutdown.drain(args.grace).await {
         warn!("background tasks did not finish within the grace period");

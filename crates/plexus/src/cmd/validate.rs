@@ -1,5 +1,6 @@
-//! `plexus validate FILE...`: the same checks `plexus dev --config-file` runs, without starting
-//! anything. Every error in every file is reported at once.
+//! `plexus validate FILE...`: the same checks `plexus dev|server|agent --config-file` run
+//! (service definitions and agent keys in Consul's format), without starting anything. Every
+//! error in every file is reported at once.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use super::dev::{DEFAULT_DATACENTER, collect_definition_files, default_node_name
 /// `plexus validate FILE...`
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Definition files or directories (`.hcl`, `.json`).
+    /// Configuration or definition files, or directories of them (`.hcl`, `.json`).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
 }
@@ -24,15 +25,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let defaults = plexus_api::validate::Defaults {
-        datacenter: DEFAULT_DATACENTER.to_owned(),
-        node: default_node_name(),
-    };
-    match plexus_api::definition::check_files(&files, &defaults) {
-        Ok(services) => {
+    let defaults =
+        |config: &plexus_api::agent_config::AgentConfig| plexus_api::validate::Defaults {
+            datacenter: config
+                .datacenter
+                .clone()
+                .unwrap_or_else(|| DEFAULT_DATACENTER.to_owned()),
+            node: config.node_name.clone().unwrap_or_else(default_node_name),
+        };
+    match plexus_api::agent_config::load_files(
+        &files,
+        plexus_api::agent_config::Role::Any,
+        &plexus_api::agent_config::sockaddr::system_interfaces,
+        defaults,
+    ) {
+        Ok(loaded) => {
+            for note in &loaded.agent.notes {
+                eprintln!("note: {note}");
+            }
+            let agent = if loaded.agent.is_empty() {
+                String::new()
+            } else {
+                " and agent settings".to_owned()
+            };
             println!(
-                "Configuration is valid: {} service(s) in {} file(s).",
-                services.len(),
+                "Configuration is valid: {} service(s){agent} in {} file(s).",
+                loaded.services.len(),
                 files.len()
             );
             Ok(ExitCode::SUCCESS)

@@ -23,18 +23,55 @@ fn demo_echo_runs_end_to_end() {
     assert!(out.contains("demo passed"), "{out}");
 }
 
+fn demo_events(broker: &str) -> String {
+    let tool = if broker == "kafka" {
+        "tansu"
+    } else {
+        "nats-server"
+    };
+    let path = plexus_test::brokers::tools_bin().join(tool);
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/setup-test-env.sh",
+        path.display()
+    );
+    let path = path.display().to_string();
+    let flag = if broker == "kafka" {
+        "--tansu"
+    } else {
+        "--nats-server"
+    };
+    // The demo finds .tools/venv/bin/python and clients/python from the repository root.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let python = format!("{root}/.tools/venv/bin/python");
+    let (code, out, err) = run_cli(
+        bin(),
+        &[
+            "demo", "events", "--broker", broker, flag, &path, "--python", &python,
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    for needle in [
+        "10 requests to hello.pojo, by app: {\"hello-b\": 5, \"py-app\": 5}",
+        "\"ok\":10",
+        "hello-a saw: hello.pojo (",
+        "demo passed",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing from:\n{out}");
+    }
+    out
+}
+
+#[test]
+fn demo_events_over_kafka_with_a_python_app() {
+    demo_events("kafka");
+}
+
 #[test]
 fn demo_events_runs_end_to_end() {
-    let nats = plexus_test::brokers::tools_bin().join("nats-server");
-    assert!(
-        nats.exists(),
-        "{} missing: run scripts/setup-test-env.sh",
-        nats.display()
-    );
-    let nats = nats.display().to_string();
-    let (code, out, err) =
-        run_cli(bin(), &["demo", "events", "--nats-server", &nats], &[]).unwrap();
-    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let out = demo_events("nats");
     for needle in [
         " joins (hello-b)",
         "hello.pojo (",

@@ -137,6 +137,8 @@ async fn etcd_unreachable_at_start_is_retried_then_the_server_serves() {
         &cluster.endpoints_arg(),
         "--http-addr",
         &format!("127.0.0.1:{port}"),
+        "--dns-addr",
+        "127.0.0.1:0",
         "--node",
         "patient",
     ]

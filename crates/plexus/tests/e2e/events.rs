@@ -31,7 +31,7 @@ async fn test_app(dev: &Dev, nats: &NatsServer) -> (Platform, EventMesh) {
     test_app_on(dev, &Broker::Nats(nats.url())).await
 }
 
-async fn test_app_on(dev: &Dev, broker: &Broker) -> (Platform, EventMesh) {
+pub(crate) async fn test_app_on(dev: &Dev, broker: &Broker) -> (Platform, EventMesh) {
     let mut config = MeshConfig {
         control: Some(dev.addr()),
         ..MeshConfig::default()
@@ -241,7 +241,7 @@ async fn kill_9_removes_the_instance_from_peers_within_5s() {
     assert_eq!(topics.as_object().unwrap().len(), 1, "{topics}");
     let c = app(&dev, &broker, "hello-c", "hello.pojo", &[]).await;
     let (_, info) = c.get("/info").await.unwrap();
-    assert_eq!(info["topic"], "multiplex.0001-001", "{info}");
+    assert_eq!(info["more"]["topic"], "multiplex.0001-001", "{info}");
 }
 
 #[tokio::test]
@@ -294,10 +294,12 @@ async fn event_over_http_bad_input_and_faults() {
             "X-Async",
         ),
     ];
+    // Every refusal is an error envelope with the HTTP status and the reason as its body.
     for (body, headers, status, cause) in cases {
         let (got, bytes) = a.post_event(body, &headers).await.unwrap();
-        let text = String::from_utf8_lossy(&bytes);
-        assert_eq!(got, status, "{cause}: {text}");
+        let reply = EventEnvelope::from_bytes(&bytes).unwrap();
+        let text = reply.error_message().unwrap_or_default();
+        assert_eq!((got, reply.status), (status, status), "{cause}: {text}");
         assert!(text.contains(cause), "{cause}: {text}");
     }
     let call = |route: &str, body: &str| EventEnvelope::to(route, body).to_bytes();
@@ -347,11 +349,18 @@ async fn event_over_http_bad_input_and_faults() {
         health.to_string().contains("Loopback test took"),
         "{health}"
     );
-    let (_, env) = a.get("/env").await.unwrap();
-    assert_eq!(env["routing"]["private"]["demo.secret"], 10, "{env}");
-    assert_eq!(env["routing"]["public"]["hello.world"], 10, "{env}");
+    let (_, routes) = a.get("/info/routes").await.unwrap();
+    assert_eq!(routes["routing"]["private"]["demo.secret"], 10, "{routes}");
+    assert_eq!(routes["routing"]["public"]["hello.world"], 10, "{routes}");
     let (_, lib) = a.get("/info/lib").await.unwrap();
-    assert!(lib["libraries"]["async-nats"].is_string(), "{lib}");
+    assert!(
+        lib["library"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().starts_with("async-nats-")),
+        "{lib}"
+    );
     let (_, info) = a.get("/info").await.unwrap();
     assert_eq!(info["app"]["name"], "hello-a");
     assert_eq!(info["origin"], a.origin.as_str());
@@ -376,7 +385,7 @@ async fn malformed_broker_messages_are_dropped_and_counted() {
         client.publish(subject.clone(), bad.into()).await.unwrap();
     }
     client.flush().await.unwrap();
-    eventually!(b.get("/info").await.unwrap().1["malformed_messages"] == 3);
+    eventually!(b.get("/info").await.unwrap().1["more"]["malformed_messages"] == 3);
     assert!(
         b.process
             .output()
@@ -556,7 +565,7 @@ async fn events_app_joins_from_a_properties_file() {
         .json()
         .await
         .unwrap();
-    assert_eq!(env["config"]["cloud.connector"], "nats", "{env}");
+    assert_eq!(env["env"]["properties"]["cloud.connector"], "nats", "{env}");
     let (_, apps, _) = crate::http(
         "GET",
         &format!("http://{}/v1/events/apps", dev.addr()),
@@ -575,7 +584,7 @@ async fn malformed_kafka_records_are_dropped_and_counted() {
     let (tester, mesh) = test_app_on(&dev, &broker).await;
     eventually!(tester.exists("hello.pojo"));
     let (_, info) = b.get("/info").await.unwrap();
-    let topic = info["topic"].as_str().unwrap().to_owned();
+    let topic = info["more"]["topic"].as_str().unwrap().to_owned();
     let (name, partition) = plexus_events::connector::kafka::split_topic(&topic).unwrap();
     let client = rskafka::client::ClientBuilder::new(vec![kafka.bootstrap()])
         .build()
@@ -610,7 +619,7 @@ async fn malformed_kafka_records_are_dropped_and_counted() {
         )
         .await
         .unwrap();
-    eventually!(b.get("/info").await.unwrap().1["malformed_messages"] == 3);
+    eventually!(b.get("/info").await.unwrap().1["more"]["malformed_messages"] == 3);
     let reply = tester
         .request(EventEnvelope::to("hello.pojo", "still"), T)
         .await;
@@ -690,10 +699,16 @@ async fn an_event_app_is_in_the_catalog_while_connected() {
     let instance = &instances[0];
     assert_eq!(instance["ServiceID"], a.origin.as_str());
     assert_eq!(instance["Node"], "event-mesh");
+    // Listed with its actuator's address and port.
+    assert_eq!(instance["ServiceAddress"], a.actuator.ip().to_string());
+    assert_eq!(instance["ServicePort"], a.actuator.port());
     assert_eq!(instance["ServiceMeta"]["plexus-kind"], "event-app");
     assert_eq!(instance["ServiceMeta"]["routes"], "hello.pojo,hello.world");
     let (_, info) = a.get("/info").await.unwrap();
-    assert_eq!(instance["ServiceMeta"]["topic"], info["topic"], "{info}");
+    assert_eq!(
+        instance["ServiceMeta"]["topic"], info["more"]["topic"],
+        "{info}"
+    );
     let health = get_json(&dev.addr(), "/v1/health/service/hello-a?passing=true").await;
     let health = health.as_array().unwrap();
     assert_eq!(health.len(), 1, "{health:?}");
@@ -787,7 +802,7 @@ async fn presence_over_two_replicas_on_etcd_survives_kill_9_of_one() {
     for app in [&a, &b, &c] {
         let (_, info) = app.get("/info").await.unwrap();
         assert!(
-            topics.insert(info["topic"].as_str().unwrap().to_owned()),
+            topics.insert(info["more"]["topic"].as_str().unwrap().to_owned()),
             "{info}"
         );
     }
@@ -817,7 +832,7 @@ async fn presence_over_two_replicas_on_etcd_survives_kill_9_of_one() {
     eventually!(b.serving("hello.world").await == vec![a.origin.clone()]);
     eventually!(a.serving("hello.pojo").await == vec![b.origin.clone()]);
     let (_, a_after) = a.get("/info").await.unwrap();
-    assert_eq!(a_after["topic"], a_info["topic"]);
+    assert_eq!(a_after["more"]["topic"], a_info["more"]["topic"]);
     assert_eq!(
         served_by(&b.request("hello.world", "after", T).await.unwrap()),
         a.origin

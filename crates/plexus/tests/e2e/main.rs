@@ -8,12 +8,17 @@ mod bad_input;
 mod checks;
 mod cli;
 mod config_entries;
+mod config_file;
 mod consul_client;
 mod demo;
 mod demo_http;
+mod dns;
 mod durable;
 mod etcd;
 mod events;
+mod events_connector;
+mod events_lang;
+mod events_mercury;
 mod identity;
 mod identity_long;
 mod intentions;
@@ -25,6 +30,8 @@ mod l7_protocols;
 mod registration;
 mod shutdown;
 mod sidecar;
+mod tls;
+mod ui;
 
 use std::path::{Path, PathBuf};
 

@@ -197,6 +197,8 @@ async fn config_dir_loads_every_definition_and_default_data_dir_is_temporary() {
         "dev",
         "--http-addr",
         "127.0.0.1:0",
+        "--dns-addr",
+        "127.0.0.1:0",
         "--node",
         "n1",
         "--config-dir",

@@ -97,17 +97,63 @@ fn encodes_standard_keys() {
     };
     let bytes = e.to_bytes();
     let expected = cat(&[
-        vec![0x84],
+        vec![0x85],
         s("id"),
         s("e3"),
         s("to"),
         s("hello.world"),
         s("status"),
         vec![0xcc, 200],
+        s("headers"), // always written, even when empty
+        vec![0x80],
         s("body"),
         vec![0x01],
     ]);
     assert_eq!(bytes, expected);
+    // The compact form leaves the empty headers out, like Mercury's Java encoder.
+    let compact = cat(&[
+        vec![0x84],
+        s("0"),
+        s("e3"),
+        s("T"),
+        s("hello.world"),
+        s("S"),
+        vec![0xcc, 200],
+        s("B"),
+        vec![0x01],
+    ]);
+    assert_eq!(e.to_bytes_as(Format::Compact), compact);
+    assert_eq!(
+        EventEnvelope::decode(&compact).unwrap(),
+        (e.clone(), Format::Compact)
+    );
+    assert_eq!(
+        EventEnvelope::decode(&bytes).unwrap(),
+        (e, Format::Standard)
+    );
+}
+
+#[test]
+fn nil_is_absent_and_numbers_may_be_text() {
+    let bytes = cat(&[
+        vec![0x86],
+        s("id"),
+        s("e4"),
+        s("to"),
+        vec![0xc0],
+        s("cid"),
+        vec![0xc0],
+        s("status"),
+        s("404"),
+        s("exec_time"),
+        s("2.5"),
+        s("headers"),
+        vec![0xc0],
+    ]);
+    let e = EventEnvelope::from_bytes(&bytes).unwrap();
+    assert_eq!((e.to, e.cid, e.status), (None, None, 404));
+    assert_eq!(e.exec_time, Some(2.5));
+    assert!(e.headers.is_empty());
 }
 
 #[test]
@@ -133,39 +179,112 @@ fn arb_text() -> impl Strategy<Value = String> {
     "[a-z0-9.@_-]{0,20}"
 }
 
+fn arb_body() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Nil),
+        any::<i64>().prop_map(Value::from),
+        arb_text().prop_map(Value::from),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(Value::Binary),
+        proptest::collection::btree_map(arb_text(), any::<i32>(), 0..3).prop_map(|m| {
+            Value::Map(
+                m.into_iter()
+                    .map(|(k, v)| (Value::from(k), Value::from(v)))
+                    .collect(),
+            )
+        }),
+    ]
+}
+
 fn arb_envelope() -> impl Strategy<Value = EventEnvelope> {
-    (
+    let addressing = (
         arb_text(),
         proptest::option::of(arb_text()),
         proptest::option::of(arb_text()),
         proptest::option::of(arb_text()),
+        proptest::option::of(arb_text()),
+        proptest::option::of(arb_text()),
+        proptest::option::of(arb_text()),
+        proptest::option::of(arb_text()),
+    );
+    let content = (
         100u16..=999,
         proptest::collection::btree_map(arb_text(), arb_text(), 0..4),
-        proptest::option::of(any::<i64>()),
+        arb_body(),
         proptest::collection::btree_map(arb_text(), arb_text(), 0..3),
+        proptest::collection::btree_map(arb_text(), any::<bool>(), 0..3),
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+        proptest::option::of(arb_text()),
+        proptest::option::of(arb_text()),
         proptest::option::of(0f32..1e6),
-    )
-        .prop_map(
-            |(id, to, reply_to, trace_id, status, headers, body, tags, exec_time)| EventEnvelope {
-                id,
-                to,
-                reply_to,
-                trace_id,
+        proptest::option::of(0f32..1e6),
+    );
+    (addressing, content).prop_map(
+        |(
+            (id, to, from, reply_to, trace_id, trace_path, span_id, cid),
+            (
                 status,
                 headers,
-                body: body.map(Value::from).unwrap_or(Value::Nil),
+                body,
                 tags,
+                annotations,
+                exception,
+                stack,
+                obj_type,
                 exec_time,
-                ..EventEnvelope::default()
-            },
-        )
+                round_trip,
+            ),
+        )| EventEnvelope {
+            id,
+            to,
+            from,
+            reply_to,
+            trace_id,
+            trace_path,
+            span_id,
+            cid,
+            status,
+            headers,
+            body,
+            tags,
+            annotations: annotations
+                .into_iter()
+                .map(|(k, v)| (k, Value::from(v)))
+                .collect(),
+            exception,
+            stack,
+            obj_type,
+            exec_time,
+            round_trip,
+        },
+    )
 }
 
 proptest! {
     #[test]
-    fn round_trips(e in arb_envelope()) {
+    fn round_trips_in_both_forms(e in arb_envelope()) {
         let back = EventEnvelope::from_bytes(&e.to_bytes()).unwrap();
-        prop_assert_eq!(back, e);
+        prop_assert_eq!(&back, &e);
+        let back = EventEnvelope::from_bytes(&e.to_bytes_as(Format::Compact)).unwrap();
+        prop_assert_eq!(&back, &e);
+        let back = EventEnvelope::from_json(&e.to_json()).unwrap();
+        prop_assert_eq!(back.body.is_nil(), e.body.is_nil());
+    }
+
+    #[test]
+    fn never_panics_on_arbitrary_msgpack_maps(
+        entries in proptest::collection::vec(
+            (prop_oneof![
+                Just("id"), Just("to"), Just("status"), Just("S"), Just("headers"), Just("H"),
+                Just("tags"), Just("7"), Just("annotations"), Just("exception"), Just("exec_time"),
+                Just("1"), Just("body"), Just("x"),
+            ], arb_body()),
+            0..8,
+        )
+    ) {
+        let map = Value::Map(entries.into_iter().map(|(k, v)| (Value::from(k), v)).collect());
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, &map).unwrap();
+        let _ = EventEnvelope::from_bytes(&bytes);
     }
 
     #[test]

@@ -1,0 +1,229 @@
+//! Records for a parsed name: addresses of healthy instances (shuffled), RFC 2782 SRV records
+//! with node targets and their addresses as additional records, nodes, the SOA.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use plexus_api::model::aggregate;
+use plexus_api::{CatalogError, CheckStatus, ServiceEntry};
+use rand::seq::SliceRandom;
+
+use super::name::{Lookup, encode_addr};
+use super::{Dns, Fill};
+use crate::catalog::Answer;
+
+/// What a name resolved to, before it becomes a response.
+pub(super) enum Found {
+    /// Records for the answer (and additional) sections.
+    Records {
+        answers: Vec<Record>,
+        additionals: Vec<Record>,
+    },
+    /// The name exists but has no records of the type asked for: NOERROR with the SOA.
+    NoData,
+    /// The name does not exist: NXDOMAIN with the SOA.
+    NxDomain,
+}
+
+impl Found {
+    pub(super) fn into_response(self, dns: &Dns, response: &mut Message) -> Fill {
+        match self {
+            Found::Records {
+                answers,
+                additionals,
+            } => {
+                response.add_answers(answers);
+                response.add_additionals(additionals);
+                Fill::Code(ResponseCode::NoError)
+            }
+            Found::NoData => {
+                response.add_authority(soa(dns));
+                Fill::Code(ResponseCode::NoError)
+            }
+            Found::NxDomain => {
+                response.add_authority(soa(dns));
+                Fill::Code(ResponseCode::NXDomain)
+            }
+        }
+    }
+}
+
+/// The records answering `query`, whose name means `lookup` (never `Outside`).
+pub(super) async fn answer(
+    dns: &Dns,
+    query: &Query,
+    lookup: &Lookup,
+) -> Result<Found, CatalogError> {
+    let qtype = query.query_type();
+    let owner = query.name().clone();
+    match lookup {
+        Lookup::Apex => Ok(match qtype {
+            RecordType::SOA | RecordType::ANY => records(vec![soa(dns)], Vec::new()),
+            RecordType::NS => records(
+                vec![Record::from_rdata(
+                    owner,
+                    dns.config.node_ttl,
+                    RData::NS(NS(ns_name(dns))),
+                )],
+                Vec::new(),
+            ),
+            _ => Found::NoData,
+        }),
+        Lookup::Service { name, tag, connect } => {
+            let kind = if *connect {
+                Answer::Connect
+            } else {
+                Answer::Health
+            };
+            let mut entries = dns
+                .catalog()
+                .instances_stale(kind, name, tag.as_deref())
+                .await?;
+            entries.retain(|e| healthy(e, dns.config.only_passing));
+            if entries.is_empty() {
+                return Ok(Found::NxDomain);
+            }
+            entries.shuffle(&mut rand::rng());
+            Ok(service_records(dns, &owner, qtype, &entries))
+        }
+        Lookup::Node { name } => match dns.catalog().node_stale(name).await? {
+            None => Ok(Found::NxDomain),
+            Some(node) => Ok(match node.address.parse::<IpAddr>() {
+                Ok(ip) => address_answer(owner, qtype, ip, dns.config.node_ttl),
+                Err(_) => Found::NoData,
+            }),
+        },
+        Lookup::Addr(ip) => Ok(address_answer(owner, qtype, *ip, dns.config.node_ttl)),
+        Lookup::Unknown | Lookup::Outside => Ok(Found::NxDomain),
+    }
+}
+
+fn records(answers: Vec<Record>, additionals: Vec<Record>) -> Found {
+    if answers.is_empty() {
+        Found::NoData
+    } else {
+        Found::Records {
+            answers,
+            additionals,
+        }
+    }
+}
+
+/// Not critical (nor in maintenance); with `only_passing`, passing.
+fn healthy(entry: &ServiceEntry, only_passing: bool) -> bool {
+    match aggregate(entry.checks.iter().map(|c| c.status)) {
+        CheckStatus::Passing => true,
+        CheckStatus::Warning => !only_passing,
+        CheckStatus::Critical | CheckStatus::Maintenance => false,
+    }
+}
+
+/// A or AAAA of `ip` when the type asks for its family (ANY asks for both).
+fn address_record(owner: &Name, qtype: RecordType, ip: IpAddr, ttl: u32) -> Option<Record> {
+    let rdata = match (ip, qtype) {
+        (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => RData::A(A(v4)),
+        (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => RData::AAAA(AAAA(v6)),
+        _ => return None,
+    };
+    Some(Record::from_rdata(owner.clone(), ttl, rdata))
+}
+
+fn address_answer(owner: Name, qtype: RecordType, ip: IpAddr, ttl: u32) -> Found {
+    records(
+        address_record(&owner, qtype, ip, ttl).into_iter().collect(),
+        Vec::new(),
+    )
+}
+
+fn service_records(dns: &Dns, owner: &Name, qtype: RecordType, entries: &[ServiceEntry]) -> Found {
+    let ttl = dns.config.service_ttl;
+    if qtype == RecordType::SRV {
+        let mut answers = Vec::new();
+        let mut additionals = Vec::new();
+        for entry in entries {
+            let Some((target, ip)) = srv_target(dns, entry) else {
+                continue;
+            };
+            let weight = if entry.aggregated_status() == CheckStatus::Warning {
+                entry.service.weights.warning
+            } else {
+                entry.service.weights.passing
+            };
+            let srv = SRV::new(
+                1,
+                u16::try_from(weight).unwrap_or(u16::MAX),
+                entry.service.port,
+                target.clone(),
+            );
+            answers.push(Record::from_rdata(owner.clone(), ttl, RData::SRV(srv)));
+            if let Some(ip) = ip
+                && let Some(record) = address_record(&target, RecordType::ANY, ip, ttl)
+                && !additionals.contains(&record)
+            {
+                additionals.push(record);
+            }
+        }
+        return records(answers, additionals);
+    }
+    let answers = entries
+        .iter()
+        .filter_map(|e| e.dial_address().parse::<IpAddr>().ok())
+        .filter_map(|ip| address_record(owner, qtype, ip, ttl))
+        .fold(Vec::new(), |mut all, record| {
+            if !all.contains(&record) {
+                all.push(record);
+            }
+            all
+        });
+    records(answers, Vec::new())
+}
+
+/// The SRV target of an instance: `NODE.node.DC.DOMAIN` when it is reached at its node's
+/// address, else `HEX.addr.DC.DOMAIN`; with the address for the additional section.
+fn srv_target(dns: &Dns, entry: &ServiceEntry) -> Option<(Name, Option<IpAddr>)> {
+    let dial = entry.dial_address();
+    let ip = dial.parse::<IpAddr>().ok();
+    let (label, kind) = if entry.service.address.is_empty() || dial == entry.node.address {
+        (entry.node.node.clone(), "node")
+    } else {
+        (encode_addr(ip?), "addr")
+    };
+    let name = Name::from_ascii(format!("{label}.{kind}.{}", dns.config.datacenter))
+        .ok()?
+        .append_domain(&dns.config.domain)
+        .ok()?;
+    Some((name, ip))
+}
+
+fn ns_name(dns: &Dns) -> Name {
+    Name::from_ascii("ns")
+        .and_then(|ns| ns.append_domain(&dns.config.domain))
+        .unwrap_or_else(|_| dns.config.domain.clone())
+}
+
+/// The zone's SOA (Consul's values: refresh 1 h, retry 10 min, expire 1 day; serial = now).
+pub(super) fn soa(dns: &Dns) -> Record {
+    let hostmaster = Name::from_ascii("hostmaster")
+        .and_then(|h| h.append_domain(&dns.config.domain))
+        .unwrap_or_else(|_| dns.config.domain.clone());
+    let serial = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+    let rdata = SOA::new(
+        ns_name(dns),
+        hostmaster,
+        serial,
+        3600,
+        600,
+        86400,
+        dns.config.soa_min_ttl,
+    );
+    Record::from_rdata(
+        dns.config.domain.clone(),
+        dns.config.soa_min_ttl,
+        RData::SOA(rdata),
+    )
+}
