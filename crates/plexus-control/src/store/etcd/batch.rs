@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::EtcdStore;
-use crate::store::{BoxError, Op, StoreError, Txn, TxnResult};
+use crate::store::{BoxError, Compare, Op, StoreError, Txn, TxnResult};
 
 /// etcd transactions in flight at once (more queue and are merged).
 pub(super) const IN_FLIGHT: usize = 4;
@@ -50,23 +50,33 @@ impl Batcher {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes what can go to etcd together from the front of the queue: keys disjoint, within
-    /// etcd's limits (the first one always, even alone over them).
+    /// Takes what can go to etcd together from the front of the queue: within etcd's limits
+    /// (the first one always, even alone over them), and no transaction writes a key another one
+    /// in the batch writes or compares. Two transactions may compare the same key; but if one
+    /// compared what another wrote, the merged commit (all compares before all writes) could
+    /// let both succeed where no order of the two would (A compares x and writes y, B compares
+    /// y and writes x).
     fn take(&self) -> Vec<(Txn, Reply)> {
         let mut queue = self.lock();
         let mut batch: Vec<(Txn, Reply)> = Vec::new();
-        let mut keys: HashSet<String> = HashSet::new();
+        let mut written: HashSet<String> = HashSet::new();
+        let mut compared: HashSet<String> = HashSet::new();
         let (mut ops, mut compares) = (0, 0);
         while let Some((next, _)) = queue.front() {
-            let next_keys: Vec<&str> = next.ops.iter().filter_map(op_key).collect();
+            let next_writes: Vec<&str> = next.ops.iter().filter_map(op_key).collect();
+            let next_compares: Vec<&str> = next.compares.iter().map(compare_key).collect();
             let fits = batch.is_empty()
                 || (ops + next.ops.len() <= MAX_OPS
                     && compares + next.compares.len() <= MAX_COMPARES
-                    && next_keys.iter().all(|k| !keys.contains(*k)));
+                    && next_writes
+                        .iter()
+                        .all(|k| !written.contains(*k) && !compared.contains(*k))
+                    && next_compares.iter().all(|k| !written.contains(*k)));
             if !fits {
                 break;
             }
-            keys.extend(next_keys.into_iter().map(str::to_owned));
+            written.extend(next_writes.into_iter().map(str::to_owned));
+            compared.extend(next_compares.into_iter().map(str::to_owned));
             ops += next.ops.len();
             compares += next.compares.len();
             if let Some(entry) = queue.pop_front() {
@@ -82,6 +92,13 @@ fn op_key(op: &Op) -> Option<&str> {
     match op {
         Op::Put { key, .. } | Op::PutLeased { key, .. } | Op::Delete { key } => Some(key),
         Op::DeletePrefix { .. } => None,
+    }
+}
+
+/// The key a compare reads.
+fn compare_key(compare: &Compare) -> &str {
+    match compare {
+        Compare::ModRevision { key, .. } => key,
     }
 }
 
@@ -168,7 +185,6 @@ impl EtcdStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Compare;
 
     fn put(key: &str) -> Op {
         Op::Put {
@@ -222,6 +238,37 @@ mod tests {
         );
         assert_eq!(batcher.take().len(), 1, "127 operations at most");
         assert_eq!(batcher.take().len(), 1);
+    }
+
+    #[test]
+    fn a_batch_never_merges_a_compare_with_another_transactions_write() {
+        let batcher = Batcher::new();
+        let swap = |compared: &str, written: &str| Txn {
+            compares: vec![Compare::ModRevision {
+                key: compared.to_owned(),
+                revision: 0,
+            }],
+            ops: vec![put(written)],
+        };
+        // A compares x and writes y; B compares y and writes x: merged, both could succeed.
+        let _a = queued(&batcher, swap("x", "y"));
+        let _b = queued(&batcher, swap("y", "x"));
+        assert_eq!(batcher.take().len(), 1);
+        assert_eq!(batcher.take().len(), 1);
+        // Writing what an earlier one compares (d writes n, compared by c), or comparing what
+        // an earlier one writes (f compares q, written by e), ends the batch; d and e share one.
+        let _c = queued(&batcher, swap("n", "a"));
+        let _d = queued(&batcher, swap("m", "n"));
+        let _e = queued(&batcher, swap("p", "q"));
+        let _f = queued(&batcher, swap("q", "r"));
+        assert_eq!(batcher.take().len(), 1);
+        assert_eq!(batcher.take().len(), 2);
+        assert_eq!(batcher.take().len(), 1);
+        assert!(batcher.take().is_empty());
+        // Comparing the same key is fine.
+        let _g = queued(&batcher, swap("shared", "g"));
+        let _h = queued(&batcher, swap("shared", "h"));
+        assert_eq!(batcher.take().len(), 2);
     }
 
     #[test]
