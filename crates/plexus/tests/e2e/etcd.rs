@@ -22,6 +22,8 @@ fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
         "etcd",
         "--http-addr",
         "127.0.0.1:0",
+        "--dns-addr",
+        "127.0.0.1:0",
         "--node",
         name,
     ]
