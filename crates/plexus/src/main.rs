@@ -63,6 +63,9 @@ enum Command {
     /// Service mesh identity: the certificate authority.
     #[command(subcommand)]
     Connect(cmd::connect::Command),
+    /// ACL tokens, policies and roles (`bootstrap` creates the first management token).
+    #[command(subcommand)]
+    Acl(cmd::acl::Command),
 }
 
 fn main() -> ExitCode {
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
             Command::EventsApp(args) => cmd::events_app::run(args).await,
             Command::Intention(command) => cmd::intention::run(command).await,
             Command::Connect(command) => cmd::connect::run(command).await,
+            Command::Acl(command) => cmd::acl::run(command).await,
         }
     });
     match result {
