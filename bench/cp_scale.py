@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import shutil
 import subprocess
@@ -93,6 +94,7 @@ async def watch_changes(port: int, watchers: int, changes: int, pid: int) -> tup
         indexes.append(int(headers["x-consul-index"]))
     delays: list[float] = []
     change_writer = await asyncio.open_connection("127.0.0.1", port)
+    cpu_at_start = cpu_seconds([pid])
     for c in range(changes):
         armed = asyncio.Event()
         sent = [0]
@@ -130,12 +132,24 @@ async def watch_changes(port: int, watchers: int, changes: int, pid: int) -> tup
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
         delays.extend((t - t0) * 1000 for t in got)
     memory = {
+        # Server CPU per change: the write, 1,000 answers, 1,000 queries parked again.
+        "change_server_cpu_ms": (cpu_seconds([pid]) - cpu_at_start) * 1000 / changes,
         "rss_before_watchers_mib": before["VmRSS"] / 1024,
         "rss_parked_mib": parked["VmRSS"] / 1024,
         "per_query_kib": (parked["VmRSS"] - before["VmRSS"]) / watchers,
         "threads_parked": threads,
     }
     return delays, memory
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of `pids` so far (/proc/<pid>/stat), in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 def proc_threads(pid: int) -> int:
@@ -213,7 +227,10 @@ def main() -> int:
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/status/leader")
         idle = proc_mem_kib(server.pid)
+        etcd_pids = [member.pid for member in etcd]
+        cpu_before = (cpu_seconds([server.pid]), cpu_seconds(etcd_pids))
         secs = asyncio.run(register_all(port, args.nodes, args.writers))
+        cpu_after = (cpu_seconds([server.pid]), cpu_seconds(etcd_pids))
         loaded = proc_mem_kib(server.pid)
         instances = args.nodes * PER_SERVICE
         delays, memory = asyncio.run(watch_changes(port, args.watchers, args.changes, server.pid))
@@ -229,6 +246,9 @@ def main() -> int:
             "register_s": secs,
             "nodes_per_s": args.nodes / secs,
             "instances_per_s": instances / secs,
+            # CPU per 1,000 instances registered: less sensitive to a shared machine than the rate.
+            "register_server_cpu_ms_per_1000": (cpu_after[0] - cpu_before[0]) * 1e6 / instances,
+            "register_etcd_cpu_ms_per_1000": (cpu_after[1] - cpu_before[1]) * 1e6 / instances,
             "rss_idle_mib": idle["VmRSS"] / 1024,
             "rss_loaded_mib": loaded["VmRSS"] / 1024,
             "hwm_mib": after["VmHWM"] / 1024,
@@ -256,12 +276,16 @@ def main() -> int:
         f"| registration time ({result['writers']} concurrent writers) | {result['register_s']:.1f} s |\n"
         f"| registration rate | {result['nodes_per_s']:,.0f} node registrations/s = "
         f"{result['instances_per_s']:,.0f} instances/s |\n"
+        f"| CPU per 1,000 instances registered: server / etcd (all members) | "
+        f"{result['register_server_cpu_ms_per_1000']:.0f} / {result['register_etcd_cpu_ms_per_1000']:.0f} ms |\n"
         f"| server RSS empty / loaded / with {result['watchers']:,} watchers (peak) | "
         f"{result['rss_idle_mib']:.1f} / {result['rss_loaded_mib']:.1f} / {result['rss_with_watchers_mib']:.1f} "
         f"({result['hwm_mib']:.1f}) MiB |\n"
         f"| endpoint change → {result['watchers']:,} watchers ({result['changes']} changes) | "
         f"p50 {result['change_p50_ms']:.1f} ms, p99 {result['change_p99_ms']:.1f} ms, "
         f"max {result['change_max_ms']:.1f} ms |\n"
+        f"| server CPU per change (the write, {result['watchers']:,} answers, {result['watchers']:,} queries parked again) | "
+        f"{result['change_server_cpu_ms']:.0f} ms |\n"
         f"| memory per open blocking query (RSS with {result['watchers']:,} parked / before) | "
         f"{result['per_query_kib']:.1f} KiB ({result['rss_parked_mib']:.1f} / "
         f"{result['rss_before_watchers_mib']:.1f} MiB, {result['threads_parked']} threads) |\n"

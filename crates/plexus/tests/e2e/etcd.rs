@@ -13,7 +13,7 @@ use plexus_test::{EtcdCluster, Process, Server};
 
 use crate::bin;
 
-/// `plexus server --store etcd` plus `args`; waits for `listening` (or returns the process to
+/// `plexus server --store etcd` plus `args`, with the test run's management token; waits for `listening` (or returns the process to
 /// watch it fail).
 fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
     let mut all: Vec<String> = [
@@ -30,7 +30,9 @@ fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
     .map(str::to_owned)
     .to_vec();
     all.extend(args.iter().map(|a| (*a).to_owned()));
-    Process::spawn(&format!("server:{name}"), bin(), &all, env).unwrap()
+    let mut env = env.to_vec();
+    env.extend(plexus_test::server::server_env());
+    Process::spawn(&format!("server:{name}"), bin(), &all, &env).unwrap()
 }
 
 /// Waits for a server that must refuse to start: it exits non-zero saying `message`, at once
@@ -355,7 +357,7 @@ async fn a_foreign_writer_outside_the_prefix_does_not_delay_blocking_queries() {
         &[("RUST_LOG", "info,plexus_control::catalog=debug")],
     );
     let http = server.listening("http").await.unwrap();
-    let client = plexus_api::client::Client::new(&http.to_string()).unwrap();
+    let client = plexus_test::server::management_client(&http.to_string()).unwrap();
     let registration = |name: &str, id: &str| ServiceRegistration {
         name: name.to_owned(),
         id: Some(id.to_owned()),
@@ -370,6 +372,7 @@ async fn a_foreign_writer_outside_the_prefix_does_not_delay_blocking_queries() {
     // which every service on it may show.
     let registered = reqwest::Client::new()
         .put(format!("http://{http}/v1/internal/node/register"))
+        .header("x-consul-token", plexus_test::management_token())
         .body(
             r#"{"Node": {"Node": "idle-node", "Address": "127.0.0.1"},
                 "Services": [{"ID": "idle-1", "Service": "idle", "Port": 8080}]}"#,
