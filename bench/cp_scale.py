@@ -25,11 +25,14 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from proxies import free_port, proc_mem_kib, wait_http
 
 SERVICES = 10_000
+# The server enforces ACLs: it starts with this management token and every request carries it.
+TOKEN = str(uuid.uuid4())
 PER_SERVICE = 10
 
 
@@ -48,7 +51,7 @@ def node_body(i: int, port_bump: int = 0) -> bytes:
 
 async def request(reader, writer, method: str, path: str, body: bytes = b"") -> tuple[int, dict, bytes]:
     writer.write(
-        f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"{method} {path} HTTP/1.1\r\nHost: bench\r\nX-Consul-Token: {TOKEN}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n".encode() + body
     )
     await writer.drain()
@@ -103,7 +106,7 @@ async def watch_changes(port: int, watchers: int, changes: int, pid: int) -> tup
         async def watch(k: int) -> None:
             reader, writer = conns[k]
             writer.write(
-                f"GET /v1/health/service/s0?index={indexes[k]}&wait=60s HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+                f"GET /v1/health/service/s0?index={indexes[k]}&wait=60s HTTP/1.1\r\nHost: bench\r\nX-Consul-Token: {TOKEN}\r\n\r\n".encode()
             )
             await writer.drain()
             sent[0] += 1
@@ -223,6 +226,7 @@ def main() -> int:
         [args.plexus, "server", *store, "--http-addr", f"127.0.0.1:{port}",
          "--dns-addr", "127.0.0.1:0", "--node", "bench-server"],
         stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "PLEXUS_ACL_INITIAL_MANAGEMENT_TOKEN": TOKEN},
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/status/leader")
