@@ -93,6 +93,36 @@ impl std::fmt::Debug for Resolver {
     }
 }
 
+impl Resolver {
+    /// This resolver, resolving a request that carries no token as `default` instead of the
+    /// anonymous token (Consul's `acl.tokens.default`); `None` leaves it as it is.
+    pub fn with_default_token(self, default: Option<SecretId>) -> Resolver {
+        match default {
+            Some(default) => Resolver(Arc::new(WithDefault {
+                inner: self,
+                default,
+            })),
+            None => self,
+        }
+    }
+}
+
+/// Resolves requests without a token as the default token.
+struct WithDefault {
+    inner: Resolver,
+    default: SecretId,
+}
+
+#[async_trait::async_trait]
+impl Resolve for WithDefault {
+    async fn resolve(&self, token: Option<&SecretId>) -> Result<Authorizer, ResolveError> {
+        self.inner
+            .0
+            .resolve(Some(token.unwrap_or(&self.default)))
+            .await
+    }
+}
+
 /// The token a request carries: `X-Consul-Token`, else `Authorization: Bearer …`, else
 /// `?token=`. Empty values count as none.
 pub fn token_of(headers: &HeaderMap, query: Option<&str>) -> Option<SecretId> {
@@ -204,6 +234,46 @@ mod tests {
         let mut empty = HeaderMap::new();
         empty.insert(TOKEN_HEADER, HeaderValue::from_static(""));
         assert!(token_of(&empty, Some("token=")).is_none());
+    }
+
+    /// Answers with an authorizer named after the token it was given.
+    struct Echo;
+
+    #[async_trait::async_trait]
+    impl Resolve for Echo {
+        async fn resolve(&self, token: Option<&SecretId>) -> Result<Authorizer, ResolveError> {
+            let name = match token {
+                Some(t) if t.matches("d1") => "default",
+                Some(_) => "given",
+                None => "anonymous",
+            };
+            Ok(Authorizer::from_rules(
+                name,
+                &[],
+                plexus_api::acl::DefaultPolicy::Deny,
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_default_token_stands_in_only_for_no_token() {
+        let plain = Resolver(Arc::new(Echo));
+        assert_eq!(
+            plain.0.resolve(None).await.unwrap().accessor_id(),
+            "anonymous"
+        );
+        let unchanged = Resolver(Arc::new(Echo)).with_default_token(None);
+        assert_eq!(
+            unchanged.0.resolve(None).await.unwrap().accessor_id(),
+            "anonymous"
+        );
+        let with = Resolver(Arc::new(Echo)).with_default_token(Some(SecretId::new("d1")));
+        assert_eq!(with.0.resolve(None).await.unwrap().accessor_id(), "default");
+        let given = SecretId::new("g1");
+        assert_eq!(
+            with.0.resolve(Some(&given)).await.unwrap().accessor_id(),
+            "given"
+        );
     }
 
     #[test]

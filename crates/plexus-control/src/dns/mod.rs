@@ -20,6 +20,12 @@
 //! a bound, logs every query at `info`, and hides the packet path behind its zone machinery, so a
 //! property test could not reach it without sockets.
 //!
+//! ACLs: every query is answered as the server's default token (`acl.tokens.default`,
+//! `--default-token`) or, without one, the anonymous token, as Consul's DNS does: a service
+//! needs `service:read` on its name and each instance `node:read` on its node, a node
+//! `node:read`; what the token may not read does not exist (NXDOMAIN with the SOA). A default
+//! token that no longer resolves (deleted, expired) gives SERVFAIL.
+//!
 //! Not here: DNSSEC, zone transfers, prepared queries (`.query.`), other datacenters (a name
 //! naming another datacenter is NXDOMAIN: there is no WAN federation yet).
 
@@ -35,6 +41,8 @@ use std::time::Duration;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+
+use plexus_runtime::acl::Resolver;
 
 use crate::catalog::StoreCatalog;
 
@@ -187,11 +195,12 @@ pub enum Reply {
     Drop,
 }
 
-/// The DNS server's state: the catalog it reads and its settings.
+/// The DNS server's state: the catalog it reads, its settings and who it answers as.
 #[derive(Debug, Clone)]
 pub struct Dns {
     catalog: Arc<StoreCatalog>,
     config: Arc<DnsConfig>,
+    acl: Resolver,
 }
 
 impl Dns {
@@ -200,7 +209,16 @@ impl Dns {
         Self {
             catalog,
             config: Arc::new(config),
+            acl: Resolver::default(),
         }
+    }
+
+    /// Answers as `resolver` resolves a request without a token (the control plane's resolver
+    /// with the default token, if any); without this every name is answered.
+    #[must_use]
+    pub fn with_acl(mut self, resolver: Resolver) -> Self {
+        self.acl = resolver;
+        self
     }
 
     /// The settings.
@@ -274,7 +292,14 @@ impl Dns {
             return Fill::Forward;
         }
         response.metadata.authoritative = true;
-        match records::answer(self, query, &lookup).await {
+        let authz = match self.acl.0.resolve(None).await {
+            Ok(authz) => authz,
+            Err(error) => {
+                tracing::warn!(%error, "DNS: the default token does not resolve");
+                return Fill::Code(ResponseCode::ServFail);
+            }
+        };
+        match records::answer(self, &authz, query, &lookup).await {
             Ok(found) => found.into_response(self, response),
             Err(error) => {
                 tracing::warn!(error = %crate::api::ErrorChain(&error), "DNS catalog read failed");

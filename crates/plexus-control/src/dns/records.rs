@@ -1,5 +1,7 @@
 //! Records for a parsed name: addresses of healthy instances (shuffled), RFC 2782 SRV records
-//! with node targets and their addresses as additional records, nodes, the SOA.
+//! with node targets and their addresses as additional records, nodes, the SOA. Only what the
+//! query's authorizer may read: a service without `service:read`, an instance or a node without
+//! `node:read` does not exist.
 
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -7,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use plexus_api::acl::Authorizer;
 use plexus_api::model::aggregate;
 use plexus_api::{CatalogError, CheckStatus, ServiceEntry};
 use rand::seq::SliceRandom;
@@ -54,6 +57,7 @@ impl Found {
 /// The records answering `query`, whose name means `lookup` (never `Outside`).
 pub(super) async fn answer(
     dns: &Dns,
+    authz: &Authorizer,
     query: &Query,
     lookup: &Lookup,
 ) -> Result<Found, CatalogError> {
@@ -73,6 +77,9 @@ pub(super) async fn answer(
             _ => Found::NoData,
         }),
         Lookup::Service { name, tag, connect } => {
+            if !authz.can_read_service(name) {
+                return Ok(Found::NxDomain);
+            }
             let kind = if *connect {
                 Answer::Connect
             } else {
@@ -82,7 +89,9 @@ pub(super) async fn answer(
                 .catalog()
                 .instances_stale(kind, name, tag.as_deref())
                 .await?;
-            entries.retain(|e| healthy(e, dns.config.only_passing));
+            entries.retain(|e| {
+                healthy(e, dns.config.only_passing) && authz.can_read_node(&e.node.node)
+            });
             if entries.is_empty() {
                 return Ok(Found::NxDomain);
             }
@@ -91,6 +100,7 @@ pub(super) async fn answer(
         }
         Lookup::Node { name } => match dns.catalog().node_stale(name).await? {
             None => Ok(Found::NxDomain),
+            Some(node) if !authz.can_read_node(&node.node) => Ok(Found::NxDomain),
             Some(node) => Ok(match node.address.parse::<IpAddr>() {
                 Ok(ip) => address_answer(owner, qtype, ip, dns.config.node_ttl),
                 Err(_) => Found::NoData,

@@ -349,3 +349,87 @@ proptest! {
         }
     }
 }
+
+/// Every query resolves as a token with these rules (default deny), or as no token at all.
+struct Fixed(Option<plexus_api::acl::Rules>);
+
+#[async_trait::async_trait]
+impl plexus_runtime::acl::Resolve for Fixed {
+    async fn resolve(
+        &self,
+        _token: Option<&plexus_api::acl::SecretId>,
+    ) -> Result<plexus_api::acl::Authorizer, plexus_runtime::acl::ResolveError> {
+        match &self.0 {
+            Some(rules) => Ok(plexus_api::acl::Authorizer::from_rules(
+                "dns-default",
+                [rules],
+                plexus_api::acl::DefaultPolicy::Deny,
+            )),
+            None => Err(plexus_runtime::acl::ResolveError::NotFound),
+        }
+    }
+}
+
+#[tokio::test]
+async fn answers_only_what_the_token_may_read() {
+    use plexus_api::acl::{Access, Resource, Rules};
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns_with_catalog(dir.path()).await;
+    let mut db = service("db-1", "db", &[]);
+    db.address = "10.0.0.20".to_owned();
+    dns.catalog
+        .register(registration("n2", vec![db], Vec::new()))
+        .await
+        .unwrap();
+    let mut web_on_n2 = service("web-9", "web", &[]);
+    web_on_n2.address = "10.0.0.99".to_owned();
+    dns.catalog
+        .register(registration("n3", vec![web_on_n2], Vec::new()))
+        .await
+        .unwrap();
+    let open = ask(&dns, "web.service.consul.", RecordType::A).await;
+    assert!(addresses(&open).contains(&"10.0.0.99".parse().unwrap()));
+
+    let rules = Rules::default()
+        .with(Resource::Service, "web", false, Access::Read)
+        .with(Resource::Service, "db", false, Access::Read)
+        .with(Resource::Node, "n1", false, Access::Read);
+    let dns = dns.with_acl(plexus_runtime::acl::Resolver(Arc::new(Fixed(Some(rules)))));
+    let web = ask(&dns, "web.service.consul.", RecordType::A).await;
+    assert_eq!(web.metadata.response_code, ResponseCode::NoError);
+    let ips = addresses(&web);
+    assert!(
+        !ips.is_empty() && !ips.contains(&"10.0.0.99".parse().unwrap()),
+        "{ips:?}"
+    );
+    // db may be read but its only instance is on n2, which may not: nothing is left.
+    for name in [
+        "db.service.consul.",
+        "nope.service.consul.",
+        "n2.node.consul.",
+        "n6.node.consul.",
+    ] {
+        let answer = ask(&dns, name, RecordType::A).await;
+        assert_eq!(
+            answer.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{name}"
+        );
+        assert!(answer.answers.is_empty(), "{name}");
+        assert_eq!(answer.authorities.len(), 1, "{name}: the SOA");
+    }
+    let n1 = ask(&dns, "n1.node.consul.", RecordType::A).await;
+    assert_eq!(n1.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(n1.answers.len(), 1);
+
+    let service_only = Rules::default().with(Resource::Service, "db", false, Access::Read);
+    let dns = dns.with_acl(plexus_runtime::acl::Resolver(Arc::new(Fixed(Some(
+        service_only,
+    )))));
+    let web = ask(&dns, "web.service.consul.", RecordType::SRV).await;
+    assert_eq!(web.metadata.response_code, ResponseCode::NXDomain);
+
+    let gone = dns.with_acl(plexus_runtime::acl::Resolver(Arc::new(Fixed(None))));
+    let web = ask(&gone, "web.service.consul.", RecordType::A).await;
+    assert_eq!(web.metadata.response_code, ResponseCode::ServFail);
+}

@@ -3,8 +3,12 @@
 //! shows them), `/info/routes`, `/info/lib`, `/env`, `/health` (the store as the monitor's
 //! "cloud connector": a timed read of the topic table) and `/livenessprobe`.
 //!
-//! ACLs: every path needs `operator:read` (they show connections, topics and the process's
-//! environment); with ACLs disabled they are open.
+//! ACLs: `/info`, `/info/routes`, `/info/lib` and `/env` need `operator:read` (they show
+//! connections, topics and the process's environment). `/livenessprobe` and `/health` answer
+//! without a token, because probes must not need secrets: `/livenessprobe` says only up or down,
+//! and `/health` gives a caller without `operator:read` only `{"status": "UP"|"DOWN"}` (with the
+//! same HTTP status), since its full report names the store's location and its errors. With ACLs
+//! disabled everything is open.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -29,14 +33,16 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The actuator routes of the presence monitor.
 pub fn router(presence: Presence) -> Router {
-    Router::new()
+    let guarded = Router::new()
         .route("/info", get(info))
         .route("/info/routes", get(routes))
         .route("/info/lib", get(lib))
         .route("/env", get(env))
+        .route_layer(axum::middleware::from_fn(require_operator_read));
+    Router::new()
+        .merge(guarded)
         .route("/health", get(health))
         .route("/livenessprobe", get(liveness))
-        .route_layer(axum::middleware::from_fn(require_operator_read))
         .with_state(presence)
 }
 
@@ -210,7 +216,7 @@ async fn env(State(p): State<Presence>) -> axum::Json<EnvInfo> {
     })
 }
 
-async fn health(State(p): State<Presence>) -> Response {
+async fn health(authz: plexus_runtime::acl::Authz, State(p): State<Presence>) -> Response {
     let started = Instant::now();
     let read = p.topics().await;
     let took = started.elapsed().as_millis();
@@ -251,6 +257,10 @@ async fn health(State(p): State<Presence>) -> Response {
     } else {
         StatusCode::BAD_REQUEST
     };
+    if authz.require_operator_read().is_err() {
+        // A probe without operator:read learns up or down, nothing about the store.
+        return (code, axum::Json(json!({ "status": report.status }))).into_response();
+    }
     (code, axum::Json(report)).into_response()
 }
 

@@ -13,7 +13,8 @@
 //!   sidecars' `/metrics` (a blocking query on the scrape sequence).
 //!
 //! ACLs: the assets are public (they hold no data); both endpoints list only the services the
-//! token may read (`service:read`; an edge needs both ends), with
+//! token may read (`service:read`; an edge needs both ends; `/v1/mesh/services` also counts
+//! only instances on nodes the token may read, `node:read`, as the catalog does), with
 //! `X-Consul-Results-Filtered-By-ACLs: true` when something was left out.
 
 pub mod metrics;
@@ -117,11 +118,12 @@ async fn services(
 ) -> Result<Response, ApiError> {
     use plexus_api::Catalog;
     query.block(state.catalog.index_watch()).await;
-    let (index, mut rows) = summary::services(&state.catalog)
+    let mut summaries = summary::services(&state.catalog, |node| authz.can_read_node(node))
         .await
         .map_err(catalog_error)?;
-    let filtered = filter(&mut rows, |row| authz.can_read_service(&row.name));
-    let mut response = indexed_json(index, &rows);
+    let filtered =
+        summaries.filtered | filter(&mut summaries.rows, |row| authz.can_read_service(&row.name));
+    let mut response = indexed_json(summaries.index, &summaries.rows);
     mark_filtered(&mut response, filtered);
     Ok(response)
 }

@@ -1,6 +1,10 @@
 //! `GET /v1/mesh/services`: one row per service (sidecars are counted on the service they front,
 //! not listed): tags, instance count, health counts, how many instances have a sidecar. A
 //! blocking query on the catalog index, so the services page follows changes live.
+//!
+//! ACLs: the caller says which nodes it may read (`node:read`, as the catalog's health reads
+//! ask per instance); instances on other nodes are not counted, and a service none of whose
+//! instances is visible is not listed.
 
 use std::collections::BTreeSet;
 
@@ -32,15 +36,35 @@ pub struct ServiceSummary {
     pub event_app: bool,
 }
 
-/// Every service but sidecars, by name.
-pub async fn services(catalog: &StoreCatalog) -> Result<(u64, Vec<ServiceSummary>), CatalogError> {
+/// What [`services`] found: the catalog index, the rows, and whether instances on nodes the
+/// caller may not read were left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summaries {
+    /// The catalog index read.
+    pub index: u64,
+    /// One row per service.
+    pub rows: Vec<ServiceSummary>,
+    /// Some instance was left out because `node_visible` refused its node.
+    pub filtered: bool,
+}
+
+/// Every service but sidecars, by name, counting only instances on nodes for which
+/// `node_visible` holds.
+pub async fn services(
+    catalog: &StoreCatalog,
+    node_visible: impl Fn(&str) -> bool,
+) -> Result<Summaries, CatalogError> {
     let names = catalog.service_names().await?;
     let mut rows = Vec::new();
+    let mut filtered = false;
     for name in names.value.keys() {
-        let entries = catalog
+        let mut entries = catalog
             .service_health(name, &HealthFilter::default())
             .await?
             .value;
+        let before = entries.len();
+        entries.retain(|e| node_visible(&e.node.node));
+        filtered |= entries.len() != before;
         if entries
             .iter()
             .all(|e| e.service.kind == ServiceKind::ConnectProxy)
@@ -52,6 +76,7 @@ pub async fn services(catalog: &StoreCatalog) -> Result<(u64, Vec<ServiceSummary
             .await?
             .value
             .into_iter()
+            .filter(|e| node_visible(&e.node.node))
             .filter_map(|e| e.service.proxy)
             .map(|p| p.destination_service_id)
             .collect();
@@ -81,5 +106,9 @@ pub async fn services(catalog: &StoreCatalog) -> Result<(u64, Vec<ServiceSummary
         row.tags = tags.into_iter().collect();
         rows.push(row);
     }
-    Ok((names.index, rows))
+    Ok(Summaries {
+        index: names.index,
+        rows,
+        filtered,
+    })
 }

@@ -87,8 +87,19 @@ async fn mesh_endpoints_list_only_services_the_token_may_read() {
         ))
         .await
         .unwrap();
+    catalog
+        .register(registration(
+            "n2",
+            vec![service("web-2", "web", &[])],
+            Vec::new(),
+        ))
+        .await
+        .unwrap();
     let store = Arc::clone(catalog.store());
-    let rules = Rules::default().with(Resource::Service, "web", false, Access::Read);
+    // web may be read, but only the instances on n1 (node:read per instance, as the catalog).
+    let rules = Rules::default()
+        .with(Resource::Service, "web", false, Access::Read)
+        .with(Resource::Node, "n1", false, Access::Read);
     let router = plexus_runtime::acl::layer(
         super::router(catalog, store),
         plexus_runtime::acl::Resolver(Arc::new(Fixed(rules))),
@@ -103,6 +114,7 @@ async fn mesh_endpoints_list_only_services_the_token_may_read() {
         .map(|r| r["Name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["web"], "{rows}");
+    assert_eq!(rows[0]["Instances"], 1, "web-2 on n2 is hidden: {rows}");
     assert_eq!(headers[plexus_api::acl::FILTERED_HEADER], "true");
     let (status, headers, body) = get(&router, "/v1/mesh/topology").await;
     assert_eq!(status, StatusCode::OK);

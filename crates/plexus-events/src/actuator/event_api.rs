@@ -103,6 +103,7 @@ fn timeout(headers: &HeaderMap) -> Result<Duration, (String, String)> {
 
 fn token(headers: &HeaderMap) -> Option<&str> {
     header_text(headers, "x-plexus-token")
+        .or_else(|| header_text(headers, "x-consul-token"))
         .or_else(|| header_text(headers, "authorization").and_then(|v| v.strip_prefix("Bearer ")))
 }
 
@@ -115,8 +116,9 @@ pub async fn post_event(State(a): State<Actuator>, headers: HeaderMap, body: Byt
     } else {
         Form::MsgPack(Format::Compact)
     };
-    if let Err(reason) = a.auth.check(token(&headers)) {
-        return fail(unknown, 401, reason);
+    // An HTTP caller sends as the node's (or app's) own app.
+    if let Err(refusal) = a.auth.check(token(&headers), a.platform.app()).await {
+        return fail(unknown, refusal.status, refusal.message);
     }
     if body.is_empty() {
         return fail(unknown, 400, "empty body: expected an event envelope");

@@ -42,7 +42,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-pub use auth::{NodeAuth, Secret};
+pub use auth::{AppAuthority, AuthorityFuture, NodeAuth, Refusal, Secret};
 
 use crate::platform::Platform;
 

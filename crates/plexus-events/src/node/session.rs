@@ -77,8 +77,9 @@ async fn hello(node: &Node, socket: &mut WebSocket) -> Result<String, (u16, Stri
         Ok(ClientFrame::Hello { app, token }) => {
             node.config()
                 .auth
-                .check(token.as_deref())
-                .map_err(|m| (401, m))?;
+                .check(token.as_deref(), &app)
+                .await
+                .map_err(|r| (r.status, r.message))?;
             Ok(app)
         }
         Ok(_) => Err((400, "the first frame must be hello".into())),

@@ -22,6 +22,7 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use plexus_agent::{Agent, AgentConfig};
 use plexus_api::Node;
+use plexus_api::acl::SecretId;
 use plexus_api::client::Client;
 use plexus_api::remote_catalog::HttpCatalog;
 use plexus_runtime::Shutdown;
@@ -85,6 +86,10 @@ pub struct Args {
     /// `acl.token_ttl`): a deleted token may still work here for that long.
     #[arg(long = "acl-token-ttl", default_value = "30s", value_parser = parse_duration)]
     pub acl_token_ttl: Duration,
+    /// The token for callers without one (`acl.tokens.default`): used to resolve their requests
+    /// here and sent with the requests passed on to servers.
+    #[command(flatten)]
+    pub default_token: super::DefaultTokenArgs,
     #[command(flatten)]
     pub https: HttpsArgs,
     /// Talk to servers over verified TLS: bare `host:port` server addresses mean `https://`
@@ -191,6 +196,13 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         }
     };
     let config = &files.agent;
+    let default_token = match args.default_token.resolve(config) {
+        Ok(token) => token,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     args.datacenter = config_file::datacenter(config, &given, &args.datacenter);
     if args.node.is_none() {
         args.node.clone_from(&config.node_name);
@@ -318,7 +330,11 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     let resolver = plexus_runtime::acl::Resolver(Arc::new(plexus_agent::acl::RemoteResolver::new(
         client.clone(),
         args.acl_token_ttl,
-    )));
+    )))
+    .with_default_token(default_token.clone());
+    if default_token.is_some() {
+        info!("a default token is configured: requests without a token are resolved as it");
+    }
     let Some(agent) = start_agent(node, &catalog, resolver, &shutdown).await? else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -346,7 +362,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     });
     let router = agent
         .router()
-        .fallback(move |request: Request| forward(client.clone(), request))
+        .fallback(move |request: Request| forward(client.clone(), default_token.clone(), request))
         .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
     let stop_serving = CancellationToken::new();
     let mut servers = Vec::new();
@@ -473,7 +489,7 @@ async fn serve(
 }
 
 /// Passes a request the agent does not serve itself on to a server, answer and all.
-async fn forward(client: Client, request: Request) -> Response {
+async fn forward(client: Client, default_token: Option<SecretId>, request: Request) -> Response {
     let method = request.method().clone();
     let path = request
         .uri()
@@ -485,8 +501,12 @@ async fn forward(client: Client, request: Request) -> Response {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    // The caller's own token goes on to the server (none: anonymous), never the agent's.
-    let token = plexus_runtime::acl::token_of(request.headers(), None);
+    // The caller's own token goes on to the server (a `?token=` stays in the path); a caller
+    // without one is sent as the default token (none: anonymous); never the agent's own.
+    let token = match plexus_runtime::acl::token_of(request.headers(), request.uri().query()) {
+        Some(_) => plexus_runtime::acl::token_of(request.headers(), None),
+        None => default_token,
+    };
     let body = match read_body(request).await {
         Ok(body) => body,
         Err(error) => return error.into_response(),

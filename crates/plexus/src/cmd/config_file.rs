@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::parser::ValueSource;
 use plexus_api::agent_config::{self, AgentConfig, ConfigFiles, Port, Role};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::EXIT_CONFIG;
 use super::dev::{DEFAULT_DATACENTER, default_node_name};
@@ -103,18 +103,13 @@ fn report(errors: Vec<String>) -> ExitCode {
 }
 
 /// Logs what the files hold that this build accepts without using (each with why), applies
-/// `log_level` (unless `RUST_LOG` is set); says that `acl.tokens.default` is not applied.
+/// `log_level` (unless `RUST_LOG` is set).
 pub fn announce(config: &AgentConfig) {
     for note in &config.notes {
         info!(%note, "configuration note");
     }
     if let Some(level) = config.log_level {
         plexus_runtime::telemetry::set_level(level.directive());
-    }
-    if config.acl.default_token.is_some() {
-        warn!(
-            "acl.tokens.default from the configuration file is not applied yet: callers without a token are the anonymous token"
-        );
     }
 }
 

@@ -44,6 +44,9 @@ pub struct AclArgs {
     /// Shortest ExpirationTTL a token may be given (Consul's `token_min_expiration_ttl`).
     #[arg(long = "acl-token-min-expiration-ttl", default_value = "1m", value_parser = parse_duration)]
     pub min_expiration_ttl: Duration,
+    /// The token for requests without one (`acl.tokens.default`).
+    #[command(flatten)]
+    pub default_token: super::DefaultTokenArgs,
 }
 
 impl AclArgs {
@@ -75,6 +78,7 @@ impl AclArgs {
                 ..plexus_control::acl::AclConfig::default()
             },
             initial_management: initial,
+            default_token: None,
         })
     }
 }
@@ -95,6 +99,9 @@ pub struct AclSettings {
     pub config: plexus_control::acl::AclConfig,
     /// The initial management token, if any.
     pub initial_management: Option<plexus_api::acl::SecretId>,
+    /// The token requests without one (HTTP API and DNS) are resolved as
+    /// (`acl.tokens.default`); none: the anonymous token.
+    pub default_token: Option<plexus_api::acl::SecretId>,
 }
 
 /// Applies ACL settings to a control plane and says which mode it runs in.
@@ -110,6 +117,16 @@ pub async fn start_acl(
         .start(settings.initial_management.as_ref())
         .await
         .context("starting the ACL system")?;
+    if settings.default_token.is_some() {
+        info!(
+            "a default token is configured: HTTP requests and DNS queries without a token are resolved as it"
+        );
+    }
+    control.set_resolver(
+        control
+            .resolver()
+            .with_default_token(settings.default_token),
+    );
     if enabled {
         info!(%default_policy, "ACLs enabled: every request needs a token with the right policy (PUT /v1/acl/bootstrap for the first management token)");
     } else {
@@ -306,6 +323,13 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         }
     };
     config_file::apply_initial_management(config, &mut acl);
+    match args.acl_args.default_token.resolve(config) {
+        Ok(token) => acl.default_token = token,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    }
     let (https, kek) = match (args.tls.https.plan(true, false), args.tls.kek()) {
         (Ok(https), Ok(kek)) => (https, kek),
         (Err(message), _) | (_, Err(message)) => {
@@ -349,7 +373,13 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         &shutdown,
     )
     .await?;
-    super::dns::serve(dev.control.catalog(), dns_config, dns_sockets, &shutdown)?;
+    super::dns::serve(
+        dev.control.catalog(),
+        dev.control.resolver(),
+        dns_config,
+        dns_sockets,
+        &shutdown,
+    )?;
     shutdown.token().cancelled().await;
     dev.stop(args.grace).await;
     if !shutdown.drain(args.grace).await {

@@ -97,14 +97,16 @@ fn parse_recursor(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("--dns-recursor {text:?} is not ip[:port]"))
 }
 
-/// Serves DNS on the bound sockets until shutdown, logging a `listening` line for each.
+/// Serves DNS on the bound sockets until shutdown, logging a `listening` line for each; queries
+/// are answered as `acl` resolves a request without a token (the default token, else anonymous).
 pub fn serve(
     catalog: Arc<StoreCatalog>,
+    acl: plexus_runtime::acl::Resolver,
     config: DnsConfig,
     (udp, tcp): (UdpSocket, TcpListener),
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    let dns = Dns::new(catalog, config);
+    let dns = Dns::new(catalog, config).with_acl(acl);
     plexus_runtime::telemetry::listening("dns-udp", udp.local_addr()?);
     plexus_runtime::telemetry::listening("dns-tcp", tcp.local_addr()?);
     shutdown.spawn(plexus_control::dns::serve::udp(

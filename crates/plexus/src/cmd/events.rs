@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::routing::get;
-use plexus_events::node::{Node, NodeAuth, NodeConfig, Secret};
+use plexus_events::node::{
+    AppAuthority, AuthorityFuture, Node, NodeAuth, NodeConfig, Refusal, Secret,
+};
 use plexus_events::observe::{AccessLog, EventMetrics, Observer, Observers};
 use plexus_events::{EventMesh, MeshConfig, Platform, actuator};
 use plexus_runtime::Shutdown;
@@ -123,6 +125,11 @@ pub struct NodeArgs {
     /// open node.
     #[arg(long = "token-file", env = "PLEXUS_EVENTS_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Take the control plane's ACL tokens instead of one shared token: an app's `hello` token
+    /// (and the token of `POST /api/event`, as the node's app `--name`) must grant
+    /// `service:write` on the app's name, resolved through `--control` and cached for 30 s.
+    #[arg(long = "acl", conflicts_with = "token_file")]
+    pub acl: bool,
     /// Largest WebSocket frame read from an app; larger events travel as segments.
     #[arg(long = "max-frame-bytes", default_value_t = NodeConfig::default().max_frame_bytes)]
     pub max_frame_bytes: usize,
@@ -173,6 +180,13 @@ impl NodeArgs {
             problems.push("--delivery-timeout: must be more than 0".to_owned());
         }
         let auth = match &self.token_file {
+            None if self.acl => match acl_authority(mesh.control.as_deref()) {
+                Ok(authority) => NodeAuth::Acl(authority),
+                Err(problem) => {
+                    problems.push(problem);
+                    NodeAuth::Open
+                }
+            },
             None => NodeAuth::Open,
             Some(path) => match std::fs::read_to_string(path) {
                 Ok(text) if !Secret::new(&text).is_empty() => NodeAuth::Token(Secret::new(&text)),
@@ -268,4 +282,45 @@ async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     mesh.stop();
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long the node trusts what the control plane said about a token (as an agent's
+/// `acl.token_ttl`): a deleted token may still be accepted for that long.
+const ACL_TOKEN_TTL: Duration = Duration::from_secs(30);
+
+/// `--acl`: tokens resolved through the control plane (`--control`), as a remote agent does.
+fn acl_authority(control: Option<&str>) -> Result<Arc<dyn AppAuthority>, String> {
+    let control = control.ok_or("--acl: needs --control (the control plane resolves tokens)")?;
+    let servers: Vec<&str> = control.split(',').map(str::trim).collect();
+    let client = plexus_api::client::Client::with_servers(&servers)
+        .map_err(|e| format!("--acl: --control {control:?}: {e}"))?;
+    let resolver = plexus_agent::acl::RemoteResolver::new(client, ACL_TOKEN_TTL);
+    Ok(Arc::new(AclAuthority(plexus_runtime::acl::Resolver(
+        Arc::new(resolver),
+    ))))
+}
+
+/// A token may act as app `A` when it grants `service:write` on `A`.
+struct AclAuthority(plexus_runtime::acl::Resolver);
+
+impl AppAuthority for AclAuthority {
+    fn may_act_as<'a>(&'a self, token: Option<&'a str>, app: &'a str) -> AuthorityFuture<'a> {
+        Box::pin(async move {
+            let secret = token.map(plexus_api::acl::SecretId::new);
+            let authz = self.0.0.resolve(secret.as_ref()).await.map_err(|error| {
+                let status = match error {
+                    plexus_runtime::acl::ResolveError::NotFound => 401,
+                    plexus_runtime::acl::ResolveError::Unavailable(_) => 503,
+                };
+                Refusal {
+                    status,
+                    message: error.to_string(),
+                }
+            })?;
+            authz.require_service_write(app).map_err(|denied| Refusal {
+                status: 403,
+                message: denied.to_string(),
+            })
+        })
+    }
 }

@@ -68,6 +68,46 @@ impl TokenArgs {
     }
 }
 
+/// The token a server or agent uses for requests (HTTP API and DNS) that carry none: Consul's
+/// `acl.tokens.default` (without it, such requests are the anonymous token).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DefaultTokenArgs {
+    /// ACL token for requests without one, HTTP API and DNS (`acl.tokens.default`); default:
+    /// the anonymous token. Prefer --default-token-file: a flag shows in the process list.
+    #[arg(long = "default-token", value_parser = parse_secret, value_name = "SECRET")]
+    pub default_token: Option<SecretId>,
+    /// A file holding the default token (instead of --default-token).
+    #[arg(
+        long = "default-token-file",
+        value_name = "PATH",
+        conflicts_with = "default_token"
+    )]
+    pub default_token_file: Option<std::path::PathBuf>,
+}
+
+impl DefaultTokenArgs {
+    /// The default token from the flags, else the configuration file's `acl.tokens.default`;
+    /// `Err` names the flag (an unreadable or empty file).
+    pub fn resolve(
+        &self,
+        config: &plexus_api::agent_config::AgentConfig,
+    ) -> Result<Option<SecretId>, String> {
+        if let Some(token) = &self.default_token {
+            return Ok(Some(token.clone()).filter(|t| !t.expose().is_empty()));
+        }
+        if let Some(path) = &self.default_token_file {
+            return plexus_api::client::read_token_file(path)
+                .map(Some)
+                .map_err(|e| format!("--default-token-file: {e}"));
+        }
+        Ok(config
+            .acl
+            .default_token
+            .as_ref()
+            .map(|secret| SecretId::new(secret.expose())))
+    }
+}
+
 fn parse_secret(text: &str) -> Result<SecretId, String> {
     Ok(SecretId::new(text.trim()))
 }

@@ -226,6 +226,13 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         }
     };
     config_file::apply_initial_management(config, &mut acl);
+    match args.acl.default_token.resolve(config) {
+        Ok(token) => acl.default_token = token,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    }
     let dns_config = match args.dns.config(&args.datacenter) {
         Ok(config) => config,
         Err(message) => {
@@ -343,7 +350,13 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         .merge(agent.router())
         .fallback(plexus_runtime::http::not_found_fallback)
         .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
-    super::dns::serve(control.catalog(), dns_config, dns_sockets, &shutdown)?;
+    super::dns::serve(
+        control.catalog(),
+        control.resolver(),
+        dns_config,
+        dns_sockets,
+        &shutdown,
+    )?;
     let stop_serving = CancellationToken::new();
     let mut servers = Vec::new();
     if let Some((https_listener, plan)) = https {

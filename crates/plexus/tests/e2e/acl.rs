@@ -183,7 +183,7 @@ const TOKENS: [&str; 8] = [
 
 #[tokio::test]
 async fn permissions_matrix_every_family_and_every_kind_of_token() {
-    let server = AclServer::start(&[], &[]).await;
+    let server = AclServer::start(&["--auto-encrypt-allow-tls"], &[]).await;
     server
         .admin(
             "PUT",
@@ -254,6 +254,8 @@ acl = "read"
     let trust_domain = roots["TrustDomain"].as_str().unwrap().to_owned();
     let spiffe = plexus_api::connect::service_spiffe_id(&trust_domain, "dc1", "web");
     let (csr, _) = plexus_test::pki::csr(&[&spiffe]).unwrap();
+    let (agent_csr, _) =
+        plexus_test::pki::csr(&["spiffe://x.invalid/agent/client/dc/dc1/id/agent-x"]).unwrap();
 
     // (family, method, path, body, statuses for: none anonymous read other right deleted expired management)
     type Row = (&'static str, &'static str, String, Option<Value>, [u16; 8]);
@@ -405,7 +407,48 @@ acl = "read"
             None,
             [403, 403, 403, 403, 403, 403, 403, 200],
         ),
+        (
+            "mesh services",
+            "GET",
+            "/v1/mesh/services".into(),
+            None,
+            [200, 200, 200, 200, 200, 403, 403, 200],
+        ),
+        (
+            "mesh topology",
+            "GET",
+            "/v1/mesh/topology".into(),
+            None,
+            [200, 200, 200, 200, 200, 403, 403, 200],
+        ),
+        (
+            "auto-encrypt sign",
+            "POST",
+            "/v1/internal/auto-encrypt/sign".into(),
+            Some(json!({"Node": "agent-x", "CSR": agent_csr})),
+            [403, 403, 403, 403, 403, 403, 403, 200],
+        ),
     ];
+    // The presence monitor's actuator: operator:read, but probes answer without a token.
+    let mut rows = rows;
+    for path in ["/info", "/info/routes", "/info/lib", "/env"] {
+        rows.push((
+            "actuator",
+            "GET",
+            path.into(),
+            None,
+            [403, 403, 200, 403, 403, 403, 403, 200],
+        ));
+    }
+    for path in ["/health", "/livenessprobe"] {
+        rows.push((
+            "probe",
+            "GET",
+            path.into(),
+            None,
+            [200, 200, 200, 200, 200, 403, 403, 200],
+        ));
+    }
     let mut failures = Vec::new();
     for (family, method, path, body, expected) in &rows {
         for (i, token) in secrets.iter().enumerate() {
@@ -431,6 +474,84 @@ acl = "read"
             }
         }
     }
+    // A probe without operator:read learns up or down only; operator:read gets the report.
+    let (_, health, _) = server.call("GET", "/health", None, None).await;
+    assert_eq!(
+        health,
+        json!({"status": "UP"}),
+        "anonymous /health: {health}"
+    );
+    let (_, health, _) = server.call("GET", "/health", Some(&read), None).await;
+    assert_eq!(health["status"], "UP");
+    assert!(
+        health["dependency"].is_array(),
+        "operator:read /health: {health}"
+    );
+    // /v1/mesh/services counts only instances on nodes the token may read (node:read).
+    let services_only = server
+        .policy("services-only", r#"service_prefix "" { policy = "read" }"#)
+        .await;
+    let (_, blind) = server
+        .token(json!({"Policies": [{"Name": services_only}]}))
+        .await;
+    let (_, rows, headers) = server
+        .call("GET", "/v1/mesh/services", Some(&blind), None)
+        .await;
+    assert_eq!(rows, json!([]), "no node:read, no instances: {rows}");
+    assert!(filtered(&headers));
+    let with_node = server
+        .policy(
+            "services-and-node",
+            r#"service_prefix "" { policy = "read" }
+node "acl-node" { policy = "read" }"#,
+        )
+        .await;
+    let (_, sighted) = server
+        .token(json!({"Policies": [{"Name": with_node}]}))
+        .await;
+    let (_, rows, headers) = server
+        .call("GET", "/v1/mesh/services", Some(&sighted), None)
+        .await;
+    let listed: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["db", "web"], "{rows}");
+    assert!(!filtered(&headers), "{rows}");
+    // Auto-encrypt: the agent's own node identity signs, another node's does not.
+    let node_token =
+        |node: &str| json!({"NodeIdentities": [{"NodeName": node, "Datacenter": "dc1"}]});
+    let (_, agent_x) = server.token(node_token("agent-x")).await;
+    let (_, agent_y) = server.token(node_token("agent-y")).await;
+    let sign = json!({"Node": "agent-x", "CSR": agent_csr});
+    let (status, answer, _) = server
+        .call(
+            "POST",
+            "/v1/internal/auto-encrypt/sign",
+            Some(&agent_x),
+            Some(sign.clone()),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer, _) = server
+        .call(
+            "POST",
+            "/v1/internal/auto-encrypt/sign",
+            Some(&agent_y),
+            Some(sign),
+        )
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("'node:write' on \"agent-x\""),
+        "{answer}"
+    );
+
     // Presence: joining as "web" needs service:write on web.
     let presence = [
         "refused", "refused", "refused", "refused", "welcome", "403", "403", "welcome",

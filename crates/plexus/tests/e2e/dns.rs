@@ -386,6 +386,29 @@ async fn plexus_server_answers_dns_too() {
     )
     .await
     .unwrap();
+    // Servers enforce ACLs and DNS answers as the anonymous token here (no default token):
+    // let it read nodes, as Consul's documentation has operators do for DNS.
+    let management = Some(plexus_test::management_token());
+    let url = |path: &str| format!("http://{}{path}", server.http);
+    let (status, answer, _) = crate::acl::call(
+        &url("/v1/acl/policy"),
+        "PUT",
+        management,
+        Some(json!({"Name": "dns-nodes", "Rules": "node_prefix \"\" { policy = \"read\" }"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer, _) = crate::acl::call(
+        &url(&format!(
+            "/v1/acl/token/{}",
+            plexus_api::acl::ANONYMOUS_ACCESSOR_ID
+        )),
+        "PUT",
+        management,
+        Some(json!({"Policies": [{"Name": "dns-nodes"}]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
     let out = dig(server.dns, &["dns-server.node.consul", "+noall", "+answer"]).await;
     assert!(
         out.contains("dns-server.node.consul. 30 IN A 127.0.0.1"),
@@ -397,4 +420,152 @@ async fn plexus_server_answers_dns_too() {
     )
     .await;
     assert_eq!(tcp.trim(), "127.0.0.1");
+}
+
+/// DNS under ACLs (default deny): answered as the server's default token
+/// (`--default-token-file`, Consul's `acl.tokens.default`), filtered as the HTTP API filters;
+/// what the token may not read is NXDOMAIN. The same default token stands in for HTTP callers
+/// without a token, on the server and on a remote agent (which also sends it on when it
+/// forwards), while a caller's own token (header or `?token=`) still wins.
+#[tokio::test]
+async fn dns_and_tokenless_requests_answer_as_the_default_token() {
+    use crate::acl::{AclServer, call};
+    let dir = tempfile::tempdir().unwrap();
+    let default = plexus_test::server::random_uuid();
+    let token_file = dir.path().join("default-token");
+    std::fs::write(&token_file, format!("{default}\n")).unwrap();
+    let token_path = token_file.to_str().unwrap();
+
+    // A default token file that cannot be read stops the server before it binds anything.
+    let missing = dir.path().join("missing");
+    let (code, _, err) = plexus_test::mesh::run_cli(
+        bin(),
+        &["server", "--default-token-file", missing.to_str().unwrap()],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--default-token-file"), "{err}");
+
+    let server = AclServer::start(&["--default-token-file", token_path], &[]).await;
+    let dns = server.process.listening("dns-udp").await.unwrap();
+    for (id, name, address) in [("web-1", "web", "10.1.0.1"), ("db-1", "db", "10.1.0.2")] {
+        server
+            .admin(
+                "PUT",
+                "/v1/agent/service/register",
+                Some(json!({"ID": id, "Name": name, "Address": address, "Port": 80})),
+            )
+            .await;
+    }
+    // The default token does not exist yet: DNS cannot say what it may see.
+    let answer = dig(dns, &["web.service.consul", "A"]).await;
+    assert!(answer.contains("status: SERVFAIL"), "{answer}");
+
+    let policy = server
+        .admin(
+            "PUT",
+            "/v1/acl/policy",
+            Some(json!({"Name": "dns-default", "Rules":
+                "service \"web\" { policy = \"read\" }\nnode_prefix \"\" { policy = \"read\" }"})),
+        )
+        .await;
+    server
+        .token(json!({"SecretID": default, "Description": "default token",
+                       "Policies": [{"Name": "dns-default"}]}))
+        .await;
+    eventually!(short(dns, &["web.service.consul", "A"]).await == ["10.1.0.1"]);
+    let answer = dig(dns, &["db.service.consul", "A"]).await;
+    assert!(
+        answer.contains("status: NXDOMAIN"),
+        "db is not readable: {answer}"
+    );
+    assert!(answer.contains("SOA"), "{answer}");
+    assert_eq!(short(dns, &["acl-node.node.consul", "A"]).await.len(), 1);
+    let srv = short(dns, &["_web._tcp.service.consul", "SRV"]).await;
+    assert_eq!(srv, ["1 1 80 0a010001.addr.dc1.consul."], "{srv:?}");
+
+    // HTTP without a token reads as the default token; an explicit token is its own.
+    let names = |v: &serde_json::Value| {
+        let mut n: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        n.sort();
+        n
+    };
+    let (status, seen, _) = server.call("GET", "/v1/catalog/services", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(names(&seen), ["web"], "{seen}");
+    let (_, seen, _) = server
+        .call("GET", "/v1/catalog/services", Some("anonymous"), None)
+        .await;
+    assert_eq!(seen, json!({}), "{seen}");
+
+    // A remote agent with the same default token.
+    let (_, agent_token) = server
+        .token(json!({"NodeIdentities": [{"NodeName": "edge", "Datacenter": "dc1"}]}))
+        .await;
+    let agent = plexus_test::Process::spawn(
+        "agent:edge",
+        bin(),
+        &[
+            "agent",
+            "--server",
+            &server.addr,
+            "--node",
+            "edge",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--default-token-file",
+            token_path,
+        ]
+        .map(str::to_owned),
+        &[("PLEXUS_HTTP_TOKEN", &agent_token)],
+    )
+    .unwrap();
+    let agent_addr = agent.listening("http").await.unwrap().to_string();
+    let url = |path: &str| format!("http://{agent_addr}{path}");
+    // Served by the agent itself: node:read through the default token.
+    let (status, answer, _) = call(&url("/v1/agent/self"), "GET", None, None).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _, _) = call(&url("/v1/agent/self"), "GET", Some("anonymous"), None).await;
+    assert_eq!(status, 403);
+    // Passed on to a server: the default token goes with it, unless the caller gave one.
+    let (status, seen, _) = call(&url("/v1/catalog/services"), "GET", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(names(&seen), ["web"], "{seen}");
+    let (_, seen, _) = call(
+        &url("/v1/catalog/services?token=anonymous"),
+        "GET",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(seen, json!({}), "?token= wins over the default: {seen}");
+    drop(agent);
+
+    // Narrow the default token's policy: without node:read, web's instance disappears too.
+    let id = policy["ID"].as_str().unwrap();
+    server
+        .admin(
+            "PUT",
+            &format!("/v1/acl/policy/{id}"),
+            Some(json!({"Name": "dns-default", "Rules": "service \"web\" { policy = \"read\" }"})),
+        )
+        .await;
+    eventually!(
+        dig(dns, &["web.service.consul", "A"])
+            .await
+            .contains("status: NXDOMAIN")
+    );
+    let answer = dig(dns, &["acl-node.node.consul", "A"]).await;
+    assert!(answer.contains("status: NXDOMAIN"), "{answer}");
+    // Names outside the catalog are unaffected: the apex still has its SOA.
+    let answer = dig(dns, &["consul", "SOA"]).await;
+    assert!(answer.contains("status: NOERROR"), "{answer}");
+    let secrets = [default.as_str(), agent_token.as_str()];
+    for secret in secrets {
+        assert!(
+            !server.process.output().contains(secret),
+            "a secret was logged"
+        );
+    }
 }

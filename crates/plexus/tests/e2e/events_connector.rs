@@ -8,6 +8,7 @@ use futures::{SinkExt, StreamExt};
 use plexus_events::segment::{Reassembler, split};
 use plexus_events::{EventEnvelope, Value};
 use plexus_test::events::{EventsNode, Lang, LangApp};
+use plexus_test::eventually;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{bin, dev};
@@ -302,4 +303,159 @@ async fn bad_input_over_the_connector_is_refused_with_a_reason_and_the_node_carr
         (),
     );
     assert_eq!(status, 200);
+}
+
+/// `plexus events node --acl`: tokens are the control plane's ACL tokens. Saying `hello` as app
+/// A needs `service:write` on A; `POST /api/event` speaks as the node's own app (`--name`), so
+/// it needs `service:write` on that. The right token, another app's token, none, an unknown one.
+#[tokio::test]
+async fn an_acl_node_takes_control_plane_tokens_for_the_app_it_acts_as() {
+    use crate::acl::AclServer;
+    let server = AclServer::start(&[], &[]).await;
+    let identity = |name: &str| serde_json::json!({"ServiceIdentities": [{"ServiceName": name}]});
+    let (_, node_token) = server.token(identity("orders-node")).await;
+    let (_, orders) = server.token(identity("orders")).await;
+    let (_, billing) = server.token(identity("billing")).await;
+
+    // --acl needs the control plane to ask.
+    let (code, _, err) = plexus_test::mesh::run_cli(
+        bin(),
+        &["events", "node", "--http-addr", "127.0.0.1:0", "--acl"],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--acl: needs --control"), "{err}");
+
+    let process = plexus_test::Process::spawn(
+        "events-node:acl",
+        bin(),
+        &[
+            "events",
+            "node",
+            "--name",
+            "orders-node",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--control",
+            &server.addr,
+            "--acl",
+        ]
+        .map(str::to_owned),
+        &[("PLEXUS_PRESENCE_TOKEN", &node_token)],
+    )
+    .unwrap();
+    let addr = process.listening("events").await.unwrap();
+    let ws_url = format!("ws://{addr}/ws/events");
+
+    /// `hello` as `app` with `token`: the node's first answer frame.
+    async fn hello(url: &str, app: &str, token: Option<&str>) -> (Ws, Value) {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut entries = vec![
+            ("type", Value::from("hello")),
+            ("protocol", 1.into()),
+            ("app", app.into()),
+        ];
+        if let Some(token) = token {
+            entries.push(("token", token.into()));
+        }
+        ws.send(frame(&entries)).await.unwrap();
+        let answer = next(&mut ws).await.unwrap();
+        (ws, answer)
+    }
+    let unknown = plexus_test::server::random_uuid();
+    for (token, status, needle) in [
+        (
+            Some(billing.as_str()),
+            403,
+            "lacks permission 'service:write' on \"orders\"",
+        ),
+        (None, 403, "lacks permission 'service:write' on \"orders\""),
+        (Some(unknown.as_str()), 401, "ACL not found"),
+    ] {
+        let (mut ws, refused) = hello(&ws_url, "orders", token).await;
+        assert_eq!(refused["type"], Value::from("error"), "{refused}");
+        assert_eq!(refused["status"], Value::from(status), "{refused}");
+        assert!(text(&refused["message"]).contains(needle), "{refused}");
+        assert!(next(&mut ws).await.is_none(), "closed after the refusal");
+    }
+    let (mut ws, welcome) = hello(&ws_url, "orders", Some(&orders)).await;
+    assert_eq!(welcome["type"], Value::from("welcome"), "{welcome}");
+    ws.send(frame(&[
+        ("type", "register".into()),
+        ("ref", 1.into()),
+        ("route", "orders.ping".into()),
+    ]))
+    .await
+    .unwrap();
+    let ack = next(&mut ws).await.unwrap();
+    assert_eq!(ack["type"], Value::from("ack"), "{ack}");
+
+    // POST /api/event acts as the node's app, orders-node.
+    let post = |token: Option<String>| {
+        let url = format!("http://{addr}/api/event");
+        async move {
+            let mut request = reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-async", "true")
+                .body(r#"{"to": "orders.ping", "body": "hi"}"#);
+            if let Some(token) = token {
+                request = request.header("x-consul-token", token);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    let (status, body) = post(Some(orders.clone())).await;
+    assert_eq!(status, 403, "another app's token: {body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        reply["body"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("'service:write' on \"orders-node\""),
+        "{reply}"
+    );
+    let (status, body) = post(None).await;
+    assert_eq!(status, 403, "no token: {body}");
+    let (status, body) = post(Some(unknown.clone())).await;
+    assert_eq!(status, 401, "unknown token: {body}");
+    let (status, body) = post(Some(node_token.clone())).await;
+    assert_eq!(status, 202, "the node's token: {body}");
+
+    // The node joined presence with its own token (service:write on orders-node); listing the
+    // mesh's apps shows it to a token that reads orders-node, not to another app's or none.
+    let apps = |token: Option<String>| {
+        let url = server.url("/v1/events/apps");
+        async move { crate::acl::call(&url, "GET", token.as_deref(), None).await }
+    };
+    eventually!(
+        apps(Some(node_token.clone()))
+            .await
+            .1
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    );
+    let (status, listed, _) = apps(Some(node_token.clone())).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed[0]["app"], "orders-node", "{listed}");
+    let reader = server
+        .policy("billing-reader", r#"service "billing" { policy = "read" }"#)
+        .await;
+    let (_, billing_reader) = server
+        .token(serde_json::json!({"Policies": [{"Name": reader}]}))
+        .await;
+    for token in [Some(billing_reader), None] {
+        let (status, listed, headers) = apps(token).await;
+        assert_eq!((status, listed), (200, serde_json::json!([])));
+        assert_eq!(headers["x-consul-results-filtered-by-acls"], "true");
+    }
+    for secret in [&node_token, &orders, &billing] {
+        assert!(
+            !process.output().contains(secret.as_str()),
+            "a token was logged"
+        );
+    }
 }

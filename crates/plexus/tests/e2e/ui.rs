@@ -114,3 +114,61 @@ async fn every_page_works_in_chromium_forms_write_and_views_update_live() {
     assert_eq!(entry["Protocol"], "http");
     assert!(web.requests() >= 40, "the traffic went through the mesh");
 }
+
+/// The UI against a `plexus server` that enforces ACLs (default deny): a page read without a
+/// token shows the 403 as a message; a token entered once in the dialog serves every page of the
+/// tab; a services-only token's 403 on a key is a message too (`ui-tests/browser.py --acl-token`).
+#[tokio::test]
+async fn with_acls_a_token_entered_once_serves_every_page_and_a_403_is_a_message() {
+    let python = crate::consul_client::python();
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup-test-env.sh (the README's test command does)",
+        python.display()
+    );
+    let server = crate::acl::AclServer::start(&[], &[]).await;
+    server
+        .admin(
+            "PUT",
+            "/v1/agent/service/register",
+            Some(json!({"ID": "web-1", "Name": "web", "Address": "127.0.0.1", "Port": 8080})),
+        )
+        .await;
+    let services_only = server
+        .policy(
+            "ui-services-only",
+            r#"service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }"#,
+        )
+        .await;
+    let (_, limited) = server
+        .token(json!({"Policies": [{"Name": services_only}]}))
+        .await;
+    let out = tokio::process::Command::new(&python)
+        .arg(script())
+        .args([
+            "--url",
+            &server.url(""),
+            "--acl-token",
+            &server.management,
+            "--limited-token",
+            &limited,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "browser test failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("all browser checks passed"), "{stdout}");
+    // What the form wrote with the token entered in the browser.
+    let value = server.admin("GET", "/v1/kv/ui/acl", None).await;
+    let decoded = value[0]["Value"].as_str().unwrap();
+    assert_eq!(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, decoded).unwrap(),
+        b"written with a token"
+    );
+}
