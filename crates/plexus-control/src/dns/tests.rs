@@ -387,6 +387,7 @@ async fn answers_only_what_the_token_may_read() {
         .register(registration("n3", vec![web_on_n2], Vec::new()))
         .await
         .unwrap();
+    settled(&dns.catalog).await;
     let open = ask(&dns, "web.service.consul.", RecordType::A).await;
     assert!(addresses(&open).contains(&"10.0.0.99".parse().unwrap()));
 
