@@ -22,6 +22,7 @@ command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
 command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq "${need_apt[@]}" >/dev/null 2>&1 || {
@@ -71,6 +72,8 @@ if [ $dp = 1 ]; then
 fi
 if [ $cp = 1 ]; then
   "$py" "$root/bench/cp_scale.py" --plexus "$plexus" --out "$out"
+  # The same over a fresh 3-member etcd on loopback (Debian's etcd-server, as the tests use).
+  "$py" "$root/bench/cp_scale.py" --plexus "$plexus" --out "$out" --store etcd
 fi
 echo "load average at end: $(cat /proc/loadavg)" >>"$out/machine.txt"
 echo "results in $out"

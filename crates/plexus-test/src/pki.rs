@@ -156,6 +156,51 @@ impl Pki {
 }
 
 impl Pki {
+    /// A TLS server certificate for `dns` names and `ips` (server and client EKU: etcd members
+    /// use it for both), valid for a day.
+    pub fn server_leaf(&self, dns: &[&str], ips: &[std::net::IpAddr]) -> Result<Issued> {
+        let sans = dns
+            .iter()
+            .map(|d| Ok(SanType::DnsName((*d).to_owned().try_into()?)))
+            .chain(ips.iter().map(|ip| Ok(SanType::IpAddress(*ip))))
+            .collect::<Result<Vec<_>, rcgen::Error>>()?;
+        self.named_leaf(dns.first().copied().unwrap_or("server"), sans)
+    }
+
+    /// A TLS client certificate with common name `name` (etcd maps it to a user when its
+    /// authentication is on), valid for a day.
+    pub fn client_leaf(&self, name: &str) -> Result<Issued> {
+        self.named_leaf(name, Vec::new())
+    }
+
+    fn named_leaf(&self, common_name: &str, sans: Vec<SanType>) -> Result<Issued> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = at(-3600);
+        params.not_after = at(24 * 3600);
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
+        })
+    }
+
     /// Signs `csr_pem` as it asks (a stand-in CA for unit tests: no policy at all), valid for
     /// an hour.
     pub fn sign_csr(&self, csr_pem: &str) -> Result<String> {

@@ -23,7 +23,7 @@ enum Command {
     /// Run a control plane and a local agent in one process (embedded store).
     Dev(cmd::dev::Args),
     /// Run a control-plane replica (embedded store, or etcd shared with other replicas).
-    Server(cmd::server::Args),
+    Server(Box<cmd::server::Args>),
     /// Run a node agent that talks to servers over HTTP (`--server a,b,c`).
     Agent(cmd::agent::Args),
     /// Run a sidecar proxy for one service instance.
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => cmd::dev::run(args, given).await,
-            Command::Server(args) => cmd::server::run(args, given).await,
+            Command::Server(args) => cmd::server::run(*args, given).await,
             Command::Agent(args) => cmd::agent::run(args, given).await,
             Command::Proxy(args) => cmd::proxy::run(args).await,
             Command::Services(command) => cmd::services::run(command).await,

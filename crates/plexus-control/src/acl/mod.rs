@@ -27,6 +27,7 @@ use plexus_api::acl::{
 };
 use plexus_runtime::acl::{Resolve, ResolveError};
 
+use crate::store::changes::{Changes, Interest};
 use crate::store::{Store, StoreError};
 
 /// Store prefix of everything ACL.
@@ -187,6 +188,12 @@ pub struct Acl {
     anonymous: SecretId,
     snapshot: RwLock<Arc<Snapshot>>,
     refresh: tokio::sync::Mutex<()>,
+    /// The changes under `acl/`: the snapshot is re-read when they move, not on every store
+    /// write (catalog churn would otherwise make every request re-read `acl/`, on etcd a
+    /// linearizable range each).
+    changes: Changes,
+    /// The last revision at which a key under `acl/` changed, once followed.
+    changed: tokio::sync::OnceCell<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl std::fmt::Debug for Acl {
@@ -236,11 +243,13 @@ impl Acl {
     /// The ACL system over `store`. Call [`Acl::start`] before serving.
     pub fn new(store: Arc<dyn Store>, config: AclConfig) -> Self {
         Self {
-            store,
             config,
             anonymous: SecretId::new(plexus_api::acl::ANONYMOUS_SECRET_ID),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             refresh: tokio::sync::Mutex::new(()),
+            changes: Changes::new(Arc::clone(&store), PREFIX),
+            changed: tokio::sync::OnceCell::new(),
+            store,
         }
     }
 
@@ -308,10 +317,14 @@ impl Acl {
         Ok(snapshot)
     }
 
-    /// The snapshot, re-read when the store has moved since it was taken.
+    /// The snapshot, re-read when a key under `acl/` changed since it was taken.
     pub(crate) async fn fresh(&self) -> Result<Arc<Snapshot>, AclError> {
         let current = self.current();
-        let revision = *self.store.revision_watch().borrow();
+        let changed = self
+            .changed
+            .get_or_init(|| self.changes.watch(Interest::Prefix(PREFIX.to_owned())))
+            .await;
+        let revision = *changed.borrow();
         if current.revision >= revision && current.revision > 0 {
             return Ok(current);
         }

@@ -214,3 +214,52 @@ fn uuids_are_well_formed() {
     assert!(!is_uuid("short"));
     assert!(!is_uuid("zzzzzzzz-0000-4000-8000-000000000000"));
 }
+
+/// The snapshot is re-read when `acl/` changes, through any replica, and not for writes
+/// elsewhere in the store (a busy catalog would otherwise make every request re-read `acl/`).
+#[tokio::test]
+async fn a_replica_rereads_acls_when_they_change_not_on_other_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let (a, b) = (
+        Acl::new(Arc::clone(&store), enabled()),
+        Acl::new(Arc::clone(&store), enabled()),
+    );
+    a.start(None).await.unwrap();
+    b.start(None).await.unwrap();
+    let token = write::create_token(&a, TokenWrite::default())
+        .await
+        .unwrap();
+    b.resolve(Some(&token.secret_id)).await.unwrap();
+    let taken = b.current();
+    // Writes outside acl/ leave b's snapshot as it is.
+    for i in 0..5 {
+        store
+            .txn(crate::store::Txn {
+                compares: Vec::new(),
+                ops: vec![crate::store::Op::Put {
+                    key: format!("catalog/elsewhere/{i}"),
+                    value: b"x".to_vec(),
+                }],
+            })
+            .await
+            .unwrap();
+    }
+    b.resolve(Some(&token.secret_id)).await.unwrap();
+    assert!(
+        Arc::ptr_eq(&taken, &b.current()),
+        "re-read for a write outside acl/"
+    );
+    // A token deleted through one replica is refused by the other once the change arrives.
+    write::delete_token(&a, &token.accessor_id).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match b.resolve(Some(&token.secret_id)).await {
+            Err(ResolveError::NotFound) => break,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! `GET /v1/catalog/*`: services, instances of a service, nodes. All are blocking queries.
+//! `GET /v1/catalog/*`: services, instances of a service, nodes. All are blocking queries that
+//! wake when their own answer may have changed ([`Topic`]).
 //!
 //! Reads are filtered by the request's authorizer as Consul does: a service the token may not
 //! read (`service:read`), or an instance on a node it may not read (`node:read`), is left out
@@ -7,11 +8,11 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use plexus_api::Catalog;
 use plexus_runtime::acl::{Authz, filter, mark_filtered};
 use plexus_runtime::http::{ApiError, BlockingQuery, QueryParams, indexed_json};
 
-use super::{ApiState, catalog_error, path_error};
+use super::{ApiState, block_on, catalog_error, path_error};
+use crate::catalog::Topic;
 
 /// `GET /v1/catalog/services`: `{"name": ["tag", ...]}`.
 pub async fn services(
@@ -19,7 +20,7 @@ pub async fn services(
     authz: Authz,
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
-    query.block(state.catalog.index_watch()).await;
+    block_on(&state.catalog, Topic::Services, &query).await?;
     let mut names = state.catalog.service_names().await.map_err(catalog_error)?;
     let before = names.value.len();
     names.value.retain(|name, _| authz.can_read_service(name));
@@ -37,7 +38,7 @@ pub async fn service(
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     let Path(name) = name.map_err(path_error)?;
-    query.block(state.catalog.index_watch()).await;
+    block_on(&state.catalog, Topic::Service(name.clone()), &query).await?;
     let mut rows = state
         .catalog
         .service_nodes(&name, params.get("tag"))
@@ -58,7 +59,7 @@ pub async fn nodes(
     authz: Authz,
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
-    query.block(state.catalog.index_watch()).await;
+    block_on(&state.catalog, Topic::Nodes, &query).await?;
     let mut nodes = state.catalog.nodes().await.map_err(catalog_error)?;
     let filtered = filter(&mut nodes.value, |node| authz.can_read_node(&node.node));
     let mut response = indexed_json(nodes.index, &nodes.value);
@@ -75,7 +76,7 @@ pub async fn connect(
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
     let Path(name) = name.map_err(path_error)?;
-    query.block(state.catalog.index_watch()).await;
+    block_on(&state.catalog, Topic::Connect(name.clone()), &query).await?;
     let mut rows = state
         .catalog
         .connect_nodes(&name)

@@ -8,13 +8,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::Response;
+use plexus_api::CheckStatus;
 use plexus_api::acl::Resource;
-use plexus_api::{Catalog, CheckStatus};
 use plexus_runtime::acl::{Authz, filter as keep, mark_filtered};
 use plexus_runtime::http::{ApiError, BlockingQuery, QueryParams, indexed_json};
 
-use super::{ApiState, catalog_error, path_error};
-use crate::catalog::{Answer, HealthFilter};
+use super::{ApiState, block_on, catalog_error, path_error};
+use crate::catalog::{Answer, HealthFilter, Topic};
 
 fn filter(params: &QueryParams) -> HealthFilter {
     HealthFilter {
@@ -107,7 +107,7 @@ pub async fn checks(
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
     let Path(service) = service.map_err(path_error)?;
-    query.block(state.catalog.index_watch()).await;
+    block_on(&state.catalog, Topic::Health(service.clone()), &query).await?;
     let mut checks = state
         .catalog
         .service_checks(&service)
@@ -145,7 +145,7 @@ pub async fn state(
 ) -> Result<Response, ApiError> {
     let Path(state) = state.map_err(path_error)?;
     let wanted = parse_state(&state)?;
-    query.block(api.catalog.index_watch()).await;
+    block_on(&api.catalog, Topic::Checks, &query).await?;
     let mut checks = api
         .catalog
         .checks_in_state(wanted)

@@ -25,9 +25,11 @@ use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::routing::get;
 use plexus_api::CatalogError;
-use plexus_runtime::http::{ApiError, method_not_allowed_fallback, not_found_fallback};
+use plexus_runtime::http::{
+    ApiError, BlockingQuery, method_not_allowed_fallback, not_found_fallback,
+};
 
-use crate::catalog::StoreCatalog;
+use crate::catalog::{StoreCatalog, Topic};
 
 /// Who this server is, as the status endpoints and responses show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +93,21 @@ pub(crate) fn catalog_error(error: CatalogError) -> ApiError {
             ApiError::internal("the catalog store is unavailable")
         }
     }
+}
+
+/// Waits until the answer made of `topic` may have changed since the query's index (or the
+/// query's wait ends): a blocking catalog query wakes for its own records only.
+pub(crate) async fn block_on(
+    catalog: &StoreCatalog,
+    topic: Topic,
+    query: &BlockingQuery,
+) -> Result<(), ApiError> {
+    if query.index.is_none_or(|index| index == 0) {
+        return Ok(());
+    }
+    let (changes, index_of) = catalog.topic_watch(topic).await.map_err(catalog_error)?;
+    query.block_until(changes, |_| index_of()).await;
+    Ok(())
 }
 
 /// A path segment that did not decode: 400 in the shared shape.

@@ -9,12 +9,12 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use plexus_api::Catalog;
 use plexus_runtime::acl::{Authz, filter, mark_filtered};
 use plexus_runtime::http::{ApiError, BlockingQuery, indexed_json};
 use serde_json::{Value, json};
 
-use super::{ApiState, catalog_error, path_error};
+use super::{ApiState, block_on, catalog_error, path_error};
+use crate::catalog::Topic;
 use crate::catalog::view::NodeRecords;
 
 /// The node's records as this token may see them; the flag says whether anything was left out.
@@ -25,7 +25,7 @@ async fn records(
     query: &BlockingQuery,
 ) -> Result<(Option<NodeRecords>, u64, bool), ApiError> {
     let Path(name) = name.map_err(path_error)?;
-    query.block(state.catalog.index_watch()).await;
+    block_on(&state.catalog, Topic::Node(name.clone()), query).await?;
     let found = state
         .catalog
         .node_view(&name)

@@ -114,7 +114,9 @@ async fn roots(
     query: BlockingQuery,
     params: QueryParams,
 ) -> Response {
-    query.block(ca.revision_watch()).await;
+    if query.index.is_some_and(|index| index > 0) {
+        query.block(ca.changes().await).await;
+    }
     match ca.roots().await {
         Ok(roots) if params.flag("pem") => {
             let bundle: String = roots

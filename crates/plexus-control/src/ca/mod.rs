@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::store::changes::{Changes, Interest};
 use crate::store::{Compare, Op, Store, StoreError, Txn};
 use policy::{Grant, Refusal};
 use rotation::RootSet;
@@ -184,6 +185,7 @@ pub enum CaError {
 /// The built-in CA over a store.
 pub struct CertificateAuthority {
     store: Arc<dyn Store>,
+    changes: Changes,
     datacenter: String,
     limiter: Mutex<limit::Limiter>,
     metrics: metrics::CaMetrics,
@@ -206,6 +208,7 @@ impl CertificateAuthority {
     /// [`CertificateAuthority::bootstrap`] or the first request.
     pub fn new(store: Arc<dyn Store>, datacenter: impl Into<String>) -> Self {
         Self {
+            changes: Changes::new(Arc::clone(&store), STATE_KEY),
             store,
             datacenter: datacenter.into(),
             limiter: Mutex::new(limit::Limiter::new(SIGN_BURST, SIGN_PER_SECOND)),
@@ -237,9 +240,17 @@ impl CertificateAuthority {
         &self.metrics
     }
 
-    /// The store's revision watch (blocking queries on the roots wake on it).
+    /// The store's revision watch.
     pub fn revision_watch(&self) -> watch::Receiver<u64> {
         self.store.revision_watch()
+    }
+
+    /// The last revision at which the CA's state (roots, configuration) changed, moving with
+    /// each change: what blocking queries on the roots wait on.
+    pub async fn changes(&self) -> watch::Receiver<u64> {
+        self.changes
+            .watch(Interest::Key(STATE_KEY.to_owned()))
+            .await
     }
 
     /// The state with its record's revisions and the store revision the read reflects.
@@ -496,9 +507,9 @@ impl CertificateAuthority {
     }
 
     /// Retires old roots when they are due until `stop` resolves (a timer per rotation, woken
-    /// early by any store write so a new rotation is noticed).
+    /// early by a change of the CA's state so a new rotation is noticed).
     pub async fn run_retirement(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
-        let mut revisions = self.store.revision_watch();
+        let mut revisions = self.changes().await;
         tokio::pin!(stop);
         loop {
             let next = match self.retire_due().await {

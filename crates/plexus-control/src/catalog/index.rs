@@ -50,6 +50,35 @@ pub enum Answer {
     Connect,
 }
 
+/// What a blocking query's answer is made of: it wakes only when that may have changed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// `GET /v1/health/service/:name` and `/v1/health/checks/:name`: the service's instances,
+    /// their checks and their nodes.
+    Health(String),
+    /// `GET /v1/health/connect/:name`: also the proxies for it.
+    Connect(String),
+    /// `GET /v1/catalog/service/:name`: the service's instances and their nodes (not checks).
+    Service(String),
+    /// `GET /v1/internal/node/:node/*`: the node and every record on it.
+    Node(String),
+    /// `GET /v1/catalog/services`: any service record.
+    Services,
+    /// `GET /v1/catalog/nodes`: any node record.
+    Nodes,
+    /// `GET /v1/health/state/:state`: any check.
+    Checks,
+}
+
+impl From<(Answer, &str)> for Topic {
+    fn from((answer, name): (Answer, &str)) -> Self {
+        match answer {
+            Answer::Health => Topic::Health(name.to_owned()),
+            Answer::Connect => Topic::Connect(name.to_owned()),
+        }
+    }
+}
+
 /// Every catalog record, decoded, at one store revision, with lookups by service name.
 #[derive(Default)]
 pub(super) struct State {
@@ -64,6 +93,11 @@ pub(super) struct State {
     by_destination: HashMap<String, BTreeSet<RecordId>>,
     health_changed: HashMap<String, u64>,
     connect_changed: HashMap<String, u64>,
+    service_changed: HashMap<String, u64>,
+    node_changed: HashMap<String, u64>,
+    services_changed: u64,
+    nodes_changed: u64,
+    checks_changed: u64,
 }
 
 impl State {
@@ -78,6 +112,21 @@ impl State {
             .copied()
             .unwrap_or(0)
             .max(self.relisted_at)
+    }
+
+    /// The last revision at which an answer made of `topic` may have changed.
+    pub fn topic_index(&self, topic: &Topic) -> u64 {
+        let of = |map: &HashMap<String, u64>, name: &str| map.get(name).copied().unwrap_or(0);
+        let changed = match topic {
+            Topic::Health(name) => of(&self.health_changed, name),
+            Topic::Connect(name) => of(&self.connect_changed, name),
+            Topic::Service(name) => of(&self.service_changed, name),
+            Topic::Node(name) => of(&self.node_changed, name),
+            Topic::Services => self.services_changed,
+            Topic::Nodes => self.nodes_changed,
+            Topic::Checks => self.checks_changed,
+        };
+        changed.max(self.relisted_at)
     }
 
     /// The instances an answer lists, before filters, sorted by node then id.
@@ -121,6 +170,16 @@ impl State {
             .filter_map(|id| Some((id, self.services.get(id)?)))
     }
 
+    /// What a registration of `node` needs to know, as this index last saw it: the node
+    /// record's mod revision (0: absent) and its checks with their store keys.
+    pub fn node_view(&self, node: &str) -> (u64, Vec<(String, HealthCheck)>) {
+        let revision = self.nodes.get(node).map_or(0, |n| n.modify_index);
+        let checks = Self::on_node(&self.checks, node)
+            .map(|((node, id), check)| (keys::check(node, id), check.clone()))
+            .collect();
+        (revision, checks)
+    }
+
     /// Node `name`, or a bare record naming it when the node record is missing.
     pub fn node(&self, name: &str) -> Node {
         self.nodes.get(name).cloned().unwrap_or_else(|| Node {
@@ -161,6 +220,15 @@ impl State {
         }
     }
 
+    /// A service record of `service` on `node` changed (put or delete).
+    fn touch_record(&mut self, node: &str, service: &AgentService, revision: u64) {
+        self.touch(service, revision);
+        self.service_changed
+            .insert(service.service.clone(), revision);
+        self.node_changed.insert(node.to_owned(), revision);
+        self.services_changed = revision;
+    }
+
     fn touch_node(&mut self, node: &str, revision: u64) {
         let on_node: Vec<AgentService> = Self::on_node(&self.services, node)
             .map(|(_, s)| s.clone())
@@ -168,6 +236,19 @@ impl State {
         for service in &on_node {
             self.touch(service, revision);
         }
+    }
+
+    /// The node record of `node` changed: everything listing it.
+    fn touch_node_record(&mut self, node: &str, revision: u64) {
+        self.touch_node(node, revision);
+        let names: BTreeSet<String> = Self::on_node(&self.services, node)
+            .map(|(_, s)| s.service.clone())
+            .collect();
+        for name in names {
+            self.service_changed.insert(name, revision);
+        }
+        self.node_changed.insert(node.to_owned(), revision);
+        self.nodes_changed = revision;
     }
 
     fn touch_instance(&mut self, node: &str, service_id: &str, revision: u64) {
@@ -225,16 +306,16 @@ impl State {
                     self.nodes.remove(&name);
                 }
             }
-            self.touch_node(&name, revision);
+            self.touch_node_record(&name, revision);
         } else if let Some(id) = record_id(keys::SERVICES, key) {
             if let Some(old) = self.remove_service(&id) {
-                self.touch(&old, revision);
+                self.touch_record(&id.0, &old, revision);
             }
             if let Change::Put(kv) = change
                 && let Some(mut service) = decode::<AgentService>(kv)
             {
                 fill_service(&mut service, kv, datacenter);
-                self.touch(&service, revision);
+                self.touch_record(&id.0, &service, revision);
                 self.insert_service(id, service);
             }
         } else if let Some(id) = record_id(keys::CHECKS, key) {
@@ -246,8 +327,10 @@ impl State {
             {
                 fill_check(&mut check, kv);
                 self.touch_instance(&id.0, &check.service_id, revision);
-                self.checks.insert(id, check);
+                self.checks.insert(id.clone(), check);
             }
+            self.node_changed.insert(id.0, revision);
+            self.checks_changed = revision;
         }
     }
 
@@ -259,6 +342,8 @@ impl State {
         }
         state.health_changed.clear();
         state.connect_changed.clear();
+        state.service_changed.clear();
+        state.node_changed.clear();
         state.revision = revision;
         state.relisted_at = revision;
         state
@@ -438,9 +523,12 @@ impl Shared {
         self.publish(revision);
     }
 
-    /// Waits until the state has applied `revision` (the store's current one), re-listing when
-    /// the watch does not get there in time.
-    pub async fn catch_up(&self, store: &dyn Store, revision: u64) -> Result<(), CatalogError> {
+    /// Waits until the state has applied `written` (the store's newest write to its keys, see
+    /// [`Store::written_revision`]): every write acknowledged before the read is in, and
+    /// revisions other users of a shared etcd wrote outside the namespace are never waited for.
+    /// Re-lists when the watch does not get there in time.
+    pub async fn catch_up(&self, store: &dyn Store, written: u64) -> Result<(), CatalogError> {
+        let revision = written;
         let mut applied = self.applied();
         let caught_up = tokio::time::timeout(CATCH_UP, applied.wait_for(|r| *r >= revision));
         if matches!(caught_up.await, Ok(Ok(_))) {

@@ -126,8 +126,9 @@ async fn one_serialised_answer_is_shared_until_the_service_changes() {
     assert_eq!(ids, ["web-1", "web-3"]);
 }
 
-/// Writes the index did not make (another server over the same store) and a revision that
-/// carried no change (the watch has nothing to deliver: the read re-lists) are both seen.
+/// Writes the index did not make (another server over the same store) are seen, and a revision
+/// that carried no change (the watch has nothing to deliver) does not hold up a read: the watch's
+/// progress answer says nothing is missing. The index stays the revision of the data.
 #[tokio::test]
 async fn reads_see_writes_of_another_catalog_and_revisions_without_changes() {
     let dir = tempfile::tempdir().unwrap();
@@ -163,6 +164,116 @@ async fn reads_see_writes_of_another_catalog_and_revisions_without_changes() {
         .await
         .unwrap();
     assert!(empty.revision > index);
+    assert!(ours.store().current_revision().await.unwrap() >= empty.revision);
     let read = ours.service_health("web", &filter).await.unwrap();
-    assert_eq!((read.index, read.value.len()), (empty.revision, 1));
+    assert_eq!((read.index, read.value.len()), (index, 1));
+}
+
+/// A registration takes the node's revision and checks from the index (no store read); when
+/// the index lags a write another replica made, the compare fails and the next attempt reads
+/// the store, so nothing the other replica wrote is lost or left behind.
+#[tokio::test]
+async fn a_registration_through_a_lagging_index_still_lands_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let ours = StoreCatalog::new(Arc::clone(&store), "dc1");
+    let theirs = StoreCatalog::new(Arc::clone(&store), "dc1");
+    let filter = HealthFilter::default();
+    ours.service_health("a", &filter).await.unwrap();
+    for round in 0..20 {
+        let a = format!("a-{round}");
+        theirs
+            .register(registration(
+                "n1",
+                vec![service(&a, "a", &[])],
+                vec![check(&format!("{a}-alive"), &a, CheckStatus::Passing)],
+            ))
+            .await
+            .unwrap();
+        // At once, before our index may have seen it: re-register a-{round} without its check
+        // (which must delete it) and add b-{round}.
+        ours.register(registration(
+            "n1",
+            vec![
+                service(&a, "a", &[]),
+                service(&format!("b-{round}"), "b", &[]),
+            ],
+            vec![],
+        ))
+        .await
+        .unwrap();
+        let a_now = ours.service_health("a", &filter).await.unwrap().value;
+        let ids: Vec<&str> = a_now.iter().map(|e| e.service.id.as_str()).collect();
+        assert!(ids.contains(&a.as_str()), "{ids:?}");
+        let this = a_now.iter().find(|e| e.service.id == a).unwrap();
+        assert!(this.checks.is_empty(), "{:?}", this.checks);
+        assert_eq!(
+            ours.service_health("b", &filter).await.unwrap().value.len(),
+            round + 1
+        );
+    }
+}
+
+/// The catalog-wide topics move for their own kind of record: a check update moves the checks
+/// and that service's health, not the service list, the node list or the catalog view of the
+/// service; a new service moves the service list, not the checks.
+#[tokio::test]
+async fn catalog_topics_move_for_their_own_records() {
+    use super::Topic;
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog(dir.path());
+    catalog
+        .register(registration(
+            "n1",
+            vec![service("web-1", "web", &[])],
+            vec![check("web-1-alive", "web-1", CheckStatus::Passing)],
+        ))
+        .await
+        .unwrap();
+    let topics = [
+        Topic::Services,
+        Topic::Nodes,
+        Topic::Checks,
+        Topic::Service("web".to_owned()),
+        Topic::Health("web".to_owned()),
+        Topic::Node("n1".to_owned()),
+    ];
+    let read = async || {
+        catalog.nodes().await.unwrap();
+        let mut indexes = Vec::new();
+        for topic in &topics {
+            let (_, index_of) = catalog.topic_watch(topic.clone()).await.unwrap();
+            indexes.push(index_of());
+        }
+        indexes
+    };
+    let before = read().await;
+    let checked = catalog
+        .update_check("n1", "web-1-alive", CheckStatus::Critical, "down")
+        .await
+        .unwrap();
+    let after = read().await;
+    assert_eq!(
+        after[..2],
+        before[..2],
+        "services or nodes moved for a check"
+    );
+    assert_eq!(after[3], before[3], "the catalog view moved for a check");
+    assert_eq!((after[2], after[4], after[5]), (checked, checked, checked));
+
+    let added = catalog
+        .register(registration(
+            "n2",
+            vec![service("api-1", "api", &[])],
+            vec![],
+        ))
+        .await
+        .unwrap();
+    let later = read().await;
+    assert_eq!((later[0], later[1]), (added, added));
+    assert_eq!(later[2], checked, "checks moved without a check");
+    assert_eq!(
+        (later[3], later[4], later[5]),
+        (after[3], after[4], after[5])
+    );
 }

@@ -32,7 +32,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::store::{Compare, KeyValue, Op, Store, Txn};
 
-pub use index::Answer;
+pub use index::{Answer, Topic};
 pub use view::HealthFilter;
 
 /// How many times a write re-reads and retries when a concurrent write got in first.
@@ -154,6 +154,14 @@ fn gave_up(what: &str, id: &str) -> CatalogError {
     }
 }
 
+/// A node as a registration sees it before writing.
+struct NodeView {
+    /// The node record's mod revision (0: absent): the registration's compare.
+    revision: u64,
+    /// The node's checks with their keys.
+    checks: Vec<(String, HealthCheck)>,
+}
+
 /// Puts and deletes of one transaction, one operation per key (etcd rejects duplicates).
 #[derive(Default)]
 struct Writes {
@@ -248,13 +256,44 @@ impl StoreCatalog {
         Ok(result.succeeded.then_some(result.revision))
     }
 
-    /// One attempt of [`Catalog::register`].
-    async fn try_register(&self, reg: &Registration) -> Result<Option<u64>, CatalogError> {
+    /// What [`StoreCatalog::try_register`] needs about a node, read from the store: the node
+    /// record's mod revision (first: any registration after this read moves it) and its checks.
+    async fn stored_node_view(&self, node: &str) -> Result<NodeView, CatalogError> {
+        let node_kv = self.get(&keys::node(node)).await?;
+        let (stored, _) = self.range(&keys::checks_of(node)).await?;
+        let mut checks = Vec::with_capacity(stored.len());
+        for kv in &stored {
+            checks.push((kv.key.clone(), decode::<HealthCheck>(kv)?));
+        }
+        Ok(NodeView {
+            revision: node_kv.map_or(0, |kv| kv.mod_revision),
+            checks,
+        })
+    }
+
+    /// The same from the in-memory index, without a store round trip. It may lag the store; the
+    /// registration's compare on the node's mod revision then fails and the next attempt reads
+    /// the store. Checks can change without the node record (status updates, deregistrations),
+    /// but a registration only uses their ids, to delete replaced ones: deleting a key that is
+    /// already gone is harmless.
+    async fn indexed_node_view(&self, node: &str) -> Result<NodeView, CatalogError> {
+        let index = self.index().await?;
+        let (revision, checks) = index.read().node_view(node);
+        Ok(NodeView { revision, checks })
+    }
+
+    /// One attempt of [`Catalog::register`] against `view`.
+    async fn try_register(
+        &self,
+        reg: &Registration,
+        view: NodeView,
+    ) -> Result<Option<u64>, CatalogError> {
         let node_name = reg.node.node.as_str();
         let node_key = keys::node(node_name);
-        // Read the node first: any registration after this read moves its mod revision.
-        let node_kv = self.get(&node_key).await?;
-        let mut compares = vec![mod_revision(&node_key, node_kv.as_ref())];
+        let mut compares = vec![Compare::ModRevision {
+            key: node_key.clone(),
+            revision: view.revision,
+        }];
         let mut writes = Writes::default();
 
         let mut node = reg.node.clone();
@@ -271,13 +310,11 @@ impl StoreCatalog {
 
         // Re-registering a service replaces its checks.
         let new_checks: HashSet<&str> = reg.checks.iter().map(|c| c.check_id.as_str()).collect();
-        let (stored_checks, _) = self.range(&keys::checks_of(node_name)).await?;
-        for kv in &stored_checks {
-            let check: HealthCheck = decode(kv)?;
+        for (key, check) in view.checks {
             if services.contains_key(check.service_id.as_str())
                 && !new_checks.contains(check.check_id.as_str())
             {
-                writes.delete(kv.key.clone());
+                writes.delete(key);
             }
         }
 
@@ -383,8 +420,16 @@ impl StoreCatalog {
 #[async_trait]
 impl Catalog for StoreCatalog {
     async fn register(&self, registration: Registration) -> Result<u64, CatalogError> {
-        for _ in 0..MAX_ATTEMPTS {
-            if let Some(index) = self.try_register(&registration).await? {
+        let node = registration.node.node.as_str();
+        // One store round trip when the index is current (the usual case); reads first after a
+        // conflict.
+        let view = self.indexed_node_view(node).await?;
+        if let Some(index) = self.try_register(&registration, view).await? {
+            return Ok(index);
+        }
+        for _ in 1..MAX_ATTEMPTS {
+            let view = self.stored_node_view(node).await?;
+            if let Some(index) = self.try_register(&registration, view).await? {
                 return Ok(index);
             }
         }

@@ -14,7 +14,7 @@ use plexus_api::{
 };
 use tokio::sync::watch;
 
-use super::index::{Answer, Shared, has_tag};
+use super::index::{Answer, Shared, Topic, has_tag};
 use super::{StoreCatalog, store_error};
 
 /// Filters of `GET /v1/health/service/:name` and `/v1/health/connect/:name`.
@@ -28,7 +28,7 @@ pub struct HealthFilter {
 
 impl StoreCatalog {
     /// The index, started on first use.
-    async fn index(&self) -> Result<&Arc<Shared>, CatalogError> {
+    pub(super) async fn index(&self) -> Result<&Arc<Shared>, CatalogError> {
         self.index
             .get_or_try_init(|| {
                 Shared::start(
@@ -40,12 +40,11 @@ impl StoreCatalog {
             .await
     }
 
-    /// The index once it has applied the store's current revision. The current revision comes
-    /// from `current_revision` (a linearizable read on etcd; the committed revision, published
-    /// before a write returns, on the embedded store, without a storage read), so a read after a
-    /// write always sees it.
+    /// The index once it has applied the store's newest write (`written_revision`: a
+    /// linearizable read on etcd; published before a write returns on the embedded store), so a
+    /// read after a write, through any replica, always sees it.
     async fn current(&self) -> Result<&Arc<Shared>, CatalogError> {
-        let current = self.store.current_revision().await.map_err(store_error)?;
+        let current = self.store.written_revision().await.map_err(store_error)?;
         let index = self.index().await?;
         index.catch_up(&*self.store, current).await?;
         Ok(index)
@@ -59,10 +58,18 @@ impl StoreCatalog {
         answer: Answer,
         name: &str,
     ) -> Result<(watch::Receiver<u64>, impl Fn() -> u64 + use<>), CatalogError> {
+        self.topic_watch(Topic::from((answer, name))).await
+    }
+
+    /// Like [`StoreCatalog::service_watch`] for any [`Topic`]: what a blocking catalog query
+    /// waits on, so that it wakes only when its own answer may have changed.
+    pub async fn topic_watch(
+        &self,
+        topic: Topic,
+    ) -> Result<(watch::Receiver<u64>, impl Fn() -> u64 + use<>), CatalogError> {
         let index = Arc::clone(self.index().await?);
-        let name = name.to_owned();
         let applied = index.applied();
-        Ok((applied, move || index.read().index_of(answer, &name)))
+        Ok((applied, move || index.read().topic_index(&topic)))
     }
 
     /// The JSON of `GET /v1/health/service/:name` (`Answer::Health`) or

@@ -1,8 +1,8 @@
 //! `/v1/config*` (Consul's config entry API) and `/v1/discovery-chain/:service` (the compiled
 //! chain, Plexus-shaped: [`plexus_api::config_entry::chain::DiscoveryChain`]).
 //!
-//! Reads are blocking queries on the config index: `?index=N` waits until a config write moves
-//! the index past `N` (or `wait` passes).
+//! Reads are blocking queries on the config index: `?index=N` waits until a config write to the
+//! entries the answer is made of moves past `N` (or `wait` passes).
 //!
 //! ACLs (Consul's): writing or deleting a `service-*` entry needs `service:write` on its name;
 //! reading one, or a service's discovery chain, `service:read`; lists leave out entries the
@@ -65,24 +65,19 @@ fn kind(text: &str) -> Result<Kind, ApiError> {
     })
 }
 
-/// Waits until the config index passes the query's `index`, or its `wait` ends.
-async fn block(config: &ConfigEntries, query: &BlockingQuery) -> Result<(), ApiError> {
-    let Some(min) = query.index.filter(|i| *i > 0) else {
-        return Ok(());
-    };
-    let deadline = tokio::time::Instant::now() + query.wait;
-    let mut revisions = config.revision_watch();
-    loop {
-        if config.index().await.map_err(error)? > min {
-            return Ok(());
-        }
-        let shutdown = query.shutdown.clone().unwrap_or_default();
-        tokio::select! {
-            changed = revisions.changed() => if changed.is_err() { return Ok(()) },
-            _ = tokio::time::sleep_until(deadline) => return Ok(()),
-            _ = shutdown.cancelled() => return Ok(()),
-        }
+/// Waits until the entries the answer is made of (one entry, one kind, or all for a chain)
+/// change past the query's `index` (a config index: every config write moves it to the
+/// revision of the write), or its `wait` ends. Other writes never wake it.
+async fn block(
+    config: &ConfigEntries,
+    query: &BlockingQuery,
+    kind: Option<Kind>,
+    name: Option<&str>,
+) -> Result<(), ApiError> {
+    if query.index.is_some_and(|index| index > 0) {
+        query.block(config.changes(kind, name).await).await;
     }
+    Ok(())
 }
 
 async fn write(
@@ -122,7 +117,7 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let Path(kind_text) = path.map_err(path_error)?;
     let kind = kind(&kind_text)?;
-    block(&config, &query).await?;
+    block(&config, &query, Some(kind), None).await?;
     let mut list = config.list(kind).await.map_err(error)?;
     let filtered =
         plexus_runtime::acl::filter(&mut list.value, |e| authz.can_read_service(e.name()));
@@ -140,7 +135,7 @@ async fn read(
     let Path((kind_text, name)) = path.map_err(path_error)?;
     let kind = kind(&kind_text)?;
     authz.require_service_read(&name)?;
-    block(&config, &query).await?;
+    block(&config, &query, Some(kind), Some(&name)).await?;
     let entry = config.get(kind, &name).await.map_err(error)?;
     Ok(indexed_json(entry.index, &entry.value))
 }
@@ -165,7 +160,7 @@ async fn chain(
 ) -> Result<Response, ApiError> {
     let Path(service) = path.map_err(path_error)?;
     authz.require_service_read(&service)?;
-    block(&config, &query).await?;
+    block(&config, &query, None, None).await?;
     let chain = config.chain(&service).await.map_err(error)?;
     Ok(indexed_json(chain.index, &chain.value))
 }

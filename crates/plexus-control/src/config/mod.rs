@@ -22,6 +22,7 @@ use plexus_api::config_entry::{ConfigEntry, EntryError, EntryErrors, Kind, compi
 use tokio::sync::watch;
 
 use crate::catalog::keys::escape;
+use crate::store::changes::{Changes, Interest};
 use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn};
 
 /// Prefix of the entries.
@@ -62,6 +63,7 @@ pub enum ConfigError {
 /// The config entry service over a store.
 pub struct ConfigEntries {
     store: Arc<dyn Store>,
+    changes: Changes,
 }
 
 impl std::fmt::Debug for ConfigEntries {
@@ -94,7 +96,19 @@ struct Snapshot {
 impl ConfigEntries {
     /// Config entries over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        let changes = Changes::new(Arc::clone(&store), ENTRIES);
+        Self { store, changes }
+    }
+
+    /// What a blocking read waits on: the last revision at which the entries of `kind` (all
+    /// kinds: `None`), or with `name` that one entry, changed.
+    pub async fn changes(&self, kind: Option<Kind>, name: Option<&str>) -> watch::Receiver<u64> {
+        let interest = match (kind, name) {
+            (Some(kind), Some(name)) => Interest::Key(key(kind, name)),
+            (Some(kind), None) => Interest::Prefix(format!("{ENTRIES}{}/", kind.as_str())),
+            (None, _) => Interest::Prefix(ENTRIES.to_owned()),
+        };
+        self.changes.watch(interest).await
     }
 
     /// Store revisions (wakes blocking queries; they then re-check the config index).

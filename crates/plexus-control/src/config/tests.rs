@@ -64,3 +64,44 @@ async fn crud_cas_cross_checks_and_index() {
         Err(ConfigError::NotFound { .. })
     ));
 }
+
+/// A blocking read of one entry wakes for that entry only; a read of a kind for entries of that
+/// kind; a chain for any entry. Other writes (KV, other entries) leave them asleep.
+#[tokio::test]
+async fn blocking_reads_wake_for_their_own_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let config = ConfigEntries::new(Arc::clone(&store));
+    let defaults =
+        |name: &str| entry(json!({"Kind": "service-defaults", "Name": name, "Protocol": "http"}));
+    config.put(defaults("web"), None).await.unwrap();
+    let mut web = config
+        .changes(Some(Kind::ServiceDefaults), Some("web"))
+        .await;
+    let mut resolvers = config.changes(Some(Kind::ServiceResolver), None).await;
+    let mut all = config.changes(None, None).await;
+    let (w0, r0, a0) = (
+        *web.borrow_and_update(),
+        *resolvers.borrow_and_update(),
+        *all.borrow_and_update(),
+    );
+    // KV and another defaults entry.
+    store
+        .txn(Txn {
+            compares: Vec::new(),
+            ops: vec![Op::Put {
+                key: "kv/x".to_owned(),
+                value: b"\0\0\0\0\0\0\0\0v".to_vec(),
+            }],
+        })
+        .await
+        .unwrap();
+    config.put(defaults("api"), None).await.unwrap();
+    all.changed().await.unwrap();
+    assert!(*all.borrow_and_update() > a0);
+    assert_eq!((*web.borrow(), *resolvers.borrow()), (w0, r0));
+    config.put(defaults("web"), None).await.unwrap();
+    web.changed().await.unwrap();
+    assert!(*web.borrow() > w0);
+    assert_eq!(*resolvers.borrow(), r0);
+}

@@ -45,12 +45,19 @@ async fn dns_with_catalog(dir: &std::path::Path) -> Dns {
         })
         .await
         .unwrap();
+    settled(&catalog).await;
     let config = DnsConfig::try_from(DnsSettings {
         service_ttl: Duration::from_secs(7),
         ..DnsSettings::default()
     })
     .unwrap();
     Dns::new(catalog, config)
+}
+
+/// Waits until the catalog index has applied every write so far: DNS reads the index as it is
+/// (stale reads), and a registration only starts the index without waiting for its own write.
+async fn settled(catalog: &crate::catalog::StoreCatalog) {
+    catalog.nodes().await.unwrap();
 }
 
 fn query(name: &str, qtype: RecordType) -> Vec<u8> {
@@ -194,6 +201,7 @@ async fn udp_answers_are_truncated_to_the_client_size() {
         .register(registration("n1", services, Vec::new()))
         .await
         .unwrap();
+    settled(&catalog).await;
     let dns = Dns::new(
         catalog,
         DnsConfig::try_from(DnsSettings::default()).unwrap(),
@@ -379,6 +387,7 @@ async fn answers_only_what_the_token_may_read() {
         .register(registration("n3", vec![web_on_n2], Vec::new()))
         .await
         .unwrap();
+    settled(&dns.catalog).await;
     let open = ask(&dns, "web.service.consul.", RecordType::A).await;
     assert!(addresses(&open).contains(&"10.0.0.99".parse().unwrap()));
 

@@ -88,7 +88,9 @@ async fn list(
     authz: Authz,
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
-    query.block(s.intentions.revision_watch()).await;
+    if query.index.is_some_and(|index| index > 0) {
+        query.block(s.intentions.changes().await).await;
+    }
     let mut list = s.intentions.list().await.map_err(error)?;
     let filtered = plexus_runtime::acl::filter(&mut list.value, |i| {
         authz.can_read_intention(&i.destination_name)
@@ -278,7 +280,9 @@ async fn matching(
     if by == "destination" {
         authz.require_intention_read(&name)?;
     }
-    query.block(s.intentions.revision_watch()).await;
+    if query.index.is_some_and(|index| index > 0) {
+        query.block(s.intentions.changes().await).await;
+    }
     let mut found = if by == "source" {
         s.intentions.matching_source(&name).await
     } else {

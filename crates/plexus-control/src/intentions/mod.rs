@@ -20,6 +20,7 @@ use plexus_api::connect::{Decision, DefaultPolicy, Intention, IntentionInput, Se
 use tokio::sync::watch;
 
 use crate::catalog::keys::escape;
+use crate::store::changes::{Changes, Interest};
 use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn};
 
 /// Prefix of the intention records.
@@ -68,6 +69,7 @@ pub enum IntentionError {
 /// The intention service over a store.
 pub struct Intentions {
     store: Arc<dyn Store>,
+    changes: Changes,
     default_deny: AtomicBool,
 }
 
@@ -179,6 +181,7 @@ impl Intentions {
     /// Intentions over `store`, with `default` applied when none matches.
     pub fn new(store: Arc<dyn Store>, default: DefaultPolicy) -> Self {
         Self {
+            changes: Changes::new(Arc::clone(&store), INTENTIONS),
             store,
             default_deny: AtomicBool::new(default == DefaultPolicy::Deny),
         }
@@ -202,6 +205,14 @@ impl Intentions {
     /// The store's revision watch.
     pub fn revision_watch(&self) -> watch::Receiver<u64> {
         self.store.revision_watch()
+    }
+
+    /// What a blocking read of intentions waits on: the last revision at which any intention
+    /// changed (other writes never move it).
+    pub async fn changes(&self) -> watch::Receiver<u64> {
+        self.changes
+            .watch(Interest::Prefix(INTENTIONS.to_owned()))
+            .await
     }
 
     /// Every intention, highest precedence first, then by source and destination.

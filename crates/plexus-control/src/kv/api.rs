@@ -2,7 +2,8 @@
 //!
 //! - `GET` one key (`[KvPair]`, 404 when absent), `?recurse` (every key under the prefix), `?keys`
 //!   (key names, `&separator=` collapses below it), `?raw` (the value as the body). Blocking queries
-//!   (`?index=&wait=`) and `X-Consul-Index` as everywhere.
+//!   (`?index=&wait=`) and `X-Consul-Index` as everywhere; a blocked read wakes only for writes
+//!   to its key (or, listing, the keys under it).
 //! - `PUT` with the raw value as the body, `?flags=`, `?cas=` (0: create only): answers `true` or
 //!   `false` (a failed compare leaves the value unchanged).
 //! - `PUT ?acquire=<session>` / `?release=<session>`: takes or frees the key's lock for a session
@@ -100,7 +101,9 @@ async fn read(
     if !listing {
         authz.require_key_read(&key)?;
     }
-    query.block(kv.index_watch()).await;
+    if query.index.is_some_and(|index| index > 0) {
+        query.block(kv.changes(&key, listing).await).await;
+    }
     if listing {
         let (mut entries, index) = kv.list(&key).await.map_err(kv_error)?;
         let before = entries.len();

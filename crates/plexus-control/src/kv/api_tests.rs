@@ -196,23 +196,33 @@ async fn bad_keys_values_and_parameters_are_refused_and_nothing_is_lost() {
 }
 
 #[tokio::test]
-async fn a_blocking_read_wakes_on_a_write() {
+async fn a_blocking_read_wakes_on_a_write_of_its_own_key_only() {
     let dir = tempfile::tempdir().unwrap();
     let app = app(dir.path());
     let put = call(&app, Method::PUT, "/v1/kv/k", b"1".to_vec()).await;
     let index = put.index.unwrap();
-    let waiter = tokio::spawn({
+    let blocked = |uri: String| {
         let app = app.clone();
-        async move {
-            let uri = format!("/v1/kv/k?index={index}&wait=10m");
-            call(&app, Method::GET, &uri, Vec::new()).await
-        }
-    });
+        tokio::spawn(async move { call(&app, Method::GET, &uri, Vec::new()).await })
+    };
+    let key = blocked(format!("/v1/kv/k?index={index}&wait=10m"));
+    let dir_listing = blocked(format!("/v1/kv/dir/?recurse&index={index}&wait=10m"));
     // The read blocks: the index has not moved.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!waiter.is_finished());
+    assert!(!key.is_finished());
+    // Other keys (a longer key sharing the name's start, a sibling) move the store revision,
+    // not these answers.
+    for other in ["/v1/kv/k2", "/v1/kv/other", "/v1/kv/dirx"] {
+        call(&app, Method::PUT, other, b"x".to_vec()).await;
+    }
+    call(&app, Method::PUT, "/v1/kv/dir/a", b"3".to_vec()).await;
+    let listed = dir_listing.await.unwrap();
+    assert!(listed.index.unwrap() > index);
+    assert_eq!(listed.json()[0]["Key"], "dir/a");
+    // Everything above is written and the listing woke: the key's query is still asleep.
+    assert!(!key.is_finished(), "woke for writes to other keys");
     call(&app, Method::PUT, "/v1/kv/k", b"2".to_vec()).await;
-    let woke = waiter.await.unwrap();
+    let woke = key.await.unwrap();
     assert!(woke.index.unwrap() > index);
     assert_eq!(woke.json()[0]["Value"], "Mg==");
 }

@@ -15,6 +15,7 @@ use plexus_api::KvPair;
 use plexus_api::kv::KvExportEntry;
 use tokio::sync::watch;
 
+use crate::store::changes::{Changes, Interest};
 use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn};
 
 /// Store prefix of every KV key.
@@ -143,6 +144,7 @@ pub fn collapse_keys(prefix: &str, keys: &[String], separator: Option<&str>) -> 
 #[derive(Clone)]
 pub struct Kv {
     store: Arc<dyn Store>,
+    changes: Arc<Changes>,
 }
 
 impl std::fmt::Debug for Kv {
@@ -154,12 +156,25 @@ impl std::fmt::Debug for Kv {
 impl Kv {
     /// KV over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        let changes = Arc::new(Changes::new(Arc::clone(&store), PREFIX));
+        Self { store, changes }
     }
 
-    /// The store revision watch (blocking queries wait on it).
+    /// The store revision watch.
     pub fn index_watch(&self) -> watch::Receiver<u64> {
         self.store.revision_watch()
+    }
+
+    /// What a blocking read of `key` (with `listing`: every key under it) waits on: the last
+    /// revision at which that answer may have changed, moving only for writes to those keys.
+    pub async fn changes(&self, key: &str, listing: bool) -> watch::Receiver<u64> {
+        let key = format!("{PREFIX}{key}");
+        let interest = if listing {
+            Interest::Prefix(key)
+        } else {
+            Interest::Key(key)
+        };
+        self.changes.watch(interest).await
     }
 
     /// One key, with the store revision the read reflects.

@@ -18,7 +18,7 @@ use plexus_runtime::acl::Authz;
 use plexus_runtime::http::{ApiError, BlockingQuery, JsonBody, QueryParams, indexed_json};
 
 use crate::api::{catalog_error, path_error};
-use crate::catalog::StoreCatalog;
+use crate::catalog::{StoreCatalog, Topic};
 
 /// Shortest and longest lease TTL an agent may ask for.
 pub const LEASE_TTL_RANGE: (Duration, Duration) =
@@ -138,7 +138,7 @@ async fn services(
 ) -> Result<Response, ApiError> {
     let Path(node) = node.map_err(path_error)?;
     authz.require_node_read(&node)?;
-    query.block(catalog.index_watch()).await;
+    crate::api::block_on(&catalog, Topic::Node(node.clone()), &query).await?;
     let found = catalog.node_services(&node).await.map_err(catalog_error)?;
     Ok(indexed_json(found.index, &found.value))
 }
@@ -151,7 +151,7 @@ async fn checks(
 ) -> Result<Response, ApiError> {
     let Path(node) = node.map_err(path_error)?;
     authz.require_node_read(&node)?;
-    query.block(catalog.index_watch()).await;
+    crate::api::block_on(&catalog, Topic::Node(node.clone()), &query).await?;
     let found = catalog.node_checks(&node).await.map_err(catalog_error)?;
     Ok(indexed_json(found.index, &found.value))
 }

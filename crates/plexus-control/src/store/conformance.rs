@@ -130,6 +130,61 @@ async fn etcd_store_conforms() {
     suite(Arc::new(store)).await;
 }
 
+/// Concurrent guarded writes each get their own answer (etcd merges concurrent transactions on
+/// disjoint keys into one; a compare that fails there must fail only its own transaction): of
+/// 48 create-only writes on 12 keys, exactly 12 succeed, and each success's revision is its key's.
+async fn concurrent_suite(store: Arc<dyn Store>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..48 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let key = format!("c/{}", i % 12);
+            let result = store
+                .txn(Txn {
+                    compares: vec![absent(&key)],
+                    ops: vec![put(&key, &i.to_string()), put(&format!("c-own/{i}"), "x")],
+                })
+                .await
+                .unwrap();
+            (key, i, result)
+        });
+    }
+    let mut winners = std::collections::BTreeMap::new();
+    while let Some(done) = tasks.join_next().await {
+        let (key, i, result) = done.unwrap();
+        let own = store.get(&format!("c-own/{i}")).await.unwrap();
+        if result.succeeded {
+            assert!(winners.insert(key.clone(), (i, result.revision)).is_none());
+            assert_eq!(own.map(|kv| kv.mod_revision), Some(result.revision));
+        } else {
+            assert_eq!(own, None, "a refused write wrote its other key");
+        }
+    }
+    assert_eq!(winners.len(), 12);
+    for (key, (i, revision)) in winners {
+        let kv = store.get(&key).await.unwrap().unwrap();
+        assert_eq!(
+            (kv.value, kv.mod_revision),
+            (i.to_string().into_bytes(), revision)
+        );
+    }
+}
+
+#[tokio::test]
+async fn embedded_concurrent_writes_get_their_own_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_suite(Arc::new(EmbeddedStore::open(dir.path()).unwrap())).await;
+}
+
+#[tokio::test]
+async fn etcd_concurrent_writes_get_their_own_answers() {
+    let cluster = EtcdCluster::start(1).await.unwrap();
+    let store = EtcdStore::connect(&cluster.endpoints(), "concurrent/")
+        .await
+        .unwrap();
+    concurrent_suite(Arc::new(store)).await;
+}
+
 /// Two replicas over one cluster: a write through one moves the other's revision watch (the watch,
 /// not a poll), also after the history under the watch was compacted, and with a member killed.
 #[tokio::test]
@@ -348,6 +403,73 @@ async fn etcd_watch_sees_every_change_or_relists_after_compaction() {
         .unwrap();
     watch_suite(&store, async |revision| {
         cluster.compact(revision).await.unwrap()
+    })
+    .await;
+}
+
+/// The written revision follows writes to the store's keys: not a revision that changed
+/// nothing, and on etcd not another user's writes outside the namespace, which move the store's
+/// revision. A watcher of every key reaches it with events (nothing to wait for that never comes).
+async fn written_suite(store: &dyn Store, foreign_write: impl AsyncFn() -> u64) {
+    let (_, start) = store.range("p/").await.unwrap();
+    let mut watch = store.watch("", start).await.unwrap();
+    let ours = store
+        .txn(ops(vec![put("p/a", "1")]))
+        .await
+        .unwrap()
+        .revision;
+    assert!(store.written_revision().await.unwrap() >= ours);
+    let foreign = foreign_write().await;
+    assert!(foreign > ours);
+    assert!(store.current_revision().await.unwrap() >= foreign);
+    let written = store.written_revision().await.unwrap();
+    assert!(
+        written >= ours && written < foreign,
+        "{ours} {written} {foreign}"
+    );
+    let mut seen = 0;
+    while seen < written {
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.recv())
+            .await
+            .expect("the written revision arrives as an event")
+            .unwrap();
+        let WatchEvent::Changes(changes) = event else {
+            panic!("{event:?}")
+        };
+        seen = seen.max(changes.iter().map(Change::revision).max().unwrap_or(0));
+    }
+    assert_eq!(seen, written);
+}
+
+#[tokio::test]
+async fn embedded_written_revision_skips_revisions_without_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    written_suite(&store, async || {
+        let nothing = Op::Delete {
+            key: "absent".to_owned(),
+        };
+        store.txn(ops(vec![nothing])).await.unwrap().revision
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn etcd_written_revision_skips_writes_outside_the_namespace() {
+    let cluster = EtcdCluster::start(1).await.unwrap();
+    let store = EtcdStore::connect(&cluster.endpoints(), "ours/")
+        .await
+        .unwrap();
+    // Another etcd user, outside our prefix.
+    let foreign = EtcdStore::connect(&cluster.endpoints(), "theirs/")
+        .await
+        .unwrap();
+    written_suite(&store, async || {
+        foreign
+            .txn(ops(vec![put("k", "x")]))
+            .await
+            .unwrap()
+            .revision
     })
     .await;
 }

@@ -513,6 +513,11 @@ impl Store for EmbeddedStore {
         Ok(*self.revision.borrow())
     }
 
+    async fn written_revision(&self) -> Result<u64, StoreError> {
+        // Recorded before `txn` returns, like the revision.
+        Ok(self.history.written())
+    }
+
     async fn watch(&self, prefix: &str, after_revision: u64) -> Result<Watch, StoreError> {
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         let history = Arc::clone(&self.history);

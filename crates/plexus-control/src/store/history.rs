@@ -21,6 +21,8 @@ pub struct History {
     inner: Mutex<Inner>,
     /// The newest revision of the contiguous run (watches wait on it).
     contiguous: watch::Sender<u64>,
+    /// The newest revision recorded with at least one change.
+    written: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -52,6 +54,7 @@ impl History {
                 capacity: capacity.max(1),
             }),
             contiguous: watch::channel(revision).0,
+            written: std::sync::atomic::AtomicU64::new(revision),
         }
     }
 
@@ -62,6 +65,10 @@ impl History {
 
     /// Records the changes of one committed revision.
     pub fn record(&self, revision: u64, changes: Vec<Change>) {
+        if !changes.is_empty() {
+            self.written
+                .fetch_max(revision, std::sync::atomic::Ordering::SeqCst);
+        }
         let newest = {
             let mut inner = self.lock();
             inner.pending.insert(revision, changes);
@@ -107,6 +114,12 @@ impl History {
             .cloned()
             .collect();
         Ok((changes, newest.max(after)))
+    }
+
+    /// The newest revision recorded with a change (a revision that changed nothing does not
+    /// count): what a watcher of every key must reach to reflect every commit so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The newest contiguous revision, as a watch.

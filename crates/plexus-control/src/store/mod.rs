@@ -9,6 +9,7 @@
 //! (an etcd cluster shared by several server replicas). Nothing here goes beyond what etcd's KV
 //! API offers; a transaction must not name one key twice (etcd refuses it).
 
+pub mod changes;
 pub mod embedded;
 pub mod etcd;
 pub mod history;
@@ -239,6 +240,17 @@ pub trait Store: Send + Sync + 'static {
     /// returns (the embedded store) answers from it without touching storage.
     async fn current_revision(&self) -> Result<u64, StoreError> {
         Ok(self.get_at("").await?.1)
+    }
+
+    /// The revision of the newest write that changed this store's keys, as a read issued now
+    /// would see it: a watcher of every key that has applied it reflects every write
+    /// acknowledged before the call. On a store shared with others (etcd, outside the
+    /// namespace) the store's revision runs ahead of it, and so does a revision that changed
+    /// nothing (a delete of absent keys); a watcher waiting for those would wait for events that
+    /// never come. Expiring leases (the store's own deletes) may be newer. The default is the
+    /// current revision.
+    async fn written_revision(&self) -> Result<u64, StoreError> {
+        self.current_revision().await
     }
 
     /// Reads every key starting with `prefix`, sorted by key, with the store revision the read

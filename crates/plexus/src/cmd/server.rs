@@ -3,10 +3,12 @@
 //! other replicas.
 //!
 //! Start-up order: check the configuration (exit 64 on an unknown `--store`, a missing or malformed
-//! `--etcd-endpoints`) → bind the HTTP listener → open the store (etcd: retried with jittered
-//! backoff while no endpoint answers, saying so in the log) → start the agent and the liveness
-//! reaper (remote agents' leases, see `plexus_control::remote`) and the store-quorum monitor
-//! (requests are refused with 503 `no_quorum` while the store cannot be reached, see
+//! `--etcd-endpoints`, unreadable `--etcd-cacert`/`--etcd-cert`/`--etcd-key`/`--etcd-password-file`)
+//! → bind the HTTP listener → open the store (etcd: retried with jittered backoff while no endpoint
+//! answers, saying so in the log; a wrong CA, a refused password or a user without permission on
+//! `--etcd-prefix` ends the process at once with a message saying which) → start the agent and
+//! the liveness reaper (remote agents' leases, see `plexus_control::remote`) and the store-quorum
+//! monitor (requests are refused with 503 `no_quorum` while the store cannot be reached, see
 //! `plexus_control::quorum`) → serve.
 //! Shutdown (SIGINT/SIGTERM): deregister what the agent registered → stop accepting → drain.
 
@@ -20,7 +22,9 @@ use anyhow::Context;
 use plexus_agent::{Agent, AgentConfig};
 use plexus_api::Node;
 use plexus_control::store::EtcdStore;
-use plexus_control::store::etcd::{DEFAULT_PREFIX, endpoint_url};
+use plexus_control::store::etcd::{
+    Credentials, DEFAULT_PREFIX, EtcdError, EtcdOptions, Password, TlsFiles,
+};
 use plexus_control::{ControlPlane, EmbeddedStore, ServerInfo, Store};
 use plexus_runtime::Shutdown;
 use tokio::net::TcpListener;
@@ -46,12 +50,29 @@ pub struct Args {
     /// Where the embedded store keeps its file.
     #[arg(long = "data-dir", default_value = "plexus-data")]
     pub data_dir: PathBuf,
-    /// etcd client endpoints, comma-separated (`host:port` or `http://host:port`).
+    /// etcd client endpoints, comma-separated (`host:port`, `http://host:port` or
+    /// `https://host:port`); requests fail over between them.
     #[arg(long = "etcd-endpoints", value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
-    /// Key prefix of this cluster's records in etcd.
+    /// Key prefix of this cluster's records in etcd: clusters (or other applications) with
+    /// different prefixes share one etcd without seeing each other.
     #[arg(long = "etcd-prefix", default_value = DEFAULT_PREFIX)]
     pub etcd_prefix: String,
+    /// CA bundle (PEM) that signed the etcd members' certificates: talk TLS to etcd.
+    #[arg(long = "etcd-cacert")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's client-certificate authentication (with --etcd-key).
+    #[arg(long = "etcd-cert")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long = "etcd-key")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user (with --etcd-password-file or PLEXUS_ETCD_PASSWORD).
+    #[arg(long = "etcd-username", env = "PLEXUS_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    /// File holding the etcd user's password (one line). Or set PLEXUS_ETCD_PASSWORD.
+    #[arg(long = "etcd-password-file")]
+    pub etcd_password_file: Option<PathBuf>,
     /// HTTP API address; port 0 picks a free port (the bound address is logged). Default:
     /// `client_addr`, else `bind_addr`, else `0.0.0.0`, port 8500: a server's API is also where
     /// agents on other hosts reach it.
@@ -97,35 +118,61 @@ pub struct Args {
     pub dns: super::dns::DnsArgs,
 }
 
+/// The environment variable holding the etcd password (when no file is named).
+pub const ETCD_PASSWORD_ENV: &str = "PLEXUS_ETCD_PASSWORD";
+
 /// The validated store choice.
 #[derive(Debug, Clone)]
 enum StoreChoice {
     Embedded(PathBuf),
-    Etcd {
-        endpoints: Vec<String>,
-        prefix: String,
-    },
+    Etcd(EtcdOptions),
+}
+
+/// The etcd user and password from the flags, the password file or the environment.
+fn credentials(args: &Args) -> Result<Option<Credentials>, String> {
+    let password = match &args.etcd_password_file {
+        Some(path) => Some(Password::new(std::fs::read_to_string(path).map_err(
+            |e| format!("--etcd-password-file: cannot read {}: {e}", path.display()),
+        )?)),
+        None => std::env::var(ETCD_PASSWORD_ENV).ok().map(Password::new),
+    };
+    match (&args.etcd_username, password) {
+        (Some(username), Some(password)) => Ok(Some(Credentials {
+            username: username.clone(),
+            password,
+        })),
+        (Some(_), None) => Err(format!(
+            "--etcd-username needs a password: --etcd-password-file FILE or {ETCD_PASSWORD_ENV}"
+        )),
+        (None, Some(_)) if args.etcd_password_file.is_some() => {
+            Err("--etcd-password-file needs --etcd-username".to_owned())
+        }
+        (None, _) => Ok(None),
+    }
 }
 
 fn store_choice(args: &Args) -> Result<StoreChoice, String> {
     match args.store.as_str() {
         "embedded" => Ok(StoreChoice::Embedded(args.data_dir.clone())),
         "etcd" => {
-            if args.etcd_endpoints.is_empty() {
-                return Err(
-                    "--store etcd needs --etcd-endpoints host:port[,host:port...]".to_owned(),
-                );
-            }
-            for endpoint in &args.etcd_endpoints {
-                endpoint_url(endpoint).map_err(|e| format!("--etcd-endpoints: {e}"))?;
-            }
-            if args.etcd_prefix.is_empty() {
-                return Err("--etcd-prefix must not be empty".to_owned());
-            }
-            Ok(StoreChoice::Etcd {
-                endpoints: args.etcd_endpoints.clone(),
-                prefix: args.etcd_prefix.clone(),
-            })
+            let tls = match &args.etcd_cacert {
+                Some(ca) => Some(
+                    TlsFiles::read(ca, args.etcd_cert.as_deref(), args.etcd_key.as_deref())
+                        .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?,
+                ),
+                None if args.etcd_cert.is_some() || args.etcd_key.is_some() => {
+                    return Err("--etcd-cert and --etcd-key need --etcd-cacert".to_owned());
+                }
+                None => None,
+            };
+            let options = EtcdOptions::build(
+                &args.etcd_endpoints,
+                &args.etcd_prefix,
+                tls,
+                credentials(args)?,
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(StoreChoice::Etcd(options))
         }
         other => Err(format!(
             "--store {other:?} is not a store: expected \"embedded\" or \"etcd\""
@@ -445,20 +492,24 @@ async fn open_store(
             info!(path = %store.path().display(), "using embedded store");
             Ok(Some(Arc::new(store)))
         }
-        StoreChoice::Etcd { endpoints, prefix } => {
+        StoreChoice::Etcd(options) => {
+            let endpoints = options.endpoints.join(",");
             let mut backoff =
                 plexus_runtime::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
             loop {
                 let delay = backoff.next_delay();
-                match EtcdStore::connect(endpoints, prefix).await {
+                match EtcdStore::open(options.clone()).await {
                     Ok(store) => {
-                        info!(endpoints = %endpoints.join(","), %prefix, "using etcd store");
+                        info!(%endpoints, prefix = %options.prefix, "using etcd store");
                         return Ok(Some(Arc::new(store)));
+                    }
+                    Err(error) if !is_transient(&error) => {
+                        return Err(anyhow::Error::new(error).context("cannot use the etcd store"));
                     }
                     Err(error) => {
                         warn!(
                             error = %plexus_runtime::ErrorChain(&error),
-                            endpoints = %endpoints.join(","),
+                            %endpoints,
                             retry_in = ?delay,
                             "cannot reach etcd; retrying"
                         );
@@ -471,4 +522,17 @@ async fn open_store(
             }
         }
     }
+}
+
+/// True when an etcd start-up failure may go away by itself (nothing reachable yet, an election);
+/// a wrong CA, password or permission will not.
+fn is_transient(error: &plexus_control::StoreError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if let Some(etcd) = cause.downcast_ref::<EtcdError>() {
+            return etcd.is_transient();
+        }
+        source = cause.source();
+    }
+    true
 }

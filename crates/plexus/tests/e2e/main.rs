@@ -21,6 +21,7 @@ mod envoy;
 mod envoy_certs;
 mod envoy_l7;
 mod envoy_xds;
+mod etcd;
 mod events;
 mod events_connector;
 mod events_lang;
