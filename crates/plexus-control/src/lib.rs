@@ -17,6 +17,7 @@
 //! - [`kv`]: Consul's `/v1/kv/*`.
 //! - [`remote`]: the endpoints remote agents write their node through, and node liveness by lease.
 //! - [`operator`]: servers, store backend and members, proxies' acknowledged revisions.
+//! - [`snapshot`]: backups of the whole store (`/v1/snapshot`) and the store's metrics.
 //! - Store backends: [`store::EmbeddedStore`] (one file) and [`store::EtcdStore`] (etcd cluster).
 //!
 //! - [`ca`]: the built-in CA (`/v1/connect/ca/*`, `/v1/agent/connect/ca/leaf/*`).
@@ -39,6 +40,7 @@ pub mod kv;
 pub mod operator;
 pub mod presence;
 pub mod remote;
+pub mod snapshot;
 pub mod store;
 pub mod ui;
 
@@ -175,6 +177,7 @@ impl ControlPlane {
             .merge(kv::api::router(kv::Kv::new(self.store())))
             .merge(remote::api::router(self.catalog()))
             .merge(operator::router(self.store(), self.info.node_name.clone()))
+            .merge(snapshot::router(self.store()))
             .merge(ca::api::router(self.ca()))
             .merge(ca::auto_encrypt::router(
                 self.ca(),

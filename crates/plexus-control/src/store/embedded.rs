@@ -24,6 +24,7 @@ use redb::{Database, Durability, ReadableTable, Table, TableDefinition};
 use tokio::sync::{Notify, watch};
 
 use super::history::{History, KEPT_REVISIONS};
+use super::integrity;
 use super::lease::LeaseTable;
 use super::{
     BoxError, Change, Compare, KeyValue, LeaseId, Op, Store, StoreError, Txn, TxnResult,
@@ -48,6 +49,7 @@ pub struct EmbeddedStore {
     path: PathBuf,
     history: Arc<History>,
     leases: Arc<Leases>,
+    metrics: Arc<super::metrics::StoreMetrics>,
 }
 
 /// In-memory lease deadlines and the expiry task's wake-up.
@@ -95,9 +97,20 @@ impl EmbeddedStore {
             path: path.clone(),
             source,
         };
-        plexus_runtime::private_fs::create_file(&path).map_err(|e| open_error(e.into()))?;
-        let db = Database::create(&path).map_err(|e| open_error(boxed(e)))?;
-        let (revision, stored_leases) = init_tables(&db).map_err(open_error)?;
+        let exists = integrity::check_before_open(dir, &path, FILE_NAME)?;
+        let db = if exists {
+            let mut db = integrity::guarded(&path, || {
+                Database::open(&path).map_err(|e| format!("cannot open it: {e}"))
+            })?;
+            integrity::verify(&mut db, &path, KV, |key, record| {
+                decode(key, record).is_ok()
+            })?;
+            db
+        } else {
+            create_new(dir, &path).map_err(open_error)?
+        };
+        let (revision, stored_leases) =
+            integrity::guarded(&path, || init_tables(&db).map_err(|e| e.to_string()))?;
         tracing::debug!(path = %path.display(), revision, leases = stored_leases.len(), "store opened");
         let leases = Leases::default();
         {
@@ -114,6 +127,7 @@ impl EmbeddedStore {
             path,
             history: Arc::new(History::new(revision, kept_revisions)),
             leases: Arc::new(leases),
+            metrics: Arc::default(),
         };
         if !stored_leases.is_empty() {
             store.start_expiry();
@@ -157,9 +171,27 @@ impl EmbeddedStore {
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
         let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|source| StoreError::Task { source })?
+        let path = self.path.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            // A damaged page can make redb panic: that is a failed read, not a dead task.
+            integrity::catch_quietly(|| f(&db)).unwrap_or_else(|panic| {
+                Err(StoreError::Damaged {
+                    path,
+                    reason: integrity::panic_message(&*panic),
+                })
+            })
+        })
+        .await
+        .map_err(|source| StoreError::Task { source })?;
+        if let Err(error) = &result {
+            self.metrics.failed(error);
+        }
+        result
+    }
+
+    /// The store's counters.
+    pub fn metrics(&self) -> &super::metrics::StoreMetrics {
+        &self.metrics
     }
 }
 
@@ -239,6 +271,19 @@ async fn expire_leases(weak: WeakStore) {
             return;
         }
     }
+}
+
+/// Creates a new database file under a temporary name and renames it into place once it is
+/// initialised, so that a crash during creation leaves no empty data file behind.
+fn create_new(dir: &Path, path: &Path) -> Result<Database, BoxError> {
+    let creating = dir.join(integrity::creating_name(FILE_NAME));
+    let _ = std::fs::remove_file(&creating);
+    plexus_runtime::private_fs::create_file(&creating)?;
+    let db = Database::create(&creating).map_err(boxed)?;
+    init_tables(&db)?;
+    std::fs::rename(&creating, path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(db)
 }
 
 /// Creates the tables; returns the stored revision and leases.
@@ -556,6 +601,29 @@ impl Store for EmbeddedStore {
             }
         });
         Ok(rx)
+    }
+
+    async fn range_unleased(&self) -> Result<Option<(Vec<KeyValue>, u64)>, StoreError> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let meta = tx.open_table(META).map_err(backend)?;
+            let revision = meta.get(REVISION_KEY).map_err(backend)?.map(|g| g.value());
+            let kv = tx.open_table(KV).map_err(backend)?;
+            let leased = tx.open_table(LEASED).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in kv.iter().map_err(backend)? {
+                let (key, record) = entry.map_err(backend)?;
+                if leased.get(key.value()).map_err(backend)?.is_none() {
+                    out.push(decode(key.value(), record.value())?);
+                }
+            }
+            Ok(Some((out, revision.unwrap_or(0))))
+        })
+        .await
+    }
+
+    fn metrics_text(&self) -> String {
+        self.metrics.encode()
     }
 
     async fn status(&self) -> super::StoreStatus {

@@ -27,6 +27,7 @@ mod l7_endpoints;
 mod l7_limits;
 mod l7_protocols;
 mod registration;
+mod robust;
 mod shutdown;
 mod sidecar;
 mod tls;
