@@ -85,7 +85,16 @@ impl ControlPlane {
     ///
     /// Blocking (opens and may create the database file): call it at start-up.
     pub fn open_embedded(data_dir: &Path, info: ServerInfo) -> Result<Self, ControlError> {
-        let store = EmbeddedStore::open(data_dir).map_err(ControlError::Store)?;
+        Self::open_embedded_with(data_dir, info, store::embedded::EmbeddedLimits::default())
+    }
+
+    /// Like [`ControlPlane::open_embedded`], with the store's memory bounds.
+    pub fn open_embedded_with(
+        data_dir: &Path,
+        info: ServerInfo,
+        limits: store::embedded::EmbeddedLimits,
+    ) -> Result<Self, ControlError> {
+        let store = EmbeddedStore::open_with(data_dir, limits).map_err(ControlError::Store)?;
         Ok(Self::with_store(Arc::new(store), info))
     }
 

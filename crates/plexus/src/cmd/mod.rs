@@ -17,6 +17,7 @@ pub mod events_app;
 pub mod health;
 pub mod intention;
 pub mod kv;
+pub mod limits;
 pub mod operator;
 pub mod proxy;
 pub mod server;

@@ -28,6 +28,7 @@ mod l7_limits;
 mod l7_protocols;
 mod registration;
 mod robust;
+mod robust_conns;
 mod shutdown;
 mod sidecar;
 mod tls;

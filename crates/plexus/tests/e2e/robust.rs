@@ -305,3 +305,88 @@ async fn cli_fails_over_to_the_next_address() {
         assert!(!err.contains("panicked"));
     }
 }
+
+/// A process's resident set (current, peak) in bytes, from /proc.
+pub fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The peak RSS a KV flood may take `plexus dev` to with the default limits (docs/limits.md).
+const KV_FLOOD_RSS_BOUND: u64 = 300 * 1024 * 1024;
+
+/// The KV flood: 500 KB values written over and over to one key. The change history is
+/// bounded by bytes (64 MiB by default), so the peak RSS stays under the documented bound where
+/// it used to grow by each value (10,000 revisions kept: 1.5 GB after 3,000 writes). Watches
+/// still work after it (a blocking query wakes for the next write).
+#[tokio::test]
+async fn kv_flood_keeps_rss_under_the_documented_bound() {
+    let dev = crate::dev(&[]).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/kv/same/key", dev.addr());
+    let writes = 1200_usize;
+    let value = vec![b'v'; 500 * 1000];
+    let started = std::time::Instant::now();
+    for _ in 0..writes {
+        let response = http.put(&url).body(value.clone()).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let (now, peak) = rss(dev.process.pid());
+    eprintln!(
+        "kv flood: {writes} writes of 500 KB in {:?}; RSS {} MiB, peak {} MiB",
+        started.elapsed(),
+        now >> 20,
+        peak >> 20
+    );
+    assert!(peak < KV_FLOOD_RSS_BOUND, "peak RSS {} MiB", peak >> 20);
+    let metrics = http
+        .get(format!("http://{}/v1/operator/store/metrics", dev.addr()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("plexus_store_history_evicted_total"),
+        "{metrics}"
+    );
+    let bytes_line = metrics
+        .lines()
+        .find(|l| l.starts_with("plexus_store_history_bytes "))
+        .unwrap();
+    let bytes: u64 = bytes_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(bytes <= 64 * 1024 * 1024, "{bytes_line}");
+    // The store still answers and watches still wake.
+    let index = dev
+        .client
+        .kv_get("same/key", Default::default())
+        .await
+        .unwrap()
+        .index;
+    let waiter = tokio::spawn({
+        let url = format!("{url}?index={index}&wait=20s");
+        async move { reqwest::get(&url).await.unwrap().status() }
+    });
+    assert!(
+        dev.client
+            .kv_put("same/key", b"small".to_vec(), 0, None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(waiter.await.unwrap(), 200);
+}
