@@ -36,6 +36,9 @@ pub enum AgentError {
     /// The catalog refused or failed the write (status depends on the cause).
     #[error("catalog operation failed")]
     Catalog(#[source] CatalogError),
+    /// The caller's token lacks a permission (403 with Consul's message).
+    #[error(transparent)]
+    Denied(#[from] plexus_api::acl::Denied),
 }
 
 impl From<CatalogError> for AgentError {
@@ -58,6 +61,7 @@ impl From<AgentError> for ApiError {
                 ApiError::conflict(message).with_field(field)
             }
             e @ AgentError::NotTtl { .. } => ApiError::bad_request(e.to_string()),
+            AgentError::Denied(denied) => ApiError::from(denied),
             AgentError::Catalog(CatalogError::NotFound { kind, id }) => {
                 ApiError::not_found(format!("{kind} {id:?} not found"))
             }

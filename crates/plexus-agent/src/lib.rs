@@ -13,11 +13,13 @@
 //!               └─ alias runners (driven by the index watch)          ─► Catalog::update_check
 //! ```
 //!
-//! Main types: [`Agent`] (cheap to clone), [`AgentConfig`], [`AgentError`].
+//! Main types: [`Agent`] (cheap to clone), [`AgentConfig`], [`AgentError`];
+//! [`acl::RemoteResolver`] (a remote agent's token resolution through a server, cached).
 //!
 //! It does not: store anything itself (the catalog is the only state besides TTL timers), start
 //! sidecar processes, keep a node lease, or run HTTPS/TLS probes (those report `critical`).
 
+pub mod acl;
 mod api;
 mod check;
 mod error;
@@ -42,6 +44,9 @@ pub struct AgentConfig {
     pub node: Node,
     /// Whether this agent runs inside a server (shown by `/v1/agent/self`).
     pub server: bool,
+    /// How requests' tokens become authorizers at the agent API's edge (default: ACLs
+    /// disabled). A server's agent shares the control plane's; a remote agent asks a server.
+    pub acl: plexus_runtime::acl::Resolver,
 }
 
 /// The node agent. Cheap to clone: every clone shares one state.
@@ -109,9 +114,9 @@ impl Agent {
         })
     }
 
-    /// The `/v1/agent/*` routes (no fallback: the binary sets one).
+    /// The `/v1/agent/*` routes (no fallback: the binary sets one), behind the ACL edge.
     pub fn router(&self) -> axum::Router {
-        api::router(self.clone())
+        plexus_runtime::acl::layer(api::router(self.clone()), self.inner.config.acl.clone())
     }
 
     /// This agent's node name.

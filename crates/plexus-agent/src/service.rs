@@ -1,5 +1,6 @@
 //! Registering and deregistering services on this node, and TTL check updates.
 
+use plexus_api::acl::Authorizer;
 use plexus_api::validate::validate_service;
 use plexus_api::{
     AgentService, Catalog, CatalogError, CheckStatus, CheckType, Registration, ServiceRegistration,
@@ -19,6 +20,16 @@ impl Agent {
     /// re-registered). Fails with [`AgentError::Conflict`] when a proxy port or an upstream
     /// listener is already used by another service on this node.
     pub async fn register(&self, reg: &ServiceRegistration) -> Result<Vec<String>, AgentError> {
+        self.register_as(reg, &Authorizer::allow_all()).await
+    }
+
+    /// Like [`Agent::register`] for a caller: its token needs `service:write` on every service
+    /// the registration makes (the service, its sidecar, and a proxy's destination).
+    pub async fn register_as(
+        &self,
+        reg: &ServiceRegistration,
+        authz: &Authorizer,
+    ) -> Result<Vec<String>, AgentError> {
         let inner = &self.inner;
         let node = inner.config.node.node.as_str();
         let _writes = inner.writes.lock().await;
@@ -38,6 +49,14 @@ impl Agent {
         let mut next_port = || ports::next_free_port(&others, &reserved, previous_port);
         let validated =
             validate_service(reg, &inner.defaults, &mut next_port).map_err(AgentError::Invalid)?;
+        for v in &validated {
+            authz.require_service_write(&v.service.service)?;
+            if let Some(proxy) = &v.service.proxy
+                && !proxy.destination_service_name.is_empty()
+            {
+                authz.require_service_write(&proxy.destination_service_name)?;
+            }
+        }
         if let Some(Clash { field, message }) = ports::find_clash(&validated, &others) {
             return Err(AgentError::Conflict { field, message });
         }
@@ -78,8 +97,30 @@ impl Agent {
     /// Deregisters a service and the sidecar registered with it (any connect-proxy whose
     /// destination is this instance). [`AgentError::NotFound`] when it is not on this node.
     pub async fn deregister(&self, service_id: &str) -> Result<(), AgentError> {
+        self.deregister_as(service_id, &Authorizer::allow_all())
+            .await
+    }
+
+    /// Like [`Agent::deregister`] for a caller, whose token needs `service:write` on the
+    /// service.
+    pub async fn deregister_as(
+        &self,
+        service_id: &str,
+        authz: &Authorizer,
+    ) -> Result<(), AgentError> {
         let inner = &self.inner;
         let node = inner.config.node.node.as_str();
+        if authz.enforcing() {
+            let services = inner.catalog.node_services(node).await?.value;
+            let service = services
+                .iter()
+                .find(|s| s.id == service_id)
+                .ok_or_else(|| AgentError::NotFound {
+                    kind: "service",
+                    id: service_id.to_owned(),
+                })?;
+            authz.require_service_write(&service.service)?;
+        }
         let _writes = inner.writes.lock().await;
         let removed = deregister_with_sidecars(inner.catalog.as_ref(), node, service_id).await?;
         let mut registered = self.registered();
@@ -118,6 +159,19 @@ impl Agent {
         status: CheckStatus,
         output: &str,
     ) -> Result<(), AgentError> {
+        self.update_ttl_as(check_id, status, output, &Authorizer::allow_all())
+            .await
+    }
+
+    /// Like [`Agent::update_ttl`] for a caller: a service's check needs `service:write` on the
+    /// service, a node check `node:write` on this node.
+    pub async fn update_ttl_as(
+        &self,
+        check_id: &str,
+        status: CheckStatus,
+        output: &str,
+        authz: &Authorizer,
+    ) -> Result<(), AgentError> {
         let inner = &self.inner;
         let node = inner.config.node.node.as_str();
         let checks = inner.catalog.node_checks(node).await?.value;
@@ -128,6 +182,11 @@ impl Agent {
                 kind: "check",
                 id: check_id.to_owned(),
             })?;
+        if check.service_name.is_empty() {
+            authz.require_node_write(node)?;
+        } else {
+            authz.require_service_write(&check.service_name)?;
+        }
         if check.check_type != Some(CheckType::Ttl) {
             return Err(AgentError::NotTtl {
                 check_id: check_id.to_owned(),

@@ -30,6 +30,7 @@ async fn agent() -> (Agent, Arc<MemCatalog>, Shutdown) {
             ..Node::default()
         },
         server: false,
+        acl: Default::default(),
     };
     let agent = Agent::start(config, catalog.clone(), &shutdown)
         .await

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use crate::acl::SecretId;
 use crate::catalog::Indexed;
 use crate::error::ErrorBody;
 use crate::kv::KvPair;
@@ -13,6 +14,7 @@ use crate::model::{
 };
 use crate::registration::ServiceRegistration;
 
+mod acl;
 mod config;
 mod connect;
 mod tls;
@@ -22,6 +24,14 @@ pub use connect::IntentionSet;
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 /// The environment variable naming the control plane's HTTP address.
 pub const HTTP_ADDR_ENV: &str = "PLEXUS_HTTP_ADDR";
+/// The environment variable holding the ACL token clients send.
+pub const HTTP_TOKEN_ENV: &str = "PLEXUS_HTTP_TOKEN";
+/// The environment variable naming a file holding the ACL token.
+pub const HTTP_TOKEN_FILE_ENV: &str = "PLEXUS_HTTP_TOKEN_FILE";
+/// Consul's name for [`HTTP_TOKEN_ENV`], also read.
+pub const CONSUL_HTTP_TOKEN_ENV: &str = "CONSUL_HTTP_TOKEN";
+/// Consul's name for [`HTTP_TOKEN_FILE_ENV`], also read.
+pub const CONSUL_HTTP_TOKEN_FILE_ENV: &str = "CONSUL_HTTP_TOKEN_FILE";
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -155,6 +165,69 @@ pub fn resolve_addr(flag: Option<&str>) -> String {
         .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned())
 }
 
+/// Why the ACL token could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The token file could not be read.
+    #[error("cannot read the token file {path}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The token file holds no token.
+    #[error("the token file {path} is empty")]
+    Empty {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+}
+
+/// Reads a token file (surrounding whitespace removed; an empty file is an error).
+pub fn read_token_file(path: &std::path::Path) -> Result<SecretId, TokenError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(TokenError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(SecretId::new(token))
+}
+
+/// The ACL token a client sends, in Consul's order: `--token`, `--token-file`,
+/// `PLEXUS_HTTP_TOKEN`, `PLEXUS_HTTP_TOKEN_FILE`, `CONSUL_HTTP_TOKEN`, `CONSUL_HTTP_TOKEN_FILE`.
+/// `None`: no token (the anonymous token).
+pub fn resolve_token(
+    flag: Option<&SecretId>,
+    file_flag: Option<&std::path::Path>,
+) -> Result<Option<SecretId>, TokenError> {
+    if let Some(token) = flag.filter(|t| !t.is_empty()) {
+        return Ok(Some(token.clone()));
+    }
+    if let Some(path) = file_flag {
+        return read_token_file(path).map(Some);
+    }
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    for (token_var, file_var) in [
+        (HTTP_TOKEN_ENV, HTTP_TOKEN_FILE_ENV),
+        (CONSUL_HTTP_TOKEN_ENV, CONSUL_HTTP_TOKEN_FILE_ENV),
+    ] {
+        if let Some(token) = env(token_var) {
+            return Ok(Some(SecretId::new(token.trim())));
+        }
+        if let Some(path) = env(file_var) {
+            return read_token_file(std::path::Path::new(&path)).map(Some);
+        }
+    }
+    Ok(None)
+}
+
 /// How a client reaches the control plane beyond its addresses.
 #[derive(Debug, Clone, Default)]
 pub struct ClientOptions {
@@ -171,10 +244,13 @@ pub struct ClientOptions {
 /// server is tried at once (a request that may have reached a server is never repeated
 /// elsewhere); callers back off (jittered) after an [`ClientError::Unreachable`]. While no server
 /// answers, [`Client::stale_since`] says since when: proxies show it on their admin endpoint.
+///
+/// With a token ([`Client::with_token`]) every request carries it in `X-Consul-Token`.
 #[derive(Debug, Clone)]
 pub struct Client {
     servers: std::sync::Arc<Servers>,
     http: reqwest::Client,
+    token: Option<SecretId>,
 }
 
 #[derive(Debug)]
@@ -231,7 +307,19 @@ impl Client {
                 stale_since: std::sync::Mutex::new(None),
             }),
             http,
+            token: None,
         })
+    }
+
+    /// The same client sending `token` (`None`: no token, i.e. anonymous) with every request.
+    pub fn with_token(mut self, token: Option<SecretId>) -> Self {
+        self.token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    /// The token this client sends, if any.
+    pub fn token(&self) -> Option<&SecretId> {
+        self.token.as_ref()
     }
 
     /// The base URL of the server requests currently go to.
@@ -276,7 +364,20 @@ impl Client {
         &self,
         build: impl Fn(&str) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
+        self.send_as(self.token.as_ref(), build).await
+    }
+
+    /// Like `send`, with `token` instead of the client's own.
+    async fn send_as(
+        &self,
+        token: Option<&SecretId>,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
         use std::sync::atomic::Ordering;
+        let build = |base: &str| match token {
+            Some(token) => build(base).header(crate::acl::TOKEN_HEADER, token.expose()),
+            None => build(base),
+        };
         let count = self.servers.bases.len();
         let start = self.servers.current.load(Ordering::Relaxed);
         let mut step = 0;
@@ -560,7 +661,7 @@ impl Client {
             .await
     }
 
-    async fn send_bool(
+    pub(crate) async fn send_bool(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -767,16 +868,18 @@ impl Client {
 
     /// Sends any request (`path_and_query` as given) to the servers with failover and returns
     /// the answer as it is, whatever its status: for agents passing requests on to servers.
-    /// Waits long enough for the longest blocking query.
+    /// Waits long enough for the longest blocking query. The request carries `token` (the
+    /// caller's, not this client's own; `None`: anonymous).
     pub async fn forward(
         &self,
         method: reqwest::Method,
         path_and_query: &str,
         content_type: Option<&str>,
         body: Vec<u8>,
+        token: Option<&SecretId>,
     ) -> Result<reqwest::Response, ClientError> {
         const LONGEST: Duration = Duration::from_secs(11 * 60);
-        self.send(|base| {
+        self.send_as(token, |base| {
             let mut request = self
                 .http
                 .request(method.clone(), format!("{base}{path_and_query}"))

@@ -197,7 +197,8 @@ pub struct SignRequest {
 }
 
 /// A signed leaf certificate, in the shape of Consul's `/v1/agent/connect/ca/leaf/:service`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Debug` leaves out the private key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuedCert {
     /// Serial number, colon hex.
     #[serde(rename = "SerialNumber")]
@@ -238,6 +239,20 @@ pub struct IssuedCert {
     /// Same as `CreateIndex`.
     #[serde(rename = "ModifyIndex", default)]
     pub modify_index: u64,
+}
+
+impl std::fmt::Debug for IssuedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCert")
+            .field("serial_number", &self.serial_number)
+            .field("service", &self.service)
+            .field("service_uri", &self.service_uri)
+            .field("valid_after", &self.valid_after)
+            .field("valid_before", &self.valid_before)
+            .field("root_id", &self.root_id)
+            .field("private_key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]

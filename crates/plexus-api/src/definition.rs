@@ -21,7 +21,7 @@
 //! (`layout`).
 
 mod hcl_body;
-mod layout;
+pub(crate) mod layout;
 pub(crate) mod locate;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! Plexus's resource model, at the wire boundary.
 //!
+//! - [`acl`]: ACL tokens, policies, roles, the rule language and the [`acl::Authorizer`].
 //! - [`registration`]: service and check registrations *as written* (API bodies, HCL/JSON files), in
 //!   Consul's shape, unknown fields rejected.
 //! - [`validate`]: turns a registration into catalog records, applying defaults and expanding
@@ -26,6 +27,7 @@
 //!
 //! This crate does no I/O except in [`client`] and [`definition`] (reading files).
 
+pub mod acl;
 pub mod actuator;
 pub mod agent_config;
 pub mod auto_encrypt;

@@ -22,6 +22,8 @@
 //!
 //! - [`ca`]: the built-in CA (`/v1/connect/ca/*`, `/v1/agent/connect/ca/leaf/*`).
 //! - [`intentions`]: `/v1/connect/intentions*`, `/v1/agent/connect/authorize`.
+//! - [`acl`]: tokens, policies and roles in the store, token resolution for the ACL edge,
+//!   `/v1/acl/*`.
 //! - [`dns`]: the DNS interface (Consul's names) over the catalog index.
 //! - [`ui`]: the web UI at `/ui/`, `/v1/mesh/services` and `/v1/mesh/topology`.
 //!
@@ -30,6 +32,7 @@
 //! [`ControlPlane::router`] with the agent's router and serves it with
 //! `plexus_runtime::http::serve`.
 
+pub mod acl;
 pub mod api;
 pub mod ca;
 pub mod catalog;
@@ -69,6 +72,8 @@ pub struct ControlPlane {
     info: ServerInfo,
     ca: Arc<ca::CertificateAuthority>,
     intentions: Arc<intentions::Intentions>,
+    acl: Arc<acl::Acl>,
+    resolver: plexus_runtime::acl::Resolver,
     auto_encrypt: ca::auto_encrypt::AutoEncrypt,
 }
 
@@ -114,6 +119,7 @@ impl ControlPlane {
             Arc::clone(&store),
             plexus_api::connect::DefaultPolicy::Deny,
         ));
+        let acl = Arc::new(acl::Acl::new(Arc::clone(&store), acl::AclConfig::default()));
         Self {
             catalog,
             presence,
@@ -121,8 +127,33 @@ impl ControlPlane {
             info,
             ca,
             intentions,
+            resolver: plexus_runtime::acl::Resolver(acl.clone()),
+            acl,
             auto_encrypt: ca::auto_encrypt::AutoEncrypt::default(),
         }
+    }
+
+    /// Replaces the ACL settings (before serving; default: ACLs disabled). Requests' tokens
+    /// are then resolved by this ACL system; call [`acl::Acl::start`] on [`ControlPlane::acl`]
+    /// before serving.
+    pub fn configure_acl(&mut self, config: acl::AclConfig) {
+        self.acl = Arc::new(acl::Acl::new(self.store(), config));
+        self.resolver = plexus_runtime::acl::Resolver(self.acl.clone());
+    }
+
+    /// The ACL system.
+    pub fn acl(&self) -> Arc<acl::Acl> {
+        Arc::clone(&self.acl)
+    }
+
+    /// Sets how requests' tokens become authorizers (default: ACLs disabled, everything allowed).
+    pub fn set_resolver(&mut self, resolver: plexus_runtime::acl::Resolver) {
+        self.resolver = resolver;
+    }
+
+    /// How requests' tokens become authorizers (the agent of the same process shares it).
+    pub fn resolver(&self) -> plexus_runtime::acl::Resolver {
+        self.resolver.clone()
     }
 
     /// Keeps the CA's private keys wrapped under `kek` in the store. Call before anything else
@@ -178,8 +209,13 @@ impl ControlPlane {
     }
 
     /// The HTTP API routes (catalog, health, status, KV, CA, intentions, event-mesh presence,
-    /// remote agents, operator) with the JSON 404 fallback.
+    /// remote agents, operator) with the JSON 404 fallback, behind the ACL edge: every request's
+    /// token is resolved once into the `Authorizer` handlers take (`plexus_runtime::acl::Authz`).
     pub fn router(&self) -> axum::Router {
+        plexus_runtime::acl::layer(self.routes(), self.resolver())
+    }
+
+    fn routes(&self) -> axum::Router {
         api::router(self.catalog(), self.info.clone())
             .merge(presence::ws::router(self.presence()))
             .merge(presence::actuator::router(self.presence()))
@@ -199,6 +235,7 @@ impl ControlPlane {
             .merge(config::api::router(std::sync::Arc::new(
                 config::ConfigEntries::new(self.store()),
             )))
+            .merge(acl::api::router(self.acl()))
             .merge(ui::router(self.catalog(), self.store()))
     }
 }

@@ -5,6 +5,9 @@
 //! - `GET /v1/operator/plexus`: [`OperatorView`].
 //! - `PUT /v1/internal/proxy/{id}/ack?revision=N[&admin=ADDR]`: a proxy says it applied revision
 //!   `N` (and where its admin listener, with its metrics, is).
+//!
+//! ACLs: the view needs `operator:read`; an acknowledgement `service:write` on the proxy
+//! service (a sidecar's own token has it).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,6 +18,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use plexus_api::operator::{MemberView, OperatorView, ProxyAck, ServerRecord, StoreView};
+use plexus_runtime::acl::Authz;
 use plexus_runtime::http::{ApiError, QueryParams};
 use tokio_util::sync::CancellationToken;
 
@@ -48,7 +52,8 @@ fn unavailable(error: crate::StoreError) -> ApiError {
     ApiError::unavailable("the store is unavailable")
 }
 
-async fn view(State(state): State<OperatorState>) -> Result<Response, ApiError> {
+async fn view(State(state): State<OperatorState>, authz: Authz) -> Result<Response, ApiError> {
+    authz.require_operator_read()?;
     let (servers, _) = state
         .store
         .range(SERVERS_PREFIX)
@@ -89,8 +94,23 @@ async fn view(State(state): State<OperatorState>) -> Result<Response, ApiError> 
     Ok(axum::Json(view).into_response())
 }
 
+/// The service name of the registered service instance `id` (any node).
+async fn service_name_of(store: &dyn Store, id: &str) -> Result<Option<String>, ApiError> {
+    let (records, _) = store
+        .range(crate::catalog::keys::SERVICES)
+        .await
+        .map_err(unavailable)?;
+    Ok(records.iter().find_map(|kv| {
+        serde_json::from_slice::<plexus_api::AgentService>(&kv.value)
+            .ok()
+            .filter(|s| s.id == id)
+            .map(|s| s.service)
+    }))
+}
+
 async fn ack(
     State(state): State<OperatorState>,
+    authz: Authz,
     id: Result<Path<String>, PathRejection>,
     params: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -101,6 +121,10 @@ async fn ack(
         .ok_or_else(|| {
             ApiError::invalid_field("revision", "revision must be a non-negative integer")
         })?;
+    let name = service_name_of(state.store.as_ref(), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no service {id:?} is registered")))?;
+    authz.require_service_write(&name)?;
     let admin_addr = match params.get("admin") {
         None | Some("") => String::new(),
         Some(admin) => admin

@@ -5,7 +5,10 @@
 //!   checksum over its entries. `plexus operator backup FILE` saves it.
 //! - `PUT /v1/snapshot`: replaces the store's contents with a snapshot's (the checksum is checked
 //!   first; a damaged or foreign file is 400 and nothing changes). `plexus operator restore FILE`.
-//! - `GET /v1/operator/store/metrics`: the store's counters (Prometheus text).
+//! - `GET /v1/operator/store/metrics`: the store's counters (Prometheus text), `operator:read`.
+//!
+//! Saving and restoring need a management token (`acl:write` and `operator:write`): a snapshot
+//! holds every ACL token's secret and the CA's keys.
 //!
 //! Leased keys (agent liveness, server announcements, presence) are left out: they belong to
 //! processes that renew them and would otherwise come back as permanent keys. Their holders write
@@ -28,6 +31,7 @@ use axum::routing::get;
 use base64::Engine as _;
 use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
+use plexus_runtime::acl::Authz;
 use plexus_runtime::http::ApiError;
 use serde::{Deserialize, Serialize};
 
@@ -259,7 +263,17 @@ fn store_failed(error: StoreError) -> ApiError {
     }
 }
 
-async fn save(State(store): State<Arc<dyn Store>>) -> Result<Response, ApiError> {
+/// A snapshot holds every token's secret and the CA's keys: saving or restoring one needs a
+/// token that could read (and write) all of it, `acl:write` and `operator:write` (a management
+/// token), as Consul asks.
+fn require_management(authz: &Authz) -> Result<(), ApiError> {
+    authz.require_acl_write()?;
+    authz.require_operator_write()?;
+    Ok(())
+}
+
+async fn save(State(store): State<Arc<dyn Store>>, authz: Authz) -> Result<Response, ApiError> {
+    require_management(&authz)?;
     let snapshot = take(&*store).await.map_err(store_failed)?;
     tracing::info!(
         revision = snapshot.revision,
@@ -274,7 +288,12 @@ async fn save(State(store): State<Arc<dyn Store>>) -> Result<Response, ApiError>
     Ok(response)
 }
 
-async fn load(State(store): State<Arc<dyn Store>>, request: Request) -> Result<Response, ApiError> {
+async fn load(
+    State(store): State<Arc<dyn Store>>,
+    authz: Authz,
+    request: Request,
+) -> Result<Response, ApiError> {
+    require_management(&authz)?;
     let body = http_body_util::Limited::new(request.into_body(), MAX_SNAPSHOT_BYTES)
         .collect()
         .await
@@ -305,13 +324,14 @@ async fn load(State(store): State<Arc<dyn Store>>, request: Request) -> Result<R
     Ok(axum::Json(serde_json::json!({ "Restored": keys, "Index": revision })).into_response())
 }
 
-async fn metrics(State(store): State<Arc<dyn Store>>) -> Response {
+async fn metrics(State(store): State<Arc<dyn Store>>, authz: Authz) -> Result<Response, ApiError> {
+    authz.require_operator_read()?;
     let mut response = store.metrics_text().into_response();
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
-    response
+    Ok(response)
 }
 
 #[cfg(test)]

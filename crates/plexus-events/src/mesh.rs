@@ -11,6 +11,7 @@
 //! | `kafka.bootstrap` | `PLEXUS_KAFKA_BOOTSTRAP` | Kafka bootstrap `host:port` |
 //! | `presence.control` | `PLEXUS_PRESENCE_CONTROL` | control plane `host:port`, or several replicas `host:port,host:port` tried in turn (needed with a connector) |
 //! | `presence.group` | `PLEXUS_PRESENCE_GROUP` | presence group (default `default`) |
+//! | `presence.token` | `PLEXUS_PRESENCE_TOKEN` | ACL token for presence (`service:write` on the app's name; needed when the control plane enforces ACLs) |
 //!
 //! A properties file has one `key = value` per line; `#` and `!` start comments. Unknown keys are
 //! errors naming the line.
@@ -43,6 +44,8 @@ pub struct MeshConfig {
     pub control: Option<String>,
     /// `presence.group` (default `default`).
     pub group: String,
+    /// `presence.token`: the ACL token sent when joining presence (never shown by `Debug`).
+    pub token: Option<plexus_api::acl::SecretId>,
 }
 
 impl Default for MeshConfig {
@@ -53,6 +56,7 @@ impl Default for MeshConfig {
             kafka_bootstrap: None,
             control: None,
             group: "default".to_owned(),
+            token: None,
         }
     }
 }
@@ -62,12 +66,13 @@ impl Default for MeshConfig {
 #[error("{}", .0.join("; "))]
 pub struct ConfigError(pub Vec<String>);
 
-const KEYS: [(&str, &str); 5] = [
+const KEYS: [(&str, &str); 6] = [
     ("cloud.connector", "PLEXUS_CLOUD_CONNECTOR"),
     ("nats.url", "PLEXUS_NATS_URL"),
     ("kafka.bootstrap", "PLEXUS_KAFKA_BOOTSTRAP"),
     ("presence.control", "PLEXUS_PRESENCE_CONTROL"),
     ("presence.group", "PLEXUS_PRESENCE_GROUP"),
+    ("presence.token", "PLEXUS_PRESENCE_TOKEN"),
 ];
 
 impl MeshConfig {
@@ -81,6 +86,10 @@ impl MeshConfig {
             "nats.url" => self.nats_url = Some(value.to_owned()),
             "kafka.bootstrap" => self.kafka_bootstrap = Some(value.to_owned()),
             "presence.control" => self.control = Some(value.to_owned()),
+            "presence.token" => {
+                self.token =
+                    Some(plexus_api::acl::SecretId::new(value.trim())).filter(|t| !t.is_empty())
+            }
             "presence.group" if !value.is_empty() => self.group = value.to_owned(),
             "presence.group" => return Err(format!("{source}: presence.group must not be empty")),
             other => {
@@ -219,10 +228,11 @@ impl EventMesh {
             NatsConnector::start(&url, &platform).await?;
         }
         let presence = config.control.as_ref().map(|control| {
-            PresenceClient::start(
+            PresenceClient::start_with_token(
                 platform.clone(),
                 control.clone(),
                 config.group.clone(),
+                config.token.clone(),
                 stop.clone(),
             )
         });

@@ -67,8 +67,20 @@ impl PresenceClient {
         group: String,
         shutdown: CancellationToken,
     ) -> Self {
+        Self::start_with_token(platform, control, group, None, shutdown)
+    }
+
+    /// Like [`PresenceClient::start`], sending `token` (`X-Consul-Token`) when connecting: a
+    /// control plane enforcing ACLs wants `service:write` on the app's name.
+    pub fn start_with_token(
+        platform: Platform,
+        control: String,
+        group: String,
+        token: Option<plexus_api::acl::SecretId>,
+        shutdown: CancellationToken,
+    ) -> Self {
         let (tx, state) = watch::channel(PresenceState::default());
-        tokio::spawn(run(platform, control, group, tx, shutdown));
+        tokio::spawn(run(platform, control, group, token, tx, shutdown));
         Self { state }
     }
 
@@ -94,6 +106,7 @@ async fn run(
     platform: Platform,
     control: String,
     group: String,
+    token: Option<plexus_api::acl::SecretId>,
     state: watch::Sender<PresenceState>,
     shutdown: CancellationToken,
 ) {
@@ -104,7 +117,7 @@ async fn run(
         let control = addresses[next % addresses.len()].clone();
         next += 1;
         let outcome = tokio::select! {
-            outcome = session(&platform, &control, &group, &state, &mut backoff) => outcome,
+            outcome = session(&platform, &control, &group, token.as_ref(), &state, &mut backoff) => outcome,
             () = shutdown.cancelled() => Ok(()),
         };
         platform.update_table(|t| t.clear());
@@ -152,12 +165,24 @@ async fn session(
     platform: &Platform,
     control: &str,
     group: &str,
+    token: Option<&plexus_api::acl::SecretId>,
     state: &watch::Sender<PresenceState>,
     backoff: &mut Duration,
 ) -> Result<(), SessionError> {
     let url = format!("ws://{control}/ws/presence/{}", platform.origin());
     let config = WebSocketConfig::default().max_message_size(Some(MAX_FRAME_BYTES));
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .map_err(SessionError::Connect)?;
+    if let Some(token) = token
+        && let Ok(value) =
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_str(token.expose())
+    {
+        request
+            .headers_mut()
+            .insert(plexus_api::acl::TOKEN_HEADER, value);
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false)
         .await
         .map_err(SessionError::Connect)?;
     let mut routes = platform.public_routes();

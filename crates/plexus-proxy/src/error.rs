@@ -18,6 +18,17 @@ pub enum ProxyError {
         /// The app's service id (`sidecar_for`).
         service_id: String,
     },
+    /// The control plane refused this sidecar's token (403): no token against a server whose
+    /// default policy denies, a token without `service:write` on the service, or an unknown one.
+    #[error(
+        "the control plane refused this sidecar's token ({token}): {message}; give the sidecar a token with service:write on its service (--token, --token-file or PLEXUS_HTTP_TOKEN)"
+    )]
+    Denied {
+        /// `no token given` or `token given`.
+        token: &'static str,
+        /// The control plane's answer.
+        message: String,
+    },
     /// The sidecar registration cannot be turned into listeners.
     #[error("sidecar registration {sidecar_id:?} is invalid")]
     InvalidRegistration {

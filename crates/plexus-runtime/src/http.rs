@@ -239,6 +239,11 @@ impl QueryParams {
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
     }
+
+    /// Parses a query string (`a=1&b`), percent-decoding names and values.
+    pub fn parse(query: &str) -> Self {
+        QueryParams(parse_query(query))
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryParams {

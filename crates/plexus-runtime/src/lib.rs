@@ -4,6 +4,7 @@
 //! Main types: [`shutdown::Shutdown`] (cancellation token + task tracker + signals),
 //! [`http::ApiError`] (the one error response shape), [`http::JsonBody`] (a bounded JSON body
 //! extractor whose errors name the field), [`http::BlockingQuery`] (`?index=&wait=`).
+//! [`acl`] is the ACL edge: one authorizer per request, resolved before any handler runs.
 //! [`private_fs`] creates data directories `0700` and files `0600`.
 //! [`tls`] builds rustls configurations (aws-lc-rs) from PEM files or CA-issued material and
 //! serves the HTTP API over TLS.
@@ -11,6 +12,7 @@
 //! and idle timeouts).
 //! It does not know about services, checks or proxies.
 
+pub mod acl;
 pub mod connections;
 pub mod http;
 pub mod private_fs;

@@ -40,6 +40,20 @@ impl EventsApp {
         control: &str,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::start_with_env(bin, name, routes, broker, control, extra, &[]).await
+    }
+
+    /// Like [`EventsApp::start`] with extra environment variables (e.g. `PLEXUS_PRESENCE_TOKEN`
+    /// for a control plane that enforces ACLs).
+    pub async fn start_with_env(
+        bin: &Path,
+        name: &str,
+        routes: &str,
+        broker: &Broker,
+        control: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Self> {
         let mut args: Vec<String> = [
             "events-app",
             "--name",
@@ -60,7 +74,7 @@ impl EventsApp {
             ),
         }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let process = Process::spawn(name, bin, &args, &[])?;
+        let process = Process::spawn(name, bin, &args, envs)?;
         let line = process.wait_for_line("event app starting").await?;
         let origin = line
             .split("origin=")

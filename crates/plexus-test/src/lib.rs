@@ -5,7 +5,8 @@
 //!
 //! Main types: [`process::Process`] (a child `plexus` with its log), [`mesh::Dev`] (a `plexus dev`
 //! with a client), [`mesh::Sidecar`] (a `plexus proxy`), [`upstream::TcpEcho`],
-//! [`upstream::HttpStub`], [`upstream::GrpcHealthStub`].
+//! [`upstream::HttpStub`], [`upstream::GrpcHealthStub`]; [`secrets::SecretLedger`] (no secret in
+//! any log line or answer).
 
 pub mod brokers;
 pub mod etcd;
@@ -15,6 +16,7 @@ pub mod mesh;
 pub mod pki;
 pub mod ports;
 pub mod process;
+pub mod secrets;
 pub mod server;
 pub mod upstream;
 
@@ -22,7 +24,7 @@ pub use etcd::EtcdCluster;
 pub use mesh::{Dev, Sidecar};
 pub use ports::free_port;
 pub use process::Process;
-pub use server::Server;
+pub use server::{Server, management_token};
 pub use upstream::TcpEcho;
 
 /// Environment variables that steer how `plexus` finds and trusts the control plane; children

@@ -63,6 +63,9 @@ enum Command {
     /// Service mesh identity: the certificate authority.
     #[command(subcommand)]
     Connect(cmd::connect::Command),
+    /// ACL tokens, policies and roles (`bootstrap` creates the first management token).
+    #[command(subcommand)]
+    Acl(cmd::acl::Command),
 }
 
 /// A closed stdout (`plexus kv get … | head`) ends the command quietly with exit 0, as Unix
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
             Command::EventsApp(args) => cmd::events_app::run(args).await,
             Command::Intention(command) => cmd::intention::run(command).await,
             Command::Connect(command) => cmd::connect::run(command).await,
+            Command::Acl(command) => cmd::acl::run(command).await,
         }
     });
     match result {

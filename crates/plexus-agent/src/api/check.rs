@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use plexus_api::{CheckStatus, HealthCheck};
+use plexus_runtime::acl::{Authz, mark_filtered};
 use plexus_runtime::http::{ApiError, JsonBody, QueryParams, indexed_json};
 use serde::Deserialize;
 
@@ -12,56 +13,71 @@ use super::ok_empty;
 use crate::{Agent, AgentError};
 
 /// `GET /v1/agent/checks`: `{ check_id: HealthCheck }`.
-pub(super) async fn list(State(agent): State<Agent>) -> Result<Response, ApiError> {
+pub(super) async fn list(State(agent): State<Agent>, authz: Authz) -> Result<Response, ApiError> {
     let checks = agent
         .inner
         .catalog
         .node_checks(agent.node())
         .await
         .map_err(AgentError::from)?;
+    let total = checks.value.len();
+    let node_readable = authz.can_read_node(agent.node());
     let body: BTreeMap<String, HealthCheck> = checks
         .value
         .into_iter()
+        .filter(|c| {
+            if c.service_name.is_empty() {
+                node_readable
+            } else {
+                authz.can_read_service(&c.service_name)
+            }
+        })
         .map(|c| (c.check_id.clone(), c))
         .collect();
-    Ok(indexed_json(checks.index, &body))
+    let mut response = indexed_json(checks.index, &body);
+    mark_filtered(&mut response, body.len() != total);
+    Ok(response)
 }
 
 /// `PUT /v1/agent/check/pass/{id}?note=`.
 pub(super) async fn pass(
     agent: State<Agent>,
+    authz: Authz,
     id: Path<String>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    set(agent, id, query, CheckStatus::Passing).await
+    set(agent, authz, id, query, CheckStatus::Passing).await
 }
 
 /// `PUT /v1/agent/check/warn/{id}?note=`.
 pub(super) async fn warn(
     agent: State<Agent>,
+    authz: Authz,
     id: Path<String>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    set(agent, id, query, CheckStatus::Warning).await
+    set(agent, authz, id, query, CheckStatus::Warning).await
 }
 
 /// `PUT /v1/agent/check/fail/{id}?note=`.
 pub(super) async fn fail(
     agent: State<Agent>,
+    authz: Authz,
     id: Path<String>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    set(agent, id, query, CheckStatus::Critical).await
+    set(agent, authz, id, query, CheckStatus::Critical).await
 }
 
 async fn set(
     State(agent): State<Agent>,
+    authz: Authz,
     Path(id): Path<String>,
     query: QueryParams,
     status: CheckStatus,
 ) -> Result<Response, ApiError> {
     let note = query.get("note").unwrap_or("");
-    agent.update_ttl(&id, status, note).await?;
+    agent.update_ttl_as(&id, status, note, &authz).await?;
     Ok(ok_empty())
 }
 
@@ -78,6 +94,7 @@ pub(super) struct CheckUpdate {
 /// `PUT /v1/agent/check/update/{id}` with `{"Status": "passing|warning|critical", "Output": ".."}`.
 pub(super) async fn update(
     State(agent): State<Agent>,
+    authz: Authz,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<CheckUpdate>,
 ) -> Result<Response, ApiError> {
@@ -93,6 +110,8 @@ pub(super) async fn update(
             ));
         }
     };
-    agent.update_ttl(&id, status, &body.output).await?;
+    agent
+        .update_ttl_as(&id, status, &body.output, &authz)
+        .await?;
     Ok(ok_empty())
 }

@@ -1,6 +1,12 @@
 //! `/v1/agent/*`: Consul's agent endpoints, same paths, JSON field names and status codes.
 //!
 //! Writes answer 200 with an empty body, as Consul does; errors use the shared JSON shape.
+//!
+//! ACLs (the request's authorizer, from the edge): `/v1/agent/self` needs `agent:read` (or
+//! `node:read`) on this node; registering needs `service:write` on each service made (service, sidecar, a proxy's
+//! destination), deregistering `service:write` on the service; a TTL update `service:write` on
+//! the check's service (`node:write` for a node check); lists leave out what the token may not
+//! read (`X-Consul-Results-Filtered-By-ACLs: true`), a single service needs `service:read`.
 
 mod check;
 mod service;
@@ -33,7 +39,15 @@ pub(crate) fn router(agent: Agent) -> Router {
 }
 
 /// `GET /v1/agent/self`.
-async fn agent_self(State(agent): State<Agent>) -> Response {
+async fn agent_self(
+    State(agent): State<Agent>,
+    authz: plexus_runtime::acl::Authz,
+) -> Result<Response, plexus_runtime::http::ApiError> {
+    // Consul asks agent:read; node:read is accepted too, so a sidecar's service identity (which
+    // reads every node) can learn its datacenter here.
+    if !authz.can_read_node(agent.node()) {
+        authz.require_agent_read(agent.node())?;
+    }
     let config = &agent.inner.config;
     let node = &config.node;
     let body = AgentSelf {
@@ -51,7 +65,7 @@ async fn agent_self(State(agent): State<Agent>) -> Response {
             "Status": 1,
         }),
     };
-    axum::Json(body).into_response()
+    Ok(axum::Json(body).into_response())
 }
 
 /// The empty 200 Consul answers writes with.

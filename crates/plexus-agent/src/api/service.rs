@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use plexus_api::{AgentService, ServiceRegistration};
+use plexus_runtime::acl::{Authz, mark_filtered};
 use plexus_runtime::http::{ApiError, BlockingQuery, JsonBody, QueryParams, indexed_json};
 
 use super::ok_empty;
@@ -24,20 +25,26 @@ async fn node_services_after(
 /// `GET /v1/agent/services` (blocking with `?index=&wait=`): `{ id: AgentService }`.
 pub(super) async fn list(
     State(agent): State<Agent>,
+    authz: Authz,
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
     let services = node_services_after(&agent, &query).await?;
+    let total = services.value.len();
     let body: BTreeMap<String, AgentService> = services
         .value
         .into_iter()
+        .filter(|s| authz.can_read_service(&s.service))
         .map(|s| (s.id.clone(), agent_view(s)))
         .collect();
-    Ok(indexed_json(services.index, &body))
+    let mut response = indexed_json(services.index, &body);
+    mark_filtered(&mut response, body.len() != total);
+    Ok(response)
 }
 
 /// `GET /v1/agent/service/{id}` (blocking with `?index=&wait=`).
 pub(super) async fn get(
     State(agent): State<Agent>,
+    authz: Authz,
     Path(id): Path<String>,
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
@@ -50,6 +57,7 @@ pub(super) async fn get(
             kind: "service",
             id,
         })?;
+    authz.require_service_read(&service.service)?;
     Ok(indexed_json(services.index, &agent_view(service)))
 }
 
@@ -57,19 +65,21 @@ pub(super) async fn get(
 /// registration always does).
 pub(super) async fn register(
     State(agent): State<Agent>,
+    authz: Authz,
     _query: QueryParams,
     JsonBody(reg): JsonBody<ServiceRegistration>,
 ) -> Result<Response, ApiError> {
-    agent.register(&reg).await?;
+    agent.register_as(&reg, &authz).await?;
     Ok(ok_empty())
 }
 
 /// `PUT /v1/agent/service/deregister/{id}`: the service and its sidecar.
 pub(super) async fn deregister(
     State(agent): State<Agent>,
+    authz: Authz,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    agent.deregister(&id).await?;
+    agent.deregister_as(&id, &authz).await?;
     Ok(ok_empty())
 }
 

@@ -34,7 +34,7 @@ enum Last {
 
 /// Returns the text with one-line blocks broken up, and for each line of the result (index 0 is
 /// line 1) the line of `text` it came from.
-pub(super) fn relayout(text: &str) -> (String, Vec<usize>) {
+pub(crate) fn relayout(text: &str) -> (String, Vec<usize>) {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len() + 16);
     let mut lines = vec![1usize];

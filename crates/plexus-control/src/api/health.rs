@@ -1,11 +1,16 @@
 //! `GET /v1/health/*`: instances with their checks, checks by service and by state. All are
-//! blocking queries.
+//! blocking queries, filtered by the request's authorizer (`service:read` on the service,
+//! `node:read` on each instance's node; `X-Consul-Results-Filtered-By-ACLs: true` when anything
+//! was left out). A token that reads every node (`node_prefix ""`, as service identities do)
+//! gets the shared pre-serialised answer without any per-request work.
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::Response;
+use plexus_api::acl::Resource;
 use plexus_api::{Catalog, CheckStatus};
+use plexus_runtime::acl::{Authz, filter as keep, mark_filtered};
 use plexus_runtime::http::{ApiError, BlockingQuery, QueryParams, indexed_json};
 
 use super::{ApiState, catalog_error, path_error};
@@ -21,24 +26,26 @@ fn filter(params: &QueryParams) -> HealthFilter {
 /// `GET /v1/health/service/{name}[?passing][&tag=]`: `[ServiceEntry]`.
 pub async fn service(
     State(state): State<ApiState>,
+    authz: Authz,
     name: Result<Path<String>, PathRejection>,
     query: BlockingQuery,
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     let Path(name) = name.map_err(path_error)?;
-    answer(&state, Answer::Health, &name, &query, &params).await
+    answer(&state, &authz, Answer::Health, &name, &query, &params).await
 }
 
 /// `GET /v1/health/connect/{name}[?passing][&tag=]`: `[ServiceEntry]` of the proxies (and
 /// mesh-native instances) serving `name`.
 pub async fn connect(
     State(state): State<ApiState>,
+    authz: Authz,
     name: Result<Path<String>, PathRejection>,
     query: BlockingQuery,
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     let Path(name) = name.map_err(path_error)?;
-    answer(&state, Answer::Connect, &name, &query, &params).await
+    answer(&state, &authz, Answer::Connect, &name, &query, &params).await
 }
 
 /// A blocking query on one service: wakes only when that service's answer changed (its own
@@ -47,6 +54,7 @@ pub async fn connect(
 /// shared by every waiting query.
 async fn answer(
     state: &ApiState,
+    authz: &Authz,
     answer: Answer,
     name: &str,
     query: &BlockingQuery,
@@ -63,7 +71,25 @@ async fn answer(
         .health_json(answer, name, &filter(params))
         .await
         .map_err(catalog_error)?;
-    Ok(indexed_body(body.index, body.value))
+    if !authz.can_read_service(name) {
+        let mut response = indexed_json(body.index, &Vec::<()>::new());
+        mark_filtered(&mut response, true);
+        return Ok(response);
+    }
+    if authz.can_read_all(Resource::Node) {
+        return Ok(indexed_body(body.index, body.value));
+    }
+    // Some nodes are hidden from this token: filter a copy of the shared answer.
+    let mut entries: Vec<serde_json::Value> = serde_json::from_slice(&body.value)
+        .map_err(|_| ApiError::internal("the health answer did not decode"))?;
+    let filtered = keep(&mut entries, |entry| {
+        entry["Node"]["Node"]
+            .as_str()
+            .is_some_and(|node| authz.can_read_node(node))
+    });
+    let mut response = indexed_json(body.index, &entries);
+    mark_filtered(&mut response, filtered);
+    Ok(response)
 }
 
 /// A JSON body already serialised, with the headers of [`indexed_json`].
@@ -76,17 +102,24 @@ fn indexed_body(index: u64, body: Bytes) -> Response {
 /// `GET /v1/health/checks/{service}`: `[HealthCheck]`.
 pub async fn checks(
     State(state): State<ApiState>,
+    authz: Authz,
     service: Result<Path<String>, PathRejection>,
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
     let Path(service) = service.map_err(path_error)?;
     query.block(state.catalog.index_watch()).await;
-    let checks = state
+    let mut checks = state
         .catalog
         .service_checks(&service)
         .await
         .map_err(catalog_error)?;
-    Ok(indexed_json(checks.index, &checks.value))
+    let readable = authz.can_read_service(&service);
+    let filtered = keep(&mut checks.value, |c| {
+        readable && authz.can_read_node(&c.node)
+    });
+    let mut response = indexed_json(checks.index, &checks.value);
+    mark_filtered(&mut response, filtered);
+    Ok(response)
 }
 
 /// Parses the `{state}` segment: `any` or a status other than `maintenance`.
@@ -106,16 +139,23 @@ fn parse_state(text: &str) -> Result<Option<CheckStatus>, ApiError> {
 /// `GET /v1/health/state/{state}`: `[HealthCheck]` in that state (`any`: all).
 pub async fn state(
     State(api): State<ApiState>,
+    authz: Authz,
     state: Result<Path<String>, PathRejection>,
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
     let Path(state) = state.map_err(path_error)?;
     let wanted = parse_state(&state)?;
     query.block(api.catalog.index_watch()).await;
-    let checks = api
+    let mut checks = api
         .catalog
         .checks_in_state(wanted)
         .await
         .map_err(catalog_error)?;
-    Ok(indexed_json(checks.index, &checks.value))
+    let filtered = keep(&mut checks.value, |c| {
+        authz.can_read_node(&c.node)
+            && (c.service_name.is_empty() || authz.can_read_service(&c.service_name))
+    });
+    let mut response = indexed_json(checks.index, &checks.value);
+    mark_filtered(&mut response, filtered);
+    Ok(response)
 }

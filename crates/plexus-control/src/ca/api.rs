@@ -5,8 +5,13 @@
 //! - `GET /v1/connect/ca/configuration`, `PUT` it: leaf TTL; `"RotateRoot": true` rotates.
 //! - `POST /v1/connect/ca/rotate`: rotates (what `plexus connect ca rotate` calls).
 //! - `POST /v1/connect/ca/sign`: a sidecar's CSR, signed for its destination service.
-//! - `GET /v1/agent/connect/ca/leaf/{service}`: key + leaf, for Consul-compatible clients.
+//! - `GET /v1/agent/connect/ca/leaf/{service}`: key + leaf, for Consul-compatible clients; a
+//!   blocking query (`?index=` waits for the next leaf: renewal time or a root rotation).
 //! - `GET /v1/connect/ca/metrics`: the CA's counters, Prometheus text.
+//!
+//! ACLs: the roots are public; reading the configuration or the metrics needs `operator:read`,
+//! changing it or rotating `operator:write`; a leaf or a CSR signed for service S needs
+//! `service:write` on S (for a CSR, S is the destination of the proxy named).
 
 use std::sync::Arc;
 
@@ -18,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use plexus_api::GoDuration;
 use plexus_api::connect::{CaConfiguration, SignRequest};
+use plexus_runtime::acl::Authz;
 use plexus_runtime::http::{ApiError, BlockingQuery, JsonBody, QueryParams, indexed_json};
 use tracing::{info, warn};
 
@@ -129,7 +135,10 @@ async fn roots(
     }
 }
 
-async fn configuration(State(ca): State<Arc<CertificateAuthority>>) -> Response {
+async fn configuration(State(ca): State<Arc<CertificateAuthority>>, authz: Authz) -> Response {
+    if let Err(denied) = authz.require_operator_read() {
+        return ApiError::from(denied).into_response();
+    }
     match ca.configuration().await {
         Ok(config) => indexed_json(config.modify_index, &config),
         Err(error) => ca_error(&ca, error),
@@ -138,8 +147,12 @@ async fn configuration(State(ca): State<Arc<CertificateAuthority>>) -> Response 
 
 async fn set_configuration(
     State(ca): State<Arc<CertificateAuthority>>,
+    authz: Authz,
     body: Result<JsonBody<CaConfiguration>, ApiError>,
 ) -> Response {
+    if let Err(denied) = authz.require_operator_write() {
+        return ApiError::from(denied).into_response();
+    }
     let JsonBody(config) = match body {
         Ok(body) => body,
         Err(error) => return error.into_response(),
@@ -186,7 +199,10 @@ async fn set_configuration(
     axum::Json(true).into_response()
 }
 
-async fn rotate(State(ca): State<Arc<CertificateAuthority>>) -> Response {
+async fn rotate(State(ca): State<Arc<CertificateAuthority>>, authz: Authz) -> Response {
+    if let Err(denied) = authz.require_operator_write() {
+        return ApiError::from(denied).into_response();
+    }
     match ca.rotate().await {
         Ok(_) => match ca.roots().await {
             Ok(roots) => indexed_json(roots.index, &roots.value),
@@ -198,12 +214,22 @@ async fn rotate(State(ca): State<Arc<CertificateAuthority>>) -> Response {
 
 async fn sign(
     State(ca): State<Arc<CertificateAuthority>>,
+    authz: Authz,
     body: Result<JsonBody<SignRequest>, ApiError>,
 ) -> Response {
     let JsonBody(request) = match body {
         Ok(body) => body,
         Err(error) => return error.into_response(),
     };
+    let service = match ca.proxy_destination(&request.proxy_id).await {
+        Ok(service) => service,
+        Err(error) => return sign_error(&ca, error),
+    };
+    if let Err(denied) = authz.require_service_write(&service) {
+        warn!(proxy_id = %request.proxy_id, %service, accessor_id = %denied.accessor_id, "CSR refused: the token may not write the service");
+        ca.metrics().refused("permission_denied");
+        return ApiError::from(denied).into_response();
+    }
     let ttl = match request.ttl.as_deref().map(GoDuration::parse).transpose() {
         Ok(ttl) => ttl.map(GoDuration::get),
         Err(error) => {
@@ -217,7 +243,10 @@ async fn sign(
     }
 }
 
-async fn metrics(State(ca): State<Arc<CertificateAuthority>>) -> Response {
+async fn metrics(State(ca): State<Arc<CertificateAuthority>>, authz: Authz) -> Response {
+    if let Err(denied) = authz.require_operator_read() {
+        return ApiError::from(denied).into_response();
+    }
     let mut response = ca.metrics().encode().into_response();
     response.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
@@ -228,14 +257,40 @@ async fn metrics(State(ca): State<Arc<CertificateAuthority>>) -> Response {
 
 async fn leaf(
     State(ca): State<Arc<CertificateAuthority>>,
+    authz: Authz,
     service: Result<Path<String>, PathRejection>,
+    query: BlockingQuery,
 ) -> Response {
     let Path(service) = match service.map_err(path_error) {
         Ok(service) => service,
         Err(error) => return error.into_response(),
     };
-    match ca.leaf_for_service(&service).await {
-        Ok(cert) => indexed_json(cert.index, &cert.value),
-        Err(error) => sign_error(&ca, error),
+    if let Err(denied) = authz.require_service_write(&service) {
+        warn!(%service, accessor_id = %denied.accessor_id, "leaf refused: the token may not write the service");
+        ca.metrics().refused("permission_denied");
+        return ApiError::from(denied).into_response();
+    }
+    let deadline = tokio::time::Instant::now() + query.wait;
+    let mut revisions = ca.revision_watch();
+    loop {
+        let cert = match ca.cached_leaf(&service).await {
+            Ok(cert) => cert,
+            Err(error) => return sign_error(&ca, error),
+        };
+        let waiting = query.index.is_some_and(|i| i > 0 && cert.index <= i);
+        if !waiting || tokio::time::Instant::now() >= deadline {
+            return indexed_json(cert.index, &cert.value);
+        }
+        // Wait for the renewal time, a CA change (root rotation), the wait's end or shutdown.
+        let renew_in = std::time::Duration::from_secs(
+            (super::renew_time(&cert.value) - super::x509::unix_now() as i64).max(1) as u64,
+        );
+        let wake = (tokio::time::Instant::now() + renew_in).min(deadline);
+        let shutdown = query.shutdown.clone().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            changed = revisions.changed() => if changed.is_err() { return indexed_json(cert.index, &cert.value) },
+            _ = shutdown.cancelled() => return indexed_json(cert.index, &cert.value),
+        }
     }
 }

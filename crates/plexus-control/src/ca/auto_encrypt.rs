@@ -3,16 +3,18 @@
 //!
 //! Under `verify_incoming` this is the one path a client without a certificate may call (it has
 //! none yet); what authorizes it is the agent's token, through
-//! [`authorize_auto_encrypt_sign`].
+//! [`authorize_auto_encrypt_sign`] (`node:write` on the node).
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use plexus_api::acl::Authorizer;
 use plexus_api::auto_encrypt::{SIGN_PATH, SignRequest, SignResponse};
+use plexus_runtime::acl::Authz;
 use plexus_runtime::http::{ApiError, JsonBody, indexed_json};
 use tracing::warn;
 
@@ -52,19 +54,14 @@ pub fn router(ca: Arc<CertificateAuthority>, settings: AutoEncrypt) -> Router {
 }
 
 /// Whether the caller may have a certificate for `node`: its token must grant `node:write` on
-/// that node.
-///
-/// ACL HOOK (issue 12 parts 1-2, the `acl` branch): there are no tokens yet, so every caller is
-/// allowed, as on every other endpoint today. Once the `Authorizer` lands this asks it for
-/// `node:write` on `node` and answers its 403.
-pub fn authorize_auto_encrypt_sign(headers: &HeaderMap, node: &str) -> Result<(), ApiError> {
-    let _ = (headers, node);
-    Ok(())
+/// that node (403 naming the permission otherwise; with ACLs disabled everyone may).
+pub fn authorize_auto_encrypt_sign(authz: &Authorizer, node: &str) -> Result<(), ApiError> {
+    authz.require_node_write(node).map_err(ApiError::from)
 }
 
 async fn sign(
     State(state): State<AutoEncryptState>,
-    headers: HeaderMap,
+    authz: Authz,
     body: Result<JsonBody<SignRequest>, ApiError>,
 ) -> Response {
     if !state.settings.allow_tls {
@@ -79,7 +76,7 @@ async fn sign(
         Ok(body) => body,
         Err(error) => return error.into_response(),
     };
-    if let Err(refused) = authorize_auto_encrypt_sign(&headers, &request.node) {
+    if let Err(refused) = authorize_auto_encrypt_sign(&authz, &request.node) {
         return refused.into_response();
     }
     let ca = &state.ca;

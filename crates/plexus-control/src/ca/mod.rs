@@ -187,6 +187,9 @@ pub struct CertificateAuthority {
     datacenter: String,
     limiter: Mutex<limit::Limiter>,
     metrics: metrics::CaMetrics,
+    /// Leaves handed out by `/v1/agent/connect/ca/leaf/:service`, by service, until renewal
+    /// time or a root rotation (this replica's memory only).
+    leaves: Mutex<std::collections::HashMap<String, Indexed<IssuedCert>>>,
     kek: Option<wrap::KeyEncryptionKey>,
 }
 
@@ -207,6 +210,7 @@ impl CertificateAuthority {
             datacenter: datacenter.into(),
             limiter: Mutex::new(limit::Limiter::new(SIGN_BURST, SIGN_PER_SECOND)),
             metrics: metrics::CaMetrics::default(),
+            leaves: Mutex::new(std::collections::HashMap::new()),
             kek: None,
         }
     }
@@ -556,6 +560,28 @@ impl CertificateAuthority {
         }))
     }
 
+    /// The destination service of the registered sidecar `proxy_id` (whose identity a CSR from
+    /// it may ask for): what the signing endpoint checks `service:write` on.
+    pub async fn proxy_destination(&self, proxy_id: &str) -> Result<String, CaError> {
+        let proxy = self
+            .find_service(proxy_id)
+            .await?
+            .filter(|s| s.kind == ServiceKind::ConnectProxy)
+            .ok_or_else(|| {
+                CaError::NotFound(format!(
+                    "no connect-proxy service {proxy_id:?} is registered"
+                ))
+            })?;
+        proxy
+            .proxy
+            .as_ref()
+            .map(|p| p.destination_service_name.clone())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                CaError::NotFound(format!("proxy {proxy_id:?} has no destination service"))
+            })
+    }
+
     /// `POST /v1/connect/ca/sign`: signs `csr_pem` for the destination service of the registered
     /// sidecar `proxy_id`, if the CSR asks for exactly that identity.
     pub async fn sign(
@@ -601,8 +627,45 @@ impl CertificateAuthority {
         )
     }
 
-    /// `GET /v1/agent/connect/ca/leaf/:service`: a key and leaf for a registered service,
-    /// generated here (Consul's agent does the same for its clients).
+    /// `GET /v1/agent/connect/ca/leaf/:service`, as Consul's agent serves it: the leaf issued
+    /// last for `service`, until half its lifetime has passed or the active root changed; then a
+    /// new one (with a higher index). So a client that watches it is not rate limited.
+    pub async fn cached_leaf(&self, service: &str) -> Result<Indexed<IssuedCert>, CaError> {
+        let (state, kv) = self.state().await?;
+        let now = unix_now() as i64;
+        let cached = self
+            .leaves
+            .lock()
+            .map_err(|_| CaError::Corrupt {
+                what: "leaf cache lock poisoned",
+            })?
+            .get(service)
+            .cloned();
+        if let Some(cached) = &cached
+            && cached.value.root_id == state.set.active
+            && now < renew_time(&cached.value)
+        {
+            return Ok(cached.clone());
+        }
+        let mut issued = self.leaf_for_service(service).await?;
+        let index = cached
+            .map_or(0, |c| c.index + 1)
+            .max(kv.store)
+            .max(issued.index);
+        issued.index = index;
+        issued.value.create_index = index;
+        issued.value.modify_index = index;
+        self.leaves
+            .lock()
+            .map_err(|_| CaError::Corrupt {
+                what: "leaf cache lock poisoned",
+            })?
+            .insert(service.to_owned(), issued.clone());
+        Ok(issued)
+    }
+
+    /// A key and leaf for a registered service, generated here (Consul's agent does the same
+    /// for its clients); every call signs a new one (see [`CertificateAuthority::cached_leaf`]).
     pub async fn leaf_for_service(&self, service: &str) -> Result<Indexed<IssuedCert>, CaError> {
         self.limit(&format!("service:{service}"))?;
         if !self.service_exists(service).await? {
@@ -658,6 +721,11 @@ impl CertificateAuthority {
             },
         })
     }
+}
+
+/// When a leaf handed out by the leaf endpoint is replaced: at half its lifetime.
+pub fn renew_time(cert: &IssuedCert) -> i64 {
+    cert.valid_after_unix + (cert.valid_before_unix - cert.valid_after_unix) / 2
 }
 
 /// Formats a duration as Go does for whole units (`72h0m0s` → `72h`, `2m`, `90s`).

@@ -3,6 +3,10 @@
 //!
 //! Reads are blocking queries on the config index: `?index=N` waits until a config write moves
 //! the index past `N` (or `wait` passes).
+//!
+//! ACLs (Consul's): writing or deleting a `service-*` entry needs `service:write` on its name;
+//! reading one, or a service's discovery chain, `service:read`; lists leave out entries the
+//! token may not read (`X-Consul-Results-Filtered-By-ACLs: true`).
 
 use std::sync::Arc;
 
@@ -13,6 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use plexus_api::config_entry::{ConfigEntry, Kind};
+use plexus_runtime::acl::{Authz, mark_filtered};
 use plexus_runtime::http::{ApiError, BlockingQuery, JsonBody, QueryParams, indexed_json};
 use tracing::warn;
 
@@ -82,6 +87,7 @@ async fn block(config: &ConfigEntries, query: &BlockingQuery) -> Result<(), ApiE
 
 async fn write(
     State(config): State<Arc<ConfigEntries>>,
+    authz: Authz,
     params: QueryParams,
     body: Result<JsonBody<serde_json::Value>, ApiError>,
 ) -> Result<Response, ApiError> {
@@ -103,29 +109,37 @@ async fn write(
             ApiError::invalid_field(e.field, message)
         }
     })?;
+    authz.require_service_write(entry.name())?;
     let stored = config.put(entry, cas).await.map_err(error)?;
     Ok((StatusCode::OK, axum::Json(stored)).into_response())
 }
 
 async fn list(
     State(config): State<Arc<ConfigEntries>>,
+    authz: Authz,
     path: Result<Path<String>, PathRejection>,
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
     let Path(kind_text) = path.map_err(path_error)?;
     let kind = kind(&kind_text)?;
     block(&config, &query).await?;
-    let list = config.list(kind).await.map_err(error)?;
-    Ok(indexed_json(list.index, &list.value))
+    let mut list = config.list(kind).await.map_err(error)?;
+    let filtered =
+        plexus_runtime::acl::filter(&mut list.value, |e| authz.can_read_service(e.name()));
+    let mut response = indexed_json(list.index, &list.value);
+    mark_filtered(&mut response, filtered);
+    Ok(response)
 }
 
 async fn read(
     State(config): State<Arc<ConfigEntries>>,
+    authz: Authz,
     path: Result<Path<(String, String)>, PathRejection>,
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
     let Path((kind_text, name)) = path.map_err(path_error)?;
     let kind = kind(&kind_text)?;
+    authz.require_service_read(&name)?;
     block(&config, &query).await?;
     let entry = config.get(kind, &name).await.map_err(error)?;
     Ok(indexed_json(entry.index, &entry.value))
@@ -133,20 +147,24 @@ async fn read(
 
 async fn delete(
     State(config): State<Arc<ConfigEntries>>,
+    authz: Authz,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((kind_text, name)) = path.map_err(path_error)?;
     let kind = kind(&kind_text)?;
+    authz.require_service_write(&name)?;
     config.delete(kind, &name).await.map_err(error)?;
     Ok(axum::Json(true).into_response())
 }
 
 async fn chain(
     State(config): State<Arc<ConfigEntries>>,
+    authz: Authz,
     path: Result<Path<String>, PathRejection>,
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
     let Path(service) = path.map_err(path_error)?;
+    authz.require_service_read(&service)?;
     block(&config, &query).await?;
     let chain = config.chain(&service).await.map_err(error)?;
     Ok(indexed_json(chain.index, &chain.value))

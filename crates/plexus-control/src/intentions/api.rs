@@ -2,6 +2,11 @@
 //!
 //! List and match are blocking queries. Both also carry `X-Plexus-Default-Intention-Policy`
 //! (`allow`/`deny`), so a sidecar caching the intentions decides exactly as the server would.
+//!
+//! ACLs (Consul's): reading an intention needs `intentions = "read"` on its destination (lists
+//! leave out the others, `X-Consul-Results-Filtered-By-ACLs: true`); creating, changing or
+//! deleting one needs `intentions = "write"` on its destination (on the old and the new one for
+//! an update); `/v1/agent/connect/authorize` needs `service:write` on the target.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +18,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use plexus_api::connect::{AuthorizeRequest, AuthorizeResponse, Intention};
+use plexus_runtime::acl::{Authz, mark_filtered};
 use plexus_runtime::http::{ApiError, BlockingQuery, JsonBody, QueryParams, indexed_json};
 use tracing::warn;
 
@@ -77,20 +83,28 @@ fn required<'a>(params: &'a QueryParams, name: &'static str) -> Result<&'a str, 
     })
 }
 
-async fn list(State(s): State<IntentionState>, query: BlockingQuery) -> Result<Response, ApiError> {
+async fn list(
+    State(s): State<IntentionState>,
+    authz: Authz,
+    query: BlockingQuery,
+) -> Result<Response, ApiError> {
     query.block(s.intentions.revision_watch()).await;
-    let list = s.intentions.list().await.map_err(error)?;
-    Ok(with_default(
-        indexed_json(list.index, &list.value),
-        &s.intentions,
-    ))
+    let mut list = s.intentions.list().await.map_err(error)?;
+    let filtered = plexus_runtime::acl::filter(&mut list.value, |i| {
+        authz.can_read_intention(&i.destination_name)
+    });
+    let mut response = indexed_json(list.index, &list.value);
+    mark_filtered(&mut response, filtered);
+    Ok(with_default(response, &s.intentions))
 }
 
 async fn create(
     State(s): State<IntentionState>,
+    authz: Authz,
     body: Result<JsonBody<Intention>, ApiError>,
 ) -> Result<Response, ApiError> {
     let JsonBody(intention) = body?;
+    authz.require_intention_write(&intention.destination_name)?;
     let created = s.intentions.create(intention).await.map_err(error)?;
     let mut body = BTreeMap::new();
     body.insert("ID", created.id);
@@ -99,36 +113,50 @@ async fn create(
 
 async fn by_id(
     State(s): State<IntentionState>,
+    authz: Authz,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(path_error)?;
     let intention = s.intentions.get(&id).await.map_err(error)?;
+    authz.require_intention_read(&intention.destination_name)?;
     Ok(indexed_json(intention.modify_index, &intention))
 }
 
 async fn update(
     State(s): State<IntentionState>,
+    authz: Authz,
     id: Result<Path<String>, PathRejection>,
     body: Result<JsonBody<Intention>, ApiError>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(path_error)?;
     let JsonBody(intention) = body?;
+    let existing = s.intentions.get(&id).await.map_err(error)?;
+    authz.require_intention_write(&existing.destination_name)?;
+    authz.require_intention_write(&intention.destination_name)?;
     s.intentions.update(&id, intention).await.map_err(error)?;
     Ok(axum::Json(true).into_response())
 }
 
 async fn delete(
     State(s): State<IntentionState>,
+    authz: Authz,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(path_error)?;
+    let existing = s.intentions.get(&id).await.map_err(error)?;
+    authz.require_intention_write(&existing.destination_name)?;
     s.intentions.delete(&id).await.map_err(error)?;
     Ok(axum::Json(true).into_response())
 }
 
-async fn exact(State(s): State<IntentionState>, params: QueryParams) -> Result<Response, ApiError> {
+async fn exact(
+    State(s): State<IntentionState>,
+    authz: Authz,
+    params: QueryParams,
+) -> Result<Response, ApiError> {
     let source = required(&params, "source")?;
     let destination = required(&params, "destination")?;
+    authz.require_intention_read(destination)?;
     let intention = s
         .intentions
         .exact(source, destination)
@@ -157,11 +185,13 @@ struct ExactBody {
 
 async fn put_exact(
     State(s): State<IntentionState>,
+    authz: Authz,
     params: QueryParams,
     body: Result<JsonBody<ExactBody>, ApiError>,
 ) -> Result<Response, ApiError> {
     let source = required(&params, "source")?.to_owned();
     let destination = required(&params, "destination")?.to_owned();
+    authz.require_intention_write(&destination)?;
     let JsonBody(body) = body?;
     if body.permissions.is_some() {
         return Err(ApiError::invalid_field(
@@ -200,10 +230,12 @@ async fn put_exact(
 
 async fn delete_exact(
     State(s): State<IntentionState>,
+    authz: Authz,
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     let source = required(&params, "source")?;
     let destination = required(&params, "destination")?;
+    authz.require_intention_write(destination)?;
     s.intentions
         .delete_exact(source, destination)
         .await
@@ -211,9 +243,14 @@ async fn delete_exact(
     Ok(axum::Json(true).into_response())
 }
 
-async fn check(State(s): State<IntentionState>, params: QueryParams) -> Result<Response, ApiError> {
+async fn check(
+    State(s): State<IntentionState>,
+    authz: Authz,
+    params: QueryParams,
+) -> Result<Response, ApiError> {
     let source = required(&params, "source")?;
     let destination = required(&params, "destination")?;
+    authz.require_intention_read(destination)?;
     let decision = s
         .intentions
         .check(source, destination)
@@ -226,6 +263,7 @@ async fn check(State(s): State<IntentionState>, params: QueryParams) -> Result<R
 
 async fn matching(
     State(s): State<IntentionState>,
+    authz: Authz,
     params: QueryParams,
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
@@ -237,29 +275,36 @@ async fn matching(
             format!("by must be \"source\" or \"destination\", not {by:?}"),
         ));
     }
+    if by == "destination" {
+        authz.require_intention_read(&name)?;
+    }
     query.block(s.intentions.revision_watch()).await;
-    let found = if by == "source" {
+    let mut found = if by == "source" {
         s.intentions.matching_source(&name).await
     } else {
         s.intentions.matching_destination(&name).await
     }
     .map_err(error)?;
+    let filtered = plexus_runtime::acl::filter(&mut found.value, |i| {
+        authz.can_read_intention(&i.destination_name)
+    });
     let mut body = BTreeMap::new();
     body.insert(name, found.value);
-    Ok(with_default(
-        indexed_json(found.index, &body),
-        &s.intentions,
-    ))
+    let mut response = indexed_json(found.index, &body);
+    mark_filtered(&mut response, filtered);
+    Ok(with_default(response, &s.intentions))
 }
 
 async fn authorize(
     State(s): State<IntentionState>,
+    authz: Authz,
     body: Result<JsonBody<AuthorizeRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let JsonBody(request) = body?;
     if request.target.is_empty() {
         return Err(ApiError::invalid_field("Target", "Target is required"));
     }
+    authz.require_service_write(&request.target)?;
     let trust_domain = s.ca.trust_domain().await.map_err(|e| {
         warn!(error = %ErrorChain(&e), "authorize: CA unavailable");
         ApiError::internal("the CA is unavailable")

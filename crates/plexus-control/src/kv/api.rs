@@ -9,6 +9,11 @@
 //!
 //! Bad input: keys over 512 bytes, with NUL or `..` are 400 naming the cause; values over
 //! 512 KiB are 413.
+//!
+//! ACLs: reading a key needs `key:read` on it (403 otherwise); `?recurse` and `?keys` leave out
+//! the keys the token may not read (`X-Consul-Results-Filtered-By-ACLs: true`); `PUT` and
+//! `DELETE` need `key:write`; a recursive `DELETE` needs write on the prefix and on every rule
+//! below it (Consul's `KeyWritePrefix`).
 
 use axum::Router;
 use axum::body::Body;
@@ -18,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderValue, StatusCode};
 use plexus_api::kv::{MAX_VALUE_BYTES, check_key};
+use plexus_runtime::acl::{Authz, mark_filtered};
 use plexus_runtime::http::{ApiError, BlockingQuery, QueryParams, indexed_json, read_body};
 
 use super::{Kv, KvError, collapse_keys};
@@ -70,46 +76,53 @@ fn number(params: &QueryParams, name: &str) -> Result<Option<u64>, ApiError> {
 
 async fn get_root(
     State(kv): State<Kv>,
+    authz: Authz,
     query: BlockingQuery,
     params: QueryParams,
 ) -> Result<Response, ApiError> {
-    read(kv, String::new(), query, params).await
+    read(kv, &authz, String::new(), query, params).await
 }
 
 async fn get_key(
     State(kv): State<Kv>,
+    authz: Authz,
     path: Result<Path<String>, PathRejection>,
     query: BlockingQuery,
     params: QueryParams,
 ) -> Result<Response, ApiError> {
-    read(kv, key_of(path)?, query, params).await
+    read(kv, &authz, key_of(path)?, query, params).await
 }
 
 async fn read(
     kv: Kv,
+    authz: &Authz,
     key: String,
     query: BlockingQuery,
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     let listing = params.flag("recurse") || params.0.contains_key("keys");
     checked(&key, listing)?;
-    query.block(kv.index_watch()).await;
-    if params.0.contains_key("keys") {
-        let (entries, index) = kv.list(&key).await.map_err(kv_error)?;
-        if entries.is_empty() {
-            return Ok(not_found(&key, index));
-        }
-        let names: Vec<String> = entries.into_iter().map(|e| e.key).collect();
-        let keys = collapse_keys(&key, &names, params.get("separator"));
-        return Ok(indexed_json(index, &keys));
+    if !listing {
+        authz.require_key_read(&key)?;
     }
-    if params.flag("recurse") {
-        let (entries, index) = kv.list(&key).await.map_err(kv_error)?;
-        if entries.is_empty() {
-            return Ok(not_found(&key, index));
-        }
-        let pairs: Vec<_> = entries.iter().map(super::Entry::to_pair).collect();
-        return Ok(indexed_json(index, &pairs));
+    query.block(kv.index_watch()).await;
+    if listing {
+        let (mut entries, index) = kv.list(&key).await.map_err(kv_error)?;
+        let before = entries.len();
+        entries.retain(|e| authz.can_read_key(&e.key));
+        let filtered = entries.len() != before;
+        let mut response = if entries.is_empty() {
+            not_found(&key, index)
+        } else if params.0.contains_key("keys") {
+            let names: Vec<String> = entries.into_iter().map(|e| e.key).collect();
+            let keys = collapse_keys(&key, &names, params.get("separator"));
+            indexed_json(index, &keys)
+        } else {
+            let pairs: Vec<_> = entries.iter().map(super::Entry::to_pair).collect();
+            indexed_json(index, &pairs)
+        };
+        mark_filtered(&mut response, filtered);
+        return Ok(response);
     }
     let (entry, index) = kv.get(&key).await.map_err(kv_error)?;
     let Some(entry) = entry else {
@@ -140,28 +153,32 @@ fn not_found(key: &str, index: u64) -> Response {
 
 async fn put_root(
     State(kv): State<Kv>,
+    authz: Authz,
     params: QueryParams,
     request: Request,
 ) -> Result<Response, ApiError> {
-    write(kv, String::new(), params, request).await
+    write(kv, &authz, String::new(), params, request).await
 }
 
 async fn put_key(
     State(kv): State<Kv>,
+    authz: Authz,
     path: Result<Path<String>, PathRejection>,
     params: QueryParams,
     request: Request,
 ) -> Result<Response, ApiError> {
-    write(kv, key_of(path)?, params, request).await
+    write(kv, &authz, key_of(path)?, params, request).await
 }
 
 async fn write(
     kv: Kv,
+    authz: &Authz,
     key: String,
     params: QueryParams,
     request: Request,
 ) -> Result<Response, ApiError> {
     checked(&key, false)?;
+    authz.require_key_write(&key)?;
     let flags = number(&params, "flags")?.unwrap_or(0);
     let cas = number(&params, "cas")?;
     let body = read_body(request).await?;
@@ -182,21 +199,36 @@ async fn write(
     Ok(indexed_json(index, &done))
 }
 
-async fn delete_root(State(kv): State<Kv>, params: QueryParams) -> Result<Response, ApiError> {
-    remove(kv, String::new(), params).await
+async fn delete_root(
+    State(kv): State<Kv>,
+    authz: Authz,
+    params: QueryParams,
+) -> Result<Response, ApiError> {
+    remove(kv, &authz, String::new(), params).await
 }
 
 async fn delete_key(
     State(kv): State<Kv>,
+    authz: Authz,
     path: Result<Path<String>, PathRejection>,
     params: QueryParams,
 ) -> Result<Response, ApiError> {
-    remove(kv, key_of(path)?, params).await
+    remove(kv, &authz, key_of(path)?, params).await
 }
 
-async fn remove(kv: Kv, key: String, params: QueryParams) -> Result<Response, ApiError> {
+async fn remove(
+    kv: Kv,
+    authz: &Authz,
+    key: String,
+    params: QueryParams,
+) -> Result<Response, ApiError> {
     let recurse = params.flag("recurse");
     checked(&key, recurse)?;
+    if recurse {
+        authz.require_key_write_prefix(&key)?;
+    } else {
+        authz.require_key_write(&key)?;
+    }
     let cas = number(&params, "cas")?;
     if recurse && cas.is_some() {
         return Err(ApiError::invalid_field(

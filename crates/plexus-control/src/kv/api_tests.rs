@@ -54,7 +54,10 @@ async fn call(router: &Router, method: Method, uri: &str, body: Vec<u8>) -> Repl
 }
 
 fn app(dir: &std::path::Path) -> Router {
-    router(Kv::new(Arc::new(EmbeddedStore::open(dir).unwrap())))
+    plexus_runtime::acl::layer(
+        router(Kv::new(Arc::new(EmbeddedStore::open(dir).unwrap()))),
+        plexus_runtime::acl::Resolver::default(),
+    )
 }
 
 #[tokio::test]

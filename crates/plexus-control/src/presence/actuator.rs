@@ -2,6 +2,9 @@
 //! `more`: connections, monitors, topics, totals, virtual topics, as Mercury's presence monitor
 //! shows them), `/info/routes`, `/info/lib`, `/env`, `/health` (the store as the monitor's
 //! "cloud connector": a timed read of the topic table) and `/livenessprobe`.
+//!
+//! ACLs: every path needs `operator:read` (they show connections, topics and the process's
+//! environment); with ACLs disabled they are open.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -33,7 +36,20 @@ pub fn router(presence: Presence) -> Router {
         .route("/env", get(env))
         .route("/health", get(health))
         .route("/livenessprobe", get(liveness))
+        .route_layer(axum::middleware::from_fn(require_operator_read))
         .with_state(presence)
+}
+
+/// Refuses a caller whose token lacks `operator:read` (403 naming it).
+async fn require_operator_read(
+    authz: plexus_runtime::acl::Authz,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authz.require_operator_read() {
+        Ok(()) => next.run(request).await,
+        Err(denied) => plexus_runtime::http::ApiError::from(denied).into_response(),
+    }
 }
 
 fn app() -> AppBlock {

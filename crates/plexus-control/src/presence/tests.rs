@@ -168,7 +168,13 @@ type Ws =
 async fn serve(presence: Presence) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, ws::router(presence)).await });
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            plexus_runtime::acl::layer(ws::router(presence), Default::default()),
+        )
+        .await
+    });
     addr
 }
 

@@ -5,6 +5,13 @@
 //! forward group events, apply `Routes` frames, ping every interval and drop the app when it stays
 //! silent, renew the session's lease (dropping the app if it expired) → release the claim (revoke
 //! the lease). Bad frames get a `Refused` frame naming the problem, then a close.
+//!
+//! ACLs: the token is resolved when the websocket is opened (an unknown token never gets the
+//! upgrade: 403 `ACL not found`); joining as app A needs `service:write` on A (the app's own
+//! token, or a service identity for A), checked after its `Hello` (a `Refused` frame with
+//! Consul's permission message otherwise). `/v1/events/apps` and `/v1/events/topics` leave out
+//! apps the token may not read (`service:read` on the app's name); `/v1/events/info` needs
+//! `operator:read`. A session keeps the authorizer it joined with until it ends.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -18,6 +25,7 @@ use axum::routing::get;
 use plexus_api::presence::{
     ClientFrame, MAX_FRAME_BYTES, Peer, ServerFrame, valid_origin, valid_route_name,
 };
+use plexus_runtime::acl::{Authz, mark_filtered};
 use plexus_runtime::http::ApiError;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -36,9 +44,15 @@ pub fn router(presence: Presence) -> Router {
         .with_state(presence)
 }
 
-async fn apps(State(presence): State<Presence>) -> Response {
+async fn apps(State(presence): State<Presence>, authz: Authz) -> Response {
     match presence.apps().await {
-        Ok(apps) => axum::Json(apps).into_response(),
+        Ok(mut apps) => {
+            let filtered =
+                plexus_runtime::acl::filter(&mut apps, |a| authz.can_read_service(&a.peer.app));
+            let mut response = axum::Json(apps).into_response();
+            mark_filtered(&mut response, filtered);
+            response
+        }
         Err(error) => {
             tracing::warn!(%error, "presence: cannot list apps");
             ApiError::internal("the presence store is unavailable").into_response()
@@ -48,7 +62,10 @@ async fn apps(State(presence): State<Presence>) -> Response {
 
 /// The presence monitor's own view: this replica, its open connections, every topic with its
 /// owner (origin and app).
-async fn info(State(presence): State<Presence>) -> Response {
+async fn info(State(presence): State<Presence>, authz: Authz) -> Response {
+    if let Err(denied) = authz.require_operator_read() {
+        return ApiError::from(denied).into_response();
+    }
     let (apps, topics) = match (presence.apps().await, presence.topics().await) {
         (Ok(apps), Ok(topics)) => (apps, topics),
         (Err(error), _) | (_, Err(error)) => {
@@ -75,9 +92,27 @@ async fn info(State(presence): State<Presence>) -> Response {
     .into_response()
 }
 
-async fn topics(State(presence): State<Presence>) -> Response {
+async fn topics(State(presence): State<Presence>, authz: Authz) -> Response {
+    let apps = match presence.apps().await {
+        Ok(apps) => apps,
+        Err(error) => {
+            tracing::warn!(%error, "presence: cannot list apps");
+            return ApiError::internal("the presence store is unavailable").into_response();
+        }
+    };
     match presence.topics().await {
-        Ok(topics) => axum::Json(topics).into_response(),
+        Ok(mut topics) => {
+            let before = topics.len();
+            topics.retain(|_, origin| {
+                apps.iter()
+                    .find(|a| &a.peer.origin == origin)
+                    .is_some_and(|a| authz.can_read_service(&a.peer.app))
+            });
+            let filtered = topics.len() != before;
+            let mut response = axum::Json(topics).into_response();
+            mark_filtered(&mut response, filtered);
+            response
+        }
         Err(error) => {
             tracing::warn!(%error, "presence: cannot list topics");
             ApiError::internal("the presence store is unavailable").into_response()
@@ -87,6 +122,7 @@ async fn topics(State(presence): State<Presence>) -> Response {
 
 async fn upgrade(
     State(presence): State<Presence>,
+    authz: Authz,
     Path(origin): Path<String>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -108,7 +144,7 @@ async fn upgrade(
         }
     };
     ws.max_message_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| async move { session(presence, origin, socket).await })
+        .on_upgrade(move |socket| async move { session(presence, authz, origin, socket).await })
 }
 
 async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> bool {
@@ -184,7 +220,7 @@ async fn read_hello(
     Ok((peer, endpoint))
 }
 
-async fn session(presence: Presence, origin: String, mut socket: WebSocket) {
+async fn session(presence: Presence, authz: Authz, origin: String, mut socket: WebSocket) {
     if let Err(error) = presence.ensure_started().await {
         tracing::warn!(%error, "presence: cannot start");
         return refuse(&mut socket, &origin, "presence is unavailable".into()).await;
@@ -193,6 +229,9 @@ async fn session(presence: Presence, origin: String, mut socket: WebSocket) {
         Ok(hello) => hello,
         Err(reason) => return refuse(&mut socket, &origin, reason).await,
     };
+    if let Err(denied) = authz.require_service_write(&peer.app) {
+        return refuse(&mut socket, &origin, denied.to_string()).await;
+    }
     presence.inner.sessions.fetch_add(1, Ordering::SeqCst);
     match presence.claim_at(peer, endpoint).await {
         Ok(mut claim) => {

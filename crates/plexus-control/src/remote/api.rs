@@ -1,4 +1,8 @@
 //! `/v1/internal/node/*`: what a remote agent writes and reads through (see the module above).
+//!
+//! ACLs: the agent's own token must have `node:write` on the node for every write (registration,
+//! deregistration, check updates, lease) and `service:write` on each service it registers;
+//! reads need `node:read`. The agent checked the caller's token at its own API first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use plexus_api::remote::{CheckUpdate, NodeLease, NodeRegistration, WriteIndex};
 use plexus_api::{Catalog, GoDuration};
+use plexus_runtime::acl::Authz;
 use plexus_runtime::http::{ApiError, BlockingQuery, JsonBody, QueryParams, indexed_json};
 
 use crate::api::{catalog_error, path_error};
@@ -43,6 +48,7 @@ type Catalogue = State<Arc<StoreCatalog>>;
 
 async fn register(
     State(catalog): Catalogue,
+    authz: Authz,
     JsonBody(body): JsonBody<NodeRegistration>,
 ) -> Result<Response, ApiError> {
     if body.node.node.is_empty() {
@@ -51,15 +57,21 @@ async fn register(
             "the node name is empty",
         ));
     }
+    authz.require_node_write(&body.node.node)?;
+    for service in &body.services {
+        authz.require_service_write(&service.service)?;
+    }
     let index = catalog.register(body.into()).await.map_err(catalog_error)?;
     Ok(axum::Json(WriteIndex { index }).into_response())
 }
 
 async fn deregister_service(
     State(catalog): Catalogue,
+    authz: Authz,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((node, id)) = path.map_err(path_error)?;
+    authz.require_node_write(&node)?;
     let index = catalog
         .deregister_service(&node, &id)
         .await
@@ -69,9 +81,11 @@ async fn deregister_service(
 
 async fn deregister_check(
     State(catalog): Catalogue,
+    authz: Authz,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((node, id)) = path.map_err(path_error)?;
+    authz.require_node_write(&node)?;
     let index = catalog
         .deregister_check(&node, &id)
         .await
@@ -81,10 +95,12 @@ async fn deregister_check(
 
 async fn update_check(
     State(catalog): Catalogue,
+    authz: Authz,
     path: Result<Path<(String, String)>, PathRejection>,
     JsonBody(body): JsonBody<CheckUpdate>,
 ) -> Result<Response, ApiError> {
     let Path((node, id)) = path.map_err(path_error)?;
+    authz.require_node_write(&node)?;
     let index = catalog
         .update_check(&node, &id, body.status, &body.output)
         .await
@@ -94,10 +110,12 @@ async fn update_check(
 
 async fn services(
     State(catalog): Catalogue,
+    authz: Authz,
     node: Result<Path<String>, PathRejection>,
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
     let Path(node) = node.map_err(path_error)?;
+    authz.require_node_read(&node)?;
     query.block(catalog.index_watch()).await;
     let found = catalog.node_services(&node).await.map_err(catalog_error)?;
     Ok(indexed_json(found.index, &found.value))
@@ -105,10 +123,12 @@ async fn services(
 
 async fn checks(
     State(catalog): Catalogue,
+    authz: Authz,
     node: Result<Path<String>, PathRejection>,
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
     let Path(node) = node.map_err(path_error)?;
+    authz.require_node_read(&node)?;
     query.block(catalog.index_watch()).await;
     let found = catalog.node_checks(&node).await.map_err(catalog_error)?;
     Ok(indexed_json(found.index, &found.value))
@@ -116,10 +136,12 @@ async fn checks(
 
 async fn grant(
     State(catalog): Catalogue,
+    authz: Authz,
     node: Result<Path<String>, PathRejection>,
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     let Path(node) = node.map_err(path_error)?;
+    authz.require_node_write(&node)?;
     let ttl = match params.get("ttl") {
         None => Duration::from_secs(10),
         Some(text) => GoDuration::parse(text)
@@ -145,9 +167,11 @@ async fn grant(
 
 async fn renew(
     State(catalog): Catalogue,
+    authz: Authz,
     path: Result<Path<(String, i64)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((node, id)) = path.map_err(path_error)?;
+    authz.require_node_write(&node)?;
     match super::renew(&catalog, id).await.map_err(catalog_error)? {
         Some(ttl) => Ok(axum::Json(NodeLease {
             id,

@@ -11,6 +11,10 @@
 //!   query on the catalog).
 //! - [`metrics`]: `GET /v1/mesh/topology`, who calls whom with golden metrics read from the
 //!   sidecars' `/metrics` (a blocking query on the scrape sequence).
+//!
+//! ACLs: the assets are public (they hold no data); both endpoints list only the services the
+//! token may read (`service:read`; an edge needs both ends), with
+//! `X-Consul-Results-Filtered-By-ACLs: true` when something was left out.
 
 pub mod metrics;
 pub mod summary;
@@ -22,6 +26,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use http::{HeaderValue, StatusCode, header};
+use plexus_runtime::acl::{Authz, filter, mark_filtered};
 use plexus_runtime::http::{ApiError, BlockingQuery, indexed_json};
 
 use crate::api::catalog_error;
@@ -107,22 +112,43 @@ fn asset(path: &str) -> Response {
 /// `GET /v1/mesh/services`: [`summary::ServiceSummary`] rows; blocking on the catalog index.
 async fn services(
     State(state): State<UiState>,
+    authz: Authz,
     query: BlockingQuery,
 ) -> Result<Response, ApiError> {
     use plexus_api::Catalog;
     query.block(state.catalog.index_watch()).await;
-    let (index, rows) = summary::services(&state.catalog)
+    let (index, mut rows) = summary::services(&state.catalog)
         .await
         .map_err(catalog_error)?;
-    Ok(indexed_json(index, &rows))
+    let filtered = filter(&mut rows, |row| authz.can_read_service(&row.name));
+    let mut response = indexed_json(index, &rows);
+    mark_filtered(&mut response, filtered);
+    Ok(response)
 }
 
 /// `GET /v1/mesh/topology`: [`metrics::MeshView`]; blocking on the scrape sequence.
-async fn topology(State(state): State<UiState>, query: BlockingQuery) -> Response {
+async fn topology(State(state): State<UiState>, authz: Authz, query: BlockingQuery) -> Response {
     let view = state.metrics.watch().await;
     query.block_until(view.clone(), |v| v.index).await;
     let latest = Arc::clone(&view.borrow());
-    indexed_json(latest.index, &*latest)
+    if authz.can_read_all(plexus_api::acl::Resource::Service) {
+        return indexed_json(latest.index, &*latest);
+    }
+    let mut visible = (*latest).clone();
+    let before = visible.services.len();
+    visible
+        .services
+        .retain(|name, _| authz.can_read_service(name));
+    let mut filtered = visible.services.len() != before;
+    filtered |= filter(&mut visible.edges, |e| {
+        authz.can_read_service(&e.source) && authz.can_read_service(&e.destination)
+    });
+    filtered |= filter(&mut visible.sidecars, |s| {
+        authz.can_read_service(&s.service)
+    });
+    let mut response = indexed_json(visible.index, &visible);
+    mark_filtered(&mut response, filtered);
+    response
 }
 
 #[cfg(test)]

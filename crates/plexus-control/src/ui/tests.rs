@@ -51,7 +51,68 @@ async fn router_with_mesh(dir: &std::path::Path) -> Router {
         .await
         .unwrap();
     let store = Arc::clone(catalog.store());
-    super::router(catalog, store)
+    plexus_runtime::acl::layer(super::router(catalog, store), Default::default())
+}
+
+/// Every request is the token with these rules, default deny.
+struct Fixed(plexus_api::acl::Rules);
+
+#[async_trait::async_trait]
+impl plexus_runtime::acl::Resolve for Fixed {
+    async fn resolve(
+        &self,
+        _token: Option<&plexus_api::acl::SecretId>,
+    ) -> Result<plexus_api::acl::Authorizer, plexus_runtime::acl::ResolveError> {
+        Ok(plexus_api::acl::Authorizer::from_rules(
+            "reader",
+            [&self.0],
+            plexus_api::acl::DefaultPolicy::Deny,
+        ))
+    }
+}
+
+#[tokio::test]
+async fn mesh_endpoints_list_only_services_the_token_may_read() {
+    use plexus_api::acl::{Access, Resource, Rules};
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Arc::new(catalog(dir.path()));
+    catalog
+        .register(registration(
+            "n1",
+            vec![
+                service("web-1", "web", &[]),
+                service("client-1", "client", &[]),
+            ],
+            Vec::new(),
+        ))
+        .await
+        .unwrap();
+    let store = Arc::clone(catalog.store());
+    let rules = Rules::default().with(Resource::Service, "web", false, Access::Read);
+    let router = plexus_runtime::acl::layer(
+        super::router(catalog, store),
+        plexus_runtime::acl::Resolver(Arc::new(Fixed(rules))),
+    );
+    let (status, headers, body) = get(&router, "/v1/mesh/services").await;
+    assert_eq!(status, StatusCode::OK);
+    let rows: Value = serde_json::from_slice(&body).unwrap();
+    let names: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web"], "{rows}");
+    assert_eq!(headers[plexus_api::acl::FILTERED_HEADER], "true");
+    let (status, headers, body) = get(&router, "/v1/mesh/topology").await;
+    assert_eq!(status, StatusCode::OK);
+    let view: Value = serde_json::from_slice(&body).unwrap();
+    let services: Vec<&String> = view["Services"].as_object().unwrap().keys().collect();
+    assert_eq!(services, ["web"], "{view}");
+    assert_eq!(headers[plexus_api::acl::FILTERED_HEADER], "true");
+    // The assets hold no data and stay public.
+    let (status, _, _) = get(&router, "/ui/app.js").await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -171,8 +232,11 @@ async fn acknowledgements_carry_the_admin_address_and_a_bad_one_is_refused() {
         .await
         .unwrap();
     let store = Arc::clone(catalog.store());
-    let router = crate::operator::router(Arc::clone(&store), "n1".to_owned())
-        .merge(super::router(catalog, store));
+    let router = plexus_runtime::acl::layer(
+        crate::operator::router(Arc::clone(&store), "n1".to_owned())
+            .merge(super::router(catalog, store)),
+        Default::default(),
+    );
     let put = |uri: &str| {
         let request = Request::put(uri).body(Body::empty()).unwrap();
         router.clone().oneshot(request)

@@ -92,12 +92,19 @@ pub(crate) async fn find_sidecar(
         match result {
             Ok(Some(found)) => return Ok(Some(found)),
             Ok(None) => {
-                return Err(ProxyError::NoSidecar {
-                    service_id: app_id.to_owned(),
-                });
+                // Hidden from this token, or really absent?
+                return Err(
+                    match client.agent_service(app_id, QueryOptions::default()).await {
+                        Err(error) if error.status() == Some(403) => denied(client, &error),
+                        _ => ProxyError::NoSidecar {
+                            service_id: app_id.to_owned(),
+                        },
+                    },
+                );
             }
             // Deregistered between the list and the read: look again.
             Err(error) if error.status() == Some(404) => continue,
+            Err(error) if error.status() == Some(403) => return Err(denied(client, &error)),
             Err(error) => {
                 let delay = backoff.next_delay();
                 warn!(
@@ -111,6 +118,22 @@ pub(crate) async fn find_sidecar(
                 }
             }
         }
+    }
+}
+
+/// The start-up error for a 403 from the control plane.
+fn denied(client: &Client, error: &plexus_api::client::ClientError) -> ProxyError {
+    let message = match error {
+        plexus_api::client::ClientError::Status { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    ProxyError::Denied {
+        token: if client.token().is_some() {
+            "token given"
+        } else {
+            "no token given"
+        },
+        message,
     }
 }
 

@@ -37,7 +37,7 @@ use super::tls::{
     CertSource, EXEMPT_FROM_CLIENT_CERT, HttpsArgs, SERVER_NAME_ENV, env_first, serve_https,
     server_tls,
 };
-use super::{EXIT_CONFIG, parse_duration};
+use super::{EXIT_CONFIG, TokenArgs, parse_duration};
 use plexus_api::agent_config::Role;
 use plexus_api::client::ClientOptions;
 use plexus_runtime::tls::{
@@ -77,6 +77,14 @@ pub struct Args {
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// The agent's own token, for its node's registration, checks and lease (it needs
+    /// `node:write` on its node and `service:write` on the services it registers).
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// How long the agent trusts what a server said about a caller's token (Consul's
+    /// `acl.token_ttl`): a deleted token may still work here for that long.
+    #[arg(long = "acl-token-ttl", default_value = "30s", value_parser = parse_duration)]
+    pub acl_token_ttl: Duration,
     #[command(flatten)]
     pub https: HttpsArgs,
     /// Talk to servers over verified TLS: bare `host:port` server addresses mean `https://`
@@ -175,6 +183,13 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         Ok(files) => files,
         Err(code) => return Ok(code),
     };
+    let token = match args.token.resolve() {
+        Ok(token) => config_file::agent_token(&files.agent, token),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let config = &files.agent;
     args.datacenter = config_file::datacenter(config, &given, &args.datacenter);
     if args.node.is_none() {
@@ -214,7 +229,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         }
     };
     let bootstrap_client = match tls_plan.client(&args.servers, None) {
-        Ok(client) => client,
+        Ok(client) => client.with_token(token.clone()),
         Err(error) => {
             eprintln!("error: --server: {error:#}");
             return Ok(ExitCode::from(EXIT_CONFIG));
@@ -265,7 +280,9 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             }
         };
         let slot = CertSlot::new(&cert.identity)?;
-        let client = tls_plan.client(&args.servers, Some(&slot))?;
+        let client = tls_plan
+            .client(&args.servers, Some(&slot))?
+            .with_token(token.clone());
         shutdown.spawn(request.run_renewal(
             client.clone(),
             Arc::clone(&slot),
@@ -298,7 +315,11 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         datacenter: args.datacenter.clone(),
         ..Node::default()
     };
-    let Some(agent) = start_agent(node, &catalog, &shutdown).await else {
+    let resolver = plexus_runtime::acl::Resolver(Arc::new(plexus_agent::acl::RemoteResolver::new(
+        client.clone(),
+        args.acl_token_ttl,
+    )));
+    let Some(agent) = start_agent(node, &catalog, resolver, &shutdown).await? else {
         return Ok(ExitCode::SUCCESS);
     };
     for (file, registration) in &definitions {
@@ -377,16 +398,27 @@ fn shutdown_pending(shutdown: &Shutdown) -> bool {
 }
 
 /// Registers the node (starting the agent), retrying with backoff while no server answers.
-async fn start_agent(node: Node, catalog: &Arc<HttpCatalog>, shutdown: &Shutdown) -> Option<Agent> {
+async fn start_agent(
+    node: Node,
+    catalog: &Arc<HttpCatalog>,
+    acl: plexus_runtime::acl::Resolver,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<Agent>> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let config = AgentConfig {
             node: node.clone(),
             server: false,
+            acl: acl.clone(),
         };
         let dyn_catalog: Arc<dyn plexus_api::Catalog> = catalog.clone();
         match Agent::start(config, dyn_catalog, shutdown).await {
-            Ok(agent) => return Some(agent),
+            Ok(agent) => return Ok(Some(agent)),
+            Err(error) if forbidden(&error) => {
+                return Err(anyhow::Error::new(error).context(
+                    "the servers refused this agent's token: cannot register this node (give the agent a token with node:write on it: --token, --token-file or PLEXUS_HTTP_TOKEN)",
+                ));
+            }
             Err(error) => warn!(
                 error = %format!("{:#}", anyhow::Error::new(error)),
                 retry_in = ?backoff,
@@ -395,11 +427,25 @@ async fn start_agent(node: Node, catalog: &Arc<HttpCatalog>, shutdown: &Shutdown
         }
         let token = shutdown.token();
         tokio::select! {
-            _ = token.cancelled() => return None,
+            _ = token.cancelled() => return Ok(None),
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Whether a server answered 403 somewhere down `error`'s chain.
+fn forbidden(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(current) = next {
+        if let Some(client) = current.downcast_ref::<plexus_api::client::ClientError>()
+            && client.status() == Some(403)
+        {
+            return true;
+        }
+        next = current.source();
+    }
+    false
 }
 
 async fn serve(
@@ -439,6 +485,8 @@ async fn forward(client: Client, request: Request) -> Response {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // The caller's own token goes on to the server (none: anonymous), never the agent's.
+    let token = plexus_runtime::acl::token_of(request.headers(), None);
     let body = match read_body(request).await {
         Ok(body) => body,
         Err(error) => return error.into_response(),
@@ -447,7 +495,13 @@ async fn forward(client: Client, request: Request) -> Response {
         return ApiError::bad_request("unsupported method").into_response();
     };
     let answer = match client
-        .forward(method, &path, content_type.as_deref(), body.to_vec())
+        .forward(
+            method,
+            &path,
+            content_type.as_deref(),
+            body.to_vec(),
+            token.as_ref(),
+        )
         .await
     {
         Ok(answer) => answer,
@@ -461,6 +515,7 @@ async fn forward(client: Client, request: Request) -> Response {
     let mut headers = http::HeaderMap::new();
     for name in [
         "content-type",
+        plexus_api::acl::FILTERED_HEADER,
         "x-consul-index",
         "x-consul-knownleader",
         "x-consul-lastcontact",

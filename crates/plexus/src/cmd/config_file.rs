@@ -103,7 +103,7 @@ fn report(errors: Vec<String>) -> ExitCode {
 }
 
 /// Logs what the files hold that this build accepts without using (each with why), applies
-/// `log_level` (unless `RUST_LOG` is set), and hands the ACL settings to the ACL hook.
+/// `log_level` (unless `RUST_LOG` is set); says that `acl.tokens.default` is not applied.
 pub fn announce(config: &AgentConfig) {
     for note in &config.notes {
         info!(%note, "configuration note");
@@ -111,24 +111,60 @@ pub fn announce(config: &AgentConfig) {
     if let Some(level) = config.log_level {
         plexus_runtime::telemetry::set_level(level.directive());
     }
-    apply_acl_config(&config.acl);
-}
-
-/// ACL HOOK (issue 12 parts 1-2, the `acl` branch): `acl { enabled default_policy tokens {
-/// initial_management agent default } }` from the file go to the ACL settings once they exist.
-/// Until then they are validated and stored, and a warning says they are not enforced (never
-/// the tokens themselves).
-pub fn apply_acl_config(acl: &agent_config::AclConfig) {
-    if *acl != agent_config::AclConfig::default() {
+    if config.acl.default_token.is_some() {
         warn!(
-            enabled = ?acl.enabled,
-            default_policy = ?acl.default_policy,
-            tokens = acl.initial_management.is_some() as u8
-                + acl.agent_token.is_some() as u8
-                + acl.default_token.is_some() as u8,
-            "acl settings read from the configuration file; this build does not enforce ACLs yet"
+            "acl.tokens.default from the configuration file is not applied yet: callers without a token are the anonymous token"
         );
     }
+}
+
+/// `acl { enabled default_policy }` from the file onto a server's (or dev's) ACL flags, unless
+/// given: `enabled_id` is the id of the command's enable flag (`acl_enabled`, dev's `acl`).
+pub fn apply_acl(
+    config: &AgentConfig,
+    given: &Given,
+    enabled_id: &str,
+    enabled: &mut bool,
+    acl: &mut super::dev::AclArgs,
+) {
+    if !given.flag(enabled_id)
+        && let Some(on) = config.acl.enabled
+    {
+        *enabled = on;
+    }
+    if !given.flag("default_policy")
+        && let Some(policy) = config.acl.default_policy
+    {
+        acl.default_policy = match policy {
+            agent_config::AclPolicy::Allow => plexus_api::acl::DefaultPolicy::Allow,
+            agent_config::AclPolicy::Deny => plexus_api::acl::DefaultPolicy::Deny,
+        };
+    }
+}
+
+/// The file's `acl.tokens.initial_management` when the flag and the environment gave none.
+pub fn apply_initial_management(config: &AgentConfig, acl: &mut super::dev::AclSettings) {
+    if acl.initial_management.is_none() {
+        acl.initial_management = config
+            .acl
+            .initial_management
+            .as_ref()
+            .map(|secret| plexus_api::acl::SecretId::new(secret.expose()));
+    }
+}
+
+/// An agent's own token: the flags or the environment, else the file's `acl.tokens.agent`.
+pub fn agent_token(
+    config: &AgentConfig,
+    resolved: Option<plexus_api::acl::SecretId>,
+) -> Option<plexus_api::acl::SecretId> {
+    resolved.or_else(|| {
+        config
+            .acl
+            .agent_token
+            .as_ref()
+            .map(|secret| plexus_api::acl::SecretId::new(secret.expose()))
+    })
 }
 
 /// An API listener address from `client_addr` and a port setting; `None` when the file says

@@ -330,7 +330,7 @@ async fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
         "plexus-demo",
         "dc1",
         &defs,
-        super::dev::ConnectSettings::default(),
+        super::dev::DevSettings::default(),
         &shutdown,
     )
     .await?;

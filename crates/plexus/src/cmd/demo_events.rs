@@ -400,7 +400,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
         "plexus-demo",
         "dc1",
         &[],
-        super::dev::ConnectSettings::default(),
+        super::dev::DevSettings::default(),
         &shutdown,
     )
     .await?;

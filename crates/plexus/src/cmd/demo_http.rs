@@ -324,7 +324,7 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<ExitCode> {
         "plexus-demo",
         "dc1",
         &defs,
-        super::dev::ConnectSettings::default(),
+        super::dev::DevSettings::default(),
         &shutdown,
     )
     .await?;

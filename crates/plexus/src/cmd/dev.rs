@@ -28,6 +28,96 @@ use plexus_api::agent_config::Role;
 /// The datacenter name when none is given (Consul's).
 pub const DEFAULT_DATACENTER: &str = "dc1";
 
+/// The environment variable holding the initial management token's secret.
+pub const INITIAL_MANAGEMENT_ENV: &str = "PLEXUS_ACL_INITIAL_MANAGEMENT_TOKEN";
+
+/// ACL settings of `plexus server` and `plexus dev` (Consul's `acl { ... }` keys).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AclArgs {
+    /// What happens when no ACL rule matches: `deny` (default) or `allow` (`acl.default_policy`).
+    #[arg(long = "acl-default-policy", default_value = "deny")]
+    pub default_policy: plexus_api::acl::DefaultPolicy,
+    /// A file holding the secret of a management token created at start when missing
+    /// (`acl.tokens.initial_management`); also PLEXUS_ACL_INITIAL_MANAGEMENT_TOKEN.
+    #[arg(long = "acl-initial-management-token-file", value_name = "PATH")]
+    pub initial_management_file: Option<PathBuf>,
+    /// Shortest ExpirationTTL a token may be given (Consul's `token_min_expiration_ttl`).
+    #[arg(long = "acl-token-min-expiration-ttl", default_value = "1m", value_parser = parse_duration)]
+    pub min_expiration_ttl: Duration,
+}
+
+impl AclArgs {
+    /// The control plane's ACL configuration; `Err` names a bad setting (exit 64).
+    pub fn settings(
+        &self,
+        enabled: bool,
+        data_dir: Option<&std::path::Path>,
+    ) -> Result<AclSettings, String> {
+        let initial = match &self.initial_management_file {
+            Some(path) => Some(
+                plexus_api::client::read_token_file(path)
+                    .map_err(|e| format!("--acl-initial-management-token-file: {e}"))?,
+            ),
+            None => std::env::var(INITIAL_MANAGEMENT_ENV)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| plexus_api::acl::SecretId::new(v.trim())),
+        };
+        if self.min_expiration_ttl > Duration::from_secs(24 * 3600) {
+            return Err("--acl-token-min-expiration-ttl must be at most 24h".to_owned());
+        }
+        Ok(AclSettings {
+            config: plexus_control::acl::AclConfig {
+                enabled,
+                default_policy: self.default_policy,
+                reset_file: data_dir.map(|d| d.join(plexus_control::acl::RESET_FILE)),
+                min_expiration_ttl: self.min_expiration_ttl,
+                ..plexus_control::acl::AclConfig::default()
+            },
+            initial_management: initial,
+        })
+    }
+}
+
+/// What a dev control plane is configured with besides its address, store and definitions.
+#[derive(Debug, Clone, Default)]
+pub struct DevSettings {
+    /// Identity (leaf TTL, default intention policy).
+    pub connect: ConnectSettings,
+    /// Access control.
+    pub acl: AclSettings,
+}
+
+/// Validated ACL settings.
+#[derive(Debug, Clone, Default)]
+pub struct AclSettings {
+    /// The control plane's configuration.
+    pub config: plexus_control::acl::AclConfig,
+    /// The initial management token, if any.
+    pub initial_management: Option<plexus_api::acl::SecretId>,
+}
+
+/// Applies ACL settings to a control plane and says which mode it runs in.
+pub async fn start_acl(
+    control: &mut plexus_control::ControlPlane,
+    settings: AclSettings,
+) -> anyhow::Result<()> {
+    let enabled = settings.config.enabled;
+    let default_policy = settings.config.default_policy;
+    control.configure_acl(settings.config);
+    control
+        .acl()
+        .start(settings.initial_management.as_ref())
+        .await
+        .context("starting the ACL system")?;
+    if enabled {
+        info!(%default_policy, "ACLs enabled: every request needs a token with the right policy (PUT /v1/acl/bootstrap for the first management token)");
+    } else {
+        warn!("ACLs disabled: the API is open to anyone who can reach it");
+    }
+    Ok(())
+}
+
 /// `plexus dev`
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -61,6 +151,11 @@ pub struct Args {
     /// (the dev default) or `deny` (a production server's default).
     #[arg(long = "default-intention-policy", default_value = "allow")]
     pub default_intention_policy: plexus_api::connect::DefaultPolicy,
+    /// Enforce ACL tokens (off by default in dev mode: the API is open).
+    #[arg(long)]
+    pub acl: bool,
+    #[command(flatten)]
+    pub acl_args: AclArgs,
     #[command(flatten)]
     pub tls: ServerTlsArgs,
     /// DNS interface.
@@ -205,6 +300,15 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         leaf_ttl: args.connect_leaf_ttl,
         default_policy: args.default_intention_policy,
     };
+    config_file::apply_acl(config, &given, "acl", &mut args.acl, &mut args.acl_args);
+    let mut acl = match args.acl_args.settings(args.acl, args.data_dir.as_deref()) {
+        Ok(acl) => acl,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    config_file::apply_initial_management(config, &mut acl);
     let (https, kek) = match (args.tls.https.plan(true, false), args.tls.kek()) {
         (Ok(https), Ok(kek)) => (https, kek),
         (Err(message), _) | (_, Err(message)) => {
@@ -245,7 +349,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         &node_name,
         &args.datacenter,
         &definitions,
-        connect,
+        DevSettings { connect, acl },
         &shutdown,
     )
     .await?;
@@ -300,7 +404,7 @@ impl DevServer {
         node_name: &str,
         datacenter: &str,
         definitions: &[(PathBuf, ServiceRegistration)],
-        connect: ConnectSettings,
+        settings: DevSettings,
         shutdown: &Shutdown,
     ) -> anyhow::Result<Self> {
         let listeners = DevListeners {
@@ -314,7 +418,7 @@ impl DevServer {
             node_name,
             datacenter,
             definitions,
-            connect,
+            settings,
             shutdown,
         )
         .await
@@ -330,9 +434,10 @@ impl DevServer {
         node_name: &str,
         datacenter: &str,
         definitions: &[(PathBuf, ServiceRegistration)],
-        connect: ConnectSettings,
+        settings: DevSettings,
         shutdown: &Shutdown,
     ) -> anyhow::Result<Self> {
+        let DevSettings { connect, acl } = settings;
         let https_addr = match &listeners.https {
             Some((listener, _)) => Some(listener.local_addr()?),
             None => None,
@@ -358,7 +463,6 @@ impl DevServer {
             }
         };
         info!(data_dir = %data_dir.display(), temporary, "using embedded store");
-        warn!("dev mode: the API is open to anyone who can reach it (no ACLs)");
         let info = ServerInfo {
             datacenter: datacenter.to_owned(),
             node_name: node_name.to_owned(),
@@ -371,6 +475,11 @@ impl DevServer {
         if let Some(kek) = security.kek {
             control = control.with_ca_key_encryption(kek);
         }
+        let mut acl = acl;
+        if acl.config.reset_file.is_none() {
+            acl.config.reset_file = Some(data_dir.join(plexus_control::acl::RESET_FILE));
+        }
+        start_acl(&mut control, acl).await?;
         start_identity(&control, connect, shutdown).await?;
         let catalog: Arc<dyn plexus_api::Catalog> = control.catalog();
         let node = Node {
@@ -380,9 +489,17 @@ impl DevServer {
             datacenter: datacenter.to_owned(),
             ..Node::default()
         };
-        let agent = Agent::start(AgentConfig { node, server: true }, catalog, shutdown)
-            .await
-            .context("starting the agent")?;
+        let agent = Agent::start(
+            AgentConfig {
+                node,
+                server: true,
+                acl: control.resolver(),
+            },
+            catalog,
+            shutdown,
+        )
+        .await
+        .context("starting the agent")?;
         for (file, registration) in definitions {
             agent.register(registration).await.with_context(|| {
                 format!(

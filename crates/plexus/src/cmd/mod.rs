@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod acl;
 pub mod agent;
 pub mod auto_encrypt;
 pub mod catalog;
@@ -25,11 +26,14 @@ pub mod services;
 pub mod tls;
 pub mod validate;
 
+use plexus_api::acl::SecretId;
 use plexus_api::client::{Client, DEFAULT_HTTP_ADDR, HTTP_ADDR_ENV};
 
 /// How client commands find the control plane: `--http-addr`, else `PLEXUS_HTTP_ADDR`, else
 /// `CONSUL_HTTP_ADDR`, else `127.0.0.1:8500`; `host:port`, `http://host:port` and
-/// `https://host:port` work. TLS settings: [`tls::ClientTlsArgs`].
+/// `https://host:port` work. TLS settings: [`tls::ClientTlsArgs`]. The ACL token: `--token`,
+/// else `--token-file`, else `PLEXUS_HTTP_TOKEN`, `PLEXUS_HTTP_TOKEN_FILE`, `CONSUL_HTTP_TOKEN`,
+/// `CONSUL_HTTP_TOKEN_FILE`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlArgs {
     /// Control-plane address (host:port, http://host:port or https://host:port), or several
@@ -38,7 +42,36 @@ pub struct ControlArgs {
     #[arg(long = "http-addr", env = HTTP_ADDR_ENV, default_value_t = default_http_addr(), hide_env = true)]
     pub http_addr: String,
     #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
     pub tls: tls::ClientTlsArgs,
+}
+
+/// The ACL token flags every client command, `plexus proxy` and `plexus agent` take.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TokenArgs {
+    /// ACL token sent with every request (X-Consul-Token). Default: PLEXUS_HTTP_TOKEN, then
+    /// CONSUL_HTTP_TOKEN; none means the anonymous token. Prefer --token-file: a flag shows in
+    /// the process list.
+    #[arg(long = "token", value_parser = parse_secret, value_name = "SECRET")]
+    pub token: Option<SecretId>,
+    /// A file holding the ACL token (instead of --token).
+    #[arg(long = "token-file", value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token to send, from the flags or the environment (`None`: anonymous).
+    pub fn resolve(&self) -> anyhow::Result<Option<SecretId>> {
+        Ok(plexus_api::client::resolve_token(
+            self.token.as_ref(),
+            self.token_file.as_deref(),
+        )?)
+    }
+}
+
+fn parse_secret(text: &str) -> Result<SecretId, String> {
+    Ok(SecretId::new(text.trim()))
 }
 
 /// `CONSUL_HTTP_ADDR`, else `127.0.0.1:8500` (`PLEXUS_HTTP_ADDR` and the flag come first).
@@ -47,14 +80,14 @@ fn default_http_addr() -> String {
 }
 
 impl ControlArgs {
-    /// A client for the control plane.
+    /// A client for the control plane, sending the ACL token.
     pub fn client(&self) -> anyhow::Result<Client> {
         self.client_for(&split_addrs(&self.http_addr)?)
     }
 
-    /// A client for these servers (failover), with this command's TLS settings.
+    /// A client for these servers (failover), with this command's TLS settings and ACL token.
     pub fn client_for(&self, servers: &[String]) -> anyhow::Result<Client> {
-        Ok(Client::with_options(servers, self.tls.options()?)?)
+        Ok(Client::with_options(servers, self.tls.options()?)?.with_token(self.token.resolve()?))
     }
 }
 

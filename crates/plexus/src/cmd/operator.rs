@@ -116,7 +116,13 @@ async fn answer(what: &str, response: reqwest::Response) -> anyhow::Result<Vec<u
 async fn backup(args: FileArgs) -> anyhow::Result<ExitCode> {
     let client = args.control.client()?;
     let response = client
-        .forward(reqwest::Method::GET, "/v1/snapshot", None, Vec::new())
+        .forward(
+            reqwest::Method::GET,
+            "/v1/snapshot",
+            None,
+            Vec::new(),
+            client.token(),
+        )
         .await?;
     let body = answer("backup", response).await?;
     let (taken, entries) = snapshot::parse(&body).context("the server sent a damaged snapshot")?;
@@ -163,6 +169,7 @@ async fn restore(args: FileArgs) -> anyhow::Result<ExitCode> {
             "/v1/snapshot",
             Some("application/json"),
             body,
+            client.token(),
         )
         .await?;
     let answer = answer("restore", response).await?;

@@ -26,7 +26,8 @@ use tracing::{info, warn};
 
 use super::config_file::{self, Given};
 use super::dev::{
-    ConnectSettings, DEFAULT_DATACENTER, check_leaf_ttl, default_node_name, start_identity,
+    AclArgs, ConnectSettings, DEFAULT_DATACENTER, check_leaf_ttl, default_node_name, start_acl,
+    start_identity,
 };
 use super::tls::{ServerTlsArgs, serve_https_with, server_names, server_tls};
 use super::{EXIT_CONFIG, parse_duration};
@@ -67,6 +68,11 @@ pub struct Args {
     /// (a production server's default) or `allow`.
     #[arg(long = "default-intention-policy", default_value = "deny")]
     pub default_intention_policy: plexus_api::connect::DefaultPolicy,
+    /// Enforce ACL tokens (`acl.enabled`; on by default for a server).
+    #[arg(long = "acl-enabled", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub acl_enabled: bool,
+    #[command(flatten)]
+    pub acl: AclArgs,
     #[command(flatten)]
     pub tls: ServerTlsArgs,
     /// A configuration file in Consul's format (HCL or JSON): agent keys and/or service
@@ -161,6 +167,21 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         eprintln!("error: {message}");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
+    config_file::apply_acl(
+        config,
+        &given,
+        "acl_enabled",
+        &mut args.acl_enabled,
+        &mut args.acl,
+    );
+    let mut acl = match args.acl.settings(args.acl_enabled, Some(&args.data_dir)) {
+        Ok(acl) => acl,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    config_file::apply_initial_management(config, &mut acl);
     let dns_config = match args.dns.config(&args.datacenter) {
         Ok(config) => config,
         Err(message) => {
@@ -221,6 +242,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     if let Some(kek) = kek {
         control = control.with_ca_key_encryption(kek);
     }
+    start_acl(&mut control, acl).await?;
     start_identity(
         &control,
         ConnectSettings {
@@ -251,9 +273,17 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         ..Node::default()
     };
     let catalog: Arc<dyn plexus_api::Catalog> = control.catalog();
-    let agent = Agent::start(AgentConfig { node, server: true }, catalog, &shutdown)
-        .await
-        .context("starting the server's agent")?;
+    let agent = Agent::start(
+        AgentConfig {
+            node,
+            server: true,
+            acl: control.resolver(),
+        },
+        catalog,
+        &shutdown,
+    )
+    .await
+    .context("starting the server's agent")?;
     for (file, registration) in &definitions {
         agent.register(registration).await.with_context(|| {
             format!(

@@ -22,9 +22,14 @@ pub async fn agent(name: &str, servers: &str, extra: &[&str]) -> (Process, Clien
     .map(|s| (*s).to_owned())
     .collect();
     args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let process = Process::spawn(&format!("agent:{name}"), bin(), &args, &[]).unwrap();
+    // The agent's own token and its callers' (servers enforce ACLs): the run's management token.
+    let process =
+        Process::spawn(&format!("agent:{name}"), bin(), &args, &Server::token_env()).unwrap();
     let http = process.listening("http").await.unwrap();
-    (process, Client::new(&http.to_string()).unwrap())
+    (
+        process,
+        plexus_test::server::management_client(&http.to_string()).unwrap(),
+    )
 }
 
 async fn web_passing_on(server: &Client, node: &str) -> bool {

@@ -57,6 +57,8 @@ async fn a_consul_server_config_loads_and_flags_override_it() {
         bin(),
         &[
             "server",
+            "--dns-addr",
+            "127.0.0.1:0",
             "--config-file",
             file.to_str().unwrap(),
             "--node",
@@ -70,7 +72,13 @@ async fn a_consul_server_config_loads_and_flags_override_it() {
     let http = server.listening("http").await.unwrap();
     let https = server.listening("https").await.unwrap();
     assert!(http.ip().is_loopback() && https.ip().is_loopback());
-    let client = plexus_api::client::Client::new(&http.to_string()).unwrap();
+    // The file's acl block is applied: ACLs on, default deny, its initial management token.
+    let anonymous = plexus_api::client::Client::new(&http.to_string()).unwrap();
+    assert_eq!(
+        anonymous.agent_self().await.unwrap_err().status(),
+        Some(403)
+    );
+    let client = anonymous.with_token(Some(plexus_api::acl::SecretId::new("f1le-t0ken-5ecret")));
     let me = client.agent_self().await.unwrap();
     let shown = serde_json::to_value(&me).unwrap();
     // The flag wins over node_name; the file's datacenter is used.
@@ -89,10 +97,7 @@ async fn a_consul_server_config_loads_and_flags_override_it() {
         .wait_for_line("bootstrap_expect: accepted and not used")
         .await
         .unwrap();
-    server
-        .wait_for_line("this build does not enforce ACLs yet")
-        .await
-        .unwrap();
+    server.wait_for_line("ACLs enabled").await.unwrap();
     assert!(!server.output().contains("f1le-t0ken-5ecret"));
     // plexus validate reads the same file.
     let (code, out, err) = run_cli(bin(), &["validate", file.to_str().unwrap()], &[]).unwrap();

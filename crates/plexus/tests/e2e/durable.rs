@@ -143,7 +143,13 @@ async fn etcd_unreachable_at_start_is_retried_then_the_server_serves() {
         "patient",
     ]
     .map(str::to_owned);
-    let server = Process::spawn("server:patient", bin(), &args, &[]).unwrap();
+    let server = Process::spawn(
+        "server:patient",
+        bin(),
+        &args,
+        &plexus_test::server::server_env(),
+    )
+    .unwrap();
     let line = server
         .wait_for_line("cannot reach etcd; retrying")
         .await
@@ -154,7 +160,7 @@ async fn etcd_unreachable_at_start_is_retried_then_the_server_serves() {
     eventually!(server.output().matches("cannot reach etcd").count() > first);
     cluster.start_all().await.unwrap();
     let http = server.listening("http").await.unwrap();
-    let client = Client::new(&http.to_string()).unwrap();
+    let client = plexus_test::server::management_client(&http.to_string()).unwrap();
     assert!(
         client
             .kv_put("came/up", b"yes".to_vec(), 0, None)
@@ -285,10 +291,11 @@ async fn acceptance_replicas_etcd_members_killed_under_writes_and_traffic() {
     )
     .await;
     let agent_addr = agent_client.base().trim_start_matches("http://").to_owned();
-    let client_sidecar = plexus_test::Sidecar::start(bin(), &agent_addr, "client")
+    let token = ["--token", plexus_test::management_token()];
+    let client_sidecar = plexus_test::Sidecar::start_with(bin(), &agent_addr, "client", &token)
         .await
         .unwrap();
-    let echo_sidecar = plexus_test::Sidecar::start(bin(), &agent_addr, "echo")
+    let echo_sidecar = plexus_test::Sidecar::start_with(bin(), &agent_addr, "echo", &token)
         .await
         .unwrap();
     eventually!(echo_sidecar.is_ready().await);
@@ -355,6 +362,7 @@ async fn acceptance_replicas_etcd_members_killed_under_writes_and_traffic() {
                 };
                 let registered = reqwest::Client::new()
                     .put(format!("{}/v1/internal/node/register", client.base()))
+                    .header("x-consul-token", plexus_test::management_token())
                     .json(&registration)
                     .send()
                     .await
@@ -481,7 +489,7 @@ async fn acceptance_replicas_etcd_members_killed_under_writes_and_traffic() {
     let (code, out, err) = plexus_test::mesh::run_cli(
         bin(),
         &["operator", "--json", "--http-addr", &servers[0]],
-        &[],
+        &Server::token_env(),
     )
     .unwrap();
     assert_eq!(code, 0, "{err}");
@@ -531,7 +539,7 @@ async fn operator_shows_an_unreachable_etcd_member_and_a_stopped_replica_leaves_
     let (code, out, _) = plexus_test::mesh::run_cli(
         bin(),
         &["operator", "--http-addr", &r.servers[0].addr()],
-        &[],
+        &Server::token_env(),
     )
     .unwrap();
     assert_eq!(code, 0);

@@ -757,7 +757,10 @@ async fn presence_over_two_replicas_on_etcd_survives_kill_9_of_one() {
             while !watching.is_cancelled() {
                 for addr in &addrs {
                     let url = format!("http://{addr}/v1/events/topics");
-                    let Ok(response) = reqwest::get(&url).await else {
+                    let request = reqwest::Client::new()
+                        .get(&url)
+                        .header("x-consul-token", plexus_test::management_token());
+                    let Ok(response) = request.send().await else {
                         continue; // that replica was killed
                     };
                     let Ok(topics) = response.json::<BTreeMap<String, String>>().await else {
@@ -780,15 +783,33 @@ async fn presence_over_two_replicas_on_etcd_survives_kill_9_of_one() {
     let broker = Broker::Nats(nats.url());
     // a: replica 1 first, replica 2 as fallback; b: replica 2 only; c: replica 1 only.
     let both = format!("{one_addr},{two_addr}");
-    let a = EventsApp::start(bin(), "hello-a", "hello.world", &broker, &both, &[])
+    // The servers enforce ACLs: each app joins presence with a token (here the management one).
+    let token = [("PLEXUS_PRESENCE_TOKEN", plexus_test::management_token())];
+    let a = EventsApp::start_with_env(bin(), "hello-a", "hello.world", &broker, &both, &[], &token)
         .await
         .unwrap();
-    let b = EventsApp::start(bin(), "hello-b", "hello.pojo", &broker, &two_addr, &[])
-        .await
-        .unwrap();
-    let c = EventsApp::start(bin(), "hello-c", "hello.echo", &broker, &one_addr, &[])
-        .await
-        .unwrap();
+    let b = EventsApp::start_with_env(
+        bin(),
+        "hello-b",
+        "hello.pojo",
+        &broker,
+        &two_addr,
+        &[],
+        &token,
+    )
+    .await
+    .unwrap();
+    let c = EventsApp::start_with_env(
+        bin(),
+        "hello-c",
+        "hello.echo",
+        &broker,
+        &one_addr,
+        &[],
+        &token,
+    )
+    .await
+    .unwrap();
     let expected: BTreeMap<String, String> = [
         (a.origin.clone(), one_id.clone()),
         (b.origin.clone(), two_id.clone()),

@@ -19,7 +19,8 @@ async fn embedded_server() -> (Server, tempfile::TempDir) {
 }
 
 fn cli(server: &Server, args: &[&str]) -> (i32, String, String) {
-    plexus_test::mesh::run_cli(bin(), args, &[("PLEXUS_HTTP_ADDR", &server.addr())]).unwrap()
+    let token = Server::token_env()[0];
+    plexus_test::mesh::run_cli(bin(), args, &[("PLEXUS_HTTP_ADDR", &server.addr()), token]).unwrap()
 }
 
 #[tokio::test]
@@ -101,7 +102,7 @@ async fn kv_watch_prints_each_change() {
         "kv-watch",
         bin(),
         &["kv", "watch", "w", "--http-addr", &server.addr()].map(str::to_owned),
-        &[],
+        &Server::token_env(),
     )
     .unwrap();
     watcher.wait_for_line("one").await.unwrap();
@@ -114,7 +115,8 @@ async fn kv_watch_prints_each_change() {
 async fn raw(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nX-Consul-Token: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        plexus_test::management_token(),
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -174,7 +176,7 @@ fn python() -> PathBuf {
 
 const PY_KV: &str = r#"
 import sys, consul
-c = consul.Consul(host=sys.argv[1], port=int(sys.argv[2]))
+c = consul.Consul(host=sys.argv[1], port=int(sys.argv[2]), token=sys.argv[3])
 assert c.kv.put("py/a", "1", flags=5) is True
 index, item = c.kv.get("py/a")
 assert item["Value"] == b"1" and item["Flags"] == 5, item
@@ -203,7 +205,13 @@ async fn py_consul_kv_calls_work() {
     );
     let (server, _dir) = embedded_server().await;
     let out = tokio::process::Command::new(&python)
-        .args(["-c", PY_KV, "127.0.0.1", &server.http.port().to_string()])
+        .args([
+            "-c",
+            PY_KV,
+            "127.0.0.1",
+            &server.http.port().to_string(),
+            plexus_test::management_token(),
+        ])
         .output()
         .await
         .unwrap();

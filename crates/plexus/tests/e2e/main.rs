@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test binary: a failed unwrap is a failed test
 
+mod acl;
+mod acl_mesh;
 mod agent;
 mod bad_input;
 mod checks;
@@ -111,7 +113,9 @@ services {{
     )
 }
 
-/// Raw HTTP helper: (status, parsed JSON body or Null, headers).
+/// Raw HTTP helper: (status, parsed JSON body or Null, headers). It sends the test run's
+/// management token (servers enforce ACLs; a `plexus dev` without `--acl` ignores it); tests
+/// about ACLs use `acl::call` with the token they mean.
 pub async fn http(
     method: &str,
     url: &str,
@@ -119,7 +123,9 @@ pub async fn http(
 ) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
     let client = reqwest::Client::new();
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut request = client.request(method, url);
+    let mut request = client
+        .request(method, url)
+        .header("x-consul-token", plexus_test::management_token());
     if let Some(body) = body {
         request = request.body(body);
     }

@@ -475,7 +475,9 @@ async fn an_auto_encrypt_agent_obtains_its_certificate_and_uses_it() {
             def.to_str().unwrap(),
         ]
         .map(str::to_owned),
-        &[],
+        // The server enforces ACLs: the agent's own token authorizes its certificate
+        // (node:write on n-ae) and its registrations.
+        &[("PLEXUS_HTTP_TOKEN", plexus_test::server::management_token())],
     )
     .unwrap();
     agent
@@ -508,6 +510,7 @@ async fn an_auto_encrypt_agent_obtains_its_certificate_and_uses_it() {
         ("PLEXUS_CLIENT_CERT", cert.to_str().unwrap()),
         ("PLEXUS_CLIENT_KEY", key.to_str().unwrap()),
         ("PLEXUS_HTTP_ADDR", agent_url.as_str()),
+        ("PLEXUS_HTTP_TOKEN", plexus_test::server::management_token()),
     ];
     let (code, out, err) = cli(&["services", "list"], &tls);
     assert_eq!(code, 0, "{err}");
@@ -606,7 +609,16 @@ async fn data_directories_and_files_are_private() {
     let dev = Process::spawn(
         "dev:temp",
         bin(),
-        &["dev", "--http-addr", "127.0.0.1:0", "--node", "t"].map(str::to_owned),
+        &[
+            "dev",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--dns-addr",
+            "127.0.0.1:0",
+            "--node",
+            "t",
+        ]
+        .map(str::to_owned),
         &[],
     )
     .unwrap();
@@ -693,6 +705,8 @@ async fn the_ca_key_is_wrapped_with_the_key_encryption_key() {
             "server",
             "--http-addr",
             "127.0.0.1:0",
+            "--dns-addr",
+            "127.0.0.1:0",
             "--data-dir",
             dir,
             "--node",
@@ -717,6 +731,8 @@ async fn https_only_opens_no_plain_http_listener() {
             "server",
             "--data-dir",
             data.path().to_str().unwrap(),
+            "--dns-addr",
+            "127.0.0.1:0",
             "--https-addr",
             "127.0.0.1:0",
             "--https-only",
@@ -724,7 +740,7 @@ async fn https_only_opens_no_plain_http_listener() {
             "s-only",
         ]
         .map(str::to_owned),
-        &[],
+        &plexus_test::server::server_env(),
     )
     .unwrap();
     let https = server.listening("https").await.unwrap();
@@ -761,7 +777,7 @@ async fn https_only_opens_no_plain_http_listener() {
             "--ca-file",
             ca.to_str().unwrap(),
         ],
-        &[],
+        &[("PLEXUS_HTTP_TOKEN", plexus_test::server::management_token())],
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("s-only"), "{out}");
