@@ -26,10 +26,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Connections one listener serves at once (`--http-max-conns`).
-pub const MAX_CONNECTIONS: usize = 4096;
-/// Connections one client address may hold on one listener (`--http-max-conns-per-client`;
-/// Consul's `http_max_conns_per_client` is 200).
-pub const MAX_CONNECTIONS_PER_CLIENT: usize = 200;
+pub const MAX_CONNECTIONS: usize = 8192;
+/// Connections one client address may hold on one listener (`--http-max-conns-per-client`).
+/// Higher than Consul's 200 on purpose: every sidecar, agent and CLI of a node reaches its
+/// local agent from 127.0.0.1, each sidecar with several blocking queries open at once.
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 1024;
 /// How long a client may take to send a request's headers, and to start the next request on
 /// a kept-alive connection (`--http-header-timeout`).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);

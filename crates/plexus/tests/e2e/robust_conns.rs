@@ -35,11 +35,13 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_client_is_served_while_20000_slow_connections_are_attempted() {
+    // Default bounds (8,192 connections, 1,024 per client address) but a 3 s header timeout,
+    // so that held connections cycle within the test.
     let dev = crate::dev(&["--http-header-timeout", "3s"]).await;
     let server = dev.http;
-    // The clear refusal: the 201st connection from one address.
+    // The clear refusal: the 1,025th connection from one address.
     let mut held = Vec::new();
-    for _ in 0..200 {
+    for _ in 0..1024 {
         let mut stream = connect_from("127.0.0.50".parse().unwrap(), server)
             .await
             .unwrap();
@@ -78,7 +80,7 @@ async fn a_healthy_client_is_served_while_20000_slow_connections_are_attempted()
     );
     drop(held);
 
-    // The attack: 20,000 connections from ten addresses, each sending one byte and holding on
+    // The attack: 20,000 connections from five addresses, each sending one byte and holding on
     // until the server closes it; at most 6,000 attempts open at once (the test's own
     // descriptors). Meanwhile a client on another address reads every 20 ms.
     let stop = CancellationToken::new();
@@ -91,7 +93,7 @@ async fn a_healthy_client_is_served_while_20000_slow_connections_are_attempted()
             let mut tasks = tokio::task::JoinSet::new();
             for i in 0..20_000_usize {
                 let permit = open.clone().acquire_owned().await.unwrap();
-                let source: IpAddr = format!("127.0.1.{}", 1 + i % 10).parse().unwrap();
+                let source: IpAddr = format!("127.0.1.{}", 1 + i % 5).parse().unwrap();
                 let (stop, attempts, refusals) = (stop.clone(), attempts.clone(), refusals.clone());
                 tasks.spawn(async move {
                     attempts.fetch_add(1, Ordering::Relaxed);
@@ -156,7 +158,8 @@ async fn a_healthy_client_is_served_while_20000_slow_connections_are_attempted()
         started.elapsed()
     );
     assert_eq!(attempts.load(Ordering::Relaxed), 20_000);
-    assert!(refused > 10_000, "only {refused} refused");
+    // The per-client bound, not the kernel, turned most of them away.
+    assert!(refused > 1_000, "only {refused} refused");
     // The server is still fine for everyone once it is over.
     assert!(
         dev.client
