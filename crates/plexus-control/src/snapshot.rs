@@ -429,4 +429,41 @@ mod tests {
         let error = parse(b"").unwrap_err();
         assert!(matches!(error, SnapshotError::Shape(_)), "{error}");
     }
+
+    proptest::proptest! {
+        /// Any bytes: parsed or refused with a reason, never a panic.
+        #[test]
+        fn any_bytes_are_parsed_or_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse(&bytes);
+        }
+
+        /// Any entries round-trip through a document, and any single changed byte of a value
+        /// is caught by the checksum.
+        #[test]
+        fn documents_round_trip_and_edits_are_caught(
+            entries in proptest::collection::btree_map("[a-z/]{1,12}", proptest::collection::vec(proptest::num::u8::ANY, 0..64), 1..8),
+            flip in proptest::num::usize::ANY,
+        ) {
+            let engine = base64::engine::general_purpose::STANDARD;
+            let pairs: Vec<(String, Vec<u8>)> = entries.into_iter().collect();
+            let document = Snapshot {
+                format: FORMAT.to_owned(),
+                version: VERSION,
+                revision: 1,
+                backend: "embedded".to_owned(),
+                taken_at: 0,
+                sha256: checksum(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))),
+                entries: pairs.iter().map(|(k, v)| Entry { key: k.clone(), value: engine.encode(v) }).collect(),
+            };
+            let (_, decoded) = parse(&serde_json::to_vec(&document).unwrap()).unwrap();
+            proptest::prop_assert_eq!(&decoded, &pairs);
+            let mut edited = pairs.clone();
+            let which = flip % edited.len();
+            edited[which].1.push(1);
+            let mut changed = document;
+            changed.entries[which].value = engine.encode(&edited[which].1);
+            let refused = matches!(parse(&serde_json::to_vec(&changed).unwrap()), Err(SnapshotError::Checksum { .. }));
+            proptest::prop_assert!(refused);
+        }
+    }
 }

@@ -120,6 +120,7 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -133,5 +134,15 @@ mod tests {
         }
         assert_eq!(parse_count("5"), Ok(5));
         assert!(parse_count("0").is_err());
+    }
+
+    #[test]
+    fn address_lists_split_and_empty_ones_are_refused() {
+        use crate::cmd::split_addrs;
+        assert_eq!(split_addrs("a:1, b:2").unwrap(), vec!["a:1", "b:2"]);
+        for bad in ["", "a:1,", ",a:1", "a:1,,b:2"] {
+            let error = split_addrs(bad).unwrap_err().to_string();
+            assert!(error.contains("--http-addr"), "{bad:?}: {error}");
+        }
     }
 }
