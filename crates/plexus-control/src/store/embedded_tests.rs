@@ -321,7 +321,10 @@ async fn a_damaged_record_read_is_a_500_with_a_reason_and_a_metric() {
             .unwrap();
         tx.commit().unwrap();
     }
-    let router = crate::kv::api::router(kv);
+    let router = plexus_runtime::acl::layer(
+        crate::kv::api::router(kv),
+        plexus_runtime::acl::Resolver::default(),
+    );
     let get = |uri: &str| {
         http::Request::builder()
             .uri(uri)
