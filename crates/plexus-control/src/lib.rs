@@ -21,6 +21,7 @@
 //! - [`remote`]: the endpoints remote agents write their node through, and node liveness by lease.
 //! - [`operator`]: servers, store backend and members, proxies' acknowledged revisions.
 //! - [`quorum`]: whether this server reaches a quorum of its store; refusing requests while not.
+//! - [`snapshot`]: backups of the whole store (`/v1/snapshot`) and the store's metrics.
 //! - Store backends: [`store::EmbeddedStore`] (one file) and [`store::EtcdStore`] (etcd cluster).
 //!
 //! - [`ca`]: the built-in CA (`/v1/connect/ca/*`, `/v1/agent/connect/ca/leaf/*`).
@@ -48,6 +49,7 @@ pub mod presence;
 pub mod quorum;
 pub mod remote;
 pub mod session;
+pub mod snapshot;
 pub mod store;
 pub mod txn;
 pub mod ui;
@@ -96,7 +98,16 @@ impl ControlPlane {
     ///
     /// Blocking (opens and may create the database file): call it at start-up.
     pub fn open_embedded(data_dir: &Path, info: ServerInfo) -> Result<Self, ControlError> {
-        let store = EmbeddedStore::open(data_dir).map_err(ControlError::Store)?;
+        Self::open_embedded_with(data_dir, info, store::embedded::EmbeddedLimits::default())
+    }
+
+    /// Like [`ControlPlane::open_embedded`], with the store's memory bounds.
+    pub fn open_embedded_with(
+        data_dir: &Path,
+        info: ServerInfo,
+        limits: store::embedded::EmbeddedLimits,
+    ) -> Result<Self, ControlError> {
+        let store = EmbeddedStore::open_with(data_dir, limits).map_err(ControlError::Store)?;
         Ok(Self::with_store(Arc::new(store), info))
     }
 
@@ -240,6 +251,7 @@ impl ControlPlane {
             }))
             .merge(remote::api::router(self.catalog()))
             .merge(operator::router(self.store(), self.info.node_name.clone()))
+            .merge(snapshot::router(self.store()))
             .merge(ca::api::router(self.ca()))
             .merge(ca::auto_encrypt::router(
                 self.ca(),

@@ -18,6 +18,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+
+use crate::connections::{self, Admission, ConnLimits};
+
 /// Largest request body accepted by the JSON APIs.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// How much of an oversized body is read and discarded so the client gets its 413.
@@ -386,19 +392,67 @@ pub(crate) fn with_shutdown(router: Router, shutdown: CancellationToken) -> Rout
 
 /// Serves `router` on an already-bound listener until `shutdown` is cancelled, then stops accepting
 /// and lets in-flight requests finish; blocked [`BlockingQuery`] requests answer at once.
+/// Connections are bounded by the default [`ConnLimits`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    // Routes are turned into services once, here. Served as a bare `Router`, axum does that for
-    // every accepted connection (`Router::with_state` rebuilds the route table: ~19 KiB a
-    // connection, most of what an open blocking query cost); through `into_make_service` a
-    // connection only clones an `Arc`.
+    serve_with(listener, router, shutdown, ConnLimits::default()).await
+}
+
+/// [`serve`] within `limits`: connections beyond the total or per-client bound get one 503
+/// naming the bound and are closed; a client that takes longer than the header-read timeout to
+/// send a request's headers (or to start the next one on a kept-alive connection) is closed.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    limits: ConnLimits,
+) -> std::io::Result<()> {
+    // Routes are turned into services once, here: a bare `Router` would rebuild its route table
+    // (`with_state`) for every connection (~19 KiB each, most of what an open blocking query
+    // cost); each connection then only clones an `Arc`.
     let router = with_shutdown(router, shutdown.clone()).with_state(());
-    axum::serve(listener, router.into_make_service())
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let admission = Admission::new(limits);
+    let builder = connections::builder(&admission.limits());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let permit = match admission.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                tracing::debug!(%peer, code = refusal.code(), "connection refused");
+                connections::refuse(tcp, refusal);
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let stream = TokioIo::new(connections::Held::new(tcp, permit));
+        let connection = builder
+            .serve_connection_with_upgrades(stream, service)
+            .into_owned();
+        let watched = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = watched.await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,10 +11,13 @@
 //! [`private_fs`] creates data directories `0700` and files `0600`.
 //! [`tls`] builds rustls configurations (aws-lc-rs) from PEM files or CA-issued material and
 //! serves the HTTP API over TLS.
+//! [`connections`] bounds every HTTP listener's connections (total, per client, header-read
+//! and idle timeouts).
 //! It does not know about services, checks or proxies.
 
 pub mod acl;
 pub mod backoff;
+pub mod connections;
 pub mod error_chain;
 pub mod http;
 pub mod lock;

@@ -75,7 +75,27 @@ enum Command {
     Acl(cmd::acl::Command),
 }
 
+/// A closed stdout (`plexus kv get … | head`) ends the command quietly with exit 0, as Unix
+/// tools do: Rust ignores SIGPIPE, so `println!` panics on the broken pipe; this hook turns that
+/// one panic into a quiet exit and leaves every other panic to the default report.
+fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    exit_quietly_on_broken_pipe();
     let matches = <Cli as clap::CommandFactory>::command()
         .get_matches_from(cmd::envoy::consul_style_args(std::env::args_os()));
     let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
@@ -123,6 +143,15 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // Writing to a closed stdout (`| head`): the reader has what it wanted. Only a bare I/O
+        // error (a `write_all(..)?` on stdout), never a request's error with a socket cause.
+        Err(error)
+            if error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

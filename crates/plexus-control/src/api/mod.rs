@@ -88,9 +88,12 @@ pub(crate) fn catalog_error(error: CatalogError) -> ApiError {
                 None => error,
             }
         }
-        CatalogError::Store(_) => {
+        CatalogError::Store(ref source) => {
             tracing::warn!(error = %ErrorChain(&error), "catalog read failed");
-            ApiError::internal("the catalog store is unavailable")
+            match source.downcast_ref::<crate::StoreError>() {
+                Some(store) if store.is_damage() => damaged(&error),
+                _ => ApiError::internal("the catalog store is unavailable"),
+            }
         }
     }
 }
@@ -108,6 +111,19 @@ pub(crate) async fn block_on(
     let (changes, index_of) = catalog.topic_watch(topic).await.map_err(catalog_error)?;
     query.block_until(changes, |_| index_of()).await;
     Ok(())
+}
+
+/// 500 `store_damaged` for a read that failed on damaged stored data, with the reason (the error
+/// chain: the file and what failed). Counted in `plexus_store_errors_total{kind="damaged"}`.
+pub(crate) fn damaged(error: &(dyn std::error::Error + 'static)) -> ApiError {
+    ApiError::new(
+        http::StatusCode::INTERNAL_SERVER_ERROR,
+        "store_damaged",
+        format!(
+            "the store cannot read its data: {}; see docs/operations.md \"Recovering the store\"",
+            ErrorChain(error)
+        ),
+    )
 }
 
 /// A path segment that did not decode: 400 in the shared shape.

@@ -3,8 +3,9 @@
 //! Bounds: a UDP datagram is read into 4 KiB (a longer one arrives cut and is answered FORMERR
 //! or dropped); catalog answers are computed inline (microseconds, no I/O); at most
 //! [`MAX_FORWARDS`] recursor forwards run at once (more are dropped: the client retries). TCP:
-//! at most [`MAX_TCP_CONNECTIONS`] connections, each closed after [`TCP_IDLE`] without a query
-//! or on a frame longer than [`MAX_TCP_QUERY`].
+//! at most [`MAX_TCP_CONNECTIONS`] connections and [`MAX_TCP_CONNECTIONS_PER_CLIENT`] from one
+//! address (more are closed as soon as accepted), each closed after [`TCP_IDLE`] without a
+//! query (or while a query trickles in) or on a frame longer than [`MAX_TCP_QUERY`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +16,16 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use plexus_runtime::connections::{Admission, ConnLimits};
+
 use super::{Dns, MAX_UDP_PAYLOAD, Reply, Transport, recursor};
 
 /// Recursor forwards in flight at once (per transport).
 pub const MAX_FORWARDS: usize = 256;
-/// TCP connections open at once.
+/// TCP connections open at once; more are closed at once.
 pub const MAX_TCP_CONNECTIONS: usize = 256;
+/// TCP connections one client address may hold; more are closed at once.
+pub const MAX_TCP_CONNECTIONS_PER_CLIENT: usize = 32;
 /// How long a TCP connection may wait for its next query.
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Longest query accepted over TCP.
@@ -82,16 +87,15 @@ pub async fn udp(socket: UdpSocket, dns: Dns, stop: CancellationToken) {
 
 /// Serves DNS over TCP on `listener` until `stop` fires (open connections end with it).
 pub async fn tcp(listener: TcpListener, dns: Dns, stop: CancellationToken) {
-    let connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    // Accept, then admit or close at once: a full listener never leaves clients waiting in the
+    // kernel's backlog, and one client cannot hold every place.
+    let admission = Admission::new(ConnLimits {
+        max_connections: MAX_TCP_CONNECTIONS,
+        max_per_client: MAX_TCP_CONNECTIONS_PER_CLIENT,
+        header_read_timeout: TCP_IDLE,
+    });
     let tasks = TaskTracker::new();
     loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => break,
-            permit = Arc::clone(&connections).acquire_owned() => permit,
-        };
-        let Ok(permit) = permit else {
-            break;
-        };
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -100,6 +104,16 @@ pub async fn tcp(listener: TcpListener, dns: Dns, stop: CancellationToken) {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::debug!(%error, "DNS TCP accept failed");
+                // Out of descriptors and the like: pause instead of spinning.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let permit = match admission.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                tracing::debug!(%peer, code = refusal.code(), "DNS TCP connection refused");
+                drop(stream);
                 continue;
             }
         };

@@ -46,7 +46,14 @@ pub fn router(kv: Kv) -> Router {
 
 fn kv_error(error: KvError) -> ApiError {
     tracing::warn!(error = %ErrorChain(&error), "KV store operation failed");
-    ApiError::unavailable("the KV store is unavailable")
+    match &error {
+        KvError::Store(store) if !store.is_damage() => {
+            ApiError::unavailable("the KV store is unavailable")
+        }
+        // Damaged data: retrying will not help; say why (the reason names no secret, only the
+        // file and what failed) so an operator can act on it.
+        KvError::Store(_) | KvError::Corrupt { .. } => crate::api::damaged(&error),
+    }
 }
 
 fn key_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {

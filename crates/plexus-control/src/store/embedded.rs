@@ -12,8 +12,9 @@
 //! a holder that is still alive renews it as usual; one that died with the server loses its keys
 //! one TTL after the restart. Nothing expires early because the server was down.
 //!
-//! Watches replay from an in-memory [`History`] of the last [`KEPT_REVISIONS`] revisions; resuming
-//! from anything older (or from before a restart) reports [`WatchEvent::Compacted`].
+//! Watches replay from an in-memory [`History`] of the last [`KEPT_REVISIONS`] revisions and at
+//! most [`super::history::KEPT_BYTES`] (both configurable, [`EmbeddedLimits`]); resuming from
+//! anything older (or from before a restart) reports [`WatchEvent::Compacted`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -23,7 +24,8 @@ use async_trait::async_trait;
 use redb::{Database, Durability, ReadableTable, Table, TableDefinition};
 use tokio::sync::{Notify, watch};
 
-use super::history::{History, KEPT_REVISIONS};
+use super::history::{History, HistoryLimits, KEPT_REVISIONS};
+use super::integrity;
 use super::lease::LeaseTable;
 use super::{
     BoxError, Change, Compare, KeyValue, LeaseId, Op, Store, StoreError, Txn, TxnResult,
@@ -40,6 +42,31 @@ const LEASED: TableDefinition<&str, i64> = TableDefinition::new("leased");
 const REVISION_KEY: &str = "revision";
 const HEADER_LEN: usize = 16;
 
+/// The most bytes of changes one watch event carries (whole revisions; a single larger revision
+/// goes alone).
+pub const WATCH_BATCH_BYTES: usize = 1024 * 1024;
+/// redb's page cache (`--store-cache-bytes`): 32 MiB. redb's own default is 1 GiB, which a store
+/// written with large values fills.
+pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// The embedded store's memory bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddedLimits {
+    /// The watch history's bounds.
+    pub history: HistoryLimits,
+    /// redb's page cache, bytes ([`CACHE_BYTES`]).
+    pub cache_bytes: usize,
+}
+
+impl Default for EmbeddedLimits {
+    fn default() -> Self {
+        Self {
+            history: HistoryLimits::default(),
+            cache_bytes: CACHE_BYTES,
+        }
+    }
+}
+
 /// A [`Store`] in a single redb file.
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -48,6 +75,7 @@ pub struct EmbeddedStore {
     path: PathBuf,
     history: Arc<History>,
     leases: Arc<Leases>,
+    metrics: Arc<super::metrics::StoreMetrics>,
 }
 
 /// In-memory lease deadlines and the expiry task's wake-up.
@@ -83,6 +111,18 @@ impl EmbeddedStore {
 
     /// Like [`EmbeddedStore::open`], keeping `kept_revisions` revisions for resuming watches.
     pub fn open_keeping(dir: &Path, kept_revisions: usize) -> Result<Self, StoreError> {
+        let limits = EmbeddedLimits {
+            history: HistoryLimits {
+                revisions: kept_revisions,
+                ..HistoryLimits::default()
+            },
+            ..EmbeddedLimits::default()
+        };
+        Self::open_with(dir, limits)
+    }
+
+    /// Like [`EmbeddedStore::open`], within `limits`.
+    pub fn open_with(dir: &Path, limits: EmbeddedLimits) -> Result<Self, StoreError> {
         // The file holds secrets (the CA's keys unless wrapped): 0700 directory, 0600 file.
         plexus_runtime::private_fs::create_dir(dir).map_err(|e| StoreError::Open {
             path: dir.to_owned(),
@@ -93,9 +133,25 @@ impl EmbeddedStore {
             path: path.clone(),
             source,
         };
-        plexus_runtime::private_fs::create_file(&path).map_err(|e| open_error(e.into()))?;
-        let db = Database::create(&path).map_err(|e| open_error(boxed(e)))?;
-        let (revision, stored_leases) = init_tables(&db).map_err(open_error)?;
+        let exists = integrity::check_before_open(dir, &path, FILE_NAME)?;
+        let db = if exists {
+            // Tightens a looser file to 0600 (it holds the CA's keys unless wrapped).
+            plexus_runtime::private_fs::create_file(&path).map_err(|e| open_error(e.into()))?;
+            let mut db = integrity::guarded(&path, || {
+                Database::builder()
+                    .set_cache_size(limits.cache_bytes)
+                    .open(&path)
+                    .map_err(|e| format!("cannot open it: {e}"))
+            })?;
+            integrity::verify(&mut db, &path, KV, |key, record| {
+                decode(key, record).is_ok()
+            })?;
+            db
+        } else {
+            create_new(dir, &path, limits.cache_bytes).map_err(open_error)?
+        };
+        let (revision, stored_leases) =
+            integrity::guarded(&path, || init_tables(&db).map_err(|e| e.to_string()))?;
         tracing::debug!(path = %path.display(), revision, leases = stored_leases.len(), "store opened");
         let leases = Leases::default();
         {
@@ -106,12 +162,18 @@ impl EmbeddedStore {
                 table.grant(*id, *ttl, now);
             }
         }
+        let metrics = Arc::new(super::metrics::StoreMetrics::default());
         let store = Self {
             db: Arc::new(db),
             revision: Arc::new(watch::channel(revision).0),
             path,
-            history: Arc::new(History::new(revision, kept_revisions)),
+            history: Arc::new(History::with_limits(
+                revision,
+                limits.history,
+                Some(Arc::clone(&metrics)),
+            )),
             leases: Arc::new(leases),
+            metrics,
         };
         if !stored_leases.is_empty() {
             store.start_expiry();
@@ -155,9 +217,27 @@ impl EmbeddedStore {
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
         let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|source| StoreError::Task { source })?
+        let path = self.path.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            // A damaged page can make redb panic: that is a failed read, not a dead task.
+            integrity::catch_quietly(|| f(&db)).unwrap_or_else(|panic| {
+                Err(StoreError::Damaged {
+                    path,
+                    reason: integrity::panic_message(&*panic),
+                })
+            })
+        })
+        .await
+        .map_err(|source| StoreError::Task { source })?;
+        if let Err(error) = &result {
+            self.metrics.failed(error);
+        }
+        result
+    }
+
+    /// The store's counters.
+    pub fn metrics(&self) -> &super::metrics::StoreMetrics {
+        &self.metrics
     }
 }
 
@@ -237,6 +317,22 @@ async fn expire_leases(weak: WeakStore) {
             return;
         }
     }
+}
+
+/// Creates a new database file under a temporary name and renames it into place once it is
+/// initialised, so that a crash during creation leaves no empty data file behind.
+fn create_new(dir: &Path, path: &Path, cache_bytes: usize) -> Result<Database, BoxError> {
+    let creating = dir.join(integrity::creating_name(FILE_NAME));
+    let _ = std::fs::remove_file(&creating);
+    plexus_runtime::private_fs::create_file(&creating)?;
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(&creating)
+        .map_err(boxed)?;
+    init_tables(&db)?;
+    std::fs::rename(&creating, path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(db)
 }
 
 /// Creates the tables; returns the stored revision and leases.
@@ -530,21 +626,23 @@ impl Store for EmbeddedStore {
         };
         tokio::spawn(async move {
             loop {
-                match history.since(&prefix, cursor) {
+                // Take the changes out of the shared history only once the watcher has room
+                // for them, and at most WATCH_BATCH_BYTES at a time: a slow watcher holds at
+                // most WATCH_BUFFER batches, and what it has not taken yet stays shared.
+                let Ok(permit) = tx.reserve().await else {
+                    return;
+                };
+                match history.since(&prefix, cursor, WATCH_BATCH_BYTES) {
                     Err(compacted) => {
-                        let _ = tx
-                            .send(WatchEvent::Compacted {
-                                compact_revision: compacted.compact_revision,
-                            })
-                            .await;
+                        permit.send(WatchEvent::Compacted {
+                            compact_revision: compacted.compact_revision,
+                        });
                         return;
                     }
                     Ok((changes, newest)) => {
                         cursor = newest;
-                        if !changes.is_empty()
-                            && tx.send(WatchEvent::Changes(changes)).await.is_err()
-                        {
-                            return;
+                        if !changes.is_empty() {
+                            permit.send(WatchEvent::Changes(changes));
                         }
                     }
                 }
@@ -559,6 +657,29 @@ impl Store for EmbeddedStore {
             }
         });
         Ok(rx)
+    }
+
+    async fn range_unleased(&self) -> Result<Option<(Vec<KeyValue>, u64)>, StoreError> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let meta = tx.open_table(META).map_err(backend)?;
+            let revision = meta.get(REVISION_KEY).map_err(backend)?.map(|g| g.value());
+            let kv = tx.open_table(KV).map_err(backend)?;
+            let leased = tx.open_table(LEASED).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in kv.iter().map_err(backend)? {
+                let (key, record) = entry.map_err(backend)?;
+                if leased.get(key.value()).map_err(backend)?.is_none() {
+                    out.push(decode(key.value(), record.value())?);
+                }
+            }
+            Ok(Some((out, revision.unwrap_or(0))))
+        })
+        .await
+    }
+
+    fn metrics_text(&self) -> String {
+        self.metrics.encode()
     }
 
     async fn status(&self) -> super::StoreStatus {

@@ -212,3 +212,144 @@ fn short_records_are_corrupt_not_panics() {
         (3, 4, b"v".to_vec())
     );
 }
+
+/// A store with one key holding `value`, closed; returns the data file.
+async fn store_with(dir: &Path, value: &[u8]) -> PathBuf {
+    let store = EmbeddedStore::open(dir).unwrap();
+    store
+        .txn(txn(vec![Op::Put {
+            key: "kv/probe".to_owned(),
+            value: value.to_vec(),
+        }]))
+        .await
+        .unwrap();
+    let path = store.path().to_owned();
+    drop(store);
+    path
+}
+
+fn refused(dir: &Path) -> String {
+    match EmbeddedStore::open(dir) {
+        Ok(_) => panic!("a damaged store opened"),
+        Err(error) => {
+            assert!(matches!(error, StoreError::Integrity(_)), "{error:?}");
+            super::super::super::api::ErrorChain(&error).to_string()
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_empty_data_file_is_refused_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), b"v").await;
+    std::fs::File::create(&path).unwrap(); // truncates to 0 bytes
+    let message = refused(dir.path());
+    assert!(
+        message.contains("plexus.redb") && message.contains("empty"),
+        "{message}"
+    );
+    assert!(message.contains("plexus operator restore"), "{message}");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        0,
+        "the file was touched"
+    );
+}
+
+#[tokio::test]
+async fn a_truncated_data_file_is_refused_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), b"v").await;
+    let len = std::fs::metadata(&path).unwrap().len();
+    for keep in [len / 2, 100, 1] {
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(keep).unwrap();
+        let message = refused(dir.path());
+        assert!(
+            message.contains("damaged") && message.contains("plexus.redb"),
+            "{keep}: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn flipped_bytes_in_a_value_are_found_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = b"integrity-probe-value-0123456789".repeat(8);
+    let path = store_with(dir.path(), &marker).await;
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_slice())
+        .unwrap();
+    bytes[at + 10] ^= 0x55;
+    std::fs::write(&path, &bytes).unwrap();
+    let message = refused(dir.path());
+    assert!(message.contains("damaged"), "{message}");
+}
+
+#[tokio::test]
+async fn a_non_empty_directory_without_the_data_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), b"v").await;
+    std::fs::rename(&path, dir.path().join("moved.redb")).unwrap();
+    let message = refused(dir.path());
+    assert!(message.contains("no data file"), "{message}");
+    // An empty directory, or a creation interrupted before its rename, starts a new store.
+    let fresh = tempfile::tempdir().unwrap();
+    std::fs::write(fresh.path().join("plexus.redb.creating"), b"").unwrap();
+    let store = EmbeddedStore::open(fresh.path()).unwrap();
+    assert_eq!(*store.revision_watch().borrow(), 0);
+    assert!(!fresh.path().join("plexus.redb.creating").exists());
+}
+
+/// A record that went bad while serving (written behind the store's back here) is a 500 naming
+/// the cause, counted in `plexus_store_errors_total{kind="damaged"}`; the process goes on and
+/// the other keys are still served.
+#[tokio::test]
+async fn a_damaged_record_read_is_a_500_with_a_reason_and_a_metric() {
+    use tower::ServiceExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let kv = crate::kv::Kv::new(Arc::new(store.clone()));
+    kv.put("good", b"v", 0, None).await.unwrap();
+    {
+        let tx = store.db.begin_write().unwrap();
+        tx.open_table(KV)
+            .unwrap()
+            .insert("kv/bad", &[1_u8, 2, 3][..])
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let router = plexus_runtime::acl::layer(
+        crate::kv::api::router(kv),
+        plexus_runtime::acl::Resolver::default(),
+    );
+    let get = |uri: &str| {
+        http::Request::builder()
+            .uri(uri)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let response = router.clone().oneshot(get("/v1/kv/bad")).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["code"], "store_damaged");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("kv/bad") && message.contains("malformed"),
+        "{message}"
+    );
+    assert_eq!(store.metrics().errors("damaged"), 1);
+    assert!(
+        store
+            .metrics_text()
+            .contains("plexus_store_errors_total{kind=\"damaged\"} 1")
+    );
+    let response = router.oneshot(get("/v1/kv/good")).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+}

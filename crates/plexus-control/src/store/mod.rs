@@ -13,7 +13,9 @@ pub mod changes;
 pub mod embedded;
 pub mod etcd;
 pub mod history;
+pub mod integrity;
 pub mod lease;
+pub mod metrics;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -209,6 +211,17 @@ pub enum StoreError {
         /// The key of the record, or the name of the metadata entry.
         key: String,
     },
+    /// The data file failed its checks at open (see [`integrity`]).
+    #[error("the store's data file failed its integrity check")]
+    Integrity(#[from] integrity::IntegrityError),
+    /// Reading the data file failed inside the storage engine (a damaged page).
+    #[error("store file {path} is damaged: {reason}")]
+    Damaged {
+        /// The data file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// The task running the operation panicked or was cancelled.
     #[error("store task did not complete")]
     Task {
@@ -216,6 +229,33 @@ pub enum StoreError {
         #[source]
         source: tokio::task::JoinError,
     },
+}
+
+impl StoreError {
+    /// True when the stored data itself is at fault (damaged file, malformed record): an
+    /// internal error that retrying will not fix, as opposed to a store that cannot be reached.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            StoreError::Integrity(_) | StoreError::Damaged { .. } | StoreError::Corrupt { .. } => {
+                true
+            }
+            StoreError::Backend { source } => source
+                .downcast_ref::<redb::Error>()
+                .is_some_and(|e| matches!(e, redb::Error::Corrupted(_))),
+            StoreError::Open { .. } | StoreError::Task { .. } => false,
+        }
+    }
+
+    /// A short label for metrics: `damaged`, `backend` or `task`.
+    pub fn kind(&self) -> &'static str {
+        if self.is_damage() {
+            "damaged"
+        } else if matches!(self, StoreError::Task { .. }) {
+            "task"
+        } else {
+            "backend"
+        }
+    }
 }
 
 /// Revisioned key-value storage with compare-and-set transactions.
@@ -289,6 +329,18 @@ pub trait Store: Send + Sync + 'static {
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Option<Duration>, StoreError> {
         let _ = lease;
         Err(unsupported("leases"))
+    }
+
+    /// Every key that is not bound to a lease, read at one revision (what a backup keeps).
+    /// `None` from a backend that cannot tell leased keys apart (the caller then filters by the
+    /// key prefixes it knows to be leased).
+    async fn range_unleased(&self) -> Result<Option<(Vec<KeyValue>, u64)>, StoreError> {
+        Ok(None)
+    }
+
+    /// The store's counters, as Prometheus text (empty for a backend that keeps none).
+    fn metrics_text(&self) -> String {
+        String::new()
     }
 
     /// Revokes a lease now, deleting its keys (nothing happens for an unknown lease).

@@ -39,7 +39,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 pub use accept::{AcceptError, HANDSHAKE_TIMEOUT, PLAINTEXT_ANSWER, PeerCertificates, accept};
-pub use serve::{CLIENT_CERT_REQUIRED, serve};
+pub use serve::{CLIENT_CERT_REQUIRED, serve, serve_with};
 
 /// ALPN protocols the HTTP API offers, most preferred first.
 pub const HTTP_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];

@@ -7,8 +7,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::response::IntoResponse;
 use http::StatusCode;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -17,6 +16,7 @@ use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use super::{PeerCertificates, TlsServer, accept};
+use crate::connections::{self, Admission, ConnLimits};
 use crate::http::ApiError;
 
 /// What a request without a client certificate is told when the listener requires one.
@@ -35,7 +35,21 @@ pub async fn serve(
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(listener, tls, router, shutdown, ConnLimits::default()).await
+}
+
+/// [`serve`] within `limits` (see `crate::http::serve_with`); a refused connection gets the
+/// plaintext 503 before any handshake.
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: TlsServer,
+    router: Router,
+    shutdown: CancellationToken,
+    limits: ConnLimits,
+) -> std::io::Result<()> {
     let router = crate::http::with_shutdown(router, shutdown.clone());
+    let admission = Admission::new(limits);
+    let builder = connections::builder(&admission.limits());
     let graceful = GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -50,6 +64,15 @@ pub async fn serve(
                 }
             },
         };
+        let permit = match admission.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                debug!(%peer, code = refusal.code(), "TLS connection refused");
+                connections::refuse(tcp, refusal);
+                continue;
+            }
+        };
+        let builder = builder.clone();
         let config = tls.current();
         let tls = tls.clone();
         let router = router.clone();
@@ -65,9 +88,8 @@ pub async fn serve(
             let service = tower::service_fn(move |request: http::Request<_>| {
                 respond(tls.clone(), router.clone(), certificates.clone(), request)
             });
-            let builder = Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
+                TokioIo::new(connections::Held::new(stream, permit)),
                 TowerToHyperService::new(service),
             );
             if let Err(error) = watcher.watch(connection.into_owned()).await {

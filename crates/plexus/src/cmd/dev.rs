@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::config_file::{self, Given};
-use super::tls::{HttpsPlan, ServerTlsArgs, serve_https, server_names, server_tls};
+use super::tls::{HttpsPlan, ServerTlsArgs, serve_https_with, server_names, server_tls};
 use super::{EXIT_CONFIG, parse_duration};
 use plexus_api::agent_config::Role;
 
@@ -180,6 +180,9 @@ pub struct Args {
     /// DNS interface.
     #[command(flatten)]
     pub dns: super::dns::DnsArgs,
+    /// Memory and connection bounds.
+    #[command(flatten)]
+    pub limits: super::limits::LimitsArgs,
 }
 
 /// Creates (or loads) the CA with `connect`'s leaf TTL, sets the default intention policy and
@@ -375,6 +378,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     let security = DevSecurity {
         kek,
         auto_encrypt: args.tls.auto_encrypt(),
+        limits: args.limits.clone(),
     };
     let dev = DevServer::start_secured(
         DevListeners { http, https },
@@ -441,6 +445,8 @@ pub struct DevSecurity {
     pub kek: Option<plexus_control::ca::wrap::KeyEncryptionKey>,
     /// Whether agents may have their certificates signed.
     pub auto_encrypt: plexus_control::ca::auto_encrypt::AutoEncrypt,
+    /// Memory and connection bounds.
+    pub limits: super::limits::LimitsArgs,
 }
 
 impl DevServer {
@@ -516,9 +522,10 @@ impl DevServer {
             node_name: node_name.to_owned(),
             leader_addr: http_addr.to_string(),
         };
-        let mut control = ControlPlane::open_embedded(&data_dir, info)
-            .with_context(|| format!("opening the store in {}", data_dir.display()))?
-            .with_auto_encrypt(security.auto_encrypt.clone());
+        let mut control =
+            ControlPlane::open_embedded_with(&data_dir, info, security.limits.embedded())
+                .with_context(|| format!("opening the store in {}", data_dir.display()))?
+                .with_auto_encrypt(security.auto_encrypt.clone());
         if let Some(kek) = security.kek {
             control = control.with_ca_key_encryption(kek);
         }
@@ -573,21 +580,23 @@ impl DevServer {
             let names = server_names(datacenter, &security.auto_encrypt.domain, https_addr);
             let tls = server_tls(&plan, Some(control.ca()), names, shutdown).await?;
             https_tls = Some(tls.clone());
-            servers.push(serve_https(
+            servers.push(serve_https_with(
                 listener,
                 tls,
                 router.clone(),
                 stop_serving.clone(),
+                security.limits.http(),
             )?);
         } else {
             info!("no HTTPS listener: API traffic is plaintext (see --https-addr)");
         }
         if let Some(listener) = listeners.http {
             plexus_runtime::telemetry::listening("http", http_addr);
-            servers.push(tokio::spawn(plexus_runtime::http::serve(
+            servers.push(tokio::spawn(plexus_runtime::http::serve_with(
                 listener,
                 router,
                 stop_serving.clone(),
+                security.limits.http(),
             )));
         }
         Ok(Self {

@@ -21,6 +21,7 @@ pub mod grpc;
 pub mod health;
 pub mod intention;
 pub mod kv;
+pub mod limits;
 pub mod lock;
 pub mod operator;
 pub mod proxy;
@@ -41,7 +42,8 @@ use plexus_api::client::{Client, DEFAULT_HTTP_ADDR, HTTP_ADDR_ENV};
 /// `CONSUL_HTTP_TOKEN_FILE`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlArgs {
-    /// Control-plane address (host:port, http://host:port or https://host:port)
+    /// Control-plane address (host:port, http://host:port or https://host:port), or several
+    /// separated by commas: each is tried in turn while connections fail
     /// [env: PLEXUS_HTTP_ADDR, CONSUL_HTTP_ADDR].
     #[arg(long = "http-addr", env = HTTP_ADDR_ENV, default_value_t = default_http_addr(), hide_env = true)]
     pub http_addr: String,
@@ -126,13 +128,24 @@ fn default_http_addr() -> String {
 impl ControlArgs {
     /// A client for the control plane, sending the ACL token.
     pub fn client(&self) -> anyhow::Result<Client> {
-        self.client_for(std::slice::from_ref(&self.http_addr))
+        self.client_for(&split_addrs(&self.http_addr)?)
     }
 
     /// A client for these servers (failover), with this command's TLS settings and ACL token.
     pub fn client_for(&self, servers: &[String]) -> anyhow::Result<Client> {
         Ok(Client::with_options(servers, self.tls.options()?)?.with_token(self.token.resolve()?))
     }
+}
+
+/// `a,b,c` as addresses (spaces around commas allowed); an empty one is an error naming the flag.
+pub fn split_addrs(list: &str) -> anyhow::Result<Vec<String>> {
+    let addrs: Vec<String> = list.split(',').map(|a| a.trim().to_owned()).collect();
+    if addrs.iter().any(String::is_empty) {
+        anyhow::bail!(
+            "--http-addr {list:?}: expected one or more addresses separated by commas, with none empty"
+        );
+    }
+    Ok(addrs)
 }
 
 /// Parses a Go-style duration flag (`10s`, `500ms`).

@@ -37,7 +37,7 @@ use super::dev::{
     AclArgs, ConnectSettings, DEFAULT_DATACENTER, check_leaf_ttl, default_node_name, start_acl,
     start_identity,
 };
-use super::tls::{ServerTlsArgs, serve_https, server_names, server_tls};
+use super::tls::{ServerTlsArgs, serve_https_with, server_names, server_tls};
 use super::{EXIT_CONFIG, parse_duration};
 use plexus_api::agent_config::Role;
 
@@ -116,6 +116,9 @@ pub struct Args {
     /// DNS interface.
     #[command(flatten)]
     pub dns: super::dns::DnsArgs,
+    /// Memory and connection bounds.
+    #[command(flatten)]
+    pub limits: super::limits::LimitsArgs,
 }
 
 /// The environment variable holding the etcd password (when no file is named).
@@ -329,7 +332,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     let grpc = super::grpc::bind(grpc).await?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
-    let Some(store) = open_store(&choice, &shutdown.token()).await? else {
+    let Some(store) = open_store(&choice, args.limits.embedded(), &shutdown.token()).await? else {
         info!("stopped before the store was reachable");
         return Ok(ExitCode::SUCCESS);
     };
@@ -434,19 +437,21 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         let names = server_names(&args.datacenter, &args.tls.domain, https_addr);
         let tls = server_tls(&plan, Some(control.ca()), names, &shutdown).await?;
         https_tls = Some(tls.clone());
-        servers.push(serve_https(
+        servers.push(serve_https_with(
             https_listener,
             tls,
             router.clone(),
             stop_serving.clone(),
+            args.limits.http(),
         )?);
     }
     if let Some(listener) = listener {
         plexus_runtime::telemetry::listening("http", http_addr);
-        servers.push(tokio::spawn(plexus_runtime::http::serve(
+        servers.push(tokio::spawn(plexus_runtime::http::serve_with(
             listener,
             router,
             stop_serving.clone(),
+            args.limits.http(),
         )));
     }
     super::grpc::start(
@@ -480,12 +485,13 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
 /// answers. `None` when shutdown came first.
 async fn open_store(
     choice: &StoreChoice,
+    limits: plexus_control::store::embedded::EmbeddedLimits,
     stop: &CancellationToken,
 ) -> anyhow::Result<Option<Arc<dyn Store>>> {
     match choice {
         StoreChoice::Embedded(dir) => {
             let dir = dir.clone();
-            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
+            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open_with(&dir, limits))
                 .await
                 .context("opening the embedded store")?
                 .context("opening the embedded store")?;

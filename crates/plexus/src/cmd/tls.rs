@@ -310,10 +310,21 @@ pub fn serve_https(
     router: axum::Router,
     stop: CancellationToken,
 ) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+    serve_https_with(listener, tls, router, stop, Default::default())
+}
+
+/// [`serve_https`] within connection bounds.
+pub fn serve_https_with(
+    listener: TcpListener,
+    tls: TlsServer,
+    router: axum::Router,
+    stop: CancellationToken,
+    limits: plexus_runtime::connections::ConnLimits,
+) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
     let addr = listener.local_addr()?;
     plexus_runtime::telemetry::listening("https", addr);
-    Ok(tokio::spawn(plexus_runtime::tls::serve(
-        listener, tls, router, stop,
+    Ok(tokio::spawn(plexus_runtime::tls::serve_with(
+        listener, tls, router, stop, limits,
     )))
 }
 

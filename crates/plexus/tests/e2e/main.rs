@@ -39,6 +39,8 @@ mod lock;
 mod partition;
 mod quorum;
 mod registration;
+mod robust;
+mod robust_conns;
 mod shutdown;
 mod sidecar;
 mod tls;
