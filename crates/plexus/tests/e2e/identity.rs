@@ -344,12 +344,16 @@ async fn outbound_refuses_an_upstream_with_another_services_identity() {
     // this mesh, but for `db`.
     let impostor_port = free_port();
     let upstream_port = free_port();
+    // The client's sidecar gets a free port too: the agent's default range (21000-) is the same
+    // in every `plexus dev`, and tests run side by side.
+    let client_sidecar_port = free_port();
     let hcl = format!(
         r#"
 services {{
   name = "client"
   port = 8080
-  connect {{ sidecar_service {{ proxy {{ upstreams {{ destination_name = "echo"
+  connect {{ sidecar_service {{ port = {client_sidecar_port}
+    proxy {{ upstreams {{ destination_name = "echo"
     local_bind_port = {upstream_port} }} }} }} }}
 }}
 services {{
