@@ -156,7 +156,12 @@ impl std::fmt::Debug for Kv {
 impl Kv {
     /// KV over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        let changes = Arc::new(Changes::new(Arc::clone(&store), PREFIX));
+        // A lock record (`K\0lock`) is part of `K`'s answer: its writes wake `K`'s queries.
+        let changes = Arc::new(Changes::with_companion(
+            Arc::clone(&store),
+            PREFIX,
+            Some(lock::LOCK_SUFFIX.to_owned()),
+        ));
         Self { store, changes }
     }
 

@@ -16,6 +16,8 @@
 //!   listing's revision (all wake once and re-read), as with the catalog index.
 //! - Subscriptions are shared per key or prefix and dropped with their last receiver.
 //! - Started on the first subscription; the watch task ends when the [`Changes`] is dropped.
+//! - A root may name a companion suffix ([`Changes::with_companion`]): a write to `K<suffix>`
+//!   (the KV store's lock record of `K`) is also a change of `K`, whose answer includes it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -44,6 +46,7 @@ pub enum Interest {
 pub struct Changes {
     store: Arc<dyn Store>,
     root: String,
+    companion: Option<String>,
     shared: OnceCell<Arc<Mutex<State>>>,
     stop: CancellationToken,
     _stop_on_drop: DropGuard,
@@ -73,12 +76,22 @@ struct State {
     prefix_lengths: BTreeMap<usize, usize>,
     /// Interest count after the last sweep of unused ones.
     swept_at: usize,
+    /// A key ending in this also changes the key without it.
+    companion: Option<String>,
 }
 
 impl State {
     fn baseline(&self, interest: &Interest) -> u64 {
         let latest = match interest {
-            Interest::Key(key) => self.keys.get(key).map_or(0, |(r, _)| *r),
+            Interest::Key(key) => {
+                let own = self.keys.get(key).map_or(0, |(r, _)| *r);
+                let companion = self.companion.as_ref().map_or(0, |suffix| {
+                    self.keys
+                        .get(&format!("{key}{suffix}"))
+                        .map_or(0, |(r, _)| *r)
+                });
+                own.max(companion)
+            }
             Interest::Prefix(prefix) => self
                 .keys
                 .range::<str, _>((
@@ -178,6 +191,13 @@ impl State {
             return;
         }
         self.notify(&Interest::Key(key.to_owned()), revision);
+        if let Some(owner) = self
+            .companion
+            .as_ref()
+            .and_then(|suffix| key.strip_suffix(suffix.as_str()))
+        {
+            self.notify(&Interest::Key(owner.to_owned()), revision);
+        }
         let lengths: Vec<usize> = self
             .prefix_lengths
             .keys()
@@ -222,10 +242,20 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 impl Changes {
     /// The changes of keys under `root` (`kv/`, `config/`, ...) of `store`.
     pub fn new(store: Arc<dyn Store>, root: impl Into<String>) -> Self {
+        Self::with_companion(store, root, None)
+    }
+
+    /// [`Changes::new`] where a write to `K<companion>` is also a change of `K`.
+    pub fn with_companion(
+        store: Arc<dyn Store>,
+        root: impl Into<String>,
+        companion: Option<String>,
+    ) -> Self {
         let stop = CancellationToken::new();
         Self {
             store,
             root: root.into(),
+            companion,
             shared: OnceCell::new(),
             _stop_on_drop: stop.clone().drop_guard(),
             stop,
@@ -236,7 +266,10 @@ impl Changes {
         self.shared
             .get_or_try_init(|| async {
                 let (kvs, revision) = self.store.range(&self.root).await?;
-                let mut state = State::default();
+                let mut state = State {
+                    companion: self.companion.clone(),
+                    ..State::default()
+                };
                 state.relist(kvs, revision);
                 let state = Arc::new(Mutex::new(state));
                 tokio::spawn(follow(

@@ -133,3 +133,27 @@ async fn wakes_for_its_own_writes_only_over_a_store() {
     assert_eq!(*watched.borrow_and_update(), own);
     assert!(own > start + 4);
 }
+
+/// A companion record (`K<suffix>`, the KV lock record) wakes `K`'s subscribers and counts in its
+/// baseline; it does not wake a sibling key.
+#[test]
+fn a_companion_record_is_a_change_of_its_key() {
+    let mut state = State {
+        companion: Some("\0lock".to_owned()),
+        ..State::default()
+    };
+    state.relist(vec![], 10);
+    let mut key = state.subscribe(Interest::Key("kv/a".to_owned()));
+    let mut sibling = state.subscribe(Interest::Key("kv/ab".to_owned()));
+    key.borrow_and_update();
+    sibling.borrow_and_update();
+    state.apply(&put("kv/a\0lock", 11));
+    assert!(key.has_changed().unwrap());
+    assert_eq!(*key.borrow_and_update(), 11);
+    assert!(!sibling.has_changed().unwrap());
+    // A later subscriber starts from the companion's revision.
+    drop(key);
+    state.sweep();
+    let fresh = state.subscribe(Interest::Key("kv/a".to_owned()));
+    assert_eq!(*fresh.borrow(), 11);
+}
