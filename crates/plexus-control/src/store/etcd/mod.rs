@@ -8,10 +8,13 @@
 //! - **Security.** TLS with a CA and an optional client certificate, and etcd's user/password
 //!   authentication (the client re-authenticates when its token expires). The password never
 //!   reaches a log line ([`Password`]).
-//! - **Endpoints.** The client balances over every endpoint and leaves one that fails; a member
-//!   without a leader refuses requests (`require_leader`), so they go elsewhere. Reads are retried
-//!   for a few seconds through elections; a write is sent again only when it certainly never
-//!   reached etcd, so the store never applies one twice.
+//! - **Endpoints.** Requests go to one endpoint at a time ([`Endpoints`]), the first given until
+//!   it fails, then the next: a member cut off by a partition (packets dropped, no connection
+//!   reset) only delays the requests that were on it, where a client balancing over every
+//!   endpoint would keep sending a share of all requests into the partition until its keep-alive
+//!   noticed. A member without a leader refuses requests (`require_leader`), which moves on too.
+//!   Reads are retried for a few seconds through elections; a write is sent again only when it
+//!   certainly never reached etcd, so the store never applies one twice.
 //! - **Revisions** are etcd's: reads are linearizable and return the header revision, so an index
 //!   read through one replica is never ahead of what another replica reads next.
 //! - **Written revision.** Every transaction that writes also puts [`WRITTEN_KEY`] under the
@@ -113,7 +116,7 @@ pub struct EtcdStore {
 }
 
 struct Inner {
-    client: Client,
+    endpoints: Endpoints,
     options: EtcdOptions,
     revision: tokio_watch::Sender<u64>,
     /// Callers of `current_revision`/`written_revision` waiting for the next read.
@@ -122,6 +125,65 @@ struct Inner {
     /// Group commit of concurrent transactions.
     batcher: batch::Batcher,
     stop: CancellationToken,
+}
+
+/// One etcd client per endpoint, connected on first use, and the one requests go to now.
+struct Endpoints {
+    clients: Vec<tokio::sync::OnceCell<Client>>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl Endpoints {
+    fn new(count: usize) -> Self {
+        Self {
+            clients: (0..count.max(1))
+                .map(|_| tokio::sync::OnceCell::new())
+                .collect(),
+            current: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Inner {
+    /// The client of the current endpoint, with its position (for [`Inner::failed`]).
+    async fn client(&self) -> (usize, Result<Client, etcd_client::Error>) {
+        let endpoints = &self.endpoints;
+        let at =
+            endpoints.current.load(std::sync::atomic::Ordering::Relaxed) % endpoints.clients.len();
+        let endpoint = self.options.endpoints.get(at).cloned().unwrap_or_default();
+        let client = endpoints.clients[at]
+            .get_or_try_init(|| Client::connect([endpoint], Some(self.options.connect_options())))
+            .await
+            .cloned();
+        (at, client)
+    }
+
+    /// Moves on from the endpoint at `at` after a failure there (unless another request already
+    /// did).
+    fn failed(&self, at: usize) {
+        let count = self.endpoints.clients.len();
+        if count < 2 {
+            return;
+        }
+        let next = (at + 1) % count;
+        if self
+            .endpoints
+            .current
+            .compare_exchange(
+                at,
+                next,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            tracing::info!(
+                failed = %self.options.endpoints.get(at).map_or("", String::as_str),
+                next = %self.options.endpoints.get(next).map_or("", String::as_str),
+                "etcd endpoint failed; moving to the next"
+            );
+        }
+    }
 }
 
 /// One read of the store's revision and of the newest Plexus write in it.
@@ -231,9 +293,14 @@ impl EtcdStore {
             "connected to etcd"
         );
         let stop = CancellationToken::new();
+        let endpoints = Endpoints::new(options.endpoints.len());
+        if options.endpoints.len() == 1 {
+            // The start-up client is the one endpoint's client: keep it.
+            let _ = endpoints.clients[0].set(client);
+        }
         let store = Self {
             inner: Arc::new(Inner {
-                client,
+                endpoints,
                 options,
                 revision: tokio_watch::channel(revision).0,
                 revision_waiters: Mutex::new(Vec::new()),
@@ -263,10 +330,18 @@ impl EtcdStore {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         let mut attempt = 0;
         loop {
-            match call(self.inner.client.clone()).await {
+            let (at, client) = self.inner.client().await;
+            let answer = match client {
+                Ok(client) => call(client).await,
+                Err(error) => Err(error),
+            };
+            match answer {
                 Ok(answer) => return Ok(answer),
                 Err(error) => {
                     let cause = Cause::of(&error);
+                    if cause.is_transient() {
+                        self.inner.failed(at);
+                    }
                     let again = if write {
                         cause.never_sent()
                     } else {
@@ -495,11 +570,19 @@ async fn read_revisions(inner: Weak<Inner>) {
         if waiters.is_empty() {
             continue;
         }
-        let read = strong
-            .client
-            .kv_client()
-            .get(strong.full_key(WRITTEN_KEY), None)
-            .await;
+        let (at, client) = strong.client().await;
+        let read = match client {
+            Ok(client) => {
+                client
+                    .kv_client()
+                    .get(strong.full_key(WRITTEN_KEY), None)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        if read.as_ref().is_err_and(|e| Cause::of(e).is_transient()) {
+            strong.failed(at);
+        }
         let answer = match read {
             Ok(response) => {
                 let current = response.header().map_or(0, |h| unrev(h.revision()));
@@ -545,7 +628,15 @@ async fn follow(inner: Weak<Inner>, mut seen: u64) {
                     // The events in between are gone: take the current revision, which wakes
                     // every blocked reader to re-read (the re-list).
                     let key = strong.options.prefix.as_bytes().to_vec();
-                    match strong.client.kv_client().get(key, None).await {
+                    let (at, client) = strong.client().await;
+                    let read = match client {
+                        Ok(client) => client.kv_client().get(key, None).await,
+                        Err(error) => Err(error),
+                    };
+                    if read.is_err() {
+                        strong.failed(at);
+                    }
+                    match read {
                         Ok(response) => {
                             let now = response.header().map_or(0, |h| unrev(h.revision()));
                             seen = seen.max(now).max(compact_revision);
@@ -705,12 +796,15 @@ impl Store for EtcdStore {
                 self.advance(answer.header().map_or(0, |h| unrev(h.revision())));
                 // The revoke deleted keys without the marker: move it, so a read after it (on
                 // any replica) waits for those deletes. Best effort: the deletes arrive anyway.
-                let marked = self
-                    .inner
-                    .client
-                    .kv_client()
-                    .put(self.inner.full_key(WRITTEN_KEY), Vec::new(), None)
-                    .await;
+                let marked = match self.inner.client().await {
+                    (_, Ok(client)) => {
+                        client
+                            .kv_client()
+                            .put(self.inner.full_key(WRITTEN_KEY), Vec::new(), None)
+                            .await
+                    }
+                    (_, Err(error)) => Err(error),
+                };
                 if let Err(error) = marked {
                     tracing::debug!(error = %Cause::of(&error), "etcd written marker not moved after a revoke");
                 }

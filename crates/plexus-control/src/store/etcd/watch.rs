@@ -79,14 +79,22 @@ async fn stream(
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(rev(*cursor + 1));
-    let mut client = inner
-        .client
-        .watch_client()
-        .max_decoding_message_size(MAX_WATCH_MESSAGE);
-    let watch = match client.watch(key, Some(options)).await {
+    let (at, client) = inner.client().await;
+    let started = match client {
+        Ok(client) => {
+            client
+                .watch_client()
+                .max_decoding_message_size(MAX_WATCH_MESSAGE)
+                .watch(key, Some(options))
+                .await
+        }
+        Err(error) => Err(error),
+    };
+    let watch = match started {
         Ok(watch) => watch,
         Err(error) => {
             tracing::debug!(error = %super::Cause::of(&error), prefix, "etcd watch cannot start; retrying");
+            inner.failed(at);
             return End::Broken;
         }
     };
@@ -105,6 +113,7 @@ async fn stream(
             }
             Err(error) => {
                 tracing::debug!(error = %super::Cause::of(&error), prefix, cursor = *cursor, "etcd watch broke; resuming");
+                inner.failed(at);
                 return End::Broken;
             }
         };
