@@ -76,12 +76,15 @@ fn now() -> rskafka::chrono::DateTime<rskafka::chrono::Utc> {
     rskafka::chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+/// Held while producing to one topic-partition.
+type ProduceTurn = Arc<tokio::sync::Mutex<()>>;
+
 /// A connector over Kafka topic-partitions.
 pub struct KafkaConnector {
     client: Client,
     partitions: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
     /// One produce at a time per topic-partition (see [`Connector::send`] below).
-    producing: Mutex<HashMap<(String, i32), Arc<tokio::sync::Mutex<()>>>>,
+    producing: Mutex<HashMap<(String, i32), ProduceTurn>>,
     connected: Arc<AtomicBool>,
     bootstrap: String,
 }
