@@ -6,6 +6,7 @@
 //!   `/v1/health/checks/{service}`, `/v1/health/state/{state}`
 //! - [`node`]: `/v1/catalog/node/{node}`, `/v1/catalog/node-services/{node}`,
 //!   `/v1/health/node/{node}`, `/v1/catalog/datacenters`
+//! - [`register`]: `PUT /v1/catalog/register`, `PUT /v1/catalog/deregister`
 //! - [`status`]: `/v1/status/leader`, `/v1/status/peers`
 //!
 //! Catalog and health reads are blocking queries (`?index=N&wait=D`) answering with
@@ -17,13 +18,14 @@ pub mod catalog;
 pub mod health;
 pub mod meta;
 pub mod node;
+pub mod register;
 pub mod status;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::PathRejection;
-use axum::routing::get;
+use axum::routing::{get, put};
 use plexus_api::CatalogError;
 use plexus_runtime::http::{
     ApiError, BlockingQuery, method_not_allowed_fallback, not_found_fallback,
@@ -58,6 +60,8 @@ pub fn router(catalog: Arc<StoreCatalog>, info: ServerInfo) -> Router {
         info: Arc::new(info),
     };
     Router::new()
+        .route("/v1/catalog/register", put(register::register))
+        .route("/v1/catalog/deregister", put(register::deregister))
         .route("/v1/catalog/services", get(catalog::services))
         .route("/v1/catalog/service/{name}", get(catalog::service))
         .route("/v1/catalog/nodes", get(catalog::nodes))
@@ -134,5 +138,7 @@ pub(crate) fn path_error(rejection: PathRejection) -> ApiError {
 /// Displays an error with its chain of causes, for logs (the one in `plexus-runtime`).
 pub(crate) use plexus_runtime::ErrorChain;
 
+#[cfg(test)]
+mod register_tests;
 #[cfg(test)]
 mod tests;
