@@ -7,15 +7,18 @@
 //! - [`node`]: `/v1/catalog/node/{node}`, `/v1/catalog/node-services/{node}`,
 //!   `/v1/health/node/{node}`, `/v1/catalog/datacenters`
 //! - [`register`]: `PUT /v1/catalog/register`, `PUT /v1/catalog/deregister`
+//! - [`members`]: `GET /v1/agent/members` (the catalog's nodes as Consul's Serf members)
 //! - [`status`]: `/v1/status/leader`, `/v1/status/peers`
 //!
 //! Catalog and health reads are blocking queries (`?index=N&wait=D`) answering with
 //! `X-Consul-Index`. Every error, including unknown paths, is the shared JSON error shape.
-//! `/v1/agent/*` is served by the agent's router, which the binary merges with this one.
+//! `/v1/agent/*` is served by the agent's router, which the binary merges with this one, except
+//! `/v1/agent/members`, which needs the whole catalog (so a remote agent does not serve it).
 //! [`meta`] adds Consul's query-meta headers to every read answer, 404s included.
 
 pub mod catalog;
 pub mod health;
+pub mod members;
 pub mod meta;
 pub mod node;
 pub mod register;
@@ -74,6 +77,7 @@ pub fn router(catalog: Arc<StoreCatalog>, info: ServerInfo) -> Router {
         .route("/v1/health/connect/{name}", get(health::connect))
         .route("/v1/health/checks/{service}", get(health::checks))
         .route("/v1/health/state/{state}", get(health::state))
+        .route("/v1/agent/members", get(members::members))
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .fallback(not_found_fallback)

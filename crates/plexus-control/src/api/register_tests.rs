@@ -1,4 +1,5 @@
-//! `PUT /v1/catalog/register` and `/v1/catalog/deregister` through the control plane's router.
+//! `PUT /v1/catalog/register`, `/v1/catalog/deregister` and `GET /v1/agent/members` through
+//! the control plane's router.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -292,4 +293,70 @@ async fn register_needs_node_write_and_service_write() {
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn members_are_the_nodes_in_serf_shape_filtered_by_node_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plane = plane(dir.path());
+    let open = plane.router();
+    for (node, address) in [("server-1", "10.0.0.1"), ("ext-1", "192.0.2.10")] {
+        let body = json!({"Node": node, "Address": address, "ID": format!("id-{node}")});
+        let (status, _) = put(&open, "/v1/catalog/register", body).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // A remote agent whose lease lapsed: its lease check is critical.
+    let lapsed = json!({"Node": "gone", "Address": "10.0.0.9",
+        "Check": {"CheckID": plexus_api::remote::LEASE_CHECK_ID, "Status": "critical"}});
+    let (status, _) = put(&open, "/v1/catalog/register", lapsed).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let members = get(&open, "/v1/agent/members").await;
+    let by_name = |name: &str| {
+        members
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["Name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let server = by_name("server-1");
+    assert_eq!(server["Addr"], "10.0.0.1");
+    assert_eq!(server["Port"], 8301);
+    assert_eq!(server["Status"], 1);
+    assert_eq!(server["Tags"]["role"], "consul");
+    assert_eq!(server["Tags"]["dc"], "dc1");
+    assert_eq!(server["Tags"]["id"], "id-server-1");
+    for (field, value) in [
+        ("ProtocolMin", 1),
+        ("ProtocolMax", 5),
+        ("ProtocolCur", 2),
+        ("DelegateMin", 2),
+        ("DelegateMax", 5),
+        ("DelegateCur", 4),
+    ] {
+        assert_eq!(server[field], value, "{field}");
+    }
+    assert_eq!(by_name("ext-1")["Tags"]["role"], "node");
+    assert_eq!(by_name("gone")["Status"], 4);
+
+    let rules = Rules::default().with(Resource::Node, "ext-", true, Access::Read);
+    plane.set_resolver(Resolver(Arc::new(Fixed(rules))));
+    let request = Request::get("/v1/agent/members")
+        .body(Body::empty())
+        .unwrap();
+    let response = plane.router().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let filtered = response.headers()["x-consul-results-filtered-by-acls"].clone();
+    assert_eq!(filtered, "true");
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let visible: Value = serde_json::from_slice(&bytes).unwrap();
+    let names: Vec<&str> = visible
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ext-1"]);
 }
