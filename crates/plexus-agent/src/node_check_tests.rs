@@ -154,8 +154,12 @@ async fn maintenance_adds_and_removes_a_critical_check() {
     assert_eq!(status, StatusCode::OK);
     assert!(catalog.check(NODE, "_service_maintenance:web1").is_none());
 
-    let (status, _) = put(&agent, "/v1/agent/maintenance?enable=true", None).await;
-    assert_eq!(status, StatusCode::OK);
+    let (status, _) = put(&agent, "/v1/agent/maintenance?enable=True", None).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "Go's ParseBool spellings, as py-consul sends them"
+    );
     let node_maint = catalog.check(NODE, "_node_maintenance").unwrap();
     assert_eq!(
         (node_maint.status, node_maint.notes.as_str()),

@@ -9,19 +9,19 @@ use plexus_runtime::http::{ApiError, QueryParams};
 use super::ok_empty;
 use crate::Agent;
 
-/// `?enable=` as Consul reads it: required, `true` or `false`.
+/// `?enable=` as Consul reads it (Go's `strconv.ParseBool`: py-consul sends `True`): required.
 fn enable(params: &QueryParams) -> Result<bool, ApiError> {
     match params.get("enable") {
         None | Some("") => Err(ApiError::invalid_field(
             "enable",
             "missing value for enable (expected true or false)",
         )),
-        Some(value) => value.parse::<bool>().map_err(|_| {
-            ApiError::invalid_field(
-                "enable",
-                format!("invalid value for enable {value:?} (expected true or false)"),
-            )
-        }),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+        Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+        Some(other) => Err(ApiError::invalid_field(
+            "enable",
+            format!("invalid value for enable {other:?} (expected true or false)"),
+        )),
     }
 }
 
