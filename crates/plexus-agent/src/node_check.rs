@@ -4,8 +4,7 @@
 //!
 //! A maintenance check is an ordinary catalog check, so every health read and the mesh see the
 //! instance (or the node's every instance) as critical while it is there. Re-registering the
-//! service replaces its checks, as Consul's `replace-existing-checks` does, which ends its
-//! maintenance.
+//! service replaces its checks (as every registration here does), which ends its maintenance.
 
 use plexus_api::acl::Authorizer;
 use plexus_api::registration::CheckDefinition;

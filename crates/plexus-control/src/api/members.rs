@@ -8,7 +8,8 @@
 //! [`LEASE_CHECK_ID`] check is critical). `Tags` carry `dc`, `role` (`consul` for this server,
 //! `node` for the rest), `build` and `id`.
 //!
-//! Unlike Consul, nodes registered through `/v1/catalog/register` (external nodes) are listed
+//! Served by the control plane (a remote agent passes the request on to a server). Unlike
+//! Consul, nodes registered through `/v1/catalog/register` (external nodes) are listed
 //! too: the catalog is the only membership Plexus keeps. `?wan` and `?segment` are accepted
 //! and ignored (one datacenter, no segments). Nodes the token may not read (`node:read`) are
 //! left out, marked with `X-Consul-Results-Filtered-By-ACLs: true`.

@@ -13,7 +13,7 @@
 //! Catalog and health reads are blocking queries (`?index=N&wait=D`) answering with
 //! `X-Consul-Index`. Every error, including unknown paths, is the shared JSON error shape.
 //! `/v1/agent/*` is served by the agent's router, which the binary merges with this one, except
-//! `/v1/agent/members`, which needs the whole catalog (so a remote agent does not serve it).
+//! `/v1/agent/members`, which needs the whole catalog (a remote agent passes it on to a server).
 //! [`meta`] adds Consul's query-meta headers to every read answer, 404s included.
 
 pub mod catalog;
