@@ -27,7 +27,8 @@ impl Agent {
     /// Registers a check on this node, on its `ServiceID` when given. Re-registering an id
     /// replaces the check (an unchanged one keeps its status). Returns the check id.
     ///
-    /// Needs `service:write` on the check's service, else `node:write` on this node.
+    /// Needs `service:write` on the check's service, else `node:write` on this node (and the
+    /// same for the check it replaces).
     pub async fn register_check_as(
         &self,
         def: &CheckDefinition,
@@ -52,8 +53,12 @@ impl Agent {
             None => authz.require_node_write(node)?,
         }
         let id = check.check_id.clone();
-        let mut checks = vec![check];
         let current = inner.catalog.node_checks(node).await?.value;
+        // Replacing a check held by another service (or the node) needs write access to it too.
+        if let Some(old) = current.iter().find(|c| c.check_id == id) {
+            require_check_write(authz, node, old)?;
+        }
+        let mut checks = vec![check];
         keep_current_status(&mut checks, &current);
         self.write_checks(checks).await?;
         tracing::info!(node, check_id = %id, "check registered");

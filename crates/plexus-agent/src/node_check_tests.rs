@@ -262,5 +262,13 @@ async fn check_writes_and_maintenance_need_service_or_node_write() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = put(&agent, "/v1/agent/check/deregister/service:db1", None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // Nor may a check of web take over db's check id.
+    let takeover = json!({"ID": "service:db1", "Name": "t", "ServiceID": "web1", "TTL": "30s"});
+    let (status, _) = put(&agent, "/v1/agent/check/register", Some(takeover)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        catalog.check(NODE, "service:db1").unwrap().service_id,
+        "db1"
+    );
     assert!(catalog.check(NODE, "service:db1").is_some());
 }

@@ -13,7 +13,8 @@
 //!
 //! ACLs, as Consul: `node:write` on the node (unless `SkipNodeUpdate` leaves an existing node
 //! untouched), `service:write` on the service and on each service a check belongs to; a node
-//! check needs `node:write`. Deregistering needs `service:write` on the service (for a check,
+//! check needs `node:write`; what is overwritten (an instance id under another name, a check id
+//! held by another service or the node) needs write access too. Deregistering needs `service:write` on the service (for a check,
 //! on its service, or `node:write` for a node check), the whole node `node:write`.
 //!
 //! Bad input is 400 naming the field (`Node`, `Service.Service`, `Checks[1].Status`), checked
@@ -211,13 +212,17 @@ pub async fn register(
         .await
         .map_err(catalog_error)?
         .value;
-    let existing = state
+    let records = state
         .catalog
         .node_view(&node_name)
         .await
         .map_err(catalog_error)?
-        .value
-        .map(|records| records.node);
+        .value;
+    let stored_checks = records
+        .as_ref()
+        .map(|r| r.checks.clone())
+        .unwrap_or_default();
+    let existing = records.map(|records| records.node);
     let skip_node = body.skip_node_update.unwrap_or(false) && existing.is_some();
     let node = match (skip_node, existing) {
         (true, Some(node)) => node,
@@ -225,8 +230,15 @@ pub async fn register(
             let Some(address) = given(body.address) else {
                 return Err(ApiError::invalid_field("Address", "Address is required"));
             };
+            let id = body.id.unwrap_or_default();
+            if !id.is_empty() && !is_uuid(&id) {
+                return Err(ApiError::invalid_field(
+                    "ID",
+                    format!("node ID {id:?} must be a UUID"),
+                ));
+            }
             Node {
-                id: body.id.unwrap_or_default(),
+                id,
                 node: node_name.clone(),
                 address,
                 datacenter: state.info.datacenter.clone(),
@@ -266,6 +278,14 @@ pub async fn register(
     }
 
     authorize_register(&authz, &node_name, skip_node, service.as_ref(), &checks)?;
+    authorize_replaced(
+        &authz,
+        &node_name,
+        service.as_ref(),
+        &checks,
+        &stored,
+        &stored_checks,
+    )?;
     let registration = Registration {
         node,
         services: service.into_iter().collect(),
@@ -405,6 +425,46 @@ fn authorize_register(
         }
     }
     Ok(())
+}
+
+/// What a registration overwrites needs write access too (as Consul vets it): an instance id
+/// registered under another service name, a check id held by another service or the node.
+fn authorize_replaced(
+    authz: &Authorizer,
+    node: &str,
+    service: Option<&AgentService>,
+    checks: &[HealthCheck],
+    stored: &[AgentService],
+    stored_checks: &[HealthCheck],
+) -> Result<(), ApiError> {
+    if let Some(service) = service
+        && let Some(old) = stored.iter().find(|s| s.id == service.id)
+        && old.service != service.service
+    {
+        authz.require_service_write(&old.service)?;
+    }
+    for check in checks {
+        if let Some(old) = stored_checks.iter().find(|c| c.check_id == check.check_id)
+            && old.service_name != check.service_name
+        {
+            if old.service_name.is_empty() {
+                authz.require_node_write(node)?;
+            } else {
+                authz.require_service_write(&old.service_name)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `8-4-4-4-12` hexadecimal digits, as Consul requires of a node ID.
+fn is_uuid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// `PUT /v1/catalog/deregister`.

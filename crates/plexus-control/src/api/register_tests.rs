@@ -177,6 +177,7 @@ async fn bad_registrations_are_400_naming_the_field_and_change_nothing() {
         (with(json!({"Node": null})), "Node"),
         (with(json!({"Address": ""})), "Address"),
         (with(json!({"Datacenter": "dc9"})), "Datacenter"),
+        (with(json!({"ID": "not-a-uuid"})), "ID"),
         (
             with(json!({"Service": {"ID": "r", "Port": 1}})),
             "Service.Service",
@@ -261,6 +262,28 @@ async fn register_needs_node_write_and_service_write() {
     assert!(body.to_string().contains("service:write"), "{body}");
     assert_eq!(get(&open, "/v1/catalog/service/postgres").await, json!([]));
 
+    // Overwriting another service's instance id needs write on that service too.
+    let (status, _) = put(
+        &open,
+        "/v1/catalog/register",
+        json!({"Node": "ext-1", "Address": "192.0.2.10",
+               "Service": {"ID": "pg-1", "Service": "postgres"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = put(
+        &router,
+        "/v1/catalog/register",
+        json!({"Node": "ext-1", "Address": "192.0.2.10",
+               "Service": {"ID": "pg-1", "Service": "redis"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        get(&open, "/v1/catalog/service/postgres").await[0]["ServiceID"],
+        "pg-1"
+    );
+
     // Deregistering: the service needs service:write on it, a whole node node:write.
     let pg = json!({"Node": "ext-9", "Address": "192.0.2.9", "Service": {"Service": "postgres"}});
     let (status, _) = put(&open, "/v1/catalog/register", pg).await;
@@ -272,13 +295,10 @@ async fn register_needs_node_write_and_service_write() {
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(
-        get(&open, "/v1/catalog/service/postgres")
-            .await
-            .as_array()
-            .unwrap()
-            .len(),
-        1
+    let pg = get(&open, "/v1/catalog/service/postgres").await;
+    assert!(
+        pg.as_array().unwrap().iter().any(|r| r["Node"] == "ext-9"),
+        "{pg}"
     );
     let (status, _) = put(&router, "/v1/catalog/deregister", json!({"Node": "ext-9"})).await;
     assert_eq!(
@@ -301,7 +321,8 @@ async fn members_are_the_nodes_in_serf_shape_filtered_by_node_read() {
     let mut plane = plane(dir.path());
     let open = plane.router();
     for (node, address) in [("server-1", "10.0.0.1"), ("ext-1", "192.0.2.10")] {
-        let body = json!({"Node": node, "Address": address, "ID": format!("id-{node}")});
+        let id = format!("{:08}-0000-4000-8000-000000000001", node.len());
+        let body = json!({"Node": node, "Address": address, "ID": id});
         let (status, _) = put(&open, "/v1/catalog/register", body).await;
         assert_eq!(status, StatusCode::OK);
     }
@@ -327,7 +348,7 @@ async fn members_are_the_nodes_in_serf_shape_filtered_by_node_read() {
     assert_eq!(server["Status"], 1);
     assert_eq!(server["Tags"]["role"], "consul");
     assert_eq!(server["Tags"]["dc"], "dc1");
-    assert_eq!(server["Tags"]["id"], "id-server-1");
+    assert_eq!(server["Tags"]["id"], "00000008-0000-4000-8000-000000000001");
     for (field, value) in [
         ("ProtocolMin", 1),
         ("ProtocolMax", 5),
