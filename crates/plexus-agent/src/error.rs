@@ -11,6 +11,9 @@ pub enum AgentError {
     /// The registration is invalid (400; `field` is the first error's field).
     #[error("invalid service registration")]
     Invalid(#[source] ValidationErrors),
+    /// A check registered on its own is invalid (400; `field` is the first error's field).
+    #[error("invalid check definition")]
+    InvalidCheck(#[source] ValidationErrors),
     /// The named service or check is not registered on this node (404).
     #[error("{kind} {id:?} not found")]
     NotFound {
@@ -52,6 +55,12 @@ impl From<AgentError> for ApiError {
         match error {
             AgentError::Invalid(errors) => {
                 let message = format!("invalid service registration: {errors}");
+                let mut api = ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message);
+                api.body.error.field = errors.0.first().map(|e| e.field.clone());
+                api
+            }
+            AgentError::InvalidCheck(errors) => {
+                let message = format!("invalid check definition: {errors}");
                 let mut api = ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message);
                 api.body.error.field = errors.0.first().map(|e| e.field.clone());
                 api

@@ -25,6 +25,7 @@ pub mod acl;
 mod api;
 mod check;
 mod error;
+mod node_check;
 mod ports;
 pub mod remote_catalog;
 mod service;
@@ -133,6 +134,8 @@ impl Agent {
     }
 }
 
+#[cfg(test)]
+mod node_check_tests;
 #[cfg(test)]
 mod test_catalog;
 #[cfg(test)]

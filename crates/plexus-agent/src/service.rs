@@ -293,7 +293,7 @@ pub(crate) fn truncate_output(output: &str) -> &str {
 /// the agent or re-sending a registration must not take healthy instances out of the mesh
 /// until their checks run again. A status the registration sets explicitly (passing, warning)
 /// still applies.
-fn keep_current_status(
+pub(crate) fn keep_current_status(
     checks: &mut [plexus_api::HealthCheck],
     current: &[plexus_api::HealthCheck],
 ) {

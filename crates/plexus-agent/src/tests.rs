@@ -16,9 +16,9 @@ use tower::ServiceExt;
 use crate::test_catalog::MemCatalog;
 use crate::{Agent, AgentConfig};
 
-const NODE: &str = "node-1";
+pub(crate) const NODE: &str = "node-1";
 
-async fn agent() -> (Agent, Arc<MemCatalog>, Shutdown) {
+pub(crate) async fn agent() -> (Agent, Arc<MemCatalog>, Shutdown) {
     let catalog = MemCatalog::new();
     let shutdown = Shutdown::new();
     let config = AgentConfig {
@@ -38,7 +38,7 @@ async fn agent() -> (Agent, Arc<MemCatalog>, Shutdown) {
     (agent, catalog, shutdown)
 }
 
-async fn call(
+pub(crate) async fn call(
     agent: &Agent,
     method: Method,
     uri: &str,

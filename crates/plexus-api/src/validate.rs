@@ -31,7 +31,8 @@ use std::net::IpAddr;
 
 use crate::model::{AgentProxy, AgentService, AgentUpstream, HealthCheck, ServiceKind};
 use crate::registration::{
-    ProxyDefinition, ServiceRegistration, SidecarServiceDefinition, UpstreamDefinition, Weights,
+    CheckDefinition, ProxyDefinition, ServiceRegistration, SidecarServiceDefinition,
+    UpstreamDefinition, Weights,
 };
 
 /// Agent-wide values every record gets.
@@ -248,6 +249,42 @@ pub fn validate_service(
     if errs.0.is_empty() {
         Ok(out)
     } else {
+        Err(ValidationErrors(errs.0))
+    }
+}
+
+/// Validates a check registered on its own (`PUT /v1/agent/check/register`): on `service` when
+/// it belongs to one, else on the node. Field paths are relative to the check (`ttl`,
+/// `interval`); `name` is required (Consul: "Missing check name"), the id defaults to the name.
+pub fn validate_check(
+    def: &CheckDefinition,
+    service: Option<&AgentService>,
+    node: &str,
+) -> Result<HealthCheck, ValidationErrors> {
+    let mut errs = Errors::default();
+    let name = def.name.as_deref().unwrap_or("");
+    if name.is_empty() {
+        errs.push("name", "name is required");
+    }
+    let id = match def.check_id.as_deref() {
+        Some(id) if !id.is_empty() => id.to_owned(),
+        _ => name.to_owned(),
+    };
+    if !id.is_empty() {
+        check_identifier(&mut errs, "id", "check id", &id);
+    }
+    let node_owned = AgentService::default();
+    let owner = service.unwrap_or(&node_owned);
+    let check = check::single_check(&mut errs, def, owner, node, id);
+    if errs.0.is_empty() {
+        Ok(check)
+    } else {
+        // A problem with the check as a whole (no kind, several kinds) is on `check`.
+        for e in &mut errs.0 {
+            if e.field.is_empty() {
+                e.field = "check".to_owned();
+            }
+        }
         Err(ValidationErrors(errs.0))
     }
 }

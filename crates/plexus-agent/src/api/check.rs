@@ -1,9 +1,11 @@
-//! `/v1/agent/checks` and the TTL updates `/v1/agent/check/{pass,warn,fail,update}/{id}`.
+//! `/v1/agent/checks`, the TTL updates `/v1/agent/check/{pass,warn,fail,update}/{id}`, and
+//! `/v1/agent/check/register`, `/v1/agent/check/deregister/{id}`.
 
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
 use axum::response::Response;
+use plexus_api::registration::CheckDefinition;
 use plexus_api::{CheckStatus, HealthCheck};
 use plexus_runtime::acl::{Authz, mark_filtered};
 use plexus_runtime::http::{ApiError, JsonBody, QueryParams, indexed_json};
@@ -113,5 +115,27 @@ pub(super) async fn update(
     agent
         .update_ttl_as(&id, status, &body.output, &authz)
         .await?;
+    Ok(ok_empty())
+}
+
+/// `PUT /v1/agent/check/register` with Consul's check definition (`Name`, `ID`, `ServiceID`,
+/// one of `TTL`/`HTTP`/`TCP`/`GRPC`/`AliasService`, `Interval`, `Timeout`, `Notes`, `Status`,
+/// `DeregisterCriticalServiceAfter`).
+pub(super) async fn register(
+    State(agent): State<Agent>,
+    authz: Authz,
+    JsonBody(def): JsonBody<CheckDefinition>,
+) -> Result<Response, ApiError> {
+    agent.register_check_as(&def, &authz).await?;
+    Ok(ok_empty())
+}
+
+/// `PUT /v1/agent/check/deregister/{id}`.
+pub(super) async fn deregister(
+    State(agent): State<Agent>,
+    authz: Authz,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    agent.deregister_check_as(&id, &authz).await?;
     Ok(ok_empty())
 }

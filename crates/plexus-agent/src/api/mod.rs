@@ -3,12 +3,15 @@
 //! Writes answer 200 with an empty body, as Consul does; errors use the shared JSON shape.
 //!
 //! ACLs (the request's authorizer, from the edge): `/v1/agent/self` needs `agent:read` (or
-//! `node:read`) on this node; registering needs `service:write` on each service made (service, sidecar, a proxy's
-//! destination), deregistering `service:write` on the service; a TTL update `service:write` on
-//! the check's service (`node:write` for a node check); lists leave out what the token may not
-//! read (`X-Consul-Results-Filtered-By-ACLs: true`), a single service needs `service:read`.
+//! `node:read`) on this node; registering needs `service:write` on each service made (service,
+//! sidecar, a proxy's destination), deregistering `service:write` on the service; a TTL update,
+//! registering or deregistering a check, and maintenance mode need `service:write` on the
+//! check's service (`node:write` on this node for a node check or node maintenance); lists leave
+//! out what the token may not read (`X-Consul-Results-Filtered-By-ACLs: true`), a single service
+//! needs `service:read`.
 
 mod check;
+mod maintenance;
 mod service;
 
 use axum::Router;
@@ -30,7 +33,14 @@ pub(crate) fn router(agent: Agent) -> Router {
             "/v1/agent/service/deregister/{id}",
             put(service::deregister),
         )
+        .route(
+            "/v1/agent/service/maintenance/{id}",
+            put(maintenance::service),
+        )
+        .route("/v1/agent/maintenance", put(maintenance::node))
         .route("/v1/agent/checks", get(check::list))
+        .route("/v1/agent/check/register", put(check::register))
+        .route("/v1/agent/check/deregister/{id}", put(check::deregister))
         .route("/v1/agent/check/pass/{id}", put(check::pass))
         .route("/v1/agent/check/warn/{id}", put(check::warn))
         .route("/v1/agent/check/fail/{id}", put(check::fail))

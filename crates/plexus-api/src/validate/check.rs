@@ -63,6 +63,18 @@ pub(super) fn service_checks(
     out
 }
 
+/// One check registered on its own, with its id decided by the caller; problems are pushed to
+/// `errs` with paths relative to the check.
+pub(super) fn single_check(
+    errs: &mut Errors,
+    def: &CheckDefinition,
+    service: &AgentService,
+    node: &str,
+    id: String,
+) -> HealthCheck {
+    health_check(errs, "", def, service, node, id)
+}
+
 /// The check Consul gives a sidecar that has none of its own: it mirrors the parent's health.
 pub(super) fn alias_check(
     sidecar: &AgentService,

@@ -614,3 +614,47 @@ fn struct_literal_registration() {
     assert_eq!(out.len(), 2);
     assert_eq!(out[1].service.port, 21000);
 }
+
+#[test]
+fn a_check_on_its_own_needs_a_name_and_one_kind() {
+    let def: CheckDefinition =
+        serde_json::from_value(json!({"Name": "mem", "TTL": "15s", "Notes": "n"})).unwrap();
+    let node_check = validate_check(&def, None, "node-1").unwrap();
+    assert_eq!(node_check.check_id, "mem", "the id defaults to the name");
+    assert_eq!(node_check.check_type, Some(CheckType::Ttl));
+    assert_eq!(node_check.status, CheckStatus::Critical);
+    assert_eq!(
+        (node_check.service_id.as_str(), node_check.notes.as_str()),
+        ("", "n")
+    );
+
+    let web = AgentService {
+        id: "web-1".into(),
+        service: "web".into(),
+        tags: vec!["v1".into()],
+        ..AgentService::default()
+    };
+    let def: CheckDefinition = serde_json::from_value(
+        json!({"ID": "web-http", "Name": "web", "HTTP": "http://127.0.0.1:1/", "Interval": "5s"}),
+    )
+    .unwrap();
+    let on_web = validate_check(&def, Some(&web), "node-1").unwrap();
+    assert_eq!(on_web.check_id, "web-http");
+    assert_eq!(
+        (on_web.service_id.as_str(), on_web.service_name.as_str()),
+        ("web-1", "web")
+    );
+
+    let fields = |value: serde_json::Value| -> Vec<String> {
+        let def: CheckDefinition = serde_json::from_value(value).unwrap();
+        let errors = validate_check(&def, None, "node-1").unwrap_err();
+        errors.0.into_iter().map(|e| e.field).collect()
+    };
+    assert_eq!(fields(json!({"TTL": "10s"})), ["name"]);
+    assert_eq!(fields(json!({"Name": "x"})), ["check"]);
+    assert_eq!(fields(json!({"Name": "x", "TCP": "h:1"})), ["interval"]);
+    assert_eq!(
+        fields(json!({"Name": "x", "TTL": "1s", "Status": "up"})),
+        ["status"]
+    );
+}

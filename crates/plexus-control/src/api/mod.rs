@@ -6,24 +6,29 @@
 //!   `/v1/health/checks/{service}`, `/v1/health/state/{state}`
 //! - [`node`]: `/v1/catalog/node/{node}`, `/v1/catalog/node-services/{node}`,
 //!   `/v1/health/node/{node}`, `/v1/catalog/datacenters`
+//! - [`register`]: `PUT /v1/catalog/register`, `PUT /v1/catalog/deregister`
+//! - [`members`]: `GET /v1/agent/members` (the catalog's nodes as Consul's Serf members)
 //! - [`status`]: `/v1/status/leader`, `/v1/status/peers`
 //!
 //! Catalog and health reads are blocking queries (`?index=N&wait=D`) answering with
 //! `X-Consul-Index`. Every error, including unknown paths, is the shared JSON error shape.
-//! `/v1/agent/*` is served by the agent's router, which the binary merges with this one.
+//! `/v1/agent/*` is served by the agent's router, which the binary merges with this one, except
+//! `/v1/agent/members`, which needs the whole catalog (a remote agent passes it on to a server).
 //! [`meta`] adds Consul's query-meta headers to every read answer, 404s included.
 
 pub mod catalog;
 pub mod health;
+pub mod members;
 pub mod meta;
 pub mod node;
+pub mod register;
 pub mod status;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::PathRejection;
-use axum::routing::get;
+use axum::routing::{get, put};
 use plexus_api::CatalogError;
 use plexus_runtime::http::{
     ApiError, BlockingQuery, method_not_allowed_fallback, not_found_fallback,
@@ -58,6 +63,8 @@ pub fn router(catalog: Arc<StoreCatalog>, info: ServerInfo) -> Router {
         info: Arc::new(info),
     };
     Router::new()
+        .route("/v1/catalog/register", put(register::register))
+        .route("/v1/catalog/deregister", put(register::deregister))
         .route("/v1/catalog/services", get(catalog::services))
         .route("/v1/catalog/service/{name}", get(catalog::service))
         .route("/v1/catalog/nodes", get(catalog::nodes))
@@ -70,6 +77,7 @@ pub fn router(catalog: Arc<StoreCatalog>, info: ServerInfo) -> Router {
         .route("/v1/health/connect/{name}", get(health::connect))
         .route("/v1/health/checks/{service}", get(health::checks))
         .route("/v1/health/state/{state}", get(health::state))
+        .route("/v1/agent/members", get(members::members))
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .fallback(not_found_fallback)
@@ -134,5 +142,7 @@ pub(crate) fn path_error(rejection: PathRejection) -> ApiError {
 /// Displays an error with its chain of causes, for logs (the one in `plexus-runtime`).
 pub(crate) use plexus_runtime::ErrorChain;
 
+#[cfg(test)]
+mod register_tests;
 #[cfg(test)]
 mod tests;

@@ -398,6 +398,33 @@ impl StoreCatalog {
         Ok(written)
     }
 
+    /// Removes a node with all of its service instances and checks, in one transaction
+    /// (`PUT /v1/catalog/deregister` without a service or check). `Ok(None)` when the node is not
+    /// registered.
+    pub async fn deregister_node(&self, node: &str) -> Result<Option<u64>, CatalogError> {
+        let node_key = keys::node(node);
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(node_kv) = self.get(&node_key).await? else {
+                return Ok(None);
+            };
+            let mut compares = vec![mod_revision(&node_key, Some(&node_kv))];
+            let mut writes = Writes::default();
+            writes.delete(node_key.clone());
+            for prefix in [keys::services_of(node), keys::checks_of(node)] {
+                let (records, _) = self.range(&prefix).await?;
+                for kv in records {
+                    compares.push(mod_revision(&kv.key, Some(&kv)));
+                    writes.delete(kv.key);
+                }
+            }
+            if let Some(index) = self.commit(writes, compares).await? {
+                tracing::debug!(node, index, "node deregistered");
+                return Ok(Some(index));
+            }
+        }
+        Err(gave_up("node", node))
+    }
+
     /// Reads a node's records under `prefix`, sorted by `sort_key`, with indexes filled in.
     async fn node_records<T: DeserializeOwned>(
         &self,

@@ -254,6 +254,42 @@ async fn deregister_service_removes_its_checks_and_reports_absence() {
 }
 
 #[tokio::test]
+async fn deregister_node_removes_it_with_its_records_and_leaves_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog(dir.path());
+    catalog
+        .register(registration(
+            "n/1",
+            vec![service("web-1", "web", &[])],
+            vec![
+                check("web-a", "web-1", CheckStatus::Passing),
+                check("serf", "", CheckStatus::Passing),
+            ],
+        ))
+        .await
+        .unwrap();
+    catalog
+        .register(registration(
+            "n2",
+            vec![service("web-2", "web", &[])],
+            Vec::new(),
+        ))
+        .await
+        .unwrap();
+    let index = catalog.deregister_node("n/1").await.unwrap();
+    assert_eq!(index, Some(3), "one transaction");
+    assert!(catalog.node_services("n/1").await.unwrap().value.is_empty());
+    assert!(catalog.node_checks("n/1").await.unwrap().value.is_empty());
+    let nodes = catalog.nodes().await.unwrap().value;
+    assert_eq!(
+        nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>(),
+        ["n2"]
+    );
+    assert_eq!(catalog.node_services("n2").await.unwrap().value.len(), 1);
+    assert_eq!(catalog.deregister_node("n/1").await.unwrap(), None);
+}
+
+#[tokio::test]
 async fn update_check_writes_only_when_something_changed() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = catalog(dir.path());

@@ -1,7 +1,8 @@
 //! Compatibility suite: two Consul client libraries nobody here wrote, in two languages
 //! (py-consul from PyPI in `.tools/venv`, the `consul` package from npm in `.tools/npm-consul`,
-//! both installed by `scripts/setup-test-env.sh`), drive sessions, locks, transactions and the
-//! query-meta headers of `plexus dev`. A missing library fails the test naming it.
+//! both installed by `scripts/setup-test-env.sh`), drive sessions, locks, transactions, the
+//! query-meta headers, catalog register/deregister, agent checks, maintenance mode and members
+//! of `plexus dev`. A missing library fails the test naming it.
 
 use std::path::PathBuf;
 
@@ -148,6 +149,131 @@ const b64 = (s) => Buffer.from(s).toString('base64');
 });
 "#;
 
+/// Catalog writes for an external node, agent checks, maintenance mode and members.
+const PY_WRITES: &str = r#"
+import sys, consul
+host, port = sys.argv[1], int(sys.argv[2])
+c = consul.Consul(host=host, port=port)
+me = c.agent.self()["Config"]["NodeName"]
+
+# Catalog register/deregister of an external node (py-consul sends lower-case keys).
+service = {"Service": "py-redis", "ID": "py-redis-1", "Tags": ["primary"], "Port": 6379}
+check = {"CheckID": "py-redis-alive", "Name": "redis alive", "Status": "passing",
+         "ServiceID": "py-redis-1"}
+assert c.catalog.register("py-ext", "192.0.2.20", service=service, check=check) is True
+_, rows = c.catalog.service("py-redis")
+assert [(r["Node"], r["Address"], r["ServicePort"]) for r in rows] == [("py-ext", "192.0.2.20", 6379)], rows
+_, healthy = c.health.service("py-redis", passing=True)
+assert len(healthy) == 1, healthy
+try:
+    c.catalog.register("py-ext", "192.0.2.20", service={"Port": 1})
+    raise AssertionError("a service without a name must be refused")
+except consul.ConsulException as e:
+    assert "Service.Service" in str(e), e
+assert c.catalog.deregister("py-ext", service_id="py-redis-1") is True
+_, rows = c.catalog.service("py-redis")
+assert rows == [], rows
+
+# Members: this agent's node and the external one.
+members = {m["Name"]: m for m in c.agent.members()}
+assert members[me]["Status"] == 1 and members[me]["Port"] == 8301, members
+assert "py-ext" in members, members
+assert c.catalog.deregister("py-ext") is True
+assert "py-ext" not in {m["Name"] for m in c.agent.members()}
+
+# Agent checks: a node TTL check, passed, then deregistered.
+assert c.agent.check.register("py-mem", check=consul.Check.ttl("30s"), notes="memory") is True
+assert c.agent.check.ttl_pass("py-mem") is True
+checks = c.agent.checks()
+assert checks["py-mem"]["Status"] == "passing" and checks["py-mem"]["Notes"] == "memory", checks
+assert c.agent.check.deregister("py-mem") is True
+assert "py-mem" not in c.agent.checks()
+
+# Maintenance: a service's and the node's critical check, with the reason as notes.
+c.agent.service.register("py-web", service_id="py-web-1", port=8080)
+assert c.agent.service.maintenance("py-web-1", True, reason="py deploy") is True
+maint = c.agent.checks()["_service_maintenance:py-web-1"]
+assert maint["Status"] == "critical" and maint["Notes"] == "py deploy", maint
+assert c.agent.service.maintenance("py-web-1", False) is True
+assert "_service_maintenance:py-web-1" not in c.agent.checks()
+assert c.agent.maintenance(True) is True
+_, node_checks = c.health.node(me)
+node_maint = [x for x in node_checks if x["CheckID"] == "_node_maintenance"]
+assert len(node_maint) == 1 and node_maint[0]["Status"] == "critical", node_checks
+assert "no reason was provided" in node_maint[0]["Notes"], node_maint
+assert c.agent.maintenance(False) is True
+assert "_node_maintenance" not in c.agent.checks()
+c.agent.service.deregister("py-web-1")
+print("py-consul catalog writes checks maintenance members OK")
+"#;
+
+const JS_WRITES: &str = r#"
+const assert = require('assert');
+const Consul = require(process.argv[1]);
+const port = Number(process.argv[2]);
+const consul = new Consul({ host: '127.0.0.1', port });
+(async () => {
+  const me = (await consul.agent.self()).Config.NodeName;
+
+  await consul.catalog.register({
+    node: 'js-ext', address: '192.0.2.30',
+    service: { service: 'js-db', id: 'js-db-1', port: 5432, tags: ['replica'] },
+    check: { checkid: 'js-db-alive', name: 'db alive', status: 'warning', serviceid: 'js-db-1' },
+  });
+  const rows = await consul.catalog.service.nodes('js-db');
+  assert.deepStrictEqual(rows.map((r) => [r.Node, r.ServiceID, r.ServicePort]), [['js-ext', 'js-db-1', 5432]]);
+  const health = await consul.health.node('js-ext');
+  assert.strictEqual(health.find((c) => c.CheckID === 'js-db-alive').Status, 'warning');
+  let refused = null;
+  try {
+    await consul.catalog.register({ node: 'js-ext', address: '192.0.2.30', check: { name: 'x', status: 'fine' } });
+  } catch (e) {
+    refused = e;
+  }
+  assert(refused, 'a bad check status must be refused');
+  assert.strictEqual(refused.statusCode, 400);
+  assert(String(refused.message).includes('Check.Status') || JSON.stringify(refused.response?.body ?? '').includes('Check.Status'), refused);
+
+  const members = await consul.agent.members();
+  const byName = Object.fromEntries(members.map((m) => [m.Name, m]));
+  assert.strictEqual(byName[me].Status, 1);
+  assert.strictEqual(byName['js-ext'].Tags.role, 'node');
+  await consul.catalog.deregister({ node: 'js-ext', checkid: 'js-db-alive' });
+  assert.strictEqual((await consul.health.node('js-ext')).length, 0);
+  await consul.catalog.deregister('js-ext');
+  // The library turns a `null` body into undefined.
+  assert.strictEqual((await consul.catalog.node.services('js-ext')) ?? null, null);
+
+  await consul.agent.check.register({ name: 'js-disk', id: 'js-disk', ttl: '30s', notes: 'disk' });
+  await consul.agent.check.fail('js-disk');
+  const checks = await consul.agent.check.list();
+  assert.strictEqual(checks['js-disk'].Status, 'critical');
+  assert.strictEqual(checks['js-disk'].Notes, 'disk');
+  await consul.agent.check.deregister('js-disk');
+  assert.strictEqual((await consul.agent.check.list())['js-disk'], undefined);
+
+  await consul.agent.service.register({ name: 'js-web', id: 'js-web-1', port: 8081 });
+  await consul.agent.service.maintenance({ id: 'js-web-1', enable: true, reason: 'js deploy' });
+  const maint = (await consul.agent.check.list())['_service_maintenance:js-web-1'];
+  assert.strictEqual(maint.Status, 'critical');
+  assert.strictEqual(maint.Notes, 'js deploy');
+  const passing = await consul.health.service({ service: 'js-web', passing: true });
+  assert.strictEqual(passing.length, 0, 'an instance in maintenance is not passing');
+  await consul.agent.service.maintenance({ id: 'js-web-1', enable: false });
+  await consul.agent.maintenance({ enable: true, reason: 'js node work' });
+  assert.strictEqual((await consul.agent.check.list())._node_maintenance.Notes, 'js node work');
+  await consul.agent.maintenance(false);
+  const after = await consul.agent.check.list();
+  assert.strictEqual(after._node_maintenance, undefined);
+  assert.strictEqual(after['_service_maintenance:js-web-1'], undefined);
+  await consul.agent.service.deregister('js-web-1');
+  console.log('npm consul catalog writes checks maintenance members OK');
+})().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
+"#;
+
 fn npm_consul() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/npm-consul/node_modules/consul")
 }
@@ -195,6 +321,41 @@ async fn npm_consul_drives_sessions_locks_transactions_and_headers() {
     let node = PathBuf::from("node");
     let out = run(&node, &["-e", JS, library.to_str().unwrap(), &port]).await;
     assert!(out.contains("npm consul sessions locks txn OK"), "{out}");
+}
+
+#[tokio::test]
+async fn py_consul_drives_catalog_writes_checks_maintenance_and_members() {
+    let python = python();
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup-test-env.sh (the README's test command does)",
+        python.display()
+    );
+    let dev = dev(&[]).await;
+    let port = dev.http.port().to_string();
+    let out = run(&python, &["-c", PY_WRITES, "127.0.0.1", &port]).await;
+    assert!(
+        out.contains("py-consul catalog writes checks maintenance members OK"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn npm_consul_drives_catalog_writes_checks_maintenance_and_members() {
+    let library = npm_consul();
+    assert!(
+        library.join("package.json").exists(),
+        "{} is missing: run scripts/setup-test-env.sh (the README's test command does)",
+        library.display()
+    );
+    let dev = dev(&[]).await;
+    let port = dev.http.port().to_string();
+    let node = PathBuf::from("node");
+    let out = run(&node, &["-e", JS_WRITES, library.to_str().unwrap(), &port]).await;
+    assert!(
+        out.contains("npm consul catalog writes checks maintenance members OK"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
