@@ -169,9 +169,26 @@ impl Process {
 }
 
 impl Drop for Process {
+    /// Kills the process, then checks its whole output for any secret this test run created
+    /// (suite-wide, see [`crate::secrets`]): a leak fails the test, naming the lines.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            return;
+        }
+        let lines = self
+            .lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let leaks = crate::secrets::leaked_into(&lines);
+        assert!(
+            leaks.is_empty(),
+            "{} logged a secret of this test run at {}",
+            self.name,
+            leaks.join(", ")
+        );
     }
 }
 

@@ -5,8 +5,46 @@
 //! [`SecretLedger::answer`] (answers that hand a secret out by design — bootstrap, token
 //! creation, a management read — are simply not recorded), then call [`SecretLedger::check`]
 //! with every process's output: it lists every place a secret was found.
+//!
+//! Suite-wide: every secret recorded here, the run's management token and every token the
+//! harness creates ([`register`]) is also checked against the whole output of every
+//! [`crate::process::Process`] when it is dropped, in every test of the suite
+//! ([`leaked_into`]): a process that logged one fails the test that ran it.
 
-use std::sync::Mutex;
+use std::collections::BTreeSet;
+use std::sync::{Mutex, OnceLock};
+
+/// Secrets created anywhere in this test run.
+fn registry() -> &'static Mutex<BTreeSet<String>> {
+    static SECRETS: OnceLock<Mutex<BTreeSet<String>>> = OnceLock::new();
+    SECRETS.get_or_init(Mutex::default)
+}
+
+/// Records a secret created in this test run (the suite-wide check looks for it in every
+/// process's output). Short strings are ignored: they would match by chance.
+pub fn register(secret: &str) {
+    if secret.len() >= 16 {
+        registry()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(secret.to_owned());
+    }
+}
+
+/// The places in `lines` (a process's output) where a secret of this run appears: "line N"
+/// for each, never the secret itself.
+pub fn leaked_into(lines: &[String]) -> Vec<String> {
+    let secrets = registry()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| secrets.iter().any(|s| line.contains(s.as_str())))
+        .map(|(i, _)| format!("line {}", i + 1))
+        .collect()
+}
 
 /// Secrets and answers seen by a test.
 #[derive(Debug, Default)]
@@ -23,6 +61,7 @@ impl SecretLedger {
 
     /// Remembers a secret the test created (or a server created for it).
     pub fn secret(&self, secret: &str) {
+        register(secret);
         if let Ok(mut secrets) = self.secrets.lock()
             && !secret.is_empty()
         {
@@ -70,6 +109,19 @@ impl SecretLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registered_secrets_are_found_by_line_without_being_repeated() {
+        register("a-registered-secret-0123456789");
+        register("short");
+        let lines = vec![
+            "nothing here".to_owned(),
+            "token=a-registered-secret-0123456789".to_owned(),
+            "short".to_owned(),
+        ];
+        let found = leaked_into(&lines);
+        assert_eq!(found, ["line 2"]);
+    }
 
     #[test]
     fn finds_secrets_in_answers_and_logs() {

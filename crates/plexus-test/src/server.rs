@@ -25,7 +25,11 @@ pub fn random_uuid() -> String {
 /// The management token every server of this test run starts with.
 pub fn management_token() -> &'static str {
     static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TOKEN.get_or_init(random_uuid)
+    TOKEN.get_or_init(|| {
+        let token = random_uuid();
+        crate::secrets::register(&token);
+        token
+    })
 }
 
 /// The environment that gives a server its initial management token.
@@ -144,6 +148,7 @@ impl Server {
             ..TokenWrite::default()
         };
         let token = self.client.acl_token_create(&request).await?;
+        crate::secrets::register(token.secret_id.expose());
         let name = format!("token-{}-{}", node.unwrap_or("service"), services.join("-"));
         let path = dir.join(name);
         std::fs::write(&path, token.secret_id.expose())?;

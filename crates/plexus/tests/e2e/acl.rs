@@ -38,6 +38,7 @@ impl AclServer {
         .to_vec();
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let management = plexus_test::server::random_uuid();
+        plexus_test::secrets::register(&management);
         let mut all_envs = vec![("PLEXUS_ACL_INITIAL_MANAGEMENT_TOKEN", management.as_str())];
         all_envs.extend_from_slice(envs);
         let process = Process::spawn("server:acl", bin(), &args, &all_envs).unwrap();
@@ -75,10 +76,9 @@ impl AclServer {
     /// Creates a token with `body` (Consul's shape); returns (AccessorID, SecretID).
     pub async fn token(&self, body: Value) -> (String, String) {
         let token = self.admin("PUT", "/v1/acl/token", Some(body)).await;
-        (
-            token["AccessorID"].as_str().unwrap().to_owned(),
-            token["SecretID"].as_str().unwrap().to_owned(),
-        )
+        let secret = token["SecretID"].as_str().unwrap().to_owned();
+        plexus_test::secrets::register(&secret);
+        (token["AccessorID"].as_str().unwrap().to_owned(), secret)
     }
 
     /// Creates a policy; returns its name.

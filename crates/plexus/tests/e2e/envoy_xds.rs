@@ -410,7 +410,9 @@ async fn envoys_need_a_token_with_service_write_on_their_service() {
             )
             .await;
             assert_eq!(status, 200, "{token}");
-            token["SecretID"].as_str().unwrap().to_owned()
+            let secret = token["SecretID"].as_str().unwrap().to_owned();
+            plexus_test::secrets::register(&secret);
+            secret
         }
     };
     let (echo_token, client_token) = (token_for("echo").await, token_for("client").await);
