@@ -2,7 +2,8 @@
 //! more than one way (two or no `Host`, an HTTP/2 `host` that is not `:authority`, a
 //! `Transfer-Encoding` other than `chunked`, control characters in the path) are refused with
 //! 400 at the client's sidecar and never reach the app; identity headers a client sets are
-//! removed before the app sees the request.
+//! removed before the app sees the request; and the inbound listener of an HTTP service refuses
+//! raw TCP peers.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -174,5 +175,51 @@ async fn an_http2_host_that_is_not_the_authority_is_refused() {
         .await
         .unwrap();
     assert_eq!(passed, Some(0x88), "a matching host is served");
+    assert_eq!(web.requests(), 1);
+}
+
+/// Sends `request` on an mTLS connection to `inbound` with a leaf of `client` offering `alpn`;
+/// returns every byte the sidecar sent until it closed the connection.
+async fn raw_tcp_peer(mesh: &Mesh, alpn: &[u8], request: &[u8]) -> Vec<u8> {
+    let issued = mesh.dev.client.agent_connect_leaf("client").await.unwrap();
+    let der = |pem: &str| ::pem::parse(pem).unwrap().contents().to_vec();
+    let leaf = plexus_test::pki::Issued {
+        cert_der: der(&issued.cert_pem),
+        key_der: der(&issued.private_key_pem),
+        cert_pem: issued.cert_pem,
+        key_pem: issued.private_key_pem,
+    };
+    let mut stream = plexus_test::pki::connect_with_alpn(mesh.inbound, &leaf, alpn)
+        .await
+        .unwrap();
+    // The sidecar may close before it has read everything: a failed write is an answer too.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(plexus_test::DEADLINE, stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the sidecar closes the connection");
+    answer
+}
+
+#[tokio::test]
+async fn raw_tcp_peers_of_an_http_service_are_refused_at_its_inbound() {
+    let web = HttpStub::start_named("v1").await.unwrap();
+    let mesh = Mesh::start("web", web.addr.port(), Some("http")).await;
+    let request = b"GET /raw HTTP/1.1\r\nHost: web\r\nX-Plexus-Source: admin\r\n\r\n";
+    // A peer that understands verdicts is told why; an older one gets a bare close.
+    let told = raw_tcp_peer(&mesh, b"plexus-tcp/2", request).await;
+    let told = String::from_utf8_lossy(&told);
+    assert!(
+        told.contains("protocol mismatch") && !told.contains("HTTP/1.1"),
+        "{told:?}"
+    );
+    let bare = raw_tcp_peer(&mesh, b"plexus-tcp/1", request).await;
+    assert!(bare.is_empty(), "{:?}", String::from_utf8_lossy(&bare));
+    assert_eq!(web.requests(), 0, "no raw bytes reached the app");
+
+    // HTTP between the sidecars still works.
+    let response = reqwest::get(format!("http://{}/", mesh.upstream))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
     assert_eq!(web.requests(), 1);
 }
