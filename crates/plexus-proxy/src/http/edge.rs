@@ -180,6 +180,7 @@ impl<S: HttpService> Service<Request<Body>> for Edge<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn request(version: Version, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut builder = Request::builder().uri(uri).version(version);
@@ -307,5 +308,46 @@ mod tests {
         let mut left: Vec<_> = headers.keys().map(|name| name.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["x-forwarded-for", "x-plexusfoo"]);
+    }
+
+    /// `path` percent-decoded the plain way (an escape that is not two hex digits stays as is).
+    fn decoded(path: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(path.len());
+        let mut i = 0;
+        while i < path.len() {
+            let escape = path.get(i + 1..i + 3).and_then(|hex| {
+                std::str::from_utf8(hex)
+                    .ok()
+                    .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            });
+            match (path[i], escape) {
+                (b'%', Some(byte)) => {
+                    out.push(byte);
+                    i += 3;
+                }
+                (byte, _) => {
+                    out.push(byte);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        /// The scan agrees with decoding first and then looking: a control character, raw or
+        /// escaped, is found wherever it is, and nothing else is.
+        #[test]
+        fn the_scan_agrees_with_decoding(
+            path in proptest::collection::vec(
+                prop_oneof![any::<u8>(), Just(b'%'), Just(b'0'), Just(b'a'), Just(b'7')],
+                0..64,
+            )
+        ) {
+            let expected = decoded(&path).iter().any(|&b| b < 0x20 || b == 0x7f)
+                || path.iter().any(|&b| b < 0x20 || b == 0x7f);
+            prop_assert_eq!(has_control(&path), expected);
+        }
     }
 }
