@@ -175,8 +175,8 @@ async fn an_http2_host_that_is_not_the_authority_is_refused() {
     assert_eq!(web.requests(), 1);
 }
 
-/// Sends `request` on an mTLS connection to `inbound` with a leaf of `client` offering `alpn`;
-/// returns every byte the sidecar sent until it closed the connection.
+/// Sends `request` on an mTLS connection to `inbound` with a leaf of `client` offering `alpn`
+/// (empty: none); returns every byte the sidecar sent until it closed the connection.
 async fn raw_tcp_peer(mesh: &Mesh, alpn: &[u8], request: &[u8]) -> Vec<u8> {
     let issued = mesh.dev.client.agent_connect_leaf("client").await.unwrap();
     let der = |pem: &str| ::pem::parse(pem).unwrap().contents().to_vec();
@@ -202,15 +202,18 @@ async fn raw_tcp_peers_of_an_http_service_are_refused_at_its_inbound() {
     let web = HttpStub::start_named("v1").await.unwrap();
     let mesh = Mesh::start("web", web.addr.port(), Some("http")).await;
     let request = b"GET /raw HTTP/1.1\r\nHost: web\r\nX-Plexus-Source: admin\r\n\r\n";
-    // A peer that understands verdicts is told why; an older one gets a bare close.
+    // A peer that understands verdicts is told why; an older one, or one without ALPN, gets a
+    // bare close.
     let told = raw_tcp_peer(&mesh, b"plexus-tcp/2", request).await;
     let told = String::from_utf8_lossy(&told);
     assert!(
         told.contains("protocol mismatch") && !told.contains("HTTP/1.1"),
         "{told:?}"
     );
-    let bare = raw_tcp_peer(&mesh, b"plexus-tcp/1", request).await;
-    assert!(bare.is_empty(), "{:?}", String::from_utf8_lossy(&bare));
+    for alpn in [&b"plexus-tcp/1"[..], b""] {
+        let bare = raw_tcp_peer(&mesh, alpn, request).await;
+        assert!(bare.is_empty(), "{:?}", String::from_utf8_lossy(&bare));
+    }
     assert_eq!(web.requests(), 0, "no raw bytes reached the app");
 
     // HTTP between the sidecars still works.
