@@ -312,8 +312,9 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
-/// Opens a TLS 1.3 connection to `addr` presenting `client` and offering `alpn`, and returns it
-/// right after the handshake (nothing written: e.g. for an HTTP/2 preface).
+/// Opens a TLS 1.3 connection to `addr` presenting `client` and offering `alpn` (empty: no ALPN
+/// at all), and returns it right after the handshake (nothing written: e.g. for an HTTP/2
+/// preface).
 pub async fn connect_with_alpn(
     addr: SocketAddr,
     client: &Issued,
@@ -328,7 +329,9 @@ pub async fn connect_with_alpn(
             vec![CertificateDer::from(client.cert_der.clone())],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(client.key_der.clone())),
         )?;
-    config.alpn_protocols = vec![alpn.to_vec()];
+    if !alpn.is_empty() {
+        config.alpn_protocols = vec![alpn.to_vec()];
+    }
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::IpAddress(addr.ip().into());

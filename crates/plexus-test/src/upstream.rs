@@ -87,7 +87,8 @@ impl Drop for TcpEcho {
 /// its name (`x-version` header and body), so tests can tell versions apart. Modes: flaky
 /// (every n-th request answers 503), slow (each answer waits) and stalling (the body pauses
 /// half-way). It records the requests it
-/// served, the last `traceparent` it saw, the HTTP version and the path of the last request.
+/// served, the last `traceparent` it saw, the HTTP version, the path and the headers of the last
+/// request.
 pub struct HttpStub {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -105,6 +106,7 @@ struct StubState {
     stall_ms: AtomicU64,
     last: std::sync::Mutex<(Option<String>, String)>,
     last_path: std::sync::Mutex<String>,
+    last_headers: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl HttpStub {
@@ -189,6 +191,15 @@ impl HttpStub {
             .unwrap_or_default()
     }
 
+    /// The headers of the last request, names in lower case, in the order received.
+    pub fn last_headers(&self) -> Vec<(String, String)> {
+        self.state
+            .last_headers
+            .lock()
+            .map(|headers| headers.clone())
+            .unwrap_or_default()
+    }
+
     fn last(&self) -> (Option<String>, String) {
         self.state
             .last
@@ -224,6 +235,16 @@ async fn answer(
             .path_and_query()
             .map(|path| path.as_str().to_owned())
             .unwrap_or_default();
+    }
+    if let Ok(mut headers) = state.last_headers.lock() {
+        *headers = request
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), value)
+            })
+            .collect();
     }
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {

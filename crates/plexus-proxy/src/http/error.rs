@@ -13,6 +13,7 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
+use super::edge::Refusal;
 use super::{Body, ERROR_HEADER};
 
 /// What went wrong (the `x-plexus-error` value and the `reason` metric label).
@@ -34,6 +35,8 @@ pub(crate) enum Reason {
     Denied,
     /// The request cannot be forwarded as it is (an unusable host, a body that does not decode).
     BadRequest,
+    /// The edge refused a request that parsers may read in more than one way (`edge.rs`).
+    Refused(Refusal),
     /// The request took longer than its route's timeout.
     Timeout,
 }
@@ -105,7 +108,9 @@ impl HttpError {
     /// Who caused it.
     pub(crate) fn blame(&self) -> Blame {
         match self.reason {
-            Reason::RateLimited | Reason::Denied | Reason::BadRequest => Blame::Downstream,
+            Reason::RateLimited | Reason::Denied | Reason::BadRequest | Reason::Refused(_) => {
+                Blame::Downstream
+            }
             Reason::FaultInjected(_) => Blame::Internal,
             Reason::ConcurrencyLimit
             | Reason::NoHealthyEndpoints
@@ -137,6 +142,7 @@ impl HttpError {
             Reason::Denied => "denied",
             Reason::Timeout => "timeout",
             Reason::BadRequest => "bad_request",
+            Reason::Refused(refusal) => refusal.label(),
         }
     }
 
@@ -153,7 +159,7 @@ impl HttpError {
             Reason::UpstreamConnectFailure | Reason::UpstreamReset => StatusCode::BAD_GATEWAY,
             Reason::Denied => StatusCode::FORBIDDEN,
             Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Reason::BadRequest => StatusCode::BAD_REQUEST,
+            Reason::BadRequest | Reason::Refused(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -180,7 +186,7 @@ impl HttpError {
             // DEADLINE_EXCEEDED
             Reason::Timeout => 4,
             // INVALID_ARGUMENT
-            Reason::BadRequest => 3,
+            Reason::BadRequest | Reason::Refused(_) => 3,
         }
     }
 
@@ -266,6 +272,7 @@ mod tests {
             Reason::RateLimited,
             Reason::Denied,
             Reason::BadRequest,
+            Reason::Refused(Refusal::MissingHost),
             Reason::Timeout,
             Reason::ConcurrencyLimit,
             Reason::FaultInjected(503),
@@ -275,6 +282,13 @@ mod tests {
         assert_eq!(
             HttpError::new(Reason::BadRequest).blame(),
             Blame::Downstream
+        );
+        let refused = HttpError::new(Reason::Refused(Refusal::HostMismatch));
+        assert_eq!(refused.blame(), Blame::Downstream);
+        assert_eq!(refused.response(false).status(), 400);
+        assert_eq!(
+            refused.response(false).headers()[ERROR_HEADER],
+            "host_mismatch"
         );
         assert_eq!(
             HttpError::new(Reason::FaultInjected(500)).blame(),

@@ -4,16 +4,17 @@
 //! tower layers, top-down, and the inbound path of the sidecar's public listener.
 //!
 //! ```text
-//!  app ──HTTP/1.1 or h2c──► server (edge) ─► tunnel ─► normalize ─► route ─► rate limit ─► bulkhead
+//!  app ──HTTP/1.1 or h2c──► server (edge) ─► edge checks ─► tunnel ─► normalize ─► route ─► rate limit ─► bulkhead
 //!      ─► fault ─► rewrite ─► mirror ─► split ─► timeout ─► retry ─► balance ─► endpoint pool
 //!      ──one pooled HTTP/2 connection per endpoint, inside mTLS (ALPN plexus-h2)──► peer sidecar
-//!  peer sidecar ──h2 over mTLS──► server (edge) ─► authorize ─► tunnel ─► local app (pooled)
+//!  peer sidecar ──h2 over mTLS──► server (edge) ─► edge checks ─► authorize ─► tunnel ─► local app (pooled)
 //! ```
 //!
 //! Modules, by stage:
 //! - the edge: [`server`] (hyper connections, graceful shutdown, error → response, metrics and
 //!   access log per request: [`metrics`], [`access_log`], [`trailers`]), [`flood`] (HTTP/2
-//!   control-frame limit), [`error`] (the one error type, with blame and retryable);
+//!   control-frame limit), [`edge`] (strict request checks and client-set identity headers
+//!   removed, first in both stacks), [`error`] (the one error type, with blame and retryable);
 //! - logical (per request, from the upstream's discovery chain): [`upgrade`] (WebSocket and
 //!   `CONNECT` tunnels), [`normalize`], [`route`] (the route table and the policy built from the
 //!   chain), [`rate_limit`], [`bulkhead`], [`fault`], [`rewrite`], [`mirror`], [`split`],
@@ -30,6 +31,7 @@
 pub(crate) mod access_log;
 pub(crate) mod balance;
 pub(crate) mod bulkhead;
+pub(crate) mod edge;
 pub(crate) mod endpoint;
 pub(crate) mod error;
 pub(crate) mod fault;

@@ -117,7 +117,7 @@ impl Outbound {
                     Direction::Outbound,
                     grpc,
                 );
-                if error.reason() == Reason::BadRequest && http1 {
+                if matches!(error.reason(), Reason::BadRequest | Reason::Refused(_)) && http1 {
                     response
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -26,6 +26,7 @@ use tower::{Service, ServiceBuilder};
 
 use super::balance::BalanceLayer;
 use super::bulkhead::{BulkheadLayer, ConnectionBudget};
+use super::edge::EdgeLayer;
 use super::endpoint::{Connect, Endpoint, Pool, TcpTls};
 use super::fault::FaultLayer;
 use super::inbound::{AppClient, AuthorizeLayer};
@@ -185,6 +186,8 @@ impl Outbound {
 
         // Logical: what the upstream's discovery chain says about each request.
         let stack = ServiceBuilder::new()
+            // Ambiguous requests refused (400); client-set identity headers removed.
+            .layer(EdgeLayer)
             // WebSocket / CONNECT: straight to an endpoint, bypassing the route policy.
             .layer(TunnelLayer::new(
                 concrete.clone(),
@@ -268,6 +271,8 @@ impl Inbound {
         kill: CancellationToken,
     ) -> Self {
         let stack = ServiceBuilder::new()
+            // The same strict checks for a peer's requests (400); identity headers removed.
+            .layer(EdgeLayer)
             // Intentions, per request: pooled connections outlive intention changes (403).
             .layer(AuthorizeLayer)
             // WebSocket / CONNECT from a peer: replayed to the app on a connection of its own.

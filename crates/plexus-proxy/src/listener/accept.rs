@@ -24,6 +24,9 @@ use crate::metrics::ListenerMetrics;
 use crate::tls;
 use plexus_runtime::ErrorChain;
 
+/// The reason a raw TCP peer of an HTTP service is told.
+const PROTOCOL_MISMATCH: &str = "protocol mismatch: the destination speaks HTTP (ALPN plexus-h2)";
+
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -48,6 +51,9 @@ pub(crate) enum Target {
         security: Option<InboundSecurity>,
         /// Serves peers that negotiate HTTP/2 (ALPN `plexus-h2`).
         http: Arc<http::Inbound>,
+        /// The registration declares `http`, `http2` or `grpc`: only `plexus-h2` peers are
+        /// served; raw TCP (another or no ALPN) is refused, never spliced to the app.
+        http_only: bool,
     },
     /// Outbound HTTP: each request balanced over pooled HTTP/2 connections.
     Http(Arc<http::Outbound>),
@@ -202,6 +208,7 @@ async fn serve(
     if let Target::Local {
         security: Some(security),
         http,
+        http_only,
         ..
     } = &target
     {
@@ -219,6 +226,14 @@ async fn serve(
         // `plexus-tcp/2` peers get the verdict as the first bytes; `/1` peers a bare close.
         let tells_verdict = downstream.get_ref().1.alpn_protocol() == Some(tls::ALPN_TCP);
         let mut downstream = downstream;
+        if *http_only {
+            // Raw bytes would reach an app that expects HTTP from its sidecar, unchecked.
+            debug!(source = %source.service, "refused raw TCP to an HTTP service");
+            if tells_verdict {
+                verdict::deny(&mut downstream, PROTOCOL_MISMATCH).await;
+            }
+            return;
+        }
         let decision = security.authorizer.check(&source.service);
         if !decision.allowed {
             if tells_verdict {

@@ -223,6 +223,7 @@ impl Listeners {
             app: app_rx,
             security: Some(self.ctx.security.inbound.clone()),
             http,
+            http_only: spec.explicit && spec.protocol.is_http(),
         };
         let accept = self.accept(name, listener, target, metrics);
         let running = self.spawn(accept, bound, stop);

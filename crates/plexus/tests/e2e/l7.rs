@@ -512,7 +512,7 @@ async fn policies_from_config_entries_apply_live_fault_rate_limit_retries_timeou
 
 /// Sends raw bytes on a fresh connection; returns what the sidecar answered and whether it
 /// closed the connection (within 5 s: a connection still open then counts as not closed).
-async fn raw(addr: SocketAddr, request: &[u8]) -> (String, bool) {
+pub(crate) async fn raw(addr: SocketAddr, request: &[u8]) -> (String, bool) {
     use tokio::io::AsyncReadExt;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();

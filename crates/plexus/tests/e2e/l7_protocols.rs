@@ -368,7 +368,7 @@ async fn websocket_and_connect_tunnels_cross_two_mtls_sidecars_over_http2() {
 }
 
 /// Hand-written HTTP/2 frames (RFC 9113 §4.1) for the flood tests.
-mod frames {
+pub(crate) mod frames {
     /// The client connection preface followed by an empty SETTINGS frame.
     pub fn preface() -> Vec<u8> {
         let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();

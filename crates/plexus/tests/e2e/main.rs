@@ -32,6 +32,7 @@ mod identity_long;
 mod intentions;
 mod kv;
 mod l7;
+mod l7_edge;
 mod l7_endpoints;
 mod l7_limits;
 mod l7_protocols;
