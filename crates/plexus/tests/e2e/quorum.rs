@@ -250,6 +250,17 @@ async fn a_partitioned_replica_refuses_and_no_acknowledged_write_is_lost() {
     };
     eventually!(minority_writes_ok().await, Duration::from_secs(60));
     let recovered_after = healed_at.elapsed();
+    // The majority side may itself have been without a quorum for a while (when the cut-off
+    // member led, the other two elect a leader): wait until s1 reads again before counting.
+    let s1_reads = || async {
+        reqwest::Client::new()
+            .get(format!("http://{}/v1/kv/after/heal?raw", s1.addr()))
+            .header("X-Consul-Token", plexus_test::management_token())
+            .send()
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    };
+    eventually!(s1_reads().await, Duration::from_secs(60));
     stop.cancel();
     let mut results = Vec::new();
     for writer in writers {
