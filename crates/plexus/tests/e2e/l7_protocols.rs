@@ -377,10 +377,12 @@ pub(crate) mod frames {
     }
 
     pub const HEADERS: u8 = 0x1;
+    pub const PRIORITY: u8 = 0x2;
     pub const RST_STREAM: u8 = 0x3;
     pub const SETTINGS: u8 = 0x4;
     pub const PING: u8 = 0x6;
     pub const GOAWAY: u8 = 0x7;
+    pub const WINDOW_UPDATE: u8 = 0x8;
     pub const CONTINUATION: u8 = 0x9;
     pub const END_STREAM: u8 = 0x1;
     pub const END_HEADERS: u8 = 0x4;
@@ -551,7 +553,8 @@ async fn http2_floods_are_bounded_and_spare_a_well_behaved_connection() {
     );
 }
 
-/// Rapid reset, CONTINUATION, SETTINGS and PING floods against one listener.
+/// Rapid reset, CONTINUATION, PRIORITY, WINDOW_UPDATE, SETTINGS and PING floods against one
+/// listener.
 async fn run_floods(name: &str, target: &FloodTarget) {
     use frames::*;
     // Rapid reset (CVE-2023-44487): HEADERS then RST_STREAM, 50 streams a write. Reset
@@ -592,18 +595,42 @@ async fn run_floods(name: &str, target: &FloodTarget) {
     assert!(rounds < 100_000, "{rounds}");
     eprintln!("{name}: CONTINUATION flood: GOAWAY after {rounds} rounds of 100 frames");
 
-    // SETTINGS and PING floods: past the control-frame budget (1,000 at once, then 100/s)
-    // the sidecar closes the connection, whether the client reads its ACKs or not.
+    // PRIORITY and WINDOW_UPDATE(0, +1) floods, 20,000 frames each: past their budgets (100
+    // PRIORITY per stream opened; 10 WINDOW_UPDATE per DATA frame sent, 10 per stream, 100 at
+    // start) the sidecar sends GOAWAY ENHANCE_YOUR_CALM and closes.
     let label = name;
+    for (name, unit) in [
+        ("PRIORITY", frame(PRIORITY, 0, 3, &[0, 0, 0, 1, 16])),
+        (
+            "WINDOW_UPDATE",
+            frame(WINDOW_UPDATE, 0, 0, &1u32.to_be_bytes()),
+        ),
+    ] {
+        let (ended, rounds) = flood(target, Vec::new(), 200, |_| unit.repeat(100)).await;
+        assert_eq!(
+            ended,
+            Ended::GoAway(ENHANCE_YOUR_CALM),
+            "{label}: {name} after {rounds} rounds"
+        );
+        // (All 20,000 may be written before the GOAWAY arrives: they fit in socket buffers.)
+        eprintln!("{label}: {name} flood: GOAWAY, {rounds} rounds of 100 frames written");
+    }
+
+    // SETTINGS and PING floods: past the control-frame budget (1,000 at once, then 100/s)
+    // the sidecar ends the connection, whether the client reads its ACKs or not.
     for (name, unit) in [
         ("SETTINGS", frame(SETTINGS, 0, 0, &[])),
         ("PING", frame(PING, 0, 0, &[7; 8])),
     ] {
-        // Reading the ACKs: closed after a bounded number of frames.
+        // Reading the ACKs: GOAWAY after a bounded number of frames.
         let (ended, rounds) = flood(target, Vec::new(), 100_000, |_| unit.repeat(100)).await;
-        assert_eq!(ended, Ended::Closed, "{label}: {name}");
+        assert_eq!(
+            ended,
+            Ended::GoAway(ENHANCE_YOUR_CALM),
+            "{label}: {name} after {rounds} rounds"
+        );
         assert!(rounds < 100_000, "{label}: {name}: {rounds}");
-        eprintln!("{label}: {name} flood (reading): closed after {rounds} rounds of 100 frames");
+        eprintln!("{label}: {name} flood (reading): GOAWAY after {rounds} rounds of 100 frames");
 
         // Not reading them: the sidecar lets a bounded number of bytes in, then closes.
         let mut stream = target.open().await;
