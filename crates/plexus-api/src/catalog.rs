@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use crate::model::{AgentService, CheckStatus, HealthCheck, Node};
 
 /// A value together with the catalog index it was read at (Consul's `X-Consul-Index`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Indexed<T> {
     /// The store revision the value reflects.
     pub index: u64,

@@ -49,6 +49,7 @@ mod http;
 mod listener;
 mod metrics;
 mod staleness;
+mod state;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -86,6 +87,7 @@ use tracing::{error, info, warn};
 pub use discovery::RegistrationError;
 pub use error::{ListenerName, ProxyError};
 pub use http::access_log::AccessLog;
+pub use state::{StateDir, StateError};
 
 use discovery::{EndpointSet, Resolve, ResolveChain, SidecarConfig};
 use listener::{Context, Limits, Listeners, OnBindError};
@@ -118,6 +120,9 @@ pub struct ProxyConfig {
     pub close_denied: bool,
     /// The JSON access log (`--access-log`): one line per HTTP request; `None`: no log.
     pub access_log: Option<AccessLog>,
+    /// Where the last good configuration is kept (`--state-dir`), to serve from after a restart
+    /// during a control-plane outage; `None`: nothing is kept.
+    pub state: Option<Arc<StateDir>>,
 }
 
 /// Runs the sidecar until `shutdown` is cancelled, then stops accepting on every listener, lets
@@ -139,6 +144,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         drain_grace,
         close_denied,
         access_log,
+        state,
     } = config;
     let tasks = TaskTracker::new();
     // `stop` ends accepting everywhere (shutdown, or a start-up error); `kill` ends in-flight
@@ -176,8 +182,12 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
     let serving = async {
         // discovery: our own registration (retried while the control plane is unreachable).
         let found = match &proxy_id {
-            Some(proxy_id) => discovery::find_proxy(&control, proxy_id, &stop).await?,
-            None => discovery::find_sidecar(&control, &sidecar_for, &stop).await?,
+            Some(proxy_id) => {
+                discovery::find_proxy(&control, proxy_id, state.as_deref(), &stop).await?
+            }
+            None => {
+                discovery::find_sidecar(&control, &sidecar_for, state.as_deref(), &stop).await?
+            }
         };
         let Some(registration) = found else {
             return Ok(()); // shut down before the control plane answered
@@ -202,6 +212,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
             control: control.clone(),
             proxy_id: registration.value.id.clone(),
             service: service.clone(),
+            state: state.clone(),
         };
         let Some((identity, roots_index)) =
             tls::identity::obtain(&source, &tls_metrics, &stop).await
@@ -221,6 +232,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
             close_denied,
             authorize_metrics,
             &tasks,
+            state.clone(),
             stop.clone(),
         )
         .await
@@ -241,6 +253,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         // listener → balance → endpoint, with endpoints discovered per upstream.
         let resolve: Resolve = {
             let (control, tasks, metrics) = (control.clone(), tasks.clone(), metrics.clone());
+            let state = state.clone();
             Arc::new(move |destination: &str, stop: CancellationToken| {
                 let (tx, rx) = watch::channel(Arc::new(EndpointSet::default()));
                 let gauge = metrics.endpoints(destination);
@@ -250,19 +263,21 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
                     destination,
                     tx,
                     gauge,
+                    state.clone(),
                     stop,
                 ));
                 rx
             })
         };
         let chains: ResolveChain = {
-            let (control, tasks) = (control.clone(), tasks.clone());
+            let (control, tasks, state) = (control.clone(), tasks.clone(), state.clone());
             Arc::new(move |destination: &str, stop: CancellationToken| {
                 let (tx, rx) = watch::channel(None);
                 tasks.spawn(discovery::watch_chain(
                     control.clone(),
                     destination.to_owned(),
                     tx,
+                    state.clone(),
                     stop,
                 ));
                 rx
@@ -301,6 +316,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
             control.clone(),
             initial,
             config_tx,
+            state.clone(),
             stop.clone(),
         ));
         loop {

@@ -266,6 +266,7 @@ async fn start_proxy(
         drain_grace: Duration::from_millis(200),
         close_denied: false,
         access_log: None,
+        state: None,
     };
     let proxy = tokio::spawn(run(config, shutdown.clone()));
     (admin, shutdown, proxy)

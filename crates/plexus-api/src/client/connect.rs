@@ -12,7 +12,7 @@ use crate::connect::{
 };
 
 /// Intentions with the server's default policy (from `X-Plexus-Default-Intention-Policy`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct IntentionSet {
     /// The store index the list reflects.
     pub index: u64,

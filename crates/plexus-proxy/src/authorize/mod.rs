@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus_api::client::{Client, QueryOptions};
+use plexus_api::client::{Client, IntentionSet, QueryOptions};
 use plexus_api::connect::{Decision, DefaultPolicy, IntentionInput, decide};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,6 +23,7 @@ use tracing::{info, warn};
 pub(crate) mod verdict;
 
 use crate::discovery::BLOCKING_WAIT;
+use crate::state::StateDir;
 use plexus_runtime::Backoff;
 use plexus_runtime::ErrorChain;
 
@@ -205,7 +206,7 @@ async fn fetch(
     client: &Client,
     destination: &str,
     index: u64,
-) -> Result<(Policy, u64), plexus_api::client::ClientError> {
+) -> Result<(Policy, u64, IntentionSet), plexus_api::client::ClientError> {
     let query = if index == 0 {
         QueryOptions::default()
     } else {
@@ -214,6 +215,14 @@ async fn fetch(
     let set = client
         .intentions_for_destination(destination, query)
         .await?;
+    Ok((policy_of(destination, &set), set.index, set))
+}
+
+/// The state file of the intentions for this sidecar's service.
+const INTENTIONS: &str = "intentions";
+
+/// The policy an answer gives.
+fn policy_of(destination: &str, set: &IntentionSet) -> Policy {
     if set.default_policy.is_none() {
         // Fail closed, but say so: a proxy between us and the server that drops the header
         // would otherwise turn an `allow` server into a silent `deny`.
@@ -222,11 +231,10 @@ async fn fetch(
             "the control plane did not say its default intention policy; denying what no intention allows"
         );
     }
-    let policy = Policy {
+    Policy {
         intentions: set.intentions.iter().map(IntentionInput::from).collect(),
         default: set.default_policy.unwrap_or(DefaultPolicy::Deny),
-    };
-    Ok((policy, set.index))
+    }
 }
 
 /// Fetches the policy for `destination` once (retrying with backoff), then follows it until
@@ -237,13 +245,31 @@ pub(crate) async fn start(
     close_denied: bool,
     metrics: AuthorizeMetrics,
     tasks: &tokio_util::task::TaskTracker,
+    state: Option<Arc<StateDir>>,
     stop: CancellationToken,
 ) -> Option<Authorizer> {
     let mut backoff = Backoff::default();
     let (policy, index) = loop {
         match fetch(&client, &destination, 0).await {
-            Ok(found) => break found,
+            Ok((policy, index, set)) => {
+                if let Some(state) = &state {
+                    state.save(INTENTIONS, &set);
+                }
+                break (policy, index);
+            }
             Err(error) => {
+                // While no server answers: the intentions saved before a restart, if any.
+                let saved = state
+                    .as_deref()
+                    .and_then(|s| s.load::<IntentionSet>(INTENTIONS));
+                if let Some((set, at)) = saved {
+                    warn!(
+                        destination,
+                        saved_at = %crate::staleness::rfc3339(at),
+                        "no control-plane server answers; using the last good intentions (stale)"
+                    );
+                    break (policy_of(&destination, &set), 0);
+                }
                 warn!(error = %ErrorChain(&error), "cannot read intentions yet; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => return None,
@@ -259,7 +285,7 @@ pub(crate) async fn start(
         async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = follow(client, destination, index, tx) => {}
+                _ = follow(client, destination, index, tx, state) => {}
             }
         }
     });
@@ -276,11 +302,12 @@ async fn follow(
     destination: String,
     mut index: u64,
     tx: watch::Sender<Arc<Policy>>,
+    state: Option<Arc<StateDir>>,
 ) {
     let mut backoff = Backoff::default();
     loop {
         match fetch(&client, &destination, index.max(1)).await {
-            Ok((policy, new_index)) => {
+            Ok((policy, new_index, set)) => {
                 backoff.reset();
                 if new_index == index {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -289,6 +316,9 @@ async fn follow(
                 index = if new_index < index { 0 } else { new_index };
                 if **tx.borrow() != policy {
                     info!(destination, intentions = policy.intentions.len(), default = %policy.default, "intentions changed");
+                    if let Some(state) = &state {
+                        state.save(INTENTIONS, &set);
+                    }
                     tx.send_replace(Arc::new(policy));
                 }
             }

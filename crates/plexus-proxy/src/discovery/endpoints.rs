@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::watch::follow;
+use crate::state::StateDir;
 use plexus_runtime::ErrorChain;
 
 /// The endpoints of one upstream at one moment, as the balancer sees them.
@@ -95,8 +96,10 @@ pub(crate) async fn watch_endpoints(
     destination: String,
     tx: watch::Sender<Arc<EndpointSet>>,
     gauge: Gauge,
+    state: Option<Arc<StateDir>>,
     stop: CancellationToken,
 ) {
+    let file = format!("endpoints/{destination}");
     let fetch = |query| client.health_connect(&destination, true, query);
     let on_update = |update: plexus_api::Indexed<Vec<ServiceEntry>>| {
         let (set, skipped) = EndpointSet::from_entries(update.index, &update.value);
@@ -109,6 +112,9 @@ pub(crate) async fn watch_endpoints(
                 current.addrs != set.addrs || current.labels != set.labels || !current.is_resolved();
             if changed {
                 info!(upstream = %destination, endpoints = set.addrs.len(), revision = update.index, "endpoints changed");
+                if let Some(state) = &state {
+                    state.save(&file, &update);
+                }
                 *current = Arc::new(set);
             }
             changed
@@ -116,6 +122,25 @@ pub(crate) async fn watch_endpoints(
     };
     let on_error = |error: &ClientError| {
         warn!(error = %ErrorChain(error), upstream = %destination, "endpoint watch failed; keeping the last endpoints");
+        // Never answered since start: the endpoints saved before a restart, if any.
+        if tx.borrow().is_resolved() {
+            return;
+        }
+        let Some((saved, at)) = state
+            .as_deref()
+            .and_then(|s| s.load::<plexus_api::Indexed<Vec<ServiceEntry>>>(&file))
+        else {
+            return;
+        };
+        let (set, _) = EndpointSet::from_entries(saved.index, &saved.value);
+        warn!(
+            upstream = %destination,
+            endpoints = set.addrs.len(),
+            saved_at = %crate::staleness::rfc3339(at),
+            "no control-plane server answers; using the last good endpoints (stale)"
+        );
+        gauge.set(i64::try_from(set.addrs.len()).unwrap_or(i64::MAX));
+        tx.send_replace(Arc::new(set));
     };
     follow(0, &stop, fetch, on_update, on_error).await;
 }

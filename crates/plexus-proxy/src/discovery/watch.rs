@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use super::{SidecarConfig, pick_sidecar};
 use crate::error::ProxyError;
+use crate::state::StateDir;
 use plexus_runtime::ErrorChain;
 
 /// How long one blocking query may wait on the server (Consul's default).
@@ -28,11 +29,34 @@ async fn pause(delay: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
+/// The state file of the sidecar's own registration.
+pub(crate) const REGISTRATION: &str = "registration";
+
+/// The registration saved in `state`, if it passes `fits` (static stability across restarts).
+fn restore(
+    state: Option<&StateDir>,
+    fits: impl Fn(&AgentService) -> bool,
+) -> Option<Indexed<AgentService>> {
+    let (saved, at) = state?.load::<Indexed<AgentService>>(REGISTRATION)?;
+    if !fits(&saved.value) {
+        return None;
+    }
+    warn!(
+        sidecar_id = %saved.value.id,
+        revision = saved.index,
+        saved_at = %crate::staleness::rfc3339(at),
+        "no control-plane server answers; starting from the last good registration (stale)"
+    );
+    Some(saved)
+}
+
 /// Finds the sidecar registration fronting `app_id`, retrying while the control plane cannot be
-/// reached (or fails). `Ok(None)` when `stop` fires first.
+/// reached (or fails); while it cannot, the registration saved in `state` is used if there is
+/// one. `Ok(None)` when `stop` fires first.
 pub(crate) async fn find_sidecar(
     client: &Client,
     app_id: &str,
+    state: Option<&StateDir>,
     stop: &CancellationToken,
 ) -> Result<Option<Indexed<AgentService>>, ProxyError> {
     let mut backoff = Backoff::default();
@@ -52,7 +76,12 @@ pub(crate) async fn find_sidecar(
             result = attempt => result,
         };
         match result {
-            Ok(Some(found)) => return Ok(Some(found)),
+            Ok(Some(found)) => {
+                if let Some(state) = state {
+                    state.save(REGISTRATION, &found);
+                }
+                return Ok(Some(found));
+            }
             Ok(None) => {
                 // Hidden from this token, or really absent?
                 return Err(
@@ -68,6 +97,13 @@ pub(crate) async fn find_sidecar(
             Err(error) if error.status() == Some(404) => continue,
             Err(error) if error.status() == Some(403) => return Err(denied(client, &error)),
             Err(error) => {
+                let fits = |s: &AgentService| {
+                    let services = [(s.id.clone(), s.clone())].into_iter().collect();
+                    pick_sidecar(&services, app_id).is_some()
+                };
+                if let Some(saved) = restore(state, fits) {
+                    return Ok(Some(saved));
+                }
                 let delay = backoff.next_delay();
                 warn!(
                     error = %ErrorChain(&error),
@@ -89,6 +125,7 @@ pub(crate) async fn find_sidecar(
 pub(crate) async fn find_proxy(
     client: &Client,
     proxy_id: &str,
+    state: Option<&StateDir>,
     stop: &CancellationToken,
 ) -> Result<Option<Indexed<AgentService>>, ProxyError> {
     let mut backoff = Backoff::default();
@@ -99,6 +136,9 @@ pub(crate) async fn find_proxy(
         };
         match result {
             Ok(found) if found.value.kind == plexus_api::ServiceKind::ConnectProxy => {
+                if let Some(state) = state {
+                    state.save(REGISTRATION, &found);
+                }
                 return Ok(Some(found));
             }
             Ok(_) => {
@@ -113,6 +153,12 @@ pub(crate) async fn find_proxy(
             }
             Err(error) if error.status() == Some(403) => return Err(denied(client, &error)),
             Err(error) => {
+                let fits = |s: &AgentService| {
+                    s.id == proxy_id && s.kind == plexus_api::ServiceKind::ConnectProxy
+                };
+                if let Some(saved) = restore(state, fits) {
+                    return Ok(Some(saved));
+                }
                 let delay = backoff.next_delay();
                 warn!(
                     error = %ErrorChain(&error),
@@ -151,6 +197,7 @@ pub(crate) async fn watch_sidecar(
     client: Client,
     initial: Arc<SidecarConfig>,
     tx: watch::Sender<Arc<SidecarConfig>>,
+    state: Option<Arc<StateDir>>,
     stop: CancellationToken,
 ) {
     let sidecar_id = initial.sidecar_id.clone();
@@ -161,6 +208,9 @@ pub(crate) async fn watch_sidecar(
             tx.send_if_modified(|current| {
                 let changed = current.differs_from(&config);
                 if changed {
+                    if let Some(state) = &state {
+                        state.save(REGISTRATION, &update);
+                    }
                     info!(sidecar_id = %config.sidecar_id, revision = config.revision, "sidecar registration changed");
                     *current = Arc::new(config);
                 }

@@ -16,8 +16,10 @@ use tracing::{info, warn};
 
 use super::{Identity, Leaf, Roots, TlsMetrics, log_leaf, renew};
 use crate::discovery::BLOCKING_WAIT;
+use crate::state::{Sealed, StateDir};
 use plexus_runtime::Backoff;
 use plexus_runtime::ErrorChain;
+use serde::{Deserialize, Serialize};
 
 /// Why a leaf or the roots could not be obtained.
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +61,14 @@ fn roots(answer: &CaRoots) -> Result<Roots, IdentityError> {
     })
 }
 
-/// Generates a key, asks the CA to sign a CSR for `spiffe_id`, and builds the leaf.
+/// Generates a key, asks the CA to sign a CSR for `spiffe_id`, and builds the leaf (saved in
+/// `state` when there is one).
 async fn sign(
     control: &Client,
     proxy_id: &str,
     spiffe_id: &str,
     identity_provider: &rustls::crypto::CryptoProvider,
+    state: Option<&StateDir>,
 ) -> Result<Leaf, IdentityError> {
     let invalid =
         |what: &str, e: &dyn std::fmt::Display| IdentityError::Invalid(format!("{what}: {e}"));
@@ -90,29 +94,135 @@ async fn sign(
         })
         .await
         .map_err(IdentityError::Control)?;
-    let chain: Vec<CertificateDer<'static>> = ::pem::parse_many(&issued.cert_pem)
-        .map_err(|e| invalid("certificate", &e))?
-        .into_iter()
-        .map(|p| CertificateDer::from(p.contents().to_vec()))
-        .collect();
-    if chain.is_empty() || issued.service_uri != spiffe_id {
+    if issued.service_uri != spiffe_id {
         return Err(IdentityError::Invalid(format!(
             "the CA returned {:?} for {spiffe_id:?}",
             issued.service_uri
         )));
     }
-    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let saved = SavedLeaf {
+        cert_pem: issued.cert_pem,
+        key: None,
+        spiffe_id: spiffe_id.to_owned(),
+        root_id: issued.root_id,
+        issued: issued_at,
+        not_after: issued.valid_before_unix as f64,
+    };
+    let key_der = key.serialize_der();
+    let leaf = build_leaf(&saved, key_der.clone(), identity_provider)?;
+    if let Some(state) = state {
+        state.save(
+            LEAF,
+            &SavedLeaf {
+                key: state.seal(&key_der, &seal_context(proxy_id, spiffe_id)),
+                ..saved
+            },
+        );
+    }
+    Ok(leaf)
+}
+
+/// The state file of the leaf certificate (its key sealed), and of the roots.
+const LEAF: &str = "leaf";
+const ROOTS: &str = "roots";
+
+/// A leaf as saved in the state directory.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedLeaf {
+    cert_pem: String,
+    /// The PKCS#8 private key sealed under the token; absent without one.
+    key: Option<Sealed>,
+    spiffe_id: String,
+    root_id: String,
+    issued: f64,
+    not_after: f64,
+}
+
+/// What a sealed leaf key is bound to: a key sealed for one sidecar does not open for another.
+fn seal_context(proxy_id: &str, spiffe_id: &str) -> String {
+    format!("{proxy_id} {spiffe_id}")
+}
+
+/// The leaf from its certificate chain (PEM) and its PKCS#8 key.
+fn build_leaf(
+    saved: &SavedLeaf,
+    key_der: Vec<u8>,
+    identity_provider: &rustls::crypto::CryptoProvider,
+) -> Result<Leaf, IdentityError> {
+    let invalid =
+        |what: &str, e: &dyn std::fmt::Display| IdentityError::Invalid(format!("{what}: {e}"));
+    let chain: Vec<CertificateDer<'static>> = ::pem::parse_many(&saved.cert_pem)
+        .map_err(|e| invalid("certificate", &e))?
+        .into_iter()
+        .map(|p| CertificateDer::from(p.contents().to_vec()))
+        .collect();
+    if chain.is_empty() {
+        return Err(IdentityError::Invalid("no certificate".to_owned()));
+    }
+    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der));
     let signing = identity_provider
         .key_provider
         .load_private_key(private)
         .map_err(|e| invalid("private key", &e))?;
     Ok(Leaf {
         key: Arc::new(CertifiedKey::new(chain, signing)),
-        spiffe_id: spiffe_id.to_owned(),
-        root_id: issued.root_id,
-        issued: issued_at,
-        not_after: issued.valid_before_unix as f64,
+        spiffe_id: saved.spiffe_id.clone(),
+        root_id: saved.root_id.clone(),
+        issued: saved.issued,
+        not_after: saved.not_after,
     })
+}
+
+/// The identity saved before a restart, if it is whole, its key opens and the leaf has not
+/// expired.
+fn restore(source: &Source) -> Option<Identity> {
+    let state = source.state.as_deref()?;
+    let (answer, _) = state.load::<CaRoots>(ROOTS)?;
+    let (saved, at) = state.load::<SavedLeaf>(LEAF)?;
+    let usable = |why: &str| {
+        warn!(
+            file = %state.path().display(),
+            "the saved leaf cannot be used ({why}); waiting for the control plane"
+        );
+    };
+    if saved.not_after <= unix_now() {
+        usable("it has expired");
+        return None;
+    }
+    let Some(key_der) = saved
+        .key
+        .as_ref()
+        .and_then(|sealed| state.unseal(sealed, &seal_context(&source.proxy_id, &saved.spiffe_id)))
+    else {
+        usable("its key was not saved, or does not open with this token");
+        return None;
+    };
+    let service = ServiceId::parse(&saved.spiffe_id)?;
+    if service.service != source.service {
+        usable("it is another service's");
+        return None;
+    }
+    let provider = super::provider();
+    let built =
+        roots(&answer).and_then(|roots| Ok((roots, build_leaf(&saved, key_der, &provider)?)));
+    match built {
+        Ok((roots, leaf)) => {
+            warn!(
+                saved_at = %crate::staleness::rfc3339(at),
+                "no control-plane server answers; using the last good leaf certificate and roots (stale)"
+            );
+            Some(Identity {
+                roots: ArcSwap::from_pointee(roots),
+                leaf: ArcSwap::from_pointee(leaf),
+                provider,
+                service,
+            })
+        }
+        Err(error) => {
+            usable(&ErrorChain(&error).to_string());
+            None
+        }
+    }
 }
 
 /// Where this sidecar's identity comes from.
@@ -124,6 +234,8 @@ pub(crate) struct Source {
     pub proxy_id: String,
     /// The destination service name.
     pub service: String,
+    /// Where the last good leaf and roots are kept, if anywhere.
+    pub state: Option<Arc<StateDir>>,
 }
 
 /// Obtains roots and a first leaf, retrying with backoff while the control plane is unreachable
@@ -149,6 +261,9 @@ pub(crate) async fn obtain(
                 .await
                 .map_err(IdentityError::Control)?;
             let roots = roots(&answer.value)?;
+            if let Some(state) = &source.state {
+                state.save(ROOTS, &answer.value);
+            }
             let service = ServiceId {
                 trust_domain: roots.trust_domain.clone(),
                 namespace: plexus_api::connect::DEFAULT_NAMESPACE.to_owned(),
@@ -157,7 +272,14 @@ pub(crate) async fn obtain(
             };
             let provider = super::provider();
             let spiffe_id = service_spiffe_id(&roots.trust_domain, &datacenter, &source.service);
-            let leaf = sign(&source.control, &source.proxy_id, &spiffe_id, &provider).await?;
+            let leaf = sign(
+                &source.control,
+                &source.proxy_id,
+                &spiffe_id,
+                &provider,
+                source.state.as_deref(),
+            )
+            .await?;
             Ok::<_, IdentityError>((
                 Identity {
                     roots: ArcSwap::from_pointee(roots),
@@ -181,6 +303,18 @@ pub(crate) async fn obtain(
             }
             Err(error) => {
                 metrics.renewal_failures.inc();
+                if matches!(error, IdentityError::Control(_))
+                    && let Some(identity) = restore(source)
+                {
+                    metrics
+                        .leaf_expiry
+                        .set(identity.leaf.load().not_after as i64);
+                    metrics
+                        .roots
+                        .set(identity.roots.load().anchors.len() as i64);
+                    log_leaf(&identity.leaf.load(), false);
+                    return Some((Arc::new(identity), 0));
+                }
                 warn!(error = %ErrorChain(&error), "cannot obtain a leaf certificate yet; retrying");
                 let delay = backoff.next_delay();
                 tokio::select! {
@@ -204,6 +338,7 @@ pub(crate) async fn maintain(
     let watch_roots = watch_roots(
         Arc::clone(&identity),
         source.control.clone(),
+        source.state.clone(),
         roots_index,
         metrics.clone(),
         Arc::clone(&rotated),
@@ -219,6 +354,7 @@ pub(crate) async fn maintain(
 async fn watch_roots(
     identity: Arc<Identity>,
     control: Client,
+    state: Option<Arc<StateDir>>,
     mut index: u64,
     metrics: TlsMetrics,
     rotated: Arc<Notify>,
@@ -243,6 +379,9 @@ async fn watch_roots(
                 }
                 match roots(&answer.value) {
                     Ok(roots) => {
+                        if let Some(state) = &state {
+                            state.save(ROOTS, &answer.value);
+                        }
                         let current = identity.roots.load();
                         let active_changed = roots.active_id != current.active_id;
                         let count_changed = roots.anchors.len() != current.anchors.len();
@@ -296,6 +435,7 @@ async fn renew_leaves(
                 &source.proxy_id,
                 &leaf.spiffe_id,
                 &identity.provider,
+                source.state.as_deref(),
             )
             .await
             {

@@ -178,6 +178,7 @@ impl DemoSidecar {
             drain_grace: Duration::from_secs(2),
             close_denied: false,
             access_log: None,
+            state: None,
         };
         let task = tokio::spawn(plexus_proxy::run(config, shutdown.token()));
         Ok(Self { admin, task })

@@ -40,6 +40,11 @@ pub struct Args {
     /// standard output with `-`.
     #[arg(long = "access-log", value_name = "PATH|-")]
     pub access_log: Option<std::path::PathBuf>,
+    /// Keep the last good configuration here (created, mode 0700), and serve from it, marked
+    /// stale, when restarted while no control-plane server answers. The leaf's private key is
+    /// kept only sealed under the sidecar's ACL token.
+    #[arg(long = "state-dir", value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub control: ControlArgs,
 }
@@ -69,6 +74,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         },
     };
+    let state = match args.state_dir.as_deref() {
+        None => None,
+        Some(dir) => match plexus_proxy::StateDir::open(dir, control.token()) {
+            Ok(state) => Some(std::sync::Arc::new(state)),
+            Err(error) => {
+                eprintln!("error: --state-dir: {error}");
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
+        },
+    };
     let admin_listener = TcpListener::bind(&args.admin_addr)
         .await
         .with_context(|| format!("cannot bind the admin listener on {}", args.admin_addr))?;
@@ -82,6 +97,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         drain_grace: args.grace,
         close_denied: args.close_denied,
         access_log,
+        state,
     };
     plexus_proxy::run(config, shutdown.token()).await?;
     Ok(ExitCode::SUCCESS)
