@@ -54,6 +54,8 @@ pub struct XdsConfig {
     /// Resolves the ACL token each Envoy presents (`x-consul-token`); the process's own
     /// resolver (allow-all with ACLs off).
     pub resolver: plexus_runtime::acl::Resolver,
+    /// Connection bounds of the gRPC listeners (the HTTP API's flags).
+    pub limits: plexus_runtime::connections::ConnLimits,
 }
 
 /// Why the gRPC server stopped.
@@ -102,12 +104,14 @@ pub async fn serve(
     let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming::accept_all(
         listeners.plain,
         listeners.tls,
+        config.limits,
         &tasks,
         shutdown.clone(),
     ));
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(Some(plexus_runtime::connections::MAX_CONCURRENT_STREAMS))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await

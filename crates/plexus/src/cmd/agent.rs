@@ -437,7 +437,15 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             stop_serving.clone(),
         )));
     }
-    super::grpc::start(grpc, https_tls, http_addr, &node_name, resolver, &shutdown)?;
+    super::grpc::start(
+        grpc,
+        https_tls,
+        http_addr,
+        &node_name,
+        resolver,
+        plexus_runtime::connections::ConnLimits::default(),
+        &shutdown,
+    )?;
     serve(
         servers,
         stop_serving,

@@ -397,6 +397,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         dev.http_addr,
         &node_name,
         dev.control.resolver(),
+        args.limits.http(),
         &shutdown,
     )?;
     super::dns::serve(

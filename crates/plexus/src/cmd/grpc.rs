@@ -148,6 +148,7 @@ pub fn start(
     http_addr: SocketAddr,
     node: &str,
     resolver: plexus_runtime::acl::Resolver,
+    limits: plexus_runtime::connections::ConnLimits,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let tls = match (bound.tls, https_tls) {
@@ -169,6 +170,7 @@ pub fn start(
         control,
         node: node.to_owned(),
         resolver,
+        limits,
     };
     let listeners = plexus_xds::XdsListeners {
         plain: bound.plain,

@@ -460,6 +460,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         http_addr,
         &node_name,
         control.resolver(),
+        args.limits.http(),
         &shutdown,
     )?;
     shutdown.token().cancelled().await;

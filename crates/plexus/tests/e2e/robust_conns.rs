@@ -250,3 +250,72 @@ async fn dns_tcp_bounds_one_client_and_serves_the_others() {
     );
     drop(held);
 }
+
+/// The xDS gRPC listener is under the same bounds (issue 16): past the per-client bound a
+/// connection from that address is closed at once, one that never sends the HTTP/2 preface is
+/// closed after the header timeout, and a client speaking HTTP/2 from another address is served
+/// (the server's SETTINGS) throughout.
+#[tokio::test]
+async fn the_xds_listener_bounds_connections_and_closes_silent_ones() {
+    let dev = crate::dev(&[
+        "--http-max-conns-per-client",
+        "8",
+        "--http-header-timeout",
+        "3s",
+    ])
+    .await;
+    let grpc = dev.grpc().await.unwrap();
+    let flooder: IpAddr = [127, 0, 0, 7].into();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(connect_from(flooder, grpc).await.unwrap());
+    }
+    // An HTTP/2 client from another address: the server answers its preface with SETTINGS.
+    let h2_served = || async {
+        let Ok(mut stream) = connect_from([127, 0, 0, 8].into(), grpc).await else {
+            return false;
+        };
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        if stream.write_all(&hello).await.is_err() {
+            return false;
+        }
+        let mut head = [0u8; 9];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut head)).await,
+            Ok(Ok(_)) if head[3] == 0x4
+        )
+    };
+    assert!(h2_served().await);
+    // The 12 past the bound are closed at once (well before the 3 s header timeout)…
+    let mut checks = tokio::task::JoinSet::new();
+    for mut stream in held {
+        checks.spawn(async move {
+            let (_, closed) = read_until_closed(&mut stream, Duration::from_secs(1)).await;
+            (closed, stream)
+        });
+    }
+    let mut still_open = Vec::new();
+    let mut closed_at_once = 0;
+    while let Some(checked) = checks.join_next().await {
+        match checked.unwrap() {
+            (true, _) => closed_at_once += 1,
+            (false, stream) => still_open.push(stream),
+        }
+    }
+    assert_eq!(closed_at_once, 12);
+    // …and the 8 admitted ones, silent, are closed by the header timeout.
+    for stream in &mut still_open {
+        let (_, closed) = read_until_closed(stream, plexus_test::DEADLINE).await;
+        assert!(closed, "a silent xDS connection stays open");
+    }
+    // Their places are free again: the flooding address may connect and is answered.
+    let mut again = connect_from(flooder, grpc).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    again.write_all(&hello).await.unwrap();
+    let mut head = [0u8; 9];
+    again.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[3], 0x4, "SETTINGS");
+    assert!(h2_served().await);
+}
