@@ -269,3 +269,160 @@ fn names_must_be_service_names() {
     let e = entry(json!({"Kind": "service-defaults", "Name": ""}));
     assert_eq!(fields(&e, &[]), ["Name"]);
 }
+
+mod properties {
+    //! Arbitrary config entries (issue 16's fuzzing on stable): JSON shaped like entries (known
+    //! kinds and field names, values of any type), any text as an HCL or JSON file, any filter
+    //! expression. Decoding, validation, reference checks and compilation never panic, and a
+    //! refusal always says what is wrong.
+
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::super::filter;
+    use super::*;
+
+    const FIELDS: &[&str] = &[
+        "Kind",
+        "Name",
+        "Protocol",
+        "DefaultSubset",
+        "Subsets",
+        "Filter",
+        "OnlyPassing",
+        "Redirect",
+        "Failover",
+        "Service",
+        "ServiceSubset",
+        "Splits",
+        "Weight",
+        "Routes",
+        "Match",
+        "HTTP",
+        "PathPrefix",
+        "PathExact",
+        "PathRegex",
+        "Header",
+        "Methods",
+        "Destination",
+        "NumRetries",
+        "RetryOnStatusCodes",
+        "RequestTimeout",
+        "Meta",
+        "ConnectTimeout",
+        "LoadBalancer",
+        "Policy",
+        "Targets",
+        "Present",
+        "Exact",
+        "Invert",
+        "PrefixRewrite",
+        "RetryOn",
+        "QueryParam",
+        "Regex",
+        "kind",
+        "name",
+    ];
+    const KINDS: &[&str] = &[
+        "service-defaults",
+        "service-resolver",
+        "service-splitter",
+        "service-router",
+        "ingress-gateway",
+        "",
+    ];
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            prop::sample::select(KINDS).prop_map(Value::from),
+            "[a-z0-9./*=\" -]{0,12}".prop_map(Value::from),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        leaf().prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(prop::sample::select(FIELDS), inner, 0..6).prop_map(
+                    |m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                ),
+            ]
+        })
+    }
+
+    /// An object with a known kind and a name, the rest arbitrary: gets past the first checks.
+    fn entry_like() -> impl Strategy<Value = Value> {
+        (
+            prop::sample::select(KINDS),
+            "[a-z]{1,6}",
+            prop::collection::btree_map(prop::sample::select(FIELDS), value(), 0..6),
+        )
+            .prop_map(|(kind, name, rest)| {
+                let mut object: serde_json::Map<String, Value> =
+                    rest.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                object.insert("Kind".into(), kind.into());
+                object.insert("Name".into(), name.into());
+                Value::Object(object)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn any_entry_json_decodes_validates_and_compiles_or_says_why(
+            json in prop_oneof![entry_like(), value()],
+            stored in prop::collection::vec(entry_like(), 0..3),
+        ) {
+            match ConfigEntry::from_json(json) {
+                Err(error) => prop_assert!(!error.message.is_empty()),
+                Ok(entry) => {
+                    let stored: Vec<ConfigEntry> = stored
+                        .into_iter()
+                        .filter_map(|v| ConfigEntry::from_json(v).ok())
+                        .filter(|e| validate(e).is_ok())
+                        .collect();
+                    match validate(&entry) {
+                        Err(errors) => {
+                            prop_assert!(!errors.0.is_empty());
+                            prop_assert!(errors.0.iter().all(|e| !e.message.is_empty()));
+                        }
+                        Ok(()) => {
+                            let _ = check_references(&entry, &stored);
+                            let mut all = stored.clone();
+                            all.push(entry.clone());
+                            let _ = compile(entry.name(), &all);
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn any_file_text_parses_or_says_why(
+            text in prop_oneof![".{0,200}", "[A-Za-z{}=\\[\\]\"# \n:,0-9.-]{0,200}"],
+            json in any::<bool>(),
+        ) {
+            let file = if json { "e.json" } else { "e.hcl" };
+            if let Err(error) = ConfigEntry::parse_file_text(Path::new(file), &text) {
+                prop_assert!(!error.message.is_empty());
+            }
+        }
+
+        #[test]
+        fn any_filter_expression_parses_or_says_why(
+            expr in prop_oneof![
+                ".{0,60}",
+                "(Service\\.(Meta\\.[a-z]{1,3}|Tags)|\"[a-z]{0,3}\"|==|!=|in|not|and|contains| ){0,12}",
+            ]
+        ) {
+            if let Err(message) = filter::parse(&expr) {
+                prop_assert!(!message.is_empty());
+            }
+        }
+    }
+}

@@ -296,3 +296,148 @@ fn a_cluster_is_removed_only_after_the_routes_that_named_it_are_replaced() {
         }
     }
 }
+
+mod properties {
+    //! Arbitrary request sequences (issue 16's fuzzing on stable): whatever an Envoy sends, in
+    //! whatever order, the session never panics, never reuses a nonce, keeps at most one
+    //! response in flight per type, and only sends types that were asked for.
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A request; `nonce` picks a sent nonce by index (or a made-up one when none fits).
+        Request {
+            type_url: usize,
+            nonce: Option<usize>,
+            junk_nonce: String,
+            error: bool,
+            names: Vec<String>,
+            unsubscribe: Vec<String>,
+        },
+        /// The world changes to these clusters and listeners.
+        World(Vec<(String, i64)>, Vec<String>),
+        /// The server sends what it would.
+        Send,
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![Just("a".to_owned()), Just("b".to_owned()), "[a-z*]{0,3}"]
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (
+                0..TypeUrl::ALL.len(),
+                proptest::option::of(0usize..8),
+                "[a-z0-9]{0,4}",
+                any::<bool>(),
+                proptest::collection::vec(name(), 0..3),
+                proptest::collection::vec(name(), 0..2),
+            )
+                .prop_map(
+                    |(type_url, nonce, junk_nonce, error, names, unsubscribe)| {
+                        Step::Request {
+                            type_url,
+                            nonce,
+                            junk_nonce,
+                            error,
+                            names,
+                            unsubscribe,
+                        }
+                    }
+                ),
+            (
+                proptest::collection::vec((name(), 0i64..3), 0..3),
+                proptest::collection::vec(name(), 0..2)
+            )
+                .prop_map(|(c, l)| Step::World(c, l)),
+            Just(Step::Send),
+        ]
+    }
+
+    fn run(mode: Mode, steps: Vec<Step>) {
+        let mut session = Session::new(mode);
+        let mut resources = Resources::default();
+        let mut sent: Vec<(TypeUrl, String)> = Vec::new();
+        let mut nonces = BTreeSet::new();
+        let mut asked = BTreeSet::new();
+        // Per type, the nonce of the response awaiting an answer.
+        let mut in_flight: BTreeMap<TypeUrl, String> = BTreeMap::new();
+        for step in steps {
+            match step {
+                Step::Request {
+                    type_url,
+                    nonce,
+                    junk_nonce,
+                    error,
+                    names,
+                    unsubscribe,
+                } => {
+                    let type_url = TypeUrl::ALL[type_url];
+                    let nonce = match nonce.and_then(|i| sent.get(i)) {
+                        Some((_, nonce)) => nonce.clone(),
+                        None => junk_nonce,
+                    };
+                    let names = match mode {
+                        Mode::Sotw => Names::Sotw(names),
+                        Mode::Delta => Names::Delta {
+                            subscribe: names,
+                            unsubscribe,
+                            initial: BTreeMap::new(),
+                        },
+                    };
+                    let outcome = session.on_request(Request {
+                        type_url,
+                        nonce: nonce.clone(),
+                        version: String::new(),
+                        error: error.then(|| "rejected".to_owned()),
+                        names,
+                    });
+                    asked.insert(type_url);
+                    if matches!(outcome, Outcome::Ack { .. } | Outcome::Nack { .. }) {
+                        // Only the response awaiting an answer can be answered.
+                        assert_eq!(in_flight.remove(&type_url), Some(nonce));
+                    }
+                }
+                Step::World(clusters, listeners) => {
+                    let clusters: Vec<(&str, i64)> =
+                        clusters.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+                    let listeners: Vec<&str> = listeners.iter().map(String::as_str).collect();
+                    resources = world(&clusters, &listeners);
+                }
+                Step::Send => {
+                    while let Some(response) = session.next_response(&resources) {
+                        assert!(asked.contains(&response.type_url), "{response:?}");
+                        assert!(nonces.insert(response.nonce.clone()), "nonce reused");
+                        let before = in_flight.insert(response.type_url, response.nonce.clone());
+                        assert_eq!(before, None, "two responses in flight for one type");
+                        sent.push((response.type_url, response.nonce));
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_sotw_request_sequence_keeps_the_protocol(
+            steps in proptest::collection::vec(step(), 0..40)
+        ) {
+            run(Mode::Sotw, steps);
+        }
+
+        #[test]
+        fn any_delta_request_sequence_keeps_the_protocol(
+            steps in proptest::collection::vec(step(), 0..40)
+        ) {
+            run(Mode::Delta, steps);
+        }
+    }
+}

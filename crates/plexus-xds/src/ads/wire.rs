@@ -171,4 +171,36 @@ mod tests {
             Some("Error adding/updating listener(s) x: bad")
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// Whatever bytes arrive as a request: a decode error, or a request the session takes
+        /// (or refuses as INVALID_ARGUMENT); never a panic.
+        #[test]
+        fn arbitrary_request_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            type_url in proptest::prop_oneof![
+                proptest::strategy::Just(TypeUrl::Cluster.as_str().to_owned()),
+                proptest::strategy::Just(String::new()),
+                ".{0,40}",
+            ],
+        ) {
+            use prost::Message;
+            if let Ok(mut request) = DiscoveryRequest::decode(bytes.as_slice()) {
+                let _ = Sotw::node_id(&request);
+                request.type_url = type_url.clone();
+                if let Err(status) = Sotw::decode(request) {
+                    proptest::prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                }
+            }
+            if let Ok(mut request) = DeltaDiscoveryRequest::decode(bytes.as_slice()) {
+                let _ = Delta::node_id(&request);
+                request.type_url = type_url;
+                if let Err(status) = Delta::decode(request) {
+                    proptest::prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                }
+            }
+        }
+    }
 }
