@@ -22,6 +22,7 @@ pub mod error_chain;
 pub mod http;
 pub mod lock;
 pub mod private_fs;
+pub mod row_filter;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

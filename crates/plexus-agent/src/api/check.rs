@@ -9,13 +9,22 @@ use plexus_api::registration::CheckDefinition;
 use plexus_api::{CheckStatus, HealthCheck};
 use plexus_runtime::acl::{Authz, mark_filtered};
 use plexus_runtime::http::{ApiError, JsonBody, QueryParams, indexed_json};
+use plexus_runtime::row_filter;
 use serde::Deserialize;
 
 use super::ok_empty;
 use crate::{Agent, AgentError};
 
 /// `GET /v1/agent/checks`: `{ check_id: HealthCheck }`.
-pub(super) async fn list(State(agent): State<Agent>, authz: Authz) -> Result<Response, ApiError> {
+pub(super) async fn list(
+    State(agent): State<Agent>,
+    authz: Authz,
+    params: QueryParams,
+) -> Result<Response, ApiError> {
+    let wanted = row_filter::from_params(
+        &params,
+        &plexus_api::filter::fields_of::<HealthCheck>(&["Definition"]),
+    )?;
     let checks = agent
         .inner
         .catalog
@@ -24,7 +33,7 @@ pub(super) async fn list(State(agent): State<Agent>, authz: Authz) -> Result<Res
         .map_err(AgentError::from)?;
     let total = checks.value.len();
     let node_readable = authz.can_read_node(agent.node());
-    let body: BTreeMap<String, HealthCheck> = checks
+    let mut body: BTreeMap<String, HealthCheck> = checks
         .value
         .into_iter()
         .filter(|c| {
@@ -36,8 +45,10 @@ pub(super) async fn list(State(agent): State<Agent>, authz: Authz) -> Result<Res
         })
         .map(|c| (c.check_id.clone(), c))
         .collect();
+    let readable = body.len();
+    row_filter::keep_values(&mut body, wanted.as_ref());
     let mut response = indexed_json(checks.index, &body);
-    mark_filtered(&mut response, body.len() != total);
+    mark_filtered(&mut response, readable != total);
     Ok(response)
 }
 

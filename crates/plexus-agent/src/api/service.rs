@@ -8,6 +8,7 @@ use axum::response::Response;
 use plexus_api::{AgentService, ServiceRegistration};
 use plexus_runtime::acl::{Authz, mark_filtered};
 use plexus_runtime::http::{ApiError, BlockingQuery, JsonBody, QueryParams, indexed_json};
+use plexus_runtime::row_filter;
 
 use super::ok_empty;
 use crate::{Agent, AgentError};
@@ -27,17 +28,24 @@ pub(super) async fn list(
     State(agent): State<Agent>,
     authz: Authz,
     query: BlockingQuery,
+    params: QueryParams,
 ) -> Result<Response, ApiError> {
+    let wanted = row_filter::from_params(
+        &params,
+        &plexus_api::filter::fields_of::<AgentService>(&["Proxy", "Connect", "TaggedAddresses"]),
+    )?;
     let services = node_services_after(&agent, &query).await?;
     let total = services.value.len();
-    let body: BTreeMap<String, AgentService> = services
+    let mut body: BTreeMap<String, AgentService> = services
         .value
         .into_iter()
         .filter(|s| authz.can_read_service(&s.service))
         .map(|s| (s.id.clone(), agent_view(s)))
         .collect();
+    let readable = body.len();
+    row_filter::keep_values(&mut body, wanted.as_ref());
     let mut response = indexed_json(services.index, &body);
-    mark_filtered(&mut response, body.len() != total);
+    mark_filtered(&mut response, readable != total);
     Ok(response)
 }
 

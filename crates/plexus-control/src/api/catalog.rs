@@ -8,8 +8,11 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::Response;
+use plexus_api::filter::fields_of;
+use plexus_api::{CatalogService, Node};
 use plexus_runtime::acl::{Authz, filter, mark_filtered};
 use plexus_runtime::http::{ApiError, BlockingQuery, QueryParams, indexed_json};
+use plexus_runtime::row_filter;
 
 use super::{ApiState, block_on, catalog_error, path_error};
 use crate::catalog::Topic;
@@ -38,6 +41,7 @@ pub async fn service(
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     let Path(name) = name.map_err(path_error)?;
+    let wanted = row_filter::from_params(&params, &catalog_service_fields())?;
     block_on(&state.catalog, Topic::Service(name.clone()), &query).await?;
     let mut rows = state
         .catalog
@@ -48,6 +52,7 @@ pub async fn service(
     let filtered = filter(&mut rows.value, |row| {
         readable && authz.can_read_node(&row.node)
     });
+    row_filter::keep(&mut rows.value, wanted.as_ref());
     let mut response = indexed_json(rows.index, &rows.value);
     mark_filtered(&mut response, filtered);
     Ok(response)
@@ -58,10 +63,13 @@ pub async fn nodes(
     State(state): State<ApiState>,
     authz: Authz,
     query: BlockingQuery,
+    params: QueryParams,
 ) -> Result<Response, ApiError> {
+    let wanted = row_filter::from_params(&params, &fields_of::<Node>(&[]))?;
     block_on(&state.catalog, Topic::Nodes, &query).await?;
     let mut nodes = state.catalog.nodes().await.map_err(catalog_error)?;
     let filtered = filter(&mut nodes.value, |node| authz.can_read_node(&node.node));
+    row_filter::keep(&mut nodes.value, wanted.as_ref());
     let mut response = indexed_json(nodes.index, &nodes.value);
     mark_filtered(&mut response, filtered);
     Ok(response)
@@ -74,8 +82,10 @@ pub async fn connect(
     authz: Authz,
     name: Result<Path<String>, PathRejection>,
     query: BlockingQuery,
+    params: QueryParams,
 ) -> Result<Response, ApiError> {
     let Path(name) = name.map_err(path_error)?;
+    let wanted = row_filter::from_params(&params, &catalog_service_fields())?;
     block_on(&state.catalog, Topic::Connect(name.clone()), &query).await?;
     let mut rows = state
         .catalog
@@ -86,7 +96,13 @@ pub async fn connect(
     let filtered = filter(&mut rows.value, |row| {
         readable && authz.can_read_node(&row.node)
     });
+    row_filter::keep(&mut rows.value, wanted.as_ref());
     let mut response = indexed_json(rows.index, &rows.value);
     mark_filtered(&mut response, filtered);
     Ok(response)
+}
+
+/// The fields `?filter=` may name on `[CatalogService]` rows (those left out when empty too).
+fn catalog_service_fields() -> Vec<String> {
+    fields_of::<CatalogService>(&["ServiceTaggedAddresses", "ServiceProxy", "ServiceConnect"])
 }

@@ -9,9 +9,12 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use plexus_api::CheckStatus;
+use plexus_api::HealthCheck;
 use plexus_api::acl::Resource;
+use plexus_api::filter::{Filter, fields_of};
 use plexus_runtime::acl::{Authz, filter as keep, mark_filtered};
 use plexus_runtime::http::{ApiError, BlockingQuery, QueryParams, indexed_json};
+use plexus_runtime::row_filter;
 
 use super::{ApiState, block_on, catalog_error, path_error};
 use crate::catalog::{Answer, HealthFilter, Topic};
@@ -60,6 +63,8 @@ async fn answer(
     query: &BlockingQuery,
     params: &QueryParams,
 ) -> Result<Response, ApiError> {
+    let entry_fields = ["Node", "Service", "Checks"].map(str::to_owned);
+    let wanted = row_filter::from_params(params, &entry_fields)?;
     let (changes, index_of) = state
         .catalog
         .service_watch(answer, name)
@@ -76,10 +81,11 @@ async fn answer(
         mark_filtered(&mut response, true);
         return Ok(response);
     }
-    if authz.can_read_all(Resource::Node) {
+    if authz.can_read_all(Resource::Node) && wanted.is_none() {
         return Ok(indexed_body(body.index, body.value));
     }
-    // Some nodes are hidden from this token: filter a copy of the shared answer.
+    // Some nodes are hidden from this token, or a filter asked for some rows: filter a copy of
+    // the shared answer.
     let mut entries: Vec<serde_json::Value> = serde_json::from_slice(&body.value)
         .map_err(|_| ApiError::internal("the health answer did not decode"))?;
     let filtered = keep(&mut entries, |entry| {
@@ -87,6 +93,7 @@ async fn answer(
             .as_str()
             .is_some_and(|node| authz.can_read_node(node))
     });
+    row_filter::keep(&mut entries, wanted.as_ref());
     let mut response = indexed_json(body.index, &entries);
     mark_filtered(&mut response, filtered);
     Ok(response)
@@ -105,8 +112,10 @@ pub async fn checks(
     authz: Authz,
     service: Result<Path<String>, PathRejection>,
     query: BlockingQuery,
+    params: QueryParams,
 ) -> Result<Response, ApiError> {
     let Path(service) = service.map_err(path_error)?;
+    let wanted = check_filter(&params)?;
     block_on(&state.catalog, Topic::Health(service.clone()), &query).await?;
     let mut checks = state
         .catalog
@@ -117,6 +126,7 @@ pub async fn checks(
     let filtered = keep(&mut checks.value, |c| {
         readable && authz.can_read_node(&c.node)
     });
+    row_filter::keep(&mut checks.value, wanted.as_ref());
     let mut response = indexed_json(checks.index, &checks.value);
     mark_filtered(&mut response, filtered);
     Ok(response)
@@ -142,9 +152,11 @@ pub async fn state(
     authz: Authz,
     state: Result<Path<String>, PathRejection>,
     query: BlockingQuery,
+    params: QueryParams,
 ) -> Result<Response, ApiError> {
     let Path(state) = state.map_err(path_error)?;
     let wanted = parse_state(&state)?;
+    let rows = check_filter(&params)?;
     block_on(&api.catalog, Topic::Checks, &query).await?;
     let mut checks = api
         .catalog
@@ -155,7 +167,13 @@ pub async fn state(
         authz.can_read_node(&c.node)
             && (c.service_name.is_empty() || authz.can_read_service(&c.service_name))
     });
+    row_filter::keep(&mut checks.value, rows.as_ref());
     let mut response = indexed_json(checks.index, &checks.value);
     mark_filtered(&mut response, filtered);
     Ok(response)
+}
+
+/// `?filter=` over `[HealthCheck]` rows.
+fn check_filter(params: &QueryParams) -> Result<Option<Filter>, ApiError> {
+    row_filter::from_params(params, &fields_of::<HealthCheck>(&["Definition"]))
 }

@@ -90,9 +90,15 @@ pub async fn health(
     authz: Authz,
     name: Result<Path<String>, PathRejection>,
     query: BlockingQuery,
+    params: plexus_runtime::http::QueryParams,
 ) -> Result<Response, ApiError> {
+    let wanted = plexus_runtime::row_filter::from_params(
+        &params,
+        &plexus_api::filter::fields_of::<plexus_api::HealthCheck>(&["Definition"]),
+    )?;
     let (records, index, filtered) = records(&state, &authz, name, &query).await?;
-    let checks = records.map(|r| r.checks).unwrap_or_default();
+    let mut checks = records.map(|r| r.checks).unwrap_or_default();
+    plexus_runtime::row_filter::keep(&mut checks, wanted.as_ref());
     let mut response = indexed_json(index, &checks);
     mark_filtered(&mut response, filtered);
     Ok(response)
