@@ -311,6 +311,14 @@ struct ServerShutdown(CancellationToken);
 impl BlockingQuery {
     /// Parses `index` and `wait` from query parameters. Bad values are 400 naming the parameter.
     pub fn from_params(params: &QueryParams) -> Result<Self, ApiError> {
+        // One store, always read consistently: `?stale` and `?consistent` are both honoured
+        // (a consistent read is a valid stale one), but not together, as Consul refuses.
+        if params.get("stale").is_some() && params.get("consistent").is_some() {
+            return Err(ApiError::invalid_field(
+                "consistent",
+                "cannot specify ?stale with ?consistent, conflicting semantics",
+            ));
+        }
         let index = match params.get("index") {
             None | Some("") => None,
             Some(text) => Some(text.parse::<u64>().map_err(|_| {

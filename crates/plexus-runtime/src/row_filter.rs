@@ -36,6 +36,36 @@ pub fn keep_values<K: Ord, T: Serialize>(
     }
 }
 
+/// The request's `?node-meta=key:value`, or 400 naming `node-meta`.
+pub fn node_meta(params: &QueryParams) -> Result<Option<(String, String)>, ApiError> {
+    let Some(text) = params.get("node-meta") else {
+        return Ok(None);
+    };
+    match text.split_once(':') {
+        Some((key, value)) if !key.is_empty() => Ok(Some((key.to_owned(), value.to_owned()))),
+        _ => Err(ApiError::invalid_field(
+            "node-meta",
+            format!("invalid node-meta {text:?}: expected key:value"),
+        )),
+    }
+}
+
+/// Keeps the rows whose node meta (the JSON object at `path`) has `key` = `value`.
+pub fn keep_node_meta<T: Serialize>(
+    rows: &mut Vec<T>,
+    path: &[&str],
+    wanted: Option<&(String, String)>,
+) {
+    if let Some((key, value)) = wanted {
+        rows.retain(|row| {
+            serde_json::to_value(row).is_ok_and(|row| {
+                let meta = path.iter().fold(&row, |v, k| &v[*k]);
+                meta[key.as_str()].as_str() == Some(value.as_str())
+            })
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,7 @@ pub async fn service(
 ) -> Result<Response, ApiError> {
     let Path(name) = name.map_err(path_error)?;
     let wanted = row_filter::from_params(&params, &catalog_service_fields())?;
+    let meta = row_filter::node_meta(&params)?;
     block_on(&state.catalog, Topic::Service(name.clone()), &query).await?;
     let mut rows = state
         .catalog
@@ -53,6 +54,7 @@ pub async fn service(
         readable && authz.can_read_node(&row.node)
     });
     row_filter::keep(&mut rows.value, wanted.as_ref());
+    row_filter::keep_node_meta(&mut rows.value, &["NodeMeta"], meta.as_ref());
     let mut response = indexed_json(rows.index, &rows.value);
     mark_filtered(&mut response, filtered);
     Ok(response)
@@ -66,10 +68,12 @@ pub async fn nodes(
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     let wanted = row_filter::from_params(&params, &fields_of::<Node>(&[]))?;
+    let meta = row_filter::node_meta(&params)?;
     block_on(&state.catalog, Topic::Nodes, &query).await?;
     let mut nodes = state.catalog.nodes().await.map_err(catalog_error)?;
     let filtered = filter(&mut nodes.value, |node| authz.can_read_node(&node.node));
     row_filter::keep(&mut nodes.value, wanted.as_ref());
+    row_filter::keep_node_meta(&mut nodes.value, &["Meta"], meta.as_ref());
     let mut response = indexed_json(nodes.index, &nodes.value);
     mark_filtered(&mut response, filtered);
     Ok(response)
@@ -86,6 +90,7 @@ pub async fn connect(
 ) -> Result<Response, ApiError> {
     let Path(name) = name.map_err(path_error)?;
     let wanted = row_filter::from_params(&params, &catalog_service_fields())?;
+    let meta = row_filter::node_meta(&params)?;
     block_on(&state.catalog, Topic::Connect(name.clone()), &query).await?;
     let mut rows = state
         .catalog
@@ -97,6 +102,7 @@ pub async fn connect(
         readable && authz.can_read_node(&row.node)
     });
     row_filter::keep(&mut rows.value, wanted.as_ref());
+    row_filter::keep_node_meta(&mut rows.value, &["NodeMeta"], meta.as_ref());
     let mut response = indexed_json(rows.index, &rows.value);
     mark_filtered(&mut response, filtered);
     Ok(response)

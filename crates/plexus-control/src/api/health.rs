@@ -65,6 +65,7 @@ async fn answer(
 ) -> Result<Response, ApiError> {
     let entry_fields = ["Node", "Service", "Checks"].map(str::to_owned);
     let wanted = row_filter::from_params(params, &entry_fields)?;
+    let meta = row_filter::node_meta(params)?;
     let (changes, index_of) = state
         .catalog
         .service_watch(answer, name)
@@ -81,7 +82,7 @@ async fn answer(
         mark_filtered(&mut response, true);
         return Ok(response);
     }
-    if authz.can_read_all(Resource::Node) && wanted.is_none() {
+    if authz.can_read_all(Resource::Node) && wanted.is_none() && meta.is_none() {
         return Ok(indexed_body(body.index, body.value));
     }
     // Some nodes are hidden from this token, or a filter asked for some rows: filter a copy of
@@ -94,6 +95,7 @@ async fn answer(
             .is_some_and(|node| authz.can_read_node(node))
     });
     row_filter::keep(&mut entries, wanted.as_ref());
+    row_filter::keep_node_meta(&mut entries, &["Node", "Meta"], meta.as_ref());
     let mut response = indexed_json(body.index, &entries);
     mark_filtered(&mut response, filtered);
     Ok(response)

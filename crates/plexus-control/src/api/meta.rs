@@ -6,6 +6,9 @@
 //! whatever a `/v1/` read answer still lacks: the store's current revision as the index, `true`
 //! as the known leader (the store is the source of truth: an embedded store is its own leader,
 //! an etcd cluster elects one itself) and `0` ms since the last contact with it.
+//!
+//! `?cached` (Consul's agent cache) is answered from the store like any read: the answer says
+//! `X-Cache: MISS` and `Age: 0`, as a fresh fetch of Consul's cache does.
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -26,9 +29,18 @@ async fn add_meta(
 ) -> Response {
     let read = matches!(*request.method(), Method::GET | Method::HEAD)
         && request.uri().path().starts_with("/v1/");
+    let cached = read
+        && request.uri().query().is_some_and(|q| {
+            q.split('&')
+                .any(|p| p == "cached" || p.starts_with("cached="))
+        });
     let mut response = next.run(request).await;
     if read {
         let headers = response.headers_mut();
+        if cached {
+            headers.insert("x-cache", HeaderValue::from_static("MISS"));
+            headers.insert("age", HeaderValue::from_static("0"));
+        }
         if !headers.contains_key("x-consul-index") {
             let index = (*revisions.borrow()).max(1);
             headers.insert("x-consul-index", HeaderValue::from(index));

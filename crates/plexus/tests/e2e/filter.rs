@@ -213,4 +213,83 @@ async fn filters_select_rows_and_bad_ones_are_refused_naming_the_column() {
     let (status, rows) = call(&http, &dev, "GET", "/v1/catalog/service/web", None).await;
     assert_eq!(status, 200);
     assert_eq!(ids(&rows, "ServiceID"), ["web-1", "web-2"]);
+
+    // ?node-meta=key:value: only instances on nodes with that meta.
+    let (status, body) = call(
+        &http,
+        &dev,
+        "PUT",
+        "/v1/catalog/register",
+        Some(json!({
+            "Node": "rack-node", "Address": "10.0.0.9", "NodeMeta": {"rack": "r2"},
+            "Service": {"Service": "web", "ID": "web-3", "Port": 80}
+        })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for (path, field, expected) in [
+        (
+            "/v1/catalog/service/web?node-meta=rack:r2",
+            "ServiceID",
+            vec!["web-3"],
+        ),
+        (
+            "/v1/catalog/nodes?node-meta=rack:r2",
+            "Node",
+            vec!["rack-node"],
+        ),
+        (
+            "/v1/health/service/web?node-meta=rack:r2",
+            "Service.ID",
+            vec!["web-3"],
+        ),
+        (
+            "/v1/health/service/web?node-meta=rack:r1",
+            "Service.ID",
+            vec![],
+        ),
+    ] {
+        let (status, rows) = call(&http, &dev, "GET", path, None).await;
+        assert_eq!(status, 200, "{path}: {rows}");
+        assert_eq!(ids(&rows, field), expected, "{path}: {rows}");
+    }
+    let (status, body) = call(&http, &dev, "GET", "/v1/catalog/nodes?node-meta=rack", None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "node-meta", "{body}");
+
+    // ?stale and ?consistent are each answered (one store, read consistently), not together;
+    // ?cached says it was a miss.
+    for query in ["stale", "consistent"] {
+        let (status, _) = call(
+            &http,
+            &dev,
+            "GET",
+            &format!("/v1/catalog/nodes?{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{query}");
+    }
+    let (status, body) = call(
+        &http,
+        &dev,
+        "GET",
+        "/v1/catalog/nodes?stale&consistent",
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("conflicting")
+    );
+    let cached = http
+        .get(format!("http://{}/v1/catalog/nodes?cached", dev.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.headers()["x-cache"], "MISS");
+    assert_eq!(cached.headers()["age"], "0");
 }
