@@ -5,6 +5,8 @@
 //!   its behavior (release or delete) and lock-delay.
 //! - A node liveness key that vanishes (the agent's lease was lost) → the node's sessions are
 //!   destroyed, which ends their locks as above.
+//! - A check a session names (`NodeChecks`, `ServiceChecks`, on the session's node) turns
+//!   critical → the session is destroyed, as Consul invalidates it.
 //! - On start and after every re-list, locks whose holder no longer exists are ended too, so a
 //!   session that expired while no reaper ran is not missed.
 
@@ -13,8 +15,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{PREFIX, SessionError, Sessions};
-use crate::catalog::keys::unescape;
+use plexus_api::{CheckStatus, HealthCheck};
+
+use super::{PREFIX, Session, SessionError, Sessions};
+use crate::catalog::keys::{self as catalog_keys, unescape};
 use crate::remote::LIVE_PREFIX;
 use crate::store::{Change, WatchEvent};
 
@@ -43,6 +47,10 @@ pub async fn run(sessions: Sessions, stop: CancellationToken) {
 async fn watch_once(sessions: &Sessions, stop: &CancellationToken) -> Result<(), SessionError> {
     let store = sessions.store.clone();
     let (live, revision) = sessions.list().await?;
+    // Sessions whose checks are critical now (turned critical while no reaper ran).
+    let (checks, _) = store.range(catalog_keys::CHECKS).await?;
+    let critical: Vec<(String, String)> = checks.iter().filter_map(critical_check).collect();
+    invalidate_for_checks(sessions, &live, &critical).await?;
     let live: HashSet<String> = live.into_iter().map(|s| s.id).collect();
     sessions
         .kv
@@ -50,6 +58,7 @@ async fn watch_once(sessions: &Sessions, stop: &CancellationToken) -> Result<(),
         .await?;
     let mut session_events = store.watch(PREFIX, revision).await?;
     let mut node_events = store.watch(LIVE_PREFIX, revision).await?;
+    let mut check_events = store.watch(catalog_keys::CHECKS, revision).await?;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -76,6 +85,23 @@ async fn watch_once(sessions: &Sessions, stop: &CancellationToken) -> Result<(),
                     sessions.destroy(&session.id).await?;
                 }
             }
+            event = check_events.recv() => {
+                let Some(WatchEvent::Changes(changes)) = event else {
+                    return Ok(());
+                };
+                let critical: Vec<(String, String)> = changes
+                    .iter()
+                    .filter_map(|change| match change {
+                        Change::Put(kv) => critical_check(kv),
+                        Change::Delete { .. } => None,
+                    })
+                    .collect();
+                if critical.is_empty() {
+                    continue;
+                }
+                let (all, _) = sessions.list().await?;
+                invalidate_for_checks(sessions, &all, &critical).await?;
+            }
         }
     }
 }
@@ -85,4 +111,36 @@ fn deleted<'a>(changes: &'a [Change], prefix: &'a str) -> impl Iterator<Item = S
         Change::Delete { key, .. } => key.strip_prefix(prefix).map(str::to_owned),
         Change::Put(_) => None,
     })
+}
+
+/// `(node, check id)` of a stored check that is critical.
+fn critical_check(kv: &crate::store::KeyValue) -> Option<(String, String)> {
+    let node = catalog_keys::node_of(catalog_keys::CHECKS, &kv.key)?;
+    let check: HealthCheck = serde_json::from_slice(&kv.value).ok()?;
+    (check.status == CheckStatus::Critical).then_some((node, check.check_id))
+}
+
+/// Whether `session` names the check `id` on its node.
+fn depends_on(session: &Session, node: &str, id: &str) -> bool {
+    session.node == node
+        && (session.node_checks.iter().any(|c| c == id)
+            || session.service_checks.iter().any(|c| c.id == id))
+}
+
+/// Destroys the sessions of `all` that name one of the `critical` checks.
+async fn invalidate_for_checks(
+    sessions: &Sessions,
+    all: &[Session],
+    critical: &[(String, String)],
+) -> Result<(), SessionError> {
+    for session in all {
+        if let Some((_, check)) = critical
+            .iter()
+            .find(|(node, id)| depends_on(session, node, id))
+        {
+            tracing::info!(session = %session.id, node = %session.node, check = %check, "session invalidated: a check it names is critical");
+            sessions.destroy(&session.id).await?;
+        }
+    }
+    Ok(())
 }

@@ -377,3 +377,54 @@ async fn sessions_need_session_write_on_their_node_and_reads_are_filtered() {
     let inside = put(&router, &format!("/v1/kv/mine/lock?acquire={ours}"), "v").await;
     assert_eq!(inside.body, json!(true));
 }
+
+#[tokio::test]
+async fn a_session_ends_when_a_check_it_names_turns_critical() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = plane(dir.path()).await;
+    let router = plane.router();
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let (plane, stop) = (plane.clone(), stop.clone());
+        async move { plane.run_sessions(stop).await }
+    });
+    let watched = create(
+        &router,
+        r#"{"Node":"n1","NodeChecks":["disk"],"LockDelay":"0s"}"#,
+    )
+    .await;
+    let other = create(&router, r#"{"Node":"n1","NodeChecks":[]}"#).await;
+    for (key, session) in [("leader", &watched), ("other", &other)] {
+        let acquired = put(&router, &format!("/v1/kv/{key}?acquire={session}"), "x").await;
+        assert_eq!(acquired.body, json!(true));
+    }
+    // `disk` turns critical: the session naming it ends and its lock is released; the other
+    // session keeps its lock.
+    plane
+        .catalog()
+        .register(registration(
+            "n1",
+            Vec::new(),
+            vec![
+                check("disk", "", CheckStatus::Critical),
+                check("broken", "", CheckStatus::Critical),
+            ],
+        ))
+        .await
+        .unwrap();
+    eventually!(
+        get(&router, &format!("/v1/session/info/{watched}"))
+            .await
+            .body
+            == json!([]),
+        Duration::from_secs(10)
+    );
+    eventually!(
+        get(&router, "/v1/kv/leader").await.body[0]
+            .get("Session")
+            .is_none(),
+        Duration::from_secs(10)
+    );
+    assert_eq!(key(&router, "other").await["Session"], json!(other));
+    stop.cancel();
+}
