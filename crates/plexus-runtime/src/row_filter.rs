@@ -66,6 +66,25 @@ pub fn keep_node_meta<T: Serialize>(
     }
 }
 
+/// `?near=` (any value): Plexus keeps no network coordinates, so rows are sorted by node name,
+/// as the issue documents (Consul without coordinates leaves them in its own order).
+pub fn sort_near<T: Serialize>(rows: &mut [T], params: &QueryParams, node: &[&str]) {
+    if params.get("near").is_none() {
+        return;
+    }
+    let name = |row: &T| -> String {
+        serde_json::to_value(row)
+            .ok()
+            .and_then(|v| {
+                node.iter()
+                    .try_fold(&v, |v, k| v.get(*k))
+                    .and_then(|n| n.as_str().map(str::to_owned))
+            })
+            .unwrap_or_default()
+    };
+    rows.sort_by_cached_key(name);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

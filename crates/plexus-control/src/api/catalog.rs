@@ -55,6 +55,7 @@ pub async fn service(
     });
     row_filter::keep(&mut rows.value, wanted.as_ref());
     row_filter::keep_node_meta(&mut rows.value, &["NodeMeta"], meta.as_ref());
+    row_filter::sort_near(&mut rows.value, &params, &["Node"]);
     let mut response = indexed_json(rows.index, &rows.value);
     mark_filtered(&mut response, filtered);
     Ok(response)
@@ -74,6 +75,7 @@ pub async fn nodes(
     let filtered = filter(&mut nodes.value, |node| authz.can_read_node(&node.node));
     row_filter::keep(&mut nodes.value, wanted.as_ref());
     row_filter::keep_node_meta(&mut nodes.value, &["Meta"], meta.as_ref());
+    row_filter::sort_near(&mut nodes.value, &params, &["Node"]);
     let mut response = indexed_json(nodes.index, &nodes.value);
     mark_filtered(&mut response, filtered);
     Ok(response)
@@ -103,6 +105,7 @@ pub async fn connect(
     });
     row_filter::keep(&mut rows.value, wanted.as_ref());
     row_filter::keep_node_meta(&mut rows.value, &["NodeMeta"], meta.as_ref());
+    row_filter::sort_near(&mut rows.value, &params, &["Node"]);
     let mut response = indexed_json(rows.index, &rows.value);
     mark_filtered(&mut response, filtered);
     Ok(response)

@@ -82,7 +82,8 @@ async fn answer(
         mark_filtered(&mut response, true);
         return Ok(response);
     }
-    if authz.can_read_all(Resource::Node) && wanted.is_none() && meta.is_none() {
+    let near = params.get("near").is_some();
+    if authz.can_read_all(Resource::Node) && wanted.is_none() && meta.is_none() && !near {
         return Ok(indexed_body(body.index, body.value));
     }
     // Some nodes are hidden from this token, or a filter asked for some rows: filter a copy of
@@ -96,6 +97,7 @@ async fn answer(
     });
     row_filter::keep(&mut entries, wanted.as_ref());
     row_filter::keep_node_meta(&mut entries, &["Node", "Meta"], meta.as_ref());
+    row_filter::sort_near(&mut entries, params, &["Node", "Node"]);
     let mut response = indexed_json(body.index, &entries);
     mark_filtered(&mut response, filtered);
     Ok(response)

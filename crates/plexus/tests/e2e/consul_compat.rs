@@ -2,7 +2,7 @@
 //! (py-consul from PyPI in `.tools/venv`, the `consul` package from npm in `.tools/npm-consul`,
 //! both installed by `scripts/setup-test-env.sh`), drive sessions, locks, transactions, the
 //! query-meta headers, catalog register/deregister, agent checks, maintenance mode and members
-//! of `plexus dev`. A missing library fails the test naming it.
+//! of `plexus dev`, and (py-consul) `?filter=`, `?node-meta=` and `?near=`. A missing library fails the test naming it.
 
 use std::path::PathBuf;
 
@@ -170,6 +170,32 @@ try:
     raise AssertionError("a service without a name must be refused")
 except consul.ConsulException as e:
     assert "Service.Service" in str(e), e
+
+# Filters, node meta and near, through the library's own parameters.
+service2 = {"Service": "py-redis", "ID": "py-redis-2", "Tags": ["replica"], "Port": 6380}
+# (py-consul's register passes node_meta as a query parameter, which Consul ignores: the
+# node's meta goes in the body, as other clients send it.)
+import json, urllib.request
+body = {"Node": "py-ext2", "Address": "192.0.2.21", "NodeMeta": {"rack": "r2"}, "Service": service2}
+put = urllib.request.Request(f"http://{host}:{port}/v1/catalog/register", method="PUT",
+                             data=json.dumps(body).encode())
+assert urllib.request.urlopen(put).read().strip() == b"true"
+_, rows = c.catalog.service("py-redis", filter_expr='ServiceTags contains "replica"')
+assert [r["ServiceID"] for r in rows] == ["py-redis-2"], rows
+_, rows = c.catalog.service("py-redis", node_meta={"rack": "r2"})
+assert [r["Node"] for r in rows] == ["py-ext2"] and rows[0]["NodeMeta"] == {"rack": "r2"}, rows
+_, entries = c.health.service("py-redis", filter_expr='Service.Port == 6379')
+assert [e["Service"]["ID"] for e in entries] == ["py-redis-1"], entries
+_, nodes = c.catalog.nodes(filter_expr='Meta.rack == r2')
+assert [n["Node"] for n in nodes] == ["py-ext2"], nodes
+_, rows = c.catalog.service("py-redis", near="_agent")
+assert [r["Node"] for r in rows] == ["py-ext", "py-ext2"], rows
+try:
+    c.catalog.service("py-redis", filter_expr="ServiceTags contains")
+    raise AssertionError("a bad filter must be refused")
+except consul.ConsulException as e:
+    assert "column 21" in str(e), e
+assert c.catalog.deregister("py-ext2") is True
 assert c.catalog.deregister("py-ext", service_id="py-redis-1") is True
 _, rows = c.catalog.service("py-redis")
 assert rows == [], rows
