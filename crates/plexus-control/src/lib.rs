@@ -46,6 +46,7 @@ pub mod intentions;
 pub mod kv;
 pub mod operator;
 pub mod presence;
+pub mod query;
 pub mod quorum;
 pub mod remote;
 pub mod session;
@@ -244,6 +245,11 @@ impl ControlPlane {
             .merge(kv::api::router(kv::Kv::new(self.store())))
             .merge(txn::api::router(self.store()))
             .merge(user_event::router(self.store()))
+            .merge(query::router(
+                self.store(),
+                self.catalog(),
+                self.info.datacenter.clone(),
+            ))
             .merge(session::api::router(session::api::SessionState {
                 sessions: self.sessions(),
                 catalog: self.catalog(),

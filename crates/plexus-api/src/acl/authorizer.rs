@@ -409,6 +409,10 @@ impl Authorizer {
     pub fn require_session_write(&self, node: &str) -> Result<(), Denied> {
         self.require(Resource::Session, node, Access::Write)
     }
+    /// May read prepared query `name`.
+    pub fn can_read_query(&self, name: &str) -> bool {
+        self.allows(Resource::Query, name, Access::Read)
+    }
     /// Needs `query:write` on `name`.
     pub fn require_query_write(&self, name: &str) -> Result<(), Denied> {
         self.require(Resource::Query, name, Access::Write)

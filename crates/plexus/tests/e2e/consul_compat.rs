@@ -2,7 +2,7 @@
 //! (py-consul from PyPI in `.tools/venv`, the `consul` package from npm in `.tools/npm-consul`,
 //! both installed by `scripts/setup-test-env.sh`), drive sessions, locks, transactions, the
 //! query-meta headers, catalog register/deregister, agent checks, maintenance mode and members
-//! of `plexus dev`, and (py-consul) `?filter=`, `?node-meta=` and `?near=`. A missing library fails the test naming it.
+//! of `plexus dev`, and (py-consul) `?filter=`, `?node-meta=`, `?near=` and prepared queries. A missing library fails the test naming it.
 
 use std::path::PathBuf;
 
@@ -195,6 +195,23 @@ try:
     raise AssertionError("a bad filter must be refused")
 except consul.ConsulException as e:
     assert "column 21" in str(e), e
+
+# Prepared queries: create, list, get, execute by name and by ID, explain, delete.
+q = c.query.create("py-redis", name="py-redis-q", onlypassing=True, ttl="10s")
+qid = q["ID"]
+assert qid in {x["ID"] for x in c.query.list()}
+assert c.query.get(qid)[0]["Name"] == "py-redis-q"
+run = c.query.execute("py-redis-q")
+# (py-redis-2 has no checks: passing, as in Consul; the order is shuffled.)
+assert run["Service"] == "py-redis" and sorted(n["Service"]["ID"] for n in run["Nodes"]) == ["py-redis-1", "py-redis-2"], run
+assert c.query.execute(qid)["Service"] == "py-redis"
+assert c.query.explain("py-redis-q")["Query"]["ID"] == qid
+assert c.query.delete(qid) is True
+try:
+    gone = c.query.execute("py-redis-q")
+except consul.NotFound:
+    gone = None
+assert gone is None, gone
 assert c.catalog.deregister("py-ext2") is True
 assert c.catalog.deregister("py-ext", service_id="py-redis-1") is True
 _, rows = c.catalog.service("py-redis")
