@@ -55,6 +55,8 @@ struct WireKv {
     flags: u64,
     #[serde(rename = "Index", default)]
     index: u64,
+    #[serde(rename = "Session", default)]
+    session: String,
 }
 
 fn convert(i: usize, op: WireOp) -> Result<KvOp, ApiError> {
@@ -103,12 +105,19 @@ fn convert(i: usize, op: WireOp) -> Result<KvOp, ApiError> {
         )
         .with_field(field("KV.Value")));
     }
+    if verb.needs_session() && kv.session.is_empty() {
+        return Err(ApiError::invalid_field(
+            field("KV.Session"),
+            format!("operation {i}: verb {:?} needs a Session", kv.verb),
+        ));
+    }
     Ok(KvOp {
         verb,
         key: kv.key,
         value,
         flags: kv.flags,
         index: kv.index,
+        session: kv.session,
     })
 }
 

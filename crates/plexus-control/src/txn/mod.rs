@@ -11,10 +11,12 @@
 //!    transaction guarded by the modify revision of every key read. When another writer got in
 //!    between, the guard fails and the whole transaction is evaluated again from step 1.
 //!
-//! So a committed transaction is as if it ran alone, at one store revision. Not yet: the `Node`,
-//! `Service` and `Check` operations and the KV verbs `lock`, `unlock` and `check-session`
-//! (refused with 400 naming the operation). A `get-tree` does not see a key created under its
-//! prefix after the read (only the keys it read are guarded).
+//! So a committed transaction is as if it ran alone, at one store revision. The lock verbs
+//! (`lock`, `unlock`, `check-session`) read the key's lock record (`kv/<key>\0lock`) and the
+//! session's record too, guard both, and follow `?acquire=`/`?release=`: a lock is taken when it
+//! is free (and out of its lock-delay) or already the session's. Not yet: the `Node`, `Service`
+//! and `Check` operations (refused with 400 naming the operation). A `get-tree` does not see a
+//! key created under its prefix after the read (only the keys it read are guarded).
 
 pub mod api;
 
@@ -23,7 +25,9 @@ use std::sync::Arc;
 
 use plexus_api::KvPair;
 
+use crate::kv::lock::LockState;
 use crate::kv::{self, KvError};
+use crate::session::{self, Session};
 use crate::store::{Compare, Op, Store, Txn};
 
 /// Consul's limit on operations per transaction.
@@ -52,6 +56,12 @@ pub enum Verb {
     DeleteCas,
     /// Delete every key under the prefix.
     DeleteTree,
+    /// Take the key's lock for `session` and write the value.
+    Lock,
+    /// Free the key's lock held by `session` and write the value.
+    Unlock,
+    /// Fail unless `session` holds the key's lock.
+    CheckSession,
 }
 
 impl Verb {
@@ -67,11 +77,9 @@ impl Verb {
             "delete" => Verb::Delete,
             "delete-cas" => Verb::DeleteCas,
             "delete-tree" => Verb::DeleteTree,
-            "lock" | "unlock" | "check-session" => {
-                return Err(format!(
-                    "KV verb {text:?} is not supported in transactions yet"
-                ));
-            }
+            "lock" => Verb::Lock,
+            "unlock" => Verb::Unlock,
+            "check-session" => Verb::CheckSession,
             other => return Err(format!("unknown KV verb {other:?}")),
         })
     }
@@ -80,8 +88,19 @@ impl Verb {
     pub fn writes(self) -> bool {
         matches!(
             self,
-            Verb::Set | Verb::Cas | Verb::Delete | Verb::DeleteCas | Verb::DeleteTree
+            Verb::Set
+                | Verb::Cas
+                | Verb::Delete
+                | Verb::DeleteCas
+                | Verb::DeleteTree
+                | Verb::Lock
+                | Verb::Unlock
         )
+    }
+
+    /// True for the verbs that take a session.
+    pub fn needs_session(self) -> bool {
+        matches!(self, Verb::Lock | Verb::Unlock | Verb::CheckSession)
     }
 
     fn is_tree(self) -> bool {
@@ -102,6 +121,8 @@ pub struct KvOp {
     pub flags: u64,
     /// The modify index the `cas`/`check-index`/`delete-cas` verbs compare with.
     pub index: u64,
+    /// The session of the lock verbs.
+    pub session: String,
 }
 
 /// Why a transaction did not commit.
@@ -135,7 +156,15 @@ struct Slot {
     current: Option<(Vec<u8>, u64)>,
     /// Changed by this transaction.
     dirty: bool,
+    /// The lock record, when a lock verb names the key: its state now and its modify revision
+    /// when read (0: absent).
+    lock: Option<(LockState, u64)>,
+    /// The lock state changed.
+    lock_dirty: bool,
 }
+
+/// A session a lock verb names, as read: the record (if any) and its modify revision.
+type SessionSlots = BTreeMap<String, (Option<Session>, u64)>;
 
 /// Runs `ops` all or nothing. `Ok(Ok(results))` when committed (or read-only and consistent),
 /// `Ok(Err(failure))` when an operation's check failed (nothing written).
@@ -144,19 +173,37 @@ pub async fn execute(
     ops: &[KvOp],
 ) -> Result<Result<(Vec<KvPair>, u64), TxnFailure>, TxnError> {
     for _ in 0..RACE_RETRIES {
-        let mut slots = read(store, ops).await?;
-        let wanted = match evaluate(ops, &mut slots) {
+        let (mut slots, sessions) = read(store, ops).await?;
+        let wanted = match evaluate(ops, &mut slots, &sessions, now_ms()) {
             Ok(wanted) => wanted,
             Err(failure) => return Ok(Err(failure)),
         };
         let mut compares = Vec::new();
         let mut writes = Vec::new();
+        for (id, (_, revision)) in &sessions {
+            compares.push(Compare::ModRevision {
+                key: format!("{}{id}", session::PREFIX),
+                revision: *revision,
+            });
+        }
         for (key, slot) in &slots {
             let store_key = format!("{}{key}", kv::PREFIX);
             compares.push(Compare::ModRevision {
                 key: store_key.clone(),
                 revision: slot.observed,
             });
+            if let Some((state, revision)) = &slot.lock {
+                compares.push(Compare::ModRevision {
+                    key: kv::lock::lock_key(key),
+                    revision: *revision,
+                });
+                if slot.lock_dirty && slot.current.is_some() {
+                    writes.push(Op::Put {
+                        key: kv::lock::lock_key(key),
+                        value: serde_json::to_vec(state).unwrap_or_default(),
+                    });
+                }
+            }
             if !slot.dirty {
                 continue;
             }
@@ -192,9 +239,13 @@ pub async fn execute(
     Err(TxnError::Contended)
 }
 
-/// Reads every key the operations name.
-async fn read(store: &Arc<dyn Store>, ops: &[KvOp]) -> Result<BTreeMap<String, Slot>, KvError> {
-    let mut slots = BTreeMap::new();
+/// Reads every key the operations name, with the lock records and sessions of the lock verbs.
+async fn read(
+    store: &Arc<dyn Store>,
+    ops: &[KvOp],
+) -> Result<(BTreeMap<String, Slot>, SessionSlots), KvError> {
+    let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
+    let mut sessions = SessionSlots::new();
     for op in ops {
         if op.verb.is_tree() {
             let (records, _) = store.range(&format!("{}{}", kv::PREFIX, op.key)).await?;
@@ -210,8 +261,40 @@ async fn read(store: &Arc<dyn Store>, ops: &[KvOp]) -> Result<BTreeMap<String, S
             let entry = record.map(kv::decode).transpose()?;
             slots.insert(op.key.clone(), slot_of(entry));
         }
+        if op.verb.needs_session() {
+            if let Some(slot) = slots.get_mut(&op.key)
+                && slot.lock.is_none()
+            {
+                slot.lock = Some(match store.get(&kv::lock::lock_key(&op.key)).await? {
+                    Some(record) => (
+                        serde_json::from_slice(&record.value).unwrap_or_default(),
+                        record.mod_revision,
+                    ),
+                    None => (LockState::default(), 0),
+                });
+            }
+            if !sessions.contains_key(&op.session) {
+                let record = store
+                    .get(&format!("{}{}", session::PREFIX, op.session))
+                    .await?;
+                let read = match record {
+                    Some(record) => (
+                        serde_json::from_slice::<Session>(&record.value).ok(),
+                        record.mod_revision,
+                    ),
+                    None => (None, 0),
+                };
+                sessions.insert(op.session.clone(), read);
+            }
+        }
     }
-    Ok(slots)
+    Ok((slots, sessions))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn slot_of(entry: Option<kv::Entry>) -> Slot {
@@ -221,12 +304,16 @@ fn slot_of(entry: Option<kv::Entry>) -> Slot {
             created: entry.create_index,
             current: Some((entry.value, entry.flags)),
             dirty: false,
+            lock: None,
+            lock_dirty: false,
         },
         None => Slot {
             observed: 0,
             created: 0,
             current: None,
             dirty: false,
+            lock: None,
+            lock_dirty: false,
         },
     }
 }
@@ -236,6 +323,8 @@ fn slot_of(entry: Option<kv::Entry>) -> Slot {
 fn evaluate(
     ops: &[KvOp],
     slots: &mut BTreeMap<String, Slot>,
+    sessions: &SessionSlots,
+    now_ms: u64,
 ) -> Result<Vec<(String, bool)>, TxnFailure> {
     let mut wanted = Vec::new();
     for (op_index, op) in ops.iter().enumerate() {
@@ -319,6 +408,67 @@ fn evaluate(
                 slot.current = None;
                 slot.dirty = true;
             }
+            Verb::Lock => {
+                let Some((Some(holder), _)) = sessions.get(&op.session) else {
+                    return Err(fail(format!("invalid session {:?}", op.session)));
+                };
+                let Some((state, _)) = slot.lock.as_mut() else {
+                    return Err(fail(format!("lock of {:?} was not read", op.key)));
+                };
+                if state.session != op.session {
+                    if !state.session.is_empty() || state.delay_until_ms > now_ms {
+                        return Err(fail(format!(
+                            "failed to lock key {:?}, lock is already held",
+                            op.key
+                        )));
+                    }
+                    *state = LockState {
+                        session: op.session.clone(),
+                        lock_index: state.lock_index + 1,
+                        behavior: holder.behavior,
+                        lock_delay_ms: std::time::Duration::from_nanos(holder.lock_delay)
+                            .as_millis() as u64,
+                        delay_until_ms: 0,
+                    };
+                    slot.lock_dirty = true;
+                }
+                slot.current = Some((op.value.clone(), op.flags));
+                slot.dirty = true;
+                wanted.push((op.key.clone(), false));
+            }
+            Verb::Unlock => {
+                let held = slot
+                    .lock
+                    .as_ref()
+                    .is_some_and(|(state, _)| state.session == op.session);
+                if !held || slot.current.is_none() {
+                    return Err(fail(format!(
+                        "failed to unlock key {:?}, lock isn't held, or is held by another session",
+                        op.key
+                    )));
+                }
+                if let Some((state, _)) = slot.lock.as_mut() {
+                    state.session.clear();
+                }
+                slot.lock_dirty = true;
+                slot.current = Some((op.value.clone(), op.flags));
+                slot.dirty = true;
+                wanted.push((op.key.clone(), false));
+            }
+            Verb::CheckSession => {
+                let holder = slot
+                    .lock
+                    .as_ref()
+                    .map(|(state, _)| state.session.clone())
+                    .unwrap_or_default();
+                if slot.current.is_none() || holder != op.session {
+                    return Err(fail(format!(
+                        "failed session check for key {:?}, current session {holder:?} != {:?}",
+                        op.key, op.session
+                    )));
+                }
+                wanted.push((op.key.clone(), false));
+            }
             Verb::GetTree | Verb::DeleteTree => {}
         }
     }
@@ -339,15 +489,22 @@ fn render(key: &str, slot: &Slot, with_value: bool, revision: u64) -> KvPair {
     } else {
         (slot.created, slot.observed)
     };
+    let (lock_index, session) = match &slot.lock {
+        Some((state, _)) => (
+            state.lock_index,
+            (!state.session.is_empty()).then(|| state.session.clone()),
+        ),
+        None => (0, None),
+    };
     KvPair {
-        lock_index: 0,
+        lock_index,
         key: key.to_owned(),
         flags,
         value: (with_value && !value.is_empty())
             .then(|| base64::engine::general_purpose::STANDARD.encode(&value)),
         create_index,
         modify_index,
-        session: None,
+        session,
     }
 }
 

@@ -183,7 +183,8 @@ async fn bad_transactions_are_refused_naming_the_operation_and_nothing_is_writte
             "[1].KV.Value",
         ),
         (json!([kv("set", "a/../b", Some("v"), 0)]), "[0].KV.Key"),
-        (json!([kv("lock", "a", Some("v"), 0)]), "[0].KV.Verb"),
+        // The lock verbs need a session (they were refused as unsupported before they existed).
+        (json!([kv("lock", "a", Some("v"), 0)]), "[0].KV.Session"),
         (json!([{"Node": {"Verb": "set"}}]), "[0].Node"),
         (json!([{}]), "[0]"),
     ] {
@@ -374,5 +375,127 @@ async fn eight_conflicting_writers_keep_the_all_or_nothing_invariant() {
         committed > 0 && committed < outcomes.len(),
         "the writers conflicted: {committed} of {}",
         outcomes.len()
+    );
+}
+
+fn locking(verb: &str, key: &str, value: Option<&str>, session: &str) -> Value {
+    json!({"KV": {"Verb": verb, "Key": key, "Value": value.map(b64), "Session": session}})
+}
+
+#[tokio::test]
+async fn lock_unlock_and_check_session_follow_acquire_and_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = crate::ControlPlane::open_embedded(
+        dir.path(),
+        crate::ServerInfo {
+            datacenter: "dc1".to_owned(),
+            node_name: "server-1".to_owned(),
+            leader_addr: "127.0.0.1:8300".to_owned(),
+        },
+    )
+    .unwrap();
+    let router = plane.router();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = call(
+            &router,
+            Method::PUT,
+            "/v1/session/create",
+            r#"{"Node":"server-1","LockDelay":"0s"}"#.into(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        ids.push(body["ID"].as_str().unwrap().to_owned());
+    }
+    let (s1, s2) = (ids[0].as_str(), ids[1].as_str());
+
+    // s1 locks `leader` and writes `config` in the same transaction.
+    let (status, body) = txn(
+        &router,
+        json!([
+            locking("lock", "leader", Some("me"), s1),
+            kv("set", "config", Some("1"), 0)
+        ]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["Results"][0]["KV"]["Session"], s1);
+    assert_eq!(body["Results"][0]["KV"]["LockIndex"], 1);
+    // The KV API sees the holder.
+    let (_, read) = call(&router, Method::GET, "/v1/kv/leader", String::new()).await;
+    assert_eq!(read[0]["Session"], s1);
+
+    // s2 cannot lock it; the whole transaction (with its set) fails, naming the operation.
+    let (status, body) = txn(
+        &router,
+        json!([
+            kv("set", "config", Some("2"), 0),
+            locking("lock", "leader", Some("you"), s2)
+        ]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["Errors"][0]["OpIndex"], 1);
+    assert!(
+        body["Errors"][0]["What"]
+            .as_str()
+            .unwrap()
+            .contains("already held")
+    );
+    let (_, config) = call(&router, Method::GET, "/v1/kv/config?raw", String::new()).await;
+    assert_eq!(config, json!(1));
+
+    // check-session guards a write on the holder; unlock by another session fails.
+    let (status, body) = txn(
+        &router,
+        json!([
+            locking("check-session", "leader", None, s1),
+            kv("set", "config", Some("3"), 0)
+        ]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = txn(
+        &router,
+        json!([locking("check-session", "leader", None, s2)]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = txn(&router, json!([locking("unlock", "leader", Some("x"), s2)])).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["Errors"][0]["What"]
+            .as_str()
+            .unwrap()
+            .contains("isn't held")
+    );
+
+    // s1 unlocks; s2 may lock now (LockIndex 2). A destroyed session cannot lock.
+    let (status, body) = txn(
+        &router,
+        json!([locking("unlock", "leader", Some("bye"), s1)]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, read) = call(&router, Method::GET, "/v1/kv/leader", String::new()).await;
+    assert!(read[0].get("Session").is_none(), "{read}");
+    let (status, body) = txn(&router, json!([locking("lock", "leader", Some("you"), s2)])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["Results"][0]["KV"]["LockIndex"], 2);
+    let (status, _) = call(
+        &router,
+        Method::PUT,
+        &format!("/v1/session/destroy/{s1}"),
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = txn(&router, json!([locking("lock", "other", Some("v"), s1)])).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["Errors"][0]["What"]
+            .as_str()
+            .unwrap()
+            .contains("invalid session")
     );
 }
