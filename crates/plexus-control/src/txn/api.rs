@@ -4,12 +4,15 @@
 //!   [`MAX_OPS`] operations (413 beyond, as Consul).
 //! - 200 `{"Results": [{"KV": {…}}], "Errors": null}` when committed; 409
 //!   `{"Results": null, "Errors": [{"OpIndex", "What"}]}` when a check failed (nothing written).
-//! - 400 naming the operation (`[3].KV.Verb`) for a malformed one; `Node`, `Service` and `Check`
-//!   operations are not supported yet (400).
+//! - `{"Node": {"Verb", "Node": {…}}}`, `{"Service": {"Verb", "Node", "Service": {…}}}`,
+//!   `{"Check": {"Verb", "Check": {…}}}` ([`super::catalog`]); results `{"Node": {…}}` etc.
+//! - 400 naming the operation (`[3].KV.Verb`, `[1].Service.Service.ID`) for a malformed one.
 //!
 //! ACLs, per operation as Consul: `key:write` for writes (`delete-tree`: on the prefix and every
 //! rule below it), `key:read` for reads and checks; `get-tree` results leave out keys the token
-//! may not read. A denied operation fails the whole transaction with 403 before anything runs.
+//! may not read; `node:write` for node and node-check writes, `service:write` for service and
+//! service-check writes, the matching `read` for `get`. A denied operation fails the whole
+//! transaction with 403 before anything runs.
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -22,7 +25,8 @@ use plexus_runtime::http::{ApiError, decode_json, indexed_json, read_body};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{KvOp, MAX_OPS, TxnError, Verb, execute};
+use super::catalog::{CatalogOp, CatalogVerb, Record};
+use super::{KvOp, MAX_OPS, TxnError, TxnOp, TxnResult, Verb, execute_ops};
 use crate::api::ErrorChain;
 use crate::store::Store;
 
@@ -59,18 +63,109 @@ struct WireKv {
     session: String,
 }
 
-fn convert(i: usize, op: WireOp) -> Result<KvOp, ApiError> {
+/// Decodes `value` as `T`, naming the field at fault under `at`.
+fn decode_at<T: serde::de::DeserializeOwned>(
+    at: &str,
+    value: serde_json::Value,
+) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            at.to_owned()
+        } else {
+            format!("{at}.{path}")
+        };
+        ApiError::invalid_field(field, e.into_inner().to_string())
+    })
+}
+
+/// A `Node`, `Service` or `Check` operation.
+fn convert_catalog(i: usize, name: &str, value: serde_json::Value) -> Result<CatalogOp, ApiError> {
+    let at = format!("[{i}].{name}");
+    let invalid = |field: &str, message: String| {
+        ApiError::invalid_field(format!("{at}.{field}"), format!("operation {i}: {message}"))
+    };
+    let verb = value
+        .get("Verb")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| invalid("Verb", "Verb is required".to_owned()))?;
+    let verb = CatalogVerb::parse(verb).map_err(|e| invalid("Verb", e))?;
+    let body = |field: &str| value.get(field).cloned().unwrap_or(serde_json::Value::Null);
+    let (record, index) = match name {
+        "Node" => {
+            let node: plexus_api::Node = decode_at(&format!("{at}.Node"), body("Node"))?;
+            if node.node.is_empty() {
+                return Err(invalid(
+                    "Node.Node",
+                    "the node's name is required".to_owned(),
+                ));
+            }
+            let index = node.modify_index;
+            (Record::Node(node), index)
+        }
+        "Service" => {
+            let node = body("Node").as_str().unwrap_or_default().to_owned();
+            if node.is_empty() {
+                return Err(invalid("Node", "the service's node is required".to_owned()));
+            }
+            let mut service: plexus_api::AgentService =
+                decode_at(&format!("{at}.Service"), body("Service"))?;
+            if service.id.is_empty() {
+                service.id = service.service.clone();
+            }
+            if service.id.is_empty() {
+                return Err(invalid(
+                    "Service.ID",
+                    "the service's ID or name is required".to_owned(),
+                ));
+            }
+            if verb.writes()
+                && !matches!(verb, CatalogVerb::Delete | CatalogVerb::DeleteCas)
+                && service.service.is_empty()
+            {
+                return Err(invalid(
+                    "Service.Service",
+                    "the service's name is required".to_owned(),
+                ));
+            }
+            let index = service.modify_index.unwrap_or_default();
+            (Record::Service { node, service }, index)
+        }
+        _ => {
+            let check: plexus_api::HealthCheck = decode_at(&format!("{at}.Check"), body("Check"))?;
+            if check.node.is_empty() {
+                return Err(invalid(
+                    "Check.Node",
+                    "the check's node is required".to_owned(),
+                ));
+            }
+            if check.check_id.is_empty() {
+                return Err(invalid(
+                    "Check.CheckID",
+                    "the check's ID is required".to_owned(),
+                ));
+            }
+            let index = check.modify_index;
+            (Record::Check(check), index)
+        }
+    };
+    Ok(CatalogOp {
+        verb,
+        record,
+        index,
+    })
+}
+
+fn convert(i: usize, op: WireOp) -> Result<TxnOp, ApiError> {
     let field = |name: &str| format!("[{i}].{name}");
-    let other = [
-        ("Node", op.node.is_some()),
-        ("Service", op.service.is_some()),
-        ("Check", op.check.is_some()),
-    ];
-    if let Some((name, _)) = other.iter().find(|(_, given)| *given) {
-        return Err(ApiError::invalid_field(
-            field(name),
-            format!("operation {i}: {name} operations are not supported in transactions yet"),
-        ));
+    for (name, value) in [
+        ("Node", op.node),
+        ("Service", op.service),
+        ("Check", op.check),
+    ] {
+        if let Some(value) = value {
+            return convert_catalog(i, name, value).map(|op| TxnOp::Catalog(Box::new(op)));
+        }
     }
     let Some(kv) = op.kv else {
         return Err(ApiError::invalid_field(
@@ -111,23 +206,45 @@ fn convert(i: usize, op: WireOp) -> Result<KvOp, ApiError> {
             format!("operation {i}: verb {:?} needs a Session", kv.verb),
         ));
     }
-    Ok(KvOp {
+    Ok(TxnOp::Kv(KvOp {
         verb,
         key: kv.key,
         value,
         flags: kv.flags,
         index: kv.index,
         session: kv.session,
-    })
+    }))
 }
 
-fn authorize(authz: &Authz, ops: &[KvOp]) -> Result<(), ApiError> {
+fn authorize(authz: &Authz, ops: &[TxnOp]) -> Result<(), ApiError> {
     for op in ops {
-        match op.verb {
-            Verb::DeleteTree => authz.require_key_write_prefix(&op.key)?,
-            Verb::GetTree => {}
-            verb if verb.writes() => authz.require_key_write(&op.key)?,
-            _ => authz.require_key_read(&op.key)?,
+        match op {
+            TxnOp::Kv(op) => match op.verb {
+                Verb::DeleteTree => authz.require_key_write_prefix(&op.key)?,
+                Verb::GetTree => {}
+                verb if verb.writes() => authz.require_key_write(&op.key)?,
+                _ => authz.require_key_read(&op.key)?,
+            },
+            TxnOp::Catalog(op) => {
+                let write = op.verb.writes();
+                match &op.record {
+                    Record::Node(node) if write => authz.require_node_write(&node.node)?,
+                    Record::Node(node) => authz.require_node_read(&node.node)?,
+                    Record::Service { service, .. } if write => {
+                        authz.require_service_write(&service.service)?
+                    }
+                    Record::Service { service, .. } => {
+                        authz.require_service_read(&service.service)?
+                    }
+                    Record::Check(check) if check.service_id.is_empty() && write => {
+                        authz.require_node_write(&check.node)?
+                    }
+                    Record::Check(check) if write => {
+                        authz.require_service_write(&check.service_name)?
+                    }
+                    Record::Check(check) => authz.require_node_read(&check.node)?,
+                }
+            }
         }
     }
     Ok(())
@@ -156,10 +273,16 @@ async fn txn(
         .map(|(i, op)| convert(i, op))
         .collect::<Result<Vec<_>, _>>()?;
     authorize(&authz, &ops)?;
-    match execute(&store, &ops).await {
-        Ok(Ok((mut results, index))) => {
-            results.retain(|pair| authz.can_read_key(&pair.key));
-            let results: Vec<_> = results.into_iter().map(|kv| json!({ "KV": kv })).collect();
+    match execute_ops(&store, &ops).await {
+        Ok(Ok((results, index))) => {
+            let results: Vec<_> = results
+                .into_iter()
+                .filter_map(|result| match result {
+                    TxnResult::Kv(kv) if authz.can_read_key(&kv.key) => Some(json!({ "KV": kv })),
+                    TxnResult::Kv(_) => None,
+                    TxnResult::Catalog(record) => Some(record),
+                })
+                .collect();
             Ok(indexed_json(
                 index,
                 &json!({ "Results": results, "Errors": null }),

@@ -14,11 +14,13 @@
 //! So a committed transaction is as if it ran alone, at one store revision. The lock verbs
 //! (`lock`, `unlock`, `check-session`) read the key's lock record (`kv/<key>\0lock`) and the
 //! session's record too, guard both, and follow `?acquire=`/`?release=`: a lock is taken when it
-//! is free (and out of its lock-delay) or already the session's. Not yet: the `Node`, `Service`
-//! and `Check` operations (refused with 400 naming the operation). A `get-tree` does not see a
-//! key created under its prefix after the read (only the keys it read are guarded).
+//! is free (and out of its lock-delay) or already the session's. The `Node`, `Service` and
+//! `Check` operations ([`catalog`]) read, guard and write catalog records in the same store
+//! transaction. A `get-tree` does not see a key created under its prefix after the read (only
+//! the keys it read are guarded).
 
 pub mod api;
+pub mod catalog;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -125,6 +127,30 @@ pub struct KvOp {
     pub session: String,
 }
 
+/// One operation of a transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TxnOp {
+    /// A KV operation.
+    Kv(KvOp),
+    /// A `Node`, `Service` or `Check` operation.
+    Catalog(Box<catalog::CatalogOp>),
+}
+
+/// One result of a committed transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TxnResult {
+    /// A key.
+    Kv(KvPair),
+    /// `{"Node"|"Service"|"Check": record}`.
+    Catalog(serde_json::Value),
+}
+
+/// What a result row is made of.
+enum Wanted {
+    Kv(String, bool),
+    Record(String, &'static str),
+}
+
 /// Why a transaction did not commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnFailure {
@@ -172,14 +198,47 @@ pub async fn execute(
     store: &Arc<dyn Store>,
     ops: &[KvOp],
 ) -> Result<Result<(Vec<KvPair>, u64), TxnFailure>, TxnError> {
+    let ops: Vec<TxnOp> = ops.iter().cloned().map(TxnOp::Kv).collect();
+    Ok(execute_ops(store, &ops).await?.map(|(results, revision)| {
+        let pairs = results
+            .into_iter()
+            .filter_map(|r| match r {
+                TxnResult::Kv(pair) => Some(pair),
+                TxnResult::Catalog(_) => None,
+            })
+            .collect();
+        (pairs, revision)
+    }))
+}
+
+/// Runs KV and catalog operations all or nothing, as [`execute`] does for KV alone.
+pub async fn execute_ops(
+    store: &Arc<dyn Store>,
+    ops: &[TxnOp],
+) -> Result<Result<(Vec<TxnResult>, u64), TxnFailure>, TxnError> {
     for _ in 0..RACE_RETRIES {
-        let (mut slots, sessions) = read(store, ops).await?;
-        let wanted = match evaluate(ops, &mut slots, &sessions, now_ms()) {
+        let (mut slots, sessions, mut recs) = read(store, ops).await?;
+        let wanted = match evaluate(ops, &mut slots, &sessions, &mut recs, now_ms()) {
             Ok(wanted) => wanted,
             Err(failure) => return Ok(Err(failure)),
         };
         let mut compares = Vec::new();
         let mut writes = Vec::new();
+        for (key, rec) in &recs {
+            compares.push(Compare::ModRevision {
+                key: key.clone(),
+                revision: rec.observed,
+            });
+            if rec.dirty {
+                writes.push(match &rec.current {
+                    Some(value) => Op::Put {
+                        key: key.clone(),
+                        value: serde_json::to_vec(value).unwrap_or_default(),
+                    },
+                    None => Op::Delete { key: key.clone() },
+                });
+            }
+        }
         for (id, (_, revision)) in &sessions {
             compares.push(Compare::ModRevision {
                 key: format!("{}{id}", session::PREFIX),
@@ -230,7 +289,17 @@ pub async fn execute(
         if result.succeeded {
             let results = wanted
                 .into_iter()
-                .map(|(key, with_value)| render(&key, &slots[&key], with_value, result.revision))
+                .filter_map(|wanted| match wanted {
+                    Wanted::Kv(key, with_value) => Some(TxnResult::Kv(render(
+                        &key,
+                        &slots[&key],
+                        with_value,
+                        result.revision,
+                    ))),
+                    Wanted::Record(key, kind) => recs
+                        .get(&key)
+                        .map(|rec| TxnResult::Catalog(catalog::render(kind, rec, result.revision))),
+                })
                 .collect();
             return Ok(Ok((results, result.revision)));
         }
@@ -240,13 +309,29 @@ pub async fn execute(
 }
 
 /// Reads every key the operations name, with the lock records and sessions of the lock verbs.
+#[allow(clippy::type_complexity)]
 async fn read(
     store: &Arc<dyn Store>,
-    ops: &[KvOp],
-) -> Result<(BTreeMap<String, Slot>, SessionSlots), KvError> {
+    ops: &[TxnOp],
+) -> Result<
+    (
+        BTreeMap<String, Slot>,
+        SessionSlots,
+        BTreeMap<String, catalog::Rec>,
+    ),
+    KvError,
+> {
     let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
     let mut sessions = SessionSlots::new();
+    let mut recs = BTreeMap::new();
     for op in ops {
+        let op = match op {
+            TxnOp::Kv(op) => op,
+            TxnOp::Catalog(op) => {
+                catalog::read(store.as_ref(), op, &mut recs).await?;
+                continue;
+            }
+        };
         if op.verb.is_tree() {
             let (records, _) = store.range(&format!("{}{}", kv::PREFIX, op.key)).await?;
             for record in records {
@@ -288,7 +373,7 @@ async fn read(
             }
         }
     }
-    Ok((slots, sessions))
+    Ok((slots, sessions, recs))
 }
 
 fn now_ms() -> u64 {
@@ -321,13 +406,23 @@ fn slot_of(entry: Option<kv::Entry>) -> Slot {
 /// Runs the operations against the snapshot. Returns the keys to answer with (and whether
 /// with their value), in order.
 fn evaluate(
-    ops: &[KvOp],
+    ops: &[TxnOp],
     slots: &mut BTreeMap<String, Slot>,
     sessions: &SessionSlots,
+    recs: &mut BTreeMap<String, catalog::Rec>,
     now_ms: u64,
-) -> Result<Vec<(String, bool)>, TxnFailure> {
+) -> Result<Vec<Wanted>, TxnFailure> {
     let mut wanted = Vec::new();
     for (op_index, op) in ops.iter().enumerate() {
+        let op = match op {
+            TxnOp::Kv(op) => op,
+            TxnOp::Catalog(op) => {
+                if let Some(key) = catalog::evaluate(op_index, op, recs)? {
+                    wanted.push(Wanted::Record(key, op.kind()));
+                }
+                continue;
+            }
+        };
         let fail = |what: String| TxnFailure { op_index, what };
         if op.verb.is_tree() {
             let keys: Vec<String> = slots
@@ -342,7 +437,7 @@ fn evaluate(
                         slot.dirty = true;
                     }
                 } else {
-                    wanted.push((key, true));
+                    wanted.push(Wanted::Kv(key, true));
                 }
             }
             continue;
@@ -361,7 +456,7 @@ fn evaluate(
             Verb::Set => {
                 slot.current = Some((op.value.clone(), op.flags));
                 slot.dirty = true;
-                wanted.push((op.key.clone(), false));
+                wanted.push(Wanted::Kv(op.key.clone(), false));
             }
             Verb::Cas => {
                 if index != op.index {
@@ -372,13 +467,13 @@ fn evaluate(
                 }
                 slot.current = Some((op.value.clone(), op.flags));
                 slot.dirty = true;
-                wanted.push((op.key.clone(), false));
+                wanted.push(Wanted::Kv(op.key.clone(), false));
             }
             Verb::Get => {
                 if slot.current.is_none() {
                     return Err(fail(format!("key {:?} doesn't exist", op.key)));
                 }
-                wanted.push((op.key.clone(), true));
+                wanted.push(Wanted::Kv(op.key.clone(), true));
             }
             Verb::CheckIndex => {
                 if index != op.index {
@@ -387,7 +482,7 @@ fn evaluate(
                         op.index
                     )));
                 }
-                wanted.push((op.key.clone(), false));
+                wanted.push(Wanted::Kv(op.key.clone(), false));
             }
             Verb::CheckNotExists => {
                 if slot.current.is_some() {
@@ -434,7 +529,7 @@ fn evaluate(
                 }
                 slot.current = Some((op.value.clone(), op.flags));
                 slot.dirty = true;
-                wanted.push((op.key.clone(), false));
+                wanted.push(Wanted::Kv(op.key.clone(), false));
             }
             Verb::Unlock => {
                 let held = slot
@@ -453,7 +548,7 @@ fn evaluate(
                 slot.lock_dirty = true;
                 slot.current = Some((op.value.clone(), op.flags));
                 slot.dirty = true;
-                wanted.push((op.key.clone(), false));
+                wanted.push(Wanted::Kv(op.key.clone(), false));
             }
             Verb::CheckSession => {
                 let holder = slot
@@ -467,7 +562,7 @@ fn evaluate(
                         op.key, op.session
                     )));
                 }
-                wanted.push((op.key.clone(), false));
+                wanted.push(Wanted::Kv(op.key.clone(), false));
             }
             Verb::GetTree | Verb::DeleteTree => {}
         }

@@ -185,7 +185,24 @@ async fn bad_transactions_are_refused_naming_the_operation_and_nothing_is_writte
         (json!([kv("set", "a/../b", Some("v"), 0)]), "[0].KV.Key"),
         // The lock verbs need a session (they were refused as unsupported before they existed).
         (json!([kv("lock", "a", Some("v"), 0)]), "[0].KV.Session"),
-        (json!([{"Node": {"Verb": "set"}}]), "[0].Node"),
+        // Node operations exist now: one without its node names the missing record.
+        (json!([{"Node": {"Verb": "set"}}]), "[0].Node.Node"),
+        (
+            json!([{"Node": {"Verb": "frob", "Node": {"Node": "n"}}}]),
+            "[0].Node.Verb",
+        ),
+        (
+            json!([{"Service": {"Verb": "set", "Node": "n", "Service": {"Port": 1}}}]),
+            "[0].Service.Service.ID",
+        ),
+        (
+            json!([{"Check": {"Verb": "set", "Check": {"Node": "n"}}}]),
+            "[0].Check.Check.CheckID",
+        ),
+        (
+            json!([{"Service": {"Verb": "set", "Node": "n", "Service": {"ID": "s", "Service": "s", "Port": "x"}}}]),
+            "[0].Service.Service.Port",
+        ),
         (json!([{}]), "[0]"),
     ] {
         let (status, body) = txn(&router, ops.clone()).await;
@@ -498,4 +515,124 @@ async fn lock_unlock_and_check_session_follow_acquire_and_release() {
             .unwrap()
             .contains("invalid session")
     );
+}
+
+#[tokio::test]
+async fn node_service_and_check_operations_commit_with_kv_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = crate::ControlPlane::open_embedded(
+        dir.path(),
+        crate::ServerInfo {
+            datacenter: "dc1".to_owned(),
+            node_name: "server-1".to_owned(),
+            leader_addr: "127.0.0.1:8300".to_owned(),
+        },
+    )
+    .unwrap();
+    let router = plane.router();
+    let node = json!({"Node": {"Verb": "set", "Node": {"Node": "ext", "Address": "192.0.2.7", "Meta": {"rack": "r1"}}}});
+    let service = json!({"Service": {"Verb": "set", "Node": "ext",
+        "Service": {"ID": "db-1", "Service": "db", "Port": 5432, "Tags": ["primary"]}}});
+    let check = json!({"Check": {"Verb": "set", "Check": {"Node": "ext", "CheckID": "db-alive",
+        "Name": "db alive", "Status": "passing", "ServiceID": "db-1"}}});
+    let (status, body) = txn(
+        &router,
+        json!([
+            node,
+            service,
+            check,
+            kv("set", "db/leader", Some("db-1"), 0)
+        ]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["Results"].as_array().unwrap();
+    assert_eq!(results.len(), 4, "{body}");
+    assert_eq!(results[0]["Node"]["Node"], "ext");
+    assert_eq!(results[1]["Service"]["ID"], "db-1");
+    assert_eq!(results[2]["Check"]["ServiceName"], "db");
+    let index = results[0]["Node"]["ModifyIndex"].as_u64().unwrap();
+    assert_eq!(results[3]["KV"]["ModifyIndex"].as_u64().unwrap(), index);
+    // The catalog sees them (its index follows the store).
+    plexus_test::eventually!(
+        call(
+            &router,
+            Method::GET,
+            "/v1/health/service/db?passing",
+            String::new()
+        )
+        .await
+        .1
+        .as_array()
+        .is_some_and(|rows| rows.len() == 1)
+    );
+    let (_, rows) = call(
+        &router,
+        Method::GET,
+        "/v1/catalog/service/db",
+        String::new(),
+    )
+    .await;
+    assert_eq!(rows[0]["NodeMeta"]["rack"], "r1", "{rows}");
+
+    // A service on a node that does not exist fails the whole transaction, KV write included.
+    let (status, body) = txn(
+        &router,
+        json!([
+            kv("set", "db/leader", Some("nobody"), 0),
+            {"Service": {"Verb": "set", "Node": "ghost", "Service": {"ID": "x", "Service": "x"}}}
+        ]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["Errors"][0]["OpIndex"], 1);
+    assert!(
+        body["Errors"][0]["What"]
+            .as_str()
+            .unwrap()
+            .contains("\"ghost\" doesn't exist")
+    );
+    let (_, leader) = call(&router, Method::GET, "/v1/kv/db/leader?raw", String::new()).await;
+    assert_eq!(leader, Value::Null, "raw value is not JSON");
+    let (_, leader) = call(&router, Method::GET, "/v1/kv/db/leader", String::new()).await;
+    assert_eq!(unb64(&leader[0]["Value"]), "db-1");
+
+    // cas on a stale index fails; get reads; deleting the node takes its service and check.
+    let (status, body) = txn(
+        &router,
+        json!([{"Node": {"Verb": "cas", "Node": {"Node": "ext", "Address": "192.0.2.8", "ModifyIndex": 999}}}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["Errors"][0]["What"]
+            .as_str()
+            .unwrap()
+            .contains("index is stale")
+    );
+    let (status, body) = txn(
+        &router,
+        json!([{"Service": {"Verb": "get", "Node": "ext", "Service": {"ID": "db-1"}}}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["Results"][0]["Service"]["Port"], 5432);
+    let (status, body) = txn(
+        &router,
+        json!([{"Node": {"Verb": "delete", "Node": {"Node": "ext"}}}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    plexus_test::eventually!(
+        call(
+            &router,
+            Method::GET,
+            "/v1/catalog/service/db",
+            String::new()
+        )
+        .await
+        .1 == json!([])
+    );
+    let (_, checks) = call(&router, Method::GET, "/v1/health/checks/db", String::new()).await;
+    assert_eq!(checks, json!([]));
 }
