@@ -57,6 +57,14 @@ pub(crate) enum Target {
     },
     /// Outbound HTTP: each request balanced over pooled HTTP/2 connections.
     Http(Arc<http::Outbound>),
+    /// An ingress gateway's HTTP listener: clients outside the mesh, optionally over TLS,
+    /// routed by host.
+    Ingress {
+        /// The request path.
+        http: Arc<http::Ingress>,
+        /// TLS with the gateway's certificate for the listener's hosts (`TLS.Enabled`).
+        tls: Option<tls::Front>,
+    },
     /// Outbound, protocol not in the registration: each new connection takes the HTTP path
     /// when the upstream's discovery chain says `http`/`http2`/`grpc`, else the L4 one.
     ByChain {
@@ -201,6 +209,17 @@ async fn serve(
         outbound.serve(downstream, Some(peer.ip()), stop).await;
         return;
     }
+    if let Target::Ingress { http, tls } = target {
+        match tls {
+            Some(front) => {
+                if let Some(stream) = front.accept(downstream, peer).await {
+                    http.serve(stream, Some(peer.ip()), stop).await;
+                }
+            }
+            None => http.serve(downstream, Some(peer.ip()), stop).await,
+        }
+        return;
+    }
     let bytes = ByteCounters {
         sent: metrics.bytes_sent.clone(),
         received: metrics.bytes_received.clone(),
@@ -329,7 +348,9 @@ async fn connect(
                 .map_err(|last| ConnectError::Unreachable { attempts: 1, last })
         }
         // Served above.
-        Target::Http(_) | Target::ByChain { .. } => Err(ConnectError::NoEndpoints),
+        Target::Http(_) | Target::ByChain { .. } | Target::Ingress { .. } => {
+            Err(ConnectError::NoEndpoints)
+        }
         Target::Balanced {
             endpoints,
             picker,

@@ -64,6 +64,7 @@ async fn sign(
     control: &Client,
     proxy_id: &str,
     spiffe_id: &str,
+    dns_names: &[String],
     identity_provider: &rustls::crypto::CryptoProvider,
 ) -> Result<Leaf, IdentityError> {
     let invalid =
@@ -77,6 +78,13 @@ async fn sign(
             .try_into()
             .map_err(|e| invalid("SPIFFE id", &e))?,
     )];
+    for name in dns_names {
+        params.subject_alt_names.push(SanType::DnsName(
+            name.clone()
+                .try_into()
+                .map_err(|e| invalid("DNS name", &e))?,
+        ));
+    }
     let csr = params
         .serialize_request(&key)
         .and_then(|csr| csr.pem())
@@ -122,8 +130,10 @@ pub(crate) struct Source {
     pub control: Client,
     /// The sidecar's own service id (the CA signs only its destination's identity).
     pub proxy_id: String,
-    /// The destination service name.
+    /// The destination service name (a gateway: its own, or a linked service's).
     pub service: String,
+    /// DNS names the leaf carries besides (an ingress gateway's TLS hosts; else empty).
+    pub dns_names: Vec<String>,
 }
 
 /// Obtains roots and a first leaf, retrying with backoff while the control plane is unreachable
@@ -157,7 +167,14 @@ pub(crate) async fn obtain(
             };
             let provider = super::provider();
             let spiffe_id = service_spiffe_id(&roots.trust_domain, &datacenter, &source.service);
-            let leaf = sign(&source.control, &source.proxy_id, &spiffe_id, &provider).await?;
+            let leaf = sign(
+                &source.control,
+                &source.proxy_id,
+                &spiffe_id,
+                &source.dns_names,
+                &provider,
+            )
+            .await?;
             Ok::<_, IdentityError>((
                 Identity {
                     roots: ArcSwap::from_pointee(roots),
@@ -295,6 +312,7 @@ async fn renew_leaves(
                 &source.control,
                 &source.proxy_id,
                 &leaf.spiffe_id,
+                &source.dns_names,
                 &identity.provider,
             )
             .await

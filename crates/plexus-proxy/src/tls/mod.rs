@@ -276,6 +276,66 @@ impl Inbound {
     }
 }
 
+/// The TLS server of an ingress gateway listener: clients from outside the mesh (no client
+/// certificate), TLS 1.2 or 1.3, served the gateway's leaf, which names the listener's hosts as
+/// DNS SANs (so a client trusting the mesh CA's root verifies it).
+#[derive(Clone)]
+pub(crate) struct Front {
+    acceptor: TlsAcceptor,
+    metrics: TlsMetrics,
+}
+
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Front")
+    }
+}
+
+impl Front {
+    /// A server presenting `identity`'s current leaf at every handshake.
+    pub(crate) fn new(
+        identity: &Arc<Identity>,
+        metrics: TlsMetrics,
+    ) -> Result<Self, TlsConfigError> {
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::clone(&identity.provider))
+                .with_safe_default_protocol_versions()
+                .map_err(TlsConfigError)?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(verify::LeafResolver(Arc::clone(identity))));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            metrics,
+        })
+    }
+
+    /// Completes the handshake; a failure is logged (debug: it is the client's) and counted.
+    pub(crate) async fn accept(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream));
+        let result = match handshake.await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
+            )),
+        };
+        match result {
+            Ok(stream) => Some(stream),
+            Err(error) => {
+                let (reason, detail) = classify(&error);
+                self.metrics.refused("ingress", reason);
+                tracing::debug!(%peer, reason, %detail, "ingress TLS handshake refused");
+                None
+            }
+        }
+    }
+}
+
 /// The outbound side: TLS 1.3 client presenting our leaf and requiring the upstream's identity.
 #[derive(Clone)]
 pub(crate) struct Outbound {
