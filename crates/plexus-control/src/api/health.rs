@@ -45,6 +45,20 @@ pub async fn connect(
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     let Path(name) = name.map_err(path_error)?;
+    // A service linked to a terminating gateway is reached through the gateway's instances.
+    if let Some(gateway) = state
+        .catalog
+        .terminating_gateway_for(&name)
+        .await
+        .map_err(catalog_error)?
+    {
+        if !authz.can_read_service(&name) {
+            let mut response = indexed_json(0, &Vec::<()>::new());
+            mark_filtered(&mut response, true);
+            return Ok(response);
+        }
+        return answer(&state, &authz, Answer::Health, &gateway, &query, &params).await;
+    }
     answer(&state, &authz, Answer::Connect, &name, &query, &params).await
 }
 

@@ -190,6 +190,34 @@ impl StoreCatalog {
         self.entries(Answer::Health, name, filter).await
     }
 
+    /// The terminating gateway (its service name) whose `terminating-gateway` config entry
+    /// links `service`, if any: mesh clients reach a linked service through the gateway's
+    /// instances (Consul's health/connect answer for a linked service). Read from the store
+    /// at each call (the entries are few).
+    pub async fn terminating_gateway_for(
+        &self,
+        service: &str,
+    ) -> Result<Option<String>, CatalogError> {
+        use plexus_api::config_entry::{ConfigEntry, Kind};
+        let prefix = format!(
+            "{}{}/",
+            crate::config::ENTRIES,
+            Kind::TerminatingGateway.as_str()
+        );
+        let (records, _) = self.store.range(&prefix).await.map_err(store_error)?;
+        Ok(records.iter().find_map(|kv| {
+            let value = serde_json::from_slice::<serde_json::Value>(&kv.value).ok()?;
+            match ConfigEntry::from_json(value).ok()? {
+                ConfigEntry::TerminatingGateway(entry)
+                    if entry.services.iter().any(|s| s.name == service) =>
+                {
+                    Some(entry.name)
+                }
+                _ => None,
+            }
+        }))
+    }
+
     /// `GET /v1/health/connect/:name`: the mesh entry points of a service: `connect-proxy`
     /// instances whose destination is `name`, and mesh-native instances of `name`.
     pub async fn connect_health(

@@ -16,13 +16,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use plexus_api::Indexed;
-use plexus_api::client::ClientError;
 use plexus_api::config_entry::gateway::{IngressListener, ListenerProtocol};
 use plexus_api::config_entry::{ConfigEntry, IngressGateway, Kind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use super::Shared;
 use crate::error::{ListenerName, ProxyError};
@@ -56,9 +55,14 @@ struct Front {
 /// Follows the entry and keeps the listeners in step, until the context's `stop` fires.
 pub(super) async fn run(ctx: Context, shared: Shared) -> Result<(), ProxyError> {
     let (tx, mut rx) = watch::channel::<Option<Indexed<Option<IngressGateway>>>>(None);
-    ctx.tasks.spawn(follow_entry(
+    ctx.tasks.spawn(super::follow_entry(
         shared.control.clone(),
+        Kind::IngressGateway,
         shared.service.clone(),
+        |entry| match entry {
+            ConfigEntry::IngressGateway(entry) => Some(entry),
+            _ => None,
+        },
         tx,
         ctx.stop.clone(),
     ));
@@ -92,49 +96,6 @@ pub(super) async fn run(ctx: Context, shared: Shared) -> Result<(), ProxyError> 
         listener.stop.cancel();
     }
     Ok(())
-}
-
-/// Follows `ingress-gateway/<service>`: `Some(entry)`, or `None` while there is none.
-async fn follow_entry(
-    control: plexus_api::client::Client,
-    service: String,
-    tx: watch::Sender<Option<Indexed<Option<IngressGateway>>>>,
-    stop: CancellationToken,
-) {
-    let fetch = |query| {
-        let control = control.clone();
-        let service = service.clone();
-        async move {
-            match control
-                .config_read(Kind::IngressGateway, &service, query)
-                .await
-            {
-                Ok(found) => Ok(Indexed {
-                    index: found.index,
-                    value: match found.value {
-                        ConfigEntry::IngressGateway(entry) => Some(entry),
-                        _ => None,
-                    },
-                }),
-                // No entry: no listeners (the follower retries with backoff from index 0).
-                Err(error) if error.status() == Some(404) => Ok(Indexed {
-                    index: 0,
-                    value: None,
-                }),
-                Err(error) => Err(error),
-            }
-        }
-    };
-    let on_update = |update: Indexed<Option<IngressGateway>>| {
-        if update.value.is_none() {
-            warn!(gateway = %service, "no ingress-gateway config entry for this gateway yet; no listeners");
-        }
-        tx.send_replace(Some(update));
-    };
-    let on_error = |error: &ClientError| {
-        warn!(error = %ErrorChain(error), gateway = %service, "ingress-gateway entry watch failed; keeping the listeners");
-    };
-    crate::discovery::follow(0, &stop, fetch, on_update, on_error).await;
 }
 
 /// Takes the running listeners to `entry`.

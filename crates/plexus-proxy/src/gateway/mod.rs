@@ -188,6 +188,7 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
             ip: address.ip(),
             applied: applied_tx,
             tls_metrics: tls_metrics.clone(),
+            authorize_metrics: authorize_metrics.clone(),
         };
         match kind {
             GatewayKind::Ingress => {
@@ -212,6 +213,7 @@ struct Shared {
     /// Set once the first configuration is applied (`/ready`).
     applied: watch::Sender<Option<Arc<crate::admin::Snapshot>>>,
     tls_metrics: tls::TlsMetrics,
+    authorize_metrics: authorize::AuthorizeMetrics,
 }
 
 impl Shared {
@@ -308,4 +310,44 @@ async fn register(
             }
         }
     }
+}
+
+/// Follows the gateway's config entry of `kind` (`extract` picks its type): publishes
+/// `Some(entry)`, or `None` while there is none (then asked again with backoff), until `stop`.
+async fn follow_entry<T: Send + Sync + 'static>(
+    control: Client,
+    kind: plexus_api::config_entry::Kind,
+    service: String,
+    extract: fn(plexus_api::config_entry::ConfigEntry) -> Option<T>,
+    tx: watch::Sender<Option<plexus_api::Indexed<Option<T>>>>,
+    stop: CancellationToken,
+) {
+    use plexus_api::Indexed;
+    let fetch = |query| {
+        let (control, service) = (control.clone(), service.clone());
+        async move {
+            match control.config_read(kind, &service, query).await {
+                Ok(found) => Ok(Indexed {
+                    index: found.index,
+                    value: extract(found.value),
+                }),
+                // No entry: nothing to serve (the follower asks again from index 0).
+                Err(error) if error.status() == Some(404) => Ok(Indexed {
+                    index: 0,
+                    value: None,
+                }),
+                Err(error) => Err(error),
+            }
+        }
+    };
+    let on_update = |update: Indexed<Option<T>>| {
+        if update.value.is_none() {
+            warn!(gateway = %service, %kind, "no config entry for this gateway yet; serving nothing");
+        }
+        tx.send_replace(Some(update));
+    };
+    let on_error = |error: &ClientError| {
+        warn!(error = %ErrorChain(error), gateway = %service, %kind, "config entry watch failed; keeping what is served");
+    };
+    crate::discovery::follow(0, &stop, fetch, on_update, on_error).await;
 }

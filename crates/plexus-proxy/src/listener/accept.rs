@@ -57,6 +57,8 @@ pub(crate) enum Target {
     },
     /// Outbound HTTP: each request balanced over pooled HTTP/2 connections.
     Http(Arc<http::Outbound>),
+    /// A gateway serving each connection itself.
+    Gateway(Arc<dyn ServeConnection>),
     /// An ingress gateway's HTTP listener: clients outside the mesh, optionally over TLS,
     /// routed by host.
     Ingress {
@@ -86,6 +88,18 @@ pub(crate) enum Target {
         /// mTLS to the upstream's sidecars (always set by the proxy).
         tls: Option<tls::Outbound>,
     },
+}
+
+/// A listener target that serves each connection itself (a terminating gateway).
+pub(crate) trait ServeConnection: std::fmt::Debug + Send + Sync {
+    /// Serves one accepted connection until it ends (or `stop`, for protocols that drain).
+    fn serve(
+        self: Arc<Self>,
+        downstream: TcpStream,
+        peer: SocketAddr,
+        bytes: ByteCounters,
+        stop: CancellationToken,
+    ) -> crate::http::stack::BoxFuture<'static, ()>;
 }
 
 /// What the inbound listener demands of every connection.
@@ -224,6 +238,10 @@ async fn serve(
         sent: metrics.bytes_sent.clone(),
         received: metrics.bytes_received.clone(),
     };
+    if let Target::Gateway(gateway) = target {
+        gateway.serve(downstream, peer, bytes, stop).await;
+        return;
+    }
     if let Target::Local {
         security: Some(security),
         http,
@@ -348,7 +366,7 @@ async fn connect(
                 .map_err(|last| ConnectError::Unreachable { attempts: 1, last })
         }
         // Served above.
-        Target::Http(_) | Target::ByChain { .. } | Target::Ingress { .. } => {
+        Target::Http(_) | Target::ByChain { .. } | Target::Ingress { .. } | Target::Gateway(_) => {
             Err(ConnectError::NoEndpoints)
         }
         Target::Balanced {

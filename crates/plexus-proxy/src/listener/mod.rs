@@ -21,7 +21,7 @@ use tracing::{error, info};
 
 pub(crate) use accept::InboundSecurity;
 pub(crate) use accept::Limits;
-pub(crate) use accept::{Accept, Target};
+pub(crate) use accept::{Accept, ServeConnection, Target};
 use diff::InboundChange;
 
 use crate::admin::{Snapshot, UpstreamView};

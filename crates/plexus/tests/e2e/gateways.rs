@@ -5,9 +5,14 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use plexus_test::pki::Pki;
 use plexus_test::upstream::HttpStub;
 use plexus_test::{Network, Process, Sidecar, eventually, free_port};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::acl::AclServer;
 use crate::bin;
@@ -68,9 +73,24 @@ async fn gateway(
     service: &str,
     address: &str,
 ) -> Process {
-    let (_, token) = server
-        .token(json!({"ServiceIdentities": [{"ServiceName": service}]}))
-        .await;
+    gateway_for(server, dir, kind, service, address, &[]).await
+}
+
+/// [`gateway`], its token also holding the identities of `linked` services (a terminating
+/// gateway presents them, as Consul's needs `service:write` on them).
+async fn gateway_for(
+    server: &AclServer,
+    dir: &Path,
+    kind: &str,
+    service: &str,
+    address: &str,
+    linked: &[&str],
+) -> Process {
+    let identities: Vec<Value> = std::iter::once(service)
+        .chain(linked.iter().copied())
+        .map(|name| json!({"ServiceName": name}))
+        .collect();
+    let (_, token) = server.token(json!({"ServiceIdentities": identities})).await;
     let file = token_file(dir, &format!("token-gw-{service}"), &token);
     let args: Vec<String> = [
         "gateway",
@@ -304,6 +324,43 @@ async fn bad_ingress_entries_and_mismatched_gateway_kinds_are_refused_naming_the
         assert_eq!(stored_ports(&server).await, [json!(8080)]);
     }
 
+    // A terminating gateway links registered services only, with whole file pairs.
+    for (services, field, says) in [
+        (
+            json!([{"Name": "ghost"}]),
+            "Services[0].Name",
+            "unknown service",
+        ),
+        (
+            json!([{"Name": "web", "CertFile": "/tmp/cert.pem"}]),
+            "Services[0].KeyFile",
+            "go together",
+        ),
+    ] {
+        let body = json!({"Kind": "terminating-gateway", "Name": "out", "Services": services});
+        let (status, answer, _) = server
+            .call(
+                "PUT",
+                "/v1/config",
+                Some(server.management.as_str()),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 400, "{field}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{field}: {message}");
+    }
+    let (status, _, _) = server
+        .call(
+            "GET",
+            "/v1/config/terminating-gateway/out",
+            Some(server.management.as_str()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "nothing was stored");
+
     // `web` is an ordinary service: no gateway may run as it.
     let mut refused = gateway(&server, dir.path(), "ingress", "web", "127.0.0.1:0").await;
     let status = refused.wait_exit().await.unwrap();
@@ -337,4 +394,134 @@ async fn bad_ingress_entries_and_mismatched_gateway_kinds_are_refused_naming_the
         "{}",
         wrong.output()
     );
+}
+
+/// A plain HTTPS server (not in the mesh) on `listener`: answers every request `200 external`
+/// and counts them.
+fn https_server(listener: tokio::net::TcpListener, pki: &Pki) -> Arc<AtomicUsize> {
+    let leaf = pki.server_leaf(&["external.test"], &[]).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Pki::server_config(&leaf).unwrap());
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&served);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, count) = (acceptor.clone(), Arc::clone(&count));
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let answer =
+                    "HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nexternal";
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    served
+}
+
+/// One HTTP/1.1 request through the client's sidecar upstream: the whole answer ("" when the
+/// connection was closed without one).
+async fn through_sidecar(port: u16) -> String {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: external.test\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), attempt).await {
+        Ok(Ok(answer)) => answer,
+        _ => String::new(),
+    }
+}
+
+/// A mesh client reaches a plain HTTPS server in another namespace, registered on an external
+/// node, through the terminating gateway: the gateway presents the linked service's identity
+/// to the client's sidecar and originates TLS with the entry's CA file and SNI. Without an
+/// allowing intention the connection is refused and the server never sees a request.
+#[tokio::test]
+async fn terminating_gateway_links_an_external_https_server_under_intentions() {
+    let network = Network::start(&["external"]).unwrap();
+    let external = network.host("external");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("external-ca").unwrap();
+    let ca_file = dir.path().join("external-ca.pem");
+    std::fs::write(&ca_file, pki.root_pem()).unwrap();
+    let served = https_server(external.bind(external.addr(443)).await.unwrap(), &pki);
+    let server = AclServer::start(&[], &[]).await;
+    server
+        .admin(
+            "PUT",
+            "/v1/catalog/register",
+            Some(
+                json!({"Node": "external-node", "Address": external.ip().to_string(),
+                "NodeMeta": {"external-node": "true"},
+                "Service": {"Service": "external", "Port": 443}}),
+            ),
+        )
+        .await;
+    server
+        .admin(
+            "PUT",
+            "/v1/config",
+            Some(json!({"Kind": "terminating-gateway", "Name": "terminating", "Services": [
+                {"Name": "external", "CAFile": ca_file.to_str().unwrap(), "SNI": "external.test"}]})),
+        )
+        .await;
+    let gw = gateway_for(
+        &server,
+        dir.path(),
+        "terminating",
+        "terminating",
+        "127.0.0.1:0",
+        &["external"],
+    )
+    .await;
+    let upstream = free_port();
+    server
+        .admin(
+            "PUT",
+            "/v1/agent/service/register",
+            Some(json!({"Name": "client", "ID": "client", "Port": 8080,
+                "Connect": {"SidecarService": {"Port": free_port(), "Proxy": {"Upstreams": [
+                    {"DestinationName": "external", "LocalBindPort": upstream}]}}}})),
+        )
+        .await;
+    let (_, token) = server
+        .token(json!({"ServiceIdentities": [{"ServiceName": "client"}]}))
+        .await;
+    let file = token_file(dir.path(), "token-client", &token);
+    let client = Sidecar::start_with(bin(), &server.addr, "client", &["--token-file", &file])
+        .await
+        .unwrap();
+    eventually!(client.is_ready().await);
+    gw.wait_for_line("linked service ready").await.unwrap();
+    eventually!(
+        client
+            .endpoints("external")
+            .await
+            .is_ok_and(|e| e.len() == 1)
+    );
+
+    // No intention (default deny): refused, the server untouched.
+    assert_eq!(through_sidecar(upstream).await, "");
+    assert_eq!(served.load(Ordering::SeqCst), 0);
+
+    intention(&server, "client", "external", "allow").await;
+    eventually!(through_sidecar(upstream).await.ends_with("external"));
+    let answer = through_sidecar(upstream).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(served.load(Ordering::SeqCst) >= 2);
 }
