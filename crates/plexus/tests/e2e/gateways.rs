@@ -191,6 +191,7 @@ async fn ingress_routes_outside_clients_by_host_over_tls_and_under_intentions() 
     .await;
     gw.listening("ingress:8080").await.unwrap();
     gw.listening("ingress:8443").await.unwrap();
+    let admin = gw.listening("admin").await.unwrap();
     let plain = format!("http://{bridge}:8080/hello");
 
     // Two services through one listener, by host (listed, then default).
@@ -215,6 +216,21 @@ async fn ingress_routes_outside_clients_by_host_over_tls_and_under_intentions() 
     });
     let (status, _, body) = curl(&network, &["-H", "Host: api.ingress.consul"], &plain).await;
     assert_eq!((status, body.trim()), (200, "api"));
+
+    // The destination's discovery chain applies: api's router sends /v2 to web.
+    server
+        .admin(
+            "PUT",
+            "/v1/config",
+            Some(json!({"Kind": "service-router", "Name": "api", "Routes": [
+                {"Match": {"HTTP": {"PathPrefix": "/v2"}}, "Destination": {"Service": "web"}}]})),
+        )
+        .await;
+    let v2 = format!("http://{bridge}:8080/v2/x");
+    eventually!({
+        let (status, _, body) = curl(&network, &["-H", "Host: api.example.com"], &v2).await;
+        status == 200 && body.trim() == "web"
+    });
 
     // An unknown host.
     let (status, head, _) = curl(&network, &["-H", "Host: nobody.example.com"], &plain).await;
@@ -252,6 +268,20 @@ async fn ingress_routes_outside_clients_by_host_over_tls_and_under_intentions() 
     });
     let (status, _, body) = curl(&network, &["-H", "Host: web.example.com"], &plain).await;
     assert_eq!((status, body.trim()), (200, "web"));
+
+    // Sidecar operability: ready, per-listener metrics, and a clean drain on SIGTERM.
+    let (status, _) = admin_get(admin, "/ready").await;
+    assert_eq!(status, 200);
+    let (_, metrics) = admin_get(admin, "/metrics").await;
+    assert!(metrics.contains("upstream=\"ingress:8080\""), "{metrics}");
+    let mut gw = gw;
+    assert!(gw.terminate().await.unwrap().success());
+}
+
+/// GET on a gateway's admin server: (status, body).
+async fn admin_get(admin: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{admin}{path}")).await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
 }
 
 /// Reads the stored `ingress-gateway/ingress` entry's listener ports.
