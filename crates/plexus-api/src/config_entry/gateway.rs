@@ -296,6 +296,12 @@ pub(super) fn check_ingress(entry: &IngressGateway, errors: &mut Vec<EntryError>
             );
         }
         let tls = listener.tls_enabled(entry);
+        if tls && protocol == Some(ListenerProtocol::Tcp) {
+            push(
+                format!("{base}.TLS"),
+                "TLS on a tcp listener is not supported yet; use an http listener".to_owned(),
+            );
+        }
         for (j, service) in listener.services.iter().enumerate() {
             let field = format!("{base}.Services[{j}]");
             if service.name == "*" {
@@ -517,7 +523,8 @@ mod tests {
                 {"Port": 9000, "Services": [{"Name": "*"}]},
                 {"Port": 9443, "Protocol": "http", "TLS": {"Enabled": true},
                  "Services": [{"Name": "web"}]},
-                {"Port": 70000, "Protocol": "smtp", "Services": [{"Name": "a b"}]}
+                {"Port": 70000, "Protocol": "smtp", "Services": [{"Name": "a b"}]},
+                {"Port": 9001, "TLS": {"Enabled": true}, "Services": [{"Name": "db"}]}
             ]
         }));
         assert_eq!(
@@ -529,6 +536,8 @@ mod tests {
                 "Listeners[4].Port",
                 "Listeners[4].Protocol",
                 "Listeners[4].Services[0].Name",
+                "Listeners[5].TLS",
+                "Listeners[5].Services[0].Hosts",
             ]
         );
     }

@@ -122,11 +122,12 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
     )?;
 
     let serving = async {
+        if kind == GatewayKind::Mesh {
+            // Refused before registering: a registration nothing serves would attract traffic.
+            return Err(ProxyError::Unsupported { kind: "mesh" });
+        }
         if !register(&control, kind, &service, address, wan_address, &stop).await? {
             return Ok(());
-        }
-        if kind == GatewayKind::Mesh {
-            return Err(ProxyError::Unsupported { kind: "mesh" });
         }
         // The gateway's own identity: the source intentions see for its traffic.
         let source = tls::identity::Source {
