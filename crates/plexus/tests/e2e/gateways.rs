@@ -176,7 +176,8 @@ async fn ingress_routes_outside_clients_by_host_over_tls_and_under_intentions() 
                          "ResponseHeaders": {"Set": {"x-gateway": "ingress"}}},
                         {"Name": "api", "Hosts": ["api.example.com"]}]},
                     {"Port": 8443, "Protocol": "http", "TLS": {"Enabled": true},
-                     "Services": [{"Name": "web", "Hosts": ["secure.example.com"]}]}
+                     "Services": [{"Name": "web", "Hosts": ["secure.example.com"]}]},
+                    {"Port": 8081, "Protocol": "http", "Services": [{"Name": "*"}]}
                 ]
             })),
         )
@@ -191,6 +192,7 @@ async fn ingress_routes_outside_clients_by_host_over_tls_and_under_intentions() 
     .await;
     gw.listening("ingress:8080").await.unwrap();
     gw.listening("ingress:8443").await.unwrap();
+    gw.listening("ingress:8081").await.unwrap();
     let admin = gw.listening("admin").await.unwrap();
     let plain = format!("http://{bridge}:8080/hello");
 
@@ -231,6 +233,13 @@ async fn ingress_routes_outside_clients_by_host_over_tls_and_under_intentions() 
         let (status, _, body) = curl(&network, &["-H", "Host: api.example.com"], &v2).await;
         status == 200 && body.trim() == "web"
     });
+
+    // The wildcard listener: any service by its default host; an unknown one is 404.
+    let any = format!("http://{bridge}:8081/");
+    let (status, _, body) = curl(&network, &["-H", "Host: web.ingress.example.org"], &any).await;
+    assert_eq!((status, body.trim()), (200, "web"));
+    let (status, head, _) = curl(&network, &["-H", "Host: web.example.com"], &any).await;
+    assert_eq!(status, 404, "{head}");
 
     // An unknown host.
     let (status, head, _) = curl(&network, &["-H", "Host: nobody.example.com"], &plain).await;
