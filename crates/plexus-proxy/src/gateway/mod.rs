@@ -17,6 +17,7 @@
 
 mod ingress;
 mod terminating;
+mod terminating_http;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

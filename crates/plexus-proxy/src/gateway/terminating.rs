@@ -12,6 +12,9 @@
 //! - TLS origination with `CAFile` (and `CertFile`/`KeyFile`), verifying `SNI` (`tls::Originate`);
 //!   without `CAFile` the bytes go on as they are.
 //!
+//! Raw TCP clients (ALPN `plexus-tcp`) are decided once per connection and spliced; HTTP clients
+//! (ALPN `plexus-h2`, a linked service declared `http`) per request (`terminating_http.rs`).
+//!
 //! ```text
 //!  client sidecar ──mTLS, SNI <svc>.default.<dc>.internal.<td>──► gateway (leaf of <svc>)
 //!     ─► intentions(<client> → <svc>) ─► dial an instance ─► TLS (CAFile, SNI) ─► splice
@@ -46,13 +49,13 @@ use crate::tls;
 use plexus_runtime::ErrorChain;
 
 /// One linked service, ready to serve.
-struct Linked {
-    spec: LinkedService,
-    authorizer: Authorizer,
-    endpoints: watch::Receiver<Arc<EndpointSet>>,
-    picker: RoundRobin,
+pub(super) struct Linked {
+    pub(super) spec: LinkedService,
+    pub(super) authorizer: Authorizer,
+    pub(super) endpoints: watch::Receiver<Arc<EndpointSet>>,
+    pub(super) picker: RoundRobin,
     /// `None`: no `CAFile`, bytes pass as they are.
-    originate: Option<tls::Originate>,
+    pub(super) originate: Option<tls::Originate>,
     /// Stops its identity renewal, intentions and instance watches.
     stop: CancellationToken,
 }
@@ -268,19 +271,41 @@ impl ServeConnection for Terminating {
         downstream: TcpStream,
         peer: SocketAddr,
         bytes: ByteCounters,
-        _stop: CancellationToken,
+        stop: CancellationToken,
     ) -> BoxFuture<'static, ()> {
-        Box::pin(async move { self.connection(downstream, peer, bytes).await })
+        Box::pin(async move { self.connection(downstream, peer, bytes, stop).await })
     }
 }
 
 impl Terminating {
     /// One client connection: handshake (SNI picks the service), intentions, dial, originate,
     /// verdict, splice.
-    async fn connection(&self, downstream: TcpStream, peer: SocketAddr, bytes: ByteCounters) {
+    async fn connection(
+        &self,
+        downstream: TcpStream,
+        peer: SocketAddr,
+        bytes: ByteCounters,
+        stop: CancellationToken,
+    ) {
         let Some((mut stream, source, sni)) = self.tls.accept(downstream, peer).await else {
             return;
         };
+        if stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
+            // HTTP: the intentions decide each request of the pooled connection.
+            let Some(linked) = self.linked.load().get(&sni).cloned() else {
+                debug!(%peer, %sni, "no linked service for this name");
+                return;
+            };
+            super::terminating_http::serve(
+                stream,
+                linked,
+                source.service,
+                self.connect_timeout,
+                stop,
+            )
+            .await;
+            return;
+        }
         let tells_verdict = stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_TCP);
         let Some(linked) = self.linked.load().get(&sni).cloned() else {
             debug!(%peer, %sni, "no linked service for this name");

@@ -15,8 +15,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::warn;
 
 use super::{
-    ALPN, ALPN_TCP, HANDSHAKE_TIMEOUT, Identity, TlsConfigError, TlsMetrics, classify, peer,
-    provider, verify,
+    ALPN, ALPN_H2, ALPN_TCP, HANDSHAKE_TIMEOUT, Identity, TlsConfigError, TlsMetrics, classify,
+    peer, provider, verify,
 };
 
 /// The TLS server of an ingress gateway listener: clients from outside the mesh (no client
@@ -118,7 +118,7 @@ impl rustls::server::ResolvesServerCert for SniResolver {
 
 impl SniInbound {
     /// A server checking clients against `identity`'s roots and serving `leaves` by SNI; ALPN
-    /// offers raw TCP only (`plexus-tcp/2`, `/1`).
+    /// `plexus-h2` (HTTP) or raw TCP (`plexus-tcp/2`, `/1`).
     pub(crate) fn new(
         identity: &Arc<Identity>,
         leaves: Leaves,
@@ -131,7 +131,7 @@ impl SniInbound {
                 .map_err(TlsConfigError)?
                 .with_client_cert_verifier(verifier)
                 .with_cert_resolver(Arc::new(SniResolver(leaves)));
-        config.alpn_protocols = vec![ALPN_TCP.to_vec(), ALPN.to_vec()];
+        config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_TCP.to_vec(), ALPN.to_vec()];
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             metrics,

@@ -486,12 +486,20 @@ async fn through_sidecar(port: u16) -> String {
     }
 }
 
-/// A mesh client reaches a plain HTTPS server in another namespace, registered on an external
-/// node, through the terminating gateway: the gateway presents the linked service's identity
-/// to the client's sidecar and originates TLS with the entry's CA file and SNI. Without an
-/// allowing intention the connection is refused and the server never sees a request.
-#[tokio::test]
-async fn terminating_gateway_links_an_external_https_server_under_intentions() {
+/// A terminating gateway in front of a plain HTTPS server in the `external` namespace (linked
+/// with the server's CA file and SNI), and a mesh `client` whose sidecar has it as an upstream;
+/// the linked service declared `protocol` when given.
+struct Terminating {
+    server: AclServer,
+    upstream: u16,
+    served: Arc<AtomicUsize>,
+    _client: Sidecar,
+    _gateway: Process,
+    _dir: tempfile::TempDir,
+    _network: Network,
+}
+
+async fn terminating(protocol: Option<&str>) -> Terminating {
     let network = Network::start(&["external"]).unwrap();
     let external = network.host("external");
     let dir = tempfile::tempdir().unwrap();
@@ -511,6 +519,15 @@ async fn terminating_gateway_links_an_external_https_server_under_intentions() {
             ),
         )
         .await;
+    if let Some(protocol) = protocol {
+        server
+            .admin(
+                "PUT",
+                "/v1/config",
+                Some(json!({"Kind": "service-defaults", "Name": "external", "Protocol": protocol})),
+            )
+            .await;
+    }
     server
         .admin(
             "PUT",
@@ -519,7 +536,7 @@ async fn terminating_gateway_links_an_external_https_server_under_intentions() {
                 {"Name": "external", "CAFile": ca_file.to_str().unwrap(), "SNI": "external.test"}]})),
         )
         .await;
-    let gw = gateway_for(
+    let gateway = gateway_for(
         &server,
         dir.path(),
         "terminating",
@@ -546,21 +563,55 @@ async fn terminating_gateway_links_an_external_https_server_under_intentions() {
         .await
         .unwrap();
     eventually!(client.is_ready().await);
-    gw.wait_for_line("linked service ready").await.unwrap();
+    gateway.wait_for_line("linked service ready").await.unwrap();
     eventually!(
         client
             .endpoints("external")
             .await
             .is_ok_and(|e| e.len() == 1)
     );
+    Terminating {
+        server,
+        upstream,
+        served,
+        _client: client,
+        _gateway: gateway,
+        _dir: dir,
+        _network: network,
+    }
+}
 
+/// A mesh client reaches a plain HTTPS server in another namespace, registered on an external
+/// node, through the terminating gateway: the gateway presents the linked service's identity
+/// to the client's sidecar and originates TLS with the entry's CA file and SNI. Without an
+/// allowing intention the connection is refused and the server never sees a request.
+#[tokio::test]
+async fn terminating_gateway_links_an_external_https_server_under_intentions() {
+    let t = terminating(None).await;
     // No intention (default deny): refused, the server untouched.
-    assert_eq!(through_sidecar(upstream).await, "");
-    assert_eq!(served.load(Ordering::SeqCst), 0);
+    assert_eq!(through_sidecar(t.upstream).await, "");
+    assert_eq!(t.served.load(Ordering::SeqCst), 0);
 
-    intention(&server, "client", "external", "allow").await;
-    eventually!(through_sidecar(upstream).await.ends_with("external"));
-    let answer = through_sidecar(upstream).await;
+    intention(&t.server, "client", "external", "allow").await;
+    eventually!(through_sidecar(t.upstream).await.ends_with("external"));
+    let answer = through_sidecar(t.upstream).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
-    assert!(served.load(Ordering::SeqCst) >= 2);
+    assert!(t.served.load(Ordering::SeqCst) >= 2);
+}
+
+/// The same for a linked service declared `http`: the client's sidecar speaks HTTP/2 to the
+/// gateway, which decides each request by the intentions (403 `denied`) and sends it on as
+/// HTTP/1.1 over TLS.
+#[tokio::test]
+async fn terminating_gateway_carries_http_requests_per_intention() {
+    let t = terminating(Some("http")).await;
+    let denied = through_sidecar(t.upstream).await;
+    assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
+    assert!(denied.contains("x-plexus-error: denied"), "{denied}");
+    assert_eq!(t.served.load(Ordering::SeqCst), 0);
+
+    intention(&t.server, "client", "external", "allow").await;
+    eventually!(through_sidecar(t.upstream).await.ends_with("external"));
+    let answer = through_sidecar(t.upstream).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
 }
