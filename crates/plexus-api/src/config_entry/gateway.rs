@@ -554,3 +554,46 @@ mod tests {
         assert!(!host_matches("web.ingress.*", "webx.ingress.consul"));
     }
 }
+
+#[cfg(test)]
+mod file_tests {
+    use super::super::ConfigEntry;
+
+    #[test]
+    fn an_hcl_ingress_entry_parses_in_consul_style() {
+        let text = r#"
+Kind = "ingress-gateway"
+Name = "ingress"
+TLS {
+  Enabled = true
+}
+Listeners = [
+  {
+    Port     = 8443
+    Protocol = "http"
+    Services = [
+      {
+        Name  = "web"
+        Hosts = ["web.example.com"]
+        RequestHeaders {
+          Add = { "x-from" = "ingress" }
+        }
+      }
+    ]
+  }
+]
+"#;
+        let entry =
+            ConfigEntry::parse_file_text(std::path::Path::new("ingress.hcl"), text).unwrap();
+        let ConfigEntry::IngressGateway(gateway) = &entry else {
+            panic!("{entry:?}");
+        };
+        assert_eq!(gateway.tls_hosts(), ["web.example.com"]);
+        let service = &gateway.listeners[0].services[0];
+        assert_eq!(
+            service.request_headers.as_ref().unwrap().add["x-from"],
+            "ingress"
+        );
+        super::super::validate::validate(&entry).unwrap();
+    }
+}
