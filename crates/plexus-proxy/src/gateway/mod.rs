@@ -72,8 +72,8 @@ pub struct GatewayConfig {
     /// The gateway's service name (also its service id).
     pub service: String,
     /// The gateway's own listener, already bound (`--address`; port 0 allowed): the mTLS port
-    /// of a terminating gateway; an ingress gateway's listeners bind its IP with the ports of
-    /// its config entry.
+    /// of a terminating gateway; an ingress gateway's listeners bind its IP (a wildcard
+    /// included) with the ports of its config entry.
     pub listener: TcpListener,
     /// The address registered (the bound one unless `--address` named a wildcard IP).
     pub address: SocketAddr,
@@ -187,7 +187,10 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
         let shared = Shared {
             control: control.clone(),
             service: service.clone(),
-            ip: address.ip(),
+            // The bound IP (a wildcard stays one: an ingress listens where `--address` does).
+            ip: listener
+                .local_addr()
+                .map_or(address.ip(), |bound| bound.ip()),
             applied: applied_tx,
             tls_metrics: tls_metrics.clone(),
             authorize_metrics: authorize_metrics.clone(),
