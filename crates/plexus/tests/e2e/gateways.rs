@@ -73,7 +73,7 @@ async fn gateway(
     service: &str,
     address: &str,
 ) -> Process {
-    gateway_for(server, dir, kind, service, address, &[]).await
+    gateway_for(server, dir, kind, service, address, &[], &[]).await
 }
 
 /// [`gateway`], its token also holding the identities of `linked` services (a terminating
@@ -85,6 +85,7 @@ async fn gateway_for(
     service: &str,
     address: &str,
     linked: &[&str],
+    extra: &[&str],
 ) -> Process {
     let identities: Vec<Value> = std::iter::once(service)
         .chain(linked.iter().copied())
@@ -92,7 +93,7 @@ async fn gateway_for(
         .collect();
     let (_, token) = server.token(json!({"ServiceIdentities": identities})).await;
     let file = token_file(dir, &format!("token-gw-{service}"), &token);
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "gateway",
         "--kind",
         kind,
@@ -111,6 +112,7 @@ async fn gateway_for(
     ]
     .map(str::to_owned)
     .to_vec();
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
     let process = Process::spawn(&format!("gateway:{service}"), bin(), &args, &[]).unwrap();
     process.listening("admin").await.unwrap();
     process
@@ -182,12 +184,15 @@ async fn ingress_routes_outside_clients_by_host_over_tls_and_under_intentions() 
             })),
         )
         .await;
-    let gw = gateway(
+    let access_log = dir.path().join("access.log");
+    let gw = gateway_for(
         &server,
         dir.path(),
         "ingress",
         "ingress",
         &format!("{bridge}:0"),
+        &[],
+        &["--access-log", access_log.to_str().unwrap()],
     )
     .await;
     gw.listening("ingress:8080").await.unwrap();
@@ -285,6 +290,12 @@ async fn ingress_routes_outside_clients_by_host_over_tls_and_under_intentions() 
     assert!(metrics.contains("upstream=\"ingress:8080\""), "{metrics}");
     let mut gw = gw;
     assert!(gw.terminate().await.unwrap().success());
+    let log = std::fs::read_to_string(&access_log).unwrap();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("\"path\":\"/hello\"") && line.contains("\"status\":200")),
+        "{log}"
+    );
 }
 
 /// GET on a gateway's admin server: (status, body).
@@ -543,6 +554,7 @@ async fn terminating(protocol: Option<&str>) -> Terminating {
         "terminating",
         "127.0.0.1:0",
         &["external"],
+        &[],
     )
     .await;
     let upstream = free_port();
