@@ -198,13 +198,12 @@ impl StoreCatalog {
         &self,
         service: &str,
     ) -> Result<Option<String>, CatalogError> {
-        use plexus_api::config_entry::{ConfigEntry, Kind};
-        let prefix = format!(
-            "{}{}/",
-            crate::config::ENTRIES,
-            Kind::TerminatingGateway.as_str()
-        );
-        let (records, _) = self.store.range(&prefix).await.map_err(store_error)?;
+        use plexus_api::config_entry::ConfigEntry;
+        let (records, _) = self
+            .store
+            .range(&super::links_root())
+            .await
+            .map_err(store_error)?;
         Ok(records.iter().find_map(|kv| {
             let value = serde_json::from_slice::<serde_json::Value>(&kv.value).ok()?;
             match ConfigEntry::from_json(value).ok()? {
@@ -216,6 +215,14 @@ impl StoreCatalog {
                 _ => None,
             }
         }))
+    }
+
+    /// The last revision at which a `terminating-gateway` entry changed, as a watch: a
+    /// blocking `/v1/health/connect` query also wakes when a link appears or goes.
+    pub async fn link_changes(&self) -> watch::Receiver<u64> {
+        self.links
+            .watch(crate::store::changes::Interest::Prefix(super::links_root()))
+            .await
     }
 
     /// `GET /v1/health/connect/:name`: the mesh entry points of a service: `connect-proxy`

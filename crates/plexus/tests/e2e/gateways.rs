@@ -498,8 +498,8 @@ async fn through_sidecar(port: u16) -> String {
 }
 
 /// A terminating gateway in front of a plain HTTPS server in the `external` namespace (linked
-/// with the server's CA file and SNI), and a mesh `client` whose sidecar has it as an upstream;
-/// the linked service declared `protocol` when given.
+/// with the server's CA file and SNI), and a mesh `client` whose sidecar has it as an upstream,
+/// started before the link was written; the linked service declared `protocol` when given.
 struct Terminating {
     server: AclServer,
     upstream: u16,
@@ -539,24 +539,6 @@ async fn terminating(protocol: Option<&str>) -> Terminating {
             )
             .await;
     }
-    server
-        .admin(
-            "PUT",
-            "/v1/config",
-            Some(json!({"Kind": "terminating-gateway", "Name": "terminating", "Services": [
-                {"Name": "external", "CAFile": ca_file.to_str().unwrap(), "SNI": "external.test"}]})),
-        )
-        .await;
-    let gateway = gateway_for(
-        &server,
-        dir.path(),
-        "terminating",
-        "terminating",
-        "127.0.0.1:0",
-        &["external"],
-        &[],
-    )
-    .await;
     let upstream = free_port();
     server
         .admin(
@@ -575,6 +557,31 @@ async fn terminating(protocol: Option<&str>) -> Terminating {
         .await
         .unwrap();
     eventually!(client.is_ready().await);
+    // The client runs before the link exists: its blocking query hears of the link.
+    eventually!(
+        client
+            .endpoints("external")
+            .await
+            .is_ok_and(|e| e.is_empty())
+    );
+    server
+        .admin(
+            "PUT",
+            "/v1/config",
+            Some(json!({"Kind": "terminating-gateway", "Name": "terminating", "Services": [
+                {"Name": "external", "CAFile": ca_file.to_str().unwrap(), "SNI": "external.test"}]})),
+        )
+        .await;
+    let gateway = gateway_for(
+        &server,
+        dir.path(),
+        "terminating",
+        "terminating",
+        "127.0.0.1:0",
+        &["external"],
+        &[],
+    )
+    .await;
     gateway.wait_for_line("linked service ready").await.unwrap();
     eventually!(
         client
