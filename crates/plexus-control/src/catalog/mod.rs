@@ -66,6 +66,8 @@ pub struct StoreCatalog {
     store: Arc<dyn Store>,
     /// Changes of the `terminating-gateway` config entries (links of services to gateways).
     links: crate::store::changes::Changes,
+    /// Linked service → its gateway, as read at a link revision (read again when it moves).
+    linked: std::sync::Mutex<Option<(u64, Links)>>,
     datacenter: String,
     /// The in-memory catalog, started on first read.
     index: tokio::sync::OnceCell<Arc<index::Shared>>,
@@ -126,6 +128,9 @@ pub(crate) mod keys {
         Some(unescape(node))
     }
 }
+
+/// Linked service → the terminating gateway that links it.
+type Links = Arc<BTreeMap<String, String>>;
 
 /// Where the `terminating-gateway` config entries live.
 fn links_root() -> String {
@@ -229,6 +234,7 @@ impl StoreCatalog {
         let stop = CancellationToken::new();
         Self {
             links: crate::store::changes::Changes::new(Arc::clone(&store), links_root()),
+            linked: std::sync::Mutex::new(None),
             store,
             datacenter: datacenter.into(),
             index: tokio::sync::OnceCell::new(),
