@@ -22,9 +22,37 @@ pub enum ServiceKind {
     /// A sidecar proxy.
     #[serde(rename = "connect-proxy")]
     ConnectProxy,
+    /// An ingress gateway (`plexus gateway --kind ingress`).
+    #[serde(rename = "ingress-gateway")]
+    IngressGateway,
+    /// A terminating gateway (`plexus gateway --kind terminating`).
+    #[serde(rename = "terminating-gateway")]
+    TerminatingGateway,
+    /// A mesh gateway (`plexus gateway --kind mesh`).
+    #[serde(rename = "mesh-gateway")]
+    MeshGateway,
 }
 
 impl ServiceKind {
+    /// The written kind (`""` for an ordinary service).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Typical => "",
+            Self::ConnectProxy => "connect-proxy",
+            Self::IngressGateway => "ingress-gateway",
+            Self::TerminatingGateway => "terminating-gateway",
+            Self::MeshGateway => "mesh-gateway",
+        }
+    }
+
+    /// True for the three gateway kinds.
+    pub fn is_gateway(self) -> bool {
+        matches!(
+            self,
+            Self::IngressGateway | Self::TerminatingGateway | Self::MeshGateway
+        )
+    }
+
     /// True for [`ServiceKind::Typical`], which Consul omits from JSON.
     pub fn is_typical(&self) -> bool {
         *self == ServiceKind::Typical

@@ -121,10 +121,15 @@ pub fn validate_service(
     let kind = match reg.kind.as_deref() {
         None | Some("") => ServiceKind::Typical,
         Some("connect-proxy") => ServiceKind::ConnectProxy,
+        Some("ingress-gateway") => ServiceKind::IngressGateway,
+        Some("terminating-gateway") => ServiceKind::TerminatingGateway,
+        Some("mesh-gateway") => ServiceKind::MeshGateway,
         Some(other) => {
             errs.push(
                 "kind",
-                format!("kind {other:?} is not supported (expected \"\" or \"connect-proxy\")"),
+                format!(
+                    "kind {other:?} is not supported (expected \"\", \"connect-proxy\", \"ingress-gateway\", \"terminating-gateway\" or \"mesh-gateway\")"
+                ),
             );
             ServiceKind::Typical
         }
@@ -160,7 +165,7 @@ pub fn validate_service(
             proxy.destination_service_id = def.destination_service_id.clone().unwrap_or_default();
             Some(proxy)
         }
-        (ServiceKind::Typical, Some(_)) => {
+        (_, Some(_)) => {
             errs.push(
                 "proxy",
                 "proxy is only allowed on a service of kind \"connect-proxy\" \
@@ -168,7 +173,7 @@ pub fn validate_service(
             );
             None
         }
-        (ServiceKind::Typical, None) => None,
+        (_, None) => None,
     };
 
     let native = reg.connect.as_ref().is_some_and(|c| c.native);
@@ -186,6 +191,12 @@ pub fn validate_service(
         errs.push(
             "connect.sidecar_service",
             "a connect-proxy cannot have a sidecar of its own",
+        );
+    }
+    if kind.is_gateway() && sidecar_def.is_some() {
+        errs.push(
+            "connect.sidecar_service",
+            format!("a {} is its own proxy and takes no sidecar", kind.as_str()),
         );
     }
 

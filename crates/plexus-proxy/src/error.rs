@@ -57,6 +57,32 @@ pub enum ProxyError {
     /// The TLS configuration could not be built from this sidecar's identity.
     #[error("cannot set up mTLS")]
     Tls(#[source] crate::tls::TlsConfigError),
+    /// `plexus gateway --kind K --service S`, but S is registered with another kind.
+    #[error(
+        "service {service:?} is registered with kind {registered:?}, not {requested:?}; use --kind to match it or another --service name"
+    )]
+    KindMismatch {
+        /// The gateway's service.
+        service: String,
+        /// Its registered kind (`""`: an ordinary service).
+        registered: String,
+        /// The kind asked for.
+        requested: String,
+    },
+    /// The gateway could not register itself.
+    #[error("cannot register gateway service {service:?}: {message}")]
+    Register {
+        /// The gateway's service.
+        service: String,
+        /// The control plane's answer.
+        message: String,
+    },
+    /// A gateway kind this version does not run.
+    #[error("{kind} gateways are not implemented yet")]
+    Unsupported {
+        /// The kind.
+        kind: &'static str,
+    },
     /// The admin listener handed in by the caller is unusable.
     #[error("admin listener is unusable")]
     AdminListener {
@@ -76,6 +102,8 @@ pub enum ListenerName {
     Inbound,
     /// The local port through which the app reaches an upstream service.
     Upstream(String),
+    /// A gateway's listener (`ingress:8080`, `terminating`).
+    Gateway(String),
 }
 
 impl ListenerName {
@@ -84,6 +112,7 @@ impl ListenerName {
         match self {
             ListenerName::Inbound => "inbound".to_owned(),
             ListenerName::Upstream(destination) => format!("upstream:{destination}"),
+            ListenerName::Gateway(name) => name.clone(),
         }
     }
 }
@@ -93,6 +122,7 @@ impl fmt::Display for ListenerName {
         match self {
             ListenerName::Inbound => f.write_str("inbound"),
             ListenerName::Upstream(destination) => write!(f, "upstream \"{destination}\""),
+            ListenerName::Gateway(name) => write!(f, "gateway {name}"),
         }
     }
 }

@@ -45,6 +45,7 @@ pub mod balance;
 mod discovery;
 mod endpoint;
 mod error;
+pub mod gateway;
 mod http;
 mod listener;
 mod metrics;
@@ -159,25 +160,16 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
     let http_metrics = http::HttpMetrics::register(&mut registry).with_access_log(access_log);
 
     // Admin first, so readiness probes get 503 (not a refused connection) while we start.
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| ProxyError::AdminListener { source })?;
-    telemetry::listening("admin", admin_addr);
     let (applied_tx, applied_rx) = watch::channel(None);
-    let router = admin::router(Arc::new(registry), applied_rx, control.clone());
-    tasks.spawn({
-        let (stop, kill) = (stop.clone(), kill.clone());
-        async move {
-            tokio::select! {
-                served = plexus_runtime::http::serve(admin_listener, router, stop) => {
-                    if let Err(error) = served {
-                        error!(%error, addr = %admin_addr, "admin server failed");
-                    }
-                }
-                _ = kill.cancelled() => {}
-            }
-        }
-    });
+    let admin_addr = spawn_admin(
+        admin_listener,
+        registry,
+        applied_rx,
+        &control,
+        &tasks,
+        &stop,
+        &kill,
+    )?;
 
     let serving = async {
         // discovery: our own registration (retried while the control plane is unreachable).
@@ -213,6 +205,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
             proxy_id: registration.value.id.clone(),
             service: service.clone(),
             state: state.clone(),
+            dns_names: Vec::new(),
         };
         let Some((identity, roots_index)) =
             tls::identity::obtain(&source, &tls_metrics, &stop).await
@@ -251,38 +244,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         };
 
         // listener → balance → endpoint, with endpoints discovered per upstream.
-        let resolve: Resolve = {
-            let (control, tasks, metrics) = (control.clone(), tasks.clone(), metrics.clone());
-            let state = state.clone();
-            Arc::new(move |destination: &str, stop: CancellationToken| {
-                let (tx, rx) = watch::channel(Arc::new(EndpointSet::default()));
-                let gauge = metrics.endpoints(destination);
-                let destination = destination.to_owned();
-                tasks.spawn(discovery::watch_endpoints(
-                    control.clone(),
-                    destination,
-                    tx,
-                    gauge,
-                    state.clone(),
-                    stop,
-                ));
-                rx
-            })
-        };
-        let chains: ResolveChain = {
-            let (control, tasks, state) = (control.clone(), tasks.clone(), state.clone());
-            Arc::new(move |destination: &str, stop: CancellationToken| {
-                let (tx, rx) = watch::channel(None);
-                tasks.spawn(discovery::watch_chain(
-                    control.clone(),
-                    destination.to_owned(),
-                    tx,
-                    state.clone(),
-                    stop,
-                ));
-                rx
-            })
-        };
+        let (resolve, chains) = resolvers(&control, &tasks, &metrics, state.clone());
         let mut listeners = Listeners::new(Context {
             tasks: tasks.clone(),
             stop: stop.clone(),
@@ -339,9 +301,95 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
     let outcome = serving.await;
 
     // Shutdown (or a start-up error): stop accepting, drain, then cut what is left.
+    drain(&stop, &tasks, &kill, drain_grace, outcome.is_ok()).await;
+    outcome
+}
+
+/// Starts the admin server (`/ready`, `/metrics`, `/config`) on the bound `admin_listener`
+/// until `stop` (or `kill`); logs its `listening` line and returns its address.
+fn spawn_admin(
+    admin_listener: tokio::net::TcpListener,
+    registry: Registry,
+    applied: watch::Receiver<Option<Arc<admin::Snapshot>>>,
+    control: &plexus_api::client::Client,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+    kill: &CancellationToken,
+) -> Result<std::net::SocketAddr, ProxyError> {
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| ProxyError::AdminListener { source })?;
+    telemetry::listening("admin", admin_addr);
+    let router = admin::router(Arc::new(registry), applied, control.clone());
+    let (stop, kill) = (stop.clone(), kill.clone());
+    tasks.spawn(async move {
+        tokio::select! {
+            served = plexus_runtime::http::serve(admin_listener, router, stop) => {
+                if let Err(error) = served {
+                    error!(%error, addr = %admin_addr, "admin server failed");
+                }
+            }
+            _ = kill.cancelled() => {}
+        }
+    });
+    Ok(admin_addr)
+}
+
+/// Endpoint discovery and discovery-chain watches over the control plane, each watch a task
+/// on `tasks` that ends with the token it is given.
+fn resolvers(
+    control: &plexus_api::client::Client,
+    tasks: &TaskTracker,
+    metrics: &Metrics,
+    state: Option<Arc<StateDir>>,
+) -> (Resolve, ResolveChain) {
+    let resolve: Resolve = {
+        let (control, tasks, metrics) = (control.clone(), tasks.clone(), metrics.clone());
+        let state = state.clone();
+        Arc::new(move |destination: &str, stop: CancellationToken| {
+            let (tx, rx) = watch::channel(Arc::new(EndpointSet::default()));
+            let gauge = metrics.endpoints(destination);
+            let destination = destination.to_owned();
+            tasks.spawn(discovery::watch_endpoints(
+                control.clone(),
+                destination,
+                tx,
+                gauge,
+                state.clone(),
+                stop,
+            ));
+            rx
+        })
+    };
+    let chains: ResolveChain = {
+        let (control, tasks) = (control.clone(), tasks.clone());
+        Arc::new(move |destination: &str, stop: CancellationToken| {
+            let (tx, rx) = watch::channel(None);
+            tasks.spawn(discovery::watch_chain(
+                control.clone(),
+                destination.to_owned(),
+                tx,
+                state.clone(),
+                stop,
+            ));
+            rx
+        })
+    };
+    (resolve, chains)
+}
+
+/// Shutdown: `stop` (no more accepting), let tasks finish for up to `drain_grace`, then `kill`
+/// what is left and wait at most [`CUT_WAIT`] for it.
+async fn drain(
+    stop: &CancellationToken,
+    tasks: &TaskTracker,
+    kill: &CancellationToken,
+    drain_grace: Duration,
+    log: bool,
+) {
     stop.cancel();
     tasks.close();
-    if outcome.is_ok() {
+    if log {
         info!(grace = ?drain_grace, "draining connections");
     }
     if tokio::time::timeout(drain_grace, tasks.wait())
@@ -357,5 +405,4 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
             );
         }
     }
-    outcome
 }

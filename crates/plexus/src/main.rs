@@ -28,6 +28,8 @@ enum Command {
     Agent(cmd::agent::Args),
     /// Run a sidecar proxy for one service instance.
     Proxy(cmd::proxy::Args),
+    /// Register and run an ingress, terminating or mesh gateway.
+    Gateway(cmd::gateway::Args),
     /// Register, deregister and list services on the local agent.
     #[command(subcommand)]
     Services(cmd::services::Command),
@@ -122,6 +124,7 @@ fn main() -> ExitCode {
             Command::Server(args) => cmd::server::run(*args, given).await,
             Command::Agent(args) => cmd::agent::run(args, given).await,
             Command::Proxy(args) => cmd::proxy::run(args).await,
+            Command::Gateway(args) => cmd::gateway::run(args).await,
             Command::Services(command) => cmd::services::run(command).await,
             Command::Catalog(command) => cmd::catalog::run(command).await,
             Command::Health(args) => cmd::health::run(args).await,

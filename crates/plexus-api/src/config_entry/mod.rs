@@ -15,6 +15,7 @@ pub mod chain;
 pub mod compile;
 pub mod entries;
 pub mod filter;
+pub mod gateway;
 mod hcl1;
 #[cfg(test)]
 mod tests;
@@ -25,6 +26,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use self::entries::{ServiceDefaults, ServiceResolver, ServiceRouter, ServiceSplitter};
+pub use self::gateway::{IngressGateway, TerminatingGateway};
 pub use self::validate::{EntryError, EntryErrors};
 
 /// A config entry kind.
@@ -42,16 +44,27 @@ pub enum Kind {
     /// `service-router`.
     #[serde(rename = "service-router")]
     ServiceRouter,
+    /// `ingress-gateway`.
+    #[serde(rename = "ingress-gateway")]
+    IngressGateway,
+    /// `terminating-gateway`.
+    #[serde(rename = "terminating-gateway")]
+    TerminatingGateway,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 6] = [
         Self::ServiceDefaults,
         Self::ServiceResolver,
         Self::ServiceSplitter,
         Self::ServiceRouter,
+        Self::IngressGateway,
+        Self::TerminatingGateway,
     ];
+
+    /// Every kind, as an error message lists them.
+    pub const EXPECTED: &'static str = "service-defaults, service-resolver, service-splitter, service-router, ingress-gateway, terminating-gateway";
 
     /// The written name.
     pub fn as_str(self) -> &'static str {
@@ -60,6 +73,8 @@ impl Kind {
             Self::ServiceResolver => "service-resolver",
             Self::ServiceSplitter => "service-splitter",
             Self::ServiceRouter => "service-router",
+            Self::IngressGateway => "ingress-gateway",
+            Self::TerminatingGateway => "terminating-gateway",
         }
     }
 
@@ -87,6 +102,10 @@ pub enum ConfigEntry {
     ServiceSplitter(ServiceSplitter),
     /// `service-router`.
     ServiceRouter(ServiceRouter),
+    /// `ingress-gateway`.
+    IngressGateway(IngressGateway),
+    /// `terminating-gateway`.
+    TerminatingGateway(TerminatingGateway),
 }
 
 impl<'de> Deserialize<'de> for ConfigEntry {
@@ -104,6 +123,8 @@ impl ConfigEntry {
             Self::ServiceResolver(_) => Kind::ServiceResolver,
             Self::ServiceSplitter(_) => Kind::ServiceSplitter,
             Self::ServiceRouter(_) => Kind::ServiceRouter,
+            Self::IngressGateway(_) => Kind::IngressGateway,
+            Self::TerminatingGateway(_) => Kind::TerminatingGateway,
         }
     }
 
@@ -114,6 +135,8 @@ impl ConfigEntry {
             Self::ServiceResolver(e) => &e.name,
             Self::ServiceSplitter(e) => &e.name,
             Self::ServiceRouter(e) => &e.name,
+            Self::IngressGateway(e) => &e.name,
+            Self::TerminatingGateway(e) => &e.name,
         }
     }
 
@@ -124,6 +147,8 @@ impl ConfigEntry {
             Self::ServiceResolver(e) => (e.create_index, e.modify_index),
             Self::ServiceSplitter(e) => (e.create_index, e.modify_index),
             Self::ServiceRouter(e) => (e.create_index, e.modify_index),
+            Self::IngressGateway(e) => (e.create_index, e.modify_index),
+            Self::TerminatingGateway(e) => (e.create_index, e.modify_index),
         }
     }
 
@@ -134,6 +159,8 @@ impl ConfigEntry {
             Self::ServiceResolver(e) => (&mut e.create_index, &mut e.modify_index),
             Self::ServiceSplitter(e) => (&mut e.create_index, &mut e.modify_index),
             Self::ServiceRouter(e) => (&mut e.create_index, &mut e.modify_index),
+            Self::IngressGateway(e) => (&mut e.create_index, &mut e.modify_index),
+            Self::TerminatingGateway(e) => (&mut e.create_index, &mut e.modify_index),
         };
         *c = create;
         *m = modify;
@@ -147,7 +174,10 @@ impl ConfigEntry {
             .or_else(|| value.get("kind"))
             .ok_or_else(|| {
                 if value.is_object() {
-                    EntryError::new("Kind", "missing; expected one of service-defaults, service-resolver, service-splitter, service-router")
+                    EntryError::new(
+                        "Kind",
+                        format!("missing; expected one of {}", Kind::EXPECTED),
+                    )
                 } else {
                     EntryError::new("", "a config entry must be a JSON object")
                 }
@@ -159,7 +189,8 @@ impl ConfigEntry {
             EntryError::new(
                 "Kind",
                 format!(
-                    "unknown config entry kind {kind_str:?}; expected one of service-defaults, service-resolver, service-splitter, service-router"
+                    "unknown config entry kind {kind_str:?}; expected one of {}",
+                    Kind::EXPECTED
                 ),
             )
         })?;
@@ -177,6 +208,8 @@ impl ConfigEntry {
             Kind::ServiceResolver => Self::ServiceResolver(decode(value)?),
             Kind::ServiceSplitter => Self::ServiceSplitter(decode(value)?),
             Kind::ServiceRouter => Self::ServiceRouter(decode(value)?),
+            Kind::IngressGateway => Self::IngressGateway(decode(value)?),
+            Kind::TerminatingGateway => Self::TerminatingGateway(decode(value)?),
         })
     }
 

@@ -132,6 +132,8 @@ pub fn validate(entry: &ConfigEntry) -> Result<(), EntryErrors> {
         ConfigEntry::ServiceResolver(r) => resolver(r, &mut e),
         ConfigEntry::ServiceSplitter(s) => splitter(s, &mut e),
         ConfigEntry::ServiceRouter(r) => router(r, &mut e),
+        ConfigEntry::IngressGateway(g) => super::gateway::check_ingress(g, &mut e.0),
+        ConfigEntry::TerminatingGateway(g) => super::gateway::check_terminating(g, &mut e.0),
     }
     e.finish()
 }

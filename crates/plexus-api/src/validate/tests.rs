@@ -261,7 +261,7 @@ fn all_errors_are_reported_at_once() {
     let err = validate(&reg(json!({
         "name": "bad name",
         "port": 70000,
-        "kind": "mesh-gateway",
+        "kind": "api-gateway",
         "meta": {"": "x"},
         "checks": [{"tcp": "nope", "interval": "1s"}, {"http": "http://x", "ttl": "1s"}],
         "connect": {"sidecar_service": {"port": 0, "proxy": {"upstreams": [{"local_bind_port": 99999}]}}}

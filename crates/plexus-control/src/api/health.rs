@@ -35,7 +35,7 @@ pub async fn service(
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     let Path(name) = name.map_err(path_error)?;
-    answer(&state, &authz, Answer::Health, &name, &query, &params).await
+    answer(&state, &authz, Answer::Health, &name, &query, &params, 0).await
 }
 
 /// `GET /v1/health/connect/{name}[?passing][&tag=]`: `[ServiceEntry]` of the proxies (and
@@ -48,7 +48,49 @@ pub async fn connect(
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     let Path(name) = name.map_err(path_error)?;
-    answer(&state, &authz, Answer::Connect, &name, &query, &params).await
+    // A service linked to a terminating gateway is reached through the gateway's instances;
+    // a link written or removed while the query waits wakes it too.
+    let links = state.catalog.link_changes().await;
+    let (kind, target) = connect_target(&state, &name).await?;
+    let (changes, index_of) = state
+        .catalog
+        .service_watch(kind, &target)
+        .await
+        .map_err(catalog_error)?;
+    tokio::select! {
+        () = query.block_until(changes, |_| index_of()) => {}
+        () = query.block_until(links.clone(), |revision| *revision) => {}
+    }
+    // Answer with what is linked now; the index covers the last link change, so the next
+    // query waits past it.
+    let (kind, target) = connect_target(&state, &name).await?;
+    if kind == Answer::Health && !authz.can_read_service(&name) {
+        let mut response = indexed_json(0, &Vec::<()>::new());
+        mark_filtered(&mut response, true);
+        return Ok(response);
+    }
+    let now = BlockingQuery {
+        index: None,
+        ..query
+    };
+    let floor = *links.borrow();
+    answer(&state, &authz, kind, &target, &now, &params, floor).await
+}
+
+/// What `/v1/health/connect/<name>` answers with: the gateway's instances when a
+/// terminating gateway links `name`, else `name`'s mesh entry points.
+async fn connect_target(state: &ApiState, name: &str) -> Result<(Answer, String), ApiError> {
+    Ok(
+        match state
+            .catalog
+            .terminating_gateway_for(name)
+            .await
+            .map_err(catalog_error)?
+        {
+            Some(gateway) => (Answer::Health, gateway),
+            None => (Answer::Connect, name.to_owned()),
+        },
+    )
 }
 
 /// A blocking query on one service: wakes only when that service's answer changed (its own
@@ -62,6 +104,7 @@ async fn answer(
     name: &str,
     query: &BlockingQuery,
     params: &QueryParams,
+    floor: u64,
 ) -> Result<Response, ApiError> {
     let entry_fields = ["Node", "Service", "Checks"].map(str::to_owned);
     let wanted = row_filter::from_params(params, &entry_fields)?;
@@ -72,11 +115,12 @@ async fn answer(
         .await
         .map_err(catalog_error)?;
     query.block_until(changes, |_| index_of()).await;
-    let body = state
+    let mut body = state
         .catalog
         .health_json(answer, name, &filter(params))
         .await
         .map_err(catalog_error)?;
+    body.index = body.index.max(floor);
     if !authz.can_read_service(name) {
         let mut response = indexed_json(body.index, &Vec::<()>::new());
         mark_filtered(&mut response, true);

@@ -223,8 +223,8 @@ async fn sign(
         Ok(body) => body,
         Err(error) => return error.into_response(),
     };
-    let service = match ca.proxy_destination(&request.proxy_id).await {
-        Ok(service) => service,
+    let service = match ca.entitlement(&request.proxy_id, &request.csr).await {
+        Ok(entitlement) => entitlement.service,
         Err(error) => return sign_error(&ca, error),
     };
     if let Err(denied) = authz.require_service_write(&service) {

@@ -37,8 +37,9 @@ mod x509;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use plexus_api::config_entry::{ConfigEntry, Kind};
 use plexus_api::connect::{
-    CaConfiguration, CaProviderConfig, CaRoot, CaRoots, IssuedCert, service_spiffe_id,
+    CaConfiguration, CaProviderConfig, CaRoot, CaRoots, IssuedCert, ServiceId, service_spiffe_id,
 };
 use plexus_api::{AgentService, Indexed, ServiceKind};
 use rcgen::{KeyPair, PublicKeyData};
@@ -568,30 +569,104 @@ impl CertificateAuthority {
         }))
     }
 
-    /// The destination service of the registered sidecar `proxy_id` (whose identity a CSR from
-    /// it may ask for): what the signing endpoint checks `service:write` on.
-    pub async fn proxy_destination(&self, proxy_id: &str) -> Result<String, CaError> {
+    /// The service whose identity a CSR from the registered proxy `proxy_id` may ask for (what
+    /// the signing endpoint checks `service:write` on), and the DNS names it may carry:
+    ///
+    /// - a `connect-proxy`: its destination service;
+    /// - an `ingress-gateway`: its own service, with the hosts of its TLS listeners (from its
+    ///   `ingress-gateway` config entry) as DNS names;
+    /// - a `terminating-gateway`: the service the CSR asks for when the gateway's
+    ///   `terminating-gateway` entry links it (the gateway presents it to the mesh), else its own;
+    /// - a `mesh-gateway`: its own service.
+    pub async fn entitlement(&self, proxy_id: &str, csr_pem: &str) -> Result<Entitlement, CaError> {
         let proxy = self
             .find_service(proxy_id)
             .await?
-            .filter(|s| s.kind == ServiceKind::ConnectProxy)
+            .filter(|s| s.kind == ServiceKind::ConnectProxy || s.kind.is_gateway())
             .ok_or_else(|| {
                 CaError::NotFound(format!(
-                    "no connect-proxy service {proxy_id:?} is registered"
+                    "no connect-proxy or gateway service {proxy_id:?} is registered"
                 ))
             })?;
-        proxy
-            .proxy
-            .as_ref()
-            .map(|p| p.destination_service_name.clone())
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| {
-                CaError::NotFound(format!("proxy {proxy_id:?} has no destination service"))
-            })
+        let own = || Entitlement {
+            service: proxy.service.clone(),
+            dns_names: Vec::new(),
+        };
+        match proxy.kind {
+            ServiceKind::IngressGateway => {
+                let dns_names = match self
+                    .gateway_entry(Kind::IngressGateway, &proxy.service)
+                    .await?
+                {
+                    Some(ConfigEntry::IngressGateway(entry)) => entry.tls_hosts(),
+                    _ => Vec::new(),
+                };
+                Ok(Entitlement {
+                    service: proxy.service.clone(),
+                    dns_names,
+                })
+            }
+            ServiceKind::TerminatingGateway => {
+                let (request, _) = parse_csr(csr_pem)?;
+                let asked = request
+                    .uris
+                    .first()
+                    .and_then(|uri| ServiceId::parse(uri))
+                    .map(|id| id.service);
+                let linked = match self
+                    .gateway_entry(Kind::TerminatingGateway, &proxy.service)
+                    .await?
+                {
+                    Some(ConfigEntry::TerminatingGateway(entry)) => entry
+                        .services
+                        .into_iter()
+                        .map(|s| s.name)
+                        .collect::<Vec<_>>(),
+                    _ => Vec::new(),
+                };
+                match asked.filter(|asked| linked.contains(asked)) {
+                    Some(service) => Ok(Entitlement {
+                        service,
+                        dns_names: Vec::new(),
+                    }),
+                    None => Ok(own()),
+                }
+            }
+            ServiceKind::MeshGateway => Ok(own()),
+            _ => proxy
+                .proxy
+                .as_ref()
+                .map(|p| p.destination_service_name.clone())
+                .filter(|s| !s.is_empty())
+                .map(|service| Entitlement {
+                    service,
+                    dns_names: Vec::new(),
+                })
+                .ok_or_else(|| {
+                    CaError::NotFound(format!("proxy {proxy_id:?} has no destination service"))
+                }),
+        }
     }
 
-    /// `POST /v1/connect/ca/sign`: signs `csr_pem` for the destination service of the registered
-    /// sidecar `proxy_id`, if the CSR asks for exactly that identity.
+    /// The stored gateway config entry of `kind` named `name`, if any.
+    async fn gateway_entry(&self, kind: Kind, name: &str) -> Result<Option<ConfigEntry>, CaError> {
+        let key = format!(
+            "{}{}/{}",
+            crate::config::ENTRIES,
+            kind.as_str(),
+            crate::catalog::keys::escape(name)
+        );
+        let Some(kv) = self.store.get(&key).await? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice::<serde_json::Value>(&kv.value)
+            .ok()
+            .and_then(|value| ConfigEntry::from_json(value).ok()))
+    }
+
+    /// `POST /v1/connect/ca/sign`: signs `csr_pem` for the identity the registered proxy
+    /// `proxy_id` is entitled to ([`CertificateAuthority::entitlement`]), if the CSR asks for
+    /// exactly that identity (and DNS names it may have).
     pub async fn sign(
         &self,
         proxy_id: &str,
@@ -600,28 +675,13 @@ impl CertificateAuthority {
     ) -> Result<Indexed<IssuedCert>, CaError> {
         self.limit(&format!("proxy:{proxy_id}"))?;
         let (request, public_key) = parse_csr(csr_pem)?;
-        let proxy = self
-            .find_service(proxy_id)
-            .await?
-            .filter(|s| s.kind == ServiceKind::ConnectProxy)
-            .ok_or_else(|| {
-                CaError::NotFound(format!(
-                    "no connect-proxy service {proxy_id:?} is registered"
-                ))
-            })?;
-        let service = proxy
-            .proxy
-            .as_ref()
-            .map(|p| p.destination_service_name.clone())
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| {
-                CaError::NotFound(format!("proxy {proxy_id:?} has no destination service"))
-            })?;
+        let Entitlement { service, dns_names } = self.entitlement(proxy_id, csr_pem).await?;
         let (state, kv) = self.state().await?;
         let entitled = service_spiffe_id(&state.trust_domain, &self.datacenter, &service);
-        let grant = policy::decide(
+        let grant = policy::decide_with_dns(
             &request,
             &entitled,
+            &dns_names,
             ttl,
             Duration::from_secs(state.leaf_ttl_secs),
         )?;
@@ -685,6 +745,7 @@ impl CertificateAuthority {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Crypto)?;
         let grant = Grant {
             spiffe_id: service_spiffe_id(&state.trust_domain, &self.datacenter, service),
+            dns_names: Vec::new(),
             ttl: Duration::from_secs(state.leaf_ttl_secs),
         };
         self.issue(&state, kv.store, &grant, service, &key, key.serialize_pem())
@@ -729,6 +790,15 @@ impl CertificateAuthority {
             },
         })
     }
+}
+
+/// What a proxy's CSR may ask for ([`CertificateAuthority::entitlement`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entitlement {
+    /// The service whose SPIFFE id it may have.
+    pub service: String,
+    /// DNS names it may have besides.
+    pub dns_names: Vec<String>,
 }
 
 /// When a leaf handed out by the leaf endpoint is replaced: at half its lifetime.

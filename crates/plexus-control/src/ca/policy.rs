@@ -20,7 +20,9 @@ pub const DEFAULT_LEAF_TTL: Duration = Duration::from_secs(72 * 3600);
 pub struct CsrRequest {
     /// Every URI SAN requested.
     pub uris: Vec<String>,
-    /// How many non-URI SANs (DNS names, IPs, e-mail addresses, …) are requested.
+    /// Every DNS SAN requested.
+    pub dns_names: Vec<String>,
+    /// How many other SANs (IPs, e-mail addresses, …) are requested.
     pub other_names: usize,
     /// True when the CSR asks for a CA certificate (basic constraints `CA:TRUE`).
     pub wants_ca: bool,
@@ -47,6 +49,16 @@ pub enum Refusal {
     /// The CSR asks to be a CA.
     #[error("the CSR asks for a CA certificate; only leaf certificates are signed")]
     WantsCa,
+    /// A DNS name the caller may not have (only an ingress gateway may, for its TLS hosts).
+    #[error(
+        "the CSR asks for DNS name {requested:?}, which the caller may not have (allowed: {allowed:?})"
+    )]
+    DnsNotAllowed {
+        /// Requested name.
+        requested: String,
+        /// What the caller may have.
+        allowed: Vec<String>,
+    },
     /// The identity is not the caller's.
     #[error("the CSR asks for {requested:?}, but the caller may only have {entitled:?}")]
     NotEntitled {
@@ -80,6 +92,7 @@ impl Refusal {
             Refusal::NoIdentity => "no_identity",
             Refusal::SeveralIdentities { .. } => "several_identities",
             Refusal::OtherNames { .. } => "other_names",
+            Refusal::DnsNotAllowed { .. } => "dns_not_allowed",
             Refusal::WantsCa => "wants_ca",
             Refusal::NotEntitled { .. } => "not_entitled",
             Refusal::TooLong { .. } => "ttl_too_long",
@@ -93,6 +106,8 @@ impl Refusal {
 pub struct Grant {
     /// The one URI SAN of the certificate.
     pub spiffe_id: String,
+    /// DNS SANs (an ingress gateway's TLS hosts; empty for every other caller).
+    pub dns_names: Vec<String>,
     /// Its lifetime.
     pub ttl: Duration,
 }
@@ -105,6 +120,18 @@ pub fn decide(
     requested_ttl: Option<Duration>,
     leaf_ttl: Duration,
 ) -> Result<Grant, Refusal> {
+    decide_with_dns(csr, entitled, &[], requested_ttl, leaf_ttl)
+}
+
+/// [`decide`], where the caller may also have the DNS names in `allowed_dns` (an ingress
+/// gateway: the hosts of its TLS listeners). Every DNS name asked for must be one of them.
+pub fn decide_with_dns(
+    csr: &CsrRequest,
+    entitled: &str,
+    allowed_dns: &[String],
+    requested_ttl: Option<Duration>,
+    leaf_ttl: Duration,
+) -> Result<Grant, Refusal> {
     if csr.wants_ca {
         return Err(Refusal::WantsCa);
     }
@@ -113,9 +140,19 @@ pub fn decide(
         [one] => one,
         many => return Err(Refusal::SeveralIdentities { count: many.len() }),
     };
-    if csr.other_names > 0 {
+    if csr.other_names > 0 || (allowed_dns.is_empty() && !csr.dns_names.is_empty()) {
         return Err(Refusal::OtherNames {
-            count: csr.other_names,
+            count: csr.other_names + csr.dns_names.len(),
+        });
+    }
+    if let Some(name) = csr
+        .dns_names
+        .iter()
+        .find(|name| !allowed_dns.iter().any(|a| a.eq_ignore_ascii_case(name)))
+    {
+        return Err(Refusal::DnsNotAllowed {
+            requested: name.clone(),
+            allowed: allowed_dns.to_vec(),
         });
     }
     if requested != entitled {
@@ -139,6 +176,7 @@ pub fn decide(
     }
     Ok(Grant {
         spiffe_id: requested.clone(),
+        dns_names: csr.dns_names.clone(),
         ttl,
     })
 }
@@ -210,18 +248,25 @@ mod tests {
         fn grants_never_exceed_the_entitlement(
             uris in proptest::collection::vec(prop_oneof![Just(WEB.to_owned()), "spiffe://[a-z/]{0,20}"], 0..4),
             other_names in 0usize..3,
+            dns_names in proptest::collection::vec(prop_oneof![Just("web.example.com".to_owned()), "[a-z]{1,8}\\.test"], 0..3),
+            allowed_dns in proptest::collection::vec(prop_oneof![Just("web.example.com".to_owned()), "[a-z]{1,8}\\.test"], 0..2),
             wants_ca: bool,
             ttl in proptest::option::of(0u64..(20 * 365 * 24 * 3600)),
             leaf_ttl in 60u64..(365 * 24 * 3600),
         ) {
-            let request = CsrRequest { uris: uris.clone(), other_names, wants_ca };
+            let request = CsrRequest { uris: uris.clone(), dns_names: dns_names.clone(), other_names, wants_ca };
             let leaf_ttl = Duration::from_secs(leaf_ttl);
-            if let Ok(grant) = decide(&request, WEB, ttl.map(Duration::from_secs), leaf_ttl) {
+            if let Ok(grant) = decide_with_dns(&request, WEB, &allowed_dns, ttl.map(Duration::from_secs), leaf_ttl) {
                 prop_assert_eq!(&grant.spiffe_id, WEB);
                 prop_assert_eq!(uris.len(), 1);
                 prop_assert!(!wants_ca);
                 prop_assert_eq!(other_names, 0);
                 prop_assert!(grant.ttl <= leaf_ttl && grant.ttl >= MIN_LEAF_TTL);
+                prop_assert!(grant.dns_names.iter().all(|name| allowed_dns.contains(name)));
+            }
+            // Without allowed names (every caller but an ingress gateway), none is signed.
+            if let Ok(grant) = decide(&request, WEB, ttl.map(Duration::from_secs), leaf_ttl) {
+                prop_assert!(grant.dns_names.is_empty());
             }
         }
     }

@@ -195,3 +195,122 @@ async fn no_private_key_in_any_response_or_debug_output() {
         }
     }
 }
+
+/// A CSR with `uris` and DNS `names`.
+fn csr_with_dns(uris: &[String], names: &[&str]) -> String {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = uris
+        .iter()
+        .map(|u| SanType::URI(u.clone().try_into().unwrap()))
+        .chain(
+            names
+                .iter()
+                .map(|n| SanType::DnsName((*n).to_owned().try_into().unwrap())),
+        )
+        .collect();
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+#[tokio::test]
+async fn gateways_are_signed_their_own_identity_their_tls_hosts_and_linked_services_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let catalog = StoreCatalog::new(Arc::clone(&store), "dc1");
+    let gateway = |id: &str, kind: ServiceKind| AgentService {
+        kind,
+        ..service(id, id, &[])
+    };
+    catalog
+        .register(registration(
+            "n1",
+            vec![
+                service("web", "web", &[]),
+                service("db", "db", &[]),
+                gateway("in", ServiceKind::IngressGateway),
+                gateway("out", ServiceKind::TerminatingGateway),
+            ],
+            vec![],
+        ))
+        .await
+        .unwrap();
+    let config = crate::config::ConfigEntries::new(Arc::clone(&store));
+    let entry = |json: serde_json::Value| ConfigEntry::from_json(json).unwrap();
+    config
+        .put(
+            entry(
+                serde_json::json!({"Kind": "ingress-gateway", "Name": "in", "Listeners": [
+                {"Port": 8443, "Protocol": "http", "TLS": {"Enabled": true},
+                 "Services": [{"Name": "web", "Hosts": ["web.example.com"]}]}]}),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    config
+        .put(
+            entry(
+                serde_json::json!({"Kind": "terminating-gateway", "Name": "out",
+                "Services": [{"Name": "web"}]}),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    let ca = CertificateAuthority::new(store, "dc1");
+    ca.bootstrap().await.unwrap();
+    let td = ca.trust_domain().await.unwrap();
+    let id = |service: &str| service_spiffe_id(&td, "dc1", service);
+
+    // The ingress gateway: its identity with its TLS hosts; no other name, no other identity.
+    let issued = ca
+        .sign("in", &csr_with_dns(&[id("in")], &["web.example.com"]), None)
+        .await
+        .unwrap()
+        .value;
+    let der = first_cert(&issued.cert_pem);
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    let san = format!(
+        "{:?}",
+        cert.subject_alternative_name().unwrap().unwrap().value
+    );
+    assert!(san.contains("web.example.com"), "{san}");
+    for (uris, names) in [
+        (vec![id("in")], vec!["evil.example.com"]),
+        (vec![id("web")], vec![]),
+    ] {
+        assert!(
+            ca.sign("in", &csr_with_dns(&uris, &names), None)
+                .await
+                .is_err(),
+            "{uris:?} {names:?}"
+        );
+    }
+    // The terminating gateway: its own identity or a linked service's, not another's, no DNS.
+    for service in ["out", "web"] {
+        let issued = ca
+            .sign("out", &csr_with_dns(&[id(service)], &[]), None)
+            .await
+            .unwrap()
+            .value;
+        assert_eq!(issued.service_uri, id(service));
+    }
+    for (uris, names) in [
+        (vec![id("db")], vec![]),
+        (vec![id("web")], vec!["web.example.com"]),
+    ] {
+        assert!(
+            ca.sign("out", &csr_with_dns(&uris, &names), None)
+                .await
+                .is_err(),
+            "{uris:?} {names:?}"
+        );
+    }
+    assert_eq!(
+        ca.entitlement("out", &csr_with_dns(&[id("web")], &[]))
+            .await
+            .unwrap()
+            .service,
+        "web"
+    );
+}

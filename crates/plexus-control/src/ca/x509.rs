@@ -166,6 +166,7 @@ pub(super) fn parse_csr(pem: &str) -> Result<(CsrRequest, rcgen::PublicKey), CaE
                 for name in &san.general_names {
                     match name {
                         GeneralName::URI(uri) => request.uris.push((*uri).to_owned()),
+                        GeneralName::DNSName(name) => request.dns_names.push((*name).to_owned()),
                         _ => request.other_names += 1,
                     }
                 }
@@ -209,6 +210,11 @@ pub(super) fn leaf_params(
             .try_into()
             .map_err(CaError::Crypto)?,
     )];
+    for name in &grant.dns_names {
+        params.subject_alt_names.push(SanType::DnsName(
+            name.clone().try_into().map_err(CaError::Crypto)?,
+        ));
+    }
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,

@@ -64,6 +64,10 @@ pub enum RecordError {
 /// The catalog, implemented over any [`Store`].
 pub struct StoreCatalog {
     store: Arc<dyn Store>,
+    /// Changes of the `terminating-gateway` config entries (links of services to gateways).
+    links: crate::store::changes::Changes,
+    /// Linked service → its gateway, as read at a link revision (read again when it moves).
+    linked: std::sync::Mutex<Option<(u64, Links)>>,
     datacenter: String,
     /// The in-memory catalog, started on first read.
     index: tokio::sync::OnceCell<Arc<index::Shared>>,
@@ -123,6 +127,18 @@ pub(crate) mod keys {
         let (node, _) = rest.split_once('/')?;
         Some(unescape(node))
     }
+}
+
+/// Linked service → the terminating gateway that links it.
+type Links = Arc<BTreeMap<String, String>>;
+
+/// Where the `terminating-gateway` config entries live.
+fn links_root() -> String {
+    format!(
+        "{}{}/",
+        crate::config::ENTRIES,
+        plexus_api::config_entry::Kind::TerminatingGateway.as_str()
+    )
 }
 
 fn store_error(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> CatalogError {
@@ -217,6 +233,8 @@ impl StoreCatalog {
     pub fn new(store: Arc<dyn Store>, datacenter: impl Into<String>) -> Self {
         let stop = CancellationToken::new();
         Self {
+            links: crate::store::changes::Changes::new(Arc::clone(&store), links_root()),
+            linked: std::sync::Mutex::new(None),
             store,
             datacenter: datacenter.into(),
             index: tokio::sync::OnceCell::new(),

@@ -190,6 +190,59 @@ impl StoreCatalog {
         self.entries(Answer::Health, name, filter).await
     }
 
+    /// The terminating gateway (its service name) whose `terminating-gateway` config entry
+    /// links `service`, if any: mesh clients reach a linked service through the gateway's
+    /// instances (Consul's health/connect answer for a linked service). The links are read
+    /// from the store once per change of those entries (`link_changes`), not per query.
+    pub async fn terminating_gateway_for(
+        &self,
+        service: &str,
+    ) -> Result<Option<String>, CatalogError> {
+        use plexus_api::config_entry::ConfigEntry;
+        let revision = *self.link_changes().await.borrow();
+        let cached = plexus_runtime::lock::lock(&self.linked)
+            .as_ref()
+            .filter(|(at, _)| *at == revision)
+            .map(|(_, links)| Arc::clone(links));
+        let links = match cached {
+            Some(links) => links,
+            None => {
+                // Read after the revision: a write in between is in the map and only makes the
+                // next call read again.
+                let (records, _) = self
+                    .store
+                    .range(&super::links_root())
+                    .await
+                    .map_err(store_error)?;
+                let mut links = BTreeMap::new();
+                for kv in &records {
+                    let entry = serde_json::from_slice::<serde_json::Value>(&kv.value)
+                        .ok()
+                        .and_then(|value| ConfigEntry::from_json(value).ok());
+                    if let Some(ConfigEntry::TerminatingGateway(entry)) = entry {
+                        for linked in entry.services {
+                            links
+                                .entry(linked.name)
+                                .or_insert_with(|| entry.name.clone());
+                        }
+                    }
+                }
+                let links = Arc::new(links);
+                *plexus_runtime::lock::lock(&self.linked) = Some((revision, Arc::clone(&links)));
+                links
+            }
+        };
+        Ok(links.get(service).cloned())
+    }
+
+    /// The last revision at which a `terminating-gateway` entry changed, as a watch: a
+    /// blocking `/v1/health/connect` query also wakes when a link appears or goes.
+    pub async fn link_changes(&self) -> watch::Receiver<u64> {
+        self.links
+            .watch(crate::store::changes::Interest::Prefix(super::links_root()))
+            .await
+    }
+
     /// `GET /v1/health/connect/:name`: the mesh entry points of a service: `connect-proxy`
     /// instances whose destination is `name`, and mesh-native instances of `name`.
     pub async fn connect_health(

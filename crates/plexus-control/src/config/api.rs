@@ -59,7 +59,8 @@ fn kind(text: &str) -> Result<Kind, ApiError> {
         ApiError::invalid_field(
             "kind",
             format!(
-                "unknown config entry kind {text:?}; expected one of service-defaults, service-resolver, service-splitter, service-router"
+                "unknown config entry kind {text:?}; expected one of {}",
+                Kind::EXPECTED
             ),
         )
     })

@@ -205,6 +205,7 @@ impl ConfigEntries {
                 }
             }
             check_references(&entry, &snap.entries).map_err(ConfigError::Invalid)?;
+            self.check_gateway_services(&entry).await?;
             let mut compares = vec![Compare::ModRevision {
                 key: INDEX.to_owned(),
                 revision: snap.index_rev,
@@ -233,6 +234,41 @@ impl ConfigEntries {
             }
         }
         Err(ConfigError::Contended)
+    }
+
+    /// A gateway entry may only name services the catalog has (Consul's ingress and
+    /// terminating gateways route to registered services): each unknown one is an error naming
+    /// its field.
+    async fn check_gateway_services(&self, entry: &ConfigEntry) -> Result<(), ConfigError> {
+        let named = match entry {
+            ConfigEntry::IngressGateway(g) => g.named_services(),
+            ConfigEntry::TerminatingGateway(g) => g.named_services(),
+            _ => return Ok(()),
+        };
+        if named.is_empty() {
+            return Ok(());
+        }
+        let (records, _) = self.store.range(crate::catalog::keys::SERVICES).await?;
+        let known: std::collections::BTreeSet<String> = records
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<plexus_api::AgentService>(&kv.value).ok())
+            .map(|service| service.service)
+            .collect();
+        let problems: Vec<EntryError> = named
+            .into_iter()
+            .filter(|(_, name)| !known.contains(*name))
+            .map(|(field, name)| {
+                EntryError::new(
+                    field,
+                    format!("unknown service {name:?}: no instance of it is registered"),
+                )
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(EntryErrors(problems)))
+        }
     }
 
     /// Deletes an entry (absent: nothing happens). Refused when a remaining splitter or router

@@ -22,7 +22,7 @@ pub use endpoints::EndpointSet;
 #[cfg(test)]
 pub(crate) use endpoints::Labels;
 pub(crate) use endpoints::watch_endpoints;
-pub(crate) use watch::{BLOCKING_WAIT, find_proxy, find_sidecar, watch_sidecar};
+pub(crate) use watch::{BLOCKING_WAIT, find_proxy, find_sidecar, follow, watch_sidecar};
 
 /// Starts following an upstream's endpoints until the token fires; returns the latest set.
 pub(crate) type Resolve = std::sync::Arc<

@@ -39,6 +39,8 @@ pub(crate) enum Reason {
     Refused(Refusal),
     /// The request took longer than its route's timeout.
     Timeout,
+    /// An ingress gateway listener routes no service by the request's `Host` (404).
+    UnknownHost,
 }
 
 /// Who caused an error (pingora's `ErrorSource`).
@@ -108,9 +110,11 @@ impl HttpError {
     /// Who caused it.
     pub(crate) fn blame(&self) -> Blame {
         match self.reason {
-            Reason::RateLimited | Reason::Denied | Reason::BadRequest | Reason::Refused(_) => {
-                Blame::Downstream
-            }
+            Reason::RateLimited
+            | Reason::Denied
+            | Reason::BadRequest
+            | Reason::Refused(_)
+            | Reason::UnknownHost => Blame::Downstream,
             Reason::FaultInjected(_) => Blame::Internal,
             Reason::ConcurrencyLimit
             | Reason::NoHealthyEndpoints
@@ -143,6 +147,7 @@ impl HttpError {
             Reason::Timeout => "timeout",
             Reason::BadRequest => "bad_request",
             Reason::Refused(refusal) => refusal.label(),
+            Reason::UnknownHost => "unknown_host",
         }
     }
 
@@ -160,6 +165,7 @@ impl HttpError {
             Reason::Denied => StatusCode::FORBIDDEN,
             Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::BadRequest | Reason::Refused(_) => StatusCode::BAD_REQUEST,
+            Reason::UnknownHost => StatusCode::NOT_FOUND,
         }
     }
 
@@ -187,6 +193,8 @@ impl HttpError {
             Reason::Timeout => 4,
             // INVALID_ARGUMENT
             Reason::BadRequest | Reason::Refused(_) => 3,
+            // UNIMPLEMENTED (no such service here)
+            Reason::UnknownHost => 12,
         }
     }
 

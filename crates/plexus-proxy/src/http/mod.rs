@@ -22,7 +22,9 @@
 //! - concrete (per target service): [`balance`] (candidates and order, with `crate::balance`),
 //!   [`targets`] (each chain target's endpoints, subset and failover), [`outlier`];
 //! - endpoint: [`endpoint`] (the pool of HTTP/2 connections and the attempt itself);
-//! - inbound: [`inbound`] (intentions per request, the local app's connection pool).
+//! - inbound: [`inbound`] (intentions per request, the local app's connection pool);
+//! - ingress gateway: [`host`] (routing by `Host` into a service's outbound stack, header
+//!   changes), assembled by [`stack::Ingress`].
 //!
 //! Each layer module holds its pure decision code next to the state it keeps and the tower
 //! layer that applies it, with its unit tests. A layer reads what the route layer programmed
@@ -36,6 +38,7 @@ pub(crate) mod endpoint;
 pub(crate) mod error;
 pub(crate) mod fault;
 pub(crate) mod flood;
+pub(crate) mod host;
 pub(crate) mod inbound;
 pub(crate) mod metrics;
 pub(crate) mod mirror;
@@ -65,7 +68,7 @@ use http_body_util::{BodyExt, Full};
 
 pub(crate) use error::{HttpError, Reason};
 pub(crate) use metrics::HttpMetrics;
-pub(crate) use stack::{Inbound, Outbound};
+pub(crate) use stack::{Inbound, Ingress, Outbound};
 
 use crate::discovery::ChainWatch;
 

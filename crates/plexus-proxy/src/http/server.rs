@@ -31,7 +31,7 @@ use super::balance::ClientAddr;
 use super::inbound::Caller;
 use super::metrics::{Finished, Label};
 use super::route::RouteLabel;
-use super::stack::{Answer, BoxStack, Inbound, Outbound};
+use super::stack::{Answer, BoxStack, Inbound, Ingress, Outbound};
 use super::timeout::served;
 use super::{Body, HttpError, HttpMetrics, Reason};
 use crate::authorize::Authorizer;
@@ -51,85 +51,115 @@ impl Outbound {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = service_fn(move |request| {
+        serve_downstream(io, stop, move |request| {
             let this = Arc::clone(&self);
-            async move { Ok::<_, Infallible>(served(this.respond(request, source).await)) }
-        });
-        let builder = app_server();
-        // With upgrades: WebSocket and CONNECT tunnels (`upgrade.rs`).
-        let io = TokioIo::new(super::flood::ControlFrameLimit::new(io));
-        let connection = builder.serve_connection_with_upgrades(io, service);
-        tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            _ = stop.cancelled() => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        };
-        if let Err(error) = result {
-            debug!(error = %error, "downstream HTTP connection ended with an error");
-        }
+            async move { respond(&this.stack, &this.metrics, &this.labels, request, source).await }
+        })
+        .await;
     }
+}
 
-    /// One request from the app, through the stack, to the response it gets.
-    async fn respond(
-        &self,
-        mut request: Request<Incoming>,
+impl Ingress {
+    /// Serves one connection from a client outside the mesh (plain, or TLS already
+    /// terminated) as [`Outbound::serve`] serves the app's.
+    pub(crate) async fn serve<I>(
+        self: Arc<Self>,
+        io: I,
         source: Option<IpAddr>,
-    ) -> Response<Body> {
-        let started = Instant::now();
-        super::trace_hop(request.headers_mut());
-        let info = self
-            .metrics
-            .logs_requests()
-            .then(|| super::RequestInfo::of(&request, None));
-        let grpc = super::is_grpc(&request);
-        let http1 = request.version() < Version::HTTP_2;
-        // A request body hyper cannot decode (e.g. an invalid chunk size) must end in 400 and a
-        // closed connection, not in an upstream error: remember that it happened. (A client
-        // that goes away mid-body lands here too; it gets the same answer, unread.)
-        let malformed = Arc::new(AtomicBool::new(false));
-        let mut request = request.map(|body| {
-            let malformed = Arc::clone(&malformed);
-            body.map_err(move |error| {
-                debug!(%error, "cannot read the request body");
-                malformed.store(true, Ordering::SeqCst);
-                error
-            })
-            .boxed()
-        });
-        request.extensions_mut().insert(ClientAddr(source));
-        let answer = call(&self.stack, request).await;
-        let route = route_of(&answer, &self.labels.1);
-        let answer = if malformed.load(Ordering::SeqCst) {
-            Err(HttpError::new(Reason::BadRequest))
-        } else {
-            answer
-        };
-        let response = match answer {
-            Ok(response) => response,
-            Err(error) => {
-                let mut response = local(
-                    &self.metrics,
-                    &self.labels.0,
-                    &error,
-                    Direction::Outbound,
-                    grpc,
-                );
-                if matches!(error.reason(), Reason::BadRequest | Reason::Refused(_)) && http1 {
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                response
-            }
-        };
-        let seconds = started.elapsed().as_secs_f64();
-        let upstream = self.labels.0.clone();
-        let finished = Finished::new(Direction::Outbound, upstream, route, seconds, info);
-        record(&self.metrics, response, finished)
+        stop: CancellationToken,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        serve_downstream(io, stop, move |request| {
+            let this = Arc::clone(&self);
+            async move { respond(&this.stack, &this.metrics, &this.labels, request, source).await }
+        })
+        .await;
     }
+}
+
+/// Serves one downstream connection (HTTP/1.1 keep-alive or h2c, with upgrades) with
+/// `respond`, until it ends or `stop` fires (then in-flight requests finish and the connection
+/// closes: HTTP/1 after the current response, HTTP/2 with GOAWAY).
+async fn serve_downstream<I, F, Fut>(io: I, stop: CancellationToken, respond: F)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let respond = respond.clone();
+        async move { Ok::<_, Infallible>(served(respond(request).await)) }
+    });
+    let builder = app_server();
+    // With upgrades: WebSocket and CONNECT tunnels (`upgrade.rs`).
+    let io = TokioIo::new(super::flood::ControlFrameLimit::new(io));
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        debug!(error = %error, "downstream HTTP connection ended with an error");
+    }
+}
+
+/// One downstream request, through `stack`, to the response it gets.
+async fn respond(
+    stack: &BoxStack,
+    metrics: &HttpMetrics,
+    labels: &(Label, Label),
+    mut request: Request<Incoming>,
+    source: Option<IpAddr>,
+) -> Response<Body> {
+    let started = Instant::now();
+    super::trace_hop(request.headers_mut());
+    let info = metrics
+        .logs_requests()
+        .then(|| super::RequestInfo::of(&request, None));
+    let grpc = super::is_grpc(&request);
+    let http1 = request.version() < Version::HTTP_2;
+    // A request body hyper cannot decode (e.g. an invalid chunk size) must end in 400 and a
+    // closed connection, not in an upstream error: remember that it happened. (A client
+    // that goes away mid-body lands here too; it gets the same answer, unread.)
+    let malformed = Arc::new(AtomicBool::new(false));
+    let mut request = request.map(|body| {
+        let malformed = Arc::clone(&malformed);
+        body.map_err(move |error| {
+            debug!(%error, "cannot read the request body");
+            malformed.store(true, Ordering::SeqCst);
+            error
+        })
+        .boxed()
+    });
+    request.extensions_mut().insert(ClientAddr(source));
+    let answer = call(stack, request).await;
+    let route = route_of(&answer, &labels.1);
+    let answer = if malformed.load(Ordering::SeqCst) {
+        Err(HttpError::new(Reason::BadRequest))
+    } else {
+        answer
+    };
+    let response = match answer {
+        Ok(response) => response,
+        Err(error) => {
+            let mut response = local(metrics, &labels.0, &error, Direction::Outbound, grpc);
+            if matches!(error.reason(), Reason::BadRequest | Reason::Refused(_)) && http1 {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let upstream = labels.0.clone();
+    let finished = Finished::new(Direction::Outbound, upstream, route, seconds, info);
+    record(metrics, response, finished)
 }
 
 impl Inbound {

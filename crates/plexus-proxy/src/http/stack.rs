@@ -231,6 +231,11 @@ impl Outbound {
         }
     }
 
+    /// The whole request path, to be called from another stack (an ingress listener's).
+    pub(crate) fn stack(&self) -> BoxStack {
+        self.stack.clone()
+    }
+
     /// The endpoints ejected by outlier detection now (admin `/config`).
     pub(crate) fn ejected(&self) -> watch::Receiver<Vec<SocketAddr>> {
         self.targets.ejected()
@@ -240,6 +245,40 @@ impl Outbound {
     #[cfg(test)]
     pub(crate) fn has_policy(&self) -> bool {
         self.policy.load().is_some()
+    }
+}
+
+/// An ingress gateway's HTTP listener: requests from clients outside the mesh, routed by host
+/// (`host.rs`) into the outbound stack of the service the host names.
+pub(crate) struct Ingress {
+    pub(super) stack: BoxStack,
+    pub(super) metrics: HttpMetrics,
+    /// The `upstream` (the listener, `ingress:<port>`) and default `route` metric labels.
+    pub(super) labels: (Label, Label),
+}
+
+impl std::fmt::Debug for Ingress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("http::Ingress")
+            .field("listener", &self.labels.0)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ingress {
+    /// The request path of one ingress listener named `name`: the edge checks, then the host
+    /// router (whose routes end in each service's own outbound stack).
+    pub(crate) fn new(name: &str, router: super::host::HostRouter, metrics: HttpMetrics) -> Self {
+        let stack = ServiceBuilder::new()
+            // Ambiguous requests refused (400); client-set identity headers removed.
+            .layer(EdgeLayer)
+            // By host to a service's outbound stack (404 for an unknown host).
+            .service(router);
+        Self {
+            stack: BoxStack::new(stack),
+            metrics,
+            labels: super::server::labels(name),
+        }
     }
 }
 

@@ -57,6 +57,16 @@ pub(crate) enum Target {
     },
     /// Outbound HTTP: each request balanced over pooled HTTP/2 connections.
     Http(Arc<http::Outbound>),
+    /// A gateway serving each connection itself.
+    Gateway(Arc<dyn ServeConnection>),
+    /// An ingress gateway's HTTP listener: clients outside the mesh, optionally over TLS,
+    /// routed by host.
+    Ingress {
+        /// The request path.
+        http: Arc<http::Ingress>,
+        /// TLS with the gateway's certificate for the listener's hosts (`TLS.Enabled`).
+        tls: Option<tls::Front>,
+    },
     /// Outbound, protocol not in the registration: each new connection takes the HTTP path
     /// when the upstream's discovery chain says `http`/`http2`/`grpc`, else the L4 one.
     ByChain {
@@ -78,6 +88,18 @@ pub(crate) enum Target {
         /// mTLS to the upstream's sidecars (always set by the proxy).
         tls: Option<tls::Outbound>,
     },
+}
+
+/// A listener target that serves each connection itself (a terminating gateway).
+pub(crate) trait ServeConnection: std::fmt::Debug + Send + Sync {
+    /// Serves one accepted connection until it ends (or `stop`, for protocols that drain).
+    fn serve(
+        self: Arc<Self>,
+        downstream: TcpStream,
+        peer: SocketAddr,
+        bytes: ByteCounters,
+        stop: CancellationToken,
+    ) -> crate::http::stack::BoxFuture<'static, ()>;
 }
 
 /// What the inbound listener demands of every connection.
@@ -201,10 +223,25 @@ async fn serve(
         outbound.serve(downstream, Some(peer.ip()), stop).await;
         return;
     }
+    if let Target::Ingress { http, tls } = target {
+        match tls {
+            Some(front) => {
+                if let Some(stream) = front.accept(downstream, peer).await {
+                    http.serve(stream, Some(peer.ip()), stop).await;
+                }
+            }
+            None => http.serve(downstream, Some(peer.ip()), stop).await,
+        }
+        return;
+    }
     let bytes = ByteCounters {
         sent: metrics.bytes_sent.clone(),
         received: metrics.bytes_received.clone(),
     };
+    if let Target::Gateway(gateway) = target {
+        gateway.serve(downstream, peer, bytes, stop).await;
+        return;
+    }
     if let Target::Local {
         security: Some(security),
         http,
@@ -329,7 +366,9 @@ async fn connect(
                 .map_err(|last| ConnectError::Unreachable { attempts: 1, last })
         }
         // Served above.
-        Target::Http(_) | Target::ByChain { .. } => Err(ConnectError::NoEndpoints),
+        Target::Http(_) | Target::ByChain { .. } | Target::Ingress { .. } | Target::Gateway(_) => {
+            Err(ConnectError::NoEndpoints)
+        }
         Target::Balanced {
             endpoints,
             picker,

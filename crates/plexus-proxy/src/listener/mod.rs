@@ -21,7 +21,7 @@ use tracing::{error, info};
 
 pub(crate) use accept::InboundSecurity;
 pub(crate) use accept::Limits;
-use accept::{Accept, Target};
+pub(crate) use accept::{Accept, ServeConnection, Target};
 use diff::InboundChange;
 
 use crate::admin::{Snapshot, UpstreamView};
@@ -54,6 +54,93 @@ pub(crate) struct Context {
     pub http_metrics: HttpMetrics,
     /// Discovery chains for HTTP upstreams.
     pub chains: ResolveChain,
+}
+
+impl Context {
+    /// How an HTTP upstream reaches the other services its chain names: their endpoint
+    /// watches and an mTLS client (ALPN `plexus-h2`) verifying each one's identity.
+    pub(crate) fn remote(&self) -> http::targets::Remote {
+        let (identity, metrics) = (
+            Arc::clone(&self.security.identity),
+            self.security.metrics.clone(),
+        );
+        http::targets::Remote {
+            resolve: Arc::clone(&self.resolve),
+            tls: Some(Arc::new(move |service: &str| {
+                tls::Outbound::with_alpn(&identity, service, metrics.clone(), tls::ALPN_H2)
+            })),
+        }
+    }
+
+    /// The HTTP path to `destination` as an upstream listener has it (its discovery chain,
+    /// endpoints, pooled HTTP/2 over mTLS), its watches stopped by `stop`. An ingress gateway
+    /// calls it for each service it routes to.
+    pub(crate) fn http_outbound(
+        &self,
+        destination: &str,
+        stop: &CancellationToken,
+    ) -> Result<Arc<http::Outbound>, ProxyError> {
+        let tls = tls::Outbound::with_alpn(
+            &self.security.identity,
+            destination,
+            self.security.metrics.clone(),
+            tls::ALPN_H2,
+        )
+        .map_err(ProxyError::Tls)?;
+        Ok(Arc::new(http::Outbound::new(http::stack::OutboundParts {
+            destination: destination.to_owned(),
+            endpoints: (self.resolve)(destination, stop.clone()),
+            tls: Some(tls),
+            metrics: self.http_metrics.clone(),
+            connect_timeout: self.limits.connect_timeout,
+            tasks: self.tasks.clone(),
+            kill: self.kill.clone(),
+            chain: (self.chains)(destination, stop.clone()),
+            remote: self.remote(),
+            stop: stop.clone(),
+            connect: None,
+        })))
+    }
+
+    /// The L4 path to `destination`: new connections round-robin over its endpoints, mTLS
+    /// with the destination's verdict.
+    pub(crate) fn tcp_target(
+        &self,
+        destination: &str,
+        stop: &CancellationToken,
+    ) -> Result<Target, ProxyError> {
+        let tls = tls::Outbound::tcp(
+            &self.security.identity,
+            destination,
+            self.security.metrics.clone(),
+        )
+        .map_err(ProxyError::Tls)?;
+        Ok(Target::Balanced {
+            endpoints: (self.resolve)(destination, stop.clone()),
+            picker: Arc::default(),
+            failures: Arc::default(),
+            tls: Some(tls),
+        })
+    }
+
+    /// A bound listener's accept loop over `target`.
+    pub(crate) fn accept(
+        &self,
+        name: ListenerName,
+        listener: TcpListener,
+        target: Target,
+        metrics: ListenerMetrics,
+    ) -> Accept {
+        Accept {
+            name,
+            listener,
+            target,
+            metrics,
+            limits: self.limits,
+            tasks: self.tasks.clone(),
+            kill: self.kill.clone(),
+        }
+    }
 }
 
 /// What secures the listeners: this sidecar's identity and the inbound demands.
@@ -260,7 +347,7 @@ impl Listeners {
                 tasks: self.ctx.tasks.clone(),
                 kill: self.ctx.kill.clone(),
                 chain,
-                remote: self.remote(),
+                remote: self.ctx.remote(),
                 stop: stop.clone(),
                 connect: None,
             }))
@@ -310,21 +397,6 @@ impl Listeners {
         })
     }
 
-    /// How an HTTP upstream reaches the other services its chain names: their endpoint
-    /// watches and an mTLS client (ALPN `plexus-h2`) verifying each one's identity.
-    fn remote(&self) -> http::targets::Remote {
-        let (identity, metrics) = (
-            Arc::clone(&self.ctx.security.identity),
-            self.ctx.security.metrics.clone(),
-        );
-        http::targets::Remote {
-            resolve: Arc::clone(&self.ctx.resolve),
-            tls: Some(Arc::new(move |service: &str| {
-                tls::Outbound::with_alpn(&identity, service, metrics.clone(), tls::ALPN_H2)
-            })),
-        }
-    }
-
     fn accept(
         &self,
         name: ListenerName,
@@ -332,15 +404,7 @@ impl Listeners {
         target: Target,
         metrics: ListenerMetrics,
     ) -> Accept {
-        Accept {
-            name,
-            listener,
-            target,
-            metrics,
-            limits: self.ctx.limits,
-            tasks: self.ctx.tasks.clone(),
-            kill: self.ctx.kill.clone(),
-        }
+        self.ctx.accept(name, listener, target, metrics)
     }
 
     fn spawn(&self, accept: Accept, bound: SocketAddr, stop: CancellationToken) -> Running {
@@ -354,7 +418,7 @@ impl Listeners {
 }
 
 /// Binds `addr` and logs the listener's one `listening` line with the address actually bound.
-async fn bind(
+pub(crate) async fn bind(
     name: &ListenerName,
     addr: SocketAddr,
 ) -> Result<(TcpListener, SocketAddr), ProxyError> {

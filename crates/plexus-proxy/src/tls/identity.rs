@@ -67,6 +67,7 @@ async fn sign(
     control: &Client,
     proxy_id: &str,
     spiffe_id: &str,
+    dns_names: &[String],
     identity_provider: &rustls::crypto::CryptoProvider,
     state: Option<&StateDir>,
 ) -> Result<Leaf, IdentityError> {
@@ -81,6 +82,13 @@ async fn sign(
             .try_into()
             .map_err(|e| invalid("SPIFFE id", &e))?,
     )];
+    for name in dns_names {
+        params.subject_alt_names.push(SanType::DnsName(
+            name.clone()
+                .try_into()
+                .map_err(|e| invalid("DNS name", &e))?,
+        ));
+    }
     let csr = params
         .serialize_request(&key)
         .and_then(|csr| csr.pem())
@@ -232,10 +240,12 @@ pub(crate) struct Source {
     pub control: Client,
     /// The sidecar's own service id (the CA signs only its destination's identity).
     pub proxy_id: String,
-    /// The destination service name.
+    /// The destination service name (a gateway: its own, or a linked service's).
     pub service: String,
     /// Where the last good leaf and roots are kept, if anywhere.
     pub state: Option<Arc<StateDir>>,
+    /// DNS names the leaf carries besides (an ingress gateway's TLS hosts; else empty).
+    pub dns_names: Vec<String>,
 }
 
 /// Obtains roots and a first leaf, retrying with backoff while the control plane is unreachable
@@ -276,6 +286,7 @@ pub(crate) async fn obtain(
                 &source.control,
                 &source.proxy_id,
                 &spiffe_id,
+                &source.dns_names,
                 &provider,
                 source.state.as_deref(),
             )
@@ -434,6 +445,7 @@ async fn renew_leaves(
                 &source.control,
                 &source.proxy_id,
                 &leaf.spiffe_id,
+                &source.dns_names,
                 &identity.provider,
                 source.state.as_deref(),
             )

@@ -16,6 +16,7 @@
 //! connections and never rebuild a TLS configuration. Each refused handshake is counted in
 //! `plexus_proxy_tls_refusals_total{direction,reason}` and logged with its reason.
 
+mod gateway;
 pub(crate) mod identity;
 pub(crate) mod peer;
 pub(crate) mod renew;
@@ -40,6 +41,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{info, warn};
 
+pub(crate) use gateway::{Front, Leaves, Originate, SniInbound, sni};
 pub(crate) use peer::PeerRefusal;
 
 /// The ALPN protocol of raw TCP between sidecars, version 1 (no verdict frame: a denied
@@ -282,6 +284,9 @@ pub(crate) struct Outbound {
     connector: TlsConnector,
     metrics: TlsMetrics,
     expected: String,
+    /// The server name sent: the destination's [`sni`] name, so a terminating gateway in front
+    /// of several services knows which one is asked for.
+    sni: Option<ServerName<'static>>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -342,10 +347,17 @@ impl Outbound {
                 .with_custom_certificate_verifier(verifier)
                 .with_client_cert_resolver(Arc::new(verify::LeafResolver(Arc::clone(identity))));
         config.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
+        let sni = ServerName::try_from(sni(
+            destination,
+            &identity.service.datacenter,
+            &identity.service.trust_domain,
+        ))
+        .ok();
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
             metrics,
             expected,
+            sni,
         })
     }
 
@@ -355,7 +367,10 @@ impl Outbound {
         stream: TcpStream,
         endpoint: SocketAddr,
     ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let name = ServerName::IpAddress(endpoint.ip().into());
+        let name = self
+            .sni
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(endpoint.ip().into()));
         let result =
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector.connect(name, stream))
                 .await

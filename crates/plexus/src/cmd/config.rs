@@ -17,7 +17,8 @@ use crate::output;
 fn parse_kind(text: &str) -> Result<Kind, String> {
     Kind::parse(text).ok_or_else(|| {
         format!(
-            "unknown config entry kind {text:?}; expected one of service-defaults, service-resolver, service-splitter, service-router"
+            "unknown config entry kind {text:?}; expected one of {}",
+            Kind::EXPECTED
         )
     })
 }

@@ -17,6 +17,7 @@ pub mod echo_server;
 pub mod envoy;
 pub mod events;
 pub mod events_app;
+pub mod gateway;
 pub mod grpc;
 pub mod health;
 pub mod intention;

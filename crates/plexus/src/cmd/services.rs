@@ -95,7 +95,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
 fn service_row(s: &AgentService) -> Vec<String> {
     let kind = match s.kind {
         plexus_api::ServiceKind::Typical => "service",
-        plexus_api::ServiceKind::ConnectProxy => "connect-proxy",
+        other => other.as_str(),
     };
     let address = if s.address.is_empty() {
         format!(":{}", s.port)

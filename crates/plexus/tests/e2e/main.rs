@@ -27,6 +27,7 @@ mod events_connector;
 mod events_lang;
 mod events_mercury;
 mod filter;
+mod gateways;
 mod hosts;
 mod identity;
 mod identity_long;

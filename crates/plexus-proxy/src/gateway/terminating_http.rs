@@ -1,0 +1,142 @@
+//! The HTTP side of a terminating gateway: a client sidecar that speaks HTTP to a linked
+//! service (ALPN `plexus-h2`) has its requests decided one by one by the service's intentions
+//! (403 `denied`), then sent as HTTP/1.1 to an instance of the service, over TLS with the
+//! entry's `CAFile` and `SNI` when given. One upstream connection per request (no pool yet).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::terminating::Linked;
+use crate::authorize::Caller;
+use crate::endpoint;
+use crate::http::{self as proxy_http, Body, HttpError, Reason};
+
+/// Serves one client sidecar's HTTP/2 connection for `linked` until it ends or `stop` fires.
+pub(super) async fn serve<I>(
+    io: I,
+    linked: Arc<Linked>,
+    source: String,
+    connect_timeout: Duration,
+    stop: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let caller = Arc::new(linked.authorizer.for_source(&source));
+    let service = service_fn(move |request: Request<Incoming>| {
+        let (linked, caller) = (Arc::clone(&linked), Arc::clone(&caller));
+        async move {
+            let answer = respond(&linked, &caller, request, connect_timeout).await;
+            Ok::<_, Infallible>(answer.unwrap_or_else(|error| error.response(false)))
+        }
+    });
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(proxy_http::MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(proxy_http::MAX_HEADER_BYTES as u32)
+        .max_pending_accept_reset_streams(proxy_http::MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .keep_alive_interval(proxy_http::KEEP_ALIVE_INTERVAL)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        debug!(%error, "terminating gateway HTTP/2 connection ended with an error");
+    }
+}
+
+/// One request: intentions, then HTTP/1.1 to an instance.
+async fn respond(
+    linked: &Linked,
+    caller: &Caller,
+    request: Request<Incoming>,
+    connect_timeout: Duration,
+) -> Result<Response<Body>, HttpError> {
+    if !caller.allowed() {
+        return Err(HttpError::new(Reason::Denied));
+    }
+    let (mut parts, body) = request.into_parts();
+    proxy_http::strip_hop_by_hop(&mut parts.headers);
+    let host = linked
+        .spec
+        .sni
+        .clone()
+        .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()))
+        .unwrap_or_else(|| linked.spec.name.clone());
+    let host = HeaderValue::from_str(&host).map_err(|_| HttpError::new(Reason::BadRequest))?;
+    parts.headers.insert(header::HOST, host);
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = Uri::from(path);
+    parts.version = Version::HTTP_11;
+    let request = Request::from_parts(parts, body.boxed());
+
+    let mut endpoints = linked.endpoints.clone();
+    let _ =
+        tokio::time::timeout(connect_timeout, endpoints.wait_for(|set| set.is_resolved())).await;
+    let set = Arc::clone(&endpoints.borrow());
+    let (stream, endpoint) =
+        endpoint::dial_first(linked.picker.order(&set.addrs), connect_timeout, |_, _| {})
+            .await
+            .map_err(|error| {
+                debug!(%error, service = %linked.spec.name, "cannot reach the linked service");
+                HttpError::new(Reason::UpstreamConnectFailure)
+            })?;
+    match &linked.originate {
+        Some(originate) => {
+            let stream = originate.connect(stream, endpoint).await.map_err(|error| {
+                debug!(%error, %endpoint, "TLS to the linked service failed");
+                HttpError::new(Reason::UpstreamConnectFailure).at(endpoint)
+            })?;
+            send(stream, request, endpoint).await
+        }
+        None => send(stream, request, endpoint).await,
+    }
+}
+
+/// Sends `request` over a fresh HTTP/1.1 connection on `io`.
+async fn send<I>(
+    io: I,
+    request: Request<Body>,
+    endpoint: SocketAddr,
+) -> Result<Response<Body>, HttpError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let reset = |error: hyper::Error| {
+        debug!(%error, %endpoint, "request to the linked service failed");
+        HttpError::new(Reason::UpstreamReset).at(endpoint)
+    };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(reset)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            debug!(%error, "connection to the linked service ended with an error");
+        }
+    });
+    let response = sender.send_request(request).await.map_err(reset)?;
+    let (mut parts, body) = response.into_parts();
+    proxy_http::strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body.boxed()))
+}
