@@ -468,6 +468,7 @@ async fn start_agent(
             node: node.clone(),
             server: false,
             acl: acl.clone(),
+            host_ports: Some(plexus_agent::host_ports_dir()),
         };
         let dyn_catalog: Arc<dyn plexus_api::Catalog> = catalog.clone();
         let delay = backoff.next_delay();

@@ -552,6 +552,7 @@ impl DevServer {
                 node,
                 server: true,
                 acl: control.resolver(),
+                host_ports: Some(plexus_agent::host_ports_dir()),
             },
             catalog,
             shutdown,

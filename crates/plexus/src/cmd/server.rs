@@ -390,6 +390,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             node,
             server: true,
             acl: control.resolver(),
+            host_ports: Some(plexus_agent::host_ports_dir()),
         },
         catalog,
         &shutdown,

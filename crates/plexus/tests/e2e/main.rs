@@ -26,6 +26,7 @@ mod events;
 mod events_connector;
 mod events_lang;
 mod events_mercury;
+mod host_ports;
 mod hosts;
 mod identity;
 mod identity_long;
