@@ -39,6 +39,7 @@ pub mod connect;
 pub mod definition;
 pub mod duration;
 pub mod error;
+pub mod job;
 pub mod kv;
 pub mod model;
 pub mod one_or_many;

@@ -43,6 +43,7 @@ pub mod catalog;
 pub mod config;
 pub mod dns;
 pub mod intentions;
+pub mod job;
 pub mod kv;
 pub mod operator;
 pub mod presence;
@@ -264,6 +265,9 @@ impl ControlPlane {
             .merge(config::api::router(std::sync::Arc::new(
                 config::ConfigEntries::new(self.store()),
             )))
+            .merge(job::api::router(std::sync::Arc::new(job::Jobs::new(
+                self.store(),
+            ))))
             .merge(acl::api::router(self.acl()))
             .merge(ui::router(self.catalog(), self.store()))
     }

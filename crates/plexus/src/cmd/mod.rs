@@ -20,6 +20,7 @@ pub mod events_app;
 pub mod grpc;
 pub mod health;
 pub mod intention;
+pub mod job;
 pub mod kv;
 pub mod limits;
 pub mod lock;

@@ -31,6 +31,7 @@ mod hosts;
 mod identity;
 mod identity_long;
 mod intentions;
+mod jobs;
 mod kv;
 mod l7;
 mod l7_edge;

@@ -1,0 +1,71 @@
+//! Client calls for jobs (`/v1/jobs`, `/v1/job/:name/...`).
+
+use reqwest::Method;
+
+use super::{Client, ClientError, QueryOptions, encode};
+use crate::catalog::Indexed;
+use crate::job::Job;
+use crate::job::api::{
+    JobPlan, JobStatus, JobSummary, JobVersion, JobWritten, RevertRequest, ScaleRequest,
+};
+
+impl Client {
+    /// `PUT /v1/jobs`: runs `job` (a new version unless unchanged).
+    pub async fn job_run(&self, job: &Job) -> Result<JobWritten, ClientError> {
+        self.put_json("/v1/jobs", Some(job)).await
+    }
+
+    /// `PUT /v1/jobs?plan=true`: what running `job` would change.
+    pub async fn job_plan(&self, job: &Job) -> Result<JobPlan, ClientError> {
+        self.put_json("/v1/jobs?plan=true", Some(job)).await
+    }
+
+    /// `GET /v1/jobs` (blocking with `query`).
+    pub async fn jobs(&self, query: QueryOptions) -> Result<Indexed<Vec<JobSummary>>, ClientError> {
+        self.get("/v1/jobs", query, &[]).await
+    }
+
+    /// `GET /v1/job/:name` (blocking with `query`).
+    pub async fn job_status(
+        &self,
+        name: &str,
+        query: QueryOptions,
+    ) -> Result<Indexed<JobStatus>, ClientError> {
+        self.get(&format!("/v1/job/{}", encode(name)), query, &[])
+            .await
+    }
+
+    /// `DELETE /v1/job/:name`: stops the job.
+    pub async fn job_stop(&self, name: &str) -> Result<JobWritten, ClientError> {
+        let path = format!("/v1/job/{}", encode(name));
+        self.call::<(), _>(Method::DELETE, &path, None).await
+    }
+
+    /// `POST /v1/job/:name/scale`.
+    pub async fn job_scale(
+        &self,
+        name: &str,
+        group: &str,
+        count: u32,
+    ) -> Result<JobWritten, ClientError> {
+        let path = format!("/v1/job/{}/scale", encode(name));
+        let body = ScaleRequest {
+            group: group.to_owned(),
+            count,
+        };
+        self.call(Method::POST, &path, Some(&body)).await
+    }
+
+    /// `GET /v1/job/:name/versions`: newest first.
+    pub async fn job_versions(&self, name: &str) -> Result<Vec<JobVersion>, ClientError> {
+        let path = format!("/v1/job/{}/versions", encode(name));
+        Ok(self.get(&path, QueryOptions::default(), &[]).await?.value)
+    }
+
+    /// `POST /v1/job/:name/revert`.
+    pub async fn job_revert(&self, name: &str, version: u64) -> Result<JobWritten, ClientError> {
+        let path = format!("/v1/job/{}/revert", encode(name));
+        self.call(Method::POST, &path, Some(&RevertRequest { version }))
+            .await
+    }
+}

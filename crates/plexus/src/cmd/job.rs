@@ -1,0 +1,270 @@
+//! `plexus job run|plan|status|stop|scale|history|revert`: jobs, the services Plexus runs as
+//! supervised processes (see `plexus_api::job` for the file format).
+//!
+//! A job file that does not parse or breaks a rule is reported with every error
+//! (`calc.hcl:7: job.group[0].count: ...`) and exit code 64, before anything is sent.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use plexus_api::client::QueryOptions;
+use plexus_api::job::Job;
+
+use super::{ControlArgs, EXIT_CONFIG};
+use crate::output;
+
+/// `plexus job ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run a job file (HCL or JSON): a new version unless nothing changed.
+    Run {
+        /// The job file.
+        file: PathBuf,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Show what running a job file would change, without running it.
+    Plan {
+        /// The job file.
+        file: PathBuf,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Every job, or one job's current version.
+    Status {
+        /// The job (all jobs when left out).
+        job: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Stop a job (its history stays; `revert` runs a version again).
+    Stop {
+        /// The job.
+        job: String,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Set the count of one group.
+    Scale {
+        /// The job.
+        job: String,
+        /// The group.
+        group: String,
+        /// Its new count.
+        count: u32,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Every version of a job, newest first.
+    History {
+        /// The job.
+        job: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Run an earlier version of a job again (as a new version).
+    Revert {
+        /// The job.
+        job: String,
+        /// The version to run again.
+        #[arg(value_name = "VERSION")]
+        to: u64,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+}
+
+/// Reads a job file; every problem is printed and the command exits 64.
+fn load(file: &Path) -> Result<Job, ExitCode> {
+    plexus_api::job::file::load_job(file).map_err(|errors| {
+        for error in &errors {
+            eprintln!("error: {error}");
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn written(w: &plexus_api::job::api::JobWritten, json: bool, what: &str) -> anyhow::Result<()> {
+    if json {
+        return output::json(w);
+    }
+    if w.changed {
+        println!("Job {:?} {what}: version {}", w.name, w.version);
+    } else {
+        println!("Job {:?} unchanged: version {}", w.name, w.version);
+    }
+    Ok(())
+}
+
+/// Runs the subcommand.
+pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            file,
+            json,
+            control,
+        } => {
+            let job = match load(&file) {
+                Ok(job) => job,
+                Err(code) => return Ok(code),
+            };
+            let w = control.client()?.job_run(&job).await?;
+            written(&w, json, "submitted")?;
+        }
+        Command::Plan {
+            file,
+            json,
+            control,
+        } => {
+            let job = match load(&file) {
+                Ok(job) => job,
+                Err(code) => return Ok(code),
+            };
+            let plan = control.client()?.job_plan(&job).await?;
+            if json {
+                output::json(&plan)?;
+            } else {
+                match plan.current_version {
+                    Some(v) => println!("Job {:?} (now version {v}):", plan.name),
+                    None => println!("Job {:?} (new):", plan.name),
+                }
+                if plan.unchanged {
+                    println!("  no changes");
+                }
+                for g in &plan.groups {
+                    let what = if g.removed {
+                        format!("remove ({} instance(s) stop)", g.before)
+                    } else if g.before == 0 {
+                        format!("create {} instance(s)", g.after)
+                    } else if g.updated {
+                        format!("rolling update, {} -> {} instance(s)", g.before, g.after)
+                    } else if g.before != g.after {
+                        format!("scale {} -> {}", g.before, g.after)
+                    } else {
+                        "unchanged".to_owned()
+                    };
+                    println!("  group {:?}: {what}", g.name);
+                }
+            }
+        }
+        Command::Status { job, json, control } => {
+            let client = control.client()?;
+            match job {
+                None => {
+                    let jobs = client.jobs(QueryOptions::default()).await?.value;
+                    if json {
+                        output::json(&jobs)?;
+                    } else {
+                        let rows: Vec<Vec<String>> = jobs
+                            .iter()
+                            .map(|j| {
+                                let groups: Vec<String> = j
+                                    .groups
+                                    .iter()
+                                    .map(|g| format!("{}={}", g.name, g.count))
+                                    .collect();
+                                vec![
+                                    j.name.clone(),
+                                    j.version.to_string(),
+                                    if j.stopped { "stopped" } else { "running" }.to_owned(),
+                                    groups.join(" "),
+                                ]
+                            })
+                            .collect();
+                        output::table(&["JOB", "VERSION", "STATUS", "GROUPS"], &rows);
+                    }
+                }
+                Some(name) => {
+                    let status = client
+                        .job_status(&name, QueryOptions::default())
+                        .await?
+                        .value;
+                    if json {
+                        output::json(&status)?;
+                    } else {
+                        let c = &status.current;
+                        let state = if c.stopped { "stopped" } else { "running" };
+                        println!("Job {:?}: version {} ({state})", c.job.name, c.version);
+                        for g in c.job.group.iter() {
+                            println!("  group {:?}: count {}", g.name, g.count.unwrap_or(1));
+                        }
+                    }
+                }
+            }
+        }
+        Command::Stop { job, json, control } => {
+            let w = control.client()?.job_stop(&job).await?;
+            written(&w, json, "stopped")?;
+        }
+        Command::Scale {
+            job,
+            group,
+            count,
+            json,
+            control,
+        } => {
+            let w = control.client()?.job_scale(&job, &group, count).await?;
+            written(&w, json, &format!("group {group:?} scaled to {count}"))?;
+        }
+        Command::History { job, json, control } => {
+            let versions = control.client()?.job_versions(&job).await?;
+            if json {
+                output::json(&versions)?;
+            } else {
+                let rows: Vec<Vec<String>> = versions
+                    .iter()
+                    .map(|v| {
+                        let groups: Vec<String> = v
+                            .job
+                            .group
+                            .iter()
+                            .map(|g| format!("{}={}", g.name, g.count.unwrap_or(1)))
+                            .collect();
+                        vec![
+                            v.version.to_string(),
+                            v.submitted.to_string(),
+                            if v.stopped { "stopped" } else { "running" }.to_owned(),
+                            v.cause.clone(),
+                            groups.join(" "),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &["VERSION", "SUBMITTED", "STATUS", "CAUSE", "GROUPS"],
+                    &rows,
+                );
+            }
+        }
+        Command::Revert {
+            job,
+            to: version,
+            json,
+            control,
+        } => {
+            let w = control.client()?.job_revert(&job, version).await?;
+            written(&w, json, &format!("reverted to version {version}"))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
