@@ -26,6 +26,7 @@ mod api;
 mod check;
 mod error;
 mod host_ports;
+pub mod job;
 mod node_check;
 mod ports;
 pub mod remote_catalog;
@@ -136,6 +137,17 @@ impl Agent {
     /// This agent's node name.
     pub fn node(&self) -> &str {
         &self.inner.config.node.node
+    }
+
+    /// Reserves `port` on this host for `owner` after a bind test (see [`host_ports_dir`]):
+    /// `Ok(true)` newly reserved, `Ok(false)` already `owner`'s.
+    pub fn claim_port(&self, port: u16, owner: &str) -> Result<bool, PortTaken> {
+        self.inner.host_ports.claim(port, owner, true)
+    }
+
+    /// Releases every port `owner` holds.
+    pub fn release_ports(&self, owner: &str) {
+        self.inner.host_ports.release_owner(owner, None);
     }
 
     fn registered(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {

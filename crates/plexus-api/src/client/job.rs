@@ -69,3 +69,26 @@ impl Client {
             .await
     }
 }
+
+impl Client {
+    /// `GET /v1/job-allocations/:node` (blocking with `query`): what an agent runs.
+    pub async fn job_node_allocations(
+        &self,
+        node: &str,
+        query: QueryOptions,
+    ) -> Result<Indexed<crate::job::api::NodeAllocations>, ClientError> {
+        self.get(&format!("/v1/job-allocations/{}", encode(node)), query, &[])
+            .await
+    }
+
+    /// `PUT /v1/job-allocation/:id/status`: an agent reports one of its instances.
+    pub async fn job_report(
+        &self,
+        status: &crate::job::api::InstanceStatus,
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/job-allocation/{}/status", encode(&status.id));
+        self.call::<_, bool>(Method::PUT, &path, Some(status))
+            .await
+            .map(|_| ())
+    }
+}

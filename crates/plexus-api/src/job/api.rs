@@ -103,4 +103,63 @@ pub struct GroupPlan {
 pub struct JobStatus {
     /// The current version.
     pub current: JobVersion,
+    /// Its placed instances, with what their agents report.
+    #[serde(default)]
+    pub instances: Vec<InstanceView>,
+}
+
+/// An instance: where it is placed and how it is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// Where it is placed.
+    pub allocation: Allocation,
+    /// What its agent last reported (`None`: nothing yet).
+    pub status: Option<InstanceStatus>,
+}
+
+/// One instance placed on a node (`GET /v1/job-allocations/:node`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// `<job>-<group>-<index>`: stable across versions and moves.
+    pub id: String,
+    /// The job.
+    pub job: String,
+    /// The group.
+    pub group: String,
+    /// The instance's index in the group (0-based).
+    pub index: u32,
+    /// The job version it runs.
+    pub version: u64,
+    /// The node.
+    pub node: String,
+}
+
+/// What an agent runs for one node: its allocations with the job versions they run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAllocations {
+    /// The allocations.
+    pub allocations: Vec<Allocation>,
+    /// The job versions they refer to, by job name.
+    pub jobs: Vec<JobVersion>,
+}
+
+/// The state of an instance as its agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    /// The allocation id.
+    pub id: String,
+    /// The node.
+    pub node: String,
+    /// The job version it runs.
+    pub version: u64,
+    /// `starting`, `running`, `restarting`, `failed`, `stopped`.
+    pub state: String,
+    /// Its process id while running.
+    pub pid: Option<u32>,
+    /// Its ports by label.
+    pub ports: std::collections::BTreeMap<String, u16>,
+    /// How often it was restarted.
+    pub restarts: u32,
+    /// The last problem (an OS error, an exit status).
+    pub message: String,
 }

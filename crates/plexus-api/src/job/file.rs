@@ -40,7 +40,18 @@ pub fn load_job(path: &Path) -> Result<Job, Vec<DefinitionError>> {
 pub fn parse_job(file: &Path, text: &str) -> Result<Job, Vec<DefinitionError>> {
     let value = match file.extension().and_then(|e| e.to_str()) {
         Some(ext) if ext.eq_ignore_ascii_case("hcl") || ext.eq_ignore_ascii_case("nomad") => {
-            definition::hcl_value_shaped(file, text, &JOB_SHAPE)?
+            definition::hcl_value_shaped(file, text, &JOB_SHAPE).map_err(|errors| {
+                errors
+                    .into_iter()
+                    .map(|mut e| {
+                        e.field = e.field.map(|f| match f.strip_prefix("job[0]") {
+                            Some(rest) => format!("job{rest}"),
+                            None => f,
+                        });
+                        e
+                    })
+                    .collect::<Vec<_>>()
+            })?
         }
         Some(ext) if ext.eq_ignore_ascii_case("json") => serde_json::from_str(text)
             .map_err(|e| vec![definition::json_error(file, text, &e, &[])])?,

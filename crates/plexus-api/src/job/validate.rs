@@ -126,17 +126,25 @@ impl Job {
     }
 }
 
+/// A constraint attribute without Nomad's `${...}` around it: `meta.zone`, `node.name`.
+pub fn constraint_attribute(attribute: &str) -> &str {
+    attribute
+        .strip_prefix("${")
+        .and_then(|a| a.strip_suffix('}'))
+        .unwrap_or(attribute)
+}
+
 fn check_constraint(errs: &mut Errors, at: &str, c: &mut super::Constraint) {
-    let attribute_ok = c.attribute == "${node.name}"
-        || c.attribute
-            .strip_prefix("${meta.")
-            .and_then(|rest| rest.strip_suffix('}'))
+    let attribute = constraint_attribute(&c.attribute);
+    let attribute_ok = attribute == "node.name"
+        || attribute
+            .strip_prefix("meta.")
             .is_some_and(|key| !key.is_empty());
     if !attribute_ok {
         errs.push(
             format!("{at}.attribute"),
             format!(
-                "attribute {:?} is not supported (expected \"${{meta.KEY}}\" or \"${{node.name}}\")",
+                "attribute {:?} is not supported (expected \"meta.KEY\" or \"node.name\"; in HCL \"$${{meta.KEY}}\" works too)",
                 c.attribute
             ),
         );

@@ -9,10 +9,13 @@
 //! | `POST /v1/job/:name/scale` | `{"group", "count"}` |
 //! | `GET /v1/job/:name/versions` | every version, newest first |
 //! | `POST /v1/job/:name/revert` | `{"version"}`: that version again, as a new one |
+//! | `GET /v1/job-allocations/:node` | what an agent runs: its instances and their job versions |
+//! | `PUT /v1/job-allocation/:id/status` | an agent reports one of its instances |
 //!
 //! ACLs: a job runs programs on the agents' nodes, so every write needs `operator:write` and
 //! `service:write` on each service the job registers (the version written, and for revert also
-//! the version reverted to); reads need `operator:read`.
+//! the version reverted to); reads need `operator:read`. An agent reads its node's instances with
+//! `node:read` and reports them with `node:write` on its node.
 
 use std::sync::Arc;
 
@@ -23,7 +26,9 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use plexus_api::acl::Authorizer;
 use plexus_api::job::Job;
-use plexus_api::job::api::{GroupCount, JobStatus, JobSummary, RevertRequest, ScaleRequest};
+use plexus_api::job::api::{
+    GroupCount, InstanceStatus, JobStatus, JobSummary, RevertRequest, ScaleRequest,
+};
 use plexus_runtime::acl::Authz;
 use plexus_runtime::http::{ApiError, BlockingQuery, JsonBody, QueryParams, indexed_json};
 use tracing::warn;
@@ -39,6 +44,8 @@ pub fn router(jobs: Arc<Jobs>) -> Router {
         .route("/v1/job/{name}/scale", post(scale))
         .route("/v1/job/{name}/versions", get(versions))
         .route("/v1/job/{name}/revert", post(revert))
+        .route("/v1/job-allocations/{node}", get(node_allocations))
+        .route("/v1/job-allocation/{id}/status", axum::routing::put(report))
         .with_state(jobs)
 }
 
@@ -55,7 +62,14 @@ fn error(error: JobError) -> ApiError {
         JobError::ServiceClash { .. } | JobError::Contended => {
             ApiError::conflict(error.to_string())
         }
-        JobError::NotFound { .. } => ApiError::not_found(error.to_string()),
+        JobError::NotFound { .. } | JobError::NoAllocation { .. } => {
+            ApiError::not_found(error.to_string())
+        }
+        JobError::Unplaceable(_) => ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "unplaceable",
+            error.to_string(),
+        ),
         other => {
             warn!(error = %ErrorChain(&other), "job operation failed");
             ApiError::internal("the job store is unavailable")
@@ -146,8 +160,8 @@ async fn read(
     authz.require_operator_read()?;
     block(&jobs, &query).await;
     let index = jobs.index().await.map_err(error)?;
-    let current = jobs.get(&name).await.map_err(error)?;
-    Ok(indexed_json(index, &JobStatus { current }))
+    let status: JobStatus = jobs.status(&name).await.map_err(error)?;
+    Ok(indexed_json(index, &status))
 }
 
 async fn stop(
@@ -211,4 +225,53 @@ async fn revert(
     let written = jobs.revert(&name, request.version).await.map_err(error)?;
     let index = jobs.index().await.map_err(error)?;
     Ok(indexed_json(index, &written))
+}
+
+async fn node_allocations(
+    State(jobs): State<Arc<Jobs>>,
+    authz: Authz,
+    path: Result<Path<String>, PathRejection>,
+    query: BlockingQuery,
+) -> Result<Response, ApiError> {
+    let Path(node) = path.map_err(path_error)?;
+    authz.require_node_read(&node)?;
+    // Blocks until the job index moves past the query's (every job write and placement moves
+    // it), or the wait ends.
+    if let Some(wanted) = query.index.filter(|i| *i > 0) {
+        let mut revisions = jobs.revision_watch();
+        let deadline = tokio::time::Instant::now() + query.wait;
+        while jobs.index().await.map_err(error)? <= wanted {
+            if tokio::time::timeout_at(deadline, revisions.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+    let index = jobs.index().await.map_err(error)?;
+    let allocations = jobs.node_allocations(&node).await.map_err(error)?;
+    Ok(indexed_json(index, &allocations))
+}
+
+async fn report(
+    State(jobs): State<Arc<Jobs>>,
+    authz: Authz,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<JsonBody<InstanceStatus>, ApiError>,
+) -> Result<Response, ApiError> {
+    let Path(id) = path.map_err(path_error)?;
+    let JsonBody(status) = body?;
+    if status.id != id {
+        return Err(ApiError::invalid_field(
+            "id",
+            format!(
+                "the body is about instance {:?}, the path about {id:?}",
+                status.id
+            ),
+        ));
+    }
+    authz.require_node_write(&status.node)?;
+    jobs.put_status(&status).await.map_err(error)?;
+    Ok(indexed_json(jobs.index().await.map_err(error)?, &true))
 }

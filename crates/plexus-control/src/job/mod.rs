@@ -11,6 +11,8 @@
 //! The HTTP API is in [`api`]; parsing, rules and plans are pure, in [`plexus_api::job`].
 
 pub mod api;
+pub mod place;
+mod reconcile;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +31,10 @@ pub const SPECS: &str = "jobs/spec/";
 pub const VERSIONS: &str = "jobs/versions/";
 /// The key every job write moves.
 pub const INDEX: &str = "jobs/index";
+/// Prefix of the placed instances (`jobs/alloc/<id>`).
+pub const ALLOCS: &str = "jobs/alloc/";
+/// Prefix of what agents report about them (`jobs/status/<id>`).
+pub const STATUS: &str = "jobs/status/";
 
 const MAX_ATTEMPTS: usize = 16;
 
@@ -71,6 +77,18 @@ pub enum JobError {
         /// The job.
         name: String,
     },
+    /// Placement cannot hold the job's instances.
+    #[error("placement refused the job: {}", .0.join("; "))]
+    Unplaceable(Vec<String>),
+    /// A status for an instance that is not placed (any more).
+    #[error("instance {id:?} is not placed")]
+    NoAllocation {
+        /// The allocation id.
+        id: String,
+    },
+    /// The catalog failed.
+    #[error("the catalog is unavailable")]
+    Catalog(#[from] plexus_api::CatalogError),
     /// Concurrent writers.
     #[error("jobs kept changing during the write; try again")]
     Contended,
@@ -79,6 +97,8 @@ pub enum JobError {
 /// The job store.
 pub struct Jobs {
     store: Arc<dyn Store>,
+    /// The nodes placement chooses from (`None`: nothing is placed, as in storage tests).
+    catalog: Option<Arc<crate::catalog::StoreCatalog>>,
 }
 
 impl std::fmt::Debug for Jobs {
@@ -122,7 +142,16 @@ enum Change {
 impl Jobs {
     /// Jobs over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            catalog: None,
+        }
+    }
+
+    /// Jobs that are placed on the nodes of `catalog`.
+    pub fn with_catalog(mut self, catalog: Arc<crate::catalog::StoreCatalog>) -> Self {
+        self.catalog = Some(catalog);
+        self
     }
 
     /// The job index: the revision of the last job write (at least 1).
@@ -333,6 +362,9 @@ impl Jobs {
             if clash && !stopped {
                 self.check_clash(&job).await?;
             }
+            if !stopped {
+                self.check_placement(&job).await?;
+            }
             let version = current.map_or(0, |c| c.version) + 1;
             let record = JobVersion {
                 version,
@@ -366,6 +398,10 @@ impl Jobs {
             };
             if self.store.txn(txn).await?.succeeded {
                 tracing::info!(job = name, version, "job version written");
+                if let Err(error) = self.reconcile().await {
+                    // The reconciler loop places it on the next change.
+                    tracing::warn!(error = %plexus_runtime::ErrorChain(&error), "placing after a job write failed");
+                }
                 return Ok(JobWritten {
                     name: name.to_owned(),
                     version,

@@ -92,6 +92,8 @@ pub struct Args {
     #[command(flatten)]
     pub default_token: super::DefaultTokenArgs,
     #[command(flatten)]
+    pub jobs: super::job::AgentJobArgs,
+    #[command(flatten)]
     pub grpc: super::grpc::GrpcArgs,
     #[command(flatten)]
     pub https: HttpsArgs,
@@ -363,6 +365,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         address: addresses.advertised.addr.to_string(),
         datacenter: args.datacenter.clone(),
         tagged_addresses: addresses.tagged(),
+        meta: args.jobs.node_meta(),
         ..Node::default()
     };
     let resolver = plexus_runtime::acl::Resolver(Arc::new(plexus_agent::acl::RemoteResolver::new(
@@ -388,6 +391,13 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             }
         }
         info!(service = %registration.name, file = %file.display(), "registered from definition");
+    }
+    if let Some(config) = args.jobs.runner(client.clone(), &node_name)? {
+        shutdown.spawn(plexus_agent::job::run(
+            agent.clone(),
+            config,
+            shutdown.clone(),
+        ));
     }
     let holder = Arc::clone(&catalog);
     let ttl = args.lease_ttl;

@@ -13,6 +13,75 @@ use plexus_api::job::Job;
 use super::{ControlArgs, EXIT_CONFIG};
 use crate::output;
 
+/// The flags of an agent that runs job instances.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentJobArgs {
+    /// How many job instances this agent runs at most; 0 (the default) runs none. A job runs
+    /// programs on this node: only agents given slots are placed on.
+    #[arg(long = "job-slots", default_value_t = 0)]
+    pub slots: u32,
+    /// The dynamic ports instances get, `LOW-HIGH` (checked free on the host at bind time).
+    #[arg(long = "job-ports", default_value = "20000-32000", value_parser = parse_range)]
+    pub ports: std::ops::RangeInclusive<u16>,
+    /// Where instance output goes (default: `$TMPDIR/plexus-jobs/<node>`).
+    #[arg(long = "job-dir")]
+    pub dir: Option<PathBuf>,
+}
+
+fn parse_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (low, high) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?}: expected LOW-HIGH, e.g. 20000-32000"))?;
+    let parse = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{text:?}: {p:?} is not a port (1-65535)"))
+    };
+    let (low, high) = (parse(low)?, parse(high)?);
+    if low == 0 || low > high {
+        return Err(format!("{text:?}: expected 1 <= LOW <= HIGH"));
+    }
+    Ok(low..=high)
+}
+
+impl AgentJobArgs {
+    /// The node meta that makes placement consider this node.
+    pub fn node_meta(&self) -> std::collections::BTreeMap<String, String> {
+        let mut meta = std::collections::BTreeMap::new();
+        if self.slots > 0 {
+            meta.insert("plexus-job-slots".to_owned(), self.slots.to_string());
+        }
+        meta
+    }
+
+    /// The runner's configuration (`None` without slots).
+    pub fn runner(
+        &self,
+        client: plexus_api::client::Client,
+        node: &str,
+    ) -> anyhow::Result<Option<plexus_agent::job::RunnerConfig>> {
+        if self.slots == 0 {
+            return Ok(None);
+        }
+        let data_dir = self
+            .dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("plexus-jobs").join(node));
+        std::fs::create_dir_all(&data_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the job directory {}: {e}",
+                data_dir.display()
+            )
+        })?;
+        Ok(Some(plexus_agent::job::RunnerConfig {
+            client,
+            data_dir,
+            ports: self.ports.clone(),
+            drain: std::time::Duration::from_millis(500),
+        }))
+    }
+}
+
 /// `plexus job ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -209,6 +278,34 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         for g in c.job.group.iter() {
                             println!("  group {:?}: count {}", g.name, g.count.unwrap_or(1));
                         }
+                        let rows: Vec<Vec<String>> = status
+                            .instances
+                            .iter()
+                            .map(|i| {
+                                let s = i.status.as_ref();
+                                let ports: Vec<String> = s
+                                    .map(|s| {
+                                        s.ports.iter().map(|(l, p)| format!("{l}={p}")).collect()
+                                    })
+                                    .unwrap_or_default();
+                                vec![
+                                    i.allocation.id.clone(),
+                                    i.allocation.node.clone(),
+                                    i.allocation.version.to_string(),
+                                    s.map_or("placed".to_owned(), |s| s.state.clone()),
+                                    ports.join(" "),
+                                    s.map_or(0, |s| s.restarts).to_string(),
+                                    s.map(|s| s.message.clone()).unwrap_or_default(),
+                                ]
+                            })
+                            .collect();
+                        output::table(
+                            &[
+                                "INSTANCE", "NODE", "VERSION", "STATE", "PORTS", "RESTARTS",
+                                "MESSAGE",
+                            ],
+                            &rows,
+                        );
                     }
                 }
             }

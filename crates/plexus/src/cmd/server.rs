@@ -376,6 +376,10 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         let (control, stop) = (control.clone(), shutdown.token());
         async move { control.run_sessions(stop).await }
     });
+    shutdown.spawn({
+        let (control, stop) = (control.clone(), shutdown.token());
+        async move { control.run_jobs(stop).await }
+    });
     let node = Node {
         id: format!("server-{node_name}"),
         node: node_name.clone(),

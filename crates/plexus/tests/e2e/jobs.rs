@@ -19,7 +19,7 @@ pub const CALC: &str = r#"job "calc" {
     }
     task "app" {
       driver = "exec"
-      config { command = "sleep"  args = ["600"] }
+      config { command = "sleep"  args = ["30"] }
     }
   }
 }
@@ -60,9 +60,31 @@ async fn server() -> (tempfile::TempDir, Server) {
     (dir, server)
 }
 
+/// Waits until `node`'s agent holds its lease (placement only uses live agents).
+async fn wait_alive(server: &Server, node: &str) {
+    plexus_test::eventually!(
+        server
+            .client
+            .health_state("passing", plexus_api::client::QueryOptions::default())
+            .await
+            .is_ok_and(|c| c
+                .value
+                .iter()
+                .any(|c| c.node == node && c.check_id == plexus_api::remote::LEASE_CHECK_ID))
+    );
+}
+
+/// A server and one agent that runs up to 8 instances.
+async fn server_and_agent(node: &str) -> (tempfile::TempDir, Server, plexus_test::Process) {
+    let (dir, server) = server().await;
+    let (agent, _) = crate::agent::agent(node, &server.addr(), &["--job-slots", "8"]).await;
+    wait_alive(&server, node).await;
+    (dir, server, agent)
+}
+
 #[tokio::test]
 async fn run_plan_scale_stop_history_and_revert_keep_every_version() {
-    let (_data, server) = server().await;
+    let (_data, server, _agent) = server_and_agent("versions").await;
     let (_dir, file) = write_file("calc.hcl", CALC);
     let f = path(&file);
 
@@ -96,11 +118,12 @@ async fn run_plan_scale_stop_history_and_revert_keep_every_version() {
         .collect();
     assert_eq!(causes, ["revert to 1", "stop", "scale add to 3", "run"]);
     assert_eq!(history[0]["job"]["group"][0]["count"], 2);
+    ok(&server, &["stop", "calc"]);
 }
 
 #[tokio::test]
 async fn bad_job_input_is_refused_with_the_field_and_nothing_is_lost() {
-    let (_data, server) = server().await;
+    let (_data, server, _agent) = server_and_agent("bad-input").await;
     let (_dir, file) = write_file("calc.hcl", CALC);
     ok(&server, &["run", path(&file)]);
 
@@ -174,5 +197,207 @@ async fn bad_job_input_is_refused_with_the_field_and_nothing_is_lost() {
     let out = ok(&server, &["history", "calc", "--json"]);
     let history: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(history.len(), 1);
-    assert!(server.process.as_ref().is_some());
+    ok(&server, &["stop", "calc"]);
+}
+
+/// A group of `count` small HTTP servers on dynamic ports, checked over TCP.
+fn web_job(name: &str, count: u32, command: &str) -> String {
+    format!(
+        r#"job "{name}" {{
+  group "web" {{
+    count = {count}
+    network {{
+      port "http" {{}}
+    }}
+    service {{
+      name = "{name}-web"
+      port = "http"
+      check {{
+        type     = "tcp"
+        interval = "500ms"
+        timeout  = "400ms"
+      }}
+    }}
+    task "app" {{
+      driver = "exec"
+      config {{
+        command = "{command}"
+        args    = ["-c", "exec python3 -m http.server $PLEXUS_PORT_http --bind 127.0.0.1"]
+      }}
+    }}
+    restart {{
+      attempts = 5
+      delay    = "200ms"
+    }}
+  }}
+}}
+"#
+    )
+}
+
+async fn status(server: &Server, job: &str) -> serde_json::Value {
+    server
+        .client
+        .job_status(job, plexus_api::client::QueryOptions::default())
+        .await
+        .map(|s| serde_json::to_value(s.value).unwrap())
+        .unwrap_or_default()
+}
+
+fn instances(status: &serde_json::Value) -> Vec<serde_json::Value> {
+    status["instances"].as_array().cloned().unwrap_or_default()
+}
+
+fn running_on(status: &serde_json::Value, node: &str) -> usize {
+    instances(status)
+        .iter()
+        .filter(|i| i["allocation"]["node"] == node && i["status"]["state"] == "running")
+        .count()
+}
+
+async fn passing(server: &Server, service: &str) -> usize {
+    server
+        .client
+        .health_service(service, true, plexus_api::client::QueryOptions::default())
+        .await
+        .map_or(0, |e| e.value.len())
+}
+
+#[tokio::test]
+async fn two_agents_on_one_host_spread_restart_and_take_over_instances() {
+    let (_data, server) = server().await;
+    let slots = ["--job-slots", "8", "--lease-ttl", "2s"];
+    let (_a, _) = crate::agent::agent("jobs-a", &server.addr(), &slots).await;
+    let (b, _) = crate::agent::agent("jobs-b", &server.addr(), &slots).await;
+    wait_alive(&server, "jobs-a").await;
+    wait_alive(&server, "jobs-b").await;
+    let (_dir, file) = write_file("web.hcl", &web_job("spread", 6, "sh"));
+    ok(&server, &["run", path(&file)]);
+
+    // 3/3, all running on distinct ports, all passing.
+    plexus_test::eventually!(
+        {
+            let s = status(&server, "spread").await;
+            running_on(&s, "jobs-a") == 3 && running_on(&s, "jobs-b") == 3
+        },
+        std::time::Duration::from_secs(30)
+    );
+    let s = status(&server, "spread").await;
+    let mut ports: Vec<u64> = instances(&s)
+        .iter()
+        .map(|i| i["status"]["ports"]["http"].as_u64().unwrap())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 6, "{s}");
+    plexus_test::eventually!(passing(&server, "spread-web").await == 6);
+    let out = ok(&server, &["status", "spread"]);
+    assert!(
+        out.contains("spread-web-0") && out.contains("running"),
+        "{out}"
+    );
+
+    // A killed instance is restarted.
+    let victim = instances(&s)
+        .into_iter()
+        .find(|i| i["allocation"]["node"] == "jobs-a")
+        .unwrap();
+    let id = victim["allocation"]["id"].as_str().unwrap().to_owned();
+    let pid = victim["status"]["pid"].as_u64().unwrap();
+    std::process::Command::new("kill")
+        .args(["-s", "KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    plexus_test::eventually!({
+        let s = status(&server, "spread").await;
+        instances(&s).iter().any(|i| {
+            i["allocation"]["id"] == id.as_str()
+                && i["status"]["state"] == "running"
+                && i["status"]["restarts"].as_u64() >= Some(1)
+                && i["status"]["pid"].as_u64() != Some(pid)
+        })
+    });
+    plexus_test::eventually!(passing(&server, "spread-web").await == 6);
+
+    // Agent b dies: within its lease TTL (2s) plus start time, a runs all six.
+    let orphans: Vec<u64> = instances(&status(&server, "spread").await)
+        .iter()
+        .filter(|i| i["allocation"]["node"] == "jobs-b")
+        .filter_map(|i| i["status"]["pid"].as_u64())
+        .collect();
+    b.signal("KILL").unwrap();
+    let killed = std::time::Instant::now();
+    plexus_test::eventually!(
+        running_on(&status(&server, "spread").await, "jobs-a") == 6,
+        std::time::Duration::from_secs(30)
+    );
+    let took = killed.elapsed();
+    for pid in orphans {
+        let _ = std::process::Command::new("kill")
+            .args(["-s", "KILL", &pid.to_string()])
+            .status();
+    }
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+    ok(&server, &["stop", "spread"]);
+    plexus_test::eventually!(instances(&status(&server, "spread").await).is_empty());
+}
+
+#[tokio::test]
+async fn instances_that_cannot_run_say_why() {
+    let (_data, server) = server().await;
+    let port = plexus_test::free_port();
+    let range = format!("{port}-{port}");
+    let (_a, _) = crate::agent::agent(
+        "jobs-lone",
+        &server.addr(),
+        &["--job-slots", "3", "--job-ports", &range],
+    )
+    .await;
+    wait_alive(&server, "jobs-lone").await;
+
+    // More instances than the agents hold: refused by placement, with the reason.
+    let (_d, big) = write_file("big.hcl", &web_job("big", 4, "sh"));
+    let (code, _, err) = job(&server, &["run", path(&big)]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("1 of 4 instance(s) cannot be placed: the 1 eligible agent(s) have 3 slot(s)"),
+        "{err}"
+    );
+    let (code, _, _) = job(&server, &["status", "big"]);
+    assert_ne!(code, 0, "a refused job is not stored");
+
+    // A command that does not exist: the OS error in `job status`.
+    let (_d, missing) = write_file(
+        "missing.hcl",
+        &web_job("missing", 1, "/nonexistent/plexus-app"),
+    );
+    ok(&server, &["run", path(&missing)]);
+    plexus_test::eventually!({
+        let s = status(&server, "missing").await;
+        instances(&s).iter().any(|i| {
+            i["status"]["state"] == "failed"
+                && i["status"]["message"].as_str().is_some_and(|m| {
+                    m.contains(
+                        "cannot start \"/nonexistent/plexus-app\": No such file or directory",
+                    )
+                })
+        })
+    });
+    let out = ok(&server, &["status", "missing"]);
+    assert!(out.contains("No such file or directory"), "{out}");
+    ok(&server, &["stop", "missing"]);
+
+    // The one-port range runs one instance; the second reports the exhausted range.
+    let (_d, two) = write_file("two.hcl", &web_job("two", 2, "sh"));
+    ok(&server, &["run", path(&two)]);
+    let want = format!("no free port left in {port}–{port} for port \"http\"");
+    plexus_test::eventually!({
+        let s = status(&server, "two").await;
+        running_on(&s, "jobs-lone") == 1
+            && instances(&s).iter().any(|i| {
+                i["status"]["state"] == "failed"
+                    && i["status"]["message"].as_str() == Some(want.as_str())
+            })
+    });
+    ok(&server, &["stop", "two"]);
 }
