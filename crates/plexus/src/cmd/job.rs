@@ -92,6 +92,12 @@ pub enum Command {
         /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
+        /// Return once the version is stored, without following its instances.
+        #[arg(long)]
+        detach: bool,
+        /// How long to follow the instances until all are healthy.
+        #[arg(long, default_value = "60s", value_parser = super::parse_duration)]
+        wait: std::time::Duration,
         #[command(flatten)]
         control: ControlArgs,
     },
@@ -186,20 +192,131 @@ fn written(w: &plexus_api::job::api::JobWritten, json: bool, what: &str) -> anyh
     Ok(())
 }
 
+/// Progress of one version: instances placed, started (running) and healthy (every service of
+/// the instance passing).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Progress {
+    placed: usize,
+    started: usize,
+    healthy: usize,
+    failed: usize,
+}
+
+/// Follows the instances of `version` until all are healthy (exit 0), one fails or `wait`
+/// passes (exit 1), printing each change.
+async fn follow(
+    client: &plexus_api::client::Client,
+    job: &Job,
+    version: u64,
+    wait: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    let want: usize = job
+        .group
+        .iter()
+        .map(|g| g.count.unwrap_or(1) as usize)
+        .sum();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut last = None;
+    loop {
+        let status = client
+            .job_status(&job.name, QueryOptions::default())
+            .await?
+            .value;
+        let mut passing = std::collections::BTreeSet::new();
+        for service in job.service_names() {
+            let entries = client
+                .health_service(service, true, QueryOptions::default())
+                .await?
+                .value;
+            passing.extend(entries.into_iter().map(|e| e.service.id));
+        }
+        let mut p = Progress::default();
+        let mut failures = Vec::new();
+        for i in status
+            .instances
+            .iter()
+            .filter(|i| i.allocation.version == version)
+        {
+            p.placed += 1;
+            let Some(s) = &i.status else { continue };
+            match s.state.as_str() {
+                "running" => {
+                    p.started += 1;
+                    let group = job.group.iter().find(|g| g.name == i.allocation.group);
+                    let all_pass = group.is_some_and(|g| {
+                        g.service.iter().all(|svc| {
+                            passing.contains(&format!("{}-{}", i.allocation.id, svc.name))
+                        })
+                    });
+                    if all_pass {
+                        p.healthy += 1;
+                    }
+                }
+                "failed" => {
+                    p.failed += 1;
+                    failures.push(format!("{}: {}", i.allocation.id, s.message));
+                }
+                _ => {}
+            }
+        }
+        if last != Some(p) {
+            println!(
+                "placed {}/{want}, started {}/{want}, healthy {}/{want}{}",
+                p.placed,
+                p.started,
+                p.healthy,
+                if p.failed > 0 {
+                    format!(", failed {}", p.failed)
+                } else {
+                    String::new()
+                }
+            );
+            last = Some(p);
+        }
+        if !failures.is_empty() {
+            for f in &failures {
+                eprintln!("error: instance {f}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+        if p.healthy == want {
+            println!(
+                "Job {:?} version {version}: all {want} instance(s) healthy",
+                job.name
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if tokio::time::Instant::now() > deadline {
+            eprintln!(
+                "error: not all instances were healthy within {wait:?} (plexus job status {} shows why)",
+                job.name
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 /// Runs the subcommand.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
             file,
             json,
+            detach,
+            wait,
             control,
         } => {
             let job = match load(&file) {
                 Ok(job) => job,
                 Err(code) => return Ok(code),
             };
-            let w = control.client()?.job_run(&job).await?;
+            let client = control.client()?;
+            let w = client.job_run(&job).await?;
             written(&w, json, "submitted")?;
+            if !detach && !json {
+                return follow(&client, &job, w.version, wait).await;
+            }
         }
         Command::Plan {
             file,

@@ -91,9 +91,9 @@ async fn run_plan_scale_stop_history_and_revert_keep_every_version() {
     let out = ok(&server, &["plan", f]);
     assert!(out.contains("Job \"calc\" (new):"), "{out}");
     assert!(out.contains("group \"add\": create 2 instance(s)"), "{out}");
-    let out = ok(&server, &["run", f]);
+    let out = ok(&server, &["run", "--detach", f]);
     assert!(out.contains("Job \"calc\" submitted: version 1"), "{out}");
-    let out = ok(&server, &["run", f]);
+    let out = ok(&server, &["run", "--detach", f]);
     assert!(out.contains("Job \"calc\" unchanged: version 1"), "{out}");
 
     let out = ok(&server, &["scale", "calc", "add", "3", "--json"]);
@@ -125,7 +125,7 @@ async fn run_plan_scale_stop_history_and_revert_keep_every_version() {
 async fn bad_job_input_is_refused_with_the_field_and_nothing_is_lost() {
     let (_data, server, _agent) = server_and_agent("bad-input").await;
     let (_dir, file) = write_file("calc.hcl", CALC);
-    ok(&server, &["run", path(&file)]);
+    ok(&server, &["run", "--detach", path(&file)]);
 
     // Unknown fields: file:line:field, exit 64, nothing sent.
     let (_d, typo) = write_file("typo.hcl", &CALC.replace("    count = 2", "    cuont = 2"));
@@ -156,7 +156,7 @@ async fn bad_job_input_is_refused_with_the_field_and_nothing_is_lost() {
 
     // Another job registering the same service: refused, naming the job that has it.
     let (_d, other) = write_file("other.hcl", &CALC.replace("job \"calc\"", "job \"other\""));
-    let (code, _, err) = job(&server, &["run", path(&other)]);
+    let (code, _, err) = job(&server, &["run", "--detach", path(&other)]);
     assert_ne!(code, 0);
     assert!(
         err.contains("service \"add\" is already registered by job \"calc\""),
@@ -272,7 +272,12 @@ async fn two_agents_on_one_host_spread_restart_and_take_over_instances() {
     wait_alive(&server, "jobs-a").await;
     wait_alive(&server, "jobs-b").await;
     let (_dir, file) = write_file("web.hcl", &web_job("spread", 6, "sh"));
-    ok(&server, &["run", path(&file)]);
+    let out = ok(&server, &["run", path(&file)]);
+    assert!(out.contains("placed 6/6"), "{out}");
+    assert!(
+        out.contains("Job \"spread\" version 1: all 6 instance(s) healthy"),
+        "{out}"
+    );
 
     // 3/3, all running on distinct ports, all passing.
     plexus_test::eventually!(
@@ -371,7 +376,12 @@ async fn instances_that_cannot_run_say_why() {
         "missing.hcl",
         &web_job("missing", 1, "/nonexistent/plexus-app"),
     );
-    ok(&server, &["run", path(&missing)]);
+    let (code, _, err) = job(&server, &["run", path(&missing)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error: instance missing-web-0: cannot start"),
+        "{err}"
+    );
     plexus_test::eventually!({
         let s = status(&server, "missing").await;
         instances(&s).iter().any(|i| {
@@ -389,7 +399,7 @@ async fn instances_that_cannot_run_say_why() {
 
     // The one-port range runs one instance; the second reports the exhausted range.
     let (_d, two) = write_file("two.hcl", &web_job("two", 2, "sh"));
-    ok(&server, &["run", path(&two)]);
+    ok(&server, &["run", "--detach", path(&two)]);
     let want = format!("no free port left in {port}–{port} for port \"http\"");
     plexus_test::eventually!({
         let s = status(&server, "two").await;
