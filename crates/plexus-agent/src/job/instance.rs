@@ -84,7 +84,7 @@ pub(super) fn environment(
 
 /// Sends `signal` to the process group the instance leads (its children too). Not through
 /// `kill(1)`: procps-ng 4.0.2 reads `kill -TERM -12345` as process group 1, i.e. everything.
-fn signal_group(child: &Child, signal: rustix::process::Signal) {
+pub(super) fn signal_group(child: &Child, signal: rustix::process::Signal) {
     let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
         return;
     };
@@ -241,6 +241,9 @@ impl Instance {
             .stderr(Stdio::from(err))
             .process_group(0)
             .kill_on_drop(true);
+        for name in super::sidecar::AGENT_SECRETS {
+            command.env_remove(name);
+        }
         command
             .spawn()
             .map_err(|e| format!("cannot start {:?}: {e}", task.config.command))
@@ -306,6 +309,9 @@ impl Instance {
             }
         };
         status.ports = ports.labels.clone();
+        for (name, port) in &ports.upstreams {
+            status.ports.insert(format!("upstream:{name}"), *port);
+        }
         let regs = match self.registrations(&ports) {
             Ok(regs) => regs,
             Err(message) => {
@@ -316,6 +322,8 @@ impl Instance {
                 return;
             }
         };
+        let sidecars_stop = CancellationToken::new();
+        let mut sidecars = Vec::new();
         let mut window = Instant::now();
         let mut in_window = 0u32;
         loop {
@@ -325,6 +333,19 @@ impl Instance {
                     if let Err(message) = self.register(&regs).await {
                         tracing::warn!(alloc = %self.alloc.id, %message, "instance services not registered");
                         status.message = message;
+                    }
+                    if sidecars.is_empty()
+                        && let Some(launch) = &self.config.sidecar
+                    {
+                        for reg in regs.iter().filter(|r| r.connect.is_some()) {
+                            let id = reg.id.clone().unwrap_or_default();
+                            sidecars.push(tokio::spawn(super::sidecar::supervise(
+                                launch.clone(),
+                                id,
+                                self.config.data_dir.join(&self.alloc.id),
+                                sidecars_stop.clone(),
+                            )));
+                        }
                     }
                     status.state = "running".into();
                     self.report(&status).await;
@@ -374,6 +395,10 @@ impl Instance {
                 () = tokio::time::sleep(wait) => {}
                 () = self.stop.cancelled() => break,
             }
+        }
+        sidecars_stop.cancel();
+        for sidecar in sidecars {
+            let _ = sidecar.await;
         }
         self.agent.release_ports(&self.alloc.id);
         tracing::info!(alloc = %self.alloc.id, "instance stopped for good");

@@ -14,6 +14,7 @@
 
 mod instance;
 mod logs;
+mod sidecar;
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
@@ -44,6 +45,20 @@ pub struct RunnerConfig {
     pub ports: RangeInclusive<u16>,
     /// How long an instance's deregistration is given to reach callers before SIGTERM.
     pub drain: Duration,
+    /// How to start the built-in sidecar of an instance's Connect service (`None`: the
+    /// sidecar is registered but not started).
+    pub sidecar: Option<SidecarLaunch>,
+}
+
+/// Starting `plexus proxy --sidecar-for <service id>` for an instance.
+#[derive(Debug, Clone)]
+pub struct SidecarLaunch {
+    /// The `plexus` binary.
+    pub program: PathBuf,
+    /// This agent's API address, which the sidecar reads its configuration from.
+    pub agent_addr: String,
+    /// The token the sidecar sends (`PLEXUS_HTTP_TOKEN`; redacted in `Debug`).
+    pub token: Option<plexus_api::acl::SecretId>,
 }
 
 /// One running instance: its spec and its stop switch.

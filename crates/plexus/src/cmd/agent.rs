@@ -392,7 +392,10 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         }
         info!(service = %registration.name, file = %file.display(), "registered from definition");
     }
-    if let Some(config) = args.jobs.runner(client.clone(), &node_name)? {
+    if let Some(config) = args
+        .jobs
+        .runner(client.clone(), &node_name, http_addr, token.clone())?
+    {
         shutdown.spawn(plexus_agent::job::run(
             agent.clone(),
             config,

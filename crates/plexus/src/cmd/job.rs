@@ -59,6 +59,8 @@ impl AgentJobArgs {
         &self,
         client: plexus_api::client::Client,
         node: &str,
+        agent_addr: std::net::SocketAddr,
+        token: Option<plexus_api::acl::SecretId>,
     ) -> anyhow::Result<Option<plexus_agent::job::RunnerConfig>> {
         if self.slots == 0 {
             return Ok(None);
@@ -78,6 +80,13 @@ impl AgentJobArgs {
             data_dir,
             ports: self.ports.clone(),
             drain: std::time::Duration::from_millis(500),
+            sidecar: std::env::current_exe()
+                .ok()
+                .map(|program| plexus_agent::job::SidecarLaunch {
+                    program,
+                    agent_addr: agent_addr.to_string(),
+                    token,
+                }),
         }))
     }
 }

@@ -411,3 +411,145 @@ async fn instances_that_cannot_run_say_why() {
     });
     ok(&server, &["stop", "two"]);
 }
+
+const MESH: &str = r#"job "mesh" {
+  group "web" {
+    count = 2
+    network {
+      port "http" {}
+    }
+    service {
+      name = "mesh-web"
+      port = "http"
+      check {
+        type     = "http"
+        path     = "/"
+        interval = "500ms"
+        timeout  = "400ms"
+      }
+      connect {
+        sidecar_service {}
+      }
+    }
+    task "app" {
+      driver = "exec"
+      config {
+        command = "sh"
+        args    = ["-c", "exec python3 -m http.server $PLEXUS_PORT_http --bind 127.0.0.1"]
+      }
+    }
+  }
+  group "client" {
+    network {
+      port "http" {}
+    }
+    service {
+      name = "mesh-client"
+      port = "http"
+      connect {
+        sidecar_service {
+          proxy {
+            upstreams {
+              destination_name = "mesh-web"
+            }
+          }
+        }
+      }
+    }
+    task "app" {
+      driver = "exec"
+      config {
+        command = "sh"
+        args    = ["-c", "echo upstream=$PLEXUS_UPSTREAM_MESH_WEB; exec python3 -m http.server $PLEXUS_PORT_http --bind 127.0.0.1"]
+      }
+    }
+  }
+}
+"#;
+
+/// Requests the web instance served, from its output file.
+fn served(dir: &Path, alloc: &str) -> usize {
+    std::fs::read_to_string(dir.join(alloc).join("app.stderr.log"))
+        .map(|t| t.lines().filter(|l| l.contains("\"GET /?via=mesh")).count())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn instances_reach_each_other_through_their_own_sidecars_and_calls_split_evenly() {
+    let (_data, server) = server().await;
+    let jobs_dir = tempfile::tempdir().unwrap();
+    let dir = jobs_dir.path().to_str().unwrap().to_owned();
+    let (_a, _) = crate::agent::agent(
+        "mesh-node",
+        &server.addr(),
+        &["--job-slots", "4", "--job-dir", &dir],
+    )
+    .await;
+    wait_alive(&server, "mesh-node").await;
+    let intention: plexus_api::connect::Intention = serde_json::from_value(serde_json::json!({
+        "SourceName": "mesh-client", "DestinationName": "mesh-web", "Action": "allow"
+    }))
+    .unwrap();
+    server.client.create_intention(&intention).await.unwrap();
+    let (_d, file) = write_file("mesh.hcl", MESH);
+    let out = ok(&server, &["run", path(&file)]);
+    assert!(out.contains("all 3 instance(s) healthy"), "{out}");
+
+    let s = status(&server, "mesh").await;
+    let client = instances(&s)
+        .into_iter()
+        .find(|i| i["allocation"]["group"] == "client")
+        .unwrap();
+    let upstream = client["status"]["ports"]["upstream:mesh-web"]
+        .as_u64()
+        .unwrap();
+    // The app was told where its upstream is.
+    let told = std::fs::read_to_string(jobs_dir.path().join("mesh-client-0/app.stdout.log"));
+    assert_eq!(
+        told.unwrap_or_default().lines().next(),
+        Some(format!("upstream=127.0.0.1:{upstream}").as_str())
+    );
+    let url = format!("http://127.0.0.1:{upstream}/?via=mesh");
+    let call = || async {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    };
+    // Both web sidecars known to the client's sidecar: calls then split.
+    plexus_test::eventually!(call().await);
+    plexus_test::eventually!({
+        let before = (
+            served(jobs_dir.path(), "mesh-web-0"),
+            served(jobs_dir.path(), "mesh-web-1"),
+        );
+        call().await && call().await && {
+            let after = (
+                served(jobs_dir.path(), "mesh-web-0"),
+                served(jobs_dir.path(), "mesh-web-1"),
+            );
+            after.0 > before.0 && after.1 > before.1
+        }
+    });
+    let before = (
+        served(jobs_dir.path(), "mesh-web-0"),
+        served(jobs_dir.path(), "mesh-web-1"),
+    );
+    let mut failed = 0;
+    for _ in 0..100 {
+        if !call().await {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 0);
+    let n0 = served(jobs_dir.path(), "mesh-web-0") - before.0;
+    let n1 = served(jobs_dir.path(), "mesh-web-1") - before.1;
+    assert_eq!(n0 + n1, 100, "{n0} + {n1}");
+    assert!((40..=60).contains(&n0), "split {n0}/{n1}");
+    ok(&server, &["stop", "mesh"]);
+}
