@@ -134,6 +134,11 @@ impl Agent {
         plexus_runtime::acl::layer(api::router(self.clone()), self.inner.config.acl.clone())
     }
 
+    /// How this agent turns tokens into authorizers.
+    pub fn acl_resolver(&self) -> plexus_runtime::acl::Resolver {
+        self.inner.config.acl.clone()
+    }
+
     /// This agent's node name.
     pub fn node(&self) -> &str {
         &self.inner.config.node.node

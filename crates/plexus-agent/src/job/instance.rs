@@ -106,6 +106,7 @@ impl Instance {
             ports: BTreeMap::new(),
             restarts: 0,
             message,
+            agent: self.config.agent_addr.clone(),
         }
     }
 

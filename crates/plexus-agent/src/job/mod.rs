@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Agent;
 
-pub use logs::MAX_LOG_BYTES;
+pub use logs::{MAX_LOG_BYTES, MAX_READ};
 
 /// The default range of dynamic ports for instances (Nomad's).
 pub const DYNAMIC_PORTS: RangeInclusive<u16> = 20000..=32000;
@@ -45,6 +45,9 @@ pub struct RunnerConfig {
     pub ports: RangeInclusive<u16>,
     /// How long an instance's deregistration is given to reach callers before SIGTERM.
     pub drain: Duration,
+    /// This agent's API address, reported with every instance (where `plexus job logs` reads
+    /// its output).
+    pub agent_addr: String,
     /// How to start the built-in sidecar of an instance's Connect service (`None`: the
     /// sidecar is registered but not started).
     pub sidecar: Option<SidecarLaunch>,
@@ -67,6 +70,11 @@ struct Running {
     version: u64,
     stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
+}
+
+/// The agent's `GET /v1/agent/job/logs/{alloc}` route over `data_dir` (see [`RunnerConfig`]).
+pub fn logs_router(agent: &Agent, data_dir: PathBuf) -> axum::Router {
+    logs::router(data_dir, agent.acl_resolver())
 }
 
 /// Runs the instances placed on `agent`'s node until `shutdown` fires, then stops them all.

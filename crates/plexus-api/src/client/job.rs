@@ -92,3 +92,38 @@ impl Client {
             .map(|_| ())
     }
 }
+
+impl Client {
+    /// `GET /v1/agent/job/logs/:alloc?task=&stream=&offset=` on the agent running the instance:
+    /// its output from `offset` and the offset to read from next.
+    pub async fn job_logs(
+        &self,
+        alloc: &str,
+        task: &str,
+        stream: &str,
+        offset: u64,
+    ) -> Result<(Vec<u8>, u64), ClientError> {
+        let path = format!(
+            "/v1/agent/job/logs/{}?task={}&stream={}&offset={offset}",
+            encode(alloc),
+            encode(task),
+            encode(stream)
+        );
+        let response = self.send_get(&path, QueryOptions::default(), &[]).await?;
+        let response = super::check_status("GET", "/v1/agent/job/logs", response).await?;
+        let next = response
+            .headers()
+            .get("x-plexus-offset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(offset);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Decode {
+                path: "/v1/agent/job/logs".to_owned(),
+                source,
+            })?;
+        Ok((bytes.to_vec(), next))
+    }
+}

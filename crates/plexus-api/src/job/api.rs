@@ -162,4 +162,7 @@ pub struct InstanceStatus {
     pub restarts: u32,
     /// The last problem (an OS error, an exit status).
     pub message: String,
+    /// The API address of the agent running it (where its output is read).
+    #[serde(default)]
+    pub agent: String,
 }

@@ -392,10 +392,15 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         }
         info!(service = %registration.name, file = %file.display(), "registered from definition");
     }
+    let mut logs_router = None;
     if let Some(config) = args
         .jobs
         .runner(client.clone(), &node_name, http_addr, token.clone())?
     {
+        logs_router = Some(plexus_agent::job::logs_router(
+            &agent,
+            config.data_dir.clone(),
+        ));
         shutdown.spawn(plexus_agent::job::run(
             agent.clone(),
             config,
@@ -411,8 +416,11 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             _ = stop.cancelled() => {}
         }
     });
-    let router = agent
-        .router()
+    let mut router = agent.router();
+    if let Some(logs) = logs_router {
+        router = router.merge(logs);
+    }
+    let router = router
         .fallback(move |request: Request| forward(client.clone(), default_token.clone(), request))
         .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
     let stop_serving = CancellationToken::new();

@@ -80,6 +80,7 @@ impl AgentJobArgs {
             data_dir,
             ports: self.ports.clone(),
             drain: std::time::Duration::from_millis(500),
+            agent_addr: agent_addr.to_string(),
             sidecar: std::env::current_exe()
                 .ok()
                 .map(|program| plexus_agent::job::SidecarLaunch {
@@ -150,6 +151,27 @@ pub enum Command {
         count: u32,
         /// Print the answer as JSON.
         #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// The output of one instance of a group (read from the agent running it).
+    Logs {
+        /// The job.
+        job: String,
+        /// The group.
+        group: String,
+        /// The instance: its index in the group or its id (default: the first).
+        #[arg(long)]
+        instance: Option<String>,
+        /// Standard error instead of standard output.
+        #[arg(long)]
+        stderr: bool,
+        /// Keep printing new output.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Print the instance and its output as JSON (not with -f).
+        #[arg(long, conflicts_with = "follow")]
         json: bool,
         #[command(flatten)]
         control: ControlArgs,
@@ -306,6 +328,95 @@ async fn follow(
     }
 }
 
+/// `plexus job logs`.
+async fn logs(
+    job: &str,
+    group: &str,
+    instance: Option<&str>,
+    stderr: bool,
+    follow: bool,
+    json: bool,
+    control: &ControlArgs,
+) -> anyhow::Result<ExitCode> {
+    let status = control
+        .client()?
+        .job_status(job, QueryOptions::default())
+        .await?
+        .value;
+    let in_group: Vec<_> = status
+        .instances
+        .iter()
+        .filter(|i| i.allocation.group == group)
+        .collect();
+    let chosen = in_group.iter().find(|i| match instance {
+        None => true,
+        Some(want) => i.allocation.id == want || i.allocation.index.to_string() == want,
+    });
+    let Some(chosen) = chosen else {
+        let ids: Vec<&str> = in_group.iter().map(|i| i.allocation.id.as_str()).collect();
+        anyhow::bail!(
+            "job {job:?} group {group:?} has no instance {} (instances: {})",
+            instance.unwrap_or("at all"),
+            if ids.is_empty() {
+                "none".to_owned()
+            } else {
+                ids.join(", ")
+            }
+        );
+    };
+    let Some(agent) = chosen
+        .status
+        .as_ref()
+        .map(|s| s.agent.clone())
+        .filter(|a| !a.is_empty())
+    else {
+        anyhow::bail!("instance {} has not started yet", chosen.allocation.id);
+    };
+    let task = status
+        .current
+        .job
+        .group
+        .iter()
+        .find(|g| g.name == group)
+        .and_then(|g| g.task.iter().next())
+        .map(|t| t.name.clone())
+        .unwrap_or_default();
+    let stream = if stderr { "stderr" } else { "stdout" };
+    let client = control.client_for(&[agent])?;
+    let mut offset = 0;
+    let mut all = Vec::new();
+    loop {
+        let (bytes, next) = client
+            .job_logs(&chosen.allocation.id, &task, stream, offset)
+            .await?;
+        let more = !bytes.is_empty();
+        if json {
+            all.extend_from_slice(&bytes);
+        } else {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)?;
+            out.flush()?;
+        }
+        offset = next;
+        if !more {
+            if !follow {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+    if json {
+        output::json(&serde_json::json!({
+            "instance": chosen.allocation.id,
+            "node": chosen.allocation.node,
+            "stream": stream,
+            "output": String::from_utf8_lossy(&all),
+        }))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs the subcommand.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
@@ -449,6 +560,26 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let w = control.client()?.job_scale(&job, &group, count).await?;
             written(&w, json, &format!("group {group:?} scaled to {count}"))?;
+        }
+        Command::Logs {
+            job,
+            group,
+            instance,
+            stderr,
+            follow,
+            json,
+            control,
+        } => {
+            return logs(
+                &job,
+                &group,
+                instance.as_deref(),
+                stderr,
+                follow,
+                json,
+                &control,
+            )
+            .await;
         }
         Command::History { job, json, control } => {
             let versions = control.client()?.job_versions(&job).await?;

@@ -551,5 +551,39 @@ async fn instances_reach_each_other_through_their_own_sidecars_and_calls_split_e
     let n1 = served(jobs_dir.path(), "mesh-web-1") - before.1;
     assert_eq!(n0 + n1, 100, "{n0} + {n1}");
     assert!((40..=60).contains(&n0), "split {n0}/{n1}");
+
+    // `job logs` reads an instance's output from its agent.
+    let out = ok(&server, &["logs", "mesh", "client"]);
+    assert!(
+        out.starts_with(&format!("upstream=127.0.0.1:{upstream}\n")),
+        "{out}"
+    );
+    let out = ok(
+        &server,
+        &["logs", "mesh", "web", "--instance", "1", "--stderr"],
+    );
+    assert!(out.contains("\"GET /?via=mesh HTTP/1.1\" 200"), "{out}");
+    let (code, _, err) = job(&server, &["logs", "mesh", "web", "--instance", "7"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("group \"web\" has no instance 7 (instances: mesh-web-0, mesh-web-1)"),
+        "{err}"
+    );
+    let agent_addr = client["status"]["agent"].as_str().unwrap().to_owned();
+    let response = reqwest::Client::new()
+        .get(format!(
+            "http://{agent_addr}/v1/agent/job/logs/bad%24name?task=app"
+        ))
+        .header("X-Consul-Token", plexus_test::server::management_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let response = reqwest::get(format!(
+        "http://{agent_addr}/v1/agent/job/logs/mesh-client-0?task=app"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 403);
     ok(&server, &["stop", "mesh"]);
 }
