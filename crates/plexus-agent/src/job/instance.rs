@@ -163,7 +163,14 @@ impl Instance {
         Ok(ports)
     }
 
-    fn registrations(&self, ports: &Ports) -> Result<Vec<ServiceRegistration>, String> {
+    /// The registrations of the instance's services. With the port of a service's sidecar known
+    /// (`sidecars`, by service name), the sidecar keeps that port and the service gets a
+    /// `sidecar ready` TCP check on it: the instance passes only once its sidecar listens.
+    fn registrations(
+        &self,
+        ports: &Ports,
+        sidecars: &BTreeMap<String, u16>,
+    ) -> Result<Vec<ServiceRegistration>, String> {
         let mut out = Vec::new();
         for service in self.group.service.iter() {
             let port = service
@@ -171,7 +178,7 @@ impl Instance {
                 .as_ref()
                 .and_then(|label| ports.labels.get(label))
                 .copied();
-            let checks: Vec<serde_json::Value> = service
+            let mut checks: Vec<serde_json::Value> = service
                 .check
                 .iter()
                 .filter_map(|c| {
@@ -192,6 +199,15 @@ impl Instance {
                     Some(check)
                 })
                 .collect();
+            let sidecar_port = sidecars.get(&service.name).copied();
+            if let Some(sidecar_port) = sidecar_port {
+                checks.push(serde_json::json!({
+                    "Name": "sidecar ready",
+                    "TCP": format!("127.0.0.1:{sidecar_port}"),
+                    "Interval": "500ms",
+                    "Timeout": "400ms",
+                }));
+            }
             let mut reg = serde_json::json!({
                 "ID": format!("{}-{}", self.alloc.id, service.name),
                 "Name": service.name,
@@ -211,8 +227,11 @@ impl Instance {
                         })
                     })
                     .collect();
-                reg["Connect"] =
-                    serde_json::json!({"SidecarService": {"Proxy": {"Upstreams": ups}}});
+                let mut sidecar = serde_json::json!({"Proxy": {"Upstreams": ups}});
+                if let Some(sidecar_port) = sidecar_port {
+                    sidecar["Port"] = sidecar_port.into();
+                }
+                reg["Connect"] = serde_json::json!({ "SidecarService": sidecar });
             }
             out.push(
                 serde_json::from_value(reg)
@@ -220,6 +239,41 @@ impl Instance {
             );
         }
         Ok(out)
+    }
+
+    /// Registers `regs` again with each sidecar's assigned port pinned and a `sidecar ready`
+    /// check on it (see [`Instance::registrations`]); `regs` unchanged when that fails.
+    async fn with_sidecar_checks(
+        &self,
+        ports: &Ports,
+        regs: Vec<ServiceRegistration>,
+    ) -> Vec<ServiceRegistration> {
+        let node = self.agent.node().to_owned();
+        let Ok(services) = self.agent.inner.catalog.node_services(&node).await else {
+            return regs;
+        };
+        let sidecar_ports: BTreeMap<String, u16> = regs
+            .iter()
+            .filter(|r| r.connect.is_some())
+            .filter_map(|r| {
+                let id = format!("{}-sidecar-proxy", r.id.as_deref()?);
+                let port = services.value.iter().find(|s| s.id == id)?.port;
+                Some((r.name.clone(), port))
+            })
+            .collect();
+        if sidecar_ports.is_empty() {
+            return regs;
+        }
+        match self.registrations(ports, &sidecar_ports) {
+            Ok(pinned) => match self.register(&pinned).await {
+                Ok(()) => pinned,
+                Err(message) => {
+                    tracing::warn!(alloc = %self.alloc.id, %message, "sidecar checks not registered");
+                    regs
+                }
+            },
+            Err(_) => regs,
+        }
     }
 
     fn spawn(&self, ports: &Ports) -> Result<Child, String> {
@@ -313,7 +367,7 @@ impl Instance {
         for (name, port) in &ports.upstreams {
             status.ports.insert(format!("upstream:{name}"), *port);
         }
-        let regs = match self.registrations(&ports) {
+        let mut regs = match self.registrations(&ports, &BTreeMap::new()) {
             Ok(regs) => regs,
             Err(message) => {
                 status.state = "failed".into();
@@ -338,6 +392,7 @@ impl Instance {
                     if sidecars.is_empty()
                         && let Some(launch) = &self.config.sidecar
                     {
+                        regs = self.with_sidecar_checks(&ports, regs).await;
                         for reg in regs.iter().filter(|r| r.connect.is_some()) {
                             let id = reg.id.clone().unwrap_or_default();
                             sidecars.push(tokio::spawn(super::sidecar::supervise(

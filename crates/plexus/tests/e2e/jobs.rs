@@ -494,6 +494,22 @@ async fn instances_reach_each_other_through_their_own_sidecars_and_calls_split_e
     let (_d, file) = write_file("mesh.hcl", MESH);
     let out = ok(&server, &["run", path(&file)]);
     assert!(out.contains("all 3 instance(s) healthy"), "{out}");
+    // An instance passes only with its sidecar listening: both web instances carry the check.
+    plexus_test::eventually!(
+        server
+            .client
+            .health_service(
+                "mesh-web",
+                true,
+                plexus_api::client::QueryOptions::default()
+            )
+            .await
+            .is_ok_and(|web| web.value.len() == 2
+                && web
+                    .value
+                    .iter()
+                    .all(|e| e.checks.iter().any(|c| c.name == "sidecar ready")))
+    );
 
     let s = status(&server, "mesh").await;
     let client = instances(&s)
