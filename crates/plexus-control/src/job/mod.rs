@@ -207,6 +207,7 @@ impl Jobs {
             Err(other) => return Err(other),
         };
         self.check_clash(&job).await?;
+        self.check_placement(&job).await?;
         let running = current.as_ref().filter(|c| !c.stopped);
         Ok(plexus_api::job::plan::plan(
             &job,

@@ -362,6 +362,9 @@ async fn instances_that_cannot_run_say_why() {
 
     // More instances than the agents hold: refused by placement, with the reason.
     let (_d, big) = write_file("big.hcl", &web_job("big", 4, "sh"));
+    let (code, _, err) = job(&server, &["plan", path(&big)]);
+    assert_ne!(code, 0);
+    assert!(err.contains("1 of 4 instance(s) cannot be placed"), "{err}");
     let (code, _, err) = job(&server, &["run", path(&big)]);
     assert_ne!(code, 0);
     assert!(
