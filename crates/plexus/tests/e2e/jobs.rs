@@ -84,7 +84,7 @@ async fn server_and_agent(node: &str) -> (tempfile::TempDir, Server, plexus_test
 
 #[tokio::test]
 async fn run_plan_scale_stop_history_and_revert_keep_every_version() {
-    let (_data, server, _agent) = server_and_agent("versions").await;
+    let (_data, server, mut agent) = server_and_agent("versions").await;
     let (_dir, file) = write_file("calc.hcl", CALC);
     let f = path(&file);
 
@@ -119,11 +119,13 @@ async fn run_plan_scale_stop_history_and_revert_keep_every_version() {
     assert_eq!(causes, ["revert to 1", "stop", "scale add to 3", "run"]);
     assert_eq!(history[0]["job"]["group"][0]["count"], 2);
     ok(&server, &["stop", "calc"]);
+    // SIGTERM: the agent stops its instances (and their sidecars) before it exits.
+    agent.terminate().await.unwrap();
 }
 
 #[tokio::test]
 async fn bad_job_input_is_refused_with_the_field_and_nothing_is_lost() {
-    let (_data, server, _agent) = server_and_agent("bad-input").await;
+    let (_data, server, mut agent) = server_and_agent("bad-input").await;
     let (_dir, file) = write_file("calc.hcl", CALC);
     ok(&server, &["run", "--detach", path(&file)]);
 
@@ -198,6 +200,8 @@ async fn bad_job_input_is_refused_with_the_field_and_nothing_is_lost() {
     let history: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(history.len(), 1);
     ok(&server, &["stop", "calc"]);
+    // SIGTERM: the agent stops its instances (and their sidecars) before it exits.
+    agent.terminate().await.unwrap();
 }
 
 /// A group of `count` small HTTP servers on dynamic ports, checked over TCP.
@@ -266,8 +270,9 @@ async fn passing(server: &Server, service: &str) -> usize {
 #[tokio::test]
 async fn two_agents_on_one_host_spread_restart_and_take_over_instances() {
     let (_data, server) = server().await;
-    let slots = ["--job-slots", "8", "--lease-ttl", "2s"];
-    let (_a, _) = crate::agent::agent("jobs-a", &server.addr(), &slots).await;
+    // A lease short enough for a quick take-over, long enough for a loaded machine.
+    let slots = ["--job-slots", "8", "--lease-ttl", "4s"];
+    let (mut a, _) = crate::agent::agent("jobs-a", &server.addr(), &slots).await;
     let (b, _) = crate::agent::agent("jobs-b", &server.addr(), &slots).await;
     wait_alive(&server, "jobs-a").await;
     wait_alive(&server, "jobs-b").await;
@@ -342,8 +347,10 @@ async fn two_agents_on_one_host_spread_restart_and_take_over_instances() {
             .args(["-s", "KILL", &pid.to_string()])
             .status();
     }
-    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
     ok(&server, &["stop", "spread"]);
+    // SIGTERM: the agent stops its instances (and their sidecars) before it exits.
+    a.terminate().await.unwrap();
     plexus_test::eventually!(instances(&status(&server, "spread").await).is_empty());
 }
 
@@ -352,7 +359,7 @@ async fn instances_that_cannot_run_say_why() {
     let (_data, server) = server().await;
     let port = plexus_test::free_port();
     let range = format!("{port}-{port}");
-    let (_a, _) = crate::agent::agent(
+    let (mut a, _) = crate::agent::agent(
         "jobs-lone",
         &server.addr(),
         &["--job-slots", "3", "--job-ports", &range],
@@ -413,6 +420,8 @@ async fn instances_that_cannot_run_say_why() {
             })
     });
     ok(&server, &["stop", "two"]);
+    // SIGTERM: the agent stops its instances (and their sidecars) before it exits.
+    a.terminate().await.unwrap();
 }
 
 const MESH: &str = r#"job "mesh" {
@@ -470,6 +479,14 @@ const MESH: &str = r#"job "mesh" {
 }
 "#;
 
+/// Whether process `pid` runs (a zombie does not count).
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
 /// Requests the web instance served, from its output file.
 fn served(dir: &Path, alloc: &str) -> usize {
     std::fs::read_to_string(dir.join(alloc).join("app.stderr.log"))
@@ -482,7 +499,7 @@ async fn instances_reach_each_other_through_their_own_sidecars_and_calls_split_e
     let (_data, server) = server().await;
     let jobs_dir = tempfile::tempdir().unwrap();
     let dir = jobs_dir.path().to_str().unwrap().to_owned();
-    let (_a, _) = crate::agent::agent(
+    let (mut a, _) = crate::agent::agent(
         "mesh-node",
         &server.addr(),
         &["--job-slots", "4", "--job-dir", &dir],
@@ -604,5 +621,15 @@ async fn instances_reach_each_other_through_their_own_sidecars_and_calls_split_e
     .await
     .unwrap();
     assert_eq!(response.status(), 403);
+    let pids: Vec<u64> = instances(&status(&server, "mesh").await)
+        .iter()
+        .filter_map(|i| i["status"]["pid"].as_u64())
+        .collect();
+    assert_eq!(pids.len(), 3);
     ok(&server, &["stop", "mesh"]);
+    // SIGTERM: the agent stops its instances (and their sidecars) before it exits.
+    a.terminate().await.unwrap();
+    for pid in pids {
+        assert!(!alive(pid), "instance process {pid} outlived its agent");
+    }
 }
