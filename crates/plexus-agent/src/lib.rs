@@ -25,6 +25,8 @@ pub mod acl;
 mod api;
 mod check;
 mod error;
+mod host_ports;
+pub mod job;
 mod node_check;
 mod ports;
 pub mod remote_catalog;
@@ -38,6 +40,7 @@ use plexus_api::{Catalog, Node, Registration};
 use plexus_runtime::Shutdown;
 
 pub use error::AgentError;
+pub use host_ports::{PortTaken, host_ports_dir};
 
 use check::ttl::TtlTimers;
 
@@ -51,6 +54,10 @@ pub struct AgentConfig {
     /// How requests' tokens become authorizers at the agent API's edge (default: ACLs
     /// disabled). A server's agent shares the control plane's; a remote agent asks a server.
     pub acl: plexus_runtime::acl::Resolver,
+    /// Where the agents of this host reserve the ports they hand out ([`host_ports_dir`] in the
+    /// binaries). `None` (the default, for an agent tested alone): ports are checked against
+    /// this node's catalog entries only, neither reserved nor bind-tested.
+    pub host_ports: Option<std::path::PathBuf>,
 }
 
 /// The node agent. Cheap to clone: every clone shares one state.
@@ -76,6 +83,8 @@ struct Inner {
     writes: tokio::sync::Mutex<()>,
     /// Service ids this agent registered (deregistered by [`Agent::deregister_all`]).
     registered: Mutex<BTreeSet<String>>,
+    /// The ports this agent handed out, reserved on the host.
+    host_ports: host_ports::HostPorts,
 }
 
 impl Agent {
@@ -106,8 +115,10 @@ impl Agent {
             datacenter: config.node.datacenter.clone(),
             node: config.node.node.clone(),
         };
+        let host_ports = host_ports::HostPorts::new(config.host_ports.clone());
         Ok(Agent {
             inner: Arc::new(Inner {
+                host_ports,
                 config,
                 catalog,
                 defaults,
@@ -123,9 +134,25 @@ impl Agent {
         plexus_runtime::acl::layer(api::router(self.clone()), self.inner.config.acl.clone())
     }
 
+    /// How this agent turns tokens into authorizers.
+    pub fn acl_resolver(&self) -> plexus_runtime::acl::Resolver {
+        self.inner.config.acl.clone()
+    }
+
     /// This agent's node name.
     pub fn node(&self) -> &str {
         &self.inner.config.node.node
+    }
+
+    /// Reserves `port` on this host for `owner` after a bind test (see [`host_ports_dir`]):
+    /// `Ok(true)` newly reserved, `Ok(false)` already `owner`'s.
+    pub fn claim_port(&self, port: u16, owner: &str) -> Result<bool, PortTaken> {
+        self.inner.host_ports.claim(port, owner, true)
+    }
+
+    /// Releases every port `owner` holds.
+    pub fn release_ports(&self, owner: &str) {
+        self.inner.host_ports.release_owner(owner, None);
     }
 
     fn registered(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {

@@ -42,6 +42,7 @@ async fn agent_with(rules: Rules, catalog: Arc<MemCatalog>) -> (Agent, Shutdown)
         },
         server: false,
         acl: Resolver(Arc::new(Fixed(rules))),
+        host_ports: None,
     };
     let agent = Agent::start(config, catalog, &shutdown).await.unwrap();
     (agent, shutdown)

@@ -75,12 +75,14 @@ pub(crate) fn own_ports(reg: &ServiceRegistration) -> Vec<u16> {
 }
 
 /// The lowest port of [`plexus_api::SIDECAR_PORT_RANGE`] that neither another service (nor
-/// upstream listener) on the node nor `reserved` uses; `preferred` (the port the same sidecar had
-/// before) first when it is free.
+/// upstream listener) on the node nor `reserved` uses and that `host_free` accepts (the host-wide
+/// check, [`crate::host_ports`]); `preferred` (the port the same sidecar had before) first when
+/// it is free.
 pub(crate) fn next_free_port(
     others: &[&AgentService],
     reserved: &[u16],
     preferred: Option<u16>,
+    host_free: &mut dyn FnMut(u16) -> bool,
 ) -> Option<u16> {
     let used: BTreeSet<u16> = others
         .iter()
@@ -94,7 +96,7 @@ pub(crate) fn next_free_port(
         .filter(|p| plexus_api::SIDECAR_PORT_RANGE.contains(p))
         .into_iter()
         .chain(plexus_api::SIDECAR_PORT_RANGE)
-        .find(|p| !used.contains(p))
+        .find(|p| !used.contains(p) && host_free(*p))
 }
 
 /// A listener of the new registration that another service on the node already has.
@@ -217,17 +219,40 @@ mod tests {
         let a = service("a", 21000);
         let b = proxy("b", 21002, "x", &[("127.0.0.1", 21001)]);
         let others = [&a, &b];
-        assert_eq!(next_free_port(&others, &[], None), Some(21003));
-        assert_eq!(next_free_port(&others, &[21003, 80], None), Some(21004));
-        assert_eq!(next_free_port(&others, &[], Some(21100)), Some(21100));
-        assert_eq!(next_free_port(&others, &[21100], Some(21100)), Some(21003));
-        assert_eq!(next_free_port(&others, &[], Some(21000)), Some(21003));
-        assert_eq!(next_free_port(&others, &[], Some(8080)), Some(21003));
+        assert_eq!(
+            next_free_port(&others, &[], None, &mut |_| true),
+            Some(21003)
+        );
+        assert_eq!(
+            next_free_port(&others, &[21003, 80], None, &mut |_| true),
+            Some(21004)
+        );
+        assert_eq!(
+            next_free_port(&others, &[], Some(21100), &mut |_| true),
+            Some(21100)
+        );
+        assert_eq!(
+            next_free_port(&others, &[21100], Some(21100), &mut |_| true),
+            Some(21003)
+        );
+        assert_eq!(
+            next_free_port(&others, &[], Some(21000), &mut |_| true),
+            Some(21003)
+        );
+        assert_eq!(
+            next_free_port(&others, &[], Some(8080), &mut |_| true),
+            Some(21003)
+        );
         let all: Vec<AgentService> = plexus_api::SIDECAR_PORT_RANGE
             .map(|p| service(&p.to_string(), p))
             .collect();
         let refs: Vec<&AgentService> = all.iter().collect();
-        assert_eq!(next_free_port(&refs, &[], None), None);
+        assert_eq!(next_free_port(&refs, &[], None, &mut |_| true), None);
+        // Ports the host check refuses are skipped.
+        assert_eq!(
+            next_free_port(&others, &[], None, &mut |p| p > 21004),
+            Some(21005)
+        );
     }
 
     #[test]

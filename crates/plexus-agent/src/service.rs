@@ -9,6 +9,38 @@ use plexus_api::{
 use crate::ports::{self, Clash};
 use crate::{Agent, AgentError};
 
+/// The host ports one registration reserved for its sidecar: on drop, every newly reserved port
+/// but the one registered is released again (a failed registration reserves nothing).
+struct Claims<'a> {
+    agent: &'a Agent,
+    owner: &'a str,
+    new: Vec<u16>,
+    kept: Option<Option<u16>>,
+}
+
+impl Claims<'_> {
+    /// The registration succeeded with the sidecar on `port` (`None`: no sidecar): the owner's
+    /// other ports (a previous port it moved away from) are released.
+    fn keep(&mut self, port: Option<u16>) {
+        self.kept = Some(port);
+    }
+}
+
+impl Drop for Claims<'_> {
+    fn drop(&mut self) {
+        let host = &self.agent.inner.host_ports;
+        match self.kept {
+            Some(port) if !self.owner.is_empty() => host.release_owner(self.owner, port),
+            Some(_) => {}
+            None => {
+                for port in &self.new {
+                    host.release(*port);
+                }
+            }
+        }
+    }
+}
+
 /// Longest check output kept (Consul's default `check_output_max_size`).
 pub(crate) const MAX_OUTPUT_BYTES: usize = 4096;
 
@@ -46,7 +78,32 @@ impl Agent {
             .find(|s| Some(&s.id) == sidecar_id.as_ref())
             .map(|s| s.port);
         let reserved = ports::own_ports(reg);
-        let mut next_port = || ports::next_free_port(&others, &reserved, previous_port);
+        // Ports newly reserved on the host for the sidecar; released again unless registered.
+        let owner = sidecar_id.clone().unwrap_or_default();
+        let mut claims = Claims {
+            agent: self,
+            owner: &owner,
+            new: Vec::new(),
+            kept: None,
+        };
+        let mut host_free = |port: u16| {
+            // The sidecar's previous port may be listening already: its own proxy.
+            let bind_test = Some(port) != previous_port;
+            match inner.host_ports.claim(port, &owner, bind_test) {
+                Ok(newly) => {
+                    if newly {
+                        claims.new.push(port);
+                    }
+                    true
+                }
+                Err(taken) => {
+                    tracing::info!(node, %taken, "sidecar port skipped");
+                    false
+                }
+            }
+        };
+        let mut next_port =
+            || ports::next_free_port(&others, &reserved, previous_port, &mut host_free);
         let mut validated =
             validate_service(reg, &inner.defaults, &mut next_port).map_err(AgentError::Invalid)?;
         for v in &mut validated {
@@ -75,8 +132,14 @@ impl Agent {
         }
         let current = inner.catalog.node_checks(node).await?.value;
         keep_current_status(&mut registration.checks, &current);
+        let sidecar_port = registration
+            .services
+            .iter()
+            .find(|s| Some(&s.id) == sidecar_id.as_ref())
+            .map(|s| s.port);
         inner.catalog.register(registration).await?;
         self.registered().extend(ids.iter().cloned());
+        claims.keep(sidecar_port);
 
         // A sidecar re-registered under another id replaces the old one.
         for stale in replaced.iter().filter(|r| !ids.contains(r)) {
@@ -87,6 +150,7 @@ impl Agent {
             match remove(inner.catalog.as_ref(), node, stale).await {
                 Ok(()) => {
                     self.registered().remove(stale);
+                    inner.host_ports.release_owner(stale, None);
                 }
                 Err(error) => {
                     tracing::warn!(%error, node, service_id = %stale, "removing replaced sidecar failed");
@@ -129,6 +193,7 @@ impl Agent {
         let mut registered = self.registered();
         for id in &removed {
             registered.remove(id);
+            inner.host_ports.release_owner(id, None);
         }
         drop(registered);
         tracing::info!(

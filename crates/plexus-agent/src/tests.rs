@@ -31,6 +31,7 @@ pub(crate) async fn agent() -> (Agent, Arc<MemCatalog>, Shutdown) {
         },
         server: false,
         acl: Default::default(),
+        host_ports: None,
     };
     let agent = Agent::start(config, catalog.clone(), &shutdown)
         .await

@@ -18,6 +18,7 @@ mod acl;
 mod config;
 mod connect;
 mod event;
+mod job;
 mod session;
 mod tls;
 

@@ -20,7 +20,7 @@
 //! (`check { tcp = "x"  interval = "1s" }`), which HCL 2 does not allow, are laid out first
 //! (`layout`).
 
-mod hcl_body;
+pub(crate) mod hcl_body;
 pub(crate) mod layout;
 pub(crate) mod locate;
 #[cfg(test)]
@@ -55,7 +55,7 @@ pub struct DefinitionError {
 }
 
 impl DefinitionError {
-    fn new(file: &Path, message: impl Into<String>) -> Self {
+    pub(crate) fn new(file: &Path, message: impl Into<String>) -> Self {
         Self {
             file: file.to_owned(),
             line: None,
@@ -412,6 +412,16 @@ fn parse_hcl(file: &Path, text: &str) -> Result<RawFile, Vec<DefinitionError>> {
 }
 
 fn hcl_value(file: &Path, text: &str) -> Result<serde_json::Value, Vec<DefinitionError>> {
+    hcl_value_shaped(file, text, &hcl_body::DEFINITIONS)
+}
+
+/// An HCL file's text as the JSON value it stands for, converted strictly with `shape`'s
+/// repeated and labelled blocks (job files use this too).
+pub(crate) fn hcl_value_shaped(
+    file: &Path,
+    text: &str,
+    shape: &hcl_body::Shape,
+) -> Result<serde_json::Value, Vec<DefinitionError>> {
     let (laid_out, written_line) = layout::relayout(text);
     let body = hcl::parse(&laid_out).map_err(|e| {
         let err = match e {
@@ -433,7 +443,7 @@ fn hcl_value(file: &Path, text: &str) -> Result<serde_json::Value, Vec<Definitio
         };
         vec![err]
     })?;
-    hcl_body::to_json(&body).map_err(|errors| {
+    hcl_body::to_json(&body, shape).map_err(|errors| {
         errors
             .into_iter()
             .map(|e| DefinitionError {
@@ -470,7 +480,12 @@ fn parse_json(file: &Path, text: &str) -> Result<RawFile, DefinitionError> {
     Ok(raw)
 }
 
-fn json_error(file: &Path, text: &str, err: &serde_json::Error, path: &[Seg]) -> DefinitionError {
+pub(crate) fn json_error(
+    file: &Path,
+    text: &str,
+    err: &serde_json::Error,
+    path: &[Seg],
+) -> DefinitionError {
     let position = format!(" at line {} column {}", err.line(), err.column());
     let full = err.to_string();
     let message = full.strip_suffix(&position).unwrap_or(&full);

@@ -40,6 +40,7 @@ pub mod definition;
 pub mod duration;
 pub mod error;
 pub mod filter;
+pub mod job;
 pub mod kv;
 pub mod model;
 pub mod one_or_many;

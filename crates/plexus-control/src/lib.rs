@@ -43,6 +43,7 @@ pub mod catalog;
 pub mod config;
 pub mod dns;
 pub mod intentions;
+pub mod job;
 pub mod kv;
 pub mod operator;
 pub mod presence;
@@ -197,6 +198,16 @@ impl ControlPlane {
         remote::reaper::run(self.catalog(), stop).await;
     }
 
+    /// The jobs, placed on this catalog's nodes.
+    pub fn jobs(&self) -> job::Jobs {
+        job::Jobs::new(self.store()).with_catalog(self.catalog())
+    }
+
+    /// Runs job placement until `stop` fires (every server runs it; see [`job`]).
+    pub async fn run_jobs(&self, stop: tokio_util::sync::CancellationToken) {
+        self.jobs().run_reconciler(stop).await;
+    }
+
     /// Runs the session reaper until `stop` fires: ends the locks of sessions that vanished
     /// (destroyed, TTL expired) and the sessions of nodes whose lease was lost.
     pub async fn run_sessions(&self, stop: tokio_util::sync::CancellationToken) {
@@ -270,6 +281,7 @@ impl ControlPlane {
             .merge(config::api::router(std::sync::Arc::new(
                 config::ConfigEntries::new(self.store()),
             )))
+            .merge(job::api::router(std::sync::Arc::new(self.jobs())))
             .merge(acl::api::router(self.acl()))
             .merge(ui::router(self.catalog(), self.store()))
     }

@@ -66,6 +66,9 @@ enum Command {
     /// Manage intentions (who may connect to whom).
     #[command(subcommand)]
     Intention(cmd::intention::Command),
+    /// Jobs: services run as supervised processes on dynamic ports (run, plan, status, ...).
+    #[command(subcommand)]
+    Job(cmd::job::Command),
     /// Service mesh identity: the certificate authority; Envoy sidecars.
     #[command(subcommand)]
     Connect(cmd::connect::Command),
@@ -139,6 +142,7 @@ fn main() -> ExitCode {
             Command::Events(command) => cmd::events::run(command).await,
             Command::EventsApp(args) => cmd::events_app::run(args).await,
             Command::Intention(command) => cmd::intention::run(command).await,
+            Command::Job(command) => cmd::job::run(command).await,
             Command::Connect(command) => cmd::connect::run(command).await,
             Command::XdsLoad(args) => cmd::xds_load::run(args).await,
             Command::Acl(command) => cmd::acl::run(command).await,

@@ -23,7 +23,7 @@ pub struct IntentionSet {
 }
 
 impl Client {
-    async fn call<B: Serialize, T: DeserializeOwned>(
+    pub(super) async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,

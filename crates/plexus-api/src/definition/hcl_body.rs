@@ -25,6 +25,42 @@ use super::locate::Seg;
 /// Keys whose blocks may repeat; they hold a list.
 pub(super) const LISTS: [&str; 3] = ["services", "checks", "upstreams"];
 
+/// Which blocks of a file kind repeat and which carry a label.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    /// Keys whose (unlabelled) blocks may repeat; they always become a list.
+    pub lists: &'static [&'static str],
+    /// Keys whose blocks take exactly one label (`group "add" { }`): they always become a list
+    /// of objects, the label under `name`.
+    pub labelled: &'static [&'static str],
+}
+
+/// Definition files: no labels, `services`, `checks` and `upstreams` repeat.
+pub(super) const DEFINITIONS: Shape = Shape {
+    lists: &LISTS,
+    labelled: &[],
+};
+
+impl Shape {
+    fn is_list(&self, key: &str) -> bool {
+        self.lists.iter().any(|l| same(l, key)) || self.is_labelled(key)
+    }
+
+    fn is_labelled(&self, key: &str) -> bool {
+        self.labelled.iter().any(|l| same(l, key))
+    }
+}
+
+fn same(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        s.chars()
+            .filter(|c| *c != '_')
+            .flat_map(char::to_lowercase)
+            .collect::<String>()
+    };
+    norm(a) == norm(b)
+}
+
 /// A problem found while converting.
 #[derive(Debug)]
 pub(super) struct BodyError {
@@ -47,9 +83,9 @@ pub(super) fn is_list(key: &str) -> bool {
 }
 
 /// Converts `body`, collecting every problem.
-pub(super) fn to_json(body: &Body) -> Result<Value, Vec<BodyError>> {
+pub(super) fn to_json(body: &Body, shape: &Shape) -> Result<Value, Vec<BodyError>> {
     let mut errors = Vec::new();
-    let value = Value::Object(convert(body, &[], &mut errors));
+    let value = Value::Object(convert(body, &[], shape, &mut errors));
     if errors.is_empty() {
         Ok(value)
     } else {
@@ -57,7 +93,12 @@ pub(super) fn to_json(body: &Body) -> Result<Value, Vec<BodyError>> {
     }
 }
 
-fn convert(body: &Body, path: &[Seg], errors: &mut Vec<BodyError>) -> Map<String, Value> {
+fn convert(
+    body: &Body,
+    path: &[Seg],
+    shape: &Shape,
+    errors: &mut Vec<BodyError>,
+) -> Map<String, Value> {
     let mut map = Map::new();
     let mut attributes: BTreeSet<&str> = BTreeSet::new();
     let mut blocks: BTreeMap<&str, usize> = BTreeMap::new();
@@ -97,7 +138,14 @@ fn convert(body: &Body, path: &[Seg], errors: &mut Vec<BodyError>) -> Map<String
                 *count += 1;
                 let mut at = with(key);
                 at.push(Seg::Index(n));
-                if !block.labels.is_empty() {
+                let labelled = shape.is_labelled(key);
+                if labelled && block.labels.len() != 1 {
+                    errors.push(fail(
+                        with(key),
+                        at.clone(),
+                        format!("block `{key}` takes one label, its name (`{key} \"NAME\" {{ }}`)"),
+                    ));
+                } else if !labelled && !block.labels.is_empty() {
                     errors.push(fail(
                         with(key),
                         at.clone(),
@@ -110,14 +158,19 @@ fn convert(body: &Body, path: &[Seg], errors: &mut Vec<BodyError>) -> Map<String
                     at.push(Seg::Index(n + 1));
                     let msg = format!("`{key}` is written both as an attribute and as a block");
                     errors.push(fail(with(key), at, msg));
-                } else if is_list(key) {
-                    let value = Value::Object(convert(&block.body, &at, errors));
+                } else if shape.is_list(key) {
+                    let mut object = Map::new();
+                    if labelled && let Some(label) = block.labels.first() {
+                        object.insert("name".to_owned(), Value::String(label.as_str().to_owned()));
+                    }
+                    object.extend(convert(&block.body, &at, shape, errors));
+                    let value = Value::Object(object);
                     let slot = map.entry(key).or_insert_with(|| Value::Array(Vec::new()));
                     if let Value::Array(items) = slot {
                         items.push(value);
                     }
                 } else if n > 0 {
-                    let hint = if is_list(&format!("{key}s")) {
+                    let hint = if shape.is_list(&format!("{key}s")) {
                         format!(" (use `{key}s` blocks for several)")
                     } else {
                         String::new()
@@ -128,7 +181,7 @@ fn convert(body: &Body, path: &[Seg], errors: &mut Vec<BodyError>) -> Map<String
                         format!("block `{key}` may be written once{hint}"),
                     ));
                 } else {
-                    let value = Value::Object(convert(&block.body, &with(key), errors));
+                    let value = Value::Object(convert(&block.body, &with(key), shape, errors));
                     map.insert(key.to_owned(), value);
                 }
             }

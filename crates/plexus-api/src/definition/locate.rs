@@ -283,12 +283,19 @@ fn tokenize(text: &str) -> Vec<Tok> {
                 {
                     i += 1;
                 }
-                if is_key_at(i) || is_labelled_block(&chars, i) {
+                let labelled = !is_key_at(i) && is_labelled_block(&chars, i);
+                if labelled || is_key_at(i) {
                     toks.push(Tok::Key {
                         name: chars[start..i].iter().collect(),
                         line,
                         depth,
                     });
+                }
+                if labelled {
+                    // The labels are not keys: the block's body belongs to this one.
+                    while i < chars.len() && chars[i] != '{' {
+                        i += 1;
+                    }
                 }
             }
             _ => i += 1,

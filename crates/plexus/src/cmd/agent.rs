@@ -92,6 +92,8 @@ pub struct Args {
     #[command(flatten)]
     pub default_token: super::DefaultTokenArgs,
     #[command(flatten)]
+    pub jobs: super::job::AgentJobArgs,
+    #[command(flatten)]
     pub grpc: super::grpc::GrpcArgs,
     #[command(flatten)]
     pub https: HttpsArgs,
@@ -363,6 +365,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         address: addresses.advertised.addr.to_string(),
         datacenter: args.datacenter.clone(),
         tagged_addresses: addresses.tagged(),
+        meta: args.jobs.node_meta(),
         ..Node::default()
     };
     let resolver = plexus_runtime::acl::Resolver(Arc::new(plexus_agent::acl::RemoteResolver::new(
@@ -389,6 +392,21 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         }
         info!(service = %registration.name, file = %file.display(), "registered from definition");
     }
+    let mut logs_router = None;
+    if let Some(config) = args
+        .jobs
+        .runner(client.clone(), &node_name, http_addr, token.clone())?
+    {
+        logs_router = Some(plexus_agent::job::logs_router(
+            &agent,
+            config.data_dir.clone(),
+        ));
+        shutdown.spawn(plexus_agent::job::run(
+            agent.clone(),
+            config,
+            shutdown.clone(),
+        ));
+    }
     let holder = Arc::clone(&catalog);
     let ttl = args.lease_ttl;
     let stop = shutdown.token();
@@ -398,8 +416,11 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             _ = stop.cancelled() => {}
         }
     });
-    let router = agent
-        .router()
+    let mut router = agent.router();
+    if let Some(logs) = logs_router {
+        router = router.merge(logs);
+    }
+    let router = router
         .fallback(move |request: Request| forward(client.clone(), default_token.clone(), request))
         .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
     let stop_serving = CancellationToken::new();
@@ -476,6 +497,7 @@ async fn start_agent(
             node: node.clone(),
             server: false,
             acl: acl.clone(),
+            host_ports: Some(plexus_agent::host_ports_dir()),
         };
         let dyn_catalog: Arc<dyn plexus_api::Catalog> = catalog.clone();
         let delay = backoff.next_delay();

@@ -159,7 +159,9 @@ pub(super) fn parse(text: &str) -> anyhow::Result<Vec<plexus_api::ServiceRegistr
 /// A sidecar run in-process by the demo.
 pub(super) struct DemoSidecar {
     pub(super) admin: SocketAddr,
-    task: tokio::task::JoinHandle<Result<(), plexus_proxy::ProxyError>>,
+    task: tokio::task::JoinHandle<()>,
+    /// Why the sidecar stopped, once it has.
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl DemoSidecar {
@@ -180,8 +182,21 @@ impl DemoSidecar {
             access_log: None,
             state: None,
         };
-        let task = tokio::spawn(plexus_proxy::run(config, shutdown.token()));
-        Ok(Self { admin, task })
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let reason = failure.clone();
+        let token = shutdown.token();
+        let task = tokio::spawn(async move {
+            let why = match plexus_proxy::run(config, token).await {
+                Ok(()) => "it stopped".to_owned(),
+                Err(error) => plexus_runtime::ErrorChain(&error).to_string(),
+            };
+            *plexus_runtime::lock::lock(&reason) = Some(why);
+        });
+        Ok(Self {
+            admin,
+            task,
+            failure,
+        })
     }
 
     /// Checks `done` every 50 ms until it holds; fails when the sidecar stops or after
@@ -194,7 +209,11 @@ impl DemoSidecar {
         let started = Instant::now();
         loop {
             if self.task.is_finished() {
-                bail!("the sidecar stopped; see the log above");
+                let why = plexus_runtime::lock::lock(&self.failure).clone();
+                bail!(
+                    "the sidecar stopped: {}",
+                    why.unwrap_or_else(|| "it panicked; see the log above".to_owned())
+                );
             }
             if done().await {
                 return Ok(());
@@ -313,6 +332,7 @@ async fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let upstream: SocketAddr = ([127, 0, 0, 1], args.upstream_port).into();
+    port_is_free(upstream, "the client's upstream listener (--upstream-port)")?;
 
     println!("== 1. control plane, echo service, definitions");
     let echo1 = EchoInstance::start("echo", &shutdown).await?;
@@ -400,6 +420,17 @@ async fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
     }
     println!("demo passed");
     finish(args.keep_running, upstream, &control, shutdown, dev).await
+}
+
+/// Fails naming the port when `addr` cannot be bound now (another program listens on it).
+pub(super) fn port_is_free(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(error) => bail!(
+            "port {} for {what} is taken on this host ({error}); choose another port",
+            addr.port()
+        ),
+    }
 }
 
 /// Keeps running if asked, then stops everything.

@@ -297,6 +297,10 @@ fn percent(part: usize, whole: usize) -> f64 {
 
 /// Runs the scenario.
 pub async fn run(args: HttpArgs) -> anyhow::Result<ExitCode> {
+    super::demo::port_is_free(
+        ([127, 0, 0, 1], args.upstream_port).into(),
+        "the client's upstream listener (--upstream-port)",
+    )?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
 

@@ -540,6 +540,10 @@ impl DevServer {
             let (control, stop) = (control.clone(), shutdown.token());
             async move { control.run_sessions(stop).await }
         });
+        shutdown.spawn({
+            let (control, stop) = (control.clone(), shutdown.token());
+            async move { control.run_jobs(stop).await }
+        });
         let catalog: Arc<dyn plexus_api::Catalog> = control.catalog();
         let node = Node {
             id: node_id(node_name),
@@ -553,6 +557,7 @@ impl DevServer {
                 node,
                 server: true,
                 acl: control.resolver(),
+                host_ports: Some(plexus_agent::host_ports_dir()),
             },
             catalog,
             shutdown,

@@ -21,6 +21,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod health;
 pub mod intention;
+pub mod job;
 pub mod kv;
 pub mod limits;
 pub mod lock;

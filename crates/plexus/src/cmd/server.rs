@@ -376,6 +376,10 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         let (control, stop) = (control.clone(), shutdown.token());
         async move { control.run_sessions(stop).await }
     });
+    shutdown.spawn({
+        let (control, stop) = (control.clone(), shutdown.token());
+        async move { control.run_jobs(stop).await }
+    });
     let node = Node {
         id: format!("server-{node_name}"),
         node: node_name.clone(),
@@ -390,6 +394,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             node,
             server: true,
             acl: control.resolver(),
+            host_ports: Some(plexus_agent::host_ports_dir()),
         },
         catalog,
         &shutdown,

@@ -23,6 +23,21 @@ fn demo_echo_runs_end_to_end() {
     assert!(out.contains("demo passed"), "{out}");
 }
 
+/// A taken upstream port is named, before anything starts.
+#[test]
+fn demo_echo_names_a_taken_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, out, err) =
+        run_cli(bin(), &["demo", "echo", "--upstream-port", &port], &[]).unwrap();
+    assert_ne!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        err.contains(&format!("port {port} for the client's upstream listener")),
+        "{err}"
+    );
+    assert!(err.contains("is taken on this host"), "{err}");
+}
+
 fn demo_events(broker: &str) -> String {
     let tool = if broker == "kafka" {
         "tansu"
