@@ -1,8 +1,9 @@
 //! Compatibility suite: two Consul client libraries nobody here wrote, in two languages
 //! (py-consul from PyPI in `.tools/venv`, the `consul` package from npm in `.tools/npm-consul`,
 //! both installed by `scripts/setup-test-env.sh`), drive sessions, locks, transactions, the
-//! query-meta headers, catalog register/deregister, agent checks, maintenance mode and members
-//! of `plexus dev`, and (py-consul) `?filter=`, `?node-meta=`, `?near=` and prepared queries. A missing library fails the test naming it.
+//! query-meta headers, catalog register/deregister, agent checks, maintenance mode, members,
+//! `?filter=` and prepared queries of `plexus dev` (and py-consul `?node-meta=` and `?near=`).
+//! A missing library fails the test naming it.
 
 use std::path::PathBuf;
 
@@ -276,6 +277,25 @@ const consul = new Consul({ host: '127.0.0.1', port });
   assert(refused, 'a bad check status must be refused');
   assert.strictEqual(refused.statusCode, 400);
   assert(String(refused.message).includes('Check.Status') || JSON.stringify(refused.response?.body ?? '').includes('Check.Status'), refused);
+
+  // Filters and prepared queries through the library's own options.
+  const filtered = await consul.catalog.service.nodes({ service: 'js-db', filter: 'ServiceTags contains "replica"' });
+  assert.deepStrictEqual(filtered.map((r) => r.ServiceID), ['js-db-1']);
+  const none = await consul.health.service({ service: 'js-db', filter: 'Service.Port != 5432' });
+  assert.deepStrictEqual(none, []);
+  let badFilter = null;
+  try {
+    await consul.health.service({ service: 'js-db', filter: 'Service.Port ==' });
+  } catch (e) {
+    badFilter = e;
+  }
+  assert(badFilter && badFilter.statusCode === 400, badFilter);
+  const query = await consul.query.create({ name: 'js-db-q', service: { service: 'js-db', onlypassing: false } });
+  const ran = await consul.query.execute(query.ID);
+  assert.strictEqual(ran.Service, 'js-db');
+  assert.deepStrictEqual(ran.Nodes.map((n) => n.Service.ID), ['js-db-1']);
+  assert.strictEqual((await consul.query.list()).filter((q) => q.ID === query.ID).length, 1);
+  await consul.query.destroy(query.ID);
 
   const members = await consul.agent.members();
   const byName = Object.fromEntries(members.map((m) => [m.Name, m]));
