@@ -63,6 +63,20 @@ except consul.ConsulException as e:
     assert "409" in str(e) or "check" in str(e).lower() or "exists" in str(e), e
 _, missing = c.kv.get("py/t/c")
 assert missing is None, missing
+# Catalog operations in the same transaction as a key, and the lock verbs.
+r = c.txn.put([
+    {"Node": {"Verb": "set", "Node": {"Node": "py-txn", "Address": "192.0.2.40"}}},
+    {"Service": {"Verb": "set", "Node": "py-txn", "Service": {"ID": "py-txn-1", "Service": "py-txn", "Port": 7}}},
+    {"KV": {"Verb": "lock", "Key": "py/t/owner", "Value": b64("py-txn-1"), "Session": s1}},
+])
+assert r["Results"][0]["Node"]["Node"] == "py-txn" and r["Results"][1]["Service"]["Port"] == 7, r
+_, rows = c.catalog.service("py-txn")
+assert [x["ServiceID"] for x in rows] == ["py-txn-1"], rows
+_, owner = c.kv.get("py/t/owner")
+assert owner["Session"] == s1, owner
+c.txn.put([{"Node": {"Verb": "delete", "Node": {"Node": "py-txn"}}}])
+_, rows = c.catalog.service("py-txn")
+assert rows == [], rows
 
 # A 404 still carries the index (py-consul reads X-Consul-Index from it).
 index, nothing = c.kv.get("py/no-such-key")
