@@ -15,8 +15,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::warn;
 
 use super::{
-    ALPN, ALPN_H2, ALPN_TCP, HANDSHAKE_TIMEOUT, Identity, TlsConfigError, TlsMetrics, classify,
-    peer, provider, verify,
+    ALPN, ALPN_H2, ALPN_TCP, HANDSHAKE_TIMEOUT, Identity, TlsConfigError, TlsMetrics, peer,
+    provider, server_handshake, verify,
 };
 
 /// The TLS server of an ingress gateway listener: clients from outside the mesh (no client
@@ -59,19 +59,9 @@ impl Front {
         stream: TcpStream,
         peer: SocketAddr,
     ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream));
-        let result = match handshake.await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
-            )),
-        };
-        match result {
+        match server_handshake(&self.acceptor, stream, &self.metrics, "ingress").await {
             Ok(stream) => Some(stream),
-            Err(error) => {
-                let (reason, detail) = classify(&error);
-                self.metrics.refused("ingress", reason);
+            Err((reason, detail)) => {
                 tracing::debug!(%peer, reason, %detail, "ingress TLS handshake refused");
                 None
             }
@@ -148,19 +138,10 @@ impl SniInbound {
         ServiceId,
         String,
     )> {
-        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream));
-        let result = match handshake.await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
-            )),
-        };
-        let stream = match result {
+        let stream = match server_handshake(&self.acceptor, stream, &self.metrics, "inbound").await
+        {
             Ok(stream) => stream,
-            Err(error) => {
-                let (reason, detail) = classify(&error);
-                self.metrics.refused("inbound", reason);
+            Err((reason, detail)) => {
                 warn!(%peer, reason, %detail, "terminating gateway TLS handshake refused");
                 return None;
             }

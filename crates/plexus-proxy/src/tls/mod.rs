@@ -161,6 +161,29 @@ impl TlsMetrics {
 }
 
 /// Why a handshake failed, as a bounded label and a sentence.
+/// A server handshake within [`HANDSHAKE_TIMEOUT`]. A refusal is counted under `direction` with
+/// its [`classify`]d reason and returned (reason, detail) for the caller to log at its level.
+pub(crate) async fn server_handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    metrics: &TlsMetrics,
+    direction: &'static str,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, (&'static str, String)> {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let result = match handshake.await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
+        )),
+    };
+    result.map_err(|error| {
+        let (reason, detail) = classify(&error);
+        metrics.refused(direction, reason);
+        (reason, detail)
+    })
+}
+
 pub(crate) fn classify(error: &io::Error) -> (&'static str, String) {
     use rustls::{CertificateError, Error};
     if error.kind() == io::ErrorKind::TimedOut {
@@ -243,19 +266,10 @@ impl Inbound {
         stream: TcpStream,
         peer: SocketAddr,
     ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, ServiceId)> {
-        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream));
-        let result = match handshake.await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
-            )),
-        };
-        let stream = match result {
+        let stream = match server_handshake(&self.acceptor, stream, &self.metrics, "inbound").await
+        {
             Ok(stream) => stream,
-            Err(error) => {
-                let (reason, detail) = classify(&error);
-                self.metrics.refused("inbound", reason);
+            Err((reason, detail)) => {
                 warn!(%peer, reason, %detail, "inbound TLS handshake refused");
                 return None;
             }
