@@ -413,6 +413,10 @@ impl Authorizer {
     pub fn can_read_query(&self, name: &str) -> bool {
         self.allows(Resource::Query, name, Access::Read)
     }
+    /// Needs `query:read` on `name`.
+    pub fn require_query_read(&self, name: &str) -> Result<(), Denied> {
+        self.require(Resource::Query, name, Access::Read)
+    }
     /// Needs `query:write` on `name`.
     pub fn require_query_write(&self, name: &str) -> Result<(), Denied> {
         self.require(Resource::Query, name, Access::Write)

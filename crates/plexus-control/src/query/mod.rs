@@ -434,13 +434,7 @@ async fn read(
         .into_iter()
         .find(|q| q.id == id)
         .ok_or_else(|| ApiError::not_found(format!("no prepared query {id:?}")))?;
-    if !authz.can_read_query(&query.name) {
-        return Err(ApiError::new(
-            http::StatusCode::FORBIDDEN,
-            "permission_denied",
-            format!("this token may not read prepared query {:?}", query.name),
-        ));
-    }
+    authz.require_query_read(&query.name)?;
     Ok(indexed_json(revision, &[shown(query)]))
 }
 
@@ -517,13 +511,7 @@ async fn explain(
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(path_error)?;
     let query = find(&state.store, &id).await?;
-    if !authz.can_read_query(&query.name) {
-        return Err(ApiError::new(
-            http::StatusCode::FORBIDDEN,
-            "permission_denied",
-            format!("this token may not read prepared query {:?}", query.name),
-        ));
-    }
+    authz.require_query_read(&query.name)?;
     Ok(indexed_json(
         0,
         &serde_json::json!({ "Query": shown(query) }),

@@ -395,6 +395,20 @@ async fn eight_conflicting_writers_keep_the_all_or_nothing_invariant() {
     );
 }
 
+/// The whole control plane's router on an embedded store (sessions, catalog, KV, txn).
+fn plane_router(dir: &std::path::Path) -> Router {
+    crate::ControlPlane::open_embedded(
+        dir,
+        crate::ServerInfo {
+            datacenter: "dc1".to_owned(),
+            node_name: "server-1".to_owned(),
+            leader_addr: "127.0.0.1:8300".to_owned(),
+        },
+    )
+    .unwrap()
+    .router()
+}
+
 fn locking(verb: &str, key: &str, value: Option<&str>, session: &str) -> Value {
     json!({"KV": {"Verb": verb, "Key": key, "Value": value.map(b64), "Session": session}})
 }
@@ -402,16 +416,7 @@ fn locking(verb: &str, key: &str, value: Option<&str>, session: &str) -> Value {
 #[tokio::test]
 async fn lock_unlock_and_check_session_follow_acquire_and_release() {
     let dir = tempfile::tempdir().unwrap();
-    let plane = crate::ControlPlane::open_embedded(
-        dir.path(),
-        crate::ServerInfo {
-            datacenter: "dc1".to_owned(),
-            node_name: "server-1".to_owned(),
-            leader_addr: "127.0.0.1:8300".to_owned(),
-        },
-    )
-    .unwrap();
-    let router = plane.router();
+    let router = plane_router(dir.path());
     let mut ids = Vec::new();
     for _ in 0..2 {
         let (status, body) = call(
@@ -520,16 +525,7 @@ async fn lock_unlock_and_check_session_follow_acquire_and_release() {
 #[tokio::test]
 async fn node_service_and_check_operations_commit_with_kv_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let plane = crate::ControlPlane::open_embedded(
-        dir.path(),
-        crate::ServerInfo {
-            datacenter: "dc1".to_owned(),
-            node_name: "server-1".to_owned(),
-            leader_addr: "127.0.0.1:8300".to_owned(),
-        },
-    )
-    .unwrap();
-    let router = plane.router();
+    let router = plane_router(dir.path());
     let node = json!({"Node": {"Verb": "set", "Node": {"Node": "ext", "Address": "192.0.2.7", "Meta": {"rack": "r1"}}}});
     let service = json!({"Service": {"Verb": "set", "Node": "ext",
         "Service": {"ID": "db-1", "Service": "db", "Port": 5432, "Tags": ["primary"]}}});
