@@ -20,8 +20,9 @@ pub const PLAINTEXT_ANSWER: &str = "Client sent an HTTP request to an HTTPS serv
 const TLS_HANDSHAKE: u8 = 0x16;
 /// How much of a plaintext request is read before answering it.
 const PLAINTEXT_READ_LIMIT: usize = 8 * 1024;
-/// How long the connection stays open after the answer to a plaintext request, so the client
-/// reads it before the close (closing with unread data would reset the connection).
+/// How long the connection stays open after the answer to a plaintext request, or after a
+/// refused handshake's alert, so the client reads it before the close (closing with unread data
+/// would reset the connection).
 const LINGER: Duration = Duration::from_secs(1);
 
 /// The client's certificate chain as the handshake verified it (empty: none presented). Each
@@ -84,10 +85,17 @@ async fn handshake(
         }
         other => return Err(AcceptError::NotTls(other)),
     }
-    let stream = tokio_rustls::TlsAcceptor::from(config)
+    let stream = match tokio_rustls::TlsAcceptor::from(config)
         .accept(tcp)
+        .into_fallible()
         .await
-        .map_err(AcceptError::Handshake)?;
+    {
+        Ok(stream) => stream,
+        Err((error, tcp)) => {
+            linger(tcp).await;
+            return Err(AcceptError::Handshake(error));
+        }
+    };
     let peer = stream
         .get_ref()
         .1
@@ -95,6 +103,24 @@ async fn handshake(
         .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_else(|| Arc::from(Vec::new()));
     Ok((stream, PeerCertificates(peer)))
+}
+
+/// Closes a connection whose handshake failed so the client reads the alert: with TLS 1.3 a
+/// client whose certificate is refused has already sent its request, and closing with that
+/// unread would reset the connection, losing the alert (the client then saw "connection was not
+/// ready" instead of the refusal). Half-close, then drain briefly.
+async fn linger(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = tcp.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Reads the request head (bounded), answers 400 in the API's JSON error shape and closes.
