@@ -47,7 +47,7 @@ pub(crate) async fn run(
     tx: watch::Sender<Option<Arc<Built>>>,
     stop: CancellationToken,
 ) {
-    let services = hub.node_services.subscribe("");
+    let registration = hub.registrations.subscribe(&proxy_id);
     let roots = hub.roots.subscribe("");
     let datacenter = hub.datacenter.subscribe("");
     let mut own: Option<Own> = None;
@@ -58,8 +58,8 @@ pub(crate) async fn run(
     let mut last_inputs: Option<(ProxySpec, Vec<AnyLatest>)> = None;
     loop {
         // 1. The registration (the last valid one stays in force).
-        if let Some(latest) = services.rx.borrow().clone() {
-            match latest.value.get(&proxy_id).map(ProxySpec::from_service) {
+        if let Some(latest) = registration.rx.borrow().clone() {
+            match latest.value.as_ref().map(ProxySpec::from_service) {
                 Some(Ok(valid)) => {
                     missing_logged = false;
                     if spec.as_ref().is_none_or(|(s, _)| *s != valid) {
@@ -122,8 +122,8 @@ pub(crate) async fn run(
                 }
             }
         }
-        // 3. Translate once everything is known, and only when an input moved: a change to
-        //    another proxy's registration on this node wakes this one too, and costs nothing.
+        // 3. Translate once everything is known, and only when an input moved (a new leaf or
+        //    root republished unchanged costs a comparison).
         let moved = match (&spec, &own) {
             (Some((spec, _)), Some(own)) => {
                 let now = (
@@ -171,7 +171,7 @@ pub(crate) async fn run(
         }
         // 4. Wait for any input to move.
         let mut waits: Vec<Pin<Box<dyn Future<Output = bool> + Send>>> = vec![
-            changed(&services.rx),
+            changed(&registration.rx),
             changed(&roots.rx),
             changed(&datacenter.rx),
         ];

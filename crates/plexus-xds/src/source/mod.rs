@@ -146,6 +146,10 @@ impl<V: Send + Sync + 'static> Topic<V> {
 pub(crate) struct Hub {
     /// This node's services (key `""`): where proxies' registrations come from.
     pub node_services: Topic<BTreeMap<String, AgentService>>,
+    /// One proxy's own registration (key: its service id), `None` while it is not registered:
+    /// derived from `node_services`, published only when that one registration moved, so a
+    /// change to another service on the node wakes no other proxy.
+    pub registrations: Topic<Option<AgentService>>,
     /// The CA's roots (key `""`).
     pub roots: Topic<CaRoots>,
     /// The datacenter (key `""`), read once from `/v1/agent/self`.
@@ -171,13 +175,22 @@ impl Hub {
                     follow(
                         &stop,
                         |query| client.agent_services_indexed(query),
-                        |update| {
-                            tx.send_replace(Some(Arc::new(update)));
-                        },
+                        |update| publish_changed(&tx, update, |a, b| a == b),
                         |error| warn!(error = %ErrorChain(error), "node services watch failed; retrying"),
                     )
                     .await;
                 });
+            })
+        };
+        let registrations = {
+            let (node_services, tasks) = (node_services.clone(), tasks.clone());
+            Topic::new("registrations", move |proxy_id: String, tx, stop| {
+                tasks.spawn(registration(
+                    node_services.subscribe(""),
+                    proxy_id,
+                    tx,
+                    stop,
+                ));
             })
         };
         let roots = {
@@ -188,9 +201,7 @@ impl Hub {
                     follow(
                         &stop,
                         |query| client.connect_ca_roots(query),
-                        |update| {
-                            tx.send_replace(Some(Arc::new(update)));
-                        },
+                        |update| publish_changed(&tx, update, |a, b| a == b),
                         |error| warn!(error = %ErrorChain(error), "CA roots watch failed; retrying"),
                     )
                     .await;
@@ -237,9 +248,7 @@ impl Hub {
                     follow(
                         &stop,
                         |query| client.discovery_chain(&service, query),
-                        |update| {
-                            tx.send_replace(Some(Arc::new(update)));
-                        },
+                        |update| publish_changed(&tx, update, |a, b| a == b),
                         |error| warn!(error = %ErrorChain(error), %service, "discovery chain watch failed; retrying"),
                     )
                     .await;
@@ -257,18 +266,14 @@ impl Hub {
                         |update| {
                             let endpoints = endpoints_from(&update.value);
                             debug!(%service, index = update.index, endpoints = endpoints.len(), "endpoints answer");
-                            tx.send_if_modified(|current| {
-                                let changed = current
-                                    .as_ref()
-                                    .is_none_or(|c| c.value != endpoints);
-                                if changed {
-                                    *current = Some(Arc::new(Indexed {
-                                        index: update.index,
-                                        value: endpoints,
-                                    }));
-                                }
-                                changed
-                            });
+                            publish_changed(
+                                &tx,
+                                Indexed {
+                                    index: update.index,
+                                    value: endpoints,
+                                },
+                                |a, b| a == b,
+                            );
                         },
                         |error| warn!(error = %ErrorChain(error), %service, "endpoints watch failed; retrying"),
                     )
@@ -294,8 +299,11 @@ impl Hub {
                                 })
                             }
                         },
+                        // The set carries the index it was read at: compare what it says.
                         |update| {
-                            tx.send_replace(Some(Arc::new(update)));
+                            publish_changed(&tx, update, |a, b| {
+                                a.intentions == b.intentions && a.default_policy == b.default_policy
+                            })
                         },
                         |error| warn!(error = %ErrorChain(error), %service, "intentions watch failed; retrying"),
                     )
@@ -322,12 +330,67 @@ impl Hub {
         };
         Self {
             node_services,
+            registrations,
             roots,
             datacenter,
             chains,
             endpoints,
             intentions,
             leaves,
+        }
+    }
+}
+
+/// Publishes `update` unless it says the same as what is published (`same`). Blocking indexes
+/// move with every write to the control plane (a check, a status report), so an answer is often
+/// unchanged; waking every proxy that follows the key for it would cost a thousand proxies a
+/// thousand wake-ups per write.
+fn publish_changed<V>(
+    tx: &watch::Sender<Latest<V>>,
+    update: Indexed<V>,
+    same: impl Fn(&V, &V) -> bool,
+) {
+    tx.send_if_modified(|current| {
+        let changed = current
+            .as_ref()
+            .is_none_or(|c| !same(&c.value, &update.value));
+        if changed {
+            *current = Some(Arc::new(update));
+        }
+        changed
+    });
+}
+
+/// Publishes `proxy_id`'s registration from the node's services whenever it (and only it)
+/// changes, with the index it changed at.
+async fn registration(
+    mut services: Sub<BTreeMap<String, AgentService>>,
+    proxy_id: String,
+    tx: watch::Sender<Latest<Option<AgentService>>>,
+    stop: CancellationToken,
+) {
+    loop {
+        if let Some(latest) = services.rx.borrow_and_update().clone() {
+            let own = latest.value.get(&proxy_id);
+            tx.send_if_modified(|current| {
+                let changed = current.as_ref().is_none_or(|c| c.value.as_ref() != own);
+                if changed {
+                    *current = Some(Arc::new(Indexed {
+                        index: latest.index,
+                        value: own.cloned(),
+                    }));
+                }
+                changed
+            });
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = services.rx.changed() => if changed.is_err() {
+                // The node's services are no longer followed (shutdown): keep the sender, as
+                // subscribers treat a closed channel as the end.
+                stop.cancelled().await;
+                return;
+            },
         }
     }
 }
@@ -374,5 +437,112 @@ mod tests {
         }
         let _again = topic.subscribe("web");
         assert_eq!(started.load(Ordering::SeqCst), 3);
+    }
+
+    fn service(id: &str, port: u16) -> AgentService {
+        serde_json::from_value(serde_json::json!({"ID": id, "Service": id, "Port": port}))
+            .expect("a valid service")
+    }
+
+    #[tokio::test]
+    async fn a_proxy_is_woken_only_by_its_own_registration() {
+        type NodeTx = watch::Sender<Latest<BTreeMap<String, AgentService>>>;
+        let node_tx: Arc<Mutex<Option<NodeTx>>> = Arc::default();
+        let node_services = Topic::new("node_services", {
+            let node_tx = Arc::clone(&node_tx);
+            move |_key, tx, _stop| {
+                *node_tx.lock().expect("test lock") = Some(tx);
+            }
+        });
+        let registrations: Topic<Option<AgentService>> = Topic::new("registrations", {
+            let node_services = node_services.clone();
+            move |proxy_id: String, tx, stop| {
+                tokio::spawn(registration(
+                    node_services.subscribe(""),
+                    proxy_id,
+                    tx,
+                    stop,
+                ));
+            }
+        });
+        let publish = |index: u64, services: &[AgentService]| {
+            let value = services.iter().map(|s| (s.id.clone(), s.clone())).collect();
+            node_tx
+                .lock()
+                .expect("test lock")
+                .as_ref()
+                .expect("node services followed")
+                .send_replace(Some(Arc::new(Indexed { index, value })));
+        };
+        let mut mine = registrations.subscribe("p1");
+        let within = std::time::Duration::from_secs(5);
+        publish(1, &[service("p1", 1), service("p2", 2)]);
+        tokio::time::timeout(within, mine.rx.changed())
+            .await
+            .expect("the first registration is published")
+            .expect("open");
+        let first = mine.rx.borrow_and_update().clone().expect("published");
+        assert_eq!(
+            (first.index, first.value.as_ref().map(|s| s.port)),
+            (1, Some(1))
+        );
+
+        // Other proxies' changes do not wake this one (p2's own subscriber, woken by the same
+        // publication, is the barrier: once it has seen a change, so has p1's task). Then our
+        // own change is seen, with the index it happened at.
+        let mut other = registrations.subscribe("p2");
+        other.rx.borrow_and_update();
+        for (index, port) in [(2, 3), (3, 4)] {
+            publish(index, &[service("p1", 1), service("p2", port)]);
+            tokio::time::timeout(within, other.rx.changed())
+                .await
+                .expect("p2's change is published")
+                .expect("open");
+            other.rx.borrow_and_update();
+            assert!(
+                !mine.rx.has_changed().expect("open"),
+                "p1 woken by p2's change at index {index}"
+            );
+        }
+        publish(4, &[service("p1", 9), service("p2", 4)]);
+        tokio::time::timeout(within, mine.rx.changed())
+            .await
+            .expect("our own change is published")
+            .expect("open");
+        let moved = mine.rx.borrow_and_update().clone().expect("published");
+        assert_eq!(
+            (moved.index, moved.value.as_ref().map(|s| s.port)),
+            (4, Some(9))
+        );
+
+        publish(5, &[service("p2", 3)]);
+        tokio::time::timeout(within, mine.rx.changed())
+            .await
+            .expect("the deregistration is published")
+            .expect("open");
+        assert_eq!(
+            mine.rx
+                .borrow_and_update()
+                .as_ref()
+                .map(|l| l.value.is_none()),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn an_unchanged_answer_at_a_new_index_wakes_nobody() {
+        let (tx, mut rx) = watch::channel::<Latest<u32>>(None);
+        publish_changed(&tx, Indexed { index: 1, value: 7 }, |a, b| a == b);
+        assert!(rx.has_changed().expect("open"));
+        rx.borrow_and_update();
+        publish_changed(&tx, Indexed { index: 2, value: 7 }, |a, b| a == b);
+        assert!(!rx.has_changed().expect("open"), "woken for the same value");
+        assert_eq!(rx.borrow().as_ref().map(|l| l.index), Some(1));
+        publish_changed(&tx, Indexed { index: 3, value: 8 }, |a, b| a == b);
+        assert!(rx.has_changed().expect("open"));
+        assert_eq!(
+            rx.borrow().as_ref().map(|l| (l.index, l.value)),
+            Some((3, 8))
+        );
     }
 }
