@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::future::select_all;
 use plexus_api::client::IntentionSet;
@@ -47,9 +48,20 @@ pub(crate) async fn run(
     tx: watch::Sender<Option<Arc<Built>>>,
     stop: CancellationToken,
 ) {
-    let registration = hub.registrations.subscribe(&proxy_id);
-    let roots = hub.roots.subscribe("");
-    let datacenter = hub.datacenter.subscribe("");
+    run_counted(proxy_id, hub, tx, stop, &AtomicU64::new(0)).await;
+}
+
+/// [`run`], counting its passes in `passes` (what tests observe).
+async fn run_counted(
+    proxy_id: String,
+    hub: Hub,
+    tx: watch::Sender<Option<Arc<Built>>>,
+    stop: CancellationToken,
+    passes: &AtomicU64,
+) {
+    let mut registration = hub.registrations.subscribe(&proxy_id);
+    let mut roots = hub.roots.subscribe("");
+    let mut datacenter = hub.datacenter.subscribe("");
     let mut own: Option<Own> = None;
     let mut chains: BTreeMap<String, Sub<DiscoveryChain>> = BTreeMap::new();
     let mut endpoints: BTreeMap<String, Sub<Vec<Endpoint>>> = BTreeMap::new();
@@ -57,6 +69,24 @@ pub(crate) async fn run(
     let mut missing_logged = false;
     let mut last_inputs: Option<(ProxySpec, Vec<AnyLatest>)> = None;
     loop {
+        passes.fetch_add(1, Ordering::Relaxed);
+        // 0. Everything read from here on counts as seen: the waits in step 4 are clones of
+        //    these receivers and wake for what changed after this point only. (Without this,
+        //    every clone would still see the first value as news and the loop would spin.)
+        registration.rx.mark_unchanged();
+        roots.rx.mark_unchanged();
+        datacenter.rx.mark_unchanged();
+        if let Some(own) = &mut own {
+            own.chain.rx.mark_unchanged();
+            own.intentions.rx.mark_unchanged();
+            own.leaf.rx.mark_unchanged();
+        }
+        for sub in chains.values_mut() {
+            sub.rx.mark_unchanged();
+        }
+        for sub in endpoints.values_mut() {
+            sub.rx.mark_unchanged();
+        }
         // 1. The registration (the last valid one stays in force).
         if let Some(latest) = registration.rx.borrow().clone() {
             match latest.value.as_ref().map(ProxySpec::from_service) {
@@ -279,4 +309,105 @@ fn gather(
         chains: chain_values,
         endpoints: endpoint_values,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests::proxy_service;
+    use crate::resources::TypeUrl;
+    use crate::source::fed;
+    use crate::translate::tests::{endpoint, inputs};
+    use plexus_api::connect::DefaultPolicy;
+    use std::time::Duration;
+
+    /// Lets every other task of this (single-threaded) runtime run many times over.
+    async fn let_others_run() {
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_proxy_does_not_loop_and_a_change_costs_a_pass_or_two() {
+        let (hub, feeds) = fed::hub();
+        let inputs = inputs(Vec::new(), DefaultPolicy::Allow);
+        let service = proxy_service(&[("echo", 9191), ("web", 9292)]);
+        feeds
+            .node_services
+            .publish("", BTreeMap::from([(service.id.clone(), service.clone())]));
+        feeds.roots.publish("", (*inputs.roots).clone());
+        feeds.datacenter.publish("", inputs.datacenter.clone());
+        feeds.leaves.publish("web", (*inputs.leaf).clone());
+        feeds
+            .intentions
+            .publish("web", (*inputs.intentions).clone());
+        for (name, chain) in &inputs.chains {
+            feeds.chains.publish(name, (**chain).clone());
+        }
+        for (name, list) in &inputs.endpoints {
+            feeds.endpoints.publish(name, (**list).clone());
+        }
+
+        let (tx, mut rx) = watch::channel(None);
+        let passes = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (passes, stop) = (Arc::clone(&passes), stop.clone());
+            async move { run_counted(service.id.clone(), hub, tx, stop, &passes).await }
+        });
+        let first = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(Option::is_some))
+            .await
+            .expect("configured in time")
+            .expect("open")
+            .clone()
+            .expect("configured");
+        let_others_run().await;
+        let ready = passes.load(Ordering::Relaxed);
+        let_others_run().await;
+        assert_eq!(
+            passes.load(Ordering::Relaxed),
+            ready,
+            "the proxy kept looping with nothing changed"
+        );
+
+        // An answer that repeats what is known (new index, same value): a pass, no new config.
+        feeds
+            .endpoints
+            .publish("echo", (*inputs.endpoints["echo"]).clone());
+        let_others_run().await;
+        assert!(passes.load(Ordering::Relaxed) <= ready + 2);
+        assert!(!rx.has_changed().expect("open"), "republished unchanged");
+
+        // A real endpoint change: published, with a bounded number of passes.
+        let before = passes.load(Ordering::Relaxed);
+        feeds.endpoints.publish(
+            "echo",
+            vec![
+                endpoint("127.0.0.1:21001", "v1"),
+                endpoint("127.0.0.1:21002", "v1"),
+            ],
+        );
+        let changed = tokio::time::timeout(
+            Duration::from_secs(5),
+            rx.wait_for(|b| b.as_ref().is_some_and(|b| b.resources != first.resources)),
+        )
+        .await
+        .expect("the change arrives")
+        .expect("open")
+        .clone()
+        .expect("configured");
+        assert_eq!(
+            changed.resources.changed_types(&first.resources),
+            [TypeUrl::Endpoint]
+        );
+        let_others_run().await;
+        assert!(
+            passes.load(Ordering::Relaxed) <= before + 2,
+            "{} passes for one change",
+            passes.load(Ordering::Relaxed) - before
+        );
+        stop.cancel();
+        task.await.expect("the proxy task ends");
+    }
 }

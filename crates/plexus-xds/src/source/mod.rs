@@ -10,6 +10,8 @@
 //! daemon crates, works the same inside `plexus server`, `plexus dev` and `plexus agent` (which
 //! passes everything but `/v1/agent/*` on to a server), and will carry the proxy's ACL token.
 
+#[cfg(test)]
+pub(crate) mod fed;
 pub(crate) mod follow;
 mod leaf;
 

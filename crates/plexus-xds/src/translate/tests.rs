@@ -35,7 +35,7 @@ fn decode<M: Message + Default>(resources: &Resources, t: TypeUrl, name: &str) -
     M::decode(resource.body.value.as_slice()).expect("decodes")
 }
 
-fn endpoint(addr: &str, version: &str) -> Endpoint {
+pub(crate) fn endpoint(addr: &str, version: &str) -> Endpoint {
     Endpoint {
         addr: addr.parse().expect("addr"),
         tags: Vec::new(),
@@ -163,7 +163,7 @@ fn intention(id: &str, source: &str, destination: &str, action: IntentionAction)
     }
 }
 
-fn inputs(intentions: Vec<Intention>, default: DefaultPolicy) -> Inputs {
+pub(crate) fn inputs(intentions: Vec<Intention>, default: DefaultPolicy) -> Inputs {
     let service = crate::model::tests::proxy_service(&[("echo", 9191), ("web", 9292)]);
     Inputs {
         datacenter: "dc1".into(),
