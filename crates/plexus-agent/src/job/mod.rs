@@ -12,6 +12,7 @@
 //! Every state change is reported to the servers (`PUT /v1/job-allocation/<id>/status`), which
 //! `plexus job status` shows.
 
+mod health;
 mod instance;
 mod logs;
 mod sidecar;
@@ -68,6 +69,8 @@ pub struct SidecarLaunch {
 struct Running {
     group: Group,
     version: u64,
+    /// Tells the instance its version when it moves without a restart.
+    moved: tokio::sync::watch::Sender<u64>,
     stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
@@ -130,23 +133,26 @@ fn apply(
 ) {
     let mut wanted: BTreeMap<String, (Allocation, Group)> = BTreeMap::new();
     for alloc in desired.allocations {
+        // The version the instance runs: during a rollout old and new run side by side.
         let group = desired
             .jobs
             .iter()
-            .find(|j| j.job.name == alloc.job && !j.stopped)
+            .find(|j| j.job.name == alloc.job && j.version == alloc.version && !j.stopped)
             .and_then(|j| j.job.group.iter().find(|g| g.name == alloc.group))
             .cloned();
         if let Some(group) = group {
             wanted.insert(alloc.id.clone(), (alloc, group));
         }
     }
-    // Gone, or its group changed (a new version that changes it): stop.
+    // Gone, or its group changed other than in its count (a version that changes how it
+    // runs): stop.
     let stale: Vec<String> = running
         .iter()
         .filter(|(id, r)| match wanted.get(*id) {
             None => true,
             Some((alloc, group)) => {
-                *group != r.group || (r.done.is_finished() && alloc.version != r.version)
+                !group.same_but_count(&r.group)
+                    || (r.done.is_finished() && alloc.version != r.version)
             }
         })
         .map(|(id, _)| id.clone())
@@ -165,7 +171,15 @@ fn apply(
     }
     for (id, (alloc, group)) in wanted {
         match running.get_mut(&id) {
-            Some(r) => r.version = alloc.version,
+            Some(r) => {
+                r.version = alloc.version;
+                r.group = group;
+                r.moved.send_if_modified(|v| {
+                    let changed = *v != alloc.version;
+                    *v = alloc.version;
+                    changed
+                });
+            }
             None => start(agent, config, shutdown, running, alloc, group, None),
         }
     }
@@ -181,7 +195,9 @@ fn start(
     after: Option<tokio::task::JoinHandle<()>>,
 ) {
     let stop = shutdown.token().child_token();
+    let (moved, version) = tokio::sync::watch::channel(alloc.version);
     let instance = instance::Instance {
+        version,
         agent: agent.clone(),
         config: config.clone(),
         alloc: alloc.clone(),
@@ -199,6 +215,7 @@ fn start(
         Running {
             group,
             version: alloc.version,
+            moved,
             stop,
             done,
         },

@@ -26,7 +26,7 @@ pub const CALC: &str = r#"job "calc" {
 "#;
 
 /// Runs `plexus job ARGS --http-addr SERVER` with the management token.
-fn job(server: &Server, args: &[&str]) -> (i32, String, String) {
+pub fn job(server: &Server, args: &[&str]) -> (i32, String, String) {
     let addr = server.addr();
     let mut all = vec!["job"];
     all.extend_from_slice(args);
@@ -34,7 +34,7 @@ fn job(server: &Server, args: &[&str]) -> (i32, String, String) {
     run_cli(bin(), &all, &Server::token_env()).unwrap()
 }
 
-fn ok(server: &Server, args: &[&str]) -> String {
+pub fn ok(server: &Server, args: &[&str]) -> String {
     let (code, out, err) = job(server, args);
     assert_eq!(
         code, 0,
@@ -43,11 +43,11 @@ fn ok(server: &Server, args: &[&str]) -> String {
     out
 }
 
-fn path(p: &Path) -> &str {
+pub fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-async fn server() -> (tempfile::TempDir, Server) {
+pub async fn server() -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().display().to_string();
     let server = Server::start(
@@ -61,7 +61,7 @@ async fn server() -> (tempfile::TempDir, Server) {
 }
 
 /// Waits until `node`'s agent holds its lease (placement only uses live agents).
-async fn wait_alive(server: &Server, node: &str) {
+pub async fn wait_alive(server: &Server, node: &str) {
     plexus_test::eventually!(
         server
             .client
@@ -239,7 +239,7 @@ fn web_job(name: &str, count: u32, command: &str) -> String {
     )
 }
 
-async fn status(server: &Server, job: &str) -> serde_json::Value {
+pub async fn status(server: &Server, job: &str) -> serde_json::Value {
     server
         .client
         .job_status(job, plexus_api::client::QueryOptions::default())
@@ -248,7 +248,7 @@ async fn status(server: &Server, job: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-fn instances(status: &serde_json::Value) -> Vec<serde_json::Value> {
+pub fn instances(status: &serde_json::Value) -> Vec<serde_json::Value> {
     status["instances"].as_array().cloned().unwrap_or_default()
 }
 
