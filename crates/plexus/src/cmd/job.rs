@@ -369,10 +369,17 @@ async fn follow(
             return Ok(ExitCode::FAILURE);
         }
         if tokio::time::Instant::now() > deadline {
-            eprintln!(
-                "error: not all instances were healthy within {wait:?} (plexus job status {} shows why)",
-                job.name
-            );
+            if rollout.is_some_and(|d| d.state == DeploymentState::Running) {
+                eprintln!(
+                    "error: the rollout of version {version} is still running after {wait:?}; it goes on (plexus job status {} follows it, --wait waits longer)",
+                    job.name
+                );
+            } else {
+                eprintln!(
+                    "error: not all instances were healthy within {wait:?} (plexus job status {} shows why)",
+                    job.name
+                );
+            }
             return Ok(ExitCode::FAILURE);
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;

@@ -310,3 +310,117 @@ async fn a_broken_version_reverts_by_itself_and_a_good_one_rolls_out_without_a_f
     ok(&server, &["stop", "roll"]);
     agent.terminate().await.unwrap();
 }
+
+/// Group "web" of job "halt": `count` instances, serving HTTP unless `listen` is false (then its
+/// TCP check fails); no auto_revert.
+fn halt_job(count: u32, listen: bool) -> String {
+    let script = if listen {
+        "exec python3 -m http.server $PLEXUS_PORT_http --bind 127.0.0.1"
+    } else {
+        "exec sleep 60"
+    };
+    format!(
+        r#"job "halt" {{
+  group "web" {{
+    count = {count}
+    network {{
+      port "http" {{}}
+    }}
+    service {{
+      name = "halt-web"
+      port = "http"
+      check {{
+        type     = "tcp"
+        interval = "300ms"
+        timeout  = "250ms"
+      }}
+    }}
+    task "app" {{
+      driver = "exec"
+      config {{
+        command = "sh"
+        args    = ["-c", "{script}"]
+      }}
+    }}
+    update {{
+      max_parallel     = 1
+      min_healthy_time = "500ms"
+      healthy_deadline = "4s"
+    }}
+  }}
+}}
+"#
+    )
+}
+
+fn pids(s: &serde_json::Value) -> Vec<(String, u64, u64)> {
+    let mut out: Vec<(String, u64, u64)> = instances(s)
+        .iter()
+        .map(|i| {
+            (
+                i["allocation"]["id"].as_str().unwrap_or("").to_owned(),
+                i["allocation"]["version"].as_u64().unwrap_or(0),
+                i["status"]["pid"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_scale_restarts_nothing_and_a_broken_version_without_auto_revert_stops_its_rollout() {
+    let (_data, server) = server().await;
+    let (mut agent, _) =
+        crate::agent::agent("halt-node", &server.addr(), &["--job-slots", "4"]).await;
+    wait_alive(&server, "halt-node").await;
+    let (_d, file) = write_file("halt.hcl", &halt_job(2, true));
+    let out = ok(&server, &["run", path(&file)]);
+    assert!(
+        out.contains("Job \"halt\" version 1: all 2 instance(s) healthy"),
+        "{out}"
+    );
+    let before = pids(&status(&server, "halt").await);
+
+    // A scale changes only the count: the two instances move to version 2 in place.
+    let out = ok(&server, &["scale", "halt", "web", "3"]);
+    assert!(out.contains("version 2"), "{out}");
+    plexus_test::eventually!({
+        let s = status(&server, "halt").await;
+        deployment(&s) == (2, "successful".to_owned())
+    });
+    let after = pids(&status(&server, "halt").await);
+    assert_eq!(after.len(), 3, "{after:?}");
+    for ((id, _, pid), (id2, version, pid2)) in before.iter().zip(&after) {
+        assert_eq!(
+            (id, pid, *version),
+            (id2, pid2, 2),
+            "not restarted: {after:?}"
+        );
+    }
+
+    // A version that never listens, without auto_revert: its first batch misses the deadline,
+    // the rollout fails and stops there; the two other instances stay on version 2.
+    let (_d, broken) = write_file("halt.hcl", &halt_job(3, false));
+    let (code, out, err) = job(&server, &["run", path(&broken)]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("error: the rollout of version 3 failed: group \"web\": 1 instance(s) of version 3 not healthy within healthy_deadline 4s: halt-web-0: checks not passing"),
+        "{err}"
+    );
+    let s = status(&server, "halt").await;
+    assert_eq!(deployment(&s), (3, "failed".to_owned()), "{s}");
+    let versions: Vec<u64> = pids(&s).iter().map(|(_, v, _)| *v).collect();
+    assert_eq!(versions, [3, 2, 2], "{s}");
+    let out = ok(&server, &["status", "halt"]);
+    assert!(
+        out.contains("rollout of version 3: failed, group \"web\" batch 1 healthy 0/3: group"),
+        "{out}"
+    );
+    let history = ok(&server, &["history", "halt", "--json"]);
+    let history: Vec<serde_json::Value> = serde_json::from_str(&history).unwrap();
+    assert_eq!(history.len(), 3, "no revert was written");
+
+    ok(&server, &["stop", "halt"]);
+    agent.terminate().await.unwrap();
+}
