@@ -1,11 +1,14 @@
 //! Running the job instances the servers placed on this node.
 //!
 //! ```text
-//!  GET /v1/job-allocations/<node> (blocking) ─► desired {alloc id → job version, group}
-//!        │ new id: start an Instance task          │ gone: stop it       │ group changed: replace
+//!  GET /v1/job-allocations/<node> (blocking) ─► desired {alloc id → version, group of that version}
+//!        │ new id: start an Instance task   │ gone: stop it
+//!        │ group changed (other than its count): stop, then start the new one in its place
+//!        │ only the version moved (same group): tell the instance (no restart)
 //!        ▼
 //!  Instance (instance.rs): ports (host-checked) → env → spawn (process group, output to files)
 //!        → register services (own ids, checks, sidecar) → report → wait → restart per `restart`
+//!        health.rs: every check passing for min_healthy_time → `healthy` in its reports
 //!  stop: deregister → drain → SIGTERM to the group → SIGKILL after kill_timeout
 //! ```
 //!

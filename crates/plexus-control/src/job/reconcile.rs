@@ -130,6 +130,46 @@ impl Jobs {
         }
     }
 
+    /// The writes of an auto-revert of `jv` to version `to`: the next version, with `to`'s spec
+    /// and the failed rollout's reason as its cause. None when `to` is not stored (then the
+    /// rollout is only failed).
+    async fn revert_ops(
+        &self,
+        jv: &JobVersion,
+        to: u64,
+        deployment: &mut Deployment,
+    ) -> Result<Vec<Op>, JobError> {
+        let name = &jv.job.name;
+        let Some(stable) = self.version(name, to).await? else {
+            deployment.state = DeploymentState::Failed;
+            deployment.reverted_to = None;
+            deployment
+                .reason
+                .push_str(&format!(" (version {to} to revert to is not stored)"));
+            return Ok(Vec::new());
+        };
+        let version = jv.version + 1;
+        tracing::warn!(job = %name, from = jv.version, to, reason = %deployment.reason, "rollout failed; reverting");
+        let record = JobVersion {
+            version,
+            submitted: super::now(),
+            stopped: false,
+            job: stable.job,
+            cause: format!("{} to {to}: {}", rollout::AUTO_REVERT, deployment.reason),
+        };
+        let value = encode(&record, &super::spec_key(name))?;
+        Ok(vec![
+            Op::Put {
+                key: super::spec_key(name),
+                value: value.clone(),
+            },
+            Op::Put {
+                key: super::version_key(name, version),
+                value,
+            },
+        ])
+    }
+
     /// Brings the allocations in line with the running jobs and the live nodes, rolling each
     /// job's new version out batch by batch (see [`rollout`]). Returns when to run again at the
     /// latest (a batch's deadline, ms since the Unix epoch).
@@ -194,40 +234,11 @@ impl Jobs {
                 }
                 let mut deployment = decision.deployment;
                 if let Some(to) = decision.revert_to {
-                    match self.version(&jv.job.name, to).await? {
-                        Some(stable) => {
-                            let version = jv.version + 1;
-                            tracing::warn!(job = %jv.job.name, from = jv.version, to, reason = %deployment.reason, "rollout failed; reverting");
-                            let record = JobVersion {
-                                version,
-                                submitted: super::now(),
-                                stopped: false,
-                                job: stable.job,
-                                cause: format!(
-                                    "{} to {to}: {}",
-                                    rollout::AUTO_REVERT,
-                                    deployment.reason
-                                ),
-                            };
-                            let value = encode(&record, &super::spec_key(&jv.job.name))?;
-                            ops.push(Op::Put {
-                                key: super::spec_key(&jv.job.name),
-                                value: value.clone(),
-                            });
-                            ops.push(Op::Put {
-                                key: super::version_key(&jv.job.name, version),
-                                value,
-                            });
-                            next_index = version.to_string().into_bytes();
-                        }
-                        None => {
-                            deployment.state = DeploymentState::Failed;
-                            deployment.reverted_to = None;
-                            deployment
-                                .reason
-                                .push_str(&format!(" (version {to} to revert to is not stored)"));
-                        }
+                    let revert = self.revert_ops(jv, to, &mut deployment).await?;
+                    if !revert.is_empty() {
+                        next_index = (jv.version + 1).to_string().into_bytes();
                     }
+                    ops.extend(revert);
                 } else if previous.is_none_or(|p| p.state != deployment.state) {
                     match deployment.state {
                         DeploymentState::Failed => {
