@@ -633,3 +633,47 @@ async fn instances_reach_each_other_through_their_own_sidecars_and_calls_split_e
         assert!(!alive(pid), "instance process {pid} outlived its agent");
     }
 }
+
+/// `plexus dev --job-slots N`: its own agent runs jobs, with ACLs on (the runner uses the
+/// initial management token); `job logs` reads through the dev server's agent routes.
+#[tokio::test]
+async fn plexus_dev_with_job_slots_runs_a_job_under_acls() {
+    let data = tempfile::tempdir().unwrap();
+    let mut dev = plexus_test::mesh::Dev::start_with_env(
+        bin(),
+        data.path(),
+        &["--acl", "--job-slots", "2"],
+        &plexus_test::server::server_env(),
+    )
+    .await
+    .unwrap();
+    let addr = dev.addr();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["job"];
+        all.extend_from_slice(args);
+        all.extend(["--http-addr", addr.as_str()]);
+        run_cli(bin(), &all, &Server::token_env()).unwrap()
+    };
+    let text = web_job("devjob", 1, "sh").replace(
+        "    restart {",
+        "    update {\n      min_healthy_time = \"500ms\"\n    }\n    restart {",
+    );
+    let (_d, file) = write_file("devjob.hcl", &text);
+    let (code, out, err) = cli(&["run", path(&file)]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("Job \"devjob\" version 1: all 1 instance(s) healthy"),
+        "{out}"
+    );
+    let (code, out, err) = cli(&["status", "devjob", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let pid = instances(&s)[0]["status"]["pid"].as_u64().unwrap();
+    assert_eq!(instances(&s)[0]["allocation"]["node"], "test-node");
+    let (code, out, err) = cli(&["logs", "devjob", "web", "--stderr"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, _, err) = cli(&["stop", "devjob"]);
+    assert_eq!(code, 0, "{err}");
+    dev.process.terminate().await.unwrap();
+    plexus_test::eventually!(!alive(pid));
+}
