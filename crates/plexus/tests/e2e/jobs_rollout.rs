@@ -59,7 +59,7 @@ fn roll_job(app: &str, version: &str, broken: bool) -> String {
     update {{
       max_parallel     = 1
       min_healthy_time = "1s"
-      healthy_deadline = "6s"
+      healthy_deadline = "{deadline}"
       auto_revert      = true
     }}
   }}
@@ -89,12 +89,15 @@ fn roll_job(app: &str, version: &str, broken: bool) -> String {
     }}
     update {{
       min_healthy_time = "1s"
-      healthy_deadline = "6s"
+      healthy_deadline = "20s"
     }}
   }}
 }}
 "#,
-        broken = u8::from(broken)
+        broken = u8::from(broken),
+        // The broken version's deadline is what the test waits for; the good ones get room
+        // for a loaded machine.
+        deadline = if broken { "6s" } else { "20s" },
     )
 }
 
@@ -312,8 +315,9 @@ async fn a_broken_version_reverts_by_itself_and_a_good_one_rolls_out_without_a_f
 }
 
 /// Group "web" of job "halt": `count` instances, serving HTTP unless `listen` is false (then its
-/// TCP check fails); no auto_revert.
+/// TCP check fails, and its deadline is 4s); no auto_revert.
 fn halt_job(count: u32, listen: bool) -> String {
+    let deadline = if listen { "20s" } else { "4s" };
     let script = if listen {
         "exec python3 -m http.server $PLEXUS_PORT_http --bind 127.0.0.1"
     } else {
@@ -345,7 +349,7 @@ fn halt_job(count: u32, listen: bool) -> String {
     update {{
       max_parallel     = 1
       min_healthy_time = "500ms"
-      healthy_deadline = "4s"
+      healthy_deadline = "{deadline}"
     }}
   }}
 }}
