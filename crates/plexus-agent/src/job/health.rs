@@ -80,6 +80,10 @@ pub(super) async fn watch_checks(
         };
         let (healthy, recheck) = clock.observe(passing, Instant::now());
         status.send_if_modified(|s| {
+            // Stopped meanwhile (the process exited): the instance has set itself unhealthy.
+            if stop.is_cancelled() {
+                return false;
+            }
             let changed = s.healthy != healthy;
             s.healthy = healthy;
             changed
