@@ -239,7 +239,9 @@ impl Jobs {
                         next_index = (jv.version + 1).to_string().into_bytes();
                     }
                     ops.extend(revert);
-                } else if previous.is_none_or(|p| p.state != deployment.state) {
+                } else if previous
+                    .is_none_or(|p| (p.version, p.state) != (deployment.version, deployment.state))
+                {
                     match deployment.state {
                         DeploymentState::Failed => {
                             tracing::warn!(job = %jv.job.name, version = jv.version, reason = %deployment.reason, "rollout failed");
