@@ -106,6 +106,23 @@ impl Agent {
             || ports::next_free_port(&others, &reserved, previous_port, &mut host_free);
         let mut validated =
             validate_service(reg, &inner.defaults, &mut next_port).map_err(AgentError::Invalid)?;
+        // A sidecar port given in the registration (a job instance registering again after a
+        // restart, with its sidecar still listening there) is reserved on the host too, without
+        // the bind test; a port another agent holds is named, not refused (it was given).
+        if let Some(port) = validated
+            .iter()
+            .find(|v| Some(&v.service.id) == sidecar_id.as_ref())
+            .map(|v| v.service.port)
+            .filter(|p| *p != 0)
+        {
+            match inner.host_ports.claim(port, &owner, false) {
+                Ok(true) => claims.new.push(port),
+                Ok(false) => {}
+                Err(taken) => {
+                    tracing::warn!(node, %taken, "sidecar port given in the registration is not reserved")
+                }
+            }
+        }
         for v in &mut validated {
             fill_addresses(&mut v.service, &inner.config.node);
         }

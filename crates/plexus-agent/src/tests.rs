@@ -439,3 +439,71 @@ async fn re_registering_an_unchanged_check_keeps_its_status() {
         CheckStatus::Critical
     );
 }
+
+/// A job instance's restart: its services were deregistered (releasing the sidecar's host
+/// reservation) and are registered again with the sidecar's port given; the port is reserved
+/// on the host again, so another agent of the host skips it.
+#[tokio::test]
+async fn a_sidecar_registered_again_on_a_given_port_reserves_it_on_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = MemCatalog::new();
+    let shutdown = Shutdown::new();
+    let config = AgentConfig {
+        node: Node {
+            id: "b5c6e1f2-0000-4000-8000-000000000002".into(),
+            node: NODE.into(),
+            address: "10.0.0.7".into(),
+            datacenter: "dc1".into(),
+            ..Node::default()
+        },
+        server: false,
+        acl: Default::default(),
+        host_ports: Some(dir.path().to_path_buf()),
+    };
+    let agent = Agent::start(config, catalog.clone(), &shutdown)
+        .await
+        .unwrap();
+    let other = crate::host_ports::HostPorts::new(Some(dir.path().to_path_buf()));
+    let reg = |port: Option<u16>| -> plexus_api::ServiceRegistration {
+        let mut sidecar = json!({});
+        if let Some(port) = port {
+            sidecar["Port"] = port.into();
+        }
+        serde_json::from_value(json!({
+            "ID": "job-web-0-web", "Name": "web", "Port": 20000,
+            "Connect": { "SidecarService": sidecar },
+        }))
+        .unwrap()
+    };
+    agent.register(&reg(None)).await.unwrap();
+    let services = plexus_api::Catalog::node_services(catalog.as_ref(), NODE)
+        .await
+        .unwrap()
+        .value;
+    let port = services
+        .iter()
+        .find(|s| s.id == "job-web-0-web-sidecar-proxy")
+        .unwrap()
+        .port;
+    assert!(
+        other.claim(port, "x", false).is_err(),
+        "reserved at assignment"
+    );
+
+    agent.deregister("job-web-0-web").await.unwrap();
+    assert!(
+        other.claim(port, "x", false).unwrap(),
+        "released with the service"
+    );
+    other.release(port);
+
+    agent.register(&reg(Some(port))).await.unwrap();
+    let taken = other.claim(port, "x", false).unwrap_err();
+    assert_eq!(
+        taken.to_string(),
+        format!("port {port} is reserved by another agent on this host")
+    );
+    // Deregistering releases it again.
+    agent.deregister("job-web-0-web").await.unwrap();
+    assert!(other.claim(port, "x", false).unwrap());
+}

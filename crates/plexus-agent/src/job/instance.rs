@@ -26,6 +26,9 @@ pub(super) struct Instance {
     pub alloc: Allocation,
     pub group: Group,
     pub stop: CancellationToken,
+    /// The job version the servers say it runs (moves without a restart when only the count
+    /// differs).
+    pub version: tokio::sync::watch::Receiver<u64>,
 }
 
 /// The ports of an instance: its network ports by label and its upstreams' local ports by
@@ -107,13 +110,18 @@ impl Instance {
             restarts: 0,
             message,
             agent: self.config.agent_addr.clone(),
+            healthy: false,
         }
     }
 
-    async fn report(&self, status: &InstanceStatus) {
-        if let Err(error) = self.config.client.job_report(status).await {
-            tracing::debug!(error = %ErrorChain(&error), alloc = %status.id, "cannot report instance status");
-        }
+    /// How many checks each service of `regs` registers (what counts for `healthy`).
+    fn expected_checks(regs: &[ServiceRegistration]) -> BTreeMap<String, usize> {
+        regs.iter()
+            .filter_map(|r| {
+                let id = r.id.clone()?;
+                Some((id, r.checks.iter().count() + usize::from(r.check.is_some())))
+            })
+            .collect()
     }
 
     /// Claims every port the instance needs (host-checked at bind time).
@@ -351,14 +359,34 @@ impl Instance {
         let delay = restart.delay.map_or(Duration::from_secs(15), |d| d.0);
         let fail_mode = restart.mode.as_deref() != Some("delay");
         let mut status = self.status("starting", String::new());
-        self.report(&status).await;
+        let (published, reports) = tokio::sync::watch::channel(status.clone());
+        let reporter = tokio::spawn(super::health::report(
+            self.config.client.clone(),
+            reports,
+            self.version.clone(),
+        ));
+        // What the run loop says, keeping the health the checks' watcher measures.
+        let report = |status: &InstanceStatus| {
+            published.send_modify(|s| {
+                let healthy = s.healthy;
+                *s = status.clone();
+                s.healthy = healthy;
+            });
+        };
+        let min_healthy = self
+            .group
+            .update
+            .as_ref()
+            .and_then(|u| u.min_healthy_time)
+            .map_or(Duration::from_secs(10), |d| d.0);
+        report(&status);
 
         let ports = match self.claim_ports() {
             Ok(ports) => ports,
             Err(message) => {
                 tracing::warn!(alloc = %self.alloc.id, %message, "instance cannot start");
                 status = self.status("failed", message);
-                self.report(&status).await;
+                report(&status);
                 self.agent.release_ports(&self.alloc.id);
                 return;
             }
@@ -372,7 +400,7 @@ impl Instance {
             Err(message) => {
                 status.state = "failed".into();
                 status.message = message;
-                self.report(&status).await;
+                report(&status);
                 self.agent.release_ports(&self.alloc.id);
                 return;
             }
@@ -404,10 +432,23 @@ impl Instance {
                         }
                     }
                     status.state = "running".into();
-                    self.report(&status).await;
+                    report(&status);
                     tracing::info!(alloc = %self.alloc.id, pid = ?status.pid, ports = ?status.ports, "instance started");
+                    let health = self.stop.child_token();
+                    tokio::spawn(super::health::watch_checks(
+                        self.agent.clone(),
+                        Self::expected_checks(&regs),
+                        min_healthy,
+                        published.clone(),
+                        health.clone(),
+                    ));
+                    let unhealthy = || {
+                        health.cancel();
+                        published.send_modify(|s| s.healthy = false);
+                    };
                     tokio::select! {
                         exit = child.wait() => {
+                            unhealthy();
                             self.deregister(&regs).await;
                             match exit {
                                 Ok(code) => format!("the process exited: {code}"),
@@ -415,6 +456,9 @@ impl Instance {
                             }
                         }
                         () = self.stop.cancelled() => {
+                            unhealthy();
+                            status.state = "stopping".into();
+                            report(&status);
                             self.stop_process(&mut child, &regs).await;
                             break;
                         }
@@ -432,7 +476,7 @@ impl Instance {
             let wait = if in_window >= attempts {
                 if fail_mode {
                     status.state = "failed".into();
-                    self.report(&status).await;
+                    report(&status);
                     self.stop.cancelled().await;
                     break;
                 }
@@ -446,7 +490,7 @@ impl Instance {
             };
             status.restarts += 1;
             status.state = "restarting".into();
-            self.report(&status).await;
+            report(&status);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = self.stop.cancelled() => break,
@@ -457,6 +501,9 @@ impl Instance {
             let _ = sidecar.await;
         }
         self.agent.release_ports(&self.alloc.id);
+        // The last report goes out before a successor with the same id reports.
+        drop(published);
+        let _ = tokio::time::timeout(Duration::from_secs(2), reporter).await;
         tracing::info!(alloc = %self.alloc.id, "instance stopped for good");
     }
 }

@@ -1,17 +1,21 @@
 //! Running the job instances the servers placed on this node.
 //!
 //! ```text
-//!  GET /v1/job-allocations/<node> (blocking) ─► desired {alloc id → job version, group}
-//!        │ new id: start an Instance task          │ gone: stop it       │ group changed: replace
+//!  GET /v1/job-allocations/<node> (blocking) ─► desired {alloc id → version, group of that version}
+//!        │ new id: start an Instance task   │ gone: stop it
+//!        │ group changed (other than its count): stop, then start the new one in its place
+//!        │ only the version moved (same group): tell the instance (no restart)
 //!        ▼
 //!  Instance (instance.rs): ports (host-checked) → env → spawn (process group, output to files)
 //!        → register services (own ids, checks, sidecar) → report → wait → restart per `restart`
+//!        health.rs: every check passing for min_healthy_time → `healthy` in its reports
 //!  stop: deregister → drain → SIGTERM to the group → SIGKILL after kill_timeout
 //! ```
 //!
 //! Every state change is reported to the servers (`PUT /v1/job-allocation/<id>/status`), which
 //! `plexus job status` shows.
 
+mod health;
 mod instance;
 mod logs;
 mod sidecar;
@@ -68,6 +72,8 @@ pub struct SidecarLaunch {
 struct Running {
     group: Group,
     version: u64,
+    /// Tells the instance its version when it moves without a restart.
+    moved: tokio::sync::watch::Sender<u64>,
     stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
@@ -130,23 +136,26 @@ fn apply(
 ) {
     let mut wanted: BTreeMap<String, (Allocation, Group)> = BTreeMap::new();
     for alloc in desired.allocations {
+        // The version the instance runs: during a rollout old and new run side by side.
         let group = desired
             .jobs
             .iter()
-            .find(|j| j.job.name == alloc.job && !j.stopped)
+            .find(|j| j.job.name == alloc.job && j.version == alloc.version && !j.stopped)
             .and_then(|j| j.job.group.iter().find(|g| g.name == alloc.group))
             .cloned();
         if let Some(group) = group {
             wanted.insert(alloc.id.clone(), (alloc, group));
         }
     }
-    // Gone, or its group changed (a new version that changes it): stop.
+    // Gone, or its group changed other than in its count (a version that changes how it
+    // runs): stop.
     let stale: Vec<String> = running
         .iter()
         .filter(|(id, r)| match wanted.get(*id) {
             None => true,
             Some((alloc, group)) => {
-                *group != r.group || (r.done.is_finished() && alloc.version != r.version)
+                !group.same_but_count(&r.group)
+                    || (r.done.is_finished() && alloc.version != r.version)
             }
         })
         .map(|(id, _)| id.clone())
@@ -165,7 +174,15 @@ fn apply(
     }
     for (id, (alloc, group)) in wanted {
         match running.get_mut(&id) {
-            Some(r) => r.version = alloc.version,
+            Some(r) => {
+                r.version = alloc.version;
+                r.group = group;
+                r.moved.send_if_modified(|v| {
+                    let changed = *v != alloc.version;
+                    *v = alloc.version;
+                    changed
+                });
+            }
             None => start(agent, config, shutdown, running, alloc, group, None),
         }
     }
@@ -181,7 +198,9 @@ fn start(
     after: Option<tokio::task::JoinHandle<()>>,
 ) {
     let stop = shutdown.token().child_token();
+    let (moved, version) = tokio::sync::watch::channel(alloc.version);
     let instance = instance::Instance {
+        version,
         agent: agent.clone(),
         config: config.clone(),
         alloc: alloc.clone(),
@@ -199,6 +218,7 @@ fn start(
         Running {
             group,
             version: alloc.version,
+            moved,
             stop,
             done,
         },

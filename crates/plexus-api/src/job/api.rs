@@ -106,6 +106,77 @@ pub struct JobStatus {
     /// Its placed instances, with what their agents report.
     #[serde(default)]
     pub instances: Vec<InstanceView>,
+    /// The rollout of the newest version (`None`: not placed yet).
+    #[serde(default)]
+    pub deployment: Option<Deployment>,
+}
+
+/// Where the rollout of a version stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeploymentState {
+    /// Instances are being replaced, batch by batch.
+    Running,
+    /// Every instance runs the version and is healthy.
+    Successful,
+    /// A batch missed its `healthy_deadline` (or an instance failed); the rollout stopped there.
+    Failed,
+    /// As `Failed`, and the job went back by itself to its last fully healthy version
+    /// (`auto_revert`).
+    Reverted,
+}
+
+impl std::fmt::Display for DeploymentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Running => "running",
+            Self::Successful => "successful",
+            Self::Failed => "failed",
+            Self::Reverted => "reverted",
+        })
+    }
+}
+
+/// The rollout of one job version (`jobs/deploy/<job>`): old instances replaced `max_parallel`
+/// at a time, each batch waiting until its instances are healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// The version rolled out.
+    pub version: u64,
+    /// Its state.
+    pub state: DeploymentState,
+    /// The last version that was fully healthy before this one (what `auto_revert` goes back
+    /// to).
+    #[serde(default)]
+    pub stable: Option<u64>,
+    /// Per group.
+    #[serde(default)]
+    pub groups: Vec<GroupDeployment>,
+    /// Why it failed (empty otherwise).
+    #[serde(default)]
+    pub reason: String,
+    /// The version the job reverted to by itself (`Reverted`).
+    #[serde(default)]
+    pub reverted_to: Option<u64>,
+    /// The rollout before this one (one level kept: what `job run` reports after an
+    /// auto-revert replaced its version).
+    #[serde(default)]
+    pub previous: Option<Box<Deployment>>,
+}
+
+/// One group's rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDeployment {
+    /// The group.
+    pub name: String,
+    /// Batches started so far (0: only new instances, nothing replaced yet).
+    pub batch: u32,
+    /// When the current batch started (milliseconds since the Unix epoch, server clock).
+    pub batch_started_ms: u64,
+    /// Instances of the version that are healthy.
+    pub healthy: u32,
+    /// Instances wanted.
+    pub total: u32,
 }
 
 /// An instance: where it is placed and how it is doing.
@@ -165,4 +236,8 @@ pub struct InstanceStatus {
     /// The API address of the agent running it (where its output is read).
     #[serde(default)]
     pub agent: String,
+    /// True once every check of the instance's services has passed for the group's
+    /// `min_healthy_time` (measured by the agent); false again when one stops passing.
+    #[serde(default)]
+    pub healthy: bool,
 }

@@ -282,6 +282,16 @@ pub struct Constraint {
     pub value: String,
 }
 
+impl Group {
+    /// Whether `other` runs the same way as this group, apart from its count: an instance moves
+    /// between two such versions without a restart.
+    pub fn same_but_count(&self, other: &Group) -> bool {
+        let mut a = self.clone();
+        a.count = other.count;
+        a == *other
+    }
+}
+
 impl Job {
     /// The service names the job registers (each group's services).
     pub fn service_names(&self) -> Vec<&str> {

@@ -4,6 +4,7 @@
 //! Storage (the same keys on the embedded store and on etcd):
 //! - `jobs/spec/<name>`: the current [`JobVersion`];
 //! - `jobs/versions/<name>/<version, 20 digits>`: every version ever written (history, revert);
+//! - `jobs/deploy/<name>`: the rollout of its newest version ([`rollout`]);
 //! - `jobs/index`: bumped by every job write. Writes are compare-and-set on it, so the checks
 //!   made against the other jobs (a service another job registers) hold at the moment of the
 //!   write, across servers.
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod place;
 mod reconcile;
+pub mod rollout;
 #[cfg(test)]
 mod tests;
 
@@ -35,6 +37,8 @@ pub const INDEX: &str = "jobs/index";
 pub const ALLOCS: &str = "jobs/alloc/";
 /// Prefix of what agents report about them (`jobs/status/<id>`).
 pub const STATUS: &str = "jobs/status/";
+/// Prefix of the rollouts (`jobs/deploy/<job>`: the newest version's).
+pub const DEPLOYS: &str = "jobs/deploy/";
 
 const MAX_ATTEMPTS: usize = 16;
 
@@ -125,6 +129,12 @@ fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What a write makes of the current version (`None`: no such job).
@@ -399,7 +409,7 @@ impl Jobs {
             };
             if self.store.txn(txn).await?.succeeded {
                 tracing::info!(job = name, version, "job version written");
-                if let Err(error) = self.reconcile().await {
+                if let Err(error) = self.reconcile().await.map(|_| ()) {
                     // The reconciler loop places it on the next change.
                     tracing::warn!(error = %plexus_runtime::ErrorChain(&error), "placing after a job write failed");
                 }

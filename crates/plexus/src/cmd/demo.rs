@@ -38,6 +38,10 @@ pub enum Command {
     /// The HTTP scenario: two versions behind a 90/10 split, a header-routed canary, a flaky
     /// instance that retries hide and a slow one for the outlier detector.
     Http(super::demo_http::HttpArgs),
+    /// The Consul Connect calculator run as a job: a Node.js frontend calling Python add and
+    /// sub services (two instances each) through sidecars; clicks, a load report, a killed
+    /// instance's failover and restart.
+    Calculator(super::demo_calculator::CalculatorArgs),
 }
 
 /// `plexus demo echo`
@@ -63,6 +67,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Echo(args) => echo(args).await,
         Command::Events(args) => super::demo_events::run(args).await,
         Command::Http(args) => super::demo_http::run(args).await,
+        Command::Calculator(args) => super::demo_calculator::run(args).await,
     }
 }
 

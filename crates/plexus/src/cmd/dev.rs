@@ -90,6 +90,8 @@ pub struct DevSettings {
     pub connect: ConnectSettings,
     /// Access control.
     pub acl: AclSettings,
+    /// Job instances the local agent runs (`None`: none).
+    pub jobs: Option<super::job::AgentJobArgs>,
 }
 
 /// Validated ACL settings.
@@ -183,6 +185,9 @@ pub struct Args {
     /// Memory and connection bounds.
     #[command(flatten)]
     pub limits: super::limits::LimitsArgs,
+    /// Job instances the local agent runs (`--job-slots N`).
+    #[command(flatten)]
+    pub jobs: super::job::AgentJobArgs,
 }
 
 /// Creates (or loads) the CA with `connect`'s leaf TTL, sets the default intention policy and
@@ -387,7 +392,11 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         &node_name,
         &args.datacenter,
         &definitions,
-        DevSettings { connect, acl },
+        DevSettings {
+            connect,
+            acl,
+            jobs: Some(args.jobs.clone()),
+        },
         &shutdown,
     )
     .await?;
@@ -492,7 +501,7 @@ impl DevServer {
         settings: DevSettings,
         shutdown: &Shutdown,
     ) -> anyhow::Result<Self> {
-        let DevSettings { connect, acl } = settings;
+        let DevSettings { connect, acl, jobs } = settings;
         let https_addr = match &listeners.https {
             Some((listener, _)) => Some(listener.local_addr()?),
             None => None,
@@ -531,6 +540,9 @@ impl DevServer {
             control = control.with_ca_key_encryption(kek);
         }
         let mut acl = acl;
+        // The job runner talks to this control plane as its agent would, with the initial
+        // management token when ACLs are on.
+        let runner_token = acl.initial_management.clone();
         if acl.config.reset_file.is_none() {
             acl.config.reset_file = Some(data_dir.join(plexus_control::acl::RESET_FILE));
         }
@@ -550,6 +562,7 @@ impl DevServer {
             node: node_name.to_owned(),
             address: "127.0.0.1".to_owned(),
             datacenter: datacenter.to_owned(),
+            meta: jobs.as_ref().map(|j| j.node_meta()).unwrap_or_default(),
             ..Node::default()
         };
         let agent = Agent::start(
@@ -574,9 +587,24 @@ impl DevServer {
             })?;
             info!(service = %registration.name, file = %file.display(), "registered from definition");
         }
-        let router = control
-            .router()
-            .merge(agent.router())
+        let runner = match &jobs {
+            Some(jobs) => jobs.runner(
+                plexus_api::client::Client::new(&http_addr.to_string())?
+                    .with_token(runner_token.clone()),
+                node_name,
+                http_addr,
+                runner_token,
+            )?,
+            None => None,
+        };
+        let mut router = control.router().merge(agent.router());
+        if let Some(config) = &runner {
+            router = router.merge(plexus_agent::job::logs_router(
+                &agent,
+                config.data_dir.clone(),
+            ));
+        }
+        let router = router
             .fallback(plexus_runtime::http::not_found_fallback)
             .method_not_allowed_fallback(plexus_runtime::http::method_not_allowed_fallback);
         let stop_serving = CancellationToken::new();
@@ -604,6 +632,13 @@ impl DevServer {
                 stop_serving.clone(),
                 security.limits.http(),
             )));
+        }
+        if let Some(config) = runner {
+            shutdown.spawn(plexus_agent::job::run(
+                agent.clone(),
+                config,
+                shutdown.clone(),
+            ));
         }
         Ok(Self {
             http_addr,

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use plexus_api::client::QueryOptions;
 use plexus_api::job::Job;
+use plexus_api::job::api::{Deployment, DeploymentState, JobStatus};
 
 use super::{ControlArgs, EXIT_CONFIG};
 use crate::output;
@@ -223,18 +224,54 @@ fn written(w: &plexus_api::job::api::JobWritten, json: bool, what: &str) -> anyh
     Ok(())
 }
 
-/// Progress of one version: instances placed, started (running) and healthy (every service of
-/// the instance passing).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// Progress of one version: instances placed, started (running) and healthy (every check of
+/// the instance passing for the group's `min_healthy_time`, as its agent reports).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Progress {
     placed: usize,
     started: usize,
     healthy: usize,
     failed: usize,
+    rollout: String,
 }
 
-/// Follows the instances of `version` until all are healthy (exit 0), one fails or `wait`
-/// passes (exit 1), printing each change.
+/// The rollout of `version` in `status` (the current one, or the one before it after an
+/// auto-revert).
+fn rollout_of(status: &JobStatus, version: u64) -> Option<&Deployment> {
+    let d = status.deployment.as_ref()?;
+    if d.version == version {
+        return Some(d);
+    }
+    d.previous.as_deref().filter(|p| p.version == version)
+}
+
+/// One line about a rollout: `rollout of version 2: running, group "web" batch 1 healthy 1/2`.
+fn rollout_line(d: &Deployment) -> String {
+    let groups: Vec<String> = d
+        .groups
+        .iter()
+        .map(|g| {
+            format!(
+                "group {:?} batch {} healthy {}/{}",
+                g.name, g.batch, g.healthy, g.total
+            )
+        })
+        .collect();
+    let mut line = format!("rollout of version {}: {}", d.version, d.state);
+    if !groups.is_empty() {
+        line.push_str(&format!(", {}", groups.join(", ")));
+    }
+    if let Some(to) = d.reverted_to {
+        line.push_str(&format!(", reverted to version {to}"));
+    }
+    if !d.reason.is_empty() {
+        line.push_str(&format!(": {}", d.reason));
+    }
+    line
+}
+
+/// Follows the rollout of `version` until it succeeds (exit 0), fails or reverts (exit 1, with
+/// the reason) or `wait` passes (exit 1), printing each change.
 async fn follow(
     client: &plexus_api::client::Client,
     job: &Job,
@@ -253,14 +290,6 @@ async fn follow(
             .job_status(&job.name, QueryOptions::default())
             .await?
             .value;
-        let mut passing = std::collections::BTreeSet::new();
-        for service in job.service_names() {
-            let entries = client
-                .health_service(service, true, QueryOptions::default())
-                .await?
-                .value;
-            passing.extend(entries.into_iter().map(|e| e.service.id));
-        }
         let mut p = Progress::default();
         let mut failures = Vec::new();
         for i in status
@@ -269,17 +298,13 @@ async fn follow(
             .filter(|i| i.allocation.version == version)
         {
             p.placed += 1;
-            let Some(s) = &i.status else { continue };
+            let Some(s) = i.status.as_ref().filter(|s| s.version == version) else {
+                continue;
+            };
             match s.state.as_str() {
                 "running" => {
                     p.started += 1;
-                    let group = job.group.iter().find(|g| g.name == i.allocation.group);
-                    let all_pass = group.is_some_and(|g| {
-                        g.service.iter().all(|svc| {
-                            passing.contains(&format!("{}-{}", i.allocation.id, svc.name))
-                        })
-                    });
-                    if all_pass {
+                    if s.healthy {
                         p.healthy += 1;
                     }
                 }
@@ -290,7 +315,9 @@ async fn follow(
                 _ => {}
             }
         }
-        if last != Some(p) {
+        let rollout = rollout_of(&status, version);
+        p.rollout = rollout.map(rollout_line).unwrap_or_default();
+        if last.as_ref() != Some(&p) {
             println!(
                 "placed {}/{want}, started {}/{want}, healthy {}/{want}{}",
                 p.placed,
@@ -302,26 +329,57 @@ async fn follow(
                     String::new()
                 }
             );
+            if !p.rollout.is_empty() && last.as_ref().is_none_or(|l| l.rollout != p.rollout) {
+                println!("{}", p.rollout);
+            }
             last = Some(p);
         }
-        if !failures.is_empty() {
-            for f in &failures {
-                eprintln!("error: instance {f}");
+        match rollout.map(|d| d.state) {
+            Some(DeploymentState::Successful) => {
+                println!(
+                    "Job {:?} version {version}: all {want} instance(s) healthy",
+                    job.name
+                );
+                return Ok(ExitCode::SUCCESS);
             }
+            Some(DeploymentState::Failed | DeploymentState::Reverted) => {
+                for f in &failures {
+                    eprintln!("error: instance {f}");
+                }
+                let d = rollout.map(|d| (d.reason.clone(), d.reverted_to));
+                match d {
+                    Some((reason, Some(to))) => eprintln!(
+                        "error: version {version} failed and job {:?} reverted by itself to version {to} (now version {}): {reason}",
+                        job.name, status.current.version
+                    ),
+                    Some((reason, None)) => {
+                        eprintln!("error: the rollout of version {version} failed: {reason}")
+                    }
+                    None => {}
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => {}
+        }
+        if rollout.is_none() && status.current.version > version {
+            eprintln!(
+                "error: version {version} was replaced by version {} ({}) before its rollout finished",
+                status.current.version, status.current.cause
+            );
             return Ok(ExitCode::FAILURE);
         }
-        if p.healthy == want {
-            println!(
-                "Job {:?} version {version}: all {want} instance(s) healthy",
-                job.name
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
         if tokio::time::Instant::now() > deadline {
-            eprintln!(
-                "error: not all instances were healthy within {wait:?} (plexus job status {} shows why)",
-                job.name
-            );
+            if rollout.is_some_and(|d| d.state == DeploymentState::Running) {
+                eprintln!(
+                    "error: the rollout of version {version} is still running after {wait:?}; it goes on (plexus job status {} follows it, --wait waits longer)",
+                    job.name
+                );
+            } else {
+                eprintln!(
+                    "error: not all instances were healthy within {wait:?} (plexus job status {} shows why)",
+                    job.name
+                );
+            }
             return Ok(ExitCode::FAILURE);
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
@@ -515,6 +573,14 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         for g in c.job.group.iter() {
                             println!("  group {:?}: count {}", g.name, g.count.unwrap_or(1));
                         }
+                        if let Some(d) = &status.deployment {
+                            println!("  {}", rollout_line(d));
+                            if let Some(p) = &d.previous
+                                && p.state != DeploymentState::Successful
+                            {
+                                println!("  before it: {}", rollout_line(p));
+                            }
+                        }
                         let rows: Vec<Vec<String>> = status
                             .instances
                             .iter()
@@ -529,7 +595,13 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                                     i.allocation.id.clone(),
                                     i.allocation.node.clone(),
                                     i.allocation.version.to_string(),
-                                    s.map_or("placed".to_owned(), |s| s.state.clone()),
+                                    s.map_or("placed".to_owned(), |s| {
+                                        if s.healthy {
+                                            format!("{} (healthy)", s.state)
+                                        } else {
+                                            s.state.clone()
+                                        }
+                                    }),
                                     ports.join(" "),
                                     s.map_or(0, |s| s.restarts).to_string(),
                                     s.map(|s| s.message.clone()).unwrap_or_default(),

@@ -9,6 +9,7 @@ pub mod config;
 pub mod config_file;
 pub mod connect;
 pub mod demo;
+pub mod demo_calculator;
 pub mod demo_events;
 pub mod demo_http;
 pub mod dev;

@@ -108,3 +108,75 @@ fn demo_events_runs_end_to_end() {
         "{shares}"
     );
 }
+
+/// `plexus demo calculator`: the calculator job (Python add ×2 and sub ×2, a Node.js frontend)
+/// comes up on dynamic ports, 1,000 clicks split evenly, a killed add instance is restarted with
+/// at most 1 % failed calls meanwhile.
+#[test]
+fn demo_calculator_splits_clicks_evenly_and_survives_a_killed_instance() {
+    let (code, out, err) = run_cli(
+        bin(),
+        &["demo", "calculator", "--clicks", "1000", "--json"],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("demo passed"), "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let instances = report["instances"].as_array().unwrap();
+    let groups: Vec<&str> = instances
+        .iter()
+        .map(|i| i["group"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        groups.iter().filter(|g| **g == "add").count(),
+        2,
+        "{report}"
+    );
+    assert_eq!(
+        groups.iter().filter(|g| **g == "sub").count(),
+        2,
+        "{report}"
+    );
+    assert_eq!(
+        groups.iter().filter(|g| **g == "frontend").count(),
+        1,
+        "{report}"
+    );
+    let mut ports: Vec<u64> = instances
+        .iter()
+        .map(|i| i["port"].as_u64().unwrap())
+        .collect();
+    assert!(instances.iter().all(|i| i["passing"] == true), "{report}");
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 5, "dynamic ports, one each: {report}");
+    assert!(!ports.contains(&0));
+
+    let clicks = &report["clicks"];
+    assert_eq!(clicks["calls"], 1000);
+    assert_eq!(clicks["failed"], 0, "{clicks}");
+    for service in ["add", "sub"] {
+        let by = clicks["served"][service].as_object().unwrap();
+        assert_eq!(by.len(), 2, "{service}: {by:?}");
+        for n in by.values() {
+            let n = n.as_u64().unwrap();
+            assert!((450..=550).contains(&n), "{service} split ±10 %: {by:?}");
+        }
+    }
+    let failover = &report["failover"];
+    assert_ne!(failover["old_pid"], failover["new_pid"], "{failover}");
+    let calls = failover["load"]["calls"].as_u64().unwrap();
+    let failed = failover["load"]["failed"].as_u64().unwrap();
+    assert!(calls >= 1000, "{failover}");
+    assert!(failed * 100 <= calls, "at most 1 % failed: {failover}");
+    eprintln!(
+        "split {} / {}; {:.0} req/s, p50 {:.1} ms, p99 {:.1} ms; failover: {failed} of {calls} failed, restarted in {:.1}s",
+        clicks["served"]["add"],
+        clicks["served"]["sub"],
+        clicks["req_per_s"].as_f64().unwrap(),
+        clicks["p50_ms"].as_f64().unwrap(),
+        clicks["p99_ms"].as_f64().unwrap(),
+        failover["restart_seconds"].as_f64().unwrap(),
+    );
+}

@@ -26,7 +26,7 @@ pub const CALC: &str = r#"job "calc" {
 "#;
 
 /// Runs `plexus job ARGS --http-addr SERVER` with the management token.
-fn job(server: &Server, args: &[&str]) -> (i32, String, String) {
+pub fn job(server: &Server, args: &[&str]) -> (i32, String, String) {
     let addr = server.addr();
     let mut all = vec!["job"];
     all.extend_from_slice(args);
@@ -34,7 +34,7 @@ fn job(server: &Server, args: &[&str]) -> (i32, String, String) {
     run_cli(bin(), &all, &Server::token_env()).unwrap()
 }
 
-fn ok(server: &Server, args: &[&str]) -> String {
+pub fn ok(server: &Server, args: &[&str]) -> String {
     let (code, out, err) = job(server, args);
     assert_eq!(
         code, 0,
@@ -43,11 +43,11 @@ fn ok(server: &Server, args: &[&str]) -> String {
     out
 }
 
-fn path(p: &Path) -> &str {
+pub fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-async fn server() -> (tempfile::TempDir, Server) {
+pub async fn server() -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().display().to_string();
     let server = Server::start(
@@ -61,7 +61,7 @@ async fn server() -> (tempfile::TempDir, Server) {
 }
 
 /// Waits until `node`'s agent holds its lease (placement only uses live agents).
-async fn wait_alive(server: &Server, node: &str) {
+pub async fn wait_alive(server: &Server, node: &str) {
     plexus_test::eventually!(
         server
             .client
@@ -239,7 +239,7 @@ fn web_job(name: &str, count: u32, command: &str) -> String {
     )
 }
 
-async fn status(server: &Server, job: &str) -> serde_json::Value {
+pub async fn status(server: &Server, job: &str) -> serde_json::Value {
     server
         .client
         .job_status(job, plexus_api::client::QueryOptions::default())
@@ -248,7 +248,7 @@ async fn status(server: &Server, job: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-fn instances(status: &serde_json::Value) -> Vec<serde_json::Value> {
+pub fn instances(status: &serde_json::Value) -> Vec<serde_json::Value> {
     status["instances"].as_array().cloned().unwrap_or_default()
 }
 
@@ -632,4 +632,48 @@ async fn instances_reach_each_other_through_their_own_sidecars_and_calls_split_e
     for pid in pids {
         assert!(!alive(pid), "instance process {pid} outlived its agent");
     }
+}
+
+/// `plexus dev --job-slots N`: its own agent runs jobs, with ACLs on (the runner uses the
+/// initial management token); `job logs` reads through the dev server's agent routes.
+#[tokio::test]
+async fn plexus_dev_with_job_slots_runs_a_job_under_acls() {
+    let data = tempfile::tempdir().unwrap();
+    let mut dev = plexus_test::mesh::Dev::start_with_env(
+        bin(),
+        data.path(),
+        &["--acl", "--job-slots", "2"],
+        &plexus_test::server::server_env(),
+    )
+    .await
+    .unwrap();
+    let addr = dev.addr();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["job"];
+        all.extend_from_slice(args);
+        all.extend(["--http-addr", addr.as_str()]);
+        run_cli(bin(), &all, &Server::token_env()).unwrap()
+    };
+    let text = web_job("devjob", 1, "sh").replace(
+        "    restart {",
+        "    update {\n      min_healthy_time = \"500ms\"\n    }\n    restart {",
+    );
+    let (_d, file) = write_file("devjob.hcl", &text);
+    let (code, out, err) = cli(&["run", path(&file)]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("Job \"devjob\" version 1: all 1 instance(s) healthy"),
+        "{out}"
+    );
+    let (code, out, err) = cli(&["status", "devjob", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let pid = instances(&s)[0]["status"]["pid"].as_u64().unwrap();
+    assert_eq!(instances(&s)[0]["allocation"]["node"], "test-node");
+    let (code, out, err) = cli(&["logs", "devjob", "web", "--stderr"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, _, err) = cli(&["stop", "devjob"]);
+    assert_eq!(code, 0, "{err}");
+    dev.process.terminate().await.unwrap();
+    plexus_test::eventually!(!alive(pid));
 }
