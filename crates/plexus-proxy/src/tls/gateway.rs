@@ -12,7 +12,6 @@ use rustls::pki_types::ServerName;
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tracing::warn;
 
 use super::{
     ALPN, ALPN_H2, ALPN_TCP, HANDSHAKE_TIMEOUT, Identity, TlsConfigError, TlsMetrics, peer,
@@ -142,7 +141,12 @@ impl SniInbound {
         {
             Ok(stream) => stream,
             Err((reason, detail)) => {
-                warn!(%peer, reason, %detail, "terminating gateway TLS handshake refused");
+                super::log_refused(
+                    peer,
+                    reason,
+                    &detail,
+                    "terminating gateway TLS handshake refused",
+                );
                 return None;
             }
         };

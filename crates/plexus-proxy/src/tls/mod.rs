@@ -184,6 +184,18 @@ pub(crate) async fn server_handshake(
     })
 }
 
+/// Logs a refused inbound handshake. A peer that connects and closes without finishing a
+/// handshake is what TCP health checks of the port do (the agent's `sidecar ready` check,
+/// Consul's "Connect Sidecar Listening"): counted, and logged at debug only; every other refusal
+/// is a warning.
+pub(crate) fn log_refused(peer: SocketAddr, reason: &str, detail: &str, message: &str) {
+    if reason == "handshake_aborted" {
+        tracing::debug!(%peer, reason, %detail, "{message}");
+    } else {
+        warn!(%peer, reason, %detail, "{message}");
+    }
+}
+
 pub(crate) fn classify(error: &io::Error) -> (&'static str, String) {
     use rustls::{CertificateError, Error};
     if error.kind() == io::ErrorKind::TimedOut {
@@ -270,7 +282,7 @@ impl Inbound {
         {
             Ok(stream) => stream,
             Err((reason, detail)) => {
-                warn!(%peer, reason, %detail, "inbound TLS handshake refused");
+                log_refused(peer, reason, &detail, "inbound TLS handshake refused");
                 return None;
             }
         };
