@@ -38,6 +38,27 @@ fn demo_echo_names_a_taken_port() {
     assert!(err.contains("is taken on this host"), "{err}");
 }
 
+/// The calculator's `--upstream-port`, taken, is named too, before anything starts.
+#[test]
+fn demo_calculator_names_a_taken_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, out, err) = run_cli(
+        bin(),
+        &["demo", "calculator", "--upstream-port", &port],
+        &[],
+    )
+    .unwrap();
+    assert_ne!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        err.contains(&format!(
+            "port {port} for the client's upstream listener (--upstream-port) is taken on this host"
+        )),
+        "{err}"
+    );
+    assert!(!out.contains("== 1."), "nothing started: {out}");
+}
+
 fn demo_events(broker: &str) -> String {
     let tool = if broker == "kafka" {
         "tansu"
@@ -109,9 +130,10 @@ fn demo_events_runs_end_to_end() {
     );
 }
 
-/// `plexus demo calculator`: the calculator job (Python add ×2 and sub ×2, a Node.js frontend)
-/// comes up on dynamic ports, 1,000 clicks split evenly, a killed add instance is restarted with
-/// at most 1 % failed calls meanwhile.
+/// `plexus demo calculator`: the calculator job (Python add ×2 and sub ×2, Node.js frontend ×2)
+/// comes up with its 6 instances on dynamic ports, all passing; 1,000 clicks through the demo
+/// client's sidecar upstream to `frontend` split evenly (±10 %) over the two instances of each
+/// service; a killed add instance is restarted with at most 1 % failed calls meanwhile.
 #[test]
 fn demo_calculator_splits_clicks_evenly_and_survives_a_killed_instance() {
     let (code, out, err) = run_cli(
@@ -128,21 +150,14 @@ fn demo_calculator_splits_clicks_evenly_and_survives_a_killed_instance() {
         .iter()
         .map(|i| i["group"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        groups.iter().filter(|g| **g == "add").count(),
-        2,
-        "{report}"
-    );
-    assert_eq!(
-        groups.iter().filter(|g| **g == "sub").count(),
-        2,
-        "{report}"
-    );
-    assert_eq!(
-        groups.iter().filter(|g| **g == "frontend").count(),
-        1,
-        "{report}"
-    );
+    for group in ["frontend", "add", "sub"] {
+        assert_eq!(
+            groups.iter().filter(|g| **g == group).count(),
+            2,
+            "two instances of {group}: {report}"
+        );
+    }
+    assert_eq!(instances.len(), 6, "{report}");
     let mut ports: Vec<u64> = instances
         .iter()
         .map(|i| i["port"].as_u64().unwrap())
@@ -150,13 +165,22 @@ fn demo_calculator_splits_clicks_evenly_and_survives_a_killed_instance() {
     assert!(instances.iter().all(|i| i["passing"] == true), "{report}");
     ports.sort_unstable();
     ports.dedup();
-    assert_eq!(ports.len(), 5, "dynamic ports, one each: {report}");
+    assert_eq!(ports.len(), 6, "dynamic ports, one each: {report}");
     assert!(!ports.contains(&0));
+    // The clicks went through one address, the demo client's sidecar upstream to `frontend`,
+    // none of the frontends' own ports.
+    let url = report["url"].as_str().unwrap();
+    let clicked: u64 = url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches("/calc")
+        .parse()
+        .unwrap();
+    assert!(!ports.contains(&clicked), "{url} is not an instance's port");
 
     let clicks = &report["clicks"];
     assert_eq!(clicks["calls"], 1000);
     assert_eq!(clicks["failed"], 0, "{clicks}");
-    for service in ["add", "sub"] {
+    for service in ["frontend", "add", "sub"] {
         let by = clicks["served"][service].as_object().unwrap();
         assert_eq!(by.len(), 2, "{service}: {by:?}");
         for n in by.values() {
@@ -171,7 +195,8 @@ fn demo_calculator_splits_clicks_evenly_and_survives_a_killed_instance() {
     assert!(calls >= 1000, "{failover}");
     assert!(failed * 100 <= calls, "at most 1 % failed: {failover}");
     eprintln!(
-        "split {} / {}; {:.0} req/s, p50 {:.1} ms, p99 {:.1} ms; failover: {failed} of {calls} failed, restarted in {:.1}s",
+        "split {} / {} / {}; {:.0} req/s, p50 {:.1} ms, p99 {:.1} ms; failover: {failed} of {calls} failed, restarted in {:.1}s",
+        clicks["served"]["frontend"],
         clicks["served"]["add"],
         clicks["served"]["sub"],
         clicks["req_per_s"].as_f64().unwrap(),
