@@ -125,15 +125,23 @@ struct Report {
 }
 
 /// Narration: stdout, or stderr with `--json`.
+///
+/// Written without `println!`: a closed output (`plexus demo calculator | head`) must not end
+/// the demo (the CLI exits quietly on a broken pipe) before it has stopped the job, or its
+/// instances and sidecars would outlive it.
 #[derive(Clone, Copy)]
 struct Say(bool);
 
 impl Say {
     fn line(self, text: impl AsRef<str>) {
-        if self.0 {
-            eprintln!("{}", text.as_ref());
+        use std::io::Write;
+        let written = if self.0 {
+            writeln!(std::io::stderr().lock(), "{}", text.as_ref())
         } else {
-            println!("{}", text.as_ref());
+            writeln!(std::io::stdout().lock(), "{}", text.as_ref())
+        };
+        if let Err(error) = written {
+            tracing::debug!(%error, "the demo's output is closed; going on");
         }
     }
 }
@@ -196,7 +204,11 @@ pub async fn run(args: CalculatorArgs) -> anyhow::Result<ExitCode> {
     let code = match outcome {
         Some(Ok(report)) => {
             if args.json {
-                crate::output::json(&report)?;
+                use std::io::Write;
+                let text = serde_json::to_string_pretty(&report)?;
+                if let Err(error) = writeln!(std::io::stdout().lock(), "{text}") {
+                    tracing::debug!(%error, "the report could not be written; going on");
+                }
             }
             say.line("demo passed");
             if args.keep_running {
@@ -209,7 +221,7 @@ pub async fn run(args: CalculatorArgs) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         }
         Some(Err(error)) => {
-            eprintln!("error: {error:#}");
+            Say(true).line(format!("error: {error:#}"));
             ExitCode::FAILURE
         }
         None => {

@@ -59,6 +59,99 @@ fn demo_calculator_names_a_taken_port() {
     assert!(!out.contains("== 1."), "nothing started: {out}");
 }
 
+/// `plexus demo calculator | head`: the demo's output closes early, yet it goes on and stops
+/// what it started; none of the job's instances and sidecars outlives it.
+#[tokio::test]
+async fn demo_calculator_with_its_output_closed_stops_every_instance() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(bin())
+        .args(["demo", "calculator", "--clicks", "20"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The control plane (`== 1. control plane http://ADDR, ...`) and the instance lines
+    // (`  calculator-add-0  port 20008 pid 19540  passing`), up to the clicks.
+    let mut left = Leftovers::default();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.starts_with("== 2.") {
+            break;
+        }
+        if let Some(rest) = line.strip_prefix("== 1. control plane http://") {
+            left.control = rest.split(',').next().unwrap().to_owned();
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let [id, "port", _, "pid", pid, ..] = words[..]
+            && id.starts_with("calculator-")
+        {
+            left.pids.push(pid.parse::<u32>().unwrap());
+        }
+    }
+    assert_eq!(left.pids.len(), 6, "six instances with their pids");
+    assert!(!left.control.is_empty());
+    drop(lines);
+    plexus_test::eventually!(
+        child.try_wait().unwrap().is_some(),
+        std::time::Duration::from_secs(120)
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    plexus_test::eventually!(left.running().is_empty());
+}
+
+/// The processes a calculator demo started: its instances, and its sidecars (found by the
+/// control plane they talk to). Those still running when dropped (a failed test) are killed.
+#[derive(Default)]
+struct Leftovers {
+    control: String,
+    pids: Vec<u32>,
+}
+
+impl Leftovers {
+    /// Running (not gone, not a zombie nobody reaped yet).
+    fn running(&self) -> Vec<u32> {
+        let alive = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit(") ")
+                    .next()
+                    .is_some_and(|s| !s.starts_with('Z'))
+            })
+        };
+        let needle = format!("--http-addr\0{}\0", self.control);
+        let sidecars = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c).contains(&needle)
+                        && String::from_utf8_lossy(&c).contains("--sidecar-for")
+                })
+            });
+        self.pids
+            .iter()
+            .copied()
+            .chain(sidecars)
+            .filter(|pid| alive(*pid))
+            .collect()
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for pid in self.running() {
+            // A positive pid: one process, never a group.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
 fn demo_events(broker: &str) -> String {
     let tool = if broker == "kafka" {
         "tansu"
