@@ -1,4 +1,4 @@
-# The Consul Connect calculator as a Plexus job: `add` ×2 and `sub` ×2 (Python), `frontend` ×1
+# The Consul Connect calculator as a Plexus job: `add` ×2 and `sub` ×2 (Python), `frontend` ×2
 # (Node.js), every instance on dynamic ports with its own sidecar; the frontend reaches add and
 # sub through its sidecar's upstreams. @CALC_DIR@ is this directory (see README.md):
 #
@@ -79,7 +79,7 @@ job "calculator" {
   }
 
   group "frontend" {
-    count = 1
+    count = 2
     network {
       port "http" {}
     }

@@ -3,9 +3,12 @@
 //!
 //! 1. A dev control plane whose agent runs jobs (ephemeral API port, dynamic instance ports),
 //!    `service-defaults` with `protocol = "http"` for add, sub and frontend, and the job: add ×2,
-//!    sub ×2 (Python), frontend ×1 (Node.js), each instance with its own sidecar.
-//! 2. N clicks on the frontend (`GET /calc?a=&b=`), each calling add and sub through the
-//!    frontend's sidecar: which instance served each call, tallied, then a load report.
+//!    sub ×2 (Python), frontend ×2 (Node.js), each instance with its own sidecar.
+//! 2. N clicks (`GET /calc?a=&b=`) through one local address, the upstream listener to
+//!    `frontend` of the demo's own `calculator-client` sidecar (run in-process), as a browser
+//!    behind the mesh would: the sidecar spreads them per request over both frontends, each
+//!    calling add and sub through its own sidecar. Which instance served each call (frontend,
+//!    add, sub), tallied, then a load report.
 //! 3. One `add` instance's process is killed (SIGKILL) while the clicks go on: the failed calls
 //!    meanwhile, and its restart (new pid, passing again).
 //!
@@ -24,6 +27,7 @@ use plexus_runtime::Shutdown;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use super::demo::DemoSidecar;
 use super::dev::{DevServer, DevSettings};
 
 const JOB: &str = include_str!("../../../../examples/calculator/calculator.hcl");
@@ -49,6 +53,10 @@ const SCRIPTS: [(&str, &str); 4] = [
 const STEP_DEADLINE: Duration = Duration::from_secs(60);
 /// Clicks in flight at once.
 const CONCURRENCY: usize = 4;
+/// The services of the job, each with two instances.
+const SERVICES: [&str; 3] = ["frontend", "add", "sub"];
+/// The demo's own service: its sidecar's upstream to `frontend` is where the clicks go.
+const CLIENT: &str = "calculator-client";
 
 /// `plexus demo calculator`
 #[derive(Debug, clap::Args)]
@@ -62,6 +70,10 @@ pub struct CalculatorArgs {
     /// HTTP API address of the demo's control plane (port 0 picks a free one).
     #[arg(long = "http-addr", default_value = "127.0.0.1:0")]
     pub http_addr: String,
+    /// The local port clicked: the demo client's sidecar upstream to `frontend`, which spreads
+    /// the clicks over both frontend instances (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    pub upstream_port: u16,
     /// Leave everything running after the scenario (Ctrl-C to stop).
     #[arg(long)]
     pub keep_running: bool,
@@ -105,27 +117,48 @@ struct Failover {
 #[derive(Debug, Serialize)]
 struct Report {
     control: String,
+    /// Where the clicks went: the client sidecar's upstream listener to `frontend`.
+    url: String,
     instances: Vec<Instance>,
     clicks: Load,
     failover: Failover,
 }
 
 /// Narration: stdout, or stderr with `--json`.
+///
+/// Written without `println!`: a closed output (`plexus demo calculator | head`) must not end
+/// the demo (the CLI exits quietly on a broken pipe) before it has stopped the job, or its
+/// instances and sidecars would outlive it.
 #[derive(Clone, Copy)]
 struct Say(bool);
 
 impl Say {
     fn line(self, text: impl AsRef<str>) {
-        if self.0 {
-            eprintln!("{}", text.as_ref());
+        use std::io::Write;
+        let written = if self.0 {
+            writeln!(std::io::stderr().lock(), "{}", text.as_ref())
         } else {
-            println!("{}", text.as_ref());
+            writeln!(std::io::stdout().lock(), "{}", text.as_ref())
+        };
+        if let Err(error) = written {
+            tracing::debug!(%error, "the demo's output is closed; going on");
         }
     }
 }
 
 /// Runs the demo.
 pub async fn run(args: CalculatorArgs) -> anyhow::Result<ExitCode> {
+    let upstream_port = match args.upstream_port {
+        0 => super::demo_http::free_port()
+            .context("no free local port for the client's upstream listener")?,
+        port => {
+            super::demo::port_is_free(
+                ([127, 0, 0, 1], port).into(),
+                "the client's upstream listener (--upstream-port)",
+            )?;
+            port
+        }
+    };
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let say = Say(args.json);
@@ -136,6 +169,10 @@ pub async fn run(args: CalculatorArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(scripts.path().join(name), text)
             .with_context(|| format!("writing {name} to {}", scripts.path().display()))?;
     }
+    let defs: Vec<(std::path::PathBuf, _)> = super::demo::parse(&client_definition(upstream_port))?
+        .into_iter()
+        .map(|r| (std::path::PathBuf::from("demo.hcl"), r))
+        .collect();
     let listener = TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("cannot bind the HTTP API on {}", args.http_addr))?;
@@ -149,7 +186,7 @@ pub async fn run(args: CalculatorArgs) -> anyhow::Result<ExitCode> {
         None,
         "plexus-demo",
         "dc1",
-        &[],
+        &defs,
         DevSettings {
             jobs: Some(jobs),
             ..DevSettings::default()
@@ -161,30 +198,30 @@ pub async fn run(args: CalculatorArgs) -> anyhow::Result<ExitCode> {
     let api = Client::new(&control)?;
     let interrupted = shutdown.token();
     let outcome = tokio::select! {
-        outcome = scenario(&api, &control, scripts.path(), &args, say) => Some(outcome),
+        outcome = scenario(&api, &control, scripts.path(), upstream_port, &args, say, &shutdown) => Some(outcome),
         () = interrupted.cancelled() => None,
     };
     let code = match outcome {
         Some(Ok(report)) => {
             if args.json {
-                crate::output::json(&report)?;
+                use std::io::Write;
+                let text = serde_json::to_string_pretty(&report)?;
+                if let Err(error) = writeln!(std::io::stdout().lock(), "{text}") {
+                    tracing::debug!(%error, "the report could not be written; going on");
+                }
             }
             say.line("demo passed");
             if args.keep_running {
                 say.line(format!(
-                    "still running (Ctrl-C to stop): frontend at http://127.0.0.1:{}/calc?a=7&b=3, API at http://{control}",
-                    report
-                        .instances
-                        .iter()
-                        .find(|i| i.group == "frontend")
-                        .map_or(0, |i| i.port)
+                    "still running (Ctrl-C to stop): the calculator at {}?a=7&b=3 (both frontends, through the mesh), API at http://{control}",
+                    report.url
                 ));
                 shutdown.token().cancelled().await;
             }
             ExitCode::SUCCESS
         }
         Some(Err(error)) => {
-            eprintln!("error: {error:#}");
+            Say(true).line(format!("error: {error:#}"));
             ExitCode::FAILURE
         }
         None => {
@@ -211,6 +248,28 @@ pub async fn run(args: CalculatorArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
+/// The demo's client: a service (nothing listens on its port) whose sidecar has an upstream
+/// listener to `frontend` on `upstream_port`.
+fn client_definition(upstream_port: u16) -> String {
+    format!(
+        r#"services {{
+  name = "{CLIENT}"
+  port = 8080
+  connect {{
+    sidecar_service {{
+      proxy {{
+        upstreams {{
+          destination_name = "frontend"
+          local_bind_port  = {upstream_port}
+        }}
+      }}
+    }}
+  }}
+}}
+"#
+    )
+}
+
 fn entry(name: &str) -> anyhow::Result<plexus_api::config_entry::ConfigEntry> {
     plexus_api::config_entry::ConfigEntry::from_json(serde_json::json!({
         "Kind": "service-defaults", "Name": name, "Protocol": "http",
@@ -222,18 +281,26 @@ async fn scenario(
     api: &Client,
     control: &str,
     dir: &std::path::Path,
+    upstream_port: u16,
     args: &CalculatorArgs,
     say: Say,
+    shutdown: &Shutdown,
 ) -> anyhow::Result<Report> {
     say.line(format!(
         "== 1. control plane http://{control}, the calculator job"
     ));
-    for name in ["add", "sub", "frontend"] {
+    for name in SERVICES {
         if !api.config_write(&entry(name)?, None).await? {
             bail!("the control plane did not store service-defaults {name}");
         }
     }
     say.line("service-defaults protocol=http for add, sub, frontend (HTTP routing)");
+    // The client's sidecar binds its upstream listener now, before the job takes its time.
+    let client = DemoSidecar::start(control, CLIENT, shutdown).await?;
+    client.wait_ready().await?;
+    say.line(format!(
+        "{CLIENT} sidecar ready: upstream frontend on 127.0.0.1:{upstream_port}"
+    ));
     let text = JOB.replace("@CALC_DIR@", &dir.display().to_string());
     let job =
         plexus_api::job::file::parse_job(&dir.join("calculator.hcl"), &text).map_err(|errors| {
@@ -242,7 +309,7 @@ async fn scenario(
         })?;
     let written = api.job_run(&job).await?;
     say.line(format!(
-        "job \"calculator\" version {}: add ×2, sub ×2 (python3), frontend ×1 (node)",
+        "job \"calculator\" version {}: add ×2, sub ×2 (python3), frontend ×2 (node)",
         written.version
     ));
     let status = wait_all_passing(api, written.version, say).await?;
@@ -256,19 +323,19 @@ async fn scenario(
             if i.passing { "passing" } else { "not passing" }
         ));
     }
-    let frontend = instances
-        .iter()
-        .find(|i| i.group == "frontend")
-        .map(|i| i.port)
-        .context("the frontend instance has no port")?;
-    let url = format!("http://127.0.0.1:{frontend}/calc");
+    let frontends = instances.iter().filter(|i| i.group == "frontend").count();
+    client.wait_endpoints("frontend", frontends).await?;
+    let url = format!("http://127.0.0.1:{upstream_port}/calc");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
 
     say.line(format!(
-        "== 2. {} clicks on the frontend ({url}?a=&b=, {CONCURRENCY} at a time)",
+        "== 2. {} clicks on the calculator at {url}?a=&b= ({CONCURRENCY} at a time)",
         args.clicks
+    ));
+    say.line(format!(
+        "   the upstream listener of the demo's own sidecar ({CLIENT}), which spreads them over the {frontends} frontends (round robin per request)"
     ));
     let clicks = click(&http, &url, args.clicks, say, 5).await;
     print_load(say, &clicks);
@@ -346,6 +413,7 @@ async fn scenario(
     }
     Ok(Report {
         control: control.to_owned(),
+        url,
         instances,
         clicks,
         failover: Failover {
@@ -422,7 +490,7 @@ async fn passing_ids(api: &Client, service: &str) -> anyhow::Result<Vec<String>>
 
 async fn instances(api: &Client, status: &JobStatus) -> anyhow::Result<Vec<Instance>> {
     let mut passing = Vec::new();
-    for service in ["add", "sub", "frontend"] {
+    for service in SERVICES {
         passing.extend(passing_ids(api, service).await?);
     }
     let view = |i: &InstanceView| Instance {
@@ -476,7 +544,7 @@ impl Tally {
         self.latencies.push(took);
         match result {
             Ok(body) => {
-                for service in ["add", "sub"] {
+                for service in SERVICES {
                     let by = body[service].as_str().unwrap_or("?").to_owned();
                     *self
                         .load

@@ -115,9 +115,9 @@ async fn answer(state: &WebState, version: &'static str) -> axum::response::Resp
     (status, [("x-version", version)], version).into_response()
 }
 
-/// A free port on 127.0.0.1 for a sidecar (so the demo never collides with another agent's
-/// 21000-range assignments).
-fn free_port() -> anyhow::Result<u16> {
+/// A free port on 127.0.0.1 for a sidecar or an upstream listener (so the demo never collides
+/// with another agent's 21000-range assignments or a program listening on a fixed port).
+pub(super) fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }

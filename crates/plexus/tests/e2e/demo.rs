@@ -38,6 +38,120 @@ fn demo_echo_names_a_taken_port() {
     assert!(err.contains("is taken on this host"), "{err}");
 }
 
+/// The calculator's `--upstream-port`, taken, is named too, before anything starts.
+#[test]
+fn demo_calculator_names_a_taken_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, out, err) = run_cli(
+        bin(),
+        &["demo", "calculator", "--upstream-port", &port],
+        &[],
+    )
+    .unwrap();
+    assert_ne!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        err.contains(&format!(
+            "port {port} for the client's upstream listener (--upstream-port) is taken on this host"
+        )),
+        "{err}"
+    );
+    assert!(!out.contains("== 1."), "nothing started: {out}");
+}
+
+/// `plexus demo calculator | head`: the demo's output closes early, yet it goes on and stops
+/// what it started; none of the job's instances and sidecars outlives it.
+#[tokio::test]
+async fn demo_calculator_with_its_output_closed_stops_every_instance() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(bin())
+        .args(["demo", "calculator", "--clicks", "20"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The control plane (`== 1. control plane http://ADDR, ...`) and the instance lines
+    // (`  calculator-add-0  port 20008 pid 19540  passing`), up to the clicks.
+    let mut left = Leftovers::default();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.starts_with("== 2.") {
+            break;
+        }
+        if let Some(rest) = line.strip_prefix("== 1. control plane http://") {
+            left.control = rest.split(',').next().unwrap().to_owned();
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let [id, "port", _, "pid", pid, ..] = words[..]
+            && id.starts_with("calculator-")
+        {
+            left.pids.push(pid.parse::<u32>().unwrap());
+        }
+    }
+    assert_eq!(left.pids.len(), 6, "six instances with their pids");
+    assert!(!left.control.is_empty());
+    drop(lines);
+    plexus_test::eventually!(
+        child.try_wait().unwrap().is_some(),
+        std::time::Duration::from_secs(120)
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    plexus_test::eventually!(left.running().is_empty());
+}
+
+/// The processes a calculator demo started: its instances, and its sidecars (found by the
+/// control plane they talk to). Those still running when dropped (a failed test) are killed.
+#[derive(Default)]
+struct Leftovers {
+    control: String,
+    pids: Vec<u32>,
+}
+
+impl Leftovers {
+    /// Running (not gone, not a zombie nobody reaped yet).
+    fn running(&self) -> Vec<u32> {
+        let alive = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit(") ")
+                    .next()
+                    .is_some_and(|s| !s.starts_with('Z'))
+            })
+        };
+        let needle = format!("--http-addr\0{}\0", self.control);
+        let sidecars = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c).contains(&needle)
+                        && String::from_utf8_lossy(&c).contains("--sidecar-for")
+                })
+            });
+        self.pids
+            .iter()
+            .copied()
+            .chain(sidecars)
+            .filter(|pid| alive(*pid))
+            .collect()
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for pid in self.running() {
+            // A positive pid: one process, never a group.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
 fn demo_events(broker: &str) -> String {
     let tool = if broker == "kafka" {
         "tansu"
@@ -109,9 +223,10 @@ fn demo_events_runs_end_to_end() {
     );
 }
 
-/// `plexus demo calculator`: the calculator job (Python add ×2 and sub ×2, a Node.js frontend)
-/// comes up on dynamic ports, 1,000 clicks split evenly, a killed add instance is restarted with
-/// at most 1 % failed calls meanwhile.
+/// `plexus demo calculator`: the calculator job (Python add ×2 and sub ×2, Node.js frontend ×2)
+/// comes up with its 6 instances on dynamic ports, all passing; 1,000 clicks through the demo
+/// client's sidecar upstream to `frontend` split evenly (±10 %) over the two instances of each
+/// service; a killed add instance is restarted with at most 1 % failed calls meanwhile.
 #[test]
 fn demo_calculator_splits_clicks_evenly_and_survives_a_killed_instance() {
     let (code, out, err) = run_cli(
@@ -128,21 +243,14 @@ fn demo_calculator_splits_clicks_evenly_and_survives_a_killed_instance() {
         .iter()
         .map(|i| i["group"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        groups.iter().filter(|g| **g == "add").count(),
-        2,
-        "{report}"
-    );
-    assert_eq!(
-        groups.iter().filter(|g| **g == "sub").count(),
-        2,
-        "{report}"
-    );
-    assert_eq!(
-        groups.iter().filter(|g| **g == "frontend").count(),
-        1,
-        "{report}"
-    );
+    for group in ["frontend", "add", "sub"] {
+        assert_eq!(
+            groups.iter().filter(|g| **g == group).count(),
+            2,
+            "two instances of {group}: {report}"
+        );
+    }
+    assert_eq!(instances.len(), 6, "{report}");
     let mut ports: Vec<u64> = instances
         .iter()
         .map(|i| i["port"].as_u64().unwrap())
@@ -150,13 +258,22 @@ fn demo_calculator_splits_clicks_evenly_and_survives_a_killed_instance() {
     assert!(instances.iter().all(|i| i["passing"] == true), "{report}");
     ports.sort_unstable();
     ports.dedup();
-    assert_eq!(ports.len(), 5, "dynamic ports, one each: {report}");
+    assert_eq!(ports.len(), 6, "dynamic ports, one each: {report}");
     assert!(!ports.contains(&0));
+    // The clicks went through one address, the demo client's sidecar upstream to `frontend`,
+    // none of the frontends' own ports.
+    let url = report["url"].as_str().unwrap();
+    let clicked: u64 = url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches("/calc")
+        .parse()
+        .unwrap();
+    assert!(!ports.contains(&clicked), "{url} is not an instance's port");
 
     let clicks = &report["clicks"];
     assert_eq!(clicks["calls"], 1000);
     assert_eq!(clicks["failed"], 0, "{clicks}");
-    for service in ["add", "sub"] {
+    for service in ["frontend", "add", "sub"] {
         let by = clicks["served"][service].as_object().unwrap();
         assert_eq!(by.len(), 2, "{service}: {by:?}");
         for n in by.values() {
@@ -171,7 +288,8 @@ fn demo_calculator_splits_clicks_evenly_and_survives_a_killed_instance() {
     assert!(calls >= 1000, "{failover}");
     assert!(failed * 100 <= calls, "at most 1 % failed: {failover}");
     eprintln!(
-        "split {} / {}; {:.0} req/s, p50 {:.1} ms, p99 {:.1} ms; failover: {failed} of {calls} failed, restarted in {:.1}s",
+        "split {} / {} / {}; {:.0} req/s, p50 {:.1} ms, p99 {:.1} ms; failover: {failed} of {calls} failed, restarted in {:.1}s",
+        clicks["served"]["frontend"],
         clicks["served"]["add"],
         clicks["served"]["sub"],
         clicks["req_per_s"].as_f64().unwrap(),
