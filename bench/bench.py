@@ -62,6 +62,10 @@ def cases(args: argparse.Namespace) -> list[Case]:
         out.append(Case("plexus-envoy", 2, proto, mtls=True))
         out.append(Case("envoy", 2, proto, mtls=True))
         out.append(Case("haproxy", 2, proto, mtls=True))
+    # The ingress gateway (issue 20): outside client → gateway → mTLS → the web sidecar → nginx,
+    # routed by Host; only the gateway process is measured.
+    out.append(Case("plexus-ingress", 2, "http1", mtls=True))
+    out.append(Case("envoy-ingress", 2, "http1", mtls=True))
     if args.only:
         out = [c for c in out if any(o in c.name for o in args.only)]
     return out
@@ -81,6 +85,11 @@ def oha(url: str, proto: str, extra: list[str], oha_bin: str) -> dict:
     return json.loads(done.stdout)
 
 
+def host_header(setup: Setup) -> list[str]:
+    """oha's arguments for the Host header the system routes by, if any."""
+    return ["-H", f"Host: {setup.host}"] if setup.host else []
+
+
 def ok_count(result: dict) -> int:
     return int(sum(result.get("statusCodeDistribution", {}).get(k, 0) for k in ("200",)))
 
@@ -98,6 +107,10 @@ def start(case: Case, args: argparse.Namespace, nginx: Nginx, work: Path) -> Set
         return proxies.start_plexus(args.plexus, work, upstream, case.hops, case.proto)
     if case.system == "envoy":
         return proxies.start_envoy(args.envoy, work, upstream, case.hops, case.proto, case.mtls)
+    if case.system == "plexus-ingress":
+        return proxies.start_plexus_ingress(args.plexus, work, upstream)
+    if case.system == "envoy-ingress":
+        return proxies.start_envoy_ingress(args.envoy, work, upstream)
     if case.system == "plexus-envoy":
         return proxies.start_plexus_envoy(args.plexus, args.envoy, work, upstream, case.proto)
     if case.system == "haproxy":
@@ -109,29 +122,34 @@ def cpu_of(setup: Setup) -> float:
     return sum(proxies.proc_cpu_seconds(p.pid) for p in setup.running.proxies)
 
 
-def max_rss_kib(setup: Setup) -> int:
-    return max((proxies.proc_mem_kib(p.pid)["VmRSS"] for p in setup.running.proxies), default=0)
+def max_rss_kib(setup: Setup, key: str = "VmRSS") -> int:
+    """The largest proxy process's resident memory; `key` "RssAnon" counts only its private
+    (anonymous) pages, not the executable's code pages it shares with every other process
+    running the same binary."""
+    return max((proxies.proc_mem_kib(p.pid)[key] for p in setup.running.proxies), default=0)
 
 
 def measure(case: Case, args: argparse.Namespace, nginx: Nginx, work: Path) -> dict:
     setup = start(case, args, nginx, work)
     try:
         url = f"http://127.0.0.1:{setup.front_port}/"
-        warm = oha(url, case.load_proto, ["-n", "2000", "-c", "8"], args.oha)
+        hdr = host_header(setup)
+        warm = oha(url, case.load_proto, [*hdr, "-n", "2000", "-c", "8"], args.oha)
         if ok_count(warm) < 2000:
             raise RuntimeError(f"warm-up through {case.name}: {warm.get('statusCodeDistribution')} "
                                f"errors {warm.get('errorDistribution')}")
         time.sleep(1)
         idle_rss = max_rss_kib(setup)
+        idle_anon = max_rss_kib(setup, "RssAnon")
         reps = []
         for _ in range(args.reps):
             cpu0 = cpu_of(setup)
-            tput = oha(url, case.load_proto, ["-z", f"{args.duration}s", "-c", str(args.concurrency)], args.oha)
+            tput = oha(url, case.load_proto, [*hdr, "-z", f"{args.duration}s", "-c", str(args.concurrency)], args.oha)
             cpu1 = cpu_of(setup)
             requests = ok_count(tput)
             lat = oha(
                 url, case.load_proto,
-                ["-z", f"{args.duration}s", "-c", str(args.latency_connections), "-q", str(args.rate),
+                [*hdr, "-z", f"{args.duration}s", "-c", str(args.latency_connections), "-q", str(args.rate),
                  "--latency-correction"],
                 args.oha,
             )
@@ -141,7 +159,7 @@ def measure(case: Case, args: argparse.Namespace, nginx: Nginx, work: Path) -> d
             cpu2 = cpu_of(setup)
             fixed = oha(
                 url, case.load_proto,
-                ["-z", f"{args.duration}s", "-c", str(args.latency_connections), "-q", str(args.fixed_rate)],
+                [*hdr, "-z", f"{args.duration}s", "-c", str(args.latency_connections), "-q", str(args.fixed_rate)],
                 args.oha,
             )
             cpu3 = cpu_of(setup)
@@ -158,37 +176,47 @@ def measure(case: Case, args: argparse.Namespace, nginx: Nginx, work: Path) -> d
                 "lat_rps": lat["summary"]["requestsPerSec"],
             })
             setup.running.check_alive()
-        conn_rss = None
+        conn_rss = conn_anon = None
         if setup.running.proxies:
-            conn_rss = rss_with_connections(setup, case, args)
+            conn_rss, conn_anon = rss_with_connections(setup, case, args)
+        measured = bool(setup.running.proxies)
         return {"case": case.__dict__, "name": case.name, "reps": reps,
-                "idle_rss_kib": idle_rss if setup.running.proxies else None, "conn_rss_kib": conn_rss}
+                "idle_rss_kib": idle_rss if measured else None, "conn_rss_kib": conn_rss,
+                "idle_anon_kib": idle_anon if measured else None, "conn_anon_kib": conn_anon}
     finally:
         setup.running.stop()
 
 
-def rss_with_connections(setup: Setup, case: Case, args: argparse.Namespace) -> int:
-    """Peak RSS (largest proxy process) while 1,000 connections are open through the chain, each
-    carrying a light request load (oha -c 1000 at a low rate)."""
-    peak = [0]
+def rss_with_connections(setup: Setup, case: Case, args: argparse.Namespace) -> tuple[int, int]:
+    """Peak RSS and peak private RSS (largest proxy process) while 1,000 connections are open
+    through the chain, each carrying a light request load (oha -c 1000 at a low rate)."""
+    peak = [0, 0]
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
             peak[0] = max(peak[0], max_rss_kib(setup))
+            peak[1] = max(peak[1], max_rss_kib(setup, "RssAnon"))
             time.sleep(0.05)
 
     t = threading.Thread(target=sample)
     t.start()
     try:
         res = oha(f"http://127.0.0.1:{setup.front_port}/", case.load_proto,
-                  ["-z", "4s", "-c", "1000", "-q", "2000"], args.oha)
+                  [*host_header(setup), "-z", "4s", "-c", "1000", "-q", "2000"], args.oha)
         if ok_count(res) == 0:
             raise RuntimeError(f"1,000-connection run through {case.name} failed: {res.get('errorDistribution')}")
     finally:
         stop.set()
         t.join()
-    return peak[0]
+    return peak[0], peak[1]
+
+
+def mib(rss_kib: int | None, anon_kib: int | None) -> str:
+    """RSS in MiB, with the private (anonymous) part in brackets when measured."""
+    if not rss_kib:
+        return "–"
+    return f"{rss_kib / 1024:.1f}" + (f" ({anon_kib / 1024:.1f})" if anon_kib else "")
 
 
 def med(values: list[float]) -> float:
@@ -224,8 +252,8 @@ def write_report(results: list[dict], meta: dict, out: Path) -> None:
             direct[r["case"]["proto"]] = summarise(r, {})
     lines = [
         "| Row | Throughput req/s (c={c}) | p50 µs | p99 µs | p99.9 µs | added p50 / p99 µs | "
-        "proxy CPU s / 100k req (saturated) | proxy CPU s / 100k req at {r:,} req/s | RSS idle MiB | "
-        "RSS 1,000 conns MiB |".format(c=meta["concurrency"], r=meta["fixed_rate"]),
+        "proxy CPU s / 100k req (saturated) | proxy CPU s / 100k req at {r:,} req/s | RSS idle MiB (private) | "
+        "RSS 1,000 conns MiB (private) |".format(c=meta["concurrency"], r=meta["fixed_rate"]),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -234,8 +262,8 @@ def write_report(results: list[dict], meta: dict, out: Path) -> None:
             continue
         s = summarise(r, direct)
         added = (f"{s['added_p50_us']:,.0f} / {s['added_p99_us']:,.0f}" if "added_p50_us" in s else "–")
-        idle = f"{r['idle_rss_kib'] / 1024:.1f}" if r["idle_rss_kib"] else "–"
-        conn = f"{r['conn_rss_kib'] / 1024:.1f}" if r["conn_rss_kib"] else "–"
+        idle = mib(r["idle_rss_kib"], r.get("idle_anon_kib"))
+        conn = mib(r["conn_rss_kib"], r.get("conn_anon_kib"))
         errs = f" ({s['errors']} errors)" if s["errors"] else ""
         lines.append(
             f"| {r['name']}{errs} | {fmt_triplet(s['rps'])} | {fmt_triplet(s['p50_us'])} | "
@@ -267,6 +295,8 @@ def chart(results: list[dict], direct: dict, path: Path) -> None:
         "plexus-envoy": "#9467bd",
         "envoy": "#d62728",
         "haproxy": "#2ca02c",
+        "plexus-ingress": "#17becf",
+        "envoy-ingress": "#ff7f0e",
     }
     cols = [colours[r["case"]["system"]] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 0.42 * len(rows) + 1.5), sharey=True)

@@ -3,6 +3,7 @@ loopback in each topology, each proxy process pinned to the proxy core."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -163,6 +164,7 @@ class Setup:
 
     front_port: int
     running: Running
+    host: str | None = None  # the Host header every request carries (gateways route by it)
 
 
 # --------------------------------------------------------------------------------------- Plexus
@@ -339,14 +341,115 @@ services {{
     return Setup(local_bind, run)
 
 
+INGRESS_HOST = "web.bench"
+
+
+def _put(base: str, path: str, body: dict) -> None:
+    request = urllib.request.Request(
+        f"{base}{path}", data=json.dumps(body).encode(), method="PUT",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        if answer.status != 200:
+            raise RuntimeError(f"PUT {path}: {answer.status}")
+
+
+def start_plexus_ingress(plexus: str, work: Path, upstream: int) -> Setup:
+    """The ingress chain on Plexus: oha → `plexus gateway --kind ingress` (an `ingress-gateway`
+    entry with one http listener routing `Host: web.bench` to web) → mTLS → web's `plexus
+    proxy` sidecar → nginx. Only the gateway process is measured (CPU, RSS)."""
+    d = work / "plexus-ingress"
+    shutil.rmtree(d / "data", ignore_errors=True)
+    d.mkdir(parents=True, exist_ok=True)
+    http, web_sidecar, listener = free_port(), free_port(), free_port()
+    (d / "mesh.hcl").write_text(
+        f"""services {{
+  name = "web"
+  port = {upstream}
+  connect {{
+    sidecar_service {{
+      port = {web_sidecar}
+      proxy {{
+        config = {{ protocol = "http" }}
+      }}
+    }}
+  }}
+}}
+"""
+    )
+    run = Running()
+    base = f"http://127.0.0.1:{http}"
+    run.start(
+        [plexus, "dev", "--http-addr", f"127.0.0.1:{http}", "--dns-addr", "127.0.0.1:0",
+         "--data-dir", str(d / "data"), "--config-file", str(d / "mesh.hcl")],
+        LOADGEN_CORE,
+        d / "dev.log",
+        proxy=False,
+    )
+    wait_port(http)
+    _put(base, "/v1/config", {"Kind": "service-defaults", "Name": "web", "Protocol": "http"})
+    _put(base, "/v1/config", {
+        "Kind": "ingress-gateway", "Name": "ingress",
+        "Listeners": [{"Port": listener, "Protocol": "http",
+                       "Services": [{"Name": "web", "Hosts": [INGRESS_HOST]}]}],
+    })
+    _put(base, "/v1/connect/intentions/exact?source=ingress&destination=web", {"Action": "allow"})
+    admins = [free_port(), free_port()]
+    run.start(
+        [plexus, "proxy", "--sidecar-for", "web", "--admin-addr", f"127.0.0.1:{admins[0]}",
+         "--http-addr", f"127.0.0.1:{http}"],
+        PROXY_CORE,
+        d / "proxy-web.log",
+        proxy=False,
+    )
+    run.start(
+        [plexus, "gateway", "--kind", "ingress", "--service", "ingress", "--address", "127.0.0.1:0",
+         "--admin-addr", f"127.0.0.1:{admins[1]}", "--http-addr", f"127.0.0.1:{http}"],
+        PROXY_CORE,
+        d / "gateway.log",
+        proxy=True,
+    )
+    for admin in admins:
+        wait_http(f"http://127.0.0.1:{admin}/ready")
+    wait_port(listener)
+    return Setup(listener, run, host=INGRESS_HOST)
+
+
+def start_envoy_ingress(envoy: str, work: Path, upstream: int) -> Setup:
+    """The same chain on Envoy: an ingress Envoy (one virtual host, `web.bench`) → mTLS (TLS 1.3,
+    ALPN h2, client certificate) → an Envoy sidecar → nginx. Only the ingress Envoy is measured."""
+    d = work / "envoy-ingress"
+    d.mkdir(parents=True, exist_ok=True)
+    certs = make_certs(work)
+    run = Running()
+    inbound = free_port()
+    _start_envoy(
+        envoy, run, d, "inbound",
+        _envoy_listener(inbound, "http1", "app", certs),
+        _envoy_cluster("app", upstream, "http1", None),
+        measured=False,
+    )
+    front = free_port()
+    _start_envoy(
+        envoy, run, d, "ingress",
+        _envoy_listener(front, "http1", "peer", None, domains=[INGRESS_HOST]),
+        _envoy_cluster("peer", inbound, "http1", certs),
+    )
+    return Setup(front, run, host=INGRESS_HOST)
+
+
 # ---------------------------------------------------------------------------------------- Envoy
 
 _BASE_ID = [100]
 
 
-def _envoy_listener(port: int, proto: str, cluster: str, mtls_server: Path | None) -> str:
+def _envoy_listener(
+    port: int, proto: str, cluster: str, mtls_server: Path | None, domains: list[str] | None = None
+) -> str:
     """A listener; with `mtls_server` it is the inbound end of the mTLS hop (TLS 1.3, client
-    certificate required, ALPN h2 offered for the HTTP rows)."""
+    certificate required, ALPN h2 offered for the HTTP rows). `domains`: the virtual host's
+    (every host when not given)."""
+    domain_list = json.dumps(domains or ["*"])
     if proto == "tcp":
         filters = f"""
       - name: envoy.filters.network.tcp_proxy
@@ -364,7 +467,7 @@ def _envoy_listener(port: int, proto: str, cluster: str, mtls_server: Path | Non
           route_config:
             virtual_hosts:
             - name: all
-              domains: ["*"]
+              domains: {domain_list}
               routes:
               - match: {{ prefix: "/" }}
                 route: {{ cluster: {cluster}, timeout: 0s }}
@@ -442,7 +545,9 @@ def _envoy_cluster(name: str, port: int, proto: str, mtls_client: Path | None) -
 """
 
 
-def _start_envoy(envoy: str, run: Running, d: Path, name: str, listener: str, cluster: str) -> None:
+def _start_envoy(
+    envoy: str, run: Running, d: Path, name: str, listener: str, cluster: str, measured: bool = True
+) -> None:
     admin = free_port()
     conf = d / f"{name}.yaml"
     conf.write_text(
@@ -469,7 +574,7 @@ static_resources:
         ],
         PROXY_CORE,
         d / f"{name}.log",
-        proxy=True,
+        proxy=measured,
     )
     wait_http(f"http://127.0.0.1:{admin}/ready")
 
@@ -610,7 +715,7 @@ def proc_cpu_seconds(pid: int) -> float:
 def proc_mem_kib(pid: int) -> dict[str, int]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(("VmRSS:", "VmHWM:")):
+        if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:")):
             key, value = line.split(":", 1)
             out[key] = int(value.split()[0])
     return out
