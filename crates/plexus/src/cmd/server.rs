@@ -86,6 +86,12 @@ pub struct Args {
     /// Datacenter name.
     #[arg(long, default_value = DEFAULT_DATACENTER)]
     pub datacenter: String,
+    /// Other datacenters' servers to federate with (`retry_join_wan`): their HTTP API,
+    /// `host:port` or `http://host:port`, comma-separated; retried with backoff until they
+    /// answer. The server presents `acl.tokens.replication` there, else its initial management
+    /// token.
+    #[arg(long = "retry-join-wan", value_delimiter = ',')]
+    pub retry_join_wan: Vec<String>,
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
@@ -300,6 +306,13 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    let wan_joins = match wan_joins(&args, config) {
+        Ok(joins) => joins,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let node_name = args.node.clone().unwrap_or_else(default_node_name);
     let listener = if args.tls.https.https_only {
         None
@@ -344,12 +357,32 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         leader_addr: reach.to_string(),
     };
     let backend = store.status().await.backend;
-    let mut control =
-        ControlPlane::with_store(store, info).with_auto_encrypt(args.tls.auto_encrypt());
+    let federation = plexus_control::wan::Federation::new(&args.datacenter);
+    let scheme = if listener.is_some() { "http" } else { "https" };
+    federation.add_own_server(format!("{scheme}://{reach}"));
+    let mut control = ControlPlane::with_store(store, info)
+        .with_auto_encrypt(args.tls.auto_encrypt())
+        .with_federation(federation);
     if let Some(kek) = kek {
         control = control.with_ca_key_encryption(kek);
     }
+    let wan_token = config
+        .acl
+        .replication_token
+        .as_ref()
+        .map(|secret| plexus_api::acl::SecretId::new(secret.expose()))
+        .or_else(|| acl.initial_management.clone());
     start_acl(&mut control, acl).await?;
+    for join in wan_joins {
+        shutdown.spawn(plexus_control::wan::join::run(
+            control.federation(),
+            plexus_control::wan::join::Join {
+                token: wan_token.clone(),
+                ..join
+            },
+            shutdown.token(),
+        ));
+    }
     start_identity(
         &control,
         ConnectSettings {
@@ -485,6 +518,32 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     }
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The datacenters' servers to join: `--retry-join-wan`, else the file's `retry_join_wan`;
+/// `Err` names the bad one.
+fn wan_joins(
+    args: &Args,
+    config: &plexus_api::agent_config::AgentConfig,
+) -> Result<Vec<plexus_control::wan::join::Join>, String> {
+    let (key, addresses) = if args.retry_join_wan.is_empty() {
+        ("retry_join_wan", &config.retry_join_wan)
+    } else {
+        ("--retry-join-wan", &args.retry_join_wan)
+    };
+    addresses
+        .iter()
+        .map(|address| {
+            let join = plexus_control::wan::join::Join {
+                address: address.trim().to_owned(),
+                token: None,
+                tls: None,
+            };
+            join.client()
+                .map(|_| join)
+                .map_err(|e| format!("{key}: {address:?}: {e}"))
+        })
+        .collect()
 }
 
 /// Opens the store; for etcd, retries with jittered exponential backoff while no endpoint

@@ -13,6 +13,7 @@ mod config_entries;
 mod config_file;
 mod consul_client;
 mod consul_compat;
+mod datacenters;
 mod demo;
 mod demo_http;
 mod dns;
