@@ -308,5 +308,6 @@ impl ControlPlane {
             .merge(acl::api::router(self.acl()))
             .merge(ui::router(self.catalog(), self.store()))
             .merge(wan::exchange::router(self.federation()))
+            .merge(ca::federation::router(self.ca()))
     }
 }

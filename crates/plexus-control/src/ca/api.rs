@@ -62,7 +62,7 @@ fn sign_error(ca: &CertificateAuthority, error: CaError) -> Response {
 }
 
 /// Maps a CA failure to its response; refusals are logged (they are attacks or bugs).
-fn ca_error(_ca: &CertificateAuthority, error: CaError) -> Response {
+pub(super) fn ca_error(_ca: &CertificateAuthority, error: CaError) -> Response {
     match error {
         CaError::BadRequest { message, field } => {
             info!(%message, field, "CA request refused");

@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod auto_encrypt;
+pub mod federation;
 pub mod limit;
 pub mod metrics;
 pub mod policy;
@@ -109,6 +110,9 @@ struct CaState {
     leaf_ttl_secs: u64,
     set: RootSet,
     roots: Vec<StoredRoot>,
+    /// In a secondary datacenter: the primary and its roots (see [`federation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    primary: Option<federation::PrimaryTrust>,
 }
 
 impl CaState {
@@ -334,6 +338,7 @@ impl CertificateAuthority {
                 set: RootSet::new(root.id.clone(), leaf_ttl.as_secs()),
                 roots: vec![root],
                 trust_domain,
+                primary: None,
             };
             if self.write(&state, 0).await? {
                 info!(trust_domain = %state.trust_domain, root_id = %state.set.active, "created the CA root");
@@ -383,6 +388,12 @@ impl CertificateAuthority {
     /// `GET /v1/connect/ca/roots`.
     pub async fn roots(&self) -> Result<Indexed<CaRoots>, CaError> {
         let (state, kv) = self.state().await?;
+        if let Some(primary) = &state.primary {
+            return Ok(Indexed {
+                index: kv.store,
+                value: federation::published(&state, primary),
+            });
+        }
         let trusted = state.set.trusted();
         let roots = state
             .roots
@@ -468,6 +479,15 @@ impl CertificateAuthority {
     pub async fn rotate(&self) -> Result<String, CaError> {
         let state = self
             .update(|state| {
+                if let Some(primary) = &state.primary {
+                    return Err(CaError::BadRequest {
+                        message: format!(
+                            "this datacenter's CA is an intermediate of {:?}'s: rotate the root there",
+                            primary.datacenter
+                        ),
+                        field: "Config.RotateRoot",
+                    });
+                }
                 let active = state.active()?;
                 let root = new_root(
                     &state.trust_domain,

@@ -92,6 +92,11 @@ pub struct Args {
     /// token.
     #[arg(long = "retry-join-wan", value_delimiter = ',')]
     pub retry_join_wan: Vec<String>,
+    /// The datacenter whose CA the federation trusts (`primary_datacenter`). In any other
+    /// datacenter the CA signs with an intermediate the primary's root signed (asked for over
+    /// the WAN once the primary's servers are known). Default: this server's datacenter.
+    #[arg(long = "primary-datacenter")]
+    pub primary_datacenter: Option<String>,
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
@@ -306,6 +311,14 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    if let Some(primary) = &args.primary_datacenter
+        && !plexus_control::wan::valid_name(primary)
+    {
+        eprintln!(
+            "error: --primary-datacenter {primary:?}: expected 1 to 128 letters, digits, '-' and '_'"
+        );
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
     let wan_joins = match wan_joins(&args, config) {
         Ok(joins) => joins,
         Err(message) => {
@@ -373,6 +386,21 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         .map(|secret| plexus_api::acl::SecretId::new(secret.expose()))
         .or_else(|| acl.initial_management.clone());
     start_acl(&mut control, acl).await?;
+    let primary = args
+        .primary_datacenter
+        .clone()
+        .or_else(|| config.primary_datacenter.clone())
+        .filter(|primary| *primary != args.datacenter);
+    if let Some(primary) = primary {
+        info!(%primary, "secondary datacenter: the CA will sign with an intermediate of the primary's root");
+        shutdown.spawn(plexus_control::ca::federation::run_secondary(
+            control.ca(),
+            control.federation(),
+            primary,
+            wan_token.clone(),
+            shutdown.token(),
+        ));
+    }
     for join in wan_joins {
         shutdown.spawn(plexus_control::wan::join::run(
             control.federation(),

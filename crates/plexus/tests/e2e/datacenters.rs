@@ -299,3 +299,125 @@ async fn a_retry_join_wan_that_is_not_an_address_exits_64_naming_the_flag() {
         assert!(stderr.contains("--retry-join-wan"), "{stderr}");
     }
 }
+
+/// Splits a PEM bundle into its certificates.
+fn certificates(bundle: &str) -> Vec<String> {
+    pem::parse_many(bundle)
+        .unwrap()
+        .iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(pem::encode)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_secondary_datacenter_signs_with_an_intermediate_of_the_primarys_root() {
+    let dc1 = DcServer::start("dc1", 0, &[]).await;
+    let dc2 = DcServer::start(
+        "dc2",
+        0,
+        &["--primary-datacenter", "dc1", "--retry-join-wan", &dc1.addr],
+    )
+    .await;
+    let (_, primary, _) = dc1.call("GET", "/v1/connect/ca/roots", None).await;
+    let trust_domain = primary["TrustDomain"].as_str().unwrap().to_owned();
+    eventually!(
+        dc2.call("GET", "/v1/connect/ca/roots", None).await.1["TrustDomain"] == json!(trust_domain)
+    );
+    let (_, secondary, _) = dc2.call("GET", "/v1/connect/ca/roots", None).await;
+    assert_eq!(
+        secondary["Roots"][0]["ID"], primary["ActiveRootID"],
+        "{secondary}"
+    );
+    assert_eq!(secondary["Roots"].as_array().unwrap().len(), 1);
+    assert_ne!(
+        secondary["ActiveRootID"], primary["ActiveRootID"],
+        "dc2 signs with its own key"
+    );
+
+    // A leaf of a dc2 service: its own dc segment, verified by the primary's root alone.
+    let (status, _, _) = dc2
+        .call(
+            "PUT",
+            "/v1/agent/service/register",
+            Some(json!({"Name": "billing", "Port": 9000})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, leaf, _) = dc2
+        .call("GET", "/v1/agent/connect/ca/leaf/billing", None)
+        .await;
+    assert_eq!(status, 200, "{leaf}");
+    assert_eq!(
+        leaf["ServiceURI"],
+        json!(format!(
+            "spiffe://{trust_domain}/ns/default/dc/dc2/svc/billing"
+        ))
+    );
+    let chain = certificates(leaf["CertPEM"].as_str().unwrap());
+    assert_eq!(chain.len(), 2, "leaf and intermediate");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let root = write(
+        "root.pem",
+        primary["Roots"][0]["RootCert"].as_str().unwrap(),
+    );
+    let inter = write("inter.pem", &chain[1]);
+    let leaf_file = write("leaf.pem", &chain[0]);
+    let verify = |untrusted: Option<&str>| {
+        let mut command = std::process::Command::new("openssl");
+        command.args(["verify", "-CAfile", &root]);
+        if let Some(untrusted) = untrusted {
+            command.args(["-untrusted", untrusted]);
+        }
+        command.arg(&leaf_file).output().unwrap()
+    };
+    let verified = verify(Some(&inter));
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(!verify(None).status.success(), "the intermediate is needed");
+
+    // Bad input: a secondary cannot rotate, and only the primary signs intermediates.
+    let (status, body, _) = dc2.call("POST", "/v1/connect/ca/rotate", None).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body, _) = dc2
+        .call(
+            "PUT",
+            "/v1/internal/wan/ca/intermediate",
+            Some(json!({"Datacenter": "dc3", "Csr": "x"})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (400, &json!("Datacenter")),
+        "{body}"
+    );
+    let (status, body, _) = dc1
+        .call(
+            "PUT",
+            "/v1/internal/wan/ca/intermediate",
+            Some(json!({"Datacenter": "dc3", "Csr": "not a csr"})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (400, &json!("Csr")),
+        "{body}"
+    );
+    let (status, _, _) = dc1
+        .call_as(
+            "PUT",
+            "/v1/internal/wan/ca/intermediate",
+            None,
+            Some(json!({"Datacenter": "dc3", "Csr": "not a csr"})),
+        )
+        .await;
+    assert_eq!(status, 403);
+}

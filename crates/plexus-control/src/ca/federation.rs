@@ -1,0 +1,288 @@
+//! One trust domain across datacenters: a secondary datacenter (`--primary-datacenter dc1`)
+//! signs with an intermediate CA whose certificate the primary's active root signed.
+//!
+//! ```text
+//!  secondary: new key K + CSR (CA, spiffe://<td>) ──PUT /v1/internal/wan/ca/intermediate──► primary
+//!  primary:   signs K as a CA (path length 0) with its active root; answers with that
+//!             certificate and its roots
+//!  secondary: state = { primary's trust domain, K as the active signer with the primary's
+//!             certificate as its chain, the primary's roots as the roots it publishes }
+//! ```
+//!
+//! Leaves signed in the secondary carry the intermediate, so every sidecar of the federation,
+//! trusting only the primary's roots, verifies them: leaf → intermediate → primary root (the
+//! same chain a rotation's cross-signed root uses). SPIFFE ids keep their own `dc` segment.
+//! The primary's root key never leaves the primary.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::put;
+use axum::{Json, Router};
+use plexus_api::connect::{CaRoot, CaRoots};
+use plexus_runtime::acl::Authz;
+use plexus_runtime::http::{ApiError, JsonBody};
+use rcgen::{BasicConstraints, CertificateSigningRequestParams, IsCa, KeyPair};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::rotation::RootSet;
+use super::wrap::StoredKey;
+use super::x509::{colon_hex, issuer, random_serial, root_params, unix_now};
+use super::{CaError, CaState, CertificateAuthority, LEAF_BACKDATE, SecretPem, StoredRoot};
+
+/// The endpoint a secondary asks the primary for its intermediate on.
+pub const PATH: &str = "/v1/internal/wan/ca/intermediate";
+
+/// How long an intermediate is valid (at most as long as the root that signs it).
+const INTERMEDIATE_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// What a secondary's CA keeps of its primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct PrimaryTrust {
+    /// The primary datacenter.
+    pub(super) datacenter: String,
+    /// The primary's roots as it published them (what the secondary publishes too).
+    pub(super) roots: Vec<CaRoot>,
+}
+
+/// A secondary's request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct IntermediateRequest {
+    /// The secondary datacenter.
+    pub datacenter: String,
+    /// A CSR (PEM) for a CA certificate whose subject the intermediate takes.
+    pub csr: String,
+}
+
+/// The primary's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IntermediateAnswer {
+    /// The intermediate's certificate, signed by the primary's active root (PEM).
+    pub cert_pem: String,
+    /// The primary's roots.
+    pub roots: CaRoots,
+}
+
+impl CertificateAuthority {
+    /// The primary datacenter this CA is a secondary of, if any.
+    pub async fn primary(&self) -> Result<Option<String>, CaError> {
+        Ok(self.state().await?.0.primary.map(|p| p.datacenter))
+    }
+
+    /// Signs a secondary datacenter's intermediate CA with the active root (only a CA that is
+    /// not itself a secondary signs; the CSR's subject is kept, its key must be P-256).
+    pub async fn sign_intermediate(
+        &self,
+        request: &IntermediateRequest,
+    ) -> Result<IntermediateAnswer, CaError> {
+        let bad = |message: String, field: &'static str| CaError::BadRequest { message, field };
+        if !crate::wan::valid_name(&request.datacenter) || request.datacenter == self.datacenter {
+            return Err(bad(
+                format!("{:?} is not another datacenter's name", request.datacenter),
+                "Datacenter",
+            ));
+        }
+        let (state, _) = self.state().await?;
+        if let Some(primary) = &state.primary {
+            return Err(bad(
+                format!(
+                    "this datacenter is a secondary of {:?}: ask the primary",
+                    primary.datacenter
+                ),
+                "Datacenter",
+            ));
+        }
+        let csr = CertificateSigningRequestParams::from_pem(&request.csr)
+            .map_err(|e| bad(format!("CSR does not parse: {e}"), "Csr"))?;
+        let active = state.active()?;
+        let by = issuer(active, &state.trust_domain, self.kek.as_ref())?;
+        let now = unix_now() as i64;
+        let template = StoredRoot {
+            id: String::new(),
+            name: String::new(),
+            serial: random_serial(),
+            common_name: common_name(&csr.params)
+                .ok_or_else(|| bad("CSR has no common name".to_owned(), "Csr"))?,
+            cert_pem: String::new(),
+            key: StoredKey::Plain(SecretPem(String::new())),
+            not_before: now - LEAF_BACKDATE.as_secs() as i64,
+            not_after: (now + INTERMEDIATE_VALIDITY.as_secs() as i64).min(active.not_after),
+            cross_signed_pem: None,
+        };
+        let mut params = root_params(&template, &state.trust_domain)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&csr.public_key, &by.cert, &by.key)
+            .map_err(CaError::Crypto)?;
+        info!(datacenter = %request.datacenter, root_id = %active.id, "signed a secondary datacenter's intermediate CA");
+        Ok(IntermediateAnswer {
+            cert_pem: cert.pem(),
+            roots: self.roots().await?.value,
+        })
+    }
+
+    /// Makes this CA a secondary of `primary`: a new key, its CSR signed there by `ask`, then
+    /// the state replaced (sidecars see the roots change and renew their leaves at once).
+    pub async fn become_secondary<F, Fut>(&self, primary: &str, ask: F) -> Result<(), CaError>
+    where
+        F: FnOnce(IntermediateRequest) -> Fut,
+        Fut: std::future::Future<Output = Result<IntermediateAnswer, String>>,
+    {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Crypto)?;
+        let now = unix_now() as i64;
+        let serial = random_serial();
+        let mut root = StoredRoot {
+            id: String::new(),
+            name: format!("Plexus CA {} intermediate", self.datacenter),
+            serial,
+            common_name: format!("Plexus CA {} intermediate {serial:x}", self.datacenter),
+            cert_pem: String::new(),
+            key: StoredKey::Plain(SecretPem(String::new())),
+            not_before: now - LEAF_BACKDATE.as_secs() as i64,
+            not_after: now + INTERMEDIATE_VALIDITY.as_secs() as i64,
+            cross_signed_pem: None,
+        };
+        // The CSR names the subject; the primary writes the rest (CA, trust domain, validity).
+        let mut subject = rcgen::CertificateParams::default();
+        subject
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, root.common_name.clone());
+        let csr = subject
+            .serialize_request(&key)
+            .and_then(|csr| csr.pem())
+            .map_err(CaError::Crypto)?;
+        let answer = ask(IntermediateRequest {
+            datacenter: self.datacenter.clone(),
+            csr,
+        })
+        .await
+        .map_err(|message| CaError::BadRequest {
+            message,
+            field: "primary_datacenter",
+        })?;
+        let trust_domain = answer.roots.trust_domain.clone();
+        if answer.roots.roots.is_empty() || trust_domain.is_empty() {
+            return Err(CaError::Corrupt {
+                what: "the primary answered without roots",
+            });
+        }
+        let own = root_params(&root, &trust_domain)?
+            .self_signed(&key)
+            .map_err(CaError::Crypto)?;
+        root.id = colon_hex(&own.key_identifier());
+        root.cert_pem = own.pem();
+        root.key = StoredKey::seal(SecretPem(key.serialize_pem()), &root.id, self.kek.as_ref())?;
+        root.cross_signed_pem = Some(answer.cert_pem);
+        let primary = PrimaryTrust {
+            datacenter: primary.to_owned(),
+            roots: answer.roots.roots,
+        };
+        let installed = self
+            .update(|state| {
+                let mut next = state.clone();
+                next.trust_domain.clone_from(&trust_domain);
+                next.set = RootSet::new(root.id.clone(), state.leaf_ttl_secs);
+                next.roots = vec![root.clone()];
+                next.primary = Some(primary.clone());
+                Ok(Some(next))
+            })
+            .await?;
+        info!(primary = %primary.datacenter, trust_domain = %installed.trust_domain, intermediate = %root.id, "this datacenter's CA now signs with an intermediate of the primary's root");
+        Ok(())
+    }
+}
+
+fn common_name(params: &rcgen::CertificateParams) -> Option<String> {
+    match params.distinguished_name.get(&rcgen::DnType::CommonName)? {
+        rcgen::DnValue::Utf8String(s) => Some(s.clone()),
+        rcgen::DnValue::PrintableString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// The roots a secondary publishes: the primary's, with this CA's active signer as the active
+/// id (sidecars compare it with their leaf's).
+pub(super) fn published(state: &CaState, primary: &PrimaryTrust) -> CaRoots {
+    CaRoots {
+        active_root_id: state.set.active.clone(),
+        trust_domain: state.trust_domain.clone(),
+        roots: primary.roots.clone(),
+    }
+}
+
+/// `PUT /v1/internal/wan/ca/intermediate` (needs `operator:write`).
+pub fn router(ca: Arc<CertificateAuthority>) -> Router {
+    Router::new()
+        .route(PATH, put(sign_intermediate))
+        .with_state(ca)
+}
+
+async fn sign_intermediate(
+    State(ca): State<Arc<CertificateAuthority>>,
+    authz: Authz,
+    JsonBody(request): JsonBody<IntermediateRequest>,
+) -> Response {
+    if let Err(denied) = authz.require_operator_write() {
+        return ApiError::from(denied).into_response();
+    }
+    match ca.sign_intermediate(&request).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(error) => super::api::ca_error(&ca, error),
+    }
+}
+
+/// Keeps this server's CA a secondary of `primary`: waits until the federation knows the
+/// primary's servers, then asks one of them (with `token`) for an intermediate, retrying with
+/// backoff; returns once the CA is a secondary of `primary` (or at `stop`).
+pub async fn run_secondary(
+    ca: Arc<CertificateAuthority>,
+    federation: crate::wan::Shared,
+    primary: String,
+    token: Option<plexus_api::acl::SecretId>,
+    stop: CancellationToken,
+) {
+    let mut backoff =
+        plexus_runtime::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        let outcome = match ca.primary().await {
+            Ok(Some(current)) if current == primary => return,
+            Ok(_) => match federation.client_for(&primary) {
+                None => Err(format!(
+                    "no server of the primary datacenter {primary:?} is known yet (retry_join_wan)"
+                )),
+                Some(Err(error)) => Err(error.to_string()),
+                Some(Ok(client)) => {
+                    let client = client.with_token(token.clone());
+                    ca.become_secondary(&primary, |request| async move {
+                        client
+                            .put_json::<_, IntermediateAnswer>(PATH, Some(&request))
+                            .await
+                            .map_err(|e| format!("the primary refused or failed: {e}"))
+                    })
+                    .await
+                    .map_err(|e| plexus_runtime::ErrorChain(&e).to_string())
+                }
+            },
+            Err(error) => Err(plexus_runtime::ErrorChain(&error).to_string()),
+        };
+        let delay = match outcome {
+            Ok(()) => continue,
+            Err(why) => {
+                let delay = backoff.next_delay();
+                warn!(primary = %primary, %why, retry_in = ?delay, "cannot take the primary datacenter's CA yet; retrying");
+                delay
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
