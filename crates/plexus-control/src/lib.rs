@@ -308,6 +308,7 @@ impl ControlPlane {
             .merge(acl::api::router(self.acl()))
             .merge(ui::router(self.catalog(), self.store()))
             .merge(wan::exchange::router(self.federation()))
+            .merge(wan::gateways::router(self.catalog()))
             .merge(ca::federation::router(self.ca()))
     }
 }

@@ -3,7 +3,7 @@
 //! answer comes back as it is, status and headers (`X-Consul-Index`, …) included.
 //!
 //! Forwarded: every method on `/v1/catalog/*` (but `/v1/catalog/datacenters`), `/v1/health/*`,
-//! `/v1/kv/*`, `/v1/config*` and `/v1/connect/intentions*`. An empty `dc`, or this server's own,
+//! `/v1/kv/*`, `/v1/config*`, `/v1/connect/intentions*` and `/v1/internal/mesh-gateways`. An empty `dc`, or this server's own,
 //! is served here. Answers of this layer's own:
 //!
 //! | case | status | code |
@@ -41,6 +41,7 @@ pub fn forwarded_path(path: &str) -> bool {
     .iter()
     .any(|prefix| path.starts_with(prefix))
         || path == "/v1/config"
+        || path == super::gateways::PATH
         || path.starts_with("/v1/config/")
 }
 

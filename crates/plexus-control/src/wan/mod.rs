@@ -14,10 +14,13 @@
 //!   learns it again from its joins after a restart).
 //! - [`exchange`]: the Plexus-own WAN endpoint servers tell each other who they are on.
 //! - [`join`]: the retry-join loop.
+//! - [`gateways`]: `/v1/internal/mesh-gateways`, where sidecars find another datacenter's
+//!   mesh gateways.
 //! - [`forward`]: the middleware that relays `?dc=` requests.
 
 pub mod exchange;
 pub mod forward;
+pub mod gateways;
 pub mod join;
 
 use std::collections::{BTreeMap, BTreeSet};

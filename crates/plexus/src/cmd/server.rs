@@ -372,7 +372,10 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     let backend = store.status().await.backend;
     let federation = plexus_control::wan::Federation::new(&args.datacenter);
     let scheme = if listener.is_some() { "http" } else { "https" };
-    federation.add_own_server(format!("{scheme}://{reach}"));
+    // Other datacenters reach this server at its WAN address (`advertise_addr_wan`), else the
+    // advertised one.
+    let wan_reach = SocketAddr::new(addresses.wan.unwrap_or(advertised), http_addr.port());
+    federation.add_own_server(format!("{scheme}://{wan_reach}"));
     let mut control = ControlPlane::with_store(store, info)
         .with_auto_encrypt(args.tls.auto_encrypt())
         .with_federation(federation);
