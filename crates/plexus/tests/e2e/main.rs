@@ -42,6 +42,7 @@ mod l7_endpoints;
 mod l7_limits;
 mod l7_protocols;
 mod lock;
+mod mesh_gateways;
 mod partition;
 mod quorum;
 mod registration;
