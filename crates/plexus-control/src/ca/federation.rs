@@ -70,6 +70,33 @@ pub struct IntermediateAnswer {
 }
 
 impl CertificateAuthority {
+    /// Makes this CA a secondary of `primary` to be: until its intermediate is installed,
+    /// signing and the roots endpoint answer 503 (so no sidecar starts with the trust domain
+    /// it is about to leave).
+    pub fn expect_primary(&self, primary: &str) {
+        *plexus_runtime::lock::lock(&self.expected_primary) = Some(primary.to_owned());
+    }
+
+    /// `Err(AwaitingPrimary)` while a secondary-to-be has no intermediate from its primary.
+    pub(super) fn check_primary(&self, state: &CaState) -> Result<(), CaError> {
+        let expected = plexus_runtime::lock::lock(&self.expected_primary).clone();
+        match expected {
+            Some(primary)
+                if state.primary.as_ref().map(|p| p.datacenter.as_str())
+                    != Some(primary.as_str()) =>
+            {
+                Err(CaError::AwaitingPrimary(primary))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// [`CertificateAuthority::check_primary`] on the current state.
+    pub async fn ready_for_clients(&self) -> Result<(), CaError> {
+        let (state, _) = self.state().await?;
+        self.check_primary(&state)
+    }
+
     /// The primary datacenter this CA is a secondary of, if any.
     pub async fn primary(&self) -> Result<Option<String>, CaError> {
         Ok(self.state().await?.0.primary.map(|p| p.datacenter))

@@ -163,6 +163,11 @@ pub enum CaError {
     /// Concurrent writers kept changing the state.
     #[error("the CA state kept changing during the write; try again")]
     Contended,
+    /// A secondary datacenter's CA has no intermediate from its primary yet.
+    #[error(
+        "this datacenter's CA waits for its intermediate from the primary datacenter {0:?}; try again"
+    )]
+    AwaitingPrimary(String),
     /// The request is malformed (a CSR that does not parse, a bad duration, …).
     #[error("{message}")]
     BadRequest {
@@ -198,6 +203,9 @@ pub struct CertificateAuthority {
     /// time or a root rotation (this replica's memory only).
     leaves: Mutex<std::collections::HashMap<String, Indexed<IssuedCert>>>,
     kek: Option<wrap::KeyEncryptionKey>,
+    /// `--primary-datacenter` of a secondary: nothing is signed and no roots are published
+    /// until the intermediate from it is installed (see [`federation`]).
+    expected_primary: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -220,6 +228,7 @@ impl CertificateAuthority {
             metrics: metrics::CaMetrics::default(),
             leaves: Mutex::new(std::collections::HashMap::new()),
             kek: None,
+            expected_primary: Mutex::new(None),
         }
     }
 
@@ -697,6 +706,7 @@ impl CertificateAuthority {
         let (request, public_key) = parse_csr(csr_pem)?;
         let Entitlement { service, dns_names } = self.entitlement(proxy_id, csr_pem).await?;
         let (state, kv) = self.state().await?;
+        self.check_primary(&state)?;
         let entitled = service_spiffe_id(&state.trust_domain, &self.datacenter, &service);
         let grant = policy::decide_with_dns(
             &request,
@@ -762,6 +772,7 @@ impl CertificateAuthority {
             )));
         }
         let (state, kv) = self.state().await?;
+        self.check_primary(&state)?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Crypto)?;
         let grant = Grant {
             spiffe_id: service_spiffe_id(&state.trust_domain, &self.datacenter, service),

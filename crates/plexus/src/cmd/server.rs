@@ -396,6 +396,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         .filter(|primary| *primary != args.datacenter);
     if let Some(primary) = primary {
         info!(%primary, "secondary datacenter: the CA will sign with an intermediate of the primary's root");
+        control.ca().expect_primary(&primary);
         shutdown.spawn(plexus_control::ca::federation::run_secondary(
             control.ca(),
             control.federation(),

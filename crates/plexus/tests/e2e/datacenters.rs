@@ -312,13 +312,30 @@ fn certificates(bundle: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_secondary_datacenter_signs_with_an_intermediate_of_the_primarys_root() {
-    let dc1 = DcServer::start("dc1", 0, &[]).await;
+    // dc2 starts first: until dc1 signed its intermediate it publishes no roots and signs
+    // nothing (no sidecar starts with the trust domain it is about to leave).
+    let dc1_port = free_port();
     let dc2 = DcServer::start(
         "dc2",
         0,
-        &["--primary-datacenter", "dc1", "--retry-join-wan", &dc1.addr],
+        &[
+            "--primary-datacenter",
+            "dc1",
+            "--retry-join-wan",
+            &format!("127.0.0.1:{dc1_port}"),
+        ],
     )
     .await;
+    let (status, body, _) = dc2.call("GET", "/v1/connect/ca/roots", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"dc1\""),
+        "{body}"
+    );
+    let dc1 = DcServer::start("dc1", dc1_port, &[]).await;
     let (_, primary, _) = dc1.call("GET", "/v1/connect/ca/roots", None).await;
     let trust_domain = primary["TrustDomain"].as_str().unwrap().to_owned();
     eventually!(
