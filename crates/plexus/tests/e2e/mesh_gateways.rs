@@ -416,6 +416,33 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
             .unwrap();
     }
     assert_eq!(billing2.connections(), before + 5);
+    // Identities are end to end: dc2's billing sidecar decides the dc1 client's own identity.
+    let (status, body) = admin(
+        &server2,
+        "PUT",
+        "/v1/connect/intentions/exact?source=client&destination=billing",
+        Some(json!({"Action": "deny"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    eventually!(
+        echo_through(client_host, BILLING_UPSTREAM, "denied")
+            .await
+            .is_err()
+    );
+    eventually!(
+        client_sidecar
+            .metric(r#"plexus_proxy_upstream_denied_total{upstream="billing"}"#)
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    allow(&server2, "client", "billing").await;
+    eventually!(
+        echo_through(client_host, BILLING_UPSTREAM, "allowed again")
+            .await
+            .is_ok()
+    );
 
     // ?dc=dc2 reads through a dc1 server.
     let (status, body) = admin(
