@@ -550,6 +550,46 @@ mod tests {
         }
     }
 
+    /// Two networks reach each other only through an attached host's second interface: a
+    /// host of one reaches the attached address, not the attached host's own address nor the
+    /// other network's other hosts.
+    #[tokio::test]
+    async fn networks_meet_only_at_attached_interfaces() {
+        let mut one = Network::start(&["a"]).unwrap();
+        let two = Network::start(&["x", "y"]).unwrap();
+        let (a, x, y) = (
+            one.host("a").clone(),
+            two.host("x").clone(),
+            two.host("y").clone(),
+        );
+        let attached = one.attach(&x).unwrap();
+        let _echo_x = x
+            .tcp_echo(SocketAddr::from(([0, 0, 0, 0], 7001)))
+            .await
+            .unwrap();
+        let _echo_y = y
+            .tcp_echo(SocketAddr::from(([0, 0, 0, 0], 7001)))
+            .await
+            .unwrap();
+        a.connect(SocketAddr::from((attached, 7001))).await.unwrap();
+        for unreachable in [x.ip(), y.ip()] {
+            let refused = a
+                .inside(move || {
+                    std::net::TcpStream::connect_timeout(
+                        &SocketAddr::from((unreachable, 7001)),
+                        Duration::from_millis(500),
+                    )
+                })
+                .await;
+            assert!(
+                refused.is_err(),
+                "{unreachable} is reachable from the other network"
+            );
+        }
+        // The attached host still reaches its own network.
+        x.connect(y.addr(7001)).await.unwrap();
+    }
+
     /// What a crashed run left (named after a process that is gone) is removed by the next start.
     #[test]
     fn leftovers_of_crashed_runs_are_swept() {
