@@ -47,6 +47,9 @@ pub(super) struct PrimaryTrust {
     pub(super) datacenter: String,
     /// The primary's roots as it published them (what the secondary publishes too).
     pub(super) roots: Vec<CaRoot>,
+    /// The primary's root that signed the intermediate in use.
+    #[serde(default)]
+    pub(super) signed_by: String,
 }
 
 /// A secondary's request.
@@ -95,6 +98,47 @@ impl CertificateAuthority {
     pub async fn ready_for_clients(&self) -> Result<(), CaError> {
         let (state, _) = self.state().await?;
         self.check_primary(&state)
+    }
+
+    /// For a secondary of `primary`: the primary root that signed its intermediate, and when
+    /// the intermediate should be renewed (two thirds into its life). `None` otherwise.
+    pub async fn intermediate_of(&self, primary: &str) -> Result<Option<(String, i64)>, CaError> {
+        let (state, _) = self.state().await?;
+        let Some(trust) = state.primary.as_ref().filter(|p| p.datacenter == primary) else {
+            return Ok(None);
+        };
+        let active = state.active()?;
+        let renew_at = active.not_before + (active.not_after - active.not_before) * 2 / 3;
+        Ok(Some((trust.signed_by.clone(), renew_at)))
+    }
+
+    /// Publishes the primary's current `roots` (after a rotation there): sidecars here trust
+    /// what the primary's sidecars are signed by.
+    pub async fn refresh_primary_roots(&self, roots: &CaRoots) -> Result<(), CaError> {
+        let changed = std::sync::atomic::AtomicBool::new(false);
+        self.update(|state| {
+            let Some(trust) = &state.primary else {
+                return Ok(None);
+            };
+            if trust.roots == roots.roots || roots.roots.is_empty() {
+                return Ok(None);
+            }
+            if roots.trust_domain != state.trust_domain {
+                warn!(primary = %trust.datacenter, ours = %state.trust_domain, theirs = %roots.trust_domain, "the primary's trust domain changed; keeping ours");
+                return Ok(None);
+            }
+            let mut next = state.clone();
+            if let Some(trust) = &mut next.primary {
+                trust.roots = roots.roots.clone();
+            }
+            changed.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(Some(next))
+        })
+        .await?;
+        if changed.load(std::sync::atomic::Ordering::Relaxed) {
+            info!(roots = roots.roots.len(), active = %roots.active_root_id, "published the primary datacenter's new roots");
+        }
+        Ok(())
     }
 
     /// The primary datacenter this CA is a secondary of, if any.
@@ -209,6 +253,7 @@ impl CertificateAuthority {
         root.cross_signed_pem = Some(answer.cert_pem);
         let primary = PrimaryTrust {
             datacenter: primary.to_owned(),
+            signed_by: answer.roots.active_root_id.clone(),
             roots: answer.roots.roots,
         };
         let installed = self
@@ -266,8 +311,10 @@ async fn sign_intermediate(
 }
 
 /// Keeps this server's CA a secondary of `primary`: waits until the federation knows the
-/// primary's servers, then asks one of them (with `token`) for an intermediate, retrying with
-/// backoff; returns once the CA is a secondary of `primary` (or at `stop`).
+/// primary's servers, asks one of them (with `token`) for an intermediate, then follows the
+/// primary's roots (blocking query): their changes are published here, and a new active root
+/// there (a rotation), or the intermediate two thirds into its life, gets a new intermediate.
+/// Failures are retried with backoff; runs until `stop`.
 pub async fn run_secondary(
     ca: Arc<CertificateAuthority>,
     federation: crate::wan::Shared,
@@ -277,39 +324,70 @@ pub async fn run_secondary(
 ) {
     let mut backoff =
         plexus_runtime::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut index = 0;
     loop {
-        let outcome = match ca.primary().await {
-            Ok(Some(current)) if current == primary => return,
-            Ok(_) => match federation.client_for(&primary) {
-                None => Err(format!(
-                    "no server of the primary datacenter {primary:?} is known yet (retry_join_wan)"
-                )),
-                Some(Err(error)) => Err(error.to_string()),
-                Some(Ok(client)) => {
-                    let client = client.with_token(token.clone());
-                    ca.become_secondary(&primary, |request| async move {
-                        client
-                            .put_json::<_, IntermediateAnswer>(PATH, Some(&request))
-                            .await
-                            .map_err(|e| format!("the primary refused or failed: {e}"))
-                    })
-                    .await
-                    .map_err(|e| plexus_runtime::ErrorChain(&e).to_string())
+        let step = async {
+            let client = match federation.client_for(&primary) {
+                None => {
+                    return Err(format!(
+                        "no server of the primary datacenter {primary:?} is known yet (retry_join_wan)"
+                    ));
                 }
-            },
-            Err(error) => Err(plexus_runtime::ErrorChain(&error).to_string()),
+                Some(Err(error)) => return Err(error.to_string()),
+                Some(Ok(client)) => client.with_token(token.clone()),
+            };
+            let renew = match ca
+                .intermediate_of(&primary)
+                .await
+                .map_err(|e| plexus_runtime::ErrorChain(&e).to_string())?
+            {
+                None => true,
+                Some((_, renew_at)) if unix_now() as i64 >= renew_at => true,
+                Some((signed_by, _)) => {
+                    let roots = client
+                        .connect_ca_roots(plexus_api::client::QueryOptions::blocking(
+                            index,
+                            Duration::from_secs(300),
+                        ))
+                        .await
+                        .map_err(|e| format!("reading the primary's roots: {e}"))?;
+                    if roots.index < index {
+                        index = 0;
+                    } else {
+                        index = roots.index;
+                    }
+                    ca.refresh_primary_roots(&roots.value)
+                        .await
+                        .map_err(|e| plexus_runtime::ErrorChain(&e).to_string())?;
+                    roots.value.active_root_id != signed_by
+                }
+            };
+            if renew {
+                ca.become_secondary(&primary, |request| async move {
+                    client
+                        .put_json::<_, IntermediateAnswer>(PATH, Some(&request))
+                        .await
+                        .map_err(|e| format!("the primary refused or failed: {e}"))
+                })
+                .await
+                .map_err(|e| plexus_runtime::ErrorChain(&e).to_string())?;
+            }
+            Ok(())
         };
-        let delay = match outcome {
-            Ok(()) => continue,
+        let outcome = tokio::select! {
+            () = stop.cancelled() => return,
+            outcome = step => outcome,
+        };
+        match outcome {
+            Ok(()) => backoff.reset(),
             Err(why) => {
                 let delay = backoff.next_delay();
-                warn!(primary = %primary, %why, retry_in = ?delay, "cannot take the primary datacenter's CA yet; retrying");
-                delay
+                warn!(primary = %primary, %why, retry_in = ?delay, "cannot keep the primary datacenter's CA; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
             }
-        };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
         }
     }
 }

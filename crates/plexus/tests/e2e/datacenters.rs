@@ -401,6 +401,41 @@ async fn a_secondary_datacenter_signs_with_an_intermediate_of_the_primarys_root(
     );
     assert!(!verify(None).status.success(), "the intermediate is needed");
 
+    // A rotation in dc1: dc2 publishes both roots and takes an intermediate of the new one.
+    let (status, body, _) = dc1.call("POST", "/v1/connect/ca/rotate", None).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, rotated, _) = dc1.call("GET", "/v1/connect/ca/roots", None).await;
+    let new_root = rotated["ActiveRootID"].clone();
+    assert_ne!(new_root, primary["ActiveRootID"]);
+    eventually!({
+        let (_, roots, _) = dc2.call("GET", "/v1/connect/ca/roots", None).await;
+        roots["Roots"].as_array().unwrap().len() == 2
+            && roots["ActiveRootID"] != secondary["ActiveRootID"]
+    });
+    let (status, leaf, _) = dc2
+        .call("GET", "/v1/agent/connect/ca/leaf/billing", None)
+        .await;
+    assert_eq!(status, 200, "{leaf}");
+    let chain = certificates(leaf["CertPEM"].as_str().unwrap());
+    let new_root_pem = rotated["Roots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ID"] == new_root)
+        .unwrap()["RootCert"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::write(&root, new_root_pem).unwrap();
+    std::fs::write(&inter, &chain[1]).unwrap();
+    std::fs::write(&leaf_file, &chain[0]).unwrap();
+    let verified = verify(Some(&inter));
+    assert!(
+        verified.status.success(),
+        "a new dc2 leaf verifies with dc1's new root: {}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+
     // Bad input: a secondary cannot rotate, and only the primary signs intermediates.
     let (status, body, _) = dc2.call("POST", "/v1/connect/ca/rotate", None).await;
     assert_eq!(status, 400, "{body}");
