@@ -67,11 +67,18 @@ impl Context {
             Arc::clone(&self.security.identity),
             self.security.metrics.clone(),
         );
+        let (identity_in, metrics_in) = (Arc::clone(&identity), metrics.clone());
         http::targets::Remote {
             resolve: Arc::clone(&self.resolve),
             tls: Some(Arc::new(move |service: &str| {
                 tls::Outbound::with_alpn(&identity, service, metrics.clone(), tls::ALPN_H2)
             })),
+            datacenters: Some(http::targets::Datacenters {
+                gateways: Arc::clone(&self.gateways),
+                tls: Arc::new(move |service: &str, datacenter: &str| {
+                    tls::Outbound::h2_in(&identity_in, service, datacenter, metrics_in.clone())
+                }),
+            }),
         }
     }
 

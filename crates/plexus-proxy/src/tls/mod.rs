@@ -333,6 +333,17 @@ impl Outbound {
         Self::with_alpns(identity, destination, metrics, &[ALPN_TCP, ALPN])
     }
 
+    /// Like [`Outbound::with_alpn`] ([`ALPN_H2`]), to `destination` in another datacenter
+    /// `datacenter` (through its mesh gateway).
+    pub(crate) fn h2_in(
+        identity: &Arc<Identity>,
+        destination: &str,
+        datacenter: &str,
+        metrics: TlsMetrics,
+    ) -> Result<Self, TlsConfigError> {
+        Self::build(identity, destination, datacenter, metrics, &[ALPN_H2])
+    }
+
     /// Like [`Outbound::tcp`], to `destination` in another datacenter `datacenter` (through its
     /// mesh gateway): the SNI and the SPIFFE id required name that datacenter.
     pub(crate) fn tcp_in(

@@ -17,6 +17,7 @@ use std::path::Path;
 
 use plexus_api::acl::SecretId;
 use plexus_api::acl::model::{NodeIdentity, ServiceIdentity, TokenWrite};
+use plexus_test::upstream::HttpStub;
 use plexus_test::{Agent, Host, Network, Server, TcpEcho, eventually};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -28,6 +29,8 @@ const ECHO_PORT: u16 = 9090;
 const BILLING_PORT: u16 = 9093;
 const ECHO_UPSTREAM: u16 = 9191;
 const BILLING_UPSTREAM: u16 = 9192;
+const API_PORT: u16 = 9095;
+const API_UPSTREAM: u16 = 9194;
 
 /// Creates the token `secret` in `server` (datacenter `dc`) with a node identity and service
 /// identities; writes it to a file in `dir`.
@@ -131,6 +134,27 @@ async fn echo_through(host: &Host, port: u16, line: &str) -> anyhow::Result<()> 
         .map_err(|_| anyhow::anyhow!("no echo within 10 s"))?
 }
 
+/// An HTTP app answering 200 with `name`, inside `host` on `127.0.0.1:API_PORT`.
+async fn http_on(host: &Host, name: &str) -> HttpStub {
+    let listener = host
+        .bind(SocketAddr::from(([127, 0, 0, 1], API_PORT)))
+        .await
+        .unwrap();
+    HttpStub::serve(listener, name).unwrap()
+}
+
+/// `api` speaks HTTP (its `service-defaults`).
+async fn http_service(server: &Server) {
+    let (status, body) = admin(
+        server,
+        "PUT",
+        "/v1/config",
+        Some(json!({"Kind": "service-defaults", "Name": "api", "Protocol": "http"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 async fn echo_on(host: &Host, port: u16) -> TcpEcho {
     host.tcp_echo(SocketAddr::from(([127, 0, 0, 1], port)))
         .await
@@ -190,9 +214,10 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
     // dc2: echo and billing on host app; the mesh gateway on host gateway.
     let app = dc2.host("app");
     let app_services = format!(
-        "{}{}",
+        "{}{}{}",
         service("echo", ECHO_PORT, ""),
-        service("billing", BILLING_PORT, "")
+        service("billing", BILLING_PORT, ""),
+        service("api", API_PORT, "")
     );
     let app_file = dir.path().join("app.hcl");
     std::fs::write(&app_file, app_services).unwrap();
@@ -202,7 +227,7 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
         &plexus_test::server::random_uuid(),
         "dc2",
         Some("app"),
-        &["echo", "billing"],
+        &["echo", "billing", "api"],
     )
     .await;
     let servers2 = dc2.host("server").ip().to_string();
@@ -224,8 +249,9 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
     .unwrap();
     let echo2 = echo_on(app, ECHO_PORT).await;
     let billing2 = echo_on(app, BILLING_PORT).await;
+    let api2 = http_on(app, "api-dc2").await;
     let mut dc2_sidecars = Vec::new();
-    for name in ["echo", "billing"] {
+    for name in ["echo", "billing", "api"] {
         let file = token(
             &server2,
             dir.path(),
@@ -297,6 +323,8 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
     gateway.listening("gateway-wan").await.unwrap();
     allow(&server2, "client", "echo").await;
     allow(&server2, "client", "billing").await;
+    allow(&server2, "client", "api").await;
+    http_service(&server2).await;
 
     // dc1: the client (billing in dc2, echo here with failover to dc2) and a local echo.
     let client_host = dc1.host("client");
@@ -310,12 +338,17 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
           destination_name = "billing"
           datacenter       = "dc2"
           local_bind_port  = {BILLING_UPSTREAM}
+        }}
+        upstreams {{
+          destination_name = "api"
+          local_bind_port  = {API_UPSTREAM}
         }}"#
     );
     let client_services = format!(
-        "{}{}",
+        "{}{}{}",
         service("client", 8080, &client_upstreams),
-        service("echo", ECHO_PORT, "")
+        service("echo", ECHO_PORT, ""),
+        service("api", API_PORT, "")
     );
     let client_file = dir.path().join("client.hcl");
     std::fs::write(&client_file, client_services).unwrap();
@@ -326,7 +359,7 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
         &plexus_test::server::random_uuid(),
         "dc1",
         Some("client"),
-        &["client", "echo"],
+        &["client", "echo", "api"],
     )
     .await;
     let client_agent = Agent::start_on(
@@ -344,6 +377,7 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
     .await
     .unwrap();
     let mut echo1 = Some(echo_on(client_host, ECHO_PORT).await);
+    let mut api1 = Some(http_on(client_host, "api-dc1").await);
     // The client's token in both datacenters (the same secret): dc2's sidecars and servers
     // check it there.
     let client_secret = plexus_test::server::random_uuid();
@@ -383,16 +417,36 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
         .await
         .unwrap();
     allow(&server1, "client", "echo").await;
-    let (status, body) = admin(
+    allow(&server1, "client", "api").await;
+    http_service(&server1).await;
+    for name in ["echo", "api"] {
+        let (status, body) = admin(
+            &server1,
+            "PUT",
+            "/v1/config",
+            Some(json!({"Kind": "service-resolver", "Name": name,
+                "Failover": {"*": {"Datacenters": ["dc2"]}}})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let api1_token = token(
         &server1,
-        "PUT",
-        "/v1/config",
-        Some(json!({"Kind": "service-resolver", "Name": "echo",
-            "Failover": {"*": {"Datacenters": ["dc2"]}}})),
+        dir.path(),
+        &plexus_test::server::random_uuid(),
+        "dc1",
+        None,
+        &["api"],
     )
     .await;
-    assert_eq!(status, 200, "{body}");
-    for sidecar in dc2_sidecars.iter().chain([&echo1_sidecar, &client_sidecar]) {
+    let api1_sidecar = client_agent
+        .sidecar("api", &["--token-file", &api1_token])
+        .await
+        .unwrap();
+    for sidecar in dc2_sidecars
+        .iter()
+        .chain([&echo1_sidecar, &client_sidecar, &api1_sidecar])
+    {
         eventually!(sidecar.is_ready().await);
     }
 
@@ -498,6 +552,44 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
     }
     assert_eq!(echo2.connections(), there + 10);
 
+    // HTTP too: with dc1's api instance gone, requests are answered by dc2's, through the
+    // gateway (the chain's failover datacenters, on the pooled HTTP/2 path).
+    let api = SocketAddr::from(([127, 0, 0, 1], API_UPSTREAM));
+    eventually!(
+        client_sidecar
+            .endpoints("api")
+            .await
+            .unwrap_or_default()
+            .len()
+            == 1
+    );
+    eventually!(
+        client_host
+            .http(api, "GET", "/", b"", &[])
+            .await
+            .is_ok_and(|(status, _)| status == 200)
+    );
+    for _ in 0..3 {
+        let (status, body) = client_host.http(api, "GET", "/", b"", &[]).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("api-dc1"), "{body}");
+    }
+    drop(api1.take());
+    eventually!(
+        client_sidecar
+            .endpoints("api")
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    );
+    let before = api2.requests();
+    for _ in 0..10 {
+        let (status, body) = client_host.http(api, "GET", "/", b"", &[]).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("api-dc2"), "{body}");
+    }
+    assert_eq!(api2.requests(), before + 10);
+
     // Bad input: an unknown datacenter; a mesh gateway registered under another kind.
     let (status, body) = admin(&server1, "GET", "/v1/catalog/services?dc=dc9", None).await;
     assert_eq!(status, 500, "{body}");
@@ -547,6 +639,12 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
     assert_eq!(status, 200);
     let (status, body) = admin(&server1, "GET", "/v1/catalog/services?dc=dc2", None).await;
     assert_eq!(status, 503, "{body}");
-    drop((gateway, dc2_sidecars, client_sidecar, echo1_sidecar));
+    drop((
+        gateway,
+        dc2_sidecars,
+        client_sidecar,
+        echo1_sidecar,
+        api1_sidecar,
+    ));
     server1.kill9().unwrap();
 }
