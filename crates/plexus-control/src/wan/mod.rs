@@ -175,6 +175,9 @@ pub fn valid_name(dc: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// The TLS client settings servers use towards other datacenters' `https://` servers.
+pub type ClientTls = rustls::ClientConfig;
+
 /// The federation shared by the routes, the join loops and the forwarding layer.
 pub type Shared = Arc<Federation>;
 

@@ -87,7 +87,8 @@ pub struct Args {
     #[arg(long, default_value = DEFAULT_DATACENTER)]
     pub datacenter: String,
     /// Other datacenters' servers to federate with (`retry_join_wan`): their HTTP API,
-    /// `host:port` or `http://host:port`, comma-separated; retried with backoff until they
+    /// `host:port`, `http://host:port` or `https://host:port` (verified with `--ca-file`, this
+    /// server's `--cert-file` presented), comma-separated; retried with backoff until they
     /// answer. The server presents `acl.tokens.replication` there, else its initial management
     /// token.
     #[arg(long = "retry-join-wan", value_delimiter = ',')]
@@ -319,7 +320,14 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
-    let wan_joins = match wan_joins(&args, config) {
+    let wan_tls = match wan_tls(&args) {
+        Ok(tls) => tls,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let wan_joins = match wan_joins(&args, config, wan_tls.as_ref()) {
         Ok(joins) => joins,
         Err(message) => {
             eprintln!("error: {message}");
@@ -370,11 +378,16 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         leader_addr: reach.to_string(),
     };
     let backend = store.status().await.backend;
-    let federation = plexus_control::wan::Federation::new(&args.datacenter);
-    let scheme = if listener.is_some() { "http" } else { "https" };
+    let federation =
+        plexus_control::wan::Federation::new(&args.datacenter).with_tls(wan_tls.clone());
     // Other datacenters reach this server at its WAN address (`advertise_addr_wan`), else the
-    // advertised one.
-    let wan_reach = SocketAddr::new(addresses.wan.unwrap_or(advertised), http_addr.port());
+    // advertised one: over HTTPS when it serves HTTPS and has a CA file (it talks HTTPS to
+    // other datacenters then too), else over its HTTP listener.
+    let (scheme, port) = match https_addr {
+        Some(https) if listener.is_none() || wan_tls.is_some() => ("https", https.port()),
+        _ => ("http", http_addr.port()),
+    };
+    let wan_reach = SocketAddr::new(addresses.wan.unwrap_or(advertised), port);
     federation.add_own_server(format!("{scheme}://{wan_reach}"));
     let mut control = ControlPlane::with_store(store, info)
         .with_auto_encrypt(args.tls.auto_encrypt())
@@ -557,6 +570,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
 fn wan_joins(
     args: &Args,
     config: &plexus_api::agent_config::AgentConfig,
+    tls: Option<&plexus_control::wan::ClientTls>,
 ) -> Result<Vec<plexus_control::wan::join::Join>, String> {
     let (key, addresses) = if args.retry_join_wan.is_empty() {
         ("retry_join_wan", &config.retry_join_wan)
@@ -569,13 +583,34 @@ fn wan_joins(
             let join = plexus_control::wan::join::Join {
                 address: address.trim().to_owned(),
                 token: None,
-                tls: None,
+                tls: tls.cloned(),
             };
             join.client()
                 .map(|_| join)
                 .map_err(|e| format!("{key}: {address:?}: {e}"))
         })
         .collect()
+}
+
+/// TLS towards other datacenters' `https://` servers: `--ca-file` (`tls.ca_file`) as the roots,
+/// `--cert-file`/`--key-file` presented when given; `None` without a CA file.
+fn wan_tls(args: &Args) -> Result<Option<plexus_control::wan::ClientTls>, String> {
+    let https = &args.tls.https;
+    let Some(ca_file) = &https.ca_file else {
+        return Ok(None);
+    };
+    let roots = plexus_runtime::tls::Roots::from_file(ca_file)
+        .map_err(|e| format!("--ca-file {}: {e}", ca_file.display()))?;
+    let identity = match (&https.cert_file, &https.key_file) {
+        (Some(cert), Some(key)) => Some(
+            plexus_runtime::tls::Identity::from_files(cert, key)
+                .map_err(|e| format!("--cert-file/--key-file: {e}"))?,
+        ),
+        _ => None,
+    };
+    plexus_runtime::tls::client_config(&roots, identity.as_ref(), None)
+        .map(Some)
+        .map_err(|e| format!("TLS for other datacenters: {e}"))
 }
 
 /// Opens the store; for etcd, retries with jittered exponential backoff while no endpoint

@@ -300,6 +300,11 @@ async fn a_retry_join_wan_that_is_not_an_address_exits_64_naming_the_flag() {
     }
 }
 
+/// `&str`s of `args`.
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// Splits a PEM bundle into its certificates.
 fn certificates(bundle: &str) -> Vec<String> {
     pem::parse_many(bundle)
@@ -472,4 +477,60 @@ async fn a_secondary_datacenter_signs_with_an_intermediate_of_the_primarys_root(
         )
         .await;
     assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn servers_federate_over_https_verified_with_the_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let pki = plexus_test::pki::Pki::new("wan").unwrap();
+    let leaf = pki
+        .server_leaf(&["localhost"], &["127.0.0.1".parse().unwrap()])
+        .unwrap();
+    let (cert, key, ca) = (
+        write("server.pem", &leaf.cert_pem),
+        write("server-key.pem", &leaf.key_pem),
+        write("ca.pem", &pki.root_pem()),
+    );
+    let tls = |ca: &str| {
+        [
+            "--https-addr",
+            "127.0.0.1:0",
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+            "--ca-file",
+            ca,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let args2 = tls(&ca);
+    let dc2 = DcServer::start("dc2", 0, &refs(&args2)).await;
+    let https2 = dc2.process.listening("https").await.unwrap();
+    let (status, _, _) = dc2.call("PUT", "/v1/kv/where", Some(json!("dc2"))).await;
+    assert_eq!(status, 200);
+    let mut args1 = tls(&ca);
+    args1.extend(["--retry-join-wan".to_owned(), format!("https://{https2}")]);
+    let dc1 = DcServer::start("dc1", 0, &refs(&args1)).await;
+    eventually!(dc1.datacenters().await == json!(["dc1", "dc2"]));
+    let (status, body, _) = dc1.call("GET", "/v1/kv/where?dc=dc2&raw", None).await;
+    assert_eq!((status, &body), (200, &json!("dc2")), "{body}");
+
+    // A server that does not trust dc2's certificate never joins, and says why.
+    let other = plexus_test::pki::Pki::new("other").unwrap();
+    let other_ca = write("other-ca.pem", &other.root_pem());
+    let mut args3 = tls(&other_ca);
+    args3.extend(["--retry-join-wan".to_owned(), format!("https://{https2}")]);
+    let dc3 = DcServer::start("dc3", 0, &refs(&args3)).await;
+    dc3.process
+        .wait_for_line("cannot exchange datacenters with a server")
+        .await
+        .unwrap();
+    assert_eq!(dc3.datacenters().await, json!(["dc3"]));
 }
