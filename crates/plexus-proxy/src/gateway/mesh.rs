@@ -85,7 +85,8 @@ pub(crate) async fn peek_sni(stream: &mut TcpStream) -> std::io::Result<(Vec<u8>
         seen.extend_from_slice(&chunk[..read]);
         let mut fed = &chunk[..read];
         while !fed.is_empty() {
-            if acceptor.read_tls(&mut fed).is_err() {
+            // No progress (or an error) means this is not a ClientHello rustls can read.
+            if !matches!(acceptor.read_tls(&mut fed), Ok(taken) if taken > 0) {
                 return Ok((seen, None));
             }
         }
@@ -281,6 +282,67 @@ mod tests {
             "billing.default.dc2.internal.",
         ] {
             assert_eq!(MeshName::parse(bad), None, "{bad}");
+        }
+    }
+
+    /// A real TLS client's ClientHello gives its SNI; bytes that are not TLS give none; what
+    /// was read is handed back whole.
+    #[tokio::test]
+    async fn the_sni_is_read_from_a_real_client_hello() {
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+            config.alpn_protocols = vec![b"plexus-tcp/2".to_vec()];
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let name =
+                rustls::pki_types::ServerName::try_from("web.default.dc2.internal.td.plexus")
+                    .unwrap();
+            // The handshake fails (nobody answers); the ClientHello was sent.
+            let _ = connector.connect(name, stream).await;
+        });
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let (seen, sni) = peek_sni(&mut stream).await.unwrap();
+        assert_eq!(sni.as_deref(), Some("web.default.dc2.internal.td.plexus"));
+        assert_eq!(seen[0], 0x16, "a TLS handshake record, kept whole");
+        drop(stream);
+        client.await.unwrap();
+
+        let plain = tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            stream
+        });
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let (seen, sni) = peek_sni(&mut stream).await.unwrap();
+        assert_eq!(sni, None);
+        assert!(seen.starts_with(b"GET"));
+        drop(plain.await.unwrap());
+    }
+
+    proptest::proptest! {
+        /// What sidecars send parses back to its parts; any other text never panics.
+        #[test]
+        fn sidecar_names_round_trip(
+            service in "[a-z0-9][a-z0-9-]{0,20}",
+            datacenter in "[a-z0-9_-]{1,12}",
+            trust_domain in "[a-z0-9-]{1,12}\\.plexus",
+            noise in "\\PC{0,64}",
+        ) {
+            let name = crate::tls::sni(&service, &datacenter, &trust_domain);
+            proptest::prop_assert_eq!(
+                MeshName::parse(&name),
+                Some(MeshName { service, datacenter, trust_domain })
+            );
+            let _ = MeshName::parse(&noise);
         }
     }
 }
