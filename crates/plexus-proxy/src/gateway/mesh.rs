@@ -18,6 +18,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -40,6 +44,42 @@ const MAX_HELLO: usize = 16 * 1024;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Services with an endpoint watch open at once (the rest are refused until one is dropped).
 const MAX_SERVICES: usize = 256;
+
+/// `plexus_gateway_mesh_connections_total{service, result}`: every connection, by the service
+/// its SNI named (empty when none) and what became of it (`passed`, `no_client_hello`,
+/// `not_mesh_sni`, `other_datacenter`, `too_many_services`, `no_instance`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MeshMetrics {
+    connections: Family<ConnectionLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConnectionLabels {
+    service: String,
+    result: &'static str,
+}
+
+impl MeshMetrics {
+    /// Registers under `plexus_gateway_`.
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.sub_registry_with_prefix("plexus_gateway").register(
+            "mesh_connections",
+            "Connections through the mesh gateway, by the service the SNI named and their outcome",
+            metrics.connections.clone(),
+        );
+        metrics
+    }
+
+    fn count(&self, service: &str, result: &'static str) {
+        self.connections
+            .get_or_create(&ConnectionLabels {
+                service: service.to_owned(),
+                result,
+            })
+            .inc();
+    }
+}
 
 /// What a mesh SNI name names: `<service>.default.<datacenter>.internal.<trust domain>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +156,7 @@ struct Mesh {
     services: Mutex<BTreeMap<String, Arc<Local>>>,
     connect_timeout: Duration,
     stop: CancellationToken,
+    metrics: MeshMetrics,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -131,6 +172,7 @@ pub(super) async fn run(
     ctx: Context,
     shared: Shared,
     listeners: Vec<TcpListener>,
+    metrics: MeshMetrics,
 ) -> Result<(), ProxyError> {
     let identity = &ctx.security.identity;
     let mesh = Arc::new(Mesh {
@@ -140,6 +182,7 @@ pub(super) async fn run(
         services: Mutex::new(BTreeMap::new()),
         connect_timeout: ctx.limits.connect_timeout,
         stop: ctx.stop.clone(),
+        metrics,
     });
     for listener in listeners {
         let name = ListenerName::Gateway("mesh".to_owned());
@@ -196,23 +239,28 @@ impl Mesh {
             Ok(Ok(found)) => found,
             Ok(Err(error)) => {
                 debug!(%peer, %error, "connection ended before its ClientHello");
+                self.metrics.count("", "no_client_hello");
                 return;
             }
             Err(_) => {
                 warn!(%peer, "no TLS ClientHello within {HELLO_TIMEOUT:?}; closing");
+                self.metrics.count("", "no_client_hello");
                 return;
             }
         };
         let Some(name) = sni.as_deref().and_then(MeshName::parse) else {
             warn!(%peer, sni = ?sni, "not a mesh TLS connection (no SNI <service>.default.<dc>.internal.<trust domain>); closing");
+            self.metrics.count("", "not_mesh_sni");
             return;
         };
         if name.datacenter != self.datacenter || name.trust_domain != self.trust_domain {
             warn!(%peer, sni = ?sni, datacenter = %self.datacenter, "the SNI names another datacenter or trust domain; closing");
+            self.metrics.count(&name.service, "other_datacenter");
             return;
         }
         let Some(local) = self.local(&name.service) else {
             warn!(%peer, service = %name.service, "too many services through this gateway; closing");
+            self.metrics.count(&name.service, "too_many_services");
             return;
         };
         let mut endpoints = local.endpoints.clone();
@@ -241,9 +289,11 @@ impl Mesh {
             Ok(connected) => connected,
             Err(error) => {
                 warn!(%peer, service = %name.service, error = %plexus_runtime::ErrorChain(&error), "no instance of the service here answers; closing");
+                self.metrics.count(&name.service, "no_instance");
                 return;
             }
         };
+        self.metrics.count(&name.service, "passed");
         if upstream.write_all(&seen).await.is_err() {
             return;
         }

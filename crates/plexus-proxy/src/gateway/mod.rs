@@ -117,6 +117,8 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
     let tls_metrics = tls::TlsMetrics::register(&mut registry);
     let authorize_metrics = authorize::AuthorizeMetrics::register(&mut registry);
     let http_metrics = http::HttpMetrics::register(&mut registry).with_access_log(access_log);
+    let mesh_metrics =
+        (kind == GatewayKind::Mesh).then(|| mesh::MeshMetrics::register(&mut registry));
     let (applied_tx, applied_rx) = watch::channel(None);
     crate::spawn_admin(
         admin_listener,
@@ -207,12 +209,8 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
             }
             GatewayKind::Terminating => terminating::run(ctx, shared, listener).await,
             GatewayKind::Mesh => {
-                mesh::run(
-                    ctx,
-                    shared,
-                    std::iter::once(listener).chain(wan_listener).collect(),
-                )
-                .await
+                let listeners = std::iter::once(listener).chain(wan_listener).collect();
+                mesh::run(ctx, shared, listeners, mesh_metrics.unwrap_or_default()).await
             }
         }
     };

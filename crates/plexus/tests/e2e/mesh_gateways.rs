@@ -321,6 +321,7 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
         .spawn("gateway:mesh", bin(), &gateway_args, &[])
         .unwrap();
     gateway.listening("gateway-wan").await.unwrap();
+    let gateway_admin = gateway.listening("admin").await.unwrap();
     allow(&server2, "client", "echo").await;
     allow(&server2, "client", "billing").await;
     allow(&server2, "client", "api").await;
@@ -470,6 +471,20 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
             .unwrap();
     }
     assert_eq!(billing2.connections(), before + 5);
+    let (_, metrics) = gateway_host
+        .http_get(gateway_admin, "/metrics")
+        .await
+        .unwrap();
+    let passed = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                r#"plexus_gateway_mesh_connections_total{service="billing",result="passed"} "#,
+            )
+        })
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!(passed >= 5.0, "{metrics}");
     // Identities are end to end: dc2's billing sidecar decides the dc1 client's own identity.
     let (status, body) = admin(
         &server2,
