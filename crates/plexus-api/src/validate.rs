@@ -425,6 +425,19 @@ fn upstreams(errs: &mut Errors, prefix: &str, defs: &[UpstreamDefinition]) -> Ve
         if def.destination_name.is_empty() {
             errs.push(at("destination_name"), "destination_name is required");
         }
+        if let Some(dc) = def.datacenter.as_deref().filter(|dc| !dc.is_empty())
+            && !(dc.len() <= 128
+                && dc
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            errs.push(
+                at("datacenter"),
+                format!(
+                    "datacenter {dc:?} is not a datacenter name (letters, digits, '-' and '_')"
+                ),
+            );
+        }
         let address = match def.local_bind_address.as_deref() {
             None | Some("") => "127.0.0.1".to_owned(),
             Some(a) => {

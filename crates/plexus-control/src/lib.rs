@@ -29,6 +29,8 @@
 //! - [`acl`]: tokens, policies and roles in the store, token resolution for the ACL edge,
 //!   `/v1/acl/*`.
 //! - [`dns`]: the DNS interface (Consul's names) over the catalog index.
+//! - [`wan`]: datacenters: the federation of servers, `/v1/catalog/datacenters`, `?dc=`
+//!   forwarding.
 //! - [`ui`]: the web UI at `/ui/`, `/v1/mesh/services` and `/v1/mesh/topology`.
 //!
 //! Not here (yet): the agent's `/v1/agent/*` endpoints (plexus-agent, except the two connect
@@ -56,6 +58,7 @@ pub mod store;
 pub mod txn;
 pub mod ui;
 pub mod user_event;
+pub mod wan;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -85,6 +88,7 @@ pub struct ControlPlane {
     acl: Arc<acl::Acl>,
     resolver: plexus_runtime::acl::Resolver,
     auto_encrypt: ca::auto_encrypt::AutoEncrypt,
+    federation: wan::Shared,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -130,6 +134,7 @@ impl ControlPlane {
             plexus_api::connect::DefaultPolicy::Deny,
         ));
         let acl = Arc::new(acl::Acl::new(Arc::clone(&store), acl::AclConfig::default()));
+        let federation = Arc::new(wan::Federation::new(&info.datacenter));
         Self {
             catalog,
             presence,
@@ -140,6 +145,7 @@ impl ControlPlane {
             resolver: plexus_runtime::acl::Resolver(acl.clone()),
             acl,
             auto_encrypt: ca::auto_encrypt::AutoEncrypt::default(),
+            federation,
         }
     }
 
@@ -181,6 +187,18 @@ impl ControlPlane {
     pub fn with_auto_encrypt(mut self, settings: ca::auto_encrypt::AutoEncrypt) -> Self {
         self.auto_encrypt = settings;
         self
+    }
+
+    /// Replaces the federation (before serving): one that reaches `https://` servers of other
+    /// datacenters with its TLS settings.
+    pub fn with_federation(mut self, federation: wan::Federation) -> Self {
+        self.federation = Arc::new(federation);
+        self
+    }
+
+    /// What this server knows of other datacenters (see [`wan`]).
+    pub fn federation(&self) -> wan::Shared {
+        Arc::clone(&self.federation)
     }
 
     /// The catalog; also usable as `Arc<dyn plexus_api::Catalog>`.
@@ -242,10 +260,15 @@ impl ControlPlane {
     /// The HTTP API routes (catalog, health, status, KV, CA, intentions, event-mesh presence,
     /// remote agents, operator) with the JSON 404 fallback, behind the ACL edge: every request's
     /// token is resolved once into the `Authorizer` handlers take (`plexus_runtime::acl::Authz`).
+    /// Requests naming another datacenter (`?dc=`) are relayed to it before the ACL edge (the
+    /// other datacenter's servers check the token; see [`wan::forward`]).
     pub fn router(&self) -> axum::Router {
-        api::meta::layer(
-            plexus_runtime::acl::layer(self.routes(), self.resolver()),
-            self.store.revision_watch(),
+        wan::forward::layer(
+            api::meta::layer(
+                plexus_runtime::acl::layer(self.routes(), self.resolver()),
+                self.store.revision_watch(),
+            ),
+            self.federation(),
         )
     }
 
@@ -284,5 +307,8 @@ impl ControlPlane {
             .merge(job::api::router(std::sync::Arc::new(self.jobs())))
             .merge(acl::api::router(self.acl()))
             .merge(ui::router(self.catalog(), self.store()))
+            .merge(wan::exchange::router(self.federation()))
+            .merge(wan::gateways::router(self.catalog()))
+            .merge(ca::federation::router(self.ca()))
     }
 }

@@ -77,12 +77,6 @@ pub enum ProxyError {
         /// The control plane's answer.
         message: String,
     },
-    /// A gateway kind this version does not run.
-    #[error("{kind} gateways are not implemented yet")]
-    Unsupported {
-        /// The kind.
-        kind: &'static str,
-    },
     /// The admin listener handed in by the caller is unusable.
     #[error("admin listener is unusable")]
     AdminListener {

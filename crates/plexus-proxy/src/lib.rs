@@ -244,7 +244,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         };
 
         // listener → balance → endpoint, with endpoints discovered per upstream.
-        let (resolve, chains) = resolvers(&control, &tasks, &metrics, state.clone());
+        let (resolve, chains, gateways) = resolvers(&control, &tasks, &metrics, state.clone());
         let mut listeners = Listeners::new(Context {
             tasks: tasks.clone(),
             stop: stop.clone(),
@@ -258,6 +258,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
             security,
             http_metrics,
             chains,
+            gateways,
         });
         listeners.apply(&initial, OnBindError::Fail).await?;
         applied_tx.send_replace(Some(Arc::new(listeners.snapshot(&initial))));
@@ -342,7 +343,7 @@ fn resolvers(
     tasks: &TaskTracker,
     metrics: &Metrics,
     state: Option<Arc<StateDir>>,
-) -> (Resolve, ResolveChain) {
+) -> (Resolve, ResolveChain, Resolve) {
     let resolve: Resolve = {
         let (control, tasks, metrics) = (control.clone(), tasks.clone(), metrics.clone());
         let state = state.clone();
@@ -375,7 +376,21 @@ fn resolvers(
             rx
         })
     };
-    (resolve, chains)
+    // Another datacenter's mesh gateways, by datacenter name.
+    let gateways: Resolve = {
+        let (control, tasks) = (control.clone(), tasks.clone());
+        Arc::new(move |datacenter: &str, stop: CancellationToken| {
+            let (tx, rx) = watch::channel(Arc::new(EndpointSet::default()));
+            tasks.spawn(discovery::watch_gateways(
+                control.clone(),
+                datacenter.to_owned(),
+                tx,
+                stop,
+            ));
+            rx
+        })
+    };
+    (resolve, chains, gateways)
 }
 
 /// Shutdown: `stop` (no more accepting), let tasks finish for up to `drain_grace`, then `kill`

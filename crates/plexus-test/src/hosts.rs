@@ -334,6 +334,8 @@ pub struct Network {
     bridge: String,
     gateway: Ipv4Addr,
     hosts: Vec<Host>,
+    /// Second interfaces of other networks' hosts on this one ([`Network::attach`]).
+    attached: Vec<String>,
 }
 
 impl Network {
@@ -355,6 +357,7 @@ impl Network {
             bridge: format!("{base}b"),
             gateway,
             hosts: Vec::new(),
+            attached: Vec::new(),
         };
         ip(&["link", "add", &network.bridge, "type", "bridge"])?;
         ip(&[
@@ -426,6 +429,39 @@ impl Network {
     pub fn gateway(&self) -> Ipv4Addr {
         self.gateway
     }
+
+    /// Gives `host` (a host of another network) a second interface on this network (`wanN`,
+    /// no default route: only this network's addresses are reached through it) and returns
+    /// its address here. The root namespace does not forward, so two networks reach each
+    /// other only through hosts attached this way.
+    pub fn attach(&mut self, host: &Host) -> Result<Ipv4Addr> {
+        let index = self.hosts.len() + self.attached.len();
+        let octets = self.gateway.octets();
+        let addr = Ipv4Addr::new(octets[0], octets[1], octets[2], (index + 2) as u8);
+        let base = self.bridge.trim_end_matches('b');
+        let link = format!("{base}w{:x}", self.attached.len());
+        if link.len() > 15 {
+            bail!("link name {link} is too long");
+        }
+        let inside = format!("wan{}", self.attached.len());
+        let ns = host.netns.as_str();
+        ip(&[
+            "link", "add", &link, "type", "veth", "peer", "name", &inside, "netns", ns,
+        ])?;
+        self.attached.push(link.clone());
+        ip(&["link", "set", &link, "master", &self.bridge, "up"])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            &inside,
+        ])?;
+        ip(&["-n", ns, "link", "set", &inside, "up"])?;
+        Ok(addr)
+    }
 }
 
 impl Drop for Network {
@@ -434,6 +470,9 @@ impl Drop for Network {
             kill_inside(&host.netns);
             let _ = ip(&["link", "del", &host.link]);
             let _ = ip(&["netns", "del", &host.netns]);
+        }
+        for link in &self.attached {
+            let _ = ip(&["link", "del", link]);
         }
         let _ = ip(&["link", "del", &self.bridge]);
     }
@@ -509,6 +548,46 @@ mod tests {
         for name in names {
             assert!(!left.contains(&name), "{name} still exists: {left}");
         }
+    }
+
+    /// Two networks reach each other only through an attached host's second interface: a
+    /// host of one reaches the attached address, not the attached host's own address nor the
+    /// other network's other hosts.
+    #[tokio::test]
+    async fn networks_meet_only_at_attached_interfaces() {
+        let mut one = Network::start(&["a"]).unwrap();
+        let two = Network::start(&["x", "y"]).unwrap();
+        let (a, x, y) = (
+            one.host("a").clone(),
+            two.host("x").clone(),
+            two.host("y").clone(),
+        );
+        let attached = one.attach(&x).unwrap();
+        let _echo_x = x
+            .tcp_echo(SocketAddr::from(([0, 0, 0, 0], 7001)))
+            .await
+            .unwrap();
+        let _echo_y = y
+            .tcp_echo(SocketAddr::from(([0, 0, 0, 0], 7001)))
+            .await
+            .unwrap();
+        a.connect(SocketAddr::from((attached, 7001))).await.unwrap();
+        for unreachable in [x.ip(), y.ip()] {
+            let refused = a
+                .inside(move || {
+                    std::net::TcpStream::connect_timeout(
+                        &SocketAddr::from((unreachable, 7001)),
+                        Duration::from_millis(500),
+                    )
+                })
+                .await;
+            assert!(
+                refused.is_err(),
+                "{unreachable} is reachable from the other network"
+            );
+        }
+        // The attached host still reaches its own network.
+        x.connect(y.addr(7001)).await.unwrap();
     }
 
     /// What a crashed run left (named after a process that is gone) is removed by the next start.

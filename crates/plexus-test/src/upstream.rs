@@ -121,7 +121,16 @@ impl HttpStub {
     }
 
     async fn start_with(status: u16, name: &str) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::serve_with(TcpListener::bind("127.0.0.1:0").await?, status, name)
+    }
+
+    /// Answers 200 with `name` on an already-bound listener (e.g. one bound inside a test
+    /// host).
+    pub fn serve(listener: TcpListener, name: &str) -> Result<Self> {
+        Self::serve_with(listener, 200, name)
+    }
+
+    fn serve_with(listener: TcpListener, status: u16, name: &str) -> Result<Self> {
         let addr = listener.local_addr()?;
         let shared = Arc::new(AtomicU16::new(status));
         let state = Arc::new(StubState {

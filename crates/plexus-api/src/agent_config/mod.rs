@@ -110,6 +110,9 @@ pub struct AclConfig {
     pub agent_token: Option<Secret>,
     /// `tokens.default`.
     pub default_token: Option<Secret>,
+    /// `tokens.replication`: the token a server presents to other datacenters' servers (WAN
+    /// federation).
+    pub replication_token: Option<Secret>,
 }
 
 /// `tls { defaults { … } https { … } }` (the `https` block overrides `defaults`).
@@ -201,6 +204,11 @@ pub struct AgentConfig {
     pub auto_encrypt: AutoEncryptConfig,
     /// `retry_join`: an agent's servers (`host` or `host:port`).
     pub retry_join: Vec<String>,
+    /// `retry_join_wan`: other datacenters' servers (`host:port`, `http://host:port` or
+    /// `https://host:port` of their HTTP API) a server federates with.
+    pub retry_join_wan: Vec<String>,
+    /// `primary_datacenter`: the datacenter whose CA the federation trusts.
+    pub primary_datacenter: Option<String>,
     /// `log_level`.
     pub log_level: Option<LogLevel>,
     /// `domain` (of `server.<dc>.<domain>`).
@@ -414,6 +422,10 @@ fn validate_file(
         server: raw.server,
         ui: raw.ui_config.and_then(|ui| ui.enabled).or(raw.ui),
         retry_join: raw.retry_join.unwrap_or_default(),
+        retry_join_wan: raw.retry_join_wan.unwrap_or_default(),
+        primary_datacenter: raw
+            .primary_datacenter
+            .filter(|dc| name_ok(&mut check, "primary_datacenter", dc, false)),
         domain: raw
             .domain
             .filter(|d| name_ok(&mut check, "domain", d, true)),
@@ -510,6 +522,7 @@ fn validate_file(
             initial_management: None,
             agent_token: None,
             default_token: None,
+            replication_token: None,
         };
         if acl.enable_token_persistence.is_some() {
             check.note(
@@ -522,6 +535,7 @@ fn validate_file(
                 ("initial_management", &tokens.initial_management),
                 ("agent", &tokens.agent),
                 ("default", &tokens.default),
+                ("replication", &tokens.replication),
             ] {
                 if token.as_ref().is_some_and(|t| t.0.trim().is_empty()) {
                     check.fail(&format!("acl.tokens.{key}"), "must not be empty");
@@ -530,6 +544,7 @@ fn validate_file(
             config.acl.initial_management = tokens.initial_management;
             config.acl.agent_token = tokens.agent;
             config.acl.default_token = tokens.default;
+            config.acl.replication_token = tokens.replication;
         }
     }
     if let Some(tls) = raw.tls {
@@ -592,6 +607,20 @@ fn validate_file(
                 format!("{server:?} is not an address (host, host:port or https://host:port)"),
             );
         }
+    }
+    for (i, server) in config.retry_join_wan.clone().iter().enumerate() {
+        if server.trim().is_empty() || server.contains(char::is_whitespace) {
+            check.fail(
+                &format!("retry_join_wan[{i}]"),
+                format!("{server:?} is not an address: expected a server's HTTP API as host:port or an http(s) URL"),
+            );
+        }
+    }
+    if role == Role::Agent && !config.retry_join_wan.is_empty() {
+        check.note(
+            "retry_join_wan",
+            "accepted and not used by agents: servers federate datacenters",
+        );
     }
     if role == Role::Server && !config.retry_join.is_empty() {
         check.note("retry_join", "accepted and not used by servers: replicas share a store and need no join (agents use retry_join as their server list)");
@@ -751,6 +780,7 @@ impl AgentConfig {
         );
         or(&mut self.acl.agent_token, later.acl.agent_token);
         or(&mut self.acl.default_token, later.acl.default_token);
+        or(&mut self.acl.replication_token, later.acl.replication_token);
         or(&mut self.tls.ca_file, later.tls.ca_file);
         or(&mut self.tls.cert_file, later.tls.cert_file);
         or(&mut self.tls.key_file, later.tls.key_file);
@@ -764,6 +794,8 @@ impl AgentConfig {
         self.auto_encrypt.dns_san.extend(later.auto_encrypt.dns_san);
         self.auto_encrypt.ip_san.extend(later.auto_encrypt.ip_san);
         self.retry_join.extend(later.retry_join);
+        self.retry_join_wan.extend(later.retry_join_wan);
+        or(&mut self.primary_datacenter, later.primary_datacenter);
         or(&mut self.log_level, later.log_level);
         or(&mut self.domain, later.domain);
         self.notes.extend(later.notes);

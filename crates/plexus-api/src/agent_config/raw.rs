@@ -26,6 +26,8 @@ pub(super) struct RawAgentConfig {
     pub tls: Option<RawTls>,
     pub auto_encrypt: Option<RawAutoEncrypt>,
     pub retry_join: Option<Vec<String>>,
+    pub retry_join_wan: Option<Vec<String>>,
+    pub primary_datacenter: Option<String>,
     pub log_level: Option<String>,
     pub encrypt: Option<Secret>,
     pub domain: Option<String>,
@@ -68,6 +70,7 @@ pub(super) struct RawAclTokens {
     pub initial_management: Option<Secret>,
     pub agent: Option<Secret>,
     pub default: Option<Secret>,
+    pub replication: Option<Secret>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,7 +112,7 @@ pub(super) struct RawAutoEncrypt {
 
 /// The top-level keys this module owns (a file's other keys are service definitions or
 /// unknown).
-pub(super) const AGENT_KEYS: [&str; 22] = [
+pub(super) const AGENT_KEYS: [&str; 24] = [
     "datacenter",
     "data_dir",
     "node_name",
@@ -128,6 +131,8 @@ pub(super) const AGENT_KEYS: [&str; 22] = [
     "tls",
     "auto_encrypt",
     "retry_join",
+    "retry_join_wan",
+    "primary_datacenter",
     "log_level",
     "encrypt",
     "domain",

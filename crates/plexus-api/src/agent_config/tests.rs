@@ -279,3 +279,41 @@ fn later_files_override_earlier_ones() {
     assert_eq!(files.agent.retry_join, ["a", "b"]);
     assert_eq!(files.agent.ports.http, Some(Port::Number(1)));
 }
+
+#[test]
+fn federation_keys_load_and_bad_ones_are_named() {
+    let files = load(
+        &[(
+            "wan.hcl",
+            "datacenter = \"dc2\"\nprimary_datacenter = \"dc1\"\nretry_join_wan = [\"10.0.1.10:8500\"]\nacl {\n  tokens {\n    replication = \"r-secret\"\n  }\n}\n",
+        )],
+        Role::Server,
+    )
+    .unwrap();
+    assert_eq!(files.agent.retry_join_wan, ["10.0.1.10:8500"]);
+    assert_eq!(files.agent.primary_datacenter.as_deref(), Some("dc1"));
+    assert_eq!(
+        files
+            .agent
+            .acl
+            .replication_token
+            .as_ref()
+            .map(|t| t.expose()),
+        Some("r-secret")
+    );
+    let found = errors(
+        &[(
+            "wan.hcl",
+            "primary_datacenter = \"d c\"\nretry_join_wan = [\"a:1\", \"\"]\n",
+        )],
+        Role::Server,
+    );
+    assert!(
+        found.iter().any(|e| e.contains("primary_datacenter")),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|e| e.contains("retry_join_wan[1]")),
+        "{found:?}"
+    );
+}

@@ -273,6 +273,10 @@ pub struct ChainTarget {
     pub only_passing: bool,
     /// Targets to try, in order, when this one has no healthy instance (keys into `targets`).
     pub failover: Vec<String>,
+    /// Other datacenters to use, in order, when neither this target nor its failover targets
+    /// have a healthy instance here (the resolver's `Failover.*.Datacenters`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover_datacenters: Vec<String>,
     /// Connect timeout (default 5s).
     pub connect_timeout: GoDuration,
     /// Load balancing.

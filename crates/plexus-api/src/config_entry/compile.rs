@@ -147,6 +147,7 @@ fn add_target(
         filter_expression: def.map(|d| d.filter.clone()).unwrap_or_default(),
         only_passing: def.is_some_and(|d| d.only_passing),
         failover: Vec::new(),
+        failover_datacenters: Vec::new(),
         connect_timeout: resolver
             .and_then(|r| r.connect_timeout)
             .unwrap_or(GoDuration(Duration::from_secs(5))),
@@ -183,6 +184,7 @@ fn add_target(
         }
         if let Some(t) = chain.targets.get_mut(&id) {
             t.failover = ids;
+            t.failover_datacenters.clone_from(&f.datacenters);
         }
     }
     id

@@ -286,6 +286,9 @@ pub struct Failover {
     /// Ordered targets, tried in turn.
     #[serde(rename = "Targets", alias = "targets", default)]
     pub targets: Vec<FailoverTarget>,
+    /// Other datacenters, tried in turn (reached through their mesh gateways).
+    #[serde(rename = "Datacenters", alias = "datacenters", default)]
+    pub datacenters: Vec<String>,
 }
 
 /// One failover target.

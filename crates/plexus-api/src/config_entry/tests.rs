@@ -426,3 +426,20 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn resolver_failover_to_datacenters_compiles_and_bad_names_are_refused() {
+    let resolver = entry(json!({"Kind": "service-resolver", "Name": "echo",
+        "Failover": {"*": {"Datacenters": ["dc2", "dc3"]}}}));
+    assert!(fields(&resolver, &[]).is_empty());
+    let chain = compile("echo", &[resolver]);
+    let target = chain.targets.values().next().unwrap();
+    assert_eq!(target.failover_datacenters, ["dc2", "dc3"]);
+    assert!(target.failover.is_empty());
+    let bad = entry(json!({"Kind": "service-resolver", "Name": "echo",
+        "Failover": {"*": {"Datacenters": ["dc 2"]}}}));
+    assert_eq!(fields(&bad, &[]), ["Failover.*.Datacenters[0]"]);
+    let empty = entry(json!({"Kind": "service-resolver", "Name": "echo",
+        "Failover": {"*": {}}}));
+    assert_eq!(fields(&empty, &[]), ["Failover.*"]);
+}

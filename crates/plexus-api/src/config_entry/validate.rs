@@ -287,11 +287,30 @@ fn resolver(r: &ServiceResolver, e: &mut Errs) {
                 format!("unknown subset {key:?} (not in Subsets, and not \"*\")"),
             );
         }
-        if f.service.is_none() && f.service_subset.is_none() && f.targets.is_empty() {
+        if f.service.is_none()
+            && f.service_subset.is_none()
+            && f.targets.is_empty()
+            && f.datacenters.is_empty()
+        {
             e.push(
                 format!("Failover.{key}"),
-                "one of Service, ServiceSubset or Targets is required",
+                "one of Service, ServiceSubset, Targets or Datacenters is required",
             );
+        }
+        for (i, dc) in f.datacenters.iter().enumerate() {
+            let ok = !dc.is_empty()
+                && dc.len() <= 128
+                && dc
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok {
+                e.push(
+                    format!("Failover.{key}.Datacenters[{i}]"),
+                    format!(
+                        "{dc:?} is not a datacenter name (1 to 128 letters, digits, '-' and '_')"
+                    ),
+                );
+            }
         }
         if f.service.is_none()
             && let Some(s) = &f.service_subset

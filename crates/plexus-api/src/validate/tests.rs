@@ -658,3 +658,15 @@ fn a_check_on_its_own_needs_a_name_and_one_kind() {
         ["status"]
     );
 }
+
+#[test]
+fn an_upstreams_datacenter_must_be_a_name() {
+    let with_dc = |dc: &str| {
+        json!({"name": "web", "port": 8080, "connect": {"sidecar_service": {"proxy": {
+            "upstreams": [{"destination_name": "db", "datacenter": dc, "local_bind_port": 9000}]}}}})
+    };
+    assert!(validate(&reg(with_dc("dc2"))).is_ok());
+    let bad = fields(with_dc("dc 2"));
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(bad[0].ends_with("upstreams[0].datacenter"), "{bad:?}");
+}

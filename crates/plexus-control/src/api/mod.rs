@@ -5,7 +5,7 @@
 //! - [`health`]: `/v1/health/service/{name}`, `/v1/health/connect/{name}`,
 //!   `/v1/health/checks/{service}`, `/v1/health/state/{state}`
 //! - [`node`]: `/v1/catalog/node/{node}`, `/v1/catalog/node-services/{node}`,
-//!   `/v1/health/node/{node}`, `/v1/catalog/datacenters`
+//!   `/v1/health/node/{node}` (`/v1/catalog/datacenters` is the federation's: `crate::wan`)
 //! - [`register`]: `PUT /v1/catalog/register`, `PUT /v1/catalog/deregister`
 //! - [`members`]: `GET /v1/agent/members` (the catalog's nodes as Consul's Serf members)
 //! - [`status`]: `/v1/status/leader`, `/v1/status/peers`
@@ -70,7 +70,6 @@ pub fn router(catalog: Arc<StoreCatalog>, info: ServerInfo) -> Router {
         .route("/v1/catalog/nodes", get(catalog::nodes))
         .route("/v1/catalog/node/{node}", get(node::node))
         .route("/v1/catalog/node-services/{node}", get(node::node_services))
-        .route("/v1/catalog/datacenters", get(node::datacenters))
         .route("/v1/catalog/connect/{name}", get(catalog::connect))
         .route("/v1/health/node/{node}", get(node::health))
         .route("/v1/health/service/{name}", get(health::service))

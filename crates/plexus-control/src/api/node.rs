@@ -1,11 +1,10 @@
 //! Per-node reads: `GET /v1/catalog/node/{node}`, `/v1/catalog/node-services/{node}`,
-//! `/v1/health/node/{node}`, and `GET /v1/catalog/datacenters`. All are blocking queries.
+//! and `/v1/health/node/{node}`. All are blocking queries.
 //!
 //! An unknown node answers 200 with `null` (catalog) or `[]` (health), with `X-Consul-Index`,
 //! as Consul does. ACLs: the node needs `node:read` (otherwise the answer is as for an unknown
 //! node, marked filtered); services and their checks need `service:read` on the service.
 
-use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -102,9 +101,4 @@ pub async fn health(
     let mut response = indexed_json(index, &checks);
     mark_filtered(&mut response, filtered);
     Ok(response)
-}
-
-/// `GET /v1/catalog/datacenters`: the known datacenters (one: this server's).
-pub async fn datacenters(State(state): State<ApiState>) -> Json<Vec<String>> {
-    Json(vec![state.info.datacenter.clone()])
 }

@@ -62,7 +62,7 @@ fn sign_error(ca: &CertificateAuthority, error: CaError) -> Response {
 }
 
 /// Maps a CA failure to its response; refusals are logged (they are attacks or bugs).
-fn ca_error(_ca: &CertificateAuthority, error: CaError) -> Response {
+pub(super) fn ca_error(_ca: &CertificateAuthority, error: CaError) -> Response {
     match error {
         CaError::BadRequest { message, field } => {
             info!(%message, field, "CA request refused");
@@ -102,6 +102,7 @@ fn ca_error(_ca: &CertificateAuthority, error: CaError) -> Response {
             response
         }
         CaError::Contended => ApiError::conflict(error.to_string()).into_response(),
+        CaError::AwaitingPrimary(_) => ApiError::unavailable(error.to_string()).into_response(),
         other => {
             warn!(error = %ErrorChain(&other), "CA operation failed");
             ApiError::internal("the CA is unavailable").into_response()
@@ -116,6 +117,9 @@ async fn roots(
 ) -> Response {
     if query.index.is_some_and(|index| index > 0) {
         query.block(ca.changes().await).await;
+    }
+    if let Err(error) = ca.ready_for_clients().await {
+        return ca_error(&ca, error);
     }
     match ca.roots().await {
         Ok(roots) if params.flag("pem") => {

@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod auto_encrypt;
+pub mod federation;
 pub mod limit;
 pub mod metrics;
 pub mod policy;
@@ -109,6 +110,9 @@ struct CaState {
     leaf_ttl_secs: u64,
     set: RootSet,
     roots: Vec<StoredRoot>,
+    /// In a secondary datacenter: the primary and its roots (see [`federation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    primary: Option<federation::PrimaryTrust>,
 }
 
 impl CaState {
@@ -159,6 +163,11 @@ pub enum CaError {
     /// Concurrent writers kept changing the state.
     #[error("the CA state kept changing during the write; try again")]
     Contended,
+    /// A secondary datacenter's CA has no intermediate from its primary yet.
+    #[error(
+        "this datacenter's CA waits for its intermediate from the primary datacenter {0:?}; try again"
+    )]
+    AwaitingPrimary(String),
     /// The request is malformed (a CSR that does not parse, a bad duration, …).
     #[error("{message}")]
     BadRequest {
@@ -194,6 +203,9 @@ pub struct CertificateAuthority {
     /// time or a root rotation (this replica's memory only).
     leaves: Mutex<std::collections::HashMap<String, Indexed<IssuedCert>>>,
     kek: Option<wrap::KeyEncryptionKey>,
+    /// `--primary-datacenter` of a secondary: nothing is signed and no roots are published
+    /// until the intermediate from it is installed (see [`federation`]).
+    expected_primary: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -216,6 +228,7 @@ impl CertificateAuthority {
             metrics: metrics::CaMetrics::default(),
             leaves: Mutex::new(std::collections::HashMap::new()),
             kek: None,
+            expected_primary: Mutex::new(None),
         }
     }
 
@@ -334,6 +347,7 @@ impl CertificateAuthority {
                 set: RootSet::new(root.id.clone(), leaf_ttl.as_secs()),
                 roots: vec![root],
                 trust_domain,
+                primary: None,
             };
             if self.write(&state, 0).await? {
                 info!(trust_domain = %state.trust_domain, root_id = %state.set.active, "created the CA root");
@@ -383,6 +397,12 @@ impl CertificateAuthority {
     /// `GET /v1/connect/ca/roots`.
     pub async fn roots(&self) -> Result<Indexed<CaRoots>, CaError> {
         let (state, kv) = self.state().await?;
+        if let Some(primary) = &state.primary {
+            return Ok(Indexed {
+                index: kv.store,
+                value: federation::published(&state, primary),
+            });
+        }
         let trusted = state.set.trusted();
         let roots = state
             .roots
@@ -468,6 +488,15 @@ impl CertificateAuthority {
     pub async fn rotate(&self) -> Result<String, CaError> {
         let state = self
             .update(|state| {
+                if let Some(primary) = &state.primary {
+                    return Err(CaError::BadRequest {
+                        message: format!(
+                            "this datacenter's CA is an intermediate of {:?}'s: rotate the root there",
+                            primary.datacenter
+                        ),
+                        field: "Config.RotateRoot",
+                    });
+                }
                 let active = state.active()?;
                 let root = new_root(
                     &state.trust_domain,
@@ -677,6 +706,7 @@ impl CertificateAuthority {
         let (request, public_key) = parse_csr(csr_pem)?;
         let Entitlement { service, dns_names } = self.entitlement(proxy_id, csr_pem).await?;
         let (state, kv) = self.state().await?;
+        self.check_primary(&state)?;
         let entitled = service_spiffe_id(&state.trust_domain, &self.datacenter, &service);
         let grant = policy::decide_with_dns(
             &request,
@@ -742,6 +772,7 @@ impl CertificateAuthority {
             )));
         }
         let (state, kv) = self.state().await?;
+        self.check_primary(&state)?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Crypto)?;
         let grant = Grant {
             spiffe_id: service_spiffe_id(&state.trust_domain, &self.datacenter, service),

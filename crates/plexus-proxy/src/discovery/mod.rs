@@ -10,6 +10,7 @@
 
 mod chain;
 mod endpoints;
+mod gateways;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +23,7 @@ pub use endpoints::EndpointSet;
 #[cfg(test)]
 pub(crate) use endpoints::Labels;
 pub(crate) use endpoints::watch_endpoints;
+pub(crate) use gateways::watch_gateways;
 pub(crate) use watch::{BLOCKING_WAIT, find_proxy, find_sidecar, follow, watch_sidecar};
 
 /// Starts following an upstream's endpoints until the token fires; returns the latest set.
@@ -153,6 +155,9 @@ pub(crate) struct UpstreamSpec {
     /// upstream's discovery chain (`service-defaults` `Protocol`) decides for each new
     /// connection.
     pub explicit: bool,
+    /// `Datacenter`: the upstream runs in another datacenter, reached through its mesh
+    /// gateways (L4: the bytes are carried, the discovery chain does not apply).
+    pub datacenter: Option<String>,
 }
 
 /// Why a sidecar registration cannot be used. Each names the field at fault.
@@ -280,6 +285,7 @@ impl SidecarConfig {
                     bind,
                     protocol,
                     explicit,
+                    datacenter: Some(upstream.datacenter.clone()).filter(|dc| !dc.is_empty()),
                 },
             );
         }

@@ -9,6 +9,7 @@
 //!  register (kind checked) ─► identity (leaf for the gateway's service) ─► Context (listener/)
 //!     ingress:      config entry ─► one listener per port ─► host router ─► a service's outbound stack ─► mTLS ─► its sidecars
 //!     terminating:  mTLS listener ─► SNI picks the linked service (its leaf) ─► intentions ─► TLS origination ─► external server
+//!     mesh:         LAN + WAN listeners ─► ClientHello's SNI picks a local service ─► splice to its sidecars (TLS untouched)
 //! ```
 //!
 //! The data path is the sidecar's: listeners and accept loops from `listener/`, the HTTP stack
@@ -16,6 +17,7 @@
 //! from `tls/` and `authorize/`. Main items: [`GatewayConfig`], [`GatewayKind`], [`run`].
 
 mod ingress;
+mod mesh;
 mod terminating;
 mod terminating_http;
 
@@ -47,7 +49,7 @@ pub enum GatewayKind {
     Ingress,
     /// Out of the mesh: mesh clients to linked external services.
     Terminating,
-    /// Between datacenters (not implemented yet).
+    /// Between datacenters: other datacenters' mTLS in, routed by SNI without terminating it.
     Mesh,
 }
 
@@ -79,6 +81,9 @@ pub struct GatewayConfig {
     pub address: SocketAddr,
     /// `--wan-address`: registered as the `wan` tagged address.
     pub wan_address: Option<SocketAddr>,
+    /// A mesh gateway's second listener, already bound, on `--wan-address` (when it is not
+    /// the `--address` listener's).
+    pub wan_listener: Option<TcpListener>,
     /// The admin listener, already bound (port 0 allowed).
     pub admin_listener: TcpListener,
     /// How long in-flight connections may continue after shutdown starts.
@@ -98,6 +103,7 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
         listener,
         address,
         wan_address,
+        wan_listener,
         admin_listener,
         drain_grace,
         access_log,
@@ -111,6 +117,8 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
     let tls_metrics = tls::TlsMetrics::register(&mut registry);
     let authorize_metrics = authorize::AuthorizeMetrics::register(&mut registry);
     let http_metrics = http::HttpMetrics::register(&mut registry).with_access_log(access_log);
+    let mesh_metrics =
+        (kind == GatewayKind::Mesh).then(|| mesh::MeshMetrics::register(&mut registry));
     let (applied_tx, applied_rx) = watch::channel(None);
     crate::spawn_admin(
         admin_listener,
@@ -123,10 +131,6 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
     )?;
 
     let serving = async {
-        if kind == GatewayKind::Mesh {
-            // Refused before registering: a registration nothing serves would attract traffic.
-            return Err(ProxyError::Unsupported { kind: "mesh" });
-        }
         if !register(&control, kind, &service, address, wan_address, &stop).await? {
             return Ok(());
         }
@@ -163,7 +167,7 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
         else {
             return Ok(());
         };
-        let (resolve, chains) = crate::resolvers(&control, &tasks, &metrics, None);
+        let (resolve, chains, gateways) = crate::resolvers(&control, &tasks, &metrics, None);
         let ctx = Context {
             tasks: tasks.clone(),
             stop: stop.clone(),
@@ -185,6 +189,7 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
             },
             http_metrics,
             chains,
+            gateways,
         };
         let shared = Shared {
             control: control.clone(),
@@ -203,7 +208,10 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
                 ingress::run(ctx, shared).await
             }
             GatewayKind::Terminating => terminating::run(ctx, shared, listener).await,
-            GatewayKind::Mesh => Ok(()),
+            GatewayKind::Mesh => {
+                let listeners = std::iter::once(listener).chain(wan_listener).collect();
+                mesh::run(ctx, shared, listeners, mesh_metrics.unwrap_or_default()).await
+            }
         }
     };
     let outcome = serving.await;

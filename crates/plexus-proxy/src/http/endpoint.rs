@@ -108,7 +108,9 @@ pub(crate) struct Pool {
     targets: Arc<Targets>,
     connect: Arc<dyn Connect>,
     connections: Arc<ConnectionBudget>,
-    slots: Mutex<HashMap<SocketAddr, Slot>>,
+    /// By service and endpoint: one address (a gateway's) can front several services, each
+    /// reached with its own SNI and identity.
+    slots: Mutex<HashMap<(String, SocketAddr), Slot>>,
     metrics: HttpMetrics,
     destination: Arc<str>,
     tasks: TaskTracker,
@@ -195,7 +197,7 @@ impl Pool {
     ) -> Result<(SocketAddr, SendRequest<Body>), HttpError> {
         let mut at_max_connections = false;
         for &addr in order {
-            let slot = self.slot(addr);
+            let slot = self.slot(&service.name, addr);
             // Nearly always: an open connection, and nobody opening one.
             if let Ok(pooled) = slot.try_lock()
                 && let Some(sender) = pooled.as_ref().filter(|sender| !sender.is_closed())
@@ -232,14 +234,18 @@ impl Pool {
         Err(HttpError::new(Reason::UpstreamConnectFailure))
     }
 
-    fn slot(&self, addr: SocketAddr) -> Slot {
-        Arc::clone(lock(&self.slots).entry(addr).or_default())
+    fn slot(&self, service: &str, addr: SocketAddr) -> Slot {
+        Arc::clone(
+            lock(&self.slots)
+                .entry((service.to_owned(), addr))
+                .or_default(),
+        )
     }
 
     /// Drops the slots of endpoints that left every followed set (their connections close once
     /// their last request ends). Done when a connection is opened, not per request.
     fn prune(&self) {
-        lock(&self.slots).retain(|addr, _| self.targets.is_live(addr));
+        lock(&self.slots).retain(|(_, addr), _| self.targets.is_live(addr));
     }
 
     async fn open(

@@ -197,7 +197,11 @@ impl Harness {
             tasks: TaskTracker::new(),
             kill: CancellationToken::new(),
             chain: chain_rx,
-            remote: Remote { resolve, tls: None },
+            remote: Remote {
+                resolve,
+                tls: None,
+                datacenters: None,
+            },
             stop: CancellationToken::new(),
             connect: Some(Arc::new(Pipes(Arc::clone(&endpoints)))),
         });

@@ -39,12 +39,31 @@ use plexus_runtime::lock::lock;
 pub(crate) type TlsFor =
     Arc<dyn Fn(&str) -> Result<tls::Outbound, tls::TlsConfigError> + Send + Sync>;
 
+/// Makes the mTLS client for a service in another datacenter (through its mesh gateways).
+pub(crate) type TlsIn =
+    Arc<dyn Fn(&str, &str) -> Result<tls::Outbound, tls::TlsConfigError> + Send + Sync>;
+
+/// How a chain's `Failover.*.Datacenters` are reached.
+pub(crate) struct Datacenters {
+    /// Starts a watch of a datacenter's mesh gateways until the token fires.
+    pub gateways: Resolve,
+    /// mTLS to a service in a datacenter.
+    pub tls: TlsIn,
+}
+
 /// What [`Targets`] needs to reach services other than the listener's destination.
 pub(crate) struct Remote {
     /// Starts an endpoint watch for a service until the token fires.
     pub resolve: Resolve,
     /// mTLS per service (`None`: plain h2c, unit tests only).
     pub tls: Option<TlsFor>,
+    /// Other datacenters (`None`: unit tests).
+    pub datacenters: Option<Datacenters>,
+}
+
+/// The key of service `service` in datacenter `datacenter` among a chain's targets.
+fn in_datacenter(service: &str, datacenter: &str) -> String {
+    format!("{service}@{datacenter}")
 }
 
 /// One service's endpoints, connection security, outlier state and balancer state.
@@ -122,6 +141,22 @@ impl Targets {
             .values()
             .map(|target| target.service.as_str())
             .collect();
+        let remote: BTreeSet<(String, &str, &str)> = chain
+            .targets
+            .values()
+            .flat_map(|target| {
+                target.failover_datacenters.iter().map(|dc| {
+                    (
+                        in_datacenter(&target.service, dc),
+                        target.service.as_str(),
+                        dc.as_str(),
+                    )
+                })
+            })
+            .collect();
+        for (key, _, _) in &remote {
+            wanted.insert(key.as_str());
+        }
         if let Some(mirror) = &chain.policy.mirror {
             wanted.insert(mirror.service.as_str());
         }
@@ -135,6 +170,28 @@ impl Targets {
             }
             keep
         });
+        for (key, service, datacenter) in &remote {
+            if services.contains_key(key) {
+                continue;
+            }
+            let Some(datacenters) = &self.remote.datacenters else {
+                continue;
+            };
+            let tls = match (datacenters.tls)(service, datacenter) {
+                Ok(tls) => tls,
+                Err(error) => {
+                    warn!(%error, upstream = %self.destination, %service, %datacenter, "cannot build the mTLS client for a failover datacenter");
+                    continue;
+                }
+            };
+            let stop = self.stop.child_token();
+            let endpoints = (datacenters.gateways)(datacenter, stop.clone());
+            info!(upstream = %self.destination, %service, %datacenter, "following the mesh gateways of a failover datacenter");
+            services.insert(
+                key.clone(),
+                Arc::new(Service::new(key, endpoints, Some(tls), Some(stop))),
+            );
+        }
         for name in wanted {
             if services.contains_key(name) {
                 continue;
@@ -214,6 +271,21 @@ impl Targets {
                     service,
                     addrs,
                     load_balancer: candidate.load_balancer.clone(),
+                });
+            }
+        }
+        // Nothing passes here: the resolver's other datacenters, through their gateways.
+        for datacenter in &target.failover_datacenters {
+            let Some(service) = self.service(&in_datacenter(&target.service, datacenter)) else {
+                continue;
+            };
+            let addrs = service.healthy(&[], wait).await;
+            if !addrs.is_empty() {
+                tracing::debug!(upstream = %self.destination, service = %target.service, %datacenter, "failing over to another datacenter");
+                return Some(Candidates {
+                    service,
+                    addrs,
+                    load_balancer: target.load_balancer.clone(),
                 });
             }
         }
@@ -399,7 +471,11 @@ mod tests {
             "web",
             web.subscribe(),
             None,
-            Remote { resolve, tls: None },
+            Remote {
+                resolve,
+                tls: None,
+                datacenters: None,
+            },
             HttpMetrics::default(),
             TaskTracker::new(),
             CancellationToken::new(),

@@ -77,6 +77,17 @@ pub(crate) enum Target {
         /// The upstream's chain.
         chain: crate::discovery::ChainWatch,
     },
+    /// Outbound L4 with failover to other datacenters (`listener/failover.rs`).
+    Failover {
+        /// The local path (a [`Target::Balanced`]).
+        local: Box<Target>,
+        /// The upstream's chain (its resolver's `Failover.*.Datacenters`).
+        chain: crate::discovery::ChainWatch,
+        /// The upstream service.
+        destination: String,
+        /// Other datacenters' targets.
+        remotes: Arc<super::failover::Remotes>,
+    },
     /// Outbound: an upstream's endpoints, in round-robin order.
     Balanced {
         /// The latest endpoint set.
@@ -218,6 +229,16 @@ async fn serve(
         } else {
             *l4
         };
+    }
+    if let Target::Failover {
+        local,
+        chain,
+        destination,
+        remotes,
+    } = target
+    {
+        target =
+            super::failover::choose(*local, &chain, &destination, &remotes, connect_timeout).await;
     }
     if let Target::Http(outbound) = target {
         outbound.serve(downstream, Some(peer.ip()), stop).await;
@@ -366,9 +387,11 @@ async fn connect(
                 .map_err(|last| ConnectError::Unreachable { attempts: 1, last })
         }
         // Served above.
-        Target::Http(_) | Target::ByChain { .. } | Target::Ingress { .. } | Target::Gateway(_) => {
-            Err(ConnectError::NoEndpoints)
-        }
+        Target::Http(_)
+        | Target::ByChain { .. }
+        | Target::Ingress { .. }
+        | Target::Gateway(_)
+        | Target::Failover { .. } => Err(ConnectError::NoEndpoints),
         Target::Balanced {
             endpoints,
             picker,

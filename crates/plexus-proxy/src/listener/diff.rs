@@ -85,6 +85,7 @@ mod tests {
             bind: SocketAddr::from(([127, 0, 0, 1], port)),
             protocol: crate::discovery::Protocol::Tcp,
             explicit: false,
+            datacenter: None,
         };
         (name.to_owned(), spec)
     }

@@ -6,6 +6,7 @@
 
 mod accept;
 mod diff;
+mod failover;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub(crate) struct Context {
     pub http_metrics: HttpMetrics,
     /// Discovery chains for HTTP upstreams.
     pub chains: ResolveChain,
+    /// Other datacenters' mesh gateways, by datacenter name.
+    pub gateways: Resolve,
 }
 
 impl Context {
@@ -64,11 +67,18 @@ impl Context {
             Arc::clone(&self.security.identity),
             self.security.metrics.clone(),
         );
+        let (identity_in, metrics_in) = (Arc::clone(&identity), metrics.clone());
         http::targets::Remote {
             resolve: Arc::clone(&self.resolve),
             tls: Some(Arc::new(move |service: &str| {
                 tls::Outbound::with_alpn(&identity, service, metrics.clone(), tls::ALPN_H2)
             })),
+            datacenters: Some(http::targets::Datacenters {
+                gateways: Arc::clone(&self.gateways),
+                tls: Arc::new(move |service: &str, datacenter: &str| {
+                    tls::Outbound::h2_in(&identity_in, service, datacenter, metrics_in.clone())
+                }),
+            }),
         }
     }
 
@@ -121,6 +131,44 @@ impl Context {
             failures: Arc::default(),
             tls: Some(tls),
         })
+    }
+
+    /// The L4 path to `destination` in another datacenter: its mesh gateways, mTLS naming
+    /// that datacenter.
+    pub(crate) fn remote_target(
+        &self,
+        destination: &str,
+        datacenter: &str,
+        stop: &CancellationToken,
+    ) -> Result<Target, ProxyError> {
+        let tls = tls::Outbound::tcp_in(
+            &self.security.identity,
+            destination,
+            datacenter,
+            self.security.metrics.clone(),
+        )
+        .map_err(ProxyError::Tls)?;
+        Ok(Target::Balanced {
+            endpoints: (self.gateways)(datacenter, stop.clone()),
+            picker: Arc::default(),
+            failures: Arc::default(),
+            tls: Some(tls),
+        })
+    }
+
+    /// `local` with failover to the datacenters `destination`'s chain names.
+    fn with_failover(
+        &self,
+        local: Target,
+        chain: crate::discovery::ChainWatch,
+        destination: &str,
+        stop: &CancellationToken,
+    ) -> Target {
+        let (ctx, name, stop) = (self.clone(), destination.to_owned(), stop.clone());
+        let remotes = failover::Remotes::new(Box::new(move |datacenter: &str| {
+            ctx.remote_target(&name, datacenter, &stop)
+        }));
+        failover::wrap(local, chain, destination, Arc::new(remotes))
     }
 
     /// A bound listener's accept loop over `target`.
@@ -326,6 +374,23 @@ impl Listeners {
             .listener(Direction::Outbound, &spec.destination);
         // The endpoint watch stops with the listener.
         let stop = self.ctx.stop.child_token();
+        if let Some(datacenter) = &spec.datacenter {
+            let target = self
+                .ctx
+                .remote_target(&spec.destination, datacenter, &stop)?;
+            let endpoints = match &target {
+                Target::Balanced { endpoints, .. } => endpoints.clone(),
+                _ => watch::channel(Arc::new(EndpointSet::default())).1,
+            };
+            let accept = self.accept(name, listener, target, metrics);
+            let running = self.spawn(accept, bound, stop);
+            return Ok(Upstream {
+                spec,
+                endpoints,
+                ejected: watch::channel(Vec::new()).1,
+                running,
+            });
+        }
         let endpoints = (self.ctx.resolve)(&spec.destination, stop.clone());
         let (identity, tls_metrics) = (
             &self.ctx.security.identity,
@@ -358,12 +423,15 @@ impl Listeners {
             ejected = outbound.ejected();
             Target::Http(outbound)
         } else if spec.explicit {
-            Target::Balanced {
+            let local = Target::Balanced {
                 endpoints: endpoints.clone(),
                 picker: Arc::default(),
                 failures: Arc::default(),
                 tls: Some(tls),
-            }
+            };
+            let chain = (self.ctx.chains)(&spec.destination, stop.clone());
+            self.ctx
+                .with_failover(local, chain, &spec.destination, &stop)
         } else {
             // No protocol in the registration: the chain decides per connection.
             let chain = (self.ctx.chains)(&spec.destination, stop.clone());
@@ -376,14 +444,20 @@ impl Listeners {
             .map_err(ProxyError::Tls)?;
             let outbound = http(h2, chain.clone());
             ejected = outbound.ejected();
-            Target::ByChain {
-                http: outbound,
-                l4: Box::new(Target::Balanced {
+            let l4 = self.ctx.with_failover(
+                Target::Balanced {
                     endpoints: endpoints.clone(),
                     picker: Arc::default(),
                     failures: Arc::default(),
                     tls: Some(tls),
-                }),
+                },
+                chain.clone(),
+                &spec.destination,
+                &stop,
+            );
+            Target::ByChain {
+                http: outbound,
+                l4: Box::new(l4),
                 chain,
             }
         };

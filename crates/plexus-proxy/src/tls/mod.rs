@@ -345,6 +345,34 @@ impl Outbound {
         Self::with_alpns(identity, destination, metrics, &[ALPN_TCP, ALPN])
     }
 
+    /// Like [`Outbound::with_alpn`] ([`ALPN_H2`]), to `destination` in another datacenter
+    /// `datacenter` (through its mesh gateway).
+    pub(crate) fn h2_in(
+        identity: &Arc<Identity>,
+        destination: &str,
+        datacenter: &str,
+        metrics: TlsMetrics,
+    ) -> Result<Self, TlsConfigError> {
+        Self::build(identity, destination, datacenter, metrics, &[ALPN_H2])
+    }
+
+    /// Like [`Outbound::tcp`], to `destination` in another datacenter `datacenter` (through its
+    /// mesh gateway): the SNI and the SPIFFE id required name that datacenter.
+    pub(crate) fn tcp_in(
+        identity: &Arc<Identity>,
+        destination: &str,
+        datacenter: &str,
+        metrics: TlsMetrics,
+    ) -> Result<Self, TlsConfigError> {
+        Self::build(
+            identity,
+            destination,
+            datacenter,
+            metrics,
+            &[ALPN_TCP, ALPN],
+        )
+    }
+
     /// The SPIFFE id the upstream must present.
     pub(crate) fn expected(&self) -> &str {
         &self.expected
@@ -356,9 +384,20 @@ impl Outbound {
         metrics: TlsMetrics,
         alpns: &[&[u8]],
     ) -> Result<Self, TlsConfigError> {
+        let datacenter = identity.service.datacenter.clone();
+        Self::build(identity, destination, &datacenter, metrics, alpns)
+    }
+
+    fn build(
+        identity: &Arc<Identity>,
+        destination: &str,
+        datacenter: &str,
+        metrics: TlsMetrics,
+        alpns: &[&[u8]],
+    ) -> Result<Self, TlsConfigError> {
         let expected = plexus_api::connect::service_spiffe_id(
             &identity.service.trust_domain,
-            &identity.service.datacenter,
+            datacenter,
             destination,
         );
         let verifier = Arc::new(verify::PeerVerifier::new(
@@ -373,12 +412,8 @@ impl Outbound {
                 .with_custom_certificate_verifier(verifier)
                 .with_client_cert_resolver(Arc::new(verify::LeafResolver(Arc::clone(identity))));
         config.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
-        let sni = ServerName::try_from(sni(
-            destination,
-            &identity.service.datacenter,
-            &identity.service.trust_domain,
-        ))
-        .ok();
+        let sni =
+            ServerName::try_from(sni(destination, datacenter, &identity.service.trust_domain)).ok();
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
             metrics,

@@ -20,7 +20,7 @@ pub enum Kind {
     Ingress,
     /// `terminating-gateway`: mesh clients out to linked external services.
     Terminating,
-    /// `mesh-gateway`: between datacenters (not implemented yet).
+    /// `mesh-gateway`: between datacenters (other datacenters' mTLS in, by SNI).
     Mesh,
 }
 
@@ -89,6 +89,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .local_addr()
         .context("cannot read the gateway listener's address")?;
     plexus_runtime::telemetry::listening("gateway", bound);
+    // A mesh gateway also listens on its WAN address (unless it is the same socket).
+    let wan_listener = match (args.kind, args.wan_address) {
+        (Kind::Mesh, Some(wan)) if wan != bound && wan != args.address => {
+            let wan_listener = TcpListener::bind(wan)
+                .await
+                .with_context(|| format!("cannot bind the gateway's WAN listener on {wan}"))?;
+            let wan_bound = wan_listener
+                .local_addr()
+                .context("cannot read the WAN listener's address")?;
+            plexus_runtime::telemetry::listening("gateway-wan", wan_bound);
+            Some(wan_listener)
+        }
+        _ => None,
+    };
     // A wildcard IP is no address to dial: register the agent's (its advertised) address.
     let address = if bound.ip().is_unspecified() {
         let advertised = control
@@ -115,16 +129,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         listener,
         address,
         wan_address: args.wan_address,
+        wan_listener,
         admin_listener,
         drain_grace: args.grace,
         access_log,
     };
     match plexus_proxy::gateway::run(config, shutdown.token()).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(
-            error @ (plexus_proxy::ProxyError::KindMismatch { .. }
-            | plexus_proxy::ProxyError::Unsupported { .. }),
-        ) => {
+        Err(error @ plexus_proxy::ProxyError::KindMismatch { .. }) => {
             eprintln!("error: {error}");
             Ok(ExitCode::from(EXIT_CONFIG))
         }

@@ -86,6 +86,18 @@ pub struct Args {
     /// Datacenter name.
     #[arg(long, default_value = DEFAULT_DATACENTER)]
     pub datacenter: String,
+    /// Other datacenters' servers to federate with (`retry_join_wan`): their HTTP API,
+    /// `host:port`, `http://host:port` or `https://host:port` (verified with `--ca-file`, this
+    /// server's `--cert-file` presented), comma-separated; retried with backoff until they
+    /// answer. The server presents `acl.tokens.replication` there, else its initial management
+    /// token.
+    #[arg(long = "retry-join-wan", value_delimiter = ',')]
+    pub retry_join_wan: Vec<String>,
+    /// The datacenter whose CA the federation trusts (`primary_datacenter`). In any other
+    /// datacenter the CA signs with an intermediate the primary's root signed (asked for over
+    /// the WAN once the primary's servers are known). Default: this server's datacenter.
+    #[arg(long = "primary-datacenter")]
+    pub primary_datacenter: Option<String>,
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
@@ -300,6 +312,28 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    if let Some(primary) = &args.primary_datacenter
+        && !plexus_control::wan::valid_name(primary)
+    {
+        eprintln!(
+            "error: --primary-datacenter {primary:?}: expected 1 to 128 letters, digits, '-' and '_'"
+        );
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+    let wan_tls = match wan_tls(&args) {
+        Ok(tls) => tls,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let wan_joins = match wan_joins(&args, config, wan_tls.as_ref()) {
+        Ok(joins) => joins,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let node_name = args.node.clone().unwrap_or_else(default_node_name);
     let listener = if args.tls.https.https_only {
         None
@@ -344,12 +378,56 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         leader_addr: reach.to_string(),
     };
     let backend = store.status().await.backend;
-    let mut control =
-        ControlPlane::with_store(store, info).with_auto_encrypt(args.tls.auto_encrypt());
+    let federation =
+        plexus_control::wan::Federation::new(&args.datacenter).with_tls(wan_tls.clone());
+    // Other datacenters reach this server at its WAN address (`advertise_addr_wan`), else the
+    // advertised one: over HTTPS when it serves HTTPS and has a CA file (it talks HTTPS to
+    // other datacenters then too), else over its HTTP listener.
+    let (scheme, port) = match https_addr {
+        Some(https) if listener.is_none() || wan_tls.is_some() => ("https", https.port()),
+        _ => ("http", http_addr.port()),
+    };
+    let wan_reach = SocketAddr::new(addresses.wan.unwrap_or(advertised), port);
+    federation.add_own_server(format!("{scheme}://{wan_reach}"));
+    let mut control = ControlPlane::with_store(store, info)
+        .with_auto_encrypt(args.tls.auto_encrypt())
+        .with_federation(federation);
     if let Some(kek) = kek {
         control = control.with_ca_key_encryption(kek);
     }
+    let wan_token = config
+        .acl
+        .replication_token
+        .as_ref()
+        .map(|secret| plexus_api::acl::SecretId::new(secret.expose()))
+        .or_else(|| acl.initial_management.clone());
     start_acl(&mut control, acl).await?;
+    let primary = args
+        .primary_datacenter
+        .clone()
+        .or_else(|| config.primary_datacenter.clone())
+        .filter(|primary| *primary != args.datacenter);
+    if let Some(primary) = primary {
+        info!(%primary, "secondary datacenter: the CA will sign with an intermediate of the primary's root");
+        control.ca().expect_primary(&primary);
+        shutdown.spawn(plexus_control::ca::federation::run_secondary(
+            control.ca(),
+            control.federation(),
+            primary,
+            wan_token.clone(),
+            shutdown.token(),
+        ));
+    }
+    for join in wan_joins {
+        shutdown.spawn(plexus_control::wan::join::run(
+            control.federation(),
+            plexus_control::wan::join::Join {
+                token: wan_token.clone(),
+                ..join
+            },
+            shutdown.token(),
+        ));
+    }
     start_identity(
         &control,
         ConnectSettings {
@@ -485,6 +563,54 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     }
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The datacenters' servers to join: `--retry-join-wan`, else the file's `retry_join_wan`;
+/// `Err` names the bad one.
+fn wan_joins(
+    args: &Args,
+    config: &plexus_api::agent_config::AgentConfig,
+    tls: Option<&plexus_control::wan::ClientTls>,
+) -> Result<Vec<plexus_control::wan::join::Join>, String> {
+    let (key, addresses) = if args.retry_join_wan.is_empty() {
+        ("retry_join_wan", &config.retry_join_wan)
+    } else {
+        ("--retry-join-wan", &args.retry_join_wan)
+    };
+    addresses
+        .iter()
+        .map(|address| {
+            let join = plexus_control::wan::join::Join {
+                address: address.trim().to_owned(),
+                token: None,
+                tls: tls.cloned(),
+            };
+            join.client()
+                .map(|_| join)
+                .map_err(|e| format!("{key}: {address:?}: {e}"))
+        })
+        .collect()
+}
+
+/// TLS towards other datacenters' `https://` servers: `--ca-file` (`tls.ca_file`) as the roots,
+/// `--cert-file`/`--key-file` presented when given; `None` without a CA file.
+fn wan_tls(args: &Args) -> Result<Option<plexus_control::wan::ClientTls>, String> {
+    let https = &args.tls.https;
+    let Some(ca_file) = &https.ca_file else {
+        return Ok(None);
+    };
+    let roots = plexus_runtime::tls::Roots::from_file(ca_file)
+        .map_err(|e| format!("--ca-file {}: {e}", ca_file.display()))?;
+    let identity = match (&https.cert_file, &https.key_file) {
+        (Some(cert), Some(key)) => Some(
+            plexus_runtime::tls::Identity::from_files(cert, key)
+                .map_err(|e| format!("--cert-file/--key-file: {e}"))?,
+        ),
+        _ => None,
+    };
+    plexus_runtime::tls::client_config(&roots, identity.as_ref(), None)
+        .map(Some)
+        .map_err(|e| format!("TLS for other datacenters: {e}"))
 }
 
 /// Opens the store; for etcd, retries with jittered exponential backoff while no endpoint
