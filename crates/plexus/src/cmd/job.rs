@@ -58,6 +58,10 @@ impl AgentJobArgs {
         let mut meta = std::collections::BTreeMap::new();
         if self.slots > 0 {
             meta.insert("plexus-job-slots".to_owned(), self.slots.to_string());
+            // Envoy sidecars of instances fetch their configuration from this process.
+            if self.xds_addr.is_some() {
+                meta.insert("plexus-xds".to_owned(), "true".to_owned());
+            }
         }
         meta
     }
