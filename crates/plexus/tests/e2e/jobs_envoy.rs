@@ -218,3 +218,88 @@ async fn envoy_sidecars_without_an_agent_serving_xds_are_refused_with_the_reason
     ok(&server, &["stop", "mesh"]);
     a.terminate().await.unwrap();
 }
+
+/// `plexus dev --job-slots N --acl`: its own agent runs Envoy sidecars against the dev's xDS
+/// listener, with the initial management token.
+#[tokio::test]
+async fn plexus_dev_with_job_slots_runs_envoy_sidecars_under_acls() {
+    let envoy = plexus_test::envoy::envoy_bin().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let jobs_dir = tempfile::tempdir().unwrap();
+    let mut dev = plexus_test::mesh::Dev::start_with_env(
+        crate::bin(),
+        data.path(),
+        &[
+            "--acl",
+            "--job-slots",
+            "3",
+            "--job-dir",
+            jobs_dir.path().to_str().unwrap(),
+            "--envoy-binary",
+            envoy.to_str().unwrap(),
+        ],
+        &plexus_test::server::server_env(),
+    )
+    .await
+    .unwrap();
+    let addr = dev.addr();
+    let control = plexus_test::server::management_client(&addr).unwrap();
+    let intention: plexus_api::connect::Intention = serde_json::from_value(serde_json::json!({
+        "SourceName": "mesh-client", "DestinationName": "mesh-web", "Action": "allow"
+    }))
+    .unwrap();
+    control.create_intention(&intention).await.unwrap();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["job"];
+        all.extend_from_slice(args);
+        all.extend(["--http-addr", addr.as_str()]);
+        plexus_test::mesh::run_cli(crate::bin(), &all, &plexus_test::Server::token_env()).unwrap()
+    };
+    let (_d, file) = write_file("mesh.hcl", &envoy_mesh());
+    let (code, out, err) = cli(&["run", path(&file)]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("all 3 instance(s) healthy"), "{out}");
+    let (code, out, err) = cli(&["status", "mesh", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ports = |group: &str| {
+        instances(&s)
+            .into_iter()
+            .filter(|i| i["allocation"]["group"] == group)
+            .map(|i| i["status"]["ports"].clone())
+            .collect::<Vec<_>>()
+    };
+    let admins: Vec<u64> = ports("web")
+        .iter()
+        .filter_map(|p| p["envoy-admin:mesh-web"].as_u64())
+        .collect();
+    assert_eq!(admins.len(), 2, "{s}");
+    for admin in &admins {
+        assert!(envoy_live(*admin).await);
+    }
+    let upstream = ports("client")[0]["upstream:mesh-web"].as_u64().unwrap();
+    let url = format!("http://127.0.0.1:{upstream}/?via=mesh");
+    let call = || async {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    };
+    // Both Envoys serve (through mTLS, with the intention) under ACLs.
+    eventually!(
+        call().await
+            && call().await
+            && served(jobs_dir.path(), "mesh-web-0") > 0
+            && served(jobs_dir.path(), "mesh-web-1") > 0
+    );
+    let envoys: Vec<u64> = admins.iter().copied().filter_map(envoy_pid).collect();
+    assert_eq!(envoys.len(), 2);
+    let (code, _, err) = cli(&["stop", "mesh"]);
+    assert_eq!(code, 0, "{err}");
+    eventually!(envoys.iter().all(|pid| !alive(*pid)));
+    dev.process.terminate().await.unwrap();
+}
