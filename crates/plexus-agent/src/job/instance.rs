@@ -8,7 +8,7 @@ use std::time::Duration;
 use plexus_api::ServiceRegistration;
 use plexus_api::job::api::{Allocation, InstanceStatus};
 use plexus_api::job::validate::env_name;
-use plexus_api::job::{Group, JobService};
+use plexus_api::job::{Group, JobService, SidecarDriver};
 use plexus_runtime::ErrorChain;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
@@ -37,6 +37,8 @@ pub(super) struct Instance {
 pub(super) struct Ports {
     pub labels: BTreeMap<String, u16>,
     pub upstreams: BTreeMap<String, u16>,
+    /// The admin port of each Envoy sidecar, by service name.
+    pub envoy_admin: BTreeMap<String, u16>,
 }
 
 fn upstreams(service: &JobService) -> impl Iterator<Item = &plexus_api::job::JobUpstream> {
@@ -124,6 +126,39 @@ impl Instance {
             .collect()
     }
 
+    /// The services whose sidecar is Envoy.
+    fn envoy_services(&self) -> impl Iterator<Item = &JobService> {
+        self.group.service.iter().filter(|s| {
+            s.connect
+                .as_ref()
+                .is_some_and(|c| c.sidecar_driver() == SidecarDriver::Envoy)
+        })
+    }
+
+    /// Why this agent cannot run the instance's Envoy sidecars, if it cannot: they fetch their
+    /// configuration from its xDS listener.
+    fn envoy_refusal(&self) -> Option<String> {
+        let service = self.envoy_services().next()?;
+        let xds = self.config.sidecar.as_ref().and_then(|l| l.xds_addr);
+        xds.is_none().then(|| {
+            format!(
+                "service {:?} asks for an Envoy sidecar, but this agent serves no xDS (gRPC) \
+                 listener: start it with --grpc-addr IP:PORT (it is off, or the default \
+                 127.0.0.1:8502 was taken)",
+                service.name
+            )
+        })
+    }
+
+    /// The program that runs the sidecar of `service`.
+    fn sidecar_for(&self, ports: &Ports, service: &str) -> super::sidecar::Sidecar {
+        let xds = self.config.sidecar.as_ref().and_then(|l| l.xds_addr);
+        match (ports.envoy_admin.get(service), xds) {
+            (Some(admin), Some(xds)) => super::sidecar::Sidecar::Envoy { xds, admin: *admin },
+            _ => super::sidecar::Sidecar::Plexus,
+        }
+    }
+
     /// Claims every port the instance needs (host-checked at bind time).
     fn claim_ports(&self) -> Result<Ports, String> {
         let owner = self.alloc.id.as_str();
@@ -167,6 +202,10 @@ impl Instance {
             ports
                 .upstreams
                 .insert(upstream.destination_name.clone(), port);
+        }
+        for service in self.envoy_services() {
+            let port = dynamic(&format!("the Envoy admin listener of {:?}", service.name))?;
+            ports.envoy_admin.insert(service.name.clone(), port);
         }
         Ok(ports)
     }
@@ -381,6 +420,11 @@ impl Instance {
             .map_or(Duration::from_secs(10), |d| d.0);
         report(&status);
 
+        if let Some(message) = self.envoy_refusal() {
+            tracing::warn!(alloc = %self.alloc.id, %message, "instance cannot start");
+            report(&self.status("failed", message));
+            return;
+        }
         let ports = match self.claim_ports() {
             Ok(ports) => ports,
             Err(message) => {
@@ -394,6 +438,9 @@ impl Instance {
         status.ports = ports.labels.clone();
         for (name, port) in &ports.upstreams {
             status.ports.insert(format!("upstream:{name}"), *port);
+        }
+        for (name, port) in &ports.envoy_admin {
+            status.ports.insert(format!("envoy-admin:{name}"), *port);
         }
         let mut regs = match self.registrations(&ports, &BTreeMap::new()) {
             Ok(regs) => regs,
@@ -425,6 +472,7 @@ impl Instance {
                             let id = reg.id.clone().unwrap_or_default();
                             sidecars.push(tokio::spawn(super::sidecar::supervise(
                                 launch.clone(),
+                                self.sidecar_for(&ports, &reg.name),
                                 id,
                                 self.config.data_dir.join(&self.alloc.id),
                                 sidecars_stop.clone(),
@@ -547,6 +595,7 @@ mod tests {
         let ports = Ports {
             labels: [("http".to_owned(), 20005)].into(),
             upstreams: [("add-svc".to_owned(), 20006)].into(),
+            envoy_admin: BTreeMap::new(),
         };
         let env = environment(&alloc, &job.group.0[0], &ports);
         assert_eq!(env["PLEXUS_PORT_http"], "20005");

@@ -66,6 +66,11 @@ pub struct SidecarLaunch {
     pub agent_addr: String,
     /// The token the sidecar sends (`PLEXUS_HTTP_TOKEN`; redacted in `Debug`).
     pub token: Option<plexus_api::acl::SecretId>,
+    /// The Envoy executable, for `sidecar_task { driver = "envoy" }`.
+    pub envoy_binary: PathBuf,
+    /// This agent's plain xDS (gRPC) listener, which Envoy sidecars fetch their configuration
+    /// from (`None`: xDS is off, and an instance with an Envoy sidecar fails, saying so).
+    pub xds_addr: Option<std::net::SocketAddr>,
 }
 
 /// One running instance: its spec and its stop switch.

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::job::SidecarDriver;
 
 const CALC: &str = r#"job "calc" {
   group "add" {
@@ -190,4 +191,78 @@ fn plan_shows_counts_updates_and_removals() {
         (2, 4, true)
     );
     assert!(p.groups[1].removed);
+}
+
+const ENVOY: &str = r#"job "mesh" {
+  group "web" {
+    network {
+      port "http" {}
+    }
+    service {
+      name = "web"
+      port = "http"
+      connect {
+        sidecar_service {}
+        sidecar_task {
+          driver = "envoy"
+        }
+      }
+    }
+    task "app" {
+      driver = "exec"
+      config {
+        command = "web"
+      }
+    }
+  }
+}
+"#;
+
+#[test]
+fn a_sidecar_task_chooses_envoy_or_the_built_in_proxy() {
+    let job = parse_job(Path::new("mesh.hcl"), ENVOY).unwrap();
+    let connect = job.group.0[0].service.0[0].connect.as_ref().unwrap();
+    assert_eq!(connect.sidecar_driver(), SidecarDriver::Envoy);
+    let job = parse_job(
+        Path::new("mesh.hcl"),
+        &ENVOY.replace("\"envoy\"", "\"plexus\""),
+    )
+    .unwrap();
+    let connect = job.group.0[0].service.0[0].connect.as_ref().unwrap();
+    assert_eq!(connect.sidecar_driver(), SidecarDriver::Plexus);
+    let job = parse_job(Path::new("calc.hcl"), CALC).unwrap();
+    let connect = job.group.0[0].service.0[0].connect.as_ref().unwrap();
+    assert_eq!(connect.sidecar_driver(), SidecarDriver::Plexus);
+}
+
+#[test]
+fn an_unknown_sidecar_driver_or_field_is_named_with_its_line() {
+    let errs = errors("mesh.hcl", &ENVOY.replace("\"envoy\"", "\"docker\""));
+    assert_eq!(
+        errs,
+        [
+            "mesh.hcl:12: job.group[0].service[0].connect.sidecar_task.driver: sidecar driver \"docker\" is not supported (expected \"plexus\", the built-in proxy, or \"envoy\")"
+        ],
+    );
+    let errs = errors(
+        "mesh.hcl",
+        &ENVOY.replace(
+            "driver = \"envoy\"",
+            "driver = \"envoy\"\n          image = \"envoy\"",
+        ),
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "mesh.hcl:13: job.group[0].service[0].connect.sidecar_task.image: unknown field `image`"
+        ),
+        "{errs:?}"
+    );
+    let errs = errors("mesh.hcl", &ENVOY.replace("sidecar_service {}", ""));
+    assert!(
+        errs.iter().any(|e| e.starts_with(
+            "mesh.hcl:11: job.group[0].service[0].connect.sidecar_task: sidecar_task configures"
+        )),
+        "{errs:?}"
+    );
 }

@@ -164,13 +164,45 @@ pub struct JobCheck {
     pub timeout: Option<GoDuration>,
 }
 
-/// `connect { sidecar_service { proxy { upstreams { } } } }`.
+/// `connect { sidecar_service { proxy { upstreams { } } }  sidecar_task { driver = "envoy" } }`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobConnect {
     /// The instance's sidecar.
     #[serde(default)]
     pub sidecar_service: Option<JobSidecar>,
+    /// Which data plane runs the sidecar (Nomad's `sidecar_task`). Absent: the built-in proxy.
+    #[serde(default)]
+    pub sidecar_task: Option<JobSidecarTask>,
+}
+
+/// `sidecar_task { driver = "envoy" }`: the program that runs an instance's sidecar.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSidecarTask {
+    /// `"plexus"` (the built-in proxy, `plexus proxy`) or `"envoy"` (Envoy fed over xDS by
+    /// the instance's agent, through `plexus connect envoy`).
+    pub driver: String,
+}
+
+/// The data plane of an instance's sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarDriver {
+    /// `plexus proxy --sidecar-for <id>`.
+    Plexus,
+    /// `plexus connect envoy -sidecar-for <id>`.
+    Envoy,
+}
+
+impl JobConnect {
+    /// The sidecar's data plane (validated jobs only hold known drivers; anything else reads as
+    /// the built-in proxy).
+    pub fn sidecar_driver(&self) -> SidecarDriver {
+        match self.sidecar_task.as_ref().map(|t| t.driver.as_str()) {
+            Some("envoy") => SidecarDriver::Envoy,
+            _ => SidecarDriver::Plexus,
+        }
+    }
 }
 
 /// The sidecar of each instance (the built-in proxy; its port from the agent's sidecar range).

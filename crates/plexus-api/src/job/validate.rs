@@ -263,6 +263,25 @@ fn normalize_group(errs: &mut Errors, at: &str, group: &mut Group, job_update: O
                 }
             }
         }
+        if let Some(connect) = &service.connect
+            && let Some(task) = &connect.sidecar_task
+        {
+            if !matches!(task.driver.as_str(), "plexus" | "envoy") {
+                errs.push(
+                    format!("{sat}.connect.sidecar_task.driver"),
+                    format!(
+                        "sidecar driver {:?} is not supported (expected \"plexus\", the built-in proxy, or \"envoy\")",
+                        task.driver
+                    ),
+                );
+            }
+            if connect.sidecar_service.is_none() {
+                errs.push(
+                    format!("{sat}.connect.sidecar_task"),
+                    "sidecar_task configures the sidecar of sidecar_service: add `sidecar_service {}`",
+                );
+            }
+        }
         for (c, check) in service.check.0.iter_mut().enumerate() {
             normalize_check(errs, &format!("{sat}.check[{c}]"), check);
         }

@@ -4,16 +4,21 @@
 //! that node is eligible and alive; the others go, one by one, to the eligible node with the
 //! fewest instances of the same group, then the fewest instances overall, then by name. A node is
 //! eligible when it runs jobs (`plexus-job-slots` node meta, more than 0), has a free slot, its
-//! agent's lease holds, and every constraint of the job and group matches. An instance with a
-//! static port goes to a node holding no other instance of its group.
+//! agent's lease holds, every constraint of the job and group matches, and (for a group with an
+//! Envoy sidecar) its agent serves xDS (`plexus-xds` node meta). An instance with a static port
+//! goes to a node holding no other instance of its group.
 
 use std::collections::BTreeMap;
 
 use plexus_api::job::api::{Allocation, JobVersion};
-use plexus_api::job::{Constraint, Group, Job};
+use plexus_api::job::{Constraint, Group, Job, SidecarDriver};
 
 /// The node meta key whose value is how many instances an agent runs at most.
 pub const SLOTS_META: &str = "plexus-job-slots";
+
+/// The node meta key an agent sets (`"true"`) when it runs jobs and serves xDS, which the
+/// Envoy sidecars of its instances need.
+pub const XDS_META: &str = "plexus-xds";
 
 /// A node as placement sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,9 +75,23 @@ fn matches(c: &Constraint, node: &NodeInfo) -> bool {
     }
 }
 
+/// Whether a service of `group` has an Envoy sidecar.
+fn needs_xds(group: &Group) -> bool {
+    group.service.iter().any(|s| {
+        s.connect
+            .as_ref()
+            .is_some_and(|c| c.sidecar_driver() == SidecarDriver::Envoy)
+    })
+}
+
+fn serves_xds(node: &NodeInfo) -> bool {
+    node.meta.get(XDS_META).map(String::as_str) == Some("true")
+}
+
 fn eligible(job: &Job, group: &Group, node: &NodeInfo) -> bool {
     node.alive
         && node.slots > 0
+        && (!needs_xds(group) || serves_xds(node))
         && job
             .constraint
             .iter()
@@ -193,6 +212,15 @@ pub fn place(jobs: &[JobVersion], nodes: &[NodeInfo], current: &[Allocation]) ->
         } else if alive == 0 {
             why.push_str(&format!(
                 "none of the {runners} agent(s) running jobs is alive"
+            ));
+        } else if needs_xds(group)
+            && !nodes
+                .iter()
+                .any(|n| n.slots > 0 && n.alive && serves_xds(n))
+        {
+            why.push_str(&format!(
+                "its Envoy sidecars need an agent serving xDS, and none of the {alive} alive \
+                 agent(s) running jobs does (start them with --grpc-addr IP:PORT)"
             ));
         } else if fit.is_empty() {
             why.push_str(&format!(

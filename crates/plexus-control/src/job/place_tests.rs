@@ -120,3 +120,37 @@ fn stopped_jobs_place_nothing() {
     let p = place(&[j], &[node("a", 10, "x")], &[]);
     assert!(p.allocations.is_empty() && p.failures.is_empty());
 }
+
+#[test]
+fn a_group_with_an_envoy_sidecar_goes_only_to_agents_serving_xds() {
+    let envoy = r#"network {
+      port "http" {}
+    }
+    service {
+      name = "web"
+      port = "http"
+      connect {
+        sidecar_service {}
+        sidecar_task {
+          driver = "envoy"
+        }
+      }
+    }"#;
+    let mut with_xds = node("b", 10, "y");
+    with_xds.meta.insert(XDS_META.to_owned(), "true".to_owned());
+    let nodes = [node("a", 10, "x"), with_xds];
+    let p = place(&[jv("mesh", 2, envoy)], &nodes, &[]);
+    assert!(p.failures.is_empty(), "{:?}", p.failures);
+    assert_eq!(per_node(&p), [("b".into(), 2)].into());
+    // The built-in proxy goes anywhere.
+    let builtin = envoy.replace("\"envoy\"", "\"plexus\"");
+    let p = place(&[jv("mesh", 2, &builtin)], &nodes, &[]);
+    assert_eq!(per_node(&p), [("a".into(), 1), ("b".into(), 1)].into());
+    let p = place(&[jv("mesh", 2, envoy)], &nodes[..1], &[]);
+    assert_eq!(
+        p.failures,
+        [
+            "job \"mesh\" group \"g\": 2 of 2 instance(s) cannot be placed: its Envoy sidecars need an agent serving xDS, and none of the 1 alive agent(s) running jobs does (start them with --grpc-addr IP:PORT)"
+        ]
+    );
+}

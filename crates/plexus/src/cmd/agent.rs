@@ -314,6 +314,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         (None, None) => anyhow::bail!("no API listener"),
     };
     let grpc = super::grpc::bind(grpc).await?;
+    args.jobs.xds_addr = grpc.plain_addr();
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let (client, slot) = if args.auto_encrypt {

@@ -180,6 +180,8 @@ pub async fn run(args: CalculatorArgs) -> anyhow::Result<ExitCode> {
         slots: 8,
         ports: plexus_agent::job::DYNAMIC_PORTS,
         dir: Some(scripts.path().join("jobs")),
+        envoy_binary: "envoy".into(),
+        xds_addr: None,
     };
     let dev = DevServer::start(
         listener,

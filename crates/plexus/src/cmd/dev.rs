@@ -395,7 +395,10 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         DevSettings {
             connect,
             acl,
-            jobs: Some(args.jobs.clone()),
+            jobs: Some(super::job::AgentJobArgs {
+                xds_addr: grpc.plain_addr(),
+                ..args.jobs.clone()
+            }),
         },
         &shutdown,
     )

@@ -59,6 +59,13 @@ pub struct GrpcBound {
     tls: Option<TcpListener>,
 }
 
+impl GrpcBound {
+    /// The plain listener's address (`None` when off or the default address was taken).
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
 impl GrpcArgs {
     /// Checks the flags; `Err` names the problem (exit 64). The xDS server reads the catalog
     /// through this process's plain-HTTP API on loopback, so `--https-only` turns the default

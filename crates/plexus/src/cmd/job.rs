@@ -27,6 +27,13 @@ pub struct AgentJobArgs {
     /// Where instance output goes (default: `$TMPDIR/plexus-jobs/<node>`).
     #[arg(long = "job-dir")]
     pub dir: Option<PathBuf>,
+    /// The Envoy executable for instances whose sidecar is Envoy (`sidecar_task { driver =
+    /// "envoy" }`); they fetch their configuration from this process's `--grpc-addr`.
+    #[arg(long = "envoy-binary", default_value = "envoy")]
+    pub envoy_binary: PathBuf,
+    /// This process's plain xDS listener once bound (set by the command, not a flag).
+    #[arg(skip)]
+    pub xds_addr: Option<std::net::SocketAddr>,
 }
 
 fn parse_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
@@ -51,6 +58,10 @@ impl AgentJobArgs {
         let mut meta = std::collections::BTreeMap::new();
         if self.slots > 0 {
             meta.insert("plexus-job-slots".to_owned(), self.slots.to_string());
+            // Envoy sidecars of instances fetch their configuration from this process.
+            if self.xds_addr.is_some() {
+                meta.insert("plexus-xds".to_owned(), "true".to_owned());
+            }
         }
         meta
     }
@@ -88,6 +99,8 @@ impl AgentJobArgs {
                     program,
                     agent_addr: agent_addr.to_string(),
                     token,
+                    envoy_binary: self.envoy_binary.clone(),
+                    xds_addr: self.xds_addr,
                 }),
         }))
     }

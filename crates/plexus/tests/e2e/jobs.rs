@@ -424,7 +424,7 @@ async fn instances_that_cannot_run_say_why() {
     a.terminate().await.unwrap();
 }
 
-const MESH: &str = r#"job "mesh" {
+pub const MESH: &str = r#"job "mesh" {
   group "web" {
     count = 2
     network {
@@ -480,7 +480,7 @@ const MESH: &str = r#"job "mesh" {
 "#;
 
 /// Whether process `pid` runs (a zombie does not count).
-fn alive(pid: u64) -> bool {
+pub fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         stat.rsplit_once(") ")
             .is_some_and(|(_, rest)| !rest.starts_with('Z'))
@@ -488,7 +488,7 @@ fn alive(pid: u64) -> bool {
 }
 
 /// Requests the web instance served, from its output file.
-fn served(dir: &Path, alloc: &str) -> usize {
+pub fn served(dir: &Path, alloc: &str) -> usize {
     std::fs::read_to_string(dir.join(alloc).join("app.stderr.log"))
         .map(|t| t.lines().filter(|l| l.contains("\"GET /?via=mesh")).count())
         .unwrap_or(0)

@@ -35,6 +35,7 @@ mod identity;
 mod identity_long;
 mod intentions;
 mod jobs;
+mod jobs_envoy;
 mod jobs_rollout;
 mod kv;
 mod l7;
