@@ -52,6 +52,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 const KEEPALIVE_RETRIES: u32 = 3;
+/// How long a pooled connection may sit idle before the client drops it: under the servers'
+/// keep-alive idle limit (`--http-header-timeout`, 10 s by default), so the client never reuses a
+/// connection the server is closing at that moment (the request would fail with an incomplete
+/// message before the server has seen it).
+const POOL_IDLE: Duration = Duration::from_secs(5);
 
 /// Why an API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -985,7 +990,8 @@ fn http_client(
         .connect_timeout(connect_timeout)
         .tcp_keepalive(KEEPALIVE_IDLE)
         .tcp_keepalive_interval(KEEPALIVE_INTERVAL)
-        .tcp_keepalive_retries(KEEPALIVE_RETRIES);
+        .tcp_keepalive_retries(KEEPALIVE_RETRIES)
+        .pool_idle_timeout(POOL_IDLE);
     if let Some(tls) = tls {
         builder = builder.use_preconfigured_tls(tls);
     }

@@ -239,13 +239,18 @@ fn web_job(name: &str, count: u32, command: &str) -> String {
     )
 }
 
+/// The job's status, `null` once the job is unknown (404); any other failure fails the test
+/// (it used to read as `null` too, hiding a connection error as "no such job").
 pub async fn status(server: &Server, job: &str) -> serde_json::Value {
-    server
+    match server
         .client
         .job_status(job, plexus_api::client::QueryOptions::default())
         .await
-        .map(|s| serde_json::to_value(s.value).unwrap())
-        .unwrap_or_default()
+    {
+        Ok(status) => serde_json::to_value(status.value).unwrap(),
+        Err(error) if error.status() == Some(404) => serde_json::Value::Null,
+        Err(error) => panic!("reading job {job:?}'s status: {error}"),
+    }
 }
 
 pub fn instances(status: &serde_json::Value) -> Vec<serde_json::Value> {
