@@ -698,7 +698,45 @@ async fn with_only_the_mesh_gateways_routed_servers_federate_and_a_dc1_client_re
         )
         .unwrap();
     assert_eq!(code, 64, "{stderr}");
-    assert!(stderr.contains("--primary-gateways"), "{stderr}");
+    assert!(
+        stderr.contains("--primary-gateways") && stderr.contains("--ca-file"),
+        "{stderr}"
+    );
+    let mut no_primary = vec![
+        "server".to_owned(),
+        "--data-dir".to_owned(),
+        dir.path().join("bad2").display().to_string(),
+        "--primary-gateways".to_owned(),
+        gateway1_wan.to_string(),
+    ];
+    no_primary.extend(tls_args("dc1", dc1.host("server")));
+    let (code, _, stderr) = dc1.host("server").run(bin(), &refs(&no_primary)).unwrap();
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("--primary-gateways") && stderr.contains("--primary-datacenter"),
+        "{stderr}"
+    );
+    // A server name of another datacenter is closed at dc2's gateway, never passed on.
+    let other_dc = gateway_count(gateway_host, gateway_admin, "server", "other_datacenter").await;
+    let (_, out, _) = dc1
+        .host("client")
+        .run(
+            Path::new("openssl"),
+            &[
+                "s_client",
+                "-connect",
+                &wan,
+                "-servername",
+                "server.dc9.consul",
+                "-brief",
+            ],
+        )
+        .unwrap();
+    assert!(!out.contains("CONNECTION ESTABLISHED"), "{out}");
+    eventually!(
+        gateway_count(gateway_host, gateway_admin, "server", "other_datacenter").await
+            == other_dc + 1.0
+    );
     let (code, _, stderr) = dc1
         .host("client")
         .run(
