@@ -1,6 +1,7 @@
 //! A typed client for the Plexus (Consul-shaped) HTTP API, used by the CLI, the proxy and tests.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -259,6 +260,11 @@ pub struct ClientOptions {
     pub tls: Option<rustls::ClientConfig>,
     /// Bare `host:port` addresses mean `https://` (`PLEXUS_HTTP_SSL`, `CONSUL_HTTP_SSL`).
     pub https: bool,
+    /// Host names connected to at other addresses than DNS would give (the port of each
+    /// address is used when the URL names none): a server reached through a mesh gateway is
+    /// `https://server.<dc>.consul` connected to at the gateway, its certificate verified for
+    /// that name.
+    pub resolve: Vec<(String, Vec<SocketAddr>)>,
 }
 
 /// A client of the control plane: one server, or several with failover.
@@ -275,6 +281,8 @@ pub struct Client {
     http: reqwest::Client,
     /// The TLS configuration `http` was built with (for clients made from this one).
     tls: Option<rustls::ClientConfig>,
+    /// The host name overrides `http` was built with.
+    resolve: Vec<(String, Vec<SocketAddr>)>,
     /// The token sent with every request (`None`: anonymous).
     token: Option<SecretId>,
 }
@@ -318,12 +326,11 @@ impl Client {
                 addr: https.clone(),
             });
         }
-        let http = http_client(true, CONNECT_TIMEOUT, options.tls.clone()).map_err(|source| {
-            ClientError::Unreachable {
+        let http = http_client(true, CONNECT_TIMEOUT, options.tls.clone(), &options.resolve)
+            .map_err(|source| ClientError::Unreachable {
                 addr: bases.join(","),
                 source,
-            }
-        })?;
+            })?;
         Ok(Self {
             servers: std::sync::Arc::new(Servers {
                 bases,
@@ -332,6 +339,7 @@ impl Client {
             }),
             http,
             tls: options.tls,
+            resolve: options.resolve,
             token: None,
         })
     }
@@ -340,16 +348,17 @@ impl Client {
     /// every request and waits at most `connect_timeout` for it: for requests that must never
     /// wait on a pooled connection that died silently (an agent's lease renewals).
     pub fn with_fresh_connections(&self, connect_timeout: Duration) -> Result<Self, ClientError> {
-        let http = http_client(false, connect_timeout, self.tls.clone()).map_err(|source| {
-            ClientError::Unreachable {
+        let http = http_client(false, connect_timeout, self.tls.clone(), &self.resolve).map_err(
+            |source| ClientError::Unreachable {
                 addr: self.servers.bases.join(","),
                 source,
-            }
-        })?;
+            },
+        )?;
         Ok(Self {
             servers: std::sync::Arc::clone(&self.servers),
             http,
             tls: self.tls.clone(),
+            resolve: self.resolve.clone(),
             token: self.token.clone(),
         })
     }
@@ -985,6 +994,7 @@ fn http_client(
     pooled: bool,
     connect_timeout: Duration,
     tls: Option<rustls::ClientConfig>,
+    resolve: &[(String, Vec<SocketAddr>)],
 ) -> Result<reqwest::Client, reqwest::Error> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(connect_timeout)
@@ -994,6 +1004,9 @@ fn http_client(
         .pool_idle_timeout(POOL_IDLE);
     if let Some(tls) = tls {
         builder = builder.use_preconfigured_tls(tls);
+    }
+    for (name, addrs) in resolve {
+        builder = builder.resolve_to_addrs(name, addrs);
     }
     if pooled {
         builder.build()

@@ -487,6 +487,26 @@ impl ServiceEntry {
         aggregate(self.checks.iter().map(|c| c.status))
     }
 
+    /// Where another datacenter reaches this instance (a mesh gateway): its `wan` tagged
+    /// address, else its own address and port; `None` when neither is an IP and a port.
+    pub fn wan_address(&self) -> Option<std::net::SocketAddr> {
+        use std::net::{IpAddr, SocketAddr};
+        let tagged = self
+            .service
+            .tagged_addresses
+            .as_ref()
+            .and_then(|tagged| tagged.get("wan"))
+            .and_then(|wan| {
+                let ip = wan.get("Address")?.as_str()?.parse::<IpAddr>().ok()?;
+                let port = u16::try_from(wan.get("Port")?.as_u64()?).ok()?;
+                (port != 0).then_some(SocketAddr::new(ip, port))
+            });
+        tagged.or_else(|| {
+            let ip = self.dial_address().parse::<IpAddr>().ok()?;
+            (self.service.port != 0).then_some(SocketAddr::new(ip, self.service.port))
+        })
+    }
+
     /// The address a client should dial: the service's, else the node's.
     pub fn dial_address(&self) -> &str {
         if self.service.address.is_empty() {

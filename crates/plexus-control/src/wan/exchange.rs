@@ -30,6 +30,10 @@ pub struct WanView {
     /// Other datacenters the sender knows, with their servers' base URLs.
     #[serde(default)]
     pub known: BTreeMap<String, Vec<String>>,
+    /// Mesh gateways' WAN addresses (`ip:port`) by datacenter, told by servers federating
+    /// through them (the sender's own included).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gateways: BTreeMap<String, Vec<String>>,
 }
 
 impl WanView {
@@ -56,6 +60,22 @@ impl WanView {
                 .iter()
                 .map(|(dc, servers)| (format!("Known.{dc}"), servers)),
         );
+        for (dc, gateways) in &self.gateways {
+            if !valid_name(dc) {
+                return Err(ApiError::invalid_field(
+                    format!("Gateways.{dc}"),
+                    format!("{dc:?} is not a datacenter name"),
+                ));
+            }
+            for (i, gateway) in gateways.iter().enumerate() {
+                if gateway.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(ApiError::invalid_field(
+                        format!("Gateways.{dc}[{i}]"),
+                        format!("{gateway:?}: expected ip:port"),
+                    ));
+                }
+            }
+        }
         for (field, servers) in lists {
             if let Some(dc) = field.strip_prefix("Known.")
                 && !valid_name(dc)
@@ -139,6 +159,7 @@ mod tests {
             datacenter: dc.to_owned(),
             servers: servers.iter().map(|s| (*s).to_owned()).collect(),
             known: BTreeMap::new(),
+            gateways: BTreeMap::new(),
         }
     }
 
@@ -161,5 +182,19 @@ mod tests {
             .known
             .insert("no/pe".to_owned(), vec!["http://c:1".to_owned()]);
         assert_eq!(field(known), "Known.no/pe");
+        let mut gateways = view("dc1", &["https://a:1"]);
+        gateways
+            .gateways
+            .insert("dc1".to_owned(), vec!["10.0.0.1:8443".to_owned()]);
+        assert!(gateways.check().is_ok());
+        gateways
+            .gateways
+            .insert("dc2".to_owned(), vec!["gw.example:8443".to_owned()]);
+        assert_eq!(field(gateways.clone()), "Gateways.dc2[0]");
+        gateways.gateways.clear();
+        gateways
+            .gateways
+            .insert("d c".to_owned(), vec!["10.0.0.1:1".to_owned()]);
+        assert_eq!(field(gateways), "Gateways.d c");
     }
 }

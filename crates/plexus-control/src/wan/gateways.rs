@@ -16,6 +16,56 @@ use plexus_runtime::http::{ApiError, BlockingQuery, QueryParams, indexed_json};
 use crate::api::catalog_error;
 use crate::catalog::{HealthFilter, StoreCatalog, Topic};
 
+/// How often a server federating through mesh gateways reads its own datacenter's gateways.
+pub const OWN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// This datacenter's passing mesh gateways' WAN addresses.
+pub async fn own_wan_addresses(
+    catalog: &StoreCatalog,
+) -> Result<Vec<std::net::SocketAddr>, plexus_api::CatalogError> {
+    let names = catalog.service_names().await?;
+    let mut addrs = Vec::new();
+    for name in names.value.keys() {
+        let rows = catalog
+            .service_health(
+                name,
+                &HealthFilter {
+                    tag: None,
+                    passing: true,
+                },
+            )
+            .await?;
+        addrs.extend(
+            rows.value
+                .iter()
+                .filter(|entry| entry.service.kind == ServiceKind::MeshGateway)
+                .filter_map(plexus_api::ServiceEntry::wan_address),
+        );
+    }
+    Ok(addrs)
+}
+
+/// Follows this datacenter's mesh gateways into `federation` (told to other datacenters in
+/// the exchange) every [`OWN_EVERY`] until `stop`.
+pub async fn follow_own(
+    federation: super::Shared,
+    catalog: Arc<StoreCatalog>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        match own_wan_addresses(&catalog).await {
+            Ok(addrs) => federation.set_own_gateways(addrs),
+            Err(error) => {
+                tracing::debug!(error = %plexus_runtime::ErrorChain(&error), "cannot read this datacenter's mesh gateways");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(OWN_EVERY) => {}
+        }
+    }
+}
+
 /// The endpoint's path.
 pub const PATH: &str = "/v1/internal/mesh-gateways";
 

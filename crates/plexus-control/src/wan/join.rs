@@ -25,6 +25,9 @@ pub struct Join {
     pub token: Option<SecretId>,
     /// TLS for an `https://` address.
     pub tls: Option<rustls::ClientConfig>,
+    /// Host names connected to elsewhere: a primary reached through its mesh gateways
+    /// (`--primary-gateways`) is `https://server.<dc>.consul:<port>` connected at the gateways.
+    pub resolve: Vec<(String, Vec<std::net::SocketAddr>)>,
 }
 
 impl std::fmt::Debug for Join {
@@ -40,10 +43,11 @@ impl Join {
     /// start, naming `--retry-join-wan`).
     pub fn client(&self) -> Result<Client, ClientError> {
         Ok(Client::with_options(
-            &[&self.address],
+            &self.address.split(',').collect::<Vec<_>>(),
             ClientOptions {
                 tls: self.tls.clone(),
                 https: false,
+                resolve: self.resolve.clone(),
             },
         )?
         .with_token(self.token.clone()))

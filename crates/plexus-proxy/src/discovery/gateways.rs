@@ -3,7 +3,7 @@
 //! control plane), each at its `wan` tagged address (else its address and port).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use plexus_api::ServiceEntry;
@@ -19,20 +19,7 @@ use plexus_runtime::ErrorChain;
 /// The address another datacenter reaches a mesh gateway at: its `wan` tagged address, else
 /// the instance's own.
 pub(crate) fn wan_address(entry: &ServiceEntry) -> Option<SocketAddr> {
-    let tagged = entry
-        .service
-        .tagged_addresses
-        .as_ref()
-        .and_then(|tagged| tagged.get("wan"))
-        .and_then(|wan| {
-            let ip = wan.get("Address")?.as_str()?.parse::<IpAddr>().ok()?;
-            let port = u16::try_from(wan.get("Port")?.as_u64()?).ok()?;
-            (port != 0).then_some(SocketAddr::new(ip, port))
-        });
-    tagged.or_else(|| {
-        let ip = entry.dial_address().parse::<IpAddr>().ok()?;
-        (entry.service.port != 0).then_some(SocketAddr::new(ip, entry.service.port))
-    })
+    entry.wan_address()
 }
 
 /// The endpoint set of a datacenter's gateways.

@@ -47,7 +47,8 @@ const MAX_SERVICES: usize = 256;
 
 /// `plexus_gateway_mesh_connections_total{service, result}`: every connection, by the service
 /// its SNI named (empty when none) and what became of it (`passed`, `no_client_hello`,
-/// `not_mesh_sni`, `other_datacenter`, `too_many_services`, `no_instance`).
+/// `not_mesh_sni`, `other_datacenter`, `too_many_services`, `no_instance`; server SNI is counted
+/// under `service="server"`, with `no_servers` when the gateway has no `--servers`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MeshMetrics {
     connections: Family<ConnectionLabels, Counter>,
@@ -141,6 +142,31 @@ pub(crate) async fn peek_sni(stream: &mut TcpStream) -> std::io::Result<(Vec<u8>
     }
 }
 
+/// What a server SNI name names: `server.<datacenter>.<domain>` (the name in Consul's server
+/// certificates, `server.dc1.consul`), sent by servers federating through mesh gateways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServerName {
+    pub datacenter: String,
+}
+
+impl ServerName {
+    /// Parses `server.<datacenter>.<domain>` (the domain one label or more); `None` for anything
+    /// else. Mesh names are tried first: a service called `server` keeps its own shape.
+    pub(crate) fn parse(sni: &str) -> Option<Self> {
+        let mut parts = sni.splitn(3, '.');
+        let server = parts.next()?;
+        let datacenter = parts.next()?;
+        let domain = parts.next()?;
+        (server.eq_ignore_ascii_case("server")
+            && !datacenter.is_empty()
+            && !domain.is_empty()
+            && !domain.split('.').any(str::is_empty))
+        .then(|| Self {
+            datacenter: datacenter.to_owned(),
+        })
+    }
+}
+
 /// One local service's endpoints.
 struct Local {
     endpoints: watch::Receiver<Arc<EndpointSet>>,
@@ -157,6 +183,10 @@ struct Mesh {
     connect_timeout: Duration,
     stop: CancellationToken,
     metrics: MeshMetrics,
+    /// `--servers`: this datacenter's servers' HTTPS API, where server SNI is passed.
+    servers: Vec<SocketAddr>,
+    server_picker: RoundRobin,
+    server_failures: RecentFailures<SocketAddr>,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -173,6 +203,7 @@ pub(super) async fn run(
     shared: Shared,
     listeners: Vec<TcpListener>,
     metrics: MeshMetrics,
+    servers: Vec<SocketAddr>,
 ) -> Result<(), ProxyError> {
     let identity = &ctx.security.identity;
     let mesh = Arc::new(Mesh {
@@ -183,6 +214,9 @@ pub(super) async fn run(
         connect_timeout: ctx.limits.connect_timeout,
         stop: ctx.stop.clone(),
         metrics,
+        servers,
+        server_picker: RoundRobin::default(),
+        server_failures: RecentFailures::default(),
     });
     for listener in listeners {
         let name = ListenerName::Gateway("mesh".to_owned());
@@ -196,7 +230,7 @@ pub(super) async fn run(
         ctx.tasks.spawn(accept.run(ctx.stop.clone()));
     }
     shared.ready("mesh-gateway", 0);
-    info!(datacenter = %mesh.datacenter, "mesh gateway serving");
+    info!(datacenter = %mesh.datacenter, servers = ?mesh.servers, "mesh gateway serving");
     ctx.stop.cancelled().await;
     Ok(())
 }
@@ -248,7 +282,15 @@ impl Mesh {
                 return;
             }
         };
-        let Some(name) = sni.as_deref().and_then(MeshName::parse) else {
+        let mesh_name = sni.as_deref().and_then(MeshName::parse);
+        if mesh_name.is_none()
+            && let Some(server) = sni.as_deref().and_then(ServerName::parse)
+        {
+            self.server_connection(downstream, peer, bytes, seen, server)
+                .await;
+            return;
+        }
+        let Some(name) = mesh_name else {
             warn!(%peer, sni = ?sni, "not a mesh TLS connection (no SNI <service>.default.<dc>.internal.<trust domain>); closing");
             self.metrics.count("", "not_mesh_sni");
             return;
@@ -307,6 +349,64 @@ impl Mesh {
     }
 }
 
+impl Mesh {
+    /// A server's TLS (`server.<dc>.<domain>`): passed to one of this datacenter's servers
+    /// (`--servers`, round robin, recently failed ones last), never terminated: the calling
+    /// server verifies the server's certificate end to end.
+    async fn server_connection(
+        &self,
+        downstream: TcpStream,
+        peer: SocketAddr,
+        bytes: ByteCounters,
+        seen: Vec<u8>,
+        server: ServerName,
+    ) {
+        const SERVICE: &str = "server";
+        if server.datacenter != self.datacenter {
+            warn!(%peer, datacenter = %server.datacenter, own = %self.datacenter, "the server SNI names another datacenter; closing");
+            self.metrics.count(SERVICE, "other_datacenter");
+            return;
+        }
+        if self.servers.is_empty() {
+            warn!(%peer, "a server SNI, but this gateway knows no servers (--servers); closing");
+            self.metrics.count(SERVICE, "no_servers");
+            return;
+        }
+        let order = self
+            .server_failures
+            .reorder(self.server_picker.order(&self.servers), Instant::now());
+        let (mut upstream, endpoint) = match endpoint::dial_first(
+            order,
+            self.connect_timeout,
+            |addr, connected| {
+                if connected {
+                    self.server_failures.record_success(addr);
+                } else {
+                    self.server_failures.record_failure(addr, Instant::now());
+                }
+            },
+        )
+        .await
+        {
+            Ok(connected) => connected,
+            Err(error) => {
+                warn!(%peer, error = %plexus_runtime::ErrorChain(&error), "no server of this datacenter answers; closing");
+                self.metrics.count(SERVICE, "no_instance");
+                return;
+            }
+        };
+        self.metrics.count(SERVICE, "passed");
+        if upstream.write_all(&seen).await.is_err() {
+            return;
+        }
+        debug!(%peer, %endpoint, "server connection passed on");
+        match endpoint::splice(downstream, upstream, bytes).await {
+            Ok((received, sent)) => debug!(%endpoint, received, sent, "server connection closed"),
+            Err(error) => debug!(%endpoint, %error, "server connection ended with an error"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +433,33 @@ mod tests {
         ] {
             assert_eq!(MeshName::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn server_names_parse_as_consuls_server_certificates_name_them() {
+        assert_eq!(
+            ServerName::parse("server.dc2.consul"),
+            Some(ServerName {
+                datacenter: "dc2".into()
+            })
+        );
+        assert_eq!(
+            ServerName::parse("SERVER.dc1.example.org").map(|s| s.datacenter),
+            Some("dc1".into())
+        );
+        for bad in [
+            "",
+            "server",
+            "server.dc2",
+            "server..consul",
+            "server.dc2.",
+            "server.dc2.a..b",
+            "client.dc2.consul",
+        ] {
+            assert_eq!(ServerName::parse(bad), None, "{bad}");
+        }
+        // A service named `server` keeps its mesh name (tried first by the gateway).
+        assert!(MeshName::parse("server.default.dc2.internal.td.plexus").is_some());
     }
 
     /// A real TLS client's ClientHello gives its SNI; bytes that are not TLS give none; what

@@ -86,6 +86,9 @@ pub struct GatewayConfig {
     pub wan_listener: Option<TcpListener>,
     /// The admin listener, already bound (port 0 allowed).
     pub admin_listener: TcpListener,
+    /// A mesh gateway's `--servers`: this datacenter's servers' HTTPS API, where TLS naming
+    /// `server.<dc>.<domain>` is passed (WAN federation through mesh gateways).
+    pub servers: Vec<SocketAddr>,
     /// How long in-flight connections may continue after shutdown starts.
     pub drain_grace: Duration,
     /// The JSON access log; `None`: no log.
@@ -105,6 +108,7 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
         wan_address,
         wan_listener,
         admin_listener,
+        servers,
         drain_grace,
         access_log,
     } = config;
@@ -210,7 +214,14 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
             GatewayKind::Terminating => terminating::run(ctx, shared, listener).await,
             GatewayKind::Mesh => {
                 let listeners = std::iter::once(listener).chain(wan_listener).collect();
-                mesh::run(ctx, shared, listeners, mesh_metrics.unwrap_or_default()).await
+                mesh::run(
+                    ctx,
+                    shared,
+                    listeners,
+                    mesh_metrics.unwrap_or_default(),
+                    servers,
+                )
+                .await
             }
         }
     };

@@ -175,6 +175,7 @@ impl ServerTls {
             ClientOptions {
                 tls,
                 https: self.https,
+                ..ClientOptions::default()
             },
         )?)
     }

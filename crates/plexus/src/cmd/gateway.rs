@@ -40,6 +40,11 @@ pub struct Args {
     /// The address other datacenters reach it on (registered as the `wan` tagged address).
     #[arg(long = "wan-address")]
     pub wan_address: Option<SocketAddr>,
+    /// A mesh gateway's servers: this datacenter's servers' HTTPS API (`host:port`,
+    /// comma-separated). TLS whose SNI is `server.<this datacenter>.<domain>` (what servers
+    /// federating through mesh gateways send) is passed to one of them, never terminated.
+    #[arg(long, value_delimiter = ',')]
+    pub servers: Vec<SocketAddr>,
     /// Admin listener (`/ready`, `/metrics`, `/stats`, `/config`); port 0 picks a free port.
     #[arg(long = "admin-addr", default_value = "127.0.0.1:19000")]
     pub admin_addr: String,
@@ -79,6 +84,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Kind::Terminating => GatewayKind::Terminating,
         Kind::Mesh => GatewayKind::Mesh,
     };
+    if !args.servers.is_empty() && kind != GatewayKind::Mesh {
+        eprintln!("error: --servers: only a mesh gateway passes server traffic (--kind mesh)");
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
     let admin_listener = TcpListener::bind(&args.admin_addr)
         .await
         .with_context(|| format!("cannot bind the admin listener on {}", args.admin_addr))?;
@@ -131,6 +140,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         wan_address: args.wan_address,
         wan_listener,
         admin_listener,
+        servers: args.servers,
         drain_grace: args.grace,
         access_log,
     };

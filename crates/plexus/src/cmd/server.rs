@@ -98,6 +98,19 @@ pub struct Args {
     /// the WAN once the primary's servers are known). Default: this server's datacenter.
     #[arg(long = "primary-datacenter")]
     pub primary_datacenter: Option<String>,
+    /// Federate through mesh gateways (`connect.enable_mesh_gateway_wan_federation`): another
+    /// datacenter whose mesh gateways are known is reached only through them, over HTTPS to
+    /// `server.<dc>.consul` verified end to end (the gateway passes it to a server there, see
+    /// `plexus gateway --servers`), and this datacenter's gateways are told to the others.
+    /// Needs the HTTPS API and `--ca-file`; every server's certificate names
+    /// `server.<its dc>.consul`.
+    #[arg(long = "mesh-gateway-wan-federation")]
+    pub mesh_gateway_wan_federation: bool,
+    /// The primary datacenter's mesh gateways (`primary_gateways`, `ip:port`, comma-separated):
+    /// this server joins the primary through them (`--primary-datacenter` names it). Implies
+    /// `--mesh-gateway-wan-federation`.
+    #[arg(long = "primary-gateways", value_delimiter = ',')]
+    pub primary_gateways: Vec<SocketAddr>,
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
@@ -327,13 +340,46 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let wan_joins = match wan_joins(&args, config, wan_tls.as_ref()) {
+    let via_gateways = args.mesh_gateway_wan_federation || !args.primary_gateways.is_empty();
+    if via_gateways && (wan_tls.is_none() || args.tls.https.https_addr.is_none()) {
+        eprintln!(
+            "error: --mesh-gateway-wan-federation/--primary-gateways: servers are reached through mesh gateways over HTTPS verified end to end: give --https-addr and --ca-file"
+        );
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+    let gateway_primary = args
+        .primary_datacenter
+        .clone()
+        .or_else(|| config.primary_datacenter.clone())
+        .filter(|primary| *primary != args.datacenter);
+    if !args.primary_gateways.is_empty() && gateway_primary.is_none() {
+        eprintln!(
+            "error: --primary-gateways: name the primary datacenter (another than this one) with --primary-datacenter"
+        );
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+    let mut wan_joins = match wan_joins(&args, config, wan_tls.as_ref()) {
         Ok(joins) => joins,
         Err(message) => {
             eprintln!("error: {message}");
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    if let Some(primary) = gateway_primary.as_deref()
+        && !args.primary_gateways.is_empty()
+    {
+        let (bases, options) = plexus_control::wan::gateway_client_options(
+            primary,
+            &args.primary_gateways,
+            wan_tls.clone(),
+        );
+        wan_joins.push(plexus_control::wan::join::Join {
+            address: bases.join(","),
+            token: None,
+            tls: options.tls,
+            resolve: options.resolve,
+        });
+    }
     let node_name = args.node.clone().unwrap_or_else(default_node_name);
     let listener = if args.tls.https.https_only {
         None
@@ -378,8 +424,9 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
         leader_addr: reach.to_string(),
     };
     let backend = store.status().await.backend;
-    let federation =
-        plexus_control::wan::Federation::new(&args.datacenter).with_tls(wan_tls.clone());
+    let federation = plexus_control::wan::Federation::new(&args.datacenter)
+        .with_tls(wan_tls.clone())
+        .via_gateways(via_gateways);
     // Other datacenters reach this server at its WAN address (`advertise_addr_wan`), else the
     // advertised one: over HTTPS when it serves HTTPS and has a CA file (it talks HTTPS to
     // other datacenters then too), else over its HTTP listener.
@@ -389,6 +436,10 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     };
     let wan_reach = SocketAddr::new(addresses.wan.unwrap_or(advertised), port);
     federation.add_own_server(format!("{scheme}://{wan_reach}"));
+    if let Some(primary) = gateway_primary.as_deref() {
+        // Until the primary tells its gateways, the ones named here reach it.
+        federation.learn_gateways(primary, args.primary_gateways.clone());
+    }
     let mut control = ControlPlane::with_store(store, info)
         .with_auto_encrypt(args.tls.auto_encrypt())
         .with_federation(federation);
@@ -415,6 +466,13 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
             control.federation(),
             primary,
             wan_token.clone(),
+            shutdown.token(),
+        ));
+    }
+    if via_gateways {
+        shutdown.spawn(plexus_control::wan::gateways::follow_own(
+            control.federation(),
+            control.catalog(),
             shutdown.token(),
         ));
     }
@@ -584,6 +642,7 @@ fn wan_joins(
                 address: address.trim().to_owned(),
                 token: None,
                 tls: tls.cloned(),
+                resolve: Vec::new(),
             };
             join.client()
                 .map(|_| join)

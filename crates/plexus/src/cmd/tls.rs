@@ -110,7 +110,11 @@ impl ClientTlsArgs {
             }
             None => None,
         };
-        Ok(ClientOptions { tls, https })
+        Ok(ClientOptions {
+            tls,
+            https,
+            ..ClientOptions::default()
+        })
     }
 }
 

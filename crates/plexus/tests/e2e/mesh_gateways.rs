@@ -1,16 +1,17 @@
-//! Two datacenters through a mesh gateway (issue 20), each in its own network namespaces:
+//! Two datacenters federated through mesh gateways (issue 20), each in its own network
+//! namespaces:
 //!
 //! ```text
-//!  dc1 network: server1, client (agent; client + echo apps and sidecars)
+//!  dc1 network: server1, client (agent; client + echo apps and sidecars), gateway (agent; mesh gateway)
 //!  dc2 network: server2, app (agent; echo + billing apps and sidecars), gateway (agent; mesh gateway)
-//!  between them: server2 and the gateway each have a second interface on dc1's network
-//!  (server2's WAN address, the gateway's WAN address); nothing else is routed (the root
-//!  namespace does not forward)
+//!  between them: each gateway has a second interface on the other datacenter's network (its
+//!  WAN address); nothing else is routed (the root namespace does not forward): the servers
+//!  reach each other only through the gateways (HTTPS to server.<dc>.consul, passed through)
 //! ```
 //!
-//! dc2 is a secondary (`--primary-datacenter dc1`): one trust domain. Both servers enforce ACLs
-//! (default deny) with the same management token; the client's token exists in both
-//! datacenters (tokens are per datacenter).
+//! dc2 is a secondary (`--primary-datacenter dc1`, `--primary-gateways`): one trust domain.
+//! Both servers enforce ACLs (default deny) with the same management token; the client's token
+//! exists in both datacenters (tokens are per datacenter).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -162,55 +163,103 @@ async fn echo_on(host: &Host, port: u16) -> TcpEcho {
 }
 
 #[tokio::test]
-async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there() {
-    let mut dc1 = Network::start(&["server", "client"]).unwrap();
-    let dc2 = Network::start(&["server", "app", "gateway"]).unwrap();
-    let server2_wan = dc1.attach(dc2.host("server")).unwrap();
-    let gateway_wan = dc1.attach(dc2.host("gateway")).unwrap();
+async fn with_only_the_mesh_gateways_routed_servers_federate_and_a_dc1_client_reaches_and_fails_over_to_dc2()
+ {
+    let mut dc1 = Network::start(&["server", "client", "gateway"]).unwrap();
+    let mut dc2 = Network::start(&["server", "app", "gateway"]).unwrap();
+    let gateway2_wan = dc1.attach(dc2.host("gateway")).unwrap();
+    let gateway1_wan = dc2.attach(dc1.host("gateway")).unwrap();
+    let gateway1_wan = SocketAddr::from((gateway1_wan, 8443));
+    let gateway2_wan = SocketAddr::from((gateway2_wan, 8443));
     let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let pki = plexus_test::pki::Pki::new("wan").unwrap();
+    let ca = write("ca.pem", &pki.root_pem());
+    let tls_args = |dc: &str, host: &Host| {
+        let leaf = pki
+            .server_leaf(
+                &[&format!("server.{dc}.consul"), "localhost"],
+                &[host.ip().into(), "127.0.0.1".parse().unwrap()],
+            )
+            .unwrap();
+        [
+            "--https-addr".to_owned(),
+            "0.0.0.0:8501".to_owned(),
+            "--cert-file".to_owned(),
+            write(&format!("{dc}.pem"), &leaf.cert_pem),
+            "--key-file".to_owned(),
+            write(&format!("{dc}-key.pem"), &leaf.key_pem),
+            "--ca-file".to_owned(),
+            ca.clone(),
+        ]
+        .to_vec()
+    };
     let (data1, data2) = (dir.path().join("s1"), dir.path().join("s2"));
-    let server2 = Server::start_on(
-        dc2.host("server"),
-        bin(),
-        "server2",
-        &[
-            "--data-dir",
-            data2.to_str().unwrap(),
-            "--datacenter",
-            "dc2",
-            "--primary-datacenter",
-            "dc1",
-            "--advertise-addr-wan",
-            &server2_wan.to_string(),
-        ],
+
+    let mut args1 = vec![
+        "--data-dir".to_owned(),
+        data1.display().to_string(),
+        "--mesh-gateway-wan-federation".to_owned(),
+    ];
+    args1.extend(tls_args("dc1", dc1.host("server")));
+    let mut server1 = Server::start_on(dc1.host("server"), bin(), "server1", &refs(&args1))
+        .await
+        .unwrap();
+    let mut args2 = vec![
+        "--data-dir".to_owned(),
+        data2.display().to_string(),
+        "--datacenter".to_owned(),
+        "dc2".to_owned(),
+        "--primary-datacenter".to_owned(),
+        "dc1".to_owned(),
+        "--primary-gateways".to_owned(),
+        gateway1_wan.to_string(),
+    ];
+    args2.extend(tls_args("dc2", dc2.host("server")));
+    let server2 = Server::start_on(dc2.host("server"), bin(), "server2", &refs(&args2))
+        .await
+        .unwrap();
+
+    // The servers' WAN addresses are not routed: dc1's server cannot reach dc2's.
+    let server2_https = dc2.host("server").addr(8501);
+    assert!(
+        tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            dc1.host("server").connect(server2_https)
+        )
+        .await
+        .map_or(true, |connected| connected.is_err()),
+        "dc2's server must not be reachable from dc1"
+    );
+
+    // dc1's gateway first: dc2 joins dc1 and gets its intermediate through it.
+    let (_gateway1_agent, gateway1, gateway1_admin) = mesh_gateway(
+        &server1,
+        dc1.host("gateway"),
+        dir.path(),
+        "dc1",
+        gateway1_wan,
+        &dc1.host("server").addr(8501).to_string(),
     )
-    .await
-    .unwrap();
-    let mut server1 = Server::start_on(
-        dc1.host("server"),
-        bin(),
-        "server1",
-        &[
-            "--data-dir",
-            data1.to_str().unwrap(),
-            "--retry-join-wan",
-            &format!("{server2_wan}:8500"),
-        ],
-    )
-    .await
-    .unwrap();
+    .await;
     eventually!(
-        admin(&server1, "GET", "/v1/catalog/datacenters", None)
+        admin(&server2, "GET", "/v1/catalog/datacenters", None)
             .await
             .1
-            == json!(["dc1", "dc2"])
+            == json!(["dc2", "dc1"])
     );
     let trust_domain =
         admin(&server1, "GET", "/v1/connect/ca/roots", None).await.1["TrustDomain"].clone();
     eventually!(
         admin(&server2, "GET", "/v1/connect/ca/roots", None).await.1["TrustDomain"] == trust_domain
     );
+    assert!(gateway_count(dc1.host("gateway"), gateway1_admin, "server", "passed").await >= 1.0);
 
+    let gateway_wan = gateway2_wan.ip();
     // dc2: echo and billing on host app; the mesh gateway on host gateway.
     let app = dc2.host("app");
     let app_services = format!(
@@ -308,6 +357,8 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
         &lan,
         "--wan-address",
         &wan,
+        "--servers",
+        &server2_https.to_string(),
         "--http-addr",
         &gateway_agent.addr(),
         "--token-file",
@@ -529,6 +580,8 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
         (200, &json!("mesh-gateway")),
         "{body}"
     );
+    // Both went through dc2's gateway to dc2's server (the servers' addresses are not routed).
+    assert!(gateway_count(gateway_host, gateway_admin, "server", "passed").await >= 1.0);
 
     // Echo is served here while it passes here.
     eventually!(
@@ -630,6 +683,77 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
         .unwrap();
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("mesh-gateway"), "{stderr}");
+    // Bad input, each refused naming the flag (exit 64).
+    let (code, _, stderr) = dc1
+        .host("server")
+        .run(
+            bin(),
+            &[
+                "server",
+                "--data-dir",
+                dir.path().join("bad").to_str().unwrap(),
+                "--primary-gateways",
+                &gateway1_wan.to_string(),
+            ],
+        )
+        .unwrap();
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("--primary-gateways") && stderr.contains("--ca-file"),
+        "{stderr}"
+    );
+    let mut no_primary = vec![
+        "server".to_owned(),
+        "--data-dir".to_owned(),
+        dir.path().join("bad2").display().to_string(),
+        "--primary-gateways".to_owned(),
+        gateway1_wan.to_string(),
+    ];
+    no_primary.extend(tls_args("dc1", dc1.host("server")));
+    let (code, _, stderr) = dc1.host("server").run(bin(), &refs(&no_primary)).unwrap();
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("--primary-gateways") && stderr.contains("--primary-datacenter"),
+        "{stderr}"
+    );
+    // A server name of another datacenter is closed at dc2's gateway, never passed on.
+    let other_dc = gateway_count(gateway_host, gateway_admin, "server", "other_datacenter").await;
+    let (_, out, _) = dc1
+        .host("client")
+        .run(
+            Path::new("openssl"),
+            &[
+                "s_client",
+                "-connect",
+                &wan,
+                "-servername",
+                "server.dc9.consul",
+                "-brief",
+            ],
+        )
+        .unwrap();
+    assert!(!out.contains("CONNECTION ESTABLISHED"), "{out}");
+    eventually!(
+        gateway_count(gateway_host, gateway_admin, "server", "other_datacenter").await
+            == other_dc + 1.0
+    );
+    let (code, _, stderr) = dc1
+        .host("client")
+        .run(
+            bin(),
+            &[
+                "gateway",
+                "--kind",
+                "ingress",
+                "--service",
+                "in",
+                "--servers",
+                "127.0.0.1:8501",
+            ],
+        )
+        .unwrap();
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--servers"), "{stderr}");
 
     // dc1's echo back; dc2's servers killed: dc1 serves its own traffic.
     echo1 = Some(echo_on(client_host, ECHO_PORT).await);
@@ -656,10 +780,97 @@ async fn a_dc1_client_reaches_dc2_through_its_mesh_gateway_and_fails_over_there(
     assert_eq!(status, 503, "{body}");
     drop((
         gateway,
+        gateway1,
         dc2_sidecars,
         client_sidecar,
         echo1_sidecar,
         api1_sidecar,
     ));
     server1.kill9().unwrap();
+}
+
+/// `plexus_gateway_mesh_connections_total{service,result}` from a gateway's admin `/metrics`.
+async fn gateway_count(host: &Host, admin: SocketAddr, service: &str, result: &str) -> f64 {
+    let Ok((_, metrics)) = host.http_get(admin, "/metrics").await else {
+        return 0.0;
+    };
+    let prefix = format!(
+        r#"plexus_gateway_mesh_connections_total{{service="{service}",result="{result}"}} "#
+    );
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .unwrap_or_default()
+}
+
+/// Starts an agent on `host` and a mesh gateway `mesh-gw` behind it: LAN on the host's address,
+/// WAN at `wan`, passing server SNI to `servers`. Returns the agent, the gateway process and
+/// its admin address.
+async fn mesh_gateway(
+    server: &Server,
+    host: &Host,
+    dir: &Path,
+    dc: &str,
+    wan: SocketAddr,
+    servers: &str,
+) -> (Agent, plexus_test::Process, SocketAddr) {
+    let agent_token = token(
+        server,
+        dir,
+        &plexus_test::server::random_uuid(),
+        dc,
+        Some(&format!("gateway-{dc}")),
+        &["mesh-gw"],
+    )
+    .await;
+    let agent = Agent::start_on(
+        host,
+        bin(),
+        &format!("gateway-{dc}"),
+        &server.http.ip().to_string(),
+        &["--datacenter", dc, "--token-file", &agent_token],
+    )
+    .await
+    .unwrap();
+    let gateway_token = token(
+        server,
+        dir,
+        &plexus_test::server::random_uuid(),
+        dc,
+        None,
+        &["mesh-gw"],
+    )
+    .await;
+    let args: Vec<String> = [
+        "gateway",
+        "--kind",
+        "mesh",
+        "--service",
+        "mesh-gw",
+        "--address",
+        &host.addr(8443).to_string(),
+        "--wan-address",
+        &wan.to_string(),
+        "--servers",
+        servers,
+        "--http-addr",
+        &agent.addr(),
+        "--token-file",
+        &gateway_token,
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let gateway = host
+        .spawn(&format!("gateway:{dc}"), bin(), &args, &[])
+        .unwrap();
+    gateway.listening("gateway-wan").await.unwrap();
+    let admin = gateway.listening("admin").await.unwrap();
+    (agent, gateway, admin)
+}
+
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
