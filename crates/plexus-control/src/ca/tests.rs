@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus_api::Catalog;
+use plexus_api::config_entry::ConfigEntry;
+use plexus_api::connect::service_spiffe_id;
+use plexus_api::{AgentService, Catalog, ServiceKind};
 use rcgen::{CertificateParams, KeyPair, SanType};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
