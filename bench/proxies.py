@@ -170,6 +170,23 @@ class Setup:
 # --------------------------------------------------------------------------------------- Plexus
 
 
+def _web_hcl(upstream: int, sidecar_port: int, protocol: str) -> str:
+    """The `web` service (nginx at `upstream`) with its sidecar, as `plexus dev --config-file` reads it."""
+    return f"""services {{
+  name = "web"
+  port = {upstream}
+  connect {{
+    sidecar_service {{
+      port = {sidecar_port}
+      proxy {{
+        config = {{ protocol = "{protocol}" }}
+      }}
+    }}
+  }}
+}}
+"""
+
+
 def start_plexus(
     plexus: str,
     work: Path,
@@ -210,19 +227,8 @@ def start_plexus(
     }}
   }}
 }}
-services {{
-  name = "web"
-  port = {upstream}
-  connect {{
-    sidecar_service {{
-      port = {web_sidecar}
-      proxy {{
-        config = {{ protocol = "{protocol}" }}
-      }}
-    }}
-  }}
-}}
 """
+        + _web_hcl(upstream, web_sidecar, protocol)
     )
     run = Running()
     env_addr = f"127.0.0.1:{http}"
@@ -298,19 +304,8 @@ def start_plexus_envoy(plexus: str, envoy: str, work: Path, upstream: int, proto
     }}
   }}
 }}
-services {{
-  name = "web"
-  port = {upstream}
-  connect {{
-    sidecar_service {{
-      port = {web_sidecar}
-      proxy {{
-        config = {{ protocol = "{protocol}" }}
-      }}
-    }}
-  }}
-}}
 """
+        + _web_hcl(upstream, web_sidecar, protocol)
     )
     run = Running()
     env_addr = f"127.0.0.1:{http}"
@@ -363,19 +358,7 @@ def start_plexus_ingress(plexus: str, work: Path, upstream: int) -> Setup:
     d.mkdir(parents=True, exist_ok=True)
     http, web_sidecar, listener = free_port(), free_port(), free_port()
     (d / "mesh.hcl").write_text(
-        f"""services {{
-  name = "web"
-  port = {upstream}
-  connect {{
-    sidecar_service {{
-      port = {web_sidecar}
-      proxy {{
-        config = {{ protocol = "http" }}
-      }}
-    }}
-  }}
-}}
-"""
+        _web_hcl(upstream, web_sidecar, "http")
     )
     run = Running()
     base = f"http://127.0.0.1:{http}"

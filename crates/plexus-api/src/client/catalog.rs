@@ -124,13 +124,7 @@ impl Client {
         passing: bool,
         query: QueryOptions,
     ) -> Result<Indexed<Vec<ServiceEntry>>, ClientError> {
-        let flags: &[&str] = if passing { &["passing"] } else { &[] };
-        self.get(
-            &format!("/v1/health/service/{}", encode(name)),
-            query,
-            flags,
-        )
-        .await
+        self.health_entries("service", name, passing, query).await
     }
 
     /// `GET /v1/health/connect/:name`: the sidecars in front of `name`'s instances.
@@ -140,9 +134,20 @@ impl Client {
         passing: bool,
         query: QueryOptions,
     ) -> Result<Indexed<Vec<ServiceEntry>>, ClientError> {
+        self.health_entries("connect", name, passing, query).await
+    }
+
+    /// `GET /v1/health/<family>/:name`, `family` `service` or `connect`.
+    async fn health_entries(
+        &self,
+        family: &str,
+        name: &str,
+        passing: bool,
+        query: QueryOptions,
+    ) -> Result<Indexed<Vec<ServiceEntry>>, ClientError> {
         let flags: &[&str] = if passing { &["passing"] } else { &[] };
         self.get(
-            &format!("/v1/health/connect/{}", encode(name)),
+            &format!("/v1/health/{family}/{}", encode(name)),
             query,
             flags,
         )

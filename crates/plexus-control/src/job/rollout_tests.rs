@@ -77,6 +77,24 @@ fn versions(allocs: &[Allocation]) -> Vec<u64> {
 }
 
 /// v1 rolled out and successful: the `previous` of the next version.
+/// The step after `d`, at `now_ms`, with no instance already running the new spec.
+fn next(
+    job: &JobVersion,
+    d: &Decision,
+    allocs: &mut [Allocation],
+    statuses: &BTreeMap<String, InstanceStatus>,
+    now_ms: u64,
+) -> Decision {
+    step(
+        job,
+        Some(&d.deployment),
+        allocs,
+        statuses,
+        |_, _| false,
+        now_ms,
+    )
+}
+
 fn stable_v1() -> Deployment {
     let mut allocs = vec![alloc(0, 1), alloc(1, 1)];
     let s = all_healthy(&allocs);
@@ -109,14 +127,7 @@ fn a_new_job_succeeds_once_every_instance_is_healthy() {
     assert_eq!(d.wake_at_ms, Some(7000), "the first batch's deadline");
     assert_eq!(d.deployment.groups[0].healthy, 0);
     let s = all_healthy(&allocs);
-    let d = step(
-        &job,
-        Some(&d.deployment),
-        &mut allocs,
-        &s,
-        |_, _| false,
-        2000,
-    );
+    let d = next(&job, &d, &mut allocs, &s, 2000);
     assert_eq!(d.deployment.state, DeploymentState::Successful);
     assert_eq!(d.deployment.groups[0].healthy, 2);
     assert_eq!(d.wake_at_ms, None);
@@ -136,41 +147,20 @@ fn an_update_replaces_one_instance_at_a_time_and_waits_for_it_to_be_healthy() {
 
     // Not healthy yet: the next batch waits.
     s.extend([status(&allocs[0], "running", false)]);
-    let d = step(
-        &job,
-        Some(&d.deployment),
-        &mut allocs,
-        &s,
-        |_, _| false,
-        12_000,
-    );
+    let d = next(&job, &d, &mut allocs, &s, 12_000);
     assert_eq!(versions(&allocs), [2, 1]);
     assert_eq!(d.deployment.state, DeploymentState::Running);
 
     // Healthy: the second goes.
     s.extend([status(&allocs[0], "running", true)]);
-    let d = step(
-        &job,
-        Some(&d.deployment),
-        &mut allocs,
-        &s,
-        |_, _| false,
-        13_000,
-    );
+    let d = next(&job, &d, &mut allocs, &s, 13_000);
     assert_eq!(versions(&allocs), [2, 2]);
     assert_eq!(d.deployment.groups[0].batch, 2);
     assert_eq!(d.deployment.groups[0].healthy, 1);
     assert_eq!(d.wake_at_ms, Some(19_000));
 
     s.extend([status(&allocs[1], "running", true)]);
-    let d = step(
-        &job,
-        Some(&d.deployment),
-        &mut allocs,
-        &s,
-        |_, _| false,
-        14_000,
-    );
+    let d = next(&job, &d, &mut allocs, &s, 14_000);
     assert_eq!(d.deployment.state, DeploymentState::Successful);
     assert_eq!(d.deployment.groups[0].healthy, 2);
 }
@@ -216,25 +206,11 @@ fn without_auto_revert_a_missed_deadline_stops_the_rollout() {
     let mut allocs = vec![alloc(0, 1), alloc(1, 1), alloc(2, 1)];
     let s = all_healthy(&allocs);
     let d = step(&job, Some(&v1), &mut allocs, &s, |_, _| false, 0);
-    let d = step(
-        &job,
-        Some(&d.deployment),
-        &mut allocs,
-        &s,
-        |_, _| false,
-        6_000,
-    );
+    let d = next(&job, &d, &mut allocs, &s, 6_000);
     assert_eq!(d.deployment.state, DeploymentState::Failed);
     assert_eq!(d.revert_to, None);
     // Stopped there, for good.
-    let d = step(
-        &job,
-        Some(&d.deployment),
-        &mut allocs,
-        &s,
-        |_, _| false,
-        60_000,
-    );
+    let d = next(&job, &d, &mut allocs, &s, 60_000);
     assert_eq!(d.deployment.state, DeploymentState::Failed);
     assert_eq!(versions(&allocs), [2, 1, 1]);
 }
@@ -249,14 +225,7 @@ fn a_failed_instance_fails_the_rollout_at_once_and_a_revert_is_not_reverted() {
     let mut failed = status(&allocs[0], "failed", false);
     failed.1.message = "cannot start \"x\": No such file".into();
     s.extend([failed]);
-    let d = step(
-        &job,
-        Some(&d.deployment),
-        &mut allocs,
-        &s,
-        |_, _| false,
-        100,
-    );
+    let d = next(&job, &d, &mut allocs, &s, 100);
     assert_eq!(d.deployment.state, DeploymentState::Failed);
     assert_eq!(d.revert_to, None);
     assert!(

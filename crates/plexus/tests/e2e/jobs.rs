@@ -493,6 +493,30 @@ pub fn alive(pid: u64) -> bool {
 }
 
 /// Requests the web instance served, from its output file.
+/// 100 calls through `call` (true when one succeeded): none fails, and the two instances
+/// `mesh-web-0` and `mesh-web-1` serve them within 40/60.
+pub async fn hundred_calls_split_evenly<F, Fut>(jobs_dir: &Path, mut call: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let before = (
+        served(jobs_dir, "mesh-web-0"),
+        served(jobs_dir, "mesh-web-1"),
+    );
+    let mut failed = 0;
+    for _ in 0..100 {
+        if !call().await {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 0);
+    let n0 = served(jobs_dir, "mesh-web-0") - before.0;
+    let n1 = served(jobs_dir, "mesh-web-1") - before.1;
+    assert_eq!(n0 + n1, 100, "{n0} + {n1}");
+    assert!((40..=60).contains(&n0), "split {n0}/{n1}");
+}
+
 pub fn served(dir: &Path, alloc: &str) -> usize {
     std::fs::read_to_string(dir.join(alloc).join("app.stderr.log"))
         .map(|t| t.lines().filter(|l| l.contains("\"GET /?via=mesh")).count())
@@ -577,21 +601,7 @@ async fn instances_reach_each_other_through_their_own_sidecars_and_calls_split_e
             after.0 > before.0 && after.1 > before.1
         }
     });
-    let before = (
-        served(jobs_dir.path(), "mesh-web-0"),
-        served(jobs_dir.path(), "mesh-web-1"),
-    );
-    let mut failed = 0;
-    for _ in 0..100 {
-        if !call().await {
-            failed += 1;
-        }
-    }
-    assert_eq!(failed, 0);
-    let n0 = served(jobs_dir.path(), "mesh-web-0") - before.0;
-    let n1 = served(jobs_dir.path(), "mesh-web-1") - before.1;
-    assert_eq!(n0 + n1, 100, "{n0} + {n1}");
-    assert!((40..=60).contains(&n0), "split {n0}/{n1}");
+    hundred_calls_split_evenly(jobs_dir.path(), call).await;
 
     // `job logs` reads an instance's output from its agent.
     let out = ok(&server, &["logs", "mesh", "client"]);

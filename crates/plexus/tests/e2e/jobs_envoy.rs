@@ -4,7 +4,10 @@
 
 use plexus_test::eventually;
 
-use crate::jobs::{MESH, alive, instances, job, ok, path, served, server, status, wait_alive};
+use crate::jobs::{
+    MESH, alive, hundred_calls_split_evenly, instances, job, ok, path, served, server, status,
+    wait_alive,
+};
 use crate::write_file;
 
 /// The mesh job with Envoy sidecars for the two web instances (the client keeps the built-in
@@ -144,21 +147,7 @@ async fn instances_with_envoy_sidecars_serve_split_calls_and_a_killed_envoy_is_r
         }
     };
     eventually!(reached_both().await);
-    let before = (
-        served(jobs_dir.path(), "mesh-web-0"),
-        served(jobs_dir.path(), "mesh-web-1"),
-    );
-    let mut failed = 0;
-    for _ in 0..100 {
-        if !call().await {
-            failed += 1;
-        }
-    }
-    assert_eq!(failed, 0);
-    let n0 = served(jobs_dir.path(), "mesh-web-0") - before.0;
-    let n1 = served(jobs_dir.path(), "mesh-web-1") - before.1;
-    assert_eq!(n0 + n1, 100, "{n0} + {n1}");
-    assert!((40..=60).contains(&n0), "split {n0}/{n1}");
+    hundred_calls_split_evenly(jobs_dir.path(), call).await;
 
     // A killed Envoy is started again (a new process on the same admin port and base id),
     // and both instances serve again.

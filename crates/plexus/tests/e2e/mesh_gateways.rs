@@ -19,7 +19,7 @@ use std::path::Path;
 use plexus_api::acl::SecretId;
 use plexus_api::acl::model::{NodeIdentity, ServiceIdentity, TokenWrite};
 use plexus_test::upstream::HttpStub;
-use plexus_test::{Agent, Host, Network, Server, TcpEcho, eventually};
+use plexus_test::{Agent, Host, Network, Server, Sidecar, TcpEcho, eventually};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -35,6 +35,20 @@ const API_UPSTREAM: u16 = 9194;
 
 /// Creates the token `secret` in `server` (datacenter `dc`) with a node identity and service
 /// identities; writes it to a file in `dir`.
+/// `name`'s sidecar on `agent`, with a fresh token holding `name`'s service identity in `dc`.
+async fn sidecar_as(agent: &Agent, server: &Server, dir: &Path, dc: &str, name: &str) -> Sidecar {
+    let file = token(
+        server,
+        dir,
+        &plexus_test::server::random_uuid(),
+        dc,
+        None,
+        &[name],
+    )
+    .await;
+    agent.sidecar(name, &["--token-file", &file]).await.unwrap()
+}
+
 async fn token(
     server: &Server,
     dir: &Path,
@@ -301,21 +315,7 @@ async fn with_only_the_mesh_gateways_routed_servers_federate_and_a_dc1_client_re
     let api2 = http_on(app, "api-dc2").await;
     let mut dc2_sidecars = Vec::new();
     for name in ["echo", "billing", "api"] {
-        let file = token(
-            &server2,
-            dir.path(),
-            &plexus_test::server::random_uuid(),
-            "dc2",
-            None,
-            &[name],
-        )
-        .await;
-        dc2_sidecars.push(
-            app_agent
-                .sidecar(name, &["--token-file", &file])
-                .await
-                .unwrap(),
-        );
+        dc2_sidecars.push(sidecar_as(&app_agent, &server2, dir.path(), "dc2", name).await);
     }
     let gateway_host = dc2.host("gateway");
     let gateway_agent_token = token(
@@ -451,19 +451,7 @@ async fn with_only_the_mesh_gateways_routed_servers_federate_and_a_dc1_client_re
         &["client"],
     )
     .await;
-    let echo1_token = token(
-        &server1,
-        dir.path(),
-        &plexus_test::server::random_uuid(),
-        "dc1",
-        None,
-        &["echo"],
-    )
-    .await;
-    let echo1_sidecar = client_agent
-        .sidecar("echo", &["--token-file", &echo1_token])
-        .await
-        .unwrap();
+    let echo1_sidecar = sidecar_as(&client_agent, &server1, dir.path(), "dc1", "echo").await;
     let client_sidecar = client_agent
         .sidecar("client", &["--token-file", &client_token])
         .await
@@ -482,19 +470,7 @@ async fn with_only_the_mesh_gateways_routed_servers_federate_and_a_dc1_client_re
         .await;
         assert_eq!(status, 200, "{body}");
     }
-    let api1_token = token(
-        &server1,
-        dir.path(),
-        &plexus_test::server::random_uuid(),
-        "dc1",
-        None,
-        &["api"],
-    )
-    .await;
-    let api1_sidecar = client_agent
-        .sidecar("api", &["--token-file", &api1_token])
-        .await
-        .unwrap();
+    let api1_sidecar = sidecar_as(&client_agent, &server1, dir.path(), "dc1", "api").await;
     for sidecar in dc2_sidecars
         .iter()
         .chain([&echo1_sidecar, &client_sidecar, &api1_sidecar])
