@@ -6,7 +6,9 @@ nginx), with figures that do not depend on what else runs on the machine where p
                      the functions that cost most (inclusive and self)
   --tool strace      system calls per request in one sidecar (strace attached for N requests)
   --tool heaptrack   allocations per request in one sidecar (two runs, with and without the N
-                     measured requests after the same warm-up; the difference over N)
+                     measured requests after the same warm-up; the difference over N); with
+                     --connections C, instead the heap at its peak while C connections are open
+                     (oha -c C -q 2000 for 4 s, as --tool rss) and the call sites holding most of it
   --tool cpu         CPU seconds of both sidecars per 100k requests from /proc: saturated
                      (oha -c 32) and at a fixed rate (--rate, default 1,000 req/s)
   --tool rss         RSS of each sidecar idle (after a warm-up) and with 1,000 open connections
@@ -172,6 +174,8 @@ def strace(args: argparse.Namespace, nginx: Nginx) -> dict:
 
 
 def heaptrack(args: argparse.Namespace, nginx: Nginx) -> dict:
+    if args.connections:
+        return heaptrack_peak(args, nginx)
     allocations = {}
     for measured in (0, args.requests):
         out = args.out / f"heaptrack-{args.side}-{args.proto}-{measured}"
@@ -184,16 +188,41 @@ def heaptrack(args: argparse.Namespace, nginx: Nginx) -> dict:
             stop_wrapped(setup, pids[args.side])
         finally:
             setup.running.stop()
-        files = sorted(args.out.glob(f"{out.name}*"), key=lambda p: p.stat().st_mtime)
-        printed = subprocess.run(["heaptrack_print", "-s", "0", "-a", "0", "-T", "0", "-p", "0",
-                                  "-f", str(files[-1])], capture_output=True, text=True).stdout
-        (args.out / f"{out.name}.txt").write_text(printed)
+        printed = heaptrack_print(args, out, ["-s", "0", "-a", "0", "-T", "0", "-p", "0"])
         calls = int(re.search(r"calls to allocation functions: (\d+)", printed).group(1))
         peak = re.search(r"peak heap memory consumption: (\S+)", printed).group(1)
         allocations[measured] = {"calls": calls, "peak_heap": peak}
     per_request = (allocations[args.requests]["calls"] - allocations[0]["calls"]) / args.requests
     return {"tool": "heaptrack", "side": args.side, "proto": args.proto, "requests": args.requests,
             "allocations_per_request": round(per_request, 1), "runs": allocations}
+
+
+def heaptrack_print(args: argparse.Namespace, out: Path, options: list[str]) -> str:
+    """heaptrack_print's report on the newest data file of the run written to `out`, kept beside
+    it as text."""
+    files = sorted(args.out.glob(f"{out.name}*"), key=lambda p: p.stat().st_mtime)
+    files = [f for f in files if not f.name.endswith(".txt")]
+    printed = subprocess.run(["heaptrack_print", *options, "-f", str(files[-1])],
+                             capture_output=True, text=True).stdout
+    (args.out / f"{out.name}.txt").write_text(printed)
+    return printed
+
+
+def heaptrack_peak(args: argparse.Namespace, nginx: Nginx) -> dict:
+    out = args.out / f"heaptrack-{args.side}-{args.proto}-peak-{args.connections}"
+    wrap = {args.side: ["heaptrack", "-o", str(out)]}
+    setup, pids = start(args, nginx, wrap)
+    try:
+        requests(args, setup, 2000, 8)
+        load(args, setup, args.connections, 4, 2000)
+        stop_wrapped(setup, pids[args.side])
+    finally:
+        setup.running.stop()
+    printed = heaptrack_print(args, out, ["-a", "0", "-T", "0", "-l", "0", "-n", "15", "-s", "3"])
+    peak = re.search(r"peak heap memory consumption: (\S+)", printed).group(1)
+    return {"tool": "heaptrack", "side": args.side, "proto": args.proto,
+            "connections": args.connections, "peak_heap": peak,
+            "report": str(args.out / f"{out.name}.txt")}
 
 
 def cpu(args: argparse.Namespace, nginx: Nginx) -> dict:
@@ -262,6 +291,8 @@ def main() -> int:
     p.add_argument("--proto", default="http1", choices=["tcp", "http1", "h2"])
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--connections", type=int, default=0,
+                   help="--tool heaptrack: the heap at its peak with this many connections open")
     p.add_argument("--duration", type=int, default=5)
     p.add_argument("--rate", type=int, default=1000)
     p.add_argument("--loadgen", default="oha", choices=["oha", "h2load"],

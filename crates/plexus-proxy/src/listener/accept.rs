@@ -172,18 +172,15 @@ impl Accept {
             // connection does not enter and leave a span on every wake-up (measured in
             // docs/benchmarks.md); warnings carry the peer themselves.
             let span = debug_span!("connection", listener = %log_name, %peer);
-            let connection = serve(
-                stream,
-                peer,
-                self.target.clone(),
-                self.metrics.clone(),
-                self.limits.connect_timeout,
-                stop.clone(),
-            );
+            let (target, metrics) = (self.target.clone(), self.metrics.clone());
+            let (connect_timeout, stop) = (self.limits.connect_timeout, stop.clone());
             let kill = self.kill.clone();
             self.tasks.spawn(
                 async move {
                     let _permit = permit;
+                    // Made here, not outside the block: a future moved into the block and then
+                    // into `select!` would take its room twice in the task.
+                    let connection = serve(stream, peer, target, metrics, connect_timeout, stop);
                     tokio::select! {
                         _ = connection => {}
                         _ = kill.cancelled() => debug!("connection cut: drain grace period is over"),
@@ -214,6 +211,10 @@ impl Drop for Active {
 
 /// Serves one accepted connection: (inbound) TLS handshake and authorization, find an endpoint
 /// that accepts, (outbound) TLS handshake, then copy until both sides end.
+///
+/// Each kind of connection is served by its own boxed future, so that a connection's task holds
+/// its own path's state only: inline, every connection carried the largest path's state
+/// (~12 KiB), and the task twice that (docs/benchmarks.md, "Sidecar memory per connection").
 async fn serve(
     downstream: TcpStream,
     peer: SocketAddr,
@@ -237,86 +238,132 @@ async fn serve(
         remotes,
     } = target
     {
-        target =
-            super::failover::choose(*local, &chain, &destination, &remotes, connect_timeout).await;
+        let choose =
+            super::failover::choose(*local, &chain, &destination, &remotes, connect_timeout);
+        target = Box::pin(choose).await;
     }
-    if let Target::Http(outbound) = target {
-        outbound.serve(downstream, Some(peer.ip()), stop).await;
-        return;
-    }
-    if let Target::Ingress { http, tls } = target {
-        match tls {
-            Some(front) => {
-                if let Some(stream) = front.accept(downstream, peer).await {
-                    http.serve(stream, Some(peer.ip()), stop).await;
-                }
-            }
-            None => http.serve(downstream, Some(peer.ip()), stop).await,
+    match target {
+        Target::Http(outbound) => {
+            Box::pin(outbound.serve(downstream, Some(peer.ip()), stop)).await;
         }
-        return;
+        Target::Ingress { http, tls } => {
+            Box::pin(async move {
+                match tls {
+                    Some(front) => {
+                        if let Some(stream) = front.accept(downstream, peer).await {
+                            http.serve(stream, Some(peer.ip()), stop).await;
+                        }
+                    }
+                    None => http.serve(downstream, Some(peer.ip()), stop).await,
+                }
+            })
+            .await;
+        }
+        Target::Gateway(gateway) => {
+            let bytes = byte_counters(&metrics);
+            gateway.serve(downstream, peer, bytes, stop).await;
+        }
+        target @ Target::Local {
+            security: Some(_), ..
+        } => {
+            Box::pin(serve_inbound(
+                downstream,
+                peer,
+                target,
+                metrics,
+                connect_timeout,
+                stop,
+            ))
+            .await
+        }
+        target => Box::pin(serve_l4(downstream, peer, target, metrics, connect_timeout)).await,
     }
-    let bytes = ByteCounters {
+}
+
+fn byte_counters(metrics: &ListenerMetrics) -> ByteCounters {
+    ByteCounters {
         sent: metrics.bytes_sent.clone(),
         received: metrics.bytes_received.clone(),
-    };
-    if let Target::Gateway(gateway) = target {
-        gateway.serve(downstream, peer, bytes, stop).await;
-        return;
     }
-    if let Target::Local {
+}
+
+/// A peer sidecar's mTLS connection to the local app: HTTP/2 between sidecars, or raw TCP
+/// checked against intentions once and spliced.
+async fn serve_inbound(
+    downstream: TcpStream,
+    peer: SocketAddr,
+    mut target: Target,
+    metrics: ListenerMetrics,
+    connect_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let Target::Local {
         security: Some(security),
         http,
         http_only,
         ..
     } = &target
-    {
-        let security = security.clone();
-        let Some((downstream, source)) = security.tls.accept(downstream, peer).await else {
-            return;
-        };
-        if downstream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
-            // HTTP between sidecars: intentions decide each request (403 `x-plexus-error:
-            // denied`), since the connection is pooled and outlives intention changes.
-            let authorize = Some((security.authorizer.clone(), source.service.clone()));
-            Arc::clone(http).serve(downstream, authorize, stop).await;
-            return;
-        }
-        // `plexus-tcp/2` peers get the verdict as the first bytes; `/1` peers a bare close.
-        let tells_verdict = downstream.get_ref().1.alpn_protocol() == Some(tls::ALPN_TCP);
-        let mut downstream = downstream;
-        if *http_only {
-            // Raw bytes would reach an app that expects HTTP from its sidecar, unchecked.
-            debug!(source = %source.service, "refused raw TCP to an HTTP service");
-            if tells_verdict {
-                verdict::deny(&mut downstream, PROTOCOL_MISMATCH).await;
-            }
-            return;
-        }
-        let decision = security.authorizer.check(&source.service);
-        if !decision.allowed {
-            if tells_verdict {
-                verdict::deny(&mut downstream, &decision.reason).await;
-            }
-            return;
-        }
-        let (upstream, endpoint) = match connect(&mut target, connect_timeout).await {
-            Ok(connected) => connected,
-            Err(error) => {
-                metrics.connect_errors.inc();
-                warn!(error = %ErrorChain(&error), %peer, "connect failed; closing the connection");
-                return;
-            }
-        };
-        if tells_verdict && downstream.write_all(&verdict::ALLOW_FRAME).await.is_err() {
-            return;
-        }
-        debug!(%endpoint, source = %source.service, "connected");
-        tokio::select! {
-            spliced = endpoint::splice(downstream, upstream, bytes) => log_end(endpoint, spliced),
-            _ = security.authorizer.denied_later(&source.service) => {}
+    else {
+        return;
+    };
+    let (security, http, http_only) = (security.clone(), Arc::clone(http), *http_only);
+    let bytes = byte_counters(&metrics);
+    let Some((downstream, source)) = security.tls.accept(downstream, peer).await else {
+        return;
+    };
+    if downstream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
+        // HTTP between sidecars: intentions decide each request (403 `x-plexus-error:
+        // denied`), since the connection is pooled and outlives intention changes.
+        let authorize = Some((security.authorizer.clone(), source.service.clone()));
+        Box::pin(http.serve(downstream, authorize, stop)).await;
+        return;
+    }
+    // `plexus-tcp/2` peers get the verdict as the first bytes; `/1` peers a bare close.
+    let tells_verdict = downstream.get_ref().1.alpn_protocol() == Some(tls::ALPN_TCP);
+    let mut downstream = downstream;
+    if http_only {
+        // Raw bytes would reach an app that expects HTTP from its sidecar, unchecked.
+        debug!(source = %source.service, "refused raw TCP to an HTTP service");
+        if tells_verdict {
+            verdict::deny(&mut downstream, PROTOCOL_MISMATCH).await;
         }
         return;
     }
+    let decision = security.authorizer.check(&source.service);
+    if !decision.allowed {
+        if tells_verdict {
+            verdict::deny(&mut downstream, &decision.reason).await;
+        }
+        return;
+    }
+    let (upstream, endpoint) = match connect(&mut target, connect_timeout).await {
+        Ok(connected) => connected,
+        Err(error) => {
+            metrics.connect_errors.inc();
+            warn!(error = %ErrorChain(&error), %peer, "connect failed; closing the connection");
+            return;
+        }
+    };
+    if tells_verdict && downstream.write_all(&verdict::ALLOW_FRAME).await.is_err() {
+        return;
+    }
+    debug!(%endpoint, source = %source.service, "connected");
+    tokio::select! {
+        spliced = endpoint::splice(downstream, upstream, bytes) => log_end(endpoint, spliced),
+        _ = security.authorizer.denied_later(&source.service) => {}
+    }
+}
+
+/// A plain TCP connection: to the local app (no security: unit tests) or balanced over the
+/// destination's endpoints, with mTLS to a peer sidecar when the target has it.
+async fn serve_l4(
+    downstream: TcpStream,
+    peer: SocketAddr,
+    mut target: Target,
+    metrics: ListenerMetrics,
+    connect_timeout: Duration,
+) {
+    let bytes = byte_counters(&metrics);
     let (upstream, endpoint) = match connect(&mut target, connect_timeout).await {
         Ok(connected) => connected,
         Err(error) => {
