@@ -11,7 +11,8 @@ nginx), with figures that do not depend on what else runs on the machine where p
                      (oha -c C -q 2000 for 4 s, as --tool rss) and the call sites holding most of it
   --tool cpu         CPU seconds of both sidecars per 100k requests from /proc: saturated
                      (oha -c 32) and at a fixed rate (--rate, default 1,000 req/s)
-  --tool rss         RSS of each sidecar idle (after a warm-up) and with 1,000 open connections
+  --tool rss         RSS of each sidecar idle (after a warm-up) and with 1,000 open connections,
+                     and its private (anonymous) part
   --system haproxy   (cpu, rss) the same figures for two HAProxy processes, the middle hop mTLS
   --loadgen h2load   nghttp2's h2load instead of oha (its --rps is per connection)
 
@@ -256,18 +257,22 @@ def cpu(args: argparse.Namespace, nginx: Nginx) -> dict:
 def rss(args: argparse.Namespace, nginx: Nginx) -> dict:
     setup, pids = start(args, nginx)
     peak = {side: 0 for side in pids}
+    peak_private = {side: 0 for side in pids}
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
             for side, pid in pids.items():
-                peak[side] = max(peak[side], proxies.proc_mem_kib(pid)["VmRSS"])
+                mem = proxies.proc_mem_kib(pid)
+                peak[side] = max(peak[side], mem["VmRSS"])
+                peak_private[side] = max(peak_private[side], mem["RssAnon"])
             time.sleep(0.05)
 
     try:
         requests(args, setup, 2000, 8)
         time.sleep(1)
         idle = {side: proxies.proc_mem_kib(pid)["VmRSS"] for side, pid in pids.items()}
+        idle_private = {side: proxies.proc_mem_kib(pid)["RssAnon"] for side, pid in pids.items()}
         sampler = threading.Thread(target=sample)
         sampler.start()
         try:
@@ -279,7 +284,10 @@ def rss(args: argparse.Namespace, nginx: Nginx) -> dict:
         setup.running.stop()
     return {"tool": "rss", "system": args.system, "proto": args.proto,
             "idle_mib": {side: round(kib / 1024, 1) for side, kib in idle.items()},
-            "with_1000_connections_mib": {side: round(kib / 1024, 1) for side, kib in peak.items()}}
+            "with_1000_connections_mib": {side: round(kib / 1024, 1) for side, kib in peak.items()},
+            "idle_private_mib": {side: round(kib / 1024, 1) for side, kib in idle_private.items()},
+            "with_1000_connections_private_mib": {
+                side: round(kib / 1024, 1) for side, kib in peak_private.items()}}
 
 
 def main() -> int:

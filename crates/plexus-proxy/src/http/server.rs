@@ -18,10 +18,14 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -46,12 +50,13 @@ impl Outbound {
     pub(crate) async fn serve<I>(
         self: Arc<Self>,
         io: I,
+        speaks: Speaks,
         source: Option<IpAddr>,
         stop: CancellationToken,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        serve_downstream(io, stop, move |request| {
+        serve_downstream(io, speaks, stop, move |request| {
             let this = Arc::clone(&self);
             async move { respond(&this.stack, &this.metrics, &this.labels, request, source).await }
         })
@@ -65,12 +70,13 @@ impl Ingress {
     pub(crate) async fn serve<I>(
         self: Arc<Self>,
         io: I,
+        speaks: Speaks,
         source: Option<IpAddr>,
         stop: CancellationToken,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        serve_downstream(io, stop, move |request| {
+        serve_downstream(io, speaks, stop, move |request| {
             let this = Arc::clone(&self);
             async move { respond(&this.stack, &this.metrics, &this.labels, request, source).await }
         })
@@ -78,10 +84,63 @@ impl Ingress {
     }
 }
 
+/// What a downstream connection speaks, when known before hyper reads from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Speaks {
+    /// HTTP/1.1 (with upgrades).
+    Http1,
+    /// HTTP/2 (h2c with prior knowledge, or ALPN `h2`).
+    Http2,
+    /// Not known: hyper-util reads the first bytes to tell.
+    Unknown,
+}
+
+/// The HTTP/2 connection preface a client with prior knowledge of h2c sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Speaks {
+    /// Looks at a plain connection's first bytes without taking them off the socket (so that
+    /// hyper's first read gets the whole request head, in one buffer of its initial size:
+    /// hyper-util's own detection takes the first 24 bytes away and hyper then grew its read
+    /// buffer to 16 KiB for the rest, kept for the connection's life). `Unknown` when the
+    /// bytes so far are only part of the preface, when the client sends nothing within
+    /// `wait`, or when `stop` fires: hyper-util's detection then decides, as before.
+    pub(crate) async fn peek(tcp: &TcpStream, wait: Duration, stop: &CancellationToken) -> Self {
+        let mut first = [0u8; 24];
+        let peeked = tokio::select! {
+            peeked = tokio::time::timeout(wait, tcp.peek(&mut first)) => peeked,
+            _ = stop.cancelled() => return Speaks::Unknown,
+        };
+        match peeked {
+            Ok(Ok(n)) if n > 0 => Self::of_first_bytes(&first[..n]),
+            _ => Speaks::Unknown,
+        }
+    }
+
+    fn of_first_bytes(first: &[u8]) -> Self {
+        if first.len() >= H2_PREFACE.len() && first.starts_with(H2_PREFACE) {
+            Speaks::Http2
+        } else if H2_PREFACE.starts_with(first) {
+            Speaks::Unknown
+        } else {
+            Speaks::Http1
+        }
+    }
+
+    /// What a TLS client agreed on by ALPN.
+    pub(crate) fn of_alpn(alpn: Option<&[u8]>) -> Self {
+        match alpn {
+            Some(b"h2") => Speaks::Http2,
+            Some(b"http/1.1") => Speaks::Http1,
+            _ => Speaks::Unknown,
+        }
+    }
+}
+
 /// Serves one downstream connection (HTTP/1.1 keep-alive or h2c, with upgrades) with
 /// `respond`, until it ends or `stop` fires (then in-flight requests finish and the connection
 /// closes: HTTP/1 after the current response, HTTP/2 with GOAWAY).
-async fn serve_downstream<I, F, Fut>(io: I, stop: CancellationToken, respond: F)
+async fn serve_downstream<I, F, Fut>(io: I, speaks: Speaks, stop: CancellationToken, respond: F)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -91,20 +150,45 @@ where
         let respond = respond.clone();
         async move { Ok::<_, Infallible>(served(respond(request).await)) }
     });
-    let builder = app_server();
     // With upgrades: WebSocket and CONNECT tunnels (`upgrade.rs`).
     let io = TokioIo::new(super::flood::ControlFrameLimit::new(io));
-    let connection = builder.serve_connection_with_upgrades(io, service);
+    match speaks {
+        Speaks::Http1 => {
+            let connection = app_http1().serve_connection(io, service).with_upgrades();
+            until_stopped(connection, stop, |c| c.graceful_shutdown()).await;
+        }
+        Speaks::Http2 => {
+            let connection = app_http2().serve_connection(io, service);
+            until_stopped(connection, stop, |c| c.graceful_shutdown()).await;
+        }
+        Speaks::Unknown => {
+            let builder = app_server();
+            let connection = builder.serve_connection_with_upgrades(io, service);
+            until_stopped(connection, stop, |c| c.graceful_shutdown()).await;
+        }
+    }
+}
+
+/// Drives a downstream connection until it ends; when `stop` fires, `graceful_shutdown` lets
+/// in-flight requests finish and it closes. (hyper's connection types share no trait for it.)
+async fn until_stopped<C, E>(
+    connection: C,
+    stop: CancellationToken,
+    graceful_shutdown: impl FnOnce(std::pin::Pin<&mut C>),
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
         _ = stop.cancelled() => {
-            connection.as_mut().graceful_shutdown();
+            graceful_shutdown(connection.as_mut());
             connection.await
         }
     };
     if let Err(error) = result {
-        debug!(error = %error, "downstream HTTP connection ended with an error");
+        debug!(%error, "downstream HTTP connection ended with an error");
     }
 }
 
@@ -297,7 +381,8 @@ fn record(
     })
 }
 
-/// The HTTP/1.1 + h2c server for connections from the app, configured strictly.
+/// The HTTP/1.1 + h2c server for connections from the app whose protocol is not known before
+/// reading ([`Speaks::Unknown`]), configured as [`app_http1`] and [`app_http2`].
 pub(crate) fn app_server() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -314,4 +399,123 @@ pub(crate) fn app_server() -> auto::Builder<TokioExecutor> {
         .max_pending_accept_reset_streams(super::MAX_PENDING_ACCEPT_RESET_STREAMS)
         .keep_alive_interval(super::KEEP_ALIVE_INTERVAL);
     builder
+}
+
+/// The HTTP/1.1 server for connections from the app, configured strictly.
+fn app_http1() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .half_close(false)
+        .max_buf_size(super::MAX_HEADER_BYTES)
+        // The head's own bound: `max_buf_size` alone lets a head through when hyper's reads
+        // happen to bring it in whole.
+        .max_header_size(super::MAX_HEADER_BYTES);
+    builder
+}
+
+/// The h2c server for connections from the app, configured strictly.
+fn app_http2() -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(super::MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(super::MAX_HEADER_BYTES as u32)
+        .max_pending_accept_reset_streams(super::MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .keep_alive_interval(super::KEEP_ALIVE_INTERVAL);
+    builder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_bytes_tell_h2c_from_http1_and_a_partial_preface_is_left_to_hyper_util() {
+        assert_eq!(Speaks::of_first_bytes(H2_PREFACE), Speaks::Http2);
+        assert_eq!(Speaks::of_first_bytes(b"GET / HTTP/1.1\r\n"), Speaks::Http1);
+        assert_eq!(Speaks::of_first_bytes(b"POST /x HTTP/1.1"), Speaks::Http1);
+        assert_eq!(
+            Speaks::of_first_bytes(b"PRI * HTTP/1.1\r\nHost"),
+            Speaks::Http1
+        );
+        // "P" could begin PUT, POST or the preface; "PRI * HTTP/2" only the preface.
+        assert_eq!(Speaks::of_first_bytes(b"P"), Speaks::Unknown);
+        assert_eq!(Speaks::of_first_bytes(b"PRI * HTTP/2"), Speaks::Unknown);
+        assert_eq!(Speaks::of_alpn(Some(b"h2")), Speaks::Http2);
+        assert_eq!(Speaks::of_alpn(Some(b"http/1.1")), Speaks::Http1);
+        assert_eq!(Speaks::of_alpn(None), Speaks::Unknown);
+    }
+
+    #[tokio::test]
+    async fn peeking_leaves_the_bytes_for_hyper_and_a_silent_client_is_unknown() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let stop = CancellationToken::new();
+        // Nothing sent yet: `Unknown` once the wait is over.
+        assert_eq!(
+            Speaks::peek(&server, Duration::from_millis(50), &stop).await,
+            Speaks::Unknown
+        );
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(
+            Speaks::peek(&server, Duration::from_secs(10), &stop).await,
+            Speaks::Http1
+        );
+        let mut read = [0u8; 18];
+        server.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"GET / HTTP/1.1\r\n\r\n");
+        // A drain in progress does not wait for the first bytes.
+        stop.cancel();
+        assert_eq!(
+            Speaks::peek(&server, Duration::from_secs(10), &stop).await,
+            Speaks::Unknown
+        );
+    }
+
+    /// Serves one connection that sends a request head with `head_bytes` of headers (and
+    /// `extra` headers); returns the answer and whether the sidecar closed the connection.
+    async fn answer_to_big_head(speaks: Speaks, head_bytes: usize, extra: &str) -> (String, bool) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let ok = |_| async { Response::new(super::super::empty()) };
+            serve_downstream(tcp, speaks, CancellationToken::new(), ok).await;
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: web\r\n{extra}X-Big: {}\r\n\r\n",
+            "a".repeat(head_bytes)
+        );
+        client.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+                Err(_) => break false,
+            }
+        };
+        server.abort();
+        (String::from_utf8_lossy(&answer).into_owned(), closed)
+    }
+
+    #[tokio::test]
+    async fn a_head_over_the_bound_gets_431_and_a_close_however_the_protocol_was_told() {
+        for speaks in [Speaks::Http1, Speaks::Unknown] {
+            let (answer, closed) = answer_to_big_head(speaks, 70 * 1024, "").await;
+            assert!(answer.starts_with("HTTP/1.1 431"), "{speaks:?}: {answer}");
+            assert!(closed, "{speaks:?}");
+            let close = "Connection: close\r\n";
+            let (answer, _) = answer_to_big_head(speaks, 60 * 1024, close).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{speaks:?}: {answer}");
+        }
+    }
 }

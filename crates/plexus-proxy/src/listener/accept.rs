@@ -20,6 +20,7 @@ use crate::discovery::EndpointSet;
 use crate::endpoint::{self, ByteCounters, ConnectError};
 use crate::error::ListenerName;
 use crate::http;
+use crate::http::server::Speaks;
 use crate::metrics::ListenerMetrics;
 use crate::tls;
 use plexus_runtime::ErrorChain;
@@ -244,17 +245,22 @@ async fn serve(
     }
     match target {
         Target::Http(outbound) => {
-            Box::pin(outbound.serve(downstream, Some(peer.ip()), stop)).await;
+            let speaks = Speaks::peek(&downstream, connect_timeout, &stop).await;
+            Box::pin(outbound.serve(downstream, speaks, Some(peer.ip()), stop)).await;
         }
         Target::Ingress { http, tls } => {
             Box::pin(async move {
                 match tls {
                     Some(front) => {
                         if let Some(stream) = front.accept(downstream, peer).await {
-                            http.serve(stream, Some(peer.ip()), stop).await;
+                            let speaks = Speaks::of_alpn(stream.get_ref().1.alpn_protocol());
+                            http.serve(stream, speaks, Some(peer.ip()), stop).await;
                         }
                     }
-                    None => http.serve(downstream, Some(peer.ip()), stop).await,
+                    None => {
+                        let speaks = Speaks::peek(&downstream, connect_timeout, &stop).await;
+                        http.serve(downstream, speaks, Some(peer.ip()), stop).await;
+                    }
                 }
             })
             .await;
