@@ -126,6 +126,14 @@ pub(crate) fn is_grpc<B>(request: &Request<B>) -> bool {
 /// `Connection`: they describe one hop and are not allowed in HTTP/2. `te: trailers` is kept
 /// (gRPC needs it).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names first: the usual request or response carries none of them (or
+    // only `te: trailers`), and each removal by name costs a hash.
+    if !headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(name) || name == header::TE)
+    {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         // The usual tokens name no header (or one removed below): nothing to collect then.
         let named: Vec<HeaderName> = headers
@@ -145,17 +153,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-    for name in [
-        &header::CONNECTION,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-    ] {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     let trailers_only = headers
@@ -165,6 +163,18 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(header::TE);
     }
 }
+
+/// The connection-specific headers always removed ([`strip_hop_by_hop`]; `te` only when it asks
+/// for more than trailers).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
 
 /// Adds a W3C `traceparent` (version 00, sampled) when the request has none, so the trace
 /// starts here; an existing one is passed on unchanged.
