@@ -14,6 +14,8 @@ use tracing::debug;
 
 use plexus_runtime::ErrorChain;
 
+pub(crate) mod copy;
+
 /// Why one endpoint could not be dialed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DialError {
@@ -105,7 +107,8 @@ pub(crate) struct ByteCounters {
 }
 
 /// Copies bytes between `downstream` and `upstream` until both directions have ended (half-closes
-/// are passed on). Returns `(received from downstream, sent to downstream)`.
+/// are passed on), holding copy buffers only while bytes wait ([`copy`]). Returns `(received
+/// from downstream, sent to downstream)`.
 pub(crate) async fn splice<D, U>(
     downstream: D,
     mut upstream: U,
@@ -119,19 +122,8 @@ where
         inner: downstream,
         bytes,
     };
-    tokio::io::copy_bidirectional_with_sizes(
-        &mut downstream,
-        &mut upstream,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    )
-    .await
+    copy::copy_bidirectional(&mut downstream, &mut upstream).await
 }
-
-/// Bytes buffered per direction of a spliced connection, allocated for the connection's whole
-/// life (tokio's default is 8 KiB). Request/response traffic fits in one buffer either way;
-/// a sidecar holding 1,000 connections keeps 8 MiB less with 4 KiB.
-const COPY_BUFFER: usize = 4 * 1024;
 
 /// A stream that adds what it reads and writes to counters as it goes, so metrics of long-lived
 /// connections move while they are open.

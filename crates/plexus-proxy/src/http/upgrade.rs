@@ -441,7 +441,7 @@ async fn splice(a: OnUpgrade, b: OnUpgrade, direction: &'static str) {
         }
     };
     let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
-    match tokio::io::copy_bidirectional(&mut a, &mut b).await {
+    match crate::endpoint::copy::copy_bidirectional(&mut a, &mut b).await {
         Ok((sent, received)) => debug!(direction, sent, received, "tunnel closed"),
         Err(error) => debug!(%error, direction, "tunnel ended with an error"),
     }
