@@ -56,11 +56,8 @@ impl Outbound {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        serve_downstream(io, speaks, stop, move |request| {
-            let this = Arc::clone(&self);
-            async move { respond(&this.stack, &this.metrics, &this.labels, request, source).await }
-        })
-        .await;
+        let respond = move |request| respond(Arc::clone(&self), request, source);
+        serve_downstream(io, speaks, stop, respond).await;
     }
 }
 
@@ -76,11 +73,25 @@ impl Ingress {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        serve_downstream(io, speaks, stop, move |request| {
-            let this = Arc::clone(&self);
-            async move { respond(&this.stack, &this.metrics, &this.labels, request, source).await }
-        })
-        .await;
+        let respond = move |request| respond(Arc::clone(&self), request, source);
+        serve_downstream(io, speaks, stop, respond).await;
+    }
+}
+
+/// The stack, metrics and labels a downstream request goes through ([`respond`]).
+trait Edge: Send + Sync + 'static {
+    fn parts(&self) -> (&BoxStack, &HttpMetrics, &(Label, Label));
+}
+
+impl Edge for Outbound {
+    fn parts(&self) -> (&BoxStack, &HttpMetrics, &(Label, Label)) {
+        (&self.stack, &self.metrics, &self.labels)
+    }
+}
+
+impl Edge for Ingress {
+    fn parts(&self) -> (&BoxStack, &HttpMetrics, &(Label, Label)) {
+        (&self.stack, &self.metrics, &self.labels)
     }
 }
 
@@ -143,15 +154,19 @@ impl Speaks {
 async fn serve_downstream<I, F, Fut>(io: I, speaks: Speaks, stop: CancellationToken, respond: F)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
     let service = service_fn(move |request| {
-        let respond = respond.clone();
-        async move { Ok::<_, Infallible>(served(respond(request).await)) }
+        // The answer's future is made here, so the block below holds it alone (not `respond`
+        // and the request as well): hyper keeps one per connection, moved in per request.
+        let answer = respond(request);
+        async move { Ok::<_, Infallible>(served(answer.await)) }
     });
     // With upgrades: WebSocket and CONNECT tunnels (`upgrade.rs`).
     let io = TokioIo::new(super::flood::ControlFrameLimit::new(io));
+    // HTTP/1.1 is served inline; the other two, rarer from an app, are boxed so that an
+    // HTTP/1.1 connection does not carry room for their larger state (~3.5 KiB against ~1.8).
     match speaks {
         Speaks::Http1 => {
             let connection = app_http1().serve_connection(io, service).with_upgrades();
@@ -159,12 +174,15 @@ where
         }
         Speaks::Http2 => {
             let connection = app_http2().serve_connection(io, service);
-            until_stopped(connection, stop, |c| c.graceful_shutdown()).await;
+            Box::pin(until_stopped(connection, stop, |c| c.graceful_shutdown())).await;
         }
         Speaks::Unknown => {
-            let builder = app_server();
-            let connection = builder.serve_connection_with_upgrades(io, service);
-            until_stopped(connection, stop, |c| c.graceful_shutdown()).await;
+            Box::pin(async move {
+                let builder = app_server();
+                let connection = builder.serve_connection_with_upgrades(io, service);
+                until_stopped(connection, stop, |c| c.graceful_shutdown()).await;
+            })
+            .await;
         }
     }
 }
@@ -194,12 +212,11 @@ async fn until_stopped<C, E>(
 
 /// One downstream request, through `stack`, to the response it gets.
 async fn respond(
-    stack: &BoxStack,
-    metrics: &HttpMetrics,
-    labels: &(Label, Label),
+    edge: Arc<impl Edge>,
     mut request: Request<Incoming>,
     source: Option<IpAddr>,
 ) -> Response<Body> {
+    let (stack, metrics, labels) = edge.parts();
     let started = Instant::now();
     super::trace_hop(request.headers_mut());
     let info = metrics
