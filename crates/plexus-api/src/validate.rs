@@ -90,6 +90,20 @@ pub struct ValidatedService {
     pub checks: Vec<HealthCheck>,
 }
 
+/// A DNS name as a certificate SAN or `server_name` may hold: labels of 1–63 letters, digits,
+/// `-` (and `*` for a wildcard), 253 characters in all.
+pub fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
+        })
+}
+
 /// Validates and expands one registration. Returns the service first, then its sidecar (if
 /// `connect.sidecar_service` is set).
 ///

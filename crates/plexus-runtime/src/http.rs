@@ -13,6 +13,22 @@ use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use plexus_api::{ErrorBody, GoDuration};
 use serde::Serialize;
+
+/// Headers of an answer relayed from another server (an agent relaying its server, a server
+/// relaying another datacenter's) that are not passed on: those that describe one connection,
+/// not the answer (RFC 9110 §7.6.1), and `content-length`, which the relaying server sets for
+/// the body it sends.
+pub const NOT_RELAYED: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::watch;

@@ -212,7 +212,7 @@ pub(super) fn validate_file(
             _ => {}
         }
         for (i, name) in auto.dns_san.iter().enumerate() {
-            if !dns_name(name) {
+            if !crate::validate::is_dns_name(name) {
                 check.fail(
                     &format!("auto_encrypt.dns_san[{i}]"),
                     format!("{name:?} is not a DNS name"),
@@ -323,18 +323,6 @@ fn name_ok(check: &mut Check<'_>, key: &str, value: &str, dots: bool) -> bool {
         check.fail(key, format!("{value:?}: expected 1 to 128 {allowed}"));
     }
     ok
-}
-
-fn dns_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
-        })
 }
 
 /// An address setting: an IP, or a template resolving to exactly one.

@@ -45,19 +45,6 @@ pub fn forwarded_path(path: &str) -> bool {
         || path.starts_with("/v1/config/")
 }
 
-/// Headers that belong to one connection, not to the answer.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-];
-
 async fn forward(State(federation): State<Shared>, request: Request, next: Next) -> Response {
     let params = QueryParams::parse(request.uri().query().unwrap_or(""));
     let dc = match params.get("dc") {
@@ -141,7 +128,7 @@ async fn forward(State(federation): State<Shared>, request: Request, next: Next)
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut headers = http::HeaderMap::with_capacity(answer.headers().len());
     for (name, value) in answer.headers() {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
+        if !plexus_runtime::http::NOT_RELAYED.contains(&name.as_str()) {
             headers.append(name.clone(), value.clone());
         }
     }

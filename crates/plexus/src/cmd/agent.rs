@@ -562,27 +562,13 @@ async fn serve(
     info!("stopped");
 }
 
-/// Headers that describe one connection, not the answer: never passed on (RFC 9110 §7.6.1), nor
-/// `content-length`, which the agent's own server sets for the body it sends.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-];
-
 /// Every header of a server's answer that is about the answer itself: index, known leader and
 /// every server-side setting a client obeys (e.g. `X-Plexus-Default-Intention-Policy`), so a
 /// sidecar behind an agent sees exactly what the server said. The agent has no policy of its own.
 fn end_to_end_headers(from: &reqwest::header::HeaderMap) -> http::HeaderMap {
     let mut headers = http::HeaderMap::with_capacity(from.len());
     for (name, value) in from {
-        if HOP_BY_HOP.contains(&name.as_str()) {
+        if plexus_runtime::http::NOT_RELAYED.contains(&name.as_str()) {
             continue;
         }
         if let (Ok(name), Ok(value)) = (

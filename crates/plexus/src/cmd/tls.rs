@@ -210,7 +210,7 @@ impl HttpsArgs {
                 for san in &self.sans {
                     match san.parse::<IpAddr>() {
                         Ok(ip) => ips.push(ip),
-                        Err(_) if valid_dns_name(san) => dns.push(san.clone()),
+                        Err(_) if plexus_api::validate::is_dns_name(san) => dns.push(san.clone()),
                         Err(_) => {
                             return Err(format!(
                                 "--tls-san {san:?} is neither an IP address nor a DNS name"
@@ -249,18 +249,6 @@ impl HttpsArgs {
             verify_incoming: self.verify_incoming,
         }))
     }
-}
-
-fn valid_dns_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
-        })
 }
 
 /// Builds the listener's TLS settings: a certificate from files (checked at start) or from the
