@@ -13,6 +13,10 @@ nginx), with figures that do not depend on what else runs on the machine where p
                      (oha -c 32) and at a fixed rate (--rate, default 1,000 req/s)
   --tool rss         RSS of each sidecar idle (after a warm-up) and with 1,000 open connections,
                      and its private (anonymous) part
+  --tool layout      the functions each sidecar runs (start-up, then requests, for both sides and
+                     every protocol; callgrind from the first instruction), hottest first, written
+                     as the linker's symbol ordering file crates/plexus/sidecar.order, which
+                     release builds use to put them next to each other in the executable
   --system haproxy   (cpu, rss) the same figures for two HAProxy processes, the middle hop mTLS
   --loadgen h2load   nghttp2's h2load instead of oha (its --rps is per connection)
 
@@ -34,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import proxies
@@ -131,6 +136,88 @@ def callgrind(args: argparse.Namespace, nginx: Nginx) -> dict:
     return {"tool": "callgrind", "side": args.side, "proto": args.proto, "requests": n,
             "instructions_per_request": round(total / n), "dump": str(dump),
             "top_self": top(annotate, 25), "top_inclusive": top(inclusive, 40)}
+
+
+ORDER_FILE = Path(__file__).resolve().parent.parent / "crates" / "plexus" / "sidecar.order"
+
+
+def layout(args: argparse.Namespace, nginx: Nginx) -> dict:
+    """The symbol ordering file: every function a sidecar ran, by the instructions it ran (its own,
+    summed over the runs), hottest first. Only names the executable defines are kept."""
+    cost: dict[str, int] = {}
+    runs = []
+    for proto in ("http1", "h2", "tcp"):
+        args.proto = proto
+        for side in ("client", "web"):
+            out = args.out / f"layout-{side}-{proto}.out"
+            out.unlink(missing_ok=True)
+            wrap = {side: ["valgrind", "--tool=callgrind", "--demangle=no", "--dump-instr=no",
+                           f"--callgrind-out-file={out}"]}
+            setup, pids = start(args, nginx, wrap)
+            try:
+                n = requests(args, setup, args.requests, args.concurrency)
+                urllib.request.urlopen(f"http://{setup.admin[side]}/metrics", timeout=60).read()
+            finally:
+                setup.running.stop()  # SIGTERM: the sidecar shuts down and callgrind writes `out`
+            for name, c in self_costs(out).items():
+                cost[name] = cost.get(name, 0) + c
+            runs.append({"side": side, "proto": proto, "requests": n})
+    defined = text_symbols(args.plexus)
+    names = sorted((n for n in cost if n in defined), key=lambda n: (-cost[n], n))
+    ORDER_FILE.write_text(
+        "# The functions a sidecar runs, hottest first: release builds of `plexus` place them next to\n"
+        "# each other (crates/plexus/build.rs passes this file to the linker), so that a sidecar maps\n"
+        "# a few MiB of the executable rather than pages scattered over all of it.\n"
+        "# Written by `bench/profile.py --tool layout`; names the executable no longer has are ignored.\n"
+        + "".join(f"{n}\n" for n in names))
+    return {"tool": "layout", "runs": runs, "functions": len(names),
+            "mib_of_code": round(sum(defined[n] for n in names) / 2**20, 2), "file": str(ORDER_FILE)}
+
+
+def self_costs(dump: Path) -> dict[str, int]:
+    """Instructions each function ran itself, from a callgrind dump (`--dump-instr=no`): cost lines
+    under `fn=`, less the inclusive costs of calls (the line after each `calls=`)."""
+    names: dict[str, str] = {}
+    costs: dict[str, int] = {}
+    current = None
+    after_call = False
+    for line in dump.read_text(errors="replace").splitlines():
+        m = re.match(r"^(c?fn)=\((\d+)\)(?: (.*))?$", line)
+        if m:
+            if m.group(3):
+                names[m.group(2)] = m.group(3)
+            if m.group(1) == "fn":
+                current = names.get(m.group(2))
+            continue
+        if line.startswith("calls="):
+            after_call = True
+            continue
+        if current and line[:1] in "0123456789+-*":
+            parts = line.split()
+            if len(parts) >= 2 and not after_call:
+                costs[current] = costs.get(current, 0) + int(parts[1])
+            after_call = False
+    return costs
+
+
+def text_symbols(binary: str) -> dict[str, int]:
+    """The executable's functions and their sizes (`nm -S`)."""
+    out = subprocess.run(["nm", "-S", "--defined-only", binary], capture_output=True, text=True, check=True).stdout
+    sizes = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] in "tTwW":
+            sizes[parts[3]] = int(parts[1], 16)
+    return sizes
+
+
+def layout_in_use(binary: str) -> str:
+    """How much of the ordering file the executable still has (a stale file orders nothing)."""
+    if not ORDER_FILE.exists():
+        return "no ordering file"
+    names = [n for n in ORDER_FILE.read_text().splitlines() if n and not n.startswith("#")]
+    defined = text_symbols(binary)
+    return f"{sum(1 for n in names if n in defined)} of {len(names)} ordered functions present"
 
 
 def top(annotate: str, count: int) -> list[str]:
@@ -232,12 +319,15 @@ def cpu(args: argparse.Namespace, nginx: Nginx) -> dict:
     def seconds() -> float:
         return sum(proxies.proc_cpu_seconds(pid) for pid in pids.values())
 
+    def system() -> float:
+        return sum(proxies.proc_cpu_split(pid)[1] for pid in pids.values())
+
     try:
         requests(args, setup, 2000, 8)
         time.sleep(1)
-        c0 = seconds()
+        c0, s0 = seconds(), system()
         saturated, took = load(args, setup, 32, args.duration)
-        c1 = seconds()
+        c1, s1 = seconds(), system()
         time.sleep(1)
         c2 = seconds()
         fixed, _ = load(args, setup, 16, args.duration, args.rate)
@@ -248,6 +338,7 @@ def cpu(args: argparse.Namespace, nginx: Nginx) -> dict:
         setup.running.stop()
     return {"tool": "cpu", "system": args.system, "proto": args.proto,
             "saturated_cpu_s_per_100k": round((c1 - c0) / saturated * 100_000, 3),
+            "saturated_system_cpu_s_per_100k": round((s1 - s0) / saturated * 100_000, 3),
             "saturated_rps": round(saturated / took),
             f"cpu_s_per_100k_at_{args.rate}": round((c3 - c2) / fixed * 100_000, 3),
             f"requests_at_{args.rate}": fixed,
@@ -273,6 +364,9 @@ def rss(args: argparse.Namespace, nginx: Nginx) -> dict:
         time.sleep(1)
         idle = {side: proxies.proc_mem_kib(pid)["VmRSS"] for side, pid in pids.items()}
         idle_private = {side: proxies.proc_mem_kib(pid)["RssAnon"] for side, pid in pids.items()}
+        for side, pid in pids.items():
+            # Which mappings the idle RSS is made of (the executable's text, heap, stacks, libc).
+            (args.out / f"smaps-idle-{side}.txt").write_text(Path(f"/proc/{pid}/smaps").read_text())
         sampler = threading.Thread(target=sample)
         sampler.start()
         try:
@@ -283,6 +377,7 @@ def rss(args: argparse.Namespace, nginx: Nginx) -> dict:
     finally:
         setup.running.stop()
     return {"tool": "rss", "system": args.system, "proto": args.proto,
+            "layout": layout_in_use(args.plexus) if args.system == "plexus" else None,
             "idle_mib": {side: round(kib / 1024, 1) for side, kib in idle.items()},
             "with_1000_connections_mib": {side: round(kib / 1024, 1) for side, kib in peak.items()},
             "idle_private_mib": {side: round(kib / 1024, 1) for side, kib in idle_private.items()},
@@ -294,7 +389,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plexus", required=True)
     p.add_argument("--oha", default=str(Path(__file__).resolve().parent.parent / ".tools" / "bin" / "oha"))
-    p.add_argument("--tool", required=True, choices=["callgrind", "strace", "heaptrack", "cpu", "rss"])
+    p.add_argument("--tool", required=True, choices=["callgrind", "strace", "heaptrack", "cpu", "rss", "layout"])
     p.add_argument("--side", default="client", choices=["client", "web"])
     p.add_argument("--proto", default="http1", choices=["tcp", "http1", "h2"])
     p.add_argument("--requests", type=int, default=2000)
@@ -316,7 +411,7 @@ def main() -> int:
     nginx = Nginx(args.work)
     try:
         result = {"callgrind": callgrind, "strace": strace, "heaptrack": heaptrack, "cpu": cpu,
-                  "rss": rss}[args.tool](args, nginx)
+                  "rss": rss, "layout": layout}[args.tool](args, nginx)
     finally:
         nginx.stop()
         proxies.stop_all()

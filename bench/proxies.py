@@ -165,6 +165,7 @@ class Setup:
     front_port: int
     running: Running
     host: str | None = None  # the Host header every request carries (gateways route by it)
+    admin: dict[str, str] = field(default_factory=dict)  # service → a Plexus sidecar's admin address
 
 
 # --------------------------------------------------------------------------------------- Plexus
@@ -274,7 +275,7 @@ def start_plexus(
     for _, admin in sidecars:
         wait_http(f"http://127.0.0.1:{admin}/ready", deadline_s=300 if wrap else 30)
     front = local_bind if hops == 2 else web_sidecar
-    return Setup(front, run)
+    return Setup(front, run, admin={service: f"127.0.0.1:{admin}" for service, admin in sidecars})
 
 
 def start_plexus_envoy(plexus: str, envoy: str, work: Path, upstream: int, proto: str) -> Setup:
@@ -689,10 +690,15 @@ def which(name: str, fallback: Path) -> str:
 
 
 def proc_cpu_seconds(pid: int) -> float:
+    return sum(proc_cpu_split(pid))
+
+
+def proc_cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # fields[0] is state (field 3); utime is field 14, stime field 15 (1-based).
     utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+    return utime / os.sysconf("SC_CLK_TCK"), stime / os.sysconf("SC_CLK_TCK")
 
 
 def proc_mem_kib(pid: int) -> dict[str, int]:
