@@ -12,14 +12,11 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::watch;
 use tower::{Layer, Service};
 use tracing::debug;
 
+use super::app_pool::{AppError, H2cPool, Http1Pool};
 use super::stack::{AnswerFuture, HttpService, fail};
 use super::{Body, HttpError, Reason};
 use crate::discovery::{ChainWatch, Protocol};
@@ -76,9 +73,6 @@ impl<S: HttpService> Service<Request<Body>> for Authorize<S> {
     }
 }
 
-/// Idle connections to the app are closed after this long.
-const APP_POOL_IDLE: Duration = Duration::from_secs(90);
-
 /// The end of the inbound stack: the local app, over a connection pool in its protocol.
 #[derive(Clone)]
 pub(crate) struct AppClient {
@@ -91,9 +85,9 @@ struct App {
     /// Set when the registration names no protocol: the local service's chain
     /// (`service-defaults` `Protocol`) decides between HTTP/1.1 and h2c for each request.
     chain: Option<ChainWatch>,
-    client: Client<HttpConnector, Body>,
-    /// The h2c pool, used when the chain says `http2`/`grpc`.
-    h2c: Client<HttpConnector, Body>,
+    http1: Arc<Http1Pool>,
+    /// The h2c connection, used when the protocol or the chain says `http2`/`grpc`.
+    h2c: H2cPool,
     /// The app's address as a URI authority.
     authority: std::sync::Mutex<Option<(SocketAddr, Authority)>>,
 }
@@ -109,25 +103,13 @@ impl AppClient {
         connect_timeout: Duration,
     ) -> Self {
         let http2 = matches!(protocol, Protocol::Http2 | Protocol::Grpc);
-        let pool = |http2: bool| {
-            let mut connector = HttpConnector::new();
-            connector.set_connect_timeout(Some(connect_timeout));
-            connector.set_nodelay(true);
-            Client::builder(TokioExecutor::new())
-                .http2_only(http2)
-                .timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(APP_POOL_IDLE)
-                .http2_max_header_list_size(super::MAX_HEADER_BYTES as u32)
-                .build(connector)
-        };
         Self {
             inner: Arc::new(App {
                 app,
                 http2,
                 chain,
-                client: pool(http2),
-                h2c: pool(true),
+                http1: Http1Pool::new(connect_timeout, super::app_pool::IDLE),
+                h2c: H2cPool::new(connect_timeout, super::MAX_HEADER_BYTES as u32),
                 authority: std::sync::Mutex::new(None),
             }),
         }
@@ -190,22 +172,33 @@ impl App {
             parts.version = Version::HTTP_11;
         }
         let mut uri = uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(self.authority(app)?);
+        if http2 {
+            // h2 sends `:scheme` and `:authority` from an absolute URI.
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(self.authority(app)?);
+        } else if !parts.headers.contains_key(header::HOST) {
+            let authority = self.authority(app)?;
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
         uri.path_and_query = Some(path);
         parts.uri = Uri::from_parts(uri).map_err(|_| HttpError::new(Reason::BadRequest))?;
         let request = Request::from_parts(parts, body);
-        let client = if http2 { &self.h2c } else { &self.client };
-        let response = client.request(request).await.map_err(|error| {
+        let sent = if http2 {
+            self.h2c.send(app, request).await
+        } else {
+            self.http1.send(app, request).await
+        };
+        let response = sent.map_err(|error| {
             debug!(%error, %app, "request to the local app failed");
-            HttpError::new(if error.is_connect() {
-                Reason::UpstreamConnectFailure
-            } else {
-                Reason::UpstreamReset
+            HttpError::new(match error {
+                AppError::Connect(_) => Reason::UpstreamConnectFailure,
+                AppError::Reset(_) => Reason::UpstreamReset,
             })
         })?;
         let (mut parts, body) = response.into_parts();
         super::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, body.boxed()))
+        Ok(Response::from_parts(parts, body))
     }
 }

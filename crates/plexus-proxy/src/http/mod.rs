@@ -31,6 +31,7 @@
 //! into the request's extensions (its own types) and passes requests without them through.
 
 pub(crate) mod access_log;
+pub(crate) mod app_pool;
 pub(crate) mod balance;
 pub(crate) mod bulkhead;
 pub(crate) mod edge;
