@@ -127,16 +127,21 @@ pub(crate) fn is_grpc<B>(request: &Request<B>) -> bool {
 /// `Connection`: they describe one hop and are not allowed in HTTP/2. `te: trailers` is kept
 /// (gRPC needs it).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: the usual request or response carries none of them (or
-    // only `te: trailers`), and each removal by name costs a hash.
-    if !headers
-        .keys()
-        .any(|name| HOP_BY_HOP.contains(name) || name == header::TE)
-    {
-        return;
+    // One pass over the names first: the usual request or response carries none of them, or
+    // one (`connection: keep-alive` from an HTTP/1.1 server, `te: trailers`), and each removal
+    // by name costs a hash, so only the names present are removed.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    let mut te = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        } else if name == header::TE {
+            te = true;
+        }
     }
-    if headers.contains_key(header::CONNECTION) {
-        // The usual tokens name no header (or one removed below): nothing to collect then.
+    // HOP_BY_HOP[0] is `connection`: the usual tokens name no header (or one removed below),
+    // so there is nothing to collect then.
+    if present[0] {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -154,20 +159,25 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
-    let trailers_only = headers
-        .get(header::TE)
-        .is_none_or(|value| value.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !trailers_only {
+    // `te` may also have been named in `connection` and removed above.
+    if te
+        && headers
+            .get(header::TE)
+            .is_some_and(|value| !value.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
         headers.remove(header::TE);
     }
 }
 
+const HOP_BY_HOP_COUNT: usize = 7;
 /// The connection-specific headers always removed ([`strip_hop_by_hop`]; `te` only when it asks
 /// for more than trailers).
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
@@ -255,34 +265,28 @@ impl RequestInfo {
 pub(crate) fn trace_hop(headers: &mut HeaderMap) {
     let kept = headers
         .get(&TRACEPARENT_NAME)
-        .and_then(|value| value.to_str().ok())
-        .and_then(parse_traceparent)
-        .and_then(|(trace, flags)| {
-            Some((
-                <[u8; 32]>::try_from(trace.as_bytes()).ok()?,
-                <[u8; 2]>::try_from(flags.as_bytes()).ok()?,
-            ))
-        });
+        .and_then(|value| parse_traceparent(value.as_bytes()));
     set_traceparent(headers, kept);
 }
 
-/// The trace id and flags of a valid version-00 `traceparent` (lowercase hex, ids not all
-/// zero).
-fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
-    let mut parts = value.trim().split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |text: &str, len: usize| {
-        text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let valid = parts.next().is_none()
-        && version == "00"
-        && hex(trace, 32)
-        && hex(parent, 16)
-        && hex(flags, 2)
-        && trace.bytes().any(|b| b != b'0')
-        && parent.bytes().any(|b| b != b'0');
-    valid.then_some((trace, flags))
+/// The trace id and flags of a valid version-00 `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`,
+/// lowercase, ids not all zero (a fixed layout, read by position).
+fn parse_traceparent(value: &[u8]) -> Option<([u8; 32], [u8; 2])> {
+    let value = value.trim_ascii();
+    if value.len() != 55 || !value.starts_with(b"00-") || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    let (trace, parent, flags) = (&value[3..35], &value[36..52], &value[53..55]);
+    let hex = |text: &[u8]| text.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let valid = hex(trace)
+        && hex(parent)
+        && hex(flags)
+        && trace.iter().any(|&b| b != b'0')
+        && parent.iter().any(|&b| b != b'0');
+    if !valid {
+        return None;
+    }
+    Some((trace.try_into().ok()?, flags.try_into().ok()?))
 }
 
 /// True when the chain says the app speaks HTTP/2 (`http2` or `grpc`).
@@ -331,6 +335,23 @@ mod tests {
         headers.insert(header::TE, HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut headers);
         assert!(!headers.contains_key(header::TE));
+        // One of them alone (an HTTP/1.1 server's `connection: keep-alive`, a proxy credential).
+        for (name, value) in [
+            ("connection", "keep-alive"),
+            ("proxy-authorization", "Basic x"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-first", HeaderValue::from_static("1"));
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+            strip_hop_by_hop(&mut headers);
+            let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+            left.sort_unstable();
+            assert_eq!(left, ["content-length", "x-first"], "{name}");
+        }
     }
 
     #[test]
@@ -362,16 +383,32 @@ mod tests {
         );
         assert!(next.ends_with("-01") && next.len() == 55, "{next}");
         assert_ne!(next, mine);
+        // Surrounding whitespace is not part of the value.
+        headers.insert(
+            TRACEPARENT,
+            HeaderValue::from_static(" 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 "),
+        );
+        trace_hop(&mut headers);
+        assert!(
+            headers[TRACEPARENT]
+                .to_str()
+                .unwrap()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "zz",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
         ] {
             headers.insert(TRACEPARENT, HeaderValue::from_static(bad));
             trace_hop(&mut headers);
             let fresh = headers[TRACEPARENT].to_str().unwrap().to_owned();
-            assert!(parse_traceparent(&fresh).is_some(), "{fresh}");
+            assert!(parse_traceparent(fresh.as_bytes()).is_some(), "{fresh}");
             assert!(!fresh.contains("4bf92f"), "{bad} → {fresh}");
         }
     }
