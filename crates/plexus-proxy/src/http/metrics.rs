@@ -21,7 +21,7 @@
 //! an `x-plexus-error` value: all bounded.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -120,6 +120,34 @@ pub(crate) struct HttpMetrics {
     ejections: Family<UpstreamLabel, Counter>,
     ejected: Family<UpstreamLabel, Gauge>,
     mirrored: Family<MirrorLabels, Counter>,
+    /// The counter and histogram of the label sets counted lately, found by comparing pointers
+    /// (the labels are shared `Arc`s): a request is counted without hashing its labels into two
+    /// families. Cleared when full; the families themselves are never cleared, so a handle kept
+    /// here always counts into them.
+    recent: Arc<Mutex<Vec<Recent>>>,
+}
+
+/// A label set counted lately, with its handles in the two families.
+#[derive(Debug)]
+struct Recent {
+    labels: RequestLabels,
+    requests: Counter,
+    duration: Histogram,
+}
+
+/// How many label sets [`HttpMetrics::recent`] keeps (a sidecar's upstreams × routes × classes
+/// in use at once; beyond, requests are counted through the families, as before).
+const RECENT: usize = 32;
+
+impl RequestLabels {
+    /// The same labels, by pointer for the shared names.
+    fn same(&self, other: &RequestLabels) -> bool {
+        self.direction == other.direction
+            && Arc::ptr_eq(&self.upstream.0, &other.upstream.0)
+            && Arc::ptr_eq(&self.route.0, &other.route.0)
+            && self.class == other.class
+            && self.grpc_status == other.grpc_status
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -153,6 +181,7 @@ impl Default for HttpMetrics {
             ejected: Family::default(),
             mirrored: Family::default(),
             bulkhead_rejections: Family::default(),
+            recent: Arc::default(),
             access_log: None,
         }
     }
@@ -394,21 +423,37 @@ impl HttpMetrics {
                 peer: info.peer.as_deref(),
             });
         }
-        self.duration
+        let labels = RequestLabels {
+            direction: request.direction,
+            upstream: request.upstream,
+            route: request.route,
+            class: super::class(request.status),
+            grpc_status: request.grpc_status,
+        };
+        let mut recent = plexus_runtime::lock::lock(&self.recent);
+        if let Some(known) = recent.iter().find(|known| known.labels.same(&labels)) {
+            known.duration.observe(request.seconds);
+            known.requests.inc();
+            return;
+        }
+        let duration = self
+            .duration
             .get_or_create(&TrafficLabels {
-                direction: request.direction,
-                upstream: request.upstream.clone(),
+                direction: labels.direction,
+                upstream: labels.upstream.clone(),
             })
-            .observe(request.seconds);
-        self.requests
-            .get_or_create(&RequestLabels {
-                direction: request.direction,
-                upstream: request.upstream,
-                route: request.route,
-                class: super::class(request.status),
-                grpc_status: request.grpc_status,
-            })
-            .inc();
+            .clone();
+        let requests = self.requests.get_or_create(&labels).clone();
+        duration.observe(request.seconds);
+        requests.inc();
+        if recent.len() == RECENT {
+            recent.clear();
+        }
+        recent.push(Recent {
+            labels,
+            requests,
+            duration,
+        });
     }
 
     /// Whether requests are written to an access log (what it needs is collected only then).
@@ -441,5 +486,69 @@ impl HttpMetrics {
                 upstream: Label::from(upstream),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(upstream: &Label, route: &Label, status: u16) -> Finished {
+        let mut finished = Finished::new(
+            Direction::Outbound,
+            upstream.clone(),
+            route.clone(),
+            0.001,
+            None,
+        );
+        finished.status = http::StatusCode::from_u16(status).unwrap();
+        finished
+    }
+
+    fn count(text: &str, route: &str, class: &str) -> u64 {
+        let series = format!(
+            "plexus_proxy_http_requests_total{{direction=\"outbound\",upstream=\"web\",route=\"{route}\",class=\"{class}\",grpc_status=\"\"}} "
+        );
+        text.lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .map_or(0, |value| value.parse().unwrap())
+    }
+
+    #[test]
+    fn requests_counted_through_the_recent_handles_land_in_the_families() {
+        let mut registry = Registry::default();
+        let metrics = HttpMetrics::register(&mut registry);
+        let web = Label::from("web");
+        let default = Label::from("default");
+        for _ in 0..5 {
+            metrics.finished(finished(&web, &default, 200));
+        }
+        metrics.finished(finished(&web, &default, 503));
+        // Equal names in other `Arc`s (a policy rebuilt) count into the same series.
+        metrics.finished(finished(&web, &Label::from("default"), 200));
+        // More label sets than the recent list holds: every one still counted.
+        let routes: Vec<Label> = (0..RECENT + 8)
+            .map(|i| Label::from(format!("r{i}").as_str()))
+            .collect();
+        for _ in 0..2 {
+            for route in &routes {
+                metrics.finished(finished(&web, route, 200));
+            }
+        }
+        let text = crate::metrics::encode(&registry).unwrap();
+        assert_eq!(count(&text, "default", "2xx"), 6, "{text}");
+        assert_eq!(count(&text, "default", "5xx"), 1, "{text}");
+        for i in 0..RECENT + 8 {
+            assert_eq!(count(&text, &format!("r{i}"), "2xx"), 2, "r{i}");
+        }
+        assert!(
+            text.contains("plexus_proxy_http_request_duration_seconds_count{direction=\"outbound\",upstream=\"web\"} 87"),
+            "{text}"
+        );
+        assert!(lock_len(&metrics) <= RECENT);
+    }
+
+    fn lock_len(metrics: &HttpMetrics) -> usize {
+        plexus_runtime::lock::lock(&metrics.recent).len()
     }
 }

@@ -256,7 +256,7 @@ async fn retrying<S: HttpService>(
                     status: response.status().as_u16(),
                     grpc_status: response
                         .headers()
-                        .get("grpc-status")
+                        .get(&super::trailers::GRPC_STATUS)
                         .and_then(|value| value.to_str().ok())
                         .and_then(|value| value.parse().ok()),
                 },

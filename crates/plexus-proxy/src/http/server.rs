@@ -391,6 +391,13 @@ fn record(
             .map(str::to_owned);
         finished.response_bytes = hyper::body::Body::size_hint(response.body()).exact();
     }
+    // Most responses are done with here; only a gRPC status still to come in the trailers needs
+    // the metrics kept until the body ends.
+    if let Some(grpc_status) = super::trailers::known_now(&response) {
+        finished.grpc_status = grpc_status;
+        metrics.finished(finished);
+        return response;
+    }
     let metrics = metrics.clone();
     super::trailers::on_end(response, move |grpc_status| {
         finished.grpc_status = grpc_status;

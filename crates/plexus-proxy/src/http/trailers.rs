@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderMap, Response};
+use http::{HeaderMap, HeaderName, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 
@@ -16,10 +16,13 @@ use super::metrics::GrpcLabel;
 /// Called once when a response is done, with its `grpc-status` (none when none was seen).
 type OnEnd = Box<dyn FnOnce(GrpcLabel) + Send + Sync>;
 
+/// The `grpc-status` header's name, parsed once.
+pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// The `grpc-status` in `headers`, when it is a plausible status code (one or two digits).
 pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u8> {
     headers
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .map(|value| value.as_bytes())
         .filter(|value| {
             !value.is_empty() && value.len() <= 2 && value.iter().all(u8::is_ascii_digit)
@@ -37,12 +40,8 @@ pub(crate) fn on_end(
     response: Response<Body>,
     on_end: impl FnOnce(GrpcLabel) + Send + Sync + 'static,
 ) -> Response<Body> {
-    if let Some(status) = grpc_status(response.headers()) {
-        on_end(GrpcLabel(Some(status)));
-        return response;
-    }
-    if !is_grpc_response(&response) {
-        on_end(GrpcLabel(None));
+    if let Some(status) = known_now(&response) {
+        on_end(status);
         return response;
     }
     response.map(|inner| {
@@ -53,6 +52,15 @@ pub(crate) fn on_end(
         }
         .boxed()
     })
+}
+
+/// The response's gRPC status label when it is known from the headers: a trailers-only gRPC
+/// response, or not gRPC at all (no status). `None`: it comes in the trailers.
+pub(crate) fn known_now(response: &Response<Body>) -> Option<GrpcLabel> {
+    if let Some(status) = grpc_status(response.headers()) {
+        return Some(GrpcLabel(Some(status)));
+    }
+    (!is_grpc_response(response)).then_some(GrpcLabel(None))
 }
 
 fn is_grpc_response<B>(response: &Response<B>) -> bool {
