@@ -159,18 +159,12 @@ impl Http1Pool {
         sender: http1::SendRequest<Body>,
         app: SocketAddr,
     ) -> Response<Body> {
-        let mut pooled = Pooled {
-            inner: Box::pin(http_body_util::Empty::new().map_err(|never| match never {})),
-            back: Some((sender, app, Arc::downgrade(self))),
-        };
         if hyper::body::Body::is_end_stream(response.body()) {
-            pooled.give_back();
+            self.put(sender, app);
             return response.map(BodyExt::boxed);
         }
-        response.map(|body| {
-            pooled.inner = Box::pin(body);
-            pooled.boxed()
-        })
+        let back = Some((sender, app, Arc::downgrade(self)));
+        response.map(|inner| Pooled { inner, back }.boxed())
     }
 
     fn put(&self, sender: http1::SendRequest<Body>, app: SocketAddr) {
@@ -206,7 +200,7 @@ async fn reap(pool: Weak<Http1Pool>) {
 /// A response body whose connection goes back to the pool when it ends (dropped unfinished or
 /// failed, the connection is closed instead).
 struct Pooled {
-    inner: Pin<Box<dyn hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync>>,
+    inner: Incoming,
     back: Option<(http1::SendRequest<Body>, SocketAddr, Weak<Http1Pool>)>,
 }
 
@@ -228,22 +222,22 @@ impl hyper::body::Body for Pooled {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(self.inner.as_mut().poll_frame(cx));
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
             None => self.give_back(),
             Some(Err(_)) => self.back = None,
-            Some(Ok(_)) if self.inner.is_end_stream() => self.give_back(),
+            Some(Ok(_)) if hyper::body::Body::is_end_stream(&self.inner) => self.give_back(),
             Some(Ok(_)) => {}
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        hyper::body::Body::is_end_stream(&self.inner)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        hyper::body::Body::size_hint(&self.inner)
     }
 }
 
