@@ -463,7 +463,15 @@ impl Client {
                         .current
                         .store((index + 1) % count, Ordering::Relaxed);
                     self.set_stale(true);
-                    if let Some(reason) = tls::failure(&source) {
+                    let mut reason = tls::failure(&source);
+                    if reason.is_none()
+                        && !source.is_connect()
+                        && !source.is_timeout()
+                        && let Some(config) = &self.tls
+                    {
+                        reason = tls::probe(base, config, &self.resolve).await;
+                    }
+                    if let Some(reason) = reason {
                         return Err(ClientError::Tls {
                             addr: base.clone(),
                             reason,
