@@ -53,7 +53,7 @@ impl Balancer {
         &self,
         policy: &LoadBalancerPolicy,
         hash: Option<u64>,
-        addrs: &[SocketAddr],
+        mut addrs: Vec<SocketAddr>,
     ) -> Vec<SocketAddr> {
         let first = match policy.policy {
             LbAlgorithm::RoundRobin => None,
@@ -73,7 +73,7 @@ impl Balancer {
                 if ewma.len() > addrs.len() * 4 + 16 {
                     ewma.retain(|addr, _| addrs.contains(addr));
                 }
-                for addr in addrs {
+                for addr in &addrs {
                     ewma.entry(*addr)
                         .or_insert_with(|| p2c::PeakEwma::new(EWMA_INITIAL, EWMA_DECAY, now))
                         .decay(now);
@@ -88,15 +88,18 @@ impl Balancer {
                 p2c::peak_ewma_pick(&loads, draw(), draw())
             }
             LbAlgorithm::RingHash | LbAlgorithm::Maglev => {
-                hash.and_then(|hash| self.table(policy, addrs).pick(hash))
+                hash.and_then(|hash| self.table(policy, &addrs).pick(hash))
             }
         };
-        let mut order: Vec<SocketAddr> = self.round_robin.order(addrs).copied().collect();
-        if let Some(addr) = first.and_then(|i| addrs.get(i).copied()) {
-            order.retain(|other| *other != addr);
-            order.insert(0, addr);
+        let first = first.and_then(|i| addrs.get(i).copied());
+        // Reordered in place: the round-robin order is a rotation.
+        let start = self.round_robin.start(addrs.len());
+        addrs.rotate_left(start);
+        if let Some(addr) = first {
+            addrs.retain(|other| *other != addr);
+            addrs.insert(0, addr);
         }
-        order
+        addrs
     }
 
     /// Counts a request in flight on `addr` until the returned guard is dropped; the guard
@@ -269,7 +272,7 @@ mod tests {
             LbAlgorithm::RingHash,
             LbAlgorithm::Maglev,
         ] {
-            let mut order = balancer.order(&policy(algorithm), Some(42), &all);
+            let mut order = balancer.order(&policy(algorithm), Some(42), all.clone());
             order.sort_unstable();
             assert_eq!(order, all, "{algorithm:?}");
         }
@@ -282,7 +285,7 @@ mod tests {
         let _busy = balancer.start(all[0]);
         for _ in 0..50 {
             assert_eq!(
-                balancer.order(&policy(LbAlgorithm::LeastRequest), None, &all)[0],
+                balancer.order(&policy(LbAlgorithm::LeastRequest), None, all.clone())[0],
                 all[1]
             );
         }
@@ -304,9 +307,9 @@ mod tests {
                     source: None,
                 };
                 let hash = request_hash(&policy, &input);
-                let first = balancer.order(&policy, hash, &all)[0];
+                let first = balancer.order(&policy, hash, all.clone())[0];
                 for _ in 0..5 {
-                    assert_eq!(balancer.order(&policy, hash, &all)[0], first);
+                    assert_eq!(balancer.order(&policy, hash, all.clone())[0], first);
                 }
                 seen.insert(first);
             }
@@ -375,9 +378,9 @@ mod tests {
             let rest: Vec<SocketAddr> = all.iter().copied().filter(|a| *a != removed).collect();
             let ring = policy(LbAlgorithm::RingHash);
             for key in keys {
-                let before = balancer.order(&ring, Some(key), &all)[0];
-                prop_assert_eq!(balancer.order(&ring, Some(key), &all)[0], before);
-                let after = balancer.order(&ring, Some(key), &rest)[0];
+                let before = balancer.order(&ring, Some(key), all.clone())[0];
+                prop_assert_eq!(balancer.order(&ring, Some(key), all.clone())[0], before);
+                let after = balancer.order(&ring, Some(key), rest.clone())[0];
                 if before != removed {
                     prop_assert_eq!(after, before);
                 }

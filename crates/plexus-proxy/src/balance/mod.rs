@@ -34,12 +34,16 @@ impl RoundRobin {
     /// then the rest, each exactly once. Empty when `endpoints` is.
     pub fn order<'a, T>(&self, endpoints: &'a [T]) -> impl Iterator<Item = &'a T> + 'a {
         let len = endpoints.len();
-        let start = if len == 0 {
+        attempt_order(self.start(len), len).map(move |i| &endpoints[i])
+    }
+
+    /// Where the next order over `len` endpoints starts (0 when there are none).
+    pub fn start(&self, len: usize) -> usize {
+        if len == 0 {
             0
         } else {
             self.next.fetch_add(1, Ordering::Relaxed) % len
-        };
-        attempt_order(start, len).map(move |i| &endpoints[i])
+        }
     }
 }
 

@@ -109,7 +109,7 @@ impl<S: HttpService> Service<Request<Body>> for Balance<S> {
             let load_balancer = candidates.load_balancer;
             let order = service
                 .balancer
-                .order(&load_balancer, hash, &candidates.addrs);
+                .order(&load_balancer, hash, candidates.addrs);
             let report = tried.is_some();
             let order = match tried {
                 Some(tried) => untried_first(order, &tried.0),

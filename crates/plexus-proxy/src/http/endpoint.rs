@@ -108,9 +108,9 @@ pub(crate) struct Pool {
     targets: Arc<Targets>,
     connect: Arc<dyn Connect>,
     connections: Arc<ConnectionBudget>,
-    /// By service and endpoint: one address (a gateway's) can front several services, each
-    /// reached with its own SNI and identity.
-    slots: Mutex<HashMap<(String, SocketAddr), Slot>>,
+    /// By endpoint, then service: one address (a gateway's) can front several services, each
+    /// reached with its own SNI and identity. (Keyed so that a lookup allocates nothing.)
+    slots: Mutex<HashMap<SocketAddr, Vec<(String, Slot)>>>,
     metrics: HttpMetrics,
     destination: Arc<str>,
     tasks: TaskTracker,
@@ -235,17 +235,20 @@ impl Pool {
     }
 
     fn slot(&self, service: &str, addr: SocketAddr) -> Slot {
-        Arc::clone(
-            lock(&self.slots)
-                .entry((service.to_owned(), addr))
-                .or_default(),
-        )
+        let mut slots = lock(&self.slots);
+        let services = slots.entry(addr).or_default();
+        if let Some((_, slot)) = services.iter().find(|(name, _)| name == service) {
+            return Arc::clone(slot);
+        }
+        let slot = Slot::default();
+        services.push((service.to_owned(), Arc::clone(&slot)));
+        slot
     }
 
     /// Drops the slots of endpoints that left every followed set (their connections close once
     /// their last request ends). Done when a connection is opened, not per request.
     fn prune(&self) {
-        lock(&self.slots).retain(|(_, addr), _| self.targets.is_live(addr));
+        lock(&self.slots).retain(|addr, _| self.targets.is_live(addr));
     }
 
     async fn open(

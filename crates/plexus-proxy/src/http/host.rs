@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request};
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use super::stack::{AnswerFuture, BoxStack, fail};
 use super::{Body, HttpError, Reason};
@@ -211,8 +211,9 @@ impl Service<Request<Body>> for HostRouter {
             return fail(HttpError::new(Reason::UnknownHost));
         };
         on_request.apply(request.headers_mut());
+        let answer = stack.call(request);
         Box::pin(async move {
-            let mut response = stack.oneshot(request).await?;
+            let mut response = answer.await?;
             on_response.apply(response.headers_mut());
             Ok(response)
         })

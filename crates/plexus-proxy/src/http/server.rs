@@ -28,7 +28,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 use tracing::debug;
 
 use super::balance::ClientAddr;
@@ -342,7 +341,7 @@ impl Inbound {
 
 /// One request through a stack.
 async fn call(stack: &BoxStack, request: Request<Body>) -> Answer {
-    stack.clone().oneshot(request).await
+    stack.call(request).await
 }
 
 /// The route a request took, for the metrics label (`default`: none).

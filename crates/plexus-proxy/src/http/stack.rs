@@ -15,6 +15,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -72,9 +73,50 @@ impl<T> HttpService for T where
 {
 }
 
-/// A whole stack, boxed once (one allocation per request when it is cloned for a call).
-pub(crate) type BoxStack =
-    tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, HttpError>;
+/// A whole stack, shared. A call clones the concrete layers (reference counts only) and calls
+/// them: no allocation beyond the layers' own futures, where tower's `BoxCloneSyncService`
+/// boxed a clone of the stack and boxed its (already boxed) future again, per request.
+#[derive(Clone)]
+pub(crate) struct BoxStack(Arc<dyn Fn(Request<Body>) -> AnswerFuture + Send + Sync>);
+
+impl BoxStack {
+    /// `service` behind one shared handle.
+    pub(crate) fn new<S: HttpService>(service: S) -> Self {
+        Self(Arc::new(move |request| {
+            let mut service = service.clone();
+            // The stack's layers are always ready (each decides per request, in `call`); were
+            // one not, the call waits for it as tower's `Oneshot` would.
+            let mut ready = Context::from_waker(Waker::noop());
+            match service.poll_ready(&mut ready) {
+                Poll::Ready(Ok(())) => service.call(request),
+                Poll::Ready(Err(error)) => fail(error),
+                Poll::Pending => Box::pin(async move {
+                    std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+                    service.call(request).await
+                }),
+            }
+        }))
+    }
+
+    /// One request through the stack.
+    pub(crate) fn call(&self, request: Request<Body>) -> AnswerFuture {
+        (self.0)(request)
+    }
+}
+
+impl Service<Request<Body>> for BoxStack {
+    type Response = Response<Body>;
+    type Error = HttpError;
+    type Future = AnswerFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> AnswerFuture {
+        BoxStack::call(self, request)
+    }
+}
 
 /// An answer that is already known: `error`.
 pub(crate) fn fail(error: HttpError) -> AnswerFuture {
