@@ -38,6 +38,7 @@ use super::{Body, HttpError, HttpMetrics, Reason};
 use crate::metrics::Direction;
 use plexus_runtime::ErrorChain;
 use plexus_runtime::lock::lock;
+use plexus_runtime::shutdown::or_cancelled;
 
 /// A byte stream to an endpoint.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -269,13 +270,8 @@ impl Pool {
         self.tasks.spawn(async move {
             // Counted against `MaxConnections` until the connection ends.
             let _permit = permit;
-            tokio::select! {
-                ended = connection => {
-                    if let Err(error) = ended {
-                        debug!(%error, "pooled HTTP/2 connection ended with an error");
-                    }
-                }
-                _ = kill.cancelled() => {}
+            if let Some(Err(error)) = or_cancelled(connection, &kill).await {
+                debug!(%error, "pooled HTTP/2 connection ended with an error");
             }
         });
         self.metrics

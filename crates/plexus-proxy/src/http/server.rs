@@ -39,6 +39,7 @@ use super::timeout::served;
 use super::{Body, HttpError, HttpMetrics, Reason};
 use crate::authorize::Authorizer;
 use crate::metrics::Direction;
+use plexus_runtime::shutdown::or_cancelled;
 
 /// The route label of a request no route took.
 pub(crate) const DEFAULT_ROUTE: &str = "default";
@@ -197,9 +198,9 @@ async fn until_stopped<C, E>(
     E: std::fmt::Display,
 {
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = stop.cancelled() => {
+    let result = match or_cancelled(connection.as_mut(), &stop).await {
+        Some(result) => result,
+        None => {
             graceful_shutdown(connection.as_mut());
             connection.await
         }
@@ -293,9 +294,9 @@ impl Inbound {
                 service,
             );
         tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            _ = stop.cancelled() => {
+        let result = match or_cancelled(connection.as_mut(), &stop).await {
+            Some(result) => result,
+            None => {
                 connection.as_mut().graceful_shutdown();
                 connection.await
             }

@@ -24,6 +24,7 @@ use crate::http::server::Speaks;
 use crate::metrics::ListenerMetrics;
 use crate::tls;
 use plexus_runtime::ErrorChain;
+use plexus_runtime::shutdown::or_cancelled;
 
 /// The reason a raw TCP peer of an HTTP service is told.
 const PROTOCOL_MISMATCH: &str = "protocol mismatch: the destination speaks HTTP (ALPN plexus-h2)";
@@ -180,11 +181,13 @@ impl Accept {
                 async move {
                     let _permit = permit;
                     // Made here, not outside the block: a future moved into the block and then
-                    // into `select!` would take its room twice in the task.
-                    let connection = serve(stream, peer, target, metrics, connect_timeout, stop);
-                    tokio::select! {
-                        _ = connection => {}
-                        _ = kill.cancelled() => debug!("connection cut: drain grace period is over"),
+                    // into the race would take its room twice in the task.
+                    let connection = or_cancelled(
+                        serve(stream, peer, target, metrics, connect_timeout, stop),
+                        &kill,
+                    );
+                    if connection.await.is_none() {
+                        debug!("connection cut: drain grace period is over");
                     }
                 }
                 .instrument(span),
