@@ -7,7 +7,7 @@
 //! ([`untried_first`], Envoy's `previous_hosts` retry predicate). The endpoint pool below tries
 //! them in that order.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,10 +20,6 @@ use super::endpoint::Picked;
 use super::stack::{AnswerFuture, HttpService, take};
 use super::targets::Targets;
 use super::{Body, HttpError, Reason};
-
-/// The app's address, for the source-IP hash key (set by the edge).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ClientAddr(pub Option<IpAddr>);
 
 /// The target a request goes to (set by the split layer; absent: the destination, unfiltered).
 #[derive(Debug, Clone)]

@@ -8,7 +8,6 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
@@ -60,8 +59,6 @@ pub(crate) struct HttpError {
     reason: Reason,
     /// The endpoint the failed attempt went to (a reset), so a retry can avoid it.
     endpoint: Option<SocketAddr>,
-    /// The route the request took (the metrics label), once the route layer matched one.
-    route: Option<Arc<str>>,
 }
 
 impl From<Reason> for HttpError {
@@ -69,7 +66,6 @@ impl From<Reason> for HttpError {
         Self {
             reason,
             endpoint: None,
-            route: None,
         }
     }
 }
@@ -86,12 +82,6 @@ impl HttpError {
         self
     }
 
-    /// The same error, for a request that took `route`.
-    pub(crate) fn on_route(mut self, route: &Arc<str>) -> Self {
-        self.route = Some(Arc::clone(route));
-        self
-    }
-
     /// What went wrong.
     pub(crate) fn reason(&self) -> Reason {
         self.reason
@@ -100,11 +90,6 @@ impl HttpError {
     /// The endpoint the failed attempt went to, if one was reached.
     pub(crate) fn endpoint(&self) -> Option<SocketAddr> {
         self.endpoint
-    }
-
-    /// The route the request took, if one was matched.
-    pub(crate) fn route(&self) -> Option<&Arc<str>> {
-        self.route.as_ref()
     }
 
     /// Who caused it.
@@ -302,7 +287,5 @@ mod tests {
             HttpError::new(Reason::FaultInjected(500)).blame(),
             Blame::Internal
         );
-        let routed = HttpError::new(Reason::RateLimited).on_route(&Arc::from("r1"));
-        assert_eq!(routed.route().map(|r| &**r), Some("r1"));
     }
 }

@@ -59,6 +59,9 @@ pub(crate) mod timeout;
 pub(crate) mod trailers;
 pub(crate) mod upgrade;
 
+use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -224,6 +227,26 @@ fn set_traceparent(headers: &mut HeaderMap, kept: Option<([u8; 32], [u8; 2])>) {
         value.set_sensitive(true);
         headers.insert(TRACEPARENT_NAME, value);
     }
+}
+
+/// Where a request came in, and what the layers report back to the edge about it (request
+/// extension, set by the edge; clones share the report). One allocation per request carries
+/// both ways what the route layer once wrapped every answer for.
+#[derive(Debug, Clone)]
+pub(crate) struct Origin {
+    /// The app's address, for the source-IP hash key.
+    pub client: Option<IpAddr>,
+    /// Filled in by the layers, read by the edge when the answer is back.
+    pub report: Arc<Report>,
+}
+
+/// What the layers tell the edge about one request.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    /// The route it took (set by the route layer): its metrics label.
+    pub route: OnceLock<Arc<str>>,
+    /// Its body could not be read (set by the edge's body wrapper): the answer is a 400.
+    pub malformed: AtomicBool,
 }
 
 /// What the access log records about a request, taken when it arrives.

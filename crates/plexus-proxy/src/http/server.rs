@@ -12,7 +12,7 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
@@ -30,13 +30,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::balance::ClientAddr;
 use super::inbound::Caller;
 use super::metrics::{Finished, Label};
-use super::route::RouteLabel;
 use super::stack::{Answer, BoxStack, Inbound, Ingress, Outbound};
 use super::timeout::served;
-use super::{Body, HttpError, HttpMetrics, Reason};
+use super::{Body, HttpError, HttpMetrics, Origin, Reason, Report};
 use crate::authorize::Authorizer;
 use crate::metrics::Direction;
 use plexus_runtime::shutdown::or_cancelled;
@@ -227,20 +225,23 @@ async fn respond(
     // A request body hyper cannot decode (e.g. an invalid chunk size) must end in 400 and a
     // closed connection, not in an upstream error: remember that it happened. (A client
     // that goes away mid-body lands here too; it gets the same answer, unread.)
-    let malformed = Arc::new(AtomicBool::new(false));
+    let report = Arc::new(Report::default());
     let mut request = request.map(|body| {
-        let malformed = Arc::clone(&malformed);
+        let report = Arc::clone(&report);
         body.map_err(move |error| {
             debug!(%error, "cannot read the request body");
-            malformed.store(true, Ordering::SeqCst);
+            report.malformed.store(true, Ordering::SeqCst);
             error
         })
         .boxed()
     });
-    request.extensions_mut().insert(ClientAddr(source));
+    request.extensions_mut().insert(Origin {
+        client: source,
+        report: Arc::clone(&report),
+    });
     let answer = call(stack, request).await;
-    let route = route_of(&answer, &labels.1);
-    let answer = if malformed.load(Ordering::SeqCst) {
+    let route = route_of(&report, &labels.1);
+    let answer = if report.malformed.load(Ordering::SeqCst) {
         Err(HttpError::new(Reason::BadRequest))
     } else {
         answer
@@ -346,15 +347,11 @@ async fn call(stack: &BoxStack, request: Request<Body>) -> Answer {
 }
 
 /// The route a request took, for the metrics label (`default`: none).
-fn route_of(answer: &Answer, default: &Label) -> Label {
-    let route = match answer {
-        Ok(response) => response
-            .extensions()
-            .get::<RouteLabel>()
-            .map(|l| Label(Arc::clone(&l.0))),
-        Err(error) => error.route().map(|route| Label(Arc::clone(route))),
-    };
-    route.unwrap_or_else(|| default.clone())
+fn route_of(report: &Report, default: &Label) -> Label {
+    report
+        .route
+        .get()
+        .map_or_else(|| default.clone(), |route| Label(Arc::clone(route)))
 }
 
 /// The `upstream` and default `route` labels of one direction's requests, made once.

@@ -12,7 +12,8 @@ use http::Request;
 use plexus_api::config_entry::chain::{ChainTarget, DiscoveryChain};
 use tower::{Layer, Service};
 
-use super::balance::{ClientAddr, Selected};
+use super::Origin;
+use super::balance::Selected;
 use super::stack::{AnswerFuture, HttpService};
 use super::{Body, HttpError};
 use crate::balance::{HashInput, request_hash};
@@ -85,7 +86,7 @@ impl<S: HttpService> Service<Request<Body>> for Split<S> {
             )
             .and_then(|i| splits.choices[i].1.clone());
             if let Some(target) = picked {
-                let source = request.extensions().get::<ClientAddr>().and_then(|a| a.0);
+                let source = request.extensions().get::<Origin>().and_then(|o| o.client);
                 let hash = request_hash(
                     &target.load_balancer,
                     &HashInput {

@@ -31,7 +31,7 @@ use tower::ServiceExt;
 use super::endpoint::{Connect, Io};
 use super::stack::{BoxFuture, Outbound, OutboundParts};
 use super::targets::{Remote, Service};
-use super::{HttpMetrics, Reason};
+use super::{HttpMetrics, Origin, Reason, Report};
 use crate::discovery::{EndpointSet, Resolve};
 
 /// How an in-process endpoint answers: after `delay`, with `status`.
@@ -410,4 +410,36 @@ async fn no_endpoint_taking_a_connection_is_a_connect_failure_and_none_at_all_no
     assert_eq!(h.get().await, Err(Reason::UpstreamConnectFailure));
     let empty = Harness::start(&[], chain(RetryPolicy::default(), None, None)).await;
     assert_eq!(empty.get().await, Err(Reason::NoHealthyEndpoints));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_route_a_request_took_is_reported_to_the_edge_whether_answered_or_failed() {
+    fn request(report: &Arc<Report>) -> Request<super::Body> {
+        let mut request = Request::builder()
+            .uri("/hello")
+            .header("host", "web")
+            .body(super::empty())
+            .unwrap();
+        request.extensions_mut().insert(Origin {
+            client: None,
+            report: Arc::clone(report),
+        });
+        request
+    }
+    let h = Harness::start(&[A], chain(RetryPolicy::default(), None, None)).await;
+    let answered = Arc::new(Report::default());
+    let response = h.outbound.stack.call(request(&answered)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(answered.route.get().map(|r| &**r), Some("all"));
+    // The same when the sidecar answers itself.
+    let empty = Harness::start(&[], chain(RetryPolicy::default(), None, None)).await;
+    let failed = Arc::new(Report::default());
+    let error = empty
+        .outbound
+        .stack
+        .call(request(&failed))
+        .await
+        .unwrap_err();
+    assert_eq!(error.reason(), Reason::NoHealthyEndpoints);
+    assert_eq!(failed.route.get().map(|r| &**r), Some("all"));
 }

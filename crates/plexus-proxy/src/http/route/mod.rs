@@ -5,7 +5,7 @@
 //! [`policy`] builds everything the layers need from a compiled discovery chain;
 //! [`follow_chain`] swaps a new policy in whenever the chain changes. A request keeps the
 //! policy it was matched against for its whole life. The route's name labels the request's
-//! metrics: it travels back on the response ([`RouteLabel`]) or the error.
+//! metrics: the edge reads it from the request's [`Report`](super::Report).
 
 mod policy;
 pub(crate) mod table;
@@ -23,12 +23,8 @@ pub(crate) use policy::Policy;
 use super::bulkhead::ConnectionBudget;
 use super::stack::{AnswerFuture, HttpService};
 use super::targets::Targets;
-use super::{Body, HttpError};
+use super::{Body, HttpError, Origin};
 use crate::discovery::ChainWatch;
-
-/// The route a response's request took (response extension, for the metrics label).
-#[derive(Debug, Clone)]
-pub(crate) struct RouteLabel(pub Arc<str>);
 
 /// Adds [`Route`].
 #[derive(Clone)]
@@ -76,19 +72,13 @@ impl<S: HttpService> Service<Request<Body>> for Route<S> {
             .load()
             .as_ref()
             .and_then(|policy| policy.program(&mut request));
-        let answer = self.inner.call(request);
-        let Some(label) = label else {
-            return answer;
-        };
-        Box::pin(async move {
-            match answer.await {
-                Ok(mut response) => {
-                    response.extensions_mut().insert(RouteLabel(label));
-                    Ok(response)
-                }
-                Err(error) => Err(error.on_route(&label)),
-            }
-        })
+        if let Some(label) = label
+            && let Some(origin) = request.extensions().get::<Origin>()
+        {
+            // One route per request: an ingress's request meets one outbound route layer.
+            let _ = origin.report.route.set(label);
+        }
+        self.inner.call(request)
     }
 }
 
