@@ -17,6 +17,8 @@ nginx), with figures that do not depend on what else runs on the machine where p
                      every protocol; callgrind from the first instruction), hottest first, written
                      as the linker's symbol ordering file crates/plexus/sidecar.order, which
                      release builds use to put them next to each other in the executable
+  --tool layout-check  whether sidecar.order still fits the executable (exit 1 under 95 %: a
+                     change to a workspace crate's dependencies renames its functions)
   --system haproxy   (cpu, rss) the same figures for two HAProxy processes, the middle hop mTLS
   --loadgen h2load   nghttp2's h2load instead of oha (its --rps is per connection)
 
@@ -211,13 +213,36 @@ def text_symbols(binary: str) -> dict[str, int]:
     return sizes
 
 
-def layout_in_use(binary: str) -> str:
-    """How much of the ordering file the executable still has (a stale file orders nothing)."""
+def layout_counts(binary: str) -> tuple[int, int]:
+    """How many of the ordering file's functions the executable has, of how many."""
     if not ORDER_FILE.exists():
-        return "no ordering file"
+        return 0, 0
     names = [n for n in ORDER_FILE.read_text().splitlines() if n and not n.startswith("#")]
     defined = text_symbols(binary)
-    return f"{sum(1 for n in names if n in defined)} of {len(names)} ordered functions present"
+    return sum(1 for n in names if n in defined), len(names)
+
+
+def layout_in_use(binary: str) -> str:
+    """How much of the ordering file the executable still has (a stale file orders nothing)."""
+    present, total = layout_counts(binary)
+    if total == 0:
+        return "no ordering file"
+    return f"{present} of {total} ordered functions present"
+
+
+def layout_check(binary: str) -> int:
+    """Says whether `sidecar.order` still fits `binary` (non-zero when under 95 % of it does).
+
+    Symbol names carry a hash of their crate's metadata, which changes with the crate's
+    dependencies: adding one to a workspace crate renames most of Plexus's own functions, and the
+    linker then leaves them scattered (idle sidecar RSS ~19 MiB instead of ~11)."""
+    present, total = layout_counts(binary)
+    print(f"layout: {layout_in_use(binary)}")
+    if total and present < 0.95 * total:
+        print(f"warning: crates/plexus/sidecar.order is stale for {binary}: regenerate it with "
+              f"bench/profile.py --plexus {binary} --tool layout, then rebuild", file=sys.stderr)
+        return 1
+    return 0
 
 
 def top(annotate: str, count: int) -> list[str]:
@@ -389,7 +414,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plexus", required=True)
     p.add_argument("--oha", default=str(Path(__file__).resolve().parent.parent / ".tools" / "bin" / "oha"))
-    p.add_argument("--tool", required=True, choices=["callgrind", "strace", "heaptrack", "cpu", "rss", "layout"])
+    p.add_argument("--tool", required=True, choices=["callgrind", "strace", "heaptrack", "cpu", "rss", "layout", "layout-check"])
     p.add_argument("--side", default="client", choices=["client", "web"])
     p.add_argument("--proto", default="http1", choices=["tcp", "http1", "h2"])
     p.add_argument("--requests", type=int, default=2000)
@@ -404,6 +429,8 @@ def main() -> int:
                    help="the two-hop mTLS chain measured by --tool cpu|rss (haproxy: the anchor)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "profile")
     args = p.parse_args()
+    if args.tool == "layout-check":
+        return layout_check(args.plexus)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work = args.out / "work"

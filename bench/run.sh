@@ -45,6 +45,8 @@ fi
 target="${CARGO_TARGET_DIR:-$root/target}"
 (cd "$root" && cargo build --release --locked -p plexus)
 plexus="$target/release/plexus"
+# The sidecar's code is packed only as far as crates/plexus/sidecar.order fits this build (RSS rows).
+python3 "$root/bench/profile.py" --plexus "$plexus" --tool layout-check || true
 
 # --- run ---------------------------------------------------------------------------------------
 ulimit -n "$(ulimit -Hn)"
