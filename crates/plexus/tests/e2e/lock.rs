@@ -74,7 +74,12 @@ async fn three_processes_elect_one_leader_and_hand_over_within_ttl_plus_lock_del
     let first = (0..3).find(|i| leads(&processes[*i])).unwrap();
 
     // The leader dies with its command (SIGKILL: no release). Its session holds the lock until
-    // the TTL runs out; then the lock-delay; then exactly one other takes over.
+    // the TTL runs out; then the lock-delay; then exactly one other takes over. (The leader logs
+    // its command's start just after "lock acquired": wait for that line, do not race it.)
+    processes[first]
+        .wait_for_line("lock child started")
+        .await
+        .unwrap();
     let command = child_pid(&processes[first]);
     processes[first].signal("KILL").unwrap();
     let killed_at = Instant::now();
