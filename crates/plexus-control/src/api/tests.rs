@@ -172,6 +172,35 @@ async fn blocking_query_returns_after_wait_without_changes() {
     assert_eq!(reply.index, Some(2));
 }
 
+/// With no config entries yet (the catalog's writes have moved the store's revision past the
+/// config index), the index a config answer carries is one its next blocking query waits on:
+/// each of these waits out its `wait` (tokio's paused clock) instead of answering at once, which
+/// had every sidecar re-reading its discovery chain in a loop.
+#[tokio::test(start_paused = true)]
+async fn config_answers_carry_an_index_their_next_blocking_query_waits_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = plane_with_web(dir.path()).await.router();
+    for path in [
+        "/v1/discovery-chain/web",
+        "/v1/config/service-defaults",
+        "/v1/config/service-defaults/web",
+    ] {
+        let first = get(&router, path).await;
+        let index = first.index.unwrap();
+        let started = tokio::time::Instant::now();
+        let again = get(&router, &format!("{path}?index={index}&wait=30s")).await;
+        assert!(
+            started.elapsed() >= Duration::from_secs(30),
+            "{path}?index={index} answered at once"
+        );
+        assert_eq!(
+            (again.status, again.index),
+            (first.status, Some(index)),
+            "{path}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn bad_parameters_and_unknown_paths_answer_json_errors() {
     let dir = tempfile::tempdir().unwrap();

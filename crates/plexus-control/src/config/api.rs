@@ -69,16 +69,20 @@ fn kind(text: &str) -> Result<Kind, ApiError> {
 /// Waits until the entries the answer is made of (one entry, one kind, or all for a chain)
 /// change past the query's `index` (a config index: every config write moves it to the
 /// revision of the write), or its `wait` ends. Other writes never wake it.
+///
+/// Returns the last revision at which those entries may have changed, which the answer's index
+/// must not be below: with no entries yet, or after the store was re-listed, that revision is
+/// past the config index, and an answer labelled with the config index alone would wake the
+/// next query (`?index=` the answer's) at once, every watcher then asking in a loop.
 async fn block(
     config: &ConfigEntries,
     query: &BlockingQuery,
     kind: Option<Kind>,
     name: Option<&str>,
-) -> Result<(), ApiError> {
-    if query.index.is_some_and(|index| index > 0) {
-        query.block(config.changes(kind, name).await).await;
-    }
-    Ok(())
+) -> u64 {
+    let changes = config.changes(kind, name).await;
+    query.block(changes.clone()).await;
+    *changes.borrow()
 }
 
 async fn write(
@@ -118,11 +122,11 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let Path(kind_text) = path.map_err(path_error)?;
     let kind = kind(&kind_text)?;
-    block(&config, &query, Some(kind), None).await?;
+    let changed = block(&config, &query, Some(kind), None).await;
     let mut list = config.list(kind).await.map_err(error)?;
     let filtered =
         plexus_runtime::acl::filter(&mut list.value, |e| authz.can_read_service(e.name()));
-    let mut response = indexed_json(list.index, &list.value);
+    let mut response = indexed_json(list.index.max(changed), &list.value);
     mark_filtered(&mut response, filtered);
     Ok(response)
 }
@@ -136,9 +140,9 @@ async fn read(
     let Path((kind_text, name)) = path.map_err(path_error)?;
     let kind = kind(&kind_text)?;
     authz.require_service_read(&name)?;
-    block(&config, &query, Some(kind), Some(&name)).await?;
+    let changed = block(&config, &query, Some(kind), Some(&name)).await;
     let entry = config.get(kind, &name).await.map_err(error)?;
-    Ok(indexed_json(entry.index, &entry.value))
+    Ok(indexed_json(entry.index.max(changed), &entry.value))
 }
 
 async fn delete(
@@ -161,7 +165,7 @@ async fn chain(
 ) -> Result<Response, ApiError> {
     let Path(service) = path.map_err(path_error)?;
     authz.require_service_read(&service)?;
-    block(&config, &query, None, None).await?;
+    let changed = block(&config, &query, None, None).await;
     let chain = config.chain(&service).await.map_err(error)?;
-    Ok(indexed_json(chain.index, &chain.value))
+    Ok(indexed_json(chain.index.max(changed), &chain.value))
 }
