@@ -65,10 +65,16 @@ impl TypeUrl {
         }
     }
 
-    /// Whether a response of this type must be ACKed before later types are sent (clusters and
-    /// their endpoints: routes and listeners must never name a cluster Envoy has not warmed).
-    pub fn blocks_later_types(self) -> bool {
+    /// Whether a response of this type must be ACKed before a response of `later` is sent.
+    ///
+    /// Clusters and endpoints hold back listeners, routes and secrets: a route must never name
+    /// a cluster Envoy has not warmed. Clusters do not hold back endpoints: Envoy withholds its
+    /// CDS ACK while any cluster is warming, and an EDS cluster warms until its endpoints
+    /// arrive, so endpoints that waited for that ACK would wait until Envoy's
+    /// `initial_fetch_timeout` (15 s by default) gave up on them.
+    pub fn holds_back(self, later: TypeUrl) -> bool {
         matches!(self, TypeUrl::Cluster | TypeUrl::Endpoint)
+            && matches!(later, TypeUrl::Listener | TypeUrl::Route | TypeUrl::Secret)
     }
 
     /// Whether an empty subscription means "everything" (LDS and CDS), as xDS defines it.

@@ -11,12 +11,15 @@
 //!   is.
 //! - Types go out in the order of [`TypeUrl::ALL`] — clusters, endpoints, listeners, routes,
 //!   secrets — one response in flight per type. Clusters and endpoints must be ACKed before
-//!   anything later is sent, so a route never names a cluster Envoy has not accepted and fed
-//!   with endpoints (Envoy warms a new cluster until its endpoints arrive). Listeners, routes
-//!   and secrets are pipelined behind them: Envoy applies one stream's responses in order and
-//!   warms a new listener until the routes it names arrive, so an intention change (L4 rules
-//!   in LDS, L7 rules in RDS) reaches both without waiting for a round trip in between.
-//!   A stuck Envoy only ever holds up its own stream.
+//!   listeners, routes or secrets are sent, so a route never names a cluster Envoy has not
+//!   accepted and fed with endpoints (Envoy warms a new cluster until its endpoints arrive).
+//!   Endpoints do not wait for the clusters' ACK: Envoy withholds that ACK until every new
+//!   cluster has warmed, which an EDS cluster does only once its endpoints arrive
+//!   ([`TypeUrl::holds_back`]). Listeners, routes and secrets are pipelined behind them:
+//!   Envoy applies one stream's responses in order and warms a new listener until the routes
+//!   it names arrive, so an intention change (L4 rules in LDS, L7 rules in RDS) reaches both
+//!   without waiting for a round trip in between. A stuck Envoy only ever holds up its own
+//!   stream.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -220,14 +223,12 @@ impl Session {
     /// The next response to send given the current `resources`, if any may be sent now.
     pub(crate) fn next_response(&mut self, resources: &Resources) -> Option<Response> {
         for type_url in TypeUrl::ALL {
+            let held = self
+                .types
+                .iter()
+                .any(|(earlier, s)| s.pending.is_some() && earlier.holds_back(type_url));
             let state = self.types.get(&type_url)?;
-            if state.pending.is_some() {
-                if type_url.blocks_later_types() {
-                    return None;
-                }
-                continue;
-            }
-            if !state.requested {
+            if held || state.pending.is_some() || !state.requested {
                 continue;
             }
             let mut wanted: BTreeMap<String, Arc<Resource>> = resources

@@ -297,10 +297,92 @@ fn a_cluster_is_removed_only_after_the_routes_that_named_it_are_replaced() {
     }
 }
 
+/// A world with the cluster `web` (and its endpoints) plus each subset cluster in `subsets` (and
+/// its endpoints), and the route `web` naming every one of them.
+fn subsets(subsets: &[&str]) -> Resources {
+    let mut w = Resources::default();
+    for name in std::iter::once("web").chain(subsets.iter().copied()) {
+        w.insert(TypeUrl::Cluster, cluster(name, 1));
+        w.insert(TypeUrl::Endpoint, cluster(name, 2));
+    }
+    w.insert(TypeUrl::Route, route("web", &subsets.join(",")));
+    w
+}
+
+#[test]
+fn endpoints_of_a_new_cluster_do_not_wait_for_the_clusters_ack() {
+    // Envoy holds a CDS ACK while any cluster warms, and an EDS cluster warms until its
+    // endpoints arrive: EDS waiting for that ACK left a new subset cluster unanswered until
+    // Envoy's initial_fetch_timeout (15 s) gave up on it.
+    for mode in [Mode::Sotw, Mode::Delta] {
+        let mut s = Session::new(mode);
+        // A request answering `nonce` (empty: none) and subscribing `added` to what it had.
+        let request = |type_url, nonce: &str, had: &[&str], added: &[&str]| match mode {
+            Mode::Sotw => {
+                let all: Vec<&str> = had.iter().chain(added).copied().collect();
+                sotw(type_url, nonce, &all)
+            }
+            Mode::Delta => delta(type_url, nonce, added, &[]),
+        };
+        let before = subsets(&[]);
+        s.on_request(request(TypeUrl::Cluster, "", &[], &[]));
+        s.on_request(request(TypeUrl::Route, "", &[], &["web"]));
+        let c = s.next_response(&before).expect("clusters");
+        s.on_request(request(TypeUrl::Endpoint, "", &[], &["web"]));
+        s.on_request(request(TypeUrl::Cluster, &c.nonce, &[], &[]));
+        let e = s.next_response(&before).expect("endpoints");
+        s.on_request(request(TypeUrl::Endpoint, &e.nonce, &["web"], &[]));
+        let r = s.next_response(&before).expect("routes");
+        s.on_request(request(TypeUrl::Route, &r.nonce, &["web"], &[]));
+        assert!(s.next_response(&before).is_none(), "{mode:?}: all ACKed");
+
+        // A service-resolver adds the subset cluster v1.web, which the route now names.
+        let after = subsets(&["v1.web"]);
+        let c = s.next_response(&after).expect("the new cluster");
+        assert_eq!(c.type_url, TypeUrl::Cluster, "{mode:?}");
+        assert!(names(&c).contains(&"v1.web"), "{mode:?}");
+        assert!(
+            s.next_response(&after).is_none(),
+            "{mode:?}: the route waits for the clusters' ACK"
+        );
+        // Envoy warms v1.web: it subscribes to its endpoints and holds the CDS ACK until they
+        // arrive.
+        s.on_request(request(TypeUrl::Endpoint, "", &["web"], &["v1.web"]));
+        let e = s
+            .next_response(&after)
+            .expect("the endpoints, while the clusters' ACK is held");
+        assert_eq!(e.type_url, TypeUrl::Endpoint, "{mode:?}");
+        assert!(names(&e).contains(&"v1.web"), "{mode:?}");
+        assert!(
+            s.next_response(&after).is_none(),
+            "{mode:?}: the route still waits for the clusters' ACK"
+        );
+        // v1.web has warmed: Envoy ACKs both, and only then is the route naming it sent.
+        s.on_request(request(
+            TypeUrl::Endpoint,
+            &e.nonce,
+            &["web", "v1.web"],
+            &[],
+        ));
+        assert!(
+            s.next_response(&after).is_none(),
+            "{mode:?}: the clusters are not ACKed yet"
+        );
+        s.on_request(request(TypeUrl::Cluster, &c.nonce, &[], &[]));
+        let r = s.next_response(&after).expect("the route");
+        assert_eq!(
+            (r.type_url, names(&r)),
+            (TypeUrl::Route, vec!["web"]),
+            "{mode:?}"
+        );
+    }
+}
+
 mod properties {
     //! Arbitrary request sequences (issue 16's fuzzing on stable): whatever an Envoy sends, in
     //! whatever order, the session never panics, never reuses a nonce, keeps at most one
-    //! response in flight per type, and only sends types that were asked for.
+    //! response in flight per type, only sends types that were asked for, and sends listeners,
+    //! routes and secrets only while no cluster or endpoint response awaits an answer.
 
     use std::collections::{BTreeMap, BTreeSet};
 
@@ -414,6 +496,14 @@ mod properties {
                     while let Some(response) = session.next_response(&resources) {
                         assert!(asked.contains(&response.type_url), "{response:?}");
                         assert!(nonces.insert(response.nonce.clone()), "nonce reused");
+                        if !matches!(response.type_url, TypeUrl::Cluster | TypeUrl::Endpoint) {
+                            assert!(
+                                !in_flight.contains_key(&TypeUrl::Cluster)
+                                    && !in_flight.contains_key(&TypeUrl::Endpoint),
+                                "{:?} sent before the clusters and endpoints were answered",
+                                response.type_url
+                            );
+                        }
                         let before = in_flight.insert(response.type_url, response.nonce.clone());
                         assert_eq!(before, None, "two responses in flight for one type");
                         sent.push((response.type_url, response.nonce));
