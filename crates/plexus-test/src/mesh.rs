@@ -96,6 +96,11 @@ impl Dev {
         Sidecar::start(&self.bin, &self.addr(), service_id).await
     }
 
+    /// The same with environment variables for the sidecar (e.g. `PLEXUS_THREADS`).
+    pub async fn sidecar_env(&self, service_id: &str, envs: &[(&str, &str)]) -> Result<Sidecar> {
+        Sidecar::start_env(&self.bin, &self.addr(), service_id, &[], envs).await
+    }
+
     /// The same with extra `plexus proxy` arguments (e.g. `--close-denied`).
     pub async fn sidecar_with(&self, service_id: &str, extra: &[&str]) -> Result<Sidecar> {
         Sidecar::start_with(&self.bin, &self.addr(), service_id, extra).await
@@ -157,6 +162,17 @@ impl Sidecar {
         service_id: &str,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::start_env(bin, control, service_id, extra, &[]).await
+    }
+
+    /// Starts a sidecar with extra arguments and environment variables.
+    pub async fn start_env(
+        bin: &Path,
+        control: &str,
+        service_id: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Self> {
         let mut args: Vec<String> = [
             "proxy",
             "--sidecar-for",
@@ -169,7 +185,7 @@ impl Sidecar {
         .map(str::to_owned)
         .to_vec();
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let process = Process::spawn(&format!("proxy:{service_id}"), bin, &args, &[])?;
+        let process = Process::spawn(&format!("proxy:{service_id}"), bin, &args, envs)?;
         let admin = process.listening("admin").await?;
         Ok(Self {
             process,

@@ -99,6 +99,44 @@ fn exit_quietly_on_broken_pipe() {
     }));
 }
 
+/// The environment variable that sets how many threads run the process's tasks.
+const THREADS_ENV: &str = "PLEXUS_THREADS";
+
+/// How many threads run tasks: `PLEXUS_THREADS`, else one per core this process may use (its
+/// CPU affinity, as `taskset` or a container's cpuset sets it).
+fn threads() -> Result<usize, String> {
+    match std::env::var(THREADS_ENV) {
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(threads) if threads > 0 => Ok(threads),
+            _ => Err(format!(
+                "{THREADS_ENV}={text:?}: expected a whole number of threads, at least 1"
+            )),
+        },
+        Err(std::env::VarError::NotPresent) => {
+            Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+        }
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+            "{THREADS_ENV}: not valid UTF-8; expected a whole number of threads, at least 1"
+        )),
+    }
+}
+
+/// The async runtime. With one thread, tokio's single-threaded scheduler (as linkerd2-proxy
+/// picks for one core): the threaded one would add a second thread for `main`, atomic run
+/// queues and cross-thread wake-ups for no parallelism, about 5 % of a sidecar's CPU per
+/// request (docs/benchmarks.md, fix 9). Nothing Plexus runs needs `block_in_place`, the one
+/// thing the single-threaded scheduler does not offer.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder.enable_all().build()
+}
+
 fn main() -> ExitCode {
     exit_quietly_on_broken_pipe();
     let matches = <Cli as clap::CommandFactory>::command()
@@ -111,10 +149,14 @@ fn main() -> ExitCode {
     let given = cmd::config_file::Given::new(matches.subcommand().map(|(_, m)| m.clone()));
     plexus_runtime::telemetry::init("info");
     plexus_runtime::tls::install_default_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let threads = match threads() {
+        Ok(threads) => threads,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(64);
+        }
+    };
+    let runtime = match runtime(threads) {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

@@ -124,6 +124,21 @@ fn version_help_and_unreachable_control_plane() {
     );
 }
 
+/// `PLEXUS_THREADS` that is not a whole number of threads ≥ 1 is a configuration error (64)
+/// naming the variable and the value, before anything starts.
+#[test]
+fn a_bad_thread_count_is_refused_by_name() {
+    for bad in ["0", "-1", "two", ""] {
+        let (code, _, err) =
+            run_cli(bin(), &["catalog", "services"], &[("PLEXUS_THREADS", bad)]).unwrap();
+        assert_eq!(code, 64, "{bad:?}: {err}");
+        assert!(
+            err.contains(&format!("PLEXUS_THREADS=\"{bad}\"")) && err.contains("at least 1"),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn services_register_with_a_bad_file_registers_nothing() {
     let dev = dev(&[]).await;

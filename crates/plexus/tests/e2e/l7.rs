@@ -96,14 +96,19 @@ struct L7Mesh {
 
 impl L7Mesh {
     async fn start(name: &str, app_port: u16, protocol: &str) -> L7Mesh {
+        Self::start_env(name, app_port, protocol, &[]).await
+    }
+
+    /// The same with environment variables for both sidecars.
+    async fn start_env(name: &str, app_port: u16, protocol: &str, envs: &[(&str, &str)]) -> L7Mesh {
         let upstream_port = free_port();
         let (dir, file) = write_file(
             "mesh.hcl",
             &mesh_hcl(name, app_port, upstream_port, protocol),
         );
         let dev = dev(&["--config-file", file.to_str().unwrap()]).await;
-        let client = dev.sidecar("client").await.unwrap();
-        let server = dev.sidecar(name).await.unwrap();
+        let client = dev.sidecar_env("client", envs).await.unwrap();
+        let server = dev.sidecar_env(name, envs).await.unwrap();
         eventually!(server.is_ready().await);
         eventually!(
             client.is_ready().await
@@ -128,10 +133,12 @@ fn requests(direction: &str, upstream: &str, class: &str, grpc_status: &str) -> 
 const CONNECTIONS: &str =
     "plexus_proxy_http_upstream_connections_total{direction=\"outbound\",upstream=\"web\"}";
 
+/// Both sidecars on one thread each (`PLEXUS_THREADS=1`: tokio's single-threaded scheduler, what
+/// a sidecar pinned to one core runs; the other tests run the threaded one on this machine's cores).
 #[tokio::test]
 async fn http1_and_h2c_through_two_mtls_sidecars_share_one_pooled_connection() {
     let web = HttpStub::start_named("v1").await.unwrap();
-    let mesh = L7Mesh::start("web", web.addr.port(), "http").await;
+    let mesh = L7Mesh::start_env("web", web.addr.port(), "http", &[("PLEXUS_THREADS", "1")]).await;
     let url = format!("http://{}/hello?x=1", mesh.upstream);
 
     // HTTP/1.1 keep-alive from the app; the web app sees HTTP/1.1 and a new traceparent.
