@@ -336,7 +336,11 @@ async fn run_stream<W: Wire>(
                                 .nacked(&proxy_id, type_url, &version, &error);
                         }
                         Outcome::Stale => {
-                            debug!(proxy_id, r#type = %type_url, "stale nonce ignored")
+                            debug!(
+                                proxy_id,
+                                r#type = %type_url,
+                                "stale nonce: not an ACK or NACK (delta: subscription changes applied)"
+                            )
                         }
                         Outcome::Subscribed => {
                             debug!(proxy_id, r#type = %type_url, "subscription");

@@ -4,8 +4,10 @@
 //! (responses carry what changed and what was removed, with a version per resource).
 //!
 //! Rules:
-//! - A request whose `response_nonce` is not the last one sent for its type is stale and is
-//!   ignored (Envoy sends a fresh one after it processed the newer response).
+//! - A request whose `response_nonce` is not the last one sent for its type is stale: it is
+//!   neither an ACK nor a NACK. In state of the world it is ignored (Envoy sends a fresh one
+//!   after it processed the newer response); in delta its subscribe and unsubscribe lists are
+//!   still applied, since Envoy sends each subscription change only once.
 //! - A request answering the pending nonce is an ACK, or a NACK when it carries an error: the
 //!   rejected content is not sent again (Envoy keeps its last accepted config); the next change
 //!   is.
@@ -98,7 +100,8 @@ pub(crate) enum Outcome {
         /// Envoy's error detail.
         error: String,
     },
-    /// The nonce was not the pending one: ignored.
+    /// The nonce was not the pending one: not an answer to it (state of the world: ignored;
+    /// delta: its subscription changes applied).
     Stale,
 }
 
@@ -169,7 +172,12 @@ impl Session {
                         }
                     };
                 }
-                _ => return Outcome::Stale,
+                // State of the world: a stale request's list is an old view of the
+                // subscription, which Envoy repeats once it has seen the newer response. Delta:
+                // its subscribe and unsubscribe lists are changes Envoy sends only once, so
+                // they apply whatever response it answers; only the ACK or NACK is ignored.
+                _ if mode == Mode::Sotw => return Outcome::Stale,
+                _ => outcome = Outcome::Stale,
             }
         }
         match request.names {

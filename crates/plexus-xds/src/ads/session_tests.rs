@@ -227,6 +227,62 @@ fn delta_answers_names_that_do_not_exist_and_forgets_unsubscribed_ones() {
 }
 
 #[test]
+fn a_delta_request_with_a_stale_nonce_still_changes_the_subscription() {
+    let mut s = Session::new(Mode::Delta);
+    let mut w = Resources::default();
+    for name in ["a", "b", "c"] {
+        w.insert(TypeUrl::Endpoint, cluster(name, 1));
+    }
+    s.on_request(delta(TypeUrl::Endpoint, "", &["a", "b"], &[]));
+    let first = s.next_response(&w).expect("first");
+    assert_eq!(names(&first), ["a", "b"]);
+    // Envoy answers an older response (or none it knows of) while changing its subscription:
+    // not an answer to `first`, but c is wanted from now on and b is not.
+    let mut stale = delta(TypeUrl::Endpoint, "older", &["c"], &["b"]);
+    stale.error = Some("about an older response".into());
+    assert_eq!(s.on_request(stale), Outcome::Stale);
+    assert!(
+        s.next_response(&w).is_none(),
+        "still one response in flight"
+    );
+    assert_eq!(
+        s.on_request(delta(TypeUrl::Endpoint, &first.nonce, &[], &[])),
+        Outcome::Ack {
+            version: first.version.clone()
+        }
+    );
+    let second = s
+        .next_response(&w)
+        .expect("c, subscribed by the stale request");
+    assert_eq!(names(&second), ["c"]);
+    s.on_request(delta(TypeUrl::Endpoint, &second.nonce, &[], &[]));
+    // b was unsubscribed: its changes are not sent.
+    let mut changed = w.clone();
+    changed.insert(TypeUrl::Endpoint, cluster("b", 2));
+    assert!(s.next_response(&changed).is_none(), "b is not subscribed");
+}
+
+#[test]
+fn a_sotw_request_with_a_stale_nonce_is_ignored_entirely() {
+    let mut s = Session::new(Mode::Sotw);
+    let mut w = Resources::default();
+    for name in ["a", "b"] {
+        w.insert(TypeUrl::Endpoint, cluster(name, 1));
+    }
+    s.on_request(sotw(TypeUrl::Endpoint, "", &["a"]));
+    let first = s.next_response(&w).expect("first");
+    assert_eq!(
+        s.on_request(sotw(TypeUrl::Endpoint, "older", &["a", "b"])),
+        Outcome::Stale
+    );
+    s.on_request(sotw(TypeUrl::Endpoint, &first.nonce, &["a"]));
+    assert!(
+        s.next_response(&w).is_none(),
+        "the stale list was an old view, not a change"
+    );
+}
+
+#[test]
 fn delta_resumes_from_the_versions_envoy_already_has() {
     let mut s = Session::new(Mode::Delta);
     let w = world(&[("a", 1), ("b", 1)], &[]);
