@@ -92,6 +92,9 @@ pub(crate) enum Outcome {
     Ack {
         /// The accepted version.
         version: String,
+        /// The configuration revision the accepted response was built from (not the one
+        /// current when the ACK arrives, which Envoy may not have been sent yet).
+        revision: u64,
     },
     /// Envoy rejected `version`.
     Nack {
@@ -120,8 +123,17 @@ struct TypeState {
     /// Delta: names subscribed since the last response (answered even when they do not exist).
     unanswered: BTreeSet<String>,
     must_respond: bool,
-    pending: Option<(String, String)>,
+    pending: Option<Pending>,
     acked: Option<String>,
+}
+
+/// The response of a type that awaits its ACK or NACK.
+#[derive(Debug, Clone)]
+struct Pending {
+    nonce: String,
+    version: String,
+    /// The configuration revision it was built from.
+    revision: u64,
 }
 
 /// The state of one stream.
@@ -160,15 +172,15 @@ impl Session {
         let state = self.types.entry(request.type_url).or_default();
         let mut outcome = Outcome::Subscribed;
         if !request.nonce.is_empty() {
-            match &state.pending {
-                Some((nonce, version)) if *nonce == request.nonce => {
-                    let version = version.clone();
-                    state.pending = None;
+            match state.pending.take_if(|p| p.nonce == request.nonce) {
+                Some(Pending {
+                    version, revision, ..
+                }) => {
                     outcome = match request.error {
                         Some(error) => Outcome::Nack { version, error },
                         None => {
                             state.acked = Some(version.clone());
-                            Outcome::Ack { version }
+                            Outcome::Ack { version, revision }
                         }
                     };
                 }
@@ -176,8 +188,8 @@ impl Session {
                 // subscription, which Envoy repeats once it has seen the newer response. Delta:
                 // its subscribe and unsubscribe lists are changes Envoy sends only once, so
                 // they apply whatever response it answers; only the ACK or NACK is ignored.
-                _ if mode == Mode::Sotw => return Outcome::Stale,
-                _ => outcome = Outcome::Stale,
+                None if mode == Mode::Sotw => return Outcome::Stale,
+                None => outcome = Outcome::Stale,
             }
         }
         match request.names {
@@ -228,8 +240,13 @@ impl Session {
         outcome
     }
 
-    /// The next response to send given the current `resources`, if any may be sent now.
-    pub(crate) fn next_response(&mut self, resources: &Resources) -> Option<Response> {
+    /// The next response to send given the current `resources`, built from configuration
+    /// `revision`, if any may be sent now.
+    pub(crate) fn next_response(
+        &mut self,
+        resources: &Resources,
+        revision: u64,
+    ) -> Option<Response> {
         for type_url in TypeUrl::ALL {
             let held = self
                 .types
@@ -258,8 +275,8 @@ impl Session {
                 }
             }
             let response = match self.mode {
-                Mode::Sotw => self.sotw(type_url, wanted),
-                Mode::Delta => self.delta(type_url, wanted),
+                Mode::Sotw => self.sotw(type_url, wanted, revision),
+                Mode::Delta => self.delta(type_url, wanted, revision),
             };
             if response.is_some() {
                 return response;
@@ -300,6 +317,7 @@ impl Session {
         &mut self,
         type_url: TypeUrl,
         wanted: BTreeMap<String, Arc<Resource>>,
+        revision: u64,
     ) -> Option<Response> {
         let version = Resources::version_of(wanted.values());
         let state = self.types.get(&type_url)?;
@@ -315,7 +333,11 @@ impl Session {
             .map(|(name, r)| (name.clone(), r.version.clone()))
             .collect();
         state.sent = wanted.clone();
-        state.pending = Some((nonce.clone(), version.clone()));
+        state.pending = Some(Pending {
+            nonce: nonce.clone(),
+            version: version.clone(),
+            revision,
+        });
         Some(Response {
             type_url,
             version,
@@ -329,6 +351,7 @@ impl Session {
         &mut self,
         type_url: TypeUrl,
         wanted: BTreeMap<String, Arc<Resource>>,
+        revision: u64,
     ) -> Option<Response> {
         let state = self.types.get(&type_url)?;
         let updated: Vec<Arc<Resource>> = wanted
@@ -366,7 +389,11 @@ impl Session {
         for name in &removed {
             state.known.remove(name);
         }
-        state.pending = Some((nonce.clone(), version.clone()));
+        state.pending = Some(Pending {
+            nonce: nonce.clone(),
+            version: version.clone(),
+            revision,
+        });
         Some(Response {
             type_url,
             version,
