@@ -22,6 +22,8 @@
 //!   it names arrive, so an intention change (L4 rules in LDS, L7 rules in RDS) reaches both
 //!   without waiting for a round trip in between. A stuck Envoy only ever holds up its own
 //!   stream.
+//! - Removals go the other way: a cluster is kept until the listeners and routes Envoy has
+//!   ACKed no longer name it; one it rejected leaves the last accepted one in force.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -115,6 +117,8 @@ struct TypeState {
     names: BTreeSet<String>,
     /// What Envoy has (delta) or was last sent (SotW): name → version.
     known: BTreeMap<String, String>,
+    /// What Envoy last ACKed (it keeps that through a NACK): name → version.
+    accepted: BTreeMap<String, String>,
     /// SotW: version of the last set sent.
     sent_version: Option<String>,
     /// The resources last sent (whole set): a cluster being removed is kept from them until
@@ -132,6 +136,8 @@ struct TypeState {
 struct Pending {
     nonce: String,
     version: String,
+    /// What Envoy has of the type once it accepts this response: name → version.
+    known: BTreeMap<String, String>,
     /// The configuration revision it was built from.
     revision: u64,
 }
@@ -174,12 +180,16 @@ impl Session {
         if !request.nonce.is_empty() {
             match state.pending.take_if(|p| p.nonce == request.nonce) {
                 Some(Pending {
-                    version, revision, ..
+                    version,
+                    revision,
+                    known,
+                    ..
                 }) => {
                     outcome = match request.error {
                         Some(error) => Outcome::Nack { version, error },
                         None => {
                             state.acked = Some(version.clone());
+                            state.accepted = known;
                             Outcome::Ack { version, revision }
                         }
                     };
@@ -213,6 +223,7 @@ impl Session {
                     state.requested = true;
                     state.must_respond = true;
                     state.wildcard = request.type_url.is_wildcard_type() && subscribe.is_empty();
+                    state.accepted.clone_from(&initial);
                     state.known = initial;
                 }
                 for name in subscribe {
@@ -230,10 +241,19 @@ impl Session {
                         state.names.remove(&name);
                         state.unanswered.remove(&name);
                         state.known.remove(&name);
+                        state.accepted.remove(&name);
+                        if let Some(pending) = &mut state.pending {
+                            pending.known.remove(&name);
+                        }
                     }
                 }
                 if mode == Mode::Delta && !state.wildcard {
-                    state.known.retain(|name, _| state.names.contains(name));
+                    let names = &state.names;
+                    state.known.retain(|name, _| names.contains(name));
+                    state.accepted.retain(|name, _| names.contains(name));
+                    if let Some(pending) = &mut state.pending {
+                        pending.known.retain(|name, _| names.contains(name));
+                    }
                 }
             }
         }
@@ -263,7 +283,8 @@ impl Session {
                 .map(|(name, r)| (name.clone(), Arc::clone(r)))
                 .collect();
             // Removals go in reverse order: a cluster stays until no listener or route that
-            // Envoy may still hold names it.
+            // Envoy may still hold names it: until the listeners and routes Envoy accepted are
+            // the current ones (one it rejected leaves the last accepted one in force).
             if type_url == TypeUrl::Cluster
                 && !(self.settled(TypeUrl::Listener, resources)
                     && self.settled(TypeUrl::Route, resources))
@@ -285,8 +306,9 @@ impl Session {
         None
     }
 
-    /// Whether Envoy has (or was sent and has not answered about) exactly what it should have
-    /// of `type_url`: nothing in flight and nothing left to send.
+    /// Whether Envoy has accepted exactly what it should have of `type_url`: nothing in flight,
+    /// and its last ACKed content is the current one (after a NACK it is not: Envoy keeps the
+    /// content it accepted before).
     fn settled(&self, type_url: TypeUrl, resources: &Resources) -> bool {
         let Some(state) = self.types.get(&type_url) else {
             return true;
@@ -302,10 +324,10 @@ impl Session {
             .iter()
             .filter(|(name, _)| state.wildcard || state.names.contains(*name))
             .collect();
-        wanted.len() == state.known.len()
+        wanted.len() == state.accepted.len()
             && wanted
                 .iter()
-                .all(|(name, r)| state.known.get(*name) == Some(&r.version))
+                .all(|(name, r)| state.accepted.get(*name) == Some(&r.version))
     }
 
     fn nonce(&mut self) -> String {
@@ -336,6 +358,7 @@ impl Session {
         state.pending = Some(Pending {
             nonce: nonce.clone(),
             version: version.clone(),
+            known: state.known.clone(),
             revision,
         });
         Some(Response {
@@ -392,6 +415,7 @@ impl Session {
         state.pending = Some(Pending {
             nonce: nonce.clone(),
             version: version.clone(),
+            known: state.known.clone(),
             revision,
         });
         Some(Response {

@@ -380,6 +380,67 @@ fn a_cluster_is_removed_only_after_the_routes_that_named_it_are_replaced() {
     }
 }
 
+#[test]
+fn a_cluster_stays_while_envoy_keeps_a_route_naming_it_after_rejecting_its_replacement() {
+    for mode in [Mode::Sotw, Mode::Delta] {
+        let mut s = Session::new(mode);
+        let mut before = world(&[("a", 1), ("b", 1)], &[]);
+        before.insert(TypeUrl::Route, route("r", "b"));
+        let request = |type_url, nonce: &str, names: &[&str]| match mode {
+            Mode::Sotw => sotw(type_url, nonce, names),
+            Mode::Delta if nonce.is_empty() => delta(type_url, nonce, names, &[]),
+            Mode::Delta => delta(type_url, nonce, &[], &[]),
+        };
+        s.on_request(request(TypeUrl::Cluster, "", &[]));
+        s.on_request(request(TypeUrl::Route, "", &["r"]));
+        let c = s.next_response(&before, REVISION).expect("clusters");
+        s.on_request(request(TypeUrl::Cluster, &c.nonce, &[]));
+        let r = s.next_response(&before, REVISION).expect("routes");
+        s.on_request(request(TypeUrl::Route, &r.nonce, &["r"]));
+
+        // The route stops naming b and b goes away, but Envoy rejects the new route: the
+        // route it keeps still names b, so b must stay.
+        let mut after = world(&[("a", 1)], &[]);
+        after.insert(TypeUrl::Route, route("r", "a"));
+        let rejected = s.next_response(&after, REVISION).expect("the new route");
+        assert_eq!(rejected.type_url, TypeUrl::Route, "{mode:?}");
+        let mut nack = request(TypeUrl::Route, &rejected.nonce, &["r"]);
+        nack.error = Some("route rejected".into());
+        assert!(
+            matches!(s.on_request(nack), Outcome::Nack { .. }),
+            "{mode:?}"
+        );
+        assert!(
+            s.next_response(&after, REVISION).is_none(),
+            "{mode:?}: b stays while the route Envoy kept names it"
+        );
+        // Another cluster change goes out, with b still in it.
+        let mut changed = world(&[("a", 2)], &[]);
+        changed.insert(TypeUrl::Route, route("r", "a"));
+        let c = s.next_response(&changed, REVISION).expect("a's change");
+        assert_eq!(c.type_url, TypeUrl::Cluster, "{mode:?}");
+        match mode {
+            Mode::Sotw => assert_eq!(names(&c), ["a", "b"]),
+            Mode::Delta => assert!(c.removed.is_empty(), "{mode:?}: {c:?}"),
+        }
+        s.on_request(request(TypeUrl::Cluster, &c.nonce, &[]));
+
+        // A route Envoy accepts no longer names b: only then does b go.
+        let mut fixed = world(&[("a", 2)], &[]);
+        fixed.insert(TypeUrl::Route, route("r", "a,fixed"));
+        let accepted = s.next_response(&fixed, REVISION).expect("the fixed route");
+        assert_eq!(accepted.type_url, TypeUrl::Route, "{mode:?}");
+        assert!(s.next_response(&fixed, REVISION).is_none(), "{mode:?}");
+        s.on_request(request(TypeUrl::Route, &accepted.nonce, &["r"]));
+        let removal = s.next_response(&fixed, REVISION).expect("the removal");
+        assert_eq!(removal.type_url, TypeUrl::Cluster, "{mode:?}");
+        match mode {
+            Mode::Sotw => assert_eq!(names(&removal), ["a"]),
+            Mode::Delta => assert_eq!(removal.removed, ["b"]),
+        }
+    }
+}
+
 /// A world with the cluster `web` (and its endpoints) plus each subset cluster in `subsets` (and
 /// its endpoints), and the route `web` naming every one of them.
 fn subsets(subsets: &[&str]) -> Resources {
