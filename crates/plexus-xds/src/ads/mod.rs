@@ -313,36 +313,7 @@ async fn run_stream<W: Wire>(
     loop {
         if let Some(request) = pending.take() {
             match W::decode(request) {
-                Ok(request) => {
-                    let type_url = request.type_url;
-                    let revision = resources.borrow().as_ref().map_or(0, |b| b.revision);
-                    match session.on_request(request.clone()) {
-                        Outcome::Ack { version } => {
-                            debug!(proxy_id, r#type = %type_url, version, "ACK");
-                            registry
-                                .status
-                                .acked(&proxy_id, type_url, &version, revision);
-                        }
-                        Outcome::Nack { version, error } => {
-                            warn!(
-                                proxy_id,
-                                r#type = %type_url,
-                                version,
-                                error = %error,
-                                "Envoy rejected the configuration (NACK); its last accepted configuration stays in force"
-                            );
-                            registry
-                                .status
-                                .nacked(&proxy_id, type_url, &version, &error);
-                        }
-                        Outcome::Stale => {
-                            debug!(proxy_id, r#type = %type_url, "stale nonce ignored")
-                        }
-                        Outcome::Subscribed => {
-                            debug!(proxy_id, r#type = %type_url, "subscription");
-                        }
-                    }
-                }
+                Ok(request) => apply(&mut session, request, &proxy_id, &registry.status),
                 Err(status) => {
                     debug!(proxy_id, error = %status.message(), "bad xDS request");
                     let _ = out.send(Err(status)).await;
@@ -353,12 +324,13 @@ async fn run_stream<W: Wire>(
         // Send what may be sent now.
         let current = resources.borrow_and_update().clone();
         if let Some(built) = current {
-            while let Some(response) = session.next_response(&built.resources) {
+            while let Some(response) = session.next_response(&built.resources, built.revision) {
                 debug!(
                     proxy_id,
                     r#type = %response.type_url,
                     version = %response.version,
                     nonce = %response.nonce,
+                    revision = built.revision,
                     resources = response.resources.len(),
                     removed = response.removed.len(),
                     "sending"
@@ -398,4 +370,91 @@ async fn run_stream<W: Wire>(
     }
     info!(proxy_id, "xDS stream closed");
     drop(attached);
+}
+
+/// Applies one of `proxy_id`'s requests to its stream's session and records what it meant: an
+/// ACK with the revision of the response it accepted, a NACK with Envoy's error.
+fn apply(session: &mut Session, request: session::Request, proxy_id: &str, status: &StatusBook) {
+    let type_url = request.type_url;
+    match session.on_request(request) {
+        Outcome::Ack { version, revision } => {
+            debug!(proxy_id, r#type = %type_url, version, revision, "ACK");
+            status.acked(proxy_id, type_url, &version, revision);
+        }
+        Outcome::Nack { version, error } => {
+            warn!(
+                proxy_id,
+                r#type = %type_url,
+                version,
+                error = %error,
+                "Envoy rejected the configuration (NACK); its last accepted configuration stays in force"
+            );
+            status.nacked(proxy_id, type_url, &version, &error);
+        }
+        Outcome::Stale => {
+            debug!(
+                proxy_id,
+                r#type = %type_url,
+                "stale nonce: not an ACK or NACK (delta: subscription changes applied)"
+            )
+        }
+        Outcome::Subscribed => {
+            debug!(proxy_id, r#type = %type_url, "subscription");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+    use super::session::{Names, Request};
+    use super::*;
+    use crate::resources::{Resource, Resources, TypeUrl};
+
+    fn clusters(timeout_secs: i64) -> Resources {
+        let mut resources = Resources::default();
+        let cluster = Cluster {
+            name: "a".into(),
+            connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: timeout_secs,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        resources.insert(TypeUrl::Cluster, Resource::new("a", &cluster));
+        resources
+    }
+
+    fn request(nonce: &str) -> Request {
+        Request {
+            type_url: TypeUrl::Cluster,
+            nonce: nonce.into(),
+            version: String::new(),
+            error: None,
+            names: Names::Sotw(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn an_ack_records_the_revision_of_the_response_it_accepted() {
+        let book = StatusBook::new("node-1");
+        let mut session = Session::new(Mode::Sotw);
+        apply(&mut session, request(""), "p", &book);
+        let sent = session.next_response(&clusters(1), 5).expect("clusters");
+        // The configuration moves on to revision 6 while Envoy has not answered: nothing of it
+        // goes out before the ACK.
+        assert!(session.next_response(&clusters(2), 6).is_none());
+        apply(&mut session, request(&sent.nonce), "p", &book);
+        let report = book.report_of("p").expect("status");
+        assert_eq!(report.revision, 5, "Envoy accepted what revision 5 built");
+        assert_eq!(
+            report.xds.map(|x| x.acked["CDS"].clone()),
+            Some(sent.version)
+        );
+        // Revision 6 goes out, and its ACK moves the proxy on.
+        let next = session.next_response(&clusters(2), 6).expect("revision 6");
+        apply(&mut session, request(&next.nonce), "p", &book);
+        assert_eq!(book.report_of("p").map(|r| r.revision), Some(6));
+    }
 }

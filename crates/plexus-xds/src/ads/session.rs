@@ -4,8 +4,10 @@
 //! (responses carry what changed and what was removed, with a version per resource).
 //!
 //! Rules:
-//! - A request whose `response_nonce` is not the last one sent for its type is stale and is
-//!   ignored (Envoy sends a fresh one after it processed the newer response).
+//! - A request whose `response_nonce` is not the last one sent for its type is stale: it is
+//!   neither an ACK nor a NACK. In state of the world it is ignored (Envoy sends a fresh one
+//!   after it processed the newer response); in delta its subscribe and unsubscribe lists are
+//!   still applied, since Envoy sends each subscription change only once.
 //! - A request answering the pending nonce is an ACK, or a NACK when it carries an error: the
 //!   rejected content is not sent again (Envoy keeps its last accepted config); the next change
 //!   is.
@@ -20,6 +22,8 @@
 //!   it names arrive, so an intention change (L4 rules in LDS, L7 rules in RDS) reaches both
 //!   without waiting for a round trip in between. A stuck Envoy only ever holds up its own
 //!   stream.
+//! - Removals go the other way: a cluster is kept until the listeners and routes Envoy has
+//!   ACKed no longer name it; one it rejected leaves the last accepted one in force.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -90,6 +94,9 @@ pub(crate) enum Outcome {
     Ack {
         /// The accepted version.
         version: String,
+        /// The configuration revision the accepted response was built from (not the one
+        /// current when the ACK arrives, which Envoy may not have been sent yet).
+        revision: u64,
     },
     /// Envoy rejected `version`.
     Nack {
@@ -98,7 +105,8 @@ pub(crate) enum Outcome {
         /// Envoy's error detail.
         error: String,
     },
-    /// The nonce was not the pending one: ignored.
+    /// The nonce was not the pending one: not an answer to it (state of the world: ignored;
+    /// delta: its subscription changes applied).
     Stale,
 }
 
@@ -109,6 +117,8 @@ struct TypeState {
     names: BTreeSet<String>,
     /// What Envoy has (delta) or was last sent (SotW): name → version.
     known: BTreeMap<String, String>,
+    /// What Envoy last ACKed (it keeps that through a NACK): name → version.
+    accepted: BTreeMap<String, String>,
     /// SotW: version of the last set sent.
     sent_version: Option<String>,
     /// The resources last sent (whole set): a cluster being removed is kept from them until
@@ -117,8 +127,19 @@ struct TypeState {
     /// Delta: names subscribed since the last response (answered even when they do not exist).
     unanswered: BTreeSet<String>,
     must_respond: bool,
-    pending: Option<(String, String)>,
+    pending: Option<Pending>,
     acked: Option<String>,
+}
+
+/// The response of a type that awaits its ACK or NACK.
+#[derive(Debug, Clone)]
+struct Pending {
+    nonce: String,
+    version: String,
+    /// What Envoy has of the type once it accepts this response: name → version.
+    known: BTreeMap<String, String>,
+    /// The configuration revision it was built from.
+    revision: u64,
 }
 
 /// The state of one stream.
@@ -157,19 +178,28 @@ impl Session {
         let state = self.types.entry(request.type_url).or_default();
         let mut outcome = Outcome::Subscribed;
         if !request.nonce.is_empty() {
-            match &state.pending {
-                Some((nonce, version)) if *nonce == request.nonce => {
-                    let version = version.clone();
-                    state.pending = None;
+            match state.pending.take_if(|p| p.nonce == request.nonce) {
+                Some(Pending {
+                    version,
+                    revision,
+                    known,
+                    ..
+                }) => {
                     outcome = match request.error {
                         Some(error) => Outcome::Nack { version, error },
                         None => {
                             state.acked = Some(version.clone());
-                            Outcome::Ack { version }
+                            state.accepted = known;
+                            Outcome::Ack { version, revision }
                         }
                     };
                 }
-                _ => return Outcome::Stale,
+                // State of the world: a stale request's list is an old view of the
+                // subscription, which Envoy repeats once it has seen the newer response. Delta:
+                // its subscribe and unsubscribe lists are changes Envoy sends only once, so
+                // they apply whatever response it answers; only the ACK or NACK is ignored.
+                None if mode == Mode::Sotw => return Outcome::Stale,
+                None => outcome = Outcome::Stale,
             }
         }
         match request.names {
@@ -193,6 +223,7 @@ impl Session {
                     state.requested = true;
                     state.must_respond = true;
                     state.wildcard = request.type_url.is_wildcard_type() && subscribe.is_empty();
+                    state.accepted.clone_from(&initial);
                     state.known = initial;
                 }
                 for name in subscribe {
@@ -210,18 +241,32 @@ impl Session {
                         state.names.remove(&name);
                         state.unanswered.remove(&name);
                         state.known.remove(&name);
+                        state.accepted.remove(&name);
+                        if let Some(pending) = &mut state.pending {
+                            pending.known.remove(&name);
+                        }
                     }
                 }
                 if mode == Mode::Delta && !state.wildcard {
-                    state.known.retain(|name, _| state.names.contains(name));
+                    let names = &state.names;
+                    state.known.retain(|name, _| names.contains(name));
+                    state.accepted.retain(|name, _| names.contains(name));
+                    if let Some(pending) = &mut state.pending {
+                        pending.known.retain(|name, _| names.contains(name));
+                    }
                 }
             }
         }
         outcome
     }
 
-    /// The next response to send given the current `resources`, if any may be sent now.
-    pub(crate) fn next_response(&mut self, resources: &Resources) -> Option<Response> {
+    /// The next response to send given the current `resources`, built from configuration
+    /// `revision`, if any may be sent now.
+    pub(crate) fn next_response(
+        &mut self,
+        resources: &Resources,
+        revision: u64,
+    ) -> Option<Response> {
         for type_url in TypeUrl::ALL {
             let held = self
                 .types
@@ -238,7 +283,8 @@ impl Session {
                 .map(|(name, r)| (name.clone(), Arc::clone(r)))
                 .collect();
             // Removals go in reverse order: a cluster stays until no listener or route that
-            // Envoy may still hold names it.
+            // Envoy may still hold names it: until the listeners and routes Envoy accepted are
+            // the current ones (one it rejected leaves the last accepted one in force).
             if type_url == TypeUrl::Cluster
                 && !(self.settled(TypeUrl::Listener, resources)
                     && self.settled(TypeUrl::Route, resources))
@@ -250,8 +296,8 @@ impl Session {
                 }
             }
             let response = match self.mode {
-                Mode::Sotw => self.sotw(type_url, wanted),
-                Mode::Delta => self.delta(type_url, wanted),
+                Mode::Sotw => self.sotw(type_url, wanted, revision),
+                Mode::Delta => self.delta(type_url, wanted, revision),
             };
             if response.is_some() {
                 return response;
@@ -260,8 +306,9 @@ impl Session {
         None
     }
 
-    /// Whether Envoy has (or was sent and has not answered about) exactly what it should have
-    /// of `type_url`: nothing in flight and nothing left to send.
+    /// Whether Envoy has accepted exactly what it should have of `type_url`: nothing in flight,
+    /// and its last ACKed content is the current one (after a NACK it is not: Envoy keeps the
+    /// content it accepted before).
     fn settled(&self, type_url: TypeUrl, resources: &Resources) -> bool {
         let Some(state) = self.types.get(&type_url) else {
             return true;
@@ -277,10 +324,10 @@ impl Session {
             .iter()
             .filter(|(name, _)| state.wildcard || state.names.contains(*name))
             .collect();
-        wanted.len() == state.known.len()
+        wanted.len() == state.accepted.len()
             && wanted
                 .iter()
-                .all(|(name, r)| state.known.get(*name) == Some(&r.version))
+                .all(|(name, r)| state.accepted.get(*name) == Some(&r.version))
     }
 
     fn nonce(&mut self) -> String {
@@ -292,6 +339,7 @@ impl Session {
         &mut self,
         type_url: TypeUrl,
         wanted: BTreeMap<String, Arc<Resource>>,
+        revision: u64,
     ) -> Option<Response> {
         let version = Resources::version_of(wanted.values());
         let state = self.types.get(&type_url)?;
@@ -307,7 +355,12 @@ impl Session {
             .map(|(name, r)| (name.clone(), r.version.clone()))
             .collect();
         state.sent = wanted.clone();
-        state.pending = Some((nonce.clone(), version.clone()));
+        state.pending = Some(Pending {
+            nonce: nonce.clone(),
+            version: version.clone(),
+            known: state.known.clone(),
+            revision,
+        });
         Some(Response {
             type_url,
             version,
@@ -321,6 +374,7 @@ impl Session {
         &mut self,
         type_url: TypeUrl,
         wanted: BTreeMap<String, Arc<Resource>>,
+        revision: u64,
     ) -> Option<Response> {
         let state = self.types.get(&type_url)?;
         let updated: Vec<Arc<Resource>> = wanted
@@ -358,7 +412,12 @@ impl Session {
         for name in &removed {
             state.known.remove(name);
         }
-        state.pending = Some((nonce.clone(), version.clone()));
+        state.pending = Some(Pending {
+            nonce: nonce.clone(),
+            version: version.clone(),
+            known: state.known.clone(),
+            revision,
+        });
         Some(Response {
             type_url,
             version,

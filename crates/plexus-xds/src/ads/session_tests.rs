@@ -3,6 +3,9 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::*;
 
+/// The configuration revision of the resources in tests that do not follow revisions.
+const REVISION: u64 = 1;
+
 fn cluster(name: &str, timeout_secs: i64) -> Resource {
     Resource::new(
         name,
@@ -60,21 +63,27 @@ fn sotw_sends_everything_then_only_changes() {
         s.on_request(sotw(TypeUrl::Cluster, "", &[])),
         Outcome::Subscribed
     );
-    let first = s.next_response(&w).expect("initial response");
+    let first = s.next_response(&w, REVISION).expect("initial response");
     assert_eq!(names(&first), ["a", "b"]);
     // Nothing else until Envoy answers.
-    assert!(s.next_response(&w).is_none());
+    assert!(s.next_response(&w, REVISION).is_none());
     let ack = s.on_request(sotw(TypeUrl::Cluster, &first.nonce, &[]));
     assert_eq!(
         ack,
         Outcome::Ack {
-            version: first.version.clone()
+            version: first.version.clone(),
+            revision: REVISION,
         }
     );
     assert_eq!(s.acked()[&TypeUrl::Cluster], first.version);
-    assert!(s.next_response(&w).is_none(), "no change, nothing sent");
+    assert!(
+        s.next_response(&w, REVISION).is_none(),
+        "no change, nothing sent"
+    );
     let changed = world(&[("a", 1), ("b", 2)], &[]);
-    let second = s.next_response(&changed).expect("a change is pushed");
+    let second = s
+        .next_response(&changed, REVISION)
+        .expect("a change is pushed");
     assert_eq!(names(&second), ["a", "b"], "SotW carries the whole set");
     assert_ne!(second.version, first.version);
     assert_ne!(second.nonce, first.nonce);
@@ -85,10 +94,10 @@ fn a_nack_keeps_the_last_accepted_version_and_is_not_resent() {
     let mut s = Session::new(Mode::Sotw);
     let good = world(&[("a", 1)], &[]);
     s.on_request(sotw(TypeUrl::Cluster, "", &[]));
-    let first = s.next_response(&good).expect("first");
+    let first = s.next_response(&good, REVISION).expect("first");
     s.on_request(sotw(TypeUrl::Cluster, &first.nonce, &[]));
     let bad = world(&[("a", 99)], &[]);
-    let rejected = s.next_response(&bad).expect("bad one sent");
+    let rejected = s.next_response(&bad, REVISION).expect("bad one sent");
     let mut nack = sotw(TypeUrl::Cluster, &rejected.nonce, &[]);
     nack.error = Some("invalid cluster".into());
     assert_eq!(
@@ -100,11 +109,14 @@ fn a_nack_keeps_the_last_accepted_version_and_is_not_resent() {
     );
     assert_eq!(s.acked()[&TypeUrl::Cluster], first.version);
     assert!(
-        s.next_response(&bad).is_none(),
+        s.next_response(&bad, REVISION).is_none(),
         "the rejected set is not resent"
     );
     let fixed = world(&[("a", 2)], &[]);
-    assert!(s.next_response(&fixed).is_some(), "the next change is sent");
+    assert!(
+        s.next_response(&fixed, REVISION).is_some(),
+        "the next change is sent"
+    );
 }
 
 #[test]
@@ -112,12 +124,15 @@ fn stale_nonces_are_ignored() {
     let mut s = Session::new(Mode::Sotw);
     let w = world(&[("a", 1)], &[]);
     s.on_request(sotw(TypeUrl::Cluster, "", &[]));
-    let first = s.next_response(&w).expect("first");
+    let first = s.next_response(&w, REVISION).expect("first");
     assert_eq!(
         s.on_request(sotw(TypeUrl::Cluster, "not-a-nonce", &[])),
         Outcome::Stale
     );
-    assert!(s.next_response(&w).is_none(), "still waiting for the ACK");
+    assert!(
+        s.next_response(&w, REVISION).is_none(),
+        "still waiting for the ACK"
+    );
     assert!(matches!(
         s.on_request(sotw(TypeUrl::Cluster, &first.nonce, &[])),
         Outcome::Ack { .. }
@@ -131,11 +146,16 @@ fn listeners_routes_and_secrets_are_pipelined_behind_acked_clusters() {
     w.insert(TypeUrl::Route, listener("r"));
     s.on_request(sotw(TypeUrl::Listener, "", &[]));
     s.on_request(sotw(TypeUrl::Route, "", &["r"]));
-    let first = s.next_response(&w).expect("listeners");
+    let first = s.next_response(&w, REVISION).expect("listeners");
     assert_eq!(first.type_url, TypeUrl::Listener);
-    let second = s.next_response(&w).expect("routes without waiting");
+    let second = s
+        .next_response(&w, REVISION)
+        .expect("routes without waiting");
     assert_eq!(second.type_url, TypeUrl::Route);
-    assert!(s.next_response(&w).is_none(), "one in flight per type");
+    assert!(
+        s.next_response(&w, REVISION).is_none(),
+        "one in flight per type"
+    );
 }
 
 #[test]
@@ -144,20 +164,20 @@ fn clusters_go_first_and_one_response_is_in_flight() {
     let w = world(&[("a", 1)], &["l"]);
     s.on_request(sotw(TypeUrl::Listener, "", &[]));
     s.on_request(sotw(TypeUrl::Cluster, "", &[]));
-    let first = s.next_response(&w).expect("first");
+    let first = s.next_response(&w, REVISION).expect("first");
     assert_eq!(first.type_url, TypeUrl::Cluster);
     assert!(
-        s.next_response(&w).is_none(),
+        s.next_response(&w, REVISION).is_none(),
         "listeners wait for the clusters' ACK"
     );
     s.on_request(sotw(TypeUrl::Cluster, &first.nonce, &[]));
-    let second = s.next_response(&w).expect("second");
+    let second = s.next_response(&w, REVISION).expect("second");
     assert_eq!(second.type_url, TypeUrl::Listener);
     s.on_request(sotw(TypeUrl::Listener, &second.nonce, &[]));
     // A change to both: clusters again first.
     let both = world(&[("a", 2)], &["l", "m"]);
     assert_eq!(
-        s.next_response(&both).map(|r| r.type_url),
+        s.next_response(&both, REVISION).map(|r| r.type_url),
         Some(TypeUrl::Cluster)
     );
 }
@@ -169,10 +189,10 @@ fn sotw_named_types_answer_subscription_changes() {
     w.insert(TypeUrl::Endpoint, cluster("a", 1));
     w.insert(TypeUrl::Endpoint, cluster("b", 1));
     s.on_request(sotw(TypeUrl::Endpoint, "", &["a"]));
-    let first = s.next_response(&w).expect("first");
+    let first = s.next_response(&w, REVISION).expect("first");
     assert_eq!(names(&first), ["a"]);
     s.on_request(sotw(TypeUrl::Endpoint, &first.nonce, &["a", "b"]));
-    let second = s.next_response(&w).expect("b added");
+    let second = s.next_response(&w, REVISION).expect("b added");
     assert_eq!(names(&second), ["a", "b"]);
 }
 
@@ -195,12 +215,12 @@ fn delta_sends_changes_and_removals() {
     let mut s = Session::new(Mode::Delta);
     s.on_request(delta(TypeUrl::Cluster, "", &[], &[]));
     let first = s
-        .next_response(&world(&[("a", 1), ("b", 1)], &[]))
+        .next_response(&world(&[("a", 1), ("b", 1)], &[]), REVISION)
         .expect("first");
     assert_eq!(names(&first), ["a", "b"]);
     s.on_request(delta(TypeUrl::Cluster, &first.nonce, &[], &[]));
     let second = s
-        .next_response(&world(&[("a", 2), ("c", 1)], &[]))
+        .next_response(&world(&[("a", 2), ("c", 1)], &[]), REVISION)
         .expect("second");
     assert_eq!(names(&second), ["a", "c"], "only what changed");
     assert_eq!(second.removed, ["b"]);
@@ -212,7 +232,7 @@ fn delta_answers_names_that_do_not_exist_and_forgets_unsubscribed_ones() {
     let mut w = Resources::default();
     w.insert(TypeUrl::Endpoint, cluster("a", 1));
     s.on_request(delta(TypeUrl::Endpoint, "", &["a", "ghost"], &[]));
-    let first = s.next_response(&w).expect("first");
+    let first = s.next_response(&w, REVISION).expect("first");
     assert_eq!(names(&first), ["a"]);
     assert_eq!(
         first.removed,
@@ -220,10 +240,73 @@ fn delta_answers_names_that_do_not_exist_and_forgets_unsubscribed_ones() {
         "a missing resource is said to be gone"
     );
     s.on_request(delta(TypeUrl::Endpoint, &first.nonce, &[], &["a"]));
-    assert!(s.next_response(&w).is_none(), "nothing subscribed changed");
+    assert!(
+        s.next_response(&w, REVISION).is_none(),
+        "nothing subscribed changed"
+    );
     s.on_request(delta(TypeUrl::Endpoint, "", &["a"], &[]));
-    let again = s.next_response(&w).expect("re-subscribed");
+    let again = s.next_response(&w, REVISION).expect("re-subscribed");
     assert_eq!(names(&again), ["a"]);
+}
+
+#[test]
+fn a_delta_request_with_a_stale_nonce_still_changes_the_subscription() {
+    let mut s = Session::new(Mode::Delta);
+    let mut w = Resources::default();
+    for name in ["a", "b", "c"] {
+        w.insert(TypeUrl::Endpoint, cluster(name, 1));
+    }
+    s.on_request(delta(TypeUrl::Endpoint, "", &["a", "b"], &[]));
+    let first = s.next_response(&w, REVISION).expect("first");
+    assert_eq!(names(&first), ["a", "b"]);
+    // Envoy answers an older response (or none it knows of) while changing its subscription:
+    // not an answer to `first`, but c is wanted from now on and b is not.
+    let mut stale = delta(TypeUrl::Endpoint, "older", &["c"], &["b"]);
+    stale.error = Some("about an older response".into());
+    assert_eq!(s.on_request(stale), Outcome::Stale);
+    assert!(
+        s.next_response(&w, REVISION).is_none(),
+        "still one response in flight"
+    );
+    assert_eq!(
+        s.on_request(delta(TypeUrl::Endpoint, &first.nonce, &[], &[])),
+        Outcome::Ack {
+            version: first.version.clone(),
+            revision: REVISION,
+        }
+    );
+    let second = s
+        .next_response(&w, REVISION)
+        .expect("c, subscribed by the stale request");
+    assert_eq!(names(&second), ["c"]);
+    s.on_request(delta(TypeUrl::Endpoint, &second.nonce, &[], &[]));
+    // b was unsubscribed: its changes are not sent.
+    let mut changed = w.clone();
+    changed.insert(TypeUrl::Endpoint, cluster("b", 2));
+    assert!(
+        s.next_response(&changed, REVISION).is_none(),
+        "b is not subscribed"
+    );
+}
+
+#[test]
+fn a_sotw_request_with_a_stale_nonce_is_ignored_entirely() {
+    let mut s = Session::new(Mode::Sotw);
+    let mut w = Resources::default();
+    for name in ["a", "b"] {
+        w.insert(TypeUrl::Endpoint, cluster(name, 1));
+    }
+    s.on_request(sotw(TypeUrl::Endpoint, "", &["a"]));
+    let first = s.next_response(&w, REVISION).expect("first");
+    assert_eq!(
+        s.on_request(sotw(TypeUrl::Endpoint, "older", &["a", "b"])),
+        Outcome::Stale
+    );
+    s.on_request(sotw(TypeUrl::Endpoint, &first.nonce, &["a"]));
+    assert!(
+        s.next_response(&w, REVISION).is_none(),
+        "the stale list was an old view, not a change"
+    );
 }
 
 #[test]
@@ -238,7 +321,7 @@ fn delta_resumes_from_the_versions_envoy_already_has() {
         initial: BTreeMap::from([("a".to_owned(), has_a), ("old".to_owned(), "x".into())]),
     };
     s.on_request(request);
-    let first = s.next_response(&w).expect("first");
+    let first = s.next_response(&w, REVISION).expect("first");
     assert_eq!(names(&first), ["b"]);
     assert_eq!(first.removed, ["old"]);
 }
@@ -274,22 +357,83 @@ fn a_cluster_is_removed_only_after_the_routes_that_named_it_are_replaced() {
                 Mode::Delta => delta(r.type_url, &r.nonce, &[], &[]),
             })
         };
-        let c = s.next_response(&before).expect("clusters");
+        let c = s.next_response(&before, REVISION).expect("clusters");
         ack(&mut s, &c, &[]);
-        let r = s.next_response(&before).expect("routes");
+        let r = s.next_response(&before, REVISION).expect("routes");
         ack(&mut s, &r, &["r"]);
         // The route stops naming b and b goes away: the route first, b's removal after.
         let mut after = world(&[("a", 1)], &[]);
         after.insert(TypeUrl::Route, route("r", "a"));
-        let first = s.next_response(&after).expect("a response");
+        let first = s.next_response(&after, REVISION).expect("a response");
         assert_eq!(first.type_url, TypeUrl::Route, "{mode:?}");
         assert!(
-            s.next_response(&after).is_none(),
+            s.next_response(&after, REVISION).is_none(),
             "{mode:?}: b stays until the ACK"
         );
         ack(&mut s, &first, &["r"]);
-        let removal = s.next_response(&after).expect("the removal");
+        let removal = s.next_response(&after, REVISION).expect("the removal");
         assert_eq!(removal.type_url, TypeUrl::Cluster);
+        match mode {
+            Mode::Sotw => assert_eq!(names(&removal), ["a"]),
+            Mode::Delta => assert_eq!(removal.removed, ["b"]),
+        }
+    }
+}
+
+#[test]
+fn a_cluster_stays_while_envoy_keeps_a_route_naming_it_after_rejecting_its_replacement() {
+    for mode in [Mode::Sotw, Mode::Delta] {
+        let mut s = Session::new(mode);
+        let mut before = world(&[("a", 1), ("b", 1)], &[]);
+        before.insert(TypeUrl::Route, route("r", "b"));
+        let request = |type_url, nonce: &str, names: &[&str]| match mode {
+            Mode::Sotw => sotw(type_url, nonce, names),
+            Mode::Delta if nonce.is_empty() => delta(type_url, nonce, names, &[]),
+            Mode::Delta => delta(type_url, nonce, &[], &[]),
+        };
+        s.on_request(request(TypeUrl::Cluster, "", &[]));
+        s.on_request(request(TypeUrl::Route, "", &["r"]));
+        let c = s.next_response(&before, REVISION).expect("clusters");
+        s.on_request(request(TypeUrl::Cluster, &c.nonce, &[]));
+        let r = s.next_response(&before, REVISION).expect("routes");
+        s.on_request(request(TypeUrl::Route, &r.nonce, &["r"]));
+
+        // The route stops naming b and b goes away, but Envoy rejects the new route: the
+        // route it keeps still names b, so b must stay.
+        let mut after = world(&[("a", 1)], &[]);
+        after.insert(TypeUrl::Route, route("r", "a"));
+        let rejected = s.next_response(&after, REVISION).expect("the new route");
+        assert_eq!(rejected.type_url, TypeUrl::Route, "{mode:?}");
+        let mut nack = request(TypeUrl::Route, &rejected.nonce, &["r"]);
+        nack.error = Some("route rejected".into());
+        assert!(
+            matches!(s.on_request(nack), Outcome::Nack { .. }),
+            "{mode:?}"
+        );
+        assert!(
+            s.next_response(&after, REVISION).is_none(),
+            "{mode:?}: b stays while the route Envoy kept names it"
+        );
+        // Another cluster change goes out, with b still in it.
+        let mut changed = world(&[("a", 2)], &[]);
+        changed.insert(TypeUrl::Route, route("r", "a"));
+        let c = s.next_response(&changed, REVISION).expect("a's change");
+        assert_eq!(c.type_url, TypeUrl::Cluster, "{mode:?}");
+        match mode {
+            Mode::Sotw => assert_eq!(names(&c), ["a", "b"]),
+            Mode::Delta => assert!(c.removed.is_empty(), "{mode:?}: {c:?}"),
+        }
+        s.on_request(request(TypeUrl::Cluster, &c.nonce, &[]));
+
+        // A route Envoy accepts no longer names b: only then does b go.
+        let mut fixed = world(&[("a", 2)], &[]);
+        fixed.insert(TypeUrl::Route, route("r", "a,fixed"));
+        let accepted = s.next_response(&fixed, REVISION).expect("the fixed route");
+        assert_eq!(accepted.type_url, TypeUrl::Route, "{mode:?}");
+        assert!(s.next_response(&fixed, REVISION).is_none(), "{mode:?}");
+        s.on_request(request(TypeUrl::Route, &accepted.nonce, &["r"]));
+        let removal = s.next_response(&fixed, REVISION).expect("the removal");
+        assert_eq!(removal.type_url, TypeUrl::Cluster, "{mode:?}");
         match mode {
             Mode::Sotw => assert_eq!(names(&removal), ["a"]),
             Mode::Delta => assert_eq!(removal.removed, ["b"]),
@@ -327,34 +471,37 @@ fn endpoints_of_a_new_cluster_do_not_wait_for_the_clusters_ack() {
         let before = subsets(&[]);
         s.on_request(request(TypeUrl::Cluster, "", &[], &[]));
         s.on_request(request(TypeUrl::Route, "", &[], &["web"]));
-        let c = s.next_response(&before).expect("clusters");
+        let c = s.next_response(&before, REVISION).expect("clusters");
         s.on_request(request(TypeUrl::Endpoint, "", &[], &["web"]));
         s.on_request(request(TypeUrl::Cluster, &c.nonce, &[], &[]));
-        let e = s.next_response(&before).expect("endpoints");
+        let e = s.next_response(&before, REVISION).expect("endpoints");
         s.on_request(request(TypeUrl::Endpoint, &e.nonce, &["web"], &[]));
-        let r = s.next_response(&before).expect("routes");
+        let r = s.next_response(&before, REVISION).expect("routes");
         s.on_request(request(TypeUrl::Route, &r.nonce, &["web"], &[]));
-        assert!(s.next_response(&before).is_none(), "{mode:?}: all ACKed");
+        assert!(
+            s.next_response(&before, REVISION).is_none(),
+            "{mode:?}: all ACKed"
+        );
 
         // A service-resolver adds the subset cluster v1.web, which the route now names.
         let after = subsets(&["v1.web"]);
-        let c = s.next_response(&after).expect("the new cluster");
+        let c = s.next_response(&after, REVISION).expect("the new cluster");
         assert_eq!(c.type_url, TypeUrl::Cluster, "{mode:?}");
         assert!(names(&c).contains(&"v1.web"), "{mode:?}");
         assert!(
-            s.next_response(&after).is_none(),
+            s.next_response(&after, REVISION).is_none(),
             "{mode:?}: the route waits for the clusters' ACK"
         );
         // Envoy warms v1.web: it subscribes to its endpoints and holds the CDS ACK until they
         // arrive.
         s.on_request(request(TypeUrl::Endpoint, "", &["web"], &["v1.web"]));
         let e = s
-            .next_response(&after)
+            .next_response(&after, REVISION)
             .expect("the endpoints, while the clusters' ACK is held");
         assert_eq!(e.type_url, TypeUrl::Endpoint, "{mode:?}");
         assert!(names(&e).contains(&"v1.web"), "{mode:?}");
         assert!(
-            s.next_response(&after).is_none(),
+            s.next_response(&after, REVISION).is_none(),
             "{mode:?}: the route still waits for the clusters' ACK"
         );
         // v1.web has warmed: Envoy ACKs both, and only then is the route naming it sent.
@@ -365,11 +512,11 @@ fn endpoints_of_a_new_cluster_do_not_wait_for_the_clusters_ack() {
             &[],
         ));
         assert!(
-            s.next_response(&after).is_none(),
+            s.next_response(&after, REVISION).is_none(),
             "{mode:?}: the clusters are not ACKed yet"
         );
         s.on_request(request(TypeUrl::Cluster, &c.nonce, &[], &[]));
-        let r = s.next_response(&after).expect("the route");
+        let r = s.next_response(&after, REVISION).expect("the route");
         assert_eq!(
             (r.type_url, names(&r)),
             (TypeUrl::Route, vec!["web"]),
@@ -493,7 +640,7 @@ mod properties {
                     resources = world(&clusters, &listeners);
                 }
                 Step::Send => {
-                    while let Some(response) = session.next_response(&resources) {
+                    while let Some(response) = session.next_response(&resources, REVISION) {
                         assert!(asked.contains(&response.type_url), "{response:?}");
                         assert!(nonces.insert(response.nonce.clone()), "nonce reused");
                         if !matches!(response.type_url, TypeUrl::Cluster | TypeUrl::Endpoint) {

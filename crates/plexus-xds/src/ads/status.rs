@@ -81,6 +81,7 @@ impl StatusBook {
             }
             if revision > entry.revision {
                 entry.revision = revision;
+                changed = true;
             }
             changed
         });

@@ -143,6 +143,16 @@ async fn http_h2c_and_grpc_between_envoy_and_plexus_sidecars_both_ways() {
     eventually!(grpc_check(health_addr).await.as_deref() == Some("NOT_SERVING"));
 }
 
+/// How many hosts of `cluster` Envoy counts healthy (admin `/clusters`).
+async fn healthy_hosts(envoy: &plexus_test::envoy::Envoy, cluster: &str) -> usize {
+    let prefix = format!("{cluster}::");
+    envoy.admin_get("/clusters").await.map_or(0, |(_, body)| {
+        body.lines()
+            .filter(|line| line.starts_with(&prefix) && line.ends_with("::health_flags::healthy"))
+            .count()
+    })
+}
+
 /// Writes a config entry through the API.
 async fn write_entry(dev: &Dev, entry: serde_json::Value) {
     let url = format!("http://{}/v1/config", dev.http);
@@ -459,6 +469,15 @@ async fn clusters_come_before_the_routes_naming_them_and_go_after_under_traffic(
         }
     };
     let counts = || -> Vec<usize> { served.iter().map(|s| s.load(Ordering::Relaxed)).collect() };
+    // Only `answered_by` answers 20 requests in a row.
+    let only = |answered_by: &'static str| {
+        let seen = versions(20);
+        async move { seen.await == std::collections::BTreeSet::from([answered_by.to_owned()]) }
+    };
+    let split = |v1: u32, v2: u32| {
+        serde_json::json!({"Kind": "service-splitter", "Name": "web",
+            "Splits": [{"Weight": v1, "ServiceSubset": "v1"}, {"Weight": v2, "ServiceSubset": "v2"}]})
+    };
     // Traffic first: every client answered once before the clusters change.
     eventually!(counts().iter().all(|count| *count > 0));
     let at_start = counts();
@@ -470,13 +489,22 @@ async fn clusters_come_before_the_routes_naming_them_and_go_after_under_traffic(
                         "v2": {"Filter": "Service.Meta.version == v2"}}}),
     )
     .await;
-    write_entry(
-        &dev,
-        serde_json::json!({"Kind": "service-splitter", "Name": "web",
-            "Splits": [{"Weight": 50, "ServiceSubset": "v1"}, {"Weight": 50, "ServiceSubset": "v2"}]}),
-    )
-    .await;
-    eventually!(versions(20).await.len() == 2);
+    write_entry(&dev, split(100, 0)).await;
+    // Envoy has both subset clusters with their endpoints, and the split is what answers: all
+    // of it to v1, then all of it to v2. (The plain `web` cluster balances across both
+    // instances, so "both answered" would not tell the subset clusters were used.)
+    eventually!(
+        healthy_hosts(&client, "v1.web").await == 1 && healthy_hosts(&client, "v2.web").await == 1
+    );
+    eventually!(only("web-1").await);
+    write_entry(&dev, split(0, 100)).await;
+    eventually!(only("web-2").await);
+    // The subset clusters got their endpoints from the control plane, not by Envoy giving up on
+    // them after its initial fetch timeout (15 s) while the clusters' ACK was withheld.
+    for cluster in ["v1.web", "v2.web"] {
+        let stat = format!("cluster.{cluster}.init_fetch_timeout");
+        assert_eq!(client.stat(&stat).await.unwrap(), 0, "{stat}");
+    }
     // Back to one cluster: the split goes, then the subset clusters.
     for kind in ["service-splitter", "service-resolver"] {
         let (status, reply, _) = crate::http(
