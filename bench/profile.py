@@ -48,13 +48,14 @@ from bench import oha, ok_count
 from proxies import Nginx
 
 
-def start(args: argparse.Namespace, nginx: Nginx, wrap: dict[str, list[str]] | None = None):
+def start(args: argparse.Namespace, nginx: Nginx, wrap: dict[str, list[str]] | None = None,
+          env: dict[str, str] | None = None):
     upstream = nginx.port("h2" if args.proto == "h2" else "http1")
     if args.system == "haproxy":
         # The like-for-like anchor: two HAProxy processes, the middle hop in mTLS.
         setup = proxies.start_haproxy(args.work, upstream, 2, args.proto, mtls=True)
         return setup, {"web": setup.running.proxies[0].pid, "client": setup.running.proxies[1].pid}
-    setup = proxies.start_plexus(args.plexus, args.work, upstream, 2, args.proto, wrap=wrap)
+    setup = proxies.start_plexus(args.plexus, args.work, upstream, 2, args.proto, wrap=wrap, env=env)
     # proxies: [web's sidecar, client's sidecar]
     pids = {"web": setup.running.proxies[0].pid, "client": setup.running.proxies[1].pid}
     return setup, pids
@@ -145,25 +146,28 @@ ORDER_FILE = Path(__file__).resolve().parent.parent / "crates" / "plexus" / "sid
 
 def layout(args: argparse.Namespace, nginx: Nginx) -> dict:
     """The symbol ordering file: every function a sidecar ran, by the instructions it ran (its own,
-    summed over the runs), hottest first. Only names the executable defines are kept."""
+    summed over the runs), hottest first. Only names the executable defines are kept. Each run
+    is made with one thread (tokio's single-threaded scheduler: a sidecar on one core, as the
+    benchmarks pin it) and with two (the threaded scheduler: a sidecar on several cores)."""
     cost: dict[str, int] = {}
     runs = []
-    for proto in ("http1", "h2", "tcp"):
-        args.proto = proto
-        for side in ("client", "web"):
-            out = args.out / f"layout-{side}-{proto}.out"
-            out.unlink(missing_ok=True)
-            wrap = {side: ["valgrind", "--tool=callgrind", "--demangle=no", "--dump-instr=no",
-                           f"--callgrind-out-file={out}"]}
-            setup, pids = start(args, nginx, wrap)
-            try:
-                n = requests(args, setup, args.requests, args.concurrency)
-                urllib.request.urlopen(f"http://{setup.admin[side]}/metrics", timeout=60).read()
-            finally:
-                setup.running.stop()  # SIGTERM: the sidecar shuts down and callgrind writes `out`
-            for name, c in self_costs(out).items():
-                cost[name] = cost.get(name, 0) + c
-            runs.append({"side": side, "proto": proto, "requests": n})
+    for threads in ("1", "2"):
+        for proto in ("http1", "h2", "tcp"):
+            args.proto = proto
+            for side in ("client", "web"):
+                out = args.out / f"layout-{side}-{proto}-{threads}.out"
+                out.unlink(missing_ok=True)
+                wrap = {side: ["valgrind", "--tool=callgrind", "--demangle=no", "--dump-instr=no",
+                               f"--callgrind-out-file={out}"]}
+                setup, pids = start(args, nginx, wrap, env={"PLEXUS_THREADS": threads})
+                try:
+                    n = requests(args, setup, args.requests, args.concurrency)
+                    urllib.request.urlopen(f"http://{setup.admin[side]}/metrics", timeout=60).read()
+                finally:
+                    setup.running.stop()  # SIGTERM: the sidecar shuts down, callgrind writes `out`
+                for name, c in self_costs(out).items():
+                    cost[name] = cost.get(name, 0) + c
+                runs.append({"side": side, "proto": proto, "threads": threads, "requests": n})
     defined = text_symbols(args.plexus)
     names = sorted((n for n in cost if n in defined), key=lambda n: (-cost[n], n))
     ORDER_FILE.write_text(
