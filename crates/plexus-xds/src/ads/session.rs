@@ -431,3 +431,7 @@ impl Session {
 #[cfg(test)]
 #[path = "session_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "session_order_tests.rs"]
+mod order_tests;
