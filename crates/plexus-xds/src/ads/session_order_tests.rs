@@ -245,3 +245,89 @@ fn endpoints_of_a_new_cluster_do_not_wait_for_the_clusters_ack() {
         );
     }
 }
+
+/// A world with `clusters`, their endpoints, and the route `web` naming them.
+fn routed(clusters: &[&str]) -> Resources {
+    let mut w = Resources::default();
+    for name in clusters {
+        w.insert(TypeUrl::Cluster, cluster(name, 1));
+        w.insert(TypeUrl::Endpoint, cluster(name, 2));
+    }
+    w.insert(TypeUrl::Route, route("web", &clusters.join(",")));
+    w
+}
+
+#[test]
+fn endpoints_of_a_removed_cluster_stay_as_long_as_the_cluster() {
+    // A service-resolver replaces the plain cluster web with the subset clusters v1.web and
+    // v2.web: web stays until the route Envoy ACKed stops naming it, and so do its endpoints,
+    // which go only after web's removal was sent (not ~20 ms before the route changes).
+    for mode in [Mode::Sotw, Mode::Delta] {
+        let mut s = Session::new(mode);
+        // A request answering `nonce` (empty: none) and subscribing `added` to what it had.
+        let request = |type_url, nonce: &str, had: &[&str], added: &[&str]| match mode {
+            Mode::Sotw => {
+                let all: Vec<&str> = had.iter().chain(added).copied().collect();
+                sotw(type_url, nonce, &all)
+            }
+            Mode::Delta => delta(type_url, nonce, added, &[]),
+        };
+        let before = routed(&["web"]);
+        s.on_request(request(TypeUrl::Cluster, "", &[], &[]));
+        s.on_request(request(TypeUrl::Endpoint, "", &[], &["web"]));
+        s.on_request(request(TypeUrl::Route, "", &[], &["web"]));
+        let c = s.next_response(&before, REVISION).expect("clusters");
+        s.on_request(request(TypeUrl::Cluster, &c.nonce, &[], &[]));
+        let e = s.next_response(&before, REVISION).expect("endpoints");
+        s.on_request(request(TypeUrl::Endpoint, &e.nonce, &["web"], &[]));
+        let r = s.next_response(&before, REVISION).expect("routes");
+        s.on_request(request(TypeUrl::Route, &r.nonce, &["web"], &[]));
+        assert!(s.next_response(&before, REVISION).is_none(), "{mode:?}");
+
+        let after = routed(&["v1.web", "v2.web"]);
+        let c = s.next_response(&after, REVISION).expect("the subsets");
+        assert_eq!(c.type_url, TypeUrl::Cluster, "{mode:?}");
+        match mode {
+            Mode::Sotw => assert_eq!(names(&c), ["v1.web", "v2.web", "web"]),
+            Mode::Delta => assert!(c.removed.is_empty(), "web is kept: {c:?}"),
+        }
+        // Envoy warms the subset clusters: it subscribes to their endpoints, which come
+        // without a word about web's going.
+        s.on_request(request(
+            TypeUrl::Endpoint,
+            "",
+            &["web"],
+            &["v1.web", "v2.web"],
+        ));
+        let e = s.next_response(&after, REVISION).expect("their endpoints");
+        assert_eq!(e.type_url, TypeUrl::Endpoint, "{mode:?}");
+        match mode {
+            Mode::Sotw => assert_eq!(names(&e), ["v1.web", "v2.web", "web"]),
+            Mode::Delta => {
+                assert_eq!(names(&e), ["v1.web", "v2.web"]);
+                assert!(e.removed.is_empty(), "web's endpoints are kept: {e:?}");
+            }
+        }
+        let all = ["web", "v1.web", "v2.web"];
+        s.on_request(request(TypeUrl::Endpoint, &e.nonce, &all, &[]));
+        s.on_request(request(TypeUrl::Cluster, &c.nonce, &[], &[]));
+        let r = s.next_response(&after, REVISION).expect("the route");
+        assert_eq!(r.type_url, TypeUrl::Route, "{mode:?}");
+        assert!(
+            s.next_response(&after, REVISION).is_none(),
+            "{mode:?}: web and its endpoints stay until the route's ACK"
+        );
+        s.on_request(request(TypeUrl::Route, &r.nonce, &["web"], &[]));
+        // The cluster goes first, its endpoints after it.
+        let removal = s.next_response(&after, REVISION).expect("web's removal");
+        assert_eq!(removal.type_url, TypeUrl::Cluster, "{mode:?}");
+        let gone = s.next_response(&after, REVISION).expect("its endpoints'");
+        assert_eq!(gone.type_url, TypeUrl::Endpoint, "{mode:?}");
+        for response in [&removal, &gone] {
+            match mode {
+                Mode::Sotw => assert_eq!(names(response), ["v1.web", "v2.web"]),
+                Mode::Delta => assert_eq!(response.removed, ["web"]),
+            }
+        }
+    }
+}
