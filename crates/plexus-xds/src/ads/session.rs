@@ -174,6 +174,21 @@ impl Session {
             .collect()
     }
 
+    /// The types Envoy has ACKed at least once and holds exactly as `resources` has them now:
+    /// nothing in flight, the last accepted content the current one (not after a NACK, nor
+    /// while a removed cluster is kept). Those have reached the revision `resources` was built
+    /// from even when it changed nothing of theirs and so sent nothing.
+    pub(crate) fn up_to_date<'a>(
+        &'a self,
+        resources: &'a Resources,
+    ) -> impl Iterator<Item = TypeUrl> + 'a {
+        self.types
+            .iter()
+            .filter(|(_, state)| state.requested && state.acked.is_some())
+            .map(|(type_url, _)| *type_url)
+            .filter(move |type_url| self.settled(*type_url, resources))
+    }
+
     /// Applies a request.
     pub(crate) fn on_request(&mut self, request: Request) -> Outcome {
         let mode = self.mode;
