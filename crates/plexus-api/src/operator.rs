@@ -64,7 +64,9 @@ pub struct ProxyAck {
     /// The proxy's (sidecar) service id.
     #[serde(rename = "ID")]
     pub id: String,
-    /// The configuration revision it applied.
+    /// The configuration revision it applied. For an Envoy: the revision every resource type
+    /// it ACKed has reached (the lowest of them), so one type still behind or rejected (NACK)
+    /// holds it back; per-type detail is in `xds`.
     pub revision: u64,
     /// When it said so (Unix seconds, server clock: stamped by the server, so a report may
     /// leave it out).

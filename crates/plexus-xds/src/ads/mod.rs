@@ -344,6 +344,12 @@ async fn run_stream<W: Wire>(
                     return;
                 }
             }
+            // Types this revision left alone (or whose response is accepted) have reached it.
+            registry.status.reached(
+                &proxy_id,
+                session.up_to_date(&built.resources),
+                built.revision,
+            );
         }
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -427,8 +433,12 @@ mod tests {
     }
 
     fn request(nonce: &str) -> Request {
+        request_of(TypeUrl::Cluster, nonce)
+    }
+
+    fn request_of(type_url: TypeUrl, nonce: &str) -> Request {
         Request {
-            type_url: TypeUrl::Cluster,
+            type_url,
             nonce: nonce.into(),
             version: String::new(),
             error: None,
@@ -456,5 +466,69 @@ mod tests {
         let next = session.next_response(&clusters(2), 6).expect("revision 6");
         apply(&mut session, request(&next.nonce), "p", &book);
         assert_eq!(book.report_of("p").map(|r| r.revision), Some(6));
+    }
+
+    /// Clusters `a` (connect timeout `cluster`) and the listener `l` (named in its stat prefix
+    /// `listener`).
+    fn world(cluster: i64, listener: &str) -> Resources {
+        let mut resources = clusters(cluster);
+        let l = envoy_types::pb::envoy::config::listener::v3::Listener {
+            name: "l".into(),
+            stat_prefix: listener.into(),
+            ..Default::default()
+        };
+        resources.insert(TypeUrl::Listener, Resource::new("l", &l));
+        resources
+    }
+
+    /// Sends what the session would for `revision` of `resources`, Envoy answering each (a NACK
+    /// for the types in `rejects`), and records what types reached `revision`, as the stream
+    /// loop does.
+    fn exchange(
+        session: &mut Session,
+        book: &StatusBook,
+        resources: &Resources,
+        revision: u64,
+        rejects: &[TypeUrl],
+    ) {
+        while let Some(sent) = session.next_response(resources, revision) {
+            let mut answer = request_of(sent.type_url, &sent.nonce);
+            if rejects.contains(&sent.type_url) {
+                answer.error = Some("rejected".into());
+            }
+            apply(session, answer, "p", book);
+        }
+        book.reached("p", session.up_to_date(resources), revision);
+    }
+
+    #[test]
+    fn a_proxy_s_revision_is_the_one_every_type_has_reached() {
+        let book = StatusBook::new("node-1");
+        let mut session = Session::new(Mode::Sotw);
+        let revision = |book: &StatusBook| book.report_of("p").map(|r| r.revision);
+        apply(&mut session, request_of(TypeUrl::Cluster, ""), "p", &book);
+        apply(&mut session, request_of(TypeUrl::Listener, ""), "p", &book);
+        exchange(&mut session, &book, &world(1, "one"), 5, &[]);
+        assert_eq!(revision(&book), Some(5));
+        // Revision 6 changes both; Envoy accepts the clusters and rejects the listener: it is
+        // not at revision 6, whatever the clusters say.
+        exchange(
+            &mut session,
+            &book,
+            &world(2, "two"),
+            6,
+            &[TypeUrl::Listener],
+        );
+        assert_eq!(
+            revision(&book),
+            Some(5),
+            "the listener is still revision 5's"
+        );
+        let xds = book.report_of("p").and_then(|r| r.xds).expect("xds");
+        assert_eq!(xds.nack.map(|n| n.type_url), Some("LDS".to_owned()));
+        // Revision 7 fixes the listener and leaves the clusters as they were: both reach 7,
+        // though only the listener was sent.
+        exchange(&mut session, &book, &world(2, "three"), 7, &[]);
+        assert_eq!(revision(&book), Some(7));
     }
 }

@@ -23,7 +23,9 @@
 //!   without waiting for a round trip in between. A stuck Envoy only ever holds up its own
 //!   stream.
 //! - Removals go the other way: a cluster is kept until the listeners and routes Envoy has
-//!   ACKed no longer name it; one it rejected leaves the last accepted one in force.
+//!   ACKed no longer name it; one it rejected leaves the last accepted one in force. Its
+//!   endpoints (the load assignment named as the cluster) are kept exactly as long, and go only
+//!   once the cluster's removal has been sent.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -172,6 +174,21 @@ impl Session {
             .collect()
     }
 
+    /// The types Envoy has ACKed at least once and holds exactly as `resources` has them now:
+    /// nothing in flight, the last accepted content the current one (not after a NACK, nor
+    /// while a removed cluster is kept). Those have reached the revision `resources` was built
+    /// from even when it changed nothing of theirs and so sent nothing.
+    pub(crate) fn up_to_date<'a>(
+        &'a self,
+        resources: &'a Resources,
+    ) -> impl Iterator<Item = TypeUrl> + 'a {
+        self.types
+            .iter()
+            .filter(|(_, state)| state.requested && state.acked.is_some())
+            .map(|(type_url, _)| *type_url)
+            .filter(move |type_url| self.settled(*type_url, resources))
+    }
+
     /// Applies a request.
     pub(crate) fn on_request(&mut self, request: Request) -> Outcome {
         let mode = self.mode;
@@ -295,6 +312,20 @@ impl Session {
                         .or_insert_with(|| Arc::clone(resource));
                 }
             }
+            // A cluster's endpoints (named as the cluster) go with it: while a removed cluster
+            // is kept, so is its load assignment, which leaves only once the cluster's removal
+            // has been sent.
+            if type_url == TypeUrl::Endpoint {
+                for name in self.kept_clusters(resources) {
+                    if let Some(resource) = state.sent.get(name)
+                        && (state.wildcard || state.names.contains(name))
+                    {
+                        wanted
+                            .entry(name.clone())
+                            .or_insert_with(|| Arc::clone(resource));
+                    }
+                }
+            }
             let response = match self.mode {
                 Mode::Sotw => self.sotw(type_url, wanted, revision),
                 Mode::Delta => self.delta(type_url, wanted, revision),
@@ -304,6 +335,17 @@ impl Session {
             }
         }
         None
+    }
+
+    /// The clusters Envoy still has (or is being sent) although the configuration dropped them:
+    /// their removal waits for the listeners and routes naming them to be replaced.
+    fn kept_clusters<'a>(&'a self, resources: &'a Resources) -> impl Iterator<Item = &'a String> {
+        let current = resources.of(TypeUrl::Cluster);
+        self.types
+            .get(&TypeUrl::Cluster)
+            .into_iter()
+            .flat_map(|state| state.sent.keys())
+            .filter(move |name| !current.contains_key(*name))
     }
 
     /// Whether Envoy has accepted exactly what it should have of `type_url`: nothing in flight,
@@ -431,3 +473,7 @@ impl Session {
 #[cfg(test)]
 #[path = "session_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "session_order_tests.rs"]
+mod order_tests;

@@ -22,12 +22,22 @@ const REPORT_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Default)]
 struct Entry {
-    revision: u64,
+    /// Per type ACKed at least once, the configuration revision Envoy has reached of it: that
+    /// of the last response it accepted, or a later one that changed nothing of the type.
+    revisions: BTreeMap<TypeUrl, u64>,
     acked: BTreeMap<TypeUrl, String>,
     nack: Option<XdsNack>,
     /// The token its Envoy presented: the report about it carries that token (`service:write`
     /// on the proxy service, as its acknowledgement would).
     token: Option<SecretId>,
+}
+
+impl Entry {
+    /// The revision every type has reached (the lowest), the proxy's reported revision: one
+    /// type behind, or holding on to what it accepted before a NACK, holds the proxy back.
+    fn revision(&self) -> u64 {
+        self.revisions.values().min().copied().unwrap_or(0)
+    }
 }
 
 /// Reports to send, grouped by the token each is sent with.
@@ -79,11 +89,30 @@ impl StatusBook {
                 entry.nack = None;
                 changed = true;
             }
-            if revision > entry.revision {
-                entry.revision = revision;
-                changed = true;
+            let before = entry.revision();
+            let reached = entry.revisions.entry(type_url).or_default();
+            *reached = (*reached).max(revision);
+            changed || entry.revision() != before
+        });
+    }
+
+    /// Envoy holds each of `types` exactly as configuration `revision` builds it (nothing was
+    /// sent since, or what was is accepted): they have reached `revision`. Only types ACKed at
+    /// least once count.
+    pub(crate) fn reached(
+        &self,
+        proxy_id: &str,
+        types: impl IntoIterator<Item = TypeUrl>,
+        revision: u64,
+    ) {
+        self.update(proxy_id, |entry| {
+            let before = entry.revision();
+            for type_url in types {
+                if let Some(reached) = entry.revisions.get_mut(&type_url) {
+                    *reached = (*reached).max(revision);
+                }
             }
-            changed
+            entry.revision() != before
         });
     }
 
@@ -116,7 +145,7 @@ impl StatusBook {
     fn to_report(&self, proxy_id: &str, entry: &Entry) -> ProxyAck {
         ProxyAck {
             id: proxy_id.to_owned(),
-            revision: entry.revision,
+            revision: entry.revision(),
             acknowledged_at: 0,
             data_plane: Some("envoy".to_owned()),
             admin_addr: String::new(),
@@ -239,5 +268,40 @@ mod tests {
         let batch = book.take_dirty();
         assert_eq!(batch.len(), 1);
         assert!(book.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn the_revision_is_the_one_every_acked_type_has_reached() {
+        let book = StatusBook::new("node-1");
+        let revision = |book: &StatusBook| book.report_of("p").map(|r| r.revision);
+        book.acked("p", TypeUrl::Cluster, "c1", 7);
+        book.acked("p", TypeUrl::Listener, "l1", 7);
+        assert_eq!(revision(&book), Some(7));
+        book.take_dirty();
+        // Revision 8 changed both; only the clusters are accepted so far.
+        book.acked("p", TypeUrl::Cluster, "c2", 8);
+        assert_eq!(revision(&book), Some(7), "the listeners are still at 7");
+        book.nacked("p", TypeUrl::Listener, "l2", "bad listener");
+        assert_eq!(
+            revision(&book),
+            Some(7),
+            "rejected: Envoy keeps 7's listeners"
+        );
+        let xds = book.report_of("p").and_then(|r| r.xds).expect("xds");
+        assert_eq!(
+            (xds.acked["CDS"].as_str(), xds.acked["LDS"].as_str()),
+            ("c2", "l1"),
+            "per-type detail as before"
+        );
+        book.take_dirty();
+        // Revision 9 fixes the listeners and leaves the clusters alone: they reached 9 too.
+        book.reached("p", [TypeUrl::Cluster], 9);
+        assert_eq!(revision(&book), Some(7));
+        assert!(book.take_dirty().is_empty(), "nothing reported changed");
+        book.acked("p", TypeUrl::Listener, "l3", 9);
+        assert_eq!(revision(&book), Some(9));
+        // A type never ACKed does not count, and is not made up by `reached`.
+        book.reached("p", [TypeUrl::Secret], 10);
+        assert_eq!(revision(&book), Some(9));
     }
 }
