@@ -101,22 +101,24 @@ fn exit_quietly_on_broken_pipe() {
 
 /// The environment variable that sets how many threads run the process's tasks.
 const THREADS_ENV: &str = "PLEXUS_THREADS";
+/// The most threads `PLEXUS_THREADS` may ask for (a typo like 10000 must not start that many).
+const MAX_THREADS: usize = 1024;
 
 /// How many threads run tasks: `PLEXUS_THREADS`, else one per core this process may use (its
 /// CPU affinity, as `taskset` or a container's cpuset sets it).
 fn threads() -> Result<usize, String> {
     match std::env::var(THREADS_ENV) {
         Ok(text) => match text.trim().parse::<usize>() {
-            Ok(threads) if threads > 0 => Ok(threads),
+            Ok(threads) if (1..=MAX_THREADS).contains(&threads) => Ok(threads),
             _ => Err(format!(
-                "{THREADS_ENV}={text:?}: expected a whole number of threads, at least 1"
+                "{THREADS_ENV}={text:?}: expected a whole number of threads, at least 1 and at most {MAX_THREADS}"
             )),
         },
         Err(std::env::VarError::NotPresent) => {
             Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
         }
         Err(std::env::VarError::NotUnicode(_)) => Err(format!(
-            "{THREADS_ENV}: not valid UTF-8; expected a whole number of threads, at least 1"
+            "{THREADS_ENV}: not valid UTF-8; expected a whole number of threads, at least 1 and at most {MAX_THREADS}"
         )),
     }
 }

@@ -124,11 +124,11 @@ fn version_help_and_unreachable_control_plane() {
     );
 }
 
-/// `PLEXUS_THREADS` that is not a whole number of threads ≥ 1 is a configuration error (64)
-/// naming the variable and the value, before anything starts.
+/// `PLEXUS_THREADS` that is not a whole number of threads from 1 to 1024 is a configuration
+/// error (64) naming the variable and the value, before anything starts.
 #[test]
 fn a_bad_thread_count_is_refused_by_name() {
-    for bad in ["0", "-1", "two", ""] {
+    for bad in ["0", "-1", "two", "", "1025"] {
         let (code, _, err) =
             run_cli(bin(), &["catalog", "services"], &[("PLEXUS_THREADS", bad)]).unwrap();
         assert_eq!(code, 64, "{bad:?}: {err}");
