@@ -162,16 +162,32 @@ fn a_cluster_stays_while_envoy_keeps_a_route_naming_it_after_rejecting_its_repla
     }
 }
 
-/// A world with the cluster `web` (and its endpoints) plus each subset cluster in `subsets` (and
-/// its endpoints), and the route `web` naming every one of them.
-fn subsets(subsets: &[&str]) -> Resources {
+/// A world with `clusters` (each with its endpoints) and the route `web` naming `named`.
+fn routed(clusters: &[&str], named: &[&str]) -> Resources {
     let mut w = Resources::default();
-    for name in std::iter::once("web").chain(subsets.iter().copied()) {
+    for name in clusters {
         w.insert(TypeUrl::Cluster, cluster(name, 1));
         w.insert(TypeUrl::Endpoint, cluster(name, 2));
     }
-    w.insert(TypeUrl::Route, route("web", &subsets.join(",")));
+    w.insert(TypeUrl::Route, route("web", &named.join(",")));
     w
+}
+
+/// A request of `mode` answering `nonce` (empty: none) and subscribing `added` to what it `had`.
+fn subscribing(
+    mode: Mode,
+    type_url: TypeUrl,
+    nonce: &str,
+    had: &[&str],
+    added: &[&str],
+) -> Request {
+    match mode {
+        Mode::Sotw => {
+            let all: Vec<&str> = had.iter().chain(added).copied().collect();
+            sotw(type_url, nonce, &all)
+        }
+        Mode::Delta => delta(type_url, nonce, added, &[]),
+    }
 }
 
 #[test]
@@ -181,15 +197,10 @@ fn endpoints_of_a_new_cluster_do_not_wait_for_the_clusters_ack() {
     // Envoy's initial_fetch_timeout (15 s) gave up on it.
     for mode in [Mode::Sotw, Mode::Delta] {
         let mut s = Session::new(mode);
-        // A request answering `nonce` (empty: none) and subscribing `added` to what it had.
-        let request = |type_url, nonce: &str, had: &[&str], added: &[&str]| match mode {
-            Mode::Sotw => {
-                let all: Vec<&str> = had.iter().chain(added).copied().collect();
-                sotw(type_url, nonce, &all)
-            }
-            Mode::Delta => delta(type_url, nonce, added, &[]),
+        let request = |type_url, nonce: &str, had: &[&str], added: &[&str]| {
+            subscribing(mode, type_url, nonce, had, added)
         };
-        let before = subsets(&[]);
+        let before = routed(&["web"], &[]);
         s.on_request(request(TypeUrl::Cluster, "", &[], &[]));
         s.on_request(request(TypeUrl::Route, "", &[], &["web"]));
         let c = s.next_response(&before, REVISION).expect("clusters");
@@ -205,7 +216,7 @@ fn endpoints_of_a_new_cluster_do_not_wait_for_the_clusters_ack() {
         );
 
         // A service-resolver adds the subset cluster v1.web, which the route now names.
-        let after = subsets(&["v1.web"]);
+        let after = routed(&["web", "v1.web"], &["v1.web"]);
         let c = s.next_response(&after, REVISION).expect("the new cluster");
         assert_eq!(c.type_url, TypeUrl::Cluster, "{mode:?}");
         assert!(names(&c).contains(&"v1.web"), "{mode:?}");
@@ -246,17 +257,6 @@ fn endpoints_of_a_new_cluster_do_not_wait_for_the_clusters_ack() {
     }
 }
 
-/// A world with `clusters`, their endpoints, and the route `web` naming them.
-fn routed(clusters: &[&str]) -> Resources {
-    let mut w = Resources::default();
-    for name in clusters {
-        w.insert(TypeUrl::Cluster, cluster(name, 1));
-        w.insert(TypeUrl::Endpoint, cluster(name, 2));
-    }
-    w.insert(TypeUrl::Route, route("web", &clusters.join(",")));
-    w
-}
-
 #[test]
 fn endpoints_of_a_removed_cluster_stay_as_long_as_the_cluster() {
     // A service-resolver replaces the plain cluster web with the subset clusters v1.web and
@@ -264,15 +264,10 @@ fn endpoints_of_a_removed_cluster_stay_as_long_as_the_cluster() {
     // which go only after web's removal was sent (not ~20 ms before the route changes).
     for mode in [Mode::Sotw, Mode::Delta] {
         let mut s = Session::new(mode);
-        // A request answering `nonce` (empty: none) and subscribing `added` to what it had.
-        let request = |type_url, nonce: &str, had: &[&str], added: &[&str]| match mode {
-            Mode::Sotw => {
-                let all: Vec<&str> = had.iter().chain(added).copied().collect();
-                sotw(type_url, nonce, &all)
-            }
-            Mode::Delta => delta(type_url, nonce, added, &[]),
+        let request = |type_url, nonce: &str, had: &[&str], added: &[&str]| {
+            subscribing(mode, type_url, nonce, had, added)
         };
-        let before = routed(&["web"]);
+        let before = routed(&["web"], &["web"]);
         s.on_request(request(TypeUrl::Cluster, "", &[], &[]));
         s.on_request(request(TypeUrl::Endpoint, "", &[], &["web"]));
         s.on_request(request(TypeUrl::Route, "", &[], &["web"]));
@@ -284,7 +279,7 @@ fn endpoints_of_a_removed_cluster_stay_as_long_as_the_cluster() {
         s.on_request(request(TypeUrl::Route, &r.nonce, &["web"], &[]));
         assert!(s.next_response(&before, REVISION).is_none(), "{mode:?}");
 
-        let after = routed(&["v1.web", "v2.web"]);
+        let after = routed(&["v1.web", "v2.web"], &["v1.web", "v2.web"]);
         let c = s.next_response(&after, REVISION).expect("the subsets");
         assert_eq!(c.type_url, TypeUrl::Cluster, "{mode:?}");
         match mode {
