@@ -11,6 +11,11 @@ nginx), with figures that do not depend on what else runs on the machine where p
                      (oha -c C -q 2000 for 4 s, as --tool rss) and the call sites holding most of it
   --tool cpu         CPU seconds of both sidecars per 100k requests from /proc: saturated
                      (oha -c 32) and at a fixed rate (--rate, default 1,000 req/s)
+  --tool perf        where both proxies' CPU goes, per request and by object (kernel, the proxy's
+                     own executable, libc, …): `perf record -e cpu-clock` (a software clock, so it
+                     works where a VM has no hardware counters) on both proxy processes during a
+                     saturated run (oha -c 32) and one at --rate over 16 connections; µs per
+                     request include perf's own overhead, so compare systems, not absolutes
   --tool rss         RSS of each sidecar idle (after a warm-up) and with 1,000 open connections,
                      and its private (anonymous) part
   --tool layout      the functions each sidecar runs (start-up, then requests, for both sides and
@@ -19,14 +24,15 @@ nginx), with figures that do not depend on what else runs on the machine where p
                      release builds use to put them next to each other in the executable
   --tool layout-check  whether sidecar.order still fits the executable (exit 1 under 95 %: a
                      change to a workspace crate's dependencies renames its functions)
-  --system haproxy   (cpu, rss) the same figures for two HAProxy processes, the middle hop mTLS
+  --system haproxy   (cpu, perf, rss) the same figures for two HAProxy processes, the middle hop mTLS
   --loadgen h2load   nghttp2's h2load instead of oha (its --rps is per connection)
 
   bench/profile.py --plexus target/release/plexus --oha .tools/bin/oha --tool callgrind \\
       --side client --proto http1 --requests 2000
 
 Writes raw output (callgrind dumps, strace summaries, heaptrack files) into --out. Needs what
-bench/run.sh installs, plus valgrind, strace and heaptrack (Debian packages) for those tools.
+bench/run.sh installs, plus valgrind, strace, heaptrack and perf (Debian packages valgrind, strace,
+heaptrack, linux-perf) for those tools.
 """
 
 from __future__ import annotations
@@ -374,6 +380,36 @@ def cpu(args: argparse.Namespace, nginx: Nginx) -> dict:
             "idle_cpu_s_per_s": round((c4 - c3) / args.duration, 4)}
 
 
+def perf(args: argparse.Namespace, nginx: Nginx) -> dict:
+    setup, pids = start(args, nginx)
+    result: dict = {"tool": "perf", "system": args.system, "proto": args.proto}
+    try:
+        requests(args, setup, 2000, 8)
+        for label, connections, rate in (("saturated", 32, None), (f"at_{args.rate}", 16, args.rate)):
+            data = args.out / f"perf-{args.system}-{args.proto}-{label}.data"
+            recorder = subprocess.Popen(
+                ["perf", "record", "-e", "cpu-clock", "-F", "10000", "-o", str(data),
+                 "-p", ",".join(str(pid) for pid in pids.values())],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)  # attached to both processes
+            n, _ = load(args, setup, connections, args.duration, rate)
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait(timeout=60)
+            report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
+                                     "--sort", "dso", "-g", "none"],
+                                    capture_output=True, text=True, check=True).stdout
+            # "# Event count (approx.): N" is in nanoseconds for cpu-clock; rows are "share%  object".
+            total_ns = int(re.search(r"Event count \(approx\.\): (\d+)", report).group(1))
+            by_object = {}
+            for share, name in re.findall(r"^\s+([\d.]+)%\s+(\S+)", report, re.M):
+                by_object[name] = round(float(share) / 100 * total_ns / 1000 / n, 2)
+            result[label] = {"requests": n, "us_per_request": round(total_ns / 1000 / n, 2),
+                             "us_per_request_by_object": by_object}
+    finally:
+        setup.running.stop()
+    return result
+
+
 def rss(args: argparse.Namespace, nginx: Nginx) -> dict:
     setup, pids = start(args, nginx)
     peak = {side: 0 for side in pids}
@@ -418,7 +454,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plexus", required=True)
     p.add_argument("--oha", default=str(Path(__file__).resolve().parent.parent / ".tools" / "bin" / "oha"))
-    p.add_argument("--tool", required=True, choices=["callgrind", "strace", "heaptrack", "cpu", "rss", "layout", "layout-check"])
+    p.add_argument("--tool", required=True, choices=["callgrind", "strace", "heaptrack", "cpu", "perf", "rss", "layout", "layout-check"])
     p.add_argument("--side", default="client", choices=["client", "web"])
     p.add_argument("--proto", default="http1", choices=["tcp", "http1", "h2"])
     p.add_argument("--requests", type=int, default=2000)
@@ -442,7 +478,7 @@ def main() -> int:
     nginx = Nginx(args.work)
     try:
         result = {"callgrind": callgrind, "strace": strace, "heaptrack": heaptrack, "cpu": cpu,
-                  "rss": rss, "layout": layout}[args.tool](args, nginx)
+                  "perf": perf, "rss": rss, "layout": layout}[args.tool](args, nginx)
     finally:
         nginx.stop()
         proxies.stop_all()
