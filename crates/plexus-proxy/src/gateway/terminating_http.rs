@@ -11,7 +11,6 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -89,7 +88,7 @@ async fn respond(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     parts.uri = Uri::from(path);
     parts.version = Version::HTTP_11;
-    let request = Request::from_parts(parts, body.boxed());
+    let request = Request::from_parts(parts, proxy_http::incoming(body));
 
     let mut endpoints = linked.endpoints.clone();
     let _ =
@@ -138,5 +137,5 @@ where
     let response = sender.send_request(request).await.map_err(reset)?;
     let (mut parts, body) = response.into_parts();
     proxy_http::strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body.boxed()))
+    Ok(Response::from_parts(parts, proxy_http::incoming(body)))
 }

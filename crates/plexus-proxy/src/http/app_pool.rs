@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::Body;
+use super::{Body, BodyError};
 use plexus_runtime::ErrorChain;
 use plexus_runtime::lock::lock;
 
@@ -161,7 +161,7 @@ impl Http1Pool {
     ) -> Response<Body> {
         if hyper::body::Body::is_end_stream(response.body()) {
             self.put(sender, app);
-            return response.map(BodyExt::boxed);
+            return response.map(super::incoming);
         }
         let back = Some((sender, app, Arc::downgrade(self)));
         response.map(|inner| Pooled { inner, back }.boxed())
@@ -216,12 +216,12 @@ impl Pooled {
 
 impl hyper::body::Body for Pooled {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
             None => self.give_back(),
@@ -229,7 +229,7 @@ impl hyper::body::Body for Pooled {
             Some(Ok(_)) if hyper::body::Body::is_end_stream(&self.inner) => self.give_back(),
             Some(Ok(_)) => {}
         }
-        Poll::Ready(frame)
+        Poll::Ready(frame.map(|frame| frame.map_err(BodyError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -275,7 +275,7 @@ impl H2cPool {
                 Err(error) => return Err(AppError::Reset(error)),
             };
             match sent {
-                Ok(response) => return Ok(response.map(BodyExt::boxed)),
+                Ok(response) => return Ok(response.map(super::incoming)),
                 Err(mut error) => match error.take_message() {
                     // The connection went away (GOAWAY) before this stream opened.
                     Some(unsent) if !retried => {

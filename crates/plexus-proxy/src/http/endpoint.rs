@@ -19,9 +19,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, Version};
-use http_body_util::BodyExt;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +27,7 @@ use tower::Service;
 use tracing::{debug, warn};
 
 use super::bulkhead::{ConnectionBudget, ConnectionPermit, Limit};
+use super::peer::{self, Sender};
 use super::retry::Outcome;
 use super::stack::{Answer, AnswerFuture, BoxFuture};
 use super::targets::{Service as Target, Targets};
@@ -102,7 +100,7 @@ pub(crate) struct Picked {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Served(pub SocketAddr);
 
-type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
+type Slot = Arc<tokio::sync::Mutex<Option<Sender>>>;
 
 /// One upstream listener's pooled HTTP/2 connections.
 pub(crate) struct Pool {
@@ -149,7 +147,7 @@ impl Pool {
         picked: Picked,
         deadline: Option<Deadline>,
     ) -> Answer {
-        let (addr, mut sender) = self.sender(&picked.service, &picked.order).await?;
+        let (addr, sender) = self.sender(&picked.service, &picked.order).await?;
         let mut awaited = Awaited {
             targets: &self.targets,
             service: &picked.service,
@@ -160,7 +158,7 @@ impl Pool {
         let in_flight = picked
             .tracks_load
             .then(|| picked.service.balancer.start(addr));
-        let response = sender.send_request(request).await;
+        let response = sender.send(request, &self.tasks, &self.kill).await;
         awaited.answered = true;
         let response = match response {
             Ok(response) => response,
@@ -187,7 +185,7 @@ impl Pool {
         if picked.report {
             parts.extensions.insert(Served(addr));
         }
-        Ok(Response::from_parts(parts, body.boxed()))
+        Ok(Response::from_parts(parts, body))
     }
 
     /// A ready connection to the first endpoint of `order` that has or takes one.
@@ -195,7 +193,7 @@ impl Pool {
         &self,
         service: &Arc<Target>,
         order: &[SocketAddr],
-    ) -> Result<(SocketAddr, SendRequest<Body>), HttpError> {
+    ) -> Result<(SocketAddr, Sender), HttpError> {
         let mut at_max_connections = false;
         for &addr in order {
             let slot = self.slot(&service.name, addr);
@@ -257,15 +255,11 @@ impl Pool {
         service: &Target,
         addr: SocketAddr,
         permit: ConnectionPermit,
-    ) -> Result<SendRequest<Body>, String> {
+    ) -> Result<Sender, String> {
         let io = self.connect.connect(addr, service).await?;
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(super::KEEP_ALIVE_INTERVAL)
-            .max_header_list_size(super::MAX_HEADER_BYTES as u32)
-            .handshake(TokioIo::new(io))
+        let (sender, connection) = peer::handshake(io)
             .await
-            .map_err(|error| format!("HTTP/2 handshake: {error}"))?;
+            .map_err(|error| format!("HTTP/2 handshake: {}", ErrorChain(&error)))?;
         let kill = self.kill.clone();
         self.tasks.spawn(async move {
             // Counted against `MaxConnections` until the connection ends.

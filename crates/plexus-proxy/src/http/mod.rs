@@ -45,6 +45,7 @@ pub(crate) mod metrics;
 pub(crate) mod mirror;
 pub(crate) mod normalize;
 pub(crate) mod outlier;
+pub(crate) mod peer;
 pub(crate) mod rate_limit;
 pub(crate) mod retry;
 pub(crate) mod rewrite;
@@ -87,7 +88,43 @@ pub(crate) fn chain_is_http(chain: &ChainWatch) -> bool {
 }
 
 /// Bodies of every request and response the sidecar forwards or makes.
-pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+pub(crate) type Body = BoxBody<Bytes, BodyError>;
+
+/// Why a body could not be read to its end: hyper's error, or the peer's HTTP/2 stream's. (A
+/// type of its own rather than a boxed `dyn Error`: futures holding a `dyn Error` across an
+/// await do not prove `Send` for every lifetime.)
+#[derive(Debug)]
+pub(crate) struct BodyError(Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl From<hyper::Error> for BodyError {
+    fn from(error: hyper::Error) -> Self {
+        Self(Box::new(error))
+    }
+}
+
+impl From<h2::Error> for BodyError {
+    fn from(error: h2::Error) -> Self {
+        Self(Box::new(error))
+    }
+}
+
+impl From<std::io::Error> for BodyError {
+    fn from(error: std::io::Error) -> Self {
+        Self(Box::new(error))
+    }
+}
 
 /// The header naming the rule behind a response the sidecar made itself.
 pub const ERROR_HEADER: &str = "x-plexus-error";
@@ -110,6 +147,11 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// A body hyper received, as the stack's [`Body`].
+pub(crate) fn incoming(body: hyper::body::Incoming) -> Body {
+    body.map_err(BodyError::from).boxed()
 }
 
 /// An empty body.

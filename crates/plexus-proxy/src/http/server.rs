@@ -34,7 +34,7 @@ use super::inbound::Caller;
 use super::metrics::{Finished, Label};
 use super::stack::{Answer, BoxStack, Inbound, Ingress, Outbound};
 use super::timeout::served;
-use super::{Body, HttpError, HttpMetrics, Origin, Reason, Report};
+use super::{Body, BodyError, HttpError, HttpMetrics, Origin, Reason, Report};
 use crate::authorize::Authorizer;
 use crate::metrics::Direction;
 use plexus_runtime::shutdown::or_cancelled;
@@ -231,7 +231,7 @@ async fn respond(
         body.map_err(move |error| {
             debug!(%error, "cannot read the request body");
             report.malformed.store(true, Ordering::SeqCst);
-            error
+            BodyError::from(error)
         })
         .boxed()
     });
@@ -320,7 +320,7 @@ impl Inbound {
             super::RequestInfo::of(&request, peer)
         });
         let grpc = super::is_grpc(&request);
-        let mut request = request.map(BodyExt::boxed);
+        let mut request = request.map(super::incoming);
         if let Some(caller) = caller {
             request.extensions_mut().insert(caller);
         }

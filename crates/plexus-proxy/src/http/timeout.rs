@@ -215,6 +215,7 @@ mod tests {
     use http_body_util::BodyExt;
 
     use super::*;
+    use crate::http::BodyError;
 
     /// "first" at once, then "rest" after 10 s.
     struct Stalling {
@@ -224,12 +225,12 @@ mod tests {
 
     impl HttpBody for Stalling {
         type Data = Bytes;
-        type Error = hyper::Error;
+        type Error = BodyError;
 
         fn poll_frame(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
             match self.sent {
                 0 => {
                     self.sent = 1;

@@ -10,8 +10,8 @@ use http::{HeaderMap, HeaderName, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 
-use super::Body;
 use super::metrics::GrpcLabel;
+use super::{Body, BodyError};
 
 /// Called once when a response is done, with its `grpc-status` (none when none was seen).
 type OnEnd = Box<dyn FnOnce(GrpcLabel) + Send + Sync>;
@@ -88,12 +88,12 @@ impl Observed {
 
 impl hyper::body::Body for Observed {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

@@ -30,6 +30,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -128,7 +129,7 @@ impl Tunnels {
         Self { tasks, kill }
     }
 
-    fn splice(&self, a: OnUpgrade, b: OnUpgrade, direction: &'static str) {
+    fn splice(&self, a: OnUpgrade, b: Upstream, direction: &'static str) {
         let kill = self.kill.clone();
         self.tasks.spawn(async move {
             tokio::select! {
@@ -247,15 +248,22 @@ async fn outbound<C: HttpService>(
                 .build()
                 .map_err(|_| HttpError::new(Reason::BadRequest))?;
             out.extensions_mut()
-                .insert(hyper::ext::Protocol::from(protocol.as_str()));
+                .insert(h2::ext::Protocol::from(protocol.as_str()));
         }
     }
-    let mut response = concrete.oneshot(out).await?;
+    let response = concrete.oneshot(out).await?;
     if !response.status().is_success() {
         // Refused (by the far sidecar or the app): an ordinary response.
         return Ok(response);
     }
-    let upstream = hyper::upgrade::on(&mut response);
+    let Some(upstream) = response
+        .extensions()
+        .get::<super::peer::Tunnel>()
+        .and_then(super::peer::Tunnel::take)
+    else {
+        debug!(%destination, "the peer accepted a tunnel without opening its stream");
+        return Err(HttpError::new(Reason::UpstreamReset));
+    };
     let mut reply = Response::new(super::empty());
     *reply.headers_mut() = end_to_end(response.into_parts().0.headers);
     match &tunnel {
@@ -269,7 +277,7 @@ async fn outbound<C: HttpService>(
             headers.insert(header::UPGRADE, protocol);
         }
     }
-    tunnels.splice(downstream, upstream, "outbound");
+    tunnels.splice(downstream, Upstream::Stream(upstream), "outbound");
     Ok(reply)
 }
 
@@ -419,29 +427,51 @@ async fn inbound(
         }
         let (mut parts, body) = response.into_parts();
         super::strip_hop_by_hop(&mut parts.headers);
-        return Ok(Response::from_parts(
-            parts,
-            http_body_util::BodyExt::boxed(body),
-        ));
+        return Ok(Response::from_parts(parts, super::incoming(body)));
     }
     let app_side = hyper::upgrade::on(&mut response);
     let mut reply = Response::new(super::empty());
     *reply.headers_mut() = end_to_end(response.into_parts().0.headers);
-    tunnels.splice(peer, app_side, "inbound");
+    tunnels.splice(peer, Upstream::Upgrade(app_side), "inbound");
     Ok(reply)
 }
 
-/// Copies bytes both ways between two upgraded connections until both sides are done.
-async fn splice(a: OnUpgrade, b: OnUpgrade, direction: &'static str) {
-    let (a, b) = match tokio::try_join!(a, b) {
-        Ok(both) => both,
-        Err(error) => {
-            debug!(%error, direction, "tunnel upgrade failed");
-            return;
-        }
+/// The far side of a tunnel: a connection hyper upgraded (HTTP/1.1 to the app), or the open
+/// stream of a `CONNECT` to a peer sidecar.
+enum Upstream {
+    Upgrade(OnUpgrade),
+    Stream(super::peer::TunnelIo),
+}
+
+/// Copies bytes both ways between an upgraded connection and `b` until both sides are done.
+async fn splice(a: OnUpgrade, b: Upstream, direction: &'static str) {
+    let upgraded = |result: Result<hyper::upgrade::Upgraded, hyper::Error>| {
+        result
+            .map(TokioIo::new)
+            .inspect_err(|error| debug!(%error, direction, "tunnel upgrade failed"))
+            .ok()
     };
-    let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
-    match crate::endpoint::copy::copy_bidirectional(&mut a, &mut b).await {
+    match b {
+        Upstream::Upgrade(b) => {
+            let (a, b) = tokio::join!(a, b);
+            if let (Some(mut a), Some(mut b)) = (upgraded(a), upgraded(b)) {
+                copy(&mut a, &mut b, direction).await;
+            }
+        }
+        Upstream::Stream(mut b) => {
+            if let Some(mut a) = upgraded(a.await) {
+                copy(&mut a, &mut b, direction).await;
+            }
+        }
+    }
+}
+
+async fn copy<A, B>(a: &mut A, b: &mut B, direction: &'static str)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    match crate::endpoint::copy::copy_bidirectional(a, b).await {
         Ok((sent, received)) => debug!(direction, sent, received, "tunnel closed"),
         Err(error) => debug!(%error, direction, "tunnel ended with an error"),
     }

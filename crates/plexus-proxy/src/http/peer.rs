@@ -1,0 +1,455 @@
+//! The pooled HTTP/2 connection to a peer sidecar (or gateway), on the `h2` crate.
+//!
+//! hyper's HTTP/2 client passes every request through a channel to the connection's task, spawns
+//! a task per request to await its response and hand it back, and records every frame for its
+//! keep-alive. Here the request's own task sends it and awaits the response; a request body is
+//! piped where it is sent, and only a body that is not all there yet gets a task of its own;
+//! keep-alive is a ping from the connection's task every [`KEEP_ALIVE_INTERVAL`].
+//!
+//! A `CONNECT` (plain, or extended with `:protocol`) keeps its stream open both ways: a 2xx
+//! answer carries the stream as a [`Tunnel`] (response extension) for the tunnel layer to splice.
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use h2::client::SendRequest;
+use h2::{Reason, RecvStream, SendStream};
+use http::header::{CONTENT_LENGTH, HeaderValue};
+use http::{HeaderMap, Method, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use super::{Body, BodyError, KEEP_ALIVE_INTERVAL, MAX_HEADER_BYTES};
+use plexus_runtime::ErrorChain;
+use plexus_runtime::lock::lock;
+use plexus_runtime::shutdown::or_cancelled;
+
+/// Bytes the peer may send on the connection before we read them (all streams).
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+/// Bytes the peer may send on one stream before we read them.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// Bytes buffered per stream for sending before the body is read further.
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+/// A keep-alive ping unanswered this long closes the connection.
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Sends requests on one HTTP/2 connection. Clones share it.
+#[derive(Clone)]
+pub(crate) struct Sender {
+    send: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// The connection failed (I/O, a protocol error, a GOAWAY with an error).
+    Error(h2::Error),
+    /// The peer did not answer a keep-alive ping within [`PING_TIMEOUT`].
+    PingTimeout,
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Error(error) => write!(f, "{}", ErrorChain(error)),
+            Self::PingTimeout => write!(f, "no answer to a keep-alive ping in {PING_TIMEOUT:?}"),
+        }
+    }
+}
+
+/// Opens an HTTP/2 connection on `io`: the sender, and the connection's future, which must be
+/// run (spawned) for requests to make progress; it ends when the connection does, or when a
+/// keep-alive ping goes unanswered.
+pub(crate) async fn handshake<I>(
+    io: I,
+) -> Result<(Sender, impl Future<Output = Result<(), Ended>> + Send), h2::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, mut connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .enable_push(false)
+        .handshake::<_, Bytes>(io)
+        .await?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let ping_pong = connection.ping_pong();
+    let flag = Arc::clone(&closed);
+    let run = async move {
+        let ended = match ping_pong {
+            Some(ping_pong) => tokio::select! {
+                result = &mut connection => result.map_err(Ended::Error),
+                ended = keep_alive(ping_pong) => Err(ended),
+            },
+            None => connection.await.map_err(Ended::Error),
+        };
+        flag.store(true, Ordering::Release);
+        ended
+    };
+    Ok((Sender { send, closed }, run))
+}
+
+/// Pings the peer every [`KEEP_ALIVE_INTERVAL`]; returns when a ping goes unanswered. A ping that
+/// cannot be sent (the connection is closing) ends the pinging, not the connection.
+async fn keep_alive(mut ping_pong: h2::PingPong) -> Ended {
+    let start = tokio::time::Instant::now() + KEEP_ALIVE_INTERVAL;
+    let mut every = tokio::time::interval_at(start, KEEP_ALIVE_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match tokio::time::timeout(PING_TIMEOUT, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(error)) => {
+                debug!(error = %ErrorChain(&error), "keep-alive ping not sent");
+                return std::future::pending().await;
+            }
+            Err(_) => return Ended::PingTimeout,
+        }
+    }
+}
+
+impl Sender {
+    /// True once the connection has ended, or a request found it going away (GOAWAY) or broken.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Sends `request` and awaits its response head. A request body that is not all there at
+    /// once is piped by a task in `tasks`, cut when `kill` fires.
+    pub(crate) async fn send(
+        &self,
+        request: Request<Body>,
+        tasks: &TaskTracker,
+        kill: &CancellationToken,
+    ) -> Result<Response<Body>, h2::Error> {
+        let mut send = self.send.clone().ready().await.inspect_err(|_| {
+            // GOAWAY, or the connection is gone: the pool opens a new one next time.
+            self.closed.store(true, Ordering::Release);
+        })?;
+        exchange(&mut send, request, tasks, kill)
+            .await
+            .inspect_err(|error| {
+                if error.is_go_away() || error.is_io() {
+                    self.closed.store(true, Ordering::Release);
+                }
+            })
+    }
+}
+
+/// Sends one request on a ready sender and awaits the response head.
+async fn exchange(
+    send: &mut SendRequest<Bytes>,
+    request: Request<Body>,
+    tasks: &TaskTracker,
+    kill: &CancellationToken,
+) -> Result<Response<Body>, h2::Error> {
+    let (mut parts, body) = request.into_parts();
+    let connect = parts.method == Method::CONNECT;
+    let end = !connect && body.is_end_stream();
+    if !connect
+        && !end
+        && let Some(length) = body.size_hint().exact()
+        && !parts.headers.contains_key(CONTENT_LENGTH)
+    {
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    let (response, stream) = send.send_request(Request::from_parts(parts, ()), end)?;
+    let tunnel = if connect {
+        Some(stream)
+    } else {
+        if !end {
+            pipe_or_spawn(body, stream, tasks, kill).await;
+        }
+        None
+    };
+    let (mut parts, recv) = response.await?.into_parts();
+    let length = content_length(&parts.headers);
+    match tunnel {
+        Some(send) if parts.status.is_success() => {
+            parts.extensions.insert(Tunnel::new(send, recv));
+            Ok(Response::from_parts(parts, super::empty()))
+        }
+        _ => Ok(Response::from_parts(
+            parts,
+            ResponseBody {
+                recv,
+                data_done: false,
+                remaining: length,
+            }
+            .boxed(),
+        )),
+    }
+}
+
+/// The `content-length` of a response, when it has exactly one valid one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    value.to_str().ok()?.parse().ok()
+}
+
+/// Pipes `body` into `stream` as far as it goes now; a task in `tasks` does the rest.
+async fn pipe_or_spawn(
+    body: Body,
+    stream: SendStream<Bytes>,
+    tasks: &TaskTracker,
+    kill: &CancellationToken,
+) {
+    let mut piping = Box::pin(pipe(body, stream));
+    let done = poll_fn(|cx| Poll::Ready(piping.as_mut().poll(cx).is_ready())).await;
+    if !done {
+        let kill = kill.clone();
+        tasks.spawn(async move { or_cancelled(piping, &kill).await });
+    }
+}
+
+/// Sends `body` on `stream`: data within the peer's flow-control window, then trailers or the
+/// end of the stream. A body that fails resets the stream; a peer that resets it stops the
+/// reading.
+async fn pipe(mut body: Body, mut stream: SendStream<Bytes>) {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            reset = poll_fn(|cx| stream.poll_reset(cx)) => {
+                debug!(reason = ?reset.ok(), "the peer reset a request stream; its body is not read further");
+                return;
+            }
+            frame = body.frame() => frame,
+        };
+        let frame = match frame {
+            None => {
+                let _ = stream.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(error)) => {
+                debug!(error = %ErrorChain(&error), "request body failed; resetting its stream");
+                stream.send_reset(Reason::INTERNAL_ERROR);
+                return;
+            }
+            Some(Ok(frame)) => frame,
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                let last = body.is_end_stream();
+                if let Err(error) = send_data(&mut stream, data, last).await {
+                    debug!(error = %ErrorChain(&error), "request body not sent");
+                    return;
+                }
+                if last {
+                    return;
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = stream.send_trailers(trailers);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sends `data` as the peer's window allows, ending the stream after it when `last`.
+async fn send_data(
+    stream: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    last: bool,
+) -> Result<(), h2::Error> {
+    if data.is_empty() {
+        if last {
+            stream.send_data(data, true)?;
+        }
+        return Ok(());
+    }
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let capacity = match poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(capacity) => capacity?,
+            None => return Err(h2::Error::from(Reason::STREAM_CLOSED)),
+        };
+        if capacity == 0 {
+            continue;
+        }
+        let chunk = data.split_to(capacity.min(data.len()));
+        stream.send_data(chunk, last && data.is_empty())?;
+    }
+    Ok(())
+}
+
+/// A response body read from its stream, giving the window back as it is read.
+struct ResponseBody {
+    recv: RecvStream,
+    data_done: bool,
+    /// What `content-length` says is left.
+    remaining: Option<u64>,
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if !self.data_done {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some(remaining) = &mut self.remaining {
+                        *remaining = remaining.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                // RST_STREAM with NO_ERROR after the response: an early end, not a failure
+                // (RFC 9113 §8.1).
+                Some(Err(error)) if error.reason() == Some(Reason::NO_ERROR) => {
+                    return Poll::Ready(None);
+                }
+                Some(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(error) => Poll::Ready(Some(Err(error.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.remaining
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+/// The open stream of an accepted `CONNECT` (response extension; taken once).
+#[derive(Clone)]
+pub(crate) struct Tunnel(Arc<Mutex<Option<TunnelIo>>>);
+
+impl Tunnel {
+    fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self(Arc::new(Mutex::new(Some(TunnelIo {
+            send,
+            recv,
+            read: Bytes::new(),
+        }))))
+    }
+
+    /// The stream as a byte stream; `None` once taken.
+    pub(crate) fn take(&self) -> Option<TunnelIo> {
+        lock(&self.0).take()
+    }
+}
+
+/// An HTTP/2 stream as a byte stream: DATA frames both ways; shutting down writes ends the
+/// stream.
+pub(crate) struct TunnelIo {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// Received and not yet read.
+    read: Bytes,
+}
+
+impl AsyncRead for TunnelIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.read.is_empty() {
+            match ready!(self.recv.poll_data(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    self.read = data;
+                }
+                Some(Err(error)) => {
+                    return Poll::Ready(match error.reason() {
+                        Some(Reason::NO_ERROR | Reason::CANCEL) => Ok(()),
+                        _ => Err(stream_error(error)),
+                    });
+                }
+            }
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read[..n]);
+        self.read.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for TunnelIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.send.reserve_capacity(buf.len());
+        let capacity = loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(capacity)) => break capacity,
+                Some(Err(error)) => return Poll::Ready(Err(stream_error(error))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        };
+        let n = capacity.min(buf.len());
+        self.send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(stream_error)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(
+            self.send
+                .send_data(Bytes::new(), true)
+                .map_err(stream_error),
+        )
+    }
+}
+
+fn stream_error(error: h2::Error) -> io::Error {
+    if error.is_io() {
+        error
+            .into_io()
+            .unwrap_or_else(|| io::ErrorKind::Other.into())
+    } else {
+        io::Error::other(error)
+    }
+}
+
+#[cfg(test)]
+#[path = "peer_tests.rs"]
+mod tests;
