@@ -179,8 +179,9 @@ impl Pool {
                 grpc_status: None,
             },
         );
+        // No connection-specific header to remove: HTTP/2 does not carry them (h2 refuses a
+        // response that has one).
         let (mut parts, body) = response.into_parts();
-        super::strip_hop_by_hop(&mut parts.headers);
         parts.version = Version::HTTP_11;
         if picked.report {
             parts.extensions.insert(Served(addr));

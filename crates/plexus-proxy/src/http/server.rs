@@ -278,41 +278,19 @@ impl Inbound {
     {
         let caller =
             caller.map(|(authorizer, source)| Caller(Arc::new(authorizer.for_source(&source))));
-        let service = service_fn(move |request| {
+        let respond = move |request| {
             let this = Arc::clone(&self);
             let caller = caller.clone();
-            async move { Ok::<_, Infallible>(this.respond(request, caller).await) }
-        });
-        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(super::MAX_CONCURRENT_STREAMS)
-            .max_header_list_size(super::MAX_HEADER_BYTES as u32)
-            .max_pending_accept_reset_streams(super::MAX_PENDING_ACCEPT_RESET_STREAMS)
-            .keep_alive_interval(super::KEEP_ALIVE_INTERVAL)
-            .enable_connect_protocol()
-            .serve_connection(
-                TokioIo::new(super::flood::ControlFrameLimit::new(io)),
-                service,
-            );
-        tokio::pin!(connection);
-        let result = match or_cancelled(connection.as_mut(), &stop).await {
-            Some(result) => result,
-            None => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
+            async move { this.respond(request, caller).await }
         };
-        if let Err(error) = result {
+        let io = super::flood::ControlFrameLimit::new(io);
+        if let Err(error) = super::peer::serve(io, respond, &stop).await {
             debug!(%error, "inbound HTTP/2 connection ended with an error");
         }
     }
 
     /// One request from a peer, through the stack, to the response it gets.
-    async fn respond(
-        &self,
-        mut request: Request<Incoming>,
-        caller: Option<Caller>,
-    ) -> Response<Body> {
+    async fn respond(&self, mut request: Request<Body>, caller: Option<Caller>) -> Response<Body> {
         let started = Instant::now();
         super::trace_hop(request.headers_mut());
         let info = self.metrics.logs_requests().then(|| {
@@ -320,7 +298,6 @@ impl Inbound {
             super::RequestInfo::of(&request, peer)
         });
         let grpc = super::is_grpc(&request);
-        let mut request = request.map(super::incoming);
         if let Some(caller) = caller {
             request.extensions_mut().insert(caller);
         }

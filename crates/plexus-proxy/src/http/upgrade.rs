@@ -32,7 +32,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::{Layer, Service, ServiceExt};
@@ -85,7 +85,7 @@ impl Tunnel {
         if request.method() != Method::CONNECT {
             return None;
         }
-        Some(match request.extensions().get::<hyper::ext::Protocol>() {
+        Some(match request.extensions().get::<h2::ext::Protocol>() {
             Some(protocol) => Self::Upgrade(protocol.as_str().to_owned()),
             None => Self::Connect,
         })
@@ -346,13 +346,20 @@ impl<S: HttpService> Service<Request<Body>> for InboundTunneling<S> {
 /// Inbound: replays a peer's (extended) `CONNECT` to the app on a new HTTP/1.1 connection; when
 /// the app agrees (101 / 2xx), answers 200 on the stream and splices the two.
 async fn inbound(
-    mut request: Request<Body>,
+    request: Request<Body>,
     tunnel: Tunnel,
     app: SocketAddr,
     connect_timeout: Duration,
     tunnels: &Tunnels,
 ) -> Answer {
-    let peer = hyper::upgrade::on(&mut request);
+    let Some(peer) = request
+        .extensions()
+        .get::<super::peer::Accepted>()
+        .and_then(super::peer::Accepted::take)
+    else {
+        debug!(%app, "a tunnel request without its stream");
+        return Err(HttpError::new(Reason::BadRequest));
+    };
     let host = authority(&request).unwrap_or_else(|| app.to_string());
     let path = request
         .uri()
@@ -432,15 +439,15 @@ async fn inbound(
     let app_side = hyper::upgrade::on(&mut response);
     let mut reply = Response::new(super::empty());
     *reply.headers_mut() = end_to_end(response.into_parts().0.headers);
-    tunnels.splice(peer, Upstream::Upgrade(app_side), "inbound");
+    tunnels.splice(app_side, Upstream::Accepted(peer), "inbound");
     Ok(reply)
 }
 
-/// The far side of a tunnel: a connection hyper upgraded (HTTP/1.1 to the app), or the open
-/// stream of a `CONNECT` to a peer sidecar.
+/// The other side of a tunnel from an upgraded HTTP/1.1 connection: the open stream of a
+/// `CONNECT` to a peer sidecar, or the stream of a peer's `CONNECT`, open once answered.
 enum Upstream {
-    Upgrade(OnUpgrade),
     Stream(super::peer::TunnelIo),
+    Accepted(oneshot::Receiver<super::peer::TunnelIo>),
 }
 
 /// Copies bytes both ways between an upgraded connection and `b` until both sides are done.
@@ -452,9 +459,16 @@ async fn splice(a: OnUpgrade, b: Upstream, direction: &'static str) {
             .ok()
     };
     match b {
-        Upstream::Upgrade(b) => {
+        Upstream::Accepted(b) => {
             let (a, b) = tokio::join!(a, b);
-            if let (Some(mut a), Some(mut b)) = (upgraded(a), upgraded(b)) {
+            let Ok(mut b) = b else {
+                debug!(
+                    direction,
+                    "the tunnel's stream was not opened (answer not sent)"
+                );
+                return;
+            };
+            if let Some(mut a) = upgraded(a) {
                 copy(&mut a, &mut b, direction).await;
             }
         }
@@ -516,7 +530,7 @@ mod tests {
         let mut extended = request(Method::CONNECT, &[]);
         extended
             .extensions_mut()
-            .insert(hyper::ext::Protocol::from("websocket"));
+            .insert(h2::ext::Protocol::from("websocket"));
         assert_eq!(
             Tunnel::of_h2(&extended),
             Some(Tunnel::Upgrade("websocket".into()))

@@ -1,17 +1,26 @@
 //! The HTTP/2 client against the `h2` crate's server, over an in-memory pipe.
 
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
+use http::header::HeaderValue;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::super::{CLIENT_STREAM_WINDOW, PING_TIMEOUT};
 use super::*;
+use crate::http::{BodyError, KEEP_ALIVE_INTERVAL};
 
 /// A client connection to `serve`, which gets each request and its responder.
 async fn connected<F, Fut>(serve: F) -> Sender
@@ -32,7 +41,7 @@ where
 }
 
 fn get(path: &str) -> Request<Body> {
-    let mut request = Request::new(super::super::empty());
+    let mut request = Request::new(crate::http::empty());
     *request.uri_mut() = format!("http://web{path}").parse().unwrap();
     request
 }
@@ -69,7 +78,7 @@ fn tasks() -> (TaskTracker, CancellationToken) {
 
 #[tokio::test]
 async fn a_response_larger_than_the_window_is_read_whole_with_its_trailers() {
-    const SIZE: usize = 3 * STREAM_WINDOW as usize;
+    const SIZE: usize = 3 * CLIENT_STREAM_WINDOW as usize;
     let sender = connected(|request, mut respond| async move {
         assert_eq!(request.uri().path(), "/big");
         let response = Response::builder()
@@ -167,7 +176,7 @@ async fn a_body_there_at_once_is_sent_in_place_and_announces_its_length() {
         respond.send_response(response, true).unwrap();
     })
     .await;
-    let mut request = Request::new(super::super::full(vec![3u8; 10_000]));
+    let mut request = Request::new(crate::http::full(vec![3u8; 10_000]));
     *request.method_mut() = Method::PUT;
     *request.uri_mut() = "http://web/put".parse().unwrap();
     let (tasks, kill) = tasks();
@@ -248,7 +257,7 @@ async fn an_accepted_connect_is_a_byte_stream_both_ways() {
         send.send_data(Bytes::new(), true).unwrap();
     })
     .await;
-    let mut request = Request::new(super::super::empty());
+    let mut request = Request::new(crate::http::empty());
     *request.method_mut() = Method::CONNECT;
     *request.uri_mut() = "db:5432".parse().unwrap();
     let (tasks, kill) = tasks();
@@ -277,7 +286,7 @@ async fn a_refused_connect_is_an_ordinary_response() {
             .unwrap();
     })
     .await;
-    let mut request = Request::new(super::super::empty());
+    let mut request = Request::new(crate::http::empty());
     *request.method_mut() = Method::CONNECT;
     *request.uri_mut() = "db:5432".parse().unwrap();
     let (tasks, kill) = tasks();

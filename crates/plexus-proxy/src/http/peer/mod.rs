@@ -1,55 +1,58 @@
-//! The pooled HTTP/2 connection to a peer sidecar (or gateway), on the `h2` crate.
+//! HTTP/2 between sidecars (and gateways), on the `h2` crate: the pooled client connection of the
+//! outbound stack ([`client`]) and the inbound listener's server ([`server`]).
 //!
-//! hyper's HTTP/2 client passes every request through a channel to the connection's task, spawns
-//! a task per request to await its response and hand it back, and records every frame for its
-//! keep-alive. Here the request's own task sends it and awaits the response; a request body is
-//! piped where it is sent, and only a body that is not all there yet gets a task of its own;
-//! keep-alive is a ping from the connection's task every [`KEEP_ALIVE_INTERVAL`].
+//! hyper's HTTP/2 client passes every request through a channel to the connection's task and
+//! spawns a task per request to await the response and hand it back; its server wraps every
+//! stream in a future of its own; both record every frame for their keep-alive. Here a request
+//! is sent, and its response awaited, by the request's own task; the server runs each stream's
+//! request and response in one task; a body is piped where it is sent (the client spawns a task
+//! only for a body that is not all there yet); keep-alive is one ping from the connection's
+//! task every [`KEEP_ALIVE_INTERVAL`].
 //!
-//! A `CONNECT` (plain, or extended with `:protocol`) keeps its stream open both ways: a 2xx
-//! answer carries the stream as a [`Tunnel`] (response extension) for the tunnel layer to splice.
+//! A `CONNECT` (plain, or extended with `:protocol`) keeps its stream open both ways once
+//! answered 2xx: the client hands it to the tunnel layer as a [`Tunnel`] (response extension),
+//! the server as an [`Accepted`] (request extension), and the tunnel layer splices it.
 
 use std::fmt;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use h2::client::SendRequest;
 use h2::{Reason, RecvStream, SendStream};
-use http::header::{CONTENT_LENGTH, HeaderValue};
-use http::{HeaderMap, Method, Request, Response};
+use http::HeaderMap;
+use http::header::CONTENT_LENGTH;
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use super::{Body, BodyError, KEEP_ALIVE_INTERVAL, MAX_HEADER_BYTES};
+use super::{Body, BodyError, KEEP_ALIVE_INTERVAL};
 use plexus_runtime::ErrorChain;
 use plexus_runtime::lock::lock;
-use plexus_runtime::shutdown::or_cancelled;
 
-/// Bytes the peer may send on the connection before we read them (all streams).
-const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
-/// Bytes the peer may send on one stream before we read them.
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-/// Bytes buffered per stream for sending before the body is read further.
-const MAX_SEND_BUFFER: usize = 1024 * 1024;
+mod client;
+mod server;
+
+pub(crate) use client::{Sender, handshake};
+pub(crate) use server::{Accepted, serve};
+
+// Flow-control windows and send buffers: hyper's defaults, which the sidecars used before.
+/// Bytes the inbound sidecar may send on the connection before the client reads them.
+const CLIENT_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+/// Bytes the inbound sidecar may send on one stream before the client reads them.
+const CLIENT_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// Bytes the client buffers per stream for sending before the body is read further.
+const CLIENT_SEND_BUFFER: usize = 1024 * 1024;
+/// Bytes a client may send on the connection, and on one stream, before the server reads them.
+const SERVER_WINDOW: u32 = 1024 * 1024;
+/// Bytes the server buffers per stream for sending before the body is read further.
+const SERVER_SEND_BUFFER: usize = 400 * 1024;
 /// A keep-alive ping unanswered this long closes the connection.
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Sends requests on one HTTP/2 connection. Clones share it.
-#[derive(Clone)]
-pub(crate) struct Sender {
-    send: SendRequest<Bytes>,
-    closed: Arc<AtomicBool>,
-}
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -67,40 +70,6 @@ impl fmt::Display for Ended {
             Self::PingTimeout => write!(f, "no answer to a keep-alive ping in {PING_TIMEOUT:?}"),
         }
     }
-}
-
-/// Opens an HTTP/2 connection on `io`: the sender, and the connection's future, which must be
-/// run (spawned) for requests to make progress; it ends when the connection does, or when a
-/// keep-alive ping goes unanswered.
-pub(crate) async fn handshake<I>(
-    io: I,
-) -> Result<(Sender, impl Future<Output = Result<(), Ended>> + Send), h2::Error>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (send, mut connection) = h2::client::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .max_send_buffer_size(MAX_SEND_BUFFER)
-        .enable_push(false)
-        .handshake::<_, Bytes>(io)
-        .await?;
-    let closed = Arc::new(AtomicBool::new(false));
-    let ping_pong = connection.ping_pong();
-    let flag = Arc::clone(&closed);
-    let run = async move {
-        let ended = match ping_pong {
-            Some(ping_pong) => tokio::select! {
-                result = &mut connection => result.map_err(Ended::Error),
-                ended = keep_alive(ping_pong) => Err(ended),
-            },
-            None => connection.await.map_err(Ended::Error),
-        };
-        flag.store(true, Ordering::Release);
-        ended
-    };
-    Ok((Sender { send, closed }, run))
 }
 
 /// Pings the peer every [`KEEP_ALIVE_INTERVAL`]; returns when a ping goes unanswered. A ping that
@@ -122,81 +91,6 @@ async fn keep_alive(mut ping_pong: h2::PingPong) -> Ended {
     }
 }
 
-impl Sender {
-    /// True once the connection has ended, or a request found it going away (GOAWAY) or broken.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    /// Sends `request` and awaits its response head. A request body that is not all there at
-    /// once is piped by a task in `tasks`, cut when `kill` fires.
-    pub(crate) async fn send(
-        &self,
-        request: Request<Body>,
-        tasks: &TaskTracker,
-        kill: &CancellationToken,
-    ) -> Result<Response<Body>, h2::Error> {
-        let mut send = self.send.clone().ready().await.inspect_err(|_| {
-            // GOAWAY, or the connection is gone: the pool opens a new one next time.
-            self.closed.store(true, Ordering::Release);
-        })?;
-        exchange(&mut send, request, tasks, kill)
-            .await
-            .inspect_err(|error| {
-                if error.is_go_away() || error.is_io() {
-                    self.closed.store(true, Ordering::Release);
-                }
-            })
-    }
-}
-
-/// Sends one request on a ready sender and awaits the response head.
-async fn exchange(
-    send: &mut SendRequest<Bytes>,
-    request: Request<Body>,
-    tasks: &TaskTracker,
-    kill: &CancellationToken,
-) -> Result<Response<Body>, h2::Error> {
-    let (mut parts, body) = request.into_parts();
-    let connect = parts.method == Method::CONNECT;
-    let end = !connect && body.is_end_stream();
-    if !connect
-        && !end
-        && let Some(length) = body.size_hint().exact()
-        && !parts.headers.contains_key(CONTENT_LENGTH)
-    {
-        parts
-            .headers
-            .insert(CONTENT_LENGTH, HeaderValue::from(length));
-    }
-    let (response, stream) = send.send_request(Request::from_parts(parts, ()), end)?;
-    let tunnel = if connect {
-        Some(stream)
-    } else {
-        if !end {
-            pipe_or_spawn(body, stream, tasks, kill).await;
-        }
-        None
-    };
-    let (mut parts, recv) = response.await?.into_parts();
-    let length = content_length(&parts.headers);
-    match tunnel {
-        Some(send) if parts.status.is_success() => {
-            parts.extensions.insert(Tunnel::new(send, recv));
-            Ok(Response::from_parts(parts, super::empty()))
-        }
-        _ => Ok(Response::from_parts(
-            parts,
-            ResponseBody {
-                recv,
-                data_done: false,
-                remaining: length,
-            }
-            .boxed(),
-        )),
-    }
-}
-
 /// The `content-length` of a response, when it has exactly one valid one.
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut values = headers.get_all(CONTENT_LENGTH).iter();
@@ -205,21 +99,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         return None;
     }
     value.to_str().ok()?.parse().ok()
-}
-
-/// Pipes `body` into `stream` as far as it goes now; a task in `tasks` does the rest.
-async fn pipe_or_spawn(
-    body: Body,
-    stream: SendStream<Bytes>,
-    tasks: &TaskTracker,
-    kill: &CancellationToken,
-) {
-    let mut piping = Box::pin(pipe(body, stream));
-    let done = poll_fn(|cx| Poll::Ready(piping.as_mut().poll(cx).is_ready())).await;
-    if !done {
-        let kill = kill.clone();
-        tasks.spawn(async move { or_cancelled(piping, &kill).await });
-    }
 }
 
 /// Sends `body` on `stream`: data within the peer's flow-control window, then trailers or the
@@ -295,15 +174,26 @@ async fn send_data(
     Ok(())
 }
 
-/// A response body read from its stream, giving the window back as it is read.
-struct ResponseBody {
+/// A body read from its stream (a response at the client, a request at the server), giving the
+/// window back as it is read.
+struct StreamBody {
     recv: RecvStream,
     data_done: bool,
     /// What `content-length` says is left.
     remaining: Option<u64>,
 }
 
-impl hyper::body::Body for ResponseBody {
+impl StreamBody {
+    fn new(recv: RecvStream, length: Option<u64>) -> Self {
+        Self {
+            recv,
+            data_done: false,
+            remaining: length,
+        }
+    }
+}
+
+impl hyper::body::Body for StreamBody {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -320,7 +210,7 @@ impl hyper::body::Body for ResponseBody {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                // RST_STREAM with NO_ERROR after the response: an early end, not a failure
+                // RST_STREAM with NO_ERROR: an early end, not a failure
                 // (RFC 9113 §8.1).
                 Some(Err(error)) if error.reason() == Some(Reason::NO_ERROR) => {
                     return Poll::Ready(None);
@@ -352,11 +242,7 @@ pub(crate) struct Tunnel(Arc<Mutex<Option<TunnelIo>>>);
 
 impl Tunnel {
     fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
-        Self(Arc::new(Mutex::new(Some(TunnelIo {
-            send,
-            recv,
-            read: Bytes::new(),
-        }))))
+        Self(Arc::new(Mutex::new(Some(TunnelIo::new(send, recv)))))
     }
 
     /// The stream as a byte stream; `None` once taken.
@@ -372,6 +258,16 @@ pub(crate) struct TunnelIo {
     recv: RecvStream,
     /// Received and not yet read.
     read: Bytes,
+}
+
+impl TunnelIo {
+    fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self {
+            send,
+            recv,
+            read: Bytes::new(),
+        }
+    }
 }
 
 impl AsyncRead for TunnelIo {
@@ -449,7 +345,3 @@ fn stream_error(error: h2::Error) -> io::Error {
         io::Error::other(error)
     }
 }
-
-#[cfg(test)]
-#[path = "peer_tests.rs"]
-mod tests;
