@@ -164,8 +164,16 @@ impl Pool {
             Ok(response) => response,
             Err(error) => {
                 debug!(%error, upstream = %self.destination, endpoint = %addr, "upstream request failed");
-                self.targets.record(&picked.service, addr, Outcome::Reset);
-                return Err(HttpError::new(Reason::UpstreamReset).at(addr));
+                // Refused unprocessed: REFUSED_STREAM, or above the last stream of a GOAWAY.
+                let refused = error.reason() == Some(h2::Reason::REFUSED_STREAM)
+                    || (error.is_go_away() && error.reason() == Some(h2::Reason::NO_ERROR));
+                let (outcome, reason) = if refused {
+                    (Outcome::RefusedStream, Reason::UpstreamRefusedStream)
+                } else {
+                    (Outcome::Reset, Reason::UpstreamReset)
+                };
+                self.targets.record(&picked.service, addr, outcome);
+                return Err(HttpError::new(reason).at(addr));
             }
         };
         if let Some(in_flight) = in_flight {

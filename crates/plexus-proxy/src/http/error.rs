@@ -30,6 +30,9 @@ pub(crate) enum Reason {
     UpstreamConnectFailure,
     /// The connection to the upstream broke before a response arrived.
     UpstreamReset,
+    /// The upstream refused the request's stream unprocessed (HTTP/2 `REFUSED_STREAM`, or a
+    /// stream above a GOAWAY's last one): safe to send again. Labelled as a reset.
+    UpstreamRefusedStream,
     /// The intentions deny the caller.
     Denied,
     /// The request cannot be forwarded as it is (an unusable host, a body that does not decode).
@@ -105,6 +108,7 @@ impl HttpError {
             | Reason::NoHealthyEndpoints
             | Reason::UpstreamConnectFailure
             | Reason::UpstreamReset
+            | Reason::UpstreamRefusedStream
             | Reason::Timeout => Blame::Upstream,
         }
     }
@@ -115,7 +119,10 @@ impl HttpError {
     pub(crate) fn retryable(&self) -> bool {
         matches!(
             self.reason,
-            Reason::NoHealthyEndpoints | Reason::UpstreamConnectFailure | Reason::UpstreamReset
+            Reason::NoHealthyEndpoints
+                | Reason::UpstreamConnectFailure
+                | Reason::UpstreamReset
+                | Reason::UpstreamRefusedStream
         )
     }
 
@@ -127,7 +134,7 @@ impl HttpError {
             Reason::FaultInjected(_) => "fault_injected",
             Reason::NoHealthyEndpoints => "no_healthy_endpoints",
             Reason::UpstreamConnectFailure => "upstream_connect_failure",
-            Reason::UpstreamReset => "upstream_reset",
+            Reason::UpstreamReset | Reason::UpstreamRefusedStream => "upstream_reset",
             Reason::Denied => "denied",
             Reason::Timeout => "timeout",
             Reason::BadRequest => "bad_request",
@@ -146,7 +153,9 @@ impl HttpError {
             Reason::FaultInjected(status) => {
                 StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
-            Reason::UpstreamConnectFailure | Reason::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Reason::UpstreamConnectFailure
+            | Reason::UpstreamReset
+            | Reason::UpstreamRefusedStream => StatusCode::BAD_GATEWAY,
             Reason::Denied => StatusCode::FORBIDDEN,
             Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::BadRequest | Reason::Refused(_) => StatusCode::BAD_REQUEST,
@@ -171,7 +180,8 @@ impl HttpError {
             Reason::ConcurrencyLimit
             | Reason::NoHealthyEndpoints
             | Reason::UpstreamConnectFailure
-            | Reason::UpstreamReset => 14,
+            | Reason::UpstreamReset
+            | Reason::UpstreamRefusedStream => 14,
             // PERMISSION_DENIED
             Reason::Denied => 7,
             // DEADLINE_EXCEEDED

@@ -35,9 +35,8 @@ pub enum Outcome {
     ConnectFailure,
     /// The connection was reset or closed before a response.
     Reset,
-    /// HTTP/2 REFUSED_STREAM (the endpoint does not tell it apart from a reset yet: hyper does
-    /// not expose the stream error's code).
-    #[allow(dead_code)]
+    /// The stream was refused unprocessed (HTTP/2 REFUSED_STREAM, or above a GOAWAY's last
+    /// stream): a reset that is safe to retry.
     RefusedStream,
     /// A response arrived: its HTTP status, and the gRPC status when it is a gRPC response
     /// (`grpc-status` header or trailer).
@@ -82,11 +81,11 @@ fn matches(cond: RetryOn, outcome: Outcome) -> bool {
     use Outcome::*;
     match (cond, outcome) {
         (RetryOn::ConnectFailure, ConnectFailure) => true,
-        (RetryOn::Reset, Reset) => true,
+        (RetryOn::Reset, Reset | RefusedStream) => true,
         (RetryOn::RefusedStream, RefusedStream) => true,
         (RetryOn::Status5xx, ConnectFailure | Reset | RefusedStream) => true,
         (RetryOn::Status5xx, Response { status, .. }) => status >= 500,
-        (RetryOn::GatewayError, ConnectFailure | Reset) => true,
+        (RetryOn::GatewayError, ConnectFailure | Reset | RefusedStream) => true,
         (RetryOn::GatewayError, Response { status, .. }) => matches!(status, 502..=504),
         (RetryOn::Retriable4xx, Response { status, .. }) => status == 409,
         (c, Response { grpc_status, .. }) => match (c.grpc_code(), grpc_status) {
@@ -263,10 +262,10 @@ async fn retrying<S: HttpService>(
                 response.extensions().get::<Served>().map(|s| s.0),
             ),
             Err(error) if error.retryable() => (
-                if error.reason() == Reason::UpstreamReset {
-                    Outcome::Reset
-                } else {
-                    Outcome::ConnectFailure
+                match error.reason() {
+                    Reason::UpstreamReset => Outcome::Reset,
+                    Reason::UpstreamRefusedStream => Outcome::RefusedStream,
+                    _ => Outcome::ConnectFailure,
                 },
                 error.endpoint(),
             ),
@@ -381,6 +380,17 @@ mod tests {
         };
         assert!(should_retry(&p, grpc(14)) && !should_retry(&p, grpc(13)));
         assert!(!should_retry(&policy(&[], &[]), resp(503)));
+        // A refused stream is a reset that is known to be safe: `refused-stream` retries it
+        // and no other reset; `reset`, `5xx` and `gateway-error` retry it as any reset.
+        let p = policy(&[RetryOn::RefusedStream], &[]);
+        assert!(should_retry(&p, Outcome::RefusedStream) && !should_retry(&p, Outcome::Reset));
+        for cond in [RetryOn::Reset, RetryOn::Status5xx, RetryOn::GatewayError] {
+            assert!(should_retry(&policy(&[cond], &[]), Outcome::RefusedStream));
+        }
+        assert!(!should_retry(
+            &policy(&[RetryOn::ConnectFailure], &[]),
+            Outcome::RefusedStream
+        ));
     }
 
     #[test]

@@ -1,20 +1,17 @@
 //! The outbound stack end to end, without sockets and with tokio's clock paused: real layers, a
-//! real pool of HTTP/2 connections, each to an in-process hyper server over an in-memory pipe.
+//! real pool of HTTP/2 connections, each to an in-process HTTP/2 server (the `h2` crate's) over
+//! an in-memory pipe.
 //! Time only moves when every task waits, so retries' backoff, route timeouts, outlier
 //! ejections and their end, and retry budgets are driven exactly.
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http_body_util::BodyExt;
 use plexus_api::GoDuration;
 use plexus_api::Indexed;
 use plexus_api::config_entry::chain::{
@@ -34,14 +31,15 @@ use super::targets::{Remote, Service};
 use super::{HttpMetrics, Origin, Reason, Report};
 use crate::discovery::{EndpointSet, Resolve};
 
-/// How an in-process endpoint answers: after `delay`, with `status`.
+/// How an in-process endpoint answers: after `delay`, with `status` (0: refuses the stream with
+/// `REFUSED_STREAM`).
 #[derive(Debug, Clone, Copy)]
 struct Behaviour {
     status: u16,
     delay: Duration,
 }
 
-/// In-process endpoints: each address is a hyper HTTP/2 server behind an in-memory pipe.
+/// In-process endpoints: each address is an HTTP/2 server behind an in-memory pipe.
 #[derive(Default)]
 struct Endpoints {
     behaviour: Mutex<HashMap<SocketAddr, Behaviour>>,
@@ -78,21 +76,26 @@ impl Connect for Pipes {
             }
             let (client, server) = tokio::io::duplex(64 * 1024);
             tokio::spawn(async move {
-                let service = service_fn(move |_request: Request<Incoming>| {
+                let Ok(mut connection) = h2::server::handshake(server).await else {
+                    return;
+                };
+                while let Some(Ok((_request, mut respond))) = connection.accept().await {
                     let endpoints = Arc::clone(&endpoints);
-                    async move {
+                    tokio::spawn(async move {
                         endpoints.hits.lock().unwrap().push(addr);
                         let behaviour = endpoints.behaviour.lock().unwrap()[&addr];
                         tokio::time::sleep(behaviour.delay).await;
-                        let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+                        if behaviour.status == 0 {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            return;
+                        }
+                        let mut response = Response::new(());
                         *response.status_mut() = StatusCode::from_u16(behaviour.status).unwrap();
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .serve_connection(TokioIo::new(server), service)
-                    .await;
+                        if let Ok(mut body) = respond.send_response(response, false) {
+                            let _ = body.send_data(Bytes::from_static(b"ok"), true);
+                        }
+                    });
+                }
             });
             Ok(Box::new(client) as Box<dyn Io>)
         })
@@ -400,6 +403,32 @@ async fn the_retry_budget_caps_concurrent_retries() {
         "{retries} / {exhausted}"
     );
     assert_eq!(h.endpoints.hits().len() as f64, 5.0 + retries);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_stream_is_retried_under_refused_stream_and_only_then() {
+    let only = |cond| RetryPolicy {
+        retry_on: vec![cond],
+        ..retry(2, 100.0, 10)
+    };
+    let h = Harness::start(&[A, B], chain(only(RetryOn::RefusedStream), None, None)).await;
+    h.endpoints.set(addr(A), 0, Duration::ZERO);
+    for _ in 0..4 {
+        assert_eq!(h.get().await, Ok(200));
+    }
+    let hits = h.endpoints.hits();
+    assert!(hits.contains(&addr(A)), "{hits:?}");
+    assert_eq!(
+        hits.iter().filter(|a| **a == addr(B)).count(),
+        4,
+        "{hits:?}"
+    );
+
+    // `connect-failure` does not cover a stream the endpoint refused: the refusal is the answer.
+    let h = Harness::start(&[A], chain(only(RetryOn::ConnectFailure), None, None)).await;
+    h.endpoints.set(addr(A), 0, Duration::ZERO);
+    assert_eq!(h.get().await, Err(Reason::UpstreamRefusedStream));
+    assert_eq!(h.endpoints.hits(), vec![addr(A)]);
 }
 
 #[tokio::test(start_paused = true)]
