@@ -91,7 +91,7 @@ async fn keep_alive(mut ping_pong: h2::PingPong) -> Ended {
     }
 }
 
-/// The `content-length` of a response, when it has exactly one valid one.
+/// The `content-length` of a request or response, when it has exactly one valid one.
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut values = headers.get_all(CONTENT_LENGTH).iter();
     let value = values.next()?;
@@ -109,7 +109,7 @@ async fn pipe(mut body: Body, mut stream: SendStream<Bytes>) {
         let frame = tokio::select! {
             biased;
             reset = poll_fn(|cx| stream.poll_reset(cx)) => {
-                debug!(reason = ?reset.ok(), "the peer reset a request stream; its body is not read further");
+                debug!(reason = ?reset.ok(), "the peer reset the stream; its body is not read further");
                 return;
             }
             frame = body.frame() => frame,
@@ -120,7 +120,7 @@ async fn pipe(mut body: Body, mut stream: SendStream<Bytes>) {
                 return;
             }
             Some(Err(error)) => {
-                debug!(error = %ErrorChain(&error), "request body failed; resetting its stream");
+                debug!(error = %ErrorChain(&error), "body failed; resetting its stream");
                 stream.send_reset(Reason::INTERNAL_ERROR);
                 return;
             }
@@ -130,7 +130,7 @@ async fn pipe(mut body: Body, mut stream: SendStream<Bytes>) {
             Ok(data) => {
                 let last = body.is_end_stream();
                 if let Err(error) = send_data(&mut stream, data, last).await {
-                    debug!(error = %ErrorChain(&error), "request body not sent");
+                    debug!(error = %ErrorChain(&error), "body not sent");
                     return;
                 }
                 if last {
