@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::super::tests::read_all;
 use super::super::{CLIENT_STREAM_WINDOW, PING_TIMEOUT};
 use super::*;
 use crate::http::{BodyError, KEEP_ALIVE_INTERVAL};
@@ -44,17 +45,6 @@ fn get(path: &str) -> Request<Body> {
     let mut request = Request::new(crate::http::empty());
     *request.uri_mut() = format!("http://web{path}").parse().unwrap();
     request
-}
-
-/// Reads a request body to its end, giving the window back: data and trailers.
-async fn read_all(mut body: RecvStream) -> (Vec<u8>, Option<HeaderMap>) {
-    let mut data = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        body.flow_control().release_capacity(chunk.len()).unwrap();
-        data.extend_from_slice(&chunk);
-    }
-    (data, body.trailers().await.unwrap())
 }
 
 /// A body fed through a channel: the test decides when each frame is there.

@@ -345,3 +345,20 @@ fn stream_error(error: h2::Error) -> io::Error {
         io::Error::other(error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use h2::RecvStream;
+    use http::HeaderMap;
+
+    /// Reads what a peer sent on a stream to its end, giving the window back: data and trailers.
+    pub(super) async fn read_all(mut body: RecvStream) -> (Vec<u8>, Option<HeaderMap>) {
+        let mut data = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            data.extend_from_slice(&chunk);
+        }
+        (data, body.trailers().await.unwrap())
+    }
+}

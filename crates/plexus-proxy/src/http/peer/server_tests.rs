@@ -15,6 +15,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::super::tests::read_all;
 use super::*;
 
 /// A client connection to [`serve`] with `respond`; the server's task and its stop token.
@@ -47,17 +48,6 @@ fn request(method: Method, uri: &str) -> Request<()> {
     *request.method_mut() = method;
     *request.uri_mut() = uri.parse().unwrap();
     request
-}
-
-/// Reads a body to its end, giving the window back: data and trailers.
-async fn read_all(mut body: RecvStream) -> (Vec<u8>, Option<HeaderMap>) {
-    let mut data = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        body.flow_control().release_capacity(chunk.len()).unwrap();
-        data.extend_from_slice(&chunk);
-    }
-    (data, body.trailers().await.unwrap())
 }
 
 #[tokio::test]
