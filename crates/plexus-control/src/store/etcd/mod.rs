@@ -39,10 +39,11 @@
 mod batch;
 pub mod error;
 pub mod options;
+mod revisions;
 mod watch;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -58,10 +59,11 @@ pub use error::{Cause, EtcdError};
 pub use options::{
     Credentials, DEFAULT_PREFIX, EtcdOptions, OptionsError, Password, TlsFiles, endpoint_url,
 };
+use revisions::{Revisions, advance, follow, read_revisions};
 
 use super::{
     BoxError, Compare, KeyValue, LeaseId, MemberStatus, Op, Store, StoreError, StoreStatus, Txn,
-    TxnResult, WATCH_BUFFER, Watch, WatchEvent,
+    TxnResult, WATCH_BUFFER, Watch,
 };
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -186,13 +188,6 @@ impl Inner {
     }
 }
 
-/// One read of the store's revision and of the newest Plexus write in it.
-#[derive(Debug, Clone, Copy)]
-struct Revisions {
-    current: u64,
-    written: u64,
-}
-
 impl Inner {
     /// The namespace-relative key of a full etcd key; `None` outside the namespace.
     fn strip(&self, full: &[u8]) -> Option<String> {
@@ -212,16 +207,6 @@ impl std::fmt::Debug for EtcdStore {
             .field("prefix", &self.inner.options.prefix)
             .finish_non_exhaustive()
     }
-}
-
-fn advance(sender: &tokio_watch::Sender<u64>, revision: u64) {
-    sender.send_if_modified(|current| {
-        let newer = revision > *current;
-        if newer {
-            *current = revision;
-        }
-        newer
-    });
 }
 
 impl EtcdStore {
@@ -490,29 +475,6 @@ impl EtcdStore {
         })
     }
 
-    /// The store's revision and the newest Plexus write in it, from a read shared with the
-    /// callers that asked while another was in flight (see [`read_revisions`]).
-    async fn revisions(&self) -> Result<Revisions, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .revision_waiters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(tx);
-        self.inner.revision_asked.notify_one();
-        match rx.await {
-            Ok(Ok(revisions)) => Ok(revisions),
-            Ok(Err(source)) => Err(backend(EtcdError::Request {
-                op: "range",
-                source,
-            })),
-            Err(_) => Err(backend(EtcdError::Request {
-                op: "range",
-                source: Cause::of(&etcd_client::Error::Internal("the store is closing".into())),
-            })),
-        }
-    }
-
     /// etcd's status as a member reports it, and the member list.
     async fn members(&self) -> Result<Vec<MemberStatus>, EtcdError> {
         let listed = self
@@ -546,115 +508,6 @@ impl EtcdStore {
             .await
             .ok()
             .flatten()
-    }
-}
-
-/// Answers `current_revision` callers in batches: each batch's read starts after all its callers
-/// asked, so it is linearizable for every one of them.
-async fn read_revisions(inner: Weak<Inner>) {
-    loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        let stop = strong.stop.clone();
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            () = strong.revision_asked.notified() => {}
-        }
-        let waiters = std::mem::take(
-            &mut *strong
-                .revision_waiters
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        if waiters.is_empty() {
-            continue;
-        }
-        let (at, client) = strong.client().await;
-        let read = match client {
-            Ok(client) => {
-                client
-                    .kv_client()
-                    .get(strong.full_key(WRITTEN_KEY), None)
-                    .await
-            }
-            Err(error) => Err(error),
-        };
-        if read.as_ref().is_err_and(|e| Cause::of(e).is_transient()) {
-            strong.failed(at);
-        }
-        let answer = match read {
-            Ok(response) => {
-                let current = response.header().map_or(0, |h| unrev(h.revision()));
-                let written = response
-                    .kvs()
-                    .first()
-                    .map_or(0, |kv| unrev(kv.mod_revision()));
-                advance(&strong.revision, current);
-                Ok(Revisions { current, written })
-            }
-            Err(error) => Err(Cause::of(&error)),
-        };
-        for waiter in waiters {
-            let _ = waiter.send(answer.clone());
-        }
-    }
-}
-
-/// Follows the namespace with one watch and moves the revision watch forward (a write through
-/// any replica wakes blocking queries on all of them). After a compaction it re-reads the current
-/// revision and carries on. Ends when the store is dropped.
-async fn follow(inner: Weak<Inner>, mut seen: u64) {
-    loop {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(watch::run(inner.clone(), String::new(), seen, tx));
-        while let Some(event) = rx.recv().await {
-            let Some(strong) = inner.upgrade() else {
-                return;
-            };
-            match event {
-                WatchEvent::Changes(changes) => {
-                    if let Some(last) = changes.last().map(super::Change::revision) {
-                        seen = seen.max(last);
-                        advance(&strong.revision, seen);
-                    }
-                }
-                WatchEvent::Compacted { compact_revision } => {
-                    tracing::info!(
-                        from = seen + 1,
-                        compact_revision,
-                        "etcd watch revision compacted; re-reading"
-                    );
-                    // The events in between are gone: take the current revision, which wakes
-                    // every blocked reader to re-read (the re-list).
-                    let key = strong.options.prefix.as_bytes().to_vec();
-                    let (at, client) = strong.client().await;
-                    let read = match client {
-                        Ok(client) => client.kv_client().get(key, None).await,
-                        Err(error) => Err(error),
-                    };
-                    if read.is_err() {
-                        strong.failed(at);
-                    }
-                    match read {
-                        Ok(response) => {
-                            let now = response.header().map_or(0, |h| unrev(h.revision()));
-                            seen = seen.max(now).max(compact_revision);
-                            advance(&strong.revision, seen);
-                        }
-                        Err(error) => {
-                            tracing::warn!(error = %Cause::of(&error), "etcd re-read after compaction failed");
-                            seen = seen.max(compact_revision);
-                        }
-                    }
-                }
-            }
-        }
-        // The watch ended: the store is gone (or stopping).
-        match inner.upgrade() {
-            Some(strong) if !strong.stop.is_cancelled() => {}
-            _ => return,
-        }
     }
 }
 
