@@ -536,7 +536,31 @@ async fn http2_floods_are_bounded_and_spare_a_well_behaved_connection() {
         cert_pem: issued.cert_pem,
         key_pem: issued.private_key_pem,
     };
-    run_floods("inbound mTLS", &FloodTarget::Mtls(mesh.inbound, leaf)).await;
+    let inbound = FloodTarget::Mtls(mesh.inbound, leaf);
+    run_floods("inbound mTLS", &inbound).await;
+
+    // A mesh peer that completes TLS and then sends nothing, not even the HTTP/2 preface: the
+    // sidecar closes it after its handshake timeout (10 s) instead of holding it for good.
+    let mut silent = inbound.open().await;
+    let opened = std::time::Instant::now();
+    let mut sink = vec![0u8; 4096];
+    let closed = tokio::time::timeout(plexus_test::DEADLINE, async {
+        while let Ok(n) = silent.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a silent peer's connection is still open after {:?}",
+        plexus_test::DEADLINE
+    );
+    eprintln!(
+        "inbound mTLS: silent peer closed after {:?}",
+        opened.elapsed()
+    );
 
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (ok, failed) = calm.await.unwrap();

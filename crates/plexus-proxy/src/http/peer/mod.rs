@@ -61,6 +61,8 @@ pub(crate) enum Ended {
     Error(h2::Error),
     /// The peer did not answer a keep-alive ping within [`PING_TIMEOUT`].
     PingTimeout,
+    /// The peer sent no HTTP/2 connection preface within [`server::HANDSHAKE_TIMEOUT`].
+    HandshakeTimeout,
 }
 
 impl fmt::Display for Ended {
@@ -68,6 +70,11 @@ impl fmt::Display for Ended {
         match self {
             Self::Error(error) => write!(f, "{}", ErrorChain(error)),
             Self::PingTimeout => write!(f, "no answer to a keep-alive ping in {PING_TIMEOUT:?}"),
+            Self::HandshakeTimeout => write!(
+                f,
+                "no HTTP/2 connection preface in {:?}",
+                server::HANDSHAKE_TIMEOUT
+            ),
         }
     }
 }

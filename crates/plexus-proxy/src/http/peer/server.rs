@@ -2,6 +2,7 @@
 
 use std::future::{Future, poll_fn};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::RecvStream;
@@ -25,16 +26,22 @@ use crate::http::{
 use plexus_runtime::ErrorChain;
 use plexus_runtime::lock::lock;
 
+/// A peer that sends no HTTP/2 connection preface within this long (its TLS handshake done) is
+/// closed: it would otherwise hold a connection and a task for good. As long as the TLS
+/// handshake may take.
+pub(super) const HANDSHAKE_TIMEOUT: Duration = crate::tls::HANDSHAKE_TIMEOUT;
+
 /// Serves a peer's HTTP/2 connection on `io`: each stream's request through `respond`, in a task
 /// of its own, until the connection ends; when `stop` fires, GOAWAY, and the streams in flight
-/// finish. A keep-alive ping the peer leaves unanswered ends the connection.
+/// finish. A keep-alive ping the peer leaves unanswered ends the connection, and so does no
+/// connection preface within [`HANDSHAKE_TIMEOUT`]; `stop` before the preface ends it at once.
 pub(crate) async fn serve<I, S, F>(io: I, respond: S, stop: &CancellationToken) -> Result<(), Ended>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Fn(Request<Body>) -> F + Clone + Send + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let mut connection = h2::server::Builder::new()
+    let handshake = h2::server::Builder::new()
         .initial_window_size(SERVER_WINDOW)
         .initial_connection_window_size(SERVER_WINDOW)
         .max_header_list_size(MAX_HEADER_BYTES as u32)
@@ -42,9 +49,14 @@ where
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_send_buffer_size(SERVER_SEND_BUFFER)
         .enable_connect_protocol()
-        .handshake::<_, Bytes>(io)
-        .await
-        .map_err(Ended::Error)?;
+        .handshake::<_, Bytes>(io);
+    let mut connection = tokio::select! {
+        handshaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => match handshaken {
+            Ok(connection) => connection.map_err(Ended::Error)?,
+            Err(_) => return Err(Ended::HandshakeTimeout),
+        },
+        () = stop.cancelled() => return Ok(()),
+    };
     let ping_pong = connection.ping_pong();
     let pinging = async move {
         match ping_pong {

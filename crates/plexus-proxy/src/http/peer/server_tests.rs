@@ -258,3 +258,43 @@ async fn a_refused_connect_opens_no_stream() {
     let (data, _) = read_all(response.into_body()).await;
     assert_eq!(data, b"no");
 }
+
+/// A responder for connections that never get as far as a request.
+async fn unreachable_respond(_: Request<Body>) -> Response<Body> {
+    unreachable!("no request on a connection without a preface")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_without_a_preface_is_closed_after_the_handshake_timeout() {
+    // Connected (TLS done, in the sidecar), then silent: no HTTP/2 preface.
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let stop = CancellationToken::new();
+    let started = tokio::time::Instant::now();
+    let serving = tokio::spawn(async move { serve(server, unreachable_respond, &stop).await });
+    // Bounded, so that a server waiting for good fails the test instead of hanging it.
+    let ended = tokio::time::timeout(HANDSHAKE_TIMEOUT * 2, serving)
+        .await
+        .expect("the connection is still open after twice the handshake timeout")
+        .unwrap();
+    assert!(matches!(ended, Err(Ended::HandshakeTimeout)), "{ended:?}");
+    assert_eq!(started.elapsed(), HANDSHAKE_TIMEOUT);
+    // The server's end is dropped: the peer reads the server's SETTINGS, then the close.
+    let mut sent = Vec::new();
+    client.read_to_end(&mut sent).await.unwrap();
+    assert!(!sent.is_empty(), "the server spoke first (SETTINGS)");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_before_the_preface_ends_the_connection_at_once() {
+    let (_client, server) = tokio::io::duplex(64 * 1024);
+    let stop = CancellationToken::new();
+    let serving = {
+        let stop = stop.clone();
+        tokio::spawn(async move { serve(server, unreachable_respond, &stop).await })
+    };
+    let started = tokio::time::Instant::now();
+    stop.cancel();
+    let ended = serving.await.unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+    assert!(started.elapsed() < HANDSHAKE_TIMEOUT);
+}
