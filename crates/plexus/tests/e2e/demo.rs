@@ -68,9 +68,25 @@ async fn demo_calculator_with_its_output_closed_stops_every_instance() {
         .args(["demo", "calculator", "--clicks", "20"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Its log, read all along (a full pipe would stall it), to say why if it fails. Shared, not
+    // joined: what it started may hold the pipe open after it exits.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (log_ended, log_end) = std::sync::mpsc::channel::<()>();
+    {
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let log = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+            drop(log_ended);
+        });
+    }
     // The control plane (`== 1. control plane http://ADDR, ...`) and the instance lines
     // (`  calculator-add-0  port 20008 pid 19540  passing`), up to the clicks.
     let mut left = Leftovers::default();
@@ -90,7 +106,16 @@ async fn demo_calculator_with_its_output_closed_stops_every_instance() {
             left.pids.push(pid.parse::<u32>().unwrap());
         }
     }
-    assert_eq!(left.pids.len(), 6, "six instances with their pids");
+    if left.pids.len() != 6 {
+        let _ = child.wait();
+        // Its last words (the error) once the pipe closes, or what came by then.
+        let _ = log_end.recv_timeout(std::time::Duration::from_secs(5));
+        panic!(
+            "six instances with their pids, found {:?}; the demo's log:\n{}",
+            left.pids,
+            log.lock().unwrap()
+        );
+    }
     assert!(!left.control.is_empty());
     drop(lines);
     plexus_test::eventually!(
@@ -98,7 +123,11 @@ async fn demo_calculator_with_its_output_closed_stops_every_instance() {
         std::time::Duration::from_secs(120)
     );
     let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    assert!(
+        status.success(),
+        "{status:?}; its log:\n{}",
+        log.lock().unwrap()
+    );
     plexus_test::eventually!(left.running().is_empty());
 }
 
