@@ -3,7 +3,6 @@
 //! (403 `denied`), then sent as HTTP/1.1 to an instance of the service, over TLS with the
 //! entry's `CAFile` and `SNI` when given. One upstream connection per request (no pool yet).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +10,7 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -23,7 +20,9 @@ use crate::authorize::Caller;
 use crate::endpoint;
 use crate::http::{self as proxy_http, Body, HttpError, Reason};
 
-/// Serves one client sidecar's HTTP/2 connection for `linked` until it ends or `stop` fires.
+/// Serves one client sidecar's HTTP/2 connection for `linked` until it ends or `stop` fires: the
+/// server the inbound listener uses ([`proxy_http::peer::serve`]: a task per stream, keep-alive
+/// pings, a bound on the wait for the preface and on control-frame floods).
 pub(super) async fn serve<I>(
     io: I,
     linked: Arc<Linked>,
@@ -34,29 +33,16 @@ pub(super) async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let caller = Arc::new(linked.authorizer.for_source(&source));
-    let service = service_fn(move |request: Request<Incoming>| {
+    let answer = move |request: Request<Body>| {
         let (linked, caller) = (Arc::clone(&linked), Arc::clone(&caller));
         async move {
-            let answer = respond(&linked, &caller, request, connect_timeout).await;
-            Ok::<_, Infallible>(answer.unwrap_or_else(|error| error.response(false)))
-        }
-    });
-    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(proxy_http::MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(proxy_http::MAX_HEADER_BYTES as u32)
-        .max_pending_accept_reset_streams(proxy_http::MAX_PENDING_ACCEPT_RESET_STREAMS)
-        .keep_alive_interval(proxy_http::KEEP_ALIVE_INTERVAL)
-        .serve_connection(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = stop.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+            respond(&linked, &caller, request, connect_timeout)
+                .await
+                .unwrap_or_else(|error| error.response(false))
         }
     };
-    if let Err(error) = result {
+    let io = proxy_http::flood::ControlFrameLimit::new(io);
+    if let Err(error) = proxy_http::peer::serve(io, answer, &stop).await {
         debug!(%error, "terminating gateway HTTP/2 connection ended with an error");
     }
 }
@@ -65,7 +51,7 @@ pub(super) async fn serve<I>(
 async fn respond(
     linked: &Linked,
     caller: &Caller,
-    request: Request<Incoming>,
+    request: Request<Body>,
     connect_timeout: Duration,
 ) -> Result<Response<Body>, HttpError> {
     if !caller.allowed() {
@@ -88,7 +74,7 @@ async fn respond(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     parts.uri = Uri::from(path);
     parts.version = Version::HTTP_11;
-    let request = Request::from_parts(parts, proxy_http::incoming(body));
+    let request = Request::from_parts(parts, body);
 
     let mut endpoints = linked.endpoints.clone();
     let _ =
