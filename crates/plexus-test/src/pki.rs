@@ -88,6 +88,23 @@ pub struct Issued {
     pub key_der: Vec<u8>,
 }
 
+impl Issued {
+    /// A leaf and key as the API hands them out (PEM), e.g. from `/v1/agent/connect/ca/leaf`.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Issued> {
+        let der = |text: &str, what: &str| {
+            pem::parse(text)
+                .map(|block| block.into_contents())
+                .with_context(|| format!("{what} is not PEM"))
+        };
+        Ok(Issued {
+            cert_der: der(cert_pem, "certificate")?,
+            key_der: der(key_pem, "private key")?,
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+        })
+    }
+}
+
 fn at(offset: i64) -> time::OffsetDateTime {
     let now = time::OffsetDateTime::from(SystemTime::now());
     now + time::Duration::seconds(offset)
@@ -320,6 +337,26 @@ pub async fn connect_with_alpn(
     client: &Issued,
     alpn: &[u8],
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    connect_as(addr, client, alpn, ServerName::IpAddress(addr.ip().into())).await
+}
+
+/// As [`connect_with_alpn`], asking for `server_name` (SNI), as a sidecar does of a gateway.
+pub async fn connect_with_sni(
+    addr: SocketAddr,
+    client: &Issued,
+    alpn: &[u8],
+    server_name: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let name = ServerName::try_from(server_name.to_owned()).context("server name")?;
+    connect_as(addr, client, alpn, name).await
+}
+
+async fn connect_as(
+    addr: SocketAddr,
+    client: &Issued,
+    alpn: &[u8],
+    name: ServerName<'static>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -334,7 +371,6 @@ pub async fn connect_with_alpn(
     }
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await?;
-    let name = ServerName::IpAddress(addr.ip().into());
     tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
         .await
         .context("handshake timed out")?

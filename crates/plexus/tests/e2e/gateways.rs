@@ -633,4 +633,56 @@ async fn terminating_gateway_carries_http_requests_per_intention() {
     eventually!(through_sidecar(t.upstream).await.ends_with("external"));
     let answer = through_sidecar(t.upstream).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+
+    // A mesh peer that completes TLS for the linked service (its SNI) and then sends nothing,
+    // not even the HTTP/2 preface: the gateway closes it after its handshake timeout (10 s), as
+    // a sidecar's inbound listener does, instead of holding it for good.
+    let endpoints = t._client.endpoints("external").await.unwrap();
+    let gateway: std::net::SocketAddr = endpoints[0].parse().unwrap();
+    let leaf = t
+        .server
+        .admin("GET", "/v1/agent/connect/ca/leaf/client", None)
+        .await;
+    let leaf = plexus_test::pki::Issued::from_pem(
+        leaf["CertPEM"].as_str().unwrap(),
+        leaf["PrivateKeyPEM"].as_str().unwrap(),
+    )
+    .unwrap();
+    let roots = t.server.admin("GET", "/v1/connect/ca/roots", None).await;
+    let sni = format!(
+        "external.default.dc1.internal.{}",
+        roots["TrustDomain"].as_str().unwrap()
+    );
+    let mut silent = plexus_test::pki::connect_with_sni(gateway, &leaf, b"plexus-h2", &sni)
+        .await
+        .unwrap();
+    let opened = std::time::Instant::now();
+    let mut sink = vec![0u8; 4096];
+    let closed = tokio::time::timeout(plexus_test::DEADLINE, async {
+        while let Ok(n) = silent.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a silent peer's connection to the gateway is still open after {:?}",
+        plexus_test::DEADLINE
+    );
+    // Not refused at once (a wrong SNI or an untrusted leaf would be): held until the timeout,
+    // which cannot fire early.
+    assert!(
+        opened.elapsed() >= std::time::Duration::from_secs(9),
+        "closed after {:?}, before the handshake timeout",
+        opened.elapsed()
+    );
+    eprintln!(
+        "terminating gateway: silent peer closed after {:?}",
+        opened.elapsed()
+    );
+    // Still serving.
+    let answer = through_sidecar(t.upstream).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
 }

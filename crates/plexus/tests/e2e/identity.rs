@@ -88,13 +88,7 @@ impl Mesh {
     /// A leaf (and key) for `service` from the mesh's own CA, via the Consul-compatible endpoint.
     pub async fn our_leaf(&self, service: &str) -> pki::Issued {
         let issued = self.dev.client.agent_connect_leaf(service).await.unwrap();
-        let der = |pem: &str| ::pem::parse(pem).unwrap().contents().to_vec();
-        pki::Issued {
-            cert_der: der(&issued.cert_pem),
-            key_der: der(&issued.private_key_pem),
-            cert_pem: issued.cert_pem,
-            key_pem: issued.private_key_pem,
-        }
+        pki::Issued::from_pem(&issued.cert_pem, &issued.private_key_pem).unwrap()
     }
 
     /// The echo sidecar's refusal counter for `reason`.
@@ -370,13 +364,7 @@ services {{
     let (_dir, file) = write_file("mesh.hcl", &hcl);
     let dev = dev(&["--config-file", file.to_str().unwrap()]).await;
     let issued = dev.client.agent_connect_leaf("db").await.unwrap();
-    let der = |pem: &str| ::pem::parse(pem).unwrap().contents().to_vec();
-    let leaf = pki::Issued {
-        cert_der: der(&issued.cert_pem),
-        key_der: der(&issued.private_key_pem),
-        cert_pem: issued.cert_pem.clone(),
-        key_pem: issued.private_key_pem.clone(),
-    };
+    let leaf = pki::Issued::from_pem(&issued.cert_pem, &issued.private_key_pem).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Pki::server_config(&leaf).unwrap());
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", impostor_port))
         .await

@@ -179,13 +179,8 @@ async fn an_http2_host_that_is_not_the_authority_is_refused() {
 /// (empty: none); returns every byte the sidecar sent until it closed the connection.
 async fn raw_tcp_peer(mesh: &Mesh, alpn: &[u8], request: &[u8]) -> Vec<u8> {
     let issued = mesh.dev.client.agent_connect_leaf("client").await.unwrap();
-    let der = |pem: &str| ::pem::parse(pem).unwrap().contents().to_vec();
-    let leaf = plexus_test::pki::Issued {
-        cert_der: der(&issued.cert_pem),
-        key_der: der(&issued.private_key_pem),
-        cert_pem: issued.cert_pem,
-        key_pem: issued.private_key_pem,
-    };
+    let leaf =
+        plexus_test::pki::Issued::from_pem(&issued.cert_pem, &issued.private_key_pem).unwrap();
     let mut stream = plexus_test::pki::connect_with_alpn(mesh.inbound, &leaf, alpn)
         .await
         .unwrap();

@@ -529,13 +529,8 @@ async fn http2_floods_are_bounded_and_spare_a_well_behaved_connection() {
     // The same against the app's sidecar's inbound listener, inside mTLS with a certificate of
     // the mesh (the peer a sidecar trusts).
     let issued = mesh.dev.client.agent_connect_leaf("client").await.unwrap();
-    let der = |pem: &str| ::pem::parse(pem).unwrap().contents().to_vec();
-    let leaf = plexus_test::pki::Issued {
-        cert_der: der(&issued.cert_pem),
-        key_der: der(&issued.private_key_pem),
-        cert_pem: issued.cert_pem,
-        key_pem: issued.private_key_pem,
-    };
+    let leaf =
+        plexus_test::pki::Issued::from_pem(&issued.cert_pem, &issued.private_key_pem).unwrap();
     let inbound = FloodTarget::Mtls(mesh.inbound, leaf);
     run_floods("inbound mTLS", &inbound).await;
 
@@ -556,6 +551,12 @@ async fn http2_floods_are_bounded_and_spare_a_well_behaved_connection() {
         closed.is_ok(),
         "a silent peer's connection is still open after {:?}",
         plexus_test::DEADLINE
+    );
+    // Not refused at once: held until the timeout, which cannot fire early.
+    assert!(
+        opened.elapsed() >= std::time::Duration::from_secs(9),
+        "closed after {:?}, before the handshake timeout",
+        opened.elapsed()
     );
     eprintln!(
         "inbound mTLS: silent peer closed after {:?}",
