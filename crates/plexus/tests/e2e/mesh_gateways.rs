@@ -626,6 +626,14 @@ async fn with_only_the_mesh_gateways_routed_servers_federate_and_a_dc1_client_re
             .unwrap_or_default()
             .is_empty()
     );
+    // The sidecar no longer lists dc1's instance; dc2's answers once its failover target has
+    // caught up too (the two views update apart, as the TCP echo's above).
+    eventually!(
+        client_host
+            .http(api, "GET", "/", b"", &[])
+            .await
+            .is_ok_and(|(status, body)| status == 200 && body.contains("api-dc2"))
+    );
     let before = api2.requests();
     for _ in 0..10 {
         let (status, body) = client_host.http(api, "GET", "/", b"", &[]).await.unwrap();
