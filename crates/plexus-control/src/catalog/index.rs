@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use plexus_api::model::aggregate;
+use plexus_api::registration::Weights;
 use plexus_api::{
     AgentService, CatalogError, CheckStatus, HealthCheck, Node, ServiceEntry, ServiceKind,
 };
@@ -75,6 +76,34 @@ impl From<(Answer, &str)> for Topic {
         match answer {
             Answer::Health => Topic::Health(name.to_owned()),
             Answer::Connect => Topic::Connect(name.to_owned()),
+        }
+    }
+}
+
+/// An instance as DNS sees it ([`State::reachable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reachable {
+    /// Its node's name.
+    pub node: String,
+    /// Its node's address (empty when the node record is missing).
+    pub node_address: String,
+    /// Its own address; empty: its node's.
+    pub address: String,
+    /// Its port.
+    pub port: u16,
+    /// Its checks and its node's, aggregated (worst first).
+    pub status: CheckStatus,
+    /// Its DNS weights.
+    pub weights: Weights,
+}
+
+impl Reachable {
+    /// Where it is reached: its own address, else its node's.
+    pub fn dial_address(&self) -> &str {
+        if self.address.is_empty() {
+            &self.node_address
+        } else {
+            &self.address
         }
     }
 }
@@ -157,6 +186,33 @@ impl State {
             .filter(|e| {
                 !filter.passing
                     || aggregate(e.checks.iter().map(|c| c.status)) == CheckStatus::Passing
+            })
+            .collect()
+    }
+
+    /// What DNS answers of an answer's instances carrying `tag`: addresses, port, health and
+    /// weights, without cloning the instances' definitions, nodes and checks as
+    /// [`Self::entries`] does (DNS answers are the catalog's most frequent read).
+    pub fn reachable(&self, answer: Answer, name: &str, tag: Option<&str>) -> Vec<Reachable> {
+        self.members(answer, name)
+            .into_iter()
+            .filter_map(|id| Some((id, self.services.get(id)?)))
+            .filter(|(_, s)| has_tag(s, tag))
+            .map(|((node, id), service)| Reachable {
+                node: node.clone(),
+                node_address: self
+                    .nodes
+                    .get(node)
+                    .map(|n| n.address.clone())
+                    .unwrap_or_default(),
+                address: service.address.clone(),
+                port: service.port,
+                status: aggregate(
+                    Self::on_node(&self.checks, node)
+                        .filter(|(_, c)| c.service_id.is_empty() || c.service_id == *id)
+                        .map(|(_, c)| c.status),
+                ),
+                weights: service.weights,
             })
             .collect()
     }

@@ -277,3 +277,81 @@ async fn catalog_topics_move_for_their_own_records() {
         (after[3], after[4], after[5])
     );
 }
+
+/// DNS's projection of an answer holds what the full entries say of each instance: node and
+/// its address, own address, port, aggregated status (node checks included), weights; tags and
+/// the mesh answer filter the same way.
+#[tokio::test]
+async fn dns_reads_the_same_instances_as_the_health_answer_without_their_definitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog(dir.path());
+    let mut own_address = service("web-2", "web", &["v2"]);
+    own_address.address = "10.0.0.9".to_owned();
+    own_address.port = 9090;
+    own_address.weights.passing = 7;
+    catalog
+        .register(registration(
+            "n1",
+            vec![service("web-1", "web", &["v1"]), own_address],
+            vec![
+                check("web-1-alive", "web-1", CheckStatus::Passing),
+                check("web-2-alive", "web-2", CheckStatus::Critical),
+            ],
+        ))
+        .await
+        .unwrap();
+    let mut n2 = registration(
+        "n2",
+        vec![service("web-3", "web", &["v1"]), proxy("web-proxy", "web")],
+        vec![check("n2-disk", "", CheckStatus::Warning)],
+    );
+    n2.node.address = "10.0.0.2".to_owned();
+    catalog.register(n2).await.unwrap();
+
+    for (answer, tag) in [
+        (Answer::Health, None),
+        (Answer::Health, Some("v1")),
+        (Answer::Health, Some("none")),
+        (Answer::Connect, None),
+    ] {
+        let filter = HealthFilter {
+            tag: tag.map(str::to_owned),
+            passing: false,
+        };
+        let full = match answer {
+            Answer::Health => catalog.service_health("web", &filter).await,
+            Answer::Connect => catalog.connect_health("web", &filter).await,
+        }
+        .unwrap()
+        .value;
+        let expected: Vec<super::Reachable> = full
+            .iter()
+            .map(|e| super::Reachable {
+                node: e.node.node.clone(),
+                node_address: e.node.address.clone(),
+                address: e.service.address.clone(),
+                port: e.service.port,
+                status: e.aggregated_status(),
+                weights: e.service.weights,
+            })
+            .collect();
+        let reachable = catalog.instances_stale(answer, "web", tag).await.unwrap();
+        assert_eq!(reachable, expected, "{answer:?} {tag:?}");
+    }
+    let all = catalog
+        .instances_stale(Answer::Health, "web", None)
+        .await
+        .unwrap();
+    let summary: Vec<(&str, u16, CheckStatus, i64)> = all
+        .iter()
+        .map(|r| (r.dial_address(), r.port, r.status, r.weights.passing))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("10.0.0.1", 8080, CheckStatus::Passing, 1),
+            ("10.0.0.9", 9090, CheckStatus::Critical, 7),
+            ("10.0.0.2", 8080, CheckStatus::Warning, 1),
+        ]
+    );
+}

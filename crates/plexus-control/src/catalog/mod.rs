@@ -32,7 +32,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::store::{Compare, KeyValue, Op, Store, Txn};
 
-pub use index::{Answer, Topic};
+pub use index::{Answer, Reachable, Topic};
 pub use view::HealthFilter;
 
 /// How many times a write re-reads and retries when a concurrent write got in first.

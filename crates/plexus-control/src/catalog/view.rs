@@ -14,7 +14,7 @@ use plexus_api::{
 };
 use tokio::sync::watch;
 
-use super::index::{Answer, Shared, Topic, has_tag};
+use super::index::{Answer, Reachable, Shared, Topic, has_tag};
 use super::{StoreCatalog, store_error};
 
 /// Filters of `GET /v1/health/service/:name` and `/v1/health/connect/:name`.
@@ -276,14 +276,10 @@ impl StoreCatalog {
         answer: Answer,
         name: &str,
         tag: Option<&str>,
-    ) -> Result<Vec<ServiceEntry>, CatalogError> {
+    ) -> Result<Vec<Reachable>, CatalogError> {
         let index = self.index().await?;
         let state = index.read();
-        let filter = HealthFilter {
-            tag: tag.map(str::to_owned),
-            passing: false,
-        };
-        Ok(state.entries(answer, name, &filter))
+        Ok(state.reachable(answer, name, tag))
     }
 
     /// For DNS: node `name` (ASCII case ignored, as DNS does) as the index holds it now (see

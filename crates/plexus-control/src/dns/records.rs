@@ -3,6 +3,7 @@
 //! query's authorizer may read: a service without `service:read`, an instance or a node without
 //! `node:read` does not exist.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,13 +11,12 @@ use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use plexus_api::acl::Authorizer;
-use plexus_api::model::aggregate;
-use plexus_api::{CatalogError, CheckStatus, ServiceEntry};
+use plexus_api::{CatalogError, CheckStatus};
 use rand::seq::SliceRandom;
 
 use super::name::{Lookup, encode_addr};
 use super::{Dns, Fill};
-use crate::catalog::Answer;
+use crate::catalog::{Answer, Reachable};
 
 /// What a name resolved to, before it becomes a response.
 pub(super) enum Found {
@@ -89,9 +89,7 @@ pub(super) async fn answer(
                 .catalog()
                 .instances_stale(kind, name, tag.as_deref())
                 .await?;
-            entries.retain(|e| {
-                healthy(e, dns.config.only_passing) && authz.can_read_node(&e.node.node)
-            });
+            entries.retain(|e| healthy(e, dns.config.only_passing) && authz.can_read_node(&e.node));
             if entries.is_empty() {
                 return Ok(Found::NxDomain);
             }
@@ -123,8 +121,8 @@ fn records(answers: Vec<Record>, additionals: Vec<Record>) -> Found {
 }
 
 /// Not critical (nor in maintenance); with `only_passing`, passing.
-fn healthy(entry: &ServiceEntry, only_passing: bool) -> bool {
-    match aggregate(entry.checks.iter().map(|c| c.status)) {
+fn healthy(entry: &Reachable, only_passing: bool) -> bool {
+    match entry.status {
         CheckStatus::Passing => true,
         CheckStatus::Warning => !only_passing,
         CheckStatus::Critical | CheckStatus::Maintenance => false,
@@ -148,56 +146,55 @@ fn address_answer(owner: Name, qtype: RecordType, ip: IpAddr, ttl: u32) -> Found
     )
 }
 
-fn service_records(dns: &Dns, owner: &Name, qtype: RecordType, entries: &[ServiceEntry]) -> Found {
+fn service_records(dns: &Dns, owner: &Name, qtype: RecordType, entries: &[Reachable]) -> Found {
     let ttl = dns.config.service_ttl;
     if qtype == RecordType::SRV {
         let mut answers = Vec::new();
         let mut additionals = Vec::new();
+        // Instances on one node (or one address) share a target: one additional record each.
+        let mut targets = HashSet::new();
         for entry in entries {
             let Some((target, ip)) = srv_target(dns, entry) else {
                 continue;
             };
-            let weight = if entry.aggregated_status() == CheckStatus::Warning {
-                entry.service.weights.warning
+            let weight = if entry.status == CheckStatus::Warning {
+                entry.weights.warning
             } else {
-                entry.service.weights.passing
+                entry.weights.passing
             };
             let srv = SRV::new(
                 1,
                 u16::try_from(weight).unwrap_or(u16::MAX),
-                entry.service.port,
+                entry.port,
                 target.clone(),
             );
             answers.push(Record::from_rdata(owner.clone(), ttl, RData::SRV(srv)));
             if let Some(ip) = ip
                 && let Some(record) = address_record(&target, RecordType::ANY, ip, ttl)
-                && !additionals.contains(&record)
+                && targets.insert(target)
             {
                 additionals.push(record);
             }
         }
         return records(answers, additionals);
     }
+    let mut seen = HashSet::new();
     let answers = entries
         .iter()
         .filter_map(|e| e.dial_address().parse::<IpAddr>().ok())
+        .filter(|ip| seen.insert(*ip))
         .filter_map(|ip| address_record(owner, qtype, ip, ttl))
-        .fold(Vec::new(), |mut all, record| {
-            if !all.contains(&record) {
-                all.push(record);
-            }
-            all
-        });
+        .collect();
     records(answers, Vec::new())
 }
 
 /// The SRV target of an instance: `NODE.node.DC.DOMAIN` when it is reached at its node's
 /// address, else `HEX.addr.DC.DOMAIN`; with the address for the additional section.
-fn srv_target(dns: &Dns, entry: &ServiceEntry) -> Option<(Name, Option<IpAddr>)> {
+fn srv_target(dns: &Dns, entry: &Reachable) -> Option<(Name, Option<IpAddr>)> {
     let dial = entry.dial_address();
     let ip = dial.parse::<IpAddr>().ok();
-    let (label, kind) = if entry.service.address.is_empty() || dial == entry.node.address {
-        (entry.node.node.clone(), "node")
+    let (label, kind) = if entry.address.is_empty() || dial == entry.node_address {
+        (entry.node.clone(), "node")
     } else {
         (encode_addr(ip?), "addr")
     };
