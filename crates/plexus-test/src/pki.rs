@@ -351,6 +351,38 @@ pub async fn connect_with_sni(
     connect_as(addr, client, alpn, name).await
 }
 
+/// Sends nothing on `stream` (a peer that completed TLS and went silent) and waits until the
+/// other end closes it, within [`crate::DEADLINE`]; panics unless it was closed and held at
+/// least `held` first (a timeout cannot fire early, so a close before it is a refusal: a wrong
+/// SNI, an untrusted leaf). Returns how long it was held.
+pub async fn held_then_closed(
+    mut stream: impl tokio::io::AsyncRead + Unpin,
+    held: Duration,
+) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let opened = std::time::Instant::now();
+    let mut sink = vec![0u8; 4096];
+    let closed = tokio::time::timeout(crate::DEADLINE, async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    let elapsed = opened.elapsed();
+    assert!(
+        closed.is_ok(),
+        "a silent peer's connection is still open after {:?}",
+        crate::DEADLINE
+    );
+    assert!(
+        elapsed >= held,
+        "closed after {elapsed:?}, before the {held:?} it should be held"
+    );
+    elapsed
+}
+
 async fn connect_as(
     addr: SocketAddr,
     client: &Issued,
