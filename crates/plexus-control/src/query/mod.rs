@@ -15,8 +15,8 @@
 //! instances that are not critical (or, with `OnlyPassing`, passing), ignoring `IgnoreCheckIDs`,
 //! carrying every `Tags` entry (`!tag`: not carrying it), and matching `NodeMeta` and
 //! `ServiceMeta`; the order is shuffled, as Consul's is without `Near`. A token given in the
-//! query is stored but read back as `<hidden>`. `Failover` is accepted and stored; with one
-//! datacenter there is nothing to fail over to (`Failovers: 0`). Templates
+//! query is stored but read back as `<hidden>`. `Failover` is accepted and stored but not
+//! followed to other datacenters (`Failovers: 0`). Templates
 //! (`name_prefix_match`) answer every name their `Name` prefixes; field names match
 //! case-insensitively, as Consul's Go decoder does (py-consul sends lower case).
 
