@@ -342,3 +342,7 @@ impl Service<Request<Body>> for Endpoint {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "endpoint_tests.rs"]
+mod tests;
