@@ -87,8 +87,8 @@ impl Drop for TcpEcho {
 /// its name (`x-version` header and body), so tests can tell versions apart. Modes: flaky
 /// (every n-th request answers 503), slow (each answer waits) and stalling (the body pauses
 /// half-way). It records the requests it
-/// served, the last `traceparent` it saw, the HTTP version, the path and the headers of the last
-/// request.
+/// served, the last `traceparent` it saw, the HTTP version, the path, the authority and the
+/// headers of the last request.
 pub struct HttpStub {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -106,6 +106,7 @@ struct StubState {
     stall_ms: AtomicU64,
     last: std::sync::Mutex<(Option<String>, String)>,
     last_path: std::sync::Mutex<String>,
+    last_authority: std::sync::Mutex<String>,
     last_headers: std::sync::Mutex<Vec<(String, String)>>,
 }
 
@@ -200,6 +201,15 @@ impl HttpStub {
             .unwrap_or_default()
     }
 
+    /// The authority the last request asked for: HTTP/2's `:authority`, HTTP/1.1's `Host`.
+    pub fn last_authority(&self) -> String {
+        self.state
+            .last_authority
+            .lock()
+            .map(|authority| authority.clone())
+            .unwrap_or_default()
+    }
+
     /// The headers of the last request, names in lower case, in the order received.
     pub fn last_headers(&self) -> Vec<(String, String)> {
         self.state
@@ -244,6 +254,16 @@ async fn answer(
             .path_and_query()
             .map(|path| path.as_str().to_owned())
             .unwrap_or_default();
+    }
+    if let Ok(mut authority) = state.last_authority.lock() {
+        *authority = match request.uri().authority() {
+            Some(authority) => authority.to_string(),
+            None => request
+                .headers()
+                .get("host")
+                .map(|host| String::from_utf8_lossy(host.as_bytes()).into_owned())
+                .unwrap_or_default(),
+        };
     }
     if let Ok(mut headers) = state.last_headers.lock() {
         *headers = request

@@ -82,6 +82,17 @@ pub(crate) struct Authorizer {
 }
 
 impl Authorizer {
+    /// An authorizer following `policy`, counting into metrics of its own (unit tests).
+    #[cfg(test)]
+    pub(crate) fn following(destination: &str, policy: watch::Receiver<Arc<Policy>>) -> Self {
+        Self {
+            destination: destination.to_owned(),
+            policy,
+            close_denied: false,
+            metrics: AuthorizeMetrics::default(),
+        }
+    }
+
     /// Decides, counts and logs a new connection from `source`.
     pub(crate) fn check(&self, source: &str) -> Decision {
         let policy = Arc::clone(&self.policy.borrow());

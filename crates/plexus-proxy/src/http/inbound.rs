@@ -173,9 +173,13 @@ impl App {
         }
         let mut uri = uri::Parts::default();
         if http2 {
-            // h2 sends `:scheme` and `:authority` from an absolute URI.
+            // h2 sends `:scheme` and `:authority` from an absolute URI: the caller's authority,
+            // as an HTTP/1.1 app gets it as Host (the app's address when the caller sent none).
             uri.scheme = Some(Scheme::HTTP);
-            uri.authority = Some(self.authority(app)?);
+            uri.authority = match parts.uri.authority() {
+                Some(authority) => Some(authority.clone()),
+                None => Some(self.authority(app)?),
+            };
         } else if !parts.headers.contains_key(header::HOST) {
             let authority = self.authority(app)?;
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
@@ -202,3 +206,7 @@ impl App {
         Ok(Response::from_parts(parts, body))
     }
 }
+
+#[cfg(test)]
+#[path = "inbound_tests.rs"]
+mod tests;

@@ -151,6 +151,8 @@ async fn http1_and_h2c_through_two_mtls_sidecars_share_one_pooled_connection() {
     }
     assert_eq!(web.requests(), 20);
     assert_eq!(web.last_version(), "HTTP/1.1");
+    // The Host the app's client asked for, across the HTTP/2 hop (`:authority`) and back.
+    assert_eq!(web.last_authority(), mesh.upstream.to_string());
     let created = web.last_traceparent().expect("a traceparent is created");
     assert!(
         created.starts_with("00-") && created.len() == 55,
@@ -320,6 +322,24 @@ for update in watch:
     if sys.stdin.readline().strip() == "done":
         break
 "#;
+
+/// An app declared `http2` gets the host its caller asked for as `:authority`, as an HTTP/1.1
+/// app gets it as `Host` (it used to get its own socket address).
+#[tokio::test]
+async fn an_h2c_app_sees_the_host_its_caller_asked_for() {
+    let web = HttpStub::start_named("v1").await.unwrap();
+    let mesh = L7Mesh::start("web", web.addr.port(), "http2").await;
+    let url = format!("http://{}/hello", mesh.upstream);
+    let response = reqwest::Client::new()
+        .get(&url)
+        .header("host", "web.internal:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(web.last_version(), "HTTP/2.0");
+    assert_eq!(web.last_authority(), "web.internal:8080");
+}
 
 #[tokio::test]
 async fn grpc_unary_and_server_streaming_through_two_mtls_sidecars_with_grpcio() {
