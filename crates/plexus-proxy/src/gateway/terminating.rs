@@ -42,6 +42,7 @@ use crate::balance::RoundRobin;
 use crate::discovery::EndpointSet;
 use crate::endpoint::{self, ByteCounters};
 use crate::error::{ListenerName, ProxyError};
+use crate::http::app_pool::{Http1Pool, IDLE};
 use crate::http::stack::BoxFuture;
 use crate::listener::{Context, ServeConnection, Target};
 use crate::metrics::Direction;
@@ -56,6 +57,9 @@ pub(super) struct Linked {
     pub(super) picker: RoundRobin,
     /// `None`: no `CAFile`, bytes pass as they are.
     pub(super) originate: Option<tls::Originate>,
+    /// Keep-alive HTTP/1.1 connections to its instances (TLS-originated with `originate`), for
+    /// client sidecars that speak HTTP to it.
+    pub(super) http1: Arc<Http1Pool<super::terminating_http::Originating>>,
     /// Stops its identity renewal, intentions and instance watches.
     stop: CancellationToken,
 }
@@ -238,6 +242,13 @@ async fn link(
             authorizer,
             endpoints,
             picker: RoundRobin::default(),
+            http1: Http1Pool::with_dial(
+                super::terminating_http::Originating {
+                    connect_timeout: ctx.limits.connect_timeout,
+                    originate: originate.clone(),
+                },
+                IDLE,
+            ),
             originate,
             stop,
         },

@@ -1,7 +1,8 @@
 //! The HTTP side of a terminating gateway: a client sidecar that speaks HTTP to a linked
 //! service (ALPN `plexus-h2`) has its requests decided one by one by the service's intentions
 //! (403 `denied`), then sent as HTTP/1.1 to an instance of the service, over TLS with the
-//! entry's `CAFile` and `SNI` when given. One upstream connection per request (no pool yet).
+//! entry's `CAFile` and `SNI` when given, on keep-alive connections the linked service's pool
+//! holds (the inbound sidecar's pool of connections to its app, dialling with TLS).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +11,6 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -18,7 +18,11 @@ use tracing::debug;
 use super::terminating::Linked;
 use crate::authorize::Caller;
 use crate::endpoint;
+use crate::http::app_pool::{AppError, Dial};
+use crate::http::endpoint::Io;
 use crate::http::{self as proxy_http, Body, HttpError, Reason};
+use crate::tls;
+use plexus_runtime::ErrorChain;
 
 /// Serves one client sidecar's HTTP/2 connection for `linked` until it ends or `stop` fires: the
 /// server the inbound listener uses ([`proxy_http::peer::serve`]: a task per stream, keep-alive
@@ -80,48 +84,43 @@ async fn respond(
     let _ =
         tokio::time::timeout(connect_timeout, endpoints.wait_for(|set| set.is_resolved())).await;
     let set = Arc::clone(&endpoints.borrow());
-    let (stream, endpoint) =
-        endpoint::dial_first(linked.picker.order(&set.addrs), connect_timeout, |_, _| {})
-            .await
-            .map_err(|error| {
-                debug!(%error, service = %linked.spec.name, "cannot reach the linked service");
-                HttpError::new(Reason::UpstreamConnectFailure)
-            })?;
-    match &linked.originate {
-        Some(originate) => {
-            let stream = originate.connect(stream, endpoint).await.map_err(|error| {
-                debug!(%error, %endpoint, "TLS to the linked service failed");
-                HttpError::new(Reason::UpstreamConnectFailure).at(endpoint)
-            })?;
-            send(stream, request, endpoint).await
-        }
-        None => send(stream, request, endpoint).await,
-    }
-}
-
-/// Sends `request` over a fresh HTTP/1.1 connection on `io`.
-async fn send<I>(
-    io: I,
-    request: Request<Body>,
-    endpoint: SocketAddr,
-) -> Result<Response<Body>, HttpError>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let reset = |error: hyper::Error| {
-        debug!(%error, %endpoint, "request to the linked service failed");
-        HttpError::new(Reason::UpstreamReset).at(endpoint)
-    };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+    let order = linked.picker.order(&set.addrs).copied();
+    let (response, _) = linked
+        .http1
+        .send_first(order, request)
         .await
-        .map_err(reset)?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            debug!(%error, "connection to the linked service ended with an error");
-        }
-    });
-    let response = sender.send_request(request).await.map_err(reset)?;
+        .map_err(|error| {
+            debug!(%error, service = %linked.spec.name, "request to the linked service failed");
+            HttpError::new(match error {
+                AppError::Connect(_) => Reason::UpstreamConnectFailure,
+                AppError::Reset(_) => Reason::UpstreamReset,
+            })
+        })?;
     let (mut parts, body) = response.into_parts();
     proxy_http::strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, proxy_http::incoming(body)))
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Dials an instance of a linked service: TCP within the connect timeout, then TLS with the
+/// entry's `CAFile` and `SNI` when it has them.
+pub(super) struct Originating {
+    pub(super) connect_timeout: Duration,
+    pub(super) originate: Option<tls::Originate>,
+}
+
+impl Dial for Originating {
+    type Io = Box<dyn Io>;
+
+    async fn dial(&self, addr: SocketAddr) -> Result<Box<dyn Io>, String> {
+        let stream = endpoint::dial(addr, self.connect_timeout)
+            .await
+            .map_err(|error| ErrorChain(&error).to_string())?;
+        match &self.originate {
+            Some(originate) => match originate.connect(stream, addr).await {
+                Ok(stream) => Ok(Box::new(stream)),
+                Err(error) => Err(format!("TLS to {addr}: {}", ErrorChain(&error))),
+            },
+            None => Ok(Box::new(stream)),
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! The inbound sidecar's connections to its local app: HTTP/1.1 keep-alive connections in a
-//! pool, or one multiplexed h2c connection.
+//! pool, or one multiplexed h2c connection. A terminating gateway pools its HTTP/1.1 connections
+//! to a linked service the same way, each opened by its own [`Dial`] (TCP, then TLS).
 //!
 //! An HTTP/1.1 connection goes back to the pool when its response's body ends (no task per
 //! request waits for it), and the most recently used is taken first, so a steady load keeps
@@ -7,9 +8,10 @@
 //! connection that the app closed while it was idle (Node.js does after 5 s, nginx after 75 s)
 //! is skipped; one it closed just as a request went out is replaced by a new connection and the
 //! request sent again, which is safe because hyper hands back only a request it did not write.
-//! Connections to an address the app no longer has are dropped when met.
+//! Connections to an address the app no longer has age out with the idle ones.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -22,6 +24,8 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -50,10 +54,32 @@ impl std::fmt::Display for AppError {
     }
 }
 
-/// HTTP/1.1 keep-alive connections to the app.
-pub(crate) struct Http1Pool {
+/// Opens the byte stream of a new pooled connection.
+pub(crate) trait Dial: Send + Sync + 'static {
+    /// The stream.
+    type Io: AsyncRead + AsyncWrite + Send + Unpin + 'static;
+    /// A stream to `addr`, or why there is none.
+    fn dial(&self, addr: SocketAddr) -> impl Future<Output = Result<Self::Io, String>> + Send;
+}
+
+/// Plain TCP, bounded by a connect timeout (the local app).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tcp(pub Duration);
+
+impl Dial for Tcp {
+    type Io = TcpStream;
+
+    async fn dial(&self, addr: SocketAddr) -> Result<TcpStream, String> {
+        crate::endpoint::dial(addr, self.0)
+            .await
+            .map_err(|error| ErrorChain(&error).to_string())
+    }
+}
+
+/// HTTP/1.1 keep-alive connections to the app (or to whatever `D` dials).
+pub(crate) struct Http1Pool<D: Dial = Tcp> {
     idle: Mutex<VecDeque<Idle>>,
-    connect_timeout: Duration,
+    dial: D,
     idle_timeout: Duration,
     /// Whether the task closing connections idle past `idle_timeout` runs (started with the
     /// first connection, so that building a pool needs no runtime).
@@ -66,11 +92,19 @@ struct Idle {
     since: Instant,
 }
 
-impl Http1Pool {
+impl Http1Pool<Tcp> {
+    /// Plain TCP connections, opened within `connect_timeout`.
     pub(crate) fn new(connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+        Self::with_dial(Tcp(connect_timeout), idle_timeout)
+    }
+}
+
+impl<D: Dial> Http1Pool<D> {
+    /// Connections opened by `dial`.
+    pub(crate) fn with_dial(dial: D, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             idle: Mutex::new(VecDeque::new()),
-            connect_timeout,
+            dial,
             idle_timeout,
             reaping: std::sync::atomic::AtomicBool::new(false),
         })
@@ -80,13 +114,49 @@ impl Http1Pool {
     pub(crate) async fn send(
         self: &Arc<Self>,
         app: SocketAddr,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, AppError> {
+        let sender = match self.checkout(app).await {
+            Some(sender) => (sender, true),
+            None => (self.connect(app).await?, false),
+        };
+        self.exchange(app, sender, request).await
+    }
+
+    /// Sends `request` to the first of `order` that has an idle connection or takes a new one:
+    /// the response and the address it came from.
+    pub(crate) async fn send_first(
+        self: &Arc<Self>,
+        order: impl IntoIterator<Item = SocketAddr>,
+        request: Request<Body>,
+    ) -> Result<(Response<Body>, SocketAddr), AppError> {
+        let mut failed = None;
+        for addr in order {
+            let sender = match self.checkout(addr).await {
+                Some(sender) => (sender, true),
+                None => match self.connect(addr).await {
+                    Ok(sender) => (sender, false),
+                    Err(error) => {
+                        debug!(%addr, %error, "cannot connect; trying the next address");
+                        failed = Some(error);
+                        continue;
+                    }
+                },
+            };
+            return Ok((self.exchange(addr, sender, request).await?, addr));
+        }
+        Err(failed.unwrap_or_else(|| AppError::Connect("no address to connect to".to_owned())))
+    }
+
+    /// Sends `request` on `sender` (`pooled`: taken idle from the pool), on a new connection to
+    /// `app` when a pooled one closed before it was written.
+    async fn exchange(
+        self: &Arc<Self>,
+        app: SocketAddr,
+        (mut sender, mut pooled): (http1::SendRequest<Body>, bool),
         mut request: Request<Body>,
     ) -> Result<Response<Body>, AppError> {
         loop {
-            let (mut sender, pooled) = match self.checkout(app).await {
-                Some(sender) => (sender, true),
-                None => (self.connect(app).await?, false),
-            };
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(self.give_back_after(response, sender, app)),
                 Err(mut error) => match error.take_message() {
@@ -94,6 +164,10 @@ impl Http1Pool {
                     Some(unsent) if pooled => {
                         debug!(%app, error = %ErrorChain(error.error()), "pooled connection to the app closed; retrying on a new one");
                         request = unsent;
+                        (sender, pooled) = match self.checkout(app).await {
+                            Some(sender) => (sender, true),
+                            None => (self.connect(app).await?, false),
+                        };
                     }
                     _ => return Err(AppError::Reset(error.into_error())),
                 },
@@ -113,9 +187,12 @@ impl Http1Pool {
                 {
                     pool.pop_front();
                 }
-                pool.pop_back()?
+                // Connections to other addresses stay (a gateway's pool holds each instance's);
+                // one to an address no longer used ages out.
+                let newest = pool.iter().rposition(|c| c.app == app)?;
+                pool.remove(newest)?
             };
-            if idle.app != app || idle.sender.is_closed() {
+            if idle.sender.is_closed() {
                 continue;
             }
             let mut sender = idle.sender;
@@ -131,9 +208,7 @@ impl Http1Pool {
         self: &Arc<Self>,
         app: SocketAddr,
     ) -> Result<http1::SendRequest<Body>, AppError> {
-        let stream = crate::endpoint::dial(app, self.connect_timeout)
-            .await
-            .map_err(|error| AppError::Connect(ErrorChain(&error).to_string()))?;
+        let stream = self.dial.dial(app).await.map_err(AppError::Connect)?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -184,7 +259,7 @@ impl Http1Pool {
 }
 
 /// Closes idle connections past their time while the pool exists.
-async fn reap(pool: Weak<Http1Pool>) {
+async fn reap<D: Dial>(pool: Weak<Http1Pool<D>>) {
     loop {
         let Some(every) = pool.upgrade().map(|p| p.idle_timeout / 3) else {
             return;
@@ -199,12 +274,12 @@ async fn reap(pool: Weak<Http1Pool>) {
 
 /// A response body whose connection goes back to the pool when it ends (dropped unfinished or
 /// failed, the connection is closed instead).
-struct Pooled {
+struct Pooled<D: Dial> {
     inner: Incoming,
-    back: Option<(http1::SendRequest<Body>, SocketAddr, Weak<Http1Pool>)>,
+    back: Option<(http1::SendRequest<Body>, SocketAddr, Weak<Http1Pool<D>>)>,
 }
 
-impl Pooled {
+impl<D: Dial> Pooled<D> {
     fn give_back(&mut self) {
         if let Some((sender, app, pool)) = self.back.take()
             && let Some(pool) = pool.upgrade()
@@ -214,7 +289,7 @@ impl Pooled {
     }
 }
 
-impl hyper::body::Body for Pooled {
+impl<D: Dial> hyper::body::Body for Pooled<D> {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -443,13 +518,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_new_app_address_gets_new_connections() {
+    async fn a_new_app_address_gets_new_connections_and_the_others_keep_theirs() {
         let (first, first_accepted) = app().await;
         let (second, second_accepted) = app().await;
         let pool = Http1Pool::new(Duration::from_secs(5), IDLE);
         text(pool.send(first, get("/")).await.unwrap()).await;
         text(pool.send(second, get("/")).await.unwrap()).await;
         text(pool.send(second, get("/")).await.unwrap()).await;
+        text(pool.send(first, get("/")).await.unwrap()).await;
         assert_eq!(first_accepted.load(Ordering::SeqCst), 1);
         assert_eq!(second_accepted.load(Ordering::SeqCst), 1);
     }
@@ -467,6 +543,28 @@ mod tests {
         let h2c = H2cPool::new(Duration::from_secs(5), 65536);
         assert!(matches!(
             h2c.send(addr, get(&format!("http://{addr}/"))).await,
+            Err(AppError::Connect(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_first_address_that_takes_a_connection_answers_and_keeps_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let down = listener.local_addr().unwrap();
+        drop(listener);
+        let (up, accepted) = app().await;
+        let pool = Http1Pool::new(Duration::from_secs(5), IDLE);
+        for _ in 0..3 {
+            let (response, from) = pool.send_first([down, up], get("/")).await.unwrap();
+            assert_eq!((text(response).await.as_str(), from), ("hello", up));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        match pool.send_first([down], get("/")).await {
+            Err(AppError::Connect(error)) => assert!(error.contains(&down.to_string()), "{error}"),
+            other => panic!("expected a connect error, got {other:?}"),
+        }
+        assert!(matches!(
+            pool.send_first([], get("/")).await,
             Err(AppError::Connect(_))
         ));
     }

@@ -448,31 +448,61 @@ async fn bad_ingress_entries_and_mismatched_gateway_kinds_are_refused_naming_the
 
 /// A plain HTTPS server (not in the mesh) on `listener`: answers every request `200 external`
 /// and counts them.
-fn https_server(listener: tokio::net::TcpListener, pki: &Pki) -> Arc<AtomicUsize> {
+/// What the external HTTPS server counted: requests answered, TLS connections accepted.
+#[derive(Clone, Default)]
+struct Served {
+    requests: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Served {
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// An HTTPS server for `external.test` answering `external` to every request, keeping the
+/// connection open unless the request says `Connection: close`.
+fn https_server(listener: tokio::net::TcpListener, pki: &Pki) -> Served {
     let leaf = pki.server_leaf(&["external.test"], &[]).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Pki::server_config(&leaf).unwrap());
-    let served = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&served);
+    let served = Served::default();
+    let count = served.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (acceptor, count) = (acceptor.clone(), Arc::clone(&count));
+            let (acceptor, count) = (acceptor.clone(), count.clone());
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(stream).await else {
                     return;
                 };
-                let mut head = Vec::new();
+                count.connections.fetch_add(1, Ordering::SeqCst);
                 let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                loop {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    count.requests.fetch_add(1, Ordering::SeqCst);
+                    let close = String::from_utf8_lossy(&head)
+                        .to_ascii_lowercase()
+                        .contains("\r\nconnection: close\r\n");
+                    let answer = if close {
+                        "HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nexternal"
+                    } else {
+                        "HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nexternal"
+                    };
+                    if tls.write_all(answer.as_bytes()).await.is_err() || close {
+                        let _ = tls.shutdown().await;
+                        return;
                     }
                 }
-                count.fetch_add(1, Ordering::SeqCst);
-                let answer =
-                    "HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nexternal";
-                let _ = tls.write_all(answer.as_bytes()).await;
-                let _ = tls.shutdown().await;
             });
         }
     });
@@ -503,7 +533,7 @@ async fn through_sidecar(port: u16) -> String {
 struct Terminating {
     server: AclServer,
     upstream: u16,
-    served: Arc<AtomicUsize>,
+    served: Served,
     _client: Sidecar,
     _gateway: Process,
     _dir: tempfile::TempDir,
@@ -609,13 +639,13 @@ async fn terminating_gateway_links_an_external_https_server_under_intentions() {
     let t = terminating(None).await;
     // No intention (default deny): refused, the server untouched.
     assert_eq!(through_sidecar(t.upstream).await, "");
-    assert_eq!(t.served.load(Ordering::SeqCst), 0);
+    assert_eq!(t.served.requests(), 0);
 
     intention(&t.server, "client", "external", "allow").await;
     eventually!(through_sidecar(t.upstream).await.ends_with("external"));
     let answer = through_sidecar(t.upstream).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
-    assert!(t.served.load(Ordering::SeqCst) >= 2);
+    assert!(t.served.requests() >= 2);
 }
 
 /// The same for a linked service declared `http`: the client's sidecar speaks HTTP/2 to the
@@ -627,12 +657,21 @@ async fn terminating_gateway_carries_http_requests_per_intention() {
     let denied = through_sidecar(t.upstream).await;
     assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
     assert!(denied.contains("x-plexus-error: denied"), "{denied}");
-    assert_eq!(t.served.load(Ordering::SeqCst), 0);
+    assert_eq!(t.served.requests(), 0);
 
     intention(&t.server, "client", "external", "allow").await;
     eventually!(through_sidecar(t.upstream).await.ends_with("external"));
     let answer = through_sidecar(t.upstream).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    // Requests go on the gateway's keep-alive connections to the service (the client's
+    // `Connection: close` is its own hop's): ten more, no new TLS connection.
+    let (requests, connections) = (t.served.requests(), t.served.connections());
+    for _ in 0..10 {
+        let answer = through_sidecar(t.upstream).await;
+        assert!(answer.ends_with("external"), "{answer}");
+    }
+    assert_eq!(t.served.requests(), requests + 10);
+    assert_eq!(t.served.connections(), connections);
 
     // A mesh peer that completes TLS for the linked service (its SNI) and then sends nothing,
     // not even the HTTP/2 preface: the gateway closes it after its handshake timeout (10 s), as
