@@ -162,6 +162,7 @@ fn route(name: &str, matcher: RequestMatch) -> CompiledRoute {
         splits: vec![WeightedTarget {
             weight: 100.0,
             target: format!("{name}.default.dc1"),
+            headers: Default::default(),
         }],
         ..CompiledRoute::default()
     }

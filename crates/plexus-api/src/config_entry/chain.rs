@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::gateway::HeaderModifiers;
 use crate::duration::GoDuration;
 
 /// A compiled chain for one upstream service.
@@ -81,6 +82,29 @@ pub struct CompiledRoute {
     pub idle_timeout: Option<GoDuration>,
     /// Retries.
     pub retry: RetryPolicy,
+    /// Header changes of the route (its destination's `RequestHeaders`/`ResponseHeaders`).
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
+}
+
+/// Header changes of a route or of one of its splits: to the request sent upstream, and to the
+/// response returned. A split's apply before its route's (Envoy's order: the route's `Set`
+/// wins).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Headers {
+    /// `RequestHeaders`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<HeaderModifiers>,
+    /// `ResponseHeaders`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<HeaderModifiers>,
+}
+
+impl Headers {
+    /// No change either way.
+    pub fn is_empty(&self) -> bool {
+        self.request.is_none() && self.response.is_none()
+    }
 }
 
 /// Request criteria. Empty: matches everything.
@@ -151,6 +175,9 @@ pub struct WeightedTarget {
     pub weight: f64,
     /// Key into [`DiscoveryChain::targets`].
     pub target: String,
+    /// Header changes of this split.
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
 }
 
 /// Retry policy of a route.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::chain::{
     ChainTarget, CompiledRoute, DiscoveryChain, FaultPolicy, HashKey, HashSource, HeaderCriterion,
-    LbAlgorithm, LimitsPolicy, LoadBalancerPolicy, MirrorPolicy, OutlierPolicy, PathMatch,
+    Headers, LbAlgorithm, LimitsPolicy, LoadBalancerPolicy, MirrorPolicy, OutlierPolicy, PathMatch,
     Protocol, QueryCriterion, RequestMatch, RetryOn, RetryPolicy, RouteRateLimit, ServicePolicy,
     TokenBucketPolicy, ValueMatch, WeightedTarget, target_id,
 };
@@ -92,12 +92,17 @@ pub fn compile(service: &str, entries: &[ConfigEntry]) -> DiscoveryChain {
                     WeightedTarget {
                         weight: s.weight,
                         target: add_target(&mut chain, &all, &svc, s.service_subset.as_deref()),
+                        headers: Headers {
+                            request: s.request_headers.clone(),
+                            response: s.response_headers.clone(),
+                        },
                     }
                 })
                 .collect(),
             (subset, _) => vec![WeightedTarget {
                 weight: 100.0,
                 target: add_target(&mut chain, &all, &dest_service, subset.as_deref()),
+                headers: Headers::default(),
             }],
         };
         let request_timeout = dest
@@ -111,6 +116,10 @@ pub fn compile(service: &str, entries: &[ConfigEntry]) -> DiscoveryChain {
             request_timeout,
             idle_timeout: dest.and_then(|d| d.idle_timeout),
             retry: dest.map(retry_policy).unwrap_or_default(),
+            headers: Headers {
+                request: dest.and_then(|d| d.request_headers.clone()),
+                response: dest.and_then(|d| d.response_headers.clone()),
+            },
         });
     }
     chain

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::gateway::HeaderModifiers;
 use crate::duration::GoDuration;
 
 /// `Kind = "service-defaults"`: protocol and per-service resilience policy.
@@ -397,6 +398,12 @@ pub struct Split {
     /// Subset.
     #[serde(rename = "ServiceSubset", alias = "service_subset", default)]
     pub service_subset: Option<String>,
+    /// Changes to the requests this split sends.
+    #[serde(rename = "RequestHeaders", alias = "request_headers", default)]
+    pub request_headers: Option<HeaderModifiers>,
+    /// Changes to the responses to them.
+    #[serde(rename = "ResponseHeaders", alias = "response_headers", default)]
+    pub response_headers: Option<HeaderModifiers>,
 }
 
 /// `Kind = "service-router"`: L7 routes.
@@ -529,6 +536,12 @@ pub struct RouteDestination {
     /// Replace the matched path prefix.
     #[serde(rename = "PrefixRewrite", alias = "prefix_rewrite", default)]
     pub prefix_rewrite: Option<String>,
+    /// Changes to the requests this route sends.
+    #[serde(rename = "RequestHeaders", alias = "request_headers", default)]
+    pub request_headers: Option<HeaderModifiers>,
+    /// Changes to the responses to them.
+    #[serde(rename = "ResponseHeaders", alias = "response_headers", default)]
+    pub response_headers: Option<HeaderModifiers>,
     /// Whole-request timeout, retries included.
     #[serde(rename = "RequestTimeout", alias = "request_timeout", default)]
     pub request_timeout: Option<GoDuration>,

@@ -224,6 +224,27 @@ fn is_host(host: &str) -> bool {
         })
 }
 
+/// Checks header changes at `field`: names are header names, values header values.
+pub(super) fn check_header_modifiers(
+    field: &str,
+    modifiers: &HeaderModifiers,
+    push: &mut impl FnMut(String, String),
+) {
+    for (where_, name) in header_names(field, modifiers) {
+        if !is_header_name(name) {
+            push(where_, format!("{name:?} is not a header name"));
+        }
+    }
+    for (name, value) in modifiers.add.iter().chain(&modifiers.set) {
+        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            push(
+                field.to_owned(),
+                format!("the value of {name:?} is not a header value"),
+            );
+        }
+    }
+}
+
 /// Every header name `modifiers` names, with its field.
 fn header_names<'a>(field: &str, modifiers: &'a HeaderModifiers) -> Vec<(String, &'a str)> {
     let mut out: Vec<(String, &str)> = Vec::new();
@@ -359,19 +380,7 @@ pub(super) fn check_ingress(entry: &IngressGateway, errors: &mut Vec<EntryError>
                         "header changes need an http listener".to_owned(),
                     );
                 }
-                for (where_, name) in header_names(&format!("{field}.{part}"), modifiers) {
-                    if !is_header_name(name) {
-                        push(where_, format!("{name:?} is not a header name"));
-                    }
-                }
-                for (name, value) in modifiers.add.iter().chain(&modifiers.set) {
-                    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-                        push(
-                            format!("{field}.{part}"),
-                            format!("the value of {name:?} is not a header value"),
-                        );
-                    }
-                }
+                check_header_modifiers(&format!("{field}.{part}"), modifiers, &mut push);
             }
         }
         if tls

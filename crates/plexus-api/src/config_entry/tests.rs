@@ -443,3 +443,70 @@ fn resolver_failover_to_datacenters_compiles_and_bad_names_are_refused() {
         "Failover": {"*": {}}}));
     assert_eq!(fields(&empty, &[]), ["Failover.*"]);
 }
+
+#[test]
+fn route_and_split_header_changes_compile_and_bad_ones_name_their_field() {
+    let splitter = entry(
+        json!({"Kind": "service-splitter", "Name": "web", "Splits": [
+        {"Weight": 50, "ServiceSubset": "v1", "ResponseHeaders": {"Add": {"x-version": "v1"}}},
+        {"Weight": 50, "ServiceSubset": "v2",
+         "RequestHeaders": {"Set": {"x-canary": "1"}, "Remove": ["x-debug"]}}]}),
+    );
+    let router = entry(json!({"Kind": "service-router", "Name": "web", "Routes": [
+        {"Match": {"HTTP": {"PathPrefix": "/admin"}},
+         "Destination": {"ServiceSubset": "v1",
+             "RequestHeaders": {"Add": {"x-route": "admin"}},
+             "ResponseHeaders": {"Remove": ["server"]}}}]}));
+    let resolver = entry(json!({"Kind": "service-resolver", "Name": "web",
+        "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"},
+                    "v2": {"Filter": "Service.Meta.version == v2"}}}));
+    for e in [&splitter, &router] {
+        assert!(
+            fields(e, std::slice::from_ref(&resolver)).is_empty(),
+            "{e:?}"
+        );
+    }
+    let chain = compile("web", &[resolver, splitter, router]);
+    let admin = &chain.routes[0].headers;
+    assert_eq!(admin.request.as_ref().unwrap().add["x-route"], "admin");
+    assert_eq!(admin.response.as_ref().unwrap().remove, ["server"]);
+    assert!(chain.routes[0].splits[0].headers.is_empty());
+    let default = &chain.routes[1];
+    assert!(default.headers.is_empty());
+    assert_eq!(
+        default.splits[0].headers.response.as_ref().unwrap().add["x-version"],
+        "v1"
+    );
+    let canary = default.splits[1].headers.request.as_ref().unwrap();
+    assert_eq!(
+        (canary.set["x-canary"].as_str(), canary.remove.as_slice()),
+        ("1", ["x-debug".to_owned()].as_slice())
+    );
+    // The chain's JSON carries them, and leaves them out when there are none.
+    let json = serde_json::to_value(&chain).unwrap();
+    assert_eq!(
+        json["routes"][0]["headers"]["request"]["Add"]["x-route"],
+        "admin"
+    );
+    assert!(json["routes"][1].get("headers").is_none());
+
+    let bad = entry(json!({"Kind": "service-router", "Name": "web", "Routes": [
+        {"Destination": {"RequestHeaders": {"Set": {"bad name": "x"}},
+                         "ResponseHeaders": {"Add": {"x-ok": "line\nbreak"}}}}]}));
+    assert_eq!(
+        fields(&bad, &[]),
+        [
+            "Routes[0].Destination.RequestHeaders.Set",
+            "Routes[0].Destination.ResponseHeaders"
+        ]
+    );
+    let bad = entry(
+        json!({"Kind": "service-splitter", "Name": "web", "Splits": [
+        {"Weight": 100, "RequestHeaders": {"Remove": [""]}}]}),
+    );
+    assert_eq!(fields(&bad, &[]), ["Splits[0].RequestHeaders.Remove"]);
+    let err = ConfigEntry::from_json(json!({"Kind": "service-router", "Name": "web", "Routes": [
+        {"Destination": {"RequestHeaders": {"Append": {"x": "1"}}}}]}))
+    .unwrap_err();
+    assert!(err.to_string().contains("Append"), "{err}");
+}

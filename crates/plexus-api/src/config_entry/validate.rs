@@ -74,6 +74,24 @@ impl Errs {
     fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(EntryError::new(field, message));
     }
+    /// `RequestHeaders` and `ResponseHeaders` under `base`.
+    fn headers(
+        &mut self,
+        base: &str,
+        request: &Option<super::gateway::HeaderModifiers>,
+        response: &Option<super::gateway::HeaderModifiers>,
+    ) {
+        for (part, modifiers) in [("RequestHeaders", request), ("ResponseHeaders", response)] {
+            if let Some(modifiers) = modifiers {
+                super::gateway::check_header_modifiers(
+                    &format!("{base}.{part}"),
+                    modifiers,
+                    &mut |field, message| self.push(field, message),
+                );
+            }
+        }
+    }
+
     fn percent(&mut self, field: &str, v: f64) {
         if !(0.0..=100.0).contains(&v) || v.is_nan() {
             self.push(field, format!("{v} is outside 0–100"));
@@ -415,6 +433,11 @@ fn splitter(s: &ServiceSplitter, e: &mut Errs) {
         if let Some(service) = &split.service {
             e.service_name(&format!("Splits[{i}].Service"), service);
         }
+        e.headers(
+            &format!("Splits[{i}]"),
+            &split.request_headers,
+            &split.response_headers,
+        );
         sum += split.weight;
     }
     if !s.splits.is_empty() && (sum - 100.0).abs() > 0.01 {
@@ -516,6 +539,7 @@ fn destination(base: &str, d: &RouteDestination, e: &mut Errs) {
     if let Some(service) = &d.service {
         e.service_name(&format!("{base}.Service"), service);
     }
+    e.headers(base, &d.request_headers, &d.response_headers);
     e.non_negative(&format!("{base}.NumRetries"), d.num_retries);
     for (i, cond) in d.retry_on.iter().enumerate() {
         if chain::RetryOn::parse(cond).is_none() {

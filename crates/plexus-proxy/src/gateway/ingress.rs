@@ -25,7 +25,8 @@ use tracing::{error, info};
 
 use super::Shared;
 use crate::error::{ListenerName, ProxyError};
-use crate::http::host::{HeaderChanges, HostRoute, HostRouter, MakeStack};
+use crate::http::headers::HeaderChanges;
+use crate::http::host::{HostRoute, HostRouter, MakeStack};
 use crate::listener::{Context, Target};
 use crate::metrics::Direction;
 use crate::tls::{self, Identity};

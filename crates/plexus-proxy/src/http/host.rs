@@ -16,65 +16,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Request};
+use http::Request;
+use http::header;
 use tower::Service;
 
+use super::headers::HeaderChanges;
 use super::stack::{AnswerFuture, BoxStack, fail};
 use super::{Body, HttpError, Reason};
 
 /// Services the wildcard `*` may open stacks for, per listener.
 pub const MAX_WILDCARD_SERVICES: usize = 256;
-
-/// Header changes, parsed: `Add` appends, `Set` replaces, `Remove` deletes.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct HeaderChanges {
-    /// Appended.
-    pub add: Vec<(HeaderName, HeaderValue)>,
-    /// Replacing.
-    pub set: Vec<(HeaderName, HeaderValue)>,
-    /// Removed.
-    pub remove: Vec<HeaderName>,
-}
-
-impl HeaderChanges {
-    /// Parses the entry's changes (validated by the control plane; anything unusable is left
-    /// out).
-    pub(crate) fn parse(
-        modifiers: Option<&plexus_api::config_entry::gateway::HeaderModifiers>,
-    ) -> Self {
-        let Some(m) = modifiers else {
-            return Self::default();
-        };
-        let pair = |(name, value): (&String, &String)| {
-            Some((
-                HeaderName::from_bytes(name.as_bytes()).ok()?,
-                HeaderValue::from_str(value).ok()?,
-            ))
-        };
-        Self {
-            add: m.add.iter().filter_map(pair).collect(),
-            set: m.set.iter().filter_map(pair).collect(),
-            remove: m
-                .remove
-                .iter()
-                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-                .collect(),
-        }
-    }
-
-    fn apply(&self, headers: &mut HeaderMap) {
-        for name in &self.remove {
-            headers.remove(name);
-        }
-        for (name, value) in &self.set {
-            headers.insert(name.clone(), value.clone());
-        }
-        for (name, value) in &self.add {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-}
 
 /// One service of an ingress listener.
 #[derive(Clone)]
@@ -251,27 +202,5 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(request_host(&h2).as_deref(), Some("api.example.com"));
-    }
-
-    #[test]
-    fn header_changes_remove_set_then_add() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-gone", HeaderValue::from_static("1"));
-        headers.insert("x-set", HeaderValue::from_static("old"));
-        let changes = HeaderChanges {
-            add: vec![(
-                HeaderName::from_static("x-set"),
-                HeaderValue::from_static("more"),
-            )],
-            set: vec![(
-                HeaderName::from_static("x-set"),
-                HeaderValue::from_static("new"),
-            )],
-            remove: vec![HeaderName::from_static("x-gone")],
-        };
-        changes.apply(&mut headers);
-        assert!(!headers.contains_key("x-gone"));
-        let values: Vec<_> = headers.get_all("x-set").iter().collect();
-        assert_eq!(values, ["new", "more"]);
     }
 }

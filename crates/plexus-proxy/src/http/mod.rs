@@ -39,6 +39,7 @@ pub(crate) mod endpoint;
 pub(crate) mod error;
 pub(crate) mod fault;
 pub(crate) mod flood;
+pub(crate) mod headers;
 pub(crate) mod host;
 pub(crate) mod inbound;
 pub(crate) mod metrics;

@@ -110,6 +110,7 @@ mod tests {
             request_timeout: None,
             idle_timeout: None,
             retry: RetryPolicy::default(),
+            headers: Default::default(),
         }
     }
 

@@ -14,6 +14,7 @@ use tower::{Layer, Service};
 
 use super::Origin;
 use super::balance::Selected;
+use super::headers::{Changes, SplitHeaders};
 use super::stack::{AnswerFuture, HttpService};
 use super::{Body, HttpError};
 use crate::balance::{HashInput, request_hash};
@@ -42,12 +43,22 @@ where
     last
 }
 
+/// One of a route's weighted targets.
+#[derive(Debug, Clone)]
+pub(crate) struct Choice {
+    /// Its share.
+    pub weight: f64,
+    /// `None` for a target id the chain does not define (the destination is used then).
+    pub target: Option<Arc<ChainTarget>>,
+    /// The split's header changes.
+    pub headers: Option<Arc<Changes>>,
+}
+
 /// A route's weighted targets, resolved against its chain (set by the route layer).
 #[derive(Debug, Clone)]
 pub(crate) struct Splits {
-    /// Weight and target; `None` for a target id the chain does not define (the destination
-    /// is used then).
-    pub choices: Arc<[(f64, Option<Arc<ChainTarget>>)]>,
+    /// The targets.
+    pub choices: Arc<[Choice]>,
     /// The chain, for the targets' failover lists.
     pub chain: Arc<DiscoveryChain>,
 }
@@ -81,11 +92,14 @@ impl<S: HttpService> Service<Request<Body>> for Split<S> {
     fn call(&mut self, mut request: Request<Body>) -> AnswerFuture {
         if let Some(splits) = request.extensions_mut().remove::<Splits>() {
             let picked = pick(
-                splits.choices.iter().map(|(w, _)| *w),
+                splits.choices.iter().map(|choice| choice.weight),
                 rand::random::<f64>(),
             )
-            .and_then(|i| splits.choices[i].1.clone());
-            if let Some(target) = picked {
+            .and_then(|i| splits.choices.get(i));
+            if let Some(headers) = picked.and_then(|choice| choice.headers.clone()) {
+                request.extensions_mut().insert(SplitHeaders(headers));
+            }
+            if let Some(target) = picked.and_then(|choice| choice.target.clone()) {
                 let source = request.extensions().get::<Origin>().and_then(|o| o.client);
                 let hash = request_hash(
                     &target.load_balancer,

@@ -30,6 +30,7 @@ use super::bulkhead::{BulkheadLayer, ConnectionBudget};
 use super::edge::EdgeLayer;
 use super::endpoint::{Connect, Endpoint, Pool, TcpTls};
 use super::fault::FaultLayer;
+use super::headers::HeadersLayer;
 use super::inbound::{AppClient, AuthorizeLayer};
 use super::metrics::Label;
 use super::mirror::MirrorLayer;
@@ -257,6 +258,8 @@ impl Outbound {
             ))
             // Weighted pick of the target (and the request's hash key).
             .layer(SplitLayer)
+            // The split's and the route's RequestHeaders / ResponseHeaders.
+            .layer(HeadersLayer)
             // RequestTimeout (504) around everything below; IdleTimeout before the headers.
             .layer(TimeoutLayer)
             // NumRetries / RetryOn within the route's budget, with backoff.

@@ -146,6 +146,7 @@ fn chain(
             splits: vec![WeightedTarget {
                 weight: 100.0,
                 target: "web".into(),
+                headers: Default::default(),
             }],
             request_timeout: timeout.map(GoDuration),
             retry,

@@ -14,10 +14,14 @@
 //! | `NumRetries`, `RetryOn`, `RetryOnStatusCodes`, backoff | `retry_policy` with the same condition names, the `previous_hosts` predicate |
 //! | resolver `HashPolicies` | route `hash_policy` (header, cookie, query parameter, source IP) |
 //! | `Mirror` | `request_mirror_policies` with the percentage as a fraction |
+//! | `RequestHeaders` / `ResponseHeaders` of a route and of a split | `request_headers_to_add` (`Set`: overwrite, `Add`: append) and `…_to_remove` on the route, and on the split's weighted cluster (on the route when there is one split); `%` escaped, so values are literal as in Plexus's proxy |
 
 use std::collections::HashMap;
 
-use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, RuntimeFractionalPercent,
+};
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, QueryParameterMatcher, RetryPolicy as EnvoyRetryPolicy, Route, RouteAction,
     RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher,
@@ -27,7 +31,8 @@ use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::{Rbac as HttpRb
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
 use plexus_api::config_entry::chain::{
-    CompiledRoute, DiscoveryChain, HashSource, PathMatch, Protocol, ValueMatch,
+    CompiledRoute, DiscoveryChain, HashSource, HeaderModifiers, Headers, PathMatch, Protocol,
+    ValueMatch,
 };
 
 use super::listeners::{HTTP_RBAC_FILTER, per_million};
@@ -157,20 +162,33 @@ fn outbound_route(chain: &DiscoveryChain, compiled: &CompiledRoute) -> Route {
         })
         .collect();
     let splits: Vec<_> = compiled.splits.iter().filter(|s| s.weight > 0.0).collect();
+    // A single split is the route's cluster: its header changes go on the route, first.
+    let mut route_headers = vec![&compiled.headers];
     let cluster_specifier = match splits.as_slice() {
-        [one] => route_action::ClusterSpecifier::Cluster(one.target.clone()),
+        [one] => {
+            route_headers.insert(0, &one.headers);
+            route_action::ClusterSpecifier::Cluster(one.target.clone())
+        }
         _ => route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters: splits
                 .iter()
-                .map(|s| weighted_cluster::ClusterWeight {
-                    name: s.target.clone(),
-                    weight: Some(u32v(weight(s.weight))),
-                    ..Default::default()
+                .map(|s| {
+                    let changes = HeaderChanges::of(&[&s.headers]);
+                    weighted_cluster::ClusterWeight {
+                        name: s.target.clone(),
+                        weight: Some(u32v(weight(s.weight))),
+                        request_headers_to_add: changes.request_add,
+                        request_headers_to_remove: changes.request_remove,
+                        response_headers_to_add: changes.response_add,
+                        response_headers_to_remove: changes.response_remove,
+                        ..Default::default()
+                    }
                 })
                 .collect(),
             ..Default::default()
         }),
     };
+    let changes = HeaderChanges::of(&route_headers);
     let prefix_rewrite = match (&compiled.prefix_rewrite, &matcher.path) {
         (Some(rewrite), None | Some(PathMatch::Prefix(_) | PathMatch::Exact(_))) => rewrite.clone(),
         _ => String::new(),
@@ -254,8 +272,64 @@ fn outbound_route(chain: &DiscoveryChain, compiled: &CompiledRoute) -> Route {
             ..Default::default()
         }),
         action: Some(route::Action::Route(action)),
+        request_headers_to_add: changes.request_add,
+        request_headers_to_remove: changes.request_remove,
+        response_headers_to_add: changes.response_add,
+        response_headers_to_remove: changes.response_remove,
         ..Default::default()
     }
+}
+
+/// Header changes in Envoy's terms, from one or more [`Headers`] in order.
+#[derive(Default)]
+struct HeaderChanges {
+    request_add: Vec<HeaderValueOption>,
+    request_remove: Vec<String>,
+    response_add: Vec<HeaderValueOption>,
+    response_remove: Vec<String>,
+}
+
+impl HeaderChanges {
+    fn of(all: &[&Headers]) -> Self {
+        let mut out = Self::default();
+        for headers in all {
+            if let Some(request) = &headers.request {
+                add(&mut out.request_add, &mut out.request_remove, request);
+            }
+            if let Some(response) = &headers.response {
+                add(&mut out.response_add, &mut out.response_remove, response);
+            }
+        }
+        out
+    }
+}
+
+/// `Set` (overwrite), then `Add` (append), as header options; `Remove` as names. Envoy removes
+/// before it adds, as Plexus's proxy does.
+fn add(options: &mut Vec<HeaderValueOption>, remove: &mut Vec<String>, m: &HeaderModifiers) {
+    let option = |(name, value): (&String, &String), action: HeaderAppendAction| {
+        HeaderValueOption {
+            header: Some(HeaderValue {
+                key: name.to_ascii_lowercase(),
+                // Envoy reads `%…%` as a variable; Plexus's values are literal.
+                value: value.replace('%', "%%"),
+                ..Default::default()
+            }),
+            append_action: action as i32,
+            ..Default::default()
+        }
+    };
+    options.extend(
+        m.set
+            .iter()
+            .map(|pair| option(pair, HeaderAppendAction::OverwriteIfExistsOrAdd)),
+    );
+    options.extend(
+        m.add
+            .iter()
+            .map(|pair| option(pair, HeaderAppendAction::AppendIfExistsOrAdd)),
+    );
+    remove.extend(m.remove.iter().map(|name| name.to_ascii_lowercase()));
 }
 
 fn retry(compiled: &CompiledRoute) -> Option<EnvoyRetryPolicy> {

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
 use envoy_types::pb::envoy::config::rbac::v3::{Rbac, principal, rbac};
@@ -15,8 +17,9 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher;
 use plexus_api::GoDuration;
 use plexus_api::client::IntentionSet;
 use plexus_api::config_entry::chain::{
-    ChainTarget, CompiledRoute, DiscoveryChain, FilterClause, HeaderCriterion, OutlierPolicy,
-    PathMatch, Protocol, RequestMatch, RetryOn, RetryPolicy, ValueMatch, WeightedTarget,
+    ChainTarget, CompiledRoute, DiscoveryChain, FilterClause, HeaderCriterion, HeaderModifiers,
+    Headers, OutlierPolicy, PathMatch, Protocol, RequestMatch, RetryOn, RetryPolicy, ValueMatch,
+    WeightedTarget,
 };
 use plexus_api::connect::{CaRoot, CaRoots, DefaultPolicy, Intention, IntentionAction};
 use prost::Message;
@@ -52,6 +55,7 @@ fn tcp_chain(service: &str) -> DiscoveryChain {
             splits: vec![WeightedTarget {
                 weight: 100.0,
                 target: service.into(),
+                headers: Default::default(),
             }],
             ..Default::default()
         }],
@@ -68,6 +72,20 @@ fn tcp_chain(service: &str) -> DiscoveryChain {
 }
 
 /// `web`'s chain: v1/v2 subsets, a canary header route to v2, a 90/10 split by default.
+fn modifiers(add: &[(&str, &str)], set: &[(&str, &str)], remove: &[&str]) -> HeaderModifiers {
+    let map = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    HeaderModifiers {
+        add: map(add),
+        set: map(set),
+        remove: remove.iter().map(|r| (*r).to_owned()).collect(),
+    }
+}
+
 fn http_chain() -> DiscoveryChain {
     let subset = |name: &str| ChainTarget {
         service: "web".into(),
@@ -98,7 +116,15 @@ fn http_chain() -> DiscoveryChain {
                 splits: vec![WeightedTarget {
                     weight: 100.0,
                     target: "v2.web".into(),
+                    headers: Headers {
+                        request: Some(modifiers(&[("x-split", "v2")], &[], &[])),
+                        response: None,
+                    },
                 }],
+                headers: Headers {
+                    request: Some(modifiers(&[], &[("x-route", "canary")], &["x-debug"])),
+                    response: None,
+                },
                 prefix_rewrite: Some("/".into()),
                 request_timeout: Some(GoDuration(std::time::Duration::from_secs(2))),
                 retry: RetryPolicy {
@@ -115,10 +141,15 @@ fn http_chain() -> DiscoveryChain {
                     WeightedTarget {
                         weight: 90.0,
                         target: "v1.web".into(),
+                        headers: Default::default(),
                     },
                     WeightedTarget {
                         weight: 10.0,
                         target: "v2.web".into(),
+                        headers: Headers {
+                            request: None,
+                            response: Some(modifiers(&[("x-weight", "10%")], &[], &["server"])),
+                        },
                     },
                 ],
                 ..Default::default()
@@ -331,6 +362,37 @@ fn routes_follow_the_chain() {
         [("v1.web".to_owned(), 9000), ("v2.web".to_owned(), 1000)]
     );
     assert_eq!(default.timeout.map(|d| d.seconds), Some(0), "no timeout");
+
+    // Header changes: a single split's go on the route before the route's own; each weighted
+    // cluster carries its split's; `%` is literal.
+    let options = |options: &[HeaderValueOption]| -> Vec<(String, String, i32)> {
+        options
+            .iter()
+            .map(|o| {
+                let header = o.header.clone().unwrap_or_default();
+                (header.key, header.value, o.append_action)
+            })
+            .collect()
+    };
+    let (append, overwrite) = (
+        HeaderAppendAction::AppendIfExistsOrAdd as i32,
+        HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+    );
+    assert_eq!(
+        options(&routes[0].request_headers_to_add),
+        [
+            ("x-split".to_owned(), "v2".to_owned(), append),
+            ("x-route".to_owned(), "canary".to_owned(), overwrite)
+        ]
+    );
+    assert_eq!(routes[0].request_headers_to_remove, ["x-debug"]);
+    assert!(routes[1].request_headers_to_add.is_empty());
+    assert!(split.clusters[0].response_headers_to_add.is_empty());
+    assert_eq!(
+        options(&split.clusters[1].response_headers_to_add),
+        [("x-weight".to_owned(), "10%%".to_owned(), append)]
+    );
+    assert_eq!(split.clusters[1].response_headers_to_remove, ["server"]);
 }
 
 fn network_rules(resources: &Resources) -> Rbac {

@@ -183,6 +183,9 @@ async fn split_canary_retries_and_outlier_ejection_through_an_envoy_client() {
     let retries = serde_json::json!({"NumRetries": 2, "RetryOn": ["5xx"], "RequestTimeout": "5s"});
     let mut canary = retries.clone();
     canary["ServiceSubset"] = "v2".into();
+    canary["RequestHeaders"] =
+        serde_json::json!({"Set": {"x-route": "canary"}, "Remove": ["x-debug"]});
+    canary["ResponseHeaders"] = serde_json::json!({"Add": {"x-route-seen": "canary"}});
     for entry in [
         serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http",
             "PassiveHealthCheck": {"Interval": "1s", "MaxFailures": 3,
@@ -193,7 +196,8 @@ async fn split_canary_retries_and_outlier_ejection_through_an_envoy_client() {
                         "v2": {"Filter": "Service.Meta.version == v2"}}}),
         serde_json::json!({"Kind": "service-splitter", "Name": "web",
             "Splits": [{"Weight": 90, "ServiceSubset": "v1"},
-                       {"Weight": 10, "ServiceSubset": "v2"}]}),
+                       {"Weight": 10, "ServiceSubset": "v2",
+                        "ResponseHeaders": {"Add": {"x-split": "10%"}}}]}),
         serde_json::json!({"Kind": "service-router", "Name": "web", "Routes": [
             {"Match": {"HTTP": {"Header": [{"Name": "x-canary", "Exact": "1"}]}},
              "Destination": canary},
@@ -258,6 +262,38 @@ async fn split_canary_retries_and_outlier_ejection_through_an_envoy_client() {
     for _ in 0..20 {
         assert_eq!(call(true).await, (200, "web-4".to_owned()));
     }
+
+    // Header changes, as Plexus's proxy makes them (l7::split_90_10…): the canary route's on
+    // the request and the response, the v2 split's (a literal `%`) on v2's answers only.
+    let response = http
+        .get(&url)
+        .header("x-canary", "1")
+        .header("x-debug", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-route-seen"], "canary");
+    let seen = stubs[3].last_headers();
+    assert!(
+        seen.contains(&("x-route".to_owned(), "canary".to_owned())),
+        "{seen:?}"
+    );
+    assert!(!seen.iter().any(|(name, _)| name == "x-debug"), "{seen:?}");
+    let mut from_v2 = 0;
+    for _ in 0..200 {
+        let response = http.get(&url).send().await.unwrap();
+        let split = response
+            .headers()
+            .get("x-split")
+            .map(|v| v.as_bytes().to_vec());
+        if response.headers()["x-version"] == "web-4" {
+            from_v2 += 1;
+            assert_eq!(split.as_deref(), Some(&b"10%"[..]));
+        } else {
+            assert_eq!(split, None);
+        }
+    }
+    assert!(from_v2 > 0, "no answer from v2 in 200 requests");
 
     // Retries hide an instance failing every third request.
     stubs[1].fail_every(3);

@@ -667,10 +667,14 @@ async fn split_90_10_over_2000_requests_and_header_routing_to_the_canary() {
             "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"},
                         "v2": {"Filter": "Service.Meta.version == v2"}}}),
         serde_json::json!({"Kind": "service-splitter", "Name": "web",
-            "Splits": [{"Weight": 90, "ServiceSubset": "v1"}, {"Weight": 10, "ServiceSubset": "v2"}]}),
+            "Splits": [{"Weight": 90, "ServiceSubset": "v1"},
+                       {"Weight": 10, "ServiceSubset": "v2",
+                        "ResponseHeaders": {"Add": {"x-split": "10%"}}}]}),
         serde_json::json!({"Kind": "service-router", "Name": "web", "Routes": [
             {"Match": {"HTTP": {"Header": [{"Name": "x-canary", "Exact": "1"}]}},
-             "Destination": {"ServiceSubset": "v2"}}]}),
+             "Destination": {"ServiceSubset": "v2",
+                 "RequestHeaders": {"Set": {"x-route": "canary"}, "Remove": ["x-debug"]},
+                 "ResponseHeaders": {"Set": {"x-version": "canary"}}}}]}),
     ] {
         write_entry(&dev, entry).await;
     }
@@ -682,17 +686,39 @@ async fn split_90_10_over_2000_requests_and_header_routing_to_the_canary() {
     for _ in 0..2000 {
         let response = http.get(&url).send().await.unwrap();
         assert_eq!(response.status(), 200);
+        // The v2 split's response header comes with v2's answers only.
+        let split = response
+            .headers()
+            .get("x-split")
+            .map(|v| v.as_bytes().to_vec());
         if response.headers()["x-version"] == "v2" {
             to_v2 += 1;
+            assert_eq!(split.as_deref(), Some(&b"10%"[..]));
+        } else {
+            assert_eq!(split, None);
         }
     }
     // 10 % ± 3 % of 2,000.
     assert!((140..=260).contains(&to_v2), "{to_v2} of 2000 went to v2");
     assert_eq!(v1.requests() + v2.requests(), 2000);
 
-    // The header route sends every canary request to v2.
+    // The header route sends every canary request to v2, with its header changes: the route's
+    // Set replaces the app's x-version.
     for _ in 0..50 {
-        let response = http.get(&url).header("x-canary", "1").send().await.unwrap();
-        assert_eq!(response.headers()["x-version"], "v2");
+        let response = http
+            .get(&url)
+            .header("x-canary", "1")
+            .header("x-debug", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["x-version"], "canary");
+        assert_eq!(response.text().await.unwrap(), "v2");
     }
+    let seen = v2.last_headers();
+    assert!(
+        seen.contains(&("x-route".to_owned(), "canary".to_owned())),
+        "{seen:?}"
+    );
+    assert!(!seen.iter().any(|(name, _)| name == "x-debug"), "{seen:?}");
 }

@@ -14,11 +14,12 @@ use crate::http::Body;
 use crate::http::balance::Selected;
 use crate::http::bulkhead::{Admission, Bulkhead};
 use crate::http::fault::Fault;
+use crate::http::headers::{Changes, RouteHeaders};
 use crate::http::mirror::Mirror;
 use crate::http::rate_limit::{RateLimit, RateLimits};
 use crate::http::retry::{Retry, RetryBudget};
 use crate::http::rewrite::PrefixRewrite;
-use crate::http::split::Splits;
+use crate::http::split::{Choice, Splits};
 use crate::http::timeout::Timeouts;
 
 /// Live policy of one upstream.
@@ -40,6 +41,7 @@ struct RoutePolicy {
     label: Arc<str>,
     admission: Option<Admission>,
     rewrite: Option<PrefixRewrite>,
+    headers: Option<RouteHeaders>,
     splits: Option<Splits>,
     timeouts: Option<Timeouts>,
     retry: Option<Retry>,
@@ -79,11 +81,16 @@ impl Policy {
                         wait: request,
                     }),
                     rewrite: PrefixRewrite::of(route),
+                    headers: Changes::of(&route.headers).map(RouteHeaders),
                     splits: (!route.splits.is_empty()).then(|| Splits {
                         choices: route
                             .splits
                             .iter()
-                            .map(|split| (split.weight, target(&split.target)))
+                            .map(|split| Choice {
+                                weight: split.weight,
+                                target: target(&split.target),
+                                headers: Changes::of(&split.headers),
+                            })
                             .collect(),
                         chain: Arc::clone(&chain),
                     }),
@@ -143,6 +150,9 @@ impl Policy {
         }
         if let Some(rewrite) = &route.rewrite {
             extensions.insert(rewrite.clone());
+        }
+        if let Some(headers) = &route.headers {
+            extensions.insert(headers.clone());
         }
         if let Some(mirror) = &self.mirror {
             extensions.insert(mirror.clone());
