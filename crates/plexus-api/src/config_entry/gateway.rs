@@ -99,6 +99,23 @@ pub struct HeaderModifiers {
     pub remove: Vec<String>,
 }
 
+impl HeaderModifiers {
+    /// Changes from name–value pairs to add and to set, and names to remove.
+    pub fn of(add: &[(&str, &str)], set: &[(&str, &str)], remove: &[&str]) -> Self {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect()
+        };
+        Self {
+            add: map(add),
+            set: map(set),
+            remove: remove.iter().map(|name| (*name).to_owned()).collect(),
+        }
+    }
+}
+
 /// `Kind = "terminating-gateway"`: the services outside the mesh the gateway `Name` fronts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

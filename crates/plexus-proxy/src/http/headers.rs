@@ -183,20 +183,6 @@ mod tests {
         }
     }
 
-    fn modifiers(add: &[(&str, &str)], set: &[(&str, &str)], remove: &[&str]) -> HeaderModifiers {
-        let map = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect()
-        };
-        HeaderModifiers {
-            add: map(add),
-            set: map(set),
-            remove: remove.iter().map(|r| (*r).to_owned()).collect(),
-        }
-    }
-
     fn changes(request: HeaderModifiers, response: HeaderModifiers) -> Arc<Changes> {
         Changes::of(&chain::Headers {
             request: Some(request),
@@ -213,12 +199,12 @@ mod tests {
             .headers_mut()
             .insert("x-client", HeaderValue::from_static("secret"));
         request.extensions_mut().insert(SplitHeaders(changes(
-            modifiers(&[("x-split", "v2")], &[("x-env", "split")], &[]),
-            modifiers(&[("x-served-by", "v2")], &[], &[]),
+            HeaderModifiers::of(&[("x-split", "v2")], &[("x-env", "split")], &[]),
+            HeaderModifiers::of(&[("x-served-by", "v2")], &[], &[]),
         )));
         request.extensions_mut().insert(RouteHeaders(changes(
-            modifiers(&[], &[("x-env", "route")], &["x-client"]),
-            modifiers(&[], &[("x-app", "route")], &["x-drop"]),
+            HeaderModifiers::of(&[], &[("x-env", "route")], &["x-client"]),
+            HeaderModifiers::of(&[], &[("x-app", "route")], &["x-drop"]),
         )));
         let response = HeadersLayer
             .layer(upstream.clone())

@@ -72,20 +72,6 @@ fn tcp_chain(service: &str) -> DiscoveryChain {
 }
 
 /// `web`'s chain: v1/v2 subsets, a canary header route to v2, a 90/10 split by default.
-fn modifiers(add: &[(&str, &str)], set: &[(&str, &str)], remove: &[&str]) -> HeaderModifiers {
-    let map = |pairs: &[(&str, &str)]| {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    };
-    HeaderModifiers {
-        add: map(add),
-        set: map(set),
-        remove: remove.iter().map(|r| (*r).to_owned()).collect(),
-    }
-}
-
 fn http_chain() -> DiscoveryChain {
     let subset = |name: &str| ChainTarget {
         service: "web".into(),
@@ -117,12 +103,16 @@ fn http_chain() -> DiscoveryChain {
                     weight: 100.0,
                     target: "v2.web".into(),
                     headers: Headers {
-                        request: Some(modifiers(&[("x-split", "v2")], &[], &[])),
+                        request: Some(HeaderModifiers::of(&[("x-split", "v2")], &[], &[])),
                         response: None,
                     },
                 }],
                 headers: Headers {
-                    request: Some(modifiers(&[], &[("x-route", "canary")], &["x-debug"])),
+                    request: Some(HeaderModifiers::of(
+                        &[],
+                        &[("x-route", "canary")],
+                        &["x-debug"],
+                    )),
                     response: None,
                 },
                 prefix_rewrite: Some("/".into()),
@@ -148,7 +138,11 @@ fn http_chain() -> DiscoveryChain {
                         target: "v2.web".into(),
                         headers: Headers {
                             request: None,
-                            response: Some(modifiers(&[("x-weight", "10%")], &[], &["server"])),
+                            response: Some(HeaderModifiers::of(
+                                &[("x-weight", "10%")],
+                                &[],
+                                &["server"],
+                            )),
                         },
                     },
                 ],

@@ -686,16 +686,8 @@ async fn split_90_10_over_2000_requests_and_header_routing_to_the_canary() {
     for _ in 0..2000 {
         let response = http.get(&url).send().await.unwrap();
         assert_eq!(response.status(), 200);
-        // The v2 split's response header comes with v2's answers only.
-        let split = response
-            .headers()
-            .get("x-split")
-            .map(|v| v.as_bytes().to_vec());
-        if response.headers()["x-version"] == "v2" {
+        if from_the_v2_split(&response, "v2") {
             to_v2 += 1;
-            assert_eq!(split.as_deref(), Some(&b"10%"[..]));
-        } else {
-            assert_eq!(split, None);
         }
     }
     // 10 % ± 3 % of 2,000.
@@ -715,7 +707,22 @@ async fn split_90_10_over_2000_requests_and_header_routing_to_the_canary() {
         assert_eq!(response.headers()["x-version"], "canary");
         assert_eq!(response.text().await.unwrap(), "v2");
     }
-    let seen = v2.last_headers();
+    assert_canary_request(&v2);
+}
+
+/// Whether `response` came from the v2 split (its app's `x-version` is `v2`), checking that the
+/// split's response header (`x-split: 10%`) came with it, and only with it.
+pub(crate) fn from_the_v2_split(response: &reqwest::Response, v2: &str) -> bool {
+    let split = response.headers().get("x-split").map(|v| v.as_bytes());
+    let from_v2 = response.headers()["x-version"] == v2;
+    assert_eq!(split, from_v2.then_some(&b"10%"[..]), "x-split");
+    from_v2
+}
+
+/// Checks that the canary route's request changes reached `app` last: `x-route: canary` set,
+/// the client's `x-debug` removed.
+pub(crate) fn assert_canary_request(app: &HttpStub) {
+    let seen = app.last_headers();
     assert!(
         seen.contains(&("x-route".to_owned(), "canary".to_owned())),
         "{seen:?}"
