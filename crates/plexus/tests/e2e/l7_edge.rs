@@ -10,7 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use plexus_test::upstream::HttpStub;
 
 use crate::l7::raw;
-use crate::l7_protocols::{Mesh, frames};
+use crate::l7_floods::frames;
+use crate::l7_protocols::Mesh;
 
 #[tokio::test]
 async fn ambiguous_http1_requests_get_400_and_never_reach_the_app() {

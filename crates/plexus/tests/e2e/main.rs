@@ -41,6 +41,7 @@ mod kv;
 mod l7;
 mod l7_edge;
 mod l7_endpoints;
+mod l7_floods;
 mod l7_limits;
 mod l7_protocols;
 mod lock;
