@@ -38,8 +38,8 @@ const DIAL: Duration = Duration::from_millis(10);
 struct Pipes {
     /// Connections asked for, by endpoint.
     opened: Mutex<HashMap<SocketAddr, usize>>,
-    /// Connections whose client went away, by endpoint.
-    ended: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    /// Connections whose client went away, by endpoint (watched: tests wait on it).
+    ended: Arc<watch::Sender<HashMap<SocketAddr, usize>>>,
     /// Stops the server of every connection open now (the endpoint closes them).
     close: Mutex<CancellationToken>,
 }
@@ -55,12 +55,17 @@ impl Pipes {
     }
 
     fn ended(&self, port: u16) -> usize {
-        self.ended
-            .lock()
-            .unwrap()
-            .get(&addr(port))
-            .copied()
-            .unwrap_or(0)
+        self.ended.borrow().get(&addr(port)).copied().unwrap_or(0)
+    }
+
+    /// Waits (bounded) until `n` connections to `port` ended.
+    async fn until_ended(&self, port: u16, n: usize) {
+        let mut ended = self.ended.subscribe();
+        let reached = ended.wait_for(|m| m.get(&addr(port)).copied().unwrap_or(0) >= n);
+        tokio::time::timeout(Duration::from_secs(5), reached)
+            .await
+            .expect("the connection did not end")
+            .expect("the endpoints are gone");
     }
 
     /// Closes every open connection from the endpoints' side.
@@ -95,7 +100,7 @@ impl Connect for Arc<Pipes> {
                         }
                     }
                     // The client closed the connection.
-                    *ended.lock().unwrap().entry(to).or_default() += 1;
+                    ended.send_modify(|ended| *ended.entry(to).or_default() += 1);
                 };
                 tokio::select! {
                     () = serve => {}
@@ -182,16 +187,13 @@ impl Harness {
     }
 }
 
-/// Waits (bounded, on the paused clock) until `done`, letting the pool's and the endpoints'
-/// tasks run.
-async fn until(done: impl Fn() -> bool) {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-    .expect("condition not reached");
+/// Waits (bounded) until every task of `tasks` (the pool's connections) has ended.
+async fn until_no_task(tasks: &TaskTracker) {
+    tasks.close();
+    tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .expect("a pooled connection is still running");
+    tasks.reopen();
 }
 
 #[tokio::test(start_paused = true)]
@@ -218,7 +220,7 @@ async fn a_connection_the_endpoint_closed_is_replaced_on_the_next_request() {
     assert_eq!(h.tasks.len(), 1, "the pooled connection's task");
     h.pipes.close_all();
     // The pooled connection sees the end and marks its sender closed.
-    until(|| h.tasks.is_empty()).await;
+    until_no_task(&h.tasks).await;
     assert_eq!(h.send(&[A]).await, Ok(addr(A)));
     assert_eq!(h.pipes.opened(A), 2);
 }
@@ -258,7 +260,8 @@ async fn the_connection_of_an_endpoint_that_left_the_set_closes_when_the_pool_ne
     assert_eq!(h.pipes.ended(A), 0, "kept until the pool opens another");
     // Opening B's connection prunes A's slot: its connection has no sender left and closes.
     assert_eq!(h.send(&[B]).await, Ok(addr(B)));
-    until(|| h.pipes.ended(A) == 1).await;
-    assert_eq!(h.pipes.ended(B), 0);
-    until(|| h.tasks.len() == 1).await;
+    h.pipes.until_ended(A, 1).await;
+    // B's connection stays, and serves the next request.
+    assert_eq!(h.send(&[B]).await, Ok(addr(B)));
+    assert_eq!((h.pipes.ended(B), h.pipes.opened(B)), (0, 1));
 }
