@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 pub use intention::{
     AuthorizeRequest, AuthorizeResponse, Decision, DefaultPolicy, Intention, IntentionAction,
-    IntentionInput, decide,
+    IntentionHttpHeaderPermission, IntentionHttpPermission, IntentionInput, IntentionPermission,
+    by_default, decide, governing, validate_rule,
 };
 
 /// The namespace every identity is in (Plexus has no namespaces yet; Consul's default).

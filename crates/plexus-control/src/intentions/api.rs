@@ -17,7 +17,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use plexus_api::connect::{AuthorizeRequest, AuthorizeResponse, Intention};
+use plexus_api::connect::{
+    AuthorizeRequest, AuthorizeResponse, Intention, IntentionAction, IntentionPermission,
+};
 use plexus_runtime::acl::{Authz, mark_filtered};
 use plexus_runtime::http::{ApiError, BlockingQuery, JsonBody, QueryParams, indexed_json};
 use tracing::warn;
@@ -171,8 +173,9 @@ async fn exact(
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExactBody {
-    #[serde(rename = "Action")]
-    action: plexus_api::connect::IntentionAction,
+    /// Absent or `""` with `Permissions`.
+    #[serde(rename = "Action", default)]
+    action: Option<String>,
     #[serde(rename = "Description", default)]
     description: String,
     #[serde(rename = "Meta", default)]
@@ -180,9 +183,9 @@ struct ExactBody {
     /// Only `consul` (what Consul clients send).
     #[serde(rename = "SourceType", default)]
     source_type: String,
-    /// L7 permissions: refused with a clear message (L4 only for now).
+    /// L7 permissions (instead of `Action`).
     #[serde(rename = "Permissions", default)]
-    permissions: Option<serde_json::Value>,
+    permissions: Vec<IntentionPermission>,
 }
 
 async fn put_exact(
@@ -195,12 +198,17 @@ async fn put_exact(
     let destination = required(&params, "destination")?.to_owned();
     authz.require_intention_write(&destination)?;
     let JsonBody(body) = body?;
-    if body.permissions.is_some() {
-        return Err(ApiError::invalid_field(
-            "Permissions",
-            "L7 permissions are not supported yet; use Action (allow or deny)",
-        ));
-    }
+    let action = match body.action.as_deref() {
+        None | Some("") => None,
+        Some("allow") => Some(IntentionAction::Allow),
+        Some("deny") => Some(IntentionAction::Deny),
+        Some(other) => {
+            return Err(ApiError::invalid_field(
+                "Action",
+                format!("Action must be \"allow\" or \"deny\", not {other:?}"),
+            ));
+        }
+    };
     let intention = Intention {
         id: String::new(),
         source_name: source.clone(),
@@ -208,7 +216,8 @@ async fn put_exact(
         source_ns: String::new(),
         destination_ns: String::new(),
         source_type: body.source_type,
-        action: body.action,
+        action,
+        permissions: body.permissions,
         description: body.description,
         meta: body.meta,
         precedence: 0,

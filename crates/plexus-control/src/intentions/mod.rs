@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use plexus_api::Indexed;
 use plexus_api::connect::intention::{WILDCARD, precedence};
-use plexus_api::connect::{Decision, DefaultPolicy, Intention, IntentionInput, ServiceId, decide};
+use plexus_api::connect::{
+    Decision, DefaultPolicy, Intention, IntentionInput, ServiceId, decide, validate_rule,
+};
 use tokio::sync::watch;
 
 use crate::catalog::keys::escape;
@@ -43,8 +45,8 @@ pub enum IntentionError {
     /// The request is invalid.
     #[error("{message}")]
     Invalid {
-        /// Field at fault.
-        field: &'static str,
+        /// Field at fault (`Permissions[0].HTTP.PathPrefix`).
+        field: String,
         /// What is wrong.
         message: String,
     },
@@ -117,7 +119,10 @@ fn encode(intention: &Intention) -> Result<Vec<u8>, IntentionError> {
 
 /// Checks a service name as a source or destination (`*` allowed).
 fn validate_name(field: &'static str, name: &str) -> Result<(), IntentionError> {
-    let invalid = |message: String| IntentionError::Invalid { field, message };
+    let invalid = |message: String| IntentionError::Invalid {
+        field: field.to_owned(),
+        message,
+    };
     if name.is_empty() {
         return Err(invalid(format!("{field} is required")));
     }
@@ -151,23 +156,25 @@ pub fn validate(intention: &mut Intention) -> Result<(), IntentionError> {
     ] {
         if !value.is_empty() && value != plexus_api::connect::DEFAULT_NAMESPACE {
             return Err(IntentionError::Invalid {
-                field,
+                field: field.to_owned(),
                 message: format!("{field} must be \"default\" (namespaces are not supported)"),
             });
         }
     }
     if !intention.source_type.is_empty() && intention.source_type != "consul" {
         return Err(IntentionError::Invalid {
-            field: "SourceType",
+            field: "SourceType".to_owned(),
             message: "SourceType must be \"consul\"".to_owned(),
         });
     }
     if intention.description.len() > 4096 {
         return Err(IntentionError::Invalid {
-            field: "Description",
+            field: "Description".to_owned(),
             message: "Description is longer than 4096 bytes".to_owned(),
         });
     }
+    validate_rule(intention.action, &intention.permissions)
+        .map_err(|(field, message)| IntentionError::Invalid { field, message })?;
     intention.source_ns = plexus_api::connect::DEFAULT_NAMESPACE.to_owned();
     intention.destination_ns = plexus_api::connect::DEFAULT_NAMESPACE.to_owned();
     intention.source_type = "consul".to_owned();
@@ -258,7 +265,7 @@ impl Intentions {
     pub async fn create(&self, mut intention: Intention) -> Result<Intention, IntentionError> {
         if !intention.id.is_empty() {
             return Err(IntentionError::Invalid {
-                field: "ID",
+                field: "ID".to_owned(),
                 message: "ID must be empty on create; the server assigns it".to_owned(),
             });
         }
@@ -308,7 +315,7 @@ impl Intentions {
     ) -> Result<Intention, IntentionError> {
         if !intention.id.is_empty() && intention.id != id {
             return Err(IntentionError::Invalid {
-                field: "ID",
+                field: "ID".to_owned(),
                 message: format!(
                     "ID {:?} in the body does not match {id:?} in the path",
                     intention.id
@@ -394,7 +401,8 @@ impl Intentions {
         self.delete(&intention.id).await
     }
 
-    /// Decides whether `source` may connect to `destination` now.
+    /// Decides whether `source` may connect to `destination` now (without a request: an L7
+    /// intention governing the pair denies).
     pub async fn check(&self, source: &str, destination: &str) -> Result<Decision, IntentionError> {
         let list = self.list().await?.value;
         let inputs: Vec<IntentionInput> = list.iter().map(IntentionInput::from).collect();
@@ -438,7 +446,7 @@ impl Intentions {
     ) -> Result<Decision, IntentionError> {
         let Some(id) = ServiceId::parse(client_cert_uri) else {
             return Err(IntentionError::Invalid {
-                field: "ClientCertURI",
+                field: "ClientCertURI".to_owned(),
                 message: format!("{client_cert_uri:?} is not a service SPIFFE id"),
             });
         };

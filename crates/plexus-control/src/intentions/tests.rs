@@ -92,3 +92,39 @@ async fn invalid_intentions_name_the_field() {
     }
     assert!(intentions.list().await.unwrap().value.is_empty());
 }
+
+#[tokio::test]
+async fn l7_intentions_are_stored_whole_and_a_check_without_a_request_denies() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let intentions = Intentions::new(store, DefaultPolicy::Allow);
+    let l7: Intention = serde_json::from_value(serde_json::json!({
+        "SourceName": "web", "DestinationName": "db", "Action": "",
+        "Permissions": [{"Action": "allow", "HTTP": {"PathPrefix": "/v2", "Methods": ["GET"]}}],
+    }))
+    .unwrap();
+    let created = intentions.create(l7.clone()).await.unwrap();
+    let stored = intentions.get(&created.id).await.unwrap();
+    assert_eq!(stored.action, None);
+    assert_eq!(stored.permissions, l7.permissions);
+    assert_eq!(stored.precedence, 9);
+    let decision = intentions.check("web", "db").await.unwrap();
+    assert!(!decision.allowed, "{}", decision.reason);
+    assert_eq!(decision.matched.as_deref(), Some(created.id.as_str()));
+    assert!(intentions.check("api", "db").await.unwrap().allowed);
+
+    // A bad rule names its field and leaves the stored intention as it was.
+    let mut bad = l7.clone();
+    bad.permissions[0].http = None;
+    match intentions.update(&created.id, bad).await {
+        Err(IntentionError::Invalid { field, .. }) => assert_eq!(field, "Permissions[0].HTTP"),
+        other => panic!("{other:?}"),
+    }
+    let mut both = l7;
+    both.action = Some(IntentionAction::Allow);
+    match intentions.update(&created.id, both).await {
+        Err(IntentionError::Invalid { field, .. }) => assert_eq!(field, "Action"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(intentions.get(&created.id).await.unwrap(), stored);
+}

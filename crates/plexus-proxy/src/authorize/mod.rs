@@ -6,12 +6,19 @@
 //! query returns (well within a second), so it applies to the next connection. With
 //! `close_denied`, connections already open are re-checked on every change and closed when now
 //! denied. [`verdict`] tells the calling sidecar the decision (and the reason for a denial).
+//!
+//! HTTP requests between sidecars are decided one by one ([`Caller::allows`]): an L4 intention
+//! decides every request of the caller alike; an L7 intention's permissions are tested against
+//! each request (path in normal form, [`path::normal`]), the first that matches deciding and the
+//! default policy when none does.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use plexus_api::client::{Client, IntentionSet, QueryOptions};
-use plexus_api::connect::{Decision, DefaultPolicy, IntentionInput, decide};
+use plexus_api::connect::{
+    Decision, DefaultPolicy, IntentionAction, IntentionInput, by_default, decide, governing,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -20,9 +27,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub(crate) mod path;
 pub(crate) mod verdict;
 
 use crate::discovery::BLOCKING_WAIT;
+use crate::http::route::View;
+use crate::http::route::table::Matcher;
 use crate::state::StateDir;
 use plexus_runtime::Backoff;
 use plexus_runtime::ErrorChain;
@@ -156,6 +166,66 @@ impl Authorizer {
     }
 }
 
+/// How one caller's requests are decided under one policy.
+#[derive(Debug)]
+enum Rule {
+    /// Every request alike (an L4 intention or the default policy).
+    All(bool),
+    /// An L7 intention: the first permission that matches decides (`true`: allow), else the
+    /// default policy.
+    Permissions {
+        permissions: Vec<(bool, Matcher)>,
+        otherwise: bool,
+    },
+}
+
+impl Rule {
+    fn of(policy: &Policy, source: &str, destination: &str) -> (Self, String) {
+        let Some(intention) = governing(&policy.intentions, source, destination) else {
+            let decision = by_default(policy.default);
+            return (Self::All(decision.allowed), decision.reason);
+        };
+        if let Some(action) = intention.action {
+            let decision = decide(&policy.intentions, source, destination, policy.default);
+            return (Self::All(action == IntentionAction::Allow), decision.reason);
+        }
+        let permissions = intention
+            .permissions
+            .iter()
+            .map(|permission| {
+                let allow = permission.action == IntentionAction::Allow;
+                let compiled = permission
+                    .http
+                    .as_ref()
+                    .map(|http| Matcher::new(&http.request_match()));
+                match compiled {
+                    Some(Ok(matcher)) => (allow, matcher),
+                    // Validated by the control plane; if one still does not compile, fail
+                    // closed: an allow that never matches, a deny that always does.
+                    _ => {
+                        warn!(intention = %intention.id, "an intention permission does not compile; failing closed");
+                        (allow, Matcher::never_or_always(!allow))
+                    }
+                }
+            })
+            .collect();
+        let reason = format!(
+            "Matched L7 intention {}: {} => {} ({} permissions)",
+            intention.id,
+            intention.source,
+            intention.destination,
+            intention.permissions.len()
+        );
+        (
+            Self::Permissions {
+                permissions,
+                otherwise: policy.default == DefaultPolicy::Allow,
+            },
+            reason,
+        )
+    }
+}
+
 /// One caller's decisions (per connection between sidecars, whose requests the intentions
 /// decide one by one).
 #[derive(Debug)]
@@ -164,8 +234,8 @@ pub(crate) struct Caller {
     source: String,
     /// `deny`, `allow` (each made on first use).
     counters: [std::sync::OnceLock<Counter>; 2],
-    /// The policy last decided on, and the decision.
-    decided: std::sync::Mutex<Option<(Arc<Policy>, bool)>>,
+    /// The policy last decided on, and the rule it gives this caller.
+    decided: std::sync::Mutex<Option<(Arc<Policy>, Arc<Rule>)>>,
 }
 
 impl Caller {
@@ -174,26 +244,52 @@ impl Caller {
         &self.source
     }
 
-    /// Whether the intentions allow a request from this caller now; counted.
-    pub(crate) fn allowed(&self) -> bool {
+    /// This caller's rule under the policy in force (made once per policy).
+    fn rule(&self) -> Arc<Rule> {
         let policy = Arc::clone(&self.authorizer.policy.borrow());
         let mut decided = plexus_runtime::lock::lock(&self.decided);
-        let allowed = match &*decided {
-            Some((known, allowed)) if Arc::ptr_eq(known, &policy) => *allowed,
+        match &*decided {
+            Some((known, rule)) if Arc::ptr_eq(known, &policy) => Arc::clone(rule),
             _ => {
-                let decision = decide(
-                    &policy.intentions,
-                    &self.source,
-                    &self.authorizer.destination,
-                    policy.default,
-                );
-                if decision.allowed {
-                    tracing::debug!(source = %self.source, destination = %self.authorizer.destination, reason = %decision.reason, "requests authorized");
-                } else {
-                    info!(source = %self.source, destination = %self.authorizer.destination, reason = %decision.reason, "requests denied by intention");
+                let (rule, reason) = Rule::of(&policy, &self.source, &self.authorizer.destination);
+                match rule {
+                    Rule::All(true) => {
+                        tracing::debug!(source = %self.source, destination = %self.authorizer.destination, %reason, "requests authorized");
+                    }
+                    Rule::All(false) => {
+                        info!(source = %self.source, destination = %self.authorizer.destination, %reason, "requests denied by intention");
+                    }
+                    Rule::Permissions { .. } => {
+                        info!(source = %self.source, destination = %self.authorizer.destination, %reason, "requests decided by L7 permissions");
+                    }
                 }
-                *decided = Some((policy, decision.allowed));
-                decision.allowed
+                let rule = Arc::new(rule);
+                *decided = Some((policy, Arc::clone(&rule)));
+                rule
+            }
+        }
+    }
+
+    /// Whether the intentions allow `request` from this caller now; counted. Under an L7
+    /// intention the request's path is put in normal form first (what is tested is what the app
+    /// gets).
+    pub(crate) fn allows<B>(&self, request: &mut http::Request<B>) -> bool {
+        let allowed = match &*self.rule() {
+            Rule::All(allowed) => *allowed,
+            Rule::Permissions {
+                permissions,
+                otherwise,
+            } => {
+                normalize_path(request);
+                let view = View(request);
+                let allowed = permissions
+                    .iter()
+                    .find(|(_, matcher)| matcher.matches(&view))
+                    .map_or(*otherwise, |(allow, _)| *allow);
+                if !allowed {
+                    tracing::debug!(source = %self.source, destination = %self.authorizer.destination, method = %request.method(), path = request.uri().path(), "request denied by an L7 intention");
+                }
+                allowed
             }
         };
         self.counters[usize::from(allowed)]
@@ -210,6 +306,26 @@ impl Caller {
             })
             .inc();
         allowed
+    }
+}
+
+/// Rewrites `request`'s path to its normal form, keeping the query.
+fn normalize_path<B>(request: &mut http::Request<B>) {
+    let uri = request.uri();
+    let normal = path::normal(uri.path());
+    if let std::borrow::Cow::Owned(normal) = normal {
+        let path_and_query = match uri.query() {
+            Some(query) => format!("{normal}?{query}"),
+            None => normal,
+        };
+        let mut parts = uri.clone().into_parts();
+        match http::uri::PathAndQuery::try_from(path_and_query) {
+            Ok(pq) => parts.path_and_query = Some(pq),
+            Err(_) => return,
+        }
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
     }
 }
 

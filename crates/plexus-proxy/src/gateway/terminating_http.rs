@@ -55,10 +55,10 @@ pub(super) async fn serve<I>(
 async fn respond(
     linked: &Linked,
     caller: &Caller,
-    request: Request<Body>,
+    mut request: Request<Body>,
     connect_timeout: Duration,
 ) -> Result<Response<Body>, HttpError> {
-    if !caller.allowed() {
+    if !caller.allows(&mut request) {
         return Err(HttpError::new(Reason::Denied));
     }
     let (mut parts, body) = request.into_parts();

@@ -45,7 +45,8 @@ impl<S> Layer<S> for AuthorizeLayer {
     }
 }
 
-/// Refuses a request whose [`Caller`] the intentions deny (403 `denied`).
+/// Refuses a request whose [`Caller`] the intentions deny (403 `denied`); under an L7 intention
+/// the request goes on with its path in normal form.
 #[derive(Debug, Clone)]
 pub(crate) struct Authorize<S> {
     inner: S,
@@ -60,11 +61,9 @@ impl<S: HttpService> Service<Request<Body>> for Authorize<S> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Body>) -> AnswerFuture {
-        let allowed = request
-            .extensions()
-            .get::<Caller>()
-            .is_none_or(|Caller(caller)| caller.allowed());
+    fn call(&mut self, mut request: Request<Body>) -> AnswerFuture {
+        let caller = request.extensions().get::<Caller>().cloned();
+        let allowed = caller.is_none_or(|Caller(caller)| caller.allows(&mut request));
         if allowed {
             self.inner.call(request)
         } else {

@@ -10,7 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
-use plexus_api::connect::{DefaultPolicy, IntentionAction, IntentionInput};
+use plexus_api::connect::{
+    DefaultPolicy, IntentionAction, IntentionHttpHeaderPermission, IntentionHttpPermission,
+    IntentionInput, IntentionPermission,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -22,9 +25,9 @@ use crate::discovery::Protocol;
 use crate::http::stack::AnswerFuture;
 use crate::http::{Body, HttpError, Reason};
 
-/// Answers 200 and counts the requests that reached it.
+/// Answers 200, counts the requests that reached it and keeps the last one's path and query.
 #[derive(Clone, Default)]
-struct Counting(Arc<AtomicUsize>);
+struct Counting(Arc<AtomicUsize>, Arc<Mutex<String>>);
 
 impl Service<Request<Body>> for Counting {
     type Response = Response<Body>;
@@ -35,8 +38,9 @@ impl Service<Request<Body>> for Counting {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _request: Request<Body>) -> AnswerFuture {
+    fn call(&mut self, request: Request<Body>) -> AnswerFuture {
         self.0.fetch_add(1, Ordering::SeqCst);
+        *self.1.lock().unwrap() = request.uri().to_string();
         Box::pin(async { Ok(Response::new(crate::http::empty())) })
     }
 }
@@ -46,11 +50,8 @@ fn policy(default: DefaultPolicy, rules: &[(&str, IntentionAction)]) -> Arc<Poli
         intentions: rules
             .iter()
             .enumerate()
-            .map(|(i, (source, action))| IntentionInput {
-                id: format!("i{i}"),
-                source: (*source).to_owned(),
-                destination: "api".to_owned(),
-                action: *action,
+            .map(|(i, (source, action))| {
+                IntentionInput::l4(&format!("i{i}"), source, "api", *action)
             })
             .collect(),
         default,
@@ -100,6 +101,117 @@ async fn each_request_is_decided_by_the_intentions_in_force_when_it_arrives() {
     // A request without a caller (no verified peer) is not the layer's to refuse.
     assert!(stack.call(from(None)).await.is_ok());
     assert_eq!(reached.0.load(Ordering::SeqCst), 3);
+}
+
+/// `web` → `api` decided by permissions: deny `/admin…`; allow GET and HEAD under `/v2/`; allow
+/// any method with `x-role: ops`.
+fn l7_policy(default: DefaultPolicy) -> Arc<Policy> {
+    let permission = |action, http| IntentionPermission {
+        action,
+        http: Some(http),
+    };
+    Arc::new(Policy {
+        intentions: vec![IntentionInput {
+            action: None,
+            permissions: vec![
+                permission(
+                    IntentionAction::Deny,
+                    IntentionHttpPermission {
+                        path_prefix: "/admin".into(),
+                        ..Default::default()
+                    },
+                ),
+                permission(
+                    IntentionAction::Allow,
+                    IntentionHttpPermission {
+                        path_regex: "/v2/.*".into(),
+                        methods: vec!["GET".into(), "HEAD".into()],
+                        ..Default::default()
+                    },
+                ),
+                permission(
+                    IntentionAction::Allow,
+                    IntentionHttpPermission {
+                        header: vec![IntentionHttpHeaderPermission {
+                            name: "X-Role".into(),
+                            exact: "ops".into(),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ),
+            ],
+            ..IntentionInput::l4("l7", "web", "api", IntentionAction::Allow)
+        }],
+        default,
+    })
+}
+
+fn request(caller: &Caller, method: &str, uri: &str, role: Option<&str>) -> Request<Body> {
+    let mut request = from(Some(caller));
+    *request.method_mut() = method.parse().unwrap();
+    *request.uri_mut() = uri.parse().unwrap();
+    if let Some(role) = role {
+        request
+            .headers_mut()
+            .insert("x-role", role.parse().unwrap());
+    }
+    request
+}
+
+#[tokio::test]
+async fn an_l7_intention_decides_each_request_by_its_permissions_first_match_first() {
+    let (set, current) = watch::channel(l7_policy(DefaultPolicy::Deny));
+    let authorizer = Authorizer::following("api", current);
+    let web = Caller(Arc::new(authorizer.for_source("web")));
+    let other = Caller(Arc::new(authorizer.for_source("other")));
+    let reached = Counting::default();
+    let mut stack = AuthorizeLayer.layer(reached.clone());
+    let mut verdict = async |req: Request<Body>| match stack.call(req).await {
+        Ok(_) => true,
+        Err(error) => {
+            assert_eq!(error.reason(), Reason::Denied);
+            false
+        }
+    };
+
+    assert!(verdict(request(&web, "GET", "/v2/widgets?page=2", None)).await);
+    assert_eq!(*reached.1.lock().unwrap(), "/v2/widgets?page=2");
+    assert!(
+        !verdict(request(&web, "POST", "/v2/widgets", None)).await,
+        "no permission matches: the default denies"
+    );
+    assert!(verdict(request(&web, "POST", "/v2/widgets", Some("ops"))).await);
+    assert!(
+        !verdict(request(&web, "GET", "/admin/users", Some("ops"))).await,
+        "the first match decides"
+    );
+    // What is tested is the path the app gets: dot segments, doubled slashes and escaped
+    // letters cannot walk around the deny, and the app gets the path tested.
+    for sneaky in [
+        "/v2/../admin/users",
+        "//admin",
+        "/%61dmin",
+        "/v2/%2e%2e/admin",
+    ] {
+        assert!(
+            !verdict(request(&web, "GET", sneaky, Some("ops"))).await,
+            "{sneaky}"
+        );
+    }
+    assert!(verdict(request(&web, "GET", "/v2/./a//b?q=/../", None)).await);
+    assert_eq!(*reached.1.lock().unwrap(), "/v2/a/b?q=/../");
+    // Another caller is not governed by the L7 intention: the default decides.
+    assert!(!verdict(request(&other, "GET", "/v2/widgets", None)).await);
+    // Under a default allow, a request no permission matches goes through.
+    set.send(l7_policy(DefaultPolicy::Allow)).unwrap();
+    assert!(verdict(request(&web, "POST", "/v2/widgets", None)).await);
+    assert!(!verdict(request(&web, "DELETE", "/admin", None)).await);
+    assert_eq!(
+        reached.0.load(Ordering::SeqCst),
+        4,
+        "only the allowed reached the app"
+    );
 }
 
 /// An HTTP/1.1 app: answers each request with `ok` (closing the connection) and keeps the

@@ -69,6 +69,10 @@ fn public(inputs: &Inputs) -> Listener {
             codec_type: http_connection_manager::CodecType::Http2 as i32,
             stat_prefix: PUBLIC_LISTENER.to_owned(),
             route_specifier: Some(rds(PUBLIC_ROUTE)),
+            // L7 intentions test the path the app acts on (the built-in sidecar does the same:
+            // `authorize::path`): `.`/`..` segments resolved, doubled slashes merged.
+            normalize_path: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
+            merge_slashes: true,
             http_filters: vec![
                 // Rules come per route (RDS); without them nothing is enforced here.
                 http_filter_of(HTTP_RBAC_FILTER, any(&HttpRbac::default())),
@@ -89,7 +93,7 @@ fn public(inputs: &Inputs) -> Listener {
             network_filter(
                 "envoy.filters.network.rbac",
                 any(&NetworkRbac {
-                    rules: Some(rbac::rules(inputs)),
+                    rules: Some(rbac::rules(inputs, false)),
                     stat_prefix: "connect_authz".to_owned(),
                     ..Default::default()
                 }),

@@ -32,7 +32,7 @@ use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::Previou
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
 use plexus_api::config_entry::chain::{
     CompiledRoute, DiscoveryChain, HashSource, HeaderModifiers, Headers, PathMatch, Protocol,
-    ValueMatch,
+    RequestMatch, ValueMatch,
 };
 
 use super::listeners::{HTTP_RBAC_FILTER, per_million};
@@ -74,7 +74,7 @@ fn public(inputs: &Inputs) -> RouteConfiguration {
     };
     let rules = RbacPerRoute {
         rbac: Some(HttpRbac {
-            rules: Some(rbac::rules(inputs)),
+            rules: Some(rbac::rules(inputs, true)),
             rules_stat_prefix: "connect_authz.".to_owned(),
             ..Default::default()
         }),
@@ -113,39 +113,7 @@ fn outbound_route(chain: &DiscoveryChain, compiled: &CompiledRoute) -> Route {
         Some(PathMatch::Exact(path)) => route_match::PathSpecifier::Path(path.clone()),
         Some(PathMatch::Regex(regex)) => route_match::PathSpecifier::SafeRegex(re(regex)),
     };
-    let mut headers: Vec<HeaderMatcher> = matcher
-        .headers
-        .iter()
-        .map(|h| HeaderMatcher {
-            name: h.name.clone(),
-            invert_match: h.invert,
-            header_match_specifier: Some(match &h.value {
-                ValueMatch::Present => header_matcher::HeaderMatchSpecifier::PresentMatch(true),
-                other => header_matcher::HeaderMatchSpecifier::StringMatch(string(other)),
-            }),
-            ..Default::default()
-        })
-        .collect();
-    if !matcher.methods.is_empty() {
-        headers.push(HeaderMatcher {
-            name: ":method".to_owned(),
-            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
-                StringMatcher {
-                    match_pattern: Some(string_matcher::MatchPattern::SafeRegex(re(&format!(
-                        "^({})$",
-                        matcher
-                            .methods
-                            .iter()
-                            .map(|m| super::regex_literal(m))
-                            .collect::<Vec<_>>()
-                            .join("|")
-                    )))),
-                    ..Default::default()
-                },
-            )),
-            ..Default::default()
-        });
-    }
+    let headers = header_matchers(matcher);
     let query_parameters = matcher
         .query
         .iter()
@@ -392,6 +360,57 @@ fn string(value: &ValueMatch) -> StringMatcher {
     };
     StringMatcher {
         match_pattern: Some(pattern),
+        ..Default::default()
+    }
+}
+
+/// A request match's header and method criteria as Envoy header matchers (all must match): the
+/// route match's, and an RBAC permission's.
+pub(super) fn header_matchers(matcher: &RequestMatch) -> Vec<HeaderMatcher> {
+    let mut headers: Vec<HeaderMatcher> = matcher
+        .headers
+        .iter()
+        .map(|h| HeaderMatcher {
+            name: h.name.clone(),
+            invert_match: h.invert,
+            header_match_specifier: Some(match &h.value {
+                ValueMatch::Present => header_matcher::HeaderMatchSpecifier::PresentMatch(true),
+                other => header_matcher::HeaderMatchSpecifier::StringMatch(string(other)),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    if !matcher.methods.is_empty() {
+        headers.push(HeaderMatcher {
+            name: ":method".to_owned(),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::SafeRegex(re(&format!(
+                        "^({})$",
+                        matcher
+                            .methods
+                            .iter()
+                            .map(|m| super::regex_literal(m))
+                            .collect::<Vec<_>>()
+                            .join("|")
+                    )))),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        });
+    }
+    headers
+}
+
+/// A path criterion as an Envoy string matcher (RBAC's `url_path`).
+pub(super) fn path_matcher(path: &PathMatch) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(match path {
+            PathMatch::Exact(p) => string_matcher::MatchPattern::Exact(p.clone()),
+            PathMatch::Prefix(p) => string_matcher::MatchPattern::Prefix(p.clone()),
+            PathMatch::Regex(r) => string_matcher::MatchPattern::SafeRegex(re(r)),
+        }),
         ..Default::default()
     }
 }

@@ -171,7 +171,12 @@ fn http_chain() -> DiscoveryChain {
     }
 }
 
-fn intention(id: &str, source: &str, destination: &str, action: IntentionAction) -> Intention {
+pub(super) fn intention(
+    id: &str,
+    source: &str,
+    destination: &str,
+    action: IntentionAction,
+) -> Intention {
     Intention {
         id: id.into(),
         source_name: source.into(),
@@ -179,7 +184,8 @@ fn intention(id: &str, source: &str, destination: &str, action: IntentionAction)
         source_ns: "default".into(),
         destination_ns: "default".into(),
         source_type: "consul".into(),
-        action,
+        action: Some(action),
+        permissions: Vec::new(),
         description: String::new(),
         meta: BTreeMap::new(),
         precedence: 0,
@@ -389,7 +395,7 @@ fn routes_follow_the_chain() {
     assert_eq!(split.clusters[1].response_headers_to_remove, ["server"]);
 }
 
-fn network_rules(resources: &Resources) -> Rbac {
+pub(super) fn network_rules(resources: &Resources) -> Rbac {
     let listener: Listener = decode(resources, TypeUrl::Listener, PUBLIC_LISTENER);
     let tcp = listener
         .filter_chains
@@ -405,7 +411,7 @@ fn network_rules(resources: &Resources) -> Rbac {
         .expect("rules")
 }
 
-fn http_rules(resources: &Resources) -> Rbac {
+pub(super) fn http_rules(resources: &Resources) -> Rbac {
     let config: RouteConfiguration = decode(resources, TypeUrl::Route, PUBLIC_ROUTE);
     let any = &config.virtual_hosts[0].typed_per_filter_config["envoy.filters.http.rbac"];
     RbacPerRoute::decode(any.value.as_slice())

@@ -87,7 +87,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 source_ns: String::new(),
                 destination_ns: String::new(),
                 source_type: String::new(),
-                action,
+                action: Some(action),
+                permissions: Vec::new(),
                 description,
                 meta: Default::default(),
                 precedence: 0,
@@ -111,7 +112,10 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         vec![
                             i.id.clone(),
                             i.source_name.clone(),
-                            i.action.to_string(),
+                            match i.action {
+                                Some(action) => action.to_string(),
+                                None => format!("L7 ({} permissions)", i.permissions.len()),
+                            },
                             i.destination_name.clone(),
                             i.precedence.to_string(),
                         ]

@@ -18,7 +18,7 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 use tracing::{info, warn};
 
-pub(crate) use policy::Policy;
+pub(crate) use policy::{Policy, View};
 
 use super::bulkhead::ConnectionBudget;
 use super::stack::{AnswerFuture, HttpService};

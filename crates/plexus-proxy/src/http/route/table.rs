@@ -93,8 +93,9 @@ fn whole(re: &str) -> Result<Regex, regex::Error> {
     Regex::new(&format!("^(?:{re})$"))
 }
 
+/// A [`RequestMatch`] compiled: routes' and intention permissions' criteria.
 #[derive(Debug, Clone)]
-struct Matcher {
+pub(crate) struct Matcher {
     path: Option<Test>,
     headers: Vec<(String, Test, bool)>,
     query: Vec<(String, Test)>,
@@ -102,7 +103,8 @@ struct Matcher {
 }
 
 impl Matcher {
-    fn new(m: &RequestMatch) -> Result<Self, regex::Error> {
+    /// Compiles `m`'s regexes.
+    pub(crate) fn new(m: &RequestMatch) -> Result<Self, regex::Error> {
         let path = match &m.path {
             None => None,
             Some(PathMatch::Exact(p)) => Some(Test::Exact(p.clone())),
@@ -133,7 +135,22 @@ impl Matcher {
         })
     }
 
-    fn matches(&self, req: &impl RequestView) -> bool {
+    /// A matcher that matches every request (`true`) or none.
+    pub(crate) fn never_or_always(always: bool) -> Self {
+        Self {
+            path: None,
+            headers: Vec::new(),
+            query: Vec::new(),
+            methods: if always {
+                Vec::new()
+            } else {
+                vec![String::new()]
+            },
+        }
+    }
+
+    /// Whether `req` meets every criterion.
+    pub(crate) fn matches(&self, req: &impl RequestView) -> bool {
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m == req.method()) {
             return false;
         }
