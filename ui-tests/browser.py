@@ -194,6 +194,9 @@ def create_intention(driver, base):
     wait(driver, lambda d: d.find_element(By.ID, "check-result").get_attribute("data-allowed") == "false",
          "the check to say denied")
     step("intentions: created client -> api deny; the check form says denied")
+    row = driver.find_element(By.CSS_SELECTOR, "[data-intention='client->web']")
+    assert "L7:" in row.text and "/admin* \u2192 deny" in row.text, row.text
+    step("intentions: the L7 intention client -> web shows its permission")
 
 
 def config_errors_show_at_the_field(driver, base):

@@ -86,16 +86,16 @@ fn mesh_hcl(name: &str, app_port: u16, upstream_port: u16, protocol: &str) -> St
 }
 
 /// A dev server, the two sidecars, and the client's upstream address.
-struct L7Mesh {
-    dev: Dev,
-    client: Sidecar,
-    server: Sidecar,
-    upstream: SocketAddr,
+pub(crate) struct L7Mesh {
+    pub(crate) dev: Dev,
+    pub(crate) client: Sidecar,
+    pub(crate) server: Sidecar,
+    pub(crate) upstream: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
 impl L7Mesh {
-    async fn start(name: &str, app_port: u16, protocol: &str) -> L7Mesh {
+    pub(crate) async fn start(name: &str, app_port: u16, protocol: &str) -> L7Mesh {
         Self::start_env(name, app_port, protocol, &[]).await
     }
 

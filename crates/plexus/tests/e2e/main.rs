@@ -34,6 +34,7 @@ mod hosts;
 mod identity;
 mod identity_long;
 mod intentions;
+mod intentions_l7;
 mod jobs;
 mod jobs_envoy;
 mod jobs_rollout;

@@ -51,6 +51,23 @@ async fn every_page_works_in_chromium_forms_write_and_views_update_live() {
         client.is_ready().await && client.endpoints("web").await.is_ok_and(|e| e.len() == 1)
     );
 
+    // An L7 intention the intentions page must show by its permissions (the browser's traffic
+    // to `/` is not under `/admin`).
+    let (code, body, _) = http(
+        "PUT",
+        &format!(
+            "http://{}/v1/connect/intentions/exact?source=client&destination=web",
+            dev.http
+        ),
+        Some(
+            serde_json::json!({"Permissions": [{"Action": "deny", "HTTP": {"PathPrefix": "/admin"}}]})
+                .to_string()
+                .into_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+
     let mut command = tokio::process::Command::new(&python);
     command.arg(script()).args([
         "--url",

@@ -1,7 +1,7 @@
 // Intentions, config entries (with validation errors at the field), the event mesh and the CA.
 
 import { ApiError, live, request } from './api.js';
-import { errorBox, fill, field, h, section, slot, table } from './dom.js';
+import { actionCell, errorBox, fill, field, h, section, slot, table } from './dom.js';
 
 /** #/intentions: list, create, delete, check. */
 export function intentionsPage(main, _params, signal) {
@@ -78,8 +78,7 @@ export function intentionsPage(main, _params, signal) {
       return {
         attrs: { dataset: { intention: `${i.SourceName}->${i.DestinationName}` } },
         cells: [i.SourceName, i.DestinationName,
-          h('span', { class: `action ${i.Action}` }, i.Action), String(i.Precedence),
-          i.Description || '', remove],
+          actionCell(i), String(i.Precedence), i.Description || '', remove],
       };
     }), 'No intentions: the default policy decides.'));
   }, (error) => fill(list, errorBox(error)));

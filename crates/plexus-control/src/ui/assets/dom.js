@@ -57,6 +57,19 @@ export function badge(status) {
     h('span', { 'aria-hidden': 'true' }, marks[word] || '?'), ` ${word}`);
 }
 
+/** An intention's action: `allow`/`deny`, or its L7 permissions as `METHODS path → action` lines. */
+export function actionCell(i) {
+  if (i.Action) return h('span', { class: `action ${i.Action}` }, i.Action);
+  const rule = (p) => {
+    const http = p.HTTP || {};
+    const path = http.PathExact || (http.PathPrefix && `${http.PathPrefix}*`) || http.PathRegex || '';
+    const headers = (http.Header || []).map((x) => x.Name).join(', ');
+    const what = [(http.Methods || []).join('|'), path, headers && `[${headers}]`].filter(Boolean);
+    return h('div', {}, `${what.join(' ')} → `, h('span', { class: `action ${p.Action}` }, p.Action));
+  };
+  return h('div', { class: 'permissions' }, 'L7:', ...(i.Permissions || []).map(rule));
+}
+
 /** Worst of a list of check statuses (Consul's order). */
 export function worst(statuses) {
   const order = ['passing', 'warning', 'critical', 'maintenance'];

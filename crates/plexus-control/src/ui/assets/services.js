@@ -2,7 +2,7 @@
 // discovery chain, golden metrics) and nodes.
 
 import { encodePath, live } from './api.js';
-import { badge, errorBox, fill, fmt, h, section, slot, table, worst } from './dom.js';
+import { actionCell, badge, errorBox, fill, fmt, h, section, slot, table, worst } from './dom.js';
 import { drawChain } from './graph.js';
 
 const link = (name) => h('a', { href: `#/services/${encodeURIComponent(name)}` }, name);
@@ -112,7 +112,7 @@ export function serviceDetail(main, [name], signal) {
   live('/v1/connect/intentions', signal, (all) => {
     const names = (side) => (i) => i[side] === name || i[side] === '*';
     const row = (i) => [i.SourceName, i.DestinationName,
-      h('span', { class: `action ${i.Action}` }, i.Action), String(i.Precedence), i.Description || ''];
+      actionCell(i), String(i.Precedence), i.Description || ''];
     const heads = ['Source', 'Destination', 'Action', 'Precedence', 'Description'];
     fill(intentions,
       table(`Who may call ${name}`, heads, all.filter(names('DestinationName')).map(row),
