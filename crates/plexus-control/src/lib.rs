@@ -302,7 +302,7 @@ impl ControlPlane {
                 ca: self.ca(),
             }))
             .merge(config::api::router(std::sync::Arc::new(
-                config::ConfigEntries::new(self.store()),
+                config::ConfigEntries::new(self.store()).with_intentions(self.intentions()),
             )))
             .merge(job::api::router(std::sync::Arc::new(self.jobs())))
             .merge(acl::api::router(self.acl()))

@@ -17,6 +17,7 @@ pub mod entries;
 pub mod filter;
 pub mod gateway;
 mod hcl1;
+pub mod intentions;
 #[cfg(test)]
 mod tests;
 pub mod validate;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::entries::{ServiceDefaults, ServiceResolver, ServiceRouter, ServiceSplitter};
 pub use self::gateway::{IngressGateway, TerminatingGateway};
+pub use self::intentions::{ServiceIntentions, SourceIntention};
 pub use self::validate::{EntryError, EntryErrors};
 
 /// A config entry kind.
@@ -50,21 +52,25 @@ pub enum Kind {
     /// `terminating-gateway`.
     #[serde(rename = "terminating-gateway")]
     TerminatingGateway,
+    /// `service-intentions` (a view of the intentions; see [`intentions`]).
+    #[serde(rename = "service-intentions")]
+    ServiceIntentions,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Self::ServiceDefaults,
         Self::ServiceResolver,
         Self::ServiceSplitter,
         Self::ServiceRouter,
         Self::IngressGateway,
         Self::TerminatingGateway,
+        Self::ServiceIntentions,
     ];
 
     /// Every kind, as an error message lists them.
-    pub const EXPECTED: &'static str = "service-defaults, service-resolver, service-splitter, service-router, ingress-gateway, terminating-gateway";
+    pub const EXPECTED: &'static str = "service-defaults, service-resolver, service-splitter, service-router, ingress-gateway, terminating-gateway, service-intentions";
 
     /// The written name.
     pub fn as_str(self) -> &'static str {
@@ -75,6 +81,7 @@ impl Kind {
             Self::ServiceRouter => "service-router",
             Self::IngressGateway => "ingress-gateway",
             Self::TerminatingGateway => "terminating-gateway",
+            Self::ServiceIntentions => "service-intentions",
         }
     }
 
@@ -106,6 +113,8 @@ pub enum ConfigEntry {
     IngressGateway(IngressGateway),
     /// `terminating-gateway`.
     TerminatingGateway(TerminatingGateway),
+    /// `service-intentions`.
+    ServiceIntentions(ServiceIntentions),
 }
 
 impl<'de> Deserialize<'de> for ConfigEntry {
@@ -125,6 +134,7 @@ impl ConfigEntry {
             Self::ServiceRouter(_) => Kind::ServiceRouter,
             Self::IngressGateway(_) => Kind::IngressGateway,
             Self::TerminatingGateway(_) => Kind::TerminatingGateway,
+            Self::ServiceIntentions(_) => Kind::ServiceIntentions,
         }
     }
 
@@ -137,6 +147,7 @@ impl ConfigEntry {
             Self::ServiceRouter(e) => &e.name,
             Self::IngressGateway(e) => &e.name,
             Self::TerminatingGateway(e) => &e.name,
+            Self::ServiceIntentions(e) => &e.name,
         }
     }
 
@@ -149,6 +160,7 @@ impl ConfigEntry {
             Self::ServiceRouter(e) => (e.create_index, e.modify_index),
             Self::IngressGateway(e) => (e.create_index, e.modify_index),
             Self::TerminatingGateway(e) => (e.create_index, e.modify_index),
+            Self::ServiceIntentions(e) => (e.create_index, e.modify_index),
         }
     }
 
@@ -161,6 +173,7 @@ impl ConfigEntry {
             Self::ServiceRouter(e) => (&mut e.create_index, &mut e.modify_index),
             Self::IngressGateway(e) => (&mut e.create_index, &mut e.modify_index),
             Self::TerminatingGateway(e) => (&mut e.create_index, &mut e.modify_index),
+            Self::ServiceIntentions(e) => (&mut e.create_index, &mut e.modify_index),
         };
         *c = create;
         *m = modify;
@@ -210,6 +223,7 @@ impl ConfigEntry {
             Kind::ServiceRouter => Self::ServiceRouter(decode(value)?),
             Kind::IngressGateway => Self::IngressGateway(decode(value)?),
             Kind::TerminatingGateway => Self::TerminatingGateway(decode(value)?),
+            Kind::ServiceIntentions => Self::ServiceIntentions(decode(value)?),
         })
     }
 

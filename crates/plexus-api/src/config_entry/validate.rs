@@ -68,10 +68,10 @@ impl From<EntryError> for EntryErrors {
 }
 
 #[derive(Default)]
-struct Errs(Vec<EntryError>);
+pub(super) struct Errs(pub(super) Vec<EntryError>);
 
 impl Errs {
-    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(EntryError::new(field, message));
     }
     /// `RequestHeaders` and `ResponseHeaders` under `base`.
@@ -111,7 +111,7 @@ impl Errs {
             self.push(field, format!("invalid regex: {e}"));
         }
     }
-    fn service_name(&mut self, field: &str, name: &str) {
+    pub(super) fn service_name(&mut self, field: &str, name: &str) {
         let ok = !name.is_empty()
             && name.len() <= 256
             && name
@@ -140,6 +140,8 @@ pub fn validate(entry: &ConfigEntry) -> Result<(), EntryErrors> {
     let mut e = Errs::default();
     if entry.name().trim().is_empty() {
         e.push("Name", "is required");
+    } else if entry.name() == "*" && entry.kind() == super::Kind::ServiceIntentions {
+        // Intentions for every destination.
     } else if entry.name() == "*" {
         e.push("Name", "wildcard entries are not supported");
     } else {
@@ -152,6 +154,7 @@ pub fn validate(entry: &ConfigEntry) -> Result<(), EntryErrors> {
         ConfigEntry::ServiceRouter(r) => router(r, &mut e),
         ConfigEntry::IngressGateway(g) => super::gateway::check_ingress(g, &mut e.0),
         ConfigEntry::TerminatingGateway(g) => super::gateway::check_terminating(g, &mut e.0),
+        ConfigEntry::ServiceIntentions(i) => super::intentions::check(i, &mut e),
     }
     e.finish()
 }

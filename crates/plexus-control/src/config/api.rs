@@ -5,7 +5,8 @@
 //! entries the answer is made of moves past `N` (or `wait` passes).
 //!
 //! ACLs (Consul's): writing or deleting a `service-*` entry needs `service:write` on its name;
-//! reading one, or a service's discovery chain, `service:read`; lists leave out entries the
+//! reading one, or a service's discovery chain, `service:read`; a `service-intentions` entry
+//! needs `intentions` `write` or `read` on its destination instead; lists leave out entries the
 //! token may not read (`X-Consul-Results-Filtered-By-ACLs: true`).
 
 use std::sync::Arc;
@@ -109,7 +110,11 @@ async fn write(
             ApiError::invalid_field(e.field, message)
         }
     })?;
-    authz.require_service_write(entry.name())?;
+    if entry.kind() == Kind::ServiceIntentions {
+        authz.require_intention_write(entry.name())?;
+    } else {
+        authz.require_service_write(entry.name())?;
+    }
     let stored = config.put(entry, cas).await.map_err(error)?;
     Ok((StatusCode::OK, axum::Json(stored)).into_response())
 }
@@ -124,8 +129,10 @@ async fn list(
     let kind = kind(&kind_text)?;
     let changed = block(&config, &query, Some(kind), None).await;
     let mut list = config.list(kind).await.map_err(error)?;
-    let filtered =
-        plexus_runtime::acl::filter(&mut list.value, |e| authz.can_read_service(e.name()));
+    let filtered = plexus_runtime::acl::filter(&mut list.value, |e| match e.kind() {
+        Kind::ServiceIntentions => authz.can_read_intention(e.name()),
+        _ => authz.can_read_service(e.name()),
+    });
     let mut response = indexed_json(list.index.max(changed), &list.value);
     mark_filtered(&mut response, filtered);
     Ok(response)
@@ -139,7 +146,11 @@ async fn read(
 ) -> Result<Response, ApiError> {
     let Path((kind_text, name)) = path.map_err(path_error)?;
     let kind = kind(&kind_text)?;
-    authz.require_service_read(&name)?;
+    if kind == Kind::ServiceIntentions {
+        authz.require_intention_read(&name)?;
+    } else {
+        authz.require_service_read(&name)?;
+    }
     let changed = block(&config, &query, Some(kind), Some(&name)).await;
     let entry = config.get(kind, &name).await.map_err(error)?;
     Ok(indexed_json(entry.index.max(changed), &entry.value))
@@ -152,7 +163,11 @@ async fn delete(
 ) -> Result<Response, ApiError> {
     let Path((kind_text, name)) = path.map_err(path_error)?;
     let kind = kind(&kind_text)?;
-    authz.require_service_write(&name)?;
+    if kind == Kind::ServiceIntentions {
+        authz.require_intention_write(&name)?;
+    } else {
+        authz.require_service_write(&name)?;
+    }
     config.delete(kind, &name).await.map_err(error)?;
     Ok(axum::Json(true).into_response())
 }

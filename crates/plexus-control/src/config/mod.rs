@@ -1,5 +1,7 @@
 //! Config entries: stored, validated L7 policy (`service-defaults`, `service-resolver`,
 //! `service-splitter`, `service-router`) and the compiled discovery chain sidecars watch.
+//! `service-intentions` entries are not stored here: they are the intentions of their
+//! destination, gathered and replaced through [`Intentions`].
 //!
 //! Storage: `config/entries/<kind>/<name>` holds each entry as JSON; `config/index` is bumped by
 //! every write, so its `mod_revision` is the config index (`X-Consul-Index` of every config
@@ -22,6 +24,7 @@ use plexus_api::config_entry::{ConfigEntry, EntryError, EntryErrors, Kind, compi
 use tokio::sync::watch;
 
 use crate::catalog::keys::escape;
+use crate::intentions::{IntentionError, Intentions};
 use crate::store::changes::{Changes, Interest};
 use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn};
 
@@ -60,10 +63,28 @@ pub enum ConfigError {
     Contended,
 }
 
+impl From<IntentionError> for ConfigError {
+    fn from(error: IntentionError) -> Self {
+        match error {
+            IntentionError::Store(e) => Self::Store(e),
+            IntentionError::Corrupt { key } => Self::Corrupt { key },
+            IntentionError::Invalid { field, message } => {
+                Self::Invalid(EntryErrors(vec![EntryError::new(field, message)]))
+            }
+            IntentionError::Contended => Self::Contended,
+            // A source already named by an intention of another destination cannot happen (the
+            // pair includes the destination); the others are reported as they are.
+            other => Self::Invalid(EntryErrors(vec![EntryError::new("", other.to_string())])),
+        }
+    }
+}
+
 /// The config entry service over a store.
 pub struct ConfigEntries {
     store: Arc<dyn Store>,
     changes: Changes,
+    /// Where `service-intentions` entries live (they are the intentions, gathered).
+    intentions: Option<Arc<Intentions>>,
 }
 
 impl std::fmt::Debug for ConfigEntries {
@@ -97,12 +118,36 @@ impl ConfigEntries {
     /// Config entries over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
         let changes = Changes::new(Arc::clone(&store), ENTRIES);
-        Self { store, changes }
+        Self {
+            store,
+            changes,
+            intentions: None,
+        }
+    }
+
+    /// Serves `service-intentions` from `intentions`.
+    pub fn with_intentions(mut self, intentions: Arc<Intentions>) -> Self {
+        self.intentions = Some(intentions);
+        self
+    }
+
+    fn intentions(&self) -> Result<&Intentions, ConfigError> {
+        self.intentions.as_deref().ok_or_else(|| {
+            ConfigError::Invalid(EntryErrors(vec![EntryError::new(
+                "Kind",
+                "service-intentions entries are not served here",
+            )]))
+        })
     }
 
     /// What a blocking read waits on: the last revision at which the entries of `kind` (all
     /// kinds: `None`), or with `name` that one entry, changed.
     pub async fn changes(&self, kind: Option<Kind>, name: Option<&str>) -> watch::Receiver<u64> {
+        if kind == Some(Kind::ServiceIntentions)
+            && let Some(intentions) = &self.intentions
+        {
+            return intentions.changes().await;
+        }
         let interest = match (kind, name) {
             (Some(kind), Some(name)) => Interest::Key(key(kind, name)),
             (Some(kind), None) => Interest::Prefix(format!("{ENTRIES}{}/", kind.as_str())),
@@ -145,6 +190,16 @@ impl ConfigEntries {
 
     /// Every entry of `kind`, by name.
     pub async fn list(&self, kind: Kind) -> Result<Indexed<Vec<ConfigEntry>>, ConfigError> {
+        if kind == Kind::ServiceIntentions {
+            let Indexed { index, value } = self.intentions()?.entries().await?;
+            return Ok(Indexed {
+                index: index.max(1),
+                value: value
+                    .into_iter()
+                    .map(ConfigEntry::ServiceIntentions)
+                    .collect(),
+            });
+        }
         let snap = self.snapshot().await?;
         let mut list: Vec<ConfigEntry> = snap
             .entries
@@ -160,6 +215,19 @@ impl ConfigEntries {
 
     /// One entry, with the config index.
     pub async fn get(&self, kind: Kind, name: &str) -> Result<Indexed<ConfigEntry>, ConfigError> {
+        if kind == Kind::ServiceIntentions {
+            let Indexed { index, value } = self.intentions()?.entry(name).await?;
+            return match value {
+                Some(entry) => Ok(Indexed {
+                    index: index.max(1),
+                    value: ConfigEntry::ServiceIntentions(entry),
+                }),
+                None => Err(ConfigError::NotFound {
+                    kind,
+                    name: name.to_owned(),
+                }),
+            };
+        }
         let kv = self.store.get(&key(kind, name)).await?;
         let index = self.index().await?;
         match kv {
@@ -187,6 +255,9 @@ impl ConfigEntries {
     /// `cas` (0: only if absent); returns `false` when that does not hold.
     pub async fn put(&self, mut entry: ConfigEntry, cas: Option<u64>) -> Result<bool, ConfigError> {
         validate(&entry).map_err(ConfigError::Invalid)?;
+        if let ConfigEntry::ServiceIntentions(entry) = &entry {
+            return Ok(self.intentions()?.replace_destination(entry, cas).await?);
+        }
         entry.set_indexes(0, 0);
         let entry_key = key(entry.kind(), entry.name());
         let value = serde_json::to_vec(&entry).map_err(|_| ConfigError::Corrupt {
@@ -274,6 +345,9 @@ impl ConfigEntries {
     /// Deletes an entry (absent: nothing happens). Refused when a remaining splitter or router
     /// would name a subset no longer defined.
     pub async fn delete(&self, kind: Kind, name: &str) -> Result<(), ConfigError> {
+        if kind == Kind::ServiceIntentions {
+            return Ok(self.intentions()?.delete_destination(name).await?);
+        }
         for _ in 0..MAX_ATTEMPTS {
             let snap = self.snapshot().await?;
             let remaining: Vec<ConfigEntry> = snap

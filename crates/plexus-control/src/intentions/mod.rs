@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use plexus_api::Indexed;
+use plexus_api::config_entry::ServiceIntentions;
 use plexus_api::connect::intention::{WILDCARD, precedence};
 use plexus_api::connect::{
     Decision, DefaultPolicy, Intention, IntentionInput, ServiceId, decide, validate_rule,
@@ -399,6 +400,132 @@ impl Intentions {
     ) -> Result<(), IntentionError> {
         let intention = self.exact(source, destination).await?;
         self.delete(&intention.id).await
+    }
+
+    /// The `service-intentions` entry of `destination`: its intentions gathered (`None`: none).
+    pub async fn entry(
+        &self,
+        destination: &str,
+    ) -> Result<Indexed<Option<ServiceIntentions>>, IntentionError> {
+        let Indexed { index, value } = self.list().await?;
+        Ok(Indexed {
+            index,
+            value: ServiceIntentions::gather(destination, &value),
+        })
+    }
+
+    /// Every `service-intentions` entry (one per destination with intentions), by name.
+    pub async fn entries(&self) -> Result<Indexed<Vec<ServiceIntentions>>, IntentionError> {
+        let Indexed { index, value } = self.list().await?;
+        let destinations: std::collections::BTreeSet<&str> =
+            value.iter().map(|i| i.destination_name.as_str()).collect();
+        let entries = destinations
+            .into_iter()
+            .filter_map(|d| ServiceIntentions::gather(d, &value))
+            .collect();
+        Ok(Indexed {
+            index,
+            value: entries,
+        })
+    }
+
+    /// Makes `entry.name`'s intentions exactly `entry`'s sources, in one transaction: a source
+    /// already there keeps its intention's ID, a new one gets one, the others are deleted. With
+    /// `cas`, only if the current entry's `ModifyIndex` is `cas` (0: only if it has none);
+    /// `false` when that does not hold. Each intention is validated as the API validates it
+    /// (errors name `Sources[i].…`).
+    pub async fn replace_destination(
+        &self,
+        entry: &ServiceIntentions,
+        cas: Option<u64>,
+    ) -> Result<bool, IntentionError> {
+        let mut wanted = entry.intentions();
+        for (i, intention) in wanted.iter_mut().enumerate() {
+            validate(intention).map_err(|error| match error {
+                IntentionError::Invalid { field, message } => IntentionError::Invalid {
+                    // The entry's own names for the intention's fields.
+                    field: match field.as_str() {
+                        "SourceName" => format!("Sources[{i}].Name"),
+                        "SourceType" => format!("Sources[{i}].Type"),
+                        "DestinationName" => "Name".to_owned(),
+                        _ => format!("Sources[{i}].{field}"),
+                    },
+                    message,
+                },
+                other => other,
+            })?;
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let (records, _) = self.store.range(INTENTIONS).await?;
+            let mut current = Vec::new();
+            for kv in &records {
+                let intention = decode(kv)?;
+                if intention.destination_name == entry.name {
+                    current.push((kv.mod_revision, intention));
+                }
+            }
+            if let Some(cas) = cas {
+                let modify = current.iter().map(|(rev, _)| *rev).max().unwrap_or(0);
+                if modify != cas {
+                    return Ok(false);
+                }
+            }
+            let mut compares = Vec::new();
+            let mut ops = Vec::new();
+            // Every current intention is compared, kept or not: a concurrent change retries.
+            for (revision, existing) in &current {
+                compares.push(Compare::ModRevision {
+                    key: format!("{INTENTIONS}{}", escape(&existing.id)),
+                    revision: *revision,
+                });
+                if !wanted.iter().any(|w| w.source_name == existing.source_name) {
+                    ops.push(Op::Delete {
+                        key: pair_key(&existing.source_name, &existing.destination_name),
+                    });
+                    ops.push(Op::Delete {
+                        key: format!("{INTENTIONS}{}", escape(&existing.id)),
+                    });
+                }
+            }
+            for want in &wanted {
+                let mut intention = want.clone();
+                match current
+                    .iter()
+                    .find(|(_, c)| c.source_name == want.source_name)
+                {
+                    Some((_, existing)) => intention.id = existing.id.clone(),
+                    None => {
+                        intention.id = new_id();
+                        let pair = pair_key(&intention.source_name, &intention.destination_name);
+                        compares.push(Compare::ModRevision {
+                            key: pair.clone(),
+                            revision: 0,
+                        });
+                        ops.push(Op::Put {
+                            key: pair,
+                            value: intention.id.clone().into_bytes(),
+                        });
+                    }
+                }
+                ops.push(Op::Put {
+                    key: format!("{INTENTIONS}{}", escape(&intention.id)),
+                    value: encode(&intention)?,
+                });
+            }
+            if ops.is_empty() || self.store.txn(Txn { compares, ops }).await?.succeeded {
+                return Ok(true);
+            }
+        }
+        Err(IntentionError::Contended)
+    }
+
+    /// Deletes every intention whose destination is `destination` (none: nothing happens).
+    pub async fn delete_destination(&self, destination: &str) -> Result<(), IntentionError> {
+        let empty = ServiceIntentions {
+            name: destination.to_owned(),
+            ..Default::default()
+        };
+        self.replace_destination(&empty, None).await.map(|_| ())
     }
 
     /// Decides whether `source` may connect to `destination` now (without a request: an L7

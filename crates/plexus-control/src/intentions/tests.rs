@@ -128,3 +128,88 @@ async fn l7_intentions_are_stored_whole_and_a_check_without_a_request_denies() {
     }
     assert_eq!(intentions.get(&created.id).await.unwrap(), stored);
 }
+
+#[tokio::test]
+async fn a_service_intentions_entry_replaces_its_destinations_intentions_keeping_ids() {
+    use plexus_api::config_entry::{ConfigEntry, ServiceIntentions};
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let intentions = Intentions::new(store, DefaultPolicy::Deny);
+    // Written through the intentions API before: it shows up in the entry, and keeps its ID.
+    let legacy = intentions
+        .create(intention("web", "db", IntentionAction::Allow))
+        .await
+        .unwrap();
+    let other = intentions
+        .create(intention("web", "cache", IntentionAction::Allow))
+        .await
+        .unwrap();
+    let entry = intentions.entry("db").await.unwrap().value.unwrap();
+    assert_eq!(entry.sources.len(), 1);
+    assert_eq!(entry.sources[0].legacy_id, legacy.id);
+    let modify = entry.modify_index;
+
+    let written = |sources: serde_json::Value| -> ServiceIntentions {
+        match ConfigEntry::from_json(serde_json::json!({
+            "Kind": "service-intentions", "Name": "db", "Sources": sources,
+        }))
+        .unwrap()
+        {
+            ConfigEntry::ServiceIntentions(e) => e,
+            other => panic!("{other:?}"),
+        }
+    };
+    // cas 0 means "only if there is none": refused.
+    let two = written(serde_json::json!([
+        {"Name": "web", "Action": "deny"},
+        {"Name": "api", "Permissions": [{"Action": "allow", "HTTP": {"PathPrefix": "/v1"}}]},
+    ]));
+    assert!(!intentions.replace_destination(&two, Some(0)).await.unwrap());
+    assert!(
+        intentions
+            .replace_destination(&two, Some(modify))
+            .await
+            .unwrap()
+    );
+    let entry = intentions.entry("db").await.unwrap().value.unwrap();
+    let names: Vec<&str> = entry.sources.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["api", "web"]);
+    let web = entry.sources.iter().find(|s| s.name == "web").unwrap();
+    assert_eq!(web.legacy_id, legacy.id, "web keeps its intention");
+    assert_eq!(web.action, Some(IntentionAction::Deny));
+    assert!(!intentions.check("web", "db").await.unwrap().allowed);
+    // The pair index follows: the API finds api → db, and a second create for it clashes.
+    let api = intentions.exact("api", "db").await.unwrap();
+    assert_eq!(api.permissions.len(), 1);
+    assert!(matches!(
+        intentions
+            .create(intention("api", "db", IntentionAction::Allow))
+            .await,
+        Err(IntentionError::Duplicate { .. })
+    ));
+
+    // Dropping a source deletes its intention; other destinations are untouched.
+    let one = written(serde_json::json!([{"Name": "api", "Action": "allow"}]));
+    assert!(intentions.replace_destination(&one, None).await.unwrap());
+    assert!(matches!(
+        intentions.exact("web", "db").await,
+        Err(IntentionError::NotFound(_))
+    ));
+    assert_eq!(intentions.exact("api", "db").await.unwrap().id, api.id);
+    intentions.delete_destination("db").await.unwrap();
+    assert!(intentions.entry("db").await.unwrap().value.is_none());
+    assert_eq!(
+        intentions.list().await.unwrap().value,
+        vec![intentions.get(&other.id).await.unwrap()]
+    );
+
+    // A bad source names its place in the entry; nothing changes.
+    let bad = written(
+        serde_json::json!([{"Name": "web", "Action": "allow"}, {"Name": "x/y", "Action": "allow"}]),
+    );
+    match intentions.replace_destination(&bad, None).await {
+        Err(IntentionError::Invalid { field, .. }) => assert_eq!(field, "Sources[1].Name"),
+        other => panic!("{other:?}"),
+    }
+    assert!(intentions.entry("db").await.unwrap().value.is_none());
+}

@@ -165,3 +165,111 @@ async fn l7_intentions_decide_each_request_through_envoy_inbounds() {
     eventually!(status(upstream, "GET", "/admin/users", None).await == 403);
     decided_by_permissions(upstream, &web).await;
 }
+
+/// Consul's `service-intentions` entry, in HCL, for `web`: the same rules as [`permissions`] for
+/// `client`, and every other source denied.
+const SERVICE_INTENTIONS_HCL: &str = r#"
+Kind = "service-intentions"
+Name = "web"
+Sources = [
+  {
+    Name = "client"
+    Permissions = [
+      {
+        Action = "allow"
+        HTTP {
+          PathPrefix = "/admin"
+          Header = [{ Name = "X-Role", Exact = "ops" }]
+        }
+      },
+      { Action = "deny", HTTP { PathPrefix = "/admin" } },
+      { Action = "deny", HTTP { Methods = ["DELETE"] } },
+    ]
+  },
+  { Name = "*", Action = "deny" }
+]
+"#;
+
+#[tokio::test]
+async fn a_service_intentions_entry_is_the_destinations_intentions() {
+    let web = HttpStub::start_named("web").await.unwrap();
+    let mesh = L7Mesh::start("web", web.addr.port(), "http").await;
+    let dev = &mesh.dev;
+    // An intention written the old way first: the entry replaces it, keeping its ID.
+    let (code, answer) = put_exact(dev, &json!({"Action": "deny"})).await;
+    assert_eq!(code, 200, "{answer}");
+    let legacy = dev.client.intention_exact("client", "web").await.unwrap();
+    eventually!(status(mesh.upstream, "GET", "/", None).await == 403);
+
+    // A bad entry is refused naming the field, by the CLI and by the API; nothing changes.
+    let bad =
+        SERVICE_INTENTIONS_HCL.replace("PathPrefix = \"/admin\" }", "PathPrefix = \"admin\" }");
+    let (_bad_dir, bad_file) = write_file("bad.hcl", &bad);
+    let (code, _, err) = dev
+        .cli(&["config", "write", bad_file.to_str().unwrap()])
+        .unwrap();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Sources[0].Permissions[1].HTTP.PathPrefix"),
+        "{err}"
+    );
+    let (code, answer, _) = http(
+        "PUT",
+        &format!("http://{}/v1/config", dev.addr()),
+        Some(
+            json!({"Kind": "service-intentions", "Name": "web", "Sources": [{"Name": "client"}]})
+                .to_string()
+                .into_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.to_string().contains("Sources[0].Action"), "{answer}");
+    assert_eq!(dev.client.intentions().await.unwrap().len(), 1);
+
+    let (_dir, file) = write_file("intentions.hcl", SERVICE_INTENTIONS_HCL);
+    let (code, out, err) = dev
+        .cli(&["config", "write", file.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("service-intentions/web"), "{out}");
+    eventually!(status(mesh.upstream, "GET", "/", None).await == 200);
+    decided_by_permissions(mesh.upstream, &web).await;
+
+    // Read back as Consul shows it: one source per intention, the old one's ID kept.
+    let (code, entry, _) = http(
+        "GET",
+        &format!("http://{}/v1/config/service-intentions/web", dev.addr()),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{entry}");
+    assert_eq!(entry["Sources"][0]["Name"], "client");
+    assert_eq!(entry["Sources"][0]["LegacyID"], legacy.id.as_str());
+    assert_eq!(
+        entry["Sources"][0]["Permissions"].as_array().map(Vec::len),
+        Some(3)
+    );
+    assert_eq!(entry["Sources"][1]["Name"], "*");
+    assert_eq!(entry["Sources"][1]["Action"], "deny");
+    assert_eq!(dev.client.intentions().await.unwrap().len(), 2);
+    let (code, out, _) = dev
+        .cli(&["config", "list", "--kind", "service-intentions"])
+        .unwrap();
+    assert_eq!((code, out.trim()), (0, "web"));
+
+    // Deleted: the intentions are gone, the default (allow) decides again.
+    let (code, _, err) = dev
+        .cli(&[
+            "config",
+            "delete",
+            "--kind",
+            "service-intentions",
+            "--name",
+            "web",
+        ])
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(dev.client.intentions().await.unwrap().is_empty());
+    eventually!(status(mesh.upstream, "DELETE", "/admin", None).await == 200);
+}

@@ -84,7 +84,8 @@ export function intentionsPage(main, _params, signal) {
   }, (error) => fill(list, errorBox(error)));
 }
 
-const KINDS = ['service-defaults', 'service-resolver', 'service-splitter', 'service-router'];
+const KINDS = ['service-defaults', 'service-resolver', 'service-splitter', 'service-router',
+  'service-intentions'];
 const TEMPLATE = { Kind: 'service-defaults', Name: 'web', Protocol: 'http' };
 
 /** The line of `text` where the last segment of `field` (`Routes[1].Destination.NumRetries`)
