@@ -105,9 +105,10 @@ pub fn compile(service: &str, entries: &[ConfigEntry]) -> DiscoveryChain {
                 headers: Headers::default(),
             }],
         };
-        let request_timeout = dest
-            .and_then(|d| d.request_timeout)
-            .or_else(|| all.resolver(&dest_service).and_then(|r| r.request_timeout));
+        let request_timeout = dest.and_then(|d| d.request_timeout).or_else(|| {
+            let (resolved, _) = redirected(&all, &dest_service, None);
+            all.resolver(resolved).and_then(|r| r.request_timeout)
+        });
         chain.routes.push(CompiledRoute {
             name,
             matcher,
@@ -125,14 +126,41 @@ pub fn compile(service: &str, entries: &[ConfigEntry]) -> DiscoveryChain {
     chain
 }
 
-/// Adds the target for (service, subset) (the resolver's default subset when none) and its
-/// failover targets; returns its id.
+/// Where resolving (service, subset) leads after the resolvers' redirects: each redirect is
+/// followed once (a service's redirect is not applied again to what it led to, as Consul's
+/// "unless already applied"), so a loop validation missed still ends.
+fn redirected<'a>(
+    all: &Entries<'a>,
+    service: &'a str,
+    subset: Option<&'a str>,
+) -> (&'a str, Option<&'a str>) {
+    let (mut service, mut subset) = (service, subset);
+    let mut applied: Vec<&str> = Vec::new();
+    while let Some(redirect) = all.resolver(service).and_then(|r| r.redirect.as_ref()) {
+        if applied.contains(&service) {
+            break;
+        }
+        applied.push(service);
+        let to = redirect
+            .service
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(service);
+        subset = redirect.service_subset.as_deref().filter(|s| !s.is_empty());
+        service = to;
+    }
+    (service, subset)
+}
+
+/// Adds the target for (service, subset) (the resolver's default subset when none), after its
+/// resolver's redirect, and its failover targets; returns its id.
 fn add_target(
     chain: &mut DiscoveryChain,
     all: &Entries<'_>,
     service: &str,
     subset: Option<&str>,
 ) -> String {
+    let (service, subset) = redirected(all, service, subset);
     let resolver = all.resolver(service);
     let subset = subset
         .filter(|s| !s.is_empty())

@@ -245,6 +245,9 @@ pub struct ServiceResolver {
     /// Failover by subset name (`*`: any).
     #[serde(rename = "Failover", alias = "failover", default)]
     pub failover: BTreeMap<String, Failover>,
+    /// Resolve this service as another service or subset instead (no `Failover` then).
+    #[serde(rename = "Redirect", alias = "redirect", default)]
+    pub redirect: Option<Redirect>,
     /// Connect timeout (default 5s).
     #[serde(rename = "ConnectTimeout", alias = "connect_timeout", default)]
     pub connect_timeout: Option<GoDuration>,
@@ -290,6 +293,28 @@ pub struct Failover {
     /// Other datacenters, tried in turn (reached through their mesh gateways).
     #[serde(rename = "Datacenters", alias = "datacenters", default)]
     pub datacenters: Vec<String>,
+}
+
+/// A resolver's `Redirect`: every resolution of its service becomes one of `Service` (its
+/// default subset) or of `ServiceSubset` (of `Service`, which is required with it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    /// The service resolved instead.
+    #[serde(rename = "Service", alias = "service", default)]
+    pub service: Option<String>,
+    /// A subset of `Service`.
+    #[serde(rename = "ServiceSubset", alias = "service_subset", default)]
+    pub service_subset: Option<String>,
+    /// Another datacenter (not supported: refused by validation, naming it).
+    #[serde(rename = "Datacenter", alias = "datacenter", default)]
+    pub datacenter: Option<String>,
+    /// Consul's namespaces (only `default`).
+    #[serde(rename = "Namespace", alias = "namespace", default)]
+    pub namespace: Option<String>,
+    /// Consul Enterprise's partitions (only `default`).
+    #[serde(rename = "Partition", alias = "partition", default)]
+    pub partition: Option<String>,
 }
 
 /// One failover target.

@@ -510,3 +510,86 @@ fn route_and_split_header_changes_compile_and_bad_ones_name_their_field() {
     .unwrap_err();
     assert!(err.to_string().contains("Append"), "{err}");
 }
+
+#[test]
+fn resolver_redirects_compile_to_their_target_and_bad_ones_name_their_field() {
+    let resolver = |name: &str, extra: serde_json::Value| {
+        let mut v = json!({"Kind": "service-resolver", "Name": name});
+        if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+            v.extend(extra.clone());
+        }
+        entry(v)
+    };
+    let v2 = json!({"Subsets": {"v2": {"Filter": "Service.Meta.version == v2"}}});
+    // web → web-next (its default subset), which → itself's v2: two redirects, one target.
+    let stored = vec![
+        resolver("web", json!({"Redirect": {"Service": "web-next"}})),
+        resolver(
+            "web-next",
+            json!({"Subsets": v2["Subsets"], "Redirect": {"Service": "web-next", "ServiceSubset": "v2"}}),
+        ),
+    ];
+    for e in &stored {
+        assert!(
+            fields(e, &stored).is_empty(),
+            "{e:?}: {:?}",
+            fields(e, &stored)
+        );
+    }
+    let chain = compile("web", &stored);
+    let targets: Vec<_> = chain.targets.values().collect();
+    assert_eq!(targets.len(), 1, "{targets:?}");
+    assert_eq!(targets[0].service, "web-next");
+    assert_eq!(targets[0].subset.as_deref(), Some("v2"));
+    assert_eq!(
+        chain.routes[0].splits[0].target,
+        chain.targets.keys().next().cloned().unwrap()
+    );
+    // A loop is refused where it closes, and compiling one anyway still ends.
+    let looped = vec![
+        resolver("a", json!({"Redirect": {"Service": "b"}})),
+        resolver("b", json!({"Redirect": {"Service": "a"}})),
+    ];
+    assert_eq!(fields(&looped[1], &looped[..1]), ["Redirect.Service"]);
+    assert_eq!(compile("a", &looped).targets.len(), 1);
+
+    for (extra, field) in [
+        (json!({"Redirect": {}}), "Redirect"),
+        (
+            json!({"Redirect": {"ServiceSubset": "v2"}}),
+            "Redirect.ServiceSubset",
+        ),
+        (json!({"Redirect": {"Service": "web"}}), "Redirect.Service"),
+        (
+            json!({"Redirect": {"Service": "web", "ServiceSubset": "v9"}}),
+            "Redirect.ServiceSubset",
+        ),
+        (
+            json!({"Redirect": {"Service": "api", "Datacenter": "dc2"}}),
+            "Redirect.Datacenter",
+        ),
+        (
+            json!({"Redirect": {"Service": "api", "Namespace": "team"}}),
+            "Redirect.Namespace",
+        ),
+        (json!({"Redirect": {"Service": "a b"}}), "Redirect.Service"),
+        (
+            json!({"Redirect": {"Service": "api"}, "Failover": {"*": {"Service": "db"}}}),
+            "Redirect",
+        ),
+    ] {
+        assert_eq!(
+            fields(&resolver("web", extra.clone()), &[]),
+            [field],
+            "{extra}"
+        );
+    }
+    // The subset of another service must exist in its resolver.
+    let to_missing = resolver(
+        "web",
+        json!({"Redirect": {"Service": "api", "ServiceSubset": "v2"}}),
+    );
+    assert_eq!(fields(&to_missing, &[]), ["Redirect.ServiceSubset"]);
+    let api = resolver("api", v2);
+    assert!(fields(&to_missing, std::slice::from_ref(&api)).is_empty());
+}

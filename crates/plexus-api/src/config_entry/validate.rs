@@ -278,6 +278,9 @@ fn fault(f: &FaultInjection, e: &mut Errs) {
 }
 
 fn resolver(r: &ServiceResolver, e: &mut Errs) {
+    if let Some(redirect) = &r.redirect {
+        self::redirect(r, redirect, e);
+    }
     for (name, subset) in &r.subsets {
         if name.is_empty() || name.contains('.') || name == "*" {
             e.push(
@@ -592,9 +595,60 @@ fn destination(base: &str, d: &RouteDestination, e: &mut Errs) {
     }
 }
 
+/// A resolver's `Redirect`, alone (Consul's rules; where it leads is checked against the other
+/// entries by [`check_references`]).
+fn redirect(r: &ServiceResolver, redirect: &super::entries::Redirect, e: &mut Errs) {
+    fn given(v: &Option<String>) -> Option<&str> {
+        v.as_deref().filter(|s| !s.is_empty())
+    }
+    if !r.failover.is_empty() {
+        e.push(
+            "Redirect",
+            "a resolver that redirects has no Failover of its own",
+        );
+    }
+    if given(&redirect.datacenter).is_some() {
+        e.push(
+            "Redirect.Datacenter",
+            "redirecting to another datacenter is not supported; use Failover.Datacenters",
+        );
+    }
+    for (field, value) in [
+        ("Redirect.Namespace", &redirect.namespace),
+        ("Redirect.Partition", &redirect.partition),
+    ] {
+        if let Some(v) = given(value)
+            && v != "default"
+        {
+            e.push(field, format!("{v:?}: only \"default\""));
+        }
+    }
+    match (given(&redirect.service), given(&redirect.service_subset)) {
+        (None, None) => e.push("Redirect", "one of Service or ServiceSubset is required"),
+        (None, Some(_)) => e.push(
+            "Redirect.ServiceSubset",
+            "needs Redirect.Service (the service the subset is of)",
+        ),
+        (Some(service), subset) => {
+            e.service_name("Redirect.Service", service);
+            if service == r.name {
+                match subset {
+                    None => e.push("Redirect.Service", "redirects the service to itself"),
+                    Some(s) if !r.subsets.contains_key(s) => e.push(
+                        "Redirect.ServiceSubset",
+                        format!("unknown subset {s:?} (not in Subsets)"),
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Checks `entry` against the other stored entries (`stored` may include an older version of
 /// `entry`, which is ignored): every subset a splitter or router names must be defined by the
-/// target service's resolver, and a resolver must keep defining the subsets others name.
+/// target service's resolver, and a resolver must keep defining the subsets others name; a
+/// resolver's redirects must not come back to where they started.
 pub fn check_references(entry: &ConfigEntry, stored: &[ConfigEntry]) -> Result<(), EntryErrors> {
     let mut all: Vec<&ConfigEntry> = stored
         .iter()
@@ -637,6 +691,18 @@ pub fn check_references(entry: &ConfigEntry, stored: &[ConfigEntry]) -> Result<(
     };
     for owner in all.iter().copied().filter(|o| relevant(o)) {
         match owner {
+            ConfigEntry::ServiceResolver(r) => {
+                if let Some(to) = r.redirect.as_ref().and_then(|d| d.service.as_deref())
+                    && to != r.name
+                    && let Some(subset) = r
+                        .redirect
+                        .as_ref()
+                        .and_then(|d| d.service_subset.as_deref())
+                        .filter(|s| !s.is_empty())
+                {
+                    check(owner, "Redirect.ServiceSubset".to_owned(), to, subset);
+                }
+            }
             ConfigEntry::ServiceSplitter(s) => {
                 for (i, split) in s.splits.iter().enumerate() {
                     let service = split.service.as_deref().unwrap_or(&s.name);
@@ -663,6 +729,25 @@ pub fn check_references(entry: &ConfigEntry, stored: &[ConfigEntry]) -> Result<(
                 }
             }
             _ => {}
+        }
+    }
+    if let ConfigEntry::ServiceResolver(start) = entry {
+        // Follow the redirects from this resolver: a service met twice is a loop.
+        let mut path = vec![start.name.as_str()];
+        let mut next = start.redirect.as_ref().and_then(|r| r.service.as_deref());
+        while let Some(service) = next.filter(|s| *s != *path.last().unwrap_or(&"")) {
+            if path.contains(&service) {
+                path.push(service);
+                e.push(
+                    "Redirect.Service",
+                    format!("redirects go round in a loop: {}", path.join(" → ")),
+                );
+                break;
+            }
+            path.push(service);
+            next = resolver_of(service)
+                .and_then(|r| r.redirect.as_ref())
+                .and_then(|r| r.service.as_deref());
         }
     }
     e.finish()

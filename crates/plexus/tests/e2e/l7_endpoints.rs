@@ -1,7 +1,8 @@
 //! L7 endpoint selection through real `plexus proxy` processes: load-balancer policies
 //! (`ring_hash` by header, `least_request`, `peak_ewma`), outlier detection ejecting a failing instance and
 //! readmitting it, routes to another service, failover when the primary has no healthy
-//! instance, and mirroring to a second service (fire and forget).
+//! instance, mirroring to a second service (fire and forget), and a resolver redirecting
+//! everything to another service.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -370,4 +371,55 @@ async fn routes_and_mirrors_reach_another_service_and_failover_serves_when_the_p
             .unwrap()
             >= 1.0
     );
+}
+
+/// A resolver's `Redirect`: every request for `web` goes to `web-v2`; a redirect back to
+/// itself is refused by field with the stored one kept; deleted, web answers again.
+#[tokio::test]
+async fn a_resolver_redirect_sends_every_request_to_the_other_service() {
+    let v1 = HttpStub::start_named("v1").await.unwrap();
+    let v2 = HttpStub::start_named("v2").await.unwrap();
+    let mesh = Mesh::start(&[
+        ("web-1", "web", v1.addr.port()),
+        ("web-v2-1", "web-v2", v2.addr.port()),
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    let redirect = serde_json::json!({"Kind": "service-resolver", "Name": "web",
+        "Redirect": {"Service": "web-v2"}});
+    mesh.configure(&[
+        defaults(serde_json::json!({})),
+        serde_json::json!({"Kind": "service-defaults", "Name": "web-v2", "Protocol": "http"}),
+        redirect,
+    ])
+    .await;
+    for _ in 0..10 {
+        assert_eq!(mesh.call(&http, "/", &[]).await, (200, "v2".to_owned()));
+    }
+    assert_eq!((v1.requests(), v2.requests()), (0, 10));
+
+    let (status, body, _) = crate::http(
+        "PUT",
+        &format!("http://{}/v1/config", mesh.dev.addr()),
+        Some(
+            serde_json::json!({"Kind": "service-resolver", "Name": "web",
+                "Redirect": {"Service": "web"}})
+            .to_string()
+            .into_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("Redirect.Service"), "{body}");
+    assert_eq!(mesh.call(&http, "/", &[]).await, (200, "v2".to_owned()));
+
+    let (status, body, _) = crate::http(
+        "DELETE",
+        &format!("http://{}/v1/config/service-resolver/web", mesh.dev.addr()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    applied(&mesh.dev, &mesh.client, "web").await;
+    assert_eq!(mesh.call(&http, "/", &[]).await, (200, "v1".to_owned()));
 }
