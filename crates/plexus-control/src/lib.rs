@@ -283,6 +283,7 @@ impl ControlPlane {
                 self.store(),
                 self.catalog(),
                 self.info.datacenter.clone(),
+                Some(self.federation()),
             ))
             .merge(session::api::router(session::api::SessionState {
                 sessions: self.sessions(),

@@ -15,8 +15,9 @@
 //! instances that are not critical (or, with `OnlyPassing`, passing), ignoring `IgnoreCheckIDs`,
 //! carrying every `Tags` entry (`!tag`: not carrying it), and matching `NodeMeta` and
 //! `ServiceMeta`; the order is shuffled, as Consul's is without `Near`. A token given in the
-//! query is stored but read back as `<hidden>`. `Failover` is accepted and stored but not
-//! followed to other datacenters (`Failovers: 0`). Templates
+//! query is stored but read back as `<hidden>`. When no instance here passes, `Failover` runs the
+//! query in other datacenters in turn ([`failover`]; `Datacenter` and `Failovers` say where it
+//! was answered and how many were tried). Templates
 //! (`name_prefix_match`) answer every name their `Name` prefixes; field names match
 //! case-insensitively, as Consul's Go decoder does (py-consul sends lower case).
 
@@ -150,10 +151,17 @@ struct QueryState {
     store: Arc<dyn Store>,
     catalog: Arc<StoreCatalog>,
     datacenter: String,
+    /// The other datacenters, for `Failover`.
+    federation: Option<crate::wan::Shared>,
 }
 
-/// The prepared-query routes.
-pub fn router(store: Arc<dyn Store>, catalog: Arc<StoreCatalog>, datacenter: String) -> Router {
+/// The prepared-query routes (`federation`: where `Failover` finds other datacenters).
+pub fn router(
+    store: Arc<dyn Store>,
+    catalog: Arc<StoreCatalog>,
+    datacenter: String,
+    federation: Option<crate::wan::Shared>,
+) -> Router {
     Router::new()
         .route("/v1/query", get(list).post(create))
         .route("/v1/query/{id}", get(read).put(update).delete(remove))
@@ -163,6 +171,7 @@ pub fn router(store: Arc<dyn Store>, catalog: Arc<StoreCatalog>, datacenter: Str
             store,
             catalog,
             datacenter,
+            federation,
         })
 }
 
@@ -521,6 +530,7 @@ async fn explain(
 async fn execute(
     State(state): State<QueryState>,
     authz: Authz,
+    headers: axum::http::HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(path_error)?;
@@ -542,19 +552,48 @@ async fn execute(
     let entries: Vec<ServiceEntry> = serde_json::from_slice(&body.value)
         .map_err(|_| ApiError::internal("the health answer did not decode"))?;
     let readable = authz.can_read_service(&service.service);
-    let mut kept: Vec<serde_json::Value> = entries
+    let mut kept: Vec<ServiceEntry> = entries
         .into_iter()
         .filter(|e| readable && authz.can_read_node(&e.node.node))
         .filter(|e| selected(e, service))
+        .collect();
+    let mut datacenter = state.datacenter.clone();
+    let mut failovers = 0;
+    if kept.is_empty()
+        && let Some(federation) = &state.federation
+    {
+        let token = plexus_runtime::acl::token_of(&headers, None);
+        let known = federation.datacenters();
+        for dc in failover::order(&service.failover, &known, &state.datacenter) {
+            failovers += 1;
+            match failover::remote(federation, &dc, service, token.as_ref()).await {
+                Ok(entries) => {
+                    kept = entries
+                        .into_iter()
+                        .filter(|e| selected(e, service))
+                        .collect();
+                    if !kept.is_empty() {
+                        datacenter = dc;
+                        break;
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!(query = %query.name, datacenter = %dc, %why, "prepared query failover: a datacenter did not answer");
+                }
+            }
+        }
+    }
+    let mut nodes: Vec<serde_json::Value> = kept
+        .into_iter()
         .filter_map(|e| serde_json::to_value(e).ok())
         .collect();
-    kept.shuffle(&mut rand::rng());
+    nodes.shuffle(&mut rand::rng());
     let executed = Executed {
         service: service.service.clone(),
-        nodes: kept,
+        nodes,
         dns: query.dns.clone(),
-        datacenter: state.datacenter.clone(),
-        failovers: 0,
+        datacenter,
+        failovers,
     };
     Ok(indexed_json(body.index, &executed))
 }
@@ -586,5 +625,6 @@ fn selected(entry: &ServiceEntry, service: &QueryService) -> bool {
     healthy && tags && node_meta && service_meta
 }
 
+mod failover;
 #[cfg(test)]
 mod tests;

@@ -534,3 +534,93 @@ async fn servers_federate_over_https_verified_with_the_ca_file() {
         .unwrap();
     assert_eq!(dc3.datacenters().await, json!(["dc3"]));
 }
+
+/// A prepared query whose service has no instance here runs in its `Failover` datacenters in
+/// order: an unknown one counts as tried, the first with instances passing the query answers
+/// (`Datacenter`, `Failovers`); `NearestN` takes the other datacenters in list order; the
+/// query's tags apply there too; with an instance here again, here answers.
+#[tokio::test]
+async fn a_prepared_query_fails_over_to_the_next_datacenter_with_instances() {
+    let dc2_port = free_port();
+    let dc1 = DcServer::start(
+        "dc1",
+        0,
+        &["--retry-join-wan", &format!("127.0.0.1:{dc2_port}")],
+    )
+    .await;
+    let dc2 = DcServer::start("dc2", dc2_port, &[]).await;
+    eventually!(dc1.datacenters().await == json!(["dc1", "dc2"]));
+    let register = |node: &str, address: &str| {
+        json!({"Node": node, "Address": address,
+            "Service": {"Service": "billing", "Port": 9000, "Tags": ["v1"]}})
+    };
+    let (status, _, _) = dc2
+        .call(
+            "PUT",
+            "/v1/catalog/register",
+            Some(register("ext-dc2", "10.9.9.9")),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for (name, service) in [
+        (
+            "billing",
+            json!({"Service": "billing", "Tags": ["v1"],
+                "Failover": {"Datacenters": ["dc9", "dc2"]}}),
+        ),
+        (
+            "near",
+            json!({"Service": "billing", "Failover": {"NearestN": 1}}),
+        ),
+        (
+            "v9",
+            json!({"Service": "billing", "Tags": ["v9"], "Failover": {"NearestN": 1}}),
+        ),
+        ("stay", json!({"Service": "billing"})),
+    ] {
+        let (status, body, _) = dc1
+            .call(
+                "POST",
+                "/v1/query",
+                Some(json!({"Name": name, "Service": service})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let execute = async |name: &str| {
+        let (status, body, _) = dc1
+            .call("GET", &format!("/v1/query/{name}/execute"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let nodes: Vec<String> = body["Nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["Node"]["Node"].as_str().unwrap().to_owned())
+            .collect();
+        (nodes, body["Datacenter"].clone(), body["Failovers"].clone())
+    };
+    assert_eq!(
+        execute("billing").await,
+        (vec!["ext-dc2".to_owned()], json!("dc2"), json!(2))
+    );
+    assert_eq!(
+        execute("near").await,
+        (vec!["ext-dc2".to_owned()], json!("dc2"), json!(1))
+    );
+    assert_eq!(execute("v9").await, (vec![], json!("dc1"), json!(1)));
+    assert_eq!(execute("stay").await, (vec![], json!("dc1"), json!(0)));
+
+    let (status, _, _) = dc1
+        .call(
+            "PUT",
+            "/v1/catalog/register",
+            Some(register("ext-dc1", "10.1.1.1")),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        execute("billing").await,
+        (vec!["ext-dc1".to_owned()], json!("dc1"), json!(0))
+    );
+}
