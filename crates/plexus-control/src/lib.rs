@@ -196,6 +196,16 @@ impl ControlPlane {
         self
     }
 
+    /// The prepared queries, run here (HTTP) and by DNS.
+    pub fn queries(&self) -> Arc<query::Queries> {
+        Arc::new(query::Queries::new(
+            self.store(),
+            self.catalog(),
+            self.info.datacenter.clone(),
+            Some(self.federation()),
+        ))
+    }
+
     /// What this server knows of other datacenters (see [`wan`]).
     pub fn federation(&self) -> wan::Shared {
         Arc::clone(&self.federation)
@@ -279,12 +289,7 @@ impl ControlPlane {
             .merge(kv::api::router(kv::Kv::new(self.store())))
             .merge(txn::api::router(self.store()))
             .merge(user_event::router(self.store()))
-            .merge(query::router(
-                self.store(),
-                self.catalog(),
-                self.info.datacenter.clone(),
-                Some(self.federation()),
-            ))
+            .merge(query::router(self.queries()))
             .merge(session::api::router(session::api::SessionState {
                 sessions: self.sessions(),
                 catalog: self.catalog(),

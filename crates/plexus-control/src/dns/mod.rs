@@ -26,8 +26,12 @@
 //! `node:read`; what the token may not read does not exist (NXDOMAIN with the SOA). A default
 //! token that no longer resolves (deleted, expired) gives SERVFAIL.
 //!
-//! Not here: DNSSEC, zone transfers, prepared queries (`.query.`), other datacenters (a name
-//! naming another datacenter is NXDOMAIN: there is no WAN federation yet).
+//! Prepared queries (`NAME.query.DOMAIN`) run as `/v1/query/NAME/execute` does, `Failover` to
+//! other datacenters included (SRV targets then name that datacenter), with the query's
+//! `DNS.TTL`.
+//!
+//! Not here: DNSSEC, zone transfers, other datacenters' names (a name naming another
+//! datacenter is NXDOMAIN).
 
 pub mod name;
 mod records;
@@ -201,6 +205,8 @@ pub struct Dns {
     catalog: Arc<StoreCatalog>,
     config: Arc<DnsConfig>,
     acl: Resolver,
+    /// Prepared queries (`NAME.query.DOMAIN`); without them such names do not exist.
+    queries: Option<Arc<crate::query::Queries>>,
 }
 
 impl Dns {
@@ -210,7 +216,15 @@ impl Dns {
             catalog,
             config: Arc::new(config),
             acl: Resolver::default(),
+            queries: None,
         }
+    }
+
+    /// Answers `NAME.query.DOMAIN` from `queries`.
+    #[must_use]
+    pub fn with_queries(mut self, queries: Arc<crate::query::Queries>) -> Self {
+        self.queries = Some(queries);
+        self
     }
 
     /// Answers as `resolver` resolves a request without a token (the control plane's resolver

@@ -5,6 +5,7 @@
 //! _NAME._TAG.service[.DC].DOMAIN      RFC 2782 form; `_tcp` means any tag
 //! NAME.connect[.DC].DOMAIN            the mesh entry points (sidecars) of NAME
 //! NODE.node[.DC].DOMAIN               a node's address
+//! NAME.query[.DC].DOMAIN              a prepared query's answer (by name or ID)
 //! HEX.addr[.DC].DOMAIN                the address written in hex (SRV targets of instances
 //!                                     whose address differs from their node's)
 //! DOMAIN                              the zone apex (SOA, NS)
@@ -25,6 +26,11 @@ pub enum Lookup {
         tag: Option<String>,
         /// `NAME.connect.DOMAIN`.
         connect: bool,
+    },
+    /// A prepared query, by name or ID.
+    Query {
+        /// Its name or ID.
+        name: String,
     },
     /// A node.
     Node {
@@ -71,13 +77,14 @@ pub fn parse(labels: &[String], domain: &[String], datacenter: &str) -> Lookup {
         },
         ("connect", [name]) => service(name, None, true),
         ("node", [name]) if !name.is_empty() => Lookup::Node { name: name.clone() },
+        ("query", [name]) if !name.is_empty() => Lookup::Query { name: name.clone() },
         ("addr", [hex]) => decode_addr(hex).map_or(Lookup::Unknown, Lookup::Addr),
         _ => Lookup::Unknown,
     }
 }
 
 fn is_kind(label: &str) -> bool {
-    matches!(label, "service" | "connect" | "node" | "addr")
+    matches!(label, "service" | "connect" | "node" | "addr" | "query")
 }
 
 fn service(name: &str, tag: Option<&str>, connect: bool) -> Lookup {
@@ -144,6 +151,12 @@ mod tests {
         assert_eq!(lookup("web.connect.consul"), svc("web", None, true));
         assert_eq!(lookup("n1.node.consul"), Lookup::Node { name: "n1".into() });
         assert_eq!(
+            lookup("billing.query.dc1.consul"),
+            Lookup::Query {
+                name: "billing".into()
+            }
+        );
+        assert_eq!(
             lookup("7f000001.addr.dc1.consul"),
             Lookup::Addr("127.0.0.1".parse().unwrap())
         );
@@ -157,6 +170,7 @@ mod tests {
         assert_eq!(lookup("web.consul"), Lookup::Unknown);
         assert_eq!(lookup("x.y.consul"), Lookup::Unknown);
         assert_eq!(lookup("zz.addr.consul"), Lookup::Unknown);
+        assert_eq!(lookup("a.b.query.consul"), Lookup::Unknown);
         assert_eq!(lookup("a.connect.b.connect.consul"), Lookup::Unknown);
         assert_eq!(lookup("example.com"), Lookup::Outside);
         assert_eq!(lookup("com"), Lookup::Outside);

@@ -94,8 +94,10 @@ pub(super) async fn answer(
                 return Ok(Found::NxDomain);
             }
             entries.shuffle(&mut rand::rng());
-            Ok(service_records(dns, &owner, qtype, &entries))
+            let (ttl, dc) = (dns.config.service_ttl, dns.config.datacenter.as_str());
+            Ok(service_records(dns, &owner, qtype, &entries, ttl, dc))
         }
+        Lookup::Query { name } => query_records(dns, authz, owner, qtype, name).await,
         Lookup::Node { name } => match dns.catalog().node_stale(name).await? {
             None => Ok(Found::NxDomain),
             Some(node) if !authz.can_read_node(&node.node) => Ok(Found::NxDomain),
@@ -146,15 +148,87 @@ fn address_answer(owner: Name, qtype: RecordType, ip: IpAddr, ttl: u32) -> Found
     )
 }
 
-fn service_records(dns: &Dns, owner: &Name, qtype: RecordType, entries: &[Reachable]) -> Found {
-    let ttl = dns.config.service_ttl;
+/// A prepared query's answer: its instances, here or (`Failover`) in the datacenter that had
+/// some, with the query's `DNS.TTL` when it has one. No such query, or nothing passes: NXDOMAIN.
+async fn query_records(
+    dns: &Dns,
+    authz: &Authorizer,
+    owner: Name,
+    qtype: RecordType,
+    name: &str,
+) -> Result<Found, CatalogError> {
+    let Some(queries) = &dns.queries else {
+        return Ok(Found::NxDomain);
+    };
+    let ran = match queries.run(name, authz, None).await {
+        Ok(ran) => ran,
+        Err(error) if error.status == http::StatusCode::NOT_FOUND => {
+            return Ok(Found::NxDomain);
+        }
+        Err(error) => {
+            return Err(CatalogError::Store(
+                format!("prepared query {name:?}: {}", error.body.error.message).into(),
+            ));
+        }
+    };
+    let mut entries: Vec<Reachable> = ran.entries.iter().map(reachable).collect();
+    if entries.is_empty() {
+        return Ok(Found::NxDomain);
+    }
+    entries.shuffle(&mut rand::rng());
+    let ttl = plexus_api::duration::GoDuration::parse(&ran.query.dns.ttl)
+        .ok()
+        .and_then(|d| u32::try_from(d.0.as_secs()).ok())
+        .unwrap_or(dns.config.service_ttl);
+    let datacenter = ran.datacenter.to_ascii_lowercase();
+    Ok(service_records(
+        dns,
+        &owner,
+        qtype,
+        &entries,
+        ttl,
+        &datacenter,
+    ))
+}
+
+/// What the records need of a health answer's instance.
+fn reachable(entry: &plexus_api::ServiceEntry) -> Reachable {
+    let status = entry
+        .checks
+        .iter()
+        .map(|c| c.status)
+        .max_by_key(|s| match s {
+            CheckStatus::Passing => 0,
+            CheckStatus::Warning => 1,
+            CheckStatus::Critical => 2,
+            CheckStatus::Maintenance => 3,
+        })
+        .unwrap_or(CheckStatus::Passing);
+    Reachable {
+        node: entry.node.node.clone(),
+        node_address: entry.node.address.clone(),
+        address: entry.service.address.clone(),
+        port: entry.service.port,
+        status,
+        weights: entry.service.weights,
+    }
+}
+
+fn service_records(
+    dns: &Dns,
+    owner: &Name,
+    qtype: RecordType,
+    entries: &[Reachable],
+    ttl: u32,
+    datacenter: &str,
+) -> Found {
     if qtype == RecordType::SRV {
         let mut answers = Vec::new();
         let mut additionals = Vec::new();
         // Instances on one node (or one address) share a target: one additional record each.
         let mut targets = HashSet::new();
         for entry in entries {
-            let Some((target, ip)) = srv_target(dns, entry) else {
+            let Some((target, ip)) = srv_target(dns, entry, datacenter) else {
                 continue;
             };
             let weight = if entry.status == CheckStatus::Warning {
@@ -188,9 +262,9 @@ fn service_records(dns: &Dns, owner: &Name, qtype: RecordType, entries: &[Reacha
     records(answers, Vec::new())
 }
 
-/// The SRV target of an instance: `NODE.node.DC.DOMAIN` when it is reached at its node's
-/// address, else `HEX.addr.DC.DOMAIN`; with the address for the additional section.
-fn srv_target(dns: &Dns, entry: &Reachable) -> Option<(Name, Option<IpAddr>)> {
+/// The SRV target of an instance of `datacenter`: `NODE.node.DC.DOMAIN` when it is reached at
+/// its node's address, else `HEX.addr.DC.DOMAIN`; with the address for the additional section.
+fn srv_target(dns: &Dns, entry: &Reachable, datacenter: &str) -> Option<(Name, Option<IpAddr>)> {
     let dial = entry.dial_address();
     let ip = dial.parse::<IpAddr>().ok();
     let (label, kind) = if entry.address.is_empty() || dial == entry.node_address {
@@ -198,7 +272,7 @@ fn srv_target(dns: &Dns, entry: &Reachable) -> Option<(Name, Option<IpAddr>)> {
     } else {
         (encode_addr(ip?), "addr")
     };
-    let name = Name::from_ascii(format!("{label}.{kind}.{}", dns.config.datacenter))
+    let name = Name::from_ascii(format!("{label}.{kind}.{datacenter}"))
         .ok()?
         .append_domain(&dns.config.domain)
         .ok()?;

@@ -30,14 +30,12 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::get;
-use plexus_api::{CheckStatus, ServiceEntry};
 use plexus_runtime::acl::{Authz, filter, mark_filtered};
 use plexus_runtime::http::{ApiError, BlockingQuery, decode_json, indexed_json, read_body};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ErrorChain, path_error};
-use crate::catalog::{Answer, HealthFilter, StoreCatalog};
 use crate::store::{Compare, Op, Store, StoreError, Txn};
 
 /// Store prefix of prepared queries.
@@ -77,7 +75,7 @@ pub struct PreparedQuery {
 pub struct QueryService {
     /// Service name (required).
     pub service: String,
-    /// Other datacenters to try (stored; one datacenter here).
+    /// Other datacenters to try when no instance here passes.
     pub failover: QueryFailover,
     /// Only instances whose checks all pass (otherwise: all but critical).
     pub only_passing: bool,
@@ -146,33 +144,17 @@ struct Executed {
     failovers: u32,
 }
 
-#[derive(Clone)]
-struct QueryState {
-    store: Arc<dyn Store>,
-    catalog: Arc<StoreCatalog>,
-    datacenter: String,
-    /// The other datacenters, for `Failover`.
-    federation: Option<crate::wan::Shared>,
-}
+/// What the handlers share: the queries and how they run.
+type QueryState = Arc<Queries>;
 
-/// The prepared-query routes (`federation`: where `Failover` finds other datacenters).
-pub fn router(
-    store: Arc<dyn Store>,
-    catalog: Arc<StoreCatalog>,
-    datacenter: String,
-    federation: Option<crate::wan::Shared>,
-) -> Router {
+/// The prepared-query routes (`queries.federation`: where `Failover` finds other datacenters).
+pub fn router(queries: Arc<Queries>) -> Router {
     Router::new()
         .route("/v1/query", get(list).post(create))
         .route("/v1/query/{id}", get(read).put(update).delete(remove))
         .route("/v1/query/{id}/execute", get(execute))
         .route("/v1/query/{id}/explain", get(explain))
-        .with_state(QueryState {
-            store,
-            catalog,
-            datacenter,
-            federation,
-        })
+        .with_state(queries)
 }
 
 /// Field names of a query body in Consul's spelling: Consul decodes with Go's case-insensitive
@@ -534,97 +516,27 @@ async fn execute(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(path_error)?;
-    let query = find(&state.store, &id).await?;
-    let service = &query.service;
-    let answer = if service.connect {
-        Answer::Connect
-    } else {
-        Answer::Health
-    };
-    let body = state
-        .catalog
-        .health_json(answer, &service.service, &HealthFilter::default())
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %ErrorChain(&e), "prepared query execution failed");
-            ApiError::unavailable("the catalog is unavailable")
-        })?;
-    let entries: Vec<ServiceEntry> = serde_json::from_slice(&body.value)
-        .map_err(|_| ApiError::internal("the health answer did not decode"))?;
-    let readable = authz.can_read_service(&service.service);
-    let mut kept: Vec<ServiceEntry> = entries
-        .into_iter()
-        .filter(|e| readable && authz.can_read_node(&e.node.node))
-        .filter(|e| selected(e, service))
-        .collect();
-    let mut datacenter = state.datacenter.clone();
-    let mut failovers = 0;
-    if kept.is_empty()
-        && let Some(federation) = &state.federation
-    {
-        let token = plexus_runtime::acl::token_of(&headers, None);
-        let known = federation.datacenters();
-        for dc in failover::order(&service.failover, &known, &state.datacenter) {
-            failovers += 1;
-            match failover::remote(federation, &dc, service, token.as_ref()).await {
-                Ok(entries) => {
-                    kept = entries
-                        .into_iter()
-                        .filter(|e| selected(e, service))
-                        .collect();
-                    if !kept.is_empty() {
-                        datacenter = dc;
-                        break;
-                    }
-                }
-                Err(why) => {
-                    tracing::warn!(query = %query.name, datacenter = %dc, %why, "prepared query failover: a datacenter did not answer");
-                }
-            }
-        }
-    }
-    let mut nodes: Vec<serde_json::Value> = kept
+    let token = plexus_runtime::acl::token_of(&headers, None);
+    let ran = state.run(&id, &authz, token.as_ref()).await?;
+    let mut nodes: Vec<serde_json::Value> = ran
+        .entries
         .into_iter()
         .filter_map(|e| serde_json::to_value(e).ok())
         .collect();
     nodes.shuffle(&mut rand::rng());
     let executed = Executed {
-        service: service.service.clone(),
+        service: ran.query.service.service.clone(),
         nodes,
-        dns: query.dns.clone(),
-        datacenter,
-        failovers,
+        dns: ran.query.dns.clone(),
+        datacenter: ran.datacenter,
+        failovers: ran.failovers,
     };
-    Ok(indexed_json(body.index, &executed))
-}
-
-/// Whether an instance passes the query's health, tag and meta conditions.
-fn selected(entry: &ServiceEntry, service: &QueryService) -> bool {
-    let mut statuses = entry
-        .checks
-        .iter()
-        .filter(|c| !service.ignore_check_ids.contains(&c.check_id))
-        .map(|c| c.status);
-    let healthy = if service.only_passing {
-        statuses.all(|s| s == CheckStatus::Passing)
-    } else {
-        statuses.all(|s| s != CheckStatus::Critical)
-    };
-    let tags = service.tags.iter().all(|tag| match tag.strip_prefix('!') {
-        Some(absent) => !entry.service.tags.iter().any(|t| t == absent),
-        None => entry.service.tags.iter().any(|t| t == tag),
-    });
-    let node_meta = service
-        .node_meta
-        .iter()
-        .all(|(k, v)| entry.node.meta.get(k) == Some(v));
-    let service_meta = service
-        .service_meta
-        .iter()
-        .all(|(k, v)| entry.service.meta.get(k) == Some(v));
-    healthy && tags && node_meta && service_meta
+    Ok(indexed_json(ran.index, &executed))
 }
 
 mod failover;
+mod run;
+
+pub use run::{Queries, Ran};
 #[cfg(test)]
 mod tests;

@@ -101,12 +101,15 @@ fn parse_recursor(text: &str) -> Result<SocketAddr, String> {
 /// are answered as `acl` resolves a request without a token (the default token, else anonymous).
 pub fn serve(
     catalog: Arc<StoreCatalog>,
+    queries: Arc<plexus_control::query::Queries>,
     acl: plexus_runtime::acl::Resolver,
     config: DnsConfig,
     (udp, tcp): (UdpSocket, TcpListener),
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    let dns = Dns::new(catalog, config).with_acl(acl);
+    let dns = Dns::new(catalog, config)
+        .with_acl(acl)
+        .with_queries(queries);
     plexus_runtime::telemetry::listening("dns-udp", udp.local_addr()?);
     plexus_runtime::telemetry::listening("dns-tcp", tcp.local_addr()?);
     shutdown.spawn(plexus_control::dns::serve::udp(

@@ -538,17 +538,24 @@ async fn servers_federate_over_https_verified_with_the_ca_file() {
 /// A prepared query whose service has no instance here runs in its `Failover` datacenters in
 /// order: an unknown one counts as tried, the first with instances passing the query answers
 /// (`Datacenter`, `Failovers`); `NearestN` takes the other datacenters in list order; the
-/// query's tags apply there too; with an instance here again, here answers.
+/// query's tags apply there too; with an instance here again, here answers. DNS
+/// (`NAME.query.consul`, answered as the default token) follows the same failover.
 #[tokio::test]
 async fn a_prepared_query_fails_over_to_the_next_datacenter_with_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("default-token");
+    std::fs::write(&token_file, plexus_test::server::management_token()).unwrap();
+    let default = ["--default-token-file", token_file.to_str().unwrap()];
     let dc2_port = free_port();
+    let join = format!("127.0.0.1:{dc2_port}");
     let dc1 = DcServer::start(
         "dc1",
         0,
-        &["--retry-join-wan", &format!("127.0.0.1:{dc2_port}")],
+        &[&["--retry-join-wan", &join][..], &default].concat(),
     )
     .await;
-    let dc2 = DcServer::start("dc2", dc2_port, &[]).await;
+    let dc2 = DcServer::start("dc2", dc2_port, &default).await;
+    let dns1: std::net::SocketAddr = dc1.process.listening("dns-udp").await.unwrap();
     eventually!(dc1.datacenters().await == json!(["dc1", "dc2"]));
     let register = |node: &str, address: &str| {
         json!({"Node": node, "Address": address,
@@ -582,7 +589,7 @@ async fn a_prepared_query_fails_over_to_the_next_datacenter_with_instances() {
             .call(
                 "POST",
                 "/v1/query",
-                Some(json!({"Name": name, "Service": service})),
+                Some(json!({"Name": name, "Service": service, "DNS": {"TTL": "7s"}})),
             )
             .await;
         assert_eq!(status, 200, "{body}");
@@ -610,6 +617,21 @@ async fn a_prepared_query_fails_over_to_the_next_datacenter_with_instances() {
     );
     assert_eq!(execute("v9").await, (vec![], json!("dc1"), json!(1)));
     assert_eq!(execute("stay").await, (vec![], json!("dc1"), json!(0)));
+    // Over DNS: dc2's address, its SRV target named in dc2, the query's TTL; no answer is
+    // NXDOMAIN.
+    let answer = crate::dns::dig(dns1, &["billing.query.consul", "A"]).await;
+    assert!(
+        answer.contains("billing.query.consul. 7 IN A 10.9.9.9"),
+        "{answer}"
+    );
+    assert_eq!(
+        crate::dns::short(dns1, &["billing.query.dc1.consul", "SRV"]).await,
+        ["1 1 9000 ext-dc2.node.dc2.consul."]
+    );
+    let answer = crate::dns::dig(dns1, &["v9.query.consul", "A"]).await;
+    assert!(answer.contains("status: NXDOMAIN"), "{answer}");
+    let answer = crate::dns::dig(dns1, &["nosuch.query.consul", "A"]).await;
+    assert!(answer.contains("status: NXDOMAIN"), "{answer}");
 
     let (status, _, _) = dc1
         .call(

@@ -20,7 +20,7 @@ fn dig_bin() -> PathBuf {
 }
 
 /// Runs `dig @server -p port ARGS +time=2 +tries=1` and returns its stdout.
-async fn dig(server: SocketAddr, args: &[&str]) -> String {
+pub(crate) async fn dig(server: SocketAddr, args: &[&str]) -> String {
     let out = tokio::process::Command::new(dig_bin())
         .arg(format!("@{}", server.ip()))
         .args(["-p", &server.port().to_string(), "+time=2", "+tries=1"])
@@ -37,7 +37,7 @@ async fn dig(server: SocketAddr, args: &[&str]) -> String {
 }
 
 /// `dig +short` lines, sorted.
-async fn short(server: SocketAddr, args: &[&str]) -> Vec<String> {
+pub(crate) async fn short(server: SocketAddr, args: &[&str]) -> Vec<String> {
     let mut args = args.to_vec();
     args.push("+short");
     let mut lines: Vec<String> = dig(server, &args)
