@@ -30,8 +30,11 @@
 //! other datacenters included (SRV targets then name that datacenter), with the query's
 //! `DNS.TTL`.
 //!
-//! Not here: DNSSEC, zone transfers, other datacenters' names (a name naming another
-//! datacenter is NXDOMAIN).
+//! Another datacenter's services and sidecars (`web.service.dc2.DOMAIN`) are read from its
+//! health API through the federation, as its default token allows; its nodes and queries are
+//! NXDOMAIN here.
+//!
+//! Not here: DNSSEC, zone transfers.
 
 pub mod name;
 mod records;
@@ -207,6 +210,8 @@ pub struct Dns {
     acl: Resolver,
     /// Prepared queries (`NAME.query.DOMAIN`); without them such names do not exist.
     queries: Option<Arc<crate::query::Queries>>,
+    /// Other datacenters (`NAME.service.DC.DOMAIN`); without it their names do not exist.
+    federation: Option<crate::wan::Shared>,
 }
 
 impl Dns {
@@ -217,7 +222,15 @@ impl Dns {
             config: Arc::new(config),
             acl: Resolver::default(),
             queries: None,
+            federation: None,
         }
+    }
+
+    /// Answers other datacenters' service names through `federation`.
+    #[must_use]
+    pub fn with_federation(mut self, federation: crate::wan::Shared) -> Self {
+        self.federation = Some(federation);
+        self
     }
 
     /// Answers `NAME.query.DOMAIN` from `queries`.

@@ -6,6 +6,8 @@
 //! NAME.connect[.DC].DOMAIN            the mesh entry points (sidecars) of NAME
 //! NODE.node[.DC].DOMAIN               a node's address
 //! NAME.query[.DC].DOMAIN              a prepared query's answer (by name or ID)
+//!
+//! Under another datacenter's label only services and sidecars exist ([`Lookup::Remote`]).
 //! HEX.addr[.DC].DOMAIN                the address written in hex (SRV targets of instances
 //!                                     whose address differs from their node's)
 //! DOMAIN                              the zone apex (SOA, NS)
@@ -39,6 +41,17 @@ pub enum Lookup {
     },
     /// An address spelled in hex.
     Addr(IpAddr),
+    /// Instances of a service (or its sidecars) in another datacenter.
+    Remote {
+        /// The datacenter's label.
+        datacenter: String,
+        /// The service name.
+        name: String,
+        /// Only instances carrying this tag.
+        tag: Option<String>,
+        /// `NAME.connect.DC.DOMAIN`.
+        connect: bool,
+    },
     /// A name under the domain that does not follow any of the forms above, or a datacenter
     /// this server does not serve: NXDOMAIN.
     Unknown,
@@ -62,13 +75,32 @@ pub fn parse(labels: &[String], domain: &[String], datacenter: &str) -> Lookup {
     let (kind, rest) = if is_kind(last) {
         (last.as_str(), &inner[..inner.len() - 1])
     } else if inner.len() >= 2 && is_kind(&inner[inner.len() - 2]) {
+        let (kind, rest) = (inner[inner.len() - 2].as_str(), &inner[..inner.len() - 2]);
         if last != datacenter {
-            return Lookup::Unknown;
+            // Another datacenter: its services and sidecars (answered through it), nothing else.
+            return match (kind, parse_kind(kind, rest)) {
+                ("service" | "connect", Lookup::Service { name, tag, connect })
+                    if is_datacenter(last) =>
+                {
+                    Lookup::Remote {
+                        datacenter: last.clone(),
+                        name,
+                        tag,
+                        connect,
+                    }
+                }
+                _ => Lookup::Unknown,
+            };
         }
-        (inner[inner.len() - 2].as_str(), &inner[..inner.len() - 2])
+        (kind, rest)
     } else {
         return Lookup::Unknown;
     };
+    parse_kind(kind, rest)
+}
+
+/// What the labels before `kind` ask for.
+fn parse_kind(kind: &str, rest: &[String]) -> Lookup {
     match (kind, rest) {
         ("service", [name]) => service(name, None, false),
         ("service", [first, second]) => match (first.strip_prefix('_'), second.strip_prefix('_')) {
@@ -81,6 +113,15 @@ pub fn parse(labels: &[String], domain: &[String], datacenter: &str) -> Lookup {
         ("addr", [hex]) => decode_addr(hex).map_or(Lookup::Unknown, Lookup::Addr),
         _ => Lookup::Unknown,
     }
+}
+
+/// A datacenter name (Plexus's rule: letters, digits, `-` and `_`).
+fn is_datacenter(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 128
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
 fn is_kind(label: &str) -> bool {
@@ -164,8 +205,26 @@ mod tests {
     }
 
     #[test]
+    fn other_datacenters_services_are_remote_and_nothing_else_of_theirs() {
+        let remote = |name: &str, tag: Option<&str>, connect: bool| Lookup::Remote {
+            datacenter: "dc2".into(),
+            name: name.into(),
+            tag: tag.map(Into::into),
+            connect,
+        };
+        assert_eq!(lookup("web.service.dc2.consul"), remote("web", None, false));
+        assert_eq!(
+            lookup("_web._v1.service.dc2.consul"),
+            remote("web", Some("v1"), false)
+        );
+        assert_eq!(lookup("web.connect.dc2.consul"), remote("web", None, true));
+        assert_eq!(lookup("n1.node.dc2.consul"), Lookup::Unknown);
+        assert_eq!(lookup("q.query.dc2.consul"), Lookup::Unknown);
+        assert_eq!(lookup("web.service.d$c.consul"), Lookup::Unknown);
+    }
+
+    #[test]
     fn other_names_are_unknown_or_outside() {
-        assert_eq!(lookup("web.service.dc2.consul"), Lookup::Unknown);
         assert_eq!(lookup("a.b.web.service.consul"), Lookup::Unknown);
         assert_eq!(lookup("web.consul"), Lookup::Unknown);
         assert_eq!(lookup("x.y.consul"), Lookup::Unknown);

@@ -98,6 +98,51 @@ pub(super) async fn answer(
             Ok(service_records(dns, &owner, qtype, &entries, ttl, dc))
         }
         Lookup::Query { name } => query_records(dns, authz, owner, qtype, name).await,
+        Lookup::Remote {
+            datacenter,
+            name,
+            tag,
+            connect,
+        } => {
+            let Some(federation) = &dns.federation else {
+                return Ok(Found::NxDomain);
+            };
+            // Answered as the other datacenter's default token decides (tokens are per
+            // datacenter); a datacenter nobody knows, or that does not answer, has no such name.
+            let entries = match crate::wan::health::instances(
+                federation,
+                datacenter,
+                name,
+                *connect,
+                tag.as_deref(),
+                None,
+            )
+            .await
+            {
+                Ok(entries) => entries,
+                Err(why) => {
+                    tracing::debug!(%datacenter, service = %name, %why, "DNS: another datacenter did not answer");
+                    return Ok(Found::NxDomain);
+                }
+            };
+            let mut entries: Vec<Reachable> = entries
+                .iter()
+                .map(reachable)
+                .filter(|e| healthy(e, dns.config.only_passing))
+                .collect();
+            if entries.is_empty() {
+                return Ok(Found::NxDomain);
+            }
+            entries.shuffle(&mut rand::rng());
+            Ok(service_records(
+                dns,
+                &owner,
+                qtype,
+                &entries,
+                dns.config.service_ttl,
+                datacenter,
+            ))
+        }
         Lookup::Node { name } => match dns.catalog().node_stale(name).await? {
             None => Ok(Found::NxDomain),
             Some(node) if !authz.can_read_node(&node.node) => Ok(Found::NxDomain),

@@ -28,36 +28,22 @@ pub(super) fn order(failover: &QueryFailover, known: &[String], own: &str) -> Ve
     out
 }
 
-/// The instances of `service` in `dc` (its health answer with the caller's token), or why not.
+/// The instances of the query's service in `dc` (its health answer with the caller's token).
 pub(super) async fn remote(
     federation: &Federation,
     dc: &str,
     service: &QueryService,
     token: Option<&SecretId>,
 ) -> Result<Vec<ServiceEntry>, String> {
-    let client = match federation.client_for(dc) {
-        Some(Ok(client)) => client,
-        Some(Err(error)) => return Err(error.to_string()),
-        None => return Err("no server of it is known".to_owned()),
-    };
-    let kind = if service.connect {
-        "connect"
-    } else {
-        "service"
-    };
-    // A query's service is a validated service name: nothing in it needs escaping.
-    let path = format!("/v1/health/{kind}/{}", service.service);
-    let answer = client
-        .forward(reqwest::Method::GET, &path, None, Vec::new(), token)
-        .await
-        .map_err(|e| plexus_runtime::ErrorChain(&e).to_string())?;
-    if !answer.status().is_success() {
-        return Err(format!("its health answer was {}", answer.status()));
-    }
-    answer
-        .json::<Vec<ServiceEntry>>()
-        .await
-        .map_err(|e| format!("its health answer did not decode: {e}"))
+    crate::wan::health::instances(
+        federation,
+        dc,
+        &service.service,
+        service.connect,
+        None,
+        token,
+    )
+    .await
 }
 
 #[cfg(test)]

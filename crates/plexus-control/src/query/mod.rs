@@ -7,7 +7,7 @@
 //! GET    /v1/query/{id}                    one, as a list
 //! PUT    /v1/query/{id}                    replace
 //! DELETE /v1/query/{id}                    delete
-//! GET    /v1/query/{id-or-name}/execute    healthy instances → {Service, Nodes, DNS, Datacenter, Failovers}
+//! GET    /v1/query/{id-or-name}/execute    healthy instances (`?limit=N`: at most N) → {Service, Nodes, DNS, Datacenter, Failovers}
 //! GET    /v1/query/{id-or-name}/explain    the query that would run
 //! ```
 //!
@@ -513,9 +513,20 @@ async fn execute(
     State(state): State<QueryState>,
     authz: Authz,
     headers: axum::http::HeaderMap,
+    params: plexus_runtime::http::QueryParams,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(path_error)?;
+    // `?limit=N`: at most N instances (Consul's), after the shuffle.
+    let limit = match params.get("limit").filter(|l| !l.is_empty()) {
+        None => usize::MAX,
+        Some(text) => text.parse::<usize>().map_err(|_| {
+            ApiError::invalid_field(
+                "limit",
+                format!("invalid limit {text:?}: expected a non-negative integer"),
+            )
+        })?,
+    };
     let token = plexus_runtime::acl::token_of(&headers, None);
     let ran = state.run(&id, &authz, token.as_ref()).await?;
     let mut nodes: Vec<serde_json::Value> = ran
@@ -524,6 +535,7 @@ async fn execute(
         .filter_map(|e| serde_json::to_value(e).ok())
         .collect();
     nodes.shuffle(&mut rand::rng());
+    nodes.truncate(limit);
     let executed = Executed {
         service: ran.query.service.service.clone(),
         nodes,

@@ -17,10 +17,12 @@
 //! - [`gateways`]: `/v1/internal/mesh-gateways`, where sidecars find another datacenter's
 //!   mesh gateways.
 //! - [`forward`]: the middleware that relays `?dc=` requests.
+//! - [`health`]: another datacenter's instances of a service, for this server's own answers.
 
 pub mod exchange;
 pub mod forward;
 pub mod gateways;
+pub mod health;
 pub mod join;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -415,6 +415,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     super::dns::serve(
         dev.control.catalog(),
         dev.control.queries(),
+        dev.control.federation(),
         dev.control.resolver(),
         dns_config,
         dns_sockets,

@@ -102,6 +102,7 @@ fn parse_recursor(text: &str) -> Result<SocketAddr, String> {
 pub fn serve(
     catalog: Arc<StoreCatalog>,
     queries: Arc<plexus_control::query::Queries>,
+    federation: plexus_control::wan::Shared,
     acl: plexus_runtime::acl::Resolver,
     config: DnsConfig,
     (udp, tcp): (UdpSocket, TcpListener),
@@ -109,7 +110,8 @@ pub fn serve(
 ) -> anyhow::Result<()> {
     let dns = Dns::new(catalog, config)
         .with_acl(acl)
-        .with_queries(queries);
+        .with_queries(queries)
+        .with_federation(federation);
     plexus_runtime::telemetry::listening("dns-udp", udp.local_addr()?);
     plexus_runtime::telemetry::listening("dns-tcp", tcp.local_addr()?);
     shutdown.spawn(plexus_control::dns::serve::udp(

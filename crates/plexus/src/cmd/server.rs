@@ -567,6 +567,7 @@ pub async fn run(mut args: Args, given: Given) -> anyhow::Result<ExitCode> {
     super::dns::serve(
         control.catalog(),
         control.queries(),
+        control.federation(),
         control.resolver(),
         dns_config,
         dns_sockets,

@@ -539,7 +539,8 @@ async fn servers_federate_over_https_verified_with_the_ca_file() {
 /// order: an unknown one counts as tried, the first with instances passing the query answers
 /// (`Datacenter`, `Failovers`); `NearestN` takes the other datacenters in list order; the
 /// query's tags apply there too; with an instance here again, here answers. DNS
-/// (`NAME.query.consul`, answered as the default token) follows the same failover.
+/// (`NAME.query.consul`, answered as the default token) follows the same failover, and answers
+/// another datacenter's service names (`NAME.service.dc2.consul`) through it.
 #[tokio::test]
 async fn a_prepared_query_fails_over_to_the_next_datacenter_with_instances() {
     let dir = tempfile::tempdir().unwrap();
@@ -632,6 +633,24 @@ async fn a_prepared_query_fails_over_to_the_next_datacenter_with_instances() {
     assert!(answer.contains("status: NXDOMAIN"), "{answer}");
     let answer = crate::dns::dig(dns1, &["nosuch.query.consul", "A"]).await;
     assert!(answer.contains("status: NXDOMAIN"), "{answer}");
+    // Another datacenter's services by name, read through it; its unknown ones, and unknown
+    // datacenters, do not exist.
+    assert_eq!(
+        crate::dns::short(dns1, &["billing.service.dc2.consul", "A"]).await,
+        ["10.9.9.9"]
+    );
+    assert_eq!(
+        crate::dns::short(dns1, &["_billing._v1.service.dc2.consul", "SRV"]).await,
+        ["1 1 9000 ext-dc2.node.dc2.consul."]
+    );
+    for name in [
+        "nosuch.service.dc2.consul",
+        "v2.billing.service.dc2.consul",
+        "billing.service.dc9.consul",
+    ] {
+        let answer = crate::dns::dig(dns1, &[name, "A"]).await;
+        assert!(answer.contains("status: NXDOMAIN"), "{name}: {answer}");
+    }
 
     let (status, _, _) = dc1
         .call(
@@ -645,4 +664,14 @@ async fn a_prepared_query_fails_over_to_the_next_datacenter_with_instances() {
         execute("billing").await,
         (vec!["ext-dc1".to_owned()], json!("dc1"), json!(0))
     );
+    // `?limit=`: at most that many; a bad one is a 400 naming it.
+    let (status, body, _) = dc1
+        .call("GET", "/v1/query/billing/execute?limit=0", None)
+        .await;
+    assert_eq!((status, body["Nodes"].clone()), (200, json!([])), "{body}");
+    let (status, body, _) = dc1
+        .call("GET", "/v1/query/billing/execute?limit=x", None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("limit"), "{body}");
 }
