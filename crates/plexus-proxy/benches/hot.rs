@@ -173,6 +173,7 @@ fn header(name: &str, value: ValueMatch, invert: bool) -> HeaderCriterion {
         name: name.to_owned(),
         value,
         invert,
+        ignore_case: false,
     }
 }
 

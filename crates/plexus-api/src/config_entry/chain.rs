@@ -144,6 +144,8 @@ pub enum ValueMatch {
     Prefix(String),
     /// Ends with.
     Suffix(String),
+    /// Contains (L7 intentions' `Contains`).
+    Contains(String),
     /// The whole value matches the regex (validated).
     Regex(String),
 }
@@ -157,6 +159,9 @@ pub struct HeaderCriterion {
     pub value: ValueMatch,
     /// Negate.
     pub invert: bool,
+    /// Compare without regard to ASCII case (L7 intentions' `IgnoreCase`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_case: bool,
 }
 
 /// A query parameter criterion.

@@ -291,6 +291,7 @@ fn request_match(m: &HttpMatch) -> RequestMatch {
                     ValueMatch::Present
                 },
                 invert: h.invert,
+                ignore_case: false,
             })
             .collect(),
         query: m

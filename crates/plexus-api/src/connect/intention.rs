@@ -180,8 +180,8 @@ pub struct IntentionHttpPermission {
     pub methods: Vec<String>,
 }
 
-/// A header criterion of a permission: exactly one of `Present`, `Exact`, `Prefix`, `Suffix`
-/// and `Regex`, possibly inverted.
+/// A header criterion of a permission: exactly one of `Present`, `Exact`, `Prefix`, `Suffix`,
+/// `Contains` and `Regex`, possibly inverted, possibly without regard to case (Consul 1.16's).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntentionHttpHeaderPermission {
@@ -200,12 +200,18 @@ pub struct IntentionHttpHeaderPermission {
     /// Ends with.
     #[serde(rename = "Suffix", default, skip_serializing_if = "String::is_empty")]
     pub suffix: String,
+    /// Contains.
+    #[serde(rename = "Contains", default, skip_serializing_if = "String::is_empty")]
+    pub contains: String,
     /// The whole value matches this regular expression.
     #[serde(rename = "Regex", default, skip_serializing_if = "String::is_empty")]
     pub regex: String,
     /// Negate the test.
     #[serde(rename = "Invert", default, skip_serializing_if = "is_false")]
     pub invert: bool,
+    /// Compare without regard to ASCII case.
+    #[serde(rename = "IgnoreCase", default, skip_serializing_if = "is_false")]
+    pub ignore_case: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -241,12 +247,15 @@ impl IntentionHttpPermission {
                     ValueMatch::Prefix(h.prefix.clone())
                 } else if !h.suffix.is_empty() {
                     ValueMatch::Suffix(h.suffix.clone())
+                } else if !h.contains.is_empty() {
+                    ValueMatch::Contains(h.contains.clone())
                 } else if !h.regex.is_empty() {
                     ValueMatch::Regex(h.regex.clone())
                 } else {
                     ValueMatch::Present
                 },
                 invert: h.invert,
+                ignore_case: h.ignore_case,
             })
             .collect();
         RequestMatch {
@@ -337,15 +346,21 @@ pub fn validate_rule(
                 );
             }
             let tests = usize::from(header.present)
-                + [&header.exact, &header.prefix, &header.suffix, &header.regex]
-                    .iter()
-                    .filter(|v| !v.is_empty())
-                    .count();
+                + [
+                    &header.exact,
+                    &header.prefix,
+                    &header.suffix,
+                    &header.contains,
+                    &header.regex,
+                ]
+                .iter()
+                .filter(|v| !v.is_empty())
+                .count();
             if tests != 1 {
                 return fail(
                     at.clone(),
                     format!(
-                        "{at} must set exactly one of Present, Exact, Prefix, Suffix and Regex"
+                        "{at} must set exactly one of Present, Exact, Prefix, Suffix, Contains and Regex"
                     ),
                 );
             }
@@ -813,6 +828,24 @@ mod tests {
             assert_eq!(got_field, field, "{message}");
             assert!(message.contains(words), "{field}: {message}");
         }
+        let contains = IntentionHttpHeaderPermission {
+            name: "x".into(),
+            contains: "a".into(),
+            ignore_case: true,
+            ..Default::default()
+        };
+        validate_rule(None, &[http(header(contains.clone()))]).unwrap();
+        let m = header(contains).request_match();
+        assert_eq!(m.headers[0].value, ValueMatch::Contains("a".into()));
+        assert!(m.headers[0].ignore_case);
+        let two = IntentionHttpHeaderPermission {
+            name: "x".into(),
+            contains: "a".into(),
+            suffix: "b".into(),
+            ..Default::default()
+        };
+        let (field, _) = validate_rule(None, &[http(header(two))]).unwrap_err();
+        assert_eq!(field, "Permissions[0].HTTP.Header[0]");
         let good = http(IntentionHttpPermission {
             path_regex: "/v[0-9]+/.*".into(),
             header: vec![IntentionHttpHeaderPermission {

@@ -23,7 +23,23 @@ struct Request<'a> {
 }
 
 fn string_matches(m: &StringMatcher, value: &str) -> bool {
+    if m.ignore_case {
+        let folded = StringMatcher {
+            ignore_case: false,
+            match_pattern: m.match_pattern.as_ref().map(|p| match p {
+                string_matcher::MatchPattern::Exact(e) => {
+                    string_matcher::MatchPattern::Exact(e.to_ascii_lowercase())
+                }
+                string_matcher::MatchPattern::Contains(c) => {
+                    string_matcher::MatchPattern::Contains(c.to_ascii_lowercase())
+                }
+                other => other.clone(),
+            }),
+        };
+        return string_matches(&folded, &value.to_ascii_lowercase());
+    }
     match m.match_pattern.as_ref().expect("a pattern") {
+        string_matcher::MatchPattern::Contains(c) => value.contains(c.as_str()),
         string_matcher::MatchPattern::Exact(e) => value == e,
         string_matcher::MatchPattern::Prefix(p) => value.starts_with(p.as_str()),
         string_matcher::MatchPattern::Suffix(s) => value.ends_with(s.as_str()),
@@ -112,8 +128,8 @@ fn l7(
 }
 
 /// The intentions of the tests: `client` by permissions (deny `/admin…`, allow GET under `/v2/`,
-/// allow `x-role: ops`), everyone else by a wildcard L7 intention (allow `/health` exactly),
-/// `db` denied outright, `ops` allowed outright.
+/// allow an `x-role` containing `ops` in any case), everyone else by a wildcard L7 intention
+/// (allow `/health` exactly), `db` denied outright, `ops` allowed outright.
 fn intentions() -> Vec<Intention> {
     use IntentionAction::{Allow, Deny};
     vec![
@@ -141,7 +157,8 @@ fn intentions() -> Vec<Intention> {
                     IntentionHttpPermission {
                         header: vec![IntentionHttpHeaderPermission {
                             name: "X-Role".into(),
-                            exact: "ops".into(),
+                            contains: "OPS".into(),
+                            ignore_case: true,
                             ..Default::default()
                         }],
                         ..Default::default()
@@ -178,7 +195,12 @@ fn expected(request: &Request<'_>, default_allow: bool) -> bool {
                     request.method == "GET" && request.path.starts_with("/v2/"),
                     true,
                 ),
-                (request.role == Some("ops"), true),
+                (
+                    request
+                        .role
+                        .is_some_and(|r| r.to_ascii_lowercase().contains("ops")),
+                    true,
+                ),
             ];
             allowed_by
                 .iter()
@@ -198,7 +220,7 @@ fn l7_intentions_decide_each_request_as_first_match_wins() {
         for source in ["client", "db", "ops", "other"] {
             for method in ["GET", "POST"] {
                 for path in ["/v2/widgets", "/admin/users", "/health", "/healthz", "/"] {
-                    for role in [None, Some("ops"), Some("dev")] {
+                    for role in [None, Some("ops"), Some("dev"), Some("DevOps")] {
                         let request = Request {
                             source,
                             method,
@@ -215,7 +237,7 @@ fn l7_intentions_decide_each_request_as_first_match_wins() {
                 }
             }
         }
-        assert_eq!(checked, 120);
+        assert_eq!(checked, 160);
     }
 }
 

@@ -356,6 +356,7 @@ fn string(value: &ValueMatch) -> StringMatcher {
         ValueMatch::Exact(v) => string_matcher::MatchPattern::Exact(v.clone()),
         ValueMatch::Prefix(v) => string_matcher::MatchPattern::Prefix(v.clone()),
         ValueMatch::Suffix(v) => string_matcher::MatchPattern::Suffix(v.clone()),
+        ValueMatch::Contains(v) => string_matcher::MatchPattern::Contains(v.clone()),
         ValueMatch::Regex(v) => string_matcher::MatchPattern::SafeRegex(re(v)),
     };
     StringMatcher {
@@ -375,7 +376,16 @@ pub(super) fn header_matchers(matcher: &RequestMatch) -> Vec<HeaderMatcher> {
             invert_match: h.invert,
             header_match_specifier: Some(match &h.value {
                 ValueMatch::Present => header_matcher::HeaderMatchSpecifier::PresentMatch(true),
-                other => header_matcher::HeaderMatchSpecifier::StringMatch(string(other)),
+                // Envoy's `ignore_case` does not reach a safe regex: the regex says it itself.
+                ValueMatch::Regex(r) if h.ignore_case => {
+                    header_matcher::HeaderMatchSpecifier::StringMatch(string(&ValueMatch::Regex(
+                        format!("(?i:{r})"),
+                    )))
+                }
+                other => header_matcher::HeaderMatchSpecifier::StringMatch(StringMatcher {
+                    ignore_case: h.ignore_case,
+                    ..string(other)
+                }),
             }),
             ..Default::default()
         })

@@ -95,6 +95,7 @@ fn http_chain() -> DiscoveryChain {
                         name: "x-canary".into(),
                         value: ValueMatch::Exact("1".into()),
                         invert: false,
+                        ignore_case: false,
                     }],
                     methods: vec!["GET".into(), "POST".into()],
                     ..Default::default()

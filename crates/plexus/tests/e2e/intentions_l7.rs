@@ -12,12 +12,13 @@ use crate::envoy::envoy;
 use crate::l7::{L7Mesh, app_hcl, client_hcl, raw};
 use crate::{dev, http, write_file};
 
-/// `client` → `web`: `/admin…` only with `x-role: ops`; no DELETE; anything else the default.
+/// `client` → `web`: `/admin…` only with an `x-role` containing `ops` in any case; no DELETE;
+/// anything else the default.
 fn permissions() -> serde_json::Value {
     json!({
         "Description": "ops only on /admin",
         "Permissions": [
-            {"Action": "allow", "HTTP": {"PathPrefix": "/admin", "Header": [{"Name": "X-Role", "Exact": "ops"}]}},
+            {"Action": "allow", "HTTP": {"PathPrefix": "/admin", "Header": [{"Name": "X-Role", "Contains": "ops", "IgnoreCase": true}]}},
             {"Action": "deny", "HTTP": {"PathPrefix": "/admin"}},
             {"Action": "deny", "HTTP": {"Methods": ["DELETE"]}},
         ],
@@ -57,6 +58,7 @@ async fn decided_by_permissions(upstream: SocketAddr, web: &HttpStub) {
     let cases = [
         ("GET", "/v2/widgets", None, 200),
         ("GET", "/admin/users", Some("ops"), 200),
+        ("GET", "/admin/users", Some("DevOps"), 200),
         ("GET", "/admin/users", Some("dev"), 403),
         ("GET", "/admin/users", None, 403),
         ("DELETE", "/v2/widgets", None, 403),
@@ -179,7 +181,7 @@ Sources = [
         Action = "allow"
         HTTP {
           PathPrefix = "/admin"
-          Header = [{ Name = "X-Role", Exact = "ops" }]
+          Header = [{ Name = "X-Role", Contains = "ops", IgnoreCase = true }]
         }
       },
       { Action = "deny", HTTP { PathPrefix = "/admin" } },

@@ -63,16 +63,32 @@ enum Test {
     Exact(String),
     Prefix(String),
     Suffix(String),
+    Contains(String),
     Regex(Regex),
 }
 
 impl Test {
     fn new(v: &ValueMatch) -> Result<Self, regex::Error> {
+        Self::folded(v, false)
+    }
+
+    /// With `ignore_case`, the literal is kept in lowercase (the value is lowercased before the
+    /// test, [`Matcher::matches`]) and a regex is compiled case-insensitive.
+    fn folded(v: &ValueMatch, ignore_case: bool) -> Result<Self, regex::Error> {
+        let lit = |s: &String| {
+            if ignore_case {
+                s.to_ascii_lowercase()
+            } else {
+                s.clone()
+            }
+        };
         Ok(match v {
             ValueMatch::Present => Self::Present,
-            ValueMatch::Exact(s) => Self::Exact(s.clone()),
-            ValueMatch::Prefix(s) => Self::Prefix(s.clone()),
-            ValueMatch::Suffix(s) => Self::Suffix(s.clone()),
+            ValueMatch::Exact(s) => Self::Exact(lit(s)),
+            ValueMatch::Prefix(s) => Self::Prefix(lit(s)),
+            ValueMatch::Suffix(s) => Self::Suffix(lit(s)),
+            ValueMatch::Contains(s) => Self::Contains(lit(s)),
+            ValueMatch::Regex(r) if ignore_case => Self::Regex(whole(&format!("(?i:{r})"))?),
             ValueMatch::Regex(r) => Self::Regex(whole(r)?),
         })
     }
@@ -83,6 +99,7 @@ impl Test {
             Self::Exact(s) => value == s,
             Self::Prefix(s) => value.starts_with(s.as_str()),
             Self::Suffix(s) => value.ends_with(s.as_str()),
+            Self::Contains(s) => value.contains(s.as_str()),
             Self::Regex(r) => r.is_match(value),
         }
     }
@@ -97,7 +114,8 @@ fn whole(re: &str) -> Result<Regex, regex::Error> {
 #[derive(Debug, Clone)]
 pub(crate) struct Matcher {
     path: Option<Test>,
-    headers: Vec<(String, Test, bool)>,
+    /// Name, test, invert, ignore case.
+    headers: Vec<(String, Test, bool, bool)>,
     query: Vec<(String, Test)>,
     methods: Vec<String>,
 }
@@ -119,7 +137,15 @@ impl Matcher {
                      name,
                      value,
                      invert,
-                 }| { Ok((name.to_ascii_lowercase(), Test::new(value)?, *invert)) },
+                     ignore_case,
+                 }| {
+                    Ok((
+                        name.to_ascii_lowercase(),
+                        Test::folded(value, *ignore_case)?,
+                        *invert,
+                        *ignore_case,
+                    ))
+                },
             )
             .collect::<Result<_, regex::Error>>()?;
         let query = m
@@ -159,8 +185,14 @@ impl Matcher {
         {
             return false;
         }
-        for (name, test, invert) in &self.headers {
-            let hit = req.header(name).is_some_and(|v| test.matches(v));
+        for (name, test, invert, ignore_case) in &self.headers {
+            let hit = req.header(name).is_some_and(|v| {
+                if *ignore_case {
+                    test.matches(&v.to_ascii_lowercase())
+                } else {
+                    test.matches(v)
+                }
+            });
             if hit == *invert {
                 return false;
             }

@@ -79,3 +79,45 @@ proptest! {
         prop_assert_eq!(got == "p", path.starts_with(&prefix));
     }
 }
+
+/// L7 intentions' header tests: `Contains`, and `IgnoreCase` on each kind of test.
+#[test]
+fn contains_and_ignore_case_header_tests() {
+    use plexus_api::config_entry::chain::{HeaderCriterion, RequestMatch, ValueMatch};
+
+    use super::table::Matcher;
+    let matcher = |value: ValueMatch, ignore_case: bool| {
+        Matcher::new(&RequestMatch {
+            headers: vec![HeaderCriterion {
+                name: "x-role".into(),
+                value,
+                invert: false,
+                ignore_case,
+            }],
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let role = |v: &str| req("GET", "/", None, &[("x-role", v)]);
+    let contains = matcher(ValueMatch::Contains("Ops".into()), false);
+    assert!(contains.matches(&role("devOps")));
+    assert!(!contains.matches(&role("devops")));
+    let folded = matcher(ValueMatch::Contains("Ops".into()), true);
+    assert!(folded.matches(&role("DEVOPS")) && folded.matches(&role("devops")));
+    assert!(!folded.matches(&role("dev")));
+    for (value, hit) in [
+        (ValueMatch::Exact("Admin".into()), "aDMIN"),
+        (ValueMatch::Prefix("Ad".into()), "aDMIN"),
+        (ValueMatch::Suffix("IN".into()), "admin"),
+        (ValueMatch::Regex("ad[a-z]+".into()), "ADMIN"),
+    ] {
+        assert!(
+            matcher(value.clone(), true).matches(&role(hit)),
+            "{value:?}"
+        );
+        assert!(
+            !matcher(value.clone(), false).matches(&role(hit)),
+            "{value:?}"
+        );
+    }
+}
