@@ -29,6 +29,12 @@ impl<'a> Entries<'a> {
             _ => None,
         })
     }
+    fn proxy_defaults(&self) -> Option<&'a super::ProxyDefaults> {
+        self.0.iter().find_map(|e| match e {
+            ConfigEntry::ProxyDefaults(p) => Some(p),
+            _ => None,
+        })
+    }
     fn resolver(&self, service: &str) -> Option<&'a ServiceResolver> {
         self.0.iter().find_map(|e| match e {
             ConfigEntry::ServiceResolver(r) if r.name == service => Some(r),
@@ -54,10 +60,12 @@ pub fn compile(service: &str, entries: &[ConfigEntry]) -> DiscoveryChain {
     let all = Entries(entries);
     let mut chain = DiscoveryChain {
         service: service.to_owned(),
+        // The service's own defaults, else proxy-defaults' `Config.protocol`, else tcp.
         protocol: all
             .defaults(service)
             .and_then(|d| d.protocol.as_deref())
             .and_then(Protocol::parse)
+            .or_else(|| all.proxy_defaults().and_then(|p| p.protocol()))
             .unwrap_or_default(),
         policy: all.defaults(service).map(policy).unwrap_or_default(),
         ..DiscoveryChain::default()

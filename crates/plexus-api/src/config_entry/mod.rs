@@ -1,5 +1,6 @@
-//! L7 config entries (`service-defaults`, `service-resolver`, `service-splitter`,
-//! `service-router`), their validation, and the compiled [`chain::DiscoveryChain`] a sidecar uses.
+//! Config entries (`service-defaults`, `service-resolver`, `service-splitter`, `service-router`,
+//! the gateways', `proxy-defaults`, `service-intentions`), their validation, and the compiled
+//! [`chain::DiscoveryChain`] a sidecar uses.
 //!
 //! ```text
 //!  HCL/JSON file / API body ─► parse ─► ConfigEntry ─► validate (+ cross-entry checks) ─► store
@@ -18,6 +19,7 @@ pub mod filter;
 pub mod gateway;
 mod hcl1;
 pub mod intentions;
+pub mod proxy_defaults;
 #[cfg(test)]
 mod tests;
 pub mod validate;
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use self::entries::{ServiceDefaults, ServiceResolver, ServiceRouter, ServiceSplitter};
 pub use self::gateway::{IngressGateway, TerminatingGateway};
 pub use self::intentions::{ServiceIntentions, SourceIntention};
+pub use self::proxy_defaults::ProxyDefaults;
 pub use self::validate::{EntryError, EntryErrors};
 
 /// A config entry kind.
@@ -55,11 +58,14 @@ pub enum Kind {
     /// `service-intentions` (a view of the intentions; see [`intentions`]).
     #[serde(rename = "service-intentions")]
     ServiceIntentions,
+    /// `proxy-defaults` (`global` only).
+    #[serde(rename = "proxy-defaults")]
+    ProxyDefaults,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Self::ServiceDefaults,
         Self::ServiceResolver,
         Self::ServiceSplitter,
@@ -67,10 +73,11 @@ impl Kind {
         Self::IngressGateway,
         Self::TerminatingGateway,
         Self::ServiceIntentions,
+        Self::ProxyDefaults,
     ];
 
     /// Every kind, as an error message lists them.
-    pub const EXPECTED: &'static str = "service-defaults, service-resolver, service-splitter, service-router, ingress-gateway, terminating-gateway, service-intentions";
+    pub const EXPECTED: &'static str = "service-defaults, service-resolver, service-splitter, service-router, ingress-gateway, terminating-gateway, service-intentions, proxy-defaults";
 
     /// The written name.
     pub fn as_str(self) -> &'static str {
@@ -82,6 +89,7 @@ impl Kind {
             Self::IngressGateway => "ingress-gateway",
             Self::TerminatingGateway => "terminating-gateway",
             Self::ServiceIntentions => "service-intentions",
+            Self::ProxyDefaults => "proxy-defaults",
         }
     }
 
@@ -115,6 +123,8 @@ pub enum ConfigEntry {
     TerminatingGateway(TerminatingGateway),
     /// `service-intentions`.
     ServiceIntentions(ServiceIntentions),
+    /// `proxy-defaults`.
+    ProxyDefaults(ProxyDefaults),
 }
 
 impl<'de> Deserialize<'de> for ConfigEntry {
@@ -135,6 +145,7 @@ impl ConfigEntry {
             Self::IngressGateway(_) => Kind::IngressGateway,
             Self::TerminatingGateway(_) => Kind::TerminatingGateway,
             Self::ServiceIntentions(_) => Kind::ServiceIntentions,
+            Self::ProxyDefaults(_) => Kind::ProxyDefaults,
         }
     }
 
@@ -148,6 +159,7 @@ impl ConfigEntry {
             Self::IngressGateway(e) => &e.name,
             Self::TerminatingGateway(e) => &e.name,
             Self::ServiceIntentions(e) => &e.name,
+            Self::ProxyDefaults(e) => &e.name,
         }
     }
 
@@ -161,6 +173,7 @@ impl ConfigEntry {
             Self::IngressGateway(e) => (e.create_index, e.modify_index),
             Self::TerminatingGateway(e) => (e.create_index, e.modify_index),
             Self::ServiceIntentions(e) => (e.create_index, e.modify_index),
+            Self::ProxyDefaults(e) => (e.create_index, e.modify_index),
         }
     }
 
@@ -174,6 +187,7 @@ impl ConfigEntry {
             Self::IngressGateway(e) => (&mut e.create_index, &mut e.modify_index),
             Self::TerminatingGateway(e) => (&mut e.create_index, &mut e.modify_index),
             Self::ServiceIntentions(e) => (&mut e.create_index, &mut e.modify_index),
+            Self::ProxyDefaults(e) => (&mut e.create_index, &mut e.modify_index),
         };
         *c = create;
         *m = modify;
@@ -224,6 +238,7 @@ impl ConfigEntry {
             Kind::IngressGateway => Self::IngressGateway(decode(value)?),
             Kind::TerminatingGateway => Self::TerminatingGateway(decode(value)?),
             Kind::ServiceIntentions => Self::ServiceIntentions(decode(value)?),
+            Kind::ProxyDefaults => Self::ProxyDefaults(decode(value)?),
         })
     }
 

@@ -138,7 +138,9 @@ impl Errs {
 /// Checks one entry alone.
 pub fn validate(entry: &ConfigEntry) -> Result<(), EntryErrors> {
     let mut e = Errs::default();
-    if entry.name().trim().is_empty() {
+    if entry.kind() == super::Kind::ProxyDefaults {
+        // Named `global`, checked with the rest of it.
+    } else if entry.name().trim().is_empty() {
         e.push("Name", "is required");
     } else if entry.name() == "*" && entry.kind() == super::Kind::ServiceIntentions {
         // Intentions for every destination.
@@ -155,6 +157,7 @@ pub fn validate(entry: &ConfigEntry) -> Result<(), EntryErrors> {
         ConfigEntry::IngressGateway(g) => super::gateway::check_ingress(g, &mut e.0),
         ConfigEntry::TerminatingGateway(g) => super::gateway::check_terminating(g, &mut e.0),
         ConfigEntry::ServiceIntentions(i) => super::intentions::check(i, &mut e),
+        ConfigEntry::ProxyDefaults(p) => super::proxy_defaults::check(p, &mut e),
     }
     e.finish()
 }

@@ -6,8 +6,9 @@
 //!
 //! ACLs (Consul's): writing or deleting a `service-*` entry needs `service:write` on its name;
 //! reading one, or a service's discovery chain, `service:read`; a `service-intentions` entry
-//! needs `intentions` `write` or `read` on its destination instead; lists leave out entries the
-//! token may not read (`X-Consul-Results-Filtered-By-ACLs: true`).
+//! needs `intentions` `write` or `read` on its destination instead, `proxy-defaults` `mesh:write`
+//! to write (anyone reads it); lists leave out entries the token may not read
+//! (`X-Consul-Results-Filtered-By-ACLs: true`).
 
 use std::sync::Arc;
 
@@ -67,6 +68,31 @@ fn kind(text: &str) -> Result<Kind, ApiError> {
     })
 }
 
+/// Writing or deleting an entry: `service:write` on its name; a `service-intentions` entry
+/// `intentions` `write` on its destination; `proxy-defaults` `mesh:write` (Consul's).
+fn require_write(
+    authz: &plexus_api::acl::Authorizer,
+    kind: Kind,
+    name: &str,
+) -> Result<(), ApiError> {
+    let allowed = match kind {
+        Kind::ServiceIntentions => authz.require_intention_write(name),
+        Kind::ProxyDefaults => authz.require_mesh_write(),
+        _ => authz.require_service_write(name),
+    };
+    Ok(allowed?)
+}
+
+/// Reading an entry: `service:read` on its name; a `service-intentions` entry `intentions`
+/// `read` on its destination; `proxy-defaults` anyone (Consul's).
+fn can_read(authz: &plexus_api::acl::Authorizer, kind: Kind, name: &str) -> bool {
+    match kind {
+        Kind::ServiceIntentions => authz.can_read_intention(name),
+        Kind::ProxyDefaults => true,
+        _ => authz.can_read_service(name),
+    }
+}
+
 /// Waits until the entries the answer is made of (one entry, one kind, or all for a chain)
 /// change past the query's `index` (a config index: every config write moves it to the
 /// revision of the write), or its `wait` ends. Other writes never wake it.
@@ -110,11 +136,7 @@ async fn write(
             ApiError::invalid_field(e.field, message)
         }
     })?;
-    if entry.kind() == Kind::ServiceIntentions {
-        authz.require_intention_write(entry.name())?;
-    } else {
-        authz.require_service_write(entry.name())?;
-    }
+    require_write(&authz, entry.kind(), entry.name())?;
     let stored = config.put(entry, cas).await.map_err(error)?;
     Ok((StatusCode::OK, axum::Json(stored)).into_response())
 }
@@ -129,10 +151,8 @@ async fn list(
     let kind = kind(&kind_text)?;
     let changed = block(&config, &query, Some(kind), None).await;
     let mut list = config.list(kind).await.map_err(error)?;
-    let filtered = plexus_runtime::acl::filter(&mut list.value, |e| match e.kind() {
-        Kind::ServiceIntentions => authz.can_read_intention(e.name()),
-        _ => authz.can_read_service(e.name()),
-    });
+    let filtered =
+        plexus_runtime::acl::filter(&mut list.value, |e| can_read(&authz, e.kind(), e.name()));
     let mut response = indexed_json(list.index.max(changed), &list.value);
     mark_filtered(&mut response, filtered);
     Ok(response)
@@ -146,10 +166,11 @@ async fn read(
 ) -> Result<Response, ApiError> {
     let Path((kind_text, name)) = path.map_err(path_error)?;
     let kind = kind(&kind_text)?;
-    if kind == Kind::ServiceIntentions {
-        authz.require_intention_read(&name)?;
-    } else {
-        authz.require_service_read(&name)?;
+    if !can_read(&authz, kind, &name) {
+        match kind {
+            Kind::ServiceIntentions => authz.require_intention_read(&name)?,
+            _ => authz.require_service_read(&name)?,
+        }
     }
     let changed = block(&config, &query, Some(kind), Some(&name)).await;
     let entry = config.get(kind, &name).await.map_err(error)?;
@@ -163,11 +184,7 @@ async fn delete(
 ) -> Result<Response, ApiError> {
     let Path((kind_text, name)) = path.map_err(path_error)?;
     let kind = kind(&kind_text)?;
-    if kind == Kind::ServiceIntentions {
-        authz.require_intention_write(&name)?;
-    } else {
-        authz.require_service_write(&name)?;
-    }
+    require_write(&authz, kind, &name)?;
     config.delete(kind, &name).await.map_err(error)?;
     Ok(axum::Json(true).into_response())
 }

@@ -461,3 +461,112 @@ async fn py_consul_writes_and_reads_a_config_entry() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `proxy-defaults` (`global`): its `Config.protocol` turns L7 on for a service whose
+/// registration and service-defaults name no protocol (a route's header change then reaches the
+/// app), bad ones are refused by field with the stored one kept, and deleting it turns L7 off.
+#[tokio::test]
+async fn proxy_defaults_protocol_turns_l7_on_for_services_that_name_none() {
+    use plexus_test::upstream::HttpStub;
+    use plexus_test::{eventually, free_port};
+
+    let web = HttpStub::start_named("v1").await.unwrap();
+    let upstream = free_port();
+    let hcl = crate::l7::client_hcl("web", upstream, None)
+        + &crate::l7::app_hcl(("web-1", "web", web.addr.port()), "", free_port(), None);
+    let (_dir, file) = write_file("mesh.hcl", &hcl);
+    let dev = dev(&["--config-file", file.to_str().unwrap()]).await;
+    let server = dev.sidecar("web-1").await.unwrap();
+    let client = dev.sidecar("client").await.unwrap();
+    eventually!(server.is_ready().await);
+    eventually!(
+        client.is_ready().await && client.endpoints("web").await.is_ok_and(|e| e.len() == 1)
+    );
+    crate::l7::write_entry(
+        &dev,
+        json!({"Kind": "service-router", "Name": "web", "Routes": [{
+            "Match": {"HTTP": {"PathPrefix": "/"}},
+            "Destination": {"RequestHeaders": {"Set": {"x-l7": "on"}}}}]}),
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{upstream}/");
+    // A new connection for every request: the protocol is decided per connection.
+    let browser = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let l7_seen = || {
+        web.last_headers()
+            .iter()
+            .any(|(name, value)| name == "x-l7" && value == "on")
+    };
+    // tcp by default: the route is not applied.
+    assert_eq!(browser.get(&url).send().await.unwrap().status(), 200);
+    assert!(!l7_seen());
+
+    let (status, body, _) = http(
+        reqwest::Method::PUT,
+        format!("http://{}/v1/config", dev.addr()),
+        Some(json!({"Kind": "proxy-defaults", "Name": "global",
+            "Config": {"protocol": "http", "local_connect_timeout_ms": 1000}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    eventually!(
+        browser
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+            && l7_seen()
+    );
+
+    for (entry, field) in [
+        (json!({"Kind": "proxy-defaults", "Name": "web"}), "Name"),
+        (
+            json!({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "udp"}}),
+            "Config.protocol",
+        ),
+    ] {
+        let (status, body, _) = http(
+            reqwest::Method::PUT,
+            format!("http://{}/v1/config", dev.addr()),
+            Some(entry),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
+    let (status, body, _) = http(
+        reqwest::Method::GET,
+        format!("http://{}/v1/config/proxy-defaults/global", dev.addr()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["Config"]["protocol"]),
+        (200, &json!("http")),
+        "{body}"
+    );
+
+    let (code, out, err) = dev
+        .cli(&[
+            "config",
+            "delete",
+            "--kind",
+            "proxy-defaults",
+            "--name",
+            "global",
+        ])
+        .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let before = web.requests();
+    eventually!({
+        let ok = browser
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        ok && web.requests() > before && !l7_seen()
+    });
+}

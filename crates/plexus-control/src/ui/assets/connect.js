@@ -85,7 +85,7 @@ export function intentionsPage(main, _params, signal) {
 }
 
 const KINDS = ['service-defaults', 'service-resolver', 'service-splitter', 'service-router',
-  'service-intentions'];
+  'service-intentions', 'proxy-defaults'];
 const TEMPLATE = { Kind: 'service-defaults', Name: 'web', Protocol: 'http' };
 
 /** The line of `text` where the last segment of `field` (`Routes[1].Destination.NumRetries`)
