@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::connect::intention::{
     Intention, IntentionAction, IntentionPermission, WILDCARD, precedence, validate_rule,
@@ -54,7 +54,7 @@ pub struct SourceIntention {
         rename = "Action",
         alias = "action",
         default,
-        deserialize_with = "optional_action",
+        deserialize_with = "crate::connect::intention::optional_action",
         skip_serializing_if = "Option::is_none"
     )]
     pub action: Option<IntentionAction>,
@@ -114,17 +114,6 @@ pub struct SourceIntention {
         skip_serializing_if = "String::is_empty"
     )]
     pub peer: String,
-}
-
-fn optional_action<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IntentionAction>, D::Error> {
-    match Option::<String>::deserialize(d)?.as_deref() {
-        None | Some("") => Ok(None),
-        Some("allow") => Ok(Some(IntentionAction::Allow)),
-        Some("deny") => Ok(Some(IntentionAction::Deny)),
-        Some(other) => Err(serde::de::Error::custom(format!(
-            "Action must be \"allow\" or \"deny\", not {other:?}"
-        ))),
-    }
 }
 
 impl ServiceIntentions {

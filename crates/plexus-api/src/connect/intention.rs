@@ -124,7 +124,9 @@ pub struct Intention {
 }
 
 /// `Action` as Consul's clients write it: `"allow"`, `"deny"`, or `""`/`null`/absent for none.
-fn optional_action<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IntentionAction>, D::Error> {
+pub(crate) fn optional_action<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<IntentionAction>, D::Error> {
     match Option::<String>::deserialize(d)?.as_deref() {
         None | Some("") => Ok(None),
         Some("allow") => Ok(Some(IntentionAction::Allow)),
