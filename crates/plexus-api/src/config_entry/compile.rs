@@ -2,7 +2,8 @@
 //!
 //! Routes come from the service's `service-router` (in order) followed by a catch-all `default`
 //! route. A route's destination (service, optional subset) expands through that service's
-//! `service-splitter` when no subset is named; every (service, subset) reached becomes a target,
+//! `service-splitter` when no subset is named (and a split to another service with a splitter,
+//! through that one too); every (service, subset) reached becomes a target,
 //! with the subset's filter and the service's resolver settings; failover targets are added too.
 //! Entries are assumed valid ([`super::validate`]); anything unparsable is skipped, not fatal.
 
@@ -92,21 +93,19 @@ pub fn compile(service: &str, entries: &[ConfigEntry]) -> DiscoveryChain {
             .and_then(|d| d.service_subset.clone())
             .filter(|s| !s.is_empty());
         let splits = match (subset, all.splitter(&dest_service)) {
-            (None, Some(splitter)) => splitter
-                .splits
-                .iter()
-                .map(|s| {
-                    let svc = s.service.clone().unwrap_or_else(|| dest_service.clone());
-                    WeightedTarget {
-                        weight: s.weight,
-                        target: add_target(&mut chain, &all, &svc, s.service_subset.as_deref()),
-                        headers: Headers {
-                            request: s.request_headers.clone(),
-                            response: s.response_headers.clone(),
-                        },
-                    }
-                })
-                .collect(),
+            (None, Some(_)) => {
+                let mut splits = Vec::new();
+                let mut through = vec![dest_service.clone()];
+                expand_splits(
+                    &mut chain,
+                    &all,
+                    &dest_service,
+                    (100.0, &Headers::default()),
+                    &mut through,
+                    &mut splits,
+                );
+                splits
+            }
             (subset, _) => vec![WeightedTarget {
                 weight: 100.0,
                 target: add_target(&mut chain, &all, &dest_service, subset.as_deref()),
@@ -132,6 +131,61 @@ pub fn compile(service: &str, entries: &[ConfigEntry]) -> DiscoveryChain {
         });
     }
     chain
+}
+
+/// The weighted targets of `service`'s splitter, `share` percent of the traffic with `headers`
+/// applied first. A split to another service that has a splitter of its own, and names no
+/// subset, is expanded through that splitter (Consul nests splitters), its weights scaled and
+/// its header changes applied after the outer split's; `through` stops a loop.
+fn expand_splits(
+    chain: &mut DiscoveryChain,
+    all: &Entries<'_>,
+    service: &str,
+    (share, headers): (f64, &Headers),
+    through: &mut Vec<String>,
+    out: &mut Vec<WeightedTarget>,
+) {
+    let Some(splitter) = all.splitter(service) else {
+        return;
+    };
+    for split in &splitter.splits {
+        let svc = split.service.clone().unwrap_or_else(|| service.to_owned());
+        let weight = split.weight * share / 100.0;
+        let headers = Headers {
+            request: merged(headers.request.as_ref(), split.request_headers.as_ref()),
+            response: merged(headers.response.as_ref(), split.response_headers.as_ref()),
+        };
+        let subset = split.service_subset.as_deref().filter(|s| !s.is_empty());
+        if subset.is_none() && !through.contains(&svc) && all.splitter(&svc).is_some() {
+            through.push(svc.clone());
+            expand_splits(chain, all, &svc, (weight, &headers), through, out);
+            through.pop();
+            continue;
+        }
+        out.push(WeightedTarget {
+            weight,
+            target: add_target(chain, all, &svc, subset),
+            headers,
+        });
+    }
+}
+
+/// `outer`'s header changes followed by `inner`'s (an inner `Set` wins, adds and removes add up).
+fn merged(
+    outer: Option<&super::gateway::HeaderModifiers>,
+    inner: Option<&super::gateway::HeaderModifiers>,
+) -> Option<super::gateway::HeaderModifiers> {
+    match (outer, inner) {
+        (None, None) => None,
+        (Some(one), None) | (None, Some(one)) => Some(one.clone()),
+        (Some(outer), Some(inner)) => {
+            let mut both = outer.clone();
+            both.add.extend(inner.add.clone());
+            both.set.extend(inner.set.clone());
+            both.remove.extend(inner.remove.iter().cloned());
+            Some(both)
+        }
+    }
 }
 
 /// Where resolving (service, subset) leads after the resolvers' redirects: each redirect is

@@ -593,3 +593,59 @@ fn resolver_redirects_compile_to_their_target_and_bad_ones_name_their_field() {
     let api = resolver("api", v2);
     assert!(fields(&to_missing, std::slice::from_ref(&api)).is_empty());
 }
+
+#[test]
+fn a_split_to_a_service_with_a_splitter_goes_through_it() {
+    let web = entry(
+        json!({"Kind": "service-splitter", "Name": "web", "Splits": [
+            {"Weight": 50, "ServiceSubset": "v1", "RequestHeaders": {"Set": {"x-from": "web"}}},
+            {"Weight": 50, "Service": "web-next",
+                "RequestHeaders": {"Set": {"x-from": "web", "x-outer": "1"}, "Remove": ["a"]}},
+        ]}),
+    );
+    let next = entry(
+        json!({"Kind": "service-splitter", "Name": "web-next", "Splits": [
+            {"Weight": 80, "ServiceSubset": "v1", "RequestHeaders": {"Set": {"x-from": "next"}, "Remove": ["b"]}},
+            {"Weight": 20, "ServiceSubset": "v2"},
+        ]}),
+    );
+    let resolvers = [
+        entry(json!({"Kind": "service-resolver", "Name": "web",
+            "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}}})),
+        entry(json!({"Kind": "service-resolver", "Name": "web-next",
+            "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"},
+                        "v2": {"Filter": "Service.Meta.version == v2"}}})),
+    ];
+    let mut entries = vec![web, next];
+    entries.extend(resolvers);
+    let chain = compile("web", &entries);
+    let splits: Vec<(f64, String)> = chain.routes[0]
+        .splits
+        .iter()
+        .map(|s| (s.weight, s.target.clone()))
+        .collect();
+    assert_eq!(
+        splits,
+        [
+            (50.0, "v1.web".to_owned()),
+            (40.0, "v1.web-next".to_owned()),
+            (10.0, "v2.web-next".to_owned())
+        ]
+    );
+    // The inner split's changes after the outer's: its Set wins, removes add up.
+    let inner = chain.routes[0].splits[1].headers.request.clone().unwrap();
+    assert_eq!(inner.set["x-from"], "next");
+    assert_eq!(inner.set["x-outer"], "1");
+    assert_eq!(inner.remove, ["a", "b"]);
+    let plain = chain.routes[0].splits[2].headers.request.clone().unwrap();
+    assert_eq!(plain.set["x-from"], "web");
+
+    // Splitters naming each other end: the second visit is a plain target.
+    let a = entry(json!({"Kind": "service-splitter", "Name": "a", "Splits": [
+        {"Weight": 100, "Service": "b"}]}));
+    let b = entry(json!({"Kind": "service-splitter", "Name": "b", "Splits": [
+        {"Weight": 100, "Service": "a"}]}));
+    let chain = compile("a", &[a, b]);
+    assert_eq!(chain.routes[0].splits.len(), 1);
+    assert_eq!(chain.routes[0].splits[0].weight, 100.0);
+}
