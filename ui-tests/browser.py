@@ -215,6 +215,8 @@ def config_errors_show_at_the_field(driver, base):
     editor.send_keys('{\n  "Kind": "service-defaults",\n  "Name": "api",\n  "Protocol": "http"\n}')
     driver.find_element(By.CSS_SELECTOR, "#config-editor button[type='submit']").click()
     wait(driver, lambda d: css(d, "[data-entry='service-defaults/api']"), "the saved entry in the list")
+    wait(driver, lambda d: css(d, "[data-entry='service-intentions/web']"),
+         "the service-intentions entry in the list")
     if driver.find_element(By.ID, "entry-error").text:
         sys.exit("the error stayed after a valid save")
     # The browser logs the refused PUT (a 400 this step asked for); nothing else may be logged.

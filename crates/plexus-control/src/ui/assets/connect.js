@@ -84,8 +84,11 @@ export function intentionsPage(main, _params, signal) {
   }, (error) => fill(list, errorBox(error)));
 }
 
-const KINDS = ['service-defaults', 'service-resolver', 'service-splitter', 'service-router',
-  'service-intentions', 'proxy-defaults'];
+// Listed live (each holds one blocking query, and a browser keeps at most six connections
+// per server: a seventh request would wait behind them)...
+const KINDS = ['service-defaults', 'service-resolver', 'service-splitter', 'service-router'];
+// ...and read once, again after each save (service-intentions also live on #/intentions).
+const READ_ONCE = ['proxy-defaults', 'service-intentions'];
 const TEMPLATE = { Kind: 'service-defaults', Name: 'web', Protocol: 'http' };
 
 /** The line of `text` where the last segment of `field` (`Routes[1].Destination.NumRetries`)
@@ -128,6 +131,7 @@ export function configPage(main, _params, signal) {
     try {
       await request('PUT', '/v1/config', { body: entry });
       status.textContent = `Saved ${entry.Kind} ${entry.Name}.`;
+      readOnce();
     } catch (error) {
       editor.setAttribute('aria-invalid', 'true');
       if (error.field) {
@@ -151,7 +155,8 @@ export function configPage(main, _params, signal) {
 
   const byKind = {};
   const draw = () => {
-    const entries = KINDS.flatMap((kind) => (byKind[kind] || []).map((entry) => [kind, entry]));
+    const entries = [...KINDS, ...READ_ONCE]
+      .flatMap((kind) => (byKind[kind] || []).map((entry) => [kind, entry]));
     fill(lists, table('Config entries by kind', ['Kind', 'Name', 'Modify index', ''],
       entries.map(([kind, entry]) => {
         const edit = h('button', { type: 'button', class: 'secondary', 'aria-label': `Edit ${kind} ${entry.Name}` }, 'Edit');
@@ -168,14 +173,24 @@ export function configPage(main, _params, signal) {
           if (!window.confirm(`Delete ${kind} ${entry.Name}?`)) return;
           try {
             await request('DELETE', `/v1/config/${kind}/${encodeURIComponent(entry.Name)}`);
+            readOnce();
           } catch (error) {
             status.replaceChildren(errorBox(error));
           }
         });
         return { attrs: { dataset: { entry: `${kind}/${entry.Name}` } },
           cells: [kind, entry.Name, String(entry.ModifyIndex), h('span', {}, edit, ' ', remove)] };
-      }), `No entries (${KINDS.join(', ')}).`));
+      }), `No entries (${[...KINDS, ...READ_ONCE].join(', ')}).`));
   };
+  // Hoisted: the save and delete handlers above call it.
+  function readOnce() {
+    for (const kind of READ_ONCE) {
+      request('GET', `/v1/config/${kind}`, { signal })
+        .then(({ data }) => { byKind[kind] = data || []; draw(); })
+        .catch((error) => { if (error.name !== 'AbortError') fill(lists, errorBox(error)); });
+    }
+  }
+  readOnce();
   for (const kind of KINDS) {
     live(`/v1/config/${kind}`, signal, (rows) => { byKind[kind] = rows || []; draw(); },
       (error) => fill(lists, errorBox(error)));
