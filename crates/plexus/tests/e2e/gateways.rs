@@ -649,8 +649,8 @@ async fn terminating_gateway_links_an_external_https_server_under_intentions() {
 }
 
 /// The same for a linked service declared `http`: the client's sidecar speaks HTTP/2 to the
-/// gateway, which decides each request by the intentions (403 `denied`) and sends it on as
-/// HTTP/1.1 over TLS.
+/// gateway, which decides each request by the intentions (403 `denied`; L7 permissions too) and
+/// sends it on as HTTP/1.1 over TLS.
 #[tokio::test]
 async fn terminating_gateway_carries_http_requests_per_intention() {
     let t = terminating(Some("http")).await;
@@ -672,6 +672,27 @@ async fn terminating_gateway_carries_http_requests_per_intention() {
     }
     assert_eq!(t.served.requests(), requests + 10);
     assert_eq!(t.served.connections(), connections);
+
+    // L7 intentions: the gateway decides each request by the permissions too.
+    for (permission, answer) in [
+        (
+            json!({"Action": "deny", "HTTP": {"PathExact": "/"}}),
+            "HTTP/1.1 403",
+        ),
+        (
+            json!({"Action": "allow", "HTTP": {"PathPrefix": "/", "Methods": ["GET"]}}),
+            "HTTP/1.1 200",
+        ),
+    ] {
+        t.server
+            .admin(
+                "PUT",
+                "/v1/connect/intentions/exact?source=client&destination=external",
+                Some(json!({"Permissions": [permission]})),
+            )
+            .await;
+        eventually!(through_sidecar(t.upstream).await.starts_with(answer));
+    }
 
     // A mesh peer that completes TLS for the linked service (its SNI) and then sends nothing,
     // not even the HTTP/2 preface: the gateway closes it after its handshake timeout (10 s), as
