@@ -1,8 +1,8 @@
 //! L7 endpoint selection through real `plexus proxy` processes: load-balancer policies
 //! (`ring_hash` by header, `least_request`, `peak_ewma`), outlier detection ejecting a failing instance and
 //! readmitting it, routes to another service, failover when the primary has no healthy
-//! instance, mirroring to a second service (fire and forget), and a resolver redirecting
-//! everything to another service.
+//! instance, mirroring to a second service (fire and forget), a resolver redirecting
+//! everything to another service, and nested splitters.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -422,4 +422,49 @@ async fn a_resolver_redirect_sends_every_request_to_the_other_service() {
     assert_eq!(status, 200, "{body}");
     applied(&mesh.dev, &mesh.client, "web").await;
     assert_eq!(mesh.call(&http, "/", &[]).await, (200, "v1".to_owned()));
+}
+
+/// Nested splitters (Consul's): web splits 50/50 between web-a and web-b, and web-b's own
+/// splitter sends everything to web-c, so web-b's instance gets nothing and web-c half.
+#[tokio::test]
+async fn a_split_to_a_service_with_its_own_splitter_follows_it() {
+    let stubs = [
+        HttpStub::start_named("web").await.unwrap(),
+        HttpStub::start_named("a").await.unwrap(),
+        HttpStub::start_named("b").await.unwrap(),
+        HttpStub::start_named("c").await.unwrap(),
+    ];
+    let mesh = Mesh::start(&[
+        ("web-1", "web", stubs[0].addr.port()),
+        ("web-a-1", "web-a", stubs[1].addr.port()),
+        ("web-b-1", "web-b", stubs[2].addr.port()),
+        ("web-c-1", "web-c", stubs[3].addr.port()),
+    ])
+    .await;
+    let mut entries: Vec<serde_json::Value> = ["web", "web-a", "web-b", "web-c"]
+        .iter()
+        .map(|name| serde_json::json!({"Kind": "service-defaults", "Name": name, "Protocol": "http"}))
+        .collect();
+    entries.push(
+        serde_json::json!({"Kind": "service-splitter", "Name": "web-b",
+        "Splits": [{"Weight": 100, "Service": "web-c"}]}),
+    );
+    entries.push(
+        serde_json::json!({"Kind": "service-splitter", "Name": "web",
+        "Splits": [{"Weight": 50, "Service": "web-a"}, {"Weight": 50, "Service": "web-b"}]}),
+    );
+    mesh.configure(&entries).await;
+    let http = reqwest::Client::new();
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..400 {
+        let (status, version) = mesh.call(&http, "/", &[]).await;
+        assert_eq!(status, 200);
+        *seen.entry(version).or_default() += 1;
+    }
+    let (a, c) = (
+        seen.get("a").copied().unwrap_or(0),
+        seen.get("c").copied().unwrap_or(0),
+    );
+    assert_eq!(a + c, 400, "only web-a and web-c answer: {seen:?}");
+    assert!((140..=260).contains(&a), "about half to web-a: {seen:?}");
 }
