@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub use intention::{
     AuthorizeRequest, AuthorizeResponse, Decision, DefaultPolicy, Intention, IntentionAction,
     IntentionHttpHeaderPermission, IntentionHttpPermission, IntentionInput, IntentionPermission,
-    by_default, decide, governing, validate_rule,
+    Verdict, decide, governing, validate_rule, verdict,
 };
 
 /// The namespace every identity is in (Plexus has no namespaces yet; Consul's default).

@@ -501,8 +501,32 @@ pub fn governing<'a>(
     best.map(|(_, intention)| intention)
 }
 
+/// What decides the requests of `source` to `destination` for a data plane that sees them: one
+/// [`Decision`] for every request (an L4 intention, or the default policy), or the permissions of
+/// the governing L7 intention.
+#[derive(Debug)]
+pub enum Verdict<'a> {
+    /// Every request alike.
+    Decided(Decision),
+    /// Each request by this intention's permissions (first match), else the default policy.
+    Permissions(&'a IntentionInput),
+}
+
+/// The [`Verdict`] for `source` → `destination`, finding the governing intention once.
+pub fn verdict<'a>(
+    intentions: impl IntoIterator<Item = &'a IntentionInput>,
+    source: &str,
+    destination: &str,
+    default: DefaultPolicy,
+) -> Verdict<'a> {
+    match governing(intentions, source, destination) {
+        Some(intention) if intention.action.is_none() => Verdict::Permissions(intention),
+        governing => Verdict::Decided(decision_of(governing, default)),
+    }
+}
+
 /// What the default policy decides, as a [`Decision`].
-pub fn by_default(default: DefaultPolicy) -> Decision {
+fn by_default(default: DefaultPolicy) -> Decision {
     Decision {
         allowed: default == DefaultPolicy::Allow,
         matched: None,
@@ -519,7 +543,12 @@ pub fn decide<'a>(
     destination: &str,
     default: DefaultPolicy,
 ) -> Decision {
-    match governing(intentions, source, destination) {
+    decision_of(governing(intentions, source, destination), default)
+}
+
+/// The decision the `governing` intention (or, with none, `default`) makes without a request.
+fn decision_of(governing: Option<&IntentionInput>, default: DefaultPolicy) -> Decision {
+    match governing {
         Some(intention) => match intention.action {
             Some(action) => Decision {
                 allowed: action == IntentionAction::Allow,

@@ -90,12 +90,8 @@ pub(super) async fn answer(
                 .instances_stale(kind, name, tag.as_deref())
                 .await?;
             entries.retain(|e| healthy(e, dns.config.only_passing) && authz.can_read_node(&e.node));
-            if entries.is_empty() {
-                return Ok(Found::NxDomain);
-            }
-            entries.shuffle(&mut rand::rng());
             let (ttl, dc) = (dns.config.service_ttl, dns.config.datacenter.as_str());
-            Ok(service_records(dns, &owner, qtype, &entries, ttl, dc))
+            Ok(instance_records(dns, &owner, qtype, entries, ttl, dc))
         }
         Lookup::Query { name } => query_records(dns, authz, owner, qtype, name).await,
         Lookup::Remote {
@@ -125,22 +121,14 @@ pub(super) async fn answer(
                     return Ok(Found::NxDomain);
                 }
             };
-            let mut entries: Vec<Reachable> = entries
+            let entries: Vec<Reachable> = entries
                 .iter()
                 .map(reachable)
                 .filter(|e| healthy(e, dns.config.only_passing))
                 .collect();
-            if entries.is_empty() {
-                return Ok(Found::NxDomain);
-            }
-            entries.shuffle(&mut rand::rng());
-            Ok(service_records(
-                dns,
-                &owner,
-                qtype,
-                &entries,
-                dns.config.service_ttl,
-                datacenter,
+            let ttl = dns.config.service_ttl;
+            Ok(instance_records(
+                dns, &owner, qtype, entries, ttl, datacenter,
             ))
         }
         Lookup::Node { name } => match dns.catalog().node_stale(name).await? {
@@ -216,24 +204,37 @@ async fn query_records(
             ));
         }
     };
-    let mut entries: Vec<Reachable> = ran.entries.iter().map(reachable).collect();
-    if entries.is_empty() {
-        return Ok(Found::NxDomain);
-    }
-    entries.shuffle(&mut rand::rng());
+    let entries: Vec<Reachable> = ran.entries.iter().map(reachable).collect();
     let ttl = plexus_api::duration::GoDuration::parse(&ran.query.dns.ttl)
         .ok()
         .and_then(|d| u32::try_from(d.0.as_secs()).ok())
         .unwrap_or(dns.config.service_ttl);
     let datacenter = ran.datacenter.to_ascii_lowercase();
-    Ok(service_records(
+    Ok(instance_records(
         dns,
         &owner,
         qtype,
-        &entries,
+        entries,
         ttl,
         &datacenter,
     ))
+}
+
+/// The records of `entries` (instances of `datacenter`, already filtered), shuffled; none is
+/// NXDOMAIN.
+fn instance_records(
+    dns: &Dns,
+    owner: &Name,
+    qtype: RecordType,
+    mut entries: Vec<Reachable>,
+    ttl: u32,
+    datacenter: &str,
+) -> Found {
+    if entries.is_empty() {
+        return Found::NxDomain;
+    }
+    entries.shuffle(&mut rand::rng());
+    service_records(dns, owner, qtype, &entries, ttl, datacenter)
 }
 
 /// What the records need of a health answer's instance.

@@ -7,11 +7,7 @@
 //! datacenter, as with `?dc=`) and applies the query's conditions here, so a remote datacenter
 //! needs nothing but its health API. A datacenter that cannot be reached counts as tried.
 
-use plexus_api::ServiceEntry;
-use plexus_api::acl::SecretId;
-
-use super::{QueryFailover, QueryService};
-use crate::wan::Federation;
+use super::QueryFailover;
 
 /// The datacenters to try, in order, without this one or repeats.
 pub(super) fn order(failover: &QueryFailover, known: &[String], own: &str) -> Vec<String> {
@@ -26,24 +22,6 @@ pub(super) fn order(failover: &QueryFailover, known: &[String], own: &str) -> Ve
         }
     }
     out
-}
-
-/// The instances of the query's service in `dc` (its health answer with the caller's token).
-pub(super) async fn remote(
-    federation: &Federation,
-    dc: &str,
-    service: &QueryService,
-    token: Option<&SecretId>,
-) -> Result<Vec<ServiceEntry>, String> {
-    crate::wan::health::instances(
-        federation,
-        dc,
-        &service.service,
-        service.connect,
-        None,
-        token,
-    )
-    .await
 }
 
 #[cfg(test)]

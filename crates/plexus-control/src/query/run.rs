@@ -101,7 +101,15 @@ impl Queries {
             let known = federation.datacenters();
             for dc in failover::order(&service.failover, &known, &self.datacenter) {
                 failovers += 1;
-                match failover::remote(federation, &dc, service, token).await {
+                let remote = crate::wan::health::instances(
+                    federation,
+                    &dc,
+                    &service.service,
+                    service.connect,
+                    None,
+                    token,
+                );
+                match remote.await {
                     Ok(entries) => {
                         kept = entries
                             .into_iter()

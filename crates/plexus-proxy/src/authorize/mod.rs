@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use plexus_api::client::{Client, IntentionSet, QueryOptions};
 use plexus_api::connect::{
-    Decision, DefaultPolicy, IntentionAction, IntentionInput, by_default, decide, governing,
+    Decision, DefaultPolicy, IntentionAction, IntentionInput, Verdict, decide, verdict,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -181,14 +181,10 @@ enum Rule {
 
 impl Rule {
     fn of(policy: &Policy, source: &str, destination: &str) -> (Self, String) {
-        let Some(intention) = governing(&policy.intentions, source, destination) else {
-            let decision = by_default(policy.default);
-            return (Self::All(decision.allowed), decision.reason);
+        let intention = match verdict(&policy.intentions, source, destination, policy.default) {
+            Verdict::Decided(decision) => return (Self::All(decision.allowed), decision.reason),
+            Verdict::Permissions(intention) => intention,
         };
-        if let Some(action) = intention.action {
-            let decision = decide(&policy.intentions, source, destination, policy.default);
-            return (Self::All(action == IntentionAction::Allow), decision.reason);
-        }
         let permissions = intention
             .permissions
             .iter()

@@ -29,7 +29,8 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
     PathMatcher, RegexMatcher, StringMatcher, path_matcher, string_matcher,
 };
 use plexus_api::connect::{
-    DefaultPolicy, IntentionAction, IntentionHttpPermission, IntentionInput, decide, governing,
+    DefaultPolicy, IntentionAction, IntentionHttpPermission, IntentionInput, Verdict, decide,
+    verdict,
 };
 
 use super::{regex_literal, routes};
@@ -157,13 +158,16 @@ fn rule_of<'a>(
     default: DefaultPolicy,
     http: bool,
 ) -> Rule<'a> {
-    if http
-        && let Some(intention) = governing(intentions, source, service)
-        && intention.action.is_none()
-    {
-        return Rule::Permissions(intention, default == DefaultPolicy::Allow);
-    }
-    let decision = decide(intentions, source, service, default);
+    let decision = if http {
+        match verdict(intentions, source, service, default) {
+            Verdict::Permissions(intention) => {
+                return Rule::Permissions(intention, default == DefaultPolicy::Allow);
+            }
+            Verdict::Decided(decision) => decision,
+        }
+    } else {
+        decide(intentions, source, service, default)
+    };
     let verb = if decision.allowed { "allow" } else { "deny" };
     let name = match &decision.matched {
         Some(id) => format!("intention {id}: {verb} {source} => {service}"),
